@@ -1,0 +1,27 @@
+"""mmkit's shared transformer core.
+
+Parameter naming, documented once: attention `qkv` (fused self-attention) or `q` + `kv`
+(cross-attention) and `proj`; MLP `fc1`/`fc2` (SwiGLU `fc1_g`/`fc1_x`/`fc2`); blocks
+`norm1`/`attn`/`ls1`, `norm_cross`/`cross_attn`/`ls_cross`, `norm2`/`mlp`/`ls2`; stacks
+`blocks.{i}` and a final `norm`. These are timm's names, so vision checkpoints map 1:1.
+"""
+from mmkit.core.attention import Attention, attention_maps, causal_mask, key_padding_mask
+from mmkit.core.blocks import DropPath, LayerScale, PostNormBlock, PreNormBlock, layer_norm
+from mmkit.core.cache import AttentionCache, BlockCache, KVCache
+from mmkit.core.decoding import (
+    BeamSearch, Generation, Greedy, Sampling, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP, generate,
+)
+from mmkit.core.mlp import Mlp, QuickGELU, SwiGLU
+from mmkit.core.norms import LayerNorm, RMSNorm
+from mmkit.core.positions import (
+    LearnedPositions, RotaryEmbedding, resample_positions, sinusoidal_positions, sinusoidal_positions_concat,
+)
+from mmkit.core.stack import Decoder, Encoder, TransformerStack
+
+__all__ = [
+    "Attention", "AttentionCache", "BeamSearch", "BlockCache", "Decoder", "DropPath", "Encoder", "Generation",
+    "Greedy", "KVCache", "LayerNorm", "LayerScale", "LearnedPositions", "Mlp", "PostNormBlock", "PreNormBlock",
+    "QuickGELU", "RMSNorm", "RotaryEmbedding", "Sampling", "SuppressAtBegin", "SuppressTokens", "SwiGLU",
+    "Temperature", "TopK", "TopP", "TransformerStack", "attention_maps", "causal_mask", "generate",
+    "key_padding_mask", "layer_norm", "resample_positions", "sinusoidal_positions", "sinusoidal_positions_concat",
+]

@@ -1,0 +1,186 @@
+"""Multi-head attention ("Attention Is All You Need", §3.2) on `F.scaled_dot_product_attention`.
+
+One module serves self-attention (fused `qkv` projection, timm's naming) and cross-attention
+(`q` from the sequence, fused `kv` from the context). Masks are boolean with True = attend,
+broadcastable to (B, num_heads, T_query, T_key), the SDPA convention. Attention maps for
+visualisation come from `attention_maps`, which hooks the modules; the hot path never
+materialises the attention matrix.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmkit.core.cache import AttentionCache
+from mmkit.core.positions import RotaryEmbedding
+
+
+def key_padding_mask(valid: Tensor) -> Tensor:
+    """(B, T_key) bool, True for real tokens -> (B, 1, 1, T_key) attention mask."""
+    return valid[:, None, None, :].bool()
+
+
+def causal_mask(t_query: int, t_key: int, device: torch.device | None = None) -> Tensor:
+    """(T_query, T_key) bool mask where query i (at absolute position t_key - t_query + i)
+    attends to keys 0..its own position; bottom-right aligned so it is right with a cache."""
+    return torch.ones(t_query, t_key, dtype=torch.bool, device=device).tril(diagonal=t_key - t_query)
+
+
+class Attention(nn.Module):
+    """Multi-head scaled dot-product attention.
+
+    Args:
+        dim: model width.
+        num_heads: heads; dim must divide evenly.
+        qkv_bias: bias on the q/k/v projections.
+        cross: cross-attention (queries from x, keys/values from `context`).
+        context_dim: width of the context for cross-attention (default dim).
+        proj_bias: bias on the output projection.
+        attn_drop: dropout on attention probabilities (training only).
+        proj_drop: dropout after the output projection.
+        rope: optional rotary embedding applied to q and k (self-attention only).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        cross: bool = False,
+        context_dim: int | None = None,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        rope: RotaryEmbedding | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if cross and rope is not None:
+            raise ValueError("rotary embeddings apply to self-attention only")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.rope = rope
+
+    def _heads(self, x: Tensor, n: int) -> tuple[Tensor, ...]:
+        B, T, _ = x.shape
+        x = x.view(B, T, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (n, B, nh, T, hs)
+        return x.unbind(0)
+
+    def project_qkv(
+        self, x: Tensor, context: Tensor | None = None, cache: AttentionCache | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values (B, nh, T, hs), reading and updating `cache`."""
+        if self.cross:
+            (q,) = self._heads(self.q(x), 1)
+            if cache is not None and not cache.is_empty:
+                return q, cache.keys, cache.values  # context is fixed: projected once per sequence
+            if context is None:
+                raise ValueError("cross-attention needs a context (or a filled cache)")
+            k, v = self._heads(self.kv(context), 2)
+            if cache is not None:
+                cache.set(k, v)
+            return q, k, v
+        q, k, v = self._heads(self.qkv(x), 3)
+        if self.rope is not None:
+            q, k = self.rope(q, k, offset=cache.length if cache is not None else 0)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        return q, k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: AttentionCache | None = None,
+    ) -> Tensor:
+        """
+        Args:
+            x: (B, T, dim) queries (and keys/values for self-attention).
+            context: (B, S, context_dim) for cross-attention.
+            mask: bool, broadcastable to (B, nh, T, T_key); True = attend.
+            is_causal: causal self-attention (bottom-right aligned when a cache holds a prefix).
+            cache: this module's cache for incremental decoding.
+
+        Returns:
+            (B, T, dim).
+        """
+        q, k, v = self.project_qkv(x, context, cache)
+        mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.attn_drop if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (B, T, dim)
+        return self.proj_drop(self.proj(out))
+
+    def attention_weights(
+        self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
+        """Explicit softmax(q kᵀ · scale) (B, nh, T, T_key), for visualisation only (no cache)."""
+        q, k, _ = self.project_qkv(x, context, None)
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
+        if is_causal:
+            mask = causal_mask(q.shape[2], k.shape[2], q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(dim=-1)
+
+
+def _combine_masks(
+    mask: Tensor | None, is_causal: bool, t_query: int, t_key: int, device: torch.device
+) -> tuple[Tensor | None, bool]:
+    # SDPA's is_causal is top-left aligned, right only when queries and keys start together.
+    if not is_causal:
+        return mask, False
+    if t_query == 1:
+        return mask, False  # a single new token may see every cached key
+    if mask is None and t_query == t_key:
+        return None, True
+    causal = causal_mask(t_query, t_key, device)
+    return (causal if mask is None else mask & causal), False
+
+
+def attention_maps(model: nn.Module, fn: Callable[[], object]) -> tuple[object, list[Tensor]]:
+    """Run `fn()` (typically `lambda: model(x)`) and collect every self-attention map.
+
+    Returns:
+        fn's result and a list, one entry per self-attention module in call order, of
+        (B, num_heads, T, T) attention probabilities.
+    """
+    maps: list[Tensor] = []
+
+    def hook(module: Attention, args: tuple, kwargs: dict, _out: Tensor) -> None:
+        x = args[0] if args else kwargs["x"]
+        with torch.no_grad():
+            maps.append(
+                module.attention_weights(x, mask=kwargs.get("mask"), is_causal=kwargs.get("is_causal", False))
+            )
+
+    handles = [
+        m.register_forward_hook(hook, with_kwargs=True)
+        for m in model.modules()
+        if isinstance(m, Attention) and not m.cross
+    ]
+    try:
+        result = fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return result, maps

@@ -1,0 +1,100 @@
+"""Explicit key/value cache for incremental decoding.
+
+The cache is an object passed into the model and mutated in place, never a forward hook
+(openai/whisper's hook cache is the anti-pattern we avoid). Beam search reorders it with
+`reorder`. Self-attention entries grow along time; cross-attention entries are computed once
+from the encoder output and reused at every step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+class AttentionCache:
+    """Keys and values of one attention module, shape (B, num_heads, T, head_dim).
+
+    Storage grows by doubling so that appending one token per step costs amortised O(1)
+    copies instead of the O(T) of a `torch.cat` per step.
+    """
+
+    def __init__(self) -> None:
+        self._k: Tensor | None = None
+        self._v: Tensor | None = None
+        self.length = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return self.length == 0
+
+    @property
+    def keys(self) -> Tensor:
+        assert self._k is not None, "empty cache"
+        return self._k[:, :, : self.length]
+
+    @property
+    def values(self) -> Tensor:
+        assert self._v is not None, "empty cache"
+        return self._v[:, :, : self.length]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append new keys/values (B, H, t, D) and return the full (B, H, T, D) pair."""
+        t = k.shape[2]
+        needed = self.length + t
+        if self._k is None or needed > self._k.shape[2] or self._k.shape[0] != k.shape[0]:
+            capacity = max(needed, 2 * (self._k.shape[2] if self._k is not None else 0), 16)
+            new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+            new_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+            if self._k is not None and self.length:
+                new_k[:, :, : self.length] = self._k[:, :, : self.length]
+                new_v[:, :, : self.length] = self._v[:, :, : self.length]
+            self._k, self._v = new_k, new_v
+        self._k[:, :, self.length : needed] = k
+        self._v[:, :, self.length : needed] = v
+        self.length = needed
+        return self.keys, self.values
+
+    def set(self, k: Tensor, v: Tensor) -> None:
+        """Store static keys/values (cross-attention over a fixed context)."""
+        self._k, self._v, self.length = k, v, k.shape[2]
+
+    def reorder(self, index: Tensor) -> None:
+        if self._k is not None:
+            self._k = self._k.index_select(0, index)
+            self._v = self._v.index_select(0, index)
+
+
+@dataclass
+class BlockCache:
+    """The caches of one transformer block: its self-attention and optional cross-attention."""
+
+    self_attn: AttentionCache = field(default_factory=AttentionCache)
+    cross_attn: AttentionCache = field(default_factory=AttentionCache)
+
+
+class KVCache:
+    """Per-layer caches for a whole stack; layers are created lazily on first use.
+
+    `length` is the number of positions already processed, which decoders use as the
+    position offset of the next tokens.
+    """
+
+    def __init__(self) -> None:
+        self.layers: list[BlockCache] = []
+
+    def layer(self, index: int) -> BlockCache:
+        while len(self.layers) <= index:
+            self.layers.append(BlockCache())
+        return self.layers[index]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].self_attn.length if self.layers else 0
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows (beam search): row i of the new cache is row index[i] of the old."""
+        for block in self.layers:
+            block.self_attn.reorder(index)
+            block.cross_attn.reorder(index)

@@ -1,0 +1,245 @@
+"""One autoregressive decoding loop for every decoder (GPT, DALL·E-style, Whisper-style).
+
+Strategies are small objects (openai/whisper keeps decoding apart from the model the same
+way): `Greedy`, `Sampling` (temperature, top-k, top-p) and `BeamSearch`. Logit filters are
+callables `(tokens (B, T), logits (B, V)) -> logits` applied before selection. The model is
+any callable `model(tokens, context=None, cache=None) -> logits (B, T, V)`; with a `KVCache`
+only the new tokens are fed at each step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmkit.core.cache import KVCache
+
+LogitFilter = Callable[[Tensor, Tensor], Tensor]
+
+
+class DecoderModel(Protocol):
+    def __call__(self, tokens: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor: ...
+
+
+class SuppressTokens:
+    """Never emit these token ids."""
+
+    def __init__(self, token_ids: Sequence[int]) -> None:
+        self.token_ids = list(token_ids)
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        logits[:, self.token_ids] = float("-inf")
+        return logits
+
+
+class SuppressAtBegin:
+    """Suppress tokens only at the first generated position (e.g. Whisper's blank/EOT)."""
+
+    def __init__(self, token_ids: Sequence[int], begin_index: int) -> None:
+        self.token_ids, self.begin_index = list(token_ids), begin_index
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        if tokens.shape[1] == self.begin_index:
+            logits[:, self.token_ids] = float("-inf")
+        return logits
+
+
+class Temperature:
+    def __init__(self, temperature: float) -> None:
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0; use Greedy() for argmax decoding")
+        self.temperature = temperature
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        return logits / self.temperature
+
+
+class TopK:
+    """Keep the k most likely tokens."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        k = min(self.k, logits.shape[-1])
+        kth = logits.topk(k, dim=-1).values[:, -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+
+
+class TopP:
+    """Nucleus sampling (Holtzman et al., 2020): keep the smallest set with mass >= p."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum - sorted_logits.softmax(dim=-1) >= self.p  # mass before this token already >= p
+        drop = drop.scatter(-1, order, drop)
+        return logits.masked_fill(drop, float("-inf"))
+
+
+@dataclass
+class Greedy:
+    def select(self, logits: Tensor) -> Tensor:
+        return logits.argmax(dim=-1)
+
+
+@dataclass
+class Sampling:
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
+
+    def filters(self) -> list[LogitFilter]:
+        out: list[LogitFilter] = [Temperature(self.temperature)]
+        if self.top_k:
+            out.append(TopK(self.top_k))
+        if self.top_p is not None and self.top_p < 1.0:
+            out.append(TopP(self.top_p))
+        return out
+
+    def select(self, logits: Tensor) -> Tensor:
+        probs = logits.softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+
+@dataclass
+class BeamSearch:
+    beam_size: int = 4
+    length_penalty: float = 1.0  # final score = sum log p / (generated length ** length_penalty)
+
+
+@dataclass
+class Generation:
+    """tokens: (B, T_max) prompt + generated ids, right-padded with pad_id;
+    lengths: (B,) valid lengths; scores: (B,) sum of log-probs of the generated tokens
+    (beam search: the length-normalised score used to rank hypotheses)."""
+
+    tokens: Tensor
+    lengths: Tensor
+    scores: Tensor
+    sequences: list[Tensor] = field(default_factory=list)
+
+
+def _next_logits(model: DecoderModel, tokens: Tensor, context: Tensor | None, cache: KVCache | None) -> Tensor:
+    if cache is not None:
+        logits = model(tokens[:, cache.length :], context=context, cache=cache)
+    else:
+        logits = model(tokens, context=context, cache=None)
+    return logits[:, -1].float()
+
+
+@torch.no_grad()
+def generate(
+    model: DecoderModel,
+    prompt: Tensor,
+    max_new_tokens: int,
+    strategy: Greedy | Sampling | BeamSearch | None = None,
+    context: Tensor | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    logit_filters: Sequence[LogitFilter] = (),
+    use_cache: bool = True,
+) -> Generation:
+    """Extend `prompt` (B, T) by up to `max_new_tokens`, stopping a row at `eos_id`.
+
+    Args:
+        model: `model(tokens, context=None, cache=None) -> (B, T, V)` logits.
+        prompt: (B, T) int64 start tokens (equal length per row).
+        strategy: Greedy() (default), Sampling(...) or BeamSearch(...).
+        context: (B, S, D) encoder output for cross-attention models.
+        logit_filters: applied in order before the strategy's own filters.
+        use_cache: incremental decoding with a KVCache (same result as recomputation).
+    """
+    strategy = strategy or Greedy()
+    if isinstance(strategy, BeamSearch):
+        return _beam_search(model, prompt, max_new_tokens, strategy, context, eos_id, pad_id,
+                            list(logit_filters), use_cache)
+    filters = list(logit_filters) + (strategy.filters() if isinstance(strategy, Sampling) else [])
+    cache = KVCache() if use_cache else None
+    B, T = prompt.shape
+    tokens = prompt
+    finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    lengths = torch.full((B,), T, device=prompt.device)
+    scores = torch.zeros(B, device=prompt.device)
+    for _ in range(max_new_tokens):
+        logits = _next_logits(model, tokens, context, cache)
+        for f in filters:
+            logits = f(tokens, logits)
+        nxt = strategy.select(logits)
+        logp = logits.log_softmax(dim=-1).gather(1, nxt[:, None]).squeeze(1)
+        scores += torch.where(finished, 0.0, logp)
+        lengths += (~finished).long()
+        nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        if eos_id is not None:
+            finished |= nxt == eos_id
+            if bool(finished.all()):
+                break
+    return Generation(tokens, lengths, scores, [tokens[i, : lengths[i]] for i in range(B)])
+
+
+def _beam_search(
+    model: DecoderModel, prompt: Tensor, max_new_tokens: int, beam: BeamSearch, context: Tensor | None,
+    eos_id: int | None, pad_id: int, filters: list[LogitFilter], use_cache: bool,
+) -> Generation:
+    B, T = prompt.shape
+    K = beam.beam_size
+    device = prompt.device
+    tokens = prompt.repeat_interleave(K, dim=0)  # (B*K, T)
+    if context is not None:
+        context = context.repeat_interleave(K, dim=0)  # (B*K, S, D)
+    cache = KVCache() if use_cache else None
+    sum_lp = torch.zeros(B, K, device=device)
+    sum_lp[:, 1:] = float("-inf")  # identical beams at start: expand only the first
+    hyps: list[list[tuple[float, Tensor]]] = [[] for _ in range(B)]
+
+    def score(lp: float, n_new: int) -> float:
+        return lp / max(n_new, 1) ** beam.length_penalty
+
+    for step in range(max_new_tokens):
+        logits = _next_logits(model, tokens, context, cache)
+        for f in filters:
+            logits = f(tokens, logits)
+        V = logits.shape[-1]
+        cand = (sum_lp[..., None] + logits.log_softmax(dim=-1).view(B, K, V)).view(B, K * V)
+        top_lp, top_idx = cand.topk(2 * K, dim=1)  # 2K: at most K can end in EOS
+        rows, new_tok, new_lp = [], [], []
+        for b in range(B):
+            kept = 0
+            for lp, idx in zip(top_lp[b].tolist(), top_idx[b].tolist()):
+                src, tok = b * K + idx // V, idx % V
+                if eos_id is not None and tok == eos_id:
+                    if len(hyps[b]) < K and lp > float("-inf"):
+                        seq = torch.cat([tokens[src], tokens.new_tensor([tok])])
+                        hyps[b].append((score(lp, step + 1), seq))
+                    continue
+                rows.append(src), new_tok.append(tok), new_lp.append(lp)
+                kept += 1
+                if kept == K:
+                    break
+        index = torch.tensor(rows, device=device)
+        tokens = torch.cat([tokens.index_select(0, index), torch.tensor(new_tok, device=device)[:, None]], dim=1)
+        sum_lp = torch.tensor(new_lp, device=device).view(B, K)
+        if cache is not None:
+            cache.reorder(index)
+        if all(len(h) >= K for h in hyps):
+            break
+    n_new = tokens.shape[1] - T
+    for b in range(B):  # rows without K finished hypotheses compete with their live beams
+        for k in range(K):
+            if len(hyps[b]) < K or eos_id is None:
+                hyps[b].append((score(float(sum_lp[b, k]), n_new), tokens[b * K + k]))
+    best = [max(h, key=lambda s: s[0]) for h in hyps]
+    seqs = [s for _, s in best]
+    out = torch.full((B, max(len(s) for s in seqs)), pad_id, dtype=prompt.dtype, device=device)
+    for b, s in enumerate(seqs):
+        out[b, : len(s)] = s
+    lengths = torch.tensor([len(s) for s in seqs], device=device)
+    return Generation(out, lengths, torch.tensor([sc for sc, _ in best], device=device), seqs)

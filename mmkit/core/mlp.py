@@ -1,0 +1,57 @@
+"""Feed-forward layers: the two-layer MLP of "Attention Is All You Need" / ViT, and SwiGLU
+(Shazeer, 2020). Parameter names follow timm (`fc1`, `fc2`; `fc1_g`, `fc1_x` for SwiGLU).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP checkpoints were trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Mlp(nn.Module):
+    """fc1 -> activation -> dropout -> fc2 -> dropout."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        act_layer: type[nn.Module] = nn.GELU,
+        bias: bool = True,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.act = act_layer()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwiGLU(nn.Module):
+    """fc2(silu(fc1_g x) * fc1_x x). `act_layer` is accepted so blocks can swap MLPs freely."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        act_layer: type[nn.Module] = nn.SiLU,
+        bias: bool = True,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.fc1_g = nn.Linear(dim, hidden_dim, bias=bias)
+        self.fc1_x = nn.Linear(dim, hidden_dim, bias=bias)
+        self.act = act_layer()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1_g(x)) * self.fc1_x(x))))

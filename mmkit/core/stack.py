@@ -1,0 +1,92 @@
+"""Encoder and Decoder stacks: N blocks plus an optional final norm.
+
+`Decoder` is `Encoder` with causal self-attention, optionally with cross-attention to an
+encoder output (x-transformers' one-stack design). Both accept an explicit `KVCache`.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mmkit.core.blocks import MlpFactory, NormFactory, PreNormBlock
+from mmkit.core.cache import KVCache
+from mmkit.core.mlp import Mlp
+from mmkit.core.norms import LayerNorm
+
+
+class TransformerStack(nn.Module):
+    """`depth` blocks of type `block`; `norm` is the final norm (Identity when final_norm=False).
+
+    Args:
+        dim, depth, num_heads, mlp_ratio, qkv_bias: the usual (timm) sizes.
+        cross_attention: give every block cross-attention to a context.
+        block: PreNormBlock or PostNormBlock (or any block with the same signature).
+        norm_layer, mlp_layer, act_layer: layer factories passed to every block.
+        final_norm: apply `norm_layer` after the last block (pre-norm stacks need it).
+        drop_path_rate: stochastic depth, increasing linearly to this value at the last block.
+        init_values: LayerScale init (None = no LayerScale).
+    """
+
+    causal = False
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        cross_attention: bool = False,
+        block: type[nn.Module] = PreNormBlock,
+        norm_layer: NormFactory = LayerNorm,
+        mlp_layer: MlpFactory = Mlp,
+        act_layer: type[nn.Module] = nn.GELU,
+        final_norm: bool = True,
+        drop_path_rate: float = 0.0,
+        init_values: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            block(
+                dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, cross_attention=cross_attention,
+                norm_layer=norm_layer, mlp_layer=mlp_layer, act_layer=act_layer, init_values=init_values,
+                drop_path=drop_path_rate * i / max(depth - 1, 1),
+            )
+            for i in range(depth)
+        )
+        self.norm = norm_layer(dim) if final_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """
+        Args:
+            x: (B, T, dim).
+            context: (B, S, dim) encoder output for cross-attention.
+            mask: self-attention mask, bool broadcastable to (B, nh, T, T_key), True = attend.
+            context_mask: cross-attention mask, broadcastable to (B, nh, T, S).
+            cache: KV cache for incremental decoding (holds T_key - T earlier positions).
+
+        Returns:
+            (B, T, dim).
+        """
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, context=context, mask=mask, context_mask=context_mask, is_causal=self.causal,
+                    cache=cache.layer(i) if cache is not None else None)
+        return self.norm(x)
+
+
+class Encoder(TransformerStack):
+    """Bidirectional stack (ViT, CLIP image tower, BERT, Whisper encoder)."""
+
+    causal = False
+
+
+class Decoder(TransformerStack):
+    """Causal stack (GPT, CLIP text tower, DALL·E-style, Whisper decoder); cross-attention optional."""
+
+    causal = True

@@ -1,0 +1,131 @@
+"""Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021).
+
+Built from the shared core and numerically identical to timm's `VisionTransformer` for the
+plain family (class token or not, token or average pooling with timm's fc_norm placement),
+so timm checkpoints import with a 1:1 key map (`mmkit.weights.from_timm`).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.core import Encoder, LayerNorm, resample_positions
+from mmkit.core.blocks import layer_norm
+from mmkit.stems import PatchEmbed
+from mmkit.weights.native import PretrainedMixin
+
+
+class ViT(PretrainedMixin, nn.Module):
+    """ViT classifier.
+
+    Args:
+        image_size: training resolution; other sizes work by resampling positions on the fly.
+        patch_size: side of the square patches.
+        in_chans: image channels.
+        num_classes: classifier outputs (0 = no head, `forward` returns pooled features).
+        dim, depth, num_heads, mlp_ratio, qkv_bias: transformer sizes (timm's names).
+        class_token: prepend a learned [CLS] token.
+        global_pool: "token" (the [CLS] output) or "avg" (mean of patch tokens).
+        fc_norm: put the final norm after pooling; None = timm's rule (True for "avg").
+        drop_path_rate: stochastic depth for training.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        class_token: bool = True,
+        global_pool: Literal["token", "avg"] = "token",
+        fc_norm: bool | None = None,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.patch_embed = PatchEmbed(patch_size, in_chans, dim)
+        self.grid_size = self.patch_embed.grid(image_size, image_size)
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.randn(1, num_patches + self.num_prefix_tokens, dim) * 0.02)
+        norm = layer_norm(1e-6)
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, qkv_bias, norm_layer=norm,
+                               final_norm=False, drop_path_rate=drop_path_rate)
+        # timm: the final norm sits either before pooling (`norm`) or after it (`fc_norm`).
+        self.norm = norm(dim) if not use_fc_norm else nn.Identity()
+        self.fc_norm = norm(dim) if use_fc_norm else nn.Identity()
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+
+    def _positions(self, grid: tuple[int, int]) -> Tensor:
+        return resample_positions(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, prefix + N, dim) normed tokens (before pooling)."""
+        grid = self.patch_embed.grid(images.shape[-2], images.shape[-1])
+        x = self.patch_embed(images)  # (B, N, dim)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self._positions(grid)
+        return self.norm(self.encoder(x))
+
+    def pool(self, x: Tensor) -> Tensor:
+        """(B, T, dim) -> (B, dim) pooled and normed features."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
+        return self.fc_norm(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) images -> (B, num_classes) logits."""
+        return self.head(self.pool(self.forward_features(images)))
+
+    def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:
+        """Resample saved position embeddings when this model was built at another image size."""
+        if "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
+            old = PatchEmbed(saved_config["patch_size"]).grid(saved_config["image_size"], saved_config["image_size"])
+            state = {**state, "pos_embed": resample_positions(
+                state["pos_embed"], self.grid_size, old, self.num_prefix_tokens)}
+        return state
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "ViT":
+        """Build a named size (see `mmkit.models.sizes.VIT_SIZES`), e.g. "vit_tiny_patch16_224"."""
+        from mmkit.models.sizes import vit_config
+
+        return cls(**{**vit_config(name), **overrides})
+
+    @classmethod
+    def from_timm(cls, model_or_name: nn.Module | str, checkpoint_path: str | None = None,
+                  pretrained: bool = False, **timm_kwargs: Any) -> "ViT":
+        """Import a timm VisionTransformer instance, or build `name` like timm.create_model and
+        load timm weights from `checkpoint_path` (or the hub when `pretrained=True`)."""
+        from mmkit.weights.from_timm import vit_from_timm
+
+        return vit_from_timm(model_or_name, checkpoint_path=checkpoint_path, pretrained=pretrained, **timm_kwargs)
+
+
+def _init_weights(module: nn.Module) -> None:
+    # timm's default ViT init: truncated normal linear weights, zero biases.
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,97 @@
+"""Import timm `VisionTransformer` weights into `mmkit.models.ViT`.
+
+The architecture is read off the timm instance (timm's own config is the reference), the
+weights go through a key map; anything the plain ViT family does not cover (register tokens,
+qk-norm, attention pooling, ...) is refused with a message rather than approximated.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+
+from mmkit.models.vit import ViT
+from mmkit.weights.keymap import remap
+from mmkit.weights.native import WeightsError, load_state_dict_strict, read_state_dict
+
+log = logging.getLogger(__name__)
+
+VIT_KEYS = [
+    ("cls_token", "cls_token"),
+    ("pos_embed", "pos_embed"),
+    ("patch_embed.proj.{p}", "patch_embed.proj.{p}"),
+    ("blocks.{i}.{rest}", "encoder.blocks.{i}.{rest}"),
+    ("norm.{p}", "norm.{p}"),
+    ("fc_norm.{p}", "fc_norm.{p}"),
+    ("head.{p}", "head.{p}"),
+]
+
+
+def _timm_create(name: str, checkpoint_path: str | None, pretrained: bool, timm_kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8] if "_" in name else []
+        raise ValueError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+    model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
+    if checkpoint_path is not None:
+        state = read_state_dict(checkpoint_path)
+        for wrapper in ("state_dict", "model"):  # timm training checkpoints wrap the weights
+            if wrapper in state and isinstance(state[wrapper], dict):
+                state = state[wrapper]
+        # timm's own filter resamples position embeddings / adapts patch sizes, as timm would.
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, model)
+        load_state_dict_strict(model, state, str(checkpoint_path))
+    return model
+
+
+def _vit_config(m: nn.Module) -> dict[str, Any]:
+    from timm.layers import Mlp as TimmMlp
+
+    blk = m.blocks[0]
+    unsupported = {
+        "register tokens": getattr(m, "reg_token", None) is not None,
+        "no_embed_class": getattr(m, "no_embed_class", False),
+        "pre-norm (norm_pre)": not isinstance(m.norm_pre, nn.Identity),
+        "attention pooling": getattr(m, "attn_pool", None) is not None,
+        "qk-norm": not isinstance(blk.attn.q_norm, nn.Identity),
+        "layer scale": not isinstance(blk.ls1, nn.Identity),
+        "non-GELU activation / non-standard MLP": not (isinstance(blk.mlp, TimmMlp) and type(blk.mlp.act) is nn.GELU),
+        "non-square patches": m.patch_embed.patch_size[0] != m.patch_embed.patch_size[1],
+        f"global_pool={m.global_pool!r}": m.global_pool not in ("token", "avg"),
+        "dynamic image size": getattr(m, "dynamic_img_size", False),
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise WeightsError(f"timm model uses features outside mmkit's plain ViT: {', '.join(bad)}")
+    img = m.patch_embed.img_size
+    if img[0] != img[1]:
+        raise WeightsError(f"non-square image size {img} is not supported")
+    return dict(
+        image_size=img[0], patch_size=m.patch_embed.patch_size[0], in_chans=m.patch_embed.proj.in_channels,
+        num_classes=m.num_classes, dim=m.embed_dim, depth=len(m.blocks), num_heads=blk.attn.num_heads,
+        mlp_ratio=blk.mlp.fc1.out_features / m.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
+        class_token=m.cls_token is not None, global_pool=m.global_pool,
+        fc_norm=not isinstance(m.fc_norm, nn.Identity),
+    )
+
+
+def vit_from_timm(model_or_name: nn.Module | str, checkpoint_path: str | None = None,
+                  pretrained: bool = False, **timm_kwargs: Any) -> ViT:
+    """See `ViT.from_timm`."""
+    if isinstance(model_or_name, str):
+        timm_model = _timm_create(model_or_name, checkpoint_path, pretrained, timm_kwargs)
+        source = checkpoint_path or f"timm:{model_or_name}"
+    else:
+        if checkpoint_path or pretrained or timm_kwargs:
+            raise ValueError("pass checkpoint_path/pretrained/timm kwargs only with a model name")
+        timm_model, source = model_or_name, f"timm:{type(model_or_name).__name__}"
+    if type(timm_model).__name__ != "VisionTransformer":
+        raise WeightsError(f"{source}: expected a timm VisionTransformer, got {type(timm_model).__name__}")
+    model = ViT(**_vit_config(timm_model))
+    state = remap(timm_model.state_dict(), VIT_KEYS, source)
+    load_state_dict_strict(model, state, str(source))
+    return model.train(timm_model.training)
