@@ -129,3 +129,43 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+class PretrainedViT(ViT):
+    """A ViT built from a native checkpoint directory, for YAML recipes (`class_path`).
+
+    Fine-tuning: when `num_classes` differs from the checkpoint's, the head is re-initialised
+    (an explicit, logged replacement) and everything else is loaded strictly. `metadata`
+    keeps the checkpoint's class names and eval transform.
+
+    Args:
+        checkpoint: directory written by `save_pretrained`.
+        num_classes: new head size (None or 0 = keep the checkpoint's head).
+        image_size: new training resolution (positions are resampled).
+        drop_path_rate: stochastic depth for fine-tuning.
+    """
+
+    architecture = "ViT"
+
+    def __init__(self, checkpoint: str, num_classes: int | None = None, image_size: int | None = None,
+                 drop_path_rate: float = 0.0) -> None:
+        doc = ViT.read_config(checkpoint)
+        saved = doc["config"]
+        new_head = bool(num_classes) and num_classes != saved["num_classes"]
+        super().__init__(**{**saved, "num_classes": num_classes if new_head else saved["num_classes"],
+                            "image_size": image_size or saved["image_size"], "drop_path_rate": drop_path_rate})
+        from pathlib import Path
+
+        from mmkit.weights.native import WEIGHTS_NAME, load_state_dict_strict, read_state_dict
+
+        path = Path(checkpoint).expanduser() / WEIGHTS_NAME
+        state = self.adapt_state_dict(read_state_dict(path), saved)
+        self.metadata: dict[str, Any] = dict(doc.get("metadata", {}))
+        if new_head:
+            import logging
+
+            logging.getLogger(__name__).info("new %d-class head replaces the checkpoint's %d-class head",
+                                             num_classes, saved["num_classes"])
+            state = {**state, "head.weight": self.head.weight.detach(), "head.bias": self.head.bias.detach()}
+            self.metadata.pop("class_names", None)
+        load_state_dict_strict(self, state, str(path))

@@ -71,6 +71,11 @@ class PretrainedMixin:
     arguments in `self.config` (a JSON-serialisable dict)."""
 
     config: dict[str, Any]
+    architecture: str | None = None  # name written to config.json; default: the class name
+
+    @classmethod
+    def architecture_name(cls) -> str:
+        return cls.architecture or cls.__name__
 
     def save_pretrained(self, directory: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
         directory = Path(directory).expanduser()
@@ -78,7 +83,7 @@ class PretrainedMixin:
         assert isinstance(self, nn.Module)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME))
-        doc = {"format_version": FORMAT_VERSION, "architecture": type(self).__name__,
+        doc = {"format_version": FORMAT_VERSION, "architecture": self.architecture_name(),
                "config": self.config, "metadata": dict(metadata or {})}
         (directory / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
         return directory
@@ -93,8 +98,8 @@ class PretrainedMixin:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise WeightsError(f"{path}: invalid JSON ({e})") from None
-        if doc.get("architecture") != cls.__name__:
-            raise WeightsError(f"{path}: holds a {doc.get('architecture')!r} checkpoint, not {cls.__name__}")
+        if doc.get("architecture") != cls.architecture_name():
+            raise WeightsError(f"{path}: holds a {doc.get('architecture')!r} checkpoint, not {cls.architecture_name()}")
         return doc
 
     @classmethod

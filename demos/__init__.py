@@ -1,0 +1,1 @@
+"""Gradio demos: thin apps over the same inference paths the tests exercise."""

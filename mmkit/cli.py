@@ -1,0 +1,91 @@
+"""The `mmkit` command: LightningCLI subcommands (fit/validate/test/predict) over YAML recipes
+in configs/, plus tool subcommands (`bench`, `demo`) dispatched to their own parsers.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from mmkit.tasks.classify import Prediction, write_predictions
+
+log = logging.getLogger("mmkit")
+
+TOOLS = {
+    "bench": "benchmarks against the reference implementation (mmkit bench vit --help)",
+    "demo": "Gradio demos in the browser (mmkit demo vit --help)",
+}
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write `mmkit predict` results to CSV/JSON/JSONL, one row per input image, including
+    the files that could not be read (with the reason) so nothing is dropped silently."""
+
+    def __init__(self, output: str = "predictions.csv") -> None:
+        super().__init__(write_interval="batch")
+        self.output = output
+        self._rows: list[Prediction] = []
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        files = trainer.datamodule.predict_files
+        for i, (labels, probs) in zip(prediction["indices"], prediction["top_k"]):
+            self._rows.append(Prediction(str(files[i]), labels, probs))
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        skipped = [Prediction(str(p), error=reason) for p, reason in getattr(trainer.datamodule, "skipped", [])]
+        done = {r.path for r in self._rows}
+        late = [Prediction(str(p), error="unreadable image (skipped while loading)")
+                for p in trainer.datamodule.predict_files if str(p) not in done]
+        rows = sorted(self._rows + skipped + [r for r in late if r.path not in {s.path for s in skipped}],
+                      key=lambda r: r.path)
+        counts = write_predictions(rows, self.output)
+        log.info("wrote %d predictions (%d unreadable) to %s", counts["ok"], counts["failed"], self.output)
+        self._rows = []
+
+
+class MMKitCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        # Values the data determines are linked, never repeated in the recipe.
+        # A data module with no training classes (prediction only) links nothing: the model's
+        # checkpoint then supplies its own head and class names.
+        parser.link_arguments("data.class_names", "model.init_args.class_names",
+                              compute_fn=lambda names: list(names) or None, apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.init_args.model.init_args.num_classes",
+                              compute_fn=lambda n: n or None, apply_on="instantiate")
+
+
+def _run_tool(name: str, argv: list[str]) -> int:
+    if name == "bench":
+        from mmkit.bench import main as bench_main
+
+        return bench_main(argv)
+    from mmkit.demos import main as demo_main
+
+    return demo_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in TOOLS:
+        return _run_tool(argv[0], argv[1:]) or 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: mmkit {fit,validate,test,predict} --config configs/<recipe>.yaml [options]\n"
+              "       mmkit {" + ",".join(TOOLS) + "} ...\n\n"
+              + "\n".join(f"  {k:9s} {v}" for k, v in TOOLS.items())
+              + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)")
+        if not argv:
+            return 2
+    MMKitCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+             save_config_kwargs={"overwrite": True}, args=argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

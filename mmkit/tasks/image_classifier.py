@@ -1,0 +1,148 @@
+"""Image classification system: cross-entropy with label smoothing (Szegedy et al., 2016),
+optional mixup/cutmix (timm's `Mixup`), AdamW with linear warmup then cosine decay, and
+torchmetrics accuracy. The model is injected (any `(B, C, H, W) -> (B, classes)` module, a
+ViT by default in the configs; `mmkit.models.PretrainedViT` to start from a checkpoint).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from mmkit.tasks.classify import top_k
+
+log = logging.getLogger(__name__)
+
+
+class ImageClassifier(pl.LightningModule):
+    """
+    Args:
+        model: the network, configured from YAML by class path.
+        class_names: label names, linked from the DataModule (default: the names a pretrained
+            model's checkpoint carries); saved with exported checkpoints.
+        lr, weight_decay: AdamW settings (no decay on biases, norms, tokens and positions).
+        warmup_ratio: fraction of all optimiser steps spent in linear warmup before cosine decay.
+        label_smoothing: smoothing of the one-hot targets.
+        mixup_alpha, cutmix_alpha: timm Mixup/CutMix strengths (0 = off).
+        top_k: predictions returned per image by `predict_step`.
+        export_dir: where `on_fit_end` writes the native checkpoint for `mmkit predict` and demos.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        class_names: list[str] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_ratio: float = 0.05,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        top_k: int = 5,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        class_names = class_names or getattr(model, "metadata", {}).get("class_names")
+        self.model = model
+        num_classes = _num_outputs(model)
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"the data has {len(self.class_names)} classes but the model has {num_classes} outputs")
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                               label_smoothing=label_smoothing, num_classes=num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes)
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if batch is None:  # every image in the batch was unreadable (already logged)
+            return None
+        images, targets, _ = batch
+        if self.mixup is not None and images.shape[0] % 2 == 0:
+            images, soft = self.mixup(images, targets)
+            logits = self(images)
+            loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+            self.train_acc(logits, targets)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch: Any, stage: str, acc: MulticlassAccuracy) -> None:
+        if batch is None:
+            return
+        images, targets, _ = batch
+        logits = self(images)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=True)
+        acc(logits, targets)
+        self.log(f"{stage}/acc", acc, prog_bar=True)
+        if stage == "val":
+            self.val_top5(logits, targets)
+            self.log("val/acc_top5", self.val_top5)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        if batch is None:
+            return {"indices": [], "top_k": []}
+        images, _, indices = batch
+        return {"indices": indices.tolist(), "top_k": top_k(self(images), self.class_names, self.hparams.top_k)}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.hparams.warmup_ratio * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def export(self, directory: str | Path, data_meta: dict[str, Any] | None = None) -> Path:
+        """Write the native checkpoint (weights + class names + eval transform) for inference."""
+        meta = {"class_names": self.class_names, **(data_meta or {})}
+        return self.model.save_pretrained(directory, metadata=meta)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            dm = self.trainer.datamodule
+            meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else {}
+            path = self.export(Path(self.hparams.export_dir).expanduser(), meta)
+            log.info("exported model to %s", path)
+
+
+def _num_outputs(model: nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"{type(model).__name__} has no classifier head (num_classes={n})")
+    return n
