@@ -2,15 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-DEFAULT_VIT = "{cache}/runs/vit_digits/export"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MMKIT_CACHE", "~/.cache/mmkit")).expanduser()
+DEFAULT_VIT = "runs/vit_digits/export"  # relative to the repository root, where `make run` writes it
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +17,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args(argv)
-    model = Path(args.model or DEFAULT_VIT.format(cache=cache_dir())).expanduser()
+    model = Path(args.model or DEFAULT_VIT).expanduser()
     if not (model / "config.json").is_file():
         print(f"mmkit demo: no checkpoint at {model}; train the embedded recipe first with `make run` "
               "or pass --model DIR", file=sys.stderr)

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export_config="${MMKIT_CACHE:-$HOME/.cache/mmkit}/runs/vit_digits/export/config.json"
+export_config="runs/vit_digits/export/config.json"
 if [[ ! -f "$export_config" ]]; then
     .venv/bin/mmkit fit --config configs/vit_digits.yaml
 fi

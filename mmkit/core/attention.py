@@ -124,7 +124,7 @@ class Attention(nn.Module):
         mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.attn_drop if self.training else 0.0,
+            dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
         )  # (B, nh, T, hs)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (B, T, dim)
         return self.proj_drop(self.proj(out))

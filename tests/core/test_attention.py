@@ -1,0 +1,165 @@
+"""Attention against a naive per-head softmax(QKᵀ·scale)V, masks, and a hand-checked example."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mmkit.core import Attention, AttentionCache, Decoder, RotaryEmbedding, attention_maps, causal_mask, key_padding_mask
+
+B, T, DIM, HEADS = 2, 7, 24, 3
+
+
+def _random_mask(b: int, t: int, s: int) -> torch.Tensor:
+    mask = torch.rand(b, 1, t, s) > 0.5
+    mask[..., 0] = True  # every query keeps at least one key (an all-False row is NaN by definition)
+    return mask
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(B, T, DIM)
+
+
+def test_self_attention_matches_naive_without_mask(naive, x):
+    attn = Attention(DIM, HEADS).eval()
+    torch.testing.assert_close(attn(x), naive(attn, x), atol=1e-5, rtol=1e-5)
+
+
+def test_self_attention_matches_naive_with_random_boolean_mask(naive, x):
+    attn = Attention(DIM, HEADS).eval()
+    mask = _random_mask(B, T, T)
+    out = attn(x, mask=mask)
+    torch.testing.assert_close(out, naive(attn, x, mask=mask), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, attn(x), atol=1e-3)  # the mask really changed something
+
+
+def test_causal_matches_naive_lower_triangular_mask(naive, x):
+    attn = Attention(DIM, HEADS).eval()
+    tril = torch.ones(T, T, dtype=torch.bool).tril()
+    torch.testing.assert_close(attn(x, is_causal=True), naive(attn, x, mask=tril), atol=1e-5, rtol=1e-5)
+
+
+def test_causal_combined_with_padding_mask(naive, x):
+    attn = Attention(DIM, HEADS).eval()
+    valid = torch.tensor([[True] * T, [True] * 4 + [False] * (T - 4)])
+    pad = key_padding_mask(valid)
+    assert pad.shape == (B, 1, 1, T)
+    tril = torch.ones(T, T, dtype=torch.bool).tril()
+    out = attn(x, mask=pad, is_causal=True)
+    torch.testing.assert_close(out, naive(attn, x, mask=pad & tril), atol=1e-5, rtol=1e-5)
+
+
+def test_key_padding_ignores_padded_keys(naive, x):
+    attn = Attention(DIM, HEADS).eval()
+    valid = torch.tensor([[True] * T, [True] * 3 + [False] * (T - 3)])
+    out = attn(x, mask=key_padding_mask(valid))
+    torch.testing.assert_close(out, naive(attn, x, mask=key_padding_mask(valid)), atol=1e-5, rtol=1e-5)
+    # Padded positions of row 1 may hold anything: changing them leaves every output unchanged.
+    x2 = x.clone()
+    x2[1, 3:] = torch.randn(T - 3, DIM) * 10
+    torch.testing.assert_close(attn(x2, mask=key_padding_mask(valid))[:, :3], out[:, :3])
+
+
+@pytest.mark.parametrize("context_dim", [None, 16])
+def test_cross_attention_matches_naive(naive, x, context_dim):
+    S = 5
+    attn = Attention(DIM, HEADS, cross=True, context_dim=context_dim).eval()
+    context = torch.randn(B, S, context_dim or DIM)
+    torch.testing.assert_close(attn(x, context=context), naive(attn, x, context), atol=1e-5, rtol=1e-5)
+    valid = torch.tensor([[True] * S, [True, True, False, False, False]])
+    mask = key_padding_mask(valid)
+    torch.testing.assert_close(attn(x, context=context, mask=mask), naive(attn, x, context, mask=mask),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_causal_mask_is_bottom_right_aligned():
+    m = causal_mask(2, 5)
+    assert m.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+
+
+def test_attention_weights_match_naive(naive, x):
+    attn = Attention(DIM, HEADS).eval()
+    mask = _random_mask(B, T, T)
+    _, expected = naive(attn, x, mask=mask, return_weights=True)
+    torch.testing.assert_close(attn.attention_weights(x, mask=mask), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_rotary_attention_cached_one_token_at_a_time_equals_full():
+    torch.manual_seed(0)
+    attn = Attention(DIM, HEADS, rope=RotaryEmbedding(DIM // HEADS)).eval()
+    x = torch.randn(B, T, DIM)
+    full = attn(x, is_causal=True)
+    cache = AttentionCache()
+    steps = [attn(x[:, :3], is_causal=True, cache=cache)]  # a prefix, then one token per step
+    steps += [attn(x[:, t : t + 1], is_causal=True, cache=cache) for t in range(3, T)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+# The classic 3-token worked example ("Illustrated: Self-Attention"): 4-d inputs, 3-d q/k/v.
+X = torch.tensor([[1.0, 0, 1, 0], [0, 2, 0, 2], [1, 1, 1, 1]])
+W_K = torch.tensor([[0.0, 0, 1], [1, 1, 0], [0, 1, 0], [1, 1, 0]])
+W_Q = torch.tensor([[1.0, 0, 1], [1, 0, 0], [0, 0, 1], [0, 1, 1]])
+W_V = torch.tensor([[0.0, 2, 0], [0, 3, 0], [1, 0, 3], [1, 1, 0]])
+EXPECTED_SCORES = [[2, 4, 4], [4, 16, 12], [4, 12, 10]]
+EXPECTED_WEIGHTS = [[0.0634, 0.4683, 0.4683], [0.0000, 0.9820, 0.0180], [0.0003, 0.8805, 0.1192]]
+EXPECTED_OUTPUTS = [[1.9366, 6.6831, 1.5951], [1.9999, 7.9640, 0.0540], [1.9997, 7.7599, 0.3584]]
+
+
+def _worked_example_attention() -> Attention:
+    """One head of width 4 whose q/k/v are the example's 3-d projections padded by a zero
+    channel (which adds 0 to every dot product); proj is the identity; scale 1 as in the example."""
+    attn = Attention(4, num_heads=1, qkv_bias=False, proj_bias=False).eval()
+    w = torch.zeros(12, 4)
+    for i, m in enumerate((W_Q, W_K, W_V)):
+        w[4 * i : 4 * i + 3] = m.T  # nn.Linear stores (out, in)
+    with torch.no_grad():
+        attn.qkv.weight.copy_(w)
+        attn.proj.weight.copy_(torch.eye(4))
+    attn.scale = 1.0
+    return attn
+
+
+def test_worked_example_scores_weights_outputs():
+    attn = _worked_example_attention()
+    x = X[None]  # (1, 3, 4)
+    q, k, v = attn.project_qkv(x)
+    torch.testing.assert_close(q[0, 0, :, :3], X @ W_Q)
+    scores = (q @ k.transpose(-2, -1)) * attn.scale
+    torch.testing.assert_close(scores[0, 0], torch.tensor(EXPECTED_SCORES, dtype=torch.float32))
+    weights = attn.attention_weights(x)[0, 0]
+    torch.testing.assert_close(weights, torch.tensor(EXPECTED_WEIGHTS), atol=1e-3, rtol=0)
+    with torch.no_grad():
+        out = attn(x)[0]  # the SDPA path, with the module's scale
+    torch.testing.assert_close(out[:, :3], torch.tensor(EXPECTED_OUTPUTS), atol=2e-3, rtol=0)
+    assert out[:, 3].abs().max() == 0
+
+
+def test_attention_maps_one_causal_map_per_layer(naive):
+    torch.manual_seed(0)
+    dec = Decoder(DIM, 3, HEADS).eval()
+    x = torch.randn(B, T, DIM)
+    seen: list[torch.Tensor] = []
+    hooks = [blk.attn.register_forward_pre_hook(lambda m, a: seen.append(a[0])) for blk in dec.blocks]
+    out, maps = attention_maps(dec, lambda: dec(x))
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(out, dec(x))
+    assert len(maps) == 3 and len(seen) == 3
+    tril = torch.ones(T, T, dtype=torch.bool).tril()
+    for blk, attn_in, amap in zip(dec.blocks, seen, maps):
+        assert amap.shape == (B, HEADS, T, T)
+        torch.testing.assert_close(amap.sum(-1), torch.ones(B, HEADS, T))
+        assert amap.masked_select(~tril).abs().max() == 0
+        _, expected = naive(blk.attn, attn_in, mask=tril, return_weights=True)
+        torch.testing.assert_close(amap, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_maps_skip_cross_attention_and_remove_hooks():
+    torch.manual_seed(0)
+    dec = Decoder(DIM, 2, HEADS, cross_attention=True).eval()
+    x, ctx = torch.randn(1, 4, DIM), torch.randn(1, 6, DIM)
+    _, maps = attention_maps(dec, lambda: dec(x, context=ctx))
+    assert [m.shape for m in maps] == [(1, HEADS, 4, 4)] * 2
+    assert all(not m._forward_hooks for m in dec.modules() if isinstance(m, nn.Module))

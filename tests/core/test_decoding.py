@@ -1,0 +1,220 @@
+"""The decoding loop: cached = uncached for every strategy, beam search optimality on a
+hand-made model, logit filters on known distributions."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from mmkit.core import (
+    BeamSearch, Greedy, KVCache, Sampling, SuppressAtBegin, SuppressTokens, TopK, TopP, generate,
+)
+
+PROMPT = torch.tensor([[3, 14, 15], [9, 2, 6]])
+
+
+# --- KV-cached incremental decoding equals full recomputation -------------------------------
+
+def test_cached_logits_step_by_step_equal_full_forward(tiny_lm):
+    tokens = torch.randint(0, 37, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = tiny_lm(tokens)
+        cache = KVCache()
+        steps = [tiny_lm(tokens[:, :4], cache=cache)]  # prompt in one go, then one token per step
+        for t in range(4, 12):
+            steps.append(tiny_lm(tokens[:, t : t + 1], cache=cache))
+            assert cache.length == t + 1
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_equals_reference_argmax_loop(tiny_lm):
+    tokens = PROMPT
+    with torch.no_grad():
+        for _ in range(8):
+            tokens = torch.cat([tokens, tiny_lm(tokens)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    out = generate(tiny_lm, PROMPT, 8, Greedy())
+    assert torch.equal(out.tokens, tokens)
+    assert out.lengths.tolist() == [11, 11]
+
+
+def test_greedy_cached_equals_uncached(tiny_lm):
+    a = generate(tiny_lm, PROMPT, 10, Greedy(), use_cache=True)
+    b = generate(tiny_lm, PROMPT, 10, Greedy(), use_cache=False)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-5)
+
+
+def test_greedy_stops_rows_at_eos_and_pads(tiny_lm):
+    free = generate(tiny_lm, PROMPT, 10, Greedy(), use_cache=False)
+    eos_id = int(free.tokens[1, 4])  # row 1's second new token
+    expected = []
+    for row in free.tokens[:, 3:].tolist():
+        expected.append(3 + (row.index(eos_id) + 1 if eos_id in row else len(row)))
+    assert expected[1] == 5
+    for use_cache in (True, False):
+        out = generate(tiny_lm, PROMPT, 10, Greedy(), eos_id=eos_id, pad_id=36, use_cache=use_cache)
+        assert out.lengths.tolist() == expected
+        for r, n in enumerate(expected):
+            assert torch.equal(out.sequences[r], free.tokens[r, :n])
+            assert (out.tokens[r, n:] == 36).all()
+
+
+@pytest.mark.parametrize("eos", [False, True])
+def test_beam_search_cached_equals_uncached(tiny_lm, eos):
+    eos_id = int(generate(tiny_lm, PROMPT, 3, use_cache=False).tokens[1, 4]) if eos else None
+    kw = dict(strategy=BeamSearch(beam_size=3), eos_id=eos_id, pad_id=0)
+    a = generate(tiny_lm, PROMPT, 8, use_cache=True, **kw)
+    b = generate(tiny_lm, PROMPT, 8, use_cache=False, **kw)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-5)
+    if eos:  # the eos path really ran: some hypothesis finished early
+        assert any(s[-1] == eos_id for s in a.sequences)
+
+
+def test_sampling_with_seeded_generator_cached_equals_uncached(tiny_lm):
+    def run(use_cache: bool) -> torch.Tensor:
+        strategy = Sampling(temperature=0.9, top_k=10, top_p=0.95, generator=torch.Generator().manual_seed(7))
+        return generate(tiny_lm, PROMPT, 12, strategy, use_cache=use_cache).tokens
+
+    a, b = run(True), run(False)
+    assert torch.equal(a, b)
+    other = generate(tiny_lm, PROMPT, 12, Sampling(generator=torch.Generator().manual_seed(8))).tokens
+    assert not torch.equal(a, other)  # the seed matters, so equality above is not vacuous
+
+
+@pytest.mark.parametrize("strategy", [Greedy(), BeamSearch(beam_size=3)], ids=["greedy", "beam"])
+def test_cross_attention_cached_equals_uncached_and_projects_context_once(tiny_seq2seq, strategy):
+    model = tiny_seq2seq
+    torch.manual_seed(0)
+    with torch.no_grad():
+        context = model.encoder(torch.randn(2, 9, 32))  # (B, S, dim)
+    calls = []
+    hooks = [blk.cross_attn.kv.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+             for blk in model.decoder.blocks]
+    prompt = torch.tensor([[1], [2]])
+    a = generate(model, prompt, 7, strategy, context=context, use_cache=True)
+    cached_calls, calls[:] = list(calls), []
+    b = generate(model, prompt, 7, strategy, context=context, use_cache=False)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(a.tokens, b.tokens)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-5)
+    rows = 2 * (strategy.beam_size if isinstance(strategy, BeamSearch) else 1)
+    assert cached_calls == [rows] * len(model.decoder.blocks)  # K/V of the context: once per layer
+    assert len(calls) == 7 * len(model.decoder.blocks)  # recomputed every step without a cache
+
+
+# --- beam search on a hand-made model --------------------------------------------------------
+
+class PrefixTable:
+    """A fake decoder: the next-token distribution is looked up by the generated suffix."""
+
+    def __init__(self, table: dict[tuple[int, ...], list[float]], vocab: int, prompt_len: int) -> None:
+        self.table, self.vocab, self.prompt_len = table, vocab, prompt_len
+
+    def probs(self, suffix: tuple[int, ...]) -> list[float]:
+        return self.table.get(suffix, [1.0 / self.vocab] * self.vocab)
+
+    def __call__(self, tokens, context=None, cache=None):
+        logits = torch.zeros(tokens.shape[0], tokens.shape[1], self.vocab)
+        for b, row in enumerate(tokens.tolist()):
+            logits[b, -1] = torch.tensor(self.probs(tuple(row[self.prompt_len :]))).log()
+        return logits
+
+
+def _brute_force_best(model: PrefixTable, max_new: int, eos_id: int | None) -> tuple[tuple[int, ...], float]:
+    """Best sum-log-prob / length over every sequence that ends in eos or reaches max_new."""
+    best: tuple[tuple[int, ...], float] = ((), -math.inf)
+    for n in range(1, max_new + 1):
+        for seq in itertools.product(range(model.vocab), repeat=n):
+            if eos_id is not None and eos_id in seq[:-1]:
+                continue
+            if n < max_new and (eos_id is None or seq[-1] != eos_id):
+                continue
+            lp = sum(math.log(model.probs(seq[:i])[tok]) for i, tok in enumerate(seq))
+            if lp / n > best[1]:
+                best = (seq, lp / n)
+    return best
+
+
+def test_beam_search_beats_greedy_on_hand_made_model():
+    model = PrefixTable({
+        (): [0.05, 0.5, 0.4, 0.05],
+        (1,): [0.1, 0.32, 0.29, 0.29],  # greedy's first choice leads nowhere good: 0.5 * 0.32 = 0.16
+        (2,): [0.02, 0.03, 0.05, 0.9],  # the runner-up leads to 0.4 * 0.9 = 0.36
+    }, vocab=4, prompt_len=1)
+    prompt = torch.tensor([[0]])
+    greedy = generate(model, prompt, 2, Greedy(), use_cache=False)
+    beam = generate(model, prompt, 2, BeamSearch(beam_size=2), use_cache=False)
+    best_seq, best_score = _brute_force_best(model, 2, None)
+    assert best_seq == (2, 3)
+    assert beam.tokens[0, 1:].tolist() == [2, 3]
+    assert beam.scores[0].item() == pytest.approx(best_score) == pytest.approx(math.log(0.36) / 2)
+    assert greedy.tokens[0, 1:].tolist() == [1, 1]
+    assert greedy.scores[0].item() == pytest.approx(math.log(0.16))
+
+
+def test_beam_search_prefers_a_finished_hypothesis_with_better_normalised_score():
+    eos = 0
+    model = PrefixTable({
+        (): [0.02, 0.5, 0.45, 0.03],
+        (1,): [0.02, 0.34, 0.33, 0.31],
+        (1, 1): [0.1, 0.4, 0.3, 0.2],
+        (2,): [0.95, 0.02, 0.02, 0.01],  # [2, eos]: log(0.45 * 0.95) / 2
+    }, vocab=4, prompt_len=1)
+    prompt = torch.tensor([[1]])
+    best_seq, best_score = _brute_force_best(model, 3, eos)
+    assert best_seq == (2, eos)
+    beam = generate(model, prompt, 3, BeamSearch(beam_size=2), eos_id=eos, use_cache=False)
+    assert beam.sequences[0].tolist() == [1, 2, eos] and beam.lengths.tolist() == [3]
+    assert beam.scores[0].item() == pytest.approx(best_score)
+    greedy = generate(model, prompt, 3, Greedy(), eos_id=eos, use_cache=False)
+    assert greedy.sequences[0].tolist() == [1, 1, 1, 1]
+
+
+# --- logit filters ---------------------------------------------------------------------------
+
+def _kept(logits: torch.Tensor) -> list[list[int]]:
+    return [torch.nonzero(row > -math.inf).flatten().tolist() for row in logits]
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 2.0, 4.0], [0.0, -1.0, 2.0, 1.0, -3.0]])
+    out = TopK(2)(torch.zeros(2, 1), logits.clone())
+    assert _kept(out) == [[1, 4], [2, 3]]
+    torch.testing.assert_close(out[0, [1, 4]], logits[0, [1, 4]])  # kept logits unchanged
+    assert _kept(TopK(99)(torch.zeros(2, 1), logits.clone())) == [[0, 1, 2, 3, 4]] * 2
+
+
+@pytest.mark.parametrize("p,kept", [(0.45, [2]), (0.6, [2, 0]), (0.8, [2, 0, 3]), (0.95, [2, 0, 3, 1])])
+def test_top_p_keeps_smallest_set_reaching_mass_p(p, kept):
+    probs = torch.tensor([[0.25, 0.10, 0.50, 0.15]])  # sorted: 0.5 (id 2), 0.25 (0), 0.15 (3), 0.1 (1)
+    out = TopP(p)(torch.zeros(1, 1), probs.log())
+    assert _kept(out) == [sorted(kept)]
+
+
+def test_top_p_per_row():
+    logits = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).log()
+    assert _kept(TopP(0.7)(torch.zeros(2, 1), logits)) == [[0, 1], [2]]
+
+
+def test_suppress_tokens():
+    logits = torch.zeros(2, 6)
+    assert _kept(SuppressTokens([3, 1])(torch.zeros(2, 4), logits)) == [[0, 2, 4, 5]] * 2
+
+
+def test_suppress_at_begin_only_at_first_generated_position():
+    f = SuppressAtBegin([0, 5], begin_index=3)
+    assert _kept(f(torch.zeros(1, 3), torch.zeros(1, 6))) == [[1, 2, 3, 4]]
+    assert _kept(f(torch.zeros(1, 4), torch.zeros(1, 6))) == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_filters_are_applied_by_generate(tiny_lm):
+    free = generate(tiny_lm, PROMPT, 6, Greedy()).tokens[:, 3:]
+    banned = free.unique().tolist()
+    out = generate(tiny_lm, PROMPT, 6, Greedy(), logit_filters=[SuppressTokens(banned)]).tokens[:, 3:]
+    assert not set(out.flatten().tolist()) & set(banned)
+    first = generate(tiny_lm, PROMPT, 6, Greedy(), logit_filters=[SuppressAtBegin(free[:, 0].tolist(), 3)])
+    assert not set(first.tokens[:, 3].tolist()) & set(free[:, 0].tolist())
