@@ -1,0 +1,294 @@
+"""Image classification folders (``root/<class>/<images>``) as a LightningDataModule.
+
+The layout and class ordering follow torchvision's ``ImageFolder``; transforms come from
+``timm.data.create_transform``. Unreadable files are found by a header check in ``setup``
+and kept out of the loaders; files that break later are dropped batch by batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import DataLoader, Dataset
+
+from mmkit.data.images import ImageLoadError, check_image, load_image, scan_images
+
+log = logging.getLogger(__name__)
+
+Sample = tuple[Path, int]  # (file, class index); -1 for unlabelled prediction inputs
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+# Header checks are I/O-bound; threads overlap file-open latency (network filesystems).
+_CHECK_THREADS = 8
+_SUMMARY_LISTED = 5  # skipped files named in the setup summary; all are in `skipped`
+_REPORTED_SKIPS: set[str] = set()  # per process, so a bad file warns once, not every epoch
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Returned by ImageFileDataset in place of a sample whose file failed to decode."""
+
+    path: str
+    reason: str
+
+
+class ImageFileDataset(Dataset):
+    """Decodes ``(path, target)`` samples; item ``i`` is ``(image, target, i)``.
+
+    Args:
+        samples: files and their class indices.
+        transform: maps an RGB PIL image to a (C, H, W) float tensor.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | SkippedSample:
+        path, target = self.samples[index]
+        try:
+            image = load_image(path)
+        except ImageLoadError as e:
+            # Raising here would kill the DataLoader worker and the whole run.
+            return SkippedSample(str(path), e.reason)
+        return self.transform(image), target, index
+
+
+def collate_skipping(batch: list[tuple[torch.Tensor, int, int] | SkippedSample]) -> Batch | None:
+    """Stack a batch, dropping SkippedSample markers and warning once per file per process.
+
+    Returns:
+        ``(images, targets, indices)`` with shapes (B, C, H, W), (B,), (B,), where
+        ``indices`` are positions in the dataset's ``samples``; or ``None`` when every
+        sample in the batch was skipped, which a LightningModule step should treat as
+        "nothing to do" (returning None from ``training_step`` skips the optimiser step).
+    """
+    kept = []
+    for item in batch:
+        if not isinstance(item, SkippedSample):
+            kept.append(item)
+        elif item.path not in _REPORTED_SKIPS:
+            _REPORTED_SKIPS.add(item.path)
+            log.warning("skipping %s: %s", item.path, item.reason)
+    if not kept:
+        return None
+    images, targets, indices = zip(*kept)
+    return torch.stack(images), torch.tensor(targets, dtype=torch.long), torch.tensor(indices, dtype=torch.long)
+
+
+def stratified_split(targets: Sequence[int], fractions: Sequence[float], seed: int) -> list[list[int]]:
+    """Deterministically split sample positions per class.
+
+    Returns:
+        ``[rest, part_1, ..., part_k]`` where part ``j`` holds about ``fractions[j-1]`` of
+        each class; every class with two or more samples keeps at least one in ``rest``.
+    """
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for position, target in enumerate(targets):
+        by_class[target].append(position)
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for target in sorted(by_class):
+        members = by_class[target]
+        rng.shuffle(members)
+        start = 0
+        for part, fraction in zip(parts[1:], fractions):
+            count = max(0, min(round(len(members) * fraction), len(members) - start - 1))
+            part.extend(members[start : start + count])
+            start += count
+        parts[0].extend(members[start:])
+    return [sorted(part) for part in parts]
+
+
+def list_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted names of the visible sub-folders of ``root`` (one listdir, no file scan)."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def find_samples(root: str | os.PathLike, class_to_idx: dict[str, int]) -> list[Sample]:
+    """All image files under ``root/<class>/`` (recursively), labelled by ``class_to_idx``."""
+    samples: list[Sample] = []
+    for name in list_classes(root):
+        if name not in class_to_idx:
+            raise ValueError(f"{root} has class folder {name!r}, not one of {sorted(class_to_idx)}")
+        samples.extend((path, class_to_idx[name]) for path in scan_images(Path(root, name)))
+    return samples
+
+
+def _check_reason(path: Path) -> str | None:
+    try:
+        check_image(path)
+    except ImageLoadError as e:
+        return e.reason
+    return None
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """Train/val/test class folders plus loose prediction inputs, with timm transforms.
+
+    Class names are the sorted sub-folders of the first of ``train_dir``, ``val_dir``,
+    ``test_dir`` that is set, read at construction so the CLI can link ``num_classes``
+    and ``class_names``. Batches are ``(images, targets, indices)`` from
+    :func:`collate_skipping`; for prediction, ``indices[i]`` names
+    ``self.predict_files[indices[i]]`` (targets are -1).
+
+    Args:
+        train_dir / val_dir / test_dir: class-folder roots.
+        predict_paths: files and/or folders (scanned recursively) to predict on.
+        image_size: side of the square network input, in pixels.
+        val_split: fraction of each train class held out for validation, when no val_dir.
+        hflip / scale / auto_augment: training augmentation, as in timm (e.g. "rand-m9-mstd0.5").
+        mean / std: per-channel normalisation of 0..1 RGB.
+        crop_pct: eval centre crop = image_size / crop_pct resize, then crop.
+        interpolation: resize filter name understood by timm ("bicubic", "bilinear").
+        seed: seed of the val_split draw.
+    """
+
+    def __init__(
+        self,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        test_dir: str | None = None,
+        predict_paths: list[str] | None = None,
+        image_size: int = 224,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        val_split: float = 0.0,
+        hflip: float = 0.5,
+        scale: tuple[float, float] = (0.08, 1.0),
+        auto_augment: str | None = None,
+        mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
+        std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
+        crop_pct: float = 0.875,
+        interpolation: str = "bicubic",
+        seed: int = 0,
+    ) -> None:
+        # 16 arguments, past the house ~12: they are the flat, CLI-visible knobs of timm's
+        # transform factory, and grouping them would hide them from --print_config.
+        super().__init__()
+        if not 0.0 <= val_split < 1.0:
+            raise ValueError(f"val_split must be in [0, 1), got {val_split}")
+        if val_split > 0 and val_dir is not None:
+            raise ValueError("give either val_dir or val_split, not both")
+        self.save_hyperparameters()
+        self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
+        self.predict_paths = list(predict_paths or [])
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_split, self.seed = val_split, seed
+        first = next((d for d in self.dirs.values() if d is not None), None)
+        self._class_names = list_classes(Path(first).expanduser()) if first else []
+        self.train_transform = create_transform(
+            image_size,
+            is_training=True,
+            hflip=hflip,
+            scale=scale,
+            auto_augment=auto_augment,
+            interpolation=interpolation,
+            mean=mean,
+            std=std,
+        )
+        self.eval_transform = create_transform(
+            image_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std
+        )
+        self.samples: dict[str, list[Sample]] = {}  # split -> header-checked samples
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of every file left out
+        self.predict_files: list[str] = []
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan and cheaply check the files the stage needs (each split once per instance)."""
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        wanted = splits.get(stage, ("train", "val", "test", "predict"))
+        for split in wanted:
+            if split not in self.samples:
+                self._prepare(split)
+
+    def _prepare(self, split: str) -> None:
+        if split == "predict":
+            self.samples["predict"] = self._checked("predict_paths", self._predict_candidates())
+            self.predict_files = [str(path) for path, _ in self.samples["predict"]]
+        elif split == "val" and self.val_split > 0:
+            self._prepare("train")  # the held-out part is carved from the checked train set
+        elif self.dirs[split] is None:
+            self.samples[split] = []
+        else:
+            root = Path(self.dirs[split]).expanduser()
+            class_to_idx = {name: i for i, name in enumerate(self._class_names)}
+            self.samples[split] = self._checked(f"{split}_dir", find_samples(root, class_to_idx))
+            if split == "train" and self.val_split > 0:
+                train = self.samples["train"]
+                rest, held_out = stratified_split([t for _, t in train], [self.val_split], self.seed)
+                self.samples["train"] = [train[i] for i in rest]
+                self.samples["val"] = [train[i] for i in held_out]
+
+    def _predict_candidates(self) -> list[Sample]:
+        candidates: list[Sample] = []
+        for entry in [Path(p).expanduser() for p in self.predict_paths]:
+            # A named file is taken whatever its extension; a missing one shows up in `skipped`.
+            paths = scan_images(entry) if entry.is_dir() else [entry]
+            candidates.extend((path, -1) for path in paths)
+        return candidates
+
+    def _checked(self, what: str, samples: list[Sample]) -> list[Sample]:
+        """Keep the samples that pass check_image; record and summarise the rest."""
+        with ThreadPoolExecutor(_CHECK_THREADS) as pool:
+            reasons = list(pool.map(_check_reason, [path for path, _ in samples]))
+        bad = [(str(path), reason) for (path, _), reason in zip(samples, reasons) if reason]
+        if bad:
+            self.skipped.extend(bad)
+            listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:_SUMMARY_LISTED])
+            more = f"; and {len(bad) - _SUMMARY_LISTED} more (see .skipped)" if len(bad) > _SUMMARY_LISTED else ""
+            log.warning("skipped %d of %d files in %s: %s%s", len(bad), len(samples), what, listed, more)
+        return [sample for sample, reason in zip(samples, reasons) if reason is None]
+
+    def _loader(self, split: str, transform: Callable, shuffle: bool = False) -> DataLoader:
+        # An empty val loader just means "no validation"; asking to test or predict on
+        # nothing is a configuration mistake worth stopping for.
+        if split == "test" and self.dirs["test"] is None:
+            raise ValueError("test_dataloader needs test_dir")
+        if split == "predict" and not self.predict_paths:
+            raise ValueError("predict_dataloader needs predict_paths")
+        if split not in self.samples:
+            self.setup({"train": "fit", "val": "validate"}.get(split, split))
+        return DataLoader(
+            ImageFileDataset(self.samples[split], transform),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_skipping,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.train_transform, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_transform)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_transform)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.eval_transform)
