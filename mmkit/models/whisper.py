@@ -1,0 +1,146 @@
+"""Whisper-style encoder-decoder speech recogniser (Radford et al., "Robust Speech Recognition
+via Large-Scale Weak Supervision", 2022), laid out like openai/whisper `model.py`: a conv stem
+over log-Mel frames with fixed sinusoidal positions and a pre-norm `Encoder`; a token decoder
+with learned positions, a pre-norm `Decoder` with cross-attention, and a tied output projection.
+Numerically identical to transformers' `WhisperForConditionalGeneration`
+(import: `mmkit.weights.from_hf_whisper`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmkit.core import Decoder, Encoder, KVCache, LayerNorm, LearnedPositions, sinusoidal_positions_concat
+from mmkit.core.blocks import layer_norm
+from mmkit.weights.native import PretrainedMixin
+
+NORM_EPS = 1e-5  # every Whisper LayerNorm (torch's default; openai/whisper and transformers agree)
+
+
+class AudioConvStem(nn.Module):
+    """log-Mel (B, n_mels, 2·n_ctx) -> (B, n_ctx, dim): conv(k3) -> GELU -> conv(k3, stride 2) -> GELU,
+    plus the fixed [sin | cos] position table.
+
+    The table is a persistent buffer, as in openai/whisper, so checkpoints carry it and import
+    copies it verbatim rather than trusting a recomputation to match bit for bit.
+    """
+
+    def __init__(self, n_mels: int, dim: int, n_ctx: int) -> None:
+        super().__init__()
+        self.n_mels, self.n_ctx = n_mels, n_ctx
+        self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("pos_embed", sinusoidal_positions_concat(n_ctx, dim))  # (n_ctx, dim)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        if mel.ndim != 3 or mel.shape[1] != self.n_mels or mel.shape[2] != 2 * self.n_ctx:
+            raise ValueError(
+                f"expected log-Mel input (B, {self.n_mels}, {2 * self.n_ctx}), got {tuple(mel.shape)}; "
+                "pad_or_trim the audio to the model's chunk length before log_mel_spectrogram")
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x))  # (B, dim, n_ctx)
+        return x.transpose(1, 2) + self.pos_embed.to(x.dtype)  # (B, n_ctx, dim)
+
+
+class Whisper(PretrainedMixin, nn.Module):
+    """Encoder-decoder ASR model; the decoder follows the decoding contract
+    `forward(tokens, context, cache) -> logits` with `context = encode(mel)`.
+
+    Args:
+        n_mels: log-Mel bins of the input (80; 128 for large-v3).
+        n_audio_ctx: encoder positions; the input has 2·n_audio_ctx frames (1500 <-> 30 s).
+        n_text_ctx: longest token sequence, prompt + generated (448).
+        vocab_size: token ids are in [0, vocab_size) (51865 multilingual, 51864 English-only,
+            51866 large-v3).
+        dim, num_heads, mlp_ratio: transformer sizes shared by encoder and decoder
+            (tiny: 384 / 6 / 4.0).
+        encoder_depth, decoder_depth: blocks per stack (tiny: 4 / 4).
+        dropout: dropout on the summed input embeddings of both stacks (training only).
+        drop_path_rate: stochastic depth in both stacks (not in Whisper; 0 keeps it exact).
+
+    Self-attention uses a fused `qkv` with a bias on all three parts, where Whisper has no key
+    bias: a key bias adds the same q·b to every score of a query, which softmax cancels, so the
+    function class is identical and imported checkpoints load with that slice set to zero.
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        n_audio_ctx: int = 1500,
+        n_text_ctx: int = 448,
+        vocab_size: int = 51865,
+        dim: int = 384,
+        encoder_depth: int = 4,
+        decoder_depth: int = 4,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.n_mels, self.n_audio_ctx, self.n_text_ctx, self.vocab_size = n_mels, n_audio_ctx, n_text_ctx, vocab_size
+        norm = layer_norm(NORM_EPS)
+        self.stem = AudioConvStem(n_mels, dim, n_audio_ctx)
+        self.encoder = Encoder(dim, encoder_depth, num_heads, mlp_ratio, norm_layer=norm,
+                               drop_path_rate=drop_path_rate)  # exact (erf) GELU, as Whisper
+        self.tok_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = LearnedPositions(n_text_ctx, dim)
+        self.decoder = Decoder(dim, decoder_depth, num_heads, mlp_ratio, cross_attention=True, norm_layer=norm,
+                               drop_path_rate=drop_path_rate)
+        self.drop = nn.Dropout(dropout)
+        self.apply(_init_weights)
+
+    def encode(self, mel: Tensor) -> Tensor:
+        """
+        Args:
+            mel: (B, n_mels, 2·n_audio_ctx) from `mmkit.audio.log_mel_spectrogram` of
+                `pad_or_trim`-med audio ((B, 80, 3000) for 30 s).
+
+        Returns:
+            (B, n_audio_ctx, dim) audio features, the `context` of `forward`.
+        """
+        return self.encoder(self.drop(self.stem(mel)))
+
+    def forward(self, tokens: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """
+        Args:
+            tokens: (B, T) int64 ids; with a `cache`, only the tokens after the cached prefix.
+            context: (B, n_audio_ctx, dim) `encode(mel)` output. May be None once `cache` holds
+                the cross-attention keys/values (they are computed from it only once).
+            cache: KV cache for incremental decoding, updated in place.
+
+        Returns:
+            (B, T, vocab_size) logits.
+        """
+        offset = cache.length if cache is not None else 0
+        if context is None and offset == 0:
+            raise ValueError("Whisper's decoder needs context=model.encode(mel) (or a filled cache)")
+        x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset)  # (B, T, dim)
+        x = self.decoder(self.drop(x), context=context, cache=cache)
+        # Tied projection as F.linear: one parameter, one checkpoint key (safetensors refuses
+        # tensors that share storage).
+        return F.linear(x, self.tok_embed.weight)  # (B, T, vocab_size)
+
+    @classmethod
+    def from_hf(cls, model_or_dir: nn.Module | str | Path) -> "Whisper":
+        """Import a transformers `WhisperForConditionalGeneration` instance, a local Hugging Face
+        checkpoint directory (config.json + model.safetensors / pytorch_model.bin), or a Hub repo
+        id such as "openai/whisper-tiny" (downloaded with huggingface_hub; needs a network or cache)."""
+        from mmkit.weights.from_hf_whisper import whisper_from_hf
+
+        return whisper_from_hf(model_or_dir)
+
+
+def _init_weights(module: nn.Module) -> None:
+    # transformers' Whisper init: N(0, 0.02) for linear, conv and embedding weights, zero biases.
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
