@@ -3,6 +3,9 @@
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -12,6 +15,25 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+# Activations by name, for model constructors whose arguments must stay JSON (config.json):
+# the names timm and open_clip configs use.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "gelu_tanh": partial(nn.GELU, approximate="tanh"),
+    "quick_gelu": QuickGELU,
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+}
+
+
+def activation(name: str) -> Callable[[], nn.Module]:
+    """The activation layer class (factory) called `name` in `ACTIVATIONS`."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}") from None
 
 
 class Mlp(nn.Module):

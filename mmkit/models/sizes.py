@@ -28,3 +28,30 @@ def vit_config(name: str) -> dict[str, Any]:
     except KeyError:
         known = ", ".join(sorted(VIT_SIZES))
         raise ValueError(f"unknown ViT size {name!r}; known sizes: {known}") from None
+
+
+def _clip_b(patch_size: int, act_layer: str = "gelu") -> dict[str, Any]:
+    # open_clip's ViT-B configs: a ViT-B image tower (heads = width / 64) and a 12-layer,
+    # 512-wide text tower over CLIP's 49408-token BPE with 77 positions; 512-d joint space.
+    return dict(
+        visual=dict(embed_dim=512, image_size=224, patch_size=patch_size, dim=768, depth=12, num_heads=12,
+                    act_layer=act_layer),
+        text=dict(embed_dim=512, vocab_size=49408, max_len=77, dim=512, depth=12, num_heads=8, act_layer=act_layer),
+    )
+
+
+# CLIP configs named as open_clip's architectures; "-quickgelu" = OpenAI's activation.
+CLIP_CONFIGS: dict[str, dict[str, Any]] = {
+    "ViT-B-32": _clip_b(32),
+    "ViT-B-32-quickgelu": _clip_b(32, "quick_gelu"),
+    "ViT-B-16": _clip_b(16),
+}
+
+
+def clip_config(name: str) -> dict[str, Any]:
+    """`CLIP.from_config` input of a named architecture; raises with the known names on a typo."""
+    try:
+        cfg = CLIP_CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown CLIP config {name!r}; known: {', '.join(sorted(CLIP_CONFIGS))}") from None
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from mmkit.core import Encoder, LayerNorm, resample_positions
 from mmkit.core.blocks import layer_norm
+from mmkit.core.mlp import activation
 from mmkit.stems import PatchEmbed
 from mmkit.weights.native import PretrainedMixin
 
@@ -30,6 +31,10 @@ class ViT(PretrainedMixin, nn.Module):
         global_pool: "token" (the [CLS] output) or "avg" (mean of patch tokens).
         fc_norm: put the final norm after pooling; None = timm's rule (True for "avg").
         drop_path_rate: stochastic depth for training.
+        pre_norm: LayerNorm after the embeddings, before the blocks (timm's `norm_pre`, CLIP's
+            ln_pre); as in timm it also drops the patch-embedding bias.
+        norm_eps: LayerNorm epsilon (timm ViT 1e-6; CLIP 1e-5).
+        act_layer: MLP activation by name (`mmkit.core.mlp.ACTIVATIONS`; OpenAI CLIP "quick_gelu").
     """
 
     def __init__(
@@ -47,6 +52,9 @@ class ViT(PretrainedMixin, nn.Module):
         global_pool: Literal["token", "avg"] = "token",
         fc_norm: bool | None = None,
         drop_path_rate: float = 0.0,
+        pre_norm: bool = False,
+        norm_eps: float = 1e-6,
+        act_layer: str = "gelu",
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -57,15 +65,16 @@ class ViT(PretrainedMixin, nn.Module):
         self.global_pool = global_pool
         self.num_classes = num_classes
         self.num_prefix_tokens = 1 if class_token else 0
-        self.patch_embed = PatchEmbed(patch_size, in_chans, dim)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, dim, bias=not pre_norm)
         self.grid_size = self.patch_embed.grid(image_size, image_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + self.num_prefix_tokens, dim) * 0.02)
-        norm = layer_norm(1e-6)
+        norm = layer_norm(norm_eps)
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        self.norm_pre = norm(dim) if pre_norm else nn.Identity()
         self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, qkv_bias, norm_layer=norm,
-                               final_norm=False, drop_path_rate=drop_path_rate)
+                               act_layer=activation(act_layer), final_norm=False, drop_path_rate=drop_path_rate)
         # timm: the final norm sits either before pooling (`norm`) or after it (`fc_norm`).
         self.norm = norm(dim) if not use_fc_norm else nn.Identity()
         self.fc_norm = norm(dim) if use_fc_norm else nn.Identity()
@@ -83,7 +92,7 @@ class ViT(PretrainedMixin, nn.Module):
         x = self.patch_embed(images)  # (B, N, dim)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self._positions(grid)
+        x = self.norm_pre(x + self._positions(grid))
         return self.norm(self.encoder(x))
 
     def pool(self, x: Tensor) -> Tensor:

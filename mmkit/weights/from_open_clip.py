@@ -1,0 +1,334 @@
+"""Import open_clip `CLIP` models (OpenAI's and LAION's checkpoints) into `mmkit.models.CLIP`.
+
+open_clip is the reference: the architecture is read off an open_clip instance, a local
+checkpoint file is loaded strictly into that instance first, and its weights then go through one
+key map. OpenAI's checkpoints use open_clip's key names (open_clip kept them), plus three scalar
+metadata entries and float16 weights; OpenAI's TorchScript archives are read without running
+their pickles. Variants mmkit's CLIP does not implement are refused by name, not approximated.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import logging
+import pickle
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.models.clip import CLIP
+from mmkit.weights.keymap import Rule, remap
+from mmkit.weights.native import WeightsError, load_state_dict_strict, read_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def _block_rules(src: str, dst: str) -> list[Rule]:
+    # open_clip's ResidualAttentionBlock: nn.MultiheadAttention's in_proj is q|k|v stacked in
+    # mmkit's order, so it maps straight onto the fused `qkv`.
+    return [
+        (f"{src}.{{i}}.ln_1.{{p}}", f"{dst}.{{i}}.norm1.{{p}}"),
+        (f"{src}.{{i}}.attn.in_proj_weight", f"{dst}.{{i}}.attn.qkv.weight"),
+        (f"{src}.{{i}}.attn.in_proj_bias", f"{dst}.{{i}}.attn.qkv.bias"),
+        (f"{src}.{{i}}.attn.out_proj.{{p}}", f"{dst}.{{i}}.attn.proj.{{p}}"),
+        (f"{src}.{{i}}.ln_2.{{p}}", f"{dst}.{{i}}.norm2.{{p}}"),
+        (f"{src}.{{i}}.mlp.c_fc.{{p}}", f"{dst}.{{i}}.mlp.fc1.{{p}}"),
+        (f"{src}.{{i}}.mlp.c_proj.{{p}}", f"{dst}.{{i}}.mlp.fc2.{{p}}"),
+    ]
+
+
+# open_clip `CLIP.state_dict()` -> mmkit `CLIP`.
+CLIP_KEYS: list[Rule] = [
+    ("visual.conv1.weight", "visual.patch_embed.proj.weight"),
+    ("visual.class_embedding", "visual.cls_token"),
+    ("visual.positional_embedding", "visual.pos_embed"),
+    ("visual.ln_pre.{p}", "visual.norm_pre.{p}"),
+    *_block_rules("visual.transformer.resblocks", "visual.encoder.blocks"),
+    ("visual.ln_post.{p}", "visual.norm.{p}"),
+    ("visual.proj", "visual.proj.weight"),
+    ("token_embedding.weight", "text.tok_embed.weight"),
+    ("positional_embedding", "text.pos_embed.weight"),
+    *_block_rules("transformer.resblocks", "text.decoder.blocks"),
+    ("ln_final.{p}", "text.decoder.norm.{p}"),
+    ("text_projection", "text.proj.weight"),
+    ("logit_scale", "logit_scale"),
+    ("logit_bias", "logit_bias"),
+]
+# Entries of checkpoint files that are not weights: OpenAI's scalar metadata, and the causal
+# mask that TorchScript serialises although open_clip registers it as a non-persistent buffer.
+CHECKPOINT_DROPS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+def _projection(w: Tensor) -> Tensor:
+    """open_clip's `x @ proj` parameter (in, out) -> nn.Linear weight (out, in)."""
+    return w.t().contiguous()
+
+
+TRANSFORMS = {
+    "visual.cls_token": lambda t: t.reshape(1, 1, -1),  # (dim,) -> (1, 1, dim)
+    "visual.pos_embed": lambda t: t.unsqueeze(0),  # (1 + N, dim) -> (1, 1 + N, dim)
+    "visual.proj.weight": _projection,
+    "text.proj.weight": _projection,
+    "logit_scale": lambda t: t.reshape(()),  # open_clip's nonscalar_logit_scale stores shape (1,)
+    "logit_bias": lambda t: t.reshape(()),
+}
+
+
+# ---- checkpoint files -------------------------------------------------------------------------
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class _ScriptObject:
+    """Stands in for every TorchScript class of an archive: keeps its attributes, runs nothing."""
+
+    state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _rebuild_tensor(flat: Tensor, offset: int, size: tuple, stride: tuple, *_: Any) -> Tensor:
+    return flat.as_strided(size, stride, offset)
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    """Reads a TorchScript `data.pkl`: tensors and inert stand-ins only. Any other global (the
+    way a pickle runs code) is refused, so a hostile archive fails instead of executing."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, source: str) -> None:
+        super().__init__(io.BytesIO(archive.read(f"{prefix}data.pkl")))
+        self.archive, self.prefix, self.source = archive, prefix, source
+        self.storages: dict[str, Tensor] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("__torch__"):
+            return _ScriptObject
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        raise WeightsError(f"{self.source}: TorchScript archive needs {module}.{name}, which mmkit will not "
+                           "load; convert it with torch.jit.load(path).state_dict() in a trusted environment")
+
+    def persistent_load(self, pid: Any) -> Tensor:
+        kind, storage_type, key, _location, numel = pid
+        if kind != "storage" or storage_type not in _STORAGE_DTYPES:
+            raise WeightsError(f"{self.source}: unsupported TorchScript storage {pid!r}")
+        if key not in self.storages:
+            dtype = _STORAGE_DTYPES[storage_type]
+            raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+            flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+            if flat.numel() != numel:
+                raise WeightsError(f"{self.source}: storage {key} holds {flat.numel()} values, expected {numel}")
+            self.storages[key] = flat
+        return self.storages[key]
+
+
+def _script_tensors(obj: _ScriptObject, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    # A scripted module's state is the dict of its attributes: parameters, buffers, submodules.
+    state = {} if obj.state is None else obj.state
+    if not isinstance(state, dict):
+        raise WeightsError(f"TorchScript object at {prefix or '<root>'!r} has custom state; not a plain module")
+    for name, value in state.items():
+        if isinstance(value, Tensor):
+            yield prefix + name, value
+        elif isinstance(value, _ScriptObject):
+            yield from _script_tensors(value, f"{prefix}{name}.")
+
+
+def _torchscript_prefix(path: Path) -> str | None:
+    """The archive folder ("name/") when `path` is a TorchScript zip, else None."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            parts = name.split("/")
+            if len(parts) == 2 and parts[1] == "constants.pkl":  # torch's own TorchScript test
+                return parts[0] + "/"
+    return None
+
+
+def read_torchscript_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Parameters and buffers of a TorchScript archive (OpenAI's CLIP .pt files), read as data:
+    neither Python pickle code nor the archive's TorchScript runs."""
+    path = Path(path).expanduser()
+    prefix = _torchscript_prefix(path)
+    if prefix is None:
+        raise WeightsError(f"{path}: not a TorchScript archive")
+    with zipfile.ZipFile(path) as z:
+        try:
+            root = _ArchiveUnpickler(z, prefix, str(path)).load()
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError, RuntimeError) as e:
+            if isinstance(e, WeightsError):
+                raise
+            raise WeightsError(f"{path}: unreadable TorchScript archive ({type(e).__name__}: {e})") from None
+    if not isinstance(root, _ScriptObject):
+        raise WeightsError(f"{path}: TorchScript archive does not hold a module")
+    return dict(_script_tensors(root))
+
+
+def read_open_clip_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """A CLIP state dict from a local file in open_clip or OpenAI layout: safetensors, a weights-only
+    torch file (optionally wrapped as {"state_dict": ...}, keys optionally prefixed "module." by
+    DDP), or a TorchScript archive. Non-weight entries (`CHECKPOINT_DROPS`) are removed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"checkpoint file not found: {path}")
+    if _torchscript_prefix(path) is not None:
+        state = read_torchscript_state_dict(path)
+    else:
+        state = read_state_dict(path)
+        if isinstance(state.get("state_dict"), dict):  # open_clip training checkpoints
+            state = state["state_dict"]
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    dropped = [k for k in CHECKPOINT_DROPS if k in state]
+    if dropped:
+        log.info("%s: dropping non-weight entries %s", path, ", ".join(dropped))
+    return {k: v for k, v in state.items() if k not in CHECKPOINT_DROPS}
+
+
+# ---- architecture ------------------------------------------------------------------------------
+
+def _activation(block: nn.Module) -> str | None:
+    act = block.mlp.gelu
+    if type(act).__name__ == "QuickGELU":
+        return "quick_gelu"
+    if type(act) is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}[act.approximate]
+    return None
+
+
+def _check_supported(m: nn.Module, source: str) -> None:
+    kind = type(m).__name__
+    if kind != "CLIP":
+        what = {"CustomTextCLIP": "a custom or Hugging Face text tower (CustomTextCLIP)",
+                "CoCa": "a CoCa multimodal text decoder"}.get(kind, f"model class {kind}")
+        raise WeightsError(f"{source}: open_clip model uses {what}; mmkit's CLIP supports the plain CLIP only")
+    v = m.visual
+    if type(v).__name__ != "VisionTransformer":
+        what = {"ModifiedResNet": "a ResNet image tower", "TimmModel": "a timm image tower"}.get(
+            type(v).__name__, f"image tower {type(v).__name__}")
+        raise WeightsError(f"{source}: open_clip model uses {what}; mmkit's CLIP has a ViT image tower")
+    blocks = [*v.transformer.resblocks, *m.transformer.resblocks]
+    if any(type(b).__name__ != "ResidualAttentionBlock" for b in blocks):
+        raise WeightsError(f"{source}: open_clip model uses custom attention blocks (qk_norm, scaled cosine "
+                           "attention or scale_* options), outside mmkit's CLIP")
+    unsupported = {
+        "attentional pooler": getattr(v, "attn_pool", None) is not None,
+        f"image pool_type={v.pool_type!r}": v.pool_type != "tok",
+        "no ln_pre (no_ln_pre)": isinstance(v.ln_pre, nn.Identity),
+        "patch dropout": not isinstance(v.patch_dropout, nn.Identity),
+        "non-square image or patches": v.image_size[0] != v.image_size[1] or v.patch_size[0] != v.patch_size[1],
+        "no image projection": v.proj is None,
+        "layer scale": any(not isinstance(b.ls_1, nn.Identity) for b in blocks),
+        "activation other than GELU / QuickGELU": any(_activation(b) is None for b in blocks),
+        "attention without fused q/k/v bias": any(b.attn.in_proj_weight is None or b.attn.in_proj_bias is None
+                                                  or b.attn.bias_k is not None for b in blocks),
+        f"text pool_type={m.text_pool_type!r}": m.text_pool_type != "argmax",
+        "bidirectional text attention (no_causal_mask)": m.attn_mask is None,
+        "no text projection": m.text_projection is None,
+        "text projection with bias (proj_bias)": isinstance(m.text_projection, nn.Linear),
+    }
+    bad = [k for k, flag in unsupported.items() if flag]
+    if bad:
+        raise WeightsError(f"{source}: open_clip model uses features outside mmkit's CLIP: {', '.join(bad)}")
+
+
+def _clip_config(m: nn.Module) -> dict[str, Any]:
+    """`CLIP.from_config` arguments read off an open_clip CLIP instance."""
+    v = m.visual
+    vb, tb = v.transformer.resblocks[0], m.transformer.resblocks[0]
+    v_dim, t_dim = v.conv1.out_channels, m.token_embedding.embedding_dim
+    visual = dict(
+        embed_dim=v.proj.shape[1], image_size=v.image_size[0], patch_size=v.patch_size[0], dim=v_dim,
+        depth=len(v.transformer.resblocks), num_heads=vb.attn.num_heads,
+        mlp_ratio=vb.mlp.c_fc.out_features / v_dim, act_layer=_activation(vb), norm_eps=vb.ln_1.eps,
+    )
+    text = dict(
+        embed_dim=m.text_projection.shape[1], vocab_size=m.token_embedding.num_embeddings,
+        max_len=m.positional_embedding.shape[0], dim=t_dim, depth=len(m.transformer.resblocks),
+        num_heads=tb.attn.num_heads, mlp_ratio=tb.mlp.c_fc.out_features / t_dim, act_layer=_activation(tb),
+        norm_eps=tb.ln_1.eps,
+    )
+    bias = None if m.logit_bias is None else float(m.logit_bias.detach().reshape(-1)[0])
+    return dict(visual=visual, text=text, init_logit_scale=float(m.logit_scale.detach().reshape(-1)[0]),
+                init_logit_bias=bias)
+
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def _create(arch: str, pretrained: str | Path | None) -> tuple[nn.Module, str, bool]:
+    """(open_clip model, source name, weights loaded?) for an architecture name."""
+    import open_clip
+
+    if arch.startswith(("hf-hub:", "local-dir:")):  # open_clip reads config and weights from there
+        if pretrained is not None:
+            raise ValueError(f"{arch} names its own weights; pass pretrained=None")
+        return open_clip.create_model(arch), f"open_clip:{arch}", True
+    if open_clip.get_model_config(arch) is None:
+        close = difflib.get_close_matches(arch, open_clip.list_models(), n=5, cutoff=0.6)
+        similar = f"; similar: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown open_clip architecture {arch!r}{similar}")
+    if pretrained is None:
+        return open_clip.create_model(arch, pretrained=None), f"open_clip:{arch}", False
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        state = read_open_clip_checkpoint(path)  # read first: a bad file fails before a model is built
+        model = open_clip.create_model(arch, pretrained=None)
+        _check_supported(model, f"open_clip:{arch}")
+        load_state_dict_strict(model, state, str(path))
+        return model, str(path), True
+    tag = str(pretrained)
+    if "/" in tag or path.suffix in _CHECKPOINT_SUFFIXES:  # meant as a file (tags are bare names)
+        raise WeightsError(f"checkpoint file not found: {path}")
+    if not open_clip.get_pretrained_cfg(arch, tag):
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise WeightsError(f"{tag!r} is neither a checkpoint file nor an open_clip pretrained tag of {arch} "
+                           f"(tags: {known})")
+    try:  # the hub: needs the network (or open_clip's cache)
+        model = open_clip.create_model(arch, pretrained=tag)
+    except RuntimeError as e:
+        raise WeightsError(f"open_clip could not load {arch} / {tag} ({e}); offline, pass a local file") from e
+    return model, f"open_clip:{arch}/{tag}", True
+
+
+def clip_from_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path | None = None) -> CLIP:
+    """Convert an open_clip `CLIP` (an instance, or an architecture name built by open_clip with
+    `pretrained` = None, a local checkpoint file, or a pretrained tag) into `mmkit.models.CLIP`.
+
+    Returns:
+        a CLIP with identical features and logits: in the instance's train/eval mode, in eval mode
+        when weights were loaded.
+
+    Raises:
+        WeightsError: unsupported open_clip variants (the message names the feature), and checkpoint
+            files with missing, unexpected or wrongly shaped tensors (it names the file and the keys).
+    """
+    if isinstance(model_or_arch, nn.Module):
+        if pretrained is not None:
+            raise ValueError("pass `pretrained` only with an architecture name")
+        oc, source, loaded = model_or_arch, f"open_clip:{type(model_or_arch).__name__}", False
+    else:
+        oc, source, loaded = _create(model_or_arch, pretrained)
+    _check_supported(oc, source)
+    # Every tensor is overwritten by the strict load below (CLIP has no non-persistent buffers),
+    # so skip the random init: build on the meta device, then allocate uninitialised memory.
+    with torch.device("meta"):
+        model = CLIP.from_config(_clip_config(oc))
+    model = model.to_empty(device="cpu")
+    load_state_dict_strict(model, remap(oc.state_dict(), CLIP_KEYS, source, TRANSFORMS), source)
+    log.info("imported open_clip CLIP from %s", source)
+    return model.train(oc.training and not loaded)

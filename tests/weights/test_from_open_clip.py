@@ -1,0 +1,313 @@
+"""open_clip -> mmkit CLIP import: parity with open_clip (random init, offline) for the real
+architectures and a tiny one, checkpoint files in open_clip and OpenAI layouts (state dicts,
+wrapped, DDP-prefixed, float16, TorchScript archives), and the refusals.
+
+The tiny architectures use width 128 with 2 heads because open_clip's OpenAI loader derives the
+head count as width / 64; with that, `open_clip.load_openai_model` is the reference for the
+OpenAI layout.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import pickle
+import re
+import zipfile
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.model import convert_weights_to_lp
+from safetensors.torch import save_file
+
+from mmkit.data.text import CLIPTokenizer
+from mmkit.models.clip import CLIP, CLIPTextTower, CLIPVisionTower
+from mmkit.models.sizes import clip_config
+from mmkit.weights import WeightsError
+from mmkit.weights.from_open_clip import (
+    clip_from_open_clip, read_open_clip_checkpoint, read_torchscript_state_dict,
+)
+
+ATOL = 1e-4
+TINY = "mmkit-test-tiny"
+TINY_QUICKGELU = "mmkit-test-tiny-quickgelu"
+_TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
+}
+PROMPTS = ["a photo of a cat", "a diagram of a transformer, drawn by hand!",
+           " ".join(["a very long caption"] * 30)]  # > 77 tokens: truncated, <end_of_text> kept last
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_archs(tmp_path_factory):
+    """Register the tiny architectures with open_clip (names prefixed so nothing collides)."""
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    (folder / f"{TINY}.json").write_text(json.dumps(_TINY_CFG))
+    (folder / f"{TINY_QUICKGELU}.json").write_text(json.dumps({**_TINY_CFG, "quick_gelu": True}))
+    open_clip.add_model_config(folder)
+
+
+def _open_clip(arch: str, depth: int | None = None, **overrides) -> torch.nn.Module:
+    """A random-init open_clip model; `depth` reduces both towers (same code, less time)."""
+    cfg = open_clip.get_model_config(arch)
+    if depth is not None:
+        overrides.setdefault("vision_cfg", {**cfg["vision_cfg"], "layers": depth})
+        overrides.setdefault("text_cfg", {**cfg["text_cfg"], "layers": depth})
+    torch.manual_seed(0)
+    return open_clip.create_model(arch, pretrained=None, **overrides).eval()
+
+
+def _inputs(ref: torch.nn.Module, arch: str) -> tuple[torch.Tensor, torch.Tensor]:
+    size = ref.visual.image_size[0]
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return images, CLIPTokenizer(arch=arch)(PROMPTS)
+
+
+def _assert_parity(ours: CLIP, ref: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor,
+                   forward: bool = True) -> None:
+    """encode_image, encode_text and the logits a contrastive loss forms; with `forward`, also the
+    forward tuple (model-size independent, so the large cases skip it: it repeats both encodes)."""
+    ours.eval()
+    ref.eval()
+    with torch.no_grad():
+        img, txt = ours.encode_image(images), ours.encode_text(tokens)
+        ref_img, ref_txt = ref.encode_image(images), ref.encode_text(tokens)
+        torch.testing.assert_close(img, ref_img, atol=ATOL, rtol=0)
+        torch.testing.assert_close(txt, ref_txt, atol=ATOL, rtol=0)
+        logits = ours.logit_scale.exp() * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T  # (B, B')
+        ref_logits = ref.logit_scale.exp() * F.normalize(ref_img, dim=-1) @ F.normalize(ref_txt, dim=-1).T
+        assert logits.shape == (images.shape[0], tokens.shape[0])
+        torch.testing.assert_close(logits, ref_logits, atol=ATOL, rtol=0)
+        if forward:
+            out, expected = ours(images, tokens), ref(images, tokens)
+            assert len(out) == len(expected)
+            for a, b in zip(out, expected):
+                torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def _full_config(cfg: dict) -> dict:
+    """Tower arguments with the constructor defaults filled in, depth left out."""
+    out = {}
+    for tower, cls in (("visual", CLIPVisionTower), ("text", CLIPTextTower)):
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+        out[tower] = {k: v for k, v in {**defaults, **cfg[tower]}.items() if k != "depth"}
+    return out
+
+
+# (open_clip arch, depth override): ViT-B-32 at full depth; the other two real architectures with
+# 2 layers per tower (full depth costs ~10 s each on 2 CPU cores and runs the same code).
+PARITY_CASES = {
+    "ViT-B-32": ("ViT-B-32", None),
+    "ViT-B-32-quickgelu-d2": ("ViT-B-32-quickgelu", 2),
+    "ViT-B-16-d2": ("ViT-B-16", 2),
+    "tiny": (TINY, None),
+}
+
+
+@pytest.mark.parametrize("case", list(PARITY_CASES))
+def test_parity_from_instance(case):
+    arch, depth = PARITY_CASES[case]
+    ref = _open_clip(arch, depth)
+    ours = clip_from_open_clip(ref)
+    assert not ours.training
+    _assert_parity(ours, ref, *_inputs(ref, arch), forward=arch == TINY)
+    expected_depth = depth or (12 if arch.startswith("ViT-B") else 2)
+    assert ours.config["visual"]["depth"] == ours.config["text"]["depth"] == expected_depth
+    if arch.startswith("ViT-B"):  # the named-config table agrees with open_clip's architecture
+        assert _full_config(ours.config) == _full_config(clip_config(arch))
+        assert ours.config["visual"]["act_layer"] == ("quick_gelu" if "quickgelu" in arch else "gelu")
+
+
+def test_parity_with_logit_bias_and_eps():
+    # SigLIP-style learned bias on a plain CLIP, and a non-default LayerNorm eps read off the model.
+    cfg = open_clip.get_model_config(TINY)
+    ref = _open_clip(TINY, init_logit_bias=-10.0,
+                     vision_cfg={**cfg["vision_cfg"], "norm_kwargs": {"eps": 1e-6}})
+    ours = clip_from_open_clip(ref)
+    assert ours.config["visual"]["norm_eps"] == 1e-6 and ours.config["text"]["norm_eps"] == 1e-5
+    images, tokens = _inputs(ref, TINY)
+    _assert_parity(ours, ref, images, tokens)
+    with torch.no_grad():  # get_logits adds the bias, as open_clip's does
+        assert float(ours(None, None)[3]) == -10.0
+        for a, b in zip(ours.get_logits(images, tokens), ref.get_logits(images, tokens)):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_arch_name_random_init_keeps_mode():
+    ours = clip_from_open_clip(TINY)
+    assert isinstance(ours, CLIP) and ours.training  # open_clip builds in train mode; mirrored
+    assert ours.config["visual"]["image_size"] == 32 and ours.config["text"]["num_heads"] == 2
+    assert CLIP.from_open_clip(TINY).config == ours.config
+
+
+# ---- checkpoint files -------------------------------------------------------------------------
+
+def _write(path, state, wrap: bool = False, module: bool = False):
+    if module:
+        state = {f"module.{k}": v for k, v in state.items()}
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:  # open_clip's training checkpoints: {"epoch", "name", "state_dict", "optimizer"}
+        torch.save({"epoch": 3, "name": "run", "state_dict": state, "optimizer": {"state": {}}} if wrap else state,
+                   path)
+    return path
+
+
+LAYOUTS = {
+    "plain": dict(suffix=".pt"),
+    "wrapped": dict(suffix=".pt", wrap=True),
+    "wrapped-ddp": dict(suffix=".pt", wrap=True, module=True),
+    "ddp": dict(suffix=".bin", module=True),
+    "safetensors": dict(suffix=".safetensors"),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_open_clip_layout_file(layout, tmp_path):
+    kw = dict(LAYOUTS[layout])
+    ref = _open_clip(TINY)
+    path = _write(tmp_path / f"ckpt{kw.pop('suffix')}", ref.state_dict(), **kw)
+    ours = clip_from_open_clip(TINY, pretrained=str(path))
+    assert not ours.training
+    _assert_parity(ours, ref, *_inputs(ref, TINY))
+    if layout == "wrapped":  # open_clip's own loader reads the same file to the same model
+        _assert_parity(ours, open_clip.create_model(TINY, pretrained=str(path)), *_inputs(ref, TINY))
+
+
+def _openai_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """OpenAI's checkpoint layout: open_clip's key names, float16 where OpenAI casts
+    (convert_weights_to_lp), and three scalar metadata entries."""
+    convert_weights_to_lp(model, dtype=torch.float16)
+    state = dict(model.state_dict())
+    state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    return state
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # inside open_clip
+@pytest.mark.parametrize("wrap", [False, True], ids=["state-dict", "wrapped-ddp"])
+def test_openai_layout_file(wrap, tmp_path):
+    state = _openai_state_dict(_open_clip(TINY_QUICKGELU))
+    assert state["visual.proj"].dtype == torch.float16 and state["ln_final.weight"].dtype == torch.float32
+    path = _write(tmp_path / "openai.pt", state, wrap=wrap, module=wrap)
+    ours = clip_from_open_clip(TINY_QUICKGELU, pretrained=path)
+    # open_clip's OpenAI loader (which infers the architecture from the tensors) is the reference.
+    ref = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+    assert ours.config["visual"]["act_layer"] == "quick_gelu"
+    _assert_parity(ours, ref, *_inputs(ref, TINY_QUICKGELU))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_torchscript_archive(tmp_path):
+    ref = _open_clip(TINY_QUICKGELU)
+    images, tokens = _inputs(ref, TINY_QUICKGELU)
+    path = tmp_path / "jit.pt"
+    torch.jit.trace(ref, (images, tokens), check_trace=False).save(str(path))
+    # The data-only reader returns exactly what torch.jit.load would, without running it.
+    state = read_torchscript_state_dict(path)
+    expected = torch.jit.load(str(path)).state_dict()
+    assert set(state) == set(expected) and all(torch.equal(state[k], expected[k]) for k in expected)
+    assert "attn_mask" in state and "attn_mask" not in read_open_clip_checkpoint(path)  # explicit drop
+    _assert_parity(clip_from_open_clip(TINY_QUICKGELU, pretrained=path), ref, images, tokens)
+
+
+class _Scripted(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 3).half(), torch.nn.Linear(3, 2)])
+        self.register_buffer("steps", torch.arange(5))
+
+    def forward(self, x):
+        for blk in self.blocks:
+            x = blk(x.to(blk.weight.dtype))
+        return x + self.steps.sum()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_reader_scripted_module_dtypes(tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(_Scripted()).save(str(path))
+    state, expected = read_torchscript_state_dict(path), torch.jit.load(str(path)).state_dict()
+    assert list(state) == list(expected) == ["steps", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight",
+                                             "blocks.1.bias"]
+    for k, v in expected.items():
+        assert state[k].dtype == v.dtype and torch.equal(state[k], v), k
+    with pytest.raises(WeightsError, match="not a TorchScript archive"):
+        read_torchscript_state_dict(_write(tmp_path / "plain.pt", {"w": torch.ones(1)}))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_hostile_torchscript_archive_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+        z.writestr("evil/data.pkl", pickle.dumps(_Exploit(marker), protocol=2))
+    with pytest.raises(WeightsError, match=r"evil\.pt.*system"):
+        clip_from_open_clip(TINY, pretrained=path)
+    assert not marker.exists()
+
+
+def test_wrong_checkpoint_names_file_and_keys(tmp_path):
+    state = dict(_open_clip(TINY).state_dict())
+    state["visual.extra_token"] = state.pop("visual.class_embedding")
+    state["visual.proj"] = torch.zeros(128, 16)
+    path = _write(tmp_path / "wrong.pt", state)
+    with pytest.raises(WeightsError) as err:
+        clip_from_open_clip(TINY, pretrained=path)
+    msg = str(err.value)
+    for needle in (str(path), "missing keys: visual.class_embedding", "unexpected keys: visual.extra_token",
+                   "visual.proj: checkpoint (128, 16) vs model (128, 32)"):
+        assert needle in msg
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="junk.pt"):
+        clip_from_open_clip(TINY, pretrained=junk)
+    with pytest.raises(WeightsError, match="checkpoint file not found: .*missing.pt"):
+        clip_from_open_clip(TINY, pretrained=tmp_path / "missing.pt")
+    with pytest.raises(WeightsError, match="neither a checkpoint file nor an open_clip pretrained tag"):
+        clip_from_open_clip(TINY, pretrained="laion400m_e32")  # a real tag, but of ViT-B-32
+    with pytest.raises(WeightsError, match="tags: openai, laion400m_e31"):
+        clip_from_open_clip("ViT-B-32", pretrained="no-such-tag")
+    with pytest.raises(ValueError, match="similar: ViT-B-32"):
+        clip_from_open_clip("ViT-B-32x")
+
+
+# feature named in the error -> create_model overrides of the tiny architecture
+REFUSALS = {
+    "attentional pooler": dict(vision=dict(attentional_pool=True, attn_pooler_heads=2)),
+    "image pool_type='avg'": dict(vision=dict(pool_type="avg")),
+    "no ln_pre": dict(vision=dict(no_ln_pre=True)),
+    "patch dropout": dict(vision=dict(patch_dropout=0.5)),
+    "custom attention blocks": dict(text=dict(qk_norm=True)),
+    "layer scale": dict(vision=dict(ls_init_value=0.1)),
+    "text pool_type='last'": dict(text=dict(pool_type="last")),
+    "bidirectional text attention": dict(text=dict(no_causal_mask=True)),
+    "text projection with bias": dict(text=dict(proj_bias=True)),
+    "custom or Hugging Face text tower": dict(force_custom_text=True),
+    "ResNet image tower": dict(vision=dict(layers=[1, 1, 1, 1], width=32)),
+}
+
+
+@pytest.mark.parametrize("feature", list(REFUSALS))
+def test_refuses_unsupported_variants(feature):
+    kw = dict(REFUSALS[feature])
+    cfg = open_clip.get_model_config(TINY)
+    ref = open_clip.create_model(TINY, pretrained=None, vision_cfg={**cfg["vision_cfg"], **kw.pop("vision", {})},
+                                 text_cfg={**cfg["text_cfg"], **kw.pop("text", {})}, **kw)
+    with pytest.raises(WeightsError, match=re.escape(feature)):
+        clip_from_open_clip(ref)
