@@ -6,6 +6,7 @@ qk-norm, attention pooling, ...) is refused with a message rather than approxima
 """
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Any
 
@@ -31,8 +32,8 @@ VIT_KEYS = [
 def _timm_create(name: str, checkpoint_path: str | None, pretrained: bool, timm_kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8] if "_" in name else []
+    if not timm.is_model(name):  # accepts pretrained tags ("vit_tiny_patch16_224.augreg_in21k")
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5, cutoff=0.8)
         raise ValueError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
     if checkpoint_path is not None:
@@ -63,6 +64,8 @@ def _vit_config(m: nn.Module) -> dict[str, Any]:
         "non-square patches": m.patch_embed.patch_size[0] != m.patch_embed.patch_size[1],
         f"global_pool={m.global_pool!r}": m.global_pool not in ("token", "avg"),
         "dynamic image size": getattr(m, "dynamic_img_size", False),
+        "pool_include_prefix": m.global_pool == "avg" and getattr(m, "pool_include_prefix", False),
+        "norm other than LayerNorm(eps=1e-6)": not (isinstance(blk.norm1, nn.LayerNorm) and blk.norm1.eps == 1e-6),
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
@@ -76,6 +79,8 @@ def _vit_config(m: nn.Module) -> dict[str, Any]:
         mlp_ratio=blk.mlp.fc1.out_features / m.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
         class_token=m.cls_token is not None, global_pool=m.global_pool,
         fc_norm=not isinstance(m.fc_norm, nn.Identity),
+        # timm and mmkit share the linear stochastic-depth rule; the last block holds the rate.
+        drop_path_rate=round(float(getattr(m.blocks[-1].drop_path1, "drop_prob", 0.0)), 6),
     )
 
 

@@ -1,0 +1,18 @@
+"""Benchmark scripts: mmkit models against their reference implementations, timed in the same
+process and reported as ratios (never asserted on). `mmkit bench vit` runs `mmkit.bench.vit`.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Benchmark name -> module with a `main(argv) -> int`; later issues add `label`, `transcribe`.
+BENCHMARKS = {"vit": "mmkit.bench.vit", "transcribe": "mmkit.bench.transcribe"}
+
+
+def main(argv: list[str]) -> int:
+    """`mmkit bench NAME [options]`."""
+    if not argv or argv[0] not in BENCHMARKS:
+        print(f"usage: mmkit bench {{{','.join(BENCHMARKS)}}} [options]   (mmkit bench NAME --help)", file=sys.stderr)
+        return 2
+    return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0

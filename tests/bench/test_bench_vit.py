@@ -1,0 +1,70 @@
+"""Smoke test of the ViT benchmark: structure and sanity of the numbers, never timings."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mmkit.bench.vit import format_rows, main, run_vit_bench
+
+TINY = dict(depth=1, num_classes=10)
+
+
+def test_run_vit_bench_rows():
+    rows = run_vit_bench(models=("vit_tiny_patch16_224",), batch_size=2, image_size=32, steps=1, warmup=0,
+                         threads=1, timm_kwargs=TINY)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["model"] == "vit_tiny_patch16_224"
+    assert (row["batch_size"], row["image_size"], row["precision"], row["threads"]) == (2, 32, "fp32", 1)
+    assert row["max_abs_diff"] <= 1e-4  # the two timed models compute the same function
+    assert row["params"] == 192 * 3 * 16 * 16 + 192 + 192 + 5 * 192 + 12 * 192 * 192 + 13 * 192 + 2 * 192 + 1930
+    for mode in ("infer", "train"):
+        for key in (f"{mode}_mmkit_ips", f"{mode}_timm_ips", f"{mode}_ratio"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+        assert row[f"{mode}_ratio"] == pytest.approx(row[f"{mode}_mmkit_ips"] / row[f"{mode}_timm_ips"])
+        assert row[f"{mode}_spread"] == 0.0  # one round: no spread
+        assert {k: len(v) for k, v in row[f"{mode}_seconds"].items()} == {"mmkit": 1, "timm": 1}
+        assert row[f"{mode}_mmkit_ips"] == pytest.approx(2 / row[f"{mode}_seconds"]["mmkit"][0])
+    lines = format_rows(rows)
+    assert [line[:2] for line in lines[1:]] == [["vit_tiny_patch16_224", "inference"],
+                                                ["vit_tiny_patch16_224", "train step"]]
+
+
+def test_bad_arguments_fail_before_building():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        run_vit_bench(precision="fp8")
+    with pytest.raises(ValueError, match="need steps >= 1"):
+        run_vit_bench(steps=0)
+
+
+def test_main_writes_json(tmp_path, capsys, monkeypatch):
+    import mmkit.bench.vit as bench
+
+    real = bench.run_vit_bench
+    seen = {}
+
+    def tiny(models, **kw):  # main's arguments, on a model small enough for a unit test
+        seen.update(kw, models=models)
+        return real(models, **{**kw, "timm_kwargs": TINY})
+
+    monkeypatch.setattr(bench, "run_vit_bench", tiny)
+    out = tmp_path / "bench.json"
+    assert main(["--models", "vit_tiny_patch16_224", "--batch-size", "2", "--image-size", "32", "--steps", "1",
+                 "--warmup", "0", "--precision", "bf16", "--threads", "1", "--json", str(out)]) == 0
+    assert seen == dict(models=["vit_tiny_patch16_224"], batch_size=2, image_size=32, steps=1, warmup=0,
+                        threads=1, precision="bf16")
+    rows = json.loads(out.read_text())
+    assert len(rows[0]["train_seconds"]["timm"]) == 1
+    assert rows[0]["precision"] == "bf16" and rows[0]["infer_ratio"] > 0
+    printed = capsys.readouterr().out
+    assert "vit_tiny_patch16_224" in printed and "mmkit/timm" in printed
+
+
+def test_spread_is_relative_interquartile_range():
+    from mmkit.bench.vit import _spread
+
+    assert _spread([2.0]) == 0.0
+    assert _spread([1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert _spread([1.0, 1.0, 2.0, 2.0]) == pytest.approx((2.0 - 1.0) / 1.5)  # q1=1, q3=2, median 1.5
