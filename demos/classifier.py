@@ -23,7 +23,9 @@ def build_app(classifier: Classifier, top_k: int = 5, title: str = "mmkit ViT cl
         gr.Markdown(f"## {title}\n{len(classifier.class_names)} classes; "
                     "the overlay shows attention rollout (red = attended).")
         with gr.Row():
-            image = gr.Image(type="pil", label="Image", elem_id="input-image")
+            # image_mode=None: the file's own mode reaches the Classifier, which converts it like
+            # `mmkit predict` does (Gradio's default "RGB" would drop alpha instead of using white).
+            image = gr.Image(type="pil", image_mode=None, label="Image", elem_id="input-image")
             with gr.Column():
                 label = gr.Label(num_top_classes=top_k, label="Prediction", elem_id="prediction")
                 overlay = gr.Image(type="pil", label="Attention", elem_id="attention", interactive=False)

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from mmkit.tasks.classify import Prediction, write_predictions
+from mmkit.tasks.classify import OUTPUT_SUFFIXES, Prediction, write_predictions
 
 log = logging.getLogger("mmkit")
 
+# Tool subcommands: name -> (one-line help, "module:function" taking argv and returning an exit code).
+# Imported only when called, so `mmkit fit` does not pay for Gradio or benchmark imports.
 TOOLS = {
-    "bench": "benchmarks against the reference implementation (mmkit bench vit --help)",
-    "demo": "Gradio demos in the browser (mmkit demo vit --help)",
+    "bench": ("benchmarks against the reference implementation (mmkit bench vit --help)", "mmkit.bench:main"),
+    "demo": ("Gradio demos in the browser (mmkit demo vit --help)", "mmkit.demos:main"),
+    "transcribe": ("speech to text with a Whisper checkpoint (mmkit transcribe --help)", "mmkit.tasks.transcribe:main"),
 }
 
 
@@ -27,6 +31,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self, output: str = "predictions.csv") -> None:
         super().__init__(write_interval="batch")
+        if Path(output).suffix not in OUTPUT_SUFFIXES:  # fail before predicting, not after
+            raise ValueError(f"prediction_writer.output {output}: use one of {', '.join(OUTPUT_SUFFIXES)}")
         self.output = output
         self._rows: list[Prediction] = []
 
@@ -36,7 +42,11 @@ class PredictionWriter(BasePredictionWriter):
         for i, (labels, probs) in zip(prediction["indices"], prediction["top_k"]):
             self._rows.append(Prediction(str(files[i]), labels, probs))
 
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Not on_predict_epoch_end: when no input is readable Lightning skips the predict loop
+        # and its hooks, and the unreadable files must still get their rows.
+        if stage != "predict":
+            return
         skipped = [Prediction(str(p), error=reason) for p, reason in getattr(trainer.datamodule, "skipped", [])]
         done = {r.path for r in self._rows}
         late = [Prediction(str(p), error="unreadable image (skipped while loading)")
@@ -61,16 +71,14 @@ class MMKitCLI(LightningCLI):
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
-    if name == "bench":
-        from mmkit.bench import main as bench_main
+    import importlib
 
-        return bench_main(argv)
-    from mmkit.demos import main as demo_main
-
-    return demo_main(argv)
+    module, _, function = TOOLS[name][1].partition(":")
+    return getattr(importlib.import_module(module), function)(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in TOOLS:
@@ -78,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mmkit {fit,validate,test,predict} --config configs/<recipe>.yaml [options]\n"
               "       mmkit {" + ",".join(TOOLS) + "} ...\n\n"
-              + "\n".join(f"  {k:9s} {v}" for k, v in TOOLS.items())
+              + "\n".join(f"  {k:9s} {v[0]}" for k, v in TOOLS.items())
               + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)")
         if not argv:
             return 2
+    # From the console LightningCLI reads sys.argv itself; passing it as `args` too makes it warn.
     MMKitCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-             save_config_kwargs={"overwrite": True}, args=argv)
+             save_config_kwargs={"overwrite": True}, args=None if from_console else argv)
     return 0
 
 

@@ -19,7 +19,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from mmkit.core import attention_maps
-from mmkit.data.images import ImageLoadError, load_image, scan_images
+# _to_rgb is load_image's colour conversion (alpha onto white, 16-bit/float rescaled); PIL's own
+# convert("RGB") would clip those, so in-memory images would be classified unlike their files.
+from mmkit.data.images import ImageLoadError, _to_rgb, load_image, scan_images
 from mmkit.models.vit import ViT
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ class Classifier:
     @torch.inference_mode()
     def predict_images(self, images: Sequence[Image.Image], top_k_: int = 5) -> list[tuple[list[str], list[float]]]:
         """PIL images (any mode) -> top-k (labels, probabilities) per image."""
-        batch = torch.stack([self.transform(im.convert("RGB")) for im in images]).to(self.device)
+        batch = torch.stack([self.transform(_to_rgb(im, "<image>")) for im in images]).to(self.device)
         return top_k(self.model(batch), self.class_names, top_k_)
 
     def predict_paths(self, paths: Iterable[str | os.PathLike], top_k: int = 5,
@@ -109,10 +111,11 @@ class Classifier:
     @torch.inference_mode()
     def attention_overlay(self, image: Image.Image, alpha: float = 0.5) -> Image.Image:
         """The image with the model's attention rollout (Abnar & Zuidema, 2020) as a heat map."""
-        x = self.transform(image.convert("RGB"))[None].to(self.device)
+        image = _to_rgb(image, "<image>")
+        x = self.transform(image)[None].to(self.device)
         _, maps = attention_maps(self.model, lambda: self.model(x))
         heat = _rollout(maps, self.model.num_prefix_tokens, self.model.patch_embed.grid(x.shape[-2], x.shape[-1]))
-        return _blend(image.convert("RGB"), heat, alpha)
+        return _blend(image, heat, alpha)
 
 
 def _expand(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -146,11 +149,14 @@ def _blend(image: Image.Image, heat: np.ndarray, alpha: float) -> Image.Image:
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
+OUTPUT_SUFFIXES = (".csv", ".json", ".jsonl")
+
+
 def write_predictions(predictions: Iterable[Prediction], out: str | os.PathLike) -> dict[str, int]:
     """Stream predictions to CSV (path,label,prob,top_k_labels,top_k_probs,error) or JSON/JSONL
     by extension, atomically (temp file + rename). Returns counts of ok/failed rows."""
     out = Path(out).expanduser()
-    if out.suffix not in (".csv", ".json", ".jsonl"):
+    if out.suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"unsupported output {out}: use .csv, .json or .jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     counts = {"ok": 0, "failed": 0}

@@ -91,7 +91,8 @@ class ImageClassifier(pl.LightningModule):
             return
         images, targets, _ = batch
         logits = self(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=True)
+        # Averaged over DDP ranks (an epoch-level value); the accuracy metrics sync themselves.
+        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=True, sync_dist=True)
         acc(logits, targets)
         self.log(f"{stage}/acc", acc, prog_bar=True)
         if stage == "val":
@@ -136,9 +137,21 @@ class ImageClassifier(pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
             dm = self.trainer.datamodule
-            meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else {}
+            meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else _eval_metadata(dm)
             path = self.export(Path(self.hparams.export_dir).expanduser(), meta)
             log.info("exported model to %s", path)
+
+
+# The eval transform's settings, in the names `mmkit.tasks.classify.eval_transform` reads.
+_EVAL_KEYS = ("image_size", "crop_pct", "mean", "std", "interpolation")
+
+
+def _eval_metadata(dm: Any) -> dict[str, Any]:
+    """The eval transform a DataModule was built with (from its saved hyper-parameters), so an
+    exported checkpoint preprocesses like validation did instead of falling back to 224 px
+    ImageNet statistics."""
+    hp = getattr(dm, "hparams", None) or {}
+    return {k: list(hp[k]) if isinstance(hp[k], tuple) else hp[k] for k in _EVAL_KEYS if k in hp}
 
 
 def _num_outputs(model: nn.Module) -> int:

@@ -1,0 +1,241 @@
+"""The `mmkit` command end to end, in-process through `mmkit.cli.main`: the shipped digits
+recipes (shrunk to a 16 px, dim-32 ViT and two training batches) fit, export, validate and
+test from the Lightning checkpoint, and predict to CSV/JSON with unreadable inputs reported.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+
+from mmkit.cli import main
+
+# In-process runs pass `args` while sys.argv holds pytest's own arguments; that is intended here.
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+
+REPO = Path(__file__).resolve().parents[1]
+FIT = str(REPO / "configs" / "vit_digits.yaml")
+PREDICT = str(REPO / "configs" / "vit_digits_predict.yaml")
+DIGITS = [str(i) for i in range(10)]
+VIT = "--model.init_args.model.init_args."
+TINY = [VIT + "image_size", "16", VIT + "patch_size", "4", VIT + "dim", "32", VIT + "depth", "1",
+        VIT + "num_heads", "2",
+        "--data.init_args.image_size", "16", "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+        "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false"]
+# Batch limits are 2, never 1: `limit_*_batches` is `int | float`, and whether "1" parses as 1 batch
+# or as 1.0 (= all batches) depends on import order: with scikit-learn (via mmkit.data) imported
+# before pytorch_lightning, Trainer's annotation reads Union[float, int, None] and jsonargparse
+# tries float first. 2 and 2.0 both mean two batches.
+EVAL_BATCHES = 2
+PREDICT_TINY = ["--data.init_args.image_size", "16", "--data.init_args.num_workers", "0",
+                "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A scratch cwd with MMKIT_CACHE inside it; one thread for the tiny models (shared CPUs)."""
+    root = tmp_path_factory.mktemp("cli")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMKIT_CACHE", str(root / "cache"))
+        mp.delenv("PL_GLOBAL_SEED", raising=False)  # seed_everything sets it; restored afterwards
+        mp.chdir(root)
+        yield root
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fitted(workdir) -> Path:
+    out = workdir / "run"
+    assert main(["fit", "--config", FIT, *TINY, "--model.init_args.export_dir", str(out / "export"),
+                 "--trainer.default_root_dir", str(out)]) == 0
+    return out
+
+
+def _last_metrics(run: Path) -> dict[str, float]:
+    """The metrics of the newest CSVLogger version under `run` (one row per logged step/epoch)."""
+    newest = max((run / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    merged = {}
+    with (newest / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            merged.update({k: float(v) for k, v in row.items() if v})
+    return merged
+
+
+def _eval_loss(export: Path, split: str, cache: Path) -> float:
+    """Mean cross-entropy of the exported weights on the first EVAL_BATCHES (unshuffled, full)
+    batches of a digits split, as Lightning logs it for the epoch."""
+    from mmkit.data import DigitsDataModule
+    from mmkit.models import ViT
+
+    data = DigitsDataModule(root=str(cache / "digits"), image_size=16, batch_size=16, num_workers=0)
+    data.setup({"val": "validate", "test": "test"}[split])
+    model = ViT.from_pretrained(export).eval()
+    batches = zip(range(EVAL_BATCHES), getattr(data, f"{split}_dataloader")())
+    with torch.no_grad():
+        return float(np.mean([F.cross_entropy(model(images), targets).item() for _, (images, targets, _) in batches]))
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for sub in ("fit", "validate", "test", "predict", "bench", "demo"):
+        assert sub in out
+    assert main([]) == 2  # bare `mmkit` prints the usage and fails
+
+
+def test_print_config_resolves_the_recipe(workdir, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", FIT, "--print_config"])
+    assert exit_.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["class_path"] == "mmkit.tasks.ImageClassifier"
+    recipe = yaml.safe_load(Path(FIT).read_text())
+    vit = cfg["model"]["init_args"]["model"]
+    assert vit["class_path"] == "mmkit.models.ViT"
+    assert vit["init_args"] == {**vit["init_args"], **recipe["model"]["init_args"]["model"]["init_args"]}
+    assert cfg["data"]["class_path"] == "mmkit.data.DigitsDataModule"
+    # Class count and names come from the data (link_arguments), not from the recipe.
+    assert "num_classes" not in vit["init_args"] and "class_names" not in cfg["model"]["init_args"]
+    assert "num_classes" not in Path(FIT).read_text()
+
+
+def test_fit_exports_a_checkpoint_with_linked_classes(fitted):
+    doc = json.loads((fitted / "export" / "config.json").read_text())
+    assert doc["architecture"] == "ViT"
+    assert doc["config"]["num_classes"] == 10  # linked from DigitsDataModule.num_classes
+    assert (doc["config"]["dim"], doc["config"]["depth"], doc["config"]["image_size"]) == (32, 1, 16)
+    assert doc["metadata"]["class_names"] == DIGITS
+    assert doc["metadata"]["image_size"] == 16 and doc["metadata"]["mean"] == [0.5] * 3
+    assert (fitted / "export" / "model.safetensors").stat().st_size > 0
+    assert (fitted / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_evaluate_from_the_lightning_checkpoint(fitted, workdir, stage):
+    ckpt = fitted / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert main([stage, "--config", FIT, *TINY, "--trainer.default_root_dir", str(fitted),
+                 "--ckpt_path", str(ckpt)]) == 0
+    metrics = _last_metrics(fitted)
+    split = {"validate": "val", "test": "test"}[stage]
+    # The logged loss is that of the trained weights (equal to the export's), so the checkpoint loaded.
+    assert metrics[f"{split}/loss"] == pytest.approx(_eval_loss(fitted / "export", split, workdir / "cache"), rel=1e-4)
+    assert 0.0 <= metrics[f"{split}/acc"] <= 1.0
+
+
+def _predict_inputs(folder: Path, cache: Path) -> tuple[list[Path], dict[Path, str]]:
+    folder.mkdir()
+    good = []
+    for digit in "258":
+        src = sorted((cache / "digits" / "test" / digit).glob("*.png"))[0]
+        good.append(Path(shutil.copy(src, folder / f"digit{digit}.png")))
+    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([ramp, ramp.T, ramp // 2], axis=-1)).save(buffer, "PNG")
+    garbled = bytearray(buffer.getvalue())  # intact header and end chunk: only decoding fails
+    start = garbled.find(b"IDAT") + 20
+    garbled[start:start + 40] = b"\x00" * 40
+    bad = {"corrupt.png": (b"not a png\n", "not an image"), "empty.jpg": (b"", "zero-byte file"),
+           "decode.png": (bytes(garbled), "unreadable")}
+    for name, (data, _) in bad.items():
+        (folder / name).write_bytes(data)
+    return good, {folder / name: reason for name, (_, reason) in bad.items()}
+
+
+def _read_rows(out: Path) -> list[dict]:
+    if out.suffix == ".json":
+        return json.loads(out.read_text())
+    with out.open(newline="") as f:
+        return [{"path": r["path"], "labels": r["top_k_labels"].split("|") if r["top_k_labels"] else [],
+                 "probs": [float(x) for x in r["top_k_probs"].split("|")] if r["top_k_probs"] else [],
+                 "error": r["error"] or None} for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize(("suffix", "top_k"), [(".csv", None), (".json", 2)])
+def test_predict_writes_one_row_per_input(fitted, workdir, tmp_path, suffix, top_k):
+    from mmkit.tasks import Classifier
+
+    good, bad = _predict_inputs(tmp_path / "in", workdir / "cache")
+    out = tmp_path / f"predictions{suffix}"
+    args = ["predict", "--config", PREDICT, *PREDICT_TINY,
+            VIT + "checkpoint", str(fitted / "export"),
+            "--data.init_args.predict_paths", json.dumps([str(tmp_path / "in")]),
+            "--prediction_writer.output", str(out)]
+    assert main(args + (["--model.init_args.top_k", str(top_k)] if top_k else [])) == 0
+    k = top_k or 3  # the predict recipe's top_k
+    rows = _read_rows(out)
+    assert [r["path"] for r in rows] == sorted(map(str, good + list(bad)))
+    by_path = {r["path"]: r for r in rows}
+    for path, reason in bad.items():
+        row = by_path[str(path)]
+        assert reason in row["error"] and row["labels"] == [] and row["probs"] == []
+    # The same top-k as the Python API on the same files: one predict path behind both.
+    api = {p.path: p for p in Classifier.from_pretrained(fitted / "export").predict_paths(good, top_k=k)}
+    for path in map(str, good):
+        row = by_path[path]
+        assert row["error"] is None
+        assert len(row["labels"]) == k and set(row["labels"]) <= set(DIGITS)
+        assert row["probs"] == sorted(row["probs"], reverse=True) and all(0 <= p <= 1 for p in row["probs"])
+        assert row["labels"] == api[path].labels
+        assert row["probs"] == pytest.approx(api[path].probs, abs=1e-5)
+
+
+def test_predict_with_nothing_readable_still_reports_every_input(fitted, tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"not a png\n")
+    inputs = [tmp_path / "corrupt.png", tmp_path / "no_such_folder"]
+    out = tmp_path / "predictions.jsonl"
+    assert main(["predict", "--config", PREDICT, *PREDICT_TINY, VIT + "checkpoint", str(fitted / "export"),
+                 "--data.init_args.predict_paths", json.dumps(list(map(str, inputs))),
+                 "--prediction_writer.output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["path"], r["labels"]) for r in rows] == [(str(p), []) for p in inputs]
+    assert "not an image" in rows[0]["error"] and "cannot read file" in rows[1]["error"]
+
+
+def test_predict_rejects_an_unknown_output_format_before_predicting(fitted, tmp_path, monkeypatch):
+    from mmkit.tasks import ImageClassifier
+
+    monkeypatch.setattr(ImageClassifier, "predict_step", lambda *a, **k: pytest.fail("predicted anyway"))
+    with pytest.raises(ValueError, match="predictions.txt: use one of .csv, .json, .jsonl"):
+        main(["predict", "--config", PREDICT, *PREDICT_TINY, VIT + "checkpoint", str(fitted / "export"),
+              "--data.init_args.predict_paths", json.dumps([str(tmp_path)]),
+              "--prediction_writer.output", str(tmp_path / "predictions.txt")])
+
+
+def test_predict_with_a_missing_checkpoint_names_it(workdir, tmp_path):
+    missing = tmp_path / "no_such_export"
+    with pytest.raises(ValueError) as info:  # the console script exits 1 (with a traceback)
+        main(["predict", "--config", PREDICT, VIT + "checkpoint", str(missing),
+              "--prediction_writer.output", str(tmp_path / "p.csv")])
+    assert f"{missing}: not an mmkit checkpoint directory (no config.json)" in str(info.value)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_checkpoint_of_another_architecture_names_the_file(workdir, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "GPT", "config": {}}))
+    with pytest.raises(ValueError) as info:
+        main(["predict", "--config", PREDICT, VIT + "checkpoint", str(tmp_path)])
+    assert f"{tmp_path / 'config.json'}: holds a 'GPT' checkpoint, not ViT" in str(info.value)
+
+
+def test_unknown_class_path_is_a_usage_error(workdir, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", FIT, "--model.init_args.model.class_path", "mmkit.models.NoSuchViT",
+              "--print_config"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "NoSuchViT" in err and "Traceback" not in err
