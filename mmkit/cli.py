@@ -10,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from mmkit.tasks.classify import OUTPUT_SUFFIXES, Prediction, write_predictions
 
@@ -70,6 +70,16 @@ class MMKitCLI(LightningCLI):
                               compute_fn=lambda n: n or None, apply_on="instantiate")
 
 
+def _raised_in_mmkit(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 def _run_tool(name: str, argv: list[str]) -> int:
     import importlib
 
@@ -91,9 +101,34 @@ def main(argv: list[str] | None = None) -> int:
         if not argv:
             return 2
     # From the console LightningCLI reads sys.argv itself; passing it as `args` too makes it warn.
-    MMKitCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-             save_config_kwargs={"overwrite": True}, args=None if from_console else argv)
+    try:
+        MMKitCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                 save_config_kwargs={"overwrite": True}, args=None if from_console else argv,
+                 # predict writes its own output; a config.yaml dropped into the working directory is noise
+                 save_config_callback=None if argv[0] == "predict" else SaveConfigCallback)
+    except Exception as e:  # noqa: BLE001 - user errors become one line; anything else re-raises
+        user_error = _user_error(e)
+        if user_error is None:
+            raise
+        print(f"mmkit {argv[0]}: error: {user_error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The message of a user-facing error (bad checkpoint, bad file, bad value) anywhere in the
+    exception chain, which jsonargparse wraps while instantiating classes; None otherwise."""
+    from mmkit.weights.native import WeightsError
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError)):
+            return str(e)
+        if isinstance(e, ValueError) and _raised_in_mmkit(e):  # our argument checks, e.g. a bad output suffix
+            return str(e)
+        e = e.__cause__ or e.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -206,30 +206,34 @@ def test_predict_with_nothing_readable_still_reports_every_input(fitted, tmp_pat
     assert "not an image" in rows[0]["error"] and "cannot read file" in rows[1]["error"]
 
 
-def test_predict_rejects_an_unknown_output_format_before_predicting(fitted, tmp_path, monkeypatch):
+def test_predict_rejects_an_unknown_output_format_before_predicting(fitted, tmp_path, monkeypatch, capsys):
     from mmkit.tasks import ImageClassifier
 
     monkeypatch.setattr(ImageClassifier, "predict_step", lambda *a, **k: pytest.fail("predicted anyway"))
-    with pytest.raises(ValueError, match="predictions.txt: use one of .csv, .json, .jsonl"):
-        main(["predict", "--config", PREDICT, *PREDICT_TINY, VIT + "checkpoint", str(fitted / "export"),
-              "--data.init_args.predict_paths", json.dumps([str(tmp_path)]),
-              "--prediction_writer.output", str(tmp_path / "predictions.txt")])
+    code = main(["predict", "--config", PREDICT, *PREDICT_TINY, VIT + "checkpoint", str(fitted / "export"),
+                 "--data.init_args.predict_paths", json.dumps([str(tmp_path)]),
+                 "--prediction_writer.output", str(tmp_path / "predictions.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "predictions.txt: use one of .csv, .json, .jsonl" in err
 
 
-def test_predict_with_a_missing_checkpoint_names_it(workdir, tmp_path):
+def test_predict_with_a_missing_checkpoint_names_it(workdir, tmp_path, capsys):
     missing = tmp_path / "no_such_export"
-    with pytest.raises(ValueError) as info:  # the console script exits 1 (with a traceback)
-        main(["predict", "--config", PREDICT, VIT + "checkpoint", str(missing),
-              "--prediction_writer.output", str(tmp_path / "p.csv")])
-    assert f"{missing}: not an mmkit checkpoint directory (no config.json)" in str(info.value)
+    code = main(["predict", "--config", PREDICT, VIT + "checkpoint", str(missing),
+                 "--prediction_writer.output", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err  # one line, no traceback dump
+    assert f"{missing}: not an mmkit checkpoint directory (no config.json)" in err
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_checkpoint_of_another_architecture_names_the_file(workdir, tmp_path):
+def test_checkpoint_of_another_architecture_names_the_file(workdir, tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "GPT", "config": {}}))
-    with pytest.raises(ValueError) as info:
-        main(["predict", "--config", PREDICT, VIT + "checkpoint", str(tmp_path)])
-    assert f"{tmp_path / 'config.json'}: holds a 'GPT' checkpoint, not ViT" in str(info.value)
+    code = main(["predict", "--config", PREDICT, VIT + "checkpoint", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"{tmp_path / 'config.json'}: holds a 'GPT' checkpoint, not ViT" in err
 
 
 def test_unknown_class_path_is_a_usage_error(workdir, capsys):
