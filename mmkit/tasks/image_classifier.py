@@ -6,7 +6,6 @@ ViT by default in the configs; `mmkit.models.PretrainedViT` to start from a chec
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from mmkit.tasks.classify import top_k
+from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -112,22 +112,8 @@ class ImageClassifier(pl.LightningModule):
         return {"indices": indices.tolist(), "top_k": top_k(self(images), self.class_names, self.hparams.top_k)}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(self.hparams.warmup_ratio * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.model, self.hparams.lr, self.hparams.weight_decay,
+                                   self.hparams.warmup_ratio, self.trainer.estimated_stepping_batches)
 
     def export(self, directory: str | Path, data_meta: dict[str, Any] | None = None) -> Path:
         """Write the native checkpoint (weights + class names + eval transform) for inference."""

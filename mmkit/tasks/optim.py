@@ -1,0 +1,53 @@
+"""The optimiser every task shares: AdamW (Loshchilov & Hutter, 2019) without weight decay on
+biases, norms, embeddings-like tables and tokens, and a per-step linear-warmup + cosine
+schedule (the ViT/CLIP/Whisper training recipes all use this shape).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+NoDecay = Callable[[str, nn.Parameter], bool]
+
+
+def default_no_decay(name: str, p: nn.Parameter) -> bool:
+    """1-D tensors (biases, norm gains, logit scale) and learned tokens/positions."""
+    return p.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "pos_embed.weight"))
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """LR multiplier: linear from ~0 to 1 over `warmup` steps, then cosine to 0 at `total`."""
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
+
+    return schedule
+
+
+def adamw_warmup_cosine(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    total_steps: int,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    no_decay: NoDecay = default_no_decay,
+) -> dict[str, Any]:
+    """`configure_optimizers` output for Lightning: AdamW + warmup/cosine stepped per batch."""
+    decay, skip = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (skip if no_decay(name, p) else decay).append(p)
+    # Fused AdamW: on CPU the default per-tensor loop is far slower (large embedding tables).
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + skip)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}],
+                            lr=lr, betas=betas, eps=eps, fused=fused or None)
+    total = max(int(total_steps), 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(int(warmup_ratio * total), total))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
