@@ -47,6 +47,43 @@ class SuppressAtBegin:
         return logits
 
 
+def loop_mask(tokens: Tensor, max_period: int = 32, min_repeats: int = 4, min_length: int = 16) -> Tensor:
+    """(B, T) ids -> (B,) bool: True where the sequence ends in a loop, a span of 1..max_period
+    tokens repeated back to back over the last max(min_repeats · period, min_length) tokens."""
+    looped = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    for period in range(1, max_period + 1):
+        span = max(min_repeats * period, min_length)
+        if span > tokens.shape[1]:
+            break
+        tail = tokens[:, -span:]
+        looped |= (tail[:, period:] == tail[:, :-period]).all(dim=1)
+    return looped
+
+
+def is_loop(tokens: Tensor, max_period: int = 32, min_repeats: int = 4, min_length: int = 16) -> bool:
+    """`loop_mask` for one (T,) sequence."""
+    return bool(loop_mask(tokens[None], max_period, min_repeats, min_length)[0])
+
+
+class RepetitionGuard:
+    """Force `eos_id` once the tokens generated after `begin_index` end in a loop (`loop_mask`):
+    a decoder stuck repeating itself stops instead of running to the length limit."""
+
+    def __init__(self, eos_id: int, begin_index: int, max_period: int = 32, min_repeats: int = 4,
+                 min_length: int = 16) -> None:
+        self.eos_id, self.begin_index = eos_id, begin_index
+        self.max_period, self.min_repeats, self.min_length = max_period, min_repeats, min_length
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        if tokens.shape[1] - self.begin_index < self.min_length:
+            return logits
+        looped = loop_mask(tokens[:, self.begin_index :], self.max_period, self.min_repeats, self.min_length)
+        if bool(looped.any()):
+            logits[looped] = float("-inf")
+            logits[looped, self.eos_id] = 0.0  # the only finite logit: every strategy picks EOS
+        return logits
+
+
 class Temperature:
     def __init__(self, temperature: float) -> None:
         if temperature <= 0:
@@ -146,6 +183,7 @@ def generate(
     pad_id: int = 0,
     logit_filters: Sequence[LogitFilter] = (),
     use_cache: bool = True,
+    cache: KVCache | None = None,
 ) -> Generation:
     """Extend `prompt` (B, T) by up to `max_new_tokens`, stopping a row at `eos_id`.
 
@@ -156,20 +194,31 @@ def generate(
         context: (B, S, D) encoder output for cross-attention models.
         logit_filters: applied in order before the strategy's own filters.
         use_cache: incremental decoding with a KVCache (same result as recomputation).
+        cache: a KVCache to extend in place instead of a new one (ignored without `use_cache`):
+            it may already hold a prefix of `prompt` and/or the cross-attention keys/values of
+            `context`, e.g. one encoder output's, computed once and shared by several calls.
+            Beam search expands its rows to B·beam_size.
     """
     strategy = strategy or Greedy()
+    cache = (cache if cache is not None else KVCache()) if use_cache else None
     if isinstance(strategy, BeamSearch):
         return _beam_search(model, prompt, max_new_tokens, strategy, context, eos_id, pad_id,
-                            list(logit_filters), use_cache)
+                            list(logit_filters), cache)
     filters = list(logit_filters) + (strategy.filters() if isinstance(strategy, Sampling) else [])
-    cache = KVCache() if use_cache else None
     B, T = prompt.shape
     tokens = prompt
     finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
     lengths = torch.full((B,), T, device=prompt.device)
     scores = torch.zeros(B, device=prompt.device)
+    rows: Tensor | None = None  # rows the model still runs (None: all), see _drop_finished
     for _ in range(max_new_tokens):
-        logits = _next_logits(model, tokens, context, cache)
+        if cache is not None and eos_id is not None:
+            rows, context = _drop_finished(rows, finished, context, cache)
+        if rows is None:
+            logits = _next_logits(model, tokens, context, cache)
+        else:  # finished rows get dummy logits: filters and strategies still see all B rows
+            live = _next_logits(model, tokens.index_select(0, rows), context, cache)
+            logits = live.new_zeros(B, live.shape[1]).index_copy_(0, rows, live)
         for f in filters:
             logits = f(tokens, logits)
         nxt = strategy.select(logits)
@@ -185,9 +234,26 @@ def generate(
     return Generation(tokens, lengths, scores, [tokens[i, : lengths[i]] for i in range(B)])
 
 
+def _drop_finished(
+    rows: Tensor | None, finished: Tensor, context: Tensor | None, cache: KVCache
+) -> tuple[Tensor | None, Tensor | None]:
+    """Stop running finished rows through the model once a quarter of the running rows are done:
+    select the others in the cache and context (their tokens are unchanged). Rows of a batch
+    finish at different steps; without this every row costs as much as the longest one."""
+    running = ~finished if rows is None else ~finished.index_select(0, rows)
+    n = running.shape[0]
+    n_done = n - int(running.sum())
+    if n_done == 0 or n_done < max(1, n // 4) or n_done == n:
+        return rows, context
+    keep = running.nonzero().squeeze(1)
+    cache.reorder(keep)
+    context = context.index_select(0, keep) if context is not None else None
+    return (keep if rows is None else rows.index_select(0, keep)), context
+
+
 def _beam_search(
     model: DecoderModel, prompt: Tensor, max_new_tokens: int, beam: BeamSearch, context: Tensor | None,
-    eos_id: int | None, pad_id: int, filters: list[LogitFilter], use_cache: bool,
+    eos_id: int | None, pad_id: int, filters: list[LogitFilter], cache: KVCache | None,
 ) -> Generation:
     B, T = prompt.shape
     K = beam.beam_size
@@ -195,7 +261,8 @@ def _beam_search(
     tokens = prompt.repeat_interleave(K, dim=0)  # (B*K, T)
     if context is not None:
         context = context.repeat_interleave(K, dim=0)  # (B*K, S, D)
-    cache = KVCache() if use_cache else None
+    if cache is not None:  # a given cache holds B rows: one per beam
+        cache.reorder(torch.arange(B, device=device).repeat_interleave(K))
     sum_lp = torch.zeros(B, K, device=device)
     sum_lp[:, 1:] = float("-inf")  # identical beams at start: expand only the first
     hyps: list[list[tuple[float, Tensor]]] = [[] for _ in range(B)]

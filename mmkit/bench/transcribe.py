@@ -1,0 +1,291 @@
+"""`mmkit transcribe` against transformers' Whisper `generate`: whole processes (start-up, model
+loading, feature extraction, encoder, decoder) on the same checkpoint and the same audio files,
+greedy, without timestamps, with the same token limit and no fallback, so that both decode the
+same tokens. The reference script batches its `generate` calls with the same batch size as mmkit
+(and, with `--hf-batch-sizes 8 1`, also file by file, the model cards' usage). Rounds alternate
+the order of the processes; the report gives each one's wall times, whether the tokens are
+identical, and the ratio reference / mmkit (> 1: mmkit is faster). Never asserted on.
+
+Without `--model`, a random-initialised whisper-tiny-sized checkpoint (d_model 384, 4+4 layers,
+the real 51,865-token layout from a self-made tokenizer) is written to a temporary directory: its
+timings are those of whisper-tiny, its "transcripts" are noise.
+
+    mmkit bench transcribe --num-files 8 --max-new-tokens 96 --batch-size 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000  # Hz (mmkit.audio.SAMPLE_RATE; not imported so that this module loads fast)
+TINY = dict(d_model=384, encoder_layers=4, decoder_layers=4, heads=6)  # whisper-tiny's dimensions
+
+# The reference: the transformers way, file loading and features included. Arguments come as JSON.
+HF_SCRIPT = r"""
+import json, sys
+args = json.loads(sys.argv[1])
+import soundfile as sf, torch
+from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+if args["threads"]:
+    torch.set_num_threads(args["threads"])
+model = WhisperForConditionalGeneration.from_pretrained(args["model"]).eval()
+features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
+files, B, out = args["files"], args["batch_size"], {}
+with torch.inference_mode():
+    for i in range(0, len(files), B):
+        chunk = files[i:i + B]
+        audio = [sf.read(f, dtype="float32")[0] for f in chunk]
+        x = features(audio, sampling_rate=16000, return_tensors="pt").input_features
+        seqs = model.generate(x, language=args["language"], task="transcribe", return_timestamps=False,
+                              max_new_tokens=args["max_new_tokens"])
+        out.update(zip(chunk, seqs.tolist()))
+with open(args["out"], "w") as f:
+    json.dump(out, f)
+"""
+# `mmkit transcribe` as it runs once mmkit.cli, mmkit.tasks and mmkit.data import Lightning (and
+# scikit-learn) lazily: their package __init__s are swapped for empty packages, nothing else changes.
+# Timed next to the real command to show what the eager imports cost; not a separate code path.
+MMKIT_LAZY_SCRIPT = r"""
+import importlib.util, sys, types
+for name in ("mmkit.tasks", "mmkit.data"):
+    package = types.ModuleType(name)
+    package.__path__ = list(importlib.util.find_spec(name).submodule_search_locations)
+    sys.modules[name] = package
+from mmkit.tasks.transcribe import main
+sys.exit(main(sys.argv[1:]))
+"""
+IMPORT_ONLY = {
+    "mmkit": "import mmkit.cli, mmkit.tasks.transcribe",
+    "transformers": "import soundfile, torch; from transformers import WhisperFeatureExtractor, "
+                    "WhisperForConditionalGeneration",
+}
+
+
+def write_toy_checkpoint(directory: str | Path, d_model: int = 384, encoder_layers: int = 4, decoder_layers: int = 4,
+                         heads: int = 6, n_text_tokens: int = 50257, multilingual: bool = True,
+                         n_audio_ctx: int = 1500, eot_scale: float = 1.0, seed: int = 0) -> Path:
+    """Write a random-initialised transformers Whisper checkpoint with the self-made toy
+    tokenizer (`mmkit.data.whisper_tokenizer.write_toy_tokenizer`) into `directory`.
+
+    The weights are scaled beyond Whisper's N(0, 0.02) init so that greedy choices have clear
+    margins (implementations that agree to 1e-5 then pick the same tokens); through the tied head
+    a token's logit grows with its embedding's norm, so the special and timestamp embeddings are
+    shrunk (the model mostly writes text); `eot_scale` > 1 enlarges <|endoftext|>'s so that some
+    windows end before the token limit (at 1 they rarely do: every window costs the same).
+    """
+    import torch
+    import transformers
+
+    from mmkit.data.whisper_tokenizer import write_toy_tokenizer
+
+    directory = Path(directory).expanduser()
+    tok = write_toy_tokenizer(directory, n_text_tokens, multilingual=multilingual)
+    torch.manual_seed(seed)
+    config = transformers.WhisperConfig(
+        vocab_size=tok.vocab_size, d_model=d_model, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=4 * d_model,
+        decoder_ffn_dim=4 * d_model, num_mel_bins=80, max_source_positions=n_audio_ctx, max_target_positions=448,
+        pad_token_id=tok.eot, bos_token_id=tok.eot, eos_token_id=tok.eot, decoder_start_token_id=tok.sot)
+    model = transformers.WhisperForConditionalGeneration(config).eval()
+    std = 2.4 / d_model**0.5  # 0.3 at d_model 64, 0.12 at 384
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "encoder.embed_positions" in name:
+                continue  # the fixed sinusoids
+            is_gain = p.ndim == 1 and "layer_norm" in name and name.endswith("weight")
+            p.normal_(1.0 if is_gain else 0.0, 0.3 if "embed_tokens" in name else std)
+        embed = model.model.decoder.embed_tokens.weight
+        embed[tok.eot + 1:] *= 0.5
+        embed[tok.eot] *= eot_scale
+    model.save_pretrained(directory)  # writes its own generation_config.json: put the tokenizer's back
+    tok.save(directory)
+    return directory
+
+
+def synth_speechlike(seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(N,) float32: gliding harmonic tones under a syllable-rate envelope, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    f0 = 120 + 60 * np.sin(2 * np.pi * 0.3 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)) ** 2
+    return (0.2 * voice * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def write_audio_files(directory: str | Path, n: int, min_seconds: float = 5.0, max_seconds: float = 30.0,
+                      seed: int = 0) -> list[Path]:
+    """`n` 16 kHz mono 16-bit WAV files of synthetic speech-like audio, evenly spread lengths."""
+    import soundfile as sf
+
+    directory = Path(directory).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        seconds = min_seconds + (max_seconds - min_seconds) * (i / max(n - 1, 1))
+        path = directory / f"clip{i:03d}.wav"
+        sf.write(str(path), synth_speechlike(seconds, seed + i), SAMPLE_RATE, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def _mmkit_tokens(out_dir: Path, files: Sequence[Path]) -> dict[str, list[int]]:
+    tokens = {}
+    for f in files:
+        doc = json.loads((out_dir / f"{f.stem}.json").read_text())
+        tokens[str(f)] = [t for s in doc["segments"] for t in s["tokens"]]
+    return tokens
+
+
+def _hf_tokens(path: Path, prompt: list[int], eot: int) -> dict[str, list[int]]:
+    tokens = {}
+    for f, seq in json.loads(path.read_text()).items():
+        if seq[: len(prompt)] == prompt:  # some transformers versions return the prompt too
+            seq = seq[len(prompt):]
+        while seq and seq[-1] == eot:  # <|endoftext|> and its padding
+            seq = seq[:-1]
+        tokens[f] = seq
+    return tokens
+
+
+def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max_new_tokens: int = 96,
+                         batch_size: int = 8, hf_batch_sizes: Sequence[int] = (8,), threads: int | None = None,
+                         rounds: int = 1, language: str = "en") -> dict[str, Any]:
+    """Time `mmkit transcribe` and the transformers reference as subprocesses.
+
+    Returns:
+        `seconds` per implementation ("mmkit", "transformers_b<N>") over the rounds, `import_seconds`
+        (a process that only imports each stack), `tokens_identical` / `files_identical` per
+        reference, `ratio` per reference (median seconds of the reference / mmkit's), and the settings.
+    """
+    from mmkit.data.whisper_tokenizer import WhisperTokenizer
+
+    model_dir, files = Path(model_dir), [Path(f) for f in files]
+    tok = WhisperTokenizer.from_dir(model_dir)
+    prompt = tok.sot_sequence(language if tok.is_multilingual else None, "transcribe", without_timestamps=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    work = Path(tempfile.mkdtemp(prefix="mmkit-bench-transcribe-"))
+    threads_args = ["--threads", str(threads)] if threads else []
+
+    def mmkit_cmd(entry: list[str], out: str) -> list[str]:
+        return [*entry, *map(str, files), "--model", str(model_dir), "--language", language, "--without-timestamps",
+                "--temperature", "0", "--no-repetition-guard", "--no-speech-threshold", "none", "--max-new-tokens",
+                str(max_new_tokens), "--batch-size", str(batch_size), "--output-format", "json", "--output-dir",
+                str(work / out), "--quiet", *threads_args]
+
+    def hf_cmd(b: int) -> list[str]:
+        args = dict(model=str(model_dir), files=list(map(str, files)), batch_size=b, language=language,
+                    max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"hf_b{b}.json"))
+        return [sys.executable, "-c", HF_SCRIPT, json.dumps(args)]
+
+    impls = {"mmkit": mmkit_cmd([sys.executable, "-m", "mmkit.cli", "transcribe"], "mmkit"),
+             "mmkit_lazy_imports": mmkit_cmd([sys.executable, "-c", MMKIT_LAZY_SCRIPT], "mmkit_lazy"),
+             **{f"transformers_b{b}": hf_cmd(b) for b in hf_batch_sizes}}
+    seconds: dict[str, list[float]] = {name: [] for name in impls}
+    for r in range(rounds):
+        order = list(impls) if r % 2 == 0 else list(reversed(impls))
+        for name in order:
+            log.info("round %d: %s", r + 1, name)
+            seconds[name].append(_run(impls[name], env))
+    import_seconds = {name: _run([sys.executable, "-c", code], env) for name, code in IMPORT_ONLY.items()}
+    ours = _mmkit_tokens(work / "mmkit", files)
+    result: dict[str, Any] = dict(
+        model=str(model_dir), files=len(files), audio_seconds=None, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, threads=threads, rounds=rounds, seconds=seconds, import_seconds=import_seconds,
+        tokens_generated=sum(len(t) for t in ours.values()), ratio={}, tokens_identical={}, files_identical={})
+    references = {"mmkit_lazy_imports": _mmkit_tokens(work / "mmkit_lazy", files),
+                  **{f"transformers_b{b}": _hf_tokens(work / f"hf_b{b}.json", prompt, tok.eot) for b in hf_batch_sizes}}
+    for name, ref in references.items():
+        same = [ours[str(f)] == ref.get(str(f)) for f in files]
+        result["tokens_identical"][name] = all(same)
+        result["files_identical"][name] = sum(same)
+        result["ratio"][name] = statistics.median(seconds[name]) / statistics.median(seconds["mmkit"])
+    lazy = statistics.median(seconds["mmkit_lazy_imports"])
+    result["ratio_vs_lazy_imports"] = {f"transformers_b{b}": statistics.median(seconds[f"transformers_b{b}"]) / lazy
+                                       for b in hf_batch_sizes}
+    return result
+
+
+def format_report(result: dict[str, Any], label: str) -> str:
+    """The result as a text table: one row per process; "x mmkit" is that process's median time
+    over mmkit's (> 1: mmkit is faster), "x lazy" the same over mmkit with lazy imports."""
+    lines = [label, f"{result['files']} files, greedy, no timestamps, max {result['max_new_tokens']} new tokens, "
+                    f"mmkit batch {result['batch_size']}, threads {result['threads'] or 'torch default'}, "
+                    f"{result['rounds']} round(s); {result['tokens_generated']} tokens generated by mmkit", ""]
+    header = f"{'process':<20} {'median s':>9}  {'rounds (s)':<20} {'same tokens':<12} {'x mmkit':>8} {'x lazy':>8}"
+    lines.append(header)
+    for name, secs in result["seconds"].items():
+        same = "" if name == "mmkit" else (
+            f"{'yes' if result['tokens_identical'][name] else 'NO'} ({result['files_identical'][name]}/"
+            f"{result['files']})")
+        ratio = f"{result['ratio'][name]:.2f}" if name in result["ratio"] else ""
+        lazy = f"{result['ratio_vs_lazy_imports'][name]:.2f}" if name in result["ratio_vs_lazy_imports"] else ""
+        rounds = " ".join(f"{x:.2f}" for x in secs)
+        lines.append(f"{name:<20} {statistics.median(secs):>9.2f}  {rounds:<20} {same:<12} {ratio:>8} {lazy:>8}")
+    imports = ", ".join(f"{k} {v:.2f} s" for k, v in result["import_seconds"].items())
+    lines += ["", f"start-up alone (a process that only imports): {imports}",
+              "mmkit_lazy_imports: the same command with mmkit.tasks/mmkit.data's package imports (Lightning, "
+              "scikit-learn) left out"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`mmkit bench transcribe`: run both as subprocesses, print the report, optionally write JSON."""
+    p = argparse.ArgumentParser(prog="mmkit bench transcribe", description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="checkpoint directory (HF Whisper + tokenizer files); default: a random-init "
+                                   "whisper-tiny-sized toy checkpoint in a temporary directory")
+    p.add_argument("--audio", nargs="+", help="audio files of at most 30 s, 16 kHz mono (default: synthetic)")
+    p.add_argument("--num-files", type=int, default=8, help="synthetic files (5 to 30 s)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=8, help="mmkit's windows per batch (and the reference's)")
+    p.add_argument("--hf-batch-sizes", type=int, nargs="+", default=None,
+                   help="reference generate() batch sizes to time (default: --batch-size)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads in both processes")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--language", default="en")
+    p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    args = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="mmkit-bench-transcribe-data-"))
+    if args.model:
+        model_dir, label = Path(args.model), f"model: {args.model}"
+    else:
+        log.info("writing a random-init whisper-tiny-sized checkpoint to %s", tmp / "model")
+        model_dir = write_toy_checkpoint(tmp / "model", **TINY)
+        label = ("model: RANDOM-INIT whisper-tiny-sized toy checkpoint (d_model 384, 4+4 layers, vocab 51865, "
+                 "self-made tokenizer): real timings, meaningless transcripts")
+    files = [Path(f) for f in args.audio] if args.audio else write_audio_files(tmp / "audio", args.num_files)
+    result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
+                                  args.hf_batch_sizes or [args.batch_size], args.threads, args.rounds, args.language)
+    sys.stdout.write(format_report(result, label))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if not all(result["tokens_identical"].values()):
+        log.warning("mmkit and transformers decoded different tokens: the timings may not compare equal work")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""Whisper's tokenizer and special tokens (Radford et al., 2022, §2.3 "Multitask format"), read
+from the Hugging Face tokenizer files of a checkpoint directory, plus the decoding constants of
+its `generation_config.json` (suppressed tokens, language/task ids). The special-token layout
+and the non-speech symbol list follow openai/whisper `tokenizer.py`.
+
+tokenizer.json is read with the `tokenizers` library directly (what `transformers.WhisperTokenizer`
+wraps): a quarter of a second, where importing transformers and building its tokenizer takes
+seconds per `mmkit transcribe` run. Directories with only vocab.json + merges.txt go through
+`transformers.WhisperTokenizer`. `write_toy_tokenizer` writes a self-made byte-level BPE with
+Whisper's exact special-token layout, for offline tests and benchmarks.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+TIME_PRECISION = 0.02  # seconds per timestamp token (one step of the encoder's 1500 positions / 30 s)
+N_TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|>
+TASKS = ("transcribe", "translate")
+GENERATION_CONFIG = "generation_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")  # what `from_dir` needs (one of)
+# Written by transformers next to the vocabulary; `save` copies whichever exist.
+_COMPANION_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "normalizer.json")
+# Every Whisper language in token order (openai/whisper LANGUAGES; "yue" exists in large-v3 only).
+LANGUAGE_CODES = (
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la "
+    "mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be "
+    "tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue"
+).split()
+_LANGUAGE_TOKEN = re.compile(r"<\|([a-z]{2,3})\|>\Z")
+
+
+class TokenizerError(ValueError):
+    """A checkpoint directory without usable Whisper tokenizer files."""
+
+
+class WhisperTokenizer:
+    """Text <-> ids for Whisper, with the special token ids decoding needs.
+
+    Attributes (token ids): `eot`, `sot`, `sot_prev`, `sot_lm`, `no_speech`, `no_timestamps`,
+    `transcribe`, `translate`, `timestamp_begin` (= id of <|0.00|>); `language_ids` maps language
+    codes ("en") to ids in token order; `suppress_tokens` / `begin_suppress_tokens` come from
+    generation_config.json (openai/whisper's defaults when it is absent).
+
+    Args:
+        backend: a `tokenizers.Tokenizer` (byte-level BPE with Whisper's added tokens).
+        generation_config: the parsed generation_config.json (None: derive everything from the
+            tokenizer, as openai/whisper does).
+        source: directory the tokenizer files came from (`save` copies them from there).
+    """
+
+    def __init__(self, backend: Any, generation_config: dict[str, Any] | None = None,
+                 source: Path | None = None) -> None:
+        self.backend, self.source = backend, source
+        self.generation_config = dict(generation_config or {})
+        ids = self._ids
+        self.eot = ids("<|endoftext|>")
+        self.sot = ids("<|startoftranscript|>")
+        self.translate, self.transcribe = ids("<|translate|>"), ids("<|transcribe|>")
+        self.sot_lm, self.sot_prev = ids("<|startoflm|>"), ids("<|startofprev|>")
+        self.no_speech = self._first_known("<|nospeech|>", "<|nocaptions|>")
+        self.no_timestamps = ids("<|notimestamps|>")
+        # Older tokenizer files lack the timestamp tokens; their ids still follow <|notimestamps|>.
+        ts = self.backend.token_to_id("<|0.00|>")
+        self.timestamp_begin = ts if ts is not None else self.no_timestamps + 1
+        cfg_langs = self.generation_config.get("lang_to_id")
+        if cfg_langs:
+            pairs = [(_LANGUAGE_TOKEN.match(tok)[1], int(i)) for tok, i in cfg_langs.items()]
+        else:
+            pairs = [(code, self.backend.token_to_id(f"<|{code}|>")) for code in LANGUAGE_CODES]
+            pairs = [(c, i) for c, i in pairs if i is not None and i > self.sot]
+        self.language_ids: dict[str, int] = dict(sorted(pairs, key=lambda p: p[1]))
+
+    # --- loading and saving ------------------------------------------------------------------
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "WhisperTokenizer":
+        """Load the tokenizer files (tokenizer.json, or vocab.json + merges.txt) and the optional
+        generation_config.json of a local checkpoint directory (never the network)."""
+        directory = Path(directory).expanduser()
+        if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+            raise TokenizerError(
+                f"{directory}: no Whisper tokenizer files (tokenizer.json, or vocab.json + merges.txt); "
+                "a transcription checkpoint needs them next to its weights (mmkit.tasks.transcribe.save_checkpoint)")
+        try:
+            if (directory / "tokenizer.json").is_file():
+                from tokenizers import Tokenizer
+
+                backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
+            else:
+                from transformers import WhisperTokenizer as HFWhisperTokenizer
+
+                backend = HFWhisperTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer
+        except Exception as e:  # noqa: BLE001 - any parse failure becomes one clear message
+            raise TokenizerError(f"{directory}: unreadable tokenizer files ({type(e).__name__}: {e})") from None
+        config = None
+        path = directory / GENERATION_CONFIG
+        if path.is_file():
+            try:
+                config = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise TokenizerError(f"{path}: invalid JSON ({e})") from None
+        return cls(backend, config, source=directory)
+
+    def save(self, directory: str | Path) -> None:
+        """Write the tokenizer files and generation_config.json into `directory`."""
+        directory = Path(directory).expanduser()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        if self.source is not None and self.source.resolve() != directory.resolve():
+            for name in _COMPANION_FILES + TOKENIZER_FILES[1:]:
+                if (self.source / name).is_file():
+                    shutil.copy(self.source / name, directory / name)
+        config = {**self.default_generation_config(), **self.generation_config}
+        (directory / GENERATION_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special and timestamp tokens included."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def default_generation_config(self) -> dict[str, Any]:
+        """transformers-compatible generation_config.json values for this vocabulary."""
+        return {
+            "decoder_start_token_id": self.sot, "bos_token_id": self.eot, "eos_token_id": self.eot,
+            "pad_token_id": self.eot, "no_timestamps_token_id": self.no_timestamps, "max_initial_timestamp_index": 50,
+            "is_multilingual": bool(self.language_ids), "max_length": 448, "return_timestamps": False,
+            "lang_to_id": {f"<|{c}|>": i for c, i in self.language_ids.items()},
+            "task_to_id": {"transcribe": self.transcribe, "translate": self.translate},
+            "suppress_tokens": self.suppress_tokens, "begin_suppress_tokens": self.begin_suppress_tokens,
+        }
+
+    # --- special tokens ----------------------------------------------------------------------
+
+    def _ids(self, token: str) -> int:
+        i = self.backend.token_to_id(token)
+        if i is None:
+            raise TokenizerError(f"not a Whisper tokenizer: it has no {token} token")
+        return i
+
+    def _first_known(self, *tokens: str) -> int:
+        for token in tokens[:-1]:
+            i = self.backend.token_to_id(token)
+            if i is not None:
+                return i
+        return self._ids(tokens[-1])
+
+    @property
+    def is_multilingual(self) -> bool:
+        """Multilingual checkpoints take <|lang|><|task|> after <|startoftranscript|>."""
+        flag = self.generation_config.get("is_multilingual")
+        return bool(self.language_ids) if flag is None else bool(flag)
+
+    @property
+    def timestamp_end(self) -> int:
+        """One past the last timestamp token id (<|30.00|>)."""
+        return self.timestamp_begin + N_TIMESTAMPS
+
+    @property
+    def max_initial_timestamp_index(self) -> int | None:
+        value = self.generation_config.get("max_initial_timestamp_index", 50)  # openai: 1.0 s
+        return None if value is None else int(value)
+
+    def language_id(self, language: str) -> int:
+        """Id of a language code ("de") or English name ("german")."""
+        code = language.lower().strip()
+        if code not in self.language_ids:  # a name ("german"): transformers has the table
+            from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+            code = TO_LANGUAGE_CODE.get(code, code)
+        if code not in self.language_ids:
+            raise ValueError(f"unknown language {language!r}; this checkpoint knows: {', '.join(self.language_ids)}")
+        return self.language_ids[code]
+
+    def language_code(self, token_id: int) -> str:
+        return {i: c for c, i in self.language_ids.items()}[token_id]
+
+    def task_id(self, task: str) -> int:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        return self.transcribe if task == "transcribe" else self.translate
+
+    def sot_sequence(self, language: str | None = None, task: str = "transcribe",
+                     without_timestamps: bool = False) -> list[int]:
+        """The decoder prompt: <|startoftranscript|> [<|lang|> <|task|>] [<|notimestamps|>].
+        English-only checkpoints take neither a language nor a task token."""
+        seq = [self.sot]
+        if self.is_multilingual:
+            if language is None:
+                raise ValueError("a multilingual checkpoint needs a language (or language detection)")
+            seq += [self.language_id(language), self.task_id(task)]
+        if without_timestamps:
+            seq.append(self.no_timestamps)
+        return seq
+
+    @cached_property
+    def non_speech_tokens(self) -> list[int]:
+        """Ids of symbols that are not speech ("♪", brackets, ...): openai/whisper's
+        `non_speech_tokens`, the default `suppress_tokens` ("-1")."""
+        symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
+        symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
+        misc = set("♩♪♫♬♭♮♯")  # may be multi-byte tokens: suppress their first piece
+        result = {self.encode(" -")[0], self.encode(" '")[0]}
+        for symbol in symbols + sorted(misc):
+            for tokens in (self.encode(symbol), self.encode(" " + symbol)):
+                if len(tokens) == 1 or symbol in misc:
+                    result.add(tokens[0])
+        return sorted(result)
+
+    @property
+    def suppress_tokens(self) -> list[int]:
+        """Never generated: the config's list (or the non-speech symbols) plus the task and
+        prompt-control tokens, as openai/whisper's `SuppressTokens` with "-1"."""
+        listed = self.generation_config.get("suppress_tokens")
+        base = self.non_speech_tokens if listed is None else [int(t) for t in listed if int(t) >= 0]
+        specials = [self.transcribe, self.translate, self.sot, self.sot_prev, self.sot_lm, self.no_speech]
+        return sorted(set(base) | set(specials))
+
+    @property
+    def begin_suppress_tokens(self) -> list[int]:
+        """Not generated first: a lone space and <|endoftext|> (openai/whisper's `SuppressBlank`)."""
+        listed = self.generation_config.get("begin_suppress_tokens")
+        return [int(t) for t in listed] if listed is not None else self.encode(" ") + [self.eot]
+
+    # --- text --------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of the text tokens in `ids` (special and timestamp tokens dropped)."""
+        return self.backend.decode([int(i) for i in ids if int(i) < self.eot], skip_special_tokens=False)
+
+    def decode_with_timestamps(self, ids: Sequence[int]) -> str:
+        """Text with timestamp tokens written as "<|1.08|>" (other special tokens dropped)."""
+        out: list[str] = []
+        text: list[int] = []
+        for i in map(int, ids):
+            if i >= self.timestamp_begin:
+                out += [self.decode(text), f"<|{(i - self.timestamp_begin) * TIME_PRECISION:.2f}|>"]
+                text = []
+            elif i < self.eot:
+                text.append(i)
+        return "".join(out) + self.decode(text)
+
+
+# --- a toy tokenizer for offline tests and benchmarks -------------------------------------------
+
+_TOY_WORDS = (
+    " the and of to a in is that it was he for on are as with his they at be this from have or by one had not "
+    "but what all were when we there can an your which their said if do will each about how up out them then "
+    "she many some so these would other into has more her two like him see time could no make than first been "
+    "its who now people my made over did down only way find use may water long little very after words called "
+    "just where most know hello world speech audio test sound music"
+).split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (byte-level BPE's base alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _toy_vocab(n_text_tokens: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(byte_chars)}
+    merges: list[tuple[str, str]] = []
+
+    def merge(a: str, b: str) -> None:
+        if a + b not in vocab and len(vocab) < n_text_tokens:
+            merges.append((a, b))
+            vocab[a + b] = len(vocab)
+
+    space = _bytes_to_unicode()[ord(" ")]
+    for word in _TOY_WORDS:  # left-to-right merges make each listed word (with its space) one token
+        chars = space + word
+        for i in range(1, len(chars)):
+            merge(chars[:i], chars[i])
+    for a in byte_chars:  # filler up to the requested size: pairs of byte characters
+        for b in byte_chars:
+            if len(vocab) >= n_text_tokens:
+                return vocab, merges
+            merge(a, b)
+    return vocab, merges
+
+
+def write_toy_tokenizer(directory: str | Path, n_text_tokens: int = 400, multilingual: bool = True) -> WhisperTokenizer:
+    """Write a self-made Whisper tokenizer (tokenizer files + generation_config.json) to `directory`.
+
+    Byte-level BPE over 256 byte tokens plus whole-word merges for a few common English words,
+    padded with byte-pair merges to `n_text_tokens` text tokens; then Whisper's special tokens in
+    Whisper's order (<|endoftext|>, <|startoftranscript|>, 99 language tokens,
+    <|translate|>, <|transcribe|>, <|startoflm|>, <|startofprev|>, <|nospeech|>,
+    <|notimestamps|>, <|0.00|> .. <|30.00|>). With `n_text_tokens=50257` the ids equal those of
+    the real multilingual vocabulary (vocab size 51865); `multilingual=False` marks it English-only
+in generation_config.json (prompts without language and task tokens). For tests and benchmarks only.
+
+    Returns:
+        the tokenizer, loaded back from `directory`.
+    """
+    from transformers import WhisperTokenizer as HFWhisperTokenizer
+
+    if n_text_tokens < 256:
+        raise ValueError("a byte-level vocabulary needs at least 256 text tokens")
+    vocab, merges = _toy_vocab(n_text_tokens)
+    vocab["<|endoftext|>"] = len(vocab)
+    hf = HFWhisperTokenizer(vocab=vocab, merges=merges)
+    langs = [f"<|{c}|>" for c in LANGUAGE_CODES[:99]]  # English-only vocabularies have them too
+    specials = (["<|startoftranscript|>"] + langs + ["<|translate|>", "<|transcribe|>", "<|startoflm|>",
+                "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"])
+    hf.add_special_tokens({"additional_special_tokens": specials})
+    hf.add_tokens([f"<|{i * TIME_PRECISION:.2f}|>" for i in range(N_TIMESTAMPS)])
+    directory = Path(directory).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(directory))  # tokenizer.json + tokenizer_config.json
+    tokenizer = WhisperTokenizer(hf.backend_tokenizer, {"is_multilingual": multilingual}, source=directory)
+    tokenizer.generation_config = {**tokenizer.default_generation_config(), "is_multilingual": multilingual}
+    tokenizer.save(directory)
+    return WhisperTokenizer.from_dir(directory)
