@@ -1,30 +1,34 @@
-"""Data: safe image decoding, class-folder DataModules and embedded offline datasets.
+"""Data: safe image decoding, class-folder and caption DataModules, audio manifests, tokenizers
+and the embedded offline datasets (scikit-learn digits, generated shapes, espeak-ng speech).
 
-Images follow torchvision's ImageFolder layout with timm transforms; the digits recipe
-dataset comes from scikit-learn's bundled copy, so nothing is downloaded.
+Names resolve lazily (PEP 562) so that importing one light module, e.g. `mmkit.data.images`
+from `mmkit label`, does not import Lightning, timm and scikit-learn with it.
 """
+from __future__ import annotations
 
-from mmkit.data.digits import DigitsDataModule, write_digits_folder
-from mmkit.data.image_folder import (
-    ImageFileDataset,
-    ImageFolderDataModule,
-    SkippedSample,
-    collate_skipping,
-    stratified_split,
-)
-from mmkit.data.images import IMAGE_EXTENSIONS, ImageLoadError, check_image, load_image, scan_images
+import importlib
+from typing import Any
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "DigitsDataModule",
-    "ImageFileDataset",
-    "ImageFolderDataModule",
-    "ImageLoadError",
-    "SkippedSample",
-    "check_image",
-    "collate_skipping",
-    "load_image",
-    "scan_images",
-    "stratified_split",
-    "write_digits_folder",
-]
+_EXPORTS = {
+    "mmkit.data.images": ["IMAGE_EXTENSIONS", "ImageLoadError", "check_image", "load_image", "scan_images"],
+    "mmkit.data.image_folder": ["ImageFileDataset", "ImageFolderDataModule", "SkippedSample", "collate_skipping",
+                                "stratified_split"],
+    "mmkit.data.digits": ["DigitsDataModule", "write_digits_folder"],
+    "mmkit.data.captions": ["CaptionCollate", "CaptionDataset", "CaptionTableDataModule", "SidecarCaptionDataModule",
+                            "find_sidecar_captions", "read_caption_table"],
+    "mmkit.data.shapes": ["ShapesDataModule", "write_shapes_folder"],
+    "mmkit.data.audio_manifest": ["AudioManifestDataModule", "LengthBucketBatchSampler", "SpeechCollator",
+                                  "read_manifest"],
+    "mmkit.data.char_tokenizer": ["CharTokenizer", "normalize_text"],
+    "mmkit.data.espeak_corpus": ["EspeakDataModule", "write_espeak_corpus"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'mmkit.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value

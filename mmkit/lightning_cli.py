@@ -1,0 +1,71 @@
+"""The Lightning side of the `mmkit` command: LightningCLI with data-linked arguments and a
+prediction writer. Kept apart from `mmkit.cli` so that tool subcommands (`label`, `transcribe`,
+`demo`, `bench`) start without importing Lightning.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from mmkit.tasks.classify import OUTPUT_SUFFIXES, Prediction, write_predictions
+
+log = logging.getLogger("mmkit")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write `mmkit predict` results to CSV/JSON/JSONL, one row per input image, including
+    the files that could not be read (with the reason) so nothing is dropped silently."""
+
+    def __init__(self, output: str = "predictions.csv") -> None:
+        super().__init__(write_interval="batch")
+        if Path(output).suffix not in OUTPUT_SUFFIXES:  # fail before predicting, not after
+            raise ValueError(f"prediction_writer.output {output}: use one of {', '.join(OUTPUT_SUFFIXES)}")
+        self.output = output
+        self._rows: list[Prediction] = []
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        files = trainer.datamodule.predict_files
+        for i, (labels, probs) in zip(prediction["indices"], prediction["top_k"]):
+            self._rows.append(Prediction(str(files[i]), labels, probs))
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Not on_predict_epoch_end: when no input is readable Lightning skips the predict loop
+        # and its hooks, and the unreadable files must still get their rows.
+        if stage != "predict":
+            return
+        skipped = [Prediction(str(p), error=reason) for p, reason in getattr(trainer.datamodule, "skipped", [])]
+        done = {r.path for r in self._rows}
+        late = [Prediction(str(p), error="unreadable image (skipped while loading)")
+                for p in trainer.datamodule.predict_files if str(p) not in done]
+        rows = sorted(self._rows + skipped + [r for r in late if r.path not in {s.path for s in skipped}],
+                      key=lambda r: r.path)
+        counts = write_predictions(rows, self.output)
+        log.info("wrote %d predictions (%d unreadable) to %s", counts["ok"], counts["failed"], self.output)
+        self._rows = []
+
+
+class MMKitCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        # Values the data determines are linked, never repeated in the recipe.
+        # A data module with no training classes (prediction only) links nothing: the model's
+        # checkpoint then supplies its own head and class names.
+        parser.link_arguments("data.class_names", "model.init_args.class_names",
+                              compute_fn=lambda names: list(names) or None, apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.init_args.model.init_args.num_classes",
+                              compute_fn=lambda n: n or None, apply_on="instantiate")
+
+
+def run(argv: list[str], from_console: bool) -> None:
+    """Run a LightningCLI subcommand (`argv[0]` in fit/validate/test/predict)."""
+    # From the console LightningCLI reads sys.argv itself; passing it as `args` too makes it warn.
+    MMKitCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+             save_config_kwargs={"overwrite": True}, args=None if from_console else argv,
+             # predict writes its own output; a config.yaml dropped into the working directory is noise
+             save_config_callback=None if argv[0] == "predict" else SaveConfigCallback)
