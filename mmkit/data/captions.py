@@ -1,0 +1,301 @@
+"""Image-caption pairs as LightningDataModules: a CSV/TSV/JSONL table of (image path, caption)
+rows, or a folder of images with side-car `.txt` captions (the img2dataset / webdataset layout,
+`cat.jpg` + `cat.txt`). Images decode through `load_image` and unreadable files are skipped as
+in `ImageFolderDataModule`; captions become CLIP BPE ids in the collate function.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, create_transform
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from mmkit.data.image_folder import _CHECK_THREADS, _REPORTED_SKIPS, SkippedSample, _check_reason
+from mmkit.data.images import ImageLoadError, load_image, scan_images
+from mmkit.data.text import CLIPTokenizer
+
+log = logging.getLogger(__name__)
+
+CaptionSample = tuple[Path, str]  # (image file, caption)
+_SUMMARY_LISTED = 5
+
+
+def _clean(caption: str) -> str:
+    return re.sub(r"\s+", " ", caption).strip()
+
+
+def read_caption_table(path: str | os.PathLike, image_key: str = "path",
+                       caption_key: str = "caption") -> list[CaptionSample]:
+    """Rows of a `.csv`, `.tsv` or `.jsonl` file -> (image path, caption) pairs.
+
+    Relative image paths are relative to the table's folder. Rows with an empty caption are
+    dropped with a warning; a missing column or a malformed JSON line raises ValueError.
+    """
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    with open(path, newline="", encoding="utf-8") as f:
+        if suffix in (".csv", ".tsv"):
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            missing = {image_key, caption_key} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"{path}: no column {sorted(missing)}; columns are {reader.fieldnames}")
+            rows = list(reader)
+        elif suffix in (".jsonl", ".ndjson"):
+            rows = []
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+                if not isinstance(row, dict) or image_key not in row or caption_key not in row:
+                    raise ValueError(f"{path}:{n}: expected an object with keys {image_key!r} and {caption_key!r}")
+                rows.append(row)
+        else:
+            raise ValueError(f"{path}: unsupported caption table; use .csv, .tsv or .jsonl")
+    pairs = [(path.parent / str(row[image_key]), _clean(str(row[caption_key] or ""))) for row in rows]
+    kept = [(p, c) for p, c in pairs if c]
+    if len(kept) < len(pairs):
+        log.warning("%s: dropped %d rows with an empty caption", path, len(pairs) - len(kept))
+    return kept
+
+
+def find_sidecar_captions(root: str | os.PathLike) -> list[CaptionSample]:
+    """Images under `root` (recursively) that have a `.txt` file of the same stem next to them;
+    the file's text, whitespace collapsed, is the caption. Images without one are left out."""
+    pairs, uncaptioned = [], []
+    for image in scan_images(Path(root).expanduser()):
+        try:
+            caption = _clean(image.with_suffix(".txt").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            caption = ""
+        (pairs.append((image, caption)) if caption else uncaptioned.append(image))
+    if uncaptioned:
+        log.warning("%s: %d images have no (readable, non-empty) .txt caption, e.g. %s", root,
+                    len(uncaptioned), uncaptioned[0])
+    return pairs
+
+
+class CaptionDataset(Dataset):
+    """Decodes (path, caption) samples; item `i` is `(image, caption, i)` or a SkippedSample."""
+
+    def __init__(self, samples: Sequence[CaptionSample], transform: Callable[[Image.Image], Tensor]) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, str, int] | SkippedSample:
+        path, caption = self.samples[index]
+        try:
+            image = load_image(path)
+        except ImageLoadError as e:
+            return SkippedSample(str(path), e.reason)  # raising would kill the worker and the run
+        return self.transform(image), caption, index
+
+
+class CaptionCollate:
+    """Stack images and tokenize captions; drops SkippedSample markers (warning once per file).
+
+    Items are `(image, caption, index)` or `(image, caption, index, target)`, where target is a
+    class index for zero-shot evaluation (-1 = none). Returns a dict with "images" (B, 3, H, W),
+    "token_ids" (B, context_length) int64, "indices" (B,), "captions" (B strings) and, for
+    4-tuples, "targets" (B,); or None when every item was skipped.
+    """
+
+    def __init__(self, tokenizer: CLIPTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list) -> dict | None:
+        kept = []
+        for item in batch:
+            if not isinstance(item, SkippedSample):
+                kept.append(item)
+            elif item.path not in _REPORTED_SKIPS:
+                _REPORTED_SKIPS.add(item.path)
+                log.warning("skipping %s: %s", item.path, item.reason)
+        if not kept:
+            return None
+        columns = list(zip(*kept))
+        out = {"images": torch.stack(columns[0]), "token_ids": self.tokenizer(list(columns[1])),
+               "indices": torch.tensor(columns[2], dtype=torch.long), "captions": list(columns[1])}
+        if len(columns) > 3:
+            out["targets"] = torch.tensor(columns[3], dtype=torch.long)
+        return out
+
+
+class _CaptionDataModule(pl.LightningDataModule):
+    """Shared loaders of the caption DataModules; subclasses set `sources` and `_read` them."""
+
+    zeroshot_labels: list[str] | None = None  # no class labels: zero-shot eval needs its own
+    zeroshot_templates: list[str] | None = None
+
+    def __init__(self, image_size: int, batch_size: int, num_workers: int, context_length: int,
+                 val_split: float, scale: tuple[float, float], interpolation: str, seed: int) -> None:
+        super().__init__()
+        if not 0.0 <= val_split < 1.0:
+            raise ValueError(f"val_split must be in [0, 1), got {val_split}")
+        self.batch_size, self.num_workers, self.val_split, self.seed = batch_size, num_workers, val_split, seed
+        self.tokenizer = CLIPTokenizer(context_length=context_length)
+        self.image_size, self.interpolation = image_size, interpolation
+        # No flips: captions say "left" and "right". CLIP's mild random-resized crop, OpenAI statistics.
+        self.train_transform = create_transform(image_size, is_training=True, hflip=0.0, scale=scale,
+                                                ratio=(3 / 4, 4 / 3), interpolation=interpolation,
+                                                mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+        self.eval_transform = create_transform(image_size, is_training=False, crop_pct=1.0,
+                                               interpolation=interpolation, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+        self.samples: dict[str, list[CaptionSample]] = {}
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of every file left out
+
+    sources: dict[str, str | None]  # split -> table file or folder, set by the subclass
+    _test_arg: str  # the argument that names the test split, for error messages
+
+    def _read(self, source: str) -> list[CaptionSample]:
+        raise NotImplementedError
+
+    def inference_metadata(self) -> dict:
+        """What an exported checkpoint needs to preprocess like validation did."""
+        return {"image_size": self.image_size, "crop_pct": 1.0, "interpolation": self.interpolation,
+                "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD),
+                "context_length": self.tokenizer.context_length}
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
+        for split in wanted:
+            if split not in self.samples:
+                self._prepare(split)
+
+    def _prepare(self, split: str) -> None:
+        source = self.sources[split]
+        if split == "val" and source is None and self.val_split > 0:
+            self._prepare("train")  # carved from the checked train set
+            return
+        self.samples[split] = [] if source is None else self._checked(split, self._read(source))
+        if split == "train" and self.val_split > 0 and self.sources["val"] is None:
+            train = self.samples["train"]
+            order = list(range(len(train)))
+            random.Random(self.seed).shuffle(order)
+            held = set(order[:round(len(train) * self.val_split)])
+            self.samples["train"] = [s for i, s in enumerate(train) if i not in held]
+            self.samples["val"] = [s for i, s in enumerate(train) if i in held]
+
+    def _checked(self, split: str, samples: list[CaptionSample]) -> list[CaptionSample]:
+        with ThreadPoolExecutor(_CHECK_THREADS) as pool:
+            reasons = list(pool.map(_check_reason, [path for path, _ in samples]))
+        bad = [(str(path), reason) for (path, _), reason in zip(samples, reasons) if reason]
+        if bad:
+            self.skipped.extend(bad)
+            listed = "; ".join(f"{p} ({r})" for p, r in bad[:_SUMMARY_LISTED])
+            log.warning("skipped %d of %d %s images: %s", len(bad), len(samples), split, listed)
+        return [s for s, reason in zip(samples, reasons) if reason is None]
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        if split == "test" and self.sources["test"] is None:
+            raise ValueError(f"test_dataloader needs {self._test_arg}")
+        if split not in self.samples:
+            self.setup({"train": "fit", "val": "validate"}.get(split, split))
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return DataLoader(CaptionDataset(self.samples[split], transform), batch_size=self.batch_size,
+                          shuffle=shuffle, num_workers=self.num_workers, collate_fn=CaptionCollate(self.tokenizer),
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          drop_last=split == "train" and len(self.samples[split]) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+class CaptionTableDataModule(_CaptionDataModule):
+    """(image, caption) pairs listed in CSV/TSV/JSONL tables (see `read_caption_table`).
+
+    Batches are dicts from `CaptionCollate`. Contrastive training drops the last incomplete train
+    batch (a tiny batch is a weak contrastive signal and would unbalance DDP ranks).
+
+    Args:
+        train_file / val_file / test_file: caption tables; paths inside relative to each table.
+        image_key / caption_key: the columns (CSV) or keys (JSONL) of image path and caption.
+        image_size: side of the square network input, in pixels.
+        context_length: tokens per caption (at most the text tower's max_len).
+        val_split: fraction of the train rows held out for validation when there is no val_file.
+        scale: RandomResizedCrop area range for training (CLIP's mild (0.9, 1.0); no flips).
+        interpolation: resize filter name ("bicubic", "bilinear").
+        seed: seed of the val_split draw.
+    """
+
+    _test_arg = "test_file"
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        image_key: str = "path",
+        caption_key: str = "caption",
+        image_size: int = 224,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        context_length: int = 77,
+        val_split: float = 0.0,
+        scale: tuple[float, float] = (0.9, 1.0),
+        interpolation: str = "bicubic",
+        seed: int = 0,
+    ) -> None:
+        # 13 arguments: the flat, CLI-visible knobs (grouping them would hide them from --print_config).
+        super().__init__(image_size, batch_size, num_workers, context_length, val_split, scale, interpolation, seed)
+        self.save_hyperparameters()
+        self.sources = {"train": train_file, "val": val_file, "test": test_file}
+        self.image_key, self.caption_key = image_key, caption_key
+
+    def _read(self, source: str) -> list[CaptionSample]:
+        return read_caption_table(source, self.image_key, self.caption_key)
+
+
+class SidecarCaptionDataModule(_CaptionDataModule):
+    """Folders of images with side-car `.txt` captions (see `find_sidecar_captions`).
+
+    Args:
+        train_dir / val_dir / test_dir: folders, scanned recursively.
+        other arguments: as `CaptionTableDataModule`.
+    """
+
+    _test_arg = "test_dir"
+
+    def __init__(
+        self,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        test_dir: str | None = None,
+        image_size: int = 224,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        context_length: int = 77,
+        val_split: float = 0.0,
+        scale: tuple[float, float] = (0.9, 1.0),
+        interpolation: str = "bicubic",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(image_size, batch_size, num_workers, context_length, val_split, scale, interpolation, seed)
+        self.save_hyperparameters()
+        self.sources = {"train": train_dir, "val": val_dir, "test": test_dir}
+
+    def _read(self, source: str) -> list[CaptionSample]:
+        return find_sidecar_captions(source)

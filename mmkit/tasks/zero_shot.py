@@ -1,0 +1,137 @@
+"""Zero-shot image classification with CLIP (Radford et al., 2021, section 3.1.4): each label is
+written into prompt templates, its classifier is the renormalised mean of the normalised template
+embeddings (the paper's prompt ensembling, open_clip's `build_zero_shot_classifier`), and images
+are scored by softmax(logit_scale * cosine). One path behind the training callback
+(`mmkit.tasks.clip_task.ZeroShotEvaluation`), `mmkit label` and the Gradio demo.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from torch import Tensor
+
+# _to_rgb is load_image's colour conversion (alpha onto white, 16-bit rescaled), so in-memory
+# images are scored like their files (as in mmkit.tasks.classify).
+from mmkit.data.images import _to_rgb
+from mmkit.data.text import CLIPTokenizer
+from mmkit.models.clip import CLIP
+from mmkit.tasks.classify import eval_transform
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+_TEXT_CHUNK = 256  # prompts encoded per forward pass
+
+Scores = list[tuple[str, float]]  # (label, probability), most probable first
+
+
+def clean_labels(labels: Sequence[str]) -> list[str]:
+    """Stripped, non-empty, first occurrence of each; raises ValueError when none is left."""
+    out = list(dict.fromkeys(s.strip() for s in labels if s and s.strip()))
+    if not out:
+        raise ValueError("give at least one non-empty label")
+    return out
+
+
+def _check_templates(templates: Sequence[str]) -> list[str]:
+    templates = [t for t in templates if t and t.strip()]
+    if not templates:
+        raise ValueError("give at least one prompt template")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ValueError(f"prompt templates need a '{{}}' where the label goes: {bad}")
+    return templates
+
+
+@torch.no_grad()
+def zero_shot_classifier(model: CLIP, tokenizer: CLIPTokenizer, labels: Sequence[str],
+                         templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
+    """(C, D) unit-norm class embeddings, one row per label, averaged over the templates."""
+    templates = _check_templates(templates)
+    prompts = [t.format(label) for label in labels for t in templates]
+    device = next(model.parameters()).device
+    feats = torch.cat([model.encode_text(tokenizer(prompts[i:i + _TEXT_CHUNK]).to(device), normalize=True)
+                       for i in range(0, len(prompts), _TEXT_CHUNK)])  # (C * T, D)
+    feats = feats.view(len(labels), len(templates), -1).mean(dim=1)  # (C, D)
+    return F.normalize(feats, dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_logits(model: CLIP, images: Tensor, classifier: Tensor) -> Tensor:
+    """(B, 3, H, W) preprocessed images, (C, D) classifier -> (B, C) scaled cosine similarities."""
+    image_features = model.encode_image(images.to(classifier.device), normalize=True)  # (B, D)
+    return model.logit_scale.exp() * image_features @ classifier.T
+
+
+def default_image_metadata(model: CLIP) -> dict[str, Any]:
+    """CLIP's own preprocessing at the model's resolution: resize the short side, centre crop,
+    bicubic, OpenAI mean/std (the keys `mmkit.tasks.classify.eval_transform` reads)."""
+    return {"image_size": model.visual.config["image_size"], "crop_pct": 1.0, "interpolation": "bicubic",
+            "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)}
+
+
+def zero_shot_scores(
+    model: CLIP,
+    tokenizer: CLIPTokenizer,
+    images: Tensor | Sequence[Image.Image],
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    transform: Callable[[Image.Image], Tensor] | None = None,
+) -> list[Scores]:
+    """Rank `labels` for each image.
+
+    Args:
+        model: a CLIP (put in eval mode by the caller when training).
+        tokenizer: the tokenizer the model was trained with (its context length).
+        images: (B, 3, H, W) preprocessed tensor, or PIL images in any mode.
+        labels: candidate labels (stripped; empty and repeated ones dropped).
+        templates: prompt templates with "{}" for the label.
+        transform: PIL image -> (3, H, W) tensor; None = `default_image_metadata(model)`'s.
+
+    Returns:
+        Per image, every (label, probability) pair, most probable first; probabilities sum to 1.
+    """
+    labels = clean_labels(labels)
+    if not isinstance(images, Tensor):
+        transform = transform or eval_transform(default_image_metadata(model))
+        images = torch.stack([transform(_to_rgb(im, "<image>")) for im in images])
+    classifier = zero_shot_classifier(model, tokenizer, labels, templates)
+    probs = zero_shot_logits(model, images, classifier).float().softmax(dim=-1)  # (B, C)
+    order = probs.argsort(dim=-1, descending=True)
+    return [[(labels[j], float(row[j])) for j in idx] for row, idx in zip(probs.tolist(), order.tolist())]
+
+
+class ZeroShotClassifier:
+    """A trained CLIP with its tokenizer and preprocessing, from a native checkpoint directory
+    whose metadata may carry `context_length`, the eval transform keys, and default
+    `zeroshot_labels` / `zeroshot_templates` (what `CLIPTask` exports).
+
+    Example:
+        >>> zs = ZeroShotClassifier.from_pretrained("runs/clip_shapes/export")
+        >>> zs.predict_images([Image.open("x.png")], ["red circle", "blue star"])[0][0]
+        ('red circle', 0.97)
+    """
+
+    def __init__(self, model: CLIP, meta: dict[str, Any] | None = None, device: str = "cpu") -> None:
+        self.meta = {**default_image_metadata(model), **(meta or {})}
+        self.model = model.eval().to(device)
+        self.tokenizer = CLIPTokenizer(context_length=self.meta.get("context_length") or model.context_length)
+        self.transform = eval_transform(self.meta)
+        self.labels: list[str] = list(self.meta.get("zeroshot_labels") or [])
+        self.templates: list[str] = list(self.meta.get("zeroshot_templates") or DEFAULT_TEMPLATES)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu") -> "ZeroShotClassifier":
+        meta = CLIP.read_config(directory).get("metadata", {})
+        return cls(CLIP.from_pretrained(directory), meta, device)
+
+    def predict_images(self, images: Sequence[Image.Image], labels: Sequence[str] | None = None,
+                       templates: Sequence[str] | None = None) -> list[Scores]:
+        """PIL images (any mode) -> ranked (label, probability) per image; labels and templates
+        default to the checkpoint's."""
+        labels = labels if labels is not None else self.labels
+        return zero_shot_scores(self.model, self.tokenizer, images, labels, templates or self.templates,
+                                self.transform)

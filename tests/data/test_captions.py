@@ -1,0 +1,126 @@
+"""mmkit.data.captions: CSV/TSV/JSONL caption tables, side-car .txt captions, the tokenizing
+collate, and the two DataModules (splits, skipped unreadable images). Images are tiny flat
+colours written to tmp_path; no network.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mmkit.data import (
+    CaptionCollate,
+    CaptionTableDataModule,
+    SidecarCaptionDataModule,
+    SkippedSample,
+    find_sidecar_captions,
+    read_caption_table,
+)
+from mmkit.data.text import CLIPTokenizer
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    """folder/img/<colour>.png, 12x10 flat colour images."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, rgb in COLOURS.items():
+        out[name] = folder / "img" / f"{name}.png"
+        Image.new("RGB", (12, 10), rgb).save(out[name])
+    return out
+
+
+def test_csv_and_jsonl_tables_resolve_paths_relative_to_the_table(tmp_path):
+    paths = _images(tmp_path)
+    (tmp_path / "t.csv").write_text('file,text\nimg/red.png,"a red,  square"\nimg/blue.png,\n'
+                                    f"{paths['green']},  green\n")
+    pairs = read_caption_table(tmp_path / "t.csv", image_key="file", caption_key="text")
+    # whitespace collapsed; the row with an empty caption dropped; absolute paths kept
+    assert pairs == [(tmp_path / "img/red.png", "a red, square"), (paths["green"], "green")]
+
+    rows = [{"path": "img/white.png", "caption": "white"}, {"path": "img/red.png", "caption": "red", "x": 1}]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert read_caption_table(tmp_path / "t.jsonl") == [(tmp_path / "img/white.png", "white"),
+                                                         (tmp_path / "img/red.png", "red")]
+    (tmp_path / "t.tsv").write_text("path\tcaption\nimg/red.png\tred one\n")
+    assert read_caption_table(tmp_path / "t.tsv") == [(tmp_path / "img/red.png", "red one")]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("t.csv", "image,caption\na.png,x\n", r"no column \['path'\]"),
+    ("t.jsonl", '{"path": "a.png", "caption": "x"}\n{not json}\n', r"t.jsonl:2: invalid JSON"),
+    ("t.jsonl", '{"path": "a.png"}\n', r"t.jsonl:1: expected an object with keys"),
+    ("t.json", "[]", "unsupported caption table"),
+])
+def test_malformed_tables_are_refused_with_the_place(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_caption_table(tmp_path / name)
+
+
+def test_sidecar_captions_pair_each_image_with_its_txt(tmp_path, caplog):
+    paths = _images(tmp_path)
+    paths["red"].with_suffix(".txt").write_text("a red\nsquare \n")
+    paths["green"].with_suffix(".txt").write_text("   ")  # empty: no caption
+    paths["blue"].with_suffix(".txt").write_text("blue")
+    (tmp_path / "img" / "notes.txt").write_text("not an image's caption")
+    pairs = find_sidecar_captions(tmp_path)
+    assert pairs == [(paths["blue"], "blue"), (paths["red"], "a red square")]
+    assert "2 images have no" in caplog.text  # green (empty) and white (no file)
+
+
+def test_collate_tokenizes_captions_and_drops_skipped_samples():
+    tok = CLIPTokenizer(context_length=8)
+    items = [(torch.zeros(3, 4, 4), "a red square", 0, 3), SkippedSample("bad.png", "zero-byte file"),
+             (torch.ones(3, 4, 4), "a blue circle on the left", 2, -1)]
+    batch = CaptionCollate(tok)(items)
+    assert batch["images"].shape == (2, 3, 4, 4) and batch["images"][1].eq(1).all()
+    assert batch["captions"] == ["a red square", "a blue circle on the left"]
+    torch.testing.assert_close(batch["token_ids"], tok(["a red square", "a blue circle on the left"]))
+    assert batch["token_ids"].shape == (2, 8) and batch["token_ids"].dtype == torch.long
+    assert batch["indices"].tolist() == [0, 2] and batch["targets"].tolist() == [3, -1]
+    assert "targets" not in CaptionCollate(tok)([(torch.zeros(3, 4, 4), "x", 0)])
+    assert CaptionCollate(tok)([SkippedSample("bad.png", "zero-byte file")]) is None
+
+
+def test_table_datamodule_batches_skip_unreadable_files_and_split(tmp_path):
+    paths = _images(tmp_path)
+    (tmp_path / "img" / "broken.png").write_bytes(b"not a png")
+    rows = [{"path": f"img/{n}.png", "caption": f"a {n} picture"} for n in [*COLOURS, "broken", "missing"]]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = CaptionTableDataModule(train_file=str(tmp_path / "train.jsonl"), image_size=8, batch_size=8,
+                                num_workers=0, context_length=12, val_split=0.25)
+    dm.setup("fit")
+    assert {p for p, _ in dm.skipped} == {str(tmp_path / "img/broken.png"), str(tmp_path / "img/missing.png")}
+    assert len(dm.samples["train"]) == 3 and len(dm.samples["val"]) == 1
+    assert not {p for p, _ in dm.samples["train"]} & {p for p, _ in dm.samples["val"]}
+    batch = next(iter(dm.val_dataloader()))
+    (path, caption), = dm.samples["val"]
+    assert batch["captions"] == [caption] and batch["token_ids"].shape == (1, 12)
+    colour = torch.tensor(COLOURS[path.stem], dtype=torch.float) / 255
+    normalize = dm.eval_transform.transforms[-1]
+    mean, std = torch.as_tensor(normalize.mean), torch.as_tensor(normalize.std)
+    # The eval image is the flat colour, normalised with CLIP's statistics, at 8x8.
+    torch.testing.assert_close(batch["images"][0], ((colour - mean) / std)[:, None, None].expand(3, 8, 8),
+                               atol=1e-5, rtol=0)
+    train = next(iter(dm.train_dataloader()))
+    assert train["images"].shape == (3, 3, 8, 8)
+    with pytest.raises(ValueError, match="test_dataloader needs test_file"):
+        dm.test_dataloader()
+
+
+def test_sidecar_datamodule_reads_separate_split_folders(tmp_path):
+    for split in ("train", "val"):
+        for path in _images(tmp_path / split).values():
+            path.with_suffix(".txt").write_text(f"{split} {path.stem}")
+    dm = SidecarCaptionDataModule(train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val"), image_size=8,
+                                  batch_size=3, num_workers=0, context_length=10)
+    dm.setup("fit")
+    assert sorted(c for _, c in dm.samples["val"]) == sorted(f"val {n}" for n in COLOURS)
+    batches = list(dm.train_dataloader())
+    assert [b["images"].shape for b in batches] == [(3, 3, 8, 8)]  # the partial last batch is dropped
+    assert dm.inference_metadata()["context_length"] == 10

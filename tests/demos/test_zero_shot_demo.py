@@ -1,0 +1,99 @@
+"""The CLIP zero-shot demo (demos/zero_shot.py) in headless Chromium: upload several images at
+once, edit the labels and templates, press Score, and see every label ranked per image with the
+same scores the Python API (`ZeroShotClassifier.predict_images`) gives for those files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from playwright.sync_api import expect
+
+from _browser import TIMEOUT_MS, open_app
+
+LABELS = ["red circle", "blue star", "green cross"]
+TEMPLATES = ["a {}", "a picture of a {}"]
+
+
+@pytest.fixture(scope="module")
+def clip_export(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """(export dir, 3 shape images at 40 px): a random-init dim-32 CLIP exported by CLIPTask with
+    the shapes recipe's metadata (labels, templates, 16 px preprocessing). Untrained on purpose:
+    a tiny CLIP stays in contrastive training's initial collapse for dozens of steps, where every
+    image scores alike, while at init the images still differ by ~1e-3 in probability."""
+    from mmkit.data import ShapesDataModule, write_shapes_folder
+    from mmkit.models import CLIP
+    from mmkit.tasks import CLIPTask
+
+    root = tmp_path_factory.mktemp("zero_shot_demo")
+    data = ShapesDataModule(image_size=16, train_samples=8, num_workers=0, context_length=12)
+    torch.manual_seed(0)
+    model = CLIP.from_config(dict(
+        visual=dict(embed_dim=16, image_size=16, patch_size=8, dim=32, depth=1, num_heads=2, mlp_ratio=2.0),
+        text=dict(embed_dim=16, max_len=12, dim=32, depth=1, num_heads=2, mlp_ratio=2.0)))
+    CLIPTask(model).export(root / "export", data.inference_metadata())
+    images = write_shapes_folder(root / "images", num_samples=3, split="train", image_size=40)
+    return root / "export", sorted(images.glob("*.png"))
+
+
+def _cell(page, row: int, col: int):
+    return page.locator(f'#scores [data-testid="cell-{row}-{col}"]')
+
+
+def test_demo_ranks_every_uploaded_image_like_the_api(page, serve_blocks, clip_export):
+    from demos.zero_shot import build_app
+    from mmkit.data import load_image
+    from mmkit.tasks import ZeroShotClassifier
+
+    export, files = clip_export
+    zs = ZeroShotClassifier.from_pretrained(export)
+    expected = zs.predict_images([load_image(f) for f in files], LABELS, TEMPLATES)
+    top = sorted(r[0][1] for r in expected)
+    assert min(b - a for a, b in zip(top, top[1:])) > 3e-4  # rows of different images are told apart
+
+    open_app(page, serve_blocks(build_app(zs)))
+    # The checkpoint's zero-shot labels and templates are the starting point.
+    expect(page.locator("#labels textarea")).to_have_value("\n".join(zs.labels))
+    expect(page.locator("#templates textarea")).to_have_value("a {}")
+    page.locator('#images input[type="file"]').set_input_files([str(f) for f in files])
+    expect(page.locator("#images .file-preview tr.file")).to_have_count(3, timeout=TIMEOUT_MS)
+    page.locator("#labels textarea").fill("red circle, blue star\ngreen cross")
+    page.locator("#templates textarea").fill("\n".join(TEMPLATES))
+    page.locator("#score").click()
+
+    for i, (file, ranked) in enumerate(zip(files, expected)):
+        for rank, (label, prob) in enumerate(ranked):
+            row = i * len(LABELS) + rank
+            expect(_cell(page, row, 0)).to_have_text(file.name, timeout=TIMEOUT_MS)
+            expect(_cell(page, row, 1)).to_have_text(str(rank + 1))
+            expect(_cell(page, row, 2)).to_have_text(label)
+            assert float(_cell(page, row, 3).inner_text()) == pytest.approx(prob, abs=1e-4)
+    expect(page.locator('#scores [data-testid^="cell-"][data-col="0"]')).to_have_count(3 * len(LABELS))
+    captions = page.locator("#gallery .caption-label")
+    expect(captions).to_have_count(3)
+    assert captions.all_inner_texts() == [f"{f.name}: {r[0][0]} ({r[0][1]:.2f})" for f, r in zip(files, expected)]
+
+
+def test_demo_skips_an_unreadable_upload_and_says_so(page, serve_blocks, clip_export, tmp_path):
+    from demos.zero_shot import build_app
+    from mmkit.data import load_image
+    from mmkit.tasks import ZeroShotClassifier
+
+    export, files = clip_export
+    zs = ZeroShotClassifier.from_pretrained(export)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    (best, prob), *_ = zs.predict_images([load_image(files[0])], LABELS)[0]
+
+    open_app(page, serve_blocks(build_app(zs, labels=LABELS)))
+    expect(page.locator("#labels textarea")).to_have_value("\n".join(LABELS))
+    page.locator('#images input[type="file"]').set_input_files([str(broken), str(files[0])])
+    expect(page.locator("#images .file-preview tr.file")).to_have_count(2, timeout=TIMEOUT_MS)
+    page.locator("#score").click()
+
+    expect(page.get_by_text("skipped broken.png: not an image")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(_cell(page, 0, 2)).to_have_text(best, timeout=TIMEOUT_MS)
+    assert float(_cell(page, 0, 3).inner_text()) == pytest.approx(prob, abs=1e-4)
+    expect(page.locator('#scores [data-testid^="cell-"][data-col="0"]')).to_have_count(len(LABELS))
+    expect(page.locator("#gallery .caption-label")).to_have_count(1)
