@@ -7,7 +7,8 @@ import importlib
 import sys
 
 # Benchmark name -> module with a `main(argv) -> int`; later issues add `label`, `transcribe`.
-BENCHMARKS = {"vit": "mmkit.bench.vit", "transcribe": "mmkit.bench.transcribe"}
+BENCHMARKS = {"vit": "mmkit.bench.vit", "transcribe": "mmkit.bench.transcribe",
+              "label": "mmkit.bench.label"}
 
 
 def main(argv: list[str]) -> int:
