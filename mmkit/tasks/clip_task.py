@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from mmkit.models.clip import CLIP
 from mmkit.tasks.contrastive import batch_sizes_across_ranks, clip_loss
+from mmkit.tasks.optim import adamw_warmup_cosine
 from mmkit.tasks.zero_shot import DEFAULT_TEMPLATES, default_image_metadata, zero_shot_classifier, zero_shot_logits
 
 log = logging.getLogger(__name__)
@@ -102,28 +103,9 @@ class CLIPTask(pl.LightningModule):
             self.model.logit_scale.clamp_(0, math.log(self.hparams.max_logit_scale))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                skip = p.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "pos_embed.weight"))
-                (no_decay if skip else decay).append(p)
-        # CLIP's betas/eps. Fused on CPU, where the default per-tensor loop is ~15x slower and the
-        # 49408-row token embedding alone made it the most expensive part of a small model's step;
-        # GPUs keep the default (foreach), which also leaves Lightning's AMP gradient clipping usable.
-        fused = all(p.device.type == "cpu" for p in decay + no_decay)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr, betas=(0.9, 0.98),
-                                eps=1e-6, fused=fused or None)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(self.hparams.warmup_ratio * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # CLIP's betas/eps (Radford et al., 2021).
+        return adamw_warmup_cosine(self.model, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_ratio,
+                                   self.trainer.estimated_stepping_batches, betas=(0.9, 0.98), eps=1e-6)
 
     def export(self, directory: str | Path, data_meta: dict[str, Any] | None = None) -> Path:
         """Write the native checkpoint; metadata = preprocessing, context length, zero-shot defaults."""
