@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from mmkit.core import Greedy, SuppressAtBegin, SuppressTokens, generate
 from mmkit.data.audio_manifest import IGNORE_INDEX
 from mmkit.data.char_tokenizer import CharTokenizer, normalize_text
 from mmkit.models.whisper import Whisper
+from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -171,22 +171,10 @@ class SpeechRecognizer(pl.LightningModule):
     # --- optimisation --------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 or "embed" in name else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(self.hparams.warmup_ratio * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # No decay on 1-D tensors and on the token/position embeddings (the output projection is tied).
+        return adamw_warmup_cosine(self.model, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_ratio,
+                                   self.trainer.estimated_stepping_batches,
+                                   no_decay=lambda name, p: p.ndim <= 1 or "embed" in name)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
