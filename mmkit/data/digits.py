@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from mmkit.data.cache import cache_root, publish_folder, read_marker
 from mmkit.data.image_folder import ImageFolderDataModule, stratified_split
 
 log = logging.getLogger(__name__)
@@ -28,13 +29,6 @@ _MARKER = "mmkit-digits.json"
 _SPLITS = ("train", "val", "test")
 _HELD_OUT = (0.15, 0.15)  # val and test fractions of each class; train keeps ~70%
 _MAX_VALUE = 16.0  # load_digits pixels are counts of set bits in 4x4 blocks: 0..16
-
-
-def _read_marker(root: Path) -> dict | None:
-    try:
-        return json.loads((root / _MARKER).read_text())["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def write_digits_folder(root: str | os.PathLike, image_size: int = 32, seed: int = 0) -> Path:
@@ -50,7 +44,7 @@ def write_digits_folder(root: str | os.PathLike, image_size: int = 32, seed: int
     """
     root = Path(root).expanduser()
     key = {"version": DIGITS_VERSION, "image_size": image_size, "seed": seed}
-    found = _read_marker(root)
+    found = read_marker(root, _MARKER)
     if found == key:
         return root
     if found is None and root.exists() and any(root.iterdir()):
@@ -60,7 +54,7 @@ def write_digits_folder(root: str | os.PathLike, image_size: int = 32, seed: int
     try:
         counts = _write_splits(staging, image_size, seed)
         (staging / _MARKER).write_text(json.dumps({"key": key, "counts": counts}, indent=1))
-        _publish(staging, root, key)
+        publish_folder(staging, root, key, _MARKER)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
     log.info("wrote %s digits to %s: %s", sum(counts.values()), root, counts)
@@ -82,34 +76,9 @@ def _write_splits(folder: Path, image_size: int, seed: int) -> dict[str, int]:
     return counts
 
 
-def _publish(staging: Path, root: Path, key: dict) -> None:
-    """Rename the finished folder into place, tolerating a concurrent writer."""
-    current = _read_marker(root)
-    if current == key:  # a concurrent caller published the same data while we wrote ours
-        return
-    stale = None
-    if current is not None:
-        stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex}"
-        try:
-            root.rename(stale)
-        except FileNotFoundError:  # a concurrent caller moved it first
-            stale = None
-    try:
-        staging.rename(root)  # atomic; also replaces an empty folder
-    except OSError:
-        # Another process published first; its copy is as good as ours if the key matches.
-        if _read_marker(root) != key:
-            raise
-    if stale is not None:
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def resolve_digits_root(root: str = DEFAULT_ROOT) -> Path:
     """The default root moves under ``$MMKIT_CACHE/digits`` when that variable is set."""
-    cache = os.environ.get("MMKIT_CACHE")
-    if root == DEFAULT_ROOT and cache:
-        return Path(cache).expanduser() / "digits"
-    return Path(root).expanduser()
+    return cache_root(root, DEFAULT_ROOT, "digits")
 
 
 class DigitsDataModule(ImageFolderDataModule):

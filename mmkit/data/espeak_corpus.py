@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from mmkit.audio import SAMPLE_RATE, resample
+from mmkit.data.cache import cache_root, publish_folder, read_marker
 from mmkit.data.audio_manifest import AudioManifestDataModule
 
 log = logging.getLogger(__name__)
@@ -239,13 +240,6 @@ def _write(folder: Path, utt: Utterance) -> Utterance:
     return utt
 
 
-def _read_marker(root: Path) -> dict | None:
-    try:
-        return json.loads((root / _MARKER).read_text())["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def write_espeak_corpus(root: str | os.PathLike = DEFAULT_ROOT, n_train: int = 6000, n_val: int = 200,
                         n_test: int = 400, seed: int = 0, workers: int | None = None) -> Path:
     """Synthesise the corpus into `root` unless a matching one is there; return `root`.
@@ -264,7 +258,7 @@ def write_espeak_corpus(root: str | os.PathLike = DEFAULT_ROOT, n_train: int = 6
     root = Path(root).expanduser()
     key = {"version": CORPUS_VERSION, "n": [n_train, n_val, n_test], "seed": seed, "max_duration": MAX_DURATION,
            "voices": _fingerprint(train_voices() + held_out_voices())}
-    found = _read_marker(root)
+    found = read_marker(root, _MARKER)
     if found == key:
         return root
     if found is None and root.exists() and any(root.iterdir()):
@@ -286,7 +280,7 @@ def write_espeak_corpus(root: str | os.PathLike = DEFAULT_ROOT, n_train: int = 6
                     f.writelines(json.dumps(asdict(u)) + "\n" for u in written)
         counts = {split: len(u) for split, u in plan.items()}
         (staging / _MARKER).write_text(json.dumps({"key": key, "counts": counts}, indent=1))
-        _publish(staging, root, key)
+        publish_folder(staging, root, key, _MARKER)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root
@@ -296,33 +290,9 @@ def _fingerprint(items: list[str]) -> str:
     return hashlib.sha1(" ".join(items + [str(SPEED_RANGE), str(PITCH_RANGE)]).encode()).hexdigest()[:12]
 
 
-def _publish(staging: Path, root: Path, key: dict) -> None:
-    """Rename the finished corpus into place, tolerating a concurrent writer."""
-    current = _read_marker(root)
-    if current == key:
-        return
-    stale = None
-    if current is not None:
-        stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex}"
-        try:
-            root.rename(stale)
-        except FileNotFoundError:
-            stale = None
-    try:
-        staging.rename(root)
-    except OSError:
-        if _read_marker(root) != key:
-            raise
-    if stale is not None:
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def resolve_corpus_root(root: str = DEFAULT_ROOT) -> Path:
     """The default root moves under `$MMKIT_CACHE/espeak_corpus` when that variable is set."""
-    cache = os.environ.get("MMKIT_CACHE")
-    if root == DEFAULT_ROOT and cache:
-        return Path(cache).expanduser() / "espeak_corpus"
-    return Path(root).expanduser()
+    return cache_root(root, DEFAULT_ROOT, "espeak_corpus")
 
 
 class EspeakDataModule(AudioManifestDataModule):
