@@ -10,6 +10,8 @@ DEMOS = {
     "vit": ("image classification with an attention overlay", "runs/vit_digits/export", "make run"),
     "clip": ("zero-shot image labels with CLIP", "runs/clip_shapes/export",
              "mmkit fit --config configs/clip_shapes.yaml"),
+    "speech": ("speech to text with segment timestamps and an SRT download", "runs/whisper_espeak/export",
+               "mmkit fit --config configs/whisper_espeak.yaml"),
 }
 
 
@@ -19,6 +21,12 @@ def _build(name: str, model: Path, top_k: int):
         from mmkit.tasks.classify import Classifier
 
         return build_app(Classifier.from_pretrained(model), top_k=top_k)
+    if name == "speech":
+        from demos.speech import build_app
+        from mmkit.tasks.speech_recognizer import load_transcriber
+
+        transcriber = load_transcriber(model)
+        return build_app(lambda path: next(transcriber.transcribe_files([path])))
     from demos.zero_shot import build_app
     from mmkit.tasks.zero_shot import ZeroShotClassifier
 
