@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mmkit.core.cache import KVCache

@@ -10,7 +10,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "mmkit.data.images": ["IMAGE_EXTENSIONS", "ImageLoadError", "check_image", "load_image", "scan_images"],
+    "mmkit.data.images": ["IMAGE_EXTENSIONS", "ImageLoadError", "check_image", "load_image", "scan_images",
+                           "to_rgb"],
     "mmkit.data.image_folder": ["ImageFileDataset", "ImageFolderDataModule", "SkippedSample", "collate_skipping",
                                 "stratified_split"],
     "mmkit.data.digits": ["DigitsDataModule", "write_digits_folder"],

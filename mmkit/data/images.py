@@ -165,11 +165,17 @@ def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -
         return im.size
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Image.Image:
     """Decode a file into a fully loaded RGB image, detached from the file.
 
     EXIF orientation is applied; transparency is composited onto white; 16-bit and
     float grayscale are rescaled to 8 bits; GIFs and multi-page TIFFs give their first frame.
+
+    With `min_side`, a JPEG whose sides both exceed it is decoded straight at a reduced DCT scale
+    (1/2, 1/4 or 1/8; PIL's `draft`) that keeps both sides >= `min_side`: for callers that resize
+    to that size anyway (measured, decode + resize CPU time: 4 vs 15 ms for 0.3-3 megapixel
+    JPEGs, 18 vs 163 ms for 12 megapixels). The pixels differ slightly from a full decode then
+    resize. Decompression bombs are judged on the full size.
 
     Raises:
         ImageLoadError: for any file that cannot be decoded safely (see its ``reason``).
@@ -179,12 +185,14 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; mmkit refuses to decode with it")
     with _open_checked(path, max_pixels) as im:
+        if min_side and im.format in ("JPEG", "MPO"):
+            im.draft(None, (min_side, min_side))
         try:
             im.load()
         except _DECODE_ERRORS as e:
             raise ImageLoadError(path, f"truncated or corrupt image data: {e}") from None
         _apply_exif_orientation(im, path)
-        return _to_rgb(im, path)  # always a new image, so closing the file is safe
+        return to_rgb(im, path)  # always a new image, so closing the file is safe
 
 
 def _apply_exif_orientation(im: Image.Image, path: Path) -> None:
@@ -196,7 +204,10 @@ def _apply_exif_orientation(im: Image.Image, path: Path) -> None:
         log.debug("ignoring unreadable EXIF orientation in %s: %s", path, e)
 
 
-def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
+def to_rgb(im: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image:
+    """`load_image`'s colour conversion for an image already in memory: a new RGB image, with
+    transparency composited onto white and 16-bit/float grayscale rescaled to 8 bits (PIL's own
+    convert("RGB") would clip those to white). `path` only names the image in errors."""
     try:
         if im.mode.startswith("I") or im.mode == "F":
             return Image.fromarray(_scale_to_uint8(np.asarray(im))).convert("RGB")

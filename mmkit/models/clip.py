@@ -20,6 +20,11 @@ from mmkit.core.mlp import activation
 from mmkit.models.vit import ViT
 from mmkit.weights.native import WEIGHTS_NAME, PretrainedMixin, load_state_dict_strict, read_state_dict
 
+# OpenAI CLIP's pixel statistics over 0..1 RGB (timm.data.OPENAI_CLIP_MEAN/STD, not imported from
+# there: importing timm costs a command-line start about a second).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 class CLIPVisionTower(ViT):
     """CLIP's image tower: a ViT with a LayerNorm before the blocks (open_clip's ln_pre, here

@@ -16,12 +16,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmkit.core import attention_maps
-# _to_rgb is load_image's colour conversion (alpha onto white, 16-bit/float rescaled); PIL's own
-# convert("RGB") would clip those, so in-memory images would be classified unlike their files.
-from mmkit.data.images import ImageLoadError, _to_rgb, load_image, scan_images
+from mmkit.data.images import ImageLoadError, load_image, scan_images, to_rgb
 from mmkit.models.vit import ViT
 
 log = logging.getLogger(__name__)
@@ -84,7 +82,7 @@ class Classifier:
     @torch.inference_mode()
     def predict_images(self, images: Sequence[Image.Image], top_k_: int = 5) -> list[tuple[list[str], list[float]]]:
         """PIL images (any mode) -> top-k (labels, probabilities) per image."""
-        batch = torch.stack([self.transform(_to_rgb(im, "<image>")) for im in images]).to(self.device)
+        batch = torch.stack([self.transform(to_rgb(im)) for im in images]).to(self.device)
         return top_k(self.model(batch), self.class_names, top_k_)
 
     def predict_paths(self, paths: Iterable[str | os.PathLike], top_k: int = 5,
@@ -111,7 +109,7 @@ class Classifier:
     @torch.inference_mode()
     def attention_overlay(self, image: Image.Image, alpha: float = 0.5) -> Image.Image:
         """The image with the model's attention rollout (Abnar & Zuidema, 2020) as a heat map."""
-        image = _to_rgb(image, "<image>")
+        image = to_rgb(image)
         x = self.transform(image)[None].to(self.device)
         _, maps = attention_maps(self.model, lambda: self.model(x))
         heat = _rollout(maps, self.model.num_prefix_tokens, self.model.patch_embed.grid(x.shape[-2], x.shape[-1]))

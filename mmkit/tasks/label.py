@@ -46,23 +46,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-# The private helpers are load_image's own steps, reused to add JPEG draft decoding (decode_image).
-from mmkit.data.images import (
-    _DECODE_ERRORS, DEFAULT_MAX_PIXELS, ImageLoadError, _apply_exif_orientation, _open_checked, _to_rgb,
-    scan_images,
-)
-from mmkit.models.clip import CLIP
+from mmkit.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, scan_images
+from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD
+from mmkit.tasks.prompts import Tokenizer, check_templates, encode_prompts, expand_prompts
 
 log = logging.getLogger(__name__)
-
-# OpenAI CLIP's pixel statistics over 0..1 RGB (timm.data.OPENAI_CLIP_MEAN/STD, not imported
-# from there because importing timm costs a command-line start about a second).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # General-purpose templates from CLIP's 80 ImageNet prompts (the dataset-specific ones such as
 # "a {} in a video game" left out); "itap" = "I took a picture".
@@ -76,7 +68,6 @@ DEFAULT_TEMPLATES = (
 BACKGROUND_WORDS = ("object", "thing", "scene")
 OTHER = "other"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_TEXT_CHUNK = 64  # prompts per text-tower pass, grouped by length
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
              "lanczos": Image.LANCZOS}
 
@@ -118,46 +109,7 @@ def read_labels_file(path: str | os.PathLike) -> dict[str, list[str]]:
     return parse_labels(line for line in lines if not line.lstrip().startswith("#"))
 
 
-def check_templates(templates: Sequence[str]) -> list[str]:
-    templates = [t.strip() for t in templates if t.strip()]
-    bad = [t for t in templates if t.count("{}") != 1]
-    if not templates or bad:
-        raise ValueError(f"templates need exactly one '{{}}' where the label goes: {bad or 'none given'}")
-    return templates
-
-
-def expand_prompts(alternatives: Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Synonyms x templates, plus quoted alternatives as they are (quotes removed). `replace`, not
-    `format`, so braces in a label name are text."""
-    prompts: list[str] = []
-    for alt in alternatives:
-        literal = len(alt) >= 2 and alt[0] == alt[-1] == '"'
-        prompts.extend([alt[1:-1]] if literal else [t.replace("{}", alt) for t in templates])
-    return list(dict.fromkeys(prompts))
-
-
 # ---- images -----------------------------------------------------------------------------------
-
-def decode_image(path: str | os.PathLike, min_side: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """`mmkit.data.images.load_image`, except that a JPEG with both sides past `min_side` is
-    decoded straight at a reduced DCT scale (1/2, 1/4 or 1/8; PIL's `draft`), keeping both sides
-    >= `min_side`, for a resize to that size that follows anyway (measured, decode + resize CPU
-    time: 4 vs 15 ms for 0.3-3 megapixel JPEGs, 18 vs 163 ms for 12 megapixels). Same checks and
-    errors as `load_image`; bombs are judged on the full size."""
-    path = Path(path)
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; mmkit refuses to decode with it")
-    with _open_checked(path, max_pixels) as im:
-        if min_side and im.format in ("JPEG", "MPO"):
-            im.draft(None, (min_side, min_side))
-        try:
-            im.load()
-        except _DECODE_ERRORS as e:
-            raise ImageLoadError(path, f"truncated or corrupt image data: {e}") from None
-        _apply_exif_orientation(im, path)
-        return _to_rgb(im, path)
-
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -172,7 +124,7 @@ class Preprocess:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     crop_pct: float = 1.0  # centre crop share of the short side (timm's eval transform; CLIP: 1)
-    draft: bool = True  # JPEG DCT-domain downscaling (decode_image); False = open_clip's exact pixels
+    draft: bool = True  # JPEG DCT-domain downscaling (load_image's min_side); False = open_clip's exact pixels
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
@@ -183,7 +135,7 @@ class Preprocess:
     def load(self, path: str | os.PathLike) -> Tensor:
         """File -> (3, S, S) uint8; raises ImageLoadError."""
         short = self.image_size if self.resize_mode == "squash" else math.floor(self.image_size / self.crop_pct)
-        return self(decode_image(path, short if self.draft else None, self.max_pixels))
+        return self(load_image(path, self.max_pixels, short if self.draft else None))
 
     def __call__(self, image: Image.Image) -> Tensor:
         """RGB PIL image -> (3, S, S) uint8, pixel for pixel torchvision's Resize + CenterCrop."""
@@ -255,9 +207,6 @@ def image_batches(root: str | os.PathLike, paths: Sequence[str], preprocess: Pre
 
 
 # ---- model ------------------------------------------------------------------------------------
-
-Tokenizer = Callable[[Sequence[str]], Tensor]  # texts -> (B, T) int64 ids
-
 
 def _clip_bpe(context_length: int) -> Tokenizer:
     """CLIP's BPE tokenizer. Loaded from open_clip's `tokenizer.py` alone when open_clip is not
@@ -452,20 +401,9 @@ class ZeroShotLabeler:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    @torch.inference_mode()
     def encode_texts(self, prompts: Sequence[str]) -> Tensor:
         """Prompts -> (P, D) unit float32 embeddings."""
-        ids = self.tokenizer(prompts)  # (P, context)
-        # Each chunk of similar-length prompts is cut after its longest <end_of_text> (the largest
-        # id). Exact, not an approximation: attention is causal and the embedding is read at
-        # <end_of_text>, so the padding after it is inert; it is most of the 77 positions.
-        lengths = ids.argmax(dim=-1) + 1  # (P,)
-        out = torch.empty(len(prompts), self.model.embed_dim)
-        for chunk in lengths.argsort().split(_TEXT_CHUNK):
-            batch = ids[chunk, : int(lengths[chunk].max())].to(self.device)
-            with self._autocast():
-                out[chunk] = F.normalize(self.model.encode_text(batch).float(), dim=-1).cpu()
-        return out.to(self.device)
+        return encode_prompts(self.model, self.tokenizer, prompts, self._autocast)
 
     @torch.inference_mode()
     def encode_images(self, pixels: Tensor) -> Tensor:

@@ -1,8 +1,9 @@
 """Zero-shot image classification with CLIP (Radford et al., 2021, section 3.1.4): each label is
 written into prompt templates, its classifier is the renormalised mean of the normalised template
 embeddings (the paper's prompt ensembling, open_clip's `build_zero_shot_classifier`), and images
-are scored by softmax(logit_scale * cosine). One path behind the training callback
-(`mmkit.tasks.clip_task.ZeroShotEvaluation`), `mmkit label` and the Gradio demo.
+are scored by softmax(logit_scale * cosine). Behind the training callback
+(`mmkit.tasks.clip_task.ZeroShotEvaluation`) and the Gradio demo; prompts are expanded and encoded
+by `mmkit.tasks.prompts`, as in `mmkit label`.
 """
 from __future__ import annotations
 
@@ -10,20 +11,16 @@ import os
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from torch import Tensor
 
-# _to_rgb is load_image's colour conversion (alpha onto white, 16-bit rescaled), so in-memory
-# images are scored like their files (as in mmkit.tasks.classify).
-from mmkit.data.images import _to_rgb
+from mmkit.data.images import to_rgb
 from mmkit.data.text import CLIPTokenizer
-from mmkit.models.clip import CLIP
+from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD
 from mmkit.tasks.classify import eval_transform
+from mmkit.tasks.prompts import Tokenizer, check_templates, expand_prompts, label_embeddings
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-_TEXT_CHUNK = 256  # prompts encoded per forward pass
 
 Scores = list[tuple[str, float]]  # (label, probability), most probable first
 
@@ -36,27 +33,11 @@ def clean_labels(labels: Sequence[str]) -> list[str]:
     return out
 
 
-def _check_templates(templates: Sequence[str]) -> list[str]:
-    templates = [t for t in templates if t and t.strip()]
-    if not templates:
-        raise ValueError("give at least one prompt template")
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise ValueError(f"prompt templates need a '{{}}' where the label goes: {bad}")
-    return templates
-
-
-@torch.no_grad()
-def zero_shot_classifier(model: CLIP, tokenizer: CLIPTokenizer, labels: Sequence[str],
+def zero_shot_classifier(model: CLIP, tokenizer: Tokenizer, labels: Sequence[str],
                          templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
     """(C, D) unit-norm class embeddings, one row per label, averaged over the templates."""
-    templates = _check_templates(templates)
-    prompts = [t.format(label) for label in labels for t in templates]
-    device = next(model.parameters()).device
-    feats = torch.cat([model.encode_text(tokenizer(prompts[i:i + _TEXT_CHUNK]).to(device), normalize=True)
-                       for i in range(0, len(prompts), _TEXT_CHUNK)])  # (C * T, D)
-    feats = feats.view(len(labels), len(templates), -1).mean(dim=1)  # (C, D)
-    return F.normalize(feats, dim=-1)
+    templates = check_templates(templates)
+    return label_embeddings(model, tokenizer, [expand_prompts([label], templates) for label in labels])
 
 
 @torch.no_grad()
@@ -70,12 +51,12 @@ def default_image_metadata(model: CLIP) -> dict[str, Any]:
     """CLIP's own preprocessing at the model's resolution: resize the short side, centre crop,
     bicubic, OpenAI mean/std (the keys `mmkit.tasks.classify.eval_transform` reads)."""
     return {"image_size": model.visual.config["image_size"], "crop_pct": 1.0, "interpolation": "bicubic",
-            "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)}
+            "mean": list(CLIP_MEAN), "std": list(CLIP_STD)}
 
 
 def zero_shot_scores(
     model: CLIP,
-    tokenizer: CLIPTokenizer,
+    tokenizer: Tokenizer,
     images: Tensor | Sequence[Image.Image],
     labels: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
@@ -97,7 +78,7 @@ def zero_shot_scores(
     labels = clean_labels(labels)
     if not isinstance(images, Tensor):
         transform = transform or eval_transform(default_image_metadata(model))
-        images = torch.stack([transform(_to_rgb(im, "<image>")) for im in images])
+        images = torch.stack([transform(to_rgb(im)) for im in images])
     classifier = zero_shot_classifier(model, tokenizer, labels, templates)
     probs = zero_shot_logits(model, images, classifier).float().softmax(dim=-1)  # (B, C)
     order = probs.argsort(dim=-1, descending=True)

@@ -144,3 +144,21 @@ def test_scan_images_filters_sorts_and_survives_symlink_loops(tmp_path):
     found = [p.relative_to(tmp_path).as_posix() for p in scan_images(tmp_path)]
     assert found == ["a.webp", "b/a.JpEg", "b/c.tiff", "b/deep/z.PNG"]
     assert [p.name for p in scan_images(tmp_path, recursive=False)] == ["a.webp"]
+
+
+def test_min_side_decodes_jpeg_at_reduced_scale_keeping_the_size_needed(tmp_path):
+    gradient = np.linspace(0, 255, 800 * 600 * 3).reshape(600, 800, 3).astype(np.uint8)
+    Image.fromarray(gradient).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(gradient).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.jpg").size == (800, 600)
+    assert load_image(tmp_path / "big.jpg", min_side=140).size == (200, 150)  # 1/4 scale, both sides >= 140
+    assert load_image(tmp_path / "big.jpg", min_side=160).size == (400, 300)  # 1/4 would go below 160
+    assert load_image(tmp_path / "big.png", min_side=140).size == (800, 600)  # only JPEG has DCT scaling
+    full = np.asarray(load_image(tmp_path / "big.jpg").resize((200, 150), Image.BICUBIC)).astype(int)
+    assert np.abs(np.asarray(load_image(tmp_path / "big.jpg", min_side=140)).astype(int) - full).mean() < 3
+
+
+def test_min_side_applies_exif_orientation_after_the_reduced_decode(good_files):
+    rotated = np.asarray(load_image(good_files["exif6.jpg"], min_side=10)).astype(int)
+    assert rotated.shape == (20, 10, 3)  # stored 40x20, decoded at 1/2 (20x10), then turned upright
+    assert rotated[1, 8, 0] > 180 and rotated[1, 8, 2] < 80  # the red block, top-right as at full size

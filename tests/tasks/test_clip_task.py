@@ -130,8 +130,11 @@ def test_zero_shot_scores_rank_softmax_of_the_prompt_ensemble():
     for r, t in zip(ranked, zero_shot_scores(model, tok, x, labels, templates)):  # tensor input, same result
         assert [label for label, _ in t] == [label for label, _ in r]
         assert [p for _, p in t] == pytest.approx([p for _, p in r], abs=1e-6)
-    with pytest.raises(ValueError, match="need a '{}'"):
+    with pytest.raises(ValueError, match="need exactly one '{}'"):
         zero_shot_scores(model, tok, x, labels, ["a photo"])
+    # Braces in a label are text (str.format would raise IndexError or fill them in).
+    braces = zero_shot_scores(model, tok, x, ["c{}t", "{0} dog"], templates)
+    assert sorted(label for label, _ in braces[0]) == ["c{}t", "{0} dog"]
     with pytest.raises(ValueError, match="at least one non-empty label"):
         zero_shot_scores(model, tok, x, [" ", ""], templates)
 

@@ -1,0 +1,69 @@
+"""Prompt ensembles for CLIP text towers (Radford et al., 2021, section 3.1.4): labels written into
+templates, and the prompts encoded to unit embeddings. One implementation behind `mmkit label`,
+the zero-shot demo and the training callback (`mmkit.tasks.zero_shot`).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmkit.models.clip import CLIP
+
+Tokenizer = Callable[[Sequence[str]], Tensor]  # texts -> (B, T) int64 ids
+TEXT_CHUNK = 64  # prompts per text-tower pass, grouped by length
+
+
+def check_templates(templates: Sequence[str]) -> list[str]:
+    """Stripped, non-empty templates; each needs exactly one '{}' where the label goes."""
+    templates = [t.strip() for t in templates if t and t.strip()]
+    bad = [t for t in templates if t.count("{}") != 1]
+    if not templates or bad:
+        raise ValueError(f"templates need exactly one '{{}}' where the label goes: {bad or 'none given'}")
+    return templates
+
+
+def expand_prompts(alternatives: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Synonyms x templates, plus quoted alternatives as they are (quotes removed), without
+    repeats. `replace`, not `format`, so braces in a label name are text."""
+    prompts: list[str] = []
+    for alt in alternatives:
+        literal = len(alt) >= 2 and alt[0] == alt[-1] == '"'
+        prompts.extend([alt[1:-1]] if literal else [t.replace("{}", alt) for t in templates])
+    return list(dict.fromkeys(prompts))
+
+
+@torch.no_grad()  # not inference_mode: the training callback uses the result next to autograd tensors
+def encode_prompts(model: CLIP, tokenizer: Tokenizer, prompts: Sequence[str],
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   chunk_size: int = TEXT_CHUNK) -> Tensor:
+    """Prompts -> (P, D) unit float32 embeddings on the model's device.
+
+    Prompts go through the text tower in chunks of similar length, each cut after its longest
+    <end_of_text> (the largest id). Exact, not an approximation: attention is causal and the
+    embedding is read at <end_of_text>, so the padding after it is inert; it is most of the
+    context (77 positions for CLIP), and so most of the cost.
+    """
+    device = next(model.parameters()).device
+    ids = tokenizer(list(prompts))  # (P, context)
+    lengths = ids.argmax(dim=-1) + 1  # (P,)
+    out = torch.empty(len(prompts), model.embed_dim, device=device)
+    for chunk in lengths.argsort().split(chunk_size):
+        batch = ids[chunk, : int(lengths[chunk].max())].to(device)
+        with autocast():
+            out[chunk.to(device)] = F.normalize(model.encode_text(batch).float(), dim=-1)
+    return out
+
+
+def label_embeddings(model: CLIP, tokenizer: Tokenizer, prompts: Sequence[Sequence[str]],
+                     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Tensor:
+    """Per label, its prompts -> (L, D) unit rows: the renormalised mean of the label's unit
+    prompt embeddings (the paper's prompt ensembling; open_clip's `build_zero_shot_classifier`)."""
+    if any(not p for p in prompts):
+        raise ValueError("every label needs at least one prompt")
+    flat = encode_prompts(model, tokenizer, [p for group in prompts for p in group], autocast)
+    rows = flat.split([len(group) for group in prompts])
+    return F.normalize(torch.stack([r.mean(dim=0) for r in rows]), dim=-1)
