@@ -55,3 +55,38 @@ def clip_config(name: str) -> dict[str, Any]:
     except KeyError:
         raise ValueError(f"unknown CLIP config {name!r}; known: {', '.join(sorted(CLIP_CONFIGS))}") from None
     return {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
+
+
+# Whisper sizes (Radford et al., 2022, Table 1; openai/whisper `_MODELS`): (dim, encoder depth,
+# decoder depth, heads). Multilingual vocabularies have 51865 ids (51866 from large-v3, which
+# also has 128 mel bins); English-only ".en" ones 51864. Windows are 30 s: 1500 audio positions.
+_WHISPER_WIDTHS = {
+    "tiny": (384, 4, 4, 6),
+    "base": (512, 6, 6, 8),
+    "small": (768, 12, 12, 12),
+    "medium": (1024, 24, 24, 16),
+    "large-v2": (1280, 32, 32, 20),
+    "large-v3": (1280, 32, 32, 20),
+    "large-v3-turbo": (1280, 32, 4, 20),
+}
+
+
+def _whisper(name: str, dim: int, enc: int, dec: int, heads: int) -> dict[str, Any]:
+    v3 = name.startswith("large-v3")
+    vocab = 51864 if name.endswith(".en") else (51866 if v3 else 51865)
+    return dict(n_mels=128 if v3 else 80, n_audio_ctx=1500, n_text_ctx=448, vocab_size=vocab, dim=dim,
+                encoder_depth=enc, decoder_depth=dec, num_heads=heads)
+
+
+WHISPER_SIZES: dict[str, dict[str, Any]] = {
+    **{name: _whisper(name, *w) for name, w in _WHISPER_WIDTHS.items()},
+    **{f"{name}.en": _whisper(f"{name}.en", *_WHISPER_WIDTHS[name]) for name in ("tiny", "base", "small", "medium")},
+}
+
+
+def whisper_config(name: str) -> dict[str, Any]:
+    """Constructor arguments of a named Whisper size ("tiny", "base.en", "large-v3", ...)."""
+    try:
+        return dict(WHISPER_SIZES[name])
+    except KeyError:
+        raise ValueError(f"unknown Whisper size {name!r}; known sizes: {', '.join(WHISPER_SIZES)}") from None

@@ -13,36 +13,12 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, Encoder, KVCache, LayerNorm, LearnedPositions, sinusoidal_positions_concat
+from mmkit.core import Decoder, Encoder, KVCache, LayerNorm, LearnedPositions
 from mmkit.core.blocks import layer_norm
+from mmkit.stems.audio import AudioConvStem
 from mmkit.weights.native import PretrainedMixin
 
 NORM_EPS = 1e-5  # every Whisper LayerNorm (torch's default; openai/whisper and transformers agree)
-
-
-class AudioConvStem(nn.Module):
-    """log-Mel (B, n_mels, 2·n_ctx) -> (B, n_ctx, dim): conv(k3) -> GELU -> conv(k3, stride 2) -> GELU,
-    plus the fixed [sin | cos] position table.
-
-    The table is a persistent buffer, as in openai/whisper, so checkpoints carry it and import
-    copies it verbatim rather than trusting a recomputation to match bit for bit.
-    """
-
-    def __init__(self, n_mels: int, dim: int, n_ctx: int) -> None:
-        super().__init__()
-        self.n_mels, self.n_ctx = n_mels, n_ctx
-        self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
-        self.register_buffer("pos_embed", sinusoidal_positions_concat(n_ctx, dim))  # (n_ctx, dim)
-
-    def forward(self, mel: Tensor) -> Tensor:
-        if mel.ndim != 3 or mel.shape[1] != self.n_mels or mel.shape[2] != 2 * self.n_ctx:
-            raise ValueError(
-                f"expected log-Mel input (B, {self.n_mels}, {2 * self.n_ctx}), got {tuple(mel.shape)}; "
-                "pad_or_trim the audio to the model's chunk length before log_mel_spectrogram")
-        x = F.gelu(self.conv1(mel))
-        x = F.gelu(self.conv2(x))  # (B, dim, n_ctx)
-        return x.transpose(1, 2) + self.pos_embed.to(x.dtype)  # (B, n_ctx, dim)
 
 
 class Whisper(PretrainedMixin, nn.Module):
@@ -124,6 +100,14 @@ class Whisper(PretrainedMixin, nn.Module):
         # Tied projection as F.linear: one parameter, one checkpoint key (safetensors refuses
         # tensors that share storage).
         return F.linear(x, self.tok_embed.weight)  # (B, T, vocab_size)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "Whisper":
+        """A named size (`mmkit.models.sizes.WHISPER_SIZES`: "tiny", "base.en", "large-v3", ...),
+        random init, e.g. to train from scratch or to load weights into."""
+        from mmkit.models.sizes import whisper_config
+
+        return cls(**{**whisper_config(name), **overrides})
 
     @classmethod
     def from_hf(cls, model_or_dir: nn.Module | str | Path) -> "Whisper":

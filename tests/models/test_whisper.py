@@ -286,3 +286,17 @@ def test_from_hf_repo_id_offline_fails_clearly(tmp_path, monkeypatch):
         Whisper.from_hf("no-such-owner/no-such-whisper")
     with pytest.raises(WeightsError, match="no config.json"):
         Whisper.from_hf(tmp_path)
+
+
+@pytest.mark.parametrize("name, hf_params", [("tiny", 37_760_640), ("base", 72_593_920), ("tiny.en", 37_760_256)])
+def test_named_sizes_have_the_published_parameter_counts(name, hf_params):
+    # hf_params: the Hub checkpoints' counts (openai/whisper-tiny, -base, -tiny.en). mmkit keeps the
+    # sinusoid table as a buffer (transformers: a frozen parameter) and a zero key-bias slot in each
+    # fused qkv projection (transformers' k_proj has no bias): one dim per attention module.
+    model = Whisper.from_name(name)
+    cfg = model.config
+    attention_modules = cfg["encoder_depth"] + 2 * cfg["decoder_depth"]
+    ours = sum(p.numel() for p in model.parameters()) + model.stem.pos_embed.numel()
+    assert ours - attention_modules * cfg["dim"] == hf_params
+    with pytest.raises(ValueError, match="known sizes: tiny, base"):
+        Whisper.from_name("huge")
