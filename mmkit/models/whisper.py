@@ -101,6 +101,25 @@ class Whisper(PretrainedMixin, nn.Module):
         # tensors that share storage).
         return F.linear(x, self.tok_embed.weight)  # (B, T, vocab_size)
 
+    def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:
+        """Load a checkpoint into shorter windows or a shorter text context (`from_pretrained(dir,
+        n_audio_ctx=200)` to fine-tune on 4-s clips): the position tables keep their first rows,
+        which is exact: position i means the same in both. Longer is refused for the learned text
+        positions (nothing to copy) and fine for the fixed audio sinusoids (their rows are kept)."""
+        state = dict(state)
+        audio, text = state.get("stem.pos_embed"), state.get("pos_embed.weight")
+        if audio is not None and audio.shape[0] != self.n_audio_ctx:
+            table = self.stem.pos_embed.clone()
+            keep = min(audio.shape[0], self.n_audio_ctx)
+            table[:keep] = audio[:keep]
+            state["stem.pos_embed"] = table
+        if text is not None and text.shape[0] != self.n_text_ctx:
+            if text.shape[0] < self.n_text_ctx:
+                raise ValueError(f"n_text_ctx={self.n_text_ctx} exceeds the checkpoint's {text.shape[0]} learned "
+                                 "text positions")
+            state["pos_embed.weight"] = text[: self.n_text_ctx]
+        return state
+
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "Whisper":
         """A named size (`mmkit.models.sizes.WHISPER_SIZES`: "tiny", "base.en", "large-v3", ...),

@@ -105,6 +105,22 @@ def test_save_load_round_trip(tiny, tiny_mel, tmp_path):
                                    rtol=0, atol=0)
 
 
+def test_load_into_shorter_windows_and_text_context(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    short = Whisper.from_pretrained(tmp_path, n_audio_ctx=16, n_text_ctx=20).eval()
+    assert short.stem.pos_embed.shape == (16, 32) and short.pos_embed.weight.shape == (20, 32)
+    torch.testing.assert_close(short.stem.pos_embed, tiny.stem.pos_embed[:16], rtol=0, atol=0)
+    # The first positions mean the same: the decoder's first step on a given context agrees.
+    context = torch.randn(1, 16, 32)
+    tokens = torch.randint(0, 50, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(short(tokens, context), tiny(tokens, context), rtol=0, atol=0)
+    longer = Whisper.from_pretrained(tmp_path, n_audio_ctx=30)  # fixed sinusoids: more rows are known
+    torch.testing.assert_close(longer.stem.pos_embed[:24], tiny.stem.pos_embed, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exceeds the checkpoint's 32 learned text positions"):
+        Whisper.from_pretrained(tmp_path, n_text_ctx=64)
+
+
 # --- transformers parity ----------------------------------------------------------------------
 
 def _hf_whisper(n_mels: int, n_audio_ctx: int):
