@@ -137,6 +137,14 @@ class Whisper(PretrainedMixin, nn.Module):
 
         return whisper_from_hf(model_or_dir)
 
+    @classmethod
+    def from_openai(cls, path: str | Path) -> "Whisper":
+        """Import an openai-whisper checkpoint file (the `.pt` that `whisper.load_model` reads:
+        {"dims": ..., "model_state_dict": ...}), read with torch.load(weights_only=True); eval mode."""
+        from mmkit.weights.from_openai_whisper import whisper_from_openai
+
+        return whisper_from_openai(path)
+
 
 def _init_weights(module: nn.Module) -> None:
     # transformers' Whisper init: N(0, 0.02) for linear, conv and embedding weights, zero biases.
