@@ -1,7 +1,8 @@
 """Whisper's tokenizer and special tokens (Radford et al., 2022, §2.3 "Multitask format"), read
 from the Hugging Face tokenizer files of a checkpoint directory, plus the decoding constants of
 its `generation_config.json` (suppressed tokens, language/task ids). The special-token layout
-and the non-speech symbol list follow openai/whisper `tokenizer.py`.
+and the non-speech symbol list follow openai/whisper `tokenizer.py`; `from_tiktoken` builds the
+tokenizer of openai-whisper `.pt` checkpoints from the `.tiktoken` BPE ranks in its package.
 
 tokenizer.json is read with the `tokenizers` library directly (what `transformers.WhisperTokenizer`
 wraps): a quarter of a second, where importing transformers and building its tokenizer takes
@@ -11,6 +12,8 @@ Whisper's exact special-token layout, for offline tests and benchmarks.
 """
 from __future__ import annotations
 
+import base64
+import importlib.util
 import json
 import re
 import shutil
@@ -31,6 +34,14 @@ LANGUAGE_CODES = (
     "mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be "
     "tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue"
 ).split()
+# openai-whisper vocabulary size -> its `.tiktoken` file (whisper/assets/); the number of language
+# tokens is what is left of the size after the BPE ranks and the other special tokens.
+OPENAI_ENCODINGS = {51864: "gpt2", 51865: "multilingual", 51866: "multilingual"}
+OPENAI_MULTILINGUAL_VOCAB = 51865  # openai `Whisper.is_multilingual`: n_vocab >= 51865
+# openai/whisper `get_encoding`'s pre-tokenizer split (GPT-2's), used with both .tiktoken files.
+OPENAI_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_TASK_TOKENS = ("<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+                "<|notimestamps|>")
 _LANGUAGE_TOKEN = re.compile(r"<\|([a-z]{2,3})\|>\Z")
 
 
@@ -105,6 +116,37 @@ class WhisperTokenizer:
             except json.JSONDecodeError as e:
                 raise TokenizerError(f"{path}: invalid JSON ({e})") from None
         return cls(backend, config, source=directory)
+
+    @classmethod
+    def from_tiktoken(cls, path: str | Path, vocab_size: int) -> "WhisperTokenizer":
+        """openai-whisper's tokenizer (`whisper.tokenizer.get_encoding`) for a model of `vocab_size`
+        ids, from a `.tiktoken` BPE ranks file (a base64 token and its rank per line): the ranks,
+        then <|endoftext|>, <|startoftranscript|>, as many language tokens as `vocab_size` leaves
+        room for (99, or 100 with "yue"), the task/control tokens and <|0.00|> .. <|30.00|>.
+        Suppressed tokens follow openai's decoding defaults (there is no generation_config.json);
+        multilingual when `vocab_size` >= 51865, as openai decides."""
+        path = Path(path).expanduser()
+        ranks = _read_tiktoken(path)
+        n_languages = vocab_size - len(ranks) - 2 - len(_TASK_TOKENS) - N_TIMESTAMPS
+        if not 0 <= n_languages <= len(LANGUAGE_CODES):
+            raise TokenizerError(
+                f"{path}: its {len(ranks)} BPE tokens plus Whisper's special tokens cannot make a vocabulary of "
+                f"{vocab_size} ids (openai-whisper: 51864 English-only, 51865 / 51866 multilingual)")
+        from tokenizers import AddedToken
+
+        languages = [f"<|{code}|>" for code in LANGUAGE_CODES[:n_languages]]
+        timestamps = [f"<|{i * TIME_PRECISION:.2f}|>" for i in range(N_TIMESTAMPS)]
+        backend = _bpe_from_ranks(ranks)
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (
+            "<|endoftext|>", "<|startoftranscript|>", *languages, *_TASK_TOKENS, *timestamps)])
+        return cls(backend, {"is_multilingual": vocab_size >= OPENAI_MULTILINGUAL_VOCAB})
+
+    @classmethod
+    def from_openai(cls, vocab_size: int) -> "WhisperTokenizer":
+        """The tokenizer openai-whisper pairs with a checkpoint of `vocab_size` ids (51864:
+        English-only `gpt2.tiktoken`; 51865 / 51866: `multilingual.tiktoken`, 99 / 100 languages),
+        read from the installed openai-whisper package."""
+        return cls.from_tiktoken(openai_tiktoken_file(vocab_size), vocab_size)
 
     def save(self, directory: str | Path) -> None:
         """Write the tokenizer files and generation_config.json into `directory`."""
@@ -246,6 +288,72 @@ class WhisperTokenizer:
             elif i < self.eot:
                 text.append(i)
         return "".join(out) + self.decode(text)
+
+
+# --- openai-whisper's .tiktoken vocabularies ----------------------------------------------------
+
+def openai_tiktoken_file(vocab_size: int) -> Path:
+    """Path of the `.tiktoken` file openai-whisper uses for `vocab_size`, found in the installed
+    package without importing it (importing whisper takes seconds)."""
+    name = OPENAI_ENCODINGS.get(vocab_size)
+    if name is None:
+        raise TokenizerError(
+            f"no openai-whisper tokenizer has {vocab_size} ids (51864: English-only, 51865: multilingual, "
+            "51866: multilingual with Cantonese); pass the tokenizer with --tokenizer")
+    spec = importlib.util.find_spec("whisper")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0]) / "assets" / f"{name}.tiktoken" if locations else None
+    if path is None or not path.is_file():
+        raise TokenizerError(
+            f"openai-whisper checkpoints take their tokenizer from the openai-whisper package ({name}.tiktoken), "
+            "which is not installed: `pip install openai-whisper`, or pass --tokenizer (a tokenizer directory "
+            "or a .tiktoken file)")
+    return path
+
+
+def _read_tiktoken(path: Path) -> dict[bytes, int]:
+    """{token bytes: rank} of a `.tiktoken` file; ranks must be the ids 0..n-1."""
+    try:
+        ranks = {base64.b64decode(token): int(rank) for token, rank in
+                 (line.split() for line in path.read_text(encoding="ascii").splitlines() if line)}
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # binascii.Error is a ValueError
+        raise TokenizerError(f"{path}: not a readable .tiktoken file ({type(e).__name__}: {e})") from None
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise TokenizerError(f"{path}: the ranks of a .tiktoken file must be 0..{len(ranks) - 1}, each once")
+    return ranks
+
+
+def _bpe_from_ranks(ranks: dict[bytes, int]) -> Any:
+    """A byte-level BPE `tokenizers.Tokenizer` that splits as tiktoken does with `ranks`.
+
+    tiktoken repeatedly merges the adjacent pair whose concatenation has the lowest rank; as a
+    merge list (transformers' `TikTokenConverter`) that is every split of each token into two
+    known halves, ordered by the rank of the result. `ignore_merges` then takes a pre-token
+    that is itself in the vocabulary whole, as tiktoken does.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+
+    chars = _bytes_to_unicode()
+    table = [chars[b] for b in range(256)]
+
+    def text(token: bytes) -> str:
+        return "".join(table[b] for b in token)
+
+    merges = []  # (rank of the merged token, rank of the left half, right half, left, right)
+    for token, rank in ranks.items():
+        for i in range(1, len(token)):
+            left, right = token[:i], token[i:]
+            if left in ranks and right in ranks:
+                merges.append((rank, ranks[left], ranks[right], left, right))
+    merges.sort(key=lambda m: m[:3])
+    backend = Tokenizer(BPE({text(t): r for t, r in ranks.items()}, [(text(m[3]), text(m[4])) for m in merges],
+                            fuse_unk=False, ignore_merges=True))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(OPENAI_SPLIT_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    return backend
 
 
 # --- a toy tokenizer for offline tests and benchmarks -------------------------------------------

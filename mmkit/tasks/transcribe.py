@@ -14,7 +14,8 @@ cross-attention keys/values are computed once per window and shared by language 
 decoding and every fallback attempt.
 
 Checkpoints (`--model`): a Hugging Face Whisper directory or an mmkit one (`save_checkpoint`),
-each with the tokenizer files and generation_config.json next to the weights.
+each with the tokenizer files and generation_config.json next to the weights, or an openai-whisper
+`.pt` file, whose tokenizer comes from the openai-whisper package's `.tiktoken` files.
 """
 from __future__ import annotations
 
@@ -165,36 +166,63 @@ class TimestampRules:
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Whisper, WhisperTokenizer]:
-    """Load a transcription checkpoint directory: a Hugging Face Whisper checkpoint
-    (config.json with model_type "whisper" + weights) or an mmkit one (`save_checkpoint`), each
-    with its tokenizer files (and optionally generation_config.json) next to the weights.
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    tokenizer: str | Path | None = None) -> tuple[Whisper, WhisperTokenizer]:
+    """Load a transcription checkpoint: a Hugging Face Whisper directory (config.json with
+    model_type "whisper" + weights) or an mmkit one (`save_checkpoint`), each with its tokenizer
+    files (and optionally generation_config.json) next to the weights; or an openai-whisper
+    checkpoint file (`.pt` / `.pth`), with openai's tokenizer for its vocabulary size.
 
-    The format is read from config.json, where each declares itself; nothing else is guessed.
+    The format is read from the file name or config.json, where each declares itself; nothing
+    else is guessed.
+
+    Args:
+        path: checkpoint directory or openai-whisper file.
+        device: where the model goes.
+        tokenizer: a tokenizer directory or `.tiktoken` file to use instead (None: the checkpoint's).
 
     Raises:
         mmkit.weights.WeightsError / mmkit.data.whisper_tokenizer.TokenizerError: unusable files.
     """
     from mmkit.weights import WeightsError
 
-    directory = Path(directory).expanduser()
+    path = Path(path).expanduser()
+    if path.suffix in (".pt", ".pth"):  # openai-whisper's checkpoint files
+        model = Whisper.from_openai(path)
+        tok = (load_tokenizer(tokenizer, model.vocab_size) if tokenizer is not None
+               else WhisperTokenizer.from_openai(model.vocab_size))
+    else:
+        model = _load_directory(path)
+        tok = WhisperTokenizer.from_dir(path) if tokenizer is None else load_tokenizer(tokenizer, model.vocab_size)
+    if tok.timestamp_end > model.vocab_size:
+        raise WeightsError(f"{path}: the tokenizer's ids reach {tok.timestamp_end - 1}, beyond the "
+                           f"model's vocab_size {model.vocab_size}")
+    return model.to(device).eval(), tok
+
+
+def _load_directory(directory: Path) -> Whisper:
+    from mmkit.weights import WeightsError
+
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise WeightsError(f"{directory}: not a checkpoint directory (no config.json); --model takes a local "
-                           "Hugging Face Whisper directory or an mmkit Whisper checkpoint")
+                           "Hugging Face Whisper directory, an mmkit Whisper checkpoint or an openai-whisper .pt file")
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
         raise WeightsError(f"{config_path}: invalid JSON ({e})") from None
     if "format_version" in config and "architecture" in config:  # mmkit's native layout
-        model = Whisper.from_pretrained(directory)
-    else:
-        model = Whisper.from_hf(directory)
-    tokenizer = WhisperTokenizer.from_dir(directory)
-    if tokenizer.timestamp_end > model.vocab_size:
-        raise WeightsError(f"{directory}: the tokenizer's ids reach {tokenizer.timestamp_end - 1}, beyond the "
-                           f"model's vocab_size {model.vocab_size}")
-    return model.to(device).eval(), tokenizer
+        return Whisper.from_pretrained(directory)
+    return Whisper.from_hf(directory)
+
+
+def load_tokenizer(source: str | Path, vocab_size: int) -> WhisperTokenizer:
+    """A tokenizer directory (`WhisperTokenizer.from_dir`) or a `.tiktoken` file read openai's
+    way for a model of `vocab_size` ids (`WhisperTokenizer.from_tiktoken`)."""
+    source = Path(source).expanduser()
+    if source.suffix == ".tiktoken":
+        return WhisperTokenizer.from_tiktoken(source, vocab_size)
+    return WhisperTokenizer.from_dir(source)
 
 
 def save_checkpoint(model: Whisper, tokenizer: WhisperTokenizer, directory: str | Path) -> Path:
@@ -252,10 +280,11 @@ class Transcriber:
         self._check_options()
 
     @classmethod
-    def from_checkpoint(cls, directory: str | Path, options: DecodingOptions | None = None, batch_size: int = 8,
-                        device: str | torch.device = "cpu") -> "Transcriber":
-        model, tokenizer = load_checkpoint(directory, device)
-        return cls(model, tokenizer, options, batch_size)
+    def from_checkpoint(cls, path: str | Path, options: DecodingOptions | None = None, batch_size: int = 8,
+                        device: str | torch.device = "cpu", tokenizer: str | Path | None = None) -> "Transcriber":
+        """A transcriber over `load_checkpoint(path, device, tokenizer)`."""
+        model, tok = load_checkpoint(path, device, tokenizer)
+        return cls(model, tok, options, batch_size)
 
     @property
     def device(self) -> torch.device:
@@ -622,7 +651,10 @@ def _parser() -> argparse.ArgumentParser:
                "decoded are reported and skipped; the exit code is 1 only when no file was transcribed.")
     p.add_argument("files", nargs="+", help="audio files (any format libsndfile reads; any rate, any channels)")
     p.add_argument("--model", required=True,
-                   help="Hugging Face Whisper directory or mmkit checkpoint, with the tokenizer files")
+                   help="Hugging Face Whisper directory or mmkit checkpoint, with the tokenizer files; or an "
+                        "openai-whisper .pt file (tokenizer from the openai-whisper package)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory or .tiktoken file to use instead of the checkpoint's")
     p.add_argument("--language", default=None, help="language code or name (default: detect per file)")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
@@ -649,7 +681,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`mmkit transcribe FILES... --model DIR [options]`: exit 0 if any file was transcribed
+    """`mmkit transcribe FILES... --model DIR|FILE.pt [options]`: exit 0 if any file was transcribed
     (failures are listed), 1 if none was, 2 for usage errors."""
     args = _parser().parse_args(argv)
     if args.threads:
@@ -661,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         no_speech_threshold=args.no_speech_threshold, max_new_tokens=args.max_new_tokens,
         repetition_guard=not args.no_repetition_guard, seed=args.seed)
     try:
-        transcriber = Transcriber.from_checkpoint(args.model, options, args.batch_size, args.device)
+        transcriber = Transcriber.from_checkpoint(args.model, options, args.batch_size, args.device, args.tokenizer)
     except ValueError as e:  # WeightsError, TokenizerError and bad options are ValueErrors
         sys.stderr.write(f"mmkit transcribe: error: {e}\n")
         return 2
