@@ -9,7 +9,6 @@ scratch, whose vocabulary is the data's own character/BPE tokenizer (`mmkit.data
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -222,21 +221,9 @@ def save_speech_checkpoint(model: Whisper, tokenizer: Any, directory: str | Path
 
 
 def load_speech_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Whisper, Any]:
-    """(eval-mode Whisper, tokenizer) of a checkpoint directory: an mmkit one with a character/BPE
-    tokenizer (`save_speech_checkpoint`), else whatever `mmkit.tasks.transcribe.load_checkpoint`
-    reads (Hugging Face Whisper, mmkit Whisper with Whisper tokenizer files)."""
-    directory = Path(directory).expanduser()
-    try:
-        meta = json.loads((directory / "config.json").read_text()).get("metadata", {})
-    except (OSError, ValueError, AttributeError):
-        meta = {}
-    if isinstance(meta, dict) and meta.get("tokenizer") in ("char", "bpe"):
-        model = Whisper.from_pretrained(directory)
-        tokenizer = CharTokenizer.from_dir(directory)
-        if tokenizer.vocab_size != model.vocab_size:
-            raise ValueError(f"{directory}: tokenizer.json has {tokenizer.vocab_size} tokens, the model "
-                             f"{model.vocab_size}")
-        return model.to(device).eval(), tokenizer
+    """(eval-mode Whisper, tokenizer) of a checkpoint: an mmkit one with a character/BPE tokenizer
+    (`save_speech_checkpoint`) or anything else `mmkit.tasks.transcribe.load_checkpoint` reads
+    (Hugging Face Whisper, mmkit Whisper with Whisper tokenizer files, openai-whisper .pt)."""
     from mmkit.tasks.transcribe import load_checkpoint
 
     return load_checkpoint(directory, device)
@@ -248,10 +235,8 @@ def transcriber_for(model: Whisper, tokenizer: Any, batch_size: int = 8):
     model's `n_audio_ctx`, e.g. 4 s, and long audio is cut at window boundaries)."""
     from mmkit.tasks.transcribe import DecodingOptions, Transcriber
 
-    if isinstance(tokenizer, CharTokenizer):
-        prompt = tokenizer.sot_sequence(without_timestamps=True)
-        options = DecodingOptions(without_timestamps=True, temperatures=(0.0,), no_speech_threshold=None,
-                                  max_new_tokens=model.n_text_ctx - len(prompt))
+    if isinstance(tokenizer, CharTokenizer):  # the Transcriber makes room for a window's characters
+        options = DecodingOptions(without_timestamps=True, temperatures=(0.0,), no_speech_threshold=None)
     else:
         options = DecodingOptions(language="en" if tokenizer.is_multilingual else None, temperatures=(0.0,))
     return Transcriber(model.eval(), tokenizer, options, batch_size)

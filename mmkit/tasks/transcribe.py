@@ -24,7 +24,7 @@ import json
 import logging
 import sys
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
 
@@ -170,8 +170,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     tokenizer: str | Path | None = None) -> tuple[Whisper, WhisperTokenizer]:
     """Load a transcription checkpoint: a Hugging Face Whisper directory (config.json with
     model_type "whisper" + weights) or an mmkit one (`save_checkpoint`), each with its tokenizer
-    files (and optionally generation_config.json) next to the weights; or an openai-whisper
-    checkpoint file (`.pt` / `.pth`), with openai's tokenizer for its vocabulary size.
+    files (and optionally generation_config.json) next to the weights; an mmkit model trained with
+    a character/BPE tokenizer (`SpeechRecognizer`'s export: no language, task or timestamp
+    tokens); or an openai-whisper checkpoint file (`.pt` / `.pth`), with openai's tokenizer for
+    its vocabulary size.
 
     The format is read from the file name or config.json, where each declares itself; nothing
     else is guessed.
@@ -193,11 +195,30 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                else WhisperTokenizer.from_openai(model.vocab_size))
     else:
         model = _load_directory(path)
+        if tokenizer is None and _data_tokenizer_kind(path):  # SpeechRecognizer's char/BPE exports
+            from mmkit.data.char_tokenizer import CharTokenizer
+
+            chars = CharTokenizer.from_dir(path)
+            if chars.vocab_size != model.vocab_size:
+                raise WeightsError(f"{path}: tokenizer.json has {chars.vocab_size} tokens, the model "
+                                   f"{model.vocab_size}")
+            return model.to(device).eval(), chars  # type: ignore[return-value]
         tok = WhisperTokenizer.from_dir(path) if tokenizer is None else load_tokenizer(tokenizer, model.vocab_size)
     if tok.timestamp_end > model.vocab_size:
         raise WeightsError(f"{path}: the tokenizer's ids reach {tok.timestamp_end - 1}, beyond the "
                            f"model's vocab_size {model.vocab_size}")
     return model.to(device).eval(), tok
+
+
+def _data_tokenizer_kind(directory: Path) -> str | None:
+    """"char" or "bpe" for a checkpoint trained with a tokenizer built from its transcripts
+    (`mmkit.tasks.speech_recognizer.save_speech_checkpoint` records it in the metadata)."""
+    try:
+        meta = json.loads((directory / "config.json").read_text()).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    kind = meta.get("tokenizer") if isinstance(meta, dict) else None
+    return kind if kind in ("char", "bpe") else None
 
 
 def _load_directory(directory: Path) -> Whisper:
@@ -275,6 +296,11 @@ class Transcriber:
                  batch_size: int = 8) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.options = options or DecodingOptions()
+        if tokenizer.timestamp_end <= tokenizer.timestamp_begin:  # no timestamp tokens (char/BPE tokenizers):
+            # one segment per window, and room for a whole window's text (characters, not words)
+            prompt = tokenizer.sot_sequence(without_timestamps=True)
+            self.options = replace(self.options, without_timestamps=True,
+                                   max_new_tokens=self.options.max_new_tokens or model.n_text_ctx - len(prompt))
         self.batch_size = max(1, batch_size)
         self.window_samples = 2 * model.n_audio_ctx * HOP_LENGTH  # 480_000 (30 s) for every Whisper
         self._check_options()

@@ -107,6 +107,18 @@ def test_export_round_trip_and_transcriber_agrees(trained, clips):
     assert (seg.start, seg.end) == (0.0, 0.8)
 
 
+def test_mmkit_transcribe_reads_the_char_tokenizer_export(trained, clips, tmp_path, capsys):
+    from mmkit.tasks.transcribe import main
+
+    _, _, export = trained
+    paths = [str(clips / "audio" / f"{i}.wav") for i in range(4)]
+    assert main([*paths, "--model", str(export), "-o", str(tmp_path), "-f", "txt", "srt", "--quiet"]) == 0
+    assert [(tmp_path / f"{i}.txt").read_text().strip() for i in range(4)] == TEXTS
+    assert (tmp_path / "0.srt").read_text().splitlines()[1] == "00:00:00,000 --> 00:00:00,800"
+    assert main([paths[0], "--model", str(export), "--task", "translate"]) == 2  # no task tokens: one clear error
+    assert "cannot translate" in capsys.readouterr().err
+
+
 def test_spec_augment_masks_training_inputs_only(trained, monkeypatch):
     task, dm, _ = trained
     monkeypatch.setattr(task, "log", lambda *args, **kwargs: None)  # no trainer loop to log into
