@@ -11,6 +11,7 @@ from mmkit.core.cache import AttentionCache, BlockCache, KVCache
 from mmkit.core.decoding import (
     BeamSearch, Generation, Greedy, Sampling, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP, generate,
 )
+from mmkit.core.heads import tied_logits
 from mmkit.core.mlp import Mlp, QuickGELU, SwiGLU
 from mmkit.core.norms import LayerNorm, RMSNorm
 from mmkit.core.positions import (
@@ -24,4 +25,5 @@ __all__ = [
     "QuickGELU", "RMSNorm", "RotaryEmbedding", "Sampling", "SuppressAtBegin", "SuppressTokens", "SwiGLU",
     "Temperature", "TopK", "TopP", "TransformerStack", "attention_maps", "causal_mask", "generate",
     "key_padding_mask", "layer_norm", "resample_positions", "sinusoidal_positions", "sinusoidal_positions_concat",
+    "tied_logits",
 ]

@@ -10,10 +10,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, KVCache, LayerNorm, LearnedPositions
+from mmkit.core import Decoder, KVCache, LayerNorm, LearnedPositions, tied_logits
 from mmkit.core.blocks import layer_norm
 from mmkit.weights.native import PretrainedMixin
 
@@ -78,7 +77,7 @@ class GPT(PretrainedMixin, nn.Module):
         x = self.decoder(self.drop(x), cache=cache)
         # Tied head as a functional projection: one parameter, one checkpoint key (safetensors
         # refuses to save two keys sharing storage, which a tied nn.Linear would produce).
-        return F.linear(x, self.tok_embed.weight)  # (B, T, vocab_size)
+        return tied_logits(x, self.tok_embed.weight)  # (B, T, vocab_size)
 
     @classmethod
     def from_hf(cls, model_or_dir: nn.Module | str | Path) -> "GPT":

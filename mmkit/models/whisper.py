@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, Encoder, KVCache, LayerNorm, LearnedPositions
+from mmkit.core import Decoder, Encoder, KVCache, LayerNorm, LearnedPositions, tied_logits
 from mmkit.core.blocks import layer_norm
 from mmkit.stems.audio import AudioConvStem
 from mmkit.weights.native import PretrainedMixin
@@ -97,9 +96,9 @@ class Whisper(PretrainedMixin, nn.Module):
             raise ValueError("Whisper's decoder needs context=model.encode(mel) (or a filled cache)")
         x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset)  # (B, T, dim)
         x = self.decoder(self.drop(x), context=context, cache=cache)
-        # Tied projection as F.linear: one parameter, one checkpoint key (safetensors refuses
+        # Tied projection (not an nn.Linear): one parameter, one checkpoint key (safetensors refuses
         # tensors that share storage).
-        return F.linear(x, self.tok_embed.weight)  # (B, T, vocab_size)
+        return tied_logits(x, self.tok_embed.weight)  # (B, T, vocab_size)
 
     def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:
         """Load a checkpoint into shorter windows or a shorter text context (`from_pretrained(dir,

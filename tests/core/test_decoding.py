@@ -218,3 +218,18 @@ def test_filters_are_applied_by_generate(tiny_lm):
     assert not set(out.flatten().tolist()) & set(banned)
     first = generate(tiny_lm, PROMPT, 6, Greedy(), logit_filters=[SuppressAtBegin(free[:, 0].tolist(), 3)])
     assert not set(first.tokens[:, 3].tolist()) & set(free[:, 0].tolist())
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 16), (2, 3, 16), (8, 1, 16), (4, 5, 16), (16, 16)])
+def test_tied_logits_equal_linear_for_few_and_many_rows(shape):
+    import torch.nn.functional as F
+
+    from mmkit.core import tied_logits
+
+    x, weight = torch.randn(*shape), torch.randn(50, 16)
+    out = tied_logits(x, weight)
+    assert out.shape == (*shape[:-1], 50) and out.is_contiguous()
+    torch.testing.assert_close(out, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    x.requires_grad_(True)
+    tied_logits(x, weight).sum().backward()  # differentiable either way
+    torch.testing.assert_close(x.grad, weight.sum(0).expand_as(x), rtol=1e-5, atol=1e-5)
