@@ -108,6 +108,7 @@ class Attention(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         cache: AttentionCache | None = None,
+        keep: int | None = None,
     ) -> Tensor:
         """
         Args:
@@ -116,17 +117,25 @@ class Attention(nn.Module):
             mask: bool, broadcastable to (B, nh, T, T_key); True = attend.
             is_causal: causal self-attention (bottom-right aligned when a cache holds a prefix).
             cache: this module's cache for incremental decoding.
+            keep: bidirectional self-attention only: the outputs of the first `keep` positions
+                alone (every position still serves as a key/value), e.g. 1 for a class token.
 
         Returns:
-            (B, T, dim).
+            (B, T, dim), or (B, keep, dim).
         """
         q, k, v = self.project_qkv(x, context, cache)
+        if keep is not None:
+            if self.cross or is_causal or cache is not None:
+                raise ValueError("keep= is for bidirectional self-attention without a cache")
+            q = q[:, :, :keep]
+            if mask is not None and mask.shape[-2] > 1:
+                mask = mask[..., :keep, :]
         mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
         )  # (B, nh, T, hs)
-        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (B, T, dim)
+        out = out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1)  # (B, T, dim)
         return self.proj_drop(self.proj(out))
 
     def attention_weights(

@@ -83,7 +83,10 @@ class _Block(nn.Module):
 
 
 class PreNormBlock(_Block):
-    """x + attn(norm(x)); [x + cross_attn(norm(x), context)]; x + mlp(norm(x))."""
+    """x + attn(norm(x)); [x + cross_attn(norm(x), context)]; x + mlp(norm(x)).
+
+    `keep=n` returns the first n positions only, computing nothing else after the attention's
+    keys/values (exact: positions interact only through attention)."""
 
     def forward(
         self,
@@ -93,9 +96,11 @@ class PreNormBlock(_Block):
         context_mask: Tensor | None = None,
         is_causal: bool = False,
         cache: BlockCache | None = None,
+        keep: int | None = None,
     ) -> Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(
-            self.norm1(x), mask=mask, is_causal=is_causal, cache=cache.self_attn if cache else None)))
+        attn = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, cache=cache.self_attn if cache else None,
+                         **({"keep": keep} if keep is not None else {}))
+        x = (x if keep is None else x[:, :keep]) + self.drop_path(self.ls1(attn))
         if self.cross_attn is not None:
             x = x + self.drop_path(self.ls_cross(self.cross_attn(
                 self.norm_cross(x), context=context, mask=context_mask,
@@ -104,7 +109,8 @@ class PreNormBlock(_Block):
 
 
 class PostNormBlock(_Block):
-    """norm(x + attn(x)); [norm(x + cross_attn(x, context))]; norm(x + mlp(x))."""
+    """norm(x + attn(x)); [norm(x + cross_attn(x, context))]; norm(x + mlp(x)). `keep` as in
+    `PreNormBlock`."""
 
     def forward(
         self,
@@ -114,9 +120,11 @@ class PostNormBlock(_Block):
         context_mask: Tensor | None = None,
         is_causal: bool = False,
         cache: BlockCache | None = None,
+        keep: int | None = None,
     ) -> Tensor:
-        x = self.norm1(x + self.drop_path(self.ls1(self.attn(
-            x, mask=mask, is_causal=is_causal, cache=cache.self_attn if cache else None))))
+        attn = self.attn(x, mask=mask, is_causal=is_causal, cache=cache.self_attn if cache else None,
+                         **({"keep": keep} if keep is not None else {}))
+        x = self.norm1((x if keep is None else x[:, :keep]) + self.drop_path(self.ls1(attn)))
         if self.cross_attn is not None:
             x = self.norm_cross(x + self.drop_path(self.ls_cross(self.cross_attn(
                 x, context=context, mask=context_mask, cache=cache.cross_attn if cache else None))))

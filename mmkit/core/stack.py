@@ -62,6 +62,7 @@ class TransformerStack(nn.Module):
         mask: Tensor | None = None,
         context_mask: Tensor | None = None,
         cache: KVCache | None = None,
+        keep: int | None = None,
     ) -> Tensor:
         """
         Args:
@@ -70,13 +71,20 @@ class TransformerStack(nn.Module):
             mask: self-attention mask, bool broadcastable to (B, nh, T, T_key), True = attend.
             context_mask: cross-attention mask, broadcastable to (B, nh, T, S).
             cache: KV cache for incremental decoding (holds T_key - T earlier positions).
+            keep: bidirectional stacks: only the first `keep` output positions are wanted (e.g. 1
+                for class-token pooling), so the last block computes those alone. Exact; saves
+                that block's projections, MLP and attention for the other positions.
 
         Returns:
-            (B, T, dim).
+            (B, T, dim), or (B, keep, dim).
         """
+        last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             x = blk(x, context=context, mask=mask, context_mask=context_mask, is_causal=self.causal,
-                    cache=cache.layer(i) if cache is not None else None)
+                    cache=cache.layer(i) if cache is not None else None,
+                    **({"keep": keep} if keep is not None and i == last else {}))
+        if keep is not None and not self.blocks:
+            x = x[:, :keep]
         return self.norm(x)
 
 

@@ -68,7 +68,7 @@ class CLIPVisionTower(ViT):
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) images -> (B, embed_dim) unnormalised image embeddings."""
-        return self.proj(self.pool(self.forward_features(images)))
+        return self.proj(self.pool(self.forward_features(images, keep=self._pooled_prefix())))
 
 
 class CLIPTextTower(PretrainedMixin, nn.Module):

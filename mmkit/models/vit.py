@@ -86,14 +86,15 @@ class ViT(PretrainedMixin, nn.Module):
     def _positions(self, grid: tuple[int, int]) -> Tensor:
         return resample_positions(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
 
-    def forward_features(self, images: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, prefix + N, dim) normed tokens (before pooling)."""
+    def forward_features(self, images: Tensor, keep: int | None = None) -> Tensor:
+        """(B, C, H, W) -> (B, prefix + N, dim) normed tokens (before pooling); with `keep`, the
+        first `keep` of them only (`Encoder`'s `keep`: the last block computes just those)."""
         grid = self.patch_embed.grid(images.shape[-2], images.shape[-1])
         x = self.patch_embed(images)  # (B, N, dim)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.norm_pre(x + self._positions(grid))
-        return self.norm(self.encoder(x))
+        return self.norm(self.encoder(x, keep=keep))
 
     def pool(self, x: Tensor) -> Tensor:
         """(B, T, dim) -> (B, dim) pooled and normed features."""
@@ -102,7 +103,11 @@ class ViT(PretrainedMixin, nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, C, H, W) images -> (B, num_classes) logits."""
-        return self.head(self.pool(self.forward_features(images)))
+        return self.head(self.pool(self.forward_features(images, keep=self._pooled_prefix())))
+
+    def _pooled_prefix(self) -> int | None:
+        """How many leading tokens pooling reads: 1 (the class token) for "token" pooling, else all."""
+        return 1 if self.global_pool == "token" else None
 
     def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:
         """Resample saved position embeddings when this model was built at another image size."""

@@ -83,3 +83,28 @@ def test_encoder_is_not_causal():
 def test_drop_path_rate_increases_linearly():
     dec = Decoder(DIM, 4, HEADS, drop_path_rate=0.3)
     assert [b.drop_path.p for b in dec.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+@pytest.mark.parametrize("block", [PreNormBlock, PostNormBlock])
+@pytest.mark.parametrize("keep", [1, 3])
+def test_encoder_keep_computes_only_the_leading_positions_exactly(block, keep):
+    torch.manual_seed(0)
+    enc = Encoder(32, depth=3, num_heads=4, block=block, init_values=0.5).eval()
+    x = torch.randn(2, 7, 32)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False  # padding keys in the second row
+    with torch.no_grad():
+        for m in (None, mask, mask.expand(2, 1, 7, 7)):
+            full, kept = enc(x, mask=m), enc(x, mask=m, keep=keep)
+            assert kept.shape == (2, keep, 32)
+            torch.testing.assert_close(kept, full[:, :keep], rtol=1e-6, atol=1e-6)
+    # Gradients reach the inputs of every position through the last block's keys/values.
+    x.requires_grad_(True)
+    (enc.train()(x, keep=keep) * torch.randn(2, keep, 32)).sum().backward()  # not a plain sum: LayerNorm
+    assert (x.grad.abs().sum(-1) > 0).all()
+
+
+def test_keep_is_refused_where_it_would_change_the_result():
+    dec = Decoder(16, depth=1, num_heads=2)
+    with pytest.raises(ValueError, match="bidirectional self-attention"):
+        dec(torch.randn(1, 4, 16), keep=1)

@@ -146,3 +146,17 @@ def test_other_input_size_matches_timm_dynamic_img_size(size, pool):
         out = ours(x)
         torch.testing.assert_close(out, dynamic(x), atol=1e-4, rtol=0)
     assert ours.pos_embed.shape == (1, ref.pos_embed.shape[1], 192)  # resampled per call, not stored
+
+
+def test_class_token_pooling_computes_the_last_block_for_the_class_token_only(monkeypatch):
+    torch.manual_seed(0)
+    model = ViT(image_size=32, patch_size=8, dim=32, depth=2, num_heads=4, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+    last_mlp = model.encoder.blocks[-1].mlp
+    monkeypatch.setattr(last_mlp, "forward", lambda h, f=last_mlp.forward: seen.append(h.shape) or f(h))
+    with torch.no_grad():
+        logits = model(x)
+        full = model.head(model.pool(model.forward_features(x)))  # every token through every block
+    assert seen[0] == (2, 1, 32) and seen[1] == (2, 17, 32)
+    torch.testing.assert_close(logits, full, rtol=1e-6, atol=1e-6)
