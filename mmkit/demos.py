@@ -36,8 +36,9 @@ def _build(name: str, model: Path, top_k: int):
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mmkit demo", description="Serve a Gradio demo in the browser.")
     parser.add_argument("name", choices=list(DEMOS), help="; ".join(f"{k}: {v[0]}" for k, v in DEMOS.items()))
-    parser.add_argument("--model", default=None, help="mmkit checkpoint directory (default: the recipe's export); speech also takes Hugging Face "
-                             "Whisper directories and openai-whisper .pt files")
+    parser.add_argument("--model", default=None,
+                        help="mmkit checkpoint directory (default: the recipe's export); speech also takes "
+                             "Hugging Face Whisper directories and openai-whisper .pt files")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--top-k", type=int, default=5)
