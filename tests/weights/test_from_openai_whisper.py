@@ -16,6 +16,8 @@ from mmkit.core import Greedy, generate
 from mmkit.models import Whisper
 from mmkit.weights import WeightsError
 
+from _pickle_payload import Payload
+
 whisper = pytest.importorskip("whisper")
 from whisper.model import ModelDimensions  # noqa: E402 - only once openai-whisper is known present
 
@@ -198,20 +200,6 @@ def test_dims_mmkit_cannot_express_are_refused(reference, tmp_path, edit, messag
     assert str(path) in str(err.value)
 
 
-def _write_marker(path: str) -> None:
-    Path(path).write_text("executed")
-
-
-class _Payload:
-    """Unpickling this object calls `_write_marker(target)`: the classic pickle exploit shape."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return _write_marker, (str(self.target),)
-
-
 def test_files_that_are_not_checkpoints_are_refused(reference, tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint")
@@ -222,7 +210,7 @@ def test_files_that_are_not_checkpoints_are_refused(reference, tmp_path):
     with pytest.raises(WeightsError, match=f"{pickled_module}: not a checkpoint .*GLOBAL whisper.model.Whisper"):
         Whisper.from_openai(pickled_module)
     marker = tmp_path / "marker"
-    evil = _save(reference, tmp_path / "evil.pt", dims={**asdict(reference.dims), "n_mels": _Payload(marker)})
+    evil = _save(reference, tmp_path / "evil.pt", dims={**asdict(reference.dims), "n_mels": Payload(marker)})
     with pytest.raises(WeightsError, match=str(evil)):
         Whisper.from_openai(evil)
     assert not marker.exists()

@@ -16,6 +16,8 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from mmkit.models import ViT
 from mmkit.weights import WeightsError, read_state_dict
 
+from _pickle_payload import Payload
+
 ATOL = 1e-4
 
 # (timm name, timm kwargs): the plain ViT family, depth-reduced where a full model would be slow.
@@ -230,30 +232,16 @@ def test_missing_and_non_dict_files(tmp_path):
         ViT.from_timm(NAME, checkpoint_path=str(path), **KW)
 
 
-def _write_marker(path: str) -> None:
-    Path(path).write_text("executed")
-
-
-class _Payload:
-    """Unpickling this object calls `_write_marker(target)`: the classic pickle exploit shape."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return _write_marker, (str(self.target),)
-
-
 def test_pickle_payload_is_refused_not_executed(tmp_path):
     # The payload is live: plain unpickling runs it.
     live = tmp_path / "live_marker"
-    pickle.loads(pickle.dumps(_Payload(live)))
+    pickle.loads(pickle.dumps(Payload(live)))
     assert live.read_text() == "executed"
 
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pth"
     state = dict(_timm(NAME, **KW).state_dict())
-    state["evil"] = _Payload(marker)
+    state["evil"] = Payload(marker)
     torch.save(state, path)
     with pytest.raises(WeightsError, match=f"{path}: not a readable checkpoint"):
         read_state_dict(path)
