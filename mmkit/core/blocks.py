@@ -99,7 +99,7 @@ class PreNormBlock(_Block):
         keep: int | None = None,
     ) -> Tensor:
         attn = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, cache=cache.self_attn if cache else None,
-                         **({"keep": keep} if keep is not None else {}))
+                         keep=keep)
         x = (x if keep is None else x[:, :keep]) + self.drop_path(self.ls1(attn))
         if self.cross_attn is not None:
             x = x + self.drop_path(self.ls_cross(self.cross_attn(
@@ -123,7 +123,7 @@ class PostNormBlock(_Block):
         keep: int | None = None,
     ) -> Tensor:
         attn = self.attn(x, mask=mask, is_causal=is_causal, cache=cache.self_attn if cache else None,
-                         **({"keep": keep} if keep is not None else {}))
+                         keep=keep)
         x = self.norm1((x if keep is None else x[:, :keep]) + self.drop_path(self.ls1(attn)))
         if self.cross_attn is not None:
             x = self.norm_cross(x + self.drop_path(self.ls_cross(self.cross_attn(
