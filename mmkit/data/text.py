@@ -1,9 +1,11 @@
 """CLIP's byte-level BPE tokenizer (Radford et al., 2021; Sennrich et al., 2016), through
 open_clip: its vocabulary file ships inside the open_clip package, so tokenizing works offline.
+Other open_clip architectures' tokenizers (SigLIP's SentencePiece) come from the Hugging Face hub
+through `open_clip_tokenizer`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import Tensor
 
@@ -71,3 +73,28 @@ class CLIPTokenizer:
         if self.eot_token_id in ids:
             ids = ids[: ids.index(self.eot_token_id)]
         return self._tokenizer.decode(ids).strip()
+
+
+def open_clip_tokenizer(arch: str, context_length: int | None = None) -> Callable[[Sequence[str]], Tensor]:
+    """The tokenizer of open_clip architecture `arch` as a `texts -> (B, context_length) int64 ids`
+    callable: a `CLIPTokenizer` for CLIP's BPE, else open_clip's own (SigLIP's is downloaded from the
+    Hugging Face hub: it needs the network once, or a filled hub cache).
+
+    Raises:
+        ValueError: unknown architecture.
+        OSError: the hub tokenizer could not be loaded (offline), in one line.
+    """
+    import open_clip
+
+    config = open_clip.get_model_config(arch)
+    if config is None:
+        raise ValueError(f"unknown open_clip architecture {arch!r}")
+    name = config["text_cfg"].get("hf_tokenizer_name")
+    if not name and "siglip" not in arch.lower():
+        return CLIPTokenizer(context_length=context_length, arch=arch)
+    try:
+        tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
+    except Exception as e:  # noqa: BLE001 - hub and network failures come as many exception types
+        raise OSError(f"{arch} needs its tokenizer {name or ''} from the Hugging Face hub, which could not be "
+                      f"loaded ({type(e).__name__}); connect once to fill the hub cache") from None
+    return lambda texts: tokenizer([texts] if isinstance(texts, str) else list(texts)).long()

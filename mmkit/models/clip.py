@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, LearnedPositions
+from mmkit.core import Decoder, Encoder, LearnedPositions
 from mmkit.core.blocks import layer_norm
 from mmkit.core.mlp import activation
 from mmkit.models.vit import ViT
@@ -29,16 +29,22 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class CLIPVisionTower(ViT):
     """CLIP's image tower: a ViT with a LayerNorm before the blocks (open_clip's ln_pre, here
     `norm_pre`), the final norm before [CLS] pooling (ln_post, here `norm`), no patch bias, and a
-    bias-free projection `proj` to the joint space.
+    bias-free projection `proj` to the joint space. SigLIP's tower (open_clip's timm trunk
+    `vit_*_siglip_*`) is a plain timm ViT instead: `global_pool="map"` (attention pooling, no class
+    token), `pre_norm=False` (patch bias, no ln_pre) and `proj=False` (its pooled features are the
+    embedding).
 
     Args:
-        embed_dim: joint embedding width (projection output).
+        embed_dim: joint embedding width (projection output; with `proj=False` it must equal `dim`).
         image_size: input resolution; other sizes work by resampling positions on the fly.
         patch_size: side of the square patches.
         dim, depth, num_heads, mlp_ratio: transformer sizes (open_clip: width, layers, width / 64).
         act_layer: MLP activation, "gelu" or "quick_gelu" (OpenAI's checkpoints).
-        norm_eps: LayerNorm epsilon (CLIP: 1e-5).
+        norm_eps: LayerNorm epsilon (CLIP: 1e-5; SigLIP: 1e-6).
         drop_path_rate: stochastic depth for training (not in CLIP; 0 keeps it exact).
+        global_pool: "token" (a class token, CLIP) or "map" (attention pooling, SigLIP; no class token).
+        pre_norm: LayerNorm after the embeddings and no patch bias (CLIP), or neither (SigLIP).
+        proj: a bias-free linear projection to `embed_dim` (CLIP), or none (SigLIP).
     """
 
     def __init__(
@@ -53,18 +59,26 @@ class CLIPVisionTower(ViT):
         act_layer: str = "gelu",
         norm_eps: float = 1e-5,
         drop_path_rate: float = 0.0,
+        global_pool: Literal["token", "map"] = "token",
+        pre_norm: bool = True,
+        proj: bool = True,
     ) -> None:
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if global_pool not in ("token", "map"):
+            raise ValueError(f"global_pool must be 'token' or 'map', got {global_pool!r}")
+        if not proj and embed_dim != dim:
+            raise ValueError(f"proj=False needs embed_dim == dim, got {embed_dim} and {dim}")
         super().__init__(image_size=image_size, patch_size=patch_size, num_classes=0, dim=dim, depth=depth,
-                         num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=True, global_pool="token",
-                         fc_norm=False, drop_path_rate=drop_path_rate, pre_norm=True, norm_eps=norm_eps,
-                         act_layer=act_layer)
+                         num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=global_pool == "token",
+                         global_pool=global_pool, fc_norm=False, drop_path_rate=drop_path_rate, pre_norm=pre_norm,
+                         norm_eps=norm_eps, act_layer=act_layer)
         self.config: dict[str, Any] = config  # the tower's own arguments rebuild it, not ViT's
         self.embed_dim = embed_dim
-        self.proj = nn.Linear(dim, embed_dim, bias=False)
-        # open_clip's init of CLIP's own parameters: N(0, width^-1/2); the blocks keep timm's init.
-        for p in (self.cls_token, self.pos_embed, self.proj.weight):
-            nn.init.normal_(p, std=dim**-0.5)
+        self.proj = nn.Linear(dim, embed_dim, bias=False) if proj else nn.Identity()
+        if global_pool == "token":  # SigLIP's towers keep timm's init
+            # open_clip's init of CLIP's own parameters: N(0, width^-1/2); the blocks keep timm's init.
+            for p in (self.cls_token, self.pos_embed, *self.proj.parameters()):
+                nn.init.normal_(p, std=dim**-0.5)
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) images -> (B, embed_dim) unnormalised image embeddings."""
@@ -79,14 +93,22 @@ class CLIPTextTower(PretrainedMixin, nn.Module):
     text pooling), which holds for CLIP's BPE: <end_of_text> is its last vocabulary entry. With
     causal attention nothing after it (padding) can change the result.
 
+    SigLIP's text tower (open_clip's `no_causal_mask`, `pool_type="last"`, `proj_bias`) attends
+    both ways and reads the last position, padding included: its embedding depends on the whole
+    padded row, so callers must pass rows at the full context length (see `padding_is_inert`).
+
     Args:
         embed_dim: joint embedding width (projection output).
-        vocab_size: token ids are in [0, vocab_size) (CLIP's BPE: 49408).
-        max_len: longest token sequence (open_clip's context_length, 77).
+        vocab_size: token ids are in [0, vocab_size) (CLIP's BPE: 49408; SigLIP's: 32000).
+        max_len: longest token sequence (open_clip's context_length, 77; SigLIP 64).
         dim, depth, num_heads, mlp_ratio: transformer sizes (open_clip: width, layers, heads).
         act_layer: MLP activation, "gelu" or "quick_gelu" (OpenAI's checkpoints).
-        norm_eps: LayerNorm epsilon (CLIP: 1e-5).
+        norm_eps: LayerNorm epsilon (CLIP: 1e-5; SigLIP: 1e-6).
         drop_path_rate: stochastic depth for training (not in CLIP; 0 keeps it exact).
+        causal: causal attention (CLIP) or bidirectional (SigLIP).
+        pool: "argmax" (the largest id's position: <end_of_text> in CLIP's BPE) or "last" (the
+            last position).
+        proj_bias: a bias on the projection (SigLIP).
     """
 
     def __init__(
@@ -101,16 +123,30 @@ class CLIPTextTower(PretrainedMixin, nn.Module):
         act_layer: str = "gelu",
         norm_eps: float = 1e-5,
         drop_path_rate: float = 0.0,
+        causal: bool = True,
+        pool: Literal["argmax", "last"] = "argmax",
+        proj_bias: bool = False,
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if pool not in ("argmax", "last"):
+            raise ValueError(f"pool must be 'argmax' or 'last', got {pool!r}")
         self.embed_dim, self.vocab_size, self.max_len = embed_dim, vocab_size, max_len
+        self.causal, self.pool = causal, pool
         self.tok_embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = LearnedPositions(max_len, dim)
-        self.decoder = Decoder(dim, depth, num_heads, mlp_ratio, qkv_bias=True, norm_layer=layer_norm(norm_eps),
-                               act_layer=activation(act_layer), final_norm=True, drop_path_rate=drop_path_rate)
-        self.proj = nn.Linear(dim, embed_dim, bias=False)
+        # Named `decoder` either way: the parameter names stay those of CLIP checkpoints.
+        self.decoder = (Decoder if causal else Encoder)(
+            dim, depth, num_heads, mlp_ratio, qkv_bias=True, norm_layer=layer_norm(norm_eps),
+            act_layer=activation(act_layer), final_norm=True, drop_path_rate=drop_path_rate)
+        self.proj = nn.Linear(dim, embed_dim, bias=proj_bias)
         self._init_weights(dim, depth)
+
+    @property
+    def padding_is_inert(self) -> bool:
+        """True when positions after <end_of_text> cannot change the embedding (causal attention
+        read at <end_of_text>), so rows may be cut after it; False for SigLIP-style towers."""
+        return self.causal and self.pool == "argmax"
 
     def _init_weights(self, dim: int, depth: int) -> None:
         # open_clip's TextTransformer init (GPT-2-like, residual projections scaled by depth).
@@ -123,6 +159,8 @@ class CLIPTextTower(PretrainedMixin, nn.Module):
                 nn.init.normal_(layer.weight, std=std)
                 nn.init.zeros_(layer.bias)
         nn.init.normal_(self.proj.weight, std=dim**-0.5)
+        if self.proj.bias is not None:
+            nn.init.zeros_(self.proj.bias)
 
     def forward_features(self, token_ids: Tensor) -> Tensor:
         """(B, T) int64 ids, T <= max_len -> (B, T, dim) normed token features."""
@@ -132,6 +170,8 @@ class CLIPTextTower(PretrainedMixin, nn.Module):
     def forward(self, token_ids: Tensor) -> Tensor:
         """(B, T) int64 ids -> (B, embed_dim) unnormalised text embeddings."""
         x = self.forward_features(token_ids)
+        if self.pool == "last":
+            return self.proj(x[:, -1])
         eot = token_ids.argmax(dim=-1)  # (B,) position of <end_of_text>
         return self.proj(x[torch.arange(x.shape[0], device=x.device), eot])  # (B, embed_dim)
 
@@ -258,9 +298,10 @@ class CLIP(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_open_clip(cls, model_or_arch: nn.Module | str, pretrained: str | Path | None = None) -> "CLIP":
-        """Import an open_clip `CLIP` instance, or build open_clip architecture `arch` with
-        `pretrained` = None (random init), a local checkpoint file (open_clip or OpenAI layout,
-        OpenAI's TorchScript archives included) or an open_clip pretrained tag (needs the network).
+        """Import an open_clip `CLIP` instance (or a SigLIP `CustomTextCLIP`), or build open_clip
+        architecture `arch` ("ViT-B-32", "ViT-B-16-SigLIP", ...) with `pretrained` = None (random
+        init), a local checkpoint file (open_clip or OpenAI layout, OpenAI's TorchScript archives
+        included) or an open_clip pretrained tag (needs the network).
         See `mmkit.weights.from_open_clip.clip_from_open_clip`."""
         from mmkit.weights.from_open_clip import clip_from_open_clip
 

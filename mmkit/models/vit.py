@@ -2,7 +2,8 @@
 
 Built from the shared core and numerically identical to timm's `VisionTransformer` for the
 plain family (class token or not, token or average pooling with timm's fc_norm placement),
-so timm checkpoints import with a 1:1 key map (`mmkit.weights.from_timm`).
+so timm checkpoints import with a 1:1 key map (`mmkit.weights.from_timm`). "map" pooling is
+timm's `AttentionPoolLatent` (SigLIP, Zhai et al., 2023: a learned query attends over the patches).
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from mmkit.core import Encoder, LayerNorm, resample_positions
-from mmkit.core.blocks import layer_norm
+from mmkit.core import Attention, Encoder, LayerNorm, Mlp, resample_positions
+from mmkit.core.blocks import NormFactory, layer_norm
 from mmkit.core.mlp import activation
 from mmkit.stems import PatchEmbed
 from mmkit.weights.native import PretrainedMixin
@@ -28,7 +29,8 @@ class ViT(PretrainedMixin, nn.Module):
         num_classes: classifier outputs (0 = no head, `forward` returns pooled features).
         dim, depth, num_heads, mlp_ratio, qkv_bias: transformer sizes (timm's names).
         class_token: prepend a learned [CLS] token.
-        global_pool: "token" (the [CLS] output) or "avg" (mean of patch tokens).
+        global_pool: "token" (the [CLS] output), "avg" (mean of patch tokens) or "map" (attention
+            pooling of the patch tokens by a learned query, `AttentionPool`; SigLIP).
         fc_norm: put the final norm after pooling; None = timm's rule (True for "avg").
         drop_path_rate: stochastic depth for training.
         pre_norm: LayerNorm after the embeddings, before the blocks (timm's `norm_pre`, CLIP's
@@ -49,7 +51,7 @@ class ViT(PretrainedMixin, nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         class_token: bool = True,
-        global_pool: Literal["token", "avg"] = "token",
+        global_pool: Literal["token", "avg", "map"] = "token",
         fc_norm: bool | None = None,
         drop_path_rate: float = 0.0,
         pre_norm: bool = False,
@@ -60,8 +62,8 @@ class ViT(PretrainedMixin, nn.Module):
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool not in ("token", "avg", "map"):
+            raise ValueError(f"global_pool must be 'token', 'avg' or 'map', got {global_pool!r}")
         self.global_pool = global_pool
         self.num_classes = num_classes
         self.num_prefix_tokens = 1 if class_token else 0
@@ -77,11 +79,15 @@ class ViT(PretrainedMixin, nn.Module):
                                act_layer=activation(act_layer), final_norm=False, drop_path_rate=drop_path_rate)
         # timm: the final norm sits either before pooling (`norm`) or after it (`fc_norm`).
         self.norm = norm(dim) if not use_fc_norm else nn.Identity()
+        self.attn_pool = (AttentionPool(dim, num_heads, mlp_ratio, norm, activation(act_layer))
+                          if global_pool == "map" else None)
         self.fc_norm = norm(dim) if use_fc_norm else nn.Identity()
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.attn_pool is not None:
+            nn.init.trunc_normal_(self.attn_pool.latent, std=dim**-0.5)
 
     def _positions(self, grid: tuple[int, int]) -> Tensor:
         return resample_positions(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
@@ -98,7 +104,12 @@ class ViT(PretrainedMixin, nn.Module):
 
     def pool(self, x: Tensor) -> Tensor:
         """(B, T, dim) -> (B, dim) pooled and normed features."""
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.attn_pool is not None:
+            x = self.attn_pool(x[:, self.num_prefix_tokens :])
+        else:
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
         return self.fc_norm(x)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -132,6 +143,33 @@ class ViT(PretrainedMixin, nn.Module):
         from mmkit.weights.from_timm import vit_from_timm
 
         return vit_from_timm(model_or_name, checkpoint_path=checkpoint_path, pretrained=pretrained, **timm_kwargs)
+
+
+class AttentionPool(nn.Module):
+    """Attention pooling by a learned latent query (timm's `AttentionPoolLatent` with its defaults,
+    SigLIP's "MAP" head): the query cross-attends over the tokens, then a pre-norm MLP residual.
+    Parameter names are timm's but for the attention (`attn.q`, `attn.kv`, `attn.proj`: the core
+    cross-attention's), so the timm key map renames three entries.
+
+    Args:
+        dim, num_heads, mlp_ratio: as the ViT's blocks (timm builds the pool with them; its q/kv
+            projections always have a bias, whatever the blocks' qkv_bias).
+        norm_layer, act_layer: the norm before the MLP and the MLP activation.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_layer: NormFactory,
+                 act_layer: type[nn.Module]) -> None:
+        super().__init__()
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim))
+        self.attn = Attention(dim, num_heads, qkv_bias=True, cross=True)
+        self.norm = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, dim) tokens -> (B, dim) pooled features."""
+        x = self.attn(self.latent.expand(x.shape[0], -1, -1), context=x)  # (B, 1, dim)
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0]
 
 
 def _init_weights(module: nn.Module) -> None:

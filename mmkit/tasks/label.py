@@ -290,6 +290,10 @@ def _open_clip_preprocess(arch: str, pretrained: str | None) -> dict[str, Any]:
     cfg = {"image_size": config["vision_cfg"].get("image_size", 224), **config.get("preprocess_cfg", {})}
     if pretrained and not Path(pretrained).expanduser().is_file():
         cfg.update(open_clip.get_pretrained_cfg(arch, pretrained) or {})
+    elif pretrained:  # a local file: what all the architecture's tags agree on (SigLIP: mean/std 0.5, squash)
+        tags = [open_clip.get_pretrained_cfg(arch, t) for t in open_clip.list_pretrained_tags_by_model(arch)]
+        cfg.update({k: tags[0][k] for k in ("mean", "std", "interpolation", "resize_mode")
+                    if tags and all(k in t and t[k] == tags[0][k] for t in tags)})
     keys = {"image_size": "image_size", "size": "image_size", "mean": "mean", "std": "std",
             "interpolation": "interpolation", "resize_mode": "resize_mode"}
     return {keys[k]: v for k, v in cfg.items() if k in keys}
@@ -305,6 +309,7 @@ def load_model(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokeniz
     from mmkit.weights.native import WEIGHTS_NAME, WeightsError, read_state_dict
 
     path = Path(model).expanduser()
+    bpe = True  # CLIP's BPE tokenizer (vs. an architecture's own, e.g. SigLIP's)
     if path.is_dir():
         doc = CLIP.read_config(path)
         clip = _build_and_load(doc["config"], read_state_dict(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
@@ -324,12 +329,16 @@ def load_model(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokeniz
             clip = _build_and_load(clip_config(model), state, str(pretrained))
             tokenizer = _clip_bpe(clip.context_length)
         else:
-            from mmkit.data.text import CLIPTokenizer
+            from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer
 
             clip = CLIP.from_open_clip(model, pretrained).eval()
-            tokenizer = CLIPTokenizer(context_length=clip.context_length, arch=model)
-    if clip.text.vocab_size != 49408:
+            tokenizer = open_clip_tokenizer(model, context_length=clip.context_length)
+            bpe = isinstance(tokenizer, CLIPTokenizer)
+    if bpe and clip.text.vocab_size != 49408:
         raise WeightsError(f"{model}: text tower has {clip.text.vocab_size} token ids; CLIP's BPE needs 49408")
+    if not bpe and clip.text.pool == "argmax":
+        raise WeightsError(f"{model}: text tower pools at the largest token id, which is <end_of_text> in CLIP's "
+                           "BPE only, not in this architecture's tokenizer")
     return clip, tokenizer
 
 

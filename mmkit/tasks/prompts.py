@@ -45,11 +45,15 @@ def encode_prompts(model: CLIP, tokenizer: Tokenizer, prompts: Sequence[str],
     Prompts go through the text tower in chunks of similar length, each cut after its longest
     <end_of_text> (the largest id). Exact, not an approximation: attention is causal and the
     embedding is read at <end_of_text>, so the padding after it is inert; it is most of the
-    context (77 positions for CLIP), and so most of the cost.
+    context (77 positions for CLIP), and so most of the cost. Towers where padding is not inert
+    (SigLIP's: bidirectional, read at the last position) get the full rows.
     """
     device = next(model.parameters()).device
     ids = tokenizer(list(prompts))  # (P, context)
-    lengths = ids.argmax(dim=-1) + 1  # (P,)
+    if model.text.padding_is_inert:
+        lengths = ids.argmax(dim=-1) + 1  # (P,)
+    else:
+        lengths = torch.full((ids.shape[0],), ids.shape[1])
     out = torch.empty(len(prompts), model.embed_dim, device=device)
     for chunk in lengths.argsort().split(chunk_size):
         batch = ids[chunk, : int(lengths[chunk].max())].to(device)

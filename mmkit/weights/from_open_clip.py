@@ -1,10 +1,11 @@
-"""Import open_clip `CLIP` models (OpenAI's and LAION's checkpoints) into `mmkit.models.CLIP`.
+"""Import open_clip `CLIP` models (OpenAI's and LAION's checkpoints) and SigLIP models (Zhai et al.,
+2023; open_clip's `CustomTextCLIP` with a timm ViT image tower) into `mmkit.models.CLIP`.
 
 open_clip is the reference: the architecture is read off an open_clip instance, a local
-checkpoint file is loaded strictly into that instance first, and its weights then go through one
-key map. OpenAI's checkpoints use open_clip's key names (open_clip kept them), plus three scalar
-metadata entries and float16 weights; OpenAI's TorchScript archives are read without running
-their pickles. Variants mmkit's CLIP does not implement are refused by name, not approximated.
+checkpoint file is loaded strictly into that instance first, and its weights then go through the
+key map of its layout (`key_map`). OpenAI's checkpoints use open_clip's key names (open_clip kept
+them), plus three scalar metadata entries and float16 weights; OpenAI's TorchScript archives are
+read without running their pickles. Variants mmkit's CLIP does not implement are refused by name, not approximated.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.models.clip import CLIP
-from mmkit.weights.keymap import Rule, remap
+from mmkit.weights.from_timm import VIT_KEYS
+from mmkit.weights.keymap import Rule, Transform, remap
 from mmkit.weights.native import WeightsError, load_state_dict_strict, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,19 @@ def _block_rules(src: str, dst: str) -> list[Rule]:
     ]
 
 
-# open_clip `CLIP.state_dict()` -> mmkit `CLIP`.
-CLIP_KEYS: list[Rule] = [
+def _text_rules(src: str) -> list[Rule]:
+    # open_clip's text tower, as `CLIP` attributes (src "") or a CustomTextCLIP's `text.` module.
+    return [
+        (f"{src}token_embedding.weight", "text.tok_embed.weight"),
+        (f"{src}positional_embedding", "text.pos_embed.weight"),
+        *_block_rules(f"{src}transformer.resblocks", "text.decoder.blocks"),
+        (f"{src}ln_final.{{p}}", "text.decoder.norm.{p}"),
+        (f"{src}text_projection", "text.proj.weight"),  # a (width, embed_dim) parameter
+        (f"{src}text_projection.{{p}}", "text.proj.{p}"),  # an nn.Linear (proj_bias, SigLIP)
+    ]
+
+
+VISUAL_KEYS: list[Rule] = [
     ("visual.conv1.weight", "visual.patch_embed.proj.weight"),
     ("visual.class_embedding", "visual.cls_token"),
     ("visual.positional_embedding", "visual.pos_embed"),
@@ -50,14 +63,12 @@ CLIP_KEYS: list[Rule] = [
     *_block_rules("visual.transformer.resblocks", "visual.encoder.blocks"),
     ("visual.ln_post.{p}", "visual.norm.{p}"),
     ("visual.proj", "visual.proj.weight"),
-    ("token_embedding.weight", "text.tok_embed.weight"),
-    ("positional_embedding", "text.pos_embed.weight"),
-    *_block_rules("transformer.resblocks", "text.decoder.blocks"),
-    ("ln_final.{p}", "text.decoder.norm.{p}"),
-    ("text_projection", "text.proj.weight"),
-    ("logit_scale", "logit_scale"),
-    ("logit_bias", "logit_bias"),
 ]
+# SigLIP's image tower: open_clip's TimmModel wraps a timm ViT as `trunk`.
+TIMM_VISUAL_KEYS: list[Rule] = [(f"visual.trunk.{src}", f"visual.{dst}") for src, dst in VIT_KEYS]
+SCALAR_KEYS: list[Rule] = [("logit_scale", "logit_scale"), ("logit_bias", "logit_bias")]
+# open_clip `CLIP.state_dict()` -> mmkit `CLIP`.
+CLIP_KEYS: list[Rule] = [*VISUAL_KEYS, *_text_rules(""), *SCALAR_KEYS]
 # Entries of checkpoint files that are not weights: OpenAI's scalar metadata, and the causal
 # mask that TorchScript serialises although open_clip registers it as a non-persistent buffer.
 CHECKPOINT_DROPS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -210,61 +221,129 @@ def _activation(block: nn.Module) -> str | None:
     return None
 
 
+def _text(m: nn.Module) -> nn.Module:
+    """The module holding the text tower's parts: the CLIP itself (open_clip's `CLIP` keeps them as
+    its own attributes) or `m.text` (a `TextTransformer` in a `CustomTextCLIP`, SigLIP's layout)."""
+    return m if type(m).__name__ == "CLIP" else m.text
+
+
+def _text_pool(t: nn.Module) -> str:
+    return t.text_pool_type if hasattr(t, "text_pool_type") else t.pool_type
+
+
 def _check_supported(m: nn.Module, source: str) -> None:
     kind = type(m).__name__
-    if kind != "CLIP":
-        what = {"CustomTextCLIP": "a custom or Hugging Face text tower (CustomTextCLIP)",
-                "CoCa": "a CoCa multimodal text decoder"}.get(kind, f"model class {kind}")
-        raise WeightsError(f"{source}: open_clip model uses {what}; mmkit's CLIP supports the plain CLIP only")
-    v = m.visual
-    if type(v).__name__ != "VisionTransformer":
-        what = {"ModifiedResNet": "a ResNet image tower", "TimmModel": "a timm image tower"}.get(
-            type(v).__name__, f"image tower {type(v).__name__}")
+    if kind == "CustomTextCLIP" and type(m.text).__name__ != "TextTransformer":
+        raise WeightsError(f"{source}: open_clip model uses a Hugging Face text tower ({type(m.text).__name__}); "
+                           "mmkit's CLIP has open_clip's TextTransformer only")
+    if kind not in ("CLIP", "CustomTextCLIP"):
+        what = {"CoCa": "a CoCa multimodal text decoder"}.get(kind, f"model class {kind}")
+        raise WeightsError(f"{source}: open_clip model uses {what}; mmkit's CLIP supports CLIP and SigLIP only")
+    v, t = m.visual, _text(m)
+    if type(v).__name__ == "TimmModel":
+        _check_timm_tower(v, source)
+        blocks = list(t.transformer.resblocks)
+    elif type(v).__name__ == "VisionTransformer":
+        blocks = [*v.transformer.resblocks, *t.transformer.resblocks]
+    else:
+        what = {"ModifiedResNet": "a ResNet image tower"}.get(type(v).__name__, f"image tower {type(v).__name__}")
         raise WeightsError(f"{source}: open_clip model uses {what}; mmkit's CLIP has a ViT image tower")
-    blocks = [*v.transformer.resblocks, *m.transformer.resblocks]
     if any(type(b).__name__ != "ResidualAttentionBlock" for b in blocks):
         raise WeightsError(f"{source}: open_clip model uses custom attention blocks (qk_norm, scaled cosine "
                            "attention or scale_* options), outside mmkit's CLIP")
     unsupported = {
-        "attentional pooler": getattr(v, "attn_pool", None) is not None,
-        f"image pool_type={v.pool_type!r}": v.pool_type != "tok",
-        "no ln_pre (no_ln_pre)": isinstance(v.ln_pre, nn.Identity),
-        "patch dropout": not isinstance(v.patch_dropout, nn.Identity),
-        "non-square image or patches": v.image_size[0] != v.image_size[1] or v.patch_size[0] != v.patch_size[1],
-        "no image projection": v.proj is None,
         "layer scale": any(not isinstance(b.ls_1, nn.Identity) for b in blocks),
         "activation other than GELU / QuickGELU": any(_activation(b) is None for b in blocks),
         "attention without fused q/k/v bias": any(b.attn.in_proj_weight is None or b.attn.in_proj_bias is None
                                                   or b.attn.bias_k is not None for b in blocks),
-        f"text pool_type={m.text_pool_type!r}": m.text_pool_type != "argmax",
-        "bidirectional text attention (no_causal_mask)": m.attn_mask is None,
-        "no text projection": m.text_projection is None,
-        "text projection with bias (proj_bias)": isinstance(m.text_projection, nn.Linear),
+        f"text pool_type={_text_pool(t)!r}": _text_pool(t) not in ("argmax", "last"),
+        "text class embedding (embed_cls)": getattr(t, "cls_emb", None) is not None,
+        "text padding mask (use_pad_mask)": getattr(t, "use_pad_mask", False),
+        "no text projection": t.text_projection is None,
     }
+    if type(v).__name__ == "VisionTransformer":
+        unsupported.update({
+            "attentional pooler": getattr(v, "attn_pool", None) is not None,
+            f"image pool_type={v.pool_type!r}": v.pool_type != "tok",
+            "no ln_pre (no_ln_pre)": isinstance(v.ln_pre, nn.Identity),
+            "patch dropout": not isinstance(v.patch_dropout, nn.Identity),
+            "non-square image or patches": v.image_size[0] != v.image_size[1] or v.patch_size[0] != v.patch_size[1],
+            "no image projection": v.proj is None,
+        })
     bad = [k for k, flag in unsupported.items() if flag]
     if bad:
         raise WeightsError(f"{source}: open_clip model uses features outside mmkit's CLIP: {', '.join(bad)}")
 
 
-def _clip_config(m: nn.Module) -> dict[str, Any]:
-    """`CLIP.from_config` arguments read off an open_clip CLIP instance."""
-    v = m.visual
-    vb, tb = v.transformer.resblocks[0], m.transformer.resblocks[0]
-    v_dim, t_dim = v.conv1.out_channels, m.token_embedding.embedding_dim
-    visual = dict(
+def _check_timm_tower(v: nn.Module, source: str) -> None:
+    """SigLIP's image tower: a timm ViT trunk with attention pooling ("map") and no projection."""
+    from mmkit.weights.from_timm import _vit_config
+
+    trunk = v.trunk
+    if type(trunk).__name__ != "VisionTransformer":
+        raise WeightsError(f"{source}: open_clip model uses a timm {type(trunk).__name__} image tower; "
+                           "mmkit's CLIP imports timm ViTs with attention pooling (SigLIP) only")
+    cfg = _vit_config(trunk)  # refuses what mmkit's ViT does not implement
+    if cfg["global_pool"] != "map" or cfg["class_token"] or cfg["num_classes"] or len(v.head) or not cfg["qkv_bias"]:
+        raise WeightsError(f"{source}: timm image tower is not SigLIP-shaped (wanted global_pool='map', no class "
+                           "token, no head or projection, qkv bias; got "
+                           f"global_pool={cfg['global_pool']!r}, class_token={cfg['class_token']}, "
+                           f"num_classes={cfg['num_classes']}, open_clip head {len(v.head)}, "
+                           f"qkv_bias={cfg['qkv_bias']})")
+
+
+def _visual_config(v: nn.Module) -> dict[str, Any]:
+    if type(v).__name__ == "TimmModel":
+        from mmkit.weights.from_timm import _vit_config
+
+        cfg = _vit_config(v.trunk)
+        return dict(embed_dim=cfg["dim"], image_size=cfg["image_size"], patch_size=cfg["patch_size"],
+                    dim=cfg["dim"], depth=cfg["depth"], num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"],
+                    act_layer="gelu", norm_eps=1e-6, drop_path_rate=cfg["drop_path_rate"], global_pool="map",
+                    pre_norm=False, proj=False)
+    vb, v_dim = v.transformer.resblocks[0], v.conv1.out_channels
+    return dict(
         embed_dim=v.proj.shape[1], image_size=v.image_size[0], patch_size=v.patch_size[0], dim=v_dim,
         depth=len(v.transformer.resblocks), num_heads=vb.attn.num_heads,
         mlp_ratio=vb.mlp.c_fc.out_features / v_dim, act_layer=_activation(vb), norm_eps=vb.ln_1.eps,
     )
+
+
+def _clip_config(m: nn.Module) -> dict[str, Any]:
+    """`CLIP.from_config` arguments read off an open_clip CLIP (or SigLIP-style CustomTextCLIP)."""
+    t = _text(m)
+    tb, t_dim = t.transformer.resblocks[0], t.token_embedding.embedding_dim
+    linear = isinstance(t.text_projection, nn.Linear)
     text = dict(
-        embed_dim=m.text_projection.shape[1], vocab_size=m.token_embedding.num_embeddings,
-        max_len=m.positional_embedding.shape[0], dim=t_dim, depth=len(m.transformer.resblocks),
-        num_heads=tb.attn.num_heads, mlp_ratio=tb.mlp.c_fc.out_features / t_dim, act_layer=_activation(tb),
-        norm_eps=tb.ln_1.eps,
+        embed_dim=t.text_projection.out_features if linear else t.text_projection.shape[1],
+        vocab_size=t.token_embedding.num_embeddings, max_len=t.positional_embedding.shape[0], dim=t_dim,
+        depth=len(t.transformer.resblocks), num_heads=tb.attn.num_heads, mlp_ratio=tb.mlp.c_fc.out_features / t_dim,
+        act_layer=_activation(tb), norm_eps=tb.ln_1.eps,
     )
+    # Only what differs from CLIP's defaults, so CLIP configs stay as they were.
+    if t.attn_mask is None:
+        text["causal"] = False
+    if _text_pool(t) != "argmax":
+        text["pool"] = _text_pool(t)
+    if linear and t.text_projection.bias is not None:
+        text["proj_bias"] = True
     bias = None if m.logit_bias is None else float(m.logit_bias.detach().reshape(-1)[0])
-    return dict(visual=visual, text=text, init_logit_scale=float(m.logit_scale.detach().reshape(-1)[0]),
-                init_logit_bias=bias)
+    return dict(visual=_visual_config(m.visual), text=text,
+                init_logit_scale=float(m.logit_scale.detach().reshape(-1)[0]), init_logit_bias=bias)
+
+
+def key_map(m: nn.Module) -> tuple[list[Rule], dict[str, Transform]]:
+    """The key rules and tensor transforms for an open_clip model's `state_dict()`: `CLIP_KEYS` and
+    `TRANSFORMS` for CLIP; for SigLIP's layout, the timm trunk's keys (`from_timm.VIT_KEYS`, already
+    in mmkit's shapes) and the text tower's under `text.`."""
+    visual = VISUAL_KEYS if type(m.visual).__name__ == "VisionTransformer" else TIMM_VISUAL_KEYS
+    text = _text_rules("") if type(m).__name__ == "CLIP" else _text_rules("text.")
+    transforms = dict(TRANSFORMS)
+    if visual is TIMM_VISUAL_KEYS:
+        transforms = {k: fn for k, fn in transforms.items() if not k.startswith("visual.")}
+    if isinstance(_text(m).text_projection, nn.Linear):  # already nn.Linear's (out, in)
+        transforms.pop("text.proj.weight")
+    return [*visual, *text, *SCALAR_KEYS], transforms
 
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -329,6 +408,7 @@ def clip_from_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path |
     with torch.device("meta"):
         model = CLIP.from_config(_clip_config(oc))
     model = model.to_empty(device="cpu")
-    load_state_dict_strict(model, remap(oc.state_dict(), CLIP_KEYS, source, TRANSFORMS), source)
+    rules, transforms = key_map(oc)
+    load_state_dict_strict(model, remap(oc.state_dict(), rules, source, transforms), source)
     log.info("imported open_clip CLIP from %s", source)
     return model.train(oc.training and not loaded)

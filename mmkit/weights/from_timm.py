@@ -2,7 +2,8 @@
 
 The architecture is read off the timm instance (timm's own config is the reference), the
 weights go through a key map; anything the plain ViT family does not cover (register tokens,
-qk-norm, attention pooling, ...) is refused with a message rather than approximated.
+qk-norm, layer scale, ...) is refused with a message rather than approximated. Attention pooling
+("map", SigLIP's image towers) is covered.
 """
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ VIT_KEYS = [
     ("norm.{p}", "norm.{p}"),
     ("fc_norm.{p}", "fc_norm.{p}"),
     ("head.{p}", "head.{p}"),
+    # "map" pooling: timm's AttentionPoolLatent holds q/kv/proj itself, mmkit's in a core Attention.
+    ("attn_pool.latent", "attn_pool.latent"),
+    ("attn_pool.q.{p}", "attn_pool.attn.q.{p}"),
+    ("attn_pool.kv.{p}", "attn_pool.attn.kv.{p}"),
+    ("attn_pool.proj.{p}", "attn_pool.attn.proj.{p}"),
+    ("attn_pool.norm.{p}", "attn_pool.norm.{p}"),
+    ("attn_pool.mlp.{rest}", "attn_pool.mlp.{rest}"),
 ]
 
 
@@ -49,6 +57,24 @@ def _timm_create(name: str, checkpoint_path: str | None, pretrained: bool, timm_
     return model
 
 
+def _attention_pool_unsupported(m: nn.Module) -> bool:
+    """True unless `m.attn_pool` is absent or the AttentionPoolLatent timm's ViT builds for "map"."""
+    from timm.layers import Mlp as TimmMlp
+
+    pool = getattr(m, "attn_pool", None)
+    if pool is None:
+        return False
+    if type(pool).__name__ != "AttentionPoolLatent":
+        return True
+    blk = m.blocks[0]
+    return not (pool.latent_len == 1 and pool.pos_embed is None and pool.pool == "token"
+                and isinstance(pool.q, nn.Linear) and isinstance(pool.q_norm, nn.Identity)
+                and pool.num_heads == blk.attn.num_heads and isinstance(pool.mlp, TimmMlp)
+                and pool.mlp.fc1.out_features == blk.mlp.fc1.out_features and type(pool.mlp.act) is nn.GELU
+                and isinstance(pool.norm, nn.LayerNorm) and pool.norm.eps == 1e-6
+                and not getattr(m, "pool_include_prefix", False))
+
+
 def _vit_config(m: nn.Module) -> dict[str, Any]:
     from timm.layers import Mlp as TimmMlp
 
@@ -57,12 +83,12 @@ def _vit_config(m: nn.Module) -> dict[str, Any]:
         "register tokens": getattr(m, "reg_token", None) is not None,
         "no_embed_class": getattr(m, "no_embed_class", False),
         "pre-norm (norm_pre)": not isinstance(m.norm_pre, nn.Identity),
-        "attention pooling": getattr(m, "attn_pool", None) is not None,
+        "attention pooling other than timm's default AttentionPoolLatent": _attention_pool_unsupported(m),
         "qk-norm": not isinstance(blk.attn.q_norm, nn.Identity),
         "layer scale": not isinstance(blk.ls1, nn.Identity),
         "non-GELU activation / non-standard MLP": not (isinstance(blk.mlp, TimmMlp) and type(blk.mlp.act) is nn.GELU),
         "non-square patches": m.patch_embed.patch_size[0] != m.patch_embed.patch_size[1],
-        f"global_pool={m.global_pool!r}": m.global_pool not in ("token", "avg"),
+        f"global_pool={m.global_pool!r}": m.global_pool not in ("token", "avg", "map"),
         "dynamic image size": getattr(m, "dynamic_img_size", False),
         "pool_include_prefix": m.global_pool == "avg" and getattr(m, "pool_include_prefix", False),
         "norm other than LayerNorm(eps=1e-6)": not (isinstance(blk.norm1, nn.LayerNorm) and blk.norm1.eps == 1e-6),

@@ -174,3 +174,39 @@ def test_clip_tokenizer_offline(monkeypatch):
         CLIPTokenizer(arch="ViT-B-16-SigLIP")
     with pytest.raises(ValueError, match="unknown open_clip architecture"):
         CLIPTokenizer(arch="ViT-B-33")
+
+
+def _siglip_tiny() -> CLIP:
+    torch.manual_seed(0)
+    return CLIP.from_config(dict(
+        visual={**TINY["visual"], "dim": 16, "global_pool": "map", "pre_norm": False, "proj": False, "norm_eps": 1e-6},
+        text={**TINY["text"], "causal": False, "pool": "last", "proj_bias": True, "norm_eps": 1e-6},
+        init_logit_bias=-10.0,
+    ))
+
+
+def test_siglip_shaped_towers_backward_and_bidirectional_last_pooling(tmp_path):
+    model = _siglip_tiny().train()
+    assert model.visual.cls_token is None and isinstance(model.visual.proj, torch.nn.Identity)
+    logits = model.get_logits(_images(3), _tokens())[0]
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.eye(3)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    model.eval()
+    t = _tokens()
+    changed_padding = t.clone()
+    changed_padding[0, 8] = 3  # after <eot>: matters, attention is bidirectional and reads the last position
+    with torch.no_grad():
+        base = model.encode_text(t)
+        assert not torch.allclose(model.encode_text(changed_padding)[0], base[0], atol=1e-4)
+        assert not torch.allclose(model.encode_text(t[:1, :5]), base[:1], atol=1e-4)  # no cutting
+    model.save_pretrained(tmp_path)
+    again = CLIP.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_text(t), base, atol=0, rtol=0)
+        torch.testing.assert_close(again.encode_image(_images()), model.encode_image(_images()), atol=0, rtol=0)
+
+
+def test_vision_tower_without_projection_needs_matching_widths():
+    with pytest.raises(ValueError, match="proj=False needs embed_dim == dim"):
+        CLIPVisionTower(embed_dim=16, dim=32, depth=1, num_heads=2, proj=False)

@@ -93,7 +93,7 @@ def test_patch_size_divisibility_errors():
 def test_invalid_pooling_configs():
     with pytest.raises(ValueError, match="global_pool='token' needs class_token=True"):
         ViT(**TINY, class_token=False)
-    with pytest.raises(ValueError, match="global_pool must be 'token' or 'avg', got 'max'"):
+    with pytest.raises(ValueError, match="global_pool must be 'token', 'avg' or 'map', got 'max'"):
         ViT(**TINY, global_pool="max")
     with pytest.raises(ValueError, match="dim 48 is not divisible by num_heads 5"):
         ViT(**{**TINY, "num_heads": 5})

@@ -457,3 +457,83 @@ def test_bench_helpers_images_reference_script_and_agreement(tmp_path):
                 w.writerow([f"{i}.jpg", bench.LABELS[best], scores[best], *scores])
     got = bench._agreement(tmp_path / "a.csv", tmp_path / "b.csv")
     assert got["top1_agreement"] == 0.75 and got["max_abs_prob_diff"] == pytest.approx(0.41)
+
+
+# ---------------------------------------------------------------- SigLIP-shaped models
+
+SIGLIP_TINY = dict(  # bidirectional text read at the last position, attention-pooled image tower
+    visual=dict(embed_dim=32, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2, norm_eps=1e-6,
+                global_pool="map", pre_norm=False, proj=False),
+    text=dict(embed_dim=32, vocab_size=100, max_len=16, dim=32, depth=1, num_heads=2, norm_eps=1e-6,
+              causal=False, pool="last", proj_bias=True),
+    init_logit_bias=-10.0,
+)
+
+
+def _stand_in_tokenizer(texts) -> torch.Tensor:
+    """texts -> (B, 16) ids: a start id 99 (the largest: a cut "after the largest id" would keep
+    only it), one id per word, an end id 1, zero padding. SigLIP's real one is a hub download."""
+    ids = torch.zeros(len(texts), 16, dtype=torch.long)
+    for row, text in enumerate(texts):
+        words = [2 + zlib.crc32(w.encode()) % 90 for w in text.split()][:13]
+        ids[row, : len(words) + 2] = torch.tensor([99, *words, 1])
+    return ids
+
+
+def test_siglip_prompts_are_encoded_at_full_length_and_scored_with_the_bias():
+    torch.manual_seed(0)
+    model = CLIP.from_config(SIGLIP_TINY).eval()
+    assert not model.text.padding_is_inert
+    labeler = L.ZeroShotLabeler(model, _stand_in_tokenizer, L.Preprocess(image_size=32))
+    prompts = {"cat": ["a photo of a cat.", "a sketch of a kitten, drawn with a pencil."], "dog": ["a dog."]}
+    labeler.set_labels(prompts, multi_label=True)
+    ids = _stand_in_tokenizer(prompts["cat"] + prompts["dog"])  # (3, 16): full rows
+    with torch.no_grad():
+        unit = F.normalize(model.encode_text(ids), dim=-1)
+        cut = F.normalize(model.encode_text(ids[:, :1]), dim=-1)  # what CLIP's trim would have encoded
+    assert not torch.allclose(unit, cut, atol=1e-3)
+    expected = F.normalize(torch.stack([unit[:2].mean(0), unit[2]]), dim=-1)
+    torch.testing.assert_close(labeler.embeddings, expected, atol=1e-5, rtol=1e-5)
+    assert labeler.background is None  # a sigmoid model needs no neutral prompts
+    feats = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
+    scale, cos = model.logit_scale.exp(), feats @ labeler.embeddings.T
+    torch.testing.assert_close(labeler.scores(feats), (scale * cos).softmax(-1))
+    torch.testing.assert_close(labeler.scores(feats, multi_label=True), torch.sigmoid(scale * cos - 10.0))
+
+
+def test_siglip_architecture_tokenizer_online_and_offline(monkeypatch, tmp_path, capsys):
+    import open_clip
+
+    from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer
+
+    assert isinstance(open_clip_tokenizer("ViT-B-32"), CLIPTokenizer)  # CLIP's BPE: no hub
+    torch.manual_seed(0)
+    tiny = CLIP.from_config(SIGLIP_TINY).eval()
+    monkeypatch.setattr(CLIP, "from_open_clip", classmethod(lambda cls, arch, pretrained=None: tiny))
+
+    def offline(arch, context_length=None):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", offline)
+    with pytest.raises(OSError, match=r"^ViT-B-16-SigLIP needs its tokenizer timm/ViT-B-16-SigLIP from the Hugging"):
+        L.load_model("ViT-B-16-SigLIP", str(tmp_path / "w.pt"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _image(0).save(photos / "a.png")
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    code = L.main([str(photos), "--model", "ViT-B-16-SigLIP", "--pretrained", str(weights), "--labels", "cat,dog",
+                   "--out", str(tmp_path / "out.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1  # one message
+    assert "needs its tokenizer" in err
+    seen = {}
+
+    def online(arch, context_length=None):
+        seen["args"] = (arch, context_length)
+        return lambda texts: _stand_in_tokenizer(texts).int()
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", online)
+    model, tokenizer = L.load_model("ViT-B-16-SigLIP", str(tmp_path / "w.pt"))
+    assert model is tiny and seen["args"] == ("ViT-B-16-SigLIP", 16)
+    assert tokenizer(["a cat"]).dtype == torch.long

@@ -295,10 +295,8 @@ REFUSALS = {
     "patch dropout": dict(vision=dict(patch_dropout=0.5)),
     "custom attention blocks": dict(text=dict(qk_norm=True)),
     "layer scale": dict(vision=dict(ls_init_value=0.1)),
-    "text pool_type='last'": dict(text=dict(pool_type="last")),
-    "bidirectional text attention": dict(text=dict(no_causal_mask=True)),
-    "text projection with bias": dict(text=dict(proj_bias=True)),
-    "custom or Hugging Face text tower": dict(force_custom_text=True),
+    "text pool_type='first'": dict(text=dict(pool_type="first")),
+    "text class embedding (embed_cls)": dict(force_custom_text=True, text=dict(embed_cls=True)),
     "ResNet image tower": dict(vision=dict(layers=[1, 1, 1, 1], width=32)),
 }
 
@@ -310,4 +308,121 @@ def test_refuses_unsupported_variants(feature):
     ref = open_clip.create_model(TINY, pretrained=None, vision_cfg={**cfg["vision_cfg"], **kw.pop("vision", {})},
                                  text_cfg={**cfg["text_cfg"], **kw.pop("text", {})}, **kw)
     with pytest.raises(WeightsError, match=re.escape(feature)):
+        clip_from_open_clip(ref)
+
+
+# ---------------------------------------------------------------- SigLIP (ViT-B-16-SigLIP)
+
+SIGLIP = "ViT-B-16-SigLIP"
+
+
+@pytest.fixture
+def tiny_siglip(monkeypatch):
+    """open_clip's own ViT-B-16-SigLIP code path, made tiny: the registered config with a narrow
+    2-layer text tower (open_clip's config override), and the timm trunk it names
+    (vit_base_patch16_siglip_224) built with 2 narrow layers at 32 px (open_clip passes timm no
+    size arguments, so `timm.create_model` is wrapped for the test)."""
+    import open_clip.factory
+    import timm
+
+    cfg = open_clip.get_model_config(SIGLIP)
+    assert cfg["vision_cfg"]["timm_pool"] == "map" and cfg["text_cfg"]["pool_type"] == "last"
+    tiny = {**cfg, "embed_dim": 64, "text_cfg": {**cfg["text_cfg"], "width": 64, "heads": 2, "layers": 2}}
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, SIGLIP, tiny)
+    create = timm.create_model
+
+    def small_trunk(name, *args, **kw):
+        if name == "vit_base_patch16_siglip_224":
+            kw = {**kw, "depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32}
+        return create(name, *args, **kw)
+
+    monkeypatch.setattr(timm, "create_model", small_trunk)
+
+
+def _siglip_ref() -> torch.nn.Module:
+    torch.manual_seed(0)
+    ref = open_clip.create_model(SIGLIP, pretrained=None).eval()
+    with torch.no_grad():  # open_clip zero-inits the projection bias: make the mapping visible
+        ref.text.text_projection.bias.normal_(0, 0.1)
+        ref.visual.trunk.attn_pool.mlp.fc2.bias.normal_(0, 0.1)
+    return ref
+
+
+def _siglip_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    # SigLIP's tokenizer is a hub download: random ids, including 0 (padding) runs at the end.
+    tokens = torch.randint(1, 32000, (3, 64), generator=g)
+    tokens[0, 10:] = 0
+    return torch.randn(2, 3, 32, 32, generator=g), tokens
+
+
+def test_siglip_parity_from_instance(tiny_siglip):
+    ref = _siglip_ref()
+    assert type(ref).__name__ == "CustomTextCLIP" and ref.text.attn_mask is None
+    ours = clip_from_open_clip(ref)
+    assert ours.config["visual"]["global_pool"] == "map" and not ours.config["visual"]["proj"]
+    assert not ours.config["visual"]["pre_norm"] and ours.config["visual"]["norm_eps"] == 1e-6
+    t = ours.config["text"]
+    assert (t["causal"], t["pool"], t["proj_bias"], t["vocab_size"], t["max_len"], t["norm_eps"]) == (
+        False, "last", True, 32000, 64, 1e-6)
+    images, tokens = _siglip_inputs()
+    _assert_parity(ours, ref, images, tokens)
+    with torch.no_grad():
+        assert float(ours.logit_bias) == float(ref.logit_bias) == -10.0
+        for a, b in zip(ours.get_logits(images, tokens), ref.get_logits(images, tokens)):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_siglip_arch_name_with_local_file_and_native_round_trip(tiny_siglip, tmp_path):
+    ref = _siglip_ref()
+    with torch.no_grad():
+        ref.logit_bias.fill_(-7.5)
+    path = tmp_path / "siglip.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    ours = CLIP.from_open_clip(SIGLIP, pretrained=path)
+    assert not ours.training and float(ours.logit_bias) == -7.5
+    images, tokens = _siglip_inputs()
+    _assert_parity(ours, ref, images, tokens)
+    ours.save_pretrained(tmp_path / "native")
+    again = CLIP.from_pretrained(tmp_path / "native").eval()
+    assert again.config == ours.config
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(images), ours.encode_image(images), atol=0, rtol=0)
+        torch.testing.assert_close(again.encode_text(tokens), ours.encode_text(tokens), atol=0, rtol=0)
+        assert float(again.logit_bias) == -7.5
+
+
+def test_siglip_full_size_config_builds_offline():
+    # The real architecture, untouched: open_clip builds it without the network (only its
+    # tokenizer is a hub download); the converted config is read off it, nothing is run.
+    ref = open_clip.create_model(SIGLIP, pretrained=None)
+    from mmkit.weights.from_open_clip import _check_supported, _clip_config
+
+    _check_supported(ref, SIGLIP)
+    cfg = _clip_config(ref)
+    assert cfg["visual"] == dict(embed_dim=768, image_size=224, patch_size=16, dim=768, depth=12, num_heads=12,
+                                 mlp_ratio=4.0, act_layer="gelu", norm_eps=1e-6, drop_path_rate=0.0,
+                                 global_pool="map", pre_norm=False, proj=False)
+    assert cfg["text"] == dict(embed_dim=768, vocab_size=32000, max_len=64, dim=768, depth=12, num_heads=12,
+                               mlp_ratio=4.0, act_layer="gelu", norm_eps=1e-6, causal=False, pool="last",
+                               proj_bias=True)
+    assert cfg["init_logit_bias"] == -10.0
+
+
+def test_plain_clip_with_siglip_text_options():
+    # The same text options on open_clip's plain CLIP class (attributes on the model itself).
+    cfg = open_clip.get_model_config(TINY)
+    ref = _open_clip(TINY, text_cfg={**cfg["text_cfg"], "no_causal_mask": True, "pool_type": "last",
+                                     "proj_bias": True})
+    with torch.no_grad():
+        ref.text_projection.bias.normal_(0, 0.1)
+    ours = clip_from_open_clip(ref)
+    assert not ours.text.padding_is_inert
+    _assert_parity(ours, ref, *_inputs(ref, TINY))
+
+
+def test_siglip_timm_tower_other_than_map_is_refused(tiny_siglip):
+    ref = _siglip_ref()
+    ref.visual.trunk.reset_classifier(0, global_pool="avg")
+    with pytest.raises(WeightsError, match="not SigLIP-shaped"):
         clip_from_open_clip(ref)

@@ -34,6 +34,10 @@ PARITY_CASES = {
     "classes10": ("vit_tiny_patch16_224", dict(depth=2, num_classes=10)),
     "no-qkv-bias-mlp2-gray": ("vit_tiny_patch16_224",
                               dict(depth=2, qkv_bias=False, mlp_ratio=2.0, in_chans=1, img_size=64)),
+    # attention pooling ("map"): SigLIP's image tower, and with a class token and a classifier
+    "siglip-b16-d2": ("vit_base_patch16_siglip_224", dict(depth=2)),
+    "siglip-b16-d2-features": ("vit_base_patch16_siglip_224", dict(depth=2, num_classes=0)),
+    "map-cls-classes10": ("vit_tiny_patch16_224", dict(depth=2, global_pool="map", num_classes=10)),
 }
 
 
@@ -137,7 +141,7 @@ def test_tagged_timm_name_is_accepted():
         (dict(init_values=1e-5), "layer scale"),
         (dict(no_embed_class=True), "no_embed_class"),
         (dict(pre_norm=True), "pre-norm"),
-        (dict(global_pool="map"), "attention pooling"),
+        (dict(global_pool="prr"), "attention pooling other than timm's default AttentionPoolLatent"),
         (dict(global_pool="max"), "global_pool='max'"),
         (dict(global_pool=""), "global_pool=''"),
         (dict(dynamic_img_size=True), "dynamic image size"),
@@ -248,3 +252,18 @@ def test_pickle_payload_is_refused_not_executed(tmp_path):
     with pytest.raises(WeightsError, match=str(path)):
         ViT.from_timm(NAME, checkpoint_path=str(path), **KW)
     assert not marker.exists()
+
+
+def test_map_pool_reads_every_patch_and_its_weights_matter():
+    # Attention pooling is not a class-token read: every patch changes the output, and so do the
+    # pool's own latent and MLP (a key map that dropped them could not pass parity by chance).
+    ours = ViT.from_timm(_timm("vit_base_patch16_siglip_224", depth=1, img_size=32, num_classes=0)).eval()
+    assert ours.cls_token is None and ours.config["global_pool"] == "map"
+    x = _images(ours, size=(32, 32))
+    with torch.no_grad():
+        base = ours(x)
+        x2 = x.clone()
+        x2[:, :, -16:, -16:] += 1.0  # the last patch only
+        assert not torch.allclose(ours(x2), base)
+        ours.attn_pool.latent.add_(0.1)
+        assert not torch.allclose(ours(x), base)
