@@ -301,7 +301,9 @@ def _open_clip_preprocess(arch: str, pretrained: str | None) -> dict[str, Any]:
 
 def load_model(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokenizer]:
     """A CLIP in eval mode and its tokenizer from a native checkpoint directory, or from an
-    open_clip architecture with `pretrained` (a local file or a pretrained tag).
+    open_clip architecture with `pretrained` (a local file or a pretrained tag). A directory's
+    tokenizer is CLIP's BPE unless its metadata names an open_clip architecture whose tokenizer it
+    uses (`"open_clip_tokenizer": "ViT-B-16-SigLIP"`).
 
     Architectures in `mmkit.models.sizes.CLIP_CONFIGS` with a local file are read without
     building an open_clip model (same key map and strict load as `CLIP.from_open_clip`).
@@ -312,9 +314,16 @@ def load_model(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokeniz
     bpe = True  # CLIP's BPE tokenizer (vs. an architecture's own, e.g. SigLIP's)
     if path.is_dir():
         doc = CLIP.read_config(path)
+        meta = doc.get("metadata", {})
         clip = _build_and_load(doc["config"], read_state_dict(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
-        context = doc.get("metadata", {}).get("context_length") or clip.context_length
-        tokenizer = _clip_bpe(context)
+        context = meta.get("context_length") or clip.context_length
+        if meta.get("open_clip_tokenizer"):  # another architecture's tokenizer, e.g. "ViT-B-16-SigLIP"
+            from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer
+
+            tokenizer = open_clip_tokenizer(meta["open_clip_tokenizer"], context_length=context)
+            bpe = isinstance(tokenizer, CLIPTokenizer)
+        else:
+            tokenizer = _clip_bpe(context)
     else:
         if not pretrained:
             raise WeightsError(f"--model {model} is an architecture: name its weights with --pretrained FILE_OR_TAG")
@@ -335,7 +344,10 @@ def load_model(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokeniz
             tokenizer = open_clip_tokenizer(model, context_length=clip.context_length)
             bpe = isinstance(tokenizer, CLIPTokenizer)
     if bpe and clip.text.vocab_size != 49408:
-        raise WeightsError(f"{model}: text tower has {clip.text.vocab_size} token ids; CLIP's BPE needs 49408")
+        raise WeightsError(f"{model}: text tower has {clip.text.vocab_size} token ids; CLIP's BPE needs 49408 (a "
+                           "checkpoint directory of another tokenizer names its open_clip architecture in its "
+                           "metadata: save_pretrained(dir, metadata={'open_clip_tokenizer': 'ViT-B-16-SigLIP', "
+                           "'mean': ..., 'std': ..., 'resize_mode': ...}))")
     if not bpe and clip.text.pool == "argmax":
         raise WeightsError(f"{model}: text tower pools at the largest token id, which is <end_of_text> in CLIP's "
                            "BPE only, not in this architecture's tokenizer")

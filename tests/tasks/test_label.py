@@ -27,6 +27,7 @@ from PIL import Image
 
 from mmkit.models.clip import CLIP
 from mmkit.tasks import label as L
+from mmkit.weights import WeightsError
 
 TINY = dict(  # CLIP's real BPE (49408 ids, 77 positions) so the real tokenizer applies
     visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
@@ -537,3 +538,19 @@ def test_siglip_architecture_tokenizer_online_and_offline(monkeypatch, tmp_path,
     model, tokenizer = L.load_model("ViT-B-16-SigLIP", str(tmp_path / "w.pt"))
     assert model is tiny and seen["args"] == ("ViT-B-16-SigLIP", 16)
     assert tokenizer(["a cat"]).dtype == torch.long
+
+
+def test_siglip_checkpoint_directory_names_its_tokenizer(monkeypatch, tmp_path):
+    import open_clip
+
+    torch.manual_seed(0)
+    tiny = CLIP.from_config(SIGLIP_TINY).eval()
+    tiny.save_pretrained(tmp_path / "plain")
+    with pytest.raises(WeightsError, match="open_clip_tokenizer"):  # CLIP's BPE cannot serve 100 ids
+        L.load_model(str(tmp_path / "plain"))
+    tiny.save_pretrained(tmp_path / "named", metadata={"open_clip_tokenizer": "ViT-B-16-SigLIP"})
+    monkeypatch.setattr(open_clip, "get_tokenizer", lambda arch, context_length=None: _stand_in_tokenizer)
+    model, tokenizer = L.load_model(str(tmp_path / "named"))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(tokenizer(["a cat"])),
+                                   tiny.encode_text(_stand_in_tokenizer(["a cat"])))
