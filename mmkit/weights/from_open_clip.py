@@ -10,13 +10,9 @@ read without running their pickles. Variants mmkit's CLIP does not implement are
 from __future__ import annotations
 
 import difflib
-import io
 import logging
-import pickle
-import zipfile
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +21,7 @@ from mmkit.models.clip import CLIP
 from mmkit.weights.from_timm import VIT_KEYS
 from mmkit.weights.keymap import Rule, Transform, remap
 from mmkit.weights.native import WeightsError, load_state_dict_strict, read_state_dict
+from mmkit.weights.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -91,104 +88,6 @@ TRANSFORMS = {
 
 # ---- checkpoint files -------------------------------------------------------------------------
 
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
-}
-
-
-class _ScriptObject:
-    """Stands in for every TorchScript class of an archive: keeps its attributes, runs nothing."""
-
-    state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _rebuild_tensor(flat: Tensor, offset: int, size: tuple, stride: tuple, *_: Any) -> Tensor:
-    return flat.as_strided(size, stride, offset)
-
-
-class _ArchiveUnpickler(pickle.Unpickler):
-    """Reads a TorchScript `data.pkl`: tensors and inert stand-ins only. Any other global (the
-    way a pickle runs code) is refused, so a hostile archive fails instead of executing."""
-
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, source: str) -> None:
-        super().__init__(io.BytesIO(archive.read(f"{prefix}data.pkl")))
-        self.archive, self.prefix, self.source = archive, prefix, source
-        self.storages: dict[str, Tensor] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("__torch__"):
-            return _ScriptObject
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return name
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        raise WeightsError(f"{self.source}: TorchScript archive needs {module}.{name}, which mmkit will not "
-                           "load; convert it with torch.jit.load(path).state_dict() in a trusted environment")
-
-    def persistent_load(self, pid: Any) -> Tensor:
-        kind, storage_type, key, _location, numel = pid
-        if kind != "storage" or storage_type not in _STORAGE_DTYPES:
-            raise WeightsError(f"{self.source}: unsupported TorchScript storage {pid!r}")
-        if key not in self.storages:
-            dtype = _STORAGE_DTYPES[storage_type]
-            raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
-            flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-            if flat.numel() != numel:
-                raise WeightsError(f"{self.source}: storage {key} holds {flat.numel()} values, expected {numel}")
-            self.storages[key] = flat
-        return self.storages[key]
-
-
-def _script_tensors(obj: _ScriptObject, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-    # A scripted module's state is the dict of its attributes: parameters, buffers, submodules.
-    state = {} if obj.state is None else obj.state
-    if not isinstance(state, dict):
-        raise WeightsError(f"TorchScript object at {prefix or '<root>'!r} has custom state; not a plain module")
-    for name, value in state.items():
-        if isinstance(value, Tensor):
-            yield prefix + name, value
-        elif isinstance(value, _ScriptObject):
-            yield from _script_tensors(value, f"{prefix}{name}.")
-
-
-def _torchscript_prefix(path: Path) -> str | None:
-    """The archive folder ("name/") when `path` is a TorchScript zip, else None."""
-    if not zipfile.is_zipfile(path):
-        return None
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            parts = name.split("/")
-            if len(parts) == 2 and parts[1] == "constants.pkl":  # torch's own TorchScript test
-                return parts[0] + "/"
-    return None
-
-
-def read_torchscript_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Parameters and buffers of a TorchScript archive (OpenAI's CLIP .pt files), read as data:
-    neither Python pickle code nor the archive's TorchScript runs."""
-    path = Path(path).expanduser()
-    prefix = _torchscript_prefix(path)
-    if prefix is None:
-        raise WeightsError(f"{path}: not a TorchScript archive")
-    with zipfile.ZipFile(path) as z:
-        try:
-            root = _ArchiveUnpickler(z, prefix, str(path)).load()
-        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError, RuntimeError) as e:
-            if isinstance(e, WeightsError):
-                raise
-            raise WeightsError(f"{path}: unreadable TorchScript archive ({type(e).__name__}: {e})") from None
-    if not isinstance(root, _ScriptObject):
-        raise WeightsError(f"{path}: TorchScript archive does not hold a module")
-    return dict(_script_tensors(root))
-
-
 def read_open_clip_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """A CLIP state dict from a local file in open_clip or OpenAI layout: safetensors, a weights-only
     torch file (optionally wrapped as {"state_dict": ...}, keys optionally prefixed "module." by
@@ -196,7 +95,7 @@ def read_open_clip_checkpoint(path: str | Path) -> dict[str, Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
-    if _torchscript_prefix(path) is not None:
+    if is_torchscript_archive(path):
         state = read_torchscript_state_dict(path)
     else:
         state = read_state_dict(path)

@@ -25,9 +25,8 @@ from mmkit.data.text import CLIPTokenizer
 from mmkit.models.clip import CLIP, CLIPTextTower, CLIPVisionTower
 from mmkit.models.sizes import clip_config
 from mmkit.weights import WeightsError
-from mmkit.weights.from_open_clip import (
-    clip_from_open_clip, read_open_clip_checkpoint, read_torchscript_state_dict,
-)
+from mmkit.weights.from_open_clip import clip_from_open_clip, read_open_clip_checkpoint
+from mmkit.weights.torchscript import read_torchscript_state_dict
 
 ATOL = 1e-4
 TINY = "mmkit-test-tiny"
