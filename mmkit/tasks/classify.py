@@ -44,11 +44,13 @@ def top_k(logits: Tensor, class_names: Sequence[str], k: int) -> list[tuple[list
 
 
 def eval_transform(meta: dict[str, Any]):
-    """timm's eval transform (resize, centre crop, normalise) from checkpoint metadata."""
+    """timm's eval transform (resize, centre crop, normalise) from checkpoint metadata; with
+    `resize_mode: "squash"` (open_clip's SigLIP preprocessing) both sides are resized, no crop."""
     import timm.data
 
     return timm.data.create_transform(
         meta.get("image_size", 224), is_training=False, crop_pct=meta.get("crop_pct", 0.875),
+        crop_mode="squash" if meta.get("resize_mode") == "squash" else "center",
         interpolation=meta.get("interpolation", "bicubic"),
         mean=tuple(meta.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
         std=tuple(meta.get("std", timm.data.IMAGENET_DEFAULT_STD)),

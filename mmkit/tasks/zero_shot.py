@@ -15,12 +15,13 @@ from PIL import Image
 from torch import Tensor
 
 from mmkit.data.images import to_rgb
-from mmkit.data.text import CLIPTokenizer
+from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer
 from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD
 from mmkit.tasks.classify import eval_transform
 from mmkit.tasks.prompts import Tokenizer, check_templates, expand_prompts, label_embeddings
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+CLIP_VOCAB_SIZE = 49408  # CLIP's byte-level BPE
 
 Scores = list[tuple[str, float]]  # (label, probability), most probable first
 
@@ -87,8 +88,10 @@ def zero_shot_scores(
 
 class ZeroShotClassifier:
     """A trained CLIP with its tokenizer and preprocessing, from a native checkpoint directory
-    whose metadata may carry `context_length`, the eval transform keys, and default
-    `zeroshot_labels` / `zeroshot_templates` (what `CLIPTask` exports).
+    whose metadata may carry `context_length`, the eval transform keys (`resize_mode: "squash"`
+    included), default `zeroshot_labels` / `zeroshot_templates` (what `CLIPTask` exports), and
+    `open_clip_tokenizer`: the open_clip architecture whose tokenizer the model needs when it is
+    not CLIP's BPE (e.g. "ViT-B-16-SigLIP", as in `mmkit label`).
 
     Example:
         >>> zs = ZeroShotClassifier.from_pretrained("runs/clip_shapes/export")
@@ -99,7 +102,13 @@ class ZeroShotClassifier:
     def __init__(self, model: CLIP, meta: dict[str, Any] | None = None, device: str = "cpu") -> None:
         self.meta = {**default_image_metadata(model), **(meta or {})}
         self.model = model.eval().to(device)
-        self.tokenizer = CLIPTokenizer(context_length=self.meta.get("context_length") or model.context_length)
+        context = self.meta.get("context_length") or model.context_length
+        arch = self.meta.get("open_clip_tokenizer")
+        self.tokenizer: Tokenizer = (open_clip_tokenizer(arch, context_length=context) if arch
+                                     else CLIPTokenizer(context_length=context))
+        if isinstance(self.tokenizer, CLIPTokenizer) and model.text.vocab_size != CLIP_VOCAB_SIZE:
+            raise ValueError(f"the text tower has {model.text.vocab_size} token ids, CLIP's BPE {CLIP_VOCAB_SIZE}: "
+                             "name the model's tokenizer in its metadata ('open_clip_tokenizer': ARCH)")
         self.transform = eval_transform(self.meta)
         self.labels: list[str] = list(self.meta.get("zeroshot_labels") or [])
         self.templates: list[str] = list(self.meta.get("zeroshot_templates") or DEFAULT_TEMPLATES)

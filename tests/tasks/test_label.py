@@ -554,3 +554,28 @@ def test_siglip_checkpoint_directory_names_its_tokenizer(monkeypatch, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(tokenizer(["a cat"])),
                                    tiny.encode_text(_stand_in_tokenizer(["a cat"])))
+
+
+def test_zero_shot_classifier_reads_a_siglip_export(monkeypatch, tmp_path):
+    import open_clip
+
+    from mmkit.tasks.zero_shot import ZeroShotClassifier
+
+    torch.manual_seed(0)
+    tiny = CLIP.from_config(SIGLIP_TINY).eval()
+    tiny.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="open_clip_tokenizer"):  # CLIP's BPE would index past 100 ids
+        ZeroShotClassifier.from_pretrained(tmp_path / "plain")
+    meta = {"open_clip_tokenizer": "ViT-B-16-SigLIP", "mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"}
+    tiny.save_pretrained(tmp_path / "siglip", metadata=meta)
+    monkeypatch.setattr(open_clip, "get_tokenizer", lambda arch, context_length=None: _stand_in_tokenizer)
+    zs = ZeroShotClassifier.from_pretrained(tmp_path / "siglip")
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    (ranked,) = zs.predict_images([wide], ["cat", "dog"], ["a photo of a {}."])
+    # By hand: squash (both sides resized, nothing cropped), mean/std 0.5, full-length prompts.
+    pixels = torch.from_numpy(np.asarray(wide.resize((32, 32), Image.BICUBIC), dtype=np.float32) / 255)
+    x = ((pixels.permute(2, 0, 1) - 0.5) / 0.5)[None]
+    with torch.no_grad():
+        text = F.normalize(tiny.encode_text(_stand_in_tokenizer(["a photo of a cat.", "a photo of a dog."])), dim=-1)
+        probs = (tiny.logit_scale.exp() * F.normalize(tiny.encode_image(x), dim=-1) @ text.T).softmax(-1)[0]
+    assert dict(ranked) == pytest.approx({"cat": float(probs[0]), "dog": float(probs[1])}, abs=2e-3)
