@@ -12,7 +12,6 @@ import os
 import random
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -22,14 +21,13 @@ from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, create_transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from mmkit.data.image_folder import _CHECK_THREADS, _REPORTED_SKIPS, SkippedSample, _check_reason
+from mmkit.data.image_folder import SkippedSample, drop_skipped, keep_readable
 from mmkit.data.images import ImageLoadError, load_image, scan_images
 from mmkit.data.text import CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
 CaptionSample = tuple[Path, str]  # (image file, caption)
-_SUMMARY_LISTED = 5
 
 
 def _clean(caption: str) -> str:
@@ -121,13 +119,7 @@ class CaptionCollate:
         self.tokenizer = tokenizer
 
     def __call__(self, batch: list) -> dict | None:
-        kept = []
-        for item in batch:
-            if not isinstance(item, SkippedSample):
-                kept.append(item)
-            elif item.path not in _REPORTED_SKIPS:
-                _REPORTED_SKIPS.add(item.path)
-                log.warning("skipping %s: %s", item.path, item.reason)
+        kept = drop_skipped(batch)
         if not kept:
             return None
         columns = list(zip(*kept))
@@ -184,7 +176,7 @@ class _CaptionDataModule(pl.LightningDataModule):
         if split == "val" and source is None and self.val_split > 0:
             self._prepare("train")  # carved from the checked train set
             return
-        self.samples[split] = [] if source is None else self._checked(split, self._read(source))
+        self.samples[split] = [] if source is None else keep_readable(self._read(source), f"the {split} split", self.skipped)
         if split == "train" and self.val_split > 0 and self.sources["val"] is None:
             train = self.samples["train"]
             order = list(range(len(train)))
@@ -192,16 +184,6 @@ class _CaptionDataModule(pl.LightningDataModule):
             held = set(order[:round(len(train) * self.val_split)])
             self.samples["train"] = [s for i, s in enumerate(train) if i not in held]
             self.samples["val"] = [s for i, s in enumerate(train) if i in held]
-
-    def _checked(self, split: str, samples: list[CaptionSample]) -> list[CaptionSample]:
-        with ThreadPoolExecutor(_CHECK_THREADS) as pool:
-            reasons = list(pool.map(_check_reason, [path for path, _ in samples]))
-        bad = [(str(path), reason) for (path, _), reason in zip(samples, reasons) if reason]
-        if bad:
-            self.skipped.extend(bad)
-            listed = "; ".join(f"{p} ({r})" for p, r in bad[:_SUMMARY_LISTED])
-            log.warning("skipped %d of %d %s images: %s", len(bad), len(samples), split, listed)
-        return [s for s, reason in zip(samples, reasons) if reason is None]
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split == "test" and self.sources["test"] is None:

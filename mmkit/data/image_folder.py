@@ -68,6 +68,33 @@ class ImageFileDataset(Dataset):
         return self.transform(image), target, index
 
 
+def keep_readable(samples: list[tuple], what: str, skipped: list[tuple[str, str]]) -> list[tuple]:
+    """The `(path, ...)` samples whose file passes check_image (checked in threads); the others are
+    appended to `skipped` as (path, reason) and summarised in one warning naming `what`."""
+    with ThreadPoolExecutor(_CHECK_THREADS) as pool:
+        reasons = list(pool.map(_check_reason, [sample[0] for sample in samples]))
+    bad = [(str(sample[0]), reason) for sample, reason in zip(samples, reasons) if reason]
+    if bad:
+        skipped.extend(bad)
+        listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:_SUMMARY_LISTED])
+        more = f"; and {len(bad) - _SUMMARY_LISTED} more (see .skipped)" if len(bad) > _SUMMARY_LISTED else ""
+        log.warning("skipped %d of %d files in %s: %s%s", len(bad), len(samples), what, listed, more)
+    return [sample for sample, reason in zip(samples, reasons) if reason is None]
+
+
+def drop_skipped(batch: list) -> list:
+    """The items of `batch` that are not SkippedSample markers; each skipped file is warned about
+    once per process (collates of every DataModule share this)."""
+    kept = []
+    for item in batch:
+        if not isinstance(item, SkippedSample):
+            kept.append(item)
+        elif item.path not in _REPORTED_SKIPS:
+            _REPORTED_SKIPS.add(item.path)
+            log.warning("skipping %s: %s", item.path, item.reason)
+    return kept
+
+
 def collate_skipping(batch: list[tuple[torch.Tensor, int, int] | SkippedSample]) -> Batch | None:
     """Stack a batch, dropping SkippedSample markers and warning once per file per process.
 
@@ -77,13 +104,7 @@ def collate_skipping(batch: list[tuple[torch.Tensor, int, int] | SkippedSample])
         sample in the batch was skipped, which a LightningModule step should treat as
         "nothing to do" (returning None from ``training_step`` skips the optimiser step).
     """
-    kept = []
-    for item in batch:
-        if not isinstance(item, SkippedSample):
-            kept.append(item)
-        elif item.path not in _REPORTED_SKIPS:
-            _REPORTED_SKIPS.add(item.path)
-            log.warning("skipping %s: %s", item.path, item.reason)
+    kept = drop_skipped(batch)
     if not kept:
         return None
     images, targets, indices = zip(*kept)
@@ -226,7 +247,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _prepare(self, split: str) -> None:
         if split == "predict":
-            self.samples["predict"] = self._checked("predict_paths", self._predict_candidates())
+            self.samples["predict"] = keep_readable(self._predict_candidates(), "predict_paths", self.skipped)
             self.predict_files = [str(path) for path, _ in self.samples["predict"]]
         elif split == "val" and self.val_split > 0:
             self._prepare("train")  # the held-out part is carved from the checked train set
@@ -235,7 +256,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         else:
             root = Path(self.dirs[split]).expanduser()
             class_to_idx = {name: i for i, name in enumerate(self._class_names)}
-            self.samples[split] = self._checked(f"{split}_dir", find_samples(root, class_to_idx))
+            self.samples[split] = keep_readable(find_samples(root, class_to_idx), f"{split}_dir", self.skipped)
             if split == "train" and self.val_split > 0:
                 train = self.samples["train"]
                 rest, held_out = stratified_split([t for _, t in train], [self.val_split], self.seed)
@@ -249,18 +270,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
             paths = scan_images(entry) if entry.is_dir() else [entry]
             candidates.extend((path, -1) for path in paths)
         return candidates
-
-    def _checked(self, what: str, samples: list[Sample]) -> list[Sample]:
-        """Keep the samples that pass check_image; record and summarise the rest."""
-        with ThreadPoolExecutor(_CHECK_THREADS) as pool:
-            reasons = list(pool.map(_check_reason, [path for path, _ in samples]))
-        bad = [(str(path), reason) for (path, _), reason in zip(samples, reasons) if reason]
-        if bad:
-            self.skipped.extend(bad)
-            listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:_SUMMARY_LISTED])
-            more = f"; and {len(bad) - _SUMMARY_LISTED} more (see .skipped)" if len(bad) > _SUMMARY_LISTED else ""
-            log.warning("skipped %d of %d files in %s: %s%s", len(bad), len(samples), what, listed, more)
-        return [sample for sample, reason in zip(samples, reasons) if reason is None]
 
     def _loader(self, split: str, transform: Callable, shuffle: bool = False) -> DataLoader:
         # An empty val loader just means "no validation"; asking to test or predict on
