@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-# Benchmark name -> module with a `main(argv) -> int`; later issues add `label`, `transcribe`.
+# Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {"vit": "mmkit.bench.vit", "transcribe": "mmkit.bench.transcribe",
               "label": "mmkit.bench.label"}
 

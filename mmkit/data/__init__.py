@@ -6,8 +6,7 @@ from `mmkit label`, does not import Lightning, timm and scikit-learn with it.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mmkit._lazy import lazy_exports
 
 _EXPORTS = {
     "mmkit.data.images": ["IMAGE_EXTENSIONS", "ImageLoadError", "check_image", "load_image", "scan_images",
@@ -23,13 +22,4 @@ _EXPORTS = {
     "mmkit.data.char_tokenizer": ["CharTokenizer", "normalize_text"],
     "mmkit.data.espeak_corpus": ["EspeakDataModule", "write_espeak_corpus"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'mmkit.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

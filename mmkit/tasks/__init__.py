@@ -4,8 +4,7 @@ Names resolve lazily (PEP 562): `mmkit transcribe` or `mmkit label` import only 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mmkit._lazy import lazy_exports
 
 _EXPORTS = {
     "mmkit.tasks.classify": ["Classifier", "Prediction", "write_predictions"],
@@ -15,13 +14,4 @@ _EXPORTS = {
     "mmkit.tasks.speech_recognizer": ["SpeechRecognizer", "load_speech_checkpoint", "load_transcriber",
                                       "save_speech_checkpoint", "transcriber_for"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'mmkit.tasks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS, globals())
