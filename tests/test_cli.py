@@ -5,7 +5,6 @@ test from the Lightning checkpoint, and predict to CSV/JSON with unreadable inpu
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
+from _images import corrupt_pixels_png
 
 from mmkit.cli import main
 
@@ -158,14 +157,8 @@ def _predict_inputs(folder: Path, cache: Path) -> tuple[list[Path], dict[Path, s
     for digit in "258":
         src = sorted((cache / "digits" / "test" / digit).glob("*.png"))[0]
         good.append(Path(shutil.copy(src, folder / f"digit{digit}.png")))
-    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
-    buffer = io.BytesIO()
-    Image.fromarray(np.stack([ramp, ramp.T, ramp // 2], axis=-1)).save(buffer, "PNG")
-    garbled = bytearray(buffer.getvalue())  # intact header and end chunk: only decoding fails
-    start = garbled.find(b"IDAT") + 20
-    garbled[start:start + 40] = b"\x00" * 40
     bad = {"corrupt.png": (b"not a png\n", "not an image"), "empty.jpg": (b"", "zero-byte file"),
-           "decode.png": (bytes(garbled), "unreadable")}
+           "decode.png": (corrupt_pixels_png(), "unreadable")}  # intact header: only decoding fails
     for name, (data, _) in bad.items():
         (folder / name).write_bytes(data)
     return good, {folder / name: reason for name, (_, reason) in bad.items()}

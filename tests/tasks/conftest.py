@@ -82,20 +82,11 @@ def write_unreadable(folder: Path) -> dict[Path, str]:
     decode.png has an intact header and end chunk but garbled compressed pixels, so only
     decoding (not the header check) finds it.
     """
-    import io
-
-    import numpy as np
-    from PIL import Image
+    from _images import corrupt_pixels_png
 
     folder.mkdir(parents=True, exist_ok=True)
-    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))  # compressible, so not stored raw
-    buffer = io.BytesIO()
-    Image.fromarray(np.stack([ramp, ramp.T, ramp // 2], axis=-1)).save(buffer, "PNG")
-    garbled = bytearray(buffer.getvalue())
-    start = garbled.find(b"IDAT") + 20
-    garbled[start:start + 40] = b"\x00" * 40
     files = {"corrupt.png": (b"this is not a PNG\n", "not an image"), "empty.jpg": (b"", "zero-byte file"),
-             "decode.png": (bytes(garbled), "truncated or corrupt image data")}
+             "decode.png": (corrupt_pixels_png(), "truncated or corrupt image data")}
     for name, (data, _) in files.items():
         (folder / name).write_bytes(data)
     return {folder / name: reason for name, (_, reason) in files.items()}
