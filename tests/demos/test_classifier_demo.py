@@ -14,6 +14,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from _browser import TIMEOUT_MS, label_confidence, label_top_class, open_app, upload_image
+from _training import fit_single_threaded
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,7 @@ def digits_export(tmp_path_factory) -> tuple[Path, Path]:
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=10, limit_val_batches=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(root))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model on shared CPUs: extra threads only contend
-    try:
-        trainer.fit(task, data)
-    finally:
-        torch.set_num_threads(threads)
+    fit_single_threaded(trainer, task, data)
     return root / "export", digits
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-import torch
 from playwright.sync_api import expect
 
 from _browser import TIMEOUT_MS, open_app
+from _training import fit_single_threaded
 from mmkit.audio import SAMPLE_RATE
 from mmkit.data.espeak_corpus import espeak_available, synthesize
 
@@ -46,12 +46,7 @@ def speech_export(tmp_path_factory) -> tuple[Path, list[Path]]:
     trainer = pl.Trainer(accelerator="cpu", max_steps=80, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=str(root))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model on shared CPUs: extra threads only contend
-    try:
-        trainer.fit(task, data)
-    finally:
-        torch.set_num_threads(threads)
+    fit_single_threaded(trainer, task, data)
     return root / "export", wavs
 
 
