@@ -24,6 +24,7 @@ from mmkit.weights.native import WEIGHTS_NAME, PretrainedMixin, load_state_dict_
 # there: importing timm costs a command-line start about a second).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_VOCAB_SIZE = 49408  # CLIP's byte-level BPE, <end_of_text> its last id
 
 
 class CLIPVisionTower(ViT):
@@ -114,7 +115,7 @@ class CLIPTextTower(PretrainedMixin, nn.Module):
     def __init__(
         self,
         embed_dim: int = 512,
-        vocab_size: int = 49408,
+        vocab_size: int = CLIP_VOCAB_SIZE,
         max_len: int = 77,
         dim: int = 512,
         depth: int = 12,

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mmkit.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, scan_images
-from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD
+from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD, CLIP_VOCAB_SIZE
 from mmkit.tasks.prompts import Tokenizer, check_templates, encode_prompts, expand_prompts
 
 log = logging.getLogger(__name__)
@@ -343,10 +343,10 @@ def load_model(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokeniz
             clip = CLIP.from_open_clip(model, pretrained).eval()
             tokenizer = open_clip_tokenizer(model, context_length=clip.context_length)
             bpe = isinstance(tokenizer, CLIPTokenizer)
-    if bpe and clip.text.vocab_size != 49408:
-        raise WeightsError(f"{model}: text tower has {clip.text.vocab_size} token ids; CLIP's BPE needs 49408 (a "
-                           "checkpoint directory of another tokenizer names its open_clip architecture in its "
-                           "metadata: save_pretrained(dir, metadata={'open_clip_tokenizer': 'ViT-B-16-SigLIP', "
+    if bpe and clip.text.vocab_size != CLIP_VOCAB_SIZE:
+        raise WeightsError(f"{model}: text tower has {clip.text.vocab_size} token ids; CLIP's BPE needs "
+                           f"{CLIP_VOCAB_SIZE} (a checkpoint directory of another tokenizer names its open_clip "
+                           "architecture in its metadata: save_pretrained(dir, metadata={'open_clip_tokenizer': 'ViT-B-16-SigLIP', "
                            "'mean': ..., 'std': ..., 'resize_mode': ...}))")
     if not bpe and clip.text.pool == "argmax":
         raise WeightsError(f"{model}: text tower pools at the largest token id, which is <end_of_text> in CLIP's "

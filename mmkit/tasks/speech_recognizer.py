@@ -235,8 +235,8 @@ def transcriber_for(model: Whisper, tokenizer: Any, batch_size: int = 8):
     model's `n_audio_ctx`, e.g. 4 s, and long audio is cut at window boundaries)."""
     from mmkit.tasks.transcribe import DecodingOptions, Transcriber
 
-    if isinstance(tokenizer, CharTokenizer):  # the Transcriber makes room for a window's characters
-        options = DecodingOptions(without_timestamps=True, temperatures=(0.0,), no_speech_threshold=None)
+    if isinstance(tokenizer, CharTokenizer):  # the Transcriber drops timestamps and makes room for the characters
+        options = DecodingOptions(temperatures=(0.0,), no_speech_threshold=None)
     else:
         options = DecodingOptions(language="en" if tokenizer.is_multilingual else None, temperatures=(0.0,))
     return Transcriber(model.eval(), tokenizer, options, batch_size)

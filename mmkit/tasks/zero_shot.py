@@ -16,12 +16,11 @@ from torch import Tensor
 
 from mmkit.data.images import to_rgb
 from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer
-from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD
+from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD, CLIP_VOCAB_SIZE
 from mmkit.tasks.classify import eval_transform
 from mmkit.tasks.prompts import Tokenizer, check_templates, expand_prompts, label_embeddings
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-CLIP_VOCAB_SIZE = 49408  # CLIP's byte-level BPE
 
 Scores = list[tuple[str, float]]  # (label, probability), most probable first
 
