@@ -346,8 +346,8 @@ def load_model(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokeniz
     if bpe and clip.text.vocab_size != CLIP_VOCAB_SIZE:
         raise WeightsError(f"{model}: text tower has {clip.text.vocab_size} token ids; CLIP's BPE needs "
                            f"{CLIP_VOCAB_SIZE} (a checkpoint directory of another tokenizer names its open_clip "
-                           "architecture in its metadata: save_pretrained(dir, metadata={'open_clip_tokenizer': 'ViT-B-16-SigLIP', "
-                           "'mean': ..., 'std': ..., 'resize_mode': ...}))")
+                           "architecture in its metadata: save_pretrained(dir, metadata={'open_clip_tokenizer': "
+                           "'ViT-B-16-SigLIP', 'mean': ..., 'std': ..., 'resize_mode': ...}))")
     if not bpe and clip.text.pool == "argmax":
         raise WeightsError(f"{model}: text tower pools at the largest token id, which is <end_of_text> in CLIP's "
                            "BPE only, not in this architecture's tokenizer")
