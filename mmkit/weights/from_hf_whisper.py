@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mmkit.models.whisper import Whisper
 from mmkit.weights.from_hf import _read_hf_dir
 from mmkit.weights.keymap import remap
-from mmkit.weights.native import WeightsError, _summarise, load_state_dict_strict
+from mmkit.weights.native import WeightsError, summarise_keys, load_state_dict_strict
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def fuse_projections(state: dict[str, Tensor], source: str) -> dict[str, Tensor]
         out[f"{base}.bias"] = torch.cat([
             parts.get(f"{p}.bias", torch.zeros(w.shape[0], dtype=w.dtype)) for p, w in zip(order, weights)])
     if missing:
-        raise WeightsError(f"{source}: missing projections for fused q/k/v: {_summarise(sorted(missing))}")
+        raise WeightsError(f"{source}: missing projections for fused q/k/v: {summarise_keys(sorted(missing))}")
     return out
 
 

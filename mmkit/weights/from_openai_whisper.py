@@ -20,7 +20,7 @@ from mmkit.models.sizes import WHISPER_SIZES
 from mmkit.models.whisper import Whisper
 from mmkit.weights.from_hf_whisper import fuse_projections
 from mmkit.weights.keymap import remap
-from mmkit.weights.native import WeightsError, _summarise, load_state_dict_strict
+from mmkit.weights.native import WeightsError, summarise_keys, load_state_dict_strict
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,12 @@ def read_openai_checkpoint(path: str | Path) -> tuple[dict[str, int], dict[str, 
     if isinstance(obj, Mapping) and "model_state_dict" in obj:
         extra = sorted(str(k) for k in obj if k not in ("dims", "model_state_dict"))
         if extra:
-            raise WeightsError(f"{source}: entries besides 'dims' and 'model_state_dict': {_summarise(extra)}")
+            raise WeightsError(f"{source}: entries besides 'dims' and 'model_state_dict': {summarise_keys(extra)}")
         state, dims = obj["model_state_dict"], obj.get("dims")
     elif _is_state_dict(obj):
         state, dims = obj, None
     else:
-        found = (f"a dict with keys {_summarise(sorted(map(str, obj)))}" if isinstance(obj, Mapping)
+        found = (f"a dict with keys {summarise_keys(sorted(map(str, obj)))}" if isinstance(obj, Mapping)
                  else type(obj).__name__)
         raise WeightsError(f"{source}: not an openai-whisper checkpoint ({{'dims': ..., 'model_state_dict': ...}} "
                            f"or a state dict of tensors); found {found}")

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from torch import Tensor
 
-from mmkit.weights.native import WeightsError, _summarise
+from mmkit.weights.native import WeightsError, summarise_keys
 
 Rule = tuple[str, "str | None"]
 Transform = Callable[[Tensor], Tensor]
@@ -49,7 +49,7 @@ def remap(
         else:
             unmatched.append(key)
     if unmatched:
-        raise WeightsError(f"{source}: keys with no mapping: {_summarise(sorted(unmatched))}")
+        raise WeightsError(f"{source}: keys with no mapping: {summarise_keys(sorted(unmatched))}")
     for key, fn in (transforms or {}).items():
         if key in out:
             out[key] = fn(out[key])

@@ -23,7 +23,8 @@ class WeightsError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the offending keys."""
 
 
-def _summarise(keys: list[str], limit: int = 12) -> str:
+def summarise_keys(keys: list[str], limit: int = 12) -> str:
+    """The first `limit` keys, comma-separated, and how many more (for one-line error messages)."""
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -56,11 +57,11 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_summarise(missing)}")
+        problems.append(f"missing keys: {summarise_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_summarise(unexpected)}")
+        problems.append(f"unexpected keys: {summarise_keys(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches: {_summarise(mismatched)}")
+        problems.append(f"shape mismatches: {summarise_keys(mismatched)}")
     if problems:
         raise WeightsError(f"{source}: cannot load into {type(model).__name__}; " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
