@@ -8,8 +8,9 @@ Parameter naming, documented once: attention `qkv` (fused self-attention) or `q`
 from mmkit.core.attention import Attention, attention_maps, causal_mask, key_padding_mask
 from mmkit.core.blocks import DropPath, LayerScale, PostNormBlock, PreNormBlock, layer_norm
 from mmkit.core.cache import AttentionCache, BlockCache, KVCache
-from mmkit.core.decoding import (
-    BeamSearch, Generation, Greedy, Sampling, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP, generate,
+from mmkit.core.decoding import BeamSearch, Generation, GenerationOptions, Greedy, Sampling, generate
+from mmkit.core.filters import (
+    LogitFilter, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP,
 )
 from mmkit.core.heads import tied_logits
 from mmkit.core.mlp import Mlp, QuickGELU, SwiGLU
@@ -21,8 +22,8 @@ from mmkit.core.stack import Decoder, Encoder, TransformerStack
 
 __all__ = [
     "Attention", "AttentionCache", "BeamSearch", "BlockCache", "Decoder", "DropPath", "Encoder", "Generation",
-    "Greedy", "KVCache", "LayerNorm", "LayerScale", "LearnedPositions", "Mlp", "PostNormBlock", "PreNormBlock",
-    "QuickGELU", "RMSNorm", "RotaryEmbedding", "Sampling", "SuppressAtBegin", "SuppressTokens", "SwiGLU",
+    "GenerationOptions", "Greedy", "KVCache", "LayerNorm", "LayerScale", "LearnedPositions", "LogitFilter", "Mlp", "PostNormBlock", "PreNormBlock",
+    "QuickGELU", "RMSNorm", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "Sampling", "SuppressAtBegin", "SuppressTokens", "SwiGLU",
     "Temperature", "TopK", "TopP", "TransformerStack", "attention_maps", "causal_mask", "generate",
     "key_padding_mask", "layer_norm", "resample_positions", "sinusoidal_positions", "sinusoidal_positions_concat",
     "tied_logits",

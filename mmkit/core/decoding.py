@@ -15,108 +15,14 @@ import torch
 from torch import Tensor
 
 from mmkit.core.cache import KVCache
-
-LogitFilter = Callable[[Tensor, Tensor], Tensor]
+from mmkit.core.filters import (  # noqa: F401 - re-exported: the loop's filters
+    LogitFilter, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP, is_loop,
+    loop_mask,
+)
 
 
 class DecoderModel(Protocol):
     def __call__(self, tokens: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor: ...
-
-
-class SuppressTokens:
-    """Never emit these token ids."""
-
-    def __init__(self, token_ids: Sequence[int]) -> None:
-        self.token_ids = list(token_ids)
-
-    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
-        logits[:, self.token_ids] = float("-inf")
-        return logits
-
-
-class SuppressAtBegin:
-    """Suppress tokens only at the first generated position (e.g. Whisper's blank/EOT)."""
-
-    def __init__(self, token_ids: Sequence[int], begin_index: int) -> None:
-        self.token_ids, self.begin_index = list(token_ids), begin_index
-
-    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
-        if tokens.shape[1] == self.begin_index:
-            logits[:, self.token_ids] = float("-inf")
-        return logits
-
-
-def loop_mask(tokens: Tensor, max_period: int = 32, min_repeats: int = 4, min_length: int = 16) -> Tensor:
-    """(B, T) ids -> (B,) bool: True where the sequence ends in a loop, a span of 1..max_period
-    tokens repeated back to back over the last max(min_repeats · period, min_length) tokens."""
-    looped = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    for period in range(1, max_period + 1):
-        span = max(min_repeats * period, min_length)
-        if span > tokens.shape[1]:
-            break
-        tail = tokens[:, -span:]
-        looped |= (tail[:, period:] == tail[:, :-period]).all(dim=1)
-    return looped
-
-
-def is_loop(tokens: Tensor, max_period: int = 32, min_repeats: int = 4, min_length: int = 16) -> bool:
-    """`loop_mask` for one (T,) sequence."""
-    return bool(loop_mask(tokens[None], max_period, min_repeats, min_length)[0])
-
-
-class RepetitionGuard:
-    """Force `eos_id` once the tokens generated after `begin_index` end in a loop (`loop_mask`):
-    a decoder stuck repeating itself stops instead of running to the length limit."""
-
-    def __init__(self, eos_id: int, begin_index: int, max_period: int = 32, min_repeats: int = 4,
-                 min_length: int = 16) -> None:
-        self.eos_id, self.begin_index = eos_id, begin_index
-        self.max_period, self.min_repeats, self.min_length = max_period, min_repeats, min_length
-
-    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
-        if tokens.shape[1] - self.begin_index < self.min_length:
-            return logits
-        looped = loop_mask(tokens[:, self.begin_index :], self.max_period, self.min_repeats, self.min_length)
-        if bool(looped.any()):
-            logits[looped] = float("-inf")
-            logits[looped, self.eos_id] = 0.0  # the only finite logit: every strategy picks EOS
-        return logits
-
-
-class Temperature:
-    def __init__(self, temperature: float) -> None:
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0; use Greedy() for argmax decoding")
-        self.temperature = temperature
-
-    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
-        return logits / self.temperature
-
-
-class TopK:
-    """Keep the k most likely tokens."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
-        k = min(self.k, logits.shape[-1])
-        kth = logits.topk(k, dim=-1).values[:, -1:]
-        return logits.masked_fill(logits < kth, float("-inf"))
-
-
-class TopP:
-    """Nucleus sampling (Holtzman et al., 2020): keep the smallest set with mass >= p."""
-
-    def __init__(self, p: float) -> None:
-        self.p = p
-
-    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) >= self.p  # mass before this token already >= p
-        drop = drop.scatter(-1, order, drop)
-        return logits.masked_fill(drop, float("-inf"))
 
 
 @dataclass
@@ -152,6 +58,64 @@ class BeamSearch:
 
 
 @dataclass
+class GenerationOptions:
+    """Decoding settings every decoder shares (GPT, seq2seq, DALL·E-style; Whisper's own options
+    add its task/language/fallback rules on top). Greedy unless a sampling option or a beam is given.
+
+    Args:
+        max_new_tokens: tokens to generate at most.
+        temperature: > 0 samples at that temperature; 0 (default) decodes greedily, unless
+            top_k/top_p ask for sampling (then at temperature 1).
+        top_k: sample among the k likeliest tokens.
+        top_p: nucleus sampling: the smallest set of tokens with probability mass >= p.
+        beam_size: > 1 runs beam search (deterministic; excludes sampling).
+        length_penalty: beam search ranks by sum log p / length ** length_penalty.
+        repetition_penalty: > 1 discourages tokens already in the sequence (`RepetitionPenalty`).
+        seed: seed of the sampling generator (None: not seeded).
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    beam_size: int = 1
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [(self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+                  (self.temperature >= 0, "temperature must be >= 0"),
+                  (self.top_k is None or self.top_k >= 1, "top_k must be >= 1"),
+                  (self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+                  (self.beam_size >= 1, "beam_size must be >= 1"),
+                  (self.repetition_penalty > 0, "repetition_penalty must be > 0")]
+        for ok, message in checks:  # `not ok` also catches NaN, which compares False
+            if not ok:
+                raise ValueError(message)
+        if self.beam_size > 1 and self.sampling:
+            raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beam_size 1")
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0 or self.top_k is not None or self.top_p is not None
+
+    def strategy(self, device: str | torch.device = "cpu") -> "Greedy | Sampling | BeamSearch":
+        if self.beam_size > 1:
+            return BeamSearch(self.beam_size, self.length_penalty)
+        if not self.sampling:
+            return Greedy()
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(self.seed)
+        return Sampling(self.temperature or 1.0, self.top_k, self.top_p, generator)
+
+    def filters(self) -> list[LogitFilter]:
+        """Filters these options add before the strategy's own (sampling filters come from it)."""
+        return [RepetitionPenalty(self.repetition_penalty)] if self.repetition_penalty != 1.0 else []
+
+
+@dataclass
 class Generation:
     """tokens: (B, T_max) prompt + generated ids, right-padded with pad_id;
     lengths: (B,) valid lengths; scores: (B,) sum of log-probs of the generated tokens
@@ -183,6 +147,8 @@ def generate(
     logit_filters: Sequence[LogitFilter] = (),
     use_cache: bool = True,
     cache: KVCache | None = None,
+    stop: Callable[[Tensor], Tensor] | None = None,
+    on_step: Callable[[Tensor], None] | None = None,
 ) -> Generation:
     """Extend `prompt` (B, T) by up to `max_new_tokens`, stopping a row at `eos_id`.
 
@@ -197,6 +163,10 @@ def generate(
             it may already hold a prefix of `prompt` and/or the cross-attention keys/values of
             `context`, e.g. one encoder output's, computed once and shared by several calls.
             Beam search expands its rows to B·beam_size.
+        stop: `stop(tokens (B, T)) -> (B,) bool`, rows to end after the token just added (stop
+            strings, say); greedy and sampling only.
+        on_step: called with the tokens (B, T) after every step, e.g. to stream text as it comes;
+            greedy and sampling only.
     """
     strategy = strategy or Greedy()
     cache = (cache if cache is not None else KVCache()) if use_cache else None
@@ -211,7 +181,7 @@ def generate(
     scores = torch.zeros(B, device=prompt.device)
     rows: Tensor | None = None  # rows the model still runs (None: all), see _drop_finished
     for _ in range(max_new_tokens):
-        if cache is not None and eos_id is not None:
+        if cache is not None and (eos_id is not None or stop is not None):
             rows, context = _drop_finished(rows, finished, context, cache)
         if rows is None:
             logits = _next_logits(model, tokens, context, cache)
@@ -226,10 +196,14 @@ def generate(
         lengths += (~finished).long()
         nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        if on_step is not None:
+            on_step(tokens)
         if eos_id is not None:
             finished |= nxt == eos_id
-            if bool(finished.all()):
-                break
+        if stop is not None:
+            finished |= stop(tokens)
+        if bool(finished.all()):
+            break
     return Generation(tokens, lengths, scores, [tokens[i, : lengths[i]] for i in range(B)])
 
 

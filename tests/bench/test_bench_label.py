@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mmkit.bench.label import main
+from mmkit.cli.bench.label import main
 
 
 @pytest.mark.slow

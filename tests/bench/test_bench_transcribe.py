@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmkit.bench.transcribe import format_report, run_transcribe_bench, write_audio_files, write_toy_checkpoint
+from mmkit.cli.bench.transcribe import format_report, run_transcribe_bench, write_audio_files, write_toy_checkpoint
 
 
 @pytest.mark.slow

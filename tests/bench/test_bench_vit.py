@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mmkit.bench.vit import format_rows, main, run_vit_bench
+from mmkit.cli.bench.vit import format_rows, main, run_vit_bench
 
 TINY = dict(depth=1, num_classes=10)
 
@@ -40,7 +40,7 @@ def test_bad_arguments_fail_before_building():
 
 
 def test_main_writes_json(tmp_path, capsys, monkeypatch):
-    import mmkit.bench.vit as bench
+    import mmkit.cli.bench.vit as bench
 
     real = bench.run_vit_bench
     seen = {}
@@ -63,7 +63,7 @@ def test_main_writes_json(tmp_path, capsys, monkeypatch):
 
 
 def test_spread_is_relative_interquartile_range():
-    from mmkit.bench.vit import _spread
+    from mmkit.cli.bench.vit import _spread
 
     assert _spread([2.0]) == 0.0
     assert _spread([1.0, 1.0, 1.0, 1.0]) == 0.0

@@ -441,7 +441,7 @@ def test_sigkill_mid_run_then_resume_leaves_one_row_per_image(tmp_path, ckpt):
 
 
 def test_bench_helpers_images_reference_script_and_agreement(tmp_path):
-    from mmkit.bench import label as bench
+    from mmkit.cli.bench import label as bench
 
     paths = bench.make_images(tmp_path / "imgs", 5, ((64, 48), (40, 80)))
     assert len(paths) == 5 and [Image.open(p).size for p in paths[:2]] == [(64, 48), (40, 80)]

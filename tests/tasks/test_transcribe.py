@@ -367,7 +367,7 @@ def test_english_only_checkpoint(tmp_path):
 
 
 def test_bench_token_extraction_and_report(tmp_path):
-    from mmkit.bench.transcribe import _hf_tokens, format_report
+    from mmkit.cli.bench.transcribe import _hf_tokens, format_report
 
     (tmp_path / "hf.json").write_text(json.dumps({"a.wav": [9, 1, 2, 3, 7, 7], "b.wav": [4, 5]}))
     assert _hf_tokens(tmp_path / "hf.json", [9, 1], eot=7) == {"a.wav": [2, 3], "b.wav": [4, 5]}

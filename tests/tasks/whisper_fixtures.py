@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from mmkit.audio import SAMPLE_RATE
-from mmkit.bench.transcribe import synth_speechlike, write_toy_checkpoint  # noqa: F401 - re-exported
+from mmkit.cli.bench.transcribe import synth_speechlike, write_toy_checkpoint  # noqa: F401 - re-exported
 
 N_TEXT_TOKENS = 400  # toy vocabulary: 256 bytes + word merges; + 1608 special/timestamp tokens
 TINY_DIMS = dict(d_model=64, encoder_layers=1, decoder_layers=2, heads=4)  # 30 s windows, fast

@@ -1,5 +1,5 @@
 """The `mmkit` command: LightningCLI subcommands (fit/validate/test/predict) over YAML recipes
-in configs/ (see `mmkit.lightning_cli`), plus tool subcommands dispatched to their own parsers.
+in configs/ (see `mmkit.cli.lightning`), plus tool subcommands dispatched to their own parsers.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ log = logging.getLogger("mmkit")
 # Tool subcommands: name -> (one-line help, "module:function" taking argv and returning an exit code).
 # Imported only when called: `mmkit fit` does not pay for Gradio, and tools not for Lightning.
 TOOLS = {
-    "bench": ("benchmarks against the reference implementation (mmkit bench vit --help)", "mmkit.bench:main"),
-    "demo": ("Gradio demos in the browser (mmkit demo vit --help)", "mmkit.demos:main"),
+    "bench": ("benchmarks against the reference implementation (mmkit bench vit --help)", "mmkit.cli.bench:main"),
+    "demo": ("Gradio demos in the browser (mmkit demo vit --help)", "mmkit.cli.demo:main"),
     "label": ("zero-shot label image folders with CLIP (mmkit label --help)", "mmkit.tasks.label:main"),
     "transcribe": ("speech to text with a Whisper checkpoint (mmkit transcribe --help)", "mmkit.tasks.transcribe:main"),
 }
@@ -26,7 +26,7 @@ def _raised_in_mmkit(e: BaseException) -> bool:
     return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
 
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the mmkit package
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
               + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)")
         if not argv:
             return 2
-    from mmkit.lightning_cli import run
+    from mmkit.cli.lightning import run
 
     try:
         run(argv, from_console)
@@ -78,5 +78,3 @@ def _user_error(e: BaseException) -> str | None:
     return None
 
 
-if __name__ == "__main__":
-    sys.exit(main())

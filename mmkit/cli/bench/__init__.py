@@ -1,5 +1,5 @@
 """Benchmark scripts: mmkit models against their reference implementations, timed in the same
-process and reported as ratios (never asserted on). `mmkit bench vit` runs `mmkit.bench.vit`.
+process and reported as ratios (never asserted on). `mmkit bench vit` runs `mmkit.cli.bench.vit`.
 """
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import importlib
 import sys
 
 # Benchmark name -> module with a `main(argv) -> int`.
-BENCHMARKS = {"vit": "mmkit.bench.vit", "transcribe": "mmkit.bench.transcribe",
-              "label": "mmkit.bench.label"}
+BENCHMARKS = {"vit": "mmkit.cli.bench.vit", "transcribe": "mmkit.cli.bench.transcribe",
+              "label": "mmkit.cli.bench.label"}
 
 
 def main(argv: list[str]) -> int:

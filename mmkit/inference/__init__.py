@@ -1,0 +1,13 @@
+"""Inference for batch and interactive use: no Lightning, no argparse. The classifier, the one
+zero-shot scorer (used by `mmkit label`, the demo and the training callback), the transcriber,
+generators, output writers, precision choice and the "what does `--model NAME` mean" resolvers.
+The command line (`mmkit.cli`) and the demos are thin layers over these.
+
+Names resolve lazily (PEP 562), so `mmkit transcribe` does not import open_clip, nor `mmkit label` Whisper.
+"""
+from __future__ import annotations
+
+from mmkit._lazy import lazy_exports
+
+_EXPORTS: dict[str, list[str]] = {}
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

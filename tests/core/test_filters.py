@@ -1,0 +1,59 @@
+"""Generic decoding options and filters: repetition penalty equals transformers' processor;
+`stop` and `on_step` hooks of the shared loop; options validate their ranges."""
+import math
+
+import pytest
+import torch
+
+from mmkit.core import GenerationOptions, Greedy, RepetitionPenalty, Sampling, generate
+from mmkit.core.decoding import BeamSearch
+
+
+def test_repetition_penalty_equals_transformers():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50, (3, 7), generator=g)
+    logits = torch.randn(3, 50, generator=g)
+    want = RepetitionPenaltyLogitsProcessor(1.3)(tokens, logits.clone())
+    assert torch.equal(RepetitionPenalty(1.3)(tokens, logits.clone()), want)
+
+
+def _counting_model(vocab: int = 10):
+    """Logits that always prefer (last token + 1) mod vocab."""
+    def model(tokens, context=None, cache=None):
+        nxt = (tokens + 1) % vocab
+        return torch.nn.functional.one_hot(nxt, vocab).float() * 5
+
+    return model
+
+
+def test_stop_ends_rows_and_on_step_sees_every_step():
+    seen = []
+    out = generate(_counting_model(), torch.tensor([[0], [5]]), 8, use_cache=False,
+                   stop=lambda t: t[:, -1] == 3, on_step=lambda t: seen.append(t.shape[1]), pad_id=-1)
+    assert out.sequences[0].tolist() == [0, 1, 2, 3]  # stopped after emitting 3
+    assert out.sequences[1].tolist() == [5, 6, 7, 8, 9, 0, 1, 2, 3]
+    assert seen == list(range(2, 10))
+
+
+@pytest.mark.parametrize("kwargs, kind", [({}, Greedy), ({"temperature": 0.7}, Sampling),
+                                          ({"top_k": 5}, Sampling), ({"beam_size": 3}, BeamSearch)])
+def test_options_choose_the_strategy(kwargs, kind):
+    assert isinstance(GenerationOptions(**kwargs).strategy(), kind)
+
+
+def test_seeded_sampling_is_reproducible():
+    opts = GenerationOptions(temperature=1.0, seed=3)
+    model = lambda t, context=None, cache=None: torch.zeros(t.shape[0], t.shape[1], 20)  # noqa: E731
+    a = generate(model, torch.zeros(2, 1, dtype=torch.long), 10, opts.strategy(), use_cache=False).tokens
+    b = generate(model, torch.zeros(2, 1, dtype=torch.long), 10, opts.strategy(), use_cache=False).tokens
+    assert torch.equal(a, b) and len(set(a[0].tolist())) > 1
+
+
+@pytest.mark.parametrize("kwargs", [{"max_new_tokens": 0}, {"temperature": -1}, {"temperature": math.nan},
+                                    {"top_p": 1.5}, {"top_k": 0}, {"beam_size": 0},
+                                    {"beam_size": 2, "temperature": 0.5}, {"repetition_penalty": 0}])
+def test_options_refuse_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        GenerationOptions(**kwargs)
