@@ -7,27 +7,43 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
+from demos.display import for_display
+from mmkit.data.images import ImageLoadError, load_image
 from mmkit.tasks.classify import Classifier
 
 
-def build_app(classifier: Classifier, top_k: int = 5, title: str = "mmkit ViT classifier") -> gr.Blocks:
-    """A Blocks app with an image input, a label output and an attention overlay."""
+def classifier_tab(classifier: Classifier, top_k: int = 5) -> None:
+    """Render the classification tab into the enclosing `gr.Blocks`."""
 
-    def classify(image: Image.Image | None) -> tuple[dict[str, float], Image.Image | None]:
-        if image is None:
+    def classify(path: str | None) -> tuple[dict[str, float], Image.Image, Image.Image]:
+        if not path:
             raise gr.Error("Upload an image first.")
+        try:  # mmkit's decoder with its limits (decompression bombs refused from the header)
+            image = load_image(path)
+        except ImageLoadError as e:
+            raise gr.Error(f"Cannot read this image: {e.reason}") from None
         (labels, probs), = classifier.predict_images([image], top_k)
-        return dict(zip(labels, probs)), classifier.attention_overlay(image)
+        overlay = classifier.attention_overlay(image)
+        return dict(zip(labels, probs)), for_display(image.convert("RGB")), for_display(overlay)
 
-    with gr.Blocks(title=title) as app:
-        gr.Markdown(f"## {title}\n{len(classifier.class_names)} classes; "
-                    "the overlay shows attention rollout (red = attended).")
+    with gr.Tab("Classify", elem_id="classify-tab"):
+        gr.Markdown(f"{len(classifier.class_names)} classes; the overlay shows attention rollout "
+                    "(red = attended). Small images are shown enlarged.")
         with gr.Row():
-            # image_mode=None: the file's own mode reaches the Classifier, which converts it like
-            # `mmkit predict` does (Gradio's default "RGB" would drop alpha instead of using white).
-            image = gr.Image(type="pil", image_mode=None, label="Image", elem_id="input-image")
+            # type="filepath": Gradio hands over the uploaded file undecoded, so mmkit's own loader
+            # (bomb check, EXIF, alpha on white, like `mmkit predict`) is the only decoder.
+            image = gr.Image(type="filepath", image_mode=None, label="Image", elem_id="input-image")
             with gr.Column():
                 label = gr.Label(num_top_classes=top_k, label="Prediction", elem_id="prediction")
-                overlay = gr.Image(type="pil", label="Attention", elem_id="attention", interactive=False)
-        gr.Button("Classify", variant="primary", elem_id="classify").click(classify, image, [label, overlay])
+                with gr.Row():
+                    shown = gr.Image(type="pil", label="Input (enlarged)", elem_id="shown", interactive=False)
+                    overlay = gr.Image(type="pil", label="Attention", elem_id="attention", interactive=False)
+        gr.Button("Classify", variant="primary", elem_id="classify").click(classify, image, [label, shown, overlay])
+
+
+def build_app(classifier: Classifier, top_k: int = 5, title: str = "mmkit ViT classifier") -> gr.Blocks:
+    """A Blocks app with the classification tab."""
+    with gr.Blocks(title=title) as app:
+        gr.Markdown(f"## {title}")
+        classifier_tab(classifier, top_k)
     return app

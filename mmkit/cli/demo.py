@@ -1,56 +1,122 @@
-"""`mmkit demo NAME`: serve a Gradio demo from demos/ on 127.0.0.1 (bind elsewhere with --host)."""
+"""`mmkit demo`: ONE Gradio app with a tab per family whose checkpoint is given, on 127.0.0.1
+(bind elsewhere with --host). `mmkit demo vit` serves one family from its recipe's export;
+`mmkit demo --vit DIR --speech DIR` serves several tabs in one app.
+
+A family joins by adding a row to DEMOS: its tab renderer loads the checkpoint and returns a
+function that draws the tab (the tab modules live in demos/).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-# name -> (help, default checkpoint relative to the repository root, where the recipes export)
+
+@dataclass(frozen=True)
+class DemoFamily:
+    help: str
+    default: str  # the recipe's export, relative to the repository root
+    how: str  # how to make that checkpoint
+    tab: str  # "module:function": (checkpoint Path, top_k) -> function rendering the tab
+    files_ok: tuple[str, ...] = ()  # checkpoint file suffixes accepted besides directories with config.json
+
+
 DEMOS = {
-    "vit": ("image classification with an attention overlay", "runs/vit_digits/export", "make run"),
-    "clip": ("zero-shot image labels with CLIP", "runs/clip_shapes/export",
-             "mmkit fit --config configs/clip_shapes.yaml"),
-    "speech": ("speech to text with segment timestamps and an SRT download", "runs/whisper_espeak/export",
-               "mmkit fit --config configs/whisper_espeak.yaml"),
+    "vit": DemoFamily("image classification with an attention overlay", "runs/vit_digits/export", "make run",
+                      "mmkit.cli.demo:vit_tab"),
+    "clip": DemoFamily("zero-shot image labels with CLIP", "runs/clip_shapes/export",
+                       "mmkit fit --config configs/clip_shapes.yaml", "mmkit.cli.demo:clip_tab"),
+    "speech": DemoFamily("speech to text with segment timestamps and an SRT download", "runs/whisper_espeak/export",
+                         "mmkit fit --config configs/whisper_espeak.yaml", "mmkit.cli.demo:speech_tab",
+                         (".pt", ".pth")),
 }
 
 
-def _build(name: str, model: Path, top_k: int):
-    if name == "vit":
-        from demos.classifier import build_app
-        from mmkit.tasks.classify import Classifier
+def vit_tab(model: Path, top_k: int) -> Callable[[], None]:
+    from demos.classifier import classifier_tab
+    from mmkit.tasks.classify import Classifier
 
-        return build_app(Classifier.from_pretrained(model), top_k=top_k)
-    if name == "speech":
-        from demos.speech import build_app
-        from mmkit.tasks.speech_recognizer import load_transcriber
+    classifier = Classifier.from_pretrained(model)
+    return lambda: classifier_tab(classifier, top_k=top_k)
 
-        transcriber = load_transcriber(model)
-        return build_app(lambda path: next(transcriber.transcribe_files([path])))
-    from demos.zero_shot import build_app
+
+def clip_tab(model: Path, top_k: int) -> Callable[[], None]:
+    from demos.zero_shot import zero_shot_tab
     from mmkit.tasks.zero_shot import ZeroShotClassifier
 
-    return build_app(ZeroShotClassifier.from_pretrained(model))
+    classifier = ZeroShotClassifier.from_pretrained(model)
+    return lambda: zero_shot_tab(classifier)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mmkit demo", description="Serve a Gradio demo in the browser.")
-    parser.add_argument("name", choices=list(DEMOS), help="; ".join(f"{k}: {v[0]}" for k, v in DEMOS.items()))
-    parser.add_argument("--model", default=None,
-                        help="mmkit checkpoint directory (default: the recipe's export); speech also takes "
-                             "Hugging Face Whisper directories and openai-whisper .pt files")
+def speech_tab(model: Path, top_k: int) -> Callable[[], None]:
+    from demos.speech import speech_tab as render
+    from mmkit.tasks.speech_recognizer import load_transcriber
+
+    transcriber = load_transcriber(model)
+    return lambda: render(lambda path: next(transcriber.transcribe_files([path])))
+
+
+def _checkpoint_problem(name: str, model: Path) -> str | None:
+    family = DEMOS[name]
+    if model.is_file() and model.suffix in family.files_ok:
+        return None
+    if (model / "config.json").is_file():
+        return None
+    return f"no {name} checkpoint at {model}; train it first with `{family.how}` or pass --{name} DIR"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmkit demo", description="Serve the Gradio demo: one tab per family given.",
+        epilog="examples: mmkit demo vit | mmkit demo speech --model whisper-tiny/ | "
+               "mmkit demo --vit runs/vit_digits/export --clip runs/clip_shapes/export")
+    parser.add_argument("name", nargs="?", choices=list(DEMOS),
+                        help="one family, from --model or its recipe's export: "
+                             + "; ".join(f"{k}: {v.help}" for k, v in DEMOS.items()))
+    parser.add_argument("--model", default=None, help="checkpoint for NAME (default: the recipe's export)")
+    for name, family in DEMOS.items():
+        parser.add_argument(f"--{name}", metavar="DIR", default=None, help=f"add a {name} tab ({family.help})")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--top-k", type=int, default=5)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    _, default, how = DEMOS[args.name]
-    model = Path(args.model or default).expanduser()
-    openai_file = args.name == "speech" and model.suffix in (".pt", ".pth") and model.is_file()
-    if not openai_file and not (model / "config.json").is_file():
-        print(f"mmkit demo: no checkpoint at {model}; train it first with `{how}` or pass --model DIR",
-              file=sys.stderr)
-        return 2
+    chosen = {name: getattr(args, name) for name in DEMOS if getattr(args, name)}
+    if args.name:
+        chosen = {args.name: args.model or DEMOS[args.name].default, **chosen}
+    elif args.model:
+        parser.error("--model goes with a NAME (mmkit demo vit --model DIR); or use --vit DIR, --clip DIR, ...")
+    if not chosen:
+        parser.error("name a family (mmkit demo vit) or give checkpoints (--vit DIR --speech DIR ...)")
+    if args.top_k < 1:
+        parser.error("--top-k must be >= 1")
+    models = {name: Path(path).expanduser() for name, path in chosen.items()}
+    for name, model in models.items():
+        problem = _checkpoint_problem(name, model)
+        if problem:
+            print(f"mmkit demo: {problem}", file=sys.stderr)
+            return 2
+    tabs = {}
+    for name, model in models.items():
+        module, _, function = DEMOS[name].tab.partition(":")
+        try:
+            tabs[name] = getattr(importlib.import_module(module), function)(model, args.top_k)
+        except (ValueError, OSError) as e:  # WeightsError is a ValueError: a bad checkpoint is one line
+            print(f"mmkit demo: {name}: {e}", file=sys.stderr)
+            return 2
+    from demos.app import build_app
     from mmkit.demo_harness import serve
 
-    serve(_build(args.name, model, args.top_k), host=args.host, port=args.port)
+    try:
+        serve(build_app(tabs, title="mmkit demo"), host=args.host, port=args.port)
+    except OSError as e:  # port in use, interface not available
+        print(f"mmkit demo: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -71,4 +71,31 @@ def test_demo_shows_the_api_prediction_and_attention(page, serve_blocks, digits_
     assert float(meter.get_attribute("value")) == pytest.approx(expected.probs[0], abs=1e-4)
     overlay = page.locator("#attention img")
     expect(overlay).to_be_visible(timeout=TIMEOUT_MS)
-    assert overlay.evaluate("img => img.naturalWidth") == 16  # the overlay has the input's size
+    # a 16-px digit is shown enlarged 16x (nearest-neighbour), input and overlay alike
+    assert overlay.evaluate("img => img.naturalWidth") == 256
+    assert page.locator("#shown img").evaluate("img => img.naturalWidth") == 256
+
+
+def test_demo_refuses_a_decompression_bomb_without_decoding_it(page, serve_blocks, digits_export, tmp_path):
+    """A 13,000 x 13,000 PNG (a few hundred KB on disk) is refused from its header by mmkit's loader:
+    Gradio hands the file over undecoded, so the server never holds its 169 M pixels."""
+    from demos.classifier import build_app
+    from mmkit.tasks import Classifier
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (13_000, 13_000)).save(bomb)
+    open_app(page, serve_blocks(build_app(Classifier.from_pretrained(digits_export[0]))))
+    upload_image(page.locator("#input-image"), bomb)
+    page.locator("#classify").click()
+    expect(page.get_by_text("decompression bomb", exact=False).first).to_be_visible(timeout=TIMEOUT_MS)
+
+
+def test_small_images_are_enlarged_with_crisp_pixels():
+    from demos.display import for_display
+
+    small = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4))
+    big = for_display(small, min_side=30)
+    assert big.size == (40, 30)  # factor 10: the smallest integer bringing 3 px to >= 30
+    assert np.array_equal(np.asarray(big)[::10, ::10], np.asarray(small))  # nearest-neighbour blocks
+    large = Image.new("RGB", (300, 400))
+    assert for_display(large, min_side=256) is large
