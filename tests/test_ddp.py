@@ -41,5 +41,5 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
     doc = json.loads((out / "export" / "config.json").read_text())
     assert doc["config"]["num_classes"] == 10 and doc["metadata"]["class_names"] == [str(i) for i in range(10)]
     assert (out / "export" / "model.safetensors").is_file()
-    assert (out / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()  # the fixed folder, written by rank 0
     assert not (out / "lightning_logs" / "version_1").exists()  # one run, not one per rank

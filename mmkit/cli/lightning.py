@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from mmkit.tasks.classify import OUTPUT_SUFFIXES, Prediction, write_predictions
@@ -60,6 +60,32 @@ class MMKitCLI(LightningCLI):
                               compute_fn=lambda names: list(names) or None, apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.model.init_args.num_classes",
                               compute_fn=lambda n: n or None, apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        self._fixed_checkpoint_folder()
+
+    def before_validate(self) -> None:
+        self._fixed_checkpoint_folder()
+
+    def before_test(self) -> None:
+        self._fixed_checkpoint_folder()
+
+    def _fixed_checkpoint_folder(self) -> None:
+        """Checkpoints go to `<default_root_dir>/checkpoints` (unless a recipe names a folder), not
+        to a new `lightning_logs/version_N/` per run: `--ckpt_path last` after a crash then finds
+        the run's `last.ckpt`. Asking for "last" when there is none is an error, never a fresh start."""
+        root = Path(self.trainer.default_root_dir)
+        callbacks = [cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        for cb in callbacks:
+            if cb.dirpath is None:
+                cb.dirpath = str((root / "checkpoints").resolve())
+        if self.config_init[self.subcommand].get("ckpt_path") != "last":
+            return
+        found = [Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" for cb in callbacks]
+        if not any(p.is_file() for p in found):
+            where = ", ".join(str(p) for p in found) or "(no ModelCheckpoint callback with save_last)"
+            raise FileNotFoundError(f"--ckpt_path last: no checkpoint to resume from at {where}; "
+                                    "drop --ckpt_path to start a new run")
 
 
 def run(argv: list[str], from_console: bool) -> None:
