@@ -1,0 +1,60 @@
+"""`mmkit demo`: one app with a tab per family given; user mistakes are one line and exit 2."""
+from __future__ import annotations
+
+import socket
+
+import gradio as gr
+import pytest
+
+from mmkit.cli import main
+
+
+def test_one_app_renders_a_tab_per_family():
+    from demos.app import build_app
+
+    def tab(name):
+        def render():
+            with gr.Tab(name, elem_id=f"{name}-tab"):
+                gr.Markdown(name)
+        return render
+
+    app = build_app({"vit": tab("vit"), "speech": tab("speech")})
+    tabs = [b for b in app.blocks.values() if isinstance(b, gr.Tab)]
+    assert [t.label for t in tabs] == ["vit", "speech"]
+    with pytest.raises(ValueError):
+        build_app({})
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["demo", "--model", "x"], ["demo", "vit", "--top-k", "0"]])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "usage: mmkit demo" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["demo", "--vit", str(tmp_path / "nowhere"), "--clip", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmkit demo: no vit checkpoint at") and "make run" in err[0]
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{not json")
+    assert main(["demo", "vit", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmkit demo: vit:"), err
+
+
+def test_port_in_use_is_one_line(monkeypatch, capsys):
+    import mmkit.cli.demo as demo
+
+    monkeypatch.setattr(demo, "vit_tab", lambda model, top_k: lambda: gr.Markdown("x"))
+    monkeypatch.setitem(demo.DEMOS, "vit", demo.DemoFamily("h", ".", "how", "mmkit.cli.demo:vit_tab"))
+    monkeypatch.setattr(demo, "_checkpoint_problem", lambda name, model: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["demo", "vit", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"mmkit demo: cannot serve on 127.0.0.1:{port}"), err
