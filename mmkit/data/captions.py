@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmkit.data.image_folder import SkippedSample, drop_skipped, keep_readable
 from mmkit.data.images import ImageLoadError, load_image, scan_images
 from mmkit.data.text import CLIPTokenizer
+from mmkit.data.transforms import EvalTransform
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,7 @@ class _CaptionDataModule(pl.LightningDataModule):
         self.train_transform = create_transform(image_size, is_training=True, hflip=0.0, scale=scale,
                                                 ratio=(3 / 4, 4 / 3), interpolation=interpolation,
                                                 mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
-        self.eval_transform = create_transform(image_size, is_training=False, crop_pct=1.0,
-                                               interpolation=interpolation, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+        self.eval_transform = EvalTransform(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, interpolation)
         self.samples: dict[str, list[CaptionSample]] = {}
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of every file left out
 

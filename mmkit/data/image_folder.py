@@ -1,7 +1,7 @@
 """Image classification folders (``root/<class>/<images>``) as a LightningDataModule.
 
-The layout and class ordering follow torchvision's ``ImageFolder``; transforms come from
-``timm.data.create_transform``. Unreadable files are found by a header check in ``setup``
+The layout and class ordering follow torchvision's ``ImageFolder``; training transforms come from
+``timm.data.create_transform``, the eval one is ``mmkit.data.transforms.EvalTransform``. Unreadable files are found by a header check in ``setup``
 and kept out of the loaders; files that break later are dropped batch by batch.
 """
 
@@ -23,6 +23,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torch.utils.data import DataLoader, Dataset
 
 from mmkit.data.images import ImageLoadError, check_image, load_image, scan_images
+from mmkit.data.transforms import EvalTransform
 
 log = logging.getLogger(__name__)
 
@@ -212,19 +213,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.val_split, self.seed = val_split, seed
         first = next((d for d in self.dirs.values() if d is not None), None)
         self._class_names = list_classes(Path(first).expanduser()) if first else []
-        self.train_transform = create_transform(
-            image_size,
-            is_training=True,
-            hflip=hflip,
-            scale=scale,
-            auto_augment=auto_augment,
-            interpolation=interpolation,
-            mean=mean,
-            std=std,
-        )
-        self.eval_transform = create_transform(
-            image_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std
-        )
+        self.train_transform = create_transform(image_size, is_training=True, hflip=hflip, scale=scale,
+                                                auto_augment=auto_augment, interpolation=interpolation,
+                                                mean=mean, std=std)
+        self.eval_transform = EvalTransform(image_size, tuple(mean), tuple(std), interpolation, crop_pct=crop_pct)
         self.samples: dict[str, list[Sample]] = {}  # split -> header-checked samples
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of every file left out
         self.predict_files: list[str] = []

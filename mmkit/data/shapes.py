@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from PIL import Image, ImageDraw
-from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, create_transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mmkit.data.captions import CaptionCollate
 from mmkit.data.text import CLIPTokenizer
+from mmkit.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, EvalTransform
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 # RGB 0..255 before jitter. Seven hues, so that each shape is seen in training in at least five
@@ -209,8 +209,7 @@ class ShapesDataModule(pl.LightningDataModule):
         self.tokenizer = CLIPTokenizer(context_length=context_length)
         # Shapes are drawn at the network's size; the eval transform (also the demo's) only
         # resizes other inputs. No augmentation: jitter is in the rendering, flips would swap sides.
-        self.transform = create_transform(image_size, is_training=False, crop_pct=1.0, interpolation="bicubic",
-                                          mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+        self.transform = EvalTransform(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, "bicubic")
         held = set(self.held_out)
         self.datasets = {
             "train": ShapesDataset(combinations(exclude=held), train_samples, image_size, self.transform, "train",

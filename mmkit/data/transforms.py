@@ -1,0 +1,98 @@
+"""The eval image transform, one for every family: timm's `transforms_imagenet_eval` (torchvision
+Resize of the short side to image_size / crop_pct, CenterCrop; or open_clip's "squash" of both
+sides), pixel for pixel, split in two so DataLoader workers pass uint8 (a quarter of float32)
+and the model side normalises. ViT and CLIP differ only in the defaults their metadata fills in.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from mmkit.data.images import DEFAULT_MAX_PIXELS, load_image
+
+# Pixel statistics over 0..1 RGB (timm.data's constants, restated so data/ needs no timm import).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+            "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+# What a checkpoint's metadata may set; the rest come from the family's defaults.
+EVAL_KEYS = ("image_size", "crop_pct", "mean", "std", "interpolation", "resize_mode")
+# Per family: timm's ImageNet eval defaults for ViT, open_clip's for CLIP (no crop).
+VIT_DEFAULTS: dict[str, Any] = {"image_size": 224, "crop_pct": 0.875, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                                "interpolation": "bicubic", "resize_mode": "shortest"}
+CLIP_DEFAULTS: dict[str, Any] = {"image_size": 224, "crop_pct": 1.0, "mean": OPENAI_CLIP_MEAN,
+                                 "std": OPENAI_CLIP_STD, "interpolation": "bicubic", "resize_mode": "shortest"}
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """RGB PIL image -> (3, S, S) model input. `pixels` (and `load`, from a file) gives the uint8
+    crop, `normalize` a stacked batch of them; calling the transform does both for one image."""
+
+    image_size: int = 224
+    mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    std: tuple[float, ...] = OPENAI_CLIP_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # or "squash": both sides resized (open_clip's SigLIP preprocessing)
+    crop_pct: float = 1.0  # centre crop share of the resized short side (timm ViT: 0.875; CLIP: 1)
+    draft: bool = True  # JPEG DCT-domain downscaling in `load` (load_image's min_side); False = exact pixels
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in ("shortest", "squash") or self.interpolation not in RESAMPLE:
+            raise ValueError(f"unsupported preprocessing: resize_mode={self.resize_mode!r}, "
+                             f"interpolation={self.interpolation!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    @property
+    def resize_to(self) -> int:
+        """The short side (both sides when squashing) before the centre crop, as timm floors it."""
+        return math.floor(self.image_size / self.crop_pct)
+
+    def load(self, path: str | os.PathLike) -> Tensor:
+        """File -> (3, S, S) uint8; raises ImageLoadError."""
+        return self.pixels(load_image(path, self.max_pixels, self.resize_to if self.draft else None))
+
+    def pixels(self, image: Image.Image) -> Tensor:
+        """RGB PIL image -> (3, S, S) uint8, pixel for pixel torchvision's Resize + CenterCrop."""
+        s, n, (w, h) = self.image_size, self.resize_to, image.size
+        if self.resize_mode == "squash":
+            size = (n, n)
+        else:  # torchvision's Resize(int): short side -> n, long side -> int(n * long / short)
+            size = (n, int(n * h / w)) if w <= h else (int(n * w / h), n)
+        if size != (w, h):
+            image = image.resize(size, RESAMPLE[self.interpolation])
+        left, top = int(round((size[0] - s) / 2.0)), int(round((size[1] - s) / 2.0))
+        if size != (s, s):
+            image = image.crop((left, top, left + s, top + s))
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S)
+
+    def normalize(self, batch: Tensor) -> Tensor:
+        """(B, 3, S, S) uint8 -> float32 (x / 255 - mean) / std, torchvision's ToTensor + Normalize."""
+        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
+        return batch.float().div_(255).sub_(mean).div_(std)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        """RGB PIL image -> (3, S, S) float32, timm's eval transform."""
+        return self.normalize(self.pixels(image)[None])[0]
+
+
+def eval_transform(meta: dict[str, Any], defaults: dict[str, Any] = VIT_DEFAULTS, draft: bool = False) -> EvalTransform:
+    """The eval transform a checkpoint's (or DataModule's) metadata describes; keys it lacks come
+    from the family's `defaults` (VIT_DEFAULTS: timm's; CLIP_DEFAULTS: open_clip's)."""
+    fields = {k: meta.get(k, defaults[k]) for k in EVAL_KEYS}
+    fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()}
+    if isinstance(fields["image_size"], tuple):  # (H, W) from open_clip configs: square only
+        fields["image_size"] = fields["image_size"][0]
+    return EvalTransform(**fields, draft=draft)
