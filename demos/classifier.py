@@ -1,5 +1,5 @@
 """Image classification demo: upload an image, see the top-k labels and where the ViT looked
-(attention rollout overlay). Thin over `mmkit.tasks.Classifier`, the same path as
+(attention rollout overlay). Thin over `mmkit.inference.Classifier`, the same path as
 `mmkit predict` and the Python API.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from PIL import Image
 
 from demos.display import for_display
 from mmkit.data.images import ImageLoadError, load_image
-from mmkit.tasks.classify import Classifier
+from mmkit.inference.classifier import Classifier
 
 
 def classifier_tab(classifier: Classifier, top_k: int = 5) -> None:

@@ -1,5 +1,5 @@
 """CLIP zero-shot demo: upload several images, edit the candidate labels and prompt templates,
-and see every label ranked per image. Thin over `mmkit.tasks.zero_shot.ZeroShotClassifier`, the
+and see every label ranked per image. Thin over `mmkit.inference.zero_shot.ZeroShotClassifier`, the
 same path as `mmkit label` and the training-time zero-shot evaluation.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Sequence
 import gradio as gr
 
 from mmkit.data.images import ImageLoadError, load_image
-from mmkit.tasks.zero_shot import ZeroShotClassifier
+from mmkit.inference.zero_shot import ZeroShotClassifier
 
 HEADERS = ["image", "rank", "label", "score"]
 

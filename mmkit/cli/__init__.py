@@ -14,7 +14,7 @@ log = logging.getLogger("mmkit")
 TOOLS = {
     "bench": ("benchmarks against the reference implementation (mmkit bench vit --help)", "mmkit.cli.bench:main"),
     "demo": ("Gradio demos in the browser (mmkit demo vit --help)", "mmkit.cli.demo:main"),
-    "label": ("zero-shot label image folders with CLIP (mmkit label --help)", "mmkit.tasks.label:main"),
+    "label": ("zero-shot label image folders with CLIP (mmkit label --help)", "mmkit.cli.label:main"),
     "transcribe": ("speech to text with a Whisper checkpoint (mmkit transcribe --help)", "mmkit.tasks.transcribe:main"),
 }
 

@@ -37,7 +37,7 @@ DEMOS = {
 
 def vit_tab(model: Path, top_k: int) -> Callable[[], None]:
     from demos.classifier import classifier_tab
-    from mmkit.tasks.classify import Classifier
+    from mmkit.inference.classifier import Classifier
 
     classifier = Classifier.from_pretrained(model)
     return lambda: classifier_tab(classifier, top_k=top_k)
@@ -45,7 +45,7 @@ def vit_tab(model: Path, top_k: int) -> Callable[[], None]:
 
 def clip_tab(model: Path, top_k: int) -> Callable[[], None]:
     from demos.zero_shot import zero_shot_tab
-    from mmkit.tasks.zero_shot import ZeroShotClassifier
+    from mmkit.inference.zero_shot import ZeroShotClassifier
 
     classifier = ZeroShotClassifier.from_pretrained(model)
     return lambda: zero_shot_tab(classifier)

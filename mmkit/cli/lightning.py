@@ -12,7 +12,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from mmkit.tasks.classify import OUTPUT_SUFFIXES, Prediction, write_predictions
+from mmkit.inference.classifier import Prediction
+from mmkit.inference.writers import OUTPUT_SUFFIXES, write_predictions
 
 log = logging.getLogger("mmkit")
 

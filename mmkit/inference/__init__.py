@@ -9,5 +9,13 @@ from __future__ import annotations
 
 from mmkit._lazy import lazy_exports
 
-_EXPORTS: dict[str, list[str]] = {}
+_EXPORTS: dict[str, list[str]] = {
+    "mmkit.inference.classifier": ["Classifier", "Prediction"],
+    "mmkit.inference.writers": ["OutputConflict", "ResumableWriter", "write_predictions"],
+    "mmkit.inference.zero_shot": ["FileResult", "ZeroShotClassifier", "zero_shot_classifier", "zero_shot_logits",
+                                  "zero_shot_scores"],
+    "mmkit.inference.prompts": ["DEFAULT_TEMPLATES", "expand_prompts", "parse_labels", "read_labels_file"],
+    "mmkit.inference.clip_loader": ["clip_eval_transform", "load_clip"],
+    "mmkit.inference.precision": ["cpu_has_bf16", "resolve_precision"],
+}
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,17 +1,31 @@
-"""LightningModules ("systems") around plain models, and the inference APIs built on them.
+"""LightningModules ("systems") around plain models: losses, metrics, optimisers.
 
 Names resolve lazily (PEP 562): `mmkit transcribe` or `mmkit label` import only what they use.
 """
 from __future__ import annotations
 
+import importlib
+import warnings
+from typing import Any
+
 from mmkit._lazy import lazy_exports
 
 _EXPORTS = {
-    "mmkit.tasks.classify": ["Classifier", "Prediction", "write_predictions"],
     "mmkit.tasks.image_classifier": ["ImageClassifier"],
     "mmkit.tasks.clip_task": ["CLIPTask", "ZeroShotEvaluation"],
-    "mmkit.tasks.zero_shot": ["ZeroShotClassifier", "zero_shot_scores"],
     "mmkit.tasks.speech_recognizer": ["SpeechRecognizer", "load_speech_checkpoint", "load_transcriber",
                                       "save_speech_checkpoint", "transcriber_for"],
 }
-__all__, __getattr__ = lazy_exports(__name__, _EXPORTS, globals())
+# Moved to mmkit.inference (the inference layer: no Lightning); the old names work for one release.
+_MOVED = {"Classifier": "mmkit.inference.classifier", "Prediction": "mmkit.inference.classifier",
+          "write_predictions": "mmkit.inference.writers", "ZeroShotClassifier": "mmkit.inference.zero_shot",
+          "zero_shot_scores": "mmkit.inference.zero_shot"}
+__all__, _lazy_getattr = lazy_exports(__name__, _EXPORTS, globals())
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:  # not cached in globals(), so every use warns
+        warnings.warn(f"mmkit.tasks.{name} is deprecated: use mmkit.inference.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    return _lazy_getattr(name)

@@ -1,185 +1,21 @@
-"""Image classification inference: the one predict path behind `mmkit predict`, the Python
-API and the Gradio demo. Loads a native checkpoint directory (config.json + safetensors) whose
-metadata carries class names and the eval transform (size, crop, mean/std, interpolation).
+"""Deprecated (kept for one release): image classification inference moved to
+`mmkit.inference.classifier` (Classifier, Prediction, top_k), `mmkit.inference.writers`
+(write_predictions, OUTPUT_SUFFIXES) and `mmkit.data.transforms` (eval_transform).
 """
 from __future__ import annotations
 
-import csv
-import json
-import logging
-import os
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+import importlib
+import warnings
+from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-from torch import Tensor
-
-from mmkit.core import attention_maps
-from mmkit.data.images import ImageLoadError, load_image, scan_images, to_rgb
-from mmkit.models.vit import ViT
-
-log = logging.getLogger(__name__)
+_MOVED = {"Classifier": "mmkit.inference.classifier", "Prediction": "mmkit.inference.classifier",
+          "top_k": "mmkit.inference.classifier", "write_predictions": "mmkit.inference.writers",
+          "OUTPUT_SUFFIXES": "mmkit.inference.writers", "eval_transform": "mmkit.data.transforms"}
 
 
-@dataclass
-class Prediction:
-    """Top-k result for one image; `error` is set (and labels empty) when it could not be read."""
-
-    path: str
-    labels: list[str] = field(default_factory=list)
-    probs: list[float] = field(default_factory=list)
-    error: str | None = None
-
-
-def top_k(logits: Tensor, class_names: Sequence[str], k: int) -> list[tuple[list[str], list[float]]]:
-    """(B, C) logits -> per row the k most probable (labels, probabilities)."""
-    probs = logits.float().softmax(dim=-1)
-    values, idx = probs.topk(min(k, probs.shape[-1]), dim=-1)
-    return [([class_names[i] for i in row_i], [round(float(p), 6) for p in row_p])
-            for row_i, row_p in zip(idx.tolist(), values.tolist())]
-
-
-def eval_transform(meta: dict[str, Any]):
-    """timm's eval transform (resize, centre crop, normalise) from checkpoint metadata; with
-    `resize_mode: "squash"` (open_clip's SigLIP preprocessing) both sides are resized, no crop."""
-    import timm.data
-
-    return timm.data.create_transform(
-        meta.get("image_size", 224), is_training=False, crop_pct=meta.get("crop_pct", 0.875),
-        crop_mode="squash" if meta.get("resize_mode") == "squash" else "center",
-        interpolation=meta.get("interpolation", "bicubic"),
-        mean=tuple(meta.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
-        std=tuple(meta.get("std", timm.data.IMAGENET_DEFAULT_STD)),
-    )
-
-
-class Classifier:
-    """Classify image files, folders or PIL images with a trained ViT.
-
-    Example:
-        >>> clf = Classifier.from_pretrained("runs/vit_digits/export")
-        >>> for p in clf.predict_paths(["photos/"], top_k=3): print(p.path, p.labels, p.probs)
-    """
-
-    def __init__(self, model: ViT, class_names: Sequence[str], meta: dict[str, Any], device: str = "cpu") -> None:
-        if len(class_names) != model.num_classes:
-            raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} outputs")
-        self.model = model.eval().to(device)
-        self.class_names = list(class_names)
-        self.meta = meta
-        self.device = torch.device(device)
-        self.transform = eval_transform(meta)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu") -> "Classifier":
-        meta = ViT.read_config(directory).get("metadata", {})
-        model = ViT.from_pretrained(directory)
-        names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-        return cls(model, names, meta, device)
-
-    @torch.inference_mode()
-    def predict_images(self, images: Sequence[Image.Image], top_k_: int = 5) -> list[tuple[list[str], list[float]]]:
-        """PIL images (any mode) -> top-k (labels, probabilities) per image."""
-        batch = torch.stack([self.transform(to_rgb(im)) for im in images]).to(self.device)
-        return top_k(self.model(batch), self.class_names, top_k_)
-
-    def predict_paths(self, paths: Iterable[str | os.PathLike], top_k: int = 5,
-                      batch_size: int = 32) -> Iterator[Prediction]:
-        """Files and/or folders (scanned recursively) -> one Prediction per image file, streamed
-        in batches; unreadable files yield a Prediction with `error` set instead of raising."""
-        batch: list[tuple[str, Image.Image]] = []
-        for path in _expand(paths):
-            try:
-                batch.append((str(path), load_image(path)))
-            except ImageLoadError as e:
-                yield Prediction(str(path), error=e.reason)
-                continue
-            if len(batch) == batch_size:
-                yield from self._flush(batch, top_k)
-                batch = []
-        if batch:
-            yield from self._flush(batch, top_k)
-
-    def _flush(self, batch: list[tuple[str, Image.Image]], k: int) -> Iterator[Prediction]:
-        for (path, _), (labels, probs) in zip(batch, self.predict_images([im for _, im in batch], k)):
-            yield Prediction(path, labels, probs)
-
-    @torch.inference_mode()
-    def attention_overlay(self, image: Image.Image, alpha: float = 0.5) -> Image.Image:
-        """The image with the model's attention rollout (Abnar & Zuidema, 2020) as a heat map."""
-        image = to_rgb(image)
-        x = self.transform(image)[None].to(self.device)
-        _, maps = attention_maps(self.model, lambda: self.model(x))
-        heat = _rollout(maps, self.model.num_prefix_tokens, self.model.patch_embed.grid(x.shape[-2], x.shape[-1]))
-        return _blend(image, heat, alpha)
-
-
-def _expand(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    for p in paths:
-        p = Path(p).expanduser()
-        if p.is_dir():
-            yield from scan_images(p)
-        else:
-            yield p  # a missing or non-image file is reported by load_image, not dropped
-
-
-def _rollout(maps: list[Tensor], num_prefix: int, grid: tuple[int, int]) -> np.ndarray:
-    # Average heads, add the residual identity, renormalise, and multiply through the layers.
-    tokens = maps[0].shape[-1]
-    joint = torch.eye(tokens)
-    for m in maps:
-        a = m[0].mean(0).float().cpu()
-        a = (a + torch.eye(tokens)) / 2
-        joint = (a / a.sum(-1, keepdim=True)) @ joint
-    # Relevance of each patch: from the class token if there is one, else averaged over patches.
-    rel = joint[0, num_prefix:] if num_prefix else joint[:, :].mean(0)
-    rel = rel.reshape(grid).numpy()
-    return (rel - rel.min()) / (rel.max() - rel.min() + 1e-8)
-
-
-def _blend(image: Image.Image, heat: np.ndarray, alpha: float) -> Image.Image:
-    h = Image.fromarray((heat * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
-    h = np.asarray(h, dtype=np.float32) / 255.0
-    colour = np.stack([h, np.zeros_like(h), 1.0 - h], axis=-1) * 255.0  # red = attended, blue = ignored
-    out = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * colour
-    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
-
-
-OUTPUT_SUFFIXES = (".csv", ".json", ".jsonl")
-
-
-def write_predictions(predictions: Iterable[Prediction], out: str | os.PathLike) -> dict[str, int]:
-    """Stream predictions to CSV (path,label,prob,top_k_labels,top_k_probs,error) or JSON/JSONL
-    by extension, atomically (temp file + rename). Returns counts of ok/failed rows."""
-    out = Path(out).expanduser()
-    if out.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"unsupported output {out}: use .csv, .json or .jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"ok": 0, "failed": 0}
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f) if out.suffix == ".csv" else None
-            if writer:
-                writer.writerow(["path", "label", "prob", "top_k_labels", "top_k_probs", "error"])
-            elif out.suffix == ".json":
-                f.write("[")
-            for n, p in enumerate(predictions):
-                counts["failed" if p.error else "ok"] += 1
-                if writer:
-                    writer.writerow([p.path, p.labels[0] if p.labels else "", p.probs[0] if p.probs else "",
-                                     "|".join(p.labels), "|".join(f"{x:.6f}" for x in p.probs), p.error or ""])
-                else:
-                    sep = ("," if n else "") + "\n" if out.suffix == ".json" else ""
-                    f.write(sep + json.dumps(p.__dict__) + ("\n" if out.suffix == ".jsonl" else ""))
-            if out.suffix == ".json":
-                f.write("\n]\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return counts
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"mmkit.tasks.classify is deprecated: import {name} from {_MOVED[name]}", DeprecationWarning,
+                  stacklevel=2)
+    return getattr(importlib.import_module(_MOVED[name]), name)

@@ -2,7 +2,7 @@
 InfoNCE with a learned temperature clamped at 100, features gathered across ranks with gradients
 (`mmkit.tasks.contrastive`), AdamW with warmup then cosine decay. Optional locked towers for
 fine-tuning (LiT, Zhai et al., 2022: locked image tower), a zero-shot evaluation callback, and a
-native checkpoint exported at the end of fit for `ZeroShotClassifier` and the demo.
+native checkpoint exported at the end of fit for `mmkit.inference.ZeroShotClassifier` and the demo.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 from mmkit.models.clip import CLIP
 from mmkit.tasks.contrastive import batch_sizes_across_ranks, clip_loss
 from mmkit.tasks.optim import adamw_warmup_cosine
-from mmkit.tasks.zero_shot import DEFAULT_TEMPLATES, default_image_metadata, zero_shot_classifier, zero_shot_logits
+from mmkit.inference.prompts import DEFAULT_TEMPLATES
+from mmkit.inference.zero_shot import default_image_metadata, zero_shot_classifier, zero_shot_logits
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class ZeroShotEvaluation(pl.Callback):
     Args:
         labels: class names written into the prompts; None = the DataModule's `zeroshot_labels`.
         templates: prompt templates with "{}"; None = the DataModule's `zeroshot_templates`,
-            else "a photo of a {}.".
+            else `mmkit.inference.prompts.DEFAULT_TEMPLATES` (as `mmkit label` and the demo).
         image_dir: a labelled class folder to evaluate instead of the evaluation batches.
         batch_size: images per forward pass for `image_dir`.
     """
@@ -174,7 +175,7 @@ class ZeroShotEvaluation(pl.Callback):
 
     def _folder(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from mmkit.data.image_folder import ImageFileDataset, collate_skipping, find_samples, list_classes
-        from mmkit.tasks.classify import eval_transform
+        from mmkit.data.transforms import CLIP_DEFAULTS, eval_transform
 
         root = Path(self.image_dir).expanduser()
         classes = list_classes(root)
@@ -182,7 +183,7 @@ class ZeroShotEvaluation(pl.Callback):
         samples = samples[trainer.global_rank::trainer.world_size]  # each rank scores its share
         dm = trainer.datamodule
         meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else default_image_metadata(pl_module.model)
-        loader = DataLoader(ImageFileDataset(samples, eval_transform(meta)), batch_size=self.batch_size,
+        loader = DataLoader(ImageFileDataset(samples, eval_transform(meta, CLIP_DEFAULTS)), batch_size=self.batch_size,
                             collate_fn=collate_skipping)
         for batch in loader:
             if batch is not None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from mmkit.tasks.classify import top_k
+from mmkit.inference.classifier import top_k
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class ImageClassifier(pl.LightningModule):
             log.info("exported model to %s", path)
 
 
-# The eval transform's settings, in the names `mmkit.tasks.classify.eval_transform` reads.
+# The eval transform's settings, in the names `mmkit.data.transforms.eval_transform` reads.
 _EVAL_KEYS = ("image_size", "crop_pct", "mean", "std", "interpolation")
 
 

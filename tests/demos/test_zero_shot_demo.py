@@ -44,7 +44,7 @@ def _cell(page, row: int, col: int):
 def test_demo_ranks_every_uploaded_image_like_the_api(page, serve_blocks, clip_export):
     from demos.zero_shot import build_app
     from mmkit.data import load_image
-    from mmkit.tasks import ZeroShotClassifier
+    from mmkit.inference import ZeroShotClassifier
 
     export, files = clip_export
     zs = ZeroShotClassifier.from_pretrained(export)
@@ -78,7 +78,7 @@ def test_demo_ranks_every_uploaded_image_like_the_api(page, serve_blocks, clip_e
 def test_demo_skips_an_unreadable_upload_and_says_so(page, serve_blocks, clip_export, tmp_path):
     from demos.zero_shot import build_app
     from mmkit.data import load_image
-    from mmkit.tasks import ZeroShotClassifier
+    from mmkit.inference import ZeroShotClassifier
 
     export, files = clip_export
     zs = ZeroShotClassifier.from_pretrained(export)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mmkit.data import load_image
-from mmkit.tasks import Classifier, Prediction, write_predictions
+from mmkit.inference import Classifier, Prediction, write_predictions
 from mmkit.weights.native import WeightsError
 
 DIGITS = [str(i) for i in range(10)]

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from mmkit.data import ShapesDataModule
 from mmkit.data.shapes import Shape, render
 from mmkit.models import CLIP
-from mmkit.tasks import CLIPTask, ZeroShotClassifier, ZeroShotEvaluation, zero_shot_scores
+from mmkit.inference import ZeroShotClassifier, zero_shot_scores
+from mmkit.tasks import CLIPTask, ZeroShotEvaluation
 from mmkit.tasks.contrastive import clip_loss
-from mmkit.tasks.zero_shot import zero_shot_classifier
+from mmkit.inference.zero_shot import zero_shot_classifier
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # no Trainer attached
 

@@ -25,8 +25,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmkit.models.clip import CLIP
-from mmkit.tasks import label as L
+from mmkit.cli.label import main as label_main
+from mmkit.data.transforms import EvalTransform
+from mmkit.inference import label_outputs, precision, prompts
+from mmkit.inference.clip_loader import clip_eval_transform, load_clip
+from mmkit.inference.image_batches import image_batches
+from mmkit.inference.zero_shot import ZeroShotClassifier
+from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD
 from mmkit.weights import WeightsError
 
 TINY = dict(  # CLIP's real BPE (49408 ids, 77 positions) so the real tokenizer applies
@@ -48,9 +53,18 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def labeler(ckpt) -> L.ZeroShotLabeler:
-    model, tokenizer = L.load_model(str(ckpt))
-    return L.ZeroShotLabeler(model, tokenizer, L.model_preprocess(str(ckpt)))
+def labeler(ckpt) -> ZeroShotClassifier:
+    model, tokenizer = load_clip(str(ckpt))
+    return ZeroShotClassifier(model, tokenizer, clip_eval_transform(str(ckpt)), precision="fp32")
+
+
+@pytest.fixture(params=[False, True], ids=["cpu", "bf16-cpu"])
+def bf16_cpu(request, monkeypatch) -> bool:
+    """Run an fp32-exactness test as on this CPU and as on one with native bf16, where
+    `--precision auto` picks bf16: the test's pinned fp32 must hold on both."""
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: request.param)
+    assert precision.resolve_precision("auto", "cpu") == ("bf16" if request.param else "fp32")
+    return request.param
 
 
 def _image(seed: int, size=(48, 40)) -> Image.Image:
@@ -112,22 +126,24 @@ def test_labels_file_synonyms_literal_prompts_and_templates(tmp_path):
     spec = tmp_path / "labels.txt"
     spec.write_text("# pets\ncat: kitten | tabby cat\n\ndog\n"
                     'car: "a photo of my car {}" | automobile\ncat: kitten | feline\n')
-    labels = L.read_labels_file(spec)
+    labels = prompts.read_labels_file(spec)
     assert labels == {"cat": ["kitten", "tabby cat", "feline"], "dog": ["dog"],
                       "car": ['"a photo of my car {}"', "automobile"]}
-    templates = L.check_templates(["a photo of a {}.", "art of the {}."])
-    assert L.expand_prompts(labels["car"], templates) == [
+    templates = prompts.check_templates(["a photo of a {}.", "art of the {}."])
+    assert prompts.expand_prompts(labels["car"], templates) == [
         "a photo of my car {}", "a photo of a automobile.", "art of the automobile."]
-    assert L.expand_prompts(["c{}t"], templates)[0] == "a photo of a c{}t."  # braces in a label are text
-    assert L.parse_labels("cat, dog ,,".split(",")) == {"cat": ["cat"], "dog": ["dog"]}
+    assert prompts.expand_prompts(["c{}t"], templates)[0] == "a photo of a c{}t."  # braces in a label are text
+    assert prompts.parse_labels("cat, dog ,,".split(",")) == {"cat": ["cat"], "dog": ["dog"]}
     for bad in ("a|b", ": x", "cat:"):
         with pytest.raises(ValueError):
-            L.parse_label_entry(bad)
+            prompts.parse_label_entry(bad)
     with pytest.raises(ValueError, match="exactly one"):
-        L.check_templates(["no slot here"])
+        prompts.check_templates(["no slot here"])
 
 
-def test_prompt_ensemble_is_renormalised_mean_and_context_trim_is_exact(labeler):
+def test_prompt_ensemble_is_renormalised_mean_and_context_trim_is_exact(labeler, bf16_cpu):
+    labeler = ZeroShotClassifier(labeler.model, labeler.tokenizer, labeler.transform, precision="fp32")
+    assert labeler.precision == "fp32"
     prompts = {"cat": ["a photo of a cat.", "a sketch of a kitten, drawn with a pencil."], "dog": ["a dog."]}
     labeler.set_labels(prompts)
     ids = torch.stack([labeler.tokenizer([p])[0] for p in prompts["cat"] + prompts["dog"]])  # (3, 77): untrimmed
@@ -139,14 +155,14 @@ def test_prompt_ensemble_is_renormalised_mean_and_context_trim_is_exact(labeler)
 
 
 def test_decision_threshold_other_bucket_top_k_and_all_scores():
-    d = L.Decision(("cat", "dog", "car"), top_k=4, threshold=0.5, all_scores=True, other="unsure")
+    d = label_outputs.Decision(("cat", "dog", "car"), top_k=4, threshold=0.5, all_scores=True, other="unsure")
     assert d.fields() == ["path", "label", "score", "label_1", "score_1", "label_2", "score_2", "label_3", "score_3",
                           "label_4", "score_4", "score:cat", "score:dog", "score:car"]
     sure, unsure = d.row("a.png", [0.1, 0.7, 0.2]), d.row("b.png", [0.4, 0.35, 0.25])
     assert (sure["label"], sure["score"], sure["label_2"], sure["score:car"]) == ("dog", 0.7, "car", 0.2)
     assert (unsure["label"], unsure["label_1"], unsure["score"]) == ("unsure", "cat", 0.4)  # top-k still real
     assert sure["label_4"] == sure["score_4"] == ""  # fewer labels than k
-    multi = L.Decision(("cat", "dog", "car"), multi_label=True)
+    multi = label_outputs.Decision(("cat", "dog", "car"), multi_label=True)
     assert multi.row("c.png", [0.9, 0.2, 0.6])["label"] == "cat|car"  # by score, default cut-off 0.5
     assert multi.row("d.png", [0.1, 0.2, 0.3])["label"] == "other"
     assert multi.labels_of({"label": "cat|car"}) == ["cat", "car"]
@@ -174,7 +190,7 @@ def test_few_shot_prototypes_alone_and_combined_with_text(tmp_path, labeler):
     protos = labeler.prototypes(examples)
     assert sorted(protos) == ["blue", "red"]
     labeler.set_labels({}, protos)  # examples only
-    test_red = L.Preprocess(image_size=32).__call__(Image.new("RGB", (50, 40), (230, 30, 35)))[None]
+    test_red = EvalTransform(image_size=32).pixels(Image.new("RGB", (50, 40), (230, 30, 35)))[None]
     probs = labeler.scores(labeler.encode_images(test_red))
     assert labeler.names[int(probs.argmax())] == "red"
     labeler.set_labels({"red": ["red"]}, protos, examples_weight=0.25)  # red: text + image, blue: image only
@@ -193,7 +209,7 @@ def test_exif_rotated_image_gives_the_upright_pixels(tmp_path, labeler):
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     stored.save(tmp_path / "rotated.png", exif=exif)
     stored.save(tmp_path / "no_exif.png")
-    pre = L.Preprocess(image_size=32)
+    pre = EvalTransform(image_size=32)
     a, b, c = (pre.load(tmp_path / n) for n in ("upright.png", "rotated.png", "no_exif.png"))
     assert torch.equal(a, b) and not torch.equal(a, c)
     torch.testing.assert_close(labeler.encode_images(a[None]), labeler.encode_images(b[None]))
@@ -204,9 +220,9 @@ def test_draft_decoding_stays_close_to_exact_and_preprocess_matches_torchvision(
 
     photo = _image(2, (1200, 800))
     photo.save(tmp_path / "big.jpg", quality=95)
-    fast, exact = L.Preprocess(image_size=224), L.Preprocess(image_size=224, draft=False)
+    fast, exact = EvalTransform(image_size=224), EvalTransform(image_size=224, draft=False)
     reference = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
-                           T.ToTensor(), T.Normalize(L.CLIP_MEAN, L.CLIP_STD)])
+                           T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
     with Image.open(tmp_path / "big.jpg") as im:
         expected = reference(im.convert("RGB"))
     torch.testing.assert_close(exact.normalize(exact.load(tmp_path / "big.jpg")[None])[0], expected)
@@ -216,7 +232,7 @@ def test_draft_decoding_stays_close_to_exact_and_preprocess_matches_torchvision(
                            T.PILToTensor()])
     with Image.open(tmp_path / "big.jpg") as im:  # crop_pct (from checkpoint metadata) as timm's eval transform
         expected_u8 = timm_like(im.convert("RGB"))
-    assert torch.equal(L.Preprocess(crop_pct=0.875, draft=False).load(tmp_path / "big.jpg"), expected_u8)
+    assert torch.equal(EvalTransform(crop_pct=0.875, draft=False).load(tmp_path / "big.jpg"), expected_u8)
 
 
 def test_folder_with_unreadable_files_in_two_workers_csv_relative_paths(tmp_path, ckpt):
@@ -227,7 +243,7 @@ def test_folder_with_unreadable_files_in_two_workers_csv_relative_paths(tmp_path
     bad = _write_bad(photos / "bad")
     out = tmp_path / "out" / "labels.csv"
     with _deadline(120):
-        code = L.main([str(photos), "--labels", "cat,dog", "--model", str(ckpt), "--out", str(out),
+        code = label_main([str(photos), "--labels", "cat,dog", "--model", str(ckpt), "--out", str(out),
                        "--num-workers", "2", "--batch-size", "2", "--top-k", "2", "--all-scores", "--quiet"])
     assert code == 0
     rows = _rows(out)
@@ -247,10 +263,10 @@ def test_predict_is_a_streaming_generator(tmp_path, labeler, monkeypatch):
         _image(i).save(tmp_path / f"{i}.png")
     paths = [f"{i}.png" for i in range(8)]
     loaded = []
-    real_load = L.Preprocess.load
-    monkeypatch.setattr(L.Preprocess, "load", lambda self, p: loaded.append(p) or real_load(self, p))
+    real_load = EvalTransform.load
+    monkeypatch.setattr(EvalTransform, "load", lambda self, p: loaded.append(p) or real_load(self, p))
     labeler.set_labels({"a": ["a"], "b": ["b"]})
-    stream = labeler.predict(L.image_batches(tmp_path, paths, labeler.preprocess, batch_size=2, num_workers=0), paths)
+    stream = labeler.predict(image_batches(tmp_path, paths, labeler.transform, batch_size=2, num_workers=0), paths)
     assert inspect.isgenerator(stream)
     first = next(stream)
     assert [r.path for r in first] == ["0.png", "1.png"] and len(loaded) == 2  # nothing read ahead, nothing kept
@@ -270,16 +286,16 @@ def test_jsonl_resume_drops_cut_off_line_and_refuses_mismatches(tmp_path, ckpt, 
     for i in range(7):
         _image(i).save(photos / f"{i}.png")
     out = tmp_path / "labels.jsonl"
-    assert L.main(_label_args(photos, ckpt, out)) == 0
+    assert label_main(_label_args(photos, ckpt, out)) == 0
     complete = out.read_text().splitlines(keepends=True)
     assert len(complete) == 7 and json.loads(complete[0])["path"] == "0.png"
     # A killed run: OUT missing, the partial file holds 4 rows, a repeat and a cut-off line.
     partial = out.with_name("labels.jsonl.partial")
     partial.write_text("".join(complete[:4]) + complete[1] + complete[4][:25])
     out.unlink()
-    assert L.main(_label_args(photos, ckpt, out)) == 1  # neither --resume nor --overwrite
+    assert label_main(_label_args(photos, ckpt, out)) == 1  # neither --resume nor --overwrite
     assert "--resume" in capsys.readouterr().err
-    assert L.main(_label_args(photos, ckpt, out, "--resume")) == 0
+    assert label_main(_label_args(photos, ckpt, out, "--resume")) == 0
     rows = _rows(out)
     assert sorted(r["path"] for r in rows) == [f"{i}.png" for i in range(7)]
     assert rows[:4] == [json.loads(line) for line in complete[:4]]  # carried over, not recomputed
@@ -288,16 +304,16 @@ def test_jsonl_resume_drops_cut_off_line_and_refuses_mismatches(tmp_path, ckpt, 
     before = out.read_bytes()
     other_labels = _label_args(photos, ckpt, out, "--resume")
     other_labels[2] = "cat,dog,car"
-    assert L.main(other_labels) == 1
+    assert label_main(other_labels) == 1
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
     # New files after a finished run: --resume labels just those; --retry-errors tries a fixed file again.
     _image(7).save(photos / "7.png")
     (photos / "8.png").write_bytes(b"broken")
-    assert L.main(_label_args(photos, ckpt, out, "--resume")) == 0
+    assert label_main(_label_args(photos, ckpt, out, "--resume")) == 0
     assert [r["path"] for r in _rows(out)] == [f"{i}.png" for i in range(8)]
     assert [r["path"] for r in _rows(tmp_path / "labels.errors.jsonl")] == ["8.png"]
     _image(8).save(photos / "8.png")
-    assert L.main(_label_args(photos, ckpt, out, "--resume", "--retry-errors")) == 0
+    assert label_main(_label_args(photos, ckpt, out, "--resume", "--retry-errors")) == 0
     assert [r["path"] for r in _rows(out)] == [f"{i}.png" for i in range(9)]
     assert not _rows(tmp_path / "labels.errors.jsonl")
 
@@ -309,21 +325,21 @@ def test_copy_to_sanitises_label_names_and_link_to(tmp_path, ckpt):
         _image(i).save(photos / "a" / f"{i}.png")
     target = tmp_path / "sorted"
     labels = "../../etc,..,a/b: bee"
-    assert L.main([str(photos), "--labels", labels, "--model", str(ckpt), "--out", str(tmp_path / "l.csv"),
+    assert label_main([str(photos), "--labels", labels, "--model", str(ckpt), "--out", str(tmp_path / "l.csv"),
                    "--num-workers", "0", "--quiet", "--copy-to", str(target)]) == 0
     placed = sorted(p for p in target.rglob("*") if p.is_file())
     assert len(placed) == 4 and all(p.resolve().is_relative_to(target.resolve()) for p in placed)
     folders = {p.relative_to(target).parts[0] for p in placed}
     assert folders <= {"_.._etc", "_", "a_b"} and not (tmp_path / "etc").exists()
     rows = {r["path"]: r["label"] for r in _rows(tmp_path / "l.csv")}
-    names = L.folder_names(["../../etc", "..", "a/b"])
+    names = label_outputs.folder_names(["../../etc", "..", "a/b"])
     for p in placed:
         rel = Path(*p.relative_to(target).parts[1:]).as_posix()
         assert names[rows[rel]] == p.relative_to(target).parts[0]  # the row's label decides the folder
-    assert L.safe_folder_name("..") == "_" and L.safe_folder_name("CON") == "_CON"
-    assert L.folder_names(["a/b", "a_b", "A_B"]) == {"a/b": "a_b", "a_b": "a_b~2", "A_B": "A_B~3"}
+    assert label_outputs.safe_folder_name("..") == "_" and label_outputs.safe_folder_name("CON") == "_CON"
+    assert label_outputs.folder_names(["a/b", "a_b", "A_B"]) == {"a/b": "a_b", "a_b": "a_b~2", "A_B": "A_B~3"}
     linked = tmp_path / "linked"
-    assert L.main([str(photos), "--labels", "x", "--model", str(ckpt), "--out", str(tmp_path / "m.csv"),
+    assert label_main([str(photos), "--labels", "x", "--model", str(ckpt), "--out", str(tmp_path / "m.csv"),
                    "--num-workers", "0", "--quiet", "--link-to", str(linked)]) == 0
     assert (linked / "x" / "a" / "0.png").stat().st_ino == (photos / "a" / "0.png").stat().st_ino  # hard link
 
@@ -335,13 +351,13 @@ def test_threshold_multi_label_and_bf16_end_to_end(tmp_path, ckpt):
         _image(i).save(photos / f"{i}.png")
     args = lambda out, *extra: [str(photos), "--labels", "cat,dog", "--model", str(ckpt), "--out",  # noqa: E731
                                 str(tmp_path / out), "--num-workers", "0", "--quiet", *extra]
-    assert L.main(args("t.csv", "--threshold", "1.0", "--other-label", "unsure")) == 0
-    assert L.main(args("c.csv", "--threshold", "0.2", "--other-label", "dog")) == 1  # bucket = a label: refused
+    assert label_main(args("t.csv", "--threshold", "1.0", "--other-label", "unsure")) == 0
+    assert label_main(args("c.csv", "--threshold", "0.2", "--other-label", "dog")) == 1  # bucket = a label: refused
     assert {r["label"] for r in _rows(tmp_path / "t.csv")} == {"unsure"}
-    assert L.main(args("m.csv", "--multi-label", "--threshold", "0", "--all-scores")) == 0
+    assert label_main(args("m.csv", "--multi-label", "--threshold", "0", "--all-scores")) == 0
     assert {r["label"] for r in _rows(tmp_path / "m.csv")} <= {"cat|dog", "dog|cat"}
-    assert L.main(args("f.csv", "--all-scores", "--precision", "fp32")) == 0
-    assert L.main(args("b.csv", "--all-scores", "--precision", "bf16")) == 0
+    assert label_main(args("f.csv", "--all-scores", "--precision", "fp32")) == 0
+    assert label_main(args("b.csv", "--all-scores", "--precision", "bf16")) == 0
     fp32, bf16 = _rows(tmp_path / "f.csv"), _rows(tmp_path / "b.csv")
     assert all(abs(float(a["score:cat"]) - float(b["score:cat"])) < 0.05 for a, b in zip(fp32, bf16))
 
@@ -363,7 +379,7 @@ def oc_file(tmp_path_factory) -> Path:
     return folder / "tiny.safetensors"
 
 
-def test_arch_and_pretrained_file_match_open_clip(tmp_path, oc_file, monkeypatch):
+def test_arch_and_pretrained_file_match_open_clip(tmp_path, oc_file, monkeypatch, bf16_cpu):
     import open_clip
 
     photos = tmp_path / "photos"
@@ -371,9 +387,9 @@ def test_arch_and_pretrained_file_match_open_clip(tmp_path, oc_file, monkeypatch
     for i in range(3):
         _image(i, (60, 45)).save(photos / f"{i}.png")
     out = tmp_path / "labels.csv"
-    assert L.main([str(photos), "--labels", "cat,dog,bird", "--template", "a photo of a {}.", "--model", OC_TINY,
+    assert label_main([str(photos), "--labels", "cat,dog,bird", "--template", "a photo of a {}.", "--model", OC_TINY,
                    "--pretrained", str(oc_file), "--out", str(out), "--all-scores", "--num-workers", "0",
-                   "--exact-decode", "--quiet"]) == 0
+                   "--exact-decode", "--precision", "fp32", "--quiet"]) == 0
     model, _, preprocess = open_clip.create_model_and_transforms(OC_TINY, pretrained=str(oc_file))
     tokenizer = open_clip.get_tokenizer(OC_TINY)
     with torch.no_grad():
@@ -389,7 +405,7 @@ def test_arch_and_pretrained_file_match_open_clip(tmp_path, oc_file, monkeypatch
             "text": dict(embed_dim=32, vocab_size=49408, max_len=77, dim=128, depth=2, num_heads=2)}
     monkeypatch.setitem(sizes.CLIP_CONFIGS, OC_TINY, ours)
     init = torch.nn.init.normal_
-    fast, _ = L.load_model(OC_TINY, str(oc_file))
+    fast, _ = load_clip(OC_TINY, str(oc_file))
     assert torch.nn.init.normal_ is init  # the no-init build restores torch.nn.init
     reference = CLIP.from_open_clip(OC_TINY, str(oc_file))
     assert fast.state_dict().keys() == reference.state_dict().keys()
@@ -481,11 +497,11 @@ def _stand_in_tokenizer(texts) -> torch.Tensor:
     return ids
 
 
-def test_siglip_prompts_are_encoded_at_full_length_and_scored_with_the_bias():
+def test_siglip_prompts_are_encoded_at_full_length_and_scored_with_the_bias(bf16_cpu):
     torch.manual_seed(0)
     model = CLIP.from_config(SIGLIP_TINY).eval()
     assert not model.text.padding_is_inert
-    labeler = L.ZeroShotLabeler(model, _stand_in_tokenizer, L.Preprocess(image_size=32))
+    labeler = ZeroShotClassifier(model, _stand_in_tokenizer, EvalTransform(image_size=32), precision="fp32")
     prompts = {"cat": ["a photo of a cat.", "a sketch of a kitten, drawn with a pencil."], "dog": ["a dog."]}
     labeler.set_labels(prompts, multi_label=True)
     ids = _stand_in_tokenizer(prompts["cat"] + prompts["dog"])  # (3, 16): full rows
@@ -517,13 +533,13 @@ def test_siglip_architecture_tokenizer_online_and_offline(monkeypatch, tmp_path,
 
     monkeypatch.setattr(open_clip, "get_tokenizer", offline)
     with pytest.raises(OSError, match=r"^ViT-B-16-SigLIP needs its tokenizer timm/ViT-B-16-SigLIP from the Hugging"):
-        L.load_model("ViT-B-16-SigLIP", str(tmp_path / "w.pt"))
+        load_clip("ViT-B-16-SigLIP", str(tmp_path / "w.pt"))
     photos = tmp_path / "photos"
     photos.mkdir()
     _image(0).save(photos / "a.png")
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"")
-    code = L.main([str(photos), "--model", "ViT-B-16-SigLIP", "--pretrained", str(weights), "--labels", "cat,dog",
+    code = label_main([str(photos), "--model", "ViT-B-16-SigLIP", "--pretrained", str(weights), "--labels", "cat,dog",
                    "--out", str(tmp_path / "out.csv")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1  # one message
@@ -535,7 +551,7 @@ def test_siglip_architecture_tokenizer_online_and_offline(monkeypatch, tmp_path,
         return lambda texts: _stand_in_tokenizer(texts).int()
 
     monkeypatch.setattr(open_clip, "get_tokenizer", online)
-    model, tokenizer = L.load_model("ViT-B-16-SigLIP", str(tmp_path / "w.pt"))
+    model, tokenizer = load_clip("ViT-B-16-SigLIP", str(tmp_path / "w.pt"))
     assert model is tiny and seen["args"] == ("ViT-B-16-SigLIP", 16)
     assert tokenizer(["a cat"]).dtype == torch.long
 
@@ -547,10 +563,10 @@ def test_siglip_checkpoint_directory_names_its_tokenizer(monkeypatch, tmp_path):
     tiny = CLIP.from_config(SIGLIP_TINY).eval()
     tiny.save_pretrained(tmp_path / "plain")
     with pytest.raises(WeightsError, match="open_clip_tokenizer"):  # CLIP's BPE cannot serve 100 ids
-        L.load_model(str(tmp_path / "plain"))
+        load_clip(str(tmp_path / "plain"))
     tiny.save_pretrained(tmp_path / "named", metadata={"open_clip_tokenizer": "ViT-B-16-SigLIP"})
     monkeypatch.setattr(open_clip, "get_tokenizer", lambda arch, context_length=None: _stand_in_tokenizer)
-    model, tokenizer = L.load_model(str(tmp_path / "named"))
+    model, tokenizer = load_clip(str(tmp_path / "named"))
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(tokenizer(["a cat"])),
                                    tiny.encode_text(_stand_in_tokenizer(["a cat"])))
@@ -559,7 +575,6 @@ def test_siglip_checkpoint_directory_names_its_tokenizer(monkeypatch, tmp_path):
 def test_zero_shot_classifier_reads_a_siglip_export(monkeypatch, tmp_path):
     import open_clip
 
-    from mmkit.tasks.zero_shot import ZeroShotClassifier
 
     torch.manual_seed(0)
     tiny = CLIP.from_config(SIGLIP_TINY).eval()

@@ -207,7 +207,7 @@ def _in_process_seconds(side: str, stderr: str) -> float:
 
 def _report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], load: list[float],
             agreement: dict[str, Any]) -> dict[str, Any]:
-    from mmkit.tasks.label import cpu_has_bf16
+    from mmkit.inference.precision import cpu_has_bf16
 
     med = {side: {k: statistics.median(v) for k, v in t.items()} for side, t in times.items()}
     ratio = {k: round(med["open_clip"][k] / med["mmkit"][k], 2) for k in ("wall", "cpu", "inner")}

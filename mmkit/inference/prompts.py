@@ -1,11 +1,14 @@
-"""Prompt ensembles for CLIP text towers (Radford et al., 2021, section 3.1.4): labels written into
-templates, and the prompts encoded to unit embeddings. One implementation behind `mmkit label`,
-the zero-shot demo and the training callback (`mmkit.tasks.zero_shot`).
+"""Prompt ensembles for CLIP text towers (Radford et al., 2021, section 3.1.4): label entries
+(synonyms, literal prompts) written into templates, and the prompts encoded to unit embeddings.
+One implementation behind `mmkit label`, the zero-shot demo and the training callback
+(`mmkit.inference.zero_shot`).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,61 @@ from mmkit.models.clip import CLIP
 
 Tokenizer = Callable[[Sequence[str]], Tensor]  # texts -> (B, T) int64 ids
 TEXT_CHUNK = 64  # prompts per text-tower pass, grouped by length
+
+# The default prompt set everywhere (mmkit label, the Python API, the demo, the training callback):
+# general-purpose templates from CLIP's 80 ImageNet prompts (the dataset-specific ones such as
+# "a {} in a video game" left out); "itap" = "I took a picture".
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.", "a bad photo of a {}.", "a good photo of a {}.", "a close-up photo of a {}.",
+    "a cropped photo of a {}.", "a bright photo of a {}.", "a dark photo of a {}.", "a blurry photo of a {}.",
+    "a photo of the large {}.", "a photo of the small {}.", "itap of a {}.", "art of the {}.",
+)
+# Multi-label scoring of softmax-trained CLIP: a label is "present" when it beats this neutral
+# prompt set, sigmoid(scale * (cos(label) - cos(background))) (see ZeroShotClassifier.scores).
+BACKGROUND_WORDS = ("object", "thing", "scene")
+
+
+def parse_label_entry(entry: str) -> tuple[str, list[str]]:
+    """`label` or `label: alt1 | alt2 | "a literal prompt"` -> (label, alternatives).
+
+    Alternatives are synonyms written into every template; one in double quotes is a complete
+    prompt used as it is. Without alternatives the label itself is the synonym.
+    """
+    name, colon, rest = entry.partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"empty label name in {entry!r}")
+    if "|" in name:
+        raise ValueError(f"label name {name!r} may not contain '|' (it joins labels in multi-label output)")
+    alternatives = [a.strip() for a in rest.split("|") if a.strip()] if colon else [name]
+    if not alternatives:
+        raise ValueError(f"label {name!r} has a ':' but no prompts after it")
+    return name, alternatives
+
+
+def parse_labels(entries: Iterable[str]) -> dict[str, list[str]]:
+    """Label entries (see `parse_label_entry`) -> {label: alternatives}, in order; a label given
+    twice gathers the alternatives of both."""
+    labels: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry.strip():
+            name, alternatives = parse_label_entry(entry)
+            labels.setdefault(name, []).extend(a for a in alternatives if a not in labels.get(name, []))
+    return labels
+
+
+def read_labels_file(path: str | os.PathLike) -> dict[str, list[str]]:
+    """One label entry per line (`cat: kitten | tabby cat`); blank lines and `#` comments skipped."""
+    lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    return parse_labels(line for line in lines if not line.lstrip().startswith("#"))
+
+
+def clean_labels(labels: Sequence[str]) -> list[str]:
+    """Stripped, non-empty, first occurrence of each; raises ValueError when none is left."""
+    out = list(dict.fromkeys(s.strip() for s in labels if s and s.strip()))
+    if not out:
+        raise ValueError("give at least one non-empty label")
+    return out
 
 
 def check_templates(templates: Sequence[str]) -> list[str]:

@@ -1,0 +1,287 @@
+"""`mmkit label`: zero-shot (and few-shot) labelling of image folders with CLIP, the command line
+over `mmkit.inference` (the zero-shot scorer, the CLIP loader, the crash-safe writer whose output
+guarantees `mmkit.inference.writers` states, and the folder placement).
+
+Zero-shot classification as in Radford et al. (2021), section 3.1.4; see `mmkit.inference.zero_shot`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mmkit.cli.progress import progress
+from mmkit.data.images import scan_images
+from mmkit.inference.clip_loader import clip_eval_transform, load_clip
+from mmkit.inference.image_batches import image_batches
+from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
+from mmkit.inference.precision import PRECISIONS
+from mmkit.inference.prompts import DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file
+from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
+from mmkit.inference.zero_shot import ZeroShotClassifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    labeled: int = 0  # rows written by this run
+    failed: int = 0  # unreadable files found by this run
+    resumed: int = 0  # images done by earlier runs (rows and errors)
+    counts: Counter | None = None  # label -> images, over the whole output
+
+    def lines(self, out: Path, errors: Path) -> list[str]:
+        counts = self.counts or Counter()
+        per_label = ", ".join(f"{k} {v}" for k, v in counts.most_common())
+        return [f"labeled {self.labeled} images, {self.failed} unreadable (listed in {errors}), "
+                f"{self.resumed} done by an earlier run; wrote {out}",
+                f"per label: {per_label or 'none'}"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmkit label", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Zero-shot (and few-shot) label every image under DIR with CLIP.",
+        epilog="examples:\n"
+               "  mmkit label photos/ --labels 'cat,dog' --model ViT-B-32 --pretrained vit_b32.safetensors "
+               "--out labels.csv\n"
+               "  mmkit label photos/ --labels-file labels.txt --model runs/clip/export --out labels.jsonl "
+               "--top-k 3 --threshold 0.5 --resume --copy-to sorted/\n\n"
+               "labels file: one 'label' or 'label: synonym | synonym | \"a literal prompt\"' per line.\n"
+               "Rows are fsynced per batch to OUT.partial and renamed to OUT at the end; --resume after a\n"
+               "crash or kill continues where it stopped, leaving exactly one row per image.")
+    p.add_argument("dir", help="folder of images (scanned recursively)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--labels", help="comma-separated labels, each 'label' or 'label: synonym | synonym'")
+    src.add_argument("--labels-file", help="one label entry per line (# comments)")
+    p.add_argument("--examples", help="few-shot folder with one subfolder of example images per label")
+    p.add_argument("--examples-weight", type=float, default=0.5,
+                   help="weight w of the image prototype: normalise((1-w) text + w image) (default 0.5)")
+    p.add_argument("--model", required=True, help="mmkit CLIP checkpoint directory, or an open_clip architecture")
+    p.add_argument("--pretrained", help="with an architecture: checkpoint file or open_clip pretrained tag")
+    p.add_argument("--out", default="labels.csv", help="labels.csv or labels.jsonl (default labels.csv)")
+    p.add_argument("--errors", help="unreadable files (path, reason); default OUT's name + .errors")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeat; replaces the default set)")
+    p.add_argument("--templates-file", help="one prompt template per line")
+    p.add_argument("--top-k", type=int, default=1, help="also write the k best labels and scores (k > 1)")
+    p.add_argument("--all-scores", action="store_true", help="one score:<label> column per label")
+    p.add_argument("--threshold", type=float,
+                   help="single-label: top score below it -> the --other label; multi-label: cut-off (default 0.5)")
+    p.add_argument("--other-label", default=OTHER, help=f"label of unsure images (default {OTHER!r})")
+    p.add_argument("--multi-label", action="store_true", help="score labels independently (sigmoid); label = a|b")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="skip images already in OUT / the errors file")
+    mode.add_argument("--overwrite", action="store_true", help="start over, replacing OUT at the end")
+    p.add_argument("--retry-errors", action="store_true", help="with --resume: try the listed unreadable files again")
+    place = p.add_mutually_exclusive_group()
+    place.add_argument("--copy-to", help="copy images into DIR_OUT/<label>/ (sanitised names)")
+    place.add_argument("--link-to", help="hard-link (else symlink) images into DIR_OUT/<label>/")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=None, help="decoding processes (default: cores - 1, 1..8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="autocast precision; auto = bf16 where the hardware has it, else fp32")
+    p.add_argument("--multi-gpu", action="store_true", help="split batches over all visible GPUs")
+    p.add_argument("--exact-decode", action="store_true",
+                   help="full-size JPEG decoding (open_clip's exact pixels) instead of DCT-domain downscaling")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+@dataclass
+class _Outputs:
+    rows: ResumableWriter
+    errors: ResumableWriter
+    decision: Decision
+
+
+def _label_prompts(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]]:
+    templates = list(args.template or [])
+    if args.templates_file:
+        templates += Path(args.templates_file).expanduser().read_text(encoding="utf-8").splitlines()
+    templates = check_templates(templates) if templates else list(DEFAULT_TEMPLATES)
+    if args.labels_file:
+        labels = read_labels_file(args.labels_file)
+    else:
+        labels = parse_labels((args.labels or "").split(","))
+    if not labels and not args.examples:
+        raise ValueError("give --labels, --labels-file or --examples")
+    return {name: expand_prompts(alts, templates) for name, alts in labels.items()}, templates
+
+
+def _example_names(folder: str | None) -> list[str]:
+    if not folder:
+        return []
+    return sorted(e.name for e in os.scandir(Path(folder).expanduser()) if e.is_dir() and not e.name.startswith("."))
+
+
+def _settings(args: argparse.Namespace, prompts: dict[str, list[str]]) -> dict[str, Any]:
+    """What the rows depend on; a resumed run must match it (batch size, workers, device don't)."""
+    def where(value: str | None) -> str | None:
+        return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
+
+    return {"model": where(args.model), "pretrained": where(args.pretrained), "prompts": prompts,
+            "examples": where(args.examples), "examples_weight": args.examples_weight if args.examples else None,
+            "multi_label": args.multi_label, "threshold": args.threshold, "other_label": args.other_label,
+            "top_k": args.top_k, "all_scores": args.all_scores, "exact_decode": args.exact_decode}
+
+
+def _check_settings(path: Path, settings: dict[str, Any], resume: bool) -> None:
+    """Refuse to resume rows computed with other settings; record this run's (atomically)."""
+    if resume and path.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            before = None
+        if isinstance(before, dict) and before != settings:
+            changed = sorted(k for k in {*before, *settings} if before.get(k) != settings.get(k))
+            raise OutputConflict(f"{path}: the rows so far were computed with other {', '.join(changed)}; "
+                                 "use the same options, or --overwrite")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _open_outputs(args: argparse.Namespace, names: list[str],
+                  prompts: dict[str, list[str]]) -> tuple[_Outputs, set[str], Counter]:
+    """The writers, opened (resumed or fresh), with the paths already done and their label counts."""
+    decision = Decision(tuple(names), args.top_k, args.threshold, args.multi_label, args.all_scores, args.other_label)
+    out = Path(args.out).expanduser()
+    errors = Path(args.errors).expanduser() if args.errors else out.with_name(f"{out.stem}.errors{out.suffix}")
+    outputs = _Outputs(ResumableWriter(out, decision.fields()), ResumableWriter(errors, ["path", "reason"]), decision)
+    if not args.resume and not args.overwrite and (outputs.rows.exists() or outputs.errors.exists()):
+        raise OutputConflict(f"{out} (or its .partial / errors file) exists: pass --resume to skip the images "
+                             "already done, or --overwrite to start over")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_settings(out.with_name(out.name + ".run.json"), _settings(args, prompts), args.resume)
+    done: set[str] = set()
+    counts: Counter = Counter()
+
+    def keep_row(row: dict[str, Any]) -> bool:
+        done.add(row["path"])
+        counts.update(decision.labels_of(row))
+        return True
+
+    def keep_error(row: dict[str, Any]) -> bool:
+        if args.retry_errors:
+            return False
+        done.add(row["path"])
+        return True
+
+    outputs.rows.start(args.resume, keep_row)
+    outputs.errors.start(args.resume, keep_error)
+    return outputs, done, counts
+
+
+def _todo(root: Path, done: set[str], exclude: Path | None) -> list[str]:
+    excluded = exclude.resolve() if exclude else None
+    todo = []
+    for p in scan_images(root):
+        if excluded is not None and p.resolve().is_relative_to(excluded):
+            continue  # our own --copy-to/--link-to output inside DIR
+        rel = p.relative_to(root).as_posix()
+        if rel not in done:
+            todo.append(rel)
+    return todo
+
+
+def _default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def run(args: argparse.Namespace) -> Summary:
+    """The command behind `main`, on parsed arguments."""
+    root = Path(args.dir).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    prompts, templates = _label_prompts(args)
+    names = list(prompts) + [n for n in _example_names(args.examples) if n not in prompts]
+    if any("|" in n for n in names):
+        raise ValueError(f"label names may not contain '|' (it joins multi-label output): {names}")
+    if args.other_label in names and (args.threshold is not None or args.multi_label):
+        raise ValueError(f"{args.other_label!r} is a label and the unsure bucket: rename one (--other-label)")
+    target = Path(args.copy_to or args.link_to).expanduser() if (args.copy_to or args.link_to) else None
+    out = Path(args.out).expanduser()
+    with exclusive(out.with_name(f".{out.name}.lock")):
+        outputs, done, counts = _open_outputs(args, names, prompts)
+        summary = Summary(resumed=len(done), counts=counts)
+        todo = _todo(root, done, target)
+        if todo:
+            _label(args, root, todo, prompts, templates, outputs, summary, target)
+        outputs.errors.finish()
+        outputs.rows.finish()
+    return summary
+
+
+def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[str, list[str]],
+           templates: list[str], outputs: _Outputs, summary: Summary, target: Path | None) -> None:
+    workers = _default_workers() if args.num_workers is None else args.num_workers
+    cuda = torch.device(args.device).type == "cuda"
+    transform = clip_eval_transform(args.model, args.pretrained, args.exact_decode)
+    # Decoding starts now, in the workers, while the weights load and the prompts are encoded.
+    batches = image_batches(root, todo, transform, args.batch_size, workers, pin_memory=cuda)
+    model, tokenizer = load_clip(args.model, args.pretrained)
+    labeler = ZeroShotClassifier(model, tokenizer, transform, args.device, args.precision, args.multi_gpu)
+    examples = labeler.prototypes(args.examples, args.batch_size, 0) if args.examples else None
+    labeler.set_labels(prompts, examples, args.examples_weight, args.multi_label, templates)
+    log.info("labelling %d images with %d labels (%s, %s, %d decoding workers)", len(todo), len(labeler.names),
+             args.device, labeler.precision, workers)
+    folders = folder_names([*labeler.names, args.other_label]) if target else {}
+    decision = outputs.decision
+    with progress("labelling", len(todo) + summary.resumed, "img", summary.resumed, not args.quiet) as advance:
+        for results in labeler.predict(batches, todo, args.multi_label):
+            rows = [decision.row(r.path, r.scores) for r in results if r.scores is not None]
+            errors = [{"path": r.path, "reason": r.error} for r in results if r.error is not None]
+            for row in rows:
+                labels = decision.labels_of(row)
+                summary.counts.update(labels)  # type: ignore[union-attr]
+                for label in labels if target else ():
+                    place_file(root / row["path"], target, folders[label], row["path"],  # type: ignore[arg-type]
+                               "copy" if args.copy_to else "link")
+            outputs.errors.append(errors)
+            outputs.rows.append(rows)
+            summary.labeled += len(rows)
+            summary.failed += len(errors)
+            advance(len(results))
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`mmkit label DIR ...`; returns the exit code (0 done, 1 failed, 2 usage, 130 interrupted)."""
+    args = _parser().parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        print("mmkit label: --top-k and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    if args.retry_errors and not args.resume:
+        print("mmkit label: --retry-errors goes with --resume", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        summary = run(args)
+    except KeyboardInterrupt:
+        print(f"interrupted; rows so far are in {args.out}.partial: rerun with --resume", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # bad arguments, files, checkpoints (WeightsError is a ValueError)
+        print(f"mmkit label: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out).expanduser()
+    errors = Path(args.errors).expanduser() if args.errors else out.with_name(f"{out.stem}.errors{out.suffix}")
+    for line in summary.lines(out, errors):
+        print(line, file=sys.stderr)
+    log.info("mmkit label finished in %.1f s", time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())

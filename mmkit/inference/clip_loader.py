@@ -1,0 +1,174 @@
+"""The CLIP "--model NAME" resolver: a native checkpoint directory, or an open_clip architecture
+with `--pretrained FILE_OR_TAG` -> (CLIP in eval mode, its tokenizer, its eval transform), as open_clip's
+`create_model_and_transforms` + `get_tokenizer` would give, without building an open_clip model for
+architectures mmkit knows by name. The preprocessing is read from configuration alone, so image
+decoding can start before the weights load.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from torch import Tensor, nn
+
+from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform, eval_transform
+from mmkit.inference.prompts import Tokenizer
+from mmkit.models.clip import CLIP, CLIP_VOCAB_SIZE
+
+log = logging.getLogger(__name__)
+
+
+class _StandaloneBPE:
+    """open_clip's SimpleTokenizer as a Tokenizer (int64 ids) that knows its context length."""
+
+    def __init__(self, bpe: Any, context_length: int) -> None:
+        self.bpe, self.context_length = bpe, context_length
+
+    def __call__(self, texts: Sequence[str]) -> Tensor:
+        return self.bpe(list(texts)).long()
+
+
+def _clip_bpe(context_length: int) -> Tokenizer:
+    """CLIP's BPE tokenizer. Loaded from open_clip's `tokenizer.py` alone when open_clip is not
+    imported yet: the package import pulls in transformers, torchvision and torch._dynamo (~5 s of
+    CPU), for a module that needs only ftfy and regex. Falls back to `CLIPTokenizer`."""
+    if "open_clip" not in sys.modules:
+        try:
+            spec = importlib.util.find_spec("open_clip")
+            source = Path(spec.origin).with_name("tokenizer.py")  # type: ignore[union-attr, arg-type]
+            module_spec = importlib.util.spec_from_file_location("mmkit._open_clip_tokenizer", source)
+            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+            return _StandaloneBPE(module.SimpleTokenizer(context_length=context_length), context_length)
+        except Exception as e:  # noqa: BLE001 - any surprise: take the regular route
+            log.debug("standalone open_clip tokenizer unavailable (%s); importing open_clip", e)
+    from mmkit.data.text import CLIPTokenizer
+
+    return CLIPTokenizer(context_length=context_length)
+
+
+_INIT_FILLS = ("normal_", "trunc_normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+               "xavier_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """torch.nn.init's fills as no-ops while building a model that a strict load then overwrites
+    entirely (transformers' `no_init_weights`): random init of ViT-B costs seconds, and the meta
+    device, the other way round it, imports torch._dynamo for its decompositions (~2 s)."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FILLS}
+    try:
+        for name in _INIT_FILLS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fill in saved.items():
+            setattr(nn.init, name, fill)
+
+
+def _build_and_load(config: dict[str, Any], state: dict[str, Tensor], source: str) -> CLIP:
+    """`CLIP.from_config(config)` with `state` loaded strictly, without a random init first: every
+    tensor is overwritten by the load (CLIP has no non-persistent buffers)."""
+    from mmkit.weights.native import load_state_dict_strict
+
+    with _skip_init():
+        model = CLIP.from_config(config)
+    load_state_dict_strict(model, state, source)
+    return model.eval()
+
+
+def clip_eval_transform(model: str, pretrained: str | None = None, exact_decode: bool = False) -> EvalTransform:
+    """The preprocessing of `model` (a checkpoint directory or an open_clip architecture), read
+    from configuration only, so image decoding can start before the weights are loaded."""
+    fields: dict[str, Any] = {}
+    if Path(model).expanduser().is_dir():
+        doc = CLIP.read_config(model)
+        fields["image_size"] = doc["config"]["visual"]["image_size"]
+        meta = doc.get("metadata", {})
+        fields.update({k: meta[k] for k in ("mean", "std", "interpolation", "resize_mode", "crop_pct") if k in meta})
+    else:
+        from mmkit.models.sizes import CLIP_CONFIGS
+
+        if model in CLIP_CONFIGS and pretrained and Path(pretrained).expanduser().is_file():
+            # open_clip's defaults for these architectures: OpenAI mean/std, bicubic, short side.
+            fields["image_size"] = CLIP_CONFIGS[model]["visual"]["image_size"]
+        else:
+            fields.update(_open_clip_preprocess(model, pretrained))
+    return eval_transform(fields, CLIP_DEFAULTS, draft=not exact_decode)
+
+
+def _open_clip_preprocess(arch: str, pretrained: str | None) -> dict[str, Any]:
+    import open_clip
+
+    config = open_clip.get_model_config(arch)
+    if config is None:
+        raise ValueError(f"{arch!r} is neither a checkpoint directory nor an open_clip architecture")
+    cfg = {"image_size": config["vision_cfg"].get("image_size", 224), **config.get("preprocess_cfg", {})}
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        cfg.update(open_clip.get_pretrained_cfg(arch, pretrained) or {})
+    elif pretrained:  # a local file: what all the architecture's tags agree on (SigLIP: mean/std 0.5, squash)
+        tags = [open_clip.get_pretrained_cfg(arch, t) for t in open_clip.list_pretrained_tags_by_model(arch)]
+        cfg.update({k: tags[0][k] for k in ("mean", "std", "interpolation", "resize_mode")
+                    if tags and all(k in t and t[k] == tags[0][k] for t in tags)})
+    keys = {"image_size": "image_size", "size": "image_size", "mean": "mean", "std": "std",
+            "interpolation": "interpolation", "resize_mode": "resize_mode"}
+    return {keys[k]: v for k, v in cfg.items() if k in keys}
+
+
+def load_clip(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokenizer]:
+    """A CLIP in eval mode and its tokenizer from a native checkpoint directory, or from an
+    open_clip architecture with `pretrained` (a local file or a pretrained tag). A directory's
+    tokenizer is CLIP's BPE unless its metadata names an open_clip architecture whose tokenizer it
+    uses (`"open_clip_tokenizer": "ViT-B-16-SigLIP"`).
+
+    Architectures in `mmkit.models.sizes.CLIP_CONFIGS` with a local file are read without
+    building an open_clip model (same key map and strict load as `CLIP.from_open_clip`).
+    """
+    from mmkit.weights.native import WEIGHTS_NAME, WeightsError, read_state_dict
+
+    path = Path(model).expanduser()
+    bpe = True  # CLIP's BPE tokenizer (vs. an architecture's own, e.g. SigLIP's)
+    if path.is_dir():
+        doc = CLIP.read_config(path)
+        meta = doc.get("metadata", {})
+        clip = _build_and_load(doc["config"], read_state_dict(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
+        context = meta.get("context_length") or clip.context_length
+        if meta.get("open_clip_tokenizer"):  # another architecture's tokenizer, e.g. "ViT-B-16-SigLIP"
+            from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer
+
+            tokenizer = open_clip_tokenizer(meta["open_clip_tokenizer"], context_length=context)
+            bpe = isinstance(tokenizer, CLIPTokenizer)
+        else:
+            tokenizer = _clip_bpe(context)
+    else:
+        if not pretrained:
+            raise WeightsError(f"--model {model} is an architecture: name its weights with --pretrained FILE_OR_TAG")
+        from mmkit.models.sizes import CLIP_CONFIGS
+
+        if model in CLIP_CONFIGS and Path(pretrained).expanduser().is_file():
+            from mmkit.models.sizes import clip_config
+            from mmkit.weights.from_open_clip import CLIP_KEYS, TRANSFORMS, read_open_clip_checkpoint
+            from mmkit.weights.keymap import remap
+
+            state = remap(read_open_clip_checkpoint(pretrained), CLIP_KEYS, str(pretrained), TRANSFORMS)
+            clip = _build_and_load(clip_config(model), state, str(pretrained))
+            tokenizer = _clip_bpe(clip.context_length)
+        else:
+            from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer
+
+            clip = CLIP.from_open_clip(model, pretrained).eval()
+            tokenizer = open_clip_tokenizer(model, context_length=clip.context_length)
+            bpe = isinstance(tokenizer, CLIPTokenizer)
+    if bpe and clip.text.vocab_size != CLIP_VOCAB_SIZE:
+        raise WeightsError(f"{model}: text tower has {clip.text.vocab_size} token ids; CLIP's BPE needs "
+                           f"{CLIP_VOCAB_SIZE} (a checkpoint directory of another tokenizer names its open_clip "
+                           "architecture in its metadata: save_pretrained(dir, metadata={'open_clip_tokenizer': "
+                           "'ViT-B-16-SigLIP', 'mean': ..., 'std': ..., 'resize_mode': ...}))")
+    if not bpe and clip.text.pool == "argmax":
+        raise WeightsError(f"{model}: text tower pools at the largest token id, which is <end_of_text> in CLIP's "
+                           "BPE only, not in this architecture's tokenizer")
+    return clip, tokenizer
