@@ -16,15 +16,17 @@ from mmkit.core.heads import tied_logits
 from mmkit.core.mlp import Mlp, QuickGELU, SwiGLU
 from mmkit.core.norms import LayerNorm, RMSNorm
 from mmkit.core.positions import (
-    LearnedPositions, RotaryEmbedding, resample_positions, sinusoidal_positions, sinusoidal_positions_concat,
+    LearnedPositions, RelativePositionBias, RotaryEmbedding, resample_positions, sinusoidal_positions,
+    sinusoidal_positions_concat, sinusoidal_positions_halves,
 )
 from mmkit.core.stack import Decoder, Encoder, TransformerStack
 
 __all__ = [
     "Attention", "AttentionCache", "BeamSearch", "BlockCache", "Decoder", "DropPath", "Encoder", "Generation",
     "GenerationOptions", "Greedy", "KVCache", "LayerNorm", "LayerScale", "LearnedPositions", "LogitFilter", "Mlp", "PostNormBlock", "PreNormBlock",
-    "QuickGELU", "RMSNorm", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "Sampling", "SuppressAtBegin", "SuppressTokens", "SwiGLU",
+    "QuickGELU", "RMSNorm", "RelativePositionBias", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "Sampling", "SuppressAtBegin", "SuppressTokens", "SwiGLU",
     "Temperature", "TopK", "TopP", "TransformerStack", "attention_maps", "causal_mask", "generate",
     "key_padding_mask", "layer_norm", "resample_positions", "sinusoidal_positions", "sinusoidal_positions_concat",
+    "sinusoidal_positions_halves",
     "tied_logits",
 ]

@@ -2,7 +2,8 @@
 
 One module serves self-attention (fused `qkv` projection, timm's naming) and cross-attention
 (`q` from the sequence, fused `kv` from the context). Masks are boolean with True = attend,
-broadcastable to (B, num_heads, T_query, T_key), the SDPA convention. Attention maps for
+broadcastable to (B, num_heads, T_query, T_key), the SDPA convention, or an additive float bias
+of that shape (T5's relative positions, with -inf/finfo.min where a key is masked). Attention maps for
 visualisation come from `attention_maps`, which hooks the modules; the hot path never
 materialises the attention matrix.
 """
@@ -42,6 +43,8 @@ class Attention(nn.Module):
         attn_drop: dropout on attention probabilities (training only).
         proj_drop: dropout after the output projection.
         rope: optional rotary embedding applied to q and k (self-attention only).
+        head_dim: per-head width when num_heads * head_dim != dim (T5 v1.1: 512 wide, 6 x 64).
+        scale: score scale (default head_dim ** -0.5; T5 folds it into its init and uses 1.0).
     """
 
     def __init__(
@@ -55,23 +58,26 @@ class Attention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         rope: RotaryEmbedding | None = None,
+        head_dim: int | None = None,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
+        if head_dim is None and dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         if cross and rope is not None:
             raise ValueError("rotary embeddings apply to self-attention only")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
+        self.head_dim = head_dim or dim // num_heads
+        self.scale = self.head_dim**-0.5 if scale is None else scale
         self.cross = cross
+        inner = num_heads * self.head_dim
         if cross:
-            self.q = nn.Linear(dim, dim, bias=qkv_bias)
-            self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=qkv_bias)
+            self.q = nn.Linear(dim, inner, bias=qkv_bias)
+            self.kv = nn.Linear(context_dim or dim, 2 * inner, bias=qkv_bias)
         else:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+            self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
         self.rope = rope
 
@@ -114,7 +120,8 @@ class Attention(nn.Module):
         Args:
             x: (B, T, dim) queries (and keys/values for self-attention).
             context: (B, S, context_dim) for cross-attention.
-            mask: bool, broadcastable to (B, nh, T, T_key); True = attend.
+            mask: bool, broadcastable to (B, nh, T, T_key), True = attend; or a float bias
+                added to the scores.
             is_causal: causal self-attention (bottom-right aligned when a cache holds a prefix).
             cache: this module's cache for incremental decoding.
             keep: bidirectional self-attention only: the outputs of the first `keep` positions
@@ -147,8 +154,10 @@ class Attention(nn.Module):
         mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
         if is_causal:
             mask = causal_mask(q.shape[2], k.shape[2], q.device)
-        if mask is not None:
+        if mask is not None and mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
+        elif mask is not None:
+            scores = scores + mask
         return scores.softmax(dim=-1)
 
 
@@ -163,6 +172,8 @@ def _combine_masks(
     if mask is None and t_query == t_key:
         return None, True
     causal = causal_mask(t_query, t_key, device)
+    if mask is not None and mask.dtype != torch.bool:  # additive bias: masked scores to the lowest float
+        return mask.masked_fill(~causal, torch.finfo(mask.dtype).min), False
     return (causal if mask is None else mask & causal), False
 
 

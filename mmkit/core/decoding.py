@@ -14,6 +14,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from mmkit.core.beam import ranked_beam_search
 from mmkit.core.cache import KVCache
 from mmkit.core.filters import (  # noqa: F401 - re-exported: the loop's filters
     LogitFilter, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP, is_loop,
@@ -53,8 +54,31 @@ class Sampling:
 
 @dataclass
 class BeamSearch:
+    """Beam search. With `early_stopping` None (the default), openai-whisper's candidate rule:
+    candidates are taken best first until K beams run, the EOS ones among them finish, and the
+    search ends once K have finished. With True, False or "never", GNMT's ranked search as
+    transformers runs it (`mmkit.core.beam`): only EOS among the K best finish, and a row stops
+    at K finished (True) or when its best running beam, length-normalised at the current
+    (False) or the maximum ("never") length, cannot beat its worst finished hypothesis.
+
+    Args:
+        beam_size: beams per row (K).
+        length_penalty: final score = sum log p / lp(generated length) with lp(n) = n ** alpha,
+            or GNMT's ((5 + n) / 6) ** alpha when `penalty_form` is "gnmt".
+        early_stopping: None, True, False or "never" (above).
+        penalty_form: "length" or "gnmt" (ranked search only).
+    """
+
     beam_size: int = 4
-    length_penalty: float = 1.0  # final score = sum log p / (generated length ** length_penalty)
+    length_penalty: float = 1.0
+    early_stopping: bool | str | None = None
+    penalty_form: str = "length"
+
+    def __post_init__(self) -> None:
+        if self.early_stopping not in (None, True, False, "never"):
+            raise ValueError(f"early_stopping must be None, True, False or 'never', got {self.early_stopping!r}")
+        if self.penalty_form not in ("length", "gnmt"):
+            raise ValueError(f"penalty_form must be 'length' or 'gnmt', got {self.penalty_form!r}")
 
 
 @dataclass
@@ -127,11 +151,14 @@ class Generation:
     sequences: list[Tensor] = field(default_factory=list)
 
 
-def _next_logits(model: DecoderModel, tokens: Tensor, context: Tensor | None, cache: KVCache | None) -> Tensor:
+def _next_logits(
+    model: DecoderModel, tokens: Tensor, context: Tensor | None, cache: KVCache | None, context_mask: Tensor | None = None
+) -> Tensor:
+    extra = {} if context_mask is None else {"context_mask": context_mask}  # decoders without one keep working
     if cache is not None:
-        logits = model(tokens[:, cache.length :], context=context, cache=cache)
+        logits = model(tokens[:, cache.length :], context=context, cache=cache, **extra)
     else:
-        logits = model(tokens, context=context, cache=None)
+        logits = model(tokens, context=context, cache=None, **extra)
     return logits[:, -1].float()
 
 
@@ -149,6 +176,7 @@ def generate(
     cache: KVCache | None = None,
     stop: Callable[[Tensor], Tensor] | None = None,
     on_step: Callable[[Tensor], None] | None = None,
+    context_mask: Tensor | None = None,
 ) -> Generation:
     """Extend `prompt` (B, T) by up to `max_new_tokens`, stopping a row at `eos_id`.
 
@@ -167,12 +195,14 @@ def generate(
             strings, say); greedy and sampling only.
         on_step: called with the tokens (B, T) after every step, e.g. to stream text as it comes;
             greedy and sampling only.
+        context_mask: (B, S) bool, True for real context positions (padded sources of a
+            seq2seq batch), passed to the model as `context_mask=` and kept row-aligned.
     """
     strategy = strategy or Greedy()
     cache = (cache if cache is not None else KVCache()) if use_cache else None
     if isinstance(strategy, BeamSearch):
         return _beam_search(model, prompt, max_new_tokens, strategy, context, eos_id, pad_id,
-                            list(logit_filters), cache)
+                            list(logit_filters), cache, context_mask)
     filters = list(logit_filters) + (strategy.filters() if isinstance(strategy, Sampling) else [])
     B, T = prompt.shape
     tokens = prompt
@@ -182,11 +212,11 @@ def generate(
     rows: Tensor | None = None  # rows the model still runs (None: all), see _drop_finished
     for _ in range(max_new_tokens):
         if cache is not None and (eos_id is not None or stop is not None):
-            rows, context = _drop_finished(rows, finished, context, cache)
+            rows, (context, context_mask) = _drop_finished(rows, finished, (context, context_mask), cache)
         if rows is None:
-            logits = _next_logits(model, tokens, context, cache)
+            logits = _next_logits(model, tokens, context, cache, context_mask)
         else:  # finished rows get dummy logits: filters and strategies still see all B rows
-            live = _next_logits(model, tokens.index_select(0, rows), context, cache)
+            live = _next_logits(model, tokens.index_select(0, rows), context, cache, context_mask)
             logits = live.new_zeros(B, live.shape[1]).index_copy_(0, rows, live)
         for f in filters:
             logits = f(tokens, logits)
@@ -208,8 +238,8 @@ def generate(
 
 
 def _drop_finished(
-    rows: Tensor | None, finished: Tensor, context: Tensor | None, cache: KVCache
-) -> tuple[Tensor | None, Tensor | None]:
+    rows: Tensor | None, finished: Tensor, context: tuple[Tensor | None, ...], cache: KVCache
+) -> tuple[Tensor | None, tuple[Tensor | None, ...]]:
     """Stop running finished rows through the model once a quarter of the running rows are done:
     select the others in the cache and context (their tokens are unchanged). Rows of a batch
     finish at different steps; without this every row costs as much as the longest one."""
@@ -220,13 +250,14 @@ def _drop_finished(
         return rows, context
     keep = running.nonzero().squeeze(1)
     cache.reorder(keep)
-    context = context.index_select(0, keep) if context is not None else None
+    context = tuple(c.index_select(0, keep) if c is not None else None for c in context)
     return (keep if rows is None else rows.index_select(0, keep)), context
 
 
 def _beam_search(
     model: DecoderModel, prompt: Tensor, max_new_tokens: int, beam: BeamSearch, context: Tensor | None,
     eos_id: int | None, pad_id: int, filters: list[LogitFilter], cache: KVCache | None,
+    context_mask: Tensor | None = None,
 ) -> Generation:
     B, T = prompt.shape
     K = beam.beam_size
@@ -234,8 +265,13 @@ def _beam_search(
     tokens = prompt.repeat_interleave(K, dim=0)  # (B*K, T)
     if context is not None:
         context = context.repeat_interleave(K, dim=0)  # (B*K, S, D)
+    if context_mask is not None:
+        context_mask = context_mask.repeat_interleave(K, dim=0)  # beams of a row share its source
     if cache is not None:  # a given cache holds B rows: one per beam
         cache.reorder(torch.arange(B, device=device).repeat_interleave(K))
+    if beam.early_stopping is not None:
+        return _ranked_beam_search(model, prompt, max_new_tokens, beam, context, context_mask, eos_id, pad_id,
+                                   filters, cache)
     sum_lp = torch.zeros(B, K, device=device)
     sum_lp[:, 1:] = float("-inf")  # identical beams at start: expand only the first
     hyps: list[list[tuple[float, Tensor]]] = [[] for _ in range(B)]
@@ -244,7 +280,7 @@ def _beam_search(
         return lp / max(n_new, 1) ** beam.length_penalty
 
     for step in range(max_new_tokens):
-        logits = _next_logits(model, tokens, context, cache)
+        logits = _next_logits(model, tokens, context, cache, context_mask)
         for f in filters:
             logits = f(tokens, logits)
         V = logits.shape[-1]
@@ -283,3 +319,25 @@ def _beam_search(
         out[b, : len(s)] = s
     lengths = torch.tensor([len(s) for s in seqs], device=device)
     return Generation(out, lengths, torch.tensor([sc for sc, _ in best], device=device), seqs)
+
+
+def _ranked_beam_search(
+    model: DecoderModel, prompt: Tensor, max_new_tokens: int, beam: BeamSearch, context: Tensor | None,
+    context_mask: Tensor | None, eos_id: int | None, pad_id: int, filters: list[LogitFilter], cache: KVCache | None,
+) -> Generation:
+    """`mmkit.core.beam.ranked_beam_search` on this loop's model call, filters and cache."""
+
+    def next_logits(tokens: Tensor) -> Tensor:
+        logits = _next_logits(model, tokens, context, cache, context_mask)
+        for f in filters:
+            logits = f(tokens, logits)
+        return logits
+
+    def reorder(index: Tensor) -> None:  # context rows need none: a row's beams share its context
+        if cache is not None:
+            cache.reorder(index)
+
+    tokens, lengths, scores = ranked_beam_search(
+        next_logits, reorder, prompt, max_new_tokens, beam.beam_size, beam.length_penalty, beam.early_stopping,
+        beam.penalty_form, eos_id, pad_id)
+    return Generation(tokens, lengths, scores, [tokens[b, : lengths[b]] for b in range(prompt.shape[0])])

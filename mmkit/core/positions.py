@@ -1,6 +1,6 @@
 """Positional encodings: sinusoidal ("Attention Is All You Need", §3.5), learned absolute
-(GPT-2, ViT, Whisper decoder) and rotary (Su et al., RoFormer, 2021; half-split layout of
-GPT-NeoX/LLaMA).
+(GPT-2, ViT, Whisper decoder), rotary (Su et al., RoFormer, 2021; half-split layout of
+GPT-NeoX/LLaMA) and T5's bucketed relative position bias (Raffel et al., 2020, §2.1).
 """
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def sinusoidal_positions(length: int, dim: int, max_timescale: float = 10000.0) 
     table[:, 0::2] = torch.sin(position * inv_freq)
     table[:, 1::2] = torch.cos(position * inv_freq)
     return table.float()
+
+
+def sinusoidal_positions_halves(length: int, dim: int, max_timescale: float = 10000.0) -> Tensor:
+    """The paper's frequencies laid out [sin | cos] instead of interleaved: Marian's (and so
+    MarianMT's) static table. Returns (length, dim)."""
+    table = sinusoidal_positions(length, dim, max_timescale)
+    return torch.cat([table[:, 0::2], table[:, 1::2]], dim=1)
 
 
 class LearnedPositions(nn.Module):
@@ -96,3 +103,39 @@ def sinusoidal_positions_concat(length: int, dim: int, max_timescale: float = 10
     """[sin | cos] layout used by tensor2tensor and Whisper's encoder. Returns (length, dim)."""
     scaled = torch.arange(length, dtype=torch.float32)[:, None] * _log_timescales(dim, max_timescale)[None, :]
     return torch.cat([scaled.sin(), scaled.cos()], dim=1)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned scalar bias per head and relative-distance bucket, added to attention scores.
+
+    Distances up to num_buckets/2 (per direction when bidirectional) have a bucket each, longer
+    ones share log-spaced buckets up to `max_distance`. `weight` is (num_buckets, num_heads),
+    transformers' `relative_attention_bias.weight`.
+    """
+
+    def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128,
+                 bidirectional: bool = True) -> None:
+        super().__init__()
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.weight = nn.Parameter(torch.zeros(num_buckets, num_heads))
+
+    def bucket(self, relative: Tensor) -> Tensor:
+        """(key position - query position) -> bucket index, as T5's `_relative_position_bucket`."""
+        n, out = self.num_buckets, torch.zeros_like(relative)
+        if self.bidirectional:
+            n //= 2
+            out += (relative > 0).long() * n
+            relative = relative.abs()
+        else:  # a decoder only looks back: future distances share bucket 0
+            relative = -relative.clamp(max=0)
+        exact = n // 2
+        large = exact + (torch.log(relative.float() / exact) / math.log(self.max_distance / exact)
+                         * (n - exact)).long()
+        return out + torch.where(relative < exact, relative, large.clamp(max=n - 1))
+
+    def forward(self, t_query: int, t_key: int, offset: int = 0) -> Tensor:
+        """Bias (1, num_heads, t_query, t_key) for queries at offset..offset+t_query-1."""
+        device = self.weight.device
+        query = torch.arange(offset, offset + t_query, device=device)[:, None]
+        relative = torch.arange(t_key, device=device)[None, :] - query  # (t_query, t_key)
+        return F.embedding(self.bucket(relative), self.weight).permute(2, 0, 1).unsqueeze(0)

@@ -1,7 +1,9 @@
 """Plain `nn.Module` models built from the core (no Lightning here)."""
 from mmkit.models.clip import CLIP, CLIPTextTower, CLIPVisionTower
 from mmkit.models.gpt import GPT
+from mmkit.models.seq2seq import Seq2Seq
+from mmkit.models.t5 import T5
 from mmkit.models.vit import PretrainedViT, ViT
 from mmkit.models.whisper import Whisper
 
-__all__ = ["CLIP", "CLIPTextTower", "CLIPVisionTower", "GPT", "PretrainedViT", "ViT", "Whisper"]
+__all__ = ["CLIP", "CLIPTextTower", "CLIPVisionTower", "GPT", "PretrainedViT", "Seq2Seq", "T5", "ViT", "Whisper"]

@@ -1,0 +1,103 @@
+"""Ranked beam search with a length penalty and early stopping, vectorised over the batch: the
+rules of GNMT (Wu et al., 2016, §7) and transformers' `generate(num_beams=...)`, which it
+reproduces token for token (the seq2seq importers' parity tests check it).
+
+Per step, the 2K best continuations of each row's K beams are ranked; those among the first
+K that end in EOS (or reach the length limit) become finished hypotheses, scored by
+sum log p / lp(length), and the K best others keep running. A row is done when its K
+finished hypotheses cannot be beaten (`early_stopping`: True stops at K finished; False
+estimates the best running score at the current length; "never" at the maximum length).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+_NEG = -1.0e9  # transformers' "impossible" score: finite, so sums stay ordered
+
+
+def length_norm(n: Tensor | float, alpha: float, form: str) -> Tensor | float:
+    """lp(n): n ** alpha ("length", transformers) or ((5 + n) / 6) ** alpha ("gnmt")."""
+    return ((5 + n) / 6) ** alpha if form == "gnmt" else n**alpha
+
+
+def ranked_beam_search(
+    next_logits: Callable[[Tensor], Tensor],
+    reorder: Callable[[Tensor], None],
+    prompt: Tensor,
+    max_new_tokens: int,
+    beam_size: int,
+    length_penalty: float,
+    early_stopping: bool | str,
+    penalty_form: str,
+    eos_id: int | None,
+    pad_id: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """
+    Args:
+        next_logits: tokens (B·K, T) -> filtered next-token logits (B·K, V) (float).
+        reorder: called with the (B·K,) source row of every new beam (cache and context follow).
+        prompt: (B, T) start tokens.
+
+    Returns:
+        tokens (B, T_max) right-padded with pad_id, lengths (B,), scores (B,) (normalised).
+    """
+    B, P = prompt.shape
+    K, device = beam_size, prompt.device
+    running = prompt.repeat_interleave(K, dim=0).view(B, K, P)
+    run_lp = torch.zeros(B, K, device=device)
+    run_lp[:, 1:] = _NEG  # identical beams at the start: expand only the first
+    done_seq = torch.full((B, K, P + max_new_tokens), pad_id, dtype=prompt.dtype, device=device)
+    done_len = torch.full((B, K), P, device=device)
+    done_score = torch.full((B, K), _NEG, device=device)
+    done_any = torch.zeros(B, K, dtype=torch.bool, device=device)
+    open_rows = torch.ones(B, dtype=torch.bool, device=device)
+    top_k_mask = torch.arange(2 * K, device=device) < K
+    offsets = (torch.arange(B, device=device) * K)[:, None]
+    for step in range(max_new_tokens):
+        logp = next_logits(running.view(B * K, -1)).log_softmax(dim=-1)
+        V = logp.shape[-1]
+        cand = (logp.view(B, K, V) + run_lp[..., None]).view(B, K * V)
+        top_lp, top_idx = cand.topk(2 * K, dim=1)  # 2K: at most K of them end here
+        src, tok = top_idx // V, top_idx % V  # (B, 2K)
+        seqs = torch.cat([running.gather(1, src[..., None].expand(-1, -1, running.shape[2])), tok[..., None]], 2)
+        last = step == max_new_tokens - 1
+        ends = (tok == eos_id) if eos_id is not None else torch.zeros_like(tok, dtype=torch.bool)
+        ends = ends | last
+        # finished hypotheses: only among the first K candidates, while the row may still improve
+        n_new = step + 1
+        score = top_lp / length_norm(float(n_new), length_penalty, penalty_form)
+        full = done_any.all(dim=1, keepdim=True) & (early_stopping is True)
+        take = ends & top_k_mask & open_rows[:, None] & ~full
+        score = torch.where(take, score, torch.full_like(score, _NEG))
+        padded = torch.nn.functional.pad(seqs, (0, done_seq.shape[2] - seqs.shape[2]), value=pad_id)
+        merged = torch.cat([done_score, score], dim=1).topk(K, dim=1).indices  # (B, K)
+        done_seq = torch.cat([done_seq, padded], 1).gather(1, merged[..., None].expand(-1, -1, done_seq.shape[2]))
+        done_len = torch.cat([done_len, torch.full_like(done_len, P + n_new).repeat(1, 2)], 1).gather(1, merged)
+        done_any = torch.cat([done_any, take], 1).gather(1, merged)
+        done_score = torch.cat([done_score, score], 1).gather(1, merged)
+        # running beams: the K best candidates that did not end
+        keep = (top_lp + ends.float() * _NEG).topk(K, dim=1).indices  # (B, K)
+        running, run_lp = seqs.gather(1, keep[..., None].expand(-1, -1, seqs.shape[2])), top_lp.gather(1, keep)
+        if last:
+            break
+        reorder((src.gather(1, keep) + offsets).view(-1))
+        open_rows &= _may_improve(run_lp, done_score, done_any, n_new, max_new_tokens, length_penalty,
+                                  early_stopping, penalty_form)
+        if not bool(open_rows.any()) or bool(ends.all()) or (early_stopping is True and bool(done_any.all())):
+            break
+    lengths = done_len[:, 0]
+    width = int(lengths.max())
+    return done_seq[:, 0, :width], lengths, done_score[:, 0]
+
+
+def _may_improve(run_lp: Tensor, done_score: Tensor, done_any: Tensor, n_new: int, max_new: int, alpha: float,
+                 early_stopping: bool | str, form: str) -> Tensor:
+    """(B,) rows whose best running beam might still beat their worst finished hypothesis (with
+    early_stopping=True a row also closes once it holds K finished hypotheses, see the caller)."""
+    n = max_new if early_stopping == "never" and alpha > 0 else n_new
+    best = run_lp[:, 0] / length_norm(float(n), alpha, form)
+    worst = torch.where(done_any, done_score.min(dim=1, keepdim=True).values, torch.full_like(done_score, _NEG))
+    return (best[:, None] > worst).any(dim=1)

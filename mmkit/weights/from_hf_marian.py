@@ -1,0 +1,181 @@
+"""Convert Hugging Face transformers `MarianMTModel` checkpoints (the opus-mt models) into the
+constructor config and state dict of `mmkit.models.Seq2Seq`. A pure converter: it never
+imports mmkit.models.
+
+Separate q/k/v projections land on staging names (`....qkv.q.weight`) that `fuse_staged`
+concatenates into mmkit's fused `qkv` (self-attention) and `kv` (cross-attention). The static
+sinusoidal tables are dropped (mmkit recomputes the same numbers); the shared, encoder,
+decoder and (tied) output embeddings are checked identical and kept once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.weights.keymap import remap
+from mmkit.weights.native import WeightsError, read_state_dict, summarise_keys
+
+log = logging.getLogger(__name__)
+
+_ENC, _DEC = "model.encoder.layers.{i}.", "model.decoder.layers.{i}."
+_E, _D = "encoder.blocks.{i}.", "decoder.blocks.{i}."
+MARIAN_KEYS = [
+    ("model.shared.weight", "tok_embed.weight"),
+    ("model.encoder.embed_tokens.weight", None),  # equal to model.shared (checked in `_check_shared`)
+    ("model.decoder.embed_tokens.weight", None),
+    ("model.encoder.embed_positions.weight", None),  # fixed sinusoids, recomputed by Seq2Seq
+    ("model.decoder.embed_positions.weight", None),
+    ("final_logits_bias", "logits_bias"),
+    (_ENC + "self_attn.out_proj.{p}", _E + "attn.proj.{p}"),  # before the q/k/v rules that would match it
+    (_ENC + "self_attn.{p}_proj.weight", _E + "attn.qkv.{p}.weight"),
+    (_ENC + "self_attn.{p}_proj.bias", _E + "attn.qkv.{p}.bias"),
+    (_ENC + "self_attn_layer_norm.{p}", _E + "norm1.{p}"),
+    (_ENC + "fc1.{p}", _E + "mlp.fc1.{p}"),
+    (_ENC + "fc2.{p}", _E + "mlp.fc2.{p}"),
+    (_ENC + "final_layer_norm.{p}", _E + "norm2.{p}"),
+    (_DEC + "self_attn.out_proj.{p}", _D + "attn.proj.{p}"),
+    (_DEC + "self_attn.{p}_proj.weight", _D + "attn.qkv.{p}.weight"),
+    (_DEC + "self_attn.{p}_proj.bias", _D + "attn.qkv.{p}.bias"),
+    (_DEC + "self_attn_layer_norm.{p}", _D + "norm1.{p}"),
+    (_DEC + "encoder_attn.out_proj.{p}", _D + "cross_attn.proj.{p}"),
+    (_DEC + "encoder_attn.q_proj.{p}", _D + "cross_attn.q.{p}"),
+    (_DEC + "encoder_attn.{p}_proj.weight", _D + "cross_attn.kv.{p}.weight"),
+    (_DEC + "encoder_attn.{p}_proj.bias", _D + "cross_attn.kv.{p}.bias"),
+    (_DEC + "encoder_attn_layer_norm.{p}", _D + "norm_cross.{p}"),
+    (_DEC + "fc1.{p}", _D + "mlp.fc1.{p}"),
+    (_DEC + "fc2.{p}", _D + "mlp.fc2.{p}"),
+    (_DEC + "final_layer_norm.{p}", _D + "norm2.{p}"),
+]
+_STAGED = re.compile(r"(?P<base>.+\.(?P<fused>qkv|kv))\.(?P<part>q|k|v|out)\.(?P<p>weight|bias)\Z")
+_ORDER = {"qkv": ("q", "k", "v"), "kv": ("k", "v")}
+_ACTIVATIONS = {"swish": "silu", "silu": "silu", "relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh"}
+
+
+def fuse_staged(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Concatenate staged `<base>.<qkv|kv>.<part>.{weight,bias}` into `<base>.<qkv|kv>.*`, in
+    q, k, v order; a group with no biases at all fuses to a weight alone (T5)."""
+    out: dict[str, Tensor] = {}
+    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in state.items():
+        m = _STAGED.match(key)
+        if m is None:
+            out[key] = value
+        else:
+            groups.setdefault((m["base"], m["fused"]), {})[f"{m['part']}.{m['p']}"] = value
+    missing: list[str] = []
+    for (base, fused), parts in groups.items():
+        order = _ORDER[fused]
+        kinds = ("weight", "bias") if any(k.endswith(".bias") for k in parts) else ("weight",)
+        absent = [f"{base}.{p}.{kind}" for p in order for kind in kinds if f"{p}.{kind}" not in parts]
+        if absent:
+            missing += absent
+            continue
+        for kind in kinds:
+            out[f"{base}.{kind}"] = torch.cat([parts[f"{p}.{kind}"] for p in order], dim=0)
+    if missing:
+        raise WeightsError(f"{source}: missing projections for fused q/k/v: {summarise_keys(sorted(missing))}")
+    return out
+
+
+def read_hf_dir(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor], str]:
+    """config dict, state dict and weights file of a local HF checkpoint directory (safetensors,
+    or pytorch_model.bin through torch.load(weights_only=True))."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise WeightsError(f"{directory}: not a Hugging Face checkpoint directory (no config.json)")
+    try:
+        cfg = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{config_path}: invalid JSON ({e})") from None
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return cfg, read_state_dict(directory / name), str(directory / name)
+    raise WeightsError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def source_of(model_or_dir: nn.Module | str | Path, classes: tuple[str, ...]) -> tuple[dict, dict, str, bool]:
+    """(config dict, state dict, source name, training) of a transformers instance of one of
+    `classes` or of a local checkpoint directory (eval mode)."""
+    if isinstance(model_or_dir, nn.Module):
+        name = type(model_or_dir).__name__
+        if name not in classes:
+            raise WeightsError(f"expected a transformers {' or '.join(classes)}, got {name}")
+        return model_or_dir.config.to_dict(), model_or_dir.state_dict(), f"transformers:{name}", model_or_dir.training
+    cfg, state, source = read_hf_dir(Path(model_or_dir).expanduser())
+    return cfg, state, source, False
+
+
+def marian_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """Seq2Seq constructor arguments for a MarianConfig; features Seq2Seq lacks are refused."""
+    if cfg.get("model_type") != "marian":
+        raise WeightsError(f"{source}: expected a MarianMT config, got model_type={cfg.get('model_type')!r}")
+    act = cfg.get("activation_function", "gelu")
+    dim = cfg["d_model"]
+    unsupported = {
+        f"activation_function={act!r}": act not in _ACTIVATIONS,
+        "different encoder/decoder attention heads": cfg["encoder_attention_heads"] != cfg["decoder_attention_heads"],
+        "different encoder/decoder ffn sizes": cfg["encoder_ffn_dim"] != cfg["decoder_ffn_dim"],
+        "separate source/target vocabularies (share_encoder_decoder_embeddings=False)":
+            not cfg.get("share_encoder_decoder_embeddings", True),
+        "normalize_before (pre-norm Marian)": cfg.get("normalize_before", False),
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise WeightsError(f"{source}: MarianMT variant uses features outside mmkit's Seq2Seq: {', '.join(bad)}")
+    return dict(
+        vocab_size=cfg["vocab_size"], max_len=cfg["max_position_embeddings"], dim=dim,
+        encoder_depth=cfg["encoder_layers"], decoder_depth=cfg["decoder_layers"],
+        num_heads=cfg["encoder_attention_heads"], mlp_ratio=cfg["encoder_ffn_dim"] / dim,
+        dropout=cfg.get("dropout", 0.1), positions="halves", activation=_ACTIVATIONS[act],
+        scale_embedding=bool(cfg.get("scale_embedding", False)), tie_output=bool(cfg.get("tie_word_embeddings", True)),
+        logits_bias=True,
+    )
+
+
+def special_tokens(cfg: dict[str, Any]) -> dict[str, int]:
+    """Decoder start, end and padding ids of a MarianMT or T5 config."""
+    return {"start_id": int(cfg["decoder_start_token_id"]), "eos_id": int(cfg["eos_token_id"]),
+            "pad_id": int(cfg["pad_token_id"])}
+
+
+def _check_shared(state: dict[str, Tensor], tie: bool, source: str) -> dict[str, Tensor]:
+    shared = state.get("model.shared.weight")
+    if shared is None:  # some saves keep only the encoder copy
+        shared = state.get("model.encoder.embed_tokens.weight")
+        if shared is None:
+            raise WeightsError(f"{source}: no model.shared.weight (token embedding)")
+        state = {**state, "model.shared.weight": shared}
+    copies = ["model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"] + (["lm_head.weight"] if tie else [])
+    for key in copies:
+        if key in state and not torch.equal(state[key], shared):
+            raise WeightsError(f"{source}: {key} differs from model.shared.weight; mmkit's Seq2Seq shares them")
+    state = {k: v for k, v in state.items() if not (tie and k == "lm_head.weight")}
+    if "final_logits_bias" in state:
+        state["final_logits_bias"] = state["final_logits_bias"].reshape(-1)
+    return state
+
+
+def marian_from_hf(model_or_dir: nn.Module | str | Path) -> tuple[dict[str, Any], dict[str, Tensor], bool]:
+    """Convert a `MarianMTModel` (an instance, or a local directory with config.json + weights).
+
+    Returns:
+        (Seq2Seq constructor config, Seq2Seq state dict, training flag of the source).
+
+    Raises:
+        WeightsError: unsupported variants and tensors no rule accounts for (names listed).
+    """
+    cfg, state, source, training = source_of(model_or_dir, ("MarianMTModel",))
+    config = marian_config(cfg, source)
+    state = _check_shared(state, config["tie_output"], source)
+    rules = MARIAN_KEYS + ([] if config["tie_output"] else [("lm_head.weight", "head.weight")])
+    mapped = fuse_staged(remap(state, rules, source), source)
+    mapped.setdefault("logits_bias", torch.zeros(config["vocab_size"]))  # absent from older saves: zeros
+    log.info("imported MarianMT (%s+%s layers, dim %s) from %s", config["encoder_depth"], config["decoder_depth"],
+             config["dim"], source)
+    return config, mapped, training

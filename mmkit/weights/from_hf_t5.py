@@ -1,0 +1,120 @@
+"""Convert Hugging Face transformers `T5ForConditionalGeneration` checkpoints (T5 v1.0, v1.1,
+Flan-T5) into the constructor config and state dict of `mmkit.models.T5`. A pure converter:
+it never imports mmkit.models.
+
+Each stack's relative position bias lives in its first layer's self-attention in transformers
+and once per stack in mmkit; q/k/v are fused as for Marian (`fuse_staged`), without biases.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.weights.from_hf_marian import fuse_staged, source_of
+from mmkit.weights.keymap import remap
+from mmkit.weights.native import WeightsError
+
+log = logging.getLogger(__name__)
+
+
+def _stack_keys(side: str, ff: int) -> list[tuple[str, str | None]]:
+    src, dst = f"{side}.block.{{i}}.layer.", f"{side}.blocks.{{i}}."
+    rules = [
+        (src + "0.SelfAttention.relative_attention_bias.weight", None),  # only block 0 has it: see T5_KEYS
+        (src + "0.SelfAttention.o.weight", dst + "attn.proj.weight"),
+        (src + "0.SelfAttention.{p}.weight", dst + "attn.qkv.{p}.weight"),
+        (src + "0.layer_norm.weight", dst + "norm1.weight"),
+        (src + f"{ff}.DenseReluDense.wi.weight", dst + "mlp.fc1.weight"),
+        (src + f"{ff}.DenseReluDense.wi_0.weight", dst + "mlp.fc1_g.weight"),
+        (src + f"{ff}.DenseReluDense.wi_1.weight", dst + "mlp.fc1_x.weight"),
+        (src + f"{ff}.DenseReluDense.wo.weight", dst + "mlp.fc2.weight"),
+        (src + f"{ff}.layer_norm.weight", dst + "norm2.weight"),
+        (f"{side}.final_layer_norm.weight", f"{side}.norm.weight"),
+    ]
+    if side == "decoder":
+        rules += [
+            (src + "1.EncDecAttention.relative_attention_bias.weight", None),  # unused by transformers too
+            (src + "1.EncDecAttention.q.weight", dst + "cross_attn.q.weight"),
+            (src + "1.EncDecAttention.o.weight", dst + "cross_attn.proj.weight"),
+            (src + "1.EncDecAttention.{p}.weight", dst + "cross_attn.kv.{p}.weight"),
+            (src + "1.layer_norm.weight", dst + "norm_cross.weight"),
+        ]
+    return rules
+
+
+T5_KEYS = [
+    ("shared.weight", "tok_embed.weight"),
+    ("encoder.embed_tokens.weight", None),  # equal to shared (checked in `_split_head`)
+    ("decoder.embed_tokens.weight", None),
+    ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "encoder_bias.weight"),
+    ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "decoder_bias.weight"),
+    *_stack_keys("encoder", 1),
+    *_stack_keys("decoder", 2),
+]
+
+
+def _activation(cfg: dict[str, Any], source: str) -> str:
+    kind = cfg.get("feed_forward_proj", "relu")
+    names = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+    gated = kind.startswith("gated-")
+    act = cfg.get("dense_act_fn") or ("gelu_new" if kind == "gated-gelu" else kind.removeprefix("gated-"))
+    if act not in names:
+        raise WeightsError(f"{source}: T5 feed_forward_proj={kind!r} uses an activation outside mmkit ({act!r})")
+    return ("gated-" if gated else "") + names[act]
+
+
+def t5_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> dict[str, Any]:
+    """T5 constructor arguments for a T5Config (and its weights: is the head tied?)."""
+    if cfg.get("model_type") not in ("t5", "mt5"):
+        raise WeightsError(f"{source}: expected a T5 config, got model_type={cfg.get('model_type')!r}")
+    head, shared = state.get("lm_head.weight"), state.get("shared.weight")
+    tied = head is None or (shared is not None and torch.equal(head, shared))
+    # transformers >= 5 records the v1.0 output rescaling as scale_decoder_outputs; older configs
+    # said it with tie_word_embeddings (False for v1.1/Flan, which neither tie nor rescale).
+    scale = cfg.get("scale_decoder_outputs", cfg.get("tie_word_embeddings", True))
+    return dict(
+        vocab_size=cfg["vocab_size"], dim=cfg["d_model"], num_heads=cfg["num_heads"], head_dim=cfg["d_kv"],
+        mlp_dim=cfg["d_ff"], encoder_depth=cfg["num_layers"],
+        decoder_depth=cfg.get("num_decoder_layers") or cfg["num_layers"],
+        num_buckets=cfg.get("relative_attention_num_buckets", 32),
+        max_distance=cfg.get("relative_attention_max_distance", 128), dropout=cfg.get("dropout_rate", 0.1),
+        feed_forward=_activation(cfg, source), tie_output=bool(tied), scale_output=bool(scale),
+    )
+
+
+def _split_head(state: dict[str, Tensor], tied: bool, source: str) -> dict[str, Tensor]:
+    shared = state.get("shared.weight")
+    if shared is None:
+        raise WeightsError(f"{source}: no shared.weight (token embedding)")
+    for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+        if key in state and not torch.equal(state[key], shared):
+            raise WeightsError(f"{source}: {key} differs from shared.weight; mmkit's T5 shares them")
+    state = dict(state)
+    head = state.pop("lm_head.weight", None)
+    if not tied:
+        state["head.weight"] = head
+    return state
+
+
+def t5_from_hf(model_or_dir: nn.Module | str | Path) -> tuple[dict[str, Any], dict[str, Tensor], bool]:
+    """Convert a `T5ForConditionalGeneration` (an instance, or a local directory with
+    config.json + weights).
+
+    Returns:
+        (T5 constructor config, T5 state dict, training flag of the source).
+
+    Raises:
+        WeightsError: unsupported variants and tensors no rule accounts for (names listed).
+    """
+    cfg, state, source, training = source_of(model_or_dir, ("T5ForConditionalGeneration", "MT5ForConditionalGeneration"))
+    config = t5_config(cfg, state, source)
+    state = _split_head(state, config["tie_output"], source)
+    rules = T5_KEYS + [("head.weight", "head.weight")]
+    mapped = fuse_staged(remap(state, rules, source), source)
+    log.info("imported T5 (%s+%s layers, dim %s, %s) from %s", config["encoder_depth"], config["decoder_depth"],
+             config["dim"], config["feed_forward"], source)
+    return config, mapped, training
