@@ -175,7 +175,7 @@ def _read_rows(out: Path) -> list[dict]:
 
 @pytest.mark.parametrize(("suffix", "top_k"), [(".csv", None), (".json", 2)])
 def test_predict_writes_one_row_per_input(fitted, workdir, tmp_path, suffix, top_k):
-    from mmkit.tasks import Classifier
+    from mmkit.inference import Classifier
 
     good, bad = _predict_inputs(tmp_path / "in", workdir / "cache")
     out = tmp_path / f"predictions{suffix}"

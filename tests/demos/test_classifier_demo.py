@@ -51,7 +51,7 @@ def _transparent_digit(src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
 def test_demo_shows_the_api_prediction_and_attention(page, serve_blocks, digits_export, tmp_path, mode):
     from demos.classifier import build_app
-    from mmkit.tasks import Classifier
+    from mmkit.inference import Classifier
 
     export, digits = digits_export
     clf = Classifier.from_pretrained(export)
@@ -80,7 +80,7 @@ def test_demo_refuses_a_decompression_bomb_without_decoding_it(page, serve_block
     """A 13,000 x 13,000 PNG (a few hundred KB on disk) is refused from its header by mmkit's loader:
     Gradio hands the file over undecoded, so the server never holds its 169 M pixels."""
     from demos.classifier import build_app
-    from mmkit.tasks import Classifier
+    from mmkit.inference import Classifier
 
     bomb = tmp_path / "bomb.png"
     Image.new("1", (13_000, 13_000)).save(bomb)
