@@ -1,0 +1,235 @@
+"""VQ image tokenizer parts in taming-transformers' layout (Esser et al., "Taming Transformers for
+High-Resolution Image Synthesis", 2021; `taming/modules/diffusionmodules/model.py` and
+`taming/modules/vqvae/quantize.py`): GroupNorm + swish ResNet blocks, single-head spatial attention,
+strided/nearest resampling, and a codebook trained with straight-through gradients (van den Oord
+et al., "Neural Discrete Representation Learning", 2017). Parameter names are taming's, so its
+checkpoints (and min-dalle's, which reuse them) map 1:1.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+GroupNormFactory = Callable[[int], nn.Module]
+
+
+def group_norm(eps: float, groups: int = 32) -> GroupNormFactory:
+    """GroupNorm factory; the eps is per source (taming 1e-6, min-dalle's port 1e-5)."""
+    return partial(nn.GroupNorm, groups, eps=eps, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """norm → swish → conv3 → norm → swish → dropout → conv3, plus a 1×1 shortcut when widths differ."""
+
+    def __init__(self, in_ch: int, out_ch: int, norm: GroupNormFactory, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H×W positions, with 1×1-conv projections (taming's
+    names q/k/v/proj_out); SDPA does the softmax(q kᵀ / sqrt(C)) v."""
+
+    def __init__(self, ch: int, norm: GroupNormFactory) -> None:
+        super().__init__()
+        self.norm = norm(ch)
+        self.q, self.k, self.v = nn.Conv2d(ch, ch, 1), nn.Conv2d(ch, ch, 1), nn.Conv2d(ch, ch, 1)
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        y = self.norm(x)
+        q, k, v = (conv(y).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (self.q, self.k, self.v))  # (B, 1, HW, C)
+        out = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3×3 conv with taming's asymmetric (right/bottom) zero padding."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest ×2 then a 3×3 conv."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Level(nn.Module):
+    """One resolution level: ResNet blocks, each followed by attention on `attn` levels."""
+
+    def __init__(self, chans: Sequence[tuple[int, int]], attn: bool, norm: GroupNormFactory, dropout: float) -> None:
+        super().__init__()
+        self.block = nn.ModuleList(ResnetBlock(i, o, norm, dropout) for i, o in chans)
+        self.attn = nn.ModuleList(AttnBlock(o, norm) for _, o in chans) if attn else nn.ModuleList()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, blk in enumerate(self.block):
+            x = blk(x)
+            if len(self.attn):
+                x = self.attn[i](x)
+        return x
+
+
+class _Mid(nn.Module):
+    def __init__(self, ch: int, norm: GroupNormFactory, dropout: float) -> None:
+        super().__init__()
+        self.block_1 = ResnetBlock(ch, ch, norm, dropout)
+        self.attn_1 = AttnBlock(ch, norm)
+        self.block_2 = ResnetBlock(ch, ch, norm, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class ConvEncoder(nn.Module):
+    """Pixels (B, in_ch, H, W) → latents (B, z_channels, H/2^(L-1), W/2^(L-1)), L = len(ch_mult)."""
+
+    def __init__(self, in_ch: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_levels: Sequence[int],
+                 z_channels: int, norm: GroupNormFactory, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
+        widths = [ch * m for m in (1, *ch_mult)]
+        self.down = nn.ModuleList()
+        for lvl in range(len(ch_mult)):
+            chans = [(widths[lvl] if j == 0 else widths[lvl + 1], widths[lvl + 1]) for j in range(num_res_blocks)]
+            level = _Level(chans, lvl in attn_levels, norm, dropout)
+            if lvl != len(ch_mult) - 1:
+                level.downsample = Downsample(widths[lvl + 1])
+            self.down.append(level)
+        self.mid = _Mid(widths[-1], norm, dropout)
+        self.norm_out = norm(widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], z_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            h = level(h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class ConvDecoder(nn.Module):
+    """Latents (B, z_channels, h, w) → pixels (B, out_ch, h·2^(L-1), w·2^(L-1)). `up` is indexed
+    by level like taming (up[0] is the full-resolution level) and run from the coarsest."""
+
+    def __init__(self, out_ch: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_levels: Sequence[int],
+                 z_channels: int, norm: GroupNormFactory, dropout: float = 0.0) -> None:
+        super().__init__()
+        top = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, top, 3, padding=1)
+        self.mid = _Mid(top, norm, dropout)
+        levels: list[nn.Module] = []
+        block_in = top
+        for lvl in reversed(range(len(ch_mult))):
+            out = ch * ch_mult[lvl]
+            chans = [(block_in if j == 0 else out, out) for j in range(num_res_blocks + 1)]
+            level = _Level(chans, lvl in attn_levels, norm, dropout)
+            if lvl != 0:
+                level.upsample = Upsample(out)
+            levels.insert(0, level)
+            block_in = out
+        self.up = nn.ModuleList(levels)
+        self.norm_out = norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.mid(self.conv_in(z))
+        for level in reversed(self.up):
+            h = level(h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-codebook quantizer with straight-through gradients, the VQ-VAE codebook +
+    commitment loss, and dead-code restarts.
+
+    The loss is `||sg(z) - e||² + beta · ||z - sg(e)||²` (VQ-VAE eq. 3; taming's default
+    `legacy=True` swaps beta onto the codebook term, a bug it keeps for old checkpoints; it only
+    matters for training, and we train with the paper's form). Dead codes: in training, a code whose
+    running usage (EMA over steps) falls below `restart_threshold` is re-seeded with a random
+    encoder output from the current batch (Dhariwal et al., Jukebox, 2020 §3.2), so the codebook
+    does not collapse onto a few entries.
+
+    Args:
+        codebook_size: number of codes.
+        code_dim: dimension of each code.
+        beta: commitment weight.
+        restart_threshold: expected uses per step below which a code is dead (0 disables restarts).
+        usage_decay: EMA decay of the per-code usage counts.
+    """
+
+    def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, restart_threshold: float = 0.03,
+                 usage_decay: float = 0.99) -> None:
+        super().__init__()
+        self.codebook_size, self.beta = codebook_size, beta
+        self.restart_threshold, self.usage_decay = restart_threshold, usage_decay
+        self.embedding = nn.Embedding(codebook_size, code_dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        # Not persistent: taming/min-dalle checkpoints have no such buffer, and it is training state.
+        self.register_buffer("usage", torch.ones(codebook_size), persistent=False)
+
+    def codes(self, z: Tensor) -> Tensor:
+        """Nearest codes of latents z (B, C, h, w) → (B, h, w) int64."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B·h·w, C)
+        e = self.embedding.weight
+        # Same expansion as taming, so that near-ties resolve the same way.
+        d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()
+        return d.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """Codes (B, h, w) → quantized latents (B, C, h, w)."""
+        return self.embedding(codes).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """
+        Returns:
+            z_q (B, C, h, w) with straight-through gradients to z, the VQ loss (scalar), codes (B, h, w).
+        """
+        codes = self.codes(z)
+        z_q = self.lookup(codes)
+        loss = F.mse_loss(z_q, z.detach()) + self.beta * F.mse_loss(z, z_q.detach())
+        if self.training and self.restart_threshold > 0:
+            self._restart_dead(z.detach(), codes)
+        return z + (z_q - z).detach(), loss, codes
+
+    @torch.no_grad()
+    def _restart_dead(self, z: Tensor, codes: Tensor) -> None:
+        counts = torch.bincount(codes.flatten(), minlength=self.codebook_size).to(self.usage)
+        self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        dead = (self.usage < self.restart_threshold).nonzero().flatten()
+        if dead.numel() == 0:
+            return
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        pick = torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)
+        self.embedding.weight.data[dead] = flat[pick]
+        self.usage[dead] = 1.0  # a grace period before a restarted code can be judged dead again
