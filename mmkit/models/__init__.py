@@ -4,6 +4,7 @@ from mmkit.models.gpt import GPT
 from mmkit.models.seq2seq import Seq2Seq
 from mmkit.models.t5 import T5
 from mmkit.models.vit import PretrainedViT, ViT
+from mmkit.models.vqgan import VQGAN
 from mmkit.models.whisper import Whisper
 
-__all__ = ["CLIP", "CLIPTextTower", "CLIPVisionTower", "GPT", "PretrainedViT", "Seq2Seq", "T5", "ViT", "Whisper"]
+__all__ = ["CLIP", "CLIPTextTower", "CLIPVisionTower", "GPT", "PretrainedViT", "Seq2Seq", "T5", "ViT", "VQGAN", "Whisper"]
