@@ -1,0 +1,68 @@
+"""`mmkit generate-text PROMPT --model DIR`: continue a prompt with a GPT model (an mmkit export or
+a transformers GPT-2 checkpoint directory), streaming the tokens to the terminal as they come.
+Greedy unless a sampling option (--temperature, --top-k, --top-p) is given; --beam-size B searches.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+log = logging.getLogger("mmkit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmkit generate-text", description=__doc__.split("\n\n")[0])
+    p.add_argument("prompt", help="text to continue")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="mmkit export (mmkit fit ... export_dir) or transformers GPT-2 checkpoint directory")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate at most (64)")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                   help="sample at temperature T > 0 (default 0: greedy)")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest token set with mass >= P")
+    p.add_argument("--beam-size", type=int, default=1, metavar="B", help="beam search with B beams (deterministic)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="> 1 discourages tokens already in the text (CTRL's penalty; 1 = off)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the continuation before TEXT (repeatable)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the sampler (reproducible samples)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Returns the exit code: 0 done, 2 a usage or input error (one line on stderr), 130 interrupted."""
+    args = _parser().parse_args(argv)
+    from mmkit.core import GenerationOptions
+    from mmkit.inference.text_generation import load_text_generator
+
+    try:
+        options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p, beam_size=args.beam_size,
+                                    repetition_penalty=args.repetition_penalty, seed=args.seed)
+        generator = load_text_generator(args.model, args.device)
+        generator.encode_prompt(args.prompt, options.max_new_tokens)  # bad prompts fail before any output
+    except (ValueError, OSError) as e:  # bad options, prompts, directories (WeightsError is a ValueError)
+        print(f"mmkit generate-text: {e}", file=sys.stderr)
+        return 2
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    show(args.prompt)
+    try:
+        generator.generate(args.prompt, options, args.stop, on_text=show)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        show("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())

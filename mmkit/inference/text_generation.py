@@ -1,0 +1,181 @@
+"""Text generation with GPT-style models (Radford et al., 2019) on the shared decoding loop
+(`mmkit.core.generate`: greedy, sampling, beam search, KV cache), streaming text as tokens come.
+`--model DIR` means an mmkit export (`save_text_generator`) or a transformers GPT-2 checkpoint
+directory (config.json + weights + tokenizer files); `load_text_generator` tells them apart.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from mmkit.core import GenerationOptions, generate
+from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
+from mmkit.models.gpt import GPT
+from mmkit.weights.native import CONFIG_NAME, WeightsError
+
+log = logging.getLogger(__name__)
+
+
+def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str | Path) -> Path:
+    """Native checkpoint (config.json + model.safetensors) with the tokenizer files beside it."""
+    directory = model.save_pretrained(directory, metadata={"tokenizer": "byte_bpe", "eos_token": tokenizer.eos_token})
+    tokenizer.save(directory)
+    return directory
+
+
+def load_text_generator(directory: str | Path, device: str | torch.device = "cpu") -> "TextGenerator":
+    """A `TextGenerator` for an mmkit GPT export or a transformers GPT-2 checkpoint directory.
+
+    Raises:
+        FileNotFoundError: no such directory, or no tokenizer files in it.
+        WeightsError: not a GPT checkpoint, or unreadable weights (one-line message).
+    """
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    path = directory / CONFIG_NAME
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WeightsError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path}: invalid JSON ({e})") from None
+    if doc.get("architecture") == GPT.architecture_name():
+        model = GPT.from_pretrained(directory)
+        eos_token = doc.get("metadata", {}).get("eos_token", EOS_TOKEN)
+        tokenizer = ByteBPETokenizer.from_dir(directory, eos_token)
+        eos_id = tokenizer.eos_id
+    elif doc.get("model_type") == "gpt2":
+        model = GPT.from_hf(directory)
+        tokenizer = ByteBPETokenizer.from_dir(directory)
+        eos_id = doc.get("eos_token_id", tokenizer.eos_id)
+    else:
+        kind = doc.get("architecture") or doc.get("model_type") or "unknown"
+        raise WeightsError(f"{directory}: holds a {kind!r} model, not a GPT (mmkit export or transformers GPT-2)")
+    if tokenizer.vocab_size > model.vocab_size:
+        raise WeightsError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
+                           f"{model.vocab_size}: they do not belong together")
+    return TextGenerator(model, tokenizer, eos_id, device)
+
+
+class TextGenerator:
+    """Prompt -> continuation. `generate` calls `on_text(piece)` with each new piece of text
+    (whole characters only: a piece never ends inside a multi-byte character or a stop string
+    that may still complete); `stream` yields the same pieces.
+
+    Args:
+        model: a GPT (any decoder with `max_len`/`vocab_size` and the decoding contract).
+        tokenizer: the model's `ByteBPETokenizer`.
+        eos_id: generation ends at this token (None: only at max_new_tokens or a stop string).
+        device: where the model runs.
+    """
+
+    def __init__(self, model: GPT, tokenizer: ByteBPETokenizer, eos_id: int | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer, self.eos_id, self.device = tokenizer, eos_id, torch.device(device)
+
+    def encode_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
+        """Prompt ids, keeping the last `max_len - max_new_tokens` (with a warning) when it is too long.
+
+        Raises:
+            ValueError: an empty prompt, one with no known token, or no room left for it.
+        """
+        if not prompt.strip():
+            raise ValueError("the prompt is empty")
+        ids = [i for i in self.tokenizer.encode(prompt) if i < self.model.vocab_size]
+        if not ids:
+            raise ValueError("the prompt has no token this model knows")
+        room = self.model.max_len - max_new_tokens
+        if room < 1:
+            raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                             f"context of {self.model.max_len} tokens")
+        if len(ids) > room:
+            log.warning("the prompt has %d tokens; keeping its last %d (context %d - %d new tokens)",
+                        len(ids), room, self.model.max_len, max_new_tokens)
+            ids = ids[-room:]
+        return ids
+
+    def generate(self, prompt: str, options: GenerationOptions | None = None, stop: Sequence[str] = (),
+                 on_text: Callable[[str], None] | None = None) -> str:
+        """The continuation of `prompt` (without the prompt), cut before the first stop string."""
+        options = options or GenerationOptions()
+        ids = self.encode_prompt(prompt, options.max_new_tokens)
+        P = len(ids)
+        stops = [s for s in stop if s]
+        stream = _TextStream(stops, on_text)
+
+        def text_of(tokens: Tensor) -> str:  # the generated text of row 0, up to EOS
+            new = tokens[0, P:].tolist()
+            if self.eos_id is not None and self.eos_id in new:
+                new = new[: new.index(self.eos_id)]
+            return self.tokenizer.decode(new)
+
+        def stop_rows(tokens: Tensor) -> Tensor:
+            return torch.tensor([any(s in text_of(tokens) for s in stops)], device=tokens.device)
+
+        strategy = options.strategy(self.device)
+        out = generate(self.model, torch.tensor([ids], device=self.device), options.max_new_tokens, strategy,
+                       eos_id=self.eos_id, pad_id=self.eos_id or 0,
+                       logit_filters=options.filters(), stop=stop_rows if stops else None,
+                       on_step=(lambda tokens: stream.update(text_of(tokens))) if on_text else None)
+        text = _cut_at_stop(text_of(out.sequences[0][None]), stops)
+        stream.finish(text)
+        return text
+
+    def stream(self, prompt: str, options: GenerationOptions | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+        """`generate` as an iterator of text pieces (the decoding runs in a worker thread)."""
+        options = options or GenerationOptions()
+        self.encode_prompt(prompt, options.max_new_tokens)  # bad prompts raise here, in the caller's thread
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                self.generate(prompt, options, stop, on_text=pieces.put)
+            except Exception as e:  # noqa: BLE001 - handed to the consuming thread, which re-raises it
+                pieces.put(e)
+            finally:
+                pieces.put(done)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (item := pieces.get()) is not done:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cuts = [text.find(s) for s in stops if s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+class _TextStream:
+    """Emits the growing generated text piece by piece, holding back what could still change:
+    an incomplete UTF-8 character (decoded as U+FFFD) and a tail that may begin a stop string."""
+
+    def __init__(self, stops: Sequence[str], on_text: Callable[[str], None] | None) -> None:
+        self.stops, self.on_text, self.sent = stops, on_text, ""
+
+    def _emit(self, text: str) -> None:
+        if self.on_text is not None and len(text) > len(self.sent) and text.startswith(self.sent):
+            self.on_text(text[len(self.sent):])
+            self.sent = text
+
+    def update(self, text: str) -> None:
+        text = _cut_at_stop(text, self.stops).rstrip("\ufffd")
+        for k in range(min(len(text), max((len(s) for s in self.stops), default=1) - 1), 0, -1):
+            if any(s.startswith(text[-k:]) for s in self.stops):
+                text = text[:-k]
+                break
+        self._emit(text)
+
+    def finish(self, text: str) -> None:
+        self._emit(text)

@@ -1,0 +1,62 @@
+"""`mmkit generate-text`: prints the prompt and the same greedy continuation as transformers'
+`generate` on a tiny GPT-2 checkpoint directory; user mistakes are one line on stderr, exit 2."""
+from __future__ import annotations
+
+import pytest
+import torch
+from _gpt import write_tiny_gpt2
+
+from mmkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gpt2")
+    model, tok = write_tiny_gpt2(directory, seed=1)
+    return directory, model, tok
+
+
+def test_greedy_output_is_the_prompt_and_transformers_continuation(checkpoint, capsys):
+    directory, hf, tok = checkpoint
+    prompt = "The old man remembers"
+    ids = torch.tensor([tok.encode(prompt)])
+    ref = hf.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tok.eos_id)[0, ids.shape[1]:].tolist()
+    ref = ref[: ref.index(tok.eos_id)] if tok.eos_id in ref else ref
+    assert main(["generate-text", prompt, "--model", str(directory), "--max-new-tokens", "20"]) == 0
+    assert capsys.readouterr().out == prompt + tok.decode(ref) + "\n"
+
+
+def test_sampling_options_and_seed_reproduce(checkpoint, capsys):
+    directory, _, _ = checkpoint
+    args = ["generate-text", "A dog", "--model", str(directory), "--max-new-tokens", "12", "--temperature", "1.2",
+            "--top-p", "0.9", "--seed", "7"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("A dog")
+    assert main(["generate-text", "A dog", "--model", str(directory), "--max-new-tokens", "6", "--beam-size", "2",
+                 "--stop", "zzz"]) == 0
+    assert capsys.readouterr().out.startswith("A dog")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prompt-is", "  "], "the prompt is empty"),
+    (["--max-new-tokens", "64"], "no room for a prompt"),
+    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--beam-size", "2", "--temperature", "0.7"], "beam search is deterministic"),
+])
+def test_user_mistakes_are_one_line_and_exit_2(checkpoint, capsys, extra, message):
+    directory, _, _ = checkpoint
+    prompt = extra[1] if extra[0] == "--prompt-is" else "The cat"
+    extra = [] if extra[0] == "--prompt-is" else extra
+    assert main(["generate-text", prompt, "--model", str(directory), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmkit generate-text: ") and message in err[0]
+
+
+def test_missing_or_wrong_model_directories_exit_2(tmp_path, capsys):
+    assert main(["generate-text", "hi", "--model", str(tmp_path / "none")]) == 2
+    assert "model directory not found" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    assert main(["generate-text", "hi", "--model", str(tmp_path)]) == 2
+    assert "not a GPT" in capsys.readouterr().err

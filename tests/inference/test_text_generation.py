@@ -1,0 +1,99 @@
+"""TextGenerator: greedy tokens equal transformers' `generate` on the same tiny GPT-2 checkpoint;
+streaming, stop strings, sampling seeds, beam search and bad prompts; mmkit exports round-trip."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from _gpt import tiny_tokenizer, write_tiny_gpt2
+
+from mmkit.core import GenerationOptions
+from mmkit.inference.text_generation import TextGenerator, load_text_generator, save_text_generator
+from mmkit.models import GPT
+from mmkit.weights.native import WeightsError
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gpt2")
+    model, tok = write_tiny_gpt2(directory)
+    return directory, model, tok
+
+
+@pytest.mark.parametrize("prompt", ["The cat sees", "A small bird follows the moon. Our"])
+def test_greedy_tokens_equal_transformers_generate(hf_dir, prompt):
+    directory, hf, tok = hf_dir
+    generator = load_text_generator(directory)
+    ids = torch.tensor([tok.encode(prompt)])
+    ref = hf.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.eos_id)[0, ids.shape[1]:].tolist()
+    if tok.eos_id in ref:
+        ref = ref[: ref.index(tok.eos_id)]
+    assert len(set(ref)) > 3  # the comparison is between varied continuations, not one repeated token
+    pieces: list[str] = []
+    text = generator.generate(prompt, GenerationOptions(max_new_tokens=24), on_text=pieces.append)
+    assert text == tok.decode(ref)
+    assert "".join(pieces) == text and len(pieces) > 1  # streamed in several pieces
+
+
+def test_stream_yields_the_generated_text_and_stop_strings_cut(hf_dir):
+    directory, _, _ = hf_dir
+    generator = load_text_generator(directory)
+    full = generator.generate("The cat sees", GenerationOptions(max_new_tokens=24))
+    assert "".join(generator.stream("The cat sees", GenerationOptions(max_new_tokens=24))) == full
+    stop = full[5:8]
+    cut = generator.generate("The cat sees", GenerationOptions(max_new_tokens=24), stop=[stop])
+    assert cut == full[: full.find(stop)]
+    assert "".join(generator.stream("The cat sees", GenerationOptions(max_new_tokens=24), stop=[stop])) == cut
+
+
+def test_sampling_is_reproducible_with_a_seed_and_beam_search_runs(hf_dir):
+    directory, _, _ = hf_dir
+    generator = load_text_generator(directory)
+    sample = GenerationOptions(max_new_tokens=16, temperature=1.5, top_k=50, seed=3)
+    first = generator.generate("The cat sees", sample)
+    assert generator.generate("The cat sees", sample) == first
+    others = {generator.generate("The cat sees", GenerationOptions(max_new_tokens=16, temperature=1.5, seed=s))
+              for s in range(4)}
+    assert len(others) > 1
+    beam = generator.generate("The cat sees", GenerationOptions(max_new_tokens=8, beam_size=3))
+    assert isinstance(beam, str) and beam == generator.generate("The cat sees", GenerationOptions(8, beam_size=3))
+
+
+def test_bad_prompts_are_clear_errors_and_long_prompts_keep_their_end(hf_dir, caplog):
+    directory, _, tok = hf_dir
+    generator = load_text_generator(directory)
+    for prompt in ("", "   \n\t"):
+        with pytest.raises(ValueError, match="prompt is empty"):
+            generator.generate(prompt)
+    with pytest.raises(ValueError, match="no room"):
+        generator.generate("The cat", GenerationOptions(max_new_tokens=64))
+    long_prompt = " ".join(["the cat sees the moon."] * 40)
+    with caplog.at_level(logging.WARNING):
+        ids = generator.encode_prompt(long_prompt, 16)
+    assert len(ids) == 64 - 16 and ids == tok.encode(long_prompt)[-48:] and "keeping its last 48" in caplog.text
+
+
+def test_a_prompt_of_unknown_tokens_is_refused(tmp_path):
+    tok = tiny_tokenizer()
+    model = GPT(vocab_size=200, max_len=32, dim=16, depth=1, num_heads=2)  # ids >= 200 are unknown to it
+    generator = TextGenerator(model, tok, tok.eos_id)
+    unknown = next(t for t, i in tok.hf.get_vocab().items() if i >= 200 and i != tok.eos_id)
+    with pytest.raises(ValueError, match="no token this model knows"):
+        generator.encode_prompt(tok.decode([tok.hf.token_to_id(unknown)]), 4)
+
+
+def test_mmkit_export_round_trips_and_wrong_directories_are_refused(hf_dir, tmp_path):
+    directory, _, _ = hf_dir
+    generator = load_text_generator(directory)
+    save_text_generator(generator.model, generator.tokenizer, tmp_path / "export")
+    again = load_text_generator(tmp_path / "export")
+    options = GenerationOptions(max_new_tokens=12)
+    assert again.generate("A dog", options) == generator.generate("A dog", options)
+    assert again.eos_id == generator.eos_id
+    with pytest.raises(FileNotFoundError):
+        load_text_generator(tmp_path / "missing")
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "config.json").write_text('{"architecture": "ViT", "config": {}}')
+    with pytest.raises(WeightsError, match="not a GPT"):
+        load_text_generator(tmp_path / "vit")
