@@ -8,7 +8,8 @@ import sys
 
 # Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {"vit": "mmkit.cli.bench.vit", "transcribe": "mmkit.cli.bench.transcribe",
-              "label": "mmkit.cli.bench.label"}
+              "label": "mmkit.cli.bench.label",
+              "text": "mmkit.cli.bench.text"}
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,133 @@
+"""GPT generation speed: mmkit's `GPT` on the shared decoding loop with its KV cache against
+transformers' `GPT2LMHeadModel.generate` (KV cache, SDPA attention) on the same weights, the same
+prompts and the same greedy tokens (checked). Both run in one process in interleaved rounds whose
+order alternates; figures are medians. Never asserted on: a script that prints ratios.
+
+    mmkit bench text                       # GPT-2 small's shape, random weights, batch 1
+    mmkit bench text --model DIR --batch-size 4 --new-tokens 128
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+IMPLS = ("mmkit", "transformers")
+
+
+def _reference(model_dir: str | None, dim: int, depth: int, num_heads: int, vocab_size: int, max_len: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if model_dir:
+        ref = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="sdpa")
+    else:
+        torch.manual_seed(0)
+        ref = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=max_len, n_embd=dim, n_layer=depth,
+                                         n_head=num_heads, bos_token_id=None, eos_token_id=None,
+                                         attn_implementation="sdpa"))
+    # Every row generates exactly new_tokens on both sides: no end-of-text stop.
+    ref.generation_config.eos_token_id = None
+    ref.generation_config.pad_token_id = 0
+    return ref.eval()
+
+
+def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12, num_heads: int = 12,
+                   vocab_size: int = 50257, batch_size: int = 1, prompt_tokens: int = 16, new_tokens: int = 64,
+                   rounds: int = 3, warmup: int = 1, threads: int | None = None) -> dict[str, Any]:
+    """Greedy generation tokens/s of both implementations.
+
+    Args:
+        model_dir: a transformers GPT-2 checkpoint directory (None: random weights of the given shape,
+            by default GPT-2 small's).
+        batch_size, prompt_tokens, new_tokens: B random prompts of that many tokens, each extended
+            by exactly `new_tokens`.
+        rounds, warmup: timed and untimed rounds (each runs both implementations once).
+        threads: torch intra-op threads (None: leave as is).
+
+    Returns:
+        `tokens_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster),
+        `same_tokens`, the raw `seconds` and the settings.
+    """
+    from mmkit.core import Greedy, generate
+    from mmkit.models import GPT
+
+    if min(rounds, batch_size, prompt_tokens, new_tokens) < 1 or warmup < 0:
+        raise ValueError("rounds, batch size, prompt and new tokens must be >= 1 and warmup >= 0")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        ref = _reference(model_dir, dim, depth, num_heads, vocab_size, prompt_tokens + new_tokens)
+        ours = GPT.from_hf(ref).eval()
+        if prompt_tokens + new_tokens > ours.max_len:
+            raise ValueError(f"prompt + new tokens exceed the model's context of {ours.max_len}")
+        prompt = torch.randint(0, ours.vocab_size, (batch_size, prompt_tokens), generator=torch.Generator().manual_seed(0))
+        runs: dict[str, Callable[[], torch.Tensor]] = {
+            "mmkit": lambda: generate(ours, prompt, new_tokens, Greedy()).tokens,
+            "transformers": lambda: ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                                 max_new_tokens=new_tokens),
+        }
+        seconds: dict[str, list[float]] = {k: [] for k in IMPLS}
+        outputs: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            for r in range(warmup + rounds):
+                for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
+                    start = time.perf_counter()
+                    outputs[impl] = runs[impl]()
+                    if r >= warmup:
+                        seconds[impl].append(time.perf_counter() - start)
+        rate = {k: batch_size * new_tokens / statistics.median(v) for k, v in seconds.items()}
+        return dict(model=model_dir or f"random GPT-2 dim {dim} depth {depth} vocab {vocab_size}",
+                    params=sum(p.numel() for p in ours.parameters()), batch_size=batch_size,
+                    prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(),
+                    tokens_per_s=rate, ratio=rate["mmkit"] / rate["transformers"], seconds=seconds,
+                    same_tokens=torch.equal(outputs["mmkit"], outputs["transformers"]))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    r = result
+    return "\n".join([
+        f"GPT greedy generation: {r['model']} ({r['params'] / 1e6:.1f}M params), batch {r['batch_size']}, "
+        f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens, {r['threads']} threads, median of {r['rounds']}",
+        f"  mmkit (shared loop, KV cache)   {r['tokens_per_s']['mmkit']:8.1f} tokens/s",
+        f"  transformers generate           {r['tokens_per_s']['transformers']:8.1f} tokens/s",
+        f"  mmkit / transformers            {r['ratio']:8.2f}x   (goal >= 1.5x)",
+        f"  same tokens                     {'yes' if r['same_tokens'] else 'NO'}",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mmkit bench text", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory (default: random weights)")
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--depth", type=int, default=12)
+    p.add_argument("--num-heads", type=int, default=12)
+    p.add_argument("--vocab-size", type=int, default=50257)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--prompt-tokens", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", metavar="FILE", help="also write the full result as JSON")
+    args = p.parse_args(argv)
+    try:
+        result = run_text_bench(args.model, args.dim, args.depth, args.num_heads, args.vocab_size, args.batch_size,
+                                args.prompt_tokens, args.new_tokens, args.rounds, args.warmup, args.threads)
+    except (ValueError, OSError) as e:
+        print(f"mmkit bench text: {e}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
