@@ -233,3 +233,23 @@ class VectorQuantizer(nn.Module):
         pick = torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)
         self.embedding.weight.data[dead] = flat[pick]
         self.usage[dead] = 1.0  # a grace period before a restarted code can be judged dead again
+
+
+class ImageTokenEmbedding(nn.Module):
+    """Image codes → (B, t, dim): a code embedding plus row and column position embeddings over the
+    h×w grid (DALL·E's axial image positions; DALLE-pytorch `image_pos_emb`), offset-aware so that
+    a KV-cached decoder can feed one code at a time in raster order."""
+
+    def __init__(self, codebook_size: int, grid: int, dim: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.embed = nn.Embedding(codebook_size, dim)
+        self.row = nn.Parameter(torch.empty(grid, dim).normal_(std=0.02))
+        self.col = nn.Parameter(torch.empty(grid, dim).normal_(std=0.02))
+
+    def forward(self, codes: Tensor, offset: int = 0) -> Tensor:
+        """codes: (B, t) ids in [0, codebook_size) at raster positions offset .. offset + t - 1."""
+        pos = torch.arange(offset, offset + codes.shape[1], device=codes.device)
+        if codes.shape[1] and int(pos[-1]) >= self.grid * self.grid:
+            raise ValueError(f"image position {int(pos[-1])} is past the {self.grid}x{self.grid} grid")
+        return self.embed(codes) + self.row[pos // self.grid] + self.col[pos % self.grid]  # (B, t, dim)

@@ -1,0 +1,64 @@
+"""Word-level caption tokenizer for the DALL·E-style shapes recipe: the shapes captions use a few
+dozen words, so a closed word vocabulary (id 0 = padding / null caption, 1 = unknown) is exact and
+lets the tools name the words a prompt uses that the model never saw.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+PAD, UNK = "<pad>", "<unk>"
+_WORD = re.compile(r"[a-z]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+class WordTokenizer:
+    """Captions → (B, text_len) int64 ids, right-padded with 0.
+
+    Args:
+        vocab: the words (ids 2..); PAD and UNK are added in front.
+        text_len: ids per caption; longer captions are truncated with a warning.
+    """
+
+    def __init__(self, vocab: Sequence[str], text_len: int) -> None:
+        self.vocab = [PAD, UNK] + [w for w in dict.fromkeys(vocab) if w not in (PAD, UNK)]
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.text_len = text_len
+
+    @classmethod
+    def from_captions(cls, captions: Iterable[str], text_len: int) -> "WordTokenizer":
+        return cls(sorted({w for c in captions for w in words(c)}), text_len)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def unknown_words(self, text: str) -> list[str]:
+        return [w for w in words(text) if w not in self.index]
+
+    def __call__(self, texts: Sequence[str]) -> Tensor:
+        out = torch.zeros(len(texts), self.text_len, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = [self.index.get(w, 1) for w in words(text)]
+            if len(ids) > self.text_len:
+                log.warning("caption %r has %d words; truncated to %d", text, len(ids), self.text_len)
+            out[i, : min(len(ids), self.text_len)] = torch.tensor(ids[: self.text_len], dtype=torch.long)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"vocab": self.vocab[2:], "text_len": self.text_len}, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WordTokenizer":
+        doc = json.loads(Path(path).read_text())
+        return cls(list(doc["vocab"]), int(doc["text_len"]))

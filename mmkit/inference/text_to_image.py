@@ -1,0 +1,185 @@
+"""Text-to-image with a DALL·E-style generator: sampling image codes through the shared decoding
+loop (KV cache, temperature/top-k/top-p, seed), classifier-free guidance, streaming previews of the
+partial grid, and CLIP reranking of several candidates per prompt (Ramesh et al. 2021 §2.5 rerank
+DALL·E samples with CLIP the same way). `TextToImage` is the one entry point of the CLI, the API
+and the demo; `--model DIR` means an mmkit export (`dalle/`, `vqgan/`, `tokenizer.json`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from mmkit.core import GenerationOptions, generate
+from mmkit.data.dalle_text import WordTokenizer
+from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
+from mmkit.models.vqgan import VQGAN
+from mmkit.weights.native import WeightsError
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_NAME = "tokenizer.json"
+Preview = Callable[[Tensor], None]  # (B, 3, H, W) images in [0, 1], rows not yet sampled grey
+
+
+def check_options(model: DALLE, options: GenerationOptions, guidance: float) -> None:
+    """One clear error per setting a text-to-image sampler cannot honour."""
+    if options.beam_size > 1:
+        raise ValueError("beam search is not supported for images: sample (temperature/top_k/top_p) or decode greedily")
+    if options.top_k is not None and options.top_k > model.codebook_size:
+        raise ValueError(f"top_k {options.top_k} is larger than the codebook ({model.codebook_size} codes)")
+    if not guidance >= 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+
+
+@torch.no_grad()
+def sample_codes(model: DALLE, text: Tensor, options: GenerationOptions, guidance: float = 1.0,
+                 use_cache: bool = True, on_rows: Callable[[Tensor], None] | None = None,
+                 every_rows: int = 1) -> Tensor:
+    """Sample image codes for tokenized captions.
+
+    Args:
+        model: the generator (put in eval mode by the caller).
+        text: (B, text_len) caption ids.
+        options: sampling settings; options.max_new_tokens is ignored (a grid is image_grid² codes).
+        guidance: classifier-free guidance scale; 1 = the conditional model alone, 0 = unconditional.
+        use_cache: KV-cached decoding (same codes as recomputing every step).
+        on_rows: called with the (B, rows, image_grid) codes so far every `every_rows` finished rows.
+
+    Returns:
+        (B, image_grid, image_grid) int64 codes.
+    """
+    check_options(model, options, guidance)
+    runner = model if guidance == 1.0 else ClassifierFreeGuidance(model, guidance)
+    grid, start = model.image_grid, text.shape[1]
+
+    def on_step(tokens: Tensor) -> None:
+        n = tokens.shape[1] - start
+        if on_rows is not None and n % (grid * every_rows) == 0 and n < grid * grid:
+            on_rows((tokens[:, start:] - model.text_vocab_size).view(len(tokens), -1, grid))
+
+    out = generate(runner, text, model.image_len, options.strategy(text.device), logit_filters=options.filters(),
+                   use_cache=use_cache, on_step=on_step)
+    return (out.tokens[:, start:] - model.text_vocab_size).view(len(text), grid, grid)
+
+
+@dataclass
+class Generated:
+    """The images of one prompt, best first when reranked (`scores`: CLIP cosine similarities)."""
+
+    prompt: str
+    images: list[Image.Image]
+    scores: list[float] | None = None
+    codes: Tensor | None = field(default=None, repr=False)
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] → RGB PIL images."""
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a, "RGB") for a in arr]
+
+
+class ClipReranker:
+    """Scores candidate images against their prompt with any mmkit CLIP (cosine similarity)."""
+
+    def __init__(self, clip, tokenizer, transform) -> None:
+        self.clip, self.tokenizer, self.transform = clip.eval(), tokenizer, transform
+
+    @classmethod
+    def load(cls, model: str, pretrained: str | None = None) -> "ClipReranker":
+        """A CLIP export directory, or an open_clip architecture with `pretrained` weights."""
+        from mmkit.inference.clip_loader import clip_eval_transform, load_clip
+
+        clip, tokenizer = load_clip(model, pretrained)
+        return cls(clip, tokenizer, clip_eval_transform(model, pretrained, exact_decode=True))
+
+    @torch.no_grad()
+    def scores(self, prompt: str, images: Sequence[Image.Image]) -> list[float]:
+        pixels = torch.stack([self.transform(im) for im in images])
+        image = self.clip.encode_image(pixels, normalize=True)
+        text = self.clip.encode_text(self.tokenizer([prompt]), normalize=True)
+        return (image @ text[0]).tolist()
+
+
+class TextToImage:
+    """Prompts → images with a DALLE generator and its VQGAN."""
+
+    def __init__(self, model: DALLE, vqgan: VQGAN, tokenizer: WordTokenizer) -> None:
+        self.model, self.vqgan, self.tokenizer = model.eval(), vqgan.eval(), tokenizer
+        if tokenizer.text_len != model.text_len or len(tokenizer) > model.text_vocab_size:
+            raise WeightsError("tokenizer does not fit the generator (text length or vocabulary size)")
+        if vqgan.codebook_size != model.codebook_size:
+            raise WeightsError(f"VQGAN codebook ({vqgan.codebook_size}) differs from the generator's ({model.codebook_size})")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "TextToImage":
+        directory = Path(directory).expanduser()
+        if not directory.is_dir():
+            raise WeightsError(f"--model {directory}: no such directory")
+        if not (directory / "dalle").is_dir() or not (directory / TOKENIZER_NAME).is_file():
+            raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and {TOKENIZER_NAME})")
+        return cls(DALLE.from_pretrained(directory / "dalle"), VQGAN.from_pretrained(directory / "vqgan"),
+                   WordTokenizer.load(directory / TOKENIZER_NAME))
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory).expanduser()
+        self.model.save_pretrained(directory / "dalle")
+        self.vqgan.save_pretrained(directory / "vqgan")
+        self.tokenizer.save(directory / TOKENIZER_NAME)
+        return directory
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ValueError for an empty prompt or one with no known word; warn about unknown words."""
+        if not prompt.strip():
+            raise ValueError("empty prompt")
+        unknown = self.tokenizer.unknown_words(prompt)
+        if unknown and len(unknown) == len(prompt.split()):
+            raise ValueError(f"prompt {prompt!r}: no word the model knows (vocabulary: {' '.join(self.tokenizer.vocab[2:])})")
+        if unknown:
+            log.warning("prompt %r: words outside the vocabulary ignored: %s", prompt, ", ".join(unknown))
+
+    def generate(self, prompts: Sequence[str], num_images: int = 1, seed: int | None = None, guidance: float = 1.0,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 reranker: ClipReranker | None = None, on_preview: Preview | None = None,
+                 preview_rows: int = 2) -> list[Generated]:
+        """`num_images` samples per prompt, sampled together in one batch per prompt.
+
+        Returns:
+            One `Generated` per prompt; with a reranker, its images sorted by CLIP score.
+        """
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        options = GenerationOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        check_options(self.model, options, guidance)
+        for prompt in prompts:
+            self.check_prompt(prompt)
+        out = []
+        for prompt in prompts:
+            text = self.tokenizer([prompt]).expand(num_images, -1)
+            on_rows = None if on_preview is None else (lambda rows: on_preview(self.preview(rows)))
+            codes = sample_codes(self.model, text, options, guidance, on_rows=on_rows, every_rows=preview_rows)
+            images = to_pil(self.vqgan.decode(codes))
+            scores = None
+            if reranker is not None:
+                scores = reranker.scores(prompt, images)
+                order = sorted(range(len(images)), key=lambda i: -scores[i])
+                images, scores, codes = [images[i] for i in order], [scores[i] for i in order], codes[order]
+            out.append(Generated(prompt, images, scores, codes))
+        return out
+
+    @torch.no_grad()
+    def preview(self, rows: Tensor) -> Tensor:
+        """Decode a partial grid (B, r, g): finished rows decoded, the rest grey."""
+        b, r, g = rows.shape
+        full = torch.cat([rows, rows[:, -1:].expand(b, g - r, g)], dim=1)
+        images = self.vqgan.decode(full)
+        cut = r * images.shape[2] // g
+        images[:, :, cut:] = 0.5
+        return images

@@ -1,0 +1,141 @@
+"""DALL·E-style text-to-image generator (Ramesh et al., "Zero-Shot Text-to-Image Generation", 2021):
+one causal transformer over [text tokens ; image tokens], with separate text and image embeddings,
+learned text positions and row/column image positions (as DALLE-pytorch lays it out). Image tokens
+are the codes of a `VQGAN`; logits at positions whose next token is an image token are restricted
+to the codebook (and to the text vocabulary before). Classifier-free guidance ("super-conditioning"
+in dalle-mini) runs conditional and unconditional rows in one batch (`ClassifierFreeGuidance`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.core import Decoder, KVCache, LayerNorm, LearnedPositions
+from mmkit.core.blocks import layer_norm
+from mmkit.stems.vq import ImageTokenEmbedding
+from mmkit.weights.native import PretrainedMixin
+
+
+class DALLE(PretrainedMixin, nn.Module):
+    """Decoder-only text-to-image model following `forward(tokens, context, cache) -> logits`.
+
+    One id space for the shared decoding loop: text ids are [0, text_vocab_size), image code c is
+    id `text_vocab_size + c`. A sequence is `text_len` text ids (right-padded with `pad_id`; all
+    `pad_id` is the null caption of classifier-free guidance) followed by image_grid² codes in
+    raster order; the logits at position p predict the token at p + 1.
+
+    Args:
+        text_vocab_size: text token ids are in [0, text_vocab_size).
+        text_len: text positions (captions are padded or truncated to it).
+        codebook_size: image codes (the VQGAN's codebook size).
+        image_grid: the code grid is image_grid × image_grid.
+        dim, depth, num_heads, mlp_ratio: transformer sizes (timm's names).
+        dropout: dropout on the summed embeddings.
+        norm_eps: LayerNorm epsilon.
+        pad_id: the text padding id (also the null caption).
+    """
+
+    def __init__(
+        self,
+        text_vocab_size: int = 64,
+        text_len: int = 12,
+        codebook_size: int = 256,
+        image_grid: int = 8,
+        dim: int = 256,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        pad_id: int = 0,
+    ) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.text_vocab_size, self.text_len, self.pad_id = text_vocab_size, text_len, pad_id
+        self.codebook_size, self.image_grid = codebook_size, image_grid
+        self.text_embed = nn.Embedding(text_vocab_size, dim)
+        self.text_pos = LearnedPositions(text_len, dim)
+        self.image_embed = ImageTokenEmbedding(codebook_size, image_grid, dim)
+        self.drop = nn.Dropout(dropout)
+        self.decoder = Decoder(dim, depth, num_heads, mlp_ratio, qkv_bias=True, norm_layer=layer_norm(norm_eps),
+                               final_norm=True)
+        # Untied: text and image tokens have separate input embeddings, so there is no one table to tie to.
+        self.head = nn.Linear(dim, text_vocab_size + codebook_size)
+        self.apply(_init_weights)
+
+    @property
+    def image_len(self) -> int:
+        return self.image_grid * self.image_grid
+
+    @property
+    def max_len(self) -> int:
+        """Tokens of a whole sequence; the model is fed at most max_len - 1 (the last is only predicted)."""
+        return self.text_len + self.image_len
+
+    def embed(self, tokens: Tensor, offset: int) -> Tensor:
+        """Tokens (B, T) at positions offset .. offset + T - 1 → (B, T, dim)."""
+        n_text = max(0, min(self.text_len - offset, tokens.shape[1]))
+        text, image = tokens[:, :n_text], tokens[:, n_text:] - self.text_vocab_size
+        if text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.text_vocab_size):
+            raise ValueError(f"text ids must be in [0, {self.text_vocab_size})")
+        if image.numel() and (int(image.min()) < 0 or int(image.max()) >= self.codebook_size):
+            raise ValueError(f"image ids must be in [{self.text_vocab_size}, {self.text_vocab_size + self.codebook_size})")
+        parts = []
+        if n_text:
+            parts.append(self.text_embed(text) + self.text_pos(n_text, offset))
+        if image.shape[1]:
+            parts.append(self.image_embed(image, max(0, offset - self.text_len)))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, tokens: Tensor, context: Tensor | None = None, cache: KVCache | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        """
+        Args:
+            tokens: (B, T) ids; with a `cache`, only the tokens after the cached prefix.
+            context, context_mask: must be None (decoder-only; arguments of the decoding contract).
+            cache: KV cache for incremental decoding, updated in place.
+
+        Returns:
+            (B, T, text_vocab_size + codebook_size) logits, -inf outside the kind of token (text
+            or image) that comes next.
+        """
+        if context is not None or context_mask is not None:
+            raise ValueError("DALLE is decoder-only and takes no context")
+        offset = cache.length if cache is not None else 0
+        x = self.decoder(self.drop(self.embed(tokens, offset)), cache=cache)
+        logits = self.head(x)  # (B, T, V)
+        next_is_image = torch.arange(offset + 1, offset + 1 + tokens.shape[1], device=tokens.device) >= self.text_len
+        text_ids = torch.arange(logits.shape[-1], device=tokens.device) < self.text_vocab_size
+        return logits.masked_fill(next_is_image[:, None] == text_ids[None, :], float("-inf"))
+
+
+class ClassifierFreeGuidance(nn.Module):
+    """Wraps a `DALLE` for the decoding loop: each row runs twice in one batch, with its caption
+    and with the null caption (all `pad_id`, what caption dropout trains), and the logits become
+    uncond + scale · (cond − uncond). The KV cache therefore holds 2B rows."""
+
+    def __init__(self, model: DALLE, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, tokens: Tensor, context: Tensor | None = None, cache: KVCache | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        offset = cache.length if cache is not None else 0
+        null = tokens.clone()
+        null[:, : max(0, self.model.text_len - offset)] = self.model.pad_id
+        cond, uncond = self.model(torch.cat([tokens, null]), context, cache, context_mask).chunk(2)
+        # -inf marks the other token kind in both halves; keep it rather than produce inf - inf.
+        return torch.where(torch.isinf(cond), cond, uncond + self.scale * (cond - uncond))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # GPT-2 / DALLE-pytorch init: N(0, 0.02) weights and embeddings, zero biases, unit norms.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
