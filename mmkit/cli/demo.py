@@ -32,6 +32,8 @@ DEMOS = {
     "speech": DemoFamily("speech to text with segment timestamps and an SRT download", "runs/whisper_espeak/export",
                          "mmkit fit --config configs/whisper_espeak.yaml", "mmkit.cli.demo:speech_tab",
                          (".pt", ".pth")),
+    "gpt": DemoFamily("text generation, streamed as it is decoded", "runs/gpt_fortunes/export",
+                      "mmkit fit --config configs/gpt_fortunes.yaml", "mmkit.cli.demo:gpt_tab"),
 }
 
 
@@ -57,6 +59,14 @@ def speech_tab(model: Path, top_k: int) -> Callable[[], None]:
 
     transcriber = load_transcriber(model)
     return lambda: render(lambda path: next(transcriber.transcribe_files([path])))
+
+
+def gpt_tab(model: Path, top_k: int) -> Callable[[], None]:
+    from demos.text_generation import text_generation_tab
+    from mmkit.inference.text_generation import load_text_generator
+
+    generator = load_text_generator(model)
+    return lambda: text_generation_tab(generator)
 
 
 def _checkpoint_problem(name: str, model: Path) -> str | None:

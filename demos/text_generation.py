@@ -1,0 +1,67 @@
+"""Text generation demo: type a prompt, watch a GPT continue it token by token (Gradio streams the
+generator's pieces). Thin over `mmkit.inference.text_generation.TextGenerator.stream`, the path the
+command line (`mmkit generate-text`) and the tests use. Temperature 0 decodes greedily.
+
+`mmkit demo gpt --model runs/gpt_fortunes/export` serves it on http://127.0.0.1:7860.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import gradio as gr
+
+from mmkit.core import GenerationOptions
+from mmkit.inference.text_generation import TextGenerator
+
+
+def continue_prompt(generator: TextGenerator, prompt: str, max_new_tokens: float, temperature: float, top_k: float,
+                    top_p: float, seed: float | None) -> Iterator[str]:
+    """Yield the prompt followed by the continuation so far, after each new piece of text."""
+    try:
+        options = GenerationOptions(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                                    top_k=(int(top_k) or None) if temperature > 0 else None,
+                                    top_p=float(top_p) if temperature > 0 and top_p < 1 else None,
+                                    seed=None if seed is None else int(seed))
+        generator.encode_prompt(prompt or "", options.max_new_tokens)  # a bad prompt fails before any output
+        pieces = generator.stream(prompt, options)
+        text = prompt
+        yield text
+        for piece in pieces:
+            text += piece
+            yield text
+    except ValueError as e:  # empty prompt, no room in the context, bad option: shown, not a traceback
+        raise gr.Error(str(e)) from None
+
+
+def text_generation_tab(generator: TextGenerator, max_new_tokens: int = 64) -> None:
+    """Render the text-generation tab into the enclosing `gr.Blocks`."""
+    limit = max(1, generator.model.max_len - 1)
+
+    def run(prompt: str, new_tokens: float, temperature: float, top_k: float, top_p: float,
+            seed: float | None) -> Iterator[str]:
+        yield from continue_prompt(generator, prompt, new_tokens, temperature, top_k, top_p, seed)
+
+    with gr.Tab("Text generation", elem_id="text-generation-tab"):
+        gr.Markdown("Type a prompt and press Generate; the continuation streams in as it is decoded. "
+                    "Temperature 0 is greedy decoding; above 0 it samples (top-k, top-p, seed apply).")
+        with gr.Row():
+            with gr.Column():
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
+                new_tokens = gr.Slider(1, limit, value=min(max_new_tokens, limit), step=1, label="Max new tokens",
+                                       elem_id="max-new-tokens")
+                temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature", elem_id="temperature")
+                top_k = gr.Slider(0, 200, value=40, step=1, label="Top-k (0: off)", elem_id="top-k")
+                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
+                seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column():
+                output = gr.Textbox(label="Text", lines=12, interactive=False, elem_id="generated")
+        button.click(run, [prompt, new_tokens, temperature, top_k, top_p, seed], output)
+
+
+def build_app(generator: TextGenerator, title: str = "mmkit text generation") -> gr.Blocks:
+    """A Blocks app with the text-generation tab (see `text_generation_tab`)."""
+    with gr.Blocks(title=title) as app:
+        gr.Markdown(f"## {title}")
+        text_generation_tab(generator)
+    return app
