@@ -56,6 +56,7 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
         model = GPT.from_hf(directory)
         tokenizer = ByteBPETokenizer.from_dir(directory)
         eos_id = doc.get("eos_token_id", tokenizer.eos_id)
+        eos_id = eos_id[0] if isinstance(eos_id, list) and eos_id else eos_id  # some configs list several
     else:
         kind = doc.get("architecture") or doc.get("model_type") or "unknown"
         raise WeightsError(f"{directory}: holds a {kind!r} model, not a GPT (mmkit export or transformers GPT-2)")
