@@ -18,7 +18,7 @@ from mmkit.core import Decoder, Encoder, LearnedPositions
 from mmkit.core.blocks import layer_norm
 from mmkit.core.mlp import activation
 from mmkit.models.vit import ViT
-from mmkit.weights.native import WEIGHTS_NAME, PretrainedMixin, load_state_dict_strict, read_state_dict
+from mmkit.weights.native import PretrainedMixin
 
 # OpenAI CLIP's pixel statistics over 0..1 RGB (timm.data.OPENAI_CLIP_MEAN/STD, not imported from
 # there: importing timm costs a command-line start about a second).
@@ -275,21 +275,21 @@ class CLIP(PretrainedMixin, nn.Module):
         return cls.from_config({**clip_config(name), **overrides})
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "CLIP":
-        """Rebuild from a native checkpoint directory and load its weights strictly.
+    def build(cls, config: dict[str, Any]) -> "CLIP":
+        return cls.from_config(config)
 
-        `overrides` replace CLIP arguments; a dict for "visual"/"text" updates that tower's saved
-        arguments, e.g. `visual={"image_size": 336}` (positions are resampled).
-        """
-        doc = cls.read_config(directory)
-        saved = doc["config"]
-        config = {**saved, **overrides}
-        for tower in ("visual", "text"):
-            config[tower] = {**saved[tower], **overrides.get(tower, {})}
-        model = cls.from_config(config)
-        path = Path(directory).expanduser() / WEIGHTS_NAME
-        load_state_dict_strict(model, model.adapt_state_dict(read_state_dict(path), saved), str(path))
-        return model
+    @classmethod
+    def check_config(cls, config: Any, where: str) -> None:
+        """Each tower's arguments against its constructor, then CLIP's own (one line per defect)."""
+        from mmkit.weights.config_check import check_arguments
+
+        check_arguments(cls.__init__, config, where, nested={"visual": CLIPVisionTower, "text": CLIPTextTower})
+
+    @classmethod
+    def with_overrides(cls, saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """`from_pretrained` overrides: a dict for "visual"/"text" updates that tower's saved arguments,
+        e.g. `visual={"image_size": 336}` (positions are resampled)."""
+        return {**saved, **overrides, **{t: {**saved[t], **overrides.get(t, {})} for t in ("visual", "text")}}
 
     def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:
         """Let the image tower resample saved positions when built at another image size."""
@@ -306,4 +306,5 @@ class CLIP(PretrainedMixin, nn.Module):
         See `mmkit.weights.from_open_clip.clip_from_open_clip`."""
         from mmkit.weights.from_open_clip import clip_from_open_clip
 
-        return clip_from_open_clip(model_or_arch, pretrained)
+        # CLIP has no non-persistent buffers: the strict load overwrites every tensor, so skip the init.
+        return cls.from_converted(clip_from_open_clip(model_or_arch, pretrained), empty_init=True)

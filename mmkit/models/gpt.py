@@ -85,7 +85,7 @@ class GPT(PretrainedMixin, nn.Module):
         directory (config.json + model.safetensors / pytorch_model.bin); never the network."""
         from mmkit.weights.from_hf import gpt2_from_hf
 
-        return gpt2_from_hf(model_or_dir)
+        return cls.from_converted(gpt2_from_hf(model_or_dir))
 
 
 def _init_weights(module: nn.Module) -> None:

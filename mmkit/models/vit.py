@@ -142,7 +142,7 @@ class ViT(PretrainedMixin, nn.Module):
         load timm weights from `checkpoint_path` (or the hub when `pretrained=True`)."""
         from mmkit.weights.from_timm import vit_from_timm
 
-        return vit_from_timm(model_or_name, checkpoint_path=checkpoint_path, pretrained=pretrained, **timm_kwargs)
+        return cls.from_converted(vit_from_timm(model_or_name, checkpoint_path, pretrained, **timm_kwargs))
 
 
 class AttentionPool(nn.Module):

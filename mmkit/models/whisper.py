@@ -134,15 +134,16 @@ class Whisper(PretrainedMixin, nn.Module):
         id such as "openai/whisper-tiny" (downloaded with huggingface_hub; needs a network or cache)."""
         from mmkit.weights.from_hf_whisper import whisper_from_hf
 
-        return whisper_from_hf(model_or_dir)
+        return cls.from_converted(whisper_from_hf(model_or_dir))
 
     @classmethod
     def from_openai(cls, path: str | Path) -> "Whisper":
         """Import an openai-whisper checkpoint file (the `.pt` that `whisper.load_model` reads:
         {"dims": ..., "model_state_dict": ...}), read with torch.load(weights_only=True); eval mode."""
+        from mmkit.models.sizes import WHISPER_SIZES
         from mmkit.weights.from_openai_whisper import whisper_from_openai
 
-        return whisper_from_openai(path)
+        return cls.from_converted(whisper_from_openai(path, WHISPER_SIZES))
 
 
 def _init_weights(module: nn.Module) -> None:

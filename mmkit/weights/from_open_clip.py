@@ -1,5 +1,6 @@
 """Import open_clip `CLIP` models (OpenAI's and LAION's checkpoints) and SigLIP models (Zhai et al.,
-2023; open_clip's `CustomTextCLIP` with a timm ViT image tower) into `mmkit.models.CLIP`.
+2023; open_clip's `CustomTextCLIP` with a timm ViT image tower) into the config and state dict of
+`mmkit.models.CLIP` (built by `CLIP.from_open_clip`; this converter never imports mmkit.models).
 
 open_clip is the reference: the architecture is read off an open_clip instance, a local
 checkpoint file is loaded strictly into that instance first, and its weights then go through the
@@ -14,13 +15,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from mmkit.models.clip import CLIP
-from mmkit.weights.from_timm import VIT_KEYS
+from mmkit.weights.from_timm import VIT_KEYS, timm_vit_config
 from mmkit.weights.keymap import Rule, Transform, remap
-from mmkit.weights.native import WeightsError, load_state_dict_strict, read_state_dict
+from mmkit.weights.native import Converted, WeightsError, load_state_dict_strict, read_state_dict
 from mmkit.weights.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 log = logging.getLogger(__name__)
@@ -176,13 +175,11 @@ def _check_supported(m: nn.Module, source: str) -> None:
 
 def _check_timm_tower(v: nn.Module, source: str) -> None:
     """SigLIP's image tower: a timm ViT trunk with attention pooling ("map") and no projection."""
-    from mmkit.weights.from_timm import _vit_config
-
     trunk = v.trunk
     if type(trunk).__name__ != "VisionTransformer":
         raise WeightsError(f"{source}: open_clip model uses a timm {type(trunk).__name__} image tower; "
                            "mmkit's CLIP imports timm ViTs with attention pooling (SigLIP) only")
-    cfg = _vit_config(trunk)  # refuses what mmkit's ViT does not implement
+    cfg = timm_vit_config(trunk)  # refuses what mmkit's ViT does not implement
     if cfg["global_pool"] != "map" or cfg["class_token"] or cfg["num_classes"] or len(v.head) or not cfg["qkv_bias"]:
         raise WeightsError(f"{source}: timm image tower is not SigLIP-shaped (wanted global_pool='map', no class "
                            "token, no head or projection, qkv bias; got "
@@ -193,9 +190,7 @@ def _check_timm_tower(v: nn.Module, source: str) -> None:
 
 def _visual_config(v: nn.Module) -> dict[str, Any]:
     if type(v).__name__ == "TimmModel":
-        from mmkit.weights.from_timm import _vit_config
-
-        cfg = _vit_config(v.trunk)
+        cfg = timm_vit_config(v.trunk)
         return dict(embed_dim=cfg["dim"], image_size=cfg["image_size"], patch_size=cfg["patch_size"],
                     dim=cfg["dim"], depth=cfg["depth"], num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"],
                     act_layer="gelu", norm_eps=1e-6, drop_path_rate=cfg["drop_path_rate"], global_pool="map",
@@ -283,13 +278,14 @@ def _create(arch: str, pretrained: str | Path | None) -> tuple[nn.Module, str, b
     return model, f"open_clip:{arch}/{tag}", True
 
 
-def clip_from_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path | None = None) -> CLIP:
+def clip_from_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path | None = None) -> Converted:
     """Convert an open_clip `CLIP` (an instance, or an architecture name built by open_clip with
-    `pretrained` = None, a local checkpoint file, or a pretrained tag) into `mmkit.models.CLIP`.
+    `pretrained` = None, a local checkpoint file, or a pretrained tag) for `mmkit.models.CLIP`
+    (see `CLIP.from_open_clip`).
 
     Returns:
-        a CLIP with identical features and logits: in the instance's train/eval mode, in eval mode
-        when weights were loaded.
+        `CLIP.from_config` config and state dict; training is the instance's mode, False when
+        weights were loaded.
 
     Raises:
         WeightsError: unsupported open_clip variants (the message names the feature), and checkpoint
@@ -302,12 +298,7 @@ def clip_from_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path |
     else:
         oc, source, loaded = _create(model_or_arch, pretrained)
     _check_supported(oc, source)
-    # Every tensor is overwritten by the strict load below (CLIP has no non-persistent buffers),
-    # so skip the random init: build on the meta device, then allocate uninitialised memory.
-    with torch.device("meta"):
-        model = CLIP.from_config(_clip_config(oc))
-    model = model.to_empty(device="cpu")
     rules, transforms = key_map(oc)
-    load_state_dict_strict(model, remap(oc.state_dict(), rules, source, transforms), source)
     log.info("imported open_clip CLIP from %s", source)
-    return model.train(oc.training and not loaded)
+    return Converted(_clip_config(oc), remap(oc.state_dict(), rules, source, transforms), source,
+                     oc.training and not loaded)

@@ -1,10 +1,11 @@
 """Import openai-whisper checkpoints (the `.pt` files `whisper.load_model` reads; Radford et al.,
-2022, github.com/openai/whisper) into `mmkit.models.Whisper`.
+2022, github.com/openai/whisper) into the config and state dict of `mmkit.models.Whisper` (built
+by `Whisper.from_openai`; this converter never imports mmkit.models).
 
 Such a file is `torch.save({"dims": asdict(ModelDimensions), "model_state_dict": ...})`, read here
 with `torch.load(weights_only=True)` only. `dims` become constructor arguments; a declarative key
-map moves each tensor to its mmkit name, and q/k/v are fused by the transformers importer's
-`fuse_projections` (openai's `key` has no bias either: a zero slice, which softmax cancels).
+map moves each tensor to its mmkit name, and q/k/v are fused by the shared
+`hf.fuse_projections` (openai's `key` has no bias either: a zero slice, which softmax cancels).
 """
 from __future__ import annotations
 
@@ -13,14 +14,11 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch import Tensor
 
-from mmkit.models.sizes import WHISPER_SIZES
-from mmkit.models.whisper import Whisper
-from mmkit.weights.from_hf_whisper import fuse_projections
+from mmkit.weights.hf import fuse_projections
 from mmkit.weights.keymap import remap
-from mmkit.weights.native import WeightsError, summarise_keys, load_state_dict_strict
+from mmkit.weights.native import Converted, WeightsError, summarise_keys, torch_load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +92,12 @@ def _depth(state: Mapping[str, Tensor], stack: str) -> int:
     return 1 + max((int(m[1]) for m in found if m), default=-1)
 
 
-def infer_dims(state: Mapping[str, Tensor], source: str) -> dict[str, int]:
+def infer_dims(state: Mapping[str, Tensor], source: str,
+               sizes: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
     """`ModelDimensions` of a bare openai-layout state dict. Shapes give every field but the head
-    counts; those come from the published size of the same width and depths (`WHISPER_SIZES`),
-    and any other shape is refused rather than guessed."""
+    counts; those come from the published size of the same width and depths (`sizes`: the
+    caller passes `mmkit.models.sizes.WHISPER_SIZES`), and any other shape is refused rather
+    than guessed."""
     needed = ["encoder.conv1.weight", "encoder.positional_embedding", "decoder.token_embedding.weight",
               "decoder.positional_embedding"]
     absent = [k for k in needed if k not in state]
@@ -105,7 +105,7 @@ def infer_dims(state: Mapping[str, Tensor], source: str) -> dict[str, int]:
         raise WeightsError(f"{source}: a state dict without 'dims' must hold {', '.join(absent)} to infer them")
     n_state, n_mels = state["encoder.conv1.weight"].shape[:2]
     enc, dec = _depth(state, "encoder"), _depth(state, "decoder")
-    heads = {cfg["num_heads"] for cfg in WHISPER_SIZES.values()
+    heads = {cfg["num_heads"] for cfg in sizes.values()
              if (cfg["dim"], cfg["encoder_depth"], cfg["decoder_depth"]) == (n_state, enc, dec)}
     if len(heads) != 1:
         raise WeightsError(
@@ -120,32 +120,17 @@ def infer_dims(state: Mapping[str, Tensor], source: str) -> dict[str, int]:
                 n_text_head=n_head, n_text_layer=dec)
 
 
-def _load_reason(e: Exception) -> str:
-    """The informative sentence of a torch.load failure (weights_only's message is a page long)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
-    line = next((x for x in lines if "Unsupported global" in x), lines[0])
-    return f"{type(e).__name__}: {line.split('. ')[0]}"
-
-
 def _is_state_dict(obj: object) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
 
 
-def read_openai_checkpoint(path: str | Path) -> tuple[dict[str, int], dict[str, Tensor], str]:
+def read_openai_checkpoint(path: str | Path, sizes: Mapping[str, Mapping[str, Any]]
+                           ) -> tuple[dict[str, int], dict[str, Tensor], str]:
     """`dims`, state dict and source name of an openai-whisper checkpoint file, or of a bare
     state dict in its layout whose dims `infer_dims` can determine. Nothing but tensors and plain
-    containers is unpickled (`torch.load(weights_only=True)`)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"checkpoint file not found: {path}")
-    source = str(path)
-    try:
-        obj = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any decoder failure becomes one clear message
-        raise WeightsError(
-            f"{source}: not a checkpoint torch.load(weights_only=True) can read ({_load_reason(e)}); mmkit never "
-            "unpickles arbitrary objects, and openai-whisper checkpoints hold only plain data: "
-            "{'dims': {...}, 'model_state_dict': {...}}") from None
+    containers is unpickled (`native.torch_load_weights_only`); `sizes` as in `infer_dims`."""
+    source = str(Path(path).expanduser())
+    obj = torch_load_weights_only(path)
     if isinstance(obj, Mapping) and "model_state_dict" in obj:
         extra = sorted(str(k) for k in obj if k not in ("dims", "model_state_dict"))
         if extra:
@@ -161,29 +146,28 @@ def read_openai_checkpoint(path: str | Path) -> tuple[dict[str, int], dict[str, 
     if not _is_state_dict(state):
         raise WeightsError(f"{source}: 'model_state_dict' is not a dict of tensors")
     if dims is None:
-        dims = infer_dims(state, source)
+        dims = infer_dims(state, source, sizes)
         log.info("%s: no 'dims'; inferred %s from the tensor shapes", source, dims)
     elif not isinstance(dims, Mapping):
         raise WeightsError(f"{source}: 'dims' is a {type(dims).__name__}, not a dict of ModelDimensions fields")
     return dict(dims), dict(state), source
 
 
-def whisper_from_openai(path: str | Path) -> Whisper:
-    """Load an openai-whisper checkpoint file (`tiny.pt`, `large-v3.pt`, or one saved the same way)
-    into `mmkit.models.Whisper`.
+def whisper_from_openai(path: str | Path, sizes: Mapping[str, Mapping[str, Any]]) -> Converted:
+    """Convert an openai-whisper checkpoint file (`tiny.pt`, `large-v3.pt`, or one saved the same
+    way) for `mmkit.models.Whisper` (see `Whisper.from_openai`); `sizes` as in `infer_dims`.
 
     Returns:
-        a Whisper in eval mode with the encoder outputs and logits of openai/whisper's model
-        (float32 parameters; the fp16 tensors of the published files are upcast exactly).
+        Whisper config and state dict (eval mode): the loaded model has the encoder outputs and
+        logits of openai/whisper's (fp16 tensors of the published files upcast exactly on load).
 
     Raises:
         WeightsError: unreadable or unsafe files, dims mmkit's Whisper cannot express, and
             missing, unexpected or wrongly shaped tensors (the message names the file and the keys).
     """
-    dims, state, source = read_openai_checkpoint(path)
-    model = Whisper(**whisper_args(dims, source))
+    dims, state, source = read_openai_checkpoint(path, sizes)
+    config = whisper_args(dims, source)
     mapped = fuse_projections(remap(state, OPENAI_WHISPER_KEYS, source), source)
-    load_state_dict_strict(model, mapped, source)
     log.info("imported Whisper (%s+%s layers, dim %s, %s Mel bins) from %s", dims["n_audio_layer"],
              dims["n_text_layer"], dims["n_audio_state"], dims["n_mels"], source)
-    return model.eval()
+    return Converted(config, mapped, source, False)

@@ -1,4 +1,5 @@
-"""Import timm `VisionTransformer` weights into `mmkit.models.ViT`.
+"""Convert timm `VisionTransformer` weights into the config and state dict of `mmkit.models.ViT`
+(built by `ViT.from_timm`; this converter never imports mmkit.models).
 
 The architecture is read off the timm instance (timm's own config is the reference), the
 weights go through a key map; anything the plain ViT family does not cover (register tokens,
@@ -13,9 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from mmkit.models.vit import ViT
 from mmkit.weights.keymap import remap
-from mmkit.weights.native import WeightsError, load_state_dict_strict, read_state_dict
+from mmkit.weights.native import Converted, WeightsError, load_state_dict_strict, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def _attention_pool_unsupported(m: nn.Module) -> bool:
                 and not getattr(m, "pool_include_prefix", False))
 
 
-def _vit_config(m: nn.Module) -> dict[str, Any]:
+def timm_vit_config(m: nn.Module) -> dict[str, Any]:
+    """`ViT(...)` arguments of a timm VisionTransformer; features mmkit's ViT lacks are refused."""
     from timm.layers import Mlp as TimmMlp
 
     blk = m.blocks[0]
@@ -111,8 +112,12 @@ def _vit_config(m: nn.Module) -> dict[str, Any]:
 
 
 def vit_from_timm(model_or_name: nn.Module | str, checkpoint_path: str | None = None,
-                  pretrained: bool = False, **timm_kwargs: Any) -> ViT:
-    """See `ViT.from_timm`."""
+                  pretrained: bool = False, **timm_kwargs: Any) -> Converted:
+    """`ViT` config and state dict of a timm VisionTransformer instance or name (see `ViT.from_timm`).
+
+    Raises:
+        WeightsError: timm features outside mmkit's ViT, and tensors no key rule accounts for.
+    """
     if isinstance(model_or_name, str):
         timm_model = _timm_create(model_or_name, checkpoint_path, pretrained, timm_kwargs)
         source = checkpoint_path or f"timm:{model_or_name}"
@@ -122,7 +127,5 @@ def vit_from_timm(model_or_name: nn.Module | str, checkpoint_path: str | None = 
         timm_model, source = model_or_name, f"timm:{type(model_or_name).__name__}"
     if type(timm_model).__name__ != "VisionTransformer":
         raise WeightsError(f"{source}: expected a timm VisionTransformer, got {type(timm_model).__name__}")
-    model = ViT(**_vit_config(timm_model))
-    state = remap(timm_model.state_dict(), VIT_KEYS, source)
-    load_state_dict_strict(model, state, str(source))
-    return model.train(timm_model.training)
+    config = timm_vit_config(timm_model)  # first: unsupported features are refused by name
+    return Converted(config, remap(timm_model.state_dict(), VIT_KEYS, source), str(source), timm_model.training)

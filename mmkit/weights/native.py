@@ -5,8 +5,10 @@ through `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import json
+import re
+import struct
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, NamedTuple, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,17 +31,59 @@ def summarise_keys(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+class Converted(NamedTuple):
+    """What an importer returns: the mmkit constructor config, the state dict in mmkit's names,
+    the source name for messages, and the source's train/eval mode. The model classes build
+    from it (`PretrainedMixin.from_converted`); importers never import `mmkit.models`."""
+
+    config: dict[str, Any]
+    state: dict[str, Tensor]
+    source: str
+    training: bool
+
+
+def _first_line(e: Exception) -> str:
+    """The informative sentence of a loader error (weights_only's message is a page long)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+    line = next((x for x in lines if "Unsupported" in x), lines[0])
+    return f"{type(e).__name__}: {line.split('. ')[0].replace('WeightsUnpickler error: ', '')}"
+
+
+_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
+def torch_load_weights_only(path: str | Path) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers, never code. A file
+    whose pickle names a Python object is refused in one line that says how to convert a trusted one."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any decoder failure becomes one clear message
+        named = _GLOBAL.search(str(e))
+        if named is None:
+            raise WeightsError(f"{path}: not a checkpoint torch.load(weights_only=True) can read "
+                               f"({_first_line(e)})") from None
+        safe = path.with_suffix(".safetensors")
+        raise WeightsError(
+            f"{path}: holds pickled Python code ({named[1]}) that mmkit will not run; if you trust the file, "
+            "convert it once to safetensors: python -c \"import torch, safetensors.torch as st; "
+            f"st.save_file(torch.load('{path}', weights_only=False), '{safe}')\" (for a whole pickled "
+            "model, save its .state_dict())") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read tensors from a safetensors file or a torch file, never unpickling arbitrary objects."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             return load_file(str(path))
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any decoder failure becomes one clear message
-        raise WeightsError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        except Exception as e:  # noqa: BLE001 - any decoder failure becomes one clear message
+            raise WeightsError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+    obj = torch_load_weights_only(path)
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return dict(obj)
@@ -65,6 +109,32 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source
     if problems:
         raise WeightsError(f"{source}: cannot load into {type(model).__name__}; " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors file's JSON header, without reading any tensor data."""
+    path = Path(path).expanduser()
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > min(path.stat().st_size - 8, 100 << 20):
+                raise ValueError(f"header length {size} exceeds the file")
+            header = json.loads(f.read(size))
+        return {k: tuple(int(n) for n in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except FileNotFoundError:
+        raise WeightsError(f"checkpoint file not found: {path}") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt header is one message, not a traceback
+        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+
+
+def check_shapes(model: nn.Module, weights: Path, config_path: Path) -> None:
+    """Compare the (meta-device) model's tensor shapes with the safetensors header, so a config
+    that disagrees with its weights fails before a single tensor is allocated or read."""
+    found = safetensors_shapes(weights)
+    for key, tensor in model.state_dict().items():
+        if key in found and tuple(tensor.shape) != found[key]:
+            raise WeightsError(f"{config_path}: config does not match {weights.name}: {key} is "
+                               f"{found[key]} in the weights but {tuple(tensor.shape)} by the config")
 
 
 class PretrainedMixin:
@@ -99,18 +169,70 @@ class PretrainedMixin:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise WeightsError(f"{path}: invalid JSON ({e})") from None
+        except UnicodeDecodeError:
+            raise WeightsError(f"{path}: not UTF-8 text") from None
+        if not isinstance(doc, dict):
+            raise WeightsError(f"{path}: expected a JSON object, found {type(doc).__name__}")
         if doc.get("architecture") != cls.architecture_name():
             raise WeightsError(f"{path}: holds a {doc.get('architecture')!r} checkpoint, not {cls.architecture_name()}")
+        if not isinstance(doc.get("metadata", {}), dict):
+            raise WeightsError(f"{path}: field 'metadata' must be an object")
+        cls.check_config(doc.get("config"), f"{path}: config")
         return doc
 
     @classmethod
+    def check_config(cls, config: Any, where: str) -> None:
+        """Refuse constructor arguments of the wrong type or range (one line naming the field)."""
+        from mmkit.weights.config_check import check_arguments
+
+        check_arguments(cls.__init__, config, where)
+
+    @classmethod
+    def build(cls: type[T], config: dict[str, Any]) -> T:
+        """The model of constructor config `config` (`self.config`'s shape); nested configs override."""
+        return cls(**config)
+
+    @classmethod
+    def check_weights(cls, directory: str | Path, config: dict[str, Any]) -> Path:
+        """The weights file of `directory`, its header shapes checked against a meta-device build."""
+        directory = Path(directory).expanduser()
+        with torch.device("meta"):
+            model = cls.build(config)
+        check_shapes(model, directory / WEIGHTS_NAME, directory / CONFIG_NAME)  # type: ignore[arg-type]
+        return directory / WEIGHTS_NAME
+
+    @classmethod
+    def from_converted(cls: type[T], converted: Converted, empty_init: bool = False) -> T:
+        """Build from an importer's `Converted` and load its state strictly (errors name the
+        missing / unexpected keys); the source's train/eval mode is kept. `empty_init` skips the
+        random init (meta device, then uninitialised memory): only for models whose every tensor
+        is in the state dict (no non-persistent buffers)."""
+        if empty_init:
+            with torch.device("meta"):
+                model = cls.build(converted.config)
+            model = model.to_empty(device="cpu")  # type: ignore[attr-defined]
+        else:
+            model = cls.build(converted.config)
+        load_state_dict_strict(model, converted.state, converted.source)  # type: ignore[arg-type]
+        return model.train(converted.training)  # type: ignore[attr-defined]
+
+    @classmethod
+    def with_overrides(cls, saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """The saved config with `from_pretrained`'s overrides applied."""
+        return {**saved, **overrides}
+
+    @classmethod
     def from_pretrained(cls: type[T], directory: str | Path, **overrides: Any) -> T:
-        """Build from config.json (with `overrides` of constructor arguments) and load weights."""
-        doc = cls.read_config(directory)
-        model = cls(**{**doc["config"], **overrides})
-        state = read_state_dict(Path(directory).expanduser() / WEIGHTS_NAME)
-        state = model.adapt_state_dict(state, doc["config"])  # type: ignore[attr-defined]
-        load_state_dict_strict(model, state, str(Path(directory) / WEIGHTS_NAME))  # type: ignore[arg-type]
+        """Build from config.json (with `overrides` of constructor arguments) and load weights.
+        The config is validated and checked against the weights' header before anything is built."""
+        saved = cls.read_config(directory)["config"]
+        path = cls.check_weights(directory, saved)
+        config = cls.with_overrides(saved, overrides)
+        if overrides:
+            cls.check_config(config, f"{directory}: config with overrides")
+        model = cls.build(config)
+        state = model.adapt_state_dict(read_state_dict(path), saved)  # type: ignore[attr-defined]
+        load_state_dict_strict(model, state, str(path))  # type: ignore[arg-type]
         return model
 
     def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ from mmkit.data.text import CLIPTokenizer
 from mmkit.models.clip import CLIP, CLIPTextTower, CLIPVisionTower
 from mmkit.models.sizes import clip_config
 from mmkit.weights import WeightsError
-from mmkit.weights.from_open_clip import clip_from_open_clip, read_open_clip_checkpoint
+from mmkit.weights.from_open_clip import read_open_clip_checkpoint
 from mmkit.weights.torchscript import read_torchscript_state_dict
 
 ATOL = 1e-4
@@ -110,7 +110,7 @@ PARITY_CASES = {
 def test_parity_from_instance(case):
     arch, depth = PARITY_CASES[case]
     ref = _open_clip(arch, depth)
-    ours = clip_from_open_clip(ref)
+    ours = CLIP.from_open_clip(ref)
     assert not ours.training
     _assert_parity(ours, ref, *_inputs(ref, arch), forward=arch == TINY)
     expected_depth = depth or (12 if arch.startswith("ViT-B") else 2)
@@ -125,7 +125,7 @@ def test_parity_with_logit_bias_and_eps():
     cfg = open_clip.get_model_config(TINY)
     ref = _open_clip(TINY, init_logit_bias=-10.0,
                      vision_cfg={**cfg["vision_cfg"], "norm_kwargs": {"eps": 1e-6}})
-    ours = clip_from_open_clip(ref)
+    ours = CLIP.from_open_clip(ref)
     assert ours.config["visual"]["norm_eps"] == 1e-6 and ours.config["text"]["norm_eps"] == 1e-5
     images, tokens = _inputs(ref, TINY)
     _assert_parity(ours, ref, images, tokens)
@@ -136,7 +136,7 @@ def test_parity_with_logit_bias_and_eps():
 
 
 def test_arch_name_random_init_keeps_mode():
-    ours = clip_from_open_clip(TINY)
+    ours = CLIP.from_open_clip(TINY)
     assert isinstance(ours, CLIP) and ours.training  # open_clip builds in train mode; mirrored
     assert ours.config["visual"]["image_size"] == 32 and ours.config["text"]["num_heads"] == 2
     assert CLIP.from_open_clip(TINY).config == ours.config
@@ -169,7 +169,7 @@ def test_open_clip_layout_file(layout, tmp_path):
     kw = dict(LAYOUTS[layout])
     ref = _open_clip(TINY)
     path = _write(tmp_path / f"ckpt{kw.pop('suffix')}", ref.state_dict(), **kw)
-    ours = clip_from_open_clip(TINY, pretrained=str(path))
+    ours = CLIP.from_open_clip(TINY, pretrained=str(path))
     assert not ours.training
     _assert_parity(ours, ref, *_inputs(ref, TINY))
     if layout == "wrapped":  # open_clip's own loader reads the same file to the same model
@@ -191,7 +191,7 @@ def test_openai_layout_file(wrap, tmp_path):
     state = _openai_state_dict(_open_clip(TINY_QUICKGELU))
     assert state["visual.proj"].dtype == torch.float16 and state["ln_final.weight"].dtype == torch.float32
     path = _write(tmp_path / "openai.pt", state, wrap=wrap, module=wrap)
-    ours = clip_from_open_clip(TINY_QUICKGELU, pretrained=path)
+    ours = CLIP.from_open_clip(TINY_QUICKGELU, pretrained=path)
     # open_clip's OpenAI loader (which infers the architecture from the tensors) is the reference.
     ref = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
     assert ours.config["visual"]["act_layer"] == "quick_gelu"
@@ -209,7 +209,7 @@ def test_torchscript_archive(tmp_path):
     expected = torch.jit.load(str(path)).state_dict()
     assert set(state) == set(expected) and all(torch.equal(state[k], expected[k]) for k in expected)
     assert "attn_mask" in state and "attn_mask" not in read_open_clip_checkpoint(path)  # explicit drop
-    _assert_parity(clip_from_open_clip(TINY_QUICKGELU, pretrained=path), ref, images, tokens)
+    _assert_parity(CLIP.from_open_clip(TINY_QUICKGELU, pretrained=path), ref, images, tokens)
 
 
 class _Scripted(torch.nn.Module):
@@ -254,7 +254,7 @@ def test_hostile_torchscript_archive_is_not_executed(tmp_path):
         z.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
         z.writestr("evil/data.pkl", pickle.dumps(_Exploit(marker), protocol=2))
     with pytest.raises(WeightsError, match=r"evil\.pt.*system"):
-        clip_from_open_clip(TINY, pretrained=path)
+        CLIP.from_open_clip(TINY, pretrained=path)
     assert not marker.exists()
 
 
@@ -264,7 +264,7 @@ def test_wrong_checkpoint_names_file_and_keys(tmp_path):
     state["visual.proj"] = torch.zeros(128, 16)
     path = _write(tmp_path / "wrong.pt", state)
     with pytest.raises(WeightsError) as err:
-        clip_from_open_clip(TINY, pretrained=path)
+        CLIP.from_open_clip(TINY, pretrained=path)
     msg = str(err.value)
     for needle in (str(path), "missing keys: visual.class_embedding", "unexpected keys: visual.extra_token",
                    "visual.proj: checkpoint (128, 16) vs model (128, 32)"):
@@ -275,15 +275,15 @@ def test_unreadable_and_missing_files(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="junk.pt"):
-        clip_from_open_clip(TINY, pretrained=junk)
+        CLIP.from_open_clip(TINY, pretrained=junk)
     with pytest.raises(WeightsError, match="checkpoint file not found: .*missing.pt"):
-        clip_from_open_clip(TINY, pretrained=tmp_path / "missing.pt")
+        CLIP.from_open_clip(TINY, pretrained=tmp_path / "missing.pt")
     with pytest.raises(WeightsError, match="neither a checkpoint file nor an open_clip pretrained tag"):
-        clip_from_open_clip(TINY, pretrained="laion400m_e32")  # a real tag, but of ViT-B-32
+        CLIP.from_open_clip(TINY, pretrained="laion400m_e32")  # a real tag, but of ViT-B-32
     with pytest.raises(WeightsError, match="tags: openai, laion400m_e31"):
-        clip_from_open_clip("ViT-B-32", pretrained="no-such-tag")
+        CLIP.from_open_clip("ViT-B-32", pretrained="no-such-tag")
     with pytest.raises(ValueError, match="similar: ViT-B-32"):
-        clip_from_open_clip("ViT-B-32x")
+        CLIP.from_open_clip("ViT-B-32x")
 
 
 # feature named in the error -> create_model overrides of the tiny architecture
@@ -307,7 +307,7 @@ def test_refuses_unsupported_variants(feature):
     ref = open_clip.create_model(TINY, pretrained=None, vision_cfg={**cfg["vision_cfg"], **kw.pop("vision", {})},
                                  text_cfg={**cfg["text_cfg"], **kw.pop("text", {})}, **kw)
     with pytest.raises(WeightsError, match=re.escape(feature)):
-        clip_from_open_clip(ref)
+        CLIP.from_open_clip(ref)
 
 
 # ---------------------------------------------------------------- SigLIP (ViT-B-16-SigLIP)
@@ -358,7 +358,7 @@ def _siglip_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 def test_siglip_parity_from_instance(tiny_siglip):
     ref = _siglip_ref()
     assert type(ref).__name__ == "CustomTextCLIP" and ref.text.attn_mask is None
-    ours = clip_from_open_clip(ref)
+    ours = CLIP.from_open_clip(ref)
     assert ours.config["visual"]["global_pool"] == "map" and not ours.config["visual"]["proj"]
     assert not ours.config["visual"]["pre_norm"] and ours.config["visual"]["norm_eps"] == 1e-6
     t = ours.config["text"]
@@ -415,7 +415,7 @@ def test_plain_clip_with_siglip_text_options():
                                      "proj_bias": True})
     with torch.no_grad():
         ref.text_projection.bias.normal_(0, 0.1)
-    ours = clip_from_open_clip(ref)
+    ours = CLIP.from_open_clip(ref)
     assert not ours.text.padding_is_inert
     _assert_parity(ours, ref, *_inputs(ref, TINY))
 
@@ -424,4 +424,4 @@ def test_siglip_timm_tower_other_than_map_is_refused(tiny_siglip):
     ref = _siglip_ref()
     ref.visual.trunk.reset_classifier(0, global_pool="avg")
     with pytest.raises(WeightsError, match="not SigLIP-shaped"):
-        clip_from_open_clip(ref)
+        CLIP.from_open_clip(ref)

@@ -1,0 +1,127 @@
+"""Shared helpers of the Hugging Face transformers importers (`from_hf`, `from_hf_whisper`, ...):
+reading a local checkpoint directory or a transformers instance, the Hub download, tied-embedding
+checks and fusing separate q/k/v projections into mmkit's fused `qkv` / `kv` (transformers keeps
+them apart; mmkit's core `Attention` holds one matrix). Pure functions over dicts and tensors.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.weights.native import WeightsError, read_state_dict, summarise_keys
+
+# Staged names the key maps produce: `<base>.<qkv|kv>.<q|k|v>.<weight|bias>`.
+_STAGED = re.compile(r"(?P<base>.+\.(?P<fused>qkv|kv))\.(?P<part>q|k|v)\.(?P<p>weight|bias)\Z")
+FUSED = {"qkv": ("q", "k", "v"), "kv": ("k", "v")}
+
+
+def read_hf_dir(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor], str]:
+    """config dict, state dict and the weights file name(s) of a local HF checkpoint directory:
+    model.safetensors, a sharded safetensors index, or pytorch_model.bin (read weights-only)."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise WeightsError(f"{directory}: not a Hugging Face checkpoint directory (no config.json)")
+    try:
+        cfg = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{config_path}: invalid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise WeightsError(f"{config_path}: expected a JSON object, found {type(cfg).__name__}")
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():  # sharded checkpoint: every shard named in the index
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, Tensor] = {}
+        for shard in shards:
+            state.update(read_state_dict(directory / shard))
+        return cfg, state, str(index)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return cfg, read_state_dict(directory / name), str(directory / name)
+    raise WeightsError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def is_local(name: str | Path) -> bool:
+    """True for a path (or an existing file/directory), False for what looks like a Hub repo id."""
+    s = str(name)
+    return isinstance(name, Path) or s.startswith((".", "/", "~")) or Path(s).expanduser().exists()
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """Download config + weights of a Hub repo (safetensors preferred, else pytorch_model.bin)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+        path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(repo_id, allow_patterns=["config.json", "pytorch_model.bin"]))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: one clear message
+        raise WeightsError(f"{repo_id}: not a local directory, and the Hugging Face Hub download failed "
+                           f"({type(e).__name__}: {e})") from None
+    return path
+
+
+def hf_source(model_or_dir: nn.Module | str | Path, classes: Iterable[str],
+              hub: bool = False) -> tuple[dict[str, Any], dict[str, Tensor], str, bool]:
+    """(config dict, state dict, source name, training) of a transformers instance of one of
+    `classes`, of a local checkpoint directory, or (with `hub`) of a Hub repo id; eval mode
+    (training False) for anything read from files."""
+    classes = tuple(classes)
+    if isinstance(model_or_dir, nn.Module):
+        name = type(model_or_dir).__name__
+        if name not in classes:
+            raise WeightsError(f"expected a transformers {' or '.join(classes)}, got {name}")
+        return model_or_dir.config.to_dict(), model_or_dir.state_dict(), f"transformers:{name}", model_or_dir.training
+    local = not hub or is_local(model_or_dir)
+    directory = Path(model_or_dir).expanduser() if local else hub_snapshot(str(model_or_dir))
+    cfg, state, source = read_hf_dir(directory)
+    return cfg, state, source, False
+
+
+def check_tied(state: dict[str, Tensor], head: str, embeddings: Iterable[str], source: str, model: str) -> None:
+    """Refuse an output projection `head` that differs from the token embedding (the first of
+    `embeddings` present): mmkit's `model` ties them, so the checkpoint's head would be lost."""
+    w = state.get(head)
+    emb_key = next((k for k in embeddings if k in state), None)
+    if w is not None and emb_key is not None and not torch.equal(w, state[emb_key]):
+        raise WeightsError(f"{source}: {head} differs from {emb_key}; mmkit's {model} ties them")
+
+
+def fuse_projections(state: dict[str, Tensor], source: str, biasless: Iterable[str] = ("k",)) -> dict[str, Tensor]:
+    """Concatenate staged `<base>.<qkv|kv>.<part>.{weight,bias}` tensors into `<base>.<qkv|kv>.*`
+    in q, k, v order. Parts named in `biasless` (Whisper's key projection) may lack a bias and
+    contribute zeros, which is exact: softmax cancels a key bias. With `biasless=()`, a group
+    with no bias at all (T5) fuses to a weight alone; any other missing tensor is an error naming it."""
+    biasless = set(biasless)
+    out: dict[str, Tensor] = {}
+    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in state.items():
+        m = _STAGED.match(key)
+        if m is None:
+            out[key] = value
+        else:
+            groups.setdefault((m["base"], m["fused"]), {})[f"{m['part']}.{m['p']}"] = value
+    missing: list[str] = []
+    for (base, fused), parts in groups.items():
+        order = FUSED[fused]
+        # A `biasless` part implies the others have biases (Whisper); else biases all or none (T5).
+        has_bias = any(k.endswith(".bias") for k in parts) or any(p in biasless for p in order)
+        absent = [f"{base}.{p}.weight" for p in order if f"{p}.weight" not in parts]
+        if has_bias:
+            absent += [f"{base}.{p}.bias" for p in order if p not in biasless and f"{p}.bias" not in parts]
+        if absent:
+            missing += absent
+            continue
+        weights = [parts[f"{p}.weight"] for p in order]
+        out[f"{base}.weight"] = torch.cat(weights, dim=0)
+        if has_bias:
+            out[f"{base}.bias"] = torch.cat([
+                parts.get(f"{p}.bias", torch.zeros(w.shape[0], dtype=w.dtype)) for p, w in zip(order, weights)])
+    if missing:
+        raise WeightsError(f"{source}: missing projections for fused q/k/v: {summarise_keys(sorted(missing))}")
+    return out
