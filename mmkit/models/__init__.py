@@ -1,5 +1,7 @@
 """Plain `nn.Module` models built from the core (no Lightning here)."""
 from mmkit.models.clip import CLIP, CLIPTextTower, CLIPVisionTower
+from mmkit.models.dalle import DALLE
+from mmkit.models.bert import BERT
 from mmkit.models.gpt import GPT
 from mmkit.models.seq2seq import Seq2Seq
 from mmkit.models.t5 import T5
@@ -7,4 +9,4 @@ from mmkit.models.vit import PretrainedViT, ViT
 from mmkit.models.vqgan import VQGAN
 from mmkit.models.whisper import Whisper
 
-__all__ = ["CLIP", "CLIPTextTower", "CLIPVisionTower", "GPT", "PretrainedViT", "Seq2Seq", "T5", "ViT", "VQGAN", "Whisper"]
+__all__ = ["BERT", "CLIP", "CLIPTextTower", "CLIPVisionTower", "DALLE", "GPT", "PretrainedViT", "Seq2Seq", "T5", "ViT", "VQGAN", "Whisper"]

@@ -1,0 +1,211 @@
+"""BERT (Devlin et al., "BERT: Pre-training of Deep Bidirectional Transformers for Language
+Understanding", 2019) and RoBERTa (Liu et al., 2019) from the core: word + position + token-type
+embeddings with LayerNorm, a post-norm bidirectional `Encoder`, the [CLS] pooler, a masked-LM head
+tied to the word embeddings and a sequence-classification head. Numerically identical to
+transformers' `BertModel` / `BertForMaskedLM` / `BertForSequenceClassification` / `RobertaModel`.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.core import Encoder, LayerNorm, Mlp, PostNormBlock, key_padding_mask
+from mmkit.core.blocks import layer_norm
+from mmkit.weights.native import PretrainedMixin
+
+
+class AbsolutePositions(nn.Module):
+    """BERT's learned positions: token i gets row i of the (max_len, dim) table."""
+
+    def __init__(self, max_len: int, dim: int, pad_id: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(max_len, dim).normal_(std=0.02))
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """(B, T) ids -> (1, T, dim)."""
+        T = input_ids.shape[1]
+        if T > self.weight.shape[0]:
+            raise ValueError(f"sequence of {T} tokens exceeds max_len {self.weight.shape[0]}")
+        return self.weight[:T].unsqueeze(0)
+
+
+class PaddingOffsetPositions(AbsolutePositions):
+    """RoBERTa's positions (fairseq's `make_positions`): real tokens count from pad_id + 1 and
+    padding keeps row pad_id, so the table has max_len + pad_id + 1 rows (514 for 512 tokens)."""
+
+    def __init__(self, max_len: int, dim: int, pad_id: int) -> None:
+        super().__init__(max_len, dim, pad_id)
+        self.pad_id = pad_id
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """(B, T) ids -> (B, T, dim)."""
+        real = input_ids.ne(self.pad_id).long()
+        positions = torch.cumsum(real, dim=1) * real + self.pad_id  # (B, T)
+        if positions.max() >= self.weight.shape[0]:
+            raise ValueError(f"sequence of {int(real.sum(1).max())} tokens exceeds the position table "
+                             f"({self.weight.shape[0]} rows, offset {self.pad_id + 1})")
+        return nn.functional.embedding(positions, self.weight)
+
+
+# Position schemes by name, so the choice stays a JSON value in config.json.
+POSITIONS: dict[str, type[AbsolutePositions]] = {"absolute": AbsolutePositions, "roberta": PaddingOffsetPositions}
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> logits against the tied word embeddings (+ a vocab bias)."""
+
+    def __init__(self, dim: int, vocab_size: int, norm_eps: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+        self.act = nn.GELU()
+        self.norm = LayerNorm(dim, eps=norm_eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, x: Tensor, embedding: Tensor) -> Tensor:
+        # Functional tied projection: one parameter, one checkpoint key (safetensors refuses shared storage).
+        return nn.functional.linear(self.norm(self.act(self.fc(x))), embedding, self.bias)
+
+
+class BERT(PretrainedMixin, nn.Module):
+    """Bidirectional encoder with optional heads.
+
+    Args:
+        vocab_size: token ids are in [0, vocab_size) (bert-base-uncased: 30522).
+        max_len: longest input in tokens, [CLS] and [SEP] included (BERT: 512).
+        type_vocab_size: token-type (segment) ids (BERT: 2; RoBERTa: 1, i.e. a constant row).
+        dim, depth, num_heads, mlp_ratio: transformer sizes (timm's names; BERT-base 768 / 12 / 12 / 4).
+        norm_eps: LayerNorm epsilon (BERT: 1e-12; RoBERTa: 1e-5).
+        dropout: on the embeddings, inside the attention, after each residual branch and before
+            the classifier (BERT's hidden and attention dropout, 0.1).
+        positions: "absolute" (BERT) or "roberta" (positions counted after the padding index).
+        pad_id: the padding token (BERT: 0; RoBERTa: 1, which also offsets its positions).
+        pooler: build the [CLS] pooler (dense + tanh); transformers' MaskedLM models have none.
+        mlm_head: build the masked-LM head.
+        num_classes: > 0 adds a sequence-classification head on the pooled [CLS] (needs `pooler`).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        max_len: int = 512,
+        type_vocab_size: int = 2,
+        dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-12,
+        dropout: float = 0.1,
+        positions: str = "absolute",
+        pad_id: int = 0,
+        pooler: bool = True,
+        mlm_head: bool = True,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"unknown positions {positions!r}; known: {', '.join(POSITIONS)}")
+        if num_classes and not pooler:
+            raise ValueError("a classification head (num_classes > 0) needs the pooler")
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.vocab_size, self.pad_id = vocab_size, pad_id
+        self.max_len = max_len if positions == "absolute" else max_len - pad_id - 1
+        self.tok_embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.pos_embed = POSITIONS[positions](max_len, dim, pad_id)
+        self.type_embed = nn.Embedding(type_vocab_size, dim)
+        self.embed_norm = LayerNorm(dim, eps=norm_eps)
+        self.drop = nn.Dropout(dropout)
+        # BERT's hidden dropout after fc2 (Mlp also drops after the activation: training-only difference).
+        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, qkv_bias=True, block=PostNormBlock,
+                               norm_layer=layer_norm(norm_eps), mlp_layer=partial(Mlp, drop=dropout),
+                               act_layer=nn.GELU, final_norm=False)
+        for blk in self.encoder.blocks:  # the blocks build Attention without dropout; BERT has both
+            blk.attn.attn_drop = dropout
+            blk.attn.proj_drop.p = dropout
+        self.pooler = nn.Linear(dim, dim) if pooler else None
+        self.mlm_head = MaskedLMHead(dim, vocab_size, norm_eps) if mlm_head else None
+        self.classifier = nn.Linear(dim, num_classes) if num_classes else None
+        self.apply(_init_weights)
+
+    def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """(B, T) ids -> (B, T, dim) normalised embeddings."""
+        types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+        x = self.tok_embed(input_ids) + self.pos_embed(input_ids) + self.type_embed(types)
+        return self.drop(self.embed_norm(x))
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+               keep: int | None = None) -> Tensor:
+        """Final hidden states (transformers' `last_hidden_state`).
+
+        Args:
+            input_ids: (B, T) int64.
+            attention_mask: (B, T), 1/True for real tokens (default: all real).
+            token_type_ids: (B, T) segment ids (default: all 0).
+            keep: only the first `keep` positions are returned (1 = [CLS]); exact, and the last
+                block computes those alone.
+
+        Returns:
+            (B, T, dim), or (B, keep, dim).
+        """
+        mask = key_padding_mask(attention_mask) if attention_mask is not None else None
+        return self.encoder(self.embed(input_ids, token_type_ids), mask=mask, keep=keep)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> Tensor:
+        """Same as `encode`: (B, T) ids -> (B, T, dim) hidden states."""
+        return self.encode(input_ids, attention_mask, token_type_ids)
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        """(B, T, dim) hidden states -> (B, dim) pooled [CLS] (dense + tanh; BERT §3)."""
+        if self.pooler is None:
+            raise ValueError("this BERT has no pooler")
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor:
+        """(..., dim) hidden states (e.g. only the masked positions) -> (..., vocab_size) logits."""
+        if self.mlm_head is None:
+            raise ValueError("this BERT has no masked-LM head")
+        return self.mlm_head(hidden, self.tok_embed.weight)
+
+    def classify(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 token_type_ids: Tensor | None = None) -> Tensor:
+        """(B, T) ids -> (B, num_classes) logits from the pooled [CLS]."""
+        if self.classifier is None:
+            raise ValueError("this BERT has no classification head (num_classes=0)")
+        cls = self.encode(input_ids, attention_mask, token_type_ids, keep=1)
+        return self.classifier(self.drop(self.pool(cls)))
+
+    @classmethod
+    def from_hf(cls, model_or_dir: nn.Module | str | Path) -> "BERT":
+        """Import a transformers BertModel / BertForMaskedLM / BertForSequenceClassification /
+        RobertaModel / RobertaForMaskedLM instance, or a local checkpoint directory; never the network."""
+        from mmkit.weights.from_hf_bert import bert_from_hf
+
+        return cls.from_converted(bert_from_hf(model_or_dir))
+
+    def with_heads(self, pooler: bool = True, mlm_head: bool = False, num_classes: int = 0) -> "BERT":
+        """A copy of this encoder (embeddings + blocks, and the pooler if both have one) with
+        other heads, new ones randomly initialised: pretrained MLM -> a classifier to fine-tune."""
+        model = BERT(**{**self.config, "pooler": pooler, "mlm_head": mlm_head, "num_classes": num_classes})
+        keep = {k: v for k, v in self.state_dict().items() if not k.startswith(("mlm_head.", "classifier."))}
+        missing, _ = model.load_state_dict(keep, strict=False)
+        unexpected = set(keep) - set(model.state_dict())
+        if unexpected or any(not k.startswith(("pooler.", "mlm_head.", "classifier.")) for k in missing):
+            raise ValueError(f"cannot move heads: unexpected {sorted(unexpected)}, missing {sorted(missing)}")
+        return model
+
+
+def _init_weights(module: nn.Module) -> None:
+    # BERT's init: N(0, 0.02) weights and embeddings (the padding row zero), zero biases, unit norms.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,126 @@
+"""Convert Hugging Face transformers BERT and RoBERTa checkpoints (`BertModel`, `BertForMaskedLM`,
+`BertForSequenceClassification`, `RobertaModel`, `RobertaForMaskedLM`) into the config and state
+dict of `mmkit.models.BERT` (built by `BERT.from_hf`; this converter never imports mmkit.models).
+
+transformers keeps query/key/value apart; they are staged and fused into mmkit's `qkv`. The MLM
+decoder is tied to the word embeddings (checked equal, then dropped). Which heads the model gets
+(pooler, MLM head, classifier) is read from the tensors present, so every variant loads strictly.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.weights.hf import check_tied, fuse_projections, hf_source
+from mmkit.weights.keymap import remap
+from mmkit.weights.native import Converted, WeightsError
+
+log = logging.getLogger(__name__)
+
+BERT_CLASSES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification", "RobertaModel",
+                "RobertaForMaskedLM")
+
+_ENCODER_KEYS = [
+    ("embeddings.word_embeddings.weight", "tok_embed.weight"),
+    ("embeddings.position_embeddings.weight", "pos_embed.weight"),
+    ("embeddings.token_type_embeddings.weight", "type_embed.weight"),
+    ("embeddings.LayerNorm.{p}", "embed_norm.{p}"),
+    ("embeddings.position_ids", None),  # an arange buffer older checkpoints saved
+    ("embeddings.token_type_ids", None),  # an all-zero buffer older checkpoints saved
+    ("encoder.layer.{i}.attention.self.query.{p}", "encoder.blocks.{i}.attn.qkv.q.{p}"),
+    ("encoder.layer.{i}.attention.self.key.{p}", "encoder.blocks.{i}.attn.qkv.k.{p}"),
+    ("encoder.layer.{i}.attention.self.value.{p}", "encoder.blocks.{i}.attn.qkv.v.{p}"),
+    ("encoder.layer.{i}.attention.output.dense.{p}", "encoder.blocks.{i}.attn.proj.{p}"),
+    ("encoder.layer.{i}.attention.output.LayerNorm.{p}", "encoder.blocks.{i}.norm1.{p}"),
+    ("encoder.layer.{i}.intermediate.dense.{p}", "encoder.blocks.{i}.mlp.fc1.{p}"),
+    ("encoder.layer.{i}.output.dense.{p}", "encoder.blocks.{i}.mlp.fc2.{p}"),
+    ("encoder.layer.{i}.output.LayerNorm.{p}", "encoder.blocks.{i}.norm2.{p}"),
+    ("pooler.dense.{p}", "pooler.{p}"),
+]
+# BertModel's state dict has no prefix; the task models prefix "bert." / "roberta.".
+BERT_KEYS = [(prefix + src, dst) for prefix in ("", "bert.", "roberta.") for src, dst in _ENCODER_KEYS] + [
+    ("cls.predictions.transform.dense.{p}", "mlm_head.fc.{p}"),
+    ("cls.predictions.transform.LayerNorm.{p}", "mlm_head.norm.{p}"),
+    ("cls.predictions.bias", "mlm_head.bias"),
+    ("cls.predictions.decoder.weight", None),  # tied to the word embeddings: checked by `check_tied`
+    ("cls.predictions.decoder.bias", None),  # the same tensor as cls.predictions.bias: checked equal
+    ("lm_head.dense.{p}", "mlm_head.fc.{p}"),
+    ("lm_head.layer_norm.{p}", "mlm_head.norm.{p}"),
+    ("lm_head.bias", "mlm_head.bias"),
+    ("lm_head.decoder.weight", None),
+    ("lm_head.decoder.bias", None),
+    ("classifier.{p}", "classifier.{p}"),
+]
+_EMBEDDINGS = tuple(f"{p}embeddings.word_embeddings.weight" for p in ("", "bert.", "roberta."))
+
+
+def bert_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> dict[str, Any]:
+    """mmkit BERT constructor arguments of a transformers Bert/Roberta config, heads from `state`."""
+    kind = cfg.get("model_type", "bert")
+    if kind not in ("bert", "roberta"):
+        raise WeightsError(f"{source}: expected a BERT or RoBERTa config, got model_type={kind!r}")
+    unsupported = {
+        f"hidden_act={cfg.get('hidden_act')!r}": cfg.get("hidden_act", "gelu") != "gelu",
+        f"position_embedding_type={cfg.get('position_embedding_type')!r}":
+            cfg.get("position_embedding_type", "absolute") != "absolute",
+        "is_decoder": cfg.get("is_decoder", False),
+        "add_cross_attention": cfg.get("add_cross_attention", False),
+        "untied MLM decoder (tie_word_embeddings=False)": not cfg.get("tie_word_embeddings", True),
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise WeightsError(f"{source}: {kind} variant uses features outside mmkit's BERT: {', '.join(bad)}")
+    if any(k.startswith("classifier.") for k in state) and "classifier.weight" not in state:
+        raise WeightsError(f"{source}: the classification head is not BERT's single linear layer "
+                           "(RobertaForSequenceClassification's two-layer head is not supported)")
+    dim = cfg["hidden_size"]
+    pad_id = cfg.get("pad_token_id")
+    return dict(
+        vocab_size=cfg["vocab_size"], max_len=cfg["max_position_embeddings"],
+        type_vocab_size=cfg.get("type_vocab_size", 2), dim=dim, depth=cfg["num_hidden_layers"],
+        num_heads=cfg["num_attention_heads"], mlp_ratio=cfg["intermediate_size"] / dim,
+        norm_eps=cfg.get("layer_norm_eps", 1e-12), dropout=cfg.get("hidden_dropout_prob", 0.1),
+        positions="roberta" if kind == "roberta" else "absolute", pad_id=0 if pad_id is None else pad_id,
+        pooler=any(".pooler." in f".{k}" for k in state),
+        mlm_head=any(k.startswith(("cls.predictions.", "lm_head.")) for k in state),
+        num_classes=int(state["classifier.weight"].shape[0]) if "classifier.weight" in state else 0,
+    )
+
+
+def _check_bias(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """The MLM bias is saved twice (head and decoder, one shared tensor) or once, under either name."""
+    for head in ("cls.predictions", "lm_head"):
+        bias, decoder = state.get(f"{head}.bias"), state.get(f"{head}.decoder.bias")
+        if bias is None and decoder is not None:
+            state = {**state, f"{head}.bias": decoder}
+        elif bias is not None and decoder is not None and not torch.equal(bias, decoder):
+            raise WeightsError(f"{source}: {head}.decoder.bias differs from {head}.bias")
+    return state
+
+
+def bert_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
+    """Convert a transformers BERT/RoBERTa model (an instance of one of `BERT_CLASSES`, or a
+    local checkpoint directory holding its config.json and weights) for `mmkit.models.BERT`.
+
+    Returns:
+        BERT config and state dict; training is the instance's mode, False for a directory.
+
+    Raises:
+        WeightsError: unsupported variants, and missing, unexpected or wrongly shaped tensors.
+    """
+    cfg, state, source, training = hf_source(model_or_dir, BERT_CLASSES)
+    archs = [a for a in cfg.get("architectures") or [] if a not in BERT_CLASSES]
+    if archs:
+        raise WeightsError(f"{source}: {archs[0]} is not supported; mmkit's BERT imports {', '.join(BERT_CLASSES)}")
+    config = bert_config(cfg, state, source)
+    for head in ("cls.predictions.decoder.weight", "lm_head.decoder.weight"):
+        check_tied(state, head, _EMBEDDINGS, source, "BERT")
+    state = _check_bias(state, source)
+    mapped = fuse_projections(remap(state, BERT_KEYS, source), source, biasless=())
+    log.info("imported %s (%s layers, dim %s) from %s", cfg.get("model_type", "bert"), config["depth"],
+             config["dim"], source)
+    return Converted(config, mapped, source, training)
