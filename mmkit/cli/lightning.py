@@ -13,42 +13,79 @@ from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from mmkit.inference.classifier import Prediction
-from mmkit.inference.writers import OUTPUT_SUFFIXES, write_predictions
+from mmkit.inference.writers import OUTPUT_SUFFIXES, PredictionFile
 
 log = logging.getLogger("mmkit")
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Write `mmkit predict` results to CSV/JSON/JSONL, one row per input image, including
-    the files that could not be read (with the reason) so nothing is dropped silently."""
+    """Write `mmkit predict` results to CSV/JSON/JSONL, one row per input in input order, including
+    the files that could not be read (with the reason) so nothing is dropped silently. The output
+    location is checked before predicting (an unwritable one fails at once, in one line); rows are
+    streamed to a temporary file as batches finish and renamed over the output at the end."""
 
     def __init__(self, output: str = "predictions.csv") -> None:
         super().__init__(write_interval="batch")
         if Path(output).suffix not in OUTPUT_SUFFIXES:  # fail before predicting, not after
             raise ValueError(f"prediction_writer.output {output}: use one of {', '.join(OUTPUT_SUFFIXES)}")
         self.output = output
-        self._rows: list[Prediction] = []
+        self._file: PredictionFile | None = None
+        self._inputs: list[tuple[str, str | None]] = []
+        self._pos = 0  # next position in `_inputs`
+        self._kept = 0  # index in the data module's predict_files of the next readable input
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self._open(trainer)
+
+    def _open(self, trainer: pl.Trainer) -> PredictionFile:
+        if self._file is None:
+            self._file = PredictionFile(self.output)  # raises (one line) when the location is unwritable
+            self._inputs = list(getattr(trainer.datamodule, "predict_inputs", []))
+            self._pos = self._kept = 0
+        return self._file
+
+    def _rows_before(self, index: int | None) -> list[Prediction]:
+        """Rows of the inputs before readable input `index` (None: all left) that got no prediction:
+        skipped by the header check, or found unreadable while loading."""
+        rows = []
+        while self._pos < len(self._inputs):
+            path, reason = self._inputs[self._pos]
+            if reason is None and self._kept == index:
+                break
+            self._pos += 1
+            if reason is None:
+                self._kept += 1
+                reason = "unreadable image (skipped while loading)"
+            rows.append(Prediction(path, error=reason))
+        return rows
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        out = self._open(trainer)
         files = trainer.datamodule.predict_files
-        for i, (labels, probs) in zip(prediction["indices"], prediction["top_k"]):
-            self._rows.append(Prediction(str(files[i]), labels, probs))
+        rows: list[Prediction] = []
+        for i, (labels, probs) in sorted(zip(prediction["indices"], prediction["top_k"])):
+            rows += self._rows_before(i)
+            rows.append(Prediction(str(files[i]), labels, probs))
+            self._pos, self._kept = self._pos + 1, self._kept + 1
+        out.write(rows)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Not on_predict_epoch_end: when no input is readable Lightning skips the predict loop
         # and its hooks, and the unreadable files must still get their rows.
         if stage != "predict":
             return
-        skipped = [Prediction(str(p), error=reason) for p, reason in getattr(trainer.datamodule, "skipped", [])]
-        done = {r.path for r in self._rows}
-        late = [Prediction(str(p), error="unreadable image (skipped while loading)")
-                for p in trainer.datamodule.predict_files if str(p) not in done]
-        rows = sorted(self._rows + skipped + [r for r in late if r.path not in {s.path for s in skipped}],
-                      key=lambda r: r.path)
-        counts = write_predictions(rows, self.output)
+        out = self._open(trainer)
+        out.write(self._rows_before(None))
+        counts = out.commit()
+        self._file = None
         log.info("wrote %d predictions (%d unreadable) to %s", counts["ok"], counts["failed"], self.output)
-        self._rows = []
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._file is not None:  # no half-written output
+            self._file.abort()
+            self._file = None
 
 
 class MMKitCLI(LightningCLI):

@@ -220,6 +220,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.samples: dict[str, list[Sample]] = {}  # split -> header-checked samples
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of every file left out
         self.predict_files: list[str] = []
+        self.predict_inputs: list[tuple[str, str | None]] = []  # every input in order, (path, reason it was skipped)
 
     @property
     def class_names(self) -> list[str]:
@@ -239,8 +240,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _prepare(self, split: str) -> None:
         if split == "predict":
-            self.samples["predict"] = keep_readable(self._predict_candidates(), "predict_paths", self.skipped)
+            candidates = self._predict_candidates()
+            self.samples["predict"] = keep_readable(candidates, "predict_paths", self.skipped)
             self.predict_files = [str(path) for path, _ in self.samples["predict"]]
+            reasons = dict(self.skipped)
+            kept = {str(path) for path, _ in self.samples["predict"]}
+            self.predict_inputs = [(str(p), None if str(p) in kept else reasons.get(str(p), "unreadable"))
+                                   for p, _ in candidates]
         elif split == "val" and self.val_split > 0:
             self._prepare("train")  # the held-out part is carved from the checked train set
         elif self.dirs[split] is None:

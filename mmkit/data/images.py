@@ -244,16 +244,20 @@ def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def scan_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+def scan_images(root: str | os.PathLike, recursive: bool = True, follow_links: bool = True) -> list[Path]:
     """List image files under ``root`` by extension (case-insensitive), sorted.
 
     Symlinked folders are followed once each (loops are cut by device/inode); names
     starting with "." are skipped, which drops macOS ``._x.jpg`` resource forks and
-    ``.ipynb_checkpoints``.
+    ``.ipynb_checkpoints``. An entry whose type cannot be read (a symlink to itself, a
+    permission error) is listed anyway, so that loading it reports why, instead of ending
+    the scan. With ``follow_links=False``, symlinks (to folders or files) that lead outside
+    ``root`` are left out, so a folder cannot pull in files from elsewhere.
     """
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
     pending = [Path(root)]
+    inside = Path(root).resolve() if not follow_links else None
     while pending:
         folder = pending.pop()
         try:
@@ -271,10 +275,26 @@ def scan_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            if inside is not None and entry.is_symlink() and not _leads_inside(entry.path, inside):
+                log.info("not following %s: it leads outside %s (follow_links to allow)", entry.path, root)
+                continue
+            try:
+                is_dir = entry.is_dir()
+                is_image = not is_dir and entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            except OSError:  # e.g. a symlink loop: listed, and loading it says why it is unreadable
+                found.append(Path(entry.path))
+                continue
+            if is_dir:
                 subfolders.append(Path(entry.path))
-            elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            elif is_image:
                 found.append(Path(entry.path))
         if recursive:
             pending.extend(reversed(subfolders))  # depth-first, in name order
     return sorted(found)
+
+
+def _leads_inside(path: str, root: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a loop: it leads nowhere, and loading it reports that
+        return True

@@ -15,11 +15,16 @@
     run off the same OUT.
   * Memory is bounded by the batch pipeline, not the folder: results are written as they come,
     never collected; only the file list and the set of done paths are held.
+CSV cells that a spreadsheet would run as a formula (starting with =, +, -, @, tab or CR) are
+written with a leading "'" (OWASP's CSV-injection rule; a cell starting with "'" gets one more,
+so `csv_unsafe` reads every cell back exactly); JSON and JSONL hold the values as they are, and
+never a bare NaN (not JSON).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import logging
@@ -53,17 +58,21 @@ class ResumableWriter:
 
     def start(self, resume: bool, keep: Callable[[dict[str, Any]], bool] = lambda row: True) -> None:
         """Open for appending. With `resume`, first carry over the valid rows of the previous run
-        (the partial file, else the finished one) for which `keep(row)` is true."""
+        (the partial file, else the finished one) for which `keep(row)` is true; `keep` may raise
+        to refuse them, leaving every file as it was."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         source = self.partial if self.partial.exists() else self.path
         tmp = self.partial.with_name(self.partial.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            if self.csv:
-                csv.writer(f).writerow(self.fields)
-            if resume and source.exists():
-                kept = [self._encode(row) for row in self.read(source) if keep(row)]
-                f.write("".join(kept))
-            _sync(f)
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                if self.csv:
+                    f.write(_csv_line(self.fields))
+                if resume and source.exists():
+                    f.write("".join(self._encode(row) for row in self.read(source) if keep(row)))
+                _sync(f)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.partial)
         _sync_dir(self.partial.parent)
         self._file = open(self.partial, "a", encoding="utf-8", newline="")
@@ -101,20 +110,21 @@ class ResumableWriter:
         reader = csv.reader(f, strict=True)
         try:
             header = next(reader, None)
+            header = None if header is None else [csv_unsafe(cell) for cell in header]
             if header is not None and header != self.fields:
                 raise OutputConflict(f"{source} has columns {header}; this run writes {self.fields}. "
                                      "Use the same labels and options, or --overwrite")
             for record in reader:
-                yield dict(zip(self.fields, record)) if len(record) == len(self.fields) else None
+                yield (dict(zip(self.fields, map(csv_unsafe, record))) if len(record) == len(self.fields)
+                       else None)
         except csv.Error:  # a quote left open by a cut-off write: the end of the file is that record
             yield None
 
     def _encode(self, row: dict[str, Any]) -> str:
         if self.csv:
-            buffer = io.StringIO()
-            csv.writer(buffer).writerow([row.get(k, "") for k in self.fields])
-            return buffer.getvalue()
-        return json.dumps({k: row.get(k, "") for k in self.fields}, ensure_ascii=False) + "\n"
+            return _csv_line([row.get(k, "") for k in self.fields])
+        # allow_nan=False: a bare NaN is not JSON; the scorer refuses non-finite scores before this.
+        return json.dumps({k: row.get(k, "") for k in self.fields}, ensure_ascii=False, allow_nan=False) + "\n"
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         """Write `rows` and make them durable (flush + fsync) before returning."""
@@ -136,6 +146,27 @@ class ResumableWriter:
 
 
 _END = object()
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would evaluate (=, +, -, @, tab, CR first) gets a leading "'"
+    (OWASP's CSV-injection rule), and so does one that starts with "'", so that `csv_unsafe`
+    restores every cell exactly; numbers are left alone."""
+    if isinstance(value, str) and value.startswith((*_FORMULA_START, "'")):
+        return "'" + value
+    return value
+
+
+def csv_unsafe(cell: str) -> str:
+    """The value `csv_safe` wrote as `cell`."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow([csv_safe(v) for v in values])
+    return buffer.getvalue()
 
 
 class OutputConflict(ValueError):
@@ -165,55 +196,119 @@ def _sync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+_HELD_LOCKS: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_locks_in_child() -> None:
+    # A forked child (a DataLoader decoding worker) shares the parent's flock; were it kept open,
+    # a killed run's lock would live on until its workers noticed (~6 s) and block `--resume`.
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold an advisory lock on `path` (two runs appending to one output would interleave rows)."""
+def exclusive(path: Path, what: str = "mmkit label") -> Iterator[None]:
+    """Hold an advisory lock on `path` (two runs appending to one output would interleave rows).
+    Held by this process only: children it forks close it, and it goes with the process on a kill."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)  # CLOEXEC: not in exec'd children
+    try:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise OutputConflict(f"another mmkit label run is writing next to {path}") from None
+            raise OutputConflict(f"another {what} run is writing next to {path}") from None
+        _HELD_LOCKS.add(fd)
         yield
         path.unlink(missing_ok=True)  # on success only: a crashed run's lock file is harmless
+    finally:
+        _HELD_LOCKS.discard(fd)
+        os.close(fd)
 
 
 OUTPUT_SUFFIXES = (".csv", ".json", ".jsonl")
+PREDICTION_FIELDS = ["path", "label", "prob", "top_k_labels", "top_k_probs", "error"]
+
+
+class PredictionFile:
+    """`mmkit predict`'s rows streamed to a temporary file next to `out` as they come, renamed
+    over `out` by `commit` (atomic: `out` is complete or absent, never half-written). Opening it
+    is the check that `out` can be written, so an unwritable location fails before any work."""
+
+    def __init__(self, out: str | os.PathLike) -> None:
+        self.out = Path(out).expanduser()
+        if self.out.suffix not in OUTPUT_SUFFIXES:
+            raise ValueError(f"unsupported output {self.out}: use .csv, .json or .jsonl")
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            if self.out.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "is a folder")
+            fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
+        except OSError as e:
+            raise OutputConflict(f"cannot write predictions to {self.out}: {e.strerror or e}") from None
+        self.tmp = Path(tmp)
+        self._file = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        self.counts = {"ok": 0, "failed": 0}
+        self._write("" if self.out.suffix != ".csv" else _csv_line(PREDICTION_FIELDS))
+
+    def _write(self, text: str) -> None:
+        try:
+            self._file.write(text)
+        except OSError as e:
+            self.abort()
+            raise OutputConflict(f"writing {self.out} failed: {e.strerror or e}; nothing was written") from None
+
+    def write(self, predictions: Iterable[Prediction]) -> None:
+        lines = []
+        for p in predictions:
+            n = self.counts["ok"] + self.counts["failed"]
+            self.counts["failed" if p.error else "ok"] += 1
+            if self.out.suffix == ".csv":
+                lines.append(_csv_line([p.path, p.labels[0] if p.labels else "", p.probs[0] if p.probs else "",
+                                        "|".join(p.labels), "|".join(f"{x:.6f}" for x in p.probs), p.error or ""]))
+            else:
+                text = json.dumps(p.__dict__, ensure_ascii=False, allow_nan=False)
+                lines.append(("[\n" if not n else ",\n") + text if self.out.suffix == ".json" else text + "\n")
+        self._write("".join(lines))
+
+    def commit(self) -> dict[str, int]:
+        """Finish the file and rename it over `out`; returns counts of ok/failed rows."""
+        if self.out.suffix == ".json":
+            self._write("\n]\n" if self.counts["ok"] + self.counts["failed"] else "[\n]\n")
+        try:
+            _sync(self._file)
+            self._file.close()
+            os.replace(self.tmp, self.out)
+        except OSError as e:
+            self.abort()
+            raise OutputConflict(f"writing {self.out} failed: {e.strerror or e}; nothing was written") from None
+        _sync_dir(self.out.parent)
+        return self.counts
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def write_predictions(predictions: Iterable[Prediction], out: str | os.PathLike) -> dict[str, int]:
     """Stream predictions to CSV (path,label,prob,top_k_labels,top_k_probs,error) or JSON/JSONL
     by extension, atomically (temp file + rename). Returns counts of ok/failed rows."""
-    out = Path(out).expanduser()
-    if out.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"unsupported output {out}: use .csv, .json or .jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"ok": 0, "failed": 0}
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    rows = PredictionFile(out)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f) if out.suffix == ".csv" else None
-            if writer:
-                writer.writerow(["path", "label", "prob", "top_k_labels", "top_k_probs", "error"])
-            elif out.suffix == ".json":
-                f.write("[")
-            for n, p in enumerate(predictions):
-                counts["failed" if p.error else "ok"] += 1
-                if writer:
-                    writer.writerow([p.path, p.labels[0] if p.labels else "", p.probs[0] if p.probs else "",
-                                     "|".join(p.labels), "|".join(f"{x:.6f}" for x in p.probs), p.error or ""])
-                else:
-                    sep = ("," if n else "") + "\n" if out.suffix == ".json" else ""
-                    f.write(sep + json.dumps(p.__dict__) + ("\n" if out.suffix == ".jsonl" else ""))
-            if out.suffix == ".json":
-                f.write("\n]\n")
-        os.replace(tmp, out)
+        for p in predictions:
+            rows.write([p])
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        rows.abort()
         raise
-    return counts
+    return rows.commit()
