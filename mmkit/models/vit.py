@@ -201,8 +201,9 @@ class PretrainedViT(ViT):
 
     def __init__(self, checkpoint: str, num_classes: int | None = None, image_size: int | None = None,
                  drop_path_rate: float = 0.0) -> None:
-        doc = ViT.read_config(checkpoint)
+        doc = ViT.read_config(checkpoint)  # validated, and checked against the weights' header below
         saved = doc["config"]
+        ViT.check_weights(checkpoint, saved)
         new_head = bool(num_classes) and num_classes != saved["num_classes"]
         super().__init__(**{**saved, "num_classes": num_classes if new_head else saved["num_classes"],
                             "image_size": image_size or saved["image_size"], "drop_path_rate": drop_path_rate})

@@ -127,14 +127,29 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
 
 
-def check_shapes(model: nn.Module, weights: Path, config_path: Path) -> None:
+def _int_fields(config: Mapping[str, Any], prefix: str = "") -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            out.update(_int_fields(v, f"{prefix}{k}."))
+        elif type(v) is int:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_shapes(model: nn.Module, weights: Path, config_path: Path, config: Mapping[str, Any]) -> None:
     """Compare the (meta-device) model's tensor shapes with the safetensors header, so a config
-    that disagrees with its weights fails before a single tensor is allocated or read."""
+    that disagrees with its weights fails before a single tensor is allocated or read; the
+    message names the config fields whose values make up the disagreeing dimensions."""
     found = safetensors_shapes(weights)
     for key, tensor in model.state_dict().items():
-        if key in found and tuple(tensor.shape) != found[key]:
-            raise WeightsError(f"{config_path}: config does not match {weights.name}: {key} is "
-                               f"{found[key]} in the weights but {tuple(tensor.shape)} by the config")
+        want = tuple(tensor.shape)
+        if key in found and want != found[key]:
+            dims = {w for w, f in zip(want, found[key]) if w != f} if len(want) == len(found[key]) else set(want)
+            fields = [f"{k}={v}" for k, v in _int_fields(config).items() if v in dims]
+            blame = f"field {' or '.join(fields)} disagrees with the weights: " if fields else ""
+            raise WeightsError(f"{config_path}: {blame}{key} is {found[key]} in {weights.name} but "
+                               f"{want} by the config")
 
 
 class PretrainedMixin:
@@ -198,7 +213,7 @@ class PretrainedMixin:
         directory = Path(directory).expanduser()
         with torch.device("meta"):
             model = cls.build(config)
-        check_shapes(model, directory / WEIGHTS_NAME, directory / CONFIG_NAME)  # type: ignore[arg-type]
+        check_shapes(model, directory / WEIGHTS_NAME, directory / CONFIG_NAME, config)  # type: ignore[arg-type]
         return directory / WEIGHTS_NAME
 
     @classmethod
