@@ -1,6 +1,6 @@
 """Speech recognition demo: upload or record audio, read the transcript with segment timestamps,
-download it as SRT subtitles. Thin over `mmkit.tasks.transcribe.Transcriber` (built by
-`mmkit.tasks.load_transcriber`), the same path as the Python API.
+download it as SRT subtitles. Thin over `mmkit.inference.Transcriber` (built by
+`mmkit.inference.load_transcriber`), the same path as the Python API.
 
 `mmkit demo speech --model runs/whisper_espeak/export` serves it on http://127.0.0.1:7860.
 """
@@ -12,7 +12,8 @@ from typing import Callable
 
 import gradio as gr
 
-from mmkit.tasks.transcribe import Transcript, format_timestamp, write_srt
+from mmkit.inference.subtitles import format_timestamp, write_srt
+from mmkit.inference.transcript import Transcript
 
 SEGMENT_HEADERS = ["start", "end", "text"]
 

@@ -34,7 +34,6 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 KNOWN_PENDING: set[tuple[str, str]] = {
     ("mmkit.tasks.label", "mmkit.cli.label"),  # deprecated forwarder to the CLI (helper A)
     ("mmkit.tasks.label", "mmkit.cli.label.main"),
-    ("mmkit.tasks.transcribe", "argparse"),  # its CLI moves to cli/ (helper B)
 }
 
 

@@ -16,7 +16,7 @@ TOOLS = {
     "demo": ("Gradio demos in the browser (mmkit demo vit --help)", "mmkit.cli.demo:main"),
     "generate-text": ("continue a prompt with a GPT model (mmkit generate-text --help)", "mmkit.cli.generate_text:main"),
     "label": ("zero-shot label image folders with CLIP (mmkit label --help)", "mmkit.cli.label:main"),
-    "transcribe": ("speech to text with a Whisper checkpoint (mmkit transcribe --help)", "mmkit.tasks.transcribe:main"),
+    "transcribe": ("speech to text with a Whisper checkpoint (mmkit transcribe --help)", "mmkit.cli.transcribe:main"),
 }
 
 

@@ -55,7 +55,7 @@ def clip_tab(model: Path, top_k: int) -> Callable[[], None]:
 
 def speech_tab(model: Path, top_k: int) -> Callable[[], None]:
     from demos.speech import speech_tab as render
-    from mmkit.tasks.speech_recognizer import load_transcriber
+    from mmkit.inference.transcriber import load_transcriber
 
     transcriber = load_transcriber(model)
     return lambda: render(lambda path: next(transcriber.transcribe_files([path])))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 
@@ -97,3 +98,37 @@ class KVCache:
         for block in self.layers:
             block.self_attn.reorder(index)
             block.cross_attn.reorder(index)
+
+    @property
+    def batch_size(self) -> int:
+        """Rows held (0 when nothing is cached yet)."""
+        for block in self.layers:
+            for entry in (block.self_attn, block.cross_attn):
+                if not entry.is_empty:
+                    return entry.keys.shape[0]
+        return 0
+
+    def fork(self, rows: Tensor, keep_prefix: bool = True) -> "KVCache":
+        """A new cache holding `rows` of this one, e.g. the windows a decoder retries at a
+        higher temperature while the others are done.
+
+        Cross-attention keys/values are static, so when `rows` keeps every row in order they are
+        shared, not copied (one encoder output's, computed once); the self-attention prefix is
+        always copied, so forks grow independently, or left out with `keep_prefix=False` (when
+        the caller feeds the prompt again).
+
+        Args:
+            rows: (R,) int64 indices of the rows to keep.
+            keep_prefix: copy the self-attention keys/values cached so far.
+        """
+        out = KVCache()
+        every = len(rows) == self.batch_size and bool((rows.cpu() == torch.arange(len(rows))).all())
+        for i, block in enumerate(self.layers):
+            layer = out.layer(i)
+            if not block.cross_attn.is_empty:
+                k, v = block.cross_attn.keys, block.cross_attn.values
+                layer.cross_attn.set(k if every else k.index_select(0, rows), v if every else v.index_select(0, rows))
+            if keep_prefix and not block.self_attn.is_empty:
+                layer.self_attn.append(block.self_attn.keys.index_select(0, rows),
+                                       block.self_attn.values.index_select(0, rows))
+        return out

@@ -5,7 +5,7 @@ Whisper's timestamp rules), so GPT, Whisper, seq2seq and DALL·E-style decoders 
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -123,3 +123,62 @@ class RepetitionPenalty:
         seen = logits.gather(1, tokens)
         seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
         return logits.scatter(1, tokens, seen)
+
+
+class TimestampVocabulary(Protocol):
+    """What `TimestampRules` needs of a tokenizer (a `WhisperTokenizer`, say)."""
+
+    eot: int
+    no_timestamps: int
+    timestamp_begin: int
+
+
+class TimestampRules:
+    """openai/whisper's `ApplyTimestampRules` as a logit filter, vectorised over rows.
+
+    Timestamps come in pairs (end of one segment, start of the next) except right before
+    <|endoftext|>; they never decrease and a segment has a non-zero length; the first generated
+    token is a timestamp no later than `max_initial_index`; and a timestamp is forced when the
+    timestamps' total probability beats every single text token. Beyond openai/whisper, a
+    timestamp never passes the end of its window's audio (`max_index`, per row), so segments of a
+    short last window stay inside the audio.
+
+    Args:
+        tokenizer: supplies `eot`, `no_timestamps`, `timestamp_begin`.
+        begin_index: prompt length (index of the first generated token).
+        max_initial_index: last allowed first timestamp (50 = 1.0 s); None: no limit.
+        max_index: (B,) last allowed timestamp index per row; beam rows (B·K) share their row's.
+    """
+
+    def __init__(self, tokenizer: TimestampVocabulary, begin_index: int, max_initial_index: int | None = 50,
+                 max_index: Tensor | None = None) -> None:
+        self.eot, self.no_timestamps, self.ts = tokenizer.eot, tokenizer.no_timestamps, tokenizer.timestamp_begin
+        self.begin_index, self.max_initial_index, self.max_index = begin_index, max_initial_index, max_index
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        ts, inf = self.ts, float("-inf")
+        B, V = logits.shape
+        vocab = torch.arange(V, device=logits.device)
+        logits[:, self.no_timestamps] = inf
+        gen = tokens[:, self.begin_index:]  # (B, n) generated so far
+        if gen.shape[1] == 0:
+            logits[:, :ts] = inf  # start with a timestamp
+            if self.max_initial_index is not None:
+                logits[:, ts + self.max_initial_index + 1:] = inf
+        else:
+            is_ts = gen >= ts
+            last = is_ts[:, -1]
+            penultimate = is_ts[:, -2] if gen.shape[1] >= 2 else torch.ones_like(last)
+            logits[last & penultimate, ts:] = inf  # after a pair: text (or EOT)
+            logits[last & ~penultimate, : self.eot] = inf  # after a single one: a timestamp or EOT
+            last_ts = torch.where(is_ts, gen, -1).amax(dim=1)  # (B,) latest timestamp id, -1 if none
+            floor = torch.where(last & ~penultimate, last_ts, last_ts + 1)  # never back, no empty segment
+            banned = (last_ts >= 0)[:, None] & (vocab >= ts) & (vocab < floor[:, None])
+            logits.masked_fill_(banned, inf)
+        if self.max_index is not None:
+            cap = self.max_index.to(logits.device).repeat_interleave(B // self.max_index.shape[0])
+            logits.masked_fill_(vocab > (ts + cap)[:, None], inf)
+        logprobs = logits.float().log_softmax(dim=-1)
+        timestamp_wins = logprobs[:, ts:].logsumexp(dim=-1) > logprobs[:, :ts].amax(dim=-1)
+        logits[timestamp_wins, :ts] = inf
+        return logits

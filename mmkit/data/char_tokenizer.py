@@ -3,7 +3,7 @@
 `tokenizer.json`. Words are marked SentencePiece-style ("▁the"), so text round-trips exactly.
 
 Ids follow Whisper's layout, so decoding code written for `WhisperTokenizer` (the shared loop,
-`mmkit.tasks.transcribe.Transcriber`) runs unchanged: text tokens first, then
+`mmkit.inference.Transcriber`) runs unchanged: text tokens first, then
 <|endoftext|> (eot), <|startoftranscript|> (sot), <|pad|>, <|nospeech|>, <|notimestamps|>.
 There are no timestamp tokens (`timestamp_begin == vocab_size`): decode without timestamps.
 """

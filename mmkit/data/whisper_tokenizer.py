@@ -96,7 +96,7 @@ class WhisperTokenizer:
         if not any((directory / name).is_file() for name in TOKENIZER_FILES):
             raise TokenizerError(
                 f"{directory}: no Whisper tokenizer files (tokenizer.json, or vocab.json + merges.txt); "
-                "a transcription checkpoint needs them next to its weights (mmkit.tasks.transcribe.save_checkpoint)")
+                "a transcription checkpoint needs them next to its weights (mmkit.inference.save_speech_checkpoint)")
         try:
             if (directory / "tokenizer.json").is_file():
                 from tokenizers import Tokenizer

@@ -17,5 +17,10 @@ _EXPORTS: dict[str, list[str]] = {
     "mmkit.inference.prompts": ["DEFAULT_TEMPLATES", "expand_prompts", "parse_labels", "read_labels_file"],
     "mmkit.inference.clip_loader": ["clip_eval_transform", "load_clip"],
     "mmkit.inference.precision": ["cpu_has_bf16", "resolve_precision"],
+    "mmkit.inference.transcript": ["DecodingOptions", "Segment", "Transcript", "compression_ratio",
+                                   "greedy_options"],
+    "mmkit.inference.transcriber": ["Transcriber", "load_transcriber", "transcriber_for"],
+    "mmkit.inference.speech_checkpoints": ["load_speech_model", "load_tokenizer", "save_speech_checkpoint"],
+    "mmkit.inference.subtitles": ["OUTPUT_FORMATS", "format_timestamp", "output_stems", "write_outputs"],
 }
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -13,19 +13,22 @@ from mmkit._lazy import lazy_exports
 _EXPORTS = {
     "mmkit.tasks.image_classifier": ["ImageClassifier"],
     "mmkit.tasks.clip_task": ["CLIPTask", "ZeroShotEvaluation"],
-    "mmkit.tasks.speech_recognizer": ["SpeechRecognizer", "load_speech_checkpoint", "load_transcriber",
-                                      "save_speech_checkpoint", "transcriber_for"],
+    "mmkit.tasks.speech_recognizer": ["SpeechRecognizer"],
 }
 # Moved to mmkit.inference (the inference layer: no Lightning); the old names work for one release.
 _MOVED = {"Classifier": "mmkit.inference.classifier", "Prediction": "mmkit.inference.classifier",
           "write_predictions": "mmkit.inference.writers", "ZeroShotClassifier": "mmkit.inference.zero_shot",
-          "zero_shot_scores": "mmkit.inference.zero_shot"}
+          "zero_shot_scores": "mmkit.inference.zero_shot",
+          "load_transcriber": "mmkit.inference.transcriber", "transcriber_for": "mmkit.inference.transcriber",
+          "save_speech_checkpoint": "mmkit.inference.speech_checkpoints",
+          "load_speech_checkpoint": "mmkit.inference.speech_checkpoints:load_speech_model"}  # module[:new name]
 __all__, _lazy_getattr = lazy_exports(__name__, _EXPORTS, globals())
 
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:  # not cached in globals(), so every use warns
-        warnings.warn(f"mmkit.tasks.{name} is deprecated: use mmkit.inference.{name}", DeprecationWarning,
+        module, _, new = _MOVED[name].partition(":")
+        warnings.warn(f"mmkit.tasks.{name} is deprecated: use mmkit.inference.{new or name}", DeprecationWarning,
                       stacklevel=2)
-        return getattr(importlib.import_module(_MOVED[name]), name)
+        return getattr(importlib.import_module(module), new or name)
     return _lazy_getattr(name)

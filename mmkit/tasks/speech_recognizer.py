@@ -9,7 +9,9 @@ scratch, whose vocabulary is the data's own character/BPE tokenizer (`mmkit.data
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from mmkit.audio import HOP_LENGTH, SpecAugment
 from mmkit.core import Greedy, SuppressAtBegin, SuppressTokens, generate
 from mmkit.data.audio_manifest import IGNORE_INDEX
 from mmkit.data.char_tokenizer import CharTokenizer, normalize_text
+from mmkit.inference.speech_checkpoints import load_speech_model, save_speech_checkpoint
 from mmkit.models.whisper import Whisper
 from mmkit.tasks.optim import adamw_warmup_cosine
 
@@ -66,7 +69,7 @@ class SpeechRecognizer(pl.LightningModule):
             raise ValueError("give either model (train from scratch) or checkpoint (fine-tune), not both")
         self.tokenizer: Any = None
         if checkpoint is not None:
-            model, self.tokenizer = load_speech_checkpoint(checkpoint)
+            model, self.tokenizer = load_speech_model(checkpoint)
             model.train()
         self.model: Whisper = model
         self.spec_augment = spec_augment
@@ -191,7 +194,8 @@ class SpeechRecognizer(pl.LightningModule):
                                  "pass the exported tokenizer.json as data.tokenizer")
 
     def export(self, directory: str | Path) -> Path:
-        """Write the model and its tokenizer for `load_speech_checkpoint` / `load_transcriber`."""
+        """Write the model and its tokenizer for `mmkit.inference.load_speech_model` (`mmkit transcribe
+        --model DIR`, `mmkit demo speech`, `mmkit.inference.load_transcriber`)."""
         return save_speech_checkpoint(self.model, self.tokenizer, directory, {"language": self.hparams.language})
 
     def on_fit_end(self) -> None:
@@ -204,45 +208,14 @@ def _mix(ce: Tensor, ctc: Tensor | None, ctc_weight: float) -> Tensor:
     return ce if ctc is None else (1 - ctc_weight) * ce + ctc_weight * ctc
 
 
-# --- checkpoints and inference -------------------------------------------------------------------
-
-def save_speech_checkpoint(model: Whisper, tokenizer: Any, directory: str | Path,
-                           metadata: dict[str, Any] | None = None) -> Path:
-    """Native checkpoint (config.json + model.safetensors) with the tokenizer beside it: a
-    `CharTokenizer`'s tokenizer.json (config.json metadata `"tokenizer": "char"`), or a Whisper
-    tokenizer's files as `mmkit.tasks.transcribe.save_checkpoint` writes them."""
-    if isinstance(tokenizer, CharTokenizer):
-        directory = model.save_pretrained(directory, metadata={**(metadata or {}), "tokenizer": tokenizer.kind})
-        tokenizer.save(directory)
-        return directory
-    from mmkit.tasks.transcribe import save_checkpoint
-
-    return save_checkpoint(model, tokenizer, directory)
+# Moved to mmkit.inference (no Lightning); the old names work for one release.
+_MOVED = {"load_speech_checkpoint": "load_speech_model", "save_speech_checkpoint": "save_speech_checkpoint",
+          "load_transcriber": "load_transcriber", "transcriber_for": "transcriber_for"}
 
 
-def load_speech_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Whisper, Any]:
-    """(eval-mode Whisper, tokenizer) of a checkpoint: an mmkit one with a character/BPE tokenizer
-    (`save_speech_checkpoint`) or anything else `mmkit.tasks.transcribe.load_checkpoint` reads
-    (Hugging Face Whisper, mmkit Whisper with Whisper tokenizer files, openai-whisper .pt)."""
-    from mmkit.tasks.transcribe import load_checkpoint
-
-    return load_checkpoint(directory, device)
-
-
-def transcriber_for(model: Whisper, tokenizer: Any, batch_size: int = 8):
-    """A `mmkit.tasks.transcribe.Transcriber` over `model`: greedy decoding, one segment per encoder
-    window for tokenizers without timestamp tokens (character/BPE ones; their windows are the
-    model's `n_audio_ctx`, e.g. 4 s, and long audio is cut at window boundaries)."""
-    from mmkit.tasks.transcribe import DecodingOptions, Transcriber
-
-    if isinstance(tokenizer, CharTokenizer):  # the Transcriber drops timestamps and makes room for the characters
-        options = DecodingOptions(temperatures=(0.0,), no_speech_threshold=None)
-    else:
-        options = DecodingOptions(language="en" if tokenizer.is_multilingual else None, temperatures=(0.0,))
-    return Transcriber(model.eval(), tokenizer, options, batch_size)
-
-
-def load_transcriber(directory: str | Path, device: str | torch.device = "cpu", batch_size: int = 8):
-    """`transcriber_for` the checkpoint in `directory` (see `load_speech_checkpoint`)."""
-    model, tokenizer = load_speech_checkpoint(directory, device)
-    return transcriber_for(model, tokenizer, batch_size)
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"mmkit.tasks.speech_recognizer.{name} is deprecated: use mmkit.inference.{_MOVED[name]}",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module("mmkit.inference"), _MOVED[name])

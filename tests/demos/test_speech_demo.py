@@ -1,6 +1,6 @@
 """The speech demo (demos/speech.py) in headless Chromium: upload a WAV that espeak-ng spoke, press
 Transcribe, and see the transcript, the segment table and an SRT download equal to what the Python
-API (`mmkit.tasks.load_transcriber`) gives for the same file. The model is a tiny Whisper that
+API (`mmkit.inference.load_transcriber`) gives for the same file. The model is a tiny Whisper that
 memorised two espeak sentences, so the transcript is the real sentence, not noise.
 """
 from __future__ import annotations
@@ -52,8 +52,8 @@ def speech_export(tmp_path_factory) -> tuple[Path, list[Path]]:
 
 def test_demo_shows_the_api_transcript_segments_and_srt(page, serve_blocks, speech_export):
     from demos.speech import build_app, segment_rows
-    from mmkit.tasks import load_transcriber
-    from mmkit.tasks.transcribe import write_srt
+    from mmkit.inference import load_transcriber
+    from mmkit.inference.subtitles import write_srt
 
     export, wavs = speech_export
     transcriber = load_transcriber(export)
@@ -82,7 +82,7 @@ def test_demo_shows_the_api_transcript_segments_and_srt(page, serve_blocks, spee
 
 def test_demo_without_audio_shows_an_error(page, serve_blocks, speech_export):
     from demos.speech import build_app
-    from mmkit.tasks import load_transcriber
+    from mmkit.inference import load_transcriber
 
     transcriber = load_transcriber(speech_export[0])
     open_app(page, serve_blocks(build_app(lambda path: next(transcriber.transcribe_files([path])))))

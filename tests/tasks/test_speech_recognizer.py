@@ -1,6 +1,6 @@
 """SpeechRecognizer: a tiny Whisper trained from scratch memorises four clips (so loss targets,
 prompt, vocabulary and greedy decoding are wired right: WER 0), exports weights + tokenizer that
-`mmkit.tasks.transcribe.Transcriber` decodes identically, and fine-tunes from checkpoints with a
+`mmkit.inference.Transcriber` decodes identically, and fine-tunes from checkpoints with a
 character tokenizer or a Whisper tokenizer."""
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from mmkit.audio import SAMPLE_RATE, SpecAugment
 from mmkit.data import AudioManifestDataModule, CharTokenizer
 from mmkit.data.audio_manifest import IGNORE_INDEX
 from mmkit.models import Whisper
-from mmkit.tasks import SpeechRecognizer, load_speech_checkpoint, transcriber_for
+from mmkit.inference import load_speech_model, transcriber_for
+from mmkit.tasks import SpeechRecognizer
 
 TEXTS = ["red cat", "blue dog", "old boat", "big tree"]
 TINY = dict(n_audio_ctx=50, n_text_ctx=16, dim=32, encoder_depth=1, decoder_depth=1, num_heads=2)  # 1 s window
@@ -96,7 +97,7 @@ def test_export_round_trip_and_transcriber_agrees(trained, clips):
     assert {p.name for p in export.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
     config = json.loads((export / "config.json").read_text())
     assert config["metadata"] == {"language": "en", "tokenizer": "char"}
-    model, tok = load_speech_checkpoint(export)
+    model, tok = load_speech_model(export)
     assert tok == task.tokenizer and not model.training
     for k, v in load_file(str(export / "model.safetensors")).items():
         torch.testing.assert_close(v, task.model.state_dict()[k], rtol=0, atol=0)
@@ -108,7 +109,7 @@ def test_export_round_trip_and_transcriber_agrees(trained, clips):
 
 
 def test_mmkit_transcribe_reads_the_char_tokenizer_export(trained, clips, tmp_path, capsys):
-    from mmkit.tasks.transcribe import main
+    from mmkit.cli.transcribe import main
 
     _, _, export = trained
     paths = [str(clips / "audio" / f"{i}.wav") for i in range(4)]

@@ -21,10 +21,10 @@ from whisper_fixtures import (  # noqa: F401 - fixtures
 from mmkit.audio import log_mel_spectrogram, pad_or_trim
 from mmkit.core import BeamSearch, Greedy, SuppressAtBegin, SuppressTokens, generate
 from mmkit.core.decoding import RepetitionGuard, is_loop, loop_mask
+from mmkit.core.filters import TimestampRules
 from mmkit.data.whisper_tokenizer import TokenizerError, WhisperTokenizer, write_toy_tokenizer
-from mmkit.tasks.transcribe import (
-    DecodingOptions, Segment, TimestampRules, Transcriber, Transcript, compression_ratio, format_timestamp,
-    output_stems, write_outputs,
+from mmkit.inference import (
+    DecodingOptions, Segment, Transcriber, Transcript, compression_ratio, format_timestamp, output_stems, write_outputs,
 )
 
 # Settings under which decoding is one deterministic pass: no fallback, no skipping, no guard.
@@ -316,7 +316,7 @@ def test_cli_transcribes_good_files_and_reports_bad_ones(whisper_hf_dir, tmp_pat
 
     files = _bad_and_good_files(tmp_path / "in")
     out = tmp_path / "out"
-    caplog.set_level(logging.ERROR, logger="mmkit.tasks.transcribe")
+    caplog.set_level(logging.ERROR, logger="mmkit.cli.transcribe")
     code = main(["transcribe", *map(str, files.values()), "--model", str(whisper_hf_dir), "--temperature", "0",
                  "--max-new-tokens", "12", "--output-format", "all", "--output-dir", str(out), "--language", "en"])
     assert code == 0  # some files failed, the others were transcribed
@@ -339,7 +339,7 @@ def test_cli_transcribes_good_files_and_reports_bad_ones(whisper_hf_dir, tmp_pat
 
 
 def test_cli_native_checkpoint_matches_hf_directory(whisper_hf_dir, whisper_native_dir, tmp_path):
-    from mmkit.tasks.transcribe import main
+    from mmkit.cli.transcribe import main
 
     assert (whisper_native_dir / "model.safetensors").is_file() and (whisper_native_dir / "tokenizer.json").is_file()
     wav = write_wav(tmp_path / "clip.wav", synth_speechlike(8, seed=4))
@@ -354,9 +354,9 @@ def test_cli_native_checkpoint_matches_hf_directory(whisper_hf_dir, whisper_nati
 
 
 def test_english_only_checkpoint(tmp_path):
-    from mmkit.tasks.transcribe import load_checkpoint
+    from mmkit.inference import load_speech_model
 
-    model, tok = load_checkpoint(write_hf_checkpoint(tmp_path, multilingual=False))
+    model, tok = load_speech_model(write_hf_checkpoint(tmp_path, multilingual=False))
     assert not tok.is_multilingual and tok.sot_sequence(None, without_timestamps=True) == [tok.sot, tok.no_timestamps]
     (t,) = _transcribe(model, tok, [synth_speechlike(4)], max_new_tokens=8, **EXACT)
     assert t.language == "en" and t.segments

@@ -18,7 +18,8 @@ from mmkit.audio import log_mel_spectrogram, pad_or_trim
 from mmkit.core import Greedy, SuppressAtBegin, SuppressTokens, generate
 from mmkit.data.whisper_tokenizer import TokenizerError, WhisperTokenizer, _bytes_to_unicode
 from mmkit.models import Whisper
-from mmkit.tasks.transcribe import load_checkpoint, main, save_checkpoint
+from mmkit.cli.transcribe import main
+from mmkit.inference import load_speech_model as load_checkpoint, save_speech_checkpoint as save_checkpoint
 
 whisper = pytest.importorskip("whisper")
 from whisper.decoding import DecodingOptions, DecodingTask, SuppressBlank  # noqa: E402

@@ -37,10 +37,10 @@ def whisper_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def whisper_native_dir(whisper_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmkit.tasks.transcribe import load_checkpoint, save_checkpoint
+    from mmkit.inference import load_speech_model, save_speech_checkpoint
 
-    model, tokenizer = load_checkpoint(whisper_hf_dir)
-    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("whisper_mmkit"))
+    model, tokenizer = load_speech_model(whisper_hf_dir)
+    return save_speech_checkpoint(model, tokenizer, tmp_path_factory.mktemp("whisper_mmkit"))
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +48,8 @@ def whisper_checkpoint(whisper_hf_dir: Path):
     """(mmkit Whisper, WhisperTokenizer, transformers model) of the HF directory."""
     import transformers
 
-    from mmkit.tasks.transcribe import load_checkpoint
+    from mmkit.inference import load_speech_model
 
-    model, tokenizer = load_checkpoint(whisper_hf_dir)
+    model, tokenizer = load_speech_model(whisper_hf_dir)
     hf = transformers.WhisperForConditionalGeneration.from_pretrained(whisper_hf_dir).eval()
     return model, tokenizer, hf

@@ -56,7 +56,7 @@ with open(args["out"], "w") as f:
     json.dump(out, f)
 """
 IMPORT_ONLY = {
-    "mmkit": "import mmkit.cli, mmkit.tasks.transcribe",
+    "mmkit": "import mmkit.cli, mmkit.cli.transcribe",
     "transformers": "import soundfile, torch; from transformers import WhisperFeatureExtractor, "
                     "WhisperForConditionalGeneration",
 }

@@ -1,0 +1,109 @@
+"""`mmkit transcribe`: speech to text (or English translation) with a Whisper checkpoint,
+openai/whisper's command line (`whisper` CLI: --task, --language, --temperature ladder,
+thresholds, -f txt/json/srt/vtt/tsv) over `mmkit.inference.Transcriber`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from mmkit.cli.progress import progress
+from mmkit.inference.subtitles import OUTPUT_FORMATS, output_stems, write_outputs
+from mmkit.inference.transcriber import Transcriber
+from mmkit.inference.transcript import DecodingOptions, Transcript
+
+log = logging.getLogger(__name__)
+
+
+def _optional_float(value: str) -> float | None:
+    return None if value.lower() in ("none", "off") else float(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmkit transcribe", description="Transcribe or translate audio files with a Whisper checkpoint.",
+        epilog="Writes <output-dir>/<stem>.<ext> per input and prints the text. Files that cannot be read or "
+               "decoded are reported and skipped; the exit code is 1 only when no file was transcribed.")
+    p.add_argument("files", nargs="+", help="audio files (any format libsndfile reads; any rate, any channels)")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face Whisper directory or mmkit checkpoint, with the tokenizer files; or an "
+                        "openai-whisper .pt file (tokenizer from the openai-whisper package)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory or .tiktoken file to use instead of the checkpoint's")
+    p.add_argument("--language", default=None, help="language code or name (default: detect per file)")
+    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument("--best-of", type=int, default=5, help="samples per window at temperature > 0")
+    p.add_argument("--temperature", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                   help="temperatures tried in order on failing windows (a single 0 disables the fallback)")
+    p.add_argument("--compression-ratio-threshold", type=_optional_float, default=2.4,
+                   help="retry windows whose text compresses better than this ('none': never)")
+    p.add_argument("--logprob-threshold", type=_optional_float, default=-1.0,
+                   help="retry windows whose mean token log-probability is lower ('none': never)")
+    p.add_argument("--no-speech-threshold", type=_optional_float, default=0.6,
+                   help="<|nospeech|> probability above which an unlikely window counts as silence ('none': never)")
+    p.add_argument("--no-repetition-guard", action="store_true", help="let repetitive windows run to the limit")
+    p.add_argument("--without-timestamps", action="store_true", help="one segment per 30 s window")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per window (default 224)")
+    p.add_argument("--output-format", "-f", nargs="+", default=["txt"], choices=OUTPUT_FORMATS + ("all",))
+    p.add_argument("--output-dir", "-o", default=".", help="where to write <stem>.<ext> (default: .)")
+    p.add_argument("--batch-size", type=int, default=8, help="30 s windows per encoder/decoder batch")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed for temperature fallback")
+    p.add_argument("--quiet", action="store_true", help="do not print the transcripts")
+    return p
+
+
+def _options(args: argparse.Namespace) -> DecodingOptions:
+    return DecodingOptions(
+        task=args.task, language=args.language, without_timestamps=args.without_timestamps,
+        beam_size=args.beam_size, best_of=args.best_of, temperatures=tuple(args.temperature),
+        compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
+        no_speech_threshold=args.no_speech_threshold, max_new_tokens=args.max_new_tokens,
+        repetition_guard=not args.no_repetition_guard, seed=args.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`mmkit transcribe FILES... --model DIR|FILE.pt [options]`: exit 0 if any file was transcribed
+    (failures are listed), 1 if none was, 2 for usage errors."""
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        transcriber = Transcriber.from_checkpoint(args.model, _options(args), args.batch_size, args.device,
+                                                  args.tokenizer)
+    except ValueError as e:  # WeightsError, TokenizerError and bad options are ValueErrors
+        sys.stderr.write(f"mmkit transcribe: error: {e}\n")
+        return 2
+    formats = list(OUTPUT_FORMATS) if "all" in args.output_format else list(dict.fromkeys(args.output_format))
+    out_dir = Path(args.output_dir).expanduser()
+    failed: list[Transcript] = []
+    # one bar for runs over several files: a single file's transcript is the whole output
+    with progress("transcribing", len(args.files), unit="file", enabled=len(args.files) > 1) as advance:
+        for stem, t in zip(output_stems(args.files), transcriber.transcribe_files(args.files)):
+            if t.error is not None:
+                failed.append(t)
+                log.error("%s: %s", t.path, t.error)
+            else:
+                if args.language is None and transcriber.tokenizer.is_multilingual:
+                    log.info("%s: detected language %s", t.path, t.language)
+                write_outputs(t, stem, out_dir, formats)
+                if not args.quiet:
+                    sys.stdout.write(f"{t.path}: {t.text}\n" if len(args.files) > 1 else t.text + "\n")
+                    sys.stdout.flush()
+            advance()
+    ok = len(args.files) - len(failed)
+    if failed:
+        log.warning("transcribed %d of %d files; failed: %s", ok, len(args.files), ", ".join(t.path for t in failed))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())

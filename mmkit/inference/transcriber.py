@@ -1,0 +1,352 @@
+"""Speech recognition and translation with Whisper-style models (Radford et al., "Robust Speech
+Recognition via Large-Scale Weak Supervision", 2022, §4.5 "Long-form transcription"), following
+openai/whisper `decoding.py` / `transcribe.py`: task and language prompt, language detection,
+suppressed tokens, timestamp rules, temperature fallback on compression-ratio / log-prob
+thresholds, no-speech skip; plus a repetition guard that ends looping windows.
+
+Differences from openai/whisper, on purpose: long audio is cut into fixed, consecutive windows of
+the encoder's length (30 s) instead of seeking to the last predicted timestamp, and windows are
+decoded without the previous window's text as a prompt; both make every window independent, so
+the windows of many files are batched through the encoder and the decoder together. Timestamps
+never pass the end of a window's audio; digitally silent windows (all samples 0) are not decoded.
+The decoder runs on the shared loop (`mmkit.core.generate`) with one KV cache per batch whose
+cross-attention keys/values are computed once per window and shared by language detection,
+decoding and every fallback attempt (`KVCache.fork`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel_spectrogram, pad_or_trim
+from mmkit.core import BeamSearch, KVCache, SuppressAtBegin, SuppressTokens, generate
+from mmkit.core.filters import LogitFilter, RepetitionGuard, TimestampRules, is_loop
+from mmkit.data.whisper_tokenizer import TIME_PRECISION
+from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
+from mmkit.inference.transcript import (
+    DecodingOptions, Segment, Transcript, compression_ratio, greedy_options, timestamp_spans,
+)
+from mmkit.models.whisper import Whisper
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Window:
+    file: int  # index into the batch of files
+    index: int  # window number within the file
+    audio: np.ndarray  # (N,) samples, N <= window length
+    offset: float  # seconds from the file's start
+
+
+@dataclass
+class _Decoded:
+    tokens: list[int]  # generated tokens, without <|endoftext|>
+    sum_logprob: float
+    temperature: float
+    looped: bool
+    text: str = ""
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+
+
+class Transcriber:
+    """Transcribe audio with a Whisper model: `transcribe(audio)` for one waveform,
+    `transcribe_files(paths)` for many files, their windows batched `batch_size` at a time.
+
+    Args:
+        model: an eval-mode `Whisper`.
+        tokenizer: the checkpoint's `WhisperTokenizer` (or a recipe's `CharTokenizer`).
+        options: decoding options.
+        batch_size: windows (of any files) per encoder/decoder batch.
+    """
+
+    def __init__(self, model: Whisper, tokenizer: SpeechTokenizer, options: DecodingOptions | None = None,
+                 batch_size: int = 8) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.options = options or DecodingOptions()
+        if tokenizer.timestamp_end <= tokenizer.timestamp_begin:  # no timestamp tokens (char/BPE tokenizers):
+            # one segment per window, and room for a whole window's text (characters, not words)
+            prompt = tokenizer.sot_sequence(without_timestamps=True)
+            self.options = replace(self.options, without_timestamps=True,
+                                   max_new_tokens=self.options.max_new_tokens or model.n_text_ctx - len(prompt))
+        self.batch_size = max(1, batch_size)
+        self.window_samples = 2 * model.n_audio_ctx * HOP_LENGTH  # 480_000 (30 s) for every Whisper
+        self._check_options()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, options: DecodingOptions | None = None, batch_size: int = 8,
+                        device: str | torch.device = "cpu", tokenizer: str | Path | None = None) -> "Transcriber":
+        """A transcriber over `load_speech_model(path, device, tokenizer)` (None options: openai's defaults)."""
+        model, tok = load_speech_model(path, device, tokenizer)
+        return cls(model, tok, options, batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _check_options(self) -> None:
+        o, tok = self.options, self.tokenizer
+        if o.task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be 'transcribe' or 'translate', got {o.task!r}")
+        if not tok.is_multilingual and (o.task == "translate" or (o.language or "en").lower() not in ("en", "english")):
+            raise ValueError("this checkpoint is English-only: it cannot translate or decode other languages")
+        if o.language is not None and tok.is_multilingual:
+            tok.language_id(o.language)  # raises for unknown languages
+        if not o.temperatures or any(t < 0 for t in o.temperatures):
+            raise ValueError(f"temperatures must be >= 0, got {o.temperatures}")
+        if o.beam_size < 1 or o.best_of < 1:
+            raise ValueError("beam_size and best_of must be >= 1")
+        if o.max_new_tokens is not None and o.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 1 (0 or None: the default), got {o.max_new_tokens}")
+
+    # --- public API ------------------------------------------------------------------------
+
+    def transcribe(self, audio: np.ndarray, name: str = "<audio>") -> Transcript:
+        """Transcribe one (N,) float32 16 kHz mono waveform."""
+        return next(self._transcribe_arrays([(name, audio)]))
+
+    def transcribe_files(self, paths: Iterable[str | Path]) -> Iterator[Transcript]:
+        """Yield one `Transcript` per path, in input order; files that cannot be loaded or decoded
+        come back with `error` set instead of stopping the run."""
+
+        def load() -> Iterator[tuple[str, np.ndarray | AudioLoadError]]:
+            for path in paths:
+                try:
+                    yield str(path), load_audio(path)
+                except AudioLoadError as e:
+                    yield str(path), e
+
+        return self._transcribe_arrays(load())
+
+    # --- batching --------------------------------------------------------------------------
+
+    def _transcribe_arrays(self, items: Iterable[tuple[str, np.ndarray | Exception]]) -> Iterator[Transcript]:
+        """Windows of consecutive files are queued and decoded `batch_size` at a time; each
+        transcript is yielded, in input order, as soon as all of its windows are done."""
+        transcripts: dict[int, Transcript] = {}
+        windows: dict[int, list[list[Segment] | None]] = {}  # file -> segments per window (None: pending)
+        languages: dict[int, str | None] = {}
+        queue: list[_Window] = []
+
+        def finished(i: int) -> bool:
+            return i in transcripts and (i not in windows or all(s is not None for s in windows[i]))
+
+        def pop(i: int) -> Transcript:
+            return self._finish(transcripts.pop(i), windows.pop(i, None), languages.pop(i, None))
+
+        next_out = 0
+        for i, (name, audio) in enumerate(items):
+            transcripts[i] = Transcript(name)
+            if isinstance(audio, Exception):
+                transcripts[i].error = getattr(audio, "reason", str(audio))
+            else:
+                transcripts[i].duration = round(len(audio) / SAMPLE_RATE, 3)
+                split = self._split(i, audio)
+                windows[i] = [None] * len(split)
+                languages[i] = self.options.language
+                queue.extend(split)
+            while len(queue) >= self.batch_size:
+                self._flush(queue, transcripts, windows, languages)
+            while finished(next_out):
+                yield pop(next_out)
+                next_out += 1
+        while queue:
+            self._flush(queue, transcripts, windows, languages)
+        while next_out in transcripts:
+            yield pop(next_out)
+            next_out += 1
+
+    def _flush(self, queue: list[_Window], transcripts: dict[int, Transcript],
+               windows: dict[int, list[list[Segment] | None]], languages: dict[int, str | None]) -> None:
+        """Decode the first `batch_size` queued windows into `windows`; a failing batch fails its files."""
+        batch = queue[: self.batch_size]
+        del queue[: self.batch_size]
+        try:
+            results = self._decode_windows(batch, languages)
+        except Exception as e:  # noqa: BLE001 - a failing batch fails its files, the run goes on
+            log.debug("decoding failed", exc_info=True)
+            for w in batch:
+                transcripts[w.file].error = f"decoding failed ({type(e).__name__}: {e})"
+                windows.pop(w.file, None)
+            queue[:] = [w for w in queue if w.file in windows]  # their other windows are moot
+            return
+        for w, segments in zip(batch, results):
+            if w.file in windows:
+                windows[w.file][w.index] = segments
+
+    def _split(self, file: int, audio: np.ndarray) -> list[_Window]:
+        n = self.window_samples
+        return [_Window(file, k, audio[start:start + n], start / SAMPLE_RATE)
+                for k, start in enumerate(range(0, max(len(audio), 1), n))]
+
+    def _finish(self, t: Transcript, windows: list[list[Segment] | None] | None, language: str | None) -> Transcript:
+        if t.error is None and windows is not None:
+            t.segments = [s for segments in windows for s in segments or ()]
+            t.text = "".join(s.text for s in t.segments).strip()
+            t.language = language if self.tokenizer.is_multilingual else "en"
+        return t
+
+    # --- one batch of windows --------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _decode_windows(self, windows: Sequence[_Window], languages: dict[int, str | None]) -> list[list[Segment]]:
+        """Segments of each window. Digitally silent windows (all samples 0) are not decoded."""
+        o, tok, model = self.options, self.tokenizer, self.model
+        audible = [k for k, w in enumerate(windows) if np.any(w.audio)]
+        out: list[list[Segment]] = [[] for _ in windows]
+        if not audible:
+            return out
+        ws = [windows[k] for k in audible]
+        audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(w.audio), self.window_samples))
+                             for w in ws]).to(self.device)
+        mel = log_mel_spectrogram(audio, n_mels=model.n_mels)  # (B, n_mels, 2·n_audio_ctx)
+        context = model.encode(mel)  # (B, n_audio_ctx, dim)
+        # One pass over <|startoftranscript|> fills the cross-attention cache and gives the
+        # language and no-speech probabilities (both read at that position, as openai/whisper).
+        cache = KVCache()
+        sot = torch.full((len(ws), 1), tok.sot, dtype=torch.long, device=self.device)
+        first = model(sot, context, cache)[:, 0].float()  # (B, V)
+        no_speech = first.softmax(dim=-1)[:, tok.no_speech].tolist()
+        self._detect_languages(ws, first, languages)
+        prompts = [tok.sot_sequence(languages[w.file] if tok.is_multilingual else None, o.task, o.without_timestamps)
+                   for w in ws]
+        max_index = torch.tensor([min(round(len(w.audio) / SAMPLE_RATE / TIME_PRECISION),
+                                      model.n_audio_ctx) for w in ws])
+        decoded = self._decode_with_fallback(context, cache, torch.tensor(prompts, device=self.device), max_index,
+                                             no_speech)
+        for k, w, d, p in zip(audible, ws, decoded, no_speech):
+            silent = (o.no_speech_threshold is not None and p > o.no_speech_threshold
+                      and not (o.logprob_threshold is not None and d.avg_logprob > o.logprob_threshold))
+            if not silent:
+                out[k] = self._segments(w, d, p)
+        return out
+
+    def _detect_languages(self, windows: Sequence[_Window], first_logits: Tensor,
+                          languages: dict[int, str | None]) -> None:
+        tok = self.tokenizer
+        if not tok.is_multilingual:
+            return
+        lang_ids = torch.tensor(list(tok.language_ids.values()), device=first_logits.device)
+        for row, w in enumerate(windows):
+            if languages.get(w.file) is None:  # the file's first window in this run decides
+                best = int(lang_ids[first_logits[row, lang_ids].argmax()])
+                languages[w.file] = tok.language_code(best)
+
+    def _decode_with_fallback(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
+                              no_speech: list[float]) -> list[_Decoded]:
+        o = self.options
+        results: list[_Decoded | None] = [None] * prompts.shape[0]
+        rows = list(range(prompts.shape[0]))
+        for attempt in range(len(o.temperatures)):
+            last = attempt == len(o.temperatures) - 1
+            index = torch.tensor(rows, device=context.device)
+            # the cache holds <|startoftranscript|>; a prompt of that token alone must be fed again
+            fork = cache.fork(index, keep_prefix=prompts.shape[1] > 1)
+            decoded = self._decode(context[index], fork, prompts[index], max_index[index], attempt)
+            retry = []
+            for row, d in zip(rows, decoded):
+                results[row] = d
+                if not last and self._needs_fallback(d, no_speech[row]):
+                    retry.append(row)
+            if not retry:
+                break
+            log.debug("temperature %.1f: retrying %d window(s) at %.1f", o.temperatures[attempt], len(retry),
+                      o.temperatures[attempt + 1])
+            rows = retry
+        return results  # type: ignore[return-value]
+
+    def _needs_fallback(self, d: _Decoded, no_speech_prob: float) -> bool:
+        o = self.options
+        low_logprob = o.logprob_threshold is not None and d.avg_logprob < o.logprob_threshold
+        if o.no_speech_threshold is not None and no_speech_prob > o.no_speech_threshold and low_logprob:
+            return False  # silence: skipped afterwards, retrying would only hallucinate
+        repetitive = o.compression_ratio_threshold is not None and d.compression_ratio > o.compression_ratio_threshold
+        return repetitive or low_logprob or d.looped
+
+    def _filters(self, prompt_length: int, max_index: Tensor) -> list[LogitFilter]:
+        o, tok = self.options, self.tokenizer
+        filters: list[LogitFilter] = [SuppressAtBegin(tok.begin_suppress_tokens, prompt_length),
+                                      SuppressTokens(tok.suppress_tokens)]
+        if not o.without_timestamps:
+            filters.append(TimestampRules(tok, prompt_length, tok.max_initial_timestamp_index, max_index))
+        if o.repetition_guard:
+            filters.append(RepetitionGuard(tok.eot, prompt_length))
+        return filters
+
+    def _decode(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
+                attempt: int) -> list[_Decoded]:
+        """Decode each row once at the attempt's temperature (greedy/beam at 0, best-of-N sampling above)."""
+        o, tok = self.options, self.tokenizer
+        B, T = prompts.shape
+        max_new = min(o.max_new_tokens or self.model.n_text_ctx // 2, self.model.n_text_ctx - T)
+        generation = o.generation(attempt, max(1, max_new))
+        strategy, temperature, n = generation.strategy(context.device), generation.temperature, 1
+        if generation.sampling and o.best_of > 1:  # best-of-N: N rows per window
+            n = o.best_of
+            rep = torch.arange(B, device=context.device).repeat_interleave(n)
+            context, prompts, max_index = context[rep], prompts[rep], max_index[rep.cpu()]
+            cache.reorder(rep)
+        g = generate(self.model, prompts, max_new, strategy, context=context, eos_id=tok.eot, pad_id=tok.eot,
+                     logit_filters=[*self._filters(T, max_index), *generation.filters()], cache=cache)
+        out = []
+        for i, seq in enumerate(g.sequences):
+            new = seq[T:]
+            ended = len(new) > 0 and int(new[-1]) == tok.eot
+            tokens = new[:-1] if ended else new
+            # beam scores are length-normalised (sum / generated length): undo it for the sum
+            total = float(g.scores[i]) * (len(new) if isinstance(strategy, BeamSearch) else 1)
+            looped = o.repetition_guard and ended and is_loop(tokens)
+            out.append(self._scored(tokens.tolist(), total, temperature, looped))
+        if n > 1:  # keep the likeliest candidate of each window (openai: length-normalised log-prob)
+            out = [max(out[b * n:(b + 1) * n], key=lambda d: d.sum_logprob / (len(d.tokens) + 1)) for b in range(B)]
+        return out
+
+    def _scored(self, tokens: list[int], sum_logprob: float, temperature: float, looped: bool) -> _Decoded:
+        d = _Decoded(tokens, sum_logprob, temperature, looped)
+        d.text = self.tokenizer.decode(tokens)
+        d.avg_logprob = sum_logprob / (len(tokens) + 1)  # + 1: <|endoftext|>, as openai/whisper
+        d.compression_ratio = compression_ratio(d.text)
+        return d
+
+    def _segments(self, w: _Window, d: _Decoded, no_speech_prob: float) -> list[Segment]:
+        """Split a window's tokens at timestamp tokens into segments with absolute times.
+        Without timestamps the window is one segment (kept even if its text is blank, so that
+        its tokens are reported); with them, spans without text are dropped."""
+        tok, duration = self.tokenizer, len(w.audio) / SAMPLE_RATE
+        stats = dict(temperature=d.temperature, avg_logprob=round(d.avg_logprob, 4),
+                     compression_ratio=round(d.compression_ratio, 4), no_speech_prob=round(no_speech_prob, 4))
+        if self.options.without_timestamps:
+            spans = [(0.0, duration, d.tokens)] if d.tokens else []
+        else:
+            spans = [sp for sp in timestamp_spans(d.tokens, tok.timestamp_begin, duration)
+                     if tok.decode(sp[2]).strip()]
+        segments = []
+        for start, end, tokens in spans:
+            start = min(start, duration)
+            end = min(max(end, start), duration)
+            segments.append(Segment(round(w.offset + start, 3), round(w.offset + end, 3), tok.decode(tokens),
+                                    list(tokens), **stats))
+        return segments
+
+
+def transcriber_for(model: Whisper, tokenizer: SpeechTokenizer, batch_size: int = 8) -> Transcriber:
+    """A `Transcriber` over an in-memory model with the interactive defaults (`greedy_options`):
+    greedy decoding; one segment per encoder window for tokenizers without timestamp tokens
+    (character/BPE ones; their windows are the model's `n_audio_ctx`, e.g. 4 s, and long audio
+    is cut at window boundaries)."""
+    return Transcriber(model.eval(), tokenizer, greedy_options(tokenizer), batch_size)
+
+
+def load_transcriber(name: str | Path, device: str | torch.device = "cpu", batch_size: int = 8,
+                     options: DecodingOptions | None = None, tokenizer: str | Path | None = None) -> Transcriber:
+    """A `Transcriber` for a `--model` name (`load_speech_model`), with `options` or, if None,
+    the interactive defaults (`greedy_options`); what `mmkit demo speech` serves."""
+    model, tok = load_speech_model(name, device, tokenizer)
+    return Transcriber(model, tok, options or greedy_options(tok), batch_size)

@@ -1,0 +1,133 @@
+"""What the transcriber takes and gives: Whisper's decoding options (openai/whisper
+`decoding.py` `DecodingOptions` and `transcribe.py`'s fallback thresholds), segments and
+transcripts, and the helpers that score and cut a window's tokens (Radford et al., 2022, §4.5).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from mmkit.core.decoding import GenerationOptions
+from mmkit.data.char_tokenizer import CharTokenizer
+from mmkit.data.whisper_tokenizer import TIME_PRECISION
+
+
+@dataclass
+class DecodingOptions:
+    """How to decode each window (openai/whisper's defaults).
+
+    Composes the shared loop's `GenerationOptions` rather than extending it: Whisper's
+    temperature is a fallback ladder, not one value, and its token limit defaults to half the
+    decoder context; `generation` turns one rung of the ladder into the generic options.
+
+    Args:
+        task: "transcribe" (speech -> text in its language) or "translate" (-> English).
+        language: language code or name; None detects it on each file's first window
+            (multilingual checkpoints; English-only ones always decode English).
+        without_timestamps: decode with <|notimestamps|>: one segment per window.
+        beam_size: 1 = greedy; > 1 = beam search at temperature 0.
+        best_of: candidates sampled per window at temperatures > 0 (the likeliest is kept).
+        temperatures: the first is used, each next one only for windows that fail the checks
+            below (temperature fallback); (0.0,) disables the fallback.
+        compression_ratio_threshold: gzip ratio of the text above which a window is retried
+            (repetitive text).
+        logprob_threshold: mean token log-probability below which a window is retried.
+        no_speech_threshold: <|nospeech|> probability above which a window with a mean
+            log-probability below `logprob_threshold` counts as silence (no segments).
+        max_new_tokens: tokens per window (None: half the decoder context, 224).
+        repetition_guard: end a window whose text loops (a span repeated back to back) and
+            retry it at the next temperature.
+        seed: seed of the sampling generator (reproducible fallbacks).
+    """
+
+    task: str = "transcribe"
+    language: str | None = None
+    without_timestamps: bool = False
+    beam_size: int = 1
+    best_of: int = 5
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    max_new_tokens: int | None = None
+    repetition_guard: bool = True
+    seed: int = 0
+
+    def generation(self, attempt: int, max_new_tokens: int) -> GenerationOptions:
+        """The shared loop's options for fallback `attempt` (an index into `temperatures`):
+        greedy or beam search at temperature 0, sampling above it, seeded `seed + attempt`."""
+        temperature = self.temperatures[attempt]
+        return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
+                                 beam_size=self.beam_size if temperature == 0 else 1, seed=self.seed + attempt)
+
+
+def greedy_options(tokenizer: Any) -> DecodingOptions:
+    """Interactive defaults (the demo, `load_transcriber`): greedy without fallback; English for
+    multilingual Whisper tokenizers. Character/BPE tokenizers (no <|nospeech|> token worth
+    reading, no languages) get no silence skip; the transcriber drops their timestamps."""
+    if isinstance(tokenizer, CharTokenizer):
+        return DecodingOptions(temperatures=(0.0,), no_speech_threshold=None)
+    return DecodingOptions(language="en" if tokenizer.is_multilingual else None, temperatures=(0.0,))
+
+
+@dataclass
+class Segment:
+    """A span of speech: times in seconds from the start of the file; `tokens` are its text tokens."""
+
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass
+class Transcript:
+    """One input's result; `error` is set (and the rest empty) when it could not be transcribed."""
+
+    path: str
+    text: str = ""
+    segments: list[Segment] = field(default_factory=list)
+    language: str | None = None
+    duration: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.path, "text": self.text, "language": self.language, "duration": self.duration,
+                "segments": [{"id": i, **asdict(s)} for i, s in enumerate(self.segments)]}
+
+
+def compression_ratio(text: str) -> float:
+    """len(utf-8 bytes) / len(zlib-compressed bytes): high for repetitive text (openai/whisper)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def timestamp_spans(tokens: Sequence[int], timestamp_begin: int,
+                    duration: float) -> list[tuple[float, float, list[int]]]:
+    """(start, end, tokens) per segment: runs of non-timestamp tokens, with the timestamp tokens
+    around them; text after the last timestamp ends at the window's end (openai/whisper would
+    re-decode it in the next window instead)."""
+    spans: list[tuple[float, float, list[int]]] = []
+    current: list[int] = []  # tokens of the open segment, starting with its start timestamp if any
+    start = last_time = 0.0
+    for t in tokens:
+        if t >= timestamp_begin:
+            time = (t - timestamp_begin) * TIME_PRECISION
+            if any(x < timestamp_begin for x in current):  # text is open: this timestamp ends it
+                spans.append((start, time, current + [t]))
+                current = []
+            else:  # a segment's start (the second of a pair, or the very first timestamp)
+                current, start = [t], time
+            last_time = time
+        else:
+            if not current:
+                start = last_time
+            current.append(t)
+    if any(x < timestamp_begin for x in current):
+        spans.append((start, duration, current))
+    return spans
