@@ -17,6 +17,7 @@ TOOLS = {
     "generate-text": ("continue a prompt with a GPT model (mmkit generate-text --help)", "mmkit.cli.generate_text:main"),
     "label": ("zero-shot label image folders with CLIP (mmkit label --help)", "mmkit.cli.label:main"),
     "transcribe": ("speech to text with a Whisper checkpoint (mmkit transcribe --help)", "mmkit.cli.transcribe:main"),
+    "translate": ("translate text with Seq2Seq/MarianMT/T5 (mmkit translate --help)", "mmkit.cli.translate:main"),
 }
 
 

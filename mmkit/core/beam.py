@@ -24,7 +24,7 @@ def length_norm(n: Tensor | float, alpha: float, form: str) -> Tensor | float:
 
 
 def ranked_beam_search(
-    next_logits: Callable[[Tensor], Tensor],
+    next_logprobs: Callable[[Tensor], Tensor],
     reorder: Callable[[Tensor], None],
     prompt: Tensor,
     max_new_tokens: int,
@@ -37,7 +37,8 @@ def ranked_beam_search(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """
     Args:
-        next_logits: tokens (B·K, T) -> filtered next-token logits (B·K, V) (float).
+        next_logprobs: tokens (B·K, T) -> next-token log-probabilities (B·K, V), float, after
+            the logit filters (applied to log-probabilities, as transformers' processors are).
         reorder: called with the (B·K,) source row of every new beam (cache and context follow).
         prompt: (B, T) start tokens.
 
@@ -57,7 +58,7 @@ def ranked_beam_search(
     top_k_mask = torch.arange(2 * K, device=device) < K
     offsets = (torch.arange(B, device=device) * K)[:, None]
     for step in range(max_new_tokens):
-        logp = next_logits(running.view(B * K, -1)).log_softmax(dim=-1)
+        logp = next_logprobs(running.view(B * K, -1))
         V = logp.shape[-1]
         cand = (logp.view(B, K, V) + run_lp[..., None]).view(B, K * V)
         top_lp, top_idx = cand.topk(2 * K, dim=1)  # 2K: at most K of them end here

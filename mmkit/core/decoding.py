@@ -327,17 +327,17 @@ def _ranked_beam_search(
 ) -> Generation:
     """`mmkit.core.beam.ranked_beam_search` on this loop's model call, filters and cache."""
 
-    def next_logits(tokens: Tensor) -> Tensor:
-        logits = _next_logits(model, tokens, context, cache, context_mask)
-        for f in filters:
-            logits = f(tokens, logits)
-        return logits
+    def next_logprobs(tokens: Tensor) -> Tensor:
+        logp = _next_logits(model, tokens, context, cache, context_mask).log_softmax(dim=-1)
+        for f in filters:  # on log-probabilities, unrenormalised, as transformers' processors
+            logp = f(tokens, logp)
+        return logp
 
     def reorder(index: Tensor) -> None:  # context rows need none: a row's beams share its context
         if cache is not None:
             cache.reorder(index)
 
     tokens, lengths, scores = ranked_beam_search(
-        next_logits, reorder, prompt, max_new_tokens, beam.beam_size, beam.length_penalty, beam.early_stopping,
+        next_logprobs, reorder, prompt, max_new_tokens, beam.beam_size, beam.length_penalty, beam.early_stopping,
         beam.penalty_form, eos_id, pad_id)
     return Generation(tokens, lengths, scores, [tokens[b, : lengths[b]] for b in range(prompt.shape[0])])

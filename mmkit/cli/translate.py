@@ -1,0 +1,118 @@
+"""`mmkit translate TEXT... --model DIR` or `mmkit translate FILE --model DIR --output OUT`:
+translate with an mmkit Seq2Seq/T5 export, a MarianMT directory or a T5 directory (give T5
+its task prefix: --prefix "translate English to German: "). FILE holds one sentence a line
+(.txt) or JSON objects with a "text" field (.jsonl); line N of the output answers line N of
+the input, empty lines stay empty, unreadable lines are reported and left empty.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("mmkit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmkit translate", description=__doc__.split("\n\n")[0])
+    p.add_argument("inputs", nargs="+", metavar="TEXT|FILE", help="sentences, or one .txt/.jsonl file")
+    p.add_argument("--model", required=True, metavar="DIR", help="mmkit export, MarianMT or T5 directory")
+    p.add_argument("--output", metavar="FILE", help="write here (.txt: one line each; .jsonl: with errors)")
+    p.add_argument("--beam-size", type=int, default=1, metavar="K", help="beam search with K beams (1: greedy)")
+    p.add_argument("--max-length", type=int, metavar="N",
+                   help="tokens to generate at most (default: 2 x source tokens + 10)")
+    p.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
+                   help="beam score = sum log p / length ** A (1.0)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="sentences per batch (16)")
+    p.add_argument("--prefix", metavar="TEXT", help='text put before every source (T5: "translate English to German: ")')
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    return p
+
+
+def read_lines(path: Path) -> tuple[list[str], dict[int, str]]:
+    """Sources of a .txt (one a line) or .jsonl ("text" field) file, and {row: problem} for the
+    lines that are not UTF-8 or not a JSON object with a "text" string (their source is "")."""
+    raw = path.read_bytes().split(b"\n")
+    if raw and raw[-1] == b"":
+        raw.pop()  # the final newline ends the last line; it does not start another
+    texts, bad = [], {}
+    for i, line in enumerate(raw):
+        try:
+            text = line.rstrip(b"\r").decode("utf-8")
+        except UnicodeDecodeError as e:
+            texts.append("")
+            bad[i] = f"line {i + 1}: not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})"
+            continue
+        if path.suffix == ".jsonl" and text.strip():
+            try:
+                obj = json.loads(text)
+                text = obj["text"] if isinstance(obj, dict) and isinstance(obj.get("text"), str) else None
+            except json.JSONDecodeError:
+                text = None
+            if text is None:
+                texts.append("")
+                bad[i] = f'line {i + 1}: not a JSON object with a "text" string'
+                continue
+        texts.append(text)
+    return texts, bad
+
+
+def write_atomic(path: Path, lines: list[str]) -> None:
+    """All lines or nothing: a temporary file in the same folder, renamed over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Returns the exit code: 0 done (bad rows are reported, not fatal), 2 a usage or input error."""
+    args = _parser().parse_args(argv)
+    from mmkit.cli.progress import progress
+    from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
+
+    as_file = len(args.inputs) == 1 and Path(args.inputs[0]).suffix in (".txt", ".jsonl") \
+        and Path(args.inputs[0]).is_file()
+    try:
+        options = TranslationOptions(beam_size=args.beam_size, max_new_tokens=args.max_length,
+                                     length_penalty=args.length_penalty, batch_size=args.batch_size)
+        if args.output and Path(args.output).suffix not in (".txt", ".jsonl"):
+            raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
+        texts, bad = read_lines(Path(args.inputs[0])) if as_file else (list(args.inputs), {})
+        translator = load_translator(args.model, args.prefix, args.device)
+    except (ValueError, OSError) as e:  # bad options, files, directories (WeightsError is a ValueError)
+        print(f"mmkit translate: {e}", file=sys.stderr)
+        return 2
+    with progress("translating", len(texts), "sent", enabled=len(texts) > 1) as advance:
+        results = translator.translate(texts, options, on_batch=advance)
+    for i, problem in bad.items():
+        results[i].error = problem
+    for r in results:
+        if r.error:
+            print(f"mmkit translate: {r.error}", file=sys.stderr)
+    if args.output:
+        out = Path(args.output)
+        rows = [r.text for r in results] if out.suffix == ".txt" else [
+            json.dumps({"source": r.source, "translation": r.text, **({"error": r.error} if r.error else {})},
+                       ensure_ascii=False) for r in results]
+        write_atomic(out, rows)
+        log.info("wrote %d translations (%d with errors) to %s", len(results), sum(bool(r.error) for r in results), out)
+    else:
+        for r in results:
+            print(r.text)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Batch translation with the encoder-decoders (Seq2Seq / MarianMT, T5) on the shared decoding
+loop: sources sorted by length into batches, one encoder pass per batch, KV-cached greedy or
+beam search, results back in input order. Empty sources give empty translations, over-long
+ones are truncated with a warning, undecodable ones are reported per row: line N of the
+output always answers line N of the input. `load_translator` says what `--model DIR` means.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mmkit.core import BeamSearch, Greedy, SuppressTokens, generate
+from mmkit.core.attention import Attention
+
+log = logging.getLogger(__name__)
+UNKNOWN_SHARE = 0.5  # a source whose tokens are mostly <unk> is in a language the vocabulary lacks
+
+
+class TranslatorError(ValueError):
+    """A model directory or input that cannot be translated; the message says why."""
+
+
+@dataclass
+class TranslationOptions:
+    """beam_size 1 = greedy. Decoding stops at EOS or after max_new_tokens, by default
+    length_ratio · source tokens + length_offset (capped by the model's positions).
+    early_stopping and length_penalty as in `mmkit.core.BeamSearch` (transformers' defaults)."""
+
+    beam_size: int = 1
+    max_new_tokens: int | None = None
+    length_ratio: float = 2.0
+    length_offset: int = 10
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1 or self.batch_size < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):
+            raise TranslatorError("beam size, batch size and max length must be >= 1")
+
+    def limit(self, n_source: int, cap: int) -> int:
+        n = self.max_new_tokens or int(self.length_ratio * n_source) + self.length_offset
+        return max(1, min(n, cap))
+
+
+@dataclass
+class Translation:
+    source: str
+    text: str = ""
+    error: str | None = None
+    tokens: list[int] | None = None
+
+
+class TextCodec:
+    """Tokenizer adapter: `encode(text) -> ids` (ending in EOS), `decode(ids) -> text`, special ids."""
+
+    def __init__(self, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
+                 pieces: Callable[[list[int]], list[str]], start_id: int, eos_id: int, pad_id: int,
+                 unk_id: int | None, suppress: Sequence[int] = ()) -> None:
+        self.encode, self.decode, self.pieces = encode, decode, pieces
+        self.start_id, self.eos_id, self.pad_id, self.unk_id = start_id, eos_id, pad_id, unk_id
+        self.suppress = list(suppress)
+
+
+class Translator:
+    """Translate lists of sentences with `model` (`encode` + `forward` contract) and `codec`.
+
+    Args:
+        model: Seq2Seq or T5 (eval mode is set).
+        codec: its tokenizer.
+        prefix: text put before every source (T5's task prefix, "translate English to German: ").
+        max_source_tokens: longer sources are truncated (with a warning naming the row).
+        max_target_tokens: cap on generated tokens (the model's positions).
+    """
+
+    def __init__(self, model: nn.Module, codec: TextCodec, prefix: str = "", max_source_tokens: int = 512,
+                 max_target_tokens: int = 512) -> None:
+        self.model, self.codec, self.prefix = model.eval(), codec, prefix
+        self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode_source(self, text: str, row: int | None = None) -> list[int]:
+        """Source ids (truncated to max_source_tokens, EOS kept); TranslatorError when the
+        vocabulary cannot encode most of it."""
+        ids = self.codec.encode(self.prefix + text)
+        where = f"line {row + 1}: " if row is not None else ""
+        if self.codec.unk_id is not None and self.codec.unk_id in ids:
+            # SentencePiece folds a run of unknown characters into one <unk>: count words instead
+            words = text.split()
+            unknown = [w for w in words if self.codec.unk_id in self.codec.encode(w)]
+            if len(unknown) / len(words) > UNKNOWN_SHARE:
+                raise TranslatorError(f"{where}the model's vocabulary cannot encode {len(unknown)} of {len(words)} "
+                                      f"words (e.g. {unknown[0]!r}): another script or language?")
+        if len(ids) > self.max_source_tokens:
+            log.warning("%ssource of %d tokens truncated to %d", where, len(ids), self.max_source_tokens)
+            ids = ids[: self.max_source_tokens - 1] + [self.codec.eos_id]
+        return ids
+
+    def translate(self, texts: Sequence[str], options: TranslationOptions | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> list[Translation]:
+        """One `Translation` per text, in order; `on_batch(n)` after every n sources done."""
+        options = options or TranslationOptions()
+        results = [Translation(t) for t in texts]
+        todo: list[tuple[int, list[int]]] = []
+        for i, text in enumerate(texts):
+            if not text.strip():
+                continue  # empty line -> empty translation, so lines stay aligned
+            try:
+                todo.append((i, self.encode_source(text, i)))
+            except TranslatorError as e:
+                results[i].error = str(e)
+        if len(texts) > len(todo) and on_batch is not None:
+            on_batch(len(texts) - len(todo))
+        todo.sort(key=lambda item: len(item[1]))  # similar lengths share a batch: little padding
+        for start in range(0, len(todo), options.batch_size):
+            chunk = todo[start : start + options.batch_size]
+            for (i, _), ids in zip(chunk, self._decode([ids for _, ids in chunk], options)):
+                results[i].tokens, results[i].text = ids, self.codec.decode(ids)
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return results
+
+    @torch.no_grad()
+    def _decode(self, sources: list[list[int]], options: TranslationOptions) -> list[list[int]]:
+        c = self.codec
+        src = torch.full((len(sources), max(map(len, sources))), c.pad_id, device=self.device)
+        for r, ids in enumerate(sources):
+            src[r, : len(ids)] = torch.tensor(ids)
+        mask = src != c.pad_id
+        mask[:, 0] = True  # a source that is only padding ids still attends somewhere
+        limits = [options.limit(len(ids), self.max_target_tokens) for ids in sources]
+        strategy = (BeamSearch(options.beam_size, options.length_penalty, early_stopping=options.early_stopping)
+                    if options.beam_size > 1 else Greedy())
+        filters = [SuppressTokens(c.suppress)] if c.suppress else []
+        out = generate(self.model, torch.full((len(sources), 1), c.start_id, device=self.device), max(limits),
+                       strategy, context=self.model.encode(src, mask), context_mask=mask, eos_id=c.eos_id,
+                       pad_id=c.pad_id, logit_filters=filters)
+        # Greedy rows are independent: cutting each at its own limit gives what it alone would.
+        return [[t for t in seq[1 : 1 + n].tolist() if t != c.eos_id] for seq, n in zip(out.sequences, limits)]
+
+    @torch.no_grad()
+    def cross_attention(self, text: str, target: list[int]) -> tuple[list[str], list[str], Tensor]:
+        """The decoder's cross-attention for `target` given `text`, averaged over layers and
+        heads: (source pieces, target pieces, (T, S) weights), each row summing to 1."""
+        src = torch.tensor([self.encode_source(text)], device=self.device)
+        tokens = torch.tensor([[self.codec.start_id] + target], device=self.device)
+        memory = self.model.encode(src)
+        maps: list[Tensor] = []
+
+        def hook(module: Attention, args: tuple, kwargs: dict, _out: Tensor) -> None:
+            maps.append(module.attention_weights(args[0], context=kwargs["context"], mask=kwargs.get("mask")))
+
+        handles = [m.register_forward_hook(hook, with_kwargs=True) for m in self.model.modules()
+                   if isinstance(m, Attention) and m.cross]
+        try:
+            self.model(tokens, context=memory)
+        finally:
+            for h in handles:
+                h.remove()
+        weights = torch.stack(maps).mean(dim=(0, 2))[0]  # (T, S): row t is what predicted target[t]
+        return self.codec.pieces(src[0].tolist()), self.codec.pieces(target + [self.codec.eos_id]), weights
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TranslatorError(f"{path}: unreadable config ({e})") from None
+
+
+def load_translator(path: str | Path, prefix: str | None = None, device: str = "cpu") -> Translator:
+    """`--model DIR`: an mmkit export (Seq2Seq or T5 with spm.model, from `mmkit fit`), or a
+    transformers MarianMT or T5 directory with its SentencePiece tokenizer files."""
+    directory = Path(path).expanduser()
+    if not (directory / "config.json").is_file():
+        raise TranslatorError(f"{directory}: not a model directory (no config.json): give an mmkit translation "
+                              "export or a MarianMT / T5 directory")
+    cfg = _read_json(directory / "config.json")
+    if "architecture" in cfg:
+        translator = _load_native(directory, cfg)
+    else:
+        translator = _load_hf(directory, cfg)
+    if prefix is not None:
+        translator.prefix = prefix
+    translator.model.to(device)
+    return translator
+
+
+def _load_native(directory: Path, doc: dict[str, Any]) -> Translator:
+    from mmkit.data.spm_tokenizer import SentencePieceTokenizer
+    from mmkit.models import T5, Seq2Seq
+
+    arch = doc.get("architecture")
+    classes = {"Seq2Seq": Seq2Seq, "T5": T5}
+    if arch not in classes:
+        raise TranslatorError(f"{directory}: holds a {arch} checkpoint, not a translation model (Seq2Seq, T5, "
+                              "MarianMT)")
+    meta = doc.get("metadata", {})
+    spm_file = directory / meta.get("tokenizer", "spm.model")
+    if not spm_file.is_file():
+        raise TranslatorError(f"{directory}: no tokenizer ({spm_file.name}) next to the model")
+    tok = SentencePieceTokenizer.load(spm_file)
+    model = classes[arch].from_pretrained(directory)
+    codec = TextCodec(tok.encode, tok.decode, lambda ids: [tok.sp.id_to_piece(i) for i in ids],
+                      meta.get("start_id", tok.start_id), meta.get("eos_id", tok.eos_id), meta.get("pad_id", tok.pad_id),
+                      tok.unk_id)
+    max_len = getattr(model, "max_len", 512)
+    return Translator(model, codec, meta.get("prefix", ""), max_len, max_len - 1)
+
+
+def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
+    from mmkit.models import T5, Seq2Seq
+
+    kind = cfg.get("model_type")
+    classes = {"marian": Seq2Seq, "t5": T5, "mt5": T5}
+    if kind not in classes:
+        raise TranslatorError(f"{directory}: holds a {kind or 'unknown'} model, not a translation model "
+                              "(MarianMT, T5, or an mmkit Seq2Seq/T5 export)")
+    model = classes[kind].from_hf(directory)
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as e:  # noqa: BLE001 - missing/corrupt tokenizer files: one message
+        raise TranslatorError(f"{directory}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
+    generation = directory / "generation_config.json"  # where transformers >= 4.3x keeps bad_words_ids
+    bad_words = cfg.get("bad_words_ids") or (_read_json(generation).get("bad_words_ids") if generation.is_file() else None)
+    codec = TextCodec(lambda t: tok(t).input_ids, lambda ids: tok.decode(ids, skip_special_tokens=True),
+                      tok.convert_ids_to_tokens, int(cfg["decoder_start_token_id"]), int(cfg["eos_token_id"]),
+                      int(cfg["pad_token_id"]), tok.unk_token_id, [w[0] for w in bad_words or [] if len(w) == 1])
+    # Marian's sinusoid table bounds both sides; T5's relative positions do not (512 as its tokenizers).
+    max_len = cfg.get("max_position_embeddings", 512)
+    return Translator(model, codec, "", max_len, max_len - 1)

@@ -1,0 +1,58 @@
+"""Tiny translation model directories for the translator, CLI, demo and bench tests: an mmkit
+export (random-init Seq2Seq + a SentencePiece model trained on a few phrases) and a transformers
+MarianMT directory with its SentencePiece tokenizer files (source.spm, target.spm, vocab.json)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mmkit.data.number_phrases import make_pairs
+from mmkit.data.spm_tokenizer import SentencePieceTokenizer
+from mmkit.models import Seq2Seq
+
+
+def phrases(n: int = 300) -> list[str]:
+    return [t for pair in make_pairs("train", n) for t in pair]
+
+
+def write_native_export(directory: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    tok = SentencePieceTokenizer.train(phrases(), 120)
+    model = Seq2Seq(vocab_size=len(tok), max_len=48, dim=32, encoder_depth=1, decoder_depth=1, num_heads=2,
+                    mlp_ratio=2.0, dropout=0.0)
+    model.save_pretrained(directory, metadata={"task": "translation", "tokenizer": "spm.model", "start_id": 2,
+                                               "eos_id": 3, "pad_id": 0})
+    tok.save(directory)
+    return directory
+
+
+def write_marian_dir(directory: Path, seed: int = 0) -> Path:
+    """opus-mt layout: vocabulary = the SentencePiece pieces, then <pad> last (decoder start)."""
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = SentencePieceTokenizer.train(phrases(), 120)
+    (directory / "source.spm").write_bytes(tok.proto)
+    (directory / "target.spm").write_bytes(tok.proto)
+    pieces = [tok.sp.id_to_piece(i) for i in range(len(tok))]
+    vocab = {"</s>": 0, "<unk>": 1, **{p: i + 2 for i, p in enumerate(pieces[4:])}}
+    vocab["<pad>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    MarianTokenizer(str(directory / "source.spm"), str(directory / "target.spm"), str(directory / "vocab.json")) \
+        .save_pretrained(directory)
+    torch.manual_seed(seed)
+    pad = vocab["<pad>"]
+    cfg = MarianConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
+                       encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                       max_position_embeddings=64, activation_function="swish", scale_embedding=True,
+                       pad_token_id=pad, decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=None)
+    model = MarianMTModel(cfg).eval()
+    with torch.no_grad():
+        model.final_logits_bias.normal_()
+        model.final_logits_bias[0, 0] = 1.5  # EOS after a few tokens
+    model.save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "bad_words_ids": [[pad]]}))  # as opus-mt's
+    return directory
