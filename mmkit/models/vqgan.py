@@ -31,6 +31,7 @@ class VQGAN(PretrainedMixin, nn.Module):
         z_channels: encoder output / decoder input channels.
         codebook_size, code_dim: the codebook (dalle-mini: 16384 × 256).
         norm_eps: GroupNorm epsilon (taming 1e-6; min-dalle 1e-5).
+        norm_groups: GroupNorm groups (32 in both; fewer lets a CPU recipe use narrow layers).
         value_range: "signed" or "unit", above.
         has_encoder: False for a decoder-only import (min-dalle ships only the detokenizer).
         beta: commitment-loss weight.
@@ -48,6 +49,7 @@ class VQGAN(PretrainedMixin, nn.Module):
         codebook_size: int = 16384,
         code_dim: int = 256,
         norm_eps: float = 1e-6,
+        norm_groups: int = 32,
         value_range: str = "signed",
         has_encoder: bool = True,
         beta: float = 0.25,
@@ -60,7 +62,7 @@ class VQGAN(PretrainedMixin, nn.Module):
         self.config.update(ch_mult=list(ch_mult), attn_levels=list(attn_levels))
         self.value_range, self.codebook_size = value_range, codebook_size
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
-        norm = group_norm(norm_eps)
+        norm = group_norm(norm_eps, norm_groups)
         if has_encoder:
             self.encoder = ConvEncoder(in_channels, ch, ch_mult, num_res_blocks, attn_levels, z_channels, norm, dropout)
             self.quant_conv = nn.Conv2d(z_channels, code_dim, 1)

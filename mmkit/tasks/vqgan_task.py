@@ -1,0 +1,82 @@
+"""Training the VQGAN image tokenizer (Esser et al., 2021) as a VQ-VAE (van den Oord et al., 2017):
+L1 reconstruction + the codebook/commitment loss, straight-through gradients and dead-code restarts
+in the quantizer. The perceptual and adversarial terms of taming's VQGAN are left out: on the flat
+synthetic shapes they buy nothing a CPU recipe can afford. Logs reconstruction error and codebook
+usage (fraction of codes used and perplexity of the code distribution over the validation set).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from mmkit.models.vqgan import VQGAN
+from mmkit.tasks.optim import adamw_warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+def codebook_usage(counts: Tensor) -> tuple[float, float]:
+    """(fraction of codes used, perplexity exp(H)) of a (codebook_size,) histogram of codes."""
+    total = counts.sum()
+    if total == 0:
+        return 0.0, 0.0
+    p = counts.float() / total
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return float((counts > 0).float().mean()), float(entropy.exp())
+
+
+class VQGANTask(pl.LightningModule):
+    """Batches are (B, 3, H, W) images in [0, 1] (`mmkit.data.dalle_shapes.ShapesImagesDataModule`).
+
+    Args:
+        model: the VQGAN, configured from YAML by class path.
+        lr, weight_decay, warmup_ratio: AdamW with linear warmup then cosine decay.
+        export_dir: where `on_fit_end` writes the native checkpoint.
+    """
+
+    def __init__(self, model: VQGAN, lr: float = 2e-3, weight_decay: float = 0.0, warmup_ratio: float = 0.02,
+                 export_dir: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.register_buffer("_val_counts", torch.zeros(model.codebook_size, dtype=torch.long), persistent=False)
+
+    def _step(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        recon, vq_loss, codes = self.model(images)
+        l1 = (recon - images).abs().mean()
+        return l1 + vq_loss, l1, codes
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss, l1, codes = self._step(batch)
+        used, perplexity = codebook_usage(torch.bincount(codes.flatten(), minlength=self.model.codebook_size))
+        self.log_dict({"train/loss": loss, "train/recon_l1": l1}, prog_bar=True, batch_size=len(batch))
+        self.log_dict({"train/codes_used": used, "train/perplexity": perplexity}, batch_size=len(batch))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts.zero_()
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        loss, l1, codes = self._step(batch)
+        self._val_counts += torch.bincount(codes.flatten(), minlength=self.model.codebook_size)
+        self.log_dict({"val/loss": loss, "val/recon_l1": l1}, prog_bar=True, batch_size=len(batch), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self.all_gather(self._val_counts).view(-1, self.model.codebook_size).sum(0)
+        used, perplexity = codebook_usage(counts)
+        self.log_dict({"val/codes_used": used, "val/perplexity": perplexity})
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return adamw_warmup_cosine(self.model, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_ratio,
+                                   self.trainer.estimated_stepping_batches)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            path = self.model.save_pretrained(Path(self.hparams.export_dir).expanduser())
+            log.info("exported the tokenizer to %s", path)
