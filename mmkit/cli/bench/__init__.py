@@ -9,7 +9,8 @@ import sys
 # Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {"vit": "mmkit.cli.bench.vit", "transcribe": "mmkit.cli.bench.transcribe",
               "label": "mmkit.cli.bench.label",
-              "text": "mmkit.cli.bench.text"}
+              "text": "mmkit.cli.bench.text",
+              "translate": "mmkit.cli.bench.translate"}
 
 
 def main(argv: list[str]) -> int:
