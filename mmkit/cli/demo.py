@@ -34,6 +34,9 @@ DEMOS = {
                          (".pt", ".pth")),
     "gpt": DemoFamily("text generation, streamed as it is decoded", "runs/gpt_fortunes/export",
                       "mmkit fit --config configs/gpt_fortunes.yaml", "mmkit.cli.demo:gpt_tab"),
+    "translate": DemoFamily("translation with the cross-attention heat map (Seq2Seq, MarianMT, T5)",
+                            "runs/translate_numbers/export", "mmkit fit --config configs/translate_numbers.yaml",
+                            "mmkit.cli.demo:translate_tab"),
 }
 
 
@@ -67,6 +70,14 @@ def gpt_tab(model: Path, top_k: int) -> Callable[[], None]:
 
     generator = load_text_generator(model)
     return lambda: text_generation_tab(generator)
+
+
+def translate_tab(model: Path, top_k: int) -> Callable[[], None]:
+    from demos.translate import translate_tab as render
+    from mmkit.inference.translator import load_translator
+
+    translator = load_translator(model)
+    return lambda: render(translator)
 
 
 def _checkpoint_problem(name: str, model: Path) -> str | None:
