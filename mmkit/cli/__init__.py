@@ -14,6 +14,7 @@ log = logging.getLogger("mmkit")
 TOOLS = {
     "bench": ("benchmarks against the reference implementation (mmkit bench vit --help)", "mmkit.cli.bench:main"),
     "demo": ("Gradio demos in the browser (mmkit demo vit --help)", "mmkit.cli.demo:main"),
+    "generate": ("text to images with a DALL·E-style export (mmkit generate --help)", "mmkit.cli.generate:main"),
     "generate-text": ("continue a prompt with a GPT model (mmkit generate-text --help)", "mmkit.cli.generate_text:main"),
     "label": ("zero-shot label image folders with CLIP (mmkit label --help)", "mmkit.cli.label:main"),
     "transcribe": ("speech to text with a Whisper checkpoint (mmkit transcribe --help)", "mmkit.cli.transcribe:main"),
