@@ -17,5 +17,5 @@ def test_bench_generates_the_same_tokens_on_both_sides():
 
 
 def test_impossible_sizes_exit_2(capsys):
-    assert main(["--dim", "32", "--depth", "1", "--num-heads", "4", "--vocab-size", "100", "--new-tokens", "0"]) == 2
+    assert main(["--sizes", "fortunes", "--new-tokens", "0"]) == 2
     assert capsys.readouterr().err.startswith("mmkit bench text: ")

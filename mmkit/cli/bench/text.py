@@ -3,7 +3,7 @@ transformers' `GPT2LMHeadModel.generate` (KV cache, SDPA attention) on the same 
 prompts and the same greedy tokens (checked). Both run in one process in interleaved rounds whose
 order alternates; figures are medians. Never asserted on: a script that prints ratios.
 
-    mmkit bench text                       # GPT-2 small's shape, random weights, batch 1
+    mmkit bench text                       # the recipe's and GPT-2 small's shapes, random weights
     mmkit bench text --model DIR --batch-size 4 --new-tokens 128
 """
 from __future__ import annotations
@@ -105,29 +105,35 @@ def format_report(result: dict[str, Any]) -> str:
     ])
 
 
+# Named shapes (dim, depth, num_heads, vocab_size): the recipe's model and GPT-2 small.
+SIZES = {"fortunes": (256, 4, 4, 4096), "gpt2-small": (768, 12, 12, 50257)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mmkit bench text", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory (default: random weights)")
-    p.add_argument("--dim", type=int, default=768)
-    p.add_argument("--depth", type=int, default=12)
-    p.add_argument("--num-heads", type=int, default=12)
-    p.add_argument("--vocab-size", type=int, default=50257)
+    p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory (instead of --sizes)")
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES),
+                   help="random-weight shapes to run, one report each: " + "; ".join(
+                       f"{k}: dim {d}, depth {n}, vocab {v}" for k, (d, n, _, v) in SIZES.items()))
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int)
-    p.add_argument("--json", metavar="FILE", help="also write the full result as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
     args = p.parse_args(argv)
+    results = []
     try:
-        result = run_text_bench(args.model, args.dim, args.depth, args.num_heads, args.vocab_size, args.batch_size,
-                                args.prompt_tokens, args.new_tokens, args.rounds, args.warmup, args.threads)
+        for size in [None] if args.model else args.sizes:
+            dim, depth, heads, vocab = SIZES[size] if size else SIZES["gpt2-small"]
+            results.append(run_text_bench(args.model, dim, depth, heads, vocab, args.batch_size, args.prompt_tokens,
+                                          args.new_tokens, args.rounds, args.warmup, args.threads))
+            print(format_report(results[-1]), flush=True)
     except (ValueError, OSError) as e:
         print(f"mmkit bench text: {e}", file=sys.stderr)
         return 2
-    print(format_report(result))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+            json.dump(results, f, indent=2)
     return 0
