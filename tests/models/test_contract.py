@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.core import BeamSearch, Greedy, generate
-from mmkit.models import CLIP, GPT, ViT, Whisper
+from mmkit.models import CLIP, GPT, T5, Seq2Seq, ViT, Whisper
 
 Run = Callable[[nn.Module, torch.Generator], Any]
 Prompt = Callable[[nn.Module, torch.Generator], "tuple[Tensor, Tensor | None]"]
@@ -70,6 +70,14 @@ FAMILIES = [
     Family("whisper", lambda: Whisper(**_TINY_WHISPER),
            run=lambda m, g: m(_ids(g, 50, 2, 5), context=m.encode(_mel(g))), shapes=[(2, 5, 50)],
            prompt=lambda m, g: (_ids(g, 50, 2, 2), m.encode(_mel(g)))),
+    Family("seq2seq", lambda: Seq2Seq(vocab_size=50, max_len=16, dim=32, encoder_depth=2, decoder_depth=2, num_heads=4,
+                                      logits_bias=True),
+           run=lambda m, g: m(_ids(g, 50, 2, 5), context=m.encode(_ids(g, 50, 2, 7))), shapes=[(2, 5, 50)],
+           prompt=lambda m, g: (_ids(g, 50, 2, 1), m.encode(_ids(g, 50, 2, 7)))),
+    Family("t5", lambda: T5(vocab_size=50, dim=32, num_heads=4, head_dim=6, mlp_dim=48, encoder_depth=2,
+                            decoder_depth=2, num_buckets=8, max_distance=16, feed_forward="gated-gelu_tanh"),
+           run=lambda m, g: m(_ids(g, 50, 2, 5), context=m.encode(_ids(g, 50, 2, 7))), shapes=[(2, 5, 50)],
+           prompt=lambda m, g: (_ids(g, 50, 2, 1), m.encode(_ids(g, 50, 2, 7)))),
 ]
 DECODERS = [f for f in FAMILIES if f.prompt is not None]
 
