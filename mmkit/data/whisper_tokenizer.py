@@ -7,19 +7,21 @@ tokenizer of openai-whisper `.pt` checkpoints from the `.tiktoken` BPE ranks in 
 tokenizer.json is read with the `tokenizers` library directly (what `transformers.WhisperTokenizer`
 wraps): a quarter of a second, where importing transformers and building its tokenizer takes
 seconds per `mmkit transcribe` run. Directories with only vocab.json + merges.txt go through
-`transformers.WhisperTokenizer`. `write_toy_tokenizer` writes a self-made byte-level BPE with
-Whisper's exact special-token layout, for offline tests and benchmarks.
+`transformers.WhisperTokenizer`. The `.tiktoken` reading lives in `tiktoken_files.py`, the toy
+tokenizer of offline tests and benchmarks in `whisper_toy_tokenizer.py`.
 """
 from __future__ import annotations
 
-import base64
-import importlib.util
 import json
 import re
 import shutil
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
+
+from mmkit.data.tiktoken_files import (  # noqa: F401 - OPENAI_ENCODINGS re-exported
+    OPENAI_ENCODINGS, OPENAI_MULTILINGUAL_VOCAB, TokenizerError, bpe_from_ranks, openai_tiktoken_file, read_tiktoken,
+)
 
 TIME_PRECISION = 0.02  # seconds per timestamp token (one step of the encoder's 1500 positions / 30 s)
 N_TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|>
@@ -34,19 +36,9 @@ LANGUAGE_CODES = (
     "mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be "
     "tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue"
 ).split()
-# openai-whisper vocabulary size -> its `.tiktoken` file (whisper/assets/); the number of language
-# tokens is what is left of the size after the BPE ranks and the other special tokens.
-OPENAI_ENCODINGS = {51864: "gpt2", 51865: "multilingual", 51866: "multilingual"}
-OPENAI_MULTILINGUAL_VOCAB = 51865  # openai `Whisper.is_multilingual`: n_vocab >= 51865
-# openai/whisper `get_encoding`'s pre-tokenizer split (GPT-2's), used with both .tiktoken files.
-OPENAI_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _TASK_TOKENS = ("<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
                 "<|notimestamps|>")
 _LANGUAGE_TOKEN = re.compile(r"<\|([a-z]{2,3})\|>\Z")
-
-
-class TokenizerError(ValueError):
-    """A checkpoint directory without usable Whisper tokenizer files."""
 
 
 class WhisperTokenizer:
@@ -126,7 +118,7 @@ class WhisperTokenizer:
         Suppressed tokens follow openai's decoding defaults (there is no generation_config.json);
         multilingual when `vocab_size` >= 51865, as openai decides."""
         path = Path(path).expanduser()
-        ranks = _read_tiktoken(path)
+        ranks = read_tiktoken(path)
         n_languages = vocab_size - len(ranks) - 2 - len(_TASK_TOKENS) - N_TIMESTAMPS
         if not 0 <= n_languages <= len(LANGUAGE_CODES):
             raise TokenizerError(
@@ -136,7 +128,7 @@ class WhisperTokenizer:
 
         languages = [f"<|{code}|>" for code in LANGUAGE_CODES[:n_languages]]
         timestamps = [f"<|{i * TIME_PRECISION:.2f}|>" for i in range(N_TIMESTAMPS)]
-        backend = _bpe_from_ranks(ranks)
+        backend = bpe_from_ranks(ranks)
         backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (
             "<|endoftext|>", "<|startoftranscript|>", *languages, *_TASK_TOKENS, *timestamps)])
         return cls(backend, {"is_multilingual": vocab_size >= OPENAI_MULTILINGUAL_VOCAB})
@@ -288,151 +280,3 @@ class WhisperTokenizer:
             elif i < self.eot:
                 text.append(i)
         return "".join(out) + self.decode(text)
-
-
-# --- openai-whisper's .tiktoken vocabularies ----------------------------------------------------
-
-def openai_tiktoken_file(vocab_size: int) -> Path:
-    """Path of the `.tiktoken` file openai-whisper uses for `vocab_size`, found in the installed
-    package without importing it (importing whisper takes seconds)."""
-    name = OPENAI_ENCODINGS.get(vocab_size)
-    if name is None:
-        raise TokenizerError(
-            f"no openai-whisper tokenizer has {vocab_size} ids (51864: English-only, 51865: multilingual, "
-            "51866: multilingual with Cantonese); pass the tokenizer with --tokenizer")
-    spec = importlib.util.find_spec("whisper")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = Path(locations[0]) / "assets" / f"{name}.tiktoken" if locations else None
-    if path is None or not path.is_file():
-        raise TokenizerError(
-            f"openai-whisper checkpoints take their tokenizer from the openai-whisper package ({name}.tiktoken), "
-            "which is not installed: `pip install openai-whisper`, or pass --tokenizer (a tokenizer directory "
-            "or a .tiktoken file)")
-    return path
-
-
-def _read_tiktoken(path: Path) -> dict[bytes, int]:
-    """{token bytes: rank} of a `.tiktoken` file; ranks must be the ids 0..n-1."""
-    try:
-        ranks = {base64.b64decode(token): int(rank) for token, rank in
-                 (line.split() for line in path.read_text(encoding="ascii").splitlines() if line)}
-    except (OSError, UnicodeDecodeError, ValueError) as e:  # binascii.Error is a ValueError
-        raise TokenizerError(f"{path}: not a readable .tiktoken file ({type(e).__name__}: {e})") from None
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise TokenizerError(f"{path}: the ranks of a .tiktoken file must be 0..{len(ranks) - 1}, each once")
-    return ranks
-
-
-def _bpe_from_ranks(ranks: dict[bytes, int]) -> Any:
-    """A byte-level BPE `tokenizers.Tokenizer` that splits as tiktoken does with `ranks`.
-
-    tiktoken repeatedly merges the adjacent pair whose concatenation has the lowest rank; as a
-    merge list (transformers' `TikTokenConverter`) that is every split of each token into two
-    known halves, ordered by the rank of the result. `ignore_merges` then takes a pre-token
-    that is itself in the vocabulary whole, as tiktoken does.
-    """
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import BPE
-
-    chars = _bytes_to_unicode()
-    table = [chars[b] for b in range(256)]
-
-    def text(token: bytes) -> str:
-        return "".join(table[b] for b in token)
-
-    merges = []  # (rank of the merged token, rank of the left half, right half, left, right)
-    for token, rank in ranks.items():
-        for i in range(1, len(token)):
-            left, right = token[:i], token[i:]
-            if left in ranks and right in ranks:
-                merges.append((rank, ranks[left], ranks[right], left, right))
-    merges.sort(key=lambda m: m[:3])
-    backend = Tokenizer(BPE({text(t): r for t, r in ranks.items()}, [(text(m[3]), text(m[4])) for m in merges],
-                            fuse_unk=False, ignore_merges=True))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(OPENAI_SPLIT_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    backend.decoder = decoders.ByteLevel()
-    return backend
-
-
-# --- a toy tokenizer for offline tests and benchmarks -------------------------------------------
-
-_TOY_WORDS = (
-    " the and of to a in is that it was he for on are as with his they at be this from have or by one had not "
-    "but what all were when we there can an your which their said if do will each about how up out them then "
-    "she many some so these would other into has more her two like him see time could no make than first been "
-    "its who now people my made over did down only way find use may water long little very after words called "
-    "just where most know hello world speech audio test sound music"
-).split()
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (byte-level BPE's base alphabet)."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def _toy_vocab(n_text_tokens: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(byte_chars)}
-    merges: list[tuple[str, str]] = []
-
-    def merge(a: str, b: str) -> None:
-        if a + b not in vocab and len(vocab) < n_text_tokens:
-            merges.append((a, b))
-            vocab[a + b] = len(vocab)
-
-    space = _bytes_to_unicode()[ord(" ")]
-    for word in _TOY_WORDS:  # left-to-right merges make each listed word (with its space) one token
-        chars = space + word
-        for i in range(1, len(chars)):
-            merge(chars[:i], chars[i])
-    for a in byte_chars:  # filler up to the requested size: pairs of byte characters
-        for b in byte_chars:
-            if len(vocab) >= n_text_tokens:
-                return vocab, merges
-            merge(a, b)
-    return vocab, merges
-
-
-def write_toy_tokenizer(directory: str | Path, n_text_tokens: int = 400, multilingual: bool = True) -> WhisperTokenizer:
-    """Write a self-made Whisper tokenizer (tokenizer files + generation_config.json) to `directory`.
-
-    Byte-level BPE over 256 byte tokens plus whole-word merges for a few common English words,
-    padded with byte-pair merges to `n_text_tokens` text tokens; then Whisper's special tokens in
-    Whisper's order (<|endoftext|>, <|startoftranscript|>, 99 language tokens,
-    <|translate|>, <|transcribe|>, <|startoflm|>, <|startofprev|>, <|nospeech|>,
-    <|notimestamps|>, <|0.00|> .. <|30.00|>). With `n_text_tokens=50257` the ids equal those of
-    the real multilingual vocabulary (vocab size 51865); `multilingual=False` marks it English-only
-in generation_config.json (prompts without language and task tokens). For tests and benchmarks only.
-
-    Returns:
-        the tokenizer, loaded back from `directory`.
-    """
-    from transformers import WhisperTokenizer as HFWhisperTokenizer
-
-    if n_text_tokens < 256:
-        raise ValueError("a byte-level vocabulary needs at least 256 text tokens")
-    vocab, merges = _toy_vocab(n_text_tokens)
-    vocab["<|endoftext|>"] = len(vocab)
-    hf = HFWhisperTokenizer(vocab=vocab, merges=merges)
-    langs = [f"<|{c}|>" for c in LANGUAGE_CODES[:99]]  # English-only vocabularies have them too
-    specials = (["<|startoftranscript|>"] + langs + ["<|translate|>", "<|transcribe|>", "<|startoflm|>",
-                "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"])
-    hf.add_special_tokens({"additional_special_tokens": specials})
-    hf.add_tokens([f"<|{i * TIME_PRECISION:.2f}|>" for i in range(N_TIMESTAMPS)])
-    directory = Path(directory).expanduser()
-    directory.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(str(directory))  # tokenizer.json + tokenizer_config.json
-    tokenizer = WhisperTokenizer(hf.backend_tokenizer, {"is_multilingual": multilingual}, source=directory)
-    tokenizer.generation_config = {**tokenizer.default_generation_config(), "is_multilingual": multilingual}
-    tokenizer.save(directory)
-    return WhisperTokenizer.from_dir(directory)

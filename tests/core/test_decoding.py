@@ -233,3 +233,28 @@ def test_tied_logits_equal_linear_for_few_and_many_rows(shape):
     x.requires_grad_(True)
     tied_logits(x, weight).sum().backward()  # differentiable either way
     torch.testing.assert_close(x.grad, weight.sum(0).expand_as(x), rtol=1e-5, atol=1e-5)
+
+
+class _TimestampVocab:
+    """Text ids 0-4, <|endoftext|> 5, <|notimestamps|> 6, timestamps 7-16 (0.00 s .. 0.18 s)."""
+
+    eot, no_timestamps, timestamp_begin = 5, 6, 7
+
+
+def _after(generated: list[int], text_logit: float = 10.0, max_index=None) -> list[list[int]]:
+    """Ids TimestampRules leaves open after a 2-token prompt and `generated`."""
+    from mmkit.core.filters import TimestampRules
+
+    tokens = torch.tensor([[1, 2, *generated]])
+    logits = torch.zeros(1, 17)
+    logits[:, :6] = text_logit  # text and EOT likelier than the timestamps: the "timestamps win" rule stays out
+    return _kept(TimestampRules(_TimestampVocab(), 2, max_initial_index=2, max_index=max_index)(tokens, logits))
+
+
+def test_timestamp_rules_pair_timestamps_never_go_back_and_respect_the_window_end():
+    assert _after([]) == [[7, 8, 9]]  # first a timestamp, no later than max_initial_index
+    assert _after([7, 3]) == [[0, 1, 2, 3, 4, 5, *range(8, 17)]]  # text open: no empty segment, no way back
+    assert _after([7, 3, 9]) == [[5, *range(9, 17)]]  # a single timestamp: its pair (>= it) or the end
+    assert _after([7, 3, 9, 9]) == [[0, 1, 2, 3, 4, 5]]  # after a pair: text or the end
+    assert _after([7, 3], max_index=torch.tensor([3])) == [[0, 1, 2, 3, 4, 5, 8, 9, 10]]  # window ends at 7 + 3
+    assert _after([7, 3], text_logit=0.0) == [list(range(8, 17))]  # timestamps' total mass wins: one is forced

@@ -62,3 +62,42 @@ def test_empty_cache_state():
     assert kv.length == 0 and kv.layers == []
     kv.reorder(torch.tensor([0]))  # nothing to reorder, nothing breaks
     assert kv.layer(1).self_attn.is_empty and len(kv.layers) == 2
+
+
+def _filled_cache(batch: int = B, prefix: int = 3, layers: int = 2) -> KVCache:
+    """A cache as a decoder leaves it after a prompt: static cross-attention and a self prefix."""
+    torch.manual_seed(1)
+    cache = KVCache()
+    for i in range(layers):
+        block = cache.layer(i)
+        block.cross_attn.set(torch.randn(batch, H, 7, D), torch.randn(batch, H, 7, D))
+        block.self_attn.append(torch.randn(batch, H, prefix, D), torch.randn(batch, H, prefix, D))
+    return cache
+
+
+def test_fork_of_every_row_shares_cross_attention_and_copies_the_prefix():
+    cache = _filled_cache()
+    assert cache.batch_size == B and KVCache().batch_size == 0
+    fork = cache.fork(torch.arange(B))
+    for old, new in zip(cache.layers, fork.layers):
+        assert new.cross_attn.keys.data_ptr() == old.cross_attn.keys.data_ptr()  # computed once, shared
+        assert new.self_attn.keys.data_ptr() != old.self_attn.keys.data_ptr()
+        torch.testing.assert_close(new.self_attn.keys, old.self_attn.keys, rtol=0, atol=0)
+    # the fork grows on its own: the original keeps its length and values
+    before = cache.layers[0].self_attn.keys.clone()
+    fork.layers[0].self_attn.append(torch.ones(B, H, 1, D), torch.ones(B, H, 1, D))
+    assert fork.length == 4 and cache.length == 3
+    torch.testing.assert_close(cache.layers[0].self_attn.keys, before, rtol=0, atol=0)
+
+
+def test_fork_of_some_or_permuted_rows_selects_them_and_can_drop_the_prefix():
+    cache = _filled_cache()
+    for rows in (torch.tensor([2, 0]), torch.tensor([2, 1, 0])):  # a subset; all rows but reordered
+        fork = cache.fork(rows)
+        for old, new in zip(cache.layers, fork.layers):
+            torch.testing.assert_close(new.cross_attn.keys, old.cross_attn.keys[rows], rtol=0, atol=0)
+            torch.testing.assert_close(new.cross_attn.values, old.cross_attn.values[rows], rtol=0, atol=0)
+            torch.testing.assert_close(new.self_attn.values, old.self_attn.values[rows], rtol=0, atol=0)
+    bare = cache.fork(torch.tensor([1]), keep_prefix=False)
+    assert bare.length == 0 and bare.batch_size == 1
+    torch.testing.assert_close(bare.layers[1].cross_attn.keys, cache.layers[1].cross_attn.keys[1:2], rtol=0, atol=0)

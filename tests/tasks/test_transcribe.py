@@ -22,7 +22,8 @@ from mmkit.audio import log_mel_spectrogram, pad_or_trim
 from mmkit.core import BeamSearch, Greedy, SuppressAtBegin, SuppressTokens, generate
 from mmkit.core.decoding import RepetitionGuard, is_loop, loop_mask
 from mmkit.core.filters import TimestampRules
-from mmkit.data.whisper_tokenizer import TokenizerError, WhisperTokenizer, write_toy_tokenizer
+from mmkit.data.whisper_tokenizer import TokenizerError, WhisperTokenizer
+from mmkit.data.whisper_toy_tokenizer import write_toy_tokenizer
 from mmkit.inference import (
     DecodingOptions, Segment, Transcriber, Transcript, compression_ratio, format_timestamp, output_stems, write_outputs,
 )

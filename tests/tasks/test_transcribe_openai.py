@@ -16,7 +16,8 @@ from whisper_fixtures import synth_speechlike, write_wav
 
 from mmkit.audio import log_mel_spectrogram, pad_or_trim
 from mmkit.core import Greedy, SuppressAtBegin, SuppressTokens, generate
-from mmkit.data.whisper_tokenizer import TokenizerError, WhisperTokenizer, _bytes_to_unicode
+from mmkit.data.tiktoken_files import bytes_to_unicode
+from mmkit.data.whisper_tokenizer import TokenizerError, WhisperTokenizer
 from mmkit.models import Whisper
 from mmkit.cli.transcribe import main
 from mmkit.inference import load_speech_model as load_checkpoint, save_speech_checkpoint as save_checkpoint
@@ -65,7 +66,7 @@ def test_tiktoken_tokenizer_encodes_and_decodes_as_openai(pair):
         assert ids == ref.encode(text), text
         assert tok.decode(ids) == ref.decode(ids) == text
     # every text token is the same byte string
-    byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
     n_text = ref.eot
     ours = [bytes(byte_of[c] for c in tok.backend.id_to_token(i)) for i in range(n_text)]
     assert ours == [ref.encoding.decode_single_token_bytes(i) for i in range(n_text)]

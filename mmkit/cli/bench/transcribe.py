@@ -66,7 +66,7 @@ def write_toy_checkpoint(directory: str | Path, d_model: int = 384, encoder_laye
                          heads: int = 6, n_text_tokens: int = 50257, multilingual: bool = True,
                          n_audio_ctx: int = 1500, eot_scale: float = 1.0, seed: int = 0) -> Path:
     """Write a random-initialised transformers Whisper checkpoint with the self-made toy
-    tokenizer (`mmkit.data.whisper_tokenizer.write_toy_tokenizer`) into `directory`.
+    tokenizer (`mmkit.data.whisper_toy_tokenizer.write_toy_tokenizer`) into `directory`.
 
     The weights are scaled beyond Whisper's N(0, 0.02) init so that greedy choices have clear
     margins (implementations that agree to 1e-5 then pick the same tokens); through the tied head
@@ -77,7 +77,7 @@ def write_toy_checkpoint(directory: str | Path, d_model: int = 384, encoder_laye
     import torch
     import transformers
 
-    from mmkit.data.whisper_tokenizer import write_toy_tokenizer
+    from mmkit.data.whisper_toy_tokenizer import write_toy_tokenizer
 
     directory = Path(directory).expanduser()
     tok = write_toy_tokenizer(directory, n_text_tokens, multilingual=multilingual)
