@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from mmkit.stems.vq import ConvDecoder, ConvEncoder, VectorQuantizer, group_norm
-from mmkit.weights.native import PretrainedMixin, WeightsError, load_state_dict_strict, read_state_dict
+from mmkit.weights.native import (PretrainedMixin, WeightsError, load_state_dict_strict, read_state_dict,
+                                  torch_load_weights_only)
 
 VALUE_RANGES = ("signed", "unit")
 
@@ -141,12 +141,7 @@ class VQGAN(PretrainedMixin, nn.Module):
 
 
 def _read_ckpt(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise WeightsError(f"checkpoint file not found: {path}")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any decoder failure becomes one clear message
-        raise WeightsError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    obj = torch_load_weights_only(path)  # the shared loader: one-line refusal of pickled code
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
