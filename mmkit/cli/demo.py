@@ -37,6 +37,8 @@ DEMOS = {
     "translate": DemoFamily("translation with the cross-attention heat map (Seq2Seq, MarianMT, T5)",
                             "runs/translate_numbers/export", "mmkit fit --config configs/translate_numbers.yaml",
                             "mmkit.cli.demo:translate_tab"),
+    "dalle": DemoFamily("text to image with streaming previews (DALL·E-style)", "runs/dalle_shapes/export",
+                        "mmkit fit --config configs/dalle_shapes.yaml", "mmkit.cli.demo:dalle_tab"),
 }
 
 
@@ -78,6 +80,14 @@ def translate_tab(model: Path, top_k: int) -> Callable[[], None]:
 
     translator = load_translator(model)
     return lambda: render(translator)
+
+
+def dalle_tab(model: Path, top_k: int) -> Callable[[], None]:
+    from demos.text_to_image import text_to_image_tab
+    from mmkit.inference.text_to_image import TextToImage
+
+    t2i = TextToImage.from_pretrained(model)
+    return lambda: text_to_image_tab(t2i)
 
 
 def _checkpoint_problem(name: str, model: Path) -> str | None:

@@ -6,6 +6,7 @@ and the demo; `--model DIR` means an mmkit export (`dalle/`, `vqgan/`, `tokenize
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,12 @@ from mmkit.core import GenerationOptions, generate
 from mmkit.data.dalle_text import WordTokenizer
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
 from mmkit.models.vqgan import VQGAN
-from mmkit.weights.native import WeightsError
+from mmkit.weights.native import CONFIG_NAME, WeightsError
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_NAME = "tokenizer.json"
+ARCHITECTURE = "TextToImage"
 Preview = Callable[[Tensor], None]  # (B, 3, H, W) images in [0, 1], rows not yet sampled grey
 
 
@@ -121,6 +123,12 @@ class TextToImage:
         directory = Path(directory).expanduser()
         if not directory.is_dir():
             raise WeightsError(f"--model {directory}: no such directory")
+        try:
+            arch = json.loads((directory / CONFIG_NAME).read_text()).get("architecture")
+        except (OSError, ValueError, AttributeError):
+            arch = None
+        if arch != ARCHITECTURE and (directory / CONFIG_NAME).is_file():
+            raise WeightsError(f"{directory}: holds a {arch!r} checkpoint, not a text-to-image export")
         if not (directory / "dalle").is_dir() or not (directory / TOKENIZER_NAME).is_file():
             raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and {TOKENIZER_NAME})")
         return cls(DALLE.from_pretrained(directory / "dalle"), VQGAN.from_pretrained(directory / "vqgan"),
@@ -131,6 +139,10 @@ class TextToImage:
         self.model.save_pretrained(directory / "dalle")
         self.vqgan.save_pretrained(directory / "vqgan")
         self.tokenizer.save(directory / TOKENIZER_NAME)
+        # A top-level config.json names the family, so tools tell this export from another family's.
+        doc = {"format_version": 1, "architecture": ARCHITECTURE,
+               "components": {"generator": "dalle", "tokenizer": "vqgan", "text_tokenizer": TOKENIZER_NAME}}
+        (directory / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
         return directory
 
     def check_prompt(self, prompt: str) -> None:

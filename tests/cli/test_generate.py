@@ -74,7 +74,8 @@ def test_bad_model_and_out(export, tmp_path, capsys):
     other = tmp_path / "vq"
     VQGAN(ch=8, ch_mult=(1,), num_res_blocks=1, attn_levels=(), z_channels=8, codebook_size=4, code_dim=4,
           norm_groups=4).save_pretrained(other)
-    _fails(["a red circle", "--model", str(other), "--out", str(tmp_path / "o")], capsys, "not a text-to-image export")
+    _fails(["a red circle", "--model", str(other), "--out", str(tmp_path / "o")], capsys,
+           "holds a 'VQGAN' checkpoint, not a text-to-image export")
     (tmp_path / "wrong" / "dalle").mkdir(parents=True)
     VQGAN(ch=8, ch_mult=(1,), num_res_blocks=1, attn_levels=(), z_channels=8, codebook_size=4, code_dim=4,
           norm_groups=4).save_pretrained(tmp_path / "wrong" / "dalle")
