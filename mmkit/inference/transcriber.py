@@ -30,7 +30,7 @@ from mmkit.core.filters import LogitFilter, RepetitionGuard, TimestampRules, is_
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
 from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
 from mmkit.inference.transcript import (
-    DecodingOptions, Segment, Transcript, compression_ratio, greedy_options, timestamp_spans,
+    Decoded, DecodingOptions, Segment, Transcript, greedy_options, window_segments,
 )
 from mmkit.models.whisper import Whisper
 
@@ -43,17 +43,6 @@ class _Window:
     index: int  # window number within the file
     audio: np.ndarray  # (N,) samples, N <= window length
     offset: float  # seconds from the file's start
-
-
-@dataclass
-class _Decoded:
-    tokens: list[int]  # generated tokens, without <|endoftext|>
-    sum_logprob: float
-    temperature: float
-    looped: bool
-    text: str = ""
-    avg_logprob: float = 0.0
-    compression_ratio: float = 0.0
 
 
 class Transcriber:
@@ -225,7 +214,7 @@ class Transcriber:
             silent = (o.no_speech_threshold is not None and p > o.no_speech_threshold
                       and not (o.logprob_threshold is not None and d.avg_logprob > o.logprob_threshold))
             if not silent:
-                out[k] = self._segments(w, d, p)
+                out[k] = window_segments(d, tok, len(w.audio) / SAMPLE_RATE, w.offset, p, o.without_timestamps)
         return out
 
     def _detect_languages(self, windows: Sequence[_Window], first_logits: Tensor,
@@ -240,9 +229,9 @@ class Transcriber:
                 languages[w.file] = tok.language_code(best)
 
     def _decode_with_fallback(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
-                              no_speech: list[float]) -> list[_Decoded]:
+                              no_speech: list[float]) -> list[Decoded]:
         o = self.options
-        results: list[_Decoded | None] = [None] * prompts.shape[0]
+        results: list[Decoded | None] = [None] * prompts.shape[0]
         rows = list(range(prompts.shape[0]))
         for attempt in range(len(o.temperatures)):
             last = attempt == len(o.temperatures) - 1
@@ -262,7 +251,7 @@ class Transcriber:
             rows = retry
         return results  # type: ignore[return-value]
 
-    def _needs_fallback(self, d: _Decoded, no_speech_prob: float) -> bool:
+    def _needs_fallback(self, d: Decoded, no_speech_prob: float) -> bool:
         o = self.options
         low_logprob = o.logprob_threshold is not None and d.avg_logprob < o.logprob_threshold
         if o.no_speech_threshold is not None and no_speech_prob > o.no_speech_threshold and low_logprob:
@@ -281,7 +270,7 @@ class Transcriber:
         return filters
 
     def _decode(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
-                attempt: int) -> list[_Decoded]:
+                attempt: int) -> list[Decoded]:
         """Decode each row once at the attempt's temperature (greedy/beam at 0, best-of-N sampling above)."""
         o, tok = self.options, self.tokenizer
         B, T = prompts.shape
@@ -303,37 +292,10 @@ class Transcriber:
             # beam scores are length-normalised (sum / generated length): undo it for the sum
             total = float(g.scores[i]) * (len(new) if isinstance(strategy, BeamSearch) else 1)
             looped = o.repetition_guard and ended and is_loop(tokens)
-            out.append(self._scored(tokens.tolist(), total, temperature, looped))
+            out.append(Decoded.scored(tokens.tolist(), total, temperature, looped, tok.decode(tokens.tolist())))
         if n > 1:  # keep the likeliest candidate of each window (openai: length-normalised log-prob)
             out = [max(out[b * n:(b + 1) * n], key=lambda d: d.sum_logprob / (len(d.tokens) + 1)) for b in range(B)]
         return out
-
-    def _scored(self, tokens: list[int], sum_logprob: float, temperature: float, looped: bool) -> _Decoded:
-        d = _Decoded(tokens, sum_logprob, temperature, looped)
-        d.text = self.tokenizer.decode(tokens)
-        d.avg_logprob = sum_logprob / (len(tokens) + 1)  # + 1: <|endoftext|>, as openai/whisper
-        d.compression_ratio = compression_ratio(d.text)
-        return d
-
-    def _segments(self, w: _Window, d: _Decoded, no_speech_prob: float) -> list[Segment]:
-        """Split a window's tokens at timestamp tokens into segments with absolute times.
-        Without timestamps the window is one segment (kept even if its text is blank, so that
-        its tokens are reported); with them, spans without text are dropped."""
-        tok, duration = self.tokenizer, len(w.audio) / SAMPLE_RATE
-        stats = dict(temperature=d.temperature, avg_logprob=round(d.avg_logprob, 4),
-                     compression_ratio=round(d.compression_ratio, 4), no_speech_prob=round(no_speech_prob, 4))
-        if self.options.without_timestamps:
-            spans = [(0.0, duration, d.tokens)] if d.tokens else []
-        else:
-            spans = [sp for sp in timestamp_spans(d.tokens, tok.timestamp_begin, duration)
-                     if tok.decode(sp[2]).strip()]
-        segments = []
-        for start, end, tokens in spans:
-            start = min(start, duration)
-            end = min(max(end, start), duration)
-            segments.append(Segment(round(w.offset + start, 3), round(w.offset + end, 3), tok.decode(tokens),
-                                    list(tokens), **stats))
-        return segments
 
 
 def transcriber_for(model: Whisper, tokenizer: SpeechTokenizer, batch_size: int = 8) -> Transcriber:

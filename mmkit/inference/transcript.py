@@ -101,6 +101,47 @@ class Transcript:
                 "segments": [{"id": i, **asdict(s)} for i, s in enumerate(self.segments)]}
 
 
+@dataclass
+class Decoded:
+    """One window's decoding (openai/whisper's `DecodingResult`): generated tokens without
+    <|endoftext|>, their summed log-probability, and the scores the fallback checks."""
+
+    tokens: list[int]
+    sum_logprob: float
+    temperature: float
+    looped: bool  # ended by the repetition guard
+    text: str = ""
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+
+    @classmethod
+    def scored(cls, tokens: list[int], sum_logprob: float, temperature: float, looped: bool, text: str) -> "Decoded":
+        return cls(tokens, sum_logprob, temperature, looped, text,
+                   avg_logprob=sum_logprob / (len(tokens) + 1),  # + 1: <|endoftext|>, as openai/whisper
+                   compression_ratio=compression_ratio(text))
+
+
+def window_segments(d: Decoded, tokenizer: Any, duration: float, offset: float, no_speech_prob: float,
+                    without_timestamps: bool) -> list[Segment]:
+    """Split a window's tokens at timestamp tokens into segments with times from the file's start
+    (`offset` = the window's). Without timestamps the window is one segment (kept even if its text
+    is blank, so that its tokens are reported); with them, spans without text are dropped."""
+    stats = dict(temperature=d.temperature, avg_logprob=round(d.avg_logprob, 4),
+                 compression_ratio=round(d.compression_ratio, 4), no_speech_prob=round(no_speech_prob, 4))
+    if without_timestamps:
+        spans = [(0.0, duration, d.tokens)] if d.tokens else []
+    else:
+        spans = [sp for sp in timestamp_spans(d.tokens, tokenizer.timestamp_begin, duration)
+                 if tokenizer.decode(sp[2]).strip()]
+    segments = []
+    for start, end, tokens in spans:
+        start = min(start, duration)
+        end = min(max(end, start), duration)
+        segments.append(Segment(round(offset + start, 3), round(offset + end, 3), tokenizer.decode(tokens),
+                                list(tokens), **stats))
+    return segments
+
+
 def compression_ratio(text: str) -> float:
     """len(utf-8 bytes) / len(zlib-compressed bytes): high for repetitive text (openai/whisper)."""
     data = text.encode("utf-8")
