@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -22,11 +23,13 @@ from mmkit.data.gpt_tokenizer import TOKENIZER_FILE, ByteBPETokenizer
 
 log = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".txt", ".jsonl")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 
 
 def read_documents(paths: Sequence[str | Path], text_key: str = "text") -> list[str]:
-    """Documents from .txt files (one document each: blank lines stay inside it) and .jsonl files
-    (one per row, `text_key`). Unreadable files and bad rows are logged and skipped.
+    """Documents from .txt files (one per paragraph: text between blank lines, so a single long
+    file still yields a held-out share) and .jsonl files (one per row, `text_key`). Unreadable
+    files and bad rows are logged and skipped.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -44,7 +47,7 @@ def read_documents(paths: Sequence[str | Path], text_key: str = "text") -> list[
             log.warning("skipping %s: not UTF-8 text (byte %d)", path, e.start)
             continue
         if path.suffix == ".txt":
-            docs.append(text)
+            docs.extend(_PARAGRAPH_BREAK.split(text))
             continue
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -176,5 +179,5 @@ class TextBlocksDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader:  # no third split: `mmkit test` reports the held-out one
         return self.val_dataloader()

@@ -14,14 +14,14 @@ from mmkit.data.text_blocks import TextBlocksDataModule, pack_blocks, read_docum
 
 
 def test_documents_from_txt_and_jsonl_skip_bad_rows_and_files(tmp_path, caplog):
-    (tmp_path / "a.txt").write_text("First document.\n\nStill the first.")
+    (tmp_path / "a.txt").write_text("First paragraph,\nstill the first.\n  \n\nSecond one.\n")
     (tmp_path / "b.jsonl").write_text('{"text": "row one"}\nnot json\n{"title": "no text"}\n[1, 2]\n\n'
                                       '{"text": 7}\n{"text": "row two"}\n')
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "blank.txt").write_text("  \n")
     with caplog.at_level(logging.WARNING):
         docs = read_documents([tmp_path / n for n in ("a.txt", "b.jsonl", "latin1.txt", "blank.txt")])
-    assert docs == ["First document.\n\nStill the first.", "row one", "row two"]
+    assert docs == ["First paragraph,\nstill the first.", "Second one.\n", "row one", "row two"]
     assert "latin1.txt: not UTF-8" in caplog.text
     assert [f"line {n}" in caplog.text for n in (2, 3, 4, 6)] == [True] * 4
     with pytest.raises(ValueError, match="use .txt or .jsonl"):
