@@ -10,7 +10,8 @@ import sys
 BENCHMARKS = {"vit": "mmkit.cli.bench.vit", "transcribe": "mmkit.cli.bench.transcribe",
               "label": "mmkit.cli.bench.label",
               "text": "mmkit.cli.bench.text",
-              "translate": "mmkit.cli.bench.translate"}
+              "translate": "mmkit.cli.bench.translate",
+              "generate": "mmkit.cli.bench.generate"}
 
 
 def main(argv: list[str]) -> int:
