@@ -3,6 +3,7 @@ export (random-init Seq2Seq + a SentencePiece model trained on a few phrases) an
 MarianMT directory with its SentencePiece tokenizer files (source.spm, target.spm, vocab.json)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -13,8 +14,13 @@ from mmkit.data.spm_tokenizer import SentencePieceTokenizer
 from mmkit.models import Seq2Seq
 
 
+@functools.lru_cache(maxsize=None)
+def _phrases(n: int) -> tuple[str, ...]:
+    return tuple(t for pair in make_pairs("train", n) for t in pair)
+
+
 def phrases(n: int = 300) -> list[str]:
-    return [t for pair in make_pairs("train", n) for t in pair]
+    return list(_phrases(n))
 
 
 def write_native_export(directory: Path, seed: int = 0) -> Path:
@@ -55,4 +61,30 @@ def write_marian_dir(directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, "bad_words_ids": [[pad]]}))  # as opus-mt's
+    return directory
+
+
+def write_t5_dir(directory: Path, seed: int = 0) -> Path:
+    """A Flan-T5-style directory: gated-GELU T5 + a T5 tokenizer.json over a trained unigram
+    vocabulary (pad 0, eos 1, unk 2, as T5's)."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(phrases() + ["translate English to German:"]),
+                                   model_writer=out, vocab_size=120, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=out.getvalue())
+    tok = T5Tokenizer(vocab=[(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())], extra_ids=0)
+    tok.save_pretrained(directory)
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                   decoder_start_token_id=0, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    model = T5ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight[1] *= 3  # EOS within a few tokens
+    model.save_pretrained(directory)
     return directory
