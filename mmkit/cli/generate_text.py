@@ -35,9 +35,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns the exit code: 0 done, 2 a usage or input error (one line on stderr), 130 interrupted."""
     args = _parser().parse_args(argv)
+    import torch
+
     from mmkit.core import GenerationOptions
     from mmkit.inference.text_generation import load_text_generator
 
+    try:
+        torch.empty(0, device=args.device)  # an unknown or absent device is one line, not a CUDA traceback
+    except (RuntimeError, AssertionError, ValueError):
+        print(f"mmkit generate-text: --device {args.device}: not available on this machine", file=sys.stderr)
+        return 2
     try:
         options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, beam_size=args.beam_size,
