@@ -24,7 +24,7 @@ from mmkit.data.images import scan_images
 from mmkit.inference.clip_loader import clip_eval_transform, load_clip
 from mmkit.inference.image_batches import image_batches
 from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
-from mmkit.inference.precision import PRECISIONS
+from mmkit.inference.precision import PRECISIONS, check_device
 from mmkit.inference.prompts import DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
 from mmkit.inference.zero_shot import ZeroShotClassifier
@@ -58,14 +58,17 @@ def _parser() -> argparse.ArgumentParser:
                "--top-k 3 --threshold 0.5 --resume --copy-to sorted/\n\n"
                "labels file: one 'label' or 'label: synonym | synonym | \"a literal prompt\"' per line.\n"
                "Rows are fsynced per batch to OUT.partial and renamed to OUT at the end; --resume after a\n"
-               "crash or kill continues where it stopped, leaving exactly one row per image.")
+               "crash or kill continues where it stopped, leaving exactly one row per image.\n"
+               "CSV cells starting with = + - @ (or tab, CR, ') get a leading ' so spreadsheets do not run\n"
+               "them as formulas (OWASP); JSONL holds the values as they are.")
     p.add_argument("dir", help="folder of images (scanned recursively)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--labels", help="comma-separated labels, each 'label' or 'label: synonym | synonym'")
+    src.add_argument("--labels", help="comma-separated labels, each 'label' or 'label: synonym | synonym'; "
+                     "at least two (one label always scores 1.0: refused unless --multi-label), each once")
     src.add_argument("--labels-file", help="one label entry per line (# comments)")
     p.add_argument("--examples", help="few-shot folder with one subfolder of example images per label")
     p.add_argument("--examples-weight", type=float, default=0.5,
-                   help="weight w of the image prototype: normalise((1-w) text + w image) (default 0.5)")
+                   help="weight w in [0, 1] of the image prototype: normalise((1-w) text + w image) (default 0.5)")
     p.add_argument("--model", required=True, help="mmkit CLIP checkpoint directory, or an open_clip architecture")
     p.add_argument("--pretrained", help="with an architecture: checkpoint file or open_clip pretrained tag")
     p.add_argument("--out", default="labels.csv", help="labels.csv or labels.jsonl (default labels.csv)")
@@ -75,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1, help="also write the k best labels and scores (k > 1)")
     p.add_argument("--all-scores", action="store_true", help="one score:<label> column per label")
     p.add_argument("--threshold", type=float,
-                   help="single-label: top score below it -> the --other label; multi-label: cut-off (default 0.5)")
+                   help="in [0, 1]; single-label: top score below it -> the --other label; multi-label: cut-off "
+                        "(default 0.5)")
     p.add_argument("--other-label", default=OTHER, help=f"label of unsure images (default {OTHER!r})")
     p.add_argument("--multi-label", action="store_true", help="score labels independently (sigmoid); label = a|b")
     mode = p.add_mutually_exclusive_group()
@@ -83,8 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="start over, replacing OUT at the end")
     p.add_argument("--retry-errors", action="store_true", help="with --resume: try the listed unreadable files again")
     place = p.add_mutually_exclusive_group()
-    place.add_argument("--copy-to", help="copy images into DIR_OUT/<label>/ (sanitised names)")
+    place.add_argument("--copy-to", help="copy images into DIR_OUT/<label>/ (sanitised names; not DIR or above it)")
     place.add_argument("--link-to", help="hard-link (else symlink) images into DIR_OUT/<label>/")
+    p.add_argument("--follow-links", action="store_true",
+                   help="also follow symlinks that lead outside DIR (by default they are left out)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=None, help="decoding processes (default: cores - 1, 1..8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -135,40 +141,61 @@ def _settings(args: argparse.Namespace, prompts: dict[str, list[str]]) -> dict[s
             "top_k": args.top_k, "all_scores": args.all_scores, "exact_decode": args.exact_decode}
 
 
-def _check_settings(path: Path, settings: dict[str, Any], resume: bool) -> None:
-    """Refuse to resume rows computed with other settings; record this run's (atomically)."""
-    if resume and path.exists():
-        try:
-            before = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            before = None
-        if isinstance(before, dict) and before != settings:
-            changed = sorted(k for k in {*before, *settings} if before.get(k) != settings.get(k))
-            raise OutputConflict(f"{path}: the rows so far were computed with other {', '.join(changed)}; "
-                                 "use the same options, or --overwrite")
+def _check_settings(path: Path, settings: dict[str, Any], resume: bool) -> bool:
+    """Refuse to resume rows computed with other settings; False when a resumed run's settings
+    are unknown (no readable OUT.run.json), so that its rows must be checked one by one."""
+    if not resume:
+        return True
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        before = None
+    if isinstance(before, dict) and before != settings:
+        changed = sorted(k for k in {*before, *settings} if before.get(k) != settings.get(k))
+        raise OutputConflict(f"{path}: the rows so far were computed with other {', '.join(changed)}; "
+                             "use the same options, or --overwrite")
+    return isinstance(before, dict)
+
+
+def _record_settings(path: Path, settings: dict[str, Any]) -> None:
+    """This run's settings, for a later --resume to compare against (written atomically)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(settings, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _open_outputs(args: argparse.Namespace, names: list[str],
-                  prompts: dict[str, list[str]]) -> tuple[_Outputs, set[str], Counter]:
-    """The writers, opened (resumed or fresh), with the paths already done and their label counts."""
+def _errors_path(args: argparse.Namespace) -> Path:
+    out = Path(args.out).expanduser()
+    return Path(args.errors).expanduser() if args.errors else out.with_name(f"{out.stem}.errors{out.suffix}")
+
+
+def _open_outputs(args: argparse.Namespace, names: list[str], prompts: dict[str, list[str]],
+                  earlier: list[tuple[str, list[str]]]) -> tuple[_Outputs, set[str], Counter]:
+    """The writers, opened (resumed or fresh), with the paths already done and their label counts;
+    `earlier` receives the (path, labels) of the rows carried over."""
     decision = Decision(tuple(names), args.top_k, args.threshold, args.multi_label, args.all_scores, args.other_label)
     out = Path(args.out).expanduser()
-    errors = Path(args.errors).expanduser() if args.errors else out.with_name(f"{out.stem}.errors{out.suffix}")
+    errors = _errors_path(args)
     outputs = _Outputs(ResumableWriter(out, decision.fields()), ResumableWriter(errors, ["path", "reason"]), decision)
     if not args.resume and not args.overwrite and (outputs.rows.exists() or outputs.errors.exists()):
         raise OutputConflict(f"{out} (or its .partial / errors file) exists: pass --resume to skip the images "
                              "already done, or --overwrite to start over")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _check_settings(out.with_name(out.name + ".run.json"), _settings(args, prompts), args.resume)
+    settings, settings_file = _settings(args, prompts), out.with_name(out.name + ".run.json")
+    known = _check_settings(settings_file, settings, args.resume)
+    allowed = {*names, args.other_label}
     done: set[str] = set()
     counts: Counter = Counter()
 
     def keep_row(row: dict[str, Any]) -> bool:
+        labels = decision.labels_of(row)
+        if not known and not set(labels) <= allowed:  # no record of the earlier settings: check each row
+            raise OutputConflict(f"{out}: rows so far hold labels this run does not have "
+                                 f"({', '.join(sorted(set(labels) - allowed))}) and {settings_file.name} is missing; "
+                                 "use the same labels, or --overwrite")
         done.add(row["path"])
-        counts.update(decision.labels_of(row))
+        counts.update(labels)
+        earlier.append((row["path"], labels))
         return True
 
     def keep_error(row: dict[str, Any]) -> bool:
@@ -179,19 +206,38 @@ def _open_outputs(args: argparse.Namespace, names: list[str],
 
     outputs.rows.start(args.resume, keep_row)
     outputs.errors.start(args.resume, keep_error)
+    _record_settings(settings_file, settings)
     return outputs, done, counts
 
 
-def _todo(root: Path, done: set[str], exclude: Path | None) -> list[str]:
+def _todo(root: Path, done: set[str], exclude: Path | None, follow_links: bool) -> list[str]:
     excluded = exclude.resolve() if exclude else None
     todo = []
-    for p in scan_images(root):
-        if excluded is not None and p.resolve().is_relative_to(excluded):
+    for p in scan_images(root, follow_links=follow_links):
+        if excluded is not None and _resolves_under(p, excluded):
             continue  # our own --copy-to/--link-to output inside DIR
         rel = p.relative_to(root).as_posix()
         if rel not in done:
             todo.append(rel)
     return todo
+
+
+def _resolves_under(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):  # a symlink loop: not ours; loading it reports it as unreadable
+        return False
+
+
+def _place_earlier(args: argparse.Namespace, root: Path, target: Path, folders: dict[str, str],
+                   earlier: list[tuple[str, list[str]]]) -> None:
+    """On --resume with --copy-to/--link-to: place the images earlier runs labelled but did not
+    place (run without it, or killed between writing a row and placing its file)."""
+    mode = "copy" if args.copy_to else "link"
+    for path, labels in earlier:
+        for label in labels:
+            if label in folders and not (target / folders[label] / path).exists() and (root / path).is_file():
+                place_file(root / path, target, folders[label], path, mode)
 
 
 def _default_workers() -> int:
@@ -209,12 +255,19 @@ def run(args: argparse.Namespace) -> Summary:
         raise ValueError(f"label names may not contain '|' (it joins multi-label output): {names}")
     if args.other_label in names and (args.threshold is not None or args.multi_label):
         raise ValueError(f"{args.other_label!r} is a label and the unsure bucket: rename one (--other-label)")
+    if len(names) == 1 and not args.multi_label:
+        raise ValueError(f"one label ({names[0]!r}) always scores 1.0: give at least two, or --multi-label to "
+                         "score it on its own")
     target = Path(args.copy_to or args.link_to).expanduser() if (args.copy_to or args.link_to) else None
-    out = Path(args.out).expanduser()
-    with exclusive(out.with_name(f".{out.name}.lock")):
-        outputs, done, counts = _open_outputs(args, names, prompts)
+    out, errors = Path(args.out).expanduser(), _errors_path(args)
+    earlier: list[tuple[str, list[str]]] = []
+    with exclusive(out.with_name(f".{out.name}.lock")), exclusive(errors.with_name(f".{errors.name}.lock")):
+        outputs, done, counts = _open_outputs(args, names, prompts, earlier)
         summary = Summary(resumed=len(done), counts=counts)
-        todo = _todo(root, done, target)
+        if target is not None and earlier:
+            _place_earlier(args, root, target, folder_names([*names, args.other_label]), earlier)
+        del earlier
+        todo = _todo(root, done, target, args.follow_links)
         if todo:
             _label(args, root, todo, prompts, templates, outputs, summary, target)
         outputs.errors.finish()
@@ -256,14 +309,36 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
 
 
 
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments on their own (before any file is read), or None."""
+    if args.top_k < 1 or args.batch_size < 1:
+        return "--top-k and --batch-size must be >= 1"
+    if args.retry_errors and not args.resume:
+        return "--retry-errors goes with --resume"
+    for flag, value in (("--threshold", args.threshold), ("--examples-weight", args.examples_weight)):
+        if value is not None and not 0.0 <= value <= 1.0:  # also false for NaN
+            return f"{flag} must be in [0, 1], got {value}"
+    out, errors = Path(args.out).expanduser().resolve(), _errors_path(args).resolve()
+    if out == errors:
+        return f"--errors and --out are the same file ({out}): the rows and the errors each need their own"
+    placed = args.copy_to or args.link_to
+    root = Path(args.dir).expanduser().resolve()
+    if placed and root.is_relative_to(Path(placed).expanduser().resolve()):
+        return (f"--{'copy' if args.copy_to else 'link'}-to {placed} is the input folder or above it: "
+                "the sorted images would be mixed with (and rescanned as) the inputs; choose another folder")
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit label DIR ...`; returns the exit code (0 done, 1 failed, 2 usage, 130 interrupted)."""
     args = _parser().parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        print("mmkit label: --top-k and --batch-size must be >= 1", file=sys.stderr)
-        return 2
-    if args.retry_errors and not args.resume:
-        print("mmkit label: --retry-errors goes with --resume", file=sys.stderr)
+    problem = _usage_error(args)
+    if problem:
+        print(f"mmkit label: {problem}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     try:
@@ -274,9 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # bad arguments, files, checkpoints (WeightsError is a ValueError)
         print(f"mmkit label: {e}", file=sys.stderr)
         return 1
-    out = Path(args.out).expanduser()
-    errors = Path(args.errors).expanduser() if args.errors else out.with_name(f"{out.stem}.errors{out.suffix}")
-    for line in summary.lines(out, errors):
+    for line in summary.lines(Path(args.out).expanduser(), _errors_path(args)):
         print(line, file=sys.stderr)
     log.info("mmkit label finished in %.1f s", time.perf_counter() - start)
     return 0

@@ -53,6 +53,13 @@ class EvalTransform:
                              f"interpolation={self.interpolation!r}")
         if not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
+        for name, values in (("mean", self.mean), ("std", self.std)):  # 3 finite numbers; std > 0 (divides)
+            if (len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+                    or (name == "std" and min(values) <= 0)):
+                raise ValueError(f"{name} must be 3 finite numbers{', each > 0' if name == 'std' else ''}, "
+                                 f"got {list(values)}")
 
     @property
     def resize_to(self) -> int:

@@ -37,6 +37,9 @@ class Prediction:
 def top_k(logits: Tensor, class_names: Sequence[str], k: int) -> list[tuple[list[str], list[float]]]:
     """(B, C) logits -> per row the k most probable (labels, probabilities)."""
     probs = logits.float().softmax(dim=-1)
+    if not torch.isfinite(probs).all():  # NaN sorts anywhere: never a label
+        raise ValueError("the model gave non-finite scores (NaN or infinity): its weights or its input "
+                         "normalisation (std 0?) are broken")
     values, idx = probs.topk(min(k, probs.shape[-1]), dim=-1)
     return [([class_names[i] for i in row_i], [round(float(p), 6) for p in row_p])
             for row_i, row_p in zip(idx.tolist(), values.tolist())]

@@ -98,7 +98,13 @@ def clip_eval_transform(model: str, pretrained: str | None = None, exact_decode:
             fields["image_size"] = CLIP_CONFIGS[model]["visual"]["image_size"]
         else:
             fields.update(_open_clip_preprocess(model, pretrained))
-    return eval_transform(fields, CLIP_DEFAULTS, draft=not exact_decode)
+    try:
+        return eval_transform(fields, CLIP_DEFAULTS, draft=not exact_decode)
+    except (ValueError, TypeError) as e:  # a tampered checkpoint: name it, in one line, before any decoding
+        from mmkit.weights.native import WeightsError
+
+        source = Path(model).expanduser() / "config.json" if Path(model).expanduser().is_dir() else model
+        raise WeightsError(f"{source}: bad preprocessing metadata: {e}") from None
 
 
 def _open_clip_preprocess(arch: str, pretrained: str | None) -> dict[str, Any]:

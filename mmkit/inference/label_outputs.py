@@ -4,6 +4,7 @@ folder per label under names made safe for any filesystem (no path traversal).
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -32,6 +33,8 @@ class Decision:
         return ["path", "label", "score", *top, *(f"score:{n}" for n in self.names if self.all_scores)]
 
     def row(self, path: str, scores: list[float]) -> dict[str, Any]:
+        if not all(math.isfinite(s) for s in scores):  # the scorer refuses these first; never a label
+            raise ValueError(f"{path}: non-finite scores {scores}")
         order = sorted(range(len(scores)), key=lambda j: -scores[j])
         best = order[0]
         if self.multi_label:

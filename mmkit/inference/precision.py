@@ -47,3 +47,24 @@ def autocast_for(precision: str, device: torch.device | str) -> Callable[[], con
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def check_device(device: str) -> torch.device:
+    """`device` as a torch.device this machine has ("cpu", "cuda", "cuda:N", "mps"); a ValueError
+    naming what is wrong otherwise (an unknown name, CUDA without a GPU, a GPU index past the last)."""
+    try:
+        found = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {device!r}: not a device; use cpu, cuda or cuda:N") from None
+    if found.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if found.index is not None and found.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif found.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif found.type != "cpu":
+        raise ValueError(f"--device {device}: mmkit runs on cpu, cuda or mps")
+    return found

@@ -52,12 +52,19 @@ def parse_label_entry(entry: str) -> tuple[str, list[str]]:
 
 def parse_labels(entries: Iterable[str]) -> dict[str, list[str]]:
     """Label entries (see `parse_label_entry`) -> {label: alternatives}, in order; a label given
-    twice gathers the alternatives of both."""
+    twice gathers the alternatives of both. A repeat that adds no alternative ("cat,cat"), and
+    names equal but for case ("Cat", "cat": one class split in two), are refused (ValueError)."""
     labels: dict[str, list[str]] = {}
+    folded: dict[str, str] = {}
     for entry in entries:
         if entry.strip():
             name, alternatives = parse_label_entry(entry)
-            labels.setdefault(name, []).extend(a for a in alternatives if a not in labels.get(name, []))
+            if folded.setdefault(name.casefold(), name) != name:
+                raise ValueError(f"labels {folded[name.casefold()]!r} and {name!r} differ only in case: give one")
+            new = [a for a in alternatives if a not in labels.get(name, [])]
+            if name in labels and not new:
+                raise ValueError(f"label {name!r} is given twice: give each label once")
+            labels.setdefault(name, []).extend(new)
     return labels
 
 

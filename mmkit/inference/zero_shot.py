@@ -87,6 +87,10 @@ def zero_shot_scores(model: CLIP, tokenizer: Tokenizer, images: Tensor | Sequenc
     return _ranked(labels, zero_shot_logits(model, images, classifier).float().softmax(dim=-1))
 
 
+class NonFiniteScores(ValueError):
+    """The model gave NaN or infinite scores: an error for the run, never a label."""
+
+
 @dataclass
 class FileResult:
     """One image: per-label scores (in label order), or the reason it could not be read."""
@@ -180,6 +184,9 @@ class ZeroShotClassifier:
                                                                 dim=-1)
             rows.append(proto)
         self.names, self.embeddings = names, torch.stack(rows)  # (L, D)
+        if not torch.isfinite(self.embeddings).all():
+            raise NonFiniteScores("the label embeddings are not finite: the model's weights (or the examples "
+                                  "weight) hold NaN or infinity; no image can be labelled with them")
         self.background = None
         if multi_label and self.model.logit_bias is None:
             neutral = self.encode_texts(expand_prompts(BACKGROUND_WORDS, templates))
@@ -226,6 +233,10 @@ class ZeroShotClassifier:
             results = [FileResult(paths[i], error=reason) for i, reason in batch.failed]
             if batch.images is not None:
                 probs = self.scores(self.encode_images(batch.images), multi_label).cpu()
+                if not torch.isfinite(probs).all():  # never a label: NaN sorts anywhere and writes as bare NaN
+                    bad = [paths[i] for i, row in zip(batch.indices, torch.isfinite(probs).all(-1).tolist()) if not row]
+                    raise NonFiniteScores(f"non-finite scores (NaN or infinity) for {len(bad)} image(s), first "
+                                          f"{bad[0]}: the model's weights or preprocessing (std 0?) are broken")
                 results += [FileResult(paths[i], scores=row) for i, row in zip(batch.indices, probs.tolist())]
             yield results
 

@@ -339,9 +339,10 @@ def test_copy_to_sanitises_label_names_and_link_to(tmp_path, ckpt):
     assert label_outputs.safe_folder_name("..") == "_" and label_outputs.safe_folder_name("CON") == "_CON"
     assert label_outputs.folder_names(["a/b", "a_b", "A_B"]) == {"a/b": "a_b", "a_b": "a_b~2", "A_B": "A_B~3"}
     linked = tmp_path / "linked"
-    assert label_main([str(photos), "--labels", "x", "--model", str(ckpt), "--out", str(tmp_path / "m.csv"),
+    assert label_main([str(photos), "--labels", "x,y", "--model", str(ckpt), "--out", str(tmp_path / "m.csv"),
                    "--num-workers", "0", "--quiet", "--link-to", str(linked)]) == 0
-    assert (linked / "x" / "a" / "0.png").stat().st_ino == (photos / "a" / "0.png").stat().st_ino  # hard link
+    label = {r["path"]: r["label"] for r in _rows(tmp_path / "m.csv")}["a/0.png"]
+    assert (linked / label / "a" / "0.png").stat().st_ino == (photos / "a" / "0.png").stat().st_ino  # hard link
 
 
 def test_threshold_multi_label_and_bf16_end_to_end(tmp_path, ckpt):
