@@ -13,8 +13,11 @@ log = logging.getLogger("mmkit")
 # Imported only when called: `mmkit fit` does not pay for Gradio, and tools not for Lightning.
 TOOLS = {
     "bench": ("benchmarks against the reference implementation (mmkit bench vit --help)", "mmkit.cli.bench:main"),
+    "classify-text": ("label texts with a fine-tuned BERT classifier (mmkit classify-text --help)", "mmkit.cli.classify_text:main"),
     "demo": ("Gradio demos in the browser (mmkit demo vit --help)", "mmkit.cli.demo:main"),
     "generate": ("text to images with a DALL·E-style export (mmkit generate --help)", "mmkit.cli.generate:main"),
+    "embed": ("sentence embeddings with a BERT encoder (mmkit embed --help)", "mmkit.cli.embed:main"),
+    "fill-mask": ("predict [MASK] tokens with a BERT masked-LM (mmkit fill-mask --help)", "mmkit.cli.fill_mask:main"),
     "generate-text": ("continue a prompt with a GPT model (mmkit generate-text --help)", "mmkit.cli.generate_text:main"),
     "label": ("zero-shot label image folders with CLIP (mmkit label --help)", "mmkit.cli.label:main"),
     "transcribe": ("speech to text with a Whisper checkpoint (mmkit transcribe --help)", "mmkit.cli.transcribe:main"),

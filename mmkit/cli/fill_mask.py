@@ -1,0 +1,43 @@
+"""`mmkit fill-mask "The capital of France is [MASK]." --model DIR`: the likeliest tokens for each
+[MASK] with their probabilities, from a BERT-family masked-LM (an mmkit export or a transformers
+BertForMaskedLM / RobertaForMaskedLM directory).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmkit fill-mask", description=__doc__.split("\n")[0].strip("`"))
+    p.add_argument("text", help='text with [MASK] where a word is to be predicted')
+    p.add_argument("--model", required=True, metavar="DIR", help="mmkit BERT export or transformers BERT directory")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per mask (5)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Returns 0 done, 2 a usage or input error (one line on stderr)."""
+    args = _parser().parse_args(argv)
+    from mmkit.inference.encoder import load_encoder
+    from mmkit.inference.fill_mask import fill_mask
+
+    try:
+        encoder = load_encoder(args.model, args.device)
+        if encoder.model.mlm_head is None:
+            raise ValueError(f"{args.model}: the model has no masked-LM head (a BertModel or a classifier); "
+                             "give a masked-LM checkpoint")
+        predictions = fill_mask(encoder, args.text, args.top_k)
+    except (ValueError, OSError) as e:
+        print(f"mmkit fill-mask: {e}", file=sys.stderr)
+        return 2
+    for n, p in enumerate(predictions, 1):
+        if len(predictions) > 1:
+            print(f"mask {n}:")
+        for token, prob in p.candidates:
+            print(f"  {prob:7.2%}  {token}")
+    if len(predictions) == 1:
+        print(predictions[0].filled)
+    return 0

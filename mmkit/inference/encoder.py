@@ -1,0 +1,82 @@
+"""What `--model DIR` means for the BERT family, in one place: an mmkit export (config.json with
+architecture BERT + model.safetensors + tokenizer files) or a transformers BERT/RoBERTa checkpoint
+directory (config.json + weights + vocab.txt / tokenizer.json / vocab.json + merges.txt).
+Used by `mmkit embed`, `mmkit fill-mask`, `mmkit classify-text` and the demo.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmkit.data.bert_tokenizer import EncoderTokenizer
+from mmkit.models.bert import BERT
+from mmkit.weights.native import CONFIG_NAME, WeightsError
+
+
+@dataclass
+class LoadedEncoder:
+    """A BERT in eval mode, its tokenizer and the export's metadata (class names of a classifier)."""
+
+    model: BERT
+    tokenizer: EncoderTokenizer
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        n = self.model.classifier.out_features if self.model.classifier is not None else 0
+        names = self.metadata.get("class_names")
+        return list(names) if isinstance(names, list) and len(names) == n else [f"LABEL_{i}" for i in range(n)]
+
+
+def save_encoder(model: BERT, tokenizer: EncoderTokenizer, directory: str | Path,
+                 class_names: list[str] | None = None) -> Path:
+    """Native checkpoint (config.json + model.safetensors) with the tokenizer files beside it."""
+    metadata: dict[str, Any] = {"tokenizer": "encoder"}
+    if class_names:
+        metadata["class_names"] = list(class_names)
+    directory = model.save_pretrained(directory, metadata=metadata)
+    tokenizer.save(directory)
+    return directory
+
+
+def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
+    """The BERT of an mmkit export or a transformers BERT/RoBERTa directory, in eval mode.
+
+    Raises:
+        FileNotFoundError: no such directory, or no tokenizer files in it.
+        WeightsError: not a BERT-family checkpoint (a GPT, say), or unreadable weights.
+    """
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    path = directory / CONFIG_NAME
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WeightsError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise WeightsError(f"{path}: expected a JSON object")
+    metadata: dict[str, Any] = {}
+    if doc.get("architecture") == BERT.architecture_name():
+        model = BERT.from_pretrained(directory)
+        metadata = doc.get("metadata") or {}
+    elif doc.get("model_type") in ("bert", "roberta"):
+        model = BERT.from_hf(directory)
+        labels = doc.get("id2label") or {}
+        if labels:
+            metadata["class_names"] = [labels.get(str(i), f"LABEL_{i}") for i in range(len(labels))]
+    else:
+        kind = doc.get("architecture") or doc.get("model_type") or "unknown"
+        raise WeightsError(f"{directory}: holds a {kind!r} model, not a BERT-family encoder "
+                           "(mmkit BERT export or transformers BERT/RoBERTa)")
+    tokenizer = EncoderTokenizer.from_dir(directory)
+    if tokenizer.vocab_size > model.vocab_size:
+        raise WeightsError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
+                           f"{model.vocab_size}: they do not belong together")
+    return LoadedEncoder(model.eval().to(device), tokenizer, metadata)

@@ -1,0 +1,82 @@
+"""Masked-token prediction ("The capital of France is [MASK].") and the attention view of a BERT
+(per layer and head, over the input tokens; Vig, "A Multiscale Visualization of Attention in the
+Transformer Model", 2019), both over `mmkit.inference.encoder.LoadedEncoder`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mmkit.core import attention_maps
+from mmkit.inference.encoder import LoadedEncoder
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    """The ranked candidates for one mask: (token, probability) pairs, likeliest first, and the
+    input with the best candidate filled in."""
+
+    position: int
+    candidates: list[tuple[str, float]]
+    filled: str
+
+
+def _encode_checked(encoder: LoadedEncoder, text: str) -> list[int]:
+    if not text.strip():
+        raise ValueError("the text is empty")
+    ids = encoder.tokenizer.encode(text)
+    if len(ids) > encoder.model.max_len:
+        raise ValueError(f"the text is {len(ids)} tokens long, more than the model's {encoder.model.max_len}")
+    return ids
+
+
+def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPrediction]:
+    """Top-k tokens with probabilities for every mask token in `text` ("[MASK]"; for RoBERTa
+    tokenizers "<mask>", and "[MASK]" is read as "<mask>" too). Special tokens are never proposed.
+
+    Raises:
+        ValueError: empty text, no mask token, or a text longer than the model's context (cutting
+            it could drop the mask, so nothing is truncated here).
+    """
+    tok = encoder.tokenizer
+    if top_k < 1:
+        raise ValueError(f"top-k must be >= 1, got {top_k}")
+    if not text.strip():
+        raise ValueError("the text is empty")
+    if tok.mask_token != "[MASK]":
+        text = text.replace("[MASK]", tok.mask_token)
+    if tok.mask_token not in text:
+        raise ValueError(f"no {tok.mask_token} in the text: mark the word to predict with {tok.mask_token}")
+    ids = _encode_checked(encoder, text)
+    positions = [i for i, t in enumerate(ids) if t == tok.mask_id]
+    model = encoder.model
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        hidden = model.encode(torch.tensor([ids], device=device))[0, positions]  # (M, dim)
+        logits = model.mlm_logits(hidden).float()
+        logits[:, sorted(tok.special_ids)] = float("-inf")
+        logits[:, len(tok):] = float("-inf")  # rows past the tokenizer (a padded vocabulary)
+        probs = logits.softmax(-1)
+    top = probs.topk(min(top_k, len(tok)), dim=-1)
+    out = []
+    for n, pos in enumerate(positions):
+        tokens = tok.tokens(top.indices[n].tolist())
+        best = list(ids)
+        best[pos] = int(top.indices[n, 0])
+        out.append(MaskPrediction(pos, list(zip(tokens, top.values[n].tolist())), tok.decode(best)))
+    return out
+
+
+def attention_view(encoder: LoadedEncoder, text: str) -> tuple[list[str], torch.Tensor]:
+    """The input tokens and the attention probabilities of every layer and head.
+
+    Returns:
+        (tokens, maps) with maps (depth, num_heads, T, T): row i is where token i attends.
+    """
+    ids = _encode_checked(encoder, text)
+    model = encoder.model
+    x = torch.tensor([ids], device=next(model.parameters()).device)
+    with torch.inference_mode():
+        _, maps = attention_maps(model, lambda: model.encode(x))
+    return encoder.tokenizer.tokens(ids), torch.stack([m[0] for m in maps]).float().cpu()

@@ -1,0 +1,65 @@
+"""Sequence classification with a fine-tuned BERT (`mmkit.tasks.text_classifier.TextClassifier`
+exports, or transformers BertForSequenceClassification directories): label, its probability and
+every class's probability per text, in length-sorted batches returned in input order.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from mmkit.inference.encoder import LoadedEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextPrediction:
+    label: str
+    score: float
+    probs: dict[str, float]
+
+
+class TextClassifierPredictor:
+    """texts -> `TextPrediction`s.
+
+    Raises:
+        ValueError: at construction, a model without a classification head (a plain or MLM BERT).
+    """
+
+    def __init__(self, encoder: LoadedEncoder, batch_size: int = 64) -> None:
+        if encoder.model.classifier is None:
+            raise ValueError("the model has no classification head: give a fine-tuned classifier "
+                             "(mmkit fit --config configs/bert_wordnet_classify.yaml exports one)")
+        self.encoder, self.batch_size = encoder, batch_size
+        self.names = encoder.class_names
+
+    @torch.inference_mode()
+    def predict(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> list[TextPrediction]:
+        """One prediction per text; texts longer than the model's context are cut with a warning."""
+        model, tok = self.encoder.model, self.encoder.tokenizer
+        ids = tok.encode_batch(list(texts))
+        cut = sum(len(i) > model.max_len for i in ids)
+        if cut:
+            log.warning("%d text(s) longer than the model's %d tokens were truncated", cut, model.max_len)
+        ids = [i if len(i) <= model.max_len else i[: model.max_len - 1] + [i[-1]] for i in ids]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[TextPrediction | None] = [None] * len(ids)
+        device = next(model.parameters()).device
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            T = max(len(ids[i]) for i in rows)
+            batch = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+            for j, i in enumerate(rows):
+                batch[j, : len(ids[i])] = torch.tensor(ids[i])
+            mask = torch.arange(T)[None, :] < torch.tensor([len(ids[i]) for i in rows])[:, None]
+            probs = model.classify(batch.to(device), mask.to(device)).float().softmax(-1).cpu()
+            for j, i in enumerate(rows):
+                p = probs[j].tolist()
+                best = max(range(len(p)), key=p.__getitem__)
+                out[i] = TextPrediction(self.names[best], p[best], dict(zip(self.names, p)))
+            if on_batch:
+                on_batch(len(rows))
+        return out  # type: ignore[return-value]

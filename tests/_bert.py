@@ -1,0 +1,36 @@
+"""Tiny offline BERT fixtures: a WordPiece trained on the tiny grammar corpus of tests/_gpt.py in
+well under a second, and random-init transformers BERT models saved with its vocab.txt (what
+`mmkit embed/fill-mask/classify-text --model DIR` read from the hub, without the hub)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from _gpt import tiny_corpus
+
+MAX_POSITIONS = 32
+
+
+def tiny_wordpiece(vocab_size: int = 200):
+    from mmkit.data.bert_tokenizer import EncoderTokenizer
+
+    return EncoderTokenizer.train(tiny_corpus(), vocab_size)
+
+
+def write_tiny_bert(directory: Path, kind: str = "mlm", seed: int = 0, num_labels: int = 3):
+    """A random-init transformers BertForMaskedLM ("mlm"), BertModel ("base") or
+    BertForSequenceClassification ("classify") + vocab.txt in `directory`; returns (model in eval
+    mode, EncoderTokenizer)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+
+    tok = tiny_wordpiece()
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=MAX_POSITIONS, attn_implementation="eager",
+                     num_labels=num_labels, id2label={i: f"class{i}" for i in range(num_labels)},
+                     label2id={f"class{i}": i for i in range(num_labels)}, initializer_range=0.2)
+    model = {"mlm": BertForMaskedLM, "base": BertModel, "classify": BertForSequenceClassification}[kind](cfg).eval()
+    model.save_pretrained(directory)
+    tok.save(directory)
+    (Path(directory) / "tokenizer.json").unlink()  # a hub BERT directory: vocab.txt only
+    return model, tok

@@ -1,0 +1,90 @@
+"""`mmkit embed`, `mmkit fill-mask`, `mmkit classify-text` on tiny transformers BERT directories:
+outputs equal the inference API's, bad rows (empty, non-UTF-8) are reported and skipped while the
+rest is written, user mistakes (no [MASK], a GPT checkpoint, a wrong suffix) are one line, exit 2."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from _bert import write_tiny_bert
+from _gpt import write_tiny_gpt2
+
+from mmkit.cli import main
+from mmkit.inference.embed import Embedder
+from mmkit.inference.encoder import load_encoder
+
+
+@pytest.fixture(scope="module")
+def mlm_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mlm")
+    write_tiny_bert(d, "mlm")
+    return d
+
+
+@pytest.fixture
+def texts_file(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_bytes("the cat sees the moon.\n\n   \na dog finds an apple\n".encode() + b"caf\xe9 au lait\nthe end\n")
+    return path
+
+
+def test_embed_npy_keeps_line_order_with_nan_for_bad_rows(mlm_dir, texts_file, tmp_path, capsys):
+    out = tmp_path / "vectors.npy"
+    assert main(["embed", str(texts_file), "--model", str(mlm_dir), "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "line 2: empty text" in err and "line 3: empty text" in err and "line 5: not UTF-8" in err
+    vectors = np.load(out)
+    expected = Embedder(load_encoder(mlm_dir)).embed(["the cat sees the moon.", "a dog finds an apple", "the end"])
+    assert vectors.shape == (6, 32) and np.isnan(vectors[[1, 2, 4]]).all()
+    assert np.abs(vectors[[0, 3, 5]] - expected).max() <= 1e-6
+
+
+def test_embed_jsonl_rows_and_no_temp_files_left(mlm_dir, texts_file, tmp_path):
+    out = tmp_path / "vectors.jsonl"
+    assert main(["embed", str(texts_file), "--model", str(mlm_dir), "--out", str(out), "--quiet"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 4, 6] and len(rows[0]["embedding"]) == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt", "vectors.jsonl"]
+
+
+def test_embed_refuses_a_gpt_checkpoint_and_bad_suffixes_in_one_line(tmp_path, texts_file, mlm_dir, capsys):
+    write_tiny_gpt2(tmp_path / "gpt")
+    capsys.readouterr()  # transformers' save progress
+    assert main(["embed", str(texts_file), "--model", str(tmp_path / "gpt"), "--out", str(tmp_path / "v.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a BERT-family encoder" in err
+    assert main(["embed", str(texts_file), "--model", str(mlm_dir), "--out", str(tmp_path / "v.txt")]) == 2
+    assert "--out must end in .npy or .jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "v.npy").exists()
+
+
+def test_fill_mask_prints_ranked_tokens_and_the_filled_text(mlm_dir, capsys):
+    assert main(["fill-mask", "the cat [MASK] the moon.", "--model", str(mlm_dir), "--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    probs = [float(line.split("%")[0]) for line in lines[:3]]
+    assert len(lines) == 4 and probs == sorted(probs, reverse=True) and lines[3].startswith("the cat")
+
+
+@pytest.mark.parametrize("text, message", [("the cat sees the moon.", "no [MASK] in the text"),
+                                           ("", "the text is empty")])
+def test_fill_mask_mistakes_are_one_line(mlm_dir, capsys, text, message):
+    assert main(["fill-mask", text, "--model", str(mlm_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_classify_text_csv_in_and_out(tmp_path, capsys):
+    write_tiny_bert(tmp_path / "clf", "classify")
+    src = tmp_path / "in.csv"
+    src.write_text('id,text\n1,the cat sees the moon.\n2,""\n3,"=a dog, finds"\n')
+    out = tmp_path / "out.csv"
+    assert main(["classify-text", str(src), "--model", str(tmp_path / "clf"), "--out", str(out),
+                 "--all-scores", "--quiet"]) == 0
+    assert "line 3: empty text" in capsys.readouterr().err
+    rows = list(csv.DictReader(out.open()))
+    assert [r["line"] for r in rows] == ["2", "4"] and rows[1]["text"] == "'=a dog, finds"
+    assert all(r["label"] in ("class0", "class1", "class2") for r in rows)
+    assert abs(sum(float(rows[0][f"p_class{i}"]) for i in range(3)) - 1) < 1e-4
+    assert main(["classify-text", str(src), "--model", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
