@@ -75,3 +75,23 @@ def test_block_size_longer_than_the_model_context_is_refused(tmp_path):
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="block_size 64 exceeds the model's max_len 32"):
         trainer.fit(task, data)
+
+
+def test_bf16_and_gradient_accumulation_come_from_the_trainer(trained):
+    _, task, data, _ = trained
+    batch = next(iter(data.val_dataloader()))
+    task.eval()
+    with torch.no_grad():
+        fp32 = torch.nn.functional.cross_entropy(task(batch["tokens"]).flatten(0, 1), batch["targets"].flatten())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = task(batch["tokens"])
+        bf16 = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten())
+    assert logits.dtype == torch.bfloat16 and abs(float(bf16) - float(fp32)) < 0.05 * float(fp32)
+    step_before = task.model.tok_embed.weight.detach().clone()
+    trainer = pl.Trainer(max_steps=1, accumulate_grad_batches=2, precision="bf16-mixed", accelerator="cpu",
+                         limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    fit_single_threaded(trainer, task, data)
+    assert trainer.global_step == 1 and trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
+    assert torch.isfinite(task.model.tok_embed.weight).all()
+    assert not torch.equal(task.model.tok_embed.weight, step_before)  # one optimiser step over two batches
