@@ -81,9 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mmkit.cli.progress import progress
     from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
 
-    as_file = len(args.inputs) == 1 and Path(args.inputs[0]).suffix in (".txt", ".jsonl") \
-        and Path(args.inputs[0]).is_file()
+    single = Path(args.inputs[0]) if len(args.inputs) == 1 else None
+    as_file = single is not None and single.is_file()
     try:
+        if single is not None and not as_file and single.suffix in (".txt", ".jsonl"):
+            raise TranslatorError(f"{single}: no such file")
         options = TranslationOptions(beam_size=args.beam_size, max_new_tokens=args.max_length,
                                      length_penalty=args.length_penalty, batch_size=args.batch_size)
         if args.output and Path(args.output).suffix not in (".txt", ".jsonl"):

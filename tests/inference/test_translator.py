@@ -139,3 +139,5 @@ def test_cli_text_arguments_and_user_errors(native, tmp_path, capsys):
     assert mmkit_main(["translate", "seven", "--model", str(native), "--output", str(tmp_path / "x.csv")]) == 2
     assert "use a .txt or .jsonl file" in capsys.readouterr().err
     assert mmkit_main(["translate", "seven", "--model", str(native), "--beam-size", "0"]) == 2
+    assert mmkit_main(["translate", str(tmp_path / "missing.txt"), "--model", str(native)]) == 2
+    assert "missing.txt: no such file" in capsys.readouterr().err
