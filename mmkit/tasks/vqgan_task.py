@@ -37,11 +37,15 @@ class VQGANTask(pl.LightningModule):
     Args:
         model: the VQGAN, configured from YAML by class path.
         lr, weight_decay, warmup_ratio: AdamW with linear warmup then cosine decay.
+        foreground_weight: extra L1 weight on pixels that stand out from their image's median colour
+            (> 0.1 in some channel). A small object on a plain background is a tenth of the pixels,
+            so plain L1 learns the background first; measured on the shapes recipe: without it, 600
+            steps decoded every shape as the same green blob.
         export_dir: where `on_fit_end` writes the native checkpoint.
     """
 
     def __init__(self, model: VQGAN, lr: float = 2e-3, weight_decay: float = 0.0, warmup_ratio: float = 0.02,
-                 export_dir: str | None = None) -> None:
+                 foreground_weight: float = 0.0, export_dir: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -49,7 +53,12 @@ class VQGANTask(pl.LightningModule):
 
     def _step(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         recon, vq_loss, codes = self.model(images)
-        l1 = (recon - images).abs().mean()
+        err = (recon - images).abs()
+        l1 = err.mean()
+        if self.hparams.foreground_weight > 0:
+            median = images.flatten(2).median(-1).values[..., None, None]  # (B, C, 1, 1)
+            salient = ((images - median).abs().amax(1, keepdim=True) > 0.1).float()  # (B, 1, H, W)
+            return (err * (1 + self.hparams.foreground_weight * salient)).mean() + vq_loss, l1, codes
         return l1 + vq_loss, l1, codes
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:

@@ -13,7 +13,7 @@ from mmkit.data.dalle_shapes import ShapesCodesDataModule, ShapesImagesDataModul
 from mmkit.inference.text_to_image import TextToImage
 from mmkit.models import DALLE, VQGAN
 from mmkit.tasks.dalle_task import DalleTask
-from mmkit.tasks.vqgan_task import VQGANTask, codebook_usage
+from mmkit.tasks.vqgan_task import VQGANTask
 
 from conftest import one_thread
 
@@ -39,10 +39,6 @@ def tokenizer(tmp_path_factory):
         trainer.fit(task, data)
     return root, trainer
 
-
-def test_codebook_usage_metric():
-    assert codebook_usage(torch.tensor([5, 5, 0, 0])) == (0.5, pytest.approx(2.0))
-    assert codebook_usage(torch.zeros(3, dtype=torch.long)) == (0.0, 0.0)
 
 
 def test_tokenizer_learns_and_logs_usage(tokenizer):

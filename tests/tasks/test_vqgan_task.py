@@ -1,0 +1,26 @@
+"""VQGANTask pieces that need no training: codebook usage/perplexity and the foreground weight."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmkit.models import VQGAN
+from mmkit.tasks.vqgan_task import VQGANTask, codebook_usage
+
+
+def test_codebook_usage_metric():
+    assert codebook_usage(torch.tensor([5, 5, 0, 0])) == (0.5, pytest.approx(2.0))
+    assert codebook_usage(torch.tensor([1, 1, 1, 1])) == (1.0, pytest.approx(4.0))
+    assert codebook_usage(torch.zeros(3, dtype=torch.long)) == (0.0, 0.0)
+
+
+def test_foreground_weight_counts_the_object_more():
+    torch.manual_seed(0)
+    model = VQGAN(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(), z_channels=8, codebook_size=8, code_dim=8,
+                  norm_groups=4).eval()
+    images = torch.full((2, 3, 16, 16), 0.2)
+    images[:, 0, 4:8, 4:8] = 0.9  # a red square on grey: 1/16 of the pixels
+    plain, l1_plain, _ = VQGANTask(model)._step(images)
+    weighted, l1_weighted, _ = VQGANTask(model, foreground_weight=5.0)._step(images)
+    assert torch.equal(l1_plain, l1_weighted)  # the logged error stays plain L1
+    assert weighted > plain
