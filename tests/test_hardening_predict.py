@@ -110,3 +110,32 @@ def test_rows_stream_in_input_order_and_csv_cells_are_spreadsheet_safe(export, t
     raw = [json.loads(line) for line in json_out.read_text().splitlines()]
     assert [Path(r["path"]).name for r in raw] == names
     assert [r["labels"][0] for r in raw if not r["error"]] == ["=HYPERLINK(1)"] * 5  # JSON stays raw
+
+
+def test_non_finite_scores_are_an_error_and_leave_no_output(tmp_path, capsys):
+    torch.manual_seed(0)
+    vit = ViT(image_size=16, patch_size=4, num_classes=3, dim=32, depth=1, num_heads=2)
+    with torch.no_grad():
+        vit.head.bias[1] = float("nan")
+    export = vit.save_pretrained(tmp_path / "nan", metadata={"class_names": ["a", "b", "c"]})
+    _images(tmp_path / "in", ["a.png", "b.png"])
+    out = tmp_path / "out" / "p.jsonl"
+    assert _predict(export, tmp_path / "in", out) == 2
+    err = capsys.readouterr().err
+    assert "non-finite scores" in err and "Traceback" not in err
+    assert not out.exists() and not list(out.parent.glob(".p.jsonl.*"))  # no half-written file either
+
+
+def test_unknown_accelerator_is_one_line(export, tmp_path, capsys):
+    _images(tmp_path / "in", ["a.png"])
+    code = _predict(export, tmp_path / "in", tmp_path / "p.csv", "--trainer.accelerator", "banana")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "banana" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_accelerator_without_cuda_is_one_line(export, tmp_path, capsys):
+    _images(tmp_path / "in", ["a.png"])
+    code = _predict(export, tmp_path / "in", tmp_path / "p.csv", "--trainer.accelerator", "cuda")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

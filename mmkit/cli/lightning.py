@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mmkit.inference.classifier import Prediction
 from mmkit.inference.writers import OUTPUT_SUFFIXES, PredictionFile
@@ -98,6 +99,14 @@ class MMKitCLI(LightningCLI):
                               compute_fn=lambda names: list(names) or None, apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.model.init_args.num_classes",
                               compute_fn=lambda n: n or None, apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        # Lightning's refusals of --trainer.accelerator/devices (an unknown name, CUDA on a machine
+        # without it) are the user's mistake: one line, exit 2, not a traceback.
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as e:
+            raise ValueError(f"trainer: {str(e).strip().splitlines()[0]}") from None
 
     def before_fit(self) -> None:
         self._fixed_checkpoint_folder()
