@@ -7,7 +7,6 @@ Zero-shot classification as in Radford et al. (2021), section 3.1.4; see `mmkit.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -19,12 +18,13 @@ from typing import Any, Sequence
 
 import torch
 
+from mmkit.cli.label_checks import check_settings, errors_path, record_settings, run_settings, usage_error
 from mmkit.cli.progress import progress
 from mmkit.data.images import scan_images
 from mmkit.inference.clip_loader import clip_eval_transform, load_clip
 from mmkit.inference.image_batches import image_batches
 from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
-from mmkit.inference.precision import PRECISIONS, check_device
+from mmkit.inference.precision import PRECISIONS
 from mmkit.inference.prompts import DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
 from mmkit.inference.zero_shot import ZeroShotClassifier
@@ -130,59 +130,21 @@ def _example_names(folder: str | None) -> list[str]:
     return sorted(e.name for e in os.scandir(Path(folder).expanduser()) if e.is_dir() and not e.name.startswith("."))
 
 
-def _settings(args: argparse.Namespace, prompts: dict[str, list[str]]) -> dict[str, Any]:
-    """What the rows depend on; a resumed run must match it (batch size, workers, device don't)."""
-    def where(value: str | None) -> str | None:
-        return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
-
-    return {"model": where(args.model), "pretrained": where(args.pretrained), "prompts": prompts,
-            "examples": where(args.examples), "examples_weight": args.examples_weight if args.examples else None,
-            "multi_label": args.multi_label, "threshold": args.threshold, "other_label": args.other_label,
-            "top_k": args.top_k, "all_scores": args.all_scores, "exact_decode": args.exact_decode}
-
-
-def _check_settings(path: Path, settings: dict[str, Any], resume: bool) -> bool:
-    """Refuse to resume rows computed with other settings; False when a resumed run's settings
-    are unknown (no readable OUT.run.json), so that its rows must be checked one by one."""
-    if not resume:
-        return True
-    try:
-        before = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        before = None
-    if isinstance(before, dict) and before != settings:
-        changed = sorted(k for k in {*before, *settings} if before.get(k) != settings.get(k))
-        raise OutputConflict(f"{path}: the rows so far were computed with other {', '.join(changed)}; "
-                             "use the same options, or --overwrite")
-    return isinstance(before, dict)
-
-
-def _record_settings(path: Path, settings: dict[str, Any]) -> None:
-    """This run's settings, for a later --resume to compare against (written atomically)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _errors_path(args: argparse.Namespace) -> Path:
-    out = Path(args.out).expanduser()
-    return Path(args.errors).expanduser() if args.errors else out.with_name(f"{out.stem}.errors{out.suffix}")
-
-
 def _open_outputs(args: argparse.Namespace, names: list[str], prompts: dict[str, list[str]],
                   earlier: list[tuple[str, list[str]]]) -> tuple[_Outputs, set[str], Counter]:
     """The writers, opened (resumed or fresh), with the paths already done and their label counts;
-    `earlier` receives the (path, labels) of the rows carried over."""
+    with --copy-to/--link-to, `earlier` receives the (path, labels) of the rows carried over."""
     decision = Decision(tuple(names), args.top_k, args.threshold, args.multi_label, args.all_scores, args.other_label)
     out = Path(args.out).expanduser()
-    errors = _errors_path(args)
+    errors = errors_path(args)
+    target = args.copy_to or args.link_to
     outputs = _Outputs(ResumableWriter(out, decision.fields()), ResumableWriter(errors, ["path", "reason"]), decision)
     if not args.resume and not args.overwrite and (outputs.rows.exists() or outputs.errors.exists()):
         raise OutputConflict(f"{out} (or its .partial / errors file) exists: pass --resume to skip the images "
                              "already done, or --overwrite to start over")
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings, settings_file = _settings(args, prompts), out.with_name(out.name + ".run.json")
-    known = _check_settings(settings_file, settings, args.resume)
+    settings, settings_file = run_settings(args, prompts), out.with_name(out.name + ".run.json")
+    known = check_settings(settings_file, settings, args.resume)
     allowed = {*names, args.other_label}
     done: set[str] = set()
     counts: Counter = Counter()
@@ -195,7 +157,8 @@ def _open_outputs(args: argparse.Namespace, names: list[str], prompts: dict[str,
                                  "use the same labels, or --overwrite")
         done.add(row["path"])
         counts.update(labels)
-        earlier.append((row["path"], labels))
+        if target is not None:
+            earlier.append((row["path"], labels))
         return True
 
     def keep_error(row: dict[str, Any]) -> bool:
@@ -206,7 +169,7 @@ def _open_outputs(args: argparse.Namespace, names: list[str], prompts: dict[str,
 
     outputs.rows.start(args.resume, keep_row)
     outputs.errors.start(args.resume, keep_error)
-    _record_settings(settings_file, settings)
+    record_settings(settings_file, settings)
     return outputs, done, counts
 
 
@@ -259,7 +222,7 @@ def run(args: argparse.Namespace) -> Summary:
         raise ValueError(f"one label ({names[0]!r}) always scores 1.0: give at least two, or --multi-label to "
                          "score it on its own")
     target = Path(args.copy_to or args.link_to).expanduser() if (args.copy_to or args.link_to) else None
-    out, errors = Path(args.out).expanduser(), _errors_path(args)
+    out, errors = Path(args.out).expanduser(), errors_path(args)
     earlier: list[tuple[str, list[str]]] = []
     with exclusive(out.with_name(f".{out.name}.lock")), exclusive(errors.with_name(f".{errors.name}.lock")):
         outputs, done, counts = _open_outputs(args, names, prompts, earlier)
@@ -309,34 +272,10 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
 
 
 
-def _usage_error(args: argparse.Namespace) -> str | None:
-    """What is wrong with the arguments on their own (before any file is read), or None."""
-    if args.top_k < 1 or args.batch_size < 1:
-        return "--top-k and --batch-size must be >= 1"
-    if args.retry_errors and not args.resume:
-        return "--retry-errors goes with --resume"
-    for flag, value in (("--threshold", args.threshold), ("--examples-weight", args.examples_weight)):
-        if value is not None and not 0.0 <= value <= 1.0:  # also false for NaN
-            return f"{flag} must be in [0, 1], got {value}"
-    out, errors = Path(args.out).expanduser().resolve(), _errors_path(args).resolve()
-    if out == errors:
-        return f"--errors and --out are the same file ({out}): the rows and the errors each need their own"
-    placed = args.copy_to or args.link_to
-    root = Path(args.dir).expanduser().resolve()
-    if placed and root.is_relative_to(Path(placed).expanduser().resolve()):
-        return (f"--{'copy' if args.copy_to else 'link'}-to {placed} is the input folder or above it: "
-                "the sorted images would be mixed with (and rescanned as) the inputs; choose another folder")
-    try:
-        check_device(args.device)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit label DIR ...`; returns the exit code (0 done, 1 failed, 2 usage, 130 interrupted)."""
     args = _parser().parse_args(argv)
-    problem = _usage_error(args)
+    problem = usage_error(args)
     if problem:
         print(f"mmkit label: {problem}", file=sys.stderr)
         return 2
@@ -349,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # bad arguments, files, checkpoints (WeightsError is a ValueError)
         print(f"mmkit label: {e}", file=sys.stderr)
         return 1
-    for line in summary.lines(Path(args.out).expanduser(), _errors_path(args)):
+    for line in summary.lines(Path(args.out).expanduser(), errors_path(args)):
         print(line, file=sys.stderr)
     log.info("mmkit label finished in %.1f s", time.perf_counter() - start)
     return 0

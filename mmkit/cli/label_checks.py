@@ -1,0 +1,77 @@
+"""`mmkit label`'s checks before any image is read: the arguments on their own (ranges, devices,
+where outputs go), and the settings file OUT.run.json that a `--resume` must match (the writer's
+guarantees: `mmkit.inference.writers`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mmkit.inference.precision import check_device
+from mmkit.inference.writers import OutputConflict
+
+
+def run_settings(args: argparse.Namespace, prompts: dict[str, list[str]]) -> dict[str, Any]:
+    """What the rows depend on; a resumed run must match it (batch size, workers, device don't)."""
+    def where(value: str | None) -> str | None:
+        return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
+
+    return {"model": where(args.model), "pretrained": where(args.pretrained), "prompts": prompts,
+            "examples": where(args.examples), "examples_weight": args.examples_weight if args.examples else None,
+            "multi_label": args.multi_label, "threshold": args.threshold, "other_label": args.other_label,
+            "top_k": args.top_k, "all_scores": args.all_scores, "exact_decode": args.exact_decode}
+
+
+def check_settings(path: Path, settings: dict[str, Any], resume: bool) -> bool:
+    """Refuse to resume rows computed with other settings; False when a resumed run's settings
+    are unknown (no readable OUT.run.json), so that its rows must be checked one by one."""
+    if not resume:
+        return True
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        before = None
+    if isinstance(before, dict) and before != settings:
+        changed = sorted(k for k in {*before, *settings} if before.get(k) != settings.get(k))
+        raise OutputConflict(f"{path}: the rows so far were computed with other {', '.join(changed)}; "
+                             "use the same options, or --overwrite")
+    return isinstance(before, dict)
+
+
+def record_settings(path: Path, settings: dict[str, Any]) -> None:
+    """This run's settings, for a later --resume to compare against (written atomically)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def errors_path(args: argparse.Namespace) -> Path:
+    out = Path(args.out).expanduser()
+    return Path(args.errors).expanduser() if args.errors else out.with_name(f"{out.stem}.errors{out.suffix}")
+
+
+def usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments on their own (before any file is read), or None."""
+    if args.top_k < 1 or args.batch_size < 1:
+        return "--top-k and --batch-size must be >= 1"
+    if args.retry_errors and not args.resume:
+        return "--retry-errors goes with --resume"
+    for flag, value in (("--threshold", args.threshold), ("--examples-weight", args.examples_weight)):
+        if value is not None and not 0.0 <= value <= 1.0:  # also false for NaN
+            return f"{flag} must be in [0, 1], got {value}"
+    out, errors = Path(args.out).expanduser().resolve(), errors_path(args).resolve()
+    if out == errors:
+        return f"--errors and --out are the same file ({out}): the rows and the errors each need their own"
+    placed = args.copy_to or args.link_to
+    root = Path(args.dir).expanduser().resolve()
+    if placed and root.is_relative_to(Path(placed).expanduser().resolve()):
+        return (f"--{'copy' if args.copy_to else 'link'}-to {placed} is the input folder or above it: "
+                "the sorted images would be mixed with (and rescanned as) the inputs; choose another folder")
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        return str(e)
+    return None
