@@ -23,7 +23,8 @@ class PredictionWriter(BasePredictionWriter):
     """Write `mmkit predict` results to CSV/JSON/JSONL, one row per input in input order, including
     the files that could not be read (with the reason) so nothing is dropped silently. The output
     location is checked before predicting (an unwritable one fails at once, in one line); rows are
-    streamed to a temporary file as batches finish and renamed over the output at the end."""
+    streamed to a temporary file as batches finish and renamed over the output at the end. In CSV,
+    cells a spreadsheet would run as formulas get a leading "'" (`mmkit.inference.writers.csv_safe`)."""
 
     def __init__(self, output: str = "predictions.csv") -> None:
         super().__init__(write_interval="batch")
