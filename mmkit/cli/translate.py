@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
                    help="beam score = sum log p / length ** A (1.0)")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="sentences per batch (16)")
-    p.add_argument("--prefix", metavar="TEXT", help='text put before every source (T5: "translate English to German: ")')
+    p.add_argument("--prefix", metavar="TEXT",
+                   help='text put before every source (T5: "translate English to German: ")')
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     return p
 

@@ -152,7 +152,8 @@ class Generation:
 
 
 def _next_logits(
-    model: DecoderModel, tokens: Tensor, context: Tensor | None, cache: KVCache | None, context_mask: Tensor | None = None
+    model: DecoderModel, tokens: Tensor, context: Tensor | None, cache: KVCache | None,
+    context_mask: Tensor | None = None,
 ) -> Tensor:
     extra = {} if context_mask is None else {"context_mask": context_mask}  # decoders without one keep working
     if cache is not None:

@@ -211,8 +211,8 @@ def _load_native(directory: Path, doc: dict[str, Any]) -> Translator:
     tok = SentencePieceTokenizer.load(spm_file)
     model = classes[arch].from_pretrained(directory)
     codec = TextCodec(tok.encode, tok.decode, lambda ids: [tok.sp.id_to_piece(i) for i in ids],
-                      meta.get("start_id", tok.start_id), meta.get("eos_id", tok.eos_id), meta.get("pad_id", tok.pad_id),
-                      tok.unk_id)
+                      meta.get("start_id", tok.start_id), meta.get("eos_id", tok.eos_id),
+                      meta.get("pad_id", tok.pad_id), tok.unk_id)
     max_len = getattr(model, "max_len", 512)
     return Translator(model, codec, meta.get("prefix", ""), max_len, max_len - 1)
 
@@ -233,7 +233,9 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
     except Exception as e:  # noqa: BLE001 - missing/corrupt tokenizer files: one message
         raise TranslatorError(f"{directory}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
     generation = directory / "generation_config.json"  # where transformers >= 4.3x keeps bad_words_ids
-    bad_words = cfg.get("bad_words_ids") or (_read_json(generation).get("bad_words_ids") if generation.is_file() else None)
+    bad_words = cfg.get("bad_words_ids")
+    if bad_words is None and generation.is_file():
+        bad_words = _read_json(generation).get("bad_words_ids")
     codec = TextCodec(lambda t: tok(t).input_ids, lambda ids: tok.decode(ids, skip_special_tokens=True),
                       tok.convert_ids_to_tokens, int(cfg["decoder_start_token_id"]), int(cfg["eos_token_id"]),
                       int(cfg["pad_token_id"]), tok.unk_token_id, [w[0] for w in bad_words or [] if len(w) == 1])

@@ -129,8 +129,8 @@ class Seq2Seq(PretrainedMixin, nn.Module):
         offset = cache.length if cache is not None else 0
         if context is None and offset == 0:
             raise ValueError("the decoder needs context=model.encode(src) (or a filled cache)")
-        x = self.decoder(self._embed(tokens, offset), context=context, context_mask=context_attention_mask(context_mask),
-                         cache=cache)
+        x = self.decoder(self._embed(tokens, offset), context=context,
+                         context_mask=context_attention_mask(context_mask), cache=cache)
         # Tied projection as a function of the embedding: one parameter, one checkpoint key.
         logits = tied_logits(x, self.tok_embed.weight) if self.head is None else self.head(x)  # (B, T, vocab)
         return logits if self.logits_bias is None else logits + self.logits_bias

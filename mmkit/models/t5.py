@@ -74,8 +74,9 @@ class T5(PretrainedMixin, nn.Module):
         self.tok_embed = nn.Embedding(vocab_size, dim)
         # Stacks are built with one head (any dim divides) and their attention swapped for T5's:
         # bias-free, head_dim independent of dim, unscaled scores (T5 folds 1/√d into its init).
-        stack = dict(dim=dim, num_heads=1, qkv_bias=False, block=PreNormBlock, norm_layer=partial(RMSNorm, eps=NORM_EPS),
-                     mlp_layer=_feed_forward(feed_forward, mlp_dim, dropout), final_norm=True)
+        stack = dict(dim=dim, num_heads=1, qkv_bias=False, block=PreNormBlock,
+                     norm_layer=partial(RMSNorm, eps=NORM_EPS), mlp_layer=_feed_forward(feed_forward, mlp_dim, dropout),
+                     final_norm=True)
         self.encoder = Encoder(depth=encoder_depth, **stack)
         self.decoder = Decoder(depth=decoder_depth, cross_attention=True, **stack)
         attn = partial(Attention, dim, num_heads, qkv_bias=False, proj_bias=False, attn_drop=dropout,

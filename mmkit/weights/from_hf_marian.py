@@ -151,7 +151,8 @@ def _check_shared(state: dict[str, Tensor], tie: bool, source: str) -> dict[str,
         if shared is None:
             raise WeightsError(f"{source}: no model.shared.weight (token embedding)")
         state = {**state, "model.shared.weight": shared}
-    copies = ["model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"] + (["lm_head.weight"] if tie else [])
+    copies = ["model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"]
+    copies += ["lm_head.weight"] if tie else []
     for key in copies:
         if key in state and not torch.equal(state[key], shared):
             raise WeightsError(f"{source}: {key} differs from model.shared.weight; mmkit's Seq2Seq shares them")

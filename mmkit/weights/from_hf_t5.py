@@ -110,7 +110,8 @@ def t5_from_hf(model_or_dir: nn.Module | str | Path) -> tuple[dict[str, Any], di
     Raises:
         WeightsError: unsupported variants and tensors no rule accounts for (names listed).
     """
-    cfg, state, source, training = source_of(model_or_dir, ("T5ForConditionalGeneration", "MT5ForConditionalGeneration"))
+    classes = ("T5ForConditionalGeneration", "MT5ForConditionalGeneration")
+    cfg, state, source, training = source_of(model_or_dir, classes)
     config = t5_config(cfg, state, source)
     state = _split_head(state, config["tie_output"], source)
     rules = T5_KEYS + [("head.weight", "head.weight")]
