@@ -1,0 +1,95 @@
+"""min-dalle → mmkit DalleBart: encoder memory and decoder logits ≤ 1e-4 against min-dalle's
+DalleBartEncoder / DalleBartDecoder (tiny random init, offline), and the same codes as min-dalle's
+own sampling loop with top-k 1 (greedy) with and without super-conditioning."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmkit.core import GenerationOptions
+from mmkit.models.dalle_bart import DalleBart
+from mmkit.weights import WeightsError
+
+ATOL = 1e-4
+SIZES = dict(layer_count=2, embed_count=128, attention_head_count=2, glu_embed_count=192)
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory):
+    grad = torch.is_grad_enabled()
+    try:  # importing min_dalle switches autograd off process-wide
+        from min_dalle.models.dalle_bart_decoder import DalleBartDecoder
+        from min_dalle.models.dalle_bart_encoder import DalleBartEncoder
+    finally:
+        torch.set_grad_enabled(grad)
+    torch.manual_seed(0)
+    enc = DalleBartEncoder(text_vocab_count=100, text_token_count=64, device="cpu", **SIZES).eval()
+    dec = DalleBartDecoder(image_vocab_count=2**14, device="cpu", **SIZES).eval()
+    for p in list(enc.parameters()) + list(dec.parameters()):  # LayerNorms off their identity init too
+        p.data.normal_(std=0.2) if p.dim() > 1 else p.data.uniform_(0.5, 1.5)
+    root = tmp_path_factory.mktemp("min_dalle")
+    (root / "dalle_bart_mini").mkdir()
+    torch.save(enc.state_dict(), root / "dalle_bart_mini" / "encoder.pt")
+    torch.save(dec.state_dict(), root / "dalle_bart_mini" / "decoder.pt")
+    return enc, dec, DalleBart.from_min_dalle(root)
+
+
+def _text():
+    text = torch.ones(2, 64, dtype=torch.long)  # pad = 1
+    text[0, :5] = torch.tensor([0, 17, 42, 9, 2])
+    text[1, :2] = torch.tensor([0, 2])  # min-dalle's unconditional prompt: first and last token
+    return text
+
+
+def test_config_from_tensors(refs):
+    model = refs[2]
+    assert model.config["dim"] == 128 and model.config["depth"] == 2 and model.config["glu_dim"] == 192
+    assert model.config["num_heads"] == 2 and model.codebook_size == 2**14 and model.config["text_len"] == 64
+
+
+def test_encoder_and_decoder_logits(refs):
+    enc, dec, model = refs
+    text = _text()
+    with torch.no_grad():
+        memory_ref = enc(text)
+        memory = model.encode(text)
+        assert (memory - memory_ref).abs().max().item() <= ATOL
+        tokens = torch.cat([torch.full((1, 1), 2**14 - 1), torch.randint(0, 2**14, (1, 9))], 1)
+        # min-dalle's decoder runs [uncond ; cond] halves; with one image its rows are text[1], text[0].
+        state = torch.zeros(2, 4, 256, 128)
+        logits_ref, _ = dec(text[[1, 0]].ne(1)[:, None, None, :], memory_ref[[1, 0]], state, tokens,
+                            torch.arange(10))
+        logits = model(tokens.repeat(2, 1), context=memory[[1, 0]], context_mask=text[[1, 0]].ne(1))
+    diff = (logits[..., : 2**14] - logits_ref[..., : 2**14]).abs().max().item()
+    assert diff <= ATOL
+
+
+def _min_dalle_greedy(enc, dec, text, guidance):
+    """min-dalle's MinDalle.generate_raw_image_stream loop, one image, top-k 1."""
+    with torch.no_grad():
+        memory = enc(text)[[1, 0]]  # [uncond ; cond]
+        mask = text[[1, 0]].ne(1)[:, None, None, :]
+        state = torch.zeros(2, 4, 256, 128)
+        tokens = torch.full((1, 257), 2**14 - 1)
+        settings = torch.tensor([1.0, 1.0, guidance])
+        for i in range(256):
+            tokens[:, i + 1], state = dec.sample_tokens(settings=settings, attention_mask=mask, encoder_state=memory,
+                                                        attention_state=state, prev_tokens=tokens[:, [i]],
+                                                        token_index=torch.arange(256)[[i]])
+    return tokens[:, 1:]
+
+
+@pytest.mark.slow  # 2 × 256 decoding steps per side over a 16385-row head: minutes on a busy CPU
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_greedy_codes_match_min_dalle(refs, guidance):
+    enc, dec, model = refs
+    text = _text()
+    expected = _min_dalle_greedy(enc, dec, text, guidance)
+    codes = model.generate_codes(text[:1], GenerationOptions(), guidance, null_text=text[1:])
+    assert torch.equal(codes, expected)
+    assert len(codes.unique()) > 3
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(WeightsError, match="missing"):
+        DalleBart.from_min_dalle(tmp_path)
