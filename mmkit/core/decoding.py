@@ -334,9 +334,12 @@ def _ranked_beam_search(
             logp = f(tokens, logp)
         return logp
 
-    def reorder(index: Tensor) -> None:  # context rows need none: a row's beams share its context
+    def reorder(index: Tensor) -> None:
+        # Beams move within their row, whose beams share one context: the context and the
+        # cross-attention keys/values are the same for all of them and stay where they are.
         if cache is not None:
-            cache.reorder(index)
+            for block in cache.layers:
+                block.self_attn.reorder(index)
 
     tokens, lengths, scores = ranked_beam_search(
         next_logprobs, reorder, prompt, max_new_tokens, beam.beam_size, beam.length_penalty, beam.early_stopping,
