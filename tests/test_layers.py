@@ -27,16 +27,6 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "inference": ("mmkit.tasks", "mmkit.cli", "mmkit.demos", "argparse", *_LIGHTNING),
     "tasks": ("mmkit.cli", "mmkit.demos", "mmkit.inference.cli", "argparse"),
 }
-# (module, imported name) pairs that break the rule only because another helper is moving that
-# code right now (issue 8: helpers A/B split tasks/label.py and tasks/transcribe.py into
-# inference/ and cli/). Each entry must still be a violation: a fixed one fails the test, so
-# the list shrinks to empty instead of going stale.
-KNOWN_PENDING: set[tuple[str, str]] = {
-    ("mmkit.tasks.label", "mmkit.cli.label"),  # deprecated forwarder to the CLI (helper A)
-    ("mmkit.tasks.label", "mmkit.cli.label.main"),
-}
-
-
 def _imports(path: Path) -> list[str]:
     """Absolute module names imported by `path` (relative imports resolved), any nesting level."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -78,13 +68,8 @@ def _violations() -> set[tuple[str, str]]:
 
 
 def test_imports_point_down_the_layers():
-    bad = sorted(_violations() - KNOWN_PENDING)
+    bad = sorted(_violations())
     assert not bad, "lower layer imports a higher one:\n" + "\n".join(f"  {m} imports {n}" for m, n in bad)
-
-
-def test_known_pending_entries_are_still_violations():
-    stale = sorted(KNOWN_PENDING - _violations())
-    assert not stale, f"fixed: remove from KNOWN_PENDING: {stale}"
 
 
 @pytest.mark.parametrize("source, expected", [

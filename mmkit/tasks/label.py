@@ -1,5 +1,5 @@
 """Deprecated (kept for one release): `mmkit label` was split by job. The command line is
-`mmkit.cli.label`; the scorer (`ZeroShotLabeler` is now `ZeroShotClassifier`) is
+`mmkit.cli.label` (`mmkit label`; not re-exported here: tasks/ holds no CLI); the scorer (`ZeroShotLabeler` is now `ZeroShotClassifier`) is
 `mmkit.inference.zero_shot`; the CLIP loader `mmkit.inference.clip_loader` (`load_model` ->
 `load_clip`, `model_preprocess` -> `clip_eval_transform`); `Preprocess` is
 `mmkit.data.transforms.EvalTransform`; writers, label rules, prompts and precision are in
@@ -16,7 +16,6 @@ _MOVED: dict[str, tuple[str, str]] = {
     "ZeroShotLabeler": (_I + "zero_shot", "ZeroShotClassifier"), "load_model": (_I + "clip_loader", "load_clip"),
     "model_preprocess": (_I + "clip_loader", "clip_eval_transform"),
     "Preprocess": ("mmkit.data.transforms", "EvalTransform"),
-    **{n: ("mmkit.cli.label", n) for n in ("main", "run", "Summary")},
     **{n: (_I + "zero_shot", n) for n in ("FileResult",)},
     **{n: (_I + "precision", n) for n in ("PRECISIONS", "cpu_has_bf16", "resolve_precision")},
     **{n: (_I + "image_batches", n) for n in ("ImageBatch", "ImageFiles", "collate", "image_batches")},
@@ -36,8 +35,3 @@ def __getattr__(name: str) -> Any:
     warnings.warn(f"mmkit.tasks.label is deprecated: {name} is now {module}.{new}", DeprecationWarning, stacklevel=2)
     return getattr(importlib.import_module(module), new)
 
-
-if __name__ == "__main__":
-    from mmkit.cli.label import main
-
-    raise SystemExit(main())

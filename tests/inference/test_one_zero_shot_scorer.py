@@ -74,7 +74,6 @@ def test_predict_images_leaves_the_label_state_alone(scorer):
     ("mmkit.tasks", "zero_shot_scores", "mmkit.inference.zero_shot"),
     ("mmkit.tasks.classify", "Classifier", "mmkit.inference.classifier"),
     ("mmkit.tasks.zero_shot", "ZeroShotClassifier", "mmkit.inference.zero_shot"),
-    ("mmkit.tasks.label", "main", "mmkit.cli.label"),
     ("mmkit.tasks.label", "Decision", "mmkit.inference.label_outputs"),
 ])
 def test_old_import_paths_forward_with_a_deprecation_warning(module, name, new):
