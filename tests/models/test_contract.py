@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.core import BeamSearch, Greedy, generate
-from mmkit.models import CLIP, GPT, T5, Seq2Seq, ViT, Whisper
+from mmkit.models import CLIP, DALLE, GPT, T5, VQGAN, DalleBart, Seq2Seq, ViT, Whisper
 
 Run = Callable[[nn.Module, torch.Generator], Any]
 Prompt = Callable[[nn.Module, torch.Generator], "tuple[Tensor, Tensor | None]"]
@@ -78,6 +78,20 @@ FAMILIES = [
                             decoder_depth=2, num_buckets=8, max_distance=16, feed_forward="gated-gelu_tanh"),
            run=lambda m, g: m(_ids(g, 50, 2, 5), context=m.encode(_ids(g, 50, 2, 7))), shapes=[(2, 5, 50)],
            prompt=lambda m, g: (_ids(g, 50, 2, 1), m.encode(_ids(g, 50, 2, 7)))),
+    Family("vqgan", lambda: VQGAN(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), z_channels=8,
+                                  codebook_size=16, code_dim=8, norm_groups=4),
+           run=lambda m, g: m(torch.rand(2, 3, 16, 16, generator=g)), shapes=[(2, 3, 16, 16), (), (2, 8, 8)]),
+    # DALLE's image positions take ids >= text_vocab_size only, which the shared decoder checks'
+    # random ids do not respect: its cached == uncached sampling is in tests/models/test_dalle.py.
+    Family("dalle", lambda: DALLE(text_vocab_size=20, text_len=4, codebook_size=30, image_grid=2, dim=32, depth=2,
+                                  num_heads=4),
+           # the logits that predict image codes, over the codebook (the rest are -inf by design)
+           run=lambda m, g: m(torch.cat([_ids(g, 20, 2, 4), 20 + _ids(g, 30, 2, 3)], 1))[:, 3:, 20:],
+           shapes=[(2, 4, 30)]),
+    Family("dalle_bart", lambda: DalleBart(text_vocab_size=50, text_len=8, codebook_size=49, image_vocab_size=50,
+                                           image_len=16, dim=32, depth=2, num_heads=4, glu_dim=48, bos_id=49),
+           run=lambda m, g: m(_ids(g, 50, 2, 5), context=m.encode(_ids(g, 50, 2, 7)))[..., :49],  # BOS is -inf
+           shapes=[(2, 5, 49)], prompt=lambda m, g: (_ids(g, 50, 2, 1), m.encode(_ids(g, 50, 2, 7)))),
 ]
 DECODERS = [f for f in FAMILIES if f.prompt is not None]
 
