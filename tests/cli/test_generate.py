@@ -89,3 +89,25 @@ def test_bad_model_and_out(export, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     _fails(["a red circle", "--model", str(export), "--out", str(blocker / "x")], capsys, "cannot create")
+
+
+def test_clip_rerank_orders_images_by_score(export, tmp_path):
+    import torch
+
+    from mmkit.inference.text_to_image import ClipReranker, TextToImage
+    from mmkit.models import CLIP
+
+    torch.manual_seed(0)
+    clip_dir = CLIP.from_config(dict(
+        visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
+        text=dict(embed_dim=16, vocab_size=49408, max_len=77, dim=32, depth=1, num_heads=2),
+    )).save_pretrained(tmp_path / "clip")
+    reranker = ClipReranker.load(str(clip_dir))
+    result = TextToImage.from_pretrained(export).generate(["a red circle"], 4, seed=0, top_k=8, reranker=reranker)[0]
+    assert result.scores == sorted(result.scores, reverse=True) and len(set(result.scores)) > 1
+    assert reranker.scores("a red circle", result.images) == pytest.approx(result.scores, abs=1e-5)
+    out = tmp_path / "out"
+    assert main(["generate", "a red circle", "--model", str(export), "--num-images", "2", "--rerank", str(clip_dir),
+                 "--out", str(out), "--quiet"]) == 0
+    scores = json.loads((out / "manifest.json").read_text())[0]["clip_scores"]
+    assert len(scores) == 2 and scores[0] >= scores[1]
