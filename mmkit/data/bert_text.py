@@ -1,0 +1,230 @@
+"""Data for BERT (Devlin et al., 2019): sentences for masked-LM pretraining with dynamic masking
+(RoBERTa's: a new 15% of the tokens per batch, 80% [MASK] / 10% random / 10% unchanged, §3.1 of
+BERT) and WordNet definitions labelled by lexicographer file ("noun.animal", "verb.motion", ...)
+for sequence classification, held-out synsets chosen by a stable hash (`mmkit.data.corpora`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from mmkit.data.bert_tokenizer import TOKENIZER_FILE, WORDPIECE_VOCAB, EncoderTokenizer
+from mmkit.data.corpora import LEXNAMES, WORDNET_PARTS, Synset, corpus_texts, split_held_out, wordnet_sentences, wordnet_synsets
+
+log = logging.getLogger(__name__)
+IGNORE = -100  # cross-entropy's ignore_index: positions with no MLM target
+
+
+def mask_tokens(ids: Tensor, special: Tensor, mask_id: int, vocab_size: int, prob: float = 0.15,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """BERT's masking: choose `prob` of the non-special tokens; of those 80% become [MASK], 10% a
+    random token, 10% stay. Returns (inputs, labels) with labels IGNORE where nothing is predicted.
+
+    Args:
+        ids: (B, T) int64 token ids.
+        special: (B, T) bool, True where a token may not be chosen ([CLS], [SEP], padding).
+    """
+    chosen = (torch.rand(ids.shape, generator=generator) < prob) & ~special
+    labels = ids.masked_fill(~chosen, IGNORE)
+    roll = torch.rand(ids.shape, generator=generator)
+    inputs = ids.masked_fill(chosen & (roll < 0.8), mask_id)
+    randomise = chosen & (roll >= 0.8) & (roll < 0.9)
+    random_ids = torch.randint(vocab_size, ids.shape, generator=generator)
+    return torch.where(randomise, random_ids, inputs), labels
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad id lists to the longest: (B, T) ids and (B, T) bool attention mask."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    mask = torch.arange(T)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+    return ids, mask
+
+
+class LengthBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches of similar lengths, so little compute goes to padding: each epoch shuffles, sorts
+    pools of `pool` batches by length, cuts them into batches and shuffles the batch order."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, pool: int = 50, seed: int = 0) -> None:
+        self.lengths, self.batch_size, self.pool, self.seed, self.epoch = list(lengths), batch_size, pool, seed, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):  # noqa: ANN204 - Iterator[list[int]]
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[i]
+
+
+class MaskingCollate:
+    """Pads a batch of encoded sentences and masks it afresh every time (dynamic masking)."""
+
+    def __init__(self, tokenizer: EncoderTokenizer, prob: float = 0.15) -> None:
+        self.pad_id, self.mask_id, self.vocab_size, self.prob = tokenizer.pad_id, tokenizer.mask_id, len(tokenizer), prob
+        self.special_ids = torch.tensor(sorted(tokenizer.special_ids))
+
+    def __call__(self, rows: list[list[int]]) -> dict[str, Tensor]:
+        ids, mask = pad_batch(rows, self.pad_id)
+        special = torch.isin(ids, self.special_ids) | ~mask
+        inputs, labels = mask_tokens(ids, special, self.mask_id, self.vocab_size, self.prob)
+        return {"input_ids": inputs, "attention_mask": mask, "labels": labels}
+
+
+def wordnet_split(held_out: float, parts: Sequence[str] = WORDNET_PARTS) -> tuple[list[Synset], list[Synset]]:
+    """(training, held-out) synsets by the stable hash of their key; the held-out synsets' text never
+    reaches pretraining, so fine-tuning accuracy on them is measured on unseen definitions."""
+    return split_held_out(wordnet_synsets(parts=parts), held_out, key=lambda s: s.key)
+
+
+def load_or_train_tokenizer(where: str | None, texts: Sequence[str], vocab_size: int) -> EncoderTokenizer:
+    """The tokenizer saved in `where`, else a WordPiece trained on `texts` (saved to `where`)."""
+    if where and any((Path(where) / f).is_file() for f in (TOKENIZER_FILE, WORDPIECE_VOCAB)):
+        return EncoderTokenizer.from_dir(where)
+    tok = EncoderTokenizer.train(texts, vocab_size)
+    if where:
+        tok.save(where)
+        log.info("trained a %d-token WordPiece vocabulary, saved to %s", len(tok), where)
+    return tok
+
+
+def _tokenizer_texts(held_out: float) -> list[str]:
+    # One definition of the tokenizer's training text for both recipes, so they share a vocabulary.
+    return wordnet_sentences(wordnet_split(held_out)[0])
+
+
+class MaskedLMDataModule(pl.LightningDataModule):
+    """Sentences for `mmkit.tasks.masked_lm.MaskedLM`.
+
+    Args:
+        corpus: "wordnet" (definitions and examples of the training synsets) or another embedded
+            corpus (`mmkit.data.corpora`, e.g. "fortunes").
+        tokenizer: directory of an encoder tokenizer; when it holds none, a WordPiece is trained on
+            the training synsets' sentences and saved there. None: train one, keep it in memory.
+        vocab_size: size of a trained tokenizer.
+        max_len: tokens per sentence at most ([CLS]/[SEP] included; longer ones are cut).
+        held_out: share of WordNet synsets kept out (the classification recipe's test synsets).
+        val_fraction: share of the sentences held out to validate the MLM loss.
+        mask_prob: share of tokens masked per batch.
+        batch_size, num_workers: DataLoader settings.
+    """
+
+    def __init__(self, corpus: str = "wordnet", tokenizer: str | None = None, vocab_size: int = 8000,
+                 max_len: int = 64, held_out: float = 0.1, val_fraction: float = 0.02, mask_prob: float = 0.15,
+                 batch_size: int = 64, num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer: EncoderTokenizer | None = None
+        self.train_ids: list[list[int]] = []
+        self.val_ids: list[list[int]] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_ids:
+            return
+        hp = self.hparams
+        tok_texts = _tokenizer_texts(hp.held_out)
+        texts = tok_texts if hp.corpus == "wordnet" else corpus_texts(hp.corpus)
+        self.tokenizer = tok = load_or_train_tokenizer(hp.tokenizer, tok_texts, hp.vocab_size)
+        train, val = split_held_out(texts, hp.val_fraction)
+        self.train_ids, self.val_ids = (tok.encode_batch(t, hp.max_len) for t in (train, val))
+        log.info("%d training and %d validation sentences for masked-LM", len(self.train_ids), len(self.val_ids))
+
+    def _loader(self, rows: list[list[int]]) -> DataLoader:
+        return DataLoader(rows, batch_sampler=LengthBatches([len(r) for r in rows], self.hparams.batch_size),
+                          collate_fn=MaskingCollate(self.tokenizer, self.hparams.mask_prob),
+                          num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_ids)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_ids)
+
+
+class LabelledCollate:
+    """Pads encoded texts; labels as a (B,) tensor."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[tuple[list[int], int]]) -> dict[str, Tensor]:
+        ids, mask = pad_batch([r[0] for r in rows], self.pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r[1] for r in rows])}
+
+
+class WordNetLexnameDataModule(pl.LightningDataModule):
+    """WordNet definitions -> lexicographer file, for `mmkit.tasks.text_classifier.TextClassifier`.
+
+    Args:
+        tokenizer: as in `MaskedLMDataModule` (the same directory gives the same vocabulary).
+        vocab_size: size of a trained tokenizer.
+        parts: parts of speech whose synsets are used ("noun", "verb", "adj", "adv").
+        max_len: tokens per definition at most.
+        held_out: share of synsets for validation/test (never seen in training or pretraining).
+        max_train: use at most this many training synsets (an evenly spaced subset; None = all).
+        batch_size, num_workers: DataLoader settings.
+    """
+
+    def __init__(self, tokenizer: str | None = None, vocab_size: int = 8000, parts: list[str] | None = None,
+                 max_len: int = 64, held_out: float = 0.1, max_train: int | None = None, batch_size: int = 64,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        parts = list(parts or ["noun", "verb"])
+        unknown = sorted(set(parts) - set(WORDNET_PARTS))
+        if unknown:
+            raise ValueError(f"unknown WordNet parts of speech {unknown}; use {', '.join(WORDNET_PARTS)}")
+        self.save_hyperparameters()
+        # Known before setup, so the recipe links them to the model (LightningCLI link_arguments).
+        prefixes = tuple(("adj." if p == "adj" else f"{p}.") for p in parts)
+        self.class_names = [n for n in LEXNAMES if n.startswith(prefixes)]
+        self.num_classes = len(self.class_names)
+        self.tokenizer: EncoderTokenizer | None = None
+        self.train_rows: list[tuple[list[int], int]] = []
+        self.val_rows: list[tuple[list[int], int]] = []
+
+    def _rows(self, synsets: list[Synset]) -> list[tuple[list[int], int]]:
+        index = {n: i for i, n in enumerate(self.class_names)}
+        synsets = [s for s in synsets if s.definition and s.lexname in index]
+        ids = self.tokenizer.encode_batch([s.definition for s in synsets], self.hparams.max_len)
+        return [(i, index[s.lexname]) for i, s in zip(ids, synsets)]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_rows:
+            return
+        hp = self.hparams
+        self.tokenizer = load_or_train_tokenizer(hp.tokenizer, _tokenizer_texts(hp.held_out), hp.vocab_size)
+        train, held = wordnet_split(hp.held_out, hp.parts)
+        if hp.max_train and len(train) > hp.max_train:
+            step = len(train) / hp.max_train
+            train = [train[int(i * step)] for i in range(hp.max_train)]
+        self.train_rows, self.val_rows = self._rows(train), self._rows(held)
+        log.info("%d training and %d held-out definitions, %d classes", len(self.train_rows), len(self.val_rows),
+                 self.num_classes)
+
+    def _loader(self, rows: list) -> DataLoader:
+        return DataLoader(rows, batch_sampler=LengthBatches([len(r[0]) for r in rows], self.hparams.batch_size),
+                          collate_fn=LabelledCollate(self.tokenizer.pad_id), num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_rows)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_rows)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
