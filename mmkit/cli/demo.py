@@ -34,6 +34,8 @@ DEMOS = {
                          (".pt", ".pth")),
     "gpt": DemoFamily("text generation, streamed as it is decoded", "runs/gpt_fortunes/export",
                       "mmkit fit --config configs/gpt_fortunes.yaml", "mmkit.cli.demo:gpt_tab"),
+    "bert": DemoFamily("fill-mask and the attention view of a BERT", "runs/bert_wordnet_mlm/export",
+                       "mmkit fit --config configs/bert_wordnet_mlm.yaml", "mmkit.cli.demo:bert_tab"),
     "translate": DemoFamily("translation with the cross-attention heat map (Seq2Seq, MarianMT, T5)",
                             "runs/translate_numbers/export", "mmkit fit --config configs/translate_numbers.yaml",
                             "mmkit.cli.demo:translate_tab"),
@@ -72,6 +74,14 @@ def gpt_tab(model: Path, top_k: int) -> Callable[[], None]:
 
     generator = load_text_generator(model)
     return lambda: text_generation_tab(generator)
+
+
+def bert_tab(model: Path, top_k: int) -> Callable[[], None]:
+    from demos.bert import bert_tab as render
+    from mmkit.inference.encoder import load_encoder
+
+    encoder = load_encoder(model)
+    return lambda: render(encoder, top_k=top_k)
 
 
 def translate_tab(model: Path, top_k: int) -> Callable[[], None]:

@@ -1,0 +1,79 @@
+"""BERT demo: fill-mask (the ranked candidates for [MASK] with their probabilities) and the attention
+view (one layer and head, or the mean of a layer's heads, as a token x token heat map; Vig, 2019),
+thin over `mmkit.inference.fill_mask` (`fill_mask`, `attention_view`), the paths the command line
+(`mmkit fill-mask`) and the tests use.
+
+`mmkit demo bert --model runs/bert_wordnet_mlm/export` serves it on http://127.0.0.1:7860.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from demos.translate import heat_map
+from mmkit.inference.encoder import LoadedEncoder
+from mmkit.inference.fill_mask import attention_view, fill_mask
+
+
+def fill(encoder: LoadedEncoder, text: str, top_k: int) -> tuple[dict[str, float], str]:
+    """The first mask's candidates ({token: probability}) and the text with every mask filled."""
+    if encoder.model.mlm_head is None:
+        raise gr.Error("this model has no masked-LM head: load a masked-LM checkpoint for fill-mask")
+    try:
+        predictions = fill_mask(encoder, text or "", top_k)
+    except ValueError as e:  # empty text, no [MASK], too long: shown, not a traceback
+        raise gr.Error(str(e)) from None
+    filled = list(encoder.tokenizer.encode(text))
+    for p in predictions:
+        filled[p.position] = encoder.tokenizer.hf.token_to_id(p.candidates[0][0])
+    return dict(predictions[0].candidates), encoder.tokenizer.decode(filled)
+
+
+def attention(encoder: LoadedEncoder, text: str, layer: float, head: float):
+    """Heat map and weights table of layer `layer` (1-based), head `head` (1-based; 0 = mean of heads)."""
+    try:
+        tokens, maps = attention_view(encoder, text or "")
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+    layer_maps = maps[int(layer) - 1]  # (num_heads, T, T)
+    weights = layer_maps.mean(0) if int(head) == 0 else layer_maps[int(head) - 1]
+    labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
+    rows = [[label] + [round(float(w), 3) for w in row] for label, row in zip(labels, weights)]
+    table = gr.Dataframe(value=rows, headers=["query \\ key"] + labels)
+    return heat_map(tokens, tokens, weights), table
+
+
+def bert_tab(encoder: LoadedEncoder, top_k: int = 5) -> None:
+    """Render the BERT tab (fill-mask and attention view) into the enclosing `gr.Blocks`."""
+    depth, heads = encoder.model.config["depth"], encoder.model.config["num_heads"]
+    mask = encoder.tokenizer.mask_token
+    with gr.Tab("BERT", elem_id="bert-tab"):
+        gr.Markdown(f"**Fill-mask**: write {mask} where a word is missing and press Fill.")
+        with gr.Row():
+            with gr.Column():
+                text = gr.Textbox(label="Text", value=f"a young {mask} that barks", elem_id="mask-text")
+                button = gr.Button("Fill", variant="primary", elem_id="fill")
+            with gr.Column():
+                candidates = gr.Label(label=f"Candidates for the first {mask}", num_top_classes=top_k,
+                                      elem_id="mask-candidates")
+                filled = gr.Textbox(label="Filled in", interactive=False, elem_id="filled")
+        button.click(lambda t: fill(encoder, t, top_k), text, [candidates, filled])
+        gr.Markdown("**Attention view**: where each token (row) attends (columns) in one layer and head; "
+                    "head 0 shows the mean of the layer's heads.")
+        with gr.Row():
+            with gr.Column():
+                source = gr.Textbox(label="Text", elem_id="attention-text")
+                layer = gr.Slider(1, depth, value=1, step=1, label="Layer", elem_id="layer")
+                head = gr.Slider(0, heads, value=0, step=1, label="Head (0: mean)", elem_id="head")
+                show = gr.Button("Show attention", elem_id="show-attention")
+            with gr.Column():
+                picture = gr.Image(label="Self-attention (query x key)", type="pil", elem_id="self-attention")
+        weights = gr.Dataframe(label="Attention weights", interactive=False, elem_id="attention-weights")
+        show.click(lambda t, l, h: attention(encoder, t, l, h), [source, layer, head], [picture, weights])
+
+
+def build_app(encoder: LoadedEncoder, title: str = "mmkit BERT") -> gr.Blocks:
+    """A Blocks app with the BERT tab (see `bert_tab`)."""
+    with gr.Blocks(title=title) as app:
+        gr.Markdown(f"## {title}")
+        bert_tab(encoder)
+    return app
