@@ -11,7 +11,8 @@ BENCHMARKS = {"vit": "mmkit.cli.bench.vit", "transcribe": "mmkit.cli.bench.trans
               "label": "mmkit.cli.bench.label",
               "text": "mmkit.cli.bench.text",
               "translate": "mmkit.cli.bench.translate",
-              "generate": "mmkit.cli.bench.generate"}
+              "generate": "mmkit.cli.bench.generate",
+              "embed": "mmkit.cli.bench.embed"}
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,142 @@
+"""Sentence-embedding speed: `mmkit embed`'s path (`mmkit.inference.embed.Embedder`: length-sorted
+batches, no mask when a batch is all one length) against a plain transformers loop (`BertModel`,
+SDPA attention, batches in input order padded to their longest text, mean pooling over the mask,
+L2 normalisation) on the same weights and the same token ids; the embeddings are checked equal.
+Both run in one process in interleaved rounds whose order alternates; figures are medians.
+Never asserted on: a script that prints ratios.
+
+    mmkit bench embed                              # the recipe's and BERT-base's shapes, random weights
+    mmkit bench embed --sentences 2000 --batch-size 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from typing import Any, Sequence
+
+import torch
+
+IMPLS = ("mmkit", "transformers")
+# A fixed word list for the synthetic sentences: lengths vary as in real text (3 to 60 words).
+_WORDS = ("the a of to and in is was for on with as by at from that this an be are it which or one new "
+          "first time year people way day man thing woman life child world school state family student group "
+          "country problem hand part place case week company system program question work government number "
+          "night point home water room mother area money story fact month lot right study book eye job word").split()
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(int(rng.triangular(3, 60, 8)))) + "." for _ in range(n)]
+
+
+def _reference_loop(ref: torch.nn.Module, ids: list[list[int]], batch_size: int, pad_id: int) -> torch.Tensor:
+    out = []
+    for start in range(0, len(ids), batch_size):
+        rows = ids[start : start + batch_size]
+        T = max(map(len, rows))
+        batch = torch.tensor([r + [pad_id] * (T - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
+        hidden = ref(input_ids=batch, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        out.append(torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1))
+    return torch.cat(out)
+
+
+def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_size: int = 30522,
+                    n_sentences: int = 512, batch_size: int = 32, max_len: int = 128, rounds: int = 3,
+                    warmup: int = 1, threads: int | None = None) -> dict[str, Any]:
+    """Sentences/s of both implementations on random weights of the given shape.
+
+    Returns:
+        `sentences_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster),
+        `max_abs_diff` of the embeddings, the raw `seconds` and the settings.
+    """
+    from transformers import BertConfig, BertModel
+
+    from mmkit.data.bert_tokenizer import EncoderTokenizer
+    from mmkit.inference.embed import Embedder
+    from mmkit.inference.encoder import LoadedEncoder
+    from mmkit.models import BERT
+
+    if min(rounds, batch_size, n_sentences) < 1 or warmup < 0:
+        raise ValueError("rounds, batch size and sentences must be >= 1 and warmup >= 0")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        texts = sentences(n_sentences)
+        tok = EncoderTokenizer.train(texts, vocab_size=min(vocab_size, 2000))
+        torch.manual_seed(0)
+        ref = BertModel(BertConfig(vocab_size=vocab_size, hidden_size=dim, num_hidden_layers=depth,
+                                   num_attention_heads=num_heads, intermediate_size=4 * dim,
+                                   max_position_embeddings=max_len, attn_implementation="sdpa"),
+                        add_pooling_layer=False).eval()
+        embedder = Embedder(LoadedEncoder(BERT.from_hf(ref).eval(), tok), batch_size)
+        ids, _ = embedder.tokenize(texts)
+        runs = {"mmkit": lambda: torch.from_numpy(embedder.embed(texts)),
+                "transformers": lambda: _reference_loop(ref, ids, batch_size, tok.pad_id)}
+        seconds: dict[str, list[float]] = {k: [] for k in IMPLS}
+        outputs: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            for r in range(warmup + rounds):
+                for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
+                    start = time.perf_counter()
+                    outputs[impl] = runs[impl]()
+                    if r >= warmup:
+                        seconds[impl].append(time.perf_counter() - start)
+        rate = {k: n_sentences / statistics.median(v) for k, v in seconds.items()}
+        return dict(model=f"random BERT dim {dim} depth {depth} vocab {vocab_size}", batch_size=batch_size,
+                    sentences=n_sentences, mean_tokens=sum(map(len, ids)) / len(ids), rounds=rounds,
+                    threads=torch.get_num_threads(), sentences_per_s=rate,
+                    ratio=rate["mmkit"] / rate["transformers"], seconds=seconds,
+                    max_abs_diff=float((outputs["mmkit"] - outputs["transformers"]).abs().max()))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    r = result
+    return "\n".join([
+        f"Sentence embeddings: {r['model']}, {r['sentences']} sentences ({r['mean_tokens']:.1f} tokens on average), "
+        f"batch {r['batch_size']}, {r['threads']} threads, median of {r['rounds']}",
+        f"  mmkit embed (sorted batches)    {r['sentences_per_s']['mmkit']:8.1f} sentences/s",
+        f"  transformers loop + mean pool   {r['sentences_per_s']['transformers']:8.1f} sentences/s",
+        f"  mmkit / transformers            {r['ratio']:8.2f}x   (goal >= 1.5x)",
+        f"  max |difference| of embeddings  {r['max_abs_diff']:8.1e}",
+    ])
+
+
+# Named shapes (dim, depth, num_heads, vocab_size): the WordNet recipe's model and BERT-base.
+SIZES = {"wordnet": (128, 3, 4, 8000), "bert-base": (768, 12, 12, 30522)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mmkit bench embed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES),
+                   help="random-weight shapes to run, one report each: " + "; ".join(
+                       f"{k}: dim {d}, depth {n}, vocab {v}" for k, (d, n, _, v) in SIZES.items()))
+    p.add_argument("--sentences", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+    args = p.parse_args(argv)
+    results = []
+    try:
+        for size in args.sizes:
+            dim, depth, heads, vocab = SIZES[size]
+            results.append(run_embed_bench(dim, depth, heads, vocab, args.sentences, args.batch_size, 128,
+                                           args.rounds, args.warmup, args.threads))
+            print(format_report(results[-1]), flush=True)
+    except (ValueError, OSError) as e:
+        print(f"mmkit bench embed: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    return 0
