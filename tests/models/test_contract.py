@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.core import BeamSearch, Greedy, generate
-from mmkit.models import CLIP, DALLE, GPT, T5, VQGAN, DalleBart, Seq2Seq, ViT, Whisper
+from mmkit.models import BERT, CLIP, DALLE, GPT, T5, VQGAN, DalleBart, Seq2Seq, ViT, Whisper
 
 Run = Callable[[nn.Module, torch.Generator], Any]
 Prompt = Callable[[nn.Module, torch.Generator], "tuple[Tensor, Tensor | None]"]
@@ -56,6 +56,12 @@ _TINY_CLIP = dict(
 _TINY_WHISPER = dict(n_mels=8, n_audio_ctx=10, n_text_ctx=16, vocab_size=50, dim=32, encoder_depth=2,
                      decoder_depth=2, num_heads=4)
 
+def _bert(m: nn.Module, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # hidden states, MLM logits and class logits: every head in the backward pass
+    hidden = m(ids, attention_mask=ids.ne(m.pad_id))
+    return hidden, m.mlm_logits(hidden), m.classify(ids, attention_mask=ids.ne(m.pad_id))
+
+
 FAMILIES = [
     Family("vit", lambda: ViT(image_size=32, patch_size=8, num_classes=5, dim=32, depth=2, num_heads=4),
            run=lambda m, g: m(_images(g)), shapes=[(2, 5)]),
@@ -67,6 +73,11 @@ FAMILIES = [
     Family("gpt", lambda: GPT(vocab_size=50, max_len=16, dim=32, depth=2, num_heads=4),
            run=lambda m, g: m(_ids(g, 50, 2, 6)), shapes=[(2, 6, 50)],
            prompt=lambda m, g: (_ids(g, 50, 2, 3), None)),
+    Family("bert", lambda: BERT(vocab_size=50, max_len=16, dim=32, depth=2, num_heads=4, num_classes=3),
+           run=lambda m, g: _bert(m, 1 + _ids(g, 49, 2, 6)), shapes=[(2, 6, 32), (2, 6, 50), (2, 3)]),
+    Family("roberta", lambda: BERT(vocab_size=50, max_len=18, type_vocab_size=1, dim=32, depth=2, num_heads=4,
+                                   norm_eps=1e-5, positions="roberta", pad_id=1, num_classes=3),
+           run=lambda m, g: _bert(m, 2 + _ids(g, 48, 2, 6)), shapes=[(2, 6, 32), (2, 6, 50), (2, 3)]),
     Family("whisper", lambda: Whisper(**_TINY_WHISPER),
            run=lambda m, g: m(_ids(g, 50, 2, 5), context=m.encode(_mel(g))), shapes=[(2, 5, 50)],
            prompt=lambda m, g: (_ids(g, 50, 2, 2), m.encode(_mel(g)))),
