@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr)."""
     args = _parser().parse_args(argv)
     from mmkit.cli.progress import progress
-    from mmkit.inference.encoder import load_encoder
+    from mmkit.inference.encoder import load_encoder, mark_unknown_rows
     from mmkit.inference.text_classify import TextClassifierPredictor
     from mmkit.inference.text_rows import read_text_rows, write_atomically
 
@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"mmkit classify-text: {e}", file=sys.stderr)
         return 2
+    rows = mark_unknown_rows(rows, predictor.encoder.tokenizer)
     for r in rows:
         if r.error:
             print(f"mmkit classify-text: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mmkit.cli.progress import progress
     from mmkit.inference.embed import Embedder
-    from mmkit.inference.encoder import load_encoder
+    from mmkit.inference.encoder import load_encoder, mark_unknown_rows
     from mmkit.inference.text_rows import read_text_rows, write_atomically
 
     try:
@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # WeightsError is a ValueError
         print(f"mmkit embed: {e}", file=sys.stderr)
         return 2
+    rows = mark_unknown_rows(rows, embedder.encoder.tokenizer)
     good = [r for r in rows if r.error is None]
     for r in rows:
         if r.error:
@@ -62,7 +63,7 @@ def _write(f: io.BufferedWriter, out: str, rows: list, good: list, vectors: "np.
 
     if out.endswith(".npy"):
         full = np.full((len(rows), vectors.shape[1]), np.nan, dtype=np.float32)
-        full[[rows.index(r) for r in good]] = vectors
+        full[[i for i, r in enumerate(rows) if r.error is None]] = vectors
         np.save(f, full)
         return
     for r, v in zip(good, vectors):

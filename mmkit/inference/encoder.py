@@ -6,13 +6,14 @@ Used by `mmkit embed`, `mmkit fill-mask`, `mmkit classify-text` and the demo.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmkit.data.bert_tokenizer import EncoderTokenizer
+from mmkit.inference.text_rows import TextRow
 from mmkit.models.bert import BERT
 from mmkit.weights.native import CONFIG_NAME, WeightsError
 
@@ -30,6 +31,19 @@ class LoadedEncoder:
         n = self.model.classifier.out_features if self.model.classifier is not None else 0
         names = self.metadata.get("class_names")
         return list(names) if isinstance(names, list) and len(names) == n else [f"LABEL_{i}" for i in range(n)]
+
+
+def mark_unknown_rows(rows: list[TextRow], tokenizer: EncoderTokenizer) -> list[TextRow]:
+    """Rows whose every token is the unknown token become bad rows: the model would see nothing
+    but [UNK], so a vector or label for them would be meaningless."""
+    good = [r for r in rows if r.error is None]
+    unknown = set()
+    for r, ids in zip(good, tokenizer.encode_batch([r.text for r in good])):
+        body = [i for i in ids if i not in tokenizer.special_ids or i == tokenizer.unk_id]
+        if body and all(i == tokenizer.unk_id for i in body):
+            unknown.add(r.line)
+    return [replace(r, text=None, error="no known tokens (every token is unknown to the model)")
+            if r.line in unknown else r for r in rows]
 
 
 def save_encoder(model: BERT, tokenizer: EncoderTokenizer, directory: str | Path,

@@ -26,7 +26,7 @@ def mlm_dir(tmp_path_factory):
 @pytest.fixture
 def texts_file(tmp_path):
     path = tmp_path / "texts.txt"
-    path.write_bytes("the cat sees the moon.\n\n   \na dog finds an apple\n".encode() + b"caf\xe9 au lait\nthe end\n")
+    path.write_bytes("the cat sees the moon.\n\n   \na dog finds an apple\n".encode() + b"caf\xe9 au lait\nthe end\n" + "жжж ж\n".encode())
     return path
 
 
@@ -35,9 +35,10 @@ def test_embed_npy_keeps_line_order_with_nan_for_bad_rows(mlm_dir, texts_file, t
     assert main(["embed", str(texts_file), "--model", str(mlm_dir), "--out", str(out), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "line 2: empty text" in err and "line 3: empty text" in err and "line 5: not UTF-8" in err
+    assert "line 7: no known tokens" in err
     vectors = np.load(out)
     expected = Embedder(load_encoder(mlm_dir)).embed(["the cat sees the moon.", "a dog finds an apple", "the end"])
-    assert vectors.shape == (6, 32) and np.isnan(vectors[[1, 2, 4]]).all()
+    assert vectors.shape == (7, 32) and np.isnan(vectors[[1, 2, 4, 6]]).all()
     assert np.abs(vectors[[0, 3, 5]] - expected).max() <= 1e-6
 
 
