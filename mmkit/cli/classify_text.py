@@ -18,7 +18,9 @@ OUT_SUFFIXES = (".csv", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkit classify-text", description=__doc__.split("\n")[0].strip("`"))
+    p = argparse.ArgumentParser(prog="mmkit classify-text", epilog=__doc__,
+                                description="label texts with a fine-tuned BERT classifier (CSV/JSONL in and out)",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", metavar="TEXTS_FILE", help=".txt (one text per line), .jsonl or .csv file")
     p.add_argument("--model", required=True, metavar="DIR", help="fine-tuned classifier directory")
     p.add_argument("--out", required=True, metavar="FILE", help="predictions.csv or predictions.jsonl")

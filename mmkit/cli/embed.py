@@ -18,7 +18,9 @@ OUT_SUFFIXES = (".npy", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkit embed", description=__doc__.split("\n")[0].strip("`"))
+    p = argparse.ArgumentParser(prog="mmkit embed", epilog=__doc__,
+                                description="sentence embeddings (masked mean pooling + L2 norm) with a BERT encoder",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", metavar="TEXTS_FILE", help=".txt (one text per line), .jsonl or .csv file")
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit BERT export or transformers BERT directory")
     p.add_argument("--out", required=True, metavar="FILE", help="vectors.npy (N x dim float32) or vectors.jsonl")

@@ -10,7 +10,9 @@ from typing import Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkit fill-mask", description=__doc__.split("\n")[0].strip("`"))
+    p = argparse.ArgumentParser(prog="mmkit fill-mask", epilog=__doc__,
+                                description="the likeliest tokens for each [MASK] from a BERT masked-LM",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", help='text with [MASK] where a word is to be predicted')
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit BERT export or transformers BERT directory")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per mask (5)")

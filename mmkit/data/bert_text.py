@@ -15,7 +15,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mmkit.data.bert_tokenizer import TOKENIZER_FILE, WORDPIECE_VOCAB, EncoderTokenizer
-from mmkit.data.corpora import LEXNAMES, WORDNET_PARTS, Synset, corpus_texts, split_held_out, wordnet_sentences, wordnet_synsets
+from mmkit.data.corpora import (
+    LEXNAMES, WORDNET_PARTS, Synset, corpus_texts, split_held_out, wordnet_sentences, wordnet_synsets,
+)
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # cross-entropy's ignore_index: positions with no MLM target
@@ -76,7 +78,8 @@ class MaskingCollate:
     """Pads a batch of encoded sentences and masks it afresh every time (dynamic masking)."""
 
     def __init__(self, tokenizer: EncoderTokenizer, prob: float = 0.15) -> None:
-        self.pad_id, self.mask_id, self.vocab_size, self.prob = tokenizer.pad_id, tokenizer.mask_id, len(tokenizer), prob
+        self.pad_id, self.mask_id, self.vocab_size = tokenizer.pad_id, tokenizer.mask_id, len(tokenizer)
+        self.prob = prob
         self.special_ids = torch.tensor(sorted(tokenizer.special_ids))
 
     def __call__(self, rows: list[list[int]]) -> dict[str, Tensor]:
@@ -190,7 +193,7 @@ class WordNetLexnameDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown WordNet parts of speech {unknown}; use {', '.join(WORDNET_PARTS)}")
         self.save_hyperparameters()
         # Known before setup, so the recipe links them to the model (LightningCLI link_arguments).
-        prefixes = tuple(("adj." if p == "adj" else f"{p}.") for p in parts)
+        prefixes = tuple(f"{p}." for p in parts)
         self.class_names = [n for n in LEXNAMES if n.startswith(prefixes)]
         self.num_classes = len(self.class_names)
         self.tokenizer: EncoderTokenizer | None = None
