@@ -13,9 +13,11 @@ from typing import Sequence
 import torch
 
 from mmkit.cli.progress import progress
-from mmkit.inference.subtitles import OUTPUT_FORMATS, output_stems, write_outputs
+from mmkit.inference.precision import PRECISIONS, check_device
+from mmkit.inference.quantize import QUANTIZATIONS
+from mmkit.inference.subtitles import OUTPUT_FORMATS, check_output_dir, output_stems, write_outputs
 from mmkit.inference.transcriber import Transcriber
-from mmkit.inference.transcript import DecodingOptions, Transcript
+from mmkit.inference.transcript import DecodingOptions
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,10 @@ def _optional_float(value: str) -> float | None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mmkit transcribe", description="Transcribe or translate audio files with a Whisper checkpoint.",
-        epilog="Writes <output-dir>/<stem>.<ext> per input and prints the text. Files that cannot be read or "
-               "decoded are reported and skipped; the exit code is 1 only when no file was transcribed.")
+        epilog="Writes <output-dir>/<stem>.<ext> per input (each complete or absent) and prints the text. Files "
+               "that cannot be read or decoded are reported and skipped. Exit code: 0 every readable file "
+               "transcribed and written; 1 no file transcribed, or some outputs could not be written (reported, "
+               "the other files go on); 2 a usage error; 130 interrupted (the files written so far are named).")
     p.add_argument("files", nargs="+", help="audio files (any format libsndfile reads; any rate, any channels)")
     p.add_argument("--model", required=True,
                    help="Hugging Face Whisper directory or mmkit checkpoint, with the tokenizer files; or an "
@@ -55,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows per encoder/decoder batch")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="autocast precision: fp32 (exact, default); auto = bf16 where the hardware has it "
+                        "natively (AVX512-BF16/AMX CPUs, GPUs), else fp32")
+    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
+                   help="int8: int8 weights for the Linear layers of encoder and decoder (CPU only)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed for temperature fallback")
     p.add_argument("--quiet", action="store_true", help="do not print the transcripts")
     return p
@@ -69,39 +78,79 @@ def _options(args: argparse.Namespace) -> DecodingOptions:
         repetition_guard=not args.no_repetition_guard, seed=args.seed)
 
 
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments on their own, checked before the model is loaded."""
+    for name in ("batch_size", "threads", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, got {value}"
+    try:
+        check_device(args.device)
+        _options(args)
+        check_output_dir(args.output_dir)
+    except (ValueError, OSError) as e:
+        return str(e)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`mmkit transcribe FILES... --model DIR|FILE.pt [options]`: exit 0 if any file was transcribed
-    (failures are listed), 1 if none was, 2 for usage errors."""
+    """`mmkit transcribe FILES... --model DIR|FILE.pt [options]`: exit 0 if every readable file was
+    transcribed and written (unreadable ones are listed), 1 if none was or an output could not be
+    written, 2 for usage errors, 130 when interrupted."""
     args = _parser().parse_args(argv)
+    problem = _usage_error(args)
+    if problem:
+        sys.stderr.write(f"mmkit transcribe: error: {problem}\n")
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         transcriber = Transcriber.from_checkpoint(args.model, _options(args), args.batch_size, args.device,
-                                                  args.tokenizer)
+                                                  args.tokenizer, args.precision, args.quantize)
     except ValueError as e:  # WeightsError, TokenizerError and bad options are ValueErrors
         sys.stderr.write(f"mmkit transcribe: error: {e}\n")
         return 2
+    written: list[str] = []
+    try:
+        failed, unwritten = _run(args, transcriber, written)
+    except KeyboardInterrupt:
+        done = f"the outputs of {len(written)} of {len(args.files)} files are in {args.output_dir}"
+        names = f" ({', '.join(written[:10])}{', ...' if len(written) > 10 else ''})" if written else ""
+        sys.stderr.write(f"mmkit transcribe: interrupted; {done}{names}; no partial file was left\n")
+        return 130
+    ok = len(args.files) - len(failed) - len(unwritten)
+    if failed or unwritten:
+        log.warning("transcribed and wrote %d of %d files; failed: %s", ok, len(args.files),
+                    ", ".join(failed + unwritten))
+    return 0 if ok and not unwritten else 1
+
+
+def _run(args: argparse.Namespace, transcriber: Transcriber, written: list[str]) -> tuple[list[str], list[str]]:
+    """Transcribe and write every file; returns (files that failed, files whose outputs could not
+    be written). `written` collects the files whose outputs are all in place, as they are."""
     formats = list(OUTPUT_FORMATS) if "all" in args.output_format else list(dict.fromkeys(args.output_format))
     out_dir = Path(args.output_dir).expanduser()
-    failed: list[Transcript] = []
+    failed, unwritten = [], []
     # one bar for runs over several files: a single file's transcript is the whole output
     with progress("transcribing", len(args.files), unit="file", enabled=len(args.files) > 1) as advance:
         for stem, t in zip(output_stems(args.files), transcriber.transcribe_files(args.files)):
             if t.error is not None:
-                failed.append(t)
+                failed.append(t.path)
                 log.error("%s: %s", t.path, t.error)
             else:
                 if args.language is None and transcriber.tokenizer.is_multilingual:
                     log.info("%s: detected language %s", t.path, t.language)
-                write_outputs(t, stem, out_dir, formats)
+                try:
+                    write_outputs(t, stem, out_dir, formats)
+                    written.append(t.path)
+                except OSError as e:  # this file's outputs are lost, not the batch's
+                    unwritten.append(t.path)
+                    log.error("%s: %s", t.path, e)
                 if not args.quiet:
                     sys.stdout.write(f"{t.path}: {t.text}\n" if len(args.files) > 1 else t.text + "\n")
                     sys.stdout.flush()
             advance()
-    ok = len(args.files) - len(failed)
-    if failed:
-        log.warning("transcribed %d of %d files; failed: %s", ok, len(args.files), ", ".join(t.path for t in failed))
-    return 0 if ok else 1
+    return failed, unwritten
 
 
 if __name__ == "__main__":

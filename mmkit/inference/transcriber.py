@@ -24,13 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel_spectrogram, pad_or_trim
+from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel_spectrogram, pad_or_trim, stream_audio
 from mmkit.core import BeamSearch, KVCache, SuppressAtBegin, SuppressTokens, generate
 from mmkit.core.filters import LogitFilter, RepetitionGuard, TimestampRules, is_loop
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
+from mmkit.inference.precision import autocast_for, resolve_precision
+from mmkit.inference.quantize import apply_quantization, describe
 from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
 from mmkit.inference.transcript import (
-    Decoded, DecodingOptions, Segment, Transcript, greedy_options, window_segments,
+    Decoded, DecodingOptions, Segment, Transcript, WindowSampling, greedy_options, window_seed, window_segments,
 )
 from mmkit.models.whisper import Whisper
 
@@ -54,27 +56,38 @@ class Transcriber:
         tokenizer: the checkpoint's `WhisperTokenizer` (or a recipe's `CharTokenizer`).
         options: decoding options.
         batch_size: windows (of any files) per encoder/decoder batch.
+        precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast around the encoder
+            and the decoder; `resolve_precision`).
+        quantize: "none" or "int8" (int8 weights for the Linear layers of both stacks, applied to
+            `model` in place; `mmkit.inference.quantize`).
     """
 
     def __init__(self, model: Whisper, tokenizer: SpeechTokenizer, options: DecodingOptions | None = None,
-                 batch_size: int = 8) -> None:
-        self.model, self.tokenizer = model, tokenizer
+                 batch_size: int = 8, precision: str = "fp32", quantize: str = "none") -> None:
+        self.model, self.tokenizer = apply_quantization(model, quantize), tokenizer
+        self.precision, self.quantize = resolve_precision(precision, self.device), quantize
+        self._autocast = autocast_for(self.precision, self.device)
+        if (precision, quantize) != ("fp32", "none"):  # the default stays quiet
+            log.info("transcriber: %s", describe(self.precision, quantize, self.device))
         self.options = options or DecodingOptions()
         if tokenizer.timestamp_end <= tokenizer.timestamp_begin:  # no timestamp tokens (char/BPE tokenizers):
             # one segment per window, and room for a whole window's text (characters, not words)
             prompt = tokenizer.sot_sequence(without_timestamps=True)
             self.options = replace(self.options, without_timestamps=True,
                                    max_new_tokens=self.options.max_new_tokens or model.n_text_ctx - len(prompt))
-        self.batch_size = max(1, batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
         self.window_samples = 2 * model.n_audio_ctx * HOP_LENGTH  # 480_000 (30 s) for every Whisper
         self._check_options()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, options: DecodingOptions | None = None, batch_size: int = 8,
-                        device: str | torch.device = "cpu", tokenizer: str | Path | None = None) -> "Transcriber":
+                        device: str | torch.device = "cpu", tokenizer: str | Path | None = None,
+                        precision: str = "fp32", quantize: str = "none") -> "Transcriber":
         """A transcriber over `load_speech_model(path, device, tokenizer)` (None options: openai's defaults)."""
         model, tok = load_speech_model(path, device, tokenizer)
-        return cls(model, tok, options, batch_size)
+        return cls(model, tok, options, batch_size, precision, quantize)
 
     @property
     def device(self) -> torch.device:
@@ -82,18 +95,10 @@ class Transcriber:
 
     def _check_options(self) -> None:
         o, tok = self.options, self.tokenizer
-        if o.task not in ("transcribe", "translate"):
-            raise ValueError(f"task must be 'transcribe' or 'translate', got {o.task!r}")
         if not tok.is_multilingual and (o.task == "translate" or (o.language or "en").lower() not in ("en", "english")):
             raise ValueError("this checkpoint is English-only: it cannot translate or decode other languages")
         if o.language is not None and tok.is_multilingual:
             tok.language_id(o.language)  # raises for unknown languages
-        if not o.temperatures or any(t < 0 for t in o.temperatures):
-            raise ValueError(f"temperatures must be >= 0, got {o.temperatures}")
-        if o.beam_size < 1 or o.best_of < 1:
-            raise ValueError("beam_size and best_of must be >= 1")
-        if o.max_new_tokens is not None and o.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 1 (0 or None: the default), got {o.max_new_tokens}")
 
     # --- public API ------------------------------------------------------------------------
 
@@ -103,22 +108,18 @@ class Transcriber:
 
     def transcribe_files(self, paths: Iterable[str | Path]) -> Iterator[Transcript]:
         """Yield one `Transcript` per path, in input order; files that cannot be loaded or decoded
-        come back with `error` set instead of stopping the run."""
-
-        def load() -> Iterator[tuple[str, np.ndarray | AudioLoadError]]:
-            for path in paths:
-                try:
-                    yield str(path), load_audio(path)
-                except AudioLoadError as e:
-                    yield str(path), e
-
-        return self._transcribe_arrays(load())
+        come back with `error` set instead of stopping the run. Each file is read as a stream
+        (`stream_audio`) and cut into windows as it comes, so memory is bounded by the window
+        batch whatever a file's length."""
+        return self._transcribe_arrays((str(path), stream_audio(path)) for path in paths)
 
     # --- batching --------------------------------------------------------------------------
 
-    def _transcribe_arrays(self, items: Iterable[tuple[str, np.ndarray | Exception]]) -> Iterator[Transcript]:
-        """Windows of consecutive files are queued and decoded `batch_size` at a time; each
-        transcript is yielded, in input order, as soon as all of its windows are done."""
+    def _transcribe_arrays(self, items: Iterable[tuple[str, np.ndarray | Iterable[np.ndarray] | Exception]]
+                           ) -> Iterator[Transcript]:
+        """Windows of consecutive files (a waveform, or a stream of blocks that may raise
+        `AudioLoadError`) are queued and decoded `batch_size` at a time; each transcript is
+        yielded, in input order, as soon as all of its windows are done."""
         transcripts: dict[int, Transcript] = {}
         windows: dict[int, list[list[Segment] | None]] = {}  # file -> segments per window (None: pending)
         languages: dict[int, str | None] = {}
@@ -135,14 +136,25 @@ class Transcriber:
             transcripts[i] = Transcript(name)
             if isinstance(audio, Exception):
                 transcripts[i].error = getattr(audio, "reason", str(audio))
-            else:
-                transcripts[i].duration = round(len(audio) / SAMPLE_RATE, 3)
-                split = self._split(i, audio)
-                windows[i] = [None] * len(split)
-                languages[i] = self.options.language
-                queue.extend(split)
-            while len(queue) >= self.batch_size:
-                self._flush(queue, transcripts, windows, languages)
+                continue
+            windows[i], languages[i], samples = [], self.options.language, 0
+            try:
+                for w in self._windows(i, [audio] if isinstance(audio, np.ndarray) else audio):
+                    if i not in windows:  # a failed batch failed this file: read no further
+                        break
+                    windows[i].append(None)
+                    queue.append(w)
+                    samples += len(w.audio)
+                    while len(queue) >= self.batch_size:
+                        self._flush(queue, transcripts, windows, languages)
+                    while next_out < i and finished(next_out):  # earlier files, while this one streams
+                        yield pop(next_out)
+                        next_out += 1
+            except AudioLoadError as e:  # unreadable, or bad samples found partway: the file fails
+                transcripts[i].error = e.reason
+                windows.pop(i, None)
+                queue[:] = [w for w in queue if w.file != i]
+            transcripts[i].duration = round(samples / SAMPLE_RATE, 3)
             while finished(next_out):
                 yield pop(next_out)
                 next_out += 1
@@ -170,10 +182,22 @@ class Transcriber:
             if w.file in windows:
                 windows[w.file][w.index] = segments
 
-    def _split(self, file: int, audio: np.ndarray) -> list[_Window]:
-        n = self.window_samples
-        return [_Window(file, k, audio[start:start + n], start / SAMPLE_RATE)
-                for k, start in enumerate(range(0, max(len(audio), 1), n))]
+    def _windows(self, file: int, blocks: Iterable[np.ndarray]) -> Iterator[_Window]:
+        """Consecutive windows of `window_samples` (the last one shorter; one empty window for
+        empty audio) from blocks of any length."""
+        n, k, start = self.window_samples, 0, 0
+        pending: list[np.ndarray] = []
+        filled = 0
+        for block in blocks:
+            pending.append(block)
+            filled += len(block)
+            while filled >= n:
+                joined = np.concatenate(pending)
+                yield _Window(file, k, joined[:n], start / SAMPLE_RATE)
+                pending, filled, k, start = [joined[n:].copy()], filled - n, k + 1, start + n
+        if filled or k == 0:
+            audio = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+            yield _Window(file, k, audio, start / SAMPLE_RATE)
 
     def _finish(self, t: Transcript, windows: list[list[Segment] | None] | None, language: str | None) -> Transcript:
         if t.error is None and windows is not None:
@@ -187,15 +211,20 @@ class Transcriber:
     @torch.inference_mode()
     def _decode_windows(self, windows: Sequence[_Window], languages: dict[int, str | None]) -> list[list[Segment]]:
         """Segments of each window. Digitally silent windows (all samples 0) are not decoded."""
-        o, tok, model = self.options, self.tokenizer, self.model
         audible = [k for k, w in enumerate(windows) if np.any(w.audio)]
-        out: list[list[Segment]] = [[] for _ in windows]
         if not audible:
-            return out
+            return [[] for _ in windows]
+        audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(windows[k].audio),
+                                                          self.window_samples)) for k in audible]).to(self.device)
+        mel = log_mel_spectrogram(audio, n_mels=self.model.n_mels)  # (B, n_mels, 2·n_audio_ctx), fp32 always
+        with self._autocast():
+            return self._decode_mel(mel, windows, audible, languages)
+
+    def _decode_mel(self, mel: Tensor, windows: Sequence[_Window], audible: list[int],
+                    languages: dict[int, str | None]) -> list[list[Segment]]:
+        o, tok, model = self.options, self.tokenizer, self.model
+        out: list[list[Segment]] = [[] for _ in windows]
         ws = [windows[k] for k in audible]
-        audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(w.audio), self.window_samples))
-                             for w in ws]).to(self.device)
-        mel = log_mel_spectrogram(audio, n_mels=model.n_mels)  # (B, n_mels, 2·n_audio_ctx)
         context = model.encode(mel)  # (B, n_audio_ctx, dim)
         # One pass over <|startoftranscript|> fills the cross-attention cache and gives the
         # language and no-speech probabilities (both read at that position, as openai/whisper).
@@ -209,7 +238,7 @@ class Transcriber:
         max_index = torch.tensor([min(round(len(w.audio) / SAMPLE_RATE / TIME_PRECISION),
                                       model.n_audio_ctx) for w in ws])
         decoded = self._decode_with_fallback(context, cache, torch.tensor(prompts, device=self.device), max_index,
-                                             no_speech)
+                                             no_speech, [w.audio for w in ws])
         for k, w, d, p in zip(audible, ws, decoded, no_speech):
             silent = (o.no_speech_threshold is not None and p > o.no_speech_threshold
                       and not (o.logprob_threshold is not None and d.avg_logprob > o.logprob_threshold))
@@ -229,7 +258,7 @@ class Transcriber:
                 languages[w.file] = tok.language_code(best)
 
     def _decode_with_fallback(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
-                              no_speech: list[float]) -> list[Decoded]:
+                              no_speech: list[float], audios: list[np.ndarray]) -> list[Decoded]:
         o = self.options
         results: list[Decoded | None] = [None] * prompts.shape[0]
         rows = list(range(prompts.shape[0]))
@@ -238,7 +267,8 @@ class Transcriber:
             index = torch.tensor(rows, device=context.device)
             # the cache holds <|startoftranscript|>; a prompt of that token alone must be fed again
             fork = cache.fork(index, keep_prefix=prompts.shape[1] > 1)
-            decoded = self._decode(context[index], fork, prompts[index], max_index[index], attempt)
+            decoded = self._decode(context[index], fork, prompts[index], max_index[index], attempt,
+                                   [audios[r] for r in rows])
             retry = []
             for row, d in zip(rows, decoded):
                 results[row] = d
@@ -270,15 +300,18 @@ class Transcriber:
         return filters
 
     def _decode(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
-                attempt: int) -> list[Decoded]:
+                attempt: int, audios: list[np.ndarray]) -> list[Decoded]:
         """Decode each row once at the attempt's temperature (greedy/beam at 0, best-of-N sampling above)."""
         o, tok = self.options, self.tokenizer
         B, T = prompts.shape
         max_new = min(o.max_new_tokens or self.model.n_text_ctx // 2, self.model.n_text_ctx - T)
         generation = o.generation(attempt, max(1, max_new))
         strategy, temperature, n = generation.strategy(context.device), generation.temperature, 1
-        if generation.sampling and o.best_of > 1:  # best-of-N: N rows per window
+        if generation.sampling:  # a generator per row, seeded from its window: batching changes no draw
             n = o.best_of
+            seeds = [(window_seed(a, o.seed, attempt) + k) % 2**63 for a in audios for k in range(n)]
+            strategy = WindowSampling(temperature, seeds, context.device)
+        if n > 1:  # best-of-N: N rows per window
             rep = torch.arange(B, device=context.device).repeat_interleave(n)
             context, prompts, max_index = context[rep], prompts[rep], max_index[rep.cpu()]
             cache.reorder(rep)

@@ -1,0 +1,65 @@
+"""int8 weights for inference: PyTorch dynamic quantization (`torch.ao.quantization.quantize_dynamic`,
+Jacob et al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
+Inference", 2018): every `nn.Linear` keeps int8 weights (per output channel) and quantizes its
+activations per batch at run time. One function for any nn.Module, used by `mmkit transcribe`,
+`mmkit label` and `mmkit predict`; int8 paths are measured against fp32, never assumed.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+from mmkit.inference.precision import cpu_has_bf16
+
+log = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("none", "int8")
+
+
+def int8_available() -> bool:
+    """A quantized engine that runs int8 linear layers on this CPU (x86/fbgemm or onednn; qnnpack on ARM)."""
+    return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "onednn", "qnnpack"))
+
+
+def quantize_linear_int8(module: nn.Module) -> nn.Module:
+    """`module` (in eval mode, on the CPU) with every `nn.Linear` replaced by a dynamically quantized
+    int8 Linear, in place. Embeddings, convolutions, norms and functional projections (a tied output
+    head) stay fp32: the int8 kernels exist for Linear only, and the tied head shares its weight with
+    the token embedding.
+
+    Raises:
+        ValueError: the module is not on the CPU (PyTorch's int8 kernels are CPU kernels), or this
+            build has no quantized engine.
+    """
+    devices = {p.device.type for p in module.parameters()}
+    if devices - {"cpu"}:
+        raise ValueError(f"--quantize int8 runs on the CPU; the model is on {', '.join(sorted(devices))}")
+    if not int8_available():
+        raise ValueError("--quantize int8: this PyTorch build has no quantized engine for this CPU")
+    n = sum(isinstance(m, nn.Linear) for m in module.modules())
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig  # per output channel: rows differ in scale
+        torch.ao.quantization.quantize_dynamic(module.eval(), {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+    log.debug("int8 weights for %d Linear layers of %s", n, type(module).__name__)
+    return module
+
+
+def apply_quantization(module: nn.Module, quantize: str) -> nn.Module:
+    """`quantize` = "none" (the module as is) or "int8" (`quantize_linear_int8`)."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"--quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    return quantize_linear_int8(module) if quantize == "int8" else module
+
+
+def describe(precision: str, quantize: str, device: torch.device | str = "cpu") -> str:
+    """One line for the log: which arithmetic this run uses (`precision` already resolved)."""
+    weights = "int8 Linear weights (dynamic activations)" if quantize == "int8" else "fp32 weights"
+    compute = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[precision]
+    if precision == "bf16" and torch.device(device).type == "cpu":
+        compute += " (native)" if cpu_has_bf16() else " (emulated: slow)"
+    return f"{weights}, {compute}"
