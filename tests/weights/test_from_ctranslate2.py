@@ -1,0 +1,66 @@
+"""CTranslate2 Whisper import (issue 13): a tiny random transformers Whisper is converted with
+CTranslate2's own `TransformersConverter` (offline, from a local folder); `whisper_from_ctranslate2`
+reads its model.bin without ctranslate2 and the mmkit model gives transformers' encoder output
+and logits (float32 export: <= 1e-4; float16 export: the fp16 rounding of the weights only).
+Quantized exports and other specs are refused by name.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmkit.models.whisper import Whisper
+from mmkit.weights import WeightsError
+from mmkit.weights.from_ctranslate2 import read_ctranslate2_model, whisper_from_ctranslate2
+
+ct2 = pytest.importorskip("ctranslate2", reason="the reference converter comes with the ctranslate2 package")
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from mmkit.cli.bench.transcribe import write_toy_checkpoint
+
+    return write_toy_checkpoint(tmp_path_factory.mktemp("hf"), d_model=32, encoder_layers=1, decoder_layers=2,
+                                heads=2, n_text_tokens=300, multilingual=False, n_audio_ctx=50)
+
+
+def _convert(hf_dir, out, quantization=None):
+    import logging
+
+    logging.getLogger("ctranslate2").setLevel(logging.WARNING)
+    return ct2.converters.TransformersConverter(str(hf_dir)).convert(str(out), quantization=quantization, force=True)
+
+
+@pytest.mark.parametrize("quantization,tol", [(None, 1e-4), ("float16", 2e-2)])
+def test_ctranslate2_export_matches_transformers(hf_dir, tmp_path, quantization, tol):
+    import transformers
+
+    ref = transformers.WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
+    converted = whisper_from_ctranslate2(_convert(hf_dir, tmp_path / "ct2", quantization))
+    assert converted.config == dict(n_mels=80, n_audio_ctx=50, n_text_ctx=448, vocab_size=ref.config.vocab_size,
+                                    dim=32, encoder_depth=1, decoder_depth=2, num_heads=2, mlp_ratio=4.0)
+    model = Whisper.from_converted(converted)
+    torch.manual_seed(0)
+    mel, tokens = torch.randn(2, 80, 100), torch.randint(0, ref.config.vocab_size, (2, 7))
+    with torch.inference_mode():
+        want_ctx = ref.model.encoder(mel).last_hidden_state
+        want = ref(input_features=mel, decoder_input_ids=tokens).logits
+        ctx = model.encode(mel)
+        got = model(tokens, ctx)
+    assert (ctx - want_ctx).abs().max() <= tol * max(1.0, want_ctx.abs().max())
+    assert (got - want).abs().max() <= tol * max(1.0, want.abs().max())
+    if quantization is None:
+        assert torch.equal(model.tok_embed.weight, ref.model.decoder.embed_tokens.weight)
+
+
+def test_quantized_exports_and_other_files_are_refused(hf_dir, tmp_path):
+    with pytest.raises(WeightsError, match="quantized CTranslate2 export"):
+        whisper_from_ctranslate2(_convert(hf_dir, tmp_path / "int8", "int8"))
+    with pytest.raises(WeightsError, match="no CTranslate2 model.bin"):
+        whisper_from_ctranslate2(tmp_path)
+    (tmp_path / "model.bin").write_bytes(b"\x06\x00\x00\x00\x05\x00Whis")
+    with pytest.raises(WeightsError, match="not a readable CTranslate2 model.bin"):
+        read_ctranslate2_model(tmp_path / "model.bin")
+    (tmp_path / "model.bin").write_bytes(b"\x02\x00\x00\x00")
+    with pytest.raises(WeightsError, match="binary version 2"):
+        whisper_from_ctranslate2(tmp_path)
