@@ -39,9 +39,12 @@ def load_speech_model(name: str | Path, device: str | torch.device = "cpu",
 
     Raises:
         mmkit.weights.WeightsError / mmkit.data.whisper_tokenizer.TokenizerError: unusable files.
+        ValueError: a device this machine does not have (`check_device`).
     """
+    from mmkit.inference.precision import check_device
     from mmkit.weights import WeightsError
 
+    device = check_device(str(device))  # before any weights are read: an absent GPU is one line
     path = Path(name).expanduser()
     if path.suffix in OPENAI_SUFFIXES:
         model = Whisper.from_openai(path)

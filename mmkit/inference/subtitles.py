@@ -1,13 +1,17 @@
 """Transcript files: plain text, JSON, SubRip (SRT), WebVTT and openai/whisper's TSV
 (openai/whisper `utils.py` writers: times as HH:MM:SS,mmm / HH:MM:SS.mmm, "-->" kept out of cue
-text), one `<stem>.<ext>` per input with repeated stems made unique.
+text), one `<stem>.<ext>` per input with repeated stems made unique. Each file is written to a
+temporary file and renamed into place: an output is complete or absent, never half-written.
 """
 from __future__ import annotations
 
+import io
 import json
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
+from mmkit.inference.text_rows import write_atomically
 from mmkit.inference.transcript import Transcript
 
 OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "tsv")
@@ -66,13 +70,52 @@ def output_stems(paths: Sequence[str | Path]) -> list[str]:
     return stems
 
 
+class OutputWriteError(OSError):
+    """Some of a transcript's outputs could not be written; `written` lists those that were."""
+
+    def __init__(self, message: str, written: list[Path]) -> None:
+        super().__init__(message)
+        self.written = written
+
+
+def check_output_dir(directory: str | Path) -> Path:
+    """`directory` if files can be created in it (or, when it does not exist yet, in the nearest
+    existing folder above it, where it will be made); an OSError naming the problem otherwise.
+    A real probe (a temporary file or folder, removed at once), not permission bits: they say
+    nothing about read-only mounts, and root passes them all. Leaves nothing behind."""
+    directory = Path(directory).expanduser()
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OSError(f"{directory}: {existing} is not a folder")
+    try:
+        if existing == directory:
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        else:
+            Path(tempfile.mkdtemp(dir=existing, prefix=".mmkit-probe-")).rmdir()
+    except OSError as e:
+        raise OSError(f"{directory}: cannot write there ({e.strerror or e})") from None
+    return directory
+
+
 def write_outputs(t: Transcript, stem: str, directory: Path, formats: Sequence[str]) -> list[Path]:
-    """Write `<directory>/<stem>.<fmt>` for each of `formats`; returns the paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    """Write `<directory>/<stem>.<fmt>` for each of `formats`, each atomically (temp file + rename);
+    returns the paths. A format that fails does not stop the others: `OutputWriteError` names
+    the failures afterwards (the other outputs are in place, and no partial file is left)."""
+    written, failed = [], []
     for fmt in formats:
         path = directory / f"{stem}.{fmt}"
-        with open(path, "w", encoding="utf-8") as f:
-            WRITERS[fmt](t, f)
-        written.append(path)
+        text = io.StringIO()
+        WRITERS[fmt](t, text)
+        data = text.getvalue().encode("utf-8")
+        try:
+            write_atomically(path, lambda f: f.write(data))
+        except OSError as e:
+            failed.append(f"{path.name} ({e.strerror or e})")
+        else:
+            written.append(path)
+    if failed:
+        raise OutputWriteError(f"could not write {', '.join(failed)} in {directory}", written)
     return written

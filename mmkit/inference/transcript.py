@@ -4,11 +4,17 @@ transcripts, and the helpers that score and cut a window's tokens (Radford et al
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from mmkit.core.decoding import GenerationOptions
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmkit.core.decoding import GenerationOptions, Sampling
 from mmkit.data.char_tokenizer import CharTokenizer
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
 
@@ -38,7 +44,9 @@ class DecodingOptions:
         max_new_tokens: tokens per window (None: half the decoder context, 224).
         repetition_guard: end a window whose text loops (a span repeated back to back) and
             retry it at the next temperature.
-        seed: seed of the sampling generator (reproducible fallbacks).
+        seed: seed of the sampling generators (reproducible fallbacks): each window is sampled
+            from its own generator, seeded from this, the attempt and the window's samples, so a
+            file's text does not depend on which files share its batch (`WindowSampling`).
     """
 
     task: str = "transcribe"
@@ -54,12 +62,50 @@ class DecodingOptions:
     repetition_guard: bool = True
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # checked here, before any model is loaded, so that the API and the CLI refuse the same values
+        if self.task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be 'transcribe' or 'translate', got {self.task!r}")
+        if not self.temperatures or not all(math.isfinite(t) and t >= 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be finite and >= 0, got {self.temperatures}")
+        if self.beam_size < 1 or self.best_of < 1:
+            raise ValueError(f"beam_size and best_of must be >= 1, got {self.beam_size} and {self.best_of}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (None: the default), got {self.max_new_tokens}")
+        for name in ("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number or None, got {value}")
+
     def generation(self, attempt: int, max_new_tokens: int) -> GenerationOptions:
         """The shared loop's options for fallback `attempt` (an index into `temperatures`):
         greedy or beam search at temperature 0, sampling above it, seeded `seed + attempt`."""
         temperature = self.temperatures[attempt]
         return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
                                  beam_size=self.beam_size if temperature == 0 else 1, seed=self.seed + attempt)
+
+
+class WindowSampling(Sampling):
+    """Sampling with one generator per row: a row's draws depend on its own seed only, never on the
+    other rows of the batch (one shared generator hands each row different numbers depending on
+    its companions and position)."""
+
+    def __init__(self, temperature: float, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        super().__init__(temperature or 1.0)
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def select(self, logits: Tensor) -> Tensor:  # (B, V) -> (B,)
+        probs = logits.softmax(dim=-1)
+        return torch.cat([torch.multinomial(probs[i: i + 1], 1, generator=g)[:, 0]
+                          for i, g in enumerate(self.generators)])
+
+
+def window_seed(audio: np.ndarray, seed: int, attempt: int) -> int:
+    """A 63-bit sampling seed from a window's samples, the user's seed and the fallback attempt:
+    the same window gets the same draws whatever file, batch or position it is decoded in."""
+    h = hashlib.blake2b(np.ascontiguousarray(audio, dtype=np.float32).tobytes(), digest_size=8,
+                        key=f"{seed}/{attempt}".encode())
+    return int.from_bytes(h.digest(), "little") >> 1
 
 
 def greedy_options(tokenizer: Any) -> DecodingOptions:
