@@ -187,3 +187,33 @@ def test_an_hour_of_48k_audio_is_transcribed_in_bounded_memory(model_dir, clips,
     assert long_peak - short_peak < 250, (short_peak, long_peak)
     doc = json.loads((out / "hour.json").read_text())
     assert doc["duration"] == 3600.0
+
+
+# --- #14: a corrupt Lightning checkpoint is one line ----------------------------------------------
+
+def _corrupt_checkpoints(d: Path) -> dict[str, Path]:
+    torch.save({"state_dict": {}}, d / "plain.pt")  # a readable torch file without Lightning's entries
+    data = (d / "plain.pt").read_bytes()
+    files = {"garbage": b"not a checkpoint at all", "empty": b"", "truncated": data[: len(data) // 2],
+             "not_lightning": data}
+    for name, content in files.items():
+        (d / f"{name}.ckpt").write_bytes(content)
+    return {name: d / f"{name}.ckpt" for name in files}
+
+
+@pytest.mark.parametrize("command, kind, message", [
+    ("fit", "garbage", "not a checkpoint mmkit can read"),
+    ("test", "empty", "not a readable checkpoint (corrupt or truncated"),
+    ("test", "truncated", "not a readable checkpoint (corrupt or truncated: PytorchStreamReader"),
+    ("test", "not_lightning", "not a Lightning checkpoint of an mmkit run (no 'pytorch-lightning_version' entry)"),
+])
+def test_a_corrupt_lightning_checkpoint_is_one_line(tmp_path, capsys, command, kind, message):
+    from mmkit.cli import main as mmkit_main
+
+    ckpt = _corrupt_checkpoints(tmp_path)[kind]
+    config = Path(__file__).resolve().parents[1] / "configs" / "vit_digits.yaml"
+    code = mmkit_main([command, "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.max_epochs", "1",
+                       "--trainer.limit_test_batches", "1", "--trainer.default_root_dir", str(tmp_path / "runs")])
+    assert code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"mmkit {command}: error:")]
+    assert len(err) == 1 and err[0].startswith(f"mmkit {command}: error: {ckpt}: {message}"), err

@@ -76,6 +76,9 @@ def _user_error(e: BaseException) -> str | None:
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        unreadable = _unreadable_checkpoint(e)
+        if unreadable is not None:
+            return unreadable
         if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError)):
             return str(e)
         if isinstance(e, ValueError) and _raised_in_mmkit(e):  # our argument checks, e.g. a bad output suffix
@@ -84,3 +87,30 @@ def _user_error(e: BaseException) -> str | None:
     return None
 
 
+def _unreadable_checkpoint(e: BaseException) -> str | None:
+    """One line for a `--ckpt_path` Lightning could not use: a file `torch.load` cannot read
+    (corrupt, truncated, foreign; read with weights_only=True) or one without a Lightning
+    checkpoint's keys or with another model's weights: the file and what is wrong, instead of a
+    20-80 line traceback that ends in advice to unpickle with weights_only=False."""
+    import pickle
+
+    tb, loading, restoring = e.__traceback__, None, None
+    while tb is not None:  # the file is a local of the frame that read it
+        code, local = tb.tb_frame.f_code, tb.tb_frame.f_locals
+        if code.co_name == "load" and Path(code.co_filename).parts[-2:] == ("torch", "serialization.py"):
+            loading = local.get("f")
+        elif Path(code.co_filename).name == "checkpoint_connector.py" and local.get("checkpoint_path"):
+            restoring = local.get("checkpoint_path")
+        tb = tb.tb_next
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+    if loading is not None and isinstance(e, pickle.UnpicklingError):
+        detail = str(e).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0].strip()
+        return (f"{loading}: not a checkpoint mmkit can read ({detail or 'corrupt'}): the file is corrupt, or holds "
+                "pickled code, which mmkit never runs; give the last.ckpt of an mmkit fit run")
+    if loading is not None and isinstance(e, (RuntimeError, EOFError, ValueError)):
+        return f"{loading}: not a readable checkpoint (corrupt or truncated: {first})"
+    if restoring is not None and isinstance(e, KeyError):
+        return f"{restoring}: not a Lightning checkpoint of an mmkit run (no {first} entry)"
+    if restoring is not None and isinstance(e, RuntimeError) and "state_dict" in first:
+        return f"{restoring}: a checkpoint of another model, not this recipe's ({first})"
+    return None
