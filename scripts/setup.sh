@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh clone or an existing checkout; safe to re-run.
-#   1. Debian packages: chromium (browser tests) and espeak-ng (speech data);
+#   1. Debian packages: chromium (browser tests), espeak-ng (speech data), fortunes and
+#      wordnet-base (text corpora);
 #   2. .venv with the package installed editable, pinned by constraints.txt;
 #   3. print the versions in use.
 # Step 2 is skipped while the hash of pyproject.toml + constraints.txt is unchanged.
@@ -17,6 +18,9 @@ STAMP="$VENV/.mmkit-setup.sha256"
 missing=()
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+# Offline text corpora for the GPT and BERT recipes and tests (mmkit/data/corpora.py).
+[[ -f /usr/share/games/fortunes/literature ]] || missing+=(fortunes)  # the full set (fortunes-min has one file)
+[[ -f /usr/share/wordnet/data.noun ]] || missing+=(wordnet-base)
 if [[ ! -x "$VENV/bin/python" ]] && ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)  # Debian's python3 ships venv without ensurepip
 fi
