@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mmkit.audio import SAMPLE_RATE, AudioLoadError, load_audio
+from mmkit.audio import SAMPLE_RATE, AudioLoadError, load_audio, resample, stream_audio
 
 
 def _tone(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
@@ -73,3 +73,27 @@ def test_non_finite_samples_are_refused(tmp_path):
     sf.write(tmp_path / "nan.wav", x, SAMPLE_RATE, subtype="FLOAT")
     with pytest.raises(AudioLoadError, match="2 non-finite"):
         load_audio(tmp_path / "nan.wav")
+
+
+@pytest.mark.parametrize("sr, channels", [(44_100, 2), (48_000, 1), (8_000, 1), (16_000, 2), (22_050, 1), (16_001, 1)])
+def test_streamed_blocks_equal_the_whole_file(tmp_path, sr, channels):
+    # blockwise mixing and resampling (bounded memory for long files) gives the whole signal's samples:
+    # each block's sinc filter sees the same neighbours (issue 9 #4)
+    x = np.random.default_rng(sr).standard_normal((int(sr * 3.3), channels)).astype(np.float32) * 0.1
+    sf.write(tmp_path / "a.wav", x, sr, subtype="FLOAT")
+    mono = x.mean(axis=1, dtype=np.float32)
+    whole = mono if sr == SAMPLE_RATE else resample(mono, sr)
+    blocks = list(stream_audio(tmp_path / "a.wav", block_seconds=0.7))
+    assert len(blocks) >= 2 and all(b.dtype == np.float32 for b in blocks)
+    np.testing.assert_allclose(np.concatenate(blocks), whole, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(load_audio(tmp_path / "a.wav"), whole, rtol=0, atol=1e-6)
+
+
+def test_bad_samples_partway_raise_from_the_stream(tmp_path):
+    x = _tone(440, SAMPLE_RATE, 3.0)
+    x[40_000] = np.nan  # in the third 1 s block
+    sf.write(tmp_path / "nan.wav", x, SAMPLE_RATE, subtype="FLOAT")
+    stream = stream_audio(tmp_path / "nan.wav", block_seconds=1.0)
+    assert len(next(stream)) == SAMPLE_RATE and len(next(stream)) == SAMPLE_RATE
+    with pytest.raises(AudioLoadError, match="1 non-finite"):
+        next(stream)
