@@ -130,6 +130,15 @@ def test_ctrl_c_exits_130_naming_the_files_written(model_dir, clips, tmp_path, c
     assert [p.name for p in out.iterdir()] == ["a.txt"]
 
 
+def test_ctrl_c_while_loading_the_model_exits_130(model_dir, clips, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Transcriber, "from_checkpoint", interrupted)
+    assert main([str(clips[0]), *_args(model_dir, tmp_path / "out")]) == 130
+    assert "interrupted while loading the model; nothing was written" in _one_line(capsys)
+
+
 # --- #18: a file's sampled text does not depend on its batch ------------------------------------
 
 def test_sampling_fallback_does_not_depend_on_batch_companions(model_dir):

@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # WeightsError, TokenizerError and bad options are ValueErrors
         sys.stderr.write(f"mmkit transcribe: error: {e}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("mmkit transcribe: interrupted while loading the model; nothing was written\n")
+        return 130
     written: list[str] = []
     try:
         failed, unwritten = _run(args, transcriber, written)
