@@ -40,7 +40,6 @@ def tokenizer(tmp_path_factory):
     return root, trainer
 
 
-
 def test_tokenizer_learns_and_logs_usage(tokenizer):
     root, trainer = tokenizer
     m = trainer.callback_metrics
