@@ -25,6 +25,7 @@ from mmkit.inference.clip_loader import clip_eval_transform, load_clip
 from mmkit.inference.image_batches import image_batches
 from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
 from mmkit.inference.precision import PRECISIONS
+from mmkit.inference.quantize import QUANTIZATIONS, apply_quantization, describe
 from mmkit.inference.prompts import DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
 from mmkit.inference.zero_shot import ZeroShotClassifier
@@ -96,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast precision; auto = bf16 where the hardware has it, else fp32")
+    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
+                   help="int8: int8 weights for the Linear layers of the image and text towers (CPU only)")
     p.add_argument("--multi-gpu", action="store_true", help="split batches over all visible GPUs")
     p.add_argument("--exact-decode", action="store_true",
                    help="full-size JPEG decoding (open_clip's exact pixels) instead of DCT-domain downscaling")
@@ -247,10 +250,11 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
     batches = image_batches(root, todo, transform, args.batch_size, workers, pin_memory=cuda)
     model, tokenizer = load_clip(args.model, args.pretrained)
     labeler = ZeroShotClassifier(model, tokenizer, transform, args.device, args.precision, args.multi_gpu)
+    apply_quantization(labeler.model, args.quantize)  # both towers, before the prompts are encoded
     examples = labeler.prototypes(args.examples, args.batch_size, 0) if args.examples else None
     labeler.set_labels(prompts, examples, args.examples_weight, args.multi_label, templates)
     log.info("labelling %d images with %d labels (%s, %s, %d decoding workers)", len(todo), len(labeler.names),
-             args.device, labeler.precision, workers)
+             args.device, describe(labeler.precision, args.quantize, args.device), workers)
     folders = folder_names([*labeler.names, args.other_label]) if target else {}
     decision = outputs.decision
     with progress("labelling", len(todo) + summary.resumed, "img", summary.resumed, not args.quiet) as advance:
