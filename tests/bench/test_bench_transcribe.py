@@ -20,3 +20,26 @@ def test_bench_runs_both_processes_on_the_same_tokens(tmp_path):
     assert all(len(v) == 1 and v[0] > 0 for v in result["seconds"].values())
     report = format_report(result, "tiny")
     assert report.splitlines()[0] == "tiny" and "yes (3/3)" in report
+
+
+@pytest.mark.slow
+def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
+    pytest.importorskip("faster_whisper", reason="faster-whisper is an optional reference")
+    # English-only: faster-whisper decides "multilingual" from the vocabulary size (>= 51865), so a
+    # small multilingual toy would get a prompt without its language token there (and transformers
+    # refuses a language for English-only models: its rows are the other test's)
+    model = write_toy_checkpoint(tmp_path / "model", d_model=64, encoder_layers=1, decoder_layers=1, heads=2,
+                                 n_text_tokens=300, multilingual=False)
+    files = write_audio_files(tmp_path / "audio", 2, min_seconds=1.0, max_seconds=3.0)
+    result = run_transcribe_bench(model, files, max_new_tokens=6, batch_size=2, hf_batch_sizes=(), threads=1,
+                                  mmkit_quantize=("none", "int8"), faster_whisper=("float32", "int8"))
+    assert set(result["seconds"]) == {"mmkit", "mmkit_int8", "faster_whisper_float32", "faster_whisper_int8"}
+    assert result["fastest_mmkit"] in ("mmkit", "mmkit_int8")
+    assert set(result["ratio"]) == {"faster_whisper_float32", "faster_whisper_int8"}
+    # every process decoded both files; identity with mmkit is reported, not asserted: faster-whisper
+    # computes its own log-Mel features (numpy STFT), and on real speech its fp32 text differs from
+    # both mmkit's and transformers' on some clips
+    assert set(result["files_identical"]) == {"mmkit_int8", "faster_whisper_float32", "faster_whisper_int8"}
+    assert all(0 <= n <= 2 for n in result["files_identical"].values())
+    report = format_report(result, "tiny")
+    assert "faster_whisper_int8" in report and "mmkit_int8" in report

@@ -1,4 +1,5 @@
-"""`mmkit transcribe` against transformers' Whisper `generate`: whole processes (start-up, model
+"""`mmkit transcribe` (fp32 and `--quantize int8`) against transformers' Whisper `generate` and
+faster-whisper (CTranslate2, int8 and float32 compute types, beam 1, no VAD): whole processes (start-up, model
 loading, feature extraction, encoder, decoder) on the same checkpoint and the same audio files,
 greedy, without timestamps, with the same token limit and no fallback, so that both decode the
 same tokens. The reference script batches its `generate` calls with the same batch size as mmkit
@@ -15,6 +16,7 @@ timings are those of whisper-tiny, its "transcripts" are noise.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -55,6 +57,24 @@ with torch.inference_mode():
 with open(args["out"], "w") as f:
     json.dump(out, f)
 """
+# faster-whisper (CTranslate2) on a CTranslate2 conversion of the same checkpoint: beam 1, no VAD, no
+# fallback or thresholds, no previous-text prompt, the same token limit; its tokens per file as JSON.
+FW_SCRIPT = r"""
+import json, sys
+args = json.loads(sys.argv[1])
+from faster_whisper import WhisperModel
+model = WhisperModel(args["model"], device="cpu", compute_type=args["compute_type"], cpu_threads=args["threads"] or 0)
+out = {}
+for f in args["files"]:
+    segments, _ = model.transcribe(f, language=args["language"], beam_size=1, temperature=0.0, vad_filter=False,
+                                   without_timestamps=True, condition_on_previous_text=False,
+                                   compression_ratio_threshold=None, log_prob_threshold=None,
+                                   no_speech_threshold=None, max_new_tokens=args["max_new_tokens"])
+    out[f] = [t for s in segments for t in s.tokens]
+with open(args["out"], "w") as fh:
+    json.dump(out, fh)
+"""
+FW_COMPUTE_TYPES = ("int8", "float32")
 IMPORT_ONLY = {
     "mmkit": "import mmkit.cli, mmkit.cli.transcribe",
     "transformers": "import soundfile, torch; from transformers import WhisperFeatureExtractor, "
@@ -160,13 +180,17 @@ def _hf_tokens(path: Path, prompt: list[int], eot: int) -> dict[str, list[int]]:
 
 def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max_new_tokens: int = 96,
                          batch_size: int = 8, hf_batch_sizes: Sequence[int] = (8,), threads: int | None = None,
-                         rounds: int = 1, language: str = "en") -> dict[str, Any]:
-    """Time `mmkit transcribe` and the transformers reference as subprocesses.
+                         rounds: int = 1, language: str = "en", mmkit_quantize: Sequence[str] = ("none",),
+                         faster_whisper: Sequence[str] = ()) -> dict[str, Any]:
+    """Time `mmkit transcribe` (once per `mmkit_quantize` kind: "mmkit", "mmkit_int8"), the transformers
+    reference and faster-whisper (once per CTranslate2 compute type in `faster_whisper`, on a
+    CTranslate2 conversion of the checkpoint made before the timings) as subprocesses.
 
     Returns:
-        `seconds` per implementation ("mmkit", "transformers_b<N>") over the rounds, `import_seconds`
-        (a process that only imports each stack), `tokens_identical` / `files_identical` per
-        reference, `ratio` per reference (median seconds of the reference / mmkit's), and the settings.
+        `seconds` per process over the rounds, `import_seconds` (a process that only imports each
+        stack), `tokens_identical` / `files_identical` of every other process against mmkit's fp32
+        tokens, `ratio` per reference (its median seconds / those of mmkit's fastest path, named in
+        `fastest_mmkit`), and the settings.
     """
     from mmkit.data.whisper_tokenizer import WhisperTokenizer
 
@@ -188,8 +212,23 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
                     max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"hf_b{b}.json"))
         return [sys.executable, "-c", HF_SCRIPT, json.dumps(args)]
 
-    impls = {"mmkit": mmkit_cmd([sys.executable, "-m", "mmkit.cli", "transcribe"], "mmkit"),
-             **{f"transformers_b{b}": hf_cmd(b) for b in hf_batch_sizes}}
+    def fw_cmd(compute_type: str) -> list[str]:
+        args = dict(model=str(work / "ct2"), files=list(map(str, files)), compute_type=compute_type, language=language,
+                    max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"fw_{compute_type}.json"))
+        return [sys.executable, "-c", FW_SCRIPT, json.dumps(args)]
+
+    if faster_whisper:  # the float32 conversion; faster-whisper quantizes it on load per compute type
+        import ctranslate2.converters
+
+        # faster-whisper reads the tokenizer beside model.bin (without it, it asks the Hub)
+        extra = [n for n in ("tokenizer.json", "preprocessor_config.json") if (model_dir / n).is_file()]
+        ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=extra).convert(str(work / "ct2"),
+                                                                                                force=True)
+    entry = [sys.executable, "-m", "mmkit.cli", "transcribe"]
+    mmkit_names = {q: "mmkit" if q == "none" else f"mmkit_{q}" for q in mmkit_quantize}
+    impls = {**{name: mmkit_cmd(entry, name) + ["--quantize", q] for q, name in mmkit_names.items()},
+             **{f"transformers_b{b}": hf_cmd(b) for b in hf_batch_sizes},
+             **{f"faster_whisper_{c}": fw_cmd(c) for c in faster_whisper}}
     seconds: dict[str, list[float]] = {name: [] for name in impls}
     for r in range(rounds):
         order = list(impls) if r % 2 == 0 else list(reversed(impls))
@@ -197,30 +236,36 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
             log.info("round %d: %s", r + 1, name)
             seconds[name].append(_run(impls[name], env))
     import_seconds = {name: _run([sys.executable, "-c", code], env) for name, code in IMPORT_ONLY.items()}
-    ours = _mmkit_tokens(work / "mmkit", files)
+    ours = _mmkit_tokens(work / "mmkit", files)  # fp32: what every other process is compared with
     result: dict[str, Any] = dict(
         model=str(model_dir), files=len(files), audio_seconds=None, max_new_tokens=max_new_tokens,
         batch_size=batch_size, threads=threads, rounds=rounds, seconds=seconds, import_seconds=import_seconds,
         tokens_generated=sum(len(t) for t in ours.values()), ratio={}, tokens_identical={}, files_identical={})
     references = {f"transformers_b{b}": _hf_tokens(work / f"hf_b{b}.json", prompt, tok.eot) for b in hf_batch_sizes}
+    references.update({name: _mmkit_tokens(work / name, files) for name in mmkit_names.values() if name != "mmkit"})
+    references.update({f"faster_whisper_{c}": json.loads((work / f"fw_{c}.json").read_text()) for c in faster_whisper})
+    fastest = min(mmkit_names.values(), key=lambda name: statistics.median(seconds[name]))
+    result["fastest_mmkit"] = fastest
     for name, ref in references.items():
         same = [ours[str(f)] == ref.get(str(f)) for f in files]
         result["tokens_identical"][name] = all(same)
         result["files_identical"][name] = sum(same)
-        result["ratio"][name] = statistics.median(seconds[name]) / statistics.median(seconds["mmkit"])
+        if not name.startswith("mmkit"):
+            result["ratio"][name] = statistics.median(seconds[name]) / statistics.median(seconds[fastest])
     return result
 
 
 def format_report(result: dict[str, Any], label: str) -> str:
     """The result as a text table: one row per process; "x mmkit" is that process's median time
-    over mmkit's (> 1: mmkit is faster)."""
+    over that of mmkit's fastest path (> 1: mmkit is faster); "same tokens" is against mmkit fp32."""
     lines = [label, f"{result['files']} files, greedy, no timestamps, max {result['max_new_tokens']} new tokens, "
                     f"mmkit batch {result['batch_size']}, threads {result['threads'] or 'torch default'}, "
-                    f"{result['rounds']} round(s); {result['tokens_generated']} tokens generated by mmkit", ""]
+                    f"{result['rounds']} round(s); {result['tokens_generated']} tokens generated by mmkit; "
+                    f"x mmkit = over {result.get('fastest_mmkit', 'mmkit')}", ""]
     header = f"{'process':<20} {'median s':>9}  {'rounds (s)':<20} {'same tokens':<12} {'x mmkit':>8}"
     lines.append(header)
     for name, secs in result["seconds"].items():
-        same = "" if name == "mmkit" else (
+        same = "" if name not in result["tokens_identical"] else (
             f"{'yes' if result['tokens_identical'][name] else 'NO'} ({result['files_identical'][name]}/"
             f"{result['files']})")
         ratio = f"{result['ratio'][name]:.2f}" if name in result["ratio"] else ""
@@ -245,6 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads in both processes")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--language", default="en")
+    p.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=("none", "int8"),
+                   help="mmkit paths to time (mmkit transcribe --quantize)")
+    p.add_argument("--faster-whisper", nargs="*", default=None, choices=FW_COMPUTE_TYPES,
+                   help="faster-whisper compute types to time (default: int8 float32 where faster-whisper is "
+                        "installed; none given: skip it)")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="mmkit-bench-transcribe-data-"))
@@ -256,13 +306,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         label = ("model: RANDOM-INIT whisper-tiny-sized toy checkpoint (d_model 384, 4+4 layers, vocab 51865, "
                  "self-made tokenizer): real timings, meaningless transcripts")
     files = [Path(f) for f in args.audio] if args.audio else write_audio_files(tmp / "audio", args.num_files)
+    fw = args.faster_whisper
+    if fw is None:
+        fw = list(FW_COMPUTE_TYPES) if importlib.util.find_spec("faster_whisper") else []
+        if not fw:
+            log.info("faster-whisper is not installed (pip install faster-whisper): its rows are left out")
     result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
-                                  args.hf_batch_sizes or [args.batch_size], args.threads, args.rounds, args.language)
+                                  args.hf_batch_sizes or [args.batch_size], args.threads, args.rounds, args.language,
+                                  args.quantize, fw)
     sys.stdout.write(format_report(result, label))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if not all(result["tokens_identical"].values()):
-        log.warning("mmkit and transformers decoded different tokens: the timings may not compare equal work")
+    if not all(v for k, v in result["tokens_identical"].items() if k.startswith("transformers")):
+        log.warning("the processes decoded different tokens: the timings may not compare equal work")
     return 0
 
 
