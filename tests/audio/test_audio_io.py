@@ -75,7 +75,7 @@ def test_non_finite_samples_are_refused(tmp_path):
         load_audio(tmp_path / "nan.wav")
 
 
-@pytest.mark.parametrize("sr, channels", [(44_100, 2), (48_000, 1), (8_000, 1), (16_000, 2), (22_050, 1), (16_001, 1)])
+@pytest.mark.parametrize("sr, channels", [(44_100, 2), (48_000, 1), (8_000, 1), (16_000, 2), (22_050, 1), (11_025, 1)])
 def test_streamed_blocks_equal_the_whole_file(tmp_path, sr, channels):
     # blockwise mixing and resampling (bounded memory for long files) gives the whole signal's samples:
     # each block's sinc filter sees the same neighbours (issue 9 #4)
