@@ -15,12 +15,12 @@ import json
 import random
 import statistics
 import sys
-import time
 from typing import Any, Sequence
 
 import torch
 
-IMPLS = ("mmkit", "transformers")
+from mmkit.cli.bench.common import interleaved, torch_threads
+
 # A fixed word list for the synthetic sentences: lengths vary as in real text (3 to 60 words).
 _WORDS = ("the a of to and in is was for on with as by at from that this an be are it which or one new "
           "first time year people way day man thing woman life child world school state family student group "
@@ -64,10 +64,7 @@ def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_
 
     if min(rounds, batch_size, n_sentences) < 1 or warmup < 0:
         raise ValueError("rounds, batch size and sentences must be >= 1 and warmup >= 0")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         texts = sentences(n_sentences)
         tok = EncoderTokenizer.train(texts, vocab_size=min(vocab_size, 2000))
         torch.manual_seed(0)
@@ -80,23 +77,13 @@ def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_
         # Both sides tokenize (the same tokenizer, so the same ids) inside the timed call.
         runs = {"mmkit": lambda: torch.from_numpy(embedder.embed(texts)),
                 "transformers": lambda: _reference_loop(ref, embedder.tokenize(texts)[0], batch_size, tok.pad_id)}
-        seconds: dict[str, list[float]] = {k: [] for k in IMPLS}
-        outputs: dict[str, torch.Tensor] = {}
-        with torch.inference_mode():
-            for r in range(warmup + rounds):
-                for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
-                    start = time.perf_counter()
-                    outputs[impl] = runs[impl]()
-                    if r >= warmup:
-                        seconds[impl].append(time.perf_counter() - start)
+        seconds, outputs = interleaved(runs, rounds, warmup)
         rate = {k: n_sentences / statistics.median(v) for k, v in seconds.items()}
         return dict(model=f"random BERT dim {dim} depth {depth} vocab {vocab_size}", batch_size=batch_size,
                     sentences=n_sentences, mean_tokens=sum(map(len, ids)) / len(ids), rounds=rounds,
                     threads=torch.get_num_threads(), sentences_per_s=rate,
                     ratio=rate["mmkit"] / rate["transformers"], seconds=seconds,
                     max_abs_diff=float((outputs["mmkit"] - outputs["transformers"]).abs().max()))
-    finally:
-        torch.set_num_threads(previous)
 
 
 def format_report(result: dict[str, Any]) -> str:

@@ -13,13 +13,13 @@ import json
 import logging
 import statistics
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 import torch
 
+from mmkit.cli.bench.common import interleaved, torch_threads
+
 log = logging.getLogger(__name__)
-IMPLS = ("mmkit", "transformers")
 
 
 def _reference(model_dir: str | None, dim: int, depth: int, num_heads: int, vocab_size: int, max_len: int):
@@ -60,10 +60,7 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
 
     if min(rounds, batch_size, prompt_tokens, new_tokens) < 1 or warmup < 0:
         raise ValueError("rounds, batch size, prompt and new tokens must be >= 1 and warmup >= 0")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         ref = _reference(model_dir, dim, depth, num_heads, vocab_size, prompt_tokens + new_tokens)
         ours = GPT.from_hf(ref).eval()
         if prompt_tokens + new_tokens > ours.max_len:
@@ -74,23 +71,13 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
             "transformers": lambda: ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                                  max_new_tokens=new_tokens),
         }
-        seconds: dict[str, list[float]] = {k: [] for k in IMPLS}
-        outputs: dict[str, torch.Tensor] = {}
-        with torch.inference_mode():
-            for r in range(warmup + rounds):
-                for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
-                    start = time.perf_counter()
-                    outputs[impl] = runs[impl]()
-                    if r >= warmup:
-                        seconds[impl].append(time.perf_counter() - start)
+        seconds, outputs = interleaved(runs, rounds, warmup)
         rate = {k: batch_size * new_tokens / statistics.median(v) for k, v in seconds.items()}
         return dict(model=model_dir or f"random GPT-2 dim {dim} depth {depth} vocab {vocab_size}",
                     params=sum(p.numel() for p in ours.parameters()), batch_size=batch_size,
                     prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(),
                     tokens_per_s=rate, ratio=rate["mmkit"] / rate["transformers"], seconds=seconds,
                     same_tokens=torch.equal(outputs["mmkit"], outputs["transformers"]))
-    finally:
-        torch.set_num_threads(previous)
 
 
 def format_report(result: dict[str, Any]) -> str:

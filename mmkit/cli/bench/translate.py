@@ -13,12 +13,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 import torch
 
-IMPLS = ("mmkit", "transformers")
+from mmkit.cli.bench.common import interleaved, torch_threads
+
 
 
 def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
@@ -56,15 +56,7 @@ def _cell(ref: Any, ours: Any, src: torch.Tensor, beams: int, new_tokens: int, r
         return out.tolist()
 
     runs: dict[str, Callable[[], list[list[int]]]] = {"mmkit": mmkit_run, "transformers": reference_run}
-    seconds: dict[str, list[float]] = {k: [] for k in IMPLS}
-    outputs: dict[str, list[list[int]]] = {}
-    with torch.inference_mode():
-        for r in range(warmup + rounds):
-            for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
-                start = time.perf_counter()
-                outputs[impl] = runs[impl]()
-                if r >= warmup:
-                    seconds[impl].append(time.perf_counter() - start)
+    seconds, outputs = interleaved(runs, rounds, warmup)
     rate = {k: len(src) * new_tokens / statistics.median(v) for k, v in seconds.items()}
     return dict(batch_size=len(src), beams=beams, tokens_per_s=rate, ratio=rate["mmkit"] / rate["transformers"],
                 seconds=seconds, same_tokens=outputs["mmkit"] == outputs["transformers"])
@@ -84,10 +76,7 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
 
     if min(rounds, source_tokens, new_tokens, *batch_sizes, *beams) < 1 or warmup < 0:
         raise ValueError("rounds, batch sizes, beams, source and new tokens must be >= 1 and warmup >= 0")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         ref = _reference(dim, layers, heads, ffn, vocab_size)
         ours = Seq2Seq.from_hf(ref).eval()
         g = torch.Generator().manual_seed(0)
@@ -100,8 +89,6 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
         return dict(model=f"random MarianMT dim {dim}, {layers}+{layers} layers, vocab {vocab_size}",
                     params=sum(p.numel() for p in ours.parameters()), source_tokens=source_tokens,
                     new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(), cells=cells)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def format_report(result: dict[str, Any]) -> str:
