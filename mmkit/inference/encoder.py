@@ -5,7 +5,6 @@ Used by `mmkit embed`, `mmkit fill-mask`, `mmkit classify-text` and the demo.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,10 @@ from typing import Any
 import torch
 
 from mmkit.data.bert_tokenizer import EncoderTokenizer
+from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.text_rows import TextRow
 from mmkit.models.bert import BERT
-from mmkit.weights.native import CONFIG_NAME, WeightsError
+from mmkit.weights.native import WeightsError
 
 
 @dataclass
@@ -64,18 +64,7 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> L
         FileNotFoundError: no such directory, or no tokenizer files in it.
         WeightsError: not a BERT-family checkpoint (a GPT, say), or unreadable weights.
     """
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"model directory not found: {directory}")
-    path = directory / CONFIG_NAME
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WeightsError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise WeightsError(f"{path}: expected a JSON object")
+    directory, doc = read_model_dir(directory)
     metadata: dict[str, Any] = {}
     if doc.get("architecture") == BERT.architecture_name():
         model = BERT.from_pretrained(directory)

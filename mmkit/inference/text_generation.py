@@ -5,7 +5,6 @@ directory (config.json + weights + tokenizer files); `load_text_generator` tells
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -17,8 +16,9 @@ from torch import Tensor
 
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
+from mmkit.inference.model_dir import read_model_dir
 from mmkit.models.gpt import GPT
-from mmkit.weights.native import CONFIG_NAME, WeightsError
+from mmkit.weights.native import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,7 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
         FileNotFoundError: no such directory, or no tokenizer files in it.
         WeightsError: not a GPT checkpoint, or unreadable weights (one-line message).
     """
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"model directory not found: {directory}")
-    path = directory / CONFIG_NAME
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WeightsError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: invalid JSON ({e})") from None
+    directory, doc = read_model_dir(directory)
     if doc.get("architecture") == GPT.architecture_name():
         model = GPT.from_pretrained(directory)
         eos_token = doc.get("metadata", {}).get("eos_token", EOS_TOKEN)
