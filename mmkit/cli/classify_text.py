@@ -11,24 +11,18 @@ import csv
 import io
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
+
+from mmkit.cli.bert_text_files import read_texts_and_encoder, texts_file_parser
 
 OUT_SUFFIXES = (".csv", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkit classify-text", epilog=__doc__,
-                                description="label texts with a fine-tuned BERT classifier (CSV/JSONL in and out)",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("texts", metavar="TEXTS_FILE", help=".txt (one text per line), .jsonl or .csv file")
-    p.add_argument("--model", required=True, metavar="DIR", help="fine-tuned classifier directory")
-    p.add_argument("--out", required=True, metavar="FILE", help="predictions.csv or predictions.jsonl")
-    p.add_argument("--text-key", default="text", help="field/column of .jsonl/.csv rows holding the text")
+    p = texts_file_parser("mmkit classify-text", __doc__,
+                          "label texts with a fine-tuned BERT classifier (CSV/JSONL in and out)",
+                          "fine-tuned classifier directory", "predictions.csv or predictions.jsonl")
     p.add_argument("--all-scores", action="store_true", help="also write every class's probability")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -36,23 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr)."""
     args = _parser().parse_args(argv)
     from mmkit.cli.progress import progress
-    from mmkit.inference.encoder import load_encoder, mark_unknown_rows
     from mmkit.inference.text_classify import TextClassifierPredictor
-    from mmkit.inference.text_rows import read_text_rows, write_atomically
+    from mmkit.inference.text_rows import write_atomically
 
-    try:
-        if Path(args.out).suffix not in OUT_SUFFIXES:
-            raise ValueError(f"--out must end in {' or '.join(OUT_SUFFIXES)}: {args.out}")
-        rows = read_text_rows(args.texts, args.text_key)
-        predictor = TextClassifierPredictor(load_encoder(args.model, args.device), args.batch_size)
-    except (ValueError, OSError) as e:
-        print(f"mmkit classify-text: {e}", file=sys.stderr)
+    read = read_texts_and_encoder(args, "mmkit classify-text", OUT_SUFFIXES,
+                                  lambda encoder: TextClassifierPredictor(encoder, args.batch_size))
+    if read is None:
         return 2
-    rows = mark_unknown_rows(rows, predictor.encoder.tokenizer)
-    for r in rows:
-        if r.error:
-            print(f"mmkit classify-text: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)
-    good = [r for r in rows if r.error is None]
+    rows, good, predictor = read
     with progress("classifying", len(good), "text", enabled=not args.quiet and len(good) > 1) as advance:
         predictions = predictor.predict([r.text for r in good], on_batch=advance)
     records = []

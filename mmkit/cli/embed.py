@@ -11,24 +11,18 @@ import argparse
 import io
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
+
+from mmkit.cli.bert_text_files import read_texts_and_encoder, texts_file_parser
 
 OUT_SUFFIXES = (".npy", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkit embed", epilog=__doc__,
-                                description="sentence embeddings (masked mean pooling + L2 norm) with a BERT encoder",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("texts", metavar="TEXTS_FILE", help=".txt (one text per line), .jsonl or .csv file")
-    p.add_argument("--model", required=True, metavar="DIR", help="mmkit BERT export or transformers BERT directory")
-    p.add_argument("--out", required=True, metavar="FILE", help="vectors.npy (N x dim float32) or vectors.jsonl")
-    p.add_argument("--text-key", default="text", help="field/column of .jsonl/.csv rows holding the text")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+    return texts_file_parser("mmkit embed", __doc__,
+                             "sentence embeddings (masked mean pooling + L2 norm) with a BERT encoder",
+                             "mmkit BERT export or transformers BERT directory",
+                             "vectors.npy (N x dim float32) or vectors.jsonl")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,22 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mmkit.cli.progress import progress
     from mmkit.inference.embed import Embedder
-    from mmkit.inference.encoder import load_encoder, mark_unknown_rows
-    from mmkit.inference.text_rows import read_text_rows, write_atomically
+    from mmkit.inference.text_rows import write_atomically
 
-    try:
-        if Path(args.out).suffix not in OUT_SUFFIXES:
-            raise ValueError(f"--out must end in {' or '.join(OUT_SUFFIXES)}: {args.out}")
-        rows = read_text_rows(args.texts, args.text_key)
-        embedder = Embedder(load_encoder(args.model, args.device), args.batch_size)
-    except (ValueError, OSError) as e:  # WeightsError is a ValueError
-        print(f"mmkit embed: {e}", file=sys.stderr)
+    read = read_texts_and_encoder(args, "mmkit embed", OUT_SUFFIXES,
+                                  lambda encoder: Embedder(encoder, args.batch_size))
+    if read is None:
         return 2
-    rows = mark_unknown_rows(rows, embedder.encoder.tokenizer)
-    good = [r for r in rows if r.error is None]
-    for r in rows:
-        if r.error:
-            print(f"mmkit embed: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)
+    rows, good, embedder = read
     with progress("embedding", len(good), "text", enabled=not args.quiet and len(good) > 1) as advance:
         vectors = embedder.embed([r.text for r in good], on_batch=advance)
     write_atomically(args.out, lambda f: _write(f, args.out, rows, good, vectors))
