@@ -2,24 +2,23 @@
 constructor config and state dict of `mmkit.models.Seq2Seq`. A pure converter: it never
 imports mmkit.models.
 
-Separate q/k/v projections land on staging names (`....qkv.q.weight`) that `fuse_staged`
-concatenates into mmkit's fused `qkv` (self-attention) and `kv` (cross-attention). The static
-sinusoidal tables are dropped (mmkit recomputes the same numbers); the shared, encoder,
-decoder and (tied) output embeddings are checked identical and kept once.
+Separate q/k/v projections land on staging names (`....qkv.q.weight`) that
+`weights.hf.fuse_projections` concatenates into mmkit's fused `qkv` (self-attention) and `kv`
+(cross-attention). The static sinusoidal tables are dropped (mmkit recomputes the same numbers);
+the shared, encoder, decoder and (tied) output embeddings are checked identical and kept once.
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mmkit.weights.hf import fuse_projections, hf_source
 from mmkit.weights.keymap import remap
-from mmkit.weights.native import WeightsError, read_state_dict, summarise_keys
+from mmkit.weights.native import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -52,63 +51,7 @@ MARIAN_KEYS = [
     (_DEC + "fc2.{p}", _D + "mlp.fc2.{p}"),
     (_DEC + "final_layer_norm.{p}", _D + "norm2.{p}"),
 ]
-_STAGED = re.compile(r"(?P<base>.+\.(?P<fused>qkv|kv))\.(?P<part>q|k|v|out)\.(?P<p>weight|bias)\Z")
-_ORDER = {"qkv": ("q", "k", "v"), "kv": ("k", "v")}
 _ACTIVATIONS = {"swish": "silu", "silu": "silu", "relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh"}
-
-
-def fuse_staged(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
-    """Concatenate staged `<base>.<qkv|kv>.<part>.{weight,bias}` into `<base>.<qkv|kv>.*`, in
-    q, k, v order; a group with no biases at all fuses to a weight alone (T5)."""
-    out: dict[str, Tensor] = {}
-    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
-    for key, value in state.items():
-        m = _STAGED.match(key)
-        if m is None:
-            out[key] = value
-        else:
-            groups.setdefault((m["base"], m["fused"]), {})[f"{m['part']}.{m['p']}"] = value
-    missing: list[str] = []
-    for (base, fused), parts in groups.items():
-        order = _ORDER[fused]
-        kinds = ("weight", "bias") if any(k.endswith(".bias") for k in parts) else ("weight",)
-        absent = [f"{base}.{p}.{kind}" for p in order for kind in kinds if f"{p}.{kind}" not in parts]
-        if absent:
-            missing += absent
-            continue
-        for kind in kinds:
-            out[f"{base}.{kind}"] = torch.cat([parts[f"{p}.{kind}"] for p in order], dim=0)
-    if missing:
-        raise WeightsError(f"{source}: missing projections for fused q/k/v: {summarise_keys(sorted(missing))}")
-    return out
-
-
-def read_hf_dir(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor], str]:
-    """config dict, state dict and weights file of a local HF checkpoint directory (safetensors,
-    or pytorch_model.bin through torch.load(weights_only=True))."""
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise WeightsError(f"{directory}: not a Hugging Face checkpoint directory (no config.json)")
-    try:
-        cfg = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{config_path}: invalid JSON ({e})") from None
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return cfg, read_state_dict(directory / name), str(directory / name)
-    raise WeightsError(f"{directory}: no model.safetensors or pytorch_model.bin")
-
-
-def source_of(model_or_dir: nn.Module | str | Path, classes: tuple[str, ...]) -> tuple[dict, dict, str, bool]:
-    """(config dict, state dict, source name, training) of a transformers instance of one of
-    `classes` or of a local checkpoint directory (eval mode)."""
-    if isinstance(model_or_dir, nn.Module):
-        name = type(model_or_dir).__name__
-        if name not in classes:
-            raise WeightsError(f"expected a transformers {' or '.join(classes)}, got {name}")
-        return model_or_dir.config.to_dict(), model_or_dir.state_dict(), f"transformers:{name}", model_or_dir.training
-    cfg, state, source = read_hf_dir(Path(model_or_dir).expanduser())
-    return cfg, state, source, False
 
 
 def marian_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
@@ -171,11 +114,11 @@ def marian_from_hf(model_or_dir: nn.Module | str | Path) -> tuple[dict[str, Any]
     Raises:
         WeightsError: unsupported variants and tensors no rule accounts for (names listed).
     """
-    cfg, state, source, training = source_of(model_or_dir, ("MarianMTModel",))
+    cfg, state, source, training = hf_source(model_or_dir, ("MarianMTModel",))
     config = marian_config(cfg, source)
     state = _check_shared(state, config["tie_output"], source)
     rules = MARIAN_KEYS + ([] if config["tie_output"] else [("lm_head.weight", "head.weight")])
-    mapped = fuse_staged(remap(state, rules, source), source)
+    mapped = fuse_projections(remap(state, rules, source), source, biasless=())
     mapped.setdefault("logits_bias", torch.zeros(config["vocab_size"]))  # absent from older saves: zeros
     log.info("imported MarianMT (%s+%s layers, dim %s) from %s", config["encoder_depth"], config["decoder_depth"],
              config["dim"], source)

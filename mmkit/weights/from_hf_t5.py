@@ -3,7 +3,8 @@ Flan-T5) into the constructor config and state dict of `mmkit.models.T5`. A pure
 it never imports mmkit.models.
 
 Each stack's relative position bias lives in its first layer's self-attention in transformers
-and once per stack in mmkit; q/k/v are fused as for Marian (`fuse_staged`), without biases.
+and once per stack in mmkit; q/k/v are fused as for Marian (`weights.hf.fuse_projections`),
+without biases.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmkit.weights.from_hf_marian import fuse_staged, source_of
+from mmkit.weights.hf import fuse_projections, hf_source
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import WeightsError
 
@@ -111,11 +112,11 @@ def t5_from_hf(model_or_dir: nn.Module | str | Path) -> tuple[dict[str, Any], di
         WeightsError: unsupported variants and tensors no rule accounts for (names listed).
     """
     classes = ("T5ForConditionalGeneration", "MT5ForConditionalGeneration")
-    cfg, state, source, training = source_of(model_or_dir, classes)
+    cfg, state, source, training = hf_source(model_or_dir, classes)
     config = t5_config(cfg, state, source)
     state = _split_head(state, config["tie_output"], source)
     rules = T5_KEYS + [("head.weight", "head.weight")]
-    mapped = fuse_staged(remap(state, rules, source), source)
+    mapped = fuse_projections(remap(state, rules, source), source, biasless=())
     log.info("imported T5 (%s+%s layers, dim %s, %s) from %s", config["encoder_depth"], config["decoder_depth"],
              config["dim"], config["feed_forward"], source)
     return config, mapped, training
