@@ -1,7 +1,10 @@
 """Shared bench timing helpers: alternating order, warm-up excluded, thread count restored."""
+import argparse
+import json
+
 import torch
 
-from mmkit.cli.bench.common import interleaved, torch_threads
+from mmkit.cli.bench.common import add_run_options, add_sizes_option, interleaved, torch_threads, write_json
 
 
 def test_interleaved_alternates_order_and_skips_warmup():
@@ -22,3 +25,15 @@ def test_torch_threads_restores_the_count_after_an_error():
     except ValueError:
         pass
     assert torch.get_num_threads() == before
+
+
+def test_shared_options_and_json_output(tmp_path):
+    p = argparse.ArgumentParser()
+    add_sizes_option(p, {"tiny": (8, 1, 2, 50), "big": (16, 2, 4, 90)})
+    add_run_options(p)
+    args = p.parse_args(["--sizes", "big", "--rounds", "5", "--json", str(tmp_path / "r.json")])
+    assert (args.sizes, args.rounds, args.warmup, args.threads) == (["big"], 5, 1, None)
+    assert p.parse_args([]).sizes == ["tiny", "big"]
+    write_json(args.json, [{"ratio": 1.5}])
+    assert json.loads((tmp_path / "r.json").read_text()) == [{"ratio": 1.5}]
+    write_json(None, [1])  # no --json: nothing written, no error

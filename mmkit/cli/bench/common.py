@@ -4,9 +4,11 @@ both sides, and the caller reports medians as ratios (see the package docstring)
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import time
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 
@@ -43,3 +45,25 @@ def interleaved(runs: Mapping[str, Callable[[], T]], rounds: int,
                 if r >= warmup:
                     seconds[name].append(time.perf_counter() - start)
     return seconds, outputs
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--rounds, --warmup, --threads and --json, the same in every in-process benchmark."""
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+
+
+def add_sizes_option(p: argparse.ArgumentParser, sizes: Mapping[str, tuple[int, int, int, int]]) -> None:
+    """--sizes over a table of named random-weight shapes (dim, depth, num_heads, vocab_size)."""
+    p.add_argument("--sizes", nargs="+", choices=list(sizes), default=list(sizes),
+                   help="random-weight shapes to run, one report each: " + "; ".join(
+                       f"{k}: dim {d}, depth {n}, vocab {v}" for k, (d, n, _, v) in sizes.items()))
+
+
+def write_json(path: str | None, results: Any) -> None:
+    """Write `results` to `path` as indented JSON (nothing when `path` is None)."""
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)

@@ -11,7 +11,6 @@ Never asserted on: a script that prints ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -19,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mmkit.cli.bench.common import interleaved, torch_threads
+from mmkit.cli.bench.common import add_run_options, add_sizes_option, interleaved, torch_threads, write_json
 
 # A fixed word list for the synthetic sentences: lengths vary as in real text (3 to 60 words).
 _WORDS = ("the a of to and in is was for on with as by at from that this an be are it which or one new "
@@ -104,15 +103,10 @@ SIZES = {"wordnet": (128, 3, 4, 8000), "bert-base": (768, 12, 12, 30522)}
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mmkit bench embed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES),
-                   help="random-weight shapes to run, one report each: " + "; ".join(
-                       f"{k}: dim {d}, depth {n}, vocab {v}" for k, (d, n, _, v) in SIZES.items()))
+    add_sizes_option(p, SIZES)
     p.add_argument("--sentences", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+    add_run_options(p)
     args = p.parse_args(argv)
     results = []
     try:
@@ -124,7 +118,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"mmkit bench embed: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0

@@ -9,7 +9,6 @@ order alternates; figures are medians. Never asserted on: a script that prints r
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -17,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from mmkit.cli.bench.common import interleaved, torch_threads
+from mmkit.cli.bench.common import add_run_options, add_sizes_option, interleaved, torch_threads, write_json
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +98,11 @@ SIZES = {"fortunes": (256, 4, 4, 4096), "gpt2-small": (768, 12, 12, 50257)}
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mmkit bench text", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory (instead of --sizes)")
-    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES),
-                   help="random-weight shapes to run, one report each: " + "; ".join(
-                       f"{k}: dim {d}, depth {n}, vocab {v}" for k, (d, n, _, v) in SIZES.items()))
+    add_sizes_option(p, SIZES)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+    add_run_options(p)
     args = p.parse_args(argv)
     results = []
     try:
@@ -120,7 +114,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"mmkit bench text: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0

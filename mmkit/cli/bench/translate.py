@@ -10,14 +10,13 @@ alternates; figures are medians. Never asserted on: a script that prints ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from typing import Any, Callable, Sequence
 
 import torch
 
-from mmkit.cli.bench.common import interleaved, torch_threads
+from mmkit.cli.bench.common import add_run_options, interleaved, torch_threads, write_json
 
 
 
@@ -116,10 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--beams", type=int, nargs="+", default=[1, 4], help="beam widths (1 = greedy)")
     p.add_argument("--source-tokens", type=int, default=24)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--json", metavar="FILE", help="also write the full result as JSON")
+    add_run_options(p)
     args = p.parse_args(argv)
     try:
         result = run_translate_bench(args.dim, args.layers, args.heads, args.ffn, args.vocab_size, args.batch_sizes,
@@ -129,7 +125,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mmkit bench translate: {e}", file=sys.stderr)
         return 2
     print(format_report(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.json, result)
     return 0
