@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mmkit.core import Encoder, LayerNorm, Mlp, PostNormBlock, key_padding_mask
 from mmkit.core.blocks import layer_norm
+from mmkit.core.init import init_normal_
 from mmkit.weights.native import PretrainedMixin
 
 
@@ -128,7 +129,7 @@ class BERT(PretrainedMixin, nn.Module):
         self.pooler = nn.Linear(dim, dim) if pooler else None
         self.mlm_head = MaskedLMHead(dim, vocab_size, norm_eps) if mlm_head else None
         self.classifier = nn.Linear(dim, num_classes) if num_classes else None
-        self.apply(_init_weights)
+        self.apply(init_normal_)
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         """(B, T) ids -> (B, T, dim) normalised embeddings."""
@@ -196,16 +197,3 @@ class BERT(PretrainedMixin, nn.Module):
         if unexpected or any(not k.startswith(("pooler.", "mlm_head.", "classifier.")) for k in missing):
             raise ValueError(f"cannot move heads: unexpected {sorted(unexpected)}, missing {sorted(missing)}")
         return model
-
-
-def _init_weights(module: nn.Module) -> None:
-    # BERT's init: N(0, 0.02) weights and embeddings (the padding row zero), zero biases, unit norms.
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            nn.init.zeros_(module.weight[module.padding_idx])
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, KVCache, LayerNorm, LearnedPositions
+from mmkit.core import Decoder, KVCache, LearnedPositions
 from mmkit.core.blocks import layer_norm
+from mmkit.core.init import init_normal_
 from mmkit.stems.vq import ImageTokenEmbedding
 from mmkit.weights.native import PretrainedMixin
 
@@ -63,7 +64,7 @@ class DALLE(PretrainedMixin, nn.Module):
                                final_norm=True)
         # Untied: text and image tokens have separate input embeddings, so there is no one table to tie to.
         self.head = nn.Linear(dim, text_vocab_size + codebook_size)
-        self.apply(_init_weights)
+        self.apply(init_normal_)
 
     @property
     def image_len(self) -> int:
@@ -128,14 +129,3 @@ class ClassifierFreeGuidance(nn.Module):
         cond, uncond = self.model(torch.cat([tokens, null]), context, cache, context_mask).chunk(2)
         # -inf marks the other token kind in both halves; keep it rather than produce inf - inf.
         return torch.where(torch.isinf(cond), cond, uncond + self.scale * (cond - uncond))
-
-
-def _init_weights(module: nn.Module) -> None:
-    # GPT-2 / DALLE-pytorch init: N(0, 0.02) weights and embeddings, zero biases, unit norms.
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

@@ -12,8 +12,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, KVCache, LayerNorm, LearnedPositions, tied_logits
+from mmkit.core import Decoder, KVCache, LearnedPositions, tied_logits
 from mmkit.core.blocks import layer_norm
+from mmkit.core.init import init_normal_
 from mmkit.weights.native import PretrainedMixin
 
 
@@ -54,7 +55,7 @@ class GPT(PretrainedMixin, nn.Module):
         self.decoder = Decoder(dim, depth, num_heads, mlp_ratio, qkv_bias, norm_layer=layer_norm(norm_eps),
                                act_layer=partial(nn.GELU, approximate="tanh"), final_norm=True,
                                drop_path_rate=drop_path_rate)
-        self.apply(_init_weights)
+        self.apply(init_normal_)
         # GPT-2 §2.3: residual projections scaled by 1/sqrt(N) with N = 2 residual branches per block.
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
@@ -86,14 +87,3 @@ class GPT(PretrainedMixin, nn.Module):
         from mmkit.weights.from_hf import gpt2_from_hf
 
         return cls.from_converted(gpt2_from_hf(model_or_dir))
-
-
-def _init_weights(module: nn.Module) -> None:
-    # GPT-2 / nanoGPT init: N(0, 0.02) weights and embeddings, zero biases, unit LayerNorms.
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

@@ -7,13 +7,15 @@ Numerically identical to transformers' `WhisperForConditionalGeneration`
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, Encoder, KVCache, LayerNorm, LearnedPositions, tied_logits
+from mmkit.core import Decoder, Encoder, KVCache, LearnedPositions, tied_logits
 from mmkit.core.blocks import layer_norm
+from mmkit.core.init import init_normal_
 from mmkit.stems.audio import AudioConvStem
 from mmkit.weights.native import PretrainedMixin
 
@@ -67,7 +69,7 @@ class Whisper(PretrainedMixin, nn.Module):
         self.decoder = Decoder(dim, decoder_depth, num_heads, mlp_ratio, cross_attention=True, norm_layer=norm,
                                drop_path_rate=drop_path_rate)
         self.drop = nn.Dropout(dropout)
-        self.apply(_init_weights)
+        self.apply(partial(init_normal_, weighted=(nn.Linear, nn.Conv1d, nn.Embedding)))
 
     def encode(self, mel: Tensor) -> Tensor:
         """
@@ -144,14 +146,3 @@ class Whisper(PretrainedMixin, nn.Module):
         from mmkit.weights.from_openai_whisper import whisper_from_openai
 
         return cls.from_converted(whisper_from_openai(path, WHISPER_SIZES))
-
-
-def _init_weights(module: nn.Module) -> None:
-    # transformers' Whisper init: N(0, 0.02) for linear, conv and embedding weights, zero biases.
-    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
