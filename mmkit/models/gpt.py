@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, KVCache, LearnedPositions, tied_logits
+from mmkit.core import Decoder, KVCache, LearnedPositions, output_logits
 from mmkit.core.blocks import layer_norm
 from mmkit.core.init import init_normal_
 from mmkit.weights.native import PretrainedMixin
@@ -49,6 +49,7 @@ class GPT(PretrainedMixin, nn.Module):
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.vocab_size, self.max_len = vocab_size, max_len
         self.tok_embed = nn.Embedding(vocab_size, dim)
+        self.head: nn.Module | None = None  # None: tied to tok_embed (core.heads.output_logits)
         self.pos_embed = LearnedPositions(max_len, dim)
         self.drop = nn.Dropout(dropout)
         # GPT-2 was trained with the tanh approximation of GELU ("gelu_new" in transformers).
@@ -76,9 +77,7 @@ class GPT(PretrainedMixin, nn.Module):
         offset = cache.length if cache is not None else 0
         x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset)  # (B, T, dim)
         x = self.decoder(self.drop(x), cache=cache)
-        # Tied head as a functional projection: one parameter, one checkpoint key (safetensors
-        # refuses to save two keys sharing storage, which a tied nn.Linear would produce).
-        return tied_logits(x, self.tok_embed.weight)  # (B, T, vocab_size)
+        return output_logits(x, self.tok_embed, self.head)  # (B, T, vocab_size)
 
     @classmethod
     def from_hf(cls, model_or_dir: nn.Module | str | Path) -> "GPT":

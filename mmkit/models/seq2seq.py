@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from mmkit.core import (
     Attention, Decoder, Encoder, KVCache, LayerNorm, Mlp, PostNormBlock, key_padding_mask, sinusoidal_positions,
-    sinusoidal_positions_halves, tied_logits,
+    sinusoidal_positions_halves, output_logits,
 )
 from mmkit.core.blocks import layer_norm
 from mmkit.core.mlp import activation
@@ -131,8 +131,7 @@ class Seq2Seq(PretrainedMixin, nn.Module):
             raise ValueError("the decoder needs context=model.encode(src) (or a filled cache)")
         x = self.decoder(self._embed(tokens, offset), context=context,
                          context_mask=context_attention_mask(context_mask), cache=cache)
-        # Tied projection as a function of the embedding: one parameter, one checkpoint key.
-        logits = tied_logits(x, self.tok_embed.weight) if self.head is None else self.head(x)  # (B, T, vocab)
+        logits = output_logits(x, self.tok_embed, self.head)  # (B, T, vocab)
         return logits if self.logits_bias is None else logits + self.logits_bias
 
     @classmethod

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.core import Attention, Decoder, Encoder, KVCache, Mlp, PreNormBlock, RelativePositionBias, RMSNorm, SwiGLU
-from mmkit.core import tied_logits
+from mmkit.core import output_logits
 from mmkit.core.mlp import activation
 from mmkit.models.seq2seq import context_attention_mask
 from mmkit.weights.native import PretrainedMixin
@@ -130,7 +130,7 @@ class T5(PretrainedMixin, nn.Module):
         x = self.drop(x)
         if self.scale_output:
             x = x * self.dim**-0.5
-        return tied_logits(x, self.tok_embed.weight) if self.head is None else self.head(x)  # (B, T, vocab)
+        return output_logits(x, self.tok_embed, self.head)  # (B, T, vocab)
 
     @classmethod
     def from_hf(cls, model_or_dir: nn.Module | str | Path) -> "T5":

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, Encoder, KVCache, LearnedPositions, tied_logits
+from mmkit.core import Decoder, Encoder, KVCache, LearnedPositions, output_logits
 from mmkit.core.blocks import layer_norm
 from mmkit.core.init import init_normal_
 from mmkit.stems.audio import AudioConvStem
@@ -65,6 +65,7 @@ class Whisper(PretrainedMixin, nn.Module):
         self.encoder = Encoder(dim, encoder_depth, num_heads, mlp_ratio, norm_layer=norm,
                                drop_path_rate=drop_path_rate)  # exact (erf) GELU, as Whisper
         self.tok_embed = nn.Embedding(vocab_size, dim)
+        self.head: nn.Module | None = None  # None: tied to tok_embed (core.heads.output_logits)
         self.pos_embed = LearnedPositions(n_text_ctx, dim)
         self.decoder = Decoder(dim, decoder_depth, num_heads, mlp_ratio, cross_attention=True, norm_layer=norm,
                                drop_path_rate=drop_path_rate)
@@ -98,9 +99,7 @@ class Whisper(PretrainedMixin, nn.Module):
             raise ValueError("Whisper's decoder needs context=model.encode(mel) (or a filled cache)")
         x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset)  # (B, T, dim)
         x = self.decoder(self.drop(x), context=context, cache=cache)
-        # Tied projection (not an nn.Linear): one parameter, one checkpoint key (safetensors refuses
-        # tensors that share storage).
-        return tied_logits(x, self.tok_embed.weight)  # (B, T, vocab_size)
+        return output_logits(x, self.tok_embed, self.head)  # (B, T, vocab_size)
 
     def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:
         """Load a checkpoint into shorter windows or a shorter text context (`from_pretrained(dir,

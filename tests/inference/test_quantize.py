@@ -37,12 +37,33 @@ def test_int8_replaces_every_linear_and_nothing_else():
     m = _whisper()
     n_linear = sum(isinstance(x, nn.Linear) for x in m.modules())
     embed = m.tok_embed.weight.clone()
+    assert m.head is None  # tied to the embedding
     q = quantize_linear_int8(m)
     assert q is m and n_linear == 2 * 4 + 2 * 7  # encoder: qkv/proj/fc1/fc2; decoder: + cross q/kv/proj
     assert not any(type(x) is nn.Linear for x in q.modules())
     quantized = [x for x in q.modules() if type(x).__name__ == "Linear" and "quantized" in type(x).__module__]
-    assert len(quantized) == n_linear
-    assert torch.equal(q.tok_embed.weight, embed)  # the tied head / embedding stays fp32
+    assert len(quantized) == n_linear + 1  # + the tied vocabulary projection, untied into an int8 copy
+    assert q.head in quantized and q.head.weight().shape == embed.shape
+    assert torch.equal(q.tok_embed.weight, embed)  # the embedding itself stays fp32
+
+
+def test_untied_int8_head_speeds_the_vocabulary_projection_without_touching_fp32():
+    """`untie_head` only adds an inference-time head; a model never quantized keeps head None
+    (checkpoint keys unchanged), and the int8 head's logits agree with the tied fp32 projection."""
+    from mmkit.inference.quantize import untie_head
+    from mmkit.models.gpt import GPT
+
+    torch.manual_seed(0)
+    gpt = GPT(vocab_size=300, max_len=32, dim=64, depth=2, num_heads=2).eval()
+    keys = set(gpt.state_dict())
+    fp32 = copy.deepcopy(gpt)
+    assert untie_head(gpt) == 1 and untie_head(gpt) == 0  # idempotent
+    tokens = torch.randint(0, 300, (2, 9))
+    with torch.inference_mode():
+        assert torch.allclose(gpt(tokens), fp32(tokens), atol=1e-5)  # untied copy, still fp32
+        q = quantize_linear_int8(gpt)
+        assert _rel(q(tokens), fp32(tokens)) < 0.05
+    assert set(fp32.state_dict()) == keys and fp32.head is None
 
 
 def test_int8_logits_agree_with_fp32():
