@@ -3,6 +3,7 @@ translate with an mmkit Seq2Seq/T5 export, a MarianMT directory or a T5 director
 its task prefix: --prefix "translate English to German: "). FILE holds one sentence a line
 (.txt) or JSON objects with a "text" field (.jsonl); line N of the output answers line N of
 the input, empty lines stay empty, unreadable lines are reported and left empty.
+`--export OUT` saves the loaded model (an imported MarianMT or T5, say) as an mmkit export.
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ log = logging.getLogger("mmkit")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mmkit.inference.quantize import QUANTIZATIONS
+
     p = argparse.ArgumentParser(prog="mmkit translate", description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", metavar="TEXT|FILE", help="sentences, or one .txt/.jsonl file")
+    p.add_argument("inputs", nargs="*", metavar="TEXT|FILE", help="sentences, or one .txt/.jsonl file")
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit export, MarianMT or T5 directory")
     p.add_argument("--output", metavar="FILE", help="write here (.txt: one line each; .jsonl: with errors)")
     p.add_argument("--beam-size", type=int, default=1, metavar="K", help="beam search with K beams (1: greedy)")
@@ -32,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", metavar="TEXT",
                    help='text put before every source (T5: "translate English to German: ")')
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--export", metavar="OUT",
+                   help="save the model, tokenizer, prefix and decoding settings as an mmkit export in OUT")
+    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
+                   help="int8: int8 Linear layers and vocabulary projection, CPU only (none: fp32, exact)")
     return p
 
 
@@ -82,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mmkit.cli.progress import progress
     from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
 
+    if not args.inputs and not args.export:
+        print("mmkit translate: give sentences or a .txt/.jsonl file to translate (or --export OUT)", file=sys.stderr)
+        return 2
     single = Path(args.inputs[0]) if len(args.inputs) == 1 else None
     as_file = single is not None and single.is_file()
     try:
@@ -92,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output and Path(args.output).suffix not in (".txt", ".jsonl"):
             raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
         texts, bad = read_lines(Path(args.inputs[0])) if as_file else (list(args.inputs), {})
-        translator = load_translator(args.model, args.prefix, args.device)
+        translator = load_translator(args.model, args.prefix, args.device, args.quantize)
+        if args.export:
+            log.info("saved an mmkit export in %s", translator.export(args.export))
     except (ValueError, OSError) as e:  # bad options, files, directories (WeightsError is a ValueError)
         print(f"mmkit translate: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ K that end in EOS (or reach the length limit) become finished hypotheses, scored
 sum log p / lp(length), and the K best others keep running. A row is done when its K
 finished hypotheses cannot be beaten (`early_stopping`: True stops at K finished; False
 estimates the best running score at the current length; "never" at the maximum length).
+Each row may have its own maximum length (a translation's limit follows its own source): a
+row then ends at its limit exactly as it would alone.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def ranked_beam_search(
     next_logprobs: Callable[[Tensor], Tensor],
     reorder: Callable[[Tensor], None],
     prompt: Tensor,
-    max_new_tokens: int,
+    max_new_tokens: int | Tensor,
     beam_size: int,
     length_penalty: float,
     early_stopping: bool | str,
@@ -41,32 +43,35 @@ def ranked_beam_search(
             the logit filters (applied to log-probabilities, as transformers' processors are).
         reorder: called with the (B·K,) source row of every new beam (cache and context follow).
         prompt: (B, T) start tokens.
+        max_new_tokens: tokens to generate at most, one for all rows or (B,) per row.
 
     Returns:
         tokens (B, T_max) right-padded with pad_id, lengths (B,), scores (B,) (normalised).
     """
     B, P = prompt.shape
     K, device = beam_size, prompt.device
+    limits = torch.as_tensor(max_new_tokens, device=device).expand(B)  # (B,)
+    steps = int(limits.max())
     running = prompt.repeat_interleave(K, dim=0).view(B, K, P)
     run_lp = torch.zeros(B, K, device=device)
     run_lp[:, 1:] = _NEG  # identical beams at the start: expand only the first
-    done_seq = torch.full((B, K, P + max_new_tokens), pad_id, dtype=prompt.dtype, device=device)
+    done_seq = torch.full((B, K, P + steps), pad_id, dtype=prompt.dtype, device=device)
     done_len = torch.full((B, K), P, device=device)
     done_score = torch.full((B, K), _NEG, device=device)
     done_any = torch.zeros(B, K, dtype=torch.bool, device=device)
     open_rows = torch.ones(B, dtype=torch.bool, device=device)
     top_k_mask = torch.arange(2 * K, device=device) < K
     offsets = (torch.arange(B, device=device) * K)[:, None]
-    for step in range(max_new_tokens):
+    for step in range(steps):
         logp = next_logprobs(running.view(B * K, -1))
         V = logp.shape[-1]
         cand = (logp.view(B, K, V) + run_lp[..., None]).view(B, K * V)
         top_lp, top_idx = cand.topk(2 * K, dim=1)  # 2K: at most K of them end here
         src, tok = top_idx // V, top_idx % V  # (B, 2K)
         seqs = torch.cat([running.gather(1, src[..., None].expand(-1, -1, running.shape[2])), tok[..., None]], 2)
-        last = step == max_new_tokens - 1
+        last, at_limit = step == steps - 1, limits == step + 1  # (B,): rows making their last token
         ends = (tok == eos_id) if eos_id is not None else torch.zeros_like(tok, dtype=torch.bool)
-        ends = ends | last
+        ends = ends | at_limit[:, None]
         # finished hypotheses: only among the first K candidates, while the row may still improve
         n_new = step + 1
         score = top_lp / length_norm(float(n_new), length_penalty, penalty_form)
@@ -85,8 +90,8 @@ def ranked_beam_search(
         if last:
             break
         reorder((src.gather(1, keep) + offsets).view(-1))
-        open_rows &= _may_improve(run_lp, done_score, done_any, n_new, max_new_tokens, length_penalty,
-                                  early_stopping, penalty_form)
+        open_rows &= ~at_limit & _may_improve(run_lp, done_score, done_any, n_new, limits, length_penalty,
+                                              early_stopping, penalty_form)
         if not bool(open_rows.any()) or bool(ends.all()) or (early_stopping is True and bool(done_any.all())):
             break
     lengths = done_len[:, 0]
@@ -94,11 +99,11 @@ def ranked_beam_search(
     return done_seq[:, 0, :width], lengths, done_score[:, 0]
 
 
-def _may_improve(run_lp: Tensor, done_score: Tensor, done_any: Tensor, n_new: int, max_new: int, alpha: float,
+def _may_improve(run_lp: Tensor, done_score: Tensor, done_any: Tensor, n_new: int, max_new: Tensor, alpha: float,
                  early_stopping: bool | str, form: str) -> Tensor:
     """(B,) rows whose best running beam might still beat their worst finished hypothesis (with
     early_stopping=True a row also closes once it holds K finished hypotheses, see the caller)."""
-    n = max_new if early_stopping == "never" and alpha > 0 else n_new
-    best = run_lp[:, 0] / length_norm(float(n), alpha, form)
+    n = max_new.float() if early_stopping == "never" and alpha > 0 else float(n_new)
+    best = run_lp[:, 0] / length_norm(n, alpha, form)
     worst = torch.where(done_any, done_score.min(dim=1, keepdim=True).values, torch.full_like(done_score, _NEG))
     return (best[:, None] > worst).any(dim=1)

@@ -167,7 +167,7 @@ def _next_logits(
 def generate(
     model: DecoderModel,
     prompt: Tensor,
-    max_new_tokens: int,
+    max_new_tokens: int | Tensor,
     strategy: Greedy | Sampling | BeamSearch | None = None,
     context: Tensor | None = None,
     eos_id: int | None = None,
@@ -184,6 +184,8 @@ def generate(
     Args:
         model: `model(tokens, context=None, cache=None) -> (B, T, V)` logits.
         prompt: (B, T) int64 start tokens (equal length per row).
+        max_new_tokens: tokens to generate at most: one number, or (B,) per row (a row then ends
+            at its own limit as it would alone; beam search: the ranked search only).
         strategy: Greedy() (default), Sampling(...) or BeamSearch(...).
         context: (B, S, D) encoder output for cross-attention models.
         logit_filters: applied in order before the strategy's own filters.
@@ -201,7 +203,10 @@ def generate(
     """
     strategy = strategy or Greedy()
     cache = (cache if cache is not None else KVCache()) if use_cache else None
+    limits = max_new_tokens if isinstance(max_new_tokens, Tensor) else None
     if isinstance(strategy, BeamSearch):
+        if limits is not None and strategy.early_stopping is None:
+            raise ValueError("per-row max_new_tokens needs BeamSearch(early_stopping=True, False or 'never')")
         return _beam_search(model, prompt, max_new_tokens, strategy, context, eos_id, pad_id,
                             list(logit_filters), cache, context_mask)
     filters = list(logit_filters) + (strategy.filters() if isinstance(strategy, Sampling) else [])
@@ -211,8 +216,8 @@ def generate(
     lengths = torch.full((B,), T, device=prompt.device)
     scores = torch.zeros(B, device=prompt.device)
     rows: Tensor | None = None  # rows the model still runs (None: all), see _drop_finished
-    for _ in range(max_new_tokens):
-        if cache is not None and (eos_id is not None or stop is not None):
+    for _ in range(int(limits.max()) if limits is not None else max_new_tokens):
+        if cache is not None and (eos_id is not None or stop is not None or limits is not None):
             rows, (context, context_mask) = _drop_finished(rows, finished, (context, context_mask), cache)
         if rows is None:
             logits = _next_logits(model, tokens, context, cache, context_mask)
@@ -233,6 +238,8 @@ def generate(
             finished |= nxt == eos_id
         if stop is not None:
             finished |= stop(tokens)
+        if limits is not None:
+            finished |= lengths - T >= limits
         if bool(finished.all()):
             break
     return Generation(tokens, lengths, scores, [tokens[i, : lengths[i]] for i in range(B)])
@@ -256,7 +263,7 @@ def _drop_finished(
 
 
 def _beam_search(
-    model: DecoderModel, prompt: Tensor, max_new_tokens: int, beam: BeamSearch, context: Tensor | None,
+    model: DecoderModel, prompt: Tensor, max_new_tokens: int | Tensor, beam: BeamSearch, context: Tensor | None,
     eos_id: int | None, pad_id: int, filters: list[LogitFilter], cache: KVCache | None,
     context_mask: Tensor | None = None,
 ) -> Generation:
@@ -323,7 +330,7 @@ def _beam_search(
 
 
 def _ranked_beam_search(
-    model: DecoderModel, prompt: Tensor, max_new_tokens: int, beam: BeamSearch, context: Tensor | None,
+    model: DecoderModel, prompt: Tensor, max_new_tokens: int | Tensor, beam: BeamSearch, context: Tensor | None,
     context_mask: Tensor | None, eos_id: int | None, pad_id: int, filters: list[LogitFilter], cache: KVCache | None,
 ) -> Generation:
     """`mmkit.core.beam.ranked_beam_search` on this loop's model call, filters and cache."""

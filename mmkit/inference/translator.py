@@ -20,6 +20,7 @@ from mmkit.core.attention import Attention
 
 log = logging.getLogger(__name__)
 UNKNOWN_SHARE = 0.5  # a source whose tokens are mostly <unk> is in a language the vocabulary lacks
+TRANSFORMERS_TOKENIZER = "transformers"  # export metadata: tokenizer files written by transformers
 
 
 class TranslatorError(ValueError):
@@ -58,14 +59,33 @@ class Translation:
 
 
 class TextCodec:
-    """Tokenizer adapter: `encode(text) -> ids` (ending in EOS), `decode(ids) -> text`, special ids."""
+    """Tokenizer adapter: `encode(text) -> ids` (ending in EOS), `decode(ids) -> text`, special ids;
+    `save(directory) -> name` writes the tokenizer files and names them for the export's metadata."""
 
     def __init__(self, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
                  pieces: Callable[[list[int]], list[str]], start_id: int, eos_id: int, pad_id: int,
-                 unk_id: int | None, suppress: Sequence[int] = ()) -> None:
-        self.encode, self.decode, self.pieces = encode, decode, pieces
+                 unk_id: int | None, suppress: Sequence[int] = (), save: Callable[[Path], str] | None = None) -> None:
+        self.encode, self.decode, self.pieces, self.save = encode, decode, pieces, save
         self.start_id, self.eos_id, self.pad_id, self.unk_id = start_id, eos_id, pad_id, unk_id
         self.suppress = list(suppress)
+
+
+class ForcedEos:
+    """transformers' `forced_eos_token_id` (the opus-mt configs set it): the token a row makes at
+    its own length limit is EOS. A logit filter of `generate` over B rows or B·K beams (tokens
+    (R, T)); `limits` (B,) new tokens per row after a `prompt_length`-token prompt."""
+
+    def __init__(self, eos_id: int, limits: Tensor, prompt_length: int = 1) -> None:
+        self.eos_id, self.limits, self.prompt_length = eos_id, limits, prompt_length
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        limits = self.limits.repeat_interleave(tokens.shape[0] // self.limits.shape[0])  # beams of a row share it
+        last = tokens.shape[1] - self.prompt_length == limits - 1
+        if not bool(last.any()):
+            return logits
+        forced = torch.full_like(logits, float("-inf"))
+        forced[:, self.eos_id] = 0.0
+        return torch.where(last[:, None], forced, logits)
 
 
 class Translator:
@@ -77,16 +97,35 @@ class Translator:
         prefix: text put before every source (T5's task prefix, "translate English to German: ").
         max_source_tokens: longer sources are truncated (with a warning naming the row).
         max_target_tokens: cap on generated tokens (the model's positions).
+        forced_eos_id: make this token (EOS) at each row's length limit (`ForcedEos`), as
+            transformers does for configs with `forced_eos_token_id`.
     """
 
     def __init__(self, model: nn.Module, codec: TextCodec, prefix: str = "", max_source_tokens: int = 512,
-                 max_target_tokens: int = 512) -> None:
+                 max_target_tokens: int = 512, forced_eos_id: int | None = None) -> None:
         self.model, self.codec, self.prefix = model.eval(), codec, prefix
         self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
+        self.forced_eos_id = forced_eos_id
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def export(self, directory: str | Path) -> Path:
+        """Save as an mmkit export (config.json + model.safetensors + the tokenizer files, decoding
+        settings in the metadata) that `load_translator` reads back with the same outputs: how an
+        imported MarianMT or T5 becomes a native model directory."""
+        if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in self.model.modules()):
+            raise TranslatorError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
+        if self.codec.save is None:
+            raise TranslatorError("this translator's tokenizer cannot be saved")
+        directory = Path(directory).expanduser()
+        c = self.codec
+        meta = dict(task="translation", start_id=c.start_id, eos_id=c.eos_id, pad_id=c.pad_id, prefix=self.prefix,
+                    suppress=c.suppress, forced_eos_id=self.forced_eos_id, max_source_tokens=self.max_source_tokens,
+                    max_target_tokens=self.max_target_tokens)
+        self.model.save_pretrained(directory, metadata={**meta, "tokenizer": c.save(directory)})
+        return directory
 
     def encode_source(self, text: str, row: int | None = None) -> list[int]:
         """Source ids (truncated to max_source_tokens, EOS kept); TranslatorError when the
@@ -137,15 +176,18 @@ class Translator:
             src[r, : len(ids)] = torch.tensor(ids)
         mask = src != c.pad_id
         mask[:, 0] = True  # a source that is only padding ids still attends somewhere
-        limits = [options.limit(len(ids), self.max_target_tokens) for ids in sources]
+        # Each row stops at its own limit (relative to its own source), as it would alone.
+        limits = torch.tensor([options.limit(len(ids), self.max_target_tokens) for ids in sources],
+                              device=self.device)
         strategy = (BeamSearch(options.beam_size, options.length_penalty, early_stopping=options.early_stopping)
                     if options.beam_size > 1 else Greedy())
-        filters = [SuppressTokens(c.suppress)] if c.suppress else []
-        out = generate(self.model, torch.full((len(sources), 1), c.start_id, device=self.device), max(limits),
+        filters: list[Callable[[Tensor, Tensor], Tensor]] = [SuppressTokens(c.suppress)] if c.suppress else []
+        if self.forced_eos_id is not None:
+            filters.append(ForcedEos(self.forced_eos_id, limits))
+        out = generate(self.model, torch.full((len(sources), 1), c.start_id, device=self.device), limits,
                        strategy, context=self.model.encode(src, mask), context_mask=mask, eos_id=c.eos_id,
                        pad_id=c.pad_id, logit_filters=filters)
-        # Greedy rows are independent: cutting each at its own limit gives what it alone would.
-        return [[t for t in seq[1 : 1 + n].tolist() if t != c.eos_id] for seq, n in zip(out.sequences, limits)]
+        return [[t for t in seq[1:].tolist() if t != c.eos_id] for seq in out.sequences]
 
     @torch.no_grad()
     def cross_attention(self, text: str, target: list[int]) -> tuple[list[str], list[str], Tensor]:
@@ -177,9 +219,16 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise TranslatorError(f"{path}: unreadable config ({e})") from None
 
 
-def load_translator(path: str | Path, prefix: str | None = None, device: str = "cpu") -> Translator:
-    """`--model DIR`: an mmkit export (Seq2Seq or T5 with spm.model, from `mmkit fit`), or a
-    transformers MarianMT or T5 directory with its SentencePiece tokenizer files."""
+def load_translator(path: str | Path, prefix: str | None = None, device: str = "cpu",
+                    quantize: str = "none") -> Translator:
+    """`--model DIR`: an mmkit export (Seq2Seq or T5 with spm.model, from `mmkit fit` or
+    `export_translator`), or a transformers MarianMT or T5 directory with its SentencePiece
+    tokenizer files. `quantize` "int8": int8 Linear layers and vocabulary projection on the CPU
+    (`mmkit.inference.quantize`; its agreement with fp32 is measured by `mmkit bench translate`)."""
+    from mmkit.inference.quantize import QUANTIZATIONS, apply_quantization, describe
+
+    if quantize not in QUANTIZATIONS:
+        raise TranslatorError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
     directory = Path(path).expanduser()
     if not (directory / "config.json").is_file():
         raise TranslatorError(f"{directory}: not a model directory (no config.json): give an mmkit translation "
@@ -192,11 +241,12 @@ def load_translator(path: str | Path, prefix: str | None = None, device: str = "
     if prefix is not None:
         translator.prefix = prefix
     translator.model.to(device)
+    apply_quantization(translator.model, quantize)
+    log.info("%s: %s", directory, describe("fp32", quantize, device))
     return translator
 
 
 def _load_native(directory: Path, doc: dict[str, Any]) -> Translator:
-    from mmkit.data.spm_tokenizer import SentencePieceTokenizer
     from mmkit.models import T5, Seq2Seq
 
     arch = doc.get("architecture")
@@ -205,16 +255,47 @@ def _load_native(directory: Path, doc: dict[str, Any]) -> Translator:
         raise TranslatorError(f"{directory}: holds a {arch} checkpoint, not a translation model (Seq2Seq, T5, "
                               "MarianMT)")
     meta = doc.get("metadata", {})
+    if meta.get("tokenizer") == TRANSFORMERS_TOKENIZER:  # an imported MarianMT/T5 saved by Translator.export
+        try:
+            ids = [int(meta[k]) for k in ("start_id", "eos_id", "pad_id")]
+        except (KeyError, TypeError, ValueError):
+            raise TranslatorError(f"{directory}: config.json metadata needs integer start_id, eos_id and pad_id") \
+                from None
+        codec = _hf_codec(directory, *ids, meta.get("suppress", []))
+    else:
+        codec = _spm_codec(directory, meta)
+    model = classes[arch].from_pretrained(directory)
+    max_len = getattr(model, "max_len", 512)
+    return Translator(model, codec, meta.get("prefix", ""), meta.get("max_source_tokens", max_len),
+                      meta.get("max_target_tokens", max_len - 1), meta.get("forced_eos_id"))
+
+
+def _spm_codec(directory: Path, meta: dict[str, Any]) -> TextCodec:
+    from mmkit.data.spm_tokenizer import SentencePieceTokenizer
+
     spm_file = directory / meta.get("tokenizer", "spm.model")
     if not spm_file.is_file():
         raise TranslatorError(f"{directory}: no tokenizer ({spm_file.name}) next to the model")
     tok = SentencePieceTokenizer.load(spm_file)
-    model = classes[arch].from_pretrained(directory)
-    codec = TextCodec(tok.encode, tok.decode, lambda ids: [tok.sp.id_to_piece(i) for i in ids],
-                      meta.get("start_id", tok.start_id), meta.get("eos_id", tok.eos_id),
-                      meta.get("pad_id", tok.pad_id), tok.unk_id)
-    max_len = getattr(model, "max_len", 512)
-    return Translator(model, codec, meta.get("prefix", ""), max_len, max_len - 1)
+    return TextCodec(tok.encode, tok.decode, lambda ids: [tok.sp.id_to_piece(i) for i in ids],
+                     meta.get("start_id", tok.start_id), meta.get("eos_id", tok.eos_id),
+                     meta.get("pad_id", tok.pad_id), tok.unk_id, save=lambda out: tok.save(out).name)
+
+
+def _hf_codec(directory: Path, start_id: int, eos_id: int, pad_id: int, suppress: Sequence[int]) -> TextCodec:
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as e:  # noqa: BLE001 - missing/corrupt tokenizer files: one message
+        raise TranslatorError(f"{directory}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
+
+    def save(out: Path) -> str:
+        tok.save_pretrained(str(out))
+        return TRANSFORMERS_TOKENIZER
+
+    return TextCodec(lambda t: tok(t).input_ids, lambda ids: tok.decode(ids, skip_special_tokens=True),
+                     tok.convert_ids_to_tokens, start_id, eos_id, pad_id, tok.unk_token_id, suppress, save)
 
 
 def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
@@ -226,19 +307,11 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
         raise TranslatorError(f"{directory}: holds a {kind or 'unknown'} model, not a translation model "
                               "(MarianMT, T5, or an mmkit Seq2Seq/T5 export)")
     model = classes[kind].from_hf(directory)
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(directory))
-    except Exception as e:  # noqa: BLE001 - missing/corrupt tokenizer files: one message
-        raise TranslatorError(f"{directory}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
-    generation = directory / "generation_config.json"  # where transformers >= 4.3x keeps bad_words_ids
-    bad_words = cfg.get("bad_words_ids")
-    if bad_words is None and generation.is_file():
-        bad_words = _read_json(generation).get("bad_words_ids")
-    codec = TextCodec(lambda t: tok(t).input_ids, lambda ids: tok.decode(ids, skip_special_tokens=True),
-                      tok.convert_ids_to_tokens, int(cfg["decoder_start_token_id"]), int(cfg["eos_token_id"]),
-                      int(cfg["pad_token_id"]), tok.unk_token_id, [w[0] for w in bad_words or [] if len(w) == 1])
+    generation = directory / "generation_config.json"  # where transformers >= 4.3x keeps generate()'s settings
+    settings = {**cfg, **(_read_json(generation) if generation.is_file() else {})}
+    bad_words, forced_eos = settings.get("bad_words_ids"), settings.get("forced_eos_token_id")
+    codec = _hf_codec(directory, int(cfg["decoder_start_token_id"]), int(cfg["eos_token_id"]),
+                      int(cfg["pad_token_id"]), [w[0] for w in bad_words or [] if len(w) == 1])
     # Marian's sinusoid table bounds both sides; T5's relative positions do not (512 as its tokenizers).
     max_len = cfg.get("max_position_embeddings", 512)
-    return Translator(model, codec, "", max_len, max_len - 1)
+    return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos))

@@ -34,8 +34,10 @@ def write_native_export(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def write_marian_dir(directory: Path, seed: int = 0) -> Path:
-    """opus-mt layout: vocabulary = the SentencePiece pieces, then <pad> last (decoder start)."""
+def write_marian_dir(directory: Path, seed: int = 0, forced_eos: bool = False) -> Path:
+    """opus-mt layout: vocabulary = the SentencePiece pieces, then <pad> last (decoder start).
+    `forced_eos`: the config says forced_eos_token_id 0 (as opus-mt's) and EOS is unlikely, so
+    rows run to their length limit."""
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -53,11 +55,12 @@ def write_marian_dir(directory: Path, seed: int = 0) -> Path:
     cfg = MarianConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
                        max_position_embeddings=64, activation_function="swish", scale_embedding=True,
-                       pad_token_id=pad, decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=None)
+                       pad_token_id=pad, decoder_start_token_id=pad, eos_token_id=0,
+                       forced_eos_token_id=0 if forced_eos else None)
     model = MarianMTModel(cfg).eval()
     with torch.no_grad():
         model.final_logits_bias.normal_()
-        model.final_logits_bias[0, 0] = 1.5  # EOS after a few tokens
+        model.final_logits_bias[0, 0] = -5.0 if forced_eos else 1.5  # EOS after a few tokens (or hardly ever)
     model.save_pretrained(directory)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, "bad_words_ids": [[pad]]}))  # as opus-mt's

@@ -141,3 +141,85 @@ def test_cli_text_arguments_and_user_errors(native, tmp_path, capsys):
     assert mmkit_main(["translate", "seven", "--model", str(native), "--beam-size", "0"]) == 2
     assert mmkit_main(["translate", str(tmp_path / "missing.txt"), "--model", str(native)]) == 2
     assert "missing.txt: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_forced_eos_from_the_config_at_the_length_limit_as_transformers(tmp_path, beam_size):
+    from transformers import AutoTokenizer, MarianMTModel
+
+    directory = write_marian_dir(tmp_path, forced_eos=True)
+    translator = load_translator(directory)
+    assert translator.forced_eos_id == 0
+    texts = ["seven", "one hundred and twenty-three", "Friday, March 5, 2021"]
+    got = translator.translate(texts, TranslationOptions(beam_size=beam_size, max_new_tokens=6, batch_size=3))
+    ref, tok = MarianMTModel.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+    assert ref.generation_config.forced_eos_token_id == 0
+    hit_limit = 0
+    for text, result in zip(texts, got):
+        expected = ref.generate(**tok([text], return_tensors="pt"), num_beams=beam_size, do_sample=False,
+                                max_new_tokens=6, bad_words_ids=[[ref.config.pad_token_id]],
+                                early_stopping=False)[0, 1:].tolist()
+        hit_limit += len(expected) == 6 and expected[-1] == 0  # forced: the 6th token is EOS
+        assert result.tokens == [t for t in expected if t not in (0, ref.config.pad_token_id)]
+    assert hit_limit == len(texts)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_each_row_stops_at_its_own_source_relative_limit_batched_as_alone(native, beam_size):
+    translator = load_translator(native)
+    texts = ["seven", "two thousand, four hundred and seventy-three", "third", "Friday, March 5, 2021"]
+    options = TranslationOptions(beam_size=beam_size, batch_size=4, length_ratio=0.5, length_offset=1)
+    batched = translator.translate(texts, options)
+    limits = [options.limit(len(translator.encode_source(t)), translator.max_target_tokens) for t in texts]
+    assert min(limits) < max(limits)  # a mixed batch
+    for text, row, limit in zip(texts, batched, limits):
+        assert row.tokens == translator.translate([text], options)[0].tokens
+        assert len(row.tokens) <= limit
+    assert len(batched[0].tokens) < max(limits)  # the short row did not run to the longest row's limit
+
+
+def test_imported_t5_saved_as_an_mmkit_export_reads_back_the_same(t5, tmp_path, capsys):
+    prefix = "translate English to German: "
+    export = tmp_path / "export"
+    texts = ["seven", "one hundred and twenty-three"]
+    assert mmkit_main(["translate", *texts, "--model", str(t5), "--prefix", prefix, "--beam-size", "2",
+                       "--export", str(export)]) == 0
+    imported = capsys.readouterr().out
+    doc = json.loads((export / "config.json").read_text())
+    assert doc["architecture"] == "T5" and doc["metadata"]["prefix"] == prefix
+    assert (export / "model.safetensors").is_file() and doc["metadata"]["tokenizer"] == "transformers"
+    assert mmkit_main(["translate", *texts, "--model", str(export), "--prefix", prefix, "--beam-size", "2"]) == 0
+    assert capsys.readouterr().out == imported and imported.strip()
+    options = TranslationOptions(max_new_tokens=10)
+    assert ([r.tokens for r in load_translator(export).translate(texts, options)]  # prefix kept in the export
+            == [r.tokens for r in load_translator(t5, prefix=prefix).translate(texts, options)])
+
+
+def test_marian_export_keeps_suppressed_and_forced_eos_tokens(tmp_path):
+    directory = write_marian_dir(tmp_path / "marian", forced_eos=True)
+    imported = load_translator(directory)
+    export = imported.export(tmp_path / "export")
+    again = load_translator(export)
+    assert (again.codec.suppress, again.forced_eos_id) == (imported.codec.suppress, 0)
+    options = TranslationOptions(beam_size=2, max_new_tokens=6)
+    assert [r.tokens for r in again.translate(TEXTS[:4], options)] == \
+        [r.tokens for r in imported.translate(TEXTS[:4], options)]
+
+
+def test_int8_translator_keeps_fp32_logits_and_is_not_exported(native, tmp_path, capsys):
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    fp32, int8 = load_translator(native), load_translator(native, quantize="int8")
+    assert isinstance(int8.model.head, Int8Linear) and fp32.model.head is None  # the tied projection too
+    src = torch.tensor([fp32.encode_source("one hundred and twenty-three")])
+    tokens = torch.tensor([[2, 5, 6, 7]])
+    with torch.no_grad():
+        a, b = (t.model(tokens, context=t.model.encode(src)) for t in (fp32, int8))
+    cosine = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1))
+    assert float(cosine) > 0.99 and not torch.equal(a, b)
+    with pytest.raises(TranslatorError, match="int8 model is not exported"):
+        int8.export(tmp_path / "x")
+    assert mmkit_main(["translate", "seven", "--model", str(native), "--quantize", "int8"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert mmkit_main(["translate", "--model", str(native)]) == 2
+    assert "give sentences" in capsys.readouterr().err
