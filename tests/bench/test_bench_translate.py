@@ -1,8 +1,10 @@
 """Smoke test of `mmkit bench translate` at a tiny size: both implementations produce the same
-greedy and beam tokens in every cell and the report holds together. Never timings."""
+greedy and beam tokens in every cell, the int8 path's agreement is reported, the held-out
+scorer compares fp32 with int8, and the reports hold together. Never timings."""
 from __future__ import annotations
 
-from mmkit.cli.bench.translate import format_report, main, run_translate_bench
+from mmkit.cli.bench.translate import format_held_out, format_report, main, run_held_out, run_translate_bench
+from tests.inference._translation_fixtures import write_native_export
 
 
 def test_bench_translates_to_the_same_tokens_in_every_cell():
@@ -10,10 +12,25 @@ def test_bench_translates_to_the_same_tokens_in_every_cell():
                                  source_tokens=6, new_tokens=8, rounds=1, warmup=0, threads=1)
     cells = result["cells"]
     assert [(c["beams"], c["batch_size"]) for c in cells] == [(1, 1), (1, 3), (2, 1), (2, 3)]
-    assert all(c["same_tokens"] is True for c in cells)
-    assert all(c["ratio"] == c["tokens_per_s"]["mmkit"] / c["tokens_per_s"]["transformers"] for c in cells)
+    assert all(c["same_tokens"] is True and c["agreement"]["mmkit"] == 1.0 for c in cells)
+    for c in cells:
+        for k in ("mmkit", "mmkit int8"):
+            assert c["ratio"][k] == c["tokens_per_s"][k] / c["tokens_per_s"]["transformers"]
+        assert 0.0 <= c["agreement"]["mmkit int8"] <= 1.0
     report = format_report(result)
-    assert report.count("yes") == 4 and "beam 2        3" in report
+    assert report.count("yes") == 4 and "beam 2        3" in report and "mmkit int8 tok/s" in report
+
+
+def test_held_out_scores_fp32_and_int8_of_an_export(tmp_path, capsys):
+    export = str(write_native_export(tmp_path / "export"))
+    result = run_held_out(export, n=12, beams=(1, 2), max_new_tokens=6, threads=1)
+    assert [(r["beams"], r["quantize"]) for r in result["rows"]] == [(1, "none"), (1, "int8"), (2, "none"),
+                                                                      (2, "int8")]
+    assert all(0 <= r["bleu"] <= 100 and 0 <= r["exact"] <= 100 for r in result["rows"])
+    assert 0 <= result["rows"][1]["same_as_fp32"] <= 100 and "same_as_fp32" not in result["rows"][0]
+    assert "beam 2    int8" in format_held_out(result)
+    assert main(["--held-out", str(tmp_path / "missing")]) == 2
+    assert "not a model directory" in capsys.readouterr().err
 
 
 def test_impossible_sizes_exit_2(capsys):

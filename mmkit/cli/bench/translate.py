@@ -1,24 +1,28 @@
 """Translation speed: mmkit's `Seq2Seq` (imported from MarianMT) on the shared decoding loop
 with its KV cache against transformers' `MarianMTModel.generate` on the same random weights
 (opus-mt-en-de's shape by default), the same source batch and the same tokens (checked), greedy
-and beam 4, batch 1 and 16. Both run in one process in interleaved rounds whose order
-alternates; figures are medians. Never asserted on: a script that prints ratios.
+and beam 4, batch 1 and 16; mmkit's int8 path (`--quantize int8`) beside them, with its share
+of tokens equal to transformers' fp32 ones. All run in one process in interleaved rounds whose
+order alternates; figures are medians. Never asserted on: a script that prints ratios.
+`--held-out EXPORT` instead scores a trained export (the translate_numbers recipe's) on the
+recipe's held-out test phrases in fp32 and int8: BLEU, exact match and time, greedy and beam.
 
-    mmkit bench translate                   # opus-mt-en-de's shape, 4 cells
+    mmkit bench translate                   # opus-mt-en-de's shape, 4 cells, fp32 and int8
     mmkit bench translate --layers 2 --source-tokens 16 --new-tokens 16 --rounds 2
+    mmkit bench translate --held-out runs/translate_numbers/export
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 import torch
 
 from mmkit.cli.bench.common import add_run_options, interleaved, torch_threads, write_json
-
-
 
 def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
     from transformers import MarianConfig, MarianMTModel
@@ -36,7 +40,13 @@ def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
     return ref
 
 
-def _cell(ref: Any, ours: Any, src: torch.Tensor, beams: int, new_tokens: int, rounds: int,
+def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Share of token positions equal in two sets of equal-length sequences."""
+    pairs = [(x, y) for sa, sb in zip(a, b) for x, y in zip(sa, sb)]
+    return sum(x == y for x, y in pairs) / max(1, len(pairs))
+
+
+def _cell(ref: Any, models: dict[str, Any], src: torch.Tensor, beams: int, new_tokens: int, rounds: int,
           warmup: int) -> dict[str, Any]:
     from mmkit.core import BeamSearch, Greedy, generate
 
@@ -44,33 +54,40 @@ def _cell(ref: Any, ours: Any, src: torch.Tensor, beams: int, new_tokens: int, r
     mask = torch.ones_like(src, dtype=torch.bool)
     strategy = BeamSearch(beams, early_stopping=False) if beams > 1 else Greedy()
 
-    def mmkit_run() -> list[list[int]]:
-        out = generate(ours, torch.full((len(src), 1), start_id), new_tokens, strategy,
-                       context=ours.encode(src, mask), context_mask=mask, eos_id=None, pad_id=start_id)
-        return [s.tolist() for s in out.sequences]
+    def mmkit_run(ours: Any) -> Callable[[], list[list[int]]]:
+        def run() -> list[list[int]]:
+            out = generate(ours, torch.full((len(src), 1), start_id), new_tokens, strategy,
+                           context=ours.encode(src, mask), context_mask=mask, eos_id=None, pad_id=start_id)
+            return [s.tolist() for s in out.sequences]
+        return run
 
     def reference_run() -> list[list[int]]:
         out = ref.generate(input_ids=src, attention_mask=mask.long(), num_beams=beams, do_sample=False,
                            max_new_tokens=new_tokens, early_stopping=False)
         return out.tolist()
 
-    runs: dict[str, Callable[[], list[list[int]]]] = {"mmkit": mmkit_run, "transformers": reference_run}
+    runs = {name: mmkit_run(model) for name, model in models.items()}
+    runs["transformers"] = reference_run
     seconds, outputs = interleaved(runs, rounds, warmup)
     rate = {k: len(src) * new_tokens / statistics.median(v) for k, v in seconds.items()}
-    return dict(batch_size=len(src), beams=beams, tokens_per_s=rate, ratio=rate["mmkit"] / rate["transformers"],
-                seconds=seconds, same_tokens=outputs["mmkit"] == outputs["transformers"])
+    return dict(batch_size=len(src), beams=beams, tokens_per_s=rate, seconds=seconds,
+                ratio={k: rate[k] / rate["transformers"] for k in models},
+                agreement={k: _agreement(outputs[k], outputs["transformers"]) for k in models},
+                same_tokens=outputs["mmkit"] == outputs["transformers"])
 
 
 def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: int = 2048, vocab_size: int = 58101,
                         batch_sizes: Sequence[int] = (1, 16), beams: Sequence[int] = (1, 4), source_tokens: int = 24,
-                        new_tokens: int = 32, rounds: int = 3, warmup: int = 1,
-                        threads: int | None = None) -> dict[str, Any]:
-    """Generated tokens/s of both implementations in every (beams, batch size) cell.
+                        new_tokens: int = 32, rounds: int = 3, warmup: int = 1, threads: int | None = None,
+                        int8: bool = True) -> dict[str, Any]:
+    """Generated tokens/s of both implementations (and mmkit int8) in every (beams, batch size) cell.
 
     Returns:
-        `cells`: one dict per cell with `tokens_per_s` per implementation, `ratio` (mmkit /
-        transformers, > 1: mmkit faster), `same_tokens` and the raw `seconds`; and the settings.
+        `cells`: one dict per cell with `tokens_per_s` per implementation, `ratio` and `agreement`
+        (share of tokens equal to transformers') per mmkit path ("mmkit", "mmkit int8"; ratio > 1:
+        faster than transformers fp32), `same_tokens` (fp32) and the raw `seconds`; and the settings.
     """
+    from mmkit.inference.quantize import apply_quantization
     from mmkit.models import Seq2Seq
 
     if min(rounds, source_tokens, new_tokens, *batch_sizes, *beams) < 1 or warmup < 0:
@@ -78,29 +95,78 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
     with torch_threads(threads):
         ref = _reference(dim, layers, heads, ffn, vocab_size)
         ours = Seq2Seq.from_hf(ref).eval()
+        models = {"mmkit": ours}
+        if int8:
+            models["mmkit int8"] = apply_quantization(copy.deepcopy(ours), "int8")
         g = torch.Generator().manual_seed(0)
         cells = []
         for beam in beams:
             for batch in batch_sizes:
                 src = torch.randint(1, vocab_size - 1, (batch, source_tokens), generator=g)
                 src[:, -1] = 0  # sources end in EOS, as the tokenizer writes them
-                cells.append(_cell(ref, ours, src, beam, new_tokens, rounds, warmup))
+                cells.append(_cell(ref, models, src, beam, new_tokens, rounds, warmup))
         return dict(model=f"random MarianMT dim {dim}, {layers}+{layers} layers, vocab {vocab_size}",
                     params=sum(p.numel() for p in ours.parameters()), source_tokens=source_tokens,
                     new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(), cells=cells)
 
 
+def run_held_out(export: str, n: int = 1000, beams: Sequence[int] = (1, 4), max_new_tokens: int = 24,
+                 batch_size: int = 64, threads: int | None = None) -> dict[str, Any]:
+    """BLEU, exact match and seconds of `export` on the translate_numbers recipe's held-out test
+    phrases (`make_pairs("test", n)`, as the recipe's test split) in fp32 and int8, and the share
+    of sentences whose int8 tokens equal the fp32 ones."""
+    from torchmetrics.text import SacreBLEUScore
+
+    from mmkit.data.number_phrases import make_pairs
+    from mmkit.inference.translator import TranslationOptions, load_translator
+
+    pairs = make_pairs("test", n)
+    sources, refs = [en for en, _ in pairs], [de for _, de in pairs]
+    rows = []
+    with torch_threads(threads), torch.inference_mode():
+        translators = {q: load_translator(export, quantize=q) for q in ("none", "int8")}
+        for beam in beams:
+            options = TranslationOptions(beam_size=beam, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            out = {}
+            for q, translator in translators.items():
+                start = time.perf_counter()
+                out[q] = translator.translate(sources, options)
+                hyps = [r.text for r in out[q]]
+                rows.append(dict(beams=beam, quantize=q, seconds=time.perf_counter() - start,
+                                 bleu=100 * float(SacreBLEUScore(tokenize="13a")(hyps, [[r] for r in refs])),
+                                 exact=100 * sum(h == r for h, r in zip(hyps, refs)) / n))
+            rows[-1]["same_as_fp32"] = 100 * sum(a.tokens == b.tokens for a, b in zip(out["none"], out["int8"])) / n
+    return dict(export=export, sentences=n, threads=torch.get_num_threads(), rows=rows)
+
+
+def format_held_out(result: dict[str, Any]) -> str:
+    lines = [f"Held-out translate_numbers test phrases ({result['sentences']}), {result['export']}, "
+             f"{result['threads']} threads", "  strategy  weights    BLEU   exact %   seconds   same tokens as fp32"]
+    for r in result["rows"]:
+        name = "greedy" if r["beams"] == 1 else f"beam {r['beams']}"
+        same = f"{r['same_as_fp32']:.1f}%" if "same_as_fp32" in r else "-"
+        weights = "fp32" if r["quantize"] == "none" else "int8"
+        lines.append(f"  {name:8s}  {weights:7s} {r['bleu']:6.1f} {r['exact']:9.1f} {r['seconds']:9.1f}   {same}")
+    return "\n".join(lines)
+
+
 def format_report(result: dict[str, Any]) -> str:
     r = result
+    paths = list(r["cells"][0]["ratio"])
     lines = [f"Translation: {r['model']} ({r['params'] / 1e6:.1f}M params), {r['source_tokens']} source + "
              f"{r['new_tokens']} new tokens, {r['threads']} threads, median of {r['rounds']}",
-             "  strategy  batch   mmkit tok/s   transformers tok/s   mmkit/transformers   same tokens"]
+             "  strategy  batch   transformers tok/s" + "".join(f"   {k + ' tok/s':>16s}   vs transf." for k in paths)
+             + "   fp32 same tokens" + ("   int8 same tokens" if "mmkit int8" in paths else "")]
     for c in r["cells"]:
         name = "greedy" if c["beams"] == 1 else f"beam {c['beams']}"
-        lines.append(f"  {name:8s} {c['batch_size']:6d} {c['tokens_per_s']['mmkit']:13.1f} "
-                     f"{c['tokens_per_s']['transformers']:20.1f} {c['ratio']:19.2f}x   "
-                     f"{'yes' if c['same_tokens'] else 'NO'}")
-    lines.append("  (goal >= 1.5x in every cell)")
+        line = f"  {name:8s} {c['batch_size']:6d} {c['tokens_per_s']['transformers']:20.1f}"
+        for k in paths:
+            line += f"   {c['tokens_per_s'][k]:16.1f}   {c['ratio'][k]:9.2f}x"
+        line += f"   {'yes' if c['same_tokens'] else 'NO':>17s}"
+        if "mmkit int8" in paths:
+            line += f"   {100 * c['agreement']['mmkit int8']:17.1f}%"
+        lines.append(line)
+    lines.append("  (goal >= 1.5x in every cell; int8 tokens vs transformers fp32, position by position)")
     return "\n".join(lines)
 
 
@@ -115,15 +181,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--beams", type=int, nargs="+", default=[1, 4], help="beam widths (1 = greedy)")
     p.add_argument("--source-tokens", type=int, default=24)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--no-int8", action="store_true", help="time fp32 only (no mmkit --quantize int8 column)")
+    p.add_argument("--held-out", metavar="EXPORT",
+                   help="instead: BLEU/exact match of this translate_numbers export, fp32 vs int8, greedy and beam")
+    p.add_argument("--sentences", type=int, default=1000, help="held-out phrases to score (1000, the recipe's)")
     add_run_options(p)
     args = p.parse_args(argv)
     try:
-        result = run_translate_bench(args.dim, args.layers, args.heads, args.ffn, args.vocab_size, args.batch_sizes,
-                                     args.beams, args.source_tokens, args.new_tokens, args.rounds, args.warmup,
-                                     args.threads)
-    except (ValueError, OSError) as e:
+        if args.held_out:
+            result = run_held_out(args.held_out, args.sentences, [b for b in args.beams], threads=args.threads)
+            report = format_held_out(result)
+        else:
+            result = run_translate_bench(args.dim, args.layers, args.heads, args.ffn, args.vocab_size,
+                                         args.batch_sizes, args.beams, args.source_tokens, args.new_tokens,
+                                         args.rounds, args.warmup, args.threads, not args.no_int8)
+            report = format_report(result)
+    except (ValueError, OSError) as e:  # TranslatorError and WeightsError are ValueErrors
         print(f"mmkit bench translate: {e}", file=sys.stderr)
         return 2
-    print(format_report(result))
+    print(report)
     write_json(args.json, result)
     return 0
