@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
                "the other files go on); 2 a usage error; 130 interrupted (the files written so far are named).")
     p.add_argument("files", nargs="+", help="audio files (any format libsndfile reads; any rate, any channels)")
     p.add_argument("--model", required=True,
-                   help="Hugging Face Whisper directory or mmkit checkpoint, with the tokenizer files; or an "
-                        "openai-whisper .pt file (tokenizer from the openai-whisper package)")
+                   help="Hugging Face Whisper directory, mmkit checkpoint or CTranslate2 Whisper folder (model.bin, "
+                        "as faster-whisper reads it), with the tokenizer files; or an openai-whisper .pt file "
+                        "(tokenizer from the openai-whisper package)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory or .tiktoken file to use instead of the checkpoint's")
     p.add_argument("--language", default=None, help="language code or name (default: detect per file)")

@@ -13,11 +13,13 @@ from typing import Any, Union
 import torch
 
 from mmkit.data.char_tokenizer import CharTokenizer
-from mmkit.data.whisper_tokenizer import WhisperTokenizer
+from mmkit.data.tiktoken_files import OPENAI_MULTILINGUAL_VOCAB
+from mmkit.data.whisper_tokenizer import GENERATION_CONFIG, WhisperTokenizer
 from mmkit.models.whisper import Whisper
 
 SpeechTokenizer = Union[WhisperTokenizer, CharTokenizer]
 OPENAI_SUFFIXES = (".pt", ".pth")  # openai-whisper's checkpoint files
+CT2_WEIGHTS = "model.bin"  # a CTranslate2 folder's weights (Hugging Face names its pickles pytorch_model.bin)
 
 
 def load_speech_model(name: str | Path, device: str | torch.device = "cpu",
@@ -29,6 +31,8 @@ def load_speech_model(name: str | Path, device: str | torch.device = "cpu",
       generation_config.json) next to the weights;
     * an mmkit model trained with a character/BPE tokenizer (`SpeechRecognizer`'s export,
       config.json metadata `"tokenizer": "char" | "bpe"`: no language, task or timestamp tokens);
+    * a CTranslate2 Whisper folder (model.bin, as faster-whisper reads it, + tokenizer.json; the
+      suppressed tokens from its config.json unless a generation_config.json is there);
     * an openai-whisper checkpoint file (`.pt` / `.pth`), with openai's tokenizer for its
       vocabulary size.
 
@@ -58,7 +62,8 @@ def load_speech_model(name: str | Path, device: str | torch.device = "cpu",
                 raise WeightsError(f"{path}: tokenizer.json has {chars.vocab_size} tokens, the model "
                                    f"{model.vocab_size}")
             return model.to(device).eval(), chars
-        tok = WhisperTokenizer.from_dir(path) if tokenizer is None else load_tokenizer(tokenizer, model.vocab_size)
+        tok = (_directory_tokenizer(path, model.vocab_size) if tokenizer is None
+               else load_tokenizer(tokenizer, model.vocab_size))
     if tok.timestamp_end > model.vocab_size:
         raise WeightsError(f"{path}: the tokenizer's ids reach {tok.timestamp_end - 1}, beyond the "
                            f"model's vocab_size {model.vocab_size}")
@@ -79,10 +84,13 @@ def data_tokenizer_kind(directory: Path) -> str | None:
 def _load_directory(directory: Path) -> Whisper:
     from mmkit.weights import WeightsError
 
+    if (directory / CT2_WEIGHTS).is_file():  # CTranslate2's file name; its header names the spec (checked)
+        return Whisper.from_ctranslate2(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise WeightsError(f"{directory}: not a checkpoint directory (no config.json); --model takes a local "
-                           "Hugging Face Whisper directory, an mmkit Whisper checkpoint or an openai-whisper .pt file")
+                           "Hugging Face Whisper directory, an mmkit Whisper checkpoint, a CTranslate2 Whisper "
+                           "folder (model.bin) or an openai-whisper .pt file")
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
@@ -90,6 +98,30 @@ def _load_directory(directory: Path) -> Whisper:
     if "format_version" in config and "architecture" in config:  # mmkit's native layout
         return Whisper.from_pretrained(directory)
     return Whisper.from_hf(directory)
+
+
+def _directory_tokenizer(directory: Path, vocab_size: int) -> WhisperTokenizer:
+    """The tokenizer beside a checkpoint's weights. A CTranslate2 folder has no generation_config.json:
+    its config.json lists the suppressed tokens (`suppress_ids`, `suppress_ids_begin`) that
+    faster-whisper applies, and the model is multilingual by openai's and CTranslate2's rule
+    (vocab_size >= 51865; an English-only tokenizer.json lists the language tokens too)."""
+    from mmkit.weights import WeightsError
+
+    tok = WhisperTokenizer.from_dir(directory)
+    if not (directory / CT2_WEIGHTS).is_file() or (directory / GENERATION_CONFIG).is_file():
+        return tok
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except FileNotFoundError:
+        config = {}  # older exports: openai's default suppressed tokens, as faster-whisper's
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{directory / 'config.json'}: unreadable ({e})") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{directory / 'config.json'}: not a JSON object")
+    keys = {"suppress_tokens": "suppress_ids", "begin_suppress_tokens": "suppress_ids_begin"}
+    generation = {ours: config[theirs] for ours, theirs in keys.items() if isinstance(config.get(theirs), list)}
+    generation["is_multilingual"] = vocab_size >= OPENAI_MULTILINGUAL_VOCAB
+    return WhisperTokenizer(tok.backend, generation, source=directory)
 
 
 def load_tokenizer(source: str | Path, vocab_size: int) -> WhisperTokenizer:

@@ -145,3 +145,11 @@ class Whisper(PretrainedMixin, nn.Module):
         from mmkit.weights.from_openai_whisper import whisper_from_openai
 
         return cls.from_converted(whisper_from_openai(path, WHISPER_SIZES))
+
+    @classmethod
+    def from_ctranslate2(cls, directory: str | Path) -> "Whisper":
+        """Import a CTranslate2 Whisper folder (the `model.bin` faster-whisper reads; float32/16/bf16
+        exports, upcast to fp32), read without ctranslate2 (`mmkit.weights.from_ctranslate2`); eval mode."""
+        from mmkit.weights.from_ctranslate2 import whisper_from_ctranslate2
+
+        return cls.from_converted(whisper_from_ctranslate2(directory))

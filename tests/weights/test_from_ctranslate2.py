@@ -6,6 +6,8 @@ Quantized exports and other specs are refused by name.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,11 +26,12 @@ def hf_dir(tmp_path_factory):
                                 heads=2, n_text_tokens=300, multilingual=False, n_audio_ctx=50)
 
 
-def _convert(hf_dir, out, quantization=None):
+def _convert(hf_dir, out, quantization=None, copy_files=None):
     import logging
 
     logging.getLogger("ctranslate2").setLevel(logging.WARNING)
-    return ct2.converters.TransformersConverter(str(hf_dir)).convert(str(out), quantization=quantization, force=True)
+    converter = ct2.converters.TransformersConverter(str(hf_dir), copy_files=copy_files)
+    return converter.convert(str(out), quantization=quantization, force=True)
 
 
 @pytest.mark.parametrize("quantization,tol", [(None, 1e-4), ("float16", 2e-2)])
@@ -64,3 +67,37 @@ def test_quantized_exports_and_other_files_are_refused(hf_dir, tmp_path):
     (tmp_path / "model.bin").write_bytes(b"\x02\x00\x00\x00")
     with pytest.raises(WeightsError, match="binary version 2"):
         whisper_from_ctranslate2(tmp_path)
+
+
+def test_transcribe_takes_a_ctranslate2_folder_as_its_model(hf_dir, tmp_path):
+    """`--model CT2_DIR` (the one resolver, `load_speech_model`): the weights of the Hugging Face
+    original exactly (float32 export), the suppressed tokens listed in CTranslate2's config.json and
+    English-only by vocabulary size (the folder has no generation_config.json), and `mmkit transcribe` writes the same tokens as from the
+    original directory."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from mmkit.cli import main
+    from mmkit.inference import load_speech_model
+
+    ct2_dir = Path(_convert(hf_dir, tmp_path / "ct2", copy_files=["tokenizer.json"]))
+    assert not (ct2_dir / "generation_config.json").exists()
+    model, tok = load_speech_model(ct2_dir)
+    ref_model, ref_tok = load_speech_model(hf_dir)
+    ours, ref = model.state_dict(), ref_model.state_dict()
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+    config = json.loads((ct2_dir / "config.json").read_text())
+    assert tok.generation_config == {"suppress_tokens": config["suppress_ids"], "is_multilingual": False,
+                                     "begin_suppress_tokens": config["suppress_ids_begin"]}  # 1,908 < 51,865 ids
+    assert tok.suppress_tokens == ref_tok.suppress_tokens and tok.begin_suppress_tokens == ref_tok.begin_suppress_tokens
+    wav = tmp_path / "clip.wav"
+    sf.write(str(wav), (0.1 * np.random.default_rng(0).standard_normal(24_000)).astype(np.float32), 16_000)
+    tokens = {}
+    for name, source in (("hf", hf_dir), ("ct2", ct2_dir)):
+        assert main(["transcribe", str(wav), "--model", str(source), "--temperature", "0", "--max-new-tokens", "8",
+                     "-f", "json", "-o", str(tmp_path / name), "--quiet"]) == 0
+        doc = json.loads((tmp_path / name / "clip.json").read_text())
+        tokens[name] = [t for s in doc["segments"] for t in s["tokens"]]
+    assert tokens["ct2"] == tokens["hf"] and tokens["hf"]
