@@ -35,6 +35,7 @@ class VQGAN(PretrainedMixin, nn.Module):
         value_range: "signed" or "unit", above.
         has_encoder: False for a decoder-only import (min-dalle ships only the detokenizer).
         beta: commitment-loss weight.
+        ema_decay: > 0 trains the codebook as an EMA of its assigned latents (VQ-VAE-2) instead of by gradient.
         dropout: ResNet-block dropout (training only).
     """
 
@@ -54,6 +55,7 @@ class VQGAN(PretrainedMixin, nn.Module):
         has_encoder: bool = True,
         beta: float = 0.25,
         dropout: float = 0.0,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         if value_range not in VALUE_RANGES:
@@ -66,7 +68,7 @@ class VQGAN(PretrainedMixin, nn.Module):
         if has_encoder:
             self.encoder = ConvEncoder(in_channels, ch, ch_mult, num_res_blocks, attn_levels, z_channels, norm, dropout)
             self.quant_conv = nn.Conv2d(z_channels, code_dim, 1)
-        self.quantize = VectorQuantizer(codebook_size, code_dim, beta)
+        self.quantize = VectorQuantizer(codebook_size, code_dim, beta, ema_decay=ema_decay)
         self.post_quant_conv = nn.Conv2d(code_dim, z_channels, 1)
         self.decoder = ConvDecoder(in_channels, ch, ch_mult, num_res_blocks, attn_levels, z_channels, norm, dropout)
 

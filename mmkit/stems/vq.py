@@ -169,16 +169,41 @@ class ConvDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum over data-parallel ranks in place (identity when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and \
+        torch.distributed.is_initialized() else 1
+
+
+def _broadcast_from_rank0(t: Tensor) -> Tensor:
+    """Rank 0's tensor on every rank, in place (identity when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast(t, src=0)
+    return t
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-codebook quantizer with straight-through gradients, the VQ-VAE codebook +
     commitment loss, and dead-code restarts.
 
     The loss is `||sg(z) - e||² + beta · ||z - sg(e)||²` (VQ-VAE eq. 3; taming's default
     `legacy=True` swaps beta onto the codebook term, a bug it keeps for old checkpoints; it only
-    matters for training, and we train with the paper's form). Dead codes: in training, a code whose
-    running usage (EMA over steps) falls below `restart_threshold` is re-seeded with a random
-    encoder output from the current batch (Dhariwal et al., Jukebox, 2020 §3.2), so the codebook
-    does not collapse onto a few entries.
+    matters for training, and we train with the paper's form). With `ema_decay` > 0 the codebook is
+    instead the running mean of the latents assigned to each code (VQ-VAE appendix A.1, VQ-VAE-2):
+    no codebook term, only the commitment term, and the codes move at the pace of the encoder.
+    Dead codes: in training, a code whose running usage (EMA over steps) falls below
+    `restart_threshold` is re-seeded with a random encoder output from the current batch (Dhariwal
+    et al., Jukebox, 2020 §3.2), so the codebook does not collapse onto a few entries.
+
+    Data-parallel training keeps the replicas' codebooks identical: usage counts (and the EMA sums)
+    are summed over ranks, so every rank finds the same dead codes, and the restart vectors are
+    rank 0's picks, broadcast.
 
     Args:
         codebook_size: number of codes.
@@ -186,17 +211,22 @@ class VectorQuantizer(nn.Module):
         beta: commitment weight.
         restart_threshold: expected uses per step below which a code is dead (0 disables restarts).
         usage_decay: EMA decay of the per-code usage counts.
+        ema_decay: EMA decay of the codebook itself (0 = learned by gradient, taming's way).
     """
 
     def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, restart_threshold: float = 0.03,
-                 usage_decay: float = 0.99) -> None:
+                 usage_decay: float = 0.99, ema_decay: float = 0.0) -> None:
         super().__init__()
         self.codebook_size, self.beta = codebook_size, beta
-        self.restart_threshold, self.usage_decay = restart_threshold, usage_decay
+        self.restart_threshold, self.usage_decay, self.ema_decay = restart_threshold, usage_decay, ema_decay
         self.embedding = nn.Embedding(codebook_size, code_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        # Not persistent: taming/min-dalle checkpoints have no such buffer, and it is training state.
+        # Not persistent: taming/min-dalle checkpoints have no such buffers, and they are training state.
         self.register_buffer("usage", torch.ones(codebook_size), persistent=False)
+        if ema_decay > 0:
+            self.embedding.weight.requires_grad_(False)
+            self.register_buffer("ema_count", torch.ones(codebook_size), persistent=False)
+            self.register_buffer("ema_sum", self.embedding.weight.detach().clone(), persistent=False)
 
     def codes(self, z: Tensor) -> Tensor:
         """Nearest codes of latents z (B, C, h, w) → (B, h, w) int64."""
@@ -217,22 +247,45 @@ class VectorQuantizer(nn.Module):
         """
         codes = self.codes(z)
         z_q = self.lookup(codes)
-        loss = F.mse_loss(z_q, z.detach()) + self.beta * F.mse_loss(z, z_q.detach())
-        if self.training and self.restart_threshold > 0:
-            self._restart_dead(z.detach(), codes)
+        loss = self.beta * F.mse_loss(z, z_q.detach())
+        if self.ema_decay <= 0:
+            loss = loss + F.mse_loss(z_q, z.detach())
+        if self.training:
+            self._update(z.detach(), codes)
         return z + (z_q - z).detach(), loss, codes
 
     @torch.no_grad()
-    def _restart_dead(self, z: Tensor, codes: Tensor) -> None:
-        counts = torch.bincount(codes.flatten(), minlength=self.codebook_size).to(self.usage)
-        self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
-        dead = (self.usage < self.restart_threshold).nonzero().flatten()
+    def _update(self, z: Tensor, codes: Tensor) -> None:
+        """EMA codebook step (if any), then dead-code restarts; identical on every data-parallel rank."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, C)
+        counts = torch.bincount(codes.flatten(), minlength=self.codebook_size).to(flat.dtype)
+        if self.ema_decay > 0:
+            sums = torch.zeros_like(self.ema_sum).index_add_(0, codes.flatten(), flat)
+            stats = _all_reduce_sum(torch.cat([counts[:, None], sums], 1))  # one collective for both
+            counts = stats[:, 0]
+            self.ema_count.lerp_(counts, 1 - self.ema_decay)
+            self.ema_sum.lerp_(stats[:, 1:], 1 - self.ema_decay)
+            n = self.ema_count.sum()
+            smoothed = (self.ema_count + 1e-5) / (n + self.codebook_size * 1e-5) * n  # Laplace smoothing
+            self.embedding.weight.copy_(self.ema_sum / smoothed[:, None])
+        else:
+            counts = _all_reduce_sum(counts)
+        if self.restart_threshold > 0:
+            self._restart_dead(flat, counts)
+
+    def _restart_dead(self, flat: Tensor, counts: Tensor) -> None:
+        # Usage per rank and step, so the threshold means the same at any world size.
+        self.usage.mul_(self.usage_decay).add_(counts.to(self.usage) / _world_size(), alpha=1 - self.usage_decay)
+        dead = (self.usage < self.restart_threshold).nonzero().flatten()  # the same on every rank
         if dead.numel() == 0:
             return
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        pick = torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)
-        self.embedding.weight.data[dead] = flat[pick]
+        pick = flat[torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)]
+        pick = _broadcast_from_rank0(pick.contiguous())
+        self.embedding.weight.data[dead] = pick
         self.usage[dead] = 1.0  # a grace period before a restarted code can be judged dead again
+        if self.ema_decay > 0:
+            self.ema_count[dead] = 1.0
+            self.ema_sum[dead] = pick
 
 
 class ImageTokenEmbedding(nn.Module):

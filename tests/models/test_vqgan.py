@@ -1,10 +1,14 @@
 """mmkit VQGAN: shapes and ranges, straight-through training, dead-code restarts, native round trip."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from mmkit.models import VQGAN
+from torch import Tensor
+
 from mmkit.stems.vq import VectorQuantizer
 
 
@@ -79,3 +83,82 @@ def test_native_round_trip(tmp_path):
     images = torch.rand(1, 3, 16, 16)
     assert torch.equal(model.decode(model.encode(images)), again.decode(again.encode(images)))
     assert again.config["norm_eps"] == 1e-5 and again.config["value_range"] == "unit"
+
+
+def _run_two_ranks(monkeypatch, replicas, batches, synchronised: bool) -> None:
+    """Runs each replica on its own rank's batches in its own thread, with the quantizer's
+    collectives replaced by in-process ones (a barrier to exchange tensors), as gloo/NCCL would."""
+    import threading
+
+    import mmkit.stems.vq as vq_module
+
+    local, barrier, slots = threading.local(), threading.Barrier(2), [None, None]
+
+    def exchange(t: Tensor) -> list:
+        slots[local.rank] = t.clone()
+        barrier.wait()
+        both = list(slots)
+        barrier.wait()  # nobody overwrites a slot before both have read it
+        return both
+
+    def all_reduce_sum(t):
+        return t.copy_(sum(exchange(t))) if synchronised else t
+
+    def broadcast_from_rank0(t):
+        return t.copy_(exchange(t)[0]) if synchronised else t
+
+    monkeypatch.setattr(vq_module, "_all_reduce_sum", all_reduce_sum)
+    monkeypatch.setattr(vq_module, "_broadcast_from_rank0", broadcast_from_rank0)
+    monkeypatch.setattr(vq_module, "_world_size", lambda: 2)
+    errors = []
+
+    def rank(r: int) -> None:
+        local.rank = r
+        try:
+            for z in batches[r]:
+                replicas[r](z)
+        except BaseException as e:  # surfaced below, not lost in the thread
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_dead_code_restarts_keep_data_parallel_codebooks_identical(monkeypatch, ema_decay):
+    # Each rank sees different latents; restarts and EMA updates must still leave both replicas
+    # with the same codebook (counts summed over ranks, restart vectors broadcast from rank 0).
+    torch.manual_seed(0)
+    batches = [[torch.randn(2, 4, 3, 3) * 3 + 5 * r for _ in range(4)] for r in range(2)]
+    outcome = {}
+    for synchronised in (True, False):
+        torch.manual_seed(1)
+        replicas = [VectorQuantizer(16, 4, restart_threshold=0.5, usage_decay=0.5, ema_decay=ema_decay).train()]
+        replicas.append(copy.deepcopy(replicas[0]))
+        start = replicas[0].embedding.weight.clone()
+        _run_two_ranks(monkeypatch, replicas, batches, synchronised)
+        assert not torch.equal(start, replicas[0].embedding.weight)  # codes were restarted / moved
+        outcome[synchronised] = torch.equal(replicas[0].embedding.weight, replicas[1].embedding.weight)
+        if synchronised:
+            assert torch.equal(replicas[0].usage, replicas[1].usage)
+    assert outcome == {True: True, False: False}  # and without the collectives they drift apart
+
+
+def test_ema_codebook_moves_codes_to_their_latents():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 2, restart_threshold=0.0, ema_decay=0.5).train()
+    assert not vq.embedding.weight.requires_grad
+    z = torch.tensor([[3.0, 0.0], [0.0, 3.0]]).repeat(8, 1).T.reshape(1, 2, 4, 4)  # two points
+    for _ in range(20):
+        _, loss, codes = vq(z)
+    used = codes.unique()
+    assert len(used) == 2
+    targets = z.permute(0, 2, 3, 1).reshape(-1, 2).unique(dim=0)
+    got = vq.embedding.weight[used].sort(0).values
+    assert torch.allclose(got, targets.sort(0).values, atol=1e-3)
+    assert loss < 1e-4  # only the commitment term, now ~0
