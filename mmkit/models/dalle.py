@@ -66,6 +66,14 @@ class DALLE(PretrainedMixin, nn.Module):
         self.head = nn.Linear(dim, text_vocab_size + codebook_size)
         self.apply(init_normal_)
 
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "DALLE":
+        """Build a named transformer size (see `mmkit.models.sizes.DALLE_SIZES`), e.g. "dalle_tiny";
+        the vocabularies and grid come in `overrides`."""
+        from mmkit.models.sizes import dalle_config
+
+        return cls(**{**dalle_config(name), **overrides})
+
     @property
     def image_len(self) -> int:
         return self.image_grid * self.image_grid
@@ -110,6 +118,14 @@ class DALLE(PretrainedMixin, nn.Module):
         next_is_image = torch.arange(offset + 1, offset + 1 + tokens.shape[1], device=tokens.device) >= self.text_len
         text_ids = torch.arange(logits.shape[-1], device=tokens.device) < self.text_vocab_size
         return logits.masked_fill(next_is_image[:, None] == text_ids[None, :], float("-inf"))
+
+
+def named_dalle(size: str, text_vocab_size: int, text_len: int, codebook_size: int, image_grid: int,
+                dropout: float = 0.0) -> DALLE:
+    """`DALLE.from_name` with explicit arguments, for a YAML recipe's `class_path`
+    (`mmkit.models.dalle.named_dalle`, `init_args: {size: dalle_tiny, ...}`)."""
+    return DALLE.from_name(size, text_vocab_size=text_vocab_size, text_len=text_len, codebook_size=codebook_size,
+                           image_grid=image_grid, dropout=dropout)
 
 
 class ClassifierFreeGuidance(nn.Module):

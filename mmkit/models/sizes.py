@@ -90,3 +90,25 @@ def whisper_config(name: str) -> dict[str, Any]:
         return dict(WHISPER_SIZES[name])
     except KeyError:
         raise ValueError(f"unknown Whisper size {name!r}; known sizes: {', '.join(WHISPER_SIZES)}") from None
+
+
+# DALL·E-style generators (mmkit.models.DALLE): transformer sizes only, (dim, depth, num_heads);
+# vocabularies, text length and code grid are the data's and the tokenizer's. The original DALL·E is
+# 3,968 wide, 64 deep, 62 heads (Ramesh et al., 2021, §2.2); these are CPU-recipe sizes.
+_DALLE_WIDTHS = {
+    "dalle_nano": (64, 2, 2),
+    "dalle_tiny": (128, 4, 4),
+    "dalle_small": (256, 6, 8),
+}
+
+DALLE_SIZES: dict[str, dict[str, Any]] = {
+    name: dict(dim=d, depth=n, num_heads=h, mlp_ratio=4.0) for name, (d, n, h) in _DALLE_WIDTHS.items()
+}
+
+
+def dalle_config(name: str) -> dict[str, Any]:
+    """Transformer arguments of a named DALLE size ("dalle_tiny", ...); raises with the known names on a typo."""
+    try:
+        return dict(DALLE_SIZES[name])
+    except KeyError:
+        raise ValueError(f"unknown DALLE size {name!r}; known sizes: {', '.join(DALLE_SIZES)}") from None

@@ -102,3 +102,21 @@ def test_round_trip_and_backward(model, tmp_path):
     loss = torch.nn.functional.cross_entropy(logits[:, 4:-1, 11:].reshape(-1, 13), (tokens[:, 5:] - 11).flatten())
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in again.parameters())
+
+
+def test_named_sizes_from_yaml():
+    from jsonargparse import ArgumentParser
+
+    from mmkit.models.sizes import DALLE_SIZES
+
+    parser = ArgumentParser()
+    parser.add_argument("--model", type=DALLE)
+    config = parser.parse_args(['--model={"class_path": "mmkit.models.dalle.named_dalle", "init_args": {"size": '
+                                '"dalle_nano", "text_vocab_size": 32, "text_len": 8, "codebook_size": 64, '
+                                '"image_grid": 4}}'])
+    model = parser.instantiate(config).model
+    assert isinstance(model, DALLE)
+    assert {k: model.config[k] for k in DALLE_SIZES["dalle_nano"]} == DALLE_SIZES["dalle_nano"]
+    assert (model.config["codebook_size"], model.config["image_grid"]) == (64, 4)
+    with pytest.raises(ValueError, match="known sizes: dalle_nano"):
+        DALLE.from_name("dalle_huge")
