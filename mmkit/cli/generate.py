@@ -1,4 +1,6 @@
-"""`mmkit generate`: text to images with a DALL·E-style export (`mmkit.inference.text_to_image`).
+"""`mmkit generate`: text to images with a DALL·E-style export or a min-dalle download (dalle-mini
+or Mega; `mmkit.inference.text_to_image`). Guidance and top-k default to the model's own: off for an
+mmkit export, min-dalle's 16 and 256 for dalle-mini.
 
 Writes one PNG per image, a grid PNG per prompt and a JSON manifest (prompt, seed, settings, CLIP
 score when reranked) into --out, each atomically (temporary file + rename). User mistakes are one
@@ -24,13 +26,17 @@ log = logging.getLogger(__name__)
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmkit generate", description="Generate images from text prompts.")
     p.add_argument("prompts", nargs="+", help="text prompts, e.g. \"a red circle on the left\"")
-    p.add_argument("--model", required=True, help="a text-to-image export directory (runs/dalle_shapes/export)")
+    p.add_argument("--model", required=True, help="a text-to-image export directory (runs/dalle_shapes/export), or "
+                   "a min-dalle download (ROOT with dalle_bart_mini/ or dalle_bart_mega/ and vqgan/; Mega when both; "
+                   "ROOT/dalle_bart_mini picks mini)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off; "
+                   "default: 1 for an mmkit export, 16 for dalle-mini, min-dalle's super-conditioning factor)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes (default: all for an "
+                   "mmkit export, 256 for dalle-mini as min-dalle; 1 = greedy)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--rerank", default=None, metavar="CLIP", help="rank each prompt's images with this CLIP "
                    "(an mmkit CLIP export directory, or an open_clip architecture with --rerank-pretrained)")
@@ -68,7 +74,7 @@ def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Ima
 def _check(args: argparse.Namespace) -> str | None:
     if args.num_images < 1:
         return f"--num-images must be >= 1, got {args.num_images}"
-    if not args.guidance >= 0:
+    if args.guidance is not None and not args.guidance >= 0:
         return f"--guidance must be >= 0, got {args.guidance}"
     if not args.temperature > 0:
         return f"--temperature must be > 0, got {args.temperature}"
@@ -96,13 +102,15 @@ def run(args: argparse.Namespace) -> int:
     for prompt in args.prompts:  # before any work: a bad prompt is found in a second, not after the others
         t2i.check_prompt(prompt)
     reranker = ClipReranker.load(args.rerank, args.rerank_pretrained) if args.rerank else None
-    settings = {"num_images": args.num_images, "seed": args.seed, "guidance": args.guidance,
-                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "rerank": args.rerank}
+    guidance = t2i.defaults["guidance"] if args.guidance is None else args.guidance
+    top_k = t2i.defaults["top_k"] if args.top_k is None else args.top_k
+    settings = {"num_images": args.num_images, "seed": args.seed, "guidance": guidance,
+                "temperature": args.temperature, "top_k": top_k, "top_p": args.top_p, "rerank": args.rerank}
     out, manifest = Path(args.out).expanduser(), []
     with progress("generating", len(args.prompts), "prompt", enabled=not args.quiet) as advance:
         for n, prompt in enumerate(args.prompts):
-            result = t2i.generate([prompt], args.num_images, args.seed, args.guidance, args.temperature, args.top_k,
-                                  args.top_p, reranker)[0]
+            result = t2i.generate([prompt], args.num_images, args.seed, guidance, args.temperature, top_k, args.top_p,
+                                  reranker)[0]
             stem = f"{n:03d}-{_slug(prompt)}"
             files = []
             for i, image in enumerate(result.images):

@@ -2,12 +2,15 @@
 loop (KV cache, temperature/top-k/top-p, seed), classifier-free guidance, streaming previews of the
 partial grid, and CLIP reranking of several candidates per prompt (Ramesh et al. 2021 §2.5 rerank
 DALL·E samples with CLIP the same way). `TextToImage` is the one entry point of the CLI, the API
-and the demo; `--model DIR` means an mmkit export (`dalle/`, `vqgan/`, `tokenizer.json`).
+and the demo; `--model DIR` means an mmkit export (`dalle/`, `vqgan/`, `tokenizer.json`) or a
+min-dalle download (`dalle_bart_{mini,mega}/`, `vqgan/detoker.pt`: dalle-mini/Mega's `DalleBart`,
+its BART tokenizer and VQGAN, sampled with dalle-mini's super-conditioning).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,8 +20,10 @@ from PIL import Image
 from torch import Tensor
 
 from mmkit.core import GenerationOptions, generate
+from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.data.dalle_text import WordTokenizer
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
+from mmkit.models.dalle_bart import DalleBart
 from mmkit.models.vqgan import VQGAN
 from mmkit.weights.native import CONFIG_NAME, WeightsError
 
@@ -27,9 +32,12 @@ log = logging.getLogger(__name__)
 TOKENIZER_NAME = "tokenizer.json"
 ARCHITECTURE = "TextToImage"
 Preview = Callable[[Tensor], None]  # (B, 3, H, W) images in [0, 1], rows not yet sampled grey
+MIN_DALLE_FILES = ("encoder.pt", "decoder.pt", "vocab.json", "merges.txt")
+# min-dalle's own sampling defaults (MinDalle.generate_raw_image_stream): dalle-mini needs both.
+MIN_DALLE_DEFAULTS = {"guidance": 16.0, "top_k": 256}
 
 
-def check_options(model: DALLE, options: GenerationOptions, guidance: float) -> None:
+def check_options(model: DALLE | DalleBart, options: GenerationOptions, guidance: float) -> None:
     """One clear error per setting a text-to-image sampler cannot honour."""
     if options.beam_size > 1:
         raise ValueError("beam search is not supported for images: sample (temperature/top_k/top_p) or decode greedily")
@@ -68,6 +76,23 @@ def sample_codes(model: DALLE, text: Tensor, options: GenerationOptions, guidanc
     out = generate(runner, text, model.image_len, options.strategy(text.device), logit_filters=options.filters(),
                    use_cache=use_cache, on_step=on_step)
     return (out.tokens[:, start:] - model.text_vocab_size).view(len(text), grid, grid)
+
+
+def sample_bart_codes(model: DalleBart, text: Tensor, null_text: Tensor, options: GenerationOptions,
+                      guidance: float = 1.0, on_rows: Callable[[Tensor], None] | None = None,
+                      every_rows: int = 1) -> Tensor:
+    """`sample_codes` for dalle-mini's encoder-decoder: text and null_text (B, text_len) BART ids
+    (`BartTokenizer`); returns (B, grid, grid) codes of the square image grid."""
+    check_options(model, options, guidance)
+    grid = math.isqrt(model.image_len)
+
+    def on_step(tokens: Tensor) -> None:
+        n = tokens.shape[1] - 1  # after the start token
+        if on_rows is not None and n % (grid * every_rows) == 0 and n < grid * grid:
+            on_rows(tokens[:, 1:].view(len(tokens), -1, grid))
+
+    codes = model.generate_codes(text, options, guidance, null_text=null_text, on_step=on_step)
+    return codes.view(len(text), grid, grid)
 
 
 @dataclass
@@ -109,20 +134,31 @@ class ClipReranker:
 
 
 class TextToImage:
-    """Prompts → images with a DALLE generator and its VQGAN."""
+    """Prompts → images with a DALL·E-style generator and its VQGAN: a `DALLE` with its word
+    tokenizer (mmkit's recipe), or dalle-mini's `DalleBart` with its `BartTokenizer` (min-dalle)."""
 
-    def __init__(self, model: DALLE, vqgan: VQGAN, tokenizer: WordTokenizer) -> None:
+    def __init__(self, model: DALLE | DalleBart, vqgan: VQGAN, tokenizer: WordTokenizer | BartTokenizer) -> None:
         self.model, self.vqgan, self.tokenizer = model.eval(), vqgan.eval(), tokenizer
-        if tokenizer.text_len != model.text_len or len(tokenizer) > model.text_vocab_size:
-            raise WeightsError("tokenizer does not fit the generator (text length or vocabulary size)")
+        bart = isinstance(model, DalleBart)
+        text_len, text_vocab = (model.config["text_len"], model.config["text_vocab_size"]) if bart else \
+            (model.text_len, model.text_vocab_size)
+        if bart != isinstance(tokenizer, BartTokenizer) or tokenizer.text_len != text_len or len(tokenizer) > text_vocab:
+            raise WeightsError("tokenizer does not fit the generator (kind, text length or vocabulary size)")
+        if bart and math.isqrt(model.image_len) ** 2 != model.image_len:
+            raise WeightsError(f"DalleBart's {model.image_len} image positions do not make a square grid")
         if vqgan.codebook_size != model.codebook_size:
             raise WeightsError(f"VQGAN codebook ({vqgan.codebook_size}) differs from the generator's ({model.codebook_size})")
+        # Settings a caller who names none should get: dalle-mini needs super-conditioning and top-k.
+        self.defaults = dict(MIN_DALLE_DEFAULTS) if bart else {"guidance": 1.0, "top_k": None}
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TextToImage":
+        """An mmkit text-to-image export, or a min-dalle download (see `from_min_dalle`)."""
         directory = Path(directory).expanduser()
         if not directory.is_dir():
             raise WeightsError(f"--model {directory}: no such directory")
+        if _min_dalle_layout(directory):
+            return cls.from_min_dalle(directory)
         try:
             arch = json.loads((directory / CONFIG_NAME).read_text()).get("architecture")
         except (OSError, ValueError, AttributeError):
@@ -130,11 +166,34 @@ class TextToImage:
         if arch != ARCHITECTURE and (directory / CONFIG_NAME).is_file():
             raise WeightsError(f"{directory}: holds a {arch!r} checkpoint, not a text-to-image export")
         if not (directory / "dalle").is_dir() or not (directory / TOKENIZER_NAME).is_file():
-            raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and {TOKENIZER_NAME})")
+            raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and {TOKENIZER_NAME}, "
+                               "or a min-dalle download: dalle_bart_mini/ or dalle_bart_mega/ and vqgan/)")
         return cls(DALLE.from_pretrained(directory / "dalle"), VQGAN.from_pretrained(directory / "vqgan"),
                    WordTokenizer.load(directory / TOKENIZER_NAME))
 
+    @classmethod
+    def from_min_dalle(cls, root: str | Path, mega: bool | None = None) -> "TextToImage":
+        """min-dalle's download layout: `root/dalle_bart_{mini,mega}/{encoder.pt, decoder.pt, vocab.json,
+        merges.txt}` and `root/vqgan/detoker.pt` (read with `torch.load(weights_only=True)`). `root` may
+        also be the `dalle_bart_*` folder itself. `mega` None: the one present (Mega when both are,
+        as min-dalle's default)."""
+        root = Path(root).expanduser()
+        if root.name in ("dalle_bart_mini", "dalle_bart_mega"):
+            root, mega = root.parent, root.name == "dalle_bart_mega"
+        if mega is None:
+            mega = (root / "dalle_bart_mega").is_dir()
+        folder = root / f"dalle_bart_{'mega' if mega else 'mini'}"
+        needed = [folder / f for f in MIN_DALLE_FILES] + [root / "vqgan" / "detoker.pt"]
+        missing = [str(f.relative_to(root)) for f in needed if not f.is_file()]
+        if missing:
+            raise WeightsError(f"{root}: incomplete min-dalle download, missing {', '.join(missing)}")
+        model = DalleBart.from_min_dalle(root, mega=mega)
+        tokenizer = BartTokenizer.from_files(folder / "vocab.json", folder / "merges.txt", model.config["text_len"])
+        return cls(model, VQGAN.from_min_dalle(root / "vqgan" / "detoker.pt"), tokenizer)
+
     def save_pretrained(self, directory: str | Path) -> Path:
+        if isinstance(self.model, DalleBart):
+            raise ValueError("a min-dalle model is read from its download folder; mmkit exports hold a DALLE generator")
         directory = Path(directory).expanduser()
         self.model.save_pretrained(directory / "dalle")
         self.vqgan.save_pretrained(directory / "vqgan")
@@ -151,7 +210,9 @@ class TextToImage:
             raise ValueError("empty prompt")
         unknown = self.tokenizer.unknown_words(prompt)
         if unknown and len(unknown) == len(prompt.split()):
-            raise ValueError(f"prompt {prompt!r}: no word the model knows (vocabulary: {' '.join(self.tokenizer.vocab[2:])})")
+            known = "dalle-mini reads lower-cased ASCII text" if isinstance(self.tokenizer, BartTokenizer) else \
+                f"vocabulary: {' '.join(self.tokenizer.vocab[2:])}"
+            raise ValueError(f"prompt {prompt!r}: no word the model knows ({known})")
         if unknown:
             log.warning("prompt %r: words outside the vocabulary ignored: %s", prompt, ", ".join(unknown))
 
@@ -159,7 +220,9 @@ class TextToImage:
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  reranker: ClipReranker | None = None, on_preview: Preview | None = None,
                  preview_rows: int = 2) -> list[Generated]:
-        """`num_images` samples per prompt, sampled together in one batch per prompt.
+        """`num_images` samples per prompt, sampled together in one batch per prompt. dalle-mini
+        (a min-dalle download) wants super-conditioning and top-k: `self.defaults` holds min-dalle's
+        (guidance 16, top-k 256).
 
         Returns:
             One `Generated` per prompt; with a reranker, its images sorted by CLIP score.
@@ -176,7 +239,11 @@ class TextToImage:
         for prompt in prompts:
             text = self.tokenizer([prompt]).expand(num_images, -1)
             on_rows = None if on_preview is None else (lambda rows: on_preview(self.preview(rows)))
-            codes = sample_codes(self.model, text, options, guidance, on_rows=on_rows, every_rows=preview_rows)
+            if isinstance(self.model, DalleBart):
+                null_text = self.tokenizer.null_text([prompt]).expand(num_images, -1)
+                codes = sample_bart_codes(self.model, text, null_text, options, guidance, on_rows, preview_rows)
+            else:
+                codes = sample_codes(self.model, text, options, guidance, on_rows=on_rows, every_rows=preview_rows)
             images = to_pil(self.vqgan.decode(codes))
             scores = None
             if reranker is not None:
@@ -195,3 +262,9 @@ class TextToImage:
         cut = r * images.shape[2] // g
         images[:, :, cut:] = 0.5
         return images
+
+
+def _min_dalle_layout(directory: Path) -> bool:
+    """Whether `directory` looks like (part of) a min-dalle download rather than an mmkit export."""
+    return directory.name in ("dalle_bart_mini", "dalle_bart_mega") or any(
+        (directory / d).exists() for d in ("dalle_bart_mini", "dalle_bart_mega", "vqgan/detoker.pt"))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from mmkit.core import Decoder, Encoder, GenerationOptions, KVCache, LearnedPositions, generate
 from mmkit.core.blocks import layer_norm
+from mmkit.core.heads import tied_logits
 from mmkit.core.sandwich import SandwichBlock
 from mmkit.weights.native import PretrainedMixin, WeightsError, load_state_dict_strict, read_state_dict
 
@@ -70,22 +71,26 @@ class DalleBart(PretrainedMixin, nn.Module):
         offset = cache.length if cache is not None else 0
         x = self.image_norm(self.image_embed(tokens) + self.image_pos(tokens.shape[1], offset))
         mask = None if context_mask is None else context_mask[:, None, None, :]
-        logits = self.head(self.decoder(x, context=context, context_mask=mask, cache=cache))
+        # tied_logits is F.linear(x, head.weight), computed as (W @ xᵀ)ᵀ for the few rows of a decoding
+        # step: the 16,385-row head dominates a step, and this order runs it 2-3x faster on a CPU BLAS.
+        logits = tied_logits(self.decoder(x, context=context, context_mask=mask, cache=cache), self.head.weight)
         logits[..., self.codebook_size :] = float("-inf")  # BOS and Mega's spare rows are never sampled
         return logits
 
     @torch.no_grad()
     def generate_codes(self, text: Tensor, options: GenerationOptions, guidance: float = 1.0,
-                       null_text: Tensor | None = None, use_cache: bool = True) -> Tensor:
+                       null_text: Tensor | None = None, use_cache: bool = True,
+                       on_step: Callable[[Tensor], None] | None = None) -> Tensor:
         """Sample (B, image_len) codes. With guidance ≠ 1 each row also runs with `null_text`
         (min-dalle's: the first and last token of the prompt, then padding) in the same batch and
-        logits become uncond + guidance · (cond − uncond), dalle-mini's super-conditioning."""
+        logits become uncond + guidance · (cond − uncond), dalle-mini's super-conditioning.
+        `on_step` gets the (B, 1 + n) tokens after each step (`bos_id` first)."""
         B = text.shape[0]
         bos = torch.full((B, 1), self.bos_id, dtype=torch.long, device=text.device)
         if guidance == 1.0:
             mask = text != TEXT_PAD_ID
             out = generate(self, bos, self.image_len, options.strategy(text.device), context=self.encode(text, mask),
-                           context_mask=mask, logit_filters=options.filters(), use_cache=use_cache)
+                           context_mask=mask, logit_filters=options.filters(), use_cache=use_cache, on_step=on_step)
             return out.tokens[:, 1:]
         if null_text is None:
             raise ValueError("guidance needs null_text (the unconditional prompt)")
@@ -98,7 +103,7 @@ class DalleBart(PretrainedMixin, nn.Module):
             return torch.where(torch.isinf(cond), cond, uncond + guidance * (cond - uncond))
 
         out = generate(guided, bos, self.image_len, options.strategy(text.device), logit_filters=options.filters(),
-                       use_cache=use_cache)
+                       use_cache=use_cache, on_step=on_step)
         return out.tokens[:, 1:]
 
     @classmethod

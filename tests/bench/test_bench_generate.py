@@ -1,8 +1,9 @@
 """Smoke test of `mmkit bench generate` at a tiny size: cached and recomputed sampling give the same
-codes and the report holds together. Never timings."""
+codes, so do mmkit's DalleBart and min-dalle's sampler, and the reports hold together. Never timings."""
 from __future__ import annotations
 
-from mmkit.cli.bench.generate import format_report, main, run_generate_bench
+from mmkit.cli.bench.generate import (format_bart_report, format_report, main, run_encoder_decoder_bench,
+                                       run_generate_bench)
 
 
 def test_cached_and_recomputed_give_the_same_codes():
@@ -17,3 +18,11 @@ def test_cached_and_recomputed_give_the_same_codes():
 def test_impossible_sizes_exit_2(capsys):
     assert main(["--grid", "0"]) == 2
     assert capsys.readouterr().err.startswith("mmkit bench generate: ")
+
+
+def test_encoder_decoder_against_min_dalle_gives_the_same_codes():
+    result = run_encoder_decoder_bench(dim=64, depth=1, num_heads=1, rounds=1, warmup=0, threads=1)
+    assert result["same_codes"] is True and result["distinct_codes"] > 3
+    assert result["ratio"] == result["tokens_per_s"]["mmkit"] / result["tokens_per_s"]["min-dalle"]
+    report = format_bart_report(result)
+    assert "DalleBart 64d x 1 layers" in report and "same codes         yes" in report

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmkit.cli.bench.common import torch_threads
+from mmkit.cli.bench.generate import import_min_dalle
 from mmkit.core import GenerationOptions
 from mmkit.models.dalle_bart import DalleBart
 from mmkit.weights import WeightsError
@@ -14,14 +16,19 @@ ATOL = 1e-4
 SIZES = dict(layer_count=2, embed_count=128, attention_head_count=2, glu_embed_count=192)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # 256 steps of small matrices: on a shared 2-core CPU, two OpenMP threads wait on each other at
+    # every op (measured 10x slower under load); one thread keeps the module to seconds.
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory):
-    grad = torch.is_grad_enabled()
-    try:  # importing min_dalle switches autograd off process-wide
-        from min_dalle.models.dalle_bart_decoder import DalleBartDecoder
-        from min_dalle.models.dalle_bart_encoder import DalleBartEncoder
-    finally:
-        torch.set_grad_enabled(grad)
+    # min_dalle's import switches autograd off and sets the thread count process-wide: undone
+    DalleBartDecoder = import_min_dalle("min_dalle.models.dalle_bart_decoder").DalleBartDecoder
+    DalleBartEncoder = import_min_dalle("min_dalle.models.dalle_bart_encoder").DalleBartEncoder
     torch.manual_seed(0)
     enc = DalleBartEncoder(text_vocab_count=100, text_token_count=64, device="cpu", **SIZES).eval()
     dec = DalleBartDecoder(image_vocab_count=2**14, device="cpu", **SIZES).eval()
@@ -79,7 +86,6 @@ def _min_dalle_greedy(enc, dec, text, guidance):
     return tokens[:, 1:]
 
 
-@pytest.mark.slow  # 2 × 256 decoding steps per side over a 16385-row head: minutes on a busy CPU
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_greedy_codes_match_min_dalle(refs, guidance):
     enc, dec, model = refs

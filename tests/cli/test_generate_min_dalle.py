@@ -1,0 +1,47 @@
+"""`mmkit generate --model ROOT` on a tiny random-init min-dalle download: PNGs, grid and manifest with
+min-dalle's defaults (guidance 16, top-k 256) unless given; a half-present root is one line, exit 2."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from mmkit.cli import main
+from mmkit.cli.bench.common import torch_threads
+
+from _min_dalle import write_min_dalle_root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # 256 steps of tiny matrices: on a shared 2-core CPU, two OpenMP threads wait on each other at
+    # every op (measured 10x slower under load); one thread keeps the module to seconds.
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return write_min_dalle_root(tmp_path_factory.mktemp("min_dalle") / "pretrained")[0]
+
+
+def test_writes_pngs_and_manifest(root, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "an avocado armchair", "--model", str(root), "--num-images", "2", "--seed", "5",
+                 "--out", str(out), "--quiet"]) == 0
+    (entry,) = json.loads((out / "manifest.json").read_text())
+    assert entry["prompt"] == "an avocado armchair" and entry["guidance"] == 16.0 and entry["top_k"] == 256
+    assert entry["seed"] == 5 and len(entry["images"]) == 2
+    assert Image.open(out / entry["images"][1]).size == (32, 32) and Image.open(out / entry["grid"]).size == (64, 32)
+    assert "wrote 2 images" in capsys.readouterr().out
+
+
+def test_half_present_root_is_one_line(root, tmp_path, capsys):
+    half = tmp_path / "half"
+    shutil.copytree(root, half)
+    (half / "dalle_bart_mini" / "vocab.json").unlink()
+    assert main(["generate", "a red circle", "--model", str(half), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing dalle_bart_mini/vocab.json" in err and "Traceback" not in err
