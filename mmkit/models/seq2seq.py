@@ -27,9 +27,13 @@ POSITION_LAYOUTS = {"interleaved": sinusoidal_positions, "halves": sinusoidal_po
 
 
 def context_attention_mask(context_mask: Tensor | None) -> Tensor | None:
-    """(B, S) bool source validity -> (B, 1, 1, S) attention mask; a 4-D mask passes through."""
+    """(B, S) bool source validity -> (B, 1, 1, S) attention mask, or None when every position is
+    valid (a batch without padding): SDPA's unmasked kernels are the faster ones (as transformers
+    drops an all-ones mask); a 4-D mask passes through."""
     if context_mask is None or context_mask.ndim == 4:
         return context_mask
+    if bool(context_mask.all()):
+        return None
     return key_padding_mask(context_mask)
 
 
@@ -132,7 +136,8 @@ class Seq2Seq(PretrainedMixin, nn.Module):
         x = self.decoder(self._embed(tokens, offset), context=context,
                          context_mask=context_attention_mask(context_mask), cache=cache)
         logits = output_logits(x, self.tok_embed, self.head)  # (B, T, vocab)
-        return logits if self.logits_bias is None else logits + self.logits_bias
+        # in place: one (B, T, vocab) tensor fewer per decoding step (the projection's output is fresh)
+        return logits if self.logits_bias is None else logits.add_(self.logits_bias)
 
     @classmethod
     def from_hf(cls, model_or_dir: nn.Module | str | Path) -> "Seq2Seq":
