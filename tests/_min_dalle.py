@@ -11,14 +11,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
+from mmkit.cli.bench.common import torch_threads
 from mmkit.cli.bench.generate import min_dalle_reference
 from mmkit.models import VQGAN
 
 WORDS = ["a", "red", "circle", "on", "the", "left", "blue", "star", "avocado", "armchair"]
 MARK = "\u0120"  # "Ġ"
 SIZES = dict(dim=64, depth=2, num_heads=1, glu_dim=96)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Import into a test module to run it on one torch thread."""
+    # 256 steps of small matrices: on a shared 2-core CPU, two OpenMP threads wait on each other at
+    # every op (measured 10x slower under load); one thread keeps the module to seconds.
+    with torch_threads(1):
+        yield
 
 
 def bpe_files() -> tuple[dict[str, int], list[str]]:

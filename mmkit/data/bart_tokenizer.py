@@ -114,7 +114,7 @@ class BartTokenizer:
     def null_text(self, texts: Sequence[str]) -> Tensor:
         """dalle-mini's unconditional prompt for super-conditioning, as min-dalle builds it: the
         first and last id of each (truncated) prompt, then padding."""
-        return self._pad([[ids[0], ids[-1]] for ids in (self._ids(t) for t in texts)])
+        return self._pad([[ids[0], ids[-1]] for ids in (self.encode(t)[: self.text_len] for t in texts)])
 
     def _pad(self, rows: list[list[int]]) -> Tensor:
         out = torch.full((len(rows), self.text_len), PAD_ID, dtype=torch.long)

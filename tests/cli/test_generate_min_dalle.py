@@ -9,17 +9,8 @@ import pytest
 from PIL import Image
 
 from mmkit.cli import main
-from mmkit.cli.bench.common import torch_threads
 
-from _min_dalle import write_min_dalle_root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 256 steps of tiny matrices: on a shared 2-core CPU, two OpenMP threads wait on each other at
-    # every op (measured 10x slower under load); one thread keeps the module to seconds.
-    with torch_threads(1):
-        yield
+from _min_dalle import one_thread, write_min_dalle_root  # noqa: F401 - one_thread: autouse fixture
 
 
 @pytest.fixture(scope="module")

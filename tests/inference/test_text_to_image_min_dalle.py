@@ -11,23 +11,14 @@ import shutil
 import pytest
 import torch
 
-from mmkit.cli.bench.common import torch_threads
 from mmkit.cli.bench.generate import import_min_dalle, min_dalle_codes
 from mmkit.inference.text_to_image import TextToImage
 from mmkit.models.dalle_bart import DalleBart
 from mmkit.weights import WeightsError
 
-from _min_dalle import write_min_dalle_root
+from _min_dalle import one_thread, write_min_dalle_root  # noqa: F401 - one_thread: autouse fixture
 
 PROMPT = "A red circle on the left"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 256 steps of tiny matrices: on a shared 2-core CPU, two OpenMP threads wait on each other at
-    # every op (measured 10x slower under load); one thread keeps the module to seconds.
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,22 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmkit.cli.bench.common import torch_threads
-from mmkit.cli.bench.generate import import_min_dalle
+from mmkit.cli.bench.generate import import_min_dalle, min_dalle_codes
 from mmkit.core import GenerationOptions
 from mmkit.models.dalle_bart import DalleBart
 from mmkit.weights import WeightsError
 
+from _min_dalle import one_thread  # noqa: F401 - autouse fixture: one torch thread
+
 ATOL = 1e-4
 SIZES = dict(layer_count=2, embed_count=128, attention_head_count=2, glu_embed_count=192)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 256 steps of small matrices: on a shared 2-core CPU, two OpenMP threads wait on each other at
-    # every op (measured 10x slower under load); one thread keeps the module to seconds.
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +64,11 @@ def test_encoder_and_decoder_logits(refs):
     assert diff <= ATOL
 
 
-def _min_dalle_greedy(enc, dec, text, guidance):
-    """min-dalle's MinDalle.generate_raw_image_stream loop, one image, top-k 1."""
-    with torch.no_grad():
-        memory = enc(text)[[1, 0]]  # [uncond ; cond]
-        mask = text[[1, 0]].ne(1)[:, None, None, :]
-        state = torch.zeros(2, 4, 256, 128)
-        tokens = torch.full((1, 257), 2**14 - 1)
-        settings = torch.tensor([1.0, 1.0, guidance])
-        for i in range(256):
-            tokens[:, i + 1], state = dec.sample_tokens(settings=settings, attention_mask=mask, encoder_state=memory,
-                                                        attention_state=state, prev_tokens=tokens[:, [i]],
-                                                        token_index=torch.arange(256)[[i]])
-    return tokens[:, 1:]
-
-
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_greedy_codes_match_min_dalle(refs, guidance):
     enc, dec, model = refs
     text = _text()
-    expected = _min_dalle_greedy(enc, dec, text, guidance)
+    expected = min_dalle_codes(enc, dec, text[:1], text[1:], num_images=1, guidance=guidance, top_k=1)
     codes = model.generate_codes(text[:1], GenerationOptions(), guidance, null_text=text[1:])
     assert torch.equal(codes, expected)
     assert len(codes.unique()) > 3
