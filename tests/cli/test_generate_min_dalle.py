@@ -36,3 +36,20 @@ def test_half_present_root_is_one_line(root, tmp_path, capsys):
     assert main(["generate", "a red circle", "--model", str(half), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing dalle_bart_mini/vocab.json" in err and "Traceback" not in err
+
+
+def test_clip_rerank_as_for_the_native_model(root, tmp_path):
+    import torch
+
+    from mmkit.models import CLIP
+
+    torch.manual_seed(0)
+    clip_dir = CLIP.from_config(dict(
+        visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
+        text=dict(embed_dim=16, vocab_size=49408, max_len=77, dim=32, depth=1, num_heads=2),
+    )).save_pretrained(tmp_path / "clip")
+    out = tmp_path / "out"
+    assert main(["generate", "a blue star", "--model", str(root), "--num-images", "3", "--top-k", "64", "--rerank",
+                 str(clip_dir), "--out", str(out), "--quiet"]) == 0
+    scores = json.loads((out / "manifest.json").read_text())[0]["clip_scores"]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True) and len(set(scores)) > 1
