@@ -22,7 +22,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "stems": ("mmkit.models", *_ABOVE_MODELS, *_LIGHTNING),
     "weights": ("mmkit.models", *_ABOVE_MODELS, *_LIGHTNING),
     "models": (*_ABOVE_MODELS, *_LIGHTNING),
-    "data": ("mmkit.tasks", "mmkit.inference", "mmkit.cli", "mmkit.demos", *_LIGHTNING),
+    "data": ("mmkit.stems", "mmkit.models", *_ABOVE_MODELS, *_LIGHTNING),
     "audio": ("mmkit.models", *_ABOVE_MODELS),
     "inference": ("mmkit.tasks", "mmkit.cli", "mmkit.demos", "argparse", *_LIGHTNING),
     "tasks": ("mmkit.cli", "mmkit.demos", "mmkit.inference.cli", "argparse"),

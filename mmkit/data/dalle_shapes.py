@@ -3,12 +3,14 @@ no download; the colour-shape pairs of `default_held_out()` never appear in trai
 
 - `ShapesImagesDataModule`: images in [0, 1] for training the VQGAN tokenizer;
 - `ShapesCodesDataModule`: (caption ids, image codes) pairs for training the generator. Images are
-  encoded once by the frozen tokenizer at set-up (the tokenizer is fixed in stage two, so encoding
-  every epoch would recompute the same codes).
+  encoded once, by the frozen tokenizer the generator's task hands in (`encode_images`): the
+  tokenizer is fixed in stage two, so encoding every epoch would recompute the same codes, and data/
+  stays below models/ (it never loads a VQGAN itself).
 """
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -97,12 +99,12 @@ class ShapesImagesDataModule(pl.LightningDataModule):
 class ShapesCodesDataModule(pl.LightningDataModule):
     """Caption ids and VQGAN codes of rendered shapes for the generator.
 
-    Batches are dicts {"text": (B, text_len) int64, "codes": (B, h, w) int64}. The test split is the
-    judge's: one full caption per attribute combination, seen and held-out pairs alike, each
-    flagged in `test_specs`.
+    Batches are dicts {"text": (B, text_len) int64, "codes": (B, h, w) int64}. The train and val
+    splits need codes: the generator's task calls `encode_images` with its frozen tokenizer's
+    `encode` after set-up. The test split is the judge's: one full caption per attribute
+    combination, seen and held-out pairs alike, each flagged in `test_specs`.
 
     Args:
-        tokenizer_dir: the VQGAN export of stage one (`runs/dalle_shapes_tokenizer/export`).
         image_size: side in pixels (the tokenizer's).
         train_samples, val_samples: samples per split.
         held_out: colour-shape pairs kept out of training (None = `default_held_out()`).
@@ -112,48 +114,47 @@ class ShapesCodesDataModule(pl.LightningDataModule):
         seed: rendering seed.
     """
 
-    def __init__(self, tokenizer_dir: str = "runs/dalle_shapes_tokenizer/export", image_size: int = 32,
-                 train_samples: int = 20_000, val_samples: int = 512, held_out: list[str] | None = None,
-                 caption_dropout: float = 0.2, text_len: int = 8, batch_size: int = 64, seed: int = 0) -> None:
+    def __init__(self, image_size: int = 32, train_samples: int = 20_000, val_samples: int = 512,
+                 held_out: list[str] | None = None, caption_dropout: float = 0.2, text_len: int = 8,
+                 batch_size: int = 64, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.held_out = _held_out(held_out)
         self.tokenizer = WordTokenizer(caption_vocabulary(), text_len)
-        self.vqgan = None
         self.datasets: dict[str, Dataset] = {}
         self.test_specs = combinations()
 
-    def load_vqgan(self):
-        """The frozen stage-one tokenizer (loaded once)."""
-        from mmkit.models.vqgan import VQGAN
-
-        if self.vqgan is None:
-            self.vqgan = VQGAN.from_pretrained(self.hparams.tokenizer_dir).eval()
-        return self.vqgan
-
     @torch.no_grad()
-    def _encode(self, shapes: ShapesDataset) -> TensorDataset:
-        vqgan, texts, codes, batch = self.load_vqgan(), [], [], 256
+    def _encode(self, shapes: ShapesDataset, encode: Callable[[Tensor], Tensor]) -> TensorDataset:
+        texts, codes, batch = [], [], 256
         for start in range(0, len(shapes), batch):
             items = [shapes.sample(i) for i in range(start, min(start + batch, len(shapes)))]
-            codes.append(vqgan.encode(torch.stack([to_unit_tensor(im) for im, _, _ in items])))
+            codes.append(encode(torch.stack([to_unit_tensor(im) for im, _, _ in items])).cpu())
             texts.append(self.tokenizer([caption for _, caption, _ in items]))
         return TensorDataset(torch.cat(texts), torch.cat(codes))
 
-    def setup(self, stage: str | None = None) -> None:
+    def encode_images(self, encode: Callable[[Tensor], Tensor]) -> None:
+        """Render the train and val splits and keep their codes: `encode` maps (B, 3, S, S) images in
+        [0, 1] to (B, h, w) codes (the frozen tokenizer's `VQGAN.encode`). Once; later calls are no-ops."""
+        if "train" in self.datasets:
+            return
         hp, ident = self.hparams, (lambda image: image)
         train = combinations(exclude=set(self.held_out))
-        if stage in ("fit", "validate", None) and "val" not in self.datasets:
-            log.info("encoding %d + %d rendered shapes with the tokenizer", hp.train_samples, hp.val_samples)
-            self.datasets["train"] = self._encode(ShapesDataset(train, hp.train_samples, hp.image_size, ident,
-                                                                "train", hp.seed, hp.caption_dropout))
-            self.datasets["val"] = self._encode(ShapesDataset(train, hp.val_samples, hp.image_size, ident, "val",
-                                                              hp.seed))
+        log.info("encoding %d + %d rendered shapes with the tokenizer", hp.train_samples, hp.val_samples)
+        self.datasets["train"] = self._encode(ShapesDataset(train, hp.train_samples, hp.image_size, ident, "train",
+                                                            hp.seed, hp.caption_dropout), encode)
+        self.datasets["val"] = self._encode(ShapesDataset(train, hp.val_samples, hp.image_size, ident, "val",
+                                                          hp.seed), encode)
+
+    def setup(self, stage: str | None = None) -> None:
         # The judge's split: one full caption per attribute combination (no encoding needed).
         captions = [full_caption(s) for s in self.test_specs]
         self.datasets["test"] = TensorDataset(self.tokenizer(captions), torch.arange(len(captions)))
 
     def _loader(self, split: str) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"the {split} split has no codes yet: call encode_images(vqgan.encode) first "
+                               "(DalleTask does this at set-up)")
         collate = (lambda rows: {"text": torch.stack([r[0] for r in rows]), "codes": torch.stack([r[1] for r in rows])}) \
             if split != "test" else (lambda rows: {"text": torch.stack([r[0] for r in rows]),
                                                    "index": torch.stack([r[1] for r in rows])})

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from mmkit.core import GenerationOptions
 from mmkit.models.dalle import DALLE
+from mmkit.models.vqgan import VQGAN
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class DalleTask(pl.LightningModule):
 
     Args:
         model: the generator, configured from YAML by class path.
+        tokenizer_dir: the frozen stage-one VQGAN export; it encodes the training images (handed to
+            the data module's `encode_images`) and decodes the judged test samples.
         lr, weight_decay, warmup_ratio: AdamW with linear warmup then cosine decay.
         text_loss_weight: weight of the text-token loss relative to the image loss (0 = image only).
         null_caption_prob: probability of replacing a caption by the null caption (all pad) in training.
@@ -37,14 +40,24 @@ class DalleTask(pl.LightningModule):
         export_dir: where `on_fit_end` writes the text-to-image export (generator, tokenizer VQGAN, vocabulary).
     """
 
-    def __init__(self, model: DALLE, lr: float = 1e-3, weight_decay: float = 0.05, warmup_ratio: float = 0.05,
-                 text_loss_weight: float = 0.0, null_caption_prob: float = 0.1, test_guidance: float = 1.0,
+    def __init__(self, model: DALLE, tokenizer_dir: str = "runs/dalle_shapes_tokenizer/export", lr: float = 1e-3,
+                 weight_decay: float = 0.05, warmup_ratio: float = 0.05, text_loss_weight: float = 0.0, null_caption_prob: float = 0.1, test_guidance: float = 1.0,
                  test_top_k: int | None = 8, test_temperature: float = 1.0, judge_steps: int = 400,
                  export_dir: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
+        # Kept out of the module tree on purpose: the tokenizer is frozen (never in train mode, where
+        # its quantizer would update), not in the optimiser, and not saved in the generator's checkpoints.
+        self._frozen: dict[str, VQGAN] = {}
         self._test: list[tuple[int, Any]] = []
+
+    @property
+    def vqgan(self) -> VQGAN:
+        """The frozen stage-one tokenizer, loaded once, on this task's device."""
+        if "vqgan" not in self._frozen:
+            self._frozen["vqgan"] = VQGAN.from_pretrained(self.hparams.tokenizer_dir).eval().requires_grad_(False)
+        return self._frozen["vqgan"].to(self.device)
 
     def loss(self, text: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
         """(total loss, image loss) of next-token prediction over [text ; codes]."""
@@ -68,12 +81,14 @@ class DalleTask(pl.LightningModule):
         if len(dm.tokenizer) > m.text_vocab_size or dm.tokenizer.text_len != m.text_len:
             raise ValueError(f"the data's tokenizer ({len(dm.tokenizer)} words, text_len {dm.tokenizer.text_len}) "
                              f"does not fit the model (text_vocab_size {m.text_vocab_size}, text_len {m.text_len})")
-        vq = dm.load_vqgan()
-        if vq.codebook_size != m.codebook_size:
-            raise ValueError(f"tokenizer codebook {vq.codebook_size} != model codebook_size {m.codebook_size}")
+        if self.vqgan.codebook_size != m.codebook_size:
+            raise ValueError(f"tokenizer codebook {self.vqgan.codebook_size} != model codebook_size {m.codebook_size}")
 
     def setup(self, stage: str) -> None:
-        self._check_data()
+        self._check_data()  # the data module's own setup has run: Lightning calls it first
+        dm = self.trainer.datamodule
+        if stage in ("fit", "validate") and hasattr(dm, "encode_images"):
+            dm.encode_images(self.vqgan.encode)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         text = batch["text"]
@@ -90,10 +105,10 @@ class DalleTask(pl.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         from mmkit.inference.text_to_image import sample_codes, to_pil
 
-        hp, dm = self.hparams, self.trainer.datamodule
+        hp = self.hparams
         options = GenerationOptions(temperature=hp.test_temperature, top_k=hp.test_top_k, seed=batch_idx)
         codes = sample_codes(self.model, batch["text"], options, hp.test_guidance)
-        images = to_pil(dm.load_vqgan().to(self.device).decode(codes))
+        images = to_pil(self.vqgan.decode(codes))
         self._test += list(zip(batch["index"].tolist(), images))
 
     def on_test_epoch_start(self) -> None:
@@ -126,6 +141,6 @@ class DalleTask(pl.LightningModule):
             from mmkit.inference.text_to_image import TextToImage
 
             dm = self.trainer.datamodule
-            path = TextToImage(self.model, dm.load_vqgan(), dm.tokenizer).save_pretrained(self.hparams.export_dir)
+            path = TextToImage(self.model, self.vqgan, dm.tokenizer).save_pretrained(self.hparams.export_dir)
             self.model.train()
             log.info("exported the text-to-image model to %s", path)

@@ -52,10 +52,10 @@ def test_tokenizer_learns_and_logs_usage(tokenizer):
 def generator(tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("dalle_gen")
     torch.manual_seed(0)
-    data = ShapesCodesDataModule(tokenizer_dir=str(tokenizer[0] / "export"), image_size=16, train_samples=1024,
-                                 val_samples=128, text_len=8, batch_size=32)
+    data = ShapesCodesDataModule(image_size=16, train_samples=1024, val_samples=128, text_len=8, batch_size=32)
     model = DALLE(text_vocab_size=32, text_len=8, codebook_size=32, image_grid=8, dim=48, depth=2, num_heads=4)
-    task = DalleTask(model, lr=3e-3, judge_steps=10, export_dir=str(root / "export"))
+    task = DalleTask(model, tokenizer_dir=str(tokenizer[0] / "export"), lr=3e-3, judge_steps=10,
+                     export_dir=str(root / "export"))
     trainer = _trainer(root, 3)
     with one_thread():
         trainer.fit(task, data)
@@ -87,9 +87,8 @@ def test_export_generates(generator):
 
 
 def test_mismatched_recipe_is_one_error(tokenizer, tmp_path):
-    data = ShapesCodesDataModule(tokenizer_dir=str(tokenizer[0] / "export"), image_size=16, train_samples=32,
-                                 val_samples=32, text_len=8)
+    data = ShapesCodesDataModule(image_size=16, train_samples=32, val_samples=32, text_len=8)
     task = DalleTask(DALLE(text_vocab_size=32, text_len=8, codebook_size=64, image_grid=8, dim=16, depth=1,
-                           num_heads=2))
+                           num_heads=2), tokenizer_dir=str(tokenizer[0] / "export"))
     with pytest.raises(ValueError, match="codebook"):
         _trainer(tmp_path, 1).fit(task, data)
