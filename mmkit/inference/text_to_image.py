@@ -142,8 +142,12 @@ class TextToImage:
         bart = isinstance(model, DalleBart)
         text_len, text_vocab = (model.config["text_len"], model.config["text_vocab_size"]) if bart else \
             (model.text_len, model.text_vocab_size)
-        if bart != isinstance(tokenizer, BartTokenizer) or tokenizer.text_len != text_len or len(tokenizer) > text_vocab:
+        # BART's vocab.json may list a special token past dalle-mini's embedding (<mask>, which BPE never
+        # yields), so for it the ids a prompt actually uses are checked (check_prompt) instead.
+        if bart != isinstance(tokenizer, BartTokenizer) or tokenizer.text_len != text_len or \
+                (not bart and len(tokenizer) > text_vocab):
             raise WeightsError("tokenizer does not fit the generator (kind, text length or vocabulary size)")
+        self.text_vocab_size = text_vocab
         if bart and math.isqrt(model.image_len) ** 2 != model.image_len:
             raise WeightsError(f"DalleBart's {model.image_len} image positions do not make a square grid")
         if vqgan.codebook_size != model.codebook_size:
@@ -215,6 +219,9 @@ class TextToImage:
             raise ValueError(f"prompt {prompt!r}: no word the model knows ({known})")
         if unknown:
             log.warning("prompt %r: words outside the vocabulary ignored: %s", prompt, ", ".join(unknown))
+        if isinstance(self.tokenizer, BartTokenizer) and max(self.tokenizer.encode(prompt)) >= self.text_vocab_size:
+            raise ValueError(f"prompt {prompt!r}: a token id past the model's {self.text_vocab_size} text embeddings "
+                             "(vocab.json does not belong to this model)")
 
     def generate(self, prompts: Sequence[str], num_images: int = 1, seed: int | None = None, guidance: float = 1.0,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

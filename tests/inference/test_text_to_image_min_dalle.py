@@ -91,3 +91,11 @@ def test_half_present_root_and_other_family(root, tmp_path):
         TextToImage.from_pretrained(other)
     with pytest.raises(ValueError, match="read from its download folder"):
         TextToImage.from_pretrained(root[0]).save_pretrained(tmp_path / "export")
+
+
+def test_token_ids_past_the_embedding(t2i):
+    small = TextToImage(t2i.model, t2i.vqgan, t2i.tokenizer)
+    small.text_vocab_size = 200  # as if vocab.json belonged to a model with fewer text embeddings
+    small.check_prompt("a")  # id 133: fits
+    with pytest.raises(ValueError, match="past the model's 200 text embeddings"):
+        small.check_prompt("avocado")  # id 216
