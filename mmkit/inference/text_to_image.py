@@ -170,8 +170,9 @@ class TextToImage:
         if arch != ARCHITECTURE and (directory / CONFIG_NAME).is_file():
             raise WeightsError(f"{directory}: holds a {arch!r} checkpoint, not a text-to-image export")
         if not (directory / "dalle").is_dir() or not (directory / TOKENIZER_NAME).is_file():
-            raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and {TOKENIZER_NAME}, "
-                               "or a min-dalle download: dalle_bart_mini/ or dalle_bart_mega/ and vqgan/)")
+            raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and "
+                               f"{TOKENIZER_NAME}, or a min-dalle download: dalle_bart_mini/ or dalle_bart_mega/ and "
+                               "vqgan/)")
         return cls(DALLE.from_pretrained(directory / "dalle"), VQGAN.from_pretrained(directory / "vqgan"),
                    WordTokenizer.load(directory / TOKENIZER_NAME))
 
