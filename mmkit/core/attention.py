@@ -142,8 +142,8 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
         )  # (B, nh, T, hs)
-        out = out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1)  # (B, T, dim)
-        return self.proj_drop(self.proj(out))
+        out = self.proj(out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1))  # (B, T, dim)
+        return self.proj_drop(out) if self.training else out  # Dropout is the identity in eval: no call
 
     def attention_weights(
         self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, is_causal: bool = False

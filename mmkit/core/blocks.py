@@ -80,6 +80,15 @@ class _Block(nn.Module):
         self.mlp = mlp_layer(dim, int(dim * mlp_ratio), act_layer=act_layer)
         self.ls2 = scale()
         self.drop_path = DropPath(drop_path)
+        self.layer_scale = bool(init_values)  # a plain attribute: read without nn.Module's __getattr__
+
+    def _branch(self, y: Tensor, ls: nn.Module) -> Tensor:
+        """A residual branch after its LayerScale and stochastic depth. In inference the no-op calls
+        (Identity, DropPath) are skipped: at batch 1 a small decoder's step is mostly Python overhead,
+        and module calls were ~40% of it (GPT at dim 256, 4 layers)."""
+        if self.layer_scale:
+            y = ls(y)
+        return self.drop_path(y) if self.training else y
 
 
 class PreNormBlock(_Block):
@@ -100,12 +109,11 @@ class PreNormBlock(_Block):
     ) -> Tensor:
         attn = self.attn(self.norm1(x), mask=mask, is_causal=is_causal, cache=cache.self_attn if cache else None,
                          keep=keep)
-        x = (x if keep is None else x[:, :keep]) + self.drop_path(self.ls1(attn))
+        x = (x if keep is None else x[:, :keep]) + self._branch(attn, self.ls1)
         if self.cross_attn is not None:
-            x = x + self.drop_path(self.ls_cross(self.cross_attn(
-                self.norm_cross(x), context=context, mask=context_mask,
-                cache=cache.cross_attn if cache else None)))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+            x = x + self._branch(self.cross_attn(self.norm_cross(x), context=context, mask=context_mask,
+                                                 cache=cache.cross_attn if cache else None), self.ls_cross)
+        return x + self._branch(self.mlp(self.norm2(x)), self.ls2)
 
 
 class PostNormBlock(_Block):
@@ -124,11 +132,11 @@ class PostNormBlock(_Block):
     ) -> Tensor:
         attn = self.attn(x, mask=mask, is_causal=is_causal, cache=cache.self_attn if cache else None,
                          keep=keep)
-        x = self.norm1((x if keep is None else x[:, :keep]) + self.drop_path(self.ls1(attn)))
+        x = self.norm1((x if keep is None else x[:, :keep]) + self._branch(attn, self.ls1))
         if self.cross_attn is not None:
-            x = self.norm_cross(x + self.drop_path(self.ls_cross(self.cross_attn(
-                x, context=context, mask=context_mask, cache=cache.cross_attn if cache else None))))
-        return self.norm2(x + self.drop_path(self.ls2(self.mlp(x))))
+            x = self.norm_cross(x + self._branch(self.cross_attn(
+                x, context=context, mask=context_mask, cache=cache.cross_attn if cache else None), self.ls_cross))
+        return self.norm2(x + self._branch(self.mlp(x), self.ls2))
 
 
 def layer_norm(eps: float) -> NormFactory:

@@ -32,12 +32,12 @@ class AttentionCache:
     @property
     def keys(self) -> Tensor:
         assert self._k is not None, "empty cache"
-        return self._k[:, :, : self.length]
+        return self._k.narrow(2, 0, self.length)
 
     @property
     def values(self) -> Tensor:
         assert self._v is not None, "empty cache"
-        return self._v[:, :, : self.length]
+        return self._v.narrow(2, 0, self.length)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append new keys/values (B, H, t, D) and return the full (B, H, T, D) pair."""
@@ -48,13 +48,14 @@ class AttentionCache:
             new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
             new_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
             if self._k is not None and self.length:
-                new_k[:, :, : self.length] = self._k[:, :, : self.length]
-                new_v[:, :, : self.length] = self._v[:, :, : self.length]
+                new_k.narrow(2, 0, self.length).copy_(self.keys)
+                new_v.narrow(2, 0, self.length).copy_(self.values)
             self._k, self._v = new_k, new_v
-        self._k[:, :, self.length : needed] = k
-        self._v[:, :, self.length : needed] = v
+        # narrow + copy_: one dispatcher call each, cheaper than slice indexing at every decoding step.
+        self._k.narrow(2, self.length, t).copy_(k)
+        self._v.narrow(2, self.length, t).copy_(v)
         self.length = needed
-        return self.keys, self.values
+        return self._k.narrow(2, 0, needed), self._v.narrow(2, 0, needed)
 
     def set(self, k: Tensor, v: Tensor) -> None:
         """Store static keys/values (cross-attention over a fixed context)."""

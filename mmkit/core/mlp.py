@@ -54,7 +54,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        x = self.act(self.fc1(x))
+        if not self.training:  # Dropout is the identity in eval: no module calls in a decoding step
+            return self.fc2(x)
+        return self.drop(self.fc2(self.drop(x)))
 
 
 class SwiGLU(nn.Module):

@@ -76,7 +76,7 @@ class GPT(PretrainedMixin, nn.Module):
             raise ValueError("GPT is decoder-only and takes no context")
         offset = cache.length if cache is not None else 0
         x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset)  # (B, T, dim)
-        x = self.decoder(self.drop(x), cache=cache)
+        x = self.decoder(self.drop(x) if self.training else x, cache=cache)
         return output_logits(x, self.tok_embed, self.head)  # (B, T, vocab_size)
 
     @classmethod
