@@ -17,6 +17,7 @@ from torch import Tensor
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
 from mmkit.inference.model_dir import read_model_dir
+from mmkit.inference.quantize import apply_quantization, describe
 from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
 
@@ -30,12 +31,15 @@ def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str 
     return directory
 
 
-def load_text_generator(directory: str | Path, device: str | torch.device = "cpu") -> "TextGenerator":
-    """A `TextGenerator` for an mmkit GPT export or a transformers GPT-2 checkpoint directory.
+def load_text_generator(directory: str | Path, device: str | torch.device = "cpu",
+                        quantize: str = "none") -> "TextGenerator":
+    """A `TextGenerator` for an mmkit GPT export or a transformers GPT-2 checkpoint directory;
+    `quantize` "int8" gives every Linear and the tied output projection int8 weights (CPU only).
 
     Raises:
         FileNotFoundError: no such directory, or no tokenizer files in it.
         WeightsError: not a GPT checkpoint, or unreadable weights (one-line message).
+        ValueError: int8 asked for on a device other than the CPU.
     """
     directory, doc = read_model_dir(directory)
     if doc.get("architecture") == GPT.architecture_name():
@@ -54,7 +58,7 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
     if tokenizer.vocab_size > model.vocab_size:
         raise WeightsError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
                            f"{model.vocab_size}: they do not belong together")
-    return TextGenerator(model, tokenizer, eos_id, device)
+    return TextGenerator(model, tokenizer, eos_id, device, quantize)
 
 
 class TextGenerator:
@@ -67,12 +71,16 @@ class TextGenerator:
         tokenizer: the model's `ByteBPETokenizer`.
         eos_id: generation ends at this token (None: only at max_new_tokens or a stop string).
         device: where the model runs.
+        quantize: "none" (fp32, exact) or "int8" (`mmkit.inference.quantize`: int8 Linear weights and
+            output projection, CPU only; its tokens may differ from fp32's: measured in `bench text`).
     """
 
     def __init__(self, model: GPT, tokenizer: ByteBPETokenizer, eos_id: int | None = None,
-                 device: str | torch.device = "cpu") -> None:
-        self.model = model.to(device).eval()
+                 device: str | torch.device = "cpu", quantize: str = "none") -> None:
+        self.model = apply_quantization(model.to(device).eval(), quantize)
         self.tokenizer, self.eos_id, self.device = tokenizer, eos_id, torch.device(device)
+        if quantize != "none":
+            log.info("text generator: %s", describe("fp32", quantize, self.device))
 
     def encode_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
         """Prompt ids, keeping the last `max_len - max_new_tokens` (with a warning) when it is too long.

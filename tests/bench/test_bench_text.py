@@ -2,18 +2,35 @@
 tokens and the report holds together. Never timings."""
 from __future__ import annotations
 
-from mmkit.cli.bench.text import format_report, main, run_text_bench
+import pytest
+import torch
+
+from mmkit.cli.bench.text import _int8_agreement, format_report, main, run_text_bench
+from mmkit.models import GPT
 
 
 def test_bench_generates_the_same_tokens_on_both_sides():
     result = run_text_bench(dim=32, depth=2, num_heads=4, vocab_size=300, batch_size=2, prompt_tokens=5,
                             new_tokens=12, rounds=2, warmup=0, threads=1)
     assert result["same_tokens"] is True
-    assert set(result["seconds"]) == {"mmkit", "transformers"}
+    assert set(result["seconds"]) == {"mmkit", "transformers", "mmkit int8"}
+    assert result["int8_ratio"] == result["tokens_per_s"]["mmkit int8"] / result["tokens_per_s"]["transformers"]
     assert all(len(v) == 2 and min(v) > 0 for v in result["seconds"].values())
     assert result["ratio"] == result["tokens_per_s"]["mmkit"] / result["tokens_per_s"]["transformers"]
     report = format_report(result)
     assert "same tokens                     yes" in report and "batch 2, 5 prompt + 12 new tokens" in report
+    assert "same top-1 (teacher-forced)" in report
+    assert "mmkit int8" not in format_report({k: v for k, v in result.items() if not k.startswith("int8")})
+
+
+def test_int8_agreement_counts_generated_positions_only():
+    model = GPT(vocab_size=50, max_len=16, dim=16, depth=1, num_heads=2).eval()
+    reference = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    other = reference.clone()
+    other[0, 0] = (other[0, 0] + 1) % 50  # a prompt position: not counted
+    other[1, 5:] = (other[1, 5:] + 1) % 50  # 3 of the 10 generated positions (3 prompt tokens)
+    agreement = _int8_agreement(model, model, {"transformers": reference, "mmkit int8": other}, prompt_tokens=3)
+    assert agreement == {"token": pytest.approx(0.7), "top1": 1.0}  # the same model predicts the same top-1 everywhere
 
 
 def test_impossible_sizes_exit_2(capsys):

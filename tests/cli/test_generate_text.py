@@ -61,3 +61,13 @@ def test_missing_or_wrong_model_directories_exit_2(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     assert main(["generate-text", "hi", "--model", str(tmp_path)]) == 2
     assert "not a GPT" in capsys.readouterr().err
+
+
+def test_quantize_int8_generates_and_unknown_kinds_exit_2(checkpoint, capsys):
+    directory, _, _ = checkpoint
+    assert main(["generate-text", "The cat", "--model", str(directory), "--max-new-tokens", "6",
+                 "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out.startswith("The cat")
+    with pytest.raises(SystemExit) as e:
+        main(["generate-text", "The cat", "--model", str(directory), "--quantize", "int4"])
+    assert e.value.code == 2

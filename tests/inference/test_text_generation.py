@@ -99,3 +99,16 @@ def test_mmkit_export_round_trips_and_wrong_directories_are_refused(hf_dir, tmp_
     (tmp_path / "vit" / "config.json").write_text('{"architecture": "ViT", "config": {}}')
     with pytest.raises(WeightsError, match="not a GPT"):
         load_text_generator(tmp_path / "vit")
+
+
+def test_int8_generator_quantizes_every_linear_and_keeps_fp32_top1(hf_dir):
+    directory, _, tok = hf_dir
+    fp32, int8 = load_text_generator(directory), load_text_generator(directory, quantize="int8")
+    linears = [m for m in int8.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert int8.model.head is not None and linears == []  # every Linear, the output projection too, is int8
+    ids = torch.tensor([tok.encode("A small bird follows the moon. Our old man remembers the cat")])
+    with torch.inference_mode():
+        a, b = fp32.model(ids), int8.model(ids)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.8
+    assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.95
+    assert int8.generate("The cat sees", GenerationOptions(max_new_tokens=8))

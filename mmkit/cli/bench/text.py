@@ -1,7 +1,10 @@
 """GPT generation speed: mmkit's `GPT` on the shared decoding loop with its KV cache against
 transformers' `GPT2LMHeadModel.generate` (KV cache, SDPA attention) on the same weights, the same
-prompts and the same greedy tokens (checked). Both run in one process in interleaved rounds whose
-order alternates; figures are medians. Never asserted on: a script that prints ratios.
+prompts and the same greedy tokens (checked); mmkit's int8 path (`generate-text --quantize int8`) beside
+them, timed against the same fp32 reference, with its agreement: greedy tokens equal to transformers' (position
+by position) and the top-1 agreement of its next-token predictions with fp32 along the reference's own tokens
+(teacher-forced, so one early difference does not count for every later position). All run in one process in
+interleaved rounds whose order alternates; figures are medians. Never asserted on: a script that prints ratios.
 
     mmkit bench text                       # the recipe's and GPT-2 small's shapes, random weights
     mmkit bench text --model DIR --batch-size 4 --new-tokens 128
@@ -9,6 +12,7 @@ order alternates; figures are medians. Never asserted on: a script that prints r
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import statistics
 import sys
@@ -39,8 +43,8 @@ def _reference(model_dir: str | None, dim: int, depth: int, num_heads: int, voca
 
 def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12, num_heads: int = 12,
                    vocab_size: int = 50257, batch_size: int = 1, prompt_tokens: int = 16, new_tokens: int = 64,
-                   rounds: int = 3, warmup: int = 1, threads: int | None = None) -> dict[str, Any]:
-    """Greedy generation tokens/s of both implementations.
+                   rounds: int = 3, warmup: int = 1, threads: int | None = None, int8: bool = True) -> dict[str, Any]:
+    """Greedy generation tokens/s of both implementations (and of mmkit int8).
 
     Args:
         model_dir: a transformers GPT-2 checkpoint directory (None: random weights of the given shape,
@@ -49,12 +53,15 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
             by exactly `new_tokens`.
         rounds, warmup: timed and untimed rounds (each runs both implementations once).
         threads: torch intra-op threads (None: leave as is).
+        int8: also time mmkit with int8 weights (`apply_quantization(model, "int8")`).
 
     Returns:
-        `tokens_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster),
-        `same_tokens`, the raw `seconds` and the settings.
+        `tokens_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster) and with
+        int8 `int8_ratio` and `int8_agreement` (`token`: share of generated tokens equal to transformers',
+        `top1`: teacher-forced top-1 agreement with fp32), `same_tokens`, the raw `seconds`, the settings.
     """
     from mmkit.core import Greedy, generate
+    from mmkit.inference.quantize import apply_quantization
     from mmkit.models import GPT
 
     if min(rounds, batch_size, prompt_tokens, new_tokens) < 1 or warmup < 0:
@@ -70,17 +77,41 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
             "transformers": lambda: ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                                  max_new_tokens=new_tokens),
         }
+        if int8:
+            quantized = apply_quantization(copy.deepcopy(ours), "int8")
+            runs["mmkit int8"] = lambda: generate(quantized, prompt, new_tokens, Greedy()).tokens
         seconds, outputs = interleaved(runs, rounds, warmup)
         rate = {k: batch_size * new_tokens / statistics.median(v) for k, v in seconds.items()}
-        return dict(model=model_dir or f"random GPT-2 dim {dim} depth {depth} vocab {vocab_size}",
+        extra = {}
+        if int8:
+            extra = dict(int8_ratio=rate["mmkit int8"] / rate["transformers"],
+                         int8_agreement=_int8_agreement(ours, quantized, outputs, prompt_tokens))
+        return dict(**extra, model=model_dir or f"random GPT-2 dim {dim} depth {depth} vocab {vocab_size}",
                     params=sum(p.numel() for p in ours.parameters()), batch_size=batch_size,
                     prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(),
                     tokens_per_s=rate, ratio=rate["mmkit"] / rate["transformers"], seconds=seconds,
                     same_tokens=torch.equal(outputs["mmkit"], outputs["transformers"]))
 
 
+def _int8_agreement(ours: torch.nn.Module, quantized: torch.nn.Module, outputs: dict[str, torch.Tensor],
+                    prompt_tokens: int) -> dict[str, float]:
+    """`token`: share of generated tokens of mmkit int8 equal to transformers' fp32, position by position;
+    `top1`: share of the positions of transformers' sequence where int8's next-token argmax equals fp32's."""
+    reference = outputs["transformers"]
+    token = (outputs["mmkit int8"][:, prompt_tokens:] == reference[:, prompt_tokens:]).float().mean()
+    with torch.inference_mode():
+        context = reference[:, :-1]  # predictions of the tokens after the prompt, along the fp32 sequence
+        top = [m(context)[:, prompt_tokens - 1 :].argmax(-1) for m in (ours, quantized)]
+    return dict(token=float(token), top1=float((top[0] == top[1]).float().mean()))
+
+
 def format_report(result: dict[str, Any]) -> str:
     r = result
+    int8 = [] if "int8_ratio" not in r else [
+        f"  mmkit int8 (--quantize int8)    {r['tokens_per_s']['mmkit int8']:8.1f} tokens/s",
+        f"  mmkit int8 / transformers fp32  {r['int8_ratio']:8.2f}x   int8 vs fp32: "
+        f"{100 * r['int8_agreement']['token']:.1f}% same tokens, "
+        f"{100 * r['int8_agreement']['top1']:.1f}% same top-1 (teacher-forced)"]
     return "\n".join([
         f"GPT greedy generation: {r['model']} ({r['params'] / 1e6:.1f}M params), batch {r['batch_size']}, "
         f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens, {r['threads']} threads, median of {r['rounds']}",
@@ -88,7 +119,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"  transformers generate           {r['tokens_per_s']['transformers']:8.1f} tokens/s",
         f"  mmkit / transformers            {r['ratio']:8.2f}x   (goal >= 1.5x)",
         f"  same tokens                     {'yes' if r['same_tokens'] else 'NO'}",
-    ])
+    ] + int8)
 
 
 # Named shapes (dim, depth, num_heads, vocab_size): the recipe's model and GPT-2 small.
@@ -102,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--no-int8", action="store_true", help="time fp32 only (no mmkit --quantize int8 row)")
     add_run_options(p)
     args = p.parse_args(argv)
     results = []
@@ -109,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for size in [None] if args.model else args.sizes:
             dim, depth, heads, vocab = SIZES[size] if size else SIZES["gpt2-small"]
             results.append(run_text_bench(args.model, dim, depth, heads, vocab, args.batch_size, args.prompt_tokens,
-                                          args.new_tokens, args.rounds, args.warmup, args.threads))
+                                          args.new_tokens, args.rounds, args.warmup, args.threads, not args.no_int8))
             print(format_report(results[-1]), flush=True)
     except (ValueError, OSError) as e:
         print(f"mmkit bench text: {e}", file=sys.stderr)
