@@ -13,6 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mmkit.models.vqgan import VQGAN
@@ -41,11 +42,14 @@ class VQGANTask(pl.LightningModule):
             (> 0.1 in some channel). A small object on a plain background is a tenth of the pixels,
             so plain L1 learns the background first; measured on the shapes recipe: without it, 600
             steps decoded every shape as the same green blob.
+        edge_weight: extra L1 weight on the boundary band of those pixels (their 3×3 dilation minus
+            their erosion, ~2 px): the outline is what tells a star from a circle, and it is a
+            small fraction even of the foreground.
         export_dir: where `on_fit_end` writes the native checkpoint.
     """
 
     def __init__(self, model: VQGAN, lr: float = 2e-3, weight_decay: float = 0.0, warmup_ratio: float = 0.02,
-                 foreground_weight: float = 0.0, export_dir: str | None = None) -> None:
+                 foreground_weight: float = 0.0, edge_weight: float = 0.0, export_dir: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -55,10 +59,15 @@ class VQGANTask(pl.LightningModule):
         recon, vq_loss, codes = self.model(images)
         err = (recon - images).abs()
         l1 = err.mean()
-        if self.hparams.foreground_weight > 0:
+        hp = self.hparams
+        if hp.foreground_weight > 0 or hp.edge_weight > 0:
             median = images.flatten(2).median(-1).values[..., None, None]  # (B, C, 1, 1)
             salient = ((images - median).abs().amax(1, keepdim=True) > 0.1).float()  # (B, 1, H, W)
-            return (err * (1 + self.hparams.foreground_weight * salient)).mean() + vq_loss, l1, codes
+            weight = 1 + hp.foreground_weight * salient
+            if hp.edge_weight > 0:
+                dilated, eroded = F.max_pool2d(salient, 3, 1, 1), -F.max_pool2d(-salient, 3, 1, 1)
+                weight = weight + hp.edge_weight * (dilated - eroded)
+            return (err * weight).mean() + vq_loss, l1, codes
         return l1 + vq_loss, l1, codes
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:

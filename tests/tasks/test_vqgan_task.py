@@ -24,3 +24,22 @@ def test_foreground_weight_counts_the_object_more():
     weighted, l1_weighted, _ = VQGANTask(model, foreground_weight=5.0)._step(images)
     assert torch.equal(l1_plain, l1_weighted)  # the logged error stays plain L1
     assert weighted > plain
+
+
+def test_edge_weight_counts_the_outline_more():
+    torch.manual_seed(0)
+    model = VQGAN(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(), z_channels=8, codebook_size=8, code_dim=8,
+                  norm_groups=4).eval()
+    images = torch.full((2, 3, 16, 16), 0.2)
+    images[:, 0, 4:10, 4:10] = 0.9
+    fg, _, _ = VQGANTask(model, foreground_weight=5.0)._step(images)
+    edged, _, _ = VQGANTask(model, foreground_weight=5.0, edge_weight=5.0)._step(images)
+    assert edged > fg
+    # Only the outline band counts: an error confined to the square's interior weighs the same with it.
+    recon = images.clone()
+    recon[:, :, 6:8, 6:8] += 0.5  # inside the square, two pixels from its edge
+    model.forward = lambda x: (recon, torch.tensor(0.0), None)  # a fixed reconstruction, no VQ loss
+    task_fg, task_edge = VQGANTask(model, foreground_weight=5.0), VQGANTask(model, foreground_weight=5.0, edge_weight=5.0)
+    assert torch.equal(task_fg._step(images)[0], task_edge._step(images)[0])
+    recon[:, :, 4, 4:10] += 0.5  # now on the outline too
+    assert task_edge._step(images)[0] > task_fg._step(images)[0]
