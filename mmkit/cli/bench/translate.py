@@ -136,7 +136,7 @@ def run_held_out(export: str, n: int = 1000, beams: Sequence[int] = (1, 4), max_
                                  bleu=100 * float(SacreBLEUScore(tokenize="13a")(hyps, [[r] for r in refs])),
                                  exact=100 * sum(h == r for h, r in zip(hyps, refs)) / n))
             rows[-1]["same_as_fp32"] = 100 * sum(a.tokens == b.tokens for a, b in zip(out["none"], out["int8"])) / n
-    return dict(export=export, sentences=n, threads=torch.get_num_threads(), rows=rows)
+        return dict(export=export, sentences=n, threads=torch.get_num_threads(), rows=rows)
 
 
 def format_held_out(result: dict[str, Any]) -> str:
