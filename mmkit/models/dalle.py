@@ -32,10 +32,13 @@ class DALLE(PretrainedMixin, nn.Module):
         text_len: text positions (captions are padded or truncated to it).
         codebook_size: image codes (the VQGAN's codebook size).
         image_grid: the code grid is image_grid × image_grid.
-        dim, depth, num_heads, mlp_ratio: transformer sizes (timm's names).
+        dim, depth, num_heads, mlp_ratio: transformer sizes (timm's names); None = the named `size`'s,
+            else 256, 4, 4, 4.0.
         dropout: dropout on the summed embeddings.
         norm_eps: LayerNorm epsilon.
         pad_id: the text padding id (also the null caption).
+        size: a named transformer size (`mmkit.models.sizes.DALLE_SIZES`, e.g. "dalle_tiny"), so that
+            a YAML recipe can name it; explicit dim/depth/num_heads/mlp_ratio still win.
     """
 
     def __init__(
@@ -44,16 +47,25 @@ class DALLE(PretrainedMixin, nn.Module):
         text_len: int = 12,
         codebook_size: int = 256,
         image_grid: int = 8,
-        dim: int = 256,
-        depth: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
+        dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        mlp_ratio: float | None = None,
         dropout: float = 0.0,
         norm_eps: float = 1e-5,
         pad_id: int = 0,
+        size: str | None = None,
     ) -> None:
         super().__init__()
-        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        from mmkit.models.sizes import dalle_config
+
+        named = dalle_config(size) if size is not None else dict(dim=256, depth=4, num_heads=4, mlp_ratio=4.0)
+        dim, depth, num_heads, mlp_ratio = (named[k] if v is None else v for k, v in
+                                            (("dim", dim), ("depth", depth), ("num_heads", num_heads),
+                                             ("mlp_ratio", mlp_ratio)))
+        # Resolved sizes: a saved config rebuilds the same model even if the named table changes.
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__", "named",
+                                                                                    "dalle_config")}
         self.text_vocab_size, self.text_len, self.pad_id = text_vocab_size, text_len, pad_id
         self.codebook_size, self.image_grid = codebook_size, image_grid
         self.text_embed = nn.Embedding(text_vocab_size, dim)
@@ -70,9 +82,7 @@ class DALLE(PretrainedMixin, nn.Module):
     def from_name(cls, name: str, **overrides: Any) -> "DALLE":
         """Build a named transformer size (see `mmkit.models.sizes.DALLE_SIZES`), e.g. "dalle_tiny";
         the vocabularies and grid come in `overrides`."""
-        from mmkit.models.sizes import dalle_config
-
-        return cls(**{**dalle_config(name), **overrides})
+        return cls(size=name, **overrides)
 
     @property
     def image_len(self) -> int:
@@ -118,14 +128,6 @@ class DALLE(PretrainedMixin, nn.Module):
         next_is_image = torch.arange(offset + 1, offset + 1 + tokens.shape[1], device=tokens.device) >= self.text_len
         text_ids = torch.arange(logits.shape[-1], device=tokens.device) < self.text_vocab_size
         return logits.masked_fill(next_is_image[:, None] == text_ids[None, :], float("-inf"))
-
-
-def named_dalle(size: str, text_vocab_size: int, text_len: int, codebook_size: int, image_grid: int,
-                dropout: float = 0.0) -> DALLE:
-    """`DALLE.from_name` with explicit arguments, for a YAML recipe's `class_path`
-    (`mmkit.models.dalle.named_dalle`, `init_args: {size: dalle_tiny, ...}`)."""
-    return DALLE.from_name(size, text_vocab_size=text_vocab_size, text_len=text_len, codebook_size=codebook_size,
-                           image_grid=image_grid, dropout=dropout)
 
 
 class ClassifierFreeGuidance(nn.Module):

@@ -111,12 +111,12 @@ def test_named_sizes_from_yaml():
 
     parser = ArgumentParser()
     parser.add_argument("--model", type=DALLE)
-    config = parser.parse_args(['--model={"class_path": "mmkit.models.dalle.named_dalle", "init_args": {"size": '
-                                '"dalle_nano", "text_vocab_size": 32, "text_len": 8, "codebook_size": 64, '
-                                '"image_grid": 4}}'])
+    config = parser.parse_args(['--model={"class_path": "mmkit.models.DALLE", "init_args": {"size": "dalle_nano", '
+                                '"text_vocab_size": 32, "text_len": 8, "codebook_size": 64, "image_grid": 4}}'])
     model = parser.instantiate(config).model
     assert isinstance(model, DALLE)
     assert {k: model.config[k] for k in DALLE_SIZES["dalle_nano"]} == DALLE_SIZES["dalle_nano"]
     assert (model.config["codebook_size"], model.config["image_grid"]) == (64, 4)
+    assert DALLE.from_name("dalle_nano", depth=1).config["depth"] == 1  # explicit sizes win
     with pytest.raises(ValueError, match="known sizes: dalle_nano"):
         DALLE.from_name("dalle_huge")
