@@ -1,16 +1,21 @@
 """Sentence-embedding speed: `mmkit embed`'s path (`mmkit.inference.embed.Embedder`: length-sorted
-batches, no mask when a batch is all one length) against a plain transformers loop (`BertModel`,
-SDPA attention, batches in input order padded to their longest text, mean pooling over the mask,
-L2 normalisation) on the same weights and the same token ids; the embeddings are checked equal.
-Both run in one process in interleaved rounds whose order alternates; figures are medians.
-Never asserted on: a script that prints ratios.
+batches of near-equal lengths, no mask when a batch is all one length) against a plain transformers loop
+(`BertModel`, SDPA attention, batches in input order padded to their longest text, mean pooling over the
+mask, L2 normalisation) on the same weights and the same token ids; the fp32 embeddings are checked equal.
+mmkit's int8 path (`embed --quantize int8`) runs beside them against the same fp32 reference, with the
+cosine similarity of its vectors to the reference's (mean, min) and the share of texts whose nearest
+neighbour among the others is the same. The texts are real sentences by default: a seeded sample of the
+WordNet recipe's definitions and usage examples (Debian wordnet-base; 3-80 tokens, 20 on average).
+All run in one process in interleaved rounds whose order alternates; figures are medians. Never asserted
+on: a script that prints ratios.
 
     mmkit bench embed                              # the recipe's and BERT-base's shapes, random weights
-    mmkit bench embed --sentences 2000 --batch-size 64
+    mmkit bench embed --sentences 2000 --batch-size 64 --texts fortunes
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import sys
@@ -19,6 +24,8 @@ from typing import Any, Sequence
 import torch
 
 from mmkit.cli.bench.common import add_run_options, add_sizes_option, interleaved, torch_threads, write_json
+
+TEXTS = ("wordnet", "fortunes", "synthetic")
 
 # A fixed word list for the synthetic sentences: lengths vary as in real text (3 to 60 words).
 _WORDS = ("the a of to and in is was for on with as by at from that this an be are it which or one new "
@@ -30,6 +37,32 @@ _WORDS = ("the a of to and in is was for on with as by at from that this an be a
 def sentences(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(_WORDS) for _ in range(int(rng.triangular(3, 60, 8)))) + "." for _ in range(n)]
+
+
+def bench_texts(kind: str, n: int) -> list[str]:
+    """`n` texts: a seeded sample of an embedded corpus ("wordnet": the recipe's definitions and usage
+    examples; "fortunes": quotations and jokes, often several sentences) or "synthetic" word sequences
+    (3-60 words from a fixed list; no package needed)."""
+    from mmkit.data.corpora import corpus_texts
+
+    if kind not in TEXTS:
+        raise ValueError(f"unknown texts {kind!r}; use one of {', '.join(TEXTS)}")
+    if kind == "synthetic":
+        return sentences(n)
+    texts = corpus_texts(kind)
+    return random.Random(0).sample(texts, min(n, len(texts)))
+
+
+def _agreement(vectors: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Cosine similarity of unit vectors to the reference's (mean, min), and the share of texts whose
+    nearest other text is the same in both."""
+    cosine = (vectors * reference).sum(-1)
+    nearest = []
+    for v in (vectors, reference):
+        sims = v @ v.T
+        nearest.append(sims.fill_diagonal_(float("-inf")).argmax(-1))
+    return dict(cosine_mean=float(cosine.mean()), cosine_min=float(cosine.min()),
+                neighbour=float((nearest[0] == nearest[1]).float().mean()))
 
 
 def _reference_loop(ref: torch.nn.Module, ids: list[list[int]], batch_size: int, pad_id: int) -> torch.Tensor:
@@ -47,12 +80,14 @@ def _reference_loop(ref: torch.nn.Module, ids: list[list[int]], batch_size: int,
 
 def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_size: int = 30522,
                     n_sentences: int = 512, batch_size: int = 32, max_len: int = 128, rounds: int = 3,
-                    warmup: int = 1, threads: int | None = None) -> dict[str, Any]:
-    """Sentences/s of both implementations on random weights of the given shape.
+                    warmup: int = 1, threads: int | None = None, texts: str = "wordnet",
+                    int8: bool = True) -> dict[str, Any]:
+    """Sentences/s of both implementations (and of mmkit int8) on random weights of the given shape.
 
     Returns:
         `sentences_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster),
-        `max_abs_diff` of the embeddings, the raw `seconds` and the settings.
+        `max_abs_diff` of the fp32 embeddings, with int8 `int8_ratio` and `int8_agreement` (`_agreement`),
+        the raw `seconds` and the settings.
     """
     from transformers import BertConfig, BertModel
 
@@ -64,7 +99,7 @@ def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_
     if min(rounds, batch_size, n_sentences) < 1 or warmup < 0:
         raise ValueError("rounds, batch size and sentences must be >= 1 and warmup >= 0")
     with torch_threads(threads):
-        texts = sentences(n_sentences)
+        kind, texts = texts, bench_texts(texts, n_sentences)
         tok = EncoderTokenizer.train(texts, vocab_size=min(vocab_size, 2000))
         torch.manual_seed(0)
         ref = BertModel(BertConfig(vocab_size=vocab_size, hidden_size=dim, num_hidden_layers=depth,
@@ -76,10 +111,15 @@ def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_
         # Both sides tokenize (the same tokenizer, so the same ids) inside the timed call.
         runs = {"mmkit": lambda: torch.from_numpy(embedder.embed(texts)),
                 "transformers": lambda: _reference_loop(ref, embedder.tokenize(texts)[0], batch_size, tok.pad_id)}
+        if int8:
+            quantized = Embedder(LoadedEncoder(copy.deepcopy(embedder.encoder.model), tok), batch_size, "int8")
+            runs["mmkit int8"] = lambda: torch.from_numpy(quantized.embed(texts))
         seconds, outputs = interleaved(runs, rounds, warmup)
-        rate = {k: n_sentences / statistics.median(v) for k, v in seconds.items()}
-        return dict(model=f"random BERT dim {dim} depth {depth} vocab {vocab_size}", batch_size=batch_size,
-                    sentences=n_sentences, mean_tokens=sum(map(len, ids)) / len(ids), rounds=rounds,
+        rate = {k: len(texts) / statistics.median(v) for k, v in seconds.items()}
+        extra = {} if not int8 else dict(int8_ratio=rate["mmkit int8"] / rate["transformers"],
+                                         int8_agreement=_agreement(outputs["mmkit int8"], outputs["transformers"]))
+        return dict(**extra, model=f"random BERT dim {dim} depth {depth} vocab {vocab_size}", batch_size=batch_size,
+                    texts=kind, sentences=len(texts), mean_tokens=sum(map(len, ids)) / len(ids), rounds=rounds,
                     threads=torch.get_num_threads(), sentences_per_s=rate,
                     ratio=rate["mmkit"] / rate["transformers"], seconds=seconds,
                     max_abs_diff=float((outputs["mmkit"] - outputs["transformers"]).abs().max()))
@@ -87,14 +127,20 @@ def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_
 
 def format_report(result: dict[str, Any]) -> str:
     r = result
+    int8 = [] if "int8_ratio" not in r else [
+        f"  mmkit embed --quantize int8     {r['sentences_per_s']['mmkit int8']:8.1f} sentences/s",
+        f"  mmkit int8 / transformers fp32  {r['int8_ratio']:8.2f}x   int8 vs fp32: cosine mean "
+        f"{r['int8_agreement']['cosine_mean']:.4f}, min {r['int8_agreement']['cosine_min']:.4f}; "
+        f"{100 * r['int8_agreement']['neighbour']:.1f}% same nearest neighbour"]
     return "\n".join([
-        f"Sentence embeddings: {r['model']}, {r['sentences']} sentences ({r['mean_tokens']:.1f} tokens on average), "
+        f"Sentence embeddings: {r['model']}, {r['sentences']} {r['texts']} sentences ({r['mean_tokens']:.1f} tokens "
+        "on average), "
         f"batch {r['batch_size']}, {r['threads']} threads, median of {r['rounds']}",
         f"  mmkit embed (sorted batches)    {r['sentences_per_s']['mmkit']:8.1f} sentences/s",
         f"  transformers loop + mean pool   {r['sentences_per_s']['transformers']:8.1f} sentences/s",
         f"  mmkit / transformers            {r['ratio']:8.2f}x   (goal >= 1.5x)",
         f"  max |difference| of embeddings  {r['max_abs_diff']:8.1e}",
-    ])
+    ] + int8)
 
 
 # Named shapes (dim, depth, num_heads, vocab_size): the WordNet recipe's model and BERT-base.
@@ -106,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_sizes_option(p, SIZES)
     p.add_argument("--sentences", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--texts", choices=TEXTS, default="wordnet",
+                   help="wordnet (default: the recipe's sentences), fortunes or synthetic (no package needed)")
+    p.add_argument("--no-int8", action="store_true", help="time fp32 only (no mmkit --quantize int8 row)")
     add_run_options(p)
     args = p.parse_args(argv)
     results = []
@@ -113,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for size in args.sizes:
             dim, depth, heads, vocab = SIZES[size]
             results.append(run_embed_bench(dim, depth, heads, vocab, args.sentences, args.batch_size, 128,
-                                           args.rounds, args.warmup, args.threads))
+                                           args.rounds, args.warmup, args.threads, args.texts, not args.no_int8))
             print(format_report(results[-1]), flush=True)
     except (ValueError, OSError) as e:
         print(f"mmkit bench embed: {e}", file=sys.stderr)
