@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from fnmatch import fnmatchcase
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -24,12 +26,14 @@ def int8_available() -> bool:
     return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "onednn", "qnnpack"))
 
 
-def quantize_linear_int8(module: nn.Module) -> nn.Module:
+def quantize_linear_int8(module: nn.Module, keep_fp32: Sequence[str] = ()) -> nn.Module:
     """`module` (in eval mode, on the CPU) with every `nn.Linear` replaced by a dynamically quantized
     int8 Linear, in place, the tied vocabulary projection of a token decoder included (`untie_head`):
     in a decoding step that projection is most of the work, and fbgemm's int8 kernel runs it 3-10x
     faster than fp32 BLAS at 1-64 rows (58,101 x 512: 9.1 -> 0.8 ms at one row, 45 -> 13 ms at 64).
-    Embeddings, convolutions and norms stay fp32.
+    Embeddings, convolutions and norms stay fp32, and so do the Linear layers whose qualified names
+    match a `keep_fp32` pattern (fnmatch, e.g. "encoder.blocks.*.mlp.fc2"): the activations get one
+    scale per call (per tensor, 7 bits on x86), which inputs with outliers (a GELU's output) lose.
 
     Raises:
         ValueError: the module is not on the CPU (PyTorch's int8 kernels are CPU kernels), or this
@@ -41,13 +45,17 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
     if not int8_available():
         raise ValueError("--quantize int8: this PyTorch build has no quantized engine for this CPU")
     untie_head(module)
-    n = sum(isinstance(m, nn.Linear) for m in module.modules())
+    # exact type, as quantize_dynamic's own {nn.Linear: ...} matching: subclasses that refuse
+    # dynamic quantization (nn.MultiheadAttention's NonDynamicallyQuantizableLinear) stay as they are
+    names = [name for name, m in module.named_modules()
+             if type(m) is nn.Linear and not any(fnmatchcase(name, p) for p in keep_fp32)]
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig  # per output channel: rows differ in scale
-        torch.ao.quantization.quantize_dynamic(module.eval(), {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
-    log.debug("int8 weights for %d Linear layers of %s", n, type(module).__name__)
+        torch.ao.quantization.quantize_dynamic(module.eval(), dict.fromkeys(names, qconfig), dtype=torch.qint8,
+                                               inplace=True)
+    log.debug("int8 weights for %d Linear layers of %s", len(names), type(module).__name__)
     return module
 
 
@@ -66,16 +74,19 @@ def untie_head(module: nn.Module) -> int:
     return untied
 
 
-def apply_quantization(module: nn.Module, quantize: str) -> nn.Module:
-    """`quantize` = "none" (the module as is) or "int8" (`quantize_linear_int8`)."""
+def apply_quantization(module: nn.Module, quantize: str, keep_fp32: Sequence[str] = ()) -> nn.Module:
+    """`quantize` = "none" (the module as is) or "int8" (`quantize_linear_int8`, `keep_fp32` name
+    patterns left fp32)."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"--quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
-    return quantize_linear_int8(module) if quantize == "int8" else module
+    return quantize_linear_int8(module, keep_fp32) if quantize == "int8" else module
 
 
-def describe(precision: str, quantize: str, device: torch.device | str = "cpu") -> str:
+def describe(precision: str, quantize: str, device: torch.device | str = "cpu", keep_fp32: Sequence[str] = ()) -> str:
     """One line for the log: which arithmetic this run uses (`precision` already resolved)."""
     weights = "int8 Linear weights (dynamic activations)" if quantize == "int8" else "fp32 weights"
+    if quantize == "int8" and keep_fp32:
+        weights += f" except {', '.join(keep_fp32)}"
     compute = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[precision]
     if precision == "bf16" and torch.device(device).type == "cpu":
         compute += " (native)" if cpu_has_bf16() else " (emulated: slow)"

@@ -47,6 +47,20 @@ def test_int8_replaces_every_linear_and_nothing_else():
     assert torch.equal(q.tok_embed.weight, embed)  # the embedding itself stays fp32
 
 
+def test_keep_fp32_patterns_leave_those_linears_fp32():
+    """The transcriber's choice by measurement: the encoder's attention output projection and fc2 stay
+    fp32 (`INT8_KEEP_FP32`), every other Linear of both stacks and the vocabulary projection are int8."""
+    from mmkit.inference.transcriber import INT8_KEEP_FP32
+
+    q = quantize_linear_int8(_whisper(), INT8_KEEP_FP32)
+    kinds = {name: "int8" if "quantized" in type(m).__module__ else "fp32"
+             for name, m in q.named_modules() if type(m).__name__ == "Linear"}
+    fp32 = sorted(name for name, kind in kinds.items() if kind == "fp32")
+    assert fp32 == [f"encoder.blocks.{i}.{layer}" for i in (0, 1) for layer in ("attn.proj", "mlp.fc2")]
+    assert kinds["head"] == kinds["encoder.blocks.0.attn.qkv"] == kinds["decoder.blocks.1.mlp.fc2"] == "int8"
+    assert len(kinds) == 2 * 4 + 2 * 7 + 1
+
+
 def test_untied_int8_head_speeds_the_vocabulary_projection_without_touching_fp32():
     """`untie_head` only adds an inference-time head; a model never quantized keeps head None
     (checkpoint keys unchanged), and the int8 head's logits agree with the tied fp32 projection."""
@@ -150,7 +164,8 @@ def test_cli_logs_the_choice_once_and_refuses_bad_values(export, tmp_path, caplo
         assert main(["transcribe", str(wav), "--model", str(path), "--quantize", "int8", "--temperature", "0",
                      "-f", "json", "-o", str(tmp_path), "--quiet"]) == 0
     lines = [r.getMessage() for r in caplog.records if "int8" in r.getMessage()]
-    assert lines == ["transcriber: int8 Linear weights (dynamic activations), fp32"]
+    assert lines == ["transcriber: int8 Linear weights (dynamic activations) except encoder.blocks.*.attn.proj, "
+                     "encoder.blocks.*.mlp.fc2, fp32"]
     assert json.loads((tmp_path / "clip.json").read_text())["segments"]
     with pytest.raises(SystemExit) as e:
         main(["transcribe", str(wav), "--model", str(path), "--quantize", "int4"])
