@@ -34,3 +34,30 @@ def write_tiny_bert(directory: Path, kind: str = "mlm", seed: int = 0, num_label
     tok.save(directory)
     (Path(directory) / "tokenizer.json").unlink()  # a hub BERT directory: vocab.txt only
     return model, tok
+
+
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0-4, as in roberta-base
+
+
+def write_tiny_roberta_classifier(directory: Path, seed: int = 0, num_labels: int = 3):
+    """A random-init transformers RobertaForSequenceClassification + a byte-level BPE (vocab.json +
+    merges.txt, the files of a hub RoBERTa directory) learned from the tiny corpus; returns (model in
+    eval mode, transformers RobertaTokenizer of those files)."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(tiny_corpus(), vocab_size=300, special_tokens=ROBERTA_SPECIALS, show_progress=False)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    bpe.save_model(str(directory))
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1,
+                        pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5,
+                        attn_implementation="eager", num_labels=num_labels, initializer_range=0.2,
+                        id2label={i: f"class{i}" for i in range(num_labels)},
+                        label2id={f"class{i}": i for i in range(num_labels)})
+    model = RobertaForSequenceClassification(cfg).eval()
+    model.save_pretrained(directory)
+    return model, RobertaTokenizer(str(Path(directory) / "vocab.json"), str(Path(directory) / "merges.txt"))

@@ -1,8 +1,9 @@
 """BERT (Devlin et al., "BERT: Pre-training of Deep Bidirectional Transformers for Language
 Understanding", 2019) and RoBERTa (Liu et al., 2019) from the core: word + position + token-type
 embeddings with LayerNorm, a post-norm bidirectional `Encoder`, the [CLS] pooler, a masked-LM head
-tied to the word embeddings and a sequence-classification head. Numerically identical to
-transformers' `BertModel` / `BertForMaskedLM` / `BertForSequenceClassification` / `RobertaModel`.
+tied to the word embeddings and sequence-classification heads (BERT's, RoBERTa's, mean pooling).
+Numerically identical to transformers' `BertModel` / `BertForMaskedLM` / `BertForSequenceClassification`
+/ `RobertaModel` / `RobertaForMaskedLM` / `RobertaForSequenceClassification`.
 """
 from __future__ import annotations
 
@@ -71,6 +72,64 @@ class MaskedLMHead(nn.Module):
         return nn.functional.linear(self.norm(self.act(self.fc(x))), embedding, self.bias)
 
 
+class PooledClassifier(nn.Linear):
+    """BERT's head (`BertForSequenceClassification`): dropout, then a linear layer on the pooled [CLS]
+    (`BERT.pooler`: dense + tanh, pretrained by next-sentence prediction in BERT)."""
+
+    keep: int | None = 1  # the encoder positions the head reads (1: [CLS] alone; None: all)
+
+    def __init__(self, dim: int, num_classes: int, dropout: float) -> None:
+        super().__init__(dim, num_classes)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, hidden: Tensor, mask: Tensor | None, pooler: nn.Module | None) -> Tensor:
+        """(B, 1, dim) [CLS] hidden state -> (B, num_classes) logits."""
+        return super().forward(self.drop(torch.tanh(pooler(hidden[:, 0]))))
+
+
+class DenseTanhClassifier(nn.Module):
+    """RoBERTa's head (`RobertaClassificationHead`) on the <s> token, with its own dense layer
+    instead of a pooler: dropout -> dense -> tanh -> dropout -> out_proj."""
+
+    keep: int | None = 1
+
+    def __init__(self, dim: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.dense = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, num_classes)
+
+    @property
+    def out_features(self) -> int:
+        return self.out_proj.out_features
+
+    def forward(self, hidden: Tensor, mask: Tensor | None, pooler: nn.Module | None) -> Tensor:
+        """(B, 1, dim) <s> hidden state -> (B, num_classes) logits."""
+        return self.out_proj(self.drop(torch.tanh(self.dense(self.drop(hidden[:, 0])))))
+
+
+class MeanClassifier(PooledClassifier):
+    """Dropout, then a linear layer on the mean of the final hidden states over the real tokens.
+    Masked-LM pretraining trains every token's output but never [CLS]'s or a pooler, so this
+    head reads what pretraining taught (Reimers & Gurevych 2019 pool the same way)."""
+
+    keep = None
+
+    def forward(self, hidden: Tensor, mask: Tensor | None, pooler: nn.Module | None) -> Tensor:
+        """(B, T, dim) hidden states, (B, T) mask -> (B, num_classes) logits."""
+        if mask is None:
+            mean = hidden.mean(1)
+        else:
+            weights = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+            mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return nn.Linear.forward(self, self.drop(mean))
+
+
+# Classification heads by name, so the choice stays a JSON value in config.json.
+CLASSIFIER_HEADS: dict[str, type[nn.Module]] = {
+    "pooled": PooledClassifier, "dense_tanh": DenseTanhClassifier, "mean": MeanClassifier}
+
+
 class BERT(PretrainedMixin, nn.Module):
     """Bidirectional encoder with optional heads.
 
@@ -86,7 +145,9 @@ class BERT(PretrainedMixin, nn.Module):
         pad_id: the padding token (BERT: 0; RoBERTa: 1, which also offsets its positions).
         pooler: build the [CLS] pooler (dense + tanh); transformers' MaskedLM models have none.
         mlm_head: build the masked-LM head.
-        num_classes: > 0 adds a sequence-classification head on the pooled [CLS] (needs `pooler`).
+        num_classes: > 0 adds a sequence-classification head.
+        classifier_head: "pooled" (BERT: linear on the pooled [CLS]; needs `pooler`), "dense_tanh"
+            (RoBERTa: its own dense + tanh on <s>) or "mean" (linear on the mean of the real tokens).
     """
 
     def __init__(
@@ -105,12 +166,15 @@ class BERT(PretrainedMixin, nn.Module):
         pooler: bool = True,
         mlm_head: bool = True,
         num_classes: int = 0,
+        classifier_head: str = "pooled",
     ) -> None:
         super().__init__()
         if positions not in POSITIONS:
             raise ValueError(f"unknown positions {positions!r}; known: {', '.join(POSITIONS)}")
-        if num_classes and not pooler:
-            raise ValueError("a classification head (num_classes > 0) needs the pooler")
+        if classifier_head not in CLASSIFIER_HEADS:
+            raise ValueError(f"unknown classifier_head {classifier_head!r}; known: {', '.join(CLASSIFIER_HEADS)}")
+        if num_classes and classifier_head == "pooled" and not pooler:
+            raise ValueError("the 'pooled' classification head (num_classes > 0) needs the pooler")
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.vocab_size, self.pad_id = vocab_size, pad_id
         self.max_len = max_len if positions == "absolute" else max_len - pad_id - 1
@@ -128,7 +192,7 @@ class BERT(PretrainedMixin, nn.Module):
             blk.attn.proj_drop.p = dropout
         self.pooler = nn.Linear(dim, dim) if pooler else None
         self.mlm_head = MaskedLMHead(dim, vocab_size, norm_eps) if mlm_head else None
-        self.classifier = nn.Linear(dim, num_classes) if num_classes else None
+        self.classifier = CLASSIFIER_HEADS[classifier_head](dim, num_classes, dropout) if num_classes else None
         self.apply(init_normal_)
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
@@ -173,25 +237,32 @@ class BERT(PretrainedMixin, nn.Module):
 
     def classify(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                  token_type_ids: Tensor | None = None) -> Tensor:
-        """(B, T) ids -> (B, num_classes) logits from the pooled [CLS]."""
+        """(B, T) ids -> (B, num_classes) logits from the classification head."""
         if self.classifier is None:
             raise ValueError("this BERT has no classification head (num_classes=0)")
-        cls = self.encode(input_ids, attention_mask, token_type_ids, keep=1)
-        return self.classifier(self.drop(self.pool(cls)))
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, keep=self.classifier.keep)
+        mask = attention_mask.bool() if attention_mask is not None else None
+        return self.classifier(hidden, mask, self.pooler)
 
     @classmethod
     def from_hf(cls, model_or_dir: nn.Module | str | Path) -> "BERT":
         """Import a transformers BertModel / BertForMaskedLM / BertForSequenceClassification /
-        RobertaModel / RobertaForMaskedLM instance, or a local checkpoint directory; never the network."""
+        RobertaModel / RobertaForMaskedLM / RobertaForSequenceClassification instance, or a local
+        checkpoint directory; never the network."""
         from mmkit.weights.from_hf_bert import bert_from_hf
 
         return cls.from_converted(bert_from_hf(model_or_dir))
 
-    def with_heads(self, pooler: bool = True, mlm_head: bool = False, num_classes: int = 0) -> "BERT":
+    def with_heads(self, pooler: bool = True, mlm_head: bool = False, num_classes: int = 0,
+                   classifier_head: str | None = None) -> "BERT":
         """A copy of this encoder (embeddings + blocks, and the pooler if both have one) with
-        other heads, new ones randomly initialised: pretrained MLM -> a classifier to fine-tune."""
-        model = BERT(**{**self.config, "pooler": pooler, "mlm_head": mlm_head, "num_classes": num_classes})
-        keep = {k: v for k, v in self.state_dict().items() if not k.startswith(("mlm_head.", "classifier."))}
+        other heads (classifier_head None: this model's kind), new ones randomly initialised:
+        pretrained MLM -> a classifier to fine-tune."""
+        head = classifier_head or self.config["classifier_head"]
+        model = BERT(**{**self.config, "pooler": pooler, "mlm_head": mlm_head, "num_classes": num_classes,
+                        "classifier_head": head})
+        dropped = ("mlm_head.", "classifier.") + (() if pooler else ("pooler.",))
+        keep = {k: v for k, v in self.state_dict().items() if not k.startswith(dropped)}
         missing, _ = model.load_state_dict(keep, strict=False)
         unexpected = set(keep) - set(model.state_dict())
         if unexpected or any(not k.startswith(("pooler.", "mlm_head.", "classifier.")) for k in missing):

@@ -1,10 +1,13 @@
 """Convert Hugging Face transformers BERT and RoBERTa checkpoints (`BertModel`, `BertForMaskedLM`,
-`BertForSequenceClassification`, `RobertaModel`, `RobertaForMaskedLM`) into the config and state
-dict of `mmkit.models.BERT` (built by `BERT.from_hf`; this converter never imports mmkit.models).
+`BertForSequenceClassification`, `RobertaModel`, `RobertaForMaskedLM`,
+`RobertaForSequenceClassification`) into the config and state dict of `mmkit.models.BERT` (built by
+`BERT.from_hf`; this converter never imports mmkit.models).
 
 transformers keeps query/key/value apart; they are staged and fused into mmkit's `qkv`. The MLM
 decoder is tied to the word embeddings (checked equal, then dropped). Which heads the model gets
-(pooler, MLM head, classifier) is read from the tensors present, so every variant loads strictly.
+(pooler, MLM head, classifier and its kind) is read from the tensors present, so every variant
+loads strictly: BERT's classifier is one linear layer on the pooled [CLS], RoBERTa's a dense + tanh +
+out_proj head of its own on <s> (mmkit's "dense_tanh" classifier_head), with no pooler.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from mmkit.weights.native import Converted, WeightsError
 log = logging.getLogger(__name__)
 
 BERT_CLASSES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification", "RobertaModel",
-                "RobertaForMaskedLM")
+                "RobertaForMaskedLM", "RobertaForSequenceClassification")
 
 _ENCODER_KEYS = [
     ("embeddings.word_embeddings.weight", "tok_embed.weight"),
@@ -53,7 +56,9 @@ BERT_KEYS = [(prefix + src, dst) for prefix in ("", "bert.", "roberta.") for src
     ("lm_head.bias", "mlm_head.bias"),
     ("lm_head.decoder.weight", None),
     ("lm_head.decoder.bias", None),
-    ("classifier.{p}", "classifier.{p}"),
+    ("classifier.{p}", "classifier.{p}"),  # BERT: one linear layer on the pooled [CLS]
+    ("classifier.dense.{p}", "classifier.dense.{p}"),  # RoBERTa: dense -> tanh -> out_proj on <s>
+    ("classifier.out_proj.{p}", "classifier.out_proj.{p}"),
 ]
 _EMBEDDINGS = tuple(f"{p}embeddings.word_embeddings.weight" for p in ("", "bert.", "roberta."))
 
@@ -74,9 +79,7 @@ def bert_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> d
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise WeightsError(f"{source}: {kind} variant uses features outside mmkit's BERT: {', '.join(bad)}")
-    if any(k.startswith("classifier.") for k in state) and "classifier.weight" not in state:
-        raise WeightsError(f"{source}: the classification head is not BERT's single linear layer "
-                           "(RobertaForSequenceClassification's two-layer head is not supported)")
+    head, num_classes = _classifier(state, source)
     dim = cfg["hidden_size"]
     pad_id = cfg.get("pad_token_id")
     return dict(
@@ -87,8 +90,21 @@ def bert_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> d
         positions="roberta" if kind == "roberta" else "absolute", pad_id=0 if pad_id is None else pad_id,
         pooler=any(".pooler." in f".{k}" for k in state),
         mlm_head=any(k.startswith(("cls.predictions.", "lm_head.")) for k in state),
-        num_classes=int(state["classifier.weight"].shape[0]) if "classifier.weight" in state else 0,
+        num_classes=num_classes, classifier_head=head,
     )
+
+
+def _classifier(state: dict[str, Tensor], source: str) -> tuple[str, int]:
+    """(classifier_head, num_classes) of the classification tensors in `state` (("pooled", 0) if none)."""
+    keys = sorted(k for k in state if k.startswith("classifier."))
+    if not keys:
+        return "pooled", 0
+    if keys == ["classifier.bias", "classifier.weight"]:
+        return "pooled", int(state["classifier.weight"].shape[0])
+    if keys == [f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("bias", "weight")]:
+        return "dense_tanh", int(state["classifier.out_proj.weight"].shape[0])
+    raise WeightsError(f"{source}: a classification head that is neither BERT's (classifier.weight/bias) "
+                       f"nor RoBERTa's (classifier.dense + classifier.out_proj): {', '.join(keys)}")
 
 
 def _check_bias(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from _bert import write_tiny_bert
+from _bert import write_tiny_bert, write_tiny_roberta_classifier
 from _gpt import write_tiny_gpt2
 
 from mmkit.cli import main
@@ -89,3 +89,26 @@ def test_classify_text_csv_in_and_out(tmp_path, capsys):
     assert all(r["label"] in ("class0", "class1", "class2") for r in rows)
     assert abs(sum(float(rows[0][f"p_class{i}"]) for i in range(3)) - 1) < 1e-4
     assert main(["classify-text", str(src), "--model", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_classify_text_on_a_saved_roberta_classifier(tmp_path):
+    # A hub-style RobertaForSequenceClassification directory (vocab.json + merges.txt): its
+    # dense + tanh head on <s>, its byte-level BPE, its positions after the padding index.
+    import torch
+
+    ref, hf_tok = write_tiny_roberta_classifier(tmp_path / "clf")
+    texts = ["the cat sees the moon.", "a dog finds an apple and the teacher"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "out.csv"
+    assert main(["classify-text", str(src), "--model", str(tmp_path / "clf"), "--out", str(out),
+                 "--all-scores", "--quiet"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    batch = hf_tok(texts, padding=True, return_tensors="pt")
+    assert batch["input_ids"][0, 0] == 0 and batch["input_ids"][1, -1] == 2  # <s> ... </s>
+    with torch.no_grad():
+        expected = ref(**batch).logits.softmax(-1)
+    assert expected.std(0).max() > 1e-3  # the texts get different probabilities: the check can fail
+    for row, probs in zip(rows, expected):
+        assert row["label"] == f"class{int(probs.argmax())}"
+        assert max(abs(float(row[f"p_class{i}"]) - float(probs[i])) for i in range(3)) <= 1e-5

@@ -1,12 +1,13 @@
 """BERT / RoBERTa: contract tests (shapes, backward, padding invariance, heads, save/load) and exact
-parity with transformers' BertModel, BertForMaskedLM, BertForSequenceClassification and RobertaModel
-through `BERT.from_hf` (tiny random-init models, eager attention, fp32, <= 1e-4)."""
+parity with transformers' BertModel, BertForMaskedLM, BertForSequenceClassification, RobertaModel,
+RobertaForMaskedLM and RobertaForSequenceClassification through `BERT.from_hf` (tiny random-init
+models, eager attention, fp32, <= 1e-4)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, RobertaConfig,
-                          RobertaForMaskedLM, RobertaModel)
+                          RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel)
 
 from mmkit.models import BERT
 from mmkit.weights import WeightsError
@@ -53,11 +54,11 @@ def test_bert_matches_transformers(cls, batch):
             assert (ref(**batch).logits - model.classify(**batch)).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("cls", [RobertaModel, RobertaForMaskedLM])
+@pytest.mark.parametrize("cls", [RobertaModel, RobertaForMaskedLM, RobertaForSequenceClassification])
 def test_roberta_positions_after_the_padding_index(cls, batch):
     torch.manual_seed(0)
     ref = cls(RobertaConfig(**{**HF, "max_position_embeddings": 66}, type_vocab_size=1, pad_token_id=1,
-                            layer_norm_eps=1e-5)).eval()
+                            layer_norm_eps=1e-5, num_labels=3, initializer_range=0.2)).eval()
     ids = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 1)  # RoBERTa pads with id 1
     model = BERT.from_hf(ref)
     assert model.config["positions"] == "roberta" and model.max_len == 64
@@ -69,6 +70,19 @@ def test_roberta_positions_after_the_padding_index(cls, batch):
         if cls is RobertaForMaskedLM:
             assert (ref(input_ids=ids, attention_mask=batch["attention_mask"]).logits
                     - model.mlm_logits(hidden)).abs().max() <= 1e-4
+        if cls is RobertaForSequenceClassification:  # its own dense + tanh head on <s>, no pooler
+            assert model.pooler is None and model.config["classifier_head"] == "dense_tanh"
+            logits = ref(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+            assert logits.std() > 0.1  # a head whose output varies, so the comparison can fail
+            assert (logits - model.classify(ids, batch["attention_mask"])).abs().max() <= 1e-4
+
+
+def test_a_classification_head_of_neither_kind_is_refused_by_name():
+    torch.manual_seed(0)
+    ref = RobertaForSequenceClassification(RobertaConfig(**HF, pad_token_id=1, num_labels=2))
+    ref.classifier.extra = torch.nn.Linear(2, 2)
+    with pytest.raises(WeightsError, match="neither BERT's .* nor RoBERTa's .*classifier.extra.weight"):
+        BERT.from_hf(ref)
 
 
 def test_import_from_a_checkpoint_directory(tmp_path, batch):
@@ -107,7 +121,7 @@ def test_classify_with_keep_equals_the_full_encoder(batch):
     torch.manual_seed(0)
     model = BERT(vocab_size=VOCAB, max_len=32, dim=32, depth=2, num_heads=4, num_classes=3).eval()
     with torch.no_grad():
-        full = model.classifier(model.pool(model.encode(batch["input_ids"], batch["attention_mask"])))
+        full = model.classifier(model.encode(batch["input_ids"], batch["attention_mask"]), None, model.pooler)
         assert (model.classify(batch["input_ids"], batch["attention_mask"]) - full).abs().max() <= 1e-5
 
 
@@ -123,3 +137,26 @@ def test_save_load_round_trip_and_moving_heads(tmp_path, batch):
         assert torch.equal(clf.encode(batch["input_ids"]), model.encode(batch["input_ids"]))
     with pytest.raises(ValueError, match="needs the pooler"):
         BERT(vocab_size=VOCAB, dim=32, depth=1, num_heads=4, pooler=False, num_classes=2)
+    with pytest.raises(ValueError, match="unknown classifier_head 'cls'"):
+        BERT(vocab_size=VOCAB, dim=32, depth=1, num_heads=4, num_classes=2, classifier_head="cls")
+
+
+@pytest.mark.parametrize("head", ["dense_tanh", "mean"])
+def test_headed_copies_keep_the_encoder_and_save_load_exactly(tmp_path, batch, head):
+    torch.manual_seed(0)
+    mlm = BERT(vocab_size=VOCAB, max_len=32, dim=32, depth=2, num_heads=4, pooler=False).eval()
+    clf = mlm.with_heads(pooler=False, num_classes=4, classifier_head=head).eval()
+    assert clf.pooler is None and clf.classifier.out_features == 4
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        hidden = clf.encode(ids, mask)
+        assert torch.equal(hidden, mlm.encode(ids, mask))
+        clf.save_pretrained(tmp_path)
+        loaded = BERT.from_pretrained(tmp_path).eval()
+        assert loaded.config["classifier_head"] == head
+        assert torch.equal(loaded.classify(ids, mask), clf.classify(ids, mask))
+        if head == "mean":  # the mean over the real tokens only: padding changes nothing
+            m = mask[..., None].float()
+            expected = clf.classifier.weight @ ((hidden * m).sum(1) / m.sum(1)).T
+            assert (clf.classify(ids, mask) - expected.T - clf.classifier.bias).abs().max() <= 1e-5
+            assert (clf.classify(ids[2:, :4]) - clf.classify(ids[2:], mask[2:])).abs().max() <= 1e-5
