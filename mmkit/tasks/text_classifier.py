@@ -1,7 +1,8 @@
-"""Sequence classification by fine-tuning a BERT encoder (Devlin et al., 2019, §4.1): the pooled
-[CLS] through a linear layer, cross-entropy, accuracy and Matthews correlation (the metric of the
-paper's CoLA runs; with many classes it stays informative where accuracy is dominated by big ones).
-Starting from a pretrained masked-LM export, or from random weights to measure what pretraining buys.
+"""Sequence classification by fine-tuning a BERT encoder (Devlin et al., 2019, §4.1): a classification
+head (BERT's pooled [CLS], RoBERTa's dense + tanh, or the mean of the tokens), cross-entropy, accuracy
+and Matthews correlation (the metric of the paper's CoLA runs; with many classes it stays informative
+where accuracy is dominated by big ones). Starting from a pretrained masked-LM export, or from random
+weights to measure what pretraining buys; the encoder may learn slower than the new head.
 """
 from __future__ import annotations
 
@@ -19,23 +20,26 @@ from mmkit.models.bert import BERT
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
+_HEADS = ("classifier.", "pooler.")  # learn at the full lr; the rest is the encoder
 
 
 class TextClassifier(pl.LightningModule):
     """
     Args:
         model: the `BERT` architecture (num_classes linked from the data); used as is when
-            `pretrained` is None (random init), else only its dropout is kept.
+            `pretrained` is None (random init), else only its dropout and classifier_head are kept.
         pretrained: an mmkit BERT export or transformers BERT directory whose encoder (and pooler,
             when it has one) starts the fine-tuning; its tokenizer must be the data's.
         class_names: label names in class-index order (linked from the data), saved with the export.
         lr, weight_decay, warmup_ratio: AdamW and schedule.
+        encoder_lr_scale: the encoder's learning rate is `lr * encoder_lr_scale`; the classification
+            head and pooler learn at `lr` (ULMFiT's discriminative fine-tuning, Howard & Ruder 2018).
         export_dir: where `on_fit_end` writes the classifier (`mmkit classify-text --model DIR`).
     """
 
     def __init__(self, model: BERT, pretrained: str | None = None, class_names: list[str] | None = None,
                  lr: float = 1e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
-                 export_dir: str | None = None) -> None:
+                 encoder_lr_scale: float = 1.0, export_dir: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -44,6 +48,8 @@ class TextClassifier(pl.LightningModule):
         n = model.config["num_classes"]
         if n < 2:
             raise ValueError(f"a classifier needs num_classes >= 2, got {n}")
+        if not 0 < encoder_lr_scale <= 1:
+            raise ValueError(f"encoder_lr_scale must be in (0, 1], got {encoder_lr_scale}")
         self.val_acc, self.test_acc = (Accuracy(task="multiclass", num_classes=n) for _ in range(2))
         self.val_mcc, self.test_mcc = (MatthewsCorrCoef(task="multiclass", num_classes=n) for _ in range(2))
 
@@ -58,7 +64,9 @@ class TextClassifier(pl.LightningModule):
             if base.tokenizer.hf.get_vocab() != tok.hf.get_vocab():
                 raise ValueError(f"{self.hparams.pretrained}: its tokenizer is not the data's (data.tokenizer)")
             base.model.drop.p = self.model.config["dropout"]
-            self.model = base.model.with_heads(pooler=True, mlm_head=False, num_classes=n).train()
+            head = self.model.config["classifier_head"]
+            self.model = base.model.with_heads(pooler=head == "pooled", mlm_head=False, num_classes=n,
+                                               classifier_head=head).train()
             log.info("fine-tuning the encoder of %s", self.hparams.pretrained)
         elif self.model.config["vocab_size"] != len(tok) or self.model.config["pad_id"] != tok.pad_id:
             self.model = BERT(**{**self.model.config, "vocab_size": len(tok), "pad_id": tok.pad_id, "mlm_head": False})
@@ -89,9 +97,11 @@ class TextClassifier(pl.LightningModule):
         self._evaluate(batch, "test", self.test_acc, self.test_mcc)
 
     def configure_optimizers(self) -> dict[str, Any]:
+        scale = self.hparams.encoder_lr_scale
         return adamw_warmup_cosine(self.model, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_ratio,
                                    self.trainer.estimated_stepping_batches,
-                                   no_decay=lambda name, p: p.ndim <= 1 or "embed" in name)
+                                   no_decay=lambda name, p: p.ndim <= 1 or "embed" in name,
+                                   lr_scale=lambda name: 1.0 if name.startswith(_HEADS) else scale)
 
     def export(self, directory: str | Path) -> Path:
         """Write the classifier, its tokenizer and class names (`mmkit classify-text --model DIR`)."""

@@ -146,3 +146,18 @@ def test_fine_tuning_from_the_pretrained_export_learns(pretrained):
     task.on_train_epoch_end = lambda: losses.append(float(task.trainer.callback_metrics["train/loss"]))
     fit_single_threaded(_trainer(12), task, data)
     assert losses[-1] < losses[0] - 0.3
+
+
+def test_a_mean_head_on_the_pretrained_encoder_learning_slower_than_the_head(pretrained):
+    task = TextClassifier(_tiny_bert(num_classes=len(VERBS), pooler=False, classifier_head="mean"),
+                          pretrained=str(pretrained[1]), lr=1e-3, encoder_lr_scale=0.25)
+    task.trainer = type("T", (), {"datamodule": _TinyText([], None), "estimated_stepping_batches": 10})()
+    task.setup("fit")
+    assert task.model.pooler is None and task.model.config["classifier_head"] == "mean"
+    groups = task.configure_optimizers()["optimizer"].param_groups
+    lr_of = {id(p): g["initial_lr"] for g in groups for p in g["params"]}
+    assert len(lr_of) == sum(len(g["params"]) for g in groups) == len(list(task.model.parameters()))
+    assert lr_of[id(task.model.classifier.weight)] == 1e-3
+    assert lr_of[id(task.model.tok_embed.weight)] == lr_of[id(task.model.encoder.blocks[0].attn.qkv.weight)] == 2.5e-4
+    with pytest.raises(ValueError, match="encoder_lr_scale must be in"):
+        TextClassifier(_tiny_bert(num_classes=3), encoder_lr_scale=0)
