@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mmkit.cli.bench.transcribe import format_report, run_transcribe_bench, write_audio_files, write_toy_checkpoint
+from mmkit.cli.bench.transcribe import (
+    format_report, run_transcribe_bench, word_error_rate, write_audio_files, write_toy_checkpoint,
+)
+
+
+def test_word_error_rate_ignores_case_and_punctuation():
+    assert word_error_rate(["Hello, World!", "the  cat's hat"], ["hello world", "The cat's hat"]) == 0.0
+    assert word_error_rate(["a cat sat", "dog"], ["the cat", "a dog"]) == 3 / 4  # 1 sub + 1 ins, 1 del
 
 
 @pytest.mark.slow
@@ -32,7 +39,8 @@ def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
                                  n_text_tokens=300, multilingual=False)
     files = write_audio_files(tmp_path / "audio", 2, min_seconds=1.0, max_seconds=3.0)
     result = run_transcribe_bench(model, files, max_new_tokens=6, batch_size=2, hf_batch_sizes=(), threads=1,
-                                  mmkit_quantize=("none", "int8"), faster_whisper=("float32", "int8"))
+                                  mmkit_quantize=("none", "int8"), faster_whisper=("float32", "int8"),
+                                  transcripts={str(f): "no words here" for f in files})
     assert set(result["seconds"]) == {"mmkit", "mmkit_int8", "faster_whisper_float32", "faster_whisper_int8"}
     assert result["fastest_mmkit"] in ("mmkit", "mmkit_int8")
     assert set(result["ratio"]) == {"faster_whisper_float32", "faster_whisper_int8"}
@@ -41,5 +49,6 @@ def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
     # both mmkit's and transformers' on some clips
     assert set(result["files_identical"]) == {"mmkit_int8", "faster_whisper_float32", "faster_whisper_int8"}
     assert all(0 <= n <= 2 for n in result["files_identical"].values())
+    assert set(result["wer"]) == set(result["seconds"]) and all(w >= 0 for w in result["wer"].values())
     report = format_report(result, "tiny")
-    assert "faster_whisper_int8" in report and "mmkit_int8" in report
+    assert "faster_whisper_int8" in report and "mmkit_int8" in report and "WER" in report
