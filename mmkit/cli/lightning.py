@@ -14,6 +14,8 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mmkit.inference.classifier import Prediction
+from mmkit.inference.precision import PRECISIONS, resolve_precision
+from mmkit.inference.quantize import QUANTIZATIONS, apply_quantization, describe
 from mmkit.inference.writers import OUTPUT_SUFFIXES, PredictionFile
 
 log = logging.getLogger("mmkit")
@@ -24,13 +26,25 @@ class PredictionWriter(BasePredictionWriter):
     the files that could not be read (with the reason) so nothing is dropped silently. The output
     location is checked before predicting (an unwritable one fails at once, in one line); rows are
     streamed to a temporary file as batches finish and renamed over the output at the end. In CSV,
-    cells a spreadsheet would run as formulas get a leading "'" (`mmkit.inference.writers.csv_safe`)."""
+    cells a spreadsheet would run as formulas get a leading "'" (`mmkit.inference.writers.csv_safe`).
 
-    def __init__(self, output: str = "predictions.csv") -> None:
+    Args:
+        output: predictions.csv, .json or .jsonl.
+        precision: the arithmetic of the prediction run, as `mmkit label --precision`: "fp32" (exact,
+            the default: `--trainer.precision` decides), "auto" (bf16 where the hardware has it
+            natively, else fp32), "bf16" or "fp16" (autocast through Lightning's mixed precision).
+        quantize: "none", or "int8": int8 weights for the model's Linear layers (CPU only; the
+            patch embedding stays an fp32 convolution; `mmkit.inference.quantize`).
+    """
+
+    def __init__(self, output: str = "predictions.csv", precision: str = "fp32", quantize: str = "none") -> None:
         super().__init__(write_interval="batch")
         if Path(output).suffix not in OUTPUT_SUFFIXES:  # fail before predicting, not after
             raise ValueError(f"prediction_writer.output {output}: use one of {', '.join(OUTPUT_SUFFIXES)}")
-        self.output = output
+        if precision not in PRECISIONS or quantize not in QUANTIZATIONS:
+            raise ValueError(f"prediction_writer: precision must be one of {', '.join(PRECISIONS)} and quantize one "
+                             f"of {', '.join(QUANTIZATIONS)}; got {precision!r} and {quantize!r}")
+        self.output, self.precision, self.quantize = output, precision, quantize
         self._file: PredictionFile | None = None
         self._inputs: list[tuple[str, str | None]] = []
         self._pos = 0  # next position in `_inputs`
@@ -38,7 +52,32 @@ class PredictionWriter(BasePredictionWriter):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "predict":
+            self._arithmetic(trainer, pl_module)
             self._open(trainer)
+
+    def _arithmetic(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Apply `precision` and `quantize` (before the strategy moves the model to its device) and
+        log the run's arithmetic once. Autocast stays Lightning's: a mixed-precision plugin."""
+        from pytorch_lightning.plugins.precision import MixedPrecision
+
+        device = trainer.strategy.root_device
+        precision = resolve_precision(self.precision, device, self.quantize)  # ValueError: fp16 on a CPU
+        if self.quantize != "none" and trainer.precision not in ("32-true", "32"):
+            raise ValueError(f"prediction_writer.quantize {self.quantize} runs on fp32 activations; "
+                             f"trainer.precision is {trainer.precision}")
+        mixed = {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(precision)
+        if mixed is not None and trainer.precision != mixed:
+            if trainer.precision not in ("32-true", "32"):
+                raise ValueError(f"prediction_writer.precision {self.precision} and trainer.precision "
+                                 f"{trainer.precision}: give one of the two")
+            trainer.strategy.precision_plugin = MixedPrecision(mixed, device.type)
+        if self.quantize != "none" and device.type != "cpu":
+            raise ValueError(f"prediction_writer.quantize {self.quantize} runs on the CPU; this run uses {device}")
+        apply_quantization(pl_module, self.quantize)
+        compute = {"bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16"}.get(trainer.precision, "fp32")
+        log.info("predicting on %s with %s%s", device, describe(compute, self.quantize, device),
+                 "" if trainer.precision in ("32-true", "32", "bf16-mixed", "16-mixed")
+                 else f" (trainer.precision {trainer.precision})")
 
     def _open(self, trainer: pl.Trainer) -> PredictionFile:
         if self._file is None:

@@ -1,7 +1,9 @@
 """Image classification inference (timm's ViT eval path): the one predict path behind `mmkit predict`,
 the Python API and the Gradio demo. Loads a native checkpoint directory (config.json + safetensors)
 whose metadata carries class names and the eval transform (size, crop, mean/std, interpolation);
-attention rollout (Abnar & Zuidema, 2020) for the demo's overlay.
+attention rollout (Abnar & Zuidema, 2020) for the demo's overlay. fp32 is exact and the default;
+bf16/fp16 autocast and int8 Linear weights (`mmkit.inference.quantize`) are opt-in paths whose
+top-1 agreement with fp32 is measured (tests/inference/test_classifier_precision.py).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from torch import Tensor
 from mmkit.core import attention_maps
 from mmkit.data.images import ImageLoadError, load_image, scan_images, to_rgb
 from mmkit.data.transforms import VIT_DEFAULTS, eval_transform
+from mmkit.inference.precision import autocast_for, resolve_precision
+from mmkit.inference.quantize import apply_quantization, describe
 from mmkit.models.vit import ViT
 
 log = logging.getLogger(__name__)
@@ -48,32 +52,49 @@ def top_k(logits: Tensor, class_names: Sequence[str], k: int) -> list[tuple[list
 class Classifier:
     """Classify image files, folders or PIL images with a trained ViT.
 
+    Args:
+        model: a ViT with a classifier head (put in eval mode and on `device` here).
+        class_names: one name per output.
+        meta: checkpoint metadata (the eval transform's keys).
+        device: where to run ("cpu", "cuda", "cuda:1").
+        precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (`resolve_precision`).
+        quantize: "none" or "int8" (int8 weights for every Linear layer, CPU only; the patch
+            embedding stays an fp32 convolution).
+
     Example:
         >>> clf = Classifier.from_pretrained("runs/vit_digits/export")
         >>> for p in clf.predict_paths(["photos/"], top_k=3): print(p.path, p.labels, p.probs)
     """
 
-    def __init__(self, model: ViT, class_names: Sequence[str], meta: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, model: ViT, class_names: Sequence[str], meta: dict[str, Any], device: str = "cpu",
+                 precision: str = "fp32", quantize: str = "none") -> None:
         if len(class_names) != model.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} outputs")
-        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device, quantize)
+        self.model = apply_quantization(model.eval().to(device), quantize)
         self.class_names = list(class_names)
         self.meta = meta
-        self.device = torch.device(device)
         self.transform = eval_transform(meta, VIT_DEFAULTS)
+        self._autocast = autocast_for(self.precision, self.device)
+        if (self.precision, quantize) != ("fp32", "none"):
+            log.info("classifier: %s", describe(self.precision, quantize, self.device))
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu") -> "Classifier":
+    def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu", precision: str = "fp32",
+                        quantize: str = "none") -> "Classifier":
         meta = ViT.read_config(directory).get("metadata", {})
         model = ViT.from_pretrained(directory)
         names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-        return cls(model, names, meta, device)
+        return cls(model, names, meta, device, precision, quantize)
 
     @torch.inference_mode()
     def predict_images(self, images: Sequence[Image.Image], top_k_: int = 5) -> list[tuple[list[str], list[float]]]:
         """PIL images (any mode) -> top-k (labels, probabilities) per image."""
         batch = torch.stack([self.transform(to_rgb(im)) for im in images]).to(self.device)
-        return top_k(self.model(batch), self.class_names, top_k_)
+        with self._autocast():
+            logits = self.model(batch)
+        return top_k(logits, self.class_names, top_k_)
 
     def predict_paths(self, paths: Iterable[str | os.PathLike], top_k: int = 5,
                       batch_size: int = 32) -> Iterator[Prediction]:

@@ -23,12 +23,19 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
+def resolve_precision(precision: str, device: torch.device | str, quantize: str = "none") -> str:
     """"auto" -> bf16 where the hardware has it (CUDA with bf16, AVX512-BF16/AMX CPUs), fp16 on
-    older GPUs, else fp32. Explicit choices are kept (fp16 on a CPU is refused)."""
+    older GPUs, else fp32. Explicit choices are kept (fp16 on a CPU is refused). With
+    `quantize="int8"`, "auto" is fp32 and bf16/fp16 are refused: PyTorch's dynamic int8 Linear
+    layers take fp32 activations only (under bf16 autocast they fail with a dtype error)."""
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if quantize == "int8":
+        if precision not in ("auto", "fp32"):
+            raise ValueError(f"--precision {precision} with --quantize int8: int8 Linear layers run on fp32 "
+                             "activations; use --precision fp32 (or auto)")
+        return "fp32"
     if device.type == "cuda":
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if precision == "auto" else precision
     if precision == "fp16":
