@@ -28,8 +28,8 @@ def test_run_vit_bench_rows():
         assert {k: len(v) for k, v in row[f"{mode}_seconds"].items()} == {"mmkit": 1, "timm": 1}
         assert row[f"{mode}_mmkit_ips"] == pytest.approx(2 / row[f"{mode}_seconds"]["mmkit"][0])
     lines = format_rows(rows)
-    assert [line[:2] for line in lines[1:]] == [["vit_tiny_patch16_224", "inference"],
-                                                ["vit_tiny_patch16_224", "train step"]]
+    assert [line[:3] for line in lines[1:]] == [["vit_tiny_patch16_224", "fp32", "inference"],
+                                                ["vit_tiny_patch16_224", "fp32", "train step"]]
 
 
 def test_bad_arguments_fail_before_building():
@@ -51,15 +51,18 @@ def test_main_writes_json(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(bench, "run_vit_bench", tiny)
     out = tmp_path / "bench.json"
+    monkeypatch.setattr("mmkit.inference.precision.cpu_has_bf16", lambda: False)
     assert main(["--models", "vit_tiny_patch16_224", "--batch-size", "2", "--image-size", "32", "--steps", "1",
-                 "--warmup", "0", "--precision", "bf16", "--threads", "1", "--json", str(out)]) == 0
+                 "--warmup", "0", "--precision", "fp32", "bf16", "--threads", "1", "--json", str(out)]) == 0
     assert seen == dict(models=["vit_tiny_patch16_224"], batch_size=2, image_size=32, steps=1, warmup=0,
-                        threads=1, precision="bf16")
+                        threads=1, precision="bf16")  # the last of the two runs
     rows = json.loads(out.read_text())
     assert len(rows[0]["train_seconds"]["timm"]) == 1
-    assert rows[0]["precision"] == "bf16" and rows[0]["infer_ratio"] > 0
+    assert [(r["precision"], r["native"]) for r in rows] == [("fp32", True), ("bf16", False)]
+    assert all(r["infer_ratio"] > 0 for r in rows)
+    assert rows[1]["max_abs_diff"] < 0.1  # both models under the same bf16 autocast
     printed = capsys.readouterr().out
-    assert "vit_tiny_patch16_224" in printed and "mmkit/timm" in printed
+    assert "vit_tiny_patch16_224" in printed and "mmkit/timm" in printed and "bf16 (emulated)" in printed
 
 
 def test_spread_is_relative_interquartile_range():

@@ -3,9 +3,13 @@
 Both models run in one process, in interleaved rounds (the order alternates every round, so
 thermal or load drift hits both alike); each figure is the median over rounds, and the result
 is reported as the ratio mmkit / timm. Inference runs in eval mode under `torch.inference_mode()`;
-a training step is forward + cross-entropy + backward + AdamW step in train mode.
+a training step is forward + cross-entropy + backward + AdamW step in train mode. `--precision fp32
+bf16` adds bf16 rows: both models under the same `torch.autocast("cpu", bfloat16)` (what
+`--trainer.precision bf16-mixed` does in training); on a CPU without AVX512-BF16/AMX bf16 is
+emulated (the table says so) and far slower than fp32, so keep those runs small there.
 
     mmkit bench vit --models vit_tiny_patch16_224 vit_small_patch16_224 --batch-size 32
+    mmkit bench vit --models vit_tiny_patch16_224 --precision fp32 bf16 --steps 3
 """
 from __future__ import annotations
 
@@ -117,8 +121,11 @@ def _bench_one(name: str, batch_size: int, image_size: int, steps: int, warmup: 
         impl.model.train()
     train = _interleaved(impls, lambda i: i.train_step(x, y), steps, warmup)
 
+    from mmkit.inference.precision import cpu_has_bf16
+
     row: dict[str, Any] = dict(
         model=name, batch_size=batch_size, image_size=image_size, precision=precision,
+        native=precision == "fp32" or cpu_has_bf16(),
         threads=torch.get_num_threads(), steps=steps, warmup=warmup,
         params=sum(p.numel() for p in ours.parameters()), max_abs_diff=diff,
     )
@@ -177,12 +184,13 @@ def run_vit_bench(
 
 def format_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     """Header + one line per model, as strings (shared by the rich and the plain output)."""
-    header = ["model", "mode", "mmkit img/s", "timm img/s", "mmkit/timm", "spread", "max |diff|"]
+    header = ["model", "precision", "mode", "mmkit img/s", "timm img/s", "mmkit/timm", "spread", "max |diff|"]
     lines = [header]
     for row in rows:
+        precision = row["precision"] + ("" if row.get("native", True) else " (emulated)")
         for mode, label in (("infer", "inference"), ("train", "train step")):
             lines.append([
-                row["model"], label, f"{row[f'{mode}_mmkit_ips']:.1f}", f"{row[f'{mode}_timm_ips']:.1f}",
+                row["model"], precision, label, f"{row[f'{mode}_mmkit_ips']:.1f}", f"{row[f'{mode}_timm_ips']:.1f}",
                 f"{row[f'{mode}_ratio']:.3f}", f"{row[f'{mode}_spread']:.0%}", f"{row['max_abs_diff']:.1e}",
             ])
     return lines
@@ -192,7 +200,7 @@ def _render(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = format_rows(rows)
     first = rows[0] if rows else {}
     title = (f"ViT throughput, batch {first.get('batch_size')}, {first.get('image_size')}px, "
-             f"{first.get('precision')}, {first.get('threads')} threads, median of {first.get('steps')} rounds")
+             f"{first.get('threads')} threads, median of {first.get('steps')} rounds")
     try:
         from rich.console import Console
         from rich.table import Table
@@ -202,7 +210,7 @@ def _render(rows: Sequence[Mapping[str, Any]]) -> str:
         return f"{title}\n{body}\n"
     table = Table(title=title)
     for i, col in enumerate(lines[0]):
-        table.add_column(col, justify="left" if i < 2 else "right")
+        table.add_column(col, justify="left" if i < 3 else "right")
     for line in lines[1:]:
         table.add_row(*line)
     console = Console(record=True, width=120)
@@ -221,19 +229,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed rounds per mode")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds per mode")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
+                        help="one set of rows per value, both models under the same autocast (bf16: emulated, slow, "
+                             "on CPUs without AVX512-BF16/AMX)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     args = parser.parse_args(argv)
     models = [m for arg in args.models for m in arg.split(",") if m]
-    rows = run_vit_bench(models, batch_size=args.batch_size, image_size=args.image_size, steps=args.steps,
-                         warmup=args.warmup, threads=args.threads, precision=args.precision)
+    rows = [row for precision in dict.fromkeys(args.precision)
+            for row in run_vit_bench(models, batch_size=args.batch_size, image_size=args.image_size, steps=args.steps,
+                                     warmup=args.warmup, threads=args.threads, precision=precision)]
     sys.stdout.write(_render(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
             f.write("\n")
-    tolerance = 1e-3 if args.precision == "fp32" else 1e-1  # bf16 autocast: both round, differently ordered
-    bad = [r["model"] for r in rows if not math.isfinite(r["max_abs_diff"]) or r["max_abs_diff"] > tolerance]
+    tolerance = {"fp32": 1e-3, "bf16": 1e-1}  # bf16 autocast: both round, differently ordered
+    bad = [r["model"] for r in rows if not math.isfinite(r["max_abs_diff"]) or r["max_abs_diff"] > tolerance[r["precision"]]]
     if bad:
         log.warning("mmkit and timm disagree on %s: the timings may not compare the same computation", bad)
     return 0
