@@ -25,7 +25,7 @@ from mmkit.inference.clip_loader import clip_eval_transform, load_clip
 from mmkit.inference.image_batches import image_batches
 from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
 from mmkit.inference.precision import PRECISIONS
-from mmkit.inference.quantize import QUANTIZATIONS, apply_quantization, describe
+from mmkit.inference.quantize import QUANTIZATIONS, describe
 from mmkit.inference.prompts import DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
 from mmkit.inference.zero_shot import ZeroShotClassifier
@@ -249,8 +249,8 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
     # Decoding starts now, in the workers, while the weights load and the prompts are encoded.
     batches = image_batches(root, todo, transform, args.batch_size, workers, pin_memory=cuda)
     model, tokenizer = load_clip(args.model, args.pretrained)
-    labeler = ZeroShotClassifier(model, tokenizer, transform, args.device, args.precision, args.multi_gpu)
-    apply_quantization(labeler.model, args.quantize)  # both towers, before the prompts are encoded
+    labeler = ZeroShotClassifier(model, tokenizer, transform, args.device, args.precision, args.multi_gpu,
+                                 quantize=args.quantize)  # int8: both towers, before the prompts are encoded
     examples = labeler.prototypes(args.examples, args.batch_size, 0) if args.examples else None
     labeler.set_labels(prompts, examples, args.examples_weight, args.multi_label, templates)
     log.info("labelling %d images with %d labels (%s, %s, %d decoding workers)", len(todo), len(labeler.names),

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmkit.inference.precision import check_device
+from mmkit.inference.precision import check_device, resolve_precision
 from mmkit.inference.writers import OutputConflict
 
 
@@ -19,10 +19,12 @@ def run_settings(args: argparse.Namespace, prompts: dict[str, list[str]]) -> dic
     def where(value: str | None) -> str | None:
         return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
 
-    return {"model": where(args.model), "pretrained": where(args.pretrained), "prompts": prompts,
-            "examples": where(args.examples), "examples_weight": args.examples_weight if args.examples else None,
-            "multi_label": args.multi_label, "threshold": args.threshold, "other_label": args.other_label,
-            "top_k": args.top_k, "all_scores": args.all_scores, "exact_decode": args.exact_decode}
+    settings = {"model": where(args.model), "pretrained": where(args.pretrained), "prompts": prompts,
+                "examples": where(args.examples), "examples_weight": args.examples_weight if args.examples else None,
+                "multi_label": args.multi_label, "threshold": args.threshold, "other_label": args.other_label,
+                "top_k": args.top_k, "all_scores": args.all_scores, "exact_decode": args.exact_decode}
+    # int8 weights change the scores; recorded only when used, so fp32 runs' settings files stay valid.
+    return {**settings, "quantize": args.quantize} if args.quantize != "none" else settings
 
 
 def check_settings(path: Path, settings: dict[str, Any], resume: bool) -> bool:
@@ -71,7 +73,9 @@ def usage_error(args: argparse.Namespace) -> str | None:
         return (f"--{'copy' if args.copy_to else 'link'}-to {placed} is the input folder or above it: "
                 "the sorted images would be mixed with (and rescanned as) the inputs; choose another folder")
     try:
-        check_device(args.device)
+        device = check_device(args.device)
+        if args.quantize != "none":  # int8 runs on fp32 activations: a bf16/fp16 choice is refused here
+            resolve_precision(args.precision, device, args.quantize)
     except ValueError as e:
         return str(e)
     return None

@@ -27,6 +27,7 @@ from mmkit.inference.image_batches import ImageBatch, image_batches
 from mmkit.inference.precision import autocast_for, resolve_precision
 from mmkit.inference.prompts import (BACKGROUND_WORDS, DEFAULT_TEMPLATES, Tokenizer, check_templates, clean_labels,
                                      encode_prompts, expand_prompts, label_embeddings)
+from mmkit.inference.quantize import apply_quantization
 from mmkit.models.clip import CLIP
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class ZeroShotClassifier:
         device: where to run ("cpu", "cuda", "cuda:1").
         precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast; `resolve_precision`).
         multi_gpu: split image batches over all visible GPUs (nn.DataParallel on the image tower).
+        quantize: "none", or "int8": int8 weights for every Linear layer of both towers (CPU only;
+            the patch embedding stays an fp32 convolution; with it "auto" precision is fp32).
         meta: checkpoint metadata: eval transform keys, default `zeroshot_labels` / `zeroshot_templates`.
 
     Example:
@@ -120,13 +123,15 @@ class ZeroShotClassifier:
     """
 
     def __init__(self, model: CLIP, tokenizer: Tokenizer, transform: EvalTransform | None = None, device: str = "cpu",
-                 precision: str = "fp32", multi_gpu: bool = False, meta: dict[str, Any] | None = None) -> None:
+                 precision: str = "fp32", multi_gpu: bool = False, meta: dict[str, Any] | None = None,
+                 quantize: str = "none") -> None:
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        self.precision = resolve_precision(precision, self.device, quantize)
+        self.model = apply_quantization(model.eval().to(self.device), quantize)
+        self.quantize = quantize
         self.tokenizer = tokenizer
         self.meta = {**default_image_metadata(model), **(meta or {})}
         self.transform = transform or eval_transform(self.meta, CLIP_DEFAULTS)
-        self.precision = resolve_precision(precision, self.device)
         self._autocast = autocast_for(self.precision, self.device)
         self.labels: list[str] = list(self.meta.get("zeroshot_labels") or [])
         self.templates: list[str] = list(self.meta.get("zeroshot_templates") or DEFAULT_TEMPLATES)
@@ -140,15 +145,15 @@ class ZeroShotClassifier:
         self.background: Tensor | None = None  # (D,) unit, for multi-label scoring of plain CLIP
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu",
-                        precision: str = "fp32") -> "ZeroShotClassifier":
+    def from_pretrained(cls, directory: str | os.PathLike, device: str = "cpu", precision: str = "fp32",
+                        quantize: str = "none") -> "ZeroShotClassifier":
         """A native checkpoint directory; its metadata may name the tokenizer (`open_clip_tokenizer`:
         ARCH, e.g. "ViT-B-16-SigLIP"), the eval transform and default labels and templates."""
         from mmkit.inference.clip_loader import load_clip
 
         model, tokenizer = load_clip(str(directory))
         meta = CLIP.read_config(directory).get("metadata", {})
-        return cls(model, tokenizer, None, device, precision, meta=meta)
+        return cls(model, tokenizer, None, device, precision, meta=meta, quantize=quantize)
 
     def encode_texts(self, prompts: Sequence[str]) -> Tensor:
         """Prompts -> (P, D) unit float32 embeddings."""

@@ -1,23 +1,67 @@
-"""Smoke test of `mmkit bench label` end to end: both whole processes on a few generated images
-with the same random-init ViT-B-32 file agree on every label. Never timings."""
+"""`mmkit bench label`: the end-to-end smoke run (open_clip, mmkit fp32 and mmkit int8 as whole
+processes on a few generated images with the same random-init ViT-B-32 file), the agreement table
+of every mmkit path, and the --model EXPORT mode. Never timings."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
+import torch
 
-from mmkit.cli.bench.label import main
+from mmkit.cli.bench.label import _commands, _parser, main
+from mmkit.cli.bench.label_report import agreements
 
 
 @pytest.mark.slow
-def test_bench_label_runs_both_processes_and_they_agree(tmp_path, capsys):
+def test_bench_label_runs_every_side_and_they_agree(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["--images", "4", "--rounds", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["images"] == 4 and result["top1_agreement"] == 1.0 and result["max_abs_prob_diff"] < 1e-2
-    for side in ("open_clip", "mmkit"):
+    for side in ("open_clip", "mmkit", "mmkit int8"):
         assert len(result["runs"][side]["wall"]) == 1 and result["median_s"][side]["wall"] > 0
     assert result["speedup"]["wall"] == pytest.approx(
         result["median_s"]["open_clip"]["wall"] / result["median_s"]["mmkit"]["wall"], rel=0.02)
-    assert "top-1 agreement 100.0%" in capsys.readouterr().out
+    int8 = result["agreement"]["mmkit int8"]
+    assert set(int8) == {"open_clip", "mmkit"} and 0 < int8["mmkit"]["max_abs_prob_diff"] < 0.1
+    printed = capsys.readouterr().out
+    assert "mmkit vs open_clip: top-1 agreement 100.0%" in printed and "mmkit int8 vs mmkit: top-1" in printed
     assert main(["--images", "0"]) == 2
+
+
+def _csv(path, labels, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "score"] + [f"score:{x}" for x in labels])
+        w.writerows(rows)
+    return path
+
+
+def test_agreements_compare_every_mmkit_path_with_open_clip_and_fp32(tmp_path):
+    rows = [["a.jpg", "x", 0.6, 0.6, 0.4], ["b.jpg", "y", 0.7, 0.3, 0.7]]
+    flipped = [rows[0], ["b.jpg", "x", 0.55, 0.55, 0.45]]
+    outputs = {"open_clip": _csv(tmp_path / "o.csv", "xy", rows), "mmkit": _csv(tmp_path / "m.csv", "xy", rows),
+               "mmkit int8": _csv(tmp_path / "q.csv", "xy", flipped)}
+    got = agreements(outputs)
+    assert set(got) == {"mmkit", "mmkit int8"} and set(got["mmkit"]) == {"open_clip"}
+    assert got["mmkit"]["open_clip"]["top1_agreement"] == 1.0
+    assert got["mmkit int8"]["mmkit"]["top1_agreement"] == 0.5
+    assert got["mmkit int8"]["open_clip"]["max_abs_prob_diff"] == pytest.approx(0.25)
+
+
+def test_model_export_mode_has_no_open_clip_side_and_reads_its_labels(tmp_path):
+    from mmkit.models.clip import CLIP
+
+    torch.manual_seed(0)
+    tiny = dict(visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
+                text=dict(embed_dim=16, vocab_size=49408, max_len=16, dim=32, depth=1, num_heads=2))
+    export = CLIP.from_config(tiny).save_pretrained(
+        tmp_path / "export", metadata={"zeroshot_labels": ["red circle", "blue star"], "zeroshot_templates": ["a {}"]})
+    args = _parser().parse_args(["--model", str(export), "--quantize", "int8", "none", "int8"])
+    commands = _commands(args, tmp_path / "imgs", tmp_path / "unused.safetensors", tmp_path)
+    assert list(commands) == ["mmkit int8", "mmkit"]
+    cmd = commands["mmkit int8"]
+    assert cmd[cmd.index("--labels") + 1] == "red circle,blue star" and cmd[cmd.index("--template") + 1] == "a {}"
+    assert cmd[cmd.index("--quantize") + 1] == "int8" and "--pretrained" not in cmd
+    assert main(["--model", str(tmp_path / "missing")]) == 2

@@ -473,7 +473,9 @@ def test_bench_helpers_images_reference_script_and_agreement(tmp_path):
                 best = 1 if flip and i == 0 else 0
                 scores[best] = 0.5 + (0.01 if flip else 0)
                 w.writerow([f"{i}.jpg", bench.LABELS[best], scores[best], *scores])
-    got = bench._agreement(tmp_path / "a.csv", tmp_path / "b.csv")
+    from mmkit.cli.bench.label_report import agreement
+
+    got = agreement(tmp_path / "a.csv", tmp_path / "b.csv")
     assert got["top1_agreement"] == 0.75 and got["max_abs_prob_diff"] == pytest.approx(0.41)
 
 

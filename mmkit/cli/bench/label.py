@@ -8,19 +8,23 @@ its own process (interpreter start, imports, weight loading, decoding, inference
 alternating order every round so load drift hits both alike; medians are reported, with the
 ratio reference / mmkit and the top-1 agreement of the two outputs. Both use the one prompt
 "a photo of a {}." unless `--ensemble` gives mmkit its default template set (more text work).
+Each `--quantize` value is one mmkit path ("mmkit" = fp32 weights, "mmkit int8" = int8 Linear
+weights); every path's labels are compared with open_clip's and with mmkit fp32's. `--model DIR`
+runs a trained mmkit CLIP export instead (its labels and templates from its metadata; no open_clip
+side), on `--image-dir DIR` or the generated images: agreement of int8 with fp32 where near-ties of
+random weights do not blur it.
 
     mmkit bench label --images 128 --rounds 3
+    mmkit bench label --model runs/clip_shapes/export --image-dir shapes/ --rounds 1
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mmkit.cli.bench.label_report import OPEN_CLIP, agreements, print_report, report
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +137,6 @@ def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     return elapsed, cpu, done.stderr
 
 
-def _top1(path: Path) -> dict[str, tuple[str, list[float]]]:
-    with open(path, newline="") as f:
-        return {r["path"]: (r["label"], [float(r[f"score:{x}"]) for x in LABELS]) for r in csv.DictReader(f)}
-
-
-def _agreement(ref: Path, ours: Path) -> dict[str, Any]:
-    a, b = _top1(ref), _top1(ours)
-    if sorted(a) != sorted(b):
-        raise RuntimeError(f"the two sides labelled different files: {len(a)} vs {len(b)}")
-    same = sum(a[p][0] == b[p][0] for p in a)
-    diff = max(max(abs(x - y) for x, y in zip(a[p][1], b[p][1])) for p in a)
-    return {"images": len(a), "top1_agreement": same / len(a), "max_abs_prob_diff": diff}
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmkit bench label", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=128, help="number of images (default 128)")
@@ -153,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="mmkit's batch size (the reference uses 32)")
     p.add_argument("--num-workers", type=int, default=None, help="mmkit's decoding workers (default: its own)")
     p.add_argument("--precision", default="auto", help="mmkit's --precision (auto: bf16 where the CPU has it)")
+    p.add_argument("--quantize", nargs="+", choices=("none", "int8"), default=["none", "int8"],
+                   help="one mmkit path per value: none (fp32 weights) and/or int8 (int8 Linear weights)")
+    p.add_argument("--model", help="an mmkit CLIP export to run instead of the random ViT-B-32 (labels and "
+                   "templates from its metadata; no open_clip side)")
+    p.add_argument("--image-dir", metavar="DIR", help="label the images of DIR instead of generated ones")
     p.add_argument("--ensemble", action="store_true", help="mmkit with its default template ensemble")
     p.add_argument("--exact-decode", action="store_true", help="mmkit without JPEG DCT-domain downscaling")
     p.add_argument("--workdir", help="where images and the checkpoint are made (reused); default a temp folder")
@@ -161,25 +158,54 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _commands(args: argparse.Namespace, images: Path, ckpt: Path, work: Path) -> dict[str, list[str]]:
-    script = work / "reference_open_clip.py"
-    script.write_text(REFERENCE)
-    mmkit = [sys.executable, "-m", "mmkit.cli", "label", str(images), "--labels", ",".join(LABELS), "--model", ARCH,
-             "--pretrained", str(ckpt), "--out", str(work / "mmkit.csv"), "--all-scores", "--overwrite", "--quiet",
-             "--precision", args.precision, "--batch-size", str(args.batch_size)]
-    mmkit += [] if args.ensemble else ["--template", TEMPLATE]
-    mmkit += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
-    mmkit += ["--exact-decode"] if args.exact_decode else []
-    return {"open_clip": [sys.executable, str(script), str(images), str(ckpt), ",".join(LABELS),
-                          str(work / "reference.csv")], "mmkit": mmkit}
+    """Side name -> command line: the open_clip loop (not with --model DIR) and one mmkit path per
+    --quantize value, each writing `work/<side>.csv`."""
+    commands = {}
+    if not args.model:
+        script = work / "reference_open_clip.py"
+        script.write_text(REFERENCE)
+        commands[OPEN_CLIP] = [sys.executable, str(script), str(images), str(ckpt), ",".join(LABELS),
+                               str(work / f"{OPEN_CLIP}.csv")]
+    labels, templates = _labels(args)
+    for quantize in dict.fromkeys(args.quantize):
+        side = "mmkit" if quantize == "none" else f"mmkit {quantize}"
+        cmd = [sys.executable, "-m", "mmkit.cli", "label", str(images), "--labels", ",".join(labels),
+               "--model", args.model or ARCH, "--out", str(work / f"{side.replace(' ', '_')}.csv"), "--all-scores",
+               "--overwrite", "--quiet", "--precision", args.precision, "--quantize", quantize,
+               "--batch-size", str(args.batch_size)]
+        cmd += [] if args.model else ["--pretrained", str(ckpt)]
+        cmd += [] if args.ensemble and not args.model else [a for t in templates for a in ("--template", t)]
+        cmd += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
+        cmd += ["--exact-decode"] if args.exact_decode else []
+        commands[side] = cmd
+    return commands
+
+
+def _labels(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The labels and templates: the checkpoint's own with --model DIR, else LABELS and TEMPLATE."""
+    if not args.model:
+        return list(LABELS), [TEMPLATE]
+    from mmkit.models.clip import CLIP
+
+    meta = CLIP.read_config(args.model).get("metadata", {})
+    if not meta.get("zeroshot_labels"):
+        raise ValueError(f"{args.model}: no zeroshot_labels in its metadata")
+    return list(meta["zeroshot_labels"]), list(meta.get("zeroshot_templates") or [TEMPLATE])
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    images = work / f"images_{args.sizes}_{args.images}"
-    if not images.exists():
-        log.info("writing %d %s images to %s", args.images, args.sizes, images)
-        make_images(images, args.images, SIZES[args.sizes])
+    if args.image_dir:
+        images = Path(args.image_dir).expanduser()
+        from mmkit.data.images import scan_images
+
+        args.images = sum(1 for _ in scan_images(images))
+    else:
+        images = work / f"images_{args.sizes}_{args.images}"
+        if not images.exists():
+            log.info("writing %d %s images to %s", args.images, args.sizes, images)
+            make_images(images, args.images, SIZES[args.sizes])
     ckpt = work / "open_clip_vit_b32_random.safetensors"
-    if not ckpt.exists():
+    if not args.model and not ckpt.exists():
         log.info("saving a random-init open_clip %s to %s", ARCH, ckpt)
         make_checkpoint(ckpt)
     commands = _commands(args, images, ckpt, work)
@@ -193,55 +219,29 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 times[side][key].append(value)
             log.info("round %d %s: %.1f s wall, %.1f s CPU", r + 1, side, wall, cpu)
         load.append(os.getloadavg()[0])
-    return _report(args, times, load, _agreement(work / "reference.csv", work / "mmkit.csv"))
+    outputs = {side: work / f"{side.replace(' ', '_')}.csv" for side in commands}
+    return report(args, times, load, agreements(outputs))
 
 
 def _in_process_seconds(side: str, stderr: str) -> float:
     """Seconds past interpreter start and imports: what each side measures of itself."""
-    if side == "open_clip":
+    if side == OPEN_CLIP:
         phases = json.loads(stderr.strip().splitlines()[-1])
         return phases["load_s"] + phases["label_s"]
     found = re.search(r"mmkit label finished in ([\d.]+) s", stderr)
     return float(found[1]) if found else float("nan")
 
 
-def _report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], load: list[float],
-            agreement: dict[str, Any]) -> dict[str, Any]:
-    from mmkit.inference.precision import cpu_has_bf16
-
-    med = {side: {k: statistics.median(v) for k, v in t.items()} for side, t in times.items()}
-    ratio = {k: round(med["open_clip"][k] / med["mmkit"][k], 2) for k in ("wall", "cpu", "inner")}
-    return {
-        "images": args.images, "sizes": args.sizes, "rounds": args.rounds, "batch_size": args.batch_size,
-        "precision": args.precision, "ensemble": args.ensemble, "exact_decode": args.exact_decode,
-        "cpu_count": os.cpu_count(), "cpu_native_bf16": cpu_has_bf16(), "load_average": [round(x, 2) for x in load],
-        "runs": {side: {k: [round(x, 2) for x in v] for k, v in t.items()} for side, t in times.items()},
-        "median_s": {side: {k: round(v, 2) for k, v in m.items()} for side, m in med.items()},
-        "images_per_s": {side: round(args.images / m["wall"], 2) for side, m in med.items()},
-        "speedup": ratio, **agreement,
-    }
-
-
-def _print(result: dict[str, Any]) -> None:
-    lines = [f"{result['images']} images ({result['sizes']} sizes), {result['rounds']} rounds, "
-             f"{result['cpu_count']} CPUs, native bf16: {result['cpu_native_bf16']}, "
-             f"load average {result['load_average']}"]
-    for side in ("open_clip", "mmkit"):
-        m = result["median_s"][side]
-        lines.append(f"  {side:9s} wall {m['wall']:7.2f} s  {result['images_per_s'][side]:6.2f} img/s  "
-                     f"CPU {m['cpu']:7.2f} s  after imports {m['inner']:7.2f} s   "
-                     f"(wall of each run {result['runs'][side]['wall']})")
-    r = result["speedup"]
-    lines.append(f"  open_clip / mmkit: {r['wall']}x wall, {r['cpu']}x CPU time, {r['inner']}x after imports")
-    lines.append(f"  top-1 agreement {100 * result['top1_agreement']:.1f}%, "
-                 f"max |prob difference| {result['max_abs_prob_diff']:.2e}")
-    print("\n".join(lines))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.images < 1 or args.rounds < 1:
         print("mmkit bench label: --images and --rounds must be >= 1", file=sys.stderr)
+        return 2
+    if args.model and not Path(args.model).expanduser().is_dir():
+        print(f"mmkit bench label: --model {args.model}: not an mmkit CLIP export directory", file=sys.stderr)
+        return 2
+    if args.image_dir and not Path(args.image_dir).expanduser().is_dir():
+        print(f"mmkit bench label: --image-dir {args.image_dir}: not a folder", file=sys.stderr)
         return 2
     if args.workdir:
         work = Path(args.workdir).expanduser()
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="mmkit-bench-label-") as tmp:
             result = run(args, Path(tmp))
-    _print(result)
+    print_report(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
