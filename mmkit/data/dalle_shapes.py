@@ -50,19 +50,23 @@ def _held_out(held_out: list[str] | None) -> list[str]:
 
 
 class _Images(Dataset):
-    def __init__(self, shapes: ShapesDataset) -> None:
-        self.shapes = shapes
+    """Rendered images as (3, S, S) tensors in [0, 1]; with `indexed`, (image, index) pairs."""
+
+    def __init__(self, shapes: ShapesDataset, indexed: bool = False) -> None:
+        self.shapes, self.indexed = shapes, indexed
 
     def __len__(self) -> int:
         return len(self.shapes)
 
-    def __getitem__(self, i: int) -> Tensor:
-        return to_unit_tensor(self.shapes.sample(i)[0])
+    def __getitem__(self, i: int) -> Tensor | tuple[Tensor, int]:
+        image = to_unit_tensor(self.shapes.sample(i)[0])
+        return (image, i) if self.indexed else image
 
 
 class ShapesImagesDataModule(pl.LightningDataModule):
     """Rendered shapes (B, 3, S, S) in [0, 1] for the tokenizer; train on the seen pairs, validate
-    on fresh draws of all pairs.
+    on fresh draws of all pairs. The test split is the judge's: one draw per attribute combination
+    (`test_specs`, seen and held-out pairs), batches of (images, indices into `test_specs`).
 
     Args:
         image_size: side in pixels.
@@ -83,6 +87,9 @@ class ShapesImagesDataModule(pl.LightningDataModule):
                                            "train", seed)),
             "val": _Images(ShapesDataset(combinations(), val_samples, image_size, ident, "val", seed)),
         }
+        self.test_specs = combinations()
+        self.datasets["test"] = _Images(ShapesDataset(self.test_specs, len(self.test_specs), image_size, ident, "test",
+                                                      seed), indexed=True)
 
     def _loader(self, split: str) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=split == "train",
@@ -94,6 +101,9 @@ class ShapesImagesDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
 
 
 class ShapesCodesDataModule(pl.LightningDataModule):

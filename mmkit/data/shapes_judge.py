@@ -111,3 +111,23 @@ def accuracy(verdicts: list[Verdict], specs: list[Shape]) -> dict[str, float]:
 
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "position": 1 / len(POSITIONS),
           "size": 1 / len(SIZES), "all": 1 / (len(COLOURS) * len(SHAPES) * len(POSITIONS) * len(SIZES))}
+
+
+def judged_report(images: list[Image.Image], specs: list[Shape], held_out: set[str], judge_steps: int = 400,
+                  control_seed: int | None = 0) -> dict[str, float]:
+    """Train a fresh judge and score `images` against the `specs` they should show: per-attribute and
+    all-attribute accuracy on seen pairs ("seen_colour_acc", ..., "seen_all_acc") and on `held_out`
+    pairs ("heldout_..."), plus, with `control_seed`, "shuffled_all_acc": each image judged against
+    another image's spec (a shuffled-caption control, which must fall to chance)."""
+    verdicts = ShapesJudge(image_size=images[0].size[0], steps=judge_steps)(images)
+    out = {}
+    for name, keep in (("seen", lambda s: s.pair not in held_out), ("heldout", lambda s: s.pair in held_out)):
+        idx = [i for i, s in enumerate(specs) if keep(s)]
+        if idx:
+            for attr, value in accuracy([verdicts[i] for i in idx], [specs[i] for i in idx]).items():
+                out[f"{name}_{attr}_acc"] = value
+    if control_seed is not None:
+        shuffled = specs[:]
+        random.Random(control_seed).shuffle(shuffled)
+        out["shuffled_all_acc"] = accuracy(verdicts, shuffled)["all"]
+    return out

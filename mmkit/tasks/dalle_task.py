@@ -8,7 +8,6 @@ pairs, and a shuffled-caption control that must fall to chance.
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
@@ -115,21 +114,13 @@ class DalleTask(pl.LightningModule):
         self._test = []
 
     def on_test_epoch_end(self) -> None:
-        from mmkit.data.shapes_judge import accuracy, ShapesJudge
+        from mmkit.data.shapes_judge import judged_report
 
         dm = self.trainer.datamodule
         specs = [dm.test_specs[i] for i, _ in self._test]
         images = [im for _, im in self._test]
-        verdicts = ShapesJudge(image_size=images[0].size[0], steps=self.hparams.judge_steps)(images)
-        held = set(dm.held_out)
-        for name, keep in (("seen", lambda s: s.pair not in held), ("heldout", lambda s: s.pair in held)):
-            idx = [i for i, s in enumerate(specs) if keep(s)]
-            if idx:
-                for attr, value in accuracy([verdicts[i] for i in idx], [specs[i] for i in idx]).items():
-                    self.log(f"test/{name}_{attr}_acc", value)
-        shuffled = specs[:]
-        random.Random(0).shuffle(shuffled)  # the control: each image judged against another caption
-        self.log("test/shuffled_all_acc", accuracy(verdicts, shuffled)["all"])
+        self.log_dict({f"test/{k}": v for k, v in judged_report(images, specs, set(dm.held_out),
+                                                                   self.hparams.judge_steps).items()})
         self.test_images = images
 
     def configure_optimizers(self) -> dict[str, Any]:

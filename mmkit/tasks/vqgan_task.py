@@ -2,7 +2,9 @@
 L1 reconstruction + the codebook/commitment loss, straight-through gradients and dead-code restarts
 in the quantizer. The perceptual and adversarial terms of taming's VQGAN are left out: on the flat
 synthetic shapes they buy nothing a CPU recipe can afford. Logs reconstruction error and codebook
-usage (fraction of codes used and perplexity of the code distribution over the validation set).
+usage (fraction of codes used and perplexity of the code distribution over the validation set). Testing, on a data module with
+`test_specs` (`ShapesImagesDataModule`), has the independent `ShapesJudge` read the tokenizer's own
+reconstructions: the ceiling of any generator that speaks its codes.
 """
 from __future__ import annotations
 
@@ -45,15 +47,18 @@ class VQGANTask(pl.LightningModule):
         edge_weight: extra L1 weight on the boundary band of those pixels (their 3×3 dilation minus
             their erosion, ~2 px): the outline is what tells a star from a circle, and it is a
             small fraction even of the foreground.
+        judge_steps: training steps of the test stage's judge (`ShapesJudge`).
         export_dir: where `on_fit_end` writes the native checkpoint.
     """
 
     def __init__(self, model: VQGAN, lr: float = 2e-3, weight_decay: float = 0.0, warmup_ratio: float = 0.02,
-                 foreground_weight: float = 0.0, edge_weight: float = 0.0, export_dir: str | None = None) -> None:
+                 foreground_weight: float = 0.0, edge_weight: float = 0.0, judge_steps: int = 400,
+                 export_dir: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.register_buffer("_val_counts", torch.zeros(model.codebook_size, dtype=torch.long), persistent=False)
+        self._test: list[tuple[int, Any]] = []
 
     def _step(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         recon, vq_loss, codes = self.model(images)
@@ -89,6 +94,24 @@ class VQGANTask(pl.LightningModule):
         counts = self.all_gather(self._val_counts).view(-1, self.model.codebook_size).sum(0)
         used, perplexity = codebook_usage(counts)
         self.log_dict({"val/codes_used": used, "val/perplexity": perplexity})
+
+    def on_test_epoch_start(self) -> None:
+        self._test = []
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        from mmkit.inference.text_to_image import to_pil
+
+        images, index = batch
+        self._test += list(zip(index.tolist(), to_pil(self.model.decode(self.model.encode(images)))))
+
+    def on_test_epoch_end(self) -> None:
+        from mmkit.data.shapes_judge import judged_report
+
+        dm = self.trainer.datamodule
+        specs = [dm.test_specs[i] for i, _ in self._test]
+        report = judged_report([im for _, im in self._test], specs, set(dm.held_out), self.hparams.judge_steps,
+                               control_seed=None)
+        self.log_dict({f"test/recon_{k}": v for k, v in report.items()})
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self.model, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_ratio,

@@ -32,20 +32,28 @@ def tokenizer(tmp_path_factory):
     root = tmp_path_factory.mktemp("dalle_tok")
     model = VQGAN(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(), z_channels=16, codebook_size=32,
                   code_dim=16, norm_groups=8)
-    task = VQGANTask(model, lr=3e-3, export_dir=str(root / "export"))
+    task = VQGANTask(model, lr=3e-3, edge_weight=2.0, judge_steps=10, export_dir=str(root / "export"))
     data = ShapesImagesDataModule(image_size=16, train_samples=640, val_samples=64, batch_size=32)
     trainer = _trainer(root, 2)
     with one_thread():
         trainer.fit(task, data)
-    return root, trainer
+        fit_metrics = dict(trainer.callback_metrics)
+        trainer.test(task, data)
+    return root, trainer, fit_metrics
 
 
 def test_tokenizer_learns_and_logs_usage(tokenizer):
-    root, trainer = tokenizer
-    m = trainer.callback_metrics
+    root, _, m = tokenizer
     assert m["val/recon_l1"] < 0.1  # the background alone would be ~0.17 from the mean grey at init
     assert 0 < m["val/codes_used"] <= 1 and m["val/perplexity"] > 2
     assert (root / "export" / "config.json").is_file()
+
+
+def test_tokenizer_test_stage_judges_its_reconstructions(tokenizer):
+    m = tokenizer[1].callback_metrics
+    for key in ("test/recon_seen_all_acc", "test/recon_heldout_shape_acc", "test/recon_seen_colour_acc"):
+        assert 0.0 <= float(m[key]) <= 1.0
+    assert "test/recon_shuffled_all_acc" not in m  # no caption to shuffle for a tokenizer
 
 
 @pytest.fixture(scope="module")
