@@ -70,8 +70,10 @@ class Transcriber:
 
     def __init__(self, model: Whisper, tokenizer: SpeechTokenizer, options: DecodingOptions | None = None,
                  batch_size: int = 8, precision: str = "fp32", quantize: str = "none") -> None:
+        # int8 Linear layers take fp32 activations: "auto" is then fp32, bf16/fp16 a ValueError (before quantizing)
+        self.precision = resolve_precision(precision, next(model.parameters()).device, quantize)
         self.model, self.tokenizer = apply_quantization(model, quantize, INT8_KEEP_FP32), tokenizer
-        self.precision, self.quantize = resolve_precision(precision, self.device), quantize
+        self.quantize = quantize
         self._autocast = autocast_for(self.precision, self.device)
         if (precision, quantize) != ("fp32", "none"):  # the default stays quiet
             log.info("transcriber: %s", describe(self.precision, quantize, self.device, INT8_KEEP_FP32))

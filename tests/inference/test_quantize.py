@@ -154,6 +154,11 @@ def test_transcriber_fp32_default_is_unchanged_and_int8_bf16_decode_close(export
         other = tokens(precision, quantize)
         same = sum(a == b for a, b in zip(ref, other)) / max(len(ref), len(other))
         assert same >= 0.7, (precision, quantize, ref, other)
+    model, t = load_speech_model(path)
+    auto = Transcriber(model, t, greedy_options(t), 4, "auto", "int8")
+    assert auto.precision == "fp32"  # int8 Linear layers take fp32 activations
+    with pytest.raises(ValueError, match="int8 Linear layers run on fp32 activations"):
+        Transcriber(load_speech_model(path)[0], t, greedy_options(t), 4, "bf16", "int8")
 
 
 def test_cli_logs_the_choice_once_and_refuses_bad_values(export, tmp_path, caplog, capsys):
