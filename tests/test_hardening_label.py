@@ -26,14 +26,12 @@ from mmkit.cli.label import main as label_main
 from mmkit.inference.writers import exclusive
 from mmkit.models.clip import CLIP
 
-TINY = dict(visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
-            text=dict(embed_dim=16, vocab_size=49408, max_len=77, dim=32, depth=1, num_heads=2))
+from _clip import TINY_CLIP as TINY, save_tiny_clip
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return CLIP.from_config(TINY).save_pretrained(tmp_path_factory.mktemp("clip") / "tiny")
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny")
 
 
 def _photos(folder: Path, names=("0.png", "1.png", "2.png")) -> Path:

@@ -12,6 +12,7 @@ from PIL import Image
 from mmkit.cli import main
 from mmkit.models import VQGAN
 
+from _clip import save_tiny_clip
 from _dalle import write_tiny_export
 
 
@@ -92,16 +93,9 @@ def test_bad_model_and_out(export, tmp_path, capsys):
 
 
 def test_clip_rerank_orders_images_by_score(export, tmp_path):
-    import torch
-
     from mmkit.inference.text_to_image import ClipReranker, TextToImage
-    from mmkit.models import CLIP
 
-    torch.manual_seed(0)
-    clip_dir = CLIP.from_config(dict(
-        visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
-        text=dict(embed_dim=16, vocab_size=49408, max_len=77, dim=32, depth=1, num_heads=2),
-    )).save_pretrained(tmp_path / "clip")
+    clip_dir = save_tiny_clip(tmp_path / "clip")
     reranker = ClipReranker.load(str(clip_dir))
     result = TextToImage.from_pretrained(export).generate(["a red circle"], 4, seed=0, top_k=8, reranker=reranker)[0]
     assert result.scores == sorted(result.scores, reverse=True) and len(set(result.scores)) > 1

@@ -10,6 +10,7 @@ from PIL import Image
 
 from mmkit.cli import main
 
+from _clip import save_tiny_clip
 from _min_dalle import one_thread, write_min_dalle_root  # noqa: F401 - one_thread: autouse fixture
 
 
@@ -39,15 +40,7 @@ def test_half_present_root_is_one_line(root, tmp_path, capsys):
 
 
 def test_clip_rerank_as_for_the_native_model(root, tmp_path):
-    import torch
-
-    from mmkit.models import CLIP
-
-    torch.manual_seed(0)
-    clip_dir = CLIP.from_config(dict(
-        visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
-        text=dict(embed_dim=16, vocab_size=49408, max_len=77, dim=32, depth=1, num_heads=2),
-    )).save_pretrained(tmp_path / "clip")
+    clip_dir = save_tiny_clip(tmp_path / "clip")
     out = tmp_path / "out"
     assert main(["generate", "a blue star", "--model", str(root), "--num-images", "3", "--top-k", "64", "--rerank",
                  str(clip_dir), "--out", str(out), "--quiet"]) == 0

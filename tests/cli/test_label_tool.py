@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
 from PIL import Image
 
 from mmkit.cli import TOOLS, main
-from mmkit.models.clip import CLIP
 
-TINY = dict(visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
-            text=dict(embed_dim=16, vocab_size=49408, max_len=77, dim=32, depth=1, num_heads=2))
+from _clip import save_tiny_clip
 
 
 def test_label_row_and_one_line_errors(tmp_path, capsys):
@@ -26,8 +23,7 @@ def test_label_row_and_one_line_errors(tmp_path, capsys):
 def test_progress_counts_resumed_images_and_new_ones(tmp_path, monkeypatch):
     import mmkit.cli.label as label
 
-    torch.manual_seed(0)
-    ckpt = CLIP.from_config(TINY).save_pretrained(tmp_path / "clip")
+    ckpt = save_tiny_clip(tmp_path / "clip")
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(3):

@@ -34,10 +34,8 @@ from mmkit.inference.zero_shot import ZeroShotClassifier
 from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD
 from mmkit.weights import WeightsError
 
-TINY = dict(  # CLIP's real BPE (49408 ids, 77 positions) so the real tokenizer applies
-    visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
-    text=dict(embed_dim=16, vocab_size=49408, max_len=77, dim=32, depth=1, num_heads=2),
-)
+from _clip import save_tiny_clip
+
 OC_TINY = "mmkit-label-tiny"  # an open_clip architecture registered for the tests
 _OC_CFG = {
     "embed_dim": 32,
@@ -48,8 +46,7 @@ _OC_CFG = {
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return CLIP.from_config(TINY).save_pretrained(tmp_path_factory.mktemp("clip") / "tiny")
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny")
 
 
 @pytest.fixture(scope="module")
