@@ -90,6 +90,8 @@ def test_outputs_are_written_atomically_and_replace_old_ones(model_dir, clips, t
     (["--device", "banana"], "--device 'banana': not a device"),
     (["--temperature", "nan"], "temperatures must be finite"),
     (["--best-of", "0"], "best_of must be >= 1"),
+    (["--audio-context", "-5"], "audio_context must be a positive number of seconds"),
+    (["--audio-context", "inf"], "audio_context must be a positive number of seconds"),
 ])
 def test_impossible_values_are_one_line_exit_2(model_dir, clips, tmp_path, capsys, extra, message):
     assert main([str(clips[0]), *_args(model_dir, tmp_path / "out"), *extra]) == 2

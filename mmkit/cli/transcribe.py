@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for the decoder's Linear layers, its vocabulary projection and the "
                         "encoder's qkv/fc1 (CPU only; WER against fp32 in the README)")
+    p.add_argument("--audio-context", type=float, default=None, metavar="SECONDS",
+                   help="speed over exactness on short audio (whisper.cpp's audio_ctx): encode a window holding d "
+                        "seconds over max(SECONDS, 2·d) seconds instead of 30 (default: always 30 s, exact); "
+                        "WER per setting in the README")
     p.add_argument("--seed", type=int, default=0, help="sampling seed for temperature fallback")
     p.add_argument("--quiet", action="store_true", help="do not print the transcripts")
     return p
@@ -77,7 +81,7 @@ def _options(args: argparse.Namespace) -> DecodingOptions:
         beam_size=args.beam_size, best_of=args.best_of, temperatures=tuple(args.temperature),
         compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
         no_speech_threshold=args.no_speech_threshold, max_new_tokens=args.max_new_tokens,
-        repetition_guard=not args.no_repetition_guard, seed=args.seed)
+        repetition_guard=not args.no_repetition_guard, seed=args.seed, audio_context=args.audio_context)
 
 
 def _usage_error(args: argparse.Namespace) -> str | None:

@@ -16,6 +16,7 @@ decoding and every fallback attempt (`KVCache.fork`).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -225,15 +226,46 @@ class Transcriber:
         audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(windows[k].audio),
                                                           self.window_samples)) for k in audible]).to(self.device)
         mel = log_mel_spectrogram(audio, n_mels=self.model.n_mels)  # (B, n_mels, 2·n_audio_ctx), fp32 always
-        with self._autocast():
-            return self._decode_mel(mel, windows, audible, languages)
+        out: list[list[Segment]] = [[] for _ in windows]
+        pending = list(range(len(audible)))  # rows of `mel`
+        while pending:
+            # A file's language comes from its first window. With audio_context, windows of one file can
+            # land in different groups: a later window of a file whose language is still to be detected
+            # waits for the next pass, so that the first window decides, as in one-at-a-time decoding.
+            first: dict[int, int] = {}
+            for r in pending:
+                first.setdefault(windows[audible[r]].file, r)
+            waits = self.options.audio_context is not None and self.tokenizer.is_multilingual
+            ready = [r for r in pending if not waits or languages.get(windows[audible[r]].file)
+                     or first[windows[audible[r]].file] == r]
+            pending = [r for r in pending if r not in ready]
+            groups: dict[int, list[int]] = {}  # encoder positions -> rows (one group unless audio_context)
+            for r in ready:
+                groups.setdefault(self._context_positions(len(windows[audible[r]].audio)), []).append(r)
+            for positions, rows in groups.items():
+                with self._autocast():
+                    decoded = self._decode_mel(mel[rows, :, : 2 * positions], windows, [audible[r] for r in rows],
+                                               languages)
+                for r in rows:
+                    out[audible[r]] = decoded[audible[r]]
+        return out
+
+    def _context_positions(self, samples: int) -> int:
+        """Encoder positions for a window of `samples` (`DecodingOptions.audio_context`): all of them
+        unless audio_context is set; then max(audio_context, 2 × the audio) in whole seconds."""
+        full, context = self.model.n_audio_ctx, self.options.audio_context
+        if context is None:
+            return full
+        per_second = SAMPLE_RATE // (2 * HOP_LENGTH)  # 50 positions a second
+        seconds = math.ceil(max(context, 2 * samples / SAMPLE_RATE))
+        return min(full, seconds * per_second)
 
     def _decode_mel(self, mel: Tensor, windows: Sequence[_Window], audible: list[int],
                     languages: dict[int, str | None]) -> list[list[Segment]]:
         o, tok, model = self.options, self.tokenizer, self.model
         out: list[list[Segment]] = [[] for _ in windows]
         ws = [windows[k] for k in audible]
-        context = model.encode(mel)  # (B, n_audio_ctx, dim)
+        context = model.encode(mel, partial=True)  # (B, positions, dim): all n_audio_ctx unless audio_context
         # One pass over <|startoftranscript|> fills the cross-attention cache and gives the
         # language and no-speech probabilities (both read at that position, as openai/whisper).
         cache = KVCache()

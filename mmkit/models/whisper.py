@@ -72,16 +72,19 @@ class Whisper(PretrainedMixin, nn.Module):
         self.drop = nn.Dropout(dropout)
         self.apply(partial(init_normal_, weighted=(nn.Linear, nn.Conv1d, nn.Embedding)))
 
-    def encode(self, mel: Tensor) -> Tensor:
+    def encode(self, mel: Tensor, partial: bool = False) -> Tensor:
         """
         Args:
             mel: (B, n_mels, 2·n_audio_ctx) from `mmkit.audio.log_mel_spectrogram` of
                 `pad_or_trim`-med audio ((B, 80, 3000) for 30 s).
+            partial: also accept the first 2·k frames of such a window (k <= n_audio_ctx): the
+                encoder then runs over k positions only (whisper.cpp's `audio_ctx`), an
+                approximation that saves work on short audio (`DecodingOptions.audio_context`).
 
         Returns:
-            (B, n_audio_ctx, dim) audio features, the `context` of `forward`.
+            (B, n_audio_ctx, dim) audio features ((B, k, dim) with `partial`), the `context` of `forward`.
         """
-        return self.encoder(self.drop(self.stem(mel)))
+        return self.encoder(self.drop(self.stem(mel, partial)))
 
     def forward(self, tokens: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """

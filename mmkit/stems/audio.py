@@ -25,11 +25,15 @@ class AudioConvStem(nn.Module):
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
         self.register_buffer("pos_embed", sinusoidal_positions_concat(n_ctx, dim))  # (n_ctx, dim)
 
-    def forward(self, mel: Tensor) -> Tensor:
-        if mel.ndim != 3 or mel.shape[1] != self.n_mels or mel.shape[2] != 2 * self.n_ctx:
+    def forward(self, mel: Tensor, partial: bool = False) -> Tensor:
+        """(B, n_mels, 2·n_ctx) -> (B, n_ctx, dim). With `partial`, also the first 2·k frames of a
+        window (k <= n_ctx, whisper.cpp's `audio_ctx`) -> (B, k, dim) at positions 0 .. k-1."""
+        frames = mel.shape[2] if mel.ndim == 3 else -1
+        fits = frames == 2 * self.n_ctx or (partial and 0 < frames <= 2 * self.n_ctx and frames % 2 == 0)
+        if mel.ndim != 3 or mel.shape[1] != self.n_mels or not fits:
             raise ValueError(
                 f"expected log-Mel input (B, {self.n_mels}, {2 * self.n_ctx}), got {tuple(mel.shape)}; "
                 "pad_or_trim the audio to the model's chunk length before log_mel_spectrogram")
         x = F.gelu(self.conv1(mel))
-        x = F.gelu(self.conv2(x))  # (B, dim, n_ctx)
-        return x.transpose(1, 2) + self.pos_embed.to(x.dtype)  # (B, n_ctx, dim)
+        x = F.gelu(self.conv2(x))  # (B, dim, k)
+        return x.transpose(1, 2) + self.pos_embed[: x.shape[2]].to(x.dtype)  # (B, k, dim)

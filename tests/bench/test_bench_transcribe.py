@@ -40,14 +40,15 @@ def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
     files = write_audio_files(tmp_path / "audio", 2, min_seconds=1.0, max_seconds=3.0)
     result = run_transcribe_bench(model, files, max_new_tokens=6, batch_size=2, hf_batch_sizes=(), threads=1,
                                   mmkit_quantize=("none", "int8"), faster_whisper=("float32", "int8"),
-                                  transcripts={str(f): "no words here" for f in files})
-    assert set(result["seconds"]) == {"mmkit", "mmkit_int8", "faster_whisper_float32", "faster_whisper_int8"}
-    assert result["fastest_mmkit"] in ("mmkit", "mmkit_int8")
+                                  transcripts={str(f): "no words here" for f in files}, audio_contexts=(10,))
+    mmkit_rows = {"mmkit", "mmkit_int8", "mmkit_ctx10s", "mmkit_int8_ctx10s"}
+    assert set(result["seconds"]) == mmkit_rows | {"faster_whisper_float32", "faster_whisper_int8"}
+    assert result["fastest_mmkit"] in mmkit_rows
     assert set(result["ratio"]) == {"faster_whisper_float32", "faster_whisper_int8"}
     # every process decoded both files; identity with mmkit is reported, not asserted: faster-whisper
     # computes its own log-Mel features (numpy STFT), and on real speech its fp32 text differs from
     # both mmkit's and transformers' on some clips
-    assert set(result["files_identical"]) == {"mmkit_int8", "faster_whisper_float32", "faster_whisper_int8"}
+    assert set(result["files_identical"]) == mmkit_rows - {"mmkit"} | {"faster_whisper_float32", "faster_whisper_int8"}
     assert all(0 <= n <= 2 for n in result["files_identical"].values())
     assert set(result["wer"]) == set(result["seconds"]) and all(w >= 0 for w in result["wer"].values())
     report = format_report(result, "tiny")

@@ -201,6 +201,39 @@ def test_batched_files_give_the_same_tokens_as_one_by_one(whisper_checkpoint):
     assert [len(t.segments) > 0 for t in batched] == [True] * 3
 
 
+def test_audio_context_encodes_short_windows_over_fewer_positions(whisper_checkpoint):
+    """--audio-context: max(context, 2 x audio) whole seconds, never more than the window; the exact
+    full-window path when it covers 30 s; per file the same tokens batched or one at a time (windows
+    are grouped by their context length, not padded to the batch's longest)."""
+    model, tok, _ = whisper_checkpoint
+    tr = Transcriber(model, tok, DecodingOptions(audio_context=10))
+    assert [tr._context_positions(16000 * s) for s in (1, 4.2, 6, 29)] == [500, 500, 600, 1500]
+    assert Transcriber(model, tok)._context_positions(16000) == 1500  # default: exact, full window
+    audios = [synth_speechlike(2, seed=0), synth_speechlike(40, seed=1), synth_speechlike(7, seed=2)]
+    seen = []
+    encode = model.encode
+    model.encode = lambda mel, partial=False: seen.append(mel.shape[2]) or encode(mel, partial)
+    try:
+        batched = _transcribe(model, tok, audios, batch_size=8, max_new_tokens=16, audio_context=10, **EXACT)
+        single = _transcribe(model, tok, audios, batch_size=1, max_new_tokens=16, audio_context=10, **EXACT)
+        # one batch: 2 s -> 10 s, the 40 s file's first window 30 s, 7 s -> 14 s; then (multilingual: once
+        # the file's language is known from its first window) its 10 s tail -> 20 s
+        assert seen[:4] == [2 * 500, 2 * 1500, 2 * 700, 2 * 1000]
+        assert [_tokens(t) for t in batched] == [_tokens(t) for t in single]
+        full = _transcribe(model, tok, audios[1:2], max_new_tokens=16, audio_context=30, **EXACT)
+        exact = _transcribe(model, tok, audios[1:2], max_new_tokens=16, **EXACT)
+        assert [_tokens(t) for t in full] == [_tokens(t) for t in exact]
+    finally:
+        model.encode = encode
+    with pytest.raises(ValueError, match="audio_context"):
+        DecodingOptions(audio_context=0)
+    mel = log_mel_spectrogram(torch.from_numpy(pad_or_trim(audios[0], 480_000))[None], n_mels=model.n_mels)
+    with torch.no_grad():
+        assert model.encode(mel[:, :, :1000], partial=True).shape[1] == 500
+        with pytest.raises(ValueError, match="expected log-Mel input"):
+            model.encode(mel[:, :, :1000])  # training and exact paths keep the full-window check
+
+
 def test_digital_silence_gives_no_segments(whisper_checkpoint):
     model, tok, _ = whisper_checkpoint
     (t,) = _transcribe(model, tok, [np.zeros(16000 * 5, np.float32)], **EXACT)

@@ -128,9 +128,10 @@ def word_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> flo
 def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max_new_tokens: int = 96,
                          batch_size: int = 8, hf_batch_sizes: Sequence[int] = (8,), threads: int | None = None,
                          rounds: int = 1, language: str = "en", mmkit_quantize: Sequence[str] = ("none",),
-                         faster_whisper: Sequence[str] = (), transcripts: dict[str, str] | None = None
-                         ) -> dict[str, Any]:
-    """Time `mmkit transcribe` (once per `mmkit_quantize` kind: "mmkit", "mmkit_int8"), the transformers
+                         faster_whisper: Sequence[str] = (), transcripts: dict[str, str] | None = None,
+                         audio_contexts: Sequence[float] = ()) -> dict[str, Any]:
+    """Time `mmkit transcribe` (once per `mmkit_quantize` kind: "mmkit", "mmkit_int8", and again per
+    `audio_contexts` seconds with `--audio-context S`: "mmkit_ctx10s", "mmkit_int8_ctx10s"), the transformers
     reference and faster-whisper (once per CTranslate2 compute type in `faster_whisper`, on a
     CTranslate2 conversion of the checkpoint made before the timings) as subprocesses.
 
@@ -177,8 +178,12 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
         ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=extra).convert(str(work / "ct2"),
                                                                                                 force=True)
     entry = [sys.executable, "-m", "mmkit.cli", "transcribe"]
-    mmkit_names = {q: "mmkit" if q == "none" else f"mmkit_{q}" for q in mmkit_quantize}
-    impls = {**{name: mmkit_cmd(entry, name) + ["--quantize", q] for q, name in mmkit_names.items()},
+    exact = {q: "mmkit" if q == "none" else f"mmkit_{q}" for q in mmkit_quantize}
+    mmkit_runs = {name: ["--quantize", q] for q, name in exact.items()}
+    for c in audio_contexts:
+        mmkit_runs.update({f"{name}_ctx{c:g}s": ["--quantize", q, "--audio-context", str(c)]
+                           for q, name in exact.items()})
+    impls = {**{name: mmkit_cmd(entry, name) + extra for name, extra in mmkit_runs.items()},
              **{f"transformers_b{b}": hf_cmd(b) for b in hf_batch_sizes},
              **{f"faster_whisper_{c}": fw_cmd(c) for c in faster_whisper}}
     seconds: dict[str, list[float]] = {name: [] for name in impls}
@@ -194,9 +199,9 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
         batch_size=batch_size, threads=threads, rounds=rounds, seconds=seconds, import_seconds=import_seconds,
         tokens_generated=sum(len(t) for t in ours.values()), ratio={}, tokens_identical={}, files_identical={})
     references = {f"transformers_b{b}": _hf_tokens(work / f"hf_b{b}.json", prompt, tok.eot) for b in hf_batch_sizes}
-    references.update({name: _mmkit_tokens(work / name, files) for name in mmkit_names.values() if name != "mmkit"})
+    references.update({name: _mmkit_tokens(work / name, files) for name in mmkit_runs if name != "mmkit"})
     references.update({f"faster_whisper_{c}": json.loads((work / f"fw_{c}.json").read_text()) for c in faster_whisper})
-    fastest = min(mmkit_names.values(), key=lambda name: statistics.median(seconds[name]))
+    fastest = min(mmkit_runs, key=lambda name: statistics.median(seconds[name]))
     result["fastest_mmkit"] = fastest
     for name, ref in references.items():
         same = [ours[str(f)] == ref.get(str(f)) for f in files]
@@ -262,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--language", default="en")
     p.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=("none", "int8"),
                    help="mmkit paths to time (mmkit transcribe --quantize)")
+    p.add_argument("--audio-context", type=float, nargs="+", default=[], metavar="SECONDS",
+                   help="also time each mmkit path with `mmkit transcribe --audio-context SECONDS` (an "
+                        "approximation: short windows encoded over fewer positions; see its WER column)")
     p.add_argument("--faster-whisper", nargs="*", default=None, choices=FW_COMPUTE_TYPES,
                    help="faster-whisper compute types to time (default: int8 float32 where faster-whisper is "
                         "installed; none given: skip it)")
@@ -298,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("faster-whisper is not installed (pip install faster-whisper): its rows are left out")
     result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
                                   hf_batch_sizes, args.threads, args.rounds, args.language,
-                                  args.quantize, fw, transcripts)
+                                  args.quantize, fw, transcripts, args.audio_context)
     sys.stdout.write(format_report(result, label))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
