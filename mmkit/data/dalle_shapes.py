@@ -74,22 +74,26 @@ class ShapesImagesDataModule(pl.LightningDataModule):
         held_out: colour-shape pairs kept out of training (None = `default_held_out()`).
         batch_size, num_workers: DataLoader settings.
         seed: rendering seed.
+        background: a plain grey level (0..255) behind every shape; None = the renderer's random
+            tinted dark grey (`mmkit.data.shapes.render`).
     """
 
     def __init__(self, image_size: int = 32, train_samples: int = 16_000, val_samples: int = 512,
-                 held_out: list[str] | None = None, batch_size: int = 32, num_workers: int = 0, seed: int = 0) -> None:
+                 held_out: list[str] | None = None, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
+                 background: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.held_out = _held_out(held_out)
         ident = lambda image: image  # noqa: E731 - rendering only; tensors come from _Images
         self.datasets = {
             "train": _Images(ShapesDataset(combinations(exclude=set(self.held_out)), train_samples, image_size, ident,
-                                           "train", seed)),
-            "val": _Images(ShapesDataset(combinations(), val_samples, image_size, ident, "val", seed)),
+                                           "train", seed, background=background)),
+            "val": _Images(ShapesDataset(combinations(), val_samples, image_size, ident, "val", seed,
+                                         background=background)),
         }
         self.test_specs = combinations()
         self.datasets["test"] = _Images(ShapesDataset(self.test_specs, len(self.test_specs), image_size, ident, "test",
-                                                      seed), indexed=True)
+                                                      seed, background=background), indexed=True)
 
     def _loader(self, split: str) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=split == "train",
@@ -122,11 +126,13 @@ class ShapesCodesDataModule(pl.LightningDataModule):
         text_len: caption ids per sample.
         batch_size: DataLoader batch size.
         seed: rendering seed.
+        background: a plain grey level behind every shape (None = random tinted dark grey); use the
+            tokenizer's.
     """
 
     def __init__(self, image_size: int = 32, train_samples: int = 20_000, val_samples: int = 512,
                  held_out: list[str] | None = None, caption_dropout: float = 0.2, text_len: int = 8,
-                 batch_size: int = 64, seed: int = 0) -> None:
+                 batch_size: int = 64, seed: int = 0, background: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.held_out = _held_out(held_out)
@@ -152,9 +158,9 @@ class ShapesCodesDataModule(pl.LightningDataModule):
         train = combinations(exclude=set(self.held_out))
         log.info("encoding %d + %d rendered shapes with the tokenizer", hp.train_samples, hp.val_samples)
         self.datasets["train"] = self._encode(ShapesDataset(train, hp.train_samples, hp.image_size, ident, "train",
-                                                            hp.seed, hp.caption_dropout), encode)
+                                                            hp.seed, hp.caption_dropout, hp.background), encode)
         self.datasets["val"] = self._encode(ShapesDataset(train, hp.val_samples, hp.image_size, ident, "val",
-                                                          hp.seed), encode)
+                                                          hp.seed, background=hp.background), encode)
 
     def setup(self, stage: str | None = None) -> None:
         # The judge's split: one full caption per attribute combination (no encoding needed).

@@ -116,11 +116,14 @@ def _polygon(shape: str, radius: float) -> list[tuple[float, float]]:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(spec: Shape, image_size: int, rng: random.Random) -> Image.Image:
-    """Draw `spec` on a dark background with jittered colour, place, size and rotation."""
+def render(spec: Shape, image_size: int, rng: random.Random, background: int | None = None) -> Image.Image:
+    """Draw `spec` on a dark background with jittered colour, place, size and rotation. The background
+    is a random tinted dark grey, or the plain grey level `background` (0..255) when given; the
+    random draws are the same either way, so the shape itself does not change with it."""
     side = image_size * _SUPERSAMPLE
     grey, tint = rng.randint(*_JITTER["background"]), _JITTER["tint"]
-    image = Image.new("RGB", (side, side), tuple(grey + rng.randint(-tint, tint) for _ in range(3)))
+    fill = tuple(grey + rng.randint(-tint, tint) for _ in range(3))
+    image = Image.new("RGB", (side, side), fill if background is None else (background,) * 3)
     draw = ImageDraw.Draw(image)
     gain = rng.uniform(*_JITTER["brightness"])
     colour = tuple(max(0, min(255, round(v * gain) + rng.randint(-_JITTER["colour"], _JITTER["colour"])))
@@ -142,14 +145,18 @@ def render(spec: Shape, image_size: int, rng: random.Random) -> Image.Image:
 class ShapesDataset(Dataset):
     """`num_samples` rendered samples cycling over `combos` (balanced); item `i` is
     `(image, caption, i, target)` with target the index of its colour-shape pair in
-    `all_pairs()`. Sample i is the same every time (seeded by seed, split and i)."""
+    `all_pairs()`. Sample i is the same every time (seeded by seed, split and i). `background`:
+    see `render` (None = random tinted dark grey)."""
 
     def __init__(self, combos: list[Shape], num_samples: int, image_size: int, transform, split: str,
-                 seed: int = 0, caption_dropout: float = 0.0) -> None:
+                 seed: int = 0, caption_dropout: float = 0.0, background: int | None = None) -> None:
         if not combos:
             raise ValueError(f"no attribute combinations for the {split} split")
         self.combos, self.num_samples, self.image_size = combos, num_samples, image_size
         self.transform, self.split, self.seed, self.caption_dropout = transform, split, seed, caption_dropout
+        if background is not None and not 0 <= background <= 255:
+            raise ValueError(f"background must be a grey level in [0, 255], got {background}")
+        self.background = background
         self._pair_index = {p: i for i, p in enumerate(all_pairs())}
 
     def __len__(self) -> int:
@@ -159,7 +166,7 @@ class ShapesDataset(Dataset):
         """The PIL image, caption and attributes of item `index`."""
         rng = random.Random(f"{self.seed}-{self.split}-{index}")  # str seeds are stable across processes
         spec = self.combos[index % len(self.combos)]
-        return render(spec, self.image_size, rng), spec.caption(rng, self.caption_dropout), spec
+        return render(spec, self.image_size, rng, self.background), spec.caption(rng, self.caption_dropout), spec
 
     def __getitem__(self, index: int) -> tuple[Tensor, str, int, int]:
         image, caption, spec = self.sample(index)

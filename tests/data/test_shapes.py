@@ -39,6 +39,19 @@ def test_the_shape_has_its_colour_and_size(colour):
     assert nearest == colour
 
 
+def test_a_plain_background_changes_only_the_background():
+    spec = Shape("star", "green", "left", "large")
+    jittered, plain = render(spec, 48, random.Random(3)), render(spec, 48, random.Random(3), background=40)
+    a = np.asarray(plain)
+    assert (a[:4, :4] == 40).all() and (a[-4:, -4:] == 40).all()  # corners: the grey asked for
+    # the same draws: same place, size, angle and colour (only antialiased edge pixels may differ)
+    assert (_mask(jittered) ^ _mask(plain)).sum() <= 0.05 * _mask(plain).sum()
+    with pytest.raises(ValueError, match="grey level"):
+        from mmkit.data.shapes import ShapesDataset
+
+        ShapesDataset(combinations(), 4, 32, None, "train", background=300)
+
+
 def test_shapes_differ_in_outline():
     # Same colour, place, size and seed: only the outline differs, so the masks must too.
     masks = {s: _mask(render(Shape(s, "red", "centre", "large"), 48, random.Random(2))) for s in SHAPES}

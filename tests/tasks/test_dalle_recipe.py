@@ -33,7 +33,7 @@ def tokenizer(tmp_path_factory):
     model = VQGAN(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(), z_channels=16, codebook_size=32,
                   code_dim=16, norm_groups=8)
     task = VQGANTask(model, lr=3e-3, edge_weight=2.0, judge_steps=10, export_dir=str(root / "export"))
-    data = ShapesImagesDataModule(image_size=16, train_samples=640, val_samples=64, batch_size=32)
+    data = ShapesImagesDataModule(image_size=16, train_samples=640, val_samples=64, batch_size=32, background=40)
     trainer = _trainer(root, 2)
     with one_thread():
         trainer.fit(task, data)
@@ -60,7 +60,8 @@ def test_tokenizer_test_stage_judges_its_reconstructions(tokenizer):
 def generator(tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("dalle_gen")
     torch.manual_seed(0)
-    data = ShapesCodesDataModule(image_size=16, train_samples=1024, val_samples=128, text_len=8, batch_size=32)
+    data = ShapesCodesDataModule(image_size=16, train_samples=1024, val_samples=128, text_len=8, batch_size=32,
+                                 background=40)
     model = DALLE(text_vocab_size=32, text_len=8, codebook_size=32, image_grid=8, dim=48, depth=2, num_heads=4)
     task = DalleTask(model, tokenizer_dir=str(tokenizer[0] / "export"), lr=3e-3, judge_steps=10,
                      export_dir=str(root / "export"))
