@@ -64,9 +64,11 @@ def text_to_image_tab(t2i: TextToImage) -> None:
                 prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", elem_id="t2i-prompt")
                 num = gr.Slider(1, 16, value=4, step=1, label="Images", elem_id="t2i-num")
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="t2i-seed")
-                guidance = gr.Slider(0.0, 5.0, value=1.0, step=0.25, label="Guidance", elem_id="t2i-guidance")
-                top_k = gr.Slider(0, codebook, value=min(8, codebook), step=1, label="Top-k (0: off)",
-                                  elem_id="t2i-top-k")
+                # the model's own defaults: the recipe's judged settings, or min-dalle's (guidance 16, top-k 256)
+                g0, k0 = t2i.defaults["guidance"], t2i.defaults["top_k"] or 0
+                guidance = gr.Slider(0.0, max(5.0, 2 * g0), value=g0, step=0.25, label="Guidance",
+                                     elem_id="t2i-guidance")
+                top_k = gr.Slider(0, codebook, value=k0, step=1, label="Top-k (0: off)", elem_id="t2i-top-k")
                 button = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", columns=4, elem_id="t2i-gallery")

@@ -1,6 +1,7 @@
 """`mmkit generate`: text to images with a DALL·E-style export or a min-dalle download (dalle-mini
-or Mega; `mmkit.inference.text_to_image`). Guidance and top-k default to the model's own: off for an
-mmkit export, min-dalle's 16 and 256 for dalle-mini.
+or Mega; `mmkit.inference.text_to_image`). Guidance and top-k default to the model's own: the settings an
+mmkit export was judged with (saved by the recipe; off for an export without them), min-dalle's 16 and 256
+for dalle-mini.
 
 Writes one PNG per image, a grid PNG per prompt and a JSON manifest (prompt, seed, settings, CLIP
 score when reranked) into --out, each atomically (temporary file + rename). User mistakes are one
@@ -33,10 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off; "
-                   "default: 1 for an mmkit export, 16 for dalle-mini, min-dalle's super-conditioning factor)")
+                   "default: the export's own, the recipe's judged setting; 16 for dalle-mini, min-dalle's super-conditioning factor)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes (default: all for an "
-                   "mmkit export, 256 for dalle-mini as min-dalle; 1 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes (default: the "
+                   "export's own; 256 for dalle-mini as min-dalle; 1 = greedy)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--rerank", default=None, metavar="CLIP", help="rank each prompt's images with this CLIP "
                    "(an mmkit CLIP export directory, or an open_clip architecture with --rerank-pretrained)")

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -137,7 +137,11 @@ class TextToImage:
     """Prompts → images with a DALL·E-style generator and its VQGAN: a `DALLE` with its word
     tokenizer (mmkit's recipe), or dalle-mini's `DalleBart` with its `BartTokenizer` (min-dalle)."""
 
-    def __init__(self, model: DALLE | DalleBart, vqgan: VQGAN, tokenizer: WordTokenizer | BartTokenizer) -> None:
+    def __init__(self, model: DALLE | DalleBart, vqgan: VQGAN, tokenizer: WordTokenizer | BartTokenizer,
+                 defaults: dict[str, Any] | None = None) -> None:
+        """`defaults`: the sampling settings ({"guidance": float, "top_k": int | None}) a caller who names
+        none gets (`mmkit generate`, the demo); saved with the export. None: min-dalle's for dalle-mini,
+        else guidance 1 (off) and no top-k."""
         self.model, self.vqgan, self.tokenizer = model.eval(), vqgan.eval(), tokenizer
         bart = isinstance(model, DalleBart)
         text_len, text_vocab = (model.config["text_len"], model.config["text_vocab_size"]) if bart else \
@@ -154,6 +158,14 @@ class TextToImage:
             raise WeightsError(f"VQGAN codebook ({vqgan.codebook_size}) differs from the generator's ({model.codebook_size})")
         # Settings a caller who names none should get: dalle-mini needs super-conditioning and top-k.
         self.defaults = dict(MIN_DALLE_DEFAULTS) if bart else {"guidance": 1.0, "top_k": None}
+        if defaults is not None:
+            unknown = set(defaults) - set(self.defaults)
+            guidance, top_k = defaults.get("guidance", 1.0), defaults.get("top_k")
+            if unknown or not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0) or \
+                    not (top_k is None or (isinstance(top_k, int) and 1 <= top_k <= model.codebook_size)):
+                raise WeightsError(f"sampling defaults {defaults}: expected guidance >= 0 and top_k in "
+                                   f"[1, {model.codebook_size}] or null")
+            self.defaults.update(defaults)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TextToImage":
@@ -173,8 +185,9 @@ class TextToImage:
             raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and "
                                f"{TOKENIZER_NAME}, or a min-dalle download: dalle_bart_mini/ or dalle_bart_mega/ and "
                                "vqgan/)")
+        doc = json.loads((directory / CONFIG_NAME).read_text()) if (directory / CONFIG_NAME).is_file() else {}
         return cls(DALLE.from_pretrained(directory / "dalle"), VQGAN.from_pretrained(directory / "vqgan"),
-                   WordTokenizer.load(directory / TOKENIZER_NAME))
+                   WordTokenizer.load(directory / TOKENIZER_NAME), doc.get("sampling"))
 
     @classmethod
     def from_min_dalle(cls, root: str | Path, mega: bool | None = None) -> "TextToImage":
@@ -205,7 +218,8 @@ class TextToImage:
         self.tokenizer.save(directory / TOKENIZER_NAME)
         # A top-level config.json names the family, so tools tell this export from another family's.
         doc = {"format_version": 1, "architecture": ARCHITECTURE,
-               "components": {"generator": "dalle", "tokenizer": "vqgan", "text_tokenizer": TOKENIZER_NAME}}
+               "components": {"generator": "dalle", "tokenizer": "vqgan", "text_tokenizer": TOKENIZER_NAME},
+               "sampling": self.defaults}
         (directory / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
         return directory
 

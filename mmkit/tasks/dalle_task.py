@@ -132,6 +132,8 @@ class DalleTask(pl.LightningModule):
             from mmkit.inference.text_to_image import TextToImage
 
             dm = self.trainer.datamodule
-            path = TextToImage(self.model, self.vqgan, dm.tokenizer).save_pretrained(self.hparams.export_dir)
+            # the judged test settings become the export's defaults (mmkit generate, the demo)
+            defaults = {"guidance": self.hparams.test_guidance, "top_k": self.hparams.test_top_k}
+            path = TextToImage(self.model, self.vqgan, dm.tokenizer, defaults).save_pretrained(self.hparams.export_dir)
             self.model.train()
             log.info("exported the text-to-image model to %s", path)

@@ -41,6 +41,22 @@ def test_writes_images_grid_and_manifest(export, tmp_path, capsys):
         (out / "000-a-red-circle-on-the-left-0.png").read_bytes()
 
 
+def test_an_exports_own_sampling_settings_are_the_defaults(tmp_path, capsys):
+    from _dalle import tiny_text_to_image
+
+    t2i = tiny_text_to_image()
+    t2i.defaults = {"guidance": 2.0, "top_k": 3}  # what DalleTask saves: its judged test settings
+    export = t2i.save_pretrained(tmp_path / "export")
+    out = tmp_path / "out"
+    assert main(["generate", "a red circle", "--model", str(export), "--num-images", "1", "--out", str(out),
+                 "--quiet"]) == 0
+    (m,) = json.loads((out / "manifest.json").read_text())
+    assert (m["guidance"], m["top_k"]) == (2.0, 3)
+    doc = json.loads((export / "config.json").read_text())
+    (export / "config.json").write_text(json.dumps({**doc, "sampling": {"guidance": -1, "top_k": 3}}))
+    _fails(["a red circle", "--model", str(export), "--out", str(tmp_path / "bad")], capsys, "sampling defaults")
+
+
 def _fails(argv, capsys, match):
     assert main(["generate", *argv]) == 2
     err = capsys.readouterr().err.strip()
