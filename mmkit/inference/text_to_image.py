@@ -176,16 +176,16 @@ class TextToImage:
         if _min_dalle_layout(directory):
             return cls.from_min_dalle(directory)
         try:
-            arch = json.loads((directory / CONFIG_NAME).read_text()).get("architecture")
+            doc = json.loads((directory / CONFIG_NAME).read_text())
+            arch = doc.get("architecture")
         except (OSError, ValueError, AttributeError):
-            arch = None
+            doc, arch = {}, None
         if arch != ARCHITECTURE and (directory / CONFIG_NAME).is_file():
             raise WeightsError(f"{directory}: holds a {arch!r} checkpoint, not a text-to-image export")
         if not (directory / "dalle").is_dir() or not (directory / TOKENIZER_NAME).is_file():
             raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and "
                                f"{TOKENIZER_NAME}, or a min-dalle download: dalle_bart_mini/ or dalle_bart_mega/ and "
                                "vqgan/)")
-        doc = json.loads((directory / CONFIG_NAME).read_text()) if (directory / CONFIG_NAME).is_file() else {}
         return cls(DALLE.from_pretrained(directory / "dalle"), VQGAN.from_pretrained(directory / "vqgan"),
                    WordTokenizer.load(directory / TOKENIZER_NAME), doc.get("sampling"))
 

@@ -226,20 +226,22 @@ class Transcriber:
         audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(windows[k].audio),
                                                           self.window_samples)) for k in audible]).to(self.device)
         mel = log_mel_spectrogram(audio, n_mels=self.model.n_mels)  # (B, n_mels, 2·n_audio_ctx), fp32 always
+        if self.options.audio_context is None:  # the exact path: every window over all positions, one batch
+            with self._autocast():
+                return self._decode_mel(mel, windows, audible, languages)
         out: list[list[Segment]] = [[] for _ in windows]
         pending = list(range(len(audible)))  # rows of `mel`
         while pending:
-            # A file's language comes from its first window. With audio_context, windows of one file can
-            # land in different groups: a later window of a file whose language is still to be detected
-            # waits for the next pass, so that the first window decides, as in one-at-a-time decoding.
+            # A file's language comes from its first window. Windows of one file can land in different
+            # groups: a later window of a file whose language is still to be detected waits for the next
+            # pass, so that the first window decides, as in one-at-a-time decoding.
             first: dict[int, int] = {}
             for r in pending:
                 first.setdefault(windows[audible[r]].file, r)
-            waits = self.options.audio_context is not None and self.tokenizer.is_multilingual
-            ready = [r for r in pending if not waits or languages.get(windows[audible[r]].file)
-                     or first[windows[audible[r]].file] == r]
+            ready = [r for r in pending if not self.tokenizer.is_multilingual
+                     or languages.get(windows[audible[r]].file) or first[windows[audible[r]].file] == r]
             pending = [r for r in pending if r not in ready]
-            groups: dict[int, list[int]] = {}  # encoder positions -> rows (one group unless audio_context)
+            groups: dict[int, list[int]] = {}  # encoder positions -> rows of `mel`
             for r in ready:
                 groups.setdefault(self._context_positions(len(windows[audible[r]].audio)), []).append(r)
             for positions, rows in groups.items():
