@@ -40,7 +40,8 @@ def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
     files = write_audio_files(tmp_path / "audio", 2, min_seconds=1.0, max_seconds=3.0)
     result = run_transcribe_bench(model, files, max_new_tokens=6, batch_size=2, hf_batch_sizes=(), threads=1,
                                   mmkit_quantize=("none", "int8"), faster_whisper=("float32", "int8"),
-                                  transcripts={str(f): "no words here" for f in files}, audio_contexts=(10,))
+                                  transcripts={str(f): "no words here" for f in files}, audio_contexts=(10,),
+                                  decoding="default")  # each tool's own fallback and thresholds
     mmkit_rows = {"mmkit", "mmkit_int8", "mmkit_ctx10s", "mmkit_int8_ctx10s"}
     assert set(result["seconds"]) == mmkit_rows | {"faster_whisper_float32", "faster_whisper_int8"}
     assert result["fastest_mmkit"] in mmkit_rows
@@ -51,5 +52,16 @@ def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
     assert set(result["files_identical"]) == mmkit_rows - {"mmkit"} | {"faster_whisper_float32", "faster_whisper_int8"}
     assert all(0 <= n <= 2 for n in result["files_identical"].values())
     assert set(result["wer"]) == set(result["seconds"]) and all(w >= 0 for w in result["wer"].values())
+    assert result["decoding"] == "default"
+    # per reference, the fastest mmkit path at equal or lower WER (when one reaches it) and the ratio there
+    for name, (best, ratio) in result["ratio_equal_wer"].items():
+        assert name in result["ratio"] and best in mmkit_rows and ratio > 0
+        assert result["wer"][best] <= result["wer"][name]
     report = format_report(result, "tiny")
     assert "faster_whisper_int8" in report and "mmkit_int8" in report and "WER" in report
+    assert "default fallback" in report
+
+
+def test_bench_rejects_an_unknown_decoding(tmp_path):
+    with pytest.raises(ValueError, match="decoding"):
+        run_transcribe_bench(tmp_path, [], decoding="beam")

@@ -2,7 +2,9 @@
 faster-whisper (CTranslate2, int8 and float32 compute types, beam 1, no VAD): whole processes (start-up, model
 loading, feature extraction, encoder, decoder) on the same checkpoint and the same audio files,
 greedy, without timestamps, with the same token limit and no fallback, so that both decode the
-same tokens. The reference script batches its `generate` calls with the same batch size as mmkit
+same tokens (`--decoding default` instead leaves each tool's fallback and thresholds on and compares by
+WER: with `--transcripts`, the report also names, per reference, the fastest mmkit path whose WER is
+no higher, and the ratio at that equal-or-lower WER). The reference script batches its `generate` calls with the same batch size as mmkit
 (and, with `--hf-batch-sizes 8 1`, also file by file, the model cards' usage). Rounds alternate
 the order of the processes; the report gives each one's wall times, whether the tokens are
 identical, and the ratio reference / mmkit (> 1: mmkit is faster). Never asserted on.
@@ -61,7 +63,8 @@ with open(args["out"], "w") as f:
     json.dump(out, f)
 """
 # faster-whisper (CTranslate2) on a CTranslate2 conversion of the same checkpoint: beam 1, no VAD, no
-# fallback or thresholds, no previous-text prompt, the same token limit; its tokens per file as JSON.
+# previous-text prompt, the same token limit, and with decoding "greedy" no fallback or thresholds (with
+# "default": its own temperature fallback and thresholds); its tokens per file as JSON.
 FW_SCRIPT = r"""
 import json, sys
 args = json.loads(sys.argv[1])
@@ -69,10 +72,12 @@ from faster_whisper import WhisperModel
 model = WhisperModel(args["model"], device="cpu", compute_type=args["compute_type"], cpu_threads=args["threads"] or 0)
 out = {}
 for f in args["files"]:
-    segments, _ = model.transcribe(f, language=args["language"], beam_size=1, temperature=0.0, vad_filter=False,
+    # greedy: no fallback or thresholds; default: faster-whisper's own temperature fallback and thresholds
+    greedy = dict(temperature=0.0, compression_ratio_threshold=None, log_prob_threshold=None, no_speech_threshold=None)
+    segments, _ = model.transcribe(f, language=args["language"], beam_size=1, vad_filter=False,
                                    without_timestamps=True, condition_on_previous_text=False,
-                                   compression_ratio_threshold=None, log_prob_threshold=None,
-                                   no_speech_threshold=None, max_new_tokens=args["max_new_tokens"])
+                                   max_new_tokens=args["max_new_tokens"],
+                                   **(greedy if args["decoding"] == "greedy" else {}))
     out[f] = [t for s in segments for t in s.tokens]
 with open(args["out"], "w") as fh:
     json.dump(out, fh)
@@ -129,11 +134,15 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
                          batch_size: int = 8, hf_batch_sizes: Sequence[int] = (8,), threads: int | None = None,
                          rounds: int = 1, language: str = "en", mmkit_quantize: Sequence[str] = ("none",),
                          faster_whisper: Sequence[str] = (), transcripts: dict[str, str] | None = None,
-                         audio_contexts: Sequence[float] = ()) -> dict[str, Any]:
+                         audio_contexts: Sequence[float] = (), decoding: str = "greedy") -> dict[str, Any]:
     """Time `mmkit transcribe` (once per `mmkit_quantize` kind: "mmkit", "mmkit_int8", and again per
     `audio_contexts` seconds with `--audio-context S`: "mmkit_ctx10s", "mmkit_int8_ctx10s"), the transformers
     reference and faster-whisper (once per CTranslate2 compute type in `faster_whisper`, on a
-    CTranslate2 conversion of the checkpoint made before the timings) as subprocesses.
+    CTranslate2 conversion of the checkpoint made before the timings) as subprocesses. `decoding`
+    "greedy" decodes greedily with no fallback, thresholds or repetition guard on every side (the same
+    tokens where the paths are exact); "default" leaves each tool's own defaults on (mmkit's and
+    faster-whisper's temperature fallback and thresholds, mmkit's repetition guard), which is how they are
+    used, and compares them by WER; the transformers rows are greedy either way.
 
     Returns:
         `seconds` per process over the rounds, `import_seconds` (a process that only imports each
@@ -144,6 +153,9 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     """
     from mmkit.data.whisper_tokenizer import WhisperTokenizer
 
+    if decoding not in ("greedy", "default"):
+        raise ValueError(f"decoding must be 'greedy' or 'default', got {decoding!r}")
+
     model_dir, files = Path(model_dir), [Path(f) for f in files]
     tok = WhisperTokenizer.from_dir(model_dir)
     prompt = tok.sot_sequence(language if tok.is_multilingual else None, "transcribe", without_timestamps=True)
@@ -151,11 +163,13 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     work = Path(tempfile.mkdtemp(prefix="mmkit-bench-transcribe-"))
     threads_args = ["--threads", str(threads)] if threads else []
 
+    greedy_args = ["--temperature", "0", "--no-repetition-guard", "--no-speech-threshold", "none"] \
+        if decoding == "greedy" else []
+
     def mmkit_cmd(entry: list[str], out: str) -> list[str]:
         return [*entry, *map(str, files), "--model", str(model_dir), "--language", language, "--without-timestamps",
-                "--temperature", "0", "--no-repetition-guard", "--no-speech-threshold", "none", "--max-new-tokens",
-                str(max_new_tokens), "--batch-size", str(batch_size), "--output-format", "json", "--output-dir",
-                str(work / out), "--quiet", *threads_args]
+                *greedy_args, "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size),
+                "--output-format", "json", "--output-dir", str(work / out), "--quiet", *threads_args]
 
     def hf_cmd(b: int) -> list[str]:
         args = dict(model=str(model_dir), files=list(map(str, files)), batch_size=b, language=language,
@@ -167,7 +181,8 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
 
     def fw_cmd(compute_type: str) -> list[str]:
         args = dict(model=str(ct2_dir), files=list(map(str, files)), compute_type=compute_type, language=language,
-                    max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"fw_{compute_type}.json"))
+                    max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"fw_{compute_type}.json"),
+                    decoding=decoding)
         return [sys.executable, "-c", FW_SCRIPT, json.dumps(args)]
 
     if faster_whisper and ct2_dir != model_dir:  # float32; faster-whisper quantizes it on load per compute type
@@ -196,7 +211,8 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     ours = _mmkit_tokens(work / "mmkit", files)  # fp32: what every other process is compared with
     result: dict[str, Any] = dict(
         model=str(model_dir), files=len(files), audio_seconds=None, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, threads=threads, rounds=rounds, seconds=seconds, import_seconds=import_seconds,
+        batch_size=batch_size, threads=threads, rounds=rounds, decoding=decoding, seconds=seconds,
+        import_seconds=import_seconds,
         tokens_generated=sum(len(t) for t in ours.values()), ratio={}, tokens_identical={}, files_identical={})
     references = {f"transformers_b{b}": _hf_tokens(work / f"hf_b{b}.json", prompt, tok.eot) for b in hf_batch_sizes}
     references.update({name: _mmkit_tokens(work / name, files) for name in mmkit_runs if name != "mmkit"})
@@ -211,15 +227,24 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
             result["ratio"][name] = statistics.median(seconds[name]) / statistics.median(seconds[fastest])
     if transcripts is not None:  # each process's tokens as text against the reference transcripts
         wanted = [transcripts[str(f)] for f in files]
-        result["wer"] = {name: word_error_rate([tok.decode(tokens.get(str(f), [])) for f in files], wanted)
-                         for name, tokens in {"mmkit": ours, **references}.items()}
+        result["wer"] = wer = {name: word_error_rate([tok.decode(tokens.get(str(f), [])) for f in files], wanted)
+                               for name, tokens in {"mmkit": ours, **references}.items()}
+        # per reference: mmkit's fastest path at equal or lower WER, and the ratio there
+        result["ratio_equal_wer"] = {}
+        for name in result["ratio"]:
+            ok = [m for m in mmkit_runs if wer[m] <= wer[name] + 1e-9]
+            if ok:
+                best = min(ok, key=lambda m: statistics.median(seconds[m]))
+                result["ratio_equal_wer"][name] = (best, statistics.median(seconds[name]) /
+                                                   statistics.median(seconds[best]))
     return result
 
 
 def format_report(result: dict[str, Any], label: str) -> str:
     """The result as a text table: one row per process; "x mmkit" is that process's median time
     over that of mmkit's fastest path (> 1: mmkit is faster); "same tokens" is against mmkit fp32."""
-    lines = [label, f"{result['files']} files, greedy, no timestamps, max {result['max_new_tokens']} new tokens, "
+    how = "greedy" if result.get("decoding", "greedy") == "greedy" else "each tool's default fallback/thresholds"
+    lines = [label, f"{result['files']} files, {how}, no timestamps, max {result['max_new_tokens']} new tokens, "
                     f"mmkit batch {result['batch_size']}, threads {result['threads'] or 'torch default'}, "
                     f"{result['rounds']} round(s); {result['tokens_generated']} tokens generated by mmkit; "
                     f"x mmkit = over {result.get('fastest_mmkit', 'mmkit')}", ""]
@@ -233,6 +258,11 @@ def format_report(result: dict[str, Any], label: str) -> str:
         rounds = " ".join(f"{x:.2f}" for x in secs)
         wer = f"{100 * result['wer'][name]:.1f}%" if name in result.get("wer", {}) else ""
         lines.append(f"{name:<20} {statistics.median(secs):>9.2f}  {rounds:<20} {same:<12} {ratio:>8} {wer:>7}")
+    for name, (best, ratio) in result.get("ratio_equal_wer", {}).items():
+        lines.append(f"at equal or lower WER: {name} / {best} = {ratio:.2f}")
+    missing = [n for n in result["ratio"] if "wer" in result and n not in result.get("ratio_equal_wer", {})]
+    if missing:
+        lines.append(f"no mmkit path reaches the WER of: {', '.join(missing)}")
     imports = ", ".join(f"{k} {v:.2f} s" for k, v in result["import_seconds"].items())
     lines += ["", f"start-up alone (a process that only imports): {imports}"]
     return "\n".join(lines) + "\n"
@@ -273,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--faster-whisper", nargs="*", default=None, choices=FW_COMPUTE_TYPES,
                    help="faster-whisper compute types to time (default: int8 float32 where faster-whisper is "
                         "installed; none given: skip it)")
+    p.add_argument("--decoding", choices=("greedy", "default"), default="greedy",
+                   help="greedy: no fallback, thresholds or repetition guard anywhere (same tokens, the default); "
+                        "default: mmkit's and faster-whisper's own fallback and thresholds on (compare by WER)")
     p.add_argument("--transcripts", metavar="JSON", help="reference texts, a JSON object {audio path: text} "
                                                           "keyed as the --audio paths: adds a WER column")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
@@ -306,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("faster-whisper is not installed (pip install faster-whisper): its rows are left out")
     result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
                                   hf_batch_sizes, args.threads, args.rounds, args.language,
-                                  args.quantize, fw, transcripts, args.audio_context)
+                                  args.quantize, fw, transcripts, args.audio_context, args.decoding)
     sys.stdout.write(format_report(result, label))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
