@@ -77,7 +77,7 @@ def _build_and_load(config: dict[str, Any], state: dict[str, Tensor], source: st
 
     with _skip_init():
         model = CLIP.from_config(config)
-    load_state_dict_strict(model, state, source)
+    load_state_dict_strict(model, state, source, assign=True)  # the state is a fresh read: no copy
     return model.eval()
 
 

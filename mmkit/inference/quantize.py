@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
 from typing import Sequence
 
@@ -45,18 +46,41 @@ def quantize_linear_int8(module: nn.Module, keep_fp32: Sequence[str] = ()) -> nn
     if not int8_available():
         raise ValueError("--quantize int8: this PyTorch build has no quantized engine for this CPU")
     untie_head(module)
+    module.eval()
     # exact type, as quantize_dynamic's own {nn.Linear: ...} matching: subclasses that refuse
     # dynamic quantization (nn.MultiheadAttention's NonDynamicallyQuantizableLinear) stay as they are
     names = [name for name, m in module.named_modules()
              if type(m) is nn.Linear and not any(fnmatchcase(name, p) for p in keep_fp32)]
+    # Layers are independent and their ops release the GIL: quantize them on torch's threads (ViT-B/32's
+    # 98 Linear layers: the quantized setup was ~1.9 s of one core, before the first image)
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig  # per output channel: rows differ in scale
-        torch.ao.quantization.quantize_dynamic(module.eval(), dict.fromkeys(names, qconfig), dtype=torch.qint8,
-                                               inplace=True)
+        with ThreadPoolExecutor(max(1, min(8, torch.get_num_threads()))) as pool:
+            quantized = list(pool.map(lambda name: int8_linear(module.get_submodule(name)), names))
+    for name, q in zip(names, quantized):
+        parent, _, leaf = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, leaf, q)
     log.debug("int8 weights for %d Linear layers of %s", len(names), type(module).__name__)
     return module
+
+
+def int8_linear(linear: nn.Linear) -> nn.Module:
+    """The dynamically quantized int8 copy of one `nn.Linear`, the same module (bit for bit) that
+    `torch.ao.quantization.quantize_dynamic` makes with `per_channel_dynamic_qconfig`: int8 weights with one
+    symmetric scale per output channel (max |w| / 127.5, zero point 0) and fp32 bias. Built directly, which
+    is ~30% cheaper: no observer module, and no full-size zero weight packed by the constructor first."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    weight = linear.weight.detach().float()
+    scale = (weight.abs().amax(dim=1) / 127.5).clamp_min(torch.finfo(torch.float32).eps).double()
+    zero = torch.zeros(weight.shape[0], dtype=torch.long)
+    qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+    # constructed 1 x 1 (its constructor packs an all-zero weight of the given shape), then given the real one
+    q = DynamicInt8Linear(1, 1, bias_=linear.bias is not None, dtype=torch.qint8)
+    q.in_features, q.out_features = linear.in_features, linear.out_features
+    q.set_weight_bias(qweight, None if linear.bias is None else linear.bias.detach().float())
+    return q
 
 
 def untie_head(module: nn.Module) -> int:

@@ -47,6 +47,30 @@ def test_int8_replaces_every_linear_and_nothing_else():
     assert torch.equal(q.tok_embed.weight, embed)  # the embedding itself stays fp32
 
 
+def test_int8_layers_are_bit_identical_to_quantize_dynamic():
+    """mmkit builds each int8 Linear itself (cheaper, on several threads): the same packed weights, scales
+    and outputs as torch's quantize_dynamic with per-channel weights, biased and bias-free layers alike."""
+    import warnings
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(48, 96), nn.GELU(), nn.Linear(96, 32, bias=False)).eval()
+    m[0].weight.data[3] = 0.0  # an all-zero row: the smallest scale (eps), as the observer gives
+    ours = quantize_linear_int8(copy.deepcopy(m))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch.ao.quantization.quantize_dynamic(copy.deepcopy(m), {nn.Linear: torch.ao.quantization.
+                                                     per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    for a, b in ((ours[0], ref[0]), (ours[2], ref[2])):
+        assert type(a) is type(b) and (a.in_features, a.out_features) == (b.in_features, b.out_features)
+        (wa, ba), (wb, bb) = a._weight_bias(), b._weight_bias()
+        assert torch.equal(wa.int_repr(), wb.int_repr())
+        assert torch.equal(wa.q_per_channel_scales(), wb.q_per_channel_scales())
+        assert (ba is None and bb is None) or torch.equal(ba, bb)
+    x = torch.randn(5, 48)
+    assert torch.equal(ours(x), ref(x))
+    assert "in_features=48, out_features=96" in repr(ours[0])
+
+
 def test_keep_fp32_patterns_leave_those_linears_fp32():
     """The transcriber's choice by measurement: the encoder's attention output projection and fc2 stay
     fp32 (`INT8_KEEP_FP32`), every other Linear of both stacks and the vocabulary projection are int8."""
