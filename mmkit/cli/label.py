@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast precision; auto = bf16 where the hardware has it, else fp32")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
-                   help="int8: int8 weights for the Linear layers of the image and text towers (CPU only)")
+                   help="int8: int8 weights for the Linear layers of the image tower (CPU only; the text "
+                        "tower, run once over the prompts, stays fp32)")
     p.add_argument("--multi-gpu", action="store_true", help="split batches over all visible GPUs")
     p.add_argument("--exact-decode", action="store_true",
                    help="full-size JPEG decoding (open_clip's exact pixels) instead of DCT-domain downscaling")
@@ -250,7 +251,7 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
     batches = image_batches(root, todo, transform, args.batch_size, workers, pin_memory=cuda)
     model, tokenizer = load_clip(args.model, args.pretrained)
     labeler = ZeroShotClassifier(model, tokenizer, transform, args.device, args.precision, args.multi_gpu,
-                                 quantize=args.quantize)  # int8: both towers, before the prompts are encoded
+                                 quantize=args.quantize)  # int8: the image tower
     examples = labeler.prototypes(args.examples, args.batch_size, 0) if args.examples else None
     labeler.set_labels(prompts, examples, args.examples_weight, args.multi_label, templates)
     log.info("labelling %d images with %d labels (%s, %s, %d decoding workers)", len(todo), len(labeler.names),

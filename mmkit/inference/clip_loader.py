@@ -43,7 +43,12 @@ def _clip_bpe(context_length: int) -> Tokenizer:
             module_spec = importlib.util.spec_from_file_location("mmkit._open_clip_tokenizer", source)
             module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
             module_spec.loader.exec_module(module)  # type: ignore[union-attr]
-            return _StandaloneBPE(module.SimpleTokenizer(context_length=context_length), context_length)
+            # the module builds a default SimpleTokenizer as it loads (~0.15 s of BPE tables): reuse it
+            # when the context length is its own rather than building a second one
+            default = getattr(module, "_tokenizer", None)
+            bpe = default if getattr(default, "context_length", None) == context_length else \
+                module.SimpleTokenizer(context_length=context_length)
+            return _StandaloneBPE(bpe, context_length)
         except Exception as e:  # noqa: BLE001 - any surprise: take the regular route
             log.debug("standalone open_clip tokenizer unavailable (%s); importing open_clip", e)
     from mmkit.data.text import CLIPTokenizer
