@@ -6,14 +6,13 @@ decoding can start before the weights load.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform, eval_transform
 from mmkit.inference.prompts import Tokenizer
@@ -56,31 +55,12 @@ def _clip_bpe(context_length: int) -> Tokenizer:
     return CLIPTokenizer(context_length=context_length)
 
 
-_INIT_FILLS = ("normal_", "trunc_normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-               "xavier_normal_", "zeros_", "ones_", "constant_")
-
-
-@contextlib.contextmanager
-def _skip_init() -> Iterator[None]:
-    """torch.nn.init's fills as no-ops while building a model that a strict load then overwrites
-    entirely (transformers' `no_init_weights`): random init of ViT-B costs seconds, and the meta
-    device, the other way round it, imports torch._dynamo for its decompositions (~2 s)."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FILLS}
-    try:
-        for name in _INIT_FILLS:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fill in saved.items():
-            setattr(nn.init, name, fill)
-
-
 def _build_and_load(config: dict[str, Any], state: dict[str, Tensor], source: str) -> CLIP:
     """`CLIP.from_config(config)` with `state` loaded strictly, without a random init first: every
     tensor is overwritten by the load (CLIP has no non-persistent buffers)."""
-    from mmkit.weights.native import load_state_dict_strict
+    from mmkit.weights.native import load_state_dict_strict, skip_init
 
-    with _skip_init():
+    with skip_init():
         model = CLIP.from_config(config)
     load_state_dict_strict(model, state, source, assign=True)  # the state is a fresh read: no copy
     return model.eval()

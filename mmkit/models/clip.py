@@ -195,6 +195,8 @@ class CLIP(PretrainedMixin, nn.Module):
             (SigLIP-style, e.g. -10).
     """
 
+    init_free_load = True  # every tensor is in its checkpoints: from_pretrained skips the random init
+
     def __init__(
         self,
         visual: CLIPVisionTower,

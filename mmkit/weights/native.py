@@ -4,11 +4,12 @@ through `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import struct
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, TypeVar
+from typing import Any, Iterator, Mapping, NamedTuple, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,6 +20,27 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 T = TypeVar("T", bound="PretrainedMixin")
+
+
+_INIT_FILLS = ("normal_", "trunc_normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+               "xavier_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """torch.nn.init's fills as no-ops while building a model that a strict load then overwrites
+    entirely (transformers' `no_init_weights`): random init costs seconds for ViT-B (0.5 s for
+    Whisper tiny), and the meta device, the other way round it, imports torch._dynamo for its
+    decompositions (~2 s). Only for models whose every parameter and persistent buffer is in the
+    loaded state and whose non-persistent buffers are not copies of initialised weights."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FILLS}
+    try:
+        for name in _INIT_FILLS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fill in saved.items():
+            setattr(nn.init, name, fill)
 
 
 class WeightsError(ValueError):
@@ -164,6 +186,9 @@ class PretrainedMixin:
 
     config: dict[str, Any]
     architecture: str | None = None  # name written to config.json; default: the class name
+    # every parameter and persistent buffer comes from the checkpoint, and no non-persistent buffer copies
+    # an initialised weight: from_pretrained may skip the random init (`skip_init`)
+    init_free_load: bool = False
 
     @classmethod
     def architecture_name(cls) -> str:
@@ -226,13 +251,10 @@ class PretrainedMixin:
     def from_converted(cls: type[T], converted: Converted, empty_init: bool = False) -> T:
         """Build from an importer's `Converted` and load its state strictly (errors name the
         missing / unexpected keys); the source's train/eval mode is kept. `empty_init` skips the
-        random init (meta device, then uninitialised memory): only for models whose every tensor
-        is in the state dict (no non-persistent buffers)."""
-        if empty_init:
-            with torch.device("meta"):
-                model = cls.build(converted.config)
-            model = model.to_empty(device="cpu")  # type: ignore[attr-defined]
-        else:
+        random init (`skip_init`): only for models whose every tensor is in the state dict (see
+        `skip_init`). The state is copied, not assigned: an importer may hand over the tensors of a
+        live source model, which must not end up sharing storage with this one."""
+        with skip_init() if empty_init else contextlib.nullcontext():
             model = cls.build(converted.config)
         load_state_dict_strict(model, converted.state, converted.source)  # type: ignore[arg-type]
         return model.train(converted.training)  # type: ignore[attr-defined]
@@ -245,13 +267,15 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(cls: type[T], directory: str | Path, **overrides: Any) -> T:
         """Build from config.json (with `overrides` of constructor arguments) and load weights.
-        The config is validated and checked against the weights' header before anything is built."""
+        The config is validated and checked against the weights' header before anything is built.
+        Classes with `init_free_load` are built without their random init (`skip_init`)."""
         saved = cls.read_config(directory)["config"]
         path = cls.check_weights(directory, saved)
         config = cls.with_overrides(saved, overrides)
         if overrides:
             cls.check_config(config, f"{directory}: config with overrides")
-        model = cls.build(config)
+        with skip_init() if cls.init_free_load else contextlib.nullcontext():
+            model = cls.build(config)
         state = model.adapt_state_dict(read_state_dict(path), saved)  # type: ignore[attr-defined]
         load_state_dict_strict(model, state, str(path))  # type: ignore[arg-type]
         return model

@@ -50,14 +50,16 @@ if args["threads"]:
     torch.set_num_threads(args["threads"])
 model = WhisperForConditionalGeneration.from_pretrained(args["model"]).eval()
 features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
+multilingual = getattr(model.generation_config, "is_multilingual", model.config.vocab_size >= 51865)
 files, B, out = args["files"], args["batch_size"], {}
 with torch.inference_mode():
     for i in range(0, len(files), B):
         chunk = files[i:i + B]
         audio = [sf.read(f, dtype="float32")[0] for f in chunk]
         x = features(audio, sampling_rate=16000, return_tensors="pt").input_features
-        seqs = model.generate(x, language=args["language"], task="transcribe", return_timestamps=False,
-                              max_new_tokens=args["max_new_tokens"])
+        # English-only checkpoints (tiny.en, ...) take no language or task: transformers refuses them
+        prompt = dict(language=args["language"], task="transcribe") if multilingual else {}
+        seqs = model.generate(x, return_timestamps=False, max_new_tokens=args["max_new_tokens"], **prompt)
         out.update(zip(chunk, seqs.tolist()))
 with open(args["out"], "w") as f:
     json.dump(out, f)
