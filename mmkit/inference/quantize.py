@@ -80,7 +80,7 @@ def int8_linear(linear: nn.Linear) -> nn.Module:
     q = DynamicInt8Linear(1, 1, bias_=linear.bias is not None, dtype=torch.qint8)
     q.in_features, q.out_features = linear.in_features, linear.out_features
     q.set_weight_bias(qweight, None if linear.bias is None else linear.bias.detach().float())
-    return q
+    return q.train(linear.training)
 
 
 def untie_head(module: nn.Module) -> int:

@@ -225,8 +225,8 @@ class Transcriber:
             return [[] for _ in windows]
         audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(windows[k].audio),
                                                           self.window_samples)) for k in audible]).to(self.device)
-        mel = log_mel_spectrogram(audio, n_mels=self.model.n_mels)  # (B, n_mels, 2·n_audio_ctx), fp32 always
         if self.options.audio_context is None:  # the exact path: every window over all positions, one batch
+            mel = log_mel_spectrogram(audio, n_mels=self.model.n_mels)  # (B, n_mels, 2·n_audio_ctx), fp32 always
             with self._autocast():
                 return self._decode_mel(mel, windows, audible, languages)
         out: list[list[Segment]] = [[] for _ in windows]
@@ -245,9 +245,13 @@ class Transcriber:
             for r in ready:
                 groups.setdefault(self._context_positions(len(windows[audible[r]].audio)), []).append(r)
             for positions, rows in groups.items():
+                # The features of the first 2·positions frames only, from the samples they cover: the same
+                # values as the full window's, sliced. Past the audio the window is zeros (positions cover at
+                # least twice the audio), so the STFT frames are equal, and the per-example "max - 8" floor is
+                # unchanged (zero frames sit at the -10 minimum).
+                mel = log_mel_spectrogram(audio[rows, : 2 * positions * HOP_LENGTH], n_mels=self.model.n_mels)
                 with self._autocast():
-                    decoded = self._decode_mel(mel[rows, :, : 2 * positions], windows, [audible[r] for r in rows],
-                                               languages)
+                    decoded = self._decode_mel(mel, windows, [audible[r] for r in rows], languages)
                 for r in rows:
                     out[audible[r]] = decoded[audible[r]]
         return out

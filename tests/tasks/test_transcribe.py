@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -199,6 +200,16 @@ def test_batched_files_give_the_same_tokens_as_one_by_one(whisper_checkpoint):
     assert [_tokens(t) for t in batched] == [_tokens(t) for t in single]
     assert [t.language for t in batched] == [t.language for t in single]
     assert [len(t.segments) > 0 for t in batched] == [True] * 3
+
+
+@pytest.mark.parametrize("seconds", [0.3, 2.0, 4.9, 7.5, 14.0])
+def test_audio_context_features_from_the_covered_samples_equal_the_full_window_sliced(seconds):
+    """With --audio-context the log-Mel is computed over the samples the context covers only: the same
+    values, bit for bit, as the full 30 s window's frames (zeros past the audio; the max - 8 floor unchanged)."""
+    audio = torch.from_numpy(pad_or_trim(synth_speechlike(seconds, seed=3), 480_000))[None]
+    positions = min(1500, math.ceil(max(10, 2 * seconds)) * 50)
+    full = log_mel_spectrogram(audio)
+    assert torch.equal(log_mel_spectrogram(audio[:, : 2 * positions * 160]), full[..., : 2 * positions])
 
 
 def test_audio_context_encodes_short_windows_over_fewer_positions(whisper_checkpoint):
