@@ -8,7 +8,6 @@ weights: tests/inference/test_quantize.py.
 from __future__ import annotations
 
 import copy
-
 import csv
 from pathlib import Path
 
