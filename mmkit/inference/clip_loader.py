@@ -56,14 +56,12 @@ def _clip_bpe(context_length: int) -> Tokenizer:
 
 
 def _build_and_load(config: dict[str, Any], state: dict[str, Tensor], source: str) -> CLIP:
-    """`CLIP.from_config(config)` with `state` loaded strictly, without a random init first: every
-    tensor is overwritten by the load (CLIP has no non-persistent buffers)."""
-    from mmkit.weights.native import load_state_dict_strict, skip_init
+    """`CLIP.from_config(config)` with `state` loaded strictly, without a random init first (every
+    tensor is overwritten by the load: CLIP has no non-persistent buffers) and taking the freshly read
+    tensors instead of copying them; in eval mode."""
+    from mmkit.weights.native import Converted
 
-    with skip_init():
-        model = CLIP.from_config(config)
-    load_state_dict_strict(model, state, source, assign=True)  # the state is a fresh read: no copy
-    return model.eval()
+    return CLIP.from_converted(Converted(config, state, source, training=False), empty_init=True, assign=True)
 
 
 def clip_eval_transform(model: str, pretrained: str | None = None, exact_decode: bool = False) -> EvalTransform:

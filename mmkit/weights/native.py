@@ -248,15 +248,16 @@ class PretrainedMixin:
         return directory / WEIGHTS_NAME
 
     @classmethod
-    def from_converted(cls: type[T], converted: Converted, empty_init: bool = False) -> T:
+    def from_converted(cls: type[T], converted: Converted, empty_init: bool = False, assign: bool = False) -> T:
         """Build from an importer's `Converted` and load its state strictly (errors name the
         missing / unexpected keys); the source's train/eval mode is kept. `empty_init` skips the
         random init (`skip_init`): only for models whose every tensor is in the state dict (see
-        `skip_init`). The state is copied, not assigned: an importer may hand over the tensors of a
-        live source model, which must not end up sharing storage with this one."""
+        `skip_init`). The state is copied unless `assign`: an importer may hand over the tensors of a
+        live source model, which must not end up sharing storage with this one; `assign` is for a state
+        freshly read from a file (`load_state_dict_strict`)."""
         with skip_init() if empty_init else contextlib.nullcontext():
             model = cls.build(converted.config)
-        load_state_dict_strict(model, converted.state, converted.source)  # type: ignore[arg-type]
+        load_state_dict_strict(model, converted.state, converted.source, assign=assign)  # type: ignore[arg-type]
         return model.train(converted.training)  # type: ignore[attr-defined]
 
     @classmethod
