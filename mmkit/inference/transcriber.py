@@ -230,7 +230,7 @@ class Transcriber:
             with self._autocast():
                 return self._decode_mel(mel, windows, audible, languages)
         out: list[list[Segment]] = [[] for _ in windows]
-        pending = list(range(len(audible)))  # rows of `mel`
+        pending = list(range(len(audible)))  # rows of `audio`
         while pending:
             # A file's language comes from its first window. Windows of one file can land in different
             # groups: a later window of a file whose language is still to be detected waits for the next
@@ -241,7 +241,7 @@ class Transcriber:
             ready = [r for r in pending if not self.tokenizer.is_multilingual
                      or languages.get(windows[audible[r]].file) or first[windows[audible[r]].file] == r]
             pending = [r for r in pending if r not in ready]
-            groups: dict[int, list[int]] = {}  # encoder positions -> rows of `mel`
+            groups: dict[int, list[int]] = {}  # encoder positions -> rows of `audio`
             for r in ready:
                 groups.setdefault(self._context_positions(len(windows[audible[r]].audio)), []).append(r)
             for positions, rows in groups.items():

@@ -75,13 +75,13 @@ args = json.loads(sys.argv[1])
 from faster_whisper import WhisperModel
 model = WhisperModel(args["model"], device="cpu", compute_type=args["compute_type"], cpu_threads=args["threads"] or 0)
 out = {}
+# greedy: no fallback or thresholds; default: faster-whisper's own temperature fallback and thresholds
+greedy = dict(temperature=0.0, compression_ratio_threshold=None, log_prob_threshold=None, no_speech_threshold=None)
+decoding = greedy if args["decoding"] == "greedy" else {}
 for f in args["files"]:
-    # greedy: no fallback or thresholds; default: faster-whisper's own temperature fallback and thresholds
-    greedy = dict(temperature=0.0, compression_ratio_threshold=None, log_prob_threshold=None, no_speech_threshold=None)
     segments, _ = model.transcribe(f, language=args["language"], beam_size=1, vad_filter=False,
                                    without_timestamps=True, condition_on_previous_text=False,
-                                   max_new_tokens=args["max_new_tokens"],
-                                   **(greedy if args["decoding"] == "greedy" else {}))
+                                   max_new_tokens=args["max_new_tokens"], **decoding)
     out[f] = [t for s in segments for t in s.tokens]
 with open(args["out"], "w") as fh:
     json.dump(out, fh)
