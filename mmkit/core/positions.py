@@ -4,13 +4,29 @@ GPT-NeoX/LLaMA) and T5's bucketed relative position bias (Raffel et al., 2020, Â
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _host_table(build: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Compute a fixed table on the CPU, then move it to the default device. The values are the
+    host's bit for bit on every device, and a meta-device build (the weights-header check before a
+    load) never reaches the Python decompositions of factory ops, whose first call imports torch's
+    compiler stack (~1.3 s of a command's start-up)."""
+    @functools.wraps(build)
+    def on_host(*args: object, **kwargs: object) -> Tensor:
+        with torch.device("cpu"):
+            table = build(*args, **kwargs)
+        return table.to(torch.get_default_device())
+    return on_host
+
+
+@_host_table
 def sinusoidal_positions(length: int, dim: int, max_timescale: float = 10000.0) -> Tensor:
     """PE[pos, 2i] = sin(pos / 10000^(2i/dim)), PE[pos, 2i+1] = cos(pos / 10000^(2i/dim)).
 
@@ -27,6 +43,7 @@ def sinusoidal_positions(length: int, dim: int, max_timescale: float = 10000.0) 
     return table.float()
 
 
+@_host_table
 def sinusoidal_positions_halves(length: int, dim: int, max_timescale: float = 10000.0) -> Tensor:
     """The paper's frequencies laid out [sin | cos] instead of interleaved: Marian's (and so
     MarianMT's) static table. Returns (length, dim)."""
@@ -39,7 +56,7 @@ class LearnedPositions(nn.Module):
 
     def __init__(self, max_len: int, dim: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(max_len, dim).normal_(std=0.02))
+        self.weight = nn.Parameter(nn.init.normal_(torch.empty(max_len, dim), std=0.02))
 
     def forward(self, length: int, offset: int = 0) -> Tensor:
         if offset + length > self.weight.shape[0]:
@@ -72,8 +89,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary embedding needs an even head_dim, got {head_dim}")
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", _inverse_frequencies(head_dim, base), persistent=False)
 
     def _cos_sin(self, length: int, offset: int, device: torch.device) -> tuple[Tensor, Tensor]:
         t = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
@@ -93,12 +109,18 @@ class RotaryEmbedding(nn.Module):
         return q * cos + self._rotate_half(q) * sin, k * cos + self._rotate_half(k) * sin
 
 
+@_host_table
+def _inverse_frequencies(head_dim: int, base: float) -> Tensor:
+    return base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+
+
 def _log_timescales(dim: int, max_timescale: float) -> Tensor:
     # Whisper/tensor2tensor variant: sin and cos halves concatenated, not interleaved.
     increment = math.log(max_timescale) / (dim // 2 - 1)
     return torch.exp(-increment * torch.arange(dim // 2, dtype=torch.float32))
 
 
+@_host_table
 def sinusoidal_positions_concat(length: int, dim: int, max_timescale: float = 10000.0) -> Tensor:
     """[sin | cos] layout used by tensor2tensor and Whisper's encoder. Returns (length, dim)."""
     scaled = torch.arange(length, dtype=torch.float32)[:, None] * _log_timescales(dim, max_timescale)[None, :]

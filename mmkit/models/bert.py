@@ -25,7 +25,7 @@ class AbsolutePositions(nn.Module):
 
     def __init__(self, max_len: int, dim: int, pad_id: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(max_len, dim).normal_(std=0.02))
+        self.weight = nn.Parameter(nn.init.normal_(torch.empty(max_len, dim), std=0.02))
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """(B, T) ids -> (1, T, dim)."""

@@ -297,8 +297,8 @@ class ImageTokenEmbedding(nn.Module):
         super().__init__()
         self.grid = grid
         self.embed = nn.Embedding(codebook_size, dim)
-        self.row = nn.Parameter(torch.empty(grid, dim).normal_(std=0.02))
-        self.col = nn.Parameter(torch.empty(grid, dim).normal_(std=0.02))
+        self.row = nn.Parameter(nn.init.normal_(torch.empty(grid, dim), std=0.02))
+        self.col = nn.Parameter(nn.init.normal_(torch.empty(grid, dim), std=0.02))
 
     def forward(self, codes: Tensor, offset: int = 0) -> Tensor:
         """codes: (B, t) ids in [0, codebook_size) at raster positions offset .. offset + t - 1."""

@@ -134,3 +134,46 @@ def test_missing_and_unexpected_native_keys(tmp_path):
     assert str(weights) in msg
     assert "missing keys: encoder.blocks.1.attn.qkv.weight" in msg
     assert "unexpected keys: encoder.blocks.2.attn.qkv.weight" in msg
+
+
+_SHAPE_CHECK_SCRIPT = """
+import json, sys
+import mmkit.models
+for directory in sys.argv[1:]:
+    with open(directory + "/config.json") as f:
+        doc = json.load(f)
+    getattr(mmkit.models, doc["architecture"]).check_weights(directory, doc["config"])
+print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
+"""
+
+
+def test_weights_header_check_does_not_import_the_compiler(tmp_path):
+    """`check_weights` builds each family on the meta device before every load. Random init there
+    goes through Python decompositions whose first call imports torch._dynamo (~1.3 s of a command's
+    start-up), so the build skips init and fixed tables are computed on the host: in a fresh
+    process, checking every contract family's checkpoint imports nothing of the compiler."""
+    import subprocess
+    import sys
+
+    from tests.models.test_contract import FAMILIES
+
+    dirs = []
+    for family in FAMILIES:
+        torch.manual_seed(0)
+        dirs.append(str(family.build().save_pretrained(tmp_path / family.name)))
+    out = subprocess.run([sys.executable, "-c", _SHAPE_CHECK_SCRIPT, *dirs], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_fixed_tables_are_host_values_on_every_device():
+    from mmkit.core import RotaryEmbedding, sinusoidal_positions, sinusoidal_positions_concat, sinusoidal_positions_halves
+
+    for table in (sinusoidal_positions, sinusoidal_positions_concat, sinusoidal_positions_halves):
+        host = table(12, 8)
+        with torch.device("meta"):
+            assert table(12, 8).device.type == "meta" and table(12, 8).shape == host.shape
+        assert host.device.type == "cpu" and torch.isfinite(host).all()
+    with torch.device("meta"):
+        assert RotaryEmbedding(8).inv_freq.device.type == "meta"
+    assert torch.equal(RotaryEmbedding(8).inv_freq, 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.float32) / 8))
