@@ -251,3 +251,12 @@ def test_unknown_class_path_is_a_usage_error(workdir, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "NoSuchViT" in err and "Traceback" not in err
+
+
+def test_a_setting_lightning_refuses_at_run_time_is_one_line(workdir, tmp_path, capsys):
+    # the recipe's LearningRateMonitor needs a logger: Lightning refuses when training starts
+    code = main(["fit", "--config", FIT, *TINY, "--trainer.logger", "false", "--model.init_args.export_dir", "null",
+                 "--trainer.default_root_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "mmkit fit: error: trainer: Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger" in err

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 def _user_error(e: BaseException) -> str | None:
     """The message of a user-facing error (bad checkpoint, bad file, bad value) anywhere in the
     exception chain, which jsonargparse wraps while instantiating classes; None otherwise."""
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
     from mmkit.weights.native import WeightsError
 
     seen: set[int] = set()
@@ -81,6 +83,8 @@ def _user_error(e: BaseException) -> str | None:
             return unreadable
         if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError)):
             return str(e)
+        if isinstance(e, MisconfigurationException):  # Lightning's refusal of a combination of settings
+            return f"trainer: {str(e).strip().splitlines()[0]}"
         if isinstance(e, ValueError) and _raised_in_mmkit(e):  # our argument checks, e.g. a bad output suffix
             return str(e)
         e = e.__cause__ or e.__context__
