@@ -31,7 +31,7 @@ TINY = [VIT + "image_size", "16", VIT + "patch_size", "4", VIT + "dim", "32", VI
         "--data.init_args.image_size", "16", "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
         "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false"]
+        "--trainer.enable_model_summary", "false", "--trainer.precision", "32-true"]  # exact on every CPU
 # Batch limits are 2, never 1: `limit_*_batches` is `int | float`, and whether "1" parses as 1 batch
 # or as 1.0 (= all batches) depends on import order: with scikit-learn (via mmkit.data) imported
 # before pytorch_lightning, Trainer's annotation reads Union[float, int, None] and jsonargparse

@@ -27,6 +27,7 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
            "--data.init_args.image_size", "16", "--data.init_args.batch_size", "16",
            "--data.init_args.num_workers", "0",
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.precision", "32-true",
            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
            "--trainer.default_root_dir", str(out), "--model.init_args.export_dir", str(out / "export")]

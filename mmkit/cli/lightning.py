@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.trainer.connectors.accelerator_connector import _PRECISION_INPUT
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mmkit.inference.classifier import Prediction
@@ -129,6 +130,35 @@ class PredictionWriter(BasePredictionWriter):
             self._file = None
 
 
+# Lightning's names for the arithmetic `resolve_precision` picks
+_TRAINING_PRECISION = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
+
+
+def training_precision(precision: Any, accelerator: Any) -> Any:
+    """`--trainer.precision auto`: "bf16-mixed" where the accelerator has native bf16 (a GPU with it,
+    an AVX512-BF16/AMX CPU), "16-mixed" on older GPUs, else "32-true"; any other value as given.
+    Emulated bf16 is ~100x slower in matmuls, so a CPU without it trains in fp32."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    name = (accelerator if isinstance(accelerator, str) else type(accelerator).__name__).lower()
+    cuda = "cuda" in name or name == "gpu" or (name == "auto" and torch.cuda.is_available())
+    return _TRAINING_PRECISION[resolve_precision("auto", "cuda" if cuda else "cpu")]
+
+
+class Trainer(pl.Trainer):
+    """Lightning's Trainer with one more `precision` value, "auto" (`training_precision`): the
+    recipes say `precision: auto`, so they train in bf16-mixed where the hardware has it natively."""
+
+    def __init__(self, *args: Any, precision: Optional[Union[_PRECISION_INPUT, Literal["auto"]]] = None,
+                 **kwargs: Any) -> None:
+        resolved = training_precision(precision, kwargs.get("accelerator", "auto"))
+        if precision == "auto":
+            log.info("trainer: precision auto -> %s", resolved)
+        super().__init__(*args, precision=resolved, **kwargs)
+
+
 class MMKitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
@@ -178,7 +208,8 @@ class MMKitCLI(LightningCLI):
 def run(argv: list[str], from_console: bool) -> None:
     """Run a LightningCLI subcommand (`argv[0]` in fit/validate/test/predict)."""
     # From the console LightningCLI reads sys.argv itself; passing it as `args` too makes it warn.
-    MMKitCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+    MMKitCLI(pl.LightningModule, pl.LightningDataModule, trainer_class=Trainer, subclass_mode_model=True,
+             subclass_mode_data=True,
              save_config_kwargs={"overwrite": True}, args=None if from_console else argv,
              # predict writes its own output; a config.yaml dropped into the working directory is noise
              save_config_callback=None if argv[0] == "predict" else SaveConfigCallback)
