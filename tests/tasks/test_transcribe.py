@@ -412,10 +412,10 @@ def test_english_only_checkpoint(tmp_path):
 
 
 def test_bench_token_extraction_and_report(tmp_path):
-    from mmkit.cli.bench.transcribe import _hf_tokens, format_report
+    from mmkit.cli.bench.transcribe import format_report, hf_tokens
 
     (tmp_path / "hf.json").write_text(json.dumps({"a.wav": [9, 1, 2, 3, 7, 7], "b.wav": [4, 5]}))
-    assert _hf_tokens(tmp_path / "hf.json", [9, 1], eot=7) == {"a.wav": [2, 3], "b.wav": [4, 5]}
+    assert hf_tokens(tmp_path / "hf.json", [9, 1], eot=7) == {"a.wav": [2, 3], "b.wav": [4, 5]}
     result = dict(files=2, max_new_tokens=8, batch_size=2, threads=1, rounds=2, tokens_generated=11,
                   seconds={"mmkit": [2.0, 4.0], "transformers_b2": [6.0, 6.0]}, ratio={"transformers_b2": 2.0},
                   tokens_identical={"transformers_b2": False}, files_identical={"transformers_b2": 1},

@@ -37,62 +37,11 @@ from typing import Any, Sequence
 from mmkit.cli.bench.speech_inputs import (  # noqa: F401
     SAMPLE_RATE, synth_speechlike, write_audio_files, write_toy_checkpoint,
 )
+from mmkit.cli.bench.speech_references import FW_COMPUTE_TYPES, FW_SCRIPT, HF_SCRIPT, IMPORT_ONLY, hf_tokens
 
 log = logging.getLogger(__name__)
 
 TINY = dict(d_model=384, encoder_layers=4, decoder_layers=4, heads=6)  # whisper-tiny's dimensions
-
-# The reference: the transformers way, file loading and features included. Arguments come as JSON.
-HF_SCRIPT = r"""
-import json, sys
-args = json.loads(sys.argv[1])
-import soundfile as sf, torch
-from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
-if args["threads"]:
-    torch.set_num_threads(args["threads"])
-model = WhisperForConditionalGeneration.from_pretrained(args["model"]).eval()
-features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
-multilingual = getattr(model.generation_config, "is_multilingual", model.config.vocab_size >= 51865)
-files, B, out = args["files"], args["batch_size"], {}
-with torch.inference_mode():
-    for i in range(0, len(files), B):
-        chunk = files[i:i + B]
-        audio = [sf.read(f, dtype="float32")[0] for f in chunk]
-        x = features(audio, sampling_rate=16000, return_tensors="pt").input_features
-        # English-only checkpoints (tiny.en, ...) take no language or task: transformers refuses them
-        prompt = dict(language=args["language"], task="transcribe") if multilingual else {}
-        seqs = model.generate(x, return_timestamps=False, max_new_tokens=args["max_new_tokens"], **prompt)
-        out.update(zip(chunk, seqs.tolist()))
-with open(args["out"], "w") as f:
-    json.dump(out, f)
-"""
-# faster-whisper (CTranslate2) on a CTranslate2 conversion of the same checkpoint: beam 1, no VAD, no
-# previous-text prompt, the same token limit, and with decoding "greedy" no fallback or thresholds (with
-# "default": its own temperature fallback and thresholds); its tokens per file as JSON.
-FW_SCRIPT = r"""
-import json, sys
-args = json.loads(sys.argv[1])
-from faster_whisper import WhisperModel
-model = WhisperModel(args["model"], device="cpu", compute_type=args["compute_type"], cpu_threads=args["threads"] or 0)
-out = {}
-# greedy: no fallback or thresholds; default: faster-whisper's own temperature fallback and thresholds
-greedy = dict(temperature=0.0, compression_ratio_threshold=None, log_prob_threshold=None, no_speech_threshold=None)
-decoding = greedy if args["decoding"] == "greedy" else {}
-for f in args["files"]:
-    segments, _ = model.transcribe(f, language=args["language"], beam_size=1, vad_filter=False,
-                                   without_timestamps=True, condition_on_previous_text=False,
-                                   max_new_tokens=args["max_new_tokens"], **decoding)
-    out[f] = [t for s in segments for t in s.tokens]
-with open(args["out"], "w") as fh:
-    json.dump(out, fh)
-"""
-FW_COMPUTE_TYPES = ("int8", "float32")
-IMPORT_ONLY = {
-    "mmkit": "import mmkit.cli, mmkit.cli.transcribe",
-    "transformers": "import soundfile, torch; from transformers import WhisperFeatureExtractor, "
-                    "WhisperForConditionalGeneration",
-}
-
 
 def _run(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
@@ -108,17 +57,6 @@ def _mmkit_tokens(out_dir: Path, files: Sequence[Path]) -> dict[str, list[int]]:
     for f in files:
         doc = json.loads((out_dir / f"{f.stem}.json").read_text())
         tokens[str(f)] = [t for s in doc["segments"] for t in s["tokens"]]
-    return tokens
-
-
-def _hf_tokens(path: Path, prompt: list[int], eot: int) -> dict[str, list[int]]:
-    tokens = {}
-    for f, seq in json.loads(path.read_text()).items():
-        if seq[: len(prompt)] == prompt:  # some transformers versions return the prompt too
-            seq = seq[len(prompt):]
-        while seq and seq[-1] == eot:  # <|endoftext|> and its padding
-            seq = seq[:-1]
-        tokens[f] = seq
     return tokens
 
 
@@ -222,7 +160,7 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
         repetition_guard=repetition_guard or decoding == "default", seconds=seconds,
         import_seconds=import_seconds,
         tokens_generated=sum(len(t) for t in ours.values()), ratio={}, tokens_identical={}, files_identical={})
-    references = {f"transformers_b{b}": _hf_tokens(work / f"hf_b{b}.json", prompt, tok.eot) for b in hf_batch_sizes}
+    references = {f"transformers_b{b}": hf_tokens(work / f"hf_b{b}.json", prompt, tok.eot) for b in hf_batch_sizes}
     references.update({name: _mmkit_tokens(work / name, files) for name in mmkit_runs if name != "mmkit"})
     references.update({f"faster_whisper_{c}": json.loads((work / f"fw_{c}.json").read_text()) for c in faster_whisper})
     fastest = min(mmkit_runs, key=lambda name: statistics.median(seconds[name]))
