@@ -148,8 +148,14 @@ def training_precision(precision: Any, accelerator: Any) -> Any:
 
 
 class Trainer(pl.Trainer):
-    """Lightning's Trainer with one more `precision` value, "auto" (`training_precision`): the
-    recipes say `precision: auto`, so they train in bf16-mixed where the hardware has it natively."""
+    """Lightning's Trainer, with precision "auto" added (`training_precision`).
+
+    The recipes say `precision: auto`, so they train in bf16-mixed where the hardware has it natively.
+
+    Args:
+        precision: Lightning's values, or "auto": bf16-mixed where the CPU (AVX512-BF16/AMX) or GPU
+            has native bf16, 16-mixed on older GPUs, else 32-true.
+    """
 
     def __init__(self, *args: Any, precision: Optional[Union[_PRECISION_INPUT, Literal["auto"]]] = None,
                  **kwargs: Any) -> None:
