@@ -11,7 +11,9 @@ from typing import Any, Literal, Optional, Union
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.trainer.connectors.accelerator_connector import _PRECISION_INPUT
+from pytorch_lightning.utilities import GradClipAlgorithmType
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mmkit.inference.classifier import Prediction
@@ -59,8 +61,6 @@ class PredictionWriter(BasePredictionWriter):
     def _arithmetic(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply `precision` and `quantize` (before the strategy moves the model to its device) and
         log the run's arithmetic once. Autocast stays Lightning's: a mixed-precision plugin."""
-        from pytorch_lightning.plugins.precision import MixedPrecision
-
         device = trainer.strategy.root_device
         precision = resolve_precision(self.precision, device, self.quantize)  # ValueError: fp16 on a CPU
         if self.quantize != "none" and trainer.precision not in ("32-true", "32"):
@@ -147,6 +147,17 @@ def training_precision(precision: Any, accelerator: Any) -> Any:
     return _TRAINING_PRECISION[resolve_precision("auto", "cuda" if cuda else "cpu")]
 
 
+class _UnscaledMixedPrecision(MixedPrecision):
+    """bf16-mixed as Lightning runs it, with gradient clipping allowed for fused optimizers. Lightning
+    refuses that combination for any AMP because a GradScaler's fused optimizer unscales inside its
+    step; bf16 has no scaler, so the gradients clipped are the real ones, as in fp32. (mmkit's AdamW
+    is fused on the CPU, and five recipes clip.)"""
+
+    def clip_gradients(self, optimizer: Any, clip_val: int | float = 0.0,
+                       gradient_clip_algorithm: GradClipAlgorithmType = GradClipAlgorithmType.NORM) -> None:
+        Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+
+
 class Trainer(pl.Trainer):
     """Lightning's Trainer, with precision "auto" added (`training_precision`).
 
@@ -163,6 +174,9 @@ class Trainer(pl.Trainer):
         if precision == "auto":
             log.info("trainer: precision auto -> %s", resolved)
         super().__init__(*args, precision=resolved, **kwargs)
+        plugin = self.strategy.precision_plugin
+        if type(plugin) is MixedPrecision and plugin.scaler is None:  # bf16-mixed (fp16 keeps its scaler)
+            plugin.__class__ = _UnscaledMixedPrecision
 
 
 class MMKitCLI(LightningCLI):

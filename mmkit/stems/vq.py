@@ -229,11 +229,13 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_sum", self.embedding.weight.detach().clone(), persistent=False)
 
     def codes(self, z: Tensor) -> Tensor:
-        """Nearest codes of latents z (B, C, h, w) → (B, h, w) int64."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B·h·w, C)
-        e = self.embedding.weight
-        # Same expansion as taming, so that near-ties resolve the same way.
-        d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()
+        """Nearest codes of latents z (B, C, h, w) → (B, h, w) int64, searched in fp32 whatever the
+        autocast (bf16's 8-bit mantissa would turn near ties into wrong codes)."""
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B·h·w, C)
+            e = self.embedding.weight
+            # Same expansion as taming, so that near-ties resolve the same way.
+            d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()
         return d.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
 
     def lookup(self, codes: Tensor) -> Tensor:
@@ -244,7 +246,9 @@ class VectorQuantizer(nn.Module):
         """
         Returns:
             z_q (B, C, h, w) with straight-through gradients to z, the VQ loss (scalar), codes (B, h, w).
+            fp32 under any autocast: the codebook, its loss and its EMA statistics stay fp32 (bf16-mixed).
         """
+        z = z.float()
         codes = self.codes(z)
         z_q = self.lookup(codes)
         loss = self.beta * F.mse_loss(z, z_q.detach())

@@ -49,3 +49,39 @@ def test_the_recipe_trains_with_the_resolved_precision(monkeypatch, tmp_path, ca
     assert f"precision auto -> {expected}" in caplog.text
     assert ("Using bfloat16 Automatic Mixed Precision" in caplog.text) == native
     assert (tmp_path / "export" / "model.safetensors").is_file()
+
+
+def test_bf16_mixed_clips_the_gradients_of_a_fused_optimizer(tmp_path):
+    """mmkit's AdamW is fused on the CPU; Lightning refuses clipping with a fused optimizer under any
+    AMP (a GradScaler unscales inside its step). bf16 has no scaler: mmkit's Trainer clips as in fp32."""
+    import pytorch_lightning as pl
+    from torch import nn
+
+    from mmkit.cli.lightning import Trainer
+    from mmkit.tasks.optim import adamw_warmup_cosine
+
+    norms = []
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(8, 8)
+
+        def training_step(self, batch, batch_idx):
+            return (self.layer(batch[0]) * 100).pow(2).mean()  # large gradients, so clipping acts
+
+        def configure_optimizers(self):
+            return adamw_warmup_cosine(self, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, total_steps=2)
+
+        def optimizer_step(self, *args, **kwargs):
+            super().optimizer_step(*args, **kwargs)  # the closure ran forward, backward and clipping
+            norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.parameters()])).item())
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 8)), batch_size=4)
+    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.5, max_steps=2, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tmp_path)
+    model = Tiny()
+    assert model.configure_optimizers()["optimizer"].defaults["fused"]
+    trainer.fit(model, data)
+    assert len(norms) == 2 and all(n <= 0.5 + 1e-4 for n in norms), norms

@@ -162,3 +162,21 @@ def test_ema_codebook_moves_codes_to_their_latents():
     got = vq.embedding.weight[used].sort(0).values
     assert torch.allclose(got, targets.sort(0).values, atol=1e-3)
     assert loss < 1e-4  # only the commitment term, now ~0
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_quantizer_stays_fp32_under_bf16_autocast(ema_decay):
+    """bf16-mixed training (the DALL·E tokenizer recipe): the code search, the VQ loss and the EMA
+    statistics run in fp32, so the codes equal fp32's and the EMA update takes bf16 activations."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 8, restart_threshold=0.0, ema_decay=ema_decay).train()
+    reference = copy.deepcopy(vq)
+    z = torch.randn(2, 8, 4, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, loss, codes = vq(z.to(torch.bfloat16))
+    want_q, want_loss, want_codes = reference(z.detach().to(torch.bfloat16).float())
+    assert z_q.dtype == loss.dtype == torch.float32
+    assert torch.equal(codes, want_codes) and torch.allclose(loss, want_loss)
+    assert torch.equal(vq.embedding.weight, reference.embedding.weight)  # the same EMA step
+    loss.backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
