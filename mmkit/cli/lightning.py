@@ -23,6 +23,9 @@ from mmkit.inference.writers import OUTPUT_SUFFIXES, PredictionFile
 
 log = logging.getLogger("mmkit")
 
+# Lightning's names for the arithmetic `resolve_precision` picks
+LIGHTNING_PRECISION = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
+
 
 class PredictionWriter(BasePredictionWriter):
     """Write `mmkit predict` results to CSV/JSON/JSONL, one row per input in input order, including
@@ -66,8 +69,8 @@ class PredictionWriter(BasePredictionWriter):
         if self.quantize != "none" and trainer.precision not in ("32-true", "32"):
             raise ValueError(f"prediction_writer.quantize {self.quantize} runs on fp32 activations; "
                              f"trainer.precision is {trainer.precision}")
-        mixed = {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(precision)
-        if mixed is not None and trainer.precision != mixed:
+        mixed = LIGHTNING_PRECISION[precision]
+        if mixed != "32-true" and trainer.precision != mixed:
             if trainer.precision not in ("32-true", "32"):
                 raise ValueError(f"prediction_writer.precision {self.precision} and trainer.precision "
                                  f"{trainer.precision}: give one of the two")
@@ -130,10 +133,6 @@ class PredictionWriter(BasePredictionWriter):
             self._file = None
 
 
-# Lightning's names for the arithmetic `resolve_precision` picks
-_TRAINING_PRECISION = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
-
-
 def training_precision(precision: Any, accelerator: Any) -> Any:
     """`--trainer.precision auto`: "bf16-mixed" where the accelerator has native bf16 (a GPU with it,
     an AVX512-BF16/AMX CPU), "16-mixed" on older GPUs, else "32-true"; any other value as given.
@@ -144,7 +143,7 @@ def training_precision(precision: Any, accelerator: Any) -> Any:
 
     name = (accelerator if isinstance(accelerator, str) else type(accelerator).__name__).lower()
     cuda = "cuda" in name or name == "gpu" or (name == "auto" and torch.cuda.is_available())
-    return _TRAINING_PRECISION[resolve_precision("auto", "cuda" if cuda else "cpu")]
+    return LIGHTNING_PRECISION[resolve_precision("auto", "cuda" if cuda else "cpu")]
 
 
 class _UnscaledMixedPrecision(MixedPrecision):

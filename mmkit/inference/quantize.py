@@ -93,7 +93,7 @@ def untie_head(module: nn.Module) -> int:
     for m in list(module.modules()):
         embed = getattr(m, "tok_embed", None)
         if "head" in vars(m) and m.head is None and isinstance(embed, nn.Embedding):
-            with skip_init():  # no random fill of a (vocab, dim) matrix that is replaced at once (0.14 s for Whisper's)
+            with skip_init():  # no random fill of a (vocab, dim) weight replaced at once (0.14 s, Whisper's)
                 head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False)
             head.weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=False)
             m.head, untied = head, untied + 1

@@ -71,7 +71,8 @@ class ViT(PretrainedMixin, nn.Module):
         self.grid_size = self.patch_embed.grid(image_size, image_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
-        self.pos_embed = nn.Parameter(nn.init.normal_(torch.empty(1, num_patches + self.num_prefix_tokens, dim), std=0.02))
+        positions = torch.empty(1, num_patches + self.num_prefix_tokens, dim)
+        self.pos_embed = nn.Parameter(nn.init.normal_(positions, std=0.02))
         norm = layer_norm(norm_eps)
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.norm_pre = norm(dim) if pre_norm else nn.Identity()
