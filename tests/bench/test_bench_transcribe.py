@@ -41,10 +41,10 @@ def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
                                  n_text_tokens=300, multilingual=False)
     files = write_audio_files(tmp_path / "audio", 2, min_seconds=1.0, max_seconds=3.0)
     result = run_transcribe_bench(model, files, max_new_tokens=6, batch_size=2, hf_batch_sizes=(), threads=1,
-                                  mmkit_quantize=("none", "int8"), faster_whisper=("float32", "int8"),
+                                  mmkit_quantize=("int8",), faster_whisper=("float32", "int8"),
                                   transcripts={str(f): "no words here" for f in files}, audio_contexts=(10,),
                                   decoding="default")  # each tool's own fallback and thresholds
-    mmkit_rows = {"mmkit", "mmkit_int8", "mmkit_ctx10s", "mmkit_int8_ctx10s"}
+    mmkit_rows = {"mmkit", "mmkit_int8", "mmkit_ctx10s", "mmkit_int8_ctx10s"}  # fp32 runs though only int8 was asked
     assert set(result["seconds"]) == mmkit_rows | {"faster_whisper_float32", "faster_whisper_int8"}
     assert result["fastest_mmkit"] in mmkit_rows
     assert set(result["ratio"]) == {"faster_whisper_float32", "faster_whisper_int8"}

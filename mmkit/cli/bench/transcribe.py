@@ -138,7 +138,8 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
         ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=extra).convert(str(work / "ct2"),
                                                                                                 force=True)
     entry = [sys.executable, "-m", "mmkit.cli", "transcribe"]
-    exact = {q: "mmkit" if q == "none" else f"mmkit_{q}" for q in mmkit_quantize}
+    # fp32 always runs: its tokens are what every other process is compared with
+    exact = {q: "mmkit" if q == "none" else f"mmkit_{q}" for q in dict.fromkeys(["none", *mmkit_quantize])}
     mmkit_runs = {name: ["--quantize", q] for q, name in exact.items()}
     for c in audio_contexts:
         mmkit_runs.update({f"{name}_ctx{c:g}s": ["--quantize", q, "--audio-context", str(c)]
@@ -243,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--language", default="en")
     p.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=("none", "int8"),
-                   help="mmkit paths to time (mmkit transcribe --quantize)")
+                   help="mmkit paths to time (mmkit transcribe --quantize); fp32 (none) always runs, as the "
+                        "tokens every other process is compared with")
     p.add_argument("--audio-context", type=float, nargs="+", default=[], metavar="SECONDS",
                    help="also time each mmkit path with `mmkit transcribe --audio-context SECONDS` (an "
                         "approximation: short windows encoded over fewer positions; see its WER column)")
