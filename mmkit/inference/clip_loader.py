@@ -61,7 +61,7 @@ def _build_and_load(config: dict[str, Any], state: dict[str, Tensor], source: st
     tensors instead of copying them; in eval mode."""
     from mmkit.weights.native import Converted
 
-    return CLIP.from_converted(Converted(config, state, source, training=False), empty_init=True, assign=True)
+    return CLIP.from_converted(Converted(config, state, source, training=False), assign=True)
 
 
 def clip_eval_transform(model: str, pretrained: str | None = None, exact_decode: bool = False) -> EvalTransform:

@@ -195,7 +195,7 @@ class CLIP(PretrainedMixin, nn.Module):
             (SigLIP-style, e.g. -10).
     """
 
-    init_free_load = True  # every tensor is in its checkpoints: from_pretrained skips the random init
+    init_free_load = True  # every tensor is in its checkpoints: from_pretrained/from_converted skip the random init
 
     def __init__(
         self,
@@ -309,4 +309,4 @@ class CLIP(PretrainedMixin, nn.Module):
         from mmkit.weights.from_open_clip import clip_from_open_clip
 
         # CLIP has no non-persistent buffers: the strict load overwrites every tensor, so skip the init.
-        return cls.from_converted(clip_from_open_clip(model_or_arch, pretrained), empty_init=True)
+        return cls.from_converted(clip_from_open_clip(model_or_arch, pretrained))

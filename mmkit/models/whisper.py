@@ -43,7 +43,7 @@ class Whisper(PretrainedMixin, nn.Module):
     function class is identical and imported checkpoints load with that slice set to zero.
     """
 
-    init_free_load = True  # every tensor is in its checkpoints: from_pretrained skips the random init
+    init_free_load = True  # every tensor is in its checkpoints: from_pretrained/from_converted skip the random init
 
     def __init__(
         self,
@@ -140,7 +140,7 @@ class Whisper(PretrainedMixin, nn.Module):
         id such as "openai/whisper-tiny" (downloaded with huggingface_hub; needs a network or cache)."""
         from mmkit.weights.from_hf_whisper import whisper_from_hf
 
-        return cls.from_converted(whisper_from_hf(model_or_dir), empty_init=True)
+        return cls.from_converted(whisper_from_hf(model_or_dir))
 
     @classmethod
     def from_openai(cls, path: str | Path) -> "Whisper":
@@ -149,7 +149,7 @@ class Whisper(PretrainedMixin, nn.Module):
         from mmkit.models.sizes import WHISPER_SIZES
         from mmkit.weights.from_openai_whisper import whisper_from_openai
 
-        return cls.from_converted(whisper_from_openai(path, WHISPER_SIZES), empty_init=True)
+        return cls.from_converted(whisper_from_openai(path, WHISPER_SIZES))
 
     @classmethod
     def from_ctranslate2(cls, directory: str | Path) -> "Whisper":
@@ -157,4 +157,4 @@ class Whisper(PretrainedMixin, nn.Module):
         exports, upcast to fp32), read without ctranslate2 (`mmkit.weights.from_ctranslate2`); eval mode."""
         from mmkit.weights.from_ctranslate2 import whisper_from_ctranslate2
 
-        return cls.from_converted(whisper_from_ctranslate2(directory), empty_init=True)
+        return cls.from_converted(whisper_from_ctranslate2(directory))

@@ -188,7 +188,7 @@ class PretrainedMixin:
     config: dict[str, Any]
     architecture: str | None = None  # name written to config.json; default: the class name
     # every parameter and persistent buffer comes from the checkpoint, and no non-persistent buffer copies
-    # an initialised weight: from_pretrained may skip the random init (`skip_init`)
+    # an initialised weight: from_pretrained and from_converted skip the random init (`skip_init`)
     init_free_load: bool = False
 
     @classmethod
@@ -251,15 +251,20 @@ class PretrainedMixin:
         return directory / WEIGHTS_NAME
 
     @classmethod
-    def from_converted(cls: type[T], converted: Converted, empty_init: bool = False, assign: bool = False) -> T:
+    def _build_to_load(cls: type[T], config: dict[str, Any], empty_init: bool) -> T:
+        """`build(config)` for a strict load to overwrite, without the random init if `empty_init`."""
+        with skip_init() if empty_init else contextlib.nullcontext():
+            return cls.build(config)
+
+    @classmethod
+    def from_converted(cls: type[T], converted: Converted, empty_init: bool | None = None, assign: bool = False) -> T:
         """Build from an importer's `Converted` and load its state strictly (errors name the
         missing / unexpected keys); the source's train/eval mode is kept. `empty_init` skips the
-        random init (`skip_init`): only for models whose every tensor is in the state dict (see
-        `skip_init`). The state is copied unless `assign`: an importer may hand over the tensors of a
-        live source model, which must not end up sharing storage with this one; `assign` is for a state
-        freshly read from a file (`load_state_dict_strict`)."""
-        with skip_init() if empty_init else contextlib.nullcontext():
-            model = cls.build(converted.config)
+        random init (`skip_init`; default: the class's `init_free_load`): only for models whose every
+        tensor is in the state dict. The state is copied unless `assign`: an importer may hand over the
+        tensors of a live source model, which must not end up sharing storage with this one; `assign` is
+        for a state freshly read from a file (`load_state_dict_strict`)."""
+        model = cls._build_to_load(converted.config, cls.init_free_load if empty_init is None else empty_init)
         load_state_dict_strict(model, converted.state, converted.source, assign=assign)  # type: ignore[arg-type]
         return model.train(converted.training)  # type: ignore[attr-defined]
 
@@ -278,8 +283,7 @@ class PretrainedMixin:
         config = cls.with_overrides(saved, overrides)
         if overrides:
             cls.check_config(config, f"{directory}: config with overrides")
-        with skip_init() if cls.init_free_load else contextlib.nullcontext():
-            model = cls.build(config)
+        model = cls._build_to_load(config, cls.init_free_load)
         state = model.adapt_state_dict(read_state_dict(path), saved)  # type: ignore[attr-defined]
         load_state_dict_strict(model, state, str(path))  # type: ignore[arg-type]
         return model
