@@ -2,24 +2,19 @@
 elsewhere (emulated bf16 is ~100x slower in matmuls); other values pass through to Lightning."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import mmkit.inference.precision as precision
 from mmkit.cli import main
 from mmkit.cli.lightning import training_precision
+from tests.test_cli import FIT, TINY as CLI_TINY  # the CLI tests' tiny ViT recipe run
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
-FIT = str(Path(__file__).resolve().parents[2] / "configs" / "vit_digits.yaml")
-VIT = "--model.init_args.model.init_args."
-TINY = [VIT + "image_size", "16", VIT + "patch_size", "4", VIT + "dim", "32", VIT + "depth", "1",
-        VIT + "num_heads", "2",
-        "--data.init_args.image_size", "16", "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0",
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# the same tiny run without the CLI tests' precision pin: here the recipe's `precision: auto` decides
+assert CLI_TINY[-2:] == ["--trainer.precision", "32-true"]
+TINY = CLI_TINY[:-2]
 
 
 @pytest.mark.parametrize("native", [True, False])
