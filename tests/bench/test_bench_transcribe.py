@@ -21,11 +21,14 @@ def test_bench_runs_both_processes_on_the_same_tokens(tmp_path):
     files = write_audio_files(tmp_path / "audio", 3, min_seconds=1.0, max_seconds=3.0)
     # the guard changes only windows that loop: these do not, so the tokens stay identical
     result = run_transcribe_bench(model, files, max_new_tokens=6, batch_size=2, hf_batch_sizes=(2, 1), threads=1,
-                                  repetition_guard=True)
-    assert result["tokens_identical"] == {"transformers_b2": True, "transformers_b1": True}
-    assert result["files_identical"] == {"transformers_b2": 3, "transformers_b1": 3}
+                                  repetition_guard=True, precisions=("bf16",))
+    references = ("transformers_b2", "transformers_b1")
+    assert {k: result["tokens_identical"][k] for k in references} == {"transformers_b2": True, "transformers_b1": True}
+    assert {k: result["files_identical"][k] for k in references} == {"transformers_b2": 3, "transformers_b1": 3}
     assert 0 < result["tokens_generated"] <= 3 * 6
-    assert set(result["seconds"]) == {"mmkit", "transformers_b2", "transformers_b1"}
+    # bf16 (emulated where the CPU lacks it: slow, still correct) is timed and compared with fp32, not asserted equal
+    assert set(result["seconds"]) == {"mmkit", "mmkit_bf16", "transformers_b2", "transformers_b1"}
+    assert 0 <= result["files_identical"]["mmkit_bf16"] <= 3 and result["precisions"] == ["bf16"]
     assert all(len(v) == 1 and v[0] > 0 for v in result["seconds"].values())
     report = format_report(result, "tiny")
     assert report.splitlines()[0] == "tiny" and "yes (3/3)" in report and "repetition guard" in report
@@ -64,6 +67,18 @@ def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
     assert "default fallback" in report
 
 
-def test_bench_rejects_an_unknown_decoding(tmp_path):
+def test_bench_rejects_an_unknown_decoding_or_precision(tmp_path):
     with pytest.raises(ValueError, match="decoding"):
         run_transcribe_bench(tmp_path, [], decoding="beam")
+    with pytest.raises(ValueError, match="precisions"):
+        run_transcribe_bench(tmp_path, [], precisions=("fp16",))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_times_bf16_only_where_native(native, monkeypatch):
+    from mmkit.cli.bench import transcribe
+    from mmkit.inference import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: native)
+    assert transcribe._bench_precisions(["auto"]) == (["fp32", "bf16"] if native else ["fp32"])
+    assert transcribe._bench_precisions(["fp32", "bf16"]) == ["fp32", "bf16"]

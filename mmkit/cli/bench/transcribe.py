@@ -1,4 +1,4 @@
-"""`mmkit transcribe` (fp32 and `--quantize int8`) against transformers' Whisper `generate` and
+"""`mmkit transcribe` (fp32, `--precision bf16` and `--quantize int8`) against transformers' Whisper `generate` and
 faster-whisper (CTranslate2, int8 and float32 compute types, beam 1, no VAD): whole processes (start-up, model
 loading, feature extraction, encoder, decoder) on the same checkpoint and the same audio files,
 greedy, without timestamps, with the same token limit and no fallback, so that both decode the
@@ -77,9 +77,10 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
                          rounds: int = 1, language: str = "en", mmkit_quantize: Sequence[str] = ("none",),
                          faster_whisper: Sequence[str] = (), transcripts: dict[str, str] | None = None,
                          audio_contexts: Sequence[float] = (), decoding: str = "greedy",
-                         repetition_guard: bool = False) -> dict[str, Any]:
-    """Time `mmkit transcribe` (once per `mmkit_quantize` kind: "mmkit", "mmkit_int8", and again per
-    `audio_contexts` seconds with `--audio-context S`: "mmkit_ctx10s", "mmkit_int8_ctx10s"), the transformers
+                         repetition_guard: bool = False, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
+    """Time `mmkit transcribe` (once per `mmkit_quantize` kind and `precisions` entry: "mmkit", "mmkit_int8",
+    "mmkit_bf16" (int8 with bf16 is no path: int8 layers take fp32), and again per `audio_contexts` seconds
+    with `--audio-context S`: "mmkit_ctx10s", "mmkit_int8_ctx10s"), the transformers
     reference and faster-whisper (once per CTranslate2 compute type in `faster_whisper`, on a
     CTranslate2 conversion of the checkpoint made before the timings) as subprocesses. `decoding`
     "greedy" decodes greedily with no fallback, thresholds or repetition guard on every side (the same
@@ -100,6 +101,8 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
 
     if decoding not in ("greedy", "default"):
         raise ValueError(f"decoding must be 'greedy' or 'default', got {decoding!r}")
+    if not set(precisions) <= {"fp32", "bf16"}:
+        raise ValueError(f"precisions must be 'fp32' and/or 'bf16', got {list(precisions)}")
 
     model_dir, files = Path(model_dir), [Path(f) for f in files]
     tok = WhisperTokenizer.from_dir(model_dir)
@@ -139,11 +142,13 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
                                                                                                 force=True)
     entry = [sys.executable, "-m", "mmkit.cli", "transcribe"]
     # fp32 always runs: its tokens are what every other process is compared with
-    exact = {q: "mmkit" if q == "none" else f"mmkit_{q}" for q in dict.fromkeys(["none", *mmkit_quantize])}
-    mmkit_runs = {name: ["--quantize", q] for q, name in exact.items()}
+    paths = {"mmkit" if (q, pr) == ("none", "fp32") else f"mmkit_{q if q != 'none' else pr}":
+             ["--quantize", q, "--precision", pr]
+             for q in dict.fromkeys(["none", *mmkit_quantize]) for pr in dict.fromkeys(["fp32", *precisions])
+             if q == "none" or pr == "fp32"}
+    mmkit_runs = dict(paths)
     for c in audio_contexts:
-        mmkit_runs.update({f"{name}_ctx{c:g}s": ["--quantize", q, "--audio-context", str(c)]
-                           for q, name in exact.items()})
+        mmkit_runs.update({f"{name}_ctx{c:g}s": [*args, "--audio-context", str(c)] for name, args in paths.items()})
     impls = {**{name: mmkit_cmd(entry, name) + extra for name, extra in mmkit_runs.items()},
              **{f"transformers_b{b}": hf_cmd(b) for b in hf_batch_sizes},
              **{f"faster_whisper_{c}": fw_cmd(c) for c in faster_whisper}}
@@ -157,7 +162,7 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     ours = _mmkit_tokens(work / "mmkit", files)  # fp32: what every other process is compared with
     result: dict[str, Any] = dict(
         model=str(model_dir), files=len(files), audio_seconds=None, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, threads=threads, rounds=rounds, decoding=decoding,
+        batch_size=batch_size, threads=threads, rounds=rounds, decoding=decoding, precisions=list(precisions),
         repetition_guard=repetition_guard or decoding == "default", seconds=seconds,
         import_seconds=import_seconds,
         tokens_generated=sum(len(t) for t in ours.values()), ratio={}, tokens_identical={}, files_identical={})
@@ -228,6 +233,14 @@ def _read_transcripts(path: str, audio: Sequence[str]) -> dict[str, str] | str:
     return {str(Path(a)): texts[str(Path(a))] for a in audio}
 
 
+def _bench_precisions(asked: Sequence[str]) -> list[str]:
+    """The --precision list as mmkit paths: fp32 always; auto adds bf16 only where the CPU has it natively."""
+    from mmkit.inference.precision import cpu_has_bf16
+
+    wanted = ["fp32", *(("bf16" if cpu_has_bf16() else "fp32") if p == "auto" else p for p in asked)]
+    return list(dict.fromkeys(wanted))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit bench transcribe`: run both as subprocesses, print the report, optionally write JSON."""
     p = argparse.ArgumentParser(prog="mmkit bench transcribe", description=__doc__.splitlines()[0])
@@ -246,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=("none", "int8"),
                    help="mmkit paths to time (mmkit transcribe --quantize); fp32 (none) always runs, as the "
                         "tokens every other process is compared with")
+    p.add_argument("--precision", nargs="+", choices=("auto", "fp32", "bf16"), default=["auto"],
+                   help="mmkit transcribe --precision paths to time, beside fp32 (always run); auto (default): "
+                        "bf16 too where the CPU has it natively (AVX512-BF16/AMX)")
     p.add_argument("--audio-context", type=float, nargs="+", default=[], metavar="SECONDS",
                    help="also time each mmkit path with `mmkit transcribe --audio-context SECONDS` (an "
                         "approximation: short windows encoded over fewer positions; see its WER column)")
@@ -291,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
                                   hf_batch_sizes, args.threads, args.rounds, args.language,
                                   args.quantize, fw, transcripts, args.audio_context, args.decoding,
-                                  args.repetition_guard)
+                                  args.repetition_guard, _bench_precisions(args.precision))
     sys.stdout.write(format_report(result, label))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
