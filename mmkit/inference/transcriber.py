@@ -26,15 +26,13 @@ import torch
 from torch import Tensor
 
 from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel_spectrogram, pad_or_trim, stream_audio
-from mmkit.core import BeamSearch, KVCache, SuppressAtBegin, SuppressTokens, generate
-from mmkit.core.filters import LogitFilter, RepetitionGuard, TimestampRules, is_loop
+from mmkit.core import KVCache
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
 from mmkit.inference.precision import autocast_for, resolve_precision
 from mmkit.inference.quantize import apply_quantization, describe
 from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
-from mmkit.inference.transcript import (
-    Decoded, DecodingOptions, Segment, Transcript, WindowSampling, greedy_options, window_seed, window_segments,
-)
+from mmkit.inference.transcript import DecodingOptions, Segment, Transcript, greedy_options, window_segments
+from mmkit.inference.window_decoder import WindowDecoder
 from mmkit.models.whisper import Whisper
 
 log = logging.getLogger(__name__)
@@ -283,8 +281,9 @@ class Transcriber:
                    for w in ws]
         max_index = torch.tensor([min(round(len(w.audio) / SAMPLE_RATE / TIME_PRECISION),
                                       model.n_audio_ctx) for w in ws])
-        decoded = self._decode_with_fallback(context, cache, torch.tensor(prompts, device=self.device), max_index,
-                                             no_speech, [w.audio for w in ws])
+        decoder = WindowDecoder(model, tok, o)  # built per batch: it holds no state of its own
+        decoded = decoder.decode(context, cache, torch.tensor(prompts, device=self.device), max_index, no_speech,
+                                 [w.audio for w in ws])
         for k, w, d, p in zip(audible, ws, decoded, no_speech):
             silent = (o.no_speech_threshold is not None and p > o.no_speech_threshold
                       and not (o.logprob_threshold is not None and d.avg_logprob > o.logprob_threshold))
@@ -302,79 +301,6 @@ class Transcriber:
             if languages.get(w.file) is None:  # the file's first window in this run decides
                 best = int(lang_ids[first_logits[row, lang_ids].argmax()])
                 languages[w.file] = tok.language_code(best)
-
-    def _decode_with_fallback(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
-                              no_speech: list[float], audios: list[np.ndarray]) -> list[Decoded]:
-        o = self.options
-        results: list[Decoded | None] = [None] * prompts.shape[0]
-        rows = list(range(prompts.shape[0]))
-        for attempt in range(len(o.temperatures)):
-            last = attempt == len(o.temperatures) - 1
-            index = torch.tensor(rows, device=context.device)
-            # the cache holds <|startoftranscript|>; a prompt of that token alone must be fed again
-            fork = cache.fork(index, keep_prefix=prompts.shape[1] > 1)
-            decoded = self._decode(context[index], fork, prompts[index], max_index[index], attempt,
-                                   [audios[r] for r in rows])
-            retry = []
-            for row, d in zip(rows, decoded):
-                results[row] = d
-                if not last and self._needs_fallback(d, no_speech[row]):
-                    retry.append(row)
-            if not retry:
-                break
-            log.debug("temperature %.1f: retrying %d window(s) at %.1f", o.temperatures[attempt], len(retry),
-                      o.temperatures[attempt + 1])
-            rows = retry
-        return results  # type: ignore[return-value]
-
-    def _needs_fallback(self, d: Decoded, no_speech_prob: float) -> bool:
-        o = self.options
-        low_logprob = o.logprob_threshold is not None and d.avg_logprob < o.logprob_threshold
-        if o.no_speech_threshold is not None and no_speech_prob > o.no_speech_threshold and low_logprob:
-            return False  # silence: skipped afterwards, retrying would only hallucinate
-        repetitive = o.compression_ratio_threshold is not None and d.compression_ratio > o.compression_ratio_threshold
-        return repetitive or low_logprob or d.looped
-
-    def _filters(self, prompt_length: int, max_index: Tensor) -> list[LogitFilter]:
-        o, tok = self.options, self.tokenizer
-        filters: list[LogitFilter] = [SuppressAtBegin(tok.begin_suppress_tokens, prompt_length),
-                                      SuppressTokens(tok.suppress_tokens)]
-        if not o.without_timestamps:
-            filters.append(TimestampRules(tok, prompt_length, tok.max_initial_timestamp_index, max_index))
-        if o.repetition_guard:
-            filters.append(RepetitionGuard(tok.eot, prompt_length))
-        return filters
-
-    def _decode(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
-                attempt: int, audios: list[np.ndarray]) -> list[Decoded]:
-        """Decode each row once at the attempt's temperature (greedy/beam at 0, best-of-N sampling above)."""
-        o, tok = self.options, self.tokenizer
-        B, T = prompts.shape
-        max_new = min(o.max_new_tokens or self.model.n_text_ctx // 2, self.model.n_text_ctx - T)
-        generation = o.generation(attempt, max(1, max_new))
-        strategy, temperature, n = generation.strategy(context.device), generation.temperature, 1
-        if generation.sampling:  # a generator per row, seeded from its window: batching changes no draw
-            n = o.best_of
-            seeds = [(window_seed(a, o.seed, attempt) + k) % 2**63 for a in audios for k in range(n)]
-            strategy = WindowSampling(temperature, seeds, context.device)
-        if n > 1:  # best-of-N: N rows per window
-            rep = torch.arange(B, device=context.device).repeat_interleave(n)
-            context, prompts, max_index = context[rep], prompts[rep], max_index[rep.cpu()]
-            cache.reorder(rep)
-        g = generate(self.model, prompts, max_new, strategy, context=context, eos_id=tok.eot, pad_id=tok.eot,
-                     logit_filters=[*self._filters(T, max_index), *generation.filters()], cache=cache)
-        out = []
-        for i, seq in enumerate(g.sequences):
-            new = seq[T:]
-            ended = len(new) > 0 and int(new[-1]) == tok.eot
-            tokens = new[:-1] if ended else new
-            # beam scores are length-normalised (sum / generated length): undo it for the sum
-            total = float(g.scores[i]) * (len(new) if isinstance(strategy, BeamSearch) else 1)
-            looped = o.repetition_guard and ended and is_loop(tokens)
-            out.append(Decoded.scored(tokens.tolist(), total, temperature, looped, tok.decode(tokens.tolist())))
-        if n > 1:  # keep the likeliest candidate of each window (openai: length-normalised log-prob)
-            out = [max(out[b * n:(b + 1) * n], key=lambda d: d.sum_logprob / (len(d.tokens) + 1)) for b in range(B)]
-        return out
 
 
 def transcriber_for(model: Whisper, tokenizer: SpeechTokenizer, batch_size: int = 8) -> Transcriber:

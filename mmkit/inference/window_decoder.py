@@ -1,0 +1,107 @@
+"""One batch of Whisper windows decoded (openai/whisper `decoding.py` / `transcribe.py`): the logit
+filters of a window, one decoding pass at one rung of the temperature ladder (greedy or beam at 0,
+best-of-N sampling above, seeded per window so that batching changes no draw), and the temperature
+fallback that retries the windows whose text is too repetitive, too unlikely or looping. The
+transcriber (`mmkit.inference.transcriber`) cuts audio into windows, batches and encodes them, and
+hands each batch's encoder output and cache here.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmkit.core import BeamSearch, KVCache, SuppressAtBegin, SuppressTokens, generate
+from mmkit.core.filters import LogitFilter, RepetitionGuard, TimestampRules, is_loop
+from mmkit.inference.speech_checkpoints import SpeechTokenizer
+from mmkit.inference.transcript import Decoded, DecodingOptions, WindowSampling, window_seed
+from mmkit.models.whisper import Whisper
+
+log = logging.getLogger(__name__)
+
+
+class WindowDecoder:
+    """Decode batches of encoded windows with `model` and `tokenizer` under `options`."""
+
+    def __init__(self, model: Whisper, tokenizer: SpeechTokenizer, options: DecodingOptions) -> None:
+        self.model, self.tokenizer, self.options = model, tokenizer, options
+
+    def decode(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
+               no_speech: list[float], audios: list[np.ndarray]) -> list[Decoded]:
+        """Each row decoded at the first temperature; rows that fail the checks (`needs_fallback`) again at
+        the next one, until the last. `cache` holds the cross-attention keys/values and the
+        <|startoftranscript|> pass: every attempt decodes on a fork of it."""
+        o = self.options
+        results: list[Decoded | None] = [None] * prompts.shape[0]
+        rows = list(range(prompts.shape[0]))
+        for attempt in range(len(o.temperatures)):
+            last = attempt == len(o.temperatures) - 1
+            index = torch.tensor(rows, device=context.device)
+            # the cache holds <|startoftranscript|>; a prompt of that token alone must be fed again
+            fork = cache.fork(index, keep_prefix=prompts.shape[1] > 1)
+            decoded = self.decode_once(context[index], fork, prompts[index], max_index[index], attempt,
+                                       [audios[r] for r in rows])
+            retry = []
+            for row, d in zip(rows, decoded):
+                results[row] = d
+                if not last and self.needs_fallback(d, no_speech[row]):
+                    retry.append(row)
+            if not retry:
+                break
+            log.debug("temperature %.1f: retrying %d window(s) at %.1f", o.temperatures[attempt], len(retry),
+                      o.temperatures[attempt + 1])
+            rows = retry
+        return results  # type: ignore[return-value]
+
+    def needs_fallback(self, d: Decoded, no_speech_prob: float) -> bool:
+        """Whether a window is decoded again at the next temperature (openai/whisper's checks, plus a loop)."""
+        o = self.options
+        low_logprob = o.logprob_threshold is not None and d.avg_logprob < o.logprob_threshold
+        if o.no_speech_threshold is not None and no_speech_prob > o.no_speech_threshold and low_logprob:
+            return False  # silence: skipped afterwards, retrying would only hallucinate
+        repetitive = o.compression_ratio_threshold is not None and d.compression_ratio > o.compression_ratio_threshold
+        return repetitive or low_logprob or d.looped
+
+    def filters(self, prompt_length: int, max_index: Tensor) -> list[LogitFilter]:
+        """The logit filters of every decoding pass: suppressed tokens, timestamp rules, the repetition guard."""
+        o, tok = self.options, self.tokenizer
+        filters: list[LogitFilter] = [SuppressAtBegin(tok.begin_suppress_tokens, prompt_length),
+                                      SuppressTokens(tok.suppress_tokens)]
+        if not o.without_timestamps:
+            filters.append(TimestampRules(tok, prompt_length, tok.max_initial_timestamp_index, max_index))
+        if o.repetition_guard:
+            filters.append(RepetitionGuard(tok.eot, prompt_length))
+        return filters
+
+    def decode_once(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor,
+                    attempt: int, audios: list[np.ndarray]) -> list[Decoded]:
+        """Decode each row once at the attempt's temperature (greedy/beam at 0, best-of-N sampling above)."""
+        o, tok = self.options, self.tokenizer
+        B, T = prompts.shape
+        max_new = min(o.max_new_tokens or self.model.n_text_ctx // 2, self.model.n_text_ctx - T)
+        generation = o.generation(attempt, max(1, max_new))
+        strategy, temperature, n = generation.strategy(context.device), generation.temperature, 1
+        if generation.sampling:  # a generator per row, seeded from its window: batching changes no draw
+            n = o.best_of
+            seeds = [(window_seed(a, o.seed, attempt) + k) % 2**63 for a in audios for k in range(n)]
+            strategy = WindowSampling(temperature, seeds, context.device)
+        if n > 1:  # best-of-N: N rows per window
+            rep = torch.arange(B, device=context.device).repeat_interleave(n)
+            context, prompts, max_index = context[rep], prompts[rep], max_index[rep.cpu()]
+            cache.reorder(rep)
+        g = generate(self.model, prompts, max_new, strategy, context=context, eos_id=tok.eot, pad_id=tok.eot,
+                     logit_filters=[*self.filters(T, max_index), *generation.filters()], cache=cache)
+        out = []
+        for i, seq in enumerate(g.sequences):
+            new = seq[T:]
+            ended = len(new) > 0 and int(new[-1]) == tok.eot
+            tokens = new[:-1] if ended else new
+            # beam scores are length-normalised (sum / generated length): undo it for the sum
+            total = float(g.scores[i]) * (len(new) if isinstance(strategy, BeamSearch) else 1)
+            looped = o.repetition_guard and ended and is_loop(tokens)
+            out.append(Decoded.scored(tokens.tolist(), total, temperature, looped, tok.decode(tokens.tolist())))
+        if n > 1:  # keep the likeliest candidate of each window (openai: length-normalised log-prob)
+            out = [max(out[b * n:(b + 1) * n], key=lambda d: d.sum_logprob / (len(d.tokens) + 1)) for b in range(B)]
+        return out
