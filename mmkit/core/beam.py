@@ -1,6 +1,8 @@
-"""Ranked beam search with a length penalty and early stopping, vectorised over the batch: the
-rules of GNMT (Wu et al., 2016, §7) and transformers' `generate(num_beams=...)`, which it
-reproduces token for token (the seq2seq importers' parity tests check it).
+"""The two beam searches of the decoding loop (`mmkit.core.generate`).
+
+`ranked_beam_search`: ranked beam search with a length penalty and early stopping, vectorised over
+the batch: the rules of GNMT (Wu et al., 2016, §7) and transformers' `generate(num_beams=...)`, which
+it reproduces token for token (the seq2seq importers' parity tests check it).
 
 Per step, the 2K best continuations of each row's K beams are ranked; those among the first
 K that end in EOS (or reach the length limit) become finished hypotheses, scored by
@@ -9,6 +11,9 @@ finished hypotheses cannot be beaten (`early_stopping`: True stops at K finished
 estimates the best running score at the current length; "never" at the maximum length).
 Each row may have its own maximum length (a translation's limit follows its own source): a
 row then ends at its limit exactly as it would alone.
+
+`openai_beam_search`: openai/whisper's simpler rule (`BeamSearch(early_stopping=None)`), what
+Whisper decoding with a beam size uses.
 """
 from __future__ import annotations
 
@@ -107,3 +112,69 @@ def _may_improve(run_lp: Tensor, done_score: Tensor, done_any: Tensor, n_new: in
     best = run_lp[:, 0] / length_norm(n, alpha, form)
     worst = torch.where(done_any, done_score.min(dim=1, keepdim=True).values, torch.full_like(done_score, _NEG))
     return (best[:, None] > worst).any(dim=1)
+
+
+def openai_beam_search(
+    next_logits: Callable[[Tensor], Tensor],
+    reorder: Callable[[Tensor], None],
+    prompt: Tensor,
+    max_new_tokens: int,
+    beam_size: int,
+    length_penalty: float,
+    eos_id: int | None,
+) -> tuple[list[Tensor], Tensor]:
+    """Beam search as openai/whisper's `BeamSearchDecoder`: per step each row keeps the K best
+    continuations that do not end and collects those that end in EOS, until it holds K finished
+    ones; the best by sum log p / length ** length_penalty wins (rows short of K finished let
+    their live beams compete).
+
+    Args:
+        next_logits: tokens (B·K, T) -> next-token logits (B·K, V), float, after the logit filters.
+        reorder: called with the (B·K,) source row of every new beam (the cache follows).
+        prompt: (B, T) start tokens.
+
+    Returns:
+        the best sequence of each row (prompt included), and their (B,) scores.
+    """
+    B, T = prompt.shape
+    K, device = beam_size, prompt.device
+    tokens = prompt.repeat_interleave(K, dim=0)  # (B*K, T)
+    sum_lp = torch.zeros(B, K, device=device)
+    sum_lp[:, 1:] = float("-inf")  # identical beams at start: expand only the first
+    hyps: list[list[tuple[float, Tensor]]] = [[] for _ in range(B)]
+
+    def score(lp: float, n_new: int) -> float:
+        return lp / max(n_new, 1) ** length_penalty
+
+    for step in range(max_new_tokens):
+        logits = next_logits(tokens)
+        V = logits.shape[-1]
+        cand = (sum_lp[..., None] + logits.log_softmax(dim=-1).view(B, K, V)).view(B, K * V)
+        top_lp, top_idx = cand.topk(2 * K, dim=1)  # 2K: at most K can end in EOS
+        rows, new_tok, new_lp = [], [], []
+        for b in range(B):
+            kept = 0
+            for lp, idx in zip(top_lp[b].tolist(), top_idx[b].tolist()):
+                src, tok = b * K + idx // V, idx % V
+                if eos_id is not None and tok == eos_id:
+                    if len(hyps[b]) < K and lp > float("-inf"):
+                        seq = torch.cat([tokens[src], tokens.new_tensor([tok])])
+                        hyps[b].append((score(lp, step + 1), seq))
+                    continue
+                rows.append(src), new_tok.append(tok), new_lp.append(lp)
+                kept += 1
+                if kept == K:
+                    break
+        index = torch.tensor(rows, device=device)
+        tokens = torch.cat([tokens.index_select(0, index), torch.tensor(new_tok, device=device)[:, None]], dim=1)
+        sum_lp = torch.tensor(new_lp, device=device).view(B, K)
+        reorder(index)
+        if all(len(h) >= K for h in hyps):
+            break
+    n_new = tokens.shape[1] - T
+    for b in range(B):  # rows without K finished hypotheses compete with their live beams
+        for k in range(K):
+            if len(hyps[b]) < K or eos_id is None:
+                hyps[b].append((score(float(sum_lp[b, k]), n_new), tokens[b * K + k]))
+    best = [max(h, key=lambda s: s[0]) for h in hyps]
+    return [seq for _, seq in best], torch.tensor([sc for sc, _ in best], device=device)

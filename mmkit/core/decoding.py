@@ -14,7 +14,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from mmkit.core.beam import ranked_beam_search
+from mmkit.core.beam import openai_beam_search, ranked_beam_search
 from mmkit.core.cache import KVCache
 from mmkit.core.filters import (  # noqa: F401 - re-exported: the loop's filters
     LogitFilter, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP, is_loop,
@@ -270,7 +270,6 @@ def _beam_search(
     B, T = prompt.shape
     K = beam.beam_size
     device = prompt.device
-    tokens = prompt.repeat_interleave(K, dim=0)  # (B*K, T)
     if context is not None:
         context = context.repeat_interleave(K, dim=0)  # (B*K, S, D)
     if context_mask is not None:
@@ -280,53 +279,20 @@ def _beam_search(
     if beam.early_stopping is not None:
         return _ranked_beam_search(model, prompt, max_new_tokens, beam, context, context_mask, eos_id, pad_id,
                                    filters, cache)
-    sum_lp = torch.zeros(B, K, device=device)
-    sum_lp[:, 1:] = float("-inf")  # identical beams at start: expand only the first
-    hyps: list[list[tuple[float, Tensor]]] = [[] for _ in range(B)]
 
-    def score(lp: float, n_new: int) -> float:
-        return lp / max(n_new, 1) ** beam.length_penalty
-
-    for step in range(max_new_tokens):
+    def next_logits(tokens: Tensor) -> Tensor:
         logits = _next_logits(model, tokens, context, cache, context_mask)
         for f in filters:
             logits = f(tokens, logits)
-        V = logits.shape[-1]
-        cand = (sum_lp[..., None] + logits.log_softmax(dim=-1).view(B, K, V)).view(B, K * V)
-        top_lp, top_idx = cand.topk(2 * K, dim=1)  # 2K: at most K can end in EOS
-        rows, new_tok, new_lp = [], [], []
-        for b in range(B):
-            kept = 0
-            for lp, idx in zip(top_lp[b].tolist(), top_idx[b].tolist()):
-                src, tok = b * K + idx // V, idx % V
-                if eos_id is not None and tok == eos_id:
-                    if len(hyps[b]) < K and lp > float("-inf"):
-                        seq = torch.cat([tokens[src], tokens.new_tensor([tok])])
-                        hyps[b].append((score(lp, step + 1), seq))
-                    continue
-                rows.append(src), new_tok.append(tok), new_lp.append(lp)
-                kept += 1
-                if kept == K:
-                    break
-        index = torch.tensor(rows, device=device)
-        tokens = torch.cat([tokens.index_select(0, index), torch.tensor(new_tok, device=device)[:, None]], dim=1)
-        sum_lp = torch.tensor(new_lp, device=device).view(B, K)
-        if cache is not None:
-            cache.reorder(index)
-        if all(len(h) >= K for h in hyps):
-            break
-    n_new = tokens.shape[1] - T
-    for b in range(B):  # rows without K finished hypotheses compete with their live beams
-        for k in range(K):
-            if len(hyps[b]) < K or eos_id is None:
-                hyps[b].append((score(float(sum_lp[b, k]), n_new), tokens[b * K + k]))
-    best = [max(h, key=lambda s: s[0]) for h in hyps]
-    seqs = [s for _, s in best]
+        return logits
+
+    seqs, scores = openai_beam_search(next_logits, cache.reorder if cache is not None else (lambda index: None),
+                                      prompt, int(max_new_tokens), K, beam.length_penalty, eos_id)
     out = torch.full((B, max(len(s) for s in seqs)), pad_id, dtype=prompt.dtype, device=device)
-    for b, s in enumerate(seqs):
-        out[b, : len(s)] = s
-    lengths = torch.tensor([len(s) for s in seqs], device=device)
-    return Generation(out, lengths, torch.tensor([sc for sc, _ in best], device=device), seqs)
+    for b, seq in enumerate(seqs):
+        out[b, : len(seq)] = seq
+    lengths = torch.tensor([len(seq) for seq in seqs], device=device)
+    return Generation(out, lengths, scores, seqs)
 
 
 def _ranked_beam_search(
