@@ -235,6 +235,26 @@ def test_tied_logits_equal_linear_for_few_and_many_rows(shape):
     torch.testing.assert_close(x.grad, weight.sum(0).expand_as(x), rtol=1e-5, atol=1e-5)
 
 
+def test_decoding_under_bf16_autocast_takes_fp32_logits():
+    """Without gradients (decoding) the vocabulary projection leaves autocast: fp32 logits, so that
+    bf16 rounding does not swap near-tied tokens; with gradients (training) autocast decides."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mmkit.core.heads import output_logits
+
+    torch.manual_seed(0)
+    emb, head, x = nn.Embedding(50, 16), nn.Linear(16, 50, bias=False), torch.randn(3, 16)
+    hidden = x.bfloat16()  # what a bf16-autocast decoder hands the head
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            tied, untied = output_logits(hidden, emb, None), output_logits(hidden, emb, head)
+        trained = output_logits(x, emb, None)
+    assert tied.dtype == untied.dtype == torch.float32 and trained.dtype == torch.bfloat16
+    torch.testing.assert_close(tied, F.linear(hidden.float(), emb.weight), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(untied, head(hidden.float()), rtol=1e-5, atol=1e-5)
+
+
 class _TimestampVocab:
     """Text ids 0-4, <|endoftext|> 5, <|notimestamps|> 6, timestamps 7-16 (0.00 s .. 0.18 s)."""
 
