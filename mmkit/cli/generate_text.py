@@ -9,6 +9,7 @@ import logging
 import sys
 from typing import Sequence
 
+from mmkit.inference.precision import PRECISIONS
 from mmkit.inference.quantize import QUANTIZATIONS
 
 log = logging.getLogger("mmkit")
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for every Linear and the output projection (CPU; faster, tokens may "
                         "differ from fp32: see mmkit bench text)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="autocast precision: fp32 (exact, default); auto = bf16 where the hardware has it "
+                        "natively (AVX512-BF16/AMX CPUs, GPUs), else fp32")
     return p
 
 
@@ -54,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, beam_size=args.beam_size,
                                     repetition_penalty=args.repetition_penalty, seed=args.seed)
-        generator = load_text_generator(args.model, args.device, args.quantize)
+        generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
         generator.encode_prompt(args.prompt, options.max_new_tokens)  # bad prompts fail before any output
     except (ValueError, OSError) as e:  # bad options, prompts, directories (WeightsError is a ValueError)
         print(f"mmkit generate-text: {e}", file=sys.stderr)

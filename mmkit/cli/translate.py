@@ -20,6 +20,7 @@ log = logging.getLogger("mmkit")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mmkit.inference.precision import PRECISIONS
     from mmkit.inference.quantize import QUANTIZATIONS
 
     p = argparse.ArgumentParser(prog="mmkit translate", description=__doc__.split("\n\n")[0])
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="save the model, tokenizer, prefix and decoding settings as an mmkit export in OUT")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 Linear layers and vocabulary projection, CPU only (none: fp32, exact)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="autocast precision: fp32 (exact, default); auto = bf16 where the hardware has it "
+                        "natively (AVX512-BF16/AMX CPUs, GPUs), else fp32")
     return p
 
 
@@ -102,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output and Path(args.output).suffix not in (".txt", ".jsonl"):
             raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
         texts, bad = read_lines(Path(args.inputs[0])) if as_file else (list(args.inputs), {})
-        translator = load_translator(args.model, args.prefix, args.device, args.quantize)
+        translator = load_translator(args.model, args.prefix, args.device, args.quantize, args.precision)
         if args.export:
             log.info("saved an mmkit export in %s", translator.export(args.export))
     except (ValueError, OSError) as e:  # bad options, files, directories (WeightsError is a ValueError)

@@ -28,10 +28,10 @@ def output_logits(x: Tensor, embedding: nn.Embedding, head: nn.Module | None) ->
     None, else `head(x)`: an untied output layer, or the int8 copy of the tied one that
     `mmkit.inference.quantize` installs for inference.
 
-    Decoding under a bf16/fp16 autocast (no gradient) computes this projection in fp32: rounded
-    to bf16's 8 bits, near-tied logits swap and greedy choices flip (Whisper tiny.en on the
-    README's 40 espeak clips: WER 50.6% with bf16 logits, 48.1% with fp32 ones, as in fp32 throughout).
-    It is one matrix product per step; training keeps autocast's choice."""
+    Without gradients (decoding, validation) under a bf16/fp16 autocast, this projection runs in
+    fp32: rounded to bf16's 8 bits, near-tied logits swap and greedy choices flip (Whisper tiny.en
+    on the README's 40 espeak clips: WER 50.6% with bf16 logits, 48.1% with fp32 logits, the same
+    as the all-fp32 path). It is one matrix product per step. With gradients, autocast decides."""
     weight = embedding.weight
     if not torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type) and weight.dtype == torch.float32:
         with torch.autocast(x.device.type, enabled=False):

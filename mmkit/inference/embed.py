@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mmkit.inference.encoder import LoadedEncoder
-from mmkit.inference.quantize import apply_quantization, describe
+from mmkit.inference.quantize import prepare_arithmetic
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,18 @@ class Embedder:
         batch_size: texts per forward pass at most.
         quantize: "none" (fp32, exact) or "int8" (`mmkit.inference.quantize`: int8 Linear weights, CPU
             only; the vectors then differ slightly from fp32's: cosine measured in `bench embed`).
+        precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast around the encoder;
+            `mmkit.inference.precision.resolve_precision`; the vectors are pooled in fp32).
     """
 
-    def __init__(self, encoder: LoadedEncoder, batch_size: int = 64, quantize: str = "none") -> None:
+    def __init__(self, encoder: LoadedEncoder, batch_size: int = 64, quantize: str = "none",
+                 precision: str = "fp32") -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.device = next(encoder.model.parameters()).device
-        apply_quantization(encoder.model, quantize)  # in place: the encoder's model becomes int8
+        # in place: with int8 the encoder's model becomes int8
+        self.precision, self._autocast = prepare_arithmetic(encoder.model, precision, quantize, "embedder")
         self.encoder, self.batch_size = encoder, batch_size
-        if quantize != "none":
-            log.info("embedder: %s", describe("fp32", quantize, self.device))
 
     @property
     def dim(self) -> int:
@@ -87,7 +89,8 @@ class Embedder:
             mask = torch.arange(T)[None, :] < torch.tensor([len(ids[i]) for i in rows])[:, None]
             batch, mask = batch.to(self.device), mask.to(self.device)
             # A batch of equal lengths (common once sorted) needs no mask: SDPA's unmasked kernel.
-            hidden = self.encoder.model.encode(batch, None if bool(mask.all()) else mask)
+            with self._autocast():
+                hidden = self.encoder.model.encode(batch, None if bool(mask.all()) else mask)
             vectors = mean_pool(hidden.float(), mask)
             out[rows] = vectors.cpu().numpy()
             if on_batch:

@@ -6,16 +6,17 @@ activations per batch at run time. One function for any nn.Module, used by `mmki
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from mmkit.inference.precision import cpu_has_bf16
+from mmkit.inference.precision import autocast_for, cpu_has_bf16, resolve_precision
 from mmkit.weights.native import skip_init
 
 log = logging.getLogger(__name__)
@@ -117,3 +118,18 @@ def describe(precision: str, quantize: str, device: torch.device | str = "cpu", 
     if precision == "bf16" and torch.device(device).type == "cpu":
         compute += " (native)" if cpu_has_bf16() else " (emulated: slow)"
     return f"{weights}, {compute}"
+
+
+def prepare_arithmetic(model: nn.Module, precision: str, quantize: str, what: str,
+                       keep_fp32: Sequence[str] = ()) -> tuple[str, Callable[[], contextlib.AbstractContextManager]]:
+    """What an inference tool does with its `--precision` and `--quantize`: resolve the precision on
+    the model's device (`resolve_precision`: a ValueError, e.g. bf16 with int8, before anything
+    changes), make `model`'s Linear layers int8 in place if asked, log the arithmetic once (`what`
+    names the tool; the exact default stays quiet) and return the resolved precision and the
+    factory of its autocast context."""
+    device = next(model.parameters()).device
+    resolved = resolve_precision(precision, device, quantize)
+    apply_quantization(model, quantize, keep_fp32)
+    if (precision, quantize) != ("fp32", "none"):
+        log.info("%s: %s", what, describe(resolved, quantize, device, keep_fp32))
+    return resolved, autocast_for(resolved, device)

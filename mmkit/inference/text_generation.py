@@ -17,7 +17,7 @@ from torch import Tensor
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
 from mmkit.inference.model_dir import read_model_dir
-from mmkit.inference.quantize import apply_quantization, describe
+from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
 
@@ -32,14 +32,15 @@ def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str 
 
 
 def load_text_generator(directory: str | Path, device: str | torch.device = "cpu",
-                        quantize: str = "none") -> "TextGenerator":
+                        quantize: str = "none", precision: str = "fp32") -> "TextGenerator":
     """A `TextGenerator` for an mmkit GPT export or a transformers GPT-2 checkpoint directory;
-    `quantize` "int8" gives every Linear and the tied output projection int8 weights (CPU only).
+    `quantize` "int8" gives every Linear and the tied output projection int8 weights (CPU only);
+    `precision` as `TextGenerator`'s.
 
     Raises:
         FileNotFoundError: no such directory, or no tokenizer files in it.
         WeightsError: not a GPT checkpoint, or unreadable weights (one-line message).
-        ValueError: int8 asked for on a device other than the CPU.
+        ValueError: int8 asked for on a device other than the CPU, or with bf16/fp16.
     """
     directory, doc = read_model_dir(directory)
     if doc.get("architecture") == GPT.architecture_name():
@@ -58,7 +59,7 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
     if tokenizer.vocab_size > model.vocab_size:
         raise WeightsError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
                            f"{model.vocab_size}: they do not belong together")
-    return TextGenerator(model, tokenizer, eos_id, device, quantize)
+    return TextGenerator(model, tokenizer, eos_id, device, quantize, precision)
 
 
 class TextGenerator:
@@ -73,14 +74,15 @@ class TextGenerator:
         device: where the model runs.
         quantize: "none" (fp32, exact) or "int8" (`mmkit.inference.quantize`: int8 Linear weights and
             output projection, CPU only; its tokens may differ from fp32's: measured in `bench text`).
+        precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast around the decoder,
+            whose logits stay fp32: `mmkit.core.heads.output_logits`).
     """
 
     def __init__(self, model: GPT, tokenizer: ByteBPETokenizer, eos_id: int | None = None,
-                 device: str | torch.device = "cpu", quantize: str = "none") -> None:
-        self.model = apply_quantization(model.to(device).eval(), quantize)
+                 device: str | torch.device = "cpu", quantize: str = "none", precision: str = "fp32") -> None:
+        self.model = model.to(device).eval()
+        self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text generator")
         self.tokenizer, self.eos_id, self.device = tokenizer, eos_id, torch.device(device)
-        if quantize != "none":
-            log.info("text generator: %s", describe("fp32", quantize, self.device))
 
     def encode_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
         """Prompt ids, keeping the last `max_len - max_new_tokens` (with a warning) when it is too long.
@@ -122,10 +124,11 @@ class TextGenerator:
             return torch.tensor([any(s in text_of(tokens) for s in stops)], device=tokens.device)
 
         strategy = options.strategy(self.device)
-        out = generate(self.model, torch.tensor([ids], device=self.device), options.max_new_tokens, strategy,
-                       eos_id=self.eos_id, pad_id=self.eos_id or 0,
-                       logit_filters=options.filters(), stop=stop_rows if stops else None,
-                       on_step=(lambda tokens: stream.update(text_of(tokens))) if on_text else None)
+        with self._autocast():
+            out = generate(self.model, torch.tensor([ids], device=self.device), options.max_new_tokens, strategy,
+                           eos_id=self.eos_id, pad_id=self.eos_id or 0,
+                           logit_filters=options.filters(), stop=stop_rows if stops else None,
+                           on_step=(lambda tokens: stream.update(text_of(tokens))) if on_text else None)
         text = _cut_at_stop(text_of(out.sequences[0][None]), stops)
         stream.finish(text)
         return text

@@ -28,8 +28,7 @@ from torch import Tensor
 from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel_spectrogram, pad_or_trim, stream_audio
 from mmkit.core import KVCache
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
-from mmkit.inference.precision import autocast_for, resolve_precision
-from mmkit.inference.quantize import apply_quantization, describe
+from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
 from mmkit.inference.transcript import DecodingOptions, Segment, Transcript, greedy_options, window_segments
 from mmkit.inference.window_decoder import WindowDecoder
@@ -70,12 +69,8 @@ class Transcriber:
     def __init__(self, model: Whisper, tokenizer: SpeechTokenizer, options: DecodingOptions | None = None,
                  batch_size: int = 8, precision: str = "fp32", quantize: str = "none") -> None:
         # int8 Linear layers take fp32 activations: "auto" is then fp32, bf16/fp16 a ValueError (before quantizing)
-        self.precision = resolve_precision(precision, next(model.parameters()).device, quantize)
-        self.model, self.tokenizer = apply_quantization(model, quantize, INT8_KEEP_FP32), tokenizer
-        self.quantize = quantize
-        self._autocast = autocast_for(self.precision, self.device)
-        if (precision, quantize) != ("fp32", "none"):  # the default stays quiet
-            log.info("transcriber: %s", describe(self.precision, quantize, self.device, INT8_KEEP_FP32))
+        self.precision, self._autocast = prepare_arithmetic(model, precision, quantize, "transcriber", INT8_KEEP_FP32)
+        self.model, self.tokenizer, self.quantize = model, tokenizer, quantize
         self.options = options or DecodingOptions()
         if tokenizer.timestamp_end <= tokenizer.timestamp_begin:  # no timestamp tokens (char/BPE tokenizers):
             # one segment per window, and room for a whole window's text (characters, not words)

@@ -6,6 +6,7 @@ output always answers line N of the input. `load_translator` says what `--model 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ class Translator:
         self.model, self.codec, self.prefix = model.eval(), codec, prefix
         self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
         self.forced_eos_id = forced_eos_id
+        # fp32 unless `load_translator` sets another precision (`prepare_arithmetic`)
+        self.precision, self._autocast = "fp32", contextlib.nullcontext
 
     @property
     def device(self) -> torch.device:
@@ -184,9 +187,10 @@ class Translator:
         filters: list[Callable[[Tensor, Tensor], Tensor]] = [SuppressTokens(c.suppress)] if c.suppress else []
         if self.forced_eos_id is not None:
             filters.append(ForcedEos(self.forced_eos_id, limits))
-        out = generate(self.model, torch.full((len(sources), 1), c.start_id, device=self.device), limits,
-                       strategy, context=self.model.encode(src, mask), context_mask=mask, eos_id=c.eos_id,
-                       pad_id=c.pad_id, logit_filters=filters)
+        with self._autocast():
+            out = generate(self.model, torch.full((len(sources), 1), c.start_id, device=self.device), limits,
+                           strategy, context=self.model.encode(src, mask), context_mask=mask, eos_id=c.eos_id,
+                           pad_id=c.pad_id, logit_filters=filters)
         return [[t for t in seq[1:].tolist() if t != c.eos_id] for seq in out.sequences]
 
     @torch.no_grad()
@@ -220,15 +224,20 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def load_translator(path: str | Path, prefix: str | None = None, device: str = "cpu",
-                    quantize: str = "none") -> Translator:
+                    quantize: str = "none", precision: str = "fp32") -> Translator:
     """`--model DIR`: an mmkit export (Seq2Seq or T5 with spm.model, from `mmkit fit` or
     `export_translator`), or a transformers MarianMT or T5 directory with its SentencePiece
     tokenizer files. `quantize` "int8": int8 Linear layers and vocabulary projection on the CPU
-    (`mmkit.inference.quantize`; its agreement with fp32 is measured by `mmkit bench translate`)."""
-    from mmkit.inference.quantize import QUANTIZATIONS, apply_quantization, describe
+    (`mmkit.inference.quantize`; its agreement with fp32 is measured by `mmkit bench translate`).
+    `precision`: "fp32" (exact, the default), "bf16", "fp16" or "auto", an autocast around the
+    encoder and decoder (`resolve_precision`; the logits stay fp32)."""
+    from mmkit.inference.precision import PRECISIONS
+    from mmkit.inference.quantize import QUANTIZATIONS, prepare_arithmetic
 
     if quantize not in QUANTIZATIONS:
         raise TranslatorError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if precision not in PRECISIONS:
+        raise TranslatorError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     directory = Path(path).expanduser()
     if not (directory / "config.json").is_file():
         raise TranslatorError(f"{directory}: not a model directory (no config.json): give an mmkit translation "
@@ -241,8 +250,11 @@ def load_translator(path: str | Path, prefix: str | None = None, device: str = "
     if prefix is not None:
         translator.prefix = prefix
     translator.model.to(device)
-    apply_quantization(translator.model, quantize)
-    log.info("%s: %s", directory, describe("fp32", quantize, device))
+    try:
+        translator.precision, translator._autocast = prepare_arithmetic(translator.model, precision, quantize,
+                                                                        str(directory))
+    except ValueError as e:  # bf16 with int8, fp16 on a CPU
+        raise TranslatorError(str(e)) from None
     return translator
 
 

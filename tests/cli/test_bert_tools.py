@@ -112,3 +112,23 @@ def test_classify_text_on_a_saved_roberta_classifier(tmp_path):
     for row, probs in zip(rows, expected):
         assert row["label"] == f"class{int(probs.argmax())}"
         assert max(abs(float(row[f"p_class{i}"]) - float(probs[i])) for i in range(3)) <= 1e-5
+
+
+def test_embed_bf16_is_close_to_fp32_and_bf16_with_int8_is_one_line(mlm_dir, texts_file, tmp_path, capsys):
+    """`--precision bf16` (emulated where the CPU lacks it: slow, still correct): unit vectors within
+    bf16's rounding of fp32's; with `--quantize int8` it is refused before anything is written."""
+    texts = ["the cat sees the moon.", "a dog finds an apple", "the end"]
+    exact = Embedder(load_encoder(mlm_dir)).embed(texts)
+    bf16 = Embedder(load_encoder(mlm_dir), precision="bf16")
+    assert bf16.precision == "bf16"
+    vectors = bf16.embed(texts)
+    assert vectors.dtype == np.float32 and (vectors * exact).sum(1).min() > 0.99
+    out = tmp_path / "v.npy"
+    assert main(["embed", str(texts_file), "--model", str(mlm_dir), "--out", str(out), "--quiet",
+                 "--precision", "bf16"]) == 0
+    assert np.abs(np.load(out)[[0, 3, 5]] - vectors).max() <= 1e-6
+    capsys.readouterr()
+    assert main(["embed", str(texts_file), "--model", str(mlm_dir), "--out", str(tmp_path / "w.npy"),
+                 "--precision", "bf16", "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "int8 Linear layers run on fp32" in err and not (tmp_path / "w.npy").exists()

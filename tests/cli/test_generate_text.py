@@ -71,3 +71,16 @@ def test_quantize_int8_generates_and_unknown_kinds_exit_2(checkpoint, capsys):
     with pytest.raises(SystemExit) as e:
         main(["generate-text", "The cat", "--model", str(directory), "--quantize", "int4"])
     assert e.value.code == 2
+
+
+def test_bf16_generates_and_bf16_with_int8_is_one_line(checkpoint, capsys):
+    """`--precision bf16` (emulated where the CPU lacks it) decodes with fp32 logits; its tokens are
+    not asserted equal to fp32's (a near tie may still flip), only that it runs and streams the prompt."""
+    directory, _, _ = checkpoint
+    assert main(["generate-text", "The cat", "--model", str(directory), "--max-new-tokens", "6",
+                 "--precision", "bf16"]) == 0
+    assert capsys.readouterr().out.startswith("The cat")
+    assert main(["generate-text", "The cat", "--model", str(directory), "--precision", "bf16",
+                 "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "int8 Linear layers run on fp32" in err

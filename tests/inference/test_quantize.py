@@ -123,7 +123,8 @@ def test_int8_logits_agree_with_fp32():
 
 
 def test_bf16_autocast_logits_agree_with_fp32():
-    """Tolerance: bf16 (8-bit mantissa) autocast within 3% relative L2 of fp32; top-1 >= 90%.
+    """Tolerance: bf16 (8-bit mantissa) autocast within 3% relative L2 of fp32; top-1 >= 90%. The
+    blocks run in bf16, the logits come out fp32 (`output_logits` leaves autocast when decoding).
     Emulated on CPUs without AVX512-BF16/AMX (slow but correct), so the model is tiny."""
     m = _whisper()
     torch.manual_seed(1)
@@ -132,7 +133,7 @@ def test_bf16_autocast_logits_agree_with_fp32():
         ref = m(tokens, m.encode(mel))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = m(tokens, m.encode(mel))
-    assert low.dtype == torch.bfloat16
+    assert low.dtype == torch.float32
     assert 0 < _rel(low, ref) < 0.03, _rel(low, ref)
     assert (low.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
 
@@ -189,7 +190,7 @@ def test_cli_logs_the_choice_once_and_refuses_bad_values(export, tmp_path, caplo
     path, wav, _ = export
     from mmkit.cli import main
 
-    with caplog.at_level(logging.INFO, logger="mmkit.inference.transcriber"):
+    with caplog.at_level(logging.INFO, logger="mmkit.inference"):  # the line names the tool
         assert main(["transcribe", str(wav), "--model", str(path), "--quantize", "int8", "--temperature", "0",
                      "-f", "json", "-o", str(tmp_path), "--quiet"]) == 0
     lines = [r.getMessage() for r in caplog.records if "int8" in r.getMessage()]

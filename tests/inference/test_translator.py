@@ -223,3 +223,17 @@ def test_int8_translator_keeps_fp32_logits_and_is_not_exported(native, tmp_path,
     assert len(capsys.readouterr().out.splitlines()) == 1
     assert mmkit_main(["translate", "--model", str(native)]) == 2
     assert "give sentences" in capsys.readouterr().err
+
+
+def test_bf16_translator_agrees_with_fp32_and_refuses_int8(native, capsys):
+    """bf16 autocast around encoder and decoder, fp32 logits: on the tiny export the greedy tokens of
+    most rows equal fp32's (asserted loosely: bf16 rounding may flip a near tie); int8 + bf16 is one line."""
+    fp32, bf16 = load_translator(native), load_translator(native, precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    texts = [t for t in TEXTS if t]
+    same = [a.tokens == b.tokens for a, b in zip(fp32.translate(texts), bf16.translate(texts))]
+    assert sum(same) >= len(texts) - 1, same
+    with pytest.raises(TranslatorError, match="int8 Linear layers run on fp32"):
+        load_translator(native, precision="bf16", quantize="int8")
+    assert mmkit_main(["translate", "seven", "--model", str(native), "--precision", "bf16", "--quantize", "int8"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -142,10 +142,13 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
                                                                                                 force=True)
     entry = [sys.executable, "-m", "mmkit.cli", "transcribe"]
     # fp32 always runs: its tokens are what every other process is compared with
-    paths = {"mmkit" if (q, pr) == ("none", "fp32") else f"mmkit_{q if q != 'none' else pr}":
-             ["--quantize", q, "--precision", pr]
-             for q in dict.fromkeys(["none", *mmkit_quantize]) for pr in dict.fromkeys(["fp32", *precisions])
-             if q == "none" or pr == "fp32"}
+    paths: dict[str, list[str]] = {}  # "mmkit" (fp32), "mmkit_bf16", "mmkit_int8": their mmkit arguments
+    for q in dict.fromkeys(["none", *mmkit_quantize]):
+        for pr in dict.fromkeys(["fp32", *precisions]):
+            if q != "none" and pr != "fp32":
+                continue  # int8 layers take fp32 activations: there is no int8 + bf16 path
+            name = "mmkit" if (q, pr) == ("none", "fp32") else f"mmkit_{pr if q == 'none' else q}"
+            paths[name] = ["--quantize", q, "--precision", pr]
     mmkit_runs = dict(paths)
     for c in audio_contexts:
         mmkit_runs.update({f"{name}_ctx{c:g}s": [*args, "--audio-context", str(c)] for name, args in paths.items()})
