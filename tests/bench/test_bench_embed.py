@@ -17,7 +17,16 @@ def test_bench_embeds_the_same_vectors_on_both_sides():
     assert "40 synthetic sentences" in format_report(result) and "batch 8" in format_report(result)
     assert result["int8_ratio"] == result["sentences_per_s"]["mmkit int8"] / result["sentences_per_s"]["transformers"]
     assert 0.9 < result["int8_agreement"]["cosine_min"] <= result["int8_agreement"]["cosine_mean"] < 1.0 + 1e-6
-    assert "same nearest neighbour" in format_report(result)
+    assert "same nearest neighbour" in format_report(result) and "bf16" not in format_report(result)
+
+
+def test_bench_adds_a_bf16_row_with_its_agreement():
+    """bf16 is emulated (slowly) where the CPU lacks it: a tiny model, agreement only."""
+    result = run_embed_bench(dim=32, depth=2, num_heads=4, vocab_size=300, n_sentences=16, batch_size=8,
+                             rounds=1, warmup=0, threads=1, texts="synthetic", int8=False, bf16=True)
+    assert "int8_ratio" not in result and result["bf16_ratio"] > 0
+    assert 0.99 < result["bf16_agreement"]["cosine_min"] <= result["bf16_agreement"]["cosine_mean"] < 1.0 + 1e-6
+    assert "mmkit embed --precision bf16" in format_report(result)
 
 
 def test_agreement_of_known_vectors():

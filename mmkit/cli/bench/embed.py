@@ -81,13 +81,14 @@ def _reference_loop(ref: torch.nn.Module, ids: list[list[int]], batch_size: int,
 def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_size: int = 30522,
                     n_sentences: int = 512, batch_size: int = 32, max_len: int = 128, rounds: int = 3,
                     warmup: int = 1, threads: int | None = None, texts: str = "wordnet",
-                    int8: bool = True) -> dict[str, Any]:
-    """Sentences/s of both implementations (and of mmkit int8) on random weights of the given shape.
+                    int8: bool = True, bf16: bool = False) -> dict[str, Any]:
+    """Sentences/s of both implementations (and of mmkit int8, mmkit bf16) on random weights of the given shape.
 
     Returns:
         `sentences_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster),
-        `max_abs_diff` of the fp32 embeddings, with int8 `int8_ratio` and `int8_agreement` (`_agreement`),
-        the raw `seconds` and the settings.
+        `max_abs_diff` of the fp32 embeddings, with int8 `int8_ratio` and `int8_agreement` (`_agreement`,
+        against transformers' fp32), with bf16 `bf16_ratio` and `bf16_agreement`, the raw `seconds` and
+        the settings.
     """
     from transformers import BertConfig, BertModel
 
@@ -114,10 +115,14 @@ def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_
         if int8:
             quantized = Embedder(LoadedEncoder(copy.deepcopy(embedder.encoder.model), tok), batch_size, "int8")
             runs["mmkit int8"] = lambda: torch.from_numpy(quantized.embed(texts))
+        if bf16:  # the same weights under bf16 autocast (emulated, slowly, where the CPU lacks it)
+            low = Embedder(embedder.encoder, batch_size, precision="bf16")
+            runs["mmkit bf16"] = lambda: torch.from_numpy(low.embed(texts))
         seconds, outputs = interleaved(runs, rounds, warmup)
         rate = {k: len(texts) / statistics.median(v) for k, v in seconds.items()}
-        extra = {} if not int8 else dict(int8_ratio=rate["mmkit int8"] / rate["transformers"],
-                                         int8_agreement=_agreement(outputs["mmkit int8"], outputs["transformers"]))
+        extra = {f"{kind}_{key}": value for kind, on in (("int8", int8), ("bf16", bf16)) if on
+                 for key, value in (("ratio", rate[f"mmkit {kind}"] / rate["transformers"]),
+                                    ("agreement", _agreement(outputs[f"mmkit {kind}"], outputs["transformers"])))}
         return dict(**extra, model=f"random BERT dim {dim} depth {depth} vocab {vocab_size}", batch_size=batch_size,
                     texts=kind, sentences=len(texts), mean_tokens=sum(map(len, ids)) / len(ids), rounds=rounds,
                     threads=torch.get_num_threads(), sentences_per_s=rate,
@@ -127,11 +132,14 @@ def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_
 
 def format_report(result: dict[str, Any]) -> str:
     r = result
-    int8 = [] if "int8_ratio" not in r else [
-        f"  mmkit embed --quantize int8     {r['sentences_per_s']['mmkit int8']:8.1f} sentences/s",
-        f"  mmkit int8 / transformers fp32  {r['int8_ratio']:8.2f}x   int8 vs fp32: cosine mean "
-        f"{r['int8_agreement']['cosine_mean']:.4f}, min {r['int8_agreement']['cosine_min']:.4f}; "
-        f"{100 * r['int8_agreement']['neighbour']:.1f}% same nearest neighbour"]
+    reduced = []
+    for kind, option in (("int8", "--quantize int8"), ("bf16", "--precision bf16")):
+        if f"{kind}_ratio" in r:
+            agree = r[f"{kind}_agreement"]
+            reduced += [f"  mmkit embed {option:<19} {r['sentences_per_s'][f'mmkit {kind}']:8.1f} sentences/s",
+                        f"  mmkit {kind} / transformers fp32  {r[f'{kind}_ratio']:8.2f}x   {kind} vs fp32: cosine mean "
+                        f"{agree['cosine_mean']:.4f}, min {agree['cosine_min']:.4f}; "
+                        f"{100 * agree['neighbour']:.1f}% same nearest neighbour"]
     return "\n".join([
         f"Sentence embeddings: {r['model']}, {r['sentences']} {r['texts']} sentences ({r['mean_tokens']:.1f} tokens "
         "on average), "
@@ -140,7 +148,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"  transformers loop + mean pool   {r['sentences_per_s']['transformers']:8.1f} sentences/s",
         f"  mmkit / transformers            {r['ratio']:8.2f}x   (goal >= 1.5x)",
         f"  max |difference| of embeddings  {r['max_abs_diff']:8.1e}",
-    ] + int8)
+    ] + reduced)
 
 
 # Named shapes (dim, depth, num_heads, vocab_size): the WordNet recipe's model and BERT-base.
@@ -154,15 +162,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--texts", choices=TEXTS, default="wordnet",
                    help="wordnet (default: the recipe's sentences), fortunes or synthetic (no package needed)")
-    p.add_argument("--no-int8", action="store_true", help="time fp32 only (no mmkit --quantize int8 row)")
+    p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 row")
+    p.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
+                   help="an mmkit --precision bf16 row (auto: where the CPU has bf16 natively)")
     add_run_options(p)
     args = p.parse_args(argv)
+    from mmkit.inference.precision import cpu_has_bf16
+
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and cpu_has_bf16())
     results = []
     try:
         for size in args.sizes:
             dim, depth, heads, vocab = SIZES[size]
             results.append(run_embed_bench(dim, depth, heads, vocab, args.sentences, args.batch_size, 128,
-                                           args.rounds, args.warmup, args.threads, args.texts, not args.no_int8))
+                                           args.rounds, args.warmup, args.threads, args.texts, not args.no_int8,
+                                           bf16))
             print(format_report(results[-1]), flush=True)
     except (ValueError, OSError) as e:
         print(f"mmkit bench embed: {e}", file=sys.stderr)
