@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from mmkit.cli.bert_text_files import read_texts_and_encoder, texts_file_parser
-from mmkit.inference.precision import PRECISIONS
+from mmkit.cli.options import add_precision_argument
 from mmkit.inference.quantize import QUANTIZATIONS
 
 OUT_SUFFIXES = (".npy", ".jsonl")
@@ -28,9 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for every Linear layer (CPU; faster, vectors close to but not equal "
                         "to fp32's: see mmkit bench embed)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="autocast precision: fp32 (exact, default); auto = bf16 where the hardware has it "
-                        "natively (AVX512-BF16/AMX CPUs, GPUs), else fp32")
+    add_precision_argument(p)
     return p
 
 

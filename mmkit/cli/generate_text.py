@@ -9,7 +9,7 @@ import logging
 import sys
 from typing import Sequence
 
-from mmkit.inference.precision import PRECISIONS
+from mmkit.cli.options import add_precision_argument
 from mmkit.inference.quantize import QUANTIZATIONS
 
 log = logging.getLogger("mmkit")
@@ -35,9 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for every Linear and the output projection (CPU; faster, tokens may "
                         "differ from fp32: see mmkit bench text)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="autocast precision: fp32 (exact, default); auto = bf16 where the hardware has it "
-                        "natively (AVX512-BF16/AMX CPUs, GPUs), else fp32")
+    add_precision_argument(p)
     return p
 
 

@@ -12,8 +12,9 @@ from typing import Sequence
 
 import torch
 
+from mmkit.cli.options import add_precision_argument
 from mmkit.cli.progress import progress
-from mmkit.inference.precision import PRECISIONS, check_device
+from mmkit.inference.precision import check_device
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.subtitles import OUTPUT_FORMATS, check_output_dir, output_stems, write_outputs
 from mmkit.inference.transcriber import Transcriber
@@ -60,9 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows per encoder/decoder batch")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="autocast precision: fp32 (exact, default); auto = bf16 where the hardware has it "
-                        "natively (AVX512-BF16/AMX CPUs, GPUs), else fp32")
+    add_precision_argument(p)
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for the decoder's Linear layers, its vocabulary projection and the "
                         "encoder's qkv/fc1 (CPU only; WER against fp32 in the README)")

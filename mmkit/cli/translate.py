@@ -20,7 +20,7 @@ log = logging.getLogger("mmkit")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mmkit.inference.precision import PRECISIONS
+    from mmkit.cli.options import add_precision_argument
     from mmkit.inference.quantize import QUANTIZATIONS
 
     p = argparse.ArgumentParser(prog="mmkit translate", description=__doc__.split("\n\n")[0])
@@ -40,9 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="save the model, tokenizer, prefix and decoding settings as an mmkit export in OUT")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 Linear layers and vocabulary projection, CPU only (none: fp32, exact)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="autocast precision: fp32 (exact, default); auto = bf16 where the hardware has it "
-                        "natively (AVX512-BF16/AMX CPUs, GPUs), else fp32")
+    add_precision_argument(p)
     return p
 
 

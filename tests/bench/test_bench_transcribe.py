@@ -76,9 +76,9 @@ def test_bench_rejects_an_unknown_decoding_or_precision(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_times_bf16_only_where_native(native, monkeypatch):
-    from mmkit.cli.bench import transcribe
+    from mmkit.cli.bench.common import bench_precisions
     from mmkit.inference import precision
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: native)
-    assert transcribe._bench_precisions(["auto"]) == (["fp32", "bf16"] if native else ["fp32"])
-    assert transcribe._bench_precisions(["fp32", "bf16"]) == ["fp32", "bf16"]
+    assert bench_precisions(["auto"]) == (["fp32", "bf16"] if native else ["fp32"])
+    assert bench_precisions(["fp32", "bf16"]) == ["fp32", "bf16"]

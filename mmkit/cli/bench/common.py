@@ -8,7 +8,7 @@ import argparse
 import contextlib
 import json
 import time
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -60,6 +60,21 @@ def add_sizes_option(p: argparse.ArgumentParser, sizes: Mapping[str, tuple[int, 
     p.add_argument("--sizes", nargs="+", choices=list(sizes), default=list(sizes),
                    help="random-weight shapes to run, one report each: " + "; ".join(
                        f"{k}: dim {d}, depth {n}, vocab {v}" for k, (d, n, _, v) in sizes.items()))
+
+
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    """--precision: the mmkit precisions to time beside fp32 (`bench_precisions`)."""
+    p.add_argument("--precision", nargs="+", choices=("auto", "fp32", "bf16"), default=["auto"],
+                   help="mmkit --precision paths to time beside fp32 (always run); auto (default): bf16 too where "
+                        "the CPU has it natively (AVX512-BF16/AMX)")
+
+
+def bench_precisions(asked: Sequence[str]) -> list[str]:
+    """The --precision list as mmkit paths: fp32 always; auto adds bf16 only where the CPU has it natively."""
+    from mmkit.inference.precision import cpu_has_bf16
+
+    wanted = ["fp32", *(("bf16" if cpu_has_bf16() else "fp32") if p == "auto" else p for p in asked)]
+    return list(dict.fromkeys(wanted))
 
 
 def write_json(path: str | None, results: Any) -> None:

@@ -23,7 +23,9 @@ from typing import Any, Sequence
 
 import torch
 
-from mmkit.cli.bench.common import add_run_options, add_sizes_option, interleaved, torch_threads, write_json
+from mmkit.cli.bench.common import (
+    add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, torch_threads, write_json,
+)
 
 TEXTS = ("wordnet", "fortunes", "synthetic")
 
@@ -163,13 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--texts", choices=TEXTS, default="wordnet",
                    help="wordnet (default: the recipe's sentences), fortunes or synthetic (no package needed)")
     p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 row")
-    p.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
-                   help="an mmkit --precision bf16 row (auto: where the CPU has bf16 natively)")
+    add_precision_option(p)
     add_run_options(p)
     args = p.parse_args(argv)
-    from mmkit.inference.precision import cpu_has_bf16
-
-    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and cpu_has_bf16())
+    bf16 = "bf16" in bench_precisions(args.precision)
     results = []
     try:
         for size in args.sizes:

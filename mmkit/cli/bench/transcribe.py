@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from mmkit.cli.bench.common import add_precision_option, bench_precisions
 # the toy checkpoint and audio writers live in speech_inputs.py; re-exported here for the tests and users
 from mmkit.cli.bench.speech_inputs import (  # noqa: F401
     SAMPLE_RATE, synth_speechlike, write_audio_files, write_toy_checkpoint,
@@ -236,14 +237,6 @@ def _read_transcripts(path: str, audio: Sequence[str]) -> dict[str, str] | str:
     return {str(Path(a)): texts[str(Path(a))] for a in audio}
 
 
-def _bench_precisions(asked: Sequence[str]) -> list[str]:
-    """The --precision list as mmkit paths: fp32 always; auto adds bf16 only where the CPU has it natively."""
-    from mmkit.inference.precision import cpu_has_bf16
-
-    wanted = ["fp32", *(("bf16" if cpu_has_bf16() else "fp32") if p == "auto" else p for p in asked)]
-    return list(dict.fromkeys(wanted))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit bench transcribe`: run both as subprocesses, print the report, optionally write JSON."""
     p = argparse.ArgumentParser(prog="mmkit bench transcribe", description=__doc__.splitlines()[0])
@@ -262,9 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=("none", "int8"),
                    help="mmkit paths to time (mmkit transcribe --quantize); fp32 (none) always runs, as the "
                         "tokens every other process is compared with")
-    p.add_argument("--precision", nargs="+", choices=("auto", "fp32", "bf16"), default=["auto"],
-                   help="mmkit transcribe --precision paths to time, beside fp32 (always run); auto (default): "
-                        "bf16 too where the CPU has it natively (AVX512-BF16/AMX)")
+    add_precision_option(p)
     p.add_argument("--audio-context", type=float, nargs="+", default=[], metavar="SECONDS",
                    help="also time each mmkit path with `mmkit transcribe --audio-context SECONDS` (an "
                         "approximation: short windows encoded over fewer positions; see its WER column)")
@@ -310,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
                                   hf_batch_sizes, args.threads, args.rounds, args.language,
                                   args.quantize, fw, transcripts, args.audio_context, args.decoding,
-                                  args.repetition_guard, _bench_precisions(args.precision))
+                                  args.repetition_guard, bench_precisions(args.precision))
     sys.stdout.write(format_report(result, label))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
