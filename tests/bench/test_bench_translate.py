@@ -19,6 +19,16 @@ def test_bench_translates_to_the_same_tokens_in_every_cell():
         assert 0.0 <= c["agreement"]["mmkit int8"] <= 1.0
     report = format_report(result)
     assert report.count("yes") == 4 and "beam 2        3" in report and "mmkit int8 tok/s" in report
+    assert "mmkit bf16" not in report
+
+
+def test_bench_adds_a_bf16_column_with_its_agreement():
+    """bf16 is emulated (slowly) where the CPU lacks it: one tiny cell, agreement only."""
+    result = run_translate_bench(dim=32, layers=1, heads=4, ffn=64, vocab_size=300, batch_sizes=(2,), beams=(1,),
+                                 source_tokens=6, new_tokens=8, rounds=1, warmup=0, threads=1, int8=False, bf16=True)
+    (cell,) = result["cells"]
+    assert set(cell["ratio"]) == {"mmkit", "mmkit bf16"} and 0.0 <= cell["agreement"]["mmkit bf16"] <= 1.0
+    assert "mmkit bf16 tok/s" in format_report(result) and "bf16 same tokens" in format_report(result)
 
 
 def test_held_out_scores_fp32_and_int8_of_an_export(tmp_path, capsys):

@@ -14,6 +14,7 @@ recipe's held-out test phrases in fp32 and int8: BLEU, exact match and time, gre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
@@ -22,7 +23,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from mmkit.cli.bench.common import add_run_options, interleaved, torch_threads, write_json
+from mmkit.cli.bench.common import (
+    add_precision_option, add_run_options, bench_precisions, interleaved, torch_threads, write_json,
+)
 
 def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
     from transformers import MarianConfig, MarianMTModel
@@ -46,18 +49,19 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return sum(x == y for x, y in pairs) / max(1, len(pairs))
 
 
-def _cell(ref: Any, models: dict[str, Any], src: torch.Tensor, beams: int, new_tokens: int, rounds: int,
-          warmup: int) -> dict[str, Any]:
+def _cell(ref: Any, models: dict[str, tuple[Any, Callable[[], Any]]], src: torch.Tensor, beams: int, new_tokens: int,
+          rounds: int, warmup: int) -> dict[str, Any]:
     from mmkit.core import BeamSearch, Greedy, generate
 
     start_id = ref.config.decoder_start_token_id
     mask = torch.ones_like(src, dtype=torch.bool)
     strategy = BeamSearch(beams, early_stopping=False) if beams > 1 else Greedy()
 
-    def mmkit_run(ours: Any) -> Callable[[], list[list[int]]]:
+    def mmkit_run(ours: Any, autocast: Callable[[], Any]) -> Callable[[], list[list[int]]]:
         def run() -> list[list[int]]:
-            out = generate(ours, torch.full((len(src), 1), start_id), new_tokens, strategy,
-                           context=ours.encode(src, mask), context_mask=mask, eos_id=None, pad_id=start_id)
+            with autocast():
+                out = generate(ours, torch.full((len(src), 1), start_id), new_tokens, strategy,
+                               context=ours.encode(src, mask), context_mask=mask, eos_id=None, pad_id=start_id)
             return [s.tolist() for s in out.sequences]
         return run
 
@@ -66,7 +70,7 @@ def _cell(ref: Any, models: dict[str, Any], src: torch.Tensor, beams: int, new_t
                            max_new_tokens=new_tokens, early_stopping=False)
         return out.tolist()
 
-    runs = {name: mmkit_run(model) for name, model in models.items()}
+    runs = {name: mmkit_run(model, autocast) for name, (model, autocast) in models.items()}
     runs["transformers"] = reference_run
     seconds, outputs = interleaved(runs, rounds, warmup)
     rate = {k: len(src) * new_tokens / statistics.median(v) for k, v in seconds.items()}
@@ -79,14 +83,15 @@ def _cell(ref: Any, models: dict[str, Any], src: torch.Tensor, beams: int, new_t
 def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: int = 2048, vocab_size: int = 58101,
                         batch_sizes: Sequence[int] = (1, 16), beams: Sequence[int] = (1, 4), source_tokens: int = 24,
                         new_tokens: int = 32, rounds: int = 3, warmup: int = 1, threads: int | None = None,
-                        int8: bool = True) -> dict[str, Any]:
-    """Generated tokens/s of both implementations (and mmkit int8) in every (beams, batch size) cell.
+                        int8: bool = True, bf16: bool = False) -> dict[str, Any]:
+    """Generated tokens/s of both implementations (and mmkit int8, mmkit bf16) in every (beams, batch size) cell.
 
     Returns:
         `cells`: one dict per cell with `tokens_per_s` per implementation, `ratio` and `agreement`
-        (share of tokens equal to transformers') per mmkit path ("mmkit", "mmkit int8"; ratio > 1:
-        faster than transformers fp32), `same_tokens` (fp32) and the raw `seconds`; and the settings.
+        (share of tokens equal to transformers') per mmkit path ("mmkit", "mmkit int8", "mmkit bf16";
+        ratio > 1: faster than transformers fp32), `same_tokens` (fp32) and the raw `seconds`; and the settings.
     """
+    from mmkit.inference.precision import autocast_for
     from mmkit.inference.quantize import apply_quantization
     from mmkit.models import Seq2Seq
 
@@ -95,9 +100,11 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
     with torch_threads(threads):
         ref = _reference(dim, layers, heads, ffn, vocab_size)
         ours = Seq2Seq.from_hf(ref).eval()
-        models = {"mmkit": ours}
+        models = {"mmkit": (ours, contextlib.nullcontext)}
         if int8:
-            models["mmkit int8"] = apply_quantization(copy.deepcopy(ours), "int8")
+            models["mmkit int8"] = (apply_quantization(copy.deepcopy(ours), "int8"), contextlib.nullcontext)
+        if bf16:  # the same weights under bf16 autocast, as `mmkit translate --precision bf16`
+            models["mmkit bf16"] = (ours, autocast_for("bf16", "cpu"))
         g = torch.Generator().manual_seed(0)
         cells = []
         for beam in beams:
@@ -156,17 +163,17 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [f"Translation: {r['model']} ({r['params'] / 1e6:.1f}M params), {r['source_tokens']} source + "
              f"{r['new_tokens']} new tokens, {r['threads']} threads, median of {r['rounds']}",
              "  strategy  batch   transformers tok/s" + "".join(f"   {k + ' tok/s':>16s}   vs transf." for k in paths)
-             + "   fp32 same tokens" + ("   int8 same tokens" if "mmkit int8" in paths else "")]
+             + "   fp32 same tokens" + "".join(f"   {k[6:]} same tokens" for k in paths if k != "mmkit")]
     for c in r["cells"]:
         name = "greedy" if c["beams"] == 1 else f"beam {c['beams']}"
         line = f"  {name:8s} {c['batch_size']:6d} {c['tokens_per_s']['transformers']:20.1f}"
         for k in paths:
             line += f"   {c['tokens_per_s'][k]:16.1f}   {c['ratio'][k]:9.2f}x"
         line += f"   {'yes' if c['same_tokens'] else 'NO':>17s}"
-        if "mmkit int8" in paths:
-            line += f"   {100 * c['agreement']['mmkit int8']:17.1f}%"
+        for k in paths[1:]:
+            line += f"   {100 * c['agreement'][k]:17.1f}%"
         lines.append(line)
-    lines.append("  (goal >= 1.5x in every cell; int8 tokens vs transformers fp32, position by position)")
+    lines.append("  (goal >= 1.5x in every cell; int8/bf16 tokens vs transformers fp32, position by position)")
     return "\n".join(lines)
 
 
@@ -181,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--beams", type=int, nargs="+", default=[1, 4], help="beam widths (1 = greedy)")
     p.add_argument("--source-tokens", type=int, default=24)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--no-int8", action="store_true", help="time fp32 only (no mmkit --quantize int8 column)")
+    p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 column")
+    add_precision_option(p)
     p.add_argument("--held-out", metavar="EXPORT",
                    help="instead: BLEU/exact match of this translate_numbers export, fp32 vs int8, greedy and beam")
     p.add_argument("--sentences", type=int, default=1000, help="held-out phrases to score (1000, the recipe's)")
@@ -194,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = run_translate_bench(args.dim, args.layers, args.heads, args.ffn, args.vocab_size,
                                          args.batch_sizes, args.beams, args.source_tokens, args.new_tokens,
-                                         args.rounds, args.warmup, args.threads, not args.no_int8)
+                                         args.rounds, args.warmup, args.threads, not args.no_int8,
+                                         "bf16" in bench_precisions(args.precision))
             report = format_report(result)
     except (ValueError, OSError) as e:  # TranslatorError and WeightsError are ValueErrors
         print(f"mmkit bench translate: {e}", file=sys.stderr)
