@@ -2,10 +2,12 @@
 tokens and the report holds together. Never timings."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
-from mmkit.cli.bench.text import _int8_agreement, format_report, main, run_text_bench
+from mmkit.cli.bench.text import _agreement, format_report, main, run_text_bench
 from mmkit.models import GPT
 
 
@@ -23,14 +25,23 @@ def test_bench_generates_the_same_tokens_on_both_sides():
     assert "mmkit int8" not in format_report({k: v for k, v in result.items() if not k.startswith("int8")})
 
 
-def test_int8_agreement_counts_generated_positions_only():
+def test_agreement_counts_generated_positions_only():
     model = GPT(vocab_size=50, max_len=16, dim=16, depth=1, num_heads=2).eval()
     reference = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
     other = reference.clone()
     other[0, 0] = (other[0, 0] + 1) % 50  # a prompt position: not counted
     other[1, 5:] = (other[1, 5:] + 1) % 50  # 3 of the 10 generated positions (3 prompt tokens)
-    agreement = _int8_agreement(model, model, {"transformers": reference, "mmkit int8": other}, prompt_tokens=3)
+    agreement = _agreement(model, model, contextlib.nullcontext, other, reference, prompt_tokens=3)
     assert agreement == {"token": pytest.approx(0.7), "top1": 1.0}  # the same model predicts the same top-1 everywhere
+
+
+def test_bench_adds_a_bf16_row_with_its_agreement():
+    """bf16 is emulated (slowly) where the CPU lacks it: a tiny model, agreement only."""
+    result = run_text_bench(dim=32, depth=2, num_heads=4, vocab_size=300, batch_size=1, prompt_tokens=4,
+                            new_tokens=6, rounds=1, warmup=0, threads=1, int8=False, bf16=True)
+    assert set(result["seconds"]) == {"mmkit", "transformers", "mmkit bf16"} and "int8_ratio" not in result
+    assert 0.0 <= result["bf16_agreement"]["token"] <= 1.0 and 0.0 <= result["bf16_agreement"]["top1"] <= 1.0
+    assert "mmkit bf16 (--precision bf16" in format_report(result)
 
 
 def test_impossible_sizes_exit_2(capsys):

@@ -12,6 +12,7 @@ interleaved rounds whose order alternates; figures are medians. Never asserted o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import statistics
@@ -20,7 +21,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from mmkit.cli.bench.common import add_run_options, add_sizes_option, interleaved, torch_threads, write_json
+from mmkit.cli.bench.common import (
+    add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, torch_threads, write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,9 @@ def _reference(model_dir: str | None, dim: int, depth: int, num_heads: int, voca
 
 def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12, num_heads: int = 12,
                    vocab_size: int = 50257, batch_size: int = 1, prompt_tokens: int = 16, new_tokens: int = 64,
-                   rounds: int = 3, warmup: int = 1, threads: int | None = None, int8: bool = True) -> dict[str, Any]:
-    """Greedy generation tokens/s of both implementations (and of mmkit int8).
+                   rounds: int = 3, warmup: int = 1, threads: int | None = None, int8: bool = True,
+                   bf16: bool = False) -> dict[str, Any]:
+    """Greedy generation tokens/s of both implementations (and of mmkit int8, mmkit bf16).
 
     Args:
         model_dir: a transformers GPT-2 checkpoint directory (None: random weights of the given shape,
@@ -54,13 +58,17 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         rounds, warmup: timed and untimed rounds (each runs both implementations once).
         threads: torch intra-op threads (None: leave as is).
         int8: also time mmkit with int8 weights (`apply_quantization(model, "int8")`).
+        bf16: also time mmkit under bf16 autocast (`generate-text --precision bf16`; emulated, slowly,
+            where the CPU lacks bf16).
 
     Returns:
-        `tokens_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster) and with
-        int8 `int8_ratio` and `int8_agreement` (`token`: share of generated tokens equal to transformers',
-        `top1`: teacher-forced top-1 agreement with fp32), `same_tokens`, the raw `seconds`, the settings.
+        `tokens_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster) and per
+        reduced path `int8_ratio` / `bf16_ratio` and `int8_agreement` / `bf16_agreement` (`token`: share
+        of generated tokens equal to transformers', `top1`: teacher-forced top-1 agreement with fp32),
+        `same_tokens`, the raw `seconds`, the settings.
     """
     from mmkit.core import Greedy, generate
+    from mmkit.inference.precision import autocast_for
     from mmkit.inference.quantize import apply_quantization
     from mmkit.models import GPT
 
@@ -77,15 +85,26 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
             "transformers": lambda: ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                                  max_new_tokens=new_tokens),
         }
+        reduced: dict[str, tuple[torch.nn.Module, Callable[[], Any]]] = {}  # kind -> (model, autocast)
         if int8:
-            quantized = apply_quantization(copy.deepcopy(ours), "int8")
-            runs["mmkit int8"] = lambda: generate(quantized, prompt, new_tokens, Greedy()).tokens
+            reduced["int8"] = (apply_quantization(copy.deepcopy(ours), "int8"), contextlib.nullcontext)
+        if bf16:
+            reduced["bf16"] = (ours, autocast_for("bf16", "cpu"))
+
+        def run_reduced(model: torch.nn.Module, autocast: Callable[[], Any]) -> Callable[[], torch.Tensor]:
+            def run() -> torch.Tensor:
+                with autocast():
+                    return generate(model, prompt, new_tokens, Greedy()).tokens
+            return run
+
+        runs.update({f"mmkit {kind}": run_reduced(*path) for kind, path in reduced.items()})
         seconds, outputs = interleaved(runs, rounds, warmup)
         rate = {k: batch_size * new_tokens / statistics.median(v) for k, v in seconds.items()}
-        extra = {}
-        if int8:
-            extra = dict(int8_ratio=rate["mmkit int8"] / rate["transformers"],
-                         int8_agreement=_int8_agreement(ours, quantized, outputs, prompt_tokens))
+        extra: dict[str, Any] = {}
+        for kind, (model, autocast) in reduced.items():
+            extra[f"{kind}_ratio"] = rate[f"mmkit {kind}"] / rate["transformers"]
+            extra[f"{kind}_agreement"] = _agreement(ours, model, autocast, outputs[f"mmkit {kind}"],
+                                                    outputs["transformers"], prompt_tokens)
         return dict(**extra, model=model_dir or f"random GPT-2 dim {dim} depth {depth} vocab {vocab_size}",
                     params=sum(p.numel() for p in ours.parameters()), batch_size=batch_size,
                     prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(),
@@ -93,25 +112,30 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
                     same_tokens=torch.equal(outputs["mmkit"], outputs["transformers"]))
 
 
-def _int8_agreement(ours: torch.nn.Module, quantized: torch.nn.Module, outputs: dict[str, torch.Tensor],
-                    prompt_tokens: int) -> dict[str, float]:
-    """`token`: share of generated tokens of mmkit int8 equal to transformers' fp32, position by position;
-    `top1`: share of the positions of transformers' sequence where int8's next-token argmax equals fp32's."""
-    reference = outputs["transformers"]
-    token = (outputs["mmkit int8"][:, prompt_tokens:] == reference[:, prompt_tokens:]).float().mean()
+def _agreement(ours: torch.nn.Module, reduced: torch.nn.Module, autocast: Callable[[], Any], tokens: torch.Tensor,
+               reference: torch.Tensor, prompt_tokens: int) -> dict[str, float]:
+    """`token`: share of a reduced path's generated `tokens` equal to transformers' fp32 `reference`,
+    position by position; `top1`: share of the positions of the reference sequence where the reduced
+    path's next-token argmax (`reduced` under `autocast`) equals fp32's."""
+    token = (tokens[:, prompt_tokens:] == reference[:, prompt_tokens:]).float().mean()
     with torch.inference_mode():
         context = reference[:, :-1]  # predictions of the tokens after the prompt, along the fp32 sequence
-        top = [m(context)[:, prompt_tokens - 1 :].argmax(-1) for m in (ours, quantized)]
-    return dict(token=float(token), top1=float((top[0] == top[1]).float().mean()))
+        exact = ours(context)[:, prompt_tokens - 1 :].argmax(-1)
+        with autocast():
+            low = reduced(context)[:, prompt_tokens - 1 :].argmax(-1)
+    return dict(token=float(token), top1=float((exact == low).float().mean()))
 
 
 def format_report(result: dict[str, Any]) -> str:
     r = result
-    int8 = [] if "int8_ratio" not in r else [
-        f"  mmkit int8 (--quantize int8)    {r['tokens_per_s']['mmkit int8']:8.1f} tokens/s",
-        f"  mmkit int8 / transformers fp32  {r['int8_ratio']:8.2f}x   int8 vs fp32: "
-        f"{100 * r['int8_agreement']['token']:.1f}% same tokens, "
-        f"{100 * r['int8_agreement']['top1']:.1f}% same top-1 (teacher-forced)"]
+    reduced = []
+    for kind, option in (("int8", "--quantize int8"), ("bf16", "--precision bf16")):
+        if f"{kind}_ratio" in r:
+            agree = r[f"{kind}_agreement"]
+            reduced += [f"  mmkit {kind} ({option:<16}) {r['tokens_per_s'][f'mmkit {kind}']:8.1f} tokens/s",
+                        f"  mmkit {kind} / transformers fp32  {r[f'{kind}_ratio']:8.2f}x   {kind} vs fp32: "
+                        f"{100 * agree['token']:.1f}% same tokens, {100 * agree['top1']:.1f}% same top-1 "
+                        "(teacher-forced)"]
     return "\n".join([
         f"GPT greedy generation: {r['model']} ({r['params'] / 1e6:.1f}M params), batch {r['batch_size']}, "
         f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens, {r['threads']} threads, median of {r['rounds']}",
@@ -119,7 +143,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"  transformers generate           {r['tokens_per_s']['transformers']:8.1f} tokens/s",
         f"  mmkit / transformers            {r['ratio']:8.2f}x   (goal >= 1.5x)",
         f"  same tokens                     {'yes' if r['same_tokens'] else 'NO'}",
-    ] + int8)
+    ] + reduced)
 
 
 # Named shapes (dim, depth, num_heads, vocab_size): the recipe's model and GPT-2 small.
@@ -133,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--no-int8", action="store_true", help="time fp32 only (no mmkit --quantize int8 row)")
+    p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 row")
+    add_precision_option(p)
     add_run_options(p)
     args = p.parse_args(argv)
     results = []
@@ -141,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for size in [None] if args.model else args.sizes:
             dim, depth, heads, vocab = SIZES[size] if size else SIZES["gpt2-small"]
             results.append(run_text_bench(args.model, dim, depth, heads, vocab, args.batch_size, args.prompt_tokens,
-                                          args.new_tokens, args.rounds, args.warmup, args.threads, not args.no_int8))
+                                          args.new_tokens, args.rounds, args.warmup, args.threads, not args.no_int8,
+                                          "bf16" in bench_precisions(args.precision)))
             print(format_report(results[-1]), flush=True)
     except (ValueError, OSError) as e:
         print(f"mmkit bench text: {e}", file=sys.stderr)
