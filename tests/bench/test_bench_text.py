@@ -47,3 +47,13 @@ def test_bench_adds_a_bf16_row_with_its_agreement():
 def test_impossible_sizes_exit_2(capsys):
     assert main(["--sizes", "fortunes", "--new-tokens", "0"]) == 2
     assert capsys.readouterr().err.startswith("mmkit bench text: ")
+
+
+def test_a_model_that_is_not_transformers_gpt2_exits_2(tmp_path, capsys):
+    """An mmkit export's config.json would otherwise load as a default, random GPT-2."""
+    (tmp_path / "config.json").write_text('{"format_version": 1, "architecture": "GPT", "config": {}}')
+    assert main(["--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a transformers GPT-2 directory" in err
+    assert main(["--model", str(tmp_path / "missing")]) == 2
+    assert "no readable config.json" in capsys.readouterr().err

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import logging
 import statistics
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -32,6 +34,15 @@ def _reference(model_dir: str | None, dim: int, depth: int, num_heads: int, voca
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if model_dir:
+        # transformers reads any config.json it is given: an mmkit export would silently become a random GPT-2
+        config = Path(model_dir, "config.json")
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--model {model_dir}: no readable config.json ({e})") from None
+        if model_type != "gpt2":
+            raise ValueError(f"--model {model_dir}: not a transformers GPT-2 directory (model_type {model_type!r}); "
+                             "an mmkit export has no transformers twin to compare with: use --sizes")
         ref = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="sdpa")
     else:
         torch.manual_seed(0)
