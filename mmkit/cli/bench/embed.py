@@ -122,9 +122,10 @@ def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_
             runs["mmkit bf16"] = lambda: torch.from_numpy(low.embed(texts))
         seconds, outputs = interleaved(runs, rounds, warmup)
         rate = {k: len(texts) / statistics.median(v) for k, v in seconds.items()}
-        extra = {f"{kind}_{key}": value for kind, on in (("int8", int8), ("bf16", bf16)) if on
-                 for key, value in (("ratio", rate[f"mmkit {kind}"] / rate["transformers"]),
-                                    ("agreement", _agreement(outputs[f"mmkit {kind}"], outputs["transformers"])))}
+        extra: dict[str, Any] = {}
+        for path in [k for k, on in (("int8", int8), ("bf16", bf16)) if on]:
+            extra[f"{path}_ratio"] = rate[f"mmkit {path}"] / rate["transformers"]
+            extra[f"{path}_agreement"] = _agreement(outputs[f"mmkit {path}"], outputs["transformers"])
         return dict(**extra, model=f"random BERT dim {dim} depth {depth} vocab {vocab_size}", batch_size=batch_size,
                     texts=kind, sentences=len(texts), mean_tokens=sum(map(len, ids)) / len(ids), rounds=rounds,
                     threads=torch.get_num_threads(), sentences_per_s=rate,
