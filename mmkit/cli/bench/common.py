@@ -77,6 +77,24 @@ def bench_precisions(asked: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+# The reduced-precision mmkit paths a benchmark may time beside fp32, with the option that selects each.
+REDUCED_PATHS = (("int8", "--quantize int8"), ("bf16", "--precision bf16"))
+
+
+def reduced_path_lines(result: Mapping[str, Any], rates: str, unit: str, label: Callable[[str, str], str],
+                       agreement: Callable[[Any], str]) -> list[str]:
+    """Two report lines per reduced path in `result` (keys "<kind>_ratio", "<kind>_agreement"): the
+    path's `label(kind, option)` and its rate from `result[rates]` in `unit`, then its ratio to
+    transformers' fp32 and `agreement(result["<kind>_agreement"])`."""
+    lines = []
+    for kind, option in REDUCED_PATHS:
+        if f"{kind}_ratio" in result:
+            lines += [f"  {label(kind, option)} {result[rates][f'mmkit {kind}']:8.1f} {unit}",
+                      f"  mmkit {kind} / transformers fp32  {result[f'{kind}_ratio']:8.2f}x   {kind} vs fp32: "
+                      + agreement(result[f"{kind}_agreement"])]
+    return lines
+
+
 def write_json(path: str | None, results: Any) -> None:
     """Write `results` to `path` as indented JSON (nothing when `path` is None)."""
     if path:

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import torch
 
 from mmkit.cli.bench.common import (
-    add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, torch_threads, write_json,
+    add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, reduced_path_lines,
+    torch_threads, write_json,
 )
 
 TEXTS = ("wordnet", "fortunes", "synthetic")
@@ -135,14 +136,10 @@ def run_embed_bench(dim: int = 768, depth: int = 12, num_heads: int = 12, vocab_
 
 def format_report(result: dict[str, Any]) -> str:
     r = result
-    reduced = []
-    for kind, option in (("int8", "--quantize int8"), ("bf16", "--precision bf16")):
-        if f"{kind}_ratio" in r:
-            agree = r[f"{kind}_agreement"]
-            reduced += [f"  mmkit embed {option:<19} {r['sentences_per_s'][f'mmkit {kind}']:8.1f} sentences/s",
-                        f"  mmkit {kind} / transformers fp32  {r[f'{kind}_ratio']:8.2f}x   {kind} vs fp32: cosine mean "
-                        f"{agree['cosine_mean']:.4f}, min {agree['cosine_min']:.4f}; "
-                        f"{100 * agree['neighbour']:.1f}% same nearest neighbour"]
+    reduced = reduced_path_lines(
+        r, "sentences_per_s", "sentences/s", lambda kind, option: f"mmkit embed {option:<19}",
+        lambda a: f"cosine mean {a['cosine_mean']:.4f}, min {a['cosine_min']:.4f}; "
+                  f"{100 * a['neighbour']:.1f}% same nearest neighbour")
     return "\n".join([
         f"Sentence embeddings: {r['model']}, {r['sentences']} {r['texts']} sentences ({r['mean_tokens']:.1f} tokens "
         "on average), "

@@ -24,7 +24,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mmkit.cli.bench.common import (
-    add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, torch_threads, write_json,
+    add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, reduced_path_lines,
+    torch_threads, write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -139,14 +140,9 @@ def _agreement(ours: torch.nn.Module, reduced: torch.nn.Module, autocast: Callab
 
 def format_report(result: dict[str, Any]) -> str:
     r = result
-    reduced = []
-    for kind, option in (("int8", "--quantize int8"), ("bf16", "--precision bf16")):
-        if f"{kind}_ratio" in r:
-            agree = r[f"{kind}_agreement"]
-            reduced += [f"  mmkit {kind} ({option:<16}) {r['tokens_per_s'][f'mmkit {kind}']:8.1f} tokens/s",
-                        f"  mmkit {kind} / transformers fp32  {r[f'{kind}_ratio']:8.2f}x   {kind} vs fp32: "
-                        f"{100 * agree['token']:.1f}% same tokens, {100 * agree['top1']:.1f}% same top-1 "
-                        "(teacher-forced)"]
+    reduced = reduced_path_lines(
+        r, "tokens_per_s", "tokens/s", lambda kind, option: f"mmkit {kind} ({option:<16})",
+        lambda a: f"{100 * a['token']:.1f}% same tokens, {100 * a['top1']:.1f}% same top-1 (teacher-forced)")
     return "\n".join([
         f"GPT greedy generation: {r['model']} ({r['params'] / 1e6:.1f}M params), batch {r['batch_size']}, "
         f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens, {r['threads']} threads, median of {r['rounds']}",
