@@ -86,3 +86,28 @@ def gpt2_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
     mapped = remap(state, GPT2_KEYS, source, transforms)
     log.info("imported GPT-2 (%s layers, dim %s) from %s", cfg["n_layer"], cfg["n_embd"], source)
     return Converted(config, mapped, source, training)
+
+
+def gpt2_from_mmkit(config: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The inverse of `gpt2_from_hf`: an mmkit `GPT`'s config and state dict as a transformers
+    `GPT2Config` dict and `GPT2LMHeadModel` state dict (the same function, e.g. a reference twin of
+    a trained export for `mmkit bench text`).
+
+    Raises:
+        WeightsError: configurations GPT-2 cannot express (no q/k/v bias, an untied output head).
+    """
+    source = f"mmkit GPT (dim {config['dim']}, depth {config['depth']})"
+    if not config.get("qkv_bias", True):
+        raise WeightsError(f"{source}: GPT-2 always has q/k/v biases (qkv_bias=False)")
+    if any(k.startswith("head.") for k in state):
+        raise WeightsError(f"{source}: GPT-2 ties its output head to the token embedding")
+    dim = config["dim"]
+    hf_config = dict(model_type="gpt2", vocab_size=config["vocab_size"], n_positions=config["max_len"], n_embd=dim,
+                     n_layer=config["depth"], n_head=config["num_heads"], n_inner=int(dim * config["mlp_ratio"]),
+                     layer_norm_epsilon=config["norm_eps"], activation_function="gelu_new", tie_word_embeddings=True)
+    rules = [(dst, "transformer." + src) for src, dst in _GPT2_BASE_KEYS if dst is not None]
+    transforms = {f"transformer.h.{i}.{src}.weight": conv1d_to_linear  # the transpose is its own inverse
+                  for i in range(config["depth"]) for src in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    mapped = remap(state, rules, source, transforms)
+    mapped["lm_head.weight"] = mapped["transformer.wte.weight"]
+    return hf_config, mapped

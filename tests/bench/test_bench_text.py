@@ -49,11 +49,20 @@ def test_impossible_sizes_exit_2(capsys):
     assert capsys.readouterr().err.startswith("mmkit bench text: ")
 
 
-def test_a_model_that_is_not_transformers_gpt2_exits_2(tmp_path, capsys):
-    """An mmkit export's config.json would otherwise load as a default, random GPT-2."""
-    (tmp_path / "config.json").write_text('{"format_version": 1, "architecture": "GPT", "config": {}}')
+def test_a_model_that_is_neither_export_nor_transformers_gpt2_exits_2(tmp_path, capsys):
+    """transformers would load any other config.json as a default, random GPT-2."""
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     assert main(["--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a transformers GPT-2 directory" in err
+    assert err.count("\n") == 1 and "neither an mmkit GPT export nor a transformers GPT-2" in err
     assert main(["--model", str(tmp_path / "missing")]) == 2
     assert "no readable config.json" in capsys.readouterr().err
+
+
+def test_an_mmkit_export_runs_against_its_transformers_twin(tmp_path):
+    torch.manual_seed(0)
+    GPT(vocab_size=300, max_len=32, dim=32, depth=2, num_heads=4, mlp_ratio=3.0).save_pretrained(tmp_path)
+    result = run_text_bench(str(tmp_path), batch_size=2, prompt_tokens=5, new_tokens=10, rounds=1, warmup=0,
+                            threads=1)
+    assert result["same_tokens"] is True and result["model"] == str(tmp_path)
+    assert result["params"] == sum(p.numel() for p in GPT.from_pretrained(tmp_path).parameters())

@@ -231,3 +231,27 @@ def test_from_hf_refuses_a_head_that_differs_from_the_embedding(hf_gpt2, tmp_pat
     with pytest.raises(WeightsError, match="lm_head.weight differs from (transformer\\.)?wte.weight") as err:
         GPT.from_hf(tmp_path)
     assert str(tmp_path / "pytorch_model.bin") in str(err.value)
+
+
+def test_gpt2_from_mmkit_is_the_inverse_of_from_hf(gpt, tokens):
+    """An mmkit GPT as transformers' GPT-2 (the twin `mmkit bench text --model EXPORT` times): same logits."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mmkit.weights.from_hf import gpt2_from_mmkit
+
+    config, state = gpt2_from_mmkit(gpt.config, gpt.state_dict())
+    config.pop("model_type")
+    twin = GPT2LMHeadModel(GPT2Config(**config)).eval()
+    twin.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        assert (twin(tokens).logits - gpt.eval()(tokens)).abs().max() <= 1e-4
+    back = GPT.from_hf(twin)
+    assert all(torch.equal(v, gpt.state_dict()[k]) for k, v in back.state_dict().items())
+
+
+def test_gpt2_from_mmkit_refuses_what_gpt2_cannot_express():
+    from mmkit.weights.from_hf import gpt2_from_mmkit
+
+    model = GPT(vocab_size=50, max_len=8, dim=16, depth=1, num_heads=2, qkv_bias=False)
+    with pytest.raises(WeightsError, match="qkv_bias=False"):
+        gpt2_from_mmkit(model.config, model.state_dict())

@@ -8,6 +8,7 @@ interleaved rounds whose order alternates; figures are medians. Never asserted o
 
     mmkit bench text                       # the recipe's and GPT-2 small's shapes, random weights
     mmkit bench text --model DIR --batch-size 4 --new-tokens 128
+    mmkit bench text --model runs/gpt_fortunes/export   # a trained export against its transformers twin
 """
 from __future__ import annotations
 
@@ -35,25 +36,46 @@ def _reference(model_dir: str | None, dim: int, depth: int, num_heads: int, voca
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if model_dir:
-        # transformers reads any config.json it is given: an mmkit export would silently become a random GPT-2
         config = Path(model_dir, "config.json")
         try:
-            model_type = json.loads(config.read_text()).get("model_type")
+            saved = json.loads(config.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"--model {model_dir}: no readable config.json ({e})") from None
-        if model_type != "gpt2":
-            raise ValueError(f"--model {model_dir}: not a transformers GPT-2 directory (model_type {model_type!r}); "
-                             "an mmkit export has no transformers twin to compare with: use --sizes")
+        if saved.get("architecture") == "GPT":  # an mmkit export: its transformers twin, same weights
+            return _twin(model_dir)
+        # transformers reads any config.json it is given: anything else would silently become a random GPT-2
+        if saved.get("model_type") != "gpt2":
+            raise ValueError(f"--model {model_dir}: neither an mmkit GPT export nor a transformers GPT-2 directory "
+                             f"(model_type {saved.get('model_type')!r})")
         ref = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="sdpa")
     else:
         torch.manual_seed(0)
         ref = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=max_len, n_embd=dim, n_layer=depth,
                                          n_head=num_heads, bos_token_id=None, eos_token_id=None,
                                          attn_implementation="sdpa"))
-    # Every row generates exactly new_tokens on both sides: no end-of-text stop.
+    return _no_stop(ref)
+
+
+def _no_stop(ref: Any) -> Any:
+    """Every row generates exactly new_tokens on both sides: no end-of-text stop."""
     ref.generation_config.eos_token_id = None
     ref.generation_config.pad_token_id = 0
     return ref.eval()
+
+
+def _twin(export_dir: str) -> Any:
+    """transformers' GPT-2 holding the weights of an mmkit GPT export (`weights.from_hf.gpt2_from_mmkit`)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mmkit.models import GPT
+    from mmkit.weights.from_hf import gpt2_from_mmkit
+
+    ours = GPT.from_pretrained(export_dir)
+    config, state = gpt2_from_mmkit(ours.config, ours.state_dict())
+    config.pop("model_type")
+    ref = GPT2LMHeadModel(GPT2Config(**config, bos_token_id=None, eos_token_id=None, attn_implementation="sdpa"))
+    ref.load_state_dict(state, strict=True)
+    return _no_stop(ref)
 
 
 def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12, num_heads: int = 12,
@@ -63,8 +85,9 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
     """Greedy generation tokens/s of both implementations (and of mmkit int8, mmkit bf16).
 
     Args:
-        model_dir: a transformers GPT-2 checkpoint directory (None: random weights of the given shape,
-            by default GPT-2 small's).
+        model_dir: a transformers GPT-2 checkpoint directory, or an mmkit GPT export (timed against
+            its transformers twin, the same weights; None: random weights of the given shape, by
+            default GPT-2 small's).
         batch_size, prompt_tokens, new_tokens: B random prompts of that many tokens, each extended
             by exactly `new_tokens`.
         rounds, warmup: timed and untimed rounds (each runs both implementations once).
@@ -154,12 +177,13 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 # Named shapes (dim, depth, num_heads, vocab_size): the recipe's model and GPT-2 small.
-SIZES = {"fortunes": (256, 4, 4, 4096), "gpt2-small": (768, 12, 12, 50257)}
+SIZES = {"fortunes": (192, 4, 4, 4096), "gpt2-small": (768, 12, 12, 50257)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mmkit bench text", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory (instead of --sizes)")
+    p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory, or an mmkit GPT export (timed against its transformers "
+                        "twin), instead of --sizes")
     add_sizes_option(p, SIZES)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--prompt-tokens", type=int, default=16)
