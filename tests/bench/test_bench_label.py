@@ -1,6 +1,7 @@
 """`mmkit bench label`: the end-to-end smoke run (open_clip, mmkit fp32 and mmkit int8 as whole
 processes on a few generated images with the same random-init ViT-B-32 file), the agreement table
-of every mmkit path, and the --model EXPORT mode. Never timings."""
+of every mmkit path, the --model EXPORT mode, and --device (refused in one line where this machine lacks
+it, passed to every side). Never timings."""
 from __future__ import annotations
 
 import csv
@@ -65,3 +66,40 @@ def test_model_export_mode_has_no_open_clip_side_and_reads_its_labels(tmp_path):
     assert cmd[cmd.index("--labels") + 1] == "red circle,blue star" and cmd[cmd.index("--template") + 1] == "a {}"
     assert cmd[cmd.index("--quantize") + 1] == "int8" and "--pretrained" not in cmd
     assert main(["--model", str(tmp_path / "missing")]) == 2
+
+
+def _no_heavy_work(monkeypatch, module):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the bench started work it should have refused")
+    monkeypatch.setattr(module, "run", refuse)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_in_one_line_before_any_work(monkeypatch, capsys):
+    from mmkit.cli.bench import label
+
+    _no_heavy_work(monkeypatch, label)
+    assert main(["--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "CUDA is not available" in err
+
+
+def test_an_unknown_device_and_int8_off_the_cpu_are_refused(monkeypatch, capsys):
+    from mmkit.cli.bench import label
+    from mmkit.inference import precision
+
+    _no_heavy_work(monkeypatch, label)
+    assert main(["--device", "nonsense"]) == 2 and "not a device" in capsys.readouterr().err
+    monkeypatch.setattr(precision, "check_device", lambda device: torch.device("cuda"))  # as on a GPU machine
+    assert main(["--device", "cuda", "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--quantize int8 runs on the CPU" in err
+
+
+def test_every_side_runs_on_the_device_asked_for(tmp_path):
+    args = _parser().parse_args(["--device", "cuda:1", "--quantize", "none"])
+    commands = _commands(args, tmp_path / "imgs", tmp_path / "ckpt.safetensors", tmp_path)
+    assert list(commands) == ["open_clip", "mmkit"]
+    assert commands["open_clip"][-1] == "cuda:1"  # the reference script's last argument
+    cmd = commands["mmkit"]
+    assert cmd[cmd.index("--device") + 1] == "cuda:1" and cmd.count("--device") == 1

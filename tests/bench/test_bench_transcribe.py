@@ -1,8 +1,13 @@
 """Smoke test of `mmkit bench transcribe` end to end (real subprocesses on both sides, a tiny
-checkpoint): the two decode the same tokens and the report holds together. Never timings."""
+checkpoint): the two decode the same tokens and the report holds together; --device is refused in one
+line where this machine lacks it (or a path cannot run there) and reaches every process. Never timings."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+import torch
 
 from mmkit.cli.bench.transcribe import (
     format_report, run_transcribe_bench, word_error_rate, write_audio_files, write_toy_checkpoint,
@@ -82,3 +87,88 @@ def test_auto_times_bf16_only_where_native(native, monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: native)
     assert bench_precisions(["auto"]) == (["fp32", "bf16"] if native else ["fp32"])
     assert bench_precisions(["fp32", "bf16"]) == ["fp32", "bf16"]
+
+
+def _no_heavy_work(monkeypatch):
+    from mmkit.cli.bench import transcribe
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the bench started work it should have refused")
+    for name in ("write_toy_checkpoint", "write_audio_files", "run_transcribe_bench"):
+        monkeypatch.setattr(transcribe, name, refuse)
+    return transcribe
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_in_one_line_before_any_work(monkeypatch, capsys):
+    transcribe = _no_heavy_work(monkeypatch)
+    assert transcribe.main(["--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "CUDA is not available" in err
+
+
+def test_paths_a_device_cannot_run_are_refused_in_one_line(monkeypatch, capsys):
+    transcribe = _no_heavy_work(monkeypatch)
+    # CTranslate2 has no float16 kernels on a CPU (it would fail only after the other processes ran)
+    assert transcribe.main(["--faster-whisper", "float16"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "float16: not a compute type on --device cpu" in err
+    monkeypatch.setattr(transcribe, "check_device", lambda device: torch.device("cuda"))  # as on a GPU machine
+    assert transcribe.main(["--device", "cuda", "--quantize", "int8", "--precision", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--quantize int8 runs on the CPU" in err
+
+
+def test_fw_compute_types_per_device(monkeypatch):
+    import importlib.util
+
+    from mmkit.cli.bench.speech_references import fw_compute_types
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # as if faster-whisper were there
+    assert fw_compute_types(None, "cpu") == ["int8", "float32"]
+    assert fw_compute_types(None, "cuda:1") == ["float16", "int8_float16"]
+    assert fw_compute_types(["int8_float16", "float32"], "cuda") == ["int8_float16", "float32"]
+    assert fw_compute_types(None, "mps") == [] and fw_compute_types([], "cpu") == []
+    with pytest.raises(ValueError, match="int8_float16"):
+        fw_compute_types(["int8", "int8_float16"], "cpu")
+    with pytest.raises(ValueError, match="mps"):
+        fw_compute_types(["float32"], "mps")
+
+
+def test_every_process_gets_the_device(tmp_path, monkeypatch):
+    """The command lines and reference arguments, from a stand-in for the subprocess runner that
+    writes each process's tokens (the same for all): nothing runs, no checkpoint but a tokenizer."""
+    from mmkit.cli.bench import transcribe
+    from mmkit.data.whisper_toy_tokenizer import write_toy_tokenizer
+
+    model = tmp_path / "model"
+    write_toy_tokenizer(model, 300)
+    (model / "model.bin").write_bytes(b"")  # a CTranslate2 folder: faster-whisper reads it, nothing converted
+    files = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    commands = []
+
+    def fake_run(cmd, env):
+        commands.append(cmd)
+        if "--output-dir" in cmd:  # mmkit transcribe
+            out = Path(cmd[cmd.index("--output-dir") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                (out / f"{f.stem}.json").write_text(json.dumps({"segments": [{"tokens": [5, 6]}]}))
+        elif len(cmd) == 4:  # a reference script with its JSON arguments
+            args = json.loads(cmd[3])
+            Path(args["out"]).write_text(json.dumps({str(f): [5, 6] for f in files}))
+        return 1.0
+
+    monkeypatch.setattr(transcribe, "_run", fake_run)
+    result = run_transcribe_bench(model, files, hf_batch_sizes=(2,), faster_whisper=("float16",),
+                                  precisions=("fp32", "fp16"), device="cuda:1")
+    mmkit = [c for c in commands if "--output-dir" in c]
+    references = {Path(json.loads(c[3])["out"]).stem: json.loads(c[3]) for c in commands if len(c) == 4}
+    assert len(mmkit) == 2 and all(c[c.index("--device") + 1] == "cuda:1" for c in mmkit)
+    assert sorted(c[c.index("--precision") + 1] for c in mmkit) == ["fp16", "fp32"]
+    assert references["hf_b2"]["device"] == "cuda:1"
+    assert (references["fw_float16"]["device"], references["fw_float16"]["device_index"]) == ("cuda", 1)
+    assert result["device"] == "cuda:1" and all(result["tokens_identical"].values())
+    assert "2 files on cuda:1," in format_report(result, "tiny")
+    with pytest.raises(ValueError, match="fp16"):  # fp16 autocast is a GPU path
+        run_transcribe_bench(model, files, precisions=("fp16",))

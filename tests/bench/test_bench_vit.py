@@ -55,7 +55,7 @@ def test_main_writes_json(tmp_path, capsys, monkeypatch):
     assert main(["--models", "vit_tiny_patch16_224", "--batch-size", "2", "--image-size", "32", "--steps", "1",
                  "--warmup", "0", "--precision", "fp32", "bf16", "--threads", "1", "--json", str(out)]) == 0
     assert seen == dict(models=["vit_tiny_patch16_224"], batch_size=2, image_size=32, steps=1, warmup=0,
-                        threads=1, precision="bf16")  # the last of the two runs
+                        threads=1, precision="bf16", device="cpu", peak_tflops=None)  # the last of the two runs
     rows = json.loads(out.read_text())
     assert len(rows[0]["train_seconds"]["timm"]) == 1
     assert [(r["precision"], r["native"]) for r in rows] == [("fp32", True), ("bf16", False)]
@@ -71,3 +71,33 @@ def test_spread_is_relative_interquartile_range():
     assert _spread([2.0]) == 0.0
     assert _spread([1.0, 1.0, 1.0, 1.0]) == 0.0
     assert _spread([1.0, 1.0, 2.0, 2.0]) == pytest.approx((2.0 - 1.0) / 1.5)  # q1=1, q3=2, median 1.5
+
+
+def test_flops_and_mfu_columns():
+    """FLOPs per image are counted once, on timm's standard ViT, for both sides; MFU needs a peak."""
+    rows = run_vit_bench(models=("vit_tiny_patch16_224",), batch_size=2, image_size=32, steps=1, warmup=0,
+                         threads=1, timm_kwargs=TINY, peak_tflops=0.5)
+    row = rows[0]
+    # one block on 4 patches + the class token: mostly the 2 * params * tokens of the Linear layers
+    linear = 12 * 192 * 192 * 5 + 192 * 3 * 16 * 16 * 4
+    assert 2 * linear <= row["infer_flops_per_image"] <= 2 * linear * 1.1
+    assert 2.5 * row["infer_flops_per_image"] <= row["train_flops_per_image"] <= 3.5 * row["infer_flops_per_image"]
+    for mode in ("infer", "train"):
+        for impl in ("mmkit", "timm"):
+            assert row[f"{mode}_{impl}_mfu"] == pytest.approx(
+                row[f"{mode}_flops_per_image"] * row[f"{mode}_{impl}_ips"] / 0.5e12)
+    assert format_rows(rows)[1][-2].endswith("%")
+    unpeaked = run_vit_bench(models=("vit_tiny_patch16_224",), batch_size=2, image_size=32, steps=1, warmup=0,
+                             threads=1, timm_kwargs=TINY)[0]
+    assert unpeaked["infer_mmkit_mfu"] is None and format_rows([unpeaked])[1][-2:] == ["-", "-"]
+
+
+@pytest.mark.parametrize("device", ["cuda", "banana"])
+def test_a_device_this_machine_lacks_is_one_line(device, capsys):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["--models", "vit_tiny_patch16_224", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmkit bench vit: --device") and err.count("\n") == 1

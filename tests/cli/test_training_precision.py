@@ -25,6 +25,7 @@ def test_auto_is_bf16_mixed_only_where_the_cpu_has_it(monkeypatch, native):
         assert training_precision(explicit, "cpu") == explicit
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_auto_on_a_gpu():
     assert training_precision("auto", "gpu") == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")

@@ -12,9 +12,11 @@ Each `--quantize` value is one mmkit path ("mmkit" = fp32 weights, "mmkit int8" 
 weights); every path's labels are compared with open_clip's and with mmkit fp32's. `--model DIR`
 runs a trained mmkit CLIP export instead (its labels and templates from its metadata; no open_clip
 side), on `--image-dir DIR` or the generated images: agreement of int8 with fp32 where near-ties of
-random weights do not blur it.
+random weights do not blur it. `--device cuda` runs both sides on the GPU (the reference still in fp32;
+mmkit's `--precision auto` is bf16 there, fp16 on older GPUs; int8 is a CPU path, so only fp32 weights).
 
     mmkit bench label --images 128 --rounds 3
+    mmkit bench label --device cuda --images 256 --rounds 2
     mmkit bench label --model runs/clip_shapes/export --image-dir shapes/ --rounds 1
 """
 from __future__ import annotations
@@ -46,27 +48,28 @@ TEMPLATE = "a photo of a {}."
 SIZES = {"mixed": ((640, 480), (1024, 768), (1600, 1200), (2048, 1536)), "photo": ((4032, 3024),),
          "small": ((640, 480),)}
 
-# The reference, verbatim the common open_clip recipe; it reports its own phases on stderr.
+# The reference, verbatim the common open_clip recipe (on the GPU too: .to(device), fp32, no autocast;
+# .tolist() waits for the GPU); it reports its own phases on stderr.
 REFERENCE = r'''
 import csv, json, sys, time
 t0 = time.perf_counter()
 import torch, open_clip
 from pathlib import Path
 from PIL import Image
-root, ckpt, labels, out = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split(","), sys.argv[4]
+root, ckpt, labels, out, device = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split(","), sys.argv[4], sys.argv[5]
 t1 = time.perf_counter()
 model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=ckpt)
-model.eval()
+model.to(device).eval()
 tokenizer = open_clip.get_tokenizer("ViT-B-32")
 paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 t2 = time.perf_counter()
 rows = []
 with torch.no_grad():
-    text = model.encode_text(tokenizer([f"a photo of a {label}." for label in labels]))
+    text = model.encode_text(tokenizer([f"a photo of a {label}." for label in labels]).to(device))
     text = text / text.norm(dim=-1, keepdim=True)
     for i in range(0, len(paths), 32):
         batch = paths[i:i + 32]
-        images = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in batch])
+        images = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in batch]).to(device)
         features = model.encode_image(images)
         features = features / features.norm(dim=-1, keepdim=True)
         probs = (model.logit_scale.exp() * features @ text.T).softmax(dim=-1)
@@ -144,9 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="mmkit's batch size (the reference uses 32)")
     p.add_argument("--num-workers", type=int, default=None, help="mmkit's decoding workers (default: its own)")
-    p.add_argument("--precision", default="auto", help="mmkit's --precision (auto: bf16 where the CPU has it)")
-    p.add_argument("--quantize", nargs="+", choices=("none", "int8"), default=["none", "int8"],
-                   help="one mmkit path per value: none (fp32 weights) and/or int8 (int8 Linear weights)")
+    p.add_argument("--device", default="cpu", help="where both sides run: cpu (default), cuda, cuda:N")
+    p.add_argument("--precision", default="auto",
+                   help="mmkit's --precision (auto: bf16 where the CPU or GPU has it; the reference stays fp32)")
+    p.add_argument("--quantize", nargs="+", choices=("none", "int8"), default=None,
+                   help="one mmkit path per value: none (fp32 weights) and/or int8 (int8 Linear weights, CPU only); "
+                        "default: both on the CPU, none elsewhere")
     p.add_argument("--model", help="an mmkit CLIP export to run instead of the random ViT-B-32 (labels and "
                    "templates from its metadata; no open_clip side)")
     p.add_argument("--image-dir", metavar="DIR", help="label the images of DIR instead of generated ones")
@@ -165,14 +171,14 @@ def _commands(args: argparse.Namespace, images: Path, ckpt: Path, work: Path) ->
         script = work / "reference_open_clip.py"
         script.write_text(REFERENCE)
         commands[OPEN_CLIP] = [sys.executable, str(script), str(images), str(ckpt), ",".join(LABELS),
-                               str(work / f"{OPEN_CLIP}.csv")]
+                               str(work / f"{OPEN_CLIP}.csv"), args.device]
     labels, templates = _labels(args)
     for quantize in dict.fromkeys(args.quantize):
         side = "mmkit" if quantize == "none" else f"mmkit {quantize}"
         cmd = [sys.executable, "-m", "mmkit.cli", "label", str(images), "--labels", ",".join(labels),
                "--model", args.model or ARCH, "--out", str(work / f"{side.replace(' ', '_')}.csv"), "--all-scores",
-               "--overwrite", "--quiet", "--precision", args.precision, "--quantize", quantize,
-               "--batch-size", str(args.batch_size)]
+               "--overwrite", "--quiet", "--device", args.device, "--precision", args.precision,
+               "--quantize", quantize, "--batch-size", str(args.batch_size)]
         cmd += [] if args.model else ["--pretrained", str(ckpt)]
         cmd += [] if args.ensemble and not args.model else [a for t in templates for a in ("--template", t)]
         cmd += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
@@ -233,7 +239,19 @@ def _in_process_seconds(side: str, stderr: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmkit.inference.precision import check_device
+
     args = _parser().parse_args(argv)
+    try:
+        on_cpu = check_device(args.device).type == "cpu"
+    except ValueError as e:
+        print(f"mmkit bench label: {e}", file=sys.stderr)
+        return 2
+    if not on_cpu and "int8" in (args.quantize or ()):
+        print(f"mmkit bench label: --quantize int8 runs on the CPU (PyTorch's int8 kernels), not on --device "
+              f"{args.device}", file=sys.stderr)
+        return 2
+    args.quantize = args.quantize or (["none", "int8"] if on_cpu else ["none"])
     if args.images < 1 or args.rounds < 1:
         print("mmkit bench label: --images and --rounds must be >= 1", file=sys.stderr)
         return 2

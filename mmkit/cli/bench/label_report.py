@@ -46,6 +46,8 @@ def agreements(outputs: dict[str, Path]) -> dict[str, dict[str, dict[str, Any]]]
 def report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], load: list[float],
            agree: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """The JSON-able result: settings, per-run and median seconds, speed-ups, agreements."""
+    import torch
+
     from mmkit.inference.precision import cpu_has_bf16
 
     med = {side: {k: statistics.median(v) for k, v in t.items()} for side, t in times.items()}
@@ -54,7 +56,8 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], l
     result = {
         "images": args.images, "sizes": args.sizes, "rounds": args.rounds, "batch_size": args.batch_size,
         "precision": args.precision, "quantize": args.quantize, "ensemble": args.ensemble,
-        "exact_decode": args.exact_decode, "model": args.model or "random ViT-B-32",
+        "exact_decode": args.exact_decode, "model": args.model or "random ViT-B-32", "device": args.device,
+        "gpu": torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else None,
         "cpu_count": os.cpu_count(), "cpu_native_bf16": cpu_has_bf16(), "load_average": [round(x, 2) for x in load],
         "runs": {side: {k: [round(x, 2) for x in v] for k, v in t.items()} for side, t in times.items()},
         "median_s": {side: {k: round(v, 2) for k, v in m.items()} for side, m in med.items()},
@@ -68,8 +71,10 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], l
 
 
 def print_report(result: dict[str, Any]) -> None:
-    lines = [f"{result['images']} images ({result['sizes']} sizes), {result['rounds']} rounds, "
-             f"{result['cpu_count']} CPUs, native bf16: {result['cpu_native_bf16']}, model {result['model']}, "
+    gpu = f" ({result['gpu']})" if result.get("gpu") else ""
+    lines = [f"{result['images']} images ({result['sizes']} sizes) on {result.get('device', 'cpu')}{gpu}, "
+             f"{result['rounds']} rounds, "
+             f"{result['cpu_count']} CPUs, CPU native bf16: {result['cpu_native_bf16']}, model {result['model']}, "
              f"load average {result['load_average']}"]
     for side, m in result["median_s"].items():
         lines.append(f"  {side:11s} wall {m['wall']:7.2f} s  CPU {m['cpu']:7.2f} s  after imports {m['inner']:7.2f} s"

@@ -1,9 +1,11 @@
 """Inputs for `mmkit bench transcribe` and the speech tests: a random-initialised transformers
-Whisper checkpoint with the self-made toy tokenizer (whisper-tiny's shapes by default) and
-synthetic speech-like audio files. Nothing is downloaded."""
+Whisper checkpoint with the self-made toy tokenizer (whisper-tiny's shapes by default),
+synthetic speech-like audio files, and the reader of `--transcripts`. Nothing is downloaded."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -76,3 +78,15 @@ def write_audio_files(directory: str | Path, n: int, min_seconds: float = 5.0, m
         sf.write(str(path), synth_speechlike(seconds, seed + i), SAMPLE_RATE, subtype="PCM_16")
         paths.append(path)
     return paths
+
+
+def read_transcripts(path: str, audio: Sequence[str]) -> dict[str, str] | str:
+    """{audio path: reference text} for every --audio file, or what is wrong with the file."""
+    try:
+        texts = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return f"--transcripts {path}: unreadable ({e})"
+    missing = [a for a in audio if not isinstance(texts, dict) or not isinstance(texts.get(str(Path(a))), str)]
+    if not audio or missing:
+        return f"--transcripts needs --audio files and a text for each (missing: {', '.join(missing[:3]) or 'all'})"
+    return {str(Path(a)): texts[str(Path(a))] for a in audio}

@@ -16,11 +16,11 @@ the real 51,865-token layout from a self-made tokenizer) is written to a tempora
 timings are those of whisper-tiny, its "transcripts" are noise.
 
     mmkit bench transcribe --num-files 8 --max-new-tokens 96 --batch-size 8
+    mmkit bench transcribe --device cuda --model whisper-base/ --audio clips/*.wav --batch-size 16
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -36,9 +36,12 @@ from typing import Any, Sequence
 from mmkit.cli.bench.common import add_precision_option, bench_precisions
 # the toy checkpoint and audio writers live in speech_inputs.py; re-exported here for the tests and users
 from mmkit.cli.bench.speech_inputs import (  # noqa: F401
-    SAMPLE_RATE, synth_speechlike, write_audio_files, write_toy_checkpoint,
+    SAMPLE_RATE, read_transcripts, synth_speechlike, write_audio_files, write_toy_checkpoint,
 )
-from mmkit.cli.bench.speech_references import FW_COMPUTE_TYPES, FW_SCRIPT, HF_SCRIPT, IMPORT_ONLY, hf_tokens
+from mmkit.cli.bench.speech_references import (
+    FW_ALL_COMPUTE_TYPES, FW_SCRIPT, HF_SCRIPT, IMPORT_ONLY, fw_compute_types, hf_tokens,
+)
+from mmkit.inference.precision import check_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +76,32 @@ def word_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> flo
     return float(wer([_words(h) for h in hypotheses], [_words(r) for r in references]))
 
 
+def mmkit_paths(quantize: Sequence[str], precisions: Sequence[str], device: str = "cpu") -> dict[str, list[str]]:
+    """The mmkit paths to time, name -> `mmkit transcribe` options: "mmkit" (fp32, always: its tokens are what
+    every other process is compared with), "mmkit_bf16" (and "mmkit_fp16" off the CPU), "mmkit_int8" (CPU
+    only: PyTorch's int8 kernels). A ValueError for a path that cannot run on `device`."""
+    on_cpu = device.split(":")[0] == "cpu"
+    if not set(precisions) <= {"fp32", "bf16", *(() if on_cpu else ("fp16",))}:
+        raise ValueError(f"precisions must be 'fp32' and/or 'bf16', got {list(precisions)}")
+    if "int8" in quantize and not on_cpu:
+        raise ValueError(f"--quantize int8 runs on the CPU (PyTorch's int8 kernels), not on --device {device}")
+    paths: dict[str, list[str]] = {}
+    for q in dict.fromkeys(["none", *quantize]):
+        for pr in dict.fromkeys(["fp32", *precisions]):
+            if q != "none" and pr != "fp32":
+                continue  # int8 layers take fp32 activations: there is no int8 + bf16 path
+            name = "mmkit" if (q, pr) == ("none", "fp32") else f"mmkit_{pr if q == 'none' else q}"
+            paths[name] = ["--quantize", q, "--precision", pr]
+    return paths
+
+
 def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max_new_tokens: int = 96,
                          batch_size: int = 8, hf_batch_sizes: Sequence[int] = (8,), threads: int | None = None,
                          rounds: int = 1, language: str = "en", mmkit_quantize: Sequence[str] = ("none",),
                          faster_whisper: Sequence[str] = (), transcripts: dict[str, str] | None = None,
                          audio_contexts: Sequence[float] = (), decoding: str = "greedy",
-                         repetition_guard: bool = False, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
+                         repetition_guard: bool = False, precisions: Sequence[str] = ("fp32",),
+                         device: str = "cpu") -> dict[str, Any]:
     """Time `mmkit transcribe` (once per `mmkit_quantize` kind and `precisions` entry: "mmkit", "mmkit_int8",
     "mmkit_bf16" (int8 with bf16 is no path: int8 layers take fp32), and again per `audio_contexts` seconds
     with `--audio-context S`: "mmkit_ctx10s", "mmkit_int8_ctx10s"), the transformers
@@ -90,6 +113,8 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     used, and compares them by WER; the transformers rows are greedy either way. `repetition_guard` keeps
     mmkit's repetition guard on in greedy mode (a window that starts repeating itself is cut; other windows
     decode the same tokens): what `--audio-context` needs, since short contexts make some windows loop.
+    Every process runs on `device` ("cpu", "cuda", "cuda:N"; checked by the caller, `check_device`), the
+    transformers reference in fp32 there.
 
     Returns:
         `seconds` per process over the rounds, `import_seconds` (a process that only imports each
@@ -102,8 +127,7 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
 
     if decoding not in ("greedy", "default"):
         raise ValueError(f"decoding must be 'greedy' or 'default', got {decoding!r}")
-    if not set(precisions) <= {"fp32", "bf16"}:
-        raise ValueError(f"precisions must be 'fp32' and/or 'bf16', got {list(precisions)}")
+    paths = mmkit_paths(mmkit_quantize, precisions, device)  # "mmkit" (fp32), "mmkit_bf16", "mmkit_int8"
 
     model_dir, files = Path(model_dir), [Path(f) for f in files]
     tok = WhisperTokenizer.from_dir(model_dir)
@@ -118,11 +142,12 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     def mmkit_cmd(entry: list[str], out: str) -> list[str]:
         return [*entry, *map(str, files), "--model", str(model_dir), "--language", language, "--without-timestamps",
                 *greedy_args, "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size),
-                "--output-format", "json", "--output-dir", str(work / out), "--quiet", *threads_args]
+                "--output-format", "json", "--output-dir", str(work / out), "--quiet", "--device", device,
+                *threads_args]
 
     def hf_cmd(b: int) -> list[str]:
         args = dict(model=str(model_dir), files=list(map(str, files)), batch_size=b, language=language,
-                    max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"hf_b{b}.json"))
+                    max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"hf_b{b}.json"), device=device)
         return [sys.executable, "-c", HF_SCRIPT, json.dumps(args)]
 
     # a CTranslate2 folder (model.bin) is faster-whisper's own format: read as is, nothing converted
@@ -131,7 +156,7 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     def fw_cmd(compute_type: str) -> list[str]:
         args = dict(model=str(ct2_dir), files=list(map(str, files)), compute_type=compute_type, language=language,
                     max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"fw_{compute_type}.json"),
-                    decoding=decoding)
+                    decoding=decoding, device=device.split(":")[0], device_index=int(device.partition(":")[2] or 0))
         return [sys.executable, "-c", FW_SCRIPT, json.dumps(args)]
 
     if faster_whisper and ct2_dir != model_dir:  # float32; faster-whisper quantizes it on load per compute type
@@ -142,14 +167,6 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
         ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=extra).convert(str(work / "ct2"),
                                                                                                 force=True)
     entry = [sys.executable, "-m", "mmkit.cli", "transcribe"]
-    # fp32 always runs: its tokens are what every other process is compared with
-    paths: dict[str, list[str]] = {}  # "mmkit" (fp32), "mmkit_bf16", "mmkit_int8": their mmkit arguments
-    for q in dict.fromkeys(["none", *mmkit_quantize]):
-        for pr in dict.fromkeys(["fp32", *precisions]):
-            if q != "none" and pr != "fp32":
-                continue  # int8 layers take fp32 activations: there is no int8 + bf16 path
-            name = "mmkit" if (q, pr) == ("none", "fp32") else f"mmkit_{pr if q == 'none' else q}"
-            paths[name] = ["--quantize", q, "--precision", pr]
     mmkit_runs = dict(paths)
     for c in audio_contexts:
         mmkit_runs.update({f"{name}_ctx{c:g}s": [*args, "--audio-context", str(c)] for name, args in paths.items()})
@@ -165,7 +182,7 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     import_seconds = {name: _run([sys.executable, "-c", code], env) for name, code in IMPORT_ONLY.items()}
     ours = _mmkit_tokens(work / "mmkit", files)  # fp32: what every other process is compared with
     result: dict[str, Any] = dict(
-        model=str(model_dir), files=len(files), audio_seconds=None, max_new_tokens=max_new_tokens,
+        model=str(model_dir), device=device, files=len(files), audio_seconds=None, max_new_tokens=max_new_tokens,
         batch_size=batch_size, threads=threads, rounds=rounds, decoding=decoding, precisions=list(precisions),
         repetition_guard=repetition_guard or decoding == "default", seconds=seconds,
         import_seconds=import_seconds,
@@ -201,8 +218,9 @@ def format_report(result: dict[str, Any], label: str) -> str:
     over that of mmkit's fastest path (> 1: mmkit is faster); "same tokens" is against mmkit fp32."""
     how = "greedy" if result.get("decoding", "greedy") == "greedy" else "each tool's default fallback/thresholds"
     how += " (mmkit with its repetition guard)" if result.get("repetition_guard") and how == "greedy" else ""
-    lines = [label, f"{result['files']} files, {how}, no timestamps, max {result['max_new_tokens']} new tokens, "
-                    f"mmkit batch {result['batch_size']}, threads {result['threads'] or 'torch default'}, "
+    lines = [label, f"{result['files']} files on {result.get('device', 'cpu')}, {how}, no timestamps, "
+                    f"max {result['max_new_tokens']} new tokens, mmkit batch {result['batch_size']}, "
+                    f"threads {result['threads'] or 'torch default'}, "
                     f"{result['rounds']} round(s); {result['tokens_generated']} tokens generated by mmkit; "
                     f"x mmkit = over {result.get('fastest_mmkit', 'mmkit')}", ""]
     header = f"{'process':<20} {'median s':>9}  {'rounds (s)':<20} {'same tokens':<12} {'x mmkit':>8} {'WER':>7}"
@@ -225,18 +243,6 @@ def format_report(result: dict[str, Any], label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_transcripts(path: str, audio: Sequence[str]) -> dict[str, str] | str:
-    """{audio path: reference text} for every --audio file, or what is wrong with the file."""
-    try:
-        texts = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        return f"--transcripts {path}: unreadable ({e})"
-    missing = [a for a in audio if not isinstance(texts, dict) or not isinstance(texts.get(str(Path(a))), str)]
-    if not audio or missing:
-        return f"--transcripts needs --audio files and a text for each (missing: {', '.join(missing[:3]) or 'all'})"
-    return {str(Path(a)): texts[str(Path(a))] for a in audio}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit bench transcribe`: run both as subprocesses, print the report, optionally write JSON."""
     p = argparse.ArgumentParser(prog="mmkit bench transcribe", description=__doc__.splitlines()[0])
@@ -252,16 +258,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads in both processes")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--language", default="en")
-    p.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=("none", "int8"),
-                   help="mmkit paths to time (mmkit transcribe --quantize); fp32 (none) always runs, as the "
-                        "tokens every other process is compared with")
+    p.add_argument("--device", default="cpu", help="where every process runs: cpu (default), cuda, cuda:N; there "
+                   "--precision auto adds the GPU's bf16 (fp16 on older GPUs), the transformers reference stays fp32")
+    p.add_argument("--quantize", nargs="+", default=None, choices=("none", "int8"),
+                   help="mmkit paths to time (mmkit transcribe --quantize; default none int8 on the CPU, none "
+                        "elsewhere); fp32 (none) always runs, as the tokens every other process is compared with")
     add_precision_option(p)
     p.add_argument("--audio-context", type=float, nargs="+", default=[], metavar="SECONDS",
                    help="also time each mmkit path with `mmkit transcribe --audio-context SECONDS` (an "
                         "approximation: short windows encoded over fewer positions; see its WER column)")
-    p.add_argument("--faster-whisper", nargs="*", default=None, choices=FW_COMPUTE_TYPES,
-                   help="faster-whisper compute types to time (default: int8 float32 where faster-whisper is "
-                        "installed; none given: skip it)")
+    p.add_argument("--faster-whisper", nargs="*", default=None, choices=FW_ALL_COMPUTE_TYPES,
+                   help="faster-whisper compute types to time (default where faster-whisper is installed: int8 "
+                        "float32 on the CPU, float16 int8_float16 on cuda; none given: skip it)")
     p.add_argument("--decoding", choices=("greedy", "default"), default="greedy",
                    help="greedy: no fallback, thresholds or repetition guard anywhere (same tokens, the default); "
                         "default: mmkit's and faster-whisper's own fallback and thresholds on (compare by WER)")
@@ -271,7 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                           "keyed as the --audio paths: adds a WER column")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     args = p.parse_args(argv)
-    transcripts = _read_transcripts(args.transcripts, args.audio or []) if args.transcripts else None
+    try:  # before anything is written: a device this machine lacks, or a path that cannot run on it
+        device = check_device(args.device)
+        quantize = args.quantize or (["none", "int8"] if device.type == "cpu" else ["none"])
+        precisions = bench_precisions(args.precision) if device.type == "cpu" else list(dict.fromkeys(
+            ["fp32", *(resolve_precision(x, device) for x in args.precision)]))
+        mmkit_paths(quantize, precisions, args.device)
+        fw = fw_compute_types(args.faster_whisper, args.device)
+    except ValueError as e:
+        sys.stderr.write(f"mmkit bench transcribe: error: {e}\n")
+        return 2
+    transcripts = read_transcripts(args.transcripts, args.audio or []) if args.transcripts else None
     if isinstance(transcripts, str):
         sys.stderr.write(f"mmkit bench transcribe: error: {transcripts}\n")
         return 2
@@ -293,15 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("%s is a CTranslate2 folder: mmkit and faster-whisper read it, the transformers rows are left out",
                  model_dir)
         hf_batch_sizes = []
-    fw = args.faster_whisper
-    if fw is None:
-        fw = list(FW_COMPUTE_TYPES) if importlib.util.find_spec("faster_whisper") else []
-        if not fw:
-            log.info("faster-whisper is not installed (pip install faster-whisper): its rows are left out")
     result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
                                   hf_batch_sizes, args.threads, args.rounds, args.language,
-                                  args.quantize, fw, transcripts, args.audio_context, args.decoding,
-                                  args.repetition_guard, bench_precisions(args.precision))
+                                  quantize, fw, transcripts, args.audio_context, args.decoding,
+                                  args.repetition_guard, precisions, args.device)
     sys.stdout.write(format_report(result, label))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

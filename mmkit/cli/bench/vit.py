@@ -7,9 +7,13 @@ a training step is forward + cross-entropy + backward + AdamW step in train mode
 bf16` adds bf16 rows: both models under the same `torch.autocast("cpu", bfloat16)` (what
 `--trainer.precision bf16-mixed` does in training); on a CPU without AVX512-BF16/AMX bf16 is
 emulated (the table says so) and far slower than fp32, so keep those runs small there.
+`--device cuda` runs both on a GPU (timings synchronised) under CUDA autocast. Each row also
+reports the model FLOPs utilisation (bench/flops.py): FLOPs per image counted by PyTorch times
+images/s over the device's datasheet peak (known GPUs, or `--peak-tflops`).
 
     mmkit bench vit --models vit_tiny_patch16_224 vit_small_patch16_224 --batch-size 32
     mmkit bench vit --models vit_tiny_patch16_224 --precision fp32 bf16 --steps 3
+    mmkit bench vit --models vit_base_patch16_224 --batch-size 128 --precision bf16 --device cuda
 """
 from __future__ import annotations
 
@@ -54,15 +58,16 @@ class _Impl:
         self.optimizer.step()
 
 
-def _autocast(precision: str) -> Callable[[], ContextManager]:
+def _autocast(precision: str, device: torch.device = torch.device("cpu")) -> Callable[[], ContextManager]:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
-def _build(name: str, image_size: int, precision: str, timm_kwargs: Mapping[str, Any]) -> dict[str, _Impl]:
+def _build(name: str, image_size: int, precision: str, timm_kwargs: Mapping[str, Any],
+           device: torch.device) -> dict[str, _Impl]:
     import timm
 
     from mmkit.models import ViT
@@ -70,7 +75,8 @@ def _build(name: str, image_size: int, precision: str, timm_kwargs: Mapping[str,
     torch.manual_seed(0)
     ref = timm.create_model(name, pretrained=False, img_size=image_size, **timm_kwargs)
     ours = ViT.from_timm(ref)  # same weights, same configuration
-    autocast = _autocast(precision)
+    ref, ours = ref.to(device), ours.to(device)
+    autocast = _autocast(precision, device)
     return {
         impl: _Impl(model, torch.optim.AdamW(model.parameters(), lr=1e-4), autocast)
         for impl, model in (("mmkit", ours), ("timm", ref))
@@ -78,14 +84,18 @@ def _build(name: str, image_size: int, precision: str, timm_kwargs: Mapping[str,
 
 
 def _interleaved(impls: dict[str, _Impl], step: Callable[[_Impl], object], rounds: int,
-                 warmup: int) -> dict[str, list[float]]:
-    """Seconds per timed call of `step` for each implementation, alternating the order each round."""
+                 warmup: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds per timed call of `step` for each implementation, alternating the order each round
+    (on a GPU, from an idle device to the end of the call's last kernel)."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in impls}
     for r in range(warmup + rounds):
         order = IMPLS if r % 2 == 0 else IMPLS[::-1]
         for key in order:
+            sync()
             start = time.perf_counter()
             step(impls[key])
+            sync()
             elapsed = time.perf_counter() - start
             if r >= warmup:
                 times[key].append(elapsed)
@@ -101,37 +111,47 @@ def _spread(seconds: Sequence[float]) -> float:
 
 
 def _bench_one(name: str, batch_size: int, image_size: int, steps: int, warmup: int, precision: str,
-               timm_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    impls = _build(name, image_size, precision, timm_kwargs)
+               timm_kwargs: Mapping[str, Any], device: torch.device, peak: float | None) -> dict[str, Any]:
+    from mmkit.cli.bench.flops import mfu, peak_tflops, per_sample_flops
+
+    impls = _build(name, image_size, precision, timm_kwargs, device)
     ours = impls["mmkit"].model
     num_classes = ours.config["num_classes"]
     if num_classes <= 0:
         raise ValueError("the training benchmark needs a classifier head (num_classes > 0)")
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, ours.config["in_chans"], image_size, image_size, generator=g)
-    y = torch.randint(0, num_classes, (batch_size,), generator=g)
+    x = torch.randn(batch_size, ours.config["in_chans"], image_size, image_size, generator=g).to(device)
+    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    # The model's FLOPs, counted on timm's standard ViT: mmkit's last block computes only the tokens
+    # pooling reads, so its own count is lower for the same output; one count keeps the MFUs comparable.
+    flops = dict(zip(("infer", "train"), per_sample_flops(impls["timm"].model, x, y)))
+    peak = peak or peak_tflops(device, precision)
 
     for impl in impls.values():
         impl.model.eval()
     # Sanity: the two models compute the same function, so the timings compare like with like.
     diff = (impls["mmkit"].infer(x[:2]).float() - impls["timm"].infer(x[:2]).float()).abs().max().item()
-    infer = _interleaved(impls, lambda i: i.infer(x), steps, warmup)
+    infer = _interleaved(impls, lambda i: i.infer(x), steps, warmup, device)
 
     for impl in impls.values():
         impl.model.train()
-    train = _interleaved(impls, lambda i: i.train_step(x, y), steps, warmup)
+    train = _interleaved(impls, lambda i: i.train_step(x, y), steps, warmup, device)
 
     from mmkit.inference.precision import cpu_has_bf16
 
+    cuda = device.type == "cuda"
     row: dict[str, Any] = dict(
         model=name, batch_size=batch_size, image_size=image_size, precision=precision,
-        native=precision == "fp32" or cpu_has_bf16(),
+        native=precision == "fp32" or (torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()),
+        device=torch.cuda.get_device_name(device) if cuda else "cpu",
         threads=torch.get_num_threads(), steps=steps, warmup=warmup,
-        params=sum(p.numel() for p in ours.parameters()), max_abs_diff=diff,
+        params=sum(p.numel() for p in ours.parameters()), max_abs_diff=diff, peak_tflops=peak,
     )
     for mode, secs in (("infer", infer), ("train", train)):
+        row[f"{mode}_flops_per_image"] = flops[mode]
         for impl in IMPLS:
             row[f"{mode}_{impl}_ips"] = batch_size / statistics.median(secs[impl])
+            row[f"{mode}_{impl}_mfu"] = mfu(flops[mode], row[f"{mode}_{impl}_ips"], peak)
         row[f"{mode}_ratio"] = row[f"{mode}_mmkit_ips"] / row[f"{mode}_timm_ips"]
         row[f"{mode}_spread"] = max(_spread(secs[impl]) for impl in IMPLS)
         row[f"{mode}_seconds"] = secs  # raw per-round timings, for a closer look
@@ -147,8 +167,10 @@ def run_vit_bench(
     threads: int | None = None,
     precision: str = "fp32",
     timm_kwargs: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    peak_tflops: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Time mmkit's ViT against timm's on CPU, one row per model.
+    """Time mmkit's ViT against timm's on the CPU or a GPU, one row per model.
 
     Args:
         models: timm model names of the plain ViT family.
@@ -158,17 +180,24 @@ def run_vit_bench(
         threads: torch intra-op threads for the run (None = leave as is).
         precision: "fp32", or "bf16" (CPU autocast applied identically to both).
         timm_kwargs: extra `timm.create_model` arguments (e.g. `depth=1` for a smoke run).
+        device: "cpu", "cuda" or "cuda:N" (checked before anything is built).
+        peak_tflops: the device's dense peak for `precision`, for the MFU (None: the datasheet
+            figure of a known GPU, else no MFU).
 
     Returns:
         Per model: images/s as `{infer,train}_{mmkit,timm}_ips`, `{infer,train}_ratio`
         (mmkit / timm, > 1 means mmkit is faster), `{infer,train}_spread` (interquartile range
         over median of the per-round times, the worse of the two: a ratio closer to 1 than this
         is noise), the raw `{infer,train}_seconds`, `max_abs_diff` of the two models' logits,
-        and the settings used.
+        `{infer,train}_flops_per_image` and `{infer,train}_{mmkit,timm}_mfu` (None without a
+        peak), and the settings used.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     _autocast(precision)  # validate before building anything
+    from mmkit.inference.precision import check_device
+
+    where = check_device(device)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -176,7 +205,8 @@ def run_vit_bench(
         rows = []
         for name in models:
             log.info("benchmarking %s (batch %d, %dpx, %s)", name, batch_size, image_size, precision)
-            rows.append(_bench_one(name, batch_size, image_size, steps, warmup, precision, dict(timm_kwargs or {})))
+            rows.append(_bench_one(name, batch_size, image_size, steps, warmup, precision, dict(timm_kwargs or {}),
+                                   where, peak_tflops))
         return rows
     finally:
         torch.set_num_threads(previous)
@@ -184,7 +214,8 @@ def run_vit_bench(
 
 def format_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     """Header + one line per model, as strings (shared by the rich and the plain output)."""
-    header = ["model", "precision", "mode", "mmkit img/s", "timm img/s", "mmkit/timm", "spread", "max |diff|"]
+    header = ["model", "precision", "mode", "mmkit img/s", "timm img/s", "mmkit/timm", "spread", "max |diff|",
+              "MFU mmkit", "MFU timm"]
     lines = [header]
     for row in rows:
         precision = row["precision"] + ("" if row.get("native", True) else " (emulated)")
@@ -192,15 +223,23 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
             lines.append([
                 row["model"], precision, label, f"{row[f'{mode}_mmkit_ips']:.1f}", f"{row[f'{mode}_timm_ips']:.1f}",
                 f"{row[f'{mode}_ratio']:.3f}", f"{row[f'{mode}_spread']:.0%}", f"{row['max_abs_diff']:.1e}",
+                *(_percent(row.get(f"{mode}_{impl}_mfu")) for impl in IMPLS),
             ])
     return lines
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.1%}"
 
 
 def _render(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = format_rows(rows)
     first = rows[0] if rows else {}
-    title = (f"ViT throughput, batch {first.get('batch_size')}, {first.get('image_size')}px, "
-             f"{first.get('threads')} threads, median of {first.get('steps')} rounds")
+    where = first.get("device", "cpu")
+    title = (f"ViT throughput on {where}, batch {first.get('batch_size')}, {first.get('image_size')}px, "
+             + (f"{first.get('threads')} threads, " if where == "cpu" else "")
+             + f"median of {first.get('steps')} rounds"
+             + (f"; MFU against {first['peak_tflops']:g} TFLOP/s" if first.get("peak_tflops") else ""))
     try:
         from rich.console import Console
         from rich.table import Table
@@ -213,7 +252,7 @@ def _render(rows: Sequence[Mapping[str, Any]]) -> str:
         table.add_column(col, justify="left" if i < 3 else "right")
     for line in lines[1:]:
         table.add_row(*line)
-    console = Console(record=True, width=120)
+    console = Console(record=True, width=160)
     with console.capture() as capture:
         console.print(table)
     return capture.get()
@@ -232,12 +271,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                         help="one set of rows per value, both models under the same autocast (bf16: emulated, slow, "
                              "on CPUs without AVX512-BF16/AMX)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--peak-tflops", type=float, metavar="T",
+                        help="the device's dense peak TFLOP/s at the precision run, for the MFU columns (default: "
+                             "the datasheet figure of a known GPU; none on a CPU)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     args = parser.parse_args(argv)
     models = [m for arg in args.models for m in arg.split(",") if m]
-    rows = [row for precision in dict.fromkeys(args.precision)
-            for row in run_vit_bench(models, batch_size=args.batch_size, image_size=args.image_size, steps=args.steps,
-                                     warmup=args.warmup, threads=args.threads, precision=precision)]
+    try:
+        rows = [row for precision in dict.fromkeys(args.precision)
+                for row in run_vit_bench(models, batch_size=args.batch_size, image_size=args.image_size,
+                                         steps=args.steps, warmup=args.warmup, threads=args.threads,
+                                         precision=precision, device=args.device, peak_tflops=args.peak_tflops)]
+    except ValueError as e:
+        print(f"mmkit bench vit: {e}", file=sys.stderr)
+        return 2
     sys.stdout.write(_render(rows))
     if args.json:
         with open(args.json, "w") as f:
