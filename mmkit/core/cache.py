@@ -58,8 +58,9 @@ class AttentionCache:
         return self._k.narrow(2, 0, needed), self._v.narrow(2, 0, needed)
 
     def set(self, k: Tensor, v: Tensor) -> None:
-        """Store static keys/values (cross-attention over a fixed context)."""
-        self._k, self._v, self.length = k, v, k.shape[2]
+        """Store static keys/values (cross-attention over a fixed context), contiguous: every decoding
+        step reads them whole, and the heads' views of the fused projection are strided."""
+        self._k, self._v, self.length = k.contiguous(), v.contiguous(), k.shape[2]
 
     def reorder(self, index: Tensor) -> None:
         if self._k is not None:

@@ -163,3 +163,44 @@ def test_attention_maps_skip_cross_attention_and_remove_hooks():
     _, maps = attention_maps(dec, lambda: dec(x, context=ctx))
     assert [m.shape for m in maps] == [(1, HEADS, 4, 4)] * 2
     assert all(not m._forward_hooks for m in dec.modules() if isinstance(m, nn.Module))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "bias"])
+def test_a_bf16_decoding_step_agrees_with_fp32(mask_kind):
+    """One query per row in bf16 on the CPU takes the two-product path (`_one_query_attention`, fp32
+    scores); it stays as close to fp32 as SDPA's bf16 kernel, masks and biases included."""
+    import torch.nn.functional as F
+
+    from mmkit.core.attention import _one_query_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, n, 16, generator=g) * 2 for n in (1, 40, 40))
+    mask = {"none": None, "bool": torch.rand(3, 1, 1, 40, generator=g) > 0.3,
+            "bias": torch.randn(1, 4, 1, 40, generator=g)}[mask_kind]
+    if mask is not None and mask.dtype == torch.bool:
+        mask[..., 0] = True  # every row sees at least one key
+    exact = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25)
+    low = _one_query_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, 0.25)
+    sdpa = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=mask, scale=0.25)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - exact).abs().max() <= 1.5 * (sdpa.float() - exact).abs().max() + 1e-3
+
+
+def test_a_bf16_cached_step_takes_the_two_product_path_and_agrees(monkeypatch):
+    import mmkit.core.attention as attention
+
+    torch.manual_seed(0)
+    layer = Attention(32, num_heads=4, cross=True).eval()
+    x, context = torch.randn(2, 1, 32), torch.randn(2, 30, 32)
+    calls = []
+    real = attention._one_query_attention
+    monkeypatch.setattr(attention, "_one_query_attention", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        exact = layer(x, context)
+        cache = AttentionCache()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first = layer(x, context, cache=cache)
+            again = layer(x, cache=cache)  # keys and values from the cache, stored contiguous
+    assert calls == [1, 1] and cache.keys.is_contiguous() and cache.values.is_contiguous()
+    assert torch.equal(first, again)
+    assert (first.float() - exact).abs().max() <= 0.05 * exact.abs().max()
