@@ -210,7 +210,9 @@ class Transcriber:
 
     # --- one batch of windows --------------------------------------------------------------
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: autocast keeps its bf16 copies of the weights for the whole batch only
+    # outside inference mode (inside it, every decoding step casts every weight again: ~18% slower in bf16)
+    @torch.no_grad()
     def _decode_windows(self, windows: Sequence[_Window], languages: dict[int, str | None]) -> list[list[Segment]]:
         """Segments of each window. Digitally silent windows (all samples 0) are not decoded."""
         audible = [k for k, w in enumerate(windows) if np.any(w.audio)]

@@ -29,7 +29,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 def interleaved(runs: Mapping[str, Callable[[], T]], rounds: int,
                 warmup: int) -> tuple[dict[str, list[float]], dict[str, T]]:
-    """Time each run `warmup + rounds` times under inference mode, reversing the order every other round.
+    """Time each run `warmup + rounds` times without gradients, reversing the order every other round.
+    (no_grad as the tools run, not inference_mode: inside inference mode autocast casts the weights again
+    at every decoding step instead of once.)
 
     Returns:
         seconds per run name (the `rounds` timed calls, warm-up excluded) and each run's last output.
@@ -37,7 +39,7 @@ def interleaved(runs: Mapping[str, Callable[[], T]], rounds: int,
     names = list(runs)
     seconds: dict[str, list[float]] = {k: [] for k in names}
     outputs: dict[str, T] = {}
-    with torch.inference_mode():
+    with torch.no_grad():
         for r in range(warmup + rounds):
             for name in names if r % 2 == 0 else names[::-1]:
                 start = time.perf_counter()
