@@ -2,6 +2,7 @@
 import argparse
 import json
 
+import pytest
 import torch
 
 from mmkit.cli.bench.common import add_run_options, add_sizes_option, interleaved, torch_threads, write_json
@@ -37,3 +38,12 @@ def test_shared_options_and_json_output(tmp_path):
     write_json(args.json, [{"ratio": 1.5}])
     assert json.loads((tmp_path / "r.json").read_text()) == [{"ratio": 1.5}]
     write_json(None, [1])  # no --json: nothing written, no error
+
+
+def test_bench_quantize_defaults_per_device_and_keeps_int8_on_the_cpu():
+    from mmkit.cli.bench.common import bench_quantize
+
+    assert bench_quantize(None, "cpu") == ["none", "int8"] and bench_quantize(None, "cuda:1") == ["none"]
+    assert bench_quantize(["int8"], "cpu") == ["int8"] and bench_quantize(["none"], "cuda") == ["none"]
+    with pytest.raises(ValueError, match="--quantize int8 runs on the CPU.*--device cuda:1"):
+        bench_quantize(["none", "int8"], "cuda:1")

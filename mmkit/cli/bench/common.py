@@ -79,6 +79,15 @@ def bench_precisions(asked: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+def bench_quantize(asked: Sequence[str] | None, device: str) -> list[str]:
+    """The --quantize list of a whole-process bench on `device`: `asked`, or none and int8 on the CPU and
+    none elsewhere. A ValueError for int8 off the CPU: PyTorch's int8 kernels run on the CPU only."""
+    on_cpu = device.split(":")[0] == "cpu"
+    if "int8" in (asked or ()) and not on_cpu:
+        raise ValueError(f"--quantize int8 runs on the CPU (PyTorch's int8 kernels), not on --device {device}")
+    return list(asked or (["none", "int8"] if on_cpu else ["none"]))
+
+
 # The reduced-precision mmkit paths a benchmark may time beside fp32, with the option that selects each.
 REDUCED_PATHS = (("int8", "--quantize int8"), ("bf16", "--precision bf16"))
 

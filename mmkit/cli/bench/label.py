@@ -239,19 +239,16 @@ def _in_process_seconds(side: str, stderr: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmkit.cli.bench.common import bench_quantize
     from mmkit.inference.precision import check_device
 
     args = _parser().parse_args(argv)
     try:
-        on_cpu = check_device(args.device).type == "cpu"
+        check_device(args.device)
+        args.quantize = bench_quantize(args.quantize, args.device)
     except ValueError as e:
         print(f"mmkit bench label: {e}", file=sys.stderr)
         return 2
-    if not on_cpu and "int8" in (args.quantize or ()):
-        print(f"mmkit bench label: --quantize int8 runs on the CPU (PyTorch's int8 kernels), not on --device "
-              f"{args.device}", file=sys.stderr)
-        return 2
-    args.quantize = args.quantize or (["none", "int8"] if on_cpu else ["none"])
     if args.images < 1 or args.rounds < 1:
         print("mmkit bench label: --images and --rounds must be >= 1", file=sys.stderr)
         return 2

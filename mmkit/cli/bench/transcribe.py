@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from mmkit.cli.bench.common import add_precision_option, bench_precisions
+from mmkit.cli.bench.common import add_precision_option, bench_precisions, bench_quantize
 # the toy checkpoint and audio writers live in speech_inputs.py; re-exported here for the tests and users
 from mmkit.cli.bench.speech_inputs import (  # noqa: F401
     SAMPLE_RATE, read_transcripts, synth_speechlike, write_audio_files, write_toy_checkpoint,
@@ -83,8 +83,7 @@ def mmkit_paths(quantize: Sequence[str], precisions: Sequence[str], device: str 
     on_cpu = device.split(":")[0] == "cpu"
     if not set(precisions) <= {"fp32", "bf16", *(() if on_cpu else ("fp16",))}:
         raise ValueError(f"precisions must be 'fp32' and/or 'bf16', got {list(precisions)}")
-    if "int8" in quantize and not on_cpu:
-        raise ValueError(f"--quantize int8 runs on the CPU (PyTorch's int8 kernels), not on --device {device}")
+    bench_quantize(quantize, device)  # int8 on the CPU only
     paths: dict[str, list[str]] = {}
     for q in dict.fromkeys(["none", *quantize]):
         for pr in dict.fromkeys(["fp32", *precisions]):
@@ -281,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:  # before anything is written: a device this machine lacks, or a path that cannot run on it
         device = check_device(args.device)
-        quantize = args.quantize or (["none", "int8"] if device.type == "cpu" else ["none"])
+        quantize = bench_quantize(args.quantize, args.device)
         precisions = bench_precisions(args.precision) if device.type == "cpu" else list(dict.fromkeys(
             ["fp32", *(resolve_precision(x, device) for x in args.precision)]))
         mmkit_paths(quantize, precisions, args.device)
