@@ -72,7 +72,9 @@ class Embedder:
             out[-1].append(i)
         return out
 
-    @torch.inference_mode()
+    # One autocast context for all batches, under no_grad rather than inference_mode: autocast then casts
+    # the weights to bf16 once per call, not once per batch (inside inference mode it keeps no casts).
+    @torch.no_grad()
     def embed(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """(N, dim) float32 embeddings of `texts`, in their order; texts longer than the model's
         context are cut with a warning (the embedding then describes their beginning)."""
@@ -81,18 +83,21 @@ class Embedder:
             log.warning("%d text(s) longer than the model's %d tokens were truncated", cut, self.encoder.model.max_len)
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
         pad = self.encoder.tokenizer.pad_id
-        for rows in self.batches([len(i) for i in ids]):
-            T = max(len(ids[i]) for i in rows)
-            batch = torch.full((len(rows), T), pad, dtype=torch.long)
-            for j, i in enumerate(rows):
-                batch[j, : len(ids[i])] = torch.tensor(ids[i])
-            mask = torch.arange(T)[None, :] < torch.tensor([len(ids[i]) for i in rows])[:, None]
-            batch, mask = batch.to(self.device), mask.to(self.device)
-            # A batch of equal lengths (common once sorted) needs no mask: SDPA's unmasked kernel.
-            with self._autocast():
-                hidden = self.encoder.model.encode(batch, None if bool(mask.all()) else mask)
-            vectors = mean_pool(hidden.float(), mask)
-            out[rows] = vectors.cpu().numpy()
-            if on_batch:
-                on_batch(len(rows))
+        with self._autocast():
+            for rows in self.batches([len(i) for i in ids]):
+                self._embed_batch(ids, rows, pad, out)
+                if on_batch:
+                    on_batch(len(rows))
         return out
+
+    def _embed_batch(self, ids: list[list[int]], rows: list[int], pad: int, out: np.ndarray) -> None:
+        """Embed the texts `rows` of `ids` (one batch, padded to its longest) into those rows of `out`."""
+        T = max(len(ids[i]) for i in rows)
+        batch = torch.full((len(rows), T), pad, dtype=torch.long)
+        for j, i in enumerate(rows):
+            batch[j, : len(ids[i])] = torch.tensor(ids[i])
+        mask = torch.arange(T)[None, :] < torch.tensor([len(ids[i]) for i in rows])[:, None]
+        batch, mask = batch.to(self.device), mask.to(self.device)
+        # A batch of equal lengths (common once sorted) needs no mask: SDPA's unmasked kernel.
+        hidden = self.encoder.model.encode(batch, None if bool(mask.all()) else mask)
+        out[rows] = mean_pool(hidden.float(), mask).cpu().numpy()
