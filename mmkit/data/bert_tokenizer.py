@@ -71,12 +71,23 @@ class EncoderTokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True) -> "EncoderTokenizer":
         """Learn an (uncased) WordPiece vocabulary of `vocab_size` tokens, BERT's five special
-        tokens first ([PAD] = 0, as in bert-base-uncased)."""
-        from tokenizers import trainers
+        tokens first ([PAD] = 0, as in bert-base-uncased). The same texts give the same vocabulary.
 
+        tokenizers' trainer alone does not (huggingface/tokenizers#1794: every call, even in one
+        process, could pick other merges): it numbers the "##c" continuation pieces in hash-map order,
+        and those numbers break ties between equally frequent pairs. Here every piece is numbered
+        first, in sorted order, so ties break the same way each time; the pieces are then plain
+        vocabulary entries of a tokenizer rebuilt from the learned vocabulary."""
+        from tokenizers import AddedToken, trainers
+
+        texts = list(texts)
         tok = cls._wordpiece(None, lowercase)
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
+        chars = sorted({c for text in texts for c in tok.normalizer.normalize_str(text) if not c.isspace()})
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS + [
+            "##" + c for c in chars], show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer)
+        tok = cls._wordpiece(tok.get_vocab(), lowercase)
+        tok.add_special_tokens([AddedToken(s, special=True) for s in BERT_SPECIALS])
         cls._frame(tok, "[CLS]", "[SEP]")
         return cls(tok)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import BertTokenizer
 
-from mmkit.data.bert_tokenizer import EncoderTokenizer
+from mmkit.data.bert_tokenizer import BERT_SPECIALS, EncoderTokenizer
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Playing games is fun!",
          "A dog is a domesticated animal, running fast."] * 20
@@ -40,3 +40,16 @@ def test_missing_or_unusable_tokenizer_files(tmp_path):
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
     with pytest.raises(ValueError, match=r"no \[CLS\], \[SEP\], \[MASK\] token"):
         EncoderTokenizer.from_dir(tmp_path)
+
+
+def test_training_on_the_same_texts_gives_the_same_vocabulary():
+    """tokenizers' WordPiece trainer alone numbers its "##" pieces in hash order, so repeated training
+    picked other merges (8 vocabularies in 8 runs on these 300 sentences, before the fix)."""
+    from mmkit.cli.bench.embed import bench_texts
+
+    texts = bench_texts("synthetic", 300) + ["Wel come to the 🤗 Tok en izers libr ary."]
+    vocabularies = {tuple(sorted(EncoderTokenizer.train(texts, vocab_size=300).hf.get_vocab().items()))
+                    for _ in range(4)}
+    assert len(vocabularies) == 1
+    vocab = dict(next(iter(vocabularies)))
+    assert [vocab[s] for s in BERT_SPECIALS] == [0, 1, 2, 3, 4] and 100 < len(vocab) <= 300
