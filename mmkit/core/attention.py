@@ -138,7 +138,9 @@ class Attention(nn.Module):
             if mask is not None and mask.shape[-2] > 1:
                 mask = mask[..., :keep, :]
         mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
-        if q.shape[2] == 1 and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not self.training:
+        # a cached bf16 decoding step on the CPU (not ViT's one-query last block: its bf16 result stays SDPA's)
+        if (cache is not None and q.shape[2] == 1 and q.dtype == torch.bfloat16 and q.device.type == "cpu"
+                and not self.training):
             out = _one_query_attention(q, k, v, mask, self.scale)
         else:
             out = F.scaled_dot_product_attention(
