@@ -71,12 +71,12 @@ def add_precision_option(p: argparse.ArgumentParser) -> None:
                         "the CPU has it natively (AVX512-BF16/AMX)")
 
 
-def bench_precisions(asked: Sequence[str]) -> list[str]:
-    """The --precision list as mmkit paths: fp32 always; auto adds bf16 only where the CPU has it natively."""
-    from mmkit.inference.precision import cpu_has_bf16
+def bench_precisions(asked: Sequence[str], device: str = "cpu") -> list[str]:
+    """The --precision list as mmkit paths on `device`: fp32 always, each asked value as the tools resolve it
+    (`resolve_precision`: auto adds bf16 only where the CPU has it natively; on a GPU bf16, or fp16 on older ones)."""
+    from mmkit.inference.precision import resolve_precision
 
-    wanted = ["fp32", *(("bf16" if cpu_has_bf16() else "fp32") if p == "auto" else p for p in asked)]
-    return list(dict.fromkeys(wanted))
+    return list(dict.fromkeys(["fp32", *(resolve_precision(p, device) for p in asked)]))
 
 
 def bench_quantize(asked: Sequence[str] | None, device: str) -> list[str]:

@@ -41,7 +41,7 @@ from mmkit.cli.bench.speech_inputs import (  # noqa: F401
 from mmkit.cli.bench.speech_references import (
     FW_ALL_COMPUTE_TYPES, FW_SCRIPT, HF_SCRIPT, IMPORT_ONLY, fw_compute_types, hf_tokens,
 )
-from mmkit.inference.precision import check_device, resolve_precision
+from mmkit.inference.precision import check_device
 
 log = logging.getLogger(__name__)
 
@@ -279,10 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     args = p.parse_args(argv)
     try:  # before anything is written: a device this machine lacks, or a path that cannot run on it
-        device = check_device(args.device)
+        check_device(args.device)
         quantize = bench_quantize(args.quantize, args.device)
-        precisions = bench_precisions(args.precision) if device.type == "cpu" else list(dict.fromkeys(
-            ["fp32", *(resolve_precision(x, device) for x in args.precision)]))
+        precisions = bench_precisions(args.precision, args.device)
         mmkit_paths(quantize, precisions, args.device)
         fw = fw_compute_types(args.faster_whisper, args.device)
     except ValueError as e:
