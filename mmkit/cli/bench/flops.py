@@ -46,13 +46,13 @@ def count_flops(run: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def per_sample_flops(model: nn.Module, sample: Tensor, target: Tensor | None = None) -> tuple[int, int]:
+def per_sample_flops(model: nn.Module, sample: Tensor, target: Tensor) -> tuple[int, int]:
     """(inference, training) FLOPs for one sample: the forward pass, and forward + backward of the
     cross-entropy loss against `target` (the backward does about twice the forward's work)."""
     x = sample[:1]
     with torch.no_grad():
         forward = count_flops(lambda: model(x))
-    y = target[:1] if target is not None else torch.zeros(1, dtype=torch.long, device=x.device)
+    y = target[:1]
 
     def step() -> None:
         torch.nn.functional.cross_entropy(model(x), y).backward()
