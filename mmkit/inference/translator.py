@@ -118,7 +118,9 @@ class Translator:
         """Save as an mmkit export (config.json + model.safetensors + the tokenizer files, decoding
         settings in the metadata) that `load_translator` reads back with the same outputs: how an
         imported MarianMT or T5 becomes a native model directory."""
-        if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in self.model.modules()):
+        from mmkit.inference.quantize import has_int8_layers
+
+        if has_int8_layers(self.model):
             raise TranslatorError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
         if self.codec.save is None:
             raise TranslatorError("this translator's tokenizer cannot be saved")

@@ -20,6 +20,7 @@ from torch import nn
 from mmkit.cli.label import main as label_main
 from mmkit.inference import precision
 from mmkit.inference.clip_loader import clip_eval_transform, load_clip
+from mmkit.inference.quantize import Int8Linear
 from mmkit.inference.zero_shot import ZeroShotClassifier
 
 from _clip import save_tiny_clip
@@ -41,7 +42,7 @@ def photos(tmp_path_factory) -> Path:
 
 
 def _quantized(module: nn.Module) -> list[str]:
-    return [n for n, m in module.named_modules() if "quantized" in type(m).__module__ and type(m).__name__ == "Linear"]
+    return [n for n, m in module.named_modules() if isinstance(m, Int8Linear)]
 
 
 def test_zero_shot_classifier_int8_image_tower_patch_embedding_and_text_fp32(ckpt, monkeypatch):
@@ -57,8 +58,11 @@ def test_zero_shot_classifier_int8_image_tower_patch_embedding_and_text_fp32(ckp
     assert all(torch.equal(a, b) for a, b in zip(zs.model.text.state_dict().values(), text_fp32.state_dict().values()))
     assert type(zs.model.visual.patch_embed.proj) is nn.Conv2d
     zs.set_labels({"cat": ["a cat"], "dog": ["a dog"]})
-    scores = zs.scores(zs.encode_images(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)))
+    images = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    scores = zs.scores(zs.encode_images(images[:2]))
     assert scores.shape == (2, 2) and torch.allclose(scores.sum(-1), torch.ones(2))
+    # activations are scaled per row (Int8Linear): an image's features do not depend on its batch
+    assert torch.equal(zs.encode_images(images)[:1], zs.encode_images(images[:1]))
     with pytest.raises(ValueError, match="--precision bf16 with --quantize int8"):
         ZeroShotClassifier(*load_clip(str(ckpt)), precision="bf16", quantize="int8")
 
@@ -71,7 +75,7 @@ def test_label_int8_logs_once_agrees_and_resume_must_match(tmp_path, ckpt, photo
     assert run("f.csv") == 0
     with caplog.at_level("INFO"):
         assert run("q.csv", "--quantize", "int8") == 0
-    assert sum("int8 Linear weights (dynamic activations), fp32" in r.getMessage() for r in caplog.records) == 1
+    assert sum("int8 Linear weights and per-row activations, fp32" in r.getMessage() for r in caplog.records) == 1
     with open(tmp_path / "f.csv") as f, open(tmp_path / "q.csv") as g:
         fp32, int8 = list(csv.DictReader(f)), list(csv.DictReader(g))
     diffs = [abs(float(a["score:cat"]) - float(b["score:cat"])) for a, b in zip(fp32, int8)]

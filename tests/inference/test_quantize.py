@@ -1,4 +1,4 @@
-"""int8 (PyTorch dynamic quantization of every nn.Linear) and bf16 autocast paths of inference
+"""int8 (`Int8Linear`: int8 weights, per-row int8 activations, for every nn.Linear) and bf16 autocast paths of inference
 (issue 13): one quantize function for any module; the Transcriber's encoder and decoder under each
 path agree with fp32 within stated tolerances on a tiny random Whisper; `mmkit transcribe
 --precision/--quantize` logs its choice once. fp32 stays exact (the default changes nothing).
@@ -19,7 +19,7 @@ from mmkit.audio import SAMPLE_RATE
 from mmkit.core import KVCache
 from mmkit.data.char_tokenizer import CharTokenizer
 from mmkit.inference import Transcriber, greedy_options, save_speech_checkpoint
-from mmkit.inference.quantize import apply_quantization, describe, quantize_linear_int8
+from mmkit.inference.quantize import Int8Linear, apply_quantization, describe, quantize_linear_int8
 from mmkit.models.whisper import Whisper
 
 
@@ -41,34 +41,77 @@ def test_int8_replaces_every_linear_and_nothing_else():
     q = quantize_linear_int8(m)
     assert q is m and n_linear == 2 * 4 + 2 * 7  # encoder: qkv/proj/fc1/fc2; decoder: + cross q/kv/proj
     assert not any(type(x) is nn.Linear for x in q.modules())
-    quantized = [x for x in q.modules() if type(x).__name__ == "Linear" and "quantized" in type(x).__module__]
+    quantized = [x for x in q.modules() if isinstance(x, Int8Linear)]
     assert len(quantized) == n_linear + 1  # + the tied vocabulary projection, untied into an int8 copy
     assert q.head in quantized and q.head.weight().shape == embed.shape
     assert torch.equal(q.tok_embed.weight, embed)  # the embedding itself stays fp32
 
 
-def test_int8_layers_are_bit_identical_to_quantize_dynamic():
-    """mmkit builds each int8 Linear itself (cheaper, on several threads): the same packed weights, scales
-    and outputs as torch's quantize_dynamic with per-channel weights, biased and bias-free layers alike."""
+def _dynamic_reference(m: nn.Module) -> nn.Module:
+    """torch's own dynamic int8 quantization (per-channel weights, one activation scale per call)."""
     import warnings
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(m), {nn.Linear: torch.ao.quantization.
+                                                      per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def test_int8_weights_are_quantize_dynamics_and_rows_get_their_own_scale():
+    """The weights are bit for bit those of torch's quantize_dynamic with per-channel weights. The
+    activations get one scale per row: a row alone equals that row inside a batch of rows 10^4 times
+    larger, and it equals torch's layer on that row alone up to the grid (torch: the row's own min/max;
+    Int8Linear: its max |value| over a grid holding -1, 0 and 1)."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(48, 96), nn.GELU(), nn.Linear(96, 32, bias=False)).eval()
     m[0].weight.data[3] = 0.0  # an all-zero row: the smallest scale (eps), as the observer gives
-    ours = quantize_linear_int8(copy.deepcopy(m))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = torch.ao.quantization.quantize_dynamic(copy.deepcopy(m), {nn.Linear: torch.ao.quantization.
-                                                     per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    ours, ref = quantize_linear_int8(copy.deepcopy(m)), _dynamic_reference(m)
     for a, b in ((ours[0], ref[0]), (ours[2], ref[2])):
-        assert type(a) is type(b) and (a.in_features, a.out_features) == (b.in_features, b.out_features)
-        (wa, ba), (wb, bb) = a._weight_bias(), b._weight_bias()
-        assert torch.equal(wa.int_repr(), wb.int_repr())
-        assert torch.equal(wa.q_per_channel_scales(), wb.q_per_channel_scales())
-        assert (ba is None and bb is None) or torch.equal(ba, bb)
+        assert isinstance(a, Int8Linear) and (a.in_features, a.out_features) == (b.in_features, b.out_features)
+        wb, bb = b._weight_bias()
+        assert torch.equal(a.weight().int_repr(), wb.int_repr())
+        assert torch.equal(a.weight().q_per_channel_scales(), wb.q_per_channel_scales())
+        assert (a.bias is None and bb is None) or torch.equal(a.bias, bb)
+    assert "in_features=48, out_features=96, bias=True" in repr(ours[0])
     x = torch.randn(5, 48)
-    assert torch.equal(ours(x), ref(x))
-    assert "in_features=48, out_features=96" in repr(ours[0])
+    with torch.no_grad():
+        alone = ours(x[:1])
+        assert torch.equal(ours(torch.cat([x[:1], 1e4 * x[1:]]))[:1], alone)  # the batch changes nothing
+        assert _rel(ref(x[:1]), m(x[:1])) < 0.03 and _rel(alone, m(x[:1])) < 0.03
+        # one scale per call: the large rows coarsen the small row's grid
+        assert _rel(ref(torch.cat([x[:1], 1e4 * x[1:]]))[:1], m(x[:1])) > 0.3
+
+
+def test_int8_rows_are_independent_at_any_row_count_and_exact_at_the_grid():
+    """Above the row-block size the rows are processed in blocks: the same values. A zero row gives the
+    bias; a row whose values sit on the grid (k/63 of its max) loses only the weights' rounding."""
+    from mmkit.inference import quantize
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 40).eval()
+    q = Int8Linear(lin)
+    x = torch.randn(quantize._ROW_BLOCK + 70, 64)
+    x[5] = 0.0
+    with torch.no_grad():
+        full = q(x.view(1, -1, 64))[0]
+        parts = torch.cat([q(x[i: i + 37]) for i in range(0, len(x), 37)])
+        assert torch.equal(full, parts) and torch.equal(full[5], lin.bias.detach())
+        steps = torch.randint(-63, 64, (3, 64)).float()
+        steps[:, 0] = 63  # each row's largest |value|: its scale
+        on_grid = steps / 63 * torch.tensor([[0.5], [2.0], [7.0]])
+        w = q.weight().dequantize()
+        assert torch.allclose(q(on_grid), on_grid @ w.T + lin.bias, atol=1e-4)
+        assert not torch.equal(w, lin.weight.detach())  # the weights really are int8
+
+
+def test_int8_linear_is_copyable_and_takes_any_leading_shape():
+    torch.manual_seed(0)
+    q = Int8Linear(nn.Linear(16, 8, bias=False))
+    x = torch.randn(2, 3, 5, 16)
+    with torch.no_grad():
+        y = q(x)
+        assert y.shape == (2, 3, 5, 8) and torch.equal(copy.deepcopy(q)(x), y)
+        assert torch.equal(y[1, 2], q(x[1, 2]))
 
 
 def test_keep_fp32_patterns_leave_those_linears_fp32():
@@ -77,8 +120,8 @@ def test_keep_fp32_patterns_leave_those_linears_fp32():
     from mmkit.inference.transcriber import INT8_KEEP_FP32
 
     q = quantize_linear_int8(_whisper(), INT8_KEEP_FP32)
-    kinds = {name: "int8" if "quantized" in type(m).__module__ else "fp32"
-             for name, m in q.named_modules() if type(m).__name__ == "Linear"}
+    kinds = {name: "int8" if isinstance(m, Int8Linear) else "fp32"
+             for name, m in q.named_modules() if isinstance(m, (nn.Linear, Int8Linear))}
     fp32 = sorted(name for name, kind in kinds.items() if kind == "fp32")
     assert fp32 == [f"encoder.blocks.{i}.{layer}" for i in (0, 1) for layer in ("attn.proj", "mlp.fc2")]
     assert kinds["head"] == kinds["encoder.blocks.0.attn.qkv"] == kinds["decoder.blocks.1.mlp.fc2"] == "int8"
@@ -105,7 +148,7 @@ def test_untied_int8_head_speeds_the_vocabulary_projection_without_touching_fp32
 
 
 def test_int8_logits_agree_with_fp32():
-    """Tolerance: int8 weights per output channel + dynamic int8 activations keep the encoder
+    """Tolerance: int8 weights per output channel + per-row int8 activations keep the encoder
     output and the decoder logits within 5% (relative L2) of fp32 on this model; top-1 of the
     logits agrees at >= 90% of positions (random weights make near-ties, real weights agree more)."""
     fp32 = _whisper()
@@ -144,7 +187,7 @@ def test_quantize_refuses_unknown_kinds_and_non_cpu_models():
     assert isinstance(apply_quantization(nn.Linear(2, 2), "none"), nn.Linear)
     with pytest.raises(ValueError, match="runs on the CPU; the model is on meta"):
         quantize_linear_int8(nn.Linear(2, 2, device="meta"))
-    assert describe("fp32", "int8") == "int8 Linear weights (dynamic activations), fp32"
+    assert describe("fp32", "int8") == "int8 Linear weights and per-row activations, fp32"
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +237,7 @@ def test_cli_logs_the_choice_once_and_refuses_bad_values(export, tmp_path, caplo
         assert main(["transcribe", str(wav), "--model", str(path), "--quantize", "int8", "--temperature", "0",
                      "-f", "json", "-o", str(tmp_path), "--quiet"]) == 0
     lines = [r.getMessage() for r in caplog.records if "int8" in r.getMessage()]
-    assert lines == ["transcriber: int8 Linear weights (dynamic activations) except encoder.blocks.*.attn.proj, "
+    assert lines == ["transcriber: int8 Linear weights and per-row activations except encoder.blocks.*.attn.proj, "
                      "encoder.blocks.*.mlp.fc2, fp32"]
     assert json.loads((tmp_path / "clip.json").read_text())["segments"]
     with pytest.raises(SystemExit) as e:

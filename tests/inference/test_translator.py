@@ -68,9 +68,10 @@ def test_t5_directory_with_a_task_prefix_translates_to_transformers_tokens(t5, b
         assert result.tokens == (expected[: expected.index(1)] if 1 in expected else expected)
 
 
+@pytest.mark.parametrize("quantize", ["none", "int8"])  # int8: activations scaled per row, not per batch
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_batched_by_length_equals_one_at_a_time_and_rows_stay_aligned(native, beam_size):
-    translator = load_translator(native)
+def test_batched_by_length_equals_one_at_a_time_and_rows_stay_aligned(native, beam_size, quantize):
+    translator = load_translator(native, quantize=quantize)
     options = TranslationOptions(beam_size=beam_size, batch_size=3, early_stopping=True, max_new_tokens=12)
     batched = translator.translate(TEXTS, options)
     assert [r.source for r in batched] == TEXTS
@@ -207,7 +208,7 @@ def test_marian_export_keeps_suppressed_and_forced_eos_tokens(tmp_path):
 
 
 def test_int8_translator_keeps_fp32_logits_and_is_not_exported(native, tmp_path, capsys):
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+    from mmkit.inference.quantize import Int8Linear
 
     fp32, int8 = load_translator(native), load_translator(native, quantize="int8")
     assert isinstance(int8.model.head, Int8Linear) and fp32.model.head is None  # the tied projection too

@@ -202,6 +202,20 @@ def test_batched_files_give_the_same_tokens_as_one_by_one(whisper_checkpoint):
     assert [len(t.segments) > 0 for t in batched] == [True] * 3
 
 
+def test_int8_batched_files_give_the_same_tokens_as_one_by_one(whisper_checkpoint):
+    """`--quantize int8` scales each row of activations on its own (`Int8Linear`), so a window's tokens do
+    not depend on the windows batched with it, as in fp32 (with one scale per call they did)."""
+    model, tok, _ = whisper_checkpoint
+    audios = [synth_speechlike(7, seed=0), synth_speechlike(40, seed=1), synth_speechlike(20, seed=2)]
+    tr = Transcriber(copy.deepcopy(model), tok, DecodingOptions(max_new_tokens=24, **EXACT), batch_size=8,
+                     quantize="int8")
+    batched = list(tr._transcribe_arrays([(f"clip{i}", a) for i, a in enumerate(audios)]))
+    tr.batch_size = 1
+    single = list(tr._transcribe_arrays([(f"clip{i}", a) for i, a in enumerate(audios)]))
+    assert [_tokens(t) for t in batched] == [_tokens(t) for t in single]
+    assert all(_tokens(t) for t in batched)
+
+
 @pytest.mark.parametrize("seconds", [0.3, 2.0, 4.9, 7.5, 14.0])
 def test_audio_context_features_from_the_covered_samples_equal_the_full_window_sliced(seconds):
     """With --audio-context the log-Mel is computed over the samples the context covers only: the same
