@@ -36,11 +36,6 @@ from mmkit.models.whisper import Whisper
 
 log = logging.getLogger(__name__)
 
-# `--quantize int8` leaves these encoder layers fp32. Their inputs (attention output; GELU output,
-# with large outliers) lose most under one 7-bit activation scale per call. Measured with Whisper
-# tiny.en on the README's 40 espeak sentences, WER (fp32 44.7%): decoder + head int8 43.4%; + encoder
-# qkv and fc1 43.4%; every encoder Linear 53.2%; + fc2 alone 48.9%; + qkv, fc1 and proj 47.2%.
-INT8_KEEP_FP32 = ("encoder.blocks.*.attn.proj", "encoder.blocks.*.mlp.fc2")
 
 @dataclass
 class _Window:
@@ -61,15 +56,14 @@ class Transcriber:
         batch_size: windows (of any files) per encoder/decoder batch.
         precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast around the encoder
             and the decoder; `resolve_precision`).
-        quantize: "none" or "int8": int8 weights (`mmkit.inference.quantize`, applied to `model` in
-            place) for every Linear of the decoder, its vocabulary projection, and the encoder's
-            qkv and fc1 (`INT8_KEEP_FP32` stay fp32).
+        quantize: "none" or "int8": every Linear of the encoder and the decoder, and the vocabulary
+            projection, int8 (`mmkit.inference.quantize.Int8Linear`, applied to `model` in place).
     """
 
     def __init__(self, model: Whisper, tokenizer: SpeechTokenizer, options: DecodingOptions | None = None,
                  batch_size: int = 8, precision: str = "fp32", quantize: str = "none") -> None:
         # int8 Linear layers take fp32 activations: "auto" is then fp32, bf16/fp16 a ValueError (before quantizing)
-        self.precision, self._autocast = prepare_arithmetic(model, precision, quantize, "transcriber", INT8_KEEP_FP32)
+        self.precision, self._autocast = prepare_arithmetic(model, precision, quantize, "transcriber")
         self.model, self.tokenizer, self.quantize = model, tokenizer, quantize
         self.options = options or DecodingOptions()
         if tokenizer.timestamp_end <= tokenizer.timestamp_begin:  # no timestamp tokens (char/BPE tokenizers):
