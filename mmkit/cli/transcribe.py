@@ -63,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     add_precision_argument(p)
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
-                   help="int8: every Linear layer and the vocabulary projection int8, activations scaled per row "
-                        "(CPU only; WER against fp32 in the README)")
+                   help="int8: int8 Linear layers (activations scaled per row) for the decoder, its vocabulary "
+                        "projection and the encoder's qkv/fc1 (CPU only; WER against fp32 in the README)")
     p.add_argument("--audio-context", type=float, default=None, metavar="SECONDS",
                    help="speed over exactness on short audio (whisper.cpp's audio_ctx): encode a window holding d "
                         "seconds over max(SECONDS, 2·d) seconds instead of 30 (default: always 30 s, exact); "

@@ -115,10 +115,11 @@ def test_int8_linear_is_copyable_and_takes_any_leading_shape():
 
 
 def test_keep_fp32_patterns_leave_those_linears_fp32():
-    """`keep_fp32` name patterns (fnmatch) leave those Linear layers fp32; every other Linear of both stacks
-    and the vocabulary projection are int8."""
-    keep = ("encoder.blocks.*.attn.proj", "encoder.blocks.*.mlp.fc2")
-    q = quantize_linear_int8(_whisper(), keep)
+    """The transcriber's choice by measurement: the encoder's attention output projection and fc2 stay
+    fp32 (`INT8_KEEP_FP32`), every other Linear of both stacks and the vocabulary projection are int8."""
+    from mmkit.inference.transcriber import INT8_KEEP_FP32
+
+    q = quantize_linear_int8(_whisper(), INT8_KEEP_FP32)
     kinds = {name: "int8" if isinstance(m, Int8Linear) else "fp32"
              for name, m in q.named_modules() if isinstance(m, (nn.Linear, Int8Linear))}
     fp32 = sorted(name for name, kind in kinds.items() if kind == "fp32")
@@ -236,7 +237,8 @@ def test_cli_logs_the_choice_once_and_refuses_bad_values(export, tmp_path, caplo
         assert main(["transcribe", str(wav), "--model", str(path), "--quantize", "int8", "--temperature", "0",
                      "-f", "json", "-o", str(tmp_path), "--quiet"]) == 0
     lines = [r.getMessage() for r in caplog.records if "int8" in r.getMessage()]
-    assert lines == ["transcriber: int8 Linear weights and per-row activations, fp32"]
+    assert lines == ["transcriber: int8 Linear weights and per-row activations except encoder.blocks.*.attn.proj, "
+                     "encoder.blocks.*.mlp.fc2, fp32"]
     assert json.loads((tmp_path / "clip.json").read_text())["segments"]
     with pytest.raises(SystemExit) as e:
         main(["transcribe", str(wav), "--model", str(path), "--quantize", "int4"])
