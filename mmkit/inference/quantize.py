@@ -31,9 +31,10 @@ def int8_available() -> bool:
 
 
 def quantize_linear_int8(module: nn.Module, keep_fp32: Sequence[str] = ()) -> nn.Module:
-    """`module` (in eval mode, on the CPU) with every `nn.Linear` replaced by an `Int8Linear`, in place, the tied vocabulary projection of a token decoder included (`untie_head`):
-    in a decoding step that projection is most of the work, and fbgemm's int8 kernel runs it 3-10x
-    faster than fp32 BLAS at 1-64 rows (58,101 x 512: 9.1 -> 0.8 ms at one row, 45 -> 13 ms at 64).
+    """`module` (in eval mode, on the CPU) with every `nn.Linear` replaced by an `Int8Linear`, in place,
+    the tied vocabulary projection of a token decoder included (`untie_head`): in a decoding step that
+    projection is most of the work, and fbgemm's int8 kernel runs it 3-10x faster than fp32 BLAS at 1-64
+    rows (58,101 x 512: 9.1 -> 0.8 ms at one row, 45 -> 13 ms at 64).
     Embeddings, convolutions and norms stay fp32, and so do the Linear layers whose qualified names
     match a `keep_fp32` pattern (fnmatch, e.g. "encoder.blocks.*.mlp.fc2"): each row of activations gets
     one 7-bit scale, which rows with a few large values (a GELU's output) lose most.
@@ -74,10 +75,6 @@ def quantize_linear_int8(module: nn.Module, keep_fp32: Sequence[str] = ()) -> nn
 # a grid that holds 0 exactly and -1 and 1 to float rounding (the zeros of a ReLU/GELU and a row's largest value
 # lose nothing).
 _ANCHOR_HIGH = 64 / 63
-# Rows are processed this many at a time, so that a row block's inputs and outputs stay in the CPU's cache
-# between the passes (row scales, the int8 product, the rescale): Whisper tiny's encoder at 8 x 500 positions
-# ran 12% slower in one block.
-_ROW_BLOCK = 1024
 
 
 class Int8Linear(nn.Module):
@@ -93,8 +90,9 @@ class Int8Linear(nn.Module):
       are also more accurate: a row of small values no longer shares the scale of the batch's largest.
     - The bias is added in fp32 after the int8 product.
 
-    Costs three cheap passes per call beside the kernel (row maxima, scaling in, scaling out): ~10% of an
-    encoder's int8 Linear time, ~10 us per call at a decoding step's few rows.
+    Costs three passes per call beside the kernel (row maxima, scaling in, rescaling out): Whisper tiny.en's
+    encoder over 8 x 500 positions took 3-11% longer than with one scale per call (interleaved runs), and
+    each call at a decoding step's few rows ~10 us more (batch-1 decoding of small models feels it most).
     """
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -125,18 +123,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        rows = x.reshape(-1, self.in_features).float()
-        if len(rows) <= _ROW_BLOCK:
-            out = self._rows(rows)
-        else:
-            out = rows.new_empty(len(rows), self.out_features)
-            for start in range(0, len(rows), _ROW_BLOCK):
-                self._rows(rows[start: start + _ROW_BLOCK], out[start: start + _ROW_BLOCK])
-        return out.reshape(*lead, self.out_features)
-
-    def _rows(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        x = x.reshape(-1, self.in_features).float()
         n, tiny = len(x), torch.finfo(torch.float32).tiny  # tiny: an all-zero row stays zero
-        if n <= 64:  # a decoding step's few rows: fewest calls (~10 us above the kernel per call)
+        if n <= 64:  # a decoding step's few rows: the fewest calls
             peak = x.abs().amax(dim=-1, keepdim=True).clamp_min_(tiny)
             scaled = torch.cat((x / peak, self.anchor))
         else:  # the same values, without an |x| copy or a concatenation of a large block
@@ -145,10 +134,11 @@ class Int8Linear(nn.Module):
             torch.div(x, peak, out=scaled[:n])
             scaled[n:] = self.anchor
         y = torch.ops.quantized.linear_dynamic(scaled, self._packed, True)[:n]
-        out = y if out is None else out
         if self.bias is None:
-            return torch.mul(y, peak, out=out)
-        return torch.addcmul(self.bias, y, peak, out=out)
+            y = y.mul_(peak)
+        else:
+            y = torch.addcmul(self.bias, y, peak, out=y)
+        return y.reshape(*lead, self.out_features)
 
 
 def has_int8_layers(module: nn.Module) -> bool:

@@ -83,14 +83,12 @@ def test_int8_weights_are_quantize_dynamics_and_rows_get_their_own_scale():
 
 
 def test_int8_rows_are_independent_at_any_row_count_and_exact_at_the_grid():
-    """Above the row-block size the rows are processed in blocks: the same values. A zero row gives the
-    bias; a row whose values sit on the grid (k/63 of its max) loses only the weights' rounding."""
-    from mmkit.inference import quantize
-
+    """Few rows (a decoding step) and many rows take different code paths: the same values. A zero row gives
+    the bias; a row whose values sit on the grid (k/63 of its max) loses only the weights' rounding."""
     torch.manual_seed(0)
     lin = nn.Linear(64, 40).eval()
     q = Int8Linear(lin)
-    x = torch.randn(quantize._ROW_BLOCK + 70, 64)
+    x = torch.randn(300, 64)
     x[5] = 0.0
     with torch.no_grad():
         full = q(x.view(1, -1, 64))[0]
