@@ -40,6 +40,9 @@ def test_int8_vectors_are_close_to_fp32_and_unit_length(mlm_dir):
     assert np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
     cosine = (fp32 * int8).sum(1)
     assert cosine.min() > 0.98 and not np.array_equal(fp32, int8)  # close, and really another arithmetic
+    # activations are scaled per row (Int8Linear): a text's vector does not depend on the texts (and the
+    # padding) batched with it
+    assert np.array_equal(np.stack([embedder.embed([t])[0] for t in TEXTS]), int8)
 
 
 def test_cli_embed_quantize_int8_writes_close_vectors(mlm_dir, tmp_path, capsys):
