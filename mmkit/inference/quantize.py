@@ -68,12 +68,14 @@ def quantize_linear_int8(module: nn.Module, keep_fp32: Sequence[str] = ()) -> nn
     return module
 
 
-# The activations' quantization grid. fbgemm's dynamic kernel quantizes its whole input with one scale, from
-# the input's min and max, to 7 bits (0..127: `reduce_range`, which keeps AVX2's 16-bit pair sums from
-# saturating). Int8Linear divides every row by its largest |value|, so each row lies in [-1, 1], and appends
-# one anchor row holding -1 and 64/63: the range is then the same for every call, scale 1/63 and zero point 63,
-# a grid that holds 0 exactly and -1 and 1 to float rounding (the zeros of a ReLU/GELU and a row's largest value
-# lose nothing).
+# The activations' quantization grid. Int8Linear divides every row by its largest |value|, so each row lies in
+# [-1, 1], and quantizes the whole call with one fixed scale and zero point: 1/63 and 63, 7 bits (0..126, as
+# fbgemm's `reduce_range`, which keeps AVX2's 16-bit pair sums from saturating), a grid that holds 0 exactly and
+# -1 and 1 to float rounding (the zeros of a ReLU/GELU and a row's largest value lose nothing). fbgemm takes a
+# given scale in `linear_with_input_q_dq_qweight_dq_output_fp32`. Where a quantized engine lacks that op, the
+# dynamic kernel (`linear_dynamic`, which picks its scale from the input's min and max) gets the same grid from
+# one appended anchor row holding -1 and 64/63: the same values (tested), one copy and ~3 us per call more.
+_SCALE, _ZERO_POINT = 1 / 63, 63
 _ANCHOR_HIGH = 64 / 63
 
 
@@ -90,9 +92,10 @@ class Int8Linear(nn.Module):
       are also more accurate: a row of small values no longer shares the scale of the batch's largest.
     - The bias is added in fp32 after the int8 product.
 
-    Costs three passes per call beside the kernel (row maxima, scaling in, rescaling out): Whisper tiny.en's
-    encoder over 8 x 500 positions took 3-11% longer than with one scale per call (interleaved runs), and
-    each call at a decoding step's few rows ~10 us more (batch-1 decoding of small models feels it most).
+    Costs three passes per call beside the kernel (row maxima, scaling in, rescaling out). Against one scale
+    per call, in interleaved runs: Whisper tiny.en's encoder over 8 x 500 positions 3-9% slower, a call at a
+    decoding step's few rows ~8 us more, greedy decoding of GPT-2 small and of the fortunes recipe's GPT at
+    batch 1 6-7% slower, GPT-2 small at batch 16 10%.
     """
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -112,6 +115,7 @@ class Int8Linear(nn.Module):
         anchor = torch.zeros(1, self.in_features)
         anchor[0, 0], anchor[0, 1] = -1.0, _ANCHOR_HIGH
         self.register_buffer("anchor", anchor, persistent=False)
+        self.fixed_grid = _has_fixed_grid_kernel(self._packed, self.in_features)
         self.train(linear.training)
 
     def weight(self) -> Tensor:
@@ -126,19 +130,30 @@ class Int8Linear(nn.Module):
         x = x.reshape(-1, self.in_features).float()
         n, tiny = len(x), torch.finfo(torch.float32).tiny  # tiny: an all-zero row stays zero
         if n <= 64:  # a decoding step's few rows: the fewest calls
-            peak = x.abs().amax(dim=-1, keepdim=True).clamp_min_(tiny)
-            scaled = torch.cat((x / peak, self.anchor))
-        else:  # the same values, without an |x| copy or a concatenation of a large block
-            peak = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_()).clamp_min_(tiny)
-            scaled = x.new_empty(n + 1, self.in_features)
-            torch.div(x, peak, out=scaled[:n])
-            scaled[n:] = self.anchor
-        y = torch.ops.quantized.linear_dynamic(scaled, self._packed, True)[:n]
+            peak = x.abs().amax(dim=-1, keepdim=True)
+        else:  # the same values, without an |x| copy of a large block
+            peak = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
+        scaled = x / peak.clamp_min_(tiny)
+        if self.fixed_grid:
+            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(scaled, _SCALE, _ZERO_POINT,
+                                                                                  self._packed)
+        else:
+            y = torch.ops.quantized.linear_dynamic(torch.cat((scaled, self.anchor)), self._packed, True)[:n]
         if self.bias is None:
             y = y.mul_(peak)
         else:
             y = torch.addcmul(self.bias, y, peak, out=y)
         return y.reshape(*lead, self.out_features)
+
+
+def _has_fixed_grid_kernel(packed: torch.ScriptObject, in_features: int) -> bool:
+    """Whether this engine's packed weights take a given activation scale (fbgemm/x86 do)."""
+    try:
+        torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            torch.zeros(1, in_features), _SCALE, _ZERO_POINT, packed)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def has_int8_layers(module: nn.Module) -> bool:
