@@ -80,8 +80,8 @@ _ANCHOR_HIGH = 64 / 63
 
 
 class Int8Linear(nn.Module):
-    """An `nn.Linear` for inference with int8 weights and int8 activations, on PyTorch's fbgemm kernel
-    (`torch.ops.quantized.linear_dynamic`, the kernel of `quantize_dynamic`'s layers).
+    """An `nn.Linear` for inference with int8 weights and int8 activations, on PyTorch's fbgemm int8 GEMM
+    (the one `quantize_dynamic`'s layers run), given a fixed activation grid.
 
     - Weights: symmetric int8, one scale per output channel (max |w| / 127.5), as `quantize_dynamic` with
       `per_channel_dynamic_qconfig`.
