@@ -94,11 +94,11 @@ def test_int8_rows_are_independent_at_any_row_count_and_exact_at_the_grid():
         full = q(x.view(1, -1, 64))[0]
         parts = torch.cat([q(x[i: i + 37]) for i in range(0, len(x), 37)])
         assert torch.equal(full, parts) and torch.equal(full[5], lin.bias.detach())
-        # the fallback for engines without fbgemm's fixed-scale kernel: the dynamic kernel and an anchor row
-        assert q.fixed_grid  # x86/fbgemm has it
-        q.fixed_grid = False
+        # both kernels give these values: fbgemm's fixed-scale one (x86), and the fallback for engines
+        # without it, the dynamic kernel with an anchor row
+        q.fixed_grid = not q.fixed_grid
         assert torch.equal(q(x), full) and torch.equal(torch.cat([q(x[i: i + 37]) for i in range(0, 300, 37)]), full)
-        q.fixed_grid = True
+        q.fixed_grid = not q.fixed_grid
         steps = torch.randint(-63, 64, (3, 64)).float()
         steps[:, 0] = 63  # each row's largest |value|: its scale
         on_grid = steps / 63 * torch.tensor([[0.5], [2.0], [7.0]])
