@@ -159,11 +159,7 @@ class Attention(nn.Module):
         mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
         if is_causal:
             mask = causal_mask(q.shape[2], k.shape[2], q.device)
-        if mask is not None and mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        elif mask is not None:
-            scores = scores + mask
-        return scores.softmax(dim=-1)
+        return _masked(scores, mask).softmax(dim=-1)
 
 
 def _one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -175,10 +171,15 @@ def _one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, s
     bf16 inputs, as the flash kernel accumulates them (bf16 scores would double the error against
     fp32); the probabilities go back to bf16 for the product with the values."""
     with torch.autocast("cpu", enabled=False):
-        scores = torch.matmul(q.float(), k.float().transpose(-2, -1)).mul_(scale)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        scores = _masked(torch.matmul(q.float(), k.float().transpose(-2, -1)).mul_(scale), mask)
         return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+
+
+def _masked(scores: Tensor, mask: Tensor | None) -> Tensor:
+    """`scores` with a mask applied: bool (True = attend; the rest to -inf) or an additive float bias."""
+    if mask is None:
+        return scores
+    return scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
 
 
 def _combine_masks(

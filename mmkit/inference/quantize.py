@@ -112,10 +112,10 @@ class Int8Linear(nn.Module):
         self._packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone(),
                              persistent=False)
-        anchor = torch.zeros(1, self.in_features)
+        self.fixed_grid = _has_fixed_grid_kernel(self._packed, self.in_features)
+        anchor = torch.zeros(1, self.in_features)  # the fallback's grid-fixing row (see _SCALE)
         anchor[0, 0], anchor[0, 1] = -1.0, _ANCHOR_HIGH
         self.register_buffer("anchor", anchor, persistent=False)
-        self.fixed_grid = _has_fixed_grid_kernel(self._packed, self.in_features)
         self.train(linear.training)
 
     def weight(self) -> Tensor:

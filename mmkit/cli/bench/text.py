@@ -114,7 +114,8 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         ours = GPT.from_hf(ref).eval()
         if prompt_tokens + new_tokens > ours.max_len:
             raise ValueError(f"prompt + new tokens exceed the model's context of {ours.max_len}")
-        prompt = torch.randint(0, ours.vocab_size, (batch_size, prompt_tokens), generator=torch.Generator().manual_seed(0))
+        prompt = torch.randint(0, ours.vocab_size, (batch_size, prompt_tokens),
+                               generator=torch.Generator().manual_seed(0))
         runs: dict[str, Callable[[], torch.Tensor]] = {
             "mmkit": lambda: generate(ours, prompt, new_tokens, Greedy()).tokens,
             "transformers": lambda: ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
@@ -182,8 +183,8 @@ SIZES = {"fortunes": (192, 4, 4, 4096), "gpt2-small": (768, 12, 12, 50257)}
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mmkit bench text", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory, or an mmkit GPT export (timed against its transformers "
-                        "twin), instead of --sizes")
+    p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory, or an mmkit GPT export "
+                        "(timed against its transformers twin), instead of --sizes")
     add_sizes_option(p, SIZES)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--prompt-tokens", type=int, default=16)

@@ -18,7 +18,6 @@ images/s over the device's datasheet peak (known GPUs, or `--peak-tflops`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -59,11 +58,11 @@ class _Impl:
 
 
 def _autocast(precision: str, device: torch.device = torch.device("cpu")) -> Callable[[], ContextManager]:
+    from mmkit.inference.precision import autocast_for
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+    return autocast_for(precision, device)
 
 
 def _build(name: str, image_size: int, precision: str, timm_kwargs: Mapping[str, Any],
@@ -292,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump(rows, f, indent=2)
             f.write("\n")
     tolerance = {"fp32": 1e-3, "bf16": 1e-1}  # bf16 autocast: both round, differently ordered
-    bad = [r["model"] for r in rows if not math.isfinite(r["max_abs_diff"]) or r["max_abs_diff"] > tolerance[r["precision"]]]
+    bad = [r["model"] for r in rows
+           if not math.isfinite(r["max_abs_diff"]) or r["max_abs_diff"] > tolerance[r["precision"]]]
     if bad:
         log.warning("mmkit and timm disagree on %s: the timings may not compare the same computation", bad)
     return 0
