@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import yaml
 from _images import corrupt_pixels_png
 
-from mmkit.cli import main
+from mmkit.cli import TOOLS, main
 
 # In-process runs pass `args` while sys.argv holds pytest's own arguments; that is intended here.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
@@ -95,6 +95,9 @@ def test_help_lists_subcommands(capsys):
     for sub in ("fit", "validate", "test", "predict", "bench", "demo"):
         assert sub in out
     assert main([]) == 2  # bare `mmkit` prints the usage and fails
+    tool_lines = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0] in TOOLS]
+    assert len(tool_lines) == len(TOOLS)
+    assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in tool_lines}) == 1  # one column of help texts
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))

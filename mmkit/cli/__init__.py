@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mmkit {fit,validate,test,predict} --config configs/<recipe>.yaml [options]\n"
               "       mmkit {" + ",".join(TOOLS) + "} ...\n\n"
-              + "\n".join(f"  {k:9s} {v[0]}" for k, v in TOOLS.items())
+              + "\n".join(f"  {k:{max(map(len, TOOLS))}s}  {v[0]}" for k, v in TOOLS.items())
               + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)")
         if not argv:
             return 2
