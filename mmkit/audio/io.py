@@ -66,6 +66,8 @@ def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE,
     Raises (from the iterator, possibly after some blocks): `AudioLoadError` as `load_audio`.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise AudioLoadError(path, "a folder, not an audio file (name its files, e.g. DIR/*.wav)")
     if not path.is_file():
         raise AudioLoadError(path, "file not found")
     try:

@@ -62,6 +62,8 @@ def test_not_audio_missing_and_empty_files_raise(tmp_path):
     assert err.value.path == str(text) and str(text) in str(err.value)
     with pytest.raises(AudioLoadError, match="file not found"):
         load_audio(tmp_path / "missing.flac")
+    with pytest.raises(AudioLoadError, match="a folder, not an audio file"):
+        load_audio(tmp_path)
     sf.write(tmp_path / "empty.wav", np.zeros((0,), np.float32), SAMPLE_RATE)
     with pytest.raises(AudioLoadError, match="empty audio"):
         load_audio(tmp_path / "empty.wav")
