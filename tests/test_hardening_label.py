@@ -73,7 +73,7 @@ def test_nan_weights_are_an_error_never_a_label(tmp_path, capsys, broken):
             next(model.text.parameters()).fill_(float("nan"))  # NaN label embeddings
     ckpt = model.save_pretrained(tmp_path / "nan")
     out = tmp_path / "labels.jsonl"
-    assert label_main(_args(_photos(tmp_path / "p"), ckpt, out)) == 1
+    assert label_main(_args(_photos(tmp_path / "p"), ckpt, out)) == 2
     err = _one_line(capsys)
     assert "non-finite" in err or "not finite" in err
     assert not out.exists()
@@ -100,7 +100,7 @@ def test_resume_without_settings_file_checks_the_rows_labels(tmp_path, ckpt, cap
     out.with_name("labels.csv.run.json").unlink()
     before = rows.read_bytes()
     capsys.readouterr()
-    assert label_main(_args(photos, ckpt, out, "--resume", labels="bird,fish")) == 1
+    assert label_main(_args(photos, ckpt, out, "--resume", labels="bird,fish")) == 2
     err = _one_line(capsys)
     assert "run.json is missing" in err and "--overwrite" in err
     assert rows.read_bytes() == before and not out.exists()  # untouched
@@ -117,7 +117,7 @@ def test_resume_without_settings_file_checks_the_rows_labels(tmp_path, ckpt, cap
 def test_bad_preprocessing_metadata_is_one_line_naming_the_file(tmp_path, capsys, meta):
     ckpt = CLIP.from_config(TINY).save_pretrained(tmp_path / "bad", metadata=meta)
     out = tmp_path / "labels.csv"
-    assert label_main(_args(_photos(tmp_path / "p"), ckpt, out)) == 1
+    assert label_main(_args(_photos(tmp_path / "p"), ckpt, out)) == 2
     err = _one_line(capsys)
     assert str(ckpt / "config.json") in err and next(iter(meta)) in err
     assert not out.exists() and not (tmp_path / "labels.errors.csv").exists()
@@ -145,7 +145,7 @@ def test_cuda_without_cuda_is_a_usage_error(tmp_path, ckpt, capsys):
                                                  ("Cat,cat", "differ only in case")])
 def test_one_label_and_repeated_labels_are_refused(tmp_path, ckpt, capsys, labels, message):
     out = tmp_path / "labels.csv"
-    assert label_main(_args(_photos(tmp_path / "p"), ckpt, out, labels=labels)) == 1
+    assert label_main(_args(_photos(tmp_path / "p"), ckpt, out, labels=labels)) == 2
     assert message in _one_line(capsys) and not out.exists()
 
 
@@ -176,7 +176,7 @@ def test_two_runs_sharing_one_errors_file_are_kept_apart(tmp_path, ckpt, capsys)
     photos = _photos(tmp_path / "p")
     errors = tmp_path / "shared.errors.csv"
     with exclusive(errors.with_name(f".{errors.name}.lock")):  # another run holds it
-        assert label_main(_args(photos, ckpt, tmp_path / "b.csv", "--errors", str(errors))) == 1
+        assert label_main(_args(photos, ckpt, tmp_path / "b.csv", "--errors", str(errors))) == 2
     assert "another mmkit label run" in _one_line(capsys) and not (tmp_path / "b.csv").exists()
     assert label_main(_args(photos, ckpt, tmp_path / "b.csv", "--errors", str(errors))) == 0
 

@@ -278,7 +278,8 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`mmkit label DIR ...`; returns the exit code (0 done, 1 failed, 2 usage, 130 interrupted)."""
+    """`mmkit label DIR ...`; returns the exit code: 0 done (unreadable images are listed in the errors file),
+    2 a user's mistake (arguments, folders, checkpoints, an output that exists), 130 interrupted."""
     args = _parser().parse_args(argv)
     problem = usage_error(args)
     if problem:
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (ValueError, OSError) as e:  # bad arguments, files, checkpoints (WeightsError is a ValueError)
         print(f"mmkit label: {e}", file=sys.stderr)
-        return 1
+        return 2
     for line in summary.lines(Path(args.out).expanduser(), errors_path(args)):
         print(line, file=sys.stderr)
     log.info("mmkit label finished in %.1f s", time.perf_counter() - start)

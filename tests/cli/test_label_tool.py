@@ -13,7 +13,7 @@ from _clip import save_tiny_clip
 
 def test_label_row_and_one_line_errors(tmp_path, capsys):
     assert TOOLS["label"][1] == "mmkit.cli.label:main"
-    assert main(["label", str(tmp_path / "missing"), "--labels", "a", "--model", "m"]) == 1
+    assert main(["label", str(tmp_path / "missing"), "--labels", "a", "--model", "m"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"mmkit label: {tmp_path / 'missing'} is not a folder"
     assert main(["label", str(tmp_path), "--labels", "a", "--model", "m", "--top-k", "0"]) == 2

@@ -80,7 +80,7 @@ def test_label_int8_logs_once_agrees_and_resume_must_match(tmp_path, ckpt, photo
         fp32, int8 = list(csv.DictReader(f)), list(csv.DictReader(g))
     diffs = [abs(float(a["score:cat"]) - float(b["score:cat"])) for a, b in zip(fp32, int8)]
     assert len(int8) == 4 and 0 < max(diffs) < 0.05  # int8 really ran, close to fp32
-    assert run("q.csv", "--resume") == 1  # the rows so far are int8: an fp32 resume would mix them
+    assert run("q.csv", "--resume") == 2  # the rows so far are int8: an fp32 resume would mix them
     assert "other quantize" in capsys.readouterr().err
     assert run("q.csv", "--resume", "--quantize", "int8") == 0
     capsys.readouterr()

@@ -290,7 +290,7 @@ def test_jsonl_resume_drops_cut_off_line_and_refuses_mismatches(tmp_path, ckpt, 
     partial = out.with_name("labels.jsonl.partial")
     partial.write_text("".join(complete[:4]) + complete[1] + complete[4][:25])
     out.unlink()
-    assert label_main(_label_args(photos, ckpt, out)) == 1  # neither --resume nor --overwrite
+    assert label_main(_label_args(photos, ckpt, out)) == 2  # neither --resume nor --overwrite
     assert "--resume" in capsys.readouterr().err
     assert label_main(_label_args(photos, ckpt, out, "--resume")) == 0
     rows = _rows(out)
@@ -301,7 +301,7 @@ def test_jsonl_resume_drops_cut_off_line_and_refuses_mismatches(tmp_path, ckpt, 
     before = out.read_bytes()
     other_labels = _label_args(photos, ckpt, out, "--resume")
     other_labels[2] = "cat,dog,car"
-    assert label_main(other_labels) == 1
+    assert label_main(other_labels) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
     # New files after a finished run: --resume labels just those; --retry-errors tries a fixed file again.
     _image(7).save(photos / "7.png")
@@ -350,7 +350,7 @@ def test_threshold_multi_label_and_bf16_end_to_end(tmp_path, ckpt):
     args = lambda out, *extra: [str(photos), "--labels", "cat,dog", "--model", str(ckpt), "--out",  # noqa: E731
                                 str(tmp_path / out), "--num-workers", "0", "--quiet", *extra]
     assert label_main(args("t.csv", "--threshold", "1.0", "--other-label", "unsure")) == 0
-    assert label_main(args("c.csv", "--threshold", "0.2", "--other-label", "dog")) == 1  # bucket = a label: refused
+    assert label_main(args("c.csv", "--threshold", "0.2", "--other-label", "dog")) == 2  # bucket = a label: refused
     assert {r["label"] for r in _rows(tmp_path / "t.csv")} == {"unsure"}
     assert label_main(args("m.csv", "--multi-label", "--threshold", "0", "--all-scores")) == 0
     assert {r["label"] for r in _rows(tmp_path / "m.csv")} <= {"cat|dog", "dog|cat"}
@@ -542,7 +542,7 @@ def test_siglip_architecture_tokenizer_online_and_offline(monkeypatch, tmp_path,
     code = label_main([str(photos), "--model", "ViT-B-16-SigLIP", "--pretrained", str(weights), "--labels", "cat,dog",
                    "--out", str(tmp_path / "out.csv")])
     err = capsys.readouterr().err.strip()
-    assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1  # one message
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1  # one message
     assert "needs its tokenizer" in err
     seen = {}
 
