@@ -47,3 +47,19 @@ def test_bench_quantize_defaults_per_device_and_keeps_int8_on_the_cpu():
     assert bench_quantize(["int8"], "cpu") == ["int8"] and bench_quantize(["none"], "cuda") == ["none"]
     with pytest.raises(ValueError, match="--quantize int8 runs on the CPU.*--device cuda:1"):
         bench_quantize(["none", "int8"], "cuda:1")
+
+
+@pytest.mark.parametrize("bench, bad", [
+    ("vit", ["--batch-size", "0"]), ("vit", ["--threads", "0"]), ("text", ["--threads", "0"]),
+    ("embed", ["--rounds", "0"]), ("translate", ["--warmup", "-1"]), ("generate", ["--grid", "x"]),
+    ("transcribe", ["--rounds", "0"]), ("transcribe", ["--hf-batch-sizes", "8", "0"]),
+    ("label", ["--num-workers", "-1"]),
+])
+def test_every_bench_refuses_a_bad_count_as_a_usage_error(bench, bad, capsys):
+    from mmkit.cli.bench import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([bench, *bad])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert f"argument {bad[0]}: " in err.splitlines()[-1] and ("must be >= " in err or "not an integer" in err)

@@ -39,5 +39,7 @@ def test_agreement_of_known_vectors():
 
 
 def test_impossible_sizes_exit_2(capsys):
-    assert main(["--sizes", "wordnet", "--sentences", "0"]) == 2
-    assert capsys.readouterr().err.startswith("mmkit bench embed: ")
+    with pytest.raises(SystemExit) as exit_:  # a count below 1: argparse's usage error
+        main(["--sizes", "wordnet", "--sentences", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "mmkit bench embed: error: argument --sentences: must be >= 1, got 0"

@@ -2,6 +2,8 @@
 codes, so do mmkit's DalleBart and min-dalle's sampler, and the reports hold together. Never timings."""
 from __future__ import annotations
 
+import pytest
+
 from mmkit.cli.bench.generate import (format_bart_report, format_report, main, run_encoder_decoder_bench,
                                        run_generate_bench)
 
@@ -16,7 +18,11 @@ def test_cached_and_recomputed_give_the_same_codes():
 
 
 def test_impossible_sizes_exit_2(capsys):
-    assert main(["--grid", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # a count below 1: argparse's usage error
+        main(["--grid", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "mmkit bench generate: error: argument --grid: must be >= 1, got 0"
+    assert main(["--dim", "30", "--num-heads", "8"]) == 2  # counts fine, shapes impossible together
     assert capsys.readouterr().err.startswith("mmkit bench generate: ")
 
 

@@ -28,7 +28,9 @@ def test_bench_label_runs_every_side_and_they_agree(tmp_path, capsys):
     assert set(int8) == {"open_clip", "mmkit"} and 0 < int8["mmkit"]["max_abs_prob_diff"] < 0.1
     printed = capsys.readouterr().out
     assert "mmkit vs open_clip: top-1 agreement 100.0%" in printed and "mmkit int8 vs mmkit: top-1" in printed
-    assert main(["--images", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["--images", "0"])
+    assert exit_.value.code == 2
 
 
 def _csv(path, labels, rows):

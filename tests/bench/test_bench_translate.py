@@ -3,6 +3,8 @@ greedy and beam tokens in every cell, the int8 path's agreement is reported, the
 scorer compares fp32 with int8, and the reports hold together. Never timings."""
 from __future__ import annotations
 
+import pytest
+
 from mmkit.cli.bench.translate import format_held_out, format_report, main, run_held_out, run_translate_bench
 from tests.inference._translation_fixtures import write_native_export
 
@@ -44,6 +46,8 @@ def test_held_out_scores_fp32_and_int8_of_an_export(tmp_path, capsys):
 
 
 def test_impossible_sizes_exit_2(capsys):
-    assert main(["--dim", "32", "--layers", "1", "--heads", "4", "--ffn", "64", "--vocab-size", "100",
-                 "--new-tokens", "0"]) == 2
-    assert capsys.readouterr().err.startswith("mmkit bench translate: ")
+    with pytest.raises(SystemExit) as exit_:  # a count below 1: argparse's usage error
+        main(["--dim", "32", "--layers", "1", "--heads", "4", "--ffn", "64", "--vocab-size", "100",
+              "--new-tokens", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("mmkit bench translate: error: argument --new-tokens")

@@ -37,6 +37,10 @@ def test_bad_arguments_fail_before_building():
         run_vit_bench(precision="fp8")
     with pytest.raises(ValueError, match="need steps >= 1"):
         run_vit_bench(steps=0)
+    with pytest.raises(ValueError, match="not timm model names: vit_nonexistent"):
+        run_vit_bench(["vit_tiny_patch16_224", "vit_nonexistent"])
+    with pytest.raises(ValueError, match="not plain timm ViTs: resnet18"):
+        run_vit_bench(["resnet18"])
 
 
 def test_main_writes_json(tmp_path, capsys, monkeypatch):

@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 
+from mmkit.cli.options import at_least
+
 T = TypeVar("T")
 
 
@@ -51,9 +53,9 @@ def interleaved(runs: Mapping[str, Callable[[], T]], rounds: int,
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """--rounds, --warmup, --threads and --json, the same in every in-process benchmark."""
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--rounds", type=at_least(1), default=3)
+    p.add_argument("--warmup", type=at_least(0), default=1)
+    p.add_argument("--threads", type=at_least(1))
     p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
 
 

@@ -27,6 +27,7 @@ from mmkit.cli.bench.common import (
     add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, reduced_path_lines,
     torch_threads, write_json,
 )
+from mmkit.cli.options import at_least
 
 TEXTS = ("wordnet", "fortunes", "synthetic")
 
@@ -158,8 +159,8 @@ SIZES = {"wordnet": (128, 3, 4, 8000), "bert-base": (768, 12, 12, 30522)}
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mmkit bench embed", description=__doc__.split("\n\n")[0])
     add_sizes_option(p, SIZES)
-    p.add_argument("--sentences", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--sentences", type=at_least(1), default=512)
+    p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--texts", choices=TEXTS, default="wordnet",
                    help="wordnet (default: the recipe's sentences), fortunes or synthetic (no package needed)")
     p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 row")

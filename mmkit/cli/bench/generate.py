@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mmkit.cli.bench.common import add_run_options, interleaved, torch_threads, write_json
+from mmkit.cli.options import at_least
 
 MODES = ("cached", "recompute")
 BART_MODES = ("mmkit", "min-dalle")
@@ -175,24 +176,22 @@ def _min_dalle_installed() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mmkit bench generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--grid", type=int, default=16)
-    p.add_argument("--text-len", type=int, default=16)
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--num-heads", type=int, default=8)
-    p.add_argument("--codebook-size", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--bart-dim", type=int, default=256, help="DalleBart width (64-wide heads; dalle-mini: 1024)")
-    p.add_argument("--bart-depth", type=int, default=4, help="DalleBart layers per stack (dalle-mini: 12)")
-    p.add_argument("--num-images", type=int, default=1, help="DalleBart images sampled together")
+    p.add_argument("--grid", type=at_least(1), default=16)
+    p.add_argument("--text-len", type=at_least(1), default=16)
+    p.add_argument("--dim", type=at_least(1), default=256)
+    p.add_argument("--depth", type=at_least(1), default=4)
+    p.add_argument("--num-heads", type=at_least(1), default=8)
+    p.add_argument("--codebook-size", type=at_least(1), default=1024)
+    p.add_argument("--batch-size", type=at_least(1), default=1)
+    p.add_argument("--bart-dim", type=at_least(1), default=256, help="DalleBart width (64-wide heads; dalle-mini: 1024)")
+    p.add_argument("--bart-depth", type=at_least(1), default=4, help="DalleBart layers per stack (dalle-mini: 12)")
+    p.add_argument("--num-images", type=at_least(1), default=1, help="DalleBart images sampled together")
     p.add_argument("--guidance", type=float, default=16.0, help="super-conditioning scale (min-dalle's default 16)")
     add_run_options(p)
     args = p.parse_args(argv)
-    sizes = [args.grid, args.text_len, args.dim, args.depth, args.num_heads, args.codebook_size, args.batch_size,
-             args.rounds, args.bart_depth, args.num_images]
-    if min(sizes) < 1 or args.warmup < 0 or args.dim % args.num_heads or args.bart_dim < 64 or args.bart_dim % 64:
-        print("mmkit bench generate: sizes must be >= 1, --dim divisible by --num-heads and --bart-dim a multiple "
-              "of 64", file=sys.stderr)
+    if args.dim % args.num_heads or args.bart_dim < 64 or args.bart_dim % 64:  # counts are checked by argparse
+        print("mmkit bench generate: --dim must be divisible by --num-heads and --bart-dim a multiple of 64",
+              file=sys.stderr)
         return 2
     result = run_generate_bench(args.grid, args.text_len, args.dim, args.depth, args.num_heads, args.codebook_size,
                                 args.batch_size, args.rounds, args.warmup, args.threads)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mmkit.cli.bench.label_report import OPEN_CLIP, agreements, print_report, report
+from mmkit.cli.options import at_least
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,11 @@ def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmkit bench label", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=128, help="number of images (default 128)")
+    p.add_argument("--images", type=at_least(1), default=128, help="number of images (default 128)")
     p.add_argument("--sizes", choices=sorted(SIZES), default="mixed", help="image sizes (default mixed)")
-    p.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating (default 2)")
-    p.add_argument("--batch-size", type=int, default=64, help="mmkit's batch size (the reference uses 32)")
-    p.add_argument("--num-workers", type=int, default=None, help="mmkit's decoding workers (default: its own)")
+    p.add_argument("--rounds", type=at_least(1), default=2, help="runs of each side, alternating (default 2)")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="mmkit's batch size (the reference uses 32)")
+    p.add_argument("--num-workers", type=at_least(0), default=None, help="mmkit's decoding workers (default: its own)")
     p.add_argument("--device", default="cpu", help="where both sides run: cpu (default), cuda, cuda:N")
     p.add_argument("--precision", default="auto",
                    help="mmkit's --precision (auto: bf16 where the CPU or GPU has it; the reference stays fp32)")
@@ -248,9 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         args.quantize = bench_quantize(args.quantize, args.device)
     except ValueError as e:
         print(f"mmkit bench label: {e}", file=sys.stderr)
-        return 2
-    if args.images < 1 or args.rounds < 1:
-        print("mmkit bench label: --images and --rounds must be >= 1", file=sys.stderr)
         return 2
     if args.model and not Path(args.model).expanduser().is_dir():
         print(f"mmkit bench label: --model {args.model}: not an mmkit CLIP export directory", file=sys.stderr)

@@ -28,6 +28,7 @@ from mmkit.cli.bench.common import (
     add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, reduced_path_lines,
     torch_threads, write_json,
 )
+from mmkit.cli.options import at_least
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory, or an mmkit GPT export "
                         "(timed against its transformers twin), instead of --sizes")
     add_sizes_option(p, SIZES)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--prompt-tokens", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=1)
+    p.add_argument("--prompt-tokens", type=at_least(1), default=16)
+    p.add_argument("--new-tokens", type=at_least(1), default=64)
     p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 row")
     add_precision_option(p)
     add_run_options(p)

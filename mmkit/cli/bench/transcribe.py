@@ -41,6 +41,7 @@ from mmkit.cli.bench.speech_inputs import (  # noqa: F401
 from mmkit.cli.bench.speech_references import (
     FW_ALL_COMPUTE_TYPES, FW_SCRIPT, HF_SCRIPT, IMPORT_ONLY, fw_compute_types, hf_tokens,
 )
+from mmkit.cli.options import at_least
 from mmkit.inference.precision import check_device
 
 log = logging.getLogger(__name__)
@@ -249,13 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "folder: then without the transformers rows); default: a random-init "
                                    "whisper-tiny-sized toy checkpoint in a temporary directory")
     p.add_argument("--audio", nargs="+", help="audio files of at most 30 s, 16 kHz mono (default: synthetic)")
-    p.add_argument("--num-files", type=int, default=8, help="synthetic files (5 to 30 s)")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--batch-size", type=int, default=8, help="mmkit's windows per batch (and the reference's)")
-    p.add_argument("--hf-batch-sizes", type=int, nargs="+", default=None,
+    p.add_argument("--num-files", type=at_least(1), default=8, help="synthetic files (5 to 30 s)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=96)
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="mmkit's windows per batch (and the reference's)")
+    p.add_argument("--hf-batch-sizes", type=at_least(1), nargs="+", default=None,
                    help="reference generate() batch sizes to time (default: --batch-size)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in both processes")
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--threads", type=at_least(1), default=None, help="torch threads in both processes")
+    p.add_argument("--rounds", type=at_least(1), default=1)
     p.add_argument("--language", default="en")
     p.add_argument("--device", default="cpu", help="where every process runs: cpu (default), cuda, cuda:N; there "
                    "--precision auto adds the GPU's bf16 (fp16 on older GPUs), the transformers reference stays fp32")

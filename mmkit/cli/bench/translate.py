@@ -26,6 +26,7 @@ import torch
 from mmkit.cli.bench.common import (
     add_precision_option, add_run_options, bench_precisions, interleaved, torch_threads, write_json,
 )
+from mmkit.cli.options import at_least
 
 def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
     from transformers import MarianConfig, MarianMTModel
@@ -179,20 +180,20 @@ def format_report(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mmkit bench translate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--layers", type=int, default=6, help="encoder and decoder layers each (6)")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--ffn", type=int, default=2048)
-    p.add_argument("--vocab-size", type=int, default=58101)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    p.add_argument("--beams", type=int, nargs="+", default=[1, 4], help="beam widths (1 = greedy)")
-    p.add_argument("--source-tokens", type=int, default=24)
-    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--dim", type=at_least(1), default=512)
+    p.add_argument("--layers", type=at_least(1), default=6, help="encoder and decoder layers each (6)")
+    p.add_argument("--heads", type=at_least(1), default=8)
+    p.add_argument("--ffn", type=at_least(1), default=2048)
+    p.add_argument("--vocab-size", type=at_least(1), default=58101)
+    p.add_argument("--batch-sizes", type=at_least(1), nargs="+", default=[1, 16])
+    p.add_argument("--beams", type=at_least(1), nargs="+", default=[1, 4], help="beam widths (1 = greedy)")
+    p.add_argument("--source-tokens", type=at_least(1), default=24)
+    p.add_argument("--new-tokens", type=at_least(1), default=32)
     p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 column")
     add_precision_option(p)
     p.add_argument("--held-out", metavar="EXPORT",
                    help="instead: BLEU/exact match of this translate_numbers export, fp32 vs int8, greedy and beam")
-    p.add_argument("--sentences", type=int, default=1000, help="held-out phrases to score (1000, the recipe's)")
+    p.add_argument("--sentences", type=at_least(1), default=1000, help="held-out phrases to score (1000, the recipe's)")
     add_run_options(p)
     args = p.parse_args(argv)
     try:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmkit.cli.options import at_least
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
@@ -194,6 +196,14 @@ def run_vit_bench(
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     _autocast(precision)  # validate before building anything
+    import timm
+
+    unknown = [name for name in models if not timm.is_model(name)]
+    if unknown:
+        raise ValueError(f"not timm model names: {', '.join(unknown)} (timm.list_models('vit_*') lists the ViTs)")
+    others = [name for name in models if not timm.models.is_model_in_modules(name, ["vision_transformer"])]
+    if others:
+        raise ValueError(f"not plain timm ViTs: {', '.join(others)} (timm.list_models('vit_*') lists them)")
     from mmkit.inference.precision import check_device
 
     where = check_device(device)
@@ -262,11 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmkit bench vit", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["vit_tiny_patch16_224", "vit_small_patch16_224"],
                         help="timm model names (space or comma separated)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=10, help="timed rounds per mode")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds per mode")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument("--image-size", type=at_least(1), default=224)
+    parser.add_argument("--steps", type=at_least(1), default=10, help="timed rounds per mode")
+    parser.add_argument("--warmup", type=at_least(0), default=3, help="untimed rounds per mode")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                         help="one set of rows per value, both models under the same autocast (bf16: emulated, slow, "
                              "on CPUs without AVX512-BF16/AMX)")
