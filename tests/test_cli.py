@@ -100,6 +100,14 @@ def test_help_lists_subcommands(capsys):
     assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in tool_lines}) == 1  # one column of help texts
 
 
+def test_a_missing_config_file_is_one_line(tmp_path, capsys):
+    for argv in (["fit", "--config", str(tmp_path / "nope.yaml")], ["test", "-c", "nope.yaml"],
+                 ["validate", f"--config={tmp_path / 'nope.yaml'}"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"mmkit {argv[0]}: error: --config ") and "no such file" in err
+
+
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_shipped_recipe_parses_against_the_classes_it_names(recipe, capsys):
     # --print_config validates every key against the signatures (a renamed argument fails here).

@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
               + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)")
         if not argv:
             return 2
+    missing = _missing_config(argv)
+    if missing:  # the commonest slip; jsonargparse would print its whole usage (~50 lines) before saying so
+        print(f"mmkit {argv[0]}: error: --config {missing}: no such file", file=sys.stderr)
+        return 2
     from mmkit.cli.lightning import run
 
     try:
@@ -66,6 +70,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmkit {argv[0]}: error: {user_error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _missing_config(argv: list[str]) -> str | None:
+    """The first `--config FILE` / `-c FILE` / `--config=FILE` of `argv` that is not a file, else None.
+    A value with `:` or `{` is inline YAML/JSON (jsonargparse takes that too), not a path."""
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.partition("=")[2]
+        else:
+            continue
+        if not any(c in path for c in ":{") and not Path(path).expanduser().is_file():
+            return path
+    return None
 
 
 def _user_error(e: BaseException) -> str | None:
