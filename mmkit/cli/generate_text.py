@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     top_k=args.top_k, top_p=args.top_p, beam_size=args.beam_size,
                                     repetition_penalty=args.repetition_penalty, seed=args.seed)
         generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
-        generator.encode_prompt(args.prompt, options.max_new_tokens)  # bad prompts fail before any output
+        generator.encode_prompt(args.prompt, options.max_new_tokens, warn=False)  # bad prompts fail before any output
     except (ValueError, OSError) as e:  # bad options, prompts, directories (WeightsError is a ValueError)
         print(f"mmkit generate-text: {e}", file=sys.stderr)
         return 2

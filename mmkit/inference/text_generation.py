@@ -84,8 +84,9 @@ class TextGenerator:
         self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text generator")
         self.tokenizer, self.eos_id, self.device = tokenizer, eos_id, torch.device(device)
 
-    def encode_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
-        """Prompt ids, keeping the last `max_len - max_new_tokens` (with a warning) when it is too long.
+    def encode_prompt(self, prompt: str, max_new_tokens: int, warn: bool = True) -> list[int]:
+        """Prompt ids, keeping the last `max_len - max_new_tokens` (with a warning, unless `warn` is False:
+        a check before `generate`, which warns itself) when it is too long.
 
         Raises:
             ValueError: an empty prompt, one with no known token, or no room left for it.
@@ -100,8 +101,9 @@ class TextGenerator:
             raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
                              f"context of {self.model.max_len} tokens")
         if len(ids) > room:
-            log.warning("the prompt has %d tokens; keeping its last %d (context %d - %d new tokens)",
-                        len(ids), room, self.model.max_len, max_new_tokens)
+            if warn:
+                log.warning("the prompt has %d tokens; keeping its last %d (context %d - %d new tokens)",
+                            len(ids), room, self.model.max_len, max_new_tokens)
             ids = ids[-room:]
         return ids
 
@@ -136,7 +138,7 @@ class TextGenerator:
     def stream(self, prompt: str, options: GenerationOptions | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
         """`generate` as an iterator of text pieces (the decoding runs in a worker thread)."""
         options = options or GenerationOptions()
-        self.encode_prompt(prompt, options.max_new_tokens)  # bad prompts raise here, in the caller's thread
+        self.encode_prompt(prompt, options.max_new_tokens, warn=False)  # bad prompts raise here, in the caller's thread
         pieces: queue.Queue = queue.Queue()
         done = object()
 

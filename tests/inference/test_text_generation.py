@@ -72,6 +72,12 @@ def test_bad_prompts_are_clear_errors_and_long_prompts_keep_their_end(hf_dir, ca
     with caplog.at_level(logging.WARNING):
         ids = generator.encode_prompt(long_prompt, 16)
     assert len(ids) == 64 - 16 and ids == tok.encode(long_prompt)[-48:] and "keeping its last 48" in caplog.text
+    for run in (lambda: generator.generate(long_prompt, GenerationOptions(max_new_tokens=2)),
+                lambda: "".join(generator.stream(long_prompt, GenerationOptions(max_new_tokens=2)))):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run()
+        assert caplog.text.count("keeping its last 62") == 1  # once, though the prompt is checked first
 
 
 def test_a_prompt_of_unknown_tokens_is_refused(tmp_path):
