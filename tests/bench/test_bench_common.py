@@ -17,6 +17,15 @@ def test_interleaved_alternates_order_and_skips_warmup():
     assert outputs == {"a": 5, "b": 6}
 
 
+def test_interleaved_can_keep_gradients_and_synchronise_around_each_call():
+    events = []
+    runs = {"a": lambda: events.append(("a", torch.is_grad_enabled()))}
+    seconds, _ = interleaved(runs, rounds=2, warmup=0, no_grad=False, sync=lambda: events.append("sync"))
+    assert events == ["sync", ("a", True), "sync"] * 2 and len(seconds["a"]) == 2
+    interleaved(runs, rounds=1, warmup=0)
+    assert events[-1] == ("a", False)  # the default: no gradients, as the tools run
+
+
 def test_torch_threads_restores_the_count_after_an_error():
     before = torch.get_num_threads()
     try:

@@ -29,11 +29,16 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def interleaved(runs: Mapping[str, Callable[[], T]], rounds: int,
-                warmup: int) -> tuple[dict[str, list[float]], dict[str, T]]:
-    """Time each run `warmup + rounds` times without gradients, reversing the order every other round.
-    (no_grad as the tools run, not inference_mode: inside inference mode autocast casts the weights again
-    at every decoding step instead of once.)
+def interleaved(runs: Mapping[str, Callable[[], T]], rounds: int, warmup: int, no_grad: bool = True,
+                sync: Callable[[], None] | None = None) -> tuple[dict[str, list[float]], dict[str, T]]:
+    """Time each run `warmup + rounds` times, reversing the order every other round.
+
+    Args:
+        no_grad: run without gradients (as the tools run; no_grad, not inference_mode: inside inference
+            mode autocast casts the weights again at every decoding step instead of once). False for
+            training steps.
+        sync: called before and after each run, e.g. `torch.cuda.synchronize`, so a GPU call is timed
+            from an idle device to the end of its last kernel.
 
     Returns:
         seconds per run name (the `rounds` timed calls, warm-up excluded) and each run's last output.
@@ -41,11 +46,14 @@ def interleaved(runs: Mapping[str, Callable[[], T]], rounds: int,
     names = list(runs)
     seconds: dict[str, list[float]] = {k: [] for k in names}
     outputs: dict[str, T] = {}
-    with torch.no_grad():
+    sync = sync or (lambda: None)
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
         for r in range(warmup + rounds):
             for name in names if r % 2 == 0 else names[::-1]:
+                sync()
                 start = time.perf_counter()
                 outputs[name] = runs[name]()
+                sync()
                 if r >= warmup:
                     seconds[name].append(time.perf_counter() - start)
     return seconds, outputs

@@ -23,7 +23,6 @@ import logging
 import math
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
@@ -87,20 +86,13 @@ def _build(name: str, image_size: int, precision: str, timm_kwargs: Mapping[str,
 def _interleaved(impls: dict[str, _Impl], step: Callable[[_Impl], object], rounds: int,
                  warmup: int, device: torch.device) -> dict[str, list[float]]:
     """Seconds per timed call of `step` for each implementation, alternating the order each round
-    (on a GPU, from an idle device to the end of the call's last kernel)."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    times: dict[str, list[float]] = {k: [] for k in impls}
-    for r in range(warmup + rounds):
-        order = IMPLS if r % 2 == 0 else IMPLS[::-1]
-        for key in order:
-            sync()
-            start = time.perf_counter()
-            step(impls[key])
-            sync()
-            elapsed = time.perf_counter() - start
-            if r >= warmup:
-                times[key].append(elapsed)
-    return times
+    (`common.interleaved`; on a GPU, from an idle device to the end of the call's last kernel)."""
+    from mmkit.cli.bench.common import interleaved
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    seconds, _ = interleaved({k: (lambda k=k: step(impls[k])) for k in IMPLS}, rounds, warmup, no_grad=False,
+                             sync=sync)
+    return seconds
 
 
 def _spread(seconds: Sequence[float]) -> float:
