@@ -45,7 +45,7 @@ def test_the_wrapper_refuses_no_command():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU already lacks native bf16: the main run is that kind's")
-def test_kind_dependent_tests_pass_as_on_a_cpu_without_native_bf16():
+def test_kind_dependent_tests_pass_as_on_a_cpu_without_native_bf16(tmp_path):
     native, capped = _probe([]), _probe(AS_AVX2)
     # the caps took: no native bf16, so `auto` is fp32, and PyTorch's own kernels are the AVX2 ones
     assert native["bf16"] and native["auto"] == "bf16"
@@ -54,5 +54,6 @@ def test_kind_dependent_tests_pass_as_on_a_cpu_without_native_bf16():
     # VNNI kernel's values bit for bit, so int8 results do not depend on the machine's kind
     assert capped["fixed_grid"] and capped["int8"] == native["int8"]
     done = subprocess.run([*AS_AVX2, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           *KIND_DEPENDENT], cwd=REPO, capture_output=True, text=True, timeout=1200)
+                           f"--basetemp={tmp_path / 'inner'}", *KIND_DEPENDENT], cwd=REPO, capture_output=True,
+                          text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
