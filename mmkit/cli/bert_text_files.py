@@ -1,13 +1,14 @@
 """What the BERT tools that read a texts file share (`mmkit embed`, `mmkit classify-text`): the
-TEXTS_FILE/--model/--out/--text-key/--batch-size/--device/--quiet options, and reading the rows
-and the encoder with bad rows (empty, not UTF-8, nothing but unknown tokens) reported on stderr.
+TEXTS_FILE/--model/--out/--text-key/--batch-size/--device/--quiet options, and reading the encoder
+and the rows, a chunk at a time, with bad rows (empty, not UTF-8, nothing but unknown tokens) reported
+on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -27,23 +28,35 @@ def texts_file_parser(prog: str, doc: str, description: str, model_help: str,
     return p
 
 
-def read_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Sequence[str],
-                           build: Callable[[Any], T]) -> tuple[list, list, T] | None:
-    """(all rows, good rows, `build(encoder)`), with each bad row reported on stderr; None after a
-    usage or input error, reported as one line on stderr (the tool then returns 2)."""
-    from mmkit.inference.encoder import load_encoder, mark_unknown_rows
-    from mmkit.inference.text_rows import read_text_rows
+def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Sequence[str],
+                           build: Callable[[Any], T]) -> tuple[int, T] | None:
+    """(the texts file's row count, `build(encoder)`); None after a usage or input error, reported as
+    one line on stderr (the tool then returns 2). Counting reads the file once, a line at a time, and
+    meets a bad file (missing, wrong suffix, a CSV without the text column) before the model loads."""
+    from mmkit.inference.encoder import load_encoder
+    from mmkit.inference.text_rows import iter_text_rows
 
     try:
         if Path(args.out).suffix not in out_suffixes:
             raise ValueError(f"--out must end in {' or '.join(out_suffixes)}: {args.out}")
-        rows = read_text_rows(args.texts, args.text_key)
+        total = sum(1 for _ in iter_text_rows(args.texts, args.text_key))
         tool = build(load_encoder(args.model, args.device))
     except (ValueError, OSError) as e:  # WeightsError is a ValueError
         print(f"{prog}: {e}", file=sys.stderr)
         return None
-    rows = mark_unknown_rows(rows, tool.encoder.tokenizer)
-    for r in rows:
-        if r.error:
-            print(f"{prog}: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)
-    return rows, [r for r in rows if r.error is None], tool
+    return total, tool
+
+
+def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any) -> Iterator[tuple[list, list]]:
+    """The texts file's rows, `ROWS_PER_CHUNK` at a time, each chunk with its good rows; each bad row
+    (empty, not UTF-8, nothing but unknown tokens) is reported on stderr as it is met. Memory holds
+    one chunk, whatever the file's size."""
+    from mmkit.inference.encoder import mark_unknown_rows
+    from mmkit.inference.text_rows import chunks, iter_text_rows
+
+    for rows in chunks(iter_text_rows(args.texts, args.text_key)):
+        rows = mark_unknown_rows(rows, tokenizer)
+        for r in rows:
+            if r.error:
+                print(f"{prog}: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)
+        yield rows, [r for r in rows if r.error is None]

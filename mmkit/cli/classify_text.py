@@ -11,9 +11,9 @@ import csv
 import io
 import json
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from mmkit.cli.bert_text_files import read_texts_and_encoder, texts_file_parser
+from mmkit.cli.bert_text_files import open_texts_and_encoder, row_chunks, texts_file_parser
 
 OUT_SUFFIXES = (".csv", ".jsonl")
 
@@ -33,34 +33,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mmkit.inference.text_classify import TextClassifierPredictor
     from mmkit.inference.text_rows import write_atomically
 
-    read = read_texts_and_encoder(args, "mmkit classify-text", OUT_SUFFIXES,
-                                  lambda encoder: TextClassifierPredictor(encoder, args.batch_size))
-    if read is None:
+    opened = open_texts_and_encoder(args, "mmkit classify-text", OUT_SUFFIXES,
+                                    lambda encoder: TextClassifierPredictor(encoder, args.batch_size))
+    if opened is None:
         return 2
-    rows, good, predictor = read
-    with progress("classifying", len(good), "text", enabled=not args.quiet and len(good) > 1) as advance:
-        predictions = predictor.predict([r.text for r in good], on_batch=advance)
-    records = []
-    for r, p in zip(good, predictions):
-        record = {"line": r.line, "text": r.text, "label": p.label, "score": round(p.score, 6)}
-        if args.all_scores:
-            record.update({f"p_{k}": round(v, 6) for k, v in p.probs.items()})
-        records.append(record)
-    write_atomically(args.out, lambda f: _write(f, args.out, records, ["line", "text", "label", "score"]
-                                                + ([f"p_{k}" for k in predictor.names] if args.all_scores else [])))
-    print(f"mmkit classify-text: {len(records)} predictions written to {args.out}"
-          + (f" ({len(rows) - len(good)} bad rows skipped)" if len(rows) > len(good) else ""), file=sys.stderr)
+    total, predictor = opened
+    fields = ["line", "text", "label", "score"] + ([f"p_{k}" for k in predictor.names] if args.all_scores else [])
+    counts = [0, 0]  # good, bad rows
+    with progress("classifying", total, "text", enabled=not args.quiet and total > 1) as advance:
+        def records() -> Iterator[dict]:
+            for rows, good in row_chunks(args, "mmkit classify-text", predictor.encoder.tokenizer):
+                predictions = predictor.predict([r.text for r in good], on_batch=advance)
+                advance(len(rows) - len(good))
+                counts[0] += len(good)
+                counts[1] += len(rows) - len(good)
+                for r, p in zip(good, predictions):
+                    record = {"line": r.line, "text": r.text, "label": p.label, "score": round(p.score, 6)}
+                    if args.all_scores:
+                        record.update({f"p_{k}": round(v, 6) for k, v in p.probs.items()})
+                    yield record
+
+        write_atomically(args.out, lambda f: _write(f, args.out, records(), fields))
+    print(f"mmkit classify-text: {counts[0]} predictions written to {args.out}"
+          + (f" ({counts[1]} bad rows skipped)" if counts[1] else ""), file=sys.stderr)
     return 0
 
 
-def _write(f: io.BufferedWriter, out: str, records: list[dict], fields: list[str]) -> None:
+def _write(f: io.BufferedWriter, out: str, records: Iterator[dict], fields: list[str]) -> None:
+    """The records as JSON lines or CSV (spreadsheet-safe cells), streamed into `f`."""
     from mmkit.inference.writers import csv_safe
 
-    text = io.StringIO(newline="")
+    text = io.TextIOWrapper(f, encoding="utf-8", newline="")
     if out.endswith(".jsonl"):
         text.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:
         writer = csv.DictWriter(text, fieldnames=fields)
         writer.writeheader()
         writer.writerows({k: csv_safe(v) for k, v in r.items()} for r in records)
-    f.write(text.getvalue().encode("utf-8"))
+    text.flush()
+    text.detach()  # `f` stays open: its owner closes it

@@ -11,11 +11,15 @@ import argparse
 import io
 import json
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from mmkit.cli.bert_text_files import read_texts_and_encoder, texts_file_parser
+import numpy as np
+
+from mmkit.cli.bert_text_files import open_texts_and_encoder, row_chunks, texts_file_parser
 from mmkit.cli.options import add_precision_argument
+from mmkit.inference.embed import Embedder
 from mmkit.inference.quantize import QUANTIZATIONS
+from mmkit.inference.text_rows import atomic_path, write_atomically
 
 OUT_SUFFIXES = (".npy", ".jsonl")
 
@@ -36,30 +40,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr)."""
     args = _parser().parse_args(argv)
     from mmkit.cli.progress import progress
-    from mmkit.inference.embed import Embedder
-    from mmkit.inference.text_rows import write_atomically
 
-    read = read_texts_and_encoder(args, "mmkit embed", OUT_SUFFIXES,
-                                  lambda encoder: Embedder(encoder, args.batch_size, args.quantize, args.precision))
-    if read is None:
+    opened = open_texts_and_encoder(args, "mmkit embed", OUT_SUFFIXES,
+                                    lambda encoder: Embedder(encoder, args.batch_size, args.quantize, args.precision))
+    if opened is None:
         return 2
-    rows, good, embedder = read
-    with progress("embedding", len(good), "text", enabled=not args.quiet and len(good) > 1) as advance:
-        vectors = embedder.embed([r.text for r in good], on_batch=advance)
-    write_atomically(args.out, lambda f: _write(f, args.out, rows, good, vectors))
-    print(f"mmkit embed: {len(good)} embeddings of dim {embedder.dim} written to {args.out}"
-          + (f" ({len(rows) - len(good)} bad rows skipped)" if len(rows) > len(good) else ""), file=sys.stderr)
+    total, embedder = opened
+    counts = [0, 0]  # good, bad rows
+    with progress("embedding", total, "text", enabled=not args.quiet and total > 1) as advance:
+        def embedded() -> Iterator[tuple[list, list, np.ndarray]]:
+            for rows, good in row_chunks(args, "mmkit embed", embedder.encoder.tokenizer):
+                vectors = embedder.embed([r.text for r in good], on_batch=advance)
+                advance(len(rows) - len(good))
+                counts[0] += len(good)
+                counts[1] += len(rows) - len(good)
+                yield rows, good, vectors
+
+        if args.out.endswith(".npy"):
+            _write_npy(args.out, total, embedder.dim, embedded())
+        else:
+            write_atomically(args.out, lambda f: _write_jsonl(f, embedded()))
+    print(f"mmkit embed: {counts[0]} embeddings of dim {embedder.dim} written to {args.out}"
+          + (f" ({counts[1]} bad rows skipped)" if counts[1] else ""), file=sys.stderr)
     return 0
 
 
-def _write(f: io.BufferedWriter, out: str, rows: list, good: list, vectors: "np.ndarray") -> None:  # noqa: F821
-    import numpy as np
+def _write_npy(out: str, total: int, dim: int, chunks: Iterator[tuple[list, list, np.ndarray]]) -> None:
+    """An (total, dim) float32 .npy filled a chunk at a time through a memory map; bad rows are NaN."""
+    with atomic_path(out) as tmp:
+        if total == 0:  # a zero-length map cannot be made
+            with open(tmp, "wb") as f:  # a file, not a name: np.save would add ".npy" to the name
+                np.save(f, np.zeros((0, dim), dtype=np.float32))
+            return
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
+        start = 0
+        for rows, good, vectors in chunks:
+            if start + len(rows) > total:
+                raise ValueError(f"{out}: the input grew while it was read")
+            block = np.full((len(rows), dim), np.nan, dtype=np.float32)
+            block[[i for i, r in enumerate(rows) if r.error is None]] = vectors
+            array[start:start + len(rows)] = block
+            start += len(rows)
+        array.flush()
+        del array
 
-    if out.endswith(".npy"):
-        full = np.full((len(rows), vectors.shape[1]), np.nan, dtype=np.float32)
-        full[[i for i, r in enumerate(rows) if r.error is None]] = vectors
-        np.save(f, full)
-        return
-    for r, v in zip(good, vectors):
-        f.write((json.dumps({"line": r.line, "text": r.text, "embedding": [round(float(x), 7) for x in v]},
-                            ensure_ascii=False) + "\n").encode("utf-8"))
+
+def _write_jsonl(f: io.BufferedWriter, chunks: Iterator[tuple[list, list, np.ndarray]]) -> None:
+    for _, good, vectors in chunks:
+        for r, v in zip(good, vectors):
+            f.write((json.dumps({"line": r.line, "text": r.text, "embedding": [round(float(x), 7) for x in v]},
+                                ensure_ascii=False) + "\n").encode("utf-8"))

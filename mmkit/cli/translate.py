@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from mmkit.inference.translator import Translation
 
 log = logging.getLogger("mmkit")
 
@@ -44,51 +45,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_lines(path: Path) -> tuple[list[str], dict[int, str]]:
-    """Sources of a .txt (one a line) or .jsonl ("text" field) file, and {row: problem} for the
-    lines that are not UTF-8 or not a JSON object with a "text" string (their source is "")."""
-    raw = path.read_bytes().split(b"\n")
-    if raw and raw[-1] == b"":
-        raw.pop()  # the final newline ends the last line; it does not start another
-    texts, bad = [], {}
-    for i, line in enumerate(raw):
-        try:
-            text = line.rstrip(b"\r").decode("utf-8")
-        except UnicodeDecodeError as e:
-            texts.append("")
-            bad[i] = f"line {i + 1}: not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})"
-            continue
-        if path.suffix == ".jsonl" and text.strip():
+def iter_lines(path: Path) -> Iterator[tuple[str, str | None]]:
+    """(source, problem) per line of a .txt (one a line) or .jsonl ("text" field) file, read a line at a
+    time; problem names a line that is not UTF-8 or not a JSON object with a "text" string (its source
+    is ""), else None. A final newline ends the last line; it does not start another."""
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            line = line[:-1] if line.endswith(b"\n") else line
             try:
-                obj = json.loads(text)
-                text = obj["text"] if isinstance(obj, dict) and isinstance(obj.get("text"), str) else None
-            except json.JSONDecodeError:
-                text = None
-            if text is None:
-                texts.append("")
-                bad[i] = f'line {i + 1}: not a JSON object with a "text" string'
+                text = line.rstrip(b"\r").decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield "", f"line {i + 1}: not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})"
                 continue
-        texts.append(text)
-    return texts, bad
+            if path.suffix == ".jsonl" and text.strip():
+                try:
+                    obj = json.loads(text)
+                    text = obj["text"] if isinstance(obj, dict) and isinstance(obj.get("text"), str) else None
+                except json.JSONDecodeError:
+                    text = None
+                if text is None:
+                    yield "", f'line {i + 1}: not a JSON object with a "text" string'
+                    continue
+            yield text, None
 
 
-def write_atomic(path: Path, lines: list[str]) -> None:
-    """All lines or nothing: a temporary file in the same folder, renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _line_count(path: Path) -> int:
+    """Lines `iter_lines` yields, counted a block at a time."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            count, last = count + block.count(b"\n"), block[-1:]
+    return count + (last != b"\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns the exit code: 0 done (bad rows are reported, not fatal), 2 a usage or input error."""
     args = _parser().parse_args(argv)
     from mmkit.cli.progress import progress
+    from mmkit.inference.text_rows import atomic_path, chunks
     from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
 
     if not args.inputs and not args.export:
@@ -103,30 +97,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      length_penalty=args.length_penalty, batch_size=args.batch_size)
         if args.output and Path(args.output).suffix not in (".txt", ".jsonl"):
             raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
-        texts, bad = read_lines(Path(args.inputs[0])) if as_file else (list(args.inputs), {})
+        total = _line_count(single) if as_file else len(args.inputs)
         translator = load_translator(args.model, args.prefix, args.device, args.quantize, args.precision)
         if args.export:
             log.info("saved an mmkit export in %s", translator.export(args.export))
     except (ValueError, OSError) as e:  # bad options, files, directories (WeightsError is a ValueError)
         print(f"mmkit translate: {e}", file=sys.stderr)
         return 2
-    with progress("translating", len(texts), "sent", enabled=len(texts) > 1) as advance:
-        results = translator.translate(texts, options, on_batch=advance)
-    for i, problem in bad.items():
-        results[i].error = problem
-    for r in results:
-        if r.error:
-            print(f"mmkit translate: {r.error}", file=sys.stderr)
-    if args.output:
-        out = Path(args.output)
-        rows = [r.text for r in results] if out.suffix == ".txt" else [
-            json.dumps({"source": r.source, "translation": r.text, **({"error": r.error} if r.error else {})},
-                       ensure_ascii=False) for r in results]
-        write_atomic(out, rows)
-        log.info("wrote %d translations (%d with errors) to %s", len(results), sum(bool(r.error) for r in results), out)
-    else:
-        for r in results:
-            print(r.text)
+    rows = iter_lines(single) if as_file else ((text, None) for text in args.inputs)
+    counts = [0, 0]  # translations, errors
+
+    def translated(advance: Callable[[int], None]) -> Iterator[Translation]:
+        """The sources a chunk at a time (memory: one chunk, whatever the file's size), errors reported."""
+        for chunk in chunks(rows):
+            results = translator.translate([text for text, _ in chunk], options, on_batch=advance, first_row=counts[0])
+            for r, (_, problem) in zip(results, chunk):
+                r.error = problem or r.error
+                if r.error:
+                    print(f"mmkit translate: {r.error}", file=sys.stderr)
+                counts[0] += 1
+                counts[1] += bool(r.error)
+                yield r
+
+    with progress("translating", total, "sent", enabled=total > 1) as advance:
+        if args.output:
+            out = Path(args.output)
+            with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                for r in translated(advance):
+                    f.write((r.text if out.suffix == ".txt" else json.dumps(
+                        {"source": r.source, "translation": r.text, **({"error": r.error} if r.error else {})},
+                        ensure_ascii=False)) + "\n")
+            log.info("wrote %d translations (%d with errors) to %s", counts[0], counts[1], out)
+        else:
+            for r in translated(advance):
+                print(r.text)
     return 0
 
 

@@ -150,8 +150,9 @@ class Translator:
         return ids
 
     def translate(self, texts: Sequence[str], options: TranslationOptions | None = None,
-                  on_batch: Callable[[int], None] | None = None) -> list[Translation]:
-        """One `Translation` per text, in order; `on_batch(n)` after every n sources done."""
+                  on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
+        """One `Translation` per text, in order; `on_batch(n)` after every n sources done. Messages
+        name text i as line `first_row + i + 1` (a file read in chunks passes each chunk's offset)."""
         options = options or TranslationOptions()
         results = [Translation(t) for t in texts]
         todo: list[tuple[int, list[int]]] = []
@@ -159,7 +160,7 @@ class Translator:
             if not text.strip():
                 continue  # empty line -> empty translation, so lines stay aligned
             try:
-                todo.append((i, self.encode_source(text, i)))
+                todo.append((i, self.encode_source(text, first_row + i)))
             except TranslatorError as e:
                 results[i].error = str(e)
         if len(texts) > len(todo) and on_batch is not None:

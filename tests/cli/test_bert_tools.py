@@ -132,3 +132,48 @@ def test_embed_bf16_is_close_to_fp32_and_bf16_with_int8_is_one_line(mlm_dir, tex
                  "--precision", "bf16", "--quantize", "int8"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "int8 Linear layers run on fp32" in err and not (tmp_path / "w.npy").exists()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
+def test_embed_reads_and_writes_a_chunk_at_a_time_with_the_same_output(mlm_dir, texts_file, tmp_path, monkeypatch,
+                                                                       suffix):
+    import mmkit.inference.text_rows as text_rows
+
+    args = ["embed", str(texts_file), "--model", str(mlm_dir), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / f"whole{suffix}")]) == 0
+    monkeypatch.setattr(text_rows, "ROWS_PER_CHUNK", 2)  # chunks of 2 rows: bad rows fall in every chunk
+    assert main([*args, "--out", str(tmp_path / f"chunked{suffix}")]) == 0
+    if suffix == ".npy":
+        whole, chunked = np.load(tmp_path / "whole.npy"), np.load(tmp_path / "chunked.npy")
+        assert whole.shape == (7, 32) and np.array_equal(np.isnan(whole), np.isnan(chunked))
+        assert np.abs(np.nan_to_num(whole) - np.nan_to_num(chunked)).max() <= 1e-6
+    else:
+        whole, chunked = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+                          for name in ("whole.jsonl", "chunked.jsonl"))
+        assert [r["line"] for r in chunked] == [r["line"] for r in whole] == [1, 4, 6]
+        assert max(abs(a - b) for r, s in zip(whole, chunked) for a, b in zip(r["embedding"], s["embedding"])) <= 1e-6
+
+
+def test_embed_of_a_file_without_good_rows_writes_an_empty_matrix(mlm_dir, tmp_path, capsys):
+    src = tmp_path / "blank.txt"
+    src.write_text("")
+    assert main(["embed", str(src), "--model", str(mlm_dir), "--out", str(tmp_path / "v.npy"), "--quiet"]) == 0
+    assert np.load(tmp_path / "v.npy").shape == (0, 32)
+    assert "0 embeddings of dim 32" in capsys.readouterr().err
+
+
+def test_classify_text_streams_in_chunks_with_the_same_rows(tmp_path, monkeypatch):
+    import mmkit.inference.text_rows as text_rows
+
+    write_tiny_bert(tmp_path / "clf", "classify")
+    src = tmp_path / "in.csv"
+    src.write_bytes(b'id,text\n1,the cat sees the moon.\n2,""\n3,"a dog,\nfinds"\n4,caf\xe9\n5,the end\n')
+    args = ["classify-text", str(src), "--model", str(tmp_path / "clf"), "--all-scores", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "whole.csv")]) == 0
+    monkeypatch.setattr(text_rows, "ROWS_PER_CHUNK", 1)
+    assert main([*args, "--out", str(tmp_path / "chunked.csv")]) == 0
+    whole, chunked = (list(csv.DictReader((tmp_path / name).open())) for name in ("whole.csv", "chunked.csv"))
+    assert [r["line"] for r in whole] == ["2", "5", "7"]  # a record is numbered by the line where it ends
+    assert [r["text"] for r in whole] == ["the cat sees the moon.", "a dog,\nfinds", "the end"]
+    assert [(r["line"], r["label"]) for r in chunked] == [(r["line"], r["label"]) for r in whole]
+    assert max(abs(float(r[k]) - float(s[k])) for r, s in zip(whole, chunked) for k in r if k.startswith("p_")) < 1e-6

@@ -131,6 +131,26 @@ def test_cli_file_in_file_out_keeps_every_line(native, tmp_path, capsys):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
 
 
+def test_cli_reads_and_writes_a_file_a_chunk_at_a_time_with_the_same_lines(native, tmp_path, monkeypatch, capsys,
+                                                                            caplog):
+    import mmkit.inference.text_rows as text_rows
+
+    src = tmp_path / "in.txt"
+    src.write_bytes("seven\n\nthird\n".encode() + b"caf\xe9\n"
+                    + ("Привет мир\n" + "one hundred " * 40 + "\nfive").encode())
+    for chunk, name in ((None, "whole"), (2, "chunked")):
+        if chunk:
+            monkeypatch.setattr(text_rows, "ROWS_PER_CHUNK", chunk)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert mmkit_main(["translate", str(src), "--model", str(native),
+                               "--output", str(tmp_path / f"{name}.jsonl")]) == 0
+        err = capsys.readouterr().err  # line numbers count from the file's start, not the chunk's
+        assert "line 4: not UTF-8" in err and "line 5: " in err and "line 6: source of" in caplog.text
+    assert (tmp_path / "chunked.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
+    assert len((tmp_path / "chunked.jsonl").read_text().splitlines()) == 7  # the last line has no newline
+
+
 def test_cli_text_arguments_and_user_errors(native, tmp_path, capsys):
     assert mmkit_main(["translate", "seven", "third", "--model", str(native), "--max-length", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
