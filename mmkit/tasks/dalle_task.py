@@ -8,7 +8,6 @@ pairs, and a shuffled-caption control that must fall to chance.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl

@@ -9,7 +9,6 @@ reconstructions: the ceiling of any generator that speaks its codes.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
