@@ -25,7 +25,7 @@ class TextRow:
     line: int
     text: str | None
     error: str | None = None
-    fields: dict | None = None  # the row's other columns (csv/jsonl), written back beside the result
+    fields: dict | None = None  # the row's other columns or keys (csv/jsonl)
 
 
 ROWS_PER_CHUNK = 4096  # rows a batch text tool holds at once: memory is bounded whatever the file's size
