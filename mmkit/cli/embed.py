@@ -56,17 +56,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 counts[1] += len(rows) - len(good)
                 yield rows, good, vectors
 
-        if args.out.endswith(".npy"):
-            _write_npy(args.out, total, embedder.dim, embedded())
-        else:
-            write_atomically(args.out, lambda f: _write_jsonl(f, embedded()))
+        try:
+            if args.out.endswith(".npy"):
+                _write_npy(args.out, args.texts, total, embedder.dim, embedded())
+            else:
+                write_atomically(args.out, lambda f: _write_jsonl(f, embedded()))
+        except InputChanged as e:  # nothing was written: the temp file is gone
+            print(f"mmkit embed: {e}", file=sys.stderr)
+            return 2
     print(f"mmkit embed: {counts[0]} embeddings of dim {embedder.dim} written to {args.out}"
           + (f" ({counts[1]} bad rows skipped)" if counts[1] else ""), file=sys.stderr)
     return 0
 
 
-def _write_npy(out: str, total: int, dim: int, chunks: Iterator[tuple[list, list, np.ndarray]]) -> None:
-    """An (total, dim) float32 .npy filled a chunk at a time through a memory map; bad rows are NaN."""
+class InputChanged(ValueError):
+    """The texts file has another number of rows than when it was counted."""
+
+
+def _write_npy(out: str, source: str, total: int, dim: int, chunks: Iterator[tuple[list, list, np.ndarray]]) -> None:
+    """An (total, dim) float32 .npy filled a chunk at a time through a memory map; bad rows are NaN.
+    Raises `InputChanged` (and writes nothing) when `source` no longer has `total` rows."""
     with atomic_path(out) as tmp:
         if total == 0:  # a zero-length map cannot be made
             with open(tmp, "wb") as f:  # a file, not a name: np.save would add ".npy" to the name
@@ -76,11 +85,13 @@ def _write_npy(out: str, total: int, dim: int, chunks: Iterator[tuple[list, list
         start = 0
         for rows, good, vectors in chunks:
             if start + len(rows) > total:
-                raise ValueError(f"{out}: the input grew while it was read")
+                raise InputChanged(f"{source} changed while it was read (more than its {total} rows); nothing written")
             block = np.full((len(rows), dim), np.nan, dtype=np.float32)
             block[[i for i, r in enumerate(rows) if r.error is None]] = vectors
             array[start:start + len(rows)] = block
             start += len(rows)
+        if start != total:
+            raise InputChanged(f"{source} changed while it was read ({start} of its {total} rows); nothing written")
         array.flush()
         del array
 

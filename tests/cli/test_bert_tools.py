@@ -177,3 +177,23 @@ def test_classify_text_streams_in_chunks_with_the_same_rows(tmp_path, monkeypatc
     assert [r["text"] for r in whole] == ["the cat sees the moon.", "a dog,\nfinds", "the end"]
     assert [(r["line"], r["label"]) for r in chunked] == [(r["line"], r["label"]) for r in whole]
     assert max(abs(float(r[k]) - float(s[k])) for r, s in zip(whole, chunked) for k in r if k.startswith("p_")) < 1e-6
+
+
+@pytest.mark.parametrize("change", ["grow", "shrink"])
+def test_embed_npy_of_an_input_that_changes_while_read_writes_nothing(mlm_dir, texts_file, tmp_path, monkeypatch,
+                                                                      capsys, change):
+    import mmkit.cli.bert_text_files as files
+
+    counted = files.open_texts_and_encoder
+
+    def count_then_change(*args, **kwargs):  # the file changes between the count and the read
+        opened = counted(*args, **kwargs)
+        data = texts_file.read_bytes()
+        texts_file.write_bytes(data + b"one more\n" if change == "grow" else data.split(b"\n", 1)[1])
+        return opened
+
+    monkeypatch.setattr("mmkit.cli.embed.open_texts_and_encoder", count_then_change)
+    out = tmp_path / "v.npy"
+    assert main(["embed", str(texts_file), "--model", str(mlm_dir), "--out", str(out), "--quiet"]) == 2
+    assert "changed while it was read" in capsys.readouterr().err.splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt"]  # no output, no temp file
