@@ -176,7 +176,8 @@ def test_classify_text_streams_in_chunks_with_the_same_rows(tmp_path, monkeypatc
     assert [r["line"] for r in whole] == ["2", "5", "7"]  # a record is numbered by the line where it ends
     assert [r["text"] for r in whole] == ["the cat sees the moon.", "a dog,\nfinds", "the end"]
     assert [(r["line"], r["label"]) for r in chunked] == [(r["line"], r["label"]) for r in whole]
-    assert max(abs(float(r[k]) - float(s[k])) for r, s in zip(whole, chunked) for k in r if k.startswith("p_")) < 1e-6
+    # the CSV rounds to 6 decimals, and other batches may round the other way: one unit apart at most
+    assert max(abs(float(r[k]) - float(s[k])) for r, s in zip(whole, chunked) for k in r if k.startswith("p_")) < 2e-6
 
 
 @pytest.mark.parametrize("change", ["grow", "shrink"])
