@@ -95,7 +95,8 @@ def test_help_lists_subcommands(capsys):
     for sub in ("fit", "validate", "test", "predict", "bench", "demo"):
         assert sub in out
     assert main([]) == 2  # bare `mmkit` prints the usage and fails
-    tool_lines = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0] in TOOLS]
+    tool_lines = [line for line in capsys.readouterr().out.splitlines()
+                  if line.split()[:1] and line.split()[0] in TOOLS]
     assert len(tool_lines) == len(TOOLS)
     assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in tool_lines}) == 1  # one column of help texts
 

@@ -21,7 +21,8 @@ def test_impossible_sizes_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_:  # a count below 1: argparse's usage error
         main(["--grid", "0"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == "mmkit bench generate: error: argument --grid: must be >= 1, got 0"
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == "mmkit bench generate: error: argument --grid: must be >= 1, got 0"
     assert main(["--dim", "30", "--num-heads", "8"]) == 2  # counts fine, shapes impossible together
     assert capsys.readouterr().err.startswith("mmkit bench generate: ")
 

@@ -48,7 +48,8 @@ def test_impossible_sizes_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_:  # a count below 1: argparse's usage error
         main(["--sizes", "fortunes", "--new-tokens", "0"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == "mmkit bench text: error: argument --new-tokens: must be >= 1, got 0"
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == "mmkit bench text: error: argument --new-tokens: must be >= 1, got 0"
 
 
 def test_a_model_that_is_neither_export_nor_transformers_gpt2_exits_2(tmp_path, capsys):

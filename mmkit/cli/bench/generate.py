@@ -183,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-heads", type=at_least(1), default=8)
     p.add_argument("--codebook-size", type=at_least(1), default=1024)
     p.add_argument("--batch-size", type=at_least(1), default=1)
-    p.add_argument("--bart-dim", type=at_least(1), default=256, help="DalleBart width (64-wide heads; dalle-mini: 1024)")
+    p.add_argument("--bart-dim", type=at_least(1), default=256,
+                   help="DalleBart width (64-wide heads; dalle-mini: 1024)")
     p.add_argument("--bart-depth", type=at_least(1), default=4, help="DalleBart layers per stack (dalle-mini: 12)")
     p.add_argument("--num-images", type=at_least(1), default=1, help="DalleBart images sampled together")
     p.add_argument("--guidance", type=float, default=16.0, help="super-conditioning scale (min-dalle's default 16)")

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmkit.cli.bench.common import interleaved
 from mmkit.cli.options import at_least
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,6 @@ def _interleaved(impls: dict[str, _Impl], step: Callable[[_Impl], object], round
                  warmup: int, device: torch.device) -> dict[str, list[float]]:
     """Seconds per timed call of `step` for each implementation, alternating the order each round
     (`common.interleaved`; on a GPU, from an idle device to the end of the call's last kernel)."""
-    from mmkit.cli.bench.common import interleaved
-
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     seconds, _ = interleaved({k: (lambda k=k: step(impls[k])) for k in IMPLS}, rounds, warmup, no_grad=False,
                              sync=sync)
