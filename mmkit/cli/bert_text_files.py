@@ -60,3 +60,10 @@ def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any) -> Iterator[
             if r.error:
                 print(f"{prog}: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)
         yield rows, [r for r in rows if r.error is None]
+
+
+def report_truncated_rows(prog: str, count: int, limit: int) -> None:
+    """One line for all the texts cut to the model's context, however many chunks they came in."""
+    if count:
+        print(f"{prog}: {count} text(s) longer than the model's {limit} tokens were truncated (their beginning "
+              "was used)", file=sys.stderr)

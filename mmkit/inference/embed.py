@@ -5,16 +5,13 @@ returned in input order.
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from mmkit.inference.encoder import LoadedEncoder
+from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
 from mmkit.inference.quantize import prepare_arithmetic
-
-log = logging.getLogger(__name__)
 
 # A batch of sorted texts ends before a text more than this fraction longer than its shortest, so
 # padding stays under ~6% of a batch (512 WordNet sentences in batches of 32, the bench's texts,
@@ -56,10 +53,7 @@ class Embedder:
 
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """Token ids of each text cut to the model's context, and how many texts were cut."""
-        tok, limit = self.encoder.tokenizer, self.encoder.model.max_len
-        ids = tok.encode_batch(list(texts))
-        cut = sum(len(i) > limit for i in ids)
-        return [i if len(i) <= limit else i[: limit - 1] + [i[-1]] for i in ids], cut
+        return encode_to_context(self.encoder.tokenizer, texts, self.encoder.model.max_len)
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices of the texts in batches: sorted by length, at most `batch_size` each, and a batch
@@ -75,12 +69,13 @@ class Embedder:
     # One autocast context for all batches, under no_grad rather than inference_mode: autocast then casts
     # the weights to bf16 once per call, not once per batch (inside inference mode it keeps no casts).
     @torch.no_grad()
-    def embed(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    def embed(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None,
+              on_truncated: Callable[[int], None] | None = None) -> np.ndarray:
         """(N, dim) float32 embeddings of `texts`, in their order; texts longer than the model's
-        context are cut with a warning (the embedding then describes their beginning)."""
+        context are cut (the embedding then describes their beginning), with a warning, or with
+        `on_truncated(count)` for a caller that reports many calls at once."""
         ids, cut = self.tokenize(texts)
-        if cut:
-            log.warning("%d text(s) longer than the model's %d tokens were truncated", cut, self.encoder.model.max_len)
+        report_truncated(cut, self.encoder.model.max_len, on_truncated)
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
         pad = self.encoder.tokenizer.pad_id
         with self._autocast():

@@ -5,9 +5,10 @@ Used by `mmkit embed`, `mmkit fill-mask`, `mmkit classify-text` and the demo.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -16,6 +17,8 @@ from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.text_rows import TextRow
 from mmkit.models.bert import BERT
 from mmkit.weights.native import WeightsError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +34,22 @@ class LoadedEncoder:
         n = self.model.classifier.out_features if self.model.classifier is not None else 0
         names = self.metadata.get("class_names")
         return list(names) if isinstance(names, list) and len(names) == n else [f"LABEL_{i}" for i in range(n)]
+
+
+def encode_to_context(tokenizer: EncoderTokenizer, texts: Sequence[str], limit: int) -> tuple[list[list[int]], int]:
+    """Token ids of each text, cut to `limit` tokens with the last one ([SEP], </s>) kept, and how
+    many texts were cut."""
+    ids = tokenizer.encode_batch(list(texts))
+    cut = sum(len(i) > limit for i in ids)
+    return [i if len(i) <= limit else i[: limit - 1] + [i[-1]] for i in ids], cut
+
+
+def report_truncated(count: int, limit: int, on_truncated: Callable[[int], None] | None = None) -> None:
+    """Tell of `count` texts cut to `limit` tokens: `on_truncated(count)` where given, else a warning."""
+    if on_truncated is not None:
+        on_truncated(count)
+    elif count:
+        log.warning("%d text(s) longer than the model's %d tokens were truncated", count, limit)
 
 
 def mark_unknown_rows(rows: list[TextRow], tokenizer: EncoderTokenizer) -> list[TextRow]:

@@ -4,15 +4,12 @@ every class's probability per text, in length-sorted batches returned in input o
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from mmkit.inference.encoder import LoadedEncoder
-
-log = logging.getLogger(__name__)
+from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
 
 
 @dataclass(frozen=True)
@@ -37,14 +34,13 @@ class TextClassifierPredictor:
         self.names = encoder.class_names
 
     @torch.inference_mode()
-    def predict(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> list[TextPrediction]:
-        """One prediction per text; texts longer than the model's context are cut with a warning."""
+    def predict(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None,
+                on_truncated: Callable[[int], None] | None = None) -> list[TextPrediction]:
+        """One prediction per text; texts longer than the model's context are cut, with a warning or
+        `on_truncated(count)` (as `Embedder.embed`)."""
         model, tok = self.encoder.model, self.encoder.tokenizer
-        ids = tok.encode_batch(list(texts))
-        cut = sum(len(i) > model.max_len for i in ids)
-        if cut:
-            log.warning("%d text(s) longer than the model's %d tokens were truncated", cut, model.max_len)
-        ids = [i if len(i) <= model.max_len else i[: model.max_len - 1] + [i[-1]] for i in ids]
+        ids, cut = encode_to_context(tok, texts, model.max_len)
+        report_truncated(cut, model.max_len, on_truncated)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[TextPrediction | None] = [None] * len(ids)
         device = next(model.parameters()).device

@@ -198,3 +198,21 @@ def test_embed_npy_of_an_input_that_changes_while_read_writes_nothing(mlm_dir, t
     assert main(["embed", str(texts_file), "--model", str(mlm_dir), "--out", str(out), "--quiet"]) == 2
     assert "changed while it was read" in capsys.readouterr().err.splitlines()[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt"]  # no output, no temp file
+
+
+def test_truncated_texts_are_one_line_however_many_chunks(mlm_dir, tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    import mmkit.inference.text_rows as text_rows
+
+    write_tiny_bert(tmp_path / "clf", "classify")
+    src = tmp_path / "long.txt"
+    src.write_text(("the cat sees the moon. " * 40 + "\n") * 5 + "a dog\n")
+    monkeypatch.setattr(text_rows, "ROWS_PER_CHUNK", 2)
+    for tool, model, out in (("embed", mlm_dir, "v.npy"), ("classify-text", tmp_path / "clf", "p.csv")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert main([tool, str(src), "--model", str(model), "--out", str(tmp_path / out), "--quiet"]) == 0
+        err = capsys.readouterr().err
+        assert err.count("were truncated") == 1 and f"mmkit {tool}: 5 text(s) longer than" in err
+        assert "truncated" not in caplog.text  # not once per chunk as well
