@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -47,10 +48,33 @@ def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Se
     return total, tool
 
 
-def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any) -> Iterator[tuple[list, list]]:
+@dataclass
+class RowCounts:
+    """What a texts-file tool did with the file's rows, for its closing lines (`report`)."""
+
+    good: int = 0
+    bad: int = 0
+    truncated: int = 0  # good rows cut to the model's context
+
+    def add_truncated(self, n: int) -> None:
+        self.truncated += n
+
+    def report(self, prog: str, limit: int, written: str) -> None:
+        """One line for all the truncated texts, however many chunks they came in, then the summary:
+        "{prog}: {good} {written}" and the bad rows skipped."""
+        if self.truncated:
+            print(f"{prog}: {self.truncated} text(s) longer than the model's {limit} tokens were truncated (their "
+                  "beginning was used)", file=sys.stderr)
+        print(f"{prog}: {self.good} {written}" + (f" ({self.bad} bad rows skipped)" if self.bad else ""),
+              file=sys.stderr)
+
+
+def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any, counts: RowCounts,
+               advance: Callable[[int], None]) -> Iterator[tuple[list, list]]:
     """The texts file's rows, `ROWS_PER_CHUNK` at a time, each chunk with its good rows; each bad row
-    (empty, not UTF-8, nothing but unknown tokens) is reported on stderr as it is met. Memory holds
-    one chunk, whatever the file's size."""
+    (empty, not UTF-8, nothing but unknown tokens) is reported on stderr as it is met, counted in
+    `counts` and passed to `advance` (the good ones advance as the tool finishes them). Memory holds one
+    chunk, whatever the file's size."""
     from mmkit.inference.encoder import mark_unknown_rows
     from mmkit.inference.text_rows import chunks, iter_text_rows
 
@@ -59,11 +83,8 @@ def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any) -> Iterator[
         for r in rows:
             if r.error:
                 print(f"{prog}: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)
-        yield rows, [r for r in rows if r.error is None]
-
-
-def report_truncated_rows(prog: str, count: int, limit: int) -> None:
-    """One line for all the texts cut to the model's context, however many chunks they came in."""
-    if count:
-        print(f"{prog}: {count} text(s) longer than the model's {limit} tokens were truncated (their beginning "
-              "was used)", file=sys.stderr)
+        good = [r for r in rows if r.error is None]
+        counts.good += len(good)
+        counts.bad += len(rows) - len(good)
+        advance(len(rows) - len(good))
+        yield rows, good

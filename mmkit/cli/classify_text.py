@@ -10,10 +10,9 @@ import argparse
 import csv
 import io
 import json
-import sys
 from typing import Iterator, Sequence
 
-from mmkit.cli.bert_text_files import open_texts_and_encoder, report_truncated_rows, row_chunks, texts_file_parser
+from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser
 
 OUT_SUFFIXES = (".csv", ".jsonl")
 
@@ -39,18 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     total, predictor = opened
     fields = ["line", "text", "label", "score"] + ([f"p_{k}" for k in predictor.names] if args.all_scores else [])
-    counts = [0, 0, 0]  # good, bad, truncated rows
-
-    def truncated(n: int) -> None:
-        counts[2] += n
-
+    counts = RowCounts()
     with progress("classifying", total, "text", enabled=not args.quiet and total > 1) as advance:
         def records() -> Iterator[dict]:
-            for rows, good in row_chunks(args, "mmkit classify-text", predictor.encoder.tokenizer):
-                predictions = predictor.predict([r.text for r in good], on_batch=advance, on_truncated=truncated)
-                advance(len(rows) - len(good))
-                counts[0] += len(good)
-                counts[1] += len(rows) - len(good)
+            for _, good in row_chunks(args, "mmkit classify-text", predictor.encoder.tokenizer, counts, advance):
+                predictions = predictor.predict([r.text for r in good], on_batch=advance,
+                                                on_truncated=counts.add_truncated)
                 for r, p in zip(good, predictions):
                     record = {"line": r.line, "text": r.text, "label": p.label, "score": round(p.score, 6)}
                     if args.all_scores:
@@ -58,9 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     yield record
 
         write_atomically(args.out, lambda f: _write(f, args.out, records(), fields))
-    report_truncated_rows("mmkit classify-text", counts[2], predictor.encoder.model.max_len)
-    print(f"mmkit classify-text: {counts[0]} predictions written to {args.out}"
-          + (f" ({counts[1]} bad rows skipped)" if counts[1] else ""), file=sys.stderr)
+    counts.report("mmkit classify-text", predictor.encoder.model.max_len, f"predictions written to {args.out}")
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from mmkit.cli.bert_text_files import open_texts_and_encoder, report_truncated_rows, row_chunks, texts_file_parser
+from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser
 from mmkit.cli.options import add_precision_argument
 from mmkit.inference.embed import Embedder
 from mmkit.inference.quantize import QUANTIZATIONS
@@ -46,19 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opened is None:
         return 2
     total, embedder = opened
-    counts = [0, 0, 0]  # good, bad, truncated rows
-
-    def truncated(n: int) -> None:
-        counts[2] += n
-
+    counts = RowCounts()
     with progress("embedding", total, "text", enabled=not args.quiet and total > 1) as advance:
         def embedded() -> Iterator[tuple[list, list, np.ndarray]]:
-            for rows, good in row_chunks(args, "mmkit embed", embedder.encoder.tokenizer):
-                vectors = embedder.embed([r.text for r in good], on_batch=advance, on_truncated=truncated)
-                advance(len(rows) - len(good))
-                counts[0] += len(good)
-                counts[1] += len(rows) - len(good)
-                yield rows, good, vectors
+            for rows, good in row_chunks(args, "mmkit embed", embedder.encoder.tokenizer, counts, advance):
+                yield rows, good, embedder.embed([r.text for r in good], on_batch=advance,
+                                                 on_truncated=counts.add_truncated)
 
         try:
             if args.out.endswith(".npy"):
@@ -68,9 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except InputChanged as e:  # nothing was written: the temp file is gone
             print(f"mmkit embed: {e}", file=sys.stderr)
             return 2
-    report_truncated_rows("mmkit embed", counts[2], embedder.encoder.model.max_len)
-    print(f"mmkit embed: {counts[0]} embeddings of dim {embedder.dim} written to {args.out}"
-          + (f" ({counts[1]} bad rows skipped)" if counts[1] else ""), file=sys.stderr)
+    counts.report("mmkit embed", embedder.encoder.model.max_len,
+                  f"embeddings of dim {embedder.dim} written to {args.out}")
     return 0
 
 
