@@ -69,15 +69,6 @@ def iter_lines(path: Path) -> Iterator[tuple[str, str | None]]:
             yield text, None
 
 
-def _line_count(path: Path) -> int:
-    """Lines `iter_lines` yields, counted a block at a time."""
-    count, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            count, last = count + block.count(b"\n"), block[-1:]
-    return count + (last != b"\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns the exit code: 0 done (bad rows are reported, not fatal), 2 a usage or input error."""
     args = _parser().parse_args(argv)
@@ -97,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      length_penalty=args.length_penalty, batch_size=args.batch_size)
         if args.output and Path(args.output).suffix not in (".txt", ".jsonl"):
             raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
-        total = _line_count(single) if as_file else len(args.inputs)
+        total = sum(1 for _ in iter_lines(single)) if as_file else len(args.inputs)
         translator = load_translator(args.model, args.prefix, args.device, args.quantize, args.precision)
         if args.export:
             log.info("saved an mmkit export in %s", translator.export(args.export))
