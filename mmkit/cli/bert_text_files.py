@@ -78,7 +78,7 @@ def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any, counts: RowC
     from mmkit.inference.encoder import mark_unknown_rows
     from mmkit.inference.text_rows import chunks, iter_text_rows
 
-    for rows in chunks(iter_text_rows(args.texts, args.text_key)):
+    for rows in chunks(iter_text_rows(args.texts, args.text_key), chars=lambda r: len(r.text or "")):
         rows = mark_unknown_rows(rows, tokenizer)
         for r in rows:
             if r.error:

@@ -46,27 +46,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[str, str | None]]:
-    """(source, problem) per line of a .txt (one a line) or .jsonl ("text" field) file, read a line at a
-    time; problem names a line that is not UTF-8 or not a JSON object with a "text" string (its source
-    is ""), else None. A final newline ends the last line; it does not start another."""
-    with open(path, "rb") as f:
-        for i, line in enumerate(f):
-            line = line[:-1] if line.endswith(b"\n") else line
+    """(source, problem) per line of a .txt (one a line) or .jsonl ("text" field) file, its lines as
+    `text_rows.iter_lines` reads them (memory: one line, at most 1 MiB); problem names a line that is not
+    UTF-8 or not a JSON object with a "text" string (its source is ""), else None."""
+    from mmkit.inference.text_rows import MAX_LINE_BYTES, decode_line
+    from mmkit.inference.text_rows import iter_lines as file_lines
+
+    for line in file_lines(path):
+        n = line.number
+        try:
+            text = decode_line(line)
+        except UnicodeDecodeError as e:
+            yield "", f"line {n}: not UTF-8 (byte 0x{line.data[e.start]:02x} at column {e.start + 1})"
+            continue
+        if path.suffix == ".jsonl" and line.cut:
+            yield "", f"line {n}: a JSON record longer than {MAX_LINE_BYTES >> 20} MiB"
+            continue
+        if path.suffix == ".jsonl" and text.strip():
             try:
-                text = line.rstrip(b"\r").decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield "", f"line {i + 1}: not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})"
+                obj = json.loads(text)
+                text = obj["text"] if isinstance(obj, dict) and isinstance(obj.get("text"), str) else None
+            except json.JSONDecodeError:
+                text = None
+            if text is None:
+                yield "", f'line {n}: not a JSON object with a "text" string'
                 continue
-            if path.suffix == ".jsonl" and text.strip():
-                try:
-                    obj = json.loads(text)
-                    text = obj["text"] if isinstance(obj, dict) and isinstance(obj.get("text"), str) else None
-                except json.JSONDecodeError:
-                    text = None
-                if text is None:
-                    yield "", f'line {i + 1}: not a JSON object with a "text" string'
-                    continue
-            yield text, None
+        yield text, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def translated(advance: Callable[[int], None]) -> Iterator[Translation]:
         """The sources a chunk at a time (memory: one chunk, whatever the file's size), errors reported."""
-        for chunk in chunks(rows):
+        for chunk in chunks(rows, chars=lambda row: len(row[0])):
             results = translator.translate([text for text, _ in chunk], options, on_batch=advance, first_row=counts[0])
             for r, (_, problem) in zip(results, chunk):
                 r.error = problem or r.error

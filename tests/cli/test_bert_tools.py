@@ -216,3 +216,13 @@ def test_truncated_texts_are_one_line_however_many_chunks(mlm_dir, tmp_path, mon
         err = capsys.readouterr().err
         assert err.count("were truncated") == 1 and f"mmkit {tool}: 5 text(s) longer than" in err
         assert "truncated" not in caplog.text  # not once per chunk as well
+
+
+def test_a_csv_record_over_the_field_limit_is_one_line_and_writes_nothing(mlm_dir, tmp_path, capsys):
+    path = tmp_path / "texts.csv"
+    path.write_text("text\nthe cat\n" + "moon " * 40_000 + "\nthe end\n")  # 200 KB: over csv's field_size_limit
+    out = tmp_path / "v.jsonl"
+    assert main(["embed", str(path), "--model", str(mlm_dir), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "texts.csv line 3: not a readable CSV record" in err and ".txt or .jsonl" in err
+    assert not out.exists()

@@ -258,3 +258,20 @@ def test_bf16_translator_agrees_with_fp32_and_refuses_int8(native, capsys):
         load_translator(native, precision="bf16", quantize="int8")
     assert mmkit_main(["translate", "seven", "--model", str(native), "--precision", "bf16", "--quantize", "int8"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_cli_keeps_the_beginning_of_an_over_long_txt_line_and_skips_an_over_long_jsonl_record(native, tmp_path,
+                                                                                              monkeypatch):
+    import mmkit.inference.text_rows as text_rows
+
+    monkeypatch.setattr(text_rows, "MAX_LINE_BYTES", 24)
+    (tmp_path / "in.txt").write_text("seven\none hundred and twenty three\nthird\n")
+    (tmp_path / "in.jsonl").write_text('{"text": "seven"}\n{"text": "one hundred and twenty"}\n{"text": "third"}\n')
+    for name in ("in.txt", "in.jsonl"):
+        assert mmkit_main(["translate", str(tmp_path / name), "--model", str(native),
+                           "--output", str(tmp_path / f"{name}.out.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "in.txt.out.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["seven", "one hundred and twenty t", "third"]  # its first 24 bytes
+    rows = [json.loads(line) for line in (tmp_path / "in.jsonl.out.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["seven", "", "third"]
+    assert rows[1]["error"].startswith("line 2: a JSON record longer than")
