@@ -101,6 +101,17 @@ def test_help_lists_subcommands(capsys):
     assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in tool_lines}) == 1  # one column of help texts
 
 
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    import mmkit
+
+    for flag in ("--version", "-V"):
+        assert main([flag]) == 0
+        assert capsys.readouterr().out == f"mmkit {version('mmkit')}\n"
+    assert mmkit.__version__ == version("mmkit")
+
+
 def test_a_missing_config_file_is_one_line(tmp_path, capsys):
     for argv in (["fit", "--config", str(tmp_path / "nope.yaml")], ["test", "-c", "nope.yaml"],
                  ["validate", f"--config={tmp_path / 'nope.yaml'}"]):

@@ -48,11 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in TOOLS:
         return _run_tool(argv[0], argv[1:]) or 0
+    if argv[:1] in (["--version"], ["-V"]):
+        from mmkit import __version__
+
+        print(f"mmkit {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mmkit {fit,validate,test,predict} --config configs/<recipe>.yaml [options]\n"
               "       mmkit {" + ",".join(TOOLS) + "} ...\n\n"
               + "\n".join(f"  {k:{max(map(len, TOOLS))}s}  {v[0]}" for k, v in TOOLS.items())
-              + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)")
+              + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)"
+              + "\n  --version      print mmkit's version")
         if not argv:
             return 2
     missing = _missing_config(argv)
