@@ -191,6 +191,17 @@ def _checked(line: int, text: str, fields: dict | None = None) -> TextRow:
     return TextRow(line, text, None, fields)
 
 
+def temp_beside(path: Path) -> tuple[int, Path]:
+    """(an open descriptor, the path) of a new hidden temp file in `path`'s folder, for an output
+    renamed over `path` when complete. It gets the permissions a plainly created file would (0666 less
+    the umask), not `mkstemp`'s owner-only 0600, so the renamed output is readable as any other."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp file's path beside `path` for the body to write; renamed over `path` when the body
@@ -198,7 +209,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     replaced only by a complete one."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -29,9 +29,10 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+from mmkit.inference.text_rows import temp_beside
 
 if TYPE_CHECKING:
     from mmkit.inference.classifier import Prediction
@@ -253,10 +254,9 @@ class PredictionFile:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             if self.out.is_dir():
                 raise IsADirectoryError(errno.EISDIR, "is a folder")
-            fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
+            fd, self.tmp = temp_beside(self.out)
         except OSError as e:
             raise OutputConflict(f"cannot write predictions to {self.out}: {e.strerror or e}") from None
-        self.tmp = Path(tmp)
         self._file = os.fdopen(fd, "w", encoding="utf-8", newline="")
         self.counts = {"ok": 0, "failed": 0}
         self._write("" if self.out.suffix != ".csv" else _csv_line(PREDICTION_FIELDS))

@@ -2,7 +2,9 @@
 `bytes.splitlines()` numbers them, in memory bounded whatever the file's size."""
 from __future__ import annotations
 
+import os
 import random
+import stat
 import tracemalloc
 
 import pytest
@@ -99,3 +101,18 @@ def test_chunks_end_at_a_row_count_or_a_character_budget(monkeypatch):
     words = ["abcd", "ef", "ghijkl", "m", "nopqrstuvwxyz", "z"]
     assert list(chunks(words, 3, chars=len)) == [["abcd", "ef", "ghijkl"], ["m", "nopqrstuvwxyz"], ["z"]]
     assert list(chunks(words, 3)) == [["abcd", "ef", "ghijkl"], ["m", "nopqrstuvwxyz", "z"]]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_permissions_of_a_plainly_created_file_not_mkstemps(tmp_path, umask):
+    from mmkit.inference.writers import PredictionFile
+
+    previous = os.umask(umask)
+    try:
+        written = text_rows.write_atomically(tmp_path / "vectors.jsonl", lambda f: f.write(b"{}\n"))
+        predictions = PredictionFile(tmp_path / "preds.csv")
+        predictions.commit()
+    finally:
+        os.umask(previous)
+    for path in (written, tmp_path / "preds.csv"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
