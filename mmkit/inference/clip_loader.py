@@ -124,7 +124,8 @@ def load_clip(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokenize
     if path.is_dir():
         doc = CLIP.read_config(path)
         meta = doc.get("metadata", {})
-        clip = _build_and_load(doc["config"], read_state_dict(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
+        weights = CLIP.check_weights(path, doc["config"])  # before a tensor is read or a layer built
+        clip = _build_and_load(doc["config"], read_state_dict(weights), str(weights))
         context = meta.get("context_length") or clip.context_length
         if meta.get("open_clip_tokenizer"):  # another architecture's tokenizer, e.g. "ViT-B-16-SigLIP"
             from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer

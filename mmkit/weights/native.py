@@ -166,19 +166,27 @@ def _int_fields(config: Mapping[str, Any], prefix: str = "") -> dict[str, int]:
     return out
 
 
-def check_shapes(model: nn.Module, weights: Path, config_path: Path, config: Mapping[str, Any]) -> None:
-    """Compare the (meta-device) model's tensor shapes with the safetensors header, so a config
-    that disagrees with its weights fails before a single tensor is allocated or read; the
-    message names the config fields whose values make up the disagreeing dimensions."""
-    found = safetensors_shapes(weights)
+def check_layer_counts(config: Mapping[str, Any], tensors: int, where: str) -> None:
+    """Refuse a config that asks for more layers or blocks than its weights hold tensors (each has at
+    least one) before a build spends minutes, or all the memory, making them: one line naming the field."""
+    for k, v in _int_fields(config).items():
+        if any(word in k.rsplit(".", 1)[-1] for word in ("depth", "layers", "blocks")) and v > tensors:
+            raise WeightsError(f"{where}: field {k}={v} asks for more layers than the weights hold tensors ({tensors})")
+
+
+def check_shapes(model: nn.Module, found: Mapping[str, tuple[int, ...]], config: Mapping[str, Any], where: str,
+                 weights: str) -> None:
+    """Compare the (meta-device) model's tensor shapes with the weights' (`found`: from the safetensors
+    header or an importer's state), so a config that disagrees with its weights fails before a single
+    tensor is allocated; the message names the config fields whose values make up the disagreeing
+    dimensions."""
     for key, tensor in model.state_dict().items():
         want = tuple(tensor.shape)
         if key in found and want != found[key]:
             dims = {w for w, f in zip(want, found[key]) if w != f} if len(want) == len(found[key]) else set(want)
             fields = [f"{k}={v}" for k, v in _int_fields(config).items() if v in dims]
             blame = f"field {' or '.join(fields)} disagrees with the weights: " if fields else ""
-            raise WeightsError(f"{config_path}: {blame}{key} is {found[key]} in {weights.name} but "
-                               f"{want} by the config")
+            raise WeightsError(f"{where}: {blame}{key} is {found[key]} in {weights} but {want} by the config")
 
 
 class PretrainedMixin:
@@ -245,10 +253,19 @@ class PretrainedMixin:
         The build skips torch.nn.init's fills: on the meta device their first call imports torch's
         compiler stack for the decompositions (~1.3 s of every load), and a shape check needs no values."""
         directory = Path(directory).expanduser()
+        cls.check_against(config, safetensors_shapes(directory / WEIGHTS_NAME), str(directory / CONFIG_NAME),
+                          WEIGHTS_NAME)
+        return directory / WEIGHTS_NAME
+
+    @classmethod
+    def check_against(cls, config: dict[str, Any], found: Mapping[str, tuple[int, ...]], where: str,
+                      weights: str) -> None:
+        """`config` checked against the weights' tensor shapes `found` on a meta-device build, before a
+        real build allocates anything (`check_layer_counts`, then `check_shapes`)."""
+        check_layer_counts(config, len(found), where)
         with torch.device("meta"), skip_init():
             model = cls.build(config)
-        check_shapes(model, directory / WEIGHTS_NAME, directory / CONFIG_NAME, config)  # type: ignore[arg-type]
-        return directory / WEIGHTS_NAME
+        check_shapes(model, found, config, where, weights)  # type: ignore[arg-type]
 
     @classmethod
     def _build_to_load(cls: type[T], config: dict[str, Any], empty_init: bool) -> T:
@@ -264,6 +281,8 @@ class PretrainedMixin:
         tensor is in the state dict. The state is copied unless `assign`: an importer may hand over the
         tensors of a live source model, which must not end up sharing storage with this one; `assign` is
         for a state freshly read from a file (`load_state_dict_strict`)."""
+        cls.check_against(converted.config, {k: tuple(v.shape) for k, v in converted.state.items()}, converted.source,
+                          "the weights")
         model = cls._build_to_load(converted.config, cls.init_free_load if empty_init is None else empty_init)
         load_state_dict_strict(model, converted.state, converted.source, assign=assign)  # type: ignore[arg-type]
         return model.train(converted.training)  # type: ignore[attr-defined]

@@ -199,7 +199,7 @@ def test_from_hf_wrong_shape_names_file_and_key(hf_gpt2, tmp_path):
     with pytest.raises(WeightsError) as err:
         GPT.from_hf(tmp_path)
     msg = str(err.value)
-    assert path in msg and "decoder.blocks.0.attn.qkv.weight: checkpoint (96, 64) vs model (192, 64)" in msg
+    assert msg == f"{path}: decoder.blocks.0.attn.qkv.weight is (96, 64) in the weights but (192, 64) by the config"
 
 
 def test_from_hf_unknown_key_is_refused(hf_gpt2, tmp_path):

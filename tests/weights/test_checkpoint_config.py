@@ -132,3 +132,36 @@ def test_pickled_code_is_refused_in_one_line_with_the_conversion(tmp_path):
         read_state_dict(path)
     _one_line(err, str(path), "holds pickled Python code (print) that mmkit will not run",
               "weights_only=False", str(tmp_path / "hostile.safetensors"))
+
+
+def test_a_clip_directory_for_label_is_checked_against_its_weights_before_building(tmp_path, monkeypatch):
+    """`mmkit label`'s loader (`load_clip`) read the weights and built the model straight from config.json:
+    a tampered mlp_ratio asked for 655 GB and died in a traceback."""
+    from mmkit.inference.clip_loader import load_clip
+
+    directory = _saved(tmp_path, CLIP.from_config(_CLIP), lambda doc: doc["config"]["visual"].update(mlp_ratio=1e7))
+    monkeypatch.setattr(native, "read_state_dict", lambda *a, **k: pytest.fail("tensors read"))
+    with pytest.raises(WeightsError) as err:
+        load_clip(str(directory))
+    _one_line(err, str(directory / "config.json"), "visual.encoder.blocks.0.mlp.fc1.weight is (128, 32) in model.safetensors")
+
+
+def test_a_depth_beyond_the_weights_is_refused_before_any_layer_is_built(tmp_path, monkeypatch):
+    directory = _saved(tmp_path, GPT(**_GPT), _set(depth=10**9))  # building it would take hours, even on meta
+    monkeypatch.setattr(GPT, "build", classmethod(lambda cls, config: pytest.fail("built")))
+    with pytest.raises(WeightsError) as err:
+        GPT.from_pretrained(directory)
+    _one_line(err, "config.json", "field depth=1000000000 asks for more layers than the weights hold tensors")
+
+
+def test_an_importers_config_is_checked_against_its_tensors_before_the_real_build(monkeypatch):
+    """Importers (HF, open_clip, min-dalle...) build through `from_converted`: a source config disagreeing
+    with its own tensors is one line, not a huge allocation or a size-mismatch traceback."""
+    state = GPT(**_GPT).state_dict()
+    built = []
+    monkeypatch.setattr(GPT, "_build_to_load", classmethod(lambda cls, *a: built.append(1)))
+    with pytest.raises(WeightsError) as err:
+        GPT.from_converted(native.Converted({**_GPT, "dim": 4_000_000, "num_heads": 4}, state, "hf/config.json",
+                                            False))
+    _one_line(err, "hf/config.json: field dim=4000000 disagrees with the weights", "in the weights but")
+    assert not built
