@@ -2,7 +2,10 @@
 resume without OUT.run.json checks the rows' labels (#8); preprocessing metadata is validated at
 load (#9); range checks (#10); --copy-to / --errors mistakes and a shared errors file (#11); a
 SIGKILLed run's lock is free at once (#12); symlink loops (#13); --device (#14); spreadsheet-safe
-CSV (#16); symlinks leading outside DIR (#17). Tiny random-init CLIP, offline.
+CSV (#16); symlinks leading outside DIR (#17). Then: a refused run leaves the output folders as
+they were (no lock, partial or run.json file), options and outputs are checked before any work,
+--copy-to inside DIR is refused, workers are capped at the batches, non-UTF-8 labels files name
+the line. Tiny random-init CLIP, offline.
 """
 from __future__ import annotations
 
@@ -289,3 +292,105 @@ def test_csv_cells_are_spreadsheet_safe_and_resume_reads_them_back(tmp_path, ckp
     assert label_main(_args(photos, ckpt, jsonl, labels=labels)) == 0
     rows = _rows(jsonl)
     assert {r["path"] for r in rows} == {*names, "new.png"} and {r["label"] for r in rows} <= {"=SUM(A1)", "@home"}
+
+
+# ---- refused runs leave nothing behind; inputs checked before any work ------------------------------
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` (hidden lock files included) with its bytes (None for a folder)."""
+    return {p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--precision", "fp16"], "fp16 autocast is for GPUs"),  # the device is the CPU
+    (["--multi-gpu"], "--multi-gpu needs --device cuda"),
+    (["--out", "{o}/labels.txt"], "unsupported output"),
+    (["--errors", "{o}/errors.txt"], "unsupported output"),
+    (["--out", "{o}/folder.csv", "--overwrite"], "is a folder"),  # else found at the rename, after the work
+    (["--copy-to", "{o}/a_file"], "is a file"),
+    (["--copy-to", "{p}/sorted"], "inside the input folder"),  # the copies would be the next run's inputs
+    (["--link-to", "{p}/sub/sorted"], "inside the input folder"),
+    (["--other-label", "Dog", "--threshold", "0.5"], "is a label and the unsure bucket"),  # never named as a class
+    (["--other-label", " "], "--other-label is empty"),
+    (["--top-k", "3"], "--top-k 3 is more than the 2 labels"),  # refused, not empty label_3 columns
+    (["--model", "{o}/broken"], "invalid JSON"),  # refused after the lock is taken: undone
+])
+def test_a_refused_run_leaves_the_folders_as_they_were(tmp_path, ckpt, capsys, extra, message):
+    photos, o = _photos(tmp_path / "p"), tmp_path / "o"
+    (o / "folder.csv").mkdir(parents=True)
+    (o / "a_file").write_text("not a folder")
+    (o / "broken").mkdir()
+    (o / "broken" / "config.json").write_text("{")
+    extra = [e.format(o=o, p=photos) for e in extra]
+    before = _tree(tmp_path)
+    args = _args(photos, ckpt, o / "new" / "labels.csv", *extra)
+    if "--model" in extra:
+        args[args.index("--model") + 1] = extra[1]  # replaces the tiny CLIP
+    assert label_main(args) == 2
+    assert message in _one_line(capsys)
+    assert _tree(tmp_path) == before
+
+
+def test_an_existing_output_is_refused_without_leaving_lock_files(tmp_path, ckpt, capsys):
+    photos, out = _photos(tmp_path / "p"), tmp_path / "o" / "labels.csv"
+    assert label_main(_args(photos, ckpt, out)) == 0
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    assert label_main(_args(photos, ckpt, out)) == 2
+    assert "pass --resume" in _one_line(capsys) and _tree(tmp_path) == before
+
+
+def test_a_negative_num_workers_is_an_argparse_usage_error_before_any_file_is_made(tmp_path, ckpt, capsys):
+    photos = _photos(tmp_path / "p")
+    before = _tree(tmp_path)
+    args = _args(photos, ckpt, tmp_path / "labels.csv")
+    args[args.index("--num-workers") + 1] = "-1"
+    with pytest.raises(SystemExit) as exit_:
+        label_main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and "num_workers option" not in err
+    assert err.splitlines()[-1].endswith("argument --num-workers: must be >= 0, got -1")
+    assert _tree(tmp_path) == before
+
+
+def test_copy_to_a_file_or_inside_the_input_folder_then_a_corrected_run_works(tmp_path, ckpt, capsys):
+    """The refused runs leave nothing that makes the corrected command ask for --resume/--overwrite,
+    and a run with a target outside DIR labels the same images twice over, never its own copies."""
+    photos, out = _photos(tmp_path / "p"), tmp_path / "labels.csv"
+    (tmp_path / "a_file").write_text("x")
+    assert label_main(_args(photos, ckpt, out, "--copy-to", str(tmp_path / "a_file"))) == 2
+    assert label_main(_args(photos, ckpt, out, "--copy-to", str(photos / "sorted"))) == 2
+    assert "scan the sorted images as inputs" in capsys.readouterr().err
+    assert sorted(p.name for p in photos.iterdir()) == ["0.png", "1.png", "2.png"]
+    assert label_main(_args(photos, ckpt, out, "--copy-to", str(tmp_path / "sorted"))) == 0
+    assert label_main(_args(photos, ckpt, out, "--overwrite", "--copy-to", str(tmp_path / "sorted2"))) == 0
+    assert len(_rows(out)) == 3 and len(list((tmp_path / "sorted2").rglob("*.png"))) == 3
+
+
+def test_num_workers_is_capped_at_the_batches_to_decode_and_the_log_says_so(tmp_path, ckpt, monkeypatch, caplog):
+    import mmkit.cli.label as label
+
+    started, real = [], label.image_batches
+    monkeypatch.setattr(label, "image_batches", lambda *a, **k: started.append(a[4]) or real(*a, **k))
+    photos = _photos(tmp_path / "p")
+    with caplog.at_level("INFO", logger="mmkit.cli.label"):
+        assert label_main(_args(photos, ckpt, tmp_path / "a.csv", "--num-workers", "1000", "--batch-size", "2")) == 0
+    assert started == [2]  # 3 images in batches of 2: 2 batches, one worker each
+    assert "2 decoding workers, not 1000: one per batch" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mmkit.cli.label"):  # a choice kept as it is is not remarked on
+        assert label_main(_args(photos, ckpt, tmp_path / "b.csv", "--num-workers", "1", "--batch-size", "2")) == 0
+    assert started == [2, 1] and "1 decoding workers)" in caplog.text
+
+
+@pytest.mark.parametrize("flag", ["--labels-file", "--templates-file"])
+def test_a_non_utf8_labels_or_templates_file_is_one_line_naming_the_file_line_and_byte(tmp_path, ckpt, capsys, flag):
+    text = tmp_path / "bad.txt"
+    text.write_bytes(b"a photo of a {}\nblue \xe2\x28 {}\n" if flag == "--templates-file" else b"cat\ndog \xe2\x28\n")
+    args = _args(_photos(tmp_path / "p"), ckpt, tmp_path / "o" / "labels.csv", flag, str(text))
+    if flag == "--labels-file":
+        del args[1:3]  # instead of --labels
+    assert label_main(args) == 2
+    err = _one_line(capsys)
+    assert f"{flag} {text}: not UTF-8" in err and "0xe2, on line 2" in err
+    assert not (tmp_path / "o").exists()

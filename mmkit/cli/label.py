@@ -7,18 +7,21 @@ Zero-shot classification as in Radford et al. (2021), section 3.1.4; see `mmkit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
 from mmkit.cli.label_checks import check_settings, errors_path, record_settings, run_settings, usage_error
+from mmkit.cli.options import at_least
 from mmkit.cli.progress import progress
 from mmkit.data.images import scan_images
 from mmkit.inference.clip_loader import clip_eval_transform, load_clip
@@ -31,6 +34,7 @@ from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
 from mmkit.inference.zero_shot import ZeroShotClassifier
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--errors", help="unreadable files (path, reason); default OUT's name + .errors")
     p.add_argument("--template", action="append", help="prompt template with {} (repeat; replaces the default set)")
     p.add_argument("--templates-file", help="one prompt template per line")
-    p.add_argument("--top-k", type=int, default=1, help="also write the k best labels and scores (k > 1)")
+    p.add_argument("--top-k", type=int, default=1, help="also write the k best labels and scores (1 < k <= labels)")
     p.add_argument("--all-scores", action="store_true", help="one score:<label> column per label")
     p.add_argument("--threshold", type=float,
                    help="in [0, 1]; single-label: top score below it -> the --other label; multi-label: cut-off "
@@ -88,12 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="start over, replacing OUT at the end")
     p.add_argument("--retry-errors", action="store_true", help="with --resume: try the listed unreadable files again")
     place = p.add_mutually_exclusive_group()
-    place.add_argument("--copy-to", help="copy images into DIR_OUT/<label>/ (sanitised names; not DIR or above it)")
+    place.add_argument("--copy-to", help="copy images into DIR_OUT/<label>/ (sanitised names; a folder outside DIR)")
     place.add_argument("--link-to", help="hard-link (else symlink) images into DIR_OUT/<label>/")
     p.add_argument("--follow-links", action="store_true",
                    help="also follow symlinks that lead outside DIR (by default they are left out)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=None, help="decoding processes (default: cores - 1, 1..8)")
+    p.add_argument("--num-workers", type=at_least(0), default=None,
+                   help="decoding processes (default: cores - 1, 1..8; never more than the batches to decode)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast precision; auto = bf16 where the hardware has it, else fp32")
@@ -114,13 +119,24 @@ class _Outputs:
     decision: Decision
 
 
+def _utf8(flag: str, path: str, read: Callable[[str], T]) -> T:
+    """`read(path)`, a file read as UTF-8; one that is not is a ValueError naming it, the line and the byte."""
+    try:
+        return read(path)
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ValueError(f"{flag} {path}: not UTF-8 text (byte {e.start}, 0x{e.object[e.start]:02x}, on line {line}); "
+                         "save it as UTF-8") from None
+
+
 def _label_prompts(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]]:
     templates = list(args.template or [])
     if args.templates_file:
-        templates += Path(args.templates_file).expanduser().read_text(encoding="utf-8").splitlines()
+        templates += _utf8("--templates-file", args.templates_file,
+                           lambda f: Path(f).expanduser().read_text(encoding="utf-8")).splitlines()
     templates = check_templates(templates) if templates else list(DEFAULT_TEMPLATES)
     if args.labels_file:
-        labels = read_labels_file(args.labels_file)
+        labels = _utf8("--labels-file", args.labels_file, read_labels_file)
     else:
         labels = parse_labels((args.labels or "").split(","))
     if not labels and not args.examples:
@@ -134,20 +150,32 @@ def _example_names(folder: str | None) -> list[str]:
     return sorted(e.name for e in os.scandir(Path(folder).expanduser()) if e.is_dir() and not e.name.startswith("."))
 
 
-def _open_outputs(args: argparse.Namespace, names: list[str], prompts: dict[str, list[str]],
-                  earlier: list[tuple[str, list[str]]]) -> tuple[_Outputs, set[str], Counter]:
-    """The writers, opened (resumed or fresh), with the paths already done and their label counts;
-    with --copy-to/--link-to, `earlier` receives the (path, labels) of the rows carried over."""
+def _outputs(args: argparse.Namespace, names: list[str]) -> _Outputs:
+    """The writers, not yet opened: making them refuses an output other than .csv/.jsonl."""
     decision = Decision(tuple(names), args.top_k, args.threshold, args.multi_label, args.all_scores, args.other_label)
-    out = Path(args.out).expanduser()
-    errors = errors_path(args)
+    return _Outputs(ResumableWriter(Path(args.out).expanduser(), decision.fields()),
+                    ResumableWriter(errors_path(args), ["path", "reason"]), decision)
+
+
+def _settings_file(out: Path) -> Path:
+    return out.with_name(out.name + ".run.json")
+
+
+def _lock_file(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+def _open_outputs(args: argparse.Namespace, outputs: _Outputs, names: list[str], prompts: dict[str, list[str]],
+                  earlier: list[tuple[str, list[str]]]) -> tuple[set[str], Counter]:
+    """Open the writers (resumed or fresh); returns the paths already done and their label counts;
+    with --copy-to/--link-to, `earlier` receives the (path, labels) of the rows carried over."""
+    out, decision = outputs.rows.path, outputs.decision
     target = args.copy_to or args.link_to
-    outputs = _Outputs(ResumableWriter(out, decision.fields()), ResumableWriter(errors, ["path", "reason"]), decision)
     if not args.resume and not args.overwrite and (outputs.rows.exists() or outputs.errors.exists()):
         raise OutputConflict(f"{out} (or its .partial / errors file) exists: pass --resume to skip the images "
                              "already done, or --overwrite to start over")
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings, settings_file = run_settings(args, prompts), out.with_name(out.name + ".run.json")
+    settings, settings_file = run_settings(args, prompts), _settings_file(out)
     known = check_settings(settings_file, settings, args.resume)
     allowed = {*names, args.other_label}
     done: set[str] = set()
@@ -174,7 +202,31 @@ def _open_outputs(args: argparse.Namespace, names: list[str], prompts: dict[str,
     outputs.rows.start(args.resume, keep_row)
     outputs.errors.start(args.resume, keep_error)
     record_settings(settings_file, settings)
-    return outputs, done, counts
+    return done, counts
+
+
+def _missing(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if not p.exists()]
+
+
+@contextlib.contextmanager
+def _undone_if_refused(outputs: _Outputs, made: list[Path], summary: Summary) -> Iterator[None]:
+    """A run refused before it wrote a row (an output that exists, other settings, a bad checkpoint)
+    removes what it made, lock files included (`made`: those and the folders, missing before the
+    locks were taken): the corrected command finds the output folder as it was. A run that wrote
+    rows keeps them, for --resume. Entered holding both locks: the outputs missing now are ours."""
+    made = _missing([outputs.rows.partial, outputs.errors.partial, _settings_file(outputs.rows.path)]) + made
+    try:
+        yield
+    except (ValueError, OSError):
+        if not summary.labeled and not summary.failed:
+            for path in made:
+                with contextlib.suppress(OSError):  # a folder that now holds other files stays
+                    if path.is_dir():
+                        path.rmdir()
+                    else:
+                        path.unlink(missing_ok=True)
+        raise
 
 
 def _todo(root: Path, done: set[str], exclude: Path | None, follow_links: bool) -> list[str]:
@@ -182,7 +234,7 @@ def _todo(root: Path, done: set[str], exclude: Path | None, follow_links: bool) 
     todo = []
     for p in scan_images(root, follow_links=follow_links):
         if excluded is not None and _resolves_under(p, excluded):
-            continue  # our own --copy-to/--link-to output inside DIR
+            continue  # our own --copy-to/--link-to output, reached through a link (--follow-links)
         rel = p.relative_to(root).as_posix()
         if rel not in done:
             todo.append(rel)
@@ -211,6 +263,22 @@ def _default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def _check_names(args: argparse.Namespace, names: list[str]) -> None:
+    """Refuse label names (with --other-label and --top-k) that would make ambiguous or empty columns."""
+    if any("|" in n for n in names):
+        raise ValueError(f"label names may not contain '|' (it joins multi-label output): {names}")
+    if not args.other_label.strip():
+        raise ValueError("--other-label is empty: unsure images need a label name")
+    in_use = args.threshold is not None or args.multi_label  # only then can an image land in the bucket
+    if in_use and args.other_label.strip().casefold() in {n.casefold() for n in names}:
+        raise ValueError(f"{args.other_label!r} is a label and the unsure bucket: rename one (--other-label)")
+    if len(names) == 1 and not args.multi_label:
+        raise ValueError(f"one label ({names[0]!r}) always scores 1.0: give at least two, or --multi-label to "
+                         "score it on its own")
+    if args.top_k > len(names):
+        raise ValueError(f"--top-k {args.top_k} is more than the {len(names)} labels: give at most {len(names)}")
+
+
 def run(args: argparse.Namespace) -> Summary:
     """The command behind `main`, on parsed arguments."""
     root = Path(args.dir).expanduser()
@@ -218,19 +286,16 @@ def run(args: argparse.Namespace) -> Summary:
         raise ValueError(f"{root} is not a folder")
     prompts, templates = _label_prompts(args)
     names = list(prompts) + [n for n in _example_names(args.examples) if n not in prompts]
-    if any("|" in n for n in names):
-        raise ValueError(f"label names may not contain '|' (it joins multi-label output): {names}")
-    if args.other_label in names and (args.threshold is not None or args.multi_label):
-        raise ValueError(f"{args.other_label!r} is a label and the unsure bucket: rename one (--other-label)")
-    if len(names) == 1 and not args.multi_label:
-        raise ValueError(f"one label ({names[0]!r}) always scores 1.0: give at least two, or --multi-label to "
-                         "score it on its own")
+    _check_names(args, names)
     target = Path(args.copy_to or args.link_to).expanduser() if (args.copy_to or args.link_to) else None
-    out, errors = Path(args.out).expanduser(), errors_path(args)
+    outputs, summary = _outputs(args, names), Summary()
+    locks = [_lock_file(w.path) for w in (outputs.rows, outputs.errors)]
+    folders = sorted({d for w in (outputs.rows, outputs.errors) for d in w.path.parents}, key=lambda d: -len(d.parts))
+    made = _missing([*locks, *folders])  # what taking the locks makes: files first, folders deepest first
     earlier: list[tuple[str, list[str]]] = []
-    with exclusive(out.with_name(f".{out.name}.lock")), exclusive(errors.with_name(f".{errors.name}.lock")):
-        outputs, done, counts = _open_outputs(args, names, prompts, earlier)
-        summary = Summary(resumed=len(done), counts=counts)
+    with exclusive(locks[0]), exclusive(locks[1]), _undone_if_refused(outputs, made, summary):
+        done, summary.counts = _open_outputs(args, outputs, names, prompts, earlier)
+        summary.resumed = len(done)
         if target is not None and earlier:
             _place_earlier(args, root, target, folder_names([*names, args.other_label]), earlier)
         del earlier
@@ -244,7 +309,9 @@ def run(args: argparse.Namespace) -> Summary:
 
 def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[str, list[str]],
            templates: list[str], outputs: _Outputs, summary: Summary, target: Path | None) -> None:
-    workers = _default_workers() if args.num_workers is None else args.num_workers
+    chosen = _default_workers() if args.num_workers is None else args.num_workers
+    workers = min(chosen, math.ceil(len(todo) / args.batch_size))  # a worker decodes whole batches: more would idle
+    note = f", not {chosen}: one per batch" if args.num_workers is not None and workers < chosen else ""
     cuda = torch.device(args.device).type == "cuda"
     transform = clip_eval_transform(args.model, args.pretrained, args.exact_decode)
     # Decoding starts now, in the workers, while the weights load and the prompts are encoded.
@@ -254,8 +321,8 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
                                  quantize=args.quantize)  # int8: the image tower
     examples = labeler.prototypes(args.examples, args.batch_size, 0) if args.examples else None
     labeler.set_labels(prompts, examples, args.examples_weight, args.multi_label, templates)
-    log.info("labelling %d images with %d labels (%s, %s, %d decoding workers)", len(todo), len(labeler.names),
-             args.device, describe(labeler.precision, args.quantize, args.device), workers)
+    log.info("labelling %d images with %d labels (%s, %s, %d decoding workers%s)", len(todo), len(labeler.names),
+             args.device, describe(labeler.precision, args.quantize, args.device), workers, note)
     folders = folder_names([*labeler.names, args.other_label]) if target else {}
     decision = outputs.decision
     with progress("labelling", len(todo) + summary.resumed, "img", summary.resumed, not args.quiet) as advance:
@@ -273,8 +340,6 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
             summary.labeled += len(rows)
             summary.failed += len(errors)
             advance(len(results))
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,7 +56,7 @@ def errors_path(args: argparse.Namespace) -> Path:
 
 
 def usage_error(args: argparse.Namespace) -> str | None:
-    """What is wrong with the arguments on their own (before any file is read), or None."""
+    """What is wrong with the arguments on their own (before any file is read or made), or None."""
     if args.top_k < 1 or args.batch_size < 1:
         return "--top-k and --batch-size must be >= 1"
     if args.retry_errors and not args.resume:
@@ -64,18 +64,41 @@ def usage_error(args: argparse.Namespace) -> str | None:
     for flag, value in (("--threshold", args.threshold), ("--examples-weight", args.examples_weight)):
         if value is not None and not 0.0 <= value <= 1.0:  # also false for NaN
             return f"{flag} must be in [0, 1], got {value}"
-    out, errors = Path(args.out).expanduser().resolve(), errors_path(args).resolve()
-    if out == errors:
-        return f"--errors and --out are the same file ({out}): the rows and the errors each need their own"
-    placed = args.copy_to or args.link_to
-    root = Path(args.dir).expanduser().resolve()
-    if placed and root.is_relative_to(Path(placed).expanduser().resolve()):
-        return (f"--{'copy' if args.copy_to else 'link'}-to {placed} is the input folder or above it: "
-                "the sorted images would be mixed with (and rescanned as) the inputs; choose another folder")
+    out, errors = Path(args.out).expanduser(), errors_path(args)
+    if out.resolve() == errors.resolve():
+        return f"--errors and --out are the same file ({out.resolve()}): the rows and the errors each need their own"
+    for flag, path in (("--out", out), ("--errors", errors)):
+        if path.is_dir():  # else found only at the final rename, after every image was labelled
+            return f"{flag} {path} is a folder: give a file name ending in .csv or .jsonl"
+    problem = _placement_error(args)
+    if problem:
+        return problem
     try:
         device = check_device(args.device)
-        if args.quantize != "none":  # int8 runs on fp32 activations: a bf16/fp16 choice is refused here
+        # The choices resolve_precision refuses (bf16 on a CPU without it only warns, when the model loads).
+        if args.quantize != "none" or args.precision == "fp16":
             resolve_precision(args.precision, device, args.quantize)
     except ValueError as e:
         return str(e)
+    if args.multi_gpu and (device.type != "cuda" or device.index not in (None, 0)):
+        return "--multi-gpu needs --device cuda (it uses every visible GPU, from cuda:0)"
+    return None
+
+
+def _placement_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with --copy-to / --link-to DIR_OUT, or None: it must be a folder (or not yet
+    exist) apart from DIR, neither holding it nor inside it."""
+    placed = args.copy_to or args.link_to
+    if not placed:
+        return None
+    flag = f"--{'copy' if args.copy_to else 'link'}-to {placed}"
+    root, target = Path(args.dir).expanduser().resolve(), Path(placed).expanduser().resolve()
+    if root.is_relative_to(target):
+        return (f"{flag} is the input folder or above it: the sorted images would be mixed with (and rescanned "
+                "as) the inputs; choose another folder")
+    if target.is_relative_to(root):
+        return (f"{flag} is inside the input folder {args.dir}: later runs would scan the sorted images as "
+                "inputs; choose a folder outside it")
+    if target.exists() and not target.is_dir():
+        return f"{flag} is a file: give a folder (made if missing)"
     return None

@@ -18,6 +18,8 @@ def test_label_row_and_one_line_errors(tmp_path, capsys):
     assert err.strip() == f"mmkit label: {tmp_path / 'missing'} is not a folder"
     assert main(["label", str(tmp_path), "--labels", "a", "--model", "m", "--top-k", "0"]) == 2
     assert "--top-k and --batch-size must be >= 1" in capsys.readouterr().err
+    assert main(["label", str(tmp_path), "--labels", "a,b", "--model", "m", "--top-k", "3"]) == 2  # before the model
+    assert capsys.readouterr().err.strip() == "mmkit label: --top-k 3 is more than the 2 labels: give at most 2"
 
 
 def test_progress_counts_resumed_images_and_new_ones(tmp_path, monkeypatch):
