@@ -151,6 +151,24 @@ def test_save_pretrained_round_trip_is_exact(family, tmp_path):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load_in_one_line(family, tmp_path, bad):
+    """Every family's checkpoint, native or imported (`from_converted`): a model with a NaN or inf weight
+    answers every input with NaN, which the tools would turn into labels, bare NaN in JSON or garbage text."""
+    from mmkit.weights import WeightsError
+    from mmkit.weights.native import Converted
+
+    model = family.build().eval()
+    name, tensor = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()][-1]
+    with torch.no_grad():
+        tensor.view(-1)[0] = bad
+    directory = model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(WeightsError, match=rf"model.safetensors: non-finite weights \(NaN or infinity\) in {name}$"):
+        type(model).from_pretrained(directory)
+    with pytest.raises(WeightsError, match=rf"^hf-dir: non-finite weights \(NaN or infinity\) in {name}$"):
+        type(model).from_converted(Converted(model.config, model.state_dict(), "hf-dir", False))
+
+
 @pytest.mark.parametrize("strategy", [Greedy(), BeamSearch(beam_size=2)], ids=["greedy", "beam2"])
 @pytest.mark.parametrize("decoder", DECODERS, ids=lambda f: f.name)
 def test_cached_decoding_equals_recomputation(decoder, strategy):
