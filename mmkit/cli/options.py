@@ -3,11 +3,14 @@ Imports no torch: `mmkit bench label`'s parent process stays light."""
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from typing import Callable
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type for a count: an integer >= `minimum`, else argparse's usage error (exit 2)."""
+def at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type for a count: an integer >= `minimum` (and <= `maximum` if given), else
+    argparse's usage error (exit 2)."""
     def count(text: str) -> int:
         try:
             value = int(text)
@@ -15,8 +18,45 @@ def at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
     return count
+
+
+def thread_count() -> Callable[[str], int]:
+    """An argparse type for --threads: 1 .. the machine's logical CPUs (far more threads only slow a run
+    down, and torch.set_num_threads(100000) crashes the process)."""
+    return at_least(1, os.cpu_count() or 1)
+
+
+def finite(minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse type for a real number: finite (no nan/inf) and within [`minimum`, `maximum`] where
+    given, else argparse's usage error (exit 2)."""
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            low = "" if minimum is None else f">= {minimum}"
+            high = "" if maximum is None else f"<= {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (low, high) if x)}, got {value}")
+        return value
+    return number
+
+
+def utf8_text(text: str) -> str:
+    """An argparse type for a text argument: command-line bytes that are not UTF-8 reach Python as lone
+    surrogates, which tokenizers reject with a traceback; refuse them as a usage error instead."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise argparse.ArgumentTypeError(f"not UTF-8 text (byte {e.start} of {text.encode('utf-8', 'surrogateescape')!r})"
+                                         ) from None
+    return text
 
 
 def add_precision_argument(p: argparse.ArgumentParser) -> None:
