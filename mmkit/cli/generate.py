@@ -3,25 +3,37 @@ or Mega; `mmkit.inference.text_to_image`). Guidance and top-k default to the mod
 mmkit export was judged with (saved by the recipe; off for an export without them), min-dalle's 16 and 256
 for dalle-mini.
 
-Writes one PNG per image, a grid PNG per prompt and a JSON manifest (prompt, seed, settings, CLIP
-score when reranked) into --out, each atomically (temporary file + rename). User mistakes are one
-line on stderr and exit code 2.
+Samples --batch-size images at a time and writes each PNG as it is made, so memory does not grow with
+--num-images; with a seed, image i of a prompt depends on the seed and i only, not on the batch size.
+Per prompt also a grid PNG (the first, or best, 64 images) and in the end a JSON manifest (prompt, seed,
+settings, images best first and their CLIP scores when reranked), each atomically (temporary file +
+rename). User mistakes are one line on stderr and exit code 2; a failed run removes the --out folder it
+created if it wrote nothing there.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
-import tempfile
+from array import array
 from pathlib import Path
-from typing import Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from PIL import Image
 
+from mmkit.cli.options import at_least
+
+if TYPE_CHECKING:
+    from mmkit.inference.text_to_image import ClipReranker, TextToImage
+
 log = logging.getLogger(__name__)
+
+GRID_MAX = 64  # images in a prompt's grid PNG: the first (or best, reranked) ones
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest (text_to_image.MAX_SEED; torch not imported here)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,10 +44,14 @@ def _parser() -> argparse.ArgumentParser:
                    "ROOT/dalle_bart_mini picks mini)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help=  # text_to_image.DEFAULT_BATCH_SIZE
+                   "images sampled at once (default 8): "
+                   "memory grows with it, not with --num-images; the images do not depend on it")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed in [0, 2**64 - 1] (default 0)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off; "
-                   "default: the export's own, the recipe's judged setting; 16 for dalle-mini, min-dalle's super-conditioning factor)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
+                   "default: the export's own, the recipe's judged setting; 16 for dalle-mini, min-dalle's "
+                   "super-conditioning factor)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (finite, > 0)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes (default: the "
                    "export's own; 256 for dalle-mini as min-dalle; 1 = greedy)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
@@ -51,14 +67,11 @@ def _slug(prompt: str) -> str:
 
 
 def _save_atomic(write, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`write(tmp)` to a temp file beside `path`, renamed over it when complete (`atomic_path`)."""
+    from mmkit.inference.text_rows import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
@@ -72,19 +85,39 @@ def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Ima
     return out
 
 
+def _looks_like_path(name: str) -> bool:
+    """A --rerank that names a file or folder rather than an open_clip architecture ("ViT-B-32",
+    "hf-hub:timm/...": a scheme prefix is not a path)."""
+    return os.path.exists(os.path.expanduser(name)) or (
+        ("/" in name or os.sep in name or name.startswith("~")) and not re.match(r"[a-z][a-z-]*:", name))
+
+
 def _check(args: argparse.Namespace) -> str | None:
     if args.num_images < 1:
         return f"--num-images must be >= 1, got {args.num_images}"
-    if args.guidance is not None and not args.guidance >= 0:
-        return f"--guidance must be >= 0, got {args.guidance}"
-    if not args.temperature > 0:
-        return f"--temperature must be > 0, got {args.temperature}"
+    if not 0 <= args.seed <= MAX_SEED:
+        return f"--seed must be in [0, 2**64 - 1], got {args.seed}"
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        return f"--guidance must be >= 0 and finite, got {args.guidance}"
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        return f"--temperature must be > 0 and finite, got {args.temperature}"
     if args.top_k is not None and args.top_k < 1:
         return f"--top-k must be >= 1, got {args.top_k}"
     if args.top_p is not None and not 0 < args.top_p <= 1:
         return f"--top-p must be in (0, 1], got {args.top_p}"
     if any(not p.strip() for p in args.prompts):
         return "empty prompt"
+    if args.rerank is None and args.rerank_pretrained is not None:
+        return "--rerank-pretrained names weights for a --rerank architecture: give --rerank too"
+    if args.rerank is not None and _looks_like_path(args.rerank):
+        folder = os.path.expanduser(args.rerank)
+        if not os.path.isdir(folder):
+            return f"--rerank {args.rerank}: " + ("not a CLIP export directory" if os.path.exists(folder) else
+                                                   "no such directory")
+        if args.rerank_pretrained is not None:
+            return f"--rerank {args.rerank} is an export with its own weights: drop --rerank-pretrained"
+    elif args.rerank is not None and args.rerank_pretrained is None:
+        return f"--rerank {args.rerank} is an open_clip architecture: name its weights with --rerank-pretrained"
     out = Path(args.out).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -93,6 +126,50 @@ def _check(args: argparse.Namespace) -> str | None:
     if not os.access(out, os.W_OK):
         return f"--out {out}: not writable"
     return None
+
+
+def _write_entry(f: IO[str], entry: dict[str, Any], streamed: dict[str, Iterable[Any] | None]) -> None:
+    """One manifest entry; `streamed` lists (a name or a score per image) are written item by item,
+    never built as one list or string."""
+    f.write(json.dumps(entry)[:-1])
+    for key, items in streamed.items():
+        f.write(f", {json.dumps(key)}: ")
+        if items is None:
+            f.write("null")
+            continue
+        f.write("[")
+        for j, item in enumerate(items):
+            f.write((", " if j else "") + json.dumps(item))
+        f.write("]")
+    f.write("}")
+
+
+def _indices(order: Any) -> Iterable[int]:
+    """The items of a range or of a 1-D index tensor, a chunk of the tensor at a time."""
+    return order if isinstance(order, range) else (i for chunk in order.split(1 << 16) for i in chunk.tolist())
+
+
+def _generate_prompt(t2i: TextToImage, reranker: ClipReranker | None, args: argparse.Namespace, prompt: str,
+                     stem: str, sampling: dict[str, Any], advance: Callable[[int], None]) -> tuple[Any, array | None]:
+    """Sample one prompt's images batch by batch, each PNG written as it comes; returns the image
+    order (a range, or best first when reranked: only the scores are kept, never the images) and the
+    scores."""
+    import torch
+
+    out = Path(args.out).expanduser()
+    scores = array("d") if reranker is not None else None
+    batches = t2i.stream(prompt, args.num_images, args.seed, batch_size=args.batch_size, **sampling)
+    start = 0
+    for _, images in batches:
+        for i, image in enumerate(images, start):
+            _save_atomic(lambda tmp, im=image: im.save(tmp, format="PNG"), out / f"{stem}-{i}.png")
+        if scores is not None:
+            scores.extend(reranker.scores(prompt, images))
+        start += len(images)
+        advance(len(images))
+    if scores is None:
+        return range(args.num_images), None
+    return torch.frombuffer(scores, dtype=torch.float64).argsort(descending=True, stable=True), scores
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,37 +182,68 @@ def run(args: argparse.Namespace) -> int:
     reranker = ClipReranker.load(args.rerank, args.rerank_pretrained) if args.rerank else None
     guidance = t2i.defaults["guidance"] if args.guidance is None else args.guidance
     top_k = t2i.defaults["top_k"] if args.top_k is None else args.top_k
-    settings = {"num_images": args.num_images, "seed": args.seed, "guidance": guidance,
-                "temperature": args.temperature, "top_k": top_k, "top_p": args.top_p, "rerank": args.rerank}
-    out, manifest = Path(args.out).expanduser(), []
-    with progress("generating", len(args.prompts), "prompt", enabled=not args.quiet) as advance:
-        for n, prompt in enumerate(args.prompts):
-            result = t2i.generate([prompt], args.num_images, args.seed, guidance, args.temperature, top_k, args.top_p,
-                                  reranker)[0]
-            stem = f"{n:03d}-{_slug(prompt)}"
-            files = []
-            for i, image in enumerate(result.images):
-                path = out / f"{stem}-{i}.png"
-                _save_atomic(lambda tmp, im=image: im.save(tmp, format="PNG"), path)
-                files.append(path.name)
-            _save_atomic(lambda tmp: grid(result.images).save(tmp, format="PNG"), out / f"{stem}-grid.png")
-            manifest.append({"prompt": prompt, "images": files, "grid": f"{stem}-grid.png", **settings,
-                             "clip_scores": result.scores})
-            advance()
-    _save_atomic(lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n"), out / "manifest.json")
-    print(f"wrote {sum(len(m['images']) for m in manifest)} images and manifest.json to {out}")
+    sampling = {"guidance": guidance, "temperature": args.temperature, "top_k": top_k, "top_p": args.top_p}
+    settings = {"num_images": args.num_images, "seed": args.seed, **sampling, "rerank": args.rerank}
+    t2i.check_settings(args.num_images, args.seed, batch_size=args.batch_size, **sampling)  # also before any work
+    out = Path(args.out).expanduser()
+
+    def write_all(manifest_tmp: str) -> None:
+        with open(manifest_tmp, "w") as f, progress("generating", len(args.prompts) * args.num_images, "img",
+                                                     enabled=not args.quiet) as advance:
+            f.write("[\n")
+            for n, prompt in enumerate(args.prompts):
+                stem = f"{n:03d}-{_slug(prompt)}"
+                order, scores = _generate_prompt(t2i, reranker, args, prompt, stem, sampling, advance)
+                best = [out / f"{stem}-{i}.png" for i in _indices(order[:GRID_MAX])]
+                _save_atomic(lambda tmp: grid([Image.open(p).convert("RGB") for p in best]).save(tmp, format="PNG"),
+                             out / f"{stem}-grid.png")
+                f.write(",\n" if n else "")
+                _write_entry(f, {"prompt": prompt, "grid": f"{stem}-grid.png", **settings}, {
+                    "images": (f"{stem}-{i}.png" for i in _indices(order)),
+                    "clip_scores": None if scores is None else (scores[i] for i in _indices(order))})
+            f.write("\n]\n")
+
+    _save_atomic(write_all, out / "manifest.json")
+    print(f"wrote {len(args.prompts) * args.num_images} images and manifest.json to {out}")
     return 0
+
+
+def _created_by(out: Path) -> Path | None:
+    """The topmost folder of `out` that does not exist yet (mkdir will create it), or None."""
+    top = None
+    for folder in [out, *out.parents]:
+        if folder.exists():
+            return top
+        top = folder
+    return top
+
+
+def _remove_if_empty(out: Path, top: Path) -> None:
+    """Remove `out` and its parents up to `top` (the folders this run created) while they are empty."""
+    for folder in [out, *out.parents]:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the run wrote something), or gone
+            return
+        if folder == top:
+            return
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit generate PROMPT... --model DIR --out DIR`; 0 done, 2 usage or input error."""
     args = _parser().parse_args(argv)
-    problem = _check(args)
-    if problem:
-        print(f"mmkit generate: {problem}", file=sys.stderr)
-        return 2
+    out = Path(args.out).expanduser().absolute()
+    created, code = _created_by(out), 2
     try:
-        return run(args)
+        problem = _check(args)
+        if problem:
+            print(f"mmkit generate: {problem}", file=sys.stderr)
+            return 2
+        code = run(args)
+        return code
     except (ValueError, OSError) as e:  # WeightsError is a ValueError: bad checkpoints, wrong family
         print(f"mmkit generate: {e}", file=sys.stderr)
         return 2
+    finally:
+        if created is not None and code != 0:
+            _remove_if_empty(out, created)

@@ -60,5 +60,13 @@ class WordTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "WordTokenizer":
-        doc = json.loads(Path(path).read_text())
-        return cls(list(doc["vocab"]), int(doc["text_len"]))
+        """What `save` wrote; ValueError naming `path` for anything else."""
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError as e:  # invalid JSON or UTF-8
+            raise ValueError(f"{path}: not a word tokenizer: {e}") from None
+        vocab, text_len = (doc.get("vocab"), doc.get("text_len")) if isinstance(doc, dict) else (None, None)
+        if not (isinstance(vocab, list) and all(isinstance(w, str) for w in vocab)) or \
+                not (type(text_len) is int and text_len >= 1):
+            raise ValueError(f'{path}: not a word tokenizer: expected {{"vocab": [words], "text_len": N >= 1}}')
+        return cls(vocab, text_len)

@@ -8,12 +8,13 @@ its BART tokenizer and VQGAN, sampled with dalle-mini's super-conditioning).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -22,6 +23,7 @@ from torch import Tensor
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.data.dalle_text import WordTokenizer
+from mmkit.inference.transcript import WindowSampling
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
 from mmkit.models.dalle_bart import DalleBart
 from mmkit.models.vqgan import VQGAN
@@ -35,6 +37,30 @@ Preview = Callable[[Tensor], None]  # (B, 3, H, W) images in [0, 1], rows not ye
 MIN_DALLE_FILES = ("encoder.pt", "decoder.pt", "vocab.json", "merges.txt")
 # min-dalle's own sampling defaults (MinDalle.generate_raw_image_stream): dalle-mini needs both.
 MIN_DALLE_DEFAULTS = {"guidance": 16.0, "top_k": 256}
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed
+DEFAULT_BATCH_SIZE = 8  # images sampled at once by `mmkit generate`: memory grows with it, not with --num-images
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The 63-bit sampling seed of image `index` of a prompt: an image depends on the user's seed and
+    its index only, never on the batch it is sampled in (`mmkit generate --batch-size`)."""
+    digest = hashlib.blake2b(str(index).encode(), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class RowSeeded(GenerationOptions):
+    """Sampling options whose sampler draws each row from its own seed (`WindowSampling`, one
+    generator per row); `row_seeds` has one seed per row of the batch."""
+
+    row_seeds: tuple[int, ...] = ()
+
+    def strategy(self, device: str | torch.device = "cpu") -> Any:
+        if not self.sampling:
+            return super().strategy(device)
+        sampler = WindowSampling(self.temperature, self.row_seeds, device)
+        sampler.top_k, sampler.top_p = self.top_k, self.top_p
+        return sampler
 
 
 def check_options(model: DALLE | DalleBart, options: GenerationOptions, guidance: float) -> None:
@@ -43,8 +69,8 @@ def check_options(model: DALLE | DalleBart, options: GenerationOptions, guidance
         raise ValueError("beam search is not supported for images: sample (temperature/top_k/top_p) or decode greedily")
     if options.top_k is not None and options.top_k > model.codebook_size:
         raise ValueError(f"top_k {options.top_k} is larger than the codebook ({model.codebook_size} codes)")
-    if not guidance >= 0:
-        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be finite and >= 0, got {guidance}")
 
 
 @torch.no_grad()
@@ -130,7 +156,10 @@ class ClipReranker:
         pixels = torch.stack([self.transform(im) for im in images])
         image = self.clip.encode_image(pixels, normalize=True)
         text = self.clip.encode_text(self.tokenizer([prompt]), normalize=True)
-        return (image @ text[0]).tolist()
+        scores = image @ text[0]
+        if not bool(scores.isfinite().all()):  # NaN sorts anywhere and is no JSON: never a ranking
+            raise ValueError("the CLIP reranker gave non-finite scores (NaN or infinity)")
+        return scores.tolist()
 
 
 class TextToImage:
@@ -155,7 +184,8 @@ class TextToImage:
         if bart and math.isqrt(model.image_len) ** 2 != model.image_len:
             raise WeightsError(f"DalleBart's {model.image_len} image positions do not make a square grid")
         if vqgan.codebook_size != model.codebook_size:
-            raise WeightsError(f"VQGAN codebook ({vqgan.codebook_size}) differs from the generator's ({model.codebook_size})")
+            raise WeightsError(f"VQGAN codebook ({vqgan.codebook_size}) differs from the generator's "
+                               f"({model.codebook_size})")
         # Settings a caller who names none should get: dalle-mini needs super-conditioning and top-k.
         self.defaults = dict(MIN_DALLE_DEFAULTS) if bart else {"guidance": 1.0, "top_k": None}
         if defaults is not None:
@@ -186,8 +216,8 @@ class TextToImage:
             raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and "
                                f"{TOKENIZER_NAME}, or a min-dalle download: dalle_bart_mini/ or dalle_bart_mega/ and "
                                "vqgan/)")
-        return cls(DALLE.from_pretrained(directory / "dalle"), VQGAN.from_pretrained(directory / "vqgan"),
-                   WordTokenizer.load(directory / TOKENIZER_NAME), doc.get("sampling"))
+        model, vqgan = DALLE.from_pretrained(directory / "dalle"), VQGAN.from_pretrained(directory / "vqgan")
+        return cls(model, vqgan, WordTokenizer.load(directory / TOKENIZER_NAME), doc.get("sampling"))
 
     @classmethod
     def from_min_dalle(cls, root: str | Path, mega: bool | None = None) -> "TextToImage":
@@ -205,9 +235,9 @@ class TextToImage:
         missing = [str(f.relative_to(root)) for f in needed if not f.is_file()]
         if missing:
             raise WeightsError(f"{root}: incomplete min-dalle download, missing {', '.join(missing)}")
-        model = DalleBart.from_min_dalle(root, mega=mega)
+        model, vqgan = DalleBart.from_min_dalle(root, mega=mega), VQGAN.from_min_dalle(root / "vqgan" / "detoker.pt")
         tokenizer = BartTokenizer.from_files(folder / "vocab.json", folder / "merges.txt", model.config["text_len"])
-        return cls(model, VQGAN.from_min_dalle(root / "vqgan" / "detoker.pt"), tokenizer)
+        return cls(model, vqgan, tokenizer)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         if isinstance(self.model, DalleBart):
@@ -241,32 +271,22 @@ class TextToImage:
     def generate(self, prompts: Sequence[str], num_images: int = 1, seed: int | None = None, guidance: float = 1.0,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  reranker: ClipReranker | None = None, on_preview: Preview | None = None,
-                 preview_rows: int = 2) -> list[Generated]:
-        """`num_images` samples per prompt, sampled together in one batch per prompt. dalle-mini
+                 preview_rows: int = 2, batch_size: int | None = None) -> list[Generated]:
+        """`num_images` samples per prompt, `batch_size` at a time (None: all in one batch). dalle-mini
         (a min-dalle download) wants super-conditioning and top-k: `self.defaults` holds min-dalle's
-        (guidance 16, top-k 256).
+        (guidance 16, top-k 256). With a seed, image i of a prompt is drawn from `image_seed(seed, i)`
+        alone: the same images whatever the batch size.
 
         Returns:
             One `Generated` per prompt; with a reranker, its images sorted by CLIP score.
         """
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        options = GenerationOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        check_options(self.model, options, guidance)
         for prompt in prompts:
             self.check_prompt(prompt)
         out = []
         for prompt in prompts:
-            text = self.tokenizer([prompt]).expand(num_images, -1)
-            on_rows = None if on_preview is None else (lambda rows: on_preview(self.preview(rows)))
-            if isinstance(self.model, DalleBart):
-                null_text = self.tokenizer.null_text([prompt]).expand(num_images, -1)
-                codes = sample_bart_codes(self.model, text, null_text, options, guidance, on_rows, preview_rows)
-            else:
-                codes = sample_codes(self.model, text, options, guidance, on_rows=on_rows, every_rows=preview_rows)
-            images = to_pil(self.vqgan.decode(codes))
+            batches = list(self.stream(prompt, num_images, seed, guidance, temperature, top_k, top_p,
+                                       batch_size or num_images, on_preview, preview_rows))
+            codes, images = torch.cat([c for c, _ in batches]), [im for _, ims in batches for im in ims]
             scores = None
             if reranker is not None:
                 scores = reranker.scores(prompt, images)
@@ -274,6 +294,58 @@ class TextToImage:
                 images, scores, codes = [images[i] for i in order], [scores[i] for i in order], codes[order]
             out.append(Generated(prompt, images, scores, codes))
         return out
+
+    def stream(self, prompt: str, num_images: int, seed: int | None = None, guidance: float = 1.0,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, on_preview: Preview | None = None,
+               preview_rows: int = 2) -> Iterator[tuple[Tensor, list[Image.Image]]]:
+        """The images of one prompt as they are made, `batch_size` at a time: memory is bounded by the
+        batch, whatever `num_images`. Settings and the prompt are checked before this returns.
+
+        Yields:
+            ((b, grid, grid) codes, b images) per batch, in image order.
+        """
+        options = self.check_settings(num_images, seed, guidance, temperature, top_k, top_p, batch_size)
+        self.check_prompt(prompt)
+        return self._stream(prompt, num_images, seed, guidance, options, batch_size, on_preview, preview_rows)
+
+    def check_settings(self, num_images: int, seed: int | None, guidance: float, temperature: float,
+                       top_k: int | None, top_p: float | None, batch_size: int = 1) -> GenerationOptions:
+        """ValueError for a setting `stream` cannot honour, else the options it samples with."""
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**64 - 1], got {seed}")
+        options = GenerationOptions(temperature=temperature, top_k=top_k, top_p=top_p)
+        check_options(self.model, options, guidance)
+        return options
+
+    @torch.no_grad()
+    def _stream(self, prompt: str, num_images: int, seed: int | None, guidance: float, options: GenerationOptions,
+                batch_size: int, on_preview: Preview | None,
+                preview_rows: int) -> Iterator[tuple[Tensor, list[Image.Image]]]:
+        on_rows = None if on_preview is None else (lambda rows: on_preview(self.preview(rows)))
+        for start in range(0, num_images, batch_size):
+            n = min(batch_size, num_images - start)
+            if seed is not None:
+                options = RowSeeded(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                                    row_seeds=tuple(image_seed(seed, i) for i in range(start, start + n)))
+            text = self.tokenizer([prompt]).expand(n, -1)
+            if isinstance(self.model, DalleBart):
+                null_text = self.tokenizer.null_text([prompt]).expand(n, -1)
+                codes = sample_bart_codes(self.model, text, null_text, options, guidance, on_rows, preview_rows)
+            else:
+                codes = sample_codes(self.model, text, options, guidance, on_rows=on_rows, every_rows=preview_rows)
+            # One image at a time: a batched convolution rounds differently, and an image's pixels must not
+            # depend on the batch it was sampled in.
+            pixels = torch.cat([self.vqgan.decode(c[None]) for c in codes])
+            if not bool(pixels.isfinite().all()):  # clamped, NaN would turn into black pixels
+                raise ValueError("the VQGAN decoded non-finite pixels (NaN or infinity)")
+            yield codes, to_pil(pixels)
 
     @torch.no_grad()
     def preview(self, rows: Tensor) -> Tensor:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from mmkit.cli import main
 from mmkit.models import VQGAN
@@ -66,7 +69,11 @@ def _fails(argv, capsys, match):
 @pytest.mark.parametrize("extra, match", [
     (["--num-images", "0"], "--num-images must be >= 1"),
     (["--guidance", "-1"], "--guidance must be >= 0"),
+    (["--guidance", "inf"], "--guidance must be >= 0 and finite, got inf"),
     (["--temperature", "-0.5"], "--temperature must be > 0"),
+    (["--temperature", "inf"], "--temperature must be > 0 and finite, got inf"),
+    (["--seed", "99999999999999999999"], "--seed must be in [0, 2**64 - 1], got 99999999999999999999"),
+    (["--seed", "-1"], "--seed must be in [0, 2**64 - 1]"),
     (["--top-k", "17"], "larger than the codebook (16 codes)"),
 ])
 def test_bad_settings(export, tmp_path, capsys, extra, match):
@@ -87,7 +94,8 @@ def test_unknown_words_and_long_prompts_warn(export, tmp_path, caplog):
 
 
 def test_bad_model_and_out(export, tmp_path, capsys):
-    _fails(["a red circle", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capsys, "no such directory")
+    _fails(["a red circle", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capsys,
+           "no such directory")
     other = tmp_path / "vq"
     VQGAN(ch=8, ch_mult=(1,), num_res_blocks=1, attn_levels=(), z_channels=8, codebook_size=4, code_dim=4,
           norm_groups=4).save_pretrained(other)
@@ -121,3 +129,145 @@ def test_clip_rerank_orders_images_by_score(export, tmp_path):
                  "--out", str(out), "--quiet"]) == 0
     scores = json.loads((out / "manifest.json").read_text())[0]["clip_scores"]
     assert len(scores) == 2 and scores[0] >= scores[1]
+
+
+def _fails_leaving_nothing(argv, tmp_path, capsys, match):
+    out = tmp_path / "made" / "out"
+    _fails([*argv, "--out", str(out), "--quiet"], capsys, match)
+    assert not (tmp_path / "made").exists()  # the folders this run created, removed: it wrote nothing
+
+
+def test_seed_at_the_top_of_torchs_range(export, tmp_path):
+    assert main(["generate", "a red circle", "--model", str(export), "--num-images", "1", "--seed", str(2**64 - 1),
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+
+
+def _count_rows(monkeypatch, fail_at: int | None = None) -> list[int]:
+    """Record the rows of every sampling call (and raise at call `fail_at`)."""
+    import mmkit.inference.text_to_image as t2i
+
+    rows, sample = [], t2i.sample_codes
+
+    def counted(model, text, *args, **kwargs):
+        rows.append(len(text))
+        if len(rows) == fail_at:
+            raise ValueError("stopped on purpose")
+        return sample(model, text, *args, **kwargs)
+
+    monkeypatch.setattr(t2i, "sample_codes", counted)
+    return rows
+
+
+def test_batches_bound_memory_and_do_not_change_the_images(export, tmp_path, monkeypatch):
+    argv = ["generate", "a red circle", "a large blue star", "--model", str(export), "--num-images", "5",
+            "--seed", "7", "--top-k", "8", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "one"), "--batch-size", "5"]) == 0
+    rows = _count_rows(monkeypatch)
+    assert main([*argv, "--out", str(tmp_path / "two"), "--batch-size", "2"]) == 0
+    assert rows == [2, 2, 1, 2, 2, 1]  # never more than --batch-size images sampled at once
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 13
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    images = [Image.open(tmp_path / "two" / f"000-a-red-circle-{i}.png").tobytes() for i in range(5)]
+    assert len(set(images)) > 1  # each image its own draws
+
+
+def test_images_stream_to_disk_and_a_failure_leaves_no_manifest(export, tmp_path, monkeypatch, capsys):
+    _count_rows(monkeypatch, fail_at=2)
+    out = tmp_path / "out"
+    _fails(["a red circle", "--model", str(export), "--num-images", "5", "--batch-size", "2", "--out", str(out),
+            "--quiet"], capsys, "stopped on purpose")
+    assert sorted(p.name for p in out.iterdir()) == ["000-a-red-circle-0.png", "000-a-red-circle-1.png"]
+
+
+def test_huge_num_images_is_sampled_in_batches(export, tmp_path, monkeypatch, capsys):
+    rows = _count_rows(monkeypatch, fail_at=3)  # the 1e8 images of the audit: stopped after three batches
+    _fails(["a red circle", "--model", str(export), "--num-images", "100000000", "--out", str(tmp_path / "o"),
+            "--quiet"], capsys, "stopped on purpose")
+    assert rows == [8, 8, 8] and len(list((tmp_path / "o").iterdir())) == 16
+
+
+def test_rerank_in_batches_keeps_scores_only_and_ranks_all_images(export, tmp_path):
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    manifests = []
+    for batch in ("1", "6"):
+        out = tmp_path / f"out{batch}"
+        assert main(["generate", "a red circle", "--model", str(export), "--num-images", "6", "--top-k", "8",
+                     "--rerank", str(clip_dir), "--batch-size", batch, "--out", str(out), "--quiet"]) == 0
+        (m,) = json.loads((out / "manifest.json").read_text())
+        manifests.append(m)
+        assert m["clip_scores"] == sorted(m["clip_scores"], reverse=True) and len(set(m["clip_scores"])) > 1
+        assert sorted(m["images"]) == [f"000-a-red-circle-{i}.png" for i in range(6)]
+        best = Image.open(out / m["images"][0])
+        assert Image.open(out / m["grid"]).crop((0, 0, *best.size)).tobytes() == best.tobytes()  # best first
+    assert manifests[0]["images"] == manifests[1]["images"]
+    assert manifests[0]["clip_scores"] == pytest.approx(manifests[1]["clip_scores"], abs=1e-5)
+
+
+def _nan_weights(path):
+    save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+               for k, v in load_file(path).items()}, path)
+
+
+@pytest.mark.parametrize("part", ["vqgan", "dalle"])
+def test_non_finite_weights_are_refused_at_load(export, tmp_path, capsys, part):
+    bad = tmp_path / "bad"
+    shutil.copytree(export, bad)
+    _nan_weights(bad / part / "model.safetensors")
+    _fails_leaving_nothing(["a red circle", "--model", str(bad)], tmp_path, capsys,
+                           f"{bad / part / 'model.safetensors'}: non-finite weights (NaN or infinity) in ")
+
+
+def test_non_finite_rerank_weights_are_refused(export, tmp_path, capsys):
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    _nan_weights(clip_dir / "model.safetensors")
+    _fails_leaving_nothing(["a red circle", "--model", str(export), "--rerank", str(clip_dir)], tmp_path, capsys,
+                           f"{clip_dir / 'model.safetensors'}: non-finite weights")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{}", 'tokenizer.json: not a word tokenizer: expected {"vocab": [words], "text_len": N >= 1}'),
+    ('{"vocab": ', "tokenizer.json: not a word tokenizer: Expecting value: line 1 column 11"),
+    ('{"vocab": ["red"], "text_len": "8"}', "tokenizer.json: not a word tokenizer: expected"),
+    ("\udcff", "tokenizer.json: not a word tokenizer: 'utf-8' codec can't decode"),
+])
+def test_broken_tokenizer_json_is_one_line_naming_it(export, tmp_path, capsys, text, match):
+    bad = tmp_path / "bad"
+    shutil.copytree(export, bad)
+    (bad / "tokenizer.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    _fails_leaving_nothing(["a red circle", "--model", str(bad)], tmp_path, capsys, f"{bad}/{match}")
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--rerank", "/nonexistent/path"], "--rerank /nonexistent/path: no such directory"),
+    (["--rerank", "clips/none"], "--rerank clips/none: no such directory"),
+    (["--rerank", "ViT-B-32"], "--rerank ViT-B-32 is an open_clip architecture: name its weights with "
+                               "--rerank-pretrained"),
+    (["--rerank-pretrained", "ViT-B-32.safetensors"], "--rerank-pretrained names weights for a --rerank "
+                                                      "architecture: give --rerank too"),
+    (["--batch-size", "0"], None),
+])
+def test_bad_rerank_and_batch_options(export, tmp_path, capsys, extra, match):
+    if match is None:  # argparse's own usage error: exit 2 as well
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "a red circle", "--model", str(export), "--out", str(tmp_path / "o"), *extra])
+        assert e.value.code == 2 and "--batch-size: must be >= 1, got 0" in capsys.readouterr().err
+        return
+    _fails_leaving_nothing(["a red circle", "--model", str(export), *extra], tmp_path, capsys, match)
+
+
+def test_a_rerank_file_is_not_a_clip_export(export, tmp_path, capsys):
+    _fails_leaving_nothing(["a red circle", "--model", str(export), "--rerank", str(export / "config.json")],
+                           tmp_path, capsys, "config.json: not a CLIP export directory")
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    _fails_leaving_nothing(["a red circle", "--model", str(export), "--rerank", str(clip_dir), "--rerank-pretrained",
+                            "x.pt"], tmp_path, capsys, "is an export with its own weights: drop --rerank-pretrained")
+
+
+def test_a_failed_run_removes_only_the_empty_folders_it_created(export, tmp_path, capsys):
+    _fails_leaving_nothing(["zebra", "--model", str(export)], tmp_path, capsys, "no word the model knows")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    _fails(["zebra", "--model", str(export), "--out", str(kept), "--quiet"], capsys, "no word the model knows")
+    assert kept.is_dir()  # there before the run

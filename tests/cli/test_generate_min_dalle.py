@@ -46,3 +46,18 @@ def test_clip_rerank_as_for_the_native_model(root, tmp_path):
                  str(clip_dir), "--out", str(out), "--quiet"]) == 0
     scores = json.loads((out / "manifest.json").read_text())[0]["clip_scores"]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True) and len(set(scores)) > 1
+
+
+def test_non_finite_min_dalle_weights_are_one_line(root, tmp_path, capsys):
+    import torch
+
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad)
+    detoker = bad / "vqgan" / "detoker.pt"
+    state = torch.load(detoker, weights_only=True)
+    torch.save({k: torch.full_like(v, float("inf")) if v.is_floating_point() else v for k, v in state.items()},
+               detoker)
+    assert main(["generate", "a red circle", "--model", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{detoker}: non-finite weights (NaN or infinity)" in err, err
+    assert not (tmp_path / "o").exists()
