@@ -5,6 +5,7 @@ test from the Lightning checkpoint, and predict to CSV/JSON with unreadable inpu
 from __future__ import annotations
 
 import csv
+import re
 import json
 import shutil
 from pathlib import Path
@@ -283,3 +284,62 @@ def test_a_setting_lightning_refuses_at_run_time_is_one_line(workdir, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "mmkit fit: error: trainer: Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger" in err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--model.init_args.lr", "-1", "--model.init_args.lr must be > 0, got -1.0"),
+    ("--model.init_args.label_smoothing", "5", "--model.init_args.label_smoothing must be in [0, 1), got 5.0"),
+    ("--model.init_args.warmup_ratio", "2", "--model.init_args.warmup_ratio must be in [0, 1), got 2.0"),
+    ("--model.init_args.top_k", "0", "--model.init_args.top_k must be >= 1, got 0"),  # predicted empty rows
+    ("--data.init_args.batch_size", "0", "--data.init_args.batch_size must be >= 1, got 0"),
+    ("--data.init_args.num_workers", "-1", "--data.init_args.num_workers must be >= 0, got -1"),
+])
+def test_recipe_values_out_of_range_are_one_line_before_anything_is_built(workdir, tmp_path, capsys, option, value,
+                                                                          message):
+    from mmkit.tasks import ImageClassifier
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ImageClassifier, "__init__", lambda *a, **k: pytest.fail("built anyway"))
+        code = main(["fit", "--config", FIT, *TINY, option, value, "--trainer.default_root_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_predict_on_several_processes_is_refused_before_any_row(fitted, tmp_path, capsys):
+    """Each process wrote its share of the rows over the same file (the last rename won, the rest
+    showed as unreadable): predict runs in one process."""
+    out = tmp_path / "p.csv"
+    code = main(["predict", "--config", PREDICT, *PREDICT_TINY, VIT + "checkpoint", str(fitted / "export"),
+                 "--data.init_args.predict_paths", json.dumps([str(tmp_path)]), "--prediction_writer.output", str(out),
+                 "--trainer.accelerator", "cpu", "--trainer.devices", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "predict runs in one process and writes one file; this run asks for 2" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("classes", [[], ["a"]])
+def test_a_train_dir_with_fewer_than_two_classes_is_one_line(workdir, tmp_path, capsys, classes):
+    for name in classes:
+        (tmp_path / "train" / name).mkdir(parents=True)
+    (tmp_path / "train").mkdir(exist_ok=True)
+    code = main(["fit", "--config", FIT, *TINY, "--data", "mmkit.data.ImageFolderDataModule",
+                 "--data.init_args.train_dir", str(tmp_path / "train"), "--data.init_args.image_size", "16",
+                 "--trainer.default_root_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"holds {len(classes)} class folder(s) {classes}: a classifier needs at least 2" in err
+
+
+def test_class_names_that_do_not_fit_the_head_are_refused_at_load(fitted, tmp_path):
+    from mmkit.models import ViT
+    from mmkit.weights import WeightsError
+
+    for names, message in ((list(range(10)), "must be a list of non-empty strings"),
+                           (["a"] * 10, "metadata.class_names repeats ['a']"),
+                           (["a", "b"], "has 2 names for a 10-class head")):
+        export = tmp_path / "export"
+        shutil.copytree(fitted / "export", export, dirs_exist_ok=True)
+        doc = json.loads((export / "config.json").read_text())
+        doc["metadata"]["class_names"] = names
+        (export / "config.json").write_text(json.dumps(doc))
+        with pytest.raises(WeightsError, match=re.escape(message)):
+            ViT.from_pretrained(export)

@@ -112,7 +112,7 @@ def test_rows_stream_in_input_order_and_csv_cells_are_spreadsheet_safe(export, t
     assert [r["labels"][0] for r in raw if not r["error"]] == ["=HYPERLINK(1)"] * 5  # JSON stays raw
 
 
-def test_non_finite_scores_are_an_error_and_leave_no_output(tmp_path, capsys):
+def test_non_finite_weights_are_an_error_and_leave_no_output(tmp_path, capsys):
     torch.manual_seed(0)
     vit = ViT(image_size=16, patch_size=4, num_classes=3, dim=32, depth=1, num_heads=2)
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_non_finite_scores_are_an_error_and_leave_no_output(tmp_path, capsys):
     out = tmp_path / "out" / "p.jsonl"
     assert _predict(export, tmp_path / "in", out) == 2
     err = capsys.readouterr().err
-    assert "non-finite scores" in err and "Traceback" not in err
+    assert "model.safetensors: non-finite weights (NaN or infinity) in head.bias" in err and "Traceback" not in err
     assert not out.exists() and not list(out.parent.glob(".p.jsonl.*"))  # no half-written file either
 
 

@@ -106,7 +106,8 @@ def _user_error(e: BaseException) -> str | None:
         unreadable = _unreadable_checkpoint(e)
         if unreadable is not None:
             return unreadable
-        if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError)):
+        if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                          PermissionError)):
             return str(e)
         if isinstance(e, MisconfigurationException):  # Lightning's refusal of a combination of settings
             return f"trainer: {str(e).strip().splitlines()[0]}"

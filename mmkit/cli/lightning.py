@@ -5,8 +5,10 @@ prediction writer. Kept apart from `mmkit.cli` so that tool subcommands (`label`
 from __future__ import annotations
 
 import logging
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
@@ -178,6 +180,38 @@ class Trainer(pl.Trainer):
             plugin.__class__ = _UnscaledMixedPrecision
 
 
+# Range rules for the training and data hyper-parameters every recipe shares, by name (jsonargparse checks
+# types only): a value outside its range fails late (a torch traceback mid-run) or trains silently wrong.
+_RULES: list[tuple[re.Pattern, Callable[[float], bool], str]] = [
+    (re.compile(r"(^|_)batch_size$"), lambda v: v >= 1, ">= 1"),
+    (re.compile(r"^num_workers$"), lambda v: v >= 0, ">= 0"),
+    (re.compile(r"^lr$"), lambda v: v > 0, "> 0"),
+    (re.compile(r"^weight_decay$|_alpha$"), lambda v: v >= 0, ">= 0"),
+    (re.compile(r"^(warmup_ratio|label_smoothing|val_split|null_caption_prob)$"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (re.compile(r"^(ctc_weight|hflip)$"), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (re.compile(r"^top_k$"), lambda v: v >= 1, ">= 1"),
+]
+
+
+def check_hyperparameters(config: Any, where: str) -> None:
+    """Refuse a recipe value outside its range (`_RULES`), or a non-finite number, anywhere in a
+    model/data section (nested init_args included): one line naming the option, before anything is built."""
+    items = config.items() if isinstance(config, dict) else vars(config).items() if hasattr(config, "__dict__") \
+        else ()
+    for key, value in items:
+        name = f"{where}.{key}"
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise ValueError(f"--{name} must be finite, got {value}")
+            rule = next((r for r in _RULES if r[0].search(key)), None)
+            if rule and not rule[1](value):
+                raise ValueError(f"--{name} must be {rule[2]}, got {value}")
+        elif isinstance(value, dict) or hasattr(value, "__dict__"):
+            check_hyperparameters(value, name)
+
+
 class MMKitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
@@ -196,6 +230,16 @@ class MMKitCLI(LightningCLI):
             return super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as e:
             raise ValueError(f"trainer: {str(e).strip().splitlines()[0]}") from None
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for section in ("model", "data"):
+            check_hyperparameters(config.get(section), section)
+
+    def before_predict(self) -> None:
+        if self.trainer.world_size > 1:  # each process would write its share of the rows over the same file
+            raise ValueError(f"predict runs in one process and writes one file; this run asks for "
+                             f"{self.trainer.world_size} (--trainer.devices / --trainer.num_nodes): use 1")
 
     def before_fit(self) -> None:
         self._fixed_checkpoint_folder()

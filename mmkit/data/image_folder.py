@@ -213,6 +213,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.val_split, self.seed = val_split, seed
         first = next((d for d in self.dirs.values() if d is not None), None)
         self._class_names = list_classes(Path(first).expanduser()) if first else []
+        if train_dir is not None and len(self._class_names) < 2:  # else a torchmetrics traceback at the first step
+            raise ValueError(f"train_dir {train_dir} holds {len(self._class_names)} class folder(s) "
+                             f"{self._class_names}: a classifier needs at least 2 (train_dir/<class>/<images>)")
         self.train_transform = create_transform(image_size, is_training=True, hflip=hflip, scale=scale,
                                                 auto_augment=auto_augment, interpolation=interpolation,
                                                 mean=mean, std=std)

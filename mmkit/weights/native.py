@@ -200,6 +200,18 @@ def check_shapes(model: nn.Module, found: Mapping[str, tuple[int, ...]], config:
             raise WeightsError(f"{where}: {blame}{key} is {found[key]} in {weights} but {want} by the config")
 
 
+def _check_class_names(names: Any, num_classes: Any, path: Path) -> None:
+    """metadata.class_names, where present: distinct non-empty strings, one per output of the head."""
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise WeightsError(f"{path}: metadata.class_names must be a list of non-empty strings, got {names!r:.80}")
+    if len(set(names)) != len(names):
+        raise WeightsError(f"{path}: metadata.class_names repeats {sorted({n for n in names if names.count(n) > 1})}")
+    if type(num_classes) is int and num_classes and len(names) != num_classes:
+        raise WeightsError(f"{path}: metadata.class_names has {len(names)} names for a {num_classes}-class head")
+
+
 class PretrainedMixin:
     """`save_pretrained(dir)` / `from_pretrained(dir)` for models that keep their constructor
     arguments in `self.config` (a JSON-serialisable dict)."""
@@ -244,6 +256,7 @@ class PretrainedMixin:
         if not isinstance(doc.get("metadata", {}), dict):
             raise WeightsError(f"{path}: field 'metadata' must be an object")
         cls.check_config(doc.get("config"), f"{path}: config")
+        _check_class_names(doc.get("metadata", {}).get("class_names"), doc["config"].get("num_classes"), path)
         return doc
 
     @classmethod
