@@ -58,3 +58,17 @@ def test_port_in_use_is_one_line(monkeypatch, capsys):
         assert main(["demo", "vit", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"mmkit demo: cannot serve on 127.0.0.1:{port}"), err
+
+
+@pytest.mark.parametrize("argv", [["demo", "vit", "--port", "70000"], ["demo", "vit", "--port", "-1"]])
+def test_a_port_outside_the_range_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as e:  # bind() raised OverflowError, a traceback
+        main(argv)
+    assert e.value.code == 2 and "argument --port: must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host, why", [("999.1.1.1", "cannot listen there"), ("192.0.2.1", "cannot listen there")])
+def test_a_host_this_machine_cannot_listen_on_is_one_line_before_loading(host, why, tmp_path, capsys):
+    assert main(["demo", "--vit", str(tmp_path / "nowhere"), "--host", host]) == 2  # before the checkpoint check
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mmkit demo: --host {host}: {why}")

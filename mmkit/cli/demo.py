@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from mmkit.cli.options import at_least
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,20 @@ def _parser() -> argparse.ArgumentParser:
     for name, family in DEMOS.items():
         parser.add_argument(f"--{name}", metavar="DIR", default=None, help=f"add a {name} tab ({family.help})")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local only)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--port", type=at_least(1, 65535), default=7860)
+    parser.add_argument("--top-k", type=at_least(1), default=5)
     return parser
+
+
+def _host_problem(host: str) -> str | None:
+    """Why the demo cannot listen on `host` (not an address, or not one of this machine's), else None."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except (OSError, UnicodeError) as e:  # socket.gaierror is an OSError
+        return f"cannot listen there ({getattr(e, 'strerror', None) or e})"
+    return None
 
 
 def main(argv: list[str]) -> int:
@@ -136,8 +150,10 @@ def main(argv: list[str]) -> int:
         parser.error("--model goes with a NAME (mmkit demo vit --model DIR); or use --vit DIR, --clip DIR, ...")
     if not chosen:
         parser.error("name a family (mmkit demo vit) or give checkpoints (--vit DIR --speech DIR ...)")
-    if args.top_k < 1:
-        parser.error("--top-k must be >= 1")
+    problem = _host_problem(args.host)
+    if problem:  # else found only after the models load, and named a port problem by Gradio
+        print(f"mmkit demo: --host {args.host}: {problem}", file=sys.stderr)
+        return 2
     models = {name: Path(path).expanduser() for name, path in chosen.items()}
     for name, model in models.items():
         problem = _checkpoint_problem(name, model)
