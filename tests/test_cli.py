@@ -343,3 +343,16 @@ def test_class_names_that_do_not_fit_the_head_are_refused_at_load(fitted, tmp_pa
         (export / "config.json").write_text(json.dumps(doc))
         with pytest.raises(WeightsError, match=re.escape(message)):
             ViT.from_pretrained(export)
+
+
+def test_predict_says_when_the_data_preprocesses_unlike_the_checkpoint(fitted, tmp_path, caplog):
+    import logging
+
+    args = ["predict", "--config", PREDICT, *PREDICT_TINY, VIT + "checkpoint", str(fitted / "export"),
+            "--data.init_args.predict_paths", json.dumps([str(tmp_path)]),
+            "--prediction_writer.output", str(tmp_path / "p.csv")]
+    for extra, warned in (([], False), (["--data.init_args.image_size", "24"], True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mmkit"):
+            assert main(args + extra) == 0
+        assert ("differs from the checkpoint's: image_size 24 (checkpoint: 16)" in caplog.text) is warned

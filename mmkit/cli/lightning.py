@@ -62,6 +62,7 @@ class PredictionWriter(BasePredictionWriter):
         if stage == "predict":
             self._arithmetic(trainer, pl_module)
             self._open(trainer)
+            _warn_on_other_preprocessing(trainer.datamodule, pl_module)
 
     def _arithmetic(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply `precision` and `quantize` (before the strategy moves the model to its device) and
@@ -133,6 +134,20 @@ class PredictionWriter(BasePredictionWriter):
         if self._file is not None:  # no half-written output
             self._file.abort()
             self._file = None
+
+
+def _warn_on_other_preprocessing(datamodule: Any, pl_module: pl.LightningModule) -> None:
+    """The predict recipe names its preprocessing (image size, crop, mean/std) beside the checkpoint, whose
+    export records the one it was validated with: say so when they differ, since every prediction changes."""
+    from mmkit.tasks.image_classifier import eval_metadata
+
+    saved = getattr(getattr(pl_module, "model", None), "metadata", None) or {}
+    used = eval_metadata(datamodule) if datamodule is not None else {}
+    differ = [f"{k} {used[k]} (checkpoint: {saved[k]})" for k in used if k in saved and used[k] != saved[k]]
+    if differ:
+        log.warning("predict: the data's preprocessing differs from the checkpoint's: %s; predictions use the "
+                    "data's (set --data.init_args.* to the checkpoint's values to match its validation)",
+                    ", ".join(differ))
 
 
 def training_precision(precision: Any, accelerator: Any) -> Any:

@@ -123,7 +123,7 @@ class ImageClassifier(pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
             dm = self.trainer.datamodule
-            meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else _eval_metadata(dm)
+            meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else eval_metadata(dm)
             path = self.export(Path(self.hparams.export_dir).expanduser(), meta)
             log.info("exported model to %s", path)
 
@@ -132,7 +132,7 @@ class ImageClassifier(pl.LightningModule):
 _EVAL_KEYS = ("image_size", "crop_pct", "mean", "std", "interpolation")
 
 
-def _eval_metadata(dm: Any) -> dict[str, Any]:
+def eval_metadata(dm: Any) -> dict[str, Any]:
     """The eval transform a DataModule was built with (from its saved hyper-parameters), so an
     exported checkpoint preprocesses like validation did instead of falling back to 224 px
     ImageNet statistics."""
