@@ -107,7 +107,7 @@ class EncoderTokenizer:
             if (directory / TOKENIZER_FILE).is_file():
                 tok = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
             elif (directory / WORDPIECE_VOCAB).is_file():
-                lines = (directory / WORDPIECE_VOCAB).read_text(encoding="utf-8").splitlines()
+                lines = _read_utf8(directory / WORDPIECE_VOCAB).splitlines()
                 tok = cls._wordpiece({t: i for i, t in enumerate(lines)}, _lowercase(directory))
                 tok.add_special_tokens([t for t in BERT_SPECIALS if tok.token_to_id(t) is not None])
                 cls._frame(tok, "[CLS]", "[SEP]")
@@ -159,6 +159,16 @@ class EncoderTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _read_utf8(path: Path) -> str:
+    """The text of `path`; a ValueError naming the file if it is not UTF-8 (a message of its own: the
+    bare UnicodeDecodeError says neither which file nor that it is a tokenizer's)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); a vocabulary is one UTF-8 token a line") \
+            from None
 
 
 def _lowercase(directory: Path) -> bool:

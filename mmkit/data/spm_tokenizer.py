@@ -23,7 +23,12 @@ class SentencePieceTokenizer:
 
     def __init__(self, model_proto: bytes) -> None:
         self.proto = model_proto
-        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        try:  # sentencepiece raises RuntimeError("INTERNAL: ...") on bytes that are no model proto
+            self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError:
+            self.sp = None
+        if self.sp is None or not model_proto or self.sp.get_piece_size() == 0:  # empty bytes parse as no model
+            raise ValueError("not a readable SentencePiece model")
         if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD, UNK, BOS, EOS):
             raise ValueError("SentencePiece model with other special ids than pad 0, unk 1, bos 2, eos 3")
 
@@ -39,10 +44,14 @@ class SentencePieceTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "SentencePieceTokenizer":
+        """The model in file `path` (or `path/spm.model`); ValueError naming the file if unusable."""
         path = Path(path).expanduser()
         if path.is_dir():
             path = path / FILE_NAME
-        return cls(path.read_bytes())
+        try:
+            return cls(path.read_bytes())
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory).expanduser() / FILE_NAME

@@ -17,7 +17,7 @@ import re
 import shutil
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Optional, Sequence, Union
 
 from mmkit.data.tiktoken_files import (  # noqa: F401 - OPENAI_ENCODINGS re-exported
     OPENAI_ENCODINGS, OPENAI_MULTILINGUAL_VOCAB, TokenizerError, bpe_from_ranks, openai_tiktoken_file, read_tiktoken,
@@ -39,6 +39,33 @@ LANGUAGE_CODES = (
 _TASK_TOKENS = ("<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
                 "<|notimestamps|>")
 _LANGUAGE_TOKEN = re.compile(r"<\|([a-z]{2,3})\|>\Z")
+
+
+# The generation_config.json fields this tokenizer reads, by type (config_check's rules); the ids among them.
+GENERATION_FIELDS = {"suppress_tokens": list[Union[int, Literal[-1]]],  # -1: openai's "non-speech symbols"
+                     "begin_suppress_tokens": list[int], "is_multilingual": bool,
+                     "max_initial_timestamp_index": Optional[int], "lang_to_id": dict[str, int]}
+
+
+def check_generation_config(config: Any, where: str, vocab_size: int | None = None) -> None:
+    """Refuse decoding settings of the wrong JSON type or (given the tokenizer's `vocab_size`) with ids
+    outside it, in one line naming `where` and the field, at load: each would otherwise fail every file
+    at decode time. `suppress_tokens` may hold -1 (openai's "the non-speech symbols")."""
+    from mmkit.weights.config_check import check_fields, check_token_ids
+
+    try:
+        check_fields(config, GENERATION_FIELDS, where)
+        languages = config.get("lang_to_id") or {}
+        odd = next((t for t in languages if not _LANGUAGE_TOKEN.match(t)), None)
+        if odd is not None:
+            raise TokenizerError(f"{where}: field 'lang_to_id' holds {odd!r}, not a language token like '<|en|>'")
+        check_fields(languages, {t: int for t in languages}, f"{where}: lang_to_id")
+        if vocab_size is not None:
+            check_token_ids(config, ["begin_suppress_tokens"], vocab_size, where)
+            check_token_ids(config, ["suppress_tokens"], vocab_size, where, lowest=-1)
+            check_token_ids(languages, list(languages), vocab_size, f"{where}: lang_to_id")
+    except ValueError as e:  # WeightsError: this is a tokenizer file
+        raise TokenizerError(str(e)) from None
 
 
 class WhisperTokenizer:
@@ -104,10 +131,16 @@ class WhisperTokenizer:
         path = directory / GENERATION_CONFIG
         if path.is_file():
             try:
-                config = json.loads(path.read_text())
+                config = json.loads(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise TokenizerError(f"{path}: not UTF-8 text") from None
             except json.JSONDecodeError as e:
                 raise TokenizerError(f"{path}: invalid JSON ({e})") from None
-        return cls(backend, config, source=directory)
+            check_generation_config(config, str(path))
+        tok = cls(backend, config, source=directory)
+        if config is not None:
+            check_generation_config(config, str(path), tok.id_count)
+        return tok
 
     @classmethod
     def from_tiktoken(cls, path: str | Path, vocab_size: int) -> "WhisperTokenizer":
@@ -188,6 +221,11 @@ class WhisperTokenizer:
         """Multilingual checkpoints take <|lang|><|task|> after <|startoftranscript|>."""
         flag = self.generation_config.get("is_multilingual")
         return bool(self.language_ids) if flag is None else bool(flag)
+
+    @property
+    def id_count(self) -> int:
+        """One past the largest id: the tokenizer's, or its timestamps' where its files lack them."""
+        return max(self.vocab_size, self.timestamp_end)
 
     @property
     def timestamp_end(self) -> int:

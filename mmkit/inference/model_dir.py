@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmkit.weights.config_check import json_type, check_format_version
 from mmkit.weights.native import CONFIG_NAME, WeightsError
 
 
@@ -16,7 +17,8 @@ def read_model_dir(directory: str | Path) -> tuple[Path, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: no such directory.
-        WeightsError: no config.json in it, or one that is not a UTF-8 JSON object (one-line message).
+        WeightsError: no config.json in it, one that is not a UTF-8 JSON object, or an mmkit export of a
+            newer format (one-line message).
     """
     directory = Path(directory).expanduser()
     if not directory.is_dir():
@@ -26,8 +28,11 @@ def read_model_dir(directory: str | Path) -> tuple[Path, dict[str, Any]]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WeightsError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise WeightsError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
         raise WeightsError(f"{path}: invalid JSON ({e})") from None
     if not isinstance(doc, dict):
-        raise WeightsError(f"{path}: expected a JSON object")
+        raise WeightsError(f"{path}: expected a JSON object, found {json_type(doc)}")
+    check_format_version(doc, str(path))
     return directory, doc

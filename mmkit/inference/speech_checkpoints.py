@@ -14,7 +14,8 @@ import torch
 
 from mmkit.data.char_tokenizer import CharTokenizer
 from mmkit.data.tiktoken_files import OPENAI_MULTILINGUAL_VOCAB
-from mmkit.data.whisper_tokenizer import GENERATION_CONFIG, WhisperTokenizer
+from mmkit.data.whisper_tokenizer import GENERATION_CONFIG, WhisperTokenizer, check_generation_config
+from mmkit.inference.model_dir import read_model_dir
 from mmkit.models.whisper import Whisper
 
 SpeechTokenizer = Union[WhisperTokenizer, CharTokenizer]
@@ -91,12 +92,12 @@ def _load_directory(directory: Path) -> Whisper:
         raise WeightsError(f"{directory}: not a checkpoint directory (no config.json); --model takes a local "
                            "Hugging Face Whisper directory, an mmkit Whisper checkpoint, a CTranslate2 Whisper "
                            "folder (model.bin) or an openai-whisper .pt file")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{config_path}: invalid JSON ({e})") from None
-    if "format_version" in config and "architecture" in config:  # mmkit's native layout
+    _, config = read_model_dir(directory)  # a JSON object of a format this mmkit reads, or one line
+    if "architecture" in config:  # mmkit's native layout
         return Whisper.from_pretrained(directory)
+    if "format_version" in config or "model_type" not in config:  # neither layout can be told apart
+        field = "'architecture'" if "format_version" in config else "'architecture' or 'model_type'"
+        raise WeightsError(f"{config_path}: missing field {field}: cannot tell which model it holds")
     return Whisper.from_hf(directory)
 
 
@@ -120,6 +121,7 @@ def _directory_tokenizer(directory: Path, vocab_size: int) -> WhisperTokenizer:
         raise WeightsError(f"{directory / 'config.json'}: not a JSON object")
     keys = {"suppress_tokens": "suppress_ids", "begin_suppress_tokens": "suppress_ids_begin"}
     generation = {ours: config[theirs] for ours, theirs in keys.items() if isinstance(config.get(theirs), list)}
+    check_generation_config(generation, f"{directory / 'config.json'}: suppress_ids(_begin)", tok.id_count)
     generation["is_multilingual"] = vocab_size >= OPENAI_MULTILINGUAL_VOCAB
     return WhisperTokenizer(tok.backend, generation, source=directory)
 

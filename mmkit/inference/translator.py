@@ -11,13 +11,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mmkit.core import BeamSearch, Greedy, SuppressTokens, generate
 from mmkit.core.attention import Attention
+from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
 
 log = logging.getLogger(__name__)
 UNKNOWN_SHARE = 0.5  # a source whose tokens are mostly <unk> is in a language the vocabulary lacks
@@ -221,9 +222,19 @@ class Translator:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TranslatorError(f"{path}: unreadable config ({e})") from None
+    if not isinstance(doc, dict):
+        raise TranslatorError(f"{path}: expected a JSON object, found {json_type(doc)}")
+    return doc
+
+
+# What `Translator.export` writes in config.json's metadata (types and ranges as config_check's rules).
+EXPORT_METADATA = {"task": str, "tokenizer": str, "start_id": int, "eos_id": int, "pad_id": int, "prefix": str,
+                   "suppress": list[int], "forced_eos_id": Optional[int], "max_source_tokens": int,
+                   "max_target_tokens": int}
+_METADATA_IDS = ("start_id", "eos_id", "pad_id", "forced_eos_id", "suppress")
 
 
 def load_translator(path: str | Path, prefix: str | None = None, device: str = "cpu",
@@ -247,6 +258,7 @@ def load_translator(path: str | Path, prefix: str | None = None, device: str = "
                               "export or a MarianMT / T5 directory")
     cfg = _read_json(directory / "config.json")
     if "architecture" in cfg:
+        check_format_version(cfg, str(directory / "config.json"))
         translator = _load_native(directory, cfg)
     else:
         translator = _load_hf(directory, cfg)
@@ -262,6 +274,8 @@ def load_translator(path: str | Path, prefix: str | None = None, device: str = "
 
 
 def _load_native(directory: Path, doc: dict[str, Any]) -> Translator:
+    """An mmkit export: its config.json and metadata are checked (types, ids within the model's
+    vocabulary, a tokenizer file inside `directory`) before the weights are read."""
     from mmkit.models import T5, Seq2Seq
 
     arch = doc.get("architecture")
@@ -269,29 +283,44 @@ def _load_native(directory: Path, doc: dict[str, Any]) -> Translator:
     if arch not in classes:
         raise TranslatorError(f"{directory}: holds a {arch} checkpoint, not a translation model (Seq2Seq, T5, "
                               "MarianMT)")
-    meta = doc.get("metadata", {})
+    where = f"{directory / 'config.json'}: metadata"
+    meta = check_fields(doc.get("metadata", {}), EXPORT_METADATA, where)
+    vocab_size = classes[arch].read_config(directory)["config"].get("vocab_size")
+    check_token_ids(meta, _METADATA_IDS, vocab_size, where)
     if meta.get("tokenizer") == TRANSFORMERS_TOKENIZER:  # an imported MarianMT/T5 saved by Translator.export
-        try:
-            ids = [int(meta[k]) for k in ("start_id", "eos_id", "pad_id")]
-        except (KeyError, TypeError, ValueError):
-            raise TranslatorError(f"{directory}: config.json metadata needs integer start_id, eos_id and pad_id") \
-                from None
-        codec = _hf_codec(directory, *ids, meta.get("suppress", []))
+        check_fields(meta, {}, where, required=("start_id", "eos_id", "pad_id"))
+        codec = _hf_codec(directory, meta["start_id"], meta["eos_id"], meta["pad_id"], meta.get("suppress", []))
     else:
-        codec = _spm_codec(directory, meta)
+        codec = _spm_codec(directory, meta, vocab_size)
     model = classes[arch].from_pretrained(directory)
     max_len = getattr(model, "max_len", 512)
     return Translator(model, codec, meta.get("prefix", ""), meta.get("max_source_tokens", max_len),
                       meta.get("max_target_tokens", max_len - 1), meta.get("forced_eos_id"))
 
 
-def _spm_codec(directory: Path, meta: dict[str, Any]) -> TextCodec:
+def _tokenizer_file(directory: Path, name: str, where: str) -> Path:
+    """`directory / name` for a metadata `tokenizer` name that stays inside `directory` (a copied or
+    downloaded export must not make mmkit read files elsewhere); symlinks placed in it are followed."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise TranslatorError(f"{where}: field 'tokenizer' must name a file inside the model directory, "
+                              f"got {name!r}")
+    return directory / relative
+
+
+def _spm_codec(directory: Path, meta: dict[str, Any], vocab_size: int) -> TextCodec:
     from mmkit.data.spm_tokenizer import SentencePieceTokenizer
 
-    spm_file = directory / meta.get("tokenizer", "spm.model")
+    spm_file = _tokenizer_file(directory, meta.get("tokenizer", "spm.model"), f"{directory / 'config.json'}: metadata")
     if not spm_file.is_file():
         raise TranslatorError(f"{directory}: no tokenizer ({spm_file.name}) next to the model")
-    tok = SentencePieceTokenizer.load(spm_file)
+    try:
+        tok = SentencePieceTokenizer.load(spm_file)
+    except ValueError as e:  # names the file
+        raise TranslatorError(str(e)) from None
+    if len(tok) > vocab_size:  # its ids would index past the embedding
+        raise TranslatorError(f"{spm_file}: the tokenizer has {len(tok)} tokens, the model {vocab_size}: they do "
+                              "not belong together")
     return TextCodec(tok.encode, tok.decode, lambda ids: [tok.sp.id_to_piece(i) for i in ids],
                      meta.get("start_id", tok.start_id), meta.get("eos_id", tok.eos_id),
                      meta.get("pad_id", tok.pad_id), tok.unk_id, save=lambda out: tok.save(out).name)

@@ -12,10 +12,12 @@ import typing
 from collections.abc import Sequence
 from typing import Any, Callable, Literal, Mapping
 
-from mmkit.weights.native import WeightsError
+from mmkit.weights.native import FORMAT_VERSION, WeightsError
 
-# Sizes that must be at least 1 (a zero head count divides by zero; a zero width builds nothing).
-_POSITIVE = re.compile(r"(heads|dim|_size|max_len|_ctx|n_mels|in_chans|in_channels|channels|^ch|codebook_size)$")
+# Sizes that must be at least 1 (a zero head count divides by zero; a zero width builds nothing); the
+# last three are transformers' spellings (`d_model`, `num_mel_bins`, `max_*_positions`) and token limits.
+_POSITIVE = re.compile(r"(heads|dim|_size|max_len|_ctx|n_mels|in_chans|in_channels|channels|^ch|codebook_size"
+                       r"|d_model|_bins|_positions|^max_\w*tokens)$")
 # Rates in [0, 1); every other float just finite and non-negative where it is a ratio or eps.
 _RATE = re.compile(r"(dropout|drop_path_rate|_rate)$")
 _NONNEG_FLOAT = re.compile(r"(ratio|eps|beta)$")
@@ -74,7 +76,7 @@ def check_arguments(constructor: Callable[..., Any], config: Any, where: str,
     if isinstance(constructor, type):
         constructor = constructor.__init__
     if not isinstance(config, dict):
-        raise WeightsError(f"{where}: expected an object of constructor arguments, found {_json_type(config)}")
+        raise WeightsError(f"{where}: expected an object of constructor arguments, found {json_type(config)}")
     params = inspect.signature(constructor).parameters
     hints = typing.get_type_hints(constructor)
     unknown = sorted(k for k in config if k not in params or k == "self")
@@ -89,11 +91,64 @@ def check_arguments(constructor: Callable[..., Any], config: Any, where: str,
         why = _check_value(name, value, hints.get(name, Any))
         if why:
             raise WeightsError(f"{where}: field {name!r} {why}")
-    dim, heads = config.get("dim"), config.get("num_heads")
-    if type(dim) is int and type(heads) is int and "head_dim" not in params and dim % heads:
-        raise WeightsError(f"{where}: field 'dim' ({dim}) is not divisible by 'num_heads' ({heads})")
+    if "head_dim" not in params:
+        check_divisible(config, "dim", "num_heads", where)
+    # Token ids index the embedding: one outside the vocabulary fails deep in torch (or, negative, reads
+    # the wrong row). Bounded by the largest vocabulary the constructor takes (DALL-E has two).
+    sizes = [config.get(p, params[p].default) for p in params if p.endswith("vocab_size")]
+    sizes = [v for v in sizes if type(v) is int]
+    if sizes:
+        check_token_ids(config, [p for p in config if p.endswith("_id")], max(sizes), where)
 
 
-def _json_type(value: Any) -> str:
+def check_divisible(config: Mapping[str, Any], dim: str, heads: str, where: str) -> None:
+    """Refuse a width `config[dim]` that `config[heads]` attention heads cannot split evenly."""
+    d, h = config.get(dim), config.get(heads)
+    if type(d) is int and type(h) is int and h > 0 and d % h:
+        raise WeightsError(f"{where}: field {dim!r} ({d}) is not divisible by {heads!r} ({h})")
+
+
+def check_fields(doc: Any, spec: Mapping[str, Any], where: str, required: Sequence[str] = ()) -> dict[str, Any]:
+    """`doc` if it is a JSON object whose fields named in `spec` have their annotated type and range
+    (the rules of `check_arguments`; other fields are left alone) and which holds every `required`
+    field; else one-line WeightsError naming `where` and the field. For the JSON files beside the
+    weights (metadata, generation_config.json, a transformers config.json)."""
+    if not isinstance(doc, dict):
+        raise WeightsError(f"{where}: expected a JSON object, found {json_type(doc)}")
+    missing = [name for name in required if name not in doc]
+    if missing:
+        raise WeightsError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
+    for name, tp in spec.items():
+        why = _check_value(name, doc[name], tp) if name in doc else None
+        if why:
+            raise WeightsError(f"{where}: field {name!r} {why}")
+    return doc
+
+
+def check_token_ids(doc: Mapping[str, Any], names: Sequence[str], vocab_size: int, where: str,
+                    lowest: int = 0) -> None:
+    """Refuse an integer id (or list of ids) in the fields `names` of `doc` outside [lowest, vocab_size):
+    it would index past the embedding at run time. Values of other types are `check_fields`' to refuse."""
+    for name in names:
+        value = doc.get(name)
+        bad = [i for i in (value if isinstance(value, list) else [value]) if type(i) is int and
+               not lowest <= i < vocab_size]
+        if bad:
+            raise WeightsError(f"{where}: field {name!r} holds id {bad[0]}, outside the vocabulary "
+                               f"({lowest}..{vocab_size - 1})")
+
+
+def check_format_version(doc: Mapping[str, Any], where: str) -> None:
+    """Refuse an mmkit export of a layout newer than this mmkit writes (`native.FORMAT_VERSION`): it would
+    load silently and perhaps wrongly. A missing version is read as this one (transformers' files)."""
+    version = doc.get("format_version", FORMAT_VERSION)
+    if type(version) is not int or version < 1:
+        raise WeightsError(f"{where}: field 'format_version' must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise WeightsError(f"{where}: written by a newer mmkit (format {version}; this one reads "
+                           f"≤ {FORMAT_VERSION}): upgrade mmkit")
+
+
+def json_type(value: Any) -> str:
     return {dict: "an object", list: "a list", type(None): "null", str: "a string", bool: "a boolean",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)

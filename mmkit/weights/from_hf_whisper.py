@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from mmkit.weights.config_check import check_divisible, check_fields
 from mmkit.weights.hf import FUSED, check_tied, fuse_projections, hf_source
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError
@@ -60,9 +61,19 @@ _WHISPER_BASE_KEYS = [
 WHISPER_KEYS = [(prefix + src, dst) for prefix in ("model.", "") for src, dst in _WHISPER_BASE_KEYS] + [
     ("proj_out.weight", None),  # tied to embed_tokens: checked equal by `check_tied`, then dropped
 ]
+# The transformers fields the conversion reads: integers, sizes positive (config_check's rules).
+_HF_FIELDS = {name: int for name in (
+    "d_model", "num_mel_bins", "max_source_positions", "max_target_positions", "vocab_size", "encoder_layers",
+    "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim")}
+
+
 def whisper_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """mmkit's Whisper config of transformers config `cfg` (from `source`), its fields checked first."""
+    where = str(Path(source).with_name("config.json")) if Path(source).is_file() else source
     if cfg.get("model_type") != "whisper":
-        raise WeightsError(f"{source}: expected a Whisper config, got model_type={cfg.get('model_type')!r}")
+        raise WeightsError(f"{where}: expected a Whisper config, got model_type={cfg.get('model_type')!r}")
+    check_fields(cfg, _HF_FIELDS, where, required=tuple(_HF_FIELDS))
+    check_divisible(cfg, "d_model", "encoder_attention_heads", where)
     unsupported = {
         f"activation_function={cfg.get('activation_function')!r}": cfg.get("activation_function", "gelu") != "gelu",
         "scale_embedding": cfg.get("scale_embedding", False),
@@ -73,7 +84,7 @@ def whisper_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise WeightsError(f"{source}: Whisper variant uses features outside mmkit's Whisper: {', '.join(bad)}")
+        raise WeightsError(f"{where}: Whisper variant uses features outside mmkit's Whisper: {', '.join(bad)}")
     dim = cfg["d_model"]
     return dict(
         n_mels=cfg["num_mel_bins"], n_audio_ctx=cfg["max_source_positions"], n_text_ctx=cfg["max_target_positions"],

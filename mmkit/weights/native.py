@@ -251,6 +251,9 @@ class PretrainedMixin:
             raise WeightsError(f"{path}: not UTF-8 text") from None
         if not isinstance(doc, dict):
             raise WeightsError(f"{path}: expected a JSON object, found {type(doc).__name__}")
+        from mmkit.weights.config_check import check_format_version
+
+        check_format_version(doc, str(path))
         if doc.get("architecture") != cls.architecture_name():
             raise WeightsError(f"{path}: holds a {doc.get('architecture')!r} checkpoint, not {cls.architecture_name()}")
         if not isinstance(doc.get("metadata", {}), dict):

@@ -96,7 +96,7 @@ def test_stratified_split_keeps_one_of_each_class():
 
 
 def test_bad_configurations_fail_loudly(tmp_path):
-    train = str(make_tree(tmp_path / "train", {"a": 1}))
+    train = str(make_tree(tmp_path / "train", {"a": 1, "b": 1}))
     with pytest.raises(ValueError, match="val_dir or val_split"):
         module(train_dir=train, val_dir=train, val_split=0.1)
     with pytest.raises(ValueError, match="not one of"):

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from mmkit.models import CLIP, GPT, ViT, Whisper
+from mmkit.models import BERT, CLIP, GPT, ViT, Whisper
 from mmkit.models.vit import PretrainedViT
 from mmkit.weights import WeightsError, read_state_dict
 from mmkit.weights import native
@@ -165,3 +165,15 @@ def test_an_importers_config_is_checked_against_its_tensors_before_the_real_buil
                                             False))
     _one_line(err, "hf/config.json: field dim=4000000 disagrees with the weights", "in the weights but")
     assert not built
+
+
+@pytest.mark.parametrize("pad_id, named", [
+    (99999, "field 'pad_id' holds id 99999, outside the vocabulary (0..49)"),  # was torch's AssertionError
+    (-1, "field 'pad_id' holds id -1, outside the vocabulary (0..49)"),  # was accepted
+])
+def test_token_ids_outside_the_vocabulary_are_refused(tmp_path, pad_id, named):
+    bert = BERT(vocab_size=50, max_len=16, dim=32, depth=1, num_heads=4, mlm_head=True)
+    directory = _saved(tmp_path, bert, _set(pad_id=pad_id))
+    with pytest.raises(WeightsError) as err:
+        BERT.from_pretrained(directory)
+    _one_line(err, str(directory / "config.json"), named)
