@@ -143,7 +143,8 @@ def test_a_clip_directory_for_label_is_checked_against_its_weights_before_buildi
     monkeypatch.setattr(native, "read_state_dict", lambda *a, **k: pytest.fail("tensors read"))
     with pytest.raises(WeightsError) as err:
         load_clip(str(directory))
-    _one_line(err, str(directory / "config.json"), "visual.encoder.blocks.0.mlp.fc1.weight is (128, 32) in model.safetensors")
+    _one_line(err, str(directory / "config.json"),
+              "visual.encoder.blocks.0.mlp.fc1.weight is (128, 32) in model.safetensors")
 
 
 def test_a_depth_beyond_the_weights_is_refused_before_any_layer_is_built(tmp_path, monkeypatch):
