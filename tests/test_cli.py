@@ -356,3 +356,31 @@ def test_predict_says_when_the_data_preprocesses_unlike_the_checkpoint(fitted, t
         with caplog.at_level(logging.WARNING, logger="mmkit"):
             assert main(args + extra) == 0
         assert ("differs from the checkpoint's: image_size 24 (checkpoint: 16)" in caplog.text) is warned
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trainer.precision", "foo"], "mmkit fit: error: --trainer.precision: invalid value 'foo' (mmkit fit --help"),
+    (["--model.init_args.lr", "nan"], "mmkit fit: error: --model.init_args.lr: Expected a float. Got value: nan"),
+    (["--no_such_option", "3"], "mmkit fit: error: unrecognized arguments: --no_such_option 3"),
+])
+def test_an_option_jsonargparse_refuses_is_one_line_not_the_usage(workdir, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", FIT, *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
+
+
+def test_an_empty_config_file_is_one_line(workdir, tmp_path, capsys):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(tmp_path / "empty.yaml")])
+    assert exit_.value.code == 2 and "a --config file holds no settings" in capsys.readouterr().err
+
+
+def test_a_ckpt_path_of_another_recipe_is_one_line(workdir, tmp_path, capsys):
+    ckpt = tmp_path / "other.ckpt"
+    torch.save({"hyper_parameters": {"_class_path": "mmkit.tasks.MaskedLMTask", "lr": 0.1}}, ckpt)
+    code = main(["validate", "--config", FIT, *TINY, "--ckpt_path", str(ckpt)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--ckpt_path {ckpt}: saved by another model or recipe than this config's" in err

@@ -4,9 +4,12 @@ prediction writer. Kept apart from `mmkit.cli` so that tool subcommands (`label`
 """
 from __future__ import annotations
 
+import argparse
+import functools
 import logging
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -227,7 +230,63 @@ def check_hyperparameters(config: Any, where: str) -> None:
             check_hyperparameters(value, name)
 
 
+def summarise_parse_error(message: str) -> str:
+    """jsonargparse's refusal of an option (a dozen lines: the Union subtypes tried, each one's complaint)
+    as one line: the option as typed on the command line and its innermost complaint, or the value given."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    if message.strip() == "Unexpected config:":  # what jsonargparse says of an empty --config file
+        return "a --config file holds no settings"
+    if len(lines) <= 1:
+        return message.strip()
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    option = keys[0] + "".join(f".init_args.{k}" for k in keys[1:]) if keys else ""
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("- ")), None)
+    detail = ""
+    if start is not None:
+        depth = len(lines[start]) - len(lines[start].lstrip())
+        nested = []
+        for line in lines[start + 1:]:
+            if len(line) - len(line.lstrip()) <= depth:
+                break
+            nested.append(line.strip())
+        detail = nested[-1] if nested else ""
+    if not detail:
+        given = next((line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("Given value:")), "")
+        detail = f"invalid value {given!r}" if given else lines[1].strip()
+    detail = re.sub(r"<class '(\w+)'>", r"\1", detail)
+    return f"--{option}: {detail}" if option else detail
+
+
+def _one_line_error(parser: Any, original: Callable[..., Any], message: str, ex: Exception | None = None) -> Any:
+    """`parser.error` printing `summarise_parse_error(message)` in one line (exit 2) instead of the whole
+    usage (~50 lines) and the message; where the parser raises rather than exits, jsonargparse's own."""
+    if not parser.exit_on_error:
+        return original(message, ex)
+    words = parser.prog.replace(" [options]", "").split()  # "mmkit fit"; sys.argv[0] may be another name
+    command = " ".join(["mmkit", *words[1:]])
+    sys.stderr.write(f"{command}: error: {summarise_parse_error(message)} ({command} --help for the options)\n")
+    parser.exit(2)
+
+
 class MMKitCLI(LightningCLI):
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        parser.error = functools.partial(_one_line_error, parser, parser.error)  # type: ignore[method-assign]
+        return parser
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning re-parses the model section from `--ckpt_path`'s saved hyper-parameters; a checkpoint of
+        another model or recipe then failed as "the following arguments are required: model". Say so."""
+        self.parser.exit_on_error = False
+        try:
+            super()._parse_ckpt_path()
+        except argparse.ArgumentError as e:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise ValueError(f"--ckpt_path {path}: saved by another model or recipe than this config's "
+                             f"({summarise_parse_error(str(e))})") from None
+        finally:
+            self.parser.exit_on_error = True
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         # Values the data determines are linked, never repeated in the recipe.
