@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+from mmkit.cli.options import at_least
+
 T = TypeVar("T")
 
 
@@ -23,8 +25,8 @@ def texts_file_parser(prog: str, doc: str, description: str, model_help: str,
     p.add_argument("--model", required=True, metavar="DIR", help=model_help)
     p.add_argument("--out", required=True, metavar="FILE", help=out_help)
     p.add_argument("--text-key", default="text", help="field/column of .jsonl/.csv rows holding the text")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="texts per forward pass (64)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -32,15 +34,19 @@ def texts_file_parser(prog: str, doc: str, description: str, model_help: str,
 def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Sequence[str],
                            build: Callable[[Any], T]) -> tuple[int, T] | None:
     """(the texts file's row count, `build(encoder)`); None after a usage or input error, reported as
-    one line on stderr (the tool then returns 2). Counting reads the file once, a line at a time, and
-    meets a bad file (missing, wrong suffix, a CSV without the text column) before the model loads."""
+    one line on stderr (the tool then returns 2). Before the model loads it meets a device this machine
+    lacks, an output that cannot be written (`check_output`) and, counting the file's rows a line at a
+    time, a bad file (missing, not a regular file, wrong suffix, no --text-key column or field)."""
     from mmkit.inference.encoder import load_encoder
-    from mmkit.inference.text_rows import iter_text_rows
+    from mmkit.inference.precision import check_device
+    from mmkit.inference.text_rows import check_output, count_text_rows
 
     try:
         if Path(args.out).suffix not in out_suffixes:
             raise ValueError(f"--out must end in {' or '.join(out_suffixes)}: {args.out}")
-        total = sum(1 for _ in iter_text_rows(args.texts, args.text_key))
+        check_device(args.device)
+        check_output(args.out)
+        total = count_text_rows(args.texts, args.text_key)
         tool = build(load_encoder(args.model, args.device))
     except (ValueError, OSError) as e:  # WeightsError is a ValueError
         print(f"{prog}: {e}", file=sys.stderr)

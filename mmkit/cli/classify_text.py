@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import sys
 from typing import Iterator, Sequence
 
 from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser
@@ -26,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr)."""
+    """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr), 1 the
+    output could not be written (one line; nothing was)."""
     args = _parser().parse_args(argv)
     from mmkit.cli.progress import progress
     from mmkit.inference.text_classify import TextClassifierPredictor
@@ -50,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         record.update({f"p_{k}": round(v, 6) for k, v in p.probs.items()})
                     yield record
 
-        write_atomically(args.out, lambda f: _write(f, args.out, records(), fields))
+        try:
+            write_atomically(args.out, lambda f: _write(f, args.out, records(), fields))
+        except OSError as e:  # writing failed (a full disk, a folder made at --out meanwhile): nothing written
+            print(f"mmkit classify-text: {e}", file=sys.stderr)
+            return 1
     counts.report("mmkit classify-text", predictor.encoder.model.max_len, f"predictions written to {args.out}")
     return 0
 

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr)."""
+    """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr), 1 the
+    output could not be written (one line; nothing was)."""
     args = _parser().parse_args(argv)
     from mmkit.cli.progress import progress
 
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except InputChanged as e:  # nothing was written: the temp file is gone
             print(f"mmkit embed: {e}", file=sys.stderr)
             return 2
+        except OSError as e:  # writing failed (a full disk, a folder made at --out meanwhile): nothing written
+            print(f"mmkit embed: {e}", file=sys.stderr)
+            return 1
     counts.report("mmkit embed", embedder.encoder.model.max_len,
                   f"embeddings of dim {embedder.dim} written to {args.out}")
     return 0

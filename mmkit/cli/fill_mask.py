@@ -8,15 +8,17 @@ import argparse
 import sys
 from typing import Sequence
 
+from mmkit.cli.options import utf8_text
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmkit fill-mask", epilog=__doc__,
                                 description="the likeliest tokens for each [MASK] from a BERT masked-LM",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("text", help='text with [MASK] where a word is to be predicted')
+    p.add_argument("text", type=utf8_text, help='text with [MASK] where a word is to be predicted')
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit BERT export or transformers BERT directory")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per mask (5)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
     return p
 
 
@@ -25,8 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mmkit.inference.encoder import load_encoder
     from mmkit.inference.fill_mask import fill_mask
+    from mmkit.inference.precision import check_device
 
     try:
+        check_device(args.device)
         encoder = load_encoder(args.model, args.device)
         if encoder.model.mlm_head is None:
             raise ValueError(f"{args.model}: the model has no masked-LM head (a BertModel or a classifier); "

@@ -2,7 +2,9 @@
 translate with an mmkit Seq2Seq/T5 export, a MarianMT directory or a T5 directory (give T5
 its task prefix: --prefix "translate English to German: "). FILE holds one sentence a line
 (.txt) or JSON objects with a "text" field (.jsonl); line N of the output answers line N of
-the input, empty lines stay empty, unreadable lines are reported and left empty.
+the input, empty lines stay empty, unreadable lines (not UTF-8, NUL bytes, nothing visible but
+control or invisible characters) are reported and left empty. An argument that names an existing
+file or folder is read as a path: one .txt/.jsonl file at a time, never several files or another kind.
 `--export OUT` saves the loaded model (an imported MarianMT or T5, say) as an mmkit export.
 """
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -18,25 +22,34 @@ if TYPE_CHECKING:
     from mmkit.inference.translator import Translation
 
 log = logging.getLogger("mmkit")
+INPUT_SUFFIXES = (".txt", ".jsonl")
+# Beam search keeps K hypotheses per sentence of a batch, each with its decoder cache: --batch-size 16 at
+# 32 beams is 512 rows. Wider beams rarely translate better (often worse: Koehn & Knowles 2017).
+MAX_BEAM_SIZE = 32
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mmkit.cli.options import add_precision_argument
+    from mmkit.cli.options import add_precision_argument, at_least, finite, utf8_text
     from mmkit.inference.quantize import QUANTIZATIONS
 
     p = argparse.ArgumentParser(prog="mmkit translate", description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="*", metavar="TEXT|FILE", help="sentences, or one .txt/.jsonl file")
+    p.add_argument("inputs", nargs="*", metavar="TEXT|FILE", type=utf8_text,
+                   help="sentences, or one .txt/.jsonl file (an argument naming an existing file or folder is "
+                        "read as a path, so several files, another kind of file, a folder or - are refused)")
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit export, MarianMT or T5 directory")
     p.add_argument("--output", metavar="FILE", help="write here (.txt: one line each; .jsonl: with errors)")
-    p.add_argument("--beam-size", type=int, default=1, metavar="K", help="beam search with K beams (1: greedy)")
-    p.add_argument("--max-length", type=int, metavar="N",
+    p.add_argument("--beam-size", type=at_least(1, MAX_BEAM_SIZE), default=1, metavar="K",
+                   help=f"beam search with K beams (1: greedy; at most {MAX_BEAM_SIZE})")
+    p.add_argument("--max-length", type=at_least(1), metavar="N",
                    help="tokens to generate at most (default: 2 x source tokens + 10)")
-    p.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
-                   help="beam score = sum log p / length ** A (1.0)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="sentences per batch (16)")
-    p.add_argument("--prefix", metavar="TEXT",
+    # The score divides by length ** A: |A| <= 10 spans every useful setting (transformers' and Marian's
+    # are 0 to 2) and keeps length ** A finite; a huge A overflows, nan/inf rank beams arbitrarily.
+    p.add_argument("--length-penalty", type=finite(-10, 10), default=1.0, metavar="A",
+                   help="beam score = sum log p / length ** A (1.0; -10 to 10)")
+    p.add_argument("--batch-size", type=at_least(1), default=16, metavar="B", help="sentences per batch (16)")
+    p.add_argument("--prefix", metavar="TEXT", type=utf8_text,
                    help='text put before every source (T5: "translate English to German: ")')
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
     p.add_argument("--export", metavar="OUT",
                    help="save the model, tokenizer, prefix and decoding settings as an mmkit export in OUT")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
@@ -48,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def iter_lines(path: Path) -> Iterator[tuple[str, str | None]]:
     """(source, problem) per line of a .txt (one a line) or .jsonl ("text" field) file, its lines as
     `text_rows.iter_lines` reads them (memory: one line, at most 1 MiB); problem names a line that is not
-    UTF-8 or not a JSON object with a "text" string (its source is ""), else None."""
+    UTF-8, not a JSON object with a "text" string or no text (`_checked`; its source is ""), else None."""
     from mmkit.inference.text_rows import MAX_LINE_BYTES, decode_line
     from mmkit.inference.text_rows import iter_lines as file_lines
 
@@ -71,36 +84,82 @@ def iter_lines(path: Path) -> Iterator[tuple[str, str | None]]:
             if text is None:
                 yield "", f'line {n}: not a JSON object with a "text" string'
                 continue
-        yield text, None
+        yield _checked(text, n)
+
+
+def _checked(text: str, line: int) -> tuple[str, str | None]:
+    """(source, problem) of a text: a blank one stays an empty line (no error: lines stay aligned); one
+    that is no text by `text_rows.text_problem` (NUL bytes, only control or invisible characters) is
+    reported, its source ""."""
+    from mmkit.inference.text_rows import text_problem
+
+    problem = text_problem(text) if text.strip() else None
+    return ("", f"line {line}: {problem}") if problem else (text, None)
+
+
+def _input_file(inputs: Sequence[str]) -> Path | None:
+    """The .txt/.jsonl file to translate when `inputs` is one, None when they are sentences; a
+    ValueError for a path of another kind (a folder, another suffix, "-"), several paths, or a missing
+    .txt/.jsonl file. Probing an argument as a path never fails: an OSError (a sentence longer than a
+    file name may be, say) means it is text."""
+    def kind(arg: str) -> int | None:
+        try:
+            return os.stat(arg).st_mode
+        except (OSError, ValueError):  # ValueError: a NUL in the argument
+            return None
+
+    if "-" in inputs:
+        raise ValueError("-: standard input is not read; give sentences or a .txt/.jsonl file")
+    paths = [arg for arg in inputs if kind(arg) is not None]
+    if len(inputs) > 1 and paths:
+        raise ValueError(f"{paths[0]}: a file or folder among {len(inputs)} arguments; translate reads one "
+                         ".txt/.jsonl file at a time (or give only sentences)")
+    if len(inputs) != 1:
+        return None
+    path, mode = Path(inputs[0]), kind(inputs[0])
+    if mode is None:
+        if path.suffix in INPUT_SUFFIXES:
+            raise ValueError(f"{path}: no such file")
+        return None
+    if stat.S_ISDIR(mode):
+        raise ValueError(f"{path}: a folder; give a .txt or .jsonl file (or sentences)")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: not a regular file; give a .txt or .jsonl file (or sentences)")
+    if path.suffix not in INPUT_SUFFIXES:
+        raise ValueError(f"{path}: use a .txt or .jsonl file (one sentence a line, or JSON objects with a "
+                         '"text" field)')
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Returns the exit code: 0 done (bad rows are reported, not fatal), 2 a usage or input error."""
+    """Returns the exit code: 0 done (bad rows are reported, not fatal), 2 a usage or input error, 1 the
+    output could not be written (nothing was)."""
     args = _parser().parse_args(argv)
     from mmkit.cli.progress import progress
-    from mmkit.inference.text_rows import atomic_path, chunks
+    from mmkit.inference.precision import check_device
+    from mmkit.inference.text_rows import atomic_path, check_output, chunks
     from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
 
     if not args.inputs and not args.export:
         print("mmkit translate: give sentences or a .txt/.jsonl file to translate (or --export OUT)", file=sys.stderr)
         return 2
-    single = Path(args.inputs[0]) if len(args.inputs) == 1 else None
-    as_file = single is not None and single.is_file()
     try:
-        if single is not None and not as_file and single.suffix in (".txt", ".jsonl"):
-            raise TranslatorError(f"{single}: no such file")
+        source = _input_file(args.inputs)
         options = TranslationOptions(beam_size=args.beam_size, max_new_tokens=args.max_length,
                                      length_penalty=args.length_penalty, batch_size=args.batch_size)
-        if args.output and Path(args.output).suffix not in (".txt", ".jsonl"):
-            raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
-        total = sum(1 for _ in iter_lines(single)) if as_file else len(args.inputs)
+        check_device(args.device)
+        if args.output:
+            if Path(args.output).suffix not in INPUT_SUFFIXES:
+                raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
+            check_output(args.output)
+        total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
         translator = load_translator(args.model, args.prefix, args.device, args.quantize, args.precision)
         if args.export:
             log.info("saved an mmkit export in %s", translator.export(args.export))
     except (ValueError, OSError) as e:  # bad options, files, directories (WeightsError is a ValueError)
         print(f"mmkit translate: {e}", file=sys.stderr)
         return 2
-    rows = iter_lines(single) if as_file else ((text, None) for text in args.inputs)
+    rows = iter_lines(source) if source else (_checked(text, n) for n, text in enumerate(args.inputs, 1))
     counts = [0, 0]  # translations, errors
 
     def translated(advance: Callable[[int], None]) -> Iterator[Translation]:
@@ -118,11 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with progress("translating", total, "sent", enabled=total > 1) as advance:
         if args.output:
             out = Path(args.output)
-            with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
-                for r in translated(advance):
-                    f.write((r.text if out.suffix == ".txt" else json.dumps(
-                        {"source": r.source, "translation": r.text, **({"error": r.error} if r.error else {})},
-                        ensure_ascii=False)) + "\n")
+            try:
+                with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                    for r in translated(advance):
+                        f.write((r.text if out.suffix == ".txt" else json.dumps(
+                            {"source": r.source, "translation": r.text, **({"error": r.error} if r.error else {})},
+                            ensure_ascii=False)) + "\n")
+            except OSError as e:  # writing failed (a full disk, a folder made at --output meanwhile)
+                print(f"mmkit translate: {e}", file=sys.stderr)
+                return 1
             log.info("wrote %d translations (%d with errors) to %s", counts[0], counts[1], out)
         else:
             for r in translated(advance):

@@ -23,10 +23,13 @@ class TextClassifierPredictor:
     """texts -> `TextPrediction`s.
 
     Raises:
-        ValueError: at construction, a model without a classification head (a plain or MLM BERT).
+        ValueError: at construction, a batch size below 1 or a model without a classification head (a
+            plain or MLM BERT).
     """
 
     def __init__(self, encoder: LoadedEncoder, batch_size: int = 64) -> None:
+        if batch_size < 1:  # as `Embedder`: range() refuses a step of 0, and a negative one gives no batches
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if encoder.model.classifier is None:
             raise ValueError("the model has no classification head: give a fine-tuned classifier "
                              "(mmkit fit --config configs/bert_wordnet_classify.yaml exports one)")

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
@@ -98,12 +100,14 @@ def iter_text_rows(path: str | Path, text_key: str = "text") -> Iterator[TextRow
 
     Raises (when iteration starts, before any row):
         FileNotFoundError: no such file.
-        ValueError: another suffix, or a CSV without a `text_key` column; or, after rows, a CSV record
-            that cannot be read (`_csv_rows`).
+        ValueError: not a regular file (a folder, /dev/null, a pipe), another suffix, or a CSV without a
+            `text_key` column; or, after rows, a CSV record that cannot be read (`_csv_rows`).
     """
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"input file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file (a folder or a device); give a .txt, .jsonl or .csv file")
     if path.suffix not in TEXT_FILE_SUFFIXES:
         raise ValueError(f"{path}: use a {', '.join(TEXT_FILE_SUFFIXES)} file")
     lines = iter_lines(path)
@@ -115,7 +119,7 @@ def iter_text_rows(path: str | Path, text_key: str = "text") -> Iterator[TextRow
         try:
             text = decode_line(line)
         except UnicodeDecodeError as e:
-            yield TextRow(n, None, f"not UTF-8 text (byte {e.start})")
+            yield TextRow(n, None, _not_utf8(line, e))
             continue
         if path.suffix == ".txt":
             yield _checked(n, text)
@@ -131,16 +135,44 @@ def iter_text_rows(path: str | Path, text_key: str = "text") -> Iterator[TextRow
             record = None
         value = record.get(text_key) if isinstance(record, dict) else None
         yield (_checked(n, value, {k: v for k, v in record.items() if k != text_key}) if isinstance(value, str)
-               else TextRow(n, None, f"not a JSON object with a string {text_key!r}"))
+               else TextRow(n, None, _no_key(text_key)))
+
+
+def _not_utf8(line: Line, e: UnicodeDecodeError) -> str:
+    utf16 = line.number == 1 and line.data[:2] in (b"\xff\xfe", b"\xfe\xff")  # its byte order mark
+    return f"not UTF-8 text (byte {e.start})" + ("; UTF-16 text? save it as UTF-8" if utf16 else "")
+
+
+def _no_key(text_key: str) -> str:
+    return f"not a JSON object with a string {text_key!r}"
+
+
+def count_text_rows(path: str | Path, text_key: str = "text") -> int:
+    """The number of rows `iter_text_rows` gives, read a line at a time as it reads them (memory: one
+    line), the check of an input before a model loads: it raises what `iter_text_rows` raises, and a
+    ValueError for a .jsonl file none of whose rows has a string `text_key` (as for a CSV without the
+    column: a wrong --text-key, not a file of bad rows)."""
+    total, keyed = 0, False
+    for row in iter_text_rows(path, text_key):
+        total += 1
+        keyed = keyed or row.error != _no_key(text_key)
+    if total and not keyed:
+        raise ValueError(f"{Path(path).expanduser()}: no row is a JSON object with a string {text_key!r} field "
+                         "(see --text-key)")
+    return total
 
 
 def _csv_rows(path: Path, lines: Iterator[Line], text_key: str) -> Iterator[TextRow]:
     """CSV records (one may span lines, in quotes) as rows numbered by the line where each ends; a line
     that is not UTF-8 is a bad row of its own and left out of the CSV text. A line longer than
-    `MAX_LINE_BYTES`, or a record the csv module cannot read (a field over its `field_size_limit`),
-    raises ValueError naming the line: after it, where the next record starts is unknown."""
+    `MAX_LINE_BYTES`, or a record the csv module cannot read (a field over its `field_size_limit`, a
+    quote never closed, text after a closing quote), raises ValueError naming the line: after it, where
+    the next record starts is unknown. The reader is strict: a lenient one reads a quote left open as a
+    field holding the rest of the file, and `"a"b` as `ab`: silently wrong rows."""
     bad: list[TextRow] = []  # bad lines met since the last record
-    last = [0]  # the number of the last line handed to the reader
+    # the last line handed to the reader, the first line of the record it is reading (0: none yet; the
+    # reader pulls a line at a time), and whether that record is the header
+    at = {"last": 0, "start": 0, "header": True}
 
     def decoded() -> Iterator[str]:
         for line in lines:
@@ -150,22 +182,31 @@ def _csv_rows(path: Path, lines: Iterator[Line], text_key: str) -> Iterator[Text
             try:
                 text = decode_line(line, "utf-8-sig" if line.number == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                bad.append(TextRow(line.number, None, f"not UTF-8 text (byte {e.start})"))
+                if at["header"]:  # skipping it would make the first record the header
+                    raise ValueError(f"{path} line {line.number}: the header is {_not_utf8(line, e)}") from None
+                bad.append(TextRow(line.number, None, _not_utf8(line, e)))
                 continue
-            last[0] = line.number
+            at["last"] = line.number
+            if text and not at["start"]:  # the reader skips empty lines between records
+                at["start"] = line.number
             yield text + "\n"  # a quoted field spanning lines keeps its line break
 
-    reader = csv.DictReader(decoded())
+    reader = csv.DictReader(decoded(), strict=True)
     try:
         if reader.fieldnames is None or text_key not in reader.fieldnames:
             raise ValueError(f"{path}: no {text_key!r} column (columns: {', '.join(reader.fieldnames or [])})")
+        at.update(start=0, header=False)
         for record in reader:
-            row = _checked(last[0], record[text_key] or "", {k: v for k, v in record.items() if k != text_key})
+            at["start"] = 0
+            row = _checked(at["last"], record[text_key] or "", {k: v for k, v in record.items() if k != text_key})
             yield from sorted(bad + [row], key=lambda r: r.line)
             bad.clear()
     except csv.Error as e:  # e.g. "field larger than field limit (131072)"
+        if "unexpected end of data" in str(e):  # only a strict reader tells
+            raise ValueError(f"{path} line {at['start']}: a quoted field opened in the record starting here is "
+                             "never closed (it runs to the end of the file)") from None
         hint = "; put long texts in a .txt or .jsonl file" if "field limit" in str(e) else ""
-        raise ValueError(f"{path} line {last[0]}: not a readable CSV record ({e}){hint}") from None
+        raise ValueError(f"{path} line {at['last']}: not a readable CSV record ({e}){hint}") from None
     yield from bad
 
 
@@ -185,10 +226,27 @@ def chunks(rows: Iterable[T], size: int | None = None, chars: Callable[[T], int]
         yield chunk
 
 
+# Characters that show nothing: controls (Cc), format characters such as the zero-width space and the
+# BOM (Cf), lone surrogates (Cs), spaces and line/paragraph separators (Z*), and letters/symbols drawn
+# blank (Hangul fillers, the blank Braille pattern: used to pass off empty text as text).
+_INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}
+_BLANK_GLYPHS = {"\u115f", "\u1160", "\u2800", "\u3164", "\uffa0"}
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` is no text to give a model, or None: NUL characters (in every line of UTF-16 read as
+    UTF-8) or nothing visible ("empty text": only whitespace, control or invisible characters).
+    The one definition of an empty text for `embed`, `classify-text` and `translate`."""
+    if "\x00" in text:
+        return "holds NUL bytes (UTF-16 text? save it as UTF-8)"
+    if any(c not in _BLANK_GLYPHS and unicodedata.category(c) not in _INVISIBLE_CATEGORIES for c in text):
+        return None
+    return "empty text" if not text.strip() else "empty text (only control or invisible characters)"
+
+
 def _checked(line: int, text: str, fields: dict | None = None) -> TextRow:
-    if not text.strip():
-        return TextRow(line, None, "empty text")
-    return TextRow(line, text, None, fields)
+    problem = text_problem(text)
+    return TextRow(line, None, problem) if problem else TextRow(line, text, None, fields)
 
 
 def temp_beside(path: Path) -> tuple[int, Path]:
@@ -202,20 +260,60 @@ def temp_beside(path: Path) -> tuple[int, Path]:
     return fd, Path(tmp)
 
 
+def _output_temp(path: Path) -> tuple[int, Path]:
+    """`temp_beside(path)` once `path`'s folder is made; an OSError of one line naming `path` and the
+    problem (a folder at `path`, a file where a folder should be, a read-only or virtual file system)."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        existing = next(p for p in path.parents if p.exists())  # "/" at last
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(path, e.strerror or str(e)) from None
+    try:
+        return temp_beside(path)
+    except OSError as e:  # a read-only or virtual file system (/proc, /sys), no permission
+        raise _write_error(path, f"no file can be made in {path.parent} ({e.strerror or e})") from None
+
+
+def _write_error(path: Path, reason: str, after: str = "") -> OSError:
+    """"cannot write PATH: REASON" as an OSError whose `strerror` is the reason alone (callers that name
+    the file themselves, as `subtitles.write_outputs`, show that)."""
+    error = OSError(f"cannot write {path}: {reason}{after}")
+    error.strerror = reason
+    return error
+
+
+def check_output(path: str | Path) -> Path:
+    """`path` (expanded) if an output can be written there: a temp file is made beside it and removed
+    (a real probe: permission bits say nothing of read-only mounts or /proc, and root passes them all),
+    its folder made if missing. An OSError of one line otherwise, so a tool fails before any work."""
+    path = Path(path).expanduser()
+    fd, tmp = _output_temp(path)
+    os.close(fd)
+    tmp.unlink()
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp file's path beside `path` for the body to write; renamed over `path` when the body
     ends, removed if it raises: readers never see a half-written output, and an existing output is
-    replaced only by a complete one."""
+    replaced only by a complete one. Making the temp file or the rename failing is an OSError of one
+    line naming `path` (`check_output` meets most of them before any work)."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)
+    fd, tmp = _output_temp(path)
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # e.g. a folder made at `path` meanwhile
+            raise _write_error(path, e.strerror or str(e), "; nothing was written") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -26,7 +26,8 @@ def mlm_dir(tmp_path_factory):
 @pytest.fixture
 def texts_file(tmp_path):
     path = tmp_path / "texts.txt"
-    path.write_bytes("the cat sees the moon.\n\n   \na dog finds an apple\n".encode() + b"caf\xe9 au lait\nthe end\n" + "жжж ж\n".encode())
+    path.write_bytes("the cat sees the moon.\n\n   \na dog finds an apple\n".encode() + b"caf\xe9 au lait\nthe end\n"
+                     + "жжж ж\n".encode())
     return path
 
 

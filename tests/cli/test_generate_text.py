@@ -44,7 +44,8 @@ def test_sampling_options_and_seed_reproduce(checkpoint, capsys):
     (["--max-new-tokens", "64"], "no room for a prompt"),
     (["--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["--beam-size", "2", "--temperature", "0.7"], "beam search is deterministic"),
-    (["--device", "banana"], "--device banana: not available"),
+    (["--device", "banana"], "--device 'banana': not a device"),
+    (["--device", "meta"], "--device meta: mmkit runs on cpu, cuda or mps"),
 ])
 def test_user_mistakes_are_one_line_and_exit_2(checkpoint, capsys, extra, message):
     directory, _, _ = checkpoint

@@ -116,3 +116,90 @@ def test_outputs_get_the_permissions_of_a_plainly_created_file_not_mkstemps(tmp_
         os.umask(previous)
     for path in (written, tmp_path / "preds.csv"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("a cat", None), ("\u0300", None), ("\u200bcat", None),  # a combining mark shows; so does a word after U+200B
+    ("   \t", "empty text"), ("\x1c\x1f", "empty text"),  # str.isspace() counts \x1c-\x1f as whitespace
+    ("\x01\x02", "empty text (only control or invisible characters)"),
+    ("\u200b\ufeff\u00ad", "empty text (only control or invisible characters)"),  # zero-width space, BOM, soft hyphen
+    ("\u3164 \u2800", "empty text (only control or invisible characters)"),  # Hangul filler, blank Braille
+    ("c\x00a\x00t\x00", "holds NUL bytes (UTF-16 text? save it as UTF-8)"),
+])
+def test_a_text_without_a_visible_character_is_empty(text, problem):
+    assert text_rows.text_problem(text) == problem
+
+
+def test_lines_of_control_or_invisible_characters_and_utf16_are_bad_rows(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"cat\n\x01\x02\n\xe2\x80\x8b\n\x00\n")
+    assert [(r.line, r.text, r.error) for r in read_text_rows(path)] == [
+        (1, "cat", None), (2, None, "empty text (only control or invisible characters)"),
+        (3, None, "empty text (only control or invisible characters)"),
+        (4, None, "holds NUL bytes (UTF-16 text? save it as UTF-8)")]
+    path.write_bytes("the cat\nthe dog\n".encode("utf-16"))
+    rows = read_text_rows(path)
+    assert rows[0].error == "not UTF-8 text (byte 0); UTF-16 text? save it as UTF-8"
+    assert [r.error for r in rows[1:]] == ["holds NUL bytes (UTF-16 text? save it as UTF-8)"] * 2
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_bytes("text\nthe cat\n".encode("utf-16"))  # its header was skipped: a record became the header
+    with pytest.raises(ValueError, match=r"t.csv line 1: the header is not UTF-8 text .*UTF-16 text\?"):
+        read_text_rows(csv_path)
+
+
+@pytest.mark.parametrize("body, line", [('text,n\nthe cat,1\n"unterminated,3\nthe dog,4\n', 3),
+                                        ('text,n\n"two\nlines",1\n\n"open,2\n', 5)])
+def test_a_csv_quote_never_closed_names_the_line_of_its_record(tmp_path, body, line):
+    path = tmp_path / "t.csv"
+    path.write_text(body)  # a lenient reader made the rest of the file one text
+    with pytest.raises(ValueError, match=rf"t.csv line {line}: a quoted field .* never closed"):
+        read_text_rows(path)
+
+
+def test_csv_text_after_a_closing_quote_is_refused_not_mangled(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('text\nfine\n"he said "hi" twice"\n')  # a lenient reader gave 'he said hi" twice"'
+    with pytest.raises(ValueError, match=r"t.csv line 3: not a readable CSV record \(',' expected after"):
+        read_text_rows(path)
+
+
+def test_a_jsonl_file_without_the_text_key_is_an_error_when_counted(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a cat"}\n{"body": "x"}\n')
+    assert text_rows.count_text_rows(path) == 2  # one row has it: the other is a bad row, not an error
+    with pytest.raises(ValueError, match=r"t.jsonl: no row is a JSON object with a string 'nobody' field"):
+        text_rows.count_text_rows(path, "nobody")
+    path.write_text("")
+    assert text_rows.count_text_rows(path, "nobody") == 0
+
+
+def test_inputs_that_are_not_regular_files_are_named_so(tmp_path):
+    with pytest.raises(ValueError, match="/dev/null: not a regular file"):
+        read_text_rows("/dev/null")
+    (tmp_path / "d.txt").mkdir()
+    with pytest.raises(ValueError, match="d.txt: not a regular file"):
+        read_text_rows(tmp_path / "d.txt")
+    with pytest.raises(FileNotFoundError, match="input file not found"):
+        read_text_rows(tmp_path / "none.txt")
+
+
+def test_check_output_probes_the_location_in_one_line_and_leaves_nothing(tmp_path):
+    (tmp_path / "folder.npy").mkdir()
+    (tmp_path / "file").write_text("x")
+    for out, message in ((tmp_path / "folder.npy", "it is a folder"), (tmp_path / "file" / "v.npy", "is not a folder"),
+                         (tmp_path / "file" / "sub" / "v.npy", "file is not a folder"),
+                         ("/proc/v.npy", "no file can be made in /proc")):
+        with pytest.raises(OSError, match=f"cannot write {out}: .*{message}") as e:
+            text_rows.check_output(out)
+        assert "\n" not in str(e.value)
+    assert text_rows.check_output(tmp_path / "new" / "v.npy") == tmp_path / "new" / "v.npy"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "folder.npy", "new"]  # no temp file left
+
+
+def test_atomic_path_failing_to_rename_is_one_line_and_leaves_no_temp_file(tmp_path):
+    out = tmp_path / "v.jsonl"
+    with pytest.raises(OSError, match=r"cannot write .*v.jsonl: Is a directory; nothing was written"):
+        with text_rows.atomic_path(out) as tmp:
+            tmp.write_text("{}\n")
+            out.mkdir()  # a folder appears at the output while it is written
+    assert [p.name for p in tmp_path.iterdir()] == ["v.jsonl"] and out.is_dir()

@@ -159,7 +159,9 @@ def test_cli_text_arguments_and_user_errors(native, tmp_path, capsys):
     assert "not a model directory" in capsys.readouterr().err
     assert mmkit_main(["translate", "seven", "--model", str(native), "--output", str(tmp_path / "x.csv")]) == 2
     assert "use a .txt or .jsonl file" in capsys.readouterr().err
-    assert mmkit_main(["translate", "seven", "--model", str(native), "--beam-size", "0"]) == 2
+    with pytest.raises(SystemExit) as e:
+        mmkit_main(["translate", "seven", "--model", str(native), "--beam-size", "0"])
+    assert e.value.code == 2 and "argument --beam-size: must be >= 1" in capsys.readouterr().err
     assert mmkit_main(["translate", str(tmp_path / "missing.txt"), "--model", str(native)]) == 2
     assert "missing.txt: no such file" in capsys.readouterr().err
 
@@ -275,3 +277,88 @@ def test_cli_keeps_the_beginning_of_an_over_long_txt_line_and_skips_an_over_long
     rows = [json.loads(line) for line in (tmp_path / "in.jsonl.out.jsonl").read_text().splitlines()]
     assert [r["source"] for r in rows] == ["seven", "", "third"]
     assert rows[1]["error"].startswith("line 2: a JSON record longer than")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading the model fails the test: the mistake must be met before."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("mmkit.inference.translator.load_translator", refuse)
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mmkit translate: "), err
+    return err
+
+
+def test_cli_refuses_unusable_devices_before_loading(native, monkeypatch, capsys, no_model_load):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # as on a machine without a GPU
+    for device, message in (("cuda", "CUDA is not available"), ("meta", "mmkit runs on cpu, cuda or mps")):
+        assert mmkit_main(["translate", "seven", "--model", str(native), "--device", device]) == 2
+        assert f"--device {device}: {message}" in _one_line(capsys)
+
+
+def test_cli_refuses_unwritable_outputs_before_loading(native, tmp_path, capsys, no_model_load):
+    (tmp_path / "folder.txt").mkdir()
+    (tmp_path / "file").write_text("x")
+    for out, message in ((tmp_path / "folder.txt", "it is a folder"), (tmp_path / "file" / "o.jsonl", "not a folder"),
+                         ("/proc/o.txt", "no file can be made in /proc")):
+        assert mmkit_main(["translate", "seven", "--model", str(native), "--output", str(out)]) == 2
+        assert f"cannot write {out}: " in (err := _one_line(capsys)) and message in err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--length-penalty", "1e308", "must be >= -10 and <= 10"),  # OverflowError in the beam search
+    ("--length-penalty", "nan", "must be finite"),  # silently arbitrary beams
+    ("--length-penalty", "inf", "must be finite"),
+    ("--beam-size", "1000", "must be <= 32"),
+    ("--batch-size", "0", "must be >= 1"),
+    ("--max-length", "0", "must be >= 1"),
+    ("--prefix", "\udcff", "not UTF-8 text"),
+])
+def test_cli_option_ranges_are_usage_errors(native, capsys, no_model_load, option, value, message):
+    with pytest.raises(SystemExit) as e:
+        mmkit_main(["translate", "seven", "--model", str(native), option, value])
+    assert e.value.code == 2 and f"argument {option}: {message}" in capsys.readouterr().err
+
+
+def test_cli_text_arguments_are_text_whatever_their_length_and_must_be_utf8(native, capsys):
+    assert mmkit_main(["translate", "seven " * 60, "--model", str(native), "--max-length", "3"]) == 0  # 360 chars:
+    assert len(capsys.readouterr().out.splitlines()) == 1  # stat() of it raised "File name too long"
+    with pytest.raises(SystemExit) as e:
+        mmkit_main(["translate", "seven", "\udcff\udcfe bad", "--model", str(native)])  # argv b"\xff\xfe bad"
+    assert e.value.code == 2 and "argument TEXT|FILE: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_cli_refuses_paths_it_cannot_read_as_a_sentence_file(native, tmp_path, monkeypatch, capsys, no_model_load):
+    monkeypatch.chdir(tmp_path)
+    for name in ("img.png", "cfg.json", "a.txt", "b.txt"):
+        (tmp_path / name).write_text("seven\n")
+    (tmp_path / "folder").mkdir()
+    for inputs, message in ((["img.png"], "img.png: use a .txt or .jsonl file"),
+                            (["cfg.json"], "cfg.json: use a .txt or .jsonl file"),
+                            (["folder"], "folder: a folder"), (["/dev/null"], "/dev/null: not a regular file"),
+                            (["-"], "-: standard input is not read"),
+                            (["a.txt", "b.txt"], "a.txt: a file or folder among 2 arguments; translate reads one"),
+                            (["seven", "folder"], "folder: a file or folder among 2 arguments")):
+        assert mmkit_main(["translate", *inputs, "--model", str(native)]) == 2
+        assert message in _one_line(capsys)
+
+
+def test_cli_lines_without_visible_text_are_reported_as_files_and_arguments(native, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"seven\n\x01\x02\n\n\xe2\x80\x8b\nth\x00ird\n")
+    out = tmp_path / "out.jsonl"
+    assert mmkit_main(["translate", str(src), "--model", str(native), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("error") for r in rows] == [
+        None, "line 2: empty text (only control or invisible characters)", None,  # an empty line stays empty
+        "line 4: empty text (only control or invisible characters)",
+        "line 5: holds NUL bytes (UTF-16 text? save it as UTF-8)"]
+    assert [r["translation"] for r in rows[1:]] == [""] * 4 and rows[0]["translation"]
+    capsys.readouterr()
+    assert mmkit_main(["translate", "seven", "\x01", "--model", str(native)]) == 0
+    assert "mmkit translate: line 2: empty text (only control or invisible characters)\n" in capsys.readouterr().err
