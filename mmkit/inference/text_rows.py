@@ -260,7 +260,7 @@ def temp_beside(path: Path) -> tuple[int, Path]:
     return fd, Path(tmp)
 
 
-def _output_temp(path: Path) -> tuple[int, Path]:
+def output_temp(path: Path) -> tuple[int, Path]:
     """`temp_beside(path)` once `path`'s folder is made; an OSError of one line naming `path` and the
     problem (a folder at `path`, a file where a folder should be, a read-only or virtual file system)."""
     try:
@@ -291,7 +291,7 @@ def check_output(path: str | Path) -> Path:
     (a real probe: permission bits say nothing of read-only mounts or /proc, and root passes them all),
     its folder made if missing. An OSError of one line otherwise, so a tool fails before any work."""
     path = Path(path).expanduser()
-    fd, tmp = _output_temp(path)
+    fd, tmp = output_temp(path)
     os.close(fd)
     tmp.unlink()
     return path
@@ -304,7 +304,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     replaced only by a complete one. Making the temp file or the rename failing is an OSError of one
     line naming `path` (`check_output` meets most of them before any work)."""
     path = Path(path).expanduser()
-    fd, tmp = _output_temp(path)
+    fd, tmp = output_temp(path)
     os.close(fd)
     try:
         yield tmp

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import io
 import json
 import logging
@@ -32,7 +31,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-from mmkit.inference.text_rows import temp_beside
+from mmkit.inference.text_rows import output_temp
 
 if TYPE_CHECKING:
     from mmkit.inference.classifier import Prediction
@@ -251,10 +250,7 @@ class PredictionFile:
         if self.out.suffix not in OUTPUT_SUFFIXES:
             raise ValueError(f"unsupported output {self.out}: use .csv, .json or .jsonl")
         try:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            if self.out.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "is a folder")
-            fd, self.tmp = temp_beside(self.out)
+            fd, self.tmp = output_temp(self.out)
         except OSError as e:
             raise OutputConflict(f"cannot write predictions to {self.out}: {e.strerror or e}") from None
         self._file = os.fdopen(fd, "w", encoding="utf-8", newline="")
