@@ -82,20 +82,37 @@ def test_outputs_are_written_atomically_and_replace_old_ones(model_dir, clips, t
 # --- #10, #14: one line and exit 2 for impossible values, before the model is read -------------
 
 @pytest.mark.parametrize("extra, message", [
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
-    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--batch-size", "-3"], "--batch-size must be >= 1, got -3"),
-    (["--threads", "-1"], "--threads must be >= 1, got -1"),
-    (["--threads", "0"], "--threads must be >= 1, got 0"),
     (["--device", "banana"], "--device 'banana': not a device"),
     (["--temperature", "nan"], "temperatures must be finite"),
-    (["--best-of", "0"], "best_of must be >= 1"),
     (["--audio-context", "-5"], "audio_context must be a positive number of seconds"),
     (["--audio-context", "inf"], "audio_context must be a positive number of seconds"),
 ])
 def test_impossible_values_are_one_line_exit_2(model_dir, clips, tmp_path, capsys, extra, message):
     assert main([str(clips[0]), *_args(model_dir, tmp_path / "out"), *extra]) == 2
     assert message in _one_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-new-tokens", "0"], "--max-new-tokens: must be >= 1, got 0"),
+    (["--batch-size", "-3"], "--batch-size: must be >= 1, got -3"),
+    (["--threads", "0"], "--threads: must be >= 1, got 0"),
+    (["--threads", "100000"], "--threads: must be <= "),  # segfaulted (rc 139, no message) in torch
+    (["--best-of", "0"], "--best-of: must be >= 1, got 0"),
+    (["--beam-size", "100000"], "--beam-size: must be <= 32, got 100000"),
+    (["--compression-ratio-threshold", "-1"], "--compression-ratio-threshold: must be >= 0"),  # was accepted
+    (["--logprob-threshold", "inf"], "--logprob-threshold: must be finite"),
+    (["--no-speech-threshold", "1.5"], "--no-speech-threshold: must be >= 0 and <= 1, got 1.5"),
+])
+def test_impossible_counts_and_thresholds_are_usage_errors_before_the_model_loads(model_dir, clips, tmp_path,
+                                                                                  capsys, monkeypatch, extra, message):
+    monkeypatch.setattr(Transcriber, "from_checkpoint", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: pytest.fail(f"torch.set_num_threads({n})"))
+    with pytest.raises(SystemExit) as exit_:
+        main([str(clips[0]), *_args(model_dir, tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"mmkit transcribe: error: argument {message}")
     assert not (tmp_path / "out").exists()
 
 

@@ -9,14 +9,10 @@ import logging
 import sys
 from typing import Sequence
 
-from mmkit.cli.options import add_precision_argument, at_least, finite, utf8_text
+from mmkit.cli.options import MAX_BEAM_SIZE, add_precision_argument, beam_size, finite, utf8_text
 from mmkit.inference.quantize import QUANTIZATIONS
 
 log = logging.getLogger("mmkit")
-# Beam search keeps B copies of the KV cache: a GPT-2 (124M) holds 75 MB per sequence at its full 1,024
-# tokens, so 32 beams need 2.4 GB; 100,000 beams were OOM-killed. Wider beams rarely help (and often hurt:
-# Koehn & Knowles 2017), so the bound costs nothing in practice.
-MAX_BEAM_SIZE = 32
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="sample at temperature T > 0 (default 0: greedy)")
     p.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens")
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest token set with mass >= P")
-    p.add_argument("--beam-size", type=at_least(1, MAX_BEAM_SIZE), default=1, metavar="B",
+    p.add_argument("--beam-size", type=beam_size(), default=1, metavar="B",
                    help=f"beam search with B beams (deterministic; 1 to {MAX_BEAM_SIZE})")
     p.add_argument("--repetition-penalty", type=finite(), default=1.0, metavar="R",
                    help="> 1 discourages tokens already in the text (CTRL's penalty; 1 = off)")

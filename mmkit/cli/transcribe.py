@@ -8,11 +8,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from mmkit.cli.options import add_precision_argument
+from mmkit.cli.options import add_precision_argument, at_least, beam_size, finite, thread_count
 from mmkit.cli.progress import progress
 from mmkit.inference.precision import check_device
 from mmkit.inference.quantize import QUANTIZATIONS
@@ -23,8 +23,12 @@ from mmkit.inference.transcript import DecodingOptions
 log = logging.getLogger(__name__)
 
 
-def _optional_float(value: str) -> float | None:
-    return None if value.lower() in ("none", "off") else float(value)
+def _optional(number: Callable[[str], float]) -> Callable[[str], float | None]:
+    """An argparse type: 'none' or 'off' (the check disabled, None), else `number`'s value."""
+    return lambda text: None if text.lower() in ("none", "off") else number(text)
+
+
+BEAMS = beam_size()  # --beam-size and --best-of
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,24 +47,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="tokenizer directory or .tiktoken file to use instead of the checkpoint's")
     p.add_argument("--language", default=None, help="language code or name (default: detect per file)")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
-    p.add_argument("--best-of", type=int, default=5, help="samples per window at temperature > 0")
+    p.add_argument("--beam-size", type=BEAMS, default=1, help="1 = greedy (default; at most 32)")
+    p.add_argument("--best-of", type=BEAMS, default=5, help="samples per window at temperature > 0 (at most 32)")
     p.add_argument("--temperature", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
                    help="temperatures tried in order on failing windows (a single 0 disables the fallback)")
-    p.add_argument("--compression-ratio-threshold", type=_optional_float, default=2.4,
+    # each threshold within the range of what it is compared with: a gzip ratio (> 0), a mean log-probability
+    # (<= 0), a probability; outside it the check holds for every window (or none), never what was meant
+    p.add_argument("--compression-ratio-threshold", type=_optional(finite(0)), default=2.4,
                    help="retry windows whose text compresses better than this ('none': never)")
-    p.add_argument("--logprob-threshold", type=_optional_float, default=-1.0,
-                   help="retry windows whose mean token log-probability is lower ('none': never)")
-    p.add_argument("--no-speech-threshold", type=_optional_float, default=0.6,
+    p.add_argument("--logprob-threshold", type=_optional(finite(maximum=0)), default=-1.0,
+                   help="retry windows whose mean token log-probability is lower, <= 0 ('none': never)")
+    p.add_argument("--no-speech-threshold", type=_optional(finite(0, 1)), default=0.6,
                    help="<|nospeech|> probability above which an unlikely window counts as silence ('none': never)")
     p.add_argument("--no-repetition-guard", action="store_true", help="let repetitive windows run to the limit")
     p.add_argument("--without-timestamps", action="store_true", help="one segment per 30 s window")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per window (default 224)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="tokens per window (default 224)")
     p.add_argument("--output-format", "-f", nargs="+", default=["txt"], choices=OUTPUT_FORMATS + ("all",))
     p.add_argument("--output-dir", "-o", default=".", help="where to write <stem>.<ext> (default: .)")
-    p.add_argument("--batch-size", type=int, default=8, help="30 s windows per encoder/decoder batch")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="30 s windows per encoder/decoder batch")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=thread_count(), default=None, help="torch CPU threads (default: torch's)")
     add_precision_argument(p)
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 Linear layers (activations scaled per row) for the decoder, its vocabulary "
@@ -84,11 +90,8 @@ def _options(args: argparse.Namespace) -> DecodingOptions:
 
 
 def _usage_error(args: argparse.Namespace) -> str | None:
-    """What is wrong with the arguments on their own, checked before the model is loaded."""
-    for name in ("batch_size", "threads", "max_new_tokens"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            return f"--{name.replace('_', '-')} must be >= 1, got {value}"
+    """What is wrong with the arguments on their own (beyond argparse's types), checked before the model
+    is loaded."""
     try:
         check_device(args.device)
         _options(args)

@@ -23,13 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mmkit")
 INPUT_SUFFIXES = (".txt", ".jsonl")
-# Beam search keeps K hypotheses per sentence of a batch, each with its decoder cache: --batch-size 16 at
-# 32 beams is 512 rows. Wider beams rarely translate better (often worse: Koehn & Knowles 2017).
-MAX_BEAM_SIZE = 32
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mmkit.cli.options import add_precision_argument, at_least, finite, utf8_text
+    from mmkit.cli.options import MAX_BEAM_SIZE, add_precision_argument, at_least, beam_size, finite, utf8_text
     from mmkit.inference.quantize import QUANTIZATIONS
 
     p = argparse.ArgumentParser(prog="mmkit translate", description=__doc__.split("\n\n")[0])
@@ -38,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                         "read as a path, so several files, another kind of file, a folder or - are refused)")
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit export, MarianMT or T5 directory")
     p.add_argument("--output", metavar="FILE", help="write here (.txt: one line each; .jsonl: with errors)")
-    p.add_argument("--beam-size", type=at_least(1, MAX_BEAM_SIZE), default=1, metavar="K",
+    p.add_argument("--beam-size", type=beam_size(), default=1, metavar="K",
                    help=f"beam search with K beams (1: greedy; at most {MAX_BEAM_SIZE})")
     p.add_argument("--max-length", type=at_least(1), metavar="N",
                    help="tokens to generate at most (default: 2 x source tokens + 10)")

@@ -72,3 +72,69 @@ def test_every_bench_refuses_a_bad_count_as_a_usage_error(bench, bad, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert f"argument {bad[0]}: " in err.splitlines()[-1] and ("must be >= " in err or "not an integer" in err)
+
+
+def _usage_error(argv: list[str], capsys) -> str:
+    """The last stderr line of `mmkit bench ARGV`, which must be argparse's usage error (exit 2)."""
+    from mmkit.cli.bench import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+BENCHES = ("vit", "transcribe", "label", "text", "translate", "generate", "embed")
+
+
+@pytest.mark.parametrize("bench", BENCHES)
+def test_every_bench_refuses_an_unwritable_json_before_any_work(bench, tmp_path, capsys):
+    """--json used to be opened after the whole run (`bench vit --json /proc/x.json`: a traceback, results lost)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for path, message in ((blocker / "r.json", f"{blocker} is not a folder"), (tmp_path, "is a folder"),
+                          ("/proc/r.json", "/proc: cannot write there")):
+        assert message in _usage_error([bench, "--json", str(path)], capsys)
+    assert blocker.read_text() == ""
+
+
+@pytest.mark.parametrize("bench", ["vit", "transcribe", "text", "translate", "generate", "embed"])
+def test_every_bench_bounds_threads_by_the_machine(bench, capsys):
+    """`--threads 100000` crashed torch (bench transcribe: a RuntimeError traceback from its processes)."""
+    import os
+
+    assert f"argument --threads: must be <= {os.cpu_count() or 1}, got 100000" in _usage_error(
+        [bench, "--threads", "100000"], capsys)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--guidance", "nan"], "argument --guidance: must be finite, got nan"),
+    (["generate", "--guidance", "-1"], "argument --guidance: must be >= 0, got -1.0"),  # as `mmkit generate`
+    (["vit", "--peak-tflops", "nan"], "argument --peak-tflops: must be finite, got nan"),
+    (["vit", "--peak-tflops", "0"], "argument --peak-tflops: must be >= 0.001, got 0.0"),
+    (["translate", "--beams", "1", "100000"], "argument --beams: must be <= 32, got 100000"),
+    (["label", "--precision", "bogus"], "argument --precision: invalid choice: 'bogus'"),  # the child's, after work
+])
+def test_benches_refuse_impossible_values_as_usage_errors(argv, message, capsys):
+    assert message in _usage_error(argv, capsys)
+
+
+def test_write_json_replaces_a_file_only_with_a_complete_one(tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text("old")
+    with pytest.raises(TypeError):
+        write_json(str(out), {"not json": object()})
+    assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left
+    write_json(str(out), {"ratio": 2.0})
+    assert json.loads(out.read_text()) == {"ratio": 2.0} and out.read_text().endswith("}\n")
+
+
+def test_bench_help_exits_0_and_no_name_is_a_usage_error(capsys):
+    from mmkit.cli.bench import main
+
+    assert main(["--help"]) == 0 and main(["-h"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mmkit bench {vit,transcribe,") and "NAME --help" in out
+    assert main([]) == 2 and main(["nonsense"]) == 2
+    assert capsys.readouterr().err.startswith("usage: mmkit bench")

@@ -98,6 +98,23 @@ def test_an_unknown_device_and_int8_off_the_cpu_are_refused(monkeypatch, capsys)
     assert len(err.strip().splitlines()) == 1 and "--quantize int8 runs on the CPU" in err
 
 
+def test_a_precision_mmkit_label_refuses_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """`--precision bogus` wrote 128 images and a ViT-B-32, then each side exited 1 with its usage error."""
+    from mmkit.cli.bench import label
+
+    _no_heavy_work(monkeypatch, label)
+    for argv, message in ((["--precision", "fp16", "--device", "cpu"], "fp16 autocast is for GPUs"),
+                          (["--precision", "bf16", "--quantize", "int8"], "--precision bf16 with --quantize int8")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err
+    (tmp_path / "file").write_text("")
+    assert main(["--workdir", str(tmp_path / "file" / "work")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path)]) == 2  # a folder, but no export: was a traceback after the images
+    assert "not an mmkit checkpoint directory" in capsys.readouterr().err
+
+
 def test_every_side_runs_on_the_device_asked_for(tmp_path):
     args = _parser().parse_args(["--device", "cuda:1", "--quantize", "none"])
     commands = _commands(args, tmp_path / "imgs", tmp_path / "ckpt.safetensors", tmp_path)

@@ -119,6 +119,45 @@ def test_paths_a_device_cannot_run_are_refused_in_one_line(monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1 and "--quantize int8 runs on the CPU" in err
 
 
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "inf"])
+def test_an_impossible_audio_context_is_refused_before_any_work(value, monkeypatch, capsys):
+    transcribe = _no_heavy_work(monkeypatch)
+    assert transcribe.main(["--audio-context", "10", value]) == 2  # `mmkit transcribe`'s rule: finite, > 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "audio_context must be a positive number of seconds" in err
+
+
+def test_a_bad_model_or_audio_is_refused_before_any_process_runs(tmp_path, monkeypatch, capsys):
+    """--model /nonexistent was a TokenizerError traceback; a missing --audio file failed the first process."""
+    from mmkit.data.whisper_toy_tokenizer import write_toy_tokenizer
+
+    transcribe = _no_heavy_work(monkeypatch)
+    model = tmp_path / "model"
+    write_toy_tokenizer(model, multilingual=True)
+    clip = tmp_path / "clip.wav"
+    import soundfile as sf
+
+    sf.write(clip, transcribe.synth_speechlike(1.0), transcribe.SAMPLE_RATE)
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("not audio")
+    cases = [
+        (["--model", str(tmp_path / "missing")], "missing: not a folder"),
+        (["--model", str(clip)], "clip.wav: not a folder"),
+        (["--model", str(tmp_path)], "no Whisper tokenizer files"),
+        (["--model", str(model), "--language", "klingon"], "unknown language 'klingon'"),
+        (["--model", str(model), "--audio", str(clip), str(tmp_path / "gone.wav")], "gone.wav: no such file"),
+        (["--audio", str(tmp_path)], f"--audio {tmp_path}: a folder"),
+        (["--audio", str(not_audio)], "notes.wav: not an audio file libsndfile reads"),
+    ]
+    for argv, message in cases:
+        assert transcribe.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, (argv, err)
+    (model / "model.bin").write_bytes(b"")  # a CTranslate2 folder: no transformers rows
+    assert transcribe.main(["--model", str(model), "--hf-batch-sizes", "1"]) == 2
+    assert "is a CTranslate2 folder" in capsys.readouterr().err
+
+
 def test_fw_compute_types_per_device(monkeypatch):
     import importlib.util
 

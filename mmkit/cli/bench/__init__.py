@@ -16,8 +16,12 @@ BENCHMARKS = {"vit": "mmkit.cli.bench.vit", "transcribe": "mmkit.cli.bench.trans
 
 
 def main(argv: list[str]) -> int:
-    """`mmkit bench NAME [options]`."""
+    """`mmkit bench NAME [options]`; `mmkit bench --help` lists the names (exit 0)."""
+    usage = f"usage: mmkit bench {{{','.join(BENCHMARKS)}}} [options]   (mmkit bench NAME --help)"
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{usage}\n\n{__doc__.strip()}")
+        return 0
     if not argv or argv[0] not in BENCHMARKS:
-        print(f"usage: mmkit bench {{{','.join(BENCHMARKS)}}} [options]   (mmkit bench NAME --help)", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0

@@ -8,11 +8,12 @@ import argparse
 import contextlib
 import json
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 
-from mmkit.cli.options import at_least
+from mmkit.cli.options import at_least, thread_count
 
 T = TypeVar("T")
 
@@ -63,8 +64,23 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """--rounds, --warmup, --threads and --json, the same in every in-process benchmark."""
     p.add_argument("--rounds", type=at_least(1), default=3)
     p.add_argument("--warmup", type=at_least(0), default=1)
-    p.add_argument("--threads", type=at_least(1))
-    p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+    p.add_argument("--threads", type=thread_count())
+    p.add_argument("--json", metavar="FILE", type=output_file, help="also write the full results as JSON")
+
+
+def output_file(text: str) -> str:
+    """An argparse type for a file a benchmark writes at its end (--json): a folder, a path under a file
+    or an unwritable folder is a usage error at once, not a traceback after minutes of timings."""
+    from mmkit.inference.subtitles import check_output_dir
+
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give a file name")
+    try:
+        check_output_dir(path.parent)  # a real probe: read-only mounts and /proc fail it too
+    except OSError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def add_sizes_option(p: argparse.ArgumentParser, sizes: Mapping[str, tuple[int, int, int, int]]) -> None:
@@ -117,7 +133,10 @@ def reduced_path_lines(result: Mapping[str, Any], rates: str, unit: str, label: 
 
 
 def write_json(path: str | None, results: Any) -> None:
-    """Write `results` to `path` as indented JSON (nothing when `path` is None)."""
+    """Write `results` to `path` as indented JSON (nothing when `path` is None), atomically: an earlier
+    file is replaced only by a complete one."""
+    from mmkit.inference.text_rows import atomic_path
+
     if path:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

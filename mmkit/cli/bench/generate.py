@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mmkit.cli.bench.common import add_run_options, interleaved, torch_threads, write_json
-from mmkit.cli.options import at_least
+from mmkit.cli.options import at_least, finite
 
 MODES = ("cached", "recompute")
 BART_MODES = ("mmkit", "min-dalle")
@@ -187,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="DalleBart width (64-wide heads; dalle-mini: 1024)")
     p.add_argument("--bart-depth", type=at_least(1), default=4, help="DalleBart layers per stack (dalle-mini: 12)")
     p.add_argument("--num-images", type=at_least(1), default=1, help="DalleBart images sampled together")
-    p.add_argument("--guidance", type=float, default=16.0, help="super-conditioning scale (min-dalle's default 16)")
+    p.add_argument("--guidance", type=finite(0), default=16.0,  # as `mmkit generate --guidance`
+                   help="super-conditioning scale (min-dalle's default 16)")
     add_run_options(p)
     args = p.parse_args(argv)
     if args.dim % args.num_heads or args.bart_dim < 64 or args.bart_dim % 64:  # counts are checked by argparse

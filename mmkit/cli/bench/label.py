@@ -142,6 +142,9 @@ def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mmkit.cli.bench.common import output_file
+    from mmkit.inference.precision import PRECISIONS
+
     p = argparse.ArgumentParser(prog="mmkit bench label", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=at_least(1), default=128, help="number of images (default 128)")
     p.add_argument("--sizes", choices=sorted(SIZES), default="mixed", help="image sizes (default mixed)")
@@ -149,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=at_least(1), default=64, help="mmkit's batch size (the reference uses 32)")
     p.add_argument("--num-workers", type=at_least(0), default=None, help="mmkit's decoding workers (default: its own)")
     p.add_argument("--device", default="cpu", help="where both sides run: cpu (default), cuda, cuda:N")
-    p.add_argument("--precision", default="auto",
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,  # `mmkit label --precision`'s
                    help="mmkit's --precision (auto: bf16 where the CPU or GPU has it; the reference stays fp32)")
     p.add_argument("--quantize", nargs="+", choices=("none", "int8"), default=None,
                    help="one mmkit path per value: none (fp32 weights) and/or int8 (int8 Linear weights, CPU only); "
@@ -160,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", action="store_true", help="mmkit with its default template ensemble")
     p.add_argument("--exact-decode", action="store_true", help="mmkit without JPEG DCT-domain downscaling")
     p.add_argument("--workdir", help="where images and the checkpoint are made (reused); default a temp folder")
-    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--json", type=output_file, help="also write the results here")
     return p
 
 
@@ -239,22 +242,37 @@ def _in_process_seconds(side: str, stderr: str) -> float:
     return float(found[1]) if found else float("nan")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What would make a `mmkit label` side refuse its arguments, found before any image or checkpoint is
+    made (each side would exit 2 only after them); sets `args.quantize` to the paths to run."""
     from mmkit.cli.bench.common import bench_quantize
-    from mmkit.inference.precision import check_device
+    from mmkit.inference.precision import check_device, resolve_precision
+    from mmkit.inference.subtitles import check_output_dir
+
+    if args.model and not Path(args.model).expanduser().is_dir():
+        return f"--model {args.model}: not an mmkit CLIP export directory"
+    if args.image_dir and not Path(args.image_dir).expanduser().is_dir():
+        return f"--image-dir {args.image_dir}: not a folder"
+    try:
+        device = check_device(args.device)
+        args.quantize = bench_quantize(args.quantize, args.device)
+        for quantize in args.quantize:  # int8 with bf16/fp16, fp16 on a CPU: as `mmkit label` refuses them
+            resolve_precision(args.precision, device, quantize)
+        _labels(args)  # --model DIR: its config and zero-shot labels
+        if args.workdir:
+            check_output_dir(args.workdir)
+    except (ValueError, OSError) as e:  # WeightsError is a ValueError
+        return str(e)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mmkit.cli.bench.common import write_json
 
     args = _parser().parse_args(argv)
-    try:
-        check_device(args.device)
-        args.quantize = bench_quantize(args.quantize, args.device)
-    except ValueError as e:
-        print(f"mmkit bench label: {e}", file=sys.stderr)
-        return 2
-    if args.model and not Path(args.model).expanduser().is_dir():
-        print(f"mmkit bench label: --model {args.model}: not an mmkit CLIP export directory", file=sys.stderr)
-        return 2
-    if args.image_dir and not Path(args.image_dir).expanduser().is_dir():
-        print(f"mmkit bench label: --image-dir {args.image_dir}: not a folder", file=sys.stderr)
+    problem = _usage_error(args)
+    if problem:
+        print(f"mmkit bench label: {problem}", file=sys.stderr)
         return 2
     if args.workdir:
         work = Path(args.workdir).expanduser()
@@ -264,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mmkit-bench-label-") as tmp:
             result = run(args, Path(tmp))
     print_report(result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 

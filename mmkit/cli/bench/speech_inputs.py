@@ -90,3 +90,18 @@ def read_transcripts(path: str, audio: Sequence[str]) -> dict[str, str] | str:
     if not audio or missing:
         return f"--transcripts needs --audio files and a text for each (missing: {', '.join(missing[:3]) or 'all'})"
     return {str(Path(a)): texts[str(Path(a))] for a in audio}
+
+
+def check_audio_files(paths: Sequence[str]) -> str | None:
+    """What is wrong with the first --audio file that is missing or that libsndfile cannot read (from its
+    header only), else None: every process would fail on it, the first after minutes of the others."""
+    import soundfile as sf
+
+    for path in paths:
+        if not Path(path).is_file():
+            return f"--audio {path}: {'a folder' if Path(path).is_dir() else 'no such file'}"
+        try:
+            sf.info(path)
+        except (RuntimeError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
+            return f"--audio {path}: not an audio file libsndfile reads ({e})"
+    return None

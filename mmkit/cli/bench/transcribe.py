@@ -33,16 +33,17 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from mmkit.cli.bench.common import add_precision_option, bench_precisions, bench_quantize
+from mmkit.cli.bench.common import add_precision_option, bench_precisions, bench_quantize, output_file, write_json
 # the toy checkpoint and audio writers live in speech_inputs.py; re-exported here for the tests and users
 from mmkit.cli.bench.speech_inputs import (  # noqa: F401
-    SAMPLE_RATE, read_transcripts, synth_speechlike, write_audio_files, write_toy_checkpoint,
+    SAMPLE_RATE, check_audio_files, read_transcripts, synth_speechlike, write_audio_files, write_toy_checkpoint,
 )
 from mmkit.cli.bench.speech_references import (
     FW_ALL_COMPUTE_TYPES, FW_SCRIPT, HF_SCRIPT, IMPORT_ONLY, fw_compute_types, hf_tokens,
 )
-from mmkit.cli.options import at_least
+from mmkit.cli.options import at_least, thread_count
 from mmkit.inference.precision import check_device
+from mmkit.inference.transcript import DecodingOptions
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,33 @@ def format_report(result: dict[str, Any], label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _model_error(model_dir: Path, language: str) -> str | None:
+    """What stops the processes from reading `model_dir` with `language` (a missing folder, no tokenizer,
+    an unknown language), else None: found before any process runs rather than by the first one's failure."""
+    from mmkit.data.whisper_tokenizer import WhisperTokenizer
+
+    if not model_dir.is_dir():
+        return f"--model {model_dir}: not a folder (a Hugging Face Whisper directory or a CTranslate2 folder)"
+    try:  # TokenizerError is a ValueError
+        tok = WhisperTokenizer.from_dir(model_dir)
+        tok.sot_sequence(language if tok.is_multilingual else None, "transcribe", without_timestamps=True)
+    except ValueError as e:  # the tokenizer's names the folder; an unknown language, the ones it knows
+        return str(e)
+    return None
+
+
+def _input_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with --audio, --model, --language or --hf-batch-sizes, or None: checked before any
+    checkpoint, audio or process is made, where every process would fail on it."""
+    problem = check_audio_files(args.audio or [])
+    if problem or not args.model:
+        return problem
+    model_dir = Path(args.model).expanduser()
+    if (model_dir / "model.bin").is_file() and args.hf_batch_sizes:
+        return f"--hf-batch-sizes needs a Hugging Face --model directory; {model_dir} is a CTranslate2 folder"
+    return _model_error(model_dir, args.language)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit bench transcribe`: run both as subprocesses, print the report, optionally write JSON."""
     p = argparse.ArgumentParser(prog="mmkit bench transcribe", description=__doc__.splitlines()[0])
@@ -255,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=at_least(1), default=8, help="mmkit's windows per batch (and the reference's)")
     p.add_argument("--hf-batch-sizes", type=at_least(1), nargs="+", default=None,
                    help="reference generate() batch sizes to time (default: --batch-size)")
-    p.add_argument("--threads", type=at_least(1), default=None, help="torch threads in both processes")
+    p.add_argument("--threads", type=thread_count(), default=None, help="torch threads in both processes")
     p.add_argument("--rounds", type=at_least(1), default=1)
     p.add_argument("--language", default="en")
     p.add_argument("--device", default="cpu", help="where every process runs: cpu (default), cuda, cuda:N; there "
@@ -277,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="with --decoding greedy, keep mmkit's repetition guard on (cuts windows that loop)")
     p.add_argument("--transcripts", metavar="JSON", help="reference texts, a JSON object {audio path: text} "
                                                           "keyed as the --audio paths: adds a WER column")
-    p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    p.add_argument("--json", metavar="PATH", type=output_file, help="also write the result as JSON")
     args = p.parse_args(argv)
     try:  # before anything is written: a device this machine lacks, or a path that cannot run on it
         check_device(args.device)
@@ -285,28 +313,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         precisions = bench_precisions(args.precision, args.device)
         mmkit_paths(quantize, precisions, args.device)
         fw = fw_compute_types(args.faster_whisper, args.device)
+        for seconds in args.audio_context:  # `mmkit transcribe --audio-context`'s rules (finite, > 0)
+            DecodingOptions(audio_context=seconds)
     except ValueError as e:
         sys.stderr.write(f"mmkit bench transcribe: error: {e}\n")
         return 2
     transcripts = read_transcripts(args.transcripts, args.audio or []) if args.transcripts else None
-    if isinstance(transcripts, str):
-        sys.stderr.write(f"mmkit bench transcribe: error: {transcripts}\n")
+    problem = transcripts if isinstance(transcripts, str) else _input_error(args)
+    if problem:
+        sys.stderr.write(f"mmkit bench transcribe: error: {problem}\n")
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="mmkit-bench-transcribe-data-"))
     if args.model:
-        model_dir, label = Path(args.model), f"model: {args.model}"
+        model_dir, label = Path(args.model).expanduser(), f"model: {args.model}"
     else:
         log.info("writing a random-init whisper-tiny-sized checkpoint to %s", tmp / "model")
         model_dir = write_toy_checkpoint(tmp / "model", **TINY)
         label = ("model: RANDOM-INIT whisper-tiny-sized toy checkpoint (d_model 384, 4+4 layers, vocab 51865, "
                  "self-made tokenizer): real timings, meaningless transcripts")
+        problem = _model_error(model_dir, args.language)  # --language against the toy's languages
+        if problem:
+            sys.stderr.write(f"mmkit bench transcribe: error: {problem}\n")
+            return 2
     files = [Path(f) for f in args.audio] if args.audio else write_audio_files(tmp / "audio", args.num_files)
     hf_batch_sizes = args.hf_batch_sizes or [args.batch_size]
-    if (model_dir / "model.bin").is_file():  # a CTranslate2 folder: transformers cannot read it
-        if args.hf_batch_sizes:
-            sys.stderr.write("mmkit bench transcribe: error: --hf-batch-sizes needs a Hugging Face --model directory; "
-                             f"{model_dir} is a CTranslate2 folder\n")
-            return 2
+    if (model_dir / "model.bin").is_file():  # a CTranslate2 folder: transformers cannot read it (_input_error)
         log.info("%s is a CTranslate2 folder: mmkit and faster-whisper read it, the transformers rows are left out",
                  model_dir)
         hf_batch_sizes = []
@@ -315,8 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   quantize, fw, transcripts, args.audio_context, args.decoding,
                                   args.repetition_guard, precisions, args.device)
     sys.stdout.write(format_report(result, label))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     if not all(v for k, v in result["tokens_identical"].items() if k.startswith("transformers")):
         log.warning("the processes decoded different tokens: the timings may not compare equal work")
     return 0

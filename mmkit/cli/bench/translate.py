@@ -26,7 +26,7 @@ import torch
 from mmkit.cli.bench.common import (
     add_precision_option, add_run_options, bench_precisions, interleaved, torch_threads, write_json,
 )
-from mmkit.cli.options import at_least
+from mmkit.cli.options import at_least, beam_size
 
 def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
     from transformers import MarianConfig, MarianMTModel
@@ -186,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ffn", type=at_least(1), default=2048)
     p.add_argument("--vocab-size", type=at_least(1), default=58101)
     p.add_argument("--batch-sizes", type=at_least(1), nargs="+", default=[1, 16])
-    p.add_argument("--beams", type=at_least(1), nargs="+", default=[1, 4], help="beam widths (1 = greedy)")
+    # at most `mmkit translate --beam-size`'s 32: each beam is another decoder row with its own KV cache
+    p.add_argument("--beams", type=beam_size(), nargs="+", default=[1, 4], help="beam widths (1 = greedy)")
     p.add_argument("--source-tokens", type=at_least(1), default=24)
     p.add_argument("--new-tokens", type=at_least(1), default=32)
     p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 column")

@@ -18,7 +18,6 @@ images/s over the device's datasheet peak (known GPUs, or `--peak-tflops`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import statistics
@@ -30,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmkit.cli.bench.common import interleaved
-from mmkit.cli.options import at_least
+from mmkit.cli.bench.common import interleaved, output_file, write_json
+from mmkit.cli.options import at_least, finite, thread_count
 
 log = logging.getLogger(__name__)
 
@@ -267,15 +266,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=at_least(1), default=224)
     parser.add_argument("--steps", type=at_least(1), default=10, help="timed rounds per mode")
     parser.add_argument("--warmup", type=at_least(0), default=3, help="untimed rounds per mode")
-    parser.add_argument("--threads", type=at_least(1), default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=thread_count(), default=None,
+                        help="torch intra-op threads (default: torch's)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                         help="one set of rows per value, both models under the same autocast (bf16: emulated, slow, "
                              "on CPUs without AVX512-BF16/AMX)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--peak-tflops", type=float, metavar="T",
+    parser.add_argument("--peak-tflops", type=finite(1e-3), metavar="T",  # > 0: the MFU divides by it
                         help="the device's dense peak TFLOP/s at the precision run, for the MFU columns (default: "
                              "the datasheet figure of a known GPU; none on a CPU)")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    parser.add_argument("--json", metavar="PATH", type=output_file, help="also write the rows as JSON to PATH")
     args = parser.parse_args(argv)
     models = [m for arg in args.models for m in arg.split(",") if m]
     try:
@@ -287,10 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mmkit bench vit: {e}", file=sys.stderr)
         return 2
     sys.stdout.write(_render(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-            f.write("\n")
+    write_json(args.json, rows)
     tolerance = {"fp32": 1e-3, "bf16": 1e-1}  # bf16 autocast: both round, differently ordered
     bad = [r["model"] for r in rows
            if not math.isfinite(r["max_abs_diff"]) or r["max_abs_diff"] > tolerance[r["precision"]]]

@@ -1,0 +1,47 @@
+"""`mmkit transcribe`'s option types: the thresholds keep 'none'/'off' (check disabled) and accept their
+whole meaningful range, refusing the rest; --threads is bounded by the machine (argparse only, no model)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mmkit.cli.transcribe import _options, _parser
+
+
+def _parse(*extra: str):
+    return _parser().parse_args(["a.wav", "--model", "m", *extra])
+
+
+def test_thresholds_keep_none_and_off_and_their_whole_range():
+    args = _parse("--compression-ratio-threshold", "none", "--logprob-threshold", "OFF",
+                  "--no-speech-threshold", "none")
+    assert (args.compression_ratio_threshold, args.logprob_threshold, args.no_speech_threshold) == (None, None, None)
+    args = _parse("--compression-ratio-threshold", "0", "--logprob-threshold", "0", "--no-speech-threshold", "1")
+    assert (args.compression_ratio_threshold, args.logprob_threshold, args.no_speech_threshold) == (0.0, 0.0, 1.0)
+    args = _parse()  # openai/whisper's defaults
+    assert (args.compression_ratio_threshold, args.logprob_threshold, args.no_speech_threshold) == (2.4, -1.0, 0.6)
+    assert _options(_parse("--logprob-threshold", "-3.5")).logprob_threshold == -3.5
+
+
+def test_counts_have_their_bounds():
+    cpus = os.cpu_count() or 1
+    args = _parse("--threads", str(cpus), "--beam-size", "32", "--best-of", "32")
+    assert (args.threads, args.beam_size, args.best_of) == (cpus, 32, 32)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--compression-ratio-threshold", "nan"], "must be finite, got nan"),
+    (["--compression-ratio-threshold", "x"], "not a number: 'x'"),
+    (["--logprob-threshold", "0.5"], "must be <= 0, got 0.5"),
+    (["--no-speech-threshold", "-0.1"], "must be >= 0 and <= 1, got -0.1"),
+    (["--threads", "100000"], f"must be <= {os.cpu_count() or 1}, got 100000"),  # segfaulted in torch
+    (["--beam-size", "33"], "must be <= 32, got 33"),
+    (["--best-of", "100000"], "must be <= 32, got 100000"),
+    (["--max-new-tokens", "1.5"], "not an integer: '1.5'"),
+])
+def test_values_out_of_range_are_one_usage_line(extra, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _parse(*extra)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"mmkit transcribe: error: argument {extra[0]}: {message}"
