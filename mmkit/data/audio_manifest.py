@@ -1,6 +1,7 @@
 """Speech DataModule over manifests: CSV (header with `path` and `text` columns) or JSONL (one
 `{"path": ..., "text": ...}` object per line); relative paths are resolved against the manifest's
-folder, an optional `duration` field (seconds) saves reading the file header.
+folder. Durations come from the audio headers (read at setup); a manifest `duration` field is
+checked (non-finite or negative: refused) and a value that disagrees with the file is warned about.
 
 Batches are bucketed by length (ESPnet/fairseq style): each epoch shuffles the utterances,
 sorts them by duration within pools of `bucket_size` batches, and shuffles the batches, so a
@@ -24,17 +25,27 @@ from mmkit.data.speech_batches import (  # noqa: F401 - IGNORE_INDEX, read_manif
 )
 
 log = logging.getLogger(__name__)
+_SUMMARY_LISTED = 5  # left-out utterances named in a split's warning
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 class AudioManifestDataModule(pl.LightningDataModule):
     """Speech DataModule: manifests in, log-Mel + token batches out (see `SpeechCollator`).
 
     The model's input format (tokenizer, prompt, Mel bins, window length) is set with
     `configure_inputs`, which `SpeechRecognizer.setup` calls; until then `tokenizer` offers the
-    data's own tokenizer for models trained from scratch. Utterances longer than the window or
-    whose tokens do not fit the decoder are dropped, with a warning that counts them.
+    data's own tokenizer for models trained from scratch. Utterances with an empty transcript,
+    a missing, unreadable or empty audio file, text the tokenizer cannot encode, audio longer than
+    the window or tokens that do not fit the decoder are left out, with one warning per split that
+    counts them and names the first few (`skipped` lists all but the over-long). A file that fails
+    only when decoded (NaN/inf samples) is dropped from its batch, warned about and added to
+    `skipped`; a batch with no loadable item is None.
 
     Args:
-        train_manifest, val_manifest, test_manifest: CSV/JSONL manifests (None: no such split).
+        train_manifest, val_manifest, test_manifest: CSV/JSONL manifests (val None: no validation;
+            train/test None: that dataloader is an error).
         tokenizer: a `tokenizer.json` file or a checkpoint directory to read the tokenizer from;
             None: build one from the training transcripts (`tokenizer_type`).
         tokenizer_type: "char" or "bpe" (built tokenizers only).
@@ -65,7 +76,8 @@ class AudioManifestDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.bucket_size, self.seed = batch_size, num_workers, bucket_size, seed
         self.manifests = {"train": train_manifest, "val": val_manifest, "test": test_manifest}
         self.entries: dict[str, list[ManifestEntry]] = {}
-        self.skipped: list[tuple[str, str]] = []  # (path, reason) of utterances left out
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of unusable utterances (not the over-long)
+        self._load_skipped: set[str] = set()  # files dropped from batches at load time, already in `skipped`
         self._tokenizer: Any = None
         self.collator: SpeechCollator | None = None
         self._limits: tuple[float, int] | None = None  # (max seconds, max tokens)
@@ -122,46 +134,98 @@ class AudioManifestDataModule(pl.LightningDataModule):
         pass  # splits are read when their dataloader is built: after `configure_inputs`
 
     def split(self, name: str) -> list[ManifestEntry]:
-        """The usable entries of a split (read, checked against the model's limits, cached)."""
+        """The usable entries of a split (read, checked against the model's limits, cached); no
+        `val_manifest` is an empty validation split (no validation), other splits need theirs."""
         if name not in self.entries:
             if not self.manifests[name]:
-                raise ValueError(f"no {name}_manifest given")
+                if name == "val":
+                    return []
+                raise ValueError(f"{name}_dataloader needs {name}_manifest")
             self.entries[name] = self._usable(name, read_manifest(self.manifests[name]))
         return self.entries[name]
 
     def _usable(self, name: str, entries: list[ManifestEntry]) -> list[ManifestEntry]:
+        """The entries that can be trained on: a transcript with characters the tokenizer keeps,
+        a readable non-empty audio file (duration from its header) and the model's limits met.
+        The others are summarised in one warning naming the first few; all but the over-long
+        ones are appended to `skipped`. Transcripts that lose letters or digits to the
+        tokenizer's normalisation ('café' -> 'caf') are kept, as normalised, with one warning."""
         max_seconds, max_tokens = self._limits or (float("inf"), 1 << 30)
-        keep, too_long = [], 0
+        tok = self.collator.tokenizer if self.collator is not None else None
+        keep: list[ManifestEntry] = []
+        dropped: list[tuple[str, str]] = []  # (path, reason), over-long ones included
+        mangled: list[tuple[ManifestEntry, str]] = []  # (entry, lost characters)
+        misdated: list[tuple[ManifestEntry, float, float]] = []  # (entry, manifest, header duration)
         for e in entries:
-            if not Path(e.path).is_file():
-                self.skipped.append((e.path, "file not found"))
+            reason, too_long = self._check(e, tok, max_seconds, max_tokens, mangled, misdated), False
+            if isinstance(reason, tuple):
+                reason, too_long = reason[0], True
+            if reason is None:
+                keep.append(e)
                 continue
-            if e.duration is None:
-                try:
-                    e.duration = sf.info(e.path).duration
-                except (RuntimeError, sf.SoundFileError, OSError) as err:  # unreadable: listed, not fatal
-                    self.skipped.append((e.path, f"unreadable audio ({err})"))
-                    continue
-            if e.duration > max_seconds + 1e-3:
-                too_long += 1
-                continue
-            if self.collator is not None:
-                try:
-                    n = len(self.collator.sequence(e.text))
-                except ValueError as err:  # text the tokenizer cannot encode
-                    self.skipped.append((e.path, str(err)))
-                    continue
-                if n > max_tokens:
-                    too_long += 1
-                    continue
-            keep.append(e)
-        if too_long or len(keep) + too_long < len(entries):
-            log.warning("%s: using %d of %d utterances (%d longer than the model's %.1f s window or %d tokens, "
-                        "%d unreadable or not encodable)", name, len(keep), len(entries), too_long, max_seconds,
-                        max_tokens, len(entries) - len(keep) - too_long)
+            dropped.append((e.path, reason))
+            if not too_long:
+                self.skipped.append((e.path, reason))
+        if dropped:
+            listed = "; ".join(f"{path} ({reason})" for path, reason in dropped[:_SUMMARY_LISTED])
+            more = f"; and {len(dropped) - _SUMMARY_LISTED} more" if len(dropped) > _SUMMARY_LISTED else ""
+            log.warning("%s: left out %d of %d utterances: %s%s", name, len(dropped), len(entries), listed, more)
+        if mangled:
+            e, lost = mangled[0]
+            log.warning("%s: %d transcripts lose letters/digits the tokenizer does not keep, trained on as "
+                        "normalised, e.g. %s: %r -> %r (lost %r)", name, len(mangled), e.path, e.text,
+                        tok.normalize(e.text), lost)
+        if misdated:
+            e, listed_s, seconds = misdated[0]
+            log.warning("%s: %d manifest durations disagree with the audio files, e.g. %s: %g s listed, %.2f s "
+                        "in the file; the files' are used", name, len(misdated), e.path, listed_s, seconds)
         if not keep:
             raise ValueError(f"{name}: no usable utterances in {self.manifests[name]}")
         return keep
+
+    def _check(self, e: ManifestEntry, tok: Any, max_seconds: float, max_tokens: int,
+               mangled: list, misdated: list) -> str | tuple[str] | None:
+        """Why `e` cannot be used (None: it can; a 1-tuple: it is too long for the model); sets
+        `e.duration` from the audio header, noting a manifest value that disagrees in `misdated`."""
+        if not e.text.strip():
+            return "empty transcript"
+        if not Path(e.path).is_file():
+            return "file not found"
+        try:
+            info = sf.info(e.path)
+        except (RuntimeError, sf.SoundFileError, OSError) as err:  # unreadable: listed, not fatal
+            return f"unreadable audio ({err})"
+        if info.frames <= 0:
+            return "empty audio (0 samples)"
+        seconds = info.frames / info.samplerate
+        if e.duration is not None and abs(e.duration - seconds) > max(0.1, 0.05 * seconds):
+            misdated.append((e, e.duration, seconds))
+        e.duration = seconds
+        if seconds > max_seconds + 1e-3:
+            return (f"{seconds:.1f} s, over the model's {max_seconds:.1f} s window",)
+        if tok is None:
+            return None
+        try:
+            n = len(self.collator.sequence(e.text))
+        except ValueError as err:  # text the tokenizer cannot encode
+            return str(err)
+        if n == len(self.collator.prompt) + 1:  # no text tokens: every character normalised away
+            return f"no characters the tokenizer keeps in {_short(e.text)}"
+        if n > max_tokens:
+            return (f"{n} tokens, over the model's {max_tokens}",)
+        lost = tok.lost_chars(e.text) if hasattr(tok, "lost_chars") else ""
+        if lost:
+            mangled.append((e, lost))
+        return None
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lists the files a batch dropped at load time (NaN/inf samples, ...) in `skipped`, once."""
+        if isinstance(batch, dict):
+            for path, reason in batch.get("skipped", ()):
+                if path not in self._load_skipped:
+                    self._load_skipped.add(path)
+                    self.skipped.append((path, reason))
+        return batch
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if self.collator is None:

@@ -21,7 +21,7 @@ from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, create_transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from mmkit.data.image_folder import SkippedSample, drop_skipped, keep_readable
+from mmkit.data.image_folder import SkippedSample, drop_skipped, keep_readable, require_path, summarise
 from mmkit.data.images import ImageLoadError, load_image, scan_images
 from mmkit.data.text import CLIPTokenizer
 from mmkit.data.transforms import EvalTransform
@@ -35,56 +35,106 @@ def _clean(caption: str) -> str:
     return re.sub(r"\s+", " ", caption).strip()
 
 
-def read_caption_table(path: str | os.PathLike, image_key: str = "path",
-                       caption_key: str = "caption") -> list[CaptionSample]:
+def _caption_or_reason(value: object) -> tuple[str, str | None]:
+    """A row's caption, whitespace collapsed, and why it is unusable (None when it is not)."""
+    if value is not None and not isinstance(value, str):  # a JSON list or number is not text
+        return "", f"non-string caption ({type(value).__name__})"
+    caption = _clean(value or "")
+    return caption, None if caption else "empty caption"
+
+
+def _report_dropped(source: object, dropped: list[tuple[str, str]], total: int, items: str) -> None:
+    if dropped:
+        log.warning("%s: dropped %d of %d %s: %s", source, len(dropped), total, items, summarise(dropped))
+
+
+def _first_undecodable_line(path: Path) -> int:
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return 0
+
+
+def _csv_rows(f, path: Path, delimiter: str, keys: set[str]) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(f, delimiter=delimiter)
+    try:
+        missing = keys - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: no column {sorted(missing)}; columns are {reader.fieldnames}")
+        return [(reader.line_num, row) for row in reader]
+    except csv.Error as e:  # e.g. a field past csv's 131,072-character limit, a NUL byte
+        # DictReader.line_num is only updated after a good row; its reader's counts the failing line.
+        raise ValueError(f"{path}:{reader.reader.line_num}: unreadable CSV record ({e})") from None
+
+
+def _jsonl_rows(f, path: Path, image_key: str, caption_key: str) -> list[tuple[int, dict]]:
+    rows = []
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or image_key not in row or caption_key not in row:
+            raise ValueError(f"{path}:{n}: expected an object with keys {image_key!r} and {caption_key!r}")
+        rows.append((n, row))
+    return rows
+
+
+def read_caption_table(path: str | os.PathLike, image_key: str = "path", caption_key: str = "caption",
+                       dropped: list[tuple[str, str]] | None = None) -> list[CaptionSample]:
     """Rows of a `.csv`, `.tsv` or `.jsonl` file -> (image path, caption) pairs.
 
-    Relative image paths are relative to the table's folder. Rows with an empty caption are
-    dropped with a warning; a missing column or a malformed JSON line raises ValueError.
+    Relative image paths are relative to the table's folder. Rows with an empty or non-string
+    caption are dropped with a warning (and appended to `dropped` as ("file:line", reason)); a
+    missing column, a malformed JSON line or CSV record (e.g. a field over the csv module's
+    131,072-character limit) or a file that is not UTF-8 raises ValueError naming the file and line.
     """
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
-    with open(path, newline="", encoding="utf-8") as f:
-        if suffix in (".csv", ".tsv"):
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            missing = {image_key, caption_key} - set(reader.fieldnames or [])
-            if missing:
-                raise ValueError(f"{path}: no column {sorted(missing)}; columns are {reader.fieldnames}")
-            rows = list(reader)
-        elif suffix in (".jsonl", ".ndjson"):
-            rows = []
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-                if not isinstance(row, dict) or image_key not in row or caption_key not in row:
-                    raise ValueError(f"{path}:{n}: expected an object with keys {image_key!r} and {caption_key!r}")
-                rows.append(row)
-        else:
-            raise ValueError(f"{path}: unsupported caption table; use .csv, .tsv or .jsonl")
-    pairs = [(path.parent / str(row[image_key]), _clean(str(row[caption_key] or ""))) for row in rows]
-    kept = [(p, c) for p, c in pairs if c]
-    if len(kept) < len(pairs):
-        log.warning("%s: dropped %d rows with an empty caption", path, len(pairs) - len(kept))
+    if suffix not in (".csv", ".tsv", ".jsonl", ".ndjson"):
+        raise ValueError(f"{path}: unsupported caption table; use .csv, .tsv or .jsonl")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" starts with a BOM
+            if suffix in (".csv", ".tsv"):
+                rows = _csv_rows(f, path, "\t" if suffix == ".tsv" else ",", {image_key, caption_key})
+            else:
+                rows = _jsonl_rows(f, path, image_key, caption_key)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{_first_undecodable_line(path)}: not UTF-8 text ({e.reason}); "
+                         "save it as UTF-8") from None
+    kept, bad = [], []
+    for n, row in rows:
+        caption, reason = _caption_or_reason(row[caption_key])
+        (bad.append((f"{path}:{n}", reason)) if reason else kept.append((path.parent / str(row[image_key]), caption)))
+    _report_dropped(path, bad, len(rows), "rows")
+    if dropped is not None:
+        dropped.extend(bad)
     return kept
 
 
-def find_sidecar_captions(root: str | os.PathLike) -> list[CaptionSample]:
+def find_sidecar_captions(root: str | os.PathLike,
+                          dropped: list[tuple[str, str]] | None = None) -> list[CaptionSample]:
     """Images under `root` (recursively) that have a `.txt` file of the same stem next to them;
-    the file's text, whitespace collapsed, is the caption. Images without one are left out."""
-    pairs, uncaptioned = [], []
-    for image in scan_images(Path(root).expanduser()):
+    the file's text, whitespace collapsed, is the caption. Images without a readable, non-empty
+    one are left out with a warning (and appended to `dropped` as (image, reason))."""
+    pairs, bad = [], []
+    images = scan_images(Path(root).expanduser())
+    for image in images:
         try:
-            caption = _clean(image.with_suffix(".txt").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
-            caption = ""
-        (pairs.append((image, caption)) if caption else uncaptioned.append(image))
-    if uncaptioned:
-        log.warning("%s: %d images have no (readable, non-empty) .txt caption, e.g. %s", root,
-                    len(uncaptioned), uncaptioned[0])
+            caption, reason = _caption_or_reason(image.with_suffix(".txt").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            caption, reason = "", "no .txt caption"
+        except (OSError, UnicodeDecodeError) as e:
+            caption, reason = "", f"unreadable .txt caption: {getattr(e, 'strerror', None) or e}"
+        (bad.append((str(image), reason)) if reason else pairs.append((image, caption)))
+    _report_dropped(root, bad, len(images), "images")
+    if dropped is not None:
+        dropped.extend(bad)
     return pairs
 
 
@@ -154,9 +204,12 @@ class _CaptionDataModule(pl.LightningDataModule):
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of every file left out
 
     sources: dict[str, str | None]  # split -> table file or folder, set by the subclass
-    _test_arg: str  # the argument that names the test split, for error messages
+    _kind: str  # "file" or "dir": the arguments are named <split>_<kind>, for error messages
+    _items: str  # what a source lists ("rows", "images"), for error messages
 
-    def _read(self, source: str) -> list[CaptionSample]:
+    def _read(self, source: str, what: str, dropped: list[tuple[str, str]]) -> list[CaptionSample]:
+        """The split's samples; `what` names the argument and value in errors; unusable items are
+        appended to `dropped` as (item, reason)."""
         raise NotImplementedError
 
     def inference_metadata(self) -> dict:
@@ -176,7 +229,7 @@ class _CaptionDataModule(pl.LightningDataModule):
         if split == "val" and source is None and self.val_split > 0:
             self._prepare("train")  # carved from the checked train set
             return
-        self.samples[split] = [] if source is None else keep_readable(self._read(source), f"the {split} split", self.skipped)
+        self.samples[split] = [] if source is None else self._checked(split, source)
         if split == "train" and self.val_split > 0 and self.sources["val"] is None:
             train = self.samples["train"]
             order = list(range(len(train)))
@@ -185,9 +238,18 @@ class _CaptionDataModule(pl.LightningDataModule):
             self.samples["train"] = [s for i, s in enumerate(train) if i not in held]
             self.samples["val"] = [s for i, s in enumerate(train) if i in held]
 
+    def _checked(self, split: str, source: str) -> list[CaptionSample]:
+        """The split's readable samples; a train split left with none is a one-line ValueError."""
+        what, dropped, required = f"{split}_{self._kind} {source}", [], split == "train"
+        found = self._read(source, what, dropped)
+        if required and not found:
+            raise ValueError(f"{what}: no usable {self._items} ({len(dropped)} dropped: {summarise(dropped)})"
+                             if dropped else f"{what}: no {self._items}")
+        return keep_readable(found, what, self.skipped, required=required)
+
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split == "test" and self.sources["test"] is None:
-            raise ValueError(f"test_dataloader needs {self._test_arg}")
+            raise ValueError(f"test_dataloader needs test_{self._kind}")
         if split not in self.samples:
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
         transform = self.train_transform if split == "train" else self.eval_transform
@@ -223,7 +285,7 @@ class CaptionTableDataModule(_CaptionDataModule):
         seed: seed of the val_split draw.
     """
 
-    _test_arg = "test_file"
+    _kind, _items = "file", "rows"
 
     def __init__(
         self,
@@ -247,8 +309,9 @@ class CaptionTableDataModule(_CaptionDataModule):
         self.sources = {"train": train_file, "val": val_file, "test": test_file}
         self.image_key, self.caption_key = image_key, caption_key
 
-    def _read(self, source: str) -> list[CaptionSample]:
-        return read_caption_table(source, self.image_key, self.caption_key)
+    def _read(self, source: str, what: str, dropped: list[tuple[str, str]]) -> list[CaptionSample]:
+        return read_caption_table(require_path(what, source, folder=False), self.image_key, self.caption_key,
+                                  dropped)
 
 
 class SidecarCaptionDataModule(_CaptionDataModule):
@@ -259,7 +322,7 @@ class SidecarCaptionDataModule(_CaptionDataModule):
         other arguments: as `CaptionTableDataModule`.
     """
 
-    _test_arg = "test_dir"
+    _kind, _items = "dir", "images"
 
     def __init__(
         self,
@@ -279,5 +342,5 @@ class SidecarCaptionDataModule(_CaptionDataModule):
         self.save_hyperparameters()
         self.sources = {"train": train_dir, "val": val_dir, "test": test_dir}
 
-    def _read(self, source: str) -> list[CaptionSample]:
-        return find_sidecar_captions(source)
+    def _read(self, source: str, what: str, dropped: list[tuple[str, str]]) -> list[CaptionSample]:
+        return find_sidecar_captions(require_path(what, source), dropped)

@@ -137,6 +137,17 @@ class CharTokenizer:
     def normalize(self, text: str) -> str:
         return self.hf.normalizer.normalize_str(text) if self.hf.normalizer is not None else text
 
+    def lost_chars(self, text: str) -> str:
+        """The letters and digits of `text` that normalisation removes (outside the `charset` the
+        tokenizer was built with, e.g. 'é' of 'café' for the English default), sorted; dropping
+        punctuation and symbols is normal and not listed. `encode` refuses only characters the
+        charset keeps but the alphabet lacks, so this is how to tell that a transcript is mangled."""
+        import unicodedata
+
+        kept = set(self.normalize(text))
+        folded = unicodedata.normalize("NFKC", text).lower()
+        return "".join(sorted({c for c in folded if unicodedata.category(c)[0] in "LN" and c not in kept}))
+
     def encode(self, text: str) -> list[int]:
         """Text ids of `text` (normalised first; no special tokens).
 

@@ -69,18 +69,45 @@ class ImageFileDataset(Dataset):
         return self.transform(image), target, index
 
 
-def keep_readable(samples: list[tuple], what: str, skipped: list[tuple[str, str]]) -> list[tuple]:
+def require_path(what: str, path: str | os.PathLike, folder: bool = True) -> Path:
+    """`path` (user-expanded) if it is an existing folder (a file with folder=False); else a
+    one-line ValueError naming `what`, e.g. "train_dir in/nope: no such folder"."""
+    found = Path(path).expanduser()
+    kind = "folder" if folder else "file"
+    if not found.exists():
+        raise ValueError(f"{what}: no such {kind}")
+    if found.is_dir() != folder:
+        raise ValueError(f"{what}: not a {kind}")
+    return found
+
+
+def summarise(items: Sequence[tuple[str, str]]) -> str:
+    """`(name, reason)` pairs as one line: the first few named, the rest counted."""
+    listed = "; ".join(f"{name} ({reason})" for name, reason in items[:_SUMMARY_LISTED])
+    more = f"; and {len(items) - _SUMMARY_LISTED} more" if len(items) > _SUMMARY_LISTED else ""
+    return listed + more
+
+
+def keep_readable(samples: list[tuple], what: str, skipped: list[tuple[str, str]],
+                  required: bool = False) -> list[tuple]:
     """The `(path, ...)` samples whose file passes check_image (checked in threads); the others are
-    appended to `skipped` as (path, reason) and summarised in one warning naming `what`."""
+    appended to `skipped` as (path, reason) and summarised in one warning naming `what`.
+
+    Raises:
+        ValueError: with `required`, when no sample is readable (one line naming `what` and why).
+    """
     with ThreadPoolExecutor(_CHECK_THREADS) as pool:
         reasons = list(pool.map(_check_reason, [sample[0] for sample in samples]))
     bad = [(str(sample[0]), reason) for sample, reason in zip(samples, reasons) if reason]
     if bad:
         skipped.extend(bad)
-        listed = "; ".join(f"{path} ({reason})" for path, reason in bad[:_SUMMARY_LISTED])
-        more = f"; and {len(bad) - _SUMMARY_LISTED} more (see .skipped)" if len(bad) > _SUMMARY_LISTED else ""
-        log.warning("skipped %d of %d files in %s: %s%s", len(bad), len(samples), what, listed, more)
-    return [sample for sample, reason in zip(samples, reasons) if reason is None]
+        log.warning("skipped %d of %d files in %s: %s%s", len(bad), len(samples), what, summarise(bad),
+                    " (all in .skipped)" if len(bad) > _SUMMARY_LISTED else "")
+    kept = [sample for sample, reason in zip(samples, reasons) if reason is None]
+    if required and not kept:
+        raise ValueError(f"{what}: no readable images ({len(bad)} skipped: {summarise(bad)})" if bad
+                         else f"{what}: no images found")
+    return kept
 
 
 def drop_skipped(batch: list) -> list:
@@ -211,6 +238,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.predict_paths = list(predict_paths or [])
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_split, self.seed = val_split, seed
+        for split, folder in self.dirs.items():  # a missing folder named by its option, not just errno
+            if folder is not None:
+                require_path(f"{split}_dir {folder}", folder)
         first = next((d for d in self.dirs.values() if d is not None), None)
         self._class_names = list_classes(Path(first).expanduser()) if first else []
         if train_dir is not None and len(self._class_names) < 2:  # else a torchmetrics traceback at the first step
@@ -255,14 +285,29 @@ class ImageFolderDataModule(pl.LightningDataModule):
         elif self.dirs[split] is None:
             self.samples[split] = []
         else:
-            root = Path(self.dirs[split]).expanduser()
+            what = f"{split}_dir {self.dirs[split]}"
+            root = require_path(what, self.dirs[split])
             class_to_idx = {name: i for i, name in enumerate(self._class_names)}
-            self.samples[split] = keep_readable(find_samples(root, class_to_idx), f"{split}_dir", self.skipped)
+            self.samples[split] = keep_readable(find_samples(root, class_to_idx), what, self.skipped,
+                                                required=split == "train")
+            self._check_classes(split, what)
             if split == "train" and self.val_split > 0:
                 train = self.samples["train"]
                 rest, held_out = stratified_split([t for _, t in train], [self.val_split], self.seed)
                 self.samples["train"] = [train[i] for i in rest]
                 self.samples["val"] = [train[i] for i in held_out]
+
+    def _check_classes(self, split: str, what: str) -> None:
+        """Refuse a train split missing a class (the model would never see it, yet val could score
+        1.0); only warn for val/test, where a small held-out set may lack one and is still a score."""
+        present = {target for _, target in self.samples[split]}
+        missing = [name for i, name in enumerate(self._class_names) if i not in present]
+        if not missing:
+            return
+        message = f"{what}: no readable images for class(es) {', '.join(missing)}"
+        if split == "train":
+            raise ValueError(f"{message}; every class needs training images (add some or remove the folder)")
+        log.warning("%s; the %s scores cover the other classes only", message, split)
 
     def _predict_candidates(self) -> list[Sample]:
         candidates: list[Sample] = []

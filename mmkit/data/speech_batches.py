@@ -6,8 +6,10 @@ token ids. `AudioManifestDataModule` (audio_manifest.py) wires them into Lightni
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mmkit.audio import load_audio, log_mel_spectrogram, pad_or_trim
+from mmkit.audio import AudioLoadError, load_audio, log_mel_spectrogram, pad_or_trim
 
 log = logging.getLogger(__name__)
 
@@ -33,41 +35,83 @@ class ManifestEntry:
 
 
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
-    """Entries of a `.csv` (header with `path`, `text`) or `.jsonl` manifest.
+    """Entries of a `.csv` (header with `path`, `text`) or `.jsonl` manifest (UTF-8, with or
+    without a byte-order mark, as Excel's "CSV UTF-8" writes). An optional `duration` field must
+    be a finite number of seconds >= 0; it is checked, not trusted (`AudioManifestDataModule`
+    reads durations from the audio headers).
 
     Raises:
         FileNotFoundError: no manifest at `path`.
-        ValueError: a row without `path` or `text`, or an unknown extension.
+        ValueError: (one line naming the file and line or entry) text that is not UTF-8, a
+            malformed CSV/JSON line, a row without `path` or `text`, a bad `duration`, or an
+            unknown extension.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    elif path.suffix.lower() in (".jsonl", ".json"):
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".json"):
+        raise ValueError(f"{path}: manifests are .csv or .jsonl files")
+    text = _read_utf8(path)
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            rows = list(reader)
+        except csv.Error as e:  # e.g. a field over csv.field_size_limit() characters
+            raise ValueError(f"{path}:{reader.reader.line_num}: unreadable CSV ({e})") from None
+    else:
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for n, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n}: invalid JSON ({e})") from None
-    else:
-        raise ValueError(f"{path}: manifests are .csv or .jsonl files")
     entries = []
     for n, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not row.get("path") or row.get("text") is None:
-            raise ValueError(f"{path}: entry {n} needs 'path' and 'text' fields, got {row!r}")
+            raise ValueError(f"{path}: entry {n} needs 'path' and 'text' fields, got {_short(row)}")
         extra = {k: v for k, v in row.items() if k not in ("path", "text", "duration")}
-        duration = float(row["duration"]) if row.get("duration") not in (None, "") else None
+        duration = _duration(row.get("duration"), path, n)
         entries.append(ManifestEntry(str((path.parent / row["path"]).expanduser().resolve()), str(row["text"]),
                                      duration, extra))
     return entries
 
 
+def _read_utf8(path: Path) -> str:
+    """The file's text (UTF-8, a leading byte-order mark dropped); not UTF-8 is one ValueError
+    naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                         "save the manifest as UTF-8") from None
+
+
+def _duration(value: Any, path: Path, n: int) -> float | None:
+    """A manifest `duration` (None when absent); non-numeric, non-finite or negative values are refused."""
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{path}: entry {n} has duration {_short(value)}: give seconds >= 0, or leave it out")
+    return seconds
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class SpeechDataset(Dataset):
-    """(audio (N,) float32 16 kHz, text, index) per manifest entry."""
+    """(audio (N,) float32 16 kHz, text, index) per manifest entry; a file that fails to load
+    (NaN/inf samples, no samples, undecodable: `AudioLoadError`) gives a `SkippedSample` marker,
+    which `SpeechCollator` drops (raising would end the DataLoader worker and the run)."""
 
     def __init__(self, entries: Sequence[ManifestEntry]) -> None:
         self.entries = list(entries)
@@ -75,9 +119,14 @@ class SpeechDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, str, int]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, str, int] | Any:
         e = self.entries[i]
-        return load_audio(e.path), e.text, i
+        try:
+            return load_audio(e.path), e.text, i
+        except AudioLoadError as err:
+            from mmkit.data.image_folder import SkippedSample  # the image modules' marker
+
+            return SkippedSample(e.path, err.reason)
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):
@@ -155,7 +204,10 @@ class SpeechCollator:
          "tokens": (B, T) decoder input = prompt + text ids (right-padded with eot),
          "targets": (B, T) the next token at each position (text ids + eot; IGNORE_INDEX at the
             prompt and padding),
-         "texts": list of B transcripts, "indices": (B,) dataset indices}.
+         "texts": list of B transcripts, "indices": (B,) dataset indices,
+         "skipped": [(path, reason)] of the items `SpeechDataset` could not load (dropped: the
+            batch shrinks; each file is warned about once per process)};
+        None when no item of the batch loaded (a step given None should do nothing).
     """
 
     def __init__(self, tokenizer: Any, prompt: Sequence[int], n_mels: int, n_samples: int) -> None:
@@ -165,8 +217,15 @@ class SpeechCollator:
         """prompt + text ids + eot."""
         return self.prompt + text_ids(self.tokenizer, text) + [self.tokenizer.eot]
 
-    def __call__(self, items: Sequence[tuple[np.ndarray, str, int]]) -> dict[str, Any]:
-        audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(a), self.n_samples)) for a, _, _ in items])
+    def __call__(self, items: Sequence[tuple[np.ndarray, str, int] | Any]) -> dict[str, Any] | None:
+        from mmkit.data.image_folder import SkippedSample, drop_skipped
+
+        skipped = [(s.path, s.reason) for s in items if isinstance(s, SkippedSample)]
+        items = drop_skipped(list(items))
+        if not items:
+            return None
+        audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(a), self.n_samples))
+                             for a, _, _ in items])
         mel = log_mel_spectrogram(audio, n_mels=self.n_mels)  # (B, n_mels, n_samples // 160)
         seqs = [self.sequence(text) for _, text, _ in items]
         T = max(len(s) for s in seqs) - 1
@@ -177,4 +236,4 @@ class SpeechCollator:
             tokens[i, :len(s) - 1] = torch.tensor(s[:-1])
             targets[i, p - 1:len(s) - 1] = torch.tensor(s[p:])  # from the last prompt token on
         return {"mel": mel, "tokens": tokens, "targets": targets, "texts": [t for _, t, _ in items],
-                "indices": torch.tensor([i for _, _, i in items])}
+                "indices": torch.tensor([i for _, _, i in items]), "skipped": skipped}

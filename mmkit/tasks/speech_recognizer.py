@@ -133,7 +133,9 @@ class SpeechRecognizer(pl.LightningModule):
         return F.ctc_loss(logp.transpose(0, 1), targets[text], torch.full((len(targets),), S, dtype=torch.long),
                           text.sum(dim=1), blank=self.tokenizer.pad, zero_infinity=True)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
+        if batch is None:  # every clip of the batch failed to load (each already warned about): skip the step
+            return None
         mel = self.spec_augment(batch["mel"]) if self.spec_augment is not None else batch["mel"]
         w, B = self.hparams.ctc_weight, len(batch["texts"])
         ce, ctc = self._losses(batch, mel, self.hparams.label_smoothing, w > 0)
@@ -154,11 +156,13 @@ class SpeechRecognizer(pl.LightningModule):
         self.log(f"{stage}/cer", cer, batch_size=B)
         return hyps
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_wer, self.val_cer)
+    def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
+        if batch is not None:
+            self._evaluate(batch, "val", self.val_wer, self.val_cer)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_wer, self.test_cer)
+    def test_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
+        if batch is not None:
+            self._evaluate(batch, "test", self.test_wer, self.test_cer)
 
     @torch.no_grad()
     def transcribe_mel(self, mel: Tensor, max_new_tokens: int | None = None) -> list[str]:

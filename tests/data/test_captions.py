@@ -70,7 +70,7 @@ def test_sidecar_captions_pair_each_image_with_its_txt(tmp_path, caplog):
     (tmp_path / "img" / "notes.txt").write_text("not an image's caption")
     pairs = find_sidecar_captions(tmp_path)
     assert pairs == [(paths["blue"], "blue"), (paths["red"], "a red square")]
-    assert "2 images have no" in caplog.text  # green (empty) and white (no file)
+    assert "dropped 2 of 4 images" in caplog.text  # green (empty) and white (no file)
 
 
 def test_collate_tokenizes_captions_and_drops_skipped_samples():

@@ -43,10 +43,10 @@ def test_classes_known_at_construction_without_scanning(tmp_path):
 
 def test_setup_lists_unreadable_files_and_keeps_them_out(tmp_path, good_files, bad_files, caplog):
     root = tmp_path / "train"
-    for folder, files in (("good", good_files.values()), ("bad", bad_files)):
-        (root / folder).mkdir(parents=True)
-        for path in files:
-            shutil.copy(path, root / folder / path.name)
+    (root / "good").mkdir(parents=True)
+    for path in [*good_files.values(), *bad_files]:
+        shutil.copy(path, root / "good" / path.name)
+    make_tree(root, {"another": 1})  # a second class: a class of only unreadable files is refused
     dm = module(train_dir=str(root))
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
@@ -54,12 +54,12 @@ def test_setup_lists_unreadable_files_and_keeps_them_out(tmp_path, good_files, b
     assert set(reasons) == {path.name for path in bad_files}
     for path, expected in bad_files.items():
         assert reasons[path.name].startswith(expected), (path.name, reasons[path.name])
-    kept = {path.name for path, _ in dm.samples["train"]}
+    kept = {path.name for path, target in dm.samples["train"] if target == 1}
     assert kept == set(good_files)
-    assert f"skipped 6 of {6 + len(good_files)} files in train_dir" in caplog.text
+    assert f"skipped 6 of {7 + len(good_files)} files in train_dir" in caplog.text
     batches = list(dm.train_dataloader())
-    assert sum(len(targets) for _, targets, _ in batches) == len(good_files)  # none skipped late
-    assert all((targets == 1).all() and images.shape[1:] == (3, 16, 16) for images, targets, _ in batches)
+    assert sum(len(targets) for _, targets, _ in batches) == len(good_files) + 1  # none skipped late
+    assert all(images.shape[1:] == (3, 16, 16) for images, _, _ in batches)
 
 
 def test_batches_carry_targets_and_indices(tmp_path):
