@@ -9,10 +9,10 @@ import json
 import logging
 import math
 import re
-from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -28,65 +28,130 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 
 def read_documents(paths: Sequence[str | Path], text_key: str = "text") -> list[str]:
     """Documents from .txt files (one per paragraph: text between blank lines, so a single long
-    file still yields a held-out share) and .jsonl files (one per row, `text_key`). Unreadable
-    files and bad rows are logged and skipped.
+    file still yields a held-out share) and .jsonl files (one per row, `text_key`). Bad lines (not
+    UTF-8, NUL bytes, rows without a valid string `text_key`) are logged and skipped: the first
+    `MAX_WARNINGS` of a file one by one, then one line with the file's total.
 
     Raises:
         FileNotFoundError: a path does not exist.
-        ValueError: a suffix other than .txt/.jsonl, or no document at all.
+        ValueError: no paths, a suffix other than .txt/.jsonl, or no document at all.
     """
+    if not paths:
+        raise ValueError("no text files given (files is empty): list at least one .txt or .jsonl file")
     docs: list[str] = []
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"text file not found: {path}")
         if path.suffix not in TEXT_SUFFIXES:
             raise ValueError(f"{path}: use {' or '.join(TEXT_SUFFIXES)} files")
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            log.warning("skipping %s: not UTF-8 text (byte %d)", path, e.start)
-            continue
+        bad = _BadLines(path)
         if path.suffix == ".txt":
-            docs.extend(_PARAGRAPH_BREAK.split(text))
-            continue
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            doc = row.get(text_key) if isinstance(row, dict) else None
-            if isinstance(doc, str):
-                docs.append(doc)
-            else:
-                log.warning("skipping %s line %d: not a JSON object with a string %r", path, n, text_key)
+            docs.extend(_PARAGRAPH_BREAK.split("".join(line for _, line in _utf8_lines(path, bad))))
+        else:
+            docs.extend(_jsonl_texts(path, text_key, bad))
+        bad.done()
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise ValueError(f"no text in {', '.join(map(str, paths))}")
     return docs
 
 
-def pack_blocks(docs: Sequence[list[int]], block_size: int) -> Tensor:
-    """Token lists -> (N, block_size + 1) int64 blocks of their concatenation; the tail shorter
-    than a block is dropped."""
-    flat = [t for doc in docs for t in doc]
+MAX_WARNINGS = 5  # bad lines of a file warned about one by one; the rest are counted in one line
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _BadLines:
+    """Skipped lines of one file: the first MAX_WARNINGS are logged one by one, `done` logs the total."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count = path, 0
+
+    def skip(self, n: int, why: str) -> None:
+        self.count += 1
+        if self.count <= MAX_WARNINGS:
+            log.warning("skipping %s line %d: %s", self.path, n, why)
+
+    def done(self) -> None:
+        if self.count > MAX_WARNINGS:
+            log.warning("skipped %d bad lines of %s in all (the first %d are listed above)",
+                        self.count, self.path, MAX_WARNINGS)
+
+
+def _utf8_lines(path: Path, bad: _BadLines) -> Iterator[tuple[int, str]]:
+    """(line number, line with its end) for the lines of `path` that are UTF-8 text without NUL."""
+    for n, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad.skip(n, f"not UTF-8 text (byte {e.start} of the line)")
+            continue
+        if "\0" in line:
+            bad.skip(n, "NUL bytes (binary or UTF-16 text?), not UTF-8 text")
+            continue
+        yield n, line
+
+
+def _jsonl_texts(path: Path, text_key: str, bad: _BadLines) -> Iterator[str]:
+    for n, line in _utf8_lines(path, bad):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        doc = row.get(text_key) if isinstance(row, dict) else None
+        if not isinstance(doc, str):
+            bad.skip(n, f"not a JSON object with a string {text_key!r}")
+        elif _SURROGATE.search(doc):
+            bad.skip(n, f"{text_key!r} holds an unpaired surrogate escape (\\ud800-\\udfff), not valid Unicode")
+        else:
+            yield doc
+
+
+def pack_blocks(docs: Sequence[Sequence[int]], block_size: int) -> Tensor:
+    """Token sequences (lists or arrays) -> (N, block_size + 1) int64 blocks of their concatenation;
+    the tail shorter than a block is dropped."""
+    flat = _concat(docs, np.int64)
     n = (len(flat) - 1) // block_size
     if n < 1:
         raise ValueError(f"{len(flat)} tokens do not fill one block of {block_size + 1}")
-    stream = torch.tensor(flat[: n * block_size + 1], dtype=torch.long)
+    stream = torch.from_numpy(flat[: n * block_size + 1])
     # Blocks overlap by one token: the last target of a block is the first input of the next.
     return stream.unfold(0, block_size + 1, block_size)  # (N, block_size + 1)
 
 
-def unigram_perplexity(train: Sequence[list[int]], held_out: Sequence[list[int]], vocab_size: int) -> float:
+def _concat(docs: Sequence[Sequence[int]], dtype: type = np.int32) -> np.ndarray:
+    """The concatenation of token sequences as one array (int32: 4 bytes a token, not a Python int's 36)."""
+    return np.concatenate([np.asarray(d) for d in docs] or [np.zeros(0)], dtype=dtype, casting="unsafe")
+
+
+def encode_stream(tok: ByteBPETokenizer, docs: Sequence[str], chunk: int = 256) -> list[np.ndarray]:
+    """The token ids of `docs`, each followed by <|endoftext|> (GPT-2's separator, so the model
+    learns where texts end), as int32 arrays of `chunk` documents each: only one chunk at a time is
+    held as Python lists."""
+    end = [tok.eos_id] if tok.eos_id is not None else []
+    return [_concat([ids + end for ids in tok.encode_batch(docs[i: i + chunk])]) for i in range(0, len(docs), chunk)]
+
+
+def unigram_perplexity(train: Sequence[Sequence[int]], held_out: Sequence[Sequence[int]], vocab_size: int) -> float:
     """Perplexity of an add-one unigram model fitted on `train`, on the `held_out` tokens: the
     baseline a language model must beat to have learned anything beyond token frequencies."""
-    counts = Counter(t for doc in train for t in doc)
-    total = sum(counts.values()) + vocab_size
-    tokens = [t for doc in held_out for t in doc]
-    nll = -sum(math.log((counts[t] + 1) / total) for t in tokens) / max(len(tokens), 1)
+    tokens = _concat(held_out)
+    size = max([vocab_size, int(tokens.max(initial=0)) + 1] + [int(np.max(d, initial=0)) + 1 for d in train])
+    counts = sum((np.bincount(np.asarray(d, dtype=np.int64), minlength=size) for d in train), np.zeros(size, np.int64))
+    total = counts.sum() + vocab_size
+    nll = -np.log((counts[tokens] + 1) / total).sum() / max(len(tokens), 1)
     return math.exp(nll)
+
+
+def _few_documents(docs: list[str]) -> str:
+    """Why `docs` could not be split into a training and a held-out part."""
+    distinct = len(set(docs))
+    if distinct < len(docs):
+        return (f"only {distinct} distinct among {len(docs)} documents (the hash split puts identical documents "
+                "on the same side)" if distinct > 1 else f"all {len(docs)} documents are identical")
+    return (f"{len(docs)} document{'s' if len(docs) > 1 else ''} in all (in .txt files documents are separated "
+            "by blank lines, in .jsonl files there is one a row: split long texts)")
 
 
 class Blocks(Dataset):
@@ -134,6 +199,8 @@ class TextBlocksDataModule(pl.LightningDataModule):
             raise ValueError("give either files or corpus")
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if tokenizer and Path(tokenizer).expanduser().exists() and not Path(tokenizer).expanduser().is_dir():
+            raise ValueError(f"tokenizer must be a folder (for the tokenizer files), but {tokenizer} is a file")
         self.save_hyperparameters()
         self.tokenizer: ByteBPETokenizer | None = None
         self.train_set: Blocks | None = None
@@ -158,19 +225,25 @@ class TextBlocksDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         hp = self.hparams
-        train_docs, val_docs = split_held_out(self._documents(), hp.val_fraction)
+        docs = self._documents()
+        train_docs, val_docs = split_held_out(docs, hp.val_fraction)
         if not train_docs or not val_docs:
             raise ValueError(f"{len(train_docs)} training and {len(val_docs)} held-out documents: "
-                             "give more text or change val_fraction")
+                             f"{_few_documents(docs)}; give more text or change val_fraction ({hp.val_fraction})")
         self.tokenizer = tok = self._tokenizer(train_docs)
-        # Each document ends with <|endoftext|>, GPT-2's separator, so the model learns where texts end.
-        end = [tok.eos_id] if tok.eos_id is not None else []
-        train_ids, val_ids = ([ids + end for ids in tok.encode_batch(docs)] for docs in (train_docs, val_docs))
-        self.train_set = Blocks(pack_blocks(train_ids, hp.block_size))
-        self.val_set = Blocks(pack_blocks(val_ids, hp.block_size))
+        train_ids, val_ids = encode_stream(tok, train_docs), encode_stream(tok, val_docs)
+        self.train_set, self.val_set = (Blocks(self._pack(ids, split)) for ids, split in
+                                        ((train_ids, "training"), (val_ids, "held-out")))
         self.unigram_ppl = unigram_perplexity(train_ids, val_ids, tok.vocab_size)
         log.info("%d training and %d held-out blocks of %d tokens; unigram held-out perplexity %.1f",
                  len(self.train_set), len(self.val_set), hp.block_size, self.unigram_ppl)
+
+    def _pack(self, ids: list[np.ndarray], split: str) -> Tensor:
+        try:
+            return pack_blocks(ids, self.hparams.block_size)
+        except ValueError as e:
+            more = "raise val_fraction, " if split == "held-out" else ""
+            raise ValueError(f"the {split} split is too short: {e}; {more}lower block_size or give more text") from None
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,

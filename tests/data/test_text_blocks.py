@@ -22,7 +22,7 @@ def test_documents_from_txt_and_jsonl_skip_bad_rows_and_files(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         docs = read_documents([tmp_path / n for n in ("a.txt", "b.jsonl", "latin1.txt", "blank.txt")])
     assert docs == ["First paragraph,\nstill the first.", "Second one.\n", "row one", "row two"]
-    assert "latin1.txt: not UTF-8" in caplog.text
+    assert "latin1.txt line 1: not UTF-8" in caplog.text
     assert [f"line {n}" in caplog.text for n in (2, 3, 4, 6)] == [True] * 4
     with pytest.raises(ValueError, match="use .txt or .jsonl"):
         read_documents([tmp_path / "a.txt", _touch(tmp_path / "c.csv")])
