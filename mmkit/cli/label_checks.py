@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmkit.inference.precision import check_device, resolve_precision
+from mmkit.inference.precision import check_device, check_multi_gpu, resolve_precision
 from mmkit.inference.writers import OutputConflict
 
 
@@ -78,10 +78,10 @@ def usage_error(args: argparse.Namespace) -> str | None:
         # The choices resolve_precision refuses (bf16 on a CPU without it only warns, when the model loads).
         if args.quantize != "none" or args.precision == "fp16":
             resolve_precision(args.precision, device, args.quantize)
+        if args.multi_gpu:
+            check_multi_gpu(device)
     except ValueError as e:
         return str(e)
-    if args.multi_gpu and (device.type != "cuda" or device.index not in (None, 0)):
-        return "--multi-gpu needs --device cuda (it uses every visible GPU, from cuda:0)"
     return None
 
 

@@ -75,3 +75,9 @@ def check_device(device: str) -> torch.device:
     elif found.type != "cpu":
         raise ValueError(f"--device {device}: mmkit runs on cpu, cuda or mps")
     return found
+
+
+def check_multi_gpu(device: torch.device) -> None:
+    """Refuse --multi-gpu (nn.DataParallel over every visible GPU, from cuda:0) on any other device."""
+    if device.type != "cuda" or device.index not in (None, 0):
+        raise ValueError("--multi-gpu needs --device cuda (it uses every visible GPU, from cuda:0)")

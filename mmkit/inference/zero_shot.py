@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from mmkit.data.images import scan_images, to_rgb
 from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform, eval_transform
 from mmkit.inference.image_batches import ImageBatch, image_batches
-from mmkit.inference.precision import autocast_for, resolve_precision
+from mmkit.inference.precision import autocast_for, check_multi_gpu, resolve_precision
 from mmkit.inference.prompts import (BACKGROUND_WORDS, DEFAULT_TEMPLATES, Tokenizer, check_templates, clean_labels,
                                      encode_prompts, expand_prompts, label_embeddings)
 from mmkit.inference.quantize import apply_quantization
@@ -140,8 +140,7 @@ class ZeroShotClassifier:
         self.templates: list[str] = list(self.meta.get("zeroshot_templates") or DEFAULT_TEMPLATES)
         self.image_tower: nn.Module = model.visual
         if multi_gpu:
-            if self.device.type != "cuda" or self.device.index not in (None, 0):
-                raise ValueError("--multi-gpu needs --device cuda (it uses every visible GPU, from cuda:0)")
+            check_multi_gpu(self.device)
             self.image_tower = nn.DataParallel(model.visual)
         self.names: list[str] = []  # set_labels' labels, in order
         self.embeddings: Tensor | None = None  # (L, D) unit rows
