@@ -41,7 +41,7 @@ class AudioManifestDataModule(pl.LightningDataModule):
     the window or tokens that do not fit the decoder are left out, with one warning per split that
     counts them and names the first few (`skipped` lists all but the over-long). A file that fails
     only when decoded (NaN/inf samples) is dropped from its batch, warned about and added to
-    `skipped`; a batch with no loadable item is None.
+    `skipped`; a batch with no loadable item reaches the step as None (its files listed too).
 
     Args:
         train_manifest, val_manifest, test_manifest: CSV/JSONL manifests (val None: no validation;
@@ -219,12 +219,15 @@ class AudioManifestDataModule(pl.LightningDataModule):
         return None
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Lists the files a batch dropped at load time (NaN/inf samples, ...) in `skipped`, once."""
+        """Lists the files a batch dropped at load time (NaN/inf samples, ...) in `skipped`, once;
+        a batch left with no item (the collator's bare {"skipped": ...}) becomes None."""
         if isinstance(batch, dict):
             for path, reason in batch.get("skipped", ()):
                 if path not in self._load_skipped:
                     self._load_skipped.add(path)
                     self.skipped.append((path, reason))
+            if "mel" not in batch:
+                return None
         return batch
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:

@@ -207,7 +207,8 @@ class SpeechCollator:
          "texts": list of B transcripts, "indices": (B,) dataset indices,
          "skipped": [(path, reason)] of the items `SpeechDataset` could not load (dropped: the
             batch shrinks; each file is warned about once per process)};
-        None when no item of the batch loaded (a step given None should do nothing).
+        {"skipped": [...]} alone when no item of the batch loaded (the DataModule's
+        `on_before_batch_transfer` lists them and hands the step None: it should do nothing).
     """
 
     def __init__(self, tokenizer: Any, prompt: Sequence[int], n_mels: int, n_samples: int) -> None:
@@ -223,7 +224,7 @@ class SpeechCollator:
         skipped = [(s.path, s.reason) for s in items if isinstance(s, SkippedSample)]
         items = drop_skipped(list(items))
         if not items:
-            return None
+            return {"skipped": skipped}
         audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(a), self.n_samples))
                              for a, _, _ in items])
         mel = log_mel_spectrogram(audio, n_mels=self.n_mels)  # (B, n_mels, n_samples // 160)

@@ -55,6 +55,7 @@ def test_audio_that_fails_to_decode_is_dropped_from_its_batch_not_fatal(tmp_path
     assert sum(b is None for b in batches) == 1  # batch_size 1: the NaN file's batch is empty
     assert sorted(t for b in batches if b is not None for t in b["texts"]) == sorted(TEXTS)
     assert f"skipping {nan}" in caplog.text  # named (in the DataLoader's process, once)
+    assert [(p, r) for p, r in dm.skipped if p == nan] == [(nan, "1 non-finite (NaN/inf) samples")]  # a batch of none
     dm2 = _configured(_manifest(tmp_path, rows), batch_size=8, texts=TEXTS + ["nan audio"])
     (batch,) = [dm2.on_before_batch_transfer(b, 0) for b in dm2.train_dataloader()]
     assert len(batch["texts"]) == 4  # the batch shrinks
