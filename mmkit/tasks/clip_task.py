@@ -144,6 +144,26 @@ class ZeroShotEvaluation(pl.Callback):
         self._classifier: Tensor | None = None
         self._counts = torch.zeros(2)  # correct, seen
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Where there is nothing to score (no labels given, no `image_dir`, data without
+        `zeroshot_labels`, e.g. a caption table), `*/zeroshot_acc` is never logged: checkpoints and
+        early stopping that monitor it follow `val/loss` (lower is better) instead, with one
+        warning, rather than stopping the run at the first epoch's end."""
+        if stage != "fit" or self.labels or self.image_dir or getattr(trainer.datamodule, "zeroshot_labels", None):
+            return
+        for cb in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]:
+            if isinstance(cb.monitor, str) and cb.monitor.endswith("zeroshot_acc"):
+                log.warning("%s monitors %s, which this data cannot measure (no zero-shot labels: give "
+                            "ZeroShotEvaluation labels or image_dir); it monitors val/loss instead",
+                            type(cb).__name__, cb.monitor)
+                cb.monitor, cb.mode = "val/loss", "min"
+                worst = torch.tensor(torch.inf)  # what each callback's __init__ sets for mode "min"
+                if isinstance(cb, pl.callbacks.ModelCheckpoint):
+                    cb.kth_value = worst
+                else:  # EarlyStopping: thresholds set for an accuracy mean nothing for a loss
+                    cb.best_score, cb.min_delta = worst, -abs(cb.min_delta)
+                    cb.stopping_threshold = cb.divergence_threshold = None
+
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         labels = self.labels or getattr(dm, "zeroshot_labels", None)

@@ -33,10 +33,10 @@ def tiny_clip(seed: int = 0) -> CLIP:
     return CLIP.from_config(TINY)
 
 
-def shapes(**overrides) -> ShapesDataModule:
+def shapes(cls: type = ShapesDataModule, **overrides) -> ShapesDataModule:
     args = dict(image_size=16, train_samples=64, val_samples=40, test_samples=20, batch_size=16, num_workers=0,
                 context_length=12)
-    return ShapesDataModule(**{**args, **overrides})
+    return cls(**{**args, **overrides})
 
 
 def trainer(tmp_path, **overrides) -> pl.Trainer:
@@ -203,3 +203,31 @@ def test_zero_shot_evaluation_counts_the_labelled_images_of_every_batch(tmp_path
     fit = trainer(tmp_path, callbacks=[ZeroShotEvaluation(labels=["red circle", "blue star", "green cross"])])
     fit.validate(CLIPTask(tiny_clip()), loader, verbose=False)
     assert fit.callback_metrics["val/zeroshot_acc"].item() == pytest.approx(3 / 5)
+
+
+def test_recipe_monitoring_zeroshot_acc_follows_val_loss_on_data_without_zero_shot_labels(tmp_path, caplog):
+    """A caption table has no zero-shot labels: configs/clip_shapes.yaml's checkpoint (and an early
+    stop) on val/zeroshot_acc follow val/loss instead of stopping the run at the first epoch's end."""
+    import logging
+
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    class NoZeroShotLabels(ShapesDataModule):  # stands for CaptionTableDataModule: captions only
+        zeroshot_labels = None
+
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/zeroshot_acc", mode="max", filename="best")
+    stop = EarlyStopping(monitor="val/zeroshot_acc", mode="max", min_delta=0.01, stopping_threshold=0.9)
+    fit = trainer(tmp_path, max_epochs=2, enable_checkpointing=True,
+                  callbacks=[ZeroShotEvaluation(), best, stop])
+    caplog.set_level(logging.WARNING)
+    fit.fit(CLIPTask(tiny_clip()), shapes(NoZeroShotLabels))
+    assert fit.current_epoch == 2 and "val/zeroshot_acc" not in fit.callback_metrics
+    assert (best.monitor, best.mode, stop.monitor, stop.mode) == ("val/loss", "min", "val/loss", "min")
+    assert best.best_model_score == pytest.approx(min(best.best_k_models.values()).item())
+    assert (tmp_path / "ckpt" / "best.ckpt").is_file() and stop.min_delta < 0 and stop.stopping_threshold is None
+    assert "ModelCheckpoint monitors val/zeroshot_acc, which this data cannot measure" in caplog.text
+    # With labels the monitor stays as the recipe says.
+    kept = ModelCheckpoint(dirpath=tmp_path / "ckpt2", monitor="val/zeroshot_acc", mode="max")
+    trainer(tmp_path, enable_checkpointing=True, callbacks=[ZeroShotEvaluation(), kept]).fit(
+        CLIPTask(tiny_clip()), shapes())
+    assert kept.monitor == "val/zeroshot_acc" and kept.best_model_score is not None
