@@ -30,6 +30,9 @@ DEFAULT_TEMPLATES = (
 # Multi-label scoring of softmax-trained CLIP: a label is "present" when it beats this neutral
 # prompt set, sigmoid(scale * (cos(label) - cos(background))) (see ZeroShotClassifier.scores).
 BACKGROUND_WORDS = ("object", "thing", "scene")
+# Label names head output columns (--all-scores) that --resume reads back; far beyond what a text
+# tower reads (77 tokens), far below the csv module's 128 KiB field limit.
+MAX_LABEL_CHARS = 1000
 
 
 def parse_label_entry(entry: str) -> tuple[str, list[str]]:
@@ -44,6 +47,9 @@ def parse_label_entry(entry: str) -> tuple[str, list[str]]:
         raise ValueError(f"empty label name in {entry!r}")
     if "|" in name:
         raise ValueError(f"label name {name!r} may not contain '|' (it joins labels in multi-label output)")
+    if len(name) > MAX_LABEL_CHARS:
+        raise ValueError(f"a label name of {len(name):,} characters ({name[:40]!r}...): at most {MAX_LABEL_CHARS:,} "
+                         "(a name heads an output column; give a long description as a prompt: 'name: ...')")
     alternatives = [a.strip() for a in rest.split("|") if a.strip()] if colon else [name]
     if not alternatives:
         raise ValueError(f"label {name!r} has a ':' but no prompts after it")

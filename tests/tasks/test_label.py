@@ -131,6 +131,9 @@ def test_labels_file_synonyms_literal_prompts_and_templates(tmp_path):
         "a photo of my car {}", "a photo of a automobile.", "art of the automobile."]
     assert prompts.expand_prompts(["c{}t"], templates)[0] == "a photo of a c{}t."  # braces in a label are text
     assert prompts.parse_labels("cat, dog ,,".split(",")) == {"cat": ["cat"], "dog": ["dog"]}
+    assert prompts.parse_label_entry("x" * 1000) == ("x" * 1000, ["x" * 1000])
+    with pytest.raises(ValueError, match=r"label name of 1,001 characters \('xxx.*at most 1,000"):
+        prompts.parse_label_entry("x" * 1001 + ": a long prompt")
     for bad in ("a|b", ": x", "cat:"):
         with pytest.raises(ValueError):
             prompts.parse_label_entry(bad)
