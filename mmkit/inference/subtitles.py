@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
+from mmkit.inference import text_rows
 from mmkit.inference.text_rows import write_atomically
 from mmkit.inference.transcript import Transcript
 
@@ -78,26 +78,7 @@ class OutputWriteError(OSError):
         self.written = written
 
 
-def check_output_dir(directory: str | Path) -> Path:
-    """`directory` if files can be created in it (or, when it does not exist yet, in the nearest
-    existing folder above it, where it will be made); an OSError naming the problem otherwise.
-    A real probe (a temporary file or folder, removed at once), not permission bits: they say
-    nothing about read-only mounts, and root passes them all. Leaves nothing behind."""
-    directory = Path(directory).expanduser()
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OSError(f"{directory}: {existing} is not a folder")
-    try:
-        if existing == directory:
-            with tempfile.TemporaryFile(dir=directory):
-                pass
-        else:
-            Path(tempfile.mkdtemp(dir=existing, prefix=".mmkit-probe-")).rmdir()
-    except OSError as e:
-        raise OSError(f"{directory}: cannot write there ({e.strerror or e})") from None
-    return directory
+check_output_dir = text_rows.check_output_dir  # the one output probe (TEMPORARY re-export)
 
 
 def write_outputs(t: Transcript, stem: str, directory: Path, formats: Sequence[str]) -> list[Path]:

@@ -286,15 +286,49 @@ def _write_error(path: Path, reason: str, after: str = "") -> OSError:
     return error
 
 
+def _probe(folder: Path) -> None:
+    """Raise the OSError met making a file in `folder`, or (when it does not exist yet) a folder in
+    the nearest existing one above it, where it would be made: a real probe, removed at once
+    (permission bits say nothing of read-only mounts or /proc, and root passes them all). A file
+    where a folder should be is a NotADirectoryError. Leaves nothing behind, makes no folder."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a folder")
+    if existing == folder:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    else:
+        Path(tempfile.mkdtemp(dir=existing, prefix=".mmkit-probe-")).rmdir()
+
+
 def check_output(path: str | Path) -> Path:
-    """`path` (expanded) if an output can be written there: a temp file is made beside it and removed
-    (a real probe: permission bits say nothing of read-only mounts or /proc, and root passes them all),
-    its folder made if missing. An OSError of one line otherwise, so a tool fails before any work."""
+    """`path` (expanded) if an output file can be written there (its folder is made when the output
+    is written, `output_temp`); an OSError of one line naming `path` and the problem otherwise, so a
+    tool fails before any work. Leaves nothing behind (`_probe`)."""
     path = Path(path).expanduser()
-    fd, tmp = output_temp(path)
-    os.close(fd)
-    tmp.unlink()
+    if path.is_dir():
+        raise _write_error(path, "it is a folder")
+    try:
+        _probe(path.parent)
+    except NotADirectoryError as e:
+        raise _write_error(path, e.strerror) from None
+    except OSError as e:  # a read-only or virtual file system (/proc, /sys), no permission
+        raise _write_error(path, f"no file can be made in {path.parent} ({e.strerror or e})") from None
     return path
+
+
+def check_output_dir(directory: str | Path) -> Path:
+    """`directory` (expanded) if files can be created in it, or, when it does not exist yet, in the
+    nearest existing folder above it, where it will be made; an OSError of one line otherwise.
+    Leaves nothing behind (`_probe`)."""
+    directory = Path(directory).expanduser()
+    try:
+        _probe(directory)
+    except NotADirectoryError as e:
+        raise OSError(f"{directory}: {e.strerror}") from None
+    except OSError as e:
+        raise OSError(f"{directory}: cannot write there ({e.strerror or e})") from None
+    return directory
 
 
 @contextlib.contextmanager

@@ -193,7 +193,7 @@ def test_check_output_probes_the_location_in_one_line_and_leaves_nothing(tmp_pat
             text_rows.check_output(out)
         assert "\n" not in str(e.value)
     assert text_rows.check_output(tmp_path / "new" / "v.npy") == tmp_path / "new" / "v.npy"
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "folder.npy", "new"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "folder.npy"]  # no temp file, no folder made
 
 
 def test_atomic_path_failing_to_rename_is_one_line_and_leaves_no_temp_file(tmp_path):

@@ -71,7 +71,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def output_file(text: str) -> str:
     """An argparse type for a file a benchmark writes at its end (--json): a folder, a path under a file
     or an unwritable folder is a usage error at once, not a traceback after minutes of timings."""
-    from mmkit.inference.subtitles import check_output_dir
+    from mmkit.inference.text_rows import check_output_dir
 
     path = Path(text).expanduser()
     if path.is_dir():

@@ -247,7 +247,7 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     made (each side would exit 2 only after them); sets `args.quantize` to the paths to run."""
     from mmkit.cli.bench.common import bench_quantize
     from mmkit.inference.precision import check_device, resolve_precision
-    from mmkit.inference.subtitles import check_output_dir
+    from mmkit.inference.text_rows import check_output_dir
 
     if args.model and not Path(args.model).expanduser().is_dir():
         return f"--model {args.model}: not an mmkit CLIP export directory"
