@@ -12,6 +12,7 @@ import os
 import re
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -111,7 +112,8 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
 
 
 def _missing_end(path: Path, fmt: str | None) -> str | None:
-    """Name the end marker a cut-off PNG or JPEG lacks, reading only the file's tail.
+    """Name the end marker a cut-off PNG or JPEG lacks, reading the file's tail (and, for a JPEG
+    without the marker there, the rest a chunk at a time: memory stays bounded on any file).
 
     Interrupted copies and downloads are the common corruption; PIL would decode such a
     PNG without complaint when only the end chunk is gone.
@@ -128,26 +130,42 @@ def _missing_end(path: Path, fmt: str | None) -> str | None:
                 return None
             # Data appended after the JPEG (phone "motion photos" carry a video) pushes
             # the end marker out of the tail: look for it after the first scan header.
-            f.seek(0)
-            data = f.read()
+            scan = _jpeg_scan_start(f)
+            return None if scan >= 0 and _find_after(f, _JPEG_END, scan) else "no JPEG end marker"
     except OSError as e:
         raise ImageLoadError(path, f"cannot read file: {e.strerror}") from None
-    scan = _jpeg_scan_start(data)
-    return None if scan >= 0 and data.find(_JPEG_END, scan) >= 0 else "no JPEG end marker"
 
 
-def _jpeg_scan_start(data: bytes) -> int:
-    """Offset of the first start-of-scan marker, walking segment lengths so that an
-    EXIF thumbnail (a whole JPEG inside APP1) is not mistaken for the image."""
+_CHUNK_BYTES = 1 << 20  # what a search through a file holds at a time
+
+
+def _jpeg_scan_start(f: BinaryIO) -> int:
+    """Offset of the first start-of-scan marker, walking segment lengths (4 bytes read per segment)
+    so that an EXIF thumbnail (a whole JPEG inside APP1) is not mistaken for the image; -1: none."""
     pos = 2  # after SOI
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        if data[pos + 1] == 0xDA:
+    while True:
+        f.seek(pos)
+        head = f.read(4)
+        if len(head) < 4 or head[0] != 0xFF:
+            return -1
+        if head[1] == 0xDA:
             return pos
-        if data[pos + 1] == 0xFF:  # fill byte before a marker
+        if head[1] == 0xFF:  # fill byte before a marker
             pos += 1
             continue
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return -1
+        pos += 2 + int.from_bytes(head[2:4], "big")
+
+
+def _find_after(f: BinaryIO, marker: bytes, start: int) -> bool:
+    """Whether `marker` occurs in the file at or after `start`, read a chunk at a time (chunks
+    overlap by len(marker) - 1 bytes, so a marker across a boundary is found)."""
+    f.seek(start)
+    carry = b""
+    while chunk := f.read(_CHUNK_BYTES):
+        if marker in carry + chunk:
+            return True
+        carry = chunk[-(len(marker) - 1):]
+    return False
 
 
 def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:

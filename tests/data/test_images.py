@@ -131,6 +131,37 @@ def test_jpeg_with_appended_data_is_accepted(tmp_path, good_files):
     assert load_image(path).size == (32, 24)
 
 
+def test_jpeg_end_marker_search_reads_a_chunk_at_a_time(tmp_path, good_files, monkeypatch):
+    """Behind the tail, the end marker is searched for in chunks (a marker across a chunk boundary
+    is found) and a large file with none is read within a chunk, not whole."""
+    import tracemalloc
+
+    from mmkit.data import images
+
+    jpeg = good_files["rgb.jpg"].read_bytes()
+    body, end = jpeg[:-2], jpeg[-2:]
+    assert end == b"\xff\xd9"
+    video = np.random.default_rng(3).bytes(10_000).replace(b"\xff\xd9", b"\x00\x00")
+    (tmp_path / "motion.jpg").write_bytes(jpeg + video)
+    (tmp_path / "cut.jpg").write_bytes(body + video)  # no end marker anywhere after the scan
+    for chunk in (1 << 20, 2, 3, 7, 4096):
+        monkeypatch.setattr(images, "_CHUNK_BYTES", chunk)
+        assert check_image(tmp_path / "motion.jpg") == (32, 24)
+        with pytest.raises(ImageLoadError, match="no JPEG end marker"):
+            check_image(tmp_path / "cut.jpg")
+    monkeypatch.setattr(images, "_CHUNK_BYTES", 1 << 20)
+    with open(tmp_path / "big.jpg", "wb") as f:  # 48 MB after a JPEG without its end marker
+        f.write(body)
+        for _ in range(48):
+            f.write(bytes(1 << 20))
+    tracemalloc.start()
+    with pytest.raises(ImageLoadError, match="no JPEG end marker"):
+        check_image(tmp_path / "big.jpg")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20, peak  # was the whole file (48 MB)
+
+
 def test_error_survives_pickling():
     error = pickle.loads(pickle.dumps(ImageLoadError("a.png", "zero-byte file")))
     assert (error.path, error.reason) == ("a.png", "zero-byte file")
