@@ -117,6 +117,22 @@ def read_caption_table(path: str | os.PathLike, image_key: str = "path", caption
     return kept
 
 
+MAX_CAPTION_FILE_BYTES = 64 << 10  # far beyond what a text tower reads (77 tokens); more is not a caption
+
+
+class _LongCaption(Exception):
+    pass
+
+
+def _read_caption_file(path: Path) -> str:
+    """The UTF-8 text of a sidecar caption, read no further than MAX_CAPTION_FILE_BYTES + 1 bytes."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_CAPTION_FILE_BYTES + 1)
+    if len(data) > MAX_CAPTION_FILE_BYTES:
+        raise _LongCaption(f".txt caption over {MAX_CAPTION_FILE_BYTES >> 10} KiB: not a caption")
+    return data.decode("utf-8")
+
+
 def find_sidecar_captions(root: str | os.PathLike,
                           dropped: list[tuple[str, str]] | None = None) -> list[CaptionSample]:
     """Images under `root` (recursively) that have a `.txt` file of the same stem next to them;
@@ -126,7 +142,9 @@ def find_sidecar_captions(root: str | os.PathLike,
     images = scan_images(Path(root).expanduser())
     for image in images:
         try:
-            caption, reason = _caption_or_reason(image.with_suffix(".txt").read_text(encoding="utf-8"))
+            caption, reason = _caption_or_reason(_read_caption_file(image.with_suffix(".txt")))
+        except _LongCaption as e:
+            caption, reason = "", str(e)
         except FileNotFoundError:
             caption, reason = "", "no .txt caption"
         except (OSError, UnicodeDecodeError) as e:

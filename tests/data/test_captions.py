@@ -71,6 +71,12 @@ def test_sidecar_captions_pair_each_image_with_its_txt(tmp_path, caplog):
     pairs = find_sidecar_captions(tmp_path)
     assert pairs == [(paths["blue"], "blue"), (paths["red"], "a red square")]
     assert "dropped 2 of 4 images" in caplog.text  # green (empty) and white (no file)
+    paths["green"].with_suffix(".txt").write_bytes(b"x" * (64 << 10))  # the largest caption file read
+    paths["blue"].with_suffix(".txt").write_bytes(b"x" * ((64 << 10) + 1))  # a log or a book, not a caption
+    dropped = []
+    pairs = find_sidecar_captions(tmp_path, dropped)
+    assert [(p, len(c)) for p, c in pairs] == [(paths["green"], 64 << 10), (paths["red"], 12)]
+    assert (str(paths["blue"]), ".txt caption over 64 KiB: not a caption") in dropped
 
 
 def test_collate_tokenizes_captions_and_drops_skipped_samples():
