@@ -394,3 +394,8 @@ def test_a_non_utf8_labels_or_templates_file_is_one_line_naming_the_file_line_an
     err = _one_line(capsys)
     assert f"{flag} {text}: not UTF-8" in err and "0xe2, on line 2" in err
     assert not (tmp_path / "o").exists()
+    with open(text, "wb") as f:  # a wrong path (a video, a dump): refused after reading 64 MiB, not read whole
+        f.truncate((64 << 20) + 1)
+    assert label_main(args) == 2
+    assert _one_line(capsys).strip().endswith(f"{text}: over 64 MiB, not a list of labels or templates")
+    assert not (tmp_path / "o").exists()

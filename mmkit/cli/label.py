@@ -29,7 +29,9 @@ from mmkit.inference.image_batches import image_batches
 from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
 from mmkit.inference.precision import PRECISIONS
 from mmkit.inference.quantize import QUANTIZATIONS, describe
-from mmkit.inference.prompts import DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file
+from mmkit.inference.prompts import (
+    DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file, read_prompt_file,
+)
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
 from mmkit.inference.zero_shot import ZeroShotClassifier
 
@@ -132,8 +134,7 @@ def _utf8(flag: str, path: str, read: Callable[[str], T]) -> T:
 def _label_prompts(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]]:
     templates = list(args.template or [])
     if args.templates_file:
-        templates += _utf8("--templates-file", args.templates_file,
-                           lambda f: Path(f).expanduser().read_text(encoding="utf-8")).splitlines()
+        templates += _utf8("--templates-file", args.templates_file, read_prompt_file).splitlines()
     templates = check_templates(templates) if templates else list(DEFAULT_TEMPLATES)
     if args.labels_file:
         labels = _utf8("--labels-file", args.labels_file, read_labels_file)

@@ -74,9 +74,22 @@ def parse_labels(entries: Iterable[str]) -> dict[str, list[str]]:
     return labels
 
 
+MAX_PROMPT_FILE_BYTES = 64 << 20  # labels or templates files: ~a million labels; a bigger file is a wrong path
+
+
+def read_prompt_file(path: str | os.PathLike) -> str:
+    """The UTF-8 text of a labels or templates file (UnicodeDecodeError when it is not UTF-8); a file
+    over MAX_PROMPT_FILE_BYTES is a ValueError, read no further than that."""
+    with open(Path(path).expanduser(), "rb") as f:
+        data = f.read(MAX_PROMPT_FILE_BYTES + 1)
+    if len(data) > MAX_PROMPT_FILE_BYTES:
+        raise ValueError(f"{path}: over {MAX_PROMPT_FILE_BYTES >> 20} MiB, not a list of labels or templates")
+    return data.decode("utf-8")
+
+
 def read_labels_file(path: str | os.PathLike) -> dict[str, list[str]]:
     """One label entry per line (`cat: kitten | tabby cat`); blank lines and `#` comments skipped."""
-    lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    lines = read_prompt_file(path).splitlines()
     return parse_labels(line for line in lines if not line.lstrip().startswith("#"))
 
 
