@@ -305,18 +305,6 @@ def test_recipe_values_out_of_range_are_one_line_before_anything_is_built(workdi
     assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
-def test_predict_on_several_processes_is_refused_before_any_row(fitted, tmp_path, capsys):
-    """Each process wrote its share of the rows over the same file (the last rename won, the rest
-    showed as unreadable): predict runs in one process."""
-    out = tmp_path / "p.csv"
-    code = main(["predict", "--config", PREDICT, *PREDICT_TINY, VIT + "checkpoint", str(fitted / "export"),
-                 "--data.init_args.predict_paths", json.dumps([str(tmp_path)]), "--prediction_writer.output", str(out),
-                 "--trainer.accelerator", "cpu", "--trainer.devices", "2"])
-    err = capsys.readouterr().err
-    assert code == 2 and "predict runs in one process and writes one file; this run asks for 2" in err
-    assert not out.exists()
-
-
 @pytest.mark.parametrize("classes", [[], ["a"]])
 def test_a_train_dir_with_fewer_than_two_classes_is_one_line(workdir, tmp_path, capsys, classes):
     for name in classes:

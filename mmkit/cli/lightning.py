@@ -1,6 +1,7 @@
-"""The Lightning side of the `mmkit` command: LightningCLI with data-linked arguments and a
-prediction writer. Kept apart from `mmkit.cli` so that tool subcommands (`label`, `transcribe`,
-`demo`, `bench`) start without importing Lightning.
+"""The Lightning side of the `mmkit` command: LightningCLI with data-linked arguments, checked
+recipe values and one-line errors (the prediction writer is `mmkit.cli.prediction_writer`). Kept
+apart from `mmkit.cli` so that tool subcommands (`label`, `transcribe`, `demo`, `bench`) start
+without importing Lightning.
 """
 from __future__ import annotations
 
@@ -14,144 +15,17 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.trainer.connectors.accelerator_connector import _PRECISION_INPUT
 from pytorch_lightning.utilities import GradClipAlgorithmType
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from mmkit.inference.classifier import Prediction
-from mmkit.inference.precision import PRECISIONS, resolve_precision
-from mmkit.inference.quantize import QUANTIZATIONS, apply_quantization, describe
-from mmkit.inference.writers import OUTPUT_SUFFIXES, PredictionFile
+from mmkit.cli.prediction_writer import LIGHTNING_PRECISION, PredictionWriter
+from mmkit.inference.precision import resolve_precision
 
 log = logging.getLogger("mmkit")
-
-# Lightning's names for the arithmetic `resolve_precision` picks
-LIGHTNING_PRECISION = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
-
-
-class PredictionWriter(BasePredictionWriter):
-    """Write `mmkit predict` results to CSV/JSON/JSONL, one row per input in input order, including
-    the files that could not be read (with the reason) so nothing is dropped silently. The output
-    location is checked before predicting (an unwritable one fails at once, in one line); rows are
-    streamed to a temporary file as batches finish and renamed over the output at the end. In CSV,
-    cells a spreadsheet would run as formulas get a leading "'" (`mmkit.inference.writers.csv_safe`).
-
-    Args:
-        output: predictions.csv, .json or .jsonl.
-        precision: the arithmetic of the prediction run, as `mmkit label --precision`: "fp32" (exact,
-            the default: `--trainer.precision` decides), "auto" (bf16 where the hardware has it
-            natively, else fp32), "bf16" or "fp16" (autocast through Lightning's mixed precision).
-        quantize: "none", or "int8": int8 weights for the model's Linear layers (CPU only; the
-            patch embedding stays an fp32 convolution; `mmkit.inference.quantize`).
-    """
-
-    def __init__(self, output: str = "predictions.csv", precision: str = "fp32", quantize: str = "none") -> None:
-        super().__init__(write_interval="batch")
-        if Path(output).suffix not in OUTPUT_SUFFIXES:  # fail before predicting, not after
-            raise ValueError(f"prediction_writer.output {output}: use one of {', '.join(OUTPUT_SUFFIXES)}")
-        if precision not in PRECISIONS or quantize not in QUANTIZATIONS:
-            raise ValueError(f"prediction_writer: precision must be one of {', '.join(PRECISIONS)} and quantize one "
-                             f"of {', '.join(QUANTIZATIONS)}; got {precision!r} and {quantize!r}")
-        self.output, self.precision, self.quantize = output, precision, quantize
-        self._file: PredictionFile | None = None
-        self._inputs: list[tuple[str, str | None]] = []
-        self._pos = 0  # next position in `_inputs`
-        self._kept = 0  # index in the data module's predict_files of the next readable input
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "predict":
-            self._arithmetic(trainer, pl_module)
-            self._open(trainer)
-            _warn_on_other_preprocessing(trainer.datamodule, pl_module)
-
-    def _arithmetic(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Apply `precision` and `quantize` (before the strategy moves the model to its device) and
-        log the run's arithmetic once. Autocast stays Lightning's: a mixed-precision plugin."""
-        device = trainer.strategy.root_device
-        precision = resolve_precision(self.precision, device, self.quantize)  # ValueError: fp16 on a CPU
-        if self.quantize != "none" and trainer.precision not in ("32-true", "32"):
-            raise ValueError(f"prediction_writer.quantize {self.quantize} runs on fp32 activations; "
-                             f"trainer.precision is {trainer.precision}")
-        mixed = LIGHTNING_PRECISION[precision]
-        if mixed != "32-true" and trainer.precision != mixed:
-            if trainer.precision not in ("32-true", "32"):
-                raise ValueError(f"prediction_writer.precision {self.precision} and trainer.precision "
-                                 f"{trainer.precision}: give one of the two")
-            trainer.strategy.precision_plugin = MixedPrecision(mixed, device.type)
-        if self.quantize != "none" and device.type != "cpu":
-            raise ValueError(f"prediction_writer.quantize {self.quantize} runs on the CPU; this run uses {device}")
-        apply_quantization(pl_module, self.quantize)
-        compute = {"bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16"}.get(trainer.precision, "fp32")
-        log.info("predicting on %s with %s%s", device, describe(compute, self.quantize, device),
-                 "" if trainer.precision in ("32-true", "32", "bf16-mixed", "16-mixed")
-                 else f" (trainer.precision {trainer.precision})")
-
-    def _open(self, trainer: pl.Trainer) -> PredictionFile:
-        if self._file is None:
-            self._file = PredictionFile(self.output)  # raises (one line) when the location is unwritable
-            self._inputs = list(getattr(trainer.datamodule, "predict_inputs", []))
-            self._pos = self._kept = 0
-        return self._file
-
-    def _rows_before(self, index: int | None) -> list[Prediction]:
-        """Rows of the inputs before readable input `index` (None: all left) that got no prediction:
-        skipped by the header check, or found unreadable while loading."""
-        rows = []
-        while self._pos < len(self._inputs):
-            path, reason = self._inputs[self._pos]
-            if reason is None and self._kept == index:
-                break
-            self._pos += 1
-            if reason is None:
-                self._kept += 1
-                reason = "unreadable image (skipped while loading)"
-            rows.append(Prediction(path, error=reason))
-        return rows
-
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
-        out = self._open(trainer)
-        files = trainer.datamodule.predict_files
-        rows: list[Prediction] = []
-        for i, (labels, probs) in sorted(zip(prediction["indices"], prediction["top_k"])):
-            rows += self._rows_before(i)
-            rows.append(Prediction(str(files[i]), labels, probs))
-            self._pos, self._kept = self._pos + 1, self._kept + 1
-        out.write(rows)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Not on_predict_epoch_end: when no input is readable Lightning skips the predict loop
-        # and its hooks, and the unreadable files must still get their rows.
-        if stage != "predict":
-            return
-        out = self._open(trainer)
-        out.write(self._rows_before(None))
-        counts = out.commit()
-        self._file = None
-        log.info("wrote %d predictions (%d unreadable) to %s", counts["ok"], counts["failed"], self.output)
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self._file is not None:  # no half-written output
-            self._file.abort()
-            self._file = None
-
-
-def _warn_on_other_preprocessing(datamodule: Any, pl_module: pl.LightningModule) -> None:
-    """The predict recipe names its preprocessing (image size, crop, mean/std) beside the checkpoint, whose
-    export records the one it was validated with: say so when they differ, since every prediction changes."""
-    from mmkit.tasks.image_classifier import eval_metadata
-
-    saved = getattr(getattr(pl_module, "model", None), "metadata", None) or {}
-    used = eval_metadata(datamodule) if datamodule is not None else {}
-    differ = [f"{k} {used[k]} (checkpoint: {saved[k]})" for k in used if k in saved and used[k] != saved[k]]
-    if differ:
-        log.warning("predict: the data's preprocessing differs from the checkpoint's: %s; predictions use the "
-                    "data's (set --data.init_args.* to the checkpoint's values to match its validation)",
-                    ", ".join(differ))
-
 
 def training_precision(precision: Any, accelerator: Any) -> Any:
     """`--trainer.precision auto`: "bf16-mixed" where the accelerator has native bf16 (a GPU with it,
@@ -311,9 +185,18 @@ class MMKitCLI(LightningCLI):
             check_hyperparameters(config.get(section), section)
 
     def before_predict(self) -> None:
-        if self.trainer.world_size > 1:  # each process would write its share of the rows over the same file
-            raise ValueError(f"predict runs in one process and writes one file; this run asks for "
-                             f"{self.trainer.world_size} (--trainer.devices / --trainer.num_nodes): use 1")
+        # Lightning would keep every batch's predictions in memory to return them: the writer has written them.
+        if self.config_init[self.subcommand].get("return_predictions") is None:
+            self.config_init[self.subcommand]["return_predictions"] = False
+        trainer = self.trainer
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        launches = environment is not None and not environment.creates_processes_externally
+        if trainer.world_size > 1 and trainer.is_global_zero and launches:
+            # Before the other processes exist, so that a mistake is one line, not one per process
+            # (torchrun/SLURM start them all: `PredictionWriter.setup` checks on every process then).
+            for writer in trainer.callbacks:
+                if isinstance(writer, PredictionWriter):
+                    writer.check_before_launch(trainer, self.datamodule)
 
     def before_fit(self) -> None:
         self._fixed_checkpoint_folder()
