@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from mmkit.cli.options import at_least
+from mmkit.inference.ranks import Ranks
 
 T = TypeVar("T")
 
@@ -26,17 +27,20 @@ def texts_file_parser(prog: str, doc: str, description: str, model_help: str,
     p.add_argument("--out", required=True, metavar="FILE", help=out_help)
     p.add_argument("--text-key", default="text", help="field/column of .jsonl/.csv rows holding the text")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="texts per forward pass (64)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps; under torchrun, cuda is "
+                   "each rank's own GPU: cuda:LOCAL_RANK)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Sequence[str],
-                           build: Callable[[Any], T]) -> tuple[int, T] | None:
+                           build: Callable[[Any], T], ranks: Ranks = Ranks()) -> tuple[int, T] | None:
     """(the texts file's row count, `build(encoder)`); None after a usage or input error, reported as
     one line on stderr (the tool then returns 2). Before the model loads it meets a device this machine
     lacks, an output that cannot be written (`check_output`) and, counting the file's rows a line at a
-    time, a bad file (missing, not a regular file, wrong suffix, no --text-key column or field)."""
+    time, a bad file (missing, not a regular file, wrong suffix, no --text-key column or field). Ranks of
+    one launcher (`ranks`) all stop if one meets a problem, printed once, by the first; each loads the model
+    on its own device (`Ranks.device`)."""
     from mmkit.inference.encoder import load_encoder
     from mmkit.inference.precision import check_device
     from mmkit.inference.text_rows import check_output, count_text_rows
@@ -44,12 +48,17 @@ def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Se
     try:
         if Path(args.out).suffix not in out_suffixes:
             raise ValueError(f"--out must end in {' or '.join(out_suffixes)}: {args.out}")
-        check_device(args.device)
+        device = ranks.device(args.device)
+        check_device(device)
         check_output(args.out)
         total = count_text_rows(args.texts, args.text_key)
-        tool = build(load_encoder(args.model, args.device))
+        tool, problem = build(load_encoder(args.model, device)), None
     except (ValueError, OSError) as e:  # WeightsError is a ValueError
-        print(f"{prog}: {e}", file=sys.stderr)
+        problem = str(e)
+    problem = ranks.first_problem(problem)
+    if problem is not None:
+        if ranks.first:
+            print(f"{prog}: {problem}", file=sys.stderr)
         return None
     return total, tool
 
@@ -76,18 +85,19 @@ class RowCounts:
 
 
 def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any, counts: RowCounts,
-               advance: Callable[[int], None]) -> Iterator[tuple[list, list]]:
+               advance: Callable[[int], None], report: bool = True) -> Iterator[tuple[list, list]]:
     """The texts file's rows, `ROWS_PER_CHUNK` at a time, each chunk with its good rows; each bad row
     (empty, not UTF-8, nothing but unknown tokens) is reported on stderr as it is met, counted in
     `counts` and passed to `advance` (the good ones advance as the tool finishes them). Memory holds one
-    chunk, whatever the file's size."""
+    chunk, whatever the file's size. `report` False: bad rows are counted, not printed (ranks other than the
+    first: every rank reads every row)."""
     from mmkit.inference.encoder import mark_unknown_rows
     from mmkit.inference.text_rows import chunks, iter_text_rows
 
     for rows in chunks(iter_text_rows(args.texts, args.text_key), chars=lambda r: len(r.text or "")):
         rows = mark_unknown_rows(rows, tokenizer)
         for r in rows:
-            if r.error:
+            if r.error and report:
                 print(f"{prog}: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)
         good = [r for r in rows if r.error is None]
         counts.good += len(good)

@@ -9,6 +9,10 @@ Per prompt also a grid PNG (the first, or best, 64 images) and in the end a JSON
 settings, images best first and their CLIP scores when reranked), each atomically (temporary file +
 rename). User mistakes are one line on stderr and exit code 2; a failed run removes the --out folder it
 created if it wrote nothing there.
+
+Under torchrun (or any launcher setting torch.distributed's environment) the ranks share the batches of
+all prompts, a contiguous block each: the same batches, seeds and files as one process. Rank 0 gathers the
+CLIP scores, ranks and writes the grids and the manifest as one process would, once each prompt is done.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from PIL import Image
 
 from mmkit.cli.options import at_least
+from mmkit.inference.ranks import Ranks
 
 if TYPE_CHECKING:
     from mmkit.inference.text_to_image import ClipReranker, TextToImage
@@ -154,8 +159,6 @@ def _generate_prompt(t2i: TextToImage, reranker: ClipReranker | None, args: argp
     """Sample one prompt's images batch by batch, each PNG written as it comes; returns the image
     order (a range, or best first when reranked: only the scores are kept, never the images) and the
     scores."""
-    import torch
-
     out = Path(args.out).expanduser()
     scores = array("d") if reranker is not None else None
     batches = t2i.stream(prompt, args.num_images, args.seed, batch_size=args.batch_size, **sampling)
@@ -167,13 +170,73 @@ def _generate_prompt(t2i: TextToImage, reranker: ClipReranker | None, args: argp
             scores.extend(reranker.scores(prompt, images))
         start += len(images)
         advance(len(images))
+    return _ranking(args.num_images, scores)
+
+
+def _ranking(num_images: int, scores: array | None) -> tuple[Any, array | None]:
+    """(the image order: a range, or best first by score, ties in image order; the scores)."""
+    import torch
+
     if scores is None:
-        return range(args.num_images), None
+        return range(num_images), None
     return torch.frombuffer(scores, dtype=torch.float64).argsort(descending=True, stable=True), scores
 
 
-def run(args: argparse.Namespace) -> int:
-    from mmkit.cli.progress import progress
+def _image_shares(ranks: Ranks, prompts: int, num_images: int, batch_size: int) -> list[range]:
+    """This rank's images of each prompt: its contiguous block of all prompts' batches (batch_size images
+    each, the last of a prompt fewer, as one process samples them), as a range of image indices per prompt."""
+    per = -(-num_images // batch_size)  # batches per prompt
+    mine = ranks.block(prompts * per)
+    shares = []
+    for n in range(prompts):
+        lo, hi = max(mine.start, n * per) - n * per, min(mine.stop, (n + 1) * per) - n * per
+        shares.append(range(lo * batch_size, min(hi * batch_size, num_images)) if lo < hi else range(0))
+    return shares
+
+
+def _generate_share(t2i: TextToImage, reranker: ClipReranker | None, args: argparse.Namespace, prompt: str,
+                    stem: str, sampling: dict[str, Any], advance: Callable[[int], None], ranks: Ranks,
+                    images: range) -> tuple[Any, array | None]:
+    """This rank's `images` of a prompt, each PNG written as it comes, then every rank's scores to all: on
+    every rank the order and scores one process gets (`_ranking`), or a ValueError naming the first rank's
+    failure (all ranks stop)."""
+    out = Path(args.out).expanduser()
+    scores, problem = array("d") if reranker is not None else None, None
+    try:
+        start = images.start
+        for _, batch in t2i.stream(prompt, len(images), args.seed, batch_size=args.batch_size, first=start,
+                                   **sampling) if images else ():
+            for i, image in enumerate(batch, start):
+                _save_atomic(lambda tmp, im=image: im.save(tmp, format="PNG"), out / f"{stem}-{i}.png")
+            if scores is not None:
+                scores.extend(reranker.scores(prompt, batch))
+            start += len(batch)
+            advance(len(batch))
+    except (ValueError, OSError) as e:  # this rank's; every rank stops after this prompt
+        problem = str(e)
+    shared = ranks.all_gather((problem, scores))
+    problem = next((p for p, _ in shared if p is not None), None)
+    if problem is not None:
+        raise ValueError(problem)
+    return _ranking(args.num_images, None if scores is None else array("d", b"".join(s.tobytes() for _, s in shared)))
+
+
+def _agreed(ranks: Ranks, setup: Callable[[], Any]) -> Any:
+    """`setup()`, whose ValueError or OSError (a bad model, a prompt it cannot read) stops every rank of a
+    launcher alike: the first rank's problem is raised on all (one process: as it is)."""
+    if not ranks.multi:
+        return setup()
+    try:
+        result, problem = setup(), None
+    except (ValueError, OSError) as e:
+        result, problem = None, str(e)
+    problem = ranks.first_problem(problem)
+    if problem is not None:
+        raise ValueError(problem)
+    return result
+
+
+def _setup(args: argparse.Namespace) -> tuple[TextToImage, ClipReranker | None, dict[str, Any]]:
     from mmkit.inference.text_to_image import ClipReranker, TextToImage
 
     t2i = TextToImage.from_pretrained(args.model)
@@ -183,17 +246,35 @@ def run(args: argparse.Namespace) -> int:
     guidance = t2i.defaults["guidance"] if args.guidance is None else args.guidance
     top_k = t2i.defaults["top_k"] if args.top_k is None else args.top_k
     sampling = {"guidance": guidance, "temperature": args.temperature, "top_k": top_k, "top_p": args.top_p}
-    settings = {"num_images": args.num_images, "seed": args.seed, **sampling, "rerank": args.rerank}
     t2i.check_settings(args.num_images, args.seed, batch_size=args.batch_size, **sampling)  # also before any work
+    return t2i, reranker, sampling
+
+
+def run(args: argparse.Namespace, ranks: Ranks = Ranks()) -> int:
+    from mmkit.cli.progress import progress
+
+    t2i, reranker, sampling = _agreed(ranks, lambda: _setup(args))
+    settings = {"num_images": args.num_images, "seed": args.seed, **sampling, "rerank": args.rerank}
     out = Path(args.out).expanduser()
+    shares = _image_shares(ranks, len(args.prompts), args.num_images, args.batch_size)
+
+    def images_of(n: int, prompt: str, stem: str, advance: Callable[[int], None]) -> tuple[Any, array | None]:
+        if ranks.multi:
+            return _generate_share(t2i, reranker, args, prompt, stem, sampling, advance, ranks, shares[n])
+        return _generate_prompt(t2i, reranker, args, prompt, stem, sampling, advance)
+
+    if not ranks.first:  # its images only: the first rank writes the grids and the manifest
+        for n, prompt in enumerate(args.prompts):
+            images_of(n, prompt, f"{n:03d}-{_slug(prompt)}", lambda k=1: None)
+        return 0
 
     def write_all(manifest_tmp: str) -> None:
-        with open(manifest_tmp, "w") as f, progress("generating", len(args.prompts) * args.num_images, "img",
+        with open(manifest_tmp, "w") as f, progress("generating", sum(map(len, shares)), "img",
                                                      enabled=not args.quiet) as advance:
             f.write("[\n")
             for n, prompt in enumerate(args.prompts):
                 stem = f"{n:03d}-{_slug(prompt)}"
-                order, scores = _generate_prompt(t2i, reranker, args, prompt, stem, sampling, advance)
+                order, scores = images_of(n, prompt, stem, advance)
                 best = [out / f"{stem}-{i}.png" for i in _indices(order[:GRID_MAX])]
                 _save_atomic(lambda tmp: grid([Image.open(p).convert("RGB") for p in best]).save(tmp, format="PNG"),
                              out / f"{stem}-grid.png")
@@ -231,18 +312,33 @@ def _remove_if_empty(out: Path, top: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit generate PROMPT... --model DIR --out DIR`; 0 done, 2 usage or input error."""
-    args = _parser().parse_args(argv)
+    try:
+        ranks = Ranks.from_env()
+    except ValueError as e:
+        print(f"mmkit generate: {e}", file=sys.stderr)
+        return 2
+    with ranks.group():
+        with ranks.quiet():
+            args = _parser().parse_args(argv)
+        return _main(args, ranks)
+
+
+def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     out = Path(args.out).expanduser().absolute()
     created, code = _created_by(out), 2
     try:
         problem = _check(args)
+        if ranks.multi:  # the same on every rank, but for a folder another rank made meanwhile
+            problem = ranks.first_problem(problem)
         if problem:
-            print(f"mmkit generate: {problem}", file=sys.stderr)
+            if ranks.first:
+                print(f"mmkit generate: {problem}", file=sys.stderr)
             return 2
-        code = run(args)
+        code = run(args, ranks)
         return code
     except (ValueError, OSError) as e:  # WeightsError is a ValueError: bad checkpoints, wrong family
-        print(f"mmkit generate: {e}", file=sys.stderr)
+        if ranks.first:  # under a launcher every rank stops with the first rank's problem
+            print(f"mmkit generate: {e}", file=sys.stderr)
         return 2
     finally:
         if created is not None and code != 0:

@@ -1,6 +1,8 @@
 """`mmkit transcribe`: speech to text (or English translation) with a Whisper checkpoint,
 openai/whisper's command line (`whisper` CLI: --task, --language, --temperature ladder,
-thresholds, -f txt/json/srt/vtt/tsv) over `mmkit.inference.Transcriber`.
+thresholds, -f txt/json/srt/vtt/tsv) over `mmkit.inference.Transcriber`. Under torchrun (or any launcher
+setting torch.distributed's environment) each rank transcribes a contiguous block of the files on its own
+device and writes their outputs; rank 0 prints the transcripts in input order and the combined summary.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from mmkit.cli.options import add_precision_argument, at_least, beam_size, finit
 from mmkit.cli.progress import progress
 from mmkit.inference.precision import check_device
 from mmkit.inference.quantize import QUANTIZATIONS
-from mmkit.inference.subtitles import OUTPUT_FORMATS, check_output_dir, output_stems, write_outputs
+from mmkit.inference.ranks import Ranks
+from mmkit.inference.subtitles import OUTPUT_FORMATS, output_stems, write_outputs
+from mmkit.inference.text_rows import check_output_dir
 from mmkit.inference.transcriber import Transcriber
 from mmkit.inference.transcript import DecodingOptions
 
@@ -65,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output-format", "-f", nargs="+", default=["txt"], choices=OUTPUT_FORMATS + ("all",))
     p.add_argument("--output-dir", "-o", default=".", help="where to write <stem>.<ext> (default: .)")
     p.add_argument("--batch-size", type=at_least(1), default=8, help="30 s windows per encoder/decoder batch")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (under torchrun, cuda is each rank's own GPU: cuda:LOCAL_RANK)")
     p.add_argument("--threads", type=thread_count(), default=None, help="torch CPU threads (default: torch's)")
     add_precision_argument(p)
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
@@ -89,11 +94,11 @@ def _options(args: argparse.Namespace) -> DecodingOptions:
         repetition_guard=not args.no_repetition_guard, seed=args.seed, audio_context=args.audio_context)
 
 
-def _usage_error(args: argparse.Namespace) -> str | None:
+def _usage_error(args: argparse.Namespace, device: str) -> str | None:
     """What is wrong with the arguments on their own (beyond argparse's types), checked before the model
     is loaded."""
     try:
-        check_device(args.device)
+        check_device(device)
         _options(args)
         check_output_dir(args.output_dir)
     except (ValueError, OSError) as e:
@@ -104,47 +109,78 @@ def _usage_error(args: argparse.Namespace) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit transcribe FILES... --model DIR|FILE.pt [options]`: exit 0 if every readable file was
     transcribed and written (unreadable ones are listed), 1 if none was or an output could not be
-    written, 2 for usage errors, 130 when interrupted."""
-    args = _parser().parse_args(argv)
-    problem = _usage_error(args)
+    written, 2 for usage errors, 130 when interrupted. Every rank of a launcher returns the same code."""
+    try:
+        ranks = Ranks.from_env()
+    except ValueError as e:
+        sys.stderr.write(f"mmkit transcribe: error: {e}\n")
+        return 2
+    with ranks.group():
+        with ranks.quiet():
+            args = _parser().parse_args(argv)
+        return _main(args, ranks)
+
+
+def _main(args: argparse.Namespace, ranks: Ranks) -> int:
+    device = ranks.device(args.device)
+    problem = ranks.first_problem(_usage_error(args, device))
     if problem:
-        sys.stderr.write(f"mmkit transcribe: error: {problem}\n")
+        if ranks.first:
+            sys.stderr.write(f"mmkit transcribe: error: {problem}\n")
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    transcriber, problem = None, None
     try:
-        transcriber = Transcriber.from_checkpoint(args.model, _options(args), args.batch_size, args.device,
+        transcriber = Transcriber.from_checkpoint(args.model, _options(args), args.batch_size, device,
                                                   args.tokenizer, args.precision, args.quantize)
     except ValueError as e:  # WeightsError, TokenizerError and bad options are ValueErrors
-        sys.stderr.write(f"mmkit transcribe: error: {e}\n")
-        return 2
+        problem = str(e)
     except KeyboardInterrupt:
         sys.stderr.write("mmkit transcribe: interrupted while loading the model; nothing was written\n")
         return 130
+    problem = ranks.first_problem(problem)
+    if problem:
+        if ranks.first:
+            sys.stderr.write(f"mmkit transcribe: error: {problem}\n")
+        return 2
     written: list[str] = []
+    share = ranks.block(len(args.files))
     try:
-        failed, unwritten = _run(args, transcriber, written)
+        failed, unwritten, printed = _run(args, transcriber, written, share, ranks.first)
     except KeyboardInterrupt:
-        done = f"the outputs of {len(written)} of {len(args.files)} files are in {args.output_dir}"
+        done = f"the outputs of {len(written)} of {len(share)} files are in {args.output_dir}"
         names = f" ({', '.join(written[:10])}{', ...' if len(written) > 10 else ''})" if written else ""
         sys.stderr.write(f"mmkit transcribe: interrupted; {done}{names}; no partial file was left\n")
         return 130
+    if ranks.multi:  # every rank's outcome, in input order (the blocks are); the first rank prints the others'
+        outcomes = ranks.all_gather((failed, unwritten, printed))
+        failed, unwritten = ([f for outcome in outcomes for f in outcome[k]] for k in (0, 1))
+        if ranks.first:
+            for lines in (outcome[2] for outcome in outcomes[1:]):
+                sys.stdout.write("".join(lines))
+            sys.stdout.flush()
     ok = len(args.files) - len(failed) - len(unwritten)
-    if failed or unwritten:
+    if (failed or unwritten) and ranks.first:
         log.warning("transcribed and wrote %d of %d files; failed: %s", ok, len(args.files),
                     ", ".join(failed + unwritten))
     return 0 if ok and not unwritten else 1
 
 
-def _run(args: argparse.Namespace, transcriber: Transcriber, written: list[str]) -> tuple[list[str], list[str]]:
-    """Transcribe and write every file; returns (files that failed, files whose outputs could not
-    be written). `written` collects the files whose outputs are all in place, as they are."""
+def _run(args: argparse.Namespace, transcriber: Transcriber, written: list[str], share: range | None = None,
+         show: bool = True) -> tuple[list[str], list[str], list[str]]:
+    """Transcribe and write the files of `share` (default: all); returns (files that failed, files whose
+    outputs could not be written, the transcript lines not printed). `written` collects the files whose
+    outputs are all in place, as they are. `show` False: the transcripts are kept, not printed (a rank
+    other than the first hands them to it), and no progress bar."""
     formats = list(OUTPUT_FORMATS) if "all" in args.output_format else list(dict.fromkeys(args.output_format))
     out_dir = Path(args.output_dir).expanduser()
-    failed, unwritten = [], []
+    share = range(len(args.files)) if share is None else share
+    files, stems = args.files[share.start:share.stop], output_stems(args.files)[share.start:share.stop]
+    failed, unwritten, kept = [], [], []
     # one bar for runs over several files: a single file's transcript is the whole output
-    with progress("transcribing", len(args.files), unit="file", enabled=len(args.files) > 1) as advance:
-        for stem, t in zip(output_stems(args.files), transcriber.transcribe_files(args.files)):
+    with progress("transcribing", len(files), unit="file", enabled=show and len(files) > 1) as advance:
+        for stem, t in zip(stems, transcriber.transcribe_files(files)):
             if t.error is not None:
                 failed.append(t.path)
                 log.error("%s: %s", t.path, t.error)
@@ -158,10 +194,14 @@ def _run(args: argparse.Namespace, transcriber: Transcriber, written: list[str])
                     unwritten.append(t.path)
                     log.error("%s: %s", t.path, e)
                 if not args.quiet:
-                    sys.stdout.write(f"{t.path}: {t.text}\n" if len(args.files) > 1 else t.text + "\n")
-                    sys.stdout.flush()
+                    line = f"{t.path}: {t.text}\n" if len(args.files) > 1 else t.text + "\n"
+                    if show:
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
+                    else:
+                        kept.append(line)
             advance()
-    return failed, unwritten
+    return failed, unwritten, kept
 
 
 if __name__ == "__main__":

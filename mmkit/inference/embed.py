@@ -66,24 +66,39 @@ class Embedder:
             out[-1].append(i)
         return out
 
+    def plan(self, texts: Sequence[str], on_truncated: Callable[[int], None] | None = None
+             ) -> tuple[list[list[int]], list[list[int]]]:
+        """(token ids of each text, the batches `embed` runs: `batches` of their lengths); texts longer than
+        the model's context are cut, reported as in `embed`. Ranks sharing a run (`mmkit embed` under
+        torchrun) each make the whole plan and embed some of its batches: the very batches of one process,
+        so the vectors are bit for bit one process's."""
+        ids, cut = self.tokenize(texts)
+        report_truncated(cut, self.encoder.model.max_len, on_truncated)
+        return ids, self.batches([len(i) for i in ids])
+
     # One autocast context for all batches, under no_grad rather than inference_mode: autocast then casts
     # the weights to bf16 once per call, not once per batch (inside inference mode it keeps no casts).
     @torch.no_grad()
+    def embed_batches(self, ids: list[list[int]], batches: Sequence[list[int]],
+                      on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """(len(ids), dim) float32: the rows of `batches` (lists of indices into `ids`, from `plan`)
+        embedded, the others zero."""
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        pad = self.encoder.tokenizer.pad_id
+        with self._autocast():
+            for rows in batches:
+                self._embed_batch(ids, rows, pad, out)
+                if on_batch:
+                    on_batch(len(rows))
+        return out
+
     def embed(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None,
               on_truncated: Callable[[int], None] | None = None) -> np.ndarray:
         """(N, dim) float32 embeddings of `texts`, in their order; texts longer than the model's
         context are cut (the embedding then describes their beginning), with a warning, or with
         `on_truncated(count)` for a caller that reports many calls at once."""
-        ids, cut = self.tokenize(texts)
-        report_truncated(cut, self.encoder.model.max_len, on_truncated)
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        pad = self.encoder.tokenizer.pad_id
-        with self._autocast():
-            for rows in self.batches([len(i) for i in ids]):
-                self._embed_batch(ids, rows, pad, out)
-                if on_batch:
-                    on_batch(len(rows))
-        return out
+        ids, batches = self.plan(texts, on_truncated)
+        return self.embed_batches(ids, batches, on_batch)
 
     def _embed_batch(self, ids: list[list[int]], rows: list[int], pad: int, out: np.ndarray) -> None:
         """Embed the texts `rows` of `ids` (one batch, padded to its longest) into those rows of `out`."""

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from mmkit.inference import text_rows
 from mmkit.inference.text_rows import write_atomically
 from mmkit.inference.transcript import Transcript
 
@@ -76,9 +75,6 @@ class OutputWriteError(OSError):
     def __init__(self, message: str, written: list[Path]) -> None:
         super().__init__(message)
         self.written = written
-
-
-check_output_dir = text_rows.check_output_dir  # the one output probe (TEMPORARY re-export)
 
 
 def write_outputs(t: Transcript, stem: str, directory: Path, formats: Sequence[str]) -> list[Path]:

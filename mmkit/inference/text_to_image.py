@@ -298,16 +298,19 @@ class TextToImage:
     def stream(self, prompt: str, num_images: int, seed: int | None = None, guidance: float = 1.0,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                batch_size: int = DEFAULT_BATCH_SIZE, on_preview: Preview | None = None,
-               preview_rows: int = 2) -> Iterator[tuple[Tensor, list[Image.Image]]]:
+               preview_rows: int = 2, first: int = 0) -> Iterator[tuple[Tensor, list[Image.Image]]]:
         """The images of one prompt as they are made, `batch_size` at a time: memory is bounded by the
-        batch, whatever `num_images`. Settings and the prompt are checked before this returns.
+        batch, whatever `num_images`. Settings and the prompt are checked before this returns. `first`:
+        the index of the first image (images first, ..., first + num_images - 1, each seeded by its
+        index): a share of a prompt's images (one rank's, `mmkit generate` under torchrun), in the very
+        batches of a whole run when `first` is a multiple of `batch_size`.
 
         Yields:
             ((b, grid, grid) codes, b images) per batch, in image order.
         """
         options = self.check_settings(num_images, seed, guidance, temperature, top_k, top_p, batch_size)
         self.check_prompt(prompt)
-        return self._stream(prompt, num_images, seed, guidance, options, batch_size, on_preview, preview_rows)
+        return self._stream(prompt, num_images, seed, guidance, options, batch_size, on_preview, preview_rows, first)
 
     def check_settings(self, num_images: int, seed: int | None, guidance: float, temperature: float,
                        top_k: int | None, top_p: float | None, batch_size: int = 1) -> GenerationOptions:
@@ -327,10 +330,10 @@ class TextToImage:
     @torch.no_grad()
     def _stream(self, prompt: str, num_images: int, seed: int | None, guidance: float, options: GenerationOptions,
                 batch_size: int, on_preview: Preview | None,
-                preview_rows: int) -> Iterator[tuple[Tensor, list[Image.Image]]]:
+                preview_rows: int, first: int = 0) -> Iterator[tuple[Tensor, list[Image.Image]]]:
         on_rows = None if on_preview is None else (lambda rows: on_preview(self.preview(rows)))
-        for start in range(0, num_images, batch_size):
-            n = min(batch_size, num_images - start)
+        for start in range(first, first + num_images, batch_size):
+            n = min(batch_size, first + num_images - start)
             if seed is not None:
                 options = RowSeeded(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
                                     row_seeds=tuple(image_seed(seed, i) for i in range(start, start + n)))
