@@ -2,172 +2,141 @@
 files (or an embedded offline corpus, `mmkit.data.corpora`) are tokenised, joined with
 <|endoftext|> and cut into fixed blocks of `block_size + 1` tokens (inputs and next-token targets),
 so no compute is spent on padding. The held-out documents are chosen by a stable hash.
+
+As in nanoGPT's `prepare.py`, memory stays bounded whatever the corpus's size: documents are read as
+a stream (`mmkit.data.documents`), the tokenizer is trained from an iterator, and the token ids are
+written a chunk at a time to files (`mmkit.data.token_files`) that the datasets read through a memmap.
 """
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import math
-import re
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from mmkit.data.corpora import corpus_texts, split_held_out
+from mmkit.data.corpora import corpus_texts, is_held_out
+from mmkit.data.documents import MAX_WARNINGS, iter_documents, read_documents
 from mmkit.data.gpt_tokenizer import TOKENIZER_FILE, ByteBPETokenizer
+from mmkit.data.token_files import Blocks, ScratchFolder, TokenWriter, token_dtype
 
+__all__ = ["MAX_WARNINGS", "Blocks", "TextBlocksDataModule", "counts_perplexity", "encode_stream", "iter_documents",
+           "read_documents", "text_pieces", "token_counts", "unigram_perplexity"]
 log = logging.getLogger(__name__)
-TEXT_SUFFIXES = (".txt", ".jsonl")
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+BATCH_DOCS, BATCH_CHARS = 256, 1 << 18  # texts given to one `encode_batch`: about 100k tokens in Python lists
+PIECE_CHARS = 1 << 16  # a longer document is tokenised (and the tokenizer trained) in pieces of about this size
+_DISTINCT_LIMIT = 1 << 16  # distinct documents counted for an error message (memory: their hashes)
 
 
-def read_documents(paths: Sequence[str | Path], text_key: str = "text") -> list[str]:
-    """Documents from .txt files (one per paragraph: text between blank lines, so a single long
-    file still yields a held-out share) and .jsonl files (one per row, `text_key`). Bad lines (not
-    UTF-8, NUL bytes, rows without a valid string `text_key`) are logged and skipped: the first
-    `MAX_WARNINGS` of a file one by one, then one line with the file's total.
-
-    Raises:
-        FileNotFoundError: a path does not exist.
-        ValueError: no paths, a suffix other than .txt/.jsonl, or no document at all.
-    """
-    if not paths:
-        raise ValueError("no text files given (files is empty): list at least one .txt or .jsonl file")
-    docs: list[str] = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"text file not found: {path}")
-        if path.suffix not in TEXT_SUFFIXES:
-            raise ValueError(f"{path}: use {' or '.join(TEXT_SUFFIXES)} files")
-        bad = _BadLines(path)
-        if path.suffix == ".txt":
-            docs.extend(_PARAGRAPH_BREAK.split("".join(line for _, line in _utf8_lines(path, bad))))
-        else:
-            docs.extend(_jsonl_texts(path, text_key, bad))
-        bad.done()
-    docs = [d for d in docs if d.strip()]
-    if not docs:
-        raise ValueError(f"no text in {', '.join(map(str, paths))}")
-    return docs
+def text_pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` in pieces of at most `size` characters, cut where GPT-2's pre-tokenizer splits anyway
+    (before a space between two non-spaces, which starts a new word), so the pieces tokenise to the ids
+    of the whole text: a long document costs the tokenizer one piece of memory at a time."""
+    start = 0
+    while len(text) - start > size:
+        cut = start + size
+        at = text.rfind(" ", start + size // 2, cut)
+        while at > start + size // 2:  # the last space with a non-space on either side
+            if not text[at - 1].isspace() and at + 1 < len(text) and not text[at + 1].isspace():
+                cut = at
+                break
+            at = text.rfind(" ", start + size // 2, at)
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
-MAX_WARNINGS = 5  # bad lines of a file warned about one by one; the rest are counted in one line
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class _BadLines:
-    """Skipped lines of one file: the first MAX_WARNINGS are logged one by one, `done` logs the total."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.count = path, 0
-
-    def skip(self, n: int, why: str) -> None:
-        self.count += 1
-        if self.count <= MAX_WARNINGS:
-            log.warning("skipping %s line %d: %s", self.path, n, why)
-
-    def done(self) -> None:
-        if self.count > MAX_WARNINGS:
-            log.warning("skipped %d bad lines of %s in all (the first %d are listed above)",
-                        self.count, self.path, MAX_WARNINGS)
-
-
-def _utf8_lines(path: Path, bad: _BadLines) -> Iterator[tuple[int, str]]:
-    """(line number, line with its end) for the lines of `path` that are UTF-8 text without NUL."""
-    for n, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            bad.skip(n, f"not UTF-8 text (byte {e.start} of the line)")
-            continue
-        if "\0" in line:
-            bad.skip(n, "NUL bytes (binary or UTF-16 text?), not UTF-8 text")
-            continue
-        yield n, line
-
-
-def _jsonl_texts(path: Path, text_key: str, bad: _BadLines) -> Iterator[str]:
-    for n, line in _utf8_lines(path, bad):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        doc = row.get(text_key) if isinstance(row, dict) else None
-        if not isinstance(doc, str):
-            bad.skip(n, f"not a JSON object with a string {text_key!r}")
-        elif _SURROGATE.search(doc):
-            bad.skip(n, f"{text_key!r} holds an unpaired surrogate escape (\\ud800-\\udfff), not valid Unicode")
-        else:
-            yield doc
-
-
-def pack_blocks(docs: Sequence[Sequence[int]], block_size: int) -> Tensor:
-    """Token sequences (lists or arrays) -> (N, block_size + 1) int64 blocks of their concatenation;
-    the tail shorter than a block is dropped."""
-    flat = _concat(docs, np.int64)
-    n = (len(flat) - 1) // block_size
-    if n < 1:
-        raise ValueError(f"{len(flat)} tokens do not fill one block of {block_size + 1}")
-    stream = torch.from_numpy(flat[: n * block_size + 1])
-    # Blocks overlap by one token: the last target of a block is the first input of the next.
-    return stream.unfold(0, block_size + 1, block_size)  # (N, block_size + 1)
-
-
-def _concat(docs: Sequence[Sequence[int]], dtype: type = np.int32) -> np.ndarray:
-    """The concatenation of token sequences as one array (int32: 4 bytes a token, not a Python int's 36)."""
-    return np.concatenate([np.asarray(d) for d in docs] or [np.zeros(0)], dtype=dtype, casting="unsafe")
-
-
-def encode_stream(tok: ByteBPETokenizer, docs: Sequence[str], chunk: int = 256) -> list[np.ndarray]:
+def encode_stream(tok: ByteBPETokenizer, docs: Iterable[str]) -> Iterator[np.ndarray]:
     """The token ids of `docs`, each followed by <|endoftext|> (GPT-2's separator, so the model
-    learns where texts end), as int32 arrays of `chunk` documents each: only one chunk at a time is
-    held as Python lists."""
+    learns where texts end), as int32 arrays of a batch of documents each: only one batch at a time
+    is held as Python lists."""
     end = [tok.eos_id] if tok.eos_id is not None else []
-    return [_concat([ids + end for ids in tok.encode_batch(docs[i: i + chunk])]) for i in range(0, len(docs), chunk)]
+    texts: list[str] = []
+    ends: list[bool] = []  # whether a document ends with this text
+    chars = 0
+    for doc in docs:
+        pieces = list(text_pieces(doc)) if len(doc) > PIECE_CHARS else [doc]
+        for i, piece in enumerate(pieces):
+            texts.append(piece)
+            ends.append(i == len(pieces) - 1)
+            chars += len(piece)
+            if len(texts) >= BATCH_DOCS or chars >= BATCH_CHARS:
+                yield _ids(tok.encode_batch(texts), ends, end)
+                texts, ends, chars = [], [], 0
+    if texts:
+        yield _ids(tok.encode_batch(texts), ends, end)
 
 
-def unigram_perplexity(train: Sequence[Sequence[int]], held_out: Sequence[Sequence[int]], vocab_size: int) -> float:
+def _ids(ids: list[list[int]], ends: list[bool], end: list[int]) -> np.ndarray:
+    """One int32 array (4 bytes a token, not a Python int's 36) of the ids, with `end` after each end."""
+    return np.fromiter(itertools.chain.from_iterable(seq + end if last else seq for seq, last in zip(ids, ends)),
+                       np.int32)
+
+
+def token_counts(chunks: Iterable[Iterable[int]], size: int = 0) -> np.ndarray:
+    """How often each id occurs in `chunks` (token sequences or arrays), counted a chunk at a time."""
+    counts = np.zeros(size, np.int64)
+    for chunk in chunks:
+        c = np.bincount(np.asarray(chunk, dtype=np.int64), minlength=len(counts))
+        counts = np.pad(counts, (0, len(c) - len(counts))) + c
+    return counts
+
+
+def unigram_perplexity(train: Iterable[Iterable[int]], held_out: Iterable[Iterable[int]], vocab_size: int) -> float:
     """Perplexity of an add-one unigram model fitted on `train`, on the `held_out` tokens: the
-    baseline a language model must beat to have learned anything beyond token frequencies."""
-    tokens = _concat(held_out)
-    size = max([vocab_size, int(tokens.max(initial=0)) + 1] + [int(np.max(d, initial=0)) + 1 for d in train])
-    counts = sum((np.bincount(np.asarray(d, dtype=np.int64), minlength=size) for d in train), np.zeros(size, np.int64))
-    total = counts.sum() + vocab_size
-    nll = -np.log((counts[tokens] + 1) / total).sum() / max(len(tokens), 1)
+    baseline a language model must beat to have learned anything beyond token frequencies. Both are
+    token sequences, counted one at a time."""
+    return counts_perplexity(token_counts(train), token_counts(held_out), vocab_size)
+
+
+def counts_perplexity(train: np.ndarray, held_out: np.ndarray, vocab_size: int) -> float:
+    """`unigram_perplexity` from the counts of each id (`token_counts`) in the two parts."""
+    size = max(vocab_size, len(train), len(held_out))
+    train, held_out = np.pad(train, (0, size - len(train))), np.pad(held_out, (0, size - len(held_out)))
+    nll = -(held_out * np.log((train + 1) / (train.sum() + vocab_size))).sum() / max(int(held_out.sum()), 1)
     return math.exp(nll)
 
 
-def _few_documents(docs: list[str]) -> str:
-    """Why `docs` could not be split into a training and a held-out part."""
-    distinct = len(set(docs))
-    if distinct < len(docs):
-        return (f"only {distinct} distinct among {len(docs)} documents (the hash split puts identical documents "
-                "on the same side)" if distinct > 1 else f"all {len(docs)} documents are identical")
-    return (f"{len(docs)} document{'s' if len(docs) > 1 else ''} in all (in .txt files documents are separated "
+def _few_documents(docs: Iterable[str], count: int) -> str:
+    """Why the `count` documents `docs` yields could not be split into a training and a held-out part."""
+    distinct: set[int] = set()  # hashes, not texts, and a limited number: a corpus this uniform is small
+    for doc in docs:
+        distinct.add(hash(doc))
+        if len(distinct) > _DISTINCT_LIMIT:
+            break
+    n = len(distinct) if len(distinct) <= _DISTINCT_LIMIT else count
+    if n < count:
+        return (f"only {n} distinct among {count} documents (the hash split puts identical documents "
+                "on the same side)" if n > 1 else f"all {count} documents are identical")
+    return (f"{count} document{'s' if count > 1 else ''} in all (in .txt files documents are separated "
             "by blank lines, in .jsonl files there is one a row: split long texts)")
 
 
-class Blocks(Dataset):
-    def __init__(self, blocks: Tensor) -> None:
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        block = self.blocks[i]
-        return {"tokens": block[:-1], "targets": block[1:]}
+def _batches(split: Iterable[tuple[bool, str]]) -> Iterator[tuple[bool, list[str]]]:
+    """(held out?, documents): each side's documents in order, a bounded batch at a time."""
+    pending: list[list[str]] = [[], []]
+    chars = [0, 0]
+    for held, doc in split:
+        pending[held].append(doc)
+        chars[held] += len(doc)
+        if len(pending[held]) >= BATCH_DOCS or chars[held] >= BATCH_CHARS:
+            yield held, pending[held]
+            pending[held], chars[held] = [], 0
+    for held in (False, True):
+        if pending[held]:
+            yield held, pending[held]
 
 
 class TextBlocksDataModule(pl.LightningDataModule):
     """Blocks of text for `mmkit.tasks.language_model.LanguageModel`.
+
+    Token ids go to files in a scratch folder (`mmkit.data.token_files.ScratchFolder`: under
+    `$MMKIT_CACHE/text_blocks` or `~/.cache/mmkit/text_blocks`, removed when the data module is gone
+    or the process exits), read back a block at a time.
 
     Args:
         files: .txt/.jsonl training files (give `files` or `corpus`).
@@ -207,15 +176,36 @@ class TextBlocksDataModule(pl.LightningDataModule):
         self.val_set: Blocks | None = None
         self.unigram_ppl: float | None = None
 
-    def _documents(self) -> list[str]:
+    def _documents(self) -> Callable[[], Iterator[str]]:
+        """A function that starts a new pass over the documents (the files are read once a pass)."""
         hp = self.hparams
-        return corpus_texts(hp.corpus) if hp.corpus else read_documents(hp.files, hp.text_key)
+        if hp.corpus:
+            texts = corpus_texts(hp.corpus)  # small, shipped by Debian packages: kept for the passes
+            return lambda: iter(texts)
+        return lambda: iter_documents(hp.files, hp.text_key)
 
-    def _tokenizer(self, train_docs: list[str]) -> ByteBPETokenizer:
+    def _split(self, docs: Iterable[str], counts: list[int]) -> Iterator[tuple[bool, str]]:
+        """(held out?, document) by the stable hash of `split_held_out`, counting each side in `counts`."""
+        for doc in docs:
+            held = is_held_out(doc, self.hparams.val_fraction)
+            counts[held] += 1
+            yield held, doc
+
+    def _check_split(self, counts: list[int], docs: Callable[[], Iterator[str]]) -> None:
+        if not counts[0] or not counts[1]:
+            raise ValueError(f"{counts[0]} training and {counts[1]} held-out documents: "
+                             f"{_few_documents(docs(), sum(counts))}; give more text or change val_fraction "
+                             f"({self.hparams.val_fraction})")
+
+    def _tokenizer(self, docs: Callable[[], Iterator[str]]) -> ByteBPETokenizer:
+        """The saved tokenizer, else one trained on the training documents (a pass over them)."""
         where = self.hparams.tokenizer
         if where and any((Path(where) / f).is_file() for f in (TOKENIZER_FILE, "vocab.json")):
             return ByteBPETokenizer.from_dir(where)
-        tok = ByteBPETokenizer.train(train_docs, self.hparams.vocab_size)
+        counts = [0, 0]
+        train = (piece for held, doc in self._split(docs(), counts) if not held for piece in text_pieces(doc))
+        tok = ByteBPETokenizer.train(train, self.hparams.vocab_size)
+        self._check_split(counts, docs)  # before saving a tokenizer of a corpus that cannot be used
         if where:
             tok.save(where)
             log.info("trained a %d-token byte-level BPE, saved to %s", tok.vocab_size, where)
@@ -225,22 +215,28 @@ class TextBlocksDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         hp = self.hparams
+        if not 0 <= hp.val_fraction < 1:
+            raise ValueError(f"held-out fraction must be in [0, 1), got {hp.val_fraction}")
         docs = self._documents()
-        train_docs, val_docs = split_held_out(docs, hp.val_fraction)
-        if not train_docs or not val_docs:
-            raise ValueError(f"{len(train_docs)} training and {len(val_docs)} held-out documents: "
-                             f"{_few_documents(docs)}; give more text or change val_fraction ({hp.val_fraction})")
-        self.tokenizer = tok = self._tokenizer(train_docs)
-        train_ids, val_ids = encode_stream(tok, train_docs), encode_stream(tok, val_docs)
-        self.train_set, self.val_set = (Blocks(self._pack(ids, split)) for ids, split in
-                                        ((train_ids, "training"), (val_ids, "held-out")))
-        self.unigram_ppl = unigram_perplexity(train_ids, val_ids, tok.vocab_size)
+        self.tokenizer = tok = self._tokenizer(docs)
+        scratch = ScratchFolder()
+        dtype = token_dtype(tok.vocab_size)
+        writers = (TokenWriter(scratch.path / "train.bin", dtype), TokenWriter(scratch.path / "val.bin", dtype))
+        counts = [0, 0]
+        with writers[0], writers[1]:
+            for held, batch in _batches(self._split(docs(), counts)):
+                for ids in encode_stream(tok, batch):
+                    writers[held].write(ids)
+        self._check_split(counts, docs)
+        self.train_set, self.val_set = (self._blocks(w, split, scratch) for w, split in
+                                        zip(writers, ("training", "held-out")))
+        self.unigram_ppl = counts_perplexity(writers[0].counts, writers[1].counts, tok.vocab_size)
         log.info("%d training and %d held-out blocks of %d tokens; unigram held-out perplexity %.1f",
                  len(self.train_set), len(self.val_set), hp.block_size, self.unigram_ppl)
 
-    def _pack(self, ids: list[np.ndarray], split: str) -> Tensor:
+    def _blocks(self, writer: TokenWriter, split: str, scratch: ScratchFolder) -> Blocks:
         try:
-            return pack_blocks(ids, self.hparams.block_size)
+            return Blocks(writer.path, self.hparams.block_size, writer.dtype, owner=scratch)
         except ValueError as e:
             more = "raise val_fraction, " if split == "held-out" else ""
             raise ValueError(f"the {split} split is too short: {e}; {more}lower block_size or give more text") from None

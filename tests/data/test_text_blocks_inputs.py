@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import re
 import tracemalloc
 
 import pytest
 from _gpt import tiny_corpus, tiny_tokenizer
 
+from mmkit.data import documents
+from mmkit.data.documents import iter_line_pieces, split_paragraphs
 from mmkit.data.text_blocks import MAX_WARNINGS, TextBlocksDataModule, read_documents
+
+PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")  # what the whole-text reader split .txt files with
 
 
 def _warnings(caplog) -> list[str]:
@@ -88,10 +94,14 @@ def test_a_tokenizer_file_instead_of_a_folder_is_refused(tmp_path):
 def test_no_files_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"no text files given \(files is empty\)"):
         TextBlocksDataModule(files=[]).setup("fit")
+    (tmp_path / "blank.txt").write_text("  \n\n\t\n")  # the tokenizer's pass over the stream meets it first
+    with pytest.raises(ValueError, match=f"^no text in {tmp_path / 'blank.txt'}$"):
+        TextBlocksDataModule(files=[str(tmp_path / "blank.txt")], vocab_size=300).setup("fit")
 
 
-def test_peak_python_memory_is_a_small_multiple_of_the_corpus(tmp_path):
-    """Token ids are held as int32 arrays, not Python lists of ints (~36 bytes a token, twice over)."""
+def test_peak_python_memory_is_a_small_fraction_of_the_corpus(tmp_path):
+    """Documents are streamed and token ids go to a file: Python holds a batch of them at a time (the
+    whole-corpus version peaked at 8x the corpus; the process's RSS: tests/data/test_text_blocks_memory.py)."""
     tiny_tokenizer().save(tmp_path / "tok")
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus(40_000)))  # ~4 MB
@@ -102,5 +112,47 @@ def test_peak_python_memory_is_a_small_multiple_of_the_corpus(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert len(dm.train_set) > 1000  # before int32 arrays: 20x the corpus; now 8x (text, ids, int64 blocks)
-    assert peak < 10 * path.stat().st_size, f"peak {peak / 1e6:.0f} MB for a {path.stat().st_size / 1e6:.1f} MB corpus"
+    assert len(dm.train_set) > 1000
+    assert peak < path.stat().st_size / 4, f"peak {peak / 1e6:.1f} MB for a {path.stat().st_size / 1e6:.1f} MB corpus"
+
+
+def test_lines_are_split_as_splitlines_splits_the_whole_file(tmp_path):
+    path = tmp_path / "t.txt"
+    data = "a\r\nb\rc\n\n\r\r\n" + "é" * 9 + "\r\nend"  # CRLF, lone CRs, a long line of 2-byte characters
+    path.write_bytes(data.encode())
+    pieces = list(iter_line_pieces(path, max_bytes=4))  # CRLFs fall across the 4-byte reads
+    assert b"".join(p.data for p in pieces) == data.encode()
+    lines = {}
+    for p in pieces:
+        assert len(p.data) <= 4 and (p.cut or p.data.decode())  # cut between characters, never inside one
+        lines[p.number] = lines.get(p.number, b"") + p.data
+    assert list(lines) == list(range(1, 9)) and list(lines.values()) == data.encode().splitlines(keepends=True)
+    assert [p.cut for p in pieces if p.number == 7] == [True] * 4 + [False]
+
+
+def test_paragraphs_are_split_as_the_whole_text_is(tmp_path):
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice(["a", " ", "\t", "\n", "\r", "\r\n", "\n\n", "\x0c", "\u2028", "é"])
+                       for _ in range(rng.randint(0, 40)))
+        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, 5)))
+        texts = [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
+        assert [d for d in split_paragraphs(texts) if d] == [d for d in PARAGRAPH_BREAK.split(text) if d], texts
+
+
+def test_an_overlong_paragraph_is_cut_into_documents_with_one_warning(caplog):
+    lines = [f"line {i} of one long paragraph\n" for i in range(100)]
+    with caplog.at_level(logging.WARNING):
+        docs = list(split_paragraphs(lines + ["\n", "next\n"], max_chars=500, name="big.txt"))
+    assert "".join(docs[:-1]) == "".join(lines)[:-1] and docs[-1] == "next\n"
+    assert len(docs) > 5 and max(map(len, docs)) < 600
+    assert _warnings(caplog) == ["big.txt: a paragraph longer than 500 characters is cut into documents of that size"]
+
+
+def test_an_overlong_jsonl_row_is_one_bad_row(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(documents, "MAX_RECORD_BYTES", 64)
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"text": "x" * 500}) + "\n" + json.dumps({"text": "short"}) + "\n")
+    with caplog.at_level(logging.WARNING):
+        assert read_documents([path]) == ["short"]
+    assert _warnings(caplog) == [f"skipping {path} line 1: a JSON record longer than 0 MiB"]
