@@ -60,6 +60,10 @@ def test_not_audio_missing_and_empty_files_raise(tmp_path):
     with pytest.raises(AudioLoadError, match="not a readable audio file") as err:
         load_audio(text)
     assert err.value.path == str(text) and str(text) in str(err.value)
+    # callers show `path: reason` (the CLI) or the reason alone (the speech demo, where the path is the
+    # server's temporary file): soundfile's "Error opening '<path>': ..." must not repeat it
+    assert err.value.reason == "not a readable audio file (Format not recognised)"
+    assert str(err.value).count("notes.wav") == 1
     with pytest.raises(AudioLoadError, match="file not found"):
         load_audio(tmp_path / "missing.flac")
     with pytest.raises(AudioLoadError, match="a folder, not an audio file"):
