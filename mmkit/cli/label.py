@@ -3,6 +3,11 @@ over `mmkit.inference` (the zero-shot scorer, the CLIP loader, the crash-safe wr
 guarantees `mmkit.inference.writers` states, and the folder placement).
 
 Zero-shot classification as in Radford et al. (2021), section 3.1.4; see `mmkit.inference.zero_shot`.
+
+Under torchrun (or any launcher setting torch.distributed's environment) the ranks share the images: the
+first rank alone touches the outputs (locks, rows, errors, placing, resume) and hands the others the images
+left; batch k of one process's batches is scored by rank k % world_size, and the first rank writes each
+round of batches in rank order: one process's output, byte for byte.
 """
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ from mmkit.inference.quantize import QUANTIZATIONS, describe
 from mmkit.inference.prompts import (
     DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file, read_prompt_file,
 )
+from mmkit.inference.ranks import RankFailed, Ranks
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
-from mmkit.inference.zero_shot import ZeroShotClassifier
+from mmkit.inference.zero_shot import FileResult, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -280,54 +286,126 @@ def _check_names(args: argparse.Namespace, names: list[str]) -> None:
         raise ValueError(f"--top-k {args.top_k} is more than the {len(names)} labels: give at most {len(names)}")
 
 
-def run(args: argparse.Namespace) -> Summary:
-    """The command behind `main`, on parsed arguments."""
-    root = Path(args.dir).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"{root} is not a folder")
-    prompts, templates = _label_prompts(args)
-    names = list(prompts) + [n for n in _example_names(args.examples) if n not in prompts]
-    _check_names(args, names)
-    target = Path(args.copy_to or args.link_to).expanduser() if (args.copy_to or args.link_to) else None
-    outputs, summary = _outputs(args, names), Summary()
-    locks = [_lock_file(w.path) for w in (outputs.rows, outputs.errors)]
-    folders = sorted({d for w in (outputs.rows, outputs.errors) for d in w.path.parents}, key=lambda d: -len(d.parts))
-    made = _missing([*locks, *folders])  # what taking the locks makes: files first, folders deepest first
-    earlier: list[tuple[str, list[str]]] = []
-    with exclusive(locks[0]), exclusive(locks[1]), _undone_if_refused(outputs, made, summary):
-        done, summary.counts = _open_outputs(args, outputs, names, prompts, earlier)
-        summary.resumed = len(done)
-        if target is not None and earlier:
-            _place_earlier(args, root, target, folder_names([*names, args.other_label]), earlier)
-        del earlier
-        todo = _todo(root, done, target, args.follow_links)
-        if todo:
-            _label(args, root, todo, prompts, templates, outputs, summary, target)
-        outputs.errors.finish()
-        outputs.rows.finish()
+def run(args: argparse.Namespace, ranks: Ranks = Ranks()) -> Summary:
+    """The command behind `main`, on parsed arguments. Under a launcher, the first rank's part: it alone
+    reads and writes the outputs, and hands the others (`_follow`) the images left, or None if it stopped."""
+    handed = False
+    try:
+        root = Path(args.dir).expanduser()
+        if not root.is_dir():
+            raise ValueError(f"{root} is not a folder")
+        prompts, templates = _label_prompts(args)
+        names = list(prompts) + [n for n in _example_names(args.examples) if n not in prompts]
+        _check_names(args, names)
+        target = Path(args.copy_to or args.link_to).expanduser() if (args.copy_to or args.link_to) else None
+        outputs, summary = _outputs(args, names), Summary()
+        locks = [_lock_file(w.path) for w in (outputs.rows, outputs.errors)]
+        folders = sorted({d for w in (outputs.rows, outputs.errors) for d in w.path.parents},
+                         key=lambda d: -len(d.parts))
+        made = _missing([*locks, *folders])  # what taking the locks makes: files first, folders deepest first
+        earlier: list[tuple[str, list[str]]] = []
+        with exclusive(locks[0]), exclusive(locks[1]), _undone_if_refused(outputs, made, summary):
+            done, summary.counts = _open_outputs(args, outputs, names, prompts, earlier)
+            summary.resumed = len(done)
+            if target is not None and earlier:
+                _place_earlier(args, root, target, folder_names([*names, args.other_label]), earlier)
+            del earlier
+            todo = _todo(root, done, target, args.follow_links)
+            ranks.broadcast((todo, prompts, templates))
+            handed = True
+            if todo:
+                _label(args, root, todo, prompts, templates, outputs, summary, target, ranks)
+            outputs.errors.finish()
+            outputs.rows.finish()
+    except (ValueError, OSError):
+        if not handed:
+            ranks.broadcast(None)  # the others stop; this rank reports the problem (`main`)
+        raise
     return summary
 
 
-def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[str, list[str]],
-           templates: list[str], outputs: _Outputs, summary: Summary, target: Path | None) -> None:
+def _follow(args: argparse.Namespace, ranks: Ranks) -> int:
+    """(ranks other than the first) Score this rank's batches of the images the first rank hands out and
+    hand it the results; returns the first rank's exit code."""
+    plan = ranks.broadcast(None)
+    if plan is not None and plan[0]:
+        try:
+            scored = _scored(args, Path(args.dir).expanduser(), *plan, ranks)[0]
+        except ValueError:  # a problem loading, here or on another rank: the first rank reports it
+            scored = None
+        if scored is not None:
+            ranks.lockstep(scored).follow()
+    return ranks.broadcast(None)
+
+
+def _together(ranks: Ranks, step: Callable[[], T]) -> T:
+    """`step()` on every rank; a ValueError or OSError on any one stops them all, raised on each as a
+    ValueError with the message of the first rank that met one (named when not the first). One rank:
+    `step()` as it is."""
+    if not ranks.multi:
+        return step()
+    result, problem = None, None
+    try:
+        result = step()
+    except (ValueError, OSError) as e:
+        problem = str(e)
+    for rank, found in enumerate(ranks.all_gather(problem)):
+        if found is not None:
+            raise ValueError(found if rank == 0 else f"rank {rank}: {found}")
+    return result  # type: ignore[return-value]
+
+
+def _scored(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[str, list[str]],
+            templates: list[str], ranks: Ranks) -> tuple[Iterator[list[FileResult] | None], ZeroShotClassifier, str]:
+    """This rank's share of `todo` scored a batch at a time (the model, prompts and decoding workers started
+    on every rank), with the labeler and a note on its workers. Batch k of one process's batches is rank
+    k % world_size's; each rank's stream is padded with None to ceil(batches / world_size) rounds, so that
+    the ranks end together (`Lockstep` reads an uneven end as a changed input)."""
+    starts = range(0, len(todo), args.batch_size)
+    mine = [path for k, s in enumerate(starts) if ranks.owns(k) for path in todo[s:s + args.batch_size]]
     chosen = _default_workers() if args.num_workers is None else args.num_workers
-    workers = min(chosen, math.ceil(len(todo) / args.batch_size))  # a worker decodes whole batches: more would idle
+    workers = min(chosen, math.ceil(len(mine) / args.batch_size))  # a worker decodes whole batches: more would idle
     note = f", not {chosen}: one per batch" if args.num_workers is not None and workers < chosen else ""
-    cuda = torch.device(args.device).type == "cuda"
-    transform = clip_eval_transform(args.model, args.pretrained, args.exact_decode)
-    # Decoding starts now, in the workers, while the weights load and the prompts are encoded.
-    batches = image_batches(root, todo, transform, args.batch_size, workers, pin_memory=cuda)
-    model, tokenizer = load_clip(args.model, args.pretrained)
-    labeler = ZeroShotClassifier(model, tokenizer, transform, args.device, args.precision, args.multi_gpu,
-                                 quantize=args.quantize)  # int8: the image tower
-    examples = labeler.prototypes(args.examples, args.batch_size, 0) if args.examples else None
-    labeler.set_labels(prompts, examples, args.examples_weight, args.multi_label, templates)
-    log.info("labelling %d images with %d labels (%s, %s, %d decoding workers%s)", len(todo), len(labeler.names),
-             args.device, describe(labeler.precision, args.quantize, args.device), workers, note)
+    device = ranks.device(args.device)
+
+    def start() -> tuple[ZeroShotClassifier, Iterator]:
+        transform = clip_eval_transform(args.model, args.pretrained, args.exact_decode)
+        # Decoding starts now, in the workers, while the weights load and the prompts are encoded.
+        batches = image_batches(root, mine, transform, args.batch_size, workers,
+                                pin_memory=torch.device(device).type == "cuda")
+        model, tokenizer = load_clip(args.model, args.pretrained)
+        labeler = ZeroShotClassifier(model, tokenizer, transform, device, args.precision, args.multi_gpu,
+                                     quantize=args.quantize)  # int8: the image tower
+        examples = labeler.prototypes(args.examples, args.batch_size, 0) if args.examples else None
+        labeler.set_labels(prompts, examples, args.examples_weight, args.multi_label, templates)
+        return labeler, batches
+
+    labeler, batches = _together(ranks, start)
+    rounds = math.ceil(len(starts) / ranks.world_size)
+    scored = _padded(labeler.predict(batches, mine, args.multi_label), rounds)
+    return scored, labeler, f"{workers} decoding workers{note}"
+
+
+def _padded(items: Iterator[T], rounds: int) -> Iterator[T | None]:
+    n = 0
+    for n, item in enumerate(items, 1):
+        yield item
+    yield from [None] * (rounds - n)
+
+
+def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[str, list[str]],
+           templates: list[str], outputs: _Outputs, summary: Summary, target: Path | None, ranks: Ranks) -> None:
+    """(the first rank) Label `todo`: each round of batches, its own and the other ranks', written in rank
+    order, that is in one process's batch order."""
+    scored, labeler, workers = _scored(args, root, todo, prompts, templates, ranks)
+    on = f"{ranks.device(args.device)} on {ranks.world_size} ranks" if ranks.multi else args.device
+    log.info("labelling %d images with %d labels (%s, %s, %s)", len(todo), len(labeler.names), on,
+             describe(labeler.precision, args.quantize, args.device), workers)
     folders = folder_names([*labeler.names, args.other_label]) if target else {}
     decision = outputs.decision
-    with progress("labelling", len(todo) + summary.resumed, "img", summary.resumed, not args.quiet) as advance:
-        for results in labeler.predict(batches, todo, args.multi_label):
+    with progress("labelling", len(todo) + summary.resumed, "img", summary.resumed, not args.quiet) as advance, \
+            ranks.lockstep(scored) as steps:
+        for results in (batch for parts in steps for batch in parts if batch is not None):
             rows = [decision.row(r.path, r.scores) for r in results if r.scores is not None]
             errors = [{"path": r.path, "reason": r.error} for r in results if r.error is not None]
             for row in rows:
@@ -345,21 +423,41 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit label DIR ...`; returns the exit code: 0 done (unreadable images are listed in the errors file),
-    2 a user's mistake (arguments, folders, checkpoints, an output that exists), 130 interrupted."""
-    args = _parser().parse_args(argv)
-    problem = usage_error(args)
-    if problem:
-        print(f"mmkit label: {problem}", file=sys.stderr)
+    2 a user's mistake (arguments, folders, checkpoints, an output that exists), 1 another rank failed,
+    130 interrupted. Under a launcher every rank returns the first rank's code; only the first prints."""
+    try:
+        ranks = Ranks.from_env()
+    except ValueError as e:
+        print(f"mmkit label: {e}", file=sys.stderr)
         return 2
+    with ranks.group():
+        with ranks.quiet():
+            args = _parser().parse_args(argv)
+        problem = ranks.first_problem(usage_error(args, ranks))
+        if problem:
+            if ranks.first:
+                print(f"mmkit label: {problem}", file=sys.stderr)
+            return 2
+        return _lead(args, ranks) if ranks.first else _follow(args, ranks)
+
+
+def _lead(args: argparse.Namespace, ranks: Ranks) -> int:
+    """(the first rank) The run, its one-line problem or its summary; the exit code, also sent to the others."""
     start = time.perf_counter()
     try:
-        summary = run(args)
-    except KeyboardInterrupt:
+        summary, code = run(args, ranks), 0
+    except KeyboardInterrupt:  # the others are stopped too (SIGINT, or the launcher's SIGTERM)
         print(f"interrupted; rows so far are in {args.out}.partial: rerun with --resume", file=sys.stderr)
         return 130
     except (ValueError, OSError) as e:  # bad arguments, files, checkpoints (WeightsError is a ValueError)
         print(f"mmkit label: {e}", file=sys.stderr)
-        return 2
+        code = 2
+    except RankFailed as e:  # another rank failed while scoring (its traceback is on its stderr)
+        print(f"mmkit label: {e}; rows so far are in {args.out}.partial: rerun with --resume", file=sys.stderr)
+        code = 1
+    ranks.broadcast(code)
+    if code:
+        return code
     for line in summary.lines(Path(args.out).expanduser(), errors_path(args)):
         print(line, file=sys.stderr)
     log.info("mmkit label finished in %.1f s", time.perf_counter() - start)

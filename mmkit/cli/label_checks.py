@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkit.inference.precision import check_device, check_multi_gpu, resolve_precision
+from mmkit.inference.ranks import Ranks
 from mmkit.inference.writers import OutputConflict
 
 
@@ -55,8 +56,12 @@ def errors_path(args: argparse.Namespace) -> Path:
     return Path(args.errors).expanduser() if args.errors else out.with_name(f"{out.stem}.errors{out.suffix}")
 
 
-def usage_error(args: argparse.Namespace) -> str | None:
-    """What is wrong with the arguments on their own (before any file is read or made), or None."""
+def usage_error(args: argparse.Namespace, ranks: Ranks = Ranks()) -> str | None:
+    """What is wrong with the arguments on their own (before any file is read or made), or None; under a
+    launcher, also for this rank (its device)."""
+    if ranks.multi and args.multi_gpu:  # before the device checks: the answer does not depend on them
+        return ("--multi-gpu splits each batch over every GPU of one process; under a launcher each rank has "
+                "its own (--device cuda is cuda:LOCAL_RANK): drop --multi-gpu")
     if args.top_k < 1 or args.batch_size < 1:
         return "--top-k and --batch-size must be >= 1"
     if args.retry_errors and not args.resume:
@@ -82,6 +87,12 @@ def usage_error(args: argparse.Namespace) -> str | None:
             check_multi_gpu(device)
     except ValueError as e:
         return str(e)
+    if ranks.device(args.device) != args.device:
+        try:
+            check_device(ranks.device(args.device))
+        except ValueError as e:  # more ranks on this machine than GPUs
+            return (f"rank {ranks.rank}: {e} (--device cuda is each rank's own GPU, cuda:LOCAL_RANK): start at "
+                    "most one rank per GPU (torchrun --nproc_per_node)")
     return None
 
 
