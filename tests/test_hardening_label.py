@@ -399,3 +399,14 @@ def test_a_non_utf8_labels_or_templates_file_is_one_line_naming_the_file_line_an
     assert label_main(args) == 2
     assert _one_line(capsys).strip().endswith(f"{text}: over 64 MiB, not a list of labels or templates")
     assert not (tmp_path / "o").exists()
+
+
+def test_default_decoding_workers_are_shared_among_the_ranks_of_one_machine(monkeypatch):
+    from mmkit.cli import label
+
+    monkeypatch.setattr(label.os, "cpu_count", lambda: 17)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert label._default_workers() == 8
+    for local, expected in (("1", 8), ("4", 4), ("16", 1), ("64", 1), ("x", 8), ("0", 8)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert label._default_workers() == expected, local

@@ -267,7 +267,10 @@ def _place_earlier(args: argparse.Namespace, root: Path, target: Path, folders: 
 
 
 def _default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Decoding workers: the cores but one, shared among the ranks a launcher runs on this machine, at most 8."""
+    local_ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    share = int(local_ranks) if local_ranks.isdigit() and int(local_ranks) > 0 else 1
+    return max(1, min(8, ((os.cpu_count() or 2) - 1) // share))
 
 
 def _check_names(args: argparse.Namespace, names: list[str]) -> None:
