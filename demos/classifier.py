@@ -5,11 +5,32 @@
 from __future__ import annotations
 
 import gradio as gr
+from gradio.data_classes import ImageData
+from gradio.processing_utils import save_base64_to_cache
 from PIL import Image
 
-from demos.display import for_display
+from demos.display import MAX_DISPLAY_SIDE, for_display, model_resize_problem
 from mmkit.data.images import ImageLoadError, load_image
 from mmkit.inference.classifier import Classifier
+
+
+def image_path_input(**kwargs: object) -> gr.Image:
+    """A gr.Image input that hands the uploaded file's path over undecoded. Gradio's own preprocess
+    opens the file with PIL even for type="filepath" (Gradio 6.31), so a PDF, an empty file or a
+    200-megapixel bomb raised there as a bare "Error"; here mmkit's loader is the only decoder.
+    The preprocess is replaced on the instance, not in a subclass: Gradio's component metaclass
+    writes a `.pyi` file beside the module of every subclass, i.e. into the installed package."""
+    image = gr.Image(type="filepath", **kwargs)
+
+    def preprocess(payload: ImageData | None) -> str | None:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):  # an API client's inline image: bytes, not decoded
+            return save_base64_to_cache(payload.url, image.GRADIO_CACHE)
+        return payload.path
+
+    image.preprocess = preprocess  # type: ignore[method-assign]
+    return image
 
 
 def classifier_tab(classifier: Classifier, top_k: int = 5) -> None:
@@ -22,21 +43,23 @@ def classifier_tab(classifier: Classifier, top_k: int = 5) -> None:
             image = load_image(path)
         except ImageLoadError as e:
             raise gr.Error(f"Cannot read this image: {e.reason}") from None
+        problem = model_resize_problem(image.size, classifier.transform)
+        if problem:
+            raise gr.Error(f"Cannot classify this image: {problem}")
         (labels, probs), = classifier.predict_images([image], top_k)
-        overlay = classifier.attention_overlay(image)
-        return dict(zip(labels, probs)), for_display(image.convert("RGB")), for_display(overlay)
+        shown = for_display(image)  # at most MAX_DISPLAY_SIDE a side: the overlay is drawn on it
+        return dict(zip(labels, probs)), shown, classifier.attention_overlay(image, canvas=shown)
 
     with gr.Tab("Classify", elem_id="classify-tab"):
         gr.Markdown(f"{len(classifier.class_names)} classes; the overlay shows attention rollout "
-                    "(red = attended). Small images are shown enlarged.")
+                    f"(red = attended). Small images are shown enlarged, large ones at most "
+                    f"{MAX_DISPLAY_SIDE} px a side.")
         with gr.Row():
-            # type="filepath": Gradio hands over the uploaded file undecoded, so mmkit's own loader
-            # (bomb check, EXIF, alpha on white, like `mmkit predict`) is the only decoder.
-            image = gr.Image(type="filepath", image_mode=None, label="Image", elem_id="input-image")
+            image = image_path_input(label="Image", elem_id="input-image")
             with gr.Column():
                 label = gr.Label(num_top_classes=top_k, label="Prediction", elem_id="prediction")
                 with gr.Row():
-                    shown = gr.Image(type="pil", label="Input (enlarged)", elem_id="shown", interactive=False)
+                    shown = gr.Image(type="pil", label="Input (as shown)", elem_id="shown", interactive=False)
                     overlay = gr.Image(type="pil", label="Attention", elem_id="attention", interactive=False)
         gr.Button("Classify", variant="primary", elem_id="classify").click(classify, image, [label, shown, overlay])
 

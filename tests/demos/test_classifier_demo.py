@@ -78,7 +78,7 @@ def test_demo_shows_the_api_prediction_and_attention(page, serve_blocks, digits_
 
 def test_demo_refuses_a_decompression_bomb_without_decoding_it(page, serve_blocks, digits_export, tmp_path):
     """A 13,000 x 13,000 PNG (a few hundred KB on disk) is refused from its header by mmkit's loader:
-    Gradio hands the file over undecoded, so the server never holds its 169 M pixels."""
+    the demo's input hands the file's path over unopened, so the server never holds its 169 M pixels."""
     from demos.classifier import build_app
     from mmkit.inference import Classifier
 
@@ -99,3 +99,78 @@ def test_small_images_are_enlarged_with_crisp_pixels():
     assert np.array_equal(np.asarray(big)[::10, ::10], np.asarray(small))  # nearest-neighbour blocks
     large = Image.new("RGB", (300, 400))
     assert for_display(large, min_side=256) is large
+
+
+def test_thin_and_large_images_are_shown_at_most_max_side():
+    """A 3,000 x 2 strip was zoomed 128x to 384,000 x 256 (a 30,000 x 4 one to 1,920,000 x 256: 4.5 GB
+    with its overlay); the zoom now stops at the longer side's limit, and larger images are shrunk."""
+    from demos.display import MAX_DISPLAY_SIDE, for_display
+
+    assert for_display(Image.new("L", (3000, 2))).size == (MAX_DISPLAY_SIDE, 1)
+    assert for_display(Image.new("RGB", (5000, 3000))).size == (MAX_DISPLAY_SIDE, 1229)
+    assert for_display(Image.new("RGB", (1000, 10))).size == (2000, 20)  # zoom 2, not the 26 that 256 px needs
+    strip = Image.fromarray(np.arange(40, dtype=np.uint8).reshape(4, 10))
+    assert np.array_equal(np.asarray(for_display(strip, max_side=100))[::10, ::10], np.asarray(strip))
+
+
+def _classify(classifier, top_k: int = 3):
+    """The demo's event function, as Gradio calls it."""
+    from demos.classifier import build_app
+
+    return next(f.fn for f in build_app(classifier, top_k).fns.values() if f.fn.__name__ == "classify")
+
+
+def test_overlay_is_drawn_on_the_display_copy(digits_export, tmp_path):
+    """The attention overlay of a 4,000 x 1,000 image is blended on the 2,048 px copy that is shown,
+    not at full size in float32 (an 80-megapixel image took 4.6 GB); the prediction is the API's."""
+    from mmkit.inference import Classifier
+
+    clf = Classifier.from_pretrained(digits_export[0])
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (10, 40, 3), dtype=np.uint8)).resize((4000, 1000))
+    noise.save(tmp_path / "large.bmp")  # BMP: no 2 s of PNG compression
+    expected, = clf.predict_paths([tmp_path / "large.bmp"], top_k=3)
+    labels, shown, overlay = _classify(clf)(str(tmp_path / "large.bmp"))
+    assert list(labels) == expected.labels and list(labels.values()) == pytest.approx(expected.probs, abs=1e-6)
+    assert shown.size == overlay.size == (2048, 512)
+    assert np.array_equal(np.asarray(clf.attention_overlay(noise, alpha=0.0, canvas=shown)), np.asarray(shown))
+    heat = np.asarray(clf.attention_overlay(noise, alpha=1.0, canvas=shown)).astype(int)  # the colour map
+    assert np.all(heat[..., 1] == 0) and heat[..., 0].max() - heat[..., 0].min() > 100
+
+
+def test_a_strip_too_thin_for_the_model_is_refused_before_it_runs(digits_export, tmp_path):
+    """A 30,000 x 4 PNG (196 bytes) is classified and shown at 2,048 px; a 2,000,000 x 1 one (2 KB)
+    would become 32,000,000 x 16 in the model's resize alone (1.5 GB as RGB): refused, named."""
+    import gradio as gr
+
+    from mmkit.inference import Classifier
+
+    clf = Classifier.from_pretrained(digits_export[0])
+    Image.new("L", (30_000, 4)).save(tmp_path / "strip.png")
+    labels, shown, overlay = _classify(clf)(str(tmp_path / "strip.png"))
+    assert len(labels) == 3 and shown.size == overlay.size == (2048, 1)
+    Image.new("L", (2_000_000, 1)).save(tmp_path / "thread.png")
+    with pytest.raises(gr.Error, match="too thin for the model's 16-px resize"):
+        _classify(clf)(str(tmp_path / "thread.png"))
+
+
+@pytest.mark.parametrize("content, reason", [(b"%PDF-1.4\n%", "not an image"), (b"", "zero-byte file"),
+                                             ("bomb", "decompression bomb")])
+def test_bad_uploads_reach_mmkits_loader_over_http(serve_blocks, digits_export, tmp_path, content, reason):
+    """Over HTTP, Gradio's gr.Image opened every upload with PIL before the demo saw it (even with
+    type="filepath"), so a PDF, an empty file or a 200-megapixel PNG got a bare "Error"; the demo's
+    input hands the path over undecoded and the user reads mmkit's reason."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from demos.classifier import build_app
+    from mmkit.inference import Classifier
+
+    upload = tmp_path / "upload.png"
+    if content == "bomb":
+        Image.new("1", (20_000, 10_000)).save(upload)  # 200 M pixels, ~30 KB
+    else:
+        upload.write_bytes(content)
+    client = Client(serve_blocks(build_app(Classifier.from_pretrained(digits_export[0]))), verbose=False)
+    with pytest.raises(AppError, match=f"Cannot read this image: {reason}"):
+        client.predict(handle_file(str(upload)), api_name="/classify")

@@ -97,3 +97,81 @@ def test_demo_skips_an_unreadable_upload_and_says_so(page, serve_blocks, clip_ex
     assert float(_cell(page, 0, 3).inner_text()) == pytest.approx(prob, abs=1e-4)
     expect(page.locator('#scores [data-testid^="cell-"][data-col="0"]')).to_have_count(len(LABELS))
     expect(page.locator("#gallery .caption-label")).to_have_count(1)
+
+
+def _score(classifier, labels=None):
+    """The demo's event function, as Gradio calls it."""
+    from demos.zero_shot import build_app
+
+    return next(f.fn for f in build_app(classifier, labels).fns.values() if f.fn.__name__ == "score")
+
+
+@pytest.mark.parametrize("labels, problem", [
+    ("red circle\n\u200b", "label '\\u200b': empty text (only control or invisible characters)"),
+    ("\ufeff, blue star", "label '\\ufeff': empty text"),
+    ("red cir\x00cle", "holds NUL characters"),
+    ("red circle,red circle,Red circle", "'red circle' is given twice"),  # was a silent 0.5/0.5 split
+    ("red circle,Red circle", "differ only in case"),
+    ("a" * 1001, "at most 1,000"),
+    ("\n".join(f"label {i}" for i in range(101)), "101 labels: at most 100"),
+    ("red circle: round | red disc", "synonyms"),  # predict_images would drop them silently
+], ids=["zero-width-space", "bom", "nul", "repeat", "case", "long", "count", "synonyms"])
+def test_labels_follow_the_cli_rules(clip_export, labels, problem):
+    import gradio as gr
+
+    from mmkit.inference import ZeroShotClassifier
+
+    export, files = clip_export
+    with pytest.raises(gr.Error) as refused:
+        _score(ZeroShotClassifier.from_pretrained(export))([str(files[0])], labels, "a {}")
+    assert problem in refused.value.message
+
+
+def test_files_and_templates_are_capped(clip_export):
+    """9 images, or 17 templates (each label's prompts through the text tower on every click), are refused."""
+    import gradio as gr
+
+    from mmkit.inference import ZeroShotClassifier
+
+    export, files = clip_export
+    score = _score(ZeroShotClassifier.from_pretrained(export))
+    with pytest.raises(gr.Error, match="9 images: at most 8"):
+        score([str(files[0])] * 9, "red circle", "a {}")
+    with pytest.raises(gr.Error, match="17 templates: at most 16"):
+        score([str(files[0])], "red circle", "\n".join(f"{{}} {i}" for i in range(17)))
+    assert len(score([str(files[0])] * 8, "red circle", "\n".join(f"{{}} {i}" for i in range(16)))[0]) == 8
+
+
+def test_gallery_images_are_shrunk_and_scores_are_the_apis(clip_export, tmp_path):
+    """A 3,000 x 600 upload went back to the gallery at full size (an 80-megapixel one: 400 MB a file);
+    now at most 512 px a side, with the scores the API gives for the full-size file."""
+    import numpy as np
+    from PIL import Image
+
+    from mmkit.data import load_image
+    from mmkit.inference import ZeroShotClassifier
+
+    export, files = clip_export
+    zs = ZeroShotClassifier.from_pretrained(export)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (6, 30, 3), dtype=np.uint8)).resize((3000, 600)).save(tmp_path / "wide.bmp")
+    paths = [tmp_path / "wide.bmp", files[0]]
+    expected = zs.predict_images([load_image(p) for p in paths], LABELS, TEMPLATES)
+    rows, gallery = _score(zs)([str(p) for p in paths], "\n".join(LABELS), "\n".join(TEMPLATES))
+    assert [im.size for im, _ in gallery] == [(512, 102), (280, 280)]  # the 40-px shape enlarged 7x
+    assert [row[2] for row in rows] == [label for ranked in expected for label, _ in ranked]
+    assert [row[3] for row in rows] == pytest.approx([round(p, 4) for ranked in expected for _, p in ranked], abs=1e-6)
+
+
+def test_a_strip_too_thin_for_the_model_is_skipped_and_named(clip_export, tmp_path):
+    """600,000 x 1 (a 1 KB PNG) would become 9,600,000 x 16 in the 16-px model's resize (460 MB)."""
+    from PIL import Image
+
+    from mmkit.inference import ZeroShotClassifier
+
+    export, files = clip_export
+    Image.new("L", (600_000, 1)).save(tmp_path / "thread.png")
+    with pytest.warns(UserWarning, match="skipped thread.png: a 600,000 x 1 image is too thin"):
+        rows, gallery = _score(ZeroShotClassifier.from_pretrained(export))(
+            [str(tmp_path / "thread.png"), str(files[0])], "\n".join(LABELS), "a {}")
+    assert {row[0] for row in rows} == {files[0].name} and len(gallery) == 1
