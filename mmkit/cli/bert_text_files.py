@@ -1,7 +1,8 @@
 """What the BERT tools that read a texts file share (`mmkit embed`, `mmkit classify-text`): the
 TEXTS_FILE/--model/--out/--text-key/--batch-size/--device/--quiet options, and reading the encoder
 and the rows, a chunk at a time, with bad rows (empty, not UTF-8, nothing but unknown tokens) reported
-on stderr.
+on stderr. Also what every batch text tool that the ranks of a launcher share (those two, `mmkit translate`)
+does around its run: `on_ranks` and `written`.
 """
 from __future__ import annotations
 
@@ -12,9 +13,29 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from mmkit.cli.options import at_least
-from mmkit.inference.ranks import Ranks
+from mmkit.inference.ranks import InputsDiverged, RankFailed, Ranks
 
 T = TypeVar("T")
+
+
+def written(prog: str, write: Callable[[], Any], atomic: bool = True) -> int:
+    """The exit code of `write()`, which makes a tool's output from the ranks' results: 0, or its failure
+    in one line on stderr: 2 the input changed while the ranks read it, 1 another rank failed (its traceback
+    is on its own stderr) or the output could not be written. `atomic`: the output is written whole or not at
+    all (not so on stdout), as the line then says."""
+    nothing = "; nothing written" if atomic else ""
+    try:
+        write()
+    except InputsDiverged as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except RankFailed as e:
+        print(f"{prog}: {e}{nothing}", file=sys.stderr)
+        return 1
+    except OSError as e:  # writing failed (a full disk, a folder made at the output meanwhile)
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def texts_file_parser(prog: str, doc: str, description: str, model_help: str,

@@ -3,6 +3,10 @@ fine-tuned BERT classifier (an mmkit TextClassifier export or a transformers
 BertForSequenceClassification directory), like `mmkit predict` for images: one row per input with
 its line, text, label and score (and each class's probability with --all-scores). TEXTS_FILE is
 .txt, .jsonl or .csv; bad rows (empty, not UTF-8) are reported on stderr and left out.
+
+Under torchrun (or any launcher setting torch.distributed's environment) the ranks share the work as in
+`mmkit embed`: each reads every row and plans one process's length-sorted batches, runs every world_size-th
+batch and hands its predictions to rank 0, which writes the output: byte for byte one process's.
 """
 from __future__ import annotations
 
@@ -10,17 +14,18 @@ import argparse
 import csv
 import io
 import json
-import sys
 from typing import Iterator, Sequence
 
-from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser
+from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser, written
+from mmkit.cli.ranked import on_ranks
+from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
 
+PROG = "mmkit classify-text"
 OUT_SUFFIXES = (".csv", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = texts_file_parser("mmkit classify-text", __doc__,
-                          "label texts with a fine-tuned BERT classifier (CSV/JSONL in and out)",
+    p = texts_file_parser(PROG, __doc__, "label texts with a fine-tuned BERT classifier (CSV/JSONL in and out)",
                           "fine-tuned classifier directory", "predictions.csv or predictions.jsonl")
     p.add_argument("--all-scores", action="store_true", help="also write every class's probability")
     return p
@@ -29,35 +34,45 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr), 1 the
     output could not be written (one line; nothing was)."""
-    args = _parser().parse_args(argv)
+    return on_ranks(PROG, _parser, argv, _main)
+
+
+def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     from mmkit.cli.progress import progress
     from mmkit.inference.text_classify import TextClassifierPredictor
     from mmkit.inference.text_rows import write_atomically
 
-    opened = open_texts_and_encoder(args, "mmkit classify-text", OUT_SUFFIXES,
-                                    lambda encoder: TextClassifierPredictor(encoder, args.batch_size))
+    opened = open_texts_and_encoder(args, PROG, OUT_SUFFIXES,
+                                    lambda encoder: TextClassifierPredictor(encoder, args.batch_size), ranks)
     if opened is None:
         return 2
     total, predictor = opened
     fields = ["line", "text", "label", "score"] + ([f"p_{k}" for k in predictor.names] if args.all_scores else [])
     counts = RowCounts()
-    with progress("classifying", total, "text", enabled=not args.quiet and total > 1) as advance:
-        def records() -> Iterator[dict]:
-            for _, good in row_chunks(args, "mmkit classify-text", predictor.encoder.tokenizer, counts, advance):
-                predictions = predictor.predict([r.text for r in good], on_batch=advance,
-                                                on_truncated=counts.add_truncated)
-                for r, p in zip(good, predictions):
+    with progress("classifying", total, "text", enabled=ranks.first and not args.quiet and total > 1) as advance:
+        shares = BatchShares(ranks)
+
+        def parts() -> Iterator[tuple[list, Share]]:
+            """Per chunk of rows: (its good rows, this rank's predictions of them); every rank reads every row,
+            plans one process's batches and runs its share of them (`BatchShares`)."""
+            for _, good in row_chunks(args, PROG, predictor.encoder.tokenizer, counts, advance, report=ranks.first):
+                ids, batches = predictor.plan([r.text for r in good], on_truncated=counts.add_truncated)
+                mine = shares.mine(batches)
+                yield good, Share.of(len(good), mine, predictor.predict_batches(ids, mine, on_batch=advance))
+
+        def records(rounds: Iterator[tuple[list, list[Share]]]) -> Iterator[dict]:
+            for good, got in rounds:
+                for r, p in zip(good, merged(got, [None] * len(good), advance)):
                     record = {"line": r.line, "text": r.text, "label": p.label, "score": round(p.score, 6)}
                     if args.all_scores:
                         record.update({f"p_{k}": round(v, 6) for k, v in p.probs.items()})
                     yield record
 
-        try:
-            write_atomically(args.out, lambda f: _write(f, args.out, records(), fields))
-        except OSError as e:  # writing failed (a full disk, a folder made at --out meanwhile): nothing written
-            print(f"mmkit classify-text: {e}", file=sys.stderr)
-            return 1
-    counts.report("mmkit classify-text", predictor.encoder.model.max_len, f"predictions written to {args.out}")
+        code = ranks.to_first(parts(), lambda rounds: written(PROG, lambda: write_atomically(
+            args.out, lambda f: _write(f, args.out, records(rounds), fields))))
+    if code or not ranks.first:
+        return code
+    counts.report(PROG, predictor.encoder.model.max_len, f"predictions written to {args.out}")
     return 0
 
 

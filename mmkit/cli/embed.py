@@ -23,6 +23,7 @@ from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chu
 from mmkit.cli.options import add_precision_argument
 from mmkit.inference.embed import Embedder
 from mmkit.inference.quantize import QUANTIZATIONS
+from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import InputsDiverged, Lockstep, RankFailed, Ranks
 from mmkit.inference.text_rows import atomic_path, write_atomically
 
@@ -44,15 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr), 1 the
     output could not be written (one line; nothing was)."""
-    try:
-        ranks = Ranks.from_env()
-    except ValueError as e:
-        print(f"mmkit embed: {e}", file=sys.stderr)
-        return 2
-    with ranks.group():
-        with ranks.quiet():
-            args = _parser().parse_args(argv)
-        return _main(args, ranks)
+    return on_ranks("mmkit embed", _parser, argv, _main)
 
 
 def _main(args: argparse.Namespace, ranks: Ranks) -> int:

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from PIL import Image
 
 from mmkit.cli.options import at_least
+from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import Ranks
 
 if TYPE_CHECKING:
@@ -312,15 +313,7 @@ def _remove_if_empty(out: Path, top: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit generate PROMPT... --model DIR --out DIR`; 0 done, 2 usage or input error."""
-    try:
-        ranks = Ranks.from_env()
-    except ValueError as e:
-        print(f"mmkit generate: {e}", file=sys.stderr)
-        return 2
-    with ranks.group():
-        with ranks.quiet():
-            args = _parser().parse_args(argv)
-        return _main(args, ranks)
+    return on_ranks("mmkit generate", _parser, argv, _main)
 
 
 def _main(args: argparse.Namespace, ranks: Ranks) -> int:

@@ -37,6 +37,7 @@ from mmkit.inference.quantize import QUANTIZATIONS, describe
 from mmkit.inference.prompts import (
     DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file, read_prompt_file,
 )
+from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import RankFailed, Ranks
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
 from mmkit.inference.zero_shot import FileResult, ZeroShotClassifier
@@ -428,20 +429,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit label DIR ...`; returns the exit code: 0 done (unreadable images are listed in the errors file),
     2 a user's mistake (arguments, folders, checkpoints, an output that exists), 1 another rank failed,
     130 interrupted. Under a launcher every rank returns the first rank's code; only the first prints."""
-    try:
-        ranks = Ranks.from_env()
-    except ValueError as e:
-        print(f"mmkit label: {e}", file=sys.stderr)
+    return on_ranks("mmkit label", _parser, argv, _checked)
+
+
+def _checked(args: argparse.Namespace, ranks: Ranks) -> int:
+    problem = ranks.first_problem(usage_error(args, ranks))
+    if problem:
+        if ranks.first:
+            print(f"mmkit label: {problem}", file=sys.stderr)
         return 2
-    with ranks.group():
-        with ranks.quiet():
-            args = _parser().parse_args(argv)
-        problem = ranks.first_problem(usage_error(args, ranks))
-        if problem:
-            if ranks.first:
-                print(f"mmkit label: {problem}", file=sys.stderr)
-            return 2
-        return _lead(args, ranks) if ranks.first else _follow(args, ranks)
+    return _lead(args, ranks) if ranks.first else _follow(args, ranks)
 
 
 def _lead(args: argparse.Namespace, ranks: Ranks) -> int:

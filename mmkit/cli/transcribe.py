@@ -18,6 +18,7 @@ from mmkit.cli.options import add_precision_argument, at_least, beam_size, finit
 from mmkit.cli.progress import progress
 from mmkit.inference.precision import check_device
 from mmkit.inference.quantize import QUANTIZATIONS
+from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import Ranks
 from mmkit.inference.subtitles import OUTPUT_FORMATS, output_stems, write_outputs
 from mmkit.inference.text_rows import check_output_dir
@@ -110,15 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit transcribe FILES... --model DIR|FILE.pt [options]`: exit 0 if every readable file was
     transcribed and written (unreadable ones are listed), 1 if none was or an output could not be
     written, 2 for usage errors, 130 when interrupted. Every rank of a launcher returns the same code."""
-    try:
-        ranks = Ranks.from_env()
-    except ValueError as e:
-        sys.stderr.write(f"mmkit transcribe: error: {e}\n")
-        return 2
-    with ranks.group():
-        with ranks.quiet():
-            args = _parser().parse_args(argv)
-        return _main(args, ranks)
+    return on_ranks("mmkit transcribe: error", _parser, argv, _main)
 
 
 def _main(args: argparse.Namespace, ranks: Ranks) -> int:

@@ -6,6 +6,11 @@ the input, empty lines stay empty, unreadable lines (not UTF-8, NUL bytes, nothi
 control or invisible characters) are reported and left empty. An argument that names an existing
 file or folder is read as a path: one .txt/.jsonl file at a time, never several files or another kind.
 `--export OUT` saves the loaded model (an imported MarianMT or T5, say) as an mmkit export.
+
+Under torchrun (or any launcher setting torch.distributed's environment) the ranks share the work as in
+`mmkit embed`: each reads every line (or sentence argument) and plans one process's length-sorted batches,
+translates every world_size-th batch and hands its translations to rank 0, which writes the output (or prints
+the translations): byte for byte one process's.
 """
 from __future__ import annotations
 
@@ -16,12 +21,17 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from mmkit.cli.bert_text_files import written
+from mmkit.cli.ranked import on_ranks
+from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
 
 if TYPE_CHECKING:
-    from mmkit.inference.translator import Translation
+    from mmkit.inference.translator import Translation, TranslationOptions, TranslationPlan, Translator
 
 log = logging.getLogger("mmkit")
+PROG = "mmkit translate"
 INPUT_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -29,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     from mmkit.cli.options import MAX_BEAM_SIZE, add_precision_argument, at_least, beam_size, finite, utf8_text
     from mmkit.inference.quantize import QUANTIZATIONS
 
-    p = argparse.ArgumentParser(prog="mmkit translate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="*", metavar="TEXT|FILE", type=utf8_text,
                    help="sentences, or one .txt/.jsonl file (an argument naming an existing file or folder is "
                         "read as a path, so several files, another kind of file, a folder or - are refused)")
@@ -46,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=at_least(1), default=16, metavar="B", help="sentences per batch (16)")
     p.add_argument("--prefix", metavar="TEXT", type=utf8_text,
                    help='text put before every source (T5: "translate English to German: ")')
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps; under torchrun, cuda is "
+                   "each rank's own GPU: cuda:LOCAL_RANK)")
     p.add_argument("--export", metavar="OUT",
                    help="save the model, tokenizer, prefix and decoding settings as an mmkit export in OUT")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
@@ -131,63 +142,104 @@ def _input_file(inputs: Sequence[str]) -> Path | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns the exit code: 0 done (bad rows are reported, not fatal), 2 a usage or input error, 1 the
     output could not be written (nothing was)."""
-    args = _parser().parse_args(argv)
-    from mmkit.cli.progress import progress
-    from mmkit.inference.precision import check_device
-    from mmkit.inference.text_rows import atomic_path, check_output, chunks
-    from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
+    return on_ranks(PROG, _parser, argv, _main)
 
-    if not args.inputs and not args.export:
-        print("mmkit translate: give sentences or a .txt/.jsonl file to translate (or --export OUT)", file=sys.stderr)
-        return 2
+
+def _main(args: argparse.Namespace, ranks: Ranks) -> int:
+    from mmkit.cli.progress import progress
+    from mmkit.inference.text_rows import chunks
+
     try:
-        source = _input_file(args.inputs)
-        options = TranslationOptions(beam_size=args.beam_size, max_new_tokens=args.max_length,
-                                     length_penalty=args.length_penalty, batch_size=args.batch_size)
-        check_device(args.device)
-        if args.output:
-            if Path(args.output).suffix not in INPUT_SUFFIXES:
-                raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
-            check_output(args.output)
-        total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
-        translator = load_translator(args.model, args.prefix, args.device, args.quantize, args.precision)
-        if args.export:
-            log.info("saved an mmkit export in %s", translator.export(args.export))
+        source, options, total, translator = _setup(args, ranks)
+        problem = None
     except (ValueError, OSError) as e:  # bad options, files, directories (WeightsError is a ValueError)
-        print(f"mmkit translate: {e}", file=sys.stderr)
+        problem = str(e)
+    problem = ranks.first_problem(problem)  # met alike by every rank but a device or a model of its own
+    if problem is not None:
+        if ranks.first:
+            print(f"{PROG}: {problem}", file=sys.stderr)
         return 2
     rows = iter_lines(source) if source else (_checked(text, n) for n, text in enumerate(args.inputs, 1))
     counts = [0, 0]  # translations, errors
+    out = Path(args.output) if args.output else None
+    with progress("translating", total, "sent", enabled=ranks.first and total > 1) as advance:
+        shares = BatchShares(ranks)
 
-    def translated(advance: Callable[[int], None]) -> Iterator[Translation]:
-        """The sources a chunk at a time (memory: one chunk, whatever the file's size), errors reported."""
-        for chunk in chunks(rows, chars=lambda row: len(row[0])):
-            results = translator.translate([text for text, _ in chunk], options, on_batch=advance, first_row=counts[0])
-            for r, (_, problem) in zip(results, chunk):
-                r.error = problem or r.error
-                if r.error:
-                    print(f"mmkit translate: {r.error}", file=sys.stderr)
-                counts[0] += 1
-                counts[1] += bool(r.error)
-                yield r
+        def parts() -> Iterator[tuple[tuple[list, TranslationPlan], Share]]:
+            """Per chunk of rows (memory: one chunk, whatever the file's size): (the rows and their plan, this
+            rank's translations of them); every rank reads every row, plans one process's batches and
+            translates its share of them (`BatchShares`); the sentences given as arguments likewise."""
+            first_row = 0
+            for chunk in chunks(rows, chars=lambda row: len(row[0])):
+                plan = translator.plan([text for text, _ in chunk], options, first_row)
+                first_row += len(chunk)
+                advance(plan.skipped)
+                mine = shares.mine(plan.batches)
+                yield (chunk, plan), Share.of(len(chunk), mine, translator.translate_batches(plan, mine, options,
+                                                                                             advance))
 
-    with progress("translating", total, "sent", enabled=total > 1) as advance:
-        if args.output:
-            out = Path(args.output)
-            try:
-                with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
-                    for r in translated(advance):
-                        f.write((r.text if out.suffix == ".txt" else json.dumps(
-                            {"source": r.source, "translation": r.text, **({"error": r.error} if r.error else {})},
-                            ensure_ascii=False)) + "\n")
-            except OSError as e:  # writing failed (a full disk, a folder made at --output meanwhile)
-                print(f"mmkit translate: {e}", file=sys.stderr)
-                return 1
-            log.info("wrote %d translations (%d with errors) to %s", counts[0], counts[1], out)
-        else:
-            for r in translated(advance):
-                print(r.text)
-    return 0
+        def translated(rounds: Iterator[tuple[tuple[list, TranslationPlan], list[Share]]]) -> Iterator[Translation]:
+            """(the first rank) Every row's translation in order, errors reported."""
+            for (chunk, plan), got in rounds:
+                for r, (_, problem) in zip(merged(got, plan.results, advance), chunk):
+                    r.error = problem or r.error
+                    if r.error:
+                        print(f"{PROG}: {r.error}", file=sys.stderr)
+                    counts[0] += 1
+                    counts[1] += bool(r.error)
+                    yield r
+
+        def write(rounds: Iterator[tuple[tuple[list, TranslationPlan], list[Share]]]) -> int:
+            if out is None:
+                return written(PROG, lambda: _print(translated(rounds)), atomic=False)
+            code = written(PROG, lambda: _write(out, translated(rounds)))
+            if not code:
+                log.info("wrote %d translations (%d with errors) to %s", counts[0], counts[1], out)
+            return code
+
+        return ranks.to_first(parts(), write)
+
+
+def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, TranslationOptions, int, Translator]:
+    """(the file to translate or None for sentences, the options, how many rows, the translator loaded on this
+    rank's device); a ValueError or OSError of one line for a usage or input mistake. The first rank saves the
+    --export."""
+    from mmkit.inference.precision import check_device
+    from mmkit.inference.text_rows import check_output
+    from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
+
+    if not args.inputs and not args.export:
+        raise ValueError("give sentences or a .txt/.jsonl file to translate (or --export OUT)")
+    source = _input_file(args.inputs)
+    options = TranslationOptions(beam_size=args.beam_size, max_new_tokens=args.max_length,
+                                 length_penalty=args.length_penalty, batch_size=args.batch_size)
+    device = ranks.device(args.device)
+    check_device(device)
+    if args.output:
+        if Path(args.output).suffix not in INPUT_SUFFIXES:
+            raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
+        check_output(args.output)
+    total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
+    translator = load_translator(args.model, args.prefix, device, args.quantize, args.precision)
+    if args.export and ranks.first:
+        log.info("saved an mmkit export in %s", translator.export(args.export))
+    return source, options, total, translator
+
+
+def _print(translations: Iterator[Translation]) -> None:
+    for r in translations:
+        print(r.text)
+
+
+def _write(out: Path, translations: Iterator[Translation]) -> None:
+    """The translations into `out`, whole or not at all: .txt one a line, .jsonl with source and error."""
+    from mmkit.inference.text_rows import atomic_path
+
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in translations:
+            f.write((r.text if out.suffix == ".txt" else json.dumps(
+                {"source": r.source, "translation": r.text, **({"error": r.error} if r.error else {})},
+                ensure_ascii=False)) + "\n")
 
 
 if __name__ == "__main__":

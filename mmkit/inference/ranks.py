@@ -1,8 +1,9 @@
 """The ranks of one launcher (torchrun, SLURM, anything that sets torch.distributed's WORLD_SIZE, RANK,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT) sharing a batch-inference run (`mmkit transcribe`, `generate`,
-`embed`): each rank's device and share of the inputs, and the few exchanges that combine their results over a
-gloo group (small Python objects: problems, counts, scores, a chunk of vectors; never a model's tensors). With
-no such variables (or WORLD_SIZE=1) there is one rank, no process group, and a tool runs exactly as alone.
+`embed`, `classify-text`, `translate`): each rank's device and share of the inputs, and the few exchanges that
+combine their results over a gloo group (small Python objects: problems, counts, scores, a chunk of vectors;
+never a model's tensors). With no such variables (or WORLD_SIZE=1) there is one rank, no process group, and a
+tool runs exactly as alone.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import os
 import signal
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+K = TypeVar("K")
 TIMEOUT = timedelta(minutes=30)  # a rank that waits longer for the others than this gives up (gloo's default)
 
 
@@ -152,6 +154,30 @@ class Ranks:
     def lockstep(self, items: Iterable[T]) -> "Lockstep[T]":
         return Lockstep(self, items)
 
+    def to_first(self, parts: Iterable[tuple[K, T]], write: Callable[[Iterator[tuple[K, list[T]]]], int]) -> int:
+        """A run whose one output the first rank writes: each of every rank's `parts` is (what the first rank
+        keeps for itself, what the rank hands it); the first rank calls `write` on the rounds, (its kept part,
+        every rank's handed part in rank order), which returns the run's exit code, and every rank returns that
+        code. A rank that fails ends the rounds for all (RankFailed raised from them on the first rank, for
+        `write` to report); `write` raising makes the others return 1. One rank: no exchange at all."""
+        if not self.first:
+            self.lockstep(part for _, part in parts).follow()
+            return self.broadcast(None)
+        kept: list[K] = []
+
+        def handed() -> Iterator[T]:
+            for mine, part in parts:
+                kept.append(mine)
+                yield part
+
+        steps, code = self.lockstep(handed()), 1
+        try:
+            code = write((kept.pop(0), got) for got in steps)
+        finally:
+            steps.close()  # the others wait for a last round if the output stopped early
+            self.broadcast(code)
+        return code
+
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
@@ -235,3 +261,48 @@ def _failure(got: list[tuple[str, Any]]) -> RankFailed:
     ended = [str(rank) for rank, (kind, _) in enumerate(got) if kind == "end"]
     return InputsDiverged(f"the input changed while it was read: the rows ran out on rank {', '.join(ended)} "
                           "first; nothing written")
+
+
+@dataclass(frozen=True)
+class Share(Generic[T]):
+    """A rank's results for a chunk of `size` items: those of the items at `index`, in that order."""
+
+    size: int
+    index: list[int]
+    results: list[T]
+
+    @classmethod
+    def of(cls, size: int, batches: Sequence[Sequence[int]], results: Sequence[T]) -> "Share[T]":
+        """The share of the items in `batches` (index lists) out of `results`, one per item of the chunk."""
+        index = [i for batch in batches for i in batch]
+        return cls(size, index, [results[i] for i in index])
+
+
+class BatchShares:
+    """Round-robin shares of one process's batches in a run read a chunk at a time: every rank plans each
+    chunk's batches as one process would and runs those it `owns`, numbered across the whole run (so a run of
+    many small chunks still spreads over the ranks). The very batches of one process, so the results are bit
+    for bit one process's (at equal thread counts)."""
+
+    def __init__(self, ranks: Ranks) -> None:
+        self.ranks, self.planned = ranks, 0
+
+    def mine(self, batches: Sequence[T]) -> list[T]:
+        """This rank's batches among the next chunk's `batches`."""
+        start, self.planned = self.planned, self.planned + len(batches)
+        return [batch for k, batch in enumerate(batches, start) if self.ranks.owns(k)]
+
+
+def merged(shares: Sequence[Share[T]], into: list[T], on_others: Callable[[int], None] | None = None) -> list[T]:
+    """(the first rank) `into`, one result per item of a chunk, with every rank's `shares` (in rank order) in
+    place: one process's results. `on_others(n)`: the n results the other ranks made. InputsDiverged when a
+    rank read another number of items (the input changed while the ranks read it)."""
+    for rank, share in enumerate(shares):
+        if share.size != len(into):
+            raise InputsDiverged(f"the input changed while it was read: rank {rank} read {share.size} rows where "
+                                 f"the first read {len(into)}; nothing written")
+        for i, result in zip(share.index, share.results):
+            into[i] = result
+    if on_others is not None:
+        on_others(sum(len(share.index) for share in shares[1:]))
+    return into

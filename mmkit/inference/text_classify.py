@@ -1,6 +1,7 @@
 """Sequence classification with a fine-tuned BERT (`mmkit.tasks.text_classifier.TextClassifier`
 exports, or transformers BertForSequenceClassification directories): label, its probability and
-every class's probability per text, in length-sorted batches returned in input order.
+every class's probability per text, in length-sorted batches returned in input order (planned, then run:
+ranks sharing a run each run some of one process's batches).
 """
 from __future__ import annotations
 
@@ -36,21 +37,28 @@ class TextClassifierPredictor:
         self.encoder, self.batch_size = encoder, batch_size
         self.names = encoder.class_names
 
-    @torch.inference_mode()
-    def predict(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None,
-                on_truncated: Callable[[int], None] | None = None) -> list[TextPrediction]:
-        """One prediction per text; texts longer than the model's context are cut, with a warning or
-        `on_truncated(count)` (as `Embedder.embed`)."""
-        model, tok = self.encoder.model, self.encoder.tokenizer
-        ids, cut = encode_to_context(tok, texts, model.max_len)
-        report_truncated(cut, model.max_len, on_truncated)
+    def plan(self, texts: Sequence[str], on_truncated: Callable[[int], None] | None = None
+             ) -> tuple[list[list[int]], list[list[int]]]:
+        """(token ids of each text, the batches `predict` runs: indices sorted by length, `batch_size` at a
+        time); texts longer than the model's context are cut, reported as in `predict`. Ranks sharing a run
+        (`mmkit classify-text` under torchrun) each make the whole plan and run some of its batches: one
+        process's batches, so its predictions (as `Embedder.plan`)."""
+        ids, cut = encode_to_context(self.encoder.tokenizer, texts, self.encoder.model.max_len)
+        report_truncated(cut, self.encoder.model.max_len, on_truncated)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        return ids, [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
+    @torch.inference_mode()
+    def predict_batches(self, ids: list[list[int]], batches: Sequence[list[int]],
+                        on_batch: Callable[[int], None] | None = None) -> list[TextPrediction | None]:
+        """One prediction per text of `ids` in `batches` (lists of indices into `ids`, from `plan`), None
+        for the others."""
+        model, pad = self.encoder.model, self.encoder.tokenizer.pad_id
         out: list[TextPrediction | None] = [None] * len(ids)
         device = next(model.parameters()).device
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for rows in batches:
             T = max(len(ids[i]) for i in rows)
-            batch = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+            batch = torch.full((len(rows), T), pad, dtype=torch.long)
             for j, i in enumerate(rows):
                 batch[j, : len(ids[i])] = torch.tensor(ids[i])
             mask = torch.arange(T)[None, :] < torch.tensor([len(ids[i]) for i in rows])[:, None]
@@ -61,4 +69,11 @@ class TextClassifierPredictor:
                 out[i] = TextPrediction(self.names[best], p[best], dict(zip(self.names, p)))
             if on_batch:
                 on_batch(len(rows))
-        return out  # type: ignore[return-value]
+        return out
+
+    def predict(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None,
+                on_truncated: Callable[[int], None] | None = None) -> list[TextPrediction]:
+        """One prediction per text; texts longer than the model's context are cut, with a warning or
+        `on_truncated(count)` (as `Embedder.embed`)."""
+        ids, batches = self.plan(texts, on_truncated)
+        return self.predict_batches(ids, batches, on_batch)  # type: ignore[return-value]

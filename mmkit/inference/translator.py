@@ -60,6 +60,21 @@ class Translation:
     tokens: list[int] | None = None
 
 
+@dataclass
+class TranslationPlan:
+    """`Translator.plan` of a list of texts: one Translation per text (its error set where the source cannot be
+    encoded), the source ids of those to translate, and their indices in length-sorted batches."""
+
+    results: list[Translation]
+    sources: dict[int, list[int]]
+    batches: list[list[int]]
+
+    @property
+    def skipped(self) -> int:
+        """Texts not translated (empty, or not encoded): done as soon as planned."""
+        return len(self.results) - len(self.sources)
+
+
 class TextCodec:
     """Tokenizer adapter: `encode(text) -> ids` (ending in EOS), `decode(ids) -> text`, special ids;
     `save(directory) -> name` writes the tokenizer files and names them for the export's metadata."""
@@ -150,11 +165,11 @@ class Translator:
             ids = ids[: self.max_source_tokens - 1] + [self.codec.eos_id]
         return ids
 
-    def translate(self, texts: Sequence[str], options: TranslationOptions | None = None,
-                  on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
-        """One `Translation` per text, in order; `on_batch(n)` after every n sources done. Messages
-        name text i as line `first_row + i + 1` (a file read in chunks passes each chunk's offset)."""
-        options = options or TranslationOptions()
+    def plan(self, texts: Sequence[str], options: TranslationOptions, first_row: int = 0) -> TranslationPlan:
+        """What `translate` does with `texts`: each source encoded (an error on the rows it cannot encode,
+        messages naming text i as line `first_row + i + 1`), then the length-sorted batches. Ranks sharing a
+        run (`mmkit translate` under torchrun) each make the whole plan and run some of its batches
+        (`translate_batches`): one process's batches, so its translations."""
         results = [Translation(t) for t in texts]
         todo: list[tuple[int, list[int]]] = []
         for i, text in enumerate(texts):
@@ -164,16 +179,30 @@ class Translator:
                 todo.append((i, self.encode_source(text, first_row + i)))
             except TranslatorError as e:
                 results[i].error = str(e)
-        if len(texts) > len(todo) and on_batch is not None:
-            on_batch(len(texts) - len(todo))
         todo.sort(key=lambda item: len(item[1]))  # similar lengths share a batch: little padding
-        for start in range(0, len(todo), options.batch_size):
-            chunk = todo[start : start + options.batch_size]
-            for (i, _), ids in zip(chunk, self._decode([ids for _, ids in chunk], options)):
-                results[i].tokens, results[i].text = ids, self.codec.decode(ids)
+        batches = [[i for i, _ in todo[start : start + options.batch_size]]
+                   for start in range(0, len(todo), options.batch_size)]
+        return TranslationPlan(results, dict(todo), batches)
+
+    def translate_batches(self, plan: TranslationPlan, batches: Sequence[list[int]], options: TranslationOptions,
+                          on_batch: Callable[[int], None] | None = None) -> list[Translation]:
+        """`plan.results` with the rows of `batches` (some of `plan.batches`) translated."""
+        for rows in batches:
+            for i, ids in zip(rows, self._decode([plan.sources[i] for i in rows], options)):
+                plan.results[i].tokens, plan.results[i].text = ids, self.codec.decode(ids)
             if on_batch is not None:
-                on_batch(len(chunk))
-        return results
+                on_batch(len(rows))
+        return plan.results
+
+    def translate(self, texts: Sequence[str], options: TranslationOptions | None = None,
+                  on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
+        """One `Translation` per text, in order; `on_batch(n)` after every n sources done. Messages
+        name text i as line `first_row + i + 1` (a file read in chunks passes each chunk's offset)."""
+        options = options or TranslationOptions()
+        plan = self.plan(texts, options, first_row)
+        if plan.skipped and on_batch is not None:
+            on_batch(plan.skipped)
+        return self.translate_batches(plan, plan.batches, options, on_batch)
 
     @torch.no_grad()
     def _decode(self, sources: list[list[int]], options: TranslationOptions) -> list[list[int]]:

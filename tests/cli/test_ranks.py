@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from _ranks import alone as _alone
+from _ranks import files as _files
+from _ranks import free_port as _free_port
+from _ranks import mmkit_traceback as _mmkit_traceback
+from _ranks import stopped_alike as _stopped_alike
+from _ranks import torchrun as _torchrun
 
 from mmkit.cli.generate import _image_shares
 from mmkit.inference.ranks import InputsDiverged, Lockstep, RankFailed, Ranks, _failure
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- shares, devices, the environment: no processes ----------------------------------------------
@@ -110,57 +111,6 @@ def test_lockstep_stops_every_rank_together_whoever_fails(tmp_path):
 
 
 # --- the CLI under torchrun ---------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT", "PYTEST_CURRENT_TEST")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-
-
-def _alone(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmkit.cli", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=120)
-
-
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(_free_port()), "-m", "mmkit.cli", *args], cwd=cwd,
-                          env=_env(), capture_output=True, text=True, timeout=180)
-
-
-def _ranks_exit_codes(run: subprocess.CompletedProcess) -> dict[int, int]:
-    """{rank: exit code} of the failed ranks from torchrun's report (torchrun itself exits 1 when one fails)."""
-    codes, rank = {}, None
-    for line in run.stderr.splitlines():
-        key, _, value = line.strip().partition(":")
-        if key.strip() == "rank":
-            rank = int(value.split()[0])
-        elif key.strip() == "exitcode" and rank is not None:
-            codes[rank] = int(value.split()[0])
-    return codes
-
-
-def _stopped_alike(run: subprocess.CompletedProcess, code: int) -> bool:
-    """The ranks exited with `code`, but for one torchrun may have stopped (SIGTERM: -15) when the other's
-    exit reached it first: a race between the two exits, so either rank may be the one reported."""
-    codes = _ranks_exit_codes(run)
-    return run.returncode != 0 and code in codes.values() and set(codes.values()) <= {code, -15}
-
-
-def _mmkit_traceback(run: subprocess.CompletedProcess) -> bool:
-    """Whether a rank printed a traceback through mmkit (torchrun prints its own when a rank fails)."""
-    return any(line.strip().startswith("File ") and "/mmkit/" in line for line in run.stderr.splitlines())
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-
 
 @pytest.fixture(scope="module")
 def mlm_dir(tmp_path_factory) -> Path:

@@ -93,13 +93,13 @@ def test_an_output_that_cannot_be_renamed_at_the_end_is_one_line(models, texts, 
     from mmkit.inference.text_classify import TextClassifierPredictor
 
     out = tmp_path / "p.csv"
-    predict = TextClassifierPredictor.predict
+    predict = TextClassifierPredictor.predict_batches
 
     def folder_appears(self, *args, **kwargs):  # a folder is made at --out after the check, during the run
         out.mkdir(exist_ok=True)
         return predict(self, *args, **kwargs)
 
-    monkeypatch.setattr(TextClassifierPredictor, "predict", folder_appears)
+    monkeypatch.setattr(TextClassifierPredictor, "predict_batches", folder_appears)
     assert main(["classify-text", str(texts), "--model", str(models["classify-text"]), "--out", str(out),
                  "--quiet"]) == 1
     assert "cannot write" in (err := _one_line(capsys, "classify-text")) and "nothing was written" in err
