@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from demos import inputs
 from demos.translate import heat_map
 from mmkit.inference.encoder import LoadedEncoder
 from mmkit.inference.fill_mask import attention_view, fill_mask
@@ -18,8 +19,9 @@ def fill(encoder: LoadedEncoder, text: str, top_k: int) -> tuple[dict[str, float
     """The first mask's candidates ({token: probability}) and the text with every mask filled."""
     if encoder.model.mlm_head is None:
         raise gr.Error("this model has no masked-LM head: load a masked-LM checkpoint for fill-mask")
+    text = inputs.text(text, "the text")
     try:
-        predictions = fill_mask(encoder, text or "", top_k)
+        predictions = fill_mask(encoder, text, top_k)
     except ValueError as e:  # empty text, no [MASK], too long: shown, not a traceback
         raise gr.Error(str(e)) from None
     filled = list(encoder.tokenizer.encode(text))
@@ -30,12 +32,15 @@ def fill(encoder: LoadedEncoder, text: str, top_k: int) -> tuple[dict[str, float
 
 def attention(encoder: LoadedEncoder, text: str, layer: float, head: float):
     """Heat map and weights table of layer `layer` (1-based), head `head` (1-based; 0 = mean of heads)."""
+    text = inputs.text(text, "the text")
+    layer = inputs.whole(layer, "layer", 1, encoder.model.config["depth"])
+    head = inputs.whole(head, "head", 0, encoder.model.config["num_heads"])
     try:
-        tokens, maps = attention_view(encoder, text or "")
+        tokens, maps = attention_view(encoder, text)
     except ValueError as e:
         raise gr.Error(str(e)) from None
-    layer_maps = maps[int(layer) - 1]  # (num_heads, T, T)
-    weights = layer_maps.mean(0) if int(head) == 0 else layer_maps[int(head) - 1]
+    layer_maps = maps[layer - 1]  # (num_heads, T, T)
+    weights = layer_maps.mean(0) if head == 0 else layer_maps[head - 1]
     labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
     rows = [[label] + [round(float(w), 3) for w in row] for label, row in zip(labels, weights)]
     table = gr.Dataframe(value=rows, headers=["query \\ key"] + labels)

@@ -10,27 +10,39 @@ from typing import Iterator
 
 import gradio as gr
 
+from demos import inputs
 from mmkit.core import GenerationOptions
 from mmkit.inference.text_generation import TextGenerator
+
+TEMPERATURE_MAX, TOP_K_MAX, TOP_P_MIN = 2.0, 200, 0.05  # the sliders' ranges, checked for API callers too
 
 
 def continue_prompt(generator: TextGenerator, prompt: str, max_new_tokens: float, temperature: float, top_k: float,
                     top_p: float, seed: float | None) -> Iterator[str]:
-    """Yield the prompt followed by the continuation so far, after each new piece of text."""
+    """Yield the prompt followed by the continuation so far, after each new piece of text. Values are checked
+    first (the HTTP API passes anything: NaN, 1e30, lone surrogates); a prompt cut to fit the context is a
+    `gr.Warning` saying so."""
+    prompt = inputs.text(prompt, "the prompt")
+    max_new_tokens = inputs.whole(max_new_tokens, "max new tokens", 1, max(1, generator.model.max_len - 1))
+    temperature = inputs.real(temperature, "temperature", 0.0, TEMPERATURE_MAX)
+    top_k = inputs.whole(top_k, "top-k", 0, TOP_K_MAX)
+    top_p = inputs.real(top_p, "top-p", TOP_P_MIN, 1.0)
+    seed = inputs.seed(seed)
     try:
-        options = GenerationOptions(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                                    top_k=(int(top_k) or None) if temperature > 0 else None,
-                                    top_p=float(top_p) if temperature > 0 and top_p < 1 else None,
-                                    seed=None if seed is None else int(seed))
-        generator.encode_prompt(prompt or "", options.max_new_tokens)  # a bad prompt fails before any output
-        pieces = generator.stream(prompt, options)
-        text = prompt
-        yield text
-        for piece in pieces:
-            text += piece
-            yield text
-    except ValueError as e:  # empty prompt, no room in the context, bad option: shown, not a traceback
+        options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_k=(top_k or None) if temperature > 0 else None,
+                                    top_p=top_p if temperature > 0 and top_p < 1 else None, seed=seed)
+        prepared = generator.prepare_prompt(prompt, max_new_tokens)  # tokenized once; a bad prompt fails here
+        pieces = generator.stream(prepared, options)
+    except ValueError as e:  # empty prompt, no room in the context: shown, not a traceback
         raise gr.Error(str(e)) from None
+    if prepared.note:
+        gr.Warning(prepared.note)
+    text = prompt
+    yield text
+    for piece in pieces:
+        text += piece
+        yield text
 
 
 def text_generation_tab(generator: TextGenerator, max_new_tokens: int = 64) -> None:
@@ -49,10 +61,12 @@ def text_generation_tab(generator: TextGenerator, max_new_tokens: int = 64) -> N
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
                 new_tokens = gr.Slider(1, limit, value=min(max_new_tokens, limit), step=1, label="Max new tokens",
                                        elem_id="max-new-tokens")
-                temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature", elem_id="temperature")
-                top_k = gr.Slider(0, 200, value=40, step=1, label="Top-k (0: off)", elem_id="top-k")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
-                seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                temperature = gr.Slider(0.0, TEMPERATURE_MAX, value=0.0, step=0.05, label="Temperature",
+                                        elem_id="temperature")
+                top_k = gr.Slider(0, TOP_K_MAX, value=40, step=1, label="Top-k (0: off)", elem_id="top-k")
+                top_p = gr.Slider(TOP_P_MIN, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
+                # precision None: gradio's own rounding (precision=0) fails on NaN before `continue_prompt` checks it
+                seed = gr.Number(value=0, label="Seed", elem_id="seed")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 output = gr.Textbox(label="Text", lines=12, interactive=False, elem_id="generated")

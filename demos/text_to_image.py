@@ -7,6 +7,7 @@ path of `mmkit generate` and the tests.
 """
 from __future__ import annotations
 
+import os
 import queue
 import tempfile
 import threading
@@ -16,22 +17,38 @@ from typing import Iterator
 import gradio as gr
 from PIL import Image
 
+from demos import inputs
 from demos.display import for_display
 from mmkit.inference.text_to_image import TextToImage, to_pil
 
+MAX_IMAGES = 16  # the images slider's largest value, checked for API callers too
+
 
 def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: float | None, guidance: float,
-                    top_k: float) -> Iterator[tuple[list[Image.Image], str | None]]:
-    """Yield (gallery images, grid PNG path or None): previews while sampling, then the result."""
+                    top_k: float, folder: str | Path | None = None) -> Iterator[tuple[list[Image.Image], str | None]]:
+    """Yield (gallery images, grid PNG path or None): previews while sampling, then the result. Values are
+    checked first (the HTTP API passes anything); what the model does not read of the prompt (unknown
+    words, words past its text length) is a `gr.Warning`. The grid PNG is written in `folder` (default: the
+    system's temp folder) and removed when the generator finishes, after Gradio has copied it to its cache."""
+    prompt = inputs.text(prompt, "the prompt")
+    num_images = inputs.whole(num_images, "images", 1, MAX_IMAGES)
+    seed = inputs.seed(seed)
+    guidance = inputs.real(guidance, "guidance", 0.0, guidance_max(t2i))
+    top_k = inputs.whole(top_k, "top-k", 0, t2i.model.codebook_size)
+    try:
+        notes = t2i.check_prompt(prompt)
+    except ValueError as e:  # empty prompt, no word the model knows: shown, not a traceback
+        raise gr.Error(str(e)) from None
+    for note in notes:
+        gr.Warning(note)
     updates: queue.Queue = queue.Queue()
     outcome: dict = {}
 
     def work() -> None:
         try:
-            outcome["result"] = t2i.generate([prompt or ""], int(num_images), None if seed is None else int(seed),
-                                             float(guidance), top_k=int(top_k) or None,
+            outcome["result"] = t2i.generate([prompt], num_images, seed, guidance, top_k=top_k or None,
                                              on_preview=lambda images: updates.put(to_pil(images)))[0]
-        except ValueError as e:  # empty prompt, unknown words only, bad settings: shown, not a traceback
+        except ValueError as e:  # bad settings: shown, not a traceback
             outcome["error"] = str(e)
         finally:
             updates.put(None)
@@ -44,17 +61,29 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
     images = outcome["result"].images
     from mmkit.cli.generate import grid
 
-    path = Path(tempfile.mkdtemp(prefix="mmkit-t2i-")) / "grid.png"
-    grid(images).save(path)
-    yield [for_display(im) for im in images], str(path)
+    fd, path = tempfile.mkstemp(prefix="mmkit-t2i-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            grid(images).save(f, format="PNG")
+        yield [for_display(im) for im in images], path
+    finally:  # Gradio copies an output file to its cache before asking for the next value
+        Path(path).unlink(missing_ok=True)
+
+
+def guidance_max(t2i: TextToImage) -> float:
+    """The guidance slider's largest value: the model's default guidance at least twice over."""
+    return max(5.0, 2 * t2i.defaults["guidance"])
 
 
 def text_to_image_tab(t2i: TextToImage) -> None:
     """Render the text-to-image tab into the enclosing `gr.Blocks`."""
     codebook = t2i.model.codebook_size
+    # One folder for this app's grid PNGs, removed when the app is garbage-collected or Python exits; each
+    # request's file is removed once Gradio has copied it (`generate_images`), so the folder stays small.
+    grids = tempfile.TemporaryDirectory(prefix="mmkit-t2i-")
 
     def run(prompt: str, num_images: float, seed: float | None, guidance: float, top_k: float):
-        yield from generate_images(t2i, prompt, num_images, seed, guidance, top_k)
+        yield from generate_images(t2i, prompt, num_images, seed, guidance, top_k, grids.name)
 
     with gr.Tab("Text to image", elem_id="text-to-image-tab"):
         gr.Markdown(f"Words the model knows: {' '.join(t2i.tokenizer.vocab[2:])}. Guidance 1 is off; the "
@@ -62,11 +91,12 @@ def text_to_image_tab(t2i: TextToImage) -> None:
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", elem_id="t2i-prompt")
-                num = gr.Slider(1, 16, value=4, step=1, label="Images", elem_id="t2i-num")
-                seed = gr.Number(value=0, precision=0, label="Seed", elem_id="t2i-seed")
+                num = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images", elem_id="t2i-num")
+                # precision None: gradio's own rounding (precision=0) fails on NaN before `generate_images` checks it
+                seed = gr.Number(value=0, label="Seed", elem_id="t2i-seed")
                 # the model's own defaults: the recipe's judged settings, or min-dalle's (guidance 16, top-k 256)
                 g0, k0 = t2i.defaults["guidance"], t2i.defaults["top_k"] or 0
-                guidance = gr.Slider(0.0, max(5.0, 2 * g0), value=g0, step=0.25, label="Guidance",
+                guidance = gr.Slider(0.0, guidance_max(t2i), value=g0, step=0.25, label="Guidance",
                                      elem_id="t2i-guidance")
                 top_k = gr.Slider(0, codebook, value=k0, step=1, label="Top-k (0: off)", elem_id="t2i-top-k")
                 button = gr.Button("Generate", variant="primary", elem_id="t2i-generate")

@@ -11,9 +11,13 @@ import gradio as gr
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from demos import inputs
+from mmkit.inference.text_rows import text_problem
 from mmkit.inference.translator import TranslationOptions, Translator, TranslatorError
 
 CELL = 28  # pixels per heat-map cell
+BEAM_MAX = 8  # the beam-size slider's largest value, checked for API callers too
+MAX_CHARS_PER_TOKEN = 64  # far more than a token spans: the first limit x this characters hold the tokens read
 
 
 def _text_width(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) -> int:
@@ -45,22 +49,47 @@ def heat_map(source: list[str], target: list[str], weights: Tensor) -> Image.Ima
     return image
 
 
+def _source_head(translator: Translator, text: str) -> str:
+    """The part of `text` the model reads, with a `gr.Warning` when the translator will cut the source.
+
+    Only its first `max_source_tokens` tokens are translated; a token spans a few characters, so the first
+    `MAX_CHARS_PER_TOKEN` x that many characters hold them all and the rest is not even tokenized."""
+    limit = translator.max_source_tokens
+    head = text[: limit * MAX_CHARS_PER_TOKEN]
+    n = len(translator.codec.encode(translator.prefix + head))
+    if n > limit:
+        size = f"{n} tokens" if len(head) == len(text) else f"{len(text)} characters"
+        gr.Warning(f"the source has {size}; the model reads only its first {limit - 1} tokens (and the end "
+                   "of sentence): the rest is not translated")
+    return head
+
+
+def translate_text(translator: Translator, text: str, beam_size: float):
+    """(translation, heat map, weights table) for the tab, after checking the values (the HTTP API passes
+    anything: NaN, lone surrogates, invisible-only text)."""
+    text = inputs.text(text, "the source")
+    beam_size = inputs.whole(beam_size, "beam size", 1, BEAM_MAX)
+    problem = text_problem(text)  # empty, only invisible characters (U+200B ...), NUL bytes
+    if problem:
+        raise gr.Error("Type a sentence to translate." if not text.strip() else f"Nothing to translate: {problem}.")
+    text = _source_head(translator, text)
+    try:
+        result = translator.translate([text], TranslationOptions(beam_size=beam_size))[0]
+        if result.error:
+            raise TranslatorError(result.error.removeprefix("line 1: "))
+        source, target, weights = translator.cross_attention(text, result.tokens)
+    except TranslatorError as e:
+        raise gr.Error(str(e)) from None
+    rows = [[piece] + [round(float(w), 3) for w in row] for piece, row in zip(target, weights)]
+    table = gr.Dataframe(value=rows, headers=["target \\ source"] + [f"{i}:{s}" for i, s in enumerate(source)])
+    return result.text, heat_map(source, target, weights), table
+
+
 def translate_tab(translator: Translator) -> None:
     """Render the translation tab into the enclosing `gr.Blocks`."""
 
-    def run(text: str, beam_size: float):
-        if not (text or "").strip():
-            raise gr.Error("Type a sentence to translate.")
-        try:
-            result = translator.translate([text], TranslationOptions(beam_size=int(beam_size)))[0]
-            if result.error:
-                raise TranslatorError(result.error.removeprefix("line 1: "))
-            source, target, weights = translator.cross_attention(text, result.tokens)
-        except TranslatorError as e:
-            raise gr.Error(str(e)) from None
-        rows = [[piece] + [round(float(w), 3) for w in row] for piece, row in zip(target, weights)]
-        table = gr.Dataframe(value=rows, headers=["target \\ source"] + [f"{i}:{s}" for i, s in enumerate(source)])
-        return result.text, heat_map(source, target, weights), table
+    def run(text: str, beam_size: float):  # named: the API endpoint is /run, as before
+        return translate_text(translator, text, beam_size)
 
     with gr.Tab("Translation", elem_id="translate-tab"):
         gr.Markdown("Type a sentence and press Translate. The heat map is the decoder's cross-attention "
@@ -68,7 +97,7 @@ def translate_tab(translator: Translator) -> None:
         with gr.Row():
             with gr.Column():
                 source = gr.Textbox(label="Source", lines=2, elem_id="source")
-                beam = gr.Slider(1, 8, value=1, step=1, label="Beam size (1: greedy)", elem_id="beam-size")
+                beam = gr.Slider(1, BEAM_MAX, value=1, step=1, label="Beam size (1: greedy)", elem_id="beam-size")
                 button = gr.Button("Translate", variant="primary", elem_id="translate")
             with gr.Column():
                 output = gr.Textbox(label="Translation", lines=2, interactive=False, elem_id="translation")

@@ -1,11 +1,13 @@
 """Run Gradio apps in the background (browser tests) or the foreground (`mmkit demo`).
 
 Both entry points keep Gradio local and offline: no share tunnel, no analytics or
-version check, no server-side rendering (that would start a Node process), no MCP server.
+version check, no server-side rendering (that would start a Node process), no MCP server;
+and they bound its disk use: uploads up to `MAX_FILE_SIZE`, its file cache emptied of old files.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -18,12 +20,42 @@ import gradio as gr  # noqa: E402  (must follow the environment default above)
 
 log = logging.getLogger(__name__)
 
+# Disk use stays bounded whatever the traffic. Gradio refuses a larger upload (HTTP 413) before it is written
+# to its cache: 200 MB is about 100 minutes of 16 kHz mono 16-bit WAV, far more than any image a tab reads.
+MAX_FILE_SIZE = "200mb"
+# Gradio's cache (/tmp/gradio: uploads, and every file or image a tab returns) keeps a file an hour, long
+# enough to download a result; checked every 10 minutes, and emptied of this app's files when the server stops.
+DELETE_CACHE = (600, 3600)  # (check every N seconds, delete files older than M seconds)
+
 _LAUNCH_KWARGS = dict(share=False, inbrowser=False, inline=False, ssr_mode=False, mcp_server=False)
 
 
+def _prepare(blocks: gr.Blocks) -> dict:
+    """Settings every app gets, whoever built it; returns launch()'s keyword arguments."""
+    blocks.analytics_enabled = False
+    blocks.delete_cache = DELETE_CACHE  # a Blocks constructor argument, read when the server starts
+    return dict(_LAUNCH_KWARGS, max_file_size=MAX_FILE_SIZE)
+
+
+def server_name(host: str) -> str:
+    """`host` as Gradio takes it: an IPv6 literal in brackets ("::1" -> "[::1]"), since Gradio writes its URL
+    as host:port and reads the port back after the last colon; names and IPv4 addresses as they are."""
+    bare = unbracketed(host)
+    try:
+        return f"[{bare}]" if ipaddress.ip_address(bare.split("%")[0]).version == 6 else host
+    except ValueError:  # a name, not an address
+        return host
+
+
+def unbracketed(host: str) -> str:
+    """`host` without the brackets of a URL's IPv6 literal ("[::1]" -> "::1"), as sockets take it."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
+    family, kind, proto, _, address = socket.getaddrinfo(unbracketed(host), 0, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as s:
+        s.bind(address)
         return s.getsockname()[1]
 
 
@@ -41,16 +73,16 @@ def launch(
     Returns:
         (url, close): the app's local URL and a function that stops the server.
     """
-    blocks.analytics_enabled = False
+    kwargs = _prepare(blocks)
     # A free port can be taken between probing and binding: retry with a new one.
     for attempt in range(3):
         try:
             _, url, _ = blocks.launch(
-                server_name=host,
+                server_name=server_name(host),
                 server_port=port or _free_port(host),
                 prevent_thread_lock=True,
                 quiet=True,
-                **_LAUNCH_KWARGS,
+                **kwargs,
             )
             break
         except OSError:
@@ -62,6 +94,6 @@ def launch(
 
 def serve(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Serve `blocks` at http://host:port until interrupted (Ctrl-C)."""
-    blocks.analytics_enabled = False
-    blocks.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=False, **_LAUNCH_KWARGS)
+    kwargs = _prepare(blocks)
+    blocks.launch(server_name=server_name(host), server_port=port, prevent_thread_lock=True, quiet=False, **kwargs)
     blocks.block_thread()  # closes the server on KeyboardInterrupt

@@ -72,3 +72,57 @@ def test_a_host_this_machine_cannot_listen_on_is_one_line_before_loading(host, w
     assert main(["demo", "--vit", str(tmp_path / "nowhere"), "--host", host]) == 2  # before the checkpoint check
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"mmkit demo: --host {host}: {why}")
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_serves(host, monkeypatch, capsys):
+    """`--host ::1` crashed in Gradio (it read the port after the address's last colon): a traceback, exit 1."""
+    import urllib.request
+
+    import mmkit.cli.demo as demo
+
+    monkeypatch.setattr(demo, "vit_tab", lambda model, top_k: lambda: gr.Markdown("x"))
+    monkeypatch.setitem(demo.DEMOS, "vit", demo.DemoFamily("h", ".", "how", "mmkit.cli.demo:vit_tab"))
+    monkeypatch.setattr(demo, "_checkpoint_problem", lambda name, model: None)
+    answered = []
+
+    def fetch_and_close(blocks):  # instead of serving until Ctrl-C
+        answered.append((blocks.local_url, urllib.request.urlopen(blocks.local_url, timeout=30).status))
+        blocks.close(verbose=False)
+
+    monkeypatch.setattr(gr.Blocks, "block_thread", fetch_and_close)
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    assert main(["demo", "vit", "--host", host, "--port", str(port)]) == 0
+    assert answered == [(f"http://[::1]:{port}/", 200)]
+
+
+def test_uploads_are_bounded_and_the_cache_expires(monkeypatch):
+    """`serve`/`launch` set neither max_file_size nor delete_cache: uploads and /tmp/gradio grew without bound."""
+    import httpx
+
+    import mmkit.demo_harness as harness
+
+    assert harness.MAX_FILE_SIZE == "200mb" and harness.DELETE_CACHE == (600, 3600)
+    monkeypatch.setattr(harness, "MAX_FILE_SIZE", "1kb")  # the same rule, at a size a test can send
+    with gr.Blocks() as app:
+        gr.File(label="upload")
+    url, close = harness.launch(app)
+    try:
+        assert app.delete_cache == harness.DELETE_CACHE
+        small = httpx.post(url + "gradio_api/upload", files={"files": ("a.bin", b"x" * 500)}, timeout=30)
+        big = httpx.post(url + "gradio_api/upload", files={"files": ("b.bin", b"x" * 2000)}, timeout=30)
+    finally:
+        close()
+    assert small.status_code == 200 and big.status_code == 413, (small.text, big.text)

@@ -123,16 +123,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="checkpoint for NAME (default: the recipe's export)")
     for name, family in DEMOS.items():
         parser.add_argument(f"--{name}", metavar="DIR", default=None, help=f"add a {name} tab ({family.help})")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default: local only; an IPv6 address as ::1 or [::1])")
     parser.add_argument("--port", type=at_least(1, 65535), default=7860)
     parser.add_argument("--top-k", type=at_least(1), default=5)
     return parser
 
 
 def _host_problem(host: str) -> str | None:
-    """Why the demo cannot listen on `host` (not an address, or not one of this machine's), else None."""
+    """Why the demo cannot listen on `host` (not an address, or not one of this machine's), else None.
+    An IPv6 address may come bracketed, as in a URL ("[::1]"), or not ("::1": serve() brackets it for Gradio)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(bare, 0, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
             probe.bind(address)
     except (OSError, UnicodeError) as e:  # socket.gaierror is an OSError
@@ -169,11 +172,11 @@ def main(argv: list[str]) -> int:
             print(f"mmkit demo: {name}: {e}", file=sys.stderr)
             return 2
     from demos.app import build_app
-    from mmkit.demo_harness import serve
+    from mmkit.demo_harness import serve, server_name
 
     try:
         serve(build_app(tabs, title="mmkit demo"), host=args.host, port=args.port)
     except OSError as e:  # port in use, interface not available
-        print(f"mmkit demo: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        print(f"mmkit demo: cannot serve on {server_name(args.host)}:{args.port}: {e}", file=sys.stderr)
         return 2
     return 0

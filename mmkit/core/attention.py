@@ -4,11 +4,12 @@ One module serves self-attention (fused `qkv` projection, timm's naming) and cro
 (`q` from the sequence, fused `kv` from the context). Masks are boolean with True = attend,
 broadcastable to (B, num_heads, T_query, T_key), the SDPA convention, or an additive float bias
 of that shape (T5's relative positions, with -inf/finfo.min where a key is masked). Attention maps for
-visualisation come from `attention_maps`, which hooks the modules; the hot path never
-materialises the attention matrix.
+visualisation come from `attention_maps`, which hooks the modules for one call (recording the calling
+thread's passes only); the hot path never materialises the attention matrix.
 """
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Callable
 
 import torch
@@ -198,30 +199,47 @@ def _combine_masks(
     return (causal if mask is None else mask & causal), False
 
 
-def attention_maps(model: nn.Module, fn: Callable[[], object]) -> tuple[object, list[Tensor]]:
-    """Run `fn()` (typically `lambda: model(x)`) and collect every self-attention map.
+def attention_maps(model: nn.Module, fn: Callable[[], object], cross: bool = False) -> tuple[object, list[Tensor]]:
+    """Run `fn()` (typically `lambda: model(x)`) and collect every self-attention map (with `cross`, every
+    cross-attention map instead: (B, num_heads, T, S) over the context each module was given).
+
+    Only the forward passes `fn` runs in the calling thread (or asyncio task) are recorded: a model
+    shared between threads (a Gradio app runs events concurrently) may run other inputs meanwhile,
+    and their maps are not this call's.
 
     Returns:
-        fn's result and a list, one entry per self-attention module in call order, of
-        (B, num_heads, T, T) attention probabilities.
+        fn's result and a list, one entry per recorded module call in call order, of
+        (B, num_heads, T, T) (or (B, num_heads, T, S)) attention probabilities.
     """
     maps: list[Tensor] = []
 
-    def hook(module: Attention, args: tuple, kwargs: dict, _out: Tensor) -> None:
+    # Registering or removing a hook is two dict writes (the hook, then its with_kwargs mark): a forward in
+    # another thread between them calls the hook without kwargs, so it takes both signatures and returns
+    # at once for any pass that is not this call's. This call's own passes run after registration is done.
+    def hook(module: Attention, args: tuple, *rest: object) -> None:
+        if _recording.get() is not maps:
+            return
+        kwargs: dict = rest[0]  # type: ignore[assignment]
         x = args[0] if args else kwargs["x"]
         with torch.no_grad():
             maps.append(
-                module.attention_weights(x, mask=kwargs.get("mask"), is_causal=kwargs.get("is_causal", False))
+                module.attention_weights(x, kwargs.get("context"), kwargs.get("mask"), kwargs.get("is_causal", False))
             )
 
     handles = [
         m.register_forward_hook(hook, with_kwargs=True)
         for m in model.modules()
-        if isinstance(m, Attention) and not m.cross
+        if isinstance(m, Attention) and m.cross == cross
     ]
+    token = _recording.set(maps)
     try:
         result = fn()
     finally:
+        _recording.reset(token)
         for h in handles:
             h.remove()
     return result, maps
+
+
+# The maps list of the `attention_maps` call running in this thread / task (None: not recording).
+_recording: ContextVar[list[Tensor] | None] = ContextVar("attention_maps_recording", default=None)

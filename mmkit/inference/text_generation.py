@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -83,35 +85,55 @@ class TextGenerator:
         self.model = model.to(device).eval()
         self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text generator")
         self.tokenizer, self.eos_id, self.device = tokenizer, eos_id, torch.device(device)
+        # Characters of the longest token (a byte-level token's string has one character per byte; added
+        # tokens such as <|endoftext|> included): the prompt tail that surely holds a context of tokens.
+        self._longest_token = max(map(len, tokenizer.hf.get_vocab(with_added_tokens=True)), default=1)
 
-    def encode_prompt(self, prompt: str, max_new_tokens: int, warn: bool = True) -> list[int]:
-        """Prompt ids, keeping the last `max_len - max_new_tokens` (with a warning, unless `warn` is False:
-        a check before `generate`, which warns itself) when it is too long.
+    def prepare_prompt(self, prompt: str, max_new_tokens: int) -> PromptTokens:
+        """The prompt as the model reads it: its last `max_len - max_new_tokens` tokens at most, and a note
+        when more were dropped. Only the prompt's end is tokenized (`_prompt_tail`): a prompt of megabytes
+        costs what a prompt of a few thousand characters does.
 
         Raises:
             ValueError: an empty prompt, one with no known token, or no room left for it.
         """
         if not prompt.strip():
             raise ValueError("the prompt is empty")
-        ids = [i for i in self.tokenizer.encode(prompt) if i < self.model.vocab_size]
-        if not ids:
-            raise ValueError("the prompt has no token this model knows")
         room = self.model.max_len - max_new_tokens
         if room < 1:
             raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
                              f"context of {self.model.max_len} tokens")
-        if len(ids) > room:
-            if warn:
-                log.warning("the prompt has %d tokens; keeping its last %d (context %d - %d new tokens)",
-                            len(ids), room, self.model.max_len, max_new_tokens)
-            ids = ids[-room:]
-        return ids
+        tail = _prompt_tail(prompt, self.model.max_len * self._longest_token)
+        ids = [i for i in self.tokenizer.encode(tail) if i < self.model.vocab_size]
+        if not ids:
+            raise ValueError("the prompt has no token this model knows")
+        if len(ids) <= room:
+            return PromptTokens(ids)
+        size = f"{len(ids)} tokens" if tail is prompt else f"{len(prompt)} characters (at least {len(ids)} tokens)"
+        return PromptTokens(ids[-room:], f"the prompt has {size}; keeping its last {room} "
+                                         f"(context {self.model.max_len} - {max_new_tokens} new tokens)")
 
-    def generate(self, prompt: str, options: GenerationOptions | None = None, stop: Sequence[str] = (),
+    def encode_prompt(self, prompt: str, max_new_tokens: int, warn: bool = True) -> list[int]:
+        """`prepare_prompt`'s ids, logging its note (what was cut) as a warning unless `warn` is False."""
+        prepared = self.prepare_prompt(prompt, max_new_tokens)
+        if prepared.note and warn:
+            log.warning(prepared.note)
+        return prepared.ids
+
+    def _ids(self, prompt: str | PromptTokens, max_new_tokens: int) -> list[int]:
+        if isinstance(prompt, str):
+            return self.encode_prompt(prompt, max_new_tokens)
+        if len(prompt.ids) + max_new_tokens > self.model.max_len:
+            raise ValueError(f"{len(prompt.ids)} prompt tokens + max_new_tokens {max_new_tokens} exceed the "
+                             f"model's context of {self.model.max_len}: prepare the prompt with the same setting")
+        return prompt.ids
+
+    def generate(self, prompt: str | PromptTokens, options: GenerationOptions | None = None, stop: Sequence[str] = (),
                  on_text: Callable[[str], None] | None = None) -> str:
-        """The continuation of `prompt` (without the prompt), cut before the first stop string."""
+        """The continuation of `prompt` (without the prompt), cut before the first stop string. `prompt` is a
+        text, or `prepare_prompt`'s result for the same max_new_tokens (tokenized once, its note not logged)."""
         options = options or GenerationOptions()
-        ids = self.encode_prompt(prompt, options.max_new_tokens)
+        ids = self._ids(prompt, options.max_new_tokens)
         P = len(ids)
         stops = [s for s in stop if s]
         stream = _TextStream(stops, on_text)
@@ -135,10 +157,15 @@ class TextGenerator:
         stream.finish(text)
         return text
 
-    def stream(self, prompt: str, options: GenerationOptions | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
-        """`generate` as an iterator of text pieces (the decoding runs in a worker thread)."""
+    def stream(self, prompt: str | PromptTokens, options: GenerationOptions | None = None,
+               stop: Sequence[str] = ()) -> Iterator[str]:
+        """`generate` as an iterator of text pieces (the decoding runs in a worker thread). The prompt is
+        tokenized (and a bad one refused) here, in the caller's thread, before the iterator is returned."""
         options = options or GenerationOptions()
-        self.encode_prompt(prompt, options.max_new_tokens, warn=False)  # bad prompts raise here, in the caller's thread
+        prepared = PromptTokens(self._ids(prompt, options.max_new_tokens))  # the worker neither re-encodes nor warns
+        return self._pieces(prepared, options, stop)
+
+    def _pieces(self, prompt: PromptTokens, options: GenerationOptions, stop: Sequence[str]) -> Iterator[str]:
         pieces: queue.Queue = queue.Queue()
         done = object()
 
@@ -155,6 +182,30 @@ class TextGenerator:
             if isinstance(item, Exception):
                 raise item
             yield item
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A prompt as the model reads it (`TextGenerator.prepare_prompt`): its token ids, and `note`, one
+    sentence saying what was dropped to fit the context (None: nothing)."""
+
+    ids: list[int]
+    note: str | None = None
+
+
+def _prompt_tail(prompt: str, chars: int) -> str:
+    """The end of `prompt` that can reach the model, `prompt` itself unless it is over 2 * `chars` long.
+
+    `chars` (context x the longest token's characters) always holds more tokens than the context, so the
+    model's tokens are among the tail's. The tail starts at a whitespace within its first `chars`: the
+    tokenizer splits words at whitespace before merging, so from the first word on the tail's tokens are the
+    whole prompt's. Only a single run of whitespace or one "word" longer than `chars` characters at the
+    cut may split differently there."""
+    if len(prompt) <= 2 * chars:
+        return prompt
+    tail = prompt[-2 * chars:]
+    space = re.search(r"\s", tail[:chars])
+    return tail[space.start():] if space else tail
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.bart_tokenizer import BartTokenizer
-from mmkit.data.dalle_text import WordTokenizer
+from mmkit.data.dalle_text import WordTokenizer, words
 from mmkit.inference.transcript import WindowSampling
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
 from mmkit.models.dalle_bart import DalleBart
@@ -253,20 +253,36 @@ class TextToImage:
         (directory / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
         return directory
 
-    def check_prompt(self, prompt: str) -> None:
-        """Raise ValueError for an empty prompt or one with no known word; warn about unknown words."""
+    def check_prompt(self, prompt: str) -> list[str]:
+        """Raise ValueError for a prompt the model would read as nothing: empty, or no word it knows (only
+        unknown words, or none at all: "!!!", "123", "\u200b" encode to padding alone). Returns (and logs as
+        warnings) what the model does not read of the rest: unknown words, and words past its text length."""
         if not prompt.strip():
             raise ValueError("empty prompt")
-        unknown = self.tokenizer.unknown_words(prompt)
-        if unknown and len(unknown) == len(prompt.split()):
-            known = "dalle-mini reads lower-cased ASCII text" if isinstance(self.tokenizer, BartTokenizer) else \
+        bart = isinstance(self.tokenizer, BartTokenizer)
+        n = self.tokenizer.text_len  # ids the model reads: a known word past them counts for nothing
+        if bart:
+            ids = self.tokenizer.encode(prompt)  # <s> ... </s>
+            known = [i for i in ids[1:n] if i not in (self.tokenizer.unk, self.tokenizer.eos)]
+        else:
+            ids = [self.tokenizer.index.get(w, 1) for w in words(prompt)]
+            known = [i for i in ids[:n] if i > 1]
+        if not known:
+            what = "dalle-mini reads lower-cased ASCII text" if bart else \
                 f"vocabulary: {' '.join(self.tokenizer.vocab[2:])}"
-            raise ValueError(f"prompt {prompt!r}: no word the model knows ({known})")
-        if unknown:
-            log.warning("prompt %r: words outside the vocabulary ignored: %s", prompt, ", ".join(unknown))
-        if isinstance(self.tokenizer, BartTokenizer) and max(self.tokenizer.encode(prompt)) >= self.text_vocab_size:
+            raise ValueError(f"prompt {prompt!r}: no word the model knows ({what})")
+        if bart and max(ids) >= self.text_vocab_size:
             raise ValueError(f"prompt {prompt!r}: a token id past the model's {self.text_vocab_size} text embeddings "
                              "(vocab.json does not belong to this model)")
+        notes = []
+        unknown = self.tokenizer.unknown_words(prompt)
+        if unknown:
+            notes.append(f"words outside the vocabulary ignored: {', '.join(unknown)}")
+            log.warning("prompt %r: %s", prompt, notes[-1])
+        if len(ids) > n:  # the tokenizer logs this one when it encodes the prompt
+            unit = "tokens" if bart else "words"
+            notes.append(f"the prompt has {len(ids)} {unit}; the model reads only the first {n}")
+        return notes
 
     def generate(self, prompts: Sequence[str], num_images: int = 1, seed: int | None = None, guidance: float = 1.0,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

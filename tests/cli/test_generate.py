@@ -85,6 +85,13 @@ def test_bad_prompts(export, tmp_path, capsys):
     _fails(["zebra giraffe", "--model", str(export), "--out", str(tmp_path / "o")], capsys, "no word the model knows")
 
 
+@pytest.mark.parametrize("prompt", ["!!!", "123", "\u200b"])
+def test_a_prompt_of_no_word_at_all_is_one_line(export, tmp_path, capsys, prompt):
+    """No word at all encoded to padding alone and still made images (only all-unknown words were refused)."""
+    _fails([prompt, "--model", str(export), "--out", str(tmp_path / "o")], capsys, "no word the model knows")
+    assert not (tmp_path / "o").exists()
+
+
 def test_unknown_words_and_long_prompts_warn(export, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert main(["generate", "a red zebra circle on the left at the top in the centre", "--model", str(export),

@@ -48,3 +48,59 @@ def test_demo_shows_the_prompt_and_the_greedy_continuation(page, serve_blocks, g
     page.locator("#prompt textarea").fill("   ")
     page.locator("#generate").click()
     expect(page.get_by_text("the prompt is empty").first).to_be_visible(timeout=TIMEOUT_MS)
+
+
+def test_a_huge_prompt_is_tokenized_once_by_its_tail_and_the_cut_is_shown(generator, monkeypatch):
+    """A prompt of megabytes cost 42 s and 3.5 GB (tokenized in full, three times) for the model's last
+    tokens: now only its tail is tokenized, once, the kept ids are those of the whole prompt, and the
+    browser user is told the prompt was cut."""
+    import gradio as gr
+
+    from demos.text_generation import continue_prompt
+
+    prompt = " ".join(f"the teacher draws {n} moons." for n in range(12_000))  # ~330,000 characters
+    keep = generator.model.max_len - 20
+    expected = generator.tokenizer.encode(prompt)[-keep:]
+    tokenized: list[int] = []
+    encode = generator.tokenizer.encode
+    monkeypatch.setattr(generator.tokenizer, "encode", lambda text: tokenized.append(len(text)) or encode(text))
+    with pytest.warns(UserWarning, match=f"the prompt has {len(prompt)} characters .*; keeping its last {keep} "):
+        states = list(continue_prompt(generator, prompt, 20, 0.0, 40, 1.0, 0))
+    assert len(tokenized) == 1 and tokenized[0] < 20_000, tokenized  # once, a tail of a few thousand characters
+    assert generator.prepare_prompt(prompt, 20).ids == expected  # the tail's last tokens are the prompt's
+    assert states[0] == prompt and states[-1] == prompt + generator.generate(prompt, GenerationOptions(20))
+    with pytest.warns(UserWarning, match="keeping its last 1 "):  # the slider's top: the prompt's last token
+        list(continue_prompt(generator, PROMPT, generator.model.max_len - 1, 0.0, 40, 1.0, 0))
+    with pytest.raises(gr.Error, match="prompt is empty"):
+        list(continue_prompt(generator, "\n \t", 20, 0.0, 40, 1.0, 0))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("a\ud800b", 20, 0.0, 40, 1.0, 0), "the prompt is not valid Unicode: an unpaired surrogate .* at character 1"),
+    ((PROMPT, float("nan"), 0.0, 40, 1.0, 0), r"max new tokens must be a whole number in \[1, 127\], got nan"),
+    ((PROMPT, 20, float("nan"), 40, 1.0, 0), r"temperature must be a number in \[0.0, 2.0\], got nan"),
+    ((PROMPT, 20, 1.0, 2.5, 1.0, 0), r"top-k must be a whole number in \[0, 200\], got 2.5"),
+    ((PROMPT, 20, 1.0, 40, float("nan"), 0), r"top-p must be a number in \[0.05, 1.0\], got nan"),
+    ((PROMPT, 20, 1.0, 40, 0.9, float("nan")), r"seed must be a whole number in \[0, 2\*\*64 - 1\], got nan"),
+    ((PROMPT, 20, 1.0, 40, 0.9, float("inf")), r"seed must be a whole number in \[0, 2\*\*64 - 1\], got inf"),
+    ((PROMPT, 20, 1.0, 40, 0.9, 1e30), r"seed must be a whole number in \[0, 2\*\*64 - 1\], got 1e\+30"),
+    ((PROMPT, 20, 1.0, 40, 0.9, -1), r"seed must be a whole number in \[0, 2\*\*64 - 1\], got -1"),
+])
+def test_odd_values_from_the_http_api_are_one_line_errors(generator, args, message):
+    """Values the browser's widgets never send but the API passes on (TypeError, OverflowError, gradio's own
+    rounding of NaN, top-p NaN silently off): each is a gr.Error naming the field."""
+    import gradio as gr
+
+    from demos.text_generation import continue_prompt
+
+    with pytest.raises(gr.Error, match=message):
+        list(continue_prompt(generator, *args))
+
+
+def test_the_seed_field_leaves_nan_to_the_tab_function(generator):
+    import gradio as gr
+
+    from demos.text_generation import build_app
+
+    [seed] = [b for b in build_app(generator).blocks.values() if getattr(b, "elem_id", None) == "seed"]
+    assert isinstance(seed, gr.Number) and seed.preprocess(float("nan")) != seed.preprocess(float("nan"))  # NaN kept

@@ -1,6 +1,7 @@
 """The translation demo (demos/translate.py) in headless Chromium: type a sentence, press
 Translate, and see the translation the Python API (`Translator.translate`) gives, the
-cross-attention heat map and its weights table equal to `Translator.cross_attention`."""
+cross-attention heat map and its weights table equal to `Translator.cross_attention`; values the HTTP API
+passes on (NaN, lone surrogates, invisible text, over-long sources) are one-line errors or warnings."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,6 @@ from _browser import TIMEOUT_MS, open_app
 from mmkit.inference.translator import load_translator
 from tests.inference._translation_fixtures import write_native_export
 
-pytestmark = pytest.mark.browser
 SOURCE = "one hundred and twenty-three"
 
 
@@ -50,3 +50,41 @@ def test_demo_reports_empty_and_unencodable_input(page, serve_blocks, translator
     page.locator("#source textarea").fill("Привет мир")
     page.locator("#translate").click()
     expect(page.get_by_text("cannot encode 2 of 2 words").first).to_be_visible(timeout=TIMEOUT_MS)
+
+
+@pytest.mark.parametrize("text, beam, message", [
+    ("\u200b\u200b", 1, r"Nothing to translate: empty text \(only control or invisible characters\)"),
+    ("a\x00b", 1, "Nothing to translate: holds NUL bytes"),
+    ("one \ud800 two", 1, "the source is not valid Unicode: an unpaired surrogate"),
+    (SOURCE, float("nan"), r"beam size must be a whole number in \[1, 8\], got nan"),
+    (SOURCE, 0, r"beam size must be a whole number in \[1, 8\], got 0"),
+])
+def test_odd_values_from_the_http_api_are_one_line_errors(translator, text, beam, message):
+    """Invisible-only text gave an empty translation and a heat map; a lone surrogate a pybind11
+    RuntimeError; a NaN beam size int()'s ValueError."""
+    import gradio as gr
+
+    from demos.translate import translate_text
+
+    with pytest.raises(gr.Error, match=message):
+        translate_text(translator, text, beam)
+
+
+def test_a_source_past_the_models_tokens_is_cut_with_a_warning(translator, monkeypatch):
+    """The translator keeps a source's first max_source_tokens tokens; the browser user is told, and a
+    source of megabytes is not tokenized past what the model reads."""
+    from demos.translate import translate_text
+
+    long = " ".join([SOURCE] * 40)
+    limit = translator.max_source_tokens
+    expected = translator.translate([long])[0].text
+    with pytest.warns(UserWarning, match=f"the source has [0-9]+ tokens; the model reads only its first {limit - 1}"):
+        text, _, _ = translate_text(translator, long, 1)
+    assert text == expected
+    huge = " ".join([SOURCE] * 100_000)
+    encoded: list[int] = []
+    encode = translator.codec.encode
+    monkeypatch.setattr(translator.codec, "encode", lambda t: encoded.append(len(t)) or encode(t))
+    with pytest.warns(UserWarning, match=f"the source has {len(huge)} characters; the model reads only"):
+        text, _, _ = translate_text(translator, huge, 1)
+    assert text == expected and max(encoded) <= 64 * limit

@@ -1,0 +1,59 @@
+"""Checks of the values a tab function is given. The browser's widgets keep them sensible, but Gradio's
+HTTP API (gradio_client, curl) passes whatever JSON holds: NaN, 1e30, 2.5 for a layer, a lone surrogate
+("a\\ud800b", which tokenizers reject with a TypeError). Each check returns the value in the type the
+model code wants, or raises a `gr.Error` of one line naming the field.
+"""
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed (the text-to-image rule, [0, 2**64 - 1])
+
+
+def text(value: object, name: str) -> str:
+    """`value` as text ("" for None): a str that encodes as UTF-8."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise gr.Error(f"{name} must be text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise gr.Error(f"{name} is not valid Unicode: an unpaired surrogate ({value[e.start]!r}) at character "
+                       f"{e.start}") from None
+    return value
+
+
+def whole(value: object, name: str, low: int, high: int, bounds: str | None = None) -> int:
+    """`value` as an int in [low, high]: a finite whole number (3.0 is 3; 2.5, NaN and 1e30 are refused).
+    `bounds`: how the message writes the range (default "[low, high]")."""
+    if not (_number(value) and float(value).is_integer() and low <= value <= high):
+        raise gr.Error(f"{name} must be a whole number in {bounds or f'[{low}, {high}]'}, got {_shown(value)}")
+    return int(value)
+
+
+def real(value: object, name: str, low: float, high: float) -> float:
+    """`value` as a float in [low, high] (finite: NaN and infinities are refused)."""
+    if not (_number(value) and low <= value <= high):
+        raise gr.Error(f"{name} must be a number in [{low}, {high}], got {_shown(value)}")
+    return float(value)
+
+
+def seed(value: object) -> int | None:
+    """A sampling seed: None (not seeded) or a whole number in [0, 2**64 - 1]."""
+    return None if value is None else whole(value, "seed", 0, MAX_SEED, "[0, 2**64 - 1]")
+
+
+def _number(value: object) -> bool:
+    """A finite int or float (not a bool; not an int too large for a float)."""
+    try:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # math.isfinite(10**400)
+        return False
+
+
+def _shown(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
