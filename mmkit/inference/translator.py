@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mmkit.core import BeamSearch, Greedy, SuppressTokens, generate
-from mmkit.core.attention import Attention
+from mmkit.core.attention import attention_maps
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
 
 log = logging.getLogger(__name__)
@@ -233,18 +233,8 @@ class Translator:
         src = torch.tensor([self.encode_source(text)], device=self.device)
         tokens = torch.tensor([[self.codec.start_id] + target], device=self.device)
         memory = self.model.encode(src)
-        maps: list[Tensor] = []
-
-        def hook(module: Attention, args: tuple, kwargs: dict, _out: Tensor) -> None:
-            maps.append(module.attention_weights(args[0], context=kwargs["context"], mask=kwargs.get("mask")))
-
-        handles = [m.register_forward_hook(hook, with_kwargs=True) for m in self.model.modules()
-                   if isinstance(m, Attention) and m.cross]
-        try:
-            self.model(tokens, context=memory)
-        finally:
-            for h in handles:
-                h.remove()
+        # Only this thread's forward passes are recorded: a demo runs requests on one model concurrently.
+        _, maps = attention_maps(self.model, lambda: self.model(tokens, context=memory), cross=True)
         weights = torch.stack(maps).mean(dim=(0, 2))[0]  # (T, S): row t is what predicted target[t]
         return self.codec.pieces(src[0].tolist()), self.codec.pieces(target + [self.codec.eos_id]), weights
 

@@ -100,6 +100,35 @@ def test_cross_attention_rows_are_distributions_over_the_source(native):
     assert src[-1] == "</s>" and tgt[-1] == "</s>"
 
 
+def test_cross_attention_is_its_own_while_other_requests_run_on_the_model(native):
+    """A demo serves requests concurrently on one model: the map of one request never holds another's
+    (the hooks once recorded every thread's cross-attention, mixing maps or failing to stack them)."""
+    import threading
+
+    translator = load_translator(native)
+    expected = translator.cross_attention("one hundred", [5, 6, 7])[2]
+    stop, failures = threading.Event(), []
+
+    def busy() -> None:
+        while not stop.is_set():
+            translator.translate(["seven hundred and twelve", "one"])
+
+    other = threading.Thread(target=busy)
+    other.start()
+    try:
+        for _ in range(60):
+            try:
+                got = translator.cross_attention("one hundred", [5, 6, 7])[2]
+                if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-6):
+                    failures.append("mixed")
+            except (RuntimeError, TypeError) as e:
+                failures.append(type(e).__name__)
+    finally:
+        stop.set()
+        other.join()
+    assert not failures, failures[:5]
+
+
 def test_refuses_other_checkpoints_with_one_message(tmp_path):
     Whisper(n_mels=8, n_audio_ctx=4, n_text_ctx=8, vocab_size=20, dim=8, encoder_depth=1, decoder_depth=1,
             num_heads=2).save_pretrained(tmp_path / "whisper")
