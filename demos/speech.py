@@ -6,9 +6,10 @@ download it as SRT subtitles. Thin over `mmkit.inference.Transcriber` (built by
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import gradio as gr
 
@@ -31,18 +32,25 @@ def speech_tab(transcribe_fn: Callable[[str], Transcript]) -> None:
         transcribe_fn: audio file path -> `Transcript` (e.g. `lambda p: next(t.transcribe_files([p]))`
             for a `Transcriber` t).
     """
-    srt_dir = Path(tempfile.mkdtemp(prefix="mmkit-srt-"))
+    # One folder for this app's SRT files, removed when the app is garbage-collected or Python exits; each
+    # request writes into a folder of its own (two uploads of the same name never share a file), removed
+    # once Gradio has copied the file to its cache, so the folder stays empty between requests.
+    srt_root = tempfile.TemporaryDirectory(prefix="mmkit-srt-")
 
-    def run(path: str | None) -> tuple[str, list[list[str]], str]:
+    def run(path: str | None) -> Iterator[tuple[str, list[list[str]], str]]:
         if not path:
             raise gr.Error("Upload or record audio first.")
         t = transcribe_fn(path)
         if t.error is not None:
             raise gr.Error(f"Could not transcribe this audio: {t.error}")
-        srt = srt_dir / f"{Path(path).stem or 'audio'}.srt"
-        with open(srt, "w", encoding="utf-8") as f:
-            write_srt(t, f)
-        return t.text, segment_rows(t), str(srt)
+        folder = Path(tempfile.mkdtemp(dir=srt_root.name))
+        try:
+            srt = folder / f"{Path(path).stem or 'audio'}.srt"  # the name the download gets
+            with open(srt, "w", encoding="utf-8") as f:
+                write_srt(t, f)
+            yield t.text, segment_rows(t), str(srt)
+        finally:  # Gradio copies an output file to its cache before asking for the next value
+            shutil.rmtree(folder, ignore_errors=True)
 
     with gr.Tab("Speech", elem_id="speech-tab"):
         gr.Markdown("Upload an audio file or record from the microphone, then press Transcribe.")

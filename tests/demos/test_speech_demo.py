@@ -89,3 +89,28 @@ def test_demo_without_audio_shows_an_error(page, serve_blocks, speech_export):
     page.locator("#transcribe").click()
     expect(page.get_by_text("Upload or record audio first.").first).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.locator("#transcript textarea")).to_have_value("")
+
+
+def test_each_request_gets_its_own_srt_file_removed_after_it_is_sent(tmp_path):
+    """Two uploads of the same name never share a file, and a request's SRT is removed once Gradio has
+    taken it (the folder per app build stays empty between requests; it was one file per request, kept)."""
+    from demos.speech import build_app
+    from mmkit.inference.transcript import Segment, Transcript
+
+    def transcribe(path: str) -> Transcript:
+        t = Transcript(path, text=Path(path).parent.name)
+        t.segments = [Segment(0.0, 1.0, t.text)]
+        return t
+
+    app = build_app(transcribe)
+    (run,) = [f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == "run"]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "clip.wav").write_bytes(b"")
+    first, second = run(str(tmp_path / "a" / "clip.wav")), run(str(tmp_path / "b" / "clip.wav"))
+    (text_a, _, srt_a), (text_b, _, srt_b) = next(first), next(second)  # both requests in flight
+    assert srt_a != srt_b and Path(srt_a).name == Path(srt_b).name == "clip.srt"
+    assert text_a in Path(srt_a).read_text() and text_b in Path(srt_b).read_text()
+    for request, srt in ((first, srt_a), (second, srt_b)):
+        assert next(request, None) is None and not Path(srt).exists() and not Path(srt).parent.exists()
+    assert list(Path(srt_a).parent.parent.iterdir()) == []
