@@ -155,25 +155,6 @@ def _indices(order: Any) -> Iterable[int]:
     return order if isinstance(order, range) else (i for chunk in order.split(1 << 16) for i in chunk.tolist())
 
 
-def _generate_prompt(t2i: TextToImage, reranker: ClipReranker | None, args: argparse.Namespace, prompt: str,
-                     stem: str, sampling: dict[str, Any], advance: Callable[[int], None]) -> tuple[Any, array | None]:
-    """Sample one prompt's images batch by batch, each PNG written as it comes; returns the image
-    order (a range, or best first when reranked: only the scores are kept, never the images) and the
-    scores."""
-    out = Path(args.out).expanduser()
-    scores = array("d") if reranker is not None else None
-    batches = t2i.stream(prompt, args.num_images, args.seed, batch_size=args.batch_size, **sampling)
-    start = 0
-    for _, images in batches:
-        for i, image in enumerate(images, start):
-            _save_atomic(lambda tmp, im=image: im.save(tmp, format="PNG"), out / f"{stem}-{i}.png")
-        if scores is not None:
-            scores.extend(reranker.scores(prompt, images))
-        start += len(images)
-        advance(len(images))
-    return _ranking(args.num_images, scores)
-
-
 def _ranking(num_images: int, scores: array | None) -> tuple[Any, array | None]:
     """(the image order: a range, or best first by score, ties in image order; the scores)."""
     import torch
@@ -198,9 +179,10 @@ def _image_shares(ranks: Ranks, prompts: int, num_images: int, batch_size: int) 
 def _generate_share(t2i: TextToImage, reranker: ClipReranker | None, args: argparse.Namespace, prompt: str,
                     stem: str, sampling: dict[str, Any], advance: Callable[[int], None], ranks: Ranks,
                     images: range) -> tuple[Any, array | None]:
-    """This rank's `images` of a prompt, each PNG written as it comes, then every rank's scores to all: on
-    every rank the order and scores one process gets (`_ranking`), or a ValueError naming the first rank's
-    failure (all ranks stop)."""
+    """This rank's `images` of a prompt (one process: all), each PNG written as it comes, then every rank's
+    scores to all: on every rank the image order (a range, or best first when reranked: only the scores are
+    kept, never the images) and the scores one process gets (`_ranking`), or a ValueError naming the first
+    rank's failure (all ranks stop; one process raises its own error as it is)."""
     out = Path(args.out).expanduser()
     scores, problem = array("d") if reranker is not None else None, None
     try:
@@ -214,6 +196,8 @@ def _generate_share(t2i: TextToImage, reranker: ClipReranker | None, args: argpa
             start += len(batch)
             advance(len(batch))
     except (ValueError, OSError) as e:  # this rank's; every rank stops after this prompt
+        if not ranks.multi:
+            raise
         problem = str(e)
     shared = ranks.all_gather((problem, scores))
     problem = next((p for p, _ in shared if p is not None), None)
@@ -260,9 +244,7 @@ def run(args: argparse.Namespace, ranks: Ranks = Ranks()) -> int:
     shares = _image_shares(ranks, len(args.prompts), args.num_images, args.batch_size)
 
     def images_of(n: int, prompt: str, stem: str, advance: Callable[[int], None]) -> tuple[Any, array | None]:
-        if ranks.multi:
-            return _generate_share(t2i, reranker, args, prompt, stem, sampling, advance, ranks, shares[n])
-        return _generate_prompt(t2i, reranker, args, prompt, stem, sampling, advance)
+        return _generate_share(t2i, reranker, args, prompt, stem, sampling, advance, ranks, shares[n])
 
     if not ranks.first:  # its images only: the first rank writes the grids and the manifest
         for n, prompt in enumerate(args.prompts):

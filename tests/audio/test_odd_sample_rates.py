@@ -21,18 +21,9 @@ import torchaudio.functional as AF
 
 from mmkit.audio import SAMPLE_RATE, AudioLoadError, load_audio, resample, stream_audio
 from mmkit.audio import io
+from test_audio_io import _peak_hz, _tone
 
 COMMON_RATES = [8000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000, 88_200, 96_000, 192_000]
-
-
-def _tone(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
-    t = np.arange(int(sr * seconds)) / sr
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def _peak_hz(x: np.ndarray, sr: int = SAMPLE_RATE) -> float:
-    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
-    return float(np.fft.rfftfreq(x.size, 1 / sr)[spectrum.argmax()])
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB and /proc/self/status are Linux's")
