@@ -9,7 +9,7 @@ from gradio.data_classes import ImageData
 from gradio.processing_utils import save_base64_to_cache
 from PIL import Image
 
-from demos.display import MAX_DISPLAY_SIDE, for_display, model_resize_problem
+from demos.display import MAX_DISPLAY_SIDE, for_display
 from mmkit.data.images import ImageLoadError, load_image
 from mmkit.inference.classifier import Classifier
 
@@ -43,9 +43,6 @@ def classifier_tab(classifier: Classifier, top_k: int = 5) -> None:
             image = load_image(path)
         except ImageLoadError as e:
             raise gr.Error(f"Cannot read this image: {e.reason}") from None
-        problem = model_resize_problem(image.size, classifier.transform)
-        if problem:
-            raise gr.Error(f"Cannot classify this image: {problem}")
         (labels, probs), = classifier.predict_images([image], top_k)
         shown = for_display(image)  # at most MAX_DISPLAY_SIDE a side: the overlay is drawn on it
         return dict(zip(labels, probs)), shown, classifier.attention_overlay(image, canvas=shown)

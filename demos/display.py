@@ -1,12 +1,9 @@
 """Image helpers shared by the demo tabs. Small inputs (a 32-px digit, a 64-px shape) and their
 overlays are shown upscaled with nearest-neighbour, so pixels stay crisp instead of a 32-px strip;
-large or extreme-aspect inputs are shrunk, so what goes back to the browser stays small; images too
-thin for the model's resize are refused before it runs."""
+large or extreme-aspect inputs are shrunk, so what goes back to the browser stays small."""
 from __future__ import annotations
 
 from PIL import Image
-
-from mmkit.data.transforms import EvalTransform
 
 MIN_DISPLAY_SIDE = 256  # pixels; smaller images are upscaled by an integer factor up to this
 # Pixels; no displayed side exceeds this, so a display copy is at most 2048 x 2048 (12 MiB as RGB)
@@ -36,19 +33,3 @@ def for_display(image: Image.Image, min_side: int = MIN_DISPLAY_SIDE,
         return image
     return image.resize((width * factor, height * factor), Image.NEAREST)
 
-
-def model_resize_problem(size: tuple[int, int], transform: EvalTransform) -> str | None:
-    """Why an image of `size` (width, height) is refused before the model sees it, or None.
-
-    The eval transform scales the short side to `transform.resize_to` before its centre crop, so a
-    thin strip is enlarged along its length first: a 300,000 x 1 PNG of a few hundred bytes would
-    become 10,800,000 x 36 (1.2 GB) for a 32-px model, or 77 GB at 224 px. Refused past the loader's
-    own pixel limit, so no intermediate image is larger than a file the loader accepts.
-    """
-    width, height = size
-    n = transform.resize_to
-    resized = n * n if transform.resize_mode == "squash" else n * (n * max(size) // max(1, min(size)))
-    if resized <= transform.max_pixels:
-        return None
-    return (f"a {width:,} x {height:,} image is too thin for the model's {n}-px resize "
-            f"(it would need {resized:,} pixels; at most {transform.max_pixels:,})")

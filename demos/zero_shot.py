@@ -12,7 +12,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from demos.display import for_display, model_resize_problem
+from demos.display import for_display
 from mmkit.data.images import ImageLoadError, load_image
 from mmkit.data.transforms import EvalTransform
 from mmkit.inference import prompts
@@ -69,13 +69,10 @@ def prepare(path: str, transform: EvalTransform) -> tuple[Image.Image, Image.Ima
     unchanged (no crop: crop_pct 1, CLIP's preprocessing), else the decoded image itself.
 
     Raises:
-        ImageLoadError: unreadable (see `load_image`) or too thin for the model's resize.
+        ImageLoadError: unreadable (see `load_image`).
     """
     # Decoded at the model's size where the format allows (JPEG's DCT scaling), as `mmkit label` does.
     image = load_image(path, transform.max_pixels, min_side=transform.resize_to)
-    problem = model_resize_problem(image.size, transform)
-    if problem:
-        raise ImageLoadError(path, problem)
     shown = for_display(image, max_side=GALLERY_SIDE)
     if transform.resize_to != transform.image_size:
         return shown, image

@@ -2,6 +2,7 @@
 Resize of the short side to image_size / crop_pct, CenterCrop; or open_clip's "squash" of both
 sides), pixel for pixel, split in two so DataLoader workers pass uint8 (a quarter of float32)
 and the model side normalises. ViT and CLIP differ only in the defaults their metadata fills in.
+Extremely thin images resize only the crop's preimage, so memory follows the crop, not the aspect.
 """
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+# Resize-then-crop (timm's, bit for bit) while the resized image has at most this many times the
+# crop's pixels: an aspect up to ~50:1 at crop_pct 0.875, 64:1 without crop, i.e. every ordinary
+# photo or panorama. Beyond, only the crop's preimage is resized (`_resize_crop`): a 300,000 x 1 PNG
+# of a few hundred bytes would otherwise become 10,800,000 x 36 pixels (1.5 GB) for a 32-px model,
+# 77 GB at 224 px. Not the box path everywhere: PIL takes the box in float32, so it differs from the
+# whole resize by up to 2 levels (filters), or takes the other neighbour at an exact tie (nearest, box);
+# tests/data/test_image_transforms.py measures both.
+RESIZE_CROP_RATIO = 64
+# Source pixels a filter reaches either side of an output pixel's centre, per unit of downscale
+# (lanczos's 3 is PIL's widest); the crop before a box resize keeps this margin plus one.
+_FILTER_SUPPORT = 3
 # What a checkpoint's metadata may set; the rest come from the family's defaults.
 EVAL_KEYS = ("image_size", "crop_pct", "mean", "std", "interpolation", "resize_mode")
 # Per family: timm's ImageNet eval defaults for ViT, open_clip's for CLIP (no crop).
@@ -77,11 +89,15 @@ class EvalTransform:
             size = (n, n)
         else:  # torchvision's Resize(int): short side -> n, long side -> int(n * long / short)
             size = (n, int(n * h / w)) if w <= h else (int(n * w / h), n)
-        if size != (w, h):
-            image = image.resize(size, RESAMPLE[self.interpolation])
         left, top = int(round((size[0] - s) / 2.0)), int(round((size[1] - s) / 2.0))
-        if size != (s, s):
-            image = image.crop((left, top, left + s, top + s))
+        resample = RESAMPLE[self.interpolation]
+        if size[0] * size[1] > RESIZE_CROP_RATIO * s * s:
+            image = _resize_crop(image, size, (left, top, left + s, top + s), resample)
+        else:
+            if size != (w, h):
+                image = image.resize(size, resample)
+            if size != (s, s):
+                image = image.crop((left, top, left + s, top + s))
         return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S)
 
     def normalize(self, batch: Tensor) -> Tensor:
@@ -93,6 +109,21 @@ class EvalTransform:
     def __call__(self, image: Image.Image) -> Tensor:
         """RGB PIL image -> (3, S, S) float32, timm's eval transform."""
         return self.normalize(self.pixels(image)[None])[0]
+
+
+def _resize_crop(image: Image.Image, size: tuple[int, int], crop: tuple[int, int, int, int],
+                 resample: int) -> Image.Image:
+    """`image.resize(size, resample).crop(crop)` computed from the crop's preimage only: the source
+    region the crop maps back to (plus the filter's reach) is cut out with integer coordinates, then
+    resized with PIL's `box`, which reads pixels outside the box for the filter's support. Cut first
+    because PIL takes the box as float32, whose step at x = 5,000,000 is 0.5 px; in the cut it is small."""
+    sx, sy = image.width / size[0], image.height / size[1]  # source pixels per resized pixel
+    x0, y0, x1, y1 = crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy
+    mx, my = _FILTER_SUPPORT * max(sx, 1.0) + 1, _FILTER_SUPPORT * max(sy, 1.0) + 1
+    cut = (max(0, math.floor(x0 - mx)), max(0, math.floor(y0 - my)),
+           min(image.width, math.ceil(x1 + mx)), min(image.height, math.ceil(y1 + my)))
+    box = (x0 - cut[0], y0 - cut[1], x1 - cut[0], y1 - cut[1])
+    return image.crop(cut).resize((crop[2] - crop[0], crop[3] - crop[1]), resample, box=box)
 
 
 def eval_transform(meta: dict[str, Any], defaults: dict[str, Any] = VIT_DEFAULTS, draft: bool = False) -> EvalTransform:

@@ -138,20 +138,24 @@ def test_overlay_is_drawn_on_the_display_copy(digits_export, tmp_path):
     assert np.all(heat[..., 1] == 0) and heat[..., 0].max() - heat[..., 0].min() > 100
 
 
-def test_a_strip_too_thin_for_the_model_is_refused_before_it_runs(digits_export, tmp_path):
-    """A 30,000 x 4 PNG (196 bytes) is classified and shown at 2,048 px; a 2,000,000 x 1 one (2 KB)
-    would become 32,000,000 x 16 in the model's resize alone (1.5 GB as RGB): refused, named."""
-    import gradio as gr
-
+def test_thin_strips_are_classified_like_the_api(digits_export, tmp_path):
+    """A 30,000 x 4 PNG (196 bytes) and a 2,000,000 x 1 one (2 KB) are classified and shown at 2,048 px.
+    The second became 32,000,000 x 16 in the model's whole-image resize (1.5 GB as RGB), so the demo
+    refused it; the eval transform now resizes only the crop's preimage."""
     from mmkit.inference import Classifier
 
     clf = Classifier.from_pretrained(digits_export[0])
     Image.new("L", (30_000, 4)).save(tmp_path / "strip.png")
     labels, shown, overlay = _classify(clf)(str(tmp_path / "strip.png"))
     assert len(labels) == 3 and shown.size == overlay.size == (2048, 1)
-    Image.new("L", (2_000_000, 1)).save(tmp_path / "thread.png")
-    with pytest.raises(gr.Error, match="too thin for the model's 16-px resize"):
-        _classify(clf)(str(tmp_path / "thread.png"))
+    thread = np.zeros((1, 2_000_000), np.uint8)
+    thread[0, 999_990:1_000_010] = 255  # a white middle: the crop sees it
+    Image.fromarray(thread).save(tmp_path / "thread.png")
+    assert clf.transform.load(tmp_path / "thread.png").min() == 255
+    expected, = clf.predict_paths([tmp_path / "thread.png"], top_k=3)
+    labels, shown, overlay = _classify(clf)(str(tmp_path / "thread.png"))
+    assert list(labels) == expected.labels and list(labels.values()) == pytest.approx(expected.probs, abs=1e-6)
+    assert shown.size == overlay.size == (2048, 1)
 
 
 @pytest.mark.parametrize("content, reason", [(b"%PDF-1.4\n%", "not an image"), (b"", "zero-byte file"),

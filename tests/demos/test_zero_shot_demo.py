@@ -163,15 +163,25 @@ def test_gallery_images_are_shrunk_and_scores_are_the_apis(clip_export, tmp_path
     assert [row[3] for row in rows] == pytest.approx([round(p, 4) for ranked in expected for _, p in ranked], abs=1e-6)
 
 
-def test_a_strip_too_thin_for_the_model_is_skipped_and_named(clip_export, tmp_path):
-    """600,000 x 1 (a 1 KB PNG) would become 9,600,000 x 16 in the 16-px model's resize (460 MB)."""
+def test_a_thin_strip_is_scored_like_the_api(clip_export, tmp_path):
+    """600,000 x 1 (a 1 KB PNG) became 9,600,000 x 16 in the 16-px model's whole-image resize (460 MB
+    as RGB), so the demo skipped it; the eval transform now resizes only the crop's preimage."""
+    import warnings
+
     from PIL import Image
 
+    from mmkit.data import load_image
     from mmkit.inference import ZeroShotClassifier
 
     export, files = clip_export
-    Image.new("L", (600_000, 1)).save(tmp_path / "thread.png")
-    with pytest.warns(UserWarning, match="skipped thread.png: a 600,000 x 1 image is too thin"):
-        rows, gallery = _score(ZeroShotClassifier.from_pretrained(export))(
-            [str(tmp_path / "thread.png"), str(files[0])], "\n".join(LABELS), "a {}")
-    assert {row[0] for row in rows} == {files[0].name} and len(gallery) == 1
+    zs = ZeroShotClassifier.from_pretrained(export)
+    Image.new("L", (600_000, 1), 200).save(tmp_path / "thread.png")
+    paths = [tmp_path / "thread.png", files[0]]
+    expected = zs.predict_images([load_image(p) for p in paths], LABELS, TEMPLATES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows, gallery = _score(zs)([str(p) for p in paths], "\n".join(LABELS), "\n".join(TEMPLATES))
+    assert not [w for w in caught if "skipped" in str(w.message)]
+    assert [row[0] for row in rows] == [p.name for p in paths for _ in LABELS]
+    assert [im.size for im, _ in gallery] == [(512, 1), (280, 280)]
+    assert [row[3] for row in rows] == pytest.approx([round(p, 4) for ranked in expected for _, p in ranked], abs=1e-6)
