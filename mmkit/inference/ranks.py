@@ -1,6 +1,6 @@
 """The ranks of one launcher (torchrun, SLURM, anything that sets torch.distributed's WORLD_SIZE, RANK,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT) sharing a batch-inference run (`mmkit transcribe`, `generate`,
-`embed`, `classify-text`, `translate`): each rank's device and share of the inputs, and the few exchanges that
+`embed`, `classify-text`, `translate`, `label`): each rank's device and share of the inputs, and the few exchanges that
 combine their results over a gloo group (small Python objects: problems, counts, scores, a chunk of vectors;
 never a model's tensors). With no such variables (or WORLD_SIZE=1) there is one rank, no process group, and a
 tool runs exactly as alone.
