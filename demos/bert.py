@@ -12,7 +12,7 @@ import gradio as gr
 from demos import inputs
 from demos.translate import heat_map
 from mmkit.inference.encoder import LoadedEncoder
-from mmkit.inference.fill_mask import attention_view, fill_mask
+from mmkit.inference.fill_mask import attention_view, fill_mask, with_mask_token
 
 
 def fill(encoder: LoadedEncoder, text: str, top_k: int) -> tuple[dict[str, float], str]:
@@ -24,7 +24,7 @@ def fill(encoder: LoadedEncoder, text: str, top_k: int) -> tuple[dict[str, float
         predictions = fill_mask(encoder, text, top_k)
     except ValueError as e:  # empty text, no [MASK], too long: shown, not a traceback
         raise gr.Error(str(e)) from None
-    filled = list(encoder.tokenizer.encode(text))
+    filled = list(encoder.tokenizer.encode(with_mask_token(encoder.tokenizer, text)))  # the ids fill_mask read
     for p in predictions:
         filled[p.position] = encoder.tokenizer.hf.token_to_id(p.candidates[0][0])
     return dict(predictions[0].candidates), encoder.tokenizer.decode(filled)

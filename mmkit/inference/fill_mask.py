@@ -5,6 +5,7 @@ Transformer Model", 2019), both over `mmkit.inference.encoder.LoadedEncoder`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,6 +42,12 @@ def _encode_checked(encoder: LoadedEncoder, text: str) -> list[int]:
     return ids
 
 
+def with_mask_token(tokenizer: Any, text: str) -> str:
+    """`text` with "[MASK]" written as the tokenizer's own mask token (RoBERTa's "<mask>"): what
+    `fill_mask` reads, so positions in its predictions index this text's token ids."""
+    return text if tokenizer.mask_token == "[MASK]" else text.replace("[MASK]", tokenizer.mask_token)
+
+
 def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPrediction]:
     """Top-k tokens with probabilities for every mask token in `text` ("[MASK]"; for RoBERTa
     tokenizers "<mask>", and "[MASK]" is read as "<mask>" too). Special tokens are never proposed.
@@ -54,8 +61,7 @@ def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPre
         raise ValueError(f"top-k must be >= 1, got {top_k}")
     if not text.strip():
         raise ValueError("the text is empty")
-    if tok.mask_token != "[MASK]":
-        text = text.replace("[MASK]", tok.mask_token)
+    text = with_mask_token(tok, text)
     if tok.mask_token not in text:
         raise ValueError(f"no {tok.mask_token} in the text: mark the word to predict with {tok.mask_token}")
     ids = _encode_checked(encoder, text)

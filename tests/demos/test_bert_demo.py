@@ -137,3 +137,24 @@ def test_demo_fills_the_mask_and_shows_attention(page, serve_blocks, encoder):
     page.locator("#mask-text textarea").fill("the cat sees the moon.")
     page.locator("#fill").click()
     expect(page.get_by_text("no [MASK] in the text").first).to_be_visible(timeout=TIMEOUT_MS)
+
+
+def test_fill_with_a_roberta_tokenizer_fills_the_mask_where_fill_mask_found_it(tmp_path):
+    """"[MASK]" is read as RoBERTa's "<mask>" by fill_mask; the demo's filled text once re-encoded the raw
+    text ("[", "MASK", "]" pieces), so the prediction was written at the wrong token."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    from _bert import write_tiny_roberta_classifier
+    from demos.bert import fill
+    from mmkit.inference.encoder import load_encoder
+    from mmkit.inference.fill_mask import fill_mask
+
+    ref, _ = write_tiny_roberta_classifier(tmp_path / "roberta")
+    config = RobertaConfig(**{k: v for k, v in ref.config.to_dict().items() if k not in ("architectures",)})
+    RobertaForMaskedLM(config).eval().save_pretrained(tmp_path / "roberta")
+    encoder = load_encoder(tmp_path / "roberta")
+    assert encoder.tokenizer.mask_token == "<mask>"
+    text = "a young [MASK] that barks"
+    (prediction,) = fill_mask(encoder, text, 3)
+    candidates, filled = fill(encoder, text, 3)
+    assert filled == prediction.filled and candidates == dict(prediction.candidates)
