@@ -4,6 +4,7 @@ the page cache, not the process's memory. `Blocks` serves the GPT-2 training exa
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ from torch.utils.data import Dataset
 
 from mmkit.data.cache import cache_root
 
+log = logging.getLogger(__name__)
 DEFAULT_SCRATCH = "~/.cache/mmkit/text_blocks"
 
 
@@ -102,15 +104,25 @@ class ScratchFolder:
     not the temp folder, which is often memory, tmpfs), removed when this object is garbage-collected
     or the process exits; folders that a killed process left behind on this host are removed on the
     next creation. Not persistent: a cache keyed on the files would have to read them all to know
-    them unchanged, and the tokenizer pass is about as fast."""
+    them unchanged, and the tokenizer pass is about as fast. Where that folder cannot be made (a
+    read-only home, a cluster without one), the temp folder serves, with one warning."""
 
     def __init__(self, root: str | Path | None = None) -> None:
         base = cache_root(str(root or DEFAULT_SCRATCH), DEFAULT_SCRATCH, "text_blocks")
-        base.mkdir(parents=True, exist_ok=True)
         host = socket.gethostname()
-        _remove_orphans(base, host)
-        self.path = Path(tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=base))
+        try:
+            self.path = _private_folder(base, host)
+        except OSError as e:
+            fallback = Path(tempfile.gettempdir()) / "mmkit-text_blocks"
+            log.warning("cannot make the token files' folder in %s (%s); using %s", base, e.strerror or e, fallback)
+            self.path = _private_folder(fallback, host)
         weakref.finalize(self, _remove, self.path, os.getpid())
+
+
+def _private_folder(base: Path, host: str) -> Path:
+    base.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(base, host)
+    return Path(tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=base))
 
 
 def _remove(path: Path, pid: int) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import pickle
+import tempfile
 import random
 import re
 import socket
@@ -215,3 +216,15 @@ def test_token_files_live_in_a_scratch_folder_that_goes_with_the_data(tmp_path, 
     del dm, copy, batches
     gc.collect()
     assert not folder.exists()
+
+
+def test_an_unwritable_cache_folder_falls_back_to_the_temp_folder(tmp_path, monkeypatch, caplog):
+    from mmkit.data.token_files import ScratchFolder
+
+    (tmp_path / "file").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("MMKIT_CACHE", str(tmp_path / "file"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    scratch = ScratchFolder()
+    assert scratch.path.parent == tmp_path / "tmp" / "mmkit-text_blocks" and scratch.path.is_dir()
+    assert "cannot make the token files' folder in" in caplog.text
