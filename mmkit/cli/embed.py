@@ -14,24 +14,24 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser
+from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser, written
 from mmkit.cli.options import add_precision_argument
 from mmkit.inference.embed import Embedder
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.cli.ranked import on_ranks
-from mmkit.inference.ranks import InputsDiverged, Lockstep, RankFailed, Ranks
+from mmkit.inference.ranks import BatchShares, InputsDiverged, Ranks, Share, merged
 from mmkit.inference.text_rows import atomic_path, write_atomically
 
+PROG = "mmkit embed"
 OUT_SUFFIXES = (".npy", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = texts_file_parser("mmkit embed", __doc__,
+    p = texts_file_parser(PROG, __doc__,
                           "sentence embeddings (masked mean pooling + L2 norm) with a BERT encoder",
                           "mmkit BERT export or transformers BERT directory",
                           "vectors.npy (N x dim float32) or vectors.jsonl")
@@ -45,99 +45,54 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr), 1 the
     output could not be written (one line; nothing was)."""
-    return on_ranks("mmkit embed", _parser, argv, _main)
+    return on_ranks(PROG, _parser, argv, _main)
 
 
 def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     from mmkit.cli.progress import progress
 
-    opened = open_texts_and_encoder(args, "mmkit embed", OUT_SUFFIXES,
+    opened = open_texts_and_encoder(args, PROG, OUT_SUFFIXES,
                                     lambda encoder: Embedder(encoder, args.batch_size, args.quantize, args.precision),
                                     ranks)
     if opened is None:
         return 2
     total, embedder = opened
     counts = RowCounts()
-    if not ranks.first:  # its vectors go to the first rank, which writes and says how it went
-        ranks.lockstep(_shared(args, ranks, embedder, counts, lambda n=1: None)).follow()
-        return ranks.broadcast(None)
-    with progress("embedding", total, "text", enabled=not args.quiet and total > 1) as advance:
-        def embedded() -> Iterator[tuple[list, list, np.ndarray]]:
-            for rows, good in row_chunks(args, "mmkit embed", embedder.encoder.tokenizer, counts, advance):
-                yield rows, good, embedder.embed([r.text for r in good], on_batch=advance,
-                                                 on_truncated=counts.add_truncated)
+    with progress("embedding", total, "text", enabled=ranks.first and not args.quiet and total > 1) as advance:
+        shares = BatchShares(ranks)
 
-        if not ranks.multi:
-            code = _write(args, total, embedder.dim, embedded())
-        else:
-            read: list[tuple[list, list]] = []
-            steps = ranks.lockstep(_shared(args, ranks, embedder, counts, advance, read))
-            try:
-                code = _write(args, total, embedder.dim, _merged(args.texts, steps, read, embedder.dim, advance))
-            finally:
-                steps.close()  # the other ranks wait for a last round if the output stopped early
-            ranks.broadcast(code)
-    if code:
+        def parts() -> Iterator[tuple[tuple[list, list], Share]]:
+            """Per chunk of rows: (its rows and good rows, this rank's vectors of them); every rank reads every
+            row, plans one process's batches and embeds its share of them (`BatchShares`)."""
+            for rows, good in row_chunks(args, PROG, embedder.encoder.tokenizer, counts, advance, report=ranks.first):
+                ids, batches = embedder.plan([r.text for r in good], on_truncated=counts.add_truncated)
+                mine = shares.mine(batches)
+                yield (rows, good), Share.of(len(good), mine, embedder.embed_batches(ids, mine, on_batch=advance))
+
+        def embedded(rounds: Iterator[tuple[tuple[list, list], list[Share]]]
+                     ) -> Iterator[tuple[list, list, np.ndarray]]:
+            """(the first rank) Each chunk's rows with every rank's vectors in place: what one process embeds."""
+            for (rows, good), got in rounds:
+                yield rows, good, merged(got, np.empty((len(good), embedder.dim), dtype=np.float32), advance)
+
+        code = ranks.to_first(parts(), lambda rounds: written(
+            PROG, lambda: _write(args, total, embedder.dim, embedded(rounds))))
+    if code or not ranks.first:
         return code
-    counts.report("mmkit embed", embedder.encoder.model.max_len,
-                  f"embeddings of dim {embedder.dim} written to {args.out}")
+    counts.report(PROG, embedder.encoder.model.max_len, f"embeddings of dim {embedder.dim} written to {args.out}")
     return 0
 
 
-def _write(args: argparse.Namespace, total: int, dim: int,
-           chunks: Iterator[tuple[list, list, np.ndarray]]) -> int:
-    """Write the output from `chunks`; the exit code (a failure reported in one line, nothing written)."""
-    try:
-        if args.out.endswith(".npy"):
-            _write_npy(args.out, args.texts, total, dim, chunks)
-        else:
-            write_atomically(args.out, lambda f: _write_jsonl(f, chunks))
-    except (InputChanged, InputsDiverged) as e:  # nothing was written: the temp file is gone
-        print(f"mmkit embed: {e}", file=sys.stderr)
-        return 2
-    except RankFailed as e:  # another rank failed (its traceback is on its stderr)
-        print(f"mmkit embed: {e}; nothing written", file=sys.stderr)
-        return 1
-    except OSError as e:  # writing failed (a full disk, a folder made at --out meanwhile): nothing written
-        print(f"mmkit embed: {e}", file=sys.stderr)
-        return 1
-    return 0
+def _write(args: argparse.Namespace, total: int, dim: int, chunks: Iterator[tuple[list, list, np.ndarray]]) -> None:
+    """The output from `chunks`, whole or not at all."""
+    if args.out.endswith(".npy"):
+        _write_npy(args.out, args.texts, total, dim, chunks)
+    else:
+        write_atomically(args.out, lambda f: _write_jsonl(f, chunks))
 
 
-def _shared(args: argparse.Namespace, ranks: Ranks, embedder: Embedder, counts: RowCounts,
-            advance: Callable[[int], None], read: list | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """This rank's part of each chunk of rows (every rank reads them all and plans one process's batches,
-    then embeds the batches it owns, round-robin across the run): (the chunk's good rows, the indices of
-    those embedded here, their vectors). The first rank also keeps each chunk's rows in `read`, for
-    `_merged`, and reports the bad rows."""
-    b = 0
-    for rows, good in row_chunks(args, "mmkit embed", embedder.encoder.tokenizer, counts, advance,
-                                 report=ranks.first):
-        ids, batches = embedder.plan([r.text for r in good], on_truncated=counts.add_truncated)
-        mine = [batch for k, batch in enumerate(batches, b) if ranks.owns(k)]
-        b += len(batches)
-        index = np.array([i for batch in mine for i in batch], dtype=np.int64)
-        if read is not None:
-            read.append((rows, good))
-        yield len(good), index, embedder.embed_batches(ids, mine)[index]
-
-
-def _merged(source: str, steps: Lockstep, read: list, dim: int,
-            advance: Callable[[int], None]) -> Iterator[tuple[list, list, np.ndarray]]:
-    """(the first rank) Each chunk's rows with every rank's vectors in place: what one process embeds."""
-    for parts in steps:
-        rows, good = read.pop(0)  # the chunk this round is about (the only one read)
-        vectors = np.empty((len(good), dim), dtype=np.float32)
-        for n, index, part in parts:
-            if n != len(good):
-                raise InputChanged(f"{source} changed while it was read; nothing written")
-            vectors[index] = part
-        advance(len(good))
-        yield rows, good, vectors
-
-
-class InputChanged(ValueError):
-    """The texts file has another number of rows than when it was counted."""
+class InputChanged(InputsDiverged):
+    """The texts file has another number of rows than when it was counted (`written`: exit 2, one line)."""
 
 
 def _write_npy(out: str, source: str, total: int, dim: int, chunks: Iterator[tuple[list, list, np.ndarray]]) -> None:

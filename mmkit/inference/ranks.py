@@ -18,6 +18,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")  # a sequence of one slot per item: a list, or an array
 K = TypeVar("K")
 TIMEOUT = timedelta(minutes=30)  # a rank that waits longer for the others than this gives up (gloo's default)
 
@@ -293,10 +294,11 @@ class BatchShares:
         return [batch for k, batch in enumerate(batches, start) if self.ranks.owns(k)]
 
 
-def merged(shares: Sequence[Share[T]], into: list[T], on_others: Callable[[int], None] | None = None) -> list[T]:
-    """(the first rank) `into`, one result per item of a chunk, with every rank's `shares` (in rank order) in
-    place: one process's results. `on_others(n)`: the n results the other ranks made. InputsDiverged when a
-    rank read another number of items (the input changed while the ranks read it)."""
+def merged(shares: Sequence[Share[T]], into: S, on_others: Callable[[int], None] | None = None) -> S:
+    """(the first rank) `into`, one slot per item of a chunk (a list, or an array whose rows are the results),
+    with every rank's `shares` (in rank order) in place: one process's results. `on_others(n)`: the n results
+    the other ranks made. InputsDiverged when a rank read another number of items (the input changed while the
+    ranks read it)."""
     for rank, share in enumerate(shares):
         if share.size != len(into):
             raise InputsDiverged(f"the input changed while it was read: rank {rank} read {share.size} rows where "
