@@ -9,7 +9,7 @@ import math
 
 import gradio as gr
 
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed (the text-to-image rule, [0, 2**64 - 1])
+from mmkit.inference.seeds import MAX_SEED
 
 
 def text(value: object, name: str) -> str:

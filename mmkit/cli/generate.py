@@ -32,6 +32,7 @@ from PIL import Image
 from mmkit.cli.options import at_least
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import Ranks
+from mmkit.inference.seeds import MAX_SEED
 
 if TYPE_CHECKING:
     from mmkit.inference.text_to_image import ClipReranker, TextToImage
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRID_MAX = 64  # images in a prompt's grid PNG: the first (or best, reranked) ones
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest (text_to_image.MAX_SEED; torch not imported here)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,7 +8,6 @@ its BART tokenizer and VQGAN, sampled with dalle-mini's super-conditioning).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from torch import Tensor
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.data.dalle_text import WordTokenizer, words
+from mmkit.inference.seeds import MAX_SEED, image_seed
 from mmkit.inference.transcript import WindowSampling
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
 from mmkit.models.dalle_bart import DalleBart
@@ -37,15 +37,7 @@ Preview = Callable[[Tensor], None]  # (B, 3, H, W) images in [0, 1], rows not ye
 MIN_DALLE_FILES = ("encoder.pt", "decoder.pt", "vocab.json", "merges.txt")
 # min-dalle's own sampling defaults (MinDalle.generate_raw_image_stream): dalle-mini needs both.
 MIN_DALLE_DEFAULTS = {"guidance": 16.0, "top_k": 256}
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed
 DEFAULT_BATCH_SIZE = 8  # images sampled at once by `mmkit generate`: memory grows with it, not with --num-images
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The 63-bit sampling seed of image `index` of a prompt: an image depends on the user's seed and
-    its index only, never on the batch it is sampled in (`mmkit generate --batch-size`)."""
-    digest = hashlib.blake2b(str(index).encode(), digest_size=8, key=str(seed).encode()).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass

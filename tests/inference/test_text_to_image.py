@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmkit.data.dalle_text import WordTokenizer
-from mmkit.inference.text_to_image import MAX_SEED, image_seed
+from mmkit.inference.seeds import MAX_SEED, image_seed
 
 from _dalle import tiny_text_to_image
 
