@@ -106,8 +106,9 @@ class RowCounts:
 
 
 def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any, counts: RowCounts,
-               advance: Callable[[int], None], report: bool = True) -> Iterator[tuple[list, list]]:
-    """The texts file's rows, `ROWS_PER_CHUNK` at a time, each chunk with its good rows; each bad row
+               advance: Callable[[int], None], report: bool = True) -> Iterator[tuple[list, list, list]]:
+    """The texts file's rows, `ROWS_PER_CHUNK` at a time, each chunk with its good rows and their token ids
+    (the tool's `plan` reuses them: each text is tokenized once); each bad row
     (empty, not UTF-8, nothing but unknown tokens) is reported on stderr as it is met, counted in
     `counts` and passed to `advance` (the good ones advance as the tool finishes them). Memory holds one
     chunk, whatever the file's size. `report` False: bad rows are counted, not printed (ranks other than the
@@ -116,7 +117,7 @@ def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any, counts: RowC
     from mmkit.inference.text_rows import chunks, iter_text_rows
 
     for rows in chunks(iter_text_rows(args.texts, args.text_key), chars=lambda r: len(r.text or "")):
-        rows = mark_unknown_rows(rows, tokenizer)
+        rows, ids = mark_unknown_rows(rows, tokenizer)
         for r in rows:
             if r.error and report:
                 print(f"{prog}: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)
@@ -124,4 +125,4 @@ def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any, counts: RowC
         counts.good += len(good)
         counts.bad += len(rows) - len(good)
         advance(len(rows) - len(good))
-        yield rows, good
+        yield rows, good, ids

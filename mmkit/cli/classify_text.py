@@ -55,8 +55,9 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
         def parts() -> Iterator[tuple[list, Share]]:
             """Per chunk of rows: (its good rows, this rank's predictions of them); every rank reads every row,
             plans one process's batches and runs its share of them (`BatchShares`)."""
-            for _, good in row_chunks(args, PROG, predictor.encoder.tokenizer, counts, advance, report=ranks.first):
-                ids, batches = predictor.plan([r.text for r in good], on_truncated=counts.add_truncated)
+            for _, good, ids in row_chunks(args, PROG, predictor.encoder.tokenizer, counts, advance,
+                                           report=ranks.first):
+                ids, batches = predictor.plan([r.text for r in good], counts.add_truncated, ids)
                 mine = shares.mine(batches)
                 yield good, Share.of(len(good), mine, predictor.predict_batches(ids, mine, on_batch=advance))
 

@@ -64,8 +64,9 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
         def parts() -> Iterator[tuple[tuple[list, list], Share]]:
             """Per chunk of rows: (its rows and good rows, this rank's vectors of them); every rank reads every
             row, plans one process's batches and embeds its share of them (`BatchShares`)."""
-            for rows, good in row_chunks(args, PROG, embedder.encoder.tokenizer, counts, advance, report=ranks.first):
-                ids, batches = embedder.plan([r.text for r in good], on_truncated=counts.add_truncated)
+            for rows, good, ids in row_chunks(args, PROG, embedder.encoder.tokenizer, counts, advance,
+                                              report=ranks.first):
+                ids, batches = embedder.plan([r.text for r in good], counts.add_truncated, ids)
                 mine = shares.mine(batches)
                 yield (rows, good), Share.of(len(good), mine, embedder.embed_batches(ids, mine, on_batch=advance))
 

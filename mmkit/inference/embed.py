@@ -51,9 +51,10 @@ class Embedder:
     def dim(self) -> int:
         return self.encoder.model.config["dim"]
 
-    def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
-        """Token ids of each text cut to the model's context, and how many texts were cut."""
-        return encode_to_context(self.encoder.tokenizer, texts, self.encoder.model.max_len)
+    def tokenize(self, texts: Sequence[str], ids: list[list[int]] | None = None) -> tuple[list[list[int]], int]:
+        """Token ids of each text cut to the model's context, and how many texts were cut (`ids`: the texts'
+        token ids where the caller has them, `mark_unknown_rows`')."""
+        return encode_to_context(self.encoder.tokenizer, texts, self.encoder.model.max_len, ids)
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices of the texts in batches: sorted by length, at most `batch_size` each, and a batch
@@ -66,13 +67,13 @@ class Embedder:
             out[-1].append(i)
         return out
 
-    def plan(self, texts: Sequence[str], on_truncated: Callable[[int], None] | None = None
-             ) -> tuple[list[list[int]], list[list[int]]]:
+    def plan(self, texts: Sequence[str], on_truncated: Callable[[int], None] | None = None,
+             ids: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[int]]]:
         """(token ids of each text, the batches `embed` runs: `batches` of their lengths); texts longer than
         the model's context are cut, reported as in `embed`. Ranks sharing a run (`mmkit embed` under
         torchrun) each make the whole plan and embed some of its batches: the very batches of one process,
-        so the vectors are bit for bit one process's."""
-        ids, cut = self.tokenize(texts)
+        so the vectors are bit for bit one process's. `ids`: the texts' token ids where the caller has them."""
+        ids, cut = self.tokenize(texts, ids)
         report_truncated(cut, self.encoder.model.max_len, on_truncated)
         return ids, self.batches([len(i) for i in ids])
 

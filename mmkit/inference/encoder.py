@@ -36,10 +36,12 @@ class LoadedEncoder:
         return list(names) if isinstance(names, list) and len(names) == n else [f"LABEL_{i}" for i in range(n)]
 
 
-def encode_to_context(tokenizer: EncoderTokenizer, texts: Sequence[str], limit: int) -> tuple[list[list[int]], int]:
+def encode_to_context(tokenizer: EncoderTokenizer, texts: Sequence[str], limit: int,
+                      ids: list[list[int]] | None = None) -> tuple[list[list[int]], int]:
     """Token ids of each text, cut to `limit` tokens with the last one ([SEP], </s>) kept, and how
-    many texts were cut."""
-    ids = tokenizer.encode_batch(list(texts))
+    many texts were cut. `ids`: the texts' whole token ids where the caller has them already
+    (`mark_unknown_rows` gives them), so the texts are not tokenized again."""
+    ids = tokenizer.encode_batch(list(texts)) if ids is None else ids
     cut = sum(len(i) > limit for i in ids)
     return [i if len(i) <= limit else i[: limit - 1] + [i[-1]] for i in ids], cut
 
@@ -52,17 +54,20 @@ def report_truncated(count: int, limit: int, on_truncated: Callable[[int], None]
         log.warning("%d text(s) longer than the model's %d tokens were truncated", count, limit)
 
 
-def mark_unknown_rows(rows: list[TextRow], tokenizer: EncoderTokenizer) -> list[TextRow]:
+def mark_unknown_rows(rows: list[TextRow], tokenizer: EncoderTokenizer) -> tuple[list[TextRow], list[list[int]]]:
     """Rows whose every token is the unknown token become bad rows: the model would see nothing
-    but [UNK], so a vector or label for them would be meaningless."""
+    but [UNK], so a vector or label for them would be meaningless. Returns the rows and the token ids of
+    those still good, in order (for `encode_to_context`: a tool tokenizes each text once)."""
     good = [r for r in rows if r.error is None]
-    unknown = set()
+    unknown, kept = set(), []
     for r, ids in zip(good, tokenizer.encode_batch([r.text for r in good])):
         body = [i for i in ids if i not in tokenizer.special_ids or i == tokenizer.unk_id]
         if body and all(i == tokenizer.unk_id for i in body):
             unknown.add(r.line)
+        else:
+            kept.append(ids)
     return [replace(r, text=None, error="no known tokens (every token is unknown to the model)")
-            if r.line in unknown else r for r in rows]
+            if r.line in unknown else r for r in rows], kept
 
 
 def save_encoder(model: BERT, tokenizer: EncoderTokenizer, directory: str | Path,

@@ -37,13 +37,14 @@ class TextClassifierPredictor:
         self.encoder, self.batch_size = encoder, batch_size
         self.names = encoder.class_names
 
-    def plan(self, texts: Sequence[str], on_truncated: Callable[[int], None] | None = None
-             ) -> tuple[list[list[int]], list[list[int]]]:
+    def plan(self, texts: Sequence[str], on_truncated: Callable[[int], None] | None = None,
+             ids: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[int]]]:
         """(token ids of each text, the batches `predict` runs: indices sorted by length, `batch_size` at a
         time); texts longer than the model's context are cut, reported as in `predict`. Ranks sharing a run
         (`mmkit classify-text` under torchrun) each make the whole plan and run some of its batches: one
-        process's batches, so its predictions (as `Embedder.plan`)."""
-        ids, cut = encode_to_context(self.encoder.tokenizer, texts, self.encoder.model.max_len)
+        process's batches, so its predictions (as `Embedder.plan`). `ids`: the texts' token ids where the
+        caller has them (`mark_unknown_rows`)."""
+        ids, cut = encode_to_context(self.encoder.tokenizer, texts, self.encoder.model.max_len, ids)
         report_truncated(cut, self.encoder.model.max_len, on_truncated)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         return ids, [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]

@@ -227,3 +227,25 @@ def test_a_csv_record_over_the_field_limit_is_one_line_and_writes_nothing(mlm_di
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "texts.csv line 3: not a readable CSV record" in err and ".txt or .jsonl" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("tool", ["embed", "classify-text"])
+def test_each_text_is_tokenized_once(tool, mlm_dir, texts_file, tmp_path, monkeypatch):
+    from mmkit.data.bert_tokenizer import EncoderTokenizer
+
+    model = mlm_dir
+    if tool == "classify-text":
+        model = tmp_path / "clf"
+        write_tiny_bert(model, "classify")
+    seen: list[str] = []
+    encode_batch = EncoderTokenizer.encode_batch
+
+    def counted(self, texts):
+        seen.extend(texts)
+        return encode_batch(self, texts)
+
+    monkeypatch.setattr(EncoderTokenizer, "encode_batch", counted)
+    out = tmp_path / ("out.jsonl" if tool == "embed" else "out.csv")
+    assert main([tool, str(texts_file), "--model", str(model), "--out", str(out), "--quiet"]) == 0
+    # the usable rows, and the row of unknown tokens (found out by tokenizing it), once each
+    assert sorted(seen) == sorted(["the cat sees the moon.", "a dog finds an apple", "the end", "жжж ж"])
