@@ -255,9 +255,9 @@ def test_merge_puts_every_input_in_order_once():
     assert rows == [Prediction("x", error="not an image"), Prediction("a", ["p"], [0.5]),
                     Prediction("b", ["s"], [0.75]), Prediction("c", ["q"], [0.25]),
                     Prediction("d", error=SKIPPED_WHILE_LOADING), Prediction("e", ["r"], [0.125])]
-    with pytest.raises(RuntimeError, match="two processes predicted input 1"):
+    with pytest.raises(RuntimeError, match="input 1 was predicted twice"):
         list(merged_predictions(inputs, [iter([(1, [], [])]), iter([(1, [], [])])]))
-    with pytest.raises(RuntimeError, match="predicted input 5 of 5"):
+    with pytest.raises(RuntimeError, match="input 5 was predicted, of 5 readable inputs"):
         list(merged_predictions(inputs, [iter([(5, [], [])])]))
 
 

@@ -17,8 +17,8 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 
 from mmkit.inference.classifier import Prediction
 from mmkit.inference.precision import PRECISIONS, resolve_precision
-from mmkit.inference.prediction_shards import (SKIPPED_WHILE_LOADING, ShardWriter, inputs_digest,
-                                               merged_predictions, read_shard, shard_path)
+from mmkit.inference.prediction_shards import (InputRows, ShardWriter, inputs_digest, merged_predictions,
+                                               read_shard, shard_path)
 from mmkit.inference.quantize import QUANTIZATIONS, apply_quantization, describe
 from mmkit.inference.writers import OUTPUT_SUFFIXES, OutputConflict, PredictionFile
 
@@ -58,8 +58,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output, self.precision, self.quantize = output, precision, quantize
         self._file: PredictionFile | None = None
         self._inputs: list[tuple[str, str | None]] = []
-        self._pos = 0  # next position in `_inputs`
-        self._kept = 0  # index in the data module's predict_files of the next readable input
+        self._rows = InputRows([])  # one process: the rows of `_inputs` in order as batches end
         self._shard: ShardWriter | None = None  # this process's rows, on several processes
         self._shards: list[Path] = []  # the other processes' shards (process 0 merges and removes them)
 
@@ -121,8 +120,8 @@ class PredictionWriter(BasePredictionWriter):
     def _open(self, trainer: pl.Trainer) -> PredictionFile:
         if self._file is None:
             self._file = PredictionFile(self.output)  # raises (one line) when the location is unwritable
-            self._inputs = list(getattr(trainer.datamodule, "predict_inputs", []))
-            self._pos = self._kept = 0
+            self._inputs = _inputs(trainer.datamodule)
+            self._rows = InputRows(self._inputs)
         return self._file
 
     def _start_shard(self, trainer: pl.Trainer) -> None:
@@ -130,7 +129,7 @@ class PredictionWriter(BasePredictionWriter):
         each checks that it found process 0's inputs and opens its shard. If any of that fails anywhere,
         every process raises (no process predicts)."""
         strategy, rank = trainer.strategy, trainer.global_rank
-        self._inputs = list(getattr(trainer.datamodule, "predict_inputs", []))
+        self._inputs = _inputs(trainer.datamodule)
         digest = inputs_digest(self._inputs)
         problem = None
         if rank == 0:
@@ -157,21 +156,6 @@ class PredictionWriter(BasePredictionWriter):
         if not strategy.reduce_boolean_decision(not unseen, all=True):
             raise OutputConflict(_unshared(unseen[0] if unseen else self._shards[rank - 1]))
 
-    def _rows_before(self, index: int | None) -> list[Prediction]:
-        """Rows of the inputs before readable input `index` (None: all left) that got no prediction:
-        skipped by the header check, or found unreadable while loading."""
-        rows = []
-        while self._pos < len(self._inputs):
-            path, reason = self._inputs[self._pos]
-            if reason is None and self._kept == index:
-                break
-            self._pos += 1
-            if reason is None:
-                self._kept += 1
-                reason = SKIPPED_WHILE_LOADING
-            rows.append(Prediction(path, error=reason))
-        return rows
-
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
         if self._shard is not None:
@@ -179,12 +163,9 @@ class PredictionWriter(BasePredictionWriter):
                                zip(prediction["indices"], prediction["top_k"])])
             return
         out = self._open(trainer)
-        files = trainer.datamodule.predict_files
         rows: list[Prediction] = []
         for i, (labels, probs) in sorted(zip(prediction["indices"], prediction["top_k"])):
-            rows += self._rows_before(i)
-            rows.append(Prediction(str(files[i]), labels, probs))
-            self._pos, self._kept = self._pos + 1, self._kept + 1
+            rows += self._rows.predicted(i, labels, probs)
         out.write(rows)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -196,7 +177,7 @@ class PredictionWriter(BasePredictionWriter):
             self._merge(trainer)
             return
         out = self._open(trainer)
-        out.write(self._rows_before(None))
+        out.write(self._rows.rest())
         counts = out.commit()
         self._file = None
         log.info("wrote %d predictions (%d unreadable) to %s", counts["ok"], counts["failed"], self.output)
@@ -249,6 +230,14 @@ class PredictionWriter(BasePredictionWriter):
 
 
 _MERGE_CHUNK = 1024  # rows per write while merging shards
+
+
+def _inputs(datamodule: Any) -> list[tuple[str, str | None]]:
+    """Every input in order with the reason it was skipped (None: readable): the data module's
+    `predict_inputs`, or, for one that keeps only the readable `predict_files`, those."""
+    if hasattr(datamodule, "predict_inputs"):
+        return list(datamodule.predict_inputs)
+    return [(str(path), None) for path in getattr(datamodule, "predict_files", [])]
 
 
 def _unshared(shard: Path) -> str:

@@ -93,25 +93,50 @@ def _read(f: IO[str]) -> Iterator[Row]:
         yield index, labels, probs
 
 
+class InputRows:
+    """The output's rows in input order, made from predictions keyed by index among the readable inputs
+    (those with no reason) and given in increasing index order: every input that got none gets its row on
+    the way, with its reason, or `SKIPPED_WHILE_LOADING` for a readable one (it failed to decode). One
+    process writing as its batches end and process 0 merging shards both go through it."""
+
+    def __init__(self, inputs: Sequence[tuple[str, str | None]]) -> None:
+        self.inputs = inputs
+        self._pos = 0  # next position in `inputs`
+        self._kept = 0  # index of the next readable input
+
+    def predicted(self, index: int, labels: list[str], probs: list[float]) -> list[Prediction]:
+        """The rows of the inputs before readable input `index` that got no prediction, then its own."""
+        if index < self._kept:
+            raise RuntimeError(f"predict: input {index} was predicted twice")
+        rows = self._upto(index)
+        if self._pos == len(self.inputs):
+            raise RuntimeError(f"predict: input {index} was predicted, of {self._kept} readable inputs")
+        rows.append(Prediction(self.inputs[self._pos][0], labels, probs))
+        self._pos, self._kept = self._pos + 1, self._kept + 1
+        return rows
+
+    def rest(self) -> list[Prediction]:
+        """The rows of the inputs after the last prediction (none of them got one)."""
+        return self._upto(None)
+
+    def _upto(self, index: int | None) -> list[Prediction]:
+        rows = []
+        while self._pos < len(self.inputs):
+            path, reason = self.inputs[self._pos]
+            if reason is None and self._kept == index:
+                break
+            self._pos += 1
+            if reason is None:
+                self._kept += 1
+                reason = SKIPPED_WHILE_LOADING
+            rows.append(Prediction(path, error=reason))
+        return rows
+
+
 def merged_predictions(inputs: Sequence[tuple[str, str | None]], shards: Iterable[Iterator[Row]]
                        ) -> Iterator[Prediction]:
-    """One row per input, in input order: the shards' predictions (indices count the readable inputs,
-    those with no reason), an input's reason for the ones skipped before predicting, and
-    `SKIPPED_WHILE_LOADING` for readable ones no process predicted (they failed to decode)."""
-    rows = heapq.merge(*shards, key=lambda row: row[0])
-    row = next(rows, None)
-    kept = 0
-    for path, reason in inputs:
-        if reason is not None:
-            yield Prediction(path, error=reason)
-            continue
-        if row is not None and row[0] < kept:
-            raise RuntimeError(f"predict: two processes predicted input {row[0]}")
-        if row is not None and row[0] == kept:
-            yield Prediction(path, row[1], row[2])
-            row = next(rows, None)
-        else:
-            yield Prediction(path, error=SKIPPED_WHILE_LOADING)
-        kept += 1
-    if row is not None:
-        raise RuntimeError(f"predict: a process predicted input {row[0]} of {kept}")
+    """One row per input, in input order (`InputRows`), from the shards' predictions merged by index."""
+    rows = InputRows(inputs)
+    for index, labels, probs in heapq.merge(*shards, key=lambda row: row[0]):
+        yield from rows.predicted(index, labels, probs)
+    yield from rows.rest()
