@@ -18,12 +18,12 @@ from mmkit.inference.fill_mask import attention_view, fill_mask, with_mask_token
 def fill(encoder: LoadedEncoder, text: str, top_k: int) -> tuple[dict[str, float], str]:
     """The first mask's candidates ({token: probability}) and the text with every mask filled."""
     if encoder.model.mlm_head is None:
-        raise gr.Error("this model has no masked-LM head: load a masked-LM checkpoint for fill-mask")
+        raise inputs.refused("this model has no masked-LM head: load a masked-LM checkpoint for fill-mask")
     text = inputs.text(text, "the text")
     try:
         predictions = fill_mask(encoder, text, top_k)
     except ValueError as e:  # empty text, no [MASK], too long: shown, not a traceback
-        raise gr.Error(str(e)) from None
+        raise inputs.refused(str(e)) from None
     filled = list(encoder.tokenizer.encode(with_mask_token(encoder.tokenizer, text)))  # the ids fill_mask read
     for p in predictions:
         filled[p.position] = encoder.tokenizer.hf.token_to_id(p.candidates[0][0])
@@ -38,7 +38,7 @@ def attention(encoder: LoadedEncoder, text: str, layer: float, head: float):
     try:
         tokens, maps = attention_view(encoder, text)
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise inputs.refused(str(e)) from None
     layer_maps = maps[layer - 1]  # (num_heads, T, T)
     weights = layer_maps.mean(0) if head == 0 else layer_maps[head - 1]
     labels = [f"{i}:{t}" for i, t in enumerate(tokens)]

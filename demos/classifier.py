@@ -10,6 +10,7 @@ from gradio.processing_utils import save_base64_to_cache
 from PIL import Image
 
 from demos.display import MAX_DISPLAY_SIDE, for_display
+from demos.inputs import refused
 from mmkit.data.images import ImageLoadError, load_image
 from mmkit.inference.classifier import Classifier
 
@@ -38,11 +39,11 @@ def classifier_tab(classifier: Classifier, top_k: int = 5) -> None:
 
     def classify(path: str | None) -> tuple[dict[str, float], Image.Image, Image.Image]:
         if not path:
-            raise gr.Error("Upload an image first.")
+            raise refused("Upload an image first.")
         try:  # mmkit's decoder with its limits (decompression bombs refused from the header)
             image = load_image(path)
         except ImageLoadError as e:
-            raise gr.Error(f"Cannot read this image: {e.reason}") from None
+            raise refused(f"Cannot read this image: {e.reason}") from None
         (labels, probs), = classifier.predict_images([image], top_k)
         shown = for_display(image)  # at most MAX_DISPLAY_SIDE a side: the overlay is drawn on it
         return dict(zip(labels, probs)), shown, classifier.attention_overlay(image, canvas=shown)

@@ -1,10 +1,11 @@
 """Checks of the values a tab function is given. The browser's widgets keep them sensible, but Gradio's
 HTTP API (gradio_client, curl) passes whatever JSON holds: NaN, 1e30, 2.5 for a layer, a lone surrogate
 ("a\\ud800b", which tokenizers reject with a TypeError). Each check returns the value in the type the
-model code wants, or raises a `gr.Error` of one line naming the field.
+model code wants, or raises a `gr.Error` of one line naming the field (`refused`).
 """
 from __future__ import annotations
 
+import html
 import math
 
 import gradio as gr
@@ -12,16 +13,23 @@ import gradio as gr
 from mmkit.inference.seeds import MAX_SEED
 
 
+def refused(message: str) -> gr.Error:
+    """The error a tab raises for a user's mistake: its message shown as text (Gradio renders an error's
+    message as HTML, so a label such as "<cat>" would vanish from it), and no server traceback (the
+    mistake is the user's, told in the browser; Gradio prints one for every error unless told not to)."""
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
 def text(value: object, name: str) -> str:
     """`value` as text ("" for None): a str that encodes as UTF-8."""
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise gr.Error(f"{name} must be text, got {type(value).__name__}")
+        raise refused(f"{name} must be text, got {type(value).__name__}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise gr.Error(f"{name} is not valid Unicode: an unpaired surrogate ({value[e.start]!r}) at character "
+        raise refused(f"{name} is not valid Unicode: an unpaired surrogate ({value[e.start]!r}) at character "
                        f"{e.start}") from None
     return value
 
@@ -30,14 +38,14 @@ def whole(value: object, name: str, low: int, high: int, bounds: str | None = No
     """`value` as an int in [low, high]: a finite whole number (3.0 is 3; 2.5, NaN and 1e30 are refused).
     `bounds`: how the message writes the range (default "[low, high]")."""
     if not (_number(value) and float(value).is_integer() and low <= value <= high):
-        raise gr.Error(f"{name} must be a whole number in {bounds or f'[{low}, {high}]'}, got {_shown(value)}")
+        raise refused(f"{name} must be a whole number in {bounds or f'[{low}, {high}]'}, got {_shown(value)}")
     return int(value)
 
 
 def real(value: object, name: str, low: float, high: float) -> float:
     """`value` as a float in [low, high] (finite: NaN and infinities are refused)."""
     if not (_number(value) and low <= value <= high):
-        raise gr.Error(f"{name} must be a number in [{low}, {high}], got {_shown(value)}")
+        raise refused(f"{name} must be a number in [{low}, {high}], got {_shown(value)}")
     return float(value)
 
 

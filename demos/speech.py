@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
+from demos.inputs import refused
 from mmkit.inference.subtitles import format_timestamp, write_srt
 from mmkit.inference.transcript import Transcript
 
@@ -39,10 +40,10 @@ def speech_tab(transcribe_fn: Callable[[str], Transcript]) -> None:
 
     def run(path: str | None) -> Iterator[tuple[str, list[list[str]], str]]:
         if not path:
-            raise gr.Error("Upload or record audio first.")
+            raise refused("Upload or record audio first.")
         t = transcribe_fn(path)
         if t.error is not None:
-            raise gr.Error(f"Could not transcribe this audio: {t.error}")
+            raise refused(f"Could not transcribe this audio: {t.error}")
         folder = Path(tempfile.mkdtemp(dir=srt_root.name))
         try:
             srt = folder / f"{Path(path).stem or 'audio'}.srt"  # the name the download gets

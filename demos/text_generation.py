@@ -35,7 +35,7 @@ def continue_prompt(generator: TextGenerator, prompt: str, max_new_tokens: float
         prepared = generator.prepare_prompt(prompt, max_new_tokens)  # tokenized once; a bad prompt fails here
         pieces = generator.stream(prepared, options)
     except ValueError as e:  # empty prompt, no room in the context: shown, not a traceback
-        raise gr.Error(str(e)) from None
+        raise inputs.refused(str(e)) from None
     if prepared.note:
         gr.Warning(prepared.note)
     text = prompt

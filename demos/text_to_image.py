@@ -38,7 +38,7 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
     try:
         notes = t2i.check_prompt(prompt)
     except ValueError as e:  # empty prompt, no word the model knows: shown, not a traceback
-        raise gr.Error(str(e)) from None
+        raise inputs.refused(str(e)) from None
     for note in notes:
         gr.Warning(note)
     updates: queue.Queue = queue.Queue()
@@ -57,7 +57,7 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
     while (previews := updates.get()) is not None:
         yield [for_display(im) for im in previews], None
     if "error" in outcome:
-        raise gr.Error(outcome["error"])
+        raise inputs.refused(outcome["error"])
     images = outcome["result"].images
     from mmkit.cli.generate import grid
 

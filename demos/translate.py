@@ -71,7 +71,8 @@ def translate_text(translator: Translator, text: str, beam_size: float):
     beam_size = inputs.whole(beam_size, "beam size", 1, BEAM_MAX)
     problem = text_problem(text)  # empty, only invisible characters (U+200B ...), NUL bytes
     if problem:
-        raise gr.Error("Type a sentence to translate." if not text.strip() else f"Nothing to translate: {problem}.")
+        raise inputs.refused("Type a sentence to translate." if not text.strip()
+                             else f"Nothing to translate: {problem}.")
     text = _source_head(translator, text)
     try:
         result = translator.translate([text], TranslationOptions(beam_size=beam_size))[0]
@@ -79,7 +80,7 @@ def translate_text(translator: Translator, text: str, beam_size: float):
             raise TranslatorError(result.error.removeprefix("line 1: "))
         source, target, weights = translator.cross_attention(text, result.tokens)
     except TranslatorError as e:
-        raise gr.Error(str(e)) from None
+        raise inputs.refused(str(e)) from None
     rows = [[piece] + [round(float(w), 3) for w in row] for piece, row in zip(target, weights)]
     table = gr.Dataframe(value=rows, headers=["target \\ source"] + [f"{i}:{s}" for i, s in enumerate(source)])
     return result.text, heat_map(source, target, weights), table

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from demos.display import for_display
+from demos.inputs import refused
 from mmkit.data.images import ImageLoadError, load_image
 from mmkit.data.transforms import EvalTransform
 from mmkit.inference import prompts
@@ -90,16 +91,16 @@ def zero_shot_tab(classifier: ZeroShotClassifier, labels: Sequence[str] | None =
 
     def score(files: list[str] | None, labels_text: str, templates_text: str):
         if not files:
-            raise gr.Error("Upload one or more images first.")
+            raise refused("Upload one or more images first.")
         if len(files) > MAX_FILES:
-            raise gr.Error(f"{len(files)} images: at most {MAX_FILES} at a time.")
+            raise refused(f"{len(files)} images: at most {MAX_FILES} at a time.")
         try:
             chosen = parse_labels(labels_text, max_labels)
             written = parse_templates(templates_text, max_templates)
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise refused(str(e)) from None
         if not chosen:
-            raise gr.Error("Enter at least one label.")
+            raise refused("Enter at least one label.")
         images, shown, names = [], [], []
         for path in files:
             try:
@@ -111,11 +112,11 @@ def zero_shot_tab(classifier: ZeroShotClassifier, labels: Sequence[str] | None =
             images.append(image)
             names.append(Path(path).name)
         if not images:
-            raise gr.Error("None of the uploaded files is a readable image.")
+            raise refused("None of the uploaded files is a readable image.")
         try:
             ranked = classifier.predict_images(images, chosen, written or None)
         except ValueError as e:  # e.g. a template without "{}"
-            raise gr.Error(str(e)) from None
+            raise refused(str(e)) from None
         rows = [[name, rank, label, round(p, 4)] for name, scores in zip(names, ranked)
                 for rank, (label, p) in enumerate(scores, 1)]
         gallery = [(im, f"{name}: {scores[0][0]} ({scores[0][1]:.2f})")

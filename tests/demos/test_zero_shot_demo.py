@@ -127,6 +127,20 @@ def test_labels_follow_the_cli_rules(clip_export, labels, problem):
     assert problem in refused.value.message
 
 
+def test_a_refusal_shows_the_users_text_as_text_and_logs_no_traceback(clip_export):
+    """Gradio renders an error's message as HTML (a label "<b>" would vanish from it) and prints a server
+    traceback for each one unless told not to: a user's mistake is neither."""
+    import gradio as gr
+
+    from mmkit.inference import ZeroShotClassifier
+
+    export, files = clip_export
+    with pytest.raises(gr.Error) as refused:
+        _score(ZeroShotClassifier.from_pretrained(export))([str(files[0])], "<b>,<b>", "a {}")
+    assert refused.value.message.startswith("label '&lt;b&gt;' is given twice")
+    assert not refused.value.print_exception
+
+
 def test_files_and_templates_are_capped(clip_export):
     """9 images, or 17 templates (each label's prompts through the text tower on every click), are refused."""
     import gradio as gr
