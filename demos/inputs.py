@@ -20,6 +20,11 @@ def refused(message: str) -> gr.Error:
     return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
+def warn(message: str) -> None:
+    """A warning in the browser whose message shows as text (Gradio renders it as HTML, as an error's)."""
+    gr.Warning(html.escape(message, quote=False))
+
+
 def text(value: object, name: str) -> str:
     """`value` as text ("" for None): a str that encodes as UTF-8."""
     if value is None:

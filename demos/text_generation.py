@@ -37,7 +37,7 @@ def continue_prompt(generator: TextGenerator, prompt: str, max_new_tokens: float
     except ValueError as e:  # empty prompt, no room in the context: shown, not a traceback
         raise inputs.refused(str(e)) from None
     if prepared.note:
-        gr.Warning(prepared.note)
+        inputs.warn(prepared.note)
     text = prompt
     yield text
     for piece in pieces:

@@ -40,7 +40,7 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
     except ValueError as e:  # empty prompt, no word the model knows: shown, not a traceback
         raise inputs.refused(str(e)) from None
     for note in notes:
-        gr.Warning(note)
+        inputs.warn(note)
     updates: queue.Queue = queue.Queue()
     outcome: dict = {}
 

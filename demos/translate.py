@@ -59,7 +59,7 @@ def _source_head(translator: Translator, text: str) -> str:
     n = len(translator.codec.encode(translator.prefix + head))
     if n > limit:
         size = f"{n} tokens" if len(head) == len(text) else f"{len(text)} characters"
-        gr.Warning(f"the source has {size}; the model reads only its first {limit - 1} tokens (and the end "
+        inputs.warn(f"the source has {size}; the model reads only its first {limit - 1} tokens (and the end "
                    "of sentence): the rest is not translated")
     return head
 

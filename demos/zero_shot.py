@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from demos.display import for_display
-from demos.inputs import refused
+from demos.inputs import refused, warn
 from mmkit.data.images import ImageLoadError, load_image
 from mmkit.data.transforms import EvalTransform
 from mmkit.inference import prompts
@@ -106,7 +106,7 @@ def zero_shot_tab(classifier: ZeroShotClassifier, labels: Sequence[str] | None =
             try:
                 thumb, image = prepare(path, transform)
             except ImageLoadError as e:
-                gr.Warning(f"skipped {Path(path).name}: {e.reason}")
+                warn(f"skipped {Path(path).name}: {e.reason}")
                 continue
             shown.append(thumb)
             images.append(image)
