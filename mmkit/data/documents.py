@@ -1,16 +1,18 @@
 """Training documents streamed from .txt/.jsonl files in bounded pieces, as nanoGPT's `prepare.py`
 scripts stream theirs: a .txt file gives one document a paragraph (text between blank lines), a .jsonl
-file one a row. Memory holds one line piece and one document, never the file: a line is read at most
-`MAX_LINE_BYTES` at a time, and a paragraph longer than `MAX_DOCUMENT_CHARS` is cut into documents.
+file one a row. Memory holds one line piece and one document, never the file: lines are read by
+`mmkit.data.lines` a 64 KiB read at a time, a line at most `MAX_LINE_BYTES` at a time, and a paragraph
+longer than `MAX_DOCUMENT_CHARS` is cut into documents.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import re
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, Sequence
+
+from mmkit.data.lines import Block, Piece, iter_blocks, iter_line_pieces
 
 log = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".txt", ".jsonl")
@@ -19,56 +21,8 @@ MAX_LINE_BYTES = 1 << 20  # a longer .txt line is read in pieces of this size (n
 MAX_RECORD_BYTES = 16 << 20  # a longer .jsonl row is a bad row: the one place a whole line is held
 MAX_DOCUMENT_CHARS = 16 << 20  # a longer .txt paragraph is cut into documents of about this size
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+_BLANK_TO_END = re.compile(r"[ \t]*\Z")  # what may follow the line break a paragraph break starts with
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class Piece(NamedTuple):
-    """A line of a file as `bytes.splitlines(keepends=True)` gives it (`data` ends with its line break,
-    except the file's last line), or, for a line longer than the reader's limit, one piece of it:
-    `cut` is True on every piece but the last, which carries the line break. `number` is 1-based."""
-
-    number: int
-    data: bytes
-    cut: bool = False
-
-
-def iter_line_pieces(path: str | Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[Piece]:
-    """The lines of `path` split at LF, CRLF or a lone CR exactly as `bytes.splitlines(keepends=True)`
-    splits the whole file, read a line (at most `max_bytes`) at a time. A longer line comes in pieces
-    cut between UTF-8 characters, whose concatenation is the line."""
-    with open(path, "rb") as f:
-        number, carry = 0, b""
-        while True:
-            data = carry + f.readline(max_bytes - len(carry))  # stops at LF; a CR needs splitlines
-            if data.endswith(b"\r") and f.peek(1)[:1] == b"\n":
-                data += f.read(1)  # the LF of a CRLF that the limit split
-            if not data:
-                return
-            at_end = not f.peek(1)
-            lines = data.splitlines(keepends=True)
-            last = lines[-1]
-            whole = last.endswith((b"\n", b"\r")) or at_end
-            for line in lines if whole else lines[:-1]:
-                number += 1
-                yield Piece(number, line)
-            carry = b""
-            if not whole:
-                if len(last) < max_bytes:
-                    carry = last  # the start of a line after CR-separated ones: read on
-                else:
-                    cut = _utf8_boundary(last)
-                    yield Piece(number + 1, last[:cut], True)
-                    carry = last[cut:]
-
-
-def _utf8_boundary(data: bytes) -> int:
-    """The end of the last complete UTF-8 character in `data` (its length unless one is split)."""
-    i = len(data) - 1
-    while i > 0 and len(data) - i < 4 and data[i] & 0xC0 == 0x80:  # continuation bytes
-        i -= 1
-    lead = data[i]
-    need = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
-    return i if 0 < i and len(data) - i < need else len(data)
 
 
 class _BadLines:
@@ -119,9 +73,10 @@ def split_paragraphs(texts: Iterable[str], max_chars: int = MAX_DOCUMENT_CHARS, 
             if pos == len(s):
                 skip_space = True
                 break
-        # A break can only start at the last line break; what comes before it is settled text.
+        # A break can only start at the last line break, and only if spaces or tabs alone follow it: what
+        # comes before it is settled text (so is all of `s` otherwise: a long line is never held as tail).
         k = s.rfind("\n", pos)
-        k = len(s) if k < 0 else k
+        k = len(s) if k < 0 or not _BLANK_TO_END.match(s, k + 1) else k
         if k > pos:
             parts.append(s[pos:k])
             size += k - pos
@@ -137,27 +92,24 @@ def split_paragraphs(texts: Iterable[str], max_chars: int = MAX_DOCUMENT_CHARS, 
         yield "".join(parts) + tail
 
 
-def _texts(pieces: Iterable[Piece], bad: _BadLines, run_bytes: int = 1 << 16) -> Iterator[str]:
-    """The good pieces as text, decoded a run of lines at a time (a run decodes if and only if each of
-    its lines does, as line breaks are single ASCII bytes), one by one where a run holds a bad line."""
-    run: list[Piece] = []
-    size = 0
-    for piece in itertools.chain(pieces, [None]):
-        if piece is not None:
-            run.append(piece)
-            size += len(piece.data)
-        if run and (piece is None or size >= run_bytes):
-            try:
-                text = b"".join(p.data for p in run).decode("utf-8")
-                ok = "\0" not in text
-            except UnicodeDecodeError:
-                ok = False
-            yield from [text] if ok else filter(None, (_decode(p, bad) for p in run))
-            run, size = [], 0
+def _texts(blocks: Iterable[Block], bad: _BadLines) -> Iterator[str]:
+    """The good lines as text, decoded a block (a read's whole lines, `lines.iter_blocks`) at a time: a
+    block decodes if and only if each of its lines does, as line breaks are single ASCII bytes and a long
+    line is cut between characters; one holding a bad line is decoded line (piece) by line."""
+    for block in blocks:
+        try:
+            text = block.data.decode("utf-8")
+            ok = "\0" not in text
+        except UnicodeDecodeError:
+            ok = False
+        if ok:
+            yield text
+        else:
+            yield from filter(None, (_decode(piece, bad) for piece in block.pieces()))
 
 
 def _txt_documents(path: Path, bad: _BadLines) -> Iterator[str]:
-    return split_paragraphs(_texts(iter_line_pieces(path), bad), name=str(path))
+    return split_paragraphs(_texts(iter_blocks(path, MAX_LINE_BYTES), bad), name=str(path))
 
 
 def _jsonl_documents(path: Path, text_key: str, bad: _BadLines) -> Iterator[str]:

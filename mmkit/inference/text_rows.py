@@ -1,7 +1,8 @@
 """Input and output rows of the text batch tools (`mmkit embed`, `mmkit classify-text`; `mmkit translate`
 reads its lines with `iter_lines` too): texts from .txt (one per line), .jsonl or .csv files, read in
-bounded pieces (a line holds at most `MAX_LINE_BYTES`) and decoded line by line so one non-UTF-8 or empty
-row is reported and skipped, not fatal; outputs written atomically (temp file + rename).
+bounded pieces (`mmkit.data.lines`, the line reader the training corpora share; a line holds at most
+`MAX_LINE_BYTES`) and decoded line by line so one non-UTF-8 or empty row is reported and skipped, not
+fatal; outputs written atomically (temp file + rename).
 """
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from mmkit.data import lines as line_reader
+from mmkit.data.lines import MAX_LINE_BYTES, READ_BYTES, Line, decode_line
 
 TEXT_FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
 T = TypeVar("T")
@@ -33,57 +37,16 @@ class TextRow:
 
 ROWS_PER_CHUNK = 4096  # rows a batch text tool holds at once: memory is bounded whatever the file's size
 CHARS_PER_CHUNK = 16 << 20  # ... and at most about this many characters of text in those rows
-MAX_LINE_BYTES = 1 << 20  # a longer line keeps its first MiB: far beyond any model's context (512 tokens or so)
-_READ_BYTES = 1 << 16
-
-
-class Line(NamedTuple):
-    """One line of a file: its 1-based number, its bytes without the line break, and whether it was
-    longer than `MAX_LINE_BYTES` and cut to its first `MAX_LINE_BYTES`."""
-
-    number: int
-    data: bytes
-    cut: bool = False
+# MAX_LINE_BYTES (imported): a longer line keeps its first MiB, far beyond any model's context
+_READ_BYTES = READ_BYTES
 
 
 def iter_lines(path: str | Path) -> Iterator[Line]:
-    """The lines of a file as `bytes.splitlines()` splits them (at LF, CRLF or a lone CR; a final line
-    break ends the last line, it does not start another), read `_READ_BYTES` at a time: memory holds at
-    most one `MAX_LINE_BYTES` line, however long the file's lines or the file."""
-    with open(Path(path).expanduser(), "rb") as f:
-        number, parts, size, cut, after_cr = 0, [], 0, False, False
-        while block := f.read(_READ_BYTES):
-            if after_cr and block.startswith(b"\n"):
-                block = block[1:]  # the LF of a CRLF that the previous read split
-            after_cr = block.endswith(b"\r")
-            for piece in block.splitlines(keepends=True):
-                ending = 2 if piece.endswith(b"\r\n") else 1 if piece.endswith((b"\n", b"\r")) else 0
-                body = piece[:len(piece) - ending]
-                if size + len(body) > MAX_LINE_BYTES:
-                    body, cut = body[:MAX_LINE_BYTES - size], True
-                if body:
-                    parts.append(body)
-                    size += len(body)
-                if ending:
-                    number += 1
-                    yield Line(number, b"".join(parts), cut)
-                    parts, size, cut = [], 0, False
-        if parts or cut:
-            yield Line(number + 1, b"".join(parts), cut)
-
-
-def decode_line(line: Line, encoding: str = "utf-8") -> str:
-    """The line as text; a cut line loses the incomplete character the cut may have split.
-
-    Raises:
-        UnicodeDecodeError: bytes that are not `encoding` text.
-    """
-    try:
-        return line.data.decode(encoding)
-    except UnicodeDecodeError as e:
-        if line.cut and e.reason == "unexpected end of data" and e.start >= len(line.data) - 3:
-            return line.data[:e.start].decode(encoding)
-        raise
+    """The lines of `path` (~ expanded) as `bytes.splitlines()` splits them, each keeping its first
+    `MAX_LINE_BYTES` (`cut` if longer), read `_READ_BYTES` at a time: `mmkit.data.lines.iter_lines` with
+    this module's limits, looked up at each call (tests lower them). Memory holds a line or two of at
+    most `MAX_LINE_BYTES`, however long the file's lines or the file."""
+    return line_reader.iter_lines(Path(path).expanduser(), MAX_LINE_BYTES, _READ_BYTES)
 
 
 def read_text_rows(path: str | Path, text_key: str = "text") -> list[TextRow]:

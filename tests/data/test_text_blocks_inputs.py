@@ -149,6 +149,17 @@ def test_an_overlong_paragraph_is_cut_into_documents_with_one_warning(caplog):
     assert _warnings(caplog) == ["big.txt: a paragraph longer than 500 characters is cut into documents of that size"]
 
 
+def test_a_long_line_after_a_line_break_is_cut_into_documents_too(caplog):
+    """Text after the last line break is held back (a paragraph break may start there) only while it is
+    blank: a long line after a break is paragraph text, counted and cut, never held whole."""
+    texts = ["first\n"] + ["word " * 1000] * 20 + ["\n\nnext\n"]
+    with caplog.at_level(logging.WARNING):
+        docs = list(split_paragraphs(texts, max_chars=5000, name="long.txt"))
+    assert "".join(docs[:-1]) == "first\n" + "word " * 20_000 and docs[-1] == "next\n"
+    assert len(docs) > 5 and max(map(len, docs)) < 11_000
+    assert len(_warnings(caplog)) == 1
+
+
 def test_an_overlong_jsonl_row_is_one_bad_row(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(documents, "MAX_RECORD_BYTES", 64)
     path = tmp_path / "long.jsonl"
