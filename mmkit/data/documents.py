@@ -23,6 +23,7 @@ MAX_DOCUMENT_CHARS = 16 << 20  # a longer .txt paragraph is cut into documents o
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _BLANK_TO_END = re.compile(r"[ \t]*\Z")  # what may follow the line break a paragraph break starts with
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_CR_BREAK = re.compile("\r\n?")  # CRLF and lone-CR line breaks, read as LF (text mode's universal newlines)
 
 
 class _BadLines:
@@ -95,17 +96,18 @@ def split_paragraphs(texts: Iterable[str], max_chars: int = MAX_DOCUMENT_CHARS, 
 def _texts(blocks: Iterable[Block], bad: _BadLines) -> Iterator[str]:
     """The good lines as text, decoded a block (a read's whole lines, `lines.iter_blocks`) at a time: a
     block decodes if and only if each of its lines does, as line breaks are single ASCII bytes and a long
-    line is cut between characters; one holding a bad line is decoded line (piece) by line."""
+    line is cut between characters; one holding a bad line is decoded line (piece) by line. Line breaks
+    come out as LF whatever the file has (CRLF, lone CR), so that a blank line between paragraphs of a
+    Windows file is a paragraph break too (`_PARAGRAPH_BREAK` knows LF only); a block never ends between
+    the CR and LF of one break (`iter_blocks` settles a CR at the end of a read with the next one)."""
     for block in blocks:
         try:
             text = block.data.decode("utf-8")
             ok = "\0" not in text
         except UnicodeDecodeError:
             ok = False
-        if ok:
-            yield text
-        else:
-            yield from filter(None, (_decode(piece, bad) for piece in block.pieces()))
+        for good in [text] if ok else filter(None, (_decode(piece, bad) for piece in block.pieces())):
+            yield _CR_BREAK.sub("\n", good) if "\r" in good else good
 
 
 def _txt_documents(path: Path, bad: _BadLines) -> Iterator[str]:

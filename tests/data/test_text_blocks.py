@@ -171,10 +171,25 @@ def test_streamed_blocks_equal_the_whole_corpus_algorithm(tmp_path):
     (tmp_path / "a.txt").write_bytes(text.encode() + b"caf\xe9\n\nlast one")
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus(300)) + "oops\n")
     paths = [tmp_path / "a.txt", tmp_path / "b.jsonl"]
-    docs = _old_documents(paths)
+    # CRLF and lone CR are read as LF now (a Windows file's blank lines were no paragraph breaks before)
+    (tmp_path / "lf").mkdir()
+    (tmp_path / "lf" / "a.txt").write_bytes(text.replace("\r\n", "\n").replace("\r", "\n").encode()
+                                            + b"caf\xe9\n\nlast one")
+    docs = _old_documents([tmp_path / "lf" / "a.txt", tmp_path / "b.jsonl"])
     assert read_documents(paths) == docs and max(map(len, docs)) > PIECE_CHARS
     dm = TextBlocksDataModule(files=list(map(str, paths)), vocab_size=400, block_size=32, val_fraction=0.1)
     _assert_same_as_old(dm, docs)
+
+
+def test_a_windows_corpus_has_the_paragraphs_of_the_same_text_with_lf(tmp_path):
+    """Blank lines between CRLF (or lone-CR) lines break paragraphs as LF ones do: the corpus was one
+    document before, so no held-out share."""
+    text = "".join(f"paragraph {i}, line one\nline two\n\n" for i in range(50))
+    for name, newline in (("lf.txt", "\n"), ("crlf.txt", "\r\n"), ("cr.txt", "\r")):
+        (tmp_path / name).write_bytes(text.replace("\n", newline).encode())
+    docs = read_documents([tmp_path / "lf.txt"])
+    assert len(docs) == 50 and docs[0] == "paragraph 0, line one\nline two"
+    assert read_documents([tmp_path / "crlf.txt"]) == read_documents([tmp_path / "cr.txt"]) == docs
 
 
 @pytest.mark.skipif(not FORTUNES_DIR.is_dir(), reason="needs Debian's fortunes package")
