@@ -80,7 +80,14 @@ class Temperature:
         self.temperature = temperature
 
     def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
-        return logits / self.temperature
+        scaled = logits / self.temperature
+        # A tiny temperature (1e-38, say) overflows finite logits to +-inf, and softmax of inf - inf is NaN.
+        # Softmax is shift-invariant, so such rows are scaled from their best logit instead: the best goes
+        # to 0 (0/0 where the temperature underflows to zero in the logits' dtype), the rest to at most 0.
+        if self.temperature < 1.0 and bool((scaled.isinf() & logits.isfinite()).any()):
+            shifted = (logits - logits.amax(dim=-1, keepdim=True)) / self.temperature
+            scaled = shifted.nan_to_num(nan=0.0, posinf=0.0, neginf=float("-inf"))
+        return scaled
 
 
 class TopK:

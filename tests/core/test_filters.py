@@ -57,3 +57,19 @@ def test_seeded_sampling_is_reproducible():
 def test_options_refuse_bad_values(kwargs):
     with pytest.raises(ValueError):
         GenerationOptions(**kwargs)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-45, 1e-300])
+def test_a_tiny_temperature_samples_the_best_token_not_nan(temperature):
+    """logits / 1e-38 overflows to +-inf (softmax of inf - inf is NaN, and torch.multinomial raised); the
+    limit of sampling as the temperature falls is the argmax, and a masked (-inf) logit stays masked."""
+    from mmkit.core.filters import Temperature
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 20
+    logits[:, 7] = float("-inf")
+    scaled = Temperature(temperature)(None, logits.clone())
+    assert not scaled.isnan().any() and (scaled[:, 7] == float("-inf")).all()
+    sampling = Sampling(temperature, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampling.select(scaled), logits.argmax(-1))
+    usual = Temperature(0.7)(None, logits.clone())  # an ordinary temperature: plain division, as before
+    assert torch.equal(usual, logits / 0.7)
