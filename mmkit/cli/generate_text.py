@@ -9,7 +9,7 @@ import logging
 import sys
 from typing import Sequence
 
-from mmkit.cli.options import MAX_BEAM_SIZE, add_precision_argument, beam_size, finite, utf8_text
+from mmkit.cli.options import MAX_BEAM_SIZE, add_precision_argument, beam_size, finite, seed, utf8_text
 from mmkit.inference.quantize import QUANTIZATIONS
 
 log = logging.getLogger("mmkit")
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="> 1 discourages tokens already in the text (CTRL's penalty; 1 = off)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", type=utf8_text,
                    help="end the continuation before TEXT (repeatable)")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of the sampler (reproducible samples)")
+    p.add_argument("--seed", type=seed, metavar="S", help="seed of the sampler, 0 to 2**64 - 1 (reproducible samples)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for every Linear and the output projection (CPU; faster, tokens may "

@@ -36,6 +36,20 @@ def beam_size() -> Callable[[str], int]:
     return at_least(1, MAX_BEAM_SIZE)
 
 
+def seed(text: str) -> int:
+    """An argparse type for --seed: an integer in [0, 2**64 - 1], the seeds torch.Generator takes (a larger one
+    failed deep inside sampling, with a traceback or every file "failed")."""
+    from mmkit.inference.seeds import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64 - 1], got {value}")
+    return value
+
+
 def thread_count() -> Callable[[str], int]:
     """An argparse type for --threads: 1 .. the machine's logical CPUs (far more threads only slow a run
     down, and torch.set_num_threads(100000) crashes the process)."""
@@ -66,8 +80,8 @@ def utf8_text(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise argparse.ArgumentTypeError(f"not UTF-8 text (byte {e.start} of {text.encode('utf-8', 'surrogateescape')!r})"
-                                         ) from None
+        raw = text.encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(f"not UTF-8 text (byte {e.start} of {raw!r})") from None
     return text
 
 

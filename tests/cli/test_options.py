@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from mmkit.cli.options import at_least, finite, thread_count, utf8_text
+from mmkit.cli.options import at_least, finite, seed, thread_count, utf8_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", type=at_least(1, 64), default=1)
     p.add_argument("--penalty", type=finite(-10, 10), default=1.0)
     p.add_argument("--threads", type=thread_count(), default=1)
+    p.add_argument("--seed", type=seed, default=0)
     return p
 
 
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     (["a", "--penalty", "inf"], "--penalty: must be finite, got inf"),
     (["a", "--penalty", "1e308"], "--penalty: must be >= -10 and <= 10, got 1e+308"),
     (["a", "--threads", "100000"], f"--threads: must be <= {os.cpu_count()}, got 100000"),  # segfaulted in torch
+    (["a", "--seed", str(2**64)], "--seed: must be in [0, 2**64 - 1], got 18446744073709551616"),  # a traceback
+    (["a", "--seed", "-1"], "--seed: must be in [0, 2**64 - 1], got -1"),
     (["\udcff\udcfe bad"], "argument text: not UTF-8 text (byte 0 of b'\\xff\\xfe bad')"),  # argv's surrogates
 ])
 def test_bad_values_are_one_usage_line(argv, message, capsys):
@@ -38,5 +41,6 @@ def test_bad_values_are_one_usage_line(argv, message, capsys):
 
 
 def test_good_values_pass_through():
-    args = _parser().parse_args(["héllo", "--beams", "64", "--penalty", "-0.5", "--threads", "1"])
-    assert (args.text, args.beams, args.penalty, args.threads) == ("héllo", 64, -0.5, 1)
+    args = _parser().parse_args(["héllo", "--beams", "64", "--penalty", "-0.5", "--threads", "1",
+                                 "--seed", str(2**64 - 1)])
+    assert (args.text, args.beams, args.penalty, args.threads, args.seed) == ("héllo", 64, -0.5, 1, 2**64 - 1)
