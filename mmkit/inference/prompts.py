@@ -18,6 +18,7 @@ from mmkit.models.clip import CLIP
 
 Tokenizer = Callable[[Sequence[str]], Tensor]  # texts -> (B, T) int64 ids
 TEXT_CHUNK = 64  # prompts per text-tower pass, grouped by length
+PROMPT_SLICE = 1 << 15  # prompts tokenized and embedded at a time (~80 MB for CLIP), whatever the labels x templates
 
 # The default prompt set everywhere (mmkit label, the Python API, the demo, the training callback):
 # general-purpose templates from CLIP's 80 ImageNet prompts (the dataset-specific ones such as
@@ -33,6 +34,9 @@ BACKGROUND_WORDS = ("object", "thing", "scene")
 # Label names head output columns (--all-scores) that --resume reads back; far beyond what a text
 # tower reads (77 tokens), far below the csv module's 128 KiB field limit.
 MAX_LABEL_CHARS = 1000
+# Labels of one run: their embeddings stay in memory (L x D floats: 200 MB for 100,000 ViT-B-32 labels), and
+# every image gets a score per label. Far beyond any zero-shot vocabulary in use (ImageNet-21k: 21,841).
+MAX_LABELS = 100_000
 
 
 def parse_label_entry(entry: str) -> tuple[str, list[str]]:
@@ -71,6 +75,9 @@ def parse_labels(entries: Iterable[str]) -> dict[str, list[str]]:
             if name in labels and not new:
                 raise ValueError(f"label {name!r} is given twice: give each label once")
             labels.setdefault(name, []).extend(new)
+            if len(labels) > MAX_LABELS:
+                raise ValueError(f"more than {MAX_LABELS:,} labels: at most {MAX_LABELS:,} per run (each is held as an "
+                                 "embedding and scored on every image)")
     return labels
 
 
@@ -149,9 +156,27 @@ def encode_prompts(model: CLIP, tokenizer: Tokenizer, prompts: Sequence[str],
 def label_embeddings(model: CLIP, tokenizer: Tokenizer, prompts: Sequence[Sequence[str]],
                      autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Tensor:
     """Per label, its prompts -> (L, D) unit rows: the renormalised mean of the label's unit
-    prompt embeddings (the paper's prompt ensembling; open_clip's `build_zero_shot_classifier`)."""
+    prompt embeddings (the paper's prompt ensembling; open_clip's `build_zero_shot_classifier`).
+    The prompts go through the tower `PROMPT_SLICE` at a time, in whole labels (a label with more
+    prompts than that alone, its mean summed a slice at a time): memory holds one slice's ids and
+    embeddings and the (L, D) result, however many labels and templates."""
     if any(not p for p in prompts):
         raise ValueError("every label needs at least one prompt")
-    flat = encode_prompts(model, tokenizer, [p for group in prompts for p in group], autocast)
-    rows = flat.split([len(group) for group in prompts])
-    return F.normalize(torch.stack([r.mean(dim=0) for r in rows]), dim=-1)
+    device = next(model.parameters()).device
+    out = torch.empty(len(prompts), model.embed_dim, device=device)
+    start = 0
+    while start < len(prompts):
+        end, size = start, 0
+        while end < len(prompts) and (end == start or size + len(prompts[end]) <= PROMPT_SLICE):
+            size, end = size + len(prompts[end]), end + 1
+        group = prompts[start:end]
+        if size > PROMPT_SLICE:  # one label alone
+            total = sum(encode_prompts(model, tokenizer, group[0][k:k + PROMPT_SLICE], autocast).sum(dim=0)
+                        for k in range(0, size, PROMPT_SLICE))
+            out[start] = F.normalize(total / size, dim=-1)
+        else:
+            flat = encode_prompts(model, tokenizer, [p for g in group for p in g], autocast)
+            out[start:end] = F.normalize(torch.stack([r.mean(dim=0) for r in flat.split([len(g) for g in group])]),
+                                         dim=-1)
+        start = end
+    return out

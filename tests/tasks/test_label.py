@@ -154,6 +154,32 @@ def test_prompt_ensemble_is_renormalised_mean_and_context_trim_is_exact(labeler,
     assert labeler.names == ["cat", "dog"]
 
 
+def test_many_prompts_are_embedded_a_slice_at_a_time_to_the_same_label_embeddings(labeler, monkeypatch):
+    """Labels x templates go through the text tower `PROMPT_SLICE` prompts at a time (200,000 labels x 12
+    templates held 2.4M prompts' ids and embeddings at once: 2.8 GB), a label with more prompts than a slice
+    alone; the embeddings are those of one pass."""
+    from mmkit.inference import prompts as prompt_module
+
+    groups = [[f"a photo of a thing number {i}.", f"art of thing {i}."] for i in range(7)]
+    groups[3] = [f"a photo of the {w} thing." for w in ("red", "blue", "big", "small", "odd")]  # one big label
+    whole = prompt_module.label_embeddings(labeler.model, labeler.tokenizer, groups)
+    monkeypatch.setattr(prompt_module, "PROMPT_SLICE", 3)
+    sizes = []
+    encode = prompt_module.encode_prompts
+    monkeypatch.setattr(prompt_module, "encode_prompts", lambda m, t, p, a: sizes.append(len(p)) or encode(m, t, p, a))
+    sliced = prompt_module.label_embeddings(labeler.model, labeler.tokenizer, groups)
+    assert max(sizes) <= 3 and sum(sizes) == sum(map(len, groups))
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_more_labels_than_a_run_holds_are_one_line():
+    from mmkit.inference.prompts import MAX_LABELS, parse_labels
+
+    assert len(parse_labels(f"l{i}" for i in range(MAX_LABELS))) == MAX_LABELS
+    with pytest.raises(ValueError, match="more than 100,000 labels"):
+        parse_labels(f"l{i}" for i in range(MAX_LABELS + 1))
+
+
 def test_decision_threshold_other_bucket_top_k_and_all_scores():
     d = label_outputs.Decision(("cat", "dog", "car"), top_k=4, threshold=0.5, all_scores=True, other="unsure")
     assert d.fields() == ["path", "label", "score", "label_1", "score_1", "label_2", "score_2", "label_3", "score_3",
