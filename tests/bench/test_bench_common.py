@@ -138,3 +138,12 @@ def test_bench_help_exits_0_and_no_name_is_a_usage_error(capsys):
     assert out.startswith("usage: mmkit bench {vit,transcribe,") and "NAME --help" in out
     assert main([]) == 2 and main(["nonsense"]) == 2
     assert capsys.readouterr().err.startswith("usage: mmkit bench")
+
+
+@pytest.mark.parametrize("argv, problem", [(["nosuch"], "unknown benchmark 'nosuch'"), ([], "name a benchmark")])
+def test_an_unknown_or_missing_benchmark_name_says_so(argv, problem, capsys):
+    from mmkit.cli.bench import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("usage: mmkit bench {vit,") and err[1].startswith(f"mmkit bench: error: {problem}")

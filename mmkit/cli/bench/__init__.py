@@ -23,5 +23,7 @@ def main(argv: list[str]) -> int:
         return 0
     if not argv or argv[0] not in BENCHMARKS:
         print(usage, file=sys.stderr)
+        problem = f"unknown benchmark {argv[0]!r}" if argv else "name a benchmark"
+        print(f"mmkit bench: error: {problem} (choose from {', '.join(BENCHMARKS)})", file=sys.stderr)
         return 2
     return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0
