@@ -57,18 +57,19 @@ def texts_file_parser(prog: str, doc: str, description: str, model_help: str,
 def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Sequence[str],
                            build: Callable[[Any], T], ranks: Ranks = Ranks()) -> tuple[int, T] | None:
     """(the texts file's row count, `build(encoder)`); None after a usage or input error, reported as
-    one line on stderr (the tool then returns 2). Before the model loads it meets a device this machine
-    lacks, an output that cannot be written (`check_output`) and, counting the file's rows a line at a
-    time, a bad file (missing, not a regular file, wrong suffix, no --text-key column or field). Ranks of
-    one launcher (`ranks`) all stop if one meets a problem, printed once, by the first; each loads the model
-    on its own device (`Ranks.device`)."""
+    one line on stderr (the tool then returns 2). Before the model loads it meets an output that is the
+    texts file itself (`check_not_input`), a device this machine lacks, an output that cannot be written
+    (`check_output`) and, counting the file's rows a line at a time, a bad file (missing, not a regular
+    file, wrong suffix, no --text-key column or field). Ranks of one launcher (`ranks`) all stop if one
+    meets a problem, printed once, by the first; each loads the model on its own device (`Ranks.device`)."""
     from mmkit.inference.encoder import load_encoder
     from mmkit.inference.precision import check_device
-    from mmkit.inference.text_rows import check_output, count_text_rows
+    from mmkit.inference.text_rows import check_not_input, check_output, count_text_rows
 
     try:
         if Path(args.out).suffix not in out_suffixes:
             raise ValueError(f"--out must end in {' or '.join(out_suffixes)}: {args.out}")
+        check_not_input(args.out, args.texts)
         device = ranks.device(args.device)
         check_device(device)
         check_output(args.out)

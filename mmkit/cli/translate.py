@@ -5,7 +5,8 @@ its task prefix: --prefix "translate English to German: "). FILE holds one sente
 the input, empty lines stay empty, unreadable lines (not UTF-8, NUL bytes, nothing visible but
 control or invisible characters) are reported and left empty. An argument that names an existing
 file or folder is read as a path: one .txt/.jsonl file at a time, never several files or another kind.
-`--export OUT` saves the loaded model (an imported MarianMT or T5, say) as an mmkit export.
+`--export OUT` saves the loaded model (an imported MarianMT or T5, say) as an mmkit export in OUT, a new
+or empty folder: one that holds files (another model, say) is refused, not overwritten.
 
 Under torchrun (or any launcher setting torch.distributed's environment) the ranks share the work as in
 `mmkit embed`: each reads every line (or sentence argument) and plans one process's length-sorted batches,
@@ -59,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps; under torchrun, cuda is "
                    "each rank's own GPU: cuda:LOCAL_RANK)")
     p.add_argument("--export", metavar="OUT",
-                   help="save the model, tokenizer, prefix and decoding settings as an mmkit export in OUT")
+                   help="save the model, tokenizer, prefix and decoding settings as an mmkit export in OUT, a new "
+                        "or empty folder (one that holds files is refused: they would be overwritten)")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 Linear layers and vocabulary projection, CPU only (none: fp32, exact)")
     add_precision_argument(p)
@@ -69,8 +71,10 @@ def _parser() -> argparse.ArgumentParser:
 def iter_lines(path: Path) -> Iterator[tuple[str, str | None]]:
     """(source, problem) per line of a .txt (one a line) or .jsonl ("text" field) file, its lines as
     `text_rows.iter_lines` reads them (memory: one line, at most 1 MiB); problem names a line that is not
-    UTF-8, not a JSON object with a "text" string or no text (`_checked`; its source is ""), else None."""
-    from mmkit.inference.text_rows import MAX_LINE_BYTES, decode_line
+    UTF-8, not a JSON object with a "text" string, JSON nested too deeply or holding too long a number
+    (`text_rows.json_record`) or no text (`_checked`; its source is ""), else None. A UTF-8 byte order mark
+    before the first line is dropped."""
+    from mmkit.inference.text_rows import MAX_LINE_BYTES, decode_line, json_record, strip_bom
     from mmkit.inference.text_rows import iter_lines as file_lines
 
     for line in file_lines(path):
@@ -80,18 +84,20 @@ def iter_lines(path: Path) -> Iterator[tuple[str, str | None]]:
         except UnicodeDecodeError as e:
             yield "", f"line {n}: not UTF-8 (byte 0x{line.data[e.start]:02x} at column {e.start + 1})"
             continue
+        if n == 1:
+            text = strip_bom(text)
         if path.suffix == ".jsonl" and line.cut:
             yield "", f"line {n}: a JSON record longer than {MAX_LINE_BYTES >> 20} MiB"
             continue
         if path.suffix == ".jsonl" and text.strip():
-            try:
-                obj = json.loads(text)
-                text = obj["text"] if isinstance(obj, dict) and isinstance(obj.get("text"), str) else None
-            except json.JSONDecodeError:
-                text = None
-            if text is None:
+            obj, problem = json_record(text)
+            if problem:
+                yield "", f"line {n}: {problem}"
+                continue
+            if not (isinstance(obj, dict) and isinstance(obj.get("text"), str)):
                 yield "", f'line {n}: not a JSON object with a "text" string'
                 continue
+            text = obj["text"]
         yield _checked(text, n)
 
 
@@ -202,11 +208,12 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
 
 def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, TranslationOptions, int, Translator]:
     """(the file to translate or None for sentences, the options, how many rows, the translator loaded on this
-    rank's device); a ValueError or OSError of one line for a usage or input mistake. The first rank saves the
-    --export."""
+    rank's device); a ValueError or OSError of one line for a usage or input mistake, met before the model
+    loads where it can be: an --output that is the input file, an --export folder that holds files. The
+    first rank saves the --export."""
     from mmkit.inference.precision import check_device
-    from mmkit.inference.text_rows import check_output
-    from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
+    from mmkit.inference.text_rows import check_not_input, check_output
+    from mmkit.inference.translator import TranslationOptions, TranslatorError, check_export_dir, load_translator
 
     if not args.inputs and not args.export:
         raise ValueError("give sentences or a .txt/.jsonl file to translate (or --export OUT)")
@@ -218,7 +225,11 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     if args.output:
         if Path(args.output).suffix not in INPUT_SUFFIXES:
             raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
+        if source:
+            check_not_input(args.output, source, "--output")
         check_output(args.output)
+    if args.export:
+        check_export_dir(args.export)
     total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
     translator = load_translator(args.model, args.prefix, device, args.quantize, args.precision)
     if args.export and ranks.first:

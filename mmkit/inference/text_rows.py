@@ -56,7 +56,8 @@ def read_text_rows(path: str | Path, text_key: str = "text") -> list[TextRow]:
 
 def iter_text_rows(path: str | Path, text_key: str = "text") -> Iterator[TextRow]:
     """Rows of a .txt/.jsonl/.csv file, read line by line (memory: one line or CSV record at a time);
-    bad rows (not UTF-8, empty, no `text_key`) carry an error.
+    bad rows (not UTF-8, empty, no `text_key`, JSON nested too deeply or holding too long a number) carry an
+    error. A UTF-8 byte order mark before the first line is dropped (`strip_bom`).
 
     A line longer than `MAX_LINE_BYTES` keeps its first MiB in a .txt file (a model reads far less of
     it) and is a bad row in a .jsonl file (the record is cut).
@@ -84,6 +85,8 @@ def iter_text_rows(path: str | Path, text_key: str = "text") -> Iterator[TextRow
         except UnicodeDecodeError as e:
             yield TextRow(n, None, _not_utf8(line, e))
             continue
+        if n == 1:
+            text = strip_bom(text)
         if path.suffix == ".txt":
             yield _checked(n, text)
             continue
@@ -92,13 +95,34 @@ def iter_text_rows(path: str | Path, text_key: str = "text") -> Iterator[TextRow
             continue
         if not text.strip():
             continue  # blank lines between JSON records are not records
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError:
-            record = None
+        record, problem = json_record(text)
+        if problem:
+            yield TextRow(n, None, problem)
+            continue
         value = record.get(text_key) if isinstance(record, dict) else None
         yield (_checked(n, value, {k: v for k, v in record.items() if k != text_key}) if isinstance(value, str)
                else TextRow(n, None, _no_key(text_key)))
+
+
+def strip_bom(text: str) -> str:
+    """A file's first line without the UTF-8 byte order mark some editors (Notepad) put before it: kept, it
+    would be the first character of the first text, or make a JSON record of the first line unreadable."""
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def json_record(text: str) -> tuple[object, str | None]:
+    """(the JSON value of a .jsonl line, None), or (None, why it cannot be read) for a line that is not JSON
+    at all (None: the caller says "not a JSON object with ..."), nests too deeply for the parser
+    (RecursionError: `[` a hundred thousand times) or holds a number too long to convert (a ValueError past
+    `sys.get_int_max_str_digits()`): one bad row each, never the end of the run."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError:
+        return None, None
+    except RecursionError:
+        return None, "not readable JSON (nested too deeply)"
+    except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion: ..."
+        return None, f"not readable JSON ({str(e).split(':')[0]})"
 
 
 def _not_utf8(line: Line, e: UnicodeDecodeError) -> str:
@@ -278,6 +302,19 @@ def check_output(path: str | Path) -> Path:
     except OSError as e:  # a read-only or virtual file system (/proc, /sys), no permission
         raise _write_error(path, f"no file can be made in {path.parent} ({e.strerror or e})") from None
     return path
+
+
+def check_not_input(output: str | Path, source: str | Path, option: str = "--out") -> None:
+    """A ValueError of one line when the output file `output` (given as `option`) is the input `source`
+    itself, by name or through a symbolic or hard link (`os.path.samefile`): the output, renamed over it
+    when complete, would replace the texts it was made from. Nothing is refused when either is missing."""
+    try:
+        same = os.path.samefile(Path(output).expanduser(), Path(source).expanduser())
+    except OSError:  # no such output yet (or input): not the same file
+        return
+    if same:
+        raise ValueError(f"{option} {output} is the input file {source}: writing it would replace the input; "
+                         "give another output file")
 
 
 def check_output_dir(directory: str | Path) -> Path:

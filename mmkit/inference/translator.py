@@ -133,14 +133,15 @@ class Translator:
     def export(self, directory: str | Path) -> Path:
         """Save as an mmkit export (config.json + model.safetensors + the tokenizer files, decoding
         settings in the metadata) that `load_translator` reads back with the same outputs: how an
-        imported MarianMT or T5 becomes a native model directory."""
+        imported MarianMT or T5 becomes a native model directory. `directory` must be new or empty
+        (`check_export_dir`): the export never overwrites another model's files."""
         from mmkit.inference.quantize import has_int8_layers
 
         if has_int8_layers(self.model):
             raise TranslatorError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
         if self.codec.save is None:
             raise TranslatorError("this translator's tokenizer cannot be saved")
-        directory = Path(directory).expanduser()
+        directory = check_export_dir(directory)
         c = self.codec
         meta = dict(task="translation", start_id=c.start_id, eos_id=c.eos_id, pad_id=c.pad_id, prefix=self.prefix,
                     suppress=c.suppress, forced_eos_id=self.forced_eos_id, max_source_tokens=self.max_source_tokens,
@@ -237,6 +238,25 @@ class Translator:
         _, maps = attention_maps(self.model, lambda: self.model(tokens, context=memory), cross=True)
         weights = torch.stack(maps).mean(dim=(0, 2))[0]  # (T, S): row t is what predicted target[t]
         return self.codec.pieces(src[0].tolist()), self.codec.pieces(target + [self.codec.eos_id]), weights
+
+
+def check_export_dir(directory: str | Path) -> Path:
+    """`directory` (expanded) if a translation export may be written there: a folder that does not exist
+    yet (it is made) or an empty one, where files can be created (`text_rows.check_output_dir`). A folder
+    holding files (another model's config.json and model.safetensors, say) is a TranslatorError of one
+    line: the export would overwrite them with a different model. An OSError of one line for a file in
+    the way or a folder that cannot be written."""
+    from mmkit.inference.text_rows import check_output_dir
+
+    directory = check_output_dir(directory)
+    try:
+        held = directory.is_dir() and next(directory.iterdir(), None) is not None
+    except OSError as e:  # a folder that cannot be listed
+        raise OSError(f"{directory}: cannot read the folder ({e.strerror or e})") from None
+    if held:
+        raise TranslatorError(f"{directory}: the folder holds files already (another model?) that an export would "
+                              "overwrite; give a new or empty folder")
+    return directory
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -72,6 +73,23 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {line.split('. ')[0].replace('WeightsUnpickler error: ', '')}"
 
 
+def _permission_denied(path: Path) -> WeightsError:
+    return WeightsError(f"{path}: permission denied (the file cannot be opened for reading)")
+
+
+def check_openable(path: Path) -> None:
+    """Raise a WeightsError of one line naming `path` when the file cannot be opened for reading ("permission
+    denied" for a file without read permission): the safetensors reader calls every failure to open a file
+    "No such file or directory", a file that is there but unreadable included."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise _permission_denied(path) from None
+    except OSError as e:
+        raise WeightsError(f"{path}: the file cannot be opened ({e.strerror or e})") from None
+
+
 _GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 
 
@@ -81,6 +99,7 @@ def torch_load_weights_only(path: str | Path) -> Any:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
+    check_openable(path)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any decoder failure becomes one clear message
@@ -102,6 +121,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
+        check_openable(path)
         try:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - any decoder failure becomes one clear message
@@ -163,6 +183,8 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         return {k: tuple(int(n) for n in v["shape"]) for k, v in header.items() if k != "__metadata__"}
     except FileNotFoundError:
         raise WeightsError(f"checkpoint file not found: {path}") from None
+    except PermissionError:
+        raise _permission_denied(path) from None
     except Exception as e:  # noqa: BLE001 - a corrupt header is one message, not a traceback
         raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
 
@@ -212,6 +234,15 @@ def _check_class_names(names: Any, num_classes: Any, path: Path) -> None:
         raise WeightsError(f"{path}: metadata.class_names has {len(names)} names for a {num_classes}-class head")
 
 
+def _plain_permissions(path: Path) -> None:
+    """Give `path` the permissions a plainly created file gets (0666 less the umask), as config.json beside
+    it has: safetensors' `save_file` writes an owner-only (0600) temp file and renames it, so an export's
+    weights would be unreadable to the other users who can read its config (a shared model folder)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 class PretrainedMixin:
     """`save_pretrained(dir)` / `from_pretrained(dir)` for models that keep their constructor
     arguments in `self.config` (a JSON-serialisable dict)."""
@@ -232,6 +263,7 @@ class PretrainedMixin:
         assert isinstance(self, nn.Module)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME))
+        _plain_permissions(directory / WEIGHTS_NAME)
         doc = {"format_version": FORMAT_VERSION, "architecture": self.architecture_name(),
                "config": self.config, "metadata": dict(metadata or {})}
         (directory / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
