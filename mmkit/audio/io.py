@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -138,7 +139,9 @@ def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE,
     if not path.is_file():
         raise AudioLoadError(path, "file not found")
     try:
-        f = sf.SoundFile(str(path))
+        # the name's bytes: soundfile encodes a str name as strict UTF-8, which a Linux name that is not
+        # UTF-8 (held as surrogate escapes) fails with a UnicodeEncodeError; the bytes open any file
+        f = sf.SoundFile(os.fsencode(path))
     except (sf.SoundFileError, RuntimeError, TypeError) as e:
         raise _unreadable(path, e) from None
     with f:
@@ -170,10 +173,11 @@ def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE,
 
 
 def _unreadable(path: Path, e: Exception) -> AudioLoadError:
-    """soundfile's message names the file ("Error opening '/tmp/x.wav': Format not recognised."); the
+    """soundfile's message names the file, by the bytes it was opened with ("Error opening b'/tmp/x.wav':
+    Format not recognised."); the
     reason keeps libsndfile's words only, as callers show `path: reason` (or just the reason, to a
     demo user, who should not see the server's temporary path)."""
-    detail = getattr(e, "error_string", None) or str(e).replace(str(path), "the file")
+    detail = getattr(e, "error_string", None) or str(e).replace(repr(os.fsencode(path)), "the file")
     return AudioLoadError(path, f"not a readable audio file ({detail.rstrip('.')})")
 
 

@@ -39,7 +39,7 @@ from mmkit.inference.prompts import (
 )
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import RankFailed, Ranks
-from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive
+from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive, path_from_text, path_text
 from mmkit.inference.zero_shot import FileResult, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
@@ -238,13 +238,15 @@ def _undone_if_refused(outputs: _Outputs, made: list[Path], summary: Summary) ->
 
 
 def _todo(root: Path, done: set[str], exclude: Path | None, follow_links: bool) -> list[str]:
+    """The images under `root` (paths relative to it, as the OS gives them) whose rows are not in `done`
+    (the paths as the outputs hold them: a name that is not UTF-8 in `path_text`'s escaped form)."""
     excluded = exclude.resolve() if exclude else None
     todo = []
     for p in scan_images(root, follow_links=follow_links):
         if excluded is not None and _resolves_under(p, excluded):
             continue  # our own --copy-to/--link-to output, reached through a link (--follow-links)
         rel = p.relative_to(root).as_posix()
-        if rel not in done:
+        if path_text(rel) not in done:
             todo.append(rel)
     return todo
 
@@ -261,7 +263,9 @@ def _place_earlier(args: argparse.Namespace, root: Path, target: Path, folders: 
     """On --resume with --copy-to/--link-to: place the images earlier runs labelled but did not
     place (run without it, or killed between writing a row and placing its file)."""
     mode = "copy" if args.copy_to else "link"
-    for path, labels in earlier:
+    for written, labels in earlier:
+        # the row's path as written (`path_text`); a name that is not UTF-8 is the file of its unescaped form
+        path = written if (root / written).is_file() else path_from_text(written)
         for label in labels:
             if label in folders and not (target / folders[label] / path).exists() and (root / path).is_file():
                 place_file(root / path, target, folders[label], path, mode)

@@ -1,13 +1,15 @@
 """Image classification folders (``root/<class>/<images>``) as a LightningDataModule.
 
 The layout and class ordering follow torchvision's ``ImageFolder``; training transforms come from
-``timm.data.create_transform``, the eval one is ``mmkit.data.transforms.EvalTransform``. Unreadable files are found by a header check in ``setup``
-and kept out of the loaders; files that break later are dropped batch by batch.
+``timm.data.create_transform``, the eval one is ``mmkit.data.transforms.EvalTransform``. Unreadable files
+are found by a header check in ``setup`` and kept out of the loaders; files that break later are dropped
+batch by batch. Sizes are bounded (``check_image_size``): a typo cannot ask for an image no memory holds.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections import defaultdict
@@ -34,6 +36,14 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 _CHECK_THREADS = 8
 _SUMMARY_LISTED = 5  # skipped files named in the setup summary; all are in `skipped`
 _REPORTED_SKIPS: set[str] = set()  # per process, so a bad file warns once, not every epoch
+# Largest network input side, in pixels. Classifiers take 224-518 (timm, open_clip), high-resolution
+# ones (SAM, detection backbones) 1024-1536: 4096 leaves room for all of them, while one 4096² float32
+# input is already 201 MB (a batch of 64, 13 GB). Past it a size is a typo: image_size 100000 asked
+# for 120 GB per image and ended in a MemoryError deep in the resize.
+MAX_IMAGE_SIDE = 4096
+# Largest side the eval transform resizes to before its centre crop (image_size / crop_pct): a 0.5
+# crop of the largest input; a tiny crop_pct would otherwise blow one image up just the same.
+MAX_RESIZE_SIDE = 2 * MAX_IMAGE_SIDE
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,22 @@ def require_path(what: str, path: str | os.PathLike, folder: bool = True) -> Pat
     if found.is_dir() != folder:
         raise ValueError(f"{what}: not a {kind}")
     return found
+
+
+def check_image_size(image_size: int, crop_pct: float = 1.0) -> None:
+    """Refuse, in one line, an input side or eval crop whose images could not be held: `image_size` in
+    1..`MAX_IMAGE_SIDE`, `crop_pct` in (0, 1] with image_size / crop_pct (the side resized to before
+    the centre crop) at most `MAX_RESIZE_SIDE`. Memory per image then stays bounded whatever the
+    options (the training recipes use 32 to 224). Raises ValueError."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIDE:
+        raise ValueError(f"image_size must be an integer from 1 to {MAX_IMAGE_SIDE} (pixels a side), got "
+                         f"{image_size!r}: larger inputs could not be held in memory")
+    if not (isinstance(crop_pct, (int, float)) and 0.0 < crop_pct <= 1.0):  # also false for NaN
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+    if image_size / crop_pct > MAX_RESIZE_SIDE:
+        raise ValueError(f"image_size {image_size} / crop_pct {crop_pct} resizes images to "
+                         f"{math.floor(image_size / crop_pct)} pixels a side before the centre crop; at most "
+                         f"{MAX_RESIZE_SIDE}: raise crop_pct (timm uses 0.875-1.0)")
 
 
 def summarise(items: Sequence[tuple[str, str]]) -> str:
@@ -198,11 +224,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
     Args:
         train_dir / val_dir / test_dir: class-folder roots.
         predict_paths: files and/or folders (scanned recursively) to predict on.
-        image_size: side of the square network input, in pixels.
+        image_size: side of the square network input, in pixels (1 to `MAX_IMAGE_SIDE`, 4096: a
+            larger one is a typo whose images could not be held; `check_image_size`).
         val_split: fraction of each train class held out for validation, when no val_dir.
         hflip / scale / auto_augment: training augmentation, as in timm (e.g. "rand-m9-mstd0.5").
         mean / std: per-channel normalisation of 0..1 RGB.
-        crop_pct: eval centre crop = image_size / crop_pct resize, then crop.
+        crop_pct: eval centre crop = image_size / crop_pct resize, then crop; in (0, 1], the resize
+            at most `MAX_RESIZE_SIDE` pixels a side.
         interpolation: resize filter name understood by timm ("bicubic", "bilinear").
         seed: seed of the val_split draw.
     """
@@ -233,6 +261,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise ValueError(f"val_split must be in [0, 1), got {val_split}")
         if val_split > 0 and val_dir is not None:
             raise ValueError("give either val_dir or val_split, not both")
+        check_image_size(image_size, crop_pct)  # before any transform is sized by them
         self.save_hyperparameters()
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.predict_paths = list(predict_paths or [])

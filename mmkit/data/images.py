@@ -298,7 +298,8 @@ def scan_images(root: str | os.PathLike, recursive: bool = True, follow_links: b
                 continue
             try:
                 is_dir = entry.is_dir()
-                is_image = not is_dir and entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+                is_image = (not is_dir and entry.is_file()
+                            and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
             except OSError:  # e.g. a symlink loop: listed, and loading it says why it is unreadable
                 found.append(Path(entry.path))
                 continue

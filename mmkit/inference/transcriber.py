@@ -32,6 +32,7 @@ from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
 from mmkit.inference.transcript import DecodingOptions, Segment, Transcript, greedy_options, window_segments
 from mmkit.inference.window_decoder import WindowDecoder
+from mmkit.inference.writers import path_text
 from mmkit.models.whisper import Whisper
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,9 @@ class Transcriber:
         """Yield one `Transcript` per path, in input order; files that cannot be loaded or decoded
         come back with `error` set instead of stopping the run. Each file is read as a stream
         (`stream_audio`) and cut into windows as it comes, so memory is bounded by the window
-        batch whatever a file's length."""
-        return self._transcribe_arrays((str(path), stream_audio(path)) for path in paths)
+        batch whatever a file's length. A transcript's `path` is the path as text a UTF-8 output
+        can hold (`path_text`: a Linux name that is not UTF-8 has those bytes as \\xNN escapes)."""
+        return self._transcribe_arrays((path_text(path), stream_audio(path)) for path in paths)
 
     # --- batching --------------------------------------------------------------------------
 

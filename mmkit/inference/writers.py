@@ -19,6 +19,10 @@ CSV cells that a spreadsheet would run as a formula (starting with =, +, -, @, t
 written with a leading "'" (OWASP's CSV-injection rule; a cell starting with "'" gets one more,
 so `csv_unsafe` reads every cell back exactly); JSON and JSONL hold the values as they are, and
 never a bare NaN (not JSON).
+File names that are not UTF-8 (legal on Linux; Python holds their bytes as surrogate escapes) are
+written in one documented form, `path_text`: each byte that is not UTF-8 as a backslash escape
+("bad\\xff.png"), as Python itself shows such bytes; every output stays valid UTF-8 and
+`--resume` matches the rows with the files by that form.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import io
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -39,10 +44,46 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def path_text(path: str | os.PathLike) -> str:
+    """`path` as text that a UTF-8 output (CSV, JSON, a terminal) can hold: unchanged when it is valid
+    Unicode, as every name on Windows and macOS and nearly every one on Linux is. A Linux name whose
+    bytes are not UTF-8 comes from the OS with each such byte as a surrogate escape ("\\udcff" for
+    0xff), which no UTF-8 writer accepts; here each becomes a backslash escape, "bad\\xff.png", the
+    form Python's own ``bytes`` repr and ``backslashreplace`` use. `path_from_text` reverses it; the one
+    ambiguity is with a name spelling such an escape out literally (a backslash, "x", then 80 to ff in
+    hex), which no tool makes."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:  # surrogate escapes back to the name's bytes, whose non-UTF-8 ones decode as \xNN
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no file name holds (\ud800-\udc7f): \uNNNN
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_BYTE_ESCAPE = re.compile(r"\\x([89a-f][0-9a-f])")  # what `path_text` writes: bytes 0x80-0xff only
+
+
+def path_from_text(text: str) -> str:
+    """The file name `path_text` wrote as `text` (its escapes back to surrogate escapes, which the OS
+    functions turn into the name's bytes): how a resumed run finds the file a row names."""
+    return _BYTE_ESCAPE.sub(lambda m: chr(0xDC00 + int(m[1], 16)), text)
+
+
+def _text_values(values: Iterable[Any]) -> list[Any]:
+    """`values` with every string made writable (`path_text`); numbers and the rest as they are."""
+    return [path_text(v) if isinstance(v, str) else v for v in values]
+
+
 class ResumableWriter:
     """Rows of fixed `fields` to CSV (with a header) or JSONL, by `path`'s extension; crash-safe as
-    the module docstring states (one row per path, for `mmkit label`): appends to `path`.partial with flush + fsync per `append`, and
-    `finish` renames it over `path` atomically."""
+    the module docstring states (one row per path, for `mmkit label`): appends to `path`.partial with
+    flush + fsync per `append`, and `finish` renames it over `path` atomically."""
 
     def __init__(self, path: str | os.PathLike, fields: Sequence[str]) -> None:
         self.path = Path(path).expanduser()
@@ -121,10 +162,11 @@ class ResumableWriter:
             yield None
 
     def _encode(self, row: dict[str, Any]) -> str:
+        values = _text_values(row.get(k, "") for k in self.fields)  # odd file names as `path_text`
         if self.csv:
-            return _csv_line([row.get(k, "") for k in self.fields])
+            return _csv_line(values)
         # allow_nan=False: a bare NaN is not JSON; the scorer refuses non-finite scores before this.
-        return json.dumps({k: row.get(k, "") for k in self.fields}, ensure_ascii=False, allow_nan=False) + "\n"
+        return json.dumps(dict(zip(self.fields, values)), ensure_ascii=False, allow_nan=False) + "\n"
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         """Write `rows` and make them durable (flush + fsync) before returning."""
@@ -269,11 +311,13 @@ class PredictionFile:
         for p in predictions:
             n = self.counts["ok"] + self.counts["failed"]
             self.counts["failed" if p.error else "ok"] += 1
-            if self.out.suffix == ".csv":
-                lines.append(_csv_line([p.path, p.labels[0] if p.labels else "", p.probs[0] if p.probs else "",
-                                        "|".join(p.labels), "|".join(f"{x:.6f}" for x in p.probs), p.error or ""]))
+            if self.out.suffix == ".csv":  # strings as `path_text`: a non-UTF-8 file name is written escaped
+                lines.append(_csv_line(_text_values([
+                    p.path, p.labels[0] if p.labels else "", p.probs[0] if p.probs else "",
+                    "|".join(p.labels), "|".join(f"{x:.6f}" for x in p.probs), p.error or ""])))
             else:
-                text = json.dumps(p.__dict__, ensure_ascii=False, allow_nan=False)
+                row = {k: path_text(v) if isinstance(v, str) else v for k, v in p.__dict__.items()}
+                text = json.dumps(row, ensure_ascii=False, allow_nan=False)
                 lines.append(("[\n" if not n else ",\n") + text if self.out.suffix == ".json" else text + "\n")
         self._write("".join(lines))
 
