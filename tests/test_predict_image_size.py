@@ -78,3 +78,16 @@ def test_bounds_and_every_recipe_size_is_accepted():
         check_image_size(size, crop_pct)
     module = ImageFolderDataModule(predict_paths=["x.png"], image_size=MAX_IMAGE_SIDE)
     assert module.eval_transform.image_size == MAX_IMAGE_SIDE
+
+
+def test_the_digits_and_caption_data_modules_check_the_size_before_any_work(tmp_path, monkeypatch):
+    """The digits module writes its images at image_size (before its parent's check ran), the caption
+    modules size their transforms: an impossible size is the same one line there, before any of it."""
+    from mmkit.data import digits
+    from mmkit.data.captions import CaptionTableDataModule
+
+    monkeypatch.setattr(digits, "write_digits_folder", lambda *a, **k: pytest.fail("wrote images anyway"))
+    with pytest.raises(ValueError, match=f"image_size must be an integer from 1 to {MAX_IMAGE_SIDE}"):
+        digits.DigitsDataModule(root=str(tmp_path), image_size=100_000)
+    with pytest.raises(ValueError, match=f"image_size must be an integer from 1 to {MAX_IMAGE_SIDE}"):
+        CaptionTableDataModule(train_file=str(tmp_path / "c.csv"), image_size=100_000)

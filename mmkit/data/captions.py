@@ -21,7 +21,8 @@ from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, create_transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from mmkit.data.image_folder import SkippedSample, drop_skipped, keep_readable, require_path, summarise
+from mmkit.data.image_folder import (SkippedSample, check_image_size, drop_skipped, keep_readable, require_path,
+                                     summarise)
 from mmkit.data.images import ImageLoadError, load_image, scan_images
 from mmkit.data.text import CLIPTokenizer
 from mmkit.data.transforms import EvalTransform
@@ -210,6 +211,7 @@ class _CaptionDataModule(pl.LightningDataModule):
         super().__init__()
         if not 0.0 <= val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1), got {val_split}")
+        check_image_size(image_size)  # a typo's size would be met only in the first batch, as a MemoryError
         self.batch_size, self.num_workers, self.val_split, self.seed = batch_size, num_workers, val_split, seed
         self.tokenizer = CLIPTokenizer(context_length=context_length)
         self.image_size, self.interpolation = image_size, interpolation

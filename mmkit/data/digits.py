@@ -19,7 +19,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from mmkit.data.cache import cache_root, publish_folder, read_marker
-from mmkit.data.image_folder import ImageFolderDataModule, stratified_split
+from mmkit.data.image_folder import ImageFolderDataModule, check_image_size, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ class DigitsDataModule(ImageFolderDataModule):
         interpolation: str = "bicubic",
         predict_paths: list[str] | None = None,
     ) -> None:
-        # The stored images are written at image_size so the transform never upsamples twice.
+        # The stored images are written at image_size so the transform never upsamples twice: the size is
+        # checked before they are (ImageFolderDataModule checks it again, too late for the writing).
+        check_image_size(image_size, crop_pct)
         folder = write_digits_folder(resolve_digits_root(root), image_size=image_size)
         super().__init__(
             train_dir=str(folder / "train"),
