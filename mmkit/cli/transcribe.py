@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from mmkit.cli.options import add_precision_argument, at_least, beam_size, finite, thread_count
+from mmkit.cli.options import add_precision_argument, at_least, beam_size, finite, seed, thread_count
 from mmkit.cli.progress import progress
 from mmkit.inference.precision import check_device
 from mmkit.inference.quantize import QUANTIZATIONS
@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="speed over exactness on short audio (whisper.cpp's audio_ctx): encode a window holding d "
                         "seconds over max(SECONDS, 2·d) seconds instead of 30 (default: always 30 s, exact); "
                         "WER per setting in the README")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed for temperature fallback")
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed for temperature fallback, 0 to 2**64 - 1")
     p.add_argument("--quiet", action="store_true", help="do not print the transcripts")
     return p
 

@@ -39,6 +39,7 @@ def test_counts_have_their_bounds():
     (["--beam-size", "33"], "must be <= 32, got 33"),
     (["--best-of", "100000"], "must be <= 32, got 100000"),
     (["--max-new-tokens", "1.5"], "not an integer: '1.5'"),
+    (["--seed", str(10**23)], f"must be in [0, 2**64 - 1], got {10**23}"),  # every file failed to decode
 ])
 def test_values_out_of_range_are_one_usage_line(extra, message, capsys):
     with pytest.raises(SystemExit) as exit_:
