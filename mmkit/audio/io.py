@@ -29,6 +29,10 @@ import torchaudio.functional as AF
 from mmkit.audio.features import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
+# Largest sample magnitude read: full scale is 1.0, and integer-scaled float files (up to 2**31) are still
+# heard, but past ~1e16 the log-mel power overflows float32 and a transcript came out of NaN ("!!!",
+# avg_logprob NaN). Far above any scaling a file may have, far below that overflow.
+MAX_SAMPLE = 1e12
 
 
 class AudioLoadError(ValueError):
@@ -192,6 +196,10 @@ def _read_block(f: sf.SoundFile, path: Path, frames: int) -> np.ndarray | None:
     bad = int((~np.isfinite(data)).sum())
     if bad:
         raise AudioLoadError(path, f"{bad} non-finite (NaN/inf) samples")
+    peak = float(np.abs(data).max())
+    if peak > MAX_SAMPLE:
+        raise AudioLoadError(path, f"samples reach {peak:.3g}, far beyond full scale (+-1; a float file written "
+                             "unscaled?): not audio a model can hear")
     return data.mean(axis=1, dtype=np.float32)
 
 

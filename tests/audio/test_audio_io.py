@@ -81,6 +81,17 @@ def test_non_finite_samples_are_refused(tmp_path):
         load_audio(tmp_path / "nan.wav")
 
 
+def test_samples_far_beyond_full_scale_are_refused_but_integer_scaled_floats_are_heard(tmp_path):
+    """A float file of samples x 1e30 made a transcript of NaN (log-mel power overflows float32): refused in
+    one line. Floats written at int16/int32 scale are loud, not broken: they load as they are."""
+    x = _tone(440, SAMPLE_RATE, 0.1)
+    sf.write(tmp_path / "huge.wav", x * 1e30, SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(AudioLoadError, match=r"samples reach [0-9.]+e\+(29|30), far beyond full scale"):
+        load_audio(tmp_path / "huge.wav")
+    sf.write(tmp_path / "int32_scaled.wav", x * 2**31, SAMPLE_RATE, subtype="FLOAT")
+    assert np.abs(load_audio(tmp_path / "int32_scaled.wav")).max() > 1e9
+
+
 @pytest.mark.parametrize("sr, channels", [(44_100, 2), (48_000, 1), (8_000, 1), (16_000, 2), (22_050, 1), (11_025, 1)])
 def test_streamed_blocks_equal_the_whole_file(tmp_path, sr, channels):
     # blockwise mixing and resampling (bounded memory for long files) gives the whole signal's samples:
