@@ -245,3 +245,18 @@ def test_a_corrupt_lightning_checkpoint_is_one_line(tmp_path, capsys, command, k
     assert code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"mmkit {command}: error:")]
     assert len(err) == 1 and err[0].startswith(f"mmkit {command}: error: {ckpt}: {message}"), err
+
+
+def test_json_transcripts_hold_no_bare_nan():
+    """A statistic that is not finite is null: a bare NaN is not JSON (jq and JavaScript reject the file)."""
+    import io
+    import json
+
+    from mmkit.inference.subtitles import write_json
+    from mmkit.inference.transcript import Segment, Transcript
+
+    t = Transcript("a.wav", "hi", [Segment(0.0, 1.0, "hi", [1], 0.0, float("nan"), 1.5, float("inf"))], "en", 1.0)
+    f = io.StringIO()
+    write_json(t, f)
+    segment = json.loads(f.getvalue(), parse_constant=lambda c: pytest.fail(f"bare {c}"))["segments"][0]
+    assert (segment["avg_logprob"], segment["compression_ratio"], segment["no_speech_prob"]) == (None, 1.5, None)

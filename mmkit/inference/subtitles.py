@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from mmkit.inference.text_rows import write_atomically
 from mmkit.inference.transcript import Transcript
@@ -31,8 +32,20 @@ def write_txt(t: Transcript, f: TextIO) -> None:
 
 
 def write_json(t: Transcript, f: TextIO) -> None:
-    json.dump(t.to_dict(), f, ensure_ascii=False, indent=2)
+    """The transcript as JSON, whose numbers are finite: a statistic that is not (NaN, inf) is null, since a
+    bare NaN is not JSON and strict readers (jq, JavaScript) reject the whole file."""
+    json.dump(_finite(t.to_dict()), f, ensure_ascii=False, indent=2, allow_nan=False)
     f.write("\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def write_srt(t: Transcript, f: TextIO) -> None:
