@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _bert import write_tiny_bert
-from _gpt import write_tiny_gpt2
+from _text_tools import one_line, write_text_tool_models
 
 from mmkit.cli import main
 
@@ -16,12 +15,7 @@ NOT_UTF8 = "\udcff\udcfe bad"  # what Python makes of the argument bytes b"\xff\
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny_bert(root / "mlm", "mlm")
-    write_tiny_bert(root / "clf", "classify")
-    write_tiny_gpt2(root / "gpt")
-    return {"embed": root / "mlm", "classify-text": root / "clf", "fill-mask": root / "mlm",
-            "generate-text": root / "gpt"}
+    return write_text_tool_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture
@@ -41,11 +35,6 @@ def no_model_load(monkeypatch):
         monkeypatch.setattr(where, refuse)
 
 
-def _one_line(capsys, prog: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"mmkit {prog}: "), err
-    return err
-
 
 def _argv(tool: str, models: dict, texts, tmp_path) -> list[str]:
     if tool in ("embed", "classify-text"):
@@ -64,7 +53,7 @@ def test_cuda_without_cuda_and_meta_are_one_line_before_loading(models, texts, t
     for device, message in (("cuda", "--device cuda: CUDA is not available"),
                             ("meta", "--device meta: mmkit runs on cpu, cuda or mps")):
         assert main([*_argv(tool, models, texts, tmp_path), "--device", device]) == 2
-        assert message in _one_line(capsys, tool)
+        assert message in one_line(capsys, tool)
     assert list(tmp_path.iterdir()) == [texts]
 
 
@@ -85,11 +74,11 @@ def test_unwritable_outputs_are_one_line_before_loading(models, texts, tmp_path,
                          (tmp_path / "file" / f"v{suffix}", "is not a folder"),
                          (f"/proc/v{suffix}", "no file can be made in /proc")):
         assert main([tool, str(texts), "--model", str(models[tool]), "--out", str(out), "--quiet"]) == 2
-        assert f"cannot write {out}: " in (err := _one_line(capsys, tool)) and message in err
+        assert f"cannot write {out}: " in (err := one_line(capsys, tool)) and message in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", f"folder{suffix}", "texts.txt"]
 
 
-def test_an_output_that_cannot_be_renamed_at_the_end_is_one_line(models, texts, tmp_path, monkeypatch, capsys):
+def test_an_output_that_cannot_be_renamed_at_the_end_isone_line(models, texts, tmp_path, monkeypatch, capsys):
     from mmkit.inference.text_classify import TextClassifierPredictor
 
     out = tmp_path / "p.csv"
@@ -102,7 +91,7 @@ def test_an_output_that_cannot_be_renamed_at_the_end_is_one_line(models, texts, 
     monkeypatch.setattr(TextClassifierPredictor, "predict_batches", folder_appears)
     assert main(["classify-text", str(texts), "--model", str(models["classify-text"]), "--out", str(out),
                  "--quiet"]) == 1
-    assert "cannot write" in (err := _one_line(capsys, "classify-text")) and "nothing was written" in err
+    assert "cannot write" in (err := one_line(capsys, "classify-text")) and "nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "texts.txt"] and out.is_dir()
 
 
@@ -156,7 +145,7 @@ def test_a_utf16_file_names_its_encoding(models, tmp_path, capsys):
 
 def test_dev_null_is_not_a_regular_file(models, tmp_path, capsys, no_model_load):
     assert main(["embed", "/dev/null", "--model", str(models["embed"]), "--out", str(tmp_path / "v.npy")]) == 2
-    assert "/dev/null: not a regular file" in _one_line(capsys, "embed")
+    assert "/dev/null: not a regular file" in one_line(capsys, "embed")
 
 
 def test_a_jsonl_file_without_the_text_key_is_one_line_as_a_csv_without_the_column(models, tmp_path, capsys,
@@ -167,7 +156,7 @@ def test_a_jsonl_file_without_the_text_key_is_one_line_as_a_csv_without_the_colu
                           ("t.csv", "no 'nope' column")):
         assert main(["embed", str(tmp_path / name), "--model", str(models["embed"]), "--text-key", "nope",
                      "--out", str(tmp_path / "v.jsonl")]) == 2
-        assert message in _one_line(capsys, "embed")
+        assert message in one_line(capsys, "embed")
     assert not (tmp_path / "v.jsonl").exists()
 
 
@@ -177,7 +166,7 @@ def test_an_unterminated_csv_quote_is_one_line_naming_its_line(models, tmp_path,
     out = tmp_path / "p.jsonl"
     assert main(["classify-text", str(src), "--model", str(models["classify-text"]), "--out", str(out)]) == 2
     assert "t.csv line 3: a quoted field opened in the record starting here is never closed" in \
-        _one_line(capsys, "classify-text")
+        one_line(capsys, "classify-text")
     assert not out.exists()
 
 

@@ -10,20 +10,15 @@ import os
 import shutil
 
 import pytest
-from _bert import write_tiny_bert
+from _text_tools import one_line, write_text_tool_models
 
 from mmkit.cli import main
 from mmkit.inference.translator import TranslatorError, load_translator
-from tests.inference._translation_fixtures import write_native_export
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny_bert(root / "mlm", "mlm")
-    write_tiny_bert(root / "clf", "classify")
-    return {"embed": root / "mlm", "classify-text": root / "clf",
-            "translate": write_native_export(root / "translate")}
+    return write_text_tool_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture
@@ -36,11 +31,6 @@ def no_model_load(monkeypatch):
         monkeypatch.setattr(where, refuse)
 
 
-def _one_line(capsys, prog: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"mmkit {prog}: "), err
-    return err
-
 
 def _files(directory) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
@@ -50,7 +40,7 @@ def test_an_export_into_a_folder_holding_another_model_is_refused(models, tmp_pa
     bert = shutil.copytree(models["embed"], tmp_path / "bert")
     before = _files(bert)
     assert main(["translate", "ten", "--model", str(models["translate"]), "--export", str(bert)]) == 2
-    err = _one_line(capsys, "translate")
+    err = one_line(capsys, "translate")
     assert f"{bert}: the folder holds files already" in err and "new or empty folder" in err
     assert _files(bert) == before
 
@@ -103,7 +93,7 @@ def test_an_output_that_is_the_input_is_refused(models, tmp_path, capsys, no_mod
     before = source.read_bytes()
     argv = [tool, str(source), "--model", str(models[tool]), option, str(out)]
     assert main(argv) == 2
-    err = _one_line(capsys, tool)
+    err = one_line(capsys, tool)
     assert f"{option} {out} is the input file {source}" in err
     assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == sorted({name, out.name})
 
@@ -133,6 +123,6 @@ def test_an_unreadable_weights_file_says_permission_denied(models, tmp_path, cap
     out = tmp_path / f"out{source.suffix}"
     _unreadable(monkeypatch, "model.safetensors")
     assert main([tool, str(source), "--model", str(models[tool]), option, str(out)]) == 2
-    err = _one_line(capsys, tool)
+    err = one_line(capsys, tool)
     assert f"{models[tool] / 'model.safetensors'}: permission denied" in err and "FileNotFound" not in err, err
     assert not out.exists()

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _bert import write_tiny_bert
+from _text_tools import write_text_tool_models
 
 from mmkit.cli import main
 from mmkit.cli.translate import iter_lines as translate_lines
 from mmkit.inference.text_rows import count_text_rows, read_text_rows
-from tests.inference._translation_fixtures import write_native_export
 
 DEEP = b'{"text": "a", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 LONG_NUMBER = b'{"text": "b", "x": ' + b"7" * 100_000 + b"}"
@@ -52,11 +51,7 @@ def test_translate_lines_report_hostile_rows_with_their_lines(tmp_path):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny_bert(root / "mlm", "mlm")
-    write_tiny_bert(root / "clf", "classify")
-    return {"embed": root / "mlm", "classify-text": root / "clf",
-            "translate": write_native_export(root / "translate")}
+    return write_text_tool_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.mark.parametrize("tool", ["embed", "classify-text", "translate"])
