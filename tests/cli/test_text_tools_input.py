@@ -35,7 +35,6 @@ def no_model_load(monkeypatch):
         monkeypatch.setattr(where, refuse)
 
 
-
 def _argv(tool: str, models: dict, texts, tmp_path) -> list[str]:
     if tool in ("embed", "classify-text"):
         out = tmp_path / ("v.npy" if tool == "embed" else "p.csv")

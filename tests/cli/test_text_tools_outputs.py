@@ -31,7 +31,6 @@ def no_model_load(monkeypatch):
         monkeypatch.setattr(where, refuse)
 
 
-
 def _files(directory) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
