@@ -65,10 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     if missing:  # the commonest slip; jsonargparse would print its whole usage (~50 lines) before saying so
         print(f"mmkit {argv[0]}: error: --config {missing}: no such file", file=sys.stderr)
         return 2
-    from mmkit.cli.lightning import run
-
     try:
+        from mmkit.cli.lightning import run
+
         run(argv, from_console)
+    except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM too (`mmkit.cli.lightning.run`): one line, the shell's 130
+        if not getattr(e, "quiet", False):  # a process other than the first of several (theirs says it)
+            left = getattr(e, "left", "nothing was written")
+            print(f"mmkit {argv[0]}: interrupted; {left}", file=sys.stderr)
+        return 130
     except Exception as e:  # noqa: BLE001 - user errors become one line; anything else re-raises
         user_error = _user_error(e)
         if user_error is None:

@@ -6,13 +6,17 @@ without importing Lightning.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import math
+import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Iterator, Literal, Optional, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -20,7 +24,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.trainer.connectors.accelerator_connector import _PRECISION_INPUT
 from pytorch_lightning.utilities import GradClipAlgorithmType
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from mmkit.cli.prediction_writer import LIGHTNING_PRECISION, PredictionWriter
 from mmkit.inference.precision import resolve_precision
@@ -142,7 +146,116 @@ def _one_line_error(parser: Any, original: Callable[..., Any], message: str, ex:
     parser.exit(2)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A LightningCLI run stopped by Ctrl-C or SIGTERM, after Lightning's own handling of it (the callbacks'
+    `on_exception`: the prediction writer removes its temp file and shards): `left` says what the run leaves;
+    `quiet` on every process but the first, so that the run says so once."""
+
+    def __init__(self, left: str, quiet: bool = False) -> None:
+        super().__init__(left)
+        self.left, self.quiet = left, quiet
+
+
+class _Signals(pl.Callback):
+    """Ctrl-C (and, where the loop never looks for SIGTERM, SIGTERM) raised as KeyboardInterrupt once, in this
+    process only. A DataLoader worker forked from it inherits the handler and ignores them (a Ctrl-C reaches the
+    whole process group, `timeout` signals its own): left running, the workers are shut down by this process as
+    Lightning tears the run down, where a worker killed mid-batch made this process's read of the batch fail
+    with a ConnectionResetError traceback instead. Signals after the first are ignored: the run is stopping,
+    and a second KeyboardInterrupt would cut the cleanup short (Lightning ignores a second Ctrl-C too).
+
+    Not raised while a worker is being forked: the libraries' at-fork hooks must run whole (one cut short left
+    filelock's fork state broken, and tracebacks in both processes), and Python drops exceptions raised in
+    them; nor while the prediction writer makes its temp file, which would be left behind before the writer
+    holds it. Those, and one raised where Python drops it (a `__del__`), are raised at the next batch instead,
+    as the trainer's callback."""
+
+    def __init__(self) -> None:
+        self.pid, self.received = os.getpid(), None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid or self.received is not None:
+            return
+        self.received = signum
+        if not _held_back(frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    def _raise_if_received(self, *args: Any) -> None:
+        if self.received is not None:  # the first KeyboardInterrupt was dropped: the run went on
+            raise KeyboardInterrupt(f"signal {self.received}")
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = \
+        _raise_if_received
+
+    def _dropped(self, hook: Callable[[Any], None], unraisable: Any) -> None:
+        """`sys.unraisablehook` less the report of a dropped KeyboardInterrupt of ours (raised again later)."""
+        if not (self.received is not None and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            hook(unraisable)
+
+    @contextlib.contextmanager
+    def during(self, signums: list[int]) -> Iterator["_Signals"]:
+        """`signums` handled so in the block (in the main thread: elsewhere they stay as they are), with
+        `sys.excepthook` less the workers' `_quiet_fd_sharing` and `sys.unraisablehook` less `_dropped`."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {signum: signal.signal(signum, self) for signum in signums}
+        hooks = sys.excepthook, sys.unraisablehook
+        sys.excepthook = functools.partial(_quiet_fd_sharing, hooks[0])  # forked workers inherit it
+        sys.unraisablehook = functools.partial(self._dropped, hooks[1])
+        try:
+            yield self
+        finally:
+            sys.excepthook, sys.unraisablehook = hooks
+            for signum, handler in previous.items():  # None: set outside Python, cannot be put back
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+_HELD_BACK = {("multiprocessing", "popen_fork.py"): None,  # forking a process, at-fork hooks included
+              ("inference", "writers.py"): "__init__",  # making `PredictionFile`'s temp file
+              ("cli", "prediction_writer.py"): "_open"}  # until the writer holds it, to remove it
+
+
+def _held_back(frame: Any) -> bool:
+    """Whether `frame` runs where an interruption waits for the next batch (`_Signals`)."""
+    while frame is not None:
+        code = frame.f_code
+        where = Path(code.co_filename).parts[-2:]
+        if where in _HELD_BACK and _HELD_BACK[where] in (None, code.co_name):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _quiet_fd_sharing(hook: Callable[..., None], kind: type, error: BaseException, tb: Any) -> None:
+    """`sys.excepthook` less one traceback: a DataLoader worker hands this process each batch's tensors through
+    a thread of `multiprocessing.resource_sharer`, which prints a ConnectionResetError or BrokenPipeError
+    (through sys.excepthook) when this process stopped reading midway, as an interruption does (the one thing
+    that ends that exchange early)."""
+    frame = tb
+    while frame is not None and isinstance(error, ConnectionError):
+        if Path(frame.tb_frame.f_code.co_filename).parts[-2:] == ("multiprocessing", "resource_sharer.py"):
+            return
+        frame = frame.tb_next
+    hook(kind, error, tb)
+
+
+class _ReplacedByOwnLine(logging.Filter):
+    """Lightning's "Detected KeyboardInterrupt, attempting graceful shutdown ..." (also said of a SIGTERM):
+    `mmkit.cli.main` says the run was interrupted, and what it leaves, in its own line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Detected KeyboardInterrupt" not in str(record.msg)
+
+
+_RANK_ZERO_LOGGERS = ("lightning_fabric.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero")
+
+
 class MMKitCLI(LightningCLI):
+    def __init__(self, *args: Any, signals: _Signals | None = None, **kwargs: Any) -> None:
+        self.signals = signals  # before LightningCLI runs the subcommand, in its __init__
+        super().__init__(*args, **kwargs)
+
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
         parser.error = functools.partial(_one_line_error, parser, parser.error)  # type: ignore[method-assign]
@@ -175,9 +288,12 @@ class MMKitCLI(LightningCLI):
         # Lightning's refusals of --trainer.accelerator/devices (an unknown name, CUDA on a machine
         # without it) are the user's mistake: one line, exit 2, not a traceback.
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as e:
             raise ValueError(f"trainer: {str(e).strip().splitlines()[0]}") from None
+        if self.signals is not None:
+            trainer.callbacks.append(self.signals)  # a dropped interruption raised again at the next batch
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -197,6 +313,35 @@ class MMKitCLI(LightningCLI):
             for writer in trainer.callbacks:
                 if isinstance(writer, PredictionWriter):
                     writer.check_before_launch(trainer, self.datamodule)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """The subcommand, its interruption raised as `Interrupted` once Lightning has handled it: Lightning ends
+        a run that Ctrl-C stopped with sys.exit(1) and one that SIGTERM stopped (fit, validate, test: at the end of
+        a batch) with SIGTERMException, an exit code 0; and an error of the run while a signal was received (a
+        worker gone, a broken pipe) is that interruption too, not a traceback."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as e:  # noqa: BLE001 - only an interruption is replaced; anything else re-raised
+            received = self.signals is not None and self.signals.received is not None
+            if not (received or isinstance(e, (KeyboardInterrupt, SIGTERMException))
+                    or isinstance(e, SystemExit) and self.trainer.interrupted):
+                raise
+            raise Interrupted(self._left(subcommand), quiet=self.trainer.global_rank != 0) from None
+
+    def _left(self, subcommand: str) -> str:
+        """What an interrupted run leaves: predict nothing (its writer removed the temp file); fit the checkpoints
+        saved before (Lightning's: none is saved on the interruption unless a callback does so)."""
+        if subcommand == "predict":
+            outputs = [cb.output for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter)]
+            return f"nothing was written to {outputs[0]}" if outputs else "nothing was written"
+        if subcommand != "fit":
+            return "no metrics were reported"
+        callbacks = [cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        last = next((cb.last_model_path for cb in callbacks if cb.last_model_path), "")
+        best = next((cb.best_model_path for cb in callbacks if cb.best_model_path), "")
+        if last:
+            return f"the last checkpoint saved is {last} (--ckpt_path last resumes from it)"
+        return f"the best checkpoint saved is {best}" if best else "no checkpoint was saved"
 
     def before_fit(self) -> None:
         self._fixed_checkpoint_folder()
@@ -226,10 +371,23 @@ class MMKitCLI(LightningCLI):
 
 
 def run(argv: list[str], from_console: bool) -> None:
-    """Run a LightningCLI subcommand (`argv[0]` in fit/validate/test/predict)."""
-    # From the console LightningCLI reads sys.argv itself; passing it as `args` too makes it warn.
-    MMKitCLI(pl.LightningModule, pl.LightningDataModule, trainer_class=Trainer, subclass_mode_model=True,
-             subclass_mode_data=True,
-             save_config_kwargs={"overwrite": True}, args=None if from_console else argv,
-             # predict writes its own output; a config.yaml dropped into the working directory is noise
-             save_config_callback=None if argv[0] == "predict" else SaveConfigCallback)
+    """Run a LightningCLI subcommand (`argv[0]` in fit/validate/test/predict). Stopped by Ctrl-C, or by SIGTERM,
+    it raises KeyboardInterrupt (`Interrupted` once the trainer ran: what the run leaves) for `mmkit.cli.main`
+    to say so in one line. Lightning acts on SIGTERM in its fit and evaluation loops (it stops at the end of a
+    batch) but never in predict's, which ran to the end: there SIGTERM is raised as Ctrl-C is."""
+    signals = _Signals()
+    stopping = [signal.SIGINT] + ([signal.SIGTERM] if argv[0] == "predict" else [])
+    replaced = _ReplacedByOwnLine()
+    for name in _RANK_ZERO_LOGGERS:
+        logging.getLogger(name).addFilter(replaced)
+    try:
+        with signals.during(stopping):
+            # From the console LightningCLI reads sys.argv itself; passing it as `args` too makes it warn.
+            MMKitCLI(pl.LightningModule, pl.LightningDataModule, trainer_class=Trainer, subclass_mode_model=True,
+                     subclass_mode_data=True, signals=signals,
+                     save_config_kwargs={"overwrite": True}, args=None if from_console else argv,
+                     # predict writes its own output; a config.yaml dropped into the working directory is noise
+                     save_config_callback=None if argv[0] == "predict" else SaveConfigCallback)
+    finally:
+        for name in _RANK_ZERO_LOGGERS:
+            logging.getLogger(name).removeFilter(replaced)

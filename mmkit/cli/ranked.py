@@ -1,5 +1,6 @@
 """A tool's `main` on the ranks of a launcher (torchrun, SLURM; one process without one): the ranks read
-from the environment, the tool run within their group, argparse's usage and errors printed once."""
+from the environment, the tool run within their group, argparse's usage and errors printed once, and an
+interruption (Ctrl-C, or SIGTERM: `Ranks.group` raises both as KeyboardInterrupt) one line and exit code 130."""
 from __future__ import annotations
 
 import argparse
@@ -8,18 +9,57 @@ from typing import Callable, Sequence
 
 from mmkit.inference.ranks import Ranks
 
+INTERRUPTED = 130  # the shell's code for a process that SIGINT ended (128 + 2)
+
+
+def nothing_written(args: argparse.Namespace | None, ranks: Ranks) -> str:
+    """What an interrupted tool that writes its output whole or not at all (a temp file renamed at the end,
+    removed when the run stops) has left: nothing, naming the output when it has one (`--out`, `--output`)."""
+    out = getattr(args, "out", None) or getattr(args, "output", None)
+    return f"nothing was written to {out}" if out else "nothing was written"
+
 
 def on_ranks(prog: str, parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None,
-             run: Callable[[argparse.Namespace, Ranks], int]) -> int:
+             run: Callable[[argparse.Namespace, Ranks], int],
+             left: Callable[[argparse.Namespace | None, Ranks], str] = nothing_written) -> int:
     """`run(args, ranks)`'s exit code, the ranks those of the environment (one process without a launcher's;
     a half-set environment is one line and 2) within their group, the arguments parsed on every rank with
-    argparse's usage and errors printed once."""
+    argparse's usage and errors printed once.
+
+    Interrupted (Ctrl-C, or SIGTERM from `timeout`, a scheduler or the launcher), 130 and one line on the first
+    rank, "<prog>: interrupted; " and `left(args, ranks)` (args None while they were parsed): what the run leaves,
+    since its temp files were removed as the interruption unwound. A tool that reports its own interruption
+    (transcribe, label) returns 130 itself; one coming after `run` returned does not print a second line."""
     try:
         ranks = Ranks.from_env()
     except ValueError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    with ranks.group():
-        with ranks.quiet():
-            args = parser().parse_args(argv)
-        return run(args, ranks)
+    args, code = None, None
+    try:
+        with ranks.group():
+            with ranks.quiet():
+                args = parser().parse_args(argv)
+            code = run(args, ranks)
+        return code
+    except BaseException as e:  # noqa: BLE001 - an interruption, or an error of its unwinding; the rest re-raised
+        if not _while_interrupted(e):
+            raise
+    if code is not None:  # the tool had finished (and said so) when the interruption came
+        return code
+    if ranks.first:
+        name = prog.partition(":")[0]  # transcribe's prog is "mmkit transcribe: error"
+        print(f"{name}: interrupted; {left(args, ranks)}", file=sys.stderr)
+    return INTERRUPTED
+
+
+def _while_interrupted(e: BaseException) -> bool:
+    """Whether `e` is a KeyboardInterrupt or was raised while one unwound the run: under a launcher, the last
+    exchange with ranks the signal already ended ("Connection closed by peer"): the interruption, not an error."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__context__
+    return False

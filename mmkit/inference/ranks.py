@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Sequence, TypeVar
@@ -90,31 +91,37 @@ class Ranks:
 
     @contextlib.contextmanager
     def group(self) -> Iterator["Ranks"]:
-        """The run: with several ranks, a gloo process group, the logging of all ranks but the first raised to
-        errors only, and SIGTERM (a launcher stopping the ranks when one failed) raised as KeyboardInterrupt so
-        temp files are removed; all undone at the end. One rank: nothing."""
-        if not self.multi:
-            yield self
-            return
-        import torch.distributed as dist
-
-        root, level = logging.getLogger(), logging.getLogger().level
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-        started = not dist.is_initialized()
+        """The run: SIGTERM (`timeout`, a scheduler, a launcher stopping the ranks when one failed) raised as
+        KeyboardInterrupt, as Ctrl-C is, so the tool's context managers remove their temp files and it says it
+        was interrupted (its default action kills the process on the spot, temp files left behind); with several
+        ranks also a gloo process group and the logging of all ranks but the first raised to errors only. All
+        undone at the end. Only the main thread may set a signal handler: in another SIGTERM stays as it is."""
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
         try:
-            if started:
-                dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=TIMEOUT)
-            if not self.first:
-                root.setLevel(logging.ERROR)
-            yield self
-            # The ranks leave together: a launcher stops the others as soon as one exits with an error,
-            # which must not cut the first rank off before it has printed the run's message or summary.
-            dist.barrier()
+            if not self.multi:
+                yield self
+                return
+            import torch.distributed as dist
+
+            root, level = logging.getLogger(), logging.getLogger().level
+            started = not dist.is_initialized()
+            try:
+                if started:
+                    dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=TIMEOUT)
+                if not self.first:
+                    root.setLevel(logging.ERROR)
+                yield self
+                # The ranks leave together: a launcher stops the others as soon as one exits with an error,
+                # which must not cut the first rank off before it has printed the run's message or summary.
+                dist.barrier()
+            finally:
+                root.setLevel(level)
+                if started and dist.is_initialized():
+                    dist.destroy_process_group()
         finally:
-            root.setLevel(level)
-            signal.signal(signal.SIGTERM, previous)
-            if started and dist.is_initialized():
-                dist.destroy_process_group()
+            if in_main:  # None: a handler not set from Python, which cannot be put back; the default then
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:
@@ -181,6 +188,8 @@ class Ranks:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    """A signal's handler that raises KeyboardInterrupt in the main thread, where Python runs handlers: the
+    stack unwinds as for Ctrl-C (context managers clean up), which the tool reports as an interruption."""
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -1,0 +1,157 @@
+"""Interrupting a tool mid-run, as `timeout`, a scheduler, a launcher (SIGTERM) or Ctrl-C (SIGINT, to the whole
+process group as a terminal sends it) do: exit code 130, no traceback, one line "<prog>: interrupted; ..." saying
+what is left, and no temp file nor half-written output. Real processes (`python -m mmkit`), each given enough work
+to run well past the moment it is stopped: once it has begun writing (its temp file, or its first image)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from _ranks import env
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+PREDICT = str(REPO / "configs" / "vit_digits_predict.yaml")
+START_DEADLINE = 120  # seconds for a tool to start writing on a loaded machine (imports, loading the model)
+
+
+def _temp_file(folder: Path) -> Callable[[], bool]:
+    return lambda: any(p.name.endswith(".tmp") for p in folder.iterdir())
+
+
+def _interrupted(argv: list[str], folder: Path, signum: int, started: Callable[[], bool],
+                 group: bool = False) -> subprocess.CompletedProcess:
+    """`mmkit ARGV` sent `signum` once `started()` (to its whole process group: `group`); its exit code and
+    stderr (into a file: a pipe nobody reads while waiting could fill and stall it). SIGINT is reset to its
+    default in the child: a shell's background job (this test run, maybe) ignores it, and the child would
+    inherit that."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "mmkit", *argv], cwd=folder, env=env(), text=True,
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        signalled = False
+        try:
+            deadline = time.monotonic() + START_DEADLINE
+            while not started() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is None and started():
+                os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
+                signalled = True
+                proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        stderr.seek(0)
+        err = stderr.read()
+    if not signalled:
+        pytest.fail(f"mmkit {argv[0]} did not start writing (exit code {proc.returncode}): {err}")
+    return subprocess.CompletedProcess(argv, proc.returncode, "", err)
+
+
+def _one_line(run: subprocess.CompletedProcess, prog: str) -> str:
+    """The run's one line about its interruption, after checking the exit code and that no traceback came."""
+    assert run.returncode == 130, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith(prog) or "nterrupt" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: interrupted; "), run.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+    from _bert import write_tiny_bert
+
+    directory = tmp_path_factory.mktemp("bert")
+    write_tiny_bert(directory, "base")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> Path:
+    """Minutes of work for the tiny models, read in seconds."""
+    path = tmp_path_factory.mktemp("rows") / "rows.txt"
+    path.write_text("the cat sat on the mat\n" * 200_000)
+    return path
+
+
+def test_sigterm_stops_embed_leaving_no_temp_file(bert, rows, tmp_path):
+    run = _interrupted(["embed", str(rows), "--model", str(bert), "--out", "o.npy", "--quiet"], tmp_path,
+                       signal.SIGTERM, _temp_file(tmp_path))
+    assert _one_line(run, "mmkit embed") == "mmkit embed: interrupted; nothing was written to o.npy"
+    assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_stops_translate_leaving_no_temp_file(rows, tmp_path_factory, tmp_path):
+    from tests.inference._translation_fixtures import write_native_export
+
+    model = write_native_export(tmp_path_factory.mktemp("translator"))
+    run = _interrupted(["translate", str(rows), "--model", str(model), "--output", "o.txt"], tmp_path,
+                       signal.SIGINT, _temp_file(tmp_path), group=True)
+    assert _one_line(run, "mmkit translate") == "mmkit translate: interrupted; nothing was written to o.txt"
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def dalle(tmp_path_factory) -> Path:
+    from _dalle import write_tiny_export
+
+    return write_tiny_export(tmp_path_factory.mktemp("t2i") / "export")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_generate_stopped_keeps_the_images_written_and_no_manifest(dalle, tmp_path, signum):
+    """Each image is renamed into place whole as it is made; the manifest is written at the end only."""
+    out = tmp_path / "g"
+    run = _interrupted(["generate", "a red circle", "--model", str(dalle), "--num-images", "5000", "--out", str(out),
+                        "--quiet"], tmp_path, signum,
+                       lambda: out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()),
+                       group=signum == signal.SIGINT)
+    line = _one_line(run, "mmkit generate")
+    images = sorted(p.name for p in out.iterdir())
+    assert not [name for name in images if not re.fullmatch(r"000-a-red-circle-\d+\.png", name)], images
+    assert re.fullmatch(rf"mmkit generate: interrupted; {len(images)} of 5000 images are in {re.escape(str(out))} "
+                        r"\(000-a-red-circle-0\.png( to 000-a-red-circle-\d+\.png)?\); no manifest\.json was written",
+                        line), line
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory) -> tuple[Path, Path]:
+    """(a tiny ViT export, a folder of 2,000 images: one PNG linked 2,000 times, made in no time)."""
+    import torch
+
+    from mmkit.models.vit import ViT
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("vit")
+    export = ViT(image_size=16, patch_size=4, num_classes=3, dim=32, depth=1, num_heads=2).save_pretrained(
+        root / "export", metadata={"class_names": ["a", "b", "c"]})
+    images = root / "images"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(images / "0.png")
+    for i in range(1, 2000):
+        os.link(images / "0.png", images / f"{i}.png")
+    return export, images
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_predict_stops_at_once_leaving_no_output_and_no_temp_file(vit, tmp_path, signum):
+    """Lightning acts on SIGTERM in fit loops only (predict ran to the end); a Ctrl-C reaching the DataLoader
+    workers too made the batch they were handing over fail in a ConnectionResetError traceback."""
+    export, images = vit
+    argv = ["predict", "--config", PREDICT, "--model.init_args.model.init_args.checkpoint", str(export),
+            "--data.init_args.predict_paths", f"[{images}]", "--data.init_args.image_size", "16",
+            "--data.init_args.batch_size", "1", "--data.init_args.num_workers", "2",
+            "--trainer.enable_progress_bar", "false", "--prediction_writer.output", "p.csv"]
+    run = _interrupted(argv, tmp_path, signum, _temp_file(tmp_path), group=signum == signal.SIGINT)
+    assert _one_line(run, "mmkit predict") == "mmkit predict: interrupted; nothing was written to p.csv"
+    assert not list(tmp_path.iterdir())
