@@ -18,19 +18,16 @@ CLIP scores, ranks and writes the grids and the manifest as one process would, o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
 import os
 import re
-import signal
 import sys
-import threading
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from PIL import Image
 
@@ -79,38 +76,11 @@ def _slug(prompt: str) -> str:
 
 def _save_atomic(write, path: Path) -> None:
     """`write(tmp)` to a temp file beside `path`, renamed over it when complete (`atomic_path`, which removes
-    the temp file if `write` is interrupted). An interruption while the temp file is being made, before
-    `atomic_path` has it in its care, is held back until it has: met hundreds of times a second with small
-    images, that moment otherwise left a temp file behind in about one interrupted run of five."""
+    the temp file however the writing ends, an interruption included)."""
     from mmkit.inference.text_rows import atomic_path
 
-    with contextlib.ExitStack() as stack:
-        with _interruptions_held():
-            tmp = stack.enter_context(atomic_path(path))
+    with atomic_path(path) as tmp:
         write(str(tmp))
-
-
-@contextlib.contextmanager
-def _interruptions_held() -> Iterator[None]:
-    """SIGINT and SIGTERM in this block recorded, then handed to their handlers as it ends (KeyboardInterrupt
-    for Ctrl-C and, in a tool run, SIGTERM: `Ranks.group`). In the main thread only: elsewhere, as they are."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():  # None: set outside Python, cannot be put back
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        if held:
-            handler = previous[held[0]]
-            if callable(handler):
-                handler(held[0], None)
-            elif handler != signal.SIG_IGN:
-                signal.raise_signal(held[0])  # its default action, as if it had not been held
 
 
 def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
