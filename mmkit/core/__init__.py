@@ -12,6 +12,7 @@ from mmkit.core.decoding import BeamSearch, Generation, GenerationOptions, Greed
 from mmkit.core.filters import (
     LogitFilter, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP,
 )
+from mmkit.core.execution import compile_stacks, set_grad_checkpointing
 from mmkit.core.heads import output_logits, tied_logits
 from mmkit.core.mlp import Mlp, QuickGELU, SwiGLU
 from mmkit.core.norms import LayerNorm, RMSNorm
@@ -28,6 +29,6 @@ __all__ = [
     "Temperature", "TopK", "TopP", "TransformerStack", "attention_maps", "causal_mask", "generate",
     "key_padding_mask", "layer_norm", "resample_positions", "sinusoidal_positions", "sinusoidal_positions_concat",
     "sinusoidal_positions_halves",
-    "output_logits",
+    "compile_stacks", "output_logits", "set_grad_checkpointing",
     "tied_logits",
 ]

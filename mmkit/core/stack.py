@@ -5,10 +5,14 @@ encoder output (x-transformers' one-stack design). Both accept an explicit `KVCa
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import torch
 from torch import Tensor, nn
 
 from mmkit.core.blocks import MlpFactory, NormFactory, PreNormBlock
 from mmkit.core.cache import KVCache
+from mmkit.core.execution import run_block
 from mmkit.core.mlp import Mlp
 from mmkit.core.norms import LayerNorm
 
@@ -27,6 +31,8 @@ class TransformerStack(nn.Module):
     """
 
     causal = False
+    grad_checkpointing = False  # recompute each block in the backward pass (`core.execution`)
+    _compiled_run: Callable[..., Tensor] | None = None  # `compile_stack`
 
     def __init__(
         self,
@@ -78,11 +84,24 @@ class TransformerStack(nn.Module):
         Returns:
             (B, T, dim), or (B, keep, dim).
         """
+        run = self._run if cache is not None or self._compiled_run is None else self._compiled_run
+        return run(x, context, mask, context_mask, cache, keep)
+
+    def compile_stack(self, **options: Any) -> None:
+        """`torch.compile(**options)` this stack's calls without a KV cache: training, encoders, scoring. Calls
+        with a cache stay eager, since the cache grows at every decoding step and each new length would be a new
+        graph. The parameters stay where they are (their names unchanged), unlike `torch.compile(model)`'s
+        wrapper."""
+        self._compiled_run = torch.compile(self._run, **options)
+
+    def _run(self, x: Tensor, context: Tensor | None, mask: Tensor | None, context_mask: Tensor | None,
+             cache: KVCache | None, keep: int | None) -> Tensor:
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
-            x = blk(x, context=context, mask=mask, context_mask=context_mask, is_causal=self.causal,
-                    cache=cache.layer(i) if cache is not None else None,
-                    **({"keep": keep} if keep is not None and i == last else {}))
+            x = run_block(self.grad_checkpointing and cache is None, blk, x, context=context, mask=mask,
+                          context_mask=context_mask, is_causal=self.causal,
+                          cache=cache.layer(i) if cache is not None else None,
+                          **({"keep": keep} if keep is not None and i == last else {}))
         if keep is not None and not self.blocks:
             x = x[:, :keep]
         return self.norm(x)

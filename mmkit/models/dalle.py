@@ -97,9 +97,10 @@ class DALLE(PretrainedMixin, nn.Module):
         """Tokens (B, T) at positions offset .. offset + T - 1 → (B, T, dim)."""
         n_text = max(0, min(self.text_len - offset, tokens.shape[1]))
         text, image = tokens[:, :n_text], tokens[:, n_text:] - self.text_vocab_size
-        if text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.text_vocab_size):
+        checked = not torch.compiler.is_compiling()  # eager only: the checks read values, which a graph cannot
+        if checked and text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.text_vocab_size):
             raise ValueError(f"text ids must be in [0, {self.text_vocab_size})")
-        if image.numel() and (int(image.min()) < 0 or int(image.max()) >= self.codebook_size):
+        if checked and image.numel() and (int(image.min()) < 0 or int(image.max()) >= self.codebook_size):
             raise ValueError(f"image ids must be in [{self.text_vocab_size}, {self.text_vocab_size + self.codebook_size})")
         parts = []
         if n_text:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from mmkit.stems.vq import ConvDecoder, ConvEncoder, VectorQuantizer, group_norm
@@ -109,7 +110,8 @@ class VQGAN(PretrainedMixin, nn.Module):
         """Codes (B, h, w) → images (B, C, h·f, w·f) in [0, 1]."""
         if codes.dim() != 3:
             raise ValueError(f"codes must be (B, h, w), got shape {tuple(codes.shape)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+        if not torch.compiler.is_compiling() and codes.numel() and (
+                int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):  # eager only: a graph cannot read
             raise ValueError(f"codes must be in [0, {self.codebook_size})")
         x = self.decoder(self.post_quant_conv(self.quantize.lookup(codes)))
         return self._from_net(x).clamp(0.0, 1.0)

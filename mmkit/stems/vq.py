@@ -8,11 +8,13 @@ checkpoints (and min-dalle's, which reuse them) map 1:1.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mmkit.core.execution import run_block
 
 GroupNormFactory = Callable[[int], nn.Module]
 
@@ -110,6 +112,8 @@ class _Mid(nn.Module):
 class ConvEncoder(nn.Module):
     """Pixels (B, in_ch, H, W) → latents (B, z_channels, H/2^(L-1), W/2^(L-1)), L = len(ch_mult)."""
 
+    grad_checkpointing = False  # recompute each level and the middle in the backward pass (`core.execution`)
+
     def __init__(self, in_ch: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_levels: Sequence[int],
                  z_channels: int, norm: GroupNormFactory, dropout: float = 0.0) -> None:
         super().__init__()
@@ -126,19 +130,25 @@ class ConvEncoder(nn.Module):
         self.norm_out = norm(widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], z_channels, 3, padding=1)
 
+    def compile_stack(self, **options: Any) -> None:
+        """`torch.compile(**options)` this module in place (`core.execution`)."""
+        self.compile(**options)
+
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            h = level(h)
+            h = run_block(self.grad_checkpointing, level, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
-        h = self.mid(h)
+        h = run_block(self.grad_checkpointing, self.mid, h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class ConvDecoder(nn.Module):
     """Latents (B, z_channels, h, w) → pixels (B, out_ch, h·2^(L-1), w·2^(L-1)). `up` is indexed
     by level like taming (up[0] is the full-resolution level) and run from the coarsest."""
+
+    grad_checkpointing = False  # as ConvEncoder's
 
     def __init__(self, out_ch: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_levels: Sequence[int],
                  z_channels: int, norm: GroupNormFactory, dropout: float = 0.0) -> None:
@@ -160,10 +170,14 @@ class ConvDecoder(nn.Module):
         self.norm_out = norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
 
+    def compile_stack(self, **options: Any) -> None:
+        """`torch.compile(**options)` this module in place (`core.execution`)."""
+        self.compile(**options)
+
     def forward(self, z: Tensor) -> Tensor:
-        h = self.mid(self.conv_in(z))
+        h = run_block(self.grad_checkpointing, self.mid, self.conv_in(z))
         for level in reversed(self.up):
-            h = level(h)
+            h = run_block(self.grad_checkpointing, level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
@@ -306,7 +320,8 @@ class ImageTokenEmbedding(nn.Module):
 
     def forward(self, codes: Tensor, offset: int = 0) -> Tensor:
         """codes: (B, t) ids in [0, codebook_size) at raster positions offset .. offset + t - 1."""
+        last = offset + codes.shape[1] - 1
+        if codes.shape[1] and last >= self.grid * self.grid:
+            raise ValueError(f"image position {last} is past the {self.grid}x{self.grid} grid")
         pos = torch.arange(offset, offset + codes.shape[1], device=codes.device)
-        if codes.shape[1] and int(pos[-1]) >= self.grid * self.grid:
-            raise ValueError(f"image position {int(pos[-1])} is past the {self.grid}x{self.grid} grid")
         return self.embed(codes) + self.row[pos // self.grid] + self.col[pos % self.grid]  # (B, t, dim)

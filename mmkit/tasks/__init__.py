@@ -14,6 +14,7 @@ _EXPORTS = {
     "mmkit.tasks.image_classifier": ["ImageClassifier"],
     "mmkit.tasks.clip_task": ["CLIPTask", "ZeroShotEvaluation"],
     "mmkit.tasks.speech_recognizer": ["SpeechRecognizer"],
+    "mmkit.tasks.model_callbacks": ["CompileModel", "GradCheckpointing"],
 }
 # Moved to mmkit.inference (the inference layer: no Lightning); the old names work for one release.
 _MOVED = {"Classifier": "mmkit.inference.classifier", "Prediction": "mmkit.inference.classifier",

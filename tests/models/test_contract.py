@@ -197,3 +197,41 @@ def test_incremental_logits_equal_the_full_pass(decoder):
         steps = [model(tokens[:, i : i + 1], context=context if i == 0 else None, cache=cache)
                  for i in range(tokens.shape[1])]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_compiles_whole_and_checkpoints_to_the_same_numbers(family):
+    """Every family's block stacks compile without a graph break (`fullgraph=True`) and, with activation
+    checkpointing on as well, give the plain model's outputs and gradients (dropout included: the same masks).
+    aot_eager is the autograd half of inductor without its code generation (tests/core/test_execution.py runs
+    inductor itself); Dynamo's "eager" debug backend would redraw dropout masks under checkpointing."""
+    from mmkit.core import compile_stacks, set_grad_checkpointing
+
+    plain = family.build().train()
+    model = family.build().train()
+    model.load_state_dict(plain.state_dict())
+    torch._dynamo.reset()
+    assert compile_stacks(model, backend="aot_eager", fullgraph=True) == set_grad_checkpointing(model) > 0
+    results = []
+    for m in (plain, model):
+        torch.manual_seed(1)
+        out = _outputs(m, family)
+        sum(t.float().square().mean() for t in out).backward()
+        results.append((out, [p.grad for p in m.parameters()]))
+    (out, grads), (out_c, grads_c) = results
+    for a, b in zip(out_c, out, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_c, grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_whole_forward_compiles_without_a_graph_break(family):
+    """`torch.compile(model, fullgraph=True)`, embeddings and heads included: input checks that read tensor
+    values (id ranges, position overflow) run in eager mode only, where they cost a sync and no graph break."""
+    model = family.build().eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        for a, b in zip(_outputs(compiled, family), _outputs(model, family), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
