@@ -4,7 +4,9 @@ none of the launcher's variables inherited; reading torchrun's report of the ran
 
 Run as a script (`python tests/_ranks.py ARGS`) it is `mmkit ARGS` with test hooks set by the environment:
 MMKIT_TEST_ROWS_PER_CHUNK (the texts tools read that many rows at a time: several chunks from a small file)
-and MMKIT_TEST_FAIL_RANK (that rank's batch work raises RuntimeError("boom"), for the failure paths).
+and MMKIT_TEST_FAIL_RANK (that rank's batch work raises RuntimeError("boom"), for the failure paths; or,
+for the kinds of a user's mistake, the class MMKIT_TEST_FAIL_WITH names: ValueError, NonFiniteScores,
+FileNotFoundError or InputsDiverged, with the message MMKIT_TEST_FAIL_MESSAGE).
 """
 from __future__ import annotations
 
@@ -75,17 +77,31 @@ def files(folder: Path) -> dict[str, bytes]:
 def _hooked_main() -> int:
     import mmkit.inference.text_rows as text_rows
     from mmkit.cli import main
+    from mmkit.inference.embed import Embedder
+    from mmkit.inference.ranks import InputsDiverged
     from mmkit.inference.text_classify import TextClassifierPredictor
     from mmkit.inference.translator import Translator
+    from mmkit.inference.zero_shot import NonFiniteScores, ZeroShotClassifier
 
     if os.environ.get("MMKIT_TEST_ROWS_PER_CHUNK"):
         text_rows.ROWS_PER_CHUNK = int(os.environ["MMKIT_TEST_ROWS_PER_CHUNK"])
     if os.environ.get("MMKIT_TEST_FAIL_RANK", "-") == os.environ.get("RANK", "0"):
+        kinds = {k.__name__: k for k in (RuntimeError, ValueError, NonFiniteScores, FileNotFoundError,
+                                          InputsDiverged)}
+        error = kinds[os.environ.get("MMKIT_TEST_FAIL_WITH", "RuntimeError")]
+        message = os.environ.get("MMKIT_TEST_FAIL_MESSAGE", "boom")
+
         def boom(*args: object, **kwargs: object) -> None:
-            raise RuntimeError("boom")
+            raise error(message)
+
+        def scores(*args: object, **kwargs: object):  # a generator, as `predict` is: it fails when read
+            raise error(message)
+            yield
 
         TextClassifierPredictor.predict_batches = boom  # type: ignore[method-assign]
         Translator.translate_batches = boom  # type: ignore[method-assign]
+        Embedder.embed_batches = boom  # type: ignore[method-assign]
+        ZeroShotClassifier.predict = scores  # type: ignore[method-assign]
     return main(sys.argv[1:])
 
 

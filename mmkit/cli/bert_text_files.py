@@ -20,14 +20,18 @@ T = TypeVar("T")
 
 def written(prog: str, write: Callable[[], Any], atomic: bool = True) -> int:
     """The exit code of `write()`, which makes a tool's output from the ranks' results: 0, or its failure
-    in one line on stderr: 2 the input changed while the ranks read it, 1 another rank failed (its traceback
-    is on its own stderr) or the output could not be written. `atomic`: the output is written whole or not at
-    all (not so on stdout), as the line then says."""
+    in one line on stderr: 2 a bad input met while reading (here or on another rank: `RankFailed` carries the
+    kind) or the input changed while the ranks read it, 1 another rank crashed (its traceback is on its own
+    stderr) or the output could not be written. `atomic`: the output is written whole or not at all (not so
+    on stdout), as the line then says."""
     nothing = "; nothing written" if atomic else ""
     try:
         write()
     except InputsDiverged as e:
         print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # a bad input met mid-run (a file changed under the reader): a user's problem
+        print(f"{prog}: {e}{nothing}", file=sys.stderr)
         return 2
     except RankFailed as e:
         print(f"{prog}: {e}{nothing}", file=sys.stderr)

@@ -25,11 +25,33 @@ TIMEOUT = timedelta(minutes=30)  # a rank that waits longer for the others than 
 
 
 class RankFailed(RuntimeError):
-    """Another rank failed while the ranks worked in step (`Lockstep`); the message names it."""
+    """Another rank failed while the ranks worked in step (`Lockstep`); the message names it. Where that rank's
+    error was of a kind the tools tell apart by exit code (`_KINDS`: a ValueError or an OSError, a user's
+    mistake; an input that changed), this is of that kind too, so the first rank's tool ends the run as that
+    rank would have alone (one line, its code); else (a crash) a plain RankFailed."""
 
 
 class InputsDiverged(RankFailed):
     """The ranks' items ended unevenly: the input they all read changed while it was read."""
+
+
+class _ValueErrorElsewhere(RankFailed, ValueError):
+    """Another rank's ValueError (a bad input, option or checkpoint), handled as this rank's would be."""
+
+
+class _OSErrorElsewhere(RankFailed, OSError):
+    """Another rank's OSError (a file it could not read or write), handled as this rank's would be."""
+
+
+# The kinds of error a failing rank names to the first (the first of them its error is: `_kind`), each with
+# what the first rank raises for it (`_failure`); the kind's name travels, not the exception, which may not
+# pickle. Any other error, a crash, is a plain RankFailed.
+_KINDS: dict[type[Exception], type[RankFailed]] = {
+    InputsDiverged: InputsDiverged, ValueError: _ValueErrorElsewhere, OSError: _OSErrorElsewhere}
+
+
+def _kind(e: Exception) -> str | None:
+    return next((kind.__name__ for kind in _KINDS if isinstance(e, kind)), None)
 
 
 @dataclass(frozen=True)
@@ -166,8 +188,9 @@ class Ranks:
         """A run whose one output the first rank writes: each of every rank's `parts` is (what the first rank
         keeps for itself, what the rank hands it); the first rank calls `write` on the rounds, (its kept part,
         every rank's handed part in rank order), which returns the run's exit code, and every rank returns that
-        code. A rank that fails ends the rounds for all (RankFailed raised from them on the first rank, for
-        `write` to report); `write` raising makes the others return 1. One rank: no exchange at all."""
+        code. A rank that fails ends the rounds for all (RankFailed, of its error's kind, raised from them on the
+        first rank, for `write` to report); `write` raising makes the others return 1. One rank: no exchange at
+        all."""
         if not self.first:
             self.lockstep(part for _, part in parts).follow()
             return self.broadcast(None)
@@ -249,15 +272,18 @@ class Lockstep(Generic[T]):
 
     def follow(self) -> bool:
         """(ranks other than the first) Hand over the items until the first rank stops the rounds; False if
-        this rank's items raised (the traceback logged here, the first rank told)."""
+        this rank's items raised: the first rank is told the message and the kind of error (`_kind`), and
+        reports it; a crash's traceback is logged here as well."""
         try:
             for item in self.items:
                 if self._round("item", item)[1] != "go":
                     return True
         except Exception as e:  # noqa: BLE001 - the first rank must hear of it, or it waits for this rank
-            log.exception("rank %d failed", self.ranks.rank)
+            kind = _kind(e)
+            if kind is None:  # a crash; a user's mistake is the first rank's one line, as in one process
+                log.exception("rank %d failed", self.ranks.rank)
             if not self.done:
-                self._round("error", f"rank {self.ranks.rank}: {e}")
+                self._round("error", (f"rank {self.ranks.rank}: {e}", kind))
             return False
         if not self.done:
             self._round("end")
@@ -265,9 +291,12 @@ class Lockstep(Generic[T]):
 
 
 def _failure(got: list[tuple[str, Any]]) -> RankFailed:
+    """What the first rank raises for a round that ended the rounds early: the first failing rank's error, of
+    the kind it named (`_KINDS`), or InputsDiverged for a rank whose items ended first."""
     errors = [item for kind, item in got if kind == "error"]
     if errors:
-        return RankFailed(errors[0])
+        message, name = errors[0]
+        return next((raised for kind, raised in _KINDS.items() if kind.__name__ == name), RankFailed)(message)
     ended = [str(rank) for rank, (kind, _) in enumerate(got) if kind == "end"]
     return InputsDiverged(f"the input changed while it was read: the rows ran out on rank {', '.join(ended)} "
                           "first; nothing written")

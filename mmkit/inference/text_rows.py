@@ -242,10 +242,10 @@ def temp_beside(path: Path) -> tuple[int, Path]:
     """(an open descriptor, the path) of a new hidden temp file in `path`'s folder, for an output
     renamed over `path` when complete. It gets the permissions a plainly created file would (0666 less
     the umask), not `mkstemp`'s owner-only 0600, so the renamed output is readable as any other."""
+    from mmkit.weights.native import plain_file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    os.fchmod(fd, plain_file_mode())
     return fd, Path(tmp)
 
 

@@ -234,13 +234,20 @@ def _check_class_names(names: Any, num_classes: Any, path: Path) -> None:
         raise WeightsError(f"{path}: metadata.class_names has {len(names)} names for a {num_classes}-class head")
 
 
-def _plain_permissions(path: Path) -> None:
-    """Give `path` the permissions a plainly created file gets (0666 less the umask), as config.json beside
-    it has: safetensors' `save_file` writes an owner-only (0600) temp file and renames it, so an export's
-    weights would be unreadable to the other users who can read its config (a shared model folder)."""
+def plain_file_mode() -> int:
+    """The permissions a plainly created file gets: 0666 less the process's umask, for a file made another way
+    (an owner-only 0600 temp file renamed into place) that others should read as any other. The umask can only
+    be read by setting it: it is put back at once."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return 0o666 & ~umask
+
+
+def _plain_permissions(path: Path) -> None:
+    """Give `path` the permissions a plainly created file gets (`plain_file_mode`), as config.json beside
+    it has: safetensors' `save_file` writes an owner-only (0600) temp file and renames it, so an export's
+    weights would be unreadable to the other users who can read its config (a shared model folder)."""
+    os.chmod(path, plain_file_mode())
 
 
 class PretrainedMixin:

@@ -62,7 +62,8 @@ def test_one_rank_runs_no_group_and_a_lockstep_is_its_items():
         assert ranks.all_gather(3) == [3] and ranks.first_problem("p") == "p" and ranks.broadcast(4) == 4
         steps = Lockstep(ranks, iter("ab"))
         assert list(steps) == [["a"], ["b"]] and steps.done
-    assert str(_failure([("item", 1), ("error", "rank 1: boom")])) == "rank 1: boom"
+    crash = _failure([("item", 1), ("error", ("rank 1: boom", None))])
+    assert str(crash) == "rank 1: boom" and type(crash) is RankFailed
     uneven = _failure([("item", 1), ("end", None)])
     assert isinstance(uneven, InputsDiverged) and isinstance(uneven, RankFailed) and "rank 1" in str(uneven)
 
