@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mmkit.core.execution import set_grad_checkpointing
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -259,6 +261,12 @@ class PretrainedMixin:
     # every parameter and persistent buffer comes from the checkpoint, and no non-persistent buffer copies
     # an initialised weight: from_pretrained and from_converted skip the random init (`skip_init`)
     init_free_load: bool = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in every block stack of the model (timm's method name): block inputs only are
+        kept for the backward pass, which recomputes the blocks (`mmkit.core.execution`)."""
+        assert isinstance(self, nn.Module)
+        set_grad_checkpointing(self, enable)
 
     @classmethod
     def architecture_name(cls) -> str:

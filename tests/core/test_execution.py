@@ -70,9 +70,10 @@ def test_checkpointing_is_idle_without_gradients_and_switches_off():
     model = _vit().eval()
     with torch.no_grad():
         before = model(x)
-        set_grad_checkpointing(model)
+        model.set_grad_checkpointing()  # every model's method (timm's name)
+        assert model.encoder.grad_checkpointing
         assert torch.equal(model(x), before)
-    set_grad_checkpointing(model, False)
+    model.set_grad_checkpointing(False)
     assert not model.encoder.grad_checkpointing
 
 
