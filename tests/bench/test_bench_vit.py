@@ -59,7 +59,8 @@ def test_main_writes_json(tmp_path, capsys, monkeypatch):
     assert main(["--models", "vit_tiny_patch16_224", "--batch-size", "2", "--image-size", "32", "--steps", "1",
                  "--warmup", "0", "--precision", "fp32", "bf16", "--threads", "1", "--json", str(out)]) == 0
     assert seen == dict(models=["vit_tiny_patch16_224"], batch_size=2, image_size=32, steps=1, warmup=0,
-                        threads=1, precision="bf16", device="cpu", peak_tflops=None)  # the last of the two runs
+                        threads=1, precision="bf16", device="cpu", peak_tflops=None,
+                        compile_backend=None)  # the last of the two runs
     rows = json.loads(out.read_text())
     assert len(rows[0]["train_seconds"]["timm"]) == 1
     assert [(r["precision"], r["native"]) for r in rows] == [("fp32", True), ("bf16", False)]
@@ -105,3 +106,16 @@ def test_a_device_this_machine_lacks_is_one_line(device, capsys):
     assert main(["--models", "vit_tiny_patch16_224", "--device", device]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mmkit bench vit: --device") and err.count("\n") == 1
+
+
+def test_compiled_rows_time_the_same_function_compiled():
+    """`--compile aot_eager` (inductor's tracing without its code generation, for speed here): both models
+    compiled in the warmup round, the same logits, the row and the table say so; no warmup is refused."""
+    rows = run_vit_bench(models=("vit_tiny_patch16_224",), batch_size=2, image_size=32, steps=1, warmup=1,
+                         threads=1, timm_kwargs=TINY, compile_backend="aot_eager")
+    (row,) = rows
+    assert row["compiled"] == "aot_eager" and row["max_abs_diff"] <= 1e-4
+    assert all(row[f"{mode}_ratio"] > 0 for mode in ("infer", "train"))
+    assert format_rows(rows)[1][1] == "fp32, compiled (aot_eager)"
+    with pytest.raises(ValueError, match="^--compile needs --warmup >= 1"):
+        run_vit_bench(warmup=0, compile_backend="inductor")

@@ -7,13 +7,15 @@ a training step is forward + cross-entropy + backward + AdamW step in train mode
 bf16` adds bf16 rows: both models under the same `torch.autocast("cpu", bfloat16)` (what
 `--trainer.precision bf16-mixed` does in training); on a CPU without AVX512-BF16/AMX bf16 is
 emulated (the table says so) and far slower than fp32, so keep those runs small there.
-`--device cuda` runs both on a GPU (timings synchronised) under CUDA autocast. Each row also
+`--device cuda` runs both on a GPU (timings synchronised) under CUDA autocast. `--compile` runs both through
+`torch.compile` (in place, whole model; the warmup rounds compile, so they are not timed). Each row also
 reports the model FLOPs utilisation (bench/flops.py): FLOPs per image counted by PyTorch times
 images/s over the device's datasheet peak (known GPUs, or `--peak-tflops`).
 
     mmkit bench vit --models vit_tiny_patch16_224 vit_small_patch16_224 --batch-size 32
     mmkit bench vit --models vit_tiny_patch16_224 --precision fp32 bf16 --steps 3
     mmkit bench vit --models vit_base_patch16_224 --batch-size 128 --precision bf16 --device cuda
+    mmkit bench vit --models vit_tiny_patch16_224 --compile
 """
 from __future__ import annotations
 
@@ -102,7 +104,8 @@ def _spread(seconds: Sequence[float]) -> float:
 
 
 def _bench_one(name: str, batch_size: int, image_size: int, steps: int, warmup: int, precision: str,
-               timm_kwargs: Mapping[str, Any], device: torch.device, peak: float | None) -> dict[str, Any]:
+               timm_kwargs: Mapping[str, Any], device: torch.device, peak: float | None,
+               compile_backend: str | None = None) -> dict[str, Any]:
     from mmkit.cli.bench.flops import mfu, peak_tflops, per_sample_flops
 
     impls = _build(name, image_size, precision, timm_kwargs, device)
@@ -117,6 +120,10 @@ def _bench_one(name: str, batch_size: int, image_size: int, steps: int, warmup: 
     # pooling reads, so its own count is lower for the same output; one count keeps the MFUs comparable.
     flops = dict(zip(("infer", "train"), per_sample_flops(impls["timm"].model, x, y)))
     peak = peak or peak_tflops(device, precision)
+    if compile_backend is not None:  # after the count: FlopCounterMode sees the plain modules
+        torch._dynamo.reset()
+        for impl in impls.values():
+            impl.model.compile(backend=compile_backend)  # in place: the optimisers keep the same parameters
 
     for impl in impls.values():
         impl.model.eval()
@@ -137,6 +144,7 @@ def _bench_one(name: str, batch_size: int, image_size: int, steps: int, warmup: 
         device=torch.cuda.get_device_name(device) if cuda else "cpu",
         threads=torch.get_num_threads(), steps=steps, warmup=warmup,
         params=sum(p.numel() for p in ours.parameters()), max_abs_diff=diff, peak_tflops=peak,
+        compiled=compile_backend,
     )
     for mode, secs in (("infer", infer), ("train", train)):
         row[f"{mode}_flops_per_image"] = flops[mode]
@@ -160,6 +168,7 @@ def run_vit_bench(
     timm_kwargs: Mapping[str, Any] | None = None,
     device: str = "cpu",
     peak_tflops: float | None = None,
+    compile_backend: str | None = None,
 ) -> list[dict[str, Any]]:
     """Time mmkit's ViT against timm's on the CPU or a GPU, one row per model.
 
@@ -174,6 +183,8 @@ def run_vit_bench(
         device: "cpu", "cuda" or "cuda:N" (checked before anything is built).
         peak_tflops: the device's dense peak for `precision`, for the MFU (None: the datasheet
             figure of a known GPU, else no MFU).
+        compile_backend: run both models through `torch.compile` with this backend ("inductor";
+            "aot_eager" traces without generating code), compiled in the warmup rounds (at least one).
 
     Returns:
         Per model: images/s as `{infer,train}_{mmkit,timm}_ips`, `{infer,train}_ratio`
@@ -185,6 +196,8 @@ def run_vit_bench(
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    if compile_backend is not None and warmup < 1:
+        raise ValueError("--compile needs --warmup >= 1: the first call of each mode compiles, and is not timed")
     _autocast(precision)  # validate before building anything
     import timm
 
@@ -205,7 +218,7 @@ def run_vit_bench(
         for name in models:
             log.info("benchmarking %s (batch %d, %dpx, %s)", name, batch_size, image_size, precision)
             rows.append(_bench_one(name, batch_size, image_size, steps, warmup, precision, dict(timm_kwargs or {}),
-                                   where, peak_tflops))
+                                   where, peak_tflops, compile_backend))
         return rows
     finally:
         torch.set_num_threads(previous)
@@ -217,7 +230,8 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
               "MFU mmkit", "MFU timm"]
     lines = [header]
     for row in rows:
-        precision = row["precision"] + ("" if row.get("native", True) else " (emulated)")
+        precision = (row["precision"] + ("" if row.get("native", True) else " (emulated)")
+                     + (f", compiled ({row['compiled']})" if row.get("compiled") else ""))
         for mode, label in (("infer", "inference"), ("train", "train step")):
             lines.append([
                 row["model"], precision, label, f"{row[f'{mode}_mmkit_ips']:.1f}", f"{row[f'{mode}_timm_ips']:.1f}",
@@ -275,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=finite(1e-3), metavar="T",  # > 0: the MFU divides by it
                         help="the device's dense peak TFLOP/s at the precision run, for the MFU columns (default: "
                              "the datasheet figure of a known GPU; none on a CPU)")
+    parser.add_argument("--compile", nargs="?", const="inductor", choices=("inductor", "aot_eager"), default=None,
+                        metavar="BACKEND", help="both models through torch.compile (inductor unless a backend is "
+                        "named: inductor or aot_eager); the warmup rounds compile")
     parser.add_argument("--json", metavar="PATH", type=output_file, help="also write the rows as JSON to PATH")
     args = parser.parse_args(argv)
     models = [m for arg in args.models for m in arg.split(",") if m]
@@ -282,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [row for precision in dict.fromkeys(args.precision)
                 for row in run_vit_bench(models, batch_size=args.batch_size, image_size=args.image_size,
                                          steps=args.steps, warmup=args.warmup, threads=args.threads,
-                                         precision=precision, device=args.device, peak_tflops=args.peak_tflops)]
+                                         precision=precision, device=args.device, peak_tflops=args.peak_tflops,
+                                         compile_backend=args.compile)]
     except ValueError as e:
         print(f"mmkit bench vit: {e}", file=sys.stderr)
         return 2
