@@ -60,7 +60,7 @@ def test_main_writes_json(tmp_path, capsys, monkeypatch):
                  "--warmup", "0", "--precision", "fp32", "bf16", "--threads", "1", "--json", str(out)]) == 0
     assert seen == dict(models=["vit_tiny_patch16_224"], batch_size=2, image_size=32, steps=1, warmup=0,
                         threads=1, precision="bf16", device="cpu", peak_tflops=None,
-                        compile_backend=None)  # the last of the two runs
+                        compile_backend=None, grad_checkpointing=False)  # the last of the two runs
     rows = json.loads(out.read_text())
     assert len(rows[0]["train_seconds"]["timm"]) == 1
     assert [(r["precision"], r["native"]) for r in rows] == [("fp32", True), ("bf16", False)]
@@ -91,10 +91,10 @@ def test_flops_and_mfu_columns():
         for impl in ("mmkit", "timm"):
             assert row[f"{mode}_{impl}_mfu"] == pytest.approx(
                 row[f"{mode}_flops_per_image"] * row[f"{mode}_{impl}_ips"] / 0.5e12)
-    assert format_rows(rows)[1][-2].endswith("%")
+    assert format_rows(rows)[1][8].endswith("%")  # the MFU columns: 8 and 9
     unpeaked = run_vit_bench(models=("vit_tiny_patch16_224",), batch_size=2, image_size=32, steps=1, warmup=0,
                              threads=1, timm_kwargs=TINY)[0]
-    assert unpeaked["infer_mmkit_mfu"] is None and format_rows([unpeaked])[1][-2:] == ["-", "-"]
+    assert unpeaked["infer_mmkit_mfu"] is None and format_rows([unpeaked])[1][8:10] == ["-", "-"]
 
 
 @pytest.mark.parametrize("device", ["cuda", "banana"])
@@ -108,14 +108,19 @@ def test_a_device_this_machine_lacks_is_one_line(device, capsys):
     assert err.startswith("mmkit bench vit: --device") and err.count("\n") == 1
 
 
-def test_compiled_rows_time_the_same_function_compiled():
-    """`--compile aot_eager` (inductor's tracing without its code generation, for speed here): both models
-    compiled in the warmup round, the same logits, the row and the table say so; no warmup is refused."""
-    rows = run_vit_bench(models=("vit_tiny_patch16_224",), batch_size=2, image_size=32, steps=1, warmup=1,
-                         threads=1, timm_kwargs=TINY, compile_backend="aot_eager")
+def test_compiled_and_checkpointed_rows_time_the_same_function():
+    """`--compile aot_eager` (inductor's tracing without its code generation, for speed here) and
+    `--grad-checkpointing`: both models compiled in the warmup round, the same logits, the row and the table
+    say so, and checkpointing keeps less for the backward pass in both; no warmup is refused."""
+    kw = dict(models=("vit_tiny_patch16_224",), batch_size=2, image_size=32, steps=1, warmup=1, threads=1,
+              timm_kwargs={**TINY, "depth": 3})
+    (plain,) = run_vit_bench(**kw)
+    rows = run_vit_bench(**kw, compile_backend="aot_eager", grad_checkpointing=True)
     (row,) = rows
-    assert row["compiled"] == "aot_eager" and row["max_abs_diff"] <= 1e-4
+    assert row["compiled"] == "aot_eager" and row["grad_checkpointing"] and row["max_abs_diff"] <= 1e-4
     assert all(row[f"{mode}_ratio"] > 0 for mode in ("infer", "train"))
-    assert format_rows(rows)[1][1] == "fp32, compiled (aot_eager)"
+    assert format_rows(rows)[1][1] == "fp32, compiled (aot_eager), grad ckpt"
+    for impl in ("mmkit", "timm"):
+        assert 0 < row[f"train_{impl}_activation_mb"] < plain[f"train_{impl}_activation_mb"] / 2, impl
     with pytest.raises(ValueError, match="^--compile needs --warmup >= 1"):
         run_vit_bench(warmup=0, compile_backend="inductor")

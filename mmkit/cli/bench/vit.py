@@ -8,7 +8,10 @@ bf16` adds bf16 rows: both models under the same `torch.autocast("cpu", bfloat16
 `--trainer.precision bf16-mixed` does in training); on a CPU without AVX512-BF16/AMX bf16 is
 emulated (the table says so) and far slower than fp32, so keep those runs small there.
 `--device cuda` runs both on a GPU (timings synchronised) under CUDA autocast. `--compile` runs both through
-`torch.compile` (in place, whole model; the warmup rounds compile, so they are not timed). Each row also
+`torch.compile` (in place, whole model; the warmup rounds compile, so they are not timed);
+`--grad-checkpointing` switches activation checkpointing on in both (`set_grad_checkpointing`, timm's name
+and mmkit's). Each row gives the activation memory of a training step: the bytes autograd keeps for the
+backward pass of one forward (saved tensors other than the weights, each storage once). Each row also
 reports the model FLOPs utilisation (bench/flops.py): FLOPs per image counted by PyTorch times
 images/s over the device's datasheet peak (known GPUs, or `--peak-tflops`).
 
@@ -16,6 +19,7 @@ images/s over the device's datasheet peak (known GPUs, or `--peak-tflops`).
     mmkit bench vit --models vit_tiny_patch16_224 --precision fp32 bf16 --steps 3
     mmkit bench vit --models vit_base_patch16_224 --batch-size 128 --precision bf16 --device cuda
     mmkit bench vit --models vit_tiny_patch16_224 --compile
+    mmkit bench vit --models vit_small_patch16_224 --grad-checkpointing
 """
 from __future__ import annotations
 
@@ -95,6 +99,23 @@ def _interleaved(impls: dict[str, _Impl], step: Callable[[_Impl], object], round
     return seconds
 
 
+def _activation_bytes(impl: _Impl, x: Tensor) -> int:
+    """Bytes autograd keeps for the backward pass of one training forward of `impl` on `x`: the saved tensors
+    that are not parameters, each storage counted once (a view saves no new memory)."""
+    weights = {p.untyped_storage().data_ptr() for p in impl.model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), impl.autocast():
+        impl.model(x)
+    return sum(kept.values())
+
+
 def _spread(seconds: Sequence[float]) -> float:
     """Interquartile range over the median: how noisy the rounds were (0 with < 2 rounds)."""
     if len(seconds) < 2:
@@ -105,7 +126,7 @@ def _spread(seconds: Sequence[float]) -> float:
 
 def _bench_one(name: str, batch_size: int, image_size: int, steps: int, warmup: int, precision: str,
                timm_kwargs: Mapping[str, Any], device: torch.device, peak: float | None,
-               compile_backend: str | None = None) -> dict[str, Any]:
+               compile_backend: str | None = None, grad_checkpointing: bool = False) -> dict[str, Any]:
     from mmkit.cli.bench.flops import mfu, peak_tflops, per_sample_flops
 
     impls = _build(name, image_size, precision, timm_kwargs, device)
@@ -120,6 +141,10 @@ def _bench_one(name: str, batch_size: int, image_size: int, steps: int, warmup: 
     # pooling reads, so its own count is lower for the same output; one count keeps the MFUs comparable.
     flops = dict(zip(("infer", "train"), per_sample_flops(impls["timm"].model, x, y)))
     peak = peak or peak_tflops(device, precision)
+    for impl in impls.values():
+        impl.model.set_grad_checkpointing(grad_checkpointing)
+        impl.model.train()
+    activations = {k: _activation_bytes(impl, x) for k, impl in impls.items()}
     if compile_backend is not None:  # after the count: FlopCounterMode sees the plain modules
         torch._dynamo.reset()
         for impl in impls.values():
@@ -144,7 +169,8 @@ def _bench_one(name: str, batch_size: int, image_size: int, steps: int, warmup: 
         device=torch.cuda.get_device_name(device) if cuda else "cpu",
         threads=torch.get_num_threads(), steps=steps, warmup=warmup,
         params=sum(p.numel() for p in ours.parameters()), max_abs_diff=diff, peak_tflops=peak,
-        compiled=compile_backend,
+        compiled=compile_backend, grad_checkpointing=grad_checkpointing,
+        **{f"train_{impl}_activation_mb": activations[impl] / 2**20 for impl in IMPLS},
     )
     for mode, secs in (("infer", infer), ("train", train)):
         row[f"{mode}_flops_per_image"] = flops[mode]
@@ -169,6 +195,7 @@ def run_vit_bench(
     device: str = "cpu",
     peak_tflops: float | None = None,
     compile_backend: str | None = None,
+    grad_checkpointing: bool = False,
 ) -> list[dict[str, Any]]:
     """Time mmkit's ViT against timm's on the CPU or a GPU, one row per model.
 
@@ -185,6 +212,7 @@ def run_vit_bench(
             figure of a known GPU, else no MFU).
         compile_backend: run both models through `torch.compile` with this backend ("inductor";
             "aot_eager" traces without generating code), compiled in the warmup rounds (at least one).
+        grad_checkpointing: activation checkpointing in both models' training steps.
 
     Returns:
         Per model: images/s as `{infer,train}_{mmkit,timm}_ips`, `{infer,train}_ratio`
@@ -192,7 +220,8 @@ def run_vit_bench(
         over median of the per-round times, the worse of the two: a ratio closer to 1 than this
         is noise), the raw `{infer,train}_seconds`, `max_abs_diff` of the two models' logits,
         `{infer,train}_flops_per_image` and `{infer,train}_{mmkit,timm}_mfu` (None without a
-        peak), and the settings used.
+        peak), `train_{mmkit,timm}_activation_mb` (what a training forward keeps for the backward
+        pass), and the settings used.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
@@ -218,7 +247,7 @@ def run_vit_bench(
         for name in models:
             log.info("benchmarking %s (batch %d, %dpx, %s)", name, batch_size, image_size, precision)
             rows.append(_bench_one(name, batch_size, image_size, steps, warmup, precision, dict(timm_kwargs or {}),
-                                   where, peak_tflops, compile_backend))
+                                   where, peak_tflops, compile_backend, grad_checkpointing))
         return rows
     finally:
         torch.set_num_threads(previous)
@@ -227,16 +256,18 @@ def run_vit_bench(
 def format_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     """Header + one line per model, as strings (shared by the rich and the plain output)."""
     header = ["model", "precision", "mode", "mmkit img/s", "timm img/s", "mmkit/timm", "spread", "max |diff|",
-              "MFU mmkit", "MFU timm"]
+              "MFU mmkit", "MFU timm", "act. MB mmkit / timm"]
     lines = [header]
     for row in rows:
         precision = (row["precision"] + ("" if row.get("native", True) else " (emulated)")
-                     + (f", compiled ({row['compiled']})" if row.get("compiled") else ""))
+                     + (f", compiled ({row['compiled']})" if row.get("compiled") else "")
+                     + (", grad ckpt" if row.get("grad_checkpointing") else ""))
         for mode, label in (("infer", "inference"), ("train", "train step")):
             lines.append([
                 row["model"], precision, label, f"{row[f'{mode}_mmkit_ips']:.1f}", f"{row[f'{mode}_timm_ips']:.1f}",
                 f"{row[f'{mode}_ratio']:.3f}", f"{row[f'{mode}_spread']:.0%}", f"{row['max_abs_diff']:.1e}",
                 *(_percent(row.get(f"{mode}_{impl}_mfu")) for impl in IMPLS),
+                " / ".join(f"{row[f'train_{impl}_activation_mb']:.1f}" for impl in IMPLS) if mode == "train" else "",
             ])
     return lines
 
@@ -265,7 +296,7 @@ def _render(rows: Sequence[Mapping[str, Any]]) -> str:
         table.add_column(col, justify="left" if i < 3 else "right")
     for line in lines[1:]:
         table.add_row(*line)
-    console = Console(record=True, width=160)
+    console = Console(record=True, width=200)
     with console.capture() as capture:
         console.print(table)
     return capture.get()
@@ -292,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compile", nargs="?", const="inductor", choices=("inductor", "aot_eager"), default=None,
                         metavar="BACKEND", help="both models through torch.compile (inductor unless a backend is "
                         "named: inductor or aot_eager); the warmup rounds compile")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="activation checkpointing in both models' training steps")
     parser.add_argument("--json", metavar="PATH", type=output_file, help="also write the rows as JSON to PATH")
     args = parser.parse_args(argv)
     models = [m for arg in args.models for m in arg.split(",") if m]
@@ -300,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for row in run_vit_bench(models, batch_size=args.batch_size, image_size=args.image_size,
                                          steps=args.steps, warmup=args.warmup, threads=args.threads,
                                          precision=precision, device=args.device, peak_tflops=args.peak_tflops,
-                                         compile_backend=args.compile)]
+                                         compile_backend=args.compile, grad_checkpointing=args.grad_checkpointing)]
     except ValueError as e:
         print(f"mmkit bench vit: {e}", file=sys.stderr)
         return 2
