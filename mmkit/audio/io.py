@@ -193,14 +193,20 @@ def _read_block(f: sf.SoundFile, path: Path, frames: int) -> np.ndarray | None:
         raise _unreadable(path, e) from None
     if data.shape[0] == 0:
         return None
+    check_samples(data, path)
+    return data.mean(axis=1, dtype=np.float32)
+
+
+def check_samples(data: np.ndarray, source: str | Path) -> None:
+    """Refuse float samples no model can hear, in one line naming `source` (a file, or a waveform given in
+    memory): NaN/inf samples, or ones beyond `MAX_SAMPLE` (a float file written unscaled)."""
     bad = int((~np.isfinite(data)).sum())
     if bad:
-        raise AudioLoadError(path, f"{bad} non-finite (NaN/inf) samples")
-    peak = float(np.abs(data).max())
+        raise AudioLoadError(source, f"{bad} non-finite (NaN/inf) samples")
+    peak = float(np.abs(data).max(initial=0.0))
     if peak > MAX_SAMPLE:
-        raise AudioLoadError(path, f"samples reach {peak:.3g}, far beyond full scale (+-1; a float file written "
+        raise AudioLoadError(source, f"samples reach {peak:.3g}, far beyond full scale (+-1; a float file written "
                              "unscaled?): not audio a model can hear")
-    return data.mean(axis=1, dtype=np.float32)
 
 
 def _resample_span(pending: np.ndarray, first: int, start: int, end: int, orig_sr: int, sample_rate: int) -> np.ndarray:

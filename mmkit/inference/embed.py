@@ -12,6 +12,7 @@ import torch
 
 from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
 from mmkit.inference.quantize import prepare_arithmetic
+from mmkit.inference.transcript import as_items
 
 # A batch of sorted texts ends before a text more than this fraction longer than its shortest, so
 # padding stays under ~6% of a batch (512 WordNet sentences in batches of 32, the bench's texts,
@@ -51,10 +52,10 @@ class Embedder:
     def dim(self) -> int:
         return self.encoder.model.config["dim"]
 
-    def tokenize(self, texts: Sequence[str], ids: list[list[int]] | None = None) -> tuple[list[list[int]], int]:
-        """Token ids of each text cut to the model's context, and how many texts were cut (`ids`: the texts'
-        token ids where the caller has them, `mark_unknown_rows`')."""
-        return encode_to_context(self.encoder.tokenizer, texts, self.encoder.model.max_len, ids)
+    def tokenize(self, texts: str | Sequence[str], ids: list[list[int]] | None = None) -> tuple[list[list[int]], int]:
+        """Token ids of each text cut to the model's context, and how many texts were cut (a lone str is one
+        text, `as_items`; `ids`: the texts' token ids where the caller has them, `mark_unknown_rows`')."""
+        return encode_to_context(self.encoder.tokenizer, as_items(texts), self.encoder.model.max_len, ids)
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices of the texts in batches: sorted by length, at most `batch_size` each, and a batch
@@ -67,7 +68,7 @@ class Embedder:
             out[-1].append(i)
         return out
 
-    def plan(self, texts: Sequence[str], on_truncated: Callable[[int], None] | None = None,
+    def plan(self, texts: str | Sequence[str], on_truncated: Callable[[int], None] | None = None,
              ids: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[int]]]:
         """(token ids of each text, the batches `embed` runs: `batches` of their lengths); texts longer than
         the model's context are cut, reported as in `embed`. Ranks sharing a run (`mmkit embed` under
@@ -93,11 +94,11 @@ class Embedder:
                     on_batch(len(rows))
         return out
 
-    def embed(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None,
+    def embed(self, texts: str | Sequence[str], on_batch: Callable[[int], None] | None = None,
               on_truncated: Callable[[int], None] | None = None) -> np.ndarray:
-        """(N, dim) float32 embeddings of `texts`, in their order; texts longer than the model's
-        context are cut (the embedding then describes their beginning), with a warning, or with
-        `on_truncated(count)` for a caller that reports many calls at once."""
+        """(N, dim) float32 embeddings of `texts`, in their order (a lone str is one text: (1, dim)); texts
+        longer than the model's context are cut (the embedding then describes their beginning), with a
+        warning, or with `on_truncated(count)` for a caller that reports many calls at once."""
         ids, batches = self.plan(texts, on_truncated)
         return self.embed_batches(ids, batches, on_batch)
 

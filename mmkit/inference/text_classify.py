@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
+from mmkit.inference.transcript import as_items
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,14 @@ class TextClassifierPredictor:
         self.encoder, self.batch_size = encoder, batch_size
         self.names = encoder.class_names
 
-    def plan(self, texts: Sequence[str], on_truncated: Callable[[int], None] | None = None,
+    def plan(self, texts: str | Sequence[str], on_truncated: Callable[[int], None] | None = None,
              ids: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[int]]]:
         """(token ids of each text, the batches `predict` runs: indices sorted by length, `batch_size` at a
-        time); texts longer than the model's context are cut, reported as in `predict`. Ranks sharing a run
-        (`mmkit classify-text` under torchrun) each make the whole plan and run some of its batches: one
-        process's batches, so its predictions (as `Embedder.plan`). `ids`: the texts' token ids where the
-        caller has them (`mark_unknown_rows`)."""
-        ids, cut = encode_to_context(self.encoder.tokenizer, texts, self.encoder.model.max_len, ids)
+        time); a lone str is one text (`as_items`); texts longer than the model's context are cut, reported
+        as in `predict`. Ranks sharing a run (`mmkit classify-text` under torchrun) each make the whole plan
+        and run some of its batches: one process's batches, so its predictions (as `Embedder.plan`). `ids`:
+        the texts' token ids where the caller has them (`mark_unknown_rows`)."""
+        ids, cut = encode_to_context(self.encoder.tokenizer, as_items(texts), self.encoder.model.max_len, ids)
         report_truncated(cut, self.encoder.model.max_len, on_truncated)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         return ids, [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
@@ -72,9 +73,9 @@ class TextClassifierPredictor:
                 on_batch(len(rows))
         return out
 
-    def predict(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None,
+    def predict(self, texts: str | Sequence[str], on_batch: Callable[[int], None] | None = None,
                 on_truncated: Callable[[int], None] | None = None) -> list[TextPrediction]:
-        """One prediction per text; texts longer than the model's context are cut, with a warning or
-        `on_truncated(count)` (as `Embedder.embed`)."""
+        """One prediction per text (a lone str is one text: a list of one); texts longer than the model's
+        context are cut, with a warning or `on_truncated(count)` (as `Embedder.embed`)."""
         ids, batches = self.plan(texts, on_truncated)
         return self.predict_batches(ids, batches, on_batch)  # type: ignore[return-value]

@@ -20,6 +20,7 @@ from mmkit.core import GenerationOptions, generate
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
+from mmkit.inference.transcript import as_items
 from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
 
@@ -128,14 +129,15 @@ class TextGenerator:
                              f"model's context of {self.model.max_len}: prepare the prompt with the same setting")
         return prompt.ids
 
-    def generate(self, prompt: str | PromptTokens, options: GenerationOptions | None = None, stop: Sequence[str] = (),
-                 on_text: Callable[[str], None] | None = None) -> str:
-        """The continuation of `prompt` (without the prompt), cut before the first stop string. `prompt` is a
-        text, or `prepare_prompt`'s result for the same max_new_tokens (tokenized once, its note not logged)."""
+    def generate(self, prompt: str | PromptTokens, options: GenerationOptions | None = None,
+                 stop: str | Sequence[str] = (), on_text: Callable[[str], None] | None = None) -> str:
+        """The continuation of `prompt` (without the prompt), cut before the first stop string (`stop`: one
+        string, or several; "END" is one stop string, not E, N or D). `prompt` is a text, or `prepare_prompt`'s
+        result for the same max_new_tokens (tokenized once, its note not logged)."""
         options = options or GenerationOptions()
         ids = self._ids(prompt, options.max_new_tokens)
         P = len(ids)
-        stops = [s for s in stop if s]
+        stops = [s for s in as_items(stop) if s]
         stream = _TextStream(stops, on_text)
 
         def text_of(tokens: Tensor) -> str:  # the generated text of row 0, up to EOS
@@ -158,14 +160,14 @@ class TextGenerator:
         return text
 
     def stream(self, prompt: str | PromptTokens, options: GenerationOptions | None = None,
-               stop: Sequence[str] = ()) -> Iterator[str]:
+               stop: str | Sequence[str] = ()) -> Iterator[str]:
         """`generate` as an iterator of text pieces (the decoding runs in a worker thread). The prompt is
         tokenized (and a bad one refused) here, in the caller's thread, before the iterator is returned."""
         options = options or GenerationOptions()
         prepared = PromptTokens(self._ids(prompt, options.max_new_tokens))  # the worker neither re-encodes nor warns
         return self._pieces(prepared, options, stop)
 
-    def _pieces(self, prompt: PromptTokens, options: GenerationOptions, stop: Sequence[str]) -> Iterator[str]:
+    def _pieces(self, prompt: PromptTokens, options: GenerationOptions, stop: str | Sequence[str]) -> Iterator[str]:
         pieces: queue.Queue = queue.Queue()
         done = object()
 

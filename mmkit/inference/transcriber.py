@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -26,11 +27,14 @@ import torch
 from torch import Tensor
 
 from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel_spectrogram, pad_or_trim, stream_audio
+from mmkit.audio.io import check_samples
 from mmkit.core import KVCache
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
 from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
-from mmkit.inference.transcript import DecodingOptions, Segment, Transcript, greedy_options, window_segments
+from mmkit.inference.transcript import (
+    DecodingOptions, Segment, Transcript, as_items, greedy_options, window_segments,
+)
 from mmkit.inference.window_decoder import WindowDecoder
 from mmkit.inference.writers import path_text
 from mmkit.models.whisper import Whisper
@@ -42,6 +46,43 @@ log = logging.getLogger(__name__)
 # 400 espeak test sentences, greedy, no timestamps, --audio-context 10: fp32 44.2%; these two fp32 44.7%; every
 # Linear int8 46.4% (with timestamps: 45.6%, 45.4%, 45.7%). The two layers are ~40% of the encoder's Linear work.
 INT8_KEEP_FP32 = ("encoder.blocks.*.attn.proj", "encoder.blocks.*.mlp.fc2")
+
+
+# Integer PCM as wave files hold it (scipy.io.wavfile, soundfile's dtype="int16"): sample -> (sample - offset) / scale,
+# in [-1, 1), as libsndfile converts it. Read as floats it would be up to 32767 times full scale (a garbage text).
+PCM_SCALE = {np.dtype(np.int16): (0, 2 ** 15), np.dtype(np.int32): (0, 2 ** 31), np.dtype(np.uint8): (128, 128)}
+
+
+def mono_waveform(audio: np.ndarray | Tensor | Sequence[float], name: str = "<audio>") -> np.ndarray:
+    """(N,) float32 samples of one mono waveform given as a numpy array, a torch tensor or a list of numbers,
+    checked where `Transcriber.transcribe` takes it: float samples as they are (full scale 1.0), integer PCM
+    scaled (`PCM_SCALE`); the rest refused in one line rather than guessed at: a stereo (N, 2) array was read as
+    N waveforms of 2 samples (an 86 GiB allocation), and NaN samples decode to "!!!!".
+
+    Raises:
+        TypeError: not an array, or samples neither float nor int16/int32/uint8.
+        ValueError: a shape other than (N,), with the downmix that makes one of a 2-D array.
+        AudioLoadError: NaN/inf samples, or ones beyond `MAX_SAMPLE`: what `load_audio` refuses in a file.
+    """
+    if isinstance(audio, Tensor):
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.dtype == torch.bfloat16 else audio).numpy()  # numpy has no bfloat16
+    elif isinstance(audio, (list, tuple)):
+        audio = np.asarray(audio)
+    elif not isinstance(audio, np.ndarray):
+        raise TypeError(f"expected a waveform (a numpy array, a torch tensor or a list of floats), got "
+                        f"{type(audio).__name__}")
+    if audio.dtype in PCM_SCALE:
+        offset, scale = PCM_SCALE[audio.dtype]
+        audio = (audio.astype(np.float32) - offset) / np.float32(scale)
+    elif audio.dtype.kind != "f":
+        raise TypeError(f"samples of dtype {audio.dtype}: give float samples (full scale 1.0) or int16, int32 or "
+                        "uint8 PCM")
+    if audio.ndim != 1:
+        downmix = f": downmix with audio.mean(axis={int(np.argmin(audio.shape))})" if audio.ndim == 2 else ""
+        raise ValueError(f"expected a mono (N,) waveform; got shape {tuple(audio.shape)}{downmix}")
+    check_samples(audio, name)  # what `load_audio` refuses in a file
+    return audio.astype(np.float32, copy=False)
 
 
 @dataclass
@@ -106,24 +147,32 @@ class Transcriber:
 
     # --- public API ------------------------------------------------------------------------
 
-    def transcribe(self, audio: np.ndarray, name: str = "<audio>") -> Transcript:
-        """Transcribe one (N,) float32 16 kHz mono waveform."""
-        return next(self._transcribe_arrays([(name, audio)]))
+    def transcribe(self, audio: np.ndarray | Tensor | Sequence[float], name: str = "<audio>") -> Transcript:
+        """Transcribe one 16 kHz mono waveform (`mono_waveform`: (N,) float samples in [-1, 1] as a numpy
+        array, a torch tensor or a list, or int16/int32/uint8 PCM, scaled to [-1, 1]).
 
-    def transcribe_files(self, paths: Iterable[str | Path]) -> Iterator[Transcript]:
-        """Yield one `Transcript` per path, in input order; files that cannot be loaded or decoded
-        come back with `error` set instead of stopping the run. Each file is read as a stream
-        (`stream_audio`) and cut into windows as it comes, so memory is bounded by the window
+        Raises:
+            TypeError: not an array, or samples of another dtype.
+            ValueError: a shape other than (N,) (stereo, a batch).
+            AudioLoadError: NaN/inf samples, or ones far beyond full scale (the message names `name`).
+        """
+        return next(self._transcribe_arrays([(name, mono_waveform(audio, name))]))
+
+    def transcribe_files(self, paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[Transcript]:
+        """Yield one `Transcript` per path, in input order (a lone path is one file, `as_items`); files that
+        cannot be loaded or decoded come back with `error` set instead of stopping the run. Each file is read
+        as a stream (`stream_audio`) and cut into windows as it comes, so memory is bounded by the window
         batch whatever a file's length. A transcript's `path` is the path as text a UTF-8 output
         can hold (`path_text`: a Linux name that is not UTF-8 has those bytes as \\xNN escapes)."""
-        return self._transcribe_arrays((path_text(path), stream_audio(path)) for path in paths)
+        return self._transcribe_arrays((path_text(path), stream_audio(path))
+                                       for path in as_items(paths, (str, os.PathLike)))
 
     # --- batching --------------------------------------------------------------------------
 
-    def _transcribe_arrays(self, items: Iterable[tuple[str, np.ndarray | Iterable[np.ndarray] | Exception]]
+    def _transcribe_arrays(self, items: Iterable[tuple[str, np.ndarray | Iterator[np.ndarray] | Exception]]
                            ) -> Iterator[Transcript]:
-        """Windows of consecutive files (a waveform, or a stream of blocks that may raise
-        `AudioLoadError`) are queued and decoded `batch_size` at a time; each transcript is
+        """Windows of consecutive files (a checked waveform, `mono_waveform`, or an iterator of blocks that
+        may raise `AudioLoadError`) are queued and decoded `batch_size` at a time; each transcript is
         yielded, in input order, as soon as all of its windows are done."""
         transcripts: dict[int, Transcript] = {}
         windows: dict[int, list[list[Segment] | None]] = {}  # file -> segments per window (None: pending)
@@ -144,7 +193,9 @@ class Transcriber:
                 continue
             windows[i], languages[i], samples = [], self.options.language, 0
             try:
-                for w in self._windows(i, [audio] if isinstance(audio, np.ndarray) else audio):
+                # a stream is an iterator (`stream_audio`'s generator); anything else is one waveform, so that a
+                # tensor or a list is never read as a stream of one-sample blocks
+                for w in self._windows(i, audio if isinstance(audio, Iterator) else [audio]):
                     if i not in windows:  # a failed batch failed this file: read no further
                         break
                     windows[i].append(None)
@@ -269,6 +320,9 @@ class Transcriber:
         o, tok, model = self.options, self.tokenizer, self.model
         out: list[list[Segment]] = [[] for _ in windows]
         ws = [windows[k] for k in audible]
+        # the mel in the weights' dtype: a model cast by .half()/.to(torch.bfloat16)/.double() takes no fp32 input
+        # (under autocast the weights stay fp32 and autocast casts)
+        mel = mel.to(next(p.dtype for p in model.parameters() if p.is_floating_point()))
         context = model.encode(mel, partial=True)  # (B, positions, dim): all n_audio_ctx unless audio_context
         # One pass over <|startoftranscript|> fills the cross-attention cache and gives the
         # language and no-speech probabilities (both read at that position, as openai/whisper).

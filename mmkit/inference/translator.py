@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from mmkit.core import BeamSearch, Greedy, SuppressTokens, generate
 from mmkit.core.attention import attention_maps
+from mmkit.inference.transcript import as_items, check_types
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,15 @@ class TranslatorError(ValueError):
 class TranslationOptions:
     """beam_size 1 = greedy. Decoding stops at EOS or after max_new_tokens, by default
     length_ratio · source tokens + length_offset (capped by the model's positions).
-    early_stopping and length_penalty as in `mmkit.core.BeamSearch` (transformers' defaults)."""
+    length_penalty as in `mmkit.core.BeamSearch`; early_stopping True, False (the default) or "never", the
+    rules of transformers' beam search there. `BeamSearch`'s None (openai-whisper's rule) is refused: it has
+    no per-row length limit, and each row stops at its own (its source's).
+
+    Raises:
+        TypeError: a count that is not an integer (a str, a float, a bool), or a ratio or penalty that is
+            not a number.
+        TranslatorError: a value out of range, or an early_stopping other than True, False or "never".
+    """
 
     beam_size: int = 1
     max_new_tokens: int | None = None
@@ -44,8 +54,16 @@ class TranslationOptions:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
+        check_types(self, ints=("beam_size", "max_new_tokens", "length_offset", "batch_size"),
+                    reals=("length_ratio", "length_penalty"))
         if self.beam_size < 1 or self.batch_size < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):
             raise TranslatorError("beam size, batch size and max length must be >= 1")
+        if not (math.isfinite(self.length_ratio) and self.length_ratio >= 0 and math.isfinite(self.length_penalty)):
+            raise TranslatorError(f"length_ratio must be a finite number >= 0 and length_penalty finite, got "
+                                  f"{self.length_ratio} and {self.length_penalty}")
+        # a bool, not any value equal to one: the beam search tests `early_stopping is True`, which 1 is not
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
+            raise TranslatorError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
 
     def limit(self, n_source: int, cap: int) -> int:
         n = self.max_new_tokens or int(self.length_ratio * n_source) + self.length_offset
@@ -166,11 +184,12 @@ class Translator:
             ids = ids[: self.max_source_tokens - 1] + [self.codec.eos_id]
         return ids
 
-    def plan(self, texts: Sequence[str], options: TranslationOptions, first_row: int = 0) -> TranslationPlan:
-        """What `translate` does with `texts`: each source encoded (an error on the rows it cannot encode,
-        messages naming text i as line `first_row + i + 1`), then the length-sorted batches. Ranks sharing a
-        run (`mmkit translate` under torchrun) each make the whole plan and run some of its batches
-        (`translate_batches`): one process's batches, so its translations."""
+    def plan(self, texts: str | Sequence[str], options: TranslationOptions, first_row: int = 0) -> TranslationPlan:
+        """What `translate` does with `texts` (a lone str is one text, `as_items`): each source encoded (an error
+        on the rows it cannot encode, messages naming text i as line `first_row + i + 1`), then the length-sorted
+        batches. Ranks sharing a run (`mmkit translate` under torchrun) each make the whole plan and run some of
+        its batches (`translate_batches`): one process's batches, so its translations."""
+        texts = list(as_items(texts))
         results = [Translation(t) for t in texts]
         todo: list[tuple[int, list[int]]] = []
         for i, text in enumerate(texts):
@@ -195,10 +214,11 @@ class Translator:
                 on_batch(len(rows))
         return plan.results
 
-    def translate(self, texts: Sequence[str], options: TranslationOptions | None = None,
+    def translate(self, texts: str | Sequence[str], options: TranslationOptions | None = None,
                   on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
-        """One `Translation` per text, in order; `on_batch(n)` after every n sources done. Messages
-        name text i as line `first_row + i + 1` (a file read in chunks passes each chunk's offset)."""
+        """One `Translation` per text, in order (a lone str is one text: a list of one); `on_batch(n)` after
+        every n sources done. Messages name text i as line `first_row + i + 1` (a file read in chunks passes
+        each chunk's offset)."""
         options = options or TranslationOptions()
         plan = self.plan(texts, options, first_row)
         if plan.skipped and on_batch is not None:
