@@ -46,7 +46,7 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
 
     def work() -> None:
         try:
-            outcome["result"] = t2i.generate([prompt], num_images, seed, guidance, top_k=top_k or None,
+            outcome["result"] = t2i.generate([prompt], num_images, seed, guidance, top_k=top_k,
                                              on_preview=lambda images: updates.put(to_pil(images)))[0]
         except ValueError as e:  # bad settings: shown, not a traceback
             outcome["error"] = str(e)

@@ -223,10 +223,16 @@ def _apply_exif_orientation(im: Image.Image, path: Path) -> None:
         log.debug("ignoring unreadable EXIF orientation in %s: %s", path, e)
 
 
-def to_rgb(im: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image:
+def to_rgb(im: Image.Image | np.ndarray, path: str | os.PathLike = "<image>") -> Image.Image:
     """`load_image`'s colour conversion for an image already in memory: a new RGB image, with
     transparency composited onto white and 16-bit/float grayscale rescaled to 8 bits (PIL's own
-    convert("RGB") would clip those to white). `path` only names the image in errors."""
+    convert("RGB") would clip those to white). An HxW, HxWx1, HxWx3 or HxWx4 uint8 array (numpy's,
+    OpenCV's after BGR->RGB, what HF pipelines take) is read as L, RGB or RGBA; anything else is a
+    TypeError. `path` only names the image in errors."""
+    if isinstance(im, np.ndarray):
+        im = _from_array(im)
+    elif not isinstance(im, Image.Image):
+        raise TypeError(f"expected PIL images (or HxWxC uint8 arrays), got {type(im).__name__}")
     try:
         if im.mode.startswith("I") or im.mode == "F":
             return Image.fromarray(_scale_to_uint8(np.asarray(im))).convert("RGB")
@@ -240,6 +246,13 @@ def to_rgb(im: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image:
         return im.convert("RGB")
     except ValueError:  # PIL has no conversion for this mode
         raise ImageLoadError(path, f"unsupported image mode {im.mode}") from None
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    # Only uint8 HxW(xC): a float array's range (0..1 or 0..255) and a CxHxW tensor layout are guesses.
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):
+        raise TypeError(f"expected PIL images (or HxWxC uint8 arrays), got a {arr.dtype} array of shape {arr.shape}")
+    return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
 
 
 def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:

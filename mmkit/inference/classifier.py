@@ -8,7 +8,9 @@ top-1 agreement with fp32 is measured (tests/inference/test_classifier_precision
 from __future__ import annotations
 
 import logging
+import numbers
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -22,7 +24,9 @@ from mmkit.core import attention_maps
 from mmkit.data.images import ImageLoadError, load_image, scan_images, to_rgb
 from mmkit.data.transforms import VIT_DEFAULTS, eval_transform
 from mmkit.inference.precision import autocast_for, resolve_precision
+from mmkit.inference.prompts import check_names
 from mmkit.inference.quantize import apply_quantization, describe
+from mmkit.inference.transcript import as_items
 from mmkit.models.vit import ViT
 
 log = logging.getLogger(__name__)
@@ -38,8 +42,8 @@ class Prediction:
     error: str | None = None
 
 
-def top_k(logits: Tensor, class_names: Sequence[str], k: int) -> list[tuple[list[str], list[float]]]:
-    """(B, C) logits -> per row the k most probable (labels, probabilities)."""
+def top_k_predictions(logits: Tensor, class_names: Sequence[str], k: int) -> list[tuple[list[str], list[float]]]:
+    """(B, C) logits -> per row the k most probable (labels, float32 probabilities)."""
     probs = logits.float().softmax(dim=-1)
     if not torch.isfinite(probs).all():  # NaN sorts anywhere: never a label
         raise ValueError("the model gave non-finite scores (NaN or infinity): its weights or its input "
@@ -47,6 +51,9 @@ def top_k(logits: Tensor, class_names: Sequence[str], k: int) -> list[tuple[list
     values, idx = probs.topk(min(k, probs.shape[-1]), dim=-1)
     return [([class_names[i] for i in row_i], [round(float(p), 6) for p in row_p])
             for row_i, row_p in zip(idx.tolist(), values.tolist())]
+
+
+top_k = top_k_predictions  # its old name, imported by mmkit.tasks.image_classifier
 
 
 class Classifier:
@@ -68,6 +75,7 @@ class Classifier:
 
     def __init__(self, model: ViT, class_names: Sequence[str], meta: dict[str, Any], device: str = "cpu",
                  precision: str = "fp32", quantize: str = "none") -> None:
+        check_names(class_names, "class_names")
         if len(class_names) != model.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} outputs")
         self.device = torch.device(device)
@@ -89,19 +97,30 @@ class Classifier:
         return cls(model, names, meta, device, precision, quantize)
 
     @torch.inference_mode()
-    def predict_images(self, images: Sequence[Image.Image], top_k_: int = 5) -> list[tuple[list[str], list[float]]]:
-        """PIL images (any mode) -> top-k (labels, probabilities) per image."""
-        batch = torch.stack([self.transform(to_rgb(im)) for im in images]).to(self.device)
+    def predict_images(self, images: Sequence[Image.Image | np.ndarray], top_k: int = 5, *,
+                       top_k_: int | None = None) -> list[tuple[list[str], list[float]]]:
+        """PIL images (any mode) or HxW(xC) uint8 arrays -> top-k (labels, probabilities) per image, in
+        float32 whatever the model's dtype (the input is cast to it). `top_k_`: the old name of `top_k`."""
+        if top_k_ is not None:
+            warnings.warn("predict_images(top_k_=...) is deprecated: use top_k", DeprecationWarning, stacklevel=3)
+            top_k = top_k_
+        if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k}")
+        if len(images) == 0:
+            return []
+        dtype = next(self.model.parameters()).dtype  # fp32, or what the caller cast the model to
+        batch = torch.stack([self.transform(to_rgb(im)) for im in images]).to(self.device, dtype)
         with self._autocast():
             logits = self.model(batch)
-        return top_k(logits, self.class_names, top_k_)
+        return top_k_predictions(logits, self.class_names, int(top_k))
 
-    def predict_paths(self, paths: Iterable[str | os.PathLike], top_k: int = 5,
+    def predict_paths(self, paths: str | os.PathLike | Iterable[str | os.PathLike], top_k: int = 5,
                       batch_size: int = 32) -> Iterator[Prediction]:
-        """Files and/or folders (scanned recursively) -> one Prediction per image file, streamed
-        in batches; unreadable files yield a Prediction with `error` set instead of raising."""
+        """Files and/or folders (scanned recursively; a lone str or path is one) -> one Prediction per
+        image file, streamed in batches; unreadable files yield a Prediction with `error` set instead of
+        raising."""
         batch: list[tuple[str, Image.Image]] = []
-        for path in _expand(paths):
+        for path in _expand(as_items(paths, (str, os.PathLike))):
             try:
                 batch.append((str(path), load_image(path)))
             except ImageLoadError as e:
@@ -118,7 +137,7 @@ class Classifier:
             yield Prediction(path, labels, probs)
 
     @torch.inference_mode()
-    def attention_overlay(self, image: Image.Image, alpha: float = 0.5,
+    def attention_overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5,
                           canvas: Image.Image | None = None) -> Image.Image:
         """The image with the model's attention rollout (Abnar & Zuidema, 2020) as a heat map.
 
@@ -131,11 +150,12 @@ class Classifier:
         Returns:
             An RGB image of the canvas's size.
         """
-        image = image if image.mode == "RGB" else to_rgb(image)  # to_rgb would copy an RGB image too
-        x = self.transform(image)[None].to(self.device)
+        if not (isinstance(image, Image.Image) and image.mode == "RGB"):  # to_rgb would copy an RGB image too
+            image = to_rgb(image)
+        x = self.transform(image)[None].to(self.device, next(self.model.parameters()).dtype)
         _, maps = attention_maps(self.model, lambda: self.model(x))
         heat = _rollout(maps, self.model.num_prefix_tokens, self.model.patch_embed.grid(x.shape[-2], x.shape[-1]))
-        if canvas is not None and canvas.mode != "RGB":
+        if canvas is not None and not (isinstance(canvas, Image.Image) and canvas.mode == "RGB"):
             canvas = to_rgb(canvas)
         return _blend(image if canvas is None else canvas, heat, alpha)
 

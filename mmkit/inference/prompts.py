@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmkit.inference.transcript import as_items
 from mmkit.models.clip import CLIP
 
 Tokenizer = Callable[[Sequence[str]], Tensor]  # texts -> (B, T) int64 ids
@@ -37,6 +38,15 @@ MAX_LABEL_CHARS = 1000
 # Labels of one run: their embeddings stay in memory (L x D floats: 200 MB for 100,000 ViT-B-32 labels), and
 # every image gets a score per label. Far beyond any zero-shot vocabulary in use (ImageNet-21k: 21,841).
 MAX_LABELS = 100_000
+
+
+def check_names(names: Sequence[str], what: str) -> Sequence[str]:
+    """`names` (labels, class names) as given; TypeError for one string, whose characters would pass
+    for names ("abc" for a, b, c). The counterpart of `as_items` (where a lone str is one input): a
+    single name here is far likelier a slip than meant."""
+    if isinstance(names, str):
+        raise TypeError(f"{what} must be a list of names, not one string")
+    return names
 
 
 def parse_label_entry(entry: str) -> tuple[str, list[str]]:
@@ -101,16 +111,18 @@ def read_labels_file(path: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def clean_labels(labels: Sequence[str]) -> list[str]:
-    """Stripped, non-empty, first occurrence of each; raises ValueError when none is left."""
-    out = list(dict.fromkeys(s.strip() for s in labels if s and s.strip()))
+    """Stripped, non-empty, first occurrence of each; raises ValueError when none is left (TypeError
+    for one string, `check_names`)."""
+    out = list(dict.fromkeys(s.strip() for s in check_names(labels, "labels") if s and s.strip()))
     if not out:
         raise ValueError("give at least one non-empty label")
     return out
 
 
-def check_templates(templates: Sequence[str]) -> list[str]:
-    """Stripped, non-empty templates; each needs exactly one '{}' where the label goes."""
-    templates = [t.strip() for t in templates if t and t.strip()]
+def check_templates(templates: str | Sequence[str]) -> list[str]:
+    """Stripped, non-empty templates (a lone string is one template); each needs exactly one '{}' where
+    the label goes."""
+    templates = [t.strip() for t in as_items(templates) if t and t.strip()]
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
         raise ValueError(f"templates need exactly one '{{}}' where the label goes: {bad or 'none given'}")
@@ -128,10 +140,10 @@ def expand_prompts(alternatives: Sequence[str], templates: Sequence[str]) -> lis
 
 
 @torch.no_grad()  # not inference_mode: the training callback uses the result next to autograd tensors
-def encode_prompts(model: CLIP, tokenizer: Tokenizer, prompts: Sequence[str],
+def encode_prompts(model: CLIP, tokenizer: Tokenizer, prompts: str | Sequence[str],
                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                    chunk_size: int = TEXT_CHUNK) -> Tensor:
-    """Prompts -> (P, D) unit float32 embeddings on the model's device.
+    """Prompts (a lone string: one) -> (P, D) unit float32 embeddings on the model's device.
 
     Prompts go through the text tower in chunks of similar length, each cut after its longest
     <end_of_text> (the largest id). Exact, not an approximation: attention is causal and the
@@ -140,7 +152,10 @@ def encode_prompts(model: CLIP, tokenizer: Tokenizer, prompts: Sequence[str],
     (SigLIP's: bidirectional, read at the last position) get the full rows.
     """
     device = next(model.parameters()).device
-    ids = tokenizer(list(prompts))  # (P, context)
+    prompts = list(as_items(prompts))
+    if not prompts:
+        return torch.empty(0, model.embed_dim, device=device)
+    ids = tokenizer(prompts)  # (P, context)
     if model.text.padding_is_inert:
         lengths = ids.argmax(dim=-1) + 1  # (P,)
     else:

@@ -23,7 +23,7 @@ from mmkit.core import GenerationOptions, generate
 from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.data.dalle_text import WordTokenizer, words
 from mmkit.inference.seeds import MAX_SEED, image_seed
-from mmkit.inference.transcript import WindowSampling
+from mmkit.inference.transcript import WindowSampling, as_items
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
 from mmkit.models.dalle_bart import DalleBart
 from mmkit.models.vqgan import VQGAN
@@ -276,18 +276,20 @@ class TextToImage:
             notes.append(f"the prompt has {len(ids)} {unit}; the model reads only the first {n}")
         return notes
 
-    def generate(self, prompts: Sequence[str], num_images: int = 1, seed: int | None = None, guidance: float = 1.0,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 reranker: ClipReranker | None = None, on_preview: Preview | None = None,
+    def generate(self, prompts: str | Sequence[str], num_images: int = 1, seed: int | None = None,
+                 guidance: float | None = None, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, reranker: ClipReranker | None = None, on_preview: Preview | None = None,
                  preview_rows: int = 2, batch_size: int | None = None) -> list[Generated]:
-        """`num_images` samples per prompt, `batch_size` at a time (None: all in one batch). dalle-mini
-        (a min-dalle download) wants super-conditioning and top-k: `self.defaults` holds min-dalle's
-        (guidance 16, top-k 256). With a seed, image i of a prompt is drawn from `image_seed(seed, i)`
-        alone: the same images whatever the batch size.
+        """`num_images` samples per prompt (a lone str is one prompt), `batch_size` at a time (None: all in
+        one batch). `guidance` and `top_k` None: the pipeline's own, `self.defaults` (min-dalle's guidance 16
+        and top-k 256 for dalle-mini, which wants both; an export's saved ones; else 1 and none), as `mmkit
+        generate` and the demo use; top_k 0: no top-k. With a seed, image i of a prompt is drawn from
+        `image_seed(seed, i)` alone: the same images whatever the batch size.
 
         Returns:
             One `Generated` per prompt; with a reranker, its images sorted by CLIP score.
         """
+        prompts = list(as_items(prompts))
         for prompt in prompts:
             self.check_prompt(prompt)
         out = []
@@ -303,7 +305,7 @@ class TextToImage:
             out.append(Generated(prompt, images, scores, codes))
         return out
 
-    def stream(self, prompt: str, num_images: int, seed: int | None = None, guidance: float = 1.0,
+    def stream(self, prompt: str, num_images: int, seed: int | None = None, guidance: float | None = None,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                batch_size: int = DEFAULT_BATCH_SIZE, on_preview: Preview | None = None,
                preview_rows: int = 2, first: int = 0) -> Iterator[tuple[Tensor, list[Image.Image]]]:
@@ -311,11 +313,14 @@ class TextToImage:
         batch, whatever `num_images`. Settings and the prompt are checked before this returns. `first`:
         the index of the first image (images first, ..., first + num_images - 1, each seeded by its
         index): a share of a prompt's images (one rank's, `mmkit generate` under torchrun), in the very
-        batches of a whole run when `first` is a multiple of `batch_size`.
+        batches of a whole run when `first` is a multiple of `batch_size`. `guidance` and `top_k` as in
+        `generate` (None: `self.defaults`; top_k 0: none).
 
         Yields:
             ((b, grid, grid) codes, b images) per batch, in image order.
         """
+        guidance = self.defaults["guidance"] if guidance is None else guidance
+        top_k = self.defaults["top_k"] if top_k is None else (top_k or None)  # 0: no top-k
         options = self.check_settings(num_images, seed, guidance, temperature, top_k, top_p, batch_size)
         self.check_prompt(prompt)
         return self._stream(prompt, num_images, seed, guidance, options, batch_size, on_preview, preview_rows, first)

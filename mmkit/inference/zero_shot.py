@@ -14,8 +14,9 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -28,6 +29,7 @@ from mmkit.inference.precision import autocast_for, check_multi_gpu, resolve_pre
 from mmkit.inference.prompts import (BACKGROUND_WORDS, DEFAULT_TEMPLATES, Tokenizer, check_templates, clean_labels,
                                      encode_prompts, expand_prompts, label_embeddings)
 from mmkit.inference.quantize import apply_quantization
+from mmkit.inference.transcript import as_items
 from mmkit.models.clip import CLIP
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,10 @@ def similarity_logits(model: CLIP, features: Tensor, embeddings: Tensor) -> Tens
 
 @torch.no_grad()  # not inference_mode: the training callback compares the result with batch targets
 def zero_shot_logits(model: CLIP, images: Tensor, classifier: Tensor) -> Tensor:
-    """(B, 3, H, W) preprocessed images, (C, D) classifier -> (B, C) scaled cosine similarities."""
-    return similarity_logits(model, model.encode_image(images.to(classifier.device), normalize=True), classifier)
+    """(B, 3, H, W) preprocessed images, (C, D) classifier -> (B, C) float32 scaled cosine similarities
+    (the images are cast to the model's dtype: fp32, or what the caller cast it to)."""
+    images = images.to(classifier.device, next(model.visual.parameters()).dtype)
+    return similarity_logits(model, model.encode_image(images, normalize=True).float(), classifier)
 
 
 def _ranked(labels: Sequence[str], probs: Tensor) -> list[Scores]:
@@ -72,15 +76,18 @@ def zero_shot_scores(model: CLIP, tokenizer: Tokenizer, images: Tensor | Sequenc
     Args:
         model: a CLIP (put in eval mode by the caller when training).
         tokenizer: the tokenizer the model was trained with (its context length).
-        images: (B, 3, H, W) preprocessed tensor, or PIL images in any mode.
-        labels: candidate labels (stripped; empty and repeated ones dropped).
+        images: (B, 3, H, W) preprocessed tensor, or PIL images in any mode (or HxW(xC) uint8 arrays).
+        labels: candidate labels (stripped; empty and repeated ones dropped); a list, not one string.
         templates: prompt templates with "{}" for the label.
         transform: PIL image -> (3, H, W) tensor; None = `default_image_metadata(model)`'s.
 
     Returns:
         Per image, every (label, probability) pair, most probable first; probabilities sum to 1.
+        No images: [].
     """
     labels = clean_labels(labels)
+    if len(images) == 0:
+        return []
     if not isinstance(images, Tensor):
         transform = transform or eval_transform(default_image_metadata(model), CLIP_DEFAULTS)
         images = torch.stack([transform(to_rgb(im)) for im in images])
@@ -157,25 +164,35 @@ class ZeroShotClassifier:
         meta = CLIP.read_config(directory).get("metadata", {})
         return cls(model, tokenizer, None, device, precision, meta=meta, quantize=quantize)
 
-    def encode_texts(self, prompts: Sequence[str]) -> Tensor:
-        """Prompts -> (P, D) unit float32 embeddings."""
+    def encode_texts(self, prompts: str | Sequence[str]) -> Tensor:
+        """Prompts (a lone string: one) -> (P, D) unit float32 embeddings; none: (0, D)."""
         return encode_prompts(self.model, self.tokenizer, prompts, self._autocast)
 
     @torch.inference_mode()
     def encode_images(self, pixels: Tensor) -> Tensor:
-        """(B, 3, S, S) uint8 pixels (normalised here) or float model input -> (B, D) unit float32."""
+        """(B, 3, S, S) uint8 pixels (normalised here) or float model input -> (B, D) unit float32, whatever
+        the model's dtype (the input is cast to it)."""
         x = pixels.to(self.device, non_blocking=True)
         x = self.transform.normalize(x) if x.dtype == torch.uint8 else x
+        x = x.to(next(self.image_tower.parameters()).dtype)
         with self._autocast():
             return F.normalize(self.image_tower(x).float(), dim=-1)
 
     @torch.inference_mode()
-    def set_labels(self, prompts: dict[str, list[str]], examples: dict[str, Tensor] | None = None,
-                   examples_weight: float = 0.5, multi_label: bool = False,
+    def set_labels(self, prompts: Mapping[str, Sequence[str]] | Sequence[str],
+                   examples: dict[str, Tensor] | None = None, examples_weight: float = 0.5, multi_label: bool = False,
                    templates: Sequence[str] = DEFAULT_TEMPLATES) -> None:
         """Label embeddings: the renormalised mean of each label's unit prompt embeddings; with an
         image prototype p from examples, normalise((1 - w) * text + w * p), or p alone for a label
-        with no prompts. Labels are those of `prompts`, then example-only ones in their order."""
+        with no prompts. Labels are those of `prompts`, then example-only ones in their order.
+
+        `prompts`: {label: its prompts (a lone string: one)}, or a list of label names, each written
+        into `templates` as `predict_images` does. `templates` also make the multi-label background."""
+        if not isinstance(prompts, Mapping):  # label names ([]: examples only)
+            templates = check_templates(templates)
+            labels = clean_labels(prompts) if prompts else []
+            prompts = {label: expand_prompts([label], templates) for label in labels}
+        prompts = {label: list(as_items(p)) for label, p in prompts.items()}
         examples = examples or {}
         names = list(prompts) + [n for n in examples if n not in prompts]
         if not names:
@@ -208,7 +225,8 @@ class ZeroShotClassifier:
         logit_bias, SigLIP-style); for softmax-trained CLIP, the two-way softmax of the label
         against the neutral BACKGROUND_WORDS prompts, sigmoid(s * (cos - cos_background)).
         """
-        assert self.embeddings is not None, "call set_labels first"
+        if self.embeddings is None:
+            raise RuntimeError("no labels yet: call set_labels first")
         if not multi_label:
             return similarity_logits(self.model, features, self.embeddings).softmax(dim=-1)
         if self.model.logit_bias is not None:
@@ -220,12 +238,15 @@ class ZeroShotClassifier:
         return torch.sigmoid(self.model.logit_scale.exp().float() * (cos - (features @ self.background)[:, None]))
 
     @torch.inference_mode()
-    def predict_images(self, images: Sequence[Image.Image], labels: Sequence[str] | None = None,
-                       templates: Sequence[str] | None = None) -> list[Scores]:
-        """PIL images (any mode) -> ranked (label, probability) per image; labels and templates
-        default to the checkpoint's. Leaves `set_labels`' state alone (a demo serves it concurrently)."""
+    def predict_images(self, images: Sequence[Image.Image | np.ndarray], labels: Sequence[str] | None = None,
+                       templates: str | Sequence[str] | None = None) -> list[Scores]:
+        """PIL images (any mode) or HxW(xC) uint8 arrays -> ranked (label, probability) per image ([] for
+        none); labels (a list, not one string) and templates default to the checkpoint's. Leaves
+        `set_labels`' state alone (a demo serves it concurrently)."""
         labels = clean_labels(labels if labels is not None else self.labels)
-        templates = check_templates(templates or self.templates)
+        templates = check_templates(templates if templates is not None else self.templates)
+        if len(images) == 0:
+            return []
         embeddings = label_embeddings(self.model, self.tokenizer, [expand_prompts([label], templates)
                                                                    for label in labels], self._autocast)
         pixels = torch.stack([self.transform.pixels(to_rgb(im)) for im in images])  # (B, 3, S, S) uint8

@@ -96,7 +96,7 @@ def test_predict_images_any_mode_matches_the_file(clf, tmp_path):
     }
     for name, im in images.items():
         im.save(tmp_path / name)
-    results = clf.predict_images(list(images.values()), top_k_=4)  # one batch, mixed modes and sizes
+    results = clf.predict_images(list(images.values()), top_k=4)  # one batch, mixed modes and sizes
     from_files = list(clf.predict_paths([tmp_path / name for name in images], top_k=4))
     for name, (labels, probs), p in zip(images, results, from_files):
         assert Image.open(tmp_path / name).mode == images[name].mode
@@ -106,7 +106,7 @@ def test_predict_images_any_mode_matches_the_file(clf, tmp_path):
     # float clipped) would be told apart: the checks above could not pass by accident.
     names = list(images)
     for name in ("rgba.png", "i16.png", "f.tif"):
-        naive, = clf.predict_images([images[name].convert("RGB")], top_k_=4)
+        naive, = clf.predict_images([images[name].convert("RGB")], top_k=4)
         assert naive != results[names.index(name)], name
 
 
