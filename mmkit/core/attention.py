@@ -131,6 +131,8 @@ class Attention(nn.Module):
         Returns:
             (B, T, dim), or (B, keep, dim).
         """
+        if x.shape[1] == 0:  # a shape check (compiles): every transformer meets it, whatever its embeddings
+            raise ValueError(f"empty sequence: attention needs at least one position, got shape {tuple(x.shape)}")
         q, k, v = self.project_qkv(x, context, cache)
         if keep is not None:
             if self.cross or is_causal or cache is not None:
@@ -148,7 +150,9 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=mask, is_causal=is_causal,
                 dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
             )  # (B, nh, T, hs)
-        out = self.proj(out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1))  # (B, T, dim)
+        # the explicit inner width, not -1: with B = 0 a -1 is ambiguous, and an empty batch gives an empty result
+        out = out.transpose(1, 2).reshape(x.shape[0], q.shape[2], self.num_heads * self.head_dim)  # (B, T, nh·hs)
+        out = self.proj(out)  # (B, T, dim)
         return self.proj_drop(out) if self.training else out  # Dropout is the identity in eval: no call
 
     def attention_weights(

@@ -64,7 +64,13 @@ def ranked_beam_search(
     done_len = torch.full((B, K), P, device=device)
     done_score = torch.full((B, K), _NEG, device=device)
     done_any = torch.zeros(B, K, dtype=torch.bool, device=device)
-    open_rows = torch.ones(B, dtype=torch.bool, device=device)
+    # A row with nothing to generate is finished before the first step (whose limit check comes after
+    # a token): its prompt is its hypothesis, with score 0 (no generated token), not padding at _NEG.
+    empty = limits == 0
+    done_seq[:, 0, :P] = torch.where(empty[:, None], prompt, done_seq[:, 0, :P])
+    done_score[:, 0] = torch.where(empty, 0.0, _NEG)
+    done_any[:, 0] = empty
+    open_rows = ~empty
     top_k_mask = torch.arange(2 * K, device=device) < K
     offsets = (torch.arange(B, device=device) * K)[:, None]
     for step in range(steps):

@@ -8,6 +8,8 @@ only the new tokens are fed at each step.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -22,8 +24,37 @@ from mmkit.core.filters import (  # noqa: F401 - re-exported: the loop's filters
 )
 
 
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed (mmkit.inference.seeds.MAX_SEED; core sits below it)
+
+
 class DecoderModel(Protocol):
     def __call__(self, tokens: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor: ...
+
+
+# The argument rules of the strategies and `GenerationOptions`, kept in one place so both refuse the same values
+# with the same one-line message naming the argument (a float or a string used to fail steps later, inside torch).
+def _check_int(name: str, value: object, low: int, high: int | None = None, rule: str = "") -> None:
+    """TypeError unless `value` is an integer (a bool is not one), ValueError unless it is in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{rule or f'{name} must be >= {low}'}, got {value}")
+
+
+def _check_number(name: str, value: object, ok: Callable[[float], bool], rule: str) -> None:
+    """TypeError unless `value` is a real number, ValueError with `rule` unless `ok(value)`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not ok(value):  # `not ok` also catches NaN, which compares False
+        raise ValueError(f"{rule}, got {value}")
+
+
+def _check_top(top_k: object, top_p: object) -> None:
+    """top_k None or >= 1 (0 used to switch top-k off silently); top_p None or in (0, 1]."""
+    if top_k is not None:
+        _check_int("top_k", top_k, 1)
+    if top_p is not None:
+        _check_number("top_p", top_p, lambda p: 0 < p <= 1, "top_p must be in (0, 1]")
 
 
 @dataclass
@@ -39,9 +70,14 @@ class Sampling:
     top_p: float | None = None
     generator: torch.Generator | None = None
 
+    def __post_init__(self) -> None:
+        _check_number("temperature", self.temperature, lambda t: t > 0,
+                      "temperature must be > 0; use Greedy() for argmax decoding")
+        _check_top(self.top_k, self.top_p)
+
     def filters(self) -> list[LogitFilter]:
         out: list[LogitFilter] = [Temperature(self.temperature)]
-        if self.top_k:
+        if self.top_k is not None:
             out.append(TopK(self.top_k))
         if self.top_p is not None and self.top_p < 1.0:
             out.append(TopP(self.top_p))
@@ -75,6 +111,8 @@ class BeamSearch:
     penalty_form: str = "length"
 
     def __post_init__(self) -> None:
+        _check_int("beam_size", self.beam_size, 1)
+        _check_number("length_penalty", self.length_penalty, math.isfinite, "length_penalty must be finite")
         if self.early_stopping not in (None, True, False, "never"):
             raise ValueError(f"early_stopping must be None, True, False or 'never', got {self.early_stopping!r}")
         if self.penalty_form not in ("length", "gnmt"):
@@ -108,15 +146,14 @@ class GenerationOptions:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        checks = [(self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
-                  (self.temperature >= 0, "temperature must be >= 0"),
-                  (self.top_k is None or self.top_k >= 1, "top_k must be >= 1"),
-                  (self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-                  (self.beam_size >= 1, "beam_size must be >= 1"),
-                  (self.repetition_penalty > 0, "repetition_penalty must be > 0")]
-        for ok, message in checks:  # `not ok` also catches NaN, which compares False
-            if not ok:
-                raise ValueError(message)
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        _check_number("temperature", self.temperature, lambda t: t >= 0, "temperature must be >= 0")
+        _check_top(self.top_k, self.top_p)
+        _check_int("beam_size", self.beam_size, 1)
+        _check_number("length_penalty", self.length_penalty, math.isfinite, "length_penalty must be finite")
+        _check_number("repetition_penalty", self.repetition_penalty, lambda r: r > 0, "repetition_penalty must be > 0")
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, MAX_SEED, "seed must be in [0, 2**64 - 1]")
         if self.beam_size > 1 and self.sampling:
             raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beam_size 1")
 
@@ -184,8 +221,8 @@ def generate(
     Args:
         model: `model(tokens, context=None, cache=None) -> (B, T, V)` logits.
         prompt: (B, T) int64 start tokens (equal length per row).
-        max_new_tokens: tokens to generate at most: one number, or (B,) per row (a row then ends
-            at its own limit as it would alone; beam search: the ranked search only).
+        max_new_tokens: tokens to generate at most, >= 0 (0: the prompt, score 0): one number, or (B,)
+            per row (a row then ends at its own limit as it would alone; beam search: the ranked search only).
         strategy: Greedy() (default), Sampling(...) or BeamSearch(...).
         context: (B, S, D) encoder output for cross-attention models.
         logit_filters: applied in order before the strategy's own filters.
@@ -202,8 +239,10 @@ def generate(
             seq2seq batch), passed to the model as `context_mask=` and kept row-aligned.
     """
     strategy = strategy or Greedy()
+    limits = _check_generate_args(prompt, max_new_tokens)
+    if prompt.shape[0] == 0:  # an empty batch: nothing to run (a sampler cannot draw from zero rows)
+        return Generation(prompt, prompt.new_zeros(0), torch.zeros(0, device=prompt.device), [])
     cache = (cache if cache is not None else KVCache()) if use_cache else None
-    limits = max_new_tokens if isinstance(max_new_tokens, Tensor) else None
     if isinstance(strategy, BeamSearch):
         if limits is not None and strategy.early_stopping is None:
             raise ValueError("per-row max_new_tokens needs BeamSearch(early_stopping=True, False or 'never')")
@@ -213,6 +252,8 @@ def generate(
     B, T = prompt.shape
     tokens = prompt
     finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    if limits is not None:
+        finished |= limits == 0  # done before the first step, which the limit check below only follows
     lengths = torch.full((B,), T, device=prompt.device)
     scores = torch.zeros(B, device=prompt.device)
     rows: Tensor | None = None  # rows the model still runs (None: all), see _drop_finished
@@ -243,6 +284,24 @@ def generate(
         if bool(finished.all()):
             break
     return Generation(tokens, lengths, scores, [tokens[i, : lengths[i]] for i in range(B)])
+
+
+def _check_generate_args(prompt: Tensor, max_new_tokens: int | Tensor) -> Tensor | None:
+    """One-line errors for a prompt that is not (B, T >= 1) or a limit that is not a whole number >= 0 (a
+    negative one used to cut the prompt); returns the per-row limits, or None for one limit for all rows."""
+    if prompt.ndim != 2:
+        raise ValueError(f"prompt must be (B, T) token ids, got shape {tuple(prompt.shape)}")
+    if prompt.shape[1] == 0:
+        raise ValueError("prompt must hold at least one token per row (a start token), got (B, 0)")
+    if not isinstance(max_new_tokens, Tensor):
+        _check_int("max_new_tokens", max_new_tokens, 0)
+        return None
+    if max_new_tokens.is_floating_point() or max_new_tokens.is_complex() or max_new_tokens.dtype == torch.bool:
+        raise TypeError(f"max_new_tokens must be an integer tensor, got {max_new_tokens.dtype}")
+    low = int(max_new_tokens.min()) if max_new_tokens.numel() else 0
+    if low < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got a row limit of {low}")
+    return max_new_tokens
 
 
 def _drop_finished(

@@ -94,6 +94,8 @@ class TopK:
     """Keep the k most likely tokens."""
 
     def __init__(self, k: int) -> None:
+        if not k >= 1:  # topk(0) fails deep inside with "selected index k out of range"
+            raise ValueError(f"top_k must be >= 1, got {k}")
         self.k = k
 
     def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
@@ -103,7 +105,8 @@ class TopK:
 
 
 class TopP:
-    """Nucleus sampling (Holtzman et al., 2020): keep the smallest set with mass >= p."""
+    """Nucleus sampling (Holtzman et al., 2020): keep the smallest set with mass >= p, and always
+    the likeliest token (transformers' min_tokens_to_keep=1): p <= 0 is greedy, not all -inf and NaN."""
 
     def __init__(self, p: float) -> None:
         self.p = p
@@ -112,6 +115,7 @@ class TopP:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cum - sorted_logits.softmax(dim=-1) >= self.p  # mass before this token already >= p
+        drop[..., 0] = False
         drop = drop.scatter(-1, order, drop)
         return logits.masked_fill(drop, float("-inf"))
 

@@ -122,10 +122,12 @@ class DecodingOptions:
 
     def generation(self, attempt: int, max_new_tokens: int) -> GenerationOptions:
         """The shared loop's options for fallback `attempt` (an index into `temperatures`):
-        greedy or beam search at temperature 0, sampling above it, seeded `seed + attempt`."""
+        greedy or beam search at temperature 0, sampling above it, seeded `seed + attempt` (wrapping past the
+        largest seed, 2**64 - 1, to 0)."""
         temperature = self.temperatures[attempt]
         return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
-                                 beam_size=self.beam_size if temperature == 0 else 1, seed=self.seed + attempt)
+                                 beam_size=self.beam_size if temperature == 0 else 1,
+                                 seed=(self.seed + attempt) % 2**64)
 
 
 class WindowSampling(Sampling):

@@ -203,3 +203,12 @@ def test_options_keep_their_valid_values():
     assert DecodingOptions(max_new_tokens=None, no_speech_threshold=None, audio_context=None, beam_size=np.int64(2),
                            temperatures=[0, 0.5], seed=2 ** 64 - 1).beam_size == 2
     assert TranslationOptions(max_new_tokens=None, length_ratio=1, length_penalty=-0.5).limit(4, 100) == 14
+
+
+def test_fallback_seeds_wrap_past_the_largest_seed():
+    """Attempt k samples with seed + k; the largest seed, 2**64 - 1, wraps to 0 rather than failing the
+    fallback attempt with 'seed must be in [0, 2**64 - 1]'."""
+    from mmkit.inference.transcript import DecodingOptions
+
+    options = DecodingOptions(seed=2**64 - 1, temperatures=(0.0, 0.2, 0.4))
+    assert [options.generation(k, 8).seed for k in range(3)] == [2**64 - 1, 0, 1]
