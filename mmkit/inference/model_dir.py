@@ -17,10 +17,14 @@ def read_model_dir(directory: str | Path) -> tuple[Path, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: no such directory.
+        NotADirectoryError: a file (config.json itself, say) where the directory is expected.
         WeightsError: no config.json in it, one that is not a UTF-8 JSON object, or an mmkit export of a
             newer format (one-line message).
     """
     directory = Path(directory).expanduser()
+    if directory.is_file():
+        raise NotADirectoryError(f"{directory}: a file, not a model directory (give the folder holding "
+                                 f"{CONFIG_NAME} and the weights)")
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
     path = directory / CONFIG_NAME

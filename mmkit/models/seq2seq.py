@@ -146,12 +146,7 @@ class Seq2Seq(PretrainedMixin, nn.Module):
         directory, the instance's mode otherwise."""
         from mmkit.weights.from_hf_marian import marian_from_hf
 
-        config, state, training = marian_from_hf(model_or_dir)
-        model = cls(**config)
-        from mmkit.weights.native import load_state_dict_strict
-
-        load_state_dict_strict(model, state, "MarianMT")
-        return model.train(training)
+        return cls.from_converted(marian_from_hf(model_or_dir))
 
 
 def _activation(name: str) -> Any:

@@ -137,12 +137,8 @@ class T5(PretrainedMixin, nn.Module):
         """Import a transformers `T5ForConditionalGeneration` (v1.0, v1.1, Flan-T5) instance or
         local directory (config.json + weights); never the network."""
         from mmkit.weights.from_hf_t5 import t5_from_hf
-        from mmkit.weights.native import load_state_dict_strict
 
-        config, state, training = t5_from_hf(model_or_dir)
-        model = cls(**config)
-        load_state_dict_strict(model, state, "T5")
-        return model.train(training)
+        return cls.from_converted(t5_from_hf(model_or_dir))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -86,6 +86,10 @@ class VQGAN(PretrainedMixin, nn.Module):
     def _latents(self, images: Tensor) -> Tensor:
         if not self.has_encoder:
             raise ValueError("this VQGAN has no encoder (a decoder-only import such as min-dalle's detokenizer)")
+        f = self.downsample_factor
+        if images.shape[-2] % f or images.shape[-1] % f:  # the strided convs would drop the remainder silently
+            raise ValueError(f"image height and width must be multiples of the downsample factor {f}, "
+                             f"got {images.shape[-2]}x{images.shape[-1]}")
         return self.quant_conv(self.encoder(self._to_net(images)))  # (B, code_dim, h, w)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,7 +144,7 @@ class VQGAN(PretrainedMixin, nn.Module):
             doc = yaml.safe_load(config_yaml.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise WeightsError(f"{config_yaml}: not a readable YAML config ({e})") from None
-        config, state = vqgan_from_taming(doc, _read_ckpt(Path(ckpt).expanduser()), str(ckpt))
+        config, state = vqgan_from_taming(doc, _read_ckpt(Path(ckpt).expanduser()), str(ckpt), str(config_yaml))
         return _build(cls, config, state, str(ckpt))
 
 
@@ -154,6 +158,7 @@ def _read_ckpt(path: Path) -> dict[str, Tensor]:
 
 
 def _build(cls: type[VQGAN], config: dict[str, Any], state: dict[str, Tensor], source: str) -> VQGAN:
+    cls.check_config(config, f"{source}: imported config")  # as `from_converted` does for the other importers
     model = cls(**config)
     load_state_dict_strict(model, state, source)
     return model.eval()

@@ -242,12 +242,18 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_count", torch.ones(codebook_size), persistent=False)
             self.register_buffer("ema_sum", self.embedding.weight.detach().clone(), persistent=False)
 
+    def _search_dtype(self, z: Tensor) -> torch.dtype:
+        """fp32, or fp64 for a float64 model or input: the precision of the code search and the VQ loss."""
+        return torch.promote_types(torch.promote_types(z.dtype, self.embedding.weight.dtype), torch.float32)
+
     def codes(self, z: Tensor) -> Tensor:
-        """Nearest codes of latents z (B, C, h, w) → (B, h, w) int64, searched in fp32 whatever the
-        autocast (bf16's 8-bit mantissa would turn near ties into wrong codes)."""
+        """Nearest codes of latents z (B, C, h, w) → (B, h, w) int64, searched in fp32 (fp64 for a float64
+        model) whatever the autocast or the model's dtype (bf16's 8-bit mantissa would turn near ties into
+        wrong codes)."""
+        dtype = self._search_dtype(z)
         with torch.autocast(z.device.type, enabled=False):
-            flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B·h·w, C)
-            e = self.embedding.weight
+            flat = z.to(dtype).permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B·h·w, C)
+            e = self.embedding.weight.to(dtype)
             # Same expansion as taming, so that near-ties resolve the same way.
             d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()
         return d.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
@@ -260,22 +266,24 @@ class VectorQuantizer(nn.Module):
         """
         Returns:
             z_q (B, C, h, w) with straight-through gradients to z, the VQ loss (scalar), codes (B, h, w).
-            fp32 under any autocast: the codebook, its loss and its EMA statistics stay fp32 (bf16-mixed).
+            z_q has the codebook's dtype, the model's (what `post_quant_conv` takes after `.half()`); the
+            search, the loss and the EMA statistics run in fp32 (fp64 for a float64 model), so under
+            bf16-mixed autocast (an fp32 model) all stay fp32.
         """
-        z = z.float()
+        z = z.to(self._search_dtype(z))
         codes = self.codes(z)
-        z_q = self.lookup(codes)
+        z_q = self.lookup(codes).to(z.dtype)
         loss = self.beta * F.mse_loss(z, z_q.detach())
         if self.ema_decay <= 0:
             loss = loss + F.mse_loss(z_q, z.detach())
         if self.training:
             self._update(z.detach(), codes)
-        return z + (z_q - z).detach(), loss, codes
+        return (z + (z_q - z).detach()).to(self.embedding.weight.dtype), loss, codes
 
     @torch.no_grad()
     def _update(self, z: Tensor, codes: Tensor) -> None:
         """EMA codebook step (if any), then dead-code restarts; identical on every data-parallel rank."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, C)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).to(self.embedding.weight.dtype)  # (N, C)
         counts = torch.bincount(codes.flatten(), minlength=self.codebook_size).to(flat.dtype)
         if self.ema_decay > 0:
             sums = torch.zeros_like(self.ema_sum).index_add_(0, codes.flatten(), flat)

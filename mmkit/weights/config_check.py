@@ -14,13 +14,17 @@ from typing import Any, Callable, Literal, Mapping
 
 from mmkit.weights.native import FORMAT_VERSION, WeightsError
 
-# Sizes that must be at least 1 (a zero head count divides by zero; a zero width builds nothing); the
-# last three are transformers' spellings (`d_model`, `num_mel_bins`, `max_*_positions`) and token limits.
+# Sizes that must be at least 1 (a zero head count divides by zero; a zero width builds nothing, a zero
+# bucket count or distance breaks the relative position bias); from `d_model` on, transformers' spellings
+# (`d_model`, `num_mel_bins`, `max_*_positions`, GPT-2's `n_head`/`n_embd`/`n_inner`, T5's `d_kv`/`d_ff`,
+# `max_position_embeddings`) and token limits.
 _POSITIVE = re.compile(r"(heads|dim|_size|max_len|_ctx|n_mels|in_chans|in_channels|channels|^ch|codebook_size"
-                       r"|d_model|_bins|_positions|^max_\w*tokens)$")
-# Rates in [0, 1); every other float just finite and non-negative where it is a ratio or eps.
-_RATE = re.compile(r"(dropout|drop_path_rate|_rate)$")
-_NONNEG_FLOAT = re.compile(r"(ratio|eps|beta)$")
+                       r"|_buckets|_distance|d_model|_bins|_positions|^n_(head|embd|inner)|^d_(kv|ff)"
+                       r"|^max_\w*(tokens|embeddings))$")
+# Rates in [0, 1) (BERT's `*_dropout_prob` too); every other float just finite and non-negative where it is
+# a ratio or an epsilon.
+_RATE = re.compile(r"(dropout|drop_path_rate|_rate|_prob)$")
+_NONNEG_FLOAT = re.compile(r"(ratio|eps|epsilon|beta)$")
 
 
 def _type_name(tp: Any) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from mmkit.weights.hf import check_tied, hf_source
+from mmkit.weights.config_check import check_divisible, check_fields
+from mmkit.weights.hf import check_tied, config_file, hf_source
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError
 
@@ -40,6 +41,13 @@ GPT2_KEYS = [(prefix + src, dst) for prefix in ("transformer.", "") for src, dst
 ]
 _CONV1D_TARGETS = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# The transformers fields the conversion reads, with their types (sizes positive: config_check's rules;
+# a flag may be null, read as false).
+_HF_REQUIRED = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+_HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, "n_inner": Optional[int], "layer_norm_epsilon": float,
+              "activation_function": str, **{flag: Optional[bool] for flag in (
+                  "scale_attn_by_inverse_layer_idx", "scale_attn_weights", "add_cross_attention",
+                  "tie_word_embeddings")}}
 
 
 def conv1d_to_linear(w: Tensor) -> Tensor:
@@ -48,10 +56,15 @@ def conv1d_to_linear(w: Tensor) -> Tensor:
 
 
 def gpt2_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """mmkit's GPT config of transformers config `cfg` (from `source`), its fields checked first."""
+    where = config_file(source)
     if cfg.get("model_type", "gpt2") != "gpt2":
-        raise WeightsError(f"{source}: expected a GPT-2 config, got model_type={cfg.get('model_type')!r}")
+        raise WeightsError(f"{where}: expected a GPT-2 config, got model_type={cfg.get('model_type')!r}")
+    check_fields(cfg, _HF_FIELDS, where, required=_HF_REQUIRED)
+    check_divisible(cfg, "n_embd", "n_head", where)
+    act = cfg.get("activation_function", "gelu_new")  # GPT2Config's default
     unsupported = {
-        f"activation_function={cfg.get('activation_function')!r}": cfg.get("activation_function") not in _GELU_TANH,
+        f"activation_function={act!r}": act not in _GELU_TANH,
         "scale_attn_by_inverse_layer_idx": cfg.get("scale_attn_by_inverse_layer_idx", False),
         "scale_attn_weights=False": not cfg.get("scale_attn_weights", True),
         "add_cross_attention": cfg.get("add_cross_attention", False),
@@ -59,7 +72,7 @@ def gpt2_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise WeightsError(f"{source}: GPT-2 variant uses features outside mmkit's GPT: {', '.join(bad)}")
+        raise WeightsError(f"{where}: GPT-2 variant uses features outside mmkit's GPT: {', '.join(bad)}")
     dim = cfg["n_embd"]
     return dict(
         vocab_size=cfg["vocab_size"], max_len=cfg["n_positions"], dim=dim, depth=cfg["n_layer"],

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from mmkit.weights.hf import check_tied, fuse_projections, hf_source
+from mmkit.weights.config_check import check_divisible, check_fields, check_token_ids
+from mmkit.weights.hf import check_tied, config_file, fuse_projections, hf_source
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError
 
@@ -60,14 +61,27 @@ BERT_KEYS = [(prefix + src, dst) for prefix in ("", "bert.", "roberta.") for src
     ("classifier.dense.{p}", "classifier.dense.{p}"),  # RoBERTa: dense -> tanh -> out_proj on <s>
     ("classifier.out_proj.{p}", "classifier.out_proj.{p}"),
 ]
+# The transformers fields the conversion reads, with their types (sizes positive: config_check's rules;
+# a flag may be null, read as false).
+_HF_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings")
+_HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, "type_vocab_size": int, "layer_norm_eps": float,
+              "hidden_dropout_prob": float, "pad_token_id": Optional[int], "hidden_act": str,
+              "position_embedding_type": str,
+              **{flag: Optional[bool] for flag in ("is_decoder", "add_cross_attention", "tie_word_embeddings")}}
 _EMBEDDINGS = tuple(f"{p}embeddings.word_embeddings.weight" for p in ("", "bert.", "roberta."))
 
 
 def bert_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> dict[str, Any]:
-    """mmkit BERT constructor arguments of a transformers Bert/Roberta config, heads from `state`."""
+    """mmkit BERT constructor arguments of a transformers Bert/Roberta config (its fields checked first),
+    heads from `state`."""
+    where = config_file(source)
     kind = cfg.get("model_type", "bert")
     if kind not in ("bert", "roberta"):
-        raise WeightsError(f"{source}: expected a BERT or RoBERTa config, got model_type={kind!r}")
+        raise WeightsError(f"{where}: expected a BERT or RoBERTa config, got model_type={kind!r}")
+    check_fields(cfg, _HF_FIELDS, where, required=_HF_REQUIRED)
+    check_divisible(cfg, "hidden_size", "num_attention_heads", where)
+    check_token_ids(cfg, ["pad_token_id"], cfg["vocab_size"], where)
     unsupported = {
         f"hidden_act={cfg.get('hidden_act')!r}": cfg.get("hidden_act", "gelu") != "gelu",
         f"position_embedding_type={cfg.get('position_embedding_type')!r}":
@@ -78,7 +92,7 @@ def bert_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> d
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise WeightsError(f"{source}: {kind} variant uses features outside mmkit's BERT: {', '.join(bad)}")
+        raise WeightsError(f"{where}: {kind} variant uses features outside mmkit's BERT: {', '.join(bad)}")
     head, num_classes = _classifier(state, source)
     dim = cfg["hidden_size"]
     pad_id = cfg.get("pad_token_id")
@@ -131,7 +145,8 @@ def bert_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
     cfg, state, source, training = hf_source(model_or_dir, BERT_CLASSES)
     archs = [a for a in cfg.get("architectures") or [] if a not in BERT_CLASSES]
     if archs:
-        raise WeightsError(f"{source}: {archs[0]} is not supported; mmkit's BERT imports {', '.join(BERT_CLASSES)}")
+        raise WeightsError(f"{config_file(source)}: {archs[0]} is not supported; mmkit's BERT imports "
+                           f"{', '.join(BERT_CLASSES)}")
     config = bert_config(cfg, state, source)
     for head in ("cls.predictions.decoder.weight", "lm_head.decoder.weight"):
         check_tied(state, head, _EMBEDDINGS, source, "BERT")

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from mmkit.weights.hf import fuse_projections, hf_source
+from mmkit.weights.config_check import check_divisible, check_fields
+from mmkit.weights.hf import config_file, fuse_projections, hf_source
 from mmkit.weights.keymap import remap
-from mmkit.weights.native import WeightsError
+from mmkit.weights.native import Converted, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,23 @@ MARIAN_KEYS = [
     (_DEC + "final_layer_norm.{p}", _D + "norm2.{p}"),
 ]
 _ACTIVATIONS = {"swish": "silu", "silu": "silu", "relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh"}
+# The transformers fields the conversion reads, with their types (sizes positive: config_check's rules;
+# a flag may be null, read as false).
+_HF_REQUIRED = ("vocab_size", "max_position_embeddings", "d_model", "encoder_layers", "decoder_layers",
+                "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim")
+_HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, "dropout": float, "activation_function": str,
+              **{flag: Optional[bool] for flag in (
+                  "scale_embedding", "tie_word_embeddings", "share_encoder_decoder_embeddings", "normalize_before")}}
 
 
 def marian_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
-    """Seq2Seq constructor arguments for a MarianConfig; features Seq2Seq lacks are refused."""
+    """Seq2Seq constructor arguments for a MarianConfig (its fields checked first); features Seq2Seq
+    lacks are refused."""
+    where = config_file(source)
     if cfg.get("model_type") != "marian":
-        raise WeightsError(f"{source}: expected a MarianMT config, got model_type={cfg.get('model_type')!r}")
+        raise WeightsError(f"{where}: expected a MarianMT config, got model_type={cfg.get('model_type')!r}")
+    check_fields(cfg, _HF_FIELDS, where, required=_HF_REQUIRED)
+    check_divisible(cfg, "d_model", "encoder_attention_heads", where)
     act = cfg.get("activation_function", "gelu")
     dim = cfg["d_model"]
     unsupported = {
@@ -70,7 +82,7 @@ def marian_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise WeightsError(f"{source}: MarianMT variant uses features outside mmkit's Seq2Seq: {', '.join(bad)}")
+        raise WeightsError(f"{where}: MarianMT variant uses features outside mmkit's Seq2Seq: {', '.join(bad)}")
     return dict(
         vocab_size=cfg["vocab_size"], max_len=cfg["max_position_embeddings"], dim=dim,
         encoder_depth=cfg["encoder_layers"], decoder_depth=cfg["decoder_layers"],
@@ -105,11 +117,12 @@ def _check_shared(state: dict[str, Tensor], tie: bool, source: str) -> dict[str,
     return state
 
 
-def marian_from_hf(model_or_dir: nn.Module | str | Path) -> tuple[dict[str, Any], dict[str, Tensor], bool]:
-    """Convert a `MarianMTModel` (an instance, or a local directory with config.json + weights).
+def marian_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
+    """Convert a `MarianMTModel` (an instance, or a local directory with config.json + weights) for
+    `mmkit.models.Seq2Seq` (see `Seq2Seq.from_hf`).
 
     Returns:
-        (Seq2Seq constructor config, Seq2Seq state dict, training flag of the source).
+        Seq2Seq constructor config and state dict; training is the instance's mode, False for a directory.
 
     Raises:
         WeightsError: unsupported variants and tensors no rule accounts for (names listed).
@@ -122,4 +135,4 @@ def marian_from_hf(model_or_dir: nn.Module | str | Path) -> tuple[dict[str, Any]
     mapped.setdefault("logits_bias", torch.zeros(config["vocab_size"]))  # absent from older saves: zeros
     log.info("imported MarianMT (%s+%s layers, dim %s) from %s", config["encoder_depth"], config["decoder_depth"],
              config["dim"], source)
-    return config, mapped, training
+    return Converted(config, mapped, source, training)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from mmkit.weights.hf import fuse_projections, hf_source
+from mmkit.weights.config_check import check_fields
+from mmkit.weights.hf import config_file, fuse_projections, hf_source
 from mmkit.weights.keymap import remap
-from mmkit.weights.native import WeightsError
+from mmkit.weights.native import Converted, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +59,31 @@ T5_KEYS = [
 ]
 
 
-def _activation(cfg: dict[str, Any], source: str) -> str:
+# The transformers fields the conversion reads, with their types (sizes positive: config_check's rules;
+# a flag may be null, read as false).
+_HF_REQUIRED = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers")
+_HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, "num_decoder_layers": Optional[int],
+              "relative_attention_num_buckets": int, "relative_attention_max_distance": int, "dropout_rate": float,
+              "layer_norm_epsilon": float, "feed_forward_proj": str, "dense_act_fn": Optional[str],
+              "tie_word_embeddings": Optional[bool], "scale_decoder_outputs": Optional[bool]}
+
+
+def _activation(cfg: dict[str, Any], where: str) -> str:
     kind = cfg.get("feed_forward_proj", "relu")
     names = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
     gated = kind.startswith("gated-")
     act = cfg.get("dense_act_fn") or ("gelu_new" if kind == "gated-gelu" else kind.removeprefix("gated-"))
     if act not in names:
-        raise WeightsError(f"{source}: T5 feed_forward_proj={kind!r} uses an activation outside mmkit ({act!r})")
+        raise WeightsError(f"{where}: T5 feed_forward_proj={kind!r} uses an activation outside mmkit ({act!r})")
     return ("gated-" if gated else "") + names[act]
 
 
 def t5_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> dict[str, Any]:
-    """T5 constructor arguments for a T5Config (and its weights: is the head tied?)."""
+    """T5 constructor arguments for a T5Config (its fields checked first; and its weights: is the head tied?)."""
+    where = config_file(source)
     if cfg.get("model_type") not in ("t5", "mt5"):
-        raise WeightsError(f"{source}: expected a T5 config, got model_type={cfg.get('model_type')!r}")
+        raise WeightsError(f"{where}: expected a T5 config, got model_type={cfg.get('model_type')!r}")
+    check_fields(cfg, _HF_FIELDS, where, required=_HF_REQUIRED)
     head, shared = state.get("lm_head.weight"), state.get("shared.weight")
     tied = head is None or (shared is not None and torch.equal(head, shared))
     # transformers >= 5 records the v1.0 output rescaling as scale_decoder_outputs; older configs
@@ -83,7 +95,7 @@ def t5_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> dic
         decoder_depth=cfg.get("num_decoder_layers") or cfg["num_layers"],
         num_buckets=cfg.get("relative_attention_num_buckets", 32),
         max_distance=cfg.get("relative_attention_max_distance", 128), dropout=cfg.get("dropout_rate", 0.1),
-        feed_forward=_activation(cfg, source), tie_output=bool(tied), scale_output=bool(scale),
+        feed_forward=_activation(cfg, where), tie_output=bool(tied), scale_output=bool(scale),
     )
 
 
@@ -101,12 +113,12 @@ def _split_head(state: dict[str, Tensor], tied: bool, source: str) -> dict[str, 
     return state
 
 
-def t5_from_hf(model_or_dir: nn.Module | str | Path) -> tuple[dict[str, Any], dict[str, Tensor], bool]:
+def t5_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
     """Convert a `T5ForConditionalGeneration` (an instance, or a local directory with
-    config.json + weights).
+    config.json + weights) for `mmkit.models.T5` (see `T5.from_hf`).
 
     Returns:
-        (T5 constructor config, T5 state dict, training flag of the source).
+        T5 constructor config and state dict; training is the instance's mode, False for a directory.
 
     Raises:
         WeightsError: unsupported variants and tensors no rule accounts for (names listed).
@@ -119,4 +131,4 @@ def t5_from_hf(model_or_dir: nn.Module | str | Path) -> tuple[dict[str, Any], di
     mapped = fuse_projections(remap(state, rules, source), source, biasless=())
     log.info("imported T5 (%s+%s layers, dim %s, %s) from %s", config["encoder_depth"], config["decoder_depth"],
              config["dim"], config["feed_forward"], source)
-    return config, mapped, training
+    return Converted(config, mapped, source, training)

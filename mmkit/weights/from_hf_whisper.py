@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from mmkit.weights.config_check import check_divisible, check_fields
-from mmkit.weights.hf import FUSED, check_tied, fuse_projections, hf_source
+from mmkit.weights.hf import FUSED, check_tied, config_file, fuse_projections, hf_source
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError
 
@@ -69,7 +69,7 @@ _HF_FIELDS = {name: int for name in (
 
 def whisper_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     """mmkit's Whisper config of transformers config `cfg` (from `source`), its fields checked first."""
-    where = str(Path(source).with_name("config.json")) if Path(source).is_file() else source
+    where = config_file(source)
     if cfg.get("model_type") != "whisper":
         raise WeightsError(f"{where}: expected a Whisper config, got model_type={cfg.get('model_type')!r}")
     check_fields(cfg, _HF_FIELDS, where, required=tuple(_HF_FIELDS))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from mmkit.weights.from_timm import VIT_KEYS, timm_vit_config
 from mmkit.weights.keymap import Rule, Transform, remap
-from mmkit.weights.native import Converted, WeightsError, load_state_dict_strict, read_state_dict
+from mmkit.weights.native import Converted, WeightsError, check_file, load_state_dict_strict, read_state_dict
 from mmkit.weights.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ def read_open_clip_checkpoint(path: str | Path) -> dict[str, Tensor]:
     torch file (optionally wrapped as {"state_dict": ...}, keys optionally prefixed "module." by
     DDP), or a TorchScript archive. Non-weight entries (`CHECKPOINT_DROPS`) are removed."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"checkpoint file not found: {path}")
+    check_file(path)
     if is_torchscript_archive(path):
         state = read_torchscript_state_dict(path)
     else:
@@ -266,7 +265,7 @@ def _create(arch: str, pretrained: str | Path | None) -> tuple[nn.Module, str, b
         return model, str(path), True
     tag = str(pretrained)
     if "/" in tag or path.suffix in _CHECKPOINT_SUFFIXES:  # meant as a file (tags are bare names)
-        raise WeightsError(f"checkpoint file not found: {path}")
+        check_file(path)  # a directory, or nothing there
     if not open_clip.get_pretrained_cfg(arch, tag):
         known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise WeightsError(f"{tag!r} is neither a checkpoint file nor an open_clip pretrained tag of {arch} "

@@ -58,6 +58,8 @@ def vqgan_config_from_taming(doc: dict[str, Any], source: str) -> dict[str, Any]
     }
 
 
-def vqgan_from_taming(doc: dict[str, Any], state: dict[str, Tensor], source: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """(VQGAN config, VQGAN state dict) from a taming config and checkpoint state dict."""
-    return vqgan_config_from_taming(doc, source), remap(state, TAMING_VQGAN_KEYS, source)
+def vqgan_from_taming(doc: dict[str, Any], state: dict[str, Tensor], source: str,
+                      config_source: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(VQGAN config, VQGAN state dict) from a taming config and checkpoint state dict; errors name
+    `config_source` (the YAML file; default `source`) or `source` (the checkpoint)."""
+    return vqgan_config_from_taming(doc, config_source or source), remap(state, TAMING_VQGAN_KEYS, source)

@@ -18,6 +18,10 @@ from mmkit.weights.native import WeightsError, read_state_dict, summarise_keys
 # Staged names the key maps produce: `<base>.<qkv|kv>.<q|k|v>.<weight|bias>`.
 _STAGED = re.compile(r"(?P<base>.+\.(?P<fused>qkv|kv))\.(?P<part>q|k|v)\.(?P<p>weight|bias)\Z")
 FUSED = {"qkv": ("q", "k", "v"), "kv": ("k", "v")}
+# transformers `model_type` -> the mmkit class whose `from_hf` imports it (for messages: these converters
+# never import mmkit.models).
+HF_IMPORTERS = {"gpt2": "GPT", "bert": "BERT", "roberta": "BERT", "marian": "Seq2Seq", "t5": "T5", "mt5": "T5",
+                "whisper": "Whisper"}
 
 
 def read_hf_dir(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor], str]:
@@ -32,6 +36,10 @@ def read_hf_dir(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor], str
         raise WeightsError(f"{config_path}: invalid JSON ({e})") from None
     if not isinstance(cfg, dict):
         raise WeightsError(f"{config_path}: expected a JSON object, found {type(cfg).__name__}")
+    if "architecture" in cfg and "model_type" not in cfg:  # mmkit's own layout (`native.save_pretrained`)
+        arch = cfg["architecture"] if str(cfg["architecture"]).isidentifier() else "<model class>"
+        raise WeightsError(f"{config_path}: an mmkit {arch} checkpoint, not a Hugging Face transformers one: "
+                           f"load it with {arch}.from_pretrained")
     index = directory / "model.safetensors.index.json"
     if index.is_file():  # sharded checkpoint: every shard named in the index
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -43,6 +51,13 @@ def read_hf_dir(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor], str
         if (directory / name).is_file():
             return cfg, read_state_dict(directory / name), str(directory / name)
     raise WeightsError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def config_file(source: str) -> str:
+    """Where config problems of an import from `source` (a weights file read by `read_hf_dir`, or the name of a
+    transformers instance) are reported: the config.json beside the weights, else `source` itself."""
+    path = Path(source)
+    return str(path.with_name("config.json")) if path.is_file() else source
 
 
 def is_local(name: str | Path) -> bool:

@@ -30,6 +30,18 @@ _INIT_FILLS = ("normal_", "trunc_normal_", "uniform_", "kaiming_uniform_", "kaim
 
 
 @contextlib.contextmanager
+def config_errors(where: str) -> Iterator[None]:
+    """A constructor's own refusal of its arguments (a ValueError: a choice outside the known ones, arguments
+    that do not fit together) re-raised as a one-line WeightsError naming `where`, the config they came from."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except ValueError as e:
+        raise WeightsError(f"{where}: {e}") from None
+
+
+@contextlib.contextmanager
 def skip_init() -> Iterator[None]:
     """torch.nn.init's fills as no-ops while building a model that a strict load then overwrites
     entirely (transformers' `no_init_weights`): random init costs seconds for ViT-B (0.5 s for
@@ -92,6 +104,15 @@ def check_openable(path: Path) -> None:
         raise WeightsError(f"{path}: the file cannot be opened ({e.strerror or e})") from None
 
 
+def check_file(path: Path) -> None:
+    """Refuse a checkpoint `path` that is not there, or is a directory (these readers take the weights file
+    itself; a directory given instead is named as one, not reported missing)."""
+    if path.is_dir():
+        raise WeightsError(f"{path}: a directory; expected a checkpoint file (the weights file itself)")
+    if not path.is_file():
+        raise WeightsError(f"checkpoint file not found: {path}")
+
+
 _GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 
 
@@ -99,8 +120,7 @@ def torch_load_weights_only(path: str | Path) -> Any:
     """`torch.load(path, weights_only=True)`: tensors and plain containers, never code. A file
     whose pickle names a Python object is refused in one line that says how to convert a trusted one."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"checkpoint file not found: {path}")
+    check_file(path)
     check_openable(path)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -120,8 +140,7 @@ def torch_load_weights_only(path: str | Path) -> Any:
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read tensors from a safetensors file or a torch file, never unpickling arbitrary objects."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"checkpoint file not found: {path}")
+    check_file(path)
     if path.suffix == ".safetensors":
         check_openable(path)
         try:
@@ -287,9 +306,13 @@ class PretrainedMixin:
     @classmethod
     def read_config(cls, directory: str | Path) -> dict[str, Any]:
         """The parsed config.json of a native checkpoint directory, checked for this class."""
-        path = Path(directory).expanduser() / CONFIG_NAME
+        directory = Path(directory).expanduser()
+        if directory.is_file():
+            raise WeightsError(f"{directory}: a file; {cls.__name__}.from_pretrained expects the checkpoint directory "
+                               f"(the folder holding {CONFIG_NAME} and {WEIGHTS_NAME})")
+        path = directory / CONFIG_NAME
         if not path.is_file():
-            raise WeightsError(f"{path.parent}: not an mmkit checkpoint directory (no {CONFIG_NAME})")
+            raise WeightsError(f"{directory}: not an mmkit checkpoint directory (no {CONFIG_NAME})")
         try:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -301,6 +324,15 @@ class PretrainedMixin:
         from mmkit.weights.config_check import check_format_version
 
         check_format_version(doc, str(path))
+        if "architecture" not in doc:
+            what = "not an mmkit checkpoint (no 'architecture' field)"
+            if "model_type" in doc:
+                from mmkit.weights.hf import HF_IMPORTERS
+
+                importer = HF_IMPORTERS.get(doc["model_type"]) if isinstance(doc["model_type"], str) else None
+                what += f" but a Hugging Face transformers one (model_type={doc['model_type']!r})"
+                what += f": import it with {importer}.from_hf" if importer else ""
+            raise WeightsError(f"{path}: {what}")
         if doc.get("architecture") != cls.architecture_name():
             raise WeightsError(f"{path}: holds a {doc.get('architecture')!r} checkpoint, not {cls.architecture_name()}")
         if not isinstance(doc.get("metadata", {}), dict):
@@ -337,7 +369,7 @@ class PretrainedMixin:
         """`config` checked against the weights' tensor shapes `found` on a meta-device build, before a
         real build allocates anything (`check_layer_counts`, then `check_shapes`)."""
         check_layer_counts(config, len(found), where)
-        with torch.device("meta"), skip_init():
+        with torch.device("meta"), skip_init(), config_errors(where):
             model = cls.build(config)
         check_shapes(model, found, config, where, weights)  # type: ignore[arg-type]
 
@@ -354,7 +386,9 @@ class PretrainedMixin:
         random init (`skip_init`; default: the class's `init_free_load`): only for models whose every
         tensor is in the state dict. The state is copied unless `assign`: an importer may hand over the
         tensors of a live source model, which must not end up sharing storage with this one; `assign` is
-        for a state freshly read from a file (`load_state_dict_strict`)."""
+        for a state freshly read from a file (`load_state_dict_strict`). The config is checked as a native
+        one is (`check_config`), a backstop for importers that check their source's fields less."""
+        cls.check_config(converted.config, f"{converted.source}: imported config")
         cls.check_against(converted.config, {k: tuple(v.shape) for k, v in converted.state.items()}, converted.source,
                           "the weights")
         model = cls._build_to_load(converted.config, cls.init_free_load if empty_init is None else empty_init)
@@ -374,9 +408,11 @@ class PretrainedMixin:
         saved = cls.read_config(directory)["config"]
         path = cls.check_weights(directory, saved)
         config = cls.with_overrides(saved, overrides)
+        where = f"{directory}: config with overrides"
         if overrides:
-            cls.check_config(config, f"{directory}: config with overrides")
-        model = cls._build_to_load(config, cls.init_free_load)
+            cls.check_config(config, where)
+        with config_errors(where):  # without overrides, `check_weights` built this config already (on meta)
+            model = cls._build_to_load(config, cls.init_free_load)
         state = model.adapt_state_dict(read_state_dict(path), saved)  # type: ignore[attr-defined]
         load_state_dict_strict(model, state, str(path))  # type: ignore[arg-type]
         return model
