@@ -194,7 +194,8 @@ class TextToImage:
         """An mmkit text-to-image export, or a min-dalle download (see `from_min_dalle`)."""
         directory = Path(directory).expanduser()
         if not directory.is_dir():
-            raise WeightsError(f"--model {directory}: no such directory")
+            what = "a file, not a model directory" if directory.exists() else "no such directory"
+            raise WeightsError(f"--model {directory}: {what}")
         if _min_dalle_layout(directory):
             return cls.from_min_dalle(directory)
         try:
@@ -203,7 +204,8 @@ class TextToImage:
         except (OSError, ValueError, AttributeError):
             doc, arch = {}, None
         if arch != ARCHITECTURE and (directory / CONFIG_NAME).is_file():
-            raise WeightsError(f"{directory}: holds a {arch!r} checkpoint, not a text-to-image export")
+            held = f"an mmkit {arch} checkpoint" if arch else "a checkpoint that is not mmkit's (e.g. transformers')"
+            raise WeightsError(f"{directory}: holds {held}, not a text-to-image export")
         if not (directory / "dalle").is_dir() or not (directory / TOKENIZER_NAME).is_file():
             raise WeightsError(f"{directory}: not a text-to-image export (expected dalle/, vqgan/ and "
                                f"{TOKENIZER_NAME}, or a min-dalle download: dalle_bart_mini/ or dalle_bart_mega/ and "

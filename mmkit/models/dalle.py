@@ -95,6 +95,8 @@ class DALLE(PretrainedMixin, nn.Module):
 
     def embed(self, tokens: Tensor, offset: int) -> Tensor:
         """Tokens (B, T) at positions offset .. offset + T - 1 → (B, T, dim)."""
+        if tokens.shape[1] == 0:  # as `core.Attention` says it, before an empty concatenation would
+            raise ValueError(f"empty sequence: attention needs at least one position, got shape {tuple(tokens.shape)}")
         n_text = max(0, min(self.text_len - offset, tokens.shape[1]))
         text, image = tokens[:, :n_text], tokens[:, n_text:] - self.text_vocab_size
         checked = not torch.compiler.is_compiling()  # eager only: the checks read values, which a graph cannot

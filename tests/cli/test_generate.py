@@ -107,7 +107,14 @@ def test_bad_model_and_out(export, tmp_path, capsys):
     VQGAN(ch=8, ch_mult=(1,), num_res_blocks=1, attn_levels=(), z_channels=8, codebook_size=4, code_dim=4,
           norm_groups=4).save_pretrained(other)
     _fails(["a red circle", "--model", str(other), "--out", str(tmp_path / "o")], capsys,
-           "holds a 'VQGAN' checkpoint, not a text-to-image export")
+           "holds an mmkit VQGAN checkpoint, not a text-to-image export")
+    _fails(["a red circle", "--model", str(other / "config.json"), "--out", str(tmp_path / "o")], capsys,
+           "config.json: a file, not a model directory")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')
+    _fails(["a red circle", "--model", str(hf), "--out", str(tmp_path / "o")], capsys,
+           "holds a checkpoint that is not mmkit's (e.g. transformers'), not a text-to-image export")
     (tmp_path / "wrong" / "dalle").mkdir(parents=True)
     VQGAN(ch=8, ch_mult=(1,), num_res_blocks=1, attn_levels=(), z_channels=8, codebook_size=4, code_dim=4,
           norm_groups=4).save_pretrained(tmp_path / "wrong" / "dalle")

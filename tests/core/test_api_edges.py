@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmkit.core import Attention, BeamSearch, GenerationOptions, Greedy, Sampling, TopK, TopP, generate
-from mmkit.models import BERT, GPT, ViT, Whisper
+from mmkit.models import BERT, DALLE, GPT, ViT, Whisper
 
 PROMPT = torch.tensor([[3, 14, 15], [9, 2, 6]])
 RANKED = ["ranked-true", "ranked-false", "ranked-never"]
@@ -97,8 +97,10 @@ def test_an_empty_sequence_is_refused_in_one_line():
     torch.manual_seed(0)
     gpt = GPT(vocab_size=50, max_len=16, dim=32, depth=2, num_heads=4).eval()
     bert = BERT(vocab_size=50, max_len=16, dim=32, depth=2, num_heads=4).eval()
+    dalle = DALLE(text_vocab_size=20, text_len=4, codebook_size=30, image_grid=2, dim=32, depth=2, num_heads=4)
     for run in (lambda: gpt(torch.zeros(2, 0, dtype=torch.long)), lambda: bert(torch.zeros(2, 0, dtype=torch.long)),
-                lambda: Attention(32, 4)(torch.zeros(2, 0, 32))):
+                lambda: Attention(32, 4)(torch.zeros(2, 0, 32)),
+                lambda: dalle.eval()(torch.zeros(2, 0, dtype=torch.long))):  # its own embeddings say it first
         with pytest.raises(ValueError, match="empty sequence"):  # was the reshape error
             run()
     with pytest.raises(ValueError, match="at least one token"):
