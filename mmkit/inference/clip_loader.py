@@ -117,7 +117,7 @@ def load_clip(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokenize
     Architectures in `mmkit.models.sizes.CLIP_CONFIGS` with a local file are read without
     building an open_clip model (same key map and strict load as `CLIP.from_open_clip`).
     """
-    from mmkit.weights.native import WEIGHTS_NAME, WeightsError, read_state_dict
+    from mmkit.weights.native import WeightsError, read_state_dict
 
     path = Path(model).expanduser()
     bpe = True  # CLIP's BPE tokenizer (vs. an architecture's own, e.g. SigLIP's)

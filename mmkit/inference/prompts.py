@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmkit.inference.transcript import as_items
+from mmkit.inference.inputs import as_items
 from mmkit.models.clip import CLIP
 
 Tokenizer = Callable[[Sequence[str]], Tensor]  # texts -> (B, T) int64 ids

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
-from mmkit.inference.transcript import as_items
+from mmkit.inference.inputs import as_items
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from mmkit.core import GenerationOptions, generate
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
-from mmkit.inference.transcript import as_items
+from mmkit.inference.inputs import as_items
 from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
 

@@ -30,10 +30,11 @@ from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel_spectro
 from mmkit.audio.io import check_samples
 from mmkit.core import KVCache
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
+from mmkit.inference.inputs import as_items
 from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
 from mmkit.inference.transcript import (
-    DecodingOptions, Segment, Transcript, as_items, greedy_options, window_segments,
+    DecodingOptions, Segment, Transcript, greedy_options, window_segments,
 )
 from mmkit.inference.window_decoder import WindowDecoder
 from mmkit.inference.writers import path_text

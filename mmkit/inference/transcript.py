@@ -1,17 +1,15 @@
 """What the transcriber takes and gives: Whisper's decoding options (openai/whisper
 `decoding.py` `DecodingOptions` and `transcribe.py`'s fallback thresholds), segments and
 transcripts, and the helpers that score and cut a window's tokens (Radford et al., 2022, §4.5).
-Also the inference API's input rules for every text and speech class (`as_items`, `check_types`).
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import numbers
-import typing
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -20,33 +18,7 @@ from torch import Tensor
 from mmkit.core.decoding import GenerationOptions, Sampling
 from mmkit.data.char_tokenizer import CharTokenizer
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
-
-T = TypeVar("T")
-
-
-def as_items(value: T | Iterable[T], single: type | tuple[type, ...] = str) -> Iterable[T]:
-    """`value` as the iterable of input items an API call expects: a lone `single` (a str; give
-    `(str, os.PathLike)` for paths) is one item, `[value]`, anything else is returned as it is. A plain string
-    is the commonest slip where a list is expected, and iterating it would run one input per character (one
-    transcript per letter of "talk.wav", a stop at any letter of "END"); sentence-transformers, transformers
-    pipelines and openai-whisper take it as one input too."""
-    return [value] if isinstance(value, single) else value  # type: ignore[list-item]
-
-
-def check_types(options: Any, ints: Sequence[str] = (), reals: Sequence[str] = ()) -> None:
-    """Refuse a dataclass `options` whose fields `ints` are not integers (a bool is not a count, nor is 2.0)
-    or whose fields `reals` are not real numbers, in one line naming the field; None passes where the field's
-    annotation allows it. Checked before the range checks, which would fail on a str with a bare `'<' not
-    supported`, while a float count would fail only once decoding starts."""
-    hints = typing.get_type_hints(type(options))
-    for names, kind, fits in ((ints, "an integer", numbers.Integral), (reals, "a number", numbers.Real)):
-        for name in names:
-            value, optional = getattr(options, name), type(None) in typing.get_args(hints[name])
-            if (value is None and optional) or (isinstance(value, fits) and not isinstance(value, bool)):
-                continue
-            raise TypeError(f"{type(options).__name__}: {name} must be {kind}{' or None' if optional else ''}, "
-                            f"got {value!r}")
-
+from mmkit.inference.inputs import check_types
 
 @dataclass
 class DecodingOptions:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from mmkit.core import BeamSearch, Greedy, SuppressTokens, generate
 from mmkit.core.attention import attention_maps
-from mmkit.inference.transcript import as_items, check_types
+from mmkit.inference.inputs import as_items, check_types
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from mmkit.inference.precision import autocast_for, check_multi_gpu, resolve_pre
 from mmkit.inference.prompts import (BACKGROUND_WORDS, DEFAULT_TEMPLATES, Tokenizer, check_templates, clean_labels,
                                      encode_prompts, expand_prompts, label_embeddings)
 from mmkit.inference.quantize import apply_quantization
-from mmkit.inference.transcript import as_items
+from mmkit.inference.inputs import as_items
 from mmkit.models.clip import CLIP
 
 log = logging.getLogger(__name__)
