@@ -86,6 +86,7 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> L
 
     Raises:
         FileNotFoundError: no such directory, or no tokenizer files in it.
+        NotADirectoryError: a file given where a model directory is expected.
         WeightsError: not a BERT-family checkpoint (a GPT, say), or unreadable weights.
     """
     directory, doc = read_model_dir(directory)

@@ -42,6 +42,7 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
 
     Raises:
         FileNotFoundError: no such directory, or no tokenizer files in it.
+        NotADirectoryError: a file given where a model directory is expected.
         WeightsError: not a GPT checkpoint, or unreadable weights (one-line message).
         ValueError: int8 asked for on a device other than the CPU, or with bf16/fp16.
     """
