@@ -21,20 +21,13 @@ from mmkit.inference.zero_shot import ZeroShotClassifier, zero_shot_logits, zero
 from mmkit.models.clip import CLIP
 from mmkit.models.vit import ViT
 
+from _clip import WORD_CLIP
+from _clip import word_tokens as _tokens
 from _dalle import tiny_text_to_image
 
-TINY_CLIP = dict(visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
-                 text=dict(embed_dim=16, vocab_size=100, max_len=12, dim=32, depth=1, num_heads=2))
+TINY_CLIP = WORD_CLIP
 LABELS = ["red circle", "blue star", "green cross"]
 META = {"image_size": 32}
-
-
-def _tokens(texts) -> torch.Tensor:
-    ids = torch.zeros(len(texts), 12, dtype=torch.long)
-    for row, text in enumerate(texts):
-        words = [1 + sum(map(ord, w)) % 97 for w in text.split()][:11]
-        ids[row, : len(words) + 1] = torch.tensor([*words, 99])
-    return ids
 
 
 def _images(n: int = 4) -> list[Image.Image]:

@@ -17,17 +17,11 @@ from mmkit.inference import zero_shot as Z
 from mmkit.inference.prompts import DEFAULT_TEMPLATES, expand_prompts
 from mmkit.models.clip import CLIP
 
-TINY = dict(visual=dict(embed_dim=16, image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
-            text=dict(embed_dim=16, vocab_size=100, max_len=12, dim=32, depth=1, num_heads=2))
+from _clip import WORD_CLIP
+from _clip import word_tokens as _tokens
+
+TINY = WORD_CLIP
 LABELS = ["red circle", "blue star", "green cross"]
-
-
-def _tokens(texts) -> torch.Tensor:
-    ids = torch.zeros(len(texts), 12, dtype=torch.long)
-    for row, text in enumerate(texts):
-        words = [1 + sum(map(ord, w)) % 97 for w in text.split()][:11]
-        ids[row, : len(words) + 1] = torch.tensor([*words, 99])
-    return ids
 
 
 @pytest.fixture(scope="module")
