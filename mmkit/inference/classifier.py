@@ -23,10 +23,10 @@ from torch import Tensor
 from mmkit.core import attention_maps
 from mmkit.data.images import ImageLoadError, load_image, scan_images, to_rgb
 from mmkit.data.transforms import VIT_DEFAULTS, eval_transform
+from mmkit.inference.inputs import as_items
 from mmkit.inference.precision import autocast_for, resolve_precision
 from mmkit.inference.prompts import check_names
 from mmkit.inference.quantize import apply_quantization, describe
-from mmkit.inference.inputs import as_items
 from mmkit.models.vit import ViT
 
 log = logging.getLogger(__name__)

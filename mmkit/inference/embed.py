@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
-from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.inference.inputs import as_items
+from mmkit.inference.quantize import prepare_arithmetic
 
 # A batch of sorted texts ends before a text more than this fraction longer than its shortest, so
 # padding stays under ~6% of a batch (512 WordNet sentences in batches of 32, the bench's texts,

@@ -18,9 +18,9 @@ from torch import Tensor
 
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
+from mmkit.inference.inputs import as_items
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
-from mmkit.inference.inputs import as_items
 from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
 

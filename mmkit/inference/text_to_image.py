@@ -22,8 +22,8 @@ from torch import Tensor
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.data.dalle_text import WordTokenizer, words
-from mmkit.inference.seeds import MAX_SEED, image_seed
 from mmkit.inference.inputs import as_items
+from mmkit.inference.seeds import MAX_SEED, image_seed
 from mmkit.inference.transcript import WindowSampling
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
 from mmkit.models.dalle_bart import DalleBart

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from mmkit.data.images import scan_images, to_rgb
 from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform, eval_transform
 from mmkit.inference.image_batches import ImageBatch, image_batches
+from mmkit.inference.inputs import as_items
 from mmkit.inference.precision import autocast_for, check_multi_gpu, resolve_precision
 from mmkit.inference.prompts import (BACKGROUND_WORDS, DEFAULT_TEMPLATES, Tokenizer, check_templates, clean_labels,
                                      encode_prompts, expand_prompts, label_embeddings)
 from mmkit.inference.quantize import apply_quantization
-from mmkit.inference.inputs import as_items
 from mmkit.models.clip import CLIP
 
 log = logging.getLogger(__name__)
