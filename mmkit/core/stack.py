@@ -84,15 +84,17 @@ class TransformerStack(nn.Module):
         Returns:
             (B, T, dim), or (B, keep, dim).
         """
-        run = self._run if cache is not None or self._compiled_run is None else self._compiled_run
-        return run(x, context, mask, context_mask, cache, keep)
+        if cache is not None or self._compiled_run is None:
+            return self._run(x, context, mask, context_mask, cache, keep)
+        return self._compiled_run(self, x, context, mask, context_mask, None, keep)
 
     def compile_stack(self, **options: Any) -> None:
         """`torch.compile(**options)` this stack's calls without a KV cache: training, encoders, scoring. Calls
         with a cache stay eager, since the cache grows at every decoding step and each new length would be a new
         graph. The parameters stay where they are (their names unchanged), unlike `torch.compile(model)`'s
-        wrapper."""
-        self._compiled_run = torch.compile(self._run, **options)
+        wrapper. The compiled function takes the stack as an argument, not bound to it: a copy of the model
+        (`copy.deepcopy`, as EMA and SWA make) runs its own weights."""
+        self._compiled_run = torch.compile(type(self)._run, **options)
 
     def _run(self, x: Tensor, context: Tensor | None, mask: Tensor | None, context_mask: Tensor | None,
              cache: KVCache | None, keep: int | None) -> Tensor:

@@ -118,3 +118,22 @@ def test_inductor_compiles_a_stack_to_the_same_outputs():
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-4, atol=1e-5)
     for a, b in zip(outs[1][1], outs[0][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_a_copy_of_a_compiled_model_runs_its_own_weights():
+    """`copy.deepcopy` (EMA, SWA) of a model with compiled stacks: the copy's compiled stacks read the copy's
+    parameters, not the original's (a compiled bound method would have kept the original)."""
+    import copy
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model = _vit(depth=2).eval()
+    torch._dynamo.reset()
+    compile_stacks(model, backend="eager")
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.encoder.parameters():
+            p.mul_(2.0)
+        plain = _vit(depth=2).eval()
+        plain.load_state_dict(twin.state_dict())
+        torch.testing.assert_close(twin(x), plain(x), rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(twin(x), model(x))
