@@ -11,4 +11,7 @@ set -euo pipefail
 [[ $# -gt 0 ]] || { echo "usage: bash scripts/as_avx2.sh COMMAND [ARGS...]" >&2; exit 2; }
 export ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=avx2 ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 \
     MKL_ENABLE_INSTRUCTIONS=AVX2 CT2_FORCE_CPU_ISA=AVX2
+# torch.compile's on-disk cache apart: its keys leave out ATEN_CPU_CAPABILITY, and kernels that inductor compiled
+# uncapped, then reused capped, gave NaN (PyTorch 2.14; an AVX2 machine builds its own cache and never meets this)
+export TORCHINDUCTOR_CACHE_DIR="${TMPDIR:-/tmp}/torchinductor_as_avx2_$(id -u)"
 exec "$@"

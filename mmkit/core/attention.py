@@ -137,9 +137,7 @@ class Attention(nn.Module):
         if keep is not None:
             if self.cross or is_causal or cache is not None:
                 raise ValueError("keep= is for bidirectional self-attention without a cache")
-            # contiguous: compiled by inductor with activation checkpointing, the sliced view reached PyTorch's
-            # AVX2 CPU attention kernel with strides it read wrong (NaN outputs; 2.14, found under as_avx2.sh)
-            q = q[:, :, :keep].contiguous()
+            q = q[:, :, :keep]
             if mask is not None and mask.shape[-2] > 1:
                 mask = mask[..., :keep, :]
         mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
