@@ -96,6 +96,12 @@ class TransformerStack(nn.Module):
         (`copy.deepcopy`, as EMA and SWA make) runs its own weights."""
         self._compiled_run = torch.compile(type(self)._run, **options)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # as nn.Module.compile's: a pickled or copied stack comes back uncompiled (a compiled function pickles not)
+        state = super().__getstate__()
+        state.pop("_compiled_run", None)
+        return state
+
     def _run(self, x: Tensor, context: Tensor | None, mask: Tensor | None, context_mask: Tensor | None,
              cache: KVCache | None, keep: int | None) -> Tensor:
         last = len(self.blocks) - 1

@@ -121,9 +121,11 @@ def test_inductor_compiles_a_stack_to_the_same_outputs():
 
 
 def test_a_copy_of_a_compiled_model_runs_its_own_weights():
-    """`copy.deepcopy` (EMA, SWA) of a model with compiled stacks: the copy's compiled stacks read the copy's
-    parameters, not the original's (a compiled bound method would have kept the original)."""
+    """`copy.deepcopy` (EMA, SWA) or pickling of a model with compiled stacks: the copy runs the copy's
+    parameters, not the original's (a compiled bound method would have kept the original), and comes back
+    uncompiled, as `nn.Module.compile` does (a compiled function does not pickle)."""
     import copy
+    import pickle
 
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     model = _vit(depth=2).eval()
@@ -137,3 +139,6 @@ def test_a_copy_of_a_compiled_model_runs_its_own_weights():
         plain.load_state_dict(twin.state_dict())
         torch.testing.assert_close(twin(x), plain(x), rtol=1e-6, atol=1e-6)
         assert not torch.allclose(twin(x), model(x))
+        again = pickle.loads(pickle.dumps(model))
+        assert again.encoder._compiled_run is None and model.encoder._compiled_run is not None
+        torch.testing.assert_close(again(x), model(x), rtol=1e-6, atol=1e-6)
