@@ -257,8 +257,7 @@ def _setup(args: argparse.Namespace) -> tuple[TextToImage, ClipReranker | None, 
     for prompt in args.prompts:  # before any work: a bad prompt is found in a second, not after the others
         t2i.check_prompt(prompt)
     reranker = ClipReranker.load(args.rerank, args.rerank_pretrained) if args.rerank else None
-    guidance = t2i.defaults["guidance"] if args.guidance is None else args.guidance
-    top_k = t2i.defaults["top_k"] if args.top_k is None else args.top_k
+    guidance, top_k = t2i.resolve_sampling(args.guidance, args.top_k)
     sampling = {"guidance": guidance, "temperature": args.temperature, "top_k": top_k, "top_p": args.top_p}
     t2i.check_settings(args.num_images, args.seed, batch_size=args.batch_size, **sampling)  # also before any work
     return t2i, reranker, sampling

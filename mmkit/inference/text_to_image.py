@@ -322,11 +322,16 @@ class TextToImage:
         Yields:
             ((b, grid, grid) codes, b images) per batch, in image order.
         """
-        guidance = self.defaults["guidance"] if guidance is None else guidance
-        top_k = self.defaults["top_k"] if top_k is None else (top_k or None)  # 0: no top-k
+        guidance, top_k = self.resolve_sampling(guidance, top_k)
         options = self.check_settings(num_images, seed, guidance, temperature, top_k, top_p, batch_size)
         self.check_prompt(prompt)
         return self._stream(prompt, num_images, seed, guidance, options, batch_size, on_preview, preview_rows, first)
+
+    def resolve_sampling(self, guidance: float | None, top_k: int | None) -> tuple[float, int | None]:
+        """(guidance, top_k) as a caller gives them made the values to sample with: None is the pipeline's own
+        (`self.defaults`), top_k 0 no top-k."""
+        return (self.defaults["guidance"] if guidance is None else guidance,
+                self.defaults["top_k"] if top_k is None else (top_k or None))
 
     def check_settings(self, num_images: int, seed: int | None, guidance: float, temperature: float,
                        top_k: int | None, top_p: float | None, batch_size: int = 1) -> GenerationOptions:
