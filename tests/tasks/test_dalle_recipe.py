@@ -9,13 +9,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from mmkit.cli.bench.common import torch_threads
 from mmkit.data.dalle_shapes import ShapesCodesDataModule, ShapesImagesDataModule
 from mmkit.inference.text_to_image import TextToImage
 from mmkit.models import DALLE, VQGAN
 from mmkit.tasks.dalle_task import DalleTask
 from mmkit.tasks.vqgan_task import VQGANTask
-
-from conftest import one_thread
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.slow]  # ~80 s: two tiny trainings + judge
 
@@ -35,7 +34,7 @@ def tokenizer(tmp_path_factory):
     task = VQGANTask(model, lr=3e-3, edge_weight=2.0, judge_steps=10, export_dir=str(root / "export"))
     data = ShapesImagesDataModule(image_size=16, train_samples=640, val_samples=64, batch_size=32, background=40)
     trainer = _trainer(root, 2)
-    with one_thread():
+    with torch_threads(1):  # module fixtures run before the function-scoped single_thread
         trainer.fit(task, data)
         fit_metrics = dict(trainer.callback_metrics)
         trainer.test(task, data)
@@ -66,7 +65,7 @@ def generator(tokenizer, tmp_path_factory):
     task = DalleTask(model, tokenizer_dir=str(tokenizer[0] / "export"), lr=3e-3, judge_steps=10,
                      export_dir=str(root / "export"))
     trainer = _trainer(root, 3)
-    with one_thread():
+    with torch_threads(1):  # module fixtures run before the function-scoped single_thread
         trainer.fit(task, data)
         fit_metrics = dict(trainer.callback_metrics)
         trainer.test(task, data)
