@@ -137,14 +137,18 @@ class VQGAN(PretrainedMixin, nn.Module):
         a `state_dict`, or a bare state dict), read with `torch.load(weights_only=True)`."""
         import yaml
 
-        from mmkit.weights.from_taming import vqgan_from_taming
+        from mmkit.weights.from_taming import TAMING_VQGAN_KEYS, vqgan_config_from_taming
+        from mmkit.weights.keymap import remap
 
         config_yaml = Path(config_yaml).expanduser()
         try:
             doc = yaml.safe_load(config_yaml.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise WeightsError(f"{config_yaml}: not a readable YAML config ({e})") from None
-        config, state = vqgan_from_taming(doc, _read_ckpt(Path(ckpt).expanduser()), str(ckpt), str(config_yaml))
+        # the config is judged before the checkpoint (often gigabytes) is read: a wrong YAML is one line at once
+        config = vqgan_config_from_taming(doc, str(config_yaml))
+        cls.check_config(config, f"{config_yaml}: imported config")
+        state = remap(_read_ckpt(Path(ckpt).expanduser()), TAMING_VQGAN_KEYS, str(ckpt))
         return _build(cls, config, state, str(ckpt))
 
 

@@ -201,3 +201,10 @@ def test_a_bad_taming_yaml_is_named_not_the_checkpoint(tmp_path):
         VQGAN.from_taming(tmp_path / "bad.yaml", tmp_path / "model.ckpt")
     _one_line(err, str(tmp_path / "bad.yaml"), "not a taming VQModel config")
     assert "model.ckpt" not in str(err.value)
+
+
+def test_the_taming_yaml_is_judged_before_the_checkpoint_is_read(tmp_path):
+    (tmp_path / "bad.yaml").write_text("model: {params: 3}\n")
+    with pytest.raises(ValueError) as err:  # the checkpoint is absent: reading it first would fail on that
+        VQGAN.from_taming(tmp_path / "bad.yaml", tmp_path / "absent.ckpt")
+    _one_line(err, str(tmp_path / "bad.yaml"), "not a taming VQModel config")
