@@ -17,7 +17,7 @@ from mmkit.core import Decoder, Encoder, GenerationOptions, KVCache, LearnedPosi
 from mmkit.core.blocks import layer_norm
 from mmkit.core.heads import tied_logits
 from mmkit.core.sandwich import SandwichBlock
-from mmkit.weights.native import PretrainedMixin, WeightsError, load_state_dict_strict, read_state_dict
+from mmkit.weights.native import PretrainedMixin, WeightsError, config_errors, load_state_dict_strict, read_state_dict
 
 TEXT_PAD_ID = 1  # BART's <pad>: masked out of attention
 
@@ -120,6 +120,11 @@ class DalleBart(PretrainedMixin, nn.Module):
         if missing:
             raise WeightsError(f"not a min-dalle download: missing {', '.join(missing)}")
         config, state = dalle_bart_from_min_dalle(read_state_dict(files[0]), read_state_dict(files[1]), str(folder))
-        model = cls(**{**config, **({"num_heads": num_heads} if num_heads else {})})
+        if num_heads is not None:
+            config["num_heads"] = num_heads
+        where = f"{folder}: imported config"  # sizes from the tensors, the head count from the caller
+        cls.check_config(config, where)
+        with config_errors(where):
+            model = cls(**config)
         load_state_dict_strict(model, state, str(folder))
         return model.eval()

@@ -77,3 +77,15 @@ def test_greedy_codes_match_min_dalle(refs, guidance):
 def test_missing_files(tmp_path):
     with pytest.raises(WeightsError, match="missing"):
         DalleBart.from_min_dalle(tmp_path)
+
+
+@pytest.mark.parametrize("heads", [3, 0, -2, 2.5])
+def test_a_head_count_that_does_not_fit_is_one_line_naming_the_folder(refs, tmp_path, heads):
+    enc, dec, _ = refs
+    (tmp_path / "dalle_bart_mini").mkdir()
+    torch.save(enc.state_dict(), tmp_path / "dalle_bart_mini" / "encoder.pt")
+    torch.save(dec.state_dict(), tmp_path / "dalle_bart_mini" / "decoder.pt")
+    with pytest.raises(WeightsError) as err:  # was a ZeroDivisionError / a constructor's ValueError / a TypeError
+        DalleBart.from_min_dalle(tmp_path, num_heads=heads)
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "dalle_bart_mini") in message and "num_heads" in message, message
