@@ -12,6 +12,10 @@ import torch
 
 from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
 from mmkit.inference.inputs import as_items
+from mmkit.inference.quantize import prepare_arithmetic
+
+# the classification head stays fp32 under --quantize int8: a few small layers, and they decide the label
+KEEP_FP32 = ("classifier.*",)
 
 
 @dataclass(frozen=True)
@@ -24,17 +28,29 @@ class TextPrediction:
 class TextClassifierPredictor:
     """texts -> `TextPrediction`s.
 
+    Args:
+        encoder: a loaded classifier and tokenizer (`mmkit.inference.encoder.load_encoder`).
+        batch_size: texts per forward pass at most.
+        quantize: "none" (fp32, exact) or "int8" (int8 weights for the encoder's Linear layers, CPU only; the
+            classification head stays fp32; probabilities close to fp32's, not equal).
+        precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast around the model, as
+            `Embedder`; the probabilities are computed in fp32 from its logits).
+
     Raises:
-        ValueError: at construction, a batch size below 1 or a model without a classification head (a
-            plain or MLM BERT).
+        ValueError: at construction, a batch size below 1, a model without a classification head (a plain or
+            MLM BERT), or a precision the device cannot run (bf16 with int8).
     """
 
-    def __init__(self, encoder: LoadedEncoder, batch_size: int = 64) -> None:
+    def __init__(self, encoder: LoadedEncoder, batch_size: int = 64, quantize: str = "none",
+                 precision: str = "fp32") -> None:
         if batch_size < 1:  # as `Embedder`: range() refuses a step of 0, and a negative one gives no batches
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if encoder.model.classifier is None:
             raise ValueError("the model has no classification head: give a fine-tuned classifier "
                              "(mmkit fit --config configs/bert_wordnet_classify.yaml exports one)")
+        # in place: with int8 the encoder's model becomes int8
+        self.precision, self._autocast = prepare_arithmetic(encoder.model, precision, quantize, "text classifier",
+                                                            KEEP_FP32)
         self.encoder, self.batch_size = encoder, batch_size
         self.names = encoder.class_names
 
@@ -50,11 +66,17 @@ class TextClassifierPredictor:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         return ids, [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
-    @torch.inference_mode()
+    # one autocast context for all batches, under no_grad, not inference_mode: as `Embedder.embed_batches`
+    @torch.no_grad()
     def predict_batches(self, ids: list[list[int]], batches: Sequence[list[int]],
                         on_batch: Callable[[int], None] | None = None) -> list[TextPrediction | None]:
         """One prediction per text of `ids` in `batches` (lists of indices into `ids`, from `plan`), None
         for the others."""
+        with self._autocast():
+            return self._predict_batches(ids, batches, on_batch)
+
+    def _predict_batches(self, ids: list[list[int]], batches: Sequence[list[int]],
+                         on_batch: Callable[[int], None] | None) -> list[TextPrediction | None]:
         model, pad = self.encoder.model, self.encoder.tokenizer.pad_id
         out: list[TextPrediction | None] = [None] * len(ids)
         device = next(model.parameters()).device

@@ -14,6 +14,7 @@ from _gpt import write_tiny_gpt2
 from mmkit.cli import main
 from mmkit.inference.embed import Embedder
 from mmkit.inference.encoder import load_encoder
+from mmkit.inference.text_classify import TextClassifierPredictor
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,37 @@ def test_embed_bf16_is_close_to_fp32_and_bf16_with_int8_is_one_line(mlm_dir, tex
                  "--precision", "bf16", "--quantize", "int8"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "int8 Linear layers run on fp32" in err and not (tmp_path / "w.npy").exists()
+
+
+@pytest.mark.parametrize("precision, quantize, tolerance", [("bf16", "none", 0.02), ("fp32", "int8", 0.05)])
+def test_classify_text_bf16_and_int8_agree_with_fp32(tmp_path, capsys, caplog, precision, quantize, tolerance):
+    """classify-text takes embed's `--precision` and `--quantize` (bf16 emulated where the CPU lacks it: slow,
+    still correct): probabilities within the stated tolerance of fp32's, the same labels, the head kept fp32
+    under int8 and the arithmetic logged once; bf16 with int8 is refused in one line, nothing written."""
+    write_tiny_bert(tmp_path / "clf", "classify")
+    texts = ["the cat sees the moon.", "a dog finds an apple", "the end", "the teacher reads a book to the cat"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(texts) + "\n")
+    exact = TextClassifierPredictor(load_encoder(tmp_path / "clf")).predict(texts)
+    fast = TextClassifierPredictor(load_encoder(tmp_path / "clf"), quantize=quantize, precision=precision)
+    assert fast.precision == precision
+    if quantize == "int8":
+        assert not any(type(m).__name__ == "Int8Linear" for m in fast.encoder.model.classifier.modules())  # fp32
+        assert type(fast.encoder.model.encoder.blocks[0].attn.qkv).__name__ == "Int8Linear"
+    got = fast.predict(texts)
+    assert max(abs(g.probs[k] - e.probs[k]) for g, e in zip(got, exact) for k in e.probs) <= tolerance
+    assert [g.label for g in got] == [e.label for e in exact]
+    out = tmp_path / "out.jsonl"
+    with caplog.at_level("INFO", logger="mmkit"):
+        assert main(["classify-text", str(src), "--model", str(tmp_path / "clf"), "--out", str(out), "--quiet",
+                     "--precision", precision, "--quantize", quantize]) == 0
+    assert [json.loads(line)["score"] for line in out.read_text().splitlines()] == [round(g.score, 6) for g in got]
+    assert sum("text classifier:" in r.getMessage() for r in caplog.records) == 1
+    capsys.readouterr()
+    assert main(["classify-text", str(src), "--model", str(tmp_path / "clf"), "--out", str(tmp_path / "w.csv"),
+                 "--precision", "bf16", "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "int8 Linear layers run on fp32" in err and not (tmp_path / "w.csv").exists()
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
