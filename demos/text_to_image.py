@@ -19,7 +19,7 @@ from PIL import Image
 
 from demos import inputs
 from demos.display import for_display
-from mmkit.inference.text_to_image import TextToImage, to_pil
+from mmkit.inference.text_to_image import TextToImage, grid, to_pil
 
 MAX_IMAGES = 16  # the images slider's largest value, checked for API callers too
 
@@ -59,8 +59,6 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
     if "error" in outcome:
         raise inputs.refused(outcome["error"])
     images = outcome["result"].images
-    from mmkit.cli.generate import grid
-
     fd, path = tempfile.mkstemp(prefix="mmkit-t2i-", suffix=".png", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:

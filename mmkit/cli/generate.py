@@ -83,17 +83,6 @@ def _save_atomic(write, path: Path) -> None:
         write(str(tmp))
 
 
-def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
-    """Images side by side, `columns` per row (default: all in one row up to 8)."""
-    columns = columns or min(len(images), 8)
-    w, h = images[0].size
-    rows = (len(images) + columns - 1) // columns
-    out = Image.new("RGB", (columns * w, rows * h))
-    for i, im in enumerate(images):
-        out.paste(im, ((i % columns) * w, (i // columns) * h))
-    return out
-
-
 def _looks_like_path(name: str) -> bool:
     """A --rerank that names a file or folder rather than an open_clip architecture ("ViT-B-32",
     "hf-hub:timm/...": a scheme prefix is not a path)."""
@@ -267,6 +256,7 @@ def run(args: argparse.Namespace, ranks: Ranks = Ranks(), written: Written | Non
     """The images, grids and manifest of `args` (this rank's share of the images); `written` counts the images
     as they are written. 0, or a ValueError or OSError of one line."""
     from mmkit.cli.progress import progress
+    from mmkit.inference.text_to_image import grid
 
     t2i, reranker, sampling = _agreed(ranks, lambda: _setup(args))
     settings = {"num_images": args.num_images, "seed": args.seed, **sampling, "rerank": args.rerank}

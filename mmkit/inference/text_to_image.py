@@ -130,6 +130,17 @@ def to_pil(images: Tensor) -> list[Image.Image]:
     return [Image.fromarray(a, "RGB") for a in arr]
 
 
+def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
+    """Images side by side, `columns` per row (default: all in one row up to 8)."""
+    columns = columns or min(len(images), 8)
+    w, h = images[0].size
+    rows = (len(images) + columns - 1) // columns
+    out = Image.new("RGB", (columns * w, rows * h))
+    for i, im in enumerate(images):
+        out.paste(im, ((i % columns) * w, (i // columns) * h))
+    return out
+
+
 class ClipReranker:
     """Scores candidate images against their prompt with any mmkit CLIP (cosine similarity)."""
 
