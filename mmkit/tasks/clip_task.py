@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from mmkit.models.clip import CLIP
 from mmkit.tasks.contrastive import batch_sizes_across_ranks, clip_loss
+from mmkit.tasks.exporting import ExportsOnFitEnd
 from mmkit.tasks.optim import adamw_warmup_cosine
 from mmkit.inference.prompts import DEFAULT_TEMPLATES
 from mmkit.inference.zero_shot import default_image_metadata, zero_shot_classifier, zero_shot_logits
@@ -25,7 +26,7 @@ from mmkit.inference.zero_shot import default_image_metadata, zero_shot_classifi
 log = logging.getLogger(__name__)
 
 
-class CLIPTask(pl.LightningModule):
+class CLIPTask(ExportsOnFitEnd, pl.LightningModule):
     """
     Batches are dicts with "images" (B, 3, H, W) and "token_ids" (B, T) (`mmkit.data.captions`).
 
@@ -115,7 +116,7 @@ class CLIPTask(pl.LightningModule):
         return self.model.save_pretrained(directory, metadata=meta)
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if self.export_wanted():
             dm = self.trainer.datamodule
             meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else {}
             path = self.export(Path(self.hparams.export_dir).expanduser(), meta)

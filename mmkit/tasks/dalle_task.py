@@ -18,12 +18,13 @@ from torch import Tensor
 from mmkit.core import GenerationOptions
 from mmkit.models.dalle import DALLE
 from mmkit.models.vqgan import VQGAN
+from mmkit.tasks.exporting import ExportsOnFitEnd
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-class DalleTask(pl.LightningModule):
+class DalleTask(ExportsOnFitEnd, pl.LightningModule):
     """Batches are dicts {"text": (B, text_len), "codes": (B, h, w)} (`ShapesCodesDataModule`).
 
     Args:
@@ -127,7 +128,7 @@ class DalleTask(pl.LightningModule):
                                    self.trainer.estimated_stepping_batches, betas=(0.9, 0.95))
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if self.export_wanted():
             from mmkit.inference.text_to_image import TextToImage
 
             dm = self.trainer.datamodule

@@ -16,12 +16,13 @@ from torchmetrics.text import Perplexity
 
 from mmkit.inference.text_generation import save_text_generator
 from mmkit.models.gpt import GPT
+from mmkit.tasks.exporting import ExportsOnFitEnd
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-class LanguageModel(pl.LightningModule):
+class LanguageModel(ExportsOnFitEnd, pl.LightningModule):
     """
     Args:
         model: the `GPT` to train; its `vocab_size` is replaced by the data tokenizer's at setup
@@ -96,6 +97,6 @@ class LanguageModel(pl.LightningModule):
         return save_text_generator(self.model, self.tokenizer, directory)
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if self.export_wanted():
             path = self.export(Path(self.hparams.export_dir).expanduser())
             log.info("exported model and tokenizer to %s", path)

@@ -16,12 +16,13 @@ from torchmetrics import MeanMetric
 from mmkit.data.bert_text import IGNORE
 from mmkit.inference.encoder import save_encoder
 from mmkit.models.bert import BERT
+from mmkit.tasks.exporting import ExportsOnFitEnd
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-class MaskedLM(pl.LightningModule):
+class MaskedLM(ExportsOnFitEnd, pl.LightningModule):
     """
     Args:
         model: the `BERT` to pretrain; vocab_size and pad_id are replaced by the data tokenizer's at
@@ -77,5 +78,5 @@ class MaskedLM(pl.LightningModule):
         return save_encoder(self.model, self.tokenizer, directory)
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if self.export_wanted():
             log.info("exported model and tokenizer to %s", self.export(Path(self.hparams.export_dir).expanduser()))

@@ -27,12 +27,13 @@ from mmkit.data.audio_manifest import IGNORE_INDEX
 from mmkit.data.char_tokenizer import CharTokenizer, normalize_text
 from mmkit.inference.speech_checkpoints import load_speech_model, save_speech_checkpoint
 from mmkit.models.whisper import Whisper
+from mmkit.tasks.exporting import ExportsOnFitEnd
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-class SpeechRecognizer(pl.LightningModule):
+class SpeechRecognizer(ExportsOnFitEnd, pl.LightningModule):
     """
     Args:
         model: a `Whisper` to train from scratch (its `vocab_size` is replaced by the data
@@ -203,7 +204,7 @@ class SpeechRecognizer(pl.LightningModule):
         return save_speech_checkpoint(self.model, self.tokenizer, directory, {"language": self.hparams.language})
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if self.export_wanted():
             path = self.export(Path(self.hparams.export_dir).expanduser())
             log.info("exported model and tokenizer to %s", path)
 

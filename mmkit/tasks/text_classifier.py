@@ -17,13 +17,14 @@ from torchmetrics import Accuracy, MatthewsCorrCoef
 
 from mmkit.inference.encoder import load_encoder, save_encoder
 from mmkit.models.bert import BERT
+from mmkit.tasks.exporting import ExportsOnFitEnd
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 _HEADS = ("classifier.", "pooler.")  # learn at the full lr; the rest is the encoder
 
 
-class TextClassifier(pl.LightningModule):
+class TextClassifier(ExportsOnFitEnd, pl.LightningModule):
     """
     Args:
         model: the `BERT` architecture (num_classes linked from the data); used as is when
@@ -108,5 +109,5 @@ class TextClassifier(pl.LightningModule):
         return save_encoder(self.model, self.tokenizer, directory, self.hparams.class_names)
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if self.export_wanted():
             log.info("exported classifier to %s", self.export(Path(self.hparams.export_dir).expanduser()))

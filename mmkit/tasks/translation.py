@@ -21,6 +21,7 @@ from mmkit.core import BeamSearch, Greedy, generate
 from mmkit.data.number_phrases import IGNORE_INDEX
 from mmkit.data.spm_tokenizer import SentencePieceTokenizer
 from mmkit.models.seq2seq import Seq2Seq
+from mmkit.tasks.exporting import ExportsOnFitEnd
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def inverse_sqrt_schedule(dim: int, warmup: int, factor: float = 1.0):
     return schedule
 
 
-class TranslationTask(pl.LightningModule):
+class TranslationTask(ExportsOnFitEnd, pl.LightningModule):
     """
     Args:
         model: a `Seq2Seq` (its `vocab_size` is replaced by the data tokenizer's at setup).
@@ -133,5 +134,5 @@ class TranslationTask(pl.LightningModule):
         return directory
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if self.export_wanted():
             log.info("exported model and tokenizer to %s", self.export(self.hparams.export_dir))

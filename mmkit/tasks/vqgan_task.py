@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmkit.models.vqgan import VQGAN
+from mmkit.tasks.exporting import ExportsOnFitEnd
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def codebook_usage(counts: Tensor) -> tuple[float, float]:
     return float((counts > 0).float().mean()), float(entropy.exp())
 
 
-class VQGANTask(pl.LightningModule):
+class VQGANTask(ExportsOnFitEnd, pl.LightningModule):
     """Batches are (B, 3, H, W) images in [0, 1] (`mmkit.data.dalle_shapes.ShapesImagesDataModule`).
 
     Args:
@@ -117,6 +118,6 @@ class VQGANTask(pl.LightningModule):
                                    self.trainer.estimated_stepping_batches)
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if self.export_wanted():
             path = self.model.save_pretrained(Path(self.hparams.export_dir).expanduser())
             log.info("exported the tokenizer to %s", path)
