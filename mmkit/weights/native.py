@@ -295,12 +295,20 @@ class PretrainedMixin:
         directory = Path(directory).expanduser()
         directory.mkdir(parents=True, exist_ok=True)
         assert isinstance(self, nn.Module)
+        # each file whole or not at all: the config is serialised first (metadata that JSON cannot hold fails
+        # before anything changes), safetensors writes a temp file and renames it, and so does the config here
+        doc = {"format_version": FORMAT_VERSION, "architecture": self.architecture_name(),
+               "config": self.config, "metadata": dict(metadata or {})}
+        text = json.dumps(doc, indent=2) + "\n"
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME))
         _plain_permissions(directory / WEIGHTS_NAME)
-        doc = {"format_version": FORMAT_VERSION, "architecture": self.architecture_name(),
-               "config": self.config, "metadata": dict(metadata or {})}
-        (directory / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
+        tmp = directory / f".{CONFIG_NAME}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, directory / CONFIG_NAME)
+        finally:
+            tmp.unlink(missing_ok=True)
         return directory
 
     @classmethod
@@ -402,8 +410,9 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls: type[T], directory: str | Path, **overrides: Any) -> T:
-        """Build from config.json (with `overrides` of constructor arguments) and load weights.
-        The config is validated and checked against the weights' header before anything is built.
+        """Build from config.json (with `overrides` of constructor arguments) and load weights, in eval mode
+        (as transformers' and timm's loaders: the saved dropout and drop-path rates act only once `train()` is
+        called). The config is validated and checked against the weights' header before anything is built.
         Classes with `init_free_load` are built without their random init (`skip_init`)."""
         saved = cls.read_config(directory)["config"]
         path = cls.check_weights(directory, saved)
@@ -415,7 +424,7 @@ class PretrainedMixin:
             model = cls._build_to_load(config, cls.init_free_load)
         state = model.adapt_state_dict(read_state_dict(path), saved)  # type: ignore[attr-defined]
         load_state_dict_strict(model, state, str(path))  # type: ignore[arg-type]
-        return model
+        return model.eval()  # type: ignore[attr-defined]
 
     def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:
         """Hook for checkpoint-compatible overrides (e.g. a new image size); identity by default."""

@@ -177,3 +177,22 @@ def test_fixed_tables_are_host_values_on_every_device():
     with torch.device("meta"):
         assert RotaryEmbedding(8).inv_freq.device.type == "meta"
     assert torch.equal(RotaryEmbedding(8).inv_freq, 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+
+
+def test_from_pretrained_gives_eval_mode(tmp_path):
+    # the saved dropout / drop-path rates act only after train(): transformers' and timm's loaders do the same
+    model = ViT(**TINY, drop_path_rate=0.5).train()
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ViT.from_pretrained(tmp_path / "ckpt")  # was in training mode: random outputs for a forgotten eval()
+    assert not any(m.training for m in loaded.modules())
+    x = _images()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), loaded(x))
+
+
+def test_save_pretrained_leaves_an_earlier_export_whole_when_it_fails(tmp_path):
+    _model().save_pretrained(tmp_path / "ckpt", metadata={"run": 1})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    with pytest.raises(TypeError):  # metadata JSON cannot hold: found before any file changes
+        _model(dim=24).save_pretrained(tmp_path / "ckpt", metadata={"run": object()})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
