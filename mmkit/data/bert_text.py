@@ -18,6 +18,7 @@ from mmkit.data.bert_tokenizer import TOKENIZER_FILE, WORDPIECE_VOCAB, EncoderTo
 from mmkit.data.corpora import (
     LEXNAMES, WORDNET_PARTS, Synset, corpus_texts, split_held_out, wordnet_sentences, wordnet_synsets,
 )
+from mmkit.data.text_blocks import record_vocab_size, saved_vocab_mismatch
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # cross-entropy's ignore_index: positions with no MLM target
@@ -96,13 +97,30 @@ def wordnet_split(held_out: float, parts: Sequence[str] = WORDNET_PARTS) -> tupl
 
 
 def load_or_train_tokenizer(where: str | None, texts: Sequence[str], vocab_size: int) -> EncoderTokenizer:
-    """The tokenizer saved in `where`, else a WordPiece trained on `texts` (saved to `where`)."""
-    if where and any((Path(where) / f).is_file() for f in (TOKENIZER_FILE, WORDPIECE_VOCAB)):
-        return EncoderTokenizer.from_dir(where)
+    """The tokenizer saved in `where`, else a WordPiece trained on `texts` (saved to `where`).
+
+    Raises:
+        ValueError: the saved tokenizer does not answer `vocab_size` (it has another size, and mmkit
+            did not train it for this vocab_size): one line naming the folder, both sizes and what to
+            do. The recipes share a folder on purpose (classification reuses the masked-LM
+            pretraining's vocabulary, which the pretrained model's embeddings are sized by), so a
+            vocab_size the folder cannot give is refused rather than silently not applied.
+    """
+    if where and any((Path(where).expanduser() / f).is_file() for f in (TOKENIZER_FILE, WORDPIECE_VOCAB)):
+        tok = EncoderTokenizer.from_dir(where)
+        mismatch = saved_vocab_mismatch(where, len(tok), vocab_size)
+        if mismatch:
+            message, answers = mismatch
+            raise ValueError(f"{message}: give vocab_size {answers} to use it, or another tokenizer folder, or "
+                             f"delete the folder to train a {vocab_size}-token one (a model pretrained with the old "
+                             f"one will not fit the new one)")
+        return tok
     tok = EncoderTokenizer.train(texts, vocab_size)
     if where:
         tok.save(where)
-        log.info("trained a %d-token WordPiece vocabulary, saved to %s", len(tok), where)
+        record_vocab_size(where, vocab_size)
+        short = f" (vocab_size {vocab_size}: the training text holds no more)" if len(tok) < vocab_size else ""
+        log.info("trained a %d-token WordPiece vocabulary%s, saved to %s", len(tok), short, where)
     return tok
 
 
@@ -119,7 +137,8 @@ class MaskedLMDataModule(pl.LightningDataModule):
             corpus (`mmkit.data.corpora`, e.g. "fortunes").
         tokenizer: directory of an encoder tokenizer; when it holds none, a WordPiece is trained on
             the training synsets' sentences and saved there. None: train one, keep it in memory.
-        vocab_size: size of a trained tokenizer.
+        vocab_size: size of a trained tokenizer; a saved one of another size is refused (one line,
+            `load_or_train_tokenizer`): give its size, or another folder.
         max_len: tokens per sentence at most ([CLS]/[SEP] included; longer ones are cut).
         held_out: share of WordNet synsets kept out (the classification recipe's test synsets).
         val_fraction: share of the sentences held out to validate the MLM loss.
@@ -175,7 +194,7 @@ class WordNetLexnameDataModule(pl.LightningDataModule):
 
     Args:
         tokenizer: as in `MaskedLMDataModule` (the same directory gives the same vocabulary).
-        vocab_size: size of a trained tokenizer.
+        vocab_size: size of a trained tokenizer; as in `MaskedLMDataModule`, it must be the saved one's.
         parts: parts of speech whose synsets are used ("noun", "verb", "adj", "adv").
         max_len: tokens per definition at most.
         held_out: share of synsets for validation/test (never seen in training or pretraining).

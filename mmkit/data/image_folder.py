@@ -317,8 +317,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
             what = f"{split}_dir {self.dirs[split]}"
             root = require_path(what, self.dirs[split])
             class_to_idx = {name: i for i, name in enumerate(self._class_names)}
+            # Every folder the user named must yield something: a val_dir or test_dir of unreadable
+            # files would otherwise mean no validation (no best checkpoint) or a test with no metrics.
             self.samples[split] = keep_readable(find_samples(root, class_to_idx), what, self.skipped,
-                                                required=split == "train")
+                                                required=True)
             self._check_classes(split, what)
             if split == "train" and self.val_split > 0:
                 train = self.samples["train"]

@@ -10,6 +10,7 @@ written a chunk at a time to files (`mmkit.data.token_files`) that the datasets 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 from pathlib import Path
@@ -27,6 +28,9 @@ from mmkit.data.token_files import Blocks, ScratchFolder, TokenWriter, token_dty
 __all__ = ["MAX_WARNINGS", "Blocks", "TextBlocksDataModule", "counts_perplexity", "encode_stream", "iter_documents",
            "read_documents", "text_pieces", "token_counts", "unigram_perplexity"]
 log = logging.getLogger(__name__)
+# Beside a tokenizer that mmkit trained and saved: the vocab_size it was trained for. A small corpus can
+# end a training short of it, and a later run asking the same vocab_size then still matches the folder.
+TRAINED_FOR_FILE = "mmkit_vocab_size.json"
 BATCH_DOCS, BATCH_CHARS = 256, 1 << 18  # texts given to one `encode_batch`: about 100k tokens in Python lists
 PIECE_CHARS = 1 << 16  # a longer document is tokenised (and the tokenizer trained) in pieces of about this size
 _DISTINCT_LIMIT = 1 << 16  # distinct documents counted for an error message (memory: their hashes)
@@ -101,6 +105,30 @@ def counts_perplexity(train: np.ndarray, held_out: np.ndarray, vocab_size: int) 
     return math.exp(nll)
 
 
+def record_vocab_size(where: str | Path, vocab_size: int) -> None:
+    """Note in tokenizer folder `where` the vocab_size its tokenizer was trained for (`TRAINED_FOR_FILE`)."""
+    (Path(where).expanduser() / TRAINED_FOR_FILE).write_text(json.dumps({"vocab_size": vocab_size}) + "\n")
+
+
+def saved_vocab_mismatch(where: str | Path, size: int, vocab_size: int) -> tuple[str, int] | None:
+    """None when the tokenizer saved in folder `where`, of `size` tokens, answers a request for
+    `vocab_size`: it has that size, or mmkit trained it for that vocab_size (the corpus had fewer).
+    Else (the start of a one-line message naming the folder and both sizes, the vocab_size that the
+    folder does answer); the caller says what follows.
+    """
+    try:
+        trained_for = json.loads((Path(where).expanduser() / TRAINED_FOR_FILE).read_text())["vocab_size"]
+    except (OSError, ValueError, TypeError, KeyError):
+        trained_for = None  # not trained by mmkit (a downloaded tokenizer), or by an older mmkit
+    if not isinstance(trained_for, int) or isinstance(trained_for, bool):
+        trained_for = None
+    if vocab_size in (size, trained_for):
+        return None
+    made = f" (trained for vocab_size {trained_for})" if trained_for not in (None, size) else ""
+    return (f"vocab_size is {vocab_size}, but the tokenizer folder {where} holds a {size}-token tokenizer{made}",
+            size if trained_for is None else trained_for)
+
+
 def _few_documents(docs: Iterable[str], count: int) -> str:
     """Why the `count` documents `docs` yields could not be split into a training and a held-out part."""
     distinct: set[int] = set()  # hashes, not texts, and a limited number: a corpus this uniform is small
@@ -144,7 +172,8 @@ class TextBlocksDataModule(pl.LightningDataModule):
         tokenizer: a directory with GPT-2 tokenizer files to use; when it holds none, a byte-level
             BPE is trained on the training documents and saved there (so a resumed run reads the same).
             None: train one and keep it in memory.
-        vocab_size: size of a trained tokenizer.
+        vocab_size: size of a trained tokenizer. A saved tokenizer of another size (one not trained by
+            mmkit for this vocab_size) is still used, with a warning naming both sizes.
         block_size: tokens per training example (at most the model's `max_len`).
         val_fraction: share of the documents held out for validation (chosen by hash).
         batch_size, num_workers: DataLoader settings.
@@ -199,16 +228,26 @@ class TextBlocksDataModule(pl.LightningDataModule):
 
     def _tokenizer(self, docs: Callable[[], Iterator[str]]) -> ByteBPETokenizer:
         """The saved tokenizer, else one trained on the training documents (a pass over them)."""
-        where = self.hparams.tokenizer
-        if where and any((Path(where) / f).is_file() for f in (TOKENIZER_FILE, "vocab.json")):
-            return ByteBPETokenizer.from_dir(where)
+        where, vocab_size = self.hparams.tokenizer, self.hparams.vocab_size
+        if where and any((Path(where).expanduser() / f).is_file() for f in (TOKENIZER_FILE, "vocab.json")):
+            tok = ByteBPETokenizer.from_dir(where)
+            # The folder wins (a resumed run must read the tokenizer it trained with, and the GPT's
+            # vocab_size follows the data's), but a vocab_size it does not answer is said, not ignored.
+            mismatch = saved_vocab_mismatch(where, tok.vocab_size, vocab_size)
+            if mismatch:
+                log.warning("%s: using it as it is (the GPT's vocab_size follows it); to train a %d-token one, "
+                            "delete the folder or give another tokenizer folder", mismatch[0], vocab_size)
+            return tok
         counts = [0, 0]
         train = (piece for held, doc in self._split(docs(), counts) if not held for piece in text_pieces(doc))
-        tok = ByteBPETokenizer.train(train, self.hparams.vocab_size)
+        tok = ByteBPETokenizer.train(train, vocab_size)
         self._check_split(counts, docs)  # before saving a tokenizer of a corpus that cannot be used
         if where:
             tok.save(where)
-            log.info("trained a %d-token byte-level BPE, saved to %s", tok.vocab_size, where)
+            record_vocab_size(where, vocab_size)
+            short = f" (vocab_size {vocab_size}: the training text holds no more merges)" \
+                if tok.vocab_size < vocab_size else ""
+            log.info("trained a %d-token byte-level BPE%s, saved to %s", tok.vocab_size, short, where)
         return tok
 
     def setup(self, stage: str | None = None) -> None:

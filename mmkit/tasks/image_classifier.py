@@ -1,7 +1,8 @@
 """Image classification system: cross-entropy with label smoothing (Szegedy et al., 2016),
-optional mixup/cutmix (timm's `Mixup`), AdamW with linear warmup then cosine decay, and
-torchmetrics accuracy. The model is injected (any `(B, C, H, W) -> (B, classes)` module, a
-ViT by default in the configs; `mmkit.models.PretrainedViT` to start from a checkpoint).
+optional mixup/cutmix (timm's `Mixup` in its per-batch mode, on every batch size), AdamW with
+linear warmup then cosine decay, and torchmetrics accuracy. The model is injected (any
+`(B, C, H, W) -> (B, classes)` module, a ViT by default in the configs; `mmkit.models.PretrainedViT`
+to start from a checkpoint).
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from mmkit.inference.classifier import top_k
+from mmkit.tasks.model_task import ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(ModelTask, pl.LightningModule):
     """
     Args:
         model: the network, configured from YAML by class path.
@@ -30,7 +32,10 @@ class ImageClassifier(pl.LightningModule):
         lr, weight_decay: AdamW settings (no decay on biases, norms, tokens and positions).
         warmup_ratio: fraction of all optimiser steps spent in linear warmup before cosine decay.
         label_smoothing: smoothing of the one-hot targets.
-        mixup_alpha, cutmix_alpha: timm Mixup/CutMix strengths (0 = off).
+        mixup_alpha, cutmix_alpha: timm Mixup/CutMix strengths (0 = off). When on, every training batch
+            is mixed (odd sizes too, see `BatchMixup`) and trained on soft targets that carry the label
+            smoothing; `train/acc` is then not logged (a mixed image has no single true class), only
+            `train/loss`.
         top_k: predictions returned per image by `predict_step`.
         export_dir: where `on_fit_end` writes the native checkpoint for `mmkit predict` and demos.
     """
@@ -58,10 +63,8 @@ class ImageClassifier(pl.LightningModule):
             raise ValueError(f"the data has {len(self.class_names)} classes but the model has {num_classes} outputs")
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
-            from timm.data import Mixup
-
-            self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                               label_smoothing=label_smoothing, num_classes=num_classes)
+            self.mixup = BatchMixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                                    label_smoothing=label_smoothing, num_classes=num_classes)
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
@@ -74,7 +77,7 @@ class ImageClassifier(pl.LightningModule):
         if batch is None:  # every image in the batch was unreadable (already logged)
             return None
         images, targets, _ = batch
-        if self.mixup is not None and images.shape[0] % 2 == 0:
+        if self.mixup is not None:  # every batch, odd sizes included (BatchMixup)
             images, soft = self.mixup(images, targets)
             logits = self(images)
             loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
@@ -121,7 +124,7 @@ class ImageClassifier(pl.LightningModule):
         return self.model.save_pretrained(directory, metadata=meta)
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if self.export_wanted():
             dm = self.trainer.datamodule
             meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else eval_metadata(dm)
             path = self.export(Path(self.hparams.export_dir).expanduser(), meta)
@@ -138,6 +141,34 @@ def eval_metadata(dm: Any) -> dict[str, Any]:
     ImageNet statistics."""
     hp = getattr(dm, "hparams", None) or {}
     return {k: list(hp[k]) if isinstance(hp[k], tuple) else hp[k] for k in _EVAL_KEYS if k in hp}
+
+
+class BatchMixup:
+    """timm's `Mixup` in its default per-batch mode, for any batch size.
+
+    Each row is mixed (mixup) or patched (cutmix) with the row at the mirrored position of the
+    batch, ``x.flip(0)``, with one lambda for the batch; the targets are mixed alike by timm's
+    `mixup_target`, which also applies the label smoothing. timm's `Mixup.__call__` asserts an even
+    batch (its 'pair' and 'elem' modes need one; timm's training script drops the last odd batch),
+    yet the flip is defined for odd sizes too: the middle row is paired with itself, so its image
+    and its (smoothed) target stay as they are. Only this mode is used here, so no batch (a small
+    dataset's odd last one, or an odd batch_size) goes unmixed. The images are mixed in place, as
+    timm does. timm draws lambda and mixup-or-cutmix with numpy (seeded by `seed_everything`).
+    """
+
+    def __init__(self, mixup_alpha: float, cutmix_alpha: float, label_smoothing: float, num_classes: int) -> None:
+        from timm.data import Mixup  # imported only when mixup is on
+
+        self.timm = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing,
+                          num_classes=num_classes, mode="batch")
+        self.label_smoothing, self.num_classes = label_smoothing, num_classes
+
+    def __call__(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mixed images, soft targets (B, num_classes))`` for a batch of any size >= 1."""
+        from timm.data.mixup import mixup_target
+
+        lam = self.timm._mix_batch(images)  # the body of timm's __call__ for mode="batch", less the assert
+        return images, mixup_target(targets, self.num_classes, lam, self.label_smoothing)
 
 
 def _num_outputs(model: nn.Module) -> int:
