@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from mmkit.models.clip import CLIP
 from mmkit.tasks.contrastive import batch_sizes_across_ranks, clip_loss
-from mmkit.tasks.exporting import ExportsOnFitEnd
+from mmkit.tasks.model_task import ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
 from mmkit.inference.prompts import DEFAULT_TEMPLATES
 from mmkit.inference.zero_shot import default_image_metadata, zero_shot_classifier, zero_shot_logits
@@ -26,7 +26,7 @@ from mmkit.inference.zero_shot import default_image_metadata, zero_shot_classifi
 log = logging.getLogger(__name__)
 
 
-class CLIPTask(ExportsOnFitEnd, pl.LightningModule):
+class CLIPTask(ModelTask, pl.LightningModule):
     """
     Batches are dicts with "images" (B, 3, H, W) and "token_ids" (B, T) (`mmkit.data.captions`).
 

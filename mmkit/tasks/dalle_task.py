@@ -18,13 +18,13 @@ from torch import Tensor
 from mmkit.core import GenerationOptions
 from mmkit.models.dalle import DALLE
 from mmkit.models.vqgan import VQGAN
-from mmkit.tasks.exporting import ExportsOnFitEnd
+from mmkit.tasks.model_task import ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-class DalleTask(ExportsOnFitEnd, pl.LightningModule):
+class DalleTask(ModelTask, pl.LightningModule):
     """Batches are dicts {"text": (B, text_len), "codes": (B, h, w)} (`ShapesCodesDataModule`).
 
     Args:

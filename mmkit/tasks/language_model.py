@@ -16,13 +16,13 @@ from torchmetrics.text import Perplexity
 
 from mmkit.inference.text_generation import save_text_generator
 from mmkit.models.gpt import GPT
-from mmkit.tasks.exporting import ExportsOnFitEnd
+from mmkit.tasks.model_task import ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-class LanguageModel(ExportsOnFitEnd, pl.LightningModule):
+class LanguageModel(ModelTask, pl.LightningModule):
     """
     Args:
         model: the `GPT` to train; its `vocab_size` is replaced by the data tokenizer's at setup

@@ -16,13 +16,13 @@ from torchmetrics import MeanMetric
 from mmkit.data.bert_text import IGNORE
 from mmkit.inference.encoder import save_encoder
 from mmkit.models.bert import BERT
-from mmkit.tasks.exporting import ExportsOnFitEnd
+from mmkit.tasks.model_task import ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-class MaskedLM(ExportsOnFitEnd, pl.LightningModule):
+class MaskedLM(ModelTask, pl.LightningModule):
     """
     Args:
         model: the `BERT` to pretrain; vocab_size and pad_id are replaced by the data tokenizer's at

@@ -27,13 +27,13 @@ from mmkit.data.audio_manifest import IGNORE_INDEX
 from mmkit.data.char_tokenizer import CharTokenizer, normalize_text
 from mmkit.inference.speech_checkpoints import load_speech_model, save_speech_checkpoint
 from mmkit.models.whisper import Whisper
-from mmkit.tasks.exporting import ExportsOnFitEnd
+from mmkit.tasks.model_task import ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-class SpeechRecognizer(ExportsOnFitEnd, pl.LightningModule):
+class SpeechRecognizer(ModelTask, pl.LightningModule):
     """
     Args:
         model: a `Whisper` to train from scratch (its `vocab_size` is replaced by the data
@@ -50,6 +50,8 @@ class SpeechRecognizer(ExportsOnFitEnd, pl.LightningModule):
             parameters and the exported model is an ordinary Whisper. Character/BPE tokenizers only.
         export_dir: where `on_fit_end` writes the checkpoint (weights + tokenizer) for inference.
     """
+
+    rebuilt_hparams = {"checkpoint": None}  # a checkpoint rebuilds the model it trained, not the one it started from
 
     def __init__(
         self,
@@ -186,6 +188,7 @@ class SpeechRecognizer(ExportsOnFitEnd, pl.LightningModule):
     # --- checkpoints ---------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the model's record (`ModelTask`)
         if isinstance(self.tokenizer, CharTokenizer):  # resuming/testing must encode identically
             checkpoint["char_tokenizer"] = self.tokenizer.to_str()
 

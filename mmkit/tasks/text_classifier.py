@@ -17,14 +17,14 @@ from torchmetrics import Accuracy, MatthewsCorrCoef
 
 from mmkit.inference.encoder import load_encoder, save_encoder
 from mmkit.models.bert import BERT
-from mmkit.tasks.exporting import ExportsOnFitEnd
+from mmkit.tasks.model_task import ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 _HEADS = ("classifier.", "pooler.")  # learn at the full lr; the rest is the encoder
 
 
-class TextClassifier(ExportsOnFitEnd, pl.LightningModule):
+class TextClassifier(ModelTask, pl.LightningModule):
     """
     Args:
         model: the `BERT` architecture (num_classes linked from the data); used as is when

@@ -21,7 +21,7 @@ from mmkit.core import BeamSearch, Greedy, generate
 from mmkit.data.number_phrases import IGNORE_INDEX
 from mmkit.data.spm_tokenizer import SentencePieceTokenizer
 from mmkit.models.seq2seq import Seq2Seq
-from mmkit.tasks.exporting import ExportsOnFitEnd
+from mmkit.tasks.model_task import ModelTask
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def inverse_sqrt_schedule(dim: int, warmup: int, factor: float = 1.0):
     return schedule
 
 
-class TranslationTask(ExportsOnFitEnd, pl.LightningModule):
+class TranslationTask(ModelTask, pl.LightningModule):
     """
     Args:
         model: a `Seq2Seq` (its `vocab_size` is replaced by the data tokenizer's at setup).
@@ -115,6 +115,7 @@ class TranslationTask(ExportsOnFitEnd, pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the model's record (`ModelTask`)
         checkpoint["spm_model"] = self.tokenizer.proto  # resuming/testing must encode identically
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmkit.models.vqgan import VQGAN
-from mmkit.tasks.exporting import ExportsOnFitEnd
+from mmkit.tasks.model_task import ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def codebook_usage(counts: Tensor) -> tuple[float, float]:
     return float((counts > 0).float().mean()), float(entropy.exp())
 
 
-class VQGANTask(ExportsOnFitEnd, pl.LightningModule):
+class VQGANTask(ModelTask, pl.LightningModule):
     """Batches are (B, 3, H, W) images in [0, 1] (`mmkit.data.dalle_shapes.ShapesImagesDataModule`).
 
     Args:

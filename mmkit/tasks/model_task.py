@@ -1,0 +1,104 @@
+"""What every task shares about the one mmkit model it trains (`self.model`): when its export is written at
+the end of `fit`, and how a checkpoint rebuilds it.
+
+Export: a task with an `export_dir` hyperparameter writes its inference export in `on_fit_end` when
+`export_wanted()`. The folder is checked when fit starts (a file there would otherwise be found after the
+whole run); a `fast_dev_run` or a fit that ran no training step leaves an earlier export as it is (as
+Lightning saves no checkpoint for a fast_dev_run); weights that went non-finite are refused in one line with
+nothing written: a diverged run must not replace a good export with one that no loader accepts.
+
+Checkpoints: the tasks keep the model out of their hyperparameters (it is a module, not a setting), so
+Lightning's `load_from_checkpoint(path)` could not build one. Each checkpoint records the model's architecture
+(an `mmkit.models` class) and constructor config (after `setup`, which may size it from the data: a
+vocabulary), and `load_from_checkpoint` rebuilds it from them unless the caller passes `model=`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+MODEL_KEY = "mmkit_model"  # the checkpoint entry: {"architecture": "ViT", "config": {...}}
+
+
+class TrainingDiverged(ValueError):
+    """The trained weights are not finite (NaN or infinity): nothing was exported."""
+
+
+class ModelTask:
+    """Mixin for a LightningModule training one mmkit model, `self.model` (a `PretrainedMixin` with `config`)."""
+
+    # hyperparameters replaced when a checkpoint rebuilds the model (SpeechRecognizer: its `checkpoint`)
+    rebuilt_hparams: dict[str, Any] = {}
+
+    def on_fit_start(self) -> None:
+        folder = self._export_folder()
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise ValueError(f"export_dir {folder} is a file, not a folder: give another --model.init_args.export_dir")
+
+    def export_wanted(self) -> bool:
+        """Whether `on_fit_end` writes the export: an export_dir is set, this is the first process, the run
+        trained (not a fast_dev_run; at least one optimizer step) and every weight is finite.
+
+        Raises:
+            TrainingDiverged: a weight is NaN or infinite; nothing is written (one line at the command line).
+        """
+        assert isinstance(self, pl.LightningModule)
+        folder = self._export_folder()
+        if folder is None or not self.trainer.is_global_zero:
+            return False
+        if self.trainer.fast_dev_run:
+            log.info("fast_dev_run: nothing exported (%s left as it is)", folder)
+            return False
+        if self.trainer.global_step == 0:
+            log.warning("no training step ran: nothing exported (%s left as it is)", folder)
+            return False
+        bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise TrainingDiverged(f"training diverged: non-finite weights (NaN or infinity) in {shown} after "
+                                   f"{self.trainer.global_step} steps; nothing exported to {folder} (try a lower "
+                                   "learning rate, or --trainer.gradient_clip_val)")
+        return True
+
+    def _export_folder(self) -> Path | None:
+        export_dir = self.hparams.get("export_dir")  # type: ignore[attr-defined]
+        return Path(export_dir).expanduser() if export_dir else None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        model = self.model  # type: ignore[attr-defined]
+        if hasattr(model, "architecture_name"):  # an mmkit model (another module is the caller's to rebuild)
+            # the architecture, not the class: PretrainedViT is a ViT built from a folder, rebuilt as a ViT
+            checkpoint[MODEL_KEY] = {"architecture": model.architecture_name(), "config": model.config}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, *args: Any,
+                             **kwargs: Any) -> Any:
+        """Lightning's `load_from_checkpoint`, the model rebuilt from the checkpoint's record of it (its
+        architecture and config) unless `model=` is given; the record is read with `torch.load(weights_only=True)`."""
+        if "model" not in kwargs:
+            kwargs = {**kwargs, **cls.rebuilt_hparams, "model": _rebuilt_model(checkpoint_path)}
+        return super().load_from_checkpoint(checkpoint_path, map_location, *args, **kwargs)  # type: ignore[misc]
+
+
+def _rebuilt_model(checkpoint_path: Any) -> torch.nn.Module:
+    """The randomly initialised model a checkpoint's `MODEL_KEY` record describes (its weights load after)."""
+    record = torch.load(checkpoint_path, map_location="cpu", weights_only=True).get(MODEL_KEY)
+    if hasattr(checkpoint_path, "seek"):
+        checkpoint_path.seek(0)
+    if not isinstance(record, dict) or not isinstance(record.get("architecture"), str):
+        raise ValueError(f"{checkpoint_path}: the checkpoint does not record its model (saved before mmkit did, or "
+                         "not an mmkit model): pass model= with the model it was trained with")
+    import mmkit.models
+
+    name = record["architecture"]
+    model_class = getattr(mmkit.models, name, None) if name in mmkit.models.__all__ else None
+    if model_class is None:
+        raise ValueError(f"{checkpoint_path}: its model architecture {name!r} is not one of mmkit's")
+    model_class.check_config(record["config"], f"{checkpoint_path}: recorded model config")
+    return model_class.build(record["config"])
