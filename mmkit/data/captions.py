@@ -259,13 +259,15 @@ class _CaptionDataModule(pl.LightningDataModule):
             self.samples["val"] = [s for i, s in enumerate(train) if i in held]
 
     def _checked(self, split: str, source: str) -> list[CaptionSample]:
-        """The split's readable samples; a train split left with none is a one-line ValueError."""
-        what, dropped, required = f"{split}_{self._kind} {source}", [], split == "train"
+        """The split's readable samples; a split the user gave left with none is a one-line ValueError naming
+        its option (a val or test table of unreadable files would mean no validation or a test without
+        metrics)."""
+        what, dropped = f"{split}_{self._kind} {source}", []
         found = self._read(source, what, dropped)
-        if required and not found:
+        if not found:
             raise ValueError(f"{what}: no usable {self._items} ({len(dropped)} dropped: {summarise(dropped)})"
                              if dropped else f"{what}: no {self._items}")
-        return keep_readable(found, what, self.skipped, required=required)
+        return keep_readable(found, what, self.skipped, required=True)
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split == "test" and self.sources["test"] is None:

@@ -129,3 +129,17 @@ def test_sidecar_datamodule_reads_separate_split_folders(tmp_path):
     batches = list(dm.train_dataloader())
     assert [b["images"].shape for b in batches] == [(3, 3, 8, 8)]  # the partial last batch is dropped
     assert dm.inference_metadata()["context_length"] == 10
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_a_val_or_test_table_without_readable_images_is_one_line_naming_it(tmp_path, split):
+    paths = _images(tmp_path)
+    (tmp_path / "img" / "broken.png").write_bytes(b"not a png")
+    good = [{"path": f"img/{n}.png", "caption": f"a {n} picture"} for n in COLOURS]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"path": "img/broken.png", "caption": "a broken picture"}) + "\n")
+    dm = CaptionTableDataModule(train_file=str(tmp_path / "train.jsonl"), image_size=8, batch_size=8, num_workers=0,
+                                context_length=12, **{f"{split}_file": str(tmp_path / "bad.jsonl")})
+    with pytest.raises(ValueError) as err:  # was accepted: no validation (no best checkpoint), or no test metrics
+        dm.setup("fit" if split == "val" else "test")
+    assert f"{split}_file" in str(err.value) and "\n" not in str(err.value) and len(paths) == len(COLOURS)
