@@ -31,8 +31,9 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from PIL import Image
 
-from mmkit.cli.options import at_least
+from mmkit.cli.options import add_precision_argument, at_least
 from mmkit.cli.ranked import on_ranks
+from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import Ranks
 from mmkit.inference.seeds import MAX_SEED
 
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", default=None, metavar="CLIP", help="rank each prompt's images with this CLIP "
                    "(an mmkit CLIP export directory, or an open_clip architecture with --rerank-pretrained)")
     p.add_argument("--rerank-pretrained", default=None, help="weights for an open_clip --rerank architecture")
+    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
+                   help="int8: int8 weights for the generator's Linear layers (CPU; faster, codes sampled from "
+                        "logits close to fp32's; the VQGAN decodes in fp32)")
+    add_precision_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -243,6 +248,7 @@ def _setup(args: argparse.Namespace) -> tuple[TextToImage, ClipReranker | None, 
     from mmkit.inference.text_to_image import ClipReranker, TextToImage
 
     t2i = TextToImage.from_pretrained(args.model)
+    t2i.set_arithmetic(args.precision, args.quantize)  # a choice the device cannot run: one line, before any work
     for prompt in args.prompts:  # before any work: a bad prompt is found in a second, not after the others
         t2i.check_prompt(prompt)
     reranker = ClipReranker.load(args.rerank, args.rerank_pretrained) if args.rerank else None
@@ -259,7 +265,8 @@ def run(args: argparse.Namespace, ranks: Ranks = Ranks(), written: Written | Non
     from mmkit.inference.text_to_image import grid
 
     t2i, reranker, sampling = _agreed(ranks, lambda: _setup(args))
-    settings = {"num_images": args.num_images, "seed": args.seed, **sampling, "rerank": args.rerank}
+    settings = {"num_images": args.num_images, "seed": args.seed, **sampling, "rerank": args.rerank,
+                "precision": t2i.precision, "quantize": t2i.quantize}
     out = Path(args.out).expanduser()
     shares = _image_shares(ranks, len(args.prompts), args.num_images, args.batch_size)
     written = Written() if written is None else written

@@ -8,6 +8,7 @@ its BART tokenizer and VQGAN, sampled with dalle-mini's super-conditioning).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -176,6 +177,8 @@ class TextToImage:
         none gets (`mmkit generate`, the demo); saved with the export. None: min-dalle's for dalle-mini,
         else guidance 1 (off) and no top-k."""
         self.model, self.vqgan, self.tokenizer = model.eval(), vqgan.eval(), tokenizer
+        self.precision, self.quantize = "fp32", "none"
+        self._autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         bart = isinstance(model, DalleBart)
         text_len, text_vocab = (model.config["text_len"], model.config["text_vocab_size"]) if bart else \
             (model.text_len, model.text_vocab_size)
@@ -245,7 +248,27 @@ class TextToImage:
         tokenizer = BartTokenizer.from_files(folder / "vocab.json", folder / "merges.txt", model.config["text_len"])
         return cls(model, vqgan, tokenizer)
 
+    def set_arithmetic(self, precision: str = "fp32", quantize: str = "none") -> str:
+        """How the generator samples, as the other tools' `--precision` and `--quantize`: "bf16"/"fp16"/"auto"
+        (autocast around sampling; `mmkit.inference.precision.resolve_precision`) or int8 Linear weights (in
+        place, CPU; `mmkit.inference.quantize`). The guidance is combined from fp32 logits and the VQGAN decodes
+        in fp32 either way, so only the sampled codes can differ from fp32's. Returns the resolved precision.
+
+        Raises:
+            ValueError: a choice the device cannot run (bf16 with int8, int8 off the CPU), before anything
+                changes; or int8 asked of a generator made int8 already.
+        """
+        from mmkit.inference.quantize import prepare_arithmetic
+
+        if quantize != "none" and self.quantize != "none":
+            raise ValueError("the generator is int8 already")
+        self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text-to-image generator")
+        self.quantize = quantize
+        return self.precision
+
     def save_pretrained(self, directory: str | Path) -> Path:
+        if self.quantize != "none":
+            raise ValueError("an int8 generator is not saved: export the fp32 model it was made from")
         if isinstance(self.model, DalleBart):
             raise ValueError("a min-dalle model is read from its download folder; mmkit exports hold a DALLE generator")
         directory = Path(directory).expanduser()
@@ -370,11 +393,13 @@ class TextToImage:
                 options = RowSeeded(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
                                     row_seeds=tuple(image_seed(seed, i) for i in range(start, start + n)))
             text = self.tokenizer([prompt]).expand(n, -1)
-            if isinstance(self.model, DalleBart):
-                null_text = self.tokenizer.null_text([prompt]).expand(n, -1)
-                codes = sample_bart_codes(self.model, text, null_text, options, guidance, on_rows, preview_rows)
-            else:
-                codes = sample_codes(self.model, text, options, guidance, on_rows=on_rows, every_rows=preview_rows)
+            with self._autocast():  # previews decode inside it, in fp32 (`preview`)
+                if isinstance(self.model, DalleBart):
+                    null_text = self.tokenizer.null_text([prompt]).expand(n, -1)
+                    codes = sample_bart_codes(self.model, text, null_text, options, guidance, on_rows, preview_rows)
+                else:
+                    codes = sample_codes(self.model, text, options, guidance, on_rows=on_rows,
+                                         every_rows=preview_rows)
             # One image at a time: a batched convolution rounds differently, and an image's pixels must not
             # depend on the batch it was sampled in.
             pixels = torch.cat([self.vqgan.decode(c[None]) for c in codes])
@@ -387,10 +412,16 @@ class TextToImage:
         """Decode a partial grid (B, r, g): finished rows decoded, the rest grey."""
         b, r, g = rows.shape
         full = torch.cat([rows, rows[:, -1:].expand(b, g - r, g)], dim=1)
-        images = self.vqgan.decode(full)
+        with _fp32(full.device):  # called from inside the sampler's autocast (`_stream`)
+            images = self.vqgan.decode(full)
         cut = r * images.shape[2] // g
         images[:, :, cut:] = 0.5
         return images
+
+
+def _fp32(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on `device`: what runs inside is fp32, whatever the caller's autocast."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def _min_dalle_layout(directory: Path) -> bool:

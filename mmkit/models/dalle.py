@@ -147,6 +147,7 @@ class ClassifierFreeGuidance(nn.Module):
         offset = cache.length if cache is not None else 0
         null = tokens.clone()
         null[:, : max(0, self.model.text_len - offset)] = self.model.pad_id
-        cond, uncond = self.model(torch.cat([tokens, null]), context, cache, context_mask).chunk(2)
+        # in fp32: under a bf16 autocast the logits are bf16, and scale · (cond − uncond) magnifies their rounding
+        cond, uncond = self.model(torch.cat([tokens, null]), context, cache, context_mask).float().chunk(2)
         # -inf marks the other token kind in both halves; keep it rather than produce inf - inf.
         return torch.where(torch.isinf(cond), cond, uncond + self.scale * (cond - uncond))

@@ -99,7 +99,8 @@ class DalleBart(PretrainedMixin, nn.Module):
         memory = self.encode(both, mask)
 
         def guided(tokens: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-            cond, uncond = self(torch.cat([tokens, tokens]), memory, cache, mask).chunk(2)
+            # in fp32: under a bf16 autocast the logits are bf16, and guidance · (cond − uncond) magnifies them
+            cond, uncond = self(torch.cat([tokens, tokens]), memory, cache, mask).float().chunk(2)
             return torch.where(torch.isinf(cond), cond, uncond + guidance * (cond - uncond))
 
         out = generate(guided, bos, self.image_len, options.strategy(text.device), logit_filters=options.filters(),

@@ -285,3 +285,38 @@ def test_a_failed_run_removes_only_the_empty_folders_it_created(export, tmp_path
     kept.mkdir()
     _fails(["zebra", "--model", str(export), "--out", str(kept), "--quiet"], capsys, "no word the model knows")
     assert kept.is_dir()  # there before the run
+
+
+@pytest.mark.parametrize("precision, quantize, tolerance", [("bf16", "none", 0.05), ("fp32", "int8", 0.05)])
+def test_bf16_and_int8_sample_from_logits_close_to_fp32s(export, tmp_path, capsys, precision, quantize, tolerance):
+    """generate takes the other tools' --precision and --quantize (bf16 emulated where the CPU lacks it: slow,
+    still correct): the guided logits, teacher-forced over the same codes, within the stated tolerance of fp32's
+    and combined in fp32; the VQGAN stays fp32; the manifest records the arithmetic; bf16 with int8 is one line."""
+    from mmkit.inference.quantize import Int8Linear
+    from mmkit.inference.text_to_image import TextToImage
+    from mmkit.models.dalle import ClassifierFreeGuidance
+
+    exact, fast = TextToImage.from_pretrained(export), TextToImage.from_pretrained(export)
+    assert fast.set_arithmetic(precision, quantize) == precision
+    prompt = "a red circle on the left"
+    codes = exact.generate(prompt, num_images=2, seed=0)[0].codes
+    tokens = torch.cat([exact.tokenizer([prompt]).expand(2, -1), codes.flatten(1) + exact.model.text_vocab_size], 1)
+    with torch.no_grad():
+        want = ClassifierFreeGuidance(exact.model, 3.0)(tokens)
+        with fast._autocast():
+            got = ClassifierFreeGuidance(fast.model, 3.0)(tokens)
+    finite = torch.isfinite(want)
+    assert got.dtype == torch.float32 and torch.equal(finite, torch.isfinite(got))
+    assert (got[finite] - want[finite]).abs().max() <= tolerance * want[finite].abs().max()
+    assert any(isinstance(m, Int8Linear) for m in fast.model.modules()) == (quantize == "int8")
+    assert not any(isinstance(m, Int8Linear) for m in fast.vqgan.modules())
+    out = tmp_path / "out"
+    assert main(["generate", prompt, "--model", str(export), "--num-images", "2", "--out", str(out), "--quiet",
+                 "--precision", precision, "--quantize", quantize]) == 0
+    (m,) = json.loads((out / "manifest.json").read_text())
+    assert (m["precision"], m["quantize"]) == (precision, quantize) and len(m["images"]) == 2
+    capsys.readouterr()
+    assert main(["generate", prompt, "--model", str(export), "--out", str(tmp_path / "no"), "--precision", "bf16",
+                 "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "int8 Linear layers run on fp32" in err and not (tmp_path / "no").exists()
