@@ -26,10 +26,25 @@ TOOLS = {
 
 
 def _raised_in_mmkit(e: BaseException) -> bool:
+    return _raised_in(e, _PACKAGE_DIR)
+
+
+def _raised_in_lightning(e: BaseException) -> bool:
+    """Whether `e` was raised by Lightning's own code (pytorch_lightning, lightning_fabric): its refusal of a
+    trainer setting it checks only once the run starts (a `val_check_interval` beyond the training batches)."""
+    import lightning_fabric
+    import pytorch_lightning
+
+    return any(_raised_in(e, Path(package.__file__).resolve().parent)
+               for package in (pytorch_lightning, lightning_fabric))
+
+
+def _raised_in(e: BaseException, package: Path) -> bool:
+    """Whether the innermost frame of `e`'s traceback (the `raise`) is in the files under `package`."""
     tb = e.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
 
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the mmkit package
@@ -99,8 +114,9 @@ def _missing_config(argv: list[str]) -> str | None:
 
 
 def _user_error(e: BaseException) -> str | None:
-    """The message of a user-facing error (bad checkpoint, bad file, bad value) anywhere in the
-    exception chain, which jsonargparse wraps while instantiating classes; None otherwise."""
+    """The message of a user-facing error (bad checkpoint, bad file, bad value; a setting Lightning refuses, in
+    its own code) anywhere in the exception chain, which jsonargparse wraps while instantiating classes; None
+    otherwise: a bug, whatever its type, and a ValueError raised in a library other than mmkit and Lightning."""
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
     from mmkit.weights.native import WeightsError
@@ -114,8 +130,9 @@ def _user_error(e: BaseException) -> str | None:
         if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                           PermissionError)):
             return str(e)
-        if isinstance(e, MisconfigurationException):  # Lightning's refusal of a combination of settings
-            return f"trainer: {str(e).strip().splitlines()[0]}"
+        if isinstance(e, MisconfigurationException) or isinstance(e, ValueError) and _raised_in_lightning(e):
+            # Lightning's refusal of a setting or a combination of settings (some only once the run starts)
+            return f"trainer: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
         if isinstance(e, ValueError) and _raised_in_mmkit(e):  # our argument checks, e.g. a bad output suffix
             return str(e)
         e = e.__cause__ or e.__context__

@@ -108,6 +108,117 @@ def check_hyperparameters(config: Any, where: str) -> None:
             check_hyperparameters(value, name)
 
 
+# Trainer options Lightning takes without a range check, by name: a value outside the range fails late (a
+# ZeroDivisionError traceback while the optimizer's schedule is set up or at the first batch) or trains
+# silently wrong (a negative clipping norm flips the gradients' sign).
+_TRAINER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "accumulate_grad_batches": (lambda v: v >= 1, ">= 1"),
+    "check_val_every_n_epoch": (lambda v: v >= 1, ">= 1"),
+    "val_check_interval": (lambda v: v > 0, "> 0"),
+    "gradient_clip_val": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def check_trainer_options(config: Any) -> None:
+    """Refuse a trainer option outside its range (`_TRAINER_RULES`): one line naming the option, before
+    the trainer is built (Lightning refuses other combinations itself, in one line: `mmkit.cli._user_error`)."""
+    values = config.as_dict() if hasattr(config, "as_dict") else config if isinstance(config, dict) else {}
+    for key, (ok, rule) in _TRAINER_RULES.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            raise ValueError(f"--trainer.{key} must be {rule}, got {value}")
+
+
+def check_model_arguments(section: Any, where: str) -> None:
+    """Each class a model section names (the task's `model`, CLIP's towers, ... : nested `class_path` and
+    `init_args`) whose class checks its constructor arguments (`check_config`: mmkit's models, as for a
+    checkpoint's config.json) checked before anything is built, with the arguments the recipe and the
+    command line give it (the constructor's defaults, and the placeholders the data replaces at set-up,
+    are left alone). A size out of range (`num_heads 0`, `depth -1`) fails in one line naming the option
+    and the field instead of a traceback from the constructor or, worse, a model trained and exported
+    that `from_pretrained` then refuses."""
+    from mmkit.weights.native import config_errors
+
+    value = section.as_dict() if hasattr(section, "as_dict") else section
+    if isinstance(value, list):
+        for sub in value:
+            check_model_arguments(sub, where)
+        return
+    if not isinstance(value, dict):
+        return
+    if not _is_class_spec(value):
+        for key, sub in value.items():
+            check_model_arguments(sub, f"{where}.{key}")
+        return
+    init_args = value.get("init_args") or {}
+    where = f"{where}.init_args"
+    for key, sub in init_args.items():  # nested classes first: their message names their own option
+        check_model_arguments(sub, f"{where}.{key}")
+    cls = _import_class(value["class_path"])
+    check = getattr(cls, "check_config", None)
+    given = _given_arguments(cls, init_args) if callable(check) else None
+    if given is not None:
+        with config_errors(f"--{where}"):
+            check(given, f"--{where}")
+
+
+def _is_class_spec(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("class_path"), str) and \
+        isinstance(value.get("init_args") or {}, dict)
+
+
+def _import_class(class_path: str) -> type | None:
+    """The class `class_path` names ("package.module.Name"), or None where it is not one that imports."""
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _given_arguments(cls: Any, init_args: dict[str, Any]) -> dict[str, Any] | None:
+    """The arguments of `init_args` (jsonargparse fills in every default) that differ from `cls`'s
+    constructor defaults; an argument that is itself a class (CLIP's towers) as its own given arguments,
+    where it is the very class the constructor names. None where such a class is another one (a subclass
+    with other arguments): its own check then is the only one."""
+    import inspect
+    import typing
+
+    try:
+        params = inspect.signature(cls.__init__).parameters
+        hints = typing.get_type_hints(cls.__init__)
+    except (TypeError, ValueError, NameError):
+        return None
+    given: dict[str, Any] = {}
+    for key, arg in init_args.items():
+        param = params.get(key)
+        if _is_class_spec(arg):
+            nested = _import_class(arg["class_path"])
+            if nested is None or nested is not hints.get(key):
+                return None
+            nested_given = _given_arguments(nested, arg.get("init_args") or {})
+            if nested_given is None:
+                return None
+            given[key] = nested_given
+        elif param is None or param.default is inspect.Parameter.empty or not _equal(arg, param.default):
+            given[key] = arg
+    return given
+
+
+def _equal(value: Any, default: Any) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return len(value) == len(default) and all(_equal(v, d) for v, d in zip(value, default))
+    if type(value) is bool or type(default) is bool:
+        return type(value) is type(default) and value == default
+    try:
+        return bool(value == default)
+    except Exception:  # noqa: BLE001 - an argument of a type without a plain ==: given
+        return False
+
+
 def summarise_parse_error(message: str) -> str:
     """jsonargparse's refusal of an option (a dozen lines: the Union subtypes tried, each one's complaint)
     as one line: the option as typed on the command line and its innermost complaint, or the value given."""
@@ -299,6 +410,8 @@ class MMKitCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         for section in ("model", "data"):
             check_hyperparameters(config.get(section), section)
+        check_model_arguments(config.get("model"), "model")
+        check_trainer_options(config.get("trainer"))
 
     def before_predict(self) -> None:
         # Lightning would keep every batch's predictions in memory to return them: the writer has written them.
