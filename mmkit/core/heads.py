@@ -1,4 +1,4 @@
-"""Output heads shared by the token decoders (GPT, Whisper, Seq2Seq, T5)."""
+"""Output heads shared by the token decoders (GPT, Whisper, Seq2Seq, T5, DalleBart)."""
 from __future__ import annotations
 
 import torch
@@ -32,9 +32,15 @@ def output_logits(x: Tensor, embedding: nn.Embedding, head: nn.Module | None) ->
     fp32: rounded to bf16's 8 bits, near-tied logits swap and greedy choices flip (Whisper tiny.en
     on the README's 40 espeak clips: WER 50.6% with bf16 logits, 48.1% with fp32 logits, the same
     as the all-fp32 path). It is one matrix product per step. With gradients, autocast decides."""
-    weight = embedding.weight
+    return projection_logits(x, embedding.weight, head)
+
+
+def projection_logits(x: Tensor, weight: Tensor, layer: nn.Module | None = None) -> Tensor:
+    """`x` projected on the (vocab, dim) `weight` (`tied_logits`), or through `layer` where one stands in for
+    it (an untied head, its int8 copy); without gradients under a bf16/fp16 autocast, in fp32 (`output_logits`).
+    Also for a decoder whose own output layer is untied (DalleBart's `head`: its weight, or the int8 layer)."""
     if not torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type) and weight.dtype == torch.float32:
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
-            return tied_logits(x, weight) if head is None else head(x)
-    return tied_logits(x, weight) if head is None else head(x)
+            return tied_logits(x, weight) if layer is None else layer(x)
+    return tied_logits(x, weight) if layer is None else layer(x)

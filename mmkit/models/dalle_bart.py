@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mmkit.core import Decoder, Encoder, GenerationOptions, KVCache, LearnedPositions, generate
 from mmkit.core.blocks import layer_norm
-from mmkit.core.heads import tied_logits
+from mmkit.core.heads import projection_logits
 from mmkit.core.sandwich import SandwichBlock
 from mmkit.weights.native import PretrainedMixin, WeightsError, config_errors, load_state_dict_strict, read_state_dict
 
@@ -72,8 +72,11 @@ class DalleBart(PretrainedMixin, nn.Module):
         x = self.image_norm(self.image_embed(tokens) + self.image_pos(tokens.shape[1], offset))
         mask = None if context_mask is None else context_mask[:, None, None, :]
         # tied_logits is F.linear(x, head.weight), computed as (W @ xᵀ)ᵀ for the few rows of a decoding
-        # step: the 16,385-row head dominates a step, and this order runs it 2-3x faster on a CPU BLAS.
-        logits = tied_logits(self.decoder(x, context=context, context_mask=mask, cache=cache), self.head.weight)
+        # step: the 16,385-row head dominates a step, and this order runs it 2-3x faster on a CPU BLAS. In fp32
+        # under a bf16 autocast, as every decoder's vocabulary projection; an int8 head (--quantize) is called.
+        h = self.decoder(x, context=context, context_mask=mask, cache=cache)
+        head = self.head
+        logits = projection_logits(h, head.weight) if type(head) is nn.Linear else head(h)  # int8: fp32 only
         logits[..., self.codebook_size :] = float("-inf")  # BOS and Mega's spare rows are never sampled
         return logits
 

@@ -61,3 +61,33 @@ def test_non_finite_min_dalle_weights_are_one_line(root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{detoker}: non-finite weights (NaN or infinity)" in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("precision, quantize", [("bf16", "none"), ("fp32", "int8")])
+def test_dalle_mini_samples_in_bf16_and_int8(root, tmp_path, precision, quantize):
+    """DalleBart's untied 16,385-row head: an int8 copy is called (it used to be read as a weight: a TypeError),
+    and under bf16 it projects in fp32 as the other decoders'; the greedy codes teacher-forced logits stay close."""
+    import torch
+
+    from mmkit.inference.quantize import Int8Linear
+    from mmkit.inference.text_to_image import TextToImage
+
+    exact, fast = TextToImage.from_pretrained(root), TextToImage.from_pretrained(root)
+    fast.set_arithmetic(precision, quantize)
+    assert isinstance(fast.model.head, Int8Linear) == (quantize == "int8")
+    text = exact.tokenizer(["an avocado armchair"])
+    codes = exact.generate("an avocado armchair", num_images=1, seed=0, top_k=1)[0].codes.flatten(1)
+    tokens = torch.cat([torch.full((1, 1), exact.model.config["bos_id"]), codes[:, :-1]], 1)
+    with torch.no_grad():
+        memory = exact.model.encode(text)
+        want = exact.model(tokens, memory, context_mask=text != 1)
+        with fast._autocast():
+            got = fast.model(tokens, fast.model.encode(text), context_mask=text != 1)
+    finite = torch.isfinite(want)
+    assert got.dtype == torch.float32 and torch.equal(finite, torch.isfinite(got))
+    assert (got[finite] - want[finite]).abs().max() <= 0.05 * want[finite].abs().max()
+    out = tmp_path / "out"
+    assert main(["generate", "an avocado armchair", "--model", str(root), "--num-images", "2", "--out", str(out),
+                 "--quiet", "--precision", precision, "--quantize", quantize]) == 0
+    (entry,) = json.loads((out / "manifest.json").read_text())
+    assert (entry["precision"], entry["quantize"]) == (precision, quantize) and len(entry["images"]) == 2
