@@ -33,3 +33,15 @@ def test_encoder_decoder_against_min_dalle_gives_the_same_codes():
     assert result["ratio"] == result["tokens_per_s"]["mmkit"] / result["tokens_per_s"]["min-dalle"]
     report = format_bart_report(result)
     assert "DalleBart 64d x 1 layers" in report and "same codes         yes" in report
+
+
+def test_encoder_decoder_bench_times_the_int8_and_bf16_paths_too():
+    # bf16 is emulated where the CPU lacks it: slow, still correct, and this model is tiny
+    result = run_encoder_decoder_bench(dim=64, depth=1, num_heads=1, rounds=1, warmup=0, threads=1, int8=True,
+                                       bf16=True)
+    for kind in ("int8", "bf16"):
+        assert result[f"{kind}_ratio"] == result["tokens_per_s"][f"mmkit {kind}"] / result["tokens_per_s"]["min-dalle"]
+        assert 0.0 <= result[f"{kind}_agreement"] <= 1.0
+    report = format_bart_report(result)
+    assert "mmkit --quantize int8" in report and "mmkit bf16 / min-dalle fp32" in report
+    assert "of codes equal" in report and "transformers" not in report

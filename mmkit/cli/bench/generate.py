@@ -10,12 +10,13 @@ are medians.
    pick the same codes. Shapes are dalle-mini's (64 text tokens, 16×16 = 256 image tokens, 16,385
    logits, 64-wide heads, GLU at 8/3 of the width) with a narrower, shallower stack.
 
-    mmkit bench generate                          # both comparisons
+    mmkit bench generate                          # both comparisons (DalleBart: mmkit int8, and bf16 where native)
     mmkit bench generate --grid 8 --dim 128 --depth 2 --bart-dim 128 --bart-depth 2 --rounds 1
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import statistics
@@ -25,7 +26,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from mmkit.cli.bench.common import add_run_options, interleaved, torch_threads, write_json
+from mmkit.cli.bench.common import (
+    add_precision_option, add_run_options, bench_precisions, interleaved, reduced_path_lines, torch_threads, write_json,
+)
 from mmkit.cli.options import at_least, finite
 
 MODES = ("cached", "recompute")
@@ -113,14 +116,19 @@ def min_dalle_codes(encoder: torch.nn.Module, decoder: torch.nn.Module, text: Te
 
 def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4, num_images: int = 1,
                               guidance: float = 16.0, rounds: int = 3, warmup: int = 1,
-                              threads: int | None = None) -> dict[str, Any]:
-    """Image tokens/s of mmkit's `DalleBart` and of min-dalle's sampler on the same weights.
+                              threads: int | None = None, int8: bool = False, bf16: bool = False) -> dict[str, Any]:
+    """Image tokens/s of mmkit's `DalleBart` and of min-dalle's sampler on the same weights; with `int8` and
+    `bf16`, mmkit's `--quantize int8` and `--precision bf16` paths too (`TextToImage.set_arithmetic`'s).
 
     Returns:
         `tokens_per_s` per implementation, `ratio` (mmkit / min-dalle), `same_codes`, `distinct_codes`
-        (how many different codes the images use), the raw `seconds` and the settings.
+        (how many different codes the images use), per reduced path `<kind>_ratio` (its rate / min-dalle's)
+        and `<kind>_agreement` (the share of its codes equal to mmkit fp32's), the raw `seconds` and the settings.
     """
+    import copy
+
     from mmkit.core import GenerationOptions
+    from mmkit.inference.quantize import prepare_arithmetic
     from mmkit.models.dalle_bart import DalleBart
     from mmkit.weights.from_min_dalle import dalle_bart_from_min_dalle
     from mmkit.weights.native import load_state_dict_strict
@@ -136,17 +144,33 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
     null_text = torch.ones(1, 64, dtype=torch.long)
     null_text[0, :2] = torch.tensor([0, 2])
     options = GenerationOptions(top_k=1)
-    runs = {"mmkit": lambda: model.generate_codes(text.expand(num_images, -1), options, guidance,
-                                                  null_text=null_text.expand(num_images, -1)),
+
+    def sampler(m: DalleBart, autocast: Any) -> Any:
+        def run() -> Tensor:
+            with autocast():
+                return m.generate_codes(text.expand(num_images, -1), options, guidance,
+                                        null_text=null_text.expand(num_images, -1))
+        return run
+
+    runs = {"mmkit": sampler(model, contextlib.nullcontext),
             "min-dalle": lambda: min_dalle_codes(encoder, decoder, text, null_text, num_images, guidance)}
+    for kind, on, (precision, quantize) in (("int8", int8, ("fp32", "int8")), ("bf16", bf16, ("bf16", "none"))):
+        if on:  # the same weights, as `mmkit generate --quantize int8` / `--precision bf16` runs them
+            reduced = copy.deepcopy(model) if quantize == "int8" else model
+            runs[f"mmkit {kind}"] = sampler(reduced, prepare_arithmetic(reduced, precision, quantize, "bench")[1])
     with torch_threads(threads):
         seconds, codes = interleaved(runs, rounds, warmup)
         settings = {"dim": dim, "depth": depth, "num_heads": num_heads, "glu_dim": glu_dim, "num_images": num_images,
                     "guidance": guidance, "image_vocab": config["image_vocab_size"], "threads": torch.get_num_threads()}
     rate = {m: num_images * MIN_DALLE_IMAGE_LEN / statistics.median(s) for m, s in seconds.items()}
-    return {"tokens_per_s": rate, "ratio": rate["mmkit"] / rate["min-dalle"],
-            "same_codes": bool(torch.equal(codes["mmkit"], codes["min-dalle"])),
-            "distinct_codes": len(codes["mmkit"].unique()), "seconds": seconds, "settings": settings}
+    result = {"tokens_per_s": rate, "ratio": rate["mmkit"] / rate["min-dalle"],
+              "same_codes": bool(torch.equal(codes["mmkit"], codes["min-dalle"])),
+              "distinct_codes": len(codes["mmkit"].unique()), "seconds": seconds, "settings": settings}
+    for kind in ("int8", "bf16"):
+        if f"mmkit {kind}" in rate:
+            result[f"{kind}_ratio"] = rate[f"mmkit {kind}"] / rate["min-dalle"]
+            result[f"{kind}_agreement"] = float((codes[f"mmkit {kind}"] == codes["mmkit"]).float().mean())
+    return result
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -167,7 +191,9 @@ def format_bart_report(result: dict[str, Any]) -> str:
              *(f"{m:10s} {result['tokens_per_s'][m]:10.1f} image tokens/s" for m in BART_MODES),
              f"mmkit / min-dalle  {result['ratio']:.2f}x",
              f"same codes         {'yes' if result['same_codes'] else 'NO'} ({result['distinct_codes']} distinct)"]
-    return "\n".join(lines)
+    lines += reduced_path_lines(result, "tokens_per_s", "image tokens/s", lambda kind, option: f"mmkit {option:17s}",
+                                lambda share: f"{share:.1%} of codes equal")
+    return "\n".join(lines).replace("/ transformers fp32", "/ min-dalle fp32")
 
 
 def _min_dalle_installed() -> bool:
@@ -189,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-images", type=at_least(1), default=1, help="DalleBart images sampled together")
     p.add_argument("--guidance", type=finite(0), default=16.0,  # as `mmkit generate --guidance`
                    help="super-conditioning scale (min-dalle's default 16)")
+    p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 row for DalleBart")
+    add_precision_option(p)
     add_run_options(p)
     args = p.parse_args(argv)
     if args.dim % args.num_heads or args.bart_dim < 64 or args.bart_dim % 64:  # counts are checked by argparse
@@ -201,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {"kv_cache": result}
     if _min_dalle_installed():
         bart = run_encoder_decoder_bench(args.bart_dim, args.bart_depth, args.bart_dim // 64, args.num_images,
-                                         args.guidance, args.rounds, args.warmup, args.threads)
+                                         args.guidance, args.rounds, args.warmup, args.threads,
+                                         int8=not args.no_int8, bf16="bf16" in bench_precisions(args.precision))
         print(format_bart_report(bart))
         results["min_dalle"] = bart
     else:
