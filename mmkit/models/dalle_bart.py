@@ -80,6 +80,20 @@ class DalleBart(PretrainedMixin, nn.Module):
         logits[..., self.codebook_size :] = float("-inf")  # BOS and Mega's spare rows are never sampled
         return logits
 
+    def encode_guided(self, text: Tensor, null_text: Tensor) -> tuple[Tensor, Tensor]:
+        """(memory, mask) of the 2B rows [text ; null_text] that super-conditioning decodes against."""
+        both = torch.cat([text, null_text])
+        mask = both != TEXT_PAD_ID
+        return self.encode(both, mask), mask
+
+    def guided_logits(self, tokens: Tensor, memory: Tensor, mask: Tensor, guidance: float,
+                      cache: KVCache | None = None) -> Tensor:
+        """Super-conditioned logits (B, T, image_vocab_size) of `tokens` (B, T) against `encode_guided`'s 2B rows:
+        uncond + guidance · (cond − uncond), in fp32 (under a bf16 autocast the logits are bf16, and the
+        guidance would magnify their rounding); -inf (a code never sampled) stays -inf."""
+        cond, uncond = self(torch.cat([tokens, tokens]), memory, cache, mask).float().chunk(2)
+        return torch.where(torch.isinf(cond), cond, uncond + guidance * (cond - uncond))
+
     @torch.no_grad()
     def generate_codes(self, text: Tensor, options: GenerationOptions, guidance: float = 1.0,
                        null_text: Tensor | None = None, use_cache: bool = True,
@@ -97,14 +111,10 @@ class DalleBart(PretrainedMixin, nn.Module):
             return out.tokens[:, 1:]
         if null_text is None:
             raise ValueError("guidance needs null_text (the unconditional prompt)")
-        both = torch.cat([text, null_text])
-        mask = both != TEXT_PAD_ID
-        memory = self.encode(both, mask)
+        memory, mask = self.encode_guided(text, null_text)
 
         def guided(tokens: Tensor, context: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-            # in fp32: under a bf16 autocast the logits are bf16, and guidance · (cond − uncond) magnifies them
-            cond, uncond = self(torch.cat([tokens, tokens]), memory, cache, mask).float().chunk(2)
-            return torch.where(torch.isinf(cond), cond, uncond + guidance * (cond - uncond))
+            return self.guided_logits(tokens, memory, mask, guidance, cache)
 
         out = generate(guided, bos, self.image_len, options.strategy(text.device), logit_filters=options.filters(),
                        use_cache=use_cache, on_step=on_step)

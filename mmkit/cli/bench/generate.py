@@ -123,7 +123,9 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
     Returns:
         `tokens_per_s` per implementation, `ratio` (mmkit / min-dalle), `same_codes`, `distinct_codes`
         (how many different codes the images use), per reduced path `<kind>_ratio` (its rate / min-dalle's)
-        and `<kind>_agreement` (the share of its codes equal to mmkit fp32's), the raw `seconds` and the settings.
+        and `<kind>_agreement` ("top1": the share of mmkit fp32's codes it ranks first fed fp32's codes before
+        each, `_teacher_forced_top1`; "codes": the share of its own greedy codes equal to fp32's), the raw
+        `seconds` and the settings.
     """
     import copy
 
@@ -154,10 +156,12 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
 
     runs = {"mmkit": sampler(model, contextlib.nullcontext),
             "min-dalle": lambda: min_dalle_codes(encoder, decoder, text, null_text, num_images, guidance)}
+    reduced_paths = {}
     for kind, on, (precision, quantize) in (("int8", int8, ("fp32", "int8")), ("bf16", bf16, ("bf16", "none"))):
         if on:  # the same weights, as `mmkit generate --quantize int8` / `--precision bf16` runs them
             reduced = copy.deepcopy(model) if quantize == "int8" else model
-            runs[f"mmkit {kind}"] = sampler(reduced, prepare_arithmetic(reduced, precision, quantize, "bench")[1])
+            reduced_paths[kind] = (reduced, prepare_arithmetic(reduced, precision, quantize, "bench")[1])
+            runs[f"mmkit {kind}"] = sampler(*reduced_paths[kind])
     with torch_threads(threads):
         seconds, codes = interleaved(runs, rounds, warmup)
         settings = {"dim": dim, "depth": depth, "num_heads": num_heads, "glu_dim": glu_dim, "num_images": num_images,
@@ -169,8 +173,24 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
     for kind in ("int8", "bf16"):
         if f"mmkit {kind}" in rate:
             result[f"{kind}_ratio"] = rate[f"mmkit {kind}"] / rate["min-dalle"]
-            result[f"{kind}_agreement"] = float((codes[f"mmkit {kind}"] == codes["mmkit"]).float().mean())
+            result[f"{kind}_agreement"] = {
+                "top1": _teacher_forced_top1(*reduced_paths[kind], codes["mmkit"], text, null_text, guidance),
+                "codes": float((codes[f"mmkit {kind}"] == codes["mmkit"]).float().mean())}
     return result
+
+
+@torch.no_grad()
+def _teacher_forced_top1(model: Any, autocast: Any, codes: Tensor, text: Tensor, null_text: Tensor,
+                         guidance: float) -> float:
+    """The share of fp32's greedy `codes` (B, 256) that `model` under `autocast` also ranks first when fed
+    fp32's codes before each one: its agreement step by step, where a sampled sequence follows its first
+    different code (greedy codes of random weights, whose logits are flat, part at the first flip)."""
+    n = len(codes)
+    tokens = torch.cat([torch.full((n, 1), model.bos_id), codes[:, :-1]], 1)
+    with autocast():
+        memory, mask = model.encode_guided(text.expand(n, -1), null_text.expand(n, -1))
+        logits = model.guided_logits(tokens, memory, mask, guidance)
+    return float((logits[..., :model.codebook_size].argmax(-1) == codes).float().mean())
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -192,7 +212,7 @@ def format_bart_report(result: dict[str, Any]) -> str:
              f"mmkit / min-dalle  {result['ratio']:.2f}x",
              f"same codes         {'yes' if result['same_codes'] else 'NO'} ({result['distinct_codes']} distinct)"]
     lines += reduced_path_lines(result, "tokens_per_s", "image tokens/s", lambda kind, option: f"mmkit {option:17s}",
-                                lambda share: f"{share:.1%} of codes equal")
+                                lambda a: f"top-1 {a['top1']:.1%} teacher-forced ({a['codes']:.1%} of codes equal)")
     return "\n".join(lines).replace("/ transformers fp32", "/ min-dalle fp32")
 
 
