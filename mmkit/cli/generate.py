@@ -68,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(an mmkit CLIP export directory, or an open_clip architecture with --rerank-pretrained)")
     p.add_argument("--rerank-pretrained", default=None, help="weights for an open_clip --rerank architecture")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
-                   help="int8: int8 weights for the generator's Linear layers (CPU; faster, codes sampled from "
-                        "logits close to fp32's; the VQGAN decodes in fp32)")
+                   help="int8: int8 weights for the generator's Linear layers (CPU; faster; the VQGAN decodes in "
+                        "fp32). A large --guidance magnifies int8's rounding: dalle-mini's 16 samples codes far from "
+                        "fp32's, bf16 stays close (see mmkit bench generate)")
     add_precision_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

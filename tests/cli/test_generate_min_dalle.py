@@ -91,3 +91,12 @@ def test_dalle_mini_samples_in_bf16_and_int8(root, tmp_path, precision, quantize
                  "--quiet", "--precision", precision, "--quantize", quantize]) == 0
     (entry,) = json.loads((out / "manifest.json").read_text())
     assert (entry["precision"], entry["quantize"]) == (precision, quantize) and len(entry["images"]) == 2
+
+
+def test_int8_with_a_large_guidance_warns_once(root, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):  # min-dalle's guidance 16 by default
+        assert main(["generate", "a red circle", "a blue star", "--model", str(root), "--num-images", "1", "--out",
+                     str(tmp_path / "out"), "--quiet", "--quantize", "int8"]) == 0
+    assert sum("int8 with guidance 16" in r.getMessage() for r in caplog.records) == 1
