@@ -38,7 +38,7 @@ def output_logits(x: Tensor, embedding: nn.Embedding, head: nn.Module | None) ->
 def projection_logits(x: Tensor, weight: Tensor, layer: nn.Module | None = None) -> Tensor:
     """`x` projected on the (vocab, dim) `weight` (`tied_logits`), or through `layer` where one stands in for
     it (an untied head, its int8 copy); without gradients under a bf16/fp16 autocast, in fp32 (`output_logits`).
-    Also for a decoder whose own output layer is untied (DalleBart's `head`: its weight, or the int8 layer)."""
+    Also for a decoder whose own output layer is an untied `nn.Linear` (DalleBart's `head`, by its weight)."""
     if not torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type) and weight.dtype == torch.float32:
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
