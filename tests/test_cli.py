@@ -372,3 +372,13 @@ def test_a_ckpt_path_of_another_recipe_is_one_line(workdir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert f"--ckpt_path {ckpt}: saved by another model or recipe than this config's" in err
+
+
+def test_a_checkpoint_of_other_model_sizes_names_the_fields_that_differ(fitted, capsys):
+    # `mmkit test --ckpt_path last` without the sizes the fit was given: which ones, not a size-mismatch table
+    other = [a if a != "32" else "48" for a in TINY]  # dim 48 instead of 32
+    code = main(["test", "--config", FIT, *other, "--trainer.default_root_dir", str(fitted),
+                 "--ckpt_path", str(fitted / "checkpoints" / "last.ckpt")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the checkpoint's ViT does not fit this run's: it has dim 32 (here 48)" in err, err

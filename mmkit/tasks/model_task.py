@@ -76,6 +76,24 @@ class ModelTask:
             # the architecture, not the class: PretrainedViT is a ViT built from a folder, rebuilt as a ViT
             checkpoint[MODEL_KEY] = {"architecture": model.architecture_name(), "config": model.config}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before the weights load: a checkpoint whose tensors do not fit this model is one line naming the
+        config fields it recorded that differ (`mmkit test --ckpt_path last` without the sizes the fit was given:
+        Lightning's size-mismatch table, or "a checkpoint of another model", said less)."""
+        record, saved = checkpoint.get(MODEL_KEY), checkpoint.get("state_dict")
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(saved, dict):
+            return  # a checkpoint from before the record: Lightning's own load says what does not fit
+        mine = self.state_dict()  # type: ignore[attr-defined]
+        if {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in mine.items()}:
+            return
+        ours = getattr(self.model, "config", {})  # type: ignore[attr-defined]
+        theirs = record["config"]
+        diffs = [f"{k} {theirs.get(k)!r} (here {ours.get(k)!r})" for k in sorted(set(theirs) | set(ours), key=str)
+                 if theirs.get(k) != ours.get(k)]
+        raise ValueError(f"the checkpoint's {record.get('architecture', 'model')} does not fit this run's: it has "
+                         f"{', '.join(diffs) if diffs else 'other tensors'}; give the sizes it was trained with "
+                         "(--model.init_args.model.init_args...), or another checkpoint")
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, *args: Any,
                              **kwargs: Any) -> Any:

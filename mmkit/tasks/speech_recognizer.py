@@ -193,6 +193,7 @@ class SpeechRecognizer(ModelTask, pl.LightningModule):
             checkpoint["char_tokenizer"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # the model's record against this model (`ModelTask`)
         saved = checkpoint.get("char_tokenizer")
         if saved is not None and isinstance(self.tokenizer, CharTokenizer) and self.tokenizer.to_str() != saved:
             from tokenizers import Tokenizer

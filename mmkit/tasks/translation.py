@@ -119,6 +119,7 @@ class TranslationTask(ModelTask, pl.LightningModule):
         checkpoint["spm_model"] = self.tokenizer.proto  # resuming/testing must encode identically
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # the model's record against this model (`ModelTask`)
         saved = checkpoint.get("spm_model")
         if saved is not None and self.tokenizer is not None and saved != self.tokenizer.proto:
             raise ValueError("the checkpoint was trained with another SentencePiece model than the data builds now; "

@@ -122,3 +122,14 @@ def test_an_image_classifier_checkpoint_of_a_pretrained_vit_rebuilds_as_a_vit(tm
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded.model.eval()(x), task.model.eval()(x))
+
+
+def test_a_model_of_other_sizes_is_one_line_naming_the_fields(corpus, tmp_path):
+    trainer = _fit(corpus, tmp_path / "export", checkpoints=str(tmp_path / "run"))
+    config = trainer.lightning_module.model.config
+    with pytest.raises(ValueError) as err:  # was Lightning's table of every tensor whose size differs
+        LanguageModel.load_from_checkpoint(trainer.checkpoint_callback.best_model_path,
+                                           model=GPT(**{**config, "dim": 32, "num_heads": 4}))
+    assert str(err.value).startswith("the checkpoint's GPT does not fit this run's: it has dim 16 (here 32), "
+                                     "num_heads 2 (here 4); give the sizes it was trained with")
+    assert "\n" not in str(err.value)
