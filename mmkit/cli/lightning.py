@@ -406,12 +406,16 @@ class MMKitCLI(LightningCLI):
             trainer.callbacks.append(self.signals)  # a dropped interruption raised again at the next batch
         return trainer
 
-    def before_instantiate_classes(self) -> None:
+    def _set_seed(self) -> None:
+        # The config's checks run first, before Lightning seeds and logs "Seed set to 0": a refused value is
+        # then the only line on stderr (private, as `_parse_ckpt_path`: LightningCLI has no public hook between
+        # parsing and seeding; the version is pinned in constraints.txt)
         config = self.config[self.subcommand] if self.subcommand else self.config
         for section in ("model", "data"):
             check_hyperparameters(config.get(section), section)
         check_model_arguments(config.get("model"), "model")
         check_trainer_options(config.get("trainer"))
+        super()._set_seed()
 
     def before_predict(self) -> None:
         # Lightning would keep every batch's predictions in memory to return them: the writer has written them.

@@ -4,6 +4,8 @@ nor a model trained and exported that `from_pretrained` then refuses."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -113,3 +115,11 @@ def test_a_value_error_from_elsewhere_stays_a_traceback():
     with pytest.raises(ValueError) as error:
         json.loads("{")
     assert _user_error(error.value) is None
+
+
+def test_the_refusal_is_the_only_line_of_a_whole_process(tmp_path):
+    """Checked before Lightning seeds: its "Seed set to 0" log line used to come first on stderr."""
+    done = subprocess.run([sys.executable, "-m", "mmkit", "fit", "--config", FIT, f"{MODEL}.num_heads", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == \
+        f"mmkit fit: error: {MODEL}: field 'num_heads' must be positive, got 0\n", done.stderr
