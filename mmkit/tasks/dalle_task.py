@@ -128,12 +128,12 @@ class DalleTask(ModelTask, pl.LightningModule):
                                    self.trainer.estimated_stepping_batches, betas=(0.9, 0.95))
 
     def on_fit_end(self) -> None:
-        if self.export_wanted():
+        if (folder := self.export_folder()) is not None:
             from mmkit.inference.text_to_image import TextToImage
 
             dm = self.trainer.datamodule
             # the judged test settings become the export's defaults (mmkit generate, the demo)
             defaults = {"guidance": self.hparams.test_guidance, "top_k": self.hparams.test_top_k}
-            path = TextToImage(self.model, self.vqgan, dm.tokenizer, defaults).save_pretrained(self.hparams.export_dir)
+            path = TextToImage(self.model, self.vqgan, dm.tokenizer, defaults).save_pretrained(folder)
             self.model.train()
             log.info("exported the text-to-image model to %s", path)

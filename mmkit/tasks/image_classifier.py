@@ -124,10 +124,10 @@ class ImageClassifier(ModelTask, pl.LightningModule):
         return self.model.save_pretrained(directory, metadata=meta)
 
     def on_fit_end(self) -> None:
-        if self.export_wanted():
+        if (folder := self.export_folder()) is not None:
             dm = self.trainer.datamodule
             meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else eval_metadata(dm)
-            path = self.export(Path(self.hparams.export_dir).expanduser(), meta)
+            path = self.export(folder, meta)
             log.info("exported model to %s", path)
 
 

@@ -97,6 +97,6 @@ class LanguageModel(ModelTask, pl.LightningModule):
         return save_text_generator(self.model, self.tokenizer, directory)
 
     def on_fit_end(self) -> None:
-        if self.export_wanted():
-            path = self.export(Path(self.hparams.export_dir).expanduser())
+        if (folder := self.export_folder()) is not None:
+            path = self.export(folder)
             log.info("exported model and tokenizer to %s", path)

@@ -78,5 +78,5 @@ class MaskedLM(ModelTask, pl.LightningModule):
         return save_encoder(self.model, self.tokenizer, directory)
 
     def on_fit_end(self) -> None:
-        if self.export_wanted():
-            log.info("exported model and tokenizer to %s", self.export(Path(self.hparams.export_dir).expanduser()))
+        if (folder := self.export_folder()) is not None:
+            log.info("exported model and tokenizer to %s", self.export(folder))

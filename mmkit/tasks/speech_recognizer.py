@@ -208,8 +208,8 @@ class SpeechRecognizer(ModelTask, pl.LightningModule):
         return save_speech_checkpoint(self.model, self.tokenizer, directory, {"language": self.hparams.language})
 
     def on_fit_end(self) -> None:
-        if self.export_wanted():
-            path = self.export(Path(self.hparams.export_dir).expanduser())
+        if (folder := self.export_folder()) is not None:
+            path = self.export(folder)
             log.info("exported model and tokenizer to %s", path)
 
 

@@ -109,5 +109,5 @@ class TextClassifier(ModelTask, pl.LightningModule):
         return save_encoder(self.model, self.tokenizer, directory, self.hparams.class_names)
 
     def on_fit_end(self) -> None:
-        if self.export_wanted():
-            log.info("exported classifier to %s", self.export(Path(self.hparams.export_dir).expanduser()))
+        if (folder := self.export_folder()) is not None:
+            log.info("exported classifier to %s", self.export(folder))

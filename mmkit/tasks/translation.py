@@ -136,5 +136,5 @@ class TranslationTask(ModelTask, pl.LightningModule):
         return directory
 
     def on_fit_end(self) -> None:
-        if self.export_wanted():
-            log.info("exported model and tokenizer to %s", self.export(self.hparams.export_dir))
+        if (folder := self.export_folder()) is not None:
+            log.info("exported model and tokenizer to %s", self.export(folder))

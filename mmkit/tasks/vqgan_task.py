@@ -9,7 +9,6 @@ reconstructions: the ceiling of any generator that speaks its codes.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -118,6 +117,6 @@ class VQGANTask(ModelTask, pl.LightningModule):
                                    self.trainer.estimated_stepping_batches)
 
     def on_fit_end(self) -> None:
-        if self.export_wanted():
-            path = self.model.save_pretrained(Path(self.hparams.export_dir).expanduser())
+        if (folder := self.export_folder()) is not None:
+            path = self.model.save_pretrained(folder)
             log.info("exported the tokenizer to %s", path)
