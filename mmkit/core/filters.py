@@ -13,6 +13,15 @@ from torch import Tensor
 LogitFilter = Callable[[Tensor, Tensor], Tensor]
 
 
+def guided(logits: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance (DALL·E-style and dalle-mini's super-conditioning): `logits` holds 2B rows,
+    the B conditional ones then their B unconditional twins; returns uncond + scale · (cond − uncond), (B, ..., V),
+    in fp32 (under a bf16 autocast the logits are bf16, and the scale would magnify their rounding). A logit that
+    is -inf in the conditional row (a token never sampled) stays -inf, not inf − inf."""
+    cond, uncond = logits.float().chunk(2)
+    return torch.where(torch.isinf(cond), cond, uncond + scale * (cond - uncond))
+
+
 class SuppressTokens:
     """Never emit these token ids."""
 

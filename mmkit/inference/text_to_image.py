@@ -419,16 +419,11 @@ class TextToImage:
         """Decode a partial grid (B, r, g): finished rows decoded, the rest grey."""
         b, r, g = rows.shape
         full = torch.cat([rows, rows[:, -1:].expand(b, g - r, g)], dim=1)
-        with _fp32(full.device):  # called from inside the sampler's autocast (`_stream`)
+        with torch.autocast(full.device.type, enabled=False):  # fp32, inside the sampler's autocast (`_stream`)
             images = self.vqgan.decode(full)
         cut = r * images.shape[2] // g
         images[:, :, cut:] = 0.5
         return images
-
-
-def _fp32(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast off on `device`: what runs inside is fp32, whatever the caller's autocast."""
-    return torch.autocast(device.type, enabled=False)
 
 
 def _min_dalle_layout(directory: Path) -> bool:

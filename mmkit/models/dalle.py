@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from mmkit.core import Decoder, KVCache, LearnedPositions
 from mmkit.core.blocks import layer_norm
+from mmkit.core.filters import guided
 from mmkit.core.init import init_normal_
 from mmkit.stems.vq import ImageTokenEmbedding
 from mmkit.weights.native import PretrainedMixin
@@ -147,7 +148,5 @@ class ClassifierFreeGuidance(nn.Module):
         offset = cache.length if cache is not None else 0
         null = tokens.clone()
         null[:, : max(0, self.model.text_len - offset)] = self.model.pad_id
-        # in fp32: under a bf16 autocast the logits are bf16, and scale · (cond − uncond) magnifies their rounding
-        cond, uncond = self.model(torch.cat([tokens, null]), context, cache, context_mask).float().chunk(2)
-        # -inf marks the other token kind in both halves; keep it rather than produce inf - inf.
-        return torch.where(torch.isinf(cond), cond, uncond + self.scale * (cond - uncond))
+        # -inf marks the other token kind in both halves: `guided` keeps it
+        return guided(self.model(torch.cat([tokens, null]), context, cache, context_mask), self.scale)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mmkit.core import Decoder, Encoder, GenerationOptions, KVCache, LearnedPositions, generate
 from mmkit.core.blocks import layer_norm
+from mmkit.core.filters import guided
 from mmkit.core.heads import projection_logits
 from mmkit.core.sandwich import SandwichBlock
 from mmkit.weights.native import PretrainedMixin, WeightsError, config_errors, load_state_dict_strict, read_state_dict
@@ -88,11 +89,9 @@ class DalleBart(PretrainedMixin, nn.Module):
 
     def guided_logits(self, tokens: Tensor, memory: Tensor, mask: Tensor, guidance: float,
                       cache: KVCache | None = None) -> Tensor:
-        """Super-conditioned logits (B, T, image_vocab_size) of `tokens` (B, T) against `encode_guided`'s 2B rows:
-        uncond + guidance · (cond − uncond), in fp32 (under a bf16 autocast the logits are bf16, and the
-        guidance would magnify their rounding); -inf (a code never sampled) stays -inf."""
-        cond, uncond = self(torch.cat([tokens, tokens]), memory, cache, mask).float().chunk(2)
-        return torch.where(torch.isinf(cond), cond, uncond + guidance * (cond - uncond))
+        """Super-conditioned logits (B, T, image_vocab_size) of `tokens` (B, T) against `encode_guided`'s 2B rows
+        (`core.filters.guided`: in fp32, -inf kept)."""
+        return guided(self(torch.cat([tokens, tokens]), memory, cache, mask), guidance)
 
     @torch.no_grad()
     def generate_codes(self, text: Tensor, options: GenerationOptions, guidance: float = 1.0,
