@@ -42,6 +42,13 @@ def _blocks(corpus: Path, folder: Path, vocab_size: int) -> TextBlocksDataModule
     return dm
 
 
+def _reuse_warning(folder: Path, want: int, size: int, made: str = "") -> str:
+    """GPT data's warning for a saved tokenizer of another size (the folder wins)."""
+    return (f"vocab_size is {want}, but the tokenizer folder {folder} holds a {size}-token tokenizer{made}: using it "
+            f"as it is (the GPT's vocab_size follows it); to train a {want}-token one, delete the folder or give "
+            "another tokenizer folder")
+
+
 def test_gpt_data_warns_when_the_saved_tokenizer_has_another_size(tmp_path, corpus, caplog):
     folder = tmp_path / "tok"
     with caplog.at_level(logging.WARNING):
@@ -52,10 +59,7 @@ def test_gpt_data_warns_when_the_saved_tokenizer_has_another_size(tmp_path, corp
         assert _warnings(caplog) == []
         other = _blocks(corpus, folder, 400)
     assert other.tokenizer == first.tokenizer == again.tokenizer  # the folder wins (a resumed run reads it)
-    assert _warnings(caplog) == [
-        f"vocab_size is 400, but the tokenizer folder {folder} holds a 300-token tokenizer: using it as it is "
-        "(the GPT's vocab_size follows it); to train a 400-token one, delete the folder or give another "
-        "tokenizer folder"]
+    assert _warnings(caplog) == [_reuse_warning(folder, 400, 300)]
 
 
 def test_gpt_data_warns_for_a_tokenizer_it_did_not_train(tmp_path, corpus, caplog):
@@ -64,10 +68,7 @@ def test_gpt_data_warns_for_a_tokenizer_it_did_not_train(tmp_path, corpus, caplo
     with caplog.at_level(logging.WARNING):
         dm = _blocks(corpus, folder, 4096)
     assert dm.tokenizer.vocab_size == 300
-    assert _warnings(caplog) == [
-        f"vocab_size is 4096, but the tokenizer folder {folder} holds a 300-token tokenizer: using it as it is "
-        "(the GPT's vocab_size follows it); to train a 4096-token one, delete the folder or give another "
-        "tokenizer folder"]
+    assert _warnings(caplog) == [_reuse_warning(folder, 4096, 300)]
 
 
 def test_a_tokenizer_short_of_its_vocab_size_still_answers_it(tmp_path, corpus, caplog):
@@ -83,10 +84,7 @@ def test_a_tokenizer_short_of_its_vocab_size_still_answers_it(tmp_path, corpus, 
         _blocks(corpus, folder, size)  # its actual size is an answer too
         assert _warnings(caplog) == []
         _blocks(corpus, folder, 4000)
-    assert _warnings(caplog) == [
-        f"vocab_size is 4000, but the tokenizer folder {folder} holds a {size}-token tokenizer (trained for "
-        "vocab_size 5000): using it as it is (the GPT's vocab_size follows it); to train a 4000-token one, "
-        "delete the folder or give another tokenizer folder"]
+    assert _warnings(caplog) == [_reuse_warning(folder, 4000, size, " (trained for vocab_size 5000)")]
 
 
 def _refusal(folder: Path, want: int, size: int, answers: int, made: str = "") -> str:
