@@ -131,6 +131,26 @@ def test_non_finite_weights_are_an_error_and_leave_no_output(tmp_path, capsys):
     assert not out.exists() and not list(out.parent.glob(".p.jsonl.*"))  # no half-written file either
 
 
+def test_a_folder_with_no_images_is_refused_alone_and_warned_about_beside_others(export, tmp_path, capsys, caplog):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out" / "p.csv"
+    assert _predict(export, tmp_path / "empty", out) == 2
+    err = capsys.readouterr().err
+    assert f"predict_paths: no images found in {tmp_path / 'empty'} (looked for .bmp," in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not list(out.parent.glob(".p.csv.*"))
+
+    _images(tmp_path / "in", ["a.png"])
+    with caplog.at_level("WARNING", logger="mmkit"):
+        assert main(["predict", "--config", PREDICT, *TINY, VIT + "checkpoint", str(export),
+                     "--data.init_args.predict_paths", json.dumps([str(tmp_path / "empty"), str(tmp_path / "in")]),
+                     "--prediction_writer.output", str(out)]) == 0
+    assert f"predict_paths: no images found in {tmp_path / 'empty'}" in caplog.text
+    with open(out, newline="") as f:
+        assert [row["path"] for row in csv.DictReader(f)] == [str(tmp_path / "in" / "a.png")]
+
+
 def test_unknown_accelerator_is_one_line(export, tmp_path, capsys):
     _images(tmp_path / "in", ["a.png"])
     code = _predict(export, tmp_path / "in", tmp_path / "p.csv", "--trainer.accelerator", "banana")
@@ -230,20 +250,26 @@ def _refuse_launch(monkeypatch) -> None:
     monkeypatch.setattr(ImageClassifier, "predict_step", lambda *a, **k: pytest.fail("predicted anyway"))
 
 
-@pytest.mark.parametrize("case", ["unwritable", "fewer readable inputs than processes"])
+REFUSED = {"unwritable": "cannot write predictions to", "fewer readable inputs than processes":
+           "1 readable input(s) for 2 processes", "no images": "predict_paths: no images found in"}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
 def test_several_processes_refuse_a_mistake_in_one_line_before_starting_them(varied, tmp_path, monkeypatch,
                                                                              capsys, case):
     export, inputs = varied
     _refuse_launch(monkeypatch)
     (tmp_path / "blocker").write_text("a file, not a folder")
+    (tmp_path / "empty").mkdir()
     out = tmp_path / "blocker" / "p.csv" if case == "unwritable" else tmp_path / "p.csv"
-    paths = [str(inputs)] if case == "unwritable" else [str(inputs / "img0.png"), str(inputs / "bad.png")]
+    paths = {"unwritable": [str(inputs)], "no images": [str(tmp_path / "empty")]}.get(
+        case, [str(inputs / "img0.png"), str(inputs / "bad.png")])
     code = main(["predict", "--config", PREDICT, *TINY, VIT + "checkpoint", str(export),
                  "--data.init_args.predict_paths", json.dumps(paths), "--prediction_writer.output", str(out),
                  "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"])
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 2 and len(err) == 1, err
-    assert ("cannot write predictions to" if case == "unwritable" else "1 readable input(s) for 2 processes") in err[0]
+    assert REFUSED[case] in err[0]
     assert not (tmp_path / "p.csv").exists()
 
 

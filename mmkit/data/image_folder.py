@@ -24,7 +24,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import DataLoader, Dataset
 
-from mmkit.data.images import ImageLoadError, check_image, load_image, scan_images
+from mmkit.data.images import IMAGE_EXTENSIONS, ImageLoadError, check_image, load_image, scan_images
 from mmkit.data.transforms import EvalTransform
 
 log = logging.getLogger(__name__)
@@ -341,11 +341,22 @@ class ImageFolderDataModule(pl.LightningDataModule):
         log.warning("%s; the %s scores cover the other classes only", message, split)
 
     def _predict_candidates(self) -> list[Sample]:
+        """Every file named and every image under each folder named. A folder with no images is warned about
+        (a typo'd or not-yet-filled folder); when no path yields anything, predicting would only write an
+        empty table, so it is refused in one line."""
         candidates: list[Sample] = []
+        empty: list[str] = []
         for entry in [Path(p).expanduser() for p in self.predict_paths]:
             # A named file is taken whatever its extension; a missing one shows up in `skipped`.
             paths = scan_images(entry) if entry.is_dir() else [entry]
+            if not paths:
+                empty.append(str(entry))
             candidates.extend((path, -1) for path in paths)
+        if empty and not candidates:
+            raise ValueError(f"predict_paths: no images found in {', '.join(empty)} (looked for "
+                             f"{', '.join(sorted(IMAGE_EXTENSIONS))}, in subfolders too)")
+        if empty:
+            log.warning("predict_paths: no images found in %s", ", ".join(empty))
         return candidates
 
     def _loader(self, split: str, transform: Callable, shuffle: bool = False) -> DataLoader:
