@@ -17,7 +17,18 @@ from mmkit.core.blocks import layer_norm
 from mmkit.core.filters import guided
 from mmkit.core.init import init_normal_
 from mmkit.stems.vq import ImageTokenEmbedding
-from mmkit.weights.native import PretrainedMixin
+from mmkit.weights.native import PretrainedMixin, WeightsError
+
+
+_UNNAMED = dict(dim=256, depth=4, num_heads=4, mlp_ratio=4.0)  # DALLE's transformer sizes when no `size` is named
+
+
+def _sizes(size: str | None, given: dict[str, Any]) -> dict[str, Any]:
+    """dim, depth, num_heads, mlp_ratio: those `given` (not None), else the named `size`'s, else `_UNNAMED`'s."""
+    from mmkit.models.sizes import dalle_config
+
+    named = dalle_config(size) if size is not None else _UNNAMED
+    return {k: named[k] if given.get(k) is None else given[k] for k in _UNNAMED}
 
 
 class DALLE(PretrainedMixin, nn.Module):
@@ -58,15 +69,10 @@ class DALLE(PretrainedMixin, nn.Module):
         size: str | None = None,
     ) -> None:
         super().__init__()
-        from mmkit.models.sizes import dalle_config
-
-        named = dalle_config(size) if size is not None else dict(dim=256, depth=4, num_heads=4, mlp_ratio=4.0)
-        dim, depth, num_heads, mlp_ratio = (named[k] if v is None else v for k, v in
-                                            (("dim", dim), ("depth", depth), ("num_heads", num_heads),
-                                             ("mlp_ratio", mlp_ratio)))
+        dim, depth, num_heads, mlp_ratio = _sizes(size, dict(dim=dim, depth=depth, num_heads=num_heads,
+                                                             mlp_ratio=mlp_ratio)).values()
         # Resolved sizes: a saved config rebuilds the same model even if the named table changes.
-        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__", "named",
-                                                                                    "dalle_config")}
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.text_vocab_size, self.text_len, self.pad_id = text_vocab_size, text_len, pad_id
         self.codebook_size, self.image_grid = codebook_size, image_grid
         self.text_embed = nn.Embedding(text_vocab_size, dim)
@@ -78,6 +84,22 @@ class DALLE(PretrainedMixin, nn.Module):
         # Untied: text and image tokens have separate input embeddings, so there is no one table to tie to.
         self.head = nn.Linear(dim, text_vocab_size + codebook_size)
         self.apply(init_normal_)
+
+    @classmethod
+    def check_config(cls, config: Any, where: str) -> None:
+        """The fields' types and ranges (`PretrainedMixin.check_config`), then the sizes a named `size`
+        fills in: an unknown name, or a width its heads cannot split (`size: dalle_tiny` with `num_heads: 5`),
+        is refused naming `where` before anything is built."""
+        super().check_config(config, where)
+        try:
+            sizes = _sizes(config.get("size"), {k: config.get(k) for k in _UNNAMED})
+        except ValueError as e:
+            raise WeightsError(f"{where}: field 'size' {e}") from None
+        from_size = f" (dim {sizes['dim']} from size {config['size']!r})" if config.get("dim") is None and \
+            config.get("size") is not None else ""
+        if sizes["dim"] % sizes["num_heads"]:
+            raise WeightsError(f"{where}: field 'dim' ({sizes['dim']}) is not divisible by 'num_heads' "
+                               f"({sizes['num_heads']}){from_size}")
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "DALLE":

@@ -63,6 +63,21 @@ def test_a_gpt_size_out_of_range_is_one_line_before_anything_is_written(cwd, cap
     assert not (cwd / "runs").exists()
 
 
+@pytest.mark.parametrize("given, why", [
+    ({"size": "banana"}, "field 'size' unknown DALLE size 'banana'; known sizes: dalle_nano, dalle_tiny, dalle_small"),
+    ({"num_heads": 5}, "field 'dim' (128) is not divisible by 'num_heads' (5) (dim 128 from size 'dalle_tiny')"),
+    ({"dim": 100, "num_heads": 8}, "field 'dim' (100) is not divisible by 'num_heads' (8)"),
+])
+def test_a_dalle_size_is_checked_with_what_its_named_size_fills_in(given, why):
+    """DALLE's recipe names a `size` (dim, depth, heads from a table): a typo'd name, or heads that the
+    named width does not divide, is refused under the option instead of by the constructor, unnamed."""
+    model = yaml.safe_load((REPO / "configs" / "dalle_shapes.yaml").read_text())["model"]
+    model["init_args"]["model"]["init_args"].update(given)
+    with pytest.raises(ValueError) as error:
+        check_model_arguments(model, "model")
+    assert str(error.value) == f"{MODEL}: {why}"
+
+
 def test_a_nested_model_class_is_checked_under_its_own_option():
     """CLIP's towers are classes of their own (`visual: {class_path, init_args}`)."""
     model = yaml.safe_load((REPO / "configs" / "clip_shapes.yaml").read_text())["model"]
