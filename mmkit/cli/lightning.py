@@ -116,6 +116,12 @@ _TRAINER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "check_val_every_n_epoch": (lambda v: v >= 1, ">= 1"),
     "val_check_interval": (lambda v: v > 0, "> 0"),
     "gradient_clip_val": (lambda v: v >= 0, ">= 0"),
+    # Lightning takes these below their meaning without a word: -5 sanity steps run none, a negative
+    # logging interval logs as its absolute value, a negative minimum is no minimum.
+    "num_sanity_val_steps": (lambda v: v >= -1, ">= -1 (-1: every validation batch, 0: none)"),
+    "log_every_n_steps": (lambda v: v >= 0, ">= 0 (0: no per-step logging)"),
+    "min_epochs": (lambda v: v >= 0, ">= 0"),
+    "min_steps": (lambda v: v >= 0, ">= 0"),
 }
 
 

@@ -116,6 +116,9 @@ def test_a_val_check_interval_beyond_the_training_batches_is_one_line(cwd, capsy
     ("check_val_every_n_epoch", "0", ">= 1"),  # a ZeroDivisionError traceback at the first batch
     ("val_check_interval", "0", "> 0"),  # the same
     ("gradient_clip_val", "-1", ">= 0"),  # trained on, clipping to a negative norm (the gradients flipped)
+    ("num_sanity_val_steps", "-5", ">= -1 (-1: every validation batch, 0: none)"),  # ran none, silently
+    ("log_every_n_steps", "-3", ">= 0 (0: no per-step logging)"),  # logged every 3 steps
+    ("min_epochs", "-2", ">= 0"),
 ])
 def test_a_trainer_option_out_of_range_is_one_line_naming_it(cwd, capsys, option, value, rule):
     err = _one_line_error(capsys, ["fit", "--config", FIT, *TINY, f"--trainer.{option}", value])
