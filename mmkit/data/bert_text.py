@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from mmkit.data.bert_tokenizer import TOKENIZER_FILE, WORDPIECE_VOCAB, EncoderTokenizer
+from mmkit.data.bert_tokenizer import TOKENIZER_FILES, EncoderTokenizer
 from mmkit.data.corpora import (
     LEXNAMES, WORDNET_PARTS, Synset, corpus_texts, split_held_out, wordnet_sentences, wordnet_synsets,
 )
@@ -106,7 +106,9 @@ def load_or_train_tokenizer(where: str | None, texts: Sequence[str], vocab_size:
             pretraining's vocabulary, which the pretrained model's embeddings are sized by), so a
             vocab_size the folder cannot give is refused rather than silently not applied.
     """
-    if where and any((Path(where).expanduser() / f).is_file() for f in (TOKENIZER_FILE, WORDPIECE_VOCAB)):
+    # Any file of a saved tokenizer (RoBERTa's vocab.json + merges.txt too) means the folder holds one: read
+    # it (an incomplete one is refused by from_dir), never train over it and write a WordPiece beside it.
+    if where and any((Path(where).expanduser() / f).is_file() for f in TOKENIZER_FILES):
         tok = EncoderTokenizer.from_dir(where)
         mismatch = saved_vocab_mismatch(where, len(tok), vocab_size)
         if mismatch:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 TOKENIZER_FILE, WORDPIECE_VOCAB, BPE_VOCAB, BPE_MERGES = "tokenizer.json", "vocab.txt", "vocab.json", "merges.txt"
+TOKENIZER_FILES = (TOKENIZER_FILE, WORDPIECE_VOCAB, BPE_VOCAB, BPE_MERGES)  # any of them: a folder holds a tokenizer
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # (BERT, RoBERTa) spellings of each special token.
 SPECIALS = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"), "cls": ("[CLS]", "<s>"),

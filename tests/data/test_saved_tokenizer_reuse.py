@@ -1,8 +1,9 @@
 """A saved tokenizer folder and the vocab_size a recipe now asks for: the GPT data (TextBlocksDataModule)
 keeps using the folder's tokenizer but warns in one line naming both sizes; the BERT data
 (`load_or_train_tokenizer`, shared by the masked-LM and classification recipes) refuses in one line
-naming the folder, both sizes and what to do (exit 2 from `mmkit fit`). A tokenizer mmkit trained for
-a vocab_size its corpus could not fill still answers that vocab_size (a resumed run is not refused).
+naming the folder, both sizes and what to do (exit 2 from `mmkit fit`); a RoBERTa folder (vocab.json +
+merges.txt) is a saved tokenizer too. A tokenizer mmkit trained for a vocab_size its corpus could not fill
+still answers that vocab_size (a resumed run is not refused).
 Tokenizers are trained on the tiny grammar corpus of tests/_gpt.py in well under a second."""
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _bert import ROBERTA_SPECIALS
 from _gpt import tiny_corpus
+from tokenizers import ByteLevelBPETokenizer
 
 from mmkit.cli import main
 from mmkit.data import bert_text
@@ -120,6 +123,27 @@ def test_bert_tokenizer_short_of_its_vocab_size_or_not_trained_here(tmp_path):
     with pytest.raises(ValueError) as caught:
         load_or_train_tokenizer(str(given), texts, 8000)
     assert str(caught.value) == _refusal(given, 8000, 100, 100)
+
+
+def test_bert_data_reads_a_roberta_folder_and_never_writes_a_wordpiece_beside_it(tmp_path):
+    """A hub RoBERTa folder holds only vocab.json + merges.txt: it is the saved tokenizer (of its own size),
+    not an empty folder to train a WordPiece into; half of it (vocab.json alone) is refused, not trained over."""
+    folder, texts = tmp_path / "roberta", tiny_corpus()
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, special_tokens=ROBERTA_SPECIALS, show_progress=False)
+    folder.mkdir()
+    bpe.save_model(str(folder))
+    size = bpe.get_vocab_size()
+    tok = load_or_train_tokenizer(str(folder), texts, size)
+    assert len(tok) == size and tok.mask_id == 4 and sorted(p.name for p in folder.iterdir()) == [
+        "merges.txt", "vocab.json"]
+    with pytest.raises(ValueError) as caught:
+        load_or_train_tokenizer(str(folder), texts, 8000)
+    assert str(caught.value) == _refusal(folder, 8000, size, size)
+    (folder / "merges.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        load_or_train_tokenizer(str(folder), texts, size)
+    assert [p.name for p in folder.iterdir()] == ["vocab.json"]
 
 
 def test_bert_recipe_with_a_mismatched_tokenizer_folder_exits_2(tmp_path, monkeypatch, capsys):
