@@ -13,6 +13,17 @@ import gradio as gr
 from mmkit.inference.seeds import MAX_SEED
 
 
+class Slider(gr.Slider):
+    """`gr.Slider` that hands a value which is not a finite number (null, text, NaN: the HTTP API passes any JSON)
+    to the tab function as it came, whose check (`whole`, `real`) refuses it in one line naming the field.
+    Gradio's own preprocessing compares it with the bounds and fails with a TypeError: a server traceback and
+    a bare "Error" for the caller. Numbers go through Gradio's bounds check and rounding as before. Named
+    Slider, so that the browser draws it with Gradio's slider."""
+
+    def preprocess(self, payload: float) -> float:
+        return super().preprocess(payload) if _number(payload) else payload
+
+
 def refused(message: str) -> gr.Error:
     """The error a tab raises for a user's mistake: its message shown as text (Gradio renders an error's
     message as HTML, so a label such as "<cat>" would vanish from it), and no server traceback (the

@@ -104,3 +104,24 @@ def test_the_seed_field_leaves_nan_to_the_tab_function(generator):
 
     [seed] = [b for b in build_app(generator).blocks.values() if getattr(b, "elem_id", None) == "seed"]
     assert isinstance(seed, gr.Number) and seed.preprocess(float("nan")) != seed.preprocess(float("nan"))  # NaN kept
+
+
+@pytest.mark.parametrize("value", [None, "abc"])
+def test_a_slider_given_null_or_text_over_the_http_api_is_the_fields_one_line_error(serve_blocks, generator, capfd,
+                                                                                      value):
+    """Gradio's own slider compared null or text with its bounds: a TypeError, a server traceback and a bare
+    "Error" for the caller. `demos.inputs.Slider` (every demo's slider) hands it to the tab function's check."""
+    from pathlib import Path
+
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from demos.text_generation import build_app
+
+    client = Client(serve_blocks(build_app(generator)), verbose=False)
+    capfd.readouterr()
+    with pytest.raises(AppError, match=rf"^max new tokens must be a whole number in \[1, 127\], got {value!r}$"):
+        client.predict(PROMPT, value, 0.0, 40, 1.0, 0, api_name="/run")
+    assert "Traceback" not in capfd.readouterr().err
+    demos = Path(__file__).resolve().parents[2] / "demos"
+    assert [p.name for p in demos.glob("*.py") if "gr.Slider(" in p.read_text()] == []  # all are inputs.Slider

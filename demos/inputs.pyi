@@ -1,0 +1,89 @@
+"""Checks of the values a tab function is given. The browser's widgets keep them sensible, but Gradio's
+HTTP API (gradio_client, curl) passes whatever JSON holds: NaN, 1e30, 2.5 for a layer, a lone surrogate
+("a\\ud800b", which tokenizers reject with a TypeError). Each check returns the value in the type the
+model code wants, or raises a `gr.Error` of one line naming the field (`refused`).
+"""
+from __future__ import annotations
+
+import html
+import math
+
+import gradio as gr
+
+from mmkit.inference.seeds import MAX_SEED
+
+from gradio.events import Dependency
+
+class Slider(gr.Slider):
+    """`gr.Slider` that hands a value which is not a finite number (null, text, NaN: the HTTP API passes any JSON)
+    to the tab function as it came, whose check (`whole`, `real`) refuses it in one line naming the field.
+    Gradio's own preprocessing compares it with the bounds and fails with a TypeError: a server traceback and
+    a bare "Error" for the caller. Numbers go through Gradio's bounds check and rounding as before. Named
+    Slider, so that the browser draws it with Gradio's slider."""
+
+    def preprocess(self, payload: float) -> float:
+        return super().preprocess(payload) if _number(payload) else payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def refused(message: str) -> gr.Error:
+    """The error a tab raises for a user's mistake: its message shown as text (Gradio renders an error's
+    message as HTML, so a label such as "<cat>" would vanish from it), and no server traceback (the
+    mistake is the user's, told in the browser; Gradio prints one for every error unless told not to)."""
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+def warn(message: str) -> None:
+    """A warning in the browser whose message shows as text (Gradio renders it as HTML, as an error's)."""
+    gr.Warning(html.escape(message, quote=False))
+
+
+def text(value: object, name: str) -> str:
+    """`value` as text ("" for None): a str that encodes as UTF-8."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise refused(f"{name} must be text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise refused(f"{name} is not valid Unicode: an unpaired surrogate ({value[e.start]!r}) at character "
+                       f"{e.start}") from None
+    return value
+
+
+def whole(value: object, name: str, low: int, high: int, bounds: str | None = None) -> int:
+    """`value` as an int in [low, high]: a finite whole number (3.0 is 3; 2.5, NaN and 1e30 are refused).
+    `bounds`: how the message writes the range (default "[low, high]")."""
+    if not (_number(value) and float(value).is_integer() and low <= value <= high):
+        raise refused(f"{name} must be a whole number in {bounds or f'[{low}, {high}]'}, got {_shown(value)}")
+    return int(value)
+
+
+def real(value: object, name: str, low: float, high: float) -> float:
+    """`value` as a float in [low, high] (finite: NaN and infinities are refused)."""
+    if not (_number(value) and low <= value <= high):
+        raise refused(f"{name} must be a number in [{low}, {high}], got {_shown(value)}")
+    return float(value)
+
+
+def seed(value: object) -> int | None:
+    """A sampling seed: None (not seeded) or a whole number in [0, 2**64 - 1]."""
+    return None if value is None else whole(value, "seed", 0, MAX_SEED, "[0, 2**64 - 1]")
+
+
+def _number(value: object) -> bool:
+    """A finite int or float (not a bool; not an int too large for a float)."""
+    try:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # math.isfinite(10**400)
+        return False
+
+
+def _shown(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
