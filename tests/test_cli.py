@@ -121,6 +121,19 @@ def test_a_missing_config_file_is_one_line(tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith(f"mmkit {argv[0]}: error: --config ") and "no such file" in err
 
 
+def test_ctrl_c_while_a_tool_imports_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in the seconds a tool's module spends importing torch: one line and the shell's 130, not a
+    traceback through importlib (each tool reports an interruption itself once it runs)."""
+    import importlib
+
+    def interrupted(name, package=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert main(["label", "photos/", "--labels", "cat,dog"]) == 130
+    assert capsys.readouterr().err == "mmkit label: interrupted while starting; nothing was written\n"
+
+
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_shipped_recipe_parses_against_the_classes_it_names(recipe, capsys):
     # --print_config validates every key against the signatures (a renamed argument fails here).

@@ -51,16 +51,26 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the mmkit package
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
+    """The tool's exit code. Ctrl-C while its module imports (torch takes seconds) is one line and 130, as
+    each tool reports an interruption once it runs, instead of a traceback through importlib."""
     import importlib
 
     module, _, function = TOOLS[name][1].partition(":")
-    return getattr(importlib.import_module(module), function)(argv)
+    try:
+        tool = getattr(importlib.import_module(module), function)
+    except KeyboardInterrupt:
+        print(f"mmkit {name}: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
+    return tool(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # What torch sets once imported (TORCH_LOGS aside); set now, since a Ctrl-C during its import leaves its
+    # atexit hooks to log their INFO statistics ("FakeTensor cache stats") through the handler above.
+    logging.getLogger("torch").setLevel(logging.WARNING)
     if argv and argv[0] in TOOLS:
         return _run_tool(argv[0], argv[1:]) or 0
     if argv[:1] in (["--version"], ["-V"]):
