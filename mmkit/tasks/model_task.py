@@ -15,6 +15,8 @@ vocabulary), and `load_from_checkpoint` rebuilds it from them unless the caller 
 from __future__ import annotations
 
 import logging
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +107,10 @@ class ModelTask:
 
 
 def _rebuilt_model(checkpoint_path: Any) -> torch.nn.Module:
-    """The randomly initialised model a checkpoint's `MODEL_KEY` record describes (its weights load after)."""
-    record = torch.load(checkpoint_path, map_location="cpu", weights_only=True).get(MODEL_KEY)
+    """The randomly initialised model a checkpoint's `MODEL_KEY` record describes (its weights load after). A file
+    path is memory-mapped, so that reading the record does not read every tensor before Lightning's load does."""
+    mmap = isinstance(checkpoint_path, (str, os.PathLike)) and zipfile.is_zipfile(checkpoint_path)  # torch.save's
+    record = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=mmap).get(MODEL_KEY)
     if hasattr(checkpoint_path, "seek"):
         checkpoint_path.seek(0)
     if not isinstance(record, dict) or not isinstance(record.get("architecture"), str):
