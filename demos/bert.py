@@ -67,8 +67,8 @@ def bert_tab(encoder: LoadedEncoder, top_k: int = 5) -> None:
         with gr.Row():
             with gr.Column():
                 source = gr.Textbox(label="Text", elem_id="attention-text")
-                layer = inputs.Slider(1, depth, value=1, step=1, label="Layer", elem_id="layer")
-                head = inputs.Slider(0, heads, value=0, step=1, label="Head (0: mean)", elem_id="head")
+                layer = inputs.slider(1, depth, value=1, step=1, label="Layer", elem_id="layer")
+                head = inputs.slider(0, heads, value=0, step=1, label="Head (0: mean)", elem_id="head")
                 show = gr.Button("Show attention", elem_id="show-attention")
             with gr.Column():
                 picture = gr.Image(label="Self-attention (query x key)", type="pil", elem_id="self-attention")

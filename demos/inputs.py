@@ -13,15 +13,18 @@ import gradio as gr
 from mmkit.inference.seeds import MAX_SEED
 
 
-class Slider(gr.Slider):
-    """`gr.Slider` that hands a value which is not a finite number (null, text, NaN: the HTTP API passes any JSON)
-    to the tab function as it came, whose check (`whole`, `real`) refuses it in one line naming the field.
-    Gradio's own preprocessing compares it with the bounds and fails with a TypeError: a server traceback and
-    a bare "Error" for the caller. Numbers go through Gradio's bounds check and rounding as before. Named
-    Slider, so that the browser draws it with Gradio's slider."""
-
-    def preprocess(self, payload: float) -> float:
-        return super().preprocess(payload) if _number(payload) else payload
+def slider(*args: object, **kwargs: object) -> gr.Slider:
+    """`gr.Slider(*args, **kwargs)` that hands a value which is not a finite number (null, text, NaN: the HTTP
+    API passes any JSON) to the tab function as it came, whose check (`whole`, `real`) refuses it in one line
+    naming the field. Gradio's own preprocessing compares it with the bounds and fails with a TypeError: a server
+    traceback and a bare "Error" for the caller. Numbers go through Gradio's bounds check and rounding as before.
+    The instance's method is replaced rather than gr.Slider subclassed: Gradio writes a .pyi stub beside the
+    module of every component subclass when the class is defined (into the source tree, or failing in a read-only
+    install)."""
+    component = gr.Slider(*args, **kwargs)
+    checked = component.preprocess
+    component.preprocess = lambda payload: checked(payload) if _number(payload) else payload  # type: ignore
+    return component
 
 
 def refused(message: str) -> gr.Error:

@@ -59,12 +59,12 @@ def text_generation_tab(generator: TextGenerator, max_new_tokens: int = 64) -> N
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
-                new_tokens = inputs.Slider(1, limit, value=min(max_new_tokens, limit), step=1, label="Max new tokens",
+                new_tokens = inputs.slider(1, limit, value=min(max_new_tokens, limit), step=1, label="Max new tokens",
                                        elem_id="max-new-tokens")
-                temperature = inputs.Slider(0.0, TEMPERATURE_MAX, value=0.0, step=0.05, label="Temperature",
+                temperature = inputs.slider(0.0, TEMPERATURE_MAX, value=0.0, step=0.05, label="Temperature",
                                         elem_id="temperature")
-                top_k = inputs.Slider(0, TOP_K_MAX, value=40, step=1, label="Top-k (0: off)", elem_id="top-k")
-                top_p = inputs.Slider(TOP_P_MIN, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
+                top_k = inputs.slider(0, TOP_K_MAX, value=40, step=1, label="Top-k (0: off)", elem_id="top-k")
+                top_p = inputs.slider(TOP_P_MIN, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
                 # precision None: gradio's own rounding (precision=0) fails on NaN before `continue_prompt` checks it
                 seed = gr.Number(value=0, label="Seed", elem_id="seed")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")

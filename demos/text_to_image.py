@@ -89,14 +89,14 @@ def text_to_image_tab(t2i: TextToImage) -> None:
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", elem_id="t2i-prompt")
-                num = inputs.Slider(1, MAX_IMAGES, value=4, step=1, label="Images", elem_id="t2i-num")
+                num = inputs.slider(1, MAX_IMAGES, value=4, step=1, label="Images", elem_id="t2i-num")
                 # precision None: gradio's own rounding (precision=0) fails on NaN before `generate_images` checks it
                 seed = gr.Number(value=0, label="Seed", elem_id="t2i-seed")
                 # the model's own defaults: the recipe's judged settings, or min-dalle's (guidance 16, top-k 256)
                 g0, k0 = t2i.defaults["guidance"], t2i.defaults["top_k"] or 0
-                guidance = inputs.Slider(0.0, guidance_max(t2i), value=g0, step=0.25, label="Guidance",
+                guidance = inputs.slider(0.0, guidance_max(t2i), value=g0, step=0.25, label="Guidance",
                                      elem_id="t2i-guidance")
-                top_k = inputs.Slider(0, codebook, value=k0, step=1, label="Top-k (0: off)", elem_id="t2i-top-k")
+                top_k = inputs.slider(0, codebook, value=k0, step=1, label="Top-k (0: off)", elem_id="t2i-top-k")
                 button = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", columns=4, elem_id="t2i-gallery")

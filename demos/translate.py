@@ -98,7 +98,7 @@ def translate_tab(translator: Translator) -> None:
         with gr.Row():
             with gr.Column():
                 source = gr.Textbox(label="Source", lines=2, elem_id="source")
-                beam = inputs.Slider(1, BEAM_MAX, value=1, step=1, label="Beam size (1: greedy)", elem_id="beam-size")
+                beam = inputs.slider(1, BEAM_MAX, value=1, step=1, label="Beam size (1: greedy)", elem_id="beam-size")
                 button = gr.Button("Translate", variant="primary", elem_id="translate")
             with gr.Column():
                 output = gr.Textbox(label="Translation", lines=2, interactive=False, elem_id="translation")

@@ -110,7 +110,7 @@ def test_the_seed_field_leaves_nan_to_the_tab_function(generator):
 def test_a_slider_given_null_or_text_over_the_http_api_is_the_fields_one_line_error(serve_blocks, generator, capfd,
                                                                                       value):
     """Gradio's own slider compared null or text with its bounds: a TypeError, a server traceback and a bare
-    "Error" for the caller. `demos.inputs.Slider` (every demo's slider) hands it to the tab function's check."""
+    "Error" for the caller. `demos.inputs.slider` (every demo's slider) hands it to the tab function's check."""
     from pathlib import Path
 
     from gradio_client import Client
@@ -124,4 +124,5 @@ def test_a_slider_given_null_or_text_over_the_http_api_is_the_fields_one_line_er
         client.predict(PROMPT, value, 0.0, 40, 1.0, 0, api_name="/run")
     assert "Traceback" not in capfd.readouterr().err
     demos = Path(__file__).resolve().parents[2] / "demos"
-    assert [p.name for p in demos.glob("*.py") if "gr.Slider(" in p.read_text()] == []  # all are inputs.Slider
+    assert [p.name for p in demos.glob("*.py") if "gr.Slider(" in p.read_text()] == ["inputs.py"]  # the one maker
+    assert not list(demos.glob("*.pyi"))  # no stub written into the source tree
