@@ -451,7 +451,7 @@ def _lead(args: argparse.Namespace, ranks: Ranks) -> int:
     try:
         summary, code = run(args, ranks), 0
     except KeyboardInterrupt:  # the others are stopped too (SIGINT, or the launcher's SIGTERM)
-        print(f"interrupted; rows so far are in {args.out}.partial: rerun with --resume", file=sys.stderr)
+        print(f"mmkit label: interrupted; rows so far are in {args.out}.partial: rerun with --resume", file=sys.stderr)
         return 130
     except (ValueError, OSError) as e:  # bad arguments, files, checkpoints (WeightsError is a ValueError)
         print(f"mmkit label: {e}", file=sys.stderr)

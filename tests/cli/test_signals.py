@@ -155,3 +155,24 @@ def test_predict_stops_at_once_leaving_no_output_and_no_temp_file(vit, tmp_path,
     run = _interrupted(argv, tmp_path, signum, _temp_file(tmp_path), group=signum == signal.SIGINT)
     assert _one_line(run, "mmkit predict") == "mmkit predict: interrupted; nothing was written to p.csv"
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_label_stops_keeping_its_rows_for_resume(tmp_path_factory, tmp_path, signum):
+    """`mmkit label` keeps what it labelled in OUT.partial (rows are flushed as they come) and says so, naming the
+    command as every other tool does; `--resume` then labels the rest."""
+    from _clip import save_tiny_clip
+
+    model = save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny")
+    images = tmp_path_factory.mktemp("many")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(images / "0.png")
+    for i in range(1, 3000):
+        os.link(images / "0.png", images / f"{i}.png")
+    partial = tmp_path / "labels.csv.partial"
+    argv = ["label", str(images), "--labels", "cat,dog", "--model", str(model), "--out", "labels.csv",
+            "--batch-size", "1", "--num-workers", "0", "--quiet"]
+    run = _interrupted(argv, tmp_path, signum, lambda: partial.exists() and partial.read_bytes().count(b"\n") >= 3,
+                       group=signum == signal.SIGINT)
+    assert _one_line(run, "mmkit label") == ("mmkit label: interrupted; rows so far are in labels.csv.partial: "
+                                             "rerun with --resume")
+    assert partial.exists() and not (tmp_path / "labels.csv").exists()
