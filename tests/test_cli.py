@@ -8,6 +8,9 @@ import csv
 import re
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +133,23 @@ def test_ctrl_c_while_a_tool_imports_is_one_line(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(importlib, "import_module", interrupted)
+    before = signal.getsignal(signal.SIGTERM)
     assert main(["label", "photos/", "--labels", "cat,dog"]) == 130
     assert capsys.readouterr().err == "mmkit label: interrupted while starting; nothing was written\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # the tool's own handlers take over once it runs
+
+
+def test_sigterm_while_a_tool_imports_is_one_line():
+    """SIGTERM (`timeout`, a scheduler) in those seconds: the same line and 130, not a silent death."""
+    proc = subprocess.Popen([sys.executable, "-c", "import os, signal, sys, mmkit.cli, importlib\n"
+                             "def slow(name, package=None):\n"
+                             "    os.kill(os.getpid(), signal.SIGTERM)\n"
+                             "    raise SystemExit('the signal was not acted on')\n"
+                             "importlib.import_module = slow\n"
+                             "sys.exit(mmkit.cli.main(['embed', 'rows.txt']))\n"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err == "mmkit embed: interrupted while starting; nothing was written\n", err
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))

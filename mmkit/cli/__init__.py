@@ -51,16 +51,27 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the mmkit package
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
-    """The tool's exit code. Ctrl-C while its module imports (torch takes seconds) is one line and 130, as
-    each tool reports an interruption once it runs, instead of a traceback through importlib."""
+    """The tool's exit code. Ctrl-C or SIGTERM while its module imports (torch takes seconds) is one line and
+    130, as each tool reports an interruption once it runs (its own handlers then take over), instead of a
+    traceback through importlib or a silent death."""
     import importlib
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
 
     module, _, function = TOOLS[name][1].partition(":")
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can be set only there
+    before = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     try:
         tool = getattr(importlib.import_module(module), function)
     except KeyboardInterrupt:
         print(f"mmkit {name}: interrupted while starting; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
     return tool(argv)
 
 
