@@ -92,12 +92,11 @@ def _eval_loss(export: Path, split: str, cache: Path) -> float:
 
 
 def test_help_lists_subcommands(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["--help"])
-    assert exit_.value.code == 0
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for sub in ("fit", "validate", "test", "predict", "bench", "demo"):
         assert sub in out
+    assert "usage:" not in out.split("\n", 2)[2]  # mmkit's summary alone, not LightningCLI's help after it
     assert main([]) == 2  # bare `mmkit` prints the usage and fails
     tool_lines = [line for line in capsys.readouterr().out.splitlines()
                   if line.split()[:1] and line.split()[0] in TOOLS]

@@ -1,8 +1,9 @@
-"""The layer rule of ARCHITECTURE.md, read from every module's imports with `ast` (nothing is
-imported): core <- stems <- models <- {tasks, inference} <- {cli, demos}, the top-level `demos`
+"""The layer rule (README's Layout section; the team's ARCHITECTURE.md, kept outside this repository), read
+from the imports of every module in the layered packages with `ast` (nothing is imported; `mmkit/cli/`, the top
+layer, is not read): core <- stems <- models <- {tasks, inference} <- {cli, demos}, the top-level `demos`
 package (the Gradio app) included; weights/, data/ and audio/ are side layers below models/tasks.
 A lower layer importing a higher one fails here,
-naming the module and the import. data/ holds the LightningDataModules (ARCHITECTURE.md), so
+naming the module and the import. data/ holds the LightningDataModules (as ARCHITECTURE.md has it), so
 there Lightning is allowed only in a module that defines one: tokenizers, transforms and
 datasets stay importable without Lightning.
 """

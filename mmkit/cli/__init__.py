@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               + "\n".join(f"  {k:{max(map(len, TOOLS))}s}  {v[0]}" for k, v in TOOLS.items())
               + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)"
               + "\n  --version      print mmkit's version")
-        if not argv:
-            return 2
+        return 0 if argv else 2  # LightningCLI's own help is `mmkit fit --help`
     missing = _missing_config(argv)
     if missing:  # the commonest slip; jsonargparse would print its whole usage (~50 lines) before saying so
         print(f"mmkit {argv[0]}: error: --config {missing}: no such file", file=sys.stderr)

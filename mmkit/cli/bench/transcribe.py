@@ -273,7 +273,7 @@ def _input_error(args: argparse.Namespace) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit bench transcribe`: run both as subprocesses, print the report, optionally write JSON."""
-    p = argparse.ArgumentParser(prog="mmkit bench transcribe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="mmkit bench transcribe", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="checkpoint directory (HF Whisper + tokenizer files, or a CTranslate2 Whisper "
                                    "folder: then without the transformers rows); default: a random-init "
                                    "whisper-tiny-sized toy checkpoint in a temporary directory")
