@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from _images import corrupt_pixels_png
+from PIL import Image
 
 from mmkit.cli import TOOLS, main
 
@@ -366,8 +367,10 @@ def test_class_names_that_do_not_fit_the_head_are_refused_at_load(fitted, tmp_pa
 def test_predict_says_when_the_data_preprocesses_unlike_the_checkpoint(fitted, tmp_path, caplog):
     import logging
 
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "in" / "a.png")  # a folder with no image is refused
     args = ["predict", "--config", PREDICT, *PREDICT_TINY, VIT + "checkpoint", str(fitted / "export"),
-            "--data.init_args.predict_paths", json.dumps([str(tmp_path)]),
+            "--data.init_args.predict_paths", json.dumps([str(tmp_path / "in")]),
             "--prediction_writer.output", str(tmp_path / "p.csv")]
     for extra, warned in (([], False), (["--data.init_args.image_size", "24"], True)):
         caplog.clear()
