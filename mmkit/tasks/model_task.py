@@ -42,6 +42,13 @@ class ModelTask:
         folder = self._export_folder()
         if folder is not None and folder.exists() and not folder.is_dir():
             raise ValueError(f"export_dir {folder} is a file, not a folder: give another --model.init_args.export_dir")
+        if self.trainer.fast_dev_run:  # type: ignore[attr-defined]
+            # Lightning (2.6) suppresses checkpoints in a fast_dev_run except ModelCheckpoint's `save_last` at
+            # train end: a smoke run beside a real one left last-v1.ckpt, the newest `last`, which a following
+            # `--ckpt_path last` resumed from (one step trained) and exported over the real run's export.
+            for callback in self.trainer.checkpoint_callbacks:  # type: ignore[attr-defined]
+                if getattr(callback, "save_last", None):
+                    callback.save_last = False
 
     def export_folder(self) -> Path | None:
         """Where `on_fit_end` writes the export, or None for no export: an export_dir is set, this is the first

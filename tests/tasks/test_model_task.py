@@ -8,6 +8,7 @@ import json
 
 import pytest
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 import torch
 from _gpt import tiny_corpus
 from _training import fit_single_threaded
@@ -57,6 +58,18 @@ def test_a_check_run_leaves_the_earlier_export_as_it_is(corpus, tmp_path, traine
     _fit(corpus, tmp_path / "export", **trainer_args)
     assert (tmp_path / "export" / "config.json").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json"]
+
+
+def test_a_fast_dev_run_leaves_the_real_runs_last_checkpoint_the_one_to_resume(corpus, tmp_path):
+    """Lightning's ModelCheckpoint saved `last` at train end even in a fast_dev_run: last-v1.ckpt beside the real
+    run's last.ckpt, newer, so `--ckpt_path last` resumed the one-step smoke run."""
+    save_last = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
+    _fit(corpus, tmp_path / "export", callbacks=[save_last], checkpoints=str(tmp_path))
+    real = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
+    assert "last.ckpt" in real
+    _fit(corpus, tmp_path / "export", callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)],
+         checkpoints=str(tmp_path), fast_dev_run=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == real
 
 
 class _Diverge(pl.Callback):
