@@ -72,13 +72,18 @@ WRITERS: dict[str, Callable[[Transcript, TextIO], None]] = {
 
 
 def output_stems(paths: Sequence[str | Path]) -> list[str]:
-    """`<stem>` per input, made unique: repeated stems (a.wav, a.mp3, x/a.wav) get -2, -3, ..."""
-    seen: dict[str, int] = {}
+    """`<stem>` per input, made unique: repeated stems (a.wav, a.mp3, x/a.wav) get -2, -3, ..., each the first
+    not yet given out, so that no input's outputs replace another's (x/a.wav, y/a.wav, z/a-2.wav: a, a-2, a-2-2)."""
+    taken: set[str] = set()
     stems = []
     for p in paths:
         stem = Path(p).stem or "audio"
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+        unique, n = stem, 1
+        while unique in taken:
+            n += 1
+            unique = f"{stem}-{n}"
+        taken.add(unique)
+        stems.append(unique)
     return stems
 
 

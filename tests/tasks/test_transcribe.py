@@ -344,6 +344,9 @@ def test_output_formats(tmp_path):
                                   "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0,
                                   "no_speech_prob": 0.0}
     assert output_stems(["a/x.wav", "b/x.mp3", "y.flac", "c/x.wav"]) == ["x", "x-2", "y", "x-3"]
+    # A suffixed name is never one another input has, whichever comes first (z's outputs replaced y's).
+    assert output_stems(["x/a.wav", "y/a.wav", "z/a-2.wav"]) == ["a", "a-2", "a-2-2"]
+    assert output_stems(["z/a-2.wav", "x/a.wav", "y/a.wav"]) == ["a-2", "a", "a-3"]
 
 
 # --- the command --------------------------------------------------------------------------------
