@@ -84,6 +84,7 @@ def test_outputs_are_written_atomically_and_replace_old_ones(model_dir, clips, t
 @pytest.mark.parametrize("extra, message", [
     (["--device", "banana"], "--device 'banana': not a device"),
     (["--temperature", "nan"], "temperatures must be finite"),
+    (["--temperature", "0", "1e39"], "temperatures must be finite (in float32: at most 3.4e38)"),  # every file failed
     (["--audio-context", "-5"], "audio_context must be a positive number of seconds"),
     (["--audio-context", "inf"], "audio_context must be a positive number of seconds"),
 ])

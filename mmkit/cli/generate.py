@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from PIL import Image
 
-from mmkit.cli.options import add_precision_argument, at_least
+from mmkit.cli.options import FLOAT32_MAX, add_precision_argument, at_least
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import Ranks
@@ -101,10 +101,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--num-images must be >= 1, got {args.num_images}"
     if not 0 <= args.seed <= MAX_SEED:
         return f"--seed must be in [0, 2**64 - 1], got {args.seed}"
-    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
-        return f"--guidance must be >= 0 and finite, got {args.guidance}"
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        return f"--temperature must be > 0 and finite, got {args.temperature}"
+    if args.guidance is not None and not (math.isfinite(args.guidance) and 0 <= args.guidance <= FLOAT32_MAX):
+        return f"--guidance must be >= 0 and finite (in float32: at most 3.4e38), got {args.guidance}"
+    if not (math.isfinite(args.temperature) and 0 < args.temperature <= FLOAT32_MAX):
+        return f"--temperature must be > 0 and finite (in float32: at most 3.4e38), got {args.temperature}"
     if args.top_k is not None and args.top_k < 1:
         return f"--top-k must be >= 1, got {args.top_k}"
     if args.top_p is not None and not 0 < args.top_p <= 1:

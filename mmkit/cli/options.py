@@ -56,9 +56,12 @@ def thread_count() -> Callable[[str], int]:
     return at_least(1, os.cpu_count() or 1)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max (mmkit.core.decoding.FLOAT32_MAX), torch-free
+
+
 def finite(minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
-    """An argparse type for a real number: finite (no nan/inf) and within [`minimum`, `maximum`] where
-    given, else argparse's usage error (exit 2)."""
+    """An argparse type for a real number: finite (no nan/inf) in float32, the type it meets the logits in (1e39
+    became inf there), and within [`minimum`, `maximum`] where given, else argparse's usage error (exit 2)."""
     def number(text: str) -> float:
         try:
             value = float(text)
@@ -70,6 +73,8 @@ def finite(minimum: float | None = None, maximum: float | None = None) -> Callab
             low = "" if minimum is None else f">= {minimum}"
             high = "" if maximum is None else f"<= {maximum}"
             raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (low, high) if x)}, got {value}")
+        if abs(value) > FLOAT32_MAX:
+            raise argparse.ArgumentTypeError(f"must be finite in float32 (at most 3.4e38), got {text}")
         return value
     return number
 

@@ -25,6 +25,13 @@ from mmkit.core.filters import (  # noqa: F401 - re-exported: the loop's filters
 
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed (mmkit.inference.seeds.MAX_SEED; core sits below it)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # a larger temperature or guidance is inf on the logits
+
+
+def finite32(value: float) -> bool:
+    """Whether `value` stays finite in float32, the logits' type: 1e39 passed math.isfinite, became inf when it
+    scaled the logits, and sampling failed on NaN probabilities."""
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
 
 
 class DecoderModel(Protocol):
@@ -71,8 +78,9 @@ class Sampling:
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
-        _check_number("temperature", self.temperature, lambda t: t > 0,
-                      "temperature must be > 0; use Greedy() for argmax decoding")
+        _check_number("temperature", self.temperature, lambda t: t > 0 and finite32(t),
+                      "temperature must be > 0 and finite in float32 (at most 3.4e38); use Greedy() for argmax "
+                      "decoding")
         _check_top(self.top_k, self.top_p)
 
     def filters(self) -> list[LogitFilter]:
@@ -147,7 +155,8 @@ class GenerationOptions:
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
-        _check_number("temperature", self.temperature, lambda t: t >= 0, "temperature must be >= 0")
+        _check_number("temperature", self.temperature, lambda t: t >= 0 and finite32(t),
+                      "temperature must be >= 0 and finite in float32 (at most 3.4e38)")
         _check_top(self.top_k, self.top_p)
         _check_int("beam_size", self.beam_size, 1)
         _check_number("length_penalty", self.length_penalty, math.isfinite, "length_penalty must be finite")

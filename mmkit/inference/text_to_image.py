@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from mmkit.core import GenerationOptions, generate
+from mmkit.core.decoding import finite32
 from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.data.dalle_text import WordTokenizer, words
 from mmkit.inference.inputs import as_items
@@ -64,8 +65,9 @@ def check_options(model: DALLE | DalleBart, options: GenerationOptions, guidance
         raise ValueError("beam search is not supported for images: sample (temperature/top_k/top_p) or decode greedily")
     if options.top_k is not None and options.top_k > model.codebook_size:
         raise ValueError(f"top_k {options.top_k} is larger than the codebook ({model.codebook_size} codes)")
-    if not (math.isfinite(guidance) and guidance >= 0):
-        raise ValueError(f"guidance must be finite and >= 0, got {guidance}")
+    if not (finite32(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be finite and >= 0, got {guidance}"
+                         + (" (above float32's largest, 3.4e38)" if math.isfinite(guidance) else ""))
 
 
 @torch.no_grad()
@@ -381,8 +383,9 @@ class TextToImage:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+        if not (finite32(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}"
+                             + (" (above float32's largest, 3.4e38)" if math.isfinite(temperature) else ""))
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**64 - 1], got {seed}")
         options = GenerationOptions(temperature=temperature, top_k=top_k, top_p=top_p)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmkit.core.decoding import GenerationOptions, Sampling
+from mmkit.core.decoding import GenerationOptions, Sampling, finite32
 from mmkit.data.char_tokenizer import CharTokenizer
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
 from mmkit.inference.inputs import check_types
@@ -79,8 +79,9 @@ class DecodingOptions:
                             f"got {self.temperatures!r}")
         if self.task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', got {self.task!r}")
-        if not self.temperatures or not all(math.isfinite(t) and t >= 0 for t in self.temperatures):
-            raise ValueError(f"temperatures must be finite and >= 0, got {self.temperatures}")
+        if not self.temperatures or not all(finite32(t) and t >= 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be finite (in float32: at most 3.4e38) and >= 0, got "
+                             f"{self.temperatures}")
         if self.beam_size < 1 or self.best_of < 1:
             raise ValueError(f"beam_size and best_of must be >= 1, got {self.beam_size} and {self.best_of}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

@@ -69,9 +69,12 @@ def _fails(argv, capsys, match):
 @pytest.mark.parametrize("extra, match", [
     (["--num-images", "0"], "--num-images must be >= 1"),
     (["--guidance", "-1"], "--guidance must be >= 0"),
-    (["--guidance", "inf"], "--guidance must be >= 0 and finite, got inf"),
+    (["--guidance", "inf"], "--guidance must be >= 0 and finite (in float32: at most 3.4e38), got inf"),
     (["--temperature", "-0.5"], "--temperature must be > 0"),
-    (["--temperature", "inf"], "--temperature must be > 0 and finite, got inf"),
+    (["--temperature", "inf"], "--temperature must be > 0 and finite (in float32: at most 3.4e38), got inf"),
+    # finite in Python, inf on the float32 logits: a traceback from sampling
+    (["--guidance", "1e39"], "--guidance must be >= 0 and finite (in float32: at most 3.4e38), got 1e+39"),
+    (["--temperature", "1e39"], "--temperature must be > 0 and finite (in float32: at most 3.4e38), got 1e+39"),
     (["--seed", "99999999999999999999"], "--seed must be in [0, 2**64 - 1], got 99999999999999999999"),
     (["--seed", "-1"], "--seed must be in [0, 2**64 - 1]"),
     (["--top-k", "17"], "larger than the codebook (16 codes)"),

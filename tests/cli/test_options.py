@@ -15,6 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("text", type=utf8_text)
     p.add_argument("--beams", type=at_least(1, 64), default=1)
     p.add_argument("--penalty", type=finite(-10, 10), default=1.0)
+    p.add_argument("--big", type=finite(), default=1.0)
     p.add_argument("--threads", type=thread_count(), default=1)
     p.add_argument("--seed", type=seed, default=0)
     return p
@@ -26,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     (["a", "--beams", "2.5"], "--beams: not an integer: '2.5'"),
     (["a", "--penalty", "nan"], "--penalty: must be finite, got nan"),
     (["a", "--penalty", "inf"], "--penalty: must be finite, got inf"),
+    (["a", "--big", "1e39"], "--big: must be finite in float32 (at most 3.4e38), got 1e39"),  # inf on the logits
     (["a", "--penalty", "1e308"], "--penalty: must be >= -10 and <= 10, got 1e+308"),
     (["a", "--threads", "100000"], f"--threads: must be <= {os.cpu_count()}, got 100000"),  # segfaulted in torch
     (["a", "--seed", str(2**64)], "--seed: must be in [0, 2**64 - 1], got 18446744073709551616"),  # a traceback

@@ -122,9 +122,11 @@ def test_an_empty_sequence_is_refused_in_one_line():
     (lambda: Sampling(top_k=2.5), TypeError, "top_k must be an integer"),
     (lambda: Sampling(temperature=0.0), ValueError, "temperature must be > 0"),
     (lambda: Sampling(temperature=float("nan")), ValueError, "temperature must be > 0"),
+    (lambda: Sampling(temperature=1e39), ValueError, r"temperature must be > 0 and finite in float32"),  # NaN probs
+    (lambda: GenerationOptions(temperature=1e39), ValueError, r"temperature must be >= 0 and finite in float32"),
     (lambda: TopK(0), ValueError, "top_k must be >= 1"),
 ], ids=["beam0", "beam-1", "beam-float", "penalty-str", "top_p0", "top_p>1", "top_k0", "top_k-float", "temp0",
-        "temp-nan", "TopK0"])
+        "temp-nan", "temp-over-float32", "options-temp-over-float32", "TopK0"])
 def test_strategies_refuse_bad_arguments_when_built(make, error, match):
     with pytest.raises(error, match=match):
         make()

@@ -42,6 +42,8 @@ def test_image_seeds_stay_in_torchs_range_and_differ():
     ({"temperature": math.inf}, "temperature must be finite and > 0, got inf"),
     ({"temperature": math.nan}, "temperature must be finite and > 0"),
     ({"guidance": math.inf}, "guidance must be finite and >= 0, got inf"),
+    ({"guidance": 1e39}, r"guidance must be finite and >= 0, got 1e\+39 \(above float32's largest, 3.4e38\)"),
+    ({"temperature": 1e39}, r"temperature must be finite and > 0, got 1e\+39 \(above float32's largest"),
     ({"seed": MAX_SEED + 1}, r"seed must be in \[0, 2\*\*64 - 1\]"),
     ({"seed": -1}, r"seed must be in \[0, 2\*\*64 - 1\]"),
     ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
