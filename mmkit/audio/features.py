@@ -116,7 +116,10 @@ def log_mel_spectrogram(
     stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, return_complex=True)  # (..., 201, frames + 1)
     # Whisper drops the last frame so that 480_000 samples give exactly 3_000 frames.
     power = (stft[..., :-1].abs() ** 2).contiguous()  # (..., 201, frames)
-    mel = mel_filters(n_mels, x.device) @ power  # (..., n_mels, frames)
+    # In float64, then rounded: a float32 GEMM's sums may depend on how many frames the call holds (MKL's AVX2
+    # kernels do), and --audio-context's features must be the full window's frames bit for bit. ~5 ms a window.
+    wide = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+    mel = (mel_filters(n_mels, x.device).to(wide) @ power.to(wide)).float()  # (..., n_mels, frames)
     log_spec = mel.clamp(min=1e-10).log10()
     floor = log_spec.amax(dim=(-2, -1), keepdim=True) - 8.0  # 80 dB dynamic range per example
     return (torch.maximum(log_spec, floor) + 4.0) / 4.0

@@ -206,6 +206,14 @@ def test_int8_batched_files_give_the_same_tokens_as_one_by_one(whisper_checkpoin
     """`--quantize int8` scales each row of activations on its own (`Int8Linear`), so a window's tokens do
     not depend on the windows batched with it, as in fp32 (with one scale per call they did)."""
     model, tok, _ = whisper_checkpoint
+    mel = torch.randn(3, model.n_mels, 3000)
+    with torch.inference_mode():
+        together, alone = model.encode(mel), torch.cat([model.encode(m[None]) for m in mel])
+    if not torch.equal(together, alone):
+        # Int8Linear's rows are independent (tests/inference/test_quantize.py), but the layers kept fp32 feed it:
+        # where those GEMMs' sums depend on the batch (MKL's AVX2 kernels on an Intel CPU), a last-bit difference
+        # moves a row's int8 rounding, and this random model's flat logits turn that into other tokens.
+        pytest.skip("fp32 encoder outputs here depend on the batch (this CPU's GEMM kernels): tokens may too")
     audios = [synth_speechlike(7, seed=0), synth_speechlike(40, seed=1), synth_speechlike(20, seed=2)]
     tr = Transcriber(copy.deepcopy(model), tok, DecodingOptions(max_new_tokens=24, **EXACT), batch_size=8,
                      quantize="int8")
