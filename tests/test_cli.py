@@ -152,6 +152,15 @@ def test_sigterm_while_a_tool_imports_is_one_line():
     assert proc.returncode == 130 and err == "mmkit embed: interrupted while starting; nothing was written\n", err
 
 
+def test_a_config_that_is_a_folder_or_not_utf8_is_one_line(tmp_path, capsys):
+    """A UTF-16 recipe (as Windows Notepad may save it) was a UnicodeDecodeError traceback from jsonargparse."""
+    (tmp_path / "u16.yaml").write_text("seed_everything: 0\n", encoding="utf-16")
+    for given, why in ((tmp_path, "a folder, not a recipe file"), (tmp_path / "u16.yaml", "not UTF-8 text (byte 0)")):
+        assert main(["fit", "--config", str(given)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mmkit fit: error: --config {given}: {why}") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_shipped_recipe_parses_against_the_classes_it_names(recipe, capsys):
     # --print_config validates every key against the signatures (a renamed argument fails here).

@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
               + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)"
               + "\n  --version      print mmkit's version")
         return 0 if argv else 2  # LightningCLI's own help is `mmkit fit --help`
-    missing = _missing_config(argv)
-    if missing:  # the commonest slip; jsonargparse would print its whole usage (~50 lines) before saying so
-        print(f"mmkit {argv[0]}: error: --config {missing}: no such file", file=sys.stderr)
+    unusable = _unusable_config(argv)
+    if unusable:  # the commonest slip; jsonargparse would print its whole usage (~50 lines) before saying so
+        print(f"mmkit {argv[0]}: error: --config {unusable}", file=sys.stderr)
         return 2
     try:
         from mmkit.cli.lightning import run
@@ -118,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _missing_config(argv: list[str]) -> str | None:
-    """The first `--config FILE` / `-c FILE` / `--config=FILE` of `argv` that is not a file, else None.
-    A value with `:` or `{` is inline YAML/JSON (jsonargparse takes that too), not a path."""
+def _unusable_config(argv: list[str]) -> str | None:
+    """"PATH: why" for the first `--config FILE` / `-c FILE` / `--config=FILE` of `argv` that is not a readable
+    UTF-8 file (missing, a folder, UTF-16 as Windows Notepad may save it: a UnicodeDecodeError traceback from
+    jsonargparse), else None. A value with `:` or `{` is inline YAML/JSON (jsonargparse takes that too), not a
+    path."""
     for i, arg in enumerate(argv):
         if arg in ("-c", "--config") and i + 1 < len(argv):
             path = argv[i + 1]
@@ -128,8 +130,19 @@ def _missing_config(argv: list[str]) -> str | None:
             path = arg.partition("=")[2]
         else:
             continue
-        if not any(c in path for c in ":{") and not Path(path).expanduser().is_file():
-            return path
+        if any(c in path for c in ":{"):
+            continue
+        file = Path(path).expanduser()
+        if file.is_dir():
+            return f"{path}: a folder, not a recipe file"
+        if not file.is_file():
+            return f"{path}: no such file"
+        try:
+            file.read_bytes().decode("utf-8")
+        except OSError as e:
+            return f"{path}: cannot be read ({e.strerror or e})"
+        except UnicodeDecodeError as e:
+            return f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8"
     return None
 
 
