@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from mmkit.cli.options import utf8_text
+from mmkit.inference.ranks import Ranks
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,8 +24,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Returns 0 done, 2 a usage or input error (one line on stderr)."""
+    """Returns 0 done, 2 a usage or input error (one line on stderr), 130 interrupted (Ctrl-C or SIGTERM: one
+    line, from the imports on)."""
     args = _parser().parse_args(argv)
+    try:
+        with Ranks().group():  # one process; SIGTERM raised as Ctrl-C is
+            return _run(args)
+    except KeyboardInterrupt:
+        print("mmkit fill-mask: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     from mmkit.inference.encoder import load_encoder
     from mmkit.inference.fill_mask import fill_mask
     from mmkit.inference.precision import check_device

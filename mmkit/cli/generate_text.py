@@ -11,6 +11,7 @@ from typing import Sequence
 
 from mmkit.cli.options import MAX_BEAM_SIZE, add_precision_argument, beam_size, finite, seed, utf8_text
 from mmkit.inference.quantize import QUANTIZATIONS
+from mmkit.inference.ranks import Ranks
 
 log = logging.getLogger("mmkit")
 
@@ -41,8 +42,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Returns the exit code: 0 done, 2 a usage or input error (one line on stderr), 130 interrupted."""
+    """Returns the exit code: 0 done, 2 a usage or input error (one line on stderr), 130 interrupted (Ctrl-C or
+    SIGTERM: one line; the text so far stays printed)."""
     args = _parser().parse_args(argv)
+    try:
+        with Ranks().group():  # one process; SIGTERM raised as Ctrl-C is
+            return _run(args)
+    except KeyboardInterrupt:
+        print("mmkit generate-text: interrupted; the text so far is printed above", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     from mmkit.core import GenerationOptions
     from mmkit.inference.precision import check_device
     from mmkit.inference.text_generation import load_text_generator
@@ -65,9 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     show(args.prompt)
     try:
         generator.generate(args.prompt, options, args.stop, on_text=show)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
     finally:
         show("\n")
     return 0

@@ -176,3 +176,50 @@ def test_label_stops_keeping_its_rows_for_resume(tmp_path_factory, tmp_path, sig
     assert _one_line(run, "mmkit label") == ("mmkit label: interrupted; rows so far are in labels.csv.partial: "
                                              "rerun with --resume")
     assert partial.exists() and not (tmp_path / "labels.csv").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_generate_text_stops_keeping_what_it_printed(tmp_path_factory, tmp_path, signum):
+    """SIGTERM ended generate-text silently (143) and Ctrl-C said a bare "interrupted": now one line and 130,
+    and the text streamed so far stays on stdout."""
+    import json
+
+    from _gpt import write_tiny_gpt2
+
+    model = tmp_path_factory.mktemp("gpt")
+    write_tiny_gpt2(model, n_positions=4096)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "eos_token_id": None}))  # never stops by itself
+    out = tmp_path / "stdout.txt"
+    with open(out, "w") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "mmkit", "generate-text", "the cat", "--model", str(model),
+                                 "--max-new-tokens", "4000", "--temperature", "1"], env=env(), text=True,
+                                stdout=stdout, stderr=stderr, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + START_DEADLINE
+            while out.stat().st_size < 40 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.killpg(proc.pid, signum)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        stderr.seek(0)
+        run = subprocess.CompletedProcess([], proc.returncode, "", stderr.read())
+    assert _one_line(run, "mmkit generate-text") == ("mmkit generate-text: interrupted; the text so far is printed "
+                                                     "above")
+    assert out.read_text().startswith("the cat") and out.read_text().endswith("\n")
+
+
+def test_fill_mask_interrupted_is_one_line(monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM) from its imports on: one line and 130, not a traceback through torch's import."""
+    from mmkit.cli import fill_mask
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fill_mask, "_run", interrupted)
+    assert fill_mask.main(["the [MASK] sat", "--model", "m"]) == 130
+    assert capsys.readouterr().err == "mmkit fill-mask: interrupted; nothing was written\n"
