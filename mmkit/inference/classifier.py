@@ -25,7 +25,7 @@ from mmkit.data.images import ImageLoadError, load_image, scan_images, to_rgb
 from mmkit.data.transforms import VIT_DEFAULTS, eval_transform
 from mmkit.inference.inputs import as_items
 from mmkit.inference.precision import autocast_for, resolve_precision
-from mmkit.inference.prompts import check_names
+from mmkit.inference.prompts import check_names, repeated_name
 from mmkit.inference.quantize import apply_quantization, describe
 from mmkit.models.vit import ViT
 
@@ -78,6 +78,9 @@ class Classifier:
         check_names(class_names, "class_names")
         if len(class_names) != model.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} outputs")
+        repeated = repeated_name(class_names)
+        if repeated:
+            raise ValueError(f"class_names: {repeated}; give each class its own name")
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device, quantize)
         self.model = apply_quantization(model.eval().to(device), quantize)

@@ -14,6 +14,7 @@ import torch
 
 from mmkit.data.bert_tokenizer import EncoderTokenizer
 from mmkit.inference.model_dir import read_model_dir
+from mmkit.inference.prompts import repeated_name
 from mmkit.inference.text_rows import TextRow
 from mmkit.models.bert import BERT
 from mmkit.weights.native import WeightsError
@@ -103,6 +104,9 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> L
         kind = doc.get("architecture") or doc.get("model_type") or "unknown"
         raise WeightsError(f"{directory}: holds a {kind!r} model, not a BERT-family encoder "
                            "(mmkit BERT export or transformers BERT/RoBERTa)")
+    repeated = repeated_name(metadata.get("class_names") or [])
+    if repeated:
+        raise WeightsError(f"{directory}: {repeated}; give each class its own name (id2label or class_names)")
     tokenizer = EncoderTokenizer.from_dir(directory)
     if tokenizer.vocab_size > model.vocab_size:
         raise WeightsError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model "

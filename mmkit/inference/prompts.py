@@ -49,6 +49,17 @@ def check_names(names: Sequence[str], what: str) -> Sequence[str]:
     return names
 
 
+def repeated_name(names: Sequence[str]) -> str | None:
+    """A description of the first name that `names` (a model's class names) holds twice, else None: two classes
+    of one name are one column of scores (`--all-scores`), one of them lost, and a label no reader can tell apart."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            return f"classes {first[name]} and {i} are both named {name!r}"
+        first[name] = i
+    return None
+
+
 def parse_label_entry(entry: str) -> tuple[str, list[str]]:
     """`label` or `label: alt1 | alt2 | "a literal prompt"` -> (label, alternatives).
 

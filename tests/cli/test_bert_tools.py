@@ -93,6 +93,30 @@ def test_classify_text_csv_in_and_out(tmp_path, capsys):
     assert main(["classify-text", str(src), "--model", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
 
+def test_a_classifier_whose_classes_share_a_name_is_one_line(tmp_path, capsys):
+    """Two classes named "pos" made --all-scores write two p_pos columns with one class's score (CSV), or one
+    p_pos (JSONL): class 0's probability lost. Refused at load, naming the classes; the image Classifier too."""
+    import json
+
+    from mmkit.inference.classifier import Classifier
+    from mmkit.models.vit import ViT
+
+    write_tiny_bert(tmp_path / "clf", "classify")
+    config = json.loads((tmp_path / "clf" / "config.json").read_text())
+    config["id2label"] = {"0": "pos", "1": "pos", "2": "neg"}
+    (tmp_path / "clf" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "in.txt").write_text("the cat sees the moon.\n")
+    out = tmp_path / "out.csv"
+    capsys.readouterr()
+    assert main(["classify-text", str(tmp_path / "in.txt"), "--model", str(tmp_path / "clf"), "--out", str(out),
+                 "--all-scores", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'clf'}: classes 0 and 1 are both named 'pos'; give each class its own name" in err
+    assert err.count("\n") == 1 and not out.exists()
+    with pytest.raises(ValueError, match="class_names: classes 1 and 2 are both named 'b'"):
+        Classifier(ViT(image_size=16, patch_size=8, num_classes=3, dim=16, depth=1, num_heads=2), ["a", "b", "b"], {})
+
+
 def test_classify_text_on_a_saved_roberta_classifier(tmp_path):
     # A hub-style RobertaForSequenceClassification directory (vocab.json + merges.txt): its
     # dense + tanh head on <s>, its byte-level BPE, its positions after the padding index.
