@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    "a min-dalle download (ROOT with dalle_bart_mini/ or dalle_bart_mega/ and vqgan/; Mega when both; "
                    "ROOT/dalle_bart_mini picks mini)")
     p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--overwrite", action="store_true", help="replace the images, grids and manifest.json an earlier "
+                   "run left in --out (without it such files are refused: the runs would mix)")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
     p.add_argument("--batch-size", type=at_least(1), default=8, help=  # text_to_image.DEFAULT_BATCH_SIZE
                    "images sampled at once (default 8): "
@@ -129,7 +131,31 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--out {out}: cannot create ({e.strerror})"
     if not os.access(out, os.W_OK):
         return f"--out {out}: not writable"
+    if not args.overwrite:
+        earlier = sorted(name for name in os.listdir(out) if _written_by(args, name))
+        if earlier:
+            more = f" and {len(earlier) - 1} more" if len(earlier) > 1 else ""
+            return (f"--out {out} holds {earlier[0]}{more} from an earlier run: give another --out, or --overwrite "
+                    "to replace them (the runs' images would mix, and the manifest would list only this one's)")
     return None
+
+
+def _written_by(args: argparse.Namespace, name: str) -> bool:
+    """Whether a run of `args` writes a file of this name in --out (checked against the folder's entries, so the
+    cost follows what is there, not --num-images)."""
+    if name == "manifest.json":
+        return True
+    found = re.fullmatch(r"(\d{3,})-(.+)-(grid|\d+)\.png", name)
+    if found is None:
+        return False
+    n, slug, which = int(found[1]), found[2], found[3]
+    return (n < len(args.prompts) and _stem(n, args.prompts[n]) == f"{found[1]}-{slug}"
+            and (which == "grid" or int(which) < args.num_images))
+
+
+def _stem(n: int, prompt: str) -> str:
+    """Prompt `n`'s file name stem: its position (prompts may repeat) and a slug of its text."""
+    return f"{n:03d}-{_slug(prompt)}"
 
 
 def _write_entry(f: IO[str], entry: dict[str, Any], streamed: dict[str, Iterable[Any] | None]) -> None:
@@ -285,7 +311,7 @@ def run(args: argparse.Namespace, ranks: Ranks = Ranks(), written: Written | Non
                                                      enabled=not args.quiet) as advance:
             f.write("[\n")
             for n, prompt in enumerate(args.prompts):
-                stem = f"{n:03d}-{_slug(prompt)}"
+                stem = _stem(n, prompt)
                 order, scores = images_of(n, prompt, stem, advance)
                 best = [out / f"{stem}-{i}.png" for i in _indices(order[:GRID_MAX])]
                 _save_atomic(lambda tmp: grid([Image.open(p).convert("RGB") for p in best]).save(tmp, format="PNG"),

@@ -44,6 +44,22 @@ def test_writes_images_grid_and_manifest(export, tmp_path, capsys):
         (out / "000-a-red-circle-on-the-left-0.png").read_bytes()
 
 
+def test_an_earlier_runs_files_are_refused_unless_overwrite(export, tmp_path, capsys):
+    """A second run into the same --out replaced images 0 and 1, kept the first run's 2 and 3 beside them and
+    listed only its own in manifest.json: now refused in one line, and --overwrite replaces them on purpose."""
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)  # a folder holding other things is fine
+    first = ["a red circle", "--model", str(export), "--num-images", "4", "--out", str(out), "--quiet"]
+    assert main(["generate", *first]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    _fails(["a red circle", "--model", str(export), "--num-images", "2", "--seed", "7", "--out", str(out)], capsys,
+           f"--out {out} holds 000-a-red-circle-0.png and 3 more from an earlier run: give another --out, or "
+           "--overwrite to replace them")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main(["generate", *first, "--seed", "7", "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())[0]["seed"] == 7
+
+
 def test_an_exports_own_sampling_settings_are_the_defaults(tmp_path, capsys):
     from _dalle import tiny_text_to_image
 
