@@ -131,7 +131,8 @@ def test_non_finite_weights_are_an_error_and_leave_no_output(tmp_path, capsys):
     assert not out.exists() and not list(out.parent.glob(".p.jsonl.*"))  # no half-written file either
 
 
-def test_a_folder_with_no_images_is_refused_alone_and_warned_about_beside_others(export, tmp_path, capsys, caplog):
+def test_a_folder_with_no_images_or_a_missing_path_is_refused_alone_and_warned_about_beside_others(
+        export, tmp_path, capsys, caplog):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
     out = tmp_path / "out" / "p.csv"
@@ -140,6 +141,10 @@ def test_a_folder_with_no_images_is_refused_alone_and_warned_about_beside_others
     assert f"predict_paths: no images found in {tmp_path / 'empty'} (looked for .bmp," in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and not list(out.parent.glob(".p.csv.*"))
+
+    assert _predict(export, tmp_path / "emptyy", out) == 2  # a typo'd folder: nothing of that name
+    err = capsys.readouterr().err
+    assert err.endswith(f"predict_paths: no such file or folder: {tmp_path / 'emptyy'}\n") and err.count("\n") == 1
 
     _images(tmp_path / "in", ["a.png"])
     with caplog.at_level("WARNING", logger="mmkit"):

@@ -341,12 +341,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
         log.warning("%s; the %s scores cover the other classes only", message, split)
 
     def _predict_candidates(self) -> list[Sample]:
-        """Every file named and every image under each folder named. A folder with no images is warned about
-        (a typo'd or not-yet-filled folder); when no path yields anything, predicting would only write an
-        empty table, so it is refused in one line."""
+        """Every file named and every image under each folder named. A missing file beside others is a row with
+        its error; when no named path exists at all (a typo), predicting is refused in one line. A folder with no
+        images is warned about (a not-yet-filled folder); when no path yields anything, predicting would only
+        write an empty table, so that is refused too."""
+        entries = [Path(p).expanduser() for p in self.predict_paths]
+        if entries and not any(os.path.lexists(entry) for entry in entries):  # typos, not unreadable inputs
+            raise ValueError(f"predict_paths: no such file or folder: {', '.join(map(str, entries))}")
         candidates: list[Sample] = []
         empty: list[str] = []
-        for entry in [Path(p).expanduser() for p in self.predict_paths]:
+        for entry in entries:
             # A named file is taken whatever its extension; a missing one shows up in `skipped`.
             paths = scan_images(entry) if entry.is_dir() else [entry]
             if not paths:
