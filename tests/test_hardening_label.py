@@ -152,6 +152,20 @@ def test_one_label_and_repeated_labels_are_refused(tmp_path, ckpt, capsys, label
     assert message in _one_line(capsys) and not out.exists()
 
 
+def test_examples_without_label_subfolders_are_refused_and_extra_labels_warned_about(tmp_path, ckpt, capsys, caplog):
+    """--examples holding images but no label subfolders was silently unused; subfolders named otherwise than
+    the labels (cats/ for cat) silently became more labels."""
+    photos = _photos(tmp_path / "p")
+    for examples, why in ((photos, "no label subfolders"), (tmp_path / "nowhere", "not a folder")):
+        assert label_main(_args(photos, ckpt, tmp_path / "l.csv", "--examples", str(examples))) == 2
+        assert _one_line(capsys).strip() == f"mmkit label: --examples {examples}: {why}" + (
+            " (give one folder per label, holding that label's example images)" if why == "no label subfolders" else "")
+    _photos(tmp_path / "ex" / "cats", ["c.png"])
+    with caplog.at_level("WARNING", logger="mmkit"):
+        assert label_main(_args(photos, ckpt, tmp_path / "l.csv", "--examples", str(tmp_path / "ex"))) == 0
+    assert "adds label(s) that --labels does not name: cats (each scored by its example images alone)" in caplog.text
+
+
 def test_one_label_is_fine_with_multi_label(tmp_path, ckpt):
     out = tmp_path / "labels.csv"
     assert label_main(_args(_photos(tmp_path / "p"), ckpt, out, "--multi-label", labels="cat")) == 0

@@ -152,10 +152,23 @@ def _label_prompts(args: argparse.Namespace) -> tuple[dict[str, list[str]], list
     return {name: expand_prompts(alts, templates) for name, alts in labels.items()}, templates
 
 
-def _example_names(folder: str | None) -> list[str]:
+def _example_names(folder: str | None, prompts: dict[str, list[str]]) -> list[str]:
+    """The label subfolders of `--examples`. None is refused in one line (the examples would be silently
+    unused); labels they add beside given `prompts` (`cats/` for --labels cat) are warned about, as each is
+    then one more label, scored by its images alone."""
     if not folder:
         return []
-    return sorted(e.name for e in os.scandir(Path(folder).expanduser()) if e.is_dir() and not e.name.startswith("."))
+    if not Path(folder).expanduser().is_dir():
+        raise ValueError(f"--examples {folder}: not a folder")
+    names = sorted(e.name for e in os.scandir(Path(folder).expanduser()) if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        raise ValueError(f"--examples {folder}: no label subfolders (give one folder per label, holding that "
+                         "label's example images)")
+    added = [n for n in names if n not in prompts]
+    if prompts and added:
+        log.warning("--examples %s adds label(s) that --labels does not name: %s (each scored by its example images "
+                    "alone); name the subfolders as the labels to add examples to them", folder, ", ".join(added))
+    return names
 
 
 def _outputs(args: argparse.Namespace, names: list[str]) -> _Outputs:
@@ -303,7 +316,7 @@ def run(args: argparse.Namespace, ranks: Ranks = Ranks()) -> Summary:
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder")
         prompts, templates = _label_prompts(args)
-        names = list(prompts) + [n for n in _example_names(args.examples) if n not in prompts]
+        names = list(prompts) + [n for n in _example_names(args.examples, prompts) if n not in prompts]
         _check_names(args, names)
         target = Path(args.copy_to or args.link_to).expanduser() if (args.copy_to or args.link_to) else None
         outputs, summary = _outputs(args, names), Summary()
