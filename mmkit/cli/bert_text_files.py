@@ -100,6 +100,11 @@ class RowCounts:
     def add_truncated(self, n: int) -> None:
         self.truncated += n
 
+    def exit_code(self) -> int:
+        """1 when every row was bad (the output holds nothing usable: a binary or mis-chosen file), as
+        `mmkit transcribe` when no file was transcribed; else 0 (an empty file is nothing to do)."""
+        return 1 if self.bad and not self.good else 0
+
     def report(self, prog: str, limit: int, written: str) -> None:
         """One line for all the truncated texts, however many chunks they came in, then the summary:
         "{prog}: {good} {written}" and the bad rows skipped."""

@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns 0 done (bad rows reported on stderr), 2 a usage or input error (one line on stderr), 1 the
-    output could not be written (one line; nothing was)."""
+    output could not be written (one line; nothing was), or every row was bad (the output is written, all rows
+    reported)."""
     return on_ranks(PROG, _parser, argv, _main)
 
 
@@ -81,7 +82,7 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     if code or not ranks.first:
         return code
     counts.report(PROG, embedder.encoder.model.max_len, f"embeddings of dim {embedder.dim} written to {args.out}")
-    return 0
+    return counts.exit_code()
 
 
 def _write(args: argparse.Namespace, total: int, dim: int, chunks: Iterator[tuple[list, list, np.ndarray]]) -> None:

@@ -147,7 +147,7 @@ def _input_file(inputs: Sequence[str]) -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns the exit code: 0 done (bad rows are reported, not fatal), 2 a usage or input error, 1 the
-    output could not be written (nothing was)."""
+    output could not be written (nothing was), or no row was translated (every one reported)."""
     return on_ranks(PROG, _parser, argv, _main)
 
 
@@ -197,11 +197,12 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
 
         def write(rounds: Iterator[tuple[tuple[list, TranslationPlan], list[Share]]]) -> int:
             if out is None:
-                return written(PROG, lambda: _print(translated(rounds)), atomic=False)
-            code = written(PROG, lambda: _write(out, translated(rounds)))
-            if not code:
-                log.info("wrote %d translations (%d with errors) to %s", counts[0], counts[1], out)
-            return code
+                code = written(PROG, lambda: _print(translated(rounds)), atomic=False)
+            else:
+                code = written(PROG, lambda: _write(out, translated(rounds)))
+                if not code:
+                    log.info("wrote %d translations (%d with errors) to %s", counts[0], counts[1], out)
+            return code or (1 if counts[0] and counts[1] == counts[0] else 0)  # no row translated: as transcribe
 
         return ranks.to_first(parts(), write)
 

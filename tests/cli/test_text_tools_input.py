@@ -137,7 +137,7 @@ def test_a_utf16_file_names_its_encoding(models, tmp_path, capsys):
     src = tmp_path / "texts.txt"
     src.write_bytes("the cat\na dog\n".encode("utf-16"))
     assert main(["embed", str(src), "--model", str(models["embed"]), "--out", str(tmp_path / "v.jsonl"),
-                 "--quiet"]) == 0
+                 "--quiet"]) == 1  # no usable row: as transcribe when no file was transcribed
     err = capsys.readouterr().err
     assert err.count("UTF-16 text? save it as UTF-8") == 3 and "0 embeddings" in err
 
@@ -176,3 +176,15 @@ def test_the_classifier_api_refuses_a_batch_size_below_one(models, size):
 
     with pytest.raises(ValueError, match=f"batch size must be >= 1, got {size}"):  # was: range() or no predictions
         TextClassifierPredictor(load_encoder(models["classify-text"]), batch_size=size)
+
+
+@pytest.mark.parametrize("tool", ["embed", "classify-text", "translate"])
+def test_a_file_of_only_bad_rows_exits_1(models, tmp_path, capsys, tool):
+    """A binary or mis-chosen file whose every row is bad wrote an output of nothing (all-NaN vectors, no
+    predictions) and exited 0; now 1, as transcribe when no file was transcribed (the rows are still reported)."""
+    src = tmp_path / "bin.txt"
+    src.write_bytes(b"\xff\xfe\x00\x01\n\x80\x81\n")
+    out = tmp_path / ("v.npy" if tool == "embed" else "out.jsonl")
+    option = "--output" if tool == "translate" else "--out"
+    assert main([tool, str(src), "--model", str(models[tool]), option, str(out)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
