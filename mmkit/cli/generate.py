@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from PIL import Image
 
-from mmkit.cli.options import FLOAT32_MAX, add_precision_argument, at_least
+from mmkit.cli.options import FLOAT32_MAX, add_precision_argument, at_least, utf8_text
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import Ranks
@@ -47,7 +47,7 @@ GRID_MAX = 64  # images in a prompt's grid PNG: the first (or best, reranked) on
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmkit generate", description="Generate images from text prompts.")
-    p.add_argument("prompts", nargs="+", help="text prompts, e.g. \"a red circle on the left\"")
+    p.add_argument("prompts", nargs="+", type=utf8_text, help="text prompts, e.g. \"a red circle on the left\"")
     p.add_argument("--model", required=True, help="a text-to-image export directory (runs/dalle_shapes/export), or "
                    "a min-dalle download (ROOT with dalle_bart_mini/ or dalle_bart_mega/ and vqgan/; Mega when both; "
                    "ROOT/dalle_bart_mini picks mini)")

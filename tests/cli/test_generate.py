@@ -102,6 +102,10 @@ def test_bad_settings(export, tmp_path, capsys, extra, match):
 def test_bad_prompts(export, tmp_path, capsys):
     _fails(["   ", "--model", str(export), "--out", str(tmp_path / "o")], capsys, "empty prompt")
     _fails(["zebra giraffe", "--model", str(export), "--out", str(tmp_path / "o")], capsys, "no word the model knows")
+    with pytest.raises(SystemExit) as stopped:  # command-line bytes that are not UTF-8 (lone surrogates in Python)
+        main(["generate", "\udcff\udcfe circle", "--model", str(export), "--out", str(tmp_path / "o")])
+    assert stopped.value.code == 2
+    assert "argument prompts: not UTF-8 text (byte 0 of b'\\xff\\xfe circle')" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("prompt", ["!!!", "123", "\u200b"])
