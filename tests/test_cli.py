@@ -152,6 +152,14 @@ def test_sigterm_while_a_tool_imports_is_one_line():
     assert proc.returncode == 130 and err == "mmkit embed: interrupted while starting; nothing was written\n", err
 
 
+def test_an_unknown_command_names_every_command_and_the_closest(capsys):
+    """LightningCLI's own refusal listed fit/validate/test/predict only, not the tools."""
+    assert main(["transcrib", "talk.wav"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmkit: error: unknown command 'transcrib' (did you mean 'transcribe'?); commands: fit, ")
+    assert all(tool in err for tool in TOOLS) and err.count("\n") == 1
+
+
 def test_a_config_that_is_a_folder_or_not_utf8_is_one_line(tmp_path, capsys):
     """A UTF-16 recipe (as Windows Notepad may save it) was a UnicodeDecodeError traceback from jsonargparse."""
     (tmp_path / "u16.yaml").write_text("seed_everything: 0\n", encoding="utf-16")

@@ -25,6 +25,9 @@ TOOLS = {
 }
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI's subcommands (`mmkit.cli.lightning`)
+
+
 def _raised_in_mmkit(e: BaseException) -> bool:
     return _raised_in(e, _PACKAGE_DIR)
 
@@ -96,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
               + "\n  fit/validate/test/predict: LightningCLI (mmkit fit --help, --print_config)"
               + "\n  --version      print mmkit's version")
         return 0 if argv else 2  # LightningCLI's own help is `mmkit fit --help`
+    if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
+        import difflib
+
+        known = [*LIGHTNING_COMMANDS, *TOOLS]
+        close = difflib.get_close_matches(argv[0], known, n=1)
+        print(f"mmkit: error: unknown command {argv[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+              + f"; commands: {', '.join(known)} (mmkit --help)", file=sys.stderr)
+        return 2
     unusable = _unusable_config(argv)
     if unusable:  # the commonest slip; jsonargparse would print its whole usage (~50 lines) before saying so
         print(f"mmkit {argv[0]}: error: --config {unusable}", file=sys.stderr)

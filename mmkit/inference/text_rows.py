@@ -327,7 +327,8 @@ def check_output_dir(directory: str | Path) -> Path:
     try:
         _probe(directory)
     except NotADirectoryError as e:
-        raise OSError(f"{directory}: {e.strerror}") from None
+        raise OSError(f"{directory}: a file, not a folder" if directory.is_file() else f"{directory}: {e.strerror}"
+                      ) from None
     except OSError as e:
         raise OSError(f"{directory}: cannot write there ({e.strerror or e})") from None
     return directory

@@ -93,7 +93,7 @@ def test_every_bench_refuses_an_unwritable_json_before_any_work(bench, tmp_path,
     """--json used to be opened after the whole run (`bench vit --json /proc/x.json`: a traceback, results lost)."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    for path, message in ((blocker / "r.json", f"{blocker} is not a folder"), (tmp_path, "is a folder"),
+    for path, message in ((blocker / "r.json", f"{blocker}: a file, not a folder"), (tmp_path, "is a folder"),
                           ("/proc/r.json", "/proc: cannot write there")):
         assert message in _usage_error([bench, "--json", str(path)], capsys)
     assert blocker.read_text() == ""
