@@ -160,6 +160,10 @@ def test_examples_without_label_subfolders_are_refused_and_extra_labels_warned_a
         assert label_main(_args(photos, ckpt, tmp_path / "l.csv", "--examples", str(examples))) == 2
         assert _one_line(capsys).strip() == f"mmkit label: --examples {examples}: {why}" + (
             " (give one folder per label, holding that label's example images)" if why == "no label subfolders" else "")
+    assert label_main([str(photos), "--labels-file", str(tmp_path / "missing.txt"), "--model", str(ckpt), "--out",
+                       str(tmp_path / "l.csv")]) == 2
+    assert _one_line(capsys).strip() == (f"mmkit label: --labels-file {tmp_path / 'missing.txt'}: cannot read it "
+                                         "(No such file or directory)")
     _photos(tmp_path / "ex" / "cats", ["c.png"])
     with caplog.at_level("WARNING", logger="mmkit"):
         assert label_main(_args(photos, ckpt, tmp_path / "l.csv", "--examples", str(tmp_path / "ex"))) == 0

@@ -129,13 +129,16 @@ class _Outputs:
 
 
 def _utf8(flag: str, path: str, read: Callable[[str], T]) -> T:
-    """`read(path)`, a file read as UTF-8; one that is not is a ValueError naming it, the line and the byte."""
+    """`read(path)`, a file read as UTF-8; one that is not is a ValueError naming it, the line and the byte, and
+    one that cannot be read a ValueError naming the option and why."""
     try:
         return read(path)
     except UnicodeDecodeError as e:
         line = e.object[:e.start].count(b"\n") + 1
         raise ValueError(f"{flag} {path}: not UTF-8 text (byte {e.start}, 0x{e.object[e.start]:02x}, on line {line}); "
                          "save it as UTF-8") from None
+    except OSError as e:  # missing, a folder, unreadable: named with its option, not a bare "[Errno 2] ..."
+        raise ValueError(f"{flag} {path}: cannot read it ({e.strerror or e})") from None
 
 
 def _label_prompts(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]]:
