@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 from mmkit.cli.options import utf8_text
-from mmkit.inference.ranks import Ranks
+from mmkit.cli.ranked import on_ranks
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,13 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns 0 done, 2 a usage or input error (one line on stderr), 130 interrupted (Ctrl-C or SIGTERM: one
     line, from the imports on)."""
-    args = _parser().parse_args(argv)
-    try:
-        with Ranks().group():  # one process; SIGTERM raised as Ctrl-C is
-            return _run(args)
-    except KeyboardInterrupt:
-        print("mmkit fill-mask: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    return on_ranks("mmkit fill-mask", _parser, argv, lambda args, ranks: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:

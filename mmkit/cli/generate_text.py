@@ -10,8 +10,8 @@ import sys
 from typing import Sequence
 
 from mmkit.cli.options import MAX_BEAM_SIZE, add_precision_argument, beam_size, finite, seed, utf8_text
+from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
-from mmkit.inference.ranks import Ranks
 
 log = logging.getLogger("mmkit")
 
@@ -44,13 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns the exit code: 0 done, 2 a usage or input error (one line on stderr), 130 interrupted (Ctrl-C or
     SIGTERM: one line; the text so far stays printed)."""
-    args = _parser().parse_args(argv)
-    try:
-        with Ranks().group():  # one process; SIGTERM raised as Ctrl-C is
-            return _run(args)
-    except KeyboardInterrupt:
-        print("mmkit generate-text: interrupted; the text so far is printed above", file=sys.stderr)
-        return 130
+    return on_ranks("mmkit generate-text", _parser, argv, lambda args, ranks: _run(args),
+                    lambda args, ranks: "the text so far is printed above")
 
 
 def _run(args: argparse.Namespace) -> int:

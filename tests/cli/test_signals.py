@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -29,14 +29,14 @@ def _temp_file(folder: Path) -> Callable[[], bool]:
 
 
 def _interrupted(argv: list[str], folder: Path, signum: int, started: Callable[[], bool],
-                 group: bool = False) -> subprocess.CompletedProcess:
+                 group: bool = False, stdout: Any = subprocess.DEVNULL) -> subprocess.CompletedProcess:
     """`mmkit ARGV` sent `signum` once `started()` (to its whole process group: `group`); its exit code and
-    stderr (into a file: a pipe nobody reads while waiting could fill and stall it). SIGINT is reset to its
-    default in the child: a shell's background job (this test run, maybe) ignores it, and the child would
-    inherit that."""
+    stderr (into a file: a pipe nobody reads while waiting could fill and stall it); its stdout into `stdout`.
+    SIGINT is reset to its default in the child: a shell's background job (this test run, maybe) ignores it, and
+    the child would inherit that."""
     with tempfile.TemporaryFile("w+") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "mmkit", *argv], cwd=folder, env=env(), text=True,
-                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                                stdout=stdout, stderr=stderr, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         signalled = False
         try:
@@ -191,23 +191,10 @@ def test_generate_text_stops_keeping_what_it_printed(tmp_path_factory, tmp_path,
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "eos_token_id": None}))  # never stops by itself
     out = tmp_path / "stdout.txt"
-    with open(out, "w") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "mmkit", "generate-text", "the cat", "--model", str(model),
-                                 "--max-new-tokens", "4000", "--temperature", "1"], env=env(), text=True,
-                                stdout=stdout, stderr=stderr, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        try:
-            deadline = time.monotonic() + START_DEADLINE
-            while out.stat().st_size < 40 and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            os.killpg(proc.pid, signum)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        stderr.seek(0)
-        run = subprocess.CompletedProcess([], proc.returncode, "", stderr.read())
+    with open(out, "w") as stdout:
+        run = _interrupted(["generate-text", "the cat", "--model", str(model), "--max-new-tokens", "4000",
+                            "--temperature", "1"], tmp_path, signum, lambda: out.stat().st_size >= 40,
+                           group=True, stdout=stdout)
     assert _one_line(run, "mmkit generate-text") == ("mmkit generate-text: interrupted; the text so far is printed "
                                                      "above")
     assert out.read_text().startswith("the cat") and out.read_text().endswith("\n")
