@@ -10,7 +10,7 @@ import math
 
 import gradio as gr
 
-from mmkit.inference.seeds import MAX_SEED
+from mmkit.limits import MAX_SEED
 
 
 def slider(*args: object, **kwargs: object) -> gr.Slider:

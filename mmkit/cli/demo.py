@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mmkit.cli.options import at_least
+from mmkit.cli.options import Parser, at_least
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _checkpoint_problem(name: str, model: Path) -> str | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mmkit demo", description="Serve the Gradio demo: one tab per family given.",
         epilog="examples: mmkit demo vit | mmkit demo speech --model whisper-tiny/ | "
                "mmkit demo --vit runs/vit_digits/export --clip runs/clip_shapes/export")

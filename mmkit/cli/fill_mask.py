@@ -8,12 +8,12 @@ import argparse
 import sys
 from typing import Sequence
 
-from mmkit.cli.options import utf8_text
+from mmkit.cli.options import Parser, utf8_text
 from mmkit.cli.ranked import on_ranks
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkit fill-mask", epilog=__doc__,
+    p = Parser(prog="mmkit fill-mask", epilog=__doc__,
                                 description="the likeliest tokens for each [MASK] from a BERT masked-LM",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", type=utf8_text, help='text with [MASK] where a word is to be predicted')

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -31,11 +30,10 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from PIL import Image
 
-from mmkit.cli.options import FLOAT32_MAX, add_precision_argument, at_least, utf8_text
+from mmkit.cli.options import Parser, add_precision_argument, at_least, finite, seed, utf8_text
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import Ranks
-from mmkit.inference.seeds import MAX_SEED
 
 if TYPE_CHECKING:
     from mmkit.inference.text_to_image import ClipReranker, TextToImage
@@ -46,7 +44,7 @@ GRID_MAX = 64  # images in a prompt's grid PNG: the first (or best, reranked) on
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkit generate", description="Generate images from text prompts.")
+    p = Parser(prog="mmkit generate", description="Generate images from text prompts.")
     p.add_argument("prompts", nargs="+", type=utf8_text, help="text prompts, e.g. \"a red circle on the left\"")
     p.add_argument("--model", required=True, help="a text-to-image export directory (runs/dalle_shapes/export), or "
                    "a min-dalle download (ROOT with dalle_bart_mini/ or dalle_bart_mega/ and vqgan/; Mega when both; "
@@ -54,18 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--overwrite", action="store_true", help="replace the images, grids and manifest.json an earlier "
                    "run left in --out (without it such files are refused: the runs would mix)")
-    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--num-images", type=at_least(1), default=4, help="images per prompt (default 4)")
     p.add_argument("--batch-size", type=at_least(1), default=8, help=  # text_to_image.DEFAULT_BATCH_SIZE
                    "images sampled at once (default 8): "
                    "memory grows with it, not with --num-images; the images do not depend on it")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed in [0, 2**64 - 1] (default 0)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off; "
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed in [0, 2**64 - 1] (default 0)")
+    p.add_argument("--guidance", type=finite(0), default=None, help="classifier-free guidance scale (1 = off; "
                    "default: the export's own, the recipe's judged setting; 16 for dalle-mini, min-dalle's "
                    "super-conditioning factor)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (finite, > 0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes (default: the "
+    p.add_argument("--temperature", type=finite(above=0), default=1.0, help="sampling temperature (finite, > 0)")
+    p.add_argument("--top-k", type=at_least(1), default=None, help="sample among the k likeliest codes (default: the "
                    "export's own; 256 for dalle-mini as min-dalle; 1 = greedy)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--top-p", type=finite(maximum=1, above=0), default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--rerank", default=None, metavar="CLIP", help="rank each prompt's images with this CLIP "
                    "(an mmkit CLIP export directory, or an open_clip architecture with --rerank-pretrained)")
     p.add_argument("--rerank-pretrained", default=None, help="weights for an open_clip --rerank architecture")
@@ -99,18 +97,6 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _check(args: argparse.Namespace) -> str | None:
-    if args.num_images < 1:
-        return f"--num-images must be >= 1, got {args.num_images}"
-    if not 0 <= args.seed <= MAX_SEED:
-        return f"--seed must be in [0, 2**64 - 1], got {args.seed}"
-    if args.guidance is not None and not (math.isfinite(args.guidance) and 0 <= args.guidance <= FLOAT32_MAX):
-        return f"--guidance must be >= 0 and finite (in float32: at most 3.4e38), got {args.guidance}"
-    if not (math.isfinite(args.temperature) and 0 < args.temperature <= FLOAT32_MAX):
-        return f"--temperature must be > 0 and finite (in float32: at most 3.4e38), got {args.temperature}"
-    if args.top_k is not None and args.top_k < 1:
-        return f"--top-k must be >= 1, got {args.top_k}"
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        return f"--top-p must be in (0, 1], got {args.top_p}"
     if any(not p.strip() for p in args.prompts):
         return "empty prompt"
     if args.rerank is None and args.rerank_pretrained is not None:

@@ -9,7 +9,7 @@ import logging
 import sys
 from typing import Sequence
 
-from mmkit.cli.options import MAX_BEAM_SIZE, add_precision_argument, beam_size, finite, seed, utf8_text
+from mmkit.cli.options import MAX_BEAM_SIZE, Parser, add_precision_argument, beam_size, finite, seed, utf8_text
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
 
@@ -17,7 +17,7 @@ log = logging.getLogger("mmkit")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmkit generate-text", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="mmkit generate-text", description=__doc__.split("\n\n")[0])
     p.add_argument("prompt", type=utf8_text, help="text to continue")
     p.add_argument("--model", required=True, metavar="DIR",
                    help="mmkit export (mmkit fit ... export_dir) or transformers GPT-2 checkpoint directory")

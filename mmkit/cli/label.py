@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 
 from mmkit.cli.label_checks import check_settings, errors_path, record_settings, run_settings, usage_error
-from mmkit.cli.options import at_least
+from mmkit.cli.options import Parser, at_least
 from mmkit.cli.progress import progress
 from mmkit.data.images import scan_images
 from mmkit.inference.clip_loader import clip_eval_transform, load_clip
@@ -62,7 +62,7 @@ class Summary:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="mmkit label", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Zero-shot (and few-shot) label every image under DIR with CLIP.",
         epilog="examples:\n"

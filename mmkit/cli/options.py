@@ -5,7 +5,24 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from typing import Callable
+
+from mmkit.limits import FLOAT32_MAX, MAX_SEED
+
+# A negative number in any notation float() reads ("-1e-1", "-.5E3", "-inf"): argparse's own pattern takes only
+# "-1" and "-0.5" for a value, so `--length-penalty -1e-1` failed with "expected one argument".
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+class Parser(argparse.ArgumentParser):
+    """The tools' argument parser: argparse's, reading every negative number (`NEGATIVE_NUMBER`) as a value.
+    -inf and -nan included, so that the option's type refuses them ("must be finite") rather than argparse as a
+    missing value. No tool has an option spelled as a negative number, the case argparse's narrower rule guards."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER  # argparse's own attribute, read by its parse loop
 
 
 def at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -39,8 +56,6 @@ def beam_size() -> Callable[[str], int]:
 def seed(text: str) -> int:
     """An argparse type for --seed: an integer in [0, 2**64 - 1], the seeds torch.Generator takes (a larger one
     failed deep inside sampling, with a traceback or every file "failed")."""
-    from mmkit.inference.seeds import MAX_SEED
-
     try:
         value = int(text)
     except ValueError:
@@ -56,12 +71,11 @@ def thread_count() -> Callable[[str], int]:
     return at_least(1, os.cpu_count() or 1)
 
 
-FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max (mmkit.core.decoding.FLOAT32_MAX), torch-free
-
-
-def finite(minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+def finite(minimum: float | None = None, maximum: float | None = None, *,
+           above: float | None = None) -> Callable[[str], float]:
     """An argparse type for a real number: finite (no nan/inf) in float32, the type it meets the logits in (1e39
-    became inf there), and within [`minimum`, `maximum`] where given, else argparse's usage error (exit 2)."""
+    became inf there), within [`minimum`, `maximum`] where given and greater than `above` where given, else
+    argparse's usage error (exit 2)."""
     def number(text: str) -> float:
         try:
             value = float(text)
@@ -69,10 +83,11 @@ def finite(minimum: float | None = None, maximum: float | None = None) -> Callab
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            low = "" if minimum is None else f">= {minimum}"
-            high = "" if maximum is None else f"<= {maximum}"
-            raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (low, high) if x)}, got {value}")
+        if ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)
+                or (above is not None and value <= above)):
+            bounds = (f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
+                      f"<= {maximum}" if maximum is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in bounds if x)}, got {value}")
         if abs(value) > FLOAT32_MAX:
             raise argparse.ArgumentTypeError(f"must be finite in float32 (at most 3.4e38), got {text}")
         return value

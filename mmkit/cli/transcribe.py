@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from mmkit.cli.options import add_precision_argument, at_least, beam_size, finite, seed, thread_count
+from mmkit.cli.options import Parser, add_precision_argument, at_least, beam_size, finite, seed, thread_count
 from mmkit.cli.progress import progress
 from mmkit.inference.precision import check_device
 from mmkit.inference.quantize import QUANTIZATIONS
@@ -37,7 +37,7 @@ BEAMS = beam_size()  # --beam-size and --best-of
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="mmkit transcribe", description="Transcribe or translate audio files with a Whisper checkpoint.",
         epilog="Writes <output-dir>/<stem>.<ext> per input (each complete or absent) and prints the text. Files "
                "that cannot be read or decoded are reported and skipped. Exit code: 0 every readable file "

@@ -37,10 +37,10 @@ INPUT_SUFFIXES = (".txt", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mmkit.cli.options import MAX_BEAM_SIZE, add_precision_argument, at_least, beam_size, finite, utf8_text
+    from mmkit.cli.options import MAX_BEAM_SIZE, Parser, add_precision_argument, at_least, beam_size, finite, utf8_text
     from mmkit.inference.quantize import QUANTIZATIONS
 
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="*", metavar="TEXT|FILE", type=utf8_text,
                    help="sentences, or one .txt/.jsonl file (an argument naming an existing file or folder is "
                         "read as a path, so several files, another kind of file, a folder or - are refused)")

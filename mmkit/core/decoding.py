@@ -22,16 +22,7 @@ from mmkit.core.filters import (  # noqa: F401 - re-exported: the loop's filters
     LogitFilter, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP, is_loop,
     loop_mask,
 )
-
-
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed (mmkit.inference.seeds.MAX_SEED; core sits below it)
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # a larger temperature or guidance is inf on the logits
-
-
-def finite32(value: float) -> bool:
-    """Whether `value` stays finite in float32, the logits' type: 1e39 passed math.isfinite, became inf when it
-    scaled the logits, and sampling failed on NaN probabilities."""
-    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+from mmkit.limits import MAX_SEED, finite32
 
 
 class DecoderModel(Protocol):

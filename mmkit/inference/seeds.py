@@ -1,10 +1,7 @@
-"""Sampling seeds of the text-to-image tools, torch-free so that `mmkit generate`'s usage checks and the
-demos' input checks share the rule without loading any model code."""
+"""Sampling seeds of the text-to-image tools (the seeds a user may give: `mmkit.limits.MAX_SEED`)."""
 from __future__ import annotations
 
 import hashlib
-
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed: a user's seed is in [0, MAX_SEED]
 
 
 def image_seed(seed: int, index: int) -> int:

@@ -21,12 +21,12 @@ from PIL import Image
 from torch import Tensor
 
 from mmkit.core import GenerationOptions, generate
-from mmkit.core.decoding import finite32
 from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.data.dalle_text import WordTokenizer, words
 from mmkit.inference.inputs import as_items
-from mmkit.inference.seeds import MAX_SEED, image_seed
+from mmkit.inference.seeds import image_seed
 from mmkit.inference.transcript import WindowSampling
+from mmkit.limits import MAX_SEED, finite32
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
 from mmkit.models.dalle_bart import DalleBart
 from mmkit.models.vqgan import VQGAN

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmkit.core.decoding import GenerationOptions, Sampling, finite32
+from mmkit.core.decoding import GenerationOptions, Sampling
+from mmkit.limits import finite32
 from mmkit.data.char_tokenizer import CharTokenizer
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
 from mmkit.inference.inputs import check_types

@@ -83,20 +83,34 @@ def _fails(argv, capsys, match):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["--num-images", "0"], "--num-images must be >= 1"),
-    (["--guidance", "-1"], "--guidance must be >= 0"),
-    (["--guidance", "inf"], "--guidance must be >= 0 and finite (in float32: at most 3.4e38), got inf"),
-    (["--temperature", "-0.5"], "--temperature must be > 0"),
-    (["--temperature", "inf"], "--temperature must be > 0 and finite (in float32: at most 3.4e38), got inf"),
+    (["--num-images", "0"], "argument --num-images: must be >= 1, got 0"),
+    (["--guidance", "-1"], "argument --guidance: must be >= 0, got -1.0"),
+    (["--guidance", "-1e-1"], "argument --guidance: must be >= 0, got -0.1"),  # argparse alone: "expected one"
+    (["--guidance", "inf"], "argument --guidance: must be finite, got inf"),
+    (["--temperature", "-0.5"], "argument --temperature: must be > 0, got -0.5"),
+    (["--temperature", "0"], "argument --temperature: must be > 0, got 0.0"),
+    (["--temperature", "-inf"], "argument --temperature: must be finite, got -inf"),
     # finite in Python, inf on the float32 logits: a traceback from sampling
-    (["--guidance", "1e39"], "--guidance must be >= 0 and finite (in float32: at most 3.4e38), got 1e+39"),
-    (["--temperature", "1e39"], "--temperature must be > 0 and finite (in float32: at most 3.4e38), got 1e+39"),
-    (["--seed", "99999999999999999999"], "--seed must be in [0, 2**64 - 1], got 99999999999999999999"),
-    (["--seed", "-1"], "--seed must be in [0, 2**64 - 1]"),
-    (["--top-k", "17"], "larger than the codebook (16 codes)"),
+    (["--guidance", "1e39"], "argument --guidance: must be finite in float32 (at most 3.4e38), got 1e39"),
+    (["--temperature", "1e39"], "argument --temperature: must be finite in float32 (at most 3.4e38), got 1e39"),
+    (["--seed", "99999999999999999999"], "argument --seed: must be in [0, 2**64 - 1], got 99999999999999999999"),
+    (["--seed", "-1"], "argument --seed: must be in [0, 2**64 - 1], got -1"),
+    (["--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
+    (["--top-p", "0"], "argument --top-p: must be > 0 and <= 1, got 0.0"),
+    (["--top-p", "1.5"], "argument --top-p: must be > 0 and <= 1, got 1.5"),
 ])
-def test_bad_settings(export, tmp_path, capsys, extra, match):
-    _fails(["a red circle", "--model", str(export), "--out", str(tmp_path / "o"), "--quiet", *extra], capsys, match)
+def test_bad_settings_are_usage_errors(export, tmp_path, capsys, extra, match):
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate", "a red circle", "--model", str(export), "--out", str(tmp_path / "o"), "--quiet", *extra])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"mmkit generate: error: {match}", err
+    assert not (tmp_path / "o").exists()
+
+
+def test_top_k_beyond_the_codebook(export, tmp_path, capsys):
+    _fails(["a red circle", "--model", str(export), "--out", str(tmp_path / "o"), "--quiet", "--top-k", "17"], capsys,
+           "larger than the codebook (16 codes)")
 
 
 def test_bad_prompts(export, tmp_path, capsys):

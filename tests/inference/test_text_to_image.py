@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mmkit.data.dalle_text import WordTokenizer
-from mmkit.inference.seeds import MAX_SEED, image_seed
+from mmkit.inference.seeds import image_seed
+from mmkit.limits import MAX_SEED
 
 from _dalle import tiny_text_to_image
 

@@ -14,7 +14,6 @@ on: a script that prints ratios.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import random
 import statistics
@@ -27,7 +26,7 @@ from mmkit.cli.bench.common import (
     add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, reduced_path_lines,
     torch_threads, write_json,
 )
-from mmkit.cli.options import at_least
+from mmkit.cli.options import Parser, at_least
 
 TEXTS = ("wordnet", "fortunes", "synthetic")
 
@@ -157,7 +156,7 @@ SIZES = {"wordnet": (128, 3, 4, 8000), "bert-base": (768, 12, 12, 30522)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mmkit bench embed", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="mmkit bench embed", description=__doc__.split("\n\n")[0])
     add_sizes_option(p, SIZES)
     p.add_argument("--sentences", type=at_least(1), default=512)
     p.add_argument("--batch-size", type=at_least(1), default=32)

@@ -15,7 +15,6 @@ are medians.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import importlib.util
@@ -29,7 +28,7 @@ from torch import Tensor
 from mmkit.cli.bench.common import (
     add_precision_option, add_run_options, bench_precisions, interleaved, reduced_path_lines, torch_threads, write_json,
 )
-from mmkit.cli.options import at_least, finite
+from mmkit.cli.options import Parser, at_least, finite
 
 MODES = ("cached", "recompute")
 BART_MODES = ("mmkit", "min-dalle")
@@ -221,7 +220,7 @@ def _min_dalle_installed() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mmkit bench generate", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="mmkit bench generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", type=at_least(1), default=16)
     p.add_argument("--text-len", type=at_least(1), default=16)
     p.add_argument("--dim", type=at_least(1), default=256)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from mmkit.cli.bench.label_report import OPEN_CLIP, agreements, print_report, report
-from mmkit.cli.options import at_least
+from mmkit.cli.options import Parser, at_least
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     from mmkit.cli.bench.common import output_file
     from mmkit.inference.precision import PRECISIONS
 
-    p = argparse.ArgumentParser(prog="mmkit bench label", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="mmkit bench label", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=at_least(1), default=128, help="number of images (default 128)")
     p.add_argument("--sizes", choices=sorted(SIZES), default="mixed", help="image sizes (default mixed)")
     p.add_argument("--rounds", type=at_least(1), default=2, help="runs of each side, alternating (default 2)")

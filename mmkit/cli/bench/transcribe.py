@@ -41,7 +41,7 @@ from mmkit.cli.bench.speech_inputs import (  # noqa: F401
 from mmkit.cli.bench.speech_references import (
     FW_ALL_COMPUTE_TYPES, FW_SCRIPT, HF_SCRIPT, IMPORT_ONLY, fw_compute_types, hf_tokens,
 )
-from mmkit.cli.options import at_least, thread_count
+from mmkit.cli.options import Parser, at_least, thread_count
 from mmkit.inference.precision import check_device
 from mmkit.inference.transcript import DecodingOptions
 
@@ -273,7 +273,7 @@ def _input_error(args: argparse.Namespace) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit bench transcribe`: run both as subprocesses, print the report, optionally write JSON."""
-    p = argparse.ArgumentParser(prog="mmkit bench transcribe", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="mmkit bench transcribe", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="checkpoint directory (HF Whisper + tokenizer files, or a CTranslate2 Whisper "
                                    "folder: then without the transformers rows); default: a random-init "
                                    "whisper-tiny-sized toy checkpoint in a temporary directory")

@@ -13,7 +13,6 @@ recipe's held-out test phrases in fp32 and int8: BLEU, exact match and time, gre
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import statistics
@@ -26,7 +25,7 @@ import torch
 from mmkit.cli.bench.common import (
     add_precision_option, add_run_options, bench_precisions, interleaved, torch_threads, write_json,
 )
-from mmkit.cli.options import at_least, beam_size
+from mmkit.cli.options import Parser, at_least, beam_size
 
 def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
     from transformers import MarianConfig, MarianMTModel
@@ -179,7 +178,7 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mmkit bench translate", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="mmkit bench translate", description=__doc__.split("\n\n")[0])
     p.add_argument("--dim", type=at_least(1), default=512)
     p.add_argument("--layers", type=at_least(1), default=6, help="encoder and decoder layers each (6)")
     p.add_argument("--heads", type=at_least(1), default=8)

@@ -23,7 +23,6 @@ images/s over the device's datasheet peak (known GPUs, or `--peak-tflops`).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import statistics
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmkit.cli.bench.common import interleaved, output_file, write_json
-from mmkit.cli.options import at_least, finite, thread_count
+from mmkit.cli.options import Parser, at_least, finite, thread_count
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +303,7 @@ def _render(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit bench vit`: run the benchmark, print a table, optionally write JSON."""
-    parser = argparse.ArgumentParser(prog="mmkit bench vit", description=__doc__.splitlines()[0])
+    parser = Parser(prog="mmkit bench vit", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["vit_tiny_patch16_224", "vit_small_patch16_224"],
                         help="timm model names (space or comma separated)")
     parser.add_argument("--batch-size", type=at_least(1), default=32)
