@@ -1,12 +1,22 @@
 """`mmkit demo`: one app with a tab per family given; user mistakes are one line and exit 2."""
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 import gradio as gr
 import pytest
+from _ranks import env, free_port
 
 from mmkit.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_one_app_renders_a_tab_per_family():
@@ -96,11 +106,10 @@ def test_an_ipv6_host_serves(host, monkeypatch, capsys):
     monkeypatch.setattr(demo, "_checkpoint_problem", lambda name, model: None)
     answered = []
 
-    def fetch_and_close(blocks):  # instead of serving until Ctrl-C
+    def fetch(blocks):  # instead of serving until Ctrl-C
         answered.append((blocks.local_url, urllib.request.urlopen(blocks.local_url, timeout=30).status))
-        blocks.close(verbose=False)
 
-    monkeypatch.setattr(gr.Blocks, "block_thread", fetch_and_close)
+    monkeypatch.setattr("mmkit.demo_harness._wait", fetch)
     with socket.socket(socket.AF_INET6) as s:
         s.bind(("::1", 0))
         port = s.getsockname()[1]
@@ -126,3 +135,66 @@ def test_uploads_are_bounded_and_the_cache_expires(monkeypatch):
     finally:
         close()
     assert small.status_code == 200 and big.status_code == 413, (small.text, big.text)
+
+
+# `mmkit demo vit --port PORT` in a process of its own, its tab a stand-in (no checkpoint needed); LOADING: the tab's
+# model "loads" until the process is stopped, once it has created the file MARKER.
+DEMO = """
+import sys, time
+import gradio as gr
+import mmkit.cli
+import mmkit.cli.demo as demo
+port, marker, loading = sys.argv[1], sys.argv[2], sys.argv[3] == "loading"
+
+def vit_tab(model, top_k):
+    open(marker, "w").close()
+    while loading:
+        time.sleep(0.1)
+    return lambda: gr.Markdown("x")
+
+demo.vit_tab = vit_tab
+demo.DEMOS["vit"] = demo.DemoFamily("h", ".", "how", "mmkit.cli.demo:vit_tab")
+demo._checkpoint_problem = lambda name, model: None
+sys.exit(mmkit.cli.main(["demo", "vit", "--port", port]))
+"""
+
+
+def _answers(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url, timeout=5).status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("phase", ["serving", "loading"])
+def test_an_interrupted_demo_stops_and_says_so_in_one_line(phase, signum, tmp_path):
+    """Ctrl-C (SIGINT) or SIGTERM (`timeout`, systemd, a scheduler): exit 130 and one line saying whether it had
+    served, the port free again. Gradio's own wait printed "Keyboard interruption in main thread... closing
+    server." and exited 0 on Ctrl-C; SIGTERM ended the process without a word."""
+    port, marker = free_port(), tmp_path / "loading"
+    url = f"http://127.0.0.1:{port}/"
+    ready = (lambda: marker.exists()) if phase == "loading" else (lambda: _answers(url))
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", DEMO, str(port), str(marker), phase], cwd=REPO, env=env(),
+                                stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 120
+            while not ready() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert proc.poll() is None and ready(), "the demo did not start"
+            proc.send_signal(signum)
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stderr.seek(0)
+        err = stderr.read()
+    said = f"the server on 127.0.0.1:{port} is stopped" if phase == "serving" else "nothing was served"
+    assert code == 130, err
+    assert err.splitlines()[-1] == f"mmkit demo: interrupted; {said}", err
+    assert "Traceback" not in err and "Keyboard interruption" not in err, err
+    with socket.socket() as s:  # the port is free again
+        s.bind(("127.0.0.1", port))

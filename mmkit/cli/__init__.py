@@ -58,23 +58,16 @@ def _run_tool(name: str, argv: list[str]) -> int:
     130, as each tool reports an interruption once it runs (its own handlers then take over), instead of a
     traceback through importlib or a silent death."""
     import importlib
-    import signal
-    import threading
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    from mmkit.inference.ranks import sigterm_interrupts
 
     module, _, function = TOOLS[name][1].partition(":")
-    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can be set only there
-    before = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     try:
-        tool = getattr(importlib.import_module(module), function)
+        with sigterm_interrupts():
+            tool = getattr(importlib.import_module(module), function)
     except KeyboardInterrupt:
         print(f"mmkit {name}: interrupted while starting; nothing was written", file=sys.stderr)
         return 130
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, before)
     return tool(argv)
 
 

@@ -144,6 +144,9 @@ def _host_problem(host: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
+    """The demo's exit code: 0 when the server stopped by itself, 2 for a usage or checkpoint problem, 130 when
+    interrupted (Ctrl-C; SIGTERM from `timeout`, a scheduler or a service manager) with one line saying so, the
+    server closed (Gradio's own Ctrl-C handling printed its line and exited 0; SIGTERM ended it silently)."""
     parser = _parser()
     args = parser.parse_args(argv)
     chosen = {name: getattr(args, name) for name in DEMOS if getattr(args, name)}
@@ -157,6 +160,20 @@ def main(argv: list[str]) -> int:
     if problem:  # else found only after the models load, and named a port problem by Gradio
         print(f"mmkit demo: --host {args.host}: {problem}", file=sys.stderr)
         return 2
+    from mmkit.inference.ranks import sigterm_interrupts
+
+    served: list[str] = []
+    try:
+        with sigterm_interrupts():
+            return _serve(args, chosen, served)
+    except KeyboardInterrupt:
+        print("mmkit demo: interrupted; " + (f"the server on {served[0]} is stopped" if served else
+                                             "nothing was served"), file=sys.stderr)
+        return 130
+
+
+def _serve(args: argparse.Namespace, chosen: dict[str, str], served: list[str]) -> int:
+    """Load the tabs' models and serve them until the server stops; `served` gets its host:port once it listens."""
     models = {name: Path(path).expanduser() for name, path in chosen.items()}
     for name, model in models.items():
         problem = _checkpoint_problem(name, model)
@@ -174,9 +191,10 @@ def main(argv: list[str]) -> int:
     from demos.app import build_app
     from mmkit.demo_harness import serve, server_name
 
+    where = f"{server_name(args.host)}:{args.port}"
     try:
-        serve(build_app(tabs, title="mmkit demo"), host=args.host, port=args.port)
+        serve(build_app(tabs, title="mmkit demo"), host=args.host, port=args.port, started=lambda: served.append(where))
     except OSError as e:  # port in use, interface not available
-        print(f"mmkit demo: cannot serve on {server_name(args.host)}:{args.port}: {e}", file=sys.stderr)
+        print(f"mmkit demo: cannot serve on {where}: {e}", file=sys.stderr)
         return 2
     return 0

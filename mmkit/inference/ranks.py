@@ -118,9 +118,7 @@ class Ranks:
         was interrupted (its default action kills the process on the spot, temp files left behind); with several
         ranks also a gloo process group and the logging of all ranks but the first raised to errors only. All
         undone at the end. Only the main thread may set a signal handler: in another SIGTERM stays as it is."""
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
-        try:
+        with sigterm_interrupts():
             if not self.multi:
                 yield self
                 return
@@ -141,9 +139,6 @@ class Ranks:
                 root.setLevel(level)
                 if started and dist.is_initialized():
                     dist.destroy_process_group()
-        finally:
-            if in_main:  # None: a handler not set from Python, which cannot be put back; the default then
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:
@@ -208,6 +203,20 @@ class Ranks:
             steps.close()  # the others wait for a last round if the output stopped early
             self.broadcast(code)
         return code
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raised as KeyboardInterrupt within the block, as Ctrl-C is: the stack unwinds (context managers
+    clean up) and the tool says it was interrupted, where SIGTERM's default action ends the process on the spot.
+    Only the main thread may set a signal handler: in another SIGTERM stays as it is."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    try:
+        yield
+    finally:
+        if in_main:  # None: a handler not set from Python, which cannot be put back; the default then
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
