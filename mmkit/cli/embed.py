@@ -24,7 +24,7 @@ from mmkit.inference.embed import Embedder
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import BatchShares, InputsDiverged, Ranks, Share, merged
-from mmkit.inference.text_rows import atomic_path, write_atomically
+from mmkit.inference.text_rows import atomic_path, reserve, write_atomically
 
 PROG = "mmkit embed"
 OUT_SUFFIXES = (".npy", ".jsonl")
@@ -106,6 +106,7 @@ def _write_npy(out: str, source: str, total: int, dim: int, chunks: Iterator[tup
                 np.save(f, np.zeros((0, dim), dtype=np.float32))
             return
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
+        reserve(tmp)
         start = 0
         for rows, good, vectors in chunks:
             if start + len(rows) > total:

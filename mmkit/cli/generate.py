@@ -335,8 +335,9 @@ def _remove_if_empty(out: Path, top: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`mmkit generate PROMPT... --model DIR --out DIR`; 0 done, 2 usage or input error, 130 interrupted (Ctrl-C,
-    SIGTERM: one line saying which images were written; no temp file and no manifest is left)."""
+    """`mmkit generate PROMPT... --model DIR --out DIR`; 0 done, 2 usage or input error or a failure mid-run (a
+    full disk), 130 interrupted (Ctrl-C, SIGTERM); one line, after images were written saying which; no temp file
+    and no manifest is left."""
     written = Written()
     return on_ranks("mmkit generate", _parser, argv, lambda args, ranks: _main(args, ranks, written), written.left)
 
@@ -356,7 +357,10 @@ def _main(args: argparse.Namespace, ranks: Ranks, written: Written | None = None
         return code
     except (ValueError, OSError) as e:  # WeightsError is a ValueError: bad checkpoints, wrong family
         if ranks.first:  # under a launcher every rank stops with the first rank's problem
-            print(f"mmkit generate: {e}", file=sys.stderr)
+            problem = str(e)
+            if written is not None and written.count:  # mid-run (a full disk): the images it leaves, as Ctrl-C
+                problem = f"{problem.removesuffix('; nothing was written')}; {written.left(args, ranks)}"
+            print(f"mmkit generate: {problem}", file=sys.stderr)
         return 2
     finally:
         if created is not None and code != 0:

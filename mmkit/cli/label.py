@@ -39,7 +39,9 @@ from mmkit.inference.prompts import (
 )
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import RankFailed, Ranks
-from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive, path_from_text, path_text
+from mmkit.inference.writers import (
+    OutputConflict, ResumableWriter, WriteFailed, exclusive, path_from_text, path_text,
+)
 from mmkit.inference.zero_shot import FileResult, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
@@ -447,8 +449,8 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit label DIR ...`; returns the exit code: 0 done (unreadable images are listed in the errors file),
-    2 a user's mistake (arguments, folders, checkpoints, an output that exists), 1 another rank failed,
-    130 interrupted. Under a launcher every rank returns the first rank's code; only the first prints."""
+    2 a user's mistake (arguments, folders, checkpoints, an output that exists), 1 another rank failed or
+    writing failed mid-run (a full disk), 130 interrupted. Under a launcher every rank returns the first rank's code; only the first prints."""
     return on_ranks("mmkit label", _parser, argv, _checked)
 
 
@@ -469,6 +471,12 @@ def _lead(args: argparse.Namespace, ranks: Ranks) -> int:
     except KeyboardInterrupt:  # the others are stopped too (SIGINT, or the launcher's SIGTERM)
         print(f"mmkit label: interrupted; rows so far are in {args.out}.partial: rerun with --resume", file=sys.stderr)
         return 130
+    except WriteFailed as e:  # mid-run: a full disk, a quota, an I/O error
+        partial = Path(args.out).expanduser().with_name(Path(args.out).name + ".partial")
+        kept = f"rows so far are in {args.out}.partial: rerun with --resume" if partial.exists() else \
+            "no rows were written"
+        print(f"mmkit label: {e}; {kept}", file=sys.stderr)
+        code = 1
     except (ValueError, OSError) as e:  # bad arguments, files, checkpoints (WeightsError is a ValueError)
         print(f"mmkit label: {e}", file=sys.stderr)
         code = 2

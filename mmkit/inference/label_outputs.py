@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from mmkit.inference.writers import WriteFailed
+
 OTHER = "other"
 
 
@@ -90,20 +92,27 @@ def folder_names(labels: Iterable[str]) -> dict[str, str]:
 def place_file(source: Path, target_root: Path, folder: str, relative: str, mode: str) -> Path:
     """Copy or link `source` to target_root/folder/relative (the folder tree below DIR is kept, so
     equal names in different folders do not collide). Written under a temporary name and renamed,
-    so a target is never half-copied; links are hard links, or symbolic ones across filesystems."""
+    so a target is never half-copied (a failure removes the temporary file: `WriteFailed`, naming both);
+    links are hard links, or symbolic ones across filesystems."""
     target = (target_root / folder / relative)
     if not target.resolve().is_relative_to(target_root.resolve()):
         raise ValueError(f"refusing to write outside {target_root}: {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.mmkit-tmp")
     tmp.unlink(missing_ok=True)
-    if mode == "copy":
-        shutil.copy2(source, tmp)
-    else:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            os.symlink(source.resolve(), tmp)
-    os.replace(tmp, target)
+    try:
+        if mode == "copy":
+            shutil.copy2(source, tmp)
+        else:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                os.symlink(source.resolve(), tmp)
+        os.replace(tmp, target)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise WriteFailed.of(f"{mode} {source} to {target}", e) from None
+        raise
     return target
 

@@ -267,6 +267,9 @@ def output_temp(path: Path) -> tuple[int, Path]:
         raise _write_error(path, f"no file can be made in {path.parent} ({e.strerror or e})") from None
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only writing meets: a full disk, a quota, a file size limit
+
+
 def _write_error(path: Path, reason: str, after: str = "") -> OSError:
     """"cannot write PATH: REASON" as an OSError whose `strerror` is the reason alone (callers that name
     the file themselves, as `subtitles.write_outputs`, show that)."""
@@ -338,8 +341,9 @@ def check_output_dir(directory: str | Path) -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp file's path beside `path` for the body to write; renamed over `path` when the body
     ends, removed if it raises: readers never see a half-written output, and an existing output is
-    replaced only by a complete one. Making the temp file or the rename failing is an OSError of one
-    line naming `path` (`check_output` meets most of them before any work)."""
+    replaced only by a complete one. Making the temp file or the rename failing, or the body's writing
+    meeting a full disk or quota, is an OSError of one line naming `path` (`check_output` meets most of
+    them before any work; the bare "[Errno 28] No space left on device" named no file)."""
     path = Path(path).expanduser()
     with contextlib.ExitStack() as hold:
         hold.enter_context(interruptions_held())  # no temp file made and not yet in the `try` below
@@ -348,7 +352,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         release = hold.pop_all()
     try:
         release.close()  # an interruption held back is raised here, where the temp file is removed
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno in FULL:
+                raise _write_error(path, e.strerror or str(e), "; nothing was written") from None
+            raise
         try:
             os.replace(tmp, path)
         except OSError as e:  # e.g. a folder made at `path` meanwhile
@@ -356,6 +365,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def reserve(path: Path) -> None:
+    """Allocate the disk blocks of the file at `path` for its present size, before it is filled through a memory
+    map: a map's write to a full disk is a SIGBUS that kills the process (its temp file left behind), where this
+    is an OSError (ENOSPC, which `atomic_path` names) before any work. Filesystems that cannot preallocate are
+    left as they are."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in FULL:
+                raise
+            # EOPNOTSUPP / EINVAL: no preallocation on this filesystem; the map is filled as before
 
 
 @contextlib.contextmanager

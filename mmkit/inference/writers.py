@@ -172,8 +172,11 @@ class ResumableWriter:
         """Write `rows` and make them durable (flush + fsync) before returning."""
         assert self._file is not None, "call start first"
         if rows:
-            self._file.write("".join(self._encode(r) for r in rows))
-            _sync(self._file)
+            try:
+                self._file.write("".join(self._encode(r) for r in rows))
+                _sync(self._file)
+            except OSError as e:  # a cut-off last line is dropped by --resume
+                raise WriteFailed.of(f"write {self.partial}", e) from None
 
     def finish(self) -> None:
         """Close and rename the partial file over `path` (atomic), then sync the folder."""
@@ -214,6 +217,15 @@ def _csv_line(values: Sequence[Any]) -> str:
 class OutputConflict(ValueError):
     """The output exists (no --resume/--overwrite), was written with other settings, or is being
     written by another run."""
+
+
+class WriteFailed(OSError):
+    """Writing an output failed mid-run (a full disk or quota, an I/O error): one line naming the file
+    and why, where the bare OSError ("[Errno 28] No space left on device") named none."""
+
+    @classmethod
+    def of(cls, what: str, e: OSError) -> "WriteFailed":
+        return cls(f"cannot {what}: {e.strerror or e}")
 
 
 def _json_row(line: str) -> dict[str, Any] | None:
