@@ -156,6 +156,7 @@ def _user_error(e: BaseException) -> str | None:
     otherwise: a bug, whatever its type, and a ValueError raised in a library other than mmkit and Lightning."""
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+    from mmkit.errors import WriteFailed
     from mmkit.weights.native import WeightsError
 
     seen: set[int] = set()
@@ -165,7 +166,7 @@ def _user_error(e: BaseException) -> str | None:
         if unreadable is not None:
             return unreadable
         if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                          PermissionError)):
+                          PermissionError, WriteFailed)):
             return str(e)
         if isinstance(e, MisconfigurationException) or isinstance(e, ValueError) and _raised_in_lightning(e):
             # Lightning's refusal of a setting or a combination of settings (some only once the run starts)

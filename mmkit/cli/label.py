@@ -39,9 +39,8 @@ from mmkit.inference.prompts import (
 )
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import RankFailed, Ranks
-from mmkit.inference.writers import (
-    OutputConflict, ResumableWriter, WriteFailed, exclusive, path_from_text, path_text,
-)
+from mmkit.errors import WriteFailed
+from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive, path_from_text, path_text
 from mmkit.inference.zero_shot import FileResult, ZeroShotClassifier
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Union
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.plugins import CheckpointIO, TorchCheckpointIO
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.trainer.connectors.accelerator_connector import _PRECISION_INPUT
 from pytorch_lightning.utilities import GradClipAlgorithmType
@@ -55,8 +56,41 @@ class _UnscaledMixedPrecision(MixedPrecision):
         Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
 
 
+class CheckpointFiles(TorchCheckpointIO):
+    """Lightning's checkpoint IO, writing a local checkpoint straight into a temp file beside it, renamed over it
+    when complete (`atomic_path`). Lightning's own serialises the whole checkpoint in memory, then writes it to a
+    temp file in /tmp and moves that: across filesystems the move is a copy, so a full disk left a truncated
+    `best-*.ckpt` or `last.ckpt` behind with a 30-line traceback, where this leaves the file as it was and says
+    "cannot write PATH: No space left on device" (`mmkit.cli._user_error`). Remote paths (s3://...) are
+    Lightning's."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        import torch
+
+        from mmkit.errors import FULL
+        from mmkit.inference.text_rows import atomic_path
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
+            try:
+                torch.save(checkpoint, f)  # to a file object: the writes are Python's, their OSError the cause
+            except RuntimeError as e:  # torch's zip writer failing after the write did ("unexpected pos ...")
+                full = e.__context__
+                while full is not None and not (isinstance(full, OSError) and full.errno in FULL):
+                    full = full.__context__
+                if full is None:
+                    raise
+                raise full from None
+            f.flush()
+            os.fsync(f.fileno())
+
+
 class Trainer(pl.Trainer):
-    """Lightning's Trainer, with precision "auto" added (`training_precision`).
+    """Lightning's Trainer, with precision "auto" added (`training_precision`) and checkpoints written whole or
+    not at all (`CheckpointFiles`, unless the plugins name a checkpoint IO of their own).
 
     The recipes say `precision: auto`, so they train in bf16-mixed where the hardware has it natively.
 
@@ -70,6 +104,10 @@ class Trainer(pl.Trainer):
         resolved = training_precision(precision, kwargs.get("accelerator", "auto"))
         if precision == "auto":
             log.info("trainer: precision auto -> %s", resolved)
+        plugins = kwargs.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, CheckpointFiles()]
         super().__init__(*args, precision=resolved, **kwargs)
         plugin = self.strategy.precision_plugin
         if type(plugin) is MixedPrecision and plugin.scaler is None:  # bf16-mixed (fp16 keeps its scaler)

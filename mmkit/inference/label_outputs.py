@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmkit.inference.writers import WriteFailed
+from mmkit.errors import WriteFailed
 
 OTHER = "other"
 

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from mmkit.data import lines as line_reader
 from mmkit.data.lines import MAX_LINE_BYTES, READ_BYTES, Line, decode_line
+from mmkit.errors import FULL, WriteFailed
 
 TEXT_FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
 T = TypeVar("T")
@@ -267,9 +268,6 @@ def output_temp(path: Path) -> tuple[int, Path]:
         raise _write_error(path, f"no file can be made in {path.parent} ({e.strerror or e})") from None
 
 
-FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only writing meets: a full disk, a quota, a file size limit
-
-
 def _write_error(path: Path, reason: str, after: str = "") -> OSError:
     """"cannot write PATH: REASON" as an OSError whose `strerror` is the reason alone (callers that name
     the file themselves, as `subtitles.write_outputs`, show that)."""
@@ -356,7 +354,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             yield tmp
         except OSError as e:
             if e.errno in FULL:
-                raise _write_error(path, e.strerror or str(e), "; nothing was written") from None
+                raise WriteFailed.of(f"write {path}", e, "; nothing was written") from None
             raise
         try:
             os.replace(tmp, path)

@@ -36,6 +36,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
+from mmkit.errors import WriteFailed
 from mmkit.inference.text_rows import output_temp
 
 if TYPE_CHECKING:
@@ -217,15 +218,6 @@ def _csv_line(values: Sequence[Any]) -> str:
 class OutputConflict(ValueError):
     """The output exists (no --resume/--overwrite), was written with other settings, or is being
     written by another run."""
-
-
-class WriteFailed(OSError):
-    """Writing an output failed mid-run (a full disk or quota, an I/O error): one line naming the file
-    and why, where the bare OSError ("[Errno 28] No space left on device") named none."""
-
-    @classmethod
-    def of(cls, what: str, e: OSError) -> "WriteFailed":
-        return cls(f"cannot {what}: {e.strerror or e}")
 
 
 def _json_row(line: str) -> dict[str, Any] | None:

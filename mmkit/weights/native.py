@@ -10,13 +10,14 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, TypeVar
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mmkit.core.execution import set_grad_checkpointing
+from mmkit.errors import FULL, WriteFailed
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -271,6 +272,20 @@ def _plain_permissions(path: Path) -> None:
     os.chmod(path, plain_file_mode())
 
 
+def _saved(save: Callable[[], object], path: Path) -> None:
+    """`save()`, whose failure on a full disk or quota is a `WriteFailed` naming `path` (safetensors says
+    "Error while serializing: I/O error: No space left on device (os error 28)" as a SafetensorError, which
+    `mmkit fit` showed as a traceback after the run)."""
+    try:
+        save()
+    except Exception as e:  # noqa: BLE001 - a full disk is named; anything else re-raised as it is
+        code = e.errno if isinstance(e, OSError) else next(
+            (int(m) for m in re.findall(r"\(os error (\d+)\)", str(e))), None)
+        if code not in FULL:
+            raise
+        raise WriteFailed(f"cannot write {path}: {os.strerror(code)}; the file there is as it was") from None
+
+
 class PretrainedMixin:
     """`save_pretrained(dir)` / `from_pretrained(dir)` for models that keep their constructor
     arguments in `self.config` (a JSON-serialisable dict)."""
@@ -301,11 +316,11 @@ class PretrainedMixin:
                "config": self.config, "metadata": dict(metadata or {})}
         text = json.dumps(doc, indent=2) + "\n"
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME))
+        _saved(lambda: save_file(state, str(directory / WEIGHTS_NAME)), directory / WEIGHTS_NAME)
         _plain_permissions(directory / WEIGHTS_NAME)
         tmp = directory / f".{CONFIG_NAME}.{os.getpid()}.tmp"
         try:
-            tmp.write_text(text)
+            _saved(lambda: tmp.write_text(text), directory / CONFIG_NAME)
             os.replace(tmp, directory / CONFIG_NAME)
         finally:
             tmp.unlink(missing_ok=True)

@@ -154,3 +154,42 @@ def test_reserve_allocates_or_says_the_disk_is_full(tmp_path, monkeypatch):
     monkeypatch.setattr(text_rows.os, "posix_fallocate", fails(28))
     with pytest.raises(OSError):
         text_rows.reserve(path)
+
+
+def test_fit_leaves_no_truncated_checkpoint(tmp_path):
+    """Lightning wrote the checkpoint to /tmp and moved it, a copy across filesystems: a full disk left a truncated
+    best-epoch=00.ckpt (which `--ckpt_path` then failed to read) and a 30-line traceback."""
+    repo = Path(__file__).resolve().parents[2]
+    run = _limited(1 << 20, "fit", "--config", str(repo / "configs" / "vit_digits.yaml"), "--trainer.max_epochs", "1",
+                   "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_train_batches", "2",
+                   "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+                   "--model.init_args.export_dir", str(tmp_path / "export"), "--data.init_args.num_workers", "0",
+                   cwd=repo)  # the checkpoint (10 MB with the optimizer's state) exceeds the limit
+    assert run.returncode == 2, run.stderr
+    assert _last_line(run) == (f"mmkit fit: error: cannot write {tmp_path}/checkpoints/best-epoch=00.ckpt: "
+                               f"{TOO_LARGE}; nothing was written")
+    assert list((tmp_path / "checkpoints").iterdir()) == [] and not (tmp_path / "export").exists()
+
+
+def test_an_export_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from mmkit.errors import WriteFailed
+    from mmkit.models import ViT
+    from mmkit.weights import native
+
+    model = ViT(image_size=8, patch_size=4, dim=8, depth=1, num_heads=2, num_classes=2)
+    model.save_pretrained(tmp_path / "export")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()}
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(native, "save_file", full)
+    with pytest.raises(WriteFailed, match=rf"^cannot write {tmp_path}/export/model.safetensors: No space left on "
+                                          "device; the file there is as it was$"):
+        model.save_pretrained(tmp_path / "export")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()} == before
+    monkeypatch.setattr(native, "save_file", lambda *a, **k: (_ for _ in ()).throw(SafetensorError("other")))
+    with pytest.raises(SafetensorError, match="other"):  # any other failure as it was
+        model.save_pretrained(tmp_path / "export")

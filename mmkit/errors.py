@@ -1,0 +1,15 @@
+"""Errors every layer raises alike (torch-free, below them all, as `mmkit.limits`)."""
+from __future__ import annotations
+
+import errno
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only writing meets: a full disk, a quota, a file size limit
+
+
+class WriteFailed(OSError):
+    """Writing an output failed mid-run (a full disk or quota, an I/O error): one line naming the file
+    and why, where the bare OSError ("[Errno 28] No space left on device") named none."""
+
+    @classmethod
+    def of(cls, what: str, e: OSError, after: str = "") -> "WriteFailed":
+        return cls(f"cannot {what}: {e.strerror or e}{after}")
