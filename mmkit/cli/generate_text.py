@@ -58,6 +58,9 @@ def _run(args: argparse.Namespace) -> int:
         options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, beam_size=args.beam_size,
                                     repetition_penalty=args.repetition_penalty, seed=args.seed)
+        if args.seed is not None and not options.sampling:
+            log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
+                        "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")
         generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
         generator.encode_prompt(args.prompt, options.max_new_tokens, warn=False)  # bad prompts fail before any output
     except (ValueError, OSError) as e:  # bad options, prompts, directories (WeightsError is a ValueError)

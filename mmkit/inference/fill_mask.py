@@ -50,7 +50,8 @@ def with_mask_token(tokenizer: Any, text: str) -> str:
 
 def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPrediction]:
     """Top-k tokens with probabilities for every mask token in `text` ("[MASK]"; for RoBERTa
-    tokenizers "<mask>", and "[MASK]" is read as "<mask>" too). Special tokens are never proposed.
+    tokenizers "<mask>", and "[MASK]" is read as "<mask>" too). Special tokens are never proposed: a
+    `top_k` beyond the other tokens lists those.
 
     Raises:
         ValueError: empty text, no mask token, or a text longer than the model's context (cutting
@@ -74,7 +75,7 @@ def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPre
         logits[:, sorted(tok.special_ids)] = float("-inf")
         logits[:, len(tok):] = float("-inf")  # rows past the tokenizer (a padded vocabulary)
         probs = logits.softmax(-1)
-    top = probs.topk(min(top_k, len(tok)), dim=-1)
+    top = probs.topk(min(top_k, int(logits[0].isfinite().sum())), dim=-1)  # never a special token, at any k
     out = []
     for n, pos in enumerate(positions):
         tokens = tok.tokens(top.indices[n].tolist())

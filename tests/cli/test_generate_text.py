@@ -39,6 +39,18 @@ def test_sampling_options_and_seed_reproduce(checkpoint, capsys):
     assert capsys.readouterr().out.startswith("A dog")
 
 
+@pytest.mark.parametrize("extra, decoding", [([], "greedy"), (["--beam-size", "2"], "beam-search")])
+def test_a_seed_without_sampling_is_said_to_be_unused(checkpoint, capsys, caplog, extra, decoding):
+    directory, _, _ = checkpoint
+    args = ["generate-text", "A dog", "--model", str(directory), "--max-new-tokens", "4", *extra]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main([*args, "--seed", "3"]) == 0
+    assert capsys.readouterr().out == plain
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"--seed 3 is unused: {decoding} decoding is deterministic (sample with --temperature, --top-k or --top-p)"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--prompt-is", "  "], "the prompt is empty"),
     (["--max-new-tokens", "64"], "no room for a prompt"),

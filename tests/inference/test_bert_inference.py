@@ -65,6 +65,9 @@ def test_fill_mask_probabilities_equal_transformers(mlm_dir):
     assert np.allclose([p for _, p in pred.candidates], probs.numpy(), atol=1e-5)
     assert pred.position == ids.index(tok.mask_id) and "[MASK]" not in pred.filled
     assert len(fill_mask(enc, "[MASK] cat [MASK] the moon.")) == 2
+    [every] = fill_mask(enc, "the cat [MASK] the moon.", top_k=10**6)  # past the vocabulary: no special token
+    specials = set(tok.tokens(sorted(tok.special_ids)))
+    assert len(every.candidates) == len(tok) - len(specials) and not specials & {t for t, _ in every.candidates}
 
 
 @pytest.mark.parametrize("text, message", [
