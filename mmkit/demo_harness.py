@@ -93,16 +93,15 @@ def launch(
     return url, lambda: blocks.close(verbose=False)
 
 
-def serve(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 7860,
-          started: Callable[[], None] = lambda: None) -> None:
+def serve(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Serve `blocks` at http://host:port until the server stops or an interruption (KeyboardInterrupt: Ctrl-C,
-    or a signal the caller raises as one) reaches this thread; `started()` once it listens. The server is closed
-    either way (its queue stopped, the port freed) and the interruption goes on to the caller, which reports it:
+    or a signal the caller raises as one) reaches this thread, starting included. The server is closed either
+    way (its queue stopped, the port freed) and the interruption goes on to the caller, which reports it:
     Gradio's own wait (`Blocks.block_thread`) printed a line of its own and returned as if nothing had happened."""
     kwargs = _prepare(blocks)
-    blocks.launch(server_name=server_name(host), server_port=port, prevent_thread_lock=True, quiet=False, **kwargs)
     try:
-        started()
+        blocks.launch(server_name=server_name(host), server_port=port, prevent_thread_lock=True, quiet=False,
+                      **kwargs)
         _wait(blocks)
     finally:
         blocks.close(verbose=False)

@@ -11,5 +11,11 @@ class WriteFailed(OSError):
     and why, where the bare OSError ("[Errno 28] No space left on device") named none."""
 
     @classmethod
-    def of(cls, what: str, e: OSError, after: str = "") -> "WriteFailed":
-        return cls(f"cannot {what}: {e.strerror or e}{after}")
+    def of(cls, what: str, e: OSError | str, after: str = "") -> "WriteFailed":
+        """"cannot WHAT: REASON" (+ `after`), its `strerror` the reason alone, as callers that name the file
+        themselves show it (`subtitles.write_outputs`); no errno, so that it is not taken for the OSError of a
+        write it wraps again (`atomic_path`)."""
+        reason = e if isinstance(e, str) else e.strerror or str(e)
+        error = cls(f"cannot {what}: {reason}{after}")
+        error.strerror = reason
+        return error

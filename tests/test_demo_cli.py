@@ -196,5 +196,6 @@ def test_an_interrupted_demo_stops_and_says_so_in_one_line(phase, signum, tmp_pa
     assert code == 130, err
     assert err.splitlines()[-1] == f"mmkit demo: interrupted; {said}", err
     assert "Traceback" not in err and "Keyboard interruption" not in err, err
-    with socket.socket() as s:  # the port is free again
+    with socket.socket() as s:  # nothing listens on the port (SO_REUSEADDR: our client's connection may linger)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))

@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace, chosen: dict[str, str], served: list[str]) -> int:
-    """Load the tabs' models and serve them until the server stops; `served` gets its host:port once it listens."""
+    """Load the tabs' models and serve them until the server stops; `served` gets its host:port as it starts."""
     models = {name: Path(path).expanduser() for name, path in chosen.items()}
     for name, model in models.items():
         problem = _checkpoint_problem(name, model)
@@ -192,8 +192,10 @@ def _serve(args: argparse.Namespace, chosen: dict[str, str], served: list[str]) 
     from mmkit.demo_harness import serve, server_name
 
     where = f"{server_name(args.host)}:{args.port}"
+    app = build_app(tabs, title="mmkit demo")
+    served.append(where)  # from here an interruption stops the server (maybe while it starts)
     try:
-        serve(build_app(tabs, title="mmkit demo"), host=args.host, port=args.port, started=lambda: served.append(where))
+        serve(app, host=args.host, port=args.port)
     except OSError as e:  # port in use, interface not available
         print(f"mmkit demo: cannot serve on {where}: {e}", file=sys.stderr)
         return 2

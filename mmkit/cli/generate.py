@@ -32,6 +32,7 @@ from PIL import Image
 
 from mmkit.cli.options import Parser, add_precision_argument, at_least, finite, seed, utf8_text
 from mmkit.cli.ranked import on_ranks
+from mmkit.errors import WriteFailed
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import Ranks
 
@@ -335,9 +336,9 @@ def _remove_if_empty(out: Path, top: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`mmkit generate PROMPT... --model DIR --out DIR`; 0 done, 2 usage or input error or a failure mid-run (a
-    full disk), 130 interrupted (Ctrl-C, SIGTERM); one line, after images were written saying which; no temp file
-    and no manifest is left."""
+    """`mmkit generate PROMPT... --model DIR --out DIR`; 0 done, 2 usage or input error, 1 an output that could not
+    be written (a full disk), 130 interrupted (Ctrl-C, SIGTERM); one line, after images were written saying which;
+    no temp file and no manifest is left."""
     written = Written()
     return on_ranks("mmkit generate", _parser, argv, lambda args, ranks: _main(args, ranks, written), written.left)
 
@@ -361,7 +362,7 @@ def _main(args: argparse.Namespace, ranks: Ranks, written: Written | None = None
             if written is not None and written.count:  # mid-run (a full disk): the images it leaves, as Ctrl-C
                 problem = f"{problem.removesuffix('; nothing was written')}; {written.left(args, ranks)}"
             print(f"mmkit generate: {problem}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, WriteFailed) else 2
     finally:
         if created is not None and code != 0:
             _remove_if_empty(out, created)

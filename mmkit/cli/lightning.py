@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Union
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.plugins import CheckpointIO, TorchCheckpointIO
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.trainer.connectors.accelerator_connector import _PRECISION_INPUT
 from pytorch_lightning.utilities import GradClipAlgorithmType
@@ -69,28 +69,34 @@ class CheckpointFiles(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         import torch
 
-        from mmkit.errors import FULL
+        from mmkit.errors import FULL, WriteFailed
         from mmkit.inference.text_rows import atomic_path
 
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp, open(tmp, "wb") as f:
-            try:
-                torch.save(checkpoint, f)  # to a file object: the writes are Python's, their OSError the cause
-            except RuntimeError as e:  # torch's zip writer failing after the write did ("unexpected pos ...")
-                full = e.__context__
-                while full is not None and not (isinstance(full, OSError) and full.errno in FULL):
-                    full = full.__context__
-                if full is None:
-                    raise
-                raise full from None
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp, open(tmp, "wb") as f:
+                try:
+                    torch.save(checkpoint, f)  # to a file object: the writes are Python's, their OSError the cause
+                except RuntimeError as e:  # torch's zip writer failing after the write did ("unexpected pos ...")
+                    full = e.__context__
+                    while full is not None and not (isinstance(full, OSError) and full.errno in FULL):
+                        full = full.__context__
+                    if full is None:
+                        raise
+                    raise full from None
+                f.flush()
+                os.fsync(f.fileno())
+        except WriteFailed:
+            raise
+        except OSError as e:  # a read-only or virtual folder, a folder at the path: one line naming the checkpoint
+            raise WriteFailed.of(f"write {target}", e) from None
 
 
 class Trainer(pl.Trainer):
     """Lightning's Trainer, with precision "auto" added (`training_precision`) and checkpoints written whole or
-    not at all (`CheckpointFiles`, unless the plugins name a checkpoint IO of their own).
+    not at all (`CheckpointFiles`, where the strategy has Lightning's default checkpoint IO: not a user's own,
+    an asynchronous one or XLA's).
 
     The recipes say `precision: auto`, so they train in bf16-mixed where the hardware has it natively.
 
@@ -104,11 +110,9 @@ class Trainer(pl.Trainer):
         resolved = training_precision(precision, kwargs.get("accelerator", "auto"))
         if precision == "auto":
             log.info("trainer: precision auto -> %s", resolved)
-        plugins = kwargs.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs["plugins"] = [*plugins, CheckpointFiles()]
         super().__init__(*args, precision=resolved, **kwargs)
+        if type(self.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one of the user's
+            self.strategy.checkpoint_io = CheckpointFiles()  # (a plugin would clash with a strategy's own)
         plugin = self.strategy.precision_plugin
         if type(plugin) is MixedPrecision and plugin.scaler is None:  # bf16-mixed (fp16 keeps its scaler)
             plugin.__class__ = _UnscaledMixedPrecision

@@ -10,15 +10,16 @@ from typing import Callable
 
 from mmkit.limits import FLOAT32_MAX, MAX_SEED
 
-# A negative number in any notation float() reads ("-1e-1", "-.5E3", "-inf"): argparse's own pattern takes only
-# "-1" and "-0.5" for a value, so `--length-penalty -1e-1` failed with "expected one argument".
+# A negative number in decimal or scientific notation ("-1e-1", "-.5E3"), or -inf/-nan: argparse's own pattern
+# takes only "-1" and "-0.5" for a value, so `--length-penalty -1e-1` failed with "expected one argument".
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
 class Parser(argparse.ArgumentParser):
     """The tools' argument parser: argparse's, reading every negative number (`NEGATIVE_NUMBER`) as a value.
     -inf and -nan included, so that the option's type refuses them ("must be finite") rather than argparse as a
-    missing value. No tool has an option spelled as a negative number, the case argparse's narrower rule guards."""
+    missing value. No tool has an option spelled as a negative number, the case argparse's narrower rule guards,
+    nor a short option -i or -n, which argparse would match to -inf or -nan first."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

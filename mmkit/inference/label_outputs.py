@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmkit.errors import WriteFailed
+from mmkit.errors import FULL, WriteFailed
 
 OTHER = "other"
 
@@ -92,8 +92,8 @@ def folder_names(labels: Iterable[str]) -> dict[str, str]:
 def place_file(source: Path, target_root: Path, folder: str, relative: str, mode: str) -> Path:
     """Copy or link `source` to target_root/folder/relative (the folder tree below DIR is kept, so
     equal names in different folders do not collide). Written under a temporary name and renamed,
-    so a target is never half-copied (a failure removes the temporary file: `WriteFailed`, naming both);
-    links are hard links, or symbolic ones across filesystems."""
+    so a target is never half-copied (a failure removes the temporary file; a full disk is a `WriteFailed`
+    naming both); links are hard links, or symbolic ones across filesystems."""
     target = (target_root / folder / relative)
     if not target.resolve().is_relative_to(target_root.resolve()):
         raise ValueError(f"refusing to write outside {target_root}: {target}")
@@ -111,7 +111,7 @@ def place_file(source: Path, target_root: Path, folder: str, relative: str, mode
         os.replace(tmp, target)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) and e.errno in FULL:
             raise WriteFailed.of(f"{mode} {source} to {target}", e) from None
         raise
     return target

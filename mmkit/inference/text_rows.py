@@ -339,9 +339,10 @@ def check_output_dir(directory: str | Path) -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp file's path beside `path` for the body to write; renamed over `path` when the body
     ends, removed if it raises: readers never see a half-written output, and an existing output is
-    replaced only by a complete one. Making the temp file or the rename failing, or the body's writing
-    meeting a full disk or quota, is an OSError of one line naming `path` (`check_output` meets most of
-    them before any work; the bare "[Errno 28] No space left on device" named no file)."""
+    replaced only by a complete one. Making the temp file or the rename failing, or a full disk or quota
+    met in the body (its writes, or any other work it does), is an OSError of one line naming `path`
+    (`check_output` meets most of them before any work; the bare "[Errno 28] No space left on device"
+    named no file)."""
     path = Path(path).expanduser()
     with contextlib.ExitStack() as hold:
         hold.enter_context(interruptions_held())  # no temp file made and not yet in the `try` below
@@ -353,8 +354,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp
         except OSError as e:
-            if e.errno in FULL:
-                raise WriteFailed.of(f"write {path}", e, "; nothing was written") from None
+            if e.errno in FULL:  # an inner output's WriteFailed first (closing this one then failed too)
+                raise _first_write_failed(e) or WriteFailed.of(f"write {path}", e, "; nothing was written") from None
             raise
         try:
             os.replace(tmp, path)
@@ -363,6 +364,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _first_write_failed(e: BaseException) -> WriteFailed | None:
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, WriteFailed):
+            return e
+        e = e.__context__
+    return None
 
 
 def reserve(path: Path) -> None:
@@ -374,9 +385,9 @@ def reserve(path: Path) -> None:
         try:
             os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         except OSError as e:
-            if e.errno in FULL:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
-            # EOPNOTSUPP / EINVAL: no preallocation on this filesystem; the map is filled as before
+            # no preallocation on this filesystem: the map is filled as before
 
 
 @contextlib.contextmanager

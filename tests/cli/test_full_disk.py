@@ -118,7 +118,7 @@ def test_generate_says_which_images_it_wrote(tmp_path):
     out = tmp_path / "out"
     run = _limited(1024, "generate", "a red circle", "--model", str(export), "--out", str(out), "--num-images", "40",
                    "--quiet", cwd=tmp_path)  # the images fit, the grid of 40 does not
-    assert run.returncode == 2, run.stderr
+    assert run.returncode == 1, run.stderr
     line = _last_line(run)
     assert line.startswith(f"mmkit generate: cannot write {out}/000-a-red-circle-grid.png: {TOO_LARGE}; "
                            f"40 of 40 images are in {out} (000-a-red-circle-0.png to 000-a-red-circle-39.png); "
@@ -193,3 +193,41 @@ def test_an_export_that_cannot_be_written_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(native, "save_file", lambda *a, **k: (_ for _ in ()).throw(SafetensorError("other")))
     with pytest.raises(SafetensorError, match="other"):  # any other failure as it was
         model.save_pretrained(tmp_path / "export")
+
+
+def test_a_checkpoint_path_that_cannot_be_written_is_named(tmp_path):
+    from mmkit.cli.lightning import CheckpointFiles
+    from mmkit.errors import WriteFailed
+
+    (tmp_path / "x.ckpt").mkdir()
+    with pytest.raises(WriteFailed, match=rf"^cannot write {tmp_path}/x.ckpt: it is a folder$"):
+        CheckpointFiles().save_checkpoint({"a": 1}, tmp_path / "x.ckpt")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.ckpt"]
+
+
+def test_the_trainer_keeps_a_checkpoint_io_of_the_users_own():
+    """Only Lightning's default checkpoint IO is replaced: a strategy given its own (or XLA's) would clash with a
+    plugin ("checkpoint_io set through both strategy class and plugins")."""
+    from pytorch_lightning.plugins import TorchCheckpointIO
+    from pytorch_lightning.strategies import SingleDeviceStrategy
+
+    from mmkit.cli.lightning import CheckpointFiles, Trainer
+
+    class Own(TorchCheckpointIO):
+        pass
+
+    plain = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    assert type(plain.strategy.checkpoint_io) is CheckpointFiles
+    own = Trainer(strategy=SingleDeviceStrategy("cpu", checkpoint_io=Own()), logger=False, enable_progress_bar=False)
+    assert type(own.strategy.checkpoint_io) is Own
+    given = Trainer(accelerator="cpu", plugins=[Own()], logger=False, enable_progress_bar=False)
+    assert type(given.strategy.checkpoint_io) is Own
+
+
+def test_a_transcript_that_cannot_be_written_names_the_reason_once(tmp_path):
+    """`subtitles.write_outputs` names the file itself and shows the error's strerror: the reason alone."""
+    from mmkit.errors import WriteFailed
+
+    error = WriteFailed.of(f"write {tmp_path}/a.srt", OSError(28, "No space left on device"), "; nothing was written")
+    assert error.strerror == "No space left on device" and error.errno is None
+    assert str(error) == f"cannot write {tmp_path}/a.srt: No space left on device; nothing was written"
