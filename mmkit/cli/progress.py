@@ -3,6 +3,7 @@ with the rate in the tool's own unit and the ETA, so stdout stays clean for resu
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from typing import Any, Callable, Iterator
 
@@ -30,10 +31,30 @@ def progress(description: str, total: int, unit: str = "it", completed: int = 0,
         def render(self, task: Any) -> Text:
             return Text(f"{task.speed or 0:.1f} {unit}/s")
 
-    # redirect_stdout keeps results printed while the bar runs (transcripts) above the bar.
+    # On a terminal, what is printed while the bar runs (transcripts on stdout; a bad row's line, a warning on
+    # stderr) goes above it: printed under it, a line was glued to the bar ("ETA -:--:--mmkit embed: line 8: ...")
+    # and the next redraw overwrote it. Elsewhere (a log file) the bar is drawn once, at the end, and the lines
+    # are written as they come.
+    tty = sys.stderr.isatty()
     bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
-                   redirect_stdout=sys.stdout.isatty(), redirect_stderr=False)
+                   redirect_stdout=sys.stdout.isatty(), redirect_stderr=tty)
     task = bar.add_task(description, total=total, completed=completed)
-    with bar:
+    with bar, _logging_to(sys.stderr if tty else None):
         yield lambda n=1: bar.advance(task, n)
+
+
+@contextlib.contextmanager
+def _logging_to(stream: Any) -> Iterator[None]:
+    """The root logger's handlers that write to the process's stderr write to `stream` (the bar's proxy of
+    stderr, which prints above the bar) in this block; None: as they are. A handler keeps the stream it was
+    made with, so the bar's redirection of sys.stderr alone does not reach log records."""
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__] if stream is not None else []
+    for handler in handlers:
+        handler.setStream(stream)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.setStream(sys.__stderr__)

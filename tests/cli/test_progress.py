@@ -1,0 +1,57 @@
+"""The tools' progress bar on a terminal: a line printed or logged while it runs (a bad row, a warning) is
+written above it on a line of its own. Printed under it, the first such line was glued to the bar ("ETA
+-:--:--mmkit embed: line 8: empty text") and the bar's next redraw wrote over the one after."""
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+
+from _ranks import env
+
+PROGRAM = """
+import logging, sys, time
+from mmkit.cli.progress import progress
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+with progress("working", 4, "item") as advance:
+    for i in range(4):
+        time.sleep(0.15)  # the bar is drawn between the lines
+        print(f"mmkit tool: row {i}: bad", file=sys.stderr)
+        logging.getLogger("mmkit").warning("warned %d", i)
+        advance()
+print("done", file=sys.stderr)
+"""
+
+
+def _on_a_terminal(program: str) -> str:
+    """What `program` writes to stderr on a pseudo-terminal, its escape sequences removed."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=terminal, env={**env(), "COLUMNS": "120", "TERM": "xterm"})
+    os.close(terminal)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the program ended and closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=60)
+    os.close(controller)
+    assert proc.returncode == 0, out
+    return re.sub(r"\x1b\[\?25[lh]|\x1b\[[0-9;]*m", "", out.decode())
+
+
+def test_lines_printed_or_logged_while_the_bar_runs_are_lines_of_their_own():
+    text = _on_a_terminal(PROGRAM)
+    # A line as the terminal shows it: "\r" and "\x1b[2K" (clear the line) start it over
+    lines = [re.split(r"\r|\x1b\[2K", line)[-1] for line in text.replace("\r\n", "\n").split("\n")]
+    for i in range(4):
+        assert f"mmkit tool: row {i}: bad" in lines, text
+        assert f"WARNING mmkit: warned {i}" in lines, text
+    assert not any("ETA" in line and "mmkit" in line for line in lines), text  # no message glued to the bar
+    assert lines[-2:] == ["done", ""] and any(line.startswith("working") and "4/4" in line for line in lines), text
