@@ -283,7 +283,7 @@ def _saved(save: Callable[[], object], path: Path) -> None:
             (int(m) for m in re.findall(r"\(os error (\d+)\)", str(e))), None)
         if code not in FULL:
             raise
-        raise WriteFailed(f"cannot write {path}: {os.strerror(code)}; the file there is as it was") from None
+        raise WriteFailed.of(f"write {path}", os.strerror(code), "; the file there is as it was") from None
 
 
 class PretrainedMixin:
