@@ -66,7 +66,8 @@ class Classifier:
         device: where to run ("cpu", "cuda", "cuda:1").
         precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (`resolve_precision`).
         quantize: "none" or "int8" (int8 weights for every Linear layer, CPU only; the patch
-            embedding stays an fp32 convolution).
+            embedding stays an fp32 convolution). The model's layers are converted in place: it is then
+            for inference only (`save_pretrained` refuses it).
 
     Example:
         >>> clf = Classifier.from_pretrained("runs/vit_digits/export")
@@ -86,7 +87,9 @@ class Classifier:
         self.model = apply_quantization(model.eval().to(device), quantize)
         self.class_names = list(class_names)
         self.meta = meta
-        self.transform = eval_transform(meta, VIT_DEFAULTS)
+        # the model's own resolution unless the export's metadata says otherwise (timm's 224 resized a 32-px
+        # model's inputs 7x: its positions were resampled and the probabilities came out different)
+        self.transform = eval_transform(meta, {**VIT_DEFAULTS, "image_size": model.config["image_size"]})
         self._autocast = autocast_for(self.precision, self.device)
         if (self.precision, quantize) != ("fp32", "none"):
             log.info("classifier: %s", describe(self.precision, quantize, self.device))
@@ -100,16 +103,18 @@ class Classifier:
         return cls(model, names, meta, device, precision, quantize)
 
     @torch.inference_mode()
-    def predict_images(self, images: Sequence[Image.Image | np.ndarray], top_k: int = 5, *,
-                       top_k_: int | None = None) -> list[tuple[list[str], list[float]]]:
-        """PIL images (any mode) or HxW(xC) uint8 arrays -> top-k (labels, probabilities) per image, in
-        float32 whatever the model's dtype (the input is cast to it). `top_k_`: the old name of `top_k`."""
+    def predict_images(self, images: Image.Image | np.ndarray | Iterable[Image.Image | np.ndarray], top_k: int = 5,
+                       *, top_k_: int | None = None) -> list[tuple[list[str], list[float]]]:
+        """PIL images (any mode) or HxW(xC) uint8 arrays (a lone one is one image; any iterable of them) ->
+        top-k (labels, probabilities) per image, in float32 whatever the model's dtype (the input is cast to
+        it). `top_k_`: the old name of `top_k`."""
         if top_k_ is not None:
             warnings.warn("predict_images(top_k_=...) is deprecated: use top_k", DeprecationWarning, stacklevel=3)
             top_k = top_k_
         if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k}")
-        if len(images) == 0:
+        images = list(as_items(images, (Image.Image, np.ndarray)))
+        if not images:
             return []
         dtype = next(self.model.parameters()).dtype  # fp32, or what the caller cast the model to
         batch = torch.stack([self.transform(to_rgb(im)) for im in images]).to(self.device, dtype)
@@ -120,24 +125,31 @@ class Classifier:
     def predict_paths(self, paths: str | os.PathLike | Iterable[str | os.PathLike], top_k: int = 5,
                       batch_size: int = 32) -> Iterator[Prediction]:
         """Files and/or folders (scanned recursively; a lone str or path is one) -> one Prediction per
-        image file, streamed in batches; unreadable files yield a Prediction with `error` set instead of
-        raising."""
-        batch: list[tuple[str, Image.Image]] = []
+        image file, in the order of the files, streamed in batches of `batch_size` files; unreadable files
+        yield a Prediction with `error` set instead of raising."""
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch: list[tuple[str, Image.Image | ImageLoadError]] = []
         for path in _expand(as_items(paths, (str, os.PathLike))):
             try:
                 batch.append((str(path), load_image(path)))
             except ImageLoadError as e:
-                yield Prediction(str(path), error=e.reason)
-                continue
+                batch.append((str(path), e))  # in its place: an unreadable file's row is not moved ahead
             if len(batch) == batch_size:
                 yield from self._flush(batch, top_k)
                 batch = []
         if batch:
             yield from self._flush(batch, top_k)
 
-    def _flush(self, batch: list[tuple[str, Image.Image]], k: int) -> Iterator[Prediction]:
-        for (path, _), (labels, probs) in zip(batch, self.predict_images([im for _, im in batch], k)):
-            yield Prediction(path, labels, probs)
+    def _flush(self, batch: list[tuple[str, Image.Image | ImageLoadError]], k: int) -> Iterator[Prediction]:
+        images = [im for _, im in batch if isinstance(im, Image.Image)]
+        scored = iter(self.predict_images(images, k))
+        for path, im in batch:
+            if isinstance(im, ImageLoadError):
+                yield Prediction(path, error=im.reason)
+            else:
+                labels, probs = next(scored)
+                yield Prediction(path, labels, probs)
 
     @torch.inference_mode()
     def attention_overlay(self, image: Image.Image | np.ndarray, alpha: float = 0.5,

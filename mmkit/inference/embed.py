@@ -111,5 +111,5 @@ class Embedder:
         mask = torch.arange(T)[None, :] < torch.tensor([len(ids[i]) for i in rows])[:, None]
         batch, mask = batch.to(self.device), mask.to(self.device)
         # A batch of equal lengths (common once sorted) needs no mask: SDPA's unmasked kernel.
-        hidden = self.encoder.model.encode(batch, None if bool(mask.all()) else mask)
+        hidden = self.encoder.evaluating().encode(batch, None if bool(mask.all()) else mask)
         out[rows] = mean_pool(hidden.float(), mask).cpu().numpy()

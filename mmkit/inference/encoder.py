@@ -30,6 +30,13 @@ class LoadedEncoder:
     tokenizer: EncoderTokenizer
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def evaluating(self) -> BERT:
+        """The model, in eval mode (dropout off) whatever the caller left it in: after `model.train()` (tuning
+        it in the same process) embeddings moved by up to 0.16 and the same text's class changed per call."""
+        if self.model.training:
+            self.model.eval()
+        return self.model
+
     @property
     def class_names(self) -> list[str]:
         n = self.model.classifier.out_features if self.model.classifier is not None else 0

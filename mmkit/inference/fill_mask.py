@@ -67,7 +67,7 @@ def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPre
         raise ValueError(f"no {tok.mask_token} in the text: mark the word to predict with {tok.mask_token}")
     ids = _encode_checked(encoder, text)
     positions = [i for i, t in enumerate(ids) if t == tok.mask_id]
-    model = encoder.model
+    model = encoder.evaluating()
     device = next(model.parameters()).device
     with torch.inference_mode():
         hidden = model.encode(torch.tensor([ids], device=device))[0, positions]  # (M, dim)
@@ -92,7 +92,7 @@ def attention_view(encoder: LoadedEncoder, text: str) -> tuple[list[str], torch.
         (tokens, maps) with maps (depth, num_heads, T, T): row i is where token i attends.
     """
     ids = _encode_checked(encoder, text)
-    model = encoder.model
+    model = encoder.evaluating()
     x = torch.tensor([ids], device=next(model.parameters()).device)
     with torch.inference_mode():
         _, maps = attention_maps(model, lambda: model.encode(x))

@@ -98,6 +98,8 @@ class Int8Linear(nn.Module):
     batch 1 6-7% slower, GPT-2 small at batch 16 10%.
     """
 
+    inference_only = True  # its weights are not parameters: `save_pretrained` refuses a model holding one
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -126,7 +128,9 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
+        """fp32 arithmetic; the result in `x`'s dtype (a model cast to bf16 or fp16 keeps its dtype: an fp32
+        result met a bf16 LayerNorm with "mixed dtype")."""
+        lead, dtype = x.shape[:-1], x.dtype
         x = x.reshape(-1, self.in_features).float()
         n, tiny = len(x), torch.finfo(torch.float32).tiny  # tiny: an all-zero row stays zero
         if n <= 64:  # a decoding step's few rows: the fewest calls
@@ -143,7 +147,7 @@ class Int8Linear(nn.Module):
             y = y.mul_(peak)
         else:
             y = torch.addcmul(self.bias, y, peak, out=y)
-        return y.reshape(*lead, self.out_features)
+        return y.reshape(*lead, self.out_features).to(dtype)
 
 
 def _has_fixed_grid_kernel(packed: torch.ScriptObject, in_features: int) -> bool:

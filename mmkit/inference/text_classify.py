@@ -77,7 +77,7 @@ class TextClassifierPredictor:
 
     def _predict_batches(self, ids: list[list[int]], batches: Sequence[list[int]],
                          on_batch: Callable[[int], None] | None) -> list[TextPrediction | None]:
-        model, pad = self.encoder.model, self.encoder.tokenizer.pad_id
+        model, pad = self.encoder.evaluating(), self.encoder.tokenizer.pad_id
         out: list[TextPrediction | None] = [None] * len(ids)
         device = next(model.parameters()).device
         for rows in batches:

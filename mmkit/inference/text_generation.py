@@ -163,28 +163,45 @@ class TextGenerator:
     def stream(self, prompt: str | PromptTokens, options: GenerationOptions | None = None,
                stop: str | Sequence[str] = ()) -> Iterator[str]:
         """`generate` as an iterator of text pieces (the decoding runs in a worker thread). The prompt is
-        tokenized (and a bad one refused) here, in the caller's thread, before the iterator is returned."""
+        tokenized (and a bad one refused) here, in the caller's thread, before the iterator is returned.
+        Closing the iterator early (`close()`, a `break`, a client gone) stops the decoding at its next piece:
+        it ran on to `max_new_tokens` for nobody."""
         options = options or GenerationOptions()
         prepared = PromptTokens(self._ids(prompt, options.max_new_tokens))  # the worker neither re-encodes nor warns
         return self._pieces(prepared, options, stop)
 
     def _pieces(self, prompt: PromptTokens, options: GenerationOptions, stop: str | Sequence[str]) -> Iterator[str]:
         pieces: queue.Queue = queue.Queue()
-        done = object()
+        done, closed = object(), threading.Event()
+
+        def put(piece: str) -> None:
+            if closed.is_set():
+                raise _Closed
+            pieces.put(piece)
 
         def work() -> None:
             try:
-                self.generate(prompt, options, stop, on_text=pieces.put)
+                self.generate(prompt, options, stop, on_text=put)
+            except _Closed:
+                pass
             except Exception as e:  # noqa: BLE001 - handed to the consuming thread, which re-raises it
                 pieces.put(e)
             finally:
                 pieces.put(done)
 
-        threading.Thread(target=work, daemon=True).start()
-        while (item := pieces.get()) is not done:
-            if isinstance(item, Exception):
-                raise item
-            yield item
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        try:
+            while (item := pieces.get()) is not done:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            closed.set()
+
+
+class _Closed(Exception):
+    """The consumer of `TextGenerator.stream` closed it: the worker's decoding stops."""
 
 
 @dataclass(frozen=True)

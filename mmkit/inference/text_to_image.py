@@ -26,7 +26,7 @@ from mmkit.data.dalle_text import WordTokenizer, words
 from mmkit.inference.inputs import as_items
 from mmkit.inference.seeds import image_seed
 from mmkit.inference.transcript import WindowSampling
-from mmkit.limits import MAX_SEED, finite32
+from mmkit.limits import FLOAT32_MAX, MAX_SEED, finite32
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
 from mmkit.models.dalle_bart import DalleBart
 from mmkit.models.vqgan import VQGAN
@@ -67,7 +67,7 @@ def check_options(model: DALLE | DalleBart, options: GenerationOptions, guidance
         raise ValueError(f"top_k {options.top_k} is larger than the codebook ({model.codebook_size} codes)")
     if not (finite32(guidance) and guidance >= 0):
         raise ValueError(f"guidance must be finite and >= 0, got {guidance}"
-                         + (" (above float32's largest, 3.4e38)" if math.isfinite(guidance) else ""))
+                         + (" (above float32's largest, 3.4e38)" if math.isfinite(guidance) and guidance > FLOAT32_MAX else ""))
 
 
 @torch.no_grad()
@@ -385,7 +385,8 @@ class TextToImage:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not (finite32(temperature) and temperature > 0):
             raise ValueError(f"temperature must be finite and > 0, got {temperature}"
-                             + (" (above float32's largest, 3.4e38)" if math.isfinite(temperature) else ""))
+                             + (" (above float32's largest, 3.4e38)" if math.isfinite(temperature) and temperature > FLOAT32_MAX
+                                else ""))
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**64 - 1], got {seed}")
         options = GenerationOptions(temperature=temperature, top_k=top_k, top_p=top_p)

@@ -156,8 +156,13 @@ class Transcriber:
             TypeError: not an array, or samples of another dtype.
             ValueError: a shape other than (N,) (stereo, a batch).
             AudioLoadError: NaN/inf samples, or ones far beyond full scale (the message names `name`).
+            The model's own failure (out of memory, a broken checkpoint) as it is: `transcribe_files` turns it
+            into a transcript's `error` so that a run goes on, a single call has nothing to go on to.
         """
-        return next(self._transcribe_arrays([(name, mono_waveform(audio, name))]))
+        if not isinstance(name, str):  # transcribe(wav, 44100), a sample rate as librosa and torchaudio take it
+            raise TypeError(f"name must be a string, got {name!r}: give 16 kHz audio (resample it first); the "
+                            "second argument is the transcript's name")
+        return next(self._transcribe_arrays([(name, mono_waveform(audio, name))], strict=True))
 
     def transcribe_files(self, paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[Transcript]:
         """Yield one `Transcript` per path, in input order (a lone path is one file, `as_items`); files that
@@ -170,8 +175,8 @@ class Transcriber:
 
     # --- batching --------------------------------------------------------------------------
 
-    def _transcribe_arrays(self, items: Iterable[tuple[str, np.ndarray | Iterator[np.ndarray] | Exception]]
-                           ) -> Iterator[Transcript]:
+    def _transcribe_arrays(self, items: Iterable[tuple[str, np.ndarray | Iterator[np.ndarray] | Exception]],
+                           strict: bool = False) -> Iterator[Transcript]:
         """Windows of consecutive files (a checked waveform, `mono_waveform`, or an iterator of blocks that
         may raise `AudioLoadError`) are queued and decoded `batch_size` at a time; each transcript is
         yielded, in input order, as soon as all of its windows are done."""
@@ -203,7 +208,7 @@ class Transcriber:
                     queue.append(w)
                     samples += len(w.audio)
                     while len(queue) >= self.batch_size:
-                        self._flush(queue, transcripts, windows, languages)
+                        self._flush(queue, transcripts, windows, languages, strict)
                     while next_out < i and finished(next_out):  # earlier files, while this one streams
                         yield pop(next_out)
                         next_out += 1
@@ -216,19 +221,23 @@ class Transcriber:
                 yield pop(next_out)
                 next_out += 1
         while queue:
-            self._flush(queue, transcripts, windows, languages)
+            self._flush(queue, transcripts, windows, languages, strict)
         while next_out in transcripts:
             yield pop(next_out)
             next_out += 1
 
     def _flush(self, queue: list[_Window], transcripts: dict[int, Transcript],
-               windows: dict[int, list[list[Segment] | None]], languages: dict[int, str | None]) -> None:
-        """Decode the first `batch_size` queued windows into `windows`; a failing batch fails its files."""
+               windows: dict[int, list[list[Segment] | None]], languages: dict[int, str | None],
+               strict: bool = False) -> None:
+        """Decode the first `batch_size` queued windows into `windows`; a failing batch fails its files, or
+        (`strict`: one waveform's call) raises."""
         batch = queue[: self.batch_size]
         del queue[: self.batch_size]
         try:
             results = self._decode_windows(batch, languages)
         except Exception as e:  # noqa: BLE001 - a failing batch fails its files, the run goes on
+            if strict:
+                raise
             log.debug("decoding failed", exc_info=True)
             for w in batch:
                 transcripts[w.file].error = f"decoding failed ({type(e).__name__}: {e})"

@@ -27,8 +27,8 @@ from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform, eval_transform
 from mmkit.inference.image_batches import ImageBatch, image_batches
 from mmkit.inference.inputs import as_items
 from mmkit.inference.precision import autocast_for, check_multi_gpu, resolve_precision
-from mmkit.inference.prompts import (BACKGROUND_WORDS, DEFAULT_TEMPLATES, Tokenizer, check_templates, clean_labels,
-                                     encode_prompts, expand_prompts, label_embeddings)
+from mmkit.inference.prompts import (BACKGROUND_WORDS, DEFAULT_TEMPLATES, Tokenizer, check_names, check_templates,
+                                     clean_labels, encode_prompts, expand_prompts, label_embeddings)
 from mmkit.inference.quantize import apply_quantization
 from mmkit.models.clip import CLIP
 
@@ -45,7 +45,9 @@ def default_image_metadata(model: CLIP) -> dict[str, Any]:
 
 def zero_shot_classifier(model: CLIP, tokenizer: Tokenizer, labels: Sequence[str],
                          templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
-    """(C, D) unit-norm class embeddings, one row per label, averaged over the templates."""
+    """(C, D) unit-norm class embeddings, one row per label, averaged over the templates; `labels` a list, not
+    one string (whose letters would be the labels)."""
+    check_names(labels, "labels")
     templates = check_templates(templates)
     return label_embeddings(model, tokenizer, [expand_prompts([label], templates) for label in labels])
 
@@ -64,6 +66,8 @@ def zero_shot_logits(model: CLIP, images: Tensor, classifier: Tensor) -> Tensor:
 
 
 def _ranked(labels: Sequence[str], probs: Tensor) -> list[Scores]:
+    if not torch.isfinite(probs).all():  # NaN sorts anywhere: never a label with a NaN probability
+        raise NonFiniteScores("non-finite scores (NaN or infinity): the model's weights or the input are broken")
     order = probs.argsort(dim=-1, descending=True)
     return [[(labels[j], float(row[j])) for j in idx] for row, idx in zip(probs.tolist(), order.tolist())]
 
@@ -238,14 +242,16 @@ class ZeroShotClassifier:
         return torch.sigmoid(self.model.logit_scale.exp().float() * (cos - (features @ self.background)[:, None]))
 
     @torch.inference_mode()
-    def predict_images(self, images: Sequence[Image.Image | np.ndarray], labels: Sequence[str] | None = None,
+    def predict_images(self, images: Image.Image | np.ndarray | Iterable[Image.Image | np.ndarray],
+                       labels: Sequence[str] | None = None,
                        templates: str | Sequence[str] | None = None) -> list[Scores]:
-        """PIL images (any mode) or HxW(xC) uint8 arrays -> ranked (label, probability) per image ([] for
-        none); labels (a list, not one string) and templates default to the checkpoint's. Leaves
+        """PIL images (any mode) or HxW(xC) uint8 arrays (a lone one is one image; any iterable of them) ->
+        ranked (label, probability) per image ([] for none); labels (a list, not one string) and templates default to the checkpoint's. Leaves
         `set_labels`' state alone (a demo serves it concurrently)."""
         labels = clean_labels(labels if labels is not None else self.labels)
         templates = check_templates(templates if templates is not None else self.templates)
-        if len(images) == 0:
+        images = list(as_items(images, (Image.Image, np.ndarray)))
+        if not images:
             return []
         embeddings = label_embeddings(self.model, self.tokenizer, [expand_prompts([label], templates)
                                                                    for label in labels], self._autocast)

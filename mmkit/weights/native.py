@@ -307,9 +307,14 @@ class PretrainedMixin:
         return cls.architecture or cls.__name__
 
     def save_pretrained(self, directory: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+        assert isinstance(self, nn.Module)
+        if any(getattr(m, "inference_only", False) for m in self.modules()):
+            # int8 layers keep their weights outside the state dict: the export would lack them, and would
+            # replace a good one in `directory` with a checkpoint that cannot be loaded
+            raise ValueError(f"{type(self).__name__} holds int8 layers (made with quantize='int8', for inference "
+                             "only): save the fp32 model they were made from")
         directory = Path(directory).expanduser()
         directory.mkdir(parents=True, exist_ok=True)
-        assert isinstance(self, nn.Module)
         # each file whole or not at all: the config is serialised first (metadata that JSON cannot hold fails
         # before anything changes), safetensors writes a temp file and renames it, and so does the config here
         doc = {"format_version": FORMAT_VERSION, "architecture": self.architecture_name(),
