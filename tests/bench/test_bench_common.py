@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from mmkit.cli.bench import StepFailed
+from mmkit.cli.bench import main as bench_main
 from mmkit.cli.bench.common import add_run_options, add_sizes_option, interleaved, torch_threads, write_json
 
 
@@ -147,3 +149,25 @@ def test_an_unknown_or_missing_benchmark_name_says_so(argv, problem, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("usage: mmkit bench {vit,") and err[1].startswith(f"mmkit bench: error: {problem}")
+
+
+@pytest.mark.parametrize("raised, code, line", [
+    (lambda: StepFailed(["python", "-m", "mmkit", "transcribe", "x.wav"], 2, "INFO loading\nmmkit transcribe: error: "
+                        "no config.json in m/\n"), 2,
+     "mmkit bench transcribe: error: python -m mmkit transcribe ... failed (2): mmkit transcribe: error: no "
+     "config.json in m/"),
+    (lambda: StepFailed(["python", "-c", "x"], -9, ""), 1, "mmkit bench transcribe: error: python -c x ... failed (-9): "
+     "no message"),
+    (lambda: KeyboardInterrupt(), 130, "mmkit bench transcribe: interrupted"),
+])
+def test_a_failed_step_or_an_interruption_is_one_line(monkeypatch, capsys, raised, code, line):
+    """A process the bench ran failing (a bad --model) was a RuntimeError traceback with its stderr's last 3,000
+    characters; Ctrl-C a KeyboardInterrupt traceback."""
+    import mmkit.cli.bench.transcribe as bench_transcribe
+
+    def fails(argv):
+        raise raised()
+
+    monkeypatch.setattr(bench_transcribe, "main", fails)
+    assert bench_main(["transcribe"]) == code
+    assert capsys.readouterr().err.splitlines() == [line]

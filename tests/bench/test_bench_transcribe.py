@@ -4,6 +4,7 @@ line where this machine lacks it (or a path cannot run there) and reaches every 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,10 @@ def test_word_error_rate_ignores_case_and_punctuation():
 
 
 @pytest.mark.slow
-def test_bench_runs_both_processes_on_the_same_tokens(tmp_path):
+def test_bench_runs_both_processes_on_the_same_tokens(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the bench makes its work folder
     model = write_toy_checkpoint(tmp_path / "model", d_model=64, encoder_layers=1, decoder_layers=1, heads=2,
                                  n_text_tokens=300)
     files = write_audio_files(tmp_path / "audio", 3, min_seconds=1.0, max_seconds=3.0)
@@ -37,6 +41,7 @@ def test_bench_runs_both_processes_on_the_same_tokens(tmp_path):
     assert all(len(v) == 1 and v[0] > 0 for v in result["seconds"].values())
     report = format_report(result, "tiny")
     assert report.splitlines()[0] == "tiny" and "yes (3/3)" in report and "repetition guard" in report
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("mmkit")] == []  # were left in /tmp
 
 
 @pytest.mark.slow
@@ -108,7 +113,10 @@ def test_cuda_without_a_gpu_is_refused_in_one_line_before_any_work(monkeypatch, 
 
 
 def test_paths_a_device_cannot_run_are_refused_in_one_line(monkeypatch, capsys):
+    import importlib.util
+
     transcribe = _no_heavy_work(monkeypatch)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # as if faster-whisper were there
     # CTranslate2 has no float16 kernels on a CPU (it would fail only after the other processes ran)
     assert transcribe.main(["--faster-whisper", "float16"]) == 2
     err = capsys.readouterr().err
@@ -172,6 +180,19 @@ def test_fw_compute_types_per_device(monkeypatch):
         fw_compute_types(["int8", "int8_float16"], "cpu")
     with pytest.raises(ValueError, match="mps"):
         fw_compute_types(["float32"], "mps")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # not installed
+    assert fw_compute_types(None, "cpu") == []  # its rows left out
+    with pytest.raises(ValueError, match="--faster-whisper needs faster-whisper, which is not installed"):
+        fw_compute_types(["int8"], "cpu")  # was found after the other processes had run: a traceback
+
+
+def test_files_of_one_name_are_compared_with_their_own_transcripts(tmp_path):
+    """x/a.wav and y/a.wav: `mmkit transcribe` writes a.json and a-2.json; both were read from a.json."""
+    from mmkit.cli.bench.transcribe import _mmkit_tokens
+
+    for stem, token in (("a", 1), ("a-2", 2)):
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"segments": [{"tokens": [token]}]}))
+    assert _mmkit_tokens(tmp_path, [Path("x/a.wav"), Path("y/a.wav")]) == {"x/a.wav": [1], "y/a.wav": [2]}
 
 
 def test_every_process_gets_the_device(tmp_path, monkeypatch):

@@ -15,8 +15,19 @@ BENCHMARKS = {"vit": "mmkit.cli.bench.vit", "transcribe": "mmkit.cli.bench.trans
               "embed": "mmkit.cli.bench.embed"}
 
 
+class StepFailed(RuntimeError):
+    """A process a benchmark runs (`mmkit transcribe`, a reference's script) failed: its exit code and the last
+    line of its stderr (its own one-line reason), shown as the benchmark's error."""
+
+    def __init__(self, cmd: list[str], code: int, stderr: str) -> None:
+        last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "no message")
+        super().__init__(f"{' '.join(cmd[:4])} ... failed ({code}): {last.strip()}")
+        self.code = code
+
+
 def main(argv: list[str]) -> int:
-    """`mmkit bench NAME [options]`; `mmkit bench --help` lists the names (exit 0)."""
+    """`mmkit bench NAME [options]`; `mmkit bench --help` lists the names (exit 0). A step that failed is one
+    line (exit 2 where the step said the input was wrong, else 1); Ctrl-C or SIGTERM one line and 130."""
     usage = f"usage: mmkit bench {{{','.join(BENCHMARKS)}}} [options]   (mmkit bench NAME --help)"
     if argv and argv[0] in ("-h", "--help"):
         print(f"{usage}\n\n{__doc__.strip()}")
@@ -26,4 +37,14 @@ def main(argv: list[str]) -> int:
         problem = f"unknown benchmark {argv[0]!r}" if argv else "name a benchmark"
         print(f"mmkit bench: error: {problem} (choose from {', '.join(BENCHMARKS)})", file=sys.stderr)
         return 2
-    return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0
+    from mmkit.inference.ranks import sigterm_interrupts
+
+    try:
+        with sigterm_interrupts():
+            return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0
+    except StepFailed as e:
+        print(f"mmkit bench {argv[0]}: error: {e}", file=sys.stderr)
+        return 2 if e.code == 2 else 1
+    except KeyboardInterrupt:  # a --json is written whole or not at all (write_json)
+        print(f"mmkit bench {argv[0]}: interrupted", file=sys.stderr)
+        return 130

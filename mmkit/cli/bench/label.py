@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from mmkit.cli.bench import StepFailed
 from mmkit.cli.bench.label_report import OPEN_CLIP, agreements, print_report, report
 from mmkit.cli.options import Parser, at_least
 
@@ -136,7 +137,8 @@ def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        log.debug("%s", done.stderr[-3000:])
+        raise StepFailed(cmd, done.returncode, done.stderr)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return elapsed, cpu, done.stderr
 

@@ -77,7 +77,10 @@ def fw_compute_types(asked: Sequence[str] | None, device: str) -> list[str]:
     device's defaults when None (none where faster-whisper is not installed). A ValueError for a type the
     device cannot run (CTranslate2 would stop there only after the other processes had run) and for a device
     other than cpu and cuda (CTranslate2 has no MPS backend)."""
-    if asked is None and not importlib.util.find_spec("faster_whisper"):
+    if not importlib.util.find_spec("faster_whisper"):
+        if asked:  # else found after the other processes had run, as a traceback
+            raise ValueError("--faster-whisper needs faster-whisper, which is not installed (pip install "
+                             "faster-whisper)")
         log.info("faster-whisper is not installed (pip install faster-whisper): its rows are left out")
         return []
     kind = device.split(":")[0]

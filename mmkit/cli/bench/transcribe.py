@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from mmkit.cli.bench import StepFailed
 from mmkit.cli.bench.common import add_precision_option, bench_precisions, bench_quantize, output_file, write_json
 # the toy checkpoint and audio writers live in speech_inputs.py; re-exported here for the tests and users
 from mmkit.cli.bench.speech_inputs import (  # noqa: F401
@@ -54,14 +56,17 @@ def _run(cmd: list[str], env: dict[str, str]) -> float:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        log.debug("%s", proc.stderr[-3000:])
+        raise StepFailed(cmd, proc.returncode, proc.stderr)
     return seconds
 
 
 def _mmkit_tokens(out_dir: Path, files: Sequence[Path]) -> dict[str, list[int]]:
+    from mmkit.inference.subtitles import output_stems
+
     tokens = {}
-    for f in files:
-        doc = json.loads((out_dir / f"{f.stem}.json").read_text())
+    for f, stem in zip(files, output_stems(files)):  # as `mmkit transcribe` names them: x/a.wav, y/a.wav -> a, a-2
+        doc = json.loads((out_dir / f"{stem}.json").read_text())
         tokens[str(f)] = [t for s in doc["segments"] for t in s["tokens"]]
     return tokens
 
@@ -135,83 +140,87 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     prompt = tok.sot_sequence(language if tok.is_multilingual else None, "transcribe", without_timestamps=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     work = Path(tempfile.mkdtemp(prefix="mmkit-bench-transcribe-"))
-    threads_args = ["--threads", str(threads)] if threads else []
+    try:
+        threads_args = ["--threads", str(threads)] if threads else []
 
-    greedy_args = ["--temperature", "0", *([] if repetition_guard else ["--no-repetition-guard"]),
-                   "--no-speech-threshold", "none"] if decoding == "greedy" else []
+        greedy_args = ["--temperature", "0", *([] if repetition_guard else ["--no-repetition-guard"]),
+                       "--no-speech-threshold", "none"] if decoding == "greedy" else []
 
-    def mmkit_cmd(entry: list[str], out: str) -> list[str]:
-        return [*entry, *map(str, files), "--model", str(model_dir), "--language", language, "--without-timestamps",
-                *greedy_args, "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size),
-                "--output-format", "json", "--output-dir", str(work / out), "--quiet", "--device", device,
-                *threads_args]
+        def mmkit_cmd(entry: list[str], out: str) -> list[str]:
+            return [*entry, *map(str, files), "--model", str(model_dir), "--language", language, "--without-timestamps",
+                    *greedy_args, "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size),
+                    "--output-format", "json", "--output-dir", str(work / out), "--quiet", "--device", device,
+                    *threads_args]
 
-    def hf_cmd(b: int) -> list[str]:
-        args = dict(model=str(model_dir), files=list(map(str, files)), batch_size=b, language=language,
-                    max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"hf_b{b}.json"), device=device)
-        return [sys.executable, "-c", HF_SCRIPT, json.dumps(args)]
+        def hf_cmd(b: int) -> list[str]:
+            args = dict(model=str(model_dir), files=list(map(str, files)), batch_size=b, language=language,
+                        max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"hf_b{b}.json"), device=device)
+            return [sys.executable, "-c", HF_SCRIPT, json.dumps(args)]
 
-    # a CTranslate2 folder (model.bin) is faster-whisper's own format: read as is, nothing converted
-    ct2_dir = model_dir if (model_dir / "model.bin").is_file() else work / "ct2"
+        # a CTranslate2 folder (model.bin) is faster-whisper's own format: read as is, nothing converted
+        ct2_dir = model_dir if (model_dir / "model.bin").is_file() else work / "ct2"
 
-    def fw_cmd(compute_type: str) -> list[str]:
-        args = dict(model=str(ct2_dir), files=list(map(str, files)), compute_type=compute_type, language=language,
-                    max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"fw_{compute_type}.json"),
-                    decoding=decoding, device=device.split(":")[0], device_index=int(device.partition(":")[2] or 0))
-        return [sys.executable, "-c", FW_SCRIPT, json.dumps(args)]
+        def fw_cmd(compute_type: str) -> list[str]:
+            args = dict(model=str(ct2_dir), files=list(map(str, files)), compute_type=compute_type, language=language,
+                        max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"fw_{compute_type}.json"),
+                        decoding=decoding, device=device.split(":")[0], device_index=int(device.partition(":")[2] or 0))
+            return [sys.executable, "-c", FW_SCRIPT, json.dumps(args)]
 
-    if faster_whisper and ct2_dir != model_dir:  # float32; faster-whisper quantizes it on load per compute type
-        import ctranslate2.converters
+        if faster_whisper and ct2_dir != model_dir:  # float32; faster-whisper quantizes it on load per compute type
+            import ctranslate2.converters
 
-        # faster-whisper reads the tokenizer beside model.bin (without it, it asks the Hub)
-        extra = [n for n in ("tokenizer.json", "preprocessor_config.json") if (model_dir / n).is_file()]
-        ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=extra).convert(str(work / "ct2"),
-                                                                                                force=True)
-    entry = [sys.executable, "-m", "mmkit.cli", "transcribe"]
-    mmkit_runs = dict(paths)
-    for c in audio_contexts:
-        mmkit_runs.update({f"{name}_ctx{c:g}s": [*args, "--audio-context", str(c)] for name, args in paths.items()})
-    impls = {**{name: mmkit_cmd(entry, name) + extra for name, extra in mmkit_runs.items()},
-             **{f"transformers_b{b}": hf_cmd(b) for b in hf_batch_sizes},
-             **{f"faster_whisper_{c}": fw_cmd(c) for c in faster_whisper}}
-    seconds: dict[str, list[float]] = {name: [] for name in impls}
-    for r in range(rounds):
-        order = list(impls) if r % 2 == 0 else list(reversed(impls))
-        for name in order:
-            log.info("round %d: %s", r + 1, name)
-            seconds[name].append(_run(impls[name], env))
-    import_seconds = {name: _run([sys.executable, "-c", code], env) for name, code in IMPORT_ONLY.items()}
-    ours = _mmkit_tokens(work / "mmkit", files)  # fp32: what every other process is compared with
-    result: dict[str, Any] = dict(
-        model=str(model_dir), device=device, files=len(files), audio_seconds=None, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, threads=threads, rounds=rounds, decoding=decoding, precisions=list(precisions),
-        repetition_guard=repetition_guard or decoding == "default", seconds=seconds,
-        import_seconds=import_seconds,
-        tokens_generated=sum(len(t) for t in ours.values()), ratio={}, tokens_identical={}, files_identical={})
-    references = {f"transformers_b{b}": hf_tokens(work / f"hf_b{b}.json", prompt, tok.eot) for b in hf_batch_sizes}
-    references.update({name: _mmkit_tokens(work / name, files) for name in mmkit_runs if name != "mmkit"})
-    references.update({f"faster_whisper_{c}": json.loads((work / f"fw_{c}.json").read_text()) for c in faster_whisper})
-    fastest = min(mmkit_runs, key=lambda name: statistics.median(seconds[name]))
-    result["fastest_mmkit"] = fastest
-    for name, ref in references.items():
-        same = [ours[str(f)] == ref.get(str(f)) for f in files]
-        result["tokens_identical"][name] = all(same)
-        result["files_identical"][name] = sum(same)
-        if not name.startswith("mmkit"):
-            result["ratio"][name] = statistics.median(seconds[name]) / statistics.median(seconds[fastest])
-    if transcripts is not None:  # each process's tokens as text against the reference transcripts
-        wanted = [transcripts[str(f)] for f in files]
-        result["wer"] = wer = {name: word_error_rate([tok.decode(tokens.get(str(f), [])) for f in files], wanted)
-                               for name, tokens in {"mmkit": ours, **references}.items()}
-        # per reference: mmkit's fastest path at equal or lower WER, and the ratio there
-        result["ratio_equal_wer"] = {}
-        for name in result["ratio"]:
-            ok = [m for m in mmkit_runs if wer[m] <= wer[name] + 1e-9]
-            if ok:
-                best = min(ok, key=lambda m: statistics.median(seconds[m]))
-                result["ratio_equal_wer"][name] = (best, statistics.median(seconds[name]) /
-                                                   statistics.median(seconds[best]))
-    return result
+            # faster-whisper reads the tokenizer beside model.bin (without it, it asks the Hub)
+            extra = [n for n in ("tokenizer.json", "preprocessor_config.json") if (model_dir / n).is_file()]
+            ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=extra).convert(str(work / "ct2"),
+                                                                                                    force=True)
+        entry = [sys.executable, "-m", "mmkit.cli", "transcribe"]
+        mmkit_runs = dict(paths)
+        for c in audio_contexts:
+            mmkit_runs.update({f"{name}_ctx{c:g}s": [*args, "--audio-context", str(c)] for name, args in paths.items()})
+        impls = {**{name: mmkit_cmd(entry, name) + extra for name, extra in mmkit_runs.items()},
+                 **{f"transformers_b{b}": hf_cmd(b) for b in hf_batch_sizes},
+                 **{f"faster_whisper_{c}": fw_cmd(c) for c in faster_whisper}}
+        seconds: dict[str, list[float]] = {name: [] for name in impls}
+        for r in range(rounds):
+            order = list(impls) if r % 2 == 0 else list(reversed(impls))
+            for name in order:
+                log.info("round %d: %s", r + 1, name)
+                seconds[name].append(_run(impls[name], env))
+        import_seconds = {name: _run([sys.executable, "-c", code], env) for name, code in IMPORT_ONLY.items()}
+        ours = _mmkit_tokens(work / "mmkit", files)  # fp32: what every other process is compared with
+        result: dict[str, Any] = dict(
+            model=str(model_dir), device=device, files=len(files), audio_seconds=None, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, threads=threads, rounds=rounds, decoding=decoding, precisions=list(precisions),
+            repetition_guard=repetition_guard or decoding == "default", seconds=seconds,
+            import_seconds=import_seconds,
+            tokens_generated=sum(len(t) for t in ours.values()), ratio={}, tokens_identical={}, files_identical={})
+        references = {f"transformers_b{b}": hf_tokens(work / f"hf_b{b}.json", prompt, tok.eot) for b in hf_batch_sizes}
+        references.update({name: _mmkit_tokens(work / name, files) for name in mmkit_runs if name != "mmkit"})
+        references.update({f"faster_whisper_{c}": json.loads((work / f"fw_{c}.json").read_text())
+                           for c in faster_whisper})
+        fastest = min(mmkit_runs, key=lambda name: statistics.median(seconds[name]))
+        result["fastest_mmkit"] = fastest
+        for name, ref in references.items():
+            same = [ours[str(f)] == ref.get(str(f)) for f in files]
+            result["tokens_identical"][name] = all(same)
+            result["files_identical"][name] = sum(same)
+            if not name.startswith("mmkit"):
+                result["ratio"][name] = statistics.median(seconds[name]) / statistics.median(seconds[fastest])
+        if transcripts is not None:  # each process's tokens as text against the reference transcripts
+            wanted = [transcripts[str(f)] for f in files]
+            result["wer"] = wer = {name: word_error_rate([tok.decode(tokens.get(str(f), [])) for f in files], wanted)
+                                   for name, tokens in {"mmkit": ours, **references}.items()}
+            # per reference: mmkit's fastest path at equal or lower WER, and the ratio there
+            result["ratio_equal_wer"] = {}
+            for name in result["ratio"]:
+                ok = [m for m in mmkit_runs if wer[m] <= wer[name] + 1e-9]
+                if ok:
+                    best = min(ok, key=lambda m: statistics.median(seconds[m]))
+                    result["ratio_equal_wer"][name] = (best, statistics.median(seconds[name]) /
+                                                       statistics.median(seconds[best]))
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the processes' outputs and the CTranslate2 conversion
 
 
 def format_report(result: dict[str, Any], label: str) -> str:
@@ -324,32 +333,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"mmkit bench transcribe: error: {problem}\n")
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="mmkit-bench-transcribe-data-"))
-    if args.model:
-        model_dir, label = Path(args.model).expanduser(), f"model: {args.model}"
-    else:
-        log.info("writing a random-init whisper-tiny-sized checkpoint to %s", tmp / "model")
-        model_dir = write_toy_checkpoint(tmp / "model", **TINY)
-        label = ("model: RANDOM-INIT whisper-tiny-sized toy checkpoint (d_model 384, 4+4 layers, vocab 51865, "
-                 "self-made tokenizer): real timings, meaningless transcripts")
-        problem = _model_error(model_dir, args.language)  # --language against the toy's languages
-        if problem:
-            sys.stderr.write(f"mmkit bench transcribe: error: {problem}\n")
-            return 2
-    files = [Path(f) for f in args.audio] if args.audio else write_audio_files(tmp / "audio", args.num_files)
-    hf_batch_sizes = args.hf_batch_sizes or [args.batch_size]
-    if (model_dir / "model.bin").is_file():  # a CTranslate2 folder: transformers cannot read it (_input_error)
-        log.info("%s is a CTranslate2 folder: mmkit and faster-whisper read it, the transformers rows are left out",
-                 model_dir)
-        hf_batch_sizes = []
-    result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
-                                  hf_batch_sizes, args.threads, args.rounds, args.language,
-                                  quantize, fw, transcripts, args.audio_context, args.decoding,
-                                  args.repetition_guard, precisions, args.device)
-    sys.stdout.write(format_report(result, label))
-    write_json(args.json, result)
-    if not all(v for k, v in result["tokens_identical"].items() if k.startswith("transformers")):
-        log.warning("the processes decoded different tokens: the timings may not compare equal work")
-    return 0
+    try:
+        if args.model:
+            model_dir, label = Path(args.model).expanduser(), f"model: {args.model}"
+        else:
+            log.info("writing a random-init whisper-tiny-sized checkpoint to %s", tmp / "model")
+            model_dir = write_toy_checkpoint(tmp / "model", **TINY)
+            label = ("model: RANDOM-INIT whisper-tiny-sized toy checkpoint (d_model 384, 4+4 layers, vocab 51865, "
+                     "self-made tokenizer): real timings, meaningless transcripts")
+            problem = _model_error(model_dir, args.language)  # --language against the toy's languages
+            if problem:
+                sys.stderr.write(f"mmkit bench transcribe: error: {problem}\n")
+                return 2
+        files = [Path(f) for f in args.audio] if args.audio else write_audio_files(tmp / "audio", args.num_files)
+        hf_batch_sizes = args.hf_batch_sizes or [args.batch_size]
+        if (model_dir / "model.bin").is_file():  # a CTranslate2 folder: transformers cannot read it (_input_error)
+            log.info("%s is a CTranslate2 folder: mmkit and faster-whisper read it, the transformers rows are left out",
+                     model_dir)
+            hf_batch_sizes = []
+        result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
+                                      hf_batch_sizes, args.threads, args.rounds, args.language,
+                                      quantize, fw, transcripts, args.audio_context, args.decoding,
+                                      args.repetition_guard, precisions, args.device)
+        sys.stdout.write(format_report(result, label))
+        write_json(args.json, result)
+        if not all(v for k, v in result["tokens_identical"].items() if k.startswith("transformers")):
+            log.warning("the processes decoded different tokens: the timings may not compare equal work")
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the toy model and audio: 148 MB a run, left in /tmp before
 
 
 if __name__ == "__main__":
