@@ -105,7 +105,7 @@ def test_a_device_this_machine_lacks_is_one_line(device, capsys):
         pytest.skip("this machine has CUDA")
     assert main(["--models", "vit_tiny_patch16_224", "--device", device]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mmkit bench vit: --device") and err.count("\n") == 1
+    assert err.startswith("mmkit bench vit: error: --device") and err.count("\n") == 1
 
 
 def test_compiled_and_checkpointed_rows_time_the_same_function():

@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            bf16))
             print(format_report(results[-1]), flush=True)
     except (ValueError, OSError) as e:
-        print(f"mmkit bench embed: {e}", file=sys.stderr)
+        print(f"mmkit bench embed: error: {e}", file=sys.stderr)
         return 2
     write_json(args.json, results)
     return 0

@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_run_options(p)
     args = p.parse_args(argv)
     if args.dim % args.num_heads or args.bart_dim < 64 or args.bart_dim % 64:  # counts are checked by argparse
-        print("mmkit bench generate: --dim must be divisible by --num-heads and --bart-dim a multiple of 64",
+        print("mmkit bench generate: error: --dim must be divisible by --num-heads and --bart-dim a multiple of 64",
               file=sys.stderr)
         return 2
     result = run_generate_bench(args.grid, args.text_len, args.dim, args.depth, args.num_heads, args.codebook_size,

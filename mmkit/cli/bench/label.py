@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     problem = _usage_error(args)
     if problem:
-        print(f"mmkit bench label: {problem}", file=sys.stderr)
+        print(f"mmkit bench label: error: {problem}", file=sys.stderr)
         return 2
     if args.workdir:
         work = Path(args.workdir).expanduser()

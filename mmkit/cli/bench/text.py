@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "bf16" in bench_precisions(args.precision)))
             print(format_report(results[-1]), flush=True)
     except (ValueError, OSError) as e:
-        print(f"mmkit bench text: {e}", file=sys.stderr)
+        print(f"mmkit bench text: error: {e}", file=sys.stderr)
         return 2
     write_json(args.json, results)
     return 0

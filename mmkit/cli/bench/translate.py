@@ -127,11 +127,11 @@ def run_held_out(export: str, n: int = 1000, beams: Sequence[int] = (1, 4), max_
     from mmkit.data.number_phrases import make_pairs
     from mmkit.inference.translator import TranslationOptions, load_translator
 
-    pairs = make_pairs("test", n)
-    sources, refs = [en for en, _ in pairs], [de for _, de in pairs]
     rows = []
     with torch_threads(threads), torch.inference_mode():
-        translators = {q: load_translator(export, quantize=q) for q in ("none", "int8")}
+        translators = {q: load_translator(export, quantize=q) for q in ("none", "int8")}  # a bad export: at once
+        pairs = make_pairs("test", n)
+        sources, refs = [en for en, _ in pairs], [de for _, de in pairs]
         for beam in beams:
             options = TranslationOptions(beam_size=beam, max_new_tokens=max_new_tokens, batch_size=batch_size)
             out = {}
@@ -183,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--layers", type=at_least(1), default=6, help="encoder and decoder layers each (6)")
     p.add_argument("--heads", type=at_least(1), default=8)
     p.add_argument("--ffn", type=at_least(1), default=2048)
-    p.add_argument("--vocab-size", type=at_least(1), default=58101)
+    p.add_argument("--vocab-size", type=at_least(3), default=58101, help="tokens (58101; at least 3: the pad and "
+                   "end-of-sentence tokens and one word)")
     p.add_argument("--batch-sizes", type=at_least(1), nargs="+", default=[1, 16])
     # at most `mmkit translate --beam-size`'s 32: each beam is another decoder row with its own KV cache
     p.add_argument("--beams", type=beam_size(), nargs="+", default=[1, 4], help="beam widths (1 = greedy)")
@@ -193,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_precision_option(p)
     p.add_argument("--held-out", metavar="EXPORT",
                    help="instead: BLEU/exact match of this translate_numbers export, fp32 vs int8, greedy and beam")
-    p.add_argument("--sentences", type=at_least(1), default=1000, help="held-out phrases to score (1000, the recipe's)")
+    p.add_argument("--sentences", type=at_least(1, 100_000), default=1000,
+                   help="held-out phrases to score (1000, the recipe's; at most 100,000)")
     add_run_options(p)
     args = p.parse_args(argv)
     try:
@@ -207,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "bf16" in bench_precisions(args.precision))
             report = format_report(result)
     except (ValueError, OSError) as e:  # TranslatorError and WeightsError are ValueErrors
-        print(f"mmkit bench translate: {e}", file=sys.stderr)
+        print(f"mmkit bench translate: error: {e}", file=sys.stderr)
         return 2
     print(report)
     write_json(args.json, result)

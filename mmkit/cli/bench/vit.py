@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          precision=precision, device=args.device, peak_tflops=args.peak_tflops,
                                          compile_backend=args.compile, grad_checkpointing=args.grad_checkpointing)]
     except ValueError as e:
-        print(f"mmkit bench vit: {e}", file=sys.stderr)
+        print(f"mmkit bench vit: error: {e}", file=sys.stderr)
         return 2
     sys.stdout.write(_render(rows))
     write_json(args.json, rows)
