@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
-from mmkit.inference.inputs import as_items
+from mmkit.inference.inputs import text_items
 from mmkit.inference.quantize import prepare_arithmetic
 
 # A batch of sorted texts ends before a text more than this fraction longer than its shortest, so
@@ -55,7 +55,7 @@ class Embedder:
     def tokenize(self, texts: str | Sequence[str], ids: list[list[int]] | None = None) -> tuple[list[list[int]], int]:
         """Token ids of each text cut to the model's context, and how many texts were cut (a lone str is one
         text, `as_items`; `ids`: the texts' token ids where the caller has them, `mark_unknown_rows`')."""
-        return encode_to_context(self.encoder.tokenizer, as_items(texts), self.encoder.model.max_len, ids)
+        return encode_to_context(self.encoder.tokenizer, text_items(texts), self.encoder.model.max_len, ids)
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices of the texts in batches: sorted by length, at most `batch_size` each, and a batch

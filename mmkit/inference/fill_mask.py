@@ -4,6 +4,7 @@ Transformer Model", 2019), both over `mmkit.inference.encoder.LoadedEncoder`.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from mmkit.core import attention_maps
 from mmkit.inference.encoder import LoadedEncoder
+from mmkit.inference.inputs import text_items
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,11 @@ def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPre
             it could drop the mask, so nothing is truncated here).
     """
     tok = encoder.tokenizer
-    if top_k < 1:
-        raise ValueError(f"top-k must be >= 1, got {top_k}")
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top-k must be an integer >= 1, got {top_k!r}")
+    if not isinstance(text, str):  # a list of texts: one call fills one
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    text = text_items(text, "text")[0]
     if not text.strip():
         raise ValueError("the text is empty")
     text = with_mask_token(tok, text)

@@ -19,6 +19,22 @@ def as_items(value: T | Iterable[T], single: type | tuple[type, ...] = str) -> I
     return [value] if isinstance(value, single) else value  # type: ignore[list-item]
 
 
+def text_items(texts: str | Iterable[str], what: str = "texts") -> list[str]:
+    """`texts` as a list (a lone str is one text, `as_items`), each item checked to be text a tokenizer takes:
+    a str (None or a number failed deep in the tokenizer with "TextEncodeInput must be ..." or an
+    AttributeError) without lone surrogates (what undecodable bytes become in Python; the tokenizer raised a
+    TypeError). TypeError / ValueError of one line naming the item."""
+    items = list(as_items(texts))
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"{what}[{i}] must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{what}[{i}] is not valid text: a lone surrogate at character {e.start}") from None
+    return items
+
+
 def check_types(options: Any, ints: Sequence[str] = (), reals: Sequence[str] = ()) -> None:
     """Refuse a dataclass `options` whose fields `ints` are not integers (a bool is not a count, nor is 2.0)
     or whose fields `reals` are not real numbers, in one line naming the field; None passes where the field's

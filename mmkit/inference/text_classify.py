@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
-from mmkit.inference.inputs import as_items
+from mmkit.inference.inputs import text_items
 from mmkit.inference.quantize import prepare_arithmetic
 
 # the classification head stays fp32 under --quantize int8: a few small layers, and they decide the label
@@ -61,7 +61,7 @@ class TextClassifierPredictor:
         as in `predict`. Ranks sharing a run (`mmkit classify-text` under torchrun) each make the whole plan
         and run some of its batches: one process's batches, so its predictions (as `Embedder.plan`). `ids`:
         the texts' token ids where the caller has them (`mark_unknown_rows`)."""
-        ids, cut = encode_to_context(self.encoder.tokenizer, as_items(texts), self.encoder.model.max_len, ids)
+        ids, cut = encode_to_context(self.encoder.tokenizer, text_items(texts), self.encoder.model.max_len, ids)
         report_truncated(cut, self.encoder.model.max_len, on_truncated)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         return ids, [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]

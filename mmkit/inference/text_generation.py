@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
-from mmkit.inference.inputs import as_items
+from mmkit.inference.inputs import as_items, text_items
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.models.gpt import GPT
@@ -123,8 +123,10 @@ class TextGenerator:
         return prepared.ids
 
     def _ids(self, prompt: str | PromptTokens, max_new_tokens: int) -> list[int]:
-        if isinstance(prompt, str):
-            return self.encode_prompt(prompt, max_new_tokens)
+        if not isinstance(prompt, PromptTokens):
+            if not isinstance(prompt, str):  # a list of prompts: one generation takes one
+                raise TypeError(f"prompt must be a string (or PromptTokens), got {type(prompt).__name__}")
+            return self.encode_prompt(text_items(prompt, "prompt")[0], max_new_tokens)
         if len(prompt.ids) + max_new_tokens > self.model.max_len:
             raise ValueError(f"{len(prompt.ids)} prompt tokens + max_new_tokens {max_new_tokens} exceed the "
                              f"model's context of {self.model.max_len}: prepare the prompt with the same setting")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from mmkit.core import BeamSearch, Greedy, SuppressTokens, generate
 from mmkit.core.attention import attention_maps
-from mmkit.inference.inputs import as_items, check_types
+from mmkit.inference.inputs import check_types, text_items
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class Translator:
         on the rows it cannot encode, messages naming text i as line `first_row + i + 1`), then the length-sorted
         batches. Ranks sharing a run (`mmkit translate` under torchrun) each make the whole plan and run some of
         its batches (`translate_batches`): one process's batches, so its translations."""
-        texts = list(as_items(texts))
+        texts = text_items(texts)
         results = [Translation(t) for t in texts]
         todo: list[tuple[int, list[int]]] = []
         for i, text in enumerate(texts):

@@ -170,3 +170,28 @@ def test_one_waveforms_transcription_raises_the_models_failure(transcriber, monk
 def test_a_sample_rate_is_not_taken_for_the_name(transcriber):
     with pytest.raises(TypeError, match="name must be a string, got 44100"):
         transcriber.transcribe(synth_speechlike(1.0, seed=1), 44100)  # was transcribed as 16 kHz, named 44100
+
+
+def test_texts_that_are_not_text_are_one_line(text_models, tmp_path):
+    """None, numbers or lone surrogates failed deep in the tokenizer ("TextEncodeInput must be ...", an
+    AttributeError); a list given as one prompt likewise."""
+    from mmkit.inference.translator import load_translator
+
+    enc = load_encoder(text_models["embed"])
+    for call in (lambda t: Embedder(enc).embed(t),
+                 lambda t: TextClassifierPredictor(load_encoder(text_models["classify-text"])).predict(t),
+                 lambda t: load_translator(text_models["translate"]).translate(t)):
+        with pytest.raises(TypeError, match=r"^texts\[1\] must be a string, got NoneType$"):
+            call(["a dog", None])
+        with pytest.raises(ValueError, match=r"^texts\[0\] is not valid text: a lone surrogate at character 1$"):
+            call(["a\ud800b"])
+    write_tiny_gpt2(tmp_path, seed=1)
+    generator = load_text_generator(tmp_path)
+    with pytest.raises(TypeError, match="prompt must be a string"):
+        generator.generate(["A dog", "A cat"])
+    with pytest.raises(ValueError, match="prompt.* lone surrogate"):
+        generator.generate("A \udcff dog")
+    with pytest.raises(ValueError, match=r"top-k must be an integer >= 1, got 2.5"):
+        fill_mask(enc, "the cat [MASK] the moon.", top_k=2.5)
+    with pytest.raises(TypeError, match="text must be a string, got list"):
+        fill_mask(enc, ["the cat [MASK] the moon."])
