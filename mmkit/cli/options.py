@@ -95,6 +95,14 @@ def finite(minimum: float | None = None, maximum: float | None = None, *,
     return number
 
 
+def path_text(text: str) -> str:
+    """An argparse type for a file or folder option: not empty (`--model ""`, a variable that was not set,
+    silently ran the default instead)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a path")
+    return text
+
+
 def utf8_text(text: str) -> str:
     """An argparse type for a text argument: command-line bytes that are not UTF-8 reach Python as lone
     surrogates, which tokenizers reject with a traceback; refuse them as a usage error instead."""

@@ -171,3 +171,17 @@ def test_a_failed_step_or_an_interruption_is_one_line(monkeypatch, capsys, raise
     monkeypatch.setattr(bench_transcribe, "main", fails)
     assert bench_main(["transcribe"]) == code
     assert capsys.readouterr().err.splitlines() == [line]
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["text", "--model", ""], "mmkit bench text: error: argument --model: empty: give a path"),
+    (["translate", "--held-out", " "], "mmkit bench translate: error: argument --held-out: empty: give a path"),
+    (["label", "--workdir", ""], "mmkit bench label: error: argument --workdir: empty: give a path"),
+    (["transcribe", "--transcripts", ""], "mmkit bench transcribe: error: argument --transcripts: empty: give a path"),
+    (["vit", "--models", ","], "mmkit bench vit: error: --models: no model name given"),
+])
+def test_an_empty_path_or_model_list_is_a_usage_error(argv, line, capsys):
+    """`--model ""` (an unset variable) ran the default benchmark, exit 0; `--models ,` printed an empty table."""
+    with pytest.raises(SystemExit) as stopped:
+        bench_main(argv)
+    assert stopped.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == line

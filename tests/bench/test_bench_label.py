@@ -122,3 +122,37 @@ def test_every_side_runs_on_the_device_asked_for(tmp_path):
     assert commands["open_clip"][-1] == "cuda:1"  # the reference script's last argument
     cmd = commands["mmkit"]
     assert cmd[cmd.index("--device") + 1] == "cuda:1" and cmd.count("--device") == 1
+
+
+def test_an_image_dir_both_sides_would_not_read_alike_is_refused_before_any_work(tmp_path, capsys):
+    """Empty: "0 images" and exit 0. A .webp or a dot-file: the agreement failed after every timing."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    assert main(["--image-dir", str(photos)]) == 2
+    assert capsys.readouterr().err.strip() == f"mmkit bench label: error: --image-dir {photos}: no images"
+    Image.new("RGB", (8, 8)).save(photos / "a.jpg")
+    Image.new("RGB", (8, 8)).save(photos / "b.webp")
+    assert main(["--image-dir", str(photos)]) == 2
+    assert "b.webp would be read by one side only" in capsys.readouterr().err
+    (photos / "b.webp").unlink()
+    Image.new("RGB", (8, 8)).save(photos / ".hidden.png")
+    assert main(["--image-dir", str(photos)]) == 2
+    assert ".hidden.png would be read by one side only" in capsys.readouterr().err
+
+
+def test_made_images_and_checkpoint_appear_whole(tmp_path, monkeypatch):
+    """An interrupted run left a half-made images folder (and checkpoint) that the next run reused as it was."""
+    import mmkit.cli.bench.label as bench_label
+
+    def interrupted(folder, count, sizes, seed=0):
+        (folder / "set0").mkdir(parents=True)
+        (folder / "set0" / "img_0000.jpg").write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_label, "make_images", interrupted)
+    args = bench_label._parser().parse_args(["--images", "4", "--sizes", "small"])
+    with pytest.raises(KeyboardInterrupt):
+        bench_label.run(args, tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ import numpy as np
 
 from mmkit.cli.bench import StepFailed
 from mmkit.cli.bench.label_report import OPEN_CLIP, agreements, print_report, report
-from mmkit.cli.options import Parser, at_least
+from mmkit.cli.options import Parser, at_least, path_text
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +160,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", nargs="+", choices=("none", "int8"), default=None,
                    help="one mmkit path per value: none (fp32 weights) and/or int8 (int8 Linear weights, CPU only); "
                         "default: both on the CPU, none elsewhere")
-    p.add_argument("--model", help="an mmkit CLIP export to run instead of the random ViT-B-32 (labels and "
+    p.add_argument("--model", type=path_text,
+                   help="an mmkit CLIP export to run instead of the random ViT-B-32 (labels and "
                    "templates from its metadata; no open_clip side)")
-    p.add_argument("--image-dir", metavar="DIR", help="label the images of DIR instead of generated ones")
+    p.add_argument("--image-dir", metavar="DIR", type=path_text,
+                   help="label the images of DIR instead of generated ones")
     p.add_argument("--ensemble", action="store_true", help="mmkit with its default template ensemble")
     p.add_argument("--exact-decode", action="store_true", help="mmkit without JPEG DCT-domain downscaling")
-    p.add_argument("--workdir", help="where images and the checkpoint are made (reused); default a temp folder")
+    p.add_argument("--workdir", type=path_text,
+                   help="where images and the checkpoint are made (reused); default a temp folder")
     p.add_argument("--json", type=output_file, help="also write the results here")
     return p
 
@@ -213,13 +217,21 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         args.images = sum(1 for _ in scan_images(images))
     else:
         images = work / f"images_{args.sizes}_{args.images}"
-        if not images.exists():
+        if not images.exists():  # made beside it and renamed: an interrupted run leaves no half-made folder
             log.info("writing %d %s images to %s", args.images, args.sizes, images)
-            make_images(images, args.images, SIZES[args.sizes])
+            partial = Path(tempfile.mkdtemp(prefix=f".{images.name}.", dir=work))
+            try:
+                make_images(partial, args.images, SIZES[args.sizes])
+                os.replace(partial, images)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
     ckpt = work / "open_clip_vit_b32_random.safetensors"
     if not args.model and not ckpt.exists():
         log.info("saving a random-init open_clip %s to %s", ARCH, ckpt)
-        make_checkpoint(ckpt)
+        from mmkit.inference.text_rows import atomic_path
+
+        with atomic_path(ckpt) as tmp:
+            make_checkpoint(tmp)
     commands = _commands(args, images, ckpt, work)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": [], "inner": []} for k in commands}
@@ -244,6 +256,27 @@ def _in_process_seconds(side: str, stderr: str) -> float:
     return float(found[1]) if found else float("nan")
 
 
+def _image_dir_problem(root: Path, reference: bool) -> str | None:
+    """Why `root` cannot be timed: not a folder, no image, or (`reference`: the open_clip loop runs too) files
+    the two sides would not both read (the loop reads .jpg/.jpeg/.png, dot-files included; `mmkit label` every
+    image format, dot-files skipped): their outputs' agreement failed after every timing."""
+    from mmkit.data.images import scan_images
+
+    if not root.is_dir():
+        return "not a folder"
+    ours = {p.relative_to(root).as_posix() for p in scan_images(root)}
+    if not ours:
+        return "no images"
+    if reference:
+        theirs = {p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+        if ours != theirs:
+            return (f"{sorted(ours ^ theirs)[0]} would be read by one side only (the open_clip loop reads .jpg, "
+                    ".jpeg and .png files, dot-files included; mmkit label skips dot-files): give a folder both "
+                    "read alike")
+    return None
+
+
 def _usage_error(args: argparse.Namespace) -> str | None:
     """What would make a `mmkit label` side refuse its arguments, found before any image or checkpoint is
     made (each side would exit 2 only after them); sets `args.quantize` to the paths to run."""
@@ -253,8 +286,10 @@ def _usage_error(args: argparse.Namespace) -> str | None:
 
     if args.model and not Path(args.model).expanduser().is_dir():
         return f"--model {args.model}: not an mmkit CLIP export directory"
-    if args.image_dir and not Path(args.image_dir).expanduser().is_dir():
-        return f"--image-dir {args.image_dir}: not a folder"
+    if args.image_dir:
+        problem = _image_dir_problem(Path(args.image_dir).expanduser(), reference=not args.model)
+        if problem:
+            return f"--image-dir {args.image_dir}: {problem}"
     try:
         device = check_device(args.device)
         args.quantize = bench_quantize(args.quantize, args.device)

@@ -27,7 +27,7 @@ from mmkit.cli.bench.common import (
     add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, reduced_path_lines,
     torch_threads, write_json,
 )
-from mmkit.cli.options import Parser, at_least
+from mmkit.cli.options import Parser, at_least, path_text
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ SIZES = {"fortunes": (192, 4, 4, 4096), "gpt2-small": (768, 12, 12, 50257)}
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="mmkit bench text", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", metavar="DIR", help="transformers GPT-2 checkpoint directory, or an mmkit GPT export "
+    p.add_argument("--model", metavar="DIR", type=path_text,
+                   help="transformers GPT-2 checkpoint directory, or an mmkit GPT export "
                         "(timed against its transformers twin), instead of --sizes")
     add_sizes_option(p, SIZES)
     p.add_argument("--batch-size", type=at_least(1), default=1)

@@ -43,7 +43,7 @@ from mmkit.cli.bench.speech_inputs import (  # noqa: F401
 from mmkit.cli.bench.speech_references import (
     FW_ALL_COMPUTE_TYPES, FW_SCRIPT, HF_SCRIPT, IMPORT_ONLY, fw_compute_types, hf_tokens,
 )
-from mmkit.cli.options import Parser, at_least, thread_count
+from mmkit.cli.options import Parser, at_least, path_text, thread_count
 from mmkit.inference.precision import check_device
 from mmkit.inference.transcript import DecodingOptions
 
@@ -283,7 +283,8 @@ def _input_error(args: argparse.Namespace) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit bench transcribe`: run both as subprocesses, print the report, optionally write JSON."""
     p = Parser(prog="mmkit bench transcribe", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="checkpoint directory (HF Whisper + tokenizer files, or a CTranslate2 Whisper "
+    p.add_argument("--model", type=path_text,
+                   help="checkpoint directory (HF Whisper + tokenizer files, or a CTranslate2 Whisper "
                                    "folder: then without the transformers rows); default: a random-init "
                                    "whisper-tiny-sized toy checkpoint in a temporary directory")
     p.add_argument("--audio", nargs="+", help="audio files of at most 30 s, 16 kHz mono (default: synthetic)")
@@ -312,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "default: mmkit's and faster-whisper's own fallback and thresholds on (compare by WER)")
     p.add_argument("--repetition-guard", action="store_true",
                    help="with --decoding greedy, keep mmkit's repetition guard on (cuts windows that loop)")
-    p.add_argument("--transcripts", metavar="JSON", help="reference texts, a JSON object {audio path: text} "
+    p.add_argument("--transcripts", metavar="JSON", type=path_text,
+                   help="reference texts, a JSON object {audio path: text} "
                                                           "keyed as the --audio paths: adds a WER column")
     p.add_argument("--json", metavar="PATH", type=output_file, help="also write the result as JSON")
     args = p.parse_args(argv)

@@ -25,7 +25,7 @@ import torch
 from mmkit.cli.bench.common import (
     add_precision_option, add_run_options, bench_precisions, interleaved, torch_threads, write_json,
 )
-from mmkit.cli.options import Parser, at_least, beam_size
+from mmkit.cli.options import Parser, at_least, beam_size, path_text
 
 def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
     from transformers import MarianConfig, MarianMTModel
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=at_least(1), default=32)
     p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 column")
     add_precision_option(p)
-    p.add_argument("--held-out", metavar="EXPORT",
+    p.add_argument("--held-out", type=path_text, metavar="EXPORT",
                    help="instead: BLEU/exact match of this translate_numbers export, fp32 vs int8, greedy and beam")
     p.add_argument("--sentences", type=at_least(1, 100_000), default=1000,
                    help="held-out phrases to score (1000, the recipe's; at most 100,000)")

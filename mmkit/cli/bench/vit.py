@@ -328,7 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="activation checkpointing in both models' training steps")
     parser.add_argument("--json", metavar="PATH", type=output_file, help="also write the rows as JSON to PATH")
     args = parser.parse_args(argv)
-    models = [m for arg in args.models for m in arg.split(",") if m]
+    models = [m for arg in args.models for m in arg.split(",") if m.strip()]
+    if not models:  # `--models ,`: an empty table and exit 0
+        parser.error("--models: no model name given")
     try:
         rows = [row for precision in dict.fromkeys(args.precision)
                 for row in run_vit_bench(models, batch_size=args.batch_size, image_size=args.image_size,
