@@ -141,7 +141,8 @@ def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE,
     if path.is_dir():
         raise AudioLoadError(path, "a folder, not an audio file (name its files, e.g. DIR/*.wav)")
     if not path.is_file():
-        raise AudioLoadError(path, "file not found")
+        raise AudioLoadError(path, "not a regular file (a FIFO, socket or device)" if path.exists() else
+                             "file not found")
     try:
         # the name's bytes: soundfile encodes a str name as strict UTF-8, which a Linux name that is not
         # UTF-8 (held as surrogate escapes) fails with a UnicodeEncodeError; the bytes open any file

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -80,7 +81,10 @@ def _bomb_reason(pixels: int | str, max_pixels: int) -> str:
 def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     """Open lazily (no pixel decoding); refuse empty, non-image, oversized or cut-off files."""
     try:
-        if path.stat().st_size == 0:
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):  # a FIFO or a device: reading could block for ever
+            raise ImageLoadError(path, "not a regular file (a FIFO, socket or device)")
+        if status.st_size == 0:
             raise ImageLoadError(path, "zero-byte file")
         im = Image.open(path, formats=_FORMATS)
     except UnidentifiedImageError:
@@ -233,6 +237,8 @@ def to_rgb(im: Image.Image | np.ndarray, path: str | os.PathLike = "<image>") ->
         im = _from_array(im)
     elif not isinstance(im, Image.Image):
         raise TypeError(f"expected PIL images (or HxWxC uint8 arrays), got {type(im).__name__}")
+    if 0 in im.size:  # a ZeroDivisionError in the resize otherwise
+        raise ImageLoadError(path, f"an empty image ({im.width}x{im.height} pixels)")
     try:
         if im.mode.startswith("I") or im.mode == "F":
             return Image.fromarray(_scale_to_uint8(np.asarray(im))).convert("RGB")

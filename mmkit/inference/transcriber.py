@@ -73,6 +73,8 @@ def mono_waveform(audio: np.ndarray | Tensor | Sequence[float], name: str = "<au
     elif not isinstance(audio, np.ndarray):
         raise TypeError(f"expected a waveform (a numpy array, a torch tensor or a list of floats), got "
                         f"{type(audio).__name__}")
+    if not audio.dtype.isnative:  # big-endian samples (">i2", as some file readers give them): the same values
+        audio = audio.astype(audio.dtype.newbyteorder("="))
     if audio.dtype in PCM_SCALE:
         offset, scale = PCM_SCALE[audio.dtype]
         audio = (audio.astype(np.float32) - offset) / np.float32(scale)

@@ -195,3 +195,23 @@ def test_texts_that_are_not_text_are_one_line(text_models, tmp_path):
         fill_mask(enc, "the cat [MASK] the moon.", top_k=2.5)
     with pytest.raises(TypeError, match="text must be a string, got list"):
         fill_mask(enc, ["the cat [MASK] the moon."])
+
+
+def test_odd_inputs_get_their_own_reason(tmp_path, vit_dir):
+    """A 0-pixel image was a ZeroDivisionError; a FIFO was "zero-byte file" (images) or "file not found" (audio);
+    big-endian int16 samples were refused as not int16."""
+    import os
+
+    from mmkit.audio.io import AudioLoadError, stream_audio
+    from mmkit.data.images import ImageLoadError, load_image
+    from mmkit.inference.transcriber import mono_waveform
+
+    with pytest.raises(ImageLoadError, match="an empty image"):
+        Classifier.from_pretrained(vit_dir).predict_images([Image.new("RGB", (0, 5))])
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageLoadError, match="not a regular file"):
+        load_image(tmp_path / "pipe.png")
+    with pytest.raises(AudioLoadError, match="not a regular file"):
+        next(stream_audio(tmp_path / "pipe.png"))
+    pcm = (np.sin(np.arange(1600) / 10) * 10_000).astype(np.int16)
+    assert np.array_equal(mono_waveform(pcm.astype(">i2"), "x"), mono_waveform(pcm, "x"))
