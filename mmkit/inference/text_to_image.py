@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -379,10 +380,9 @@ class TextToImage:
     def check_settings(self, num_images: int, seed: int | None, guidance: float, temperature: float,
                        top_k: int | None, top_p: float | None, batch_size: int = 1) -> GenerationOptions:
         """ValueError for a setting `stream` cannot honour, else the options it samples with."""
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for name, value in (("num_images", num_images), ("batch_size", batch_size)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (finite32(temperature) and temperature > 0):
             raise ValueError(f"temperature must be finite and > 0, got {temperature}"
                              + (" (above float32's largest, 3.4e38)" if math.isfinite(temperature) and temperature > FLOAT32_MAX

@@ -47,8 +47,11 @@ def test_image_seeds_stay_in_torchs_range_and_differ():
     ({"temperature": 1e39}, r"temperature must be finite and > 0, got 1e\+39 \(above float32's largest"),
     ({"seed": MAX_SEED + 1}, r"seed must be in \[0, 2\*\*64 - 1\]"),
     ({"seed": -1}, r"seed must be in \[0, 2\*\*64 - 1\]"),
-    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
-    ({"num_images": 0}, "num_images must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"num_images": 0}, "num_images must be an integer >= 1, got 0"),
+    ({"num_images": 2.5}, "num_images must be an integer >= 1, got 2.5"),  # a bare TypeError from range()
+    ({"temperature": -1}, r"temperature must be finite and > 0, got -1$"),  # said "above float32's largest"
+    ({"guidance": -1}, r"guidance must be finite and >= 0, got -1$"),
 ])
 def test_settings_refused_before_any_work(t2i, change, match):
     kwargs = {"num_images": 2, "seed": 0, "guidance": 1.0, "temperature": 1.0, "batch_size": 2, **change}
