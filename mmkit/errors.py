@@ -2,8 +2,22 @@
 from __future__ import annotations
 
 import errno
+from typing import Callable
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only writing meets: a full disk, a quota, a file size limit
+
+
+def in_context(e: BaseException | None, wanted: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first of `e` and the exceptions it was raised while handling (`__context__`, in order) for which
+    `wanted` is true, else None: what a failure raised while unwinding another (a file's close after a full
+    disk, a launcher's lost connection after Ctrl-C) hides."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if wanted(e):
+            return e
+        e = e.__context__
+    return None
 
 
 class WriteFailed(OSError):

@@ -69,7 +69,7 @@ class CheckpointFiles(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         import torch
 
-        from mmkit.errors import FULL, WriteFailed
+        from mmkit.errors import FULL, WriteFailed, in_context
         from mmkit.inference.text_rows import atomic_path
 
         target = Path(path)
@@ -79,9 +79,7 @@ class CheckpointFiles(TorchCheckpointIO):
                 try:
                     torch.save(checkpoint, f)  # to a file object: the writes are Python's, their OSError the cause
                 except RuntimeError as e:  # torch's zip writer failing after the write did ("unexpected pos ...")
-                    full = e.__context__
-                    while full is not None and not (isinstance(full, OSError) and full.errno in FULL):
-                        full = full.__context__
+                    full = in_context(e.__context__, lambda x: isinstance(x, OSError) and x.errno in FULL)
                     if full is None:
                         raise
                     raise full from None

@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from mmkit.errors import in_context
 from mmkit.inference.ranks import Ranks
 
 INTERRUPTED = 130  # the shell's code for a process that SIGINT ended (128 + 2)
@@ -56,10 +57,4 @@ def on_ranks(prog: str, parser: Callable[[], argparse.ArgumentParser], argv: Seq
 def _while_interrupted(e: BaseException) -> bool:
     """Whether `e` is a KeyboardInterrupt or was raised while one unwound the run: under a launcher, the last
     exchange with ranks the signal already ended ("Connection closed by peer"): the interruption, not an error."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        e = e.__context__
-    return False
+    return in_context(e, lambda x: isinstance(x, KeyboardInterrupt)) is not None

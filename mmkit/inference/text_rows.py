@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from mmkit.data import lines as line_reader
 from mmkit.data.lines import MAX_LINE_BYTES, READ_BYTES, Line, decode_line
-from mmkit.errors import FULL, WriteFailed
+from mmkit.errors import FULL, WriteFailed, in_context
 
 TEXT_FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
 T = TypeVar("T")
@@ -355,7 +355,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             yield tmp
         except OSError as e:
             if e.errno in FULL:  # an inner output's WriteFailed first (closing this one then failed too)
-                raise _first_write_failed(e) or WriteFailed.of(f"write {path}", e, "; nothing was written") from None
+                inner = in_context(e, lambda x: isinstance(x, WriteFailed))
+                raise inner or WriteFailed.of(f"write {path}", e, "; nothing was written") from None
             raise
         try:
             os.replace(tmp, path)
@@ -364,16 +365,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _first_write_failed(e: BaseException) -> WriteFailed | None:
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, WriteFailed):
-            return e
-        e = e.__context__
-    return None
 
 
 def reserve(path: Path) -> None:
