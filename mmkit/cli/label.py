@@ -29,6 +29,7 @@ from mmkit.cli.label_checks import check_settings, errors_path, record_settings,
 from mmkit.cli.options import Parser, at_least
 from mmkit.cli.progress import progress
 from mmkit.data.images import scan_images
+from mmkit.errors import WriteFailed
 from mmkit.inference.clip_loader import clip_eval_transform, load_clip
 from mmkit.inference.image_batches import image_batches
 from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
@@ -39,7 +40,6 @@ from mmkit.inference.prompts import (
 )
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import RankFailed, Ranks
-from mmkit.errors import WriteFailed
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive, path_from_text, path_text
 from mmkit.inference.zero_shot import FileResult, ZeroShotClassifier
 
@@ -449,7 +449,8 @@ def _label(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict[
 def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit label DIR ...`; returns the exit code: 0 done (unreadable images are listed in the errors file),
     2 a user's mistake (arguments, folders, checkpoints, an output that exists), 1 another rank failed or
-    writing failed mid-run (a full disk), 130 interrupted. Under a launcher every rank returns the first rank's code; only the first prints."""
+    writing failed mid-run (a full disk), 130 interrupted. Under a launcher every rank returns the first rank's
+    code; only the first prints."""
     return on_ranks("mmkit label", _parser, argv, _checked)
 
 

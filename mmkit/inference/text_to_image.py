@@ -67,8 +67,12 @@ def check_options(model: DALLE | DalleBart, options: GenerationOptions, guidance
     if options.top_k is not None and options.top_k > model.codebook_size:
         raise ValueError(f"top_k {options.top_k} is larger than the codebook ({model.codebook_size} codes)")
     if not (finite32(guidance) and guidance >= 0):
-        raise ValueError(f"guidance must be finite and >= 0, got {guidance}"
-                         + (" (above float32's largest, 3.4e38)" if math.isfinite(guidance) and guidance > FLOAT32_MAX else ""))
+        raise ValueError(f"guidance must be finite and >= 0, got {guidance}{_beyond_float32(guidance)}")
+
+
+def _beyond_float32(value: float) -> str:
+    """What to add to a refusal of `value` that Python holds as finite but float32 cannot (1e39)."""
+    return " (above float32's largest, 3.4e38)" if math.isfinite(value) and abs(value) > FLOAT32_MAX else ""
 
 
 @torch.no_grad()
@@ -384,9 +388,7 @@ class TextToImage:
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (finite32(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be finite and > 0, got {temperature}"
-                             + (" (above float32's largest, 3.4e38)" if math.isfinite(temperature) and temperature > FLOAT32_MAX
-                                else ""))
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}{_beyond_float32(temperature)}")
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**64 - 1], got {seed}")
         options = GenerationOptions(temperature=temperature, top_k=top_k, top_p=top_p)

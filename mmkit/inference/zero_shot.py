@@ -246,8 +246,8 @@ class ZeroShotClassifier:
                        labels: Sequence[str] | None = None,
                        templates: str | Sequence[str] | None = None) -> list[Scores]:
         """PIL images (any mode) or HxW(xC) uint8 arrays (a lone one is one image; any iterable of them) ->
-        ranked (label, probability) per image ([] for none); labels (a list, not one string) and templates default to the checkpoint's. Leaves
-        `set_labels`' state alone (a demo serves it concurrently)."""
+        ranked (label, probability) per image ([] for none); labels (a list, not one string) and templates
+        default to the checkpoint's. Leaves `set_labels`' state alone (a demo serves it concurrently)."""
         labels = clean_labels(labels if labels is not None else self.labels)
         templates = check_templates(templates if templates is not None else self.templates)
         images = list(as_items(images, (Image.Image, np.ndarray)))

@@ -156,8 +156,8 @@ def test_an_unknown_or_missing_benchmark_name_says_so(argv, problem, capsys):
                         "no config.json in m/\n"), 2,
      "mmkit bench transcribe: error: python -m mmkit transcribe ... failed (2): mmkit transcribe: error: no "
      "config.json in m/"),
-    (lambda: StepFailed(["python", "-c", "x"], -9, ""), 1, "mmkit bench transcribe: error: python -c x ... failed (-9): "
-     "no message"),
+    (lambda: StepFailed(["python", "-c", "x"], -9, ""), 1,
+     "mmkit bench transcribe: error: python -c x ... failed (-9): no message"),
     (lambda: KeyboardInterrupt(), 130, "mmkit bench transcribe: interrupted"),
 ])
 def test_a_failed_step_or_an_interruption_is_one_line(monkeypatch, capsys, raised, code, line):
