@@ -146,7 +146,8 @@ def _host_problem(host: str) -> str | None:
 def main(argv: list[str]) -> int:
     """The demo's exit code: 0 when the server stopped by itself, 2 for a usage or checkpoint problem, 130 when
     interrupted (Ctrl-C; SIGTERM from `timeout`, a scheduler or a service manager) with one line saying so, the
-    server closed (Gradio's own Ctrl-C handling printed its line and exited 0; SIGTERM ended it silently)."""
+    server closed. (Left to Gradio, Ctrl-C printed Gradio's own line and exited 0, and SIGTERM ended the process
+    without a word.)"""
     parser = _parser()
     args = parser.parse_args(argv)
     chosen = {name: getattr(args, name) for name in DEMOS if getattr(args, name)}

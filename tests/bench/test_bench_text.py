@@ -60,6 +60,9 @@ def test_a_model_that_is_neither_export_nor_transformers_gpt2_exits_2(tmp_path, 
     assert err.count("\n") == 1 and "neither an mmkit GPT export nor a transformers GPT-2" in err
     assert main(["--model", str(tmp_path / "missing")]) == 2
     assert "no readable config.json" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("[1]")  # was an AttributeError traceback
+    assert main(["--model", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("config.json holds a list, not an object")
 
 
 def test_an_mmkit_export_runs_against_its_transformers_twin(tmp_path):

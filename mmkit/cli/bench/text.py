@@ -41,6 +41,8 @@ def _reference(model_dir: str | None, dim: int, depth: int, num_heads: int, voca
             saved = json.loads(config.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"--model {model_dir}: no readable config.json ({e})") from None
+        if not isinstance(saved, dict):  # [1], a string: an AttributeError on .get before
+            raise ValueError(f"--model {model_dir}: config.json holds a {type(saved).__name__}, not an object")
         if saved.get("architecture") == "GPT":  # an mmkit export: its transformers twin, same weights
             return _twin(model_dir)
         # transformers reads any config.json it is given: anything else would silently become a random GPT-2
