@@ -8,7 +8,6 @@ top-1 agreement with fp32 is measured (tests/inference/test_classifier_precision
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from torch import Tensor
 from mmkit.core import attention_maps
 from mmkit.data.images import ImageLoadError, load_image, scan_images, to_rgb
 from mmkit.data.transforms import VIT_DEFAULTS, eval_transform
-from mmkit.inference.inputs import as_items
+from mmkit.inference.inputs import as_items, check_count
 from mmkit.inference.precision import autocast_for, resolve_precision
 from mmkit.inference.prompts import check_names, repeated_name
 from mmkit.inference.quantize import apply_quantization, describe
@@ -111,8 +110,7 @@ class Classifier:
         if top_k_ is not None:
             warnings.warn("predict_images(top_k_=...) is deprecated: use top_k", DeprecationWarning, stacklevel=3)
             top_k = top_k_
-        if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k}")
+        check_count("top_k", top_k)
         images = list(as_items(images, (Image.Image, np.ndarray)))
         if not images:
             return []
@@ -127,8 +125,7 @@ class Classifier:
         """Files and/or folders (scanned recursively; a lone str or path is one) -> one Prediction per
         image file, in the order of the files, streamed in batches of `batch_size` files; unreadable files
         yield a Prediction with `error` set instead of raising."""
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_count("batch_size", batch_size)
         batch: list[tuple[str, Image.Image | ImageLoadError]] = []
         for path in _expand(as_items(paths, (str, os.PathLike))):
             try:

@@ -4,7 +4,6 @@ Transformer Model", 2019), both over `mmkit.inference.encoder.LoadedEncoder`.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ import torch
 
 from mmkit.core import attention_maps
 from mmkit.inference.encoder import LoadedEncoder
-from mmkit.inference.inputs import text_items
+from mmkit.inference.inputs import check_count, text_items
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,7 @@ def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPre
             it could drop the mask, so nothing is truncated here).
     """
     tok = encoder.tokenizer
-    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
-        raise ValueError(f"top-k must be an integer >= 1, got {top_k!r}")
+    check_count("top-k", top_k)
     if not isinstance(text, str):  # a list of texts: one call fills one
         raise TypeError(f"text must be a string, got {type(text).__name__}")
     text = text_items(text, "text")[0]

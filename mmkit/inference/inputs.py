@@ -19,6 +19,13 @@ def as_items(value: T | Iterable[T], single: type | tuple[type, ...] = str) -> I
     return [value] if isinstance(value, single) else value  # type: ignore[list-item]
 
 
+def check_count(name: str, value: object) -> None:
+    """A ValueError of one line naming `name` unless `value` is an integer >= 1 (a bool is not a count, nor is
+    2.5, which failed later in `range` or `topk` with a bare TypeError)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def text_items(texts: str | Iterable[str], what: str = "texts") -> list[str]:
     """`texts` as a list (a lone str is one text, `as_items`), each item checked to be text a tokenizer takes:
     a str (None or a number failed deep in the tokenizer with "TextEncodeInput must be ..." or an

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -24,7 +23,7 @@ from torch import Tensor
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.data.dalle_text import WordTokenizer, words
-from mmkit.inference.inputs import as_items
+from mmkit.inference.inputs import as_items, check_count
 from mmkit.inference.seeds import image_seed
 from mmkit.inference.transcript import WindowSampling
 from mmkit.limits import FLOAT32_MAX, MAX_SEED, finite32
@@ -384,9 +383,8 @@ class TextToImage:
     def check_settings(self, num_images: int, seed: int | None, guidance: float, temperature: float,
                        top_k: int | None, top_p: float | None, batch_size: int = 1) -> GenerationOptions:
         """ValueError for a setting `stream` cannot honour, else the options it samples with."""
-        for name, value in (("num_images", num_images), ("batch_size", batch_size)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_count("num_images", num_images)
+        check_count("batch_size", batch_size)
         if not (finite32(temperature) and temperature > 0):
             raise ValueError(f"temperature must be finite and > 0, got {temperature}{_beyond_float32(temperature)}")
         if seed is not None and not 0 <= seed <= MAX_SEED:
