@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -139,8 +138,9 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     tok = WhisperTokenizer.from_dir(model_dir)
     prompt = tok.sot_sequence(language if tok.is_multilingual else None, "transcribe", without_timestamps=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    work = Path(tempfile.mkdtemp(prefix="mmkit-bench-transcribe-"))
-    try:
+    # the processes' outputs and the CTranslate2 conversion, removed however the run ends
+    with tempfile.TemporaryDirectory(prefix="mmkit-bench-transcribe-", ignore_cleanup_errors=True) as scratch:
+        work = Path(scratch)
         threads_args = ["--threads", str(threads)] if threads else []
 
         greedy_args = ["--temperature", "0", *([] if repetition_guard else ["--no-repetition-guard"]),
@@ -219,8 +219,6 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
                     result["ratio_equal_wer"][name] = (best, statistics.median(seconds[name]) /
                                                        statistics.median(seconds[best]))
         return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)  # the processes' outputs and the CTranslate2 conversion
 
 
 def format_report(result: dict[str, Any], label: str) -> str:
@@ -285,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="mmkit bench transcribe", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=path_text,
                    help="checkpoint directory (HF Whisper + tokenizer files, or a CTranslate2 Whisper "
-                                   "folder: then without the transformers rows); default: a random-init "
-                                   "whisper-tiny-sized toy checkpoint in a temporary directory")
+                        "folder: then without the transformers rows); default: a random-init "
+                        "whisper-tiny-sized toy checkpoint in a temporary directory")
     p.add_argument("--audio", nargs="+", help="audio files of at most 30 s, 16 kHz mono (default: synthetic)")
     p.add_argument("--num-files", type=at_least(1), default=8, help="synthetic files (5 to 30 s)")
     p.add_argument("--max-new-tokens", type=at_least(1), default=96)
@@ -314,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repetition-guard", action="store_true",
                    help="with --decoding greedy, keep mmkit's repetition guard on (cuts windows that loop)")
     p.add_argument("--transcripts", metavar="JSON", type=path_text,
-                   help="reference texts, a JSON object {audio path: text} "
-                                                          "keyed as the --audio paths: adds a WER column")
+                   help="reference texts, a JSON object {audio path: text} keyed as the --audio paths: adds a "
+                        "WER column")
     p.add_argument("--json", metavar="PATH", type=output_file, help="also write the result as JSON")
     args = p.parse_args(argv)
     try:  # before anything is written: a device this machine lacks, or a path that cannot run on it
@@ -334,8 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         sys.stderr.write(f"mmkit bench transcribe: error: {problem}\n")
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="mmkit-bench-transcribe-data-"))
-    try:
+    # the toy model and audio (148 MB a run, left in /tmp before), removed however the run ends
+    with tempfile.TemporaryDirectory(prefix="mmkit-bench-transcribe-data-", ignore_cleanup_errors=True) as scratch:
+        tmp = Path(scratch)
         if args.model:
             model_dir, label = Path(args.model).expanduser(), f"model: {args.model}"
         else:
@@ -362,8 +361,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not all(v for k, v in result["tokens_identical"].items() if k.startswith("transformers")):
             log.warning("the processes decoded different tokens: the timings may not compare equal work")
         return 0
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # the toy model and audio: 148 MB a run, left in /tmp before
 
 
 if __name__ == "__main__":
