@@ -45,8 +45,7 @@ def written(prog: str, write: Callable[[], Any], atomic: bool = True) -> int:
 def texts_file_parser(prog: str, doc: str, description: str, model_help: str,
                       out_help: str) -> argparse.ArgumentParser:
     """The options every texts-file BERT tool takes; the caller adds its own after these."""
-    p = Parser(prog=prog, epilog=doc, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, epilog=doc, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", metavar="TEXTS_FILE", help=".txt (one text per line), .jsonl or .csv file")
     p.add_argument("--model", required=True, metavar="DIR", help=model_help)
     p.add_argument("--out", required=True, metavar="FILE", help=out_help)

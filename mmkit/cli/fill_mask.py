@@ -14,8 +14,8 @@ from mmkit.cli.ranked import on_ranks
 
 def _parser() -> argparse.ArgumentParser:
     p = Parser(prog="mmkit fill-mask", epilog=__doc__,
-                                description="the likeliest tokens for each [MASK] from a BERT masked-LM",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               description="the likeliest tokens for each [MASK] from a BERT masked-LM",
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", type=utf8_text, help='text with [MASK] where a word is to be predicted')
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit BERT export or transformers BERT directory")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per mask (5)")

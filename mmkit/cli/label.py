@@ -466,22 +466,21 @@ def _checked(args: argparse.Namespace, ranks: Ranks) -> int:
 def _lead(args: argparse.Namespace, ranks: Ranks) -> int:
     """(the first rank) The run, its one-line problem or its summary; the exit code, also sent to the others."""
     start = time.perf_counter()
+    kept = f"rows so far are in {args.out}.partial: rerun with --resume"
     try:
         summary, code = run(args, ranks), 0
     except KeyboardInterrupt:  # the others are stopped too (SIGINT, or the launcher's SIGTERM)
-        print(f"mmkit label: interrupted; rows so far are in {args.out}.partial: rerun with --resume", file=sys.stderr)
+        print(f"mmkit label: interrupted; {kept}", file=sys.stderr)
         return 130
     except WriteFailed as e:  # mid-run: a full disk, a quota, an I/O error
-        partial = Path(args.out).expanduser().with_name(Path(args.out).name + ".partial")
-        kept = f"rows so far are in {args.out}.partial: rerun with --resume" if partial.exists() else \
-            "no rows were written"
-        print(f"mmkit label: {e}; {kept}", file=sys.stderr)
+        partial = Path(f"{Path(args.out).expanduser()}.partial")  # removed when no row was written
+        print(f"mmkit label: {e}; {kept if partial.exists() else 'no rows were written'}", file=sys.stderr)
         code = 1
     except (ValueError, OSError) as e:  # bad arguments, files, checkpoints (WeightsError is a ValueError)
         print(f"mmkit label: {e}", file=sys.stderr)
         code = 2
     except RankFailed as e:  # another rank failed while scoring (its traceback is on its stderr)
-        print(f"mmkit label: {e}; rows so far are in {args.out}.partial: rerun with --resume", file=sys.stderr)
+        print(f"mmkit label: {e}; {kept}", file=sys.stderr)
         code = 1
     ranks.broadcast(code)
     if code:

@@ -162,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
                         "default: both on the CPU, none elsewhere")
     p.add_argument("--model", type=path_text,
                    help="an mmkit CLIP export to run instead of the random ViT-B-32 (labels and "
-                   "templates from its metadata; no open_clip side)")
+                        "templates from its metadata; no open_clip side)")
     p.add_argument("--image-dir", metavar="DIR", type=path_text,
                    help="label the images of DIR instead of generated ones")
     p.add_argument("--ensemble", action="store_true", help="mmkit with its default template ensemble")
