@@ -8,15 +8,16 @@ FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only writing meets: a f
 
 
 def in_context(e: BaseException | None, wanted: Callable[[BaseException], bool]) -> BaseException | None:
-    """The first of `e` and the exceptions it was raised while handling (`__context__`, in order) for which
-    `wanted` is true, else None: what a failure raised while unwinding another (a file's close after a full
-    disk, a launcher's lost connection after Ctrl-C) hides."""
+    """The first of `e` and the exceptions behind it (each one's `__cause__`, else the one it was raised while
+    handling, `__context__`; in order) for which `wanted` is true, else None: what a failure raised while
+    unwinding another (a file's close after a full disk, a launcher's lost connection after Ctrl-C) or a
+    wrapper (jsonargparse's, around a class's own ValueError) hides."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if wanted(e):
             return e
-        e = e.__context__
+        e = e.__cause__ or e.__context__
     return None
 
 
@@ -26,10 +27,11 @@ class WriteFailed(OSError):
 
     @classmethod
     def of(cls, what: str, e: OSError | str, after: str = "") -> "WriteFailed":
-        """"cannot WHAT: REASON" (+ `after`), its `strerror` the reason alone, as callers that name the file
+        """"cannot WHAT: REASON" (+ `after`, e.g. "; nothing was written"; `headline` is the message without it, for
+        a caller that says itself what was written), its `strerror` the reason alone, as callers that name the file
         themselves show it (`subtitles.write_outputs`); no errno, so that it is not taken for the OSError of a
         write it wraps again (`atomic_path`)."""
         reason = e if isinstance(e, str) else e.strerror or str(e)
         error = cls(f"cannot {what}: {reason}{after}")
-        error.strerror = reason
+        error.strerror, error.headline = reason, f"cannot {what}: {reason}"
         return error

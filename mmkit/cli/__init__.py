@@ -154,26 +154,30 @@ def _user_error(e: BaseException) -> str | None:
     """The message of a user-facing error (bad checkpoint, bad file, bad value; a setting Lightning refuses, in
     its own code) anywhere in the exception chain, which jsonargparse wraps while instantiating classes; None
     otherwise: a bug, whatever its type, and a ValueError raised in a library other than mmkit and Lightning."""
+    from mmkit.errors import in_context
+
+    found = in_context(e, lambda x: _user_message(x) is not None)
+    return None if found is None else _user_message(found)
+
+
+def _user_message(e: BaseException) -> str | None:
+    """`_user_error`'s line for `e` itself, None where `e` is not a user's mistake."""
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
     from mmkit.errors import WriteFailed
     from mmkit.weights.native import WeightsError
 
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        unreadable = _unreadable_checkpoint(e)
-        if unreadable is not None:
-            return unreadable
-        if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                          PermissionError, WriteFailed)):
-            return str(e)
-        if isinstance(e, MisconfigurationException) or isinstance(e, ValueError) and _raised_in_lightning(e):
-            # Lightning's refusal of a setting or a combination of settings (some only once the run starts)
-            return f"trainer: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
-        if isinstance(e, ValueError) and _raised_in_mmkit(e):  # our argument checks, e.g. a bad output suffix
-            return str(e)
-        e = e.__cause__ or e.__context__
+    unreadable = _unreadable_checkpoint(e)
+    if unreadable is not None:
+        return unreadable
+    if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                      PermissionError, WriteFailed)):
+        return str(e)
+    if isinstance(e, MisconfigurationException) or isinstance(e, ValueError) and _raised_in_lightning(e):
+        # Lightning's refusal of a setting or a combination of settings (some only once the run starts)
+        return f"trainer: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+    if isinstance(e, ValueError) and _raised_in_mmkit(e):  # our argument checks, e.g. a bad output suffix
+        return str(e)
     return None
 
 

@@ -360,7 +360,7 @@ def _main(args: argparse.Namespace, ranks: Ranks, written: Written | None = None
         if ranks.first:  # under a launcher every rank stops with the first rank's problem
             problem = str(e)
             if written is not None and written.count:  # mid-run (a full disk): the images it leaves, as Ctrl-C
-                problem = f"{problem.removesuffix('; nothing was written')}; {written.left(args, ranks)}"
+                problem = f"{getattr(e, 'headline', problem)}; {written.left(args, ranks)}"
             print(f"mmkit generate: {problem}", file=sys.stderr)
         return 1 if isinstance(e, WriteFailed) else 2
     finally:

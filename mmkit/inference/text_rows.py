@@ -269,10 +269,11 @@ def output_temp(path: Path) -> tuple[int, Path]:
 
 
 def _write_error(path: Path, reason: str, after: str = "") -> OSError:
-    """"cannot write PATH: REASON" as an OSError whose `strerror` is the reason alone (callers that name
-    the file themselves, as `subtitles.write_outputs`, show that)."""
+    """"cannot write PATH: REASON" (+ `after`) as an OSError whose `strerror` is the reason alone (callers that
+    name the file themselves, as `subtitles.write_outputs`, show that) and `headline` the message without
+    `after`, as `WriteFailed.of`'s."""
     error = OSError(f"cannot write {path}: {reason}{after}")
-    error.strerror = reason
+    error.strerror, error.headline = reason, f"cannot write {path}: {reason}"
     return error
 
 

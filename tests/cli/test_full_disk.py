@@ -137,6 +137,28 @@ def test_atomic_path_names_the_output_when_the_disk_fills(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_write_errors_keep_their_line_without_the_ending():
+    """`headline`: the line without "; nothing was written", for a caller that says itself what was written
+    (`mmkit generate`), where it stripped the words off the message by hand; `in_context` follows a wrapper's
+    `__cause__` before what it was raised while handling, as `mmkit.cli._user_error` does with it."""
+    from mmkit.errors import WriteFailed, in_context
+
+    failed = WriteFailed.of("write a.png", OSError(28, "No space left on device"), "; nothing was written")
+    assert (str(failed), failed.headline, failed.strerror) == (
+        "cannot write a.png: No space left on device; nothing was written", "cannot write a.png: No space left on "
+        "device", "No space left on device")
+    assert text_rows._write_error(Path("b"), "Is a directory", "; nothing was written").headline == (
+        "cannot write b: Is a directory")
+    try:
+        try:
+            raise KeyError("handled")
+        except KeyError:
+            raise RuntimeError("wrapper") from failed
+    except RuntimeError as e:
+        assert in_context(e, lambda x: isinstance(x, OSError)) is failed
+        assert in_context(e, lambda x: isinstance(x, KeyError)) is None  # behind the explicit cause
+
+
 def test_reserve_allocates_or_says_the_disk_is_full(tmp_path, monkeypatch):
     path = tmp_path / "map"
     with open(path, "wb") as f:
