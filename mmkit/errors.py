@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import re
 from typing import Callable
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only writing meets: a full disk, a quota, a file size limit
@@ -19,6 +20,21 @@ def in_context(e: BaseException | None, wanted: Callable[[BaseException], bool])
             return e
         e = e.__cause__ or e.__context__
     return None
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """"out of memory (...)" where `e` is an allocation that failed (Python's MemoryError, torch's CPU allocator's
+    RuntimeError, CUDA's OutOfMemoryError), with the size asked for where it says; None otherwise."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()):
+        return None
+    asked = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text, re.IGNORECASE)
+    if asked is None:
+        return "out of memory"
+    size, unit = float(asked.group(1)), asked.group(2)
+    if unit == "bytes":
+        size, unit = size / 2**30, "GiB"
+    return f"out of memory (tried to allocate {size:,.1f} {unit})"
 
 
 class WriteFailed(OSError):

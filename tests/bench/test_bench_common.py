@@ -159,10 +159,15 @@ def test_an_unknown_or_missing_benchmark_name_says_so(argv, problem, capsys):
     (lambda: StepFailed(["python", "-c", "x"], -9, ""), 1,
      "mmkit bench transcribe: error: python -c x ... failed (-9): no message"),
     (lambda: KeyboardInterrupt(), 130, "mmkit bench transcribe: interrupted"),
+    (lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                          "you tried to allocate 10240000000000 bytes. Error code 12 (Cannot allocate memory)"), 1,
+     "mmkit bench transcribe: error: out of memory (tried to allocate 9,536.7 GiB); choose smaller sizes"),
+    (lambda: MemoryError(), 1, "mmkit bench transcribe: error: out of memory; choose smaller sizes"),
 ])
 def test_a_failed_step_or_an_interruption_is_one_line(monkeypatch, capsys, raised, code, line):
     """A process the bench ran failing (a bad --model) was a RuntimeError traceback with its stderr's last 3,000
-    characters; Ctrl-C a KeyboardInterrupt traceback."""
+    characters; Ctrl-C a KeyboardInterrupt traceback; sizes past the machine's memory (`bench generate
+    --codebook-size 1e10`) the allocator's traceback."""
     import mmkit.cli.bench.transcribe as bench_transcribe
 
     def fails(argv):
@@ -171,6 +176,17 @@ def test_a_failed_step_or_an_interruption_is_one_line(monkeypatch, capsys, raise
     monkeypatch.setattr(bench_transcribe, "main", fails)
     assert bench_main(["transcribe"]) == code
     assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(monkeypatch):
+    import mmkit.cli.bench.transcribe as bench_transcribe
+
+    def fails(argv):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(bench_transcribe, "main", fails)
+    with pytest.raises(RuntimeError, match="shapes"):
+        bench_main(["transcribe"])
 
 
 @pytest.mark.parametrize("argv, line", [

@@ -45,6 +45,19 @@ def test_held_out_scores_fp32_and_int8_of_an_export(tmp_path, capsys):
     assert "not a model directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, unused", [
+    (["--held-out", "x", "--rounds", "2", "--precision", "fp32"], "--precision and --rounds: not taken with"),
+    (["--held-out", "x", "--no-int8", "--batch-sizes", "4"], "--batch-sizes and --no-int8: not taken with"),
+    (["--sentences", "10"], "--sentences: not taken without"),
+])
+def test_options_the_mode_ignores_are_refused(argv, unused, capsys):
+    """--held-out scored the export once whatever the timing and size options said (--rounds 5 ran one pass)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"mmkit bench translate: error: {unused} --held-out" in capsys.readouterr().err
+
+
 def test_impossible_sizes_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_:  # a count below 1: argparse's usage error
         main(["--dim", "32", "--layers", "1", "--heads", "4", "--ffn", "64", "--vocab-size", "100",

@@ -13,6 +13,7 @@ recipe's held-out test phrases in fp32 and int8: BLEU, exact match and time, gre
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import statistics
@@ -177,6 +178,22 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HELD_OUT_TAKES = {"held_out", "sentences", "beams", "threads", "json", "help"}  # the rest time a random model
+
+
+def _unused_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The options given (a value other than the default) that the chosen mode ignores: the timing and model-size
+    options with --held-out, --sentences without it (each was silently ignored)."""
+    def given(dest: str) -> bool:
+        return any(a.dest == dest and getattr(args, dest) != a.default for a in p._actions)
+
+    if args.held_out:
+        dests = [a.dest for a in p._actions if a.dest not in HELD_OUT_TAKES and given(a.dest)]
+    else:
+        dests = ["sentences"] if given("sentences") else []
+    return [next(a.option_strings[0] for a in p._actions if a.dest == dest) for dest in dests]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="mmkit bench translate", description=__doc__.split("\n\n")[0])
     p.add_argument("--dim", type=at_least(1), default=512)
@@ -198,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="held-out phrases to score (1000, the recipe's; at most 100,000)")
     add_run_options(p)
     args = p.parse_args(argv)
+    unused = _unused_options(p, args)
+    if unused:
+        p.error(f"{' and '.join(unused)}: not taken {'with' if args.held_out else 'without'} --held-out, which "
+                f"scores an export's accuracy once (fp32 and int8) instead of timing a random model")
     try:
         if args.held_out:
             result = run_held_out(args.held_out, args.sentences, [b for b in args.beams], threads=args.threads)
