@@ -341,8 +341,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp file's path beside `path` for the body to write; renamed over `path` when the body
     ends, removed if it raises: readers never see a half-written output, and an existing output is
     replaced only by a complete one. Making the temp file or the rename failing, or a full disk or quota
-    met in the body (its writes, or any other work it does), is an OSError of one line naming `path`
-    (`check_output` meets most of them before any work; the bare "[Errno 28] No space left on device"
+    met in the body (its writes, or any other work it does), is an OSError of one line naming `path` (or the
+    other file the body's OSError names: a cache on a full /tmp) (`check_output` meets most of them before any work; the bare "[Errno 28] No space left on device"
     named no file)."""
     path = Path(path).expanduser()
     with contextlib.ExitStack() as hold:
@@ -357,6 +357,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         except OSError as e:
             if e.errno in FULL:  # an inner output's WriteFailed first (closing this one then failed too)
                 inner = in_context(e, lambda x: isinstance(x, WriteFailed))
+                if inner is None and e.filename not in (None, str(tmp)):  # another file (a cache on a full /tmp)
+                    inner = WriteFailed.of(f"write {e.filename}", e, f"; {path} was not written")
                 raise inner or WriteFailed.of(f"write {path}", e, "; nothing was written") from None
             raise
         try:

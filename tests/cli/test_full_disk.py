@@ -131,6 +131,10 @@ def test_atomic_path_names_the_output_when_the_disk_fills(tmp_path):
     with pytest.raises(OSError, match=rf"^cannot write {path}: No space left on device; nothing was written$"):
         with text_rows.atomic_path(path):
             raise OSError(28, "No space left on device")
+    cache = tmp_path / "cache" / "kernel.so"  # another file the body writes (a compile cache on a full /tmp)
+    with pytest.raises(OSError, match=rf"^cannot write {cache}: No space left on device; {path} was not written$"):
+        with text_rows.atomic_path(path):
+            raise OSError(28, "No space left on device", str(cache))
     with pytest.raises(OSError, match=r"^\[Errno 5\] Input/output error$"):  # not a write's error: as it was
         with text_rows.atomic_path(path):
             raise OSError(5, "Input/output error")
