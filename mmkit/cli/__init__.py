@@ -164,7 +164,7 @@ def _user_message(e: BaseException) -> str | None:
     """`_user_error`'s line for `e` itself, None where `e` is not a user's mistake."""
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-    from mmkit.errors import WriteFailed
+    from mmkit.errors import FULL, WriteFailed
     from mmkit.weights.native import WeightsError
 
     unreadable = _unreadable_checkpoint(e)
@@ -173,12 +173,29 @@ def _user_message(e: BaseException) -> str | None:
     if isinstance(e, (WeightsError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                       PermissionError, WriteFailed)):
         return str(e)
+    if isinstance(e, OSError) and e.errno in FULL:  # a logger's file (metrics.csv, events.out.tfevents...)
+        return f"cannot write {_file_written(e) or 'a file of the run'}: {e.strerror or e}"
     if isinstance(e, MisconfigurationException) or isinstance(e, ValueError) and _raised_in_lightning(e):
         # Lightning's refusal of a setting or a combination of settings (some only once the run starts)
         return f"trainer: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
     if isinstance(e, ValueError) and _raised_in_mmkit(e):  # our argument checks, e.g. a bad output suffix
         return str(e)
     return None
+
+
+def _file_written(e: OSError) -> str | None:
+    """The file a full disk refused: the OSError's own, else the innermost frame's that names one (a write or a
+    close raises its OSError without: Lightning's CSVLogger closing metrics.csv through fsspec, whose file
+    object keeps it as `path`), else None."""
+    if e.filename:
+        return str(e.filename)
+    tb, found = e.__traceback__, None
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        named = [local.get("path"), local.get("filename"), getattr(local.get("self"), "path", None)]
+        found = next((str(p) for p in named if isinstance(p, (str, Path)) and str(p)), found)
+        tb = tb.tb_next
+    return found
 
 
 def _unreadable_checkpoint(e: BaseException) -> str | None:

@@ -163,6 +163,28 @@ def test_write_errors_keep_their_line_without_the_ending():
         assert in_context(e, lambda x: isinstance(x, KeyError)) is None  # behind the explicit cause
 
 
+def test_a_loggers_full_disk_names_its_file():
+    """Lightning's CSVLogger closing metrics.csv on a full disk was a 40-line traceback ending in a bare
+    "[Errno 28] No space left on device" (checked on a full tmpfs: now this line); the file is the OSError's own,
+    else the one the innermost frame names (fsspec's file object keeps it as `path`)."""
+    from mmkit.cli import _user_error
+
+    class Opener:  # as fsspec's LocalFileOpener
+        def __init__(self, path):
+            self.path = path
+
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as closing:
+        Opener("/runs/lightning_logs/version_0/metrics.csv").close()
+    assert _user_error(closing.value) == ("cannot write /runs/lightning_logs/version_0/metrics.csv: No space left "
+                                          "on device")
+    assert _user_error(OSError(122, "Disk quota exceeded", "/runs/hparams.yaml")) == (
+        "cannot write /runs/hparams.yaml: Disk quota exceeded")
+    assert _user_error(OSError(5, "Input/output error")) is None  # not a full disk: a traceback, as before
+
+
 def test_reserve_allocates_or_says_the_disk_is_full(tmp_path, monkeypatch):
     path = tmp_path / "map"
     with open(path, "wb") as f:
