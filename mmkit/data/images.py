@@ -243,7 +243,8 @@ def to_rgb(im: Image.Image | np.ndarray, path: str | os.PathLike = "<image>") ->
         if im.mode.startswith("I") or im.mode == "F":
             return Image.fromarray(_scale_to_uint8(np.asarray(im))).convert("RGB")
         if im.has_transparency_data:  # an alpha band, or a palette/colour key marked transparent
-            rgba = im.convert("RGBA")  # also undoes premultiplied alpha (RGBa)
+            # also undoes premultiplied alpha (RGBa; La only through LA: PIL has no La -> RGBA)
+            rgba = (im.convert("LA") if im.mode == "La" else im).convert("RGBA")
             background = Image.new("RGB", rgba.size, _WHITE)
             background.paste(rgba, mask=rgba.getchannel("A"))
             return background

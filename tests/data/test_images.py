@@ -58,6 +58,17 @@ def test_rgba_transparent_pixels_become_white(good_files):
     assert tuple(rgba[0, 3]) == (255, 255, 255)
 
 
+def test_premultiplied_alpha_is_undone_in_memory():
+    """PIL's premultiplied modes (RGBa, La: what some image pipelines hand over in memory) composite as their
+    straight-alpha twins; La was refused as "unsupported image mode" (PIL converts it only to LA)."""
+    from mmkit.data.images import to_rgb
+
+    for premultiplied, straight in [(Image.new("La", (1, 1), (64, 128)), Image.new("LA", (1, 1), (127, 128))),
+                                    (Image.new("RGBa", (1, 1), (64, 32, 0, 128)),
+                                     Image.new("RGBA", (1, 1), (127, 63, 0, 128)))]:
+        assert to_rgb(premultiplied).getpixel((0, 0)) == to_rgb(straight).getpixel((0, 0))
+
+
 def test_exif_orientation_is_applied(good_files):
     rotated = pixels(good_files["exif6.jpg"])
     assert rotated.shape == (40, 20, 3)  # stored 40 wide x 20 high
