@@ -29,7 +29,8 @@ def progress(description: str, total: int, unit: str = "it", completed: int = 0,
 
     class Rate(ProgressColumn):
         def render(self, task: Any) -> Text:
-            return Text(f"{task.speed or 0:.1f} {unit}/s")
+            done = task.completed - completed  # this run's (a resumed run's earlier units took no time here)
+            return Text(rate(task.speed or (done / task.elapsed if done > 0 and task.elapsed else None), unit))
 
     # On a terminal, what is printed while the bar runs (transcripts on stdout; a bad row's line, a warning on
     # stderr) goes above it: printed under it, a line was glued to the bar ("ETA -:--:--mmkit embed: line 8: ...")
@@ -42,6 +43,15 @@ def progress(description: str, total: int, unit: str = "it", completed: int = 0,
     task = bar.add_task(description, total=total, completed=completed)
     with bar, _logging_to(sys.stderr if tty else None):
         yield lambda n=1: bar.advance(task, n)
+
+
+def rate(speed: float | None, unit: str) -> str:
+    """"12.3 img/s"; "42.0 s/file" below one unit a second (it read "0.0 file/s"); "-- img/s" before any unit is
+    done. `speed` is rich's estimate over the last 30 s, else this run's mean (rich has none once a unit takes
+    longer than that: a long file read "0.0 file/s" for the whole run)."""
+    if not speed:
+        return f"-- {unit}/s"
+    return f"{speed:.1f} {unit}/s" if speed >= 1 else f"{1 / speed:.1f} s/{unit}"
 
 
 @contextlib.contextmanager

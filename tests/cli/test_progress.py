@@ -55,3 +55,29 @@ def test_lines_printed_or_logged_while_the_bar_runs_are_lines_of_their_own():
         assert f"WARNING mmkit: warned {i}" in lines, text
     assert not any("ETA" in line and "mmkit" in line for line in lines), text  # no message glued to the bar
     assert lines[-2:] == ["done", ""] and any(line.startswith("working") and "4/4" in line for line in lines), text
+
+
+def test_the_rate_reads_at_any_speed(monkeypatch):
+    """Below one unit a second the rate read "0.0 file/s" (and, once a unit took over rich's 30-s window, for the
+    whole run); now the seconds per unit, this run's mean where rich has no estimate."""
+    from types import SimpleNamespace
+
+    import rich.progress
+
+    from mmkit.cli.progress import progress, rate
+
+    assert [rate(s, "file") for s in (None, 0, 0.025, 2.345)] == ["-- file/s", "-- file/s", "40.0 s/file",
+                                                                 "2.3 file/s"]
+    columns = []
+    build = rich.progress.Progress.__init__
+
+    def keep_columns(self, *given, **kwargs):
+        columns.extend(given)
+        build(self, *given, **kwargs)
+
+    monkeypatch.setattr(rich.progress.Progress, "__init__", keep_columns)
+    with progress("transcribing", 4, "file", completed=1):  # a resumed run: one file done before it
+        pass
+    column = next(c for c in columns if type(c).__name__ == "Rate")
+    task = SimpleNamespace(speed=None, completed=3, elapsed=80.0)  # rich has no estimate; two files of this run
+    assert str(column.render(task)) == "40.0 s/file"
