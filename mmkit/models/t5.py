@@ -20,7 +20,7 @@ from mmkit.core.mlp import activation
 from mmkit.models.seq2seq import context_attention_mask
 from mmkit.weights.native import PretrainedMixin
 
-NORM_EPS = 1e-6  # T5's layer_norm_epsilon in every released checkpoint
+NORM_EPS = 1e-6  # T5's layer_norm_epsilon in every released checkpoint (`norm_eps`'s default)
 
 
 def _feed_forward(kind: str, mlp_dim: int, dropout: float) -> Callable[..., nn.Module]:
@@ -50,6 +50,7 @@ class T5(PretrainedMixin, nn.Module):
         feed_forward: "relu" (v1.0) or "gated-gelu_tanh" (v1.1, Flan); any "gated-<activation>".
         tie_output: the output projection is the token embedding (else a separate `head`).
         scale_output: multiply decoder outputs by dim ** -0.5 before the projection (v1.0).
+        norm_eps: the RMSNorms' epsilon (layer_norm_epsilon; 1e-6 in every released checkpoint).
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class T5(PretrainedMixin, nn.Module):
         feed_forward: str = "relu",
         tie_output: bool = True,
         scale_output: bool = True,
+        norm_eps: float = NORM_EPS,
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -75,7 +77,7 @@ class T5(PretrainedMixin, nn.Module):
         # Stacks are built with one head (any dim divides) and their attention swapped for T5's:
         # bias-free, head_dim independent of dim, unscaled scores (T5 folds 1/√d into its init).
         stack = dict(dim=dim, num_heads=1, qkv_bias=False, block=PreNormBlock,
-                     norm_layer=partial(RMSNorm, eps=NORM_EPS), mlp_layer=_feed_forward(feed_forward, mlp_dim, dropout),
+                     norm_layer=partial(RMSNorm, eps=norm_eps), mlp_layer=_feed_forward(feed_forward, mlp_dim, dropout),
                      final_norm=True)
         self.encoder = Encoder(depth=encoder_depth, **stack)
         self.decoder = Decoder(depth=decoder_depth, cross_attention=True, **stack)

@@ -87,15 +87,23 @@ def t5_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> dic
     head, shared = state.get("lm_head.weight"), state.get("shared.weight")
     tied = head is None or (shared is not None and torch.equal(head, shared))
     # transformers >= 5 records the v1.0 output rescaling as scale_decoder_outputs; older configs
-    # said it with tie_word_embeddings (False for v1.1/Flan, which neither tie nor rescale).
-    scale = cfg.get("scale_decoder_outputs", cfg.get("tie_word_embeddings", True))
+    # said it with tie_word_embeddings (False for v1.1/Flan, which neither tie nor rescale). mT5 never
+    # rescales (MT5ForConditionalGeneration has no such step), whatever its config says of tying: transformers 5
+    # saves a fine-tuned mT5 with tie_word_embeddings true and no scale field.
+    scale = cfg["model_type"] != "mt5" and cfg.get("scale_decoder_outputs", cfg.get("tie_word_embeddings", True))
+    buckets = cfg.get("relative_attention_num_buckets", 32)
+    distance = cfg.get("relative_attention_max_distance", 128)
+    if distance <= buckets // 2:  # the decoder's exact range: log(max_distance / exact) <= 0 indexes past the table
+        raise WeightsError(f"{where}: relative_attention_max_distance {distance} must exceed half of "
+                           f"relative_attention_num_buckets ({buckets}): T5's buckets past the exact range are "
+                           "undefined then (transformers fails on such a model too)")
     return dict(
         vocab_size=cfg["vocab_size"], dim=cfg["d_model"], num_heads=cfg["num_heads"], head_dim=cfg["d_kv"],
         mlp_dim=cfg["d_ff"], encoder_depth=cfg["num_layers"],
         decoder_depth=cfg.get("num_decoder_layers") or cfg["num_layers"],
-        num_buckets=cfg.get("relative_attention_num_buckets", 32),
-        max_distance=cfg.get("relative_attention_max_distance", 128), dropout=cfg.get("dropout_rate", 0.1),
+        num_buckets=buckets, max_distance=distance, dropout=cfg.get("dropout_rate", 0.1),
         feed_forward=_activation(cfg, where), tie_output=bool(tied), scale_output=bool(scale),
+        norm_eps=cfg.get("layer_norm_epsilon", 1e-6),  # T5Config's default
     )
 
 

@@ -192,7 +192,7 @@ def _visual_config(v: nn.Module) -> dict[str, Any]:
         cfg = timm_vit_config(v.trunk)
         return dict(embed_dim=cfg["dim"], image_size=cfg["image_size"], patch_size=cfg["patch_size"],
                     dim=cfg["dim"], depth=cfg["depth"], num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"],
-                    act_layer="gelu", norm_eps=1e-6, drop_path_rate=cfg["drop_path_rate"], global_pool="map",
+                    act_layer=cfg["act_layer"], norm_eps=1e-6, drop_path_rate=cfg["drop_path_rate"], global_pool="map",
                     pre_norm=False, proj=False)
     vb, v_dim = v.transformer.resblocks[0], v.conv1.out_channels
     return dict(

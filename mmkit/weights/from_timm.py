@@ -57,6 +57,15 @@ def _timm_create(name: str, checkpoint_path: str | None, pretrained: bool, timm_
     return model
 
 
+def _gelu(act: nn.Module) -> str | None:
+    """mmkit's name of a timm MLP's activation where it is a GELU ("gelu", or "gelu_tanh": nn.GELU with
+    approximate="tanh", or timm's GELUTanh), else None. The class alone is not enough: nn.GELU(approximate="tanh")
+    imported as the exact GELU differed by 5e-4."""
+    if type(act) is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(act.approximate)
+    return "gelu_tanh" if type(act).__name__ == "GELUTanh" else None
+
+
 def _attention_pool_unsupported(m: nn.Module) -> bool:
     """True unless `m.attn_pool` is absent or the AttentionPoolLatent timm's ViT builds for "map"."""
     from timm.layers import Mlp as TimmMlp
@@ -70,7 +79,8 @@ def _attention_pool_unsupported(m: nn.Module) -> bool:
     return not (pool.latent_len == 1 and pool.pos_embed is None and pool.pool == "token"
                 and isinstance(pool.q, nn.Linear) and isinstance(pool.q_norm, nn.Identity)
                 and pool.num_heads == blk.attn.num_heads and isinstance(pool.mlp, TimmMlp)
-                and pool.mlp.fc1.out_features == blk.mlp.fc1.out_features and type(pool.mlp.act) is nn.GELU
+                and pool.mlp.fc1.out_features == blk.mlp.fc1.out_features
+                and _gelu(pool.mlp.act) is not None and _gelu(pool.mlp.act) == _gelu(blk.mlp.act)
                 and isinstance(pool.norm, nn.LayerNorm) and pool.norm.eps == 1e-6
                 and not getattr(m, "pool_include_prefix", False))
 
@@ -79,6 +89,10 @@ def timm_vit_config(m: nn.Module) -> dict[str, Any]:
     """`ViT(...)` arguments of a timm VisionTransformer; features mmkit's ViT lacks are refused."""
     from timm.layers import Mlp as TimmMlp
 
+    blocks = {type(b).__name__ for b in m.blocks}
+    if blocks != {"Block"}:  # ResPostBlock has Block's tensor names but is post-norm: it must not import
+        raise WeightsError(f"timm model uses features outside mmkit's plain ViT: block type "
+                           f"{', '.join(sorted(blocks - {'Block'}))}")
     blk = m.blocks[0]
     unsupported = {
         "register tokens": getattr(m, "reg_token", None) is not None,
@@ -87,7 +101,18 @@ def timm_vit_config(m: nn.Module) -> dict[str, Any]:
         "attention pooling other than timm's default AttentionPoolLatent": _attention_pool_unsupported(m),
         "qk-norm": not isinstance(blk.attn.q_norm, nn.Identity),
         "layer scale": not isinstance(blk.ls1, nn.Identity),
-        "non-GELU activation / non-standard MLP": not (isinstance(blk.mlp, TimmMlp) and type(blk.mlp.act) is nn.GELU),
+        "non-GELU activation / non-standard MLP": not (isinstance(blk.mlp, TimmMlp) and _gelu(blk.mlp.act)),
+        "attention other than timm's Attention": type(blk.attn).__name__ != "Attention",
+        "no attention output bias (proj_bias=False)": getattr(blk.attn.proj, "bias", None) is None,
+        "no MLP biases": blk.mlp.fc1.bias is None or blk.mlp.fc2.bias is None,
+        "a norm inside attention (scale_attn_norm)": not isinstance(getattr(blk.attn, "norm", nn.Identity()),
+                                                                    nn.Identity),
+        "a norm inside the MLP (scale_mlp_norm)": not isinstance(getattr(blk.mlp, "norm", nn.Identity()),
+                                                                 nn.Identity),
+        "a norm after the patch embedding (embed_norm_layer)": not isinstance(getattr(m.patch_embed, "norm",
+                                                                                      nn.Identity()), nn.Identity),
+        "no position embedding (pos_embed='none')": getattr(m, "pos_embed", None) is None,
+        "no final norm (final_norm=False)": isinstance(m.norm, nn.Identity) and isinstance(m.fc_norm, nn.Identity),
         "non-square patches": m.patch_embed.patch_size[0] != m.patch_embed.patch_size[1],
         f"global_pool={m.global_pool!r}": m.global_pool not in ("token", "avg", "map"),
         "dynamic image size": getattr(m, "dynamic_img_size", False),
@@ -99,12 +124,12 @@ def timm_vit_config(m: nn.Module) -> dict[str, Any]:
         raise WeightsError(f"timm model uses features outside mmkit's plain ViT: {', '.join(bad)}")
     img = m.patch_embed.img_size
     if img[0] != img[1]:
-        raise WeightsError(f"non-square image size {img} is not supported")
+        raise WeightsError(f"timm model uses features outside mmkit's plain ViT: non-square image size {img}")
     return dict(
         image_size=img[0], patch_size=m.patch_embed.patch_size[0], in_chans=m.patch_embed.proj.in_channels,
         num_classes=m.num_classes, dim=m.embed_dim, depth=len(m.blocks), num_heads=blk.attn.num_heads,
         mlp_ratio=blk.mlp.fc1.out_features / m.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
-        class_token=m.cls_token is not None, global_pool=m.global_pool,
+        act_layer=_gelu(blk.mlp.act), class_token=m.cls_token is not None, global_pool=m.global_pool,
         fc_norm=not isinstance(m.fc_norm, nn.Identity),
         # timm and mmkit share the linear stochastic-depth rule; the last block holds the rate.
         drop_path_rate=round(float(getattr(m.blocks[-1].drop_path1, "drop_prob", 0.0)), 6),

@@ -86,3 +86,54 @@ def test_untied_head_directory_and_save_load(tmp_path):
         expected = model(tgt, context=model.encode(src, mask), context_mask=mask)
         loaded = T5.from_pretrained(model.save_pretrained(tmp_path / "mm")).eval()
         torch.testing.assert_close(loaded(tgt, context=loaded.encode(src, mask), context_mask=mask), expected)
+
+
+def _t5_config(**fields):
+    from transformers import T5Config
+
+    return T5Config(vocab_size=60, d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
+                    relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0,
+                    attn_implementation="eager", **fields)
+
+
+def _logit_diff(ref, model) -> float:
+    g = torch.Generator().manual_seed(1)
+    src, tgt = torch.randint(2, 60, (3, 9), generator=g), torch.randint(2, 60, (3, 16), generator=g)
+    with torch.no_grad():
+        return (ref(input_ids=src, decoder_input_ids=tgt).logits - model(tgt, context=model.encode(src))).abs().max()
+
+
+def test_layer_norm_epsilon_is_imported(tmp_path):
+    """layer_norm_epsilon was checked and dropped: every import used 1e-6 (0.22 off at 0.1)."""
+    from transformers import T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    ref = T5ForConditionalGeneration(_t5_config(layer_norm_epsilon=0.1)).eval()
+    ref.save_pretrained(tmp_path)
+    model = T5.from_hf(tmp_path).eval()
+    assert model.config["norm_eps"] == 0.1 and _logit_diff(ref, model) <= 1e-4
+
+
+def test_mt5_never_rescales_its_outputs(tmp_path):
+    """transformers 5 saves an mT5 with tie_word_embeddings true and no scale_decoder_outputs (a fine-tuned one
+    too): read as T5 v1.0 it was rescaled by d_model ** -0.5, 16-18 off; MT5ForConditionalGeneration never does."""
+    from transformers import MT5Config, MT5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    ref = MT5ForConditionalGeneration(MT5Config(**_t5_config().to_diff_dict())).eval()
+    ref.save_pretrained(tmp_path)
+    model = T5.from_hf(tmp_path).eval()
+    assert not model.config["scale_output"] and _logit_diff(ref, model) <= 1e-4
+
+
+def test_a_bucket_range_t5_cannot_index_is_refused_by_name(tmp_path):
+    from transformers import T5ForConditionalGeneration
+
+    from mmkit.weights import WeightsError
+
+    config = _t5_config()
+    config.relative_attention_num_buckets, config.relative_attention_max_distance = 16, 4
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path)
+    with pytest.raises(WeightsError, match="relative_attention_max_distance 4 must exceed half of "
+                                           r"relative_attention_num_buckets \(16\)"):
+        T5.from_hf(tmp_path)

@@ -167,13 +167,42 @@ def test_layer_norm_eps_mismatch_is_refused():
         ViT.from_timm(ref)
 
 
-def test_architecture_changes_that_drop_keys_are_refused():
-    # No dedicated check: strict loading catches them and names the keys.
-    for kw, key in [(dict(proj_bias=False), "attn.proj.bias"), (dict(final_norm=False), "norm.weight"),
-                    (dict(pos_embed="none"), "pos_embed"), (dict(embed_norm_layer="layernorm"), "patch_embed.norm")]:
-        ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, img_size=32, **kw)
-        with pytest.raises(WeightsError, match=key):
-            ViT.from_timm(ref)
+@pytest.mark.parametrize("kw, feature", [
+    (dict(proj_bias=False), "no attention output bias (proj_bias=False)"),
+    (dict(final_norm=False), "no final norm (final_norm=False)"),
+    (dict(pos_embed="none"), "no position embedding (pos_embed='none')"),
+    (dict(embed_norm_layer="layernorm"), "a norm after the patch embedding (embed_norm_layer)"),
+    (dict(scale_mlp_norm=True), "a norm inside the MLP (scale_mlp_norm)"),
+    (dict(attn_layer="diff"), "attention other than timm's Attention"),
+    (dict(block_fn="ResPostBlock"), "block type ResPostBlock"),
+    (dict(block_fn="ParallelThingsBlock"), "block type ParallelThingsBlock"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_architecture_changes_are_refused_by_the_option(kw, feature):
+    """Named as the timm option, not as the tensors the strict load then missed (which read as a corrupt file);
+    ResPostBlock has Block's tensor names but is post-norm, and other blocks ended in an AttributeError."""
+    from timm.models import vision_transformer as vt
+
+    if "block_fn" in kw:
+        kw = {"block_fn": getattr(vt, kw["block_fn"])}
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, img_size=32, **kw)
+    with pytest.raises(WeightsError, match=re.escape(f"features outside mmkit's plain ViT: {feature}")):
+        ViT.from_timm(ref)
+
+
+@pytest.mark.parametrize("global_pool", ["token", "map"])
+def test_the_tanh_gelu_imports_as_itself(global_pool):
+    """nn.GELU(approximate="tanh") passed the class check and was imported as the exact GELU (5e-4 off)."""
+    from functools import partial
+
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, img_size=32, num_classes=3,
+                            global_pool=global_pool, class_token=global_pool == "token",
+                            act_layer=partial(torch.nn.GELU, approximate="tanh")).eval()
+    ours = ViT.from_timm(ref).eval()
+    assert ours.config["act_layer"] == "gelu_tanh"
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (ours(images) - ref(images)).abs().max() <= 1e-4
 
 
 def test_non_vit_timm_model_is_refused():
