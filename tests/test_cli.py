@@ -5,6 +5,7 @@ test from the Lightning checkpoint, and predict to CSV/JSON with unreadable inpu
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import json
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import yaml
@@ -221,6 +223,83 @@ def test_evaluate_from_the_lightning_checkpoint(fitted, workdir, stage):
     # The logged loss is that of the trained weights (equal to the export's), so the checkpoint loaded.
     assert metrics[f"{split}/loss"] == pytest.approx(_eval_loss(fitted / "export", split, workdir / "cache"), rel=1e-4)
     assert 0.0 <= metrics[f"{split}/acc"] <= 1.0
+
+
+def _weights(export: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(next(export.glob("*.safetensors"))))
+
+
+class StopAfterFirstEpoch(pl.Callback):
+    """A run stopped after its first epoch, as Ctrl-C or a lost machine would, its length unchanged."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.should_stop = True
+
+
+def test_a_resumed_run_trains_as_the_uninterrupted_one(workdir):
+    """Stopped after its first epoch and resumed with `--ckpt_path last`, a run ends with the weights of the same
+    run uninterrupted, bit for bit: the same batches (each epoch's shuffle is drawn from the seed and the epoch; it
+    was the global generator's, re-seeded by the resumed run: epoch 0's order again), the same augmentations (the
+    checkpoint keeps the random generators' states) and the same learning rates."""
+    whole, part = workdir / "whole", workdir / "part"
+    three = [*TINY, "--trainer.max_epochs", "3"]
+    assert main(["fit", "--config", FIT, *three, "--trainer.default_root_dir", str(whole),
+                 "--model.init_args.export_dir", str(whole / "export")]) == 0
+    assert main(["fit", "--config", FIT, *three, "--trainer.default_root_dir", str(part), "--trainer.callbacks+",
+                 f"{__name__}.StopAfterFirstEpoch", "--model.init_args.export_dir", str(part / "export")]) == 0
+    assert torch.load(part / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)[
+        "epoch"] == 0
+    assert main(["fit", "--config", FIT, *three, "--trainer.default_root_dir", str(part),
+                 "--model.init_args.export_dir", str(part / "export"), "--ckpt_path", "last"]) == 0
+    resumed, uninterrupted = _weights(part / "export"), _weights(whole / "export")
+    assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in uninterrupted) == 0.0
+
+
+def test_a_longer_resumed_run_follows_its_own_schedule(workdir, caplog):
+    """Resumed with a larger max_epochs, the first step ran at the stopped run's last learning rate (0, its
+    schedule's end) before the new schedule took over (then 63% of the peak); now it starts on the new schedule."""
+    run = workdir / "longer"
+    assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(run),
+                 "--model.init_args.export_dir", str(run / "export")]) == 0
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["fit", "--config", FIT, *TINY, "--trainer.max_epochs", "3", "--trainer.default_root_dir",
+                     str(run), "--model.init_args.export_dir", str(run / "export"), "--ckpt_path", "last"]) == 0
+    assert "resumed at step 2: learning rate 0.0015 (the checkpoint's 0)" in caplog.text
+
+
+def test_last_follows_the_run_and_best_and_last_load_in_any_subcommand(workdir, caplog):
+    """last.ckpt holds the newest epoch even where the monitored metric never improves (Lightning's own callback
+    rewrote it only with a new best: `--ckpt_path last` resumed epoch 0); "best" in a new process is the one the
+    run recorded (Lightning's "not configured to save the best model"); predict reads "last" from the recipe's
+    folder (it found none and predicted with random weights), and asks for a run when there is none."""
+    flat = workdir / "flat"
+    assert main(["fit", "--config", FIT, *TINY, "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(flat),
+                 "--model.init_args.export_dir", str(flat / "export"), "--model.init_args.lr", "1e-12"]) == 0
+    checkpoints = flat / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best-epoch=00.ckpt", "last.ckpt"]  # no new best
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    with caplog.at_level(logging.INFO):
+        assert main(["test", "--config", FIT, *TINY, "--trainer.default_root_dir", str(flat),
+                     "--ckpt_path", "best"]) == 0
+        assert f"Restoring states from the checkpoint path at {checkpoints / 'best-epoch=00.ckpt'}" in caplog.text
+        caplog.clear()
+        assert main(["predict", "--config", FIT, *TINY, "--trainer.default_root_dir", str(flat), "--ckpt_path",
+                     "last", "--data.init_args.predict_paths", f"[{workdir / 'cache' / 'digits' / 'test' / '3'}]",
+                     "--prediction_writer.output", str(flat / "p.csv")]) == 0
+        assert f"Restoring states from the checkpoint path at {checkpoints / 'last.ckpt'}" in caplog.text
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_a_missing_last_checkpoint_outside_fit_asks_for_a_run(workdir, capsys, subcommand):
+    assert main([subcommand, "--config", FIT, *TINY, "--trainer.default_root_dir", str(workdir / "none"),
+                 "--ckpt_path", "last", "--prediction_writer.output", str(workdir / "p.csv")]
+                [:None if subcommand == "predict" else -2]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"mmkit {subcommand}: error: --ckpt_path last: no checkpoint at {workdir / 'none' / 'checkpoints'}/last.ckpt;"
+        " train first (mmkit fit with this recipe and --trainer.default_root_dir) or give a checkpoint file")
 
 
 def _predict_inputs(folder: Path, cache: Path) -> tuple[list[Path], dict[Path, str]]:

@@ -464,6 +464,7 @@ class MMKitCLI(LightningCLI):
         super()._set_seed()
 
     def before_predict(self) -> None:
+        self._fixed_checkpoint_folder()
         # Lightning would keep every batch's predictions in memory to return them: the writer has written them.
         if self.config_init[self.subcommand].get("return_predictions") is None:
             self.config_init[self.subcommand]["return_predictions"] = False
@@ -518,19 +519,51 @@ class MMKitCLI(LightningCLI):
     def _fixed_checkpoint_folder(self) -> None:
         """Checkpoints go to `<default_root_dir>/checkpoints` (unless a recipe names a folder), not
         to a new `lightning_logs/version_N/` per run: `--ckpt_path last` after a crash then finds
-        the run's `last.ckpt`. Asking for "last" when there is none is an error, never a fresh start."""
+        the run's `last.ckpt`, in every subcommand (predict's too: Lightning found no "last" there and predicted
+        with the recipe's random weights). Asking for "last" when there is none is an error, never a fresh start
+        or random weights; "best" in a new process is the one the run's last.ckpt records (Lightning knows the
+        best only in the process that trained); validate and test without a checkpoint say what they score."""
         root = Path(self.trainer.default_root_dir)
         callbacks = [cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
         for cb in callbacks:
             if cb.dirpath is None:
                 cb.dirpath = str((root / "checkpoints").resolve())
-        if self.config_init[self.subcommand].get("ckpt_path") != "last":
-            return
-        found = [Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" for cb in callbacks]
-        if not any(p.is_file() for p in found):
-            where = ", ".join(str(p) for p in found) or "(no ModelCheckpoint callback with save_last)"
-            raise FileNotFoundError(f"--ckpt_path last: no checkpoint to resume from at {where}; "
-                                    "drop --ckpt_path to start a new run")
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        fix = ("drop --ckpt_path to start a new run" if self.subcommand == "fit" else
+               "train first (mmkit fit with this recipe and --trainer.default_root_dir) or give a checkpoint file")
+        if ckpt_path == "last":
+            found = [Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" for cb in callbacks]
+            if not any(p.is_file() for p in found):
+                where = ", ".join(str(p) for p in found) or "(no ModelCheckpoint callback with save_last)"
+                what = "checkpoint to resume from" if self.subcommand == "fit" else "checkpoint"
+                raise FileNotFoundError(f"--ckpt_path last: no {what} at {where}; {fix}")
+        elif ckpt_path == "best" and self.subcommand != "fit" and callbacks and not callbacks[0].best_model_path:
+            best = _recorded_best(callbacks[0])  # the callback Lightning reads "best" from
+            if best is None:
+                raise FileNotFoundError(f"--ckpt_path best: no best checkpoint recorded in {callbacks[0].dirpath} "
+                                        f"(the last.ckpt of a run with a monitored metric); {fix}")
+            callbacks[0].best_model_path = best
+        elif ckpt_path is None and self.subcommand in ("validate", "test"):
+            log.warning("%s: no --ckpt_path, so the model as the recipe builds it is scored (random weights unless "
+                        "it loads trained ones); --ckpt_path last, best or a file scores a trained one",
+                        self.subcommand)
+
+
+def _recorded_best(cb: ModelCheckpoint) -> str | None:
+    """The best checkpoint the last.ckpt in `cb`'s folder records for a callback like `cb` (found in that folder
+    if the run's folder was moved), else None. Read with weights_only and a memory map: no code, no weights read."""
+    import torch
+
+    last = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+        recorded = state.get(cb.state_key, {}).get("best_model_path") or ""
+    except Exception:  # noqa: BLE001 - missing, unreadable or foreign: no best known
+        return None
+    for candidate in (Path(recorded), Path(cb.dirpath) / Path(recorded).name) if recorded else ():
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def run(argv: list[str], from_console: bool) -> None:

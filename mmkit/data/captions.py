@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmkit.data.image_folder import (SkippedSample, check_image_size, drop_skipped, keep_readable, require_path,
                                      summarise)
 from mmkit.data.images import ImageLoadError, load_image, scan_images
+from mmkit.data.sampling import order
 from mmkit.data.text import CLIPTokenizer
 from mmkit.data.transforms import EvalTransform
 
@@ -275,8 +276,9 @@ class _CaptionDataModule(pl.LightningDataModule):
         if split not in self.samples:
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
         transform = self.train_transform if split == "train" else self.eval_transform
-        return DataLoader(CaptionDataset(self.samples[split], transform), batch_size=self.batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers, collate_fn=CaptionCollate(self.tokenizer),
+        dataset = CaptionDataset(self.samples[split], transform)
+        return DataLoader(dataset, batch_size=self.batch_size, **order(dataset, shuffle), num_workers=self.num_workers,
+                          collate_fn=CaptionCollate(self.tokenizer),
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
                           drop_last=split == "train" and len(self.samples[split]) > self.batch_size)
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from mmkit.data.dalle_text import WordTokenizer
+from mmkit.data.sampling import order
 from mmkit.data.shapes import ShapesDataset, Shape, all_pairs, combinations, default_held_out
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ class ShapesImagesDataModule(pl.LightningDataModule):
                                                       seed, background=background), indexed=True)
 
     def _loader(self, split: str) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=split == "train",
-                          drop_last=split == "train", num_workers=self.hparams.num_workers,
+        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size,
+                          **order(self.datasets[split], split == "train"), drop_last=split == "train",
+                          num_workers=self.hparams.num_workers,
                           persistent_workers=self.hparams.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
@@ -174,8 +176,9 @@ class ShapesCodesDataModule(pl.LightningDataModule):
         collate = (lambda rows: {"text": torch.stack([r[0] for r in rows]), "codes": torch.stack([r[1] for r in rows])}) \
             if split != "test" else (lambda rows: {"text": torch.stack([r[0] for r in rows]),
                                                    "index": torch.stack([r[1] for r in rows])})
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=split == "train",
-                          drop_last=split == "train", collate_fn=collate)
+        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size,
+                          **order(self.datasets[split], split == "train"), drop_last=split == "train",
+                          collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -25,6 +25,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torch.utils.data import DataLoader, Dataset
 
 from mmkit.data.images import IMAGE_EXTENSIONS, ImageLoadError, check_image, load_image, scan_images
+from mmkit.data.sampling import order
 from mmkit.data.transforms import EvalTransform
 
 log = logging.getLogger(__name__)
@@ -372,10 +373,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise ValueError("predict_dataloader needs predict_paths")
         if split not in self.samples:
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
+        dataset = ImageFileDataset(self.samples[split], transform)
         return DataLoader(
-            ImageFileDataset(self.samples[split], transform),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            **order(dataset, shuffle),
             num_workers=self.num_workers,
             collate_fn=collate_skipping,
             persistent_workers=self.num_workers > 0,

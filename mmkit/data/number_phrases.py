@@ -17,6 +17,7 @@ from babel.dates import format_date
 from num2words import num2words
 from torch.utils.data import DataLoader
 
+from mmkit.data.sampling import order
 from mmkit.data.spm_tokenizer import BOS, PAD, SentencePieceTokenizer
 
 IGNORE_INDEX = -100
@@ -114,7 +115,8 @@ class NumberPhrasesDataModule(pl.LightningDataModule):
         return [(tok.encode(en), tok.encode(de), en, de) for en, de in self.pairs[split]]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size, shuffle=shuffle,
+        dataset = self._dataset(split)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, **order(dataset, shuffle),
                           num_workers=self.hparams.num_workers, collate_fn=TranslationCollate())
 
     def train_dataloader(self) -> DataLoader:

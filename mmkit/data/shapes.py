@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mmkit.data.captions import CaptionCollate
+from mmkit.data.sampling import order
 from mmkit.data.text import CLIPTokenizer
 from mmkit.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, EvalTransform
 
@@ -241,7 +242,8 @@ class ShapesDataModule(pl.LightningDataModule):
                 "zeroshot_templates": self.zeroshot_templates, "held_out_pairs": self.held_out}
 
     def _loader(self, split: str) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=split == "train",
+        return DataLoader(self.datasets[split], batch_size=self.batch_size,
+                          **order(self.datasets[split], split == "train"),
                           drop_last=split == "train", num_workers=self.num_workers,
                           collate_fn=CaptionCollate(self.tokenizer), persistent_workers=self.num_workers > 0)
 

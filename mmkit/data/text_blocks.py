@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from mmkit.data.corpora import corpus_texts, is_held_out
 from mmkit.data.documents import MAX_WARNINGS, iter_documents, read_documents
 from mmkit.data.gpt_tokenizer import TOKENIZER_FILE, ByteBPETokenizer
+from mmkit.data.sampling import order
 from mmkit.data.token_files import Blocks, ScratchFolder, TokenWriter, token_dtype
 
 __all__ = ["MAX_WARNINGS", "Blocks", "TextBlocksDataModule", "counts_perplexity", "encode_stream", "iter_documents",
@@ -281,7 +282,8 @@ class TextBlocksDataModule(pl.LightningDataModule):
             raise ValueError(f"the {split} split is too short: {e}; {more}lower block_size or give more text") from None
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, **order(self.train_set, True),
+                          drop_last=True,
                           num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -228,6 +228,8 @@ class VectorQuantizer(nn.Module):
         ema_decay: EMA decay of the codebook itself (0 = learned by gradient, taming's way).
     """
 
+    training_buffers = ("usage", "ema_count", "ema_sum")  # training state outside the state dict
+
     def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, restart_threshold: float = 0.03,
                  usage_decay: float = 0.99, ema_decay: float = 0.0) -> None:
         super().__init__()
@@ -235,7 +237,8 @@ class VectorQuantizer(nn.Module):
         self.restart_threshold, self.usage_decay, self.ema_decay = restart_threshold, usage_decay, ema_decay
         self.embedding = nn.Embedding(codebook_size, code_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        # Not persistent: taming/min-dalle checkpoints have no such buffers, and they are training state.
+        # Not persistent: taming/min-dalle checkpoints have no such buffers, and they are training state, kept in
+        # Lightning checkpoints for a resume (`mmkit.tasks.model_task.training_buffers`).
         self.register_buffer("usage", torch.ones(codebook_size), persistent=False)
         if ema_decay > 0:
             self.embedding.weight.requires_grad_(False)

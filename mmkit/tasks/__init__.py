@@ -15,6 +15,7 @@ _EXPORTS = {
     "mmkit.tasks.clip_task": ["CLIPTask", "ZeroShotEvaluation"],
     "mmkit.tasks.speech_recognizer": ["SpeechRecognizer"],
     "mmkit.tasks.model_callbacks": ["CompileModel", "GradCheckpointing"],
+    "mmkit.tasks.checkpoints": ["ModelCheckpoint"],
 }
 # Moved to mmkit.inference (the inference layer: no Lightning); the old names work for one release.
 _MOVED = {"Classifier": "mmkit.inference.classifier", "Prediction": "mmkit.inference.classifier",

