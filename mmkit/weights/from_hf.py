@@ -101,10 +101,15 @@ def gpt2_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
     return Converted(config, mapped, source, training)
 
 
-def gpt2_from_mmkit(config: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def gpt2_from_mmkit(config: dict[str, Any], state: dict[str, Tensor],
+                    eos_token_id: int | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The inverse of `gpt2_from_hf`: an mmkit `GPT`'s config and state dict as a transformers
     `GPT2Config` dict and `GPT2LMHeadModel` state dict (the same function, e.g. a reference twin of
-    a trained export for `mmkit bench text`).
+    a trained export for `mmkit bench text`; in training mode too, but for stochastic depth, which GPT-2 lacks:
+    its only dropout is the embeddings', as mmkit's, so attention and residual dropout are 0).
+    `eos_token_id`: the tokenizer's end of text, GPT-2's bos and eos (default: GPT-2's 50256 in its own
+    vocabulary of 50257, else none: GPT2Config's 50256 lies outside a smaller vocabulary, so `generate` could
+    never stop).
 
     Raises:
         WeightsError: configurations GPT-2 cannot express (no q/k/v bias, an untied output head).
@@ -117,7 +122,11 @@ def gpt2_from_mmkit(config: dict[str, Any], state: dict[str, Tensor]) -> tuple[d
     dim = config["dim"]
     hf_config = dict(model_type="gpt2", vocab_size=config["vocab_size"], n_positions=config["max_len"], n_embd=dim,
                      n_layer=config["depth"], n_head=config["num_heads"], n_inner=int(dim * config["mlp_ratio"]),
-                     layer_norm_epsilon=config["norm_eps"], activation_function="gelu_new", tie_word_embeddings=True)
+                     layer_norm_epsilon=config["norm_eps"], activation_function="gelu_new", tie_word_embeddings=True,
+                     embd_pdrop=config.get("dropout", 0.0), attn_pdrop=0.0, resid_pdrop=0.0)
+    if eos_token_id is None and config["vocab_size"] == 50257:
+        eos_token_id = 50256
+    hf_config.update(bos_token_id=eos_token_id, eos_token_id=eos_token_id)
     rules = [(dst, "transformer." + src) for src, dst in _GPT2_BASE_KEYS if dst is not None]
     transforms = {f"transformer.h.{i}.{src}.weight": conv1d_to_linear  # the transpose is its own inverse
                   for i in range(config["depth"]) for src in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}

@@ -247,6 +247,9 @@ def test_gpt2_from_mmkit_is_the_inverse_of_from_hf(gpt, tokens):
         assert (twin(tokens).logits - gpt.eval()(tokens)).abs().max() <= 1e-4
     back = GPT.from_hf(twin)
     assert all(torch.equal(v, gpt.state_dict()[k]) for k, v in back.state_dict().items())
+    # dropout as mmkit's (embeddings only), and an end of text inside the vocabulary or none (was 50256)
+    assert (config["embd_pdrop"], config["attn_pdrop"], config["resid_pdrop"]) == (gpt.config["dropout"], 0.0, 0.0)
+    assert config["eos_token_id"] is None and gpt2_from_mmkit(gpt.config, gpt.state_dict(), 7)[0]["eos_token_id"] == 7
 
 
 def test_gpt2_from_mmkit_refuses_what_gpt2_cannot_express():
