@@ -20,7 +20,7 @@ def write_text_tool_models(root: Path) -> dict[str, Path]:
 
 
 def one_line(capsys, prog: str) -> str:
-    """The captured stderr, asserted to be one line from `mmkit PROG`."""
+    """The captured stderr, asserted to be one error line from `mmkit PROG`."""
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"mmkit {prog}: "), err
+    assert err.count("\n") == 1 and err.startswith(f"mmkit {prog}: error: "), err
     return err

@@ -158,12 +158,12 @@ def test_examples_without_label_subfolders_are_refused_and_extra_labels_warned_a
     photos = _photos(tmp_path / "p")
     for examples, why in ((photos, "no label subfolders"), (tmp_path / "nowhere", "not a folder")):
         assert label_main(_args(photos, ckpt, tmp_path / "l.csv", "--examples", str(examples))) == 2
-        assert _one_line(capsys).strip() == f"mmkit label: --examples {examples}: {why}" + (
+        assert _one_line(capsys).strip() == f"mmkit label: error: --examples {examples}: {why}" + (
             " (give one folder per label, holding that label's example images)" if why == "no label subfolders" else "")
     assert label_main([str(photos), "--labels-file", str(tmp_path / "missing.txt"), "--model", str(ckpt), "--out",
                        str(tmp_path / "l.csv")]) == 2
-    assert _one_line(capsys).strip() == (f"mmkit label: --labels-file {tmp_path / 'missing.txt'}: cannot read it "
-                                         "(No such file or directory)")
+    assert _one_line(capsys).strip() == (f"mmkit label: error: --labels-file {tmp_path / 'missing.txt'}: "
+                                         "cannot read it (No such file or directory)")
     _photos(tmp_path / "ex" / "cats", ["c.png"])
     with caplog.at_level("WARNING", logger="mmkit"):
         assert label_main(_args(photos, ckpt, tmp_path / "l.csv", "--examples", str(tmp_path / "ex"))) == 0

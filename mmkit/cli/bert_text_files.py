@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from mmkit.cli.options import Parser, at_least
+from mmkit.cli.ranked import print_error
 from mmkit.inference.ranks import InputsDiverged, RankFailed, Ranks
 
 T = TypeVar("T")
@@ -28,16 +29,16 @@ def written(prog: str, write: Callable[[], Any], atomic: bool = True) -> int:
     try:
         write()
     except InputsDiverged as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        print_error(prog, e)
         return 2
     except ValueError as e:  # a bad input met mid-run (a file changed under the reader): a user's problem
-        print(f"{prog}: {e}{nothing}", file=sys.stderr)
+        print_error(prog, f"{e}{nothing}")
         return 2
     except RankFailed as e:
-        print(f"{prog}: {e}{nothing}", file=sys.stderr)
+        print_error(prog, f"{e}{nothing}")
         return 1
     except OSError as e:  # writing failed (a full disk, a folder made at the output meanwhile)
-        print(f"{prog}: {e}", file=sys.stderr)
+        print_error(prog, e)
         return 1
     return 0
 
@@ -83,7 +84,7 @@ def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Se
     problem = ranks.first_problem(problem)
     if problem is not None:
         if ranks.first:
-            print(f"{prog}: {problem}", file=sys.stderr)
+            print_error(prog, problem)
         return None
     return total, tool
 

@@ -5,11 +5,10 @@ BertForMaskedLM / RobertaForMaskedLM directory).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 from mmkit.cli.options import Parser, utf8_text
-from mmkit.cli.ranked import on_ranks
+from mmkit.cli.ranked import on_ranks, print_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
                              "give a masked-LM checkpoint")
         predictions = fill_mask(encoder, args.text, args.top_k)
     except (ValueError, OSError) as e:
-        print(f"mmkit fill-mask: {e}", file=sys.stderr)
+        print_error("mmkit fill-mask", e)
         return 2
     for n, p in enumerate(predictions, 1):
         if len(predictions) > 1:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from PIL import Image
 
 from mmkit.cli.options import Parser, add_precision_argument, at_least, finite, seed, utf8_text
-from mmkit.cli.ranked import on_ranks
+from mmkit.cli.ranked import on_ranks, print_error
 from mmkit.errors import WriteFailed
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import Ranks
@@ -352,7 +351,7 @@ def _main(args: argparse.Namespace, ranks: Ranks, written: Written | None = None
             problem = ranks.first_problem(problem)
         if problem:
             if ranks.first:
-                print(f"mmkit generate: {problem}", file=sys.stderr)
+                print_error("mmkit generate", problem)
             return 2
         code = run(args, ranks, written)
         return code
@@ -361,7 +360,7 @@ def _main(args: argparse.Namespace, ranks: Ranks, written: Written | None = None
             problem = str(e)
             if written is not None and written.count:  # mid-run (a full disk): the images it leaves, as Ctrl-C
                 problem = f"{getattr(e, 'headline', problem)}; {written.left(args, ranks)}"
-            print(f"mmkit generate: {problem}", file=sys.stderr)
+            print_error("mmkit generate", problem)
         return 1 if isinstance(e, WriteFailed) else 2
     finally:
         if created is not None and code != 0:

@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from mmkit.cli.options import MAX_BEAM_SIZE, Parser, add_precision_argument, beam_size, finite, seed, utf8_text
-from mmkit.cli.ranked import on_ranks
+from mmkit.cli.ranked import on_ranks, print_error
 from mmkit.inference.quantize import QUANTIZATIONS
 
 log = logging.getLogger("mmkit")
@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
         generator.encode_prompt(args.prompt, options.max_new_tokens, warn=False)  # bad prompts fail before any output
     except (ValueError, OSError) as e:  # bad options, prompts, directories (WeightsError is a ValueError)
-        print(f"mmkit generate-text: {e}", file=sys.stderr)
+        print_error("mmkit generate-text", e)
         return 2
 
     def show(piece: str) -> None:

@@ -38,7 +38,7 @@ from mmkit.inference.quantize import QUANTIZATIONS, describe
 from mmkit.inference.prompts import (
     DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file, read_prompt_file,
 )
-from mmkit.cli.ranked import on_ranks
+from mmkit.cli.ranked import on_ranks, print_error
 from mmkit.inference.ranks import RankFailed, Ranks
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive, path_from_text, path_text
 from mmkit.inference.zero_shot import FileResult, ZeroShotClassifier
@@ -458,7 +458,7 @@ def _checked(args: argparse.Namespace, ranks: Ranks) -> int:
     problem = ranks.first_problem(usage_error(args, ranks))
     if problem:
         if ranks.first:
-            print(f"mmkit label: {problem}", file=sys.stderr)
+            print_error("mmkit label", problem)
         return 2
     return _lead(args, ranks) if ranks.first else _follow(args, ranks)
 
@@ -474,13 +474,13 @@ def _lead(args: argparse.Namespace, ranks: Ranks) -> int:
         return 130
     except WriteFailed as e:  # mid-run: a full disk, a quota, an I/O error
         partial = Path(f"{Path(args.out).expanduser()}.partial")  # removed when no row was written
-        print(f"mmkit label: {e}; {kept if partial.exists() else 'no rows were written'}", file=sys.stderr)
+        print_error("mmkit label", f"{e}; {kept if partial.exists() else 'no rows were written'}")
         code = 1
     except (ValueError, OSError) as e:  # bad arguments, files, checkpoints (WeightsError is a ValueError)
-        print(f"mmkit label: {e}", file=sys.stderr)
+        print_error("mmkit label", e)
         code = 2
     except RankFailed as e:  # another rank failed while scoring (its traceback is on its stderr)
-        print(f"mmkit label: {e}; {kept}", file=sys.stderr)
+        print_error("mmkit label", f"{e}; {kept}")
         code = 1
     ranks.broadcast(code)
     if code:

@@ -13,6 +13,13 @@ from mmkit.inference.ranks import Ranks
 INTERRUPTED = 130  # the shell's code for a process that SIGINT ended (128 + 2)
 
 
+def print_error(prog: str, problem: object) -> None:
+    """The one line a tool ends with on a user's mistake, a bad input or an output it could not write (exit code
+    2 or 1): "<prog>: error: <problem>" on stderr, as argparse's usage errors. Not for an interruption, a summary
+    or a bad row skipped (the run goes on): those lines carry no "error:"."""
+    print(f"{prog}: error: {problem}", file=sys.stderr)
+
+
 def nothing_written(args: argparse.Namespace | None, ranks: Ranks) -> str:
     """What an interrupted tool that writes its output whole or not at all (a temp file renamed at the end,
     removed when the run stops) has left: nothing, naming the output when it has one (`--out`, `--output`)."""
@@ -34,7 +41,7 @@ def on_ranks(prog: str, parser: Callable[[], argparse.ArgumentParser], argv: Seq
     try:
         ranks = Ranks.from_env()
     except ValueError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        print_error(prog, e)
         return 2
     args, code = None, None
     try:
@@ -49,8 +56,7 @@ def on_ranks(prog: str, parser: Callable[[], argparse.ArgumentParser], argv: Seq
     if code is not None:  # the tool had finished (and said so) when the interruption came
         return code
     if ranks.first:
-        name = prog.partition(":")[0]  # transcribe's prog is "mmkit transcribe: error"
-        print(f"{name}: interrupted; {left(args, ranks)}", file=sys.stderr)
+        print(f"{prog}: interrupted; {left(args, ranks)}", file=sys.stderr)
     return INTERRUPTED
 
 

@@ -18,7 +18,7 @@ from mmkit.cli.options import Parser, add_precision_argument, at_least, beam_siz
 from mmkit.cli.progress import progress
 from mmkit.inference.precision import check_device
 from mmkit.inference.quantize import QUANTIZATIONS
-from mmkit.cli.ranked import on_ranks
+from mmkit.cli.ranked import on_ranks, print_error
 from mmkit.inference.ranks import Ranks
 from mmkit.inference.subtitles import OUTPUT_FORMATS, output_stems, write_outputs
 from mmkit.inference.text_rows import check_output_dir
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`mmkit transcribe FILES... --model DIR|FILE.pt [options]`: exit 0 if every readable file was
     transcribed and written (unreadable ones are listed), 1 if none was or an output could not be
     written, 2 for usage errors, 130 when interrupted. Every rank of a launcher returns the same code."""
-    return on_ranks("mmkit transcribe: error", _parser, argv, _main)
+    return on_ranks("mmkit transcribe", _parser, argv, _main)
 
 
 def _main(args: argparse.Namespace, ranks: Ranks) -> int:
@@ -119,7 +119,7 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     problem = ranks.first_problem(_usage_error(args, device))
     if problem:
         if ranks.first:
-            sys.stderr.write(f"mmkit transcribe: error: {problem}\n")
+            print_error("mmkit transcribe", problem)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,7 +135,7 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     problem = ranks.first_problem(problem)
     if problem:
         if ranks.first:
-            sys.stderr.write(f"mmkit transcribe: error: {problem}\n")
+            print_error("mmkit transcribe", problem)
         return 2
     written: list[str] = []
     share = ranks.block(len(args.files))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from mmkit.cli.bert_text_files import written
-from mmkit.cli.ranked import on_ranks
+from mmkit.cli.ranked import on_ranks, print_error
 from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     problem = ranks.first_problem(problem)  # met alike by every rank but a device or a model of its own
     if problem is not None:
         if ranks.first:
-            print(f"{PROG}: {problem}", file=sys.stderr)
+            print_error(PROG, problem)
         return 2
     rows = iter_lines(source) if source else (_checked(text, n) for n, text in enumerate(args.inputs, 1))
     counts = [0, 0]  # translations, errors

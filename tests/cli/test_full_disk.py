@@ -65,7 +65,8 @@ def test_text_tools_name_the_output_and_leave_nothing(tool, out, models, texts, 
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
     # translate has no --quiet: its progress bar's last state follows the line
-    assert f"mmkit {tool}: cannot write {folder / out}: {TOO_LARGE}; nothing was written" in run.stderr.splitlines()
+    line = f"mmkit {tool}: error: cannot write {folder / out}: {TOO_LARGE}; nothing was written"
+    assert line in run.stderr.splitlines()
     assert list(folder.iterdir()) == []
 
 
@@ -89,8 +90,8 @@ def test_label_keeps_the_rows_written_for_resume(clip, tmp_path):
     run = _limited(2048, *argv, cwd=tmp_path)  # a few batches' rows fit
     partial = f"{out}.partial"
     assert run.returncode == 1, run.stderr
-    assert _last_line(run) == (f"mmkit label: cannot write {partial}: {TOO_LARGE}; rows so far are in {partial}: "
-                               "rerun with --resume")
+    assert _last_line(run) == (f"mmkit label: error: cannot write {partial}: {TOO_LARGE}; rows so far are in "
+                               f"{partial}: rerun with --resume")
     assert _temp_files(tmp_path / "labels") == []
     kept = Path(partial).read_text().splitlines()
     assert 1 < len(kept) < 121
@@ -108,8 +109,8 @@ def test_label_copy_to_leaves_no_temporary_copy(clip, tmp_path):
                    cwd=tmp_path)
     assert run.returncode == 1, run.stderr
     line = _last_line(run)
-    assert line.startswith(f"mmkit label: cannot copy {photos}/photo_000.png to {tmp_path}/sorted/") and line.endswith(
-        f"/photo_000.png: {TOO_LARGE}; no rows were written"), line
+    assert line.startswith(f"mmkit label: error: cannot copy {photos}/photo_000.png to {tmp_path}/sorted/"), line
+    assert line.endswith(f"/photo_000.png: {TOO_LARGE}; no rows were written"), line
     assert _temp_files(tmp_path) == [] and not (tmp_path / "l.csv.partial").exists()
 
 
@@ -120,7 +121,7 @@ def test_generate_says_which_images_it_wrote(tmp_path):
                    "--quiet", cwd=tmp_path)  # the images fit, the grid of 40 does not
     assert run.returncode == 1, run.stderr
     line = _last_line(run)
-    assert line.startswith(f"mmkit generate: cannot write {out}/000-a-red-circle-grid.png: {TOO_LARGE}; "
+    assert line.startswith(f"mmkit generate: error: cannot write {out}/000-a-red-circle-grid.png: {TOO_LARGE}; "
                            f"40 of 40 images are in {out} (000-a-red-circle-0.png to 000-a-red-circle-39.png); "
                            "no manifest.json was written"), line
     assert len(list(out.glob("*.png"))) == 40 and _temp_files(out) == []

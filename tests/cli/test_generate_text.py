@@ -65,7 +65,7 @@ def test_user_mistakes_are_one_line_and_exit_2(checkpoint, capsys, extra, messag
     extra = [] if extra[0] == "--prompt-is" else extra
     assert main(["generate-text", prompt, "--model", str(directory), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mmkit generate-text: ") and message in err[0]
+    assert len(err) == 1 and err[0].startswith("mmkit generate-text: error: ") and message in err[0]
 
 
 def test_missing_or_wrong_model_directories_exit_2(tmp_path, capsys):

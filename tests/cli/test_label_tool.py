@@ -15,11 +15,11 @@ def test_label_row_and_one_line_errors(tmp_path, capsys):
     assert TOOLS["label"][1] == "mmkit.cli.label:main"
     assert main(["label", str(tmp_path / "missing"), "--labels", "a", "--model", "m"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == f"mmkit label: {tmp_path / 'missing'} is not a folder"
+    assert err.strip() == f"mmkit label: error: {tmp_path / 'missing'} is not a folder"
     assert main(["label", str(tmp_path), "--labels", "a", "--model", "m", "--top-k", "0"]) == 2
     assert "--top-k and --batch-size must be >= 1" in capsys.readouterr().err
     assert main(["label", str(tmp_path), "--labels", "a,b", "--model", "m", "--top-k", "3"]) == 2  # before the model
-    assert capsys.readouterr().err.strip() == "mmkit label: --top-k 3 is more than the 2 labels: give at most 2"
+    assert capsys.readouterr().err.strip() == "mmkit label: error: --top-k 3 is more than the 2 labels: give at most 2"
 
 
 def test_progress_counts_resumed_images_and_new_ones(tmp_path, monkeypatch):

@@ -91,8 +91,8 @@ def test_a_mistake_on_rank_1_ends_label_with_one_line_and_2_as_one_process(photo
     (tmp_path / "shared").mkdir()
     one = alone(*args, cwd=tmp_path / "alone", program=HOOKED_CLI, MMKIT_TEST_FAIL_RANK="0", **hook)
     shared = torchrun(*args, cwd=tmp_path / "shared", program=HOOKED_CLI, MMKIT_TEST_FAIL_RANK="1", **hook)
-    assert _lines(one, "mmkit label") == ["mmkit label: non-finite scores for 2.png"] and one.returncode == 2
-    assert _lines(shared, "mmkit label") == ["mmkit label: rank 1: non-finite scores for 2.png"], shared.stderr
+    assert _lines(one, "mmkit label") == ["mmkit label: error: non-finite scores for 2.png"] and one.returncode == 2
+    assert _lines(shared, "mmkit label") == ["mmkit label: error: rank 1: non-finite scores for 2.png"], shared.stderr
     assert stopped_alike(shared, 2) and not mmkit_traceback(shared)
     assert not list((tmp_path / "shared").iterdir()) and not list((tmp_path / "alone").iterdir())
 
@@ -123,8 +123,9 @@ def test_an_error_on_rank_1_ends_embed_with_the_code_of_one_process(mlm_dir, tmp
     shared = torchrun(*args, "--out", "shared.npy", cwd=tmp_path, program=HOOKED_CLI, MMKIT_TEST_FAIL_RANK="1",
                       **hook)
     (alone_line,) = _lines(one, "mmkit embed")
-    assert one.returncode == code and alone_line.startswith(f"mmkit embed: {message}"), one.stderr
+    assert one.returncode == code and alone_line.startswith(f"mmkit embed: error: {message}"), one.stderr
     (line,) = _lines(shared, "mmkit embed")
-    assert line.startswith(f"mmkit embed: rank 1: {message}"), shared.stderr  # "; nothing written" for an OSError
+    # "; nothing written" for an OSError
+    assert line.startswith(f"mmkit embed: error: rank 1: {message}"), shared.stderr
     assert stopped_alike(shared, code) and not mmkit_traceback(shared)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt"]

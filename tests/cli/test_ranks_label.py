@@ -140,7 +140,7 @@ def test_a_rank_failing_stops_the_run_and_resuming_it_under_torchrun_ends_as_one
     args = _args(photos, str(tmp_path / "shared" / "labels.csv"), "--all-scores")
     failed = _torchrun(*args, cwd=tmp_path, program=(str(script),))
     lines = [line for line in failed.stderr.splitlines() if line.startswith("mmkit label")]
-    assert lines == [f"mmkit label: rank 1: boom; rows so far are in {args[args.index('--out') + 1]}.partial: "
+    assert lines == [f"mmkit label: error: rank 1: boom; rows so far are in {args[args.index('--out') + 1]}.partial: "
                      "rerun with --resume"], failed.stderr
     assert _stopped_alike(failed, 1)
     partial = (tmp_path / "shared" / "labels.csv.partial").read_text().splitlines()
@@ -162,7 +162,7 @@ def test_a_rank_failing_stops_the_run_and_resuming_it_under_torchrun_ends_as_one
 def test_usage_mistakes_stop_every_rank_printed_once_nothing_made(photos, tmp_path, extra, message):
     shared = _torchrun(*_args(photos, "out/labels.csv", *extra), cwd=tmp_path)
     lines = [line for line in shared.stderr.splitlines() if line.startswith("mmkit label")]
-    assert lines == [f"mmkit label: {message}"], shared.stderr
+    assert lines == [f"mmkit label: error: {message}"], shared.stderr
     assert _stopped_alike(shared, 2) and not _mmkit_traceback(shared)
     assert _names(tmp_path) == []
 
@@ -176,6 +176,7 @@ def test_a_model_that_fails_to_load_stops_every_rank_and_leaves_nothing(photos, 
     args[args.index("--model") + 1] = str(tmp_path / "not_a_model")
     shared = _torchrun(*args, cwd=tmp_path)
     lines = [line for line in shared.stderr.splitlines() if line.startswith("mmkit label")]
-    assert lines == [f"mmkit label: {tmp_path / 'not_a_model'}: not an mmkit checkpoint directory (no config.json)"]
+    assert lines == [f"mmkit label: error: {tmp_path / 'not_a_model'}: not an mmkit checkpoint directory "
+                     "(no config.json)"]
     assert _stopped_alike(shared, 2) and not _mmkit_traceback(shared)
     assert _names(tmp_path) == ["not_a_model"] and _names(folder) == [f"{i}.png" for i in range(7)]

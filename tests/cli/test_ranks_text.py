@@ -122,7 +122,8 @@ def test_translate_sentences_under_torchrun_print_what_one_process_does(translat
 
 def test_translate_mistakes_stop_every_rank_printed_once(translator, tmp_path):
     shared = torchrun("translate", "ten", "--model", str(translator), "--output", "out.csv", cwd=tmp_path)
-    assert _messages(shared, "mmkit translate") == ["mmkit translate: --output out.csv: use a .txt or .jsonl file"]
+    assert _messages(shared, "mmkit translate") == [
+        "mmkit translate: error: --output out.csv: use a .txt or .jsonl file"]
     assert stopped_alike(shared, 2) and not list(tmp_path.iterdir())
 
 
@@ -131,5 +132,5 @@ def test_a_rank_failing_stops_every_rank_and_writes_nothing(translator, tmp_path
     shared = torchrun("translate", source.name, "--model", str(translator), "--output", "out.jsonl",
                       cwd=tmp_path, program=HOOKED_CLI, MMKIT_TEST_FAIL_RANK="1", **CHUNKED)
     assert stopped_alike(shared, 1) and "RuntimeError: boom" in shared.stderr  # rank 1's traceback, on its stderr
-    assert _messages(shared, "mmkit translate")[-1] == "mmkit translate: rank 1: boom; nothing written"
+    assert _messages(shared, "mmkit translate")[-1] == "mmkit translate: error: rank 1: boom; nothing written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no output, no temp file

@@ -56,4 +56,4 @@ def test_cli_embed_quantize_int8_writes_close_vectors(mlm_dir, tmp_path, capsys)
     assert main(["embed", str(texts), "--model", str(mlm_dir), "--out", str(out), "--quantize", "int8",
                  "--device", "meta"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["mmkit embed: --device meta: mmkit runs on cpu, cuda or mps"]  # refused before int8 is tried
+    assert err == ["mmkit embed: error: --device meta: mmkit runs on cpu, cuda or mps"]  # refused before int8 is tried

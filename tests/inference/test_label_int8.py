@@ -85,5 +85,5 @@ def test_label_int8_logs_once_agrees_and_resume_must_match(tmp_path, ckpt, photo
     assert run("q.csv", "--resume", "--quantize", "int8") == 0
     capsys.readouterr()
     assert run("b.csv", "--quantize", "int8", "--precision", "bf16") == 2  # a usage error, before any file
-    assert capsys.readouterr().err.startswith("mmkit label: --precision bf16 with --quantize int8")
+    assert capsys.readouterr().err.startswith("mmkit label: error: --precision bf16 with --quantize int8")
     assert not (tmp_path / "b.csv.run.json").exists()

@@ -319,7 +319,7 @@ def no_model_load(monkeypatch):
 
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("mmkit translate: "), err
+    assert err.count("\n") == 1 and err.startswith("mmkit translate: error: "), err
     return err
 
 
