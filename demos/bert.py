@@ -52,7 +52,8 @@ def bert_tab(encoder: LoadedEncoder, top_k: int = 5) -> None:
     depth, heads = encoder.model.config["depth"], encoder.model.config["num_heads"]
     mask = encoder.tokenizer.mask_token
     with gr.Tab("BERT", elem_id="bert-tab"):
-        gr.Markdown(f"**Fill-mask**: write {mask} where a word is missing and press Fill.")
+        # in a code span: Markdown is rendered as HTML, where RoBERTa's "<mask>" was read as a tag and vanished
+        gr.Markdown(f"**Fill-mask**: write `{mask}` where a word is missing and press Fill.")
         with gr.Row():
             with gr.Column():
                 text = gr.Textbox(label="Text", value=f"a young {mask} that barks", elem_id="mask-text")
@@ -61,7 +62,7 @@ def bert_tab(encoder: LoadedEncoder, top_k: int = 5) -> None:
                 candidates = gr.Label(label=f"Candidates for the first {mask}", num_top_classes=top_k,
                                       elem_id="mask-candidates")
                 filled = gr.Textbox(label="Filled in", interactive=False, elem_id="filled")
-        button.click(lambda t: fill(encoder, t, top_k), text, [candidates, filled])
+        button.click(lambda t: fill(encoder, t, top_k), text, [candidates, filled], api_name="fill_mask")
         gr.Markdown("**Attention view**: where each token (row) attends (columns) in one layer and head; "
                     "head 0 shows the mean of the layer's heads.")
         with gr.Row():
@@ -73,7 +74,8 @@ def bert_tab(encoder: LoadedEncoder, top_k: int = 5) -> None:
             with gr.Column():
                 picture = gr.Image(label="Self-attention (query x key)", type="pil", elem_id="self-attention")
         weights = gr.Dataframe(label="Attention weights", interactive=False, elem_id="attention-weights")
-        show.click(lambda t, l, h: attention(encoder, t, l, h), [source, layer, head], [picture, weights])
+        show.click(lambda t, l, h: attention(encoder, t, l, h), [source, layer, head], [picture, weights],
+                   api_name="attention")
 
 
 def build_app(encoder: LoadedEncoder, title: str = "mmkit BERT") -> gr.Blocks:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from demos.display import MAX_DISPLAY_SIDE, for_display
 from demos.inputs import refused
+from mmkit import demo_harness
 from mmkit.data.images import ImageLoadError, load_image
 from mmkit.inference.classifier import Classifier
 
@@ -27,11 +28,23 @@ def image_path_input(**kwargs: object) -> gr.Image:
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):  # an API client's inline image: bytes, not decoded
+            _check_inline_size(payload.url)
             return save_base64_to_cache(payload.url, image.GRADIO_CACHE)
         return payload.path
 
     image.preprocess = preprocess  # type: ignore[method-assign]
     return image
+
+
+def _check_inline_size(url: str) -> None:
+    """Refuse a data: URL whose bytes would exceed the upload cap (`demo_harness.MAX_FILE_SIZE`), from its
+    length alone: it comes in the request's JSON, not through /upload, so Gradio's cap never saw it, and
+    decoding it would hold a second copy and write it to the cache (a 210 MB image was accepted)."""
+    header, _, data = url.partition(",")
+    size = len(data) * 3 // 4 - data[-2:].count("=") if header.endswith(";base64") else len(data)
+    cap = demo_harness.MAX_FILE_SIZE
+    if size > cap:
+        raise refused(f"the image is {size:,} bytes: at most {cap:,} (the upload limit)")
 
 
 def classifier_tab(classifier: Classifier, top_k: int = 5) -> None:
@@ -59,7 +72,8 @@ def classifier_tab(classifier: Classifier, top_k: int = 5) -> None:
                 with gr.Row():
                     shown = gr.Image(type="pil", label="Input (as shown)", elem_id="shown", interactive=False)
                     overlay = gr.Image(type="pil", label="Attention", elem_id="attention", interactive=False)
-        gr.Button("Classify", variant="primary", elem_id="classify").click(classify, image, [label, shown, overlay])
+        gr.Button("Classify", variant="primary", elem_id="classify").click(classify, image, [label, shown, overlay],
+                                                                           api_name="classify")
 
 
 def build_app(classifier: Classifier, top_k: int = 5, title: str = "mmkit ViT classifier") -> gr.Blocks:

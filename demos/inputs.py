@@ -14,16 +14,22 @@ from mmkit.limits import MAX_SEED
 
 
 def slider(*args: object, **kwargs: object) -> gr.Slider:
-    """`gr.Slider(*args, **kwargs)` that hands a value which is not a finite number (null, text, NaN: the HTTP
-    API passes any JSON) to the tab function as it came, whose check (`whole`, `real`) refuses it in one line
-    naming the field. Gradio's own preprocessing compares it with the bounds and fails with a TypeError: a server
-    traceback and a bare "Error" for the caller. Numbers go through Gradio's bounds check and rounding as before.
+    """`gr.Slider(*args, **kwargs)` that hands a value outside its range, or not a finite number at all (null,
+    text, NaN, 1e30: the HTTP API passes any JSON), to the tab function as it came, whose check (`whole`, `real`,
+    with the slider's bounds) refuses it in one line naming the field. Gradio's own preprocessing failed on it
+    with a TypeError (a bare "Error") or with "Value 1e+30 is greater than maximum value 127." (no field named),
+    and a server traceback either way. Values in range go through Gradio's rounding as before.
     The instance's method is replaced rather than gr.Slider subclassed: Gradio writes a .pyi stub beside the
     module of every component subclass when the class is defined (into the source tree, or failing in a read-only
     install)."""
     component = gr.Slider(*args, **kwargs)
     checked = component.preprocess
-    component.preprocess = lambda payload: checked(payload) if _number(payload) else payload  # type: ignore
+
+    def preprocess(payload: object) -> object:
+        in_range = _number(payload) and component.minimum <= payload <= component.maximum  # type: ignore[operator]
+        return checked(payload) if in_range else payload  # type: ignore[arg-type]
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
     return component
 
 

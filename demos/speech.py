@@ -65,7 +65,7 @@ def speech_tab(transcribe_fn: Callable[[str], Transcript]) -> None:
                 segments = gr.Dataframe(headers=SEGMENT_HEADERS, label="Segments", elem_id="segments",
                                         interactive=False)
                 srt = gr.File(label="Subtitles (SRT)", elem_id="srt", interactive=False)
-        button.click(run, audio, [text, segments, srt])
+        button.click(run, audio, [text, segments, srt], api_name="transcribe")
 
 
 def build_app(transcribe_fn: Callable[[str], Transcript], title: str = "mmkit speech recognition") -> gr.Blocks:

@@ -70,7 +70,7 @@ def text_generation_tab(generator: TextGenerator, max_new_tokens: int = 64) -> N
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 output = gr.Textbox(label="Text", lines=12, interactive=False, elem_id="generated")
-        button.click(run, [prompt, new_tokens, temperature, top_k, top_p, seed], output)
+        button.click(run, [prompt, new_tokens, temperature, top_k, top_p, seed], output, api_name="generate_text")
 
 
 def build_app(generator: TextGenerator, title: str = "mmkit text generation") -> gr.Blocks:

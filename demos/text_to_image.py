@@ -16,9 +16,11 @@ from typing import Iterator
 
 import gradio as gr
 from PIL import Image
+from torch import Tensor
 
 from demos import inputs
 from demos.display import for_display
+from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.inference.text_to_image import TextToImage, grid, to_pil
 
 MAX_IMAGES = 16  # the images slider's largest value, checked for API callers too
@@ -28,8 +30,12 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
                     top_k: float, folder: str | Path | None = None) -> Iterator[tuple[list[Image.Image], str | None]]:
     """Yield (gallery images, grid PNG path or None): previews while sampling, then the result. Values are
     checked first (the HTTP API passes anything); what the model does not read of the prompt (unknown
-    words, words past its text length) is a `gr.Warning`. The grid PNG is written in `folder` (default: the
-    system's temp folder) and removed when the generator finishes, after Gradio has copied it to its cache."""
+    words, words past its text length) is a `gr.Warning`, and only the part it reads is sampled from
+    (`TextToImage.prompt_head`: a prompt of megabytes is not tokenized, nor logged, again). The grid PNG is
+    written in `folder` (default: the system's temp folder) and removed when the generator finishes, after
+    Gradio has copied it to its cache. Closing the generator early (a cancelled request, a client gone)
+    stops the sampling at its next preview, as `TextGenerator.stream` does: it ran on for nobody, and each
+    cancel left one more sampling thread."""
     prompt = inputs.text(prompt, "the prompt")
     num_images = inputs.whole(num_images, "images", 1, MAX_IMAGES)
     seed = inputs.seed(seed)
@@ -41,21 +47,33 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
         raise inputs.refused(str(e)) from None
     for note in notes:
         inputs.warn(note)
+    prompt = t2i.prompt_head(prompt)
     updates: queue.Queue = queue.Queue()
     outcome: dict = {}
+    closed = threading.Event()
+
+    def preview(images: Tensor) -> None:
+        if closed.is_set():
+            raise _Closed
+        updates.put(to_pil(images))
 
     def work() -> None:
         try:
             outcome["result"] = t2i.generate([prompt], num_images, seed, guidance, top_k=top_k,
-                                             on_preview=lambda images: updates.put(to_pil(images)))[0]
+                                             on_preview=preview)[0]
+        except _Closed:
+            pass
         except ValueError as e:  # bad settings: shown, not a traceback
             outcome["error"] = str(e)
         finally:
             updates.put(None)
 
     threading.Thread(target=work, daemon=True).start()
-    while (previews := updates.get()) is not None:
-        yield [for_display(im) for im in previews], None
+    try:
+        while (previews := updates.get()) is not None:
+            yield [for_display(im) for im in previews], None
+    finally:
+        closed.set()
     if "error" in outcome:
         raise inputs.refused(outcome["error"])
     images = outcome["result"].images
@@ -66,6 +84,18 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
         yield [for_display(im) for im in images], path
     finally:  # Gradio copies an output file to its cache before asking for the next value
         Path(path).unlink(missing_ok=True)
+
+
+class _Closed(Exception):
+    """The consumer of `generate_images` closed it: the sampling thread stops."""
+
+
+def vocabulary_note(t2i: TextToImage) -> str:
+    """What the tab says of the words the model reads: the recipe's closed vocabulary listed, or for
+    dalle-mini's BART tokenizer (a dict of 50,000 subwords, not a word list) how it reads text."""
+    if isinstance(t2i.tokenizer, BartTokenizer):
+        return f"dalle-mini reads lower-cased ASCII text ({len(t2i.tokenizer.vocab):,} BPE subwords)"
+    return f"Words the model knows: {' '.join(t2i.tokenizer.vocab[2:])}"
 
 
 def guidance_max(t2i: TextToImage) -> float:
@@ -84,8 +114,8 @@ def text_to_image_tab(t2i: TextToImage) -> None:
         yield from generate_images(t2i, prompt, num_images, seed, guidance, top_k, grids.name)
 
     with gr.Tab("Text to image", elem_id="text-to-image-tab"):
-        gr.Markdown(f"Words the model knows: {' '.join(t2i.tokenizer.vocab[2:])}. Guidance 1 is off; the "
-                    "gallery shows previews while the image codes are sampled row by row.")
+        gr.Markdown(f"{vocabulary_note(t2i)}. Guidance 1 is off; the gallery shows previews while the image codes "
+                    "are sampled row by row.")
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", elem_id="t2i-prompt")
@@ -101,7 +131,7 @@ def text_to_image_tab(t2i: TextToImage) -> None:
             with gr.Column():
                 gallery = gr.Gallery(label="Images", columns=4, elem_id="t2i-gallery")
                 download = gr.File(label="Grid PNG", elem_id="t2i-download")
-        button.click(run, [prompt, num, seed, guidance, top_k], [gallery, download])
+        button.click(run, [prompt, num, seed, guidance, top_k], [gallery, download], api_name="generate_images")
 
 
 def build_app(t2i: TextToImage, title: str = "mmkit text to image") -> gr.Blocks:

@@ -89,7 +89,7 @@ def translate_text(translator: Translator, text: str, beam_size: float):
 def translate_tab(translator: Translator) -> None:
     """Render the translation tab into the enclosing `gr.Blocks`."""
 
-    def run(text: str, beam_size: float):  # named: the API endpoint is /run, as before
+    def run(text: str, beam_size: float):
         return translate_text(translator, text, beam_size)
 
     with gr.Tab("Translation", elem_id="translate-tab"):
@@ -104,7 +104,7 @@ def translate_tab(translator: Translator) -> None:
                 output = gr.Textbox(label="Translation", lines=2, interactive=False, elem_id="translation")
                 picture = gr.Image(label="Cross-attention (target x source)", type="pil", elem_id="attention")
         weights = gr.Dataframe(label="Cross-attention weights", interactive=False, elem_id="weights")
-        button.click(run, [source, beam], [output, picture, weights])
+        button.click(run, [source, beam], [output, picture, weights], api_name="translate")
 
 
 def build_app(translator: Translator, title: str = "mmkit translation") -> gr.Blocks:

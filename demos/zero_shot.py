@@ -99,8 +99,9 @@ def zero_shot_tab(classifier: ZeroShotClassifier, labels: Sequence[str] | None =
             written = parse_templates(templates_text, max_templates)
         except ValueError as e:
             raise refused(str(e)) from None
-        if not chosen:
-            raise refused("Enter at least one label.")
+        if len(chosen) < 2:  # `mmkit label`'s rule and words (the demo has no --multi-label)
+            raise refused(f"one label ({chosen[0]!r}) always scores 1.0: give at least two" if chosen else
+                          "Enter at least two labels.")
         images, shown, names = [], [], []
         for path in files:
             try:
@@ -126,8 +127,10 @@ def zero_shot_tab(classifier: ZeroShotClassifier, labels: Sequence[str] | None =
     with gr.Tab("Zero-shot", elem_id="zero-shot-tab"):
         with gr.Row():
             with gr.Column():
-                files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
-                                label=f"Images (at most {MAX_FILES})", elem_id="images")
+                # No file_types: Gradio judged a file by its name's extension (a PNG named scan.dat was refused,
+                # and one PDF failed the whole batch); mmkit's loader judges each file's content in `score`.
+                files = gr.File(file_count="multiple", type="filepath", label=f"Images (at most {MAX_FILES})",
+                                elem_id="images")
                 label_box = gr.Textbox("\n".join(labels), lines=6,
                                        label=f"Labels (one per line, or comma-separated; at most {max_labels})",
                                        elem_id="labels")
@@ -139,7 +142,7 @@ def zero_shot_tab(classifier: ZeroShotClassifier, labels: Sequence[str] | None =
                 gallery = gr.Gallery(label="Top label per image", elem_id="gallery", columns=4, height="auto")
                 table = gr.Dataframe(headers=HEADERS, datatype=["str", "number", "str", "number"],
                                      interactive=False, label="Ranked scores", elem_id="scores")
-        button.click(score, [files, label_box, template_box], [table, gallery])
+        button.click(score, [files, label_box, template_box], [table, gallery], api_name="zero_shot")
 
 
 def build_app(classifier: ZeroShotClassifier, labels: Sequence[str] | None = None,

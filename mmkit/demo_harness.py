@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 # Disk use stays bounded whatever the traffic. Gradio refuses a larger upload (HTTP 413) before it is written
 # to its cache: 200 MB is about 100 minutes of 16 kHz mono 16-bit WAV, far more than any image a tab reads.
-MAX_FILE_SIZE = "200mb"
+# In bytes (Gradio's "200mb": 200 MiB), so that a tab can check what does not come through /upload (an image
+# sent inline as a data: URL, `demos.classifier.image_path_input`) against the same number.
+MAX_FILE_SIZE = 200 * 1024 * 1024
 # Gradio's cache (/tmp/gradio: uploads, and every file or image a tab returns) keeps a file an hour, long
 # enough to download a result; checked every 10 minutes, and emptied of this app's files when the server stops.
 DELETE_CACHE = (600, 3600)  # (check every N seconds, delete files older than M seconds)
@@ -93,15 +95,20 @@ def launch(
     return url, lambda: blocks.close(verbose=False)
 
 
-def serve(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 7860,
+          on_start: Callable[[str], None] | None = None) -> None:
     """Serve `blocks` at http://host:port until the server stops or an interruption (KeyboardInterrupt: Ctrl-C,
     or a signal the caller raises as one) reaches this thread, starting included. The server is closed either
     way (its queue stopped, the port freed) and the interruption goes on to the caller, which reports it:
-    Gradio's own wait (`Blocks.block_thread`) printed a line of its own and returned as if nothing had happened."""
+    Gradio's own wait (`Blocks.block_thread`) printed a line of its own and returned as if nothing had happened.
+    Gradio launches quietly (its banner advised `share=True` in `launch()`, which a user of `mmkit demo` cannot
+    set); `on_start` gets the app's URL once it answers, for the caller to tell."""
     kwargs = _prepare(blocks)
     try:
-        blocks.launch(server_name=server_name(host), server_port=port, prevent_thread_lock=True, quiet=False,
-                      **kwargs)
+        _, url, _ = blocks.launch(server_name=server_name(host), server_port=port, prevent_thread_lock=True,
+                                  quiet=True, **kwargs)
+        if on_start is not None:
+            on_start(url)
         _wait(blocks)
     finally:
         blocks.close(verbose=False)

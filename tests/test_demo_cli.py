@@ -45,29 +45,96 @@ def test_usage_errors_exit_2(argv, capsys):
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["demo", "--vit", str(tmp_path / "nowhere"), "--clip", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mmkit demo: no vit checkpoint at") and "make run" in err[0]
+    assert len(err) == 1 and err[0].startswith("mmkit demo: error: no vit checkpoint at") and "make run" in err[0]
 
 
 def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{not json")
     assert main(["demo", "vit", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mmkit demo: vit:"), err
+    assert len(err) == 1 and err[0].startswith("mmkit demo: error: vit:"), err
 
 
-def test_port_in_use_is_one_line(monkeypatch, capsys):
+def _stand_in_vit(monkeypatch, load=lambda: None) -> list[Path]:
+    """`mmkit demo vit` with a stand-in tab (no checkpoint): `load()` runs as its model loads; returns the
+    list of the checkpoints loaded."""
     import mmkit.cli.demo as demo
 
-    monkeypatch.setattr(demo, "vit_tab", lambda model, top_k: lambda: gr.Markdown("x"))
+    loaded = []
+
+    def vit_tab(model, top_k):
+        loaded.append(model)
+        load()
+        return lambda: gr.Markdown("x")
+
+    monkeypatch.setattr(demo, "vit_tab", vit_tab)
     monkeypatch.setitem(demo.DEMOS, "vit", demo.DemoFamily("h", ".", "how", "mmkit.cli.demo:vit_tab"))
     monkeypatch.setattr(demo, "_checkpoint_problem", lambda name, model: None)
+    return loaded
+
+
+def test_a_busy_port_is_one_line_before_the_models_load(monkeypatch, capsys):
+    """Found only after every model had loaded, in Gradio's words (GRADIO_SERVER_PORT, `launch()`)."""
+    loaded = _stand_in_vit(monkeypatch)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
         assert main(["demo", "vit", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"mmkit demo: cannot serve on 127.0.0.1:{port}"), err
+    assert err == [f"mmkit demo: error: --port {port}: in use on 127.0.0.1; pass another --port"] and not loaded
+
+
+def test_a_port_taken_while_the_models_load_is_one_line(monkeypatch, capsys):
+    taker = socket.socket()
+    port = free_port()
+    loaded = _stand_in_vit(monkeypatch, lambda: (taker.bind(("127.0.0.1", port)), taker.listen()))
+    try:
+        assert main(["demo", "vit", "--port", str(port)]) == 2
+    finally:
+        taker.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert loaded and err[-1] == (f"mmkit demo: error: --port {port}: in use on 127.0.0.1 (taken while the models "
+                                  "loaded); pass another --port"), err
+    assert "GRADIO_SERVER_PORT" not in "".join(err) and "launch()" not in "".join(err)
+
+
+def test_the_demo_says_where_it_runs_in_its_own_words(monkeypatch, capsys):
+    """Gradio's banner told a user of `mmkit demo` to "set `share=True` in `launch()`"."""
+    _stand_in_vit(monkeypatch)
+    answered = []
+    monkeypatch.setattr("mmkit.demo_harness._wait", lambda blocks: answered.append(
+        urllib.request.urlopen(blocks.local_url, timeout=30).status))
+    port = free_port()
+    assert main(["demo", "vit", "--port", str(port)]) == 0 and answered == [200]
+    out = capsys.readouterr().out
+    assert out.splitlines() == [f"Running on http://127.0.0.1:{port}/"], out
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["demo", "gpt", "--model", "a", "--gpt", "b"], "gpt is given twice (as NAME and as --gpt): give it once"),
+    (["demo", "gpt", "--gpt", "b"], "gpt is given twice (as NAME and as --gpt): give it once"),
+])
+def test_a_family_given_twice_is_refused(argv, said, capsys):
+    """`mmkit demo gpt --model X --gpt Y` served Y and ignored X without a word."""
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"mmkit demo: error: {said}"]
+
+
+@pytest.mark.parametrize("argv, option", [(["demo", "--gpt", "a", "--gpt", "b"], "--gpt"),
+                                          (["demo", "vit", "--model", "a", "--model", "b"], "--model")])
+def test_an_option_given_twice_is_a_usage_error(argv, option, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.splitlines()[-1] == f"mmkit demo: error: {option} is given twice: give it once"
+
+
+def test_help_says_what_port_and_top_k_are(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--port PORT port to serve on" in out and "the vit tab" in out and "the bert tab" in out, out
 
 
 @pytest.mark.parametrize("argv", [["demo", "vit", "--port", "70000"], ["demo", "vit", "--port", "-1"]])
@@ -81,7 +148,7 @@ def test_a_port_outside_the_range_is_a_usage_error(argv, capsys):
 def test_a_host_this_machine_cannot_listen_on_is_one_line_before_loading(host, why, tmp_path, capsys):
     assert main(["demo", "--vit", str(tmp_path / "nowhere"), "--host", host]) == 2  # before the checkpoint check
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"mmkit demo: --host {host}: {why}")
+    assert len(err) == 1 and err[0].startswith(f"mmkit demo: error: --host {host}: {why}")
 
 
 def _ipv6_loopback() -> bool:
@@ -123,8 +190,8 @@ def test_uploads_are_bounded_and_the_cache_expires(monkeypatch):
 
     import mmkit.demo_harness as harness
 
-    assert harness.MAX_FILE_SIZE == "200mb" and harness.DELETE_CACHE == (600, 3600)
-    monkeypatch.setattr(harness, "MAX_FILE_SIZE", "1kb")  # the same rule, at a size a test can send
+    assert harness.MAX_FILE_SIZE == 200 * 2**20 and harness.DELETE_CACHE == (600, 3600)
+    monkeypatch.setattr(harness, "MAX_FILE_SIZE", 1024)  # the same rule, at a size a test can send
     with gr.Blocks() as app:
         gr.File(label="upload")
     url, close = harness.launch(app)
@@ -199,3 +266,20 @@ def test_an_interrupted_demo_stops_and_says_so_in_one_line(phase, signum, tmp_pa
     with socket.socket() as s:  # nothing listens on the port (SO_REUSEADDR: our client's connection may linger)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+
+
+def test_each_tab_has_its_own_api_names_whichever_tabs_are_served():
+    """The endpoints were named after the event functions (/run, /run_1, ... by the order of the tabs served),
+    so a client's /run_1 was the text generation of one demo and the translation of another."""
+    from _dalle import tiny_text_to_image
+
+    from demos.app import build_app
+    from demos.speech import speech_tab
+    from demos.text_to_image import text_to_image_tab
+
+    t2i = tiny_text_to_image()
+    tabs = {"speech": lambda: speech_tab(lambda path: None), "dalle": lambda: text_to_image_tab(t2i)}
+    for order in (["speech", "dalle"], ["dalle", "speech"], ["dalle"]):
+        app = build_app({name: tabs[name] for name in order})
+        names = sorted(f.api_name for f in app.fns.values())
+        assert names == sorted({"speech": "transcribe", "dalle": "generate_images"}[n] for n in order), names

@@ -8,6 +8,7 @@ function that draws the tab (the tab modules live in demos/).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import socket
 import sys
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from mmkit.cli.options import Parser, at_least
+from mmkit.cli.ranked import print_error
+
+PROG = "mmkit demo"
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,8 @@ class DemoFamily:
     how: str  # how to make that checkpoint
     tab: str  # "module:function": (checkpoint Path, top_k) -> function rendering the tab
     files_ok: tuple[str, ...] = ()  # checkpoint file suffixes accepted besides directories with config.json
+    # "module:function": Path -> whether a directory without config.json is still this family's checkpoint
+    layout: str | None = None
 
 
 DEMOS = {
@@ -43,7 +49,8 @@ DEMOS = {
                             "runs/translate_numbers/export", "mmkit fit --config configs/translate_numbers.yaml",
                             "mmkit.cli.demo:translate_tab"),
     "dalle": DemoFamily("text to image with streaming previews (DALL·E-style)", "runs/dalle_shapes/export",
-                        "mmkit fit --config configs/dalle_shapes.yaml", "mmkit.cli.demo:dalle_tab"),
+                        "mmkit fit --config configs/dalle_shapes.yaml", "mmkit.cli.demo:dalle_tab",
+                        layout="mmkit.cli.demo:min_dalle_download"),
 }
 
 
@@ -103,13 +110,36 @@ def dalle_tab(model: Path, top_k: int) -> Callable[[], None]:
     return lambda: text_to_image_tab(t2i)
 
 
+def min_dalle_download(model: Path) -> bool:
+    """Whether `model` is (part of) a min-dalle download, which has no config.json: the test
+    `TextToImage.from_pretrained` (so `mmkit generate`) applies, so the demo takes what generate takes."""
+    from mmkit.inference.text_to_image import min_dalle_layout  # the loader's own test
+
+    return model.is_dir() and min_dalle_layout(model)
+
+
 def _checkpoint_problem(name: str, model: Path) -> str | None:
     family = DEMOS[name]
     if model.is_file() and model.suffix in family.files_ok:
         return None
     if (model / "config.json").is_file():
         return None
+    if family.layout is not None:
+        module, _, function = family.layout.partition(":")
+        if getattr(importlib.import_module(module), function)(model):
+            return None
     return f"no {name} checkpoint at {model}; train it first with `{family.how}` or pass --{name} DIR"
+
+
+class _Once(argparse.Action):
+    """Store an option's value, refusing the option given twice: argparse kept the last silently, so
+    `--gpt A --gpt B` served B alone."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} is given twice: give it once")
+        setattr(namespace, self.dest, values)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,27 +150,45 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("name", nargs="?", choices=list(DEMOS),
                         help="one family, from --model or its recipe's export: "
                              + "; ".join(f"{k}: {v.help}" for k, v in DEMOS.items()))
-    parser.add_argument("--model", default=None, help="checkpoint for NAME (default: the recipe's export)")
+    parser.add_argument("--model", default=None, action=_Once,
+                        help="checkpoint for NAME (default: the recipe's export)")
     for name, family in DEMOS.items():
-        parser.add_argument(f"--{name}", metavar="DIR", default=None, help=f"add a {name} tab ({family.help})")
+        parser.add_argument(f"--{name}", metavar="DIR", default=None, action=_Once,
+                            help=f"add a {name} tab ({family.help})")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default: local only; an IPv6 address as ::1 or [::1])")
-    parser.add_argument("--port", type=at_least(1, 65535), default=7860)
-    parser.add_argument("--top-k", type=at_least(1), default=5)
+    parser.add_argument("--port", type=at_least(1, 65535), default=7860,
+                        help="port to serve on (default: 7860); checked free before the models load")
+    parser.add_argument("--top-k", type=at_least(1), default=5,
+                        help="labels the vit tab and candidates the bert tab show (default: 5)")
     return parser
 
 
-def _host_problem(host: str) -> str | None:
-    """Why the demo cannot listen on `host` (not an address, or not one of this machine's), else None.
-    An IPv6 address may come bracketed, as in a URL ("[::1]"), or not ("::1": serve() brackets it for Gradio)."""
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why the demo cannot listen on host:port, as "--host HOST: ..." (not an address, or not one of this
+    machine's) or "--port PORT: ..." (in use, or reserved), else None. Checked before the models load: else
+    found only after minutes of loading, in Gradio's words. An IPv6 address may come bracketed, as in a URL
+    ("[::1]"), or not ("::1": serve() brackets it for Gradio)."""
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         family, kind, proto, _, address = socket.getaddrinfo(bare, 0, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
             probe.bind(address)
     except (OSError, UnicodeError) as e:  # socket.gaierror is an OSError
-        return f"cannot listen there ({getattr(e, 'strerror', None) or e})"
+        return f"--host {host}: cannot listen there ({getattr(e, 'strerror', None) or e})"
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            # as the server will bind: a port left in TIME_WAIT by an earlier demo is free, one listened on is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address[0], port, *address[2:]))
+    except OSError as e:
+        return f"--port {port}: {_port_reason(e)} on {host}; pass another --port"
     return None
+
+
+def _port_reason(e: OSError) -> str:
+    """A failed bind in a few words: "in use", or the system's reason (a port below 1024 unprivileged)."""
+    return "in use" if e.errno == errno.EADDRINUSE else f"cannot listen there ({e.strerror or e})"
 
 
 def main(argv: list[str]) -> int:
@@ -153,13 +201,16 @@ def main(argv: list[str]) -> int:
     chosen = {name: getattr(args, name) for name in DEMOS if getattr(args, name)}
     if args.name:
         chosen = {args.name: args.model or DEMOS[args.name].default, **chosen}
+        if getattr(args, args.name):  # else --NAME silently won over NAME's checkpoint (or the other way)
+            print_error(PROG, f"{args.name} is given twice (as NAME and as --{args.name}): give it once")
+            return 2
     elif args.model:
         parser.error("--model goes with a NAME (mmkit demo vit --model DIR); or use --vit DIR, --clip DIR, ...")
     if not chosen:
         parser.error("name a family (mmkit demo vit) or give checkpoints (--vit DIR --speech DIR ...)")
-    problem = _host_problem(args.host)
-    if problem:  # else found only after the models load, and named a port problem by Gradio
-        print(f"mmkit demo: --host {args.host}: {problem}", file=sys.stderr)
+    problem = _listen_problem(args.host, args.port)
+    if problem:
+        print_error(PROG, problem)
         return 2
     from mmkit.inference.ranks import sigterm_interrupts
 
@@ -168,7 +219,7 @@ def main(argv: list[str]) -> int:
         with sigterm_interrupts():
             return _serve(args, chosen, served)
     except KeyboardInterrupt:
-        print("mmkit demo: interrupted; " + (f"the server on {served[0]} is stopped" if served else
+        print(f"{PROG}: interrupted; " + (f"the server on {served[0]} is stopped" if served else
                                              "nothing was served"), file=sys.stderr)
         return 130
 
@@ -179,7 +230,7 @@ def _serve(args: argparse.Namespace, chosen: dict[str, str], served: list[str]) 
     for name, model in models.items():
         problem = _checkpoint_problem(name, model)
         if problem:
-            print(f"mmkit demo: {problem}", file=sys.stderr)
+            print_error(PROG, problem)
             return 2
     tabs = {}
     for name, model in models.items():
@@ -187,7 +238,7 @@ def _serve(args: argparse.Namespace, chosen: dict[str, str], served: list[str]) 
         try:
             tabs[name] = getattr(importlib.import_module(module), function)(model, args.top_k)
         except (ValueError, OSError) as e:  # WeightsError is a ValueError: a bad checkpoint is one line
-            print(f"mmkit demo: {name}: {e}", file=sys.stderr)
+            print_error(PROG, f"{name}: {e}")
             return 2
     from demos.app import build_app
     from mmkit.demo_harness import serve, server_name
@@ -196,8 +247,10 @@ def _serve(args: argparse.Namespace, chosen: dict[str, str], served: list[str]) 
     app = build_app(tabs, title="mmkit demo")
     served.append(where)  # from here an interruption stops the server (maybe while it starts)
     try:
-        serve(app, host=args.host, port=args.port)
-    except OSError as e:  # port in use, interface not available
-        print(f"mmkit demo: cannot serve on {where}: {e}", file=sys.stderr)
+        serve(app, host=args.host, port=args.port, on_start=lambda url: print(f"Running on {url}", flush=True))
+    except OSError as e:  # the port taken while the models loaded (Gradio's message names its own settings)
+        reason = _port_reason(e) if e.errno else "in use"
+        print_error(PROG, f"--port {args.port}: {reason} on {args.host} (taken while the models loaded); "
+                          "pass another --port")
         return 2
     return 0

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -42,6 +43,8 @@ MIN_DALLE_FILES = ("encoder.pt", "decoder.pt", "vocab.json", "merges.txt")
 MIN_DALLE_DEFAULTS = {"guidance": 16.0, "top_k": 256}
 DEFAULT_BATCH_SIZE = 8  # images sampled at once by `mmkit generate`: memory grows with it, not with --num-images
 INT8_GUIDANCE_WARN = 4.0  # int8 sampling with a larger guidance scale logs a warning (`stream`)
+MAX_NAMED_WORDS = 20  # unknown words a prompt's note names; more are counted
+MAX_QUOTED_CHARS = 80  # of a prompt quoted in a message or log line
 
 
 @dataclass
@@ -219,7 +222,7 @@ class TextToImage:
         if not directory.is_dir():
             what = "a file, not a model directory" if directory.exists() else "no such directory"
             raise WeightsError(f"--model {directory}: {what}")
-        if _min_dalle_layout(directory):
+        if min_dalle_layout(directory):
             return cls.from_min_dalle(directory)
         try:
             doc = json.loads((directory / CONFIG_NAME).read_text())
@@ -293,7 +296,9 @@ class TextToImage:
     def check_prompt(self, prompt: str) -> list[str]:
         """Raise ValueError for a prompt the model would read as nothing: empty, or no word it knows (only
         unknown words, or none at all: "!!!", "123", "\u200b" encode to padding alone). Returns (and logs as
-        warnings) what the model does not read of the rest: unknown words, and words past its text length."""
+        warnings) what the model does not read of the rest: unknown words, and words past its text length.
+        Messages quote the prompt's start and name each unknown word once, only among the words the model
+        reads, at most `MAX_NAMED_WORDS` of them: a prompt of megabytes made a message of megabytes."""
         if not prompt.strip():
             raise ValueError("empty prompt")
         bart = isinstance(self.tokenizer, BartTokenizer)
@@ -307,19 +312,36 @@ class TextToImage:
         if not known:
             what = "dalle-mini reads lower-cased ASCII text" if bart else \
                 f"vocabulary: {' '.join(self.tokenizer.vocab[2:])}"
-            raise ValueError(f"prompt {prompt!r}: no word the model knows ({what})")
+            raise ValueError(f"prompt {quoted(prompt)}: no word the model knows ({what})")
         if bart and max(ids) >= self.text_vocab_size:
-            raise ValueError(f"prompt {prompt!r}: a token id past the model's {self.text_vocab_size} text embeddings "
-                             "(vocab.json does not belong to this model)")
+            raise ValueError(f"prompt {quoted(prompt)}: a token id past the model's {self.text_vocab_size} text "
+                             "embeddings (vocab.json does not belong to this model)")
         notes = []
-        unknown = self.tokenizer.unknown_words(prompt)
+        unknown = list(dict.fromkeys(self.tokenizer.unknown_words(self.prompt_head(prompt))))
         if unknown:
-            notes.append(f"words outside the vocabulary ignored: {', '.join(unknown)}")
-            log.warning("prompt %r: %s", prompt, notes[-1])
+            more = f" and {len(unknown) - MAX_NAMED_WORDS:,} more" if len(unknown) > MAX_NAMED_WORDS else ""
+            notes.append(f"words outside the vocabulary ignored: {', '.join(unknown[:MAX_NAMED_WORDS])}{more}")
+            log.warning("prompt %s: %s", quoted(prompt), notes[-1])
         if len(ids) > n:  # the tokenizer logs this one when it encodes the prompt
             unit = "tokens" if bart else "words"
-            notes.append(f"the prompt has {len(ids)} {unit}; the model reads only the first {n}")
+            notes.append(f"the prompt has {len(ids):,} {unit}; the model reads only the first {n}")
         return notes
+
+    def prompt_head(self, prompt: str) -> str:
+        """The start of `prompt` that the model reads: the same ids (and null text) as the whole prompt, while
+        the words past it are neither tokenized nor logged (the tokenizers log the prompt they truncate). The
+        whole prompt when it fits; else its first `text_len` words, or for BART the words whose subwords fill
+        the ids between `<s>` and the cut (the last maybe in part). Words are split as each tokenizer splits
+        them: a `words` word never spans whitespace; min-dalle splits on single spaces."""
+        n, bart = self.tokenizer.text_len, isinstance(self.tokenizer, BartTokenizer)
+        count = 0
+        for match in re.finditer(r"[^ ]+" if bart else r"\S+", prompt):
+            count += len(self.tokenizer.encode(match.group())) - 2 if bart else len(words(match.group()))
+            if count >= (n - 1 if bart else n):
+                head = prompt[:match.end()]
+                # a chunk may hold several words ("red,circle"): keep exactly the first n
+                return head if bart or count == n else " ".join(words(head)[:n])
+        return prompt
 
     def generate(self, prompts: str | Sequence[str], num_images: int = 1, seed: int | None = None,
                  guidance: float | None = None, temperature: float = 1.0, top_k: int | None = None,
@@ -430,7 +452,15 @@ class TextToImage:
         return images
 
 
-def _min_dalle_layout(directory: Path) -> bool:
+def quoted(prompt: str) -> str:
+    """`prompt` as a message quotes it: its repr, cut to `MAX_QUOTED_CHARS` with its length told."""
+    shown = repr(prompt)
+    if len(shown) <= MAX_QUOTED_CHARS:
+        return shown
+    return f"{shown[:MAX_QUOTED_CHARS - 3]}... ({len(prompt):,} characters)"
+
+
+def min_dalle_layout(directory: Path) -> bool:
     """Whether `directory` looks like (part of) a min-dalle download rather than an mmkit export."""
     return directory.name in ("dalle_bart_mini", "dalle_bart_mega") or any(
         (directory / d).exists() for d in ("dalle_bart_mini", "dalle_bart_mega", "vqgan/detoker.pt"))

@@ -158,3 +158,24 @@ def test_fill_with_a_roberta_tokenizer_fills_the_mask_where_fill_mask_found_it(t
     (prediction,) = fill_mask(encoder, text, 3)
     candidates, filled = fill(encoder, text, 3)
     assert filled == prediction.filled and candidates == dict(prediction.candidates)
+
+
+def test_the_api_endpoints_are_named(encoder):
+    from demos.bert import build_app
+
+    assert [f.api_name for f in build_app(encoder).fns.values()] == ["fill_mask", "attention"]
+
+
+def test_roberta_mask_token_shows_in_the_instructions(page, serve_blocks, tmp_path):
+    """The instruction "write <mask> where a word is missing" is Markdown, rendered as HTML: the browser read
+    RoBERTa's "<mask>" as a tag and showed "write  where a word is missing"."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    from _bert import write_tiny_roberta_classifier
+    from demos.bert import build_app
+
+    ref, _ = write_tiny_roberta_classifier(tmp_path / "roberta")
+    config = RobertaConfig(**{k: v for k, v in ref.config.to_dict().items() if k not in ("architectures",)})
+    RobertaForMaskedLM(config).eval().save_pretrained(tmp_path / "roberta")
+    open_app(page, serve_blocks(build_app(load_encoder(tmp_path / "roberta"))))
+    expect(page.get_by_text("Fill-mask: write <mask> where a word is missing")).to_be_visible(timeout=TIMEOUT_MS)

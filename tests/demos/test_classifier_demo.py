@@ -178,3 +178,33 @@ def test_bad_uploads_reach_mmkits_loader_over_http(serve_blocks, digits_export, 
     client = Client(serve_blocks(build_app(Classifier.from_pretrained(digits_export[0]))), verbose=False)
     with pytest.raises(AppError, match=f"Cannot read this image: {reason}"):
         client.predict(handle_file(str(upload)), api_name="/classify")
+
+
+def test_an_inline_image_over_the_upload_cap_is_refused_before_decoding(monkeypatch, tmp_path):
+    """An image sent as a data: URL (in the request's JSON, not through /upload) skipped Gradio's 200 MB cap: a
+    210 MB one was decoded and written to the cache. The cap now holds for it too, judged from the URL's length."""
+    import base64
+
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    import mmkit.demo_harness as harness
+    from demos.classifier import image_path_input
+
+    png = tmp_path / "px.png"
+    Image.new("RGB", (2, 2)).save(png)
+    data = png.read_bytes()
+    monkeypatch.setattr(harness, "MAX_FILE_SIZE", len(data) + 1000)
+    with gr.Blocks():
+        component = image_path_input()
+    monkeypatch.setattr(component, "GRADIO_CACHE", str(tmp_path / "cache"))
+
+    def url(blob: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(blob).decode()
+
+    assert Path(component.preprocess(ImageData(url=url(data)))).read_bytes() == data
+    for size in (len(data) + 1001, len(data) + 1002, len(data) + 1003):  # each padding of base64
+        with pytest.raises(gr.Error, match=f"the image is {size:,} bytes: at most {len(data) + 1000:,}"):
+            component.preprocess(ImageData(url=url(data + bytes(size - len(data)))))
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the accepted one alone
+    assert Path(component.preprocess(ImageData(url=url(data + bytes(1000))))).stat().st_size == len(data) + 1000

@@ -114,3 +114,10 @@ def test_each_request_gets_its_own_srt_file_removed_after_it_is_sent(tmp_path):
     for request, srt in ((first, srt_a), (second, srt_b)):
         assert next(request, None) is None and not Path(srt).exists() and not Path(srt).parent.exists()
     assert list(Path(srt_a).parent.parent.iterdir()) == []
+
+
+def test_the_api_endpoint_is_named_transcribe():
+    """It was /run, or /run_N after the tabs served before it (`mmkit demo`)."""
+    from demos.speech import build_app
+
+    assert [f.api_name for f in build_app(lambda path: None).fns.values()] == ["transcribe"]

@@ -121,7 +121,7 @@ def test_a_slider_given_null_or_text_over_the_http_api_is_the_fields_one_line_er
     client = Client(serve_blocks(build_app(generator)), verbose=False)
     capfd.readouterr()
     with pytest.raises(AppError, match=rf"^max new tokens must be a whole number in \[1, 127\], got {value!r}$"):
-        client.predict(PROMPT, value, 0.0, 40, 1.0, 0, api_name="/run")
+        client.predict(PROMPT, value, 0.0, 40, 1.0, 0, api_name="/generate_text")
     assert "Traceback" not in capfd.readouterr().err
     demos = Path(__file__).resolve().parents[2] / "demos"
     assert [p.name for p in demos.glob("*.py") if "gr.Slider(" in p.read_text()] == ["inputs.py"]  # the one maker

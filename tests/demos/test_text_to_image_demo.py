@@ -7,10 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from _browser import TIMEOUT_MS, open_app
 from _dalle import tiny_text_to_image
 from playwright.sync_api import expect
 from PIL import Image
+
+from mmkit.data.dalle_shapes import caption_vocabulary
+from mmkit.data.dalle_text import WordTokenizer
+from mmkit.inference.text_to_image import TextToImage
+from mmkit.models import DALLE, VQGAN
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +114,151 @@ def test_mmkit_demo_knows_the_family(tmp_path):
     assert DEMOS["dalle"].default == "runs/dalle_shapes/export"
     assert _checkpoint_problem("dalle", export) is None
     assert callable(dalle_tab(export, 5))
+
+
+def _slow_text_to_image() -> TextToImage:
+    """A 16 x 16 code grid: 7 previews per batch (every 2 rows), so a test can close the stream mid-way."""
+    torch.manual_seed(0)
+    vqgan = VQGAN(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(), z_channels=8, codebook_size=16, code_dim=8,
+                  norm_groups=4)
+    model = DALLE(text_vocab_size=32, text_len=8, codebook_size=16, image_grid=16, dim=32, depth=1, num_heads=2)
+    return TextToImage(model, vqgan, WordTokenizer(caption_vocabulary(), 8))
+
+
+def test_closing_the_stream_stops_the_sampling():
+    """A cancelled request (Gradio closes the generator) left its sampling thread running to the end for nobody,
+    and each cancel one more: now the next preview stops it."""
+    import threading
+
+    from demos.text_to_image import generate_images
+
+    t2i = _slow_text_to_image()
+    previews, preview = [], t2i.preview
+    t2i.preview = lambda rows: previews.append(rows.shape[1]) or preview(rows)
+    before = set(threading.enumerate())
+    states = generate_images(t2i, "a red circle", 4, 0, 1.0, 4)
+    next(states)
+    workers = set(threading.enumerate()) - before
+    states.close()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert workers and not any(w.is_alive() for w in workers)
+    assert len(previews) < 3, previews  # 7 when it ran on (one batch of 4 images, a preview every 2 rows)
+    assert len(list(generate_images(t2i, "a red circle", 1, 0, 1.0, 4))) == 8  # 7 previews, then the images
+
+
+@pytest.mark.parametrize("prompt, refusal", [
+    ("zebra " * 200_000, "no word the model knows"),
+    ("a\ud800b " * 100_000, "not valid Unicode"),
+])
+def test_a_huge_prompt_is_refused_in_a_short_message(t2i, prompt, refusal):
+    """A 1.2 MB prompt was quoted whole in the refusal (and the log)."""
+    import gradio as gr
+
+    from demos.text_to_image import generate_images
+
+    with pytest.raises(gr.Error, match=refusal) as refused:
+        list(generate_images(t2i, prompt, 1, 0, 1.0, 4))
+    assert len(refused.value.message) < 400, refused.value.message[:500]
+
+
+def test_a_huge_prompts_warnings_name_each_unknown_word_it_reads_once(t2i, caplog):
+    """"red zebra zebra ..." (1.2 MB) named "zebra" 200,000 times in a warning of megabytes, quoted the whole prompt
+    in the log, and the tokenizer logged it again on every request; unknown words past the text length (the model
+    never reads them) were named too."""
+    import warnings
+
+    from demos.text_to_image import generate_images
+
+    prompt = "a red zebra zebra circle " + " ".join(f"word{chr(97 + i % 26)}x{chr(97 + i // 26 % 26)}"
+                                                    for i in range(1000)) + " zebra elephant" * 100_000
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        states = list(generate_images(t2i, prompt, 1, 0, 1.0, 4))
+    assert len(states[-1][0]) == 1
+    notes = [str(w.message) for w in caught]
+    assert notes == ["words outside the vocabulary ignored: zebra, wordaxa, wordbxa, wordcxa",
+                     "the prompt has 201,005 words; the model reads only the first 8"], notes
+    assert caplog.records and all(len(r.getMessage()) < 400 for r in caplog.records), \
+        [r.getMessage()[:200] for r in caplog.records]
+    assert len(t2i.prompt_head(prompt)) < 100
+
+
+def test_unknown_words_are_capped(t2i):
+    from mmkit.inference.text_to_image import MAX_NAMED_WORDS
+
+    t2i.tokenizer.text_len, text_len = 100, t2i.tokenizer.text_len  # reads 100 words: 98 of them unknown
+    try:
+        notes = t2i.check_prompt("a red " + " ".join(f"x{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(98)))
+    finally:
+        t2i.tokenizer.text_len = text_len
+    named = notes[0].removeprefix("words outside the vocabulary ignored: ").split(", ")
+    assert len(named) == MAX_NAMED_WORDS and named[-1].endswith(f"and {98 - MAX_NAMED_WORDS} more"), notes
+
+
+@pytest.mark.parametrize("prompt", ["a red circle", "a red circle on the left at the top", "red,circle " * 10,
+                                    "  a  red\tcircle\n" * 5, "elephant " * 3 + "a red circle"])
+def test_the_prompt_head_gives_the_models_ids(t2i, prompt):
+    head = t2i.prompt_head(prompt)
+    assert torch.equal(t2i.tokenizer([head]), t2i.tokenizer([prompt])) and len(head) <= len(prompt)
+
+
+@pytest.fixture(scope="module")
+def min_dalle(tmp_path_factory):
+    from _min_dalle import write_min_dalle_root
+
+    return write_min_dalle_root(tmp_path_factory.mktemp("min_dalle") / "pretrained")[0]
+
+
+@pytest.mark.parametrize("prompt", ["a red circle", "a red circle on the left " * 30, "avocado" * 40 + " red",
+                                    "a  red   circle " * 20, "\u00e9t\u00e9 red " * 40])
+def test_the_prompt_head_gives_dalle_minis_ids(min_dalle, prompt):
+    from mmkit.inference.text_to_image import TextToImage as T2I
+
+    t2i = T2I.from_pretrained(min_dalle)
+    head = t2i.prompt_head(prompt)
+    assert torch.equal(t2i.tokenizer([head]), t2i.tokenizer([prompt]))
+    assert torch.equal(t2i.tokenizer.null_text([head]), t2i.tokenizer.null_text([prompt]))
+
+
+def test_mmkit_demo_serves_a_min_dalle_download(min_dalle, tmp_path, capsys):
+    """`mmkit generate` reads a min-dalle download (no config.json); `mmkit demo` refused it as no checkpoint,
+    and past that the tab failed on the vocabulary note (BART's vocabulary is a dict, not a word list)."""
+    import gradio as gr
+
+    from _ranks import free_port
+    from demos.app import build_app
+    from mmkit.cli import main
+    from mmkit.cli.demo import _checkpoint_problem, dalle_tab
+
+    assert _checkpoint_problem("dalle", min_dalle) is None
+    assert _checkpoint_problem("dalle", min_dalle / "dalle_bart_mini") is None
+    app = build_app({"dalle": dalle_tab(min_dalle, 5)})
+    notes = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any(n.startswith("dalle-mini reads lower-cased ASCII text") for n in notes), notes
+    (tmp_path / "half" / "vqgan").mkdir(parents=True)  # a download cut short: the loader's reason, one line
+    (tmp_path / "half" / "vqgan" / "detoker.pt").write_bytes(b"")
+    assert main(["demo", "dalle", "--model", str(tmp_path / "half"), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmkit demo: error: dalle:") and "incomplete min-dalle" in err[0], err
+
+
+def test_out_of_range_sliders_over_http_are_one_line_errors_naming_the_field(t2i, serve_blocks, capfd):
+    """Gradio's own bounds check answered "Value 1e+30 is greater than maximum value 16." (which field?) and
+    printed a server traceback."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from demos.text_to_image import build_app
+
+    client = Client(serve_blocks(build_app(t2i)), verbose=False)
+    capfd.readouterr()
+    for args, message in [(("a red circle", 1e30, 0, 1.0, 4), "images must be a whole number in [1, 16], got 1e+30"),
+                          (("a red circle", 1, 0, -1.0, 4), "guidance must be a number in [0.0, 5.0], got -1.0"),
+                          (("a red circle", 1, 0, 1.0, 17), "top-k must be a whole number in [0, 16], got 17")]:
+        with pytest.raises(AppError) as refused:
+            client.predict(*args, api_name="/generate_images")
+        assert str(refused.value) == message
+    assert "Traceback" not in capfd.readouterr().err
+    gallery, _ = client.predict("a red circle", 2, 0, 1.0, 4, api_name="/generate_images")
+    assert len(gallery) == 2

@@ -88,3 +88,20 @@ def test_a_source_past_the_models_tokens_is_cut_with_a_warning(translator, monke
     with pytest.warns(UserWarning, match=f"the source has {len(huge)} characters; the model reads only"):
         text, _, _ = translate_text(translator, huge, 1)
     assert text == expected and max(encoded) <= 64 * limit
+
+
+def test_a_beam_size_out_of_range_over_http_names_the_field(serve_blocks, translator, capfd):
+    """Gradio's slider answered "Value 9 is greater than maximum value 8." with a server traceback; the endpoint
+    was /run, or /run_N after the tabs served before it."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from demos.translate import build_app
+
+    app = build_app(translator)
+    assert [f.api_name for f in app.fns.values()] == ["translate"]
+    client = Client(serve_blocks(app), verbose=False)
+    capfd.readouterr()
+    with pytest.raises(AppError, match=r"^beam size must be a whole number in \[1, 8\], got 9$"):
+        client.predict(SOURCE, 9, api_name="/translate")
+    assert "Traceback" not in capfd.readouterr().err

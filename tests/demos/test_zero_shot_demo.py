@@ -153,7 +153,7 @@ def test_files_and_templates_are_capped(clip_export):
         score([str(files[0])] * 9, "red circle", "a {}")
     with pytest.raises(gr.Error, match="17 templates: at most 16"):
         score([str(files[0])], "red circle", "\n".join(f"{{}} {i}" for i in range(17)))
-    assert len(score([str(files[0])] * 8, "red circle", "\n".join(f"{{}} {i}" for i in range(16)))[0]) == 8
+    assert len(score([str(files[0])] * 8, "red circle, blue star", "\n".join(f"{{}} {i}" for i in range(16)))[0]) == 16
 
 
 def test_gallery_images_are_shrunk_and_scores_are_the_apis(clip_export, tmp_path):
@@ -199,3 +199,40 @@ def test_a_thin_strip_is_scored_like_the_api(clip_export, tmp_path):
     assert [row[0] for row in rows] == [p.name for p in paths for _ in LABELS]
     assert [im.size for im, _ in gallery] == [(512, 1), (280, 280)]
     assert [row[3] for row in rows] == pytest.approx([round(p, 4) for ranked in expected for _, p in ranked], abs=1e-6)
+
+
+def test_one_label_is_refused_as_mmkit_label_refuses_it(clip_export):
+    """A single label always scored 1.0; `mmkit label` refuses it in these words."""
+    import gradio as gr
+
+    from mmkit.inference import ZeroShotClassifier
+
+    export, files = clip_export
+    with pytest.raises(gr.Error) as refused:
+        _score(ZeroShotClassifier.from_pretrained(export))([str(files[0])], "red circle", "a {}")
+    assert refused.value.message == "one label ('red circle') always scores 1.0: give at least two"
+    with pytest.raises(gr.Error, match="Enter at least two labels"):
+        _score(ZeroShotClassifier.from_pretrained(export))([str(files[0])], " , ", "a {}")
+
+
+def test_mmkits_loader_judges_each_upload_over_http(serve_blocks, clip_export, tmp_path, capfd):
+    """Gradio judged uploads by their names' extensions: a PNG named scan.dat was refused, and one PDF among
+    images failed the whole batch ("Invalid file type") with a server traceback."""
+    import shutil
+
+    from gradio_client import Client, handle_file
+
+    from demos.zero_shot import build_app
+    from mmkit.inference import ZeroShotClassifier
+
+    export, files = clip_export
+    scan = Path(shutil.copy(files[0], tmp_path / "scan.dat"))
+    (tmp_path / "doc.pdf").write_bytes(b"%PDF-1.4\n%")
+    app = build_app(ZeroShotClassifier.from_pretrained(export))
+    assert [f.api_name for f in app.fns.values()] == ["zero_shot"]
+    client = Client(serve_blocks(app), verbose=False)
+    capfd.readouterr()
+    rows, gallery = client.predict([handle_file(str(scan)), handle_file(str(tmp_path / "doc.pdf"))],
+                                   "red circle, blue star", "a {}", api_name="/zero_shot")
+    assert [row[0] for row in rows["data"]] == ["scan.dat", "scan.dat"] and len(gallery) == 1
+    assert "Traceback" not in capfd.readouterr().err
