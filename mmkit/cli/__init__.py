@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("mmkit")
 
@@ -71,9 +72,27 @@ def _run_tool(name: str, argv: list[str]) -> int:
     return tool(argv)
 
 
+def _quiet_half_built_loaders(hook: Any) -> Any:
+    """`sys.unraisablehook` without the finalizer error of a DataLoader iterator that Ctrl-C or SIGTERM stopped
+    while it started its workers: its `__del__` then meets attributes `__init__` never set ("Exception ignored in
+    ... AttributeError: ... no attribute '_shutdown'", a traceback after the tool's one line; the workers are
+    gone with the process). Anything else goes to `hook`."""
+    if getattr(hook, "mmkit_quiet", False):  # already in place (main called again in one process)
+        return hook
+
+    def quiet(unraisable: Any) -> None:
+        owner = getattr(unraisable.object, "__qualname__", "")
+        if not (isinstance(unraisable.exc_value, AttributeError) and owner.endswith("DataLoaderIter.__del__")):
+            hook(unraisable)
+
+    quiet.mmkit_quiet = True  # type: ignore[attr-defined]
+    return quiet
+
+
 def main(argv: list[str] | None = None) -> int:
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    sys.unraisablehook = _quiet_half_built_loaders(sys.unraisablehook)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # What torch sets once imported (TORCH_LOGS aside); set now, since a Ctrl-C during its import leaves its
     # atexit hooks to log their INFO statistics ("FakeTensor cache stats") through the handler above.
