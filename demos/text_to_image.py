@@ -20,7 +20,6 @@ from torch import Tensor
 
 from demos import inputs
 from demos.display import for_display
-from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.inference.text_to_image import TextToImage, grid, to_pil
 
 MAX_IMAGES = 16  # the images slider's largest value, checked for API callers too
@@ -90,14 +89,6 @@ class _Closed(Exception):
     """The consumer of `generate_images` closed it: the sampling thread stops."""
 
 
-def vocabulary_note(t2i: TextToImage) -> str:
-    """What the tab says of the words the model reads: the recipe's closed vocabulary listed, or for
-    dalle-mini's BART tokenizer (a dict of 50,000 subwords, not a word list) how it reads text."""
-    if isinstance(t2i.tokenizer, BartTokenizer):
-        return f"dalle-mini reads lower-cased ASCII text ({len(t2i.tokenizer.vocab):,} BPE subwords)"
-    return f"Words the model knows: {' '.join(t2i.tokenizer.vocab[2:])}"
-
-
 def guidance_max(t2i: TextToImage) -> float:
     """The guidance slider's largest value: the model's default guidance at least twice over."""
     return max(5.0, 2 * t2i.defaults["guidance"])
@@ -114,8 +105,8 @@ def text_to_image_tab(t2i: TextToImage) -> None:
         yield from generate_images(t2i, prompt, num_images, seed, guidance, top_k, grids.name)
 
     with gr.Tab("Text to image", elem_id="text-to-image-tab"):
-        gr.Markdown(f"{vocabulary_note(t2i)}. Guidance 1 is off; the gallery shows previews while the image codes "
-                    "are sampled row by row.")
+        gr.Markdown(f"**Prompt**: {t2i.vocabulary_note()}. Guidance 1 is off; the gallery shows previews while the "
+                    "image codes are sampled row by row.")
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", elem_id="t2i-prompt")

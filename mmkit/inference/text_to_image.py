@@ -310,9 +310,7 @@ class TextToImage:
             ids = [self.tokenizer.index.get(w, 1) for w in words(prompt)]
             known = [i for i in ids[:n] if i > 1]
         if not known:
-            what = "dalle-mini reads lower-cased ASCII text" if bart else \
-                f"vocabulary: {' '.join(self.tokenizer.vocab[2:])}"
-            raise ValueError(f"prompt {quoted(prompt)}: no word the model knows ({what})")
+            raise ValueError(f"prompt {quoted(prompt)}: no word the model knows ({self.vocabulary_note()})")
         if bart and max(ids) >= self.text_vocab_size:
             raise ValueError(f"prompt {quoted(prompt)}: a token id past the model's {self.text_vocab_size} text "
                              "embeddings (vocab.json does not belong to this model)")
@@ -326,6 +324,13 @@ class TextToImage:
             unit = "tokens" if bart else "words"
             notes.append(f"the prompt has {len(ids):,} {unit}; the model reads only the first {n}")
         return notes
+
+    def vocabulary_note(self) -> str:
+        """What the model reads, as messages and the demo say it: the recipe's closed vocabulary listed, or for
+        dalle-mini's BART tokenizer (50,000 subwords, not a word list) how it reads text."""
+        if isinstance(self.tokenizer, BartTokenizer):
+            return f"dalle-mini reads lower-cased ASCII text ({len(self.tokenizer.vocab):,} BPE subwords)"
+        return f"words the model knows: {' '.join(self.tokenizer.vocab[2:])}"
 
     def prompt_head(self, prompt: str) -> str:
         """The start of `prompt` that the model reads: the same ids (and null text) as the whole prompt, while

@@ -235,7 +235,7 @@ def test_mmkit_demo_serves_a_min_dalle_download(min_dalle, tmp_path, capsys):
     assert _checkpoint_problem("dalle", min_dalle / "dalle_bart_mini") is None
     app = build_app({"dalle": dalle_tab(min_dalle, 5)})
     notes = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
-    assert any(n.startswith("dalle-mini reads lower-cased ASCII text") for n in notes), notes
+    assert any(n.startswith("**Prompt**: dalle-mini reads lower-cased ASCII text") for n in notes), notes
     (tmp_path / "half" / "vqgan").mkdir(parents=True)  # a download cut short: the loader's reason, one line
     (tmp_path / "half" / "vqgan" / "detoker.pt").write_bytes(b"")
     assert main(["demo", "dalle", "--model", str(tmp_path / "half"), "--port", str(free_port())]) == 2
