@@ -33,7 +33,7 @@ def out_of_memory(e: BaseException) -> str | None:
         return "out of memory"
     size, unit = float(asked.group(1)), asked.group(2)
     if unit == "bytes":
-        size, unit = size / 2**30, "GiB"
+        size, unit = (size / 2**30, "GiB") if size >= 2**30 else (size / 2**20, "MiB")
     return f"out of memory (tried to allocate {size:,.1f} {unit})"
 
 

@@ -290,6 +290,13 @@ def test_last_follows_the_run_and_best_and_last_load_in_any_subcommand(workdir, 
                      "last", "--data.init_args.predict_paths", f"[{workdir / 'cache' / 'digits' / 'test' / '3'}]",
                      "--prediction_writer.output", str(flat / "p.csv")]) == 0
         assert f"Restoring states from the checkpoint path at {checkpoints / 'last.ckpt'}" in caplog.text
+        # a second run into the same folder writes last-v1.ckpt: "best" is that run's, as "last" is
+        assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(flat),
+                     "--model.init_args.export_dir", str(flat / "export")]) == 0
+        caplog.clear()
+        assert main(["test", "--config", FIT, *TINY, "--trainer.default_root_dir", str(flat),
+                     "--ckpt_path", "best"]) == 0
+        assert f"checkpoint path at {checkpoints / 'best-epoch=00-v1.ckpt'}" in caplog.text
 
 
 @pytest.mark.parametrize("subcommand", ["test", "predict"])

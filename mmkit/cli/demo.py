@@ -248,9 +248,11 @@ def _serve(args: argparse.Namespace, chosen: dict[str, str], served: list[str]) 
     served.append(where)  # from here an interruption stops the server (maybe while it starts)
     try:
         serve(app, host=args.host, port=args.port, on_start=lambda url: print(f"Running on {url}", flush=True))
-    except OSError as e:  # the port taken while the models loaded (Gradio's message names its own settings)
-        reason = _port_reason(e) if e.errno else "in use"
-        print_error(PROG, f"--port {args.port}: {reason} on {args.host} (taken while the models loaded); "
-                          "pass another --port")
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE or "Cannot find empty port" in str(e):  # Gradio's, naming its own settings
+            print_error(PROG, f"--port {args.port}: in use on {args.host} (taken while the models loaded); "
+                              "pass another --port")
+        else:  # not the port (the interface gone, a file Gradio could not write): its own reason
+            print_error(PROG, f"cannot serve on {where}: {e}")
         return 2
     return 0

@@ -532,9 +532,9 @@ class MMKitCLI(LightningCLI):
         fix = ("drop --ckpt_path to start a new run" if self.subcommand == "fit" else
                "train first (mmkit fit with this recipe and --trainer.default_root_dir) or give a checkpoint file")
         if ckpt_path == "last":
-            found = [Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}" for cb in callbacks]
-            if not any(p.is_file() for p in found):
-                where = ", ".join(str(p) for p in found) or "(no ModelCheckpoint callback with save_last)"
+            if not any(_newest_last(cb) for cb in callbacks):
+                where = ", ".join(str(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
+                                  for cb in callbacks) or "(no ModelCheckpoint callback with save_last)"
                 what = "checkpoint to resume from" if self.subcommand == "fit" else "checkpoint"
                 raise FileNotFoundError(f"--ckpt_path last: no {what} at {where}; {fix}")
         elif ckpt_path == "best" and self.subcommand != "fit" and callbacks and not callbacks[0].best_model_path:
@@ -549,12 +549,23 @@ class MMKitCLI(LightningCLI):
                         self.subcommand)
 
 
+def _newest_last(cb: ModelCheckpoint) -> Path | None:
+    """The newest last checkpoint in `cb`'s folder (last.ckpt, or last-vN.ckpt that a second run into the same
+    folder writes), as Lightning resolves "last": by modification time."""
+    pattern = re.compile(rf"{re.escape(cb.CHECKPOINT_NAME_LAST)}(-v\d+)?{re.escape(cb.FILE_EXTENSION)}")
+    found = [p for p in Path(cb.dirpath).glob(f"{cb.CHECKPOINT_NAME_LAST}*") if pattern.fullmatch(p.name)]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
 def _recorded_best(cb: ModelCheckpoint) -> str | None:
-    """The best checkpoint the last.ckpt in `cb`'s folder records for a callback like `cb` (found in that folder
-    if the run's folder was moved), else None. Read with weights_only and a memory map: no code, no weights read."""
+    """The best checkpoint the newest last checkpoint in `cb`'s folder records for a callback like `cb` (found in
+    that folder if the run's folder was moved), else None: "best" of the run "last" means. Read with weights_only
+    and a memory map: no code, no weights read."""
     import torch
 
-    last = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    last = _newest_last(cb)
+    if last is None:
+        return None
     try:
         state = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
         recorded = state.get(cb.state_key, {}).get("best_model_path") or ""

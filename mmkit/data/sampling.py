@@ -12,7 +12,8 @@ class EpochShuffle(RandomSampler):
     the loader was built) and the epoch, which Lightning gives through `set_epoch`. With `shuffle=True` a loader
     drew its order from the global RNG, which every run re-seeds at its start: a run resumed after epoch N
     (`--ckpt_path last`) replayed epoch 0's batches, then 1's, instead of N+1's. Under DDP Lightning replaces it
-    by a DistributedSampler, which seeds by epoch in the same way."""
+    by a DistributedSampler, which seeds by epoch in the same way. A checkpoint saved mid-epoch (every N steps)
+    resumes its epoch from the epoch's first batch, as Lightning restarts any map-style loader."""
 
     def __init__(self, data_source: Sized, seed: int | None = None) -> None:
         super().__init__(data_source)

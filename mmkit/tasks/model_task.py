@@ -175,15 +175,17 @@ def _restore_training_buffers(model: torch.nn.Module, saved: Any) -> None:
 
 
 def rng_states() -> dict[str, Any]:
-    """The states of torch's, CUDA's, NumPy's and Python's global random generators, in types a weights_only load
-    reads. Lightning keeps none in its checkpoints: a resumed run re-seeded them as a new one, so its augmentations,
-    dropout and workers' seeds replayed the first epochs' draws."""
+    """The states of torch's, CUDA's (this process's device), NumPy's and Python's global random generators, in
+    types a weights_only load reads. Lightning keeps none in its checkpoints: a resumed run re-seeded them as a new
+    one, so its augmentations, dropout and workers' seeds replayed the first epochs' draws. The checkpoint holds
+    the first process's: under DDP every rank resumes from them (a new run seeds every rank alike too), so a
+    multi-process resume goes on drawing fresh numbers but is not the uninterrupted run's, bit for bit."""
     version, state, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     states = {"torch": torch.get_rng_state(), "python": [version, list(state), gauss],
               "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+        states["cuda"] = torch.cuda.get_rng_state()  # this process's device: under DDP each rank has its own
     return states
 
 
@@ -199,9 +201,8 @@ def set_rng_states(states: Any) -> None:
     if isinstance(states.get("numpy"), list):
         name, keys, pos, has_gauss, cached = states["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if isinstance(states.get("cuda"), list) and torch.cuda.is_available() and len(states["cuda"]) == \
-            torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if isinstance(states.get("cuda"), torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 def _rebuilt_model(checkpoint_path: Any) -> torch.nn.Module:

@@ -94,6 +94,13 @@ def timm_vit_config(m: nn.Module) -> dict[str, Any]:
         raise WeightsError(f"timm model uses features outside mmkit's plain ViT: block type "
                            f"{', '.join(sorted(blocks - {'Block'}))}")
     blk = m.blocks[0]
+    layers = {  # first: the checks below read these layers' fields (timm's SwiGLU has no fc1)
+        "non-GELU activation / non-standard MLP": not (isinstance(blk.mlp, TimmMlp) and _gelu(blk.mlp.act)),
+        "attention other than timm's Attention": type(blk.attn).__name__ != "Attention",
+    }
+    if any(layers.values()):
+        raise WeightsError(f"timm model uses features outside mmkit's plain ViT: "
+                           f"{', '.join(k for k, v in layers.items() if v)}")
     unsupported = {
         "register tokens": getattr(m, "reg_token", None) is not None,
         "no_embed_class": getattr(m, "no_embed_class", False),
@@ -101,8 +108,6 @@ def timm_vit_config(m: nn.Module) -> dict[str, Any]:
         "attention pooling other than timm's default AttentionPoolLatent": _attention_pool_unsupported(m),
         "qk-norm": not isinstance(blk.attn.q_norm, nn.Identity),
         "layer scale": not isinstance(blk.ls1, nn.Identity),
-        "non-GELU activation / non-standard MLP": not (isinstance(blk.mlp, TimmMlp) and _gelu(blk.mlp.act)),
-        "attention other than timm's Attention": type(blk.attn).__name__ != "Attention",
         "no attention output bias (proj_bias=False)": getattr(blk.attn.proj, "bias", None) is None,
         "no MLP biases": blk.mlp.fc1.bias is None or blk.mlp.fc2.bias is None,
         "a norm inside attention (scale_attn_norm)": not isinstance(getattr(blk.attn, "norm", nn.Identity()),

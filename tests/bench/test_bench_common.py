@@ -163,6 +163,8 @@ def test_an_unknown_or_missing_benchmark_name_says_so(argv, problem, capsys):
                           "you tried to allocate 10240000000000 bytes. Error code 12 (Cannot allocate memory)"), 1,
      "mmkit bench transcribe: error: out of memory (tried to allocate 9,536.7 GiB); choose smaller sizes"),
     (lambda: MemoryError(), 1, "mmkit bench transcribe: error: out of memory; choose smaller sizes"),
+    (lambda: RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1048576 bytes."), 1,
+     "mmkit bench transcribe: error: out of memory (tried to allocate 1.0 MiB); choose smaller sizes"),
 ])
 def test_a_failed_step_or_an_interruption_is_one_line(monkeypatch, capsys, raised, code, line):
     """A process the bench ran failing (a bad --model) was a RuntimeError traceback with its stderr's last 3,000

@@ -189,6 +189,15 @@ def test_architecture_changes_are_refused_by_the_option(kw, feature):
         ViT.from_timm(ref)
 
 
+def test_a_gated_mlp_is_refused_before_its_fields_are_read():
+    """timm's SwiGLU has no fc1: the bias check read it first and failed with an AttributeError."""
+    from timm.layers import SwiGLU
+
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, img_size=32, mlp_layer=SwiGLU)
+    with pytest.raises(WeightsError, match="non-GELU activation / non-standard MLP"):
+        ViT.from_timm(ref)
+
+
 @pytest.mark.parametrize("global_pool", ["token", "map"])
 def test_the_tanh_gelu_imports_as_itself(global_pool):
     """nn.GELU(approximate="tanh") passed the class check and was imported as the exact GELU (5e-4 off)."""
