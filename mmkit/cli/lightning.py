@@ -521,8 +521,8 @@ class MMKitCLI(LightningCLI):
         to a new `lightning_logs/version_N/` per run: `--ckpt_path last` after a crash then finds
         the run's `last.ckpt`, in every subcommand (predict's too: Lightning found no "last" there and predicted
         with the recipe's random weights). Asking for "last" when there is none is an error, never a fresh start
-        or random weights; "best" in a new process is the one the run's last.ckpt records (Lightning knows the
-        best only in the process that trained); validate and test without a checkpoint say what they score."""
+        or random weights; "best" in a new process is the one the newest last checkpoint records (Lightning knows
+        the best only in the process that trained); validate and test without a checkpoint say what they score."""
         root = Path(self.trainer.default_root_dir)
         callbacks = [cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
         for cb in callbacks:
@@ -541,7 +541,7 @@ class MMKitCLI(LightningCLI):
             best = _recorded_best(callbacks[0])  # the callback Lightning reads "best" from
             if best is None:
                 raise FileNotFoundError(f"--ckpt_path best: no best checkpoint recorded in {callbacks[0].dirpath} "
-                                        f"(the last.ckpt of a run with a monitored metric); {fix}")
+                                        f"(by the last checkpoint of a run with a monitored metric); {fix}")
             callbacks[0].best_model_path = best
         elif ckpt_path is None and self.subcommand in ("validate", "test"):
             log.warning("%s: no --ckpt_path, so the model as the recipe builds it is scored (random weights unless "
