@@ -92,7 +92,7 @@ def gpt2_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
         WeightsError: unsupported GPT-2 variants, and checkpoints with missing, unexpected or
             wrongly shaped tensors (the message names the file and the keys).
     """
-    cfg, state, source, training = hf_source(model_or_dir, ("GPT2LMHeadModel",))
+    cfg, state, source, training = hf_source(model_or_dir, ("GPT2LMHeadModel",), also=("GPT2Model",))
     config = gpt2_config(cfg, source)
     check_tied(state, "lm_head.weight", ("transformer.wte.weight", "wte.weight"), source, "GPT")
     transforms = {f"decoder.blocks.{i}.{t}": conv1d_to_linear for i in range(config["depth"]) for t in _CONV1D_TARGETS}

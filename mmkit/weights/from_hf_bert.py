@@ -142,11 +142,7 @@ def bert_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
     Raises:
         WeightsError: unsupported variants, and missing, unexpected or wrongly shaped tensors.
     """
-    cfg, state, source, training = hf_source(model_or_dir, BERT_CLASSES)
-    archs = [a for a in cfg.get("architectures") or [] if a not in BERT_CLASSES]
-    if archs:
-        raise WeightsError(f"{config_file(source)}: {archs[0]} is not supported; mmkit's BERT imports "
-                           f"{', '.join(BERT_CLASSES)}")
+    cfg, state, source, training = hf_source(model_or_dir, BERT_CLASSES)  # which refuses other heads' folders
     config = bert_config(cfg, state, source)
     for head in ("cls.predictions.decoder.weight", "lm_head.decoder.weight"):
         check_tied(state, head, _EMBEDDINGS, source, "BERT")

@@ -99,7 +99,9 @@ def special_tokens(cfg: dict[str, Any]) -> dict[str, int]:
             "pad_id": int(cfg["pad_token_id"])}
 
 
-def _check_shared(state: dict[str, Tensor], tie: bool, source: str) -> dict[str, Tensor]:
+def _check_shared(state: dict[str, Tensor], tie: bool, source: str, untied: bool = False) -> dict[str, Tensor]:
+    """The state with one shared embedding, refusing copies that differ from it; `untied`: the config says
+    tie_word_embeddings false (transformers 5 then unties all three embeddings), named in the refusal."""
     shared = state.get("model.shared.weight")
     if shared is None:  # some saves keep only the encoder copy
         shared = state.get("model.encoder.embed_tokens.weight")
@@ -110,7 +112,8 @@ def _check_shared(state: dict[str, Tensor], tie: bool, source: str) -> dict[str,
     copies += ["lm_head.weight"] if tie else []
     for key in copies:
         if key in state and not torch.equal(state[key], shared):
-            raise WeightsError(f"{source}: {key} differs from model.shared.weight; mmkit's Seq2Seq shares them")
+            why = " (config.json: tie_word_embeddings false)" if untied else ""
+            raise WeightsError(f"{source}: {key} differs from model.shared.weight{why}; mmkit's Seq2Seq shares them")
     state = {k: v for k, v in state.items() if not (tie and k == "lm_head.weight")}
     if "final_logits_bias" in state:
         state["final_logits_bias"] = state["final_logits_bias"].reshape(-1)
@@ -129,7 +132,7 @@ def marian_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
     """
     cfg, state, source, training = hf_source(model_or_dir, ("MarianMTModel",))
     config = marian_config(cfg, source)
-    state = _check_shared(state, config["tie_output"], source)
+    state = _check_shared(state, config["tie_output"], source, cfg.get("tie_word_embeddings") is False)
     rules = MARIAN_KEYS + ([] if config["tie_output"] else [("lm_head.weight", "head.weight")])
     mapped = fuse_projections(remap(state, rules, source), source, biasless=())
     mapped.setdefault("logits_bias", torch.zeros(config["vocab_size"]))  # absent from older saves: zeros

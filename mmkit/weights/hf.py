@@ -81,11 +81,14 @@ def hub_snapshot(repo_id: str) -> Path:
     return path
 
 
-def hf_source(model_or_dir: nn.Module | str | Path, classes: Iterable[str],
-              hub: bool = False) -> tuple[dict[str, Any], dict[str, Tensor], str, bool]:
+def hf_source(model_or_dir: nn.Module | str | Path, classes: Iterable[str], hub: bool = False,
+              also: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, Tensor], str, bool]:
     """(config dict, state dict, source name, training) of a transformers instance of one of
     `classes`, of a local checkpoint directory, or (with `hub`) of a Hub repo id; eval mode
-    (training False) for anything read from files."""
+    (training False) for anything read from files. A directory whose config.json names its class
+    (`architectures`) must name one of `classes` or `also` (base models whose weights fit as well): another
+    head's directory (MarianModel, T5EncoderModel, GPT2ForSequenceClassification) was refused by the tensors it
+    lacks or adds, which read as a corrupt file."""
     classes = tuple(classes)
     if isinstance(model_or_dir, nn.Module):
         name = type(model_or_dir).__name__
@@ -95,6 +98,11 @@ def hf_source(model_or_dir: nn.Module | str | Path, classes: Iterable[str],
     local = not hub or is_local(model_or_dir)
     directory = Path(model_or_dir).expanduser() if local else hub_snapshot(str(model_or_dir))
     cfg, state, source = read_hf_dir(directory)
+    named = cfg.get("architectures")
+    others = [a for a in named if a not in (*classes, *also)] if isinstance(named, list) else []
+    if others:
+        raise WeightsError(f"{config_file(source)}: {others[0]} is not supported; mmkit imports "
+                           f"{', '.join(classes)} here")
     return cfg, state, source, False
 
 

@@ -136,3 +136,7 @@ def test_importer_loads_a_directory_and_refuses_other_models(tmp_path, marian_pa
     bad = tiny_marian(share_encoder_decoder_embeddings=False)
     with pytest.raises(WeightsError, match="separate source/target vocabularies"):
         Seq2Seq.from_hf(bad)
+    untied = tiny_marian(tie_word_embeddings=False)  # transformers unties all three embeddings: the field named
+    with pytest.raises(WeightsError, match=r"differs from model.shared.weight \(config.json: tie_word_embeddings "
+                                           "false\); mmkit's Seq2Seq shares them"):
+        Seq2Seq.from_hf(untied)

@@ -2,6 +2,7 @@
 WhisperForConditionalGeneration (encoder output, logits, greedy decoding, checkpoint import)."""
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -280,9 +281,15 @@ def test_from_hf_refuses_other_models_and_variants(tmp_path):
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20,
                                                                 n_positions=8))
     gpt2.save_pretrained(tmp_path)
-    with pytest.raises(WeightsError, match="expected a Whisper config, got model_type='gpt2'") as err:
-        Whisper.from_hf(tmp_path)
+    with pytest.raises(WeightsError, match="GPT2LMHeadModel is not supported; mmkit imports "
+                                           "WhisperForConditionalGeneration, WhisperModel here") as err:
+        Whisper.from_hf(tmp_path)  # config.json's architectures names it first
     assert str(tmp_path) in str(err.value)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["architectures"]  # without it, the model type says it
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match="expected a Whisper config, got model_type='gpt2'"):
+        Whisper.from_hf(tmp_path)
     with pytest.raises(WeightsError, match="expected a transformers WhisperForConditionalGeneration"):
         Whisper.from_hf(gpt2)
     small = dict(vocab_size=20, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,

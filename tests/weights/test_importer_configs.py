@@ -99,6 +99,20 @@ def test_a_bad_transformers_config_field_is_one_line(hf_dirs, tmp_path, kind, fi
     _one_line(err, str(directory / "config.json"), named)
 
 
+@pytest.mark.parametrize("kind, head", [("gpt", "GPT2ForSequenceClassification"), ("marian", "MarianModel"),
+                                        ("t5", "T5EncoderModel"), ("bert", "BertForTokenClassification")])
+def test_another_heads_directory_is_refused_by_its_class(hf_dirs, tmp_path, kind, head):
+    """config.json's `architectures` names the class: another head's folder was refused by the tensors it lacks
+    or adds ("no model.shared.weight", "keys with no mapping: score.weight"), which read as a corrupt file."""
+    with pytest.raises(WeightsError) as err:
+        IMPORTERS[kind](_tampered(hf_dirs[kind], tmp_path, "architectures", [head]))
+    _one_line(err, "config.json", f"{head} is not supported")
+
+
+def test_a_base_gpt2_directory_still_imports(hf_dirs, tmp_path):
+    GPT.from_hf(_tampered(hf_dirs["gpt"], tmp_path, "architectures", ["GPT2Model"]))  # tied head: the same weights
+
+
 def test_the_untampered_transformers_directories_import(hf_dirs):
     for kind, load in IMPORTERS.items():
         assert not load(hf_dirs[kind]).training
