@@ -132,7 +132,8 @@ def t5_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
         WeightsError: unsupported variants and tensors no rule accounts for (names listed).
     """
     classes = ("T5ForConditionalGeneration", "MT5ForConditionalGeneration")
-    cfg, state, source, training = hf_source(model_or_dir, classes)
+    # T5WithLMHeadModel: the class's old name, which the original t5-small ... t5-11b config.json files still say
+    cfg, state, source, training = hf_source(model_or_dir, classes, also=("T5WithLMHeadModel",))
     config = t5_config(cfg, state, source)
     state = _split_head(state, config["tie_output"], source)
     rules = T5_KEYS + [("head.weight", "head.weight")]

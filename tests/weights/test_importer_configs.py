@@ -109,8 +109,11 @@ def test_another_heads_directory_is_refused_by_its_class(hf_dirs, tmp_path, kind
     _one_line(err, "config.json", f"{head} is not supported")
 
 
-def test_a_base_gpt2_directory_still_imports(hf_dirs, tmp_path):
-    GPT.from_hf(_tampered(hf_dirs["gpt"], tmp_path, "architectures", ["GPT2Model"]))  # tied head: the same weights
+@pytest.mark.parametrize("kind, named", [("gpt", "GPT2Model"), ("t5", "T5WithLMHeadModel")])
+def test_base_and_old_class_names_still_import(hf_dirs, tmp_path, kind, named):
+    """GPT2Model's weights are the LM's (its head is tied); T5WithLMHeadModel is what the original t5-small ...
+    t5-11b config.json files say (the class's old name)."""
+    IMPORTERS[kind](_tampered(hf_dirs[kind], tmp_path, "architectures", [named]))
 
 
 def test_the_untampered_transformers_directories_import(hf_dirs):
