@@ -341,9 +341,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp file's path beside `path` for the body to write; renamed over `path` when the body
     ends, removed if it raises: readers never see a half-written output, and an existing output is
     replaced only by a complete one. Making the temp file or the rename failing, or a full disk or quota
-    met in the body (its writes, or any other work it does), is an OSError of one line naming `path` (or the
-    other file the body's OSError names: a cache on a full /tmp) (`check_output` meets most of them before any work; the bare "[Errno 28] No space left on device"
-    named no file)."""
+    met in the body (its writes, or any other work it does), is an OSError of one line naming `path`, or the
+    other file the body's OSError names (a cache on a full /tmp). `check_output` meets most of them before any
+    work; the bare "[Errno 28] No space left on device" named no file."""
     path = Path(path).expanduser()
     with contextlib.ExitStack() as hold:
         hold.enter_context(interruptions_held())  # no temp file made and not yet in the `try` below

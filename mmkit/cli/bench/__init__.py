@@ -48,9 +48,10 @@ def main(argv: list[str]) -> int:
     except (MemoryError, RuntimeError) as e:  # sizes past the machine (--codebook-size 1e10): one line
         from mmkit.errors import out_of_memory
 
-        if out_of_memory(e) is None:
+        line = out_of_memory(e)
+        if line is None:
             raise
-        print(f"mmkit bench {argv[0]}: error: {out_of_memory(e)}; choose smaller sizes", file=sys.stderr)
+        print(f"mmkit bench {argv[0]}: error: {line}; choose smaller sizes", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a --json is written whole or not at all (write_json)
         print(f"mmkit bench {argv[0]}: interrupted", file=sys.stderr)
