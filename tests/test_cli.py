@@ -269,6 +269,30 @@ def test_a_longer_resumed_run_follows_its_own_schedule(workdir, caplog):
     assert "resumed at step 2: learning rate 0.0015 (the checkpoint's 0)" in caplog.text
 
 
+def test_a_run_resumed_from_a_file_keeps_the_model_options_given(workdir, caplog):
+    """Lightning re-reads `--ckpt_path FILE`'s hyper-parameters over the command line's: resumed into another
+    folder, the run exported over the first run's export, and a new learning rate or weight decay was dropped
+    (the restored optimizer kept the checkpoint's too). Options given keep their values, each change logged."""
+    first, second = workdir / "given-a", workdir / "given-b"
+    assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(first),
+                 "--model.init_args.export_dir", str(first / "export")]) == 0
+    exported = (first / "export" / "model.safetensors").read_bytes()
+    with caplog.at_level(logging.INFO):
+        assert main(["fit", "--config", FIT, *TINY, "--trainer.max_epochs", "2", "--trainer.default_root_dir",
+                     str(second), "--model.init_args.export_dir", str(second / "export"), "--model.init_args.lr=1e-4",
+                     "--model.init_args.weight_decay", "0.01", "--ckpt_path",
+                     str(first / "checkpoints" / "last.ckpt")]) == 0
+    assert (first / "export" / "model.safetensors").read_bytes() == exported
+    assert (second / "export" / "model.safetensors").is_file()
+    assert f"--model.init_args.export_dir: '{second / 'export'}' as given (the checkpoint's: " in caplog.text
+    assert "resumed with this run's base learning rate 0.0001 (the checkpoint's 0.002)" in caplog.text
+    state = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["hyper_parameters"]["lr"] == 1e-4
+    groups = state["optimizer_states"][0]["param_groups"]
+    assert {g["weight_decay"] for g in groups} - {0.0} == {0.01}
+    assert max(g["initial_lr"] for g in groups) == pytest.approx(1e-4)
+
+
 def test_last_follows_the_run_and_best_and_last_load_in_any_subcommand(workdir, caplog):
     """last.ckpt holds the newest epoch even where the monitored metric never improves (Lightning's own callback
     rewrote it only with a new best: `--ckpt_path last` resumed epoch 0); "best" in a new process is the one the

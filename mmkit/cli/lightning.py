@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional, Union
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -409,8 +409,9 @@ _RANK_ZERO_LOGGERS = ("lightning_fabric.utilities.rank_zero", "pytorch_lightning
 
 
 class MMKitCLI(LightningCLI):
-    def __init__(self, *args: Any, signals: _Signals | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, signals: _Signals | None = None, argv: Sequence[str] = (), **kwargs: Any) -> None:
         self.signals = signals  # before LightningCLI runs the subcommand, in its __init__
+        self.argv = list(argv)  # the command line as given (`_parse_ckpt_path`)
         super().__init__(*args, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -419,8 +420,16 @@ class MMKitCLI(LightningCLI):
         return parser
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning re-parses the model section from `--ckpt_path`'s saved hyper-parameters; a checkpoint of
-        another model or recipe then failed as "the following arguments are required: model". Say so."""
+        """Lightning re-parses the model section from `--ckpt_path FILE`'s saved hyper-parameters, which then
+        override the recipe's (the sizes it was trained with) and also the command line's: resumed into another
+        folder with `--model.init_args.export_dir new`, a run exported over the first run's export; a new
+        `--model.init_args.lr` was dropped. Model options given on the command line keep their values, each
+        that differs from the checkpoint's logged (Lightning's own issue #20801; its fix, pull request 21455, is
+        open). A checkpoint of another model or recipe failed as "the following arguments are required: model":
+        say so."""
+        subcommand = self.config.get("subcommand")
+        given = self.config[subcommand].get("model") if subcommand else None
+        given = given.clone() if hasattr(given, "clone") else given
         self.parser.exit_on_error = False
         try:
             super()._parse_ckpt_path()
@@ -430,6 +439,8 @@ class MMKitCLI(LightningCLI):
                              f"({summarise_parse_error(str(e))})") from None
         finally:
             self.parser.exit_on_error = True
+        if given is not None:
+            _keep_given_model_options(given, self.config[subcommand]["model"], self.argv)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
@@ -549,6 +560,24 @@ class MMKitCLI(LightningCLI):
                         self.subcommand)
 
 
+def _keep_given_model_options(given: Any, merged: Any, argv: Sequence[str]) -> None:
+    """Put back into `merged` (the model section after the checkpoint's hyper-parameters) each option that
+    `argv` gives as `--model.KEY VALUE` or `--model.KEY=VALUE` and the checkpoint changed."""
+    for arg in argv:
+        if not arg.startswith("--model."):
+            continue
+        key = arg[len("--model."):].split("=", 1)[0].rstrip("+")
+        if not key.startswith(("init_args.", "class_path")):
+            key = f"init_args.{key}"  # jsonargparse's short form of a subclass's argument
+        try:
+            mine, theirs = given[key], merged.get(key)
+        except (KeyError, TypeError):
+            continue
+        if mine != theirs:
+            log.info("--model.%s: %r as given (the checkpoint's: %r)", key, mine, theirs)
+            merged[key] = mine
+
+
 def _newest_last(cb: ModelCheckpoint) -> Path | None:
     """The newest last checkpoint in `cb`'s folder (last.ckpt, or last-vN.ckpt that a second run into the same
     folder writes), as Lightning resolves "last": by modification time."""
@@ -591,7 +620,7 @@ def run(argv: list[str], from_console: bool) -> None:
         with signals.during(stopping):
             # From the console LightningCLI reads sys.argv itself; passing it as `args` too makes it warn.
             MMKitCLI(pl.LightningModule, pl.LightningDataModule, trainer_class=Trainer, subclass_mode_model=True,
-                     subclass_mode_data=True, signals=signals,
+                     subclass_mode_data=True, signals=signals, argv=argv,
                      save_config_kwargs={"overwrite": True}, args=None if from_console else argv,
                      # predict writes its own output; a config.yaml dropped into the working directory is noise
                      save_config_callback=None if argv[0] == "predict" else SaveConfigCallback)

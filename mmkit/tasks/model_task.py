@@ -54,14 +54,20 @@ class ModelTask:
             for callback in self.trainer.checkpoint_callbacks:  # type: ignore[attr-defined]
                 if getattr(callback, "save_last", None):
                     callback.save_last = False
+        # this run's optimizer settings, before a resume restores the checkpoint's over them (`on_train_start`)
+        self._configured = _optimizer_settings(self.trainer)  # type: ignore[attr-defined]
 
     def on_train_start(self) -> None:
-        """A resumed run's learning rates are those of its schedule at the step it resumes from. The schedule is
+        """A resumed run trains with this run's optimizer settings (learning rate, weight decay, betas, ...: a
+        new `--model.init_args.lr` given with `--ckpt_path`), the optimizer's moments and the step restored; and
+        its learning rates are those of its schedule at the step it resumes from. The checkpoint's settings
+        replaced them all (Lightning restores the optimizers' and schedulers' states whole), and its schedule is
         built from this run's length: resumed with another --trainer.max_epochs or max_steps, the restored rates
-        (the old schedule's: 0 at its end) drove the first step before the new schedule took over at the
-        next (lr 0, then 63% of the peak)."""
+        (the old schedule's: 0 at its end) drove the first step before the new schedule took over at the next
+        (lr 0, then 63% of the peak)."""
         if self.trainer.ckpt_path is None:  # type: ignore[attr-defined]
             return
+        _reapply_optimizer_settings(self.trainer, getattr(self, "_configured", None))  # type: ignore[attr-defined]
         for config in self.trainer.lr_scheduler_configs:  # type: ignore[attr-defined]
             schedule = config.scheduler
             if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
@@ -113,7 +119,7 @@ class ModelTask:
         buffers = training_buffers(model)
         if buffers:
             checkpoint[BUFFERS_KEY] = buffers
-        checkpoint[RNG_KEY] = rng_states()
+        checkpoint[RNG_KEY] = _every_ranks_rng_states(getattr(self, "_trainer", None))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before the weights load: a checkpoint whose tensors do not fit this model is one line naming the
@@ -127,7 +133,7 @@ class ModelTask:
             _restore_training_buffers(self.model, checkpoint.get(BUFFERS_KEY))  # type: ignore[attr-defined]
             trainer = getattr(self, "_trainer", None)
             if trainer is not None and trainer.state.fn == "fit":  # a resume draws what the run would have drawn
-                set_rng_states(checkpoint.get(RNG_KEY))  # (Lightning's sanity check then runs RNG-isolated)
+                set_rng_states(_this_ranks(checkpoint.get(RNG_KEY), trainer))  # (the sanity check: RNG-isolated)
             return
         ours = getattr(self.model, "config", {})  # type: ignore[attr-defined]
         theirs = record["config"]
@@ -145,6 +151,45 @@ class ModelTask:
         if "model" not in kwargs:
             kwargs = {**kwargs, **cls.rebuilt_hparams, "model": _rebuilt_model(checkpoint_path)}
         return super().load_from_checkpoint(checkpoint_path, map_location, *args, **kwargs)  # type: ignore[misc]
+
+
+def _optimizer_settings(trainer: Any) -> dict[str, Any]:
+    """The trainer's optimizers' group settings (all but the parameters and the scheduled "lr") and its
+    schedulers' base rates, as configured for this run."""
+    groups = [[{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimizer.param_groups]
+              for optimizer in trainer.optimizers]
+    bases = [list(getattr(config.scheduler, "base_lrs", [])) for config in trainer.lr_scheduler_configs]
+    return {"groups": groups, "base_lrs": bases}
+
+
+def _reapply_optimizer_settings(trainer: Any, configured: dict[str, Any] | None) -> None:
+    """`_optimizer_settings` back over the ones a checkpoint restored, where the optimizers and schedulers have
+    the same shape (the same groups); each setting that differs is logged once ("lr" through the base rates)."""
+    if not configured or len(configured["groups"]) != len(trainer.optimizers):
+        return
+    changed: dict[str, tuple[Any, Any]] = {}
+    for optimizer, groups in zip(trainer.optimizers, configured["groups"]):
+        if len(groups) != len(optimizer.param_groups):
+            return
+        for group, settings in zip(optimizer.param_groups, groups):
+            for key, value in settings.items():
+                if key in group and _differs(group[key], value):
+                    changed.setdefault(key, (value, group[key]))
+                    group[key] = value
+    for config, bases in zip(trainer.lr_scheduler_configs, configured["base_lrs"]):
+        schedule = config.scheduler
+        if bases and len(bases) == len(getattr(schedule, "base_lrs", [])) and list(schedule.base_lrs) != bases:
+            changed.setdefault("base learning rate", (bases[0], schedule.base_lrs[0]))
+            schedule.base_lrs = list(bases)
+    changed.pop("initial_lr", None)  # the base rate's twin
+    for key, (mine, theirs) in changed.items():
+        log.info("resumed with this run's %s %r (the checkpoint's %r)", key, mine, theirs)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):  # a capturable optimizer's tensor settings
+        return not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b))
+    return bool(a != b)
 
 
 def training_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -177,15 +222,38 @@ def _restore_training_buffers(model: torch.nn.Module, saved: Any) -> None:
 def rng_states() -> dict[str, Any]:
     """The states of torch's, CUDA's (this process's device), NumPy's and Python's global random generators, in
     types a weights_only load reads. Lightning keeps none in its checkpoints: a resumed run re-seeded them as a new
-    one, so its augmentations, dropout and workers' seeds replayed the first epochs' draws. The checkpoint holds
-    the first process's: under DDP every rank resumes from them (a new run seeds every rank alike too), so a
-    multi-process resume goes on drawing fresh numbers but is not the uninterrupted run's, bit for bit."""
+    one, so its augmentations, dropout and workers' seeds replayed the first epochs' draws. (A checkpoint of a
+    multi-process run holds every rank's: `_every_ranks_rng_states`.)"""
     version, state, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     states = {"torch": torch.get_rng_state(), "python": [version, list(state), gauss],
               "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state()  # this process's device: under DDP each rank has its own
+    return states
+
+
+def _every_ranks_rng_states(trainer: Any) -> dict[str, Any]:
+    """This process's `rng_states`, and under a multi-process strategy (DDP, FSDP, DeepSpeed) every rank's as
+    "ranks", gathered from all of them (a checkpoint is saved by every rank together, written by the first). Ranks
+    start alike (one seed) but can draw different amounts (batches of other lengths: SpecAugment's masks, BERT's
+    masking); resumed from the first process's states alone, the other ranks drew numbers the uninterrupted run
+    did not."""
+    states = rng_states()
+    dist = torch.distributed
+    if trainer is None or trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
+        return states
+    ranks: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, states)  # between this run's own processes (the group Lightning set up)
+    return {**states, "ranks": ranks}
+
+
+def _this_ranks(states: Any, trainer: Any) -> Any:
+    """The states this rank saved, where the checkpoint holds every rank's and the run has as many; else the
+    first process's (a checkpoint of one process, or of a run with another number of ranks)."""
+    ranks = states.get("ranks") if isinstance(states, dict) else None
+    if isinstance(ranks, list) and len(ranks) == trainer.world_size and 0 <= trainer.global_rank < len(ranks):
+        return ranks[trainer.global_rank]
     return states
 
 
