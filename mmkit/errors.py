@@ -3,9 +3,17 @@ from __future__ import annotations
 
 import errno
 import re
+import sys
 from typing import Callable
 
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only writing meets: a full disk, a quota, a file size limit
+
+
+def print_error(prog: str, problem: object) -> None:
+    """The one line a tool ends with on a user's mistake, a bad input or an output it could not write (exit code
+    2 or 1): "<prog>: error: <problem>" on stderr, as argparse's usage errors. Not for an interruption, a summary
+    or a bad row skipped (the run goes on): those lines carry no "error:"."""
+    print(f"{prog}: error: {problem}", file=sys.stderr)
 
 
 def in_context(e: BaseException | None, wanted: Callable[[BaseException], bool]) -> BaseException | None:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mmkit.errors import print_error
+
 log = logging.getLogger("mmkit")
 
 # Tool subcommands: name -> (one-line help, "module:function" taking argv and returning an exit code).
@@ -116,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
 
         known = [*LIGHTNING_COMMANDS, *TOOLS]
         close = difflib.get_close_matches(argv[0], known, n=1)
-        print(f"mmkit: error: unknown command {argv[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-              + f"; commands: {', '.join(known)} (mmkit --help)", file=sys.stderr)
+        print_error("mmkit", f"unknown command {argv[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                    + f"; commands: {', '.join(known)} (mmkit --help)")
         return 2
     unusable = _unusable_config(argv)
     if unusable:  # the commonest slip; jsonargparse would print its whole usage (~50 lines) before saying so
-        print(f"mmkit {argv[0]}: error: --config {unusable}", file=sys.stderr)
+        print_error(f"mmkit {argv[0]}", f"--config {unusable}")
         return 2
     try:
         from mmkit.cli.lightning import run
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         user_error = _user_error(e)
         if user_error is None:
             raise
-        print(f"mmkit {argv[0]}: error: {user_error}", file=sys.stderr)
+        print_error(f"mmkit {argv[0]}", user_error)
         return 2
     return 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from mmkit.cli.options import Parser, at_least
-from mmkit.cli.ranked import print_error
+from mmkit.errors import print_error
 from mmkit.inference.ranks import InputsDiverged, RankFailed, Ranks
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from mmkit.cli.options import Parser, at_least
-from mmkit.cli.ranked import print_error
+from mmkit.errors import print_error
 
 PROG = "mmkit demo"
 

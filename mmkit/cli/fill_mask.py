@@ -8,7 +8,8 @@ import argparse
 from typing import Sequence
 
 from mmkit.cli.options import Parser, utf8_text
-from mmkit.cli.ranked import on_ranks, print_error
+from mmkit.cli.ranked import on_ranks
+from mmkit.errors import print_error
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -30,8 +30,8 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from PIL import Image
 
 from mmkit.cli.options import Parser, add_precision_argument, at_least, finite, seed, utf8_text
-from mmkit.cli.ranked import on_ranks, print_error
-from mmkit.errors import WriteFailed
+from mmkit.cli.ranked import on_ranks
+from mmkit.errors import WriteFailed, print_error
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import Ranks
 

@@ -10,8 +10,9 @@ import sys
 from typing import Sequence
 
 from mmkit.cli.options import MAX_BEAM_SIZE, Parser, add_precision_argument, beam_size, finite, seed, utf8_text
-from mmkit.cli.ranked import on_ranks, print_error
+from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
+from mmkit.errors import print_error
 
 log = logging.getLogger("mmkit")
 

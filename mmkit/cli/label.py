@@ -29,7 +29,7 @@ from mmkit.cli.label_checks import check_settings, errors_path, record_settings,
 from mmkit.cli.options import Parser, at_least
 from mmkit.cli.progress import progress
 from mmkit.data.images import scan_images
-from mmkit.errors import WriteFailed
+from mmkit.errors import WriteFailed, print_error
 from mmkit.inference.clip_loader import clip_eval_transform, load_clip
 from mmkit.inference.image_batches import image_batches
 from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
@@ -38,7 +38,7 @@ from mmkit.inference.quantize import QUANTIZATIONS, describe
 from mmkit.inference.prompts import (
     DEFAULT_TEMPLATES, check_templates, expand_prompts, parse_labels, read_labels_file, read_prompt_file,
 )
-from mmkit.cli.ranked import on_ranks, print_error
+from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import RankFailed, Ranks
 from mmkit.inference.writers import OutputConflict, ResumableWriter, exclusive, path_from_text, path_text
 from mmkit.inference.zero_shot import FileResult, ZeroShotClassifier

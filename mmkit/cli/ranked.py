@@ -7,17 +7,10 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from mmkit.errors import in_context
+from mmkit.errors import in_context, print_error
 from mmkit.inference.ranks import Ranks
 
 INTERRUPTED = 130  # the shell's code for a process that SIGINT ended (128 + 2)
-
-
-def print_error(prog: str, problem: object) -> None:
-    """The one line a tool ends with on a user's mistake, a bad input or an output it could not write (exit code
-    2 or 1): "<prog>: error: <problem>" on stderr, as argparse's usage errors. Not for an interruption, a summary
-    or a bad row skipped (the run goes on): those lines carry no "error:"."""
-    print(f"{prog}: error: {problem}", file=sys.stderr)
 
 
 def nothing_written(args: argparse.Namespace | None, ranks: Ranks) -> str:

@@ -18,12 +18,13 @@ from mmkit.cli.options import Parser, add_precision_argument, at_least, beam_siz
 from mmkit.cli.progress import progress
 from mmkit.inference.precision import check_device
 from mmkit.inference.quantize import QUANTIZATIONS
-from mmkit.cli.ranked import on_ranks, print_error
+from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import Ranks
 from mmkit.inference.subtitles import OUTPUT_FORMATS, output_stems, write_outputs
 from mmkit.inference.text_rows import check_output_dir
 from mmkit.inference.transcriber import Transcriber
 from mmkit.inference.transcript import DecodingOptions
+from mmkit.errors import print_error
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from mmkit.cli.bert_text_files import written
-from mmkit.cli.ranked import on_ranks, print_error
+from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
+from mmkit.errors import print_error
 
 if TYPE_CHECKING:
     from mmkit.inference.translator import Translation, TranslationOptions, TranslationPlan, Translator

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from mmkit.errors import out_of_memory, print_error
+
 # Benchmark name -> module with a `main(argv) -> int`.
 BENCHMARKS = {"vit": "mmkit.cli.bench.vit", "transcribe": "mmkit.cli.bench.transcribe",
               "label": "mmkit.cli.bench.label",
@@ -35,7 +37,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
         print(usage, file=sys.stderr)
         problem = f"unknown benchmark {argv[0]!r}" if argv else "name a benchmark"
-        print(f"mmkit bench: error: {problem} (choose from {', '.join(BENCHMARKS)})", file=sys.stderr)
+        print_error("mmkit bench", f"{problem} (choose from {', '.join(BENCHMARKS)})")
         return 2
     from mmkit.inference.ranks import sigterm_interrupts
 
@@ -43,15 +45,13 @@ def main(argv: list[str]) -> int:
         with sigterm_interrupts():
             return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0
     except StepFailed as e:
-        print(f"mmkit bench {argv[0]}: error: {e}", file=sys.stderr)
+        print_error(f"mmkit bench {argv[0]}", e)
         return 2 if e.code == 2 else 1
     except (MemoryError, RuntimeError) as e:  # sizes past the machine (--codebook-size 1e10): one line
-        from mmkit.errors import out_of_memory
-
         line = out_of_memory(e)
         if line is None:
             raise
-        print(f"mmkit bench {argv[0]}: error: {line}; choose smaller sizes", file=sys.stderr)
+        print_error(f"mmkit bench {argv[0]}", f"{line}; choose smaller sizes")
         return 1
     except KeyboardInterrupt:  # a --json is written whole or not at all (write_json)
         print(f"mmkit bench {argv[0]}: interrupted", file=sys.stderr)
