@@ -5,16 +5,20 @@ Greedy unless a sampling option (--temperature, --top-k, --top-p) is given; --be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from typing import Sequence
 
-from mmkit.cli.options import MAX_BEAM_SIZE, Parser, add_precision_argument, beam_size, finite, seed, utf8_text
+from mmkit.cli.options import (
+    MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, beam_size, finite, seed, utf8_text,
+)
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.errors import print_error
 
 log = logging.getLogger("mmkit")
+DEFAULT_NEW_TOKENS = 64  # without --max-new-tokens; at most half the model's context (a prompt needs room)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,13 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", type=utf8_text, help="text to continue")
     p.add_argument("--model", required=True, metavar="DIR",
                    help="mmkit export (mmkit fit ... export_dir) or transformers GPT-2 checkpoint directory")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate at most (64)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N",
+                   help=f"tokens to generate at most ({DEFAULT_NEW_TOKENS}, at most half the model's context)")
     p.add_argument("--temperature", type=finite(), default=0.0, metavar="T",
                    help="sample at temperature T > 0 (default 0: greedy)")
     p.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens")
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest token set with mass >= P")
     p.add_argument("--beam-size", type=beam_size(), default=1, metavar="B",
-                   help=f"beam search with B beams (deterministic; 1 to {MAX_BEAM_SIZE})")
+                   help=f"beam search with B beams (deterministic; 1 to {MAX_BEAM_SIZE}), as transformers' "
+                        "generate(num_beams=B)")
+    add_beam_arguments(p)
     p.add_argument("--repetition-penalty", type=finite(), default=1.0, metavar="R",
                    help="> 1 discourages tokens already in the text (CTRL's penalty; 1 = off)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", type=utf8_text,
@@ -56,14 +63,19 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         check_device(args.device)  # an unknown or absent device is one line, not a CUDA traceback
-        options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p, beam_size=args.beam_size,
+        options = GenerationOptions(max_new_tokens=args.max_new_tokens or DEFAULT_NEW_TOKENS,
+                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                    beam_size=args.beam_size, length_penalty=args.length_penalty,
+                                    early_stopping=args.early_stopping,
                                     repetition_penalty=args.repetition_penalty, seed=args.seed)
         if args.seed is not None and not options.sampling:
             log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
                         "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")
         generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
-        generator.encode_prompt(args.prompt, options.max_new_tokens, warn=False)  # bad prompts fail before any output
+        if args.max_new_tokens is None:
+            options = dataclasses.replace(options, max_new_tokens=min(DEFAULT_NEW_TOKENS,
+                                                                      max(1, generator.model.max_len // 2)))
+        prompt = generator.prepare_prompt(args.prompt, options.max_new_tokens)  # bad prompts fail before output
     except (ValueError, OSError) as e:  # bad options, prompts, directories (WeightsError is a ValueError)
         print_error("mmkit generate-text", e)
         return 2
@@ -72,9 +84,13 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    show(args.prompt)
+    if prompt.note:  # the model reads the prompt's end only: echo that, not text it never saw
+        log.warning(prompt.note)
+        show("…" + generator.tokenizer.decode(prompt.ids))
+    else:
+        show(args.prompt)
     try:
-        generator.generate(args.prompt, options, args.stop, on_text=show)
+        generator.generate(prompt, options, args.stop, on_text=show)
     finally:
         show("\n")
     return 0

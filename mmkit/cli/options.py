@@ -54,6 +54,24 @@ def beam_size() -> Callable[[str], int]:
     return at_least(1, MAX_BEAM_SIZE)
 
 
+def add_beam_arguments(p: argparse.ArgumentParser) -> None:
+    """--length-penalty and --early-stopping, the beam search's ranking and stopping rule, as transformers'
+    `generate(length_penalty=..., early_stopping=...)`: "false" (its default) stops a sentence when no running
+    beam can beat its worst finished one at the current length, "true" at beam-size finished ones, "never" when
+    none can at the longest length."""
+    p.add_argument("--length-penalty", type=finite(-10, 10), default=1.0, metavar="A",
+                   help="beam score = sum log p / length ** A (1.0; -10 to 10)")
+    p.add_argument("--early-stopping", default=False, type=_early_stopping, metavar="{false,true,never}",
+                   help="beam search's stopping rule, as transformers' early_stopping (false)")
+
+
+def _early_stopping(text: str) -> bool | str:
+    rule = {"false": False, "true": True, "never": "never"}.get(text.lower())
+    if rule is None:
+        raise argparse.ArgumentTypeError(f"choose from false, true, never, got {text!r}")
+    return rule
+
+
 def seed(text: str) -> int:
     """An argparse type for --seed: an integer in [0, 2**64 - 1], the seeds torch.Generator takes (a larger one
     failed deep inside sampling, with a traceback or every file "failed")."""

@@ -38,7 +38,9 @@ INPUT_SUFFIXES = (".txt", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mmkit.cli.options import MAX_BEAM_SIZE, Parser, add_precision_argument, at_least, beam_size, finite, utf8_text
+    from mmkit.cli.options import (
+        MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, at_least, beam_size, utf8_text,
+    )
     from mmkit.inference.quantize import QUANTIZATIONS
 
     p = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
@@ -53,8 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="tokens to generate at most (default: 2 x source tokens + 10)")
     # The score divides by length ** A: |A| <= 10 spans every useful setting (transformers' and Marian's
     # are 0 to 2) and keeps length ** A finite; a huge A overflows, nan/inf rank beams arbitrarily.
-    p.add_argument("--length-penalty", type=finite(-10, 10), default=1.0, metavar="A",
-                   help="beam score = sum log p / length ** A (1.0; -10 to 10)")
+    add_beam_arguments(p)
     p.add_argument("--batch-size", type=at_least(1), default=16, metavar="B", help="sentences per batch (16)")
     p.add_argument("--prefix", metavar="TEXT", type=utf8_text,
                    help='text put before every source (T5: "translate English to German: ")')
@@ -221,7 +222,8 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
         raise ValueError("give sentences or a .txt/.jsonl file to translate (or --export OUT)")
     source = _input_file(args.inputs)
     options = TranslationOptions(beam_size=args.beam_size, max_new_tokens=args.max_length,
-                                 length_penalty=args.length_penalty, batch_size=args.batch_size)
+                                 length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+                                 batch_size=args.batch_size)
     device = ranks.device(args.device)
     check_device(device)
     if args.output:

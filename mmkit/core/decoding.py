@@ -47,6 +47,11 @@ def _check_number(name: str, value: object, ok: Callable[[float], bool], rule: s
         raise ValueError(f"{rule}, got {value}")
 
 
+def _check_early_stopping(value: object) -> None:
+    if value not in (None, True, False, "never") or isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"early_stopping must be None, True, False or 'never', got {value!r}")
+
+
 def _check_top(top_k: object, top_p: object) -> None:
     """top_k None or >= 1 (0 used to switch top-k off silently); top_p None or in (0, 1]."""
     if top_k is not None:
@@ -112,8 +117,7 @@ class BeamSearch:
     def __post_init__(self) -> None:
         _check_int("beam_size", self.beam_size, 1)
         _check_number("length_penalty", self.length_penalty, math.isfinite, "length_penalty must be finite")
-        if self.early_stopping not in (None, True, False, "never"):
-            raise ValueError(f"early_stopping must be None, True, False or 'never', got {self.early_stopping!r}")
+        _check_early_stopping(self.early_stopping)
         if self.penalty_form not in ("length", "gnmt"):
             raise ValueError(f"penalty_form must be 'length' or 'gnmt', got {self.penalty_form!r}")
 
@@ -131,6 +135,9 @@ class GenerationOptions:
         top_p: nucleus sampling: the smallest set of tokens with probability mass >= p.
         beam_size: > 1 runs beam search (deterministic; excludes sampling).
         length_penalty: beam search ranks by sum log p / length ** length_penalty.
+        early_stopping: the beam search's stopping rule (`BeamSearch`): False (default), True or "never", the
+            ranked search of transformers' `generate(num_beams=...)` with the same setting; None,
+            openai-whisper's candidate rule (what Whisper's decoding uses).
         repetition_penalty: > 1 discourages tokens already in the sequence (`RepetitionPenalty`).
         seed: seed of the sampling generator (None: not seeded).
     """
@@ -143,6 +150,7 @@ class GenerationOptions:
     length_penalty: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    early_stopping: bool | str | None = False
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
@@ -156,6 +164,7 @@ class GenerationOptions:
             _check_int("seed", self.seed, 0, MAX_SEED, "seed must be in [0, 2**64 - 1]")
         if self.beam_size > 1 and self.sampling:
             raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beam_size 1")
+        _check_early_stopping(self.early_stopping)
 
     @property
     def sampling(self) -> bool:
@@ -163,7 +172,7 @@ class GenerationOptions:
 
     def strategy(self, device: str | torch.device = "cpu") -> "Greedy | Sampling | BeamSearch":
         if self.beam_size > 1:
-            return BeamSearch(self.beam_size, self.length_penalty)
+            return BeamSearch(self.beam_size, self.length_penalty, self.early_stopping)
         if not self.sampling:
             return Greedy()
         generator = None

@@ -101,7 +101,7 @@ class DecodingOptions:
         temperature = self.temperatures[attempt]
         return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
                                  beam_size=self.beam_size if temperature == 0 else 1,
-                                 seed=(self.seed + attempt) % 2**64)
+                                 seed=(self.seed + attempt) % 2**64, early_stopping=None)  # openai-whisper's rule
 
 
 class WindowSampling(Sampling):

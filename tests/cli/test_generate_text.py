@@ -51,6 +51,39 @@ def test_a_seed_without_sampling_is_said_to_be_unused(checkpoint, capsys, caplog
         f"--seed 3 is unused: {decoding} decoding is deterministic (sample with --temperature, --top-k or --top-p)"]
 
 
+def test_beam_options_are_transformers_and_the_default_length_fits_a_small_context(checkpoint, capsys):
+    """--beam-size B with --length-penalty/--early-stopping is transformers' generate(num_beams=B, ...); without
+    --max-new-tokens the length is 64 at most half the context (the default 64 filled this 64-token model's
+    whole context: "no room for a prompt", for a number the user never gave)."""
+    directory, hf, tok = checkpoint
+    prompt = "The old man remembers"
+    ids = torch.tensor([tok.encode(prompt)])
+    ref = hf.generate(ids, attention_mask=torch.ones_like(ids), num_beams=3, max_new_tokens=10, do_sample=False,
+                      length_penalty=0.5, early_stopping="never", pad_token_id=tok.eos_id)[0, ids.shape[1]:].tolist()
+    ref = ref[: ref.index(tok.eos_id)] if tok.eos_id in ref else ref
+    assert main(["generate-text", prompt, "--model", str(directory), "--max-new-tokens", "10", "--beam-size", "3",
+                 "--length-penalty", "0.5", "--early-stopping", "never"]) == 0
+    assert capsys.readouterr().out == prompt + tok.decode(ref) + "\n"
+    assert main(["generate-text", prompt, "--model", str(directory)]) == 0  # 32 new tokens
+    assert capsys.readouterr().out.startswith(prompt)
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate-text", prompt, "--model", str(directory), "--early-stopping", "sometimes"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "--early-stopping: choose from false, true, never, got 'sometimes'" in err
+
+
+def test_a_prompt_cut_to_the_context_is_echoed_as_the_model_reads_it(checkpoint, capsys, caplog):
+    """A prompt longer than the context is cut to its end with a warning; the echo shows that end after "…"
+    (it showed the whole prompt, before a continuation of text the model never saw)."""
+    directory, _, tok = checkpoint
+    prompt = "The first words are dropped. " + "A small bird follows the moon. " * 12
+    assert main(["generate-text", prompt, "--model", str(directory), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("…") and "The first words" not in out and out[1:].startswith(tok.decode(
+        tok.encode(prompt)[-60:]))
+    assert "keeping its last 60" in caplog.text
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--prompt-is", "  "], "the prompt is empty"),
     (["--max-new-tokens", "64"], "no room for a prompt"),

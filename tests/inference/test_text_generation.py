@@ -118,3 +118,37 @@ def test_int8_generator_quantizes_every_linear_and_keeps_fp32_top1(hf_dir):
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.8
     assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.95
     assert int8.generate("The cat sees", GenerationOptions(max_new_tokens=8))
+
+
+@pytest.mark.parametrize("length_penalty, early_stopping, repetition_penalty",
+                         [(1.0, False, 1.0), (2.0, False, 1.0), (1.0, True, 1.0), (0.5, "never", 1.0),
+                          (1.0, False, 1.5)])
+def test_beam_search_tokens_equal_transformers_generate(hf_dir, length_penalty, early_stopping, repetition_penalty):
+    """`GenerationOptions(beam_size=K)` (generate-text's --beam-size) is transformers' `generate(num_beams=K)`,
+    with its length_penalty, early_stopping and repetition_penalty (applied to log-probabilities there), also where
+    beams end: it was openai-whisper's rule, which stopped at K finished beams (5 tokens where transformers gives
+    12) and filtered raw logits."""
+    from mmkit.core import generate
+
+    directory, hf, _ = hf_dir
+    model = GPT.from_hf(directory)
+    options = GenerationOptions(max_new_tokens=12, beam_size=4, length_penalty=length_penalty,
+                                early_stopping=early_stopping, repetition_penalty=repetition_penalty)
+    torch.manual_seed(1)
+    compared = 0
+    for prompt in [torch.randint(0, model.vocab_size, (1, n)) for n in (1, 3, 7)]:
+        P = prompt.shape[1]
+        greedy = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0]
+        for eos in (None, int(greedy[P + 2]), int(greedy[P + 5])):  # end tokens the beams meet
+            ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=4, max_new_tokens=12,
+                              do_sample=False, length_penalty=length_penalty, early_stopping=early_stopping,
+                              repetition_penalty=repetition_penalty, eos_token_id=eos,
+                              pad_token_id=0 if eos is None else eos)[0, P:].tolist()
+            if eos is not None and eos in ref:
+                ref = ref[: ref.index(eos) + 1]
+            got = generate(model, prompt, 12, options.strategy(), eos_id=eos, pad_id=0 if eos is None else eos,
+                           logit_filters=options.filters()).sequences[0][P:].tolist()
+            assert got[:len(ref)] == ref and set(got[len(ref):]) <= {eos}
+            compared += 1
+    assert compared == 9

@@ -180,6 +180,25 @@ def test_cli_reads_and_writes_a_file_a_chunk_at_a_time_with_the_same_lines(nativ
     assert len((tmp_path / "chunked.jsonl").read_text().splitlines()) == 7  # the last line has no newline
 
 
+@pytest.mark.parametrize("rule", ["true", "never"])
+def test_cli_early_stopping_is_the_translators(marian, capsys, monkeypatch, rule):
+    from mmkit.inference.translator import TranslationOptions, Translator, load_translator
+
+    seen = []
+    run = Translator.translate_batches
+    monkeypatch.setattr(Translator, "translate_batches",
+                        lambda self, plan, batches, options, *a, **k: seen.append(options.early_stopping)
+                        or run(self, plan, batches, options, *a, **k))
+    sentences = ["seven", "one hundred and twenty"]
+    assert mmkit_main(["translate", *sentences, "--model", str(marian), "--beam-size", "3", "--early-stopping",
+                       rule, "--length-penalty", "0.5"]) == 0
+    rule_value = True if rule == "true" else rule
+    assert seen and set(seen) == {rule_value}
+    options = TranslationOptions(beam_size=3, length_penalty=0.5, early_stopping=rule_value)
+    assert capsys.readouterr().out.splitlines() == [t.text for t in load_translator(marian).translate(sentences,
+                                                                                                      options)]
+
+
 def test_cli_text_arguments_and_user_errors(native, tmp_path, capsys):
     assert mmkit_main(["translate", "seven", "third", "--model", str(native), "--max-length", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -347,6 +366,7 @@ def test_cli_refuses_unwritable_outputs_before_loading(native, tmp_path, capsys,
     ("--batch-size", "0", "must be >= 1"),
     ("--max-length", "0", "must be >= 1"),
     ("--prefix", "\udcff", "not UTF-8 text"),
+    ("--early-stopping", "yes", "choose from false, true, never, got 'yes'"),
 ])
 def test_cli_option_ranges_are_usage_errors(native, capsys, no_model_load, option, value, message):
     with pytest.raises(SystemExit) as e:
