@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from mmkit.cli.options import (
-    MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, beam_size, finite, seed, utf8_text,
+    MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, at_least, beam_size, finite, seed, utf8_text,
 )
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     add_beam_arguments(p)
     p.add_argument("--repetition-penalty", type=finite(), default=1.0, metavar="R",
                    help="> 1 discourages tokens already in the text (CTRL's penalty; 1 = off)")
+    p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=0, metavar="N",
+                   help="never repeat an n-gram of N tokens, prompt included (0 = off)")
+    p.add_argument("--min-new-tokens", type=at_least(0), default=0, metavar="N",
+                   help="no end of text before N new tokens (0)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", type=utf8_text,
                    help="end the continuation before TEXT (repeatable)")
     p.add_argument("--seed", type=seed, metavar="S", help="seed of the sampler, 0 to 2**64 - 1 (reproducible samples)")
@@ -67,7 +71,9 @@ def _run(args: argparse.Namespace) -> int:
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                     beam_size=args.beam_size, length_penalty=args.length_penalty,
                                     early_stopping=args.early_stopping,
-                                    repetition_penalty=args.repetition_penalty, seed=args.seed)
+                                    repetition_penalty=args.repetition_penalty, seed=args.seed,
+                                    no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                    min_new_tokens=args.min_new_tokens)
         if args.seed is not None and not options.sampling:
             log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
                         "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")

@@ -10,7 +10,8 @@ from mmkit.core.blocks import DropPath, LayerScale, PostNormBlock, PreNormBlock,
 from mmkit.core.cache import AttentionCache, BlockCache, KVCache
 from mmkit.core.decoding import BeamSearch, Generation, GenerationOptions, Greedy, Sampling, generate
 from mmkit.core.filters import (
-    LogitFilter, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP,
+    LogitFilter, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens,
+    Temperature, TopK, TopP,
 )
 from mmkit.core.execution import compile_stacks, set_grad_checkpointing
 from mmkit.core.heads import output_logits, tied_logits
@@ -24,11 +25,11 @@ from mmkit.core.stack import Decoder, Encoder, TransformerStack
 
 __all__ = [
     "Attention", "AttentionCache", "BeamSearch", "BlockCache", "Decoder", "DropPath", "Encoder", "Generation",
-    "GenerationOptions", "Greedy", "KVCache", "LayerNorm", "LayerScale", "LearnedPositions", "LogitFilter", "Mlp", "PostNormBlock", "PreNormBlock",
-    "QuickGELU", "RMSNorm", "RelativePositionBias", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "Sampling", "SuppressAtBegin", "SuppressTokens", "SwiGLU",
-    "Temperature", "TopK", "TopP", "TransformerStack", "attention_maps", "causal_mask", "generate",
-    "key_padding_mask", "layer_norm", "resample_positions", "sinusoidal_positions", "sinusoidal_positions_concat",
-    "sinusoidal_positions_halves",
-    "compile_stacks", "output_logits", "set_grad_checkpointing",
-    "tied_logits",
+    "GenerationOptions", "Greedy", "KVCache", "LayerNorm", "LayerScale", "LearnedPositions", "LogitFilter",
+    "MinNewTokens", "Mlp", "NoRepeatNGram", "PostNormBlock", "PreNormBlock", "QuickGELU", "RMSNorm",
+    "RelativePositionBias", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "Sampling",
+    "SuppressAtBegin", "SuppressTokens", "SwiGLU", "Temperature", "TopK", "TopP", "TransformerStack",
+    "attention_maps", "causal_mask", "compile_stacks", "generate", "key_padding_mask", "layer_norm",
+    "output_logits", "resample_positions", "set_grad_checkpointing", "sinusoidal_positions",
+    "sinusoidal_positions_concat", "sinusoidal_positions_halves", "tied_logits",
 ]

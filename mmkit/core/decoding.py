@@ -19,8 +19,8 @@ from torch import Tensor
 from mmkit.core.beam import openai_beam_search, ranked_beam_search
 from mmkit.core.cache import KVCache
 from mmkit.core.filters import (  # noqa: F401 - re-exported: the loop's filters
-    LogitFilter, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens, Temperature, TopK, TopP, is_loop,
-    loop_mask,
+    LogitFilter, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens,
+    Temperature, TopK, TopP, is_loop, loop_mask,
 )
 from mmkit.limits import MAX_SEED, finite32
 
@@ -138,6 +138,8 @@ class GenerationOptions:
         early_stopping: the beam search's stopping rule (`BeamSearch`): False (default), True or "never", the
             ranked search of transformers' `generate(num_beams=...)` with the same setting; None,
             openai-whisper's candidate rule (what Whisper's decoding uses).
+        no_repeat_ngram_size: > 0 never completes an n-gram of that size already in the sequence (`NoRepeatNGram`).
+        min_new_tokens: no end-of-sequence token before this many new tokens (`MinNewTokens`).
         repetition_penalty: > 1 discourages tokens already in the sequence (`RepetitionPenalty`).
         seed: seed of the sampling generator (None: not seeded).
     """
@@ -151,6 +153,8 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
     seed: int | None = None
     early_stopping: bool | str | None = False
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
@@ -165,6 +169,10 @@ class GenerationOptions:
         if self.beam_size > 1 and self.sampling:
             raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beam_size 1")
         _check_early_stopping(self.early_stopping)
+        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        _check_int("min_new_tokens", self.min_new_tokens, 0)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens {self.min_new_tokens} exceeds max_new_tokens {self.max_new_tokens}")
 
     @property
     def sampling(self) -> bool:
@@ -180,9 +188,17 @@ class GenerationOptions:
             generator = torch.Generator(device=device).manual_seed(self.seed)
         return Sampling(self.temperature or 1.0, self.top_k, self.top_p, generator)
 
-    def filters(self) -> list[LogitFilter]:
-        """Filters these options add before the strategy's own (sampling filters come from it)."""
-        return [RepetitionPenalty(self.repetition_penalty)] if self.repetition_penalty != 1.0 else []
+    def filters(self, eos_id: int | None = None, prompt_length: int = 0) -> list[LogitFilter]:
+        """Filters these options add before the strategy's own (sampling filters come from it); `min_new_tokens`
+        needs the end-of-sequence id and the prompt's length (none without an id)."""
+        out: list[LogitFilter] = []
+        if self.repetition_penalty != 1.0:
+            out.append(RepetitionPenalty(self.repetition_penalty))
+        if self.no_repeat_ngram_size:
+            out.append(NoRepeatNGram(self.no_repeat_ngram_size))
+        if self.min_new_tokens and eos_id is not None:
+            out.append(MinNewTokens(eos_id, prompt_length, self.min_new_tokens))
+        return out
 
 
 @dataclass

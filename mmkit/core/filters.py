@@ -145,6 +145,39 @@ class RepetitionPenalty:
         return logits.scatter(1, tokens, seen)
 
 
+class NoRepeatNGram:
+    """Never complete an n-gram the row already holds (prompt included), as transformers'
+    `no_repeat_ngram_size`: the tokens that followed the row's last n - 1 tokens wherever those occurred
+    before are banned (n = 1: every token seen)."""
+
+    def __init__(self, n: int) -> None:
+        if not n >= 1:
+            raise ValueError(f"no_repeat_ngram_size must be >= 1, got {n}")
+        self.n = n
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        if tokens.shape[1] < self.n:
+            return logits
+        grams = tokens.unfold(1, self.n, 1)  # (B, windows, n)
+        last = tokens[:, tokens.shape[1] - self.n + 1:]  # (B, n - 1)
+        rows, at = (grams[:, :, :-1] == last[:, None, :]).all(dim=-1).nonzero(as_tuple=True)
+        logits[rows, grams[rows, at, -1]] = float("-inf")
+        return logits
+
+
+class MinNewTokens:
+    """No `eos_id` before `min_new_tokens` tokens follow the prompt (`begin_index` tokens), as transformers'
+    `min_new_tokens`."""
+
+    def __init__(self, eos_id: int, begin_index: int, min_new_tokens: int) -> None:
+        self.eos_id, self.begin_index, self.min_new_tokens = eos_id, begin_index, min_new_tokens
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        if tokens.shape[1] - self.begin_index < self.min_new_tokens:
+            logits[:, self.eos_id] = float("-inf")
+        return logits
+
+
 class TimestampVocabulary(Protocol):
     """What `TimestampRules` needs of a tokenizer (a `WhisperTokenizer`, say)."""
 

@@ -156,7 +156,7 @@ class TextGenerator:
         with self._autocast():
             out = generate(self.model, torch.tensor([ids], device=self.device), options.max_new_tokens, strategy,
                            eos_id=self.eos_id, pad_id=self.eos_id or 0,
-                           logit_filters=options.filters(), stop=stop_rows if stops else None,
+                           logit_filters=options.filters(self.eos_id, P), stop=stop_rows if stops else None,
                            on_step=(lambda tokens: stream.update(text_of(tokens))) if on_text else None)
         text = _cut_at_stop(text_of(out.sequences[0][None]), stops)
         stream.finish(text)

@@ -72,6 +72,18 @@ def test_beam_options_are_transformers_and_the_default_length_fits_a_small_conte
     assert stopped.value.code == 2 and "--early-stopping: choose from false, true, never, got 'sometimes'" in err
 
 
+def test_no_repeat_ngram_size_and_min_new_tokens_are_transformers(checkpoint, capsys):
+    directory, hf, tok = checkpoint
+    prompt = "The old man remembers"
+    ids = torch.tensor([tok.encode(prompt)])
+    ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                      no_repeat_ngram_size=2, min_new_tokens=4, pad_token_id=tok.eos_id)[0, ids.shape[1]:].tolist()
+    ref = ref[: ref.index(tok.eos_id)] if tok.eos_id in ref else ref
+    assert main(["generate-text", prompt, "--model", str(directory), "--max-new-tokens", "16",
+                 "--no-repeat-ngram-size", "2", "--min-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out == prompt + tok.decode(ref) + "\n"
+
+
 def test_a_prompt_cut_to_the_context_is_echoed_as_the_model_reads_it(checkpoint, capsys, caplog):
     """A prompt longer than the context is cut to its end with a warning; the echo shows that end after "…"
     (it showed the whole prompt, before a continuation of text the model never saw)."""

@@ -152,3 +152,36 @@ def test_beam_search_tokens_equal_transformers_generate(hf_dir, length_penalty, 
             assert got[:len(ref)] == ref and set(got[len(ref):]) <= {eos}
             compared += 1
     assert compared == 9
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+@pytest.mark.parametrize("no_repeat, min_new", [(2, 0), (3, 0), (1, 0), (0, 6), (2, 5)])
+def test_no_repeat_ngram_and_min_new_tokens_equal_transformers_generate(hf_dir, beam_size, no_repeat, min_new):
+    from mmkit.core import generate
+
+    directory, hf, _ = hf_dir
+    model = GPT.from_hf(directory)
+    options = GenerationOptions(max_new_tokens=10, beam_size=beam_size, no_repeat_ngram_size=no_repeat,
+                                min_new_tokens=min_new)
+    torch.manual_seed(2)
+    for prompt in [torch.randint(0, model.vocab_size, (1, n)) for n in (1, 4)] + [torch.tensor([[5, 9, 5, 9, 5]])]:
+        P = prompt.shape[1]
+        greedy = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0]
+        eos = int(greedy[P + 1])  # an end token met early: min_new_tokens holds it back
+        ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=beam_size, max_new_tokens=10,
+                          do_sample=False, no_repeat_ngram_size=no_repeat or None, min_new_tokens=min_new or None,
+                          eos_token_id=eos, pad_token_id=eos)[0, P:].tolist()
+        ref = ref[: ref.index(eos) + 1] if eos in ref else ref
+        got = generate(model, prompt, 10, options.strategy(), eos_id=eos, pad_id=eos,
+                       logit_filters=options.filters(eos, P)).sequences[0][P:].tolist()
+        assert got[:len(ref)] == ref and set(got[len(ref):]) <= {eos}
+        if min_new:
+            assert eos not in got[:min_new]
+
+
+def test_the_cli_and_the_api_refuse_impossible_lengths():
+    with pytest.raises(ValueError, match="min_new_tokens 9 exceeds max_new_tokens 8"):
+        GenerationOptions(max_new_tokens=8, min_new_tokens=9)
+    with pytest.raises(ValueError, match="no_repeat_ngram_size must be >= 0"):
+        GenerationOptions(no_repeat_ngram_size=-1)
