@@ -8,19 +8,17 @@ path of `mmkit generate` and the tests.
 from __future__ import annotations
 
 import os
-import queue
 import tempfile
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import gradio as gr
 from PIL import Image
-from torch import Tensor
 
 from demos import inputs
 from demos.display import for_display
 from mmkit.inference.text_to_image import TextToImage, grid, to_pil
+from mmkit.inference.thread_stream import ThreadStream
 
 MAX_IMAGES = 16  # the images slider's largest value, checked for API callers too
 
@@ -47,35 +45,16 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
     for note in notes:
         inputs.warn(note)
     prompt = t2i.prompt_head(prompt)
-    updates: queue.Queue = queue.Queue()
-    outcome: dict = {}
-    closed = threading.Event()
-
-    def preview(images: Tensor) -> None:
-        if closed.is_set():
-            raise _Closed
-        updates.put(to_pil(images))
-
-    def work() -> None:
-        try:
-            outcome["result"] = t2i.generate([prompt], num_images, seed, guidance, top_k=top_k,
-                                             on_preview=preview)[0]
-        except _Closed:
-            pass
-        except ValueError as e:  # bad settings: shown, not a traceback
-            outcome["error"] = str(e)
-        finally:
-            updates.put(None)
-
-    threading.Thread(target=work, daemon=True).start()
+    sampled = ThreadStream(lambda put: t2i.generate([prompt], num_images, seed, guidance, top_k=top_k,
+                                                    on_preview=lambda images: put(to_pil(images)))[0])
     try:
-        while (previews := updates.get()) is not None:
+        for previews in sampled:
             yield [for_display(im) for im in previews], None
+    except ValueError as e:  # bad settings: shown, not a traceback
+        raise inputs.refused(str(e)) from None
     finally:
-        closed.set()
-    if "error" in outcome:
-        raise inputs.refused(outcome["error"])
-    images = outcome["result"].images
+        sampled.close()
+    images = sampled.result.images
     fd, path = tempfile.mkstemp(prefix="mmkit-t2i-", suffix=".png", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -83,10 +62,6 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
         yield [for_display(im) for im in images], path
     finally:  # Gradio copies an output file to its cache before asking for the next value
         Path(path).unlink(missing_ok=True)
-
-
-class _Closed(Exception):
-    """The consumer of `generate_images` closed it: the sampling thread stops."""
 
 
 def guidance_max(t2i: TextToImage) -> float:

@@ -6,9 +6,7 @@ directory (config.json + weights + tokenizer files); `load_text_generator` tells
 from __future__ import annotations
 
 import logging
-import queue
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -21,6 +19,7 @@ from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
 from mmkit.inference.inputs import as_items, text_items
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
+from mmkit.inference.thread_stream import ThreadStream
 from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
 
@@ -173,37 +172,11 @@ class TextGenerator:
         return self._pieces(prepared, options, stop)
 
     def _pieces(self, prompt: PromptTokens, options: GenerationOptions, stop: str | Sequence[str]) -> Iterator[str]:
-        pieces: queue.Queue = queue.Queue()
-        done, closed = object(), threading.Event()
-
-        def put(piece: str) -> None:
-            if closed.is_set():
-                raise _Closed
-            pieces.put(piece)
-
-        def work() -> None:
-            try:
-                self.generate(prompt, options, stop, on_text=put)
-            except _Closed:
-                pass
-            except Exception as e:  # noqa: BLE001 - handed to the consuming thread, which re-raises it
-                pieces.put(e)
-            finally:
-                pieces.put(done)
-
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
+        pieces: ThreadStream[str] = ThreadStream(lambda put: self.generate(prompt, options, stop, on_text=put))
         try:
-            while (item := pieces.get()) is not done:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
+            yield from pieces
         finally:
-            closed.set()
-
-
-class _Closed(Exception):
-    """The consumer of `TextGenerator.stream` closed it: the worker's decoding stops."""
+            pieces.close()
 
 
 @dataclass(frozen=True)
