@@ -106,9 +106,21 @@ def counts_perplexity(train: np.ndarray, held_out: np.ndarray, vocab_size: int) 
     return math.exp(nll)
 
 
-def record_vocab_size(where: str | Path, vocab_size: int) -> None:
-    """Note in tokenizer folder `where` the vocab_size its tokenizer was trained for (`TRAINED_FOR_FILE`)."""
-    (Path(where).expanduser() / TRAINED_FOR_FILE).write_text(json.dumps({"vocab_size": vocab_size}) + "\n")
+def record_vocab_size(where: str | Path, vocab_size: int, texts: str | None = None) -> None:
+    """Note in tokenizer folder `where` the vocab_size its tokenizer was trained for (`TRAINED_FOR_FILE`), and
+    the texts it was trained on (`texts`: "corpus NAME" or the files; `other_texts` compares them)."""
+    record = {"vocab_size": vocab_size, **({"texts": texts} if texts else {})}
+    (Path(where).expanduser() / TRAINED_FOR_FILE).write_text(json.dumps(record) + "\n")
+
+
+def other_texts(where: str | Path, texts: str) -> str | None:
+    """The texts the tokenizer in folder `where` was trained on (as `record_vocab_size` noted them) where they
+    are not `texts`, else None (the same, or not recorded: a downloaded tokenizer, an older mmkit's)."""
+    try:
+        recorded = json.loads((Path(where).expanduser() / TRAINED_FOR_FILE).read_text()).get("texts")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) and recorded != texts else None
 
 
 def saved_vocab_mismatch(where: str | Path, size: int, vocab_size: int) -> tuple[str, int] | None:
@@ -214,6 +226,14 @@ class TextBlocksDataModule(pl.LightningDataModule):
             return lambda: iter(texts)
         return lambda: iter_documents(hp.files, hp.text_key)
 
+    def _texts(self) -> str:
+        """The texts in a few words: "corpus NAME", or the files (resolved paths), shortened past three."""
+        hp = self.hparams
+        if hp.corpus:
+            return f"corpus {hp.corpus}"
+        files = [str(Path(f).expanduser().resolve()) for f in hp.files]
+        return ", ".join(files[:3]) + (f" and {len(files) - 3} more files" if len(files) > 3 else "")
+
     def _split(self, docs: Iterable[str], counts: list[int]) -> Iterator[tuple[bool, str]]:
         """(held out?, document) by the stable hash of `split_held_out`, counting each side in `counts`."""
         for doc in docs:
@@ -238,6 +258,11 @@ class TextBlocksDataModule(pl.LightningDataModule):
             if mismatch:
                 log.warning("%s: using it as it is (the GPT's vocab_size follows it); to train a %d-token one, "
                             "delete the folder or give another tokenizer folder", mismatch[0], vocab_size)
+            trained_on = other_texts(where, self._texts())
+            if trained_on:  # a second data set into the recipe's folder: its words split into many more tokens
+                log.warning("the tokenizer in %s was trained on %s, not on these texts (%s): using it as it is; to "
+                            "train one on these texts give another folder (--data.init_args.tokenizer)", where,
+                            trained_on, self._texts())
             return tok
         counts = [0, 0]
         train = (piece for held, doc in self._split(docs(), counts) if not held for piece in text_pieces(doc))
@@ -245,7 +270,7 @@ class TextBlocksDataModule(pl.LightningDataModule):
         self._check_split(counts, docs)  # before saving a tokenizer of a corpus that cannot be used
         if where:
             tok.save(where)
-            record_vocab_size(where, vocab_size)
+            record_vocab_size(where, vocab_size, self._texts())
             short = f" (vocab_size {vocab_size}: the training text holds no more merges)" \
                 if tok.vocab_size < vocab_size else ""
             log.info("trained a %d-token byte-level BPE%s, saved to %s", tok.vocab_size, short, where)

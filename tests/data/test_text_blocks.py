@@ -90,6 +90,22 @@ def test_datamodule_trains_a_tokenizer_once_and_packs_blocks(tmp_path):
     assert again.tokenizer == dm.tokenizer and torch.equal(_all_blocks(again.val_set), _all_blocks(dm.val_set))
 
 
+def test_a_tokenizer_trained_on_other_texts_is_said_when_reused(tmp_path, caplog):
+    """The recipe's tokenizer folder, trained on one data set, was read for the next one without a word (its
+    words then split into many more tokens: a worse model, exit 0)."""
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("\n\n".join(tiny_corpus(120)))
+    second.write_text("\n\n".join(tiny_corpus(120, seed=5)))
+    tok = str(tmp_path / "tok")
+    TextBlocksDataModule(files=[str(first)], tokenizer=tok, vocab_size=300, block_size=16).setup("fit")
+    with caplog.at_level(logging.WARNING, logger="mmkit"):
+        TextBlocksDataModule(files=[str(first)], tokenizer=tok, vocab_size=300, block_size=16).setup("fit")
+        assert "trained on" not in caplog.text  # the same texts (a resumed run): nothing to say
+        TextBlocksDataModule(files=[str(second)], tokenizer=tok, vocab_size=300, block_size=16).setup("fit")
+    assert (f"the tokenizer in {tok} was trained on {first.resolve()}, not on these texts ({second.resolve()}): "
+            "using it as it is") in caplog.text
+
+
 def test_datamodule_arguments_are_checked():
     with pytest.raises(ValueError, match="either files or corpus"):
         TextBlocksDataModule()
