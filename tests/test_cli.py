@@ -534,6 +534,24 @@ def test_a_ckpt_path_of_another_recipe_is_one_line(workdir, tmp_path, capsys):
     assert f"--ckpt_path {ckpt}: saved by another model or recipe than this config's" in err
 
 
+@pytest.mark.parametrize("folders", [["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"], ["0", "1", "2"]],
+                         ids=["renamed", "three"])
+def test_a_test_folder_of_other_classes_is_refused_by_name(fitted, workdir, tmp_path, capsys, folders):
+    """A test_dir alone numbers its own class folders: ten renamed ones were scored against the digits' classes
+    (a wrong accuracy, exit 0), three of them were "a checkpoint of other sizes" (num_classes 10, here 3)."""
+    digits = workdir / "cache" / "digits" / "test"
+    for name, digit in zip(folders, DIGITS):
+        (tmp_path / "t" / name).mkdir(parents=True)
+        shutil.copy(sorted((digits / digit).glob("*.png"))[0], tmp_path / "t" / name / "x.png")
+    code = main(["test", "--config", FIT, "--data", "mmkit.data.ImageFolderDataModule", *TINY,
+                 "--data.init_args.test_dir", str(tmp_path / "t"), "--trainer.default_root_dir", str(fitted),
+                 "--ckpt_path", "last"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert (f"mmkit test: error: the data's classes ({', '.join(folders[:8])}" in err
+            and "are not the checkpoint's (0, 1, 2, 3, 4, 5, 6, 7 and 2 more)" in err), err
+
+
 def test_a_checkpoint_of_other_model_sizes_names_the_fields_that_differ(fitted, capsys):
     # `mmkit test --ckpt_path last` without the sizes the fit was given: which ones, not a size-mismatch table
     other = [a if a != "32" else "48" for a in TINY]  # dim 48 instead of 32

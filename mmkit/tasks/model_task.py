@@ -125,6 +125,7 @@ class ModelTask:
         """Before the weights load: a checkpoint whose tensors do not fit this model is one line naming the
         config fields it recorded that differ (`mmkit test --ckpt_path last` without the sizes the fit was given:
         Lightning's size-mismatch table, or "a checkpoint of another model", said less)."""
+        _check_class_names(checkpoint, self.hparams.get("class_names"))  # type: ignore[attr-defined]
         record, saved = checkpoint.get(MODEL_KEY), checkpoint.get("state_dict")
         if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(saved, dict):
             return  # a checkpoint from before the record: Lightning's own load says what does not fit
@@ -151,6 +152,23 @@ class ModelTask:
         if "model" not in kwargs:
             kwargs = {**kwargs, **cls.rebuilt_hparams, "model": _rebuilt_model(checkpoint_path)}
         return super().load_from_checkpoint(checkpoint_path, map_location, *args, **kwargs)  # type: ignore[misc]
+
+
+def _check_class_names(checkpoint: dict[str, Any], names: Any) -> None:
+    """Refuse data whose class names (linked from the data module: its class folders' names, sorted) are not
+    the ones the checkpoint was trained with: a test_dir alone numbers its own folders, and test/acc was scored
+    against other classes (0.0, exit 0), or a folder missing from it was "a model of other sizes"."""
+    saved = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+    if not isinstance(saved, (list, tuple)) or not names or list(names) == list(saved):
+        return
+
+    def shown(items: Any) -> str:
+        items = list(items)
+        return ", ".join(map(str, items[:8])) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+
+    raise ValueError(f"the data's classes ({shown(names)}) are not the checkpoint's ({shown(saved)}): give folders "
+                     "of the classes it was trained with (a test_dir or val_dir alone names its own; "
+                     "--data.init_args.train_dir takes them from the training folder)")
 
 
 def _optimizer_settings(trainer: Any) -> dict[str, Any]:
