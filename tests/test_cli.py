@@ -444,6 +444,28 @@ def test_a_setting_lightning_refuses_at_run_time_is_one_line(workdir, tmp_path, 
     assert "mmkit fit: error: trainer: Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger" in err
 
 
+def test_a_callback_or_logger_lightning_refuses_is_one_line(workdir, tmp_path, capsys, monkeypatch):
+    """EarlyStopping monitoring a metric no step logs (Lightning says so once validation ends) and a logger whose
+    package is missing were tracebacks of 40-94 lines, exit 1."""
+    code = main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(tmp_path / "a"),
+                 "--model.init_args.export_dir", "null",
+                 "--trainer.callbacks+=pytorch_lightning.callbacks.EarlyStopping", "--trainer.callbacks.monitor",
+                 "val/accuracy"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "mmkit fit: error: trainer: Early stopping conditioned on metric `val/accuracy` which is not" in err
+    import lightning_fabric.loggers.tensorboard as tensorboard
+
+    monkeypatch.setattr(tensorboard, "_TENSORBOARD_AVAILABLE", False)  # as where neither package is installed
+    monkeypatch.setattr(tensorboard, "_TENSORBOARDX_AVAILABLE", False)
+    code = main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(tmp_path / "b"),
+                 "--model.init_args.export_dir", "null", "--trainer.logger",
+                 "pytorch_lightning.loggers.TensorBoardLogger", "--trainer.logger.save_dir", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "mmkit fit: error: trainer: Neither `tensorboard` nor `tensorboardX` is available" in err
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--model.init_args.lr", "-1", "--model.init_args.lr must be > 0, got -1.0"),
     ("--model.init_args.label_smoothing", "5", "--model.init_args.label_smoothing must be in [0, 1), got 5.0"),

@@ -39,10 +39,8 @@ def _raised_in_lightning(e: BaseException) -> bool:
     """Whether `e` was raised by Lightning's own code (pytorch_lightning, lightning_fabric): its refusal of a
     trainer setting it checks only once the run starts (a `val_check_interval` beyond the training batches)."""
     import lightning_fabric
-    import pytorch_lightning
 
-    return any(_raised_in(e, Path(package.__file__).resolve().parent)
-               for package in (pytorch_lightning, lightning_fabric))
+    return any(_raised_in(e, folder) for folder in (_lightning_dir(), Path(lightning_fabric.__file__).resolve().parent))
 
 
 def _raised_in(e: BaseException, package: Path) -> bool:
@@ -201,7 +199,18 @@ def _user_message(e: BaseException) -> str | None:
         return f"trainer: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
     if isinstance(e, ValueError) and _raised_in_mmkit(e):  # our argument checks, e.g. a bad output suffix
         return str(e)
+    if isinstance(e, ModuleNotFoundError) and _raised_in_lightning(e) or isinstance(e, RuntimeError) and _raised_in(
+            e, Path(_lightning_dir()) / "callbacks"):
+        # a logger whose package is not installed (TensorBoardLogger without tensorboard); a callback's refusal
+        # of its settings once the run meets them (EarlyStopping monitoring a metric no step logs)
+        return f"trainer: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
     return None
+
+
+def _lightning_dir() -> Path:
+    import pytorch_lightning
+
+    return Path(pytorch_lightning.__file__).resolve().parent
 
 
 def _file_written(e: OSError) -> str | None:
