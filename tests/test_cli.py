@@ -384,6 +384,28 @@ def test_predict_writes_one_row_per_input(fitted, workdir, tmp_path, suffix, top
         assert row["probs"] == pytest.approx(api[path].probs, abs=1e-5)
 
 
+@pytest.mark.parametrize("ckpt", ["last", "file"])
+def test_predict_with_a_fit_recipe_on_own_images_reads_the_classes_from_the_checkpoint(fitted, workdir, tmp_path,
+                                                                                       ckpt):
+    """The fit recipe, own images to predict and no class folders: the head's size and the class names come from
+    the checkpoint (the model was built with num_classes None: a TypeError, exit 1)."""
+    digits = workdir / "cache" / "digits" / "train"
+    for name, digit in zip(["cat", "dog", "fox"], "017"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for src in sorted((digits / digit).glob("*.png"))[:6]:
+            shutil.copy(src, tmp_path / "train" / name / src.name)
+    own = ["--data", "mmkit.data.ImageFolderDataModule", *TINY, "--trainer.default_root_dir", str(tmp_path / "run")]
+    assert main(["fit", "--config", FIT, *own, "--data.init_args.train_dir", str(tmp_path / "train"),
+                 "--data.init_args.val_split", "0.34", "--model.init_args.export_dir", str(tmp_path / "export")]) == 0
+    out = tmp_path / "p.jsonl"
+    path = "last" if ckpt == "last" else str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert main(["predict", "--config", FIT, *own, "--data.init_args.predict_paths",
+                 json.dumps([str(tmp_path / "train" / "dog")]), "--prediction_writer.output", str(out),
+                 "--ckpt_path", path]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(set(r["labels"]) <= {"cat", "dog", "fox"} and r["labels"] for r in rows)
+
+
 def test_predict_with_nothing_readable_still_reports_every_input(fitted, tmp_path):
     (tmp_path / "corrupt.png").write_bytes(b"not a png\n")
     inputs = [tmp_path / "corrupt.png", tmp_path / "no_such_folder"]

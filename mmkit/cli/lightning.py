@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence, Union
 
@@ -444,13 +445,22 @@ class MMKitCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
-        # Values the data determines are linked, never repeated in the recipe.
-        # A data module with no training classes (prediction only) links nothing: the model's
-        # checkpoint then supplies its own head and class names.
-        parser.link_arguments("data.class_names", "model.init_args.class_names",
-                              compute_fn=lambda names: list(names) or None, apply_on="instantiate")
+        # Values the data determines are linked, never repeated in the recipe. A data module with no class
+        # folders (predict's inputs only) links those the checkpoint to be read records (`--ckpt_path`): the
+        # model was built with num_classes None (a TypeError) and predicted with no names.
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate",
+                              compute_fn=lambda names: list(names) or self._recorded("class_names") or None)
         parser.link_arguments("data.num_classes", "model.init_args.model.init_args.num_classes",
-                              compute_fn=lambda n: n or None, apply_on="instantiate")
+                              compute_fn=lambda n: n or self._recorded("num_classes") or None, apply_on="instantiate")
+
+    def _recorded(self, name: str) -> Any:
+        """What the checkpoint a validate/test/predict run reads (`--ckpt_path FILE`, or the newest last one of
+        the recipe's folder for "last" and "best") records as `name`: the task's hyper-parameter (class_names)
+        or the model's config field (num_classes); None where there is none to read (Lightning's load then says
+        what is wrong with the file)."""
+        if not hasattr(self, "_checkpoint_record"):
+            self._checkpoint_record = _checkpoint_record(self.config)
+        return self._checkpoint_record.get(name)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         # Lightning's refusals of --trainer.accelerator/devices (an unknown name, CUDA on a machine
@@ -581,9 +591,43 @@ def _keep_given_model_options(given: Any, merged: Any, argv: Sequence[str]) -> N
 def _newest_last(cb: ModelCheckpoint) -> Path | None:
     """The newest last checkpoint in `cb`'s folder (last.ckpt, or last-vN.ckpt that a second run into the same
     folder writes), as Lightning resolves "last": by modification time."""
-    pattern = re.compile(rf"{re.escape(cb.CHECKPOINT_NAME_LAST)}(-v\d+)?{re.escape(cb.FILE_EXTENSION)}")
-    found = [p for p in Path(cb.dirpath).glob(f"{cb.CHECKPOINT_NAME_LAST}*") if pattern.fullmatch(p.name)]
+    return _newest_last_in(Path(cb.dirpath), cb.CHECKPOINT_NAME_LAST, cb.FILE_EXTENSION)
+
+
+def _newest_last_in(folder: Path, name: str = ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                    suffix: str = ModelCheckpoint.FILE_EXTENSION) -> Path | None:
+    pattern = re.compile(rf"{re.escape(name)}(-v\d+)?{re.escape(suffix)}")
+    found = [p for p in folder.glob(f"{name}*") if pattern.fullmatch(p.name)]
     return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _checkpoint_record(config: Any) -> dict[str, Any]:
+    """`MMKitCLI._recorded`'s source: the checkpoint's task hyper-parameters and model config, merged; {} for
+    fit, without --ckpt_path, or where the file cannot be found or read."""
+    import torch
+
+    from mmkit.tasks.model_task import MODEL_KEY
+
+    subcommand = config.get("subcommand")
+    section = config.get(subcommand) if subcommand else None
+    ckpt = section.get("ckpt_path") if section is not None and subcommand != "fit" else None
+    if not ckpt:
+        return {}
+    path: Path | None = Path(ckpt).expanduser()
+    if ckpt in ("last", "best") and not path.is_file():  # the recipe's folder, as `_fixed_checkpoint_folder` sets it
+        folders = [Path(str(cb.init_args.dirpath)) for cb in (section.get("trainer", {}).get("callbacks") or [])
+                   if str(getattr(cb, "class_path", "")).endswith("ModelCheckpoint")
+                   and getattr(getattr(cb, "init_args", None), "dirpath", None)]
+        root = Path(section.get("trainer", {}).get("default_root_dir") or os.getcwd()).expanduser()
+        path = next(filter(None, map(_newest_last_in, folders or [root / "checkpoints"])), None)
+    if path is None or not path.is_file():
+        return {}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        model = (state.get(MODEL_KEY) or {}).get("config") or {}
+        return {**model, **(state.get("hyper_parameters") or {})}
+    except Exception:  # noqa: BLE001 - unreadable or foreign: Lightning's load of it says so
+        return {}
 
 
 def _recorded_best(cb: ModelCheckpoint) -> str | None:
