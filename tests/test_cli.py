@@ -293,6 +293,20 @@ def test_a_run_resumed_from_a_file_keeps_the_model_options_given(workdir, caplog
     assert max(g["initial_lr"] for g in groups) == pytest.approx(1e-4)
 
 
+def test_the_recipes_outputs_follow_a_default_root_dir_given(workdir, caplog):
+    """With --trainer.default_root_dir and no export_dir, the export went to the recipe's runs/vit_digits/export
+    (over the digits run's, which the predict recipe serves); it follows the folder given, as the checkpoints do,
+    and an export_dir given stays where it is."""
+    own = workdir / "own"
+    with caplog.at_level(logging.INFO):
+        assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(own)]) == 0
+    assert (own / "export" / "model.safetensors").is_file() and not (workdir / "runs" / "vit_digits").exists()
+    assert f"--model.init_args.export_dir: {own / 'export'} (the recipe's runs/vit_digits/export" in caplog.text
+    assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(own / "b"),
+                 "--model.export_dir", str(own / "given")]) == 0
+    assert (own / "given" / "model.safetensors").is_file() and not (own / "b" / "export").exists()
+
+
 def test_last_follows_the_run_and_best_and_last_load_in_any_subcommand(workdir, caplog):
     """last.ckpt holds the newest epoch even where the monitored metric never improves (Lightning's own callback
     rewrote it only with a new best: `--ckpt_path last` resumed epoch 0); "best" in a new process is the one the

@@ -484,6 +484,10 @@ class MMKitCLI(LightningCLI):
         check_trainer_options(config.get("trainer"))
         super()._set_seed()
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand:
+            _follow_root(self.config[self.subcommand], self.argv)
+
     def before_predict(self) -> None:
         self._fixed_checkpoint_folder()
         # Lightning would keep every batch's predictions in memory to return them: the writer has written them.
@@ -570,15 +574,65 @@ class MMKitCLI(LightningCLI):
                         self.subcommand)
 
 
+def _given_keys(argv: Sequence[str]) -> set[str]:
+    """The options `argv` gives, as config keys ("model.init_args.export_dir"; jsonargparse's short form of a
+    subclass's argument, "--model.export_dir", counted as its long form)."""
+    keys = set()
+    for arg in argv:
+        if arg.startswith("--") and "." in arg:
+            key = arg[2:].split("=", 1)[0].rstrip("+")
+            section, _, rest = key.partition(".")
+            if section in ("model", "data") and not rest.startswith(("init_args.", "class_path")):
+                key = f"{section}.init_args.{rest}"
+            keys.add(key)
+    return keys
+
+
+def _follow_root(section: Any, argv: Sequence[str]) -> None:
+    """A recipe's outputs in its own folder (`trainer.default_root_dir`: the export_dir, GPT's tokenizer folder,
+    predict's output) follow a --trainer.default_root_dir given on the command line, unless given themselves:
+    a run on one's own data into its own folder wrote its export over the recipe's (which the predict recipe then
+    served) and trained its GPT with the recipe's tokenizer."""
+    given = _given_keys(argv)
+    root = section.get("trainer", {}).get("default_root_dir") if "trainer.default_root_dir" in given else None
+    recipe_root = _recipe_root(section.get("config") or [])
+    if not root or not recipe_root or Path(root) == Path(recipe_root):
+        return
+    for name in ("model.init_args", "data.init_args", "prediction_writer"):
+        values = section.get(name)
+        for key in (list(vars(values)) if values is not None and hasattr(values, "__dict__") else []):
+            value = values.get(key)
+            if f"{name}.{key}" in given or not isinstance(value, str) or not _under(value, recipe_root):
+                continue
+            moved = str(Path(root) / Path(value).relative_to(recipe_root))
+            log.info("--%s.%s: %s (the recipe's %s, in --trainer.default_root_dir)", name, key, moved, value)
+            values[key] = moved
+
+
+def _recipe_root(configs: Sequence[Any]) -> str | None:
+    """The default_root_dir the --config files set (the last that sets one), else None."""
+    import yaml
+
+    root = None
+    for config in configs:
+        try:
+            doc = yaml.safe_load(Path(str(config)).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        trainer = doc.get("trainer") if isinstance(doc, dict) else None
+        if isinstance(trainer, dict) and isinstance(trainer.get("default_root_dir"), str):
+            root = trainer["default_root_dir"]
+    return root
+
+
+def _under(path: str, folder: str) -> bool:
+    return Path(path) != Path(folder) and Path(path).is_relative_to(folder)
+
+
 def _keep_given_model_options(given: Any, merged: Any, argv: Sequence[str]) -> None:
     """Put back into `merged` (the model section after the checkpoint's hyper-parameters) each option that
     `argv` gives as `--model.KEY VALUE` or `--model.KEY=VALUE` and the checkpoint changed."""
-    for arg in argv:
-        if not arg.startswith("--model."):
-            continue
-        key = arg[len("--model."):].split("=", 1)[0].rstrip("+")
-        if not key.startswith(("init_args.", "class_path")):
-            key = f"init_args.{key}"  # jsonargparse's short form of a subclass's argument
+    for key in sorted(k[len("model."):] for k in _given_keys(argv) if k.startswith("model.")):
         try:
             mine, theirs = given[key], merged.get(key)
         except (KeyError, TypeError):
