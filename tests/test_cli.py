@@ -5,9 +5,10 @@ test from the Lightning checkpoint, and predict to CSV/JSON with unreadable inpu
 from __future__ import annotations
 
 import csv
+import functools
+import json
 import logging
 import re
-import json
 import shutil
 import signal
 import subprocess
@@ -514,8 +515,12 @@ def test_recipe_values_out_of_range_are_one_line_before_anything_is_built(workdi
                                                                           message):
     from mmkit.tasks import ImageClassifier
 
+    @functools.wraps(ImageClassifier.__init__)  # its signature kept: the recipe parses against it
+    def refuse(*args, **kwargs):
+        pytest.fail("built anyway")
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ImageClassifier, "__init__", lambda *a, **k: pytest.fail("built anyway"))
+        mp.setattr(ImageClassifier, "__init__", refuse)
         code = main(["fit", "--config", FIT, *TINY, option, value, "--trainer.default_root_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err

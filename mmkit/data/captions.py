@@ -250,14 +250,29 @@ class _CaptionDataModule(pl.LightningDataModule):
         if split == "val" and source is None and self.val_split > 0:
             self._prepare("train")  # carved from the checked train set
             return
-        self.samples[split] = [] if source is None else self._checked(split, source)
+        samples = [] if source is None else self._checked(split, source)
         if split == "train" and self.val_split > 0 and self.sources["val"] is None:
-            train = self.samples["train"]
-            order = list(range(len(train)))
-            random.Random(self.seed).shuffle(order)
-            held = set(order[:round(len(train) * self.val_split)])
-            self.samples["train"] = [s for i, s in enumerate(train) if i not in held]
-            self.samples["val"] = [s for i, s in enumerate(train) if i in held]
+            samples, self.samples["val"] = self._hold_out(samples)
+        self.samples[split] = samples
+
+    def _hold_out(self, train: list[CaptionSample]) -> tuple[list[CaptionSample], list[CaptionSample]]:
+        """Split `val_split` of the train rows off for validation, refusing in one line a split that leaves either
+        side empty: no validation rows meant no val metric and no best checkpoint (`--ckpt_path best` failed later),
+        no training rows a sampler traceback. ImageFolderDataModule clamps instead, keeping a training image of each
+        class so that every class is trained; rows have no classes, and clamping to one training row would train
+        nothing (a batch of one has nothing to contrast: its contrastive loss is 0)."""
+        count, items, option = len(train), self._items, f"val_{self._kind}"
+        held_count = round(count * self.val_split)
+        if held_count == 0:  # a single row has no val_split that leaves one on each side
+            fix = f"raise it to {1 / count:.2g} or more, or give {option}" if count > 1 else f"give {option}"
+            raise ValueError(f"val_split {self.val_split} leaves no validation {items} ({count} in all); {fix}")
+        if held_count == count:
+            raise ValueError(f"val_split {self.val_split} leaves no training {items} (all {count} held out for "
+                             f"validation); lower it or give {option}")
+        order = list(range(count))
+        random.Random(self.seed).shuffle(order)
+        held = set(order[:held_count])
+        return [s for i, s in enumerate(train) if i not in held], [s for i, s in enumerate(train) if i in held]
 
     def _checked(self, split: str, source: str) -> list[CaptionSample]:
         """The split's readable samples; a split the user gave left with none is a one-line ValueError naming
@@ -303,7 +318,8 @@ class CaptionTableDataModule(_CaptionDataModule):
         image_key / caption_key: the columns (CSV) or keys (JSONL) of image path and caption.
         image_size: side of the square network input, in pixels.
         context_length: tokens per caption (at most the text tower's max_len).
-        val_split: fraction of the train rows held out for validation when there is no val_file.
+        val_split: fraction of the train rows held out for validation when there is no val_file; one that
+            rounds to no validation or no training rows is refused.
         scale: RandomResizedCrop area range for training (CLIP's mild (0.9, 1.0); no flips).
         interpolation: resize filter name ("bicubic", "bilinear").
         seed: seed of the val_split draw.

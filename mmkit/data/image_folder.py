@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -227,7 +227,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         predict_paths: files and/or folders (scanned recursively) to predict on.
         image_size: side of the square network input, in pixels (1 to `MAX_IMAGE_SIDE`, 4096: a
             larger one is a typo whose images could not be held; `check_image_size`).
-        val_split: fraction of each train class held out for validation, when no val_dir.
+        val_split: fraction of each train class held out for validation, when no val_dir (rounded per class,
+            each class keeping one image for training; one that holds out no image at all is refused).
         hflip / scale / auto_augment: training augmentation, as in timm (e.g. "rand-m9-mstd0.5").
         mean / std: per-channel normalisation of 0..1 RGB.
         crop_pct: eval centre crop = image_size / crop_pct resize, then crop; in (0, 1], the resize
@@ -324,19 +325,36 @@ class ImageFolderDataModule(pl.LightningDataModule):
                                                 required=True)
             self._check_classes(split, what)
             if split == "train" and self.val_split > 0:
-                train = self.samples["train"]
-                rest, held_out = stratified_split([t for _, t in train], [self.val_split], self.seed)
-                self.samples["train"] = [train[i] for i in rest]
-                self.samples["val"] = [train[i] for i in held_out]
+                self._hold_out()
 
-    def _check_classes(self, split: str, what: str) -> None:
+    def _hold_out(self) -> None:
+        """Carve `val_split` of each train class out for validation (`stratified_split`). A split that holds
+        out nothing at all is refused in one line: the run would log no val metric and write no best checkpoint,
+        and `--ckpt_path best` would fail only later. A class too small to give one is only warned about
+        (`_check_classes`), as a val_dir lacking a class is: the other classes still make a score."""
+        train = self.samples["train"]
+        targets = [t for _, t in train]
+        rest, held_out = stratified_split(targets, [self.val_split], self.seed)
+        if not held_out:
+            sizes = sorted(Counter(targets).values())
+            per_class = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]} to {sizes[-1]}"
+            # stratified_split keeps one image of each class for training: a class of one gives none.
+            fix = (f"raise it to {1 / sizes[-1]:.2g} or more, or give val_dir" if sizes[-1] > 1
+                   else "every class keeps its only image for training: give val_dir")
+            raise ValueError(f"val_split {self.val_split} leaves no validation images ({per_class} per class, "
+                             f"{len(train)} in all); {fix}")
+        self.samples["train"] = [train[i] for i in rest]
+        self.samples["val"] = [train[i] for i in held_out]
+        self._check_classes("val", f"val_split {self.val_split}", lacking="no held-out images")
+
+    def _check_classes(self, split: str, what: str, lacking: str = "no readable images") -> None:
         """Refuse a train split missing a class (the model would never see it, yet val could score
         1.0); only warn for val/test, where a small held-out set may lack one and is still a score."""
         present = {target for _, target in self.samples[split]}
         missing = [name for i, name in enumerate(self._class_names) if i not in present]
         if not missing:
             return
-        message = f"{what}: no readable images for class(es) {', '.join(missing)}"
+        message = f"{what}: {lacking} for class(es) {', '.join(missing)}"
         if split == "train":
             raise ValueError(f"{message}; every class needs training images (add some or remove the folder)")
         log.warning("%s; the %s scores cover the other classes only", message, split)

@@ -307,8 +307,18 @@ class TextBlocksDataModule(pl.LightningDataModule):
             raise ValueError(f"the {split} split is too short: {e}; {more}lower block_size or give more text") from None
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, **order(self.train_set, True),
-                          drop_last=True,
+        # A last partial batch is dropped (every step sees batch_size blocks), except when a rank's share holds
+        # less than one batch: dropping it then left no training batch at all, and a run that trained nothing
+        # still exited 0. A smaller corpus than one batch still trains, as the caption data modules do, with
+        # a warning: a recipe's batch_size is sized for its own corpus, not an error on a smaller one.
+        blocks, batch_size = len(self.train_set), self.hparams.batch_size
+        world = self.trainer.world_size if self.trainer is not None else 1
+        full = math.ceil(blocks / world) >= batch_size  # DDP's sampler gives each rank ceil(blocks / world)
+        if not full:
+            log.warning("batch_size %d exceeds the %d training blocks of block_size %d%s: each step trains on "
+                        "all of them (lower batch_size to take more steps)", batch_size, blocks,
+                        self.hparams.block_size, f" shared by {world} processes" if world > 1 else "")
+        return DataLoader(self.train_set, batch_size=batch_size, **order(self.train_set, True), drop_last=full,
                           num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -143,3 +143,46 @@ def test_a_val_or_test_table_without_readable_images_is_one_line_naming_it(tmp_p
     with pytest.raises(ValueError) as err:  # was accepted: no validation (no best checkpoint), or no test metrics
         dm.setup("fit" if split == "val" else "test")
     assert f"{split}_file" in str(err.value) and "\n" not in str(err.value) and len(paths) == len(COLOURS)
+
+
+def _table(tmp_path: Path, rows: int) -> Path:
+    """A .jsonl table of `rows` rows over the four colour images (an image may be listed more than once)."""
+    names = list(_images(tmp_path))
+    lines = [json.dumps({"path": f"img/{names[i % len(names)]}.png", "caption": f"picture {i}"}) for i in range(rows)]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "t.jsonl"
+
+
+@pytest.mark.parametrize("val_split, message", [
+    (0.01, "val_split 0.01 leaves no validation rows (24 in all); raise it to 0.042 or more, or give val_file"),
+    (0.99, "val_split 0.99 leaves no training rows (all 24 held out for validation); lower it or give val_file"),
+], ids=["no-validation", "no-training"])
+@pytest.mark.parametrize("stage", ["fit", "validate"])
+def test_a_val_split_that_empties_a_side_is_one_line_naming_it(tmp_path, val_split, message, stage):
+    """An empty val side was silent (no val metric, no best checkpoint); an empty train side, a sampler traceback
+    ("num_samples should be a positive integer value") when the train loader was built."""
+    dm = CaptionTableDataModule(train_file=str(_table(tmp_path, 24)), image_size=8, batch_size=4, num_workers=0,
+                                context_length=12, val_split=val_split)
+    with pytest.raises(ValueError) as caught:
+        dm.setup(stage)
+    assert str(caught.value) == message
+    assert "train" not in dm.samples  # refused before any split (or loader) was made of it
+
+
+def test_the_suggested_val_split_holds_out_one_row_and_a_single_row_names_val_file(tmp_path):
+    table = str(_table(tmp_path, 24))
+    dm = CaptionTableDataModule(train_file=table, image_size=8, batch_size=4, num_workers=0, val_split=0.042)
+    dm.setup("fit")
+    assert (len(dm.samples["train"]), len(dm.samples["val"])) == (23, 1)
+    single = str(_table(tmp_path / "one", 1))
+    with pytest.raises(ValueError, match=r"^val_split 0.3 leaves no validation rows \(1 in all\); give val_file$"):
+        CaptionTableDataModule(train_file=single, image_size=8, num_workers=0, val_split=0.3).setup("fit")
+
+
+def test_a_sidecar_val_split_names_images_and_val_dir(tmp_path):
+    for path in _images(tmp_path).values():
+        path.with_suffix(".txt").write_text(path.stem)
+    dm = SidecarCaptionDataModule(train_dir=str(tmp_path), image_size=8, num_workers=0, val_split=0.1)
+    with pytest.raises(ValueError, match=r"^val_split 0.1 leaves no validation images \(4 in all\); raise it to 0.25 "
+                                         r"or more, or give val_dir$"):
+        dm.setup("fit")

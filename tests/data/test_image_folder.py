@@ -89,6 +89,35 @@ def test_val_split_is_stratified_and_seeded(tmp_path):
     assert splits[0] == splits[1] and splits[0] != splits[2]
 
 
+@pytest.mark.parametrize("counts, val_split, detail, suggested", [
+    ({"a": 4, "b": 4, "c": 4}, 0.1, "(4 per class, 12 in all); raise it to 0.25 or more, or give val_dir", 0.25),
+    ({"a": 2, "b": 3}, 0.1, "(2 to 3 per class, 5 in all); raise it to 0.33 or more, or give val_dir", 0.33),
+    ({"a": 1, "b": 1}, 0.5, "(1 per class, 2 in all); every class keeps its only image for training: give val_dir",
+     None),
+], ids=["equal-classes", "unequal-classes", "one-image-classes"])
+def test_a_val_split_that_holds_out_no_image_is_refused(tmp_path, counts, val_split, detail, suggested):
+    """It was an empty validation split: no val metric, no best checkpoint, and `--ckpt_path best` failing later."""
+    root = str(make_tree(tmp_path / "train", counts))
+    for stage in ("fit", "validate"):
+        with pytest.raises(ValueError) as caught:
+            module(train_dir=root, val_split=val_split).setup(stage)
+        assert str(caught.value) == f"val_split {val_split} leaves no validation images {detail}"
+    if suggested:  # the value the message suggests does hold images out
+        dm = module(train_dir=root, val_split=suggested)
+        dm.setup("fit")
+        assert dm.samples["val"] and len(dm.samples["val"]) + len(dm.samples["train"]) == sum(counts.values())
+
+
+def test_a_val_split_that_leaves_a_class_without_val_images_is_a_warning(tmp_path, caplog):
+    root = str(make_tree(tmp_path / "train", {"a": 2, "b": 6}))
+    dm = module(train_dir=root, val_split=0.2)  # a: round(0.4) = 0, b: round(1.2) = 1
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert [t for _, t in dm.samples["val"]] == [1] and len(dm.samples["train"]) == 7
+    assert "val_split 0.2: no held-out images for class(es) a; the val scores cover the other classes only" \
+        in caplog.text
+
+
 def test_stratified_split_keeps_one_of_each_class():
     rest, held = stratified_split([0, 1, 1, 2, 2, 2], [0.9], seed=0)
     assert sorted(rest + held) == list(range(6))

@@ -78,26 +78,47 @@ def test_no_val_dir_is_still_no_validation(tmp_path):
     assert dm.samples["val"] == [] and len(dm.samples["train"]) == 2
 
 
-@pytest.mark.parametrize("subcommand, option", [("fit", "val_dir"), ("test", "test_dir")])
-def test_cli_exits_2_with_one_line(tmp_path, monkeypatch, capsys, subcommand, option):
+def _cli(tmp_path, monkeypatch, subcommand: str, data: list[str]) -> int:
+    """`mmkit SUBCOMMAND` of a 16 px, one-block ViT on the folders `data` names, run in-process on one thread."""
     monkeypatch.setenv("MMKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    train = _tree(tmp_path / "train", {"a": ["ok1.png", "ok2.png"], "b": ["ok1.png", "ok2.png"]})
-    bad = _tree(tmp_path / "bad", {"a": ["junk1.png"], "b": ["junk2.jpg"]})
     vit = "--model.init_args.model.init_args."
     try:
-        code = main([subcommand, "--config", FIT, "--data", "mmkit.data.ImageFolderDataModule",
-                     "--data.init_args.train_dir", str(train), f"--data.init_args.{option}", str(bad),
+        return main([subcommand, "--config", FIT, "--data", "mmkit.data.ImageFolderDataModule", *data,
                      "--data.init_args.image_size", "16", "--data.init_args.num_workers", "0",
                      vit + "image_size", "16", vit + "patch_size", "4", vit + "dim", "32", vit + "depth", "1",
                      vit + "num_heads", "2", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
                      "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path / "run")])
     finally:
         torch.set_num_threads(threads)
+
+
+def _error_lines(capsys) -> tuple[list[str], str]:
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    return [line for line in err.splitlines() if line.strip()], err
+
+
+@pytest.mark.parametrize("subcommand, option", [("fit", "val_dir"), ("test", "test_dir")])
+def test_cli_exits_2_with_one_line(tmp_path, monkeypatch, capsys, subcommand, option):
+    train = _tree(tmp_path / "train", {"a": ["ok1.png", "ok2.png"], "b": ["ok1.png", "ok2.png"]})
+    bad = _tree(tmp_path / "bad", {"a": ["junk1.png"], "b": ["junk2.jpg"]})
+    code = _cli(tmp_path, monkeypatch, subcommand,
+                ["--data.init_args.train_dir", str(train), f"--data.init_args.{option}", str(bad)])
+    lines, err = _error_lines(capsys)
     assert code == 2, err
     assert len(lines) == 1 and f"{option} {bad}: no readable images (2 skipped: " in lines[0], err
     assert "Traceback" not in err
+
+
+def test_cli_refuses_a_val_split_that_holds_out_nothing_in_one_line(tmp_path, monkeypatch, capsys):
+    """It trained with no validation, so no best checkpoint was written and `--ckpt_path best` failed later."""
+    train = _tree(tmp_path / "train", {"a": ["ok1.png", "ok2.png", "ok3.png"], "b": ["ok1.png", "ok2.png"]})
+    code = _cli(tmp_path, monkeypatch, "fit", ["--data.init_args.train_dir", str(train),
+                                               "--data.init_args.val_split", "0.1"])
+    lines, err = _error_lines(capsys)
+    assert code == 2, err
+    assert lines == ["mmkit fit: error: val_split 0.1 leaves no validation images (2 to 3 per class, 5 in all); "
+                     "raise it to 0.33 or more, or give val_dir"], err
+    assert not list(tmp_path.rglob("*.ckpt"))  # refused at setup, before any training step

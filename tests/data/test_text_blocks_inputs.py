@@ -7,6 +7,7 @@ import logging
 import random
 import re
 import tracemalloc
+from types import SimpleNamespace
 
 import pytest
 from _gpt import tiny_corpus, tiny_tokenizer
@@ -83,6 +84,31 @@ def test_a_held_out_split_too_short_for_a_block_names_the_split(tmp_path):
     with pytest.raises(ValueError, match=r"the held-out split is too short: \d+ tokens do not fill one block of 129; "
                                          "raise val_fraction, lower block_size"):
         _setup(tmp_path, "\n\n".join(tiny_corpus(100)), val_fraction=0.02)
+
+
+def test_a_batch_size_beyond_the_training_blocks_still_trains_on_them_all(tmp_path, caplog):
+    """drop_last dropped the only, partial, batch: no training step, "nothing exported", and exit 0."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(tiny_corpus(200)))
+    dm = TextBlocksDataModule(files=[str(path)], vocab_size=300, block_size=16, val_fraction=0.1, batch_size=1000)
+    dm.setup("fit")
+    blocks = len(dm.train_set)
+    assert 16 < blocks < 1000
+    with caplog.at_level(logging.WARNING):
+        batches = list(dm.train_dataloader())
+    assert [b["tokens"].shape for b in batches] == [(blocks, 16)]
+    assert _warnings(caplog) == [f"batch_size 1000 exceeds the {blocks} training blocks of block_size 16: each step "
+                                 "trains on all of them (lower batch_size to take more steps)"]
+    caplog.clear()
+    dm.hparams.batch_size = blocks // 3 + 1  # two full batches and a partial one: the partial one is still dropped
+    assert [len(b["tokens"]) for b in dm.train_dataloader()] == [blocks // 3 + 1] * 2 and not _warnings(caplog)
+    # Under DDP each rank gets ceil(blocks / world) of them: a batch is full only within that share.
+    dm.trainer = SimpleNamespace(world_size=2)
+    dm.hparams.batch_size = (blocks + 1) // 2
+    assert dm.train_dataloader().drop_last and not _warnings(caplog)
+    dm.hparams.batch_size += 1
+    assert not dm.train_dataloader().drop_last
+    assert "training blocks of block_size 16 shared by 2 processes: each step" in caplog.text
 
 
 def test_a_tokenizer_file_instead_of_a_folder_is_refused(tmp_path):
