@@ -481,6 +481,21 @@ def test_a_setting_lightning_refuses_at_run_time_is_one_line(workdir, tmp_path, 
     assert "mmkit fit: error: trainer: Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger" in err
 
 
+def test_a_refusal_once_the_trainer_is_set_up_leaves_no_log_folder(workdir, tmp_path, capsys):
+    """Refused after the trainer was built (an export_dir that is a file, a missing --ckpt_path file), a run left
+    lightning_logs/version_N/config.yaml, one more per retry; a folder that logged something stays."""
+    (tmp_path / "file").write_text("x")
+    for extra in (["--model.init_args.export_dir", str(tmp_path / "file")],
+                  ["--ckpt_path", str(tmp_path / "missing.ckpt")]):
+        assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(tmp_path / "run"), *extra]) == 2
+        assert capsys.readouterr().err.count("mmkit fit: error: ") == 1
+        assert not (tmp_path / "run" / "lightning_logs").exists()
+    assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(tmp_path / "run")]) == 0
+    assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(tmp_path / "run"),
+                 "--model.init_args.export_dir", str(tmp_path / "file")]) == 2
+    assert [p.name for p in (tmp_path / "run" / "lightning_logs").iterdir()] == ["version_0"]  # the run's, kept
+
+
 def test_a_callback_or_logger_lightning_refuses_is_one_line(workdir, tmp_path, capsys, monkeypatch):
     """EarlyStopping monitoring a metric no step logs (Lightning says so once validation ends) and a logger whose
     package is missing were tracebacks of 40-94 lines, exit 1."""

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -471,6 +472,9 @@ class MMKitCLI(LightningCLI):
             raise ValueError(f"trainer: {str(e).strip().splitlines()[0]}") from None
         if self.signals is not None:
             trainer.callbacks.append(self.signals)  # a dropped interruption raised again at the next batch
+        # the first process's logger folder, if this run makes it (Trainer.log_dir is a collective: the logger's)
+        log_dir = getattr(trainer.logger, "log_dir", None) if trainer.global_rank == 0 else None
+        self._new_log_dir = Path(log_dir) if log_dir and not Path(log_dir).exists() else None
         return trainer
 
     def _set_seed(self) -> None:
@@ -514,8 +518,24 @@ class MMKitCLI(LightningCLI):
             received = self.signals is not None and self.signals.received is not None
             if not (received or isinstance(e, (KeyboardInterrupt, SIGTERMException))
                     or isinstance(e, SystemExit) and self.trainer.interrupted):
+                self._remove_empty_log_dir()
                 raise
             raise Interrupted(self._left(subcommand), quiet=self.trainer.global_rank != 0) from None
+
+    def _remove_empty_log_dir(self) -> None:
+        """The logger's folder this run created, where the run failed before it logged anything (a refusal once
+        the trainer is set up: an export_dir that is a file, a missing --ckpt_path file, a manifest with no
+        usable clip): it holds the config (SaveConfigCallback), maybe hparams.yaml and a metrics.csv header, and
+        each retry left one more lightning_logs/version_N."""
+        folder = getattr(self, "_new_log_dir", None)
+        if folder is None or self.trainer.global_rank != 0 or self.trainer.global_step > 0 or not folder.is_dir():
+            return
+        files = list(folder.iterdir())
+        if all(f.is_file() and f.name in ("config.yaml", "hparams.yaml", "metrics.csv") for f in files) and all(
+                f.name != "metrics.csv" or len(f.read_bytes().splitlines()) <= 1 for f in files):
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # lightning_logs/ itself, when this run made it and left it empty
+                folder.parent.rmdir()
 
     def _left(self, subcommand: str) -> str:
         """What an interrupted run leaves: predict nothing (its writer removed the temp file); fit the checkpoints
