@@ -13,7 +13,7 @@ from torch import Tensor
 
 from demos import inputs
 from mmkit.inference.text_rows import text_problem
-from mmkit.inference.translator import TranslationOptions, Translator, TranslatorError
+from mmkit.inference.translator import Translator, TranslatorError
 
 CELL = 28  # pixels per heat-map cell
 BEAM_MAX = 8  # the beam-size slider's largest value, checked for API callers too
@@ -75,7 +75,7 @@ def translate_text(translator: Translator, text: str, beam_size: float):
                              else f"Nothing to translate: {problem}.")
     text = _source_head(translator, text)
     try:
-        result = translator.translate([text], TranslationOptions(beam_size=beam_size))[0]
+        result = translator.translate([text], translator.default_options(beam_size=beam_size))[0]
         if result.error:
             raise TranslatorError(result.error.removeprefix("line 1: "))
         source, target, weights = translator.cross_attention(text, result.tokens)
@@ -98,7 +98,8 @@ def translate_tab(translator: Translator) -> None:
         with gr.Row():
             with gr.Column():
                 source = gr.Textbox(label="Source", lines=2, elem_id="source")
-                beam = inputs.slider(1, BEAM_MAX, value=1, step=1, label="Beam size (1: greedy)", elem_id="beam-size")
+                beam = inputs.slider(1, BEAM_MAX, value=min(translator.defaults.get("beam_size", 1), BEAM_MAX), step=1,
+                                     label="Beam size (1: greedy; the model's own to start)", elem_id="beam-size")
                 button = gr.Button("Translate", variant="primary", elem_id="translate")
             with gr.Column():
                 output = gr.Textbox(label="Translation", lines=2, interactive=False, elem_id="translation")

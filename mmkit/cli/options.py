@@ -54,15 +54,17 @@ def beam_size() -> Callable[[str], int]:
     return at_least(1, MAX_BEAM_SIZE)
 
 
-def add_beam_arguments(p: argparse.ArgumentParser) -> None:
+def add_beam_arguments(p: argparse.ArgumentParser, model_defaults: bool = False) -> None:
     """--length-penalty and --early-stopping, the beam search's ranking and stopping rule, as transformers'
     `generate(length_penalty=..., early_stopping=...)`: "false" (its default) stops a sentence when no running
     beam can beat its worst finished one at the current length, "true" at beam-size finished ones, "never" when
-    none can at the longest length."""
-    p.add_argument("--length-penalty", type=finite(-10, 10), default=1.0, metavar="A",
-                   help="beam score = sum log p / length ** A (1.0; -10 to 10)")
-    p.add_argument("--early-stopping", default=False, type=_early_stopping, metavar="{false,true,never}",
-                   help="beam search's stopping rule, as transformers' early_stopping (false)")
+    none can at the longest length. `model_defaults`: not given, they are None (the model's own settings)."""
+    whose = "the model's, else " if model_defaults else ""
+    p.add_argument("--length-penalty", type=finite(-10, 10), default=None if model_defaults else 1.0, metavar="A",
+                   help=f"beam score = sum log p / length ** A ({whose}1.0; -10 to 10)")
+    p.add_argument("--early-stopping", default=None if model_defaults else False, type=_early_stopping,
+                   metavar="{false,true,never}",
+                   help=f"beam search's stopping rule, as transformers' early_stopping ({whose}false)")
 
 
 def _early_stopping(text: str) -> bool | str:

@@ -49,13 +49,14 @@ def _parser() -> argparse.ArgumentParser:
                         "read as a path, so several files, another kind of file, a folder or - are refused)")
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit export, MarianMT or T5 directory")
     p.add_argument("--output", metavar="FILE", help="write here (.txt: one line each; .jsonl: with errors)")
-    p.add_argument("--beam-size", type=beam_size(), default=1, metavar="K",
-                   help=f"beam search with K beams (1: greedy; at most {MAX_BEAM_SIZE})")
+    p.add_argument("--beam-size", type=beam_size(), metavar="K",
+                   help=f"beam search with K beams (1: greedy; at most {MAX_BEAM_SIZE}; default: the model's "
+                        "generation_config.json num_beams, else 1)")
     p.add_argument("--max-length", type=at_least(1), metavar="N",
                    help="tokens to generate at most (default: 2 x source tokens + 10)")
     # The score divides by length ** A: |A| <= 10 spans every useful setting (transformers' and Marian's
     # are 0 to 2) and keeps length ** A finite; a huge A overflows, nan/inf rank beams arbitrarily.
-    add_beam_arguments(p)
+    add_beam_arguments(p, model_defaults=True)
     p.add_argument("--batch-size", type=at_least(1), default=16, metavar="B", help="sentences per batch (16)")
     p.add_argument("--prefix", metavar="TEXT", type=utf8_text,
                    help='text put before every source (T5: "translate English to German: ")')
@@ -221,9 +222,9 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     if not args.inputs and not args.export:
         raise ValueError("give sentences or a .txt/.jsonl file to translate (or --export OUT)")
     source = _input_file(args.inputs)
-    options = TranslationOptions(beam_size=args.beam_size, max_new_tokens=args.max_length,
-                                 length_penalty=args.length_penalty, early_stopping=args.early_stopping,
-                                 batch_size=args.batch_size)
+    given = dict(beam_size=args.beam_size, max_new_tokens=args.max_length, length_penalty=args.length_penalty,
+                 early_stopping=args.early_stopping, batch_size=args.batch_size)
+    TranslationOptions(**{k: v for k, v in given.items() if v is not None})  # refused before the model loads
     device = ranks.device(args.device)
     check_device(device)
     if args.output:
@@ -236,6 +237,11 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
         check_export_dir(args.export)
     total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
     translator = load_translator(args.model, args.prefix, device, args.quantize, args.precision)
+    options = translator.default_options(**given)
+    taken = {k: v for k, v in translator.defaults.items() if given.get(k) is None}
+    if taken and ranks.first:
+        log.info("decoding with the model's own settings: %s (%s)", ", ".join(f"{k} {v}" for k, v in taken.items()),
+                 " ".join(f"--{k.replace('_', '-')} ..." for k in taken) + " to choose others")
     if args.export and ranks.first:
         log.info("saved an mmkit export in %s", translator.export(args.export))
     return source, options, total, translator

@@ -134,13 +134,18 @@ class Translator:
         max_target_tokens: cap on generated tokens (the model's positions).
         forced_eos_id: make this token (EOS) at each row's length limit (`ForcedEos`), as
             transformers does for configs with `forced_eos_token_id`.
+        defaults: the model's own decoding settings (`TranslationOptions` fields: beam_size, length_penalty,
+            early_stopping), as a transformers directory's generation_config.json gives them (opus-mt: 4 or 6
+            beams): `translate` without options and `default_options` use them, as `generate` does.
     """
 
     def __init__(self, model: nn.Module, codec: TextCodec, prefix: str = "", max_source_tokens: int = 512,
-                 max_target_tokens: int = 512, forced_eos_id: int | None = None) -> None:
+                 max_target_tokens: int = 512, forced_eos_id: int | None = None,
+                 defaults: dict[str, Any] | None = None) -> None:
         self.model, self.codec, self.prefix = model.eval(), codec, prefix
         self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
         self.forced_eos_id = forced_eos_id
+        self.defaults = dict(defaults or {})
         # fp32 unless `load_translator` sets another precision (`prepare_arithmetic`)
         self.precision, self._autocast = "fp32", contextlib.nullcontext
 
@@ -163,7 +168,7 @@ class Translator:
         c = self.codec
         meta = dict(task="translation", start_id=c.start_id, eos_id=c.eos_id, pad_id=c.pad_id, prefix=self.prefix,
                     suppress=c.suppress, forced_eos_id=self.forced_eos_id, max_source_tokens=self.max_source_tokens,
-                    max_target_tokens=self.max_target_tokens)
+                    max_target_tokens=self.max_target_tokens, decoding=self.defaults)
         self.model.save_pretrained(directory, metadata={**meta, "tokenizer": c.save(directory)})
         return directory
 
@@ -214,12 +219,17 @@ class Translator:
                 on_batch(len(rows))
         return plan.results
 
+    def default_options(self, **given: Any) -> TranslationOptions:
+        """`TranslationOptions` of the model's own decoding settings (`defaults`) with `given`'s over them (a
+        None is not given)."""
+        return TranslationOptions(**{**self.defaults, **{k: v for k, v in given.items() if v is not None}})
+
     def translate(self, texts: str | Sequence[str], options: TranslationOptions | None = None,
                   on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
         """One `Translation` per text, in order (a lone str is one text: a list of one); `on_batch(n)` after
         every n sources done. Messages name text i as line `first_row + i + 1` (a file read in chunks passes
-        each chunk's offset)."""
-        options = options or TranslationOptions()
+        each chunk's offset). Without `options`, the model's own settings (`default_options`)."""
+        options = options or self.default_options()
         plan = self.plan(texts, options, first_row)
         if plan.skipped and on_batch is not None:
             on_batch(plan.skipped)
@@ -292,7 +302,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 # What `Translator.export` writes in config.json's metadata (types and ranges as config_check's rules).
 EXPORT_METADATA = {"task": str, "tokenizer": str, "start_id": int, "eos_id": int, "pad_id": int, "prefix": str,
                    "suppress": list[int], "forced_eos_id": Optional[int], "max_source_tokens": int,
-                   "max_target_tokens": int}
+                   "max_target_tokens": int, "decoding": dict}
 _METADATA_IDS = ("start_id", "eos_id", "pad_id", "forced_eos_id", "suppress")
 
 
@@ -354,7 +364,8 @@ def _load_native(directory: Path, doc: dict[str, Any]) -> Translator:
     model = classes[arch].from_pretrained(directory)
     max_len = getattr(model, "max_len", 512)
     return Translator(model, codec, meta.get("prefix", ""), meta.get("max_source_tokens", max_len),
-                      meta.get("max_target_tokens", max_len - 1), meta.get("forced_eos_id"))
+                      meta.get("max_target_tokens", max_len - 1), meta.get("forced_eos_id"),
+                      _decoding_defaults(meta.get("decoding", {}), where))
 
 
 def _tokenizer_file(directory: Path, name: str, where: str) -> Path:
@@ -417,4 +428,22 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
                       int(cfg["pad_token_id"]), [w[0] for w in bad_words or [] if len(w) == 1])
     # Marian's sinusoid table bounds both sides; T5's relative positions do not (512 as its tokenizers).
     max_len = cfg.get("max_position_embeddings", 512)
-    return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos))
+    defaults = _decoding_defaults({"beam_size": settings.get("num_beams"), "length_penalty":
+                                   settings.get("length_penalty"), "early_stopping": settings.get("early_stopping")},
+                                  f"{generation if generation.is_file() else directory / 'config.json'}")
+    return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
+                      defaults)
+
+
+def _decoding_defaults(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """The `TranslationOptions` fields among `settings` (None: not set), each checked as the options check it:
+    a value they refuse is a one-line TranslatorError naming `where`, not a failure at the first sentence."""
+    given = {k: v for k, v in settings.items() if k in ("beam_size", "length_penalty", "early_stopping")
+             and v is not None}
+    if given.get("beam_size") == 1:
+        given.pop("beam_size")  # transformers' default, written out by save_pretrained
+    try:
+        TranslationOptions(**given)
+    except (TypeError, TranslatorError) as e:
+        raise TranslatorError(f"{where}: a decoding setting mmkit cannot use ({e})") from None
+    return given

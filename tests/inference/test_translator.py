@@ -411,3 +411,38 @@ def test_cli_lines_without_visible_text_are_reported_as_files_and_arguments(nati
     capsys.readouterr()
     assert mmkit_main(["translate", "seven", "\x01", "--model", str(native)]) == 0
     assert "mmkit translate: line 2: empty text (only control or invisible characters)\n" in capsys.readouterr().err
+
+
+def test_a_transformers_directorys_decoding_settings_are_the_defaults(tmp_path, capsys, caplog):
+    """opus-mt's generation_config.json says num_beams 4 (or 6): transformers' generate() and pipeline search
+    with them, mmkit decoded greedily. They are the defaults of `translate()` and `mmkit translate` now (options
+    given win), and an export keeps them."""
+    import shutil
+
+    from transformers import AutoTokenizer, MarianMTModel
+
+    directory = shutil.copytree(write_marian_dir(tmp_path / "m0"), tmp_path / "m")
+    pad = json.loads((directory / "config.json").read_text())["pad_token_id"]
+    (directory / "generation_config.json").write_text(json.dumps(
+        {"num_beams": 3, "length_penalty": 0.6, "max_length": 64, "bad_words_ids": [[pad]], "pad_token_id": pad,
+         "decoder_start_token_id": pad, "eos_token_id": 0}))
+    translator = load_translator(directory)
+    assert translator.defaults == {"beam_size": 3, "length_penalty": 0.6}
+    texts = ["seven", "one hundred and twenty", "third"]
+    ref, tok = MarianMTModel.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+    got = translator.translate(texts)  # the model's 3 beams, length penalty 0.6
+    for text, result in zip(texts, got):
+        limit = 2 * len(tok(text)["input_ids"]) + 10  # mmkit's length rule, given to generate as max_new_tokens
+        expected = ref.generate(**tok([text], return_tensors="pt"), max_new_tokens=limit)[0, 1:].tolist()
+        assert result.tokens == [t for t in expected if t not in (0, pad)]
+    greedy = translator.translate(texts, translator.default_options(beam_size=1))
+    assert greedy == translator.translate(texts, TranslationOptions(beam_size=1, length_penalty=0.6))
+    with caplog.at_level(logging.INFO):
+        assert mmkit_main(["translate", *texts, "--model", str(directory)]) == 0
+    assert capsys.readouterr().out.splitlines() == [r.text for r in got]
+    assert "decoding with the model's own settings: beam_size 3, length_penalty 0.6" in caplog.text
+    export = load_translator(translator.export(tmp_path / "export"))
+    assert export.defaults == translator.defaults and export.translate(texts) == got
+    (directory / "generation_config.json").write_text(json.dumps({"num_beams": 0}))
+    with pytest.raises(TranslatorError, match="generation_config.json: a decoding setting mmkit cannot use"):
+        load_translator(directory)
