@@ -1,5 +1,6 @@
-"""Data: safe image decoding, class-folder and caption DataModules, audio manifests, tokenizers
-and the embedded offline datasets (scikit-learn digits, generated shapes, espeak-ng speech).
+"""Data: safe image decoding, class-folder and caption DataModules, audio manifests, one's own text for
+masked-LM pretraining and translation pairs, tokenizers and the embedded offline datasets (scikit-learn
+digits, generated shapes, espeak-ng speech).
 
 Names resolve lazily (PEP 562) so that importing one light module, e.g. `mmkit.data.images`
 from `mmkit label`, does not import Lightning, timm and scikit-learn with it.
@@ -21,5 +22,7 @@ _EXPORTS = {
                                   "read_manifest"],
     "mmkit.data.char_tokenizer": ["CharTokenizer", "normalize_text"],
     "mmkit.data.espeak_corpus": ["EspeakDataModule", "write_espeak_corpus"],
+    "mmkit.data.bert_text": ["MaskedLMDataModule"],
+    "mmkit.data.translation_pairs": ["TranslationPairsDataModule", "read_pairs_file"],
 }
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

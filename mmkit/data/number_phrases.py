@@ -9,20 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
-from typing import Any
 
-import pytorch_lightning as pl
-import torch
 from babel.dates import format_date
 from num2words import num2words
-from torch.utils.data import DataLoader
 
-from mmkit.data.sampling import order
-from mmkit.data.spm_tokenizer import BOS, PAD, SentencePieceTokenizer
+from mmkit.data.translation_batches import IGNORE_INDEX, SPLITS, TranslationCollate, TranslationDataModule
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "SPLITS", "NumberPhrasesDataModule", "TranslationCollate", "make_pairs", "split_of"]
 _FIRST_DAY, _DAYS = dt.date(1950, 1, 1), 100 * 365 + 24  # 1950-01-01 .. 2049-12-31
-SPLITS = ("train", "val", "test")
 
 
 def split_of(key: str) -> str:
@@ -65,24 +59,7 @@ def make_pairs(split: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
     raise ValueError(f"could not draw {n} distinct {split} pairs")
 
 
-class TranslationCollate:
-    """[(src ids, tgt ids)] -> src (B, S) padded, src_mask, tokens = BOS + tgt, targets = tgt
-    (tgt ends in EOS) with IGNORE_INDEX on padding."""
-
-    def __call__(self, batch: list[tuple[list[int], list[int], str, str]]) -> dict[str, Any]:
-        S, T = max(len(b[0]) for b in batch), max(len(b[1]) for b in batch)
-        src = torch.full((len(batch), S), PAD)
-        tokens = torch.full((len(batch), T), PAD)
-        targets = torch.full((len(batch), T), IGNORE_INDEX)
-        for i, (s, t, _, _) in enumerate(batch):
-            src[i, : len(s)] = torch.tensor(s)
-            tokens[i, : len(t)] = torch.tensor([BOS] + t[:-1])
-            targets[i, : len(t)] = torch.tensor(t)
-        return {"src": src, "src_mask": src != PAD, "tokens": tokens, "targets": targets,
-                "sources": [b[2] for b in batch], "references": [b[3] for b in batch]}
-
-
-class NumberPhrasesDataModule(pl.LightningDataModule):
+class NumberPhrasesDataModule(TranslationDataModule):
     """English -> German number/date phrases with a SentencePiece vocabulary trained on the
     training pairs (`tokenizer`, ids: pad 0, unk 1, bos 2, eos 3).
 
@@ -97,33 +74,7 @@ class NumberPhrasesDataModule(pl.LightningDataModule):
                  tokenizer: str | None = None, batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.tokenizer: SentencePieceTokenizer | None = None
-        self.pairs: dict[str, list[tuple[str, str]]] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.pairs:
-            return
+    def read_pairs(self) -> dict[str, list[tuple[str, str]]]:
         h = self.hparams
-        self.pairs = {s: make_pairs(s, n, h.seed) for s, n in zip(SPLITS, (h.n_train, h.n_val, h.n_test))}
-        if h.tokenizer:
-            self.tokenizer = SentencePieceTokenizer.load(h.tokenizer)
-        else:
-            self.tokenizer = SentencePieceTokenizer.train([t for p in self.pairs["train"] for t in p], h.vocab_size)
-
-    def _dataset(self, split: str) -> list[tuple[list[int], list[int], str, str]]:
-        tok = self.tokenizer
-        return [(tok.encode(en), tok.encode(de), en, de) for en, de in self.pairs[split]]
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self._dataset(split)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, **order(dataset, shuffle),
-                          num_workers=self.hparams.num_workers, collate_fn=TranslationCollate())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return {s: make_pairs(s, n, h.seed) for s, n in zip(SPLITS, (h.n_train, h.n_val, h.n_test))}
