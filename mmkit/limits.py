@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed: a user's seed is in [0, MAX_SEED]
+MAX_SAMPLES = 64  # sampled continuations of one prompt in one batch at most (each holds a KV cache)
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: a larger temperature or guidance is inf
 
 

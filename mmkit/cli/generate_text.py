@@ -16,6 +16,7 @@ from mmkit.cli.options import (
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.errors import print_error
+from mmkit.limits import MAX_SAMPLES
 
 log = logging.getLogger("mmkit")
 DEFAULT_NEW_TOKENS = 64  # without --max-new-tokens; at most half the model's context (a prompt needs room)
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="never repeat an n-gram of N tokens, prompt included (0 = off)")
     p.add_argument("--min-new-tokens", type=at_least(0), default=0, metavar="N",
                    help="no end of text before N new tokens (0)")
+    p.add_argument("--num-return-sequences", type=at_least(1, MAX_SAMPLES), default=1, metavar="N",
+                   help="N sampled continuations, drawn in one batch and printed one after another, a blank line "
+                        f"between (sampling only; 1 to {MAX_SAMPLES})")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", type=utf8_text,
                    help="end the continuation before TEXT (repeatable)")
     p.add_argument("--seed", type=seed, metavar="S", help="seed of the sampler, 0 to 2**64 - 1 (reproducible samples)")
@@ -74,6 +78,9 @@ def _run(args: argparse.Namespace) -> int:
                                     repetition_penalty=args.repetition_penalty, seed=args.seed,
                                     no_repeat_ngram_size=args.no_repeat_ngram_size,
                                     min_new_tokens=args.min_new_tokens)
+        if args.num_return_sequences > 1 and not options.sampling:
+            raise ValueError(f"--num-return-sequences {args.num_return_sequences} needs sampling (--temperature, "
+                             "--top-k or --top-p): greedy and beam decoding give the same continuation each time")
         if args.seed is not None and not options.sampling:
             log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
                         "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")
@@ -95,6 +102,11 @@ def _run(args: argparse.Namespace) -> int:
         show("…" + generator.tokenizer.decode(prompt.ids))
     else:
         show(args.prompt)
+    if args.num_return_sequences > 1:  # decoded together: printed when done, each after the prompt's echo
+        echo = "…" + generator.tokenizer.decode(prompt.ids) if prompt.note else args.prompt
+        texts = generator.samples(prompt, options, args.num_return_sequences, args.stop)
+        show(texts[0] + "\n" + "".join(f"\n{echo}{text}\n" for text in texts[1:]))
+        return 0
     try:
         generator.generate(prompt, options, args.stop, on_text=show)
     finally:

@@ -20,6 +20,7 @@ from mmkit.inference.inputs import as_items, text_items
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.inference.thread_stream import ThreadStream
+from mmkit.limits import MAX_SAMPLES
 from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
 
@@ -137,29 +138,45 @@ class TextGenerator:
         string, or several; "END" is one stop string, not E, N or D). `prompt` is a text, or `prepare_prompt`'s
         result for the same max_new_tokens (tokenized once, its note not logged)."""
         options = options or GenerationOptions()
+        stream = _TextStream([s for s in as_items(stop) if s], on_text)
+        text = self._continuations(prompt, options, stop, 1, stream.update if on_text else None)[0]
+        stream.finish(text)
+        return text
+
+    def samples(self, prompt: str | PromptTokens, options: GenerationOptions, n: int,
+                stop: str | Sequence[str] = ()) -> list[str]:
+        """`n` sampled continuations of `prompt`, drawn in one batch (transformers' `num_return_sequences`):
+        `options` must sample (temperature, top_k or top_p), as n greedy or beam continuations would be one
+        repeated; each is cut before its first stop string, as `generate`'s."""
+        if not options.sampling:
+            raise ValueError("several continuations need sampling (a temperature, top_k or top_p): greedy and beam "
+                             "decoding give the same one each time")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+            raise ValueError(f"the number of continuations must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
+        return self._continuations(prompt, options, stop, n)
+
+    def _continuations(self, prompt: str | PromptTokens, options: GenerationOptions, stop: str | Sequence[str],
+                       n: int, on_text: Callable[[str], None] | None = None) -> list[str]:
+        """`n` rows of the same prompt decoded together; `on_text` follows row 0's text as it grows."""
         ids = self._ids(prompt, options.max_new_tokens)
         P = len(ids)
         stops = [s for s in as_items(stop) if s]
-        stream = _TextStream(stops, on_text)
 
-        def text_of(tokens: Tensor) -> str:  # the generated text of row 0, up to EOS
-            new = tokens[0, P:].tolist()
+        def text_of(row: Tensor) -> str:  # the generated text of a row, up to EOS
+            new = row[P:].tolist()
             if self.eos_id is not None and self.eos_id in new:
                 new = new[: new.index(self.eos_id)]
             return self.tokenizer.decode(new)
 
         def stop_rows(tokens: Tensor) -> Tensor:
-            return torch.tensor([any(s in text_of(tokens) for s in stops)], device=tokens.device)
+            return torch.tensor([any(s in text_of(row) for s in stops) for row in tokens], device=tokens.device)
 
-        strategy = options.strategy(self.device)
         with self._autocast():
-            out = generate(self.model, torch.tensor([ids], device=self.device), options.max_new_tokens, strategy,
-                           eos_id=self.eos_id, pad_id=self.eos_id or 0,
+            out = generate(self.model, torch.tensor([ids] * n, device=self.device), options.max_new_tokens,
+                           options.strategy(self.device), eos_id=self.eos_id, pad_id=self.eos_id or 0,
                            logit_filters=options.filters(self.eos_id, P), stop=stop_rows if stops else None,
-                           on_step=(lambda tokens: stream.update(text_of(tokens))) if on_text else None)
-        text = _cut_at_stop(text_of(out.sequences[0][None]), stops)
-        stream.finish(text)
-        return text
+                           on_step=(lambda tokens: on_text(text_of(tokens[0]))) if on_text else None)
+        return [_cut_at_stop(text_of(row), stops) for row in out.sequences]
 
     def stream(self, prompt: str | PromptTokens, options: GenerationOptions | None = None,
                stop: str | Sequence[str] = ()) -> Iterator[str]:

@@ -84,6 +84,20 @@ def test_no_repeat_ngram_size_and_min_new_tokens_are_transformers(checkpoint, ca
     assert capsys.readouterr().out == prompt + tok.decode(ref) + "\n"
 
 
+def test_num_return_sequences_prints_each_continuation_after_the_prompt(checkpoint, capsys):
+    from mmkit.core import GenerationOptions
+    from mmkit.inference.text_generation import load_text_generator
+
+    directory, _, _ = checkpoint
+    assert main(["generate-text", "A dog", "--model", str(directory), "--max-new-tokens", "8", "--temperature",
+                 "1.3", "--seed", "5", "--num-return-sequences", "3"]) == 0
+    options = GenerationOptions(max_new_tokens=8, temperature=1.3, seed=5)
+    texts = load_text_generator(directory).samples("A dog", options, 3)
+    assert capsys.readouterr().out == "\n".join(f"A dog{t}\n" for t in texts)
+    assert main(["generate-text", "A dog", "--model", str(directory), "--num-return-sequences", "2"]) == 2
+    assert "--num-return-sequences 2 needs sampling" in capsys.readouterr().err
+
+
 def test_a_prompt_cut_to_the_context_is_echoed_as_the_model_reads_it(checkpoint, capsys, caplog):
     """A prompt longer than the context is cut to its end with a warning; the echo shows that end after "…"
     (it showed the whole prompt, before a continuation of text the model never saw)."""

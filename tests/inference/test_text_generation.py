@@ -185,3 +185,19 @@ def test_the_cli_and_the_api_refuse_impossible_lengths():
         GenerationOptions(max_new_tokens=8, min_new_tokens=9)
     with pytest.raises(ValueError, match="no_repeat_ngram_size must be >= 0"):
         GenerationOptions(no_repeat_ngram_size=-1)
+
+
+def test_samples_are_several_continuations_drawn_together(hf_dir):
+    directory, _, _ = hf_dir
+    generator = load_text_generator(directory)
+    options = GenerationOptions(max_new_tokens=12, temperature=1.5, seed=3)
+    texts = generator.samples("The cat sees", options, 4)
+    assert len(texts) == 4 and len(set(texts)) > 1  # other draws, one batch
+    assert generator.samples("The cat sees", options, 4) == texts  # the seed reproduces them
+    stop = next(t for t in texts if len(t) > 6)[3:5]
+    cut = generator.samples("The cat sees", options, 4, stop=[stop])
+    assert [t[: t.find(stop)] if stop in t else t for t in texts] == cut  # each row cut at its own stop
+    with pytest.raises(ValueError, match="several continuations need sampling"):
+        generator.samples("The cat sees", GenerationOptions(max_new_tokens=4), 2)
+    with pytest.raises(ValueError, match=r"must be an integer in \[1, 64\]"):
+        generator.samples("The cat sees", options, 0)
