@@ -270,6 +270,19 @@ def test_a_longer_resumed_run_follows_its_own_schedule(workdir, caplog):
     assert "resumed at step 2: learning rate 0.0015 (the checkpoint's 0)" in caplog.text
 
 
+def test_a_resume_with_nothing_left_to_train_leaves_the_export(workdir, caplog):
+    """Resumed with the max_epochs it already reached, a run trains no step: it exported the same weights again
+    (global_step, restored, was not 0), against "a fit without a training step leaves an earlier export"."""
+    run = workdir / "done"
+    assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(run)]) == 0
+    stamp = (run / "export" / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level(logging.WARNING):
+        assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(run), "--ckpt_path",
+                     "last"]) == 0
+    assert "no training step ran: nothing exported" in caplog.text
+    assert (run / "export" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
 def test_a_run_resumed_from_a_file_keeps_the_model_options_given(workdir, caplog):
     """Lightning re-reads `--ckpt_path FILE`'s hyper-parameters over the command line's: resumed into another
     folder, the run exported over the first run's export, and a new learning rate or weight decay was dropped

@@ -96,7 +96,7 @@ class ModelTask:
         if self.trainer.fast_dev_run:
             log.info("fast_dev_run: nothing exported (%s left as it is)", folder)
             return None
-        if self.trainer.global_step == 0:
+        if self.trainer.global_step == getattr(self, "_first_step", 0):  # (a resume past its max_epochs too)
             log.warning("no training step ran: nothing exported (%s left as it is)", folder)
             return None
         bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
@@ -133,8 +133,10 @@ class ModelTask:
         if {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in mine.items()}:
             _restore_training_buffers(self.model, checkpoint.get(BUFFERS_KEY))  # type: ignore[attr-defined]
             trainer = getattr(self, "_trainer", None)
-            if trainer is not None and trainer.state.fn == "fit":  # a resume draws what the run would have drawn
-                set_rng_states(_this_ranks(checkpoint.get(RNG_KEY), trainer))  # (the sanity check: RNG-isolated)
+            if trainer is not None and trainer.state.fn == "fit":  # a resume
+                self._first_step = checkpoint.get("global_step", 0)  # `export_folder`: did this run train?
+                # it draws what the run would have drawn (Lightning's sanity check then runs RNG-isolated)
+                set_rng_states(_this_ranks(checkpoint.get(RNG_KEY), trainer))
             return
         ours = getattr(self.model, "config", {})  # type: ignore[attr-defined]
         theirs = record["config"]
