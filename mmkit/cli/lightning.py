@@ -287,8 +287,10 @@ def summarise_parse_error(message: str) -> str:
                 break
             nested.append(line.strip())
         detail = nested[-1] if nested else ""
+    given = next((line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("Given value:")), "")
+    if "- Expected a <class 'list'>" in message and given and option:  # one value for a list (`files a.txt`)
+        detail = f"a list is expected, not {given!r}: give --{option} '[{given}]'"
     if not detail:
-        given = next((line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("Given value:")), "")
         detail = f"invalid value {given!r}" if given else lines[1].strip()
     detail = re.sub(r"<class '(\w+)'>", r"\1", detail)
     return f"--{option}: {detail}" if option else detail

@@ -26,6 +26,9 @@ from mmkit.data.speech_batches import (  # noqa: F401 - IGNORE_INDEX, read_manif
 
 log = logging.getLogger(__name__)
 _SUMMARY_LISTED = 5  # left-out utterances named in a split's warning
+_NO_TOKENIZER = ("no tokenizer encodes {what}: give --data.init_args.tokenizer (a trained run's "
+                 "export_dir/tokenizer.json), --data.init_args.train_manifest to build one from its transcripts, or "
+                 "--ckpt_path of a run trained on its own tokenizer")
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -92,6 +95,15 @@ class AudioManifestDataModule(pl.LightningDataModule):
             self._tokenizer = self._load_or_build_tokenizer()
         return self._tokenizer
 
+    @property
+    def tokenizer_origin(self) -> str | None:
+        """Where `tokenizer` comes from: "given" (read from the `tokenizer` option), "built" (from the training
+        transcripts) or None: neither, and a model trained from scratch encodes with its checkpoint's
+        (`SpeechRecognizer` reads it from the checkpoint it resumes or tests)."""
+        if self.tokenizer_source:
+            return "given"
+        return "built" if self.manifests["train"] else None
+
     def _load_or_build_tokenizer(self) -> Any:
         from mmkit.data.char_tokenizer import TOKENIZER_FILE, CharTokenizer
 
@@ -109,8 +121,8 @@ class AudioManifestDataModule(pl.LightningDataModule):
 
             return WhisperTokenizer.from_dir(path)
         if not self.manifests["train"]:
-            raise ValueError("building a tokenizer needs train_manifest (or pass tokenizer=PATH)")
-        texts = [e.text for e in read_manifest(self.manifests["train"])]
+            raise ValueError(_NO_TOKENIZER.format(what="the data"))
+        texts = [e.text for e in read_manifest(self.manifests["train"], "train_manifest")]
         tok = CharTokenizer.build(texts, self.tokenizer_type, self.bpe_vocab_size)
         log.info("built a %s tokenizer from %d transcripts: %d tokens", tok.kind, len(texts), tok.vocab_size)
         return tok
@@ -140,8 +152,9 @@ class AudioManifestDataModule(pl.LightningDataModule):
             if not self.manifests[name]:
                 if name == "val":
                     return []
-                raise ValueError(f"{name}_dataloader needs {name}_manifest")
-            self.entries[name] = self._usable(name, read_manifest(self.manifests[name]))
+                raise ValueError(f"{name}_dataloader needs {name}_manifest: give --data.init_args.{name}_manifest "
+                                 "(a .csv or .jsonl file that lists the clips)")
+            self.entries[name] = self._usable(name, read_manifest(self.manifests[name], f"{name}_manifest"))
         return self.entries[name]
 
     def _usable(self, name: str, entries: list[ManifestEntry]) -> list[ManifestEntry]:
@@ -231,6 +244,12 @@ class AudioManifestDataModule(pl.LightningDataModule):
         return batch
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        if self.collator is None and self._tokenizer is None and self.tokenizer_origin is None:
+            if not self.manifests[name]:
+                self.split(name)  # "test_dataloader needs test_manifest" (and no validation without one)
+                return DataLoader([])
+            read_manifest(self.manifests[name], f"{name}_manifest")  # a missing, folder or malformed one said first
+            raise ValueError(_NO_TOKENIZER.format(what=f"{name}_manifest {self.manifests[name]}"))
         if self.collator is None:
             raise RuntimeError("call configure_inputs(...) first (SpeechRecognizer.setup does)")
         entries = self.split(name)

@@ -148,11 +148,14 @@ def iter_documents(paths: Sequence[str | Path], text_key: str = "text") -> Itera
 
     Raises:
         FileNotFoundError: a path does not exist.
+        IsADirectoryError: a path is a folder (`files` lists files).
         ValueError: no paths, a suffix other than .txt/.jsonl, or (at the end) no document at all.
     """
     if not paths:
         raise ValueError("no text files given (files is empty): list at least one .txt or .jsonl file")
     for path in map(Path, paths):
+        if path.is_dir():
+            raise IsADirectoryError(f"--data.init_args.files: {path} is a folder, not a text file: {_listed(path)}")
         if not path.is_file():
             raise FileNotFoundError(f"text file not found: {path}")
         if path.suffix not in TEXT_SUFFIXES:
@@ -168,6 +171,18 @@ def iter_documents(paths: Sequence[str | Path], text_key: str = "text") -> Itera
         bad.done()
     if not found:
         raise ValueError(f"no text in {', '.join(map(str, paths))}")
+
+
+def _listed(folder: Path) -> str:
+    """What to give instead of `folder` in `files`: its text files, listed (the first two, as an example)."""
+    try:
+        found = sorted(str(p) for p in folder.iterdir() if p.suffix in TEXT_SUFFIXES and p.is_file())
+    except OSError:
+        found = []
+    if not found:
+        return f"list the {' or '.join(TEXT_SUFFIXES)} files to read (it holds none)"
+    more = ", ..." if len(found) > 2 else ""
+    return f"list the files to read instead, e.g. --data.init_args.files '[{', '.join(found[:2])}{more}]'"
 
 
 def read_documents(paths: Sequence[str | Path], text_key: str = "text") -> list[str]:

@@ -34,21 +34,28 @@ class ManifestEntry:
     extra: dict[str, Any] = field(default_factory=dict)  # other manifest fields (voice, speaker, ...)
 
 
-def read_manifest(path: str | Path) -> list[ManifestEntry]:
+def read_manifest(path: str | Path, option: str | None = None) -> list[ManifestEntry]:
     """Entries of a `.csv` (header with `path`, `text`) or `.jsonl` manifest (UTF-8, with or
     without a byte-order mark, as Excel's "CSV UTF-8" writes). An optional `duration` field must
     be a finite number of seconds >= 0; it is checked, not trusted (`AudioManifestDataModule`
-    reads durations from the audio headers).
+    reads durations from the audio headers). `option` (e.g. "train_manifest") names the data option
+    that gave `path` in the messages of a path that is missing or a folder.
 
     Raises:
         FileNotFoundError: no manifest at `path`.
+        IsADirectoryError: `path` is a folder.
         ValueError: (one line naming the file and line or entry) text that is not UTF-8, a
             malformed CSV/JSON line, a row without `path` or `text`, a bad `duration`, or an
             unknown extension.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        where = f"--data.init_args.{option} {path}" if option else f"manifest {path}"
+        raise IsADirectoryError(f"{where} is a folder, not a manifest: give a .csv or .jsonl file that lists the "
+                                "clips (path and text of each)")
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise FileNotFoundError(f"--data.init_args.{option} {path}: no such file" if option
+                                else f"manifest not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".json"):
         raise ValueError(f"{path}: manifests are .csv or .jsonl files")

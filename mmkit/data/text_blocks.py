@@ -20,7 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from mmkit.data.corpora import corpus_texts, is_held_out
+from mmkit.data.corpora import CORPORA, corpus_texts, is_held_out
 from mmkit.data.documents import MAX_WARNINGS, iter_documents, read_documents
 from mmkit.data.gpt_tokenizer import TOKENIZER_FILE, ByteBPETokenizer
 from mmkit.data.sampling import order
@@ -206,8 +206,13 @@ class TextBlocksDataModule(pl.LightningDataModule):
         text_key: str = "text",
     ) -> None:
         super().__init__()
-        if (files is None) == (corpus is None):
-            raise ValueError("give either files or corpus")
+        if files is not None and corpus is not None:  # the recipe's corpus kept beside the files given
+            raise ValueError(f"give either files or corpus, not both (--data.init_args.files {files}, "
+                             f"--data.init_args.corpus {corpus}): add --data.init_args.corpus null to train on the "
+                             "files")
+        if files is None and corpus is None:
+            raise ValueError(f"give either files or corpus: --data.init_args.files '[FILE.txt, ...]' (.txt or .jsonl) "
+                             f"or --data.init_args.corpus {' or '.join(CORPORA)}")
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if tokenizer and Path(tokenizer).expanduser().exists() and not Path(tokenizer).expanduser().is_dir():

@@ -60,6 +60,16 @@ class CLIPTask(ModelTask, pl.LightningModule):
         for tower in self.locked:
             tower.requires_grad_(False)
 
+    def setup(self, stage: str) -> None:
+        """Refuse captions tokenized longer than the text tower's learned positions, before the run starts: the
+        first batch failed mid-run with "sequence of 77 positions exceeds max_len 16", naming neither option."""
+        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        length, max_len = getattr(tokenizer, "context_length", None), self.model.context_length
+        if isinstance(length, int) and length > max_len:
+            raise ValueError(f"--data.init_args.context_length {length} exceeds the text tower's max_len {max_len} "
+                             "(--model.init_args.model.init_args.text.init_args.max_len): give a context_length of "
+                             f"at most {max_len}, or a text tower with max_len {length} or more")
+
     def train(self, mode: bool = True) -> "CLIPTask":
         super().train(mode)
         for tower in self.locked:  # a locked tower also keeps its eval behaviour (drop path off)

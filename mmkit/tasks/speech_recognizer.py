@@ -27,7 +27,7 @@ from mmkit.data.audio_manifest import IGNORE_INDEX
 from mmkit.data.char_tokenizer import CharTokenizer, normalize_text
 from mmkit.inference.speech_checkpoints import load_speech_model, save_speech_checkpoint
 from mmkit.models.whisper import Whisper
-from mmkit.tasks.model_task import ModelTask
+from mmkit.tasks.model_task import MODEL_KEY, ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,11 @@ class SpeechRecognizer(ModelTask, pl.LightningModule):
         if (model is None) == (checkpoint is None):
             raise ValueError("give either model (train from scratch) or checkpoint (fine-tune), not both")
         self.tokenizer: Any = None
+        # where the tokenizer comes from: "checkpoint" (`checkpoint`'s), else set at setup from the data's
+        # `tokenizer_origin`: "given" (its tokenizer option), "built" (from its train_manifest) or None (neither)
+        self._tokenizer_origin: str | None = None
         if checkpoint is not None:
+            self._tokenizer_origin = "checkpoint"
             model, self.tokenizer = load_speech_model(checkpoint)
             model.train()
         self.model: Whisper = model
@@ -84,19 +88,25 @@ class SpeechRecognizer(ModelTask, pl.LightningModule):
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         if self.tokenizer is None:  # from scratch: the data's tokenizer defines the vocabulary
+            self._tokenizer_origin = getattr(dm, "tokenizer_origin", "given")
+            if self._tokenizer_origin is None:  # the data has none: the checkpoint's (`on_load_checkpoint`), if any
+                return
             self.tokenizer = dm.tokenizer
             self._fit_vocabulary(len(self.tokenizer))
+        self._configure_data(dm)
+
+    def _configure_data(self, dm: Any) -> None:
         if self.hparams.ctc_weight > 0 and not isinstance(self.tokenizer, CharTokenizer):
             raise ValueError("ctc_weight needs a character/BPE tokenizer (its <|pad|> token is the CTC blank)")
         if hasattr(dm, "configure_inputs"):
             dm.configure_inputs(self.tokenizer, self.prompt, self.model.n_mels, self.n_samples,
                                 max_tokens=self.model.n_text_ctx + 1)  # + 1: the last target is not an input
 
-    def _fit_vocabulary(self, vocab_size: int) -> None:
+    def _fit_vocabulary(self, vocab_size: int, whose: str = "the data tokenizer's") -> None:
         if self.model.vocab_size == vocab_size:
             return
         # The vocabulary is data-determined: rebuild the (untrained) model at the tokenizer's size.
-        log.info("Whisper vocab_size %d -> %d (the data tokenizer's)", self.model.vocab_size, vocab_size)
+        log.info("Whisper vocab_size %d -> %d (%s)", self.model.vocab_size, vocab_size, whose)
         self.model = Whisper(**{**self.model.config, "vocab_size": vocab_size})
 
     @property
@@ -193,14 +203,75 @@ class SpeechRecognizer(ModelTask, pl.LightningModule):
             checkpoint["char_tokenizer"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)  # the model's record against this model (`ModelTask`)
+        """Resuming or testing a model trained from scratch encodes with the tokenizer it was trained with, which
+        its checkpoint records: used where the data gives none or builds its own from a train_manifest (whose
+        alphabet may differ), refused in one line naming the option where the data's `tokenizer` is another."""
         saved = checkpoint.get("char_tokenizer")
-        if saved is not None and isinstance(self.tokenizer, CharTokenizer) and self.tokenizer.to_str() != saved:
-            from tokenizers import Tokenizer
+        if saved is not None:
+            self._use_saved_tokenizer(saved)
+        else:
+            self._check_data_vocabulary(checkpoint)
+        super().on_load_checkpoint(checkpoint)  # the model's record against this model (`ModelTask`)
 
-            if CharTokenizer(Tokenizer.from_str(saved)) != self.tokenizer:
-                raise ValueError("the checkpoint was trained with a different tokenizer than the data builds now; "
-                                 "pass the exported tokenizer.json as data.tokenizer")
+    def _use_saved_tokenizer(self, saved: str) -> None:
+        if isinstance(self.tokenizer, CharTokenizer) and self.tokenizer.to_str() == saved:
+            return
+        from tokenizers import Tokenizer
+
+        theirs = CharTokenizer(Tokenizer.from_str(saved))
+        if theirs == self.tokenizer:
+            return
+        if self.tokenizer is not None and self._tokenizer_origin != "built":
+            mine = len(self.tokenizer)
+            size = f"{len(theirs)} tokens" + (f", the data's {mine}" if len(theirs) != mine else ", another alphabet")
+            fix = {"given": "give that run's (its export_dir's tokenizer.json), or leave the option out to use the "
+                            "checkpoint's",
+                   "checkpoint": "give the --model.init_args.checkpoint it was fine-tuned from, or another checkpoint"
+                   }.get(self._tokenizer_origin, "give that run's as --data.init_args.tokenizer")
+            raise ValueError(f"the checkpoint was trained with a different tokenizer than {self._tokenizer_option()} "
+                             f"({size}): {fix}")
+        trainer = getattr(self, "_trainer", None)
+        if len(theirs) != self.model.vocab_size and getattr(trainer, "strategy", None) is not None and \
+                trainer.strategy.restore_checkpoint_after_setup:  # the model is wrapped already: too late to resize
+            raise ValueError(f"the checkpoint was trained with a different tokenizer than {self._tokenizer_option()} "
+                             f"({len(theirs)} tokens): give that run's (its export_dir's tokenizer.json) as "
+                             "--data.init_args.tokenizer")
+        if self.tokenizer is not None:
+            log.info("the checkpoint's tokenizer (%d tokens) encodes the data, not the one built from train_manifest "
+                     "(%d tokens)", len(theirs), len(self.tokenizer))
+        self.tokenizer = theirs
+        self._fit_vocabulary(len(theirs), "the checkpoint's tokenizer's")
+        dm = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        if dm is not None:
+            self._configure_data(dm)
+
+    def _check_data_vocabulary(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint without the tokenizer's record (a fine-tune of a Whisper checkpoint, or saved before the
+        record): the data's tokenizer must be the size its model was trained with."""
+        dm = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        if dm is None or self._tokenizer_origin == "checkpoint":
+            return
+        record = checkpoint.get(MODEL_KEY)
+        theirs = record.get("config", {}).get("vocab_size") if isinstance(record, dict) else None
+        if self.tokenizer is None:
+            raise ValueError("the checkpoint records no tokenizer and the data gives none: give the one it was "
+                             "trained with as --data.init_args.tokenizer (its run's export_dir/tokenizer.json)")
+        if isinstance(theirs, int) and theirs != len(self.tokenizer):
+            raise ValueError(f"{self._tokenizer_option()} has {len(self.tokenizer)} tokens, the checkpoint's model "
+                             f"{theirs}: give the tokenizer it was trained with as --data.init_args.tokenizer (its "
+                             "run's export_dir/tokenizer.json)")
+
+    def _tokenizer_option(self) -> str:
+        """Where this run's tokenizer comes from, in messages: the option that gave it, where one did."""
+        dm = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        source = getattr(dm, "tokenizer_source", None)
+        if self._tokenizer_origin == "given" and source:
+            return f"--data.init_args.tokenizer {source}"
+        if self._tokenizer_origin == "built":
+            return "the tokenizer built from train_manifest"
+        if self._tokenizer_origin == "checkpoint":
+            return f"--model.init_args.checkpoint {self.hparams.checkpoint}'s"
+        return "the data's tokenizer"
 
     def export(self, directory: str | Path) -> Path:
         """Write the model and its tokenizer for `mmkit.inference.load_speech_model` (`mmkit transcribe

@@ -60,6 +60,35 @@ def test_read_manifest_errors(tmp_path):
         read_manifest(tmp_path / "m.txt")
 
 
+def test_a_folder_or_missing_file_given_as_a_manifest_names_the_option(tmp_path):
+    """A folder was "manifest not found: DIR"; the DataModule's messages name the option that gave it."""
+    with pytest.raises(IsADirectoryError, match=f"^manifest {tmp_path} is a folder, not a manifest: give a .csv"):
+        read_manifest(tmp_path)
+    with pytest.raises(IsADirectoryError, match=f"^--data.init_args.train_manifest {tmp_path} is a folder, not a "
+                                                "manifest: give a .csv or .jsonl file that lists the clips"):
+        AudioManifestDataModule(train_manifest=str(tmp_path)).tokenizer
+    dm = AudioManifestDataModule(test_manifest=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(FileNotFoundError, match="^--data.init_args.test_manifest .*nope.jsonl: no such file$"):
+        dm.test_dataloader()
+
+
+def test_without_a_tokenizer_option_or_train_manifest_the_message_names_the_options(clips):
+    """Nothing to read or build a tokenizer from (`mmkit test` with a test_manifest alone and no checkpoint that
+    records one): which options give it, not "building a tokenizer needs train_manifest"."""
+    dm = AudioManifestDataModule(test_manifest=str(clips / "train.jsonl"))
+    assert dm.tokenizer_origin is None
+    assert AudioManifestDataModule(train_manifest=str(clips / "train.jsonl")).tokenizer_origin == "built"
+    assert AudioManifestDataModule(tokenizer=str(clips / "tok"), test_manifest="t.csv").tokenizer_origin == "given"
+    expected = ("^no tokenizer encodes {}: give --data.init_args.tokenizer \\(a trained run's "
+                "export_dir/tokenizer.json\\), --data.init_args.train_manifest to build one")
+    with pytest.raises(ValueError, match=expected.format("the data")):
+        dm.tokenizer
+    with pytest.raises(ValueError, match=expected.format(f"test_manifest {clips / 'train.jsonl'}")):
+        dm.test_dataloader()
+    with pytest.raises(ValueError, match="^train_dataloader needs train_manifest: give --data.init_args.train_manif"):
+        dm.train_dataloader()
+
+
 # --- length bucketing ---------------------------------------------------------------------------
 
 def test_bucketing_covers_everything_once_and_groups_similar_lengths():

@@ -40,8 +40,21 @@ def test_documents_from_txt_and_jsonl_skip_bad_rows_and_files(tmp_path, caplog):
         read_documents([tmp_path / "a.txt", _touch(tmp_path / "c.csv")])
     with pytest.raises(FileNotFoundError):
         read_documents([tmp_path / "missing.txt"])
+    # a folder given in `files` was "text file not found: DIR": it says so, and lists what to give instead
+    with pytest.raises(IsADirectoryError, match=re.escape(f"--data.init_args.files: {tmp_path} is a folder, not a text "
+                                                          f"file: list the files to read instead, e.g. --data.init_args"
+                                                          f".files '[{tmp_path / 'a.txt'}, {tmp_path / 'b.jsonl'}, "
+                                                          "...]'")):
+        read_documents([tmp_path])
+    with pytest.raises(IsADirectoryError, match=r"it holds none\)$"):
+        read_documents([_folder(tmp_path / "empty")])
     with pytest.raises(ValueError, match="no text"):
         read_documents([tmp_path / "blank.txt"])
+
+
+def _folder(path):
+    path.mkdir()
+    return path
 
 
 def _touch(path):
@@ -107,8 +120,14 @@ def test_a_tokenizer_trained_on_other_texts_is_said_when_reused(tmp_path, caplog
 
 
 def test_datamodule_arguments_are_checked():
-    with pytest.raises(ValueError, match="either files or corpus"):
+    with pytest.raises(ValueError, match="^give either files or corpus: --data.init_args.files '\\[FILE.txt, ...\\]' "
+                                         "\\(.txt or .jsonl\\) or --data.init_args.corpus fortunes or wordnet$"):
         TextBlocksDataModule()
+    # files given on the command line while the recipe keeps its corpus: how to drop the corpus
+    with pytest.raises(ValueError, match=re.escape("give either files or corpus, not both (--data.init_args.files "
+                                                   "['a.txt'], --data.init_args.corpus fortunes): add "
+                                                   "--data.init_args.corpus null to train on the files")):
+        TextBlocksDataModule(files=["a.txt"], corpus="fortunes")
     with pytest.raises(ValueError, match="unknown corpus"):
         TextBlocksDataModule(corpus="nope").setup("fit")
 

@@ -231,3 +231,26 @@ def test_recipe_monitoring_zeroshot_acc_follows_val_loss_on_data_without_zero_sh
     trainer(tmp_path, enable_checkpointing=True, callbacks=[ZeroShotEvaluation(), kept]).fit(
         CLIPTask(tiny_clip()), shapes())
     assert kept.monitor == "val/zeroshot_acc" and kept.best_model_score is not None
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+def test_recipe_refuses_a_context_length_past_the_text_towers_max_len_at_setup(tmp_path, monkeypatch, capsys):
+    """`--data.init_args.context_length 77` with the recipe's 16-position text tower: one line naming both
+    options when the run sets up, not "sequence of 77 positions exceeds max_len 16" from the first step."""
+    from pathlib import Path
+
+    from mmkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = str(Path(__file__).resolve().parents[2] / "configs" / "clip_shapes.yaml")
+    towers = "--model.init_args.model.init_args."
+    tiny = [arg for tower in ("visual", "text") for key, value in (("dim", "32"), ("depth", "1"), ("num_heads", "2"))
+            for arg in (f"{towers}{tower}.init_args.{key}", value)]
+    code = main(["fit", "--config", recipe, *tiny, "--data.init_args.context_length", "77",
+                 "--data.init_args.num_workers", "0", "--trainer.fast_dev_run", "true",
+                 "--trainer.default_root_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err == ("mmkit fit: error: --data.init_args.context_length 77 exceeds the text tower's max_len 16 "
+                   "(--model.init_args.model.init_args.text.init_args.max_len): give a context_length of at most 16, "
+                   "or a text tower with max_len 77 or more\n"), err

@@ -50,3 +50,36 @@ def test_recipe_learns_checkpoints_and_exports(tmp_path, monkeypatch, capsys):
 
     continuation = load_text_generator(run / "export").generate("The cat", GenerationOptions(max_new_tokens=8))
     assert continuation.strip() and capsys.readouterr().out == "The cat" + continuation + "\n"
+
+
+@pytest.mark.parametrize("files, corpus, message", [
+    ("[{corpus}]", [], "give either files or corpus, not both (--data.init_args.files ['{corpus}'], "
+                       "--data.init_args.corpus fortunes): add --data.init_args.corpus null to train on the files"),
+    ("[{folder}]", ["null"], "--data.init_args.files: {folder} is a folder, not a text file: list the files to read "
+                             "instead, e.g. --data.init_args.files '[{corpus}]'"),
+], ids=["recipe-corpus-kept", "folder"])
+def test_own_text_that_cannot_be_read_is_one_line_naming_the_fix(tmp_path, monkeypatch, capsys, files, corpus,
+                                                                  message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    text = tmp_path / "texts" / "a.txt"
+    text.write_text("\n\n".join(tiny_corpus(20)))
+    names = {"corpus": text, "folder": tmp_path / "texts"}
+    extra = [DATA + "corpus", *corpus] if corpus else []
+    code = main(["fit", "--config", RECIPE, GPT + "max_len", "32", GPT + "dim", "32", GPT + "depth", "1",
+                 DATA + "files", files.format(**names), *extra, DATA + "block_size", "16",
+                 "--trainer.fast_dev_run", "true"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"mmkit fit: error: {message.format(**names)}\n", err
+
+
+def test_one_file_given_for_the_files_list_says_a_list_is_expected(tmp_path, monkeypatch, capsys):
+    """`--data.init_args.files a.txt` was jsonargparse's "Given value: a.txt"; needs `summarise_parse_error` in
+    mmkit/cli/lightning.py to name the type wanted."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", RECIPE, DATA + "corpus", "null", DATA + "files", "a.txt"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("mmkit fit: error: --data.init_args.files: a list is expected, not 'a.txt': give "
+                          "--data.init_args.files '[a.txt]' (mmkit fit --help"), err

@@ -186,7 +186,8 @@ def test_needs_exactly_one_of_model_and_checkpoint(trained):
 
 
 def test_resuming_with_another_tokenizer_is_refused(trained):
-    task, _, _ = trained
+    _, _, export = trained
+    task = SpeechRecognizer(checkpoint=str(export))  # a fine-tune: the tokenizer is its checkpoint's
     saved: dict = {}
     task.on_save_checkpoint(saved)
     task.on_load_checkpoint(saved)  # the same tokenizer: fine
@@ -211,3 +212,106 @@ def test_ctc_auxiliary_loss_aligns_transcripts_with_the_blank_as_pad(trained):
         torch.testing.assert_close(got, torch.stack(expected).mean())
         mixed = task._loss(batch, batch["mel"], 0.0, ctc_weight=0.5)
         torch.testing.assert_close(mixed, 0.5 * task._loss(batch, batch["mel"], 0.0) + 0.5 * got)
+
+
+# --- the recipe (configs/whisper_espeak.yaml) on one's own manifests, in-process through `mmkit` ---------------
+
+RECIPE = str(Path(__file__).resolve().parents[2] / "configs" / "whisper_espeak.yaml")
+DATA = "--data.init_args."
+RECIPE_TINY = [arg for key, value in TINY.items() for arg in (f"--model.init_args.model.init_args.{key}", str(value))]
+
+
+def _recipe(root: Path, *args: str) -> list[str]:
+    """The recipe on an `AudioManifestDataModule`, shrunk to `TINY`, writing into `root`."""
+    return ["--config", RECIPE, "--data", "mmkit.data.AudioManifestDataModule", *RECIPE_TINY, DATA + "batch_size", "4",
+            "--trainer.default_root_dir", str(root), "--model.init_args.export_dir", str(root / "export"),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *args]
+
+
+@pytest.fixture(scope="module")
+def recipe_run(clips, tmp_path_factory) -> Path:
+    """The folder of a 2-step `mmkit fit` of the recipe on the four clips (checkpoints/last.ckpt)."""
+    import warnings
+
+    from mmkit.cli import main
+
+    root = tmp_path_factory.mktemp("recipe")
+    manifest = str(clips / "train.jsonl")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter")
+            assert main(["fit", *_recipe(root, DATA + "train_manifest", manifest, "--trainer.max_steps", "2",
+                                         "--trainer.limit_val_batches", "0")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    return root
+
+
+def _other_alphabet(tmp_path: Path, clips: Path) -> Path:
+    """A manifest of the clips whose transcripts have letters the recipe run's never had (z, q, x, ...)."""
+    rows = [{"path": str(clips / "audio" / f"{i}.wav"), "text": text}
+            for i, text in enumerate(["red dog", "zebra quux", "old cat", "vex jumps"])]
+    (tmp_path / "other.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "other.jsonl"
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+def test_testing_a_checkpoint_encodes_with_the_tokenizer_it_records(recipe_run, clips, tmp_path, caplog):
+    """`mmkit test` with a test_manifest alone ("building a tokenizer needs train_manifest"), or with a
+    train_manifest of another alphabet ("it has vocab_size 18 (here 27); give the sizes it was trained with"):
+    the checkpoint's own tokenizer encodes the data."""
+    import logging
+
+    from mmkit.cli import main
+
+    ckpt = str(recipe_run / "checkpoints" / "last.ckpt")
+    caplog.set_level(logging.INFO, logger="mmkit")
+    assert main(["test", *_recipe(tmp_path, DATA + "test_manifest", str(clips / "train.jsonl"),
+                                  "--ckpt_path", ckpt)]) == 0
+    assert "(the checkpoint's tokenizer's)" in caplog.text
+    caplog.clear()
+    assert main(["test", *_recipe(tmp_path, DATA + "train_manifest", str(_other_alphabet(tmp_path, clips)),
+                                  DATA + "test_manifest", str(clips / "train.jsonl"), "--ckpt_path", ckpt)]) == 0
+    assert "the checkpoint's tokenizer (" in caplog.text and "not the one built from train_manifest" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+def test_resuming_on_transcripts_of_another_alphabet_keeps_the_checkpoints_tokenizer(recipe_run, clips, tmp_path,
+                                                                                     caplog):
+    import logging
+    import shutil
+
+    from mmkit.cli import main
+
+    ckpt = shutil.copy(recipe_run / "checkpoints" / "last.ckpt", tmp_path / "resume.ckpt")
+    caplog.set_level(logging.INFO, logger="mmkit")
+    assert main(["fit", *_recipe(tmp_path, DATA + "train_manifest", str(_other_alphabet(tmp_path, clips)),
+                                 "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
+                                 "--ckpt_path", str(ckpt))]) == 0
+    assert "not the one built from train_manifest" in caplog.text
+    assert "train: left out 2 of 4 utterances" in caplog.text  # 'zebra quux', 'vex jumps': not its alphabet
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+def test_a_tokenizer_option_or_manifest_that_cannot_be_used_is_one_line(recipe_run, clips, tmp_path, capsys):
+    from mmkit.cli import main
+
+    other = CharTokenizer.build(["zebra quux"]).save(tmp_path / "other_tokenizer")
+    test = [DATA + "test_manifest", str(clips / "train.jsonl")]
+    cases = [
+        ([DATA + "tokenizer", str(other), *test, "--ckpt_path", str(recipe_run / "checkpoints" / "last.ckpt")],
+         f"mmkit test: error: the checkpoint was trained with a different tokenizer than --data.init_args.tokenizer "
+         f"{other} ("),
+        (test, f"mmkit test: error: no tokenizer encodes test_manifest {clips / 'train.jsonl'}: give "
+               "--data.init_args.tokenizer (a trained run's export_dir/tokenizer.json)"),
+        ([DATA + "test_manifest", str(tmp_path)],
+         f"mmkit test: error: --data.init_args.test_manifest {tmp_path} is a folder, not a manifest: give a .csv or "
+         ".jsonl file"),
+    ]
+    for args, message in cases:
+        code = main(["test", *_recipe(tmp_path, *args)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith(message), err
