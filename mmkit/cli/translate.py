@@ -238,7 +238,8 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
     translator = load_translator(args.model, args.prefix, device, args.quantize, args.precision)
     options = translator.default_options(**given)
-    taken = {k: v for k, v in translator.defaults.items() if given.get(k) is None}
+    taken = {k: v for k, v in translator.defaults.items() if given.get(k) is None
+             and (k == "beam_size" or options.beam_size > 1)}  # a greedy run uses no beam setting
     if taken and ranks.first:
         log.info("decoding with the model's own settings: %s (%s)", ", ".join(f"{k} {v}" for k, v in taken.items()),
                  " ".join(f"--{k.replace('_', '-')} ..." for k in taken) + " to choose others")

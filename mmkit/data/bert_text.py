@@ -22,7 +22,7 @@ from mmkit.data.corpora import (
     wordnet_synsets,
 )
 from mmkit.data.documents import TEXT_SUFFIXES, iter_documents
-from mmkit.data.text_blocks import other_texts, record_vocab_size, saved_vocab_mismatch
+from mmkit.data.text_blocks import files_source, other_texts, record_vocab_size, saved_vocab_mismatch
 from mmkit.data.token_rows import TokenRows, windows
 
 log = logging.getLogger(__name__)
@@ -161,12 +161,6 @@ def save_tokenizer(tok: EncoderTokenizer, where: str | None, vocab_size: int, so
 def _tokenizer_texts(held_out: float) -> list[str]:
     # One definition of the tokenizer's training text for both recipes, so they share a vocabulary.
     return wordnet_sentences(wordnet_split(held_out)[0])
-
-
-def files_source(files: Sequence[str]) -> str:
-    """The files in a few words (resolved paths, shortened past three), as a tokenizer folder notes them."""
-    paths = [str(Path(f).expanduser().resolve()) for f in files]
-    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more files" if len(paths) > 3 else "")
 
 
 class MaskedLMDataModule(pl.LightningDataModule):

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -111,6 +111,12 @@ def record_vocab_size(where: str | Path, vocab_size: int, texts: str | None = No
     the texts it was trained on (`texts`: "corpus NAME" or the files; `other_texts` compares them)."""
     record = {"vocab_size": vocab_size, **({"texts": texts} if texts else {})}
     (Path(where).expanduser() / TRAINED_FOR_FILE).write_text(json.dumps(record) + "\n")
+
+
+def files_source(files: Sequence[str | Path]) -> str:
+    """Files in a few words (resolved paths, shortened past three), as a tokenizer folder notes its texts."""
+    paths = [str(Path(f).expanduser().resolve()) for f in files]
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more files" if len(paths) > 3 else "")
 
 
 def other_texts(where: str | Path, texts: str) -> str | None:
@@ -232,12 +238,7 @@ class TextBlocksDataModule(pl.LightningDataModule):
         return lambda: iter_documents(hp.files, hp.text_key)
 
     def _texts(self) -> str:
-        """The texts in a few words: "corpus NAME", or the files (resolved paths), shortened past three."""
-        hp = self.hparams
-        if hp.corpus:
-            return f"corpus {hp.corpus}"
-        files = [str(Path(f).expanduser().resolve()) for f in hp.files]
-        return ", ".join(files[:3]) + (f" and {len(files) - 3} more files" if len(files) > 3 else "")
+        return f"corpus {self.hparams.corpus}" if self.hparams.corpus else files_source(self.hparams.files)
 
     def _split(self, docs: Iterable[str], counts: list[int]) -> Iterator[tuple[bool, str]]:
         """(held out?, document) by the stable hash of `split_held_out`, counting each side in `counts`."""
