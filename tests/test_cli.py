@@ -246,9 +246,10 @@ def test_a_resumed_run_trains_as_the_uninterrupted_one(workdir):
     checkpoint keeps the random generators' states) and the same learning rates."""
     whole, part = workdir / "whole", workdir / "part"
     three = [*TINY, "--trainer.max_epochs", "3"]
-    assert main(["fit", "--config", FIT, *three, "--trainer.default_root_dir", str(whole),
-                 "--model.init_args.export_dir", str(whole / "export")]) == 0
-    assert main(["fit", "--config", FIT, *three, "--trainer.default_root_dir", str(part), "--trainer.callbacks+",
+    lr = ["--model.init_args.lr", "0.003", "--model.init_args.weight_decay", "0.01"]  # not the recipe's: resumed
+    assert main(["fit", "--config", FIT, *three, *lr, "--trainer.default_root_dir", str(whole),  # without them,
+                 "--model.init_args.export_dir", str(whole / "export")]) == 0  # the run keeps them (the checkpoint's)
+    assert main(["fit", "--config", FIT, *three, *lr, "--trainer.default_root_dir", str(part), "--trainer.callbacks+",
                  f"{__name__}.StopAfterFirstEpoch", "--model.init_args.export_dir", str(part / "export")]) == 0
     assert torch.load(part / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)[
         "epoch"] == 0

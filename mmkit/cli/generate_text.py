@@ -71,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         check_device(args.device)  # an unknown or absent device is one line, not a CUDA traceback
-        options = GenerationOptions(max_new_tokens=args.max_new_tokens or DEFAULT_NEW_TOKENS,
+        options = GenerationOptions(max_new_tokens=DEFAULT_NEW_TOKENS if args.max_new_tokens is None
+                                    else args.max_new_tokens,
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                     beam_size=args.beam_size, length_penalty=args.length_penalty,
                                     early_stopping=args.early_stopping,

@@ -432,10 +432,16 @@ class MMKitCLI(LightningCLI):
         open). A checkpoint of another model or recipe failed as "the following arguments are required: model":
         say so."""
         subcommand = self.config.get("subcommand")
-        given = self.config[subcommand].get("model") if subcommand else None
+        section = self.config[subcommand] if subcommand else None
+        given = section.get("model") if section is not None else None
         given = given.clone() if hasattr(given, "clone") else given
+        # "last" is read as the file it names (then Lightning's own choice of it): a run resumed with `--ckpt_path
+        # last` has the options it was trained with (an lr given then), as one resumed from the file has
+        last = _checkpoint_file(section) if section is not None and section.get("ckpt_path") == "last" else None
         self.parser.exit_on_error = False
         try:
+            if last is not None:
+                section["ckpt_path"] = str(last)
             super()._parse_ckpt_path()
         except argparse.ArgumentError as e:
             path = self.config[self.config.subcommand].get("ckpt_path")
@@ -443,6 +449,8 @@ class MMKitCLI(LightningCLI):
                              f"({summarise_parse_error(str(e))})") from None
         finally:
             self.parser.exit_on_error = True
+            if last is not None:
+                self.config[subcommand]["ckpt_path"] = "last"
         if given is not None:
             _keep_given_model_options(given, self.config[subcommand]["model"], self.argv)
 
@@ -528,12 +536,14 @@ class MMKitCLI(LightningCLI):
         """The logger's folder this run created, where the run failed before it logged anything (a refusal once
         the trainer is set up: an export_dir that is a file, a missing --ckpt_path file, a manifest with no
         usable clip): it holds the config (SaveConfigCallback), maybe hparams.yaml and a metrics.csv header, and
-        each retry left one more lightning_logs/version_N."""
+        each retry left one more lightning_logs/version_N. (A TensorBoard folder's event file holds no metric
+        before the first step either.)"""
         folder = getattr(self, "_new_log_dir", None)
         if folder is None or self.trainer.global_rank != 0 or self.trainer.global_step > 0 or not folder.is_dir():
             return
         files = list(folder.iterdir())
-        if all(f.is_file() and f.name in ("config.yaml", "hparams.yaml", "metrics.csv") for f in files) and all(
+        if all(f.is_file() and (f.name in ("config.yaml", "hparams.yaml", "metrics.csv")
+                                or f.name.startswith("events.out.tfevents.")) for f in files) and all(
                 f.name != "metrics.csv" or len(f.read_bytes().splitlines()) <= 1 for f in files):
             shutil.rmtree(folder, ignore_errors=True)
             with contextlib.suppress(OSError):  # lightning_logs/ itself, when this run made it and left it empty
@@ -685,18 +695,8 @@ def _checkpoint_record(config: Any) -> dict[str, Any]:
     from mmkit.tasks.model_task import MODEL_KEY
 
     subcommand = config.get("subcommand")
-    section = config.get(subcommand) if subcommand else None
-    ckpt = section.get("ckpt_path") if section is not None and subcommand != "fit" else None
-    if not ckpt:
-        return {}
-    path: Path | None = Path(ckpt).expanduser()
-    if ckpt in ("last", "best") and not path.is_file():  # the recipe's folder, as `_fixed_checkpoint_folder` sets it
-        folders = [Path(str(cb.init_args.dirpath)) for cb in (section.get("trainer", {}).get("callbacks") or [])
-                   if str(getattr(cb, "class_path", "")).endswith("ModelCheckpoint")
-                   and getattr(getattr(cb, "init_args", None), "dirpath", None)]
-        root = Path(section.get("trainer", {}).get("default_root_dir") or os.getcwd()).expanduser()
-        path = next(filter(None, map(_newest_last_in, folders or [root / "checkpoints"])), None)
-    if path is None or not path.is_file():
+    path = _checkpoint_file(config.get(subcommand)) if subcommand and subcommand != "fit" else None
+    if path is None:
         return {}
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
@@ -704,6 +704,25 @@ def _checkpoint_record(config: Any) -> dict[str, Any]:
         return {**model, **(state.get("hyper_parameters") or {})}
     except Exception:  # noqa: BLE001 - unreadable or foreign: Lightning's load of it says so
         return {}
+
+
+def _checkpoint_file(section: Any) -> Path | None:
+    """The file a subcommand's --ckpt_path names: a file as it is; "last" and "best" the newest last checkpoint
+    of the recipe's folders (as `_fixed_checkpoint_folder` sets them: its callbacks' dirpath, else
+    <default_root_dir>/checkpoints), the run whose "best" it records; None where there is none."""
+    ckpt = section.get("ckpt_path") if section is not None else None
+    if not ckpt:
+        return None
+    path: Path | None = Path(ckpt).expanduser()
+    if ckpt in ("last", "best") and not path.is_file():
+        trainer = section.get("trainer") or {}
+        folders = [Path(str(cb.init_args.dirpath)) for cb in (trainer.get("callbacks") or [])
+                   if str(getattr(cb, "class_path", "")).endswith("ModelCheckpoint")
+                   and getattr(getattr(cb, "init_args", None), "dirpath", None)]
+        root = Path(trainer.get("default_root_dir") or os.getcwd()).expanduser()
+        found = [last for last in map(_newest_last_in, folders or [root / "checkpoints"]) if last is not None]
+        path = max(found, key=lambda p: p.stat().st_mtime, default=None)
+    return path if path is not None and path.is_file() else None
 
 
 def _recorded_best(cb: ModelCheckpoint) -> str | None:

@@ -48,7 +48,7 @@ def _check_number(name: str, value: object, ok: Callable[[float], bool], rule: s
 
 
 def _check_early_stopping(value: object) -> None:
-    if value not in (None, True, False, "never") or isinstance(value, int) and not isinstance(value, bool):
+    if not (value is None or isinstance(value, bool) or value == "never"):  # 1.0 == True, yet acts as False
         raise ValueError(f"early_stopping must be None, True, False or 'never', got {value!r}")
 
 

@@ -32,7 +32,7 @@ class ThreadStream(Generic[T]):
             self.result = produce(self._put)
         except _Closed:
             pass
-        except Exception as e:  # noqa: BLE001 - handed to the consuming thread, which raises it
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread, which raises it
             self._items.put(_Failed(e))
         finally:
             self._items.put(_END)
@@ -58,7 +58,7 @@ class _Closed(Exception):
 
 
 class _Failed:
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: BaseException) -> None:
         self.error = error
 
 

@@ -96,7 +96,8 @@ class ModelTask:
         if self.trainer.fast_dev_run:
             log.info("fast_dev_run: nothing exported (%s left as it is)", folder)
             return None
-        if self.trainer.global_step == getattr(self, "_first_step", 0):  # (a resume past its max_epochs too)
+        resumed_trainer, first = getattr(self, "_first_step", (None, 0))  # this trainer's resume, not an earlier
+        if self.trainer.global_step == (first if resumed_trainer is self.trainer else 0):  # fit's of this model
             log.warning("no training step ran: nothing exported (%s left as it is)", folder)
             return None
         bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
@@ -134,7 +135,7 @@ class ModelTask:
             _restore_training_buffers(self.model, checkpoint.get(BUFFERS_KEY))  # type: ignore[attr-defined]
             trainer = getattr(self, "_trainer", None)
             if trainer is not None and trainer.state.fn == "fit":  # a resume
-                self._first_step = checkpoint.get("global_step", 0)  # `export_folder`: did this run train?
+                self._first_step = (trainer, checkpoint.get("global_step", 0))  # `export_folder`: did it train?
                 # it draws what the run would have drawn (Lightning's sanity check then runs RNG-isolated)
                 set_rng_states(_this_ranks(checkpoint.get(RNG_KEY), trainer))
             return
@@ -168,9 +169,9 @@ def _check_class_names(checkpoint: dict[str, Any], names: Any) -> None:
         items = list(items)
         return ", ".join(map(str, items[:8])) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
 
-    raise ValueError(f"the data's classes ({shown(names)}) are not the checkpoint's ({shown(saved)}): give folders "
-                     "of the classes it was trained with (a test_dir or val_dir alone names its own; "
-                     "--data.init_args.train_dir takes them from the training folder)")
+    raise ValueError(f"the data's classes ({shown(names)}) are not the checkpoint's ({shown(saved)}): give data of the "
+                     "classes it was trained with (image folders: a test_dir or val_dir alone names its own class "
+                     "folders; --data.init_args.train_dir takes them from the training folder)")
 
 
 def _optimizer_settings(trainer: Any) -> dict[str, Any]:
@@ -185,12 +186,11 @@ def _optimizer_settings(trainer: Any) -> dict[str, Any]:
 def _reapply_optimizer_settings(trainer: Any, configured: dict[str, Any] | None) -> None:
     """`_optimizer_settings` back over the ones a checkpoint restored, where the optimizers and schedulers have
     the same shape (the same groups); each setting that differs is logged once ("lr" through the base rates)."""
-    if not configured or len(configured["groups"]) != len(trainer.optimizers):
-        return
+    if not configured or [len(groups) for groups in configured["groups"]] != [
+            len(optimizer.param_groups) for optimizer in trainer.optimizers]:
+        return  # other optimizers or groups than the checkpoint's: nothing changed, Lightning's restore stands
     changed: dict[str, tuple[Any, Any]] = {}
     for optimizer, groups in zip(trainer.optimizers, configured["groups"]):
-        if len(groups) != len(optimizer.param_groups):
-            return
         for group, settings in zip(optimizer.param_groups, groups):
             for key, value in settings.items():
                 if key in group and _differs(group[key], value):

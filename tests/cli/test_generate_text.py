@@ -113,6 +113,7 @@ def test_a_prompt_cut_to_the_context_is_echoed_as_the_model_reads_it(checkpoint,
 @pytest.mark.parametrize("extra, message", [
     (["--prompt-is", "  "], "the prompt is empty"),
     (["--max-new-tokens", "64"], "no room for a prompt"),
+    (["--max-new-tokens", "0"], "max_new_tokens must be >= 1, got 0"),  # not the default 64
     (["--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["--beam-size", "2", "--temperature", "0.7"], "beam search is deterministic"),
     (["--device", "banana"], "--device 'banana': not a device"),

@@ -185,6 +185,9 @@ def test_the_cli_and_the_api_refuse_impossible_lengths():
         GenerationOptions(max_new_tokens=8, min_new_tokens=9)
     with pytest.raises(ValueError, match="no_repeat_ngram_size must be >= 0"):
         GenerationOptions(no_repeat_ngram_size=-1)
+    for rule in (1.0, 0, "sometimes"):  # 1.0 == True, yet the beam search tests `is True`: it acted as False
+        with pytest.raises(ValueError, match="early_stopping must be None, True, False or 'never'"):
+            GenerationOptions(early_stopping=rule)
 
 
 def test_samples_are_several_continuations_drawn_together(hf_dir):
