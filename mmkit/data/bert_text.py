@@ -22,7 +22,7 @@ from mmkit.data.corpora import (
     wordnet_synsets,
 )
 from mmkit.data.documents import TEXT_SUFFIXES, iter_documents
-from mmkit.data.text_blocks import files_source, other_texts, record_vocab_size, saved_vocab_mismatch
+from mmkit.data.text_blocks import files_source, record_vocab_size, saved_vocab_mismatch, warn_other_texts
 from mmkit.data.token_rows import TokenRows, windows
 
 log = logging.getLogger(__name__)
@@ -142,10 +142,8 @@ def saved_tokenizer(where: str | None, vocab_size: int, source: str | None = Non
         raise ValueError(f"{message}: give vocab_size {answers} to use it, or another tokenizer folder, or "
                          f"delete the folder to train a {vocab_size}-token one (a model pretrained with the old "
                          f"one will not fit the new one)")
-    trained_on = other_texts(where, source) if source else None
-    if trained_on:  # one's own files into the recipe's folder: their words split into many more tokens
-        log.warning("the tokenizer in %s was trained on %s, not on these texts (%s): using it as it is; to train "
-                    "one on these texts give another folder (--data.init_args.tokenizer)", where, trained_on, source)
+    if source:
+        warn_other_texts(where, source)
     return tok
 
 

@@ -267,8 +267,9 @@ class _CaptionDataModule(pl.LightningDataModule):
             fix = f"raise it to {1 / count:.2g} or more, or give {option}" if count > 1 else f"give {option}"
             raise ValueError(f"val_split {self.val_split} leaves no validation {items} ({count} in all); {fix}")
         if held_count == count:
+            fix = f"lower it or give {option}" if count > 1 else f"give {option}"  # one row: no split keeps both
             raise ValueError(f"val_split {self.val_split} leaves no training {items} (all {count} held out for "
-                             f"validation); lower it or give {option}")
+                             f"validation); {fix}")
         order = list(range(count))
         random.Random(self.seed).shuffle(order)
         held = set(order[:held_count])

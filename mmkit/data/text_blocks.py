@@ -119,6 +119,15 @@ def files_source(files: Sequence[str | Path]) -> str:
     return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more files" if len(paths) > 3 else "")
 
 
+def warn_other_texts(where: str | Path, texts: str) -> None:
+    """Warn when the tokenizer read from folder `where` was trained on other texts than `texts` (`other_texts`):
+    a second data set into a recipe's folder, whose words then split into many more tokens."""
+    trained_on = other_texts(where, texts)
+    if trained_on:
+        log.warning("the tokenizer in %s was trained on %s, not on these texts (%s): using it as it is; to train one "
+                    "on these texts give another folder (--data.init_args.tokenizer)", where, trained_on, texts)
+
+
 def other_texts(where: str | Path, texts: str) -> str | None:
     """The texts the tokenizer in folder `where` was trained on (as `record_vocab_size` noted them) where they
     are not `texts`, else None (the same, or not recorded: a downloaded tokenizer, an older mmkit's)."""
@@ -264,11 +273,7 @@ class TextBlocksDataModule(pl.LightningDataModule):
             if mismatch:
                 log.warning("%s: using it as it is (the GPT's vocab_size follows it); to train a %d-token one, "
                             "delete the folder or give another tokenizer folder", mismatch[0], vocab_size)
-            trained_on = other_texts(where, self._texts())
-            if trained_on:  # a second data set into the recipe's folder: its words split into many more tokens
-                log.warning("the tokenizer in %s was trained on %s, not on these texts (%s): using it as it is; to "
-                            "train one on these texts give another folder (--data.init_args.tokenizer)", where,
-                            trained_on, self._texts())
+            warn_other_texts(where, self._texts())
             return tok
         counts = [0, 0]
         train = (piece for held, doc in self._split(docs(), counts) if not held for piece in text_pieces(doc))

@@ -423,14 +423,15 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
                               "(MarianMT, T5, or an mmkit Seq2Seq/T5 export)")
     model = classes[kind].from_hf(directory)
     generation = directory / "generation_config.json"  # where transformers >= 4.3x keeps generate()'s settings
-    settings = {**cfg, **(_read_json(generation) if generation.is_file() else {})}
+    decoding = _read_json(generation) if generation.is_file() else cfg  # transformers reads one or the other
+    settings = {**cfg, **decoding}
     bad_words, forced_eos = settings.get("bad_words_ids"), settings.get("forced_eos_token_id")
     codec = _hf_codec(directory, int(cfg["decoder_start_token_id"]), int(cfg["eos_token_id"]),
                       int(cfg["pad_token_id"]), [w[0] for w in bad_words or [] if len(w) == 1])
     # Marian's sinusoid table bounds both sides; T5's relative positions do not (512 as its tokenizers).
     max_len = cfg.get("max_position_embeddings", 512)
-    defaults = _decoding_defaults({"beam_size": settings.get("num_beams"), "length_penalty":
-                                   settings.get("length_penalty"), "early_stopping": settings.get("early_stopping")},
+    defaults = _decoding_defaults({"beam_size": decoding.get("num_beams"), "length_penalty":
+                                   decoding.get("length_penalty"), "early_stopping": decoding.get("early_stopping")},
                                   f"{generation if generation.is_file() else directory / 'config.json'}")
     return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
                       defaults)
