@@ -194,13 +194,17 @@ class Written:
     count: int = 0
     first: str = ""
     last: str = ""
+    pending: Path | None = None  # the image being saved: an interruption may come after its rename, before `add`
 
     def add(self, name: str) -> None:
-        self.count, self.first, self.last = self.count + 1, self.first or name, name
+        self.count, self.first, self.last, self.pending = self.count + 1, self.first or name, name, None
 
     def left(self, args: argparse.Namespace | None, ranks: Ranks) -> str:
         """What an interrupted run leaves in --out: each image (and prompt's grid) was renamed into place
-        whole, the manifest is written only at the end, so the images written so far and no manifest."""
+        whole, the manifest is written only at the end, so the images written so far and no manifest (the one
+        being saved counted if it was renamed into place: it said 12 images where 13 were)."""
+        if self.pending is not None and self.pending.is_file():
+            self.add(self.pending.name)
         if args is None or not (self.count or ranks.multi):
             return "nothing was written"
         out = Path(args.out).expanduser()
@@ -225,7 +229,8 @@ def _generate_share(t2i: TextToImage, reranker: ClipReranker | None, args: argpa
         for _, batch in t2i.stream(prompt, len(images), args.seed, batch_size=args.batch_size, first=start,
                                    **sampling) if images else ():
             for i, image in enumerate(batch, start):
-                _save_atomic(lambda tmp, im=image: im.save(tmp, format="PNG"), out / f"{stem}-{i}.png")
+                written.pending = out / f"{stem}-{i}.png"
+                _save_atomic(lambda tmp, im=image: im.save(tmp, format="PNG"), written.pending)
                 written.add(f"{stem}-{i}.png")
             if scores is not None:
                 scores.extend(reranker.scores(prompt, batch))
