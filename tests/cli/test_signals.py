@@ -4,6 +4,7 @@ what is left, and no temp file nor half-written output. Real processes (`python 
 to run well past the moment it is stopped: once it has begun writing (its temp file, or its first image)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -35,7 +36,8 @@ def _interrupted(argv: list[str], folder: Path, signum: int, started: Callable[[
     SIGINT is reset to its default in the child: a shell's background job (this test run, maybe) ignores it, and
     the child would inherit that."""
     with tempfile.TemporaryFile("w+") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "mmkit", *argv], cwd=folder, env=env(), text=True,
+        proc = subprocess.Popen([sys.executable, "-m", "mmkit", *argv], cwd=folder,
+                                env={**env(), "PYTHONFAULTHANDLER": "1"}, text=True,
                                 stdout=stdout, stderr=stderr, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         signalled = False
@@ -47,6 +49,12 @@ def _interrupted(argv: list[str], folder: Path, signum: int, started: Callable[[
                 os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
                 signalled = True
                 proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # hung after the signal: every thread's stack (faulthandler) says where
+            proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            stderr.seek(0)
+            pytest.fail(f"mmkit {argv[0]} did not exit within 60 s of signal {signum}: {stderr.read()[-6000:]}")
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
