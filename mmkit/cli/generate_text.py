@@ -100,11 +100,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if prompt.note:  # the model reads the prompt's end only: echo that, not text it never saw
         log.warning(prompt.note)
-        show("…" + generator.tokenizer.decode(prompt.ids))
-    else:
-        show(args.prompt)
+    echo = "…" + generator.tokenizer.decode(prompt.ids) if prompt.note else args.prompt
+    show(echo)
     if args.num_return_sequences > 1:  # decoded together: printed when done, each after the prompt's echo
-        echo = "…" + generator.tokenizer.decode(prompt.ids) if prompt.note else args.prompt
         texts = generator.samples(prompt, options, args.num_return_sequences, args.stop)
         show(texts[0] + "\n" + "".join(f"\n{echo}{text}\n" for text in texts[1:]))
         return 0
