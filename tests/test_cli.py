@@ -284,19 +284,31 @@ def test_a_resume_with_nothing_left_to_train_leaves_the_export(workdir, caplog):
     assert (run / "export" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
-def test_a_run_resumed_from_a_file_keeps_the_model_options_given(workdir, caplog):
+def test_a_run_resumed_from_a_file_keeps_the_model_options_given(workdir, caplog, monkeypatch):
     """Lightning re-reads `--ckpt_path FILE`'s hyper-parameters over the command line's: resumed into another
     folder, the run exported over the first run's export, and a new learning rate or weight decay was dropped
-    (the restored optimizer kept the checkpoint's too). Options given keep their values, each change logged."""
+    (the restored optimizer kept the checkpoint's too). Options given keep their values, each change logged.
+    The hyper-parameters are read through a memory map: the restore is the one whole read of the file (Lightning
+    read it whole twice)."""
     first, second = workdir / "given-a", workdir / "given-b"
     assert main(["fit", "--config", FIT, *TINY, "--trainer.default_root_dir", str(first),
                  "--model.init_args.export_dir", str(first / "export")]) == 0
     exported = (first / "export" / "model.safetensors").read_bytes()
+    whole_reads, load = [], torch.load
+
+    def counted(f, *args, **kwargs):
+        if Path(str(getattr(f, "path", getattr(f, "name", f)))).name == "last.ckpt" and not kwargs.get("mmap"):
+            whole_reads.append(f)
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
     with caplog.at_level(logging.INFO):
         assert main(["fit", "--config", FIT, *TINY, "--trainer.max_epochs", "2", "--trainer.default_root_dir",
                      str(second), "--model.init_args.export_dir", str(second / "export"), "--model.init_args.lr=1e-4",
                      "--model.init_args.weight_decay", "0.01", "--ckpt_path",
                      str(first / "checkpoints" / "last.ckpt")]) == 0
+    assert len(whole_reads) == 1
+    monkeypatch.setattr(torch, "load", load)
     assert (first / "export" / "model.safetensors").read_bytes() == exported
     assert (second / "export" / "model.safetensors").is_file()
     assert f"--model.init_args.export_dir: '{second / 'export'}' as given (the checkpoint's: " in caplog.text

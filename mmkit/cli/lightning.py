@@ -430,7 +430,8 @@ class MMKitCLI(LightningCLI):
         `--model.init_args.lr` was dropped. Model options given on the command line keep their values, each
         that differs from the checkpoint's logged (Lightning's own issue #20801; its fix, pull request 21455, is
         open). A checkpoint of another model or recipe failed as "the following arguments are required: model":
-        say so."""
+        say so. Lightning read the whole checkpoint for them (every tensor, before the restore reads it again):
+        the hyper-parameters are read through a memory map here (`_apply_checkpoint_hparams`)."""
         subcommand = self.config.get("subcommand")
         section = self.config[subcommand] if subcommand else None
         given = section.get("model") if section is not None else None
@@ -442,7 +443,7 @@ class MMKitCLI(LightningCLI):
         try:
             if last is not None:
                 section["ckpt_path"] = str(last)
-            super()._parse_ckpt_path()
+            self._apply_checkpoint_hparams()
         except argparse.ArgumentError as e:
             path = self.config[self.config.subcommand].get("ckpt_path")
             raise ValueError(f"--ckpt_path {path}: saved by another model or recipe than this config's "
@@ -453,6 +454,21 @@ class MMKitCLI(LightningCLI):
                 self.config[subcommand]["ckpt_path"] = "last"
         if given is not None:
             _keep_given_model_options(given, self.config[subcommand]["model"], self.argv)
+
+    def _apply_checkpoint_hparams(self) -> None:
+        """LightningCLI's own `_parse_ckpt_path` (pytorch-lightning 2.6), its checkpoint memory-mapped: the
+        saved hyper-parameters parsed as the model section over the config."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = dict(_read_checkpoint(Path(ckpt_path)).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
@@ -690,8 +706,6 @@ def _newest_last_in(folder: Path, name: str = ModelCheckpoint.CHECKPOINT_NAME_LA
 def _checkpoint_record(config: Any) -> dict[str, Any]:
     """`MMKitCLI._recorded`'s source: the checkpoint's task hyper-parameters and model config, merged; {} for
     fit, without --ckpt_path, or where the file cannot be found or read."""
-    import torch
-
     from mmkit.tasks.model_task import MODEL_KEY
 
     subcommand = config.get("subcommand")
@@ -699,11 +713,19 @@ def _checkpoint_record(config: Any) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        state = _read_checkpoint(path)
         model = (state.get(MODEL_KEY) or {}).get("config") or {}
         return {**model, **(state.get("hyper_parameters") or {})}
     except Exception:  # noqa: BLE001 - unreadable or foreign: Lightning's load of it says so
         return {}
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's record, read with weights_only and (the zip format) a memory map: its tensors are not read
+    until used, so reading its hyper-parameters costs no memory for the weights."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
 
 
 def _checkpoint_file(section: Any) -> Path | None:
@@ -729,13 +751,11 @@ def _recorded_best(cb: ModelCheckpoint) -> str | None:
     """The best checkpoint the newest last checkpoint in `cb`'s folder records for a callback like `cb` (found in
     that folder if the run's folder was moved), else None: "best" of the run "last" means. Read with weights_only
     and a memory map: no code, no weights read."""
-    import torch
-
     last = _newest_last(cb)
     if last is None:
         return None
     try:
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+        state = _read_checkpoint(last).get("callbacks", {})
         recorded = state.get(cb.state_key, {}).get("best_model_path") or ""
     except Exception:  # noqa: BLE001 - missing, unreadable or foreign: no best known
         return None
