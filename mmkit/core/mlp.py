@@ -36,8 +36,14 @@ def activation(name: str) -> Callable[[], nn.Module]:
         raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}") from None
 
 
+def _drop_pair(drop: float | tuple[float, float]) -> tuple[float, float]:
+    """timm's `drop` argument: one rate for both dropouts, or (after the activation, after fc2)."""
+    return (drop, drop) if isinstance(drop, (int, float)) else (drop[0], drop[1])
+
+
 class Mlp(nn.Module):
-    """fc1 -> activation -> dropout -> fc2 -> dropout."""
+    """fc1 -> activation -> dropout -> fc2 -> dropout. `drop` is both rates, or a pair (after the activation,
+    after fc2) as in timm's Mlp: GPT-2's and BERT's feed-forward drop after fc2 only, (0.0, p)."""
 
     def __init__(
         self,
@@ -45,19 +51,21 @@ class Mlp(nn.Module):
         hidden_dim: int,
         act_layer: type[nn.Module] = nn.GELU,
         bias: bool = True,
-        drop: float = 0.0,
+        drop: float | tuple[float, float] = 0.0,
     ) -> None:
         super().__init__()
+        hidden_drop, out_drop = _drop_pair(drop)
         self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
         self.act = act_layer()
-        self.drop = nn.Dropout(drop)
+        self.drop1 = nn.Dropout(hidden_drop)
         self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.drop2 = nn.Dropout(out_drop)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.fc1(x))
         if not self.training:  # Dropout is the identity in eval: no module calls in a decoding step
             return self.fc2(x)
-        return self.drop(self.fc2(self.drop(x)))
+        return self.drop2(self.fc2(self.drop1(x)))
 
 
 class SwiGLU(nn.Module):
@@ -69,14 +77,16 @@ class SwiGLU(nn.Module):
         hidden_dim: int,
         act_layer: type[nn.Module] = nn.SiLU,
         bias: bool = True,
-        drop: float = 0.0,
+        drop: float | tuple[float, float] = 0.0,
     ) -> None:
         super().__init__()
+        hidden_drop, out_drop = _drop_pair(drop)
         self.fc1_g = nn.Linear(dim, hidden_dim, bias=bias)
         self.fc1_x = nn.Linear(dim, hidden_dim, bias=bias)
         self.act = act_layer()
-        self.drop = nn.Dropout(drop)
+        self.drop1 = nn.Dropout(hidden_drop)
         self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.drop2 = nn.Dropout(out_drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1_g(x)) * self.fc1_x(x))))
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1_g(x)) * self.fc1_x(x))))

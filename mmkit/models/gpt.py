@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from mmkit.core import Decoder, KVCache, LearnedPositions, output_logits
 from mmkit.core.blocks import layer_norm
 from mmkit.core.init import init_normal_
+from mmkit.core.mlp import Mlp
 from mmkit.weights.native import PretrainedMixin
 
 
@@ -26,8 +27,11 @@ class GPT(PretrainedMixin, nn.Module):
         max_len: longest sequence, prompt + generated (GPT-2: 1024).
         dim, depth, num_heads, mlp_ratio, qkv_bias: transformer sizes (timm's names;
             GPT-2 small is 768 / 12 / 12 / 4.0 / True).
-        dropout: dropout on the summed embeddings (GPT-2's embd_pdrop); the core blocks have
-            no attention/residual dropout, so this is the only dropout in the model.
+        dropout: dropout on the summed embeddings (GPT-2's embd_pdrop).
+        attn_dropout: dropout on the attention probabilities (GPT-2's attn_pdrop).
+        resid_dropout: dropout on each residual branch's output, after the attention's and the MLP's output
+            projections (GPT-2's resid_pdrop). The three are 0.1 in GPT-2's config, which `from_hf` reads:
+            an imported model fine-tunes as transformers' does.
         norm_eps: LayerNorm epsilon (GPT-2: 1e-5).
         drop_path_rate: stochastic depth for training (not in GPT-2; 0 keeps it exact).
     """
@@ -44,6 +48,8 @@ class GPT(PretrainedMixin, nn.Module):
         dropout: float = 0.0,
         norm_eps: float = 1e-5,
         drop_path_rate: float = 0.0,
+        attn_dropout: float = 0.0,
+        resid_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -55,7 +61,10 @@ class GPT(PretrainedMixin, nn.Module):
         # GPT-2 was trained with the tanh approximation of GELU ("gelu_new" in transformers).
         self.decoder = Decoder(dim, depth, num_heads, mlp_ratio, qkv_bias, norm_layer=layer_norm(norm_eps),
                                act_layer=partial(nn.GELU, approximate="tanh"), final_norm=True,
-                               drop_path_rate=drop_path_rate)
+                               drop_path_rate=drop_path_rate, mlp_layer=partial(Mlp, drop=(0.0, resid_dropout)))
+        for blk in self.decoder.blocks:  # the blocks build Attention without dropout
+            blk.attn.attn_drop = attn_dropout
+            blk.attn.proj_drop.p = resid_dropout
         self.apply(init_normal_)
         # GPT-2 §2.3: residual projections scaled by 1/sqrt(N) with N = 2 residual branches per block.
         for name, p in self.named_parameters():

@@ -45,6 +45,7 @@ _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 # a flag may be null, read as false).
 _HF_REQUIRED = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
 _HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, "n_inner": Optional[int], "layer_norm_epsilon": float,
+              **{rate: float for rate in ("embd_pdrop", "attn_pdrop", "resid_pdrop")},
               "activation_function": str, **{flag: Optional[bool] for flag in (
                   "scale_attn_by_inverse_layer_idx", "scale_attn_weights", "add_cross_attention",
                   "tie_word_embeddings")}}
@@ -78,6 +79,9 @@ def gpt2_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         vocab_size=cfg["vocab_size"], max_len=cfg["n_positions"], dim=dim, depth=cfg["n_layer"],
         num_heads=cfg["n_head"], mlp_ratio=(cfg.get("n_inner") or 4 * dim) / dim,
         norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+        # GPT2Config's defaults: 0.1 each (training only, as in transformers)
+        dropout=cfg.get("embd_pdrop", 0.1), attn_dropout=cfg.get("attn_pdrop", 0.1),
+        resid_dropout=cfg.get("resid_pdrop", 0.1),
     )
 
 
@@ -105,8 +109,8 @@ def gpt2_from_mmkit(config: dict[str, Any], state: dict[str, Tensor],
                     eos_token_id: int | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The inverse of `gpt2_from_hf`: an mmkit `GPT`'s config and state dict as a transformers
     `GPT2Config` dict and `GPT2LMHeadModel` state dict (the same function, e.g. a reference twin of
-    a trained export for `mmkit bench text`; in training mode too, but for stochastic depth, which GPT-2 lacks:
-    its only dropout is the embeddings', as mmkit's, so attention and residual dropout are 0).
+    a trained export for `mmkit bench text`; in training mode too, dropout included, but for stochastic depth,
+    which GPT-2 lacks).
     `eos_token_id`: the tokenizer's end of text, GPT-2's bos and eos (default: GPT-2's 50256 in its own
     vocabulary of 50257, else none: GPT2Config's 50256 lies outside a smaller vocabulary, so `generate` could
     never stop).
@@ -123,7 +127,8 @@ def gpt2_from_mmkit(config: dict[str, Any], state: dict[str, Tensor],
     hf_config = dict(model_type="gpt2", vocab_size=config["vocab_size"], n_positions=config["max_len"], n_embd=dim,
                      n_layer=config["depth"], n_head=config["num_heads"], n_inner=int(dim * config["mlp_ratio"]),
                      layer_norm_epsilon=config["norm_eps"], activation_function="gelu_new", tie_word_embeddings=True,
-                     embd_pdrop=config.get("dropout", 0.0), attn_pdrop=0.0, resid_pdrop=0.0)
+                     embd_pdrop=config.get("dropout", 0.0), attn_pdrop=config.get("attn_dropout", 0.0),
+                     resid_pdrop=config.get("resid_dropout", 0.0))
     if eos_token_id is None and config["vocab_size"] == 50257:
         eos_token_id = 50256
     hf_config.update(bos_token_id=eos_token_id, eos_token_id=eos_token_id)

@@ -247,9 +247,38 @@ def test_gpt2_from_mmkit_is_the_inverse_of_from_hf(gpt, tokens):
         assert (twin(tokens).logits - gpt.eval()(tokens)).abs().max() <= 1e-4
     back = GPT.from_hf(twin)
     assert all(torch.equal(v, gpt.state_dict()[k]) for k, v in back.state_dict().items())
-    # dropout as mmkit's (embeddings only), and an end of text inside the vocabulary or none (was 50256)
-    assert (config["embd_pdrop"], config["attn_pdrop"], config["resid_pdrop"]) == (gpt.config["dropout"], 0.0, 0.0)
+    # dropout as mmkit's, and an end of text inside the vocabulary or none (was 50256)
+    assert (config["embd_pdrop"], config["attn_pdrop"], config["resid_pdrop"]) == (
+        gpt.config["dropout"], gpt.config["attn_dropout"], gpt.config["resid_dropout"])
     assert config["eos_token_id"] is None and gpt2_from_mmkit(gpt.config, gpt.state_dict(), 7)[0]["eos_token_id"] == 7
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_an_imported_gpt2_trains_with_transformers_dropout(attn_implementation):
+    """GPT2Config's embedding, attention and residual dropout (0.1 each) come with the import (only the
+    embeddings' did, as 0): in training mode, from the same seed, the same logits and gradients as transformers'
+    (its residual dropout after each output projection, none after the MLP's activation); and back."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mmkit.weights.from_hf import gpt2_from_mmkit
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.2,
+                                    attn_implementation=attn_implementation)).train()
+    gpt = GPT.from_hf(hf).train()
+    assert (gpt.config["dropout"], gpt.config["attn_dropout"], gpt.config["resid_dropout"]) == (0.1, 0.1, 0.2)
+    tokens = torch.randint(0, 97, (2, 12))
+    torch.manual_seed(1)
+    theirs = hf(tokens).logits
+    theirs.square().mean().backward()
+    torch.manual_seed(1)
+    mine = gpt(tokens)
+    mine.square().mean().backward()
+    assert not torch.equal(mine, gpt.eval()(tokens))  # dropout acted
+    assert (mine - theirs).abs().max() <= 1e-5
+    assert (gpt.tok_embed.weight.grad - hf.transformer.wte.weight.grad).abs().max() <= 1e-6
+    config, _ = gpt2_from_mmkit(gpt.config, gpt.state_dict())
+    assert (config["embd_pdrop"], config["attn_pdrop"], config["resid_pdrop"]) == (0.1, 0.1, 0.2)
 
 
 def test_gpt2_from_mmkit_refuses_what_gpt2_cannot_express():
