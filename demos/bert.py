@@ -16,7 +16,8 @@ from mmkit.inference.fill_mask import attention_view, fill_mask, with_mask_token
 
 
 def fill(encoder: LoadedEncoder, text: str, top_k: int) -> tuple[dict[str, float], str]:
-    """The first mask's candidates ({token: probability}) and the text with every mask filled."""
+    """The first mask's candidates ({token text: probability}) and the text with every mask filled by its best
+    candidate."""
     if encoder.model.mlm_head is None:
         raise inputs.refused("this model has no masked-LM head: load a masked-LM checkpoint for fill-mask")
     text = inputs.text(text, "the text")
@@ -25,9 +26,13 @@ def fill(encoder: LoadedEncoder, text: str, top_k: int) -> tuple[dict[str, float
     except ValueError as e:  # empty text, no [MASK], too long: shown, not a traceback
         raise inputs.refused(str(e)) from None
     filled = list(encoder.tokenizer.encode(with_mask_token(encoder.tokenizer, text)))  # the ids fill_mask read
-    for p in predictions:
-        filled[p.position] = encoder.tokenizer.hf.token_to_id(p.candidates[0][0])
-    return dict(predictions[0].candidates), encoder.tokenizer.decode(filled)
+    for p in predictions:  # each prediction's own `filled` keeps the other masks
+        filled[p.position] = p.ids[0]
+    first = predictions[0]
+    texts = [t for t, _ in first.candidates]
+    # the label's keys must differ: byte-level BPE decodes each partial UTF-8 byte alone to the same "\ufffd"
+    names = [t if texts.count(t) == 1 else f"{t} (id {i})" for t, i in zip(texts, first.ids)]
+    return dict(zip(names, (prob for _, prob in first.candidates))), encoder.tokenizer.decode(filled)
 
 
 def attention(encoder: LoadedEncoder, text: str, layer: float, head: float):

@@ -1,8 +1,11 @@
 """`mmkit classify-text TEXTS_FILE --model DIR --out predictions.csv|.jsonl`: label texts with a
 fine-tuned BERT classifier (an mmkit TextClassifier export or a transformers
 BertForSequenceClassification directory), like `mmkit predict` for images: one row per input with
-its line, text, label and score (and each class's probability with --all-scores). TEXTS_FILE is
-.txt, .jsonl or .csv; bad rows (empty, not UTF-8) are reported on stderr and left out.
+its line, text, label and score (and each class's score with --all-scores). TEXTS_FILE is
+.txt, .jsonl or .csv; bad rows (empty, not UTF-8) are reported on stderr and left out. Scores are those of
+transformers' text-classification pipeline: softmax probabilities; for a multi-label model
+(problem_type multi_label_classification) or a one-logit one, each class's own sigmoid probability (they
+need not sum to 1); for a regression model, its raw output (a line on stderr says so for those two).
 
 Under torchrun (or any launcher setting torch.distributed's environment) the ranks share the work as in
 `mmkit embed`: each reads every row and plans one process's length-sorted batches, runs every world_size-th
@@ -14,6 +17,7 @@ import argparse
 import csv
 import io
 import json
+import sys
 from typing import Iterator, Sequence
 
 from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser, written
@@ -29,7 +33,8 @@ OUT_SUFFIXES = (".csv", ".jsonl")
 def _parser() -> argparse.ArgumentParser:
     p = texts_file_parser(PROG, __doc__, "label texts with a fine-tuned BERT classifier (CSV/JSONL in and out)",
                           "fine-tuned classifier directory", "predictions.csv or predictions.jsonl")
-    p.add_argument("--all-scores", action="store_true", help="also write every class's probability")
+    p.add_argument("--all-scores", action="store_true",
+                   help="also write every class's score (p_NAME: a probability, or a regression's value)")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for the encoder's Linear layers, the classification head kept fp32 "
                         "(CPU; faster, probabilities close to but not equal to fp32's)")
@@ -81,8 +86,18 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
             args.out, lambda f: _write(f, args.out, records(rounds), fields))))
     if code or not ranks.first:
         return code
+    if _NOTES[predictor.scoring]:
+        print(f"{PROG}: {_NOTES[predictor.scoring]}", file=sys.stderr)
     counts.report(PROG, predictor.encoder.model.max_len, f"predictions written to {args.out}")
     return counts.exit_code()
+
+
+# What a line before the summary says of scores that are not softmax probabilities, by
+# `TextClassifierPredictor.scoring`: one class's 0.86 beside another's 0.64 is not a broken softmax.
+_NOTES = {"softmax": "",
+          "sigmoid": "scores are each class's own sigmoid probability (a multi-label or one-logit model): "
+                     "they need not sum to 1",
+          "none": "scores are the regression model's predicted values, not probabilities"}
 
 
 def _write(f: io.BufferedWriter, out: str, records: Iterator[dict], fields: list[str]) -> None:

@@ -1,10 +1,13 @@
 """`mmkit fill-mask "The capital of France is [MASK]." --model DIR`: the likeliest tokens for each
 [MASK] with their probabilities, from a BERT-family masked-LM (an mmkit export or a transformers
-BertForMaskedLM / RobertaForMaskedLM directory).
+BertForMaskedLM / RobertaForMaskedLM directory), then the text with the best one filled in (with several
+masks, each mask's own, the other masks left in). Probabilities are transformers' fill-mask pipeline's:
+over the whole vocabulary, special tokens never listed.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Sequence
 
 from mmkit.cli.options import Parser, utf8_text
@@ -44,11 +47,20 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print_error("mmkit fill-mask", e)
         return 2
+    several = len(predictions) > 1
     for n, p in enumerate(predictions, 1):
-        if len(predictions) > 1:
+        if several:
             print(f"mask {n}:")
         for token, prob in p.candidates:
-            print(f"  {prob:7.2%}  {token}")
-    if len(predictions) == 1:
-        print(predictions[0].filled)
+            print(f"  {prob:7.2%}  {_shown(token)}")
+        # with several masks, under each: its best candidate filled in, the other masks left as they were
+        print(f"  -> {p.filled}" if several else p.filled)
     return 0
+
+
+def _shown(token: str) -> str:
+    """A candidate as printed: quoted, with escapes, where whitespace begins or ends it (byte-level BPE's
+    word-initial " sees", a bare " ") or it holds a control character (a byte token "\\x04"): a terminal
+    would show nothing of those."""
+    plain = token and token.isprintable() and token == token.strip()
+    return token if plain else json.dumps(token, ensure_ascii=False)

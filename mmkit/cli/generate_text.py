@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"beam search with B beams (deterministic; 1 to {MAX_BEAM_SIZE}), as transformers' "
                         "generate(num_beams=B)")
     add_beam_arguments(p)
+    # None: not given (the defaults are still GenerationOptions' 1.0 and false), so a run without beams can say so
+    p.set_defaults(length_penalty=None, early_stopping=None)
     p.add_argument("--repetition-penalty", type=finite(), default=1.0, metavar="R",
                    help="> 1 discourages tokens already in the text (CTRL's penalty; 1 = off)")
     p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=0, metavar="N",
@@ -74,8 +76,9 @@ def _run(args: argparse.Namespace) -> int:
         options = GenerationOptions(max_new_tokens=DEFAULT_NEW_TOKENS if args.max_new_tokens is None
                                     else args.max_new_tokens,
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                    beam_size=args.beam_size, length_penalty=args.length_penalty,
-                                    early_stopping=args.early_stopping,
+                                    beam_size=args.beam_size,
+                                    length_penalty=1.0 if args.length_penalty is None else args.length_penalty,
+                                    early_stopping=False if args.early_stopping is None else args.early_stopping,
                                     repetition_penalty=args.repetition_penalty, seed=args.seed,
                                     no_repeat_ngram_size=args.no_repeat_ngram_size,
                                     min_new_tokens=args.min_new_tokens)
@@ -85,6 +88,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.seed is not None and not options.sampling:
             log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
                         "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")
+        unused = beam_only_options(args) if options.beam_size == 1 else ""
+        if unused:  # transformers' GenerationConfig.validate also flags them outside beam search
+            log.warning("%s unused: %s has no beams to rank or stop (search with --beam-size B > 1)",
+                        unused, "sampling" if options.sampling else "greedy decoding")
         generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
         if args.max_new_tokens is None:
             options = dataclasses.replace(options, max_new_tokens=min(DEFAULT_NEW_TOKENS,
@@ -111,6 +118,15 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         show("\n")
     return 0
+
+
+def beam_only_options(args: argparse.Namespace) -> str:
+    """The beam-search options given (--length-penalty, --early-stopping; None when not), as a warning names
+    them with its verb: "--length-penalty 2 is", "--length-penalty 2 and --early-stopping true are"; "" if none."""
+    given = [] if args.length_penalty is None else [f"--length-penalty {args.length_penalty:g}"]
+    if args.early_stopping is not None:
+        given.append(f"--early-stopping {str(args.early_stopping).lower()}")
+    return " and ".join(given) + (" is" if len(given) == 1 else " are") if given else ""
 
 
 if __name__ == "__main__":

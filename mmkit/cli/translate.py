@@ -215,6 +215,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     rank's device); a ValueError or OSError of one line for a usage or input mistake, met before the model
     loads where it can be: an --output that is the input file, an --export folder that holds files. The
     first rank saves the --export."""
+    from mmkit.cli.generate_text import beam_only_options
     from mmkit.inference.precision import check_device
     from mmkit.inference.text_rows import check_not_input, check_output
     from mmkit.inference.translator import TranslationOptions, TranslatorError, check_export_dir, load_translator
@@ -243,6 +244,11 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     if taken and ranks.first:
         log.info("decoding with the model's own settings: %s (%s)", ", ".join(f"{k} {v}" for k, v in taken.items()),
                  " ".join(f"--{k.replace('_', '-')} ..." for k in taken) + " to choose others")
+    # the beam count is known only now: --beam-size, else the model's generation_config.json num_beams
+    unused = beam_only_options(args) if options.beam_size == 1 else ""
+    if unused and ranks.first:
+        log.warning("%s unused: greedy decoding has no beams to rank or stop (search with --beam-size K > 1)",
+                    unused)
     if args.export and ranks.first:
         log.info("saved an mmkit export in %s", translator.export(args.export))
     return source, options, total, translator

@@ -17,6 +17,7 @@ from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.prompts import repeated_name
 from mmkit.inference.text_rows import TextRow
 from mmkit.models.bert import BERT
+from mmkit.weights.from_hf_bert import check_problem_type, head_metadata
 from mmkit.weights.native import WeightsError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedEncoder:
-    """A BERT in eval mode, its tokenizer and the export's metadata (class names of a classifier)."""
+    """A BERT in eval mode, its tokenizer and the export's metadata (a classifier's class names and
+    problem_type)."""
 
     model: BERT
     tokenizer: EncoderTokenizer
@@ -42,6 +44,18 @@ class LoadedEncoder:
         n = self.model.classifier.out_features if self.model.classifier is not None else 0
         names = self.metadata.get("class_names")
         return list(names) if isinstance(names, list) and len(names) == n else [f"LABEL_{i}" for i in range(n)]
+
+    @property
+    def problem_type(self) -> str | None:
+        """transformers' problem_type of a classifier ("regression", "single_label_classification",
+        "multi_label_classification"), None where its config did not say."""
+        return self.metadata.get("problem_type")
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """An mmkit export of this encoder (`save_encoder`) with its class names and problem_type: a transformers
+        directory read by `load_encoder`, saved, reads back the same."""
+        return save_encoder(self.model, self.tokenizer, directory, self.metadata.get("class_names"),
+                            self.problem_type)
 
 
 def encode_to_context(tokenizer: EncoderTokenizer, texts: Sequence[str], limit: int,
@@ -79,11 +93,14 @@ def mark_unknown_rows(rows: list[TextRow], tokenizer: EncoderTokenizer) -> tuple
 
 
 def save_encoder(model: BERT, tokenizer: EncoderTokenizer, directory: str | Path,
-                 class_names: list[str] | None = None) -> Path:
-    """Native checkpoint (config.json + model.safetensors) with the tokenizer files beside it."""
+                 class_names: list[str] | None = None, problem_type: str | None = None) -> Path:
+    """Native checkpoint (config.json + model.safetensors) with the tokenizer files beside it; `problem_type`:
+    transformers' (`mmkit.weights.from_hf_bert.PROBLEM_TYPES`), which picks a classifier's scores."""
     metadata: dict[str, Any] = {"tokenizer": "encoder"}
     if class_names:
         metadata["class_names"] = list(class_names)
+    if check_problem_type(problem_type, "save_encoder") is not None:
+        metadata["problem_type"] = problem_type
     directory = model.save_pretrained(directory, metadata=metadata)
     tokenizer.save(directory)
     return directory
@@ -102,11 +119,10 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> L
     if doc.get("architecture") == BERT.architecture_name():
         model = BERT.from_pretrained(directory)
         metadata = doc.get("metadata") or {}
+        check_problem_type(metadata.get("problem_type"), f"{directory / 'config.json'}: metadata")
     elif doc.get("model_type") in ("bert", "roberta"):
         model = BERT.from_hf(directory)
-        labels = doc.get("id2label") or {}
-        if labels:
-            metadata["class_names"] = [labels.get(str(i), f"LABEL_{i}") for i in range(len(labels))]
+        metadata = head_metadata(doc, str(directory / "config.json"))
     else:
         kind = doc.get("architecture") or doc.get("model_type") or "unknown"
         raise WeightsError(f"{directory}: holds a {kind!r} model, not a BERT-family encoder "

@@ -16,12 +16,13 @@ from mmkit.inference.inputs import check_count, text_items
 
 @dataclass(frozen=True)
 class MaskPrediction:
-    """The ranked candidates for one mask: (token, probability) pairs, likeliest first, and the
-    input with the best candidate filled in."""
+    """The ranked candidates for one mask: (token text, probability) pairs, likeliest first, their token
+    ids, and the input with the best candidate filled in (any other masks of the text left as masks)."""
 
     position: int
     candidates: list[tuple[str, float]]
     filled: str
+    ids: list[int]
 
 
 # Characters per token a text may average and still be read: a WordPiece/BPE token spans a few characters
@@ -51,8 +52,10 @@ def with_mask_token(tokenizer: Any, text: str) -> str:
 
 def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPrediction]:
     """Top-k tokens with probabilities for every mask token in `text` ("[MASK]"; for RoBERTa
-    tokenizers "<mask>", and "[MASK]" is read as "<mask>" too). Special tokens are never proposed: a
-    `top_k` beyond the other tokens lists those.
+    tokenizers "<mask>", and "[MASK]" is read as "<mask>" too). As transformers' fill-mask pipeline: a
+    probability is the softmax over the whole vocabulary, a candidate's text is its id decoded alone (RoBERTa's
+    " sees", BERT's "##le"), and with several masks each `filled` keeps the other masks. Special tokens are
+    never proposed: a `top_k` beyond the other tokens lists those (their probabilities then sum below 1).
 
     Raises:
         ValueError: empty text, no mask token, or a text longer than the model's context (cutting
@@ -74,18 +77,31 @@ def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPre
     device = next(model.parameters()).device
     with torch.inference_mode():
         hidden = model.encode(torch.tensor([ids], device=device))[0, positions]  # (M, dim)
-        logits = model.mlm_logits(hidden).float()
-        logits[:, sorted(tok.special_ids)] = float("-inf")
-        logits[:, len(tok):] = float("-inf")  # rows past the tokenizer (a padded vocabulary)
-        probs = logits.softmax(-1)
-    top = probs.topk(min(top_k, int(logits[0].isfinite().sum())), dim=-1)  # never a special token, at any k
+        # softmax over the whole vocabulary first, as transformers: hiding special tokens before it would
+        # renormalise the rest, and every probability would differ from the pipeline's (4% higher on a tiny BERT)
+        probs = model.mlm_logits(hidden).float().softmax(-1)  # (M, vocab_size)
+        hidden_ids = sorted(tok.special_ids) + list(range(len(tok), probs.shape[-1]))  # + a padded vocabulary
+        probs[:, hidden_ids] = -1.0  # below every probability: never a candidate, at any k
+    top = probs.topk(min(top_k, probs.shape[-1] - len(hidden_ids)), dim=-1)
     out = []
     for n, pos in enumerate(positions):
-        tokens = tok.tokens(top.indices[n].tolist())
+        candidates = top.indices[n].tolist()
+        # decoded alone, as the pipeline's token_str: byte-level BPE's raw symbols ("Ġsees") are not text
+        texts = [tok.decode([i], skip_special_tokens=False) for i in candidates]
         best = list(ids)
-        best[pos] = int(top.indices[n, 0])
-        out.append(MaskPrediction(pos, list(zip(tokens, top.values[n].tolist())), tok.decode(best)))
+        best[pos] = candidates[0]
+        out.append(MaskPrediction(pos, list(zip(texts, top.values[n].tolist())), _filled(tok, best, len(positions)),
+                                  candidates))
     return out
+
+
+def _filled(tok: Any, ids: list[int], masks: int) -> str:
+    """The text of `ids` without the special tokens, but, where the text had several masks, with those not
+    filled: dropping them (as skip_special_tokens does) read as a whole sentence that was never predicted.
+    transformers' pipeline keeps them too (its sequence keeps [CLS] and [SEP] as well)."""
+    if masks == 1:
+        return tok.decode(ids)
+    return tok.decode([i for i in ids if i == tok.mask_id or i not in tok.special_ids], skip_special_tokens=False)
 
 
 def attention_view(encoder: LoadedEncoder, text: str) -> tuple[list[str], torch.Tensor]:

@@ -1,7 +1,9 @@
 """Sequence classification with a fine-tuned BERT (`mmkit.tasks.text_classifier.TextClassifier`
-exports, or transformers BertForSequenceClassification directories): label, its probability and
-every class's probability per text, in length-sorted batches returned in input order (planned, then run:
-ranks sharing a run each run some of one process's batches).
+exports, or transformers BertForSequenceClassification directories): label, its score and every
+class's score per text, in length-sorted batches returned in input order (planned, then run: ranks
+sharing a run each run some of one process's batches). Scores follow transformers'
+TextClassificationPipeline: softmax probabilities, sigmoid ones for multi-label and one-logit models,
+raw outputs for regression (`SCORINGS`).
 """
 from __future__ import annotations
 
@@ -18,15 +20,37 @@ from mmkit.inference.quantize import prepare_arithmetic
 KEEP_FP32 = ("classifier.*",)
 
 
+# What turns a classifier's logits (..., num_labels) into its scores, by `scoring`'s name.
+SCORINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": lambda logits: logits.softmax(-1),  # one class per text: probabilities that sum to 1
+    "sigmoid": torch.sigmoid,  # each class on its own (multi-label), or one logit's probability
+    "none": lambda logits: logits,  # regression: the predicted values themselves
+}
+
+
+def scoring(problem_type: str | None, num_labels: int) -> str:
+    """The `SCORINGS` entry transformers' TextClassificationPipeline applies by default (its
+    function_to_apply): a one-logit model without a problem_type is a binary classifier, so sigmoid."""
+    if problem_type == "regression":
+        return "none"
+    if problem_type == "multi_label_classification" or num_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
+
 @dataclass(frozen=True)
 class TextPrediction:
+    """The best label of one text, its score, and every class's score (`TextClassifierPredictor.scoring`:
+    softmax probabilities; sigmoid ones, which need not sum to 1; or a regression's values)."""
+
     label: str
     score: float
     probs: dict[str, float]
 
 
 class TextClassifierPredictor:
-    """texts -> `TextPrediction`s.
+    """texts -> `TextPrediction`s, scored as transformers' text-classification pipeline scores them: `scoring`
+    (a `SCORINGS` name) comes from the encoder's problem_type and label count.
 
     Args:
         encoder: a loaded classifier and tokenizer (`mmkit.inference.encoder.load_encoder`).
@@ -53,6 +77,7 @@ class TextClassifierPredictor:
                                                             KEEP_FP32)
         self.encoder, self.batch_size = encoder, batch_size
         self.names = encoder.class_names
+        self.scoring = scoring(encoder.problem_type, len(self.names))
 
     def plan(self, texts: str | Sequence[str], on_truncated: Callable[[int], None] | None = None,
              ids: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[int]]]:
@@ -86,7 +111,7 @@ class TextClassifierPredictor:
             for j, i in enumerate(rows):
                 batch[j, : len(ids[i])] = torch.tensor(ids[i])
             mask = torch.arange(T)[None, :] < torch.tensor([len(ids[i]) for i in rows])[:, None]
-            probs = model.classify(batch.to(device), mask.to(device)).float().softmax(-1).cpu()
+            probs = SCORINGS[self.scoring](model.classify(batch.to(device), mask.to(device)).float()).cpu()
             for j, i in enumerate(rows):
                 p = probs[j].tolist()
                 best = max(range(len(p)), key=p.__getitem__)

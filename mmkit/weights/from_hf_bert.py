@@ -70,6 +70,29 @@ _HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, "type_vocab_size": int, "l
               "position_embedding_type": str,
               **{flag: Optional[bool] for flag in ("is_decoder", "add_cross_attention", "tie_word_embeddings")}}
 _EMBEDDINGS = tuple(f"{p}embeddings.word_embeddings.weight" for p in ("", "bert.", "roberta."))
+# transformers' `PretrainedConfig.problem_type` values: which function turns a classifier's logits into scores
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def check_problem_type(value: Any, where: str) -> Optional[str]:
+    """`value` if it is one of `PROBLEM_TYPES` or None; else a WeightsError naming `where`."""
+    if value is not None and value not in PROBLEM_TYPES:
+        raise WeightsError(f"{where}: problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {value!r:.80}")
+    return value
+
+
+def head_metadata(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """What a transformers classifier's config (the file `where`) says of its head beyond the tensors, as mmkit
+    export metadata: `class_names` (id2label, in id order) and `problem_type` (how its logits become scores:
+    `mmkit.inference.text_classify`), where given."""
+    labels = cfg.get("id2label") or {}
+    metadata: dict[str, Any] = {}
+    if labels:
+        metadata["class_names"] = [labels.get(str(i), f"LABEL_{i}") for i in range(len(labels))]
+    problem_type = check_problem_type(cfg.get("problem_type"), where)
+    if problem_type is not None:
+        metadata["problem_type"] = problem_type
+    return metadata
 
 
 def bert_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> dict[str, Any]:

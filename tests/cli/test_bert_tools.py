@@ -70,6 +70,31 @@ def test_fill_mask_prints_ranked_tokens_and_the_filled_text(mlm_dir, capsys):
     assert len(lines) == 4 and probs == sorted(probs, reverse=True) and lines[3].startswith("the cat")
 
 
+def test_fill_mask_with_several_masks_prints_each_filled_text_with_the_other_mask(mlm_dir, capsys):
+    from mmkit.inference.fill_mask import fill_mask
+
+    text = "the cat [MASK] the moon [MASK]."
+    assert main(["fill-mask", text, "--model", str(mlm_dir), "--top-k", "2"]) == 0
+    expected = fill_mask(load_encoder(mlm_dir), text, 2)
+    assert capsys.readouterr().out.splitlines() == [
+        line for n, p in enumerate(expected, 1)
+        for line in [f"mask {n}:", *(f"  {prob:7.2%}  {token}" for token, prob in p.candidates), f"  -> {p.filled}"]]
+    assert all(p.filled.count("[MASK]") == 1 for p in expected)
+
+
+def test_fill_mask_quotes_candidates_a_terminal_would_not_show(monkeypatch, mlm_dir, capsys):
+    """Byte-level BPE candidates begin with a space (" sees") or are one control byte: printed bare, the list
+    showed blank lines."""
+    from mmkit.cli import fill_mask as tool
+    from mmkit.inference import fill_mask as api
+
+    shown = [(" sees", 0.5), ("sees", 0.25), ("\x04", 0.125), ("##le", 0.0625)]
+    monkeypatch.setattr(api, "fill_mask", lambda *a: [api.MaskPrediction(3, shown, "the cat sees", [1, 2, 3, 4])])
+    assert tool.main(["the cat [MASK]", "--model", str(mlm_dir)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        '   50.00%  " sees"', "   25.00%  sees", '   12.50%  "\\u0004"', "    6.25%  ##le", "the cat sees"]
+
+
 @pytest.mark.parametrize("text, message", [("the cat sees the moon.", "no [MASK] in the text"),
                                            ("", "the text is empty")])
 def test_fill_mask_mistakes_are_one_line(mlm_dir, capsys, text, message):
@@ -91,6 +116,33 @@ def test_classify_text_csv_in_and_out(tmp_path, capsys):
     assert all(r["label"] in ("class0", "class1", "class2") for r in rows)
     assert abs(sum(float(rows[0][f"p_class{i}"]) for i in range(3)) - 1) < 1e-4
     assert main(["classify-text", str(src), "--model", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("problem_type, num_labels, note", [
+    ("multi_label_classification", 3, "scores are each class's own sigmoid probability"),
+    ("regression", 1, "scores are the regression model's predicted values, not probabilities"),
+])
+def test_classify_text_scores_multi_label_and_regression_models_as_the_api(tmp_path, capsys, problem_type,
+                                                                         num_labels, note):
+    """A multi-label model's classes are each scored on their own (the softmax made them sum to 1), a regression
+    model's value is written (it scored 1.0 on every text); a line on stderr says what the scores are."""
+    d = tmp_path / "clf"
+    write_tiny_bert(d, "classify", num_labels=num_labels)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "problem_type": problem_type}))
+    src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    texts = ["the cat sees the moon.", "a dog finds an apple", "the end"]
+    src.write_text("\n".join(texts) + "\n")
+    assert main(["classify-text", str(src), "--model", str(d), "--out", str(out), "--all-scores", "--quiet"]) == 0
+    assert f"mmkit classify-text: {note}" in capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for row, p in zip(rows, TextClassifierPredictor(load_encoder(d)).predict(texts)):
+        assert (row["label"], row["score"]) == (p.label, round(p.score, 6))
+        assert [row[f"p_class{i}"] for i in range(num_labels)] == [round(v, 6) for v in p.probs.values()]
+    if num_labels > 1:
+        assert all(abs(sum(row[f"p_class{i}"] for i in range(3)) - 1) > 1e-3 for row in rows)
+    else:
+        assert len({row["score"] for row in rows}) == len(texts) and all(row["score"] != 1.0 for row in rows)
 
 
 def test_a_classifier_whose_classes_share_a_name_is_one_line(tmp_path, capsys):

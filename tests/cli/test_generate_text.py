@@ -51,6 +51,27 @@ def test_a_seed_without_sampling_is_said_to_be_unused(checkpoint, capsys, caplog
         f"--seed 3 is unused: {decoding} decoding is deterministic (sample with --temperature, --top-k or --top-p)"]
 
 
+@pytest.mark.parametrize("extra, unused, decoding", [
+    (["--length-penalty", "-3"], "--length-penalty -3 is", "greedy decoding"),
+    (["--early-stopping", "never", "--beam-size", "1"], "--early-stopping never is", "greedy decoding"),
+    (["--length-penalty", "1", "--early-stopping", "true", "--temperature", "0.8"],
+     "--length-penalty 1 and --early-stopping true are", "sampling"),
+])
+def test_beam_options_without_beams_are_said_to_be_unused(checkpoint, capsys, caplog, extra, unused, decoding):
+    """As --seed without sampling: transformers' GenerationConfig.validate flags them outside beam search, mmkit
+    ignored them without a word."""
+    directory, _, _ = checkpoint
+    args = ["generate-text", "A dog", "--model", str(directory), "--max-new-tokens", "4", "--seed", "3"]
+    assert main([*args, *extra]) == 0
+    capsys.readouterr()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--seed" not in r.getMessage()] == [
+        f"{unused} unused: {decoding} has no beams to rank or stop (search with --beam-size B > 1)"]
+    caplog.clear()
+    assert main([*args, "--beam-size", "2", "--length-penalty", "-3", "--early-stopping", "never"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "--seed 3 is unused: beam-search decoding is deterministic (sample with --temperature, --top-k or --top-p)"]
+
+
 def test_beam_options_are_transformers_and_the_default_length_fits_a_small_context(checkpoint, capsys):
     """--beam-size B with --length-penalty/--early-stopping is transformers' generate(num_beams=B, ...); without
     --max-new-tokens the length is 64 at most half the context (the default 64 filled this 64-token model's

@@ -33,6 +33,24 @@ def test_fill_and_attention_functions_match_the_api(encoder):
     assert image.size[0] > 28 * len(tokens) and maps.shape[:2] == (2, 4)
 
 
+def test_fill_fills_every_mask_and_keeps_candidates_that_decode_alike_apart(encoder, monkeypatch):
+    """Byte-level BPE decodes each partial UTF-8 byte alone to the same "\ufffd": the label's dict kept one of
+    them. Every mask is filled with its own best candidate (each prediction's `filled` keeps the others)."""
+    import demos.bert
+    from mmkit.inference.fill_mask import MaskPrediction
+
+    text = "the cat [MASK] the moon [MASK]."
+    predictions = fill_mask(encoder, text, 3)
+    ids = encoder.tokenizer.encode(text)
+    for p in predictions:
+        ids[p.position] = p.ids[0]
+    assert encoder.tokenizer.mask_id not in ids
+    assert demos.bert.fill(encoder, text, 3)[1] == encoder.tokenizer.decode(ids)
+    alike = [MaskPrediction(3, [("\ufffd", 0.3), ("\ufffd", 0.2), ("a", 0.1)], "the cat \ufffd", [7, 9, 11])]
+    monkeypatch.setattr(demos.bert, "fill_mask", lambda *a: alike)
+    assert demos.bert.fill(encoder, "the cat [MASK]", 3)[0] == {"\ufffd (id 7)": 0.3, "\ufffd (id 9)": 0.2, "a": 0.1}
+
+
 def test_attention_under_concurrent_fills_is_the_texts_own(encoder):
     """Gradio runs Fill and Show attention concurrently on one model: the attention view's hooks saw the
     other event's forward passes (359 of 1,455 calls failed with a stack of unequal sizes, and with equal

@@ -1,7 +1,7 @@
 """BERT inference against transformers on the same tiny random-init checkpoints: embeddings equal a
 plain transformers loop with mean pooling + L2 norm (sorted batches == one at a time), fill-mask
-probabilities equal the softmax of BertForMaskedLM's logits, the attention view equals
-`output_attentions`, classifier probabilities equal BertForSequenceClassification's; bad input is
+probabilities, candidates and filled texts equal the fill-mask pipeline's, the attention view equals
+`output_attentions`, classifier scores equal the text-classification pipeline's; bad input is
 one clear error."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mmkit.inference.encoder import load_encoder
 from mmkit.inference.fill_mask import attention_view, fill_mask
 from mmkit.inference.text_classify import TextClassifierPredictor
 from mmkit.weights import WeightsError
-from _bert import MAX_POSITIONS, write_tiny_bert
+from _bert import MAX_POSITIONS, write_tiny_bert, write_tiny_roberta_classifier
 from _gpt import write_tiny_gpt2
 
 TEXTS = ["the cat sees the moon.", "a dog", "my friend remembers a quiet song and the long road.", "the teacher"]
@@ -52,22 +52,75 @@ def test_long_texts_are_truncated_with_a_warning(mlm_dir, caplog):
     assert np.isfinite(got).all() and "truncated" in caplog.text
 
 
+def _fill_mask_pipeline(ref, directory):
+    from transformers import BertTokenizerFast, pipeline
+
+    return pipeline("fill-mask", model=ref, tokenizer=BertTokenizerFast(str(directory / "vocab.txt")))
+
+
 def test_fill_mask_probabilities_equal_transformers(mlm_dir):
+    """Scores, candidate texts and the filled text are the fill-mask pipeline's: the softmax over the whole
+    vocabulary (special tokens were hidden before the softmax, so every probability was about 4% higher)."""
     d, ref, tok = mlm_dir
     enc = load_encoder(d)
-    [pred] = fill_mask(enc, "the cat [MASK] the moon.", top_k=3)
-    ids = tok.encode("the cat [MASK] the moon.")
-    with torch.no_grad():
-        logits = ref(input_ids=torch.tensor([ids])).logits[0, ids.index(tok.mask_id)]
-    logits[sorted(tok.special_ids)] = float("-inf")
-    probs, top = logits.softmax(-1).topk(3)
-    assert [t for t, _ in pred.candidates] == tok.tokens(top.tolist())
-    assert np.allclose([p for _, p in pred.candidates], probs.numpy(), atol=1e-5)
-    assert pred.position == ids.index(tok.mask_id) and "[MASK]" not in pred.filled
-    assert len(fill_mask(enc, "[MASK] cat [MASK] the moon.")) == 2
-    [every] = fill_mask(enc, "the cat [MASK] the moon.", top_k=10**6)  # past the vocabulary: no special token
+    text = "the cat [MASK] the moon."
+    [pred] = fill_mask(enc, text, top_k=5)
+    expected = _fill_mask_pipeline(ref, d)(text, top_k=5)
+    assert not {r["token"] for r in expected} & tok.special_ids  # else mmkit's hidden specials would differ
+    assert [t for t, _ in pred.candidates] == [r["token_str"] for r in expected]
+    assert pred.ids == [r["token"] for r in expected]
+    assert np.allclose([p for _, p in pred.candidates], [r["score"] for r in expected], atol=1e-6, rtol=0)
+    assert pred.filled == expected[0]["sequence"] and pred.position == tok.encode(text).index(tok.mask_id)
+    [every] = fill_mask(enc, text, top_k=10**6)  # past the vocabulary: no special token
     specials = set(tok.tokens(sorted(tok.special_ids)))
     assert len(every.candidates) == len(tok) - len(specials) and not specials & {t for t, _ in every.candidates}
+    assert sum(p for _, p in every.candidates) < 1 - 1e-6  # the specials' share is not spread over the rest
+
+
+def test_several_masks_keep_the_other_masks_as_transformers(mlm_dir):
+    """Each `filled` fills its own mask and keeps the others, as the pipeline's sequence does: decoding with
+    skip_special_tokens dropped them, and "the cat. the moon." read as a sentence that was never predicted."""
+    d, ref, tok = mlm_dir
+    text = "The Cat [MASK] the moon [MASK]."
+    preds = fill_mask(load_encoder(d), text, top_k=3)
+    expected = _fill_mask_pipeline(ref, d)(text, top_k=3)
+    assert len(preds) == 2
+    for pred, rows in zip(preds, expected):
+        assert pred.filled.count("[MASK]") == 1 and pred.candidates[0][0].lstrip("#") in pred.filled
+        # transformers keeps [CLS]/[SEP] too, and decodes a word piece after an added token as " ##f"
+        assert f"[CLS] {pred.filled} [SEP]" == rows[0]["sequence"].replace(" ##", "")
+        assert np.allclose([p for _, p in pred.candidates], [r["score"] for r in rows], atol=1e-6, rtol=0)
+
+
+def _write_tiny_roberta_mlm(directory):
+    """A random-init RobertaForMaskedLM on the byte-level BPE of `write_tiny_roberta_classifier`."""
+    from transformers import RobertaForMaskedLM
+
+    clf, hf_tok = write_tiny_roberta_classifier(directory / "clf")
+    torch.manual_seed(0)
+    model = RobertaForMaskedLM(clf.config).eval()
+    model.save_pretrained(directory / "mlm")
+    for name in ("vocab.json", "merges.txt"):
+        (directory / "mlm" / name).write_bytes((directory / "clf" / name).read_bytes())
+    return directory / "mlm", model, hf_tok
+
+
+def test_roberta_candidates_are_decoded_text_as_the_pipeline(tmp_path):
+    """Byte-level BPE candidates are the ids decoded (" sees", "é"), the pipeline's token_str, never the raw
+    symbols ("Ġsees", "Ã©") `tokens` gives; their probabilities are the pipeline's too."""
+    from transformers import pipeline
+
+    d, ref, hf_tok = _write_tiny_roberta_mlm(tmp_path)
+    enc = load_encoder(d)
+    text = "The cat <mask> the moon."
+    [pred] = fill_mask(enc, text, top_k=len(hf_tok))  # every token but the 5 special ones
+    ranked = pipeline("fill-mask", model=ref, tokenizer=hf_tok)(text, top_k=len(hf_tok))
+    expected = [r for r in ranked if r["token"] not in enc.tokenizer.special_ids]
+    assert len(pred.candidates) == len(expected) == len(hf_tok) - 5
+    assert [t for t, _ in pred.candidates] == [r["token_str"] for r in expected]
+    assert np.allclose([p for _, p in pred.candidates], [r["score"] for r in expected], atol=1e-6, rtol=0)
+    assert " sees" in [t for t, _ in pred.candidates] and not any("Ġ" in t for t, _ in pred.candidates)
+    assert pred.filled == expected[0]["sequence"]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -98,6 +151,48 @@ def test_classifier_probabilities_and_names(tmp_path):
     for p, e in zip(preds, expected):
         assert p.label == f"class{int(e.argmax())}" and abs(p.score - float(e.max())) <= 1e-5
         assert list(p.probs) == ["class0", "class1", "class2"]
+
+
+def _with_problem_type(directory, problem_type):
+    import json
+
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "problem_type": problem_type}))
+
+
+@pytest.mark.parametrize("problem_type, num_labels, scoring", [
+    (None, 3, "softmax"), ("single_label_classification", 3, "softmax"),
+    ("multi_label_classification", 3, "sigmoid"), (None, 1, "sigmoid"), ("regression", 1, "none"),
+])
+def test_classifier_scores_are_the_pipelines_for_every_problem_type(tmp_path, problem_type, num_labels, scoring):
+    """transformers' text-classification pipeline applies sigmoid to a multi-label or one-logit model and
+    nothing to a regression: mmkit took the softmax of every model, so a regression model scored 1.0 on every
+    text and multi-label probabilities summed to 1. The problem_type survives an mmkit export."""
+    from transformers import BertForSequenceClassification, BertTokenizerFast, pipeline
+
+    d = tmp_path / "hf"
+    write_tiny_bert(d, "classify", num_labels=num_labels)
+    _with_problem_type(d, problem_type)
+    ref = BertForSequenceClassification.from_pretrained(d).eval()
+    rows = pipeline("text-classification", model=ref, tokenizer=BertTokenizerFast(str(d / "vocab.txt")),
+                    top_k=None)(TEXTS)
+    encoder = load_encoder(d)
+    export = load_encoder(encoder.save_pretrained(tmp_path / "export"))
+    assert export.problem_type == encoder.problem_type == problem_type
+    for loaded in (encoder, export):
+        predictor = TextClassifierPredictor(loaded, batch_size=3)
+        assert predictor.scoring == scoring
+        for pred, expected in zip(predictor.predict(TEXTS), rows):
+            assert (pred.label, pred.score) == pytest.approx((expected[0]["label"], expected[0]["score"]), abs=1e-5)
+            assert pred.probs == pytest.approx({r["label"]: r["score"] for r in expected}, abs=1e-5)
+
+
+def test_an_unknown_problem_type_is_refused_in_one_line(tmp_path):
+    write_tiny_bert(tmp_path, "classify")
+    _with_problem_type(tmp_path, "ordinal")
+    with pytest.raises(WeightsError, match=r"config.json: problem_type must be one of regression, "
+                                           r"single_label_classification, multi_label_classification, got 'ordinal'$"):
+        load_encoder(tmp_path)
 
 
 def test_wrong_checkpoints_are_refused(tmp_path, mlm_dir):

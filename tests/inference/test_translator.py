@@ -199,6 +199,28 @@ def test_cli_early_stopping_is_the_translators(marian, capsys, monkeypatch, rule
                                                                                                       options)]
 
 
+def test_cli_beam_options_without_beams_are_said_to_be_unused(marian, tmp_path, capsys, caplog):
+    """--length-penalty/--early-stopping are ignored by greedy decoding: one warning, as --seed's in generate-text,
+    and only when the beam size in effect is 1 (a model's generation_config.json num_beams counts)."""
+    import shutil
+
+    warned = "unused: greedy decoding has no beams to rank or stop (search with --beam-size K > 1)"
+    for extra, unused in ((["--length-penalty", "5", "--early-stopping", "true"],
+                           "--length-penalty 5 and --early-stopping true are"),
+                          (["--early-stopping", "never", "--beam-size", "1"], "--early-stopping never is")):
+        caplog.clear()
+        assert mmkit_main(["translate", "seven", "--model", str(marian), *extra]) == 0
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [f"{unused} {warned}"]
+    caplog.clear()
+    assert mmkit_main(["translate", "seven", "--model", str(marian), "--beam-size", "2", "--length-penalty", "5"]) == 0
+    beams = shutil.copytree(marian, tmp_path / "beams")
+    config = json.loads((beams / "generation_config.json").read_text())
+    (beams / "generation_config.json").write_text(json.dumps({**config, "num_beams": 2}))
+    assert mmkit_main(["translate", "seven", "--model", str(beams), "--length-penalty", "5"]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    capsys.readouterr()
+
+
 def test_cli_text_arguments_and_user_errors(native, tmp_path, capsys):
     assert mmkit_main(["translate", "seven", "third", "--model", str(native), "--max-length", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
