@@ -30,7 +30,9 @@ def progress(description: str, total: int, unit: str = "it", completed: int = 0,
     class Rate(ProgressColumn):
         def render(self, task: Any) -> Text:
             done = task.completed - completed  # this run's (a resumed run's earlier units took no time here)
-            return Text(rate(task.speed or (done / task.elapsed if done > 0 and task.elapsed else None), unit))
+            mean = done / task.elapsed if done > 0 and task.elapsed else None
+            speed = task.speed if _speed_span(task) >= MIN_SPEED_SPAN_S else None
+            return Text(rate(speed or mean, unit))
 
     # On a terminal, what is printed while the bar runs (transcripts on stdout; a bad row's line, a warning on
     # stderr) goes above it: printed under it, a line was glued to the bar ("ETA -:--:--mmkit embed: line 8: ...")
@@ -45,10 +47,28 @@ def progress(description: str, total: int, unit: str = "it", completed: int = 0,
         yield lambda n=1: bar.advance(task, n)
 
 
+# rich's speed is the units of its recent samples over the time between the first and the last of them. Units that
+# finish in a burst (transcripts come out in input order: short files wait for a long one, then all end within
+# milliseconds) put their samples milliseconds apart, and the "speed" read 802.4 file/s in a run of 105 s/file.
+# Under this span the run's mean is shown instead.
+MIN_SPEED_SPAN_S = 1.0
+
+
+def _speed_span(task: Any) -> float:
+    """Seconds between the first and the last of the samples rich's `task.speed` is estimated from (0 when
+    there are fewer than two, or this rich keeps them elsewhere: then the mean is shown, never a burst)."""
+    samples = getattr(task, "_progress", None)  # rich's deque of ProgressSample(timestamp, completed)
+    try:
+        return float(samples[-1].timestamp - samples[0].timestamp) if samples and len(samples) > 1 else 0.0
+    except (AttributeError, TypeError, IndexError):
+        return 0.0
+
+
 def rate(speed: float | None, unit: str) -> str:
     """"12.3 img/s"; "42.0 s/file" below one unit a second (it read "0.0 file/s"); "-- img/s" before any unit is
-    done. `speed` is rich's estimate over the last 30 s, else this run's mean (rich has none once a unit takes
-    longer than that: a long file read "0.0 file/s" for the whole run)."""
+    done. `speed` is rich's estimate over the last 30 s when its samples span a second or more, else this run's
+    mean (rich has none once a unit takes longer than that: a long file read "0.0 file/s" for the whole run; and
+    a burst of units makes it absurd, `MIN_SPEED_SPAN_S`)."""
     if not speed:
         return f"-- {unit}/s"
     return f"{speed:.1f} {unit}/s" if speed >= 1 else f"{1 / speed:.1f} s/{unit}"

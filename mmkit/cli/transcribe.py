@@ -1,6 +1,7 @@
 """`mmkit transcribe`: speech to text (or English translation) with a Whisper checkpoint,
 openai/whisper's command line (`whisper` CLI: --task, --language, --temperature ladder,
-thresholds, -f txt/json/srt/vtt/tsv) over `mmkit.inference.Transcriber`. Under torchrun (or any launcher
+thresholds, --initial-prompt, -f txt/json/srt/vtt/tsv) over `mmkit.inference.Transcriber`, except that it decodes
+greedily by default, for speed (openai's default is beam search, --beam-size 5). Under torchrun (or any launcher
 setting torch.distributed's environment) each rank transcribes a contiguous block of the files on its own
 device and writes their outputs; rank 0 prints the transcripts in input order and the combined summary.
 """
@@ -53,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="tokenizer directory or .tiktoken file to use instead of the checkpoint's")
     p.add_argument("--language", default=None, help="language code or name (default: detect per file)")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    p.add_argument("--beam-size", type=BEAMS, default=1, help="1 = greedy (default; at most 32)")
+    p.add_argument("--beam-size", type=BEAMS, default=1,
+                   help="1 = greedy (default, for speed; at most 32). openai's whisper command defaults to 5 "
+                        "(beam search, usually a lower WER); pass --beam-size 5 to match it")
     p.add_argument("--best-of", type=BEAMS, default=5, help="samples per window at temperature > 0 (at most 32)")
     p.add_argument("--temperature", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
                    help="temperatures tried in order on failing windows (a single 0 disables the fallback)")
@@ -65,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="retry windows whose mean token log-probability is lower, <= 0 ('none': never)")
     p.add_argument("--no-speech-threshold", type=_optional(finite(0, 1)), default=0.6,
                    help="<|nospeech|> probability above which an unlikely window counts as silence ('none': never)")
+    p.add_argument("--initial-prompt", default=None, metavar="TEXT",
+                   help="text the decoder reads before every 30 s window (openai's --initial_prompt: spelling of "
+                        "names and jargon, punctuation style). Windows are decoded independently, so it applies to "
+                        "each of them, as openai's --carry_initial_prompt True --condition_on_previous_text False")
     p.add_argument("--no-repetition-guard", action="store_true", help="let repetitive windows run to the limit")
     p.add_argument("--without-timestamps", action="store_true", help="one segment per 30 s window")
     p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="tokens per window (default 224)")
@@ -93,7 +100,8 @@ def _options(args: argparse.Namespace) -> DecodingOptions:
         beam_size=args.beam_size, best_of=args.best_of, temperatures=tuple(args.temperature),
         compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
         no_speech_threshold=args.no_speech_threshold, max_new_tokens=args.max_new_tokens,
-        repetition_guard=not args.no_repetition_guard, seed=args.seed, audio_context=args.audio_context)
+        repetition_guard=not args.no_repetition_guard, seed=args.seed, audio_context=args.audio_context,
+        initial_prompt=args.initial_prompt)
 
 
 def _usage_error(args: argparse.Namespace, device: str) -> str | None:

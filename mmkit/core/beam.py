@@ -132,7 +132,9 @@ def openai_beam_search(
     """Beam search as openai/whisper's `BeamSearchDecoder`: per step each row keeps the K best
     continuations that do not end and collects those that end in EOS, until it holds K finished
     ones; the best by sum log p / length ** length_penalty wins (rows short of K finished let
-    their live beams compete).
+    their live beams compete). `length` counts the generated tokens before EOS, not EOS itself:
+    openai's `MaximumLikelihoodRanker` ranks the sequences cut at EOS, and counting it would
+    favour short hypotheses.
 
     Args:
         next_logits: tokens (B·K, T) -> next-token logits (B·K, V), float, after the logit filters.
@@ -140,7 +142,7 @@ def openai_beam_search(
         prompt: (B, T) start tokens.
 
     Returns:
-        the best sequence of each row (prompt included), and their (B,) scores.
+        the best sequence of each row (prompt included, EOS too if it ended), and their (B,) scores.
     """
     B, T = prompt.shape
     K, device = beam_size, prompt.device
@@ -165,7 +167,7 @@ def openai_beam_search(
                 if eos_id is not None and tok == eos_id:
                     if len(hyps[b]) < K and lp > float("-inf"):
                         seq = torch.cat([tokens[src], tokens.new_tensor([tok])])
-                        hyps[b].append((score(lp, step + 1), seq))
+                        hyps[b].append((score(lp, step), seq))  # step tokens before EOS
                     continue
                 rows.append(src), new_tok.append(tok), new_lp.append(lp)
                 kept += 1

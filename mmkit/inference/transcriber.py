@@ -6,9 +6,11 @@ thresholds, no-speech skip; plus a repetition guard that ends looping windows.
 
 Differences from openai/whisper, on purpose: long audio is cut into fixed, consecutive windows of
 the encoder's length (30 s) instead of seeking to the last predicted timestamp, and windows are
-decoded without the previous window's text as a prompt; both make every window independent, so
-the windows of many files are batched through the encoder and the decoder together. Timestamps
-never pass the end of a window's audio; digitally silent windows (all samples 0) are not decoded.
+decoded without the previous window's text as a prompt (an initial prompt, `DecodingOptions.initial_prompt`,
+precedes every window alike); both make every window independent, so the windows of many files are
+batched through the encoder and the decoder together. Timestamps
+never pass the end of a window's audio; digitally silent windows (all samples 0) and windows under one
+Mel frame (`HOP_LENGTH` samples: openai/whisper's content frames are 0, so it decodes nothing) are not decoded.
 The decoder runs on the shared loop (`mmkit.core.generate`) with one KV cache per batch whose
 cross-attention keys/values are computed once per window and shared by language detection,
 decoding and every fallback attempt (`KVCache.fork`).
@@ -128,6 +130,7 @@ class Transcriber:
         self.batch_size = batch_size
         self.window_samples = 2 * model.n_audio_ctx * HOP_LENGTH  # 480_000 (30 s) for every Whisper
         self._check_options()
+        self.prompt_prefix = self._prompt_prefix()  # what precedes <|startoftranscript|> in every window
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, options: DecodingOptions | None = None, batch_size: int = 8,
@@ -147,6 +150,25 @@ class Transcriber:
             raise ValueError("this checkpoint is English-only: it cannot translate or decode other languages")
         if o.language is not None and tok.is_multilingual:
             tok.language_id(o.language)  # raises for unknown languages
+
+    def _prompt_prefix(self) -> list[int]:
+        """[<|startofprev|>, *the initial prompt's last n_text_ctx // 2 - 1 tokens] (openai/whisper's
+        `_get_initial_tokens`), or [] without a prompt; encoded once here, so that a prompt that cannot work is
+        refused before any audio is read."""
+        o, tok, n_ctx = self.options, self.tokenizer, self.model.n_text_ctx
+        if not o.initial_prompt:  # openai's `if prompt := options.prompt`: "" is no prompt
+            return []
+        if getattr(tok, "sot_prev", None) is None:
+            raise ValueError("initial prompt: this checkpoint's tokenizer has no <|startofprev|> token, so the "
+                             "model was not trained with prompts")
+        keep = max(n_ctx // 2 - 1, 0)  # openai slices [-(n // 2 - 1):], which keeps everything when that is 0
+        text = tok.encode(" " + o.initial_prompt.strip())
+        prefix = [tok.sot_prev, *text[len(text) - min(keep, len(text)):]]
+        task = tok.sot_sequence("en" if tok.is_multilingual else None, o.task, o.without_timestamps)
+        if len(prefix) + len(task) >= n_ctx:
+            raise ValueError(f"initial prompt: {len(prefix)} prompt and {len(task)} task tokens fill the decoder's "
+                             f"context of {n_ctx} tokens, leaving no room for text")
+        return prefix
 
     # --- public API ------------------------------------------------------------------------
 
@@ -280,8 +302,9 @@ class Transcriber:
     # outside inference mode (inside it, every decoding step casts every weight again: ~18% slower in bf16)
     @torch.no_grad()
     def _decode_windows(self, windows: Sequence[_Window], languages: dict[int, str | None]) -> list[list[Segment]]:
-        """Segments of each window. Digitally silent windows (all samples 0) are not decoded."""
-        audible = [k for k, w in enumerate(windows) if np.any(w.audio)]
+        """Segments of each window. Digitally silent windows (all samples 0) and those shorter than one Mel frame
+        are not decoded: padded to 30 s, a few samples are near-silence, where Whisper hallucinates text."""
+        audible = [k for k, w in enumerate(windows) if len(w.audio) >= HOP_LENGTH and np.any(w.audio)]
         if not audible:
             return [[] for _ in windows]
         audio = torch.stack([torch.from_numpy(pad_or_trim(np.ascontiguousarray(windows[k].audio),
@@ -336,15 +359,15 @@ class Transcriber:
         # (under autocast the weights stay fp32 and autocast casts)
         mel = mel.to(next(p.dtype for p in model.parameters() if p.is_floating_point()))
         context = model.encode(mel, partial=True)  # (B, positions, dim): all n_audio_ctx unless audio_context
-        # One pass over <|startoftranscript|> fills the cross-attention cache and gives the
-        # language and no-speech probabilities (both read at that position, as openai/whisper).
+        # One pass over the initial prompt (if any) and <|startoftranscript|> fills the cross-attention cache and
+        # gives the no-speech probability, read at <|startoftranscript|> (openai/whisper's `sot_index`).
         cache = KVCache()
-        sot = torch.full((len(ws), 1), tok.sot, dtype=torch.long, device=self.device)
-        first = model(sot, context, cache)[:, 0].float()  # (B, V)
-        no_speech = first.softmax(dim=-1)[:, tok.no_speech].tolist()
-        self._detect_languages(ws, first, languages)
-        prompts = [tok.sot_sequence(languages[w.file] if tok.is_multilingual else None, o.task, o.without_timestamps)
-                   for w in ws]
+        head = torch.tensor([[*self.prompt_prefix, tok.sot]] * len(ws), dtype=torch.long, device=self.device)
+        at_sot = model(head, context, cache)[:, -1].float()  # (B, V)
+        no_speech = at_sot.softmax(dim=-1)[:, tok.no_speech].tolist()
+        self._detect_languages(ws, self._language_logits(context, cache, at_sot, ws, languages), languages)
+        prompts = [self.prompt_prefix + tok.sot_sequence(languages[w.file] if tok.is_multilingual else None, o.task,
+                                                         o.without_timestamps) for w in ws]
         max_index = torch.tensor([min(round(len(w.audio) / SAMPLE_RATE / TIME_PRECISION),
                                       model.n_audio_ctx) for w in ws])
         decoder = WindowDecoder(model, tok, o)  # built per batch: it holds no state of its own
@@ -356,6 +379,18 @@ class Transcriber:
             if not silent:
                 out[k] = window_segments(d, tok, len(w.audio) / SAMPLE_RATE, w.offset, p, o.without_timestamps)
         return out
+
+    def _language_logits(self, context: Tensor, cache: KVCache, at_sot: Tensor, windows: Sequence[_Window],
+                         languages: dict[int, str | None]) -> Tensor:
+        """(B, V) logits language detection reads: openai/whisper's `detect_language` feeds <|startoftranscript|>
+        alone, never the prompt; with a prompt that is a second one-token pass, on the cached keys/values of the
+        audio (a fork without the prompt's), and only while some window's language is still unknown."""
+        if not (self.prompt_prefix and self.tokenizer.is_multilingual
+                and any(languages.get(w.file) is None for w in windows)):
+            return at_sot
+        alone = cache.fork(torch.arange(len(windows), device=self.device), keep_prefix=False)
+        sot = torch.full((len(windows), 1), self.tokenizer.sot, dtype=torch.long, device=self.device)
+        return self.model(sot, context, alone)[:, 0].float()
 
     def _detect_languages(self, windows: Sequence[_Window], first_logits: Tensor,
                           languages: dict[int, str | None]) -> None:

@@ -54,6 +54,11 @@ class DecodingOptions:
             (whisper.cpp's `audio_ctx`): a window holding d seconds is encoded over max(audio_context,
             2·d) seconds, rounded up to a whole second and never more than the window, so the
             encoder's work falls with the audio's length (README: WER and time per setting).
+        initial_prompt: text the decoder reads before every window (openai/whisper's `prompt`: names,
+            jargon, punctuation style): <|startofprev|> and the last n_text_ctx // 2 - 1 tokens of
+            " " + the stripped text go before the task tokens. Every window, not only the first: windows are
+            decoded independently (openai's `transcribe(..., condition_on_previous_text=False,
+            carry_initial_prompt=True)`). None or "" (the default): no prompt.
     """
 
     task: str = "transcribe"
@@ -69,6 +74,7 @@ class DecodingOptions:
     repetition_guard: bool = True
     seed: int = 0
     audio_context: float | None = None
+    initial_prompt: str | None = None
 
     def __post_init__(self) -> None:
         # checked here, before any model is loaded, so that the API and the CLI refuse the same values
@@ -78,6 +84,8 @@ class DecodingOptions:
                 isinstance(t, numbers.Real) and not isinstance(t, bool) for t in self.temperatures):
             raise TypeError(f"DecodingOptions: temperatures must be a tuple of numbers, e.g. (0.0,), "
                             f"got {self.temperatures!r}")
+        if self.initial_prompt is not None and not isinstance(self.initial_prompt, str):
+            raise TypeError(f"DecodingOptions: initial_prompt must be a string or None, got {self.initial_prompt!r}")
         if self.task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', got {self.task!r}")
         if not self.temperatures or not all(finite32(t) and t >= 0 for t in self.temperatures):
@@ -128,12 +136,14 @@ def window_seed(audio: np.ndarray, seed: int, attempt: int) -> int:
 
 
 def greedy_options(tokenizer: Any) -> DecodingOptions:
-    """Interactive defaults (the demo, `load_transcriber`): greedy without fallback; English for
-    multilingual Whisper tokenizers. Character/BPE tokenizers (no <|nospeech|> token worth
-    reading, no languages) get no silence skip; the transcriber drops their timestamps."""
+    """Interactive defaults (the demo, `load_transcriber`): greedy without fallback; the language is
+    detected per file on multilingual checkpoints, as openai/whisper, faster-whisper and transformers do
+    (pinning English turned German speech into an English translation or garbage, silently).
+    Character/BPE tokenizers (no <|nospeech|> token worth reading, no languages) get no silence skip;
+    the transcriber drops their timestamps."""
     if isinstance(tokenizer, CharTokenizer):
         return DecodingOptions(temperatures=(0.0,), no_speech_threshold=None)
-    return DecodingOptions(language="en" if tokenizer.is_multilingual else None, temperatures=(0.0,))
+    return DecodingOptions(temperatures=(0.0,))
 
 
 @dataclass

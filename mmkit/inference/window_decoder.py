@@ -32,15 +32,16 @@ class WindowDecoder:
                no_speech: list[float], audios: list[np.ndarray]) -> list[Decoded]:
         """Each row decoded at the first temperature; rows that fail the checks (`needs_fallback`) again at
         the next one, until the last. `cache` holds the cross-attention keys/values and the
-        <|startoftranscript|> pass: every attempt decodes on a fork of it."""
+        pass over the initial prompt and <|startoftranscript|>: every attempt decodes on a fork of it."""
         o = self.options
         results: list[Decoded | None] = [None] * prompts.shape[0]
         rows = list(range(prompts.shape[0]))
         for attempt in range(len(o.temperatures)):
             last = attempt == len(o.temperatures) - 1
             index = torch.tensor(rows, device=context.device)
-            # the cache holds <|startoftranscript|>; a prompt of that token alone must be fed again
-            fork = cache.fork(index, keep_prefix=prompts.shape[1] > 1)
+            # the cache holds the prompt up to <|startoftranscript|>; a prompt that ends there must be fed again,
+            # so that the loop has a last position to read the first token's logits from
+            fork = cache.fork(index, keep_prefix=prompts.shape[1] > cache.length)
             decoded = self.decode_once(context[index], fork, prompts[index], max_index[index], attempt,
                                        [audios[r] for r in rows])
             retry = []
@@ -98,10 +99,19 @@ class WindowDecoder:
             new = seq[T:]
             ended = len(new) > 0 and int(new[-1]) == tok.eot
             tokens = new[:-1] if ended else new
-            # beam scores are length-normalised (sum / generated length): undo it for the sum
-            total = float(g.scores[i]) * (len(new) if isinstance(strategy, BeamSearch) else 1)
+            # beam scores are length-normalised (sum / text tokens ** penalty, EOS not counted): undo it for the sum
+            norm = max(len(tokens), 1) ** strategy.length_penalty if isinstance(strategy, BeamSearch) else 1
+            total = float(g.scores[i]) * norm
             looped = o.repetition_guard and ended and is_loop(tokens)
             out.append(Decoded.scored(tokens.tolist(), total, temperature, looped, tok.decode(tokens.tolist())))
-        if n > 1:  # keep the likeliest candidate of each window (openai: length-normalised log-prob)
-            out = [max(out[b * n:(b + 1) * n], key=lambda d: d.sum_logprob / (len(d.tokens) + 1)) for b in range(B)]
+        if n > 1:  # keep the likeliest candidate of each window
+            out = [max(out[b * n:(b + 1) * n], key=likelihood_rank) for b in range(B)]
         return out
+
+
+def likelihood_rank(d: Decoded) -> float:
+    """openai/whisper's `MaximumLikelihoodRanker(length_penalty=None)`: sum log p / text tokens, EOS not counted
+    (its `avg_logprob` counts it, the ranking does not; counting it favours short candidates). An empty
+    candidate divides by 1 where openai would divide by zero (never reached there: SuppressBlank bans an
+    immediate EOS)."""
+    return d.sum_logprob / max(len(d.tokens), 1)

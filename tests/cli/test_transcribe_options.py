@@ -46,3 +46,12 @@ def test_values_out_of_range_are_one_usage_line(extra, message, capsys):
         _parse(*extra)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"mmkit transcribe: error: argument {extra[0]}: {message}"
+
+
+def test_initial_prompt_reaches_the_options_and_beam_help_names_openais_default():
+    assert _options(_parse()).initial_prompt is None
+    assert _options(_parse("--initial-prompt", "Names: mmkit, Whisper.")).initial_prompt == "Names: mmkit, Whisper."
+    assert _parse().beam_size == 1  # greedy stays mmkit's default (speed); the help says openai's is 5
+    text = " ".join(_parser().format_help().split())
+    assert "openai's whisper command defaults to 5" in text and "--beam-size 5 to match it" in text
+    assert "applies to each of them" in text  # the prompt precedes every 30 s window, not the first only

@@ -125,7 +125,8 @@ class PrefixTable:
 
 
 def _brute_force_best(model: PrefixTable, max_new: int, eos_id: int | None) -> tuple[tuple[int, ...], float]:
-    """Best sum-log-prob / length over every sequence that ends in eos or reaches max_new."""
+    """Best sum-log-prob / length over every sequence that ends in eos or reaches max_new; the length counts
+    the tokens before eos (openai/whisper's `MaximumLikelihoodRanker` ranks sequences cut at EOT)."""
     best: tuple[tuple[int, ...], float] = ((), -math.inf)
     for n in range(1, max_new + 1):
         for seq in itertools.product(range(model.vocab), repeat=n):
@@ -134,8 +135,9 @@ def _brute_force_best(model: PrefixTable, max_new: int, eos_id: int | None) -> t
             if n < max_new and (eos_id is None or seq[-1] != eos_id):
                 continue
             lp = sum(math.log(model.probs(seq[:i])[tok]) for i, tok in enumerate(seq))
-            if lp / n > best[1]:
-                best = (seq, lp / n)
+            length = max(n - (eos_id is not None and seq[-1] == eos_id), 1)
+            if lp / length > best[1]:
+                best = (seq, lp / length)
     return best
 
 
@@ -162,7 +164,7 @@ def test_beam_search_prefers_a_finished_hypothesis_with_better_normalised_score(
         (): [0.02, 0.5, 0.45, 0.03],
         (1,): [0.02, 0.34, 0.33, 0.31],
         (1, 1): [0.1, 0.4, 0.3, 0.2],
-        (2,): [0.95, 0.02, 0.02, 0.01],  # [2, eos]: log(0.45 * 0.95) / 2
+        (2,): [0.95, 0.02, 0.02, 0.01],  # [2, eos]: log(0.45 * 0.95) / 1 (eos not counted)
     }, vocab=4, prompt_len=1)
     prompt = torch.tensor([[1]])
     best_seq, best_score = _brute_force_best(model, 3, eos)
@@ -172,6 +174,25 @@ def test_beam_search_prefers_a_finished_hypothesis_with_better_normalised_score(
     assert beam.scores[0].item() == pytest.approx(best_score)
     greedy = generate(model, prompt, 3, Greedy(), eos_id=eos, use_cache=False)
     assert greedy.sequences[0].tolist() == [1, 1, 1, 1]
+    assert beam.scores[0].item() == pytest.approx(math.log(0.45 * 0.95))
+
+
+def test_beam_search_does_not_count_eos_in_the_length():
+    """openai's ranker divides by the tokens before EOT: a finished [2, eos] with log p = -1.0 scores -1.0,
+    and loses to a 3-token beam with log p = -2.4 (-0.8). Counting EOS (-0.5) would keep the short one."""
+    eos = 0
+    model = PrefixTable({
+        (): [0.02, 0.5, 0.45, 0.03],
+        (2,): [math.exp(-1.0) / 0.45, 0.1, 0.05, 0.0325],  # [2, eos]: log p = -1.0
+        (1,): [0.02, 0.45, 0.3, 0.23],
+        (1, 1): [0.01, math.exp(-2.4) / (0.5 * 0.45), 0.3, 0.2869],  # [1, 1, 1]: log p = -2.4
+    }, vocab=4, prompt_len=1)
+    prompt = torch.tensor([[1]])
+    best_seq, best_score = _brute_force_best(model, 3, eos)
+    assert best_seq == (1, 1, 1) and best_score == pytest.approx(-0.8)
+    beam = generate(model, prompt, 3, BeamSearch(beam_size=2), eos_id=eos, use_cache=False)
+    assert beam.sequences[0].tolist() == [1, 1, 1, 1]
+    assert beam.scores[0].item() == pytest.approx(-0.8, abs=1e-4)  # float32 log-softmax
 
 
 # --- logit filters ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """openai-whisper `.pt` checkpoints in `mmkit transcribe`: the tokenizer built from openai-whisper's
 `.tiktoken` files equals openai's own (`whisper.tokenizer.get_tokenizer`: ids, special tokens,
 prompts, suppressed tokens) for all three vocabulary sizes, and the command on a tiny random
-openai-format checkpoint decodes what openai-whisper's own decoder and mmkit's greedy loop decode."""
+openai-format checkpoint decodes what openai-whisper's own decoder and mmkit's greedy loop decode, with and
+without an initial prompt."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ from mmkit.data.whisper_tokenizer import TokenizerError, WhisperTokenizer
 from mmkit.models import Whisper
 from mmkit.cli.transcribe import main
 from mmkit.inference import load_speech_model as load_checkpoint, save_speech_checkpoint as save_checkpoint
+from mmkit.inference import DecodingOptions as MmkitOptions, Transcriber
 
 whisper = pytest.importorskip("whisper")
 from whisper.decoding import DecodingOptions, DecodingTask, SuppressBlank  # noqa: E402
@@ -201,3 +203,102 @@ def test_tokenizer_override_native_conversion_and_bad_vocab_sizes(openai_pt, tmp
     assert "no openai-whisper tokenizer has 1000 ids" in capsys.readouterr().err
     assert main([str(wav), "--model", str(pt), "--tokenizer", str(tmp_path)]) == 2  # a directory without one
     assert "no Whisper tokenizer files" in capsys.readouterr().err
+
+
+# --- the initial prompt ------------------------------------------------------------------------------
+
+# 40+ tokens: more than n_text_ctx // 2 - 1 = 31, so openai's truncation to the last tokens is exercised too
+PROMPT = "  Glossary: mmkit, Whisper, tiktoken, CTranslate2, faster-whisper; names are spelled as written here, " \
+         "with commas and full stops.  "
+
+
+@pytest.fixture(scope="module")
+def openai_imported(openai_pt):
+    return load_checkpoint(openai_pt[1])
+
+
+@pytest.fixture(scope="module")
+def prompted_pt(tmp_path_factory):
+    """(openai model, the same imported by mmkit) whose <|nospeech|> logit is scaled so that its probability
+    at <|startoftranscript|> is neither 0 nor 1 after the prompt (a random model's is ~1e-6: compared at 4
+    decimals, reading it at the wrong position would pass)."""
+    model = _openai_model(51865)
+    with torch.no_grad():
+        model.decoder.token_embedding.weight[get_tokenizer(True).no_speech] *= 4.0
+    return model, load_checkpoint(_save(model, tmp_path_factory.mktemp("prompted") / "nospeech.pt"))
+
+
+@pytest.mark.parametrize("beam_size", [None, 5], ids=["greedy", "beam5"])
+@pytest.mark.parametrize("without_timestamps", [True, False], ids=["notimestamps", "timestamps"])
+def test_initial_prompt_decodes_as_openai(prompted_pt, beam_size, without_timestamps):
+    """<|startofprev|> + the prompt's last tokens before the task tokens: the tokens, the detected language (from
+    <|startoftranscript|> alone, as openai's `detect_language`) and the no-speech probability (read at
+    <|startoftranscript|>, after the prompt) are openai-whisper's `decode(..., DecodingOptions(prompt=...))`."""
+    reference, (model, tok) = prompted_pt
+    assert len(tok.encode(" " + PROMPT.strip())) > model.n_text_ctx // 2 - 1
+    audio = synth_speechlike(30, seed=2)  # one full window: openai's decode sees the same 30 s
+    mel = log_mel_spectrogram(pad_or_trim(audio))
+    exact = dict(without_timestamps=without_timestamps, temperatures=(0.0,), no_speech_threshold=None,
+                 logprob_threshold=None, compression_ratio_threshold=None, repetition_guard=False, max_new_tokens=10,
+                 beam_size=beam_size or 1)
+    ours = Transcriber(model, tok, MmkitOptions(initial_prompt=PROMPT, **exact)).transcribe(audio)
+    result = whisper.decoding.decode(reference, mel, DecodingOptions(
+        prompt=PROMPT, without_timestamps=without_timestamps, sample_len=10, fp16=False, beam_size=beam_size))
+    assert [t for s in ours.segments for t in s.tokens] == result.tokens and result.tokens
+    assert ours.language == result.language
+    assert ours.segments[0].no_speech_prob == pytest.approx(result.no_speech_prob, abs=1e-4)
+    assert 0.01 < result.no_speech_prob < 0.99, result.no_speech_prob
+    # the prompt reached the decoder: without it the text and the no-speech probability change
+    plain = Transcriber(model, tok, MmkitOptions(**exact)).transcribe(audio)
+    assert [t for s in plain.segments for t in s.tokens] != result.tokens
+    assert abs(plain.segments[0].no_speech_prob - ours.segments[0].no_speech_prob) > 0.01
+
+
+def test_cli_initial_prompt_is_the_api_prompt(openai_pt, openai_imported, tmp_path):
+    model, tok = openai_imported
+    audio = synth_speechlike(4, seed=3)
+    wav = write_wav(tmp_path / "clip.wav", audio)
+    args = [str(wav), "--model", str(openai_pt[1]), "--without-timestamps", "--max-new-tokens", "8", *EXACT,
+            "--language", "en", "-f", "json", "-o", str(tmp_path), "--quiet", "--initial-prompt", PROMPT]
+    assert main(args) == 0
+    (segment,) = json.loads((tmp_path / "clip.json").read_text())["segments"]
+    api = Transcriber(model, tok, MmkitOptions(
+        language="en", without_timestamps=True, temperatures=(0.0,), no_speech_threshold=None, logprob_threshold=None,
+        compression_ratio_threshold=None, repetition_guard=False, max_new_tokens=8, initial_prompt=PROMPT))
+    (expected,) = api.transcribe(audio).segments
+    assert segment["tokens"] == expected.tokens and segment["no_speech_prob"] == round(expected.no_speech_prob, 4)
+
+
+# --- beam search with hypotheses that end early ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def early_eot_pt(tmp_path_factory):
+    """(openai model, the same imported by mmkit) whose <|endoftext|> and timestamp logits are scaled up, so
+    that beams end after a few tokens and finished hypotheses of different lengths compete (with the tiny
+    model above every beam runs to the limit, where the ranking's length rule never matters)."""
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=2)
+    torch.manual_seed(0)
+    model = whisper.model.Whisper(dims)
+    ref = get_tokenizer(True)
+    with torch.no_grad():
+        model.decoder.positional_embedding.normal_(0, 0.2)
+        model.decoder.token_embedding.weight.normal_(0, 0.5)
+        model.decoder.token_embedding.weight[ref.timestamp_begin:] *= 2.0
+        model.decoder.token_embedding.weight[ref.eot] *= 10.2
+    model.eval()
+    return model, load_checkpoint(_save(model, tmp_path_factory.mktemp("early_eot") / "eot.pt"))
+
+
+def test_beam_search_with_early_ending_hypotheses_keeps_openais_choice(early_eot_pt):
+    """openai ranks finished beams by sum log p / text tokens (EOT not counted); counting EOT kept another one."""
+    reference, (model, tok) = early_eot_pt
+    audio = synth_speechlike(30, seed=0)
+    result = whisper.decoding.decode(reference, log_mel_spectrogram(pad_or_trim(audio)), DecodingOptions(
+        language="en", without_timestamps=True, sample_len=30, fp16=False, beam_size=5))
+    ours = Transcriber(model, tok, MmkitOptions(language="en", without_timestamps=True, temperatures=(0.0,),
+                                                no_speech_threshold=None, logprob_threshold=None,
+                                                compression_ratio_threshold=None, repetition_guard=False,
+                                                max_new_tokens=30, beam_size=5)).transcribe(audio)
+    assert len(result.tokens) < 30  # openai's best beam ended: finished hypotheses were ranked
+    assert [t for s in ours.segments for t in s.tokens] == result.tokens
