@@ -32,6 +32,7 @@ from mmkit.data.images import scan_images
 from mmkit.errors import WriteFailed, print_error
 from mmkit.inference.clip_loader import clip_eval_transform, load_clip
 from mmkit.inference.image_batches import image_batches
+from mmkit.inference.label_names import check_label_names
 from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
 from mmkit.inference.precision import PRECISIONS
 from mmkit.inference.quantize import QUANTIZATIONS, describe
@@ -304,9 +305,7 @@ def _check_names(args: argparse.Namespace, names: list[str]) -> None:
     in_use = args.threshold is not None or args.multi_label  # only then can an image land in the bucket
     if in_use and args.other_label.strip().casefold() in {n.casefold() for n in names}:
         raise ValueError(f"{args.other_label!r} is a label and the unsure bucket: rename one (--other-label)")
-    if len(names) == 1 and not args.multi_label:
-        raise ValueError(f"one label ({names[0]!r}) always scores 1.0: give at least two, or --multi-label to "
-                         "score it on its own")
+    check_label_names(names, args.multi_label, "--multi-label")  # the Python API's check too
     if args.top_k > len(names):
         raise ValueError(f"--top-k {args.top_k} is more than the {len(names)} labels: give at most {len(names)}")
 

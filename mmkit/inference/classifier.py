@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from mmkit.core import attention_maps
-from mmkit.data.images import ImageLoadError, load_image, scan_images, to_rgb
+from mmkit.data.images import ImageLoadError, scan_images, to_rgb
 from mmkit.data.transforms import VIT_DEFAULTS, eval_transform
 from mmkit.inference.inputs import as_items, check_count
 from mmkit.inference.precision import autocast_for, resolve_precision
@@ -61,7 +61,8 @@ class Classifier:
     Args:
         model: a ViT with a classifier head (put in eval mode and on `device` here).
         class_names: one name per output.
-        meta: checkpoint metadata (the eval transform's keys).
+        meta: checkpoint metadata (the eval transform's keys), over the model's imported `preprocess`
+            (`ViT.from_timm`: timm's pretrained_cfg) and then timm's ImageNet defaults.
         device: where to run ("cpu", "cuda", "cuda:1").
         precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (`resolve_precision`).
         quantize: "none" or "int8" (int8 weights for every Linear layer, CPU only; the patch
@@ -88,7 +89,8 @@ class Classifier:
         self.meta = meta
         # the model's own resolution unless the export's metadata says otherwise (timm's 224 resized a 32-px
         # model's inputs 7x: its positions were resampled and the probabilities came out different)
-        self.transform = eval_transform(meta, {**VIT_DEFAULTS, "image_size": model.config["image_size"]})
+        self.transform = eval_transform({**(model.preprocess or {}), **meta},
+                                        {**VIT_DEFAULTS, "image_size": model.config["image_size"]})
         self._autocast = autocast_for(self.precision, self.device)
         if (self.precision, quantize) != ("fp32", "none"):
             log.info("classifier: %s", describe(self.precision, quantize, self.device))
@@ -114,22 +116,29 @@ class Classifier:
         images = list(as_items(images, (Image.Image, np.ndarray)))
         if not images:
             return []
+        return self._predict_pixels(torch.stack([self.transform.pixels(to_rgb(im)) for im in images]), int(top_k))
+
+    @torch.inference_mode()
+    def _predict_pixels(self, pixels: Tensor, k: int) -> list[tuple[list[str], list[float]]]:
+        """(B, 3, S, S) uint8 crops -> top-k (labels, probabilities) per crop."""
         dtype = next(self.model.parameters()).dtype  # fp32, or what the caller cast the model to
-        batch = torch.stack([self.transform(to_rgb(im)) for im in images]).to(self.device, dtype)
+        batch = self.transform.normalize(pixels.to(self.device)).to(dtype)
         with self._autocast():
             logits = self.model(batch)
-        return top_k_predictions(logits, self.class_names, int(top_k))
+        return top_k_predictions(logits, self.class_names, k)
 
     def predict_paths(self, paths: str | os.PathLike | Iterable[str | os.PathLike], top_k: int = 5,
                       batch_size: int = 32) -> Iterator[Prediction]:
         """Files and/or folders (scanned recursively; a lone str or path is one) -> one Prediction per
         image file, in the order of the files, streamed in batches of `batch_size` files; unreadable files
-        yield a Prediction with `error` set instead of raising."""
+        yield a Prediction with `error` set instead of raising. Each file is cut to its uint8 crop as it is
+        decoded, so a batch holds batch_size x 3 x S x S bytes, not its full-resolution sources."""
         check_count("batch_size", batch_size)
-        batch: list[tuple[str, Image.Image | ImageLoadError]] = []
+        check_count("top_k", top_k)
+        batch: list[tuple[str, Tensor | ImageLoadError]] = []
         for path in _expand(as_items(paths, (str, os.PathLike))):
             try:
-                batch.append((str(path), load_image(path)))
+                batch.append((str(path), self.transform.load(path)))  # (3, S, S) uint8
             except ImageLoadError as e:
                 batch.append((str(path), e))  # in its place: an unreadable file's row is not moved ahead
             if len(batch) == batch_size:
@@ -138,9 +147,9 @@ class Classifier:
         if batch:
             yield from self._flush(batch, top_k)
 
-    def _flush(self, batch: list[tuple[str, Image.Image | ImageLoadError]], k: int) -> Iterator[Prediction]:
-        images = [im for _, im in batch if isinstance(im, Image.Image)]
-        scored = iter(self.predict_images(images, k))
+    def _flush(self, batch: list[tuple[str, Tensor | ImageLoadError]], k: int) -> Iterator[Prediction]:
+        crops = [im for _, im in batch if isinstance(im, Tensor)]
+        scored = iter(self._predict_pixels(torch.stack(crops), int(k)) if crops else [])
         for path, im in batch:
             if isinstance(im, ImageLoadError):
                 yield Prediction(path, error=im.reason)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform, eval_transform
+from mmkit.data.transforms import CLIP_DEFAULTS, EVAL_KEYS, EvalTransform, eval_transform
 from mmkit.inference.prompts import Tokenizer
 from mmkit.models.clip import CLIP, CLIP_VOCAB_SIZE
 
@@ -80,7 +80,9 @@ def clip_eval_transform(model: str, pretrained: str | None = None, exact_decode:
             # open_clip's defaults for these architectures: OpenAI mean/std, bicubic, short side.
             fields["image_size"] = CLIP_CONFIGS[model]["visual"]["image_size"]
         else:
-            fields.update(_open_clip_preprocess(model, pretrained))
+            from mmkit.weights.from_open_clip import open_clip_preprocess
+
+            fields.update(open_clip_preprocess(model, pretrained))
     try:
         return eval_transform(fields, CLIP_DEFAULTS, draft=not exact_decode)
     except (ValueError, TypeError) as e:  # a tampered checkpoint: name it, in one line, before any decoding
@@ -88,24 +90,6 @@ def clip_eval_transform(model: str, pretrained: str | None = None, exact_decode:
 
         source = Path(model).expanduser() / "config.json" if Path(model).expanduser().is_dir() else model
         raise WeightsError(f"{source}: bad preprocessing metadata: {e}") from None
-
-
-def _open_clip_preprocess(arch: str, pretrained: str | None) -> dict[str, Any]:
-    import open_clip
-
-    config = open_clip.get_model_config(arch)
-    if config is None:
-        raise ValueError(f"{arch!r} is neither a checkpoint directory nor an open_clip architecture")
-    cfg = {"image_size": config["vision_cfg"].get("image_size", 224), **config.get("preprocess_cfg", {})}
-    if pretrained and not Path(pretrained).expanduser().is_file():
-        cfg.update(open_clip.get_pretrained_cfg(arch, pretrained) or {})
-    elif pretrained:  # a local file: what all the architecture's tags agree on (SigLIP: mean/std 0.5, squash)
-        tags = [open_clip.get_pretrained_cfg(arch, t) for t in open_clip.list_pretrained_tags_by_model(arch)]
-        cfg.update({k: tags[0][k] for k in ("mean", "std", "interpolation", "resize_mode")
-                    if tags and all(k in t and t[k] == tags[0][k] for t in tags)})
-    keys = {"image_size": "image_size", "size": "image_size", "mean": "mean", "std": "std",
-            "interpolation": "interpolation", "resize_mode": "resize_mode"}
-    return {keys[k]: v for k, v in cfg.items() if k in keys}
 
 
 def load_clip(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokenizer]:
@@ -126,6 +110,7 @@ def load_clip(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokenize
         meta = doc.get("metadata", {})
         weights = CLIP.check_weights(path, doc["config"])  # before a tensor is read or a layer built
         clip = _build_and_load(doc["config"], read_state_dict(weights), str(weights))
+        clip.preprocess = {k: meta[k] for k in EVAL_KEYS if k in meta} or None  # for a caller's own scorer
         context = meta.get("context_length") or clip.context_length
         if meta.get("open_clip_tokenizer"):  # another architecture's tokenizer, e.g. "ViT-B-16-SigLIP"
             from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer

@@ -26,6 +26,7 @@ from mmkit.data.images import scan_images, to_rgb
 from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform, eval_transform
 from mmkit.inference.image_batches import ImageBatch, image_batches
 from mmkit.inference.inputs import as_items
+from mmkit.inference.label_names import check_label_names
 from mmkit.inference.precision import autocast_for, check_multi_gpu, resolve_precision
 from mmkit.inference.prompts import (BACKGROUND_WORDS, DEFAULT_TEMPLATES, Tokenizer, check_names, check_templates,
                                      clean_labels, encode_prompts, expand_prompts, label_embeddings)
@@ -38,9 +39,10 @@ Scores = list[tuple[str, float]]  # (label, probability), most probable first
 
 
 def default_image_metadata(model: CLIP) -> dict[str, Any]:
-    """CLIP's own preprocessing at the model's resolution (`mmkit.data.transforms.CLIP_DEFAULTS`)."""
+    """The model's preprocessing: what its import recorded (`CLIP.from_open_clip`: open_clip's preprocess_cfg,
+    SigLIP's mean/std 0.5 and squash), over CLIP's own at the model's resolution (`CLIP_DEFAULTS`)."""
     return {**CLIP_DEFAULTS, "image_size": model.visual.config["image_size"],
-            "mean": list(CLIP_DEFAULTS["mean"]), "std": list(CLIP_DEFAULTS["std"])}
+            "mean": list(CLIP_DEFAULTS["mean"]), "std": list(CLIP_DEFAULTS["std"]), **(model.preprocess or {})}
 
 
 def zero_shot_classifier(model: CLIP, tokenizer: Tokenizer, labels: Sequence[str],
@@ -81,7 +83,8 @@ def zero_shot_scores(model: CLIP, tokenizer: Tokenizer, images: Tensor | Sequenc
         model: a CLIP (put in eval mode by the caller when training).
         tokenizer: the tokenizer the model was trained with (its context length).
         images: (B, 3, H, W) preprocessed tensor, or PIL images in any mode (or HxW(xC) uint8 arrays).
-        labels: candidate labels (stripped; empty and repeated ones dropped); a list, not one string.
+        labels: candidate labels (stripped; empty and repeated ones dropped); a list, not one string; at least
+            two, none differing from another only in case (`check_label_names`: `mmkit label`'s rules).
         templates: prompt templates with "{}" for the label.
         transform: PIL image -> (3, H, W) tensor; None = `default_image_metadata(model)`'s.
 
@@ -90,6 +93,7 @@ def zero_shot_scores(model: CLIP, tokenizer: Tokenizer, images: Tensor | Sequenc
         No images: [].
     """
     labels = clean_labels(labels)
+    check_label_names(labels)
     if len(images) == 0:
         return []
     if not isinstance(images, Tensor):
@@ -191,7 +195,8 @@ class ZeroShotClassifier:
         with no prompts. Labels are those of `prompts`, then example-only ones in their order.
 
         `prompts`: {label: its prompts (a lone string: one)}, or a list of label names, each written
-        into `templates` as `predict_images` does. `templates` also make the multi-label background."""
+        into `templates` as `predict_images` does. `templates` also make the multi-label background.
+        Labels equal but for case, and one label alone unless `multi_label`, are refused (`check_label_names`)."""
         if not isinstance(prompts, Mapping):  # label names ([]: examples only)
             templates = check_templates(templates)
             labels = clean_labels(prompts) if prompts else []
@@ -201,6 +206,7 @@ class ZeroShotClassifier:
         names = list(prompts) + [n for n in examples if n not in prompts]
         if not names:
             raise ValueError("no labels: give --labels, --labels-file or --examples")
+        check_label_names(names, multi_label, "multi_label=True")
         text = label_embeddings(self.model, self.tokenizer, list(prompts.values()), self._autocast) if prompts else None
         row_of = {name: i for i, name in enumerate(prompts)}
         rows = []
@@ -246,9 +252,11 @@ class ZeroShotClassifier:
                        labels: Sequence[str] | None = None,
                        templates: str | Sequence[str] | None = None) -> list[Scores]:
         """PIL images (any mode) or HxW(xC) uint8 arrays (a lone one is one image; any iterable of them) ->
-        ranked (label, probability) per image ([] for none); labels (a list, not one string) and templates
-        default to the checkpoint's. Leaves `set_labels`' state alone (a demo serves it concurrently)."""
+        ranked (label, probability) per image ([] for none); labels (a list, not one string; at least two, none
+        differing from another only in case: `check_label_names`) and templates default to the checkpoint's.
+        Leaves `set_labels`' state alone (a demo serves it concurrently)."""
         labels = clean_labels(labels if labels is not None else self.labels)
+        check_label_names(labels)
         templates = check_templates(templates if templates is not None else self.templates)
         images = list(as_items(images, (Image.Image, np.ndarray)))
         if not images:

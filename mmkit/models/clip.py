@@ -305,8 +305,12 @@ class CLIP(PretrainedMixin, nn.Module):
         architecture `arch` ("ViT-B-32", "ViT-B-16-SigLIP", ...) with `pretrained` = None (random
         init), a local checkpoint file (open_clip or OpenAI layout, OpenAI's TorchScript archives
         included) or an open_clip pretrained tag (needs the network).
-        See `mmkit.weights.from_open_clip.clip_from_open_clip`."""
-        from mmkit.weights.from_open_clip import clip_from_open_clip
+        The weights' preprocessing (SigLIP: mean/std 0.5, squash) is kept as `preprocess`, which
+        `ZeroShotClassifier` and `save_pretrained` use. See `mmkit.weights.from_open_clip.import_open_clip`."""
+        from mmkit.weights.from_open_clip import import_open_clip
 
+        converted, preprocess = import_open_clip(model_or_arch, pretrained)
         # CLIP has no non-persistent buffers: the strict load overwrites every tensor, so skip the init.
-        return cls.from_converted(clip_from_open_clip(model_or_arch, pretrained))
+        model = cls.from_converted(converted)
+        model.preprocess = preprocess
+        return model

@@ -4,9 +4,11 @@ Built from the shared core and numerically identical to timm's `VisionTransforme
 plain family (class token or not, token or average pooling with timm's fc_norm placement),
 so timm checkpoints import with a 1:1 key map (`mmkit.weights.from_timm`). "map" pooling is
 timm's `AttentionPoolLatent` (SigLIP, Zhai et al., 2023: a learned query attends over the patches).
+timm's model API (`forward_head`, `reset_classifier`, `pretrained_cfg`, ...) is kept for code written for it.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -67,6 +69,7 @@ class ViT(PretrainedMixin, nn.Module):
         self.global_pool = global_pool
         self.num_classes = num_classes
         self.num_prefix_tokens = 1 if class_token else 0
+        self.num_features = self.embed_dim = dim  # timm's names for the width the head reads
         self.patch_embed = PatchEmbed(patch_size, in_chans, dim, bias=not pre_norm)
         self.grid_size = self.patch_embed.grid(image_size, image_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
@@ -113,9 +116,44 @@ class ViT(PretrainedMixin, nn.Module):
             x = x[:, self.num_prefix_tokens :].mean(dim=1)
         return self.fc_norm(x)
 
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """(B, T, dim) `forward_features` tokens -> (B, num_classes) logits, or with `pre_logits` the
+        (B, dim) pooled features the head reads (timm's method)."""
+        x = self.pool(x)
+        return x if pre_logits else self.head(x)
+
     def forward(self, images: Tensor) -> Tensor:
         """(B, C, H, W) images -> (B, num_classes) logits."""
-        return self.head(self.pool(self.forward_features(images, keep=self._pooled_prefix())))
+        return self.forward_head(self.forward_features(images, keep=self._pooled_prefix()))
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier head (timm's method): nn.Linear, or nn.Identity with no classes."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised head of `num_classes` outputs (0: none, `forward` returns pooled
+        features), as timm's method; the config follows, so `save_pretrained` / `from_pretrained` round-trip."""
+        if type(num_classes) is not int or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(_init_weights)
+        self.head.to(self.pos_embed.device, self.pos_embed.dtype)
+        self.num_classes = self.config["num_classes"] = num_classes
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's data config of the model (`timm.data.resolve_data_config(model=vit)` reads it): the
+        imported `preprocess` (`ViT.from_timm`: the source's pretrained_cfg), else timm's ImageNet defaults."""
+        from mmkit.data.transforms import VIT_DEFAULTS
+
+        p = {**VIT_DEFAULTS, "image_size": self.config["image_size"], **(self.preprocess or {})}
+        size = p["image_size"]
+        return {"input_size": (self.config.get("in_chans", 3), size, size), "interpolation": p["interpolation"],
+                "mean": tuple(p["mean"]), "std": tuple(p["std"]), "crop_pct": p["crop_pct"],
+                "crop_mode": "squash" if p["resize_mode"] == "squash" else "center",
+                "num_classes": self.num_classes, "first_conv": "patch_embed.proj", "classifier": "head"}
+
+    default_cfg = pretrained_cfg  # timm's older name
 
     def _pooled_prefix(self) -> int | None:
         """How many leading tokens pooling reads: 1 (the class token) for "token" pooling, else all."""
@@ -141,9 +179,26 @@ class ViT(PretrainedMixin, nn.Module):
                   pretrained: bool = False, **timm_kwargs: Any) -> "ViT":
         """Import a timm VisionTransformer instance, or build `name` like timm.create_model and
         load timm weights from `checkpoint_path` (or the hub when `pretrained=True`)."""
-        from mmkit.weights.from_timm import vit_from_timm
+        from mmkit.weights.from_timm import import_timm_vit
 
-        return cls.from_converted(vit_from_timm(model_or_name, checkpoint_path, pretrained, **timm_kwargs))
+        converted, preprocess = import_timm_vit(model_or_name, checkpoint_path, pretrained, **timm_kwargs)
+        model = cls.from_converted(converted)
+        model.preprocess = preprocess  # timm's pretrained_cfg: what `save_pretrained` and `Classifier` use
+        return model
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "ViT":
+        """`PretrainedMixin.from_pretrained`, with the export's preprocessing metadata as `preprocess` (at
+        the `image_size` override, where one is given)."""
+        from mmkit.data.transforms import EVAL_KEYS
+
+        model = super().from_pretrained(directory, **overrides)
+        meta = cls.read_config(directory).get("metadata", {})
+        preprocess = {k: meta[k] for k in EVAL_KEYS if k in meta}
+        if preprocess and "image_size" in overrides:  # the model's new resolution, not the export's
+            preprocess["image_size"] = overrides["image_size"]
+        model.preprocess = preprocess or None
+        return model
 
 
 class AttentionPool(nn.Module):
@@ -208,8 +263,6 @@ class PretrainedViT(ViT):
         new_head = bool(num_classes) and num_classes != saved["num_classes"]
         super().__init__(**{**saved, "num_classes": num_classes if new_head else saved["num_classes"],
                             "image_size": image_size or saved["image_size"], "drop_path_rate": drop_path_rate})
-        from pathlib import Path
-
         from mmkit.weights.native import WEIGHTS_NAME, load_state_dict_strict, read_state_dict
 
         path = Path(checkpoint).expanduser() / WEIGHTS_NAME

@@ -7,6 +7,8 @@ checkpoint file is loaded strictly into that instance first, and its weights the
 key map of its layout (`key_map`). OpenAI's checkpoints use open_clip's key names (open_clip kept
 them), plus three scalar metadata entries and float16 weights; OpenAI's TorchScript archives are
 read without running their pickles. Variants mmkit's CLIP does not implement are refused by name, not approximated.
+The preprocessing the weights were trained with (open_clip's preprocess_cfg: SigLIP's mean/std 0.5 and squash
+resizing) comes along in mmkit's metadata keys (`open_clip_preprocess`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mmkit.weights.from_timm import VIT_KEYS, timm_vit_config
+from mmkit.weights.from_timm import INTERPOLATIONS, VIT_KEYS, timm_vit_config
 from mmkit.weights.keymap import Rule, Transform, remap
 from mmkit.weights.native import Converted, WeightsError, check_file, load_state_dict_strict, read_state_dict
 from mmkit.weights.torchscript import is_torchscript_archive, read_torchscript_state_dict
@@ -277,14 +279,67 @@ def _create(arch: str, pretrained: str | Path | None) -> tuple[nn.Module, str, b
     return model, f"open_clip:{arch}/{tag}", True
 
 
-def clip_from_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path | None = None) -> Converted:
+# open_clip preprocess_cfg keys -> mmkit's metadata keys (`mmkit.data.transforms.EVAL_KEYS`)
+_PREPROCESS_KEYS = {"image_size": "image_size", "size": "image_size", "mean": "mean", "std": "std",
+                    "interpolation": "interpolation", "resize_mode": "resize_mode"}
+
+
+def open_clip_preprocess(arch: str, pretrained: str | Path | None) -> dict[str, Any]:
+    """The eval preprocessing of open_clip architecture `arch` read from configuration alone (nothing
+    built or downloaded), in mmkit's metadata keys: the architecture's preprocess_cfg, updated by the
+    pretrained tag's, or for a local file by what all of the architecture's tags agree on."""
+    import open_clip
+
+    config = open_clip.get_model_config(arch)
+    if config is None:
+        raise ValueError(f"{arch!r} is neither a checkpoint directory nor an open_clip architecture")
+    cfg = {"image_size": config["vision_cfg"].get("image_size", 224), **config.get("preprocess_cfg", {})}
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        cfg.update(open_clip.get_pretrained_cfg(arch, str(pretrained)) or {})
+    elif pretrained:  # a local file: what all the architecture's tags agree on (SigLIP: mean/std 0.5, squash)
+        tags = [open_clip.get_pretrained_cfg(arch, t) for t in open_clip.list_pretrained_tags_by_model(arch)]
+        cfg.update({k: tags[0][k] for k in ("mean", "std", "interpolation", "resize_mode")
+                    if tags and all(k in t and t[k] == tags[0][k] for t in tags)})
+    return {_PREPROCESS_KEYS[k]: v for k, v in cfg.items() if k in _PREPROCESS_KEYS}
+
+
+def _preprocess(oc: nn.Module, arch: str | None, pretrained: str | Path | None, image_size: int,
+                source: str) -> dict[str, Any]:
+    """The preprocessing recorded with an import: an architecture's by name (`open_clip_preprocess`), else
+    the instance's `visual.preprocess_cfg` (what open_clip's own transforms read), at the tower's resolution.
+
+    Raises:
+        WeightsError: a resize mode or interpolation mmkit's eval transform does not implement.
+    """
+    import open_clip
+
+    if arch is not None and open_clip.get_model_config(arch) is not None:
+        cfg = open_clip_preprocess(arch, pretrained)
+    else:  # an instance, or hf-hub:/local-dir: (open_clip merged their preprocess_cfg into the model's)
+        found = getattr(oc.visual, "preprocess_cfg", None) or {}
+        cfg = {_PREPROCESS_KEYS[k]: v for k, v in found.items() if k in _PREPROCESS_KEYS}
+    cfg = {**cfg, "image_size": image_size}
+    for key in ("mean", "std"):
+        if key in cfg:
+            cfg[key] = [float(v) for v in cfg[key]]
+    if cfg.get("resize_mode", "shortest") not in ("shortest", "squash"):
+        raise WeightsError(f"{source}: open_clip preprocessing uses resize_mode={cfg['resize_mode']!r}, outside "
+                           "mmkit's eval transform (shortest, squash)")
+    if cfg.get("interpolation", "bicubic") not in INTERPOLATIONS:
+        raise WeightsError(f"{source}: open_clip preprocessing uses interpolation={cfg['interpolation']!r}, outside "
+                           f"mmkit's eval transform ({', '.join(INTERPOLATIONS)})")
+    return cfg
+
+
+def import_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path | None = None
+                     ) -> tuple[Converted, dict[str, Any]]:
     """Convert an open_clip `CLIP` (an instance, or an architecture name built by open_clip with
     `pretrained` = None, a local checkpoint file, or a pretrained tag) for `mmkit.models.CLIP`
     (see `CLIP.from_open_clip`).
 
     Returns:
-        `CLIP.from_config` config and state dict; training is the instance's mode, False when
-        weights were loaded.
+        `CLIP.from_config` config and state dict (training is the instance's mode, False when weights
+        were loaded), and the eval preprocessing of the weights in mmkit's metadata keys.
 
     Raises:
         WeightsError: unsupported open_clip variants (the message names the feature), and checkpoint
@@ -298,6 +353,14 @@ def clip_from_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path |
         oc, source, loaded = _create(model_or_arch, pretrained)
     _check_supported(oc, source)
     rules, transforms = key_map(oc)
+    config = _clip_config(oc)
+    arch = model_or_arch if isinstance(model_or_arch, str) else None
+    preprocess = _preprocess(oc, arch, pretrained, config["visual"]["image_size"], source)
     log.info("imported open_clip CLIP from %s", source)
-    return Converted(_clip_config(oc), remap(oc.state_dict(), rules, source, transforms), source,
-                     oc.training and not loaded)
+    return Converted(config, remap(oc.state_dict(), rules, source, transforms), source,
+                     oc.training and not loaded), preprocess
+
+
+def clip_from_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path | None = None) -> Converted:
+    """`import_open_clip` without the preprocessing: the config and state dict only."""
+    return import_open_clip(model_or_arch, pretrained)[0]

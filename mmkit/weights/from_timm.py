@@ -4,7 +4,8 @@
 The architecture is read off the timm instance (timm's own config is the reference), the
 weights go through a key map; anything the plain ViT family does not cover (register tokens,
 qk-norm, layer scale, ...) is refused with a message rather than approximated. Attention pooling
-("map", SigLIP's image towers) is covered.
+("map", SigLIP's image towers) is covered. The preprocessing the weights were trained with (timm's
+`resolve_data_config`) comes along in mmkit's metadata keys (`timm_preprocess`).
 """
 from __future__ import annotations
 
@@ -141,9 +142,42 @@ def timm_vit_config(m: nn.Module) -> dict[str, Any]:
     )
 
 
-def vit_from_timm(model_or_name: nn.Module | str, checkpoint_path: str | None = None,
-                  pretrained: bool = False, **timm_kwargs: Any) -> Converted:
-    """`ViT` config and state dict of a timm VisionTransformer instance or name (see `ViT.from_timm`).
+# timm's eval crop modes -> mmkit's resize_mode (`mmkit.data.transforms.EvalTransform`); timm's third,
+# "border" (long side resized, then padded with the mean colour), has no mmkit counterpart.
+CROP_MODES = {"center": "shortest", "squash": "squash"}
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")  # EvalTransform's resamplers
+
+
+def timm_preprocess(m: nn.Module) -> dict[str, Any]:
+    """The eval preprocessing of a timm model, `timm.data.resolve_data_config(model=m)` (its pretrained_cfg:
+    augreg's mean/std 0.5 and crop_pct 0.9, not ImageNet's), in mmkit's metadata keys (`EVAL_KEYS`).
+
+    The size is the model's own: timm keeps a tag's input_size when `img_size=` builds the model at
+    another one, and its transform would then feed an input the model refuses.
+
+    Raises:
+        WeightsError: a crop mode or interpolation mmkit's eval transform does not implement.
+    """
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config(model=m)
+    mode, interpolation = cfg.get("crop_mode") or "center", cfg["interpolation"]
+    if mode not in CROP_MODES or interpolation not in INTERPOLATIONS:
+        what = f"crop_mode={mode!r}" if mode not in CROP_MODES else f"interpolation={interpolation!r}"
+        raise WeightsError(f"timm model's preprocessing uses {what}, outside mmkit's eval transform "
+                           f"(crop modes {', '.join(CROP_MODES)}; interpolations {', '.join(INTERPOLATIONS)})")
+    size = m.patch_embed.img_size[0]
+    if tuple(cfg["input_size"][1:]) != (size, size):
+        log.info("timm pretrained_cfg input_size %s differs from the model's %d px: using %d px",
+                 cfg["input_size"], size, size)
+    return {"image_size": size, "mean": [float(v) for v in cfg["mean"]], "std": [float(v) for v in cfg["std"]],
+            "interpolation": interpolation, "crop_pct": float(cfg["crop_pct"]), "resize_mode": CROP_MODES[mode]}
+
+
+def import_timm_vit(model_or_name: nn.Module | str, checkpoint_path: str | None = None,
+                    pretrained: bool = False, **timm_kwargs: Any) -> tuple[Converted, dict[str, Any]]:
+    """`ViT` config and state dict of a timm VisionTransformer instance or name (see `ViT.from_timm`),
+    and its eval preprocessing (`timm_preprocess`).
 
     Raises:
         WeightsError: timm features outside mmkit's ViT, and tensors no key rule accounts for.
@@ -158,4 +192,12 @@ def vit_from_timm(model_or_name: nn.Module | str, checkpoint_path: str | None = 
     if type(timm_model).__name__ != "VisionTransformer":
         raise WeightsError(f"{source}: expected a timm VisionTransformer, got {type(timm_model).__name__}")
     config = timm_vit_config(timm_model)  # first: unsupported features are refused by name
-    return Converted(config, remap(timm_model.state_dict(), VIT_KEYS, source), str(source), timm_model.training)
+    preprocess = timm_preprocess(timm_model)
+    state = remap(timm_model.state_dict(), VIT_KEYS, source)
+    return Converted(config, state, str(source), timm_model.training), preprocess
+
+
+def vit_from_timm(model_or_name: nn.Module | str, checkpoint_path: str | None = None,
+                  pretrained: bool = False, **timm_kwargs: Any) -> Converted:
+    """`import_timm_vit` without the preprocessing: the config and state dict only."""
+    return import_timm_vit(model_or_name, checkpoint_path, pretrained, **timm_kwargs)[0]

@@ -295,6 +295,10 @@ class PretrainedMixin:
     # every parameter and persistent buffer comes from the checkpoint, and no non-persistent buffer copies
     # an initialised weight: from_pretrained and from_converted skip the random init (`skip_init`)
     init_free_load: bool = False
+    # the eval preprocessing the weights were trained with, in checkpoint metadata keys (image_size, mean, std,
+    # interpolation, crop_pct, resize_mode), as an importer found it (timm's pretrained_cfg, open_clip's
+    # preprocess_cfg); None = the family's defaults. `save_pretrained` writes it unless its metadata sets a key.
+    preprocess: dict[str, Any] | None = None
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing in every block stack of the model (timm's method name): block inputs only are
@@ -307,6 +311,9 @@ class PretrainedMixin:
         return cls.architecture or cls.__name__
 
     def save_pretrained(self, directory: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write config.json and model.safetensors to `directory`. `metadata` (class names, eval transform, ...)
+        is stored beside the config, over the model's `preprocess`: an imported model's export keeps the
+        preprocessing its weights need when `metadata` names only the classes."""
         assert isinstance(self, nn.Module)
         if any(getattr(m, "inference_only", False) for m in self.modules()):
             # int8 layers keep their weights outside the state dict: the export would lack them, and would
@@ -318,7 +325,7 @@ class PretrainedMixin:
         # each file whole or not at all: the config is serialised first (metadata that JSON cannot hold fails
         # before anything changes), safetensors writes a temp file and renames it, and so does the config here
         doc = {"format_version": FORMAT_VERSION, "architecture": self.architecture_name(),
-               "config": self.config, "metadata": dict(metadata or {})}
+               "config": self.config, "metadata": {**(self.preprocess or {}), **(metadata or {})}}
         text = json.dumps(doc, indent=2) + "\n"
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         _saved(lambda: save_file(state, str(directory / WEIGHTS_NAME)), directory / WEIGHTS_NAME)

@@ -160,3 +160,54 @@ def test_class_token_pooling_computes_the_last_block_for_the_class_token_only(mo
         full = model.head(model.pool(model.forward_features(x)))  # every token through every block
     assert seen[0] == (2, 1, 32) and seen[1] == (2, 17, 32)
     torch.testing.assert_close(logits, full, rtol=1e-6, atol=1e-6)
+
+
+# timm's model API on the mmkit ViT: what fine-tuning and feature-extraction code written for timm calls.
+
+@pytest.mark.parametrize("pool", [{}, dict(global_pool="avg", class_token=False), dict(global_pool="map")],
+                         ids=["token", "avg", "map"])
+def test_timm_model_api_matches_timms_vision_transformer(pool):
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224.augreg_in21k", pretrained=False, depth=1, img_size=32,
+                            num_classes=5, **pool).eval()
+    ours = ViT.from_timm(ref).eval()
+    assert (ours.num_features, ours.embed_dim) == (ref.num_features, ref.embed_dim) == (192, 192)
+    assert ours.get_classifier() is ours.head and ours.head.weight.shape == ref.get_classifier().weight.shape
+    x = _images()
+    with torch.no_grad():
+        tokens, ref_tokens = ours.forward_features(x), ref.forward_features(x)
+        for pre_logits in (False, True):
+            torch.testing.assert_close(ours.forward_head(tokens, pre_logits=pre_logits),
+                                       ref.forward_head(ref_tokens, pre_logits=pre_logits), atol=1e-4, rtol=0)
+    # timm's data config reads `pretrained_cfg` (default_cfg: its older name): the source's, at the model's size
+    want = {**timm.data.resolve_data_config(model=ref), "input_size": (3, 32, 32)}
+    assert timm.data.resolve_data_config(model=ours) == want and ours.default_cfg == ours.pretrained_cfg
+    assert ours.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+
+
+def test_pretrained_cfg_of_a_native_vit_is_timms_imagenet_default():
+    cfg = timm.data.resolve_data_config(model=ViT(**TINY))
+    assert cfg == {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": timm.data.IMAGENET_DEFAULT_MEAN,
+                   "std": timm.data.IMAGENET_DEFAULT_STD, "crop_pct": 0.875, "crop_mode": "center"}
+
+
+def test_reset_classifier_matches_timm_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, img_size=32, num_classes=5).eval()
+    ours = ViT.from_timm(ref).eval()
+    x = _images()
+    ref.reset_classifier(7)
+    ours.reset_classifier(7)
+    assert ours(x).shape == ref(x).shape == (2, 7) and ours.num_classes == ours.config["num_classes"] == 7
+    assert ours.head.weight.shape == ref.head.weight.shape and ours.get_classifier() is ours.head
+    ours.save_pretrained(tmp_path / "seven")
+    again = ViT.from_pretrained(tmp_path / "seven")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), ours(x), atol=0, rtol=0)
+    ref.reset_classifier(0)
+    ours.reset_classifier(0)
+    with torch.no_grad():  # no head: the pooled features, as timm's
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=0)
+    assert ours.config["num_classes"] == 0 and isinstance(ours.get_classifier(), torch.nn.Identity)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 0, got -1"):
+        ours.reset_classifier(-1)

@@ -14,11 +14,13 @@ import pickle
 import re
 import zipfile
 
+import numpy as np
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.model import convert_weights_to_lp
+from PIL import Image
 from safetensors.torch import save_file
 
 from mmkit.data.text import CLIPTokenizer
@@ -425,3 +427,51 @@ def test_siglip_timm_tower_other_than_map_is_refused(tiny_siglip):
     ref.visual.trunk.reset_classifier(0, global_pool="avg")
     with pytest.raises(WeightsError, match="not SigLIP-shaped"):
         CLIP.from_open_clip(ref)
+
+
+def _photo() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def tiny_siglip_32(tiny_siglip, monkeypatch):
+    """`tiny_siglip` with its config at the trunk's 32 px, so that configuration and model agree on the size."""
+    import open_clip.factory
+
+    cfg = open_clip.get_model_config(SIGLIP)
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, SIGLIP, {**cfg, "vision_cfg": {**cfg["vision_cfg"],
+                                                                                          "image_size": 32}})
+
+
+def test_siglip_from_arch_and_file_keeps_its_preprocessing_for_the_python_api(tiny_siglip_32, tmp_path):
+    # SigLIP's tags all say mean/std 0.5 and squash resizing: the API scores the pixels `mmkit label` does
+    from mmkit.inference.clip_loader import clip_eval_transform
+    from mmkit.inference.zero_shot import ZeroShotClassifier
+
+    path = tmp_path / "siglip.safetensors"
+    save_file({k: v.contiguous() for k, v in _siglip_ref().state_dict().items()}, str(path))
+    clip = CLIP.from_open_clip(SIGLIP, pretrained=path)
+    label = clip_eval_transform(SIGLIP, str(path), exact_decode=True)  # what `mmkit label` uses
+    assert (label.image_size, label.mean, label.resize_mode) == (32, (0.5, 0.5, 0.5), "squash")
+    zs = ZeroShotClassifier(clip, lambda texts: torch.zeros(len(texts), 64, dtype=torch.long))
+    assert zs.transform == label
+    img = _photo()
+    assert torch.equal(zs.transform.normalize(zs.transform.pixels(img)[None]), label.normalize(label.pixels(img)[None]))
+    clip.save_pretrained(tmp_path / "export")  # and the export's metadata keeps it
+    assert clip_eval_transform(str(tmp_path / "export"), exact_decode=True) == label
+
+
+def test_open_clip_instance_keeps_its_preprocess_cfg(tiny_siglip_32):
+    # an instance: open_clip's own transform for it (its visual.preprocess_cfg) is the reference
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from mmkit.inference.zero_shot import ZeroShotClassifier
+
+    torch.manual_seed(0)
+    force = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "resize_mode": "squash", "interpolation": "bilinear"}
+    ref = open_clip.create_model(SIGLIP, pretrained=None, force_preprocess_cfg=force).eval()
+    zs = ZeroShotClassifier(CLIP.from_open_clip(ref), lambda texts: torch.zeros(len(texts), 64, dtype=torch.long))
+    img = _photo()
+    expected = image_transform_v2(PreprocessCfg(**ref.visual.preprocess_cfg), is_train=False)(img)
+    assert (zs.transform.image_size, zs.transform.resize_mode, zs.transform.interpolation) == (32, "squash", "bilinear")
+    torch.testing.assert_close(zs.transform(img), expected, atol=1e-6, rtol=0)
