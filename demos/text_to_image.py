@@ -27,8 +27,8 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
                     top_k: float, folder: str | Path | None = None) -> Iterator[tuple[list[Image.Image], str | None]]:
     """Yield (gallery images, grid PNG path or None): previews while sampling, then the result. Values are
     checked first (the HTTP API passes anything); what the model does not read of the prompt (unknown
-    words, words past its text length) is a `gr.Warning`, and only the part it reads is sampled from
-    (`TextToImage.prompt_head`: a prompt of megabytes is not tokenized, nor logged, again). The grid PNG is
+    words, words past its text length) is a `gr.Warning`, logged once by the sampler, which tokenizes only the
+    part the model reads (`TextToImage.prompt_head`: a prompt of megabytes is not tokenized again). The grid PNG is
     written in `folder` (default: the system's temp folder) and removed when the generator finishes, after
     Gradio has copied it to its cache. Closing the generator early (a cancelled request, a client gone)
     stops the sampling at its next preview, as `TextGenerator.stream` does: it ran on for nobody, and each
@@ -44,9 +44,10 @@ def generate_images(t2i: TextToImage, prompt: str, num_images: float, seed: floa
         raise inputs.refused(str(e)) from None
     for note in notes:
         inputs.warn(note)
-    prompt = t2i.prompt_head(prompt)
+    # The whole prompt, not its head: the log then counts the words (or tokens) the prompt really has.
+    value_range = t2i.vqgan.value_range  # previews convert as the final images (`to_pil`)
     sampled = ThreadStream(lambda put: t2i.generate([prompt], num_images, seed, guidance, top_k=top_k,
-                                                    on_preview=lambda images: put(to_pil(images)))[0])
+                                                    on_preview=lambda images: put(to_pil(images, value_range)))[0])
     try:
         for previews in sampled:
             yield [for_display(im) for im in previews], None

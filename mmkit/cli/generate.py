@@ -50,8 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                    "a min-dalle download (ROOT with dalle_bart_mini/ or dalle_bart_mega/ and vqgan/; Mega when both; "
                    "ROOT/dalle_bart_mini picks mini)")
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--overwrite", action="store_true", help="replace the images, grids and manifest.json an earlier "
-                   "run left in --out (without it such files are refused: the runs would mix)")
+    p.add_argument("--overwrite", action="store_true", help="remove the images, grids and manifest.json earlier runs "
+                   "left in --out (every NNN-PROMPT-K.png and NNN-PROMPT-grid.png, not only those this run writes; "
+                   "other files stay) before writing this run's; without it such files are refused: the runs would "
+                   "mix")
     p.add_argument("--num-images", type=at_least(1), default=4, help="images per prompt (default 4)")
     p.add_argument("--batch-size", type=at_least(1), default=8, help=  # text_to_image.DEFAULT_BATCH_SIZE
                    "images sampled at once (default 8): "
@@ -61,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                    "default: the export's own, the recipe's judged setting; 16 for dalle-mini, min-dalle's "
                    "super-conditioning factor)")
     p.add_argument("--temperature", type=finite(above=0), default=1.0, help="sampling temperature (finite, > 0)")
-    p.add_argument("--top-k", type=at_least(1), default=None, help="sample among the k likeliest codes (default: the "
-                   "export's own; 256 for dalle-mini as min-dalle; 1 = greedy)")
+    p.add_argument("--top-k", type=at_least(0), default=None, help="sample among the k likeliest codes (0 = off: the "
+                   "whole codebook; default: the export's own; 256 for dalle-mini as min-dalle; 1 = greedy)")
     p.add_argument("--top-p", type=finite(maximum=1, above=0), default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--rerank", default=None, metavar="CLIP", help="rank each prompt's images with this CLIP "
                    "(an mmkit CLIP export directory, or an open_clip architecture with --rerank-pretrained)")
@@ -72,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                         "fp32). A large --guidance magnifies int8's rounding: dalle-mini's 16 samples codes far from "
                         "fp32's, bf16 stays close (see mmkit bench generate)")
     add_precision_argument(p)
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps; under torchrun, cuda is "
+                   "each rank's own GPU: cuda:LOCAL_RANK); --precision fp16 needs a GPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -124,6 +128,23 @@ def _check(args: argparse.Namespace) -> str | None:
             return (f"--out {out} holds {earlier[0]}{more} from an earlier run: give another --out, or --overwrite "
                     "to replace them (the runs' images would mix, and the manifest would list only this one's)")
     return None
+
+
+def _generated(name: str) -> bool:
+    """Whether a file of this name in --out is one that a run of this tool writes, whatever its prompts and
+    --num-images: manifest.json, `NNN-slug-K.png`, `NNN-slug-grid.png` (`_stem`; a slug cut at 60 characters may
+    end in "-")."""
+    return name == "manifest.json" or re.fullmatch(r"\d{3,}-[a-z0-9-]+-(grid|\d+)\.png", name) is not None
+
+
+def _remove_earlier(out: Path) -> None:
+    """--overwrite: remove every file earlier runs left in `out` (`_generated`), not only those this run rewrites:
+    4 images then 2 left the first run's images 2 and 3 beside the second's, which the manifest did not list.
+    Folders and files named otherwise (the user's) stay."""
+    with os.scandir(out) as entries:
+        earlier = [e.path for e in entries if _generated(e.name) and not e.is_dir(follow_symlinks=False)]
+    for path in earlier:
+        os.unlink(path)
 
 
 def _written_by(args: argparse.Namespace, name: str) -> bool:
@@ -262,10 +283,15 @@ def _agreed(ranks: Ranks, setup: Callable[[], Any]) -> Any:
     return result
 
 
-def _setup(args: argparse.Namespace) -> tuple[TextToImage, ClipReranker | None, dict[str, Any]]:
+def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[TextToImage, ClipReranker | None, dict[str, Any]]:
+    """The pipeline on this rank's device, the reranker and the sampling settings, each checked before any work;
+    then, with --overwrite, the earlier runs' files removed (by the first rank, before `_agreed` lets any rank
+    write)."""
+    from mmkit.inference.precision import check_device
     from mmkit.inference.text_to_image import ClipReranker, TextToImage
 
-    t2i = TextToImage.from_pretrained(args.model)
+    device = check_device(ranks.device(args.device))  # an absent GPU is one line, before the model loads
+    t2i = TextToImage.from_pretrained(args.model).to(device)
     t2i.set_arithmetic(args.precision, args.quantize)  # a choice the device cannot run: one line, before any work
     for prompt in args.prompts:  # before any work: a bad prompt is found in a second, not after the others
         t2i.check_prompt(prompt)
@@ -273,6 +299,8 @@ def _setup(args: argparse.Namespace) -> tuple[TextToImage, ClipReranker | None, 
     guidance, top_k = t2i.resolve_sampling(args.guidance, args.top_k)
     sampling = {"guidance": guidance, "temperature": args.temperature, "top_k": top_k, "top_p": args.top_p}
     t2i.check_settings(args.num_images, args.seed, batch_size=args.batch_size, **sampling)  # also before any work
+    if args.overwrite and ranks.first:
+        _remove_earlier(Path(args.out).expanduser())
     return t2i, reranker, sampling
 
 
@@ -282,7 +310,7 @@ def run(args: argparse.Namespace, ranks: Ranks = Ranks(), written: Written | Non
     from mmkit.cli.progress import progress
     from mmkit.inference.text_to_image import grid
 
-    t2i, reranker, sampling = _agreed(ranks, lambda: _setup(args))
+    t2i, reranker, sampling = _agreed(ranks, lambda: _setup(args, ranks))
     settings = {"num_images": args.num_images, "seed": args.seed, **sampling, "rerank": args.rerank,
                 "precision": t2i.precision, "quantize": t2i.quantize}
     out = Path(args.out).expanduser()

@@ -17,9 +17,20 @@ def guided(logits: Tensor, scale: float) -> Tensor:
     """Classifier-free guidance (DALL·E-style and dalle-mini's super-conditioning): `logits` holds 2B rows,
     the B conditional ones then their B unconditional twins; returns uncond + scale · (cond − uncond), (B, ..., V),
     in fp32 (under a bf16 autocast the logits are bf16, and the scale would magnify their rounding). A logit that
-    is -inf in the conditional row (a token never sampled) stays -inf, not inf − inf."""
+    is -inf in the conditional row (a token never sampled) stays -inf, not inf − inf. A row that overflows float32
+    is returned shifted by its largest value (the same softmax, finite)."""
     cond, uncond = logits.float().chunk(2)
-    return torch.where(torch.isinf(cond), cond, uncond + scale * (cond - uncond))
+    never = torch.isinf(cond)
+    out = torch.where(never, cond, uncond + scale * (cond - uncond))
+    overflowed = ~(out.isfinite() | never)  # finite logits made +-inf, or NaN (inf - inf)
+    if bool(overflowed.any()):
+        # A huge scale (3e38) overflows finite logits to +-inf, and softmax of inf - inf is NaN. Softmax is
+        # shift-invariant, so such rows are shifted by their best logit, found in units of `scale`, where
+        # nothing overflows: the best goes to 0, the rest to at most 0 (-inf, probability 0, when far below).
+        units = torch.where(never, cond, uncond / scale + (cond - uncond))
+        shifted = scale * (units - units.amax(dim=-1, keepdim=True))
+        out = torch.where(overflowed.any(dim=-1, keepdim=True), shifted, out)
+    return out
 
 
 class SuppressTokens:

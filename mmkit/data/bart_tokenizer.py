@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mmkit.data.dalle_text import quoted
 from mmkit.weights.native import WeightsError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def normalize(text: str) -> str:
     if demojize is not None:
         text = demojize(text, delimiters=("", ""))
     elif not text.isascii():
-        log.warning("the emoji package is not installed: emoji in %r are dropped, not spelled out", text)
+        log.warning("the emoji package is not installed: emoji in %s are dropped, not spelled out", quoted(text))
     return text.lower().encode("ascii", errors="ignore").decode()
 
 
@@ -102,14 +103,15 @@ class BartTokenizer:
                 out.append(word)
         return out
 
-    def _ids(self, text: str) -> list[int]:
+    def _ids(self, text: str, warn_truncation: bool = True) -> list[int]:
         ids = self.encode(text)
-        if len(ids) > self.text_len:
-            log.warning("prompt %r has %d tokens; truncated to %d", text, len(ids), self.text_len)
+        if len(ids) > self.text_len and warn_truncation:
+            log.warning("prompt %s has %s tokens; truncated to %d", quoted(text), f"{len(ids):,}", self.text_len)
         return ids[: self.text_len]
 
-    def __call__(self, texts: Sequence[str]) -> Tensor:
-        return self._pad([self._ids(t) for t in texts])
+    def __call__(self, texts: Sequence[str], warn_truncation: bool = True) -> Tensor:
+        """`warn_truncation` False: a caller that reports the truncation itself (`TextToImage.stream`)."""
+        return self._pad([self._ids(t, warn_truncation) for t in texts])
 
     def null_text(self, texts: Sequence[str]) -> Tensor:
         """dalle-mini's unconditional prompt for super-conditioning, as min-dalle builds it: the

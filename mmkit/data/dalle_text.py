@@ -17,6 +17,17 @@ log = logging.getLogger(__name__)
 
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"[a-z]+")
+MAX_QUOTED_CHARS = 80  # of a prompt or caption quoted in a message or log line
+
+
+def quoted(text: str) -> str:
+    """`text` as a message or log line quotes it: its repr, cut to `MAX_QUOTED_CHARS` with its length told (a
+    prompt of megabytes made a warning of megabytes). Here, below both text tokenizers and `mmkit.inference`,
+    so that all of them quote alike."""
+    shown = repr(text)
+    if len(shown) <= MAX_QUOTED_CHARS:
+        return shown
+    return f"{shown[:MAX_QUOTED_CHARS - 3]}... ({len(text):,} characters)"
 
 
 def words(text: str) -> list[str]:
@@ -46,12 +57,13 @@ class WordTokenizer:
     def unknown_words(self, text: str) -> list[str]:
         return [w for w in words(text) if w not in self.index]
 
-    def __call__(self, texts: Sequence[str]) -> Tensor:
+    def __call__(self, texts: Sequence[str], warn_truncation: bool = True) -> Tensor:
+        """`warn_truncation` False: a caller that reports the truncation itself (`TextToImage.stream`)."""
         out = torch.zeros(len(texts), self.text_len, dtype=torch.long)
         for i, text in enumerate(texts):
             ids = [self.index.get(w, 1) for w in words(text)]
-            if len(ids) > self.text_len:
-                log.warning("caption %r has %d words; truncated to %d", text, len(ids), self.text_len)
+            if len(ids) > self.text_len and warn_truncation:
+                log.warning("caption %s has %s words; truncated to %d", quoted(text), f"{len(ids):,}", self.text_len)
             out[i, : min(len(ids), self.text_len)] = torch.tensor(ids[: self.text_len], dtype=torch.long)
         return out
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.bart_tokenizer import BartTokenizer
-from mmkit.data.dalle_text import WordTokenizer, words
+from mmkit.data.dalle_text import WordTokenizer, quoted, words
 from mmkit.inference.inputs import as_items, check_count
 from mmkit.inference.seeds import image_seed
 from mmkit.inference.transcript import WindowSampling
@@ -44,7 +44,6 @@ MIN_DALLE_DEFAULTS = {"guidance": 16.0, "top_k": 256}
 DEFAULT_BATCH_SIZE = 8  # images sampled at once by `mmkit generate`: memory grows with it, not with --num-images
 INT8_GUIDANCE_WARN = 4.0  # int8 sampling with a larger guidance scale logs a warning (`stream`)
 MAX_NAMED_WORDS = 20  # unknown words a prompt's note names; more are counted
-MAX_QUOTED_CHARS = 80  # of a prompt quoted in a message or log line
 
 
 @dataclass
@@ -135,9 +134,15 @@ class Generated:
     codes: Tensor | None = field(default=None, repr=False)
 
 
-def to_pil(images: Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [0, 1] → RGB PIL images."""
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def to_pil(images: Tensor, value_range: str = "signed") -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] → RGB PIL images. `value_range`: the decoding VQGAN's (`VQGAN.value_range`). For
+    "unit" (dalle-mini's, read from min-dalle) the levels are truncated as min-dalle makes them
+    (`(z.clip(0, 1) * 255).to(torch.uint8)`): rounded, a quarter to a half of the pixels came out one level
+    above min-dalle's for the same codes. "signed" (taming's, the recipe's) rounds to the nearest level."""
+    levels = images.clamp(0, 1) * 255
+    if value_range != "unit":
+        levels = levels.round()
+    arr = levels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a, "RGB") for a in arr]
 
 
@@ -277,6 +282,16 @@ class TextToImage:
         self.quantize = quantize
         return self.precision
 
+    def to(self, device: str | torch.device) -> "TextToImage":
+        """The generator and the VQGAN moved to `device` (prompts are tokenized onto the generator's device);
+        before `set_arithmetic`, which chooses the precision and int8 weights for the device the models are on."""
+        if (self.precision, self.quantize) != ("fp32", "none"):
+            raise ValueError("move the text-to-image pipeline (.to) before set_arithmetic: its precision and int8 "
+                             "weights are chosen for the device the models are on")
+        self.model.to(device)
+        self.vqgan.to(device)
+        return self
+
     def save_pretrained(self, directory: str | Path) -> Path:
         if self.quantize != "none":
             raise ValueError("an int8 generator is not saved: export the fp32 model it was made from")
@@ -295,10 +310,11 @@ class TextToImage:
 
     def check_prompt(self, prompt: str) -> list[str]:
         """Raise ValueError for a prompt the model would read as nothing: empty, or no word it knows (only
-        unknown words, or none at all: "!!!", "123", "\u200b" encode to padding alone). Returns (and logs as
-        warnings) what the model does not read of the rest: unknown words, and words past its text length.
-        Messages quote the prompt's start and name each unknown word once, only among the words the model
-        reads, at most `MAX_NAMED_WORDS` of them: a prompt of megabytes made a message of megabytes."""
+        unknown words, or none at all: "!!!", "123", "\u200b" encode to padding alone). Returns what the model
+        does not read of the rest: unknown words, and words past its text length; `stream` logs them, once per
+        prompt (callers check every prompt before sampling any, and each check logged them again). Messages
+        quote the prompt's start and name each unknown word once, only among the words the model reads, at
+        most `MAX_NAMED_WORDS` of them: a prompt of megabytes made a message of megabytes."""
         if not prompt.strip():
             raise ValueError("empty prompt")
         bart = isinstance(self.tokenizer, BartTokenizer)
@@ -319,8 +335,7 @@ class TextToImage:
         if unknown:
             more = f" and {len(unknown) - MAX_NAMED_WORDS:,} more" if len(unknown) > MAX_NAMED_WORDS else ""
             notes.append(f"words outside the vocabulary ignored: {', '.join(unknown[:MAX_NAMED_WORDS])}{more}")
-            log.warning("prompt %s: %s", quoted(prompt), notes[-1])
-        if len(ids) > n:  # the tokenizer logs this one when it encodes the prompt
+        if len(ids) > n:
             unit = "tokens" if bart else "words"
             notes.append(f"the prompt has {len(ids):,} {unit}; the model reads only the first {n}")
         return notes
@@ -386,14 +401,16 @@ class TextToImage:
         the index of the first image (images first, ..., first + num_images - 1, each seeded by its
         index): a share of a prompt's images (one rank's, `mmkit generate` under torchrun), in the very
         batches of a whole run when `first` is a multiple of `batch_size`. `guidance` and `top_k` as in
-        `generate` (None: `self.defaults`; top_k 0: none).
+        `generate` (None: `self.defaults`; top_k 0: none). What the model does not read of the prompt
+        (`check_prompt`'s notes) is logged here, once.
 
         Yields:
             ((b, grid, grid) codes, b images) per batch, in image order.
         """
         guidance, top_k = self.resolve_sampling(guidance, top_k)
         options = self.check_settings(num_images, seed, guidance, temperature, top_k, top_p, batch_size)
-        self.check_prompt(prompt)
+        for note in self.check_prompt(prompt):
+            log.warning("prompt %s: %s", quoted(prompt), note)
         if self.quantize == "int8" and guidance > INT8_GUIDANCE_WARN and not self._warned_int8_guidance:
             self._warned_int8_guidance = True
             log.warning("int8 with guidance %g: the guidance magnifies int8's rounding of the logits as much (on "
@@ -425,16 +442,22 @@ class TextToImage:
                 batch_size: int, on_preview: Preview | None,
                 preview_rows: int, first: int = 0) -> Iterator[tuple[Tensor, list[Image.Image]]]:
         on_rows = None if on_preview is None else (lambda rows: on_preview(self.preview(rows)))
+        bart, device = isinstance(self.model, DalleBart), next(self.model.parameters()).device
+        # Tokenized once, not per batch, and only the head the model reads (the same ids and null text): a long
+        # prompt was encoded again, and its truncation logged whole, for every batch. `stream` logged the notes.
+        head = self.prompt_head(prompt)
+        ids = self.tokenizer([head], warn_truncation=False).to(device)  # (1, text_len)
+        null_ids = self.tokenizer.null_text([head]).to(device) if bart else None
         for start in range(first, first + num_images, batch_size):
             n = min(batch_size, first + num_images - start)
             if seed is not None:
                 options = RowSeeded(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
                                     row_seeds=tuple(image_seed(seed, i) for i in range(start, start + n)))
-            text = self.tokenizer([prompt]).expand(n, -1)
+            text = ids.expand(n, -1)
             with self._autocast():  # previews decode inside it, in fp32 (`preview`)
-                if isinstance(self.model, DalleBart):
-                    null_text = self.tokenizer.null_text([prompt]).expand(n, -1)
-                    codes = sample_bart_codes(self.model, text, null_text, options, guidance, on_rows, preview_rows)
+                if bart:
+                    codes = sample_bart_codes(self.model, text, null_ids.expand(n, -1), options, guidance, on_rows,
+                                              preview_rows)
                 else:
                     codes = sample_codes(self.model, text, options, guidance, on_rows=on_rows,
                                          every_rows=preview_rows)
@@ -443,7 +466,7 @@ class TextToImage:
             pixels = torch.cat([self.vqgan.decode(c[None]) for c in codes])
             if not bool(pixels.isfinite().all()):  # clamped, NaN would turn into black pixels
                 raise ValueError("the VQGAN decoded non-finite pixels (NaN or infinity)")
-            yield codes, to_pil(pixels)
+            yield codes, to_pil(pixels, self.vqgan.value_range)
 
     @torch.no_grad()
     def preview(self, rows: Tensor) -> Tensor:
@@ -455,14 +478,6 @@ class TextToImage:
         cut = r * images.shape[2] // g
         images[:, :, cut:] = 0.5
         return images
-
-
-def quoted(prompt: str) -> str:
-    """`prompt` as a message quotes it: its repr, cut to `MAX_QUOTED_CHARS` with its length told."""
-    shown = repr(prompt)
-    if len(shown) <= MAX_QUOTED_CHARS:
-        return shown
-    return f"{shown[:MAX_QUOTED_CHARS - 3]}... ({len(prompt):,} characters)"
 
 
 def min_dalle_layout(directory: Path) -> bool:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmkit.core import GenerationOptions
+from mmkit.limits import finite32
 from mmkit.models.dalle import DALLE
 from mmkit.models.vqgan import VQGAN
 from mmkit.tasks.model_task import ModelTask
@@ -34,16 +35,20 @@ class DalleTask(ModelTask, pl.LightningModule):
         lr, weight_decay, warmup_ratio: AdamW with linear warmup then cosine decay.
         text_loss_weight: weight of the text-token loss relative to the image loss (0 = image only).
         null_caption_prob: probability of replacing a caption by the null caption (all pad) in training.
-        test_guidance, test_top_k, test_temperature: sampling settings of the judged test generation.
+        test_guidance, test_top_k, test_temperature: sampling settings of the judged test generation; guidance
+            and top-k (0 or None: off) also become the export's defaults. Checked here, before any training:
+            the export refused a bad one only once the whole run was done.
         judge_steps: training steps of the judge's shape/size classifier (`ShapesJudge`).
         export_dir: where `on_fit_end` writes the text-to-image export (generator, tokenizer VQGAN, vocabulary).
     """
 
     def __init__(self, model: DALLE, tokenizer_dir: str = "runs/dalle_shapes_tokenizer/export", lr: float = 1e-3,
-                 weight_decay: float = 0.05, warmup_ratio: float = 0.05, text_loss_weight: float = 0.0, null_caption_prob: float = 0.1, test_guidance: float = 1.0,
+                 weight_decay: float = 0.05, warmup_ratio: float = 0.05, text_loss_weight: float = 0.0,
+                 null_caption_prob: float = 0.1, test_guidance: float = 1.0,
                  test_top_k: int | None = 8, test_temperature: float = 1.0, judge_steps: int = 400,
                  export_dir: str | None = None) -> None:
         super().__init__()
+        _check_test_sampling(test_guidance, test_top_k, test_temperature, model.codebook_size)
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         # Kept out of the module tree on purpose: the tokenizer is frozen (never in train mode, where
@@ -105,9 +110,9 @@ class DalleTask(ModelTask, pl.LightningModule):
         from mmkit.inference.text_to_image import sample_codes, to_pil
 
         hp = self.hparams
-        options = GenerationOptions(temperature=hp.test_temperature, top_k=hp.test_top_k, seed=batch_idx)
+        options = GenerationOptions(temperature=hp.test_temperature, top_k=hp.test_top_k or None, seed=batch_idx)
         codes = sample_codes(self.model, batch["text"], options, hp.test_guidance)
-        images = to_pil(self.vqgan.decode(codes))
+        images = to_pil(self.vqgan.decode(codes), self.vqgan.value_range)
         self._test += list(zip(batch["index"].tolist(), images))
 
     def on_test_epoch_start(self) -> None:
@@ -133,7 +138,18 @@ class DalleTask(ModelTask, pl.LightningModule):
 
             dm = self.trainer.datamodule
             # the judged test settings become the export's defaults (mmkit generate, the demo)
-            defaults = {"guidance": self.hparams.test_guidance, "top_k": self.hparams.test_top_k}
+            defaults = {"guidance": self.hparams.test_guidance, "top_k": self.hparams.test_top_k or None}
             path = TextToImage(self.model, self.vqgan, dm.tokenizer, defaults).save_pretrained(folder)
             self.model.train()
             log.info("exported the text-to-image model to %s", path)
+
+
+def _check_test_sampling(guidance: float, top_k: int | None, temperature: float, codebook_size: int) -> None:
+    """The rule `TextToImage` applies to an export's sampling defaults and `sample_codes` to its settings, one
+    ValueError naming the option (`mmkit fit` prints it as one line); top_k 0 is off, as in `mmkit generate`."""
+    if not (isinstance(guidance, (int, float)) and finite32(guidance) and guidance >= 0):
+        raise ValueError(f"test_guidance must be finite and >= 0, got {guidance}")
+    if not (top_k is None or (isinstance(top_k, int) and not isinstance(top_k, bool) and 0 <= top_k <= codebook_size)):
+        raise ValueError(f"test_top_k must be in [0, {codebook_size}] (the codebook; 0 or null: no top-k), got {top_k}")
+    if not (isinstance(temperature, (int, float)) and finite32(temperature) and temperature > 0):
+        raise ValueError(f"test_temperature must be finite and > 0, got {temperature}")

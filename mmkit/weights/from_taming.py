@@ -2,7 +2,8 @@
 
 The YAML config gives the architecture (`model.params.ddconfig`, `embed_dim`, `n_embed`); the
 checkpoint's `encoder.*`, `decoder.*`, `quant_conv`, `quantize.embedding` and `post_quant_conv`
-keep their names in mmkit, and the training-only `loss.*` (discriminator, LPIPS) is a named drop.
+keep their names in mmkit; the training-only `loss.*` (discriminator, LPIPS) and an EMAVQ's codebook
+statistics (`quantize.embedding.cluster_size`, `embed_avg`) are named drops.
 Variants mmkit's `VQGAN` does not implement (Gumbel quantizer, index remapping, double_z) are
 refused by name. Pure: config + state dict in, constructor config + state dict out.
 """
@@ -21,6 +22,9 @@ TAMING_VQGAN_KEYS = [
     ("quant_conv.{p}", "quant_conv.{p}"),
     ("post_quant_conv.{p}", "post_quant_conv.{p}"),
     ("quantize.embedding.weight", "quantize.embedding.weight"),
+    # EMAVQ's EmbeddingEMA: the running code counts and sums its training updates the codebook from (training-only)
+    ("quantize.embedding.cluster_size", None),
+    ("quantize.embedding.embed_avg", None),
     ("loss.{rest}", None),  # VQLPIPSWithDiscriminator: training-only
 ]
 _TARGETS = ("taming.models.vqgan.VQModel", "taming.models.vqgan.EMAVQ")

@@ -60,6 +60,59 @@ def test_an_earlier_runs_files_are_refused_unless_overwrite(export, tmp_path, ca
     assert json.loads((out / "manifest.json").read_text())[0]["seed"] == 7
 
 
+def test_overwrite_removes_every_file_an_earlier_run_left(export, tmp_path):
+    """4 images then 2 with --overwrite left the first run's images 2 and 3 (and another prompt's files) beside the
+    second run's, which its manifest did not list: the runs mixed anyway. The user's own files stay."""
+    out = tmp_path / "out"
+    assert main(["generate", "a red circle", "a blue star", "--model", str(export), "--num-images", "4", "--out",
+                 str(out), "--quiet"]) == 0
+    mine = ["notes.txt", "my-photo.png", "000-a-red-circle-4.jpg", "000-a-red-circle-x.png"]
+    for name in mine:
+        (out / name).write_text("the user's")
+    (out / "001-kept-grid.png").mkdir()  # a folder is never removed, whatever its name
+    assert main(["generate", "a red circle", "--model", str(export), "--num-images", "2", "--seed", "7", "--out",
+                 str(out), "--overwrite", "--quiet"]) == 0
+    written = ["000-a-red-circle-0.png", "000-a-red-circle-1.png", "000-a-red-circle-grid.png", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*written, *mine, "001-kept-grid.png"])
+    assert all((out / name).read_text() == "the user's" for name in mine)
+    assert json.loads((out / "manifest.json").read_text())[0]["images"] == written[:2]
+
+
+def test_top_k_0_is_off(export, tmp_path):
+    """The API and the demo read top-k 0 as off; the command line refused it, so a model whose own default is a
+    top-k (dalle-mini's 256, the recipe's 4) could not sample from every code but by naming the codebook size."""
+    argv = ["generate", "a red circle", "--model", str(export), "--num-images", "3", "--seed", "5", "--quiet"]
+    assert main([*argv, "--top-k", "0", "--out", str(tmp_path / "off")]) == 0
+    assert main([*argv, "--top-k", "16", "--out", str(tmp_path / "all")]) == 0  # the whole codebook
+    assert json.loads((tmp_path / "off" / "manifest.json").read_text())[0]["top_k"] is None
+    for i in range(3):
+        name = f"000-a-red-circle-{i}.png"
+        assert (tmp_path / "off" / name).read_bytes() == (tmp_path / "all" / name).read_bytes()
+    assert "0 = off" in " ".join(_parser_help().split())
+
+
+def _parser_help() -> str:
+    from mmkit.cli.generate import _parser
+
+    return _parser().format_help()
+
+
+def test_device_option(export, tmp_path, capsys, monkeypatch):
+    """--precision fp16 was offered but always refused: there was no --device."""
+    argv = ["generate", "a red circle", "--model", str(export), "--num-images", "2", "--quiet"]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "default")]) == 0
+    name = "000-a-red-circle-1.png"
+    assert (tmp_path / "cpu" / name).read_bytes() == (tmp_path / "default" / name).read_bytes()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _fails([*argv, "--device", "cuda", "--out", str(tmp_path / "gpu")], capsys,
+           "--device cuda: CUDA is not available on this machine; use --device cpu")
+    _fails([*argv, "--device", "tpu", "--out", str(tmp_path / "gpu")], capsys, "--device 'tpu': not a device")
+    _fails([*argv, "--precision", "fp16", "--out", str(tmp_path / "gpu")], capsys,
+           "fp16 autocast is for GPUs; on a CPU use bf16 or fp32")
+    assert not (tmp_path / "gpu").exists()
+
+
 def test_an_exports_own_sampling_settings_are_the_defaults(tmp_path, capsys):
     from _dalle import tiny_text_to_image
 
@@ -95,7 +148,7 @@ def _fails(argv, capsys, match):
     (["--temperature", "1e39"], "argument --temperature: must be finite in float32 (at most 3.4e38), got 1e39"),
     (["--seed", "99999999999999999999"], "argument --seed: must be in [0, 2**64 - 1], got 99999999999999999999"),
     (["--seed", "-1"], "argument --seed: must be in [0, 2**64 - 1], got -1"),
-    (["--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
+    (["--top-k", "-1"], "argument --top-k: must be >= 0, got -1"),  # 0 is off (test_top_k_0_is_off)
     (["--top-p", "0"], "argument --top-p: must be > 0 and <= 1, got 0.0"),
     (["--top-p", "1.5"], "argument --top-p: must be > 0 and <= 1, got 1.5"),
 ])
@@ -134,7 +187,9 @@ def test_unknown_words_and_long_prompts_warn(export, tmp_path, caplog):
         assert main(["generate", "a red zebra circle on the left at the top in the centre", "--model", str(export),
                      "--num-images", "1", "--out", str(tmp_path / "o"), "--quiet"]) == 0
     text = caplog.text
-    assert "zebra" in text and "truncated" in text
+    # each once: the prompt was checked up front and again by the sampler, and each check logged its notes
+    assert text.count("words outside the vocabulary ignored: zebra\n") == 1
+    assert text.count("the prompt has 13 words; the model reads only the first 8\n") == 1
 
 
 def test_bad_model_and_out(export, tmp_path, capsys):

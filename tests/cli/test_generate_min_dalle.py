@@ -100,3 +100,13 @@ def test_int8_with_a_large_guidance_warns_once(root, tmp_path, caplog):
         assert main(["generate", "a red circle", "a blue star", "--model", str(root), "--num-images", "1", "--out",
                      str(tmp_path / "out"), "--quiet", "--quantize", "int8"]) == 0
     assert sum("int8 with guidance 16" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_huge_guidance_makes_an_image(root, tmp_path, capsys):
+    """--guidance 3e38 passed the float32 check, then uncond + 3e38 · (cond − uncond) overflowed to ±inf and
+    sampling failed with a traceback ("probability tensor contains either inf, nan or element < 0"); the guided
+    logits now stay finite (`guided`)."""
+    out = tmp_path / "out"
+    assert main(["generate", "a red circle", "--model", str(root), "--num-images", "1", "--guidance", "3e38",
+                 "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    assert Image.open(out / "000-a-red-circle-0.png").size == (32, 32)

@@ -73,3 +73,21 @@ def test_a_tiny_temperature_samples_the_best_token_not_nan(temperature):
     assert torch.equal(sampling.select(scaled), logits.argmax(-1))
     usual = Temperature(0.7)(None, logits.clone())  # an ordinary temperature: plain division, as before
     assert torch.equal(usual, logits / 0.7)
+
+
+def test_a_huge_guidance_scale_keeps_the_guided_logits_finite():
+    """A scale finite in float32 (3e38) overflowed uncond + scale · (cond − uncond) to ±inf, and softmax then
+    gave NaN probabilities: such a row is now the same logits shifted by their largest, finite, its best token the
+    limit's (the largest cond − uncond), a token the conditional row never samples still never sampled."""
+    from mmkit.core.filters import guided
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g) * 10  # rows 0-2 conditional, 3-5 their unconditional twins
+    logits[0, 7] = logits[3, 7] = float("-inf")
+    cond, uncond = logits.chunk(2)
+    out = guided(logits, 3e38)
+    assert out.shape == (3, 50) and bool(out.softmax(-1).isfinite().all())
+    assert torch.equal(out.argmax(-1), (cond - uncond).nan_to_num(nan=float("-inf")).argmax(-1))
+    assert out[0, 7] == float("-inf") and bool((out.amax(-1) == 0).all())
+    moderate = guided(logits, 16.0)  # nothing overflows: computed exactly as before
+    assert torch.equal(moderate, torch.where(cond.isinf(), cond, uncond + 16.0 * (cond - uncond)))

@@ -67,8 +67,10 @@ def test_prompts_dalle_mini_cannot_read(t2i, caplog):
         t2i.check_prompt("  ")
     with pytest.raises(ValueError, match="no word the model knows .*ASCII"):
         t2i.check_prompt("\u65e5\u672c\u8a9e")
-    with caplog.at_level(logging.WARNING):
-        t2i.check_prompt("a red \u65e5\u672c circle")
+    (note,) = t2i.check_prompt("a red \u65e5\u672c circle")
+    assert note == "words outside the vocabulary ignored: \u65e5\u672c"
+    with caplog.at_level(logging.WARNING):  # the sampler logs the notes (check_prompt only returns them)
+        list(t2i.stream("a red \u65e5\u672c circle", 1, guidance=1.0, top_k=1))
     assert "\u65e5\u672c" in caplog.text
 
 

@@ -90,3 +90,20 @@ def test_unknown_keys_and_missing_file_are_errors(taming_files, tmp_path):
         VQGAN.from_taming(cfg, tmp_path / "x.ckpt")
     with pytest.raises(WeightsError, match="not found"):
         VQGAN.from_taming(cfg, tmp_path / "absent.ckpt")
+
+
+def test_an_emavq_checkpoint_loads_without_its_ema_statistics(taming_files, tmp_path):
+    """EMAVQ was an accepted target, yet every EMAVQ checkpoint was refused: its quantizer's `embedding` is an
+    EmbeddingEMA (CompVis taming/modules/vqvae/quantize.py) whose Parameters `cluster_size` and `embed_avg`, the
+    running statistics its training updates the codebook from, had no mapping. The installed taming has no EMAVQ,
+    so the checkpoint is the VQModel's plus those two tensors."""
+    ref, cfg, ckpt = taming_files
+    state = {**ref.state_dict(), "quantize.embedding.cluster_size": torch.rand(40),
+             "quantize.embedding.embed_avg": torch.randn(40, 6)}
+    torch.save({"state_dict": state}, tmp_path / "ema.ckpt")
+    doc = copy.deepcopy(YAML)
+    doc["model"]["target"] = "taming.models.vqgan.EMAVQ"
+    (tmp_path / "ema.yaml").write_text(yaml.safe_dump(doc))
+    model, plain = VQGAN.from_taming(tmp_path / "ema.yaml", tmp_path / "ema.ckpt"), VQGAN.from_taming(cfg, ckpt)
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in model.state_dict().items())
