@@ -75,6 +75,21 @@ class CLIPTokenizer:
         return self._tokenizer.decode(ids).strip()
 
 
+def uses_clip_bpe(arch: str) -> bool:
+    """Whether open_clip architecture `arch` tokenizes with CLIP's BPE (else its own: a Hugging Face
+    tokenizer, or SigLIP's), read from its configuration alone.
+
+    Raises:
+        ValueError: unknown architecture.
+    """
+    import open_clip
+
+    config = open_clip.get_model_config(arch)
+    if config is None:
+        raise ValueError(f"unknown open_clip architecture {arch!r}")
+    return not config["text_cfg"].get("hf_tokenizer_name") and "siglip" not in arch.lower()
+
+
 def open_clip_tokenizer(arch: str, context_length: int | None = None) -> Callable[[Sequence[str]], Tensor]:
     """The tokenizer of open_clip architecture `arch` as a `texts -> (B, context_length) int64 ids`
     callable: a `CLIPTokenizer` for CLIP's BPE, else open_clip's own (SigLIP's is downloaded from the
@@ -86,12 +101,9 @@ def open_clip_tokenizer(arch: str, context_length: int | None = None) -> Callabl
     """
     import open_clip
 
-    config = open_clip.get_model_config(arch)
-    if config is None:
-        raise ValueError(f"unknown open_clip architecture {arch!r}")
-    name = config["text_cfg"].get("hf_tokenizer_name")
-    if not name and "siglip" not in arch.lower():
+    if uses_clip_bpe(arch):
         return CLIPTokenizer(context_length=context_length, arch=arch)
+    name = open_clip.get_model_config(arch)["text_cfg"].get("hf_tokenizer_name")
     try:
         tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
     except Exception as e:  # noqa: BLE001 - hub and network failures come as many exception types

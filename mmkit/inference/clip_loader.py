@@ -110,7 +110,8 @@ def load_clip(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokenize
         meta = doc.get("metadata", {})
         weights = CLIP.check_weights(path, doc["config"])  # before a tensor is read or a layer built
         clip = _build_and_load(doc["config"], read_state_dict(weights), str(weights))
-        clip.preprocess = {k: meta[k] for k in EVAL_KEYS if k in meta} or None  # for a caller's own scorer
+        # for a caller's own scorer, and kept by a save_pretrained of the model (its own tokenizer too)
+        clip.preprocess = {k: meta[k] for k in (*EVAL_KEYS, "open_clip_tokenizer") if meta.get(k) is not None} or None
         context = meta.get("context_length") or clip.context_length
         if meta.get("open_clip_tokenizer"):  # another architecture's tokenizer, e.g. "ViT-B-16-SigLIP"
             from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer

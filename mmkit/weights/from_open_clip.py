@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from mmkit.data.text import uses_clip_bpe
 from mmkit.weights.from_timm import INTERPOLATIONS, VIT_KEYS, timm_vit_config
 from mmkit.weights.keymap import Rule, Transform, remap
 from mmkit.weights.native import Converted, WeightsError, check_file, load_state_dict_strict, read_state_dict
@@ -303,6 +304,13 @@ def open_clip_preprocess(arch: str, pretrained: str | Path | None) -> dict[str, 
     return {_PREPROCESS_KEYS[k]: v for k, v in cfg.items() if k in _PREPROCESS_KEYS}
 
 
+def open_clip_arch(name: str) -> bool:
+    """Whether `name` is an architecture of open_clip's own configs (not hf-hub:, not a file)."""
+    import open_clip
+
+    return open_clip.get_model_config(name) is not None
+
+
 def _preprocess(oc: nn.Module, arch: str | None, pretrained: str | Path | None, image_size: int,
                 source: str) -> dict[str, Any]:
     """The preprocessing recorded with an import: an architecture's by name (`open_clip_preprocess`), else
@@ -311,9 +319,7 @@ def _preprocess(oc: nn.Module, arch: str | None, pretrained: str | Path | None, 
     Raises:
         WeightsError: a resize mode or interpolation mmkit's eval transform does not implement.
     """
-    import open_clip
-
-    if arch is not None and open_clip.get_model_config(arch) is not None:
+    if arch is not None and open_clip_arch(arch):
         cfg = open_clip_preprocess(arch, pretrained)
     else:  # an instance, or hf-hub:/local-dir: (open_clip merged their preprocess_cfg into the model's)
         found = getattr(oc.visual, "preprocess_cfg", None) or {}
@@ -339,7 +345,8 @@ def import_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path | No
 
     Returns:
         `CLIP.from_config` config and state dict (training is the instance's mode, False when weights
-        were loaded), and the eval preprocessing of the weights in mmkit's metadata keys.
+        were loaded), and the eval preprocessing of the weights in mmkit's metadata keys (with
+        `open_clip_tokenizer` for an architecture that has its own tokenizer).
 
     Raises:
         WeightsError: unsupported open_clip variants (the message names the feature), and checkpoint
@@ -356,6 +363,10 @@ def import_open_clip(model_or_arch: nn.Module | str, pretrained: str | Path | No
     config = _clip_config(oc)
     arch = model_or_arch if isinstance(model_or_arch, str) else None
     preprocess = _preprocess(oc, arch, pretrained, config["visual"]["image_size"], source)
+    if arch is not None and open_clip_arch(arch) and not uses_clip_bpe(arch):
+        # SigLIP's own tokenizer: recorded with the preprocessing, an export names it (`load_clip` reads
+        # `open_clip_tokenizer`), or a reloaded SigLIP would be read with CLIP's BPE and refused
+        preprocess["open_clip_tokenizer"] = arch
     log.info("imported open_clip CLIP from %s", source)
     return Converted(config, remap(oc.state_dict(), rules, source, transforms), source,
                      oc.training and not loaded), preprocess

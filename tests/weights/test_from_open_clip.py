@@ -461,6 +461,26 @@ def test_siglip_from_arch_and_file_keeps_its_preprocessing_for_the_python_api(ti
     assert clip_eval_transform(str(tmp_path / "export"), exact_decode=True) == label
 
 
+def test_a_siglip_export_names_its_own_tokenizer_through_a_reload(tiny_siglip_32, tmp_path, monkeypatch):
+    # SigLIP does not tokenize with CLIP's BPE: an export without the tokenizer's name was refused on reload
+    # (its vocabulary is not BPE's), and a re-save of a reloaded model must keep the name too
+    import mmkit.data.text
+    from mmkit.inference.clip_loader import load_clip
+
+    path = tmp_path / "siglip.safetensors"
+    save_file({k: v.contiguous() for k, v in _siglip_ref().state_dict().items()}, str(path))
+    CLIP.from_open_clip(SIGLIP, pretrained=path).save_pretrained(tmp_path / "export")
+    assert CLIP.read_config(tmp_path / "export")["metadata"]["open_clip_tokenizer"] == SIGLIP
+    asked = []  # the hub tokenizer is a download: a stand-in records what was asked for
+    monkeypatch.setattr(mmkit.data.text, "open_clip_tokenizer", lambda arch, context_length=None: asked.append(arch))
+    clip, _ = load_clip(str(tmp_path / "export"))
+    assert asked == [SIGLIP]
+    clip.save_pretrained(tmp_path / "again")
+    meta = CLIP.read_config(tmp_path / "again")["metadata"]
+    assert (meta["open_clip_tokenizer"], meta["resize_mode"], meta["mean"]) == (SIGLIP, "squash", [0.5, 0.5, 0.5])
+    assert "open_clip_tokenizer" not in (CLIP.from_open_clip("ViT-B-32").preprocess or {})  # CLIP's own BPE
+
+
 def test_open_clip_instance_keeps_its_preprocess_cfg(tiny_siglip_32):
     # an instance: open_clip's own transform for it (its visual.preprocess_cfg) is the reference
     from open_clip.transform import PreprocessCfg, image_transform_v2
