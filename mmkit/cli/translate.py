@@ -16,6 +16,7 @@ the translations): byte for byte one process's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -216,6 +217,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     loads where it can be: an --output that is the input file, an --export folder that holds files. The
     first rank saves the --export."""
     from mmkit.cli.generate_text import beam_only_options
+    from mmkit.cli.options import MAX_BEAM_SIZE
     from mmkit.inference.precision import check_device
     from mmkit.inference.text_rows import check_not_input, check_output
     from mmkit.inference.translator import TranslationOptions, TranslatorError, check_export_dir, load_translator
@@ -239,7 +241,12 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
     translator = load_translator(args.model, args.prefix, device, args.quantize, args.precision)
     options = translator.default_options(**given)
-    taken = {k: v for k, v in translator.defaults.items() if given.get(k) is None
+    if options.beam_size > MAX_BEAM_SIZE:  # the model's own count; --beam-size is checked against the same cap
+        if ranks.first:
+            log.warning("the model's num_beams %d is above --beam-size's cap: decoding with %d beams (--beam-size K "
+                        "to choose)", options.beam_size, MAX_BEAM_SIZE)
+        options = dataclasses.replace(options, beam_size=MAX_BEAM_SIZE)
+    taken = {k: getattr(options, k) for k in translator.defaults if given.get(k) is None
              and (k == "beam_size" or options.beam_size > 1)}  # a greedy run uses no beam setting
     if taken and ranks.first:
         log.info("decoding with the model's own settings: %s (%s)", ", ".join(f"{k} {v}" for k, v in taken.items()),

@@ -221,6 +221,25 @@ def test_cli_beam_options_without_beams_are_said_to_be_unused(marian, tmp_path, 
     capsys.readouterr()
 
 
+def test_cli_caps_a_models_beam_count_as_it_caps_beam_size(marian, tmp_path, capsys, caplog):
+    """A generation_config.json num_beams above --beam-size's cap (32) decodes with 32, said once; the run's
+    settings line names what was used."""
+    import shutil
+
+    from mmkit.cli.options import MAX_BEAM_SIZE
+
+    beams = shutil.copytree(marian, tmp_path / "beams")
+    config = json.loads((beams / "generation_config.json").read_text())
+    (beams / "generation_config.json").write_text(json.dumps({**config, "num_beams": 500}))
+    with caplog.at_level("INFO"):
+        assert mmkit_main(["translate", "seven", "--model", str(beams), "--max-length", "2"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert f"the model's num_beams 500 is above --beam-size's cap: decoding with {MAX_BEAM_SIZE} beams " \
+           "(--beam-size K to choose)" in said
+    assert any(m.startswith(f"decoding with the model's own settings: beam_size {MAX_BEAM_SIZE}") for m in said)
+    capsys.readouterr()
+
+
 def test_cli_text_arguments_and_user_errors(native, tmp_path, capsys):
     assert mmkit_main(["translate", "seven", "third", "--model", str(native), "--max-length", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
