@@ -139,8 +139,11 @@ class BERT(PretrainedMixin, nn.Module):
         type_vocab_size: token-type (segment) ids (BERT: 2; RoBERTa: 1, i.e. a constant row).
         dim, depth, num_heads, mlp_ratio: transformer sizes (timm's names; BERT-base 768 / 12 / 12 / 4).
         norm_eps: LayerNorm epsilon (BERT: 1e-12; RoBERTa: 1e-5).
-        dropout: on the embeddings, inside the attention, after each residual branch and before
-            the classifier (BERT's hidden and attention dropout, 0.1).
+        dropout: on the embeddings and after each residual branch (BERT's hidden_dropout_prob, 0.1).
+        attn_dropout: on the attention probabilities (attention_probs_dropout_prob); None: `dropout`.
+        activation_dropout: after the feed-forward activation, which transformers' BERT lacks (`from_hf` sets 0);
+            None: `dropout`, the native recipes' setting (their measured results were trained with it).
+        classifier_dropout: before the classifier (transformers' classifier_dropout); None: `dropout`.
         positions: "absolute" (BERT) or "roberta" (positions counted after the padding index).
         pad_id: the padding token (BERT: 0; RoBERTa: 1, which also offsets its positions).
         pooler: build the [CLS] pooler (dense + tanh); transformers' MaskedLM models have none.
@@ -167,6 +170,9 @@ class BERT(PretrainedMixin, nn.Module):
         mlm_head: bool = True,
         num_classes: int = 0,
         classifier_head: str = "pooled",
+        attn_dropout: float | None = None,
+        activation_dropout: float | None = None,
+        classifier_dropout: float | None = None,
     ) -> None:
         super().__init__()
         if positions not in POSITIONS:
@@ -183,16 +189,18 @@ class BERT(PretrainedMixin, nn.Module):
         self.type_embed = nn.Embedding(type_vocab_size, dim)
         self.embed_norm = LayerNorm(dim, eps=norm_eps)
         self.drop = nn.Dropout(dropout)
-        # BERT's hidden dropout after fc2 (Mlp also drops after the activation: training-only difference).
+        # BERT's hidden dropout after fc2; after the activation only if asked (see activation_dropout)
+        mlp_drop = (dropout if activation_dropout is None else activation_dropout, dropout)
         self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, qkv_bias=True, block=PostNormBlock,
-                               norm_layer=layer_norm(norm_eps), mlp_layer=partial(Mlp, drop=dropout),
+                               norm_layer=layer_norm(norm_eps), mlp_layer=partial(Mlp, drop=mlp_drop),
                                act_layer=nn.GELU, final_norm=False)
         for blk in self.encoder.blocks:  # the blocks build Attention without dropout; BERT has both
-            blk.attn.attn_drop = dropout
+            blk.attn.attn_drop = dropout if attn_dropout is None else attn_dropout
             blk.attn.proj_drop.p = dropout
         self.pooler = nn.Linear(dim, dim) if pooler else None
         self.mlm_head = MaskedLMHead(dim, vocab_size, norm_eps) if mlm_head else None
-        self.classifier = CLASSIFIER_HEADS[classifier_head](dim, num_classes, dropout) if num_classes else None
+        head_drop = dropout if classifier_dropout is None else classifier_dropout
+        self.classifier = CLASSIFIER_HEADS[classifier_head](dim, num_classes, head_drop) if num_classes else None
         self.apply(init_normal_)
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:

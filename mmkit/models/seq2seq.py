@@ -46,8 +46,14 @@ class Seq2Seq(PretrainedMixin, nn.Module):
         max_len: longest source or target sequence (rows of the position table).
         dim, num_heads, mlp_ratio: sizes shared by both stacks (base: 512 / 8 / 4.0).
         encoder_depth, decoder_depth: blocks per stack (base: 6 / 6).
-        dropout: the paper's P_drop: on embeddings + positions, every sub-layer output before its
-            residual add, attention probabilities and the feed-forward hidden layer (base: 0.1).
+        dropout: the paper's P_drop: on embeddings + positions and every sub-layer output before its
+            residual add (base: 0.1; MarianConfig's dropout).
+        attn_dropout: on the attention probabilities (MarianConfig's attention_dropout, 0 in opus-mt);
+            None: `dropout`, the native recipe's setting (its measured results were trained with it).
+        activation_dropout: on the feed-forward hidden layer, after the activation (MarianConfig's
+            activation_dropout, 0 in opus-mt); None: `dropout`, as attn_dropout.
+        pad_id: a token whose embedding row its lookups leave untrained (transformers' `padding_idx`, MarianMT's
+            pad, which is also its decoder start; the tied output projection still trains it); None: every row.
         positions: sinusoid layout, "interleaved" (the paper: sin, cos, sin, ...) or "halves"
             (Marian: all sines, then all cosines).
         activation: feed-forward activation (`mmkit.core.mlp.ACTIVATIONS`: "relu" in the paper,
@@ -72,6 +78,9 @@ class Seq2Seq(PretrainedMixin, nn.Module):
         scale_embedding: bool = True,
         tie_output: bool = True,
         logits_bias: bool = False,
+        attn_dropout: float | None = None,
+        activation_dropout: float | None = None,
+        pad_id: int | None = None,
     ) -> None:
         super().__init__()
         if positions not in POSITION_LAYOUTS:
@@ -79,17 +88,19 @@ class Seq2Seq(PretrainedMixin, nn.Module):
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.vocab_size, self.max_len, self.dim = vocab_size, max_len, dim
         self.embed_scale = math.sqrt(dim) if scale_embedding else 1.0
-        self.tok_embed = nn.Embedding(vocab_size, dim)
+        self.tok_embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)  # a gradient rule only: init below
         # Fixed table, not saved: it is a function of (max_len, dim, layout), like transformers'.
         self.register_buffer("pos_embed", POSITION_LAYOUTS[positions](max_len, dim), persistent=False)
+        mlp_drop = (dropout if activation_dropout is None else activation_dropout, dropout)
         stack = dict(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, block=PostNormBlock,
-                     norm_layer=layer_norm(NORM_EPS), mlp_layer=partial(Mlp, drop=dropout),
+                     norm_layer=layer_norm(NORM_EPS), mlp_layer=partial(Mlp, drop=mlp_drop),
                      act_layer=_activation(activation), final_norm=False)
         self.encoder = Encoder(depth=encoder_depth, **stack)
         self.decoder = Decoder(depth=decoder_depth, cross_attention=True, **stack)
         for m in self.modules():  # residual dropout on each sub-layer output (paper §5.4)
             if isinstance(m, Attention):
-                m.attn_drop, m.proj_drop = dropout, nn.Dropout(dropout)
+                m.attn_drop = dropout if attn_dropout is None else attn_dropout
+                m.proj_drop = nn.Dropout(dropout)
         self.drop = nn.Dropout(dropout)
         self.head = None if tie_output else nn.Linear(dim, vocab_size, bias=False)
         if logits_bias:

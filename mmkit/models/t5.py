@@ -46,7 +46,8 @@ class T5(PretrainedMixin, nn.Module):
             num_heads * head_dim need not equal dim: flan-t5-small is 512 wide with 6 x 64).
         encoder_depth, decoder_depth: blocks per stack.
         num_buckets, max_distance: relative position buckets (32 / 128).
-        dropout: on embeddings, sub-layer outputs, attention probabilities, FF hidden, outputs.
+        dropout: on embeddings, sub-layer outputs, attention probabilities, FF hidden, outputs: T5Config's one
+            dropout_rate where transformers applies it (`from_hf` reads it), so an import trains as it does.
         feed_forward: "relu" (v1.0) or "gated-gelu_tanh" (v1.1, Flan); any "gated-<activation>".
         tie_output: the output projection is the token embedding (else a separate `head`).
         scale_output: multiply decoder outputs by dim ** -0.5 before the projection (v1.0).

@@ -21,9 +21,9 @@ from mmkit.weights.native import FORMAT_VERSION, WeightsError
 _POSITIVE = re.compile(r"(heads|dim|_size|max_len|_ctx|n_mels|in_chans|in_channels|channels|^ch|codebook_size"
                        r"|_buckets|_distance|d_model|_bins|_positions|^n_(head|embd|inner)|^d_(kv|ff)"
                        r"|^max_\w*(tokens|embeddings))$")
-# Rates in [0, 1) (BERT's `*_dropout_prob` and GPT-2's `*_pdrop` too); every other float just finite and
-# non-negative where it is a ratio or an epsilon.
-_RATE = re.compile(r"(dropout|drop_path_rate|_rate|_prob|pdrop)$")
+# Rates in [0, 1) (BERT's `*_dropout_prob`, GPT-2's `*_pdrop` and Marian's `*_layerdrop` too); every other float
+# just finite and non-negative where it is a ratio or an epsilon.
+_RATE = re.compile(r"(dropout|drop_path_rate|_rate|_prob|pdrop|layerdrop)$")
 _NONNEG_FLOAT = re.compile(r"(ratio|eps|epsilon|beta)$")
 
 

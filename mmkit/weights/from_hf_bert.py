@@ -66,7 +66,8 @@ BERT_KEYS = [(prefix + src, dst) for prefix in ("", "bert.", "roberta.") for src
 _HF_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                 "max_position_embeddings")
 _HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, "type_vocab_size": int, "layer_norm_eps": float,
-              "hidden_dropout_prob": float, "pad_token_id": Optional[int], "hidden_act": str,
+              "hidden_dropout_prob": float, "attention_probs_dropout_prob": float,
+              "classifier_dropout": Optional[float], "pad_token_id": Optional[int], "hidden_act": str,
               "position_embedding_type": str,
               **{flag: Optional[bool] for flag in ("is_decoder", "add_cross_attention", "tie_word_embeddings")}}
 _EMBEDDINGS = tuple(f"{p}embeddings.word_embeddings.weight" for p in ("", "bert.", "roberta."))
@@ -123,7 +124,11 @@ def bert_config(cfg: dict[str, Any], state: dict[str, Tensor], source: str) -> d
         vocab_size=cfg["vocab_size"], max_len=cfg["max_position_embeddings"],
         type_vocab_size=cfg.get("type_vocab_size", 2), dim=dim, depth=cfg["num_hidden_layers"],
         num_heads=cfg["num_attention_heads"], mlp_ratio=cfg["intermediate_size"] / dim,
-        norm_eps=cfg.get("layer_norm_eps", 1e-12), dropout=cfg.get("hidden_dropout_prob", 0.1),
+        norm_eps=cfg.get("layer_norm_eps", 1e-12),
+        # BertConfig's defaults; transformers' feed-forward has no dropout after its activation, and its
+        # classifier_dropout None means hidden_dropout_prob, as mmkit's None means dropout
+        dropout=cfg.get("hidden_dropout_prob", 0.1), attn_dropout=cfg.get("attention_probs_dropout_prob", 0.1),
+        activation_dropout=0.0, classifier_dropout=cfg.get("classifier_dropout"),
         positions="roberta" if kind == "roberta" else "absolute", pad_id=0 if pad_id is None else pad_id,
         pooler=any(".pooler." in f".{k}" for k in state),
         mlm_head=any(k.startswith(("cls.predictions.", "lm_head.")) for k in state),

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from mmkit.weights.config_check import check_divisible, check_fields
+from mmkit.weights.config_check import check_divisible, check_fields, check_token_ids
 from mmkit.weights.hf import config_file, fuse_projections, hf_source
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError
@@ -57,7 +57,9 @@ _ACTIVATIONS = {"swish": "silu", "silu": "silu", "relu": "relu", "gelu": "gelu",
 # a flag may be null, read as false).
 _HF_REQUIRED = ("vocab_size", "max_position_embeddings", "d_model", "encoder_layers", "decoder_layers",
                 "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim")
-_HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, "dropout": float, "activation_function": str,
+_HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, "activation_function": str, "pad_token_id": Optional[int],
+              **{rate: float for rate in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop",
+                                          "decoder_layerdrop")},
               **{flag: Optional[bool] for flag in (
                   "scale_embedding", "tie_word_embeddings", "share_encoder_decoder_embeddings", "normalize_before")}}
 
@@ -70,6 +72,7 @@ def marian_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         raise WeightsError(f"{where}: expected a MarianMT config, got model_type={cfg.get('model_type')!r}")
     check_fields(cfg, _HF_FIELDS, where, required=_HF_REQUIRED)
     check_divisible(cfg, "d_model", "encoder_attention_heads", where)
+    check_token_ids(cfg, ["pad_token_id"], cfg["vocab_size"], where)
     act = cfg.get("activation_function", "gelu")
     dim = cfg["d_model"]
     unsupported = {
@@ -83,13 +86,21 @@ def marian_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise WeightsError(f"{where}: MarianMT variant uses features outside mmkit's Seq2Seq: {', '.join(bad)}")
+    layerdrop = [f"{side}_layerdrop={cfg[f'{side}_layerdrop']}" for side in ("encoder", "decoder")
+                 if cfg.get(f"{side}_layerdrop", 0.0) > 0]
+    if layerdrop:  # training only (inference is exact), so imported, not refused
+        log.warning("%s: mmkit's Seq2Seq has no LayerDrop (%s): fine-tuning keeps every layer", where,
+                    ", ".join(layerdrop))
     return dict(
         vocab_size=cfg["vocab_size"], max_len=cfg["max_position_embeddings"], dim=dim,
         encoder_depth=cfg["encoder_layers"], decoder_depth=cfg["decoder_layers"],
         num_heads=cfg["encoder_attention_heads"], mlp_ratio=cfg["encoder_ffn_dim"] / dim,
-        dropout=cfg.get("dropout", 0.1), positions="halves", activation=_ACTIVATIONS[act],
+        # MarianConfig's defaults: only the residual branches and embeddings drop (transformers' opus-mt conversion
+        # sets dropout 0.1 and leaves attention_dropout and activation_dropout at 0)
+        dropout=cfg.get("dropout", 0.1), attn_dropout=cfg.get("attention_dropout", 0.0),
+        activation_dropout=cfg.get("activation_dropout", 0.0), positions="halves", activation=_ACTIVATIONS[act],
         scale_embedding=bool(cfg.get("scale_embedding", False)), tie_output=bool(cfg.get("tie_word_embeddings", True)),
-        logits_bias=True,
+        logits_bias=True, pad_id=cfg.get("pad_token_id"),
     )
 
 

@@ -71,6 +71,8 @@ def _tampered(source: Path, tmp_path: Path, field: str, value) -> Path:
     ("bert", "max_position_embeddings", -1, "field 'max_position_embeddings' must be positive"),
     ("bert", "layer_norm_eps", "x", "field 'layer_norm_eps' must be a number"),
     ("bert", "hidden_dropout_prob", 5, "field 'hidden_dropout_prob' must be in [0, 1)"),
+    ("bert", "attention_probs_dropout_prob", 1.0, "field 'attention_probs_dropout_prob' must be in [0, 1)"),
+    ("bert", "classifier_dropout", "0.1", "field 'classifier_dropout' must be a number"),
     ("bert", "pad_token_id", 10_000, "field 'pad_token_id' holds id 10000, outside the vocabulary"),
     ("bert", "is_decoder", "false", "field 'is_decoder' must be true or false"),
     ("marian", "d_model", "32", "field 'd_model' must be an integer, got '32'"),  # was a TypeError
@@ -80,6 +82,9 @@ def _tampered(source: Path, tmp_path: Path, field: str, value) -> Path:
     ("marian", "encoder_ffn_dim", -48, "field 'encoder_ffn_dim' must be positive"),
     ("marian", "max_position_embeddings", 0, "field 'max_position_embeddings' must be positive"),
     ("marian", "dropout", "x", "field 'dropout' must be a number"),
+    ("marian", "attention_dropout", -0.1, "field 'attention_dropout' must be in [0, 1)"),
+    ("marian", "activation_dropout", "x", "field 'activation_dropout' must be a number"),
+    ("marian", "decoder_layerdrop", 1.5, "field 'decoder_layerdrop' must be in [0, 1)"),
     ("marian", "encoder_attention_heads", 5, "field 'd_model' (32) is not divisible by 'encoder_attention_heads'"),
     ("t5", "d_model", "30", "field 'd_model' must be an integer, got '30'"),
     ("t5", "num_heads", _DELETE, "missing field(s) 'num_heads'"),
