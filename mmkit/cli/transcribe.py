@@ -1,7 +1,8 @@
 """`mmkit transcribe`: speech to text (or English translation) with a Whisper checkpoint,
 openai/whisper's command line (`whisper` CLI: --task, --language, --temperature ladder,
 thresholds, --initial-prompt, -f txt/json/srt/vtt/tsv) over `mmkit.inference.Transcriber`, except that it decodes
-greedily by default, for speed (openai's default is beam search, --beam-size 5). Under torchrun (or any launcher
+greedily by default, for speed (openai's default is beam search, --beam-size 5), and cuts long audio into independent
+windows batched across files unless --long-form sequential (openai's algorithm). Under torchrun (or any launcher
 setting torch.distributed's environment) each rank transcribes a contiguous block of the files on its own
 device and writes their outputs; rank 0 prints the transcripts in input order and the combined summary.
 """
@@ -33,6 +34,13 @@ log = logging.getLogger(__name__)
 def _optional(number: Callable[[str], float]) -> Callable[[str], float | None]:
     """An argparse type: 'none' or 'off' (the check disabled, None), else `number`'s value."""
     return lambda text: None if text.lower() in ("none", "off") else number(text)
+
+
+def _boolean(text: str) -> bool:
+    """An argparse type: openai's true/false (any case)."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 BEAMS = beam_size()  # --beam-size and --best-of
@@ -71,13 +79,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-prompt", default=None, metavar="TEXT",
                    help="text the decoder reads before every 30 s window (openai's --initial_prompt: spelling of "
                         "names and jargon, punctuation style). Windows are decoded independently, so it applies to "
-                        "each of them, as openai's --carry_initial_prompt True --condition_on_previous_text False")
+                        "each of them, as openai's --carry_initial_prompt True --condition_on_previous_text False; "
+                        "with --long-form sequential, before the first window only, as openai's")
+    p.add_argument("--long-form", choices=("windows", "sequential"), default="windows",
+                   help="how audio longer than 30 s is decoded. windows (default): fixed 30 s windows decoded "
+                        "independently and batched across files, fast; a word crossing a window's end may be cut. "
+                        "sequential: openai's transcribe(), exactly: one window at a time per file, each starting at "
+                        "the previous one's last timestamp, prompted with the previous text; slower (no batching), "
+                        "and each file is read and featurized whole, as openai's: memory grows with its length "
+                        "(~1.5 GB per hour of audio)")
+    p.add_argument("--condition-on-previous-text", type=_boolean, default=None, metavar="{true,false}",
+                   help="with --long-form sequential: prompt each window with the previous text (default true, as "
+                        "openai's; false: less prone to repetition loops). windows never are: true is refused")
     p.add_argument("--no-repetition-guard", action="store_true", help="let repetitive windows run to the limit")
     p.add_argument("--without-timestamps", action="store_true", help="one segment per 30 s window")
     p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="tokens per window (default 224)")
     p.add_argument("--output-format", "-f", nargs="+", default=["txt"], choices=OUTPUT_FORMATS + ("all",))
     p.add_argument("--output-dir", "-o", default=".", help="where to write <stem>.<ext> (default: .)")
-    p.add_argument("--batch-size", type=at_least(1), default=8, help="30 s windows per encoder/decoder batch")
+    p.add_argument("--batch-size", type=at_least(1), default=8,
+                   help="30 s windows per encoder/decoder batch (--long-form sequential: one at a time)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (under torchrun, cuda is each rank's own GPU: cuda:LOCAL_RANK)")
     p.add_argument("--threads", type=thread_count(), default=None, help="torch CPU threads (default: torch's)")
@@ -101,7 +121,8 @@ def _options(args: argparse.Namespace) -> DecodingOptions:
         compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
         no_speech_threshold=args.no_speech_threshold, max_new_tokens=args.max_new_tokens,
         repetition_guard=not args.no_repetition_guard, seed=args.seed, audio_context=args.audio_context,
-        initial_prompt=args.initial_prompt)
+        initial_prompt=args.initial_prompt, long_form=args.long_form,
+        condition_on_previous_text=args.condition_on_previous_text)
 
 
 def _usage_error(args: argparse.Namespace, device: str) -> str | None:

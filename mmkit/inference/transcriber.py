@@ -4,23 +4,24 @@ openai/whisper `decoding.py` / `transcribe.py`: task and language prompt, langua
 suppressed tokens, timestamp rules, temperature fallback on compression-ratio / log-prob
 thresholds, no-speech skip; plus a repetition guard that ends looping windows.
 
-Differences from openai/whisper, on purpose: long audio is cut into fixed, consecutive windows of
-the encoder's length (30 s) instead of seeking to the last predicted timestamp, and windows are
-decoded without the previous window's text as a prompt (an initial prompt, `DecodingOptions.initial_prompt`,
-precedes every window alike); both make every window independent, so the windows of many files are
-batched through the encoder and the decoder together. Timestamps
-never pass the end of a window's audio; digitally silent windows (all samples 0) and windows under one
+Differences from openai/whisper, on purpose, in the default `long_form="windows"`: long audio is cut into
+fixed, consecutive windows of the encoder's length (30 s) instead of seeking to the last predicted timestamp,
+and windows are decoded without the previous window's text as a prompt (an initial prompt,
+`DecodingOptions.initial_prompt`, precedes every window alike); both make every window independent, so the
+windows of many files are batched through the encoder and the decoder together. Timestamps never pass the end
+of a window's audio; digitally silent windows (all samples 0) and windows under one
 Mel frame (`HOP_LENGTH` samples: openai/whisper's content frames are 0, so it decodes nothing) are not decoded.
 The decoder runs on the shared loop (`mmkit.core.generate`) with one KV cache per batch whose
 cross-attention keys/values are computed once per window and shared by language detection,
-decoding and every fallback attempt (`KVCache.fork`).
+decoding and every fallback attempt (`KVCache.fork`). `long_form="sequential"` is openai's `transcribe()`
+instead, exactly (`mmkit.inference.sequential`), one file at a time over the same window decoding.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -34,11 +35,12 @@ from mmkit.core import KVCache
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
 from mmkit.inference.inputs import as_items
 from mmkit.inference.quantize import prepare_arithmetic
+from mmkit.inference.sequential import sequential_transcripts
 from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
 from mmkit.inference.transcript import (
-    DecodingOptions, Segment, Transcript, greedy_options, window_segments,
+    Decoded, DecodingOptions, Segment, Transcript, greedy_options, is_silence, window_segments,
 )
-from mmkit.inference.window_decoder import WindowDecoder
+from mmkit.inference.window_decoder import Window as _Window, WindowDecoder
 from mmkit.inference.writers import path_text
 from mmkit.models.whisper import Whisper
 
@@ -90,14 +92,6 @@ def mono_waveform(audio: np.ndarray | Tensor | Sequence[float], name: str = "<au
     return audio.astype(np.float32, copy=False)
 
 
-@dataclass
-class _Window:
-    file: int  # index into the batch of files
-    index: int  # window number within the file
-    audio: np.ndarray  # (N,) samples, N <= window length
-    offset: float  # seconds from the file's start
-
-
 class Transcriber:
     """Transcribe audio with a Whisper model: `transcribe(audio)` for one waveform,
     `transcribe_files(paths)` for many files, their windows batched `batch_size` at a time.
@@ -106,7 +100,8 @@ class Transcriber:
         model: an eval-mode `Whisper`.
         tokenizer: the checkpoint's `WhisperTokenizer` (or a recipe's `CharTokenizer`).
         options: decoding options.
-        batch_size: windows (of any files) per encoder/decoder batch.
+        batch_size: windows (of any files) per encoder/decoder batch (`long_form="sequential"`: one window
+            at a time, each one's start and prompt depending on the previous one).
         precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast around the encoder
             and the decoder; `resolve_precision`).
         quantize: "none" or "int8": int8 Linear layers (`mmkit.inference.quantize.Int8Linear`, applied to
@@ -130,6 +125,10 @@ class Transcriber:
         self.batch_size = batch_size
         self.window_samples = 2 * model.n_audio_ctx * HOP_LENGTH  # 480_000 (30 s) for every Whisper
         self._check_options()
+        if self.options.long_form == "sequential" and (getattr(tokenizer, "sot_prev", None) is None
+                                                       or tokenizer.timestamp_end <= tokenizer.timestamp_begin):
+            raise ValueError("long_form='sequential' needs a Whisper tokenizer (timestamp and <|startofprev|> "
+                             "tokens): openai's algorithm seeks on timestamps and prompts with the previous text")
         self.prompt_prefix = self._prompt_prefix()  # what precedes <|startoftranscript|> in every window
 
     @classmethod
@@ -192,7 +191,7 @@ class Transcriber:
         """Yield one `Transcript` per path, in input order (a lone path is one file, `as_items`); files that
         cannot be loaded or decoded come back with `error` set instead of stopping the run. Each file is read
         as a stream (`stream_audio`) and cut into windows as it comes, so memory is bounded by the window
-        batch whatever a file's length. A transcript's `path` is the path as text a UTF-8 output
+        batch whatever a file's length (`long_form="sequential"`: by the longest file, read whole). A transcript's `path` is the path as text a UTF-8 output
         can hold (`path_text`: a Linux name that is not UTF-8 has those bytes as \\xNN escapes)."""
         return self._transcribe_arrays((path_text(path), stream_audio(path))
                                        for path in as_items(paths, (str, os.PathLike)))
@@ -203,7 +202,11 @@ class Transcriber:
                            strict: bool = False) -> Iterator[Transcript]:
         """Windows of consecutive files (a checked waveform, `mono_waveform`, or an iterator of blocks that
         may raise `AudioLoadError`) are queued and decoded `batch_size` at a time; each transcript is
-        yielded, in input order, as soon as all of its windows are done."""
+        yielded, in input order, as soon as all of its windows are done. `long_form="sequential"`: one file
+        at a time instead (`sequential_transcripts`)."""
+        if self.options.long_form == "sequential":
+            yield from sequential_transcripts(self, items, strict)
+            return
         transcripts: dict[int, Transcript] = {}
         windows: dict[int, list[list[Segment] | None]] = {}  # file -> segments per window (None: pending)
         languages: dict[int, str | None] = {}
@@ -352,40 +355,76 @@ class Transcriber:
 
     def _decode_mel(self, mel: Tensor, windows: Sequence[_Window], audible: list[int],
                     languages: dict[int, str | None]) -> list[list[Segment]]:
-        o, tok, model = self.options, self.tokenizer, self.model
+        o = self.options
         out: list[list[Segment]] = [[] for _ in windows]
         ws = [windows[k] for k in audible]
+        max_index = torch.tensor([min(round(len(w.audio) / SAMPLE_RATE / TIME_PRECISION),
+                                      self.model.n_audio_ctx) for w in ws])
+        decoded = self.decode_mel(mel, ws, languages, self.prompt_prefix, max_index)
+        for k, w, (d, p) in zip(audible, ws, decoded):
+            if not is_silence(o, d, p):
+                out[k] = window_segments(d, self.tokenizer, len(w.audio) / SAMPLE_RATE, w.offset, p,
+                                         o.without_timestamps)
+        return out
+
+    @torch.no_grad()
+    def decode_mel(self, mel: Tensor, windows: Sequence[_Window], languages: dict[int, str | None],
+                   prefix: list[int], max_index: Tensor) -> list[tuple[Decoded, float]]:
+        """Decode windows given as features, with the temperature fallback; shared by both long forms.
+
+        Args:
+            mel: (B, n_mels, frames) log-Mel features of the windows (all 2·n_audio_ctx frames unless
+                audio_context).
+            windows: the B windows (their files key `languages`; their samples seed the sampling).
+            languages: file -> language; a None one is detected here on the window and stored.
+            prefix: [<|startofprev|>, *prompt tokens] before every window's task tokens, or [].
+            max_index: (B,) the last timestamp index each window may predict.
+
+        Returns:
+            (the decoding, the <|nospeech|> probability) per window.
+        """
+        tok, model = self.tokenizer, self.model
         # the mel in the weights' dtype: a model cast by .half()/.to(torch.bfloat16)/.double() takes no fp32 input
         # (under autocast the weights stay fp32 and autocast casts)
         mel = mel.to(next(p.dtype for p in model.parameters() if p.is_floating_point()))
-        context = model.encode(mel, partial=True)  # (B, positions, dim): all n_audio_ctx unless audio_context
-        # One pass over the initial prompt (if any) and <|startoftranscript|> fills the cross-attention cache and
-        # gives the no-speech probability, read at <|startoftranscript|> (openai/whisper's `sot_index`).
-        cache = KVCache()
-        head = torch.tensor([[*self.prompt_prefix, tok.sot]] * len(ws), dtype=torch.long, device=self.device)
-        at_sot = model(head, context, cache)[:, -1].float()  # (B, V)
-        no_speech = at_sot.softmax(dim=-1)[:, tok.no_speech].tolist()
-        self._detect_languages(ws, self._language_logits(context, cache, at_sot, ws, languages), languages)
-        prompts = [self.prompt_prefix + tok.sot_sequence(languages[w.file] if tok.is_multilingual else None, o.task,
-                                                         o.without_timestamps) for w in ws]
-        max_index = torch.tensor([min(round(len(w.audio) / SAMPLE_RATE / TIME_PRECISION),
-                                      model.n_audio_ctx) for w in ws])
-        decoder = WindowDecoder(model, tok, o)  # built per batch: it holds no state of its own
-        decoded = decoder.decode(context, cache, torch.tensor(prompts, device=self.device), max_index, no_speech,
-                                 [w.audio for w in ws])
-        for k, w, d, p in zip(audible, ws, decoded, no_speech):
-            silent = (o.no_speech_threshold is not None and p > o.no_speech_threshold
-                      and not (o.logprob_threshold is not None and d.avg_logprob > o.logprob_threshold))
-            if not silent:
-                out[k] = window_segments(d, tok, len(w.audio) / SAMPLE_RATE, w.offset, p, o.without_timestamps)
-        return out
+        with self._autocast():
+            context = model.encode(mel, partial=True)  # (B, positions, dim): all n_audio_ctx unless audio_context
+            # One pass over the prompt (if any) and <|startoftranscript|> fills the cross-attention cache and
+            # gives the no-speech probability, read at <|startoftranscript|> (openai/whisper's `sot_index`).
+            cache = KVCache()
+            head = torch.tensor([[*prefix, tok.sot]] * len(windows), dtype=torch.long, device=self.device)
+            at_sot = model(head, context, cache)[:, -1].float()  # (B, V)
+            no_speech = at_sot.softmax(dim=-1)[:, tok.no_speech].tolist()
+            first = at_sot if not prefix else self._language_logits(context, cache, at_sot, windows, languages)
+            self._detect_languages(windows, first, languages)
+            prompts = [prefix + tok.sot_sequence(languages[w.file] if tok.is_multilingual else None,
+                                                 self.options.task, self.options.without_timestamps)
+                       for w in windows]
+            decoder = WindowDecoder(model, tok, self.options)  # built per batch: it holds no state of its own
+            decoded = decoder.decode(context, cache, torch.tensor(prompts, device=self.device), max_index,
+                                     no_speech, [w.audio for w in windows])
+        return list(zip(decoded, no_speech))
+
+    @torch.no_grad()
+    def detect_language(self, mel: Tensor) -> str | None:
+        """The language of one window's (n_mels, frames) features, read at <|startoftranscript|> alone (openai's
+        `detect_language`); None for English-only checkpoints."""
+        if not self.tokenizer.is_multilingual:
+            return None
+        mel = mel[None].to(next(p.dtype for p in self.model.parameters() if p.is_floating_point()))
+        with self._autocast():
+            sot = torch.tensor([[self.tokenizer.sot]], device=self.device)
+            logits = self.model(sot, self.model.encode(mel, partial=True), KVCache())[:, -1].float()
+        languages: dict[int, str | None] = {0: None}
+        self._detect_languages([_Window(0, 0, np.zeros(0, np.float32), 0.0)], logits, languages)
+        return languages[0]
 
     def _language_logits(self, context: Tensor, cache: KVCache, at_sot: Tensor, windows: Sequence[_Window],
                          languages: dict[int, str | None]) -> Tensor:
         """(B, V) logits language detection reads: openai/whisper's `detect_language` feeds <|startoftranscript|>
         alone, never the prompt; with a prompt that is a second one-token pass, on the cached keys/values of the
         audio (a fork without the prompt's), and only while some window's language is still unknown."""
-        if not (self.prompt_prefix and self.tokenizer.is_multilingual
+        if not (self.tokenizer.is_multilingual
                 and any(languages.get(w.file) is None for w in windows)):
             return at_sot
         alone = cache.fork(torch.arange(len(windows), device=self.device), keep_prefix=False)
@@ -394,6 +433,8 @@ class Transcriber:
 
     def _detect_languages(self, windows: Sequence[_Window], first_logits: Tensor,
                           languages: dict[int, str | None]) -> None:
+        """Each window's file whose language is still None gets the likeliest language token of its (B, V)
+        logits at <|startoftranscript|> alone."""
         tok = self.tokenizer
         if not tok.is_multilingual:
             return

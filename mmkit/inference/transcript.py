@@ -58,7 +58,21 @@ class DecodingOptions:
             jargon, punctuation style): <|startofprev|> and the last n_text_ctx // 2 - 1 tokens of
             " " + the stripped text go before the task tokens. Every window, not only the first: windows are
             decoded independently (openai's `transcribe(..., condition_on_previous_text=False,
-            carry_initial_prompt=True)`). None or "" (the default): no prompt.
+            carry_initial_prompt=True)`). None or "" (the default): no prompt. With long_form="sequential",
+            openai's `transcribe(initial_prompt=...)` instead: the first window only (and while the previous
+            text is conditioned on, what later windows' prompts start with until it is cut to the last
+            n_text_ctx // 2 - 1 tokens); there "" is a prompt, the token " ", as in openai's.
+        long_form: how audio longer than a window is cut. "windows" (the default): fixed, consecutive 30 s
+            windows decoded independently, so that the windows of many files are batched together (fast).
+            "sequential": openai/whisper's `transcribe()` exactly (`mmkit.inference.sequential`): one window
+            at a time per file, each starting at the last complete segment's end timestamp (a word crossing
+            30 s is not cut), optionally prompted with the previous text; slower (no batching), each file
+            read and featurized whole as openai's (memory grows with its length, ~1.5 GB an hour), and the
+            repetition guard, an mmkit addition, still applies unless turned off.
+        condition_on_previous_text: sequential only: prompt each window with the text decoded since the
+            last reset (openai's option; the prompt resets after a window decoded above temperature 0.5).
+            None (the default): the long form's own behaviour, True for "sequential" (openai's default),
+            False for "windows", which cannot honour True (a ValueError).
     """
 
     task: str = "transcribe"
@@ -75,6 +89,8 @@ class DecodingOptions:
     seed: int = 0
     audio_context: float | None = None
     initial_prompt: str | None = None
+    long_form: str = "windows"
+    condition_on_previous_text: bool | None = None
 
     def __post_init__(self) -> None:
         # checked here, before any model is loaded, so that the API and the CLI refuse the same values
@@ -86,6 +102,17 @@ class DecodingOptions:
                             f"got {self.temperatures!r}")
         if self.initial_prompt is not None and not isinstance(self.initial_prompt, str):
             raise TypeError(f"DecodingOptions: initial_prompt must be a string or None, got {self.initial_prompt!r}")
+        if self.condition_on_previous_text is not None and not isinstance(self.condition_on_previous_text, bool):
+            raise TypeError(f"DecodingOptions: condition_on_previous_text must be True, False or None, got "
+                            f"{self.condition_on_previous_text!r}")
+        if self.long_form not in ("windows", "sequential"):
+            raise ValueError(f"long_form must be 'windows' or 'sequential', got {self.long_form!r}")
+        if self.long_form == "windows" and self.condition_on_previous_text:
+            raise ValueError("condition_on_previous_text needs long_form='sequential' (--long-form sequential): "
+                             "windows are decoded independently, without the previous text")
+        if self.long_form == "sequential" and self.audio_context is not None:
+            raise ValueError("audio_context needs long_form='windows': sequential decoding encodes every window "
+                             "over the full 30 s, as openai/whisper")
         if self.task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', got {self.task!r}")
         if not self.temperatures or not all(finite32(t) and t >= 0 for t in self.temperatures):
@@ -194,6 +221,14 @@ class Decoded:
         return cls(tokens, sum_logprob, temperature, looped, text,
                    avg_logprob=sum_logprob / (len(tokens) + 1),  # + 1: <|endoftext|>, as openai/whisper
                    compression_ratio=compression_ratio(text))
+
+
+def is_silence(options: DecodingOptions, d: Decoded, no_speech_prob: float) -> bool:
+    """openai/whisper's no-speech skip: a window likely silent (<|nospeech|> above its threshold) whose text is
+    not likely enough to keep anyway (mean log-probability not above `logprob_threshold`) gives no segments."""
+    o = options
+    return (o.no_speech_threshold is not None and no_speech_prob > o.no_speech_threshold
+            and not (o.logprob_threshold is not None and d.avg_logprob > o.logprob_threshold))
 
 
 def window_segments(d: Decoded, tokenizer: Any, duration: float, offset: float, no_speech_prob: float,

@@ -8,6 +8,7 @@ hands each batch's encoder output and cache here.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +21,16 @@ from mmkit.inference.transcript import Decoded, DecodingOptions, WindowSampling,
 from mmkit.models.whisper import Whisper
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Window:
+    """One window of a file, as both long forms (`Transcriber`, `mmkit.inference.sequential`) hand it here."""
+
+    file: int  # index into the batch of files
+    index: int  # window number within the file
+    audio: np.ndarray  # (N,) samples, N <= window length (sampling seeds come from them)
+    offset: float  # seconds from the file's start
 
 
 class WindowDecoder:
@@ -81,7 +92,9 @@ class WindowDecoder:
         """Decode each row once at the attempt's temperature (greedy/beam at 0, best-of-N sampling above)."""
         o, tok = self.options, self.tokenizer
         B, T = prompts.shape
-        max_new = min(o.max_new_tokens or self.model.n_text_ctx // 2, self.model.n_text_ctx - T)
+        # + 1: the last token is chosen but never fed, so openai's loop (ending once the tokens exceed the context)
+        # gives a long prompt (sequential decoding's previous text) one more token than the context holds
+        max_new = min(o.max_new_tokens or self.model.n_text_ctx // 2, self.model.n_text_ctx + 1 - T)
         generation = o.generation(attempt, max(1, max_new))
         strategy, temperature, n = generation.strategy(context.device), generation.temperature, 1
         if generation.sampling:  # a generator per row, seeded from its window: batching changes no draw

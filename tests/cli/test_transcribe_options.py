@@ -40,6 +40,8 @@ def test_counts_have_their_bounds():
     (["--best-of", "100000"], "must be <= 32, got 100000"),
     (["--max-new-tokens", "1.5"], "not an integer: '1.5'"),
     (["--seed", str(10**23)], f"must be in [0, 2**64 - 1], got {10**23}"),  # every file failed to decode
+    (["--condition-on-previous-text", "yes"], "expected true or false, got 'yes'"),
+    (["--long-form", "seek"], "invalid choice: 'seek' (choose from 'windows', 'sequential')"),
 ])
 def test_values_out_of_range_are_one_usage_line(extra, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -55,3 +57,17 @@ def test_initial_prompt_reaches_the_options_and_beam_help_names_openais_default(
     text = " ".join(_parser().format_help().split())
     assert "openai's whisper command defaults to 5" in text and "--beam-size 5 to match it" in text
     assert "applies to each of them" in text  # the prompt precedes every 30 s window, not the first only
+
+
+def test_long_form_and_previous_text_reach_the_options_and_the_help_names_the_trade_off():
+    default = _options(_parse())
+    assert (default.long_form, default.condition_on_previous_text) == ("windows", None)  # today's windows
+    sequential = _options(_parse("--long-form", "sequential", "--condition-on-previous-text", "False"))
+    assert (sequential.long_form, sequential.condition_on_previous_text) == ("sequential", False)
+    assert _options(_parse("--long-form", "sequential", "--condition-on-previous-text", "true")
+                    ).condition_on_previous_text is True
+    with pytest.raises(ValueError, match="condition_on_previous_text needs long_form='sequential'"):
+        _options(_parse("--condition-on-previous-text", "true"))  # windows cannot honour it
+    assert _options(_parse("--condition-on-previous-text", "false")).condition_on_previous_text is False
+    text = " ".join(_parser().format_help().split())
+    assert "batched across files, fast" in text and "openai's transcribe(), exactly" in text and "slower" in text
