@@ -156,3 +156,66 @@ def test_made_images_and_checkpoint_appear_whole(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         bench_label.run(args, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_default_precision_is_resolved_up_front_and_names_its_side(native, tmp_path, monkeypatch, capsys):
+    """With --precision auto on a CPU with native bf16, the side printed "mmkit" ran bf16 and int8's
+    agreement was measured against it, while the docs said fp32."""
+    from types import SimpleNamespace
+
+    from mmkit.cli.bench.label import _usage_error
+    from mmkit.cli.bench.label_report import print_report, report
+    from mmkit.inference import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: native)
+    args = _parser().parse_args([])
+    assert _usage_error(args) is None and args.resolved_precision == ("bf16" if native else "fp32")
+    commands = _commands(args, tmp_path / "imgs", tmp_path / "ckpt.safetensors", tmp_path)
+    runs = {side: (cmd[cmd.index("--precision") + 1], cmd[cmd.index("--quantize") + 1])
+            for side, cmd in commands.items() if side != "open_clip"}
+    expected = {"mmkit int8": ("fp32", "int8"), "mmkit": ("fp32", "none")}  # int8 always beside an fp32 side
+    if native:
+        expected["mmkit bf16"] = ("bf16", "none")
+    assert runs == expected
+    rows = [["a.jpg", "x", 0.6, 0.6, 0.4], ["b.jpg", "y", 0.7, 0.3, 0.7]]
+    flipped = [rows[0], ["b.jpg", "x", 0.55, 0.55, 0.45]]  # int8 differs from fp32 on one image
+    outputs = {side: _csv(tmp_path / f"{side}.csv", "xy", flipped if side == "mmkit int8" else rows)
+               for side in commands}
+    agree = agreements(outputs)
+    assert agree["mmkit int8"]["mmkit"]["top1_agreement"] == 0.5  # against fp32, whatever auto resolved to
+    times = {side: {"wall": [2.0], "cpu": [2.0], "inner": [1.0]} for side in commands}
+    result = report(SimpleNamespace(**{**vars(args), "images": 2}), times, [0.5], agree)
+    assert (result["precision"], result["resolved_precision"]) == ("auto", "bf16" if native else "fp32")
+    assert set(result["speedup_over_open_clip"]) == set(expected)
+    print_report(result)
+    printed = capsys.readouterr().out
+    assert f"--precision auto = {'bf16' if native else 'fp32'}," in printed
+    assert "mmkit int8 vs mmkit: top-1 agreement 50.0%" in printed
+    assert ("mmkit bf16 vs mmkit: top-1 agreement 100.0%" in printed) is native
+
+
+def test_an_explicit_fp32_run_has_one_fp32_side(tmp_path, monkeypatch):
+    from mmkit.cli.bench.label import _usage_error
+    from mmkit.inference import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    args = _parser().parse_args(["--precision", "fp32", "--quantize", "none"])
+    assert _usage_error(args) is None
+    assert list(_commands(args, tmp_path / "i", tmp_path / "c", tmp_path)) == ["open_clip", "mmkit"]
+    args = _parser().parse_args(["--quantize", "none"])  # auto, no int8: no extra fp32 side to time
+    assert _usage_error(args) is None
+    assert list(_commands(args, tmp_path / "i", tmp_path / "c", tmp_path)) == ["open_clip", "mmkit bf16"]
+
+
+def test_mmkit_seconds_after_imports_are_read_to_the_millisecond():
+    """They were logged as %.1f: a 0.05 s change in a 1-2 s run was invisible."""
+    import inspect
+
+    from mmkit.cli import label as cli_label
+    from mmkit.cli.bench.label import _in_process_seconds
+
+    assert 'log.info("mmkit label finished in %.3f s"' in inspect.getsource(cli_label)  # what `mmkit label` logs
+    stderr = "INFO mmkit.cli.label: mmkit label finished in %.3f s\n" % 1.23456
+    assert _in_process_seconds("mmkit int8", stderr) == 1.235
+    assert _in_process_seconds("mmkit", "no such line") != _in_process_seconds("mmkit", "no such line")  # nan

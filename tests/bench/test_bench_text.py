@@ -72,3 +72,26 @@ def test_an_mmkit_export_runs_against_its_transformers_twin(tmp_path):
                             threads=1)
     assert result["same_tokens"] is True and result["model"] == str(tmp_path)
     assert result["params"] == sum(p.numel() for p in GPT.from_pretrained(tmp_path).parameters())
+
+
+def test_sizes_beside_model_is_a_usage_error(tmp_path, capsys):
+    """--model DIR ran that checkpoint and silently ignored --sizes."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(tmp_path), "--sizes", "fortunes"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("mmkit bench text: error: --sizes: not taken with --model, which times that checkpoint "
+                       "instead of random-weight shapes")
+
+
+def test_reduced_rows_line_up_without_a_stray_space():
+    """`mmkit int8 (--quantize int8 )`: the option was padded inside the parentheses."""
+    rates = {"mmkit": 100.0, "transformers": 50.0, "mmkit int8": 200.0, "mmkit bf16": 150.0}
+    agreement = {"token": 1.0, "top1": 1.0}
+    result = dict(model="m", params=1e6, batch_size=1, prompt_tokens=2, new_tokens=3, threads=1, rounds=1,
+                  tokens_per_s=rates, ratio=2.0, same_tokens=True, int8_ratio=4.0, int8_agreement=agreement,
+                  bf16_ratio=3.0, bf16_agreement=agreement)
+    lines = format_report(result).splitlines()
+    assert "  mmkit (shared loop, KV cache)      100.0 tokens/s" in lines
+    assert "  mmkit int8 (--quantize int8)       200.0 tokens/s" in lines  # the same column
+    assert "  mmkit bf16 (--precision bf16)      150.0 tokens/s" in lines

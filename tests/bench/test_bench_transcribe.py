@@ -59,7 +59,7 @@ def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
                                   decoding="default")  # each tool's own fallback and thresholds
     mmkit_rows = {"mmkit", "mmkit_int8", "mmkit_ctx10s", "mmkit_int8_ctx10s"}  # fp32 runs though only int8 was asked
     assert set(result["seconds"]) == mmkit_rows | {"faster_whisper_float32", "faster_whisper_int8"}
-    assert result["fastest_mmkit"] in mmkit_rows
+    assert "fastest_same_tokens" not in result and set(result["ratio_by_path"]) == mmkit_rows
     assert set(result["ratio"]) == {"faster_whisper_float32", "faster_whisper_int8"}
     # every process decoded both files; identity with mmkit is reported, not asserted: faster-whisper
     # computes its own log-Mel features (numpy STFT), and on real speech its fp32 text differs from
@@ -232,3 +232,59 @@ def test_every_process_gets_the_device(tmp_path, monkeypatch):
     assert "2 files on cuda:1," in format_report(result, "tiny")
     with pytest.raises(ValueError, match="fp16"):  # fp16 autocast is a GPU path
         run_transcribe_bench(model, files, precisions=("fp16",))
+
+
+def _stub_processes(monkeypatch, files, seconds, tokens):
+    """A stand-in for the subprocess runner: each process (named by its output folder or file) takes
+    `seconds[name]` and writes `tokens.get(name, [5, 6])` for every file. Nothing runs."""
+    from mmkit.cli.bench import transcribe
+
+    def fake_run(cmd, env):
+        if "--output-dir" in cmd:  # mmkit transcribe
+            out = Path(cmd[cmd.index("--output-dir") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                segments = [{"tokens": tokens.get(out.name, [5, 6])}]
+                (out / f"{f.stem}.json").write_text(json.dumps({"segments": segments}))
+            return seconds[out.name]
+        if len(cmd) == 4:  # a reference script with its JSON arguments
+            out = Path(json.loads(cmd[3])["out"])
+            name = {"hf_b2": "transformers_b2"}.get(out.stem, out.stem.replace("fw_", "faster_whisper_"))
+            out.write_text(json.dumps({str(f): tokens.get(name, [5, 6]) for f in files}))
+            return seconds[name]
+        return 0.5  # an import-only process
+
+    monkeypatch.setattr(transcribe, "_run", fake_run)
+
+
+def test_the_headline_ratio_is_against_fp32_and_a_faster_path_is_named_only_with_fp32s_tokens(tmp_path,
+                                                                                               monkeypatch):
+    """The ratio divided each reference by the fastest mmkit path (int8 here) however different its tokens."""
+    from mmkit.data.whisper_toy_tokenizer import write_toy_tokenizer
+
+    model = tmp_path / "model"
+    write_toy_tokenizer(model, 300)
+    (model / "model.bin").write_bytes(b"")  # a CTranslate2 folder: nothing converted
+    files = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    seconds = {"mmkit": 4.0, "mmkit_bf16": 2.0, "mmkit_int8": 1.0, "faster_whisper_int8": 3.0}
+    _stub_processes(monkeypatch, files, seconds, {"mmkit_int8": [5, 7]})  # int8 decodes other tokens
+    result = run_transcribe_bench(model, files, hf_batch_sizes=(), faster_whisper=("int8",),
+                                  mmkit_quantize=("none", "int8"), precisions=("fp32", "bf16"))
+    assert result["ratio"] == {"faster_whisper_int8": 3.0 / 4.0}  # against fp32, not int8's 1.0 s
+    assert result["ratio_by_path"] == {"mmkit": {"faster_whisper_int8": 0.75},
+                                       "mmkit_bf16": {"faster_whisper_int8": 1.5},
+                                       "mmkit_int8": {"faster_whisper_int8": 3.0}}
+    assert result["fastest_same_tokens"] == "mmkit_bf16"  # int8 is faster, but not fp32's tokens
+    assert "fastest_mmkit" not in result and "ratio_equal_wer" not in result
+    report = format_report(result, "tiny")
+    assert "x mmkit = median s over mmkit fp32's" in report
+    assert "fastest mmkit path with fp32's tokens on every file: mmkit_bf16" in report
+    rows = {line.split()[0]: line.split() for line in report.splitlines() if line.startswith("mmkit")}
+    assert rows["mmkit_int8"][1:] == ["3.00", "0/2", "files"] and rows["mmkit"][1:] == ["0.75", "(is", "fp32)"]
+    # with transcripts, the fastest path is named per reference at no higher WER instead
+    texts = {str(f): "" for f in files}
+    result = run_transcribe_bench(model, files, hf_batch_sizes=(), faster_whisper=("int8",),
+                                  mmkit_quantize=("none", "int8"), precisions=("fp32", "bf16"), transcripts=texts)
+    assert "fastest_same_tokens" not in result and result["ratio"] == {"faster_whisper_int8": 0.75}
+    best, ratio = result["ratio_equal_wer"]["faster_whisper_int8"]
+    assert result["wer"][best] <= result["wer"]["faster_whisper_int8"] and ratio == 3.0 / seconds[best]

@@ -3,6 +3,8 @@ greedy and beam tokens in every cell, the int8 path's agreement is reported, the
 scorer compares fp32 with int8, and the reports hold together. Never timings."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from mmkit.cli.bench.translate import format_held_out, format_report, main, run_held_out, run_translate_bench
@@ -64,3 +66,50 @@ def test_impossible_sizes_exit_2(capsys):
               "--new-tokens", "0"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("mmkit bench translate: error: argument --new-tokens")
+
+
+def test_agreement_counts_generated_tokens_not_the_decoder_start(monkeypatch):
+    """Both sides return the start token first: it counted as an agreeing position in every row."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import mmkit.core
+    from mmkit.cli.bench.translate import _cell
+
+    start = 9
+    ref = SimpleNamespace(config=SimpleNamespace(decoder_start_token_id=start),
+                          generate=lambda **kw: torch.tensor([[start, 4, 5, 6]]))
+    ours = SimpleNamespace(encode=lambda src, mask: None)
+    ours_tokens = torch.tensor([[start, 4, 1, 2]])  # only the first generated token agrees with transformers'
+    monkeypatch.setattr(mmkit.core, "generate", lambda *a, **kw: SimpleNamespace(sequences=ours_tokens))
+    cell = _cell(ref, {"mmkit": (ours, contextlib.nullcontext)}, torch.ones(1, 3, dtype=torch.long), beams=1,
+                 new_tokens=3, rounds=1, warmup=0)
+    assert cell["agreement"]["mmkit"] == pytest.approx(1 / 3) and cell["same_tokens"] is False
+
+
+def test_held_out_warms_up_and_alternates_the_timed_order(monkeypatch):
+    """The seconds were one cold run each, fp32 always first (paying for the first call's set-up)."""
+    from types import SimpleNamespace
+
+    import mmkit.inference.translator as translator_module
+
+    calls = []
+
+    class Stub:
+        def __init__(self, quantize):
+            self.quantize = quantize
+
+        def translate(self, sources, options):
+            calls.append((self.quantize, options.beam_size, len(sources)))
+            return [SimpleNamespace(text=s, tokens=[len(s)]) for s in sources]
+
+    monkeypatch.setattr(translator_module, "load_translator", lambda export, quantize: Stub(quantize))
+    result = run_held_out("stub", n=5, beams=(1, 2, 3), batch_size=2, threads=1)
+    warm, timed = calls[:2], calls[2:]
+    assert warm == [("none", 1, 2), ("int8", 1, 2)]  # untimed, on one batch
+    assert timed == [("none", 1, 5), ("int8", 1, 5), ("int8", 2, 5), ("none", 2, 5), ("none", 3, 5), ("int8", 3, 5)]
+    rows = [(r["beams"], r["quantize"]) for r in result["rows"]]
+    assert rows == [(b, q) for b in (1, 2, 3) for q in ("none", "int8")]
+    assert all(r["same_as_fp32"] == 100 for r in result["rows"][1::2])
+    assert "a single run each (after an untimed warm-up, fp32 and int8 in alternating order" in format_held_out(result)

@@ -8,8 +8,9 @@ its own process (interpreter start, imports, weight loading, decoding, inference
 alternating order every round so load drift hits both alike; medians are reported, with the
 ratio reference / mmkit and the top-1 agreement of the two outputs. Both use the one prompt
 "a photo of a {}." unless `--ensemble` gives mmkit its default template set (more text work).
-Each `--quantize` value is one mmkit path ("mmkit" = fp32 weights, "mmkit int8" = int8 Linear
-weights); every path's labels are compared with open_clip's and with mmkit fp32's. `--model DIR`
+Each `--quantize` value is one mmkit path, named by what it runs ("mmkit" = fp32, "mmkit bf16" where
+`--precision auto` resolves to bf16, "mmkit int8" = int8 Linear weights on fp32 activations, with an fp32
+side added beside it); every path's labels are compared with open_clip's and with mmkit fp32's. `--model DIR`
 runs a trained mmkit CLIP export instead (its labels and templates from its metadata; no open_clip
 side), on `--image-dir DIR` or the generated images: agreement of int8 with fp32 where near-ties of
 random weights do not blur it. `--device cuda` runs both sides on the GPU (the reference still in fp32;
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from mmkit.cli.bench import StepFailed
-from mmkit.cli.bench.label_report import OPEN_CLIP, agreements, print_report, report
+from mmkit.cli.bench.label_report import FP32, OPEN_CLIP, agreements, print_report, report
 from mmkit.cli.options import Parser, at_least, path_text
 
 log = logging.getLogger(__name__)
@@ -156,10 +157,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=at_least(0), default=None, help="mmkit's decoding workers (default: its own)")
     p.add_argument("--device", default="cpu", help="where both sides run: cpu (default), cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,  # `mmkit label --precision`'s
-                   help="mmkit's --precision (auto: bf16 where the CPU or GPU has it; the reference stays fp32)")
+                   help="the unquantized mmkit side's --precision (auto: bf16 where the CPU or GPU has it, that "
+                        "side then named 'mmkit bf16'; the reference stays fp32)")
     p.add_argument("--quantize", nargs="+", choices=("none", "int8"), default=None,
-                   help="one mmkit path per value: none (fp32 weights) and/or int8 (int8 Linear weights, CPU only); "
-                        "default: both on the CPU, none elsewhere")
+                   help="one mmkit path per value: none (at --precision) and/or int8 (int8 Linear weights, CPU "
+                        "only, compared with an fp32 side that runs too); default: both on the CPU, none elsewhere")
     p.add_argument("--model", type=path_text,
                    help="an mmkit CLIP export to run instead of the random ViT-B-32 (labels and "
                         "templates from its metadata; no open_clip side)")
@@ -170,7 +172,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=path_text,
                    help="where images and the checkpoint are made (reused); default a temp folder")
     p.add_argument("--json", type=output_file, help="also write the results here")
+    p.set_defaults(resolved_precision="fp32")  # set from --precision and --device by `_usage_error`
     return p
+
+
+def mmkit_sides(quantize: list[str], precision: str) -> dict[str, tuple[str, str]]:
+    """Side name -> (`mmkit label --precision`, `--quantize`): one side per `quantize` value, the unquantized one
+    at `precision` (resolved: "auto" ran bf16 on a CPU with it, under the name "mmkit" that reads as fp32) and
+    named by it ("mmkit" for fp32, else "mmkit bf16"); int8 layers take fp32 activations, so int8 runs fp32 and
+    is compared with an fp32 side ("mmkit"), added where the unquantized side is not fp32 already."""
+    sides = {}
+    for q in dict.fromkeys(quantize):
+        if q == "none":
+            sides[FP32 if precision == "fp32" else f"{FP32} {precision}"] = (precision, "none")
+        else:
+            sides[f"{FP32} {q}"] = ("fp32", q)
+    if "int8" in quantize and FP32 not in sides:
+        sides[FP32] = ("fp32", "none")
+    return sides
 
 
 def _commands(args: argparse.Namespace, images: Path, ckpt: Path, work: Path) -> dict[str, list[str]]:
@@ -183,11 +202,10 @@ def _commands(args: argparse.Namespace, images: Path, ckpt: Path, work: Path) ->
         commands[OPEN_CLIP] = [sys.executable, str(script), str(images), str(ckpt), ",".join(LABELS),
                                str(work / f"{OPEN_CLIP}.csv"), args.device]
     labels, templates = _labels(args)
-    for quantize in dict.fromkeys(args.quantize):
-        side = "mmkit" if quantize == "none" else f"mmkit {quantize}"
+    for side, (precision, quantize) in mmkit_sides(args.quantize, args.resolved_precision).items():
         cmd = [sys.executable, "-m", "mmkit.cli", "label", str(images), "--labels", ",".join(labels),
                "--model", args.model or ARCH, "--out", str(work / f"{side.replace(' ', '_')}.csv"), "--all-scores",
-               "--overwrite", "--quiet", "--device", args.device, "--precision", args.precision,
+               "--overwrite", "--quiet", "--device", args.device, "--precision", precision,
                "--quantize", quantize, "--batch-size", str(args.batch_size)]
         cmd += [] if args.model else ["--pretrained", str(ckpt)]
         cmd += [] if args.ensemble and not args.model else [a for t in templates for a in ("--template", t)]
@@ -252,7 +270,7 @@ def _in_process_seconds(side: str, stderr: str) -> float:
     if side == OPEN_CLIP:
         phases = json.loads(stderr.strip().splitlines()[-1])
         return phases["load_s"] + phases["label_s"]
-    found = re.search(r"mmkit label finished in ([\d.]+) s", stderr)
+    found = re.search(r"mmkit label finished in (\d+\.\d+) s", stderr)  # logged to the ms (mmkit.cli.label)
     return float(found[1]) if found else float("nan")
 
 
@@ -295,6 +313,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         args.quantize = bench_quantize(args.quantize, args.device)
         for quantize in args.quantize:  # int8 with bf16/fp16, fp16 on a CPU: as `mmkit label` refuses them
             resolve_precision(args.precision, device, quantize)
+        # what the unquantized side will run, as `mmkit label` resolves it: names that side and goes in the report
+        args.resolved_precision = resolve_precision(args.precision, device)
         _labels(args)  # --model DIR: its config and zero-shot labels
         if args.workdir:
             check_output_dir(args.workdir)

@@ -11,7 +11,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-OPEN_CLIP, FP32 = "open_clip", "mmkit"  # the side names that other paths are compared with
+# the side names that other paths are compared with: FP32 is mmkit at --precision fp32 --quantize none, never
+# bf16 (a resolved "auto" side is "mmkit bf16")
+OPEN_CLIP, FP32 = "open_clip", "mmkit"
 
 
 def read_top1(path: Path) -> dict[str, tuple[str, list[float]]]:
@@ -55,7 +57,8 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], l
                for side, m in med.items() if side != OPEN_CLIP and OPEN_CLIP in med}
     result = {
         "images": args.images, "sizes": args.sizes, "rounds": args.rounds, "batch_size": args.batch_size,
-        "precision": args.precision, "quantize": args.quantize, "ensemble": args.ensemble,
+        "precision": args.precision, "resolved_precision": args.resolved_precision, "quantize": args.quantize,
+        "ensemble": args.ensemble,
         "exact_decode": args.exact_decode, "model": args.model or "random ViT-B-32", "device": args.device,
         "gpu": torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else None,
         "cpu_count": os.cpu_count(), "cpu_native_bf16": cpu_has_bf16(), "load_average": [round(x, 2) for x in load],
@@ -64,7 +67,9 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], l
         "images_per_s": {side: round(args.images / m["wall"], 2) for side, m in med.items()},
         "speedup_over_open_clip": speedup, "agreement": agree,
     }
-    if FP32 in speedup:  # the fp32 path's figures at the top level, as before the int8 path existed
+    # the fp32 side's figures at the top level, as before the int8 path existed (never a bf16 side's: that one is
+    # "mmkit bf16" and has its figures under speedup_over_open_clip only)
+    if FP32 in speedup:
         result["speedup"] = speedup[FP32]
         result.update(agree[FP32].get(OPEN_CLIP, {}))
     return result
@@ -73,7 +78,7 @@ def report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]], l
 def print_report(result: dict[str, Any]) -> None:
     gpu = f" ({result['gpu']})" if result.get("gpu") else ""
     lines = [f"{result['images']} images ({result['sizes']} sizes) on {result.get('device', 'cpu')}{gpu}, "
-             f"{result['rounds']} rounds, "
+             f"{result['rounds']} rounds, --precision {result['precision']} = {result['resolved_precision']}, "
              f"{result['cpu_count']} CPUs, CPU native bf16: {result['cpu_native_bf16']}, model {result['model']}, "
              f"load average {result['load_average']}"]
     for side, m in result["median_s"].items():

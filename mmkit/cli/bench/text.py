@@ -167,7 +167,7 @@ def _agreement(ours: torch.nn.Module, reduced: torch.nn.Module, autocast: Callab
 def format_report(result: dict[str, Any]) -> str:
     r = result
     reduced = reduced_path_lines(
-        r, "tokens_per_s", "tokens/s", lambda kind, option: f"mmkit {kind} ({option:<16})",
+        r, "tokens_per_s", "tokens/s", lambda kind, option: f"{f'mmkit {kind} ({option})':<31}",
         lambda a: f"{100 * a['token']:.1f}% same tokens, {100 * a['top1']:.1f}% same top-1 (teacher-forced)")
     return "\n".join([
         f"GPT greedy generation: {r['model']} ({r['params'] / 1e6:.1f}M params), batch {r['batch_size']}, "
@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="transformers GPT-2 checkpoint directory, or an mmkit GPT export "
                         "(timed against its transformers twin), instead of --sizes")
     add_sizes_option(p, SIZES)
+    p.set_defaults(sizes=None)  # None: not given (all of them), so that --sizes beside --model can be refused
     p.add_argument("--batch-size", type=at_least(1), default=1)
     p.add_argument("--prompt-tokens", type=at_least(1), default=16)
     p.add_argument("--new-tokens", type=at_least(1), default=64)
@@ -196,9 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_precision_option(p)
     add_run_options(p)
     args = p.parse_args(argv)
+    if args.model and args.sizes is not None:  # was silently ignored
+        p.error("--sizes: not taken with --model, which times that checkpoint instead of random-weight shapes")
     results = []
     try:
-        for size in [None] if args.model else args.sizes:
+        for size in [None] if args.model else args.sizes or list(SIZES):
             dim, depth, heads, vocab = SIZES[size] if size else SIZES["gpt2-small"]
             results.append(run_text_bench(args.model, dim, depth, heads, vocab, args.batch_size, args.prompt_tokens,
                                           args.new_tokens, args.rounds, args.warmup, args.threads, not args.no_int8,

@@ -9,7 +9,9 @@ fastest mmkit path whose WER is no higher, and the ratio at that equal-or-lower 
 script batches its `generate` calls with the same batch size as mmkit (and, with
 `--hf-batch-sizes 8 1`, also file by file, the model cards' usage). Rounds alternate
 the order of the processes; the report gives each one's wall times, whether the tokens are
-identical, and the ratio reference / mmkit (> 1: mmkit is faster). Never asserted on.
+identical, and the ratio reference / mmkit fp32 (the tokens compared; > 1: mmkit is faster), then each mmkit
+path against each reference; without `--transcripts` a faster path is named only if it decoded fp32's tokens.
+Never asserted on.
 
 Without `--model`, a random-initialised whisper-tiny-sized checkpoint (d_model 384, 4+4 layers,
 the real 51,865-token layout from a self-made tokenizer) is written to a temporary directory: its
@@ -124,9 +126,11 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     Returns:
         `seconds` per process over the rounds, `import_seconds` (a process that only imports each
         stack), `tokens_identical` / `files_identical` of every other process against mmkit's fp32
-        tokens, `ratio` per reference (its median seconds / those of mmkit's fastest path, named in
-        `fastest_mmkit`), `wer` per process when `transcripts` (audio path -> reference text) are given, and
-        the settings.
+        tokens, `ratio` per reference (its median seconds / those of mmkit fp32, whose tokens are the ones
+        compared), `ratio_by_path` (per mmkit path, the same against that path), `wer` per process and
+        `ratio_equal_wer` (per reference: mmkit's fastest path at no higher WER, and the ratio there) when
+        `transcripts` (audio path -> reference text) are given, else `fastest_same_tokens` (mmkit's fastest
+        path among those that decoded fp32's tokens on every file), and the settings.
     """
     from mmkit.data.whisper_tokenizer import WhisperTokenizer
 
@@ -198,14 +202,12 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
         references.update({name: _mmkit_tokens(work / name, files) for name in mmkit_runs if name != "mmkit"})
         references.update({f"faster_whisper_{c}": json.loads((work / f"fw_{c}.json").read_text())
                            for c in faster_whisper})
-        fastest = min(mmkit_runs, key=lambda name: statistics.median(seconds[name]))
-        result["fastest_mmkit"] = fastest
+        median = {name: statistics.median(secs) for name, secs in seconds.items()}
         for name, ref in references.items():
             same = [ours[str(f)] == ref.get(str(f)) for f in files]
             result["tokens_identical"][name] = all(same)
             result["files_identical"][name] = sum(same)
-            if not name.startswith("mmkit"):
-                result["ratio"][name] = statistics.median(seconds[name]) / statistics.median(seconds[fastest])
+        result.update(_ratios(median, list(mmkit_runs)))
         if transcripts is not None:  # each process's tokens as text against the reference transcripts
             wanted = [transcripts[str(f)] for f in files]
             result["wer"] = wer = {name: word_error_rate([tok.decode(tokens.get(str(f), [])) for f in files], wanted)
@@ -215,22 +217,35 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
             for name in result["ratio"]:
                 ok = [m for m in mmkit_runs if wer[m] <= wer[name] + 1e-9]
                 if ok:
-                    best = min(ok, key=lambda m: statistics.median(seconds[m]))
-                    result["ratio_equal_wer"][name] = (best, statistics.median(seconds[name]) /
-                                                       statistics.median(seconds[best]))
+                    best = min(ok, key=median.__getitem__)
+                    result["ratio_equal_wer"][name] = (best, median[name] / median[best])
+        else:  # no WER to judge a path by: a faster path counts only where it decoded fp32's very tokens
+            result["fastest_same_tokens"] = min(
+                [m for m in mmkit_runs if m == "mmkit" or result["tokens_identical"][m]], key=median.__getitem__)
         return result
+
+
+def _ratios(median: dict[str, float], mmkit_runs: Sequence[str]) -> dict[str, Any]:
+    """`ratio`: each reference's median seconds over mmkit fp32's ("mmkit", the tokens compared); `ratio_by_path`:
+    per mmkit path, each reference's over that path's (the bf16 / int8 / audio-context paths decode other
+    tokens, so they get their own row instead of the headline). > 1: mmkit is faster."""
+    refs = [name for name in median if name not in mmkit_runs]
+    return dict(ratio={ref: median[ref] / median["mmkit"] for ref in refs},
+                ratio_by_path={m: {ref: median[ref] / median[m] for ref in refs} for m in mmkit_runs})
 
 
 def format_report(result: dict[str, Any], label: str) -> str:
     """The result as a text table: one row per process; "x mmkit" is that process's median time
-    over that of mmkit's fastest path (> 1: mmkit is faster); "same tokens" is against mmkit fp32."""
+    over mmkit fp32's (> 1: mmkit is faster); "same tokens" is against mmkit fp32. Then every mmkit path
+    against every reference, and the fastest path named only where its output is as good: at no higher
+    WER (with transcripts), else with fp32's very tokens."""
     how = "greedy" if result.get("decoding", "greedy") == "greedy" else "each tool's default fallback/thresholds"
     how += " (mmkit with its repetition guard)" if result.get("repetition_guard") and how == "greedy" else ""
     lines = [label, f"{result['files']} files on {result.get('device', 'cpu')}, {how}, no timestamps, "
                     f"max {result['max_new_tokens']} new tokens, mmkit batch {result['batch_size']}, "
                     f"threads {result['threads'] or 'torch default'}, "
                     f"{result['rounds']} round(s); {result['tokens_generated']} tokens generated by mmkit; "
-                    f"x mmkit = over {result.get('fastest_mmkit', 'mmkit')}", ""]
+                    "x mmkit = median s over mmkit fp32's (whose tokens are compared; > 1: mmkit is faster)", ""]
     header = f"{'process':<20} {'median s':>9}  {'rounds (s)':<20} {'same tokens':<12} {'x mmkit':>8} {'WER':>7}"
     lines.append(header)
     for name, secs in result["seconds"].items():
@@ -241,6 +256,9 @@ def format_report(result: dict[str, Any], label: str) -> str:
         rounds = " ".join(f"{x:.2f}" for x in secs)
         wer = f"{100 * result['wer'][name]:.1f}%" if name in result.get("wer", {}) else ""
         lines.append(f"{name:<20} {statistics.median(secs):>9.2f}  {rounds:<20} {same:<12} {ratio:>8} {wer:>7}")
+    lines += _path_table(result)
+    if "fastest_same_tokens" in result:
+        lines.append(f"fastest mmkit path with fp32's tokens on every file: {result['fastest_same_tokens']}")
     for name, (best, ratio) in result.get("ratio_equal_wer", {}).items():
         lines.append(f"at equal or lower WER: {name} / {best} = {ratio:.2f}")
     missing = [n for n in result["ratio"] if "wer" in result and n not in result.get("ratio_equal_wer", {})]
@@ -249,6 +267,22 @@ def format_report(result: dict[str, Any], label: str) -> str:
     imports = ", ".join(f"{k} {v:.2f} s" for k, v in result["import_seconds"].items())
     lines += ["", f"start-up alone (a process that only imports): {imports}"]
     return "\n".join(lines) + "\n"
+
+
+def _path_table(result: dict[str, Any]) -> list[str]:
+    """Every mmkit path against every reference (`ratio_by_path`): the faster paths' figures, beside
+    whether they decoded fp32's tokens, since the headline ratio is fp32's alone."""
+    by_path = result.get("ratio_by_path", {})
+    refs = list(result["ratio"])
+    if not refs or len(by_path) < 2:  # only fp32: the table above says it all
+        return []
+    lines = ["", "per mmkit path: reference median s / the path's (> 1: the path is faster)",
+             f"{'path':<20} " + " ".join(f"{ref:>{max(8, len(ref))}}" for ref in refs) + "  same tokens as fp32"]
+    for path, ratios in by_path.items():
+        same = "(is fp32)" if path == "mmkit" else f"{result['files_identical'][path]}/{result['files']} files"
+        lines.append(f"{path:<20} " + " ".join(f"{ratios[ref]:>{max(8, len(ref))}.2f}" for ref in refs)
+                     + f"  {same}")
+    return lines
 
 
 def _model_error(model_dir: Path, language: str) -> str | None:
