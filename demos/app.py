@@ -8,6 +8,10 @@ from typing import Callable
 
 import gradio as gr
 
+# Requests waiting in Gradio's queue, beyond which a new one is refused ("queue is full") at once: without a
+# bound, a burst of requests (a script, a stuck client retrying) queued without end behind one model.
+MAX_QUEUE = 16
+
 
 def build_app(tabs: dict[str, Callable[[], None]], title: str = "mmkit") -> gr.Blocks:
     """One Blocks app rendering `tabs` (family name -> function that renders its `gr.Tab`) in order."""
@@ -17,4 +21,5 @@ def build_app(tabs: dict[str, Callable[[], None]], title: str = "mmkit") -> gr.B
         gr.Markdown(f"## {title}: " + ", ".join(tabs))
         for render in tabs.values():
             render()
+    app.queue(max_size=MAX_QUEUE)
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from demos import inputs
-from demos.translate import heat_map
+from demos.translate import heat_map, weights_table
 from mmkit.inference.encoder import LoadedEncoder
 from mmkit.inference.fill_mask import attention_view, fill_mask, with_mask_token
 
@@ -47,9 +47,7 @@ def attention(encoder: LoadedEncoder, text: str, layer: float, head: float):
     layer_maps = maps[layer - 1]  # (num_heads, T, T)
     weights = layer_maps.mean(0) if head == 0 else layer_maps[head - 1]
     labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
-    rows = [[label] + [round(float(w), 3) for w in row] for label, row in zip(labels, weights)]
-    table = gr.Dataframe(value=rows, headers=["query \\ key"] + labels)
-    return heat_map(tokens, tokens, weights), table
+    return heat_map(tokens, tokens, weights), weights_table(tokens, labels, weights, "query \\ key")
 
 
 def bert_tab(encoder: LoadedEncoder, top_k: int = 5) -> None:
@@ -67,7 +65,11 @@ def bert_tab(encoder: LoadedEncoder, top_k: int = 5) -> None:
                 candidates = gr.Label(label=f"Candidates for the first {mask}", num_top_classes=top_k,
                                       elem_id="mask-candidates")
                 filled = gr.Textbox(label="Filled in", interactive=False, elem_id="filled")
-        button.click(lambda t: fill(encoder, t, top_k), text, [candidates, filled], api_name="fill_mask")
+        # named functions, not lambdas: the API docs (view_api) name each parameter after the function's own
+        def fill_mask_api(text: str) -> tuple[dict[str, float], str]:
+            return fill(encoder, text, top_k)
+
+        button.click(fill_mask_api, text, [candidates, filled], api_name="fill_mask")
         gr.Markdown("**Attention view**: where each token (row) attends (columns) in one layer and head; "
                     "head 0 shows the mean of the layer's heads.")
         with gr.Row():
@@ -79,8 +81,10 @@ def bert_tab(encoder: LoadedEncoder, top_k: int = 5) -> None:
             with gr.Column():
                 picture = gr.Image(label="Self-attention (query x key)", type="pil", elem_id="self-attention")
         weights = gr.Dataframe(label="Attention weights", interactive=False, elem_id="attention-weights")
-        show.click(lambda t, l, h: attention(encoder, t, l, h), [source, layer, head], [picture, weights],
-                   api_name="attention")
+        def attention_api(text: str, layer: float, head: float):
+            return attention(encoder, text, layer, head)
+
+        show.click(attention_api, [source, layer, head], [picture, weights], api_name="attention")
 
 
 def build_app(encoder: LoadedEncoder, title: str = "mmkit BERT") -> gr.Blocks:

@@ -18,6 +18,7 @@ from mmkit.inference.subtitles import format_timestamp, write_srt
 from mmkit.inference.transcript import Transcript
 
 SEGMENT_HEADERS = ["start", "end", "text"]
+NO_SPEECH = "No speech found in this audio."
 
 
 def segment_rows(transcript: Transcript) -> list[list[str]]:
@@ -38,12 +39,16 @@ def speech_tab(transcribe_fn: Callable[[str], Transcript]) -> None:
     # once Gradio has copied the file to its cache, so the folder stays empty between requests.
     srt_root = tempfile.TemporaryDirectory(prefix="mmkit-srt-")
 
-    def run(path: str | None) -> Iterator[tuple[str, list[list[str]], str]]:
+    def run(path: str | None) -> Iterator[tuple[str, list[list[str]], str | None]]:
         if not path:
             raise refused("Upload or record audio first.")
         t = transcribe_fn(path)
         if t.error is not None:
             raise refused(f"Could not transcribe this audio: {t.error}")
+        if not t.segments:  # silence, or noise the model skipped: said so, not an empty SRT to download
+            gr.Info(NO_SPEECH)
+            yield NO_SPEECH, [], None
+            return
         folder = Path(tempfile.mkdtemp(dir=srt_root.name))
         try:
             srt = folder / f"{Path(path).stem or 'audio'}.srt"  # the name the download gets
@@ -54,7 +59,8 @@ def speech_tab(transcribe_fn: Callable[[str], Transcript]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
     with gr.Tab("Speech", elem_id="speech-tab"):
-        gr.Markdown("Upload an audio file or record from the microphone, then press Transcribe.")
+        gr.Markdown("Upload an audio file or record from the microphone, then press Transcribe. Decoding is "
+                    "greedy, as `mmkit transcribe --temperature 0` (no beam search, no temperature fallback).")
         with gr.Row():
             with gr.Column():
                 audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio",

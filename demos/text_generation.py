@@ -67,10 +67,15 @@ def text_generation_tab(generator: TextGenerator, max_new_tokens: int = 64) -> N
                 top_p = inputs.slider(TOP_P_MIN, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
                 # precision None: gradio's own rounding (precision=0) fails on NaN before `continue_prompt` checks it
                 seed = gr.Number(value=0, label="Seed", elem_id="seed")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Column():
                 output = gr.Textbox(label="Text", lines=12, interactive=False, elem_id="generated")
-        button.click(run, [prompt, new_tokens, temperature, top_k, top_p, seed], output, api_name="generate_text")
+        event = button.click(run, [prompt, new_tokens, temperature, top_k, top_p, seed], output,
+                             api_name="generate_text")
+        # Cancelling closes the stream, which stops the decoding (`TextGenerator.stream`); the text so far stays.
+        stop.click(None, cancels=[event], api_visibility="private")
 
 
 def build_app(generator: TextGenerator, title: str = "mmkit text generation") -> gr.Blocks:

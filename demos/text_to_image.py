@@ -94,11 +94,16 @@ def text_to_image_tab(t2i: TextToImage) -> None:
                 guidance = inputs.slider(0.0, guidance_max(t2i), value=g0, step=0.25, label="Guidance",
                                      elem_id="t2i-guidance")
                 top_k = inputs.slider(0, codebook, value=k0, step=1, label="Top-k (0: off)", elem_id="t2i-top-k")
-                button = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
+                with gr.Row():
+                    button = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", columns=4, elem_id="t2i-gallery")
                 download = gr.File(label="Grid PNG", elem_id="t2i-download")
-        button.click(run, [prompt, num, seed, guidance, top_k], [gallery, download], api_name="generate_images")
+        event = button.click(run, [prompt, num, seed, guidance, top_k], [gallery, download],
+                             api_name="generate_images")
+        # Cancelling closes `generate_images`, which stops the sampling at its next preview.
+        stop.click(None, cancels=[event], api_visibility="private")
 
 
 def build_app(t2i: TextToImage, title: str = "mmkit text to image") -> gr.Blocks:

@@ -8,6 +8,7 @@ which source pieces the decoder looked at while writing target piece t. Thin ove
 from __future__ import annotations
 
 import gradio as gr
+import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -81,9 +82,15 @@ def translate_text(translator: Translator, text: str, beam_size: float):
         source, target, weights = translator.cross_attention(text, result.tokens)
     except TranslatorError as e:
         raise inputs.refused(str(e)) from None
-    rows = [[piece] + [round(float(w), 3) for w in row] for piece, row in zip(target, weights)]
-    table = gr.Dataframe(value=rows, headers=["target \\ source"] + [f"{i}:{s}" for i, s in enumerate(source)])
-    return result.text, heat_map(source, target, weights), table
+    return result.text, heat_map(source, target, weights), weights_table(source, target, weights, "target \\ source")
+
+
+def weights_table(columns: list[str], rows: list[str], weights: Tensor, corner: str) -> pd.DataFrame:
+    """(R, C) weights as a table: a row per piece of `rows`, a column per piece of `columns` ("i:piece": a piece
+    can occur twice, a column name cannot). A DataFrame, not a `gr.Dataframe` update: the HTTP API then returns the table itself
+    ({"headers", "data"}), not an update naming its value; the headers differ per request."""
+    values = [[piece] + [round(float(w), 3) for w in row] for piece, row in zip(rows, weights)]
+    return pd.DataFrame(values, columns=[corner] + [f"{i}:{piece}" for i, piece in enumerate(columns)])
 
 
 def translate_tab(translator: Translator) -> None:
@@ -93,8 +100,10 @@ def translate_tab(translator: Translator) -> None:
         return translate_text(translator, text, beam_size)
 
     with gr.Tab("Translation", elem_id="translate-tab"):
+        # the prefix in a code span: Markdown would read its "<" or "*" as markup
+        read_as = f" Each sentence is read after the prefix `{translator.prefix}`." if translator.prefix else ""
         gr.Markdown("Type a sentence and press Translate. The heat map is the decoder's cross-attention "
-                    "(mean over layers and heads): each row is a target piece, each column a source piece.")
+                    "(mean over layers and heads): each row is a target piece, each column a source piece." + read_as)
         with gr.Row():
             with gr.Column():
                 source = gr.Textbox(label="Source", lines=2, elem_id="source")

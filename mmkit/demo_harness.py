@@ -104,6 +104,9 @@ def serve(blocks: gr.Blocks, host: str = "127.0.0.1", port: int = 7860,
     Gradio launches quietly (its banner advised `share=True` in `launch()`, which a user of `mmkit demo` cannot
     set); `on_start` gets the app's URL once it answers, for the caller to tell."""
     kwargs = _prepare(blocks)
+    # Gradio checks its own server with httpx as it starts; at INFO (where `mmkit` logs) each request was a line
+    # before "Running on ...".
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         _, url, _ = blocks.launch(server_name=server_name(host), server_port=port, prevent_thread_lock=True,
                                   quiet=True, **kwargs)

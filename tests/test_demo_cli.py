@@ -62,14 +62,14 @@ def _stand_in_vit(monkeypatch, load=lambda: None) -> list[Path]:
 
     loaded = []
 
-    def vit_tab(model, top_k):
+    def vit_tab(model, settings):
         loaded.append(model)
         load()
         return lambda: gr.Markdown("x")
 
     monkeypatch.setattr(demo, "vit_tab", vit_tab)
     monkeypatch.setitem(demo.DEMOS, "vit", demo.DemoFamily("h", ".", "how", "mmkit.cli.demo:vit_tab"))
-    monkeypatch.setattr(demo, "_checkpoint_problem", lambda name, model: None)
+    monkeypatch.setattr(demo, "_checkpoint_problem", lambda name, model, option: None)
     return loaded
 
 
@@ -168,9 +168,9 @@ def test_an_ipv6_host_serves(host, monkeypatch, capsys):
 
     import mmkit.cli.demo as demo
 
-    monkeypatch.setattr(demo, "vit_tab", lambda model, top_k: lambda: gr.Markdown("x"))
+    monkeypatch.setattr(demo, "vit_tab", lambda model, settings: lambda: gr.Markdown("x"))
     monkeypatch.setitem(demo.DEMOS, "vit", demo.DemoFamily("h", ".", "how", "mmkit.cli.demo:vit_tab"))
-    monkeypatch.setattr(demo, "_checkpoint_problem", lambda name, model: None)
+    monkeypatch.setattr(demo, "_checkpoint_problem", lambda name, model, option: None)
     answered = []
 
     def fetch(blocks):  # instead of serving until Ctrl-C
@@ -213,7 +213,7 @@ import mmkit.cli
 import mmkit.cli.demo as demo
 port, marker, loading = sys.argv[1], sys.argv[2], sys.argv[3] == "loading"
 
-def vit_tab(model, top_k):
+def vit_tab(model, settings):
     open(marker, "w").close()
     while loading:
         time.sleep(0.1)
@@ -221,8 +221,8 @@ def vit_tab(model, top_k):
 
 demo.vit_tab = vit_tab
 demo.DEMOS["vit"] = demo.DemoFamily("h", ".", "how", "mmkit.cli.demo:vit_tab")
-demo._checkpoint_problem = lambda name, model: None
-sys.exit(mmkit.cli.main(["demo", "vit", "--port", port]))
+demo._checkpoint_problem = lambda name, model, option: None
+sys.exit(mmkit.cli.main(["demo", "vit", "--port", port, "--device", "cpu"]))
 """
 
 
@@ -281,5 +281,152 @@ def test_each_tab_has_its_own_api_names_whichever_tabs_are_served():
     tabs = {"speech": lambda: speech_tab(lambda path: None), "dalle": lambda: text_to_image_tab(t2i)}
     for order in (["speech", "dalle"], ["dalle", "speech"], ["dalle"]):
         app = build_app({name: tabs[name] for name in order})
-        names = sorted(f.api_name for f in app.fns.values())
+        names = sorted(f.api_name for f in app.fns.values() if f.api_visibility == "public")  # not the Stop button's
         assert names == sorted({"speech": "transcribe", "dalle": "generate_images"}[n] for n in order), names
+
+
+def _recorder(calls: list, result: object = None):
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        return result
+    return record
+
+
+def test_each_tab_loads_with_the_device_precision_int8_and_prefix_given(monkeypatch, tmp_path):
+    """Every tab loaded on the CPU in fp32 whatever the machine; the translate tab took no T5 task prefix."""
+    import mmkit.cli.demo as demo
+    import mmkit.inference.classifier as classifier
+    import mmkit.inference.encoder as encoder
+    import mmkit.inference.speech_checkpoints as speech
+    import mmkit.inference.text_generation as text_generation
+    import mmkit.inference.text_to_image as text_to_image
+    import mmkit.inference.transcriber as transcriber
+    import mmkit.inference.translator as translator
+    import mmkit.inference.zero_shot as zero_shot
+
+    calls = {name: [] for name in ("vit", "clip", "speech", "whisper", "gpt", "bert", "translate", "to", "arith")}
+    monkeypatch.setattr(classifier.Classifier, "from_pretrained", _recorder(calls["vit"]))
+    monkeypatch.setattr(zero_shot.ZeroShotClassifier, "from_pretrained", _recorder(calls["clip"]))
+    monkeypatch.setattr(speech, "load_speech_model", _recorder(calls["speech"], (None, "tok")))
+    monkeypatch.setattr(transcriber, "Transcriber", _recorder(calls["whisper"]))
+    monkeypatch.setattr(text_generation, "load_text_generator", _recorder(calls["gpt"]))
+    monkeypatch.setattr(encoder, "load_encoder", _recorder(calls["bert"]))
+    monkeypatch.setattr(translator, "load_translator", _recorder(calls["translate"]))
+
+    class T2I:
+        def to(self, device):
+            calls["to"].append(device)
+            return self
+
+        def set_arithmetic(self, precision, quantize):
+            calls["arith"].append((precision, quantize))
+
+    t2i = T2I()
+    monkeypatch.setattr(text_to_image.TextToImage, "from_pretrained", lambda directory: t2i)
+    settings = demo.TabSettings(top_k=3, device="cuda:1", precision="bf16", quantize="int8", prefix="p: ")
+    for name in demo.DEMOS:
+        assert callable(getattr(demo, f"{name}_tab")(tmp_path, settings))
+    assert calls["vit"] == calls["clip"] == [((tmp_path, "cuda:1", "bf16", "int8"), {})]
+    assert calls["speech"] == [((tmp_path, "cuda:1"), {})]
+    assert calls["whisper"][0][1] == {"precision": "bf16", "quantize": "int8"}
+    assert calls["gpt"] == [((tmp_path, "cuda:1", "int8", "bf16"), {})]
+    assert calls["bert"] == [((tmp_path, "cuda:1"), {})]
+    assert calls["translate"] == [((tmp_path, "p: ", "cuda:1", "int8", "bf16"), {})]
+    assert calls["to"] == ["cuda:1"] and calls["arith"] == [("bf16", "int8")]
+
+
+def test_the_prefix_reaches_the_translator_and_the_tab_says_it(tmp_path):
+    from demos.app import build_app
+    from mmkit.cli.demo import TabSettings, translate_tab
+    from tests.inference._translation_fixtures import write_native_export
+
+    export = write_native_export(tmp_path / "export")
+    app = build_app({"translate": translate_tab(export, TabSettings(prefix="translate numbers: "))})
+    notes = " ".join(b.value for b in app.blocks.values() if isinstance(b, gr.Markdown))
+    assert "read after the prefix `translate numbers: `" in notes, notes
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--precision", "fp16", "--device", "cpu"], "fp16 autocast is for GPUs; on a CPU use bf16 or fp32"),
+    (["--quantize", "int8", "--precision", "bf16", "--device", "cpu"], "--precision bf16 with --quantize int8"),
+    (["--device", "tpu"], "--device 'tpu': not a device"),
+    (["--prefix", "x: ", "--device", "cpu"], "--prefix is the translate tab's"),
+])
+def test_a_device_setting_the_machine_cannot_run_is_one_line_before_loading(argv, said, monkeypatch, capsys):
+    loaded = _stand_in_vit(monkeypatch)
+    assert main(["demo", "vit", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mmkit demo: error: {said}") and not loaded, err
+
+
+def test_int8_off_the_cpu_is_one_line(monkeypatch, capsys):
+    import mmkit.inference.precision as precision
+
+    loaded = _stand_in_vit(monkeypatch)
+    monkeypatch.setattr(precision, "check_device", lambda device: __import__("torch").device(device))
+    assert main(["demo", "vit", "--device", "cuda", "--quantize", "int8"]) == 2
+    assert capsys.readouterr().err.strip() == ("mmkit demo: error: --quantize int8 runs on the CPU: use --device cpu, "
+                                               "or drop --quantize on cuda") and not loaded
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_machine_without_it_says_so(tmp_path, capsys):
+    """`mmkit demo --translate DIR --device cuda` said "argument name: invalid choice: 'cuda'"."""
+    assert main(["demo", "--translate", str(tmp_path), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "mmkit demo: error: --device cuda: CUDA is not available on this machine; use --device cpu"]
+
+
+@pytest.mark.parametrize("argv, unknown", [(["--foo", "bar"], "--foo bar"), (["vit", "--foo"], "--foo"),
+                                           (["--translate", "d", "--beam", "4"], "--beam 4")])
+def test_an_unknown_option_is_unrecognized_not_a_family(argv, unknown, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.splitlines()[-1] == f"mmkit demo: error: unrecognized arguments: {unknown}", err
+
+
+def test_an_unknown_family_is_still_an_invalid_choice(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "vitt"])
+    assert e.value.code == 2 and "argument name: invalid choice: 'vitt'" in capsys.readouterr().err
+
+
+def test_the_default_export_is_found_from_another_directory_or_named_where_looked(monkeypatch, tmp_path, capsys):
+    """`mmkit demo vit` looked for runs/vit_digits/export in the current directory (the README gives it from the
+    repository root), and its advice `--vit DIR` then failed with "vit is given twice"."""
+    import mmkit.cli.demo as demo
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(demo.DEMOS, "vit", demo.DemoFamily("h", "runs/nowhere/export", "make run",
+                                                          "mmkit.cli.demo:vit_tab"))
+    assert main(["demo", "vit", "--device", "cpu", "--port", str(free_port())]) == 2
+    where = REPO / "runs/nowhere/export"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"mmkit demo: error: no vit checkpoint at {where}; train it first with `make run` or pass --model DIR"]
+    (tmp_path / "runs/nowhere/export").mkdir(parents=True)  # the current directory's own comes first
+    assert demo._default_export("vit") == Path("runs/nowhere/export")
+
+
+def test_startup_logs_no_http_requests(monkeypatch, caplog, capsys):
+    """Gradio checks its server with httpx as it starts: at INFO each request was a line before "Running on"."""
+    import logging
+
+    _stand_in_vit(monkeypatch)
+    monkeypatch.setattr("mmkit.demo_harness._wait", lambda blocks: None)
+    caplog.set_level(logging.INFO)
+    assert main(["demo", "vit", "--device", "cpu", "--port", str(free_port())]) == 0
+    assert not [r for r in caplog.records if r.name.startswith("httpx")], caplog.records
+
+
+def test_the_queue_is_bounded():
+    from demos.app import MAX_QUEUE, build_app
+
+    app = build_app({"x": lambda: gr.Markdown("x")})
+    assert app._queue.max_size == MAX_QUEUE == 16
+
+
+def test_a_tab_without_reduced_precision_says_it_runs_fp32(tmp_path, caplog):
+    """`load_encoder` takes no precision or int8: the bert tab ran fp32 under `--precision bf16` without a word."""
+    assert main(["demo", "--bert", str(tmp_path / "nowhere"), "--precision", "bf16", "--device", "cpu"]) == 2
+    assert "the bert tab runs in fp32" in caplog.text

@@ -2,24 +2,38 @@
 (bind elsewhere with --host). `mmkit demo vit` serves one family from its recipe's export;
 `mmkit demo --vit DIR --speech DIR` serves several tabs in one app.
 
-A family joins by adding a row to DEMOS: its tab renderer loads the checkpoint and returns a
-function that draws the tab (the tab modules live in demos/).
+A family joins by adding a row to DEMOS: its tab renderer loads the checkpoint with the shared `TabSettings`
+(device, precision, int8) and returns a function that draws the tab (the tab modules live in demos/).
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import importlib
+import logging
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mmkit.cli.options import Parser, at_least
+from mmkit.cli.options import Parser, add_precision_argument, at_least, utf8_text
 from mmkit.errors import print_error
 
 PROG = "mmkit demo"
+# A checkout's root (mmkit/cli/demo.py is two folders down); the recipes' exports are documented relative to it.
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class TabSettings:
+    """What every tab's loader is given besides its checkpoint: the command line's shared options."""
+
+    top_k: int = 5
+    device: str = "cpu"
+    precision: str = "fp32"  # as `mmkit.inference.precision.resolve_precision` takes it
+    quantize: str = "none"
+    prefix: str | None = None  # the translate tab's source prefix (T5's task); None: the checkpoint's own
 
 
 @dataclass(frozen=True)
@@ -27,7 +41,7 @@ class DemoFamily:
     help: str
     default: str  # the recipe's export, relative to the repository root
     how: str  # how to make that checkpoint
-    tab: str  # "module:function": (checkpoint Path, top_k) -> function rendering the tab
+    tab: str  # "module:function": (checkpoint Path, TabSettings) -> function rendering the tab
     files_ok: tuple[str, ...] = ()  # checkpoint file suffixes accepted besides directories with config.json
     # "module:function": Path -> whether a directory without config.json is still this family's checkpoint
     layout: str | None = None
@@ -54,60 +68,70 @@ DEMOS = {
 }
 
 
-def vit_tab(model: Path, top_k: int) -> Callable[[], None]:
+def vit_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     from demos.classifier import classifier_tab
     from mmkit.inference.classifier import Classifier
 
-    classifier = Classifier.from_pretrained(model)
-    return lambda: classifier_tab(classifier, top_k=top_k)
+    classifier = Classifier.from_pretrained(model, settings.device, settings.precision, settings.quantize)
+    return lambda: classifier_tab(classifier, top_k=settings.top_k)
 
 
-def clip_tab(model: Path, top_k: int) -> Callable[[], None]:
+def clip_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     from demos.zero_shot import zero_shot_tab
     from mmkit.inference.zero_shot import ZeroShotClassifier
 
-    classifier = ZeroShotClassifier.from_pretrained(model)
+    classifier = ZeroShotClassifier.from_pretrained(model, settings.device, settings.precision, settings.quantize)
     return lambda: zero_shot_tab(classifier)
 
 
-def speech_tab(model: Path, top_k: int) -> Callable[[], None]:
+def speech_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     from demos.speech import speech_tab as render
-    from mmkit.inference.transcriber import load_transcriber
+    from mmkit.inference.speech_checkpoints import load_speech_model
+    from mmkit.inference.transcriber import Transcriber
+    from mmkit.inference.transcript import greedy_options
 
-    transcriber = load_transcriber(model)
+    # load_transcriber's own steps, with the precision and int8 it does not take
+    whisper, tokenizer = load_speech_model(model, settings.device)
+    transcriber = Transcriber(whisper, tokenizer, greedy_options(tokenizer), precision=settings.precision,
+                              quantize=settings.quantize)
     return lambda: render(lambda path: next(transcriber.transcribe_files([path])))
 
 
-def gpt_tab(model: Path, top_k: int) -> Callable[[], None]:
+def gpt_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     from demos.text_generation import text_generation_tab
     from mmkit.inference.text_generation import load_text_generator
 
-    generator = load_text_generator(model)
+    generator = load_text_generator(model, settings.device, settings.quantize, settings.precision)
     return lambda: text_generation_tab(generator)
 
 
-def bert_tab(model: Path, top_k: int) -> Callable[[], None]:
+def bert_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     from demos.bert import bert_tab as render
     from mmkit.inference.encoder import load_encoder
 
-    encoder = load_encoder(model)
-    return lambda: render(encoder, top_k=top_k)
+    encoder = load_encoder(model, settings.device)  # fp32 always: see FP32_ONLY
+    return lambda: render(encoder, top_k=settings.top_k)
 
 
-def translate_tab(model: Path, top_k: int) -> Callable[[], None]:
+def translate_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     from demos.translate import translate_tab as render
     from mmkit.inference.translator import load_translator
 
-    translator = load_translator(model)
+    translator = load_translator(model, settings.prefix, settings.device, settings.quantize, settings.precision)
     return lambda: render(translator)
 
 
-def dalle_tab(model: Path, top_k: int) -> Callable[[], None]:
+def dalle_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     from demos.text_to_image import text_to_image_tab
     from mmkit.inference.text_to_image import TextToImage
 
-    t2i = TextToImage.from_pretrained(model)
+    t2i = TextToImage.from_pretrained(model).to(settings.device)
+    t2i.set_arithmetic(settings.precision, settings.quantize)  # after .to: chosen for the device the models are on
     return lambda: text_to_image_tab(t2i)
+
+
+# Families whose loader takes no precision or int8 (`load_encoder`): they run in fp32 whatever is asked.
+FP32_ONLY = ("bert",)
 
 
 def min_dalle_download(model: Path) -> bool:
@@ -118,7 +142,8 @@ def min_dalle_download(model: Path) -> bool:
     return model.is_dir() and min_dalle_layout(model)
 
 
-def _checkpoint_problem(name: str, model: Path) -> str | None:
+def _checkpoint_problem(name: str, model: Path, option: str) -> str | None:
+    """Why `model` is not a `name` checkpoint, else None; `option` is how to pass another (--model, --NAME)."""
     family = DEMOS[name]
     if model.is_file() and model.suffix in family.files_ok:
         return None
@@ -128,7 +153,16 @@ def _checkpoint_problem(name: str, model: Path) -> str | None:
         module, _, function = family.layout.partition(":")
         if getattr(importlib.import_module(module), function)(model):
             return None
-    return f"no {name} checkpoint at {model}; train it first with `{family.how}` or pass --{name} DIR"
+    return f"no {name} checkpoint at {model}; train it first with `{family.how}` or pass {option} DIR"
+
+
+def _default_export(name: str) -> Path:
+    """The recipe's export of `name`: from the current directory if it is there, else from the checkout's root
+    (the README names it relative to the root, so `mmkit demo vit` found nothing when run from elsewhere)."""
+    default = Path(DEMOS[name].default)
+    if default.exists() or not (REPOSITORY / "pyproject.toml").is_file():  # not a checkout: the cwd's path
+        return default
+    return REPOSITORY / default
 
 
 class _Once(argparse.Action):
@@ -143,11 +177,17 @@ class _Once(argparse.Action):
 
 
 def _parser() -> argparse.ArgumentParser:
+    import torch
+
+    from mmkit.inference.quantize import QUANTIZATIONS
+
     parser = Parser(
         prog="mmkit demo", description="Serve the Gradio demo: one tab per family given.",
         epilog="examples: mmkit demo vit | mmkit demo speech --model whisper-tiny/ | "
                "mmkit demo --vit runs/vit_digits/export --clip runs/clip_shapes/export")
-    parser.add_argument("name", nargs="?", choices=list(DEMOS),
+    # No `choices`: an unknown option's value (`--foo bar`) was read as NAME and refused as "invalid choice: 'bar'";
+    # `_parse` checks NAME after the unknown options. The metavar keeps the choices in the usage line.
+    parser.add_argument("name", nargs="?", metavar="{" + ",".join(DEMOS) + "}",
                         help="one family, from --model or its recipe's export: "
                              + "; ".join(f"{k}: {v.help}" for k, v in DEMOS.items()))
     parser.add_argument("--model", default=None, action=_Once,
@@ -161,7 +201,47 @@ def _parser() -> argparse.ArgumentParser:
                         help="port to serve on (default: 7860); checked free before the models load")
     parser.add_argument("--top-k", type=at_least(1), default=5,
                         help="labels the vit tab and candidates the bert tab show (default: 5)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device of every tab (cpu, cuda, cuda:N, mps; default: cuda when available)")
+    add_precision_argument(parser)
+    parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
+                        help="int8: int8 Linear layers (CPU only); the bert tab runs fp32 whatever is asked")
+    parser.add_argument("--prefix", default=None, type=utf8_text, metavar="TEXT",
+                        help="the translate tab's source prefix, as T5's task (\"translate English to German: \"); "
+                             "default: the checkpoint's own")
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.name is not None and args.name not in DEMOS:  # most likely the unknown option's value
+            unknown = unknown[:1] + [args.name] + unknown[1:]
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.name is not None and args.name not in DEMOS:
+        parser.error(f"argument name: invalid choice: {args.name!r} (choose from {', '.join(DEMOS)})")
+    return args
+
+
+def _settings_problem(args: argparse.Namespace, chosen: dict[str, str]) -> str | None:
+    """A device, precision or int8 the machine cannot run, or --prefix without a translate tab: one line, before
+    any model loads (else found per tab, after minutes of loading, or mid-request)."""
+    from mmkit.inference.precision import check_device, resolve_precision
+
+    if args.prefix is not None and "translate" not in chosen:
+        return "--prefix is the translate tab's: add --translate DIR (or serve `mmkit demo translate`)"
+    try:
+        device = check_device(args.device)
+        if args.quantize == "int8" and device.type != "cpu":
+            return f"--quantize int8 runs on the CPU: use --device cpu, or drop --quantize on {args.device}"
+        resolve_precision(args.precision, device, args.quantize)  # fp16 on a CPU; bf16/fp16 with int8
+    except ValueError as e:
+        return str(e)
+    fp32_only = [name for name in chosen if name in FP32_ONLY]
+    if fp32_only and (args.precision, args.quantize) != ("fp32", "none"):
+        logging.getLogger(__name__).warning("the %s tab runs in fp32: its loader takes no --precision or --quantize",
+                                            " and ".join(fp32_only))
+    return None
 
 
 def _listen_problem(host: str, port: int) -> str | None:
@@ -197,10 +277,10 @@ def main(argv: list[str]) -> int:
     server closed. (Left to Gradio, Ctrl-C printed Gradio's own line and exited 0, and SIGTERM ended the process
     without a word.)"""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     chosen = {name: getattr(args, name) for name in DEMOS if getattr(args, name)}
     if args.name:
-        chosen = {args.name: args.model or DEMOS[args.name].default, **chosen}
+        chosen = {args.name: args.model or _default_export(args.name), **chosen}
         if getattr(args, args.name):  # else --NAME silently won over NAME's checkpoint (or the other way)
             print_error(PROG, f"{args.name} is given twice (as NAME and as --{args.name}): give it once")
             return 2
@@ -208,7 +288,7 @@ def main(argv: list[str]) -> int:
         parser.error("--model goes with a NAME (mmkit demo vit --model DIR); or use --vit DIR, --clip DIR, ...")
     if not chosen:
         parser.error("name a family (mmkit demo vit) or give checkpoints (--vit DIR --speech DIR ...)")
-    problem = _listen_problem(args.host, args.port)
+    problem = _settings_problem(args, chosen) or _listen_problem(args.host, args.port)
     if problem:
         print_error(PROG, problem)
         return 2
@@ -228,15 +308,16 @@ def _serve(args: argparse.Namespace, chosen: dict[str, str], served: list[str]) 
     """Load the tabs' models and serve them until the server stops; `served` gets its host:port as it starts."""
     models = {name: Path(path).expanduser() for name, path in chosen.items()}
     for name, model in models.items():
-        problem = _checkpoint_problem(name, model)
+        problem = _checkpoint_problem(name, model, "--model" if name == args.name else f"--{name}")
         if problem:
             print_error(PROG, problem)
             return 2
+    settings = TabSettings(args.top_k, args.device, args.precision, args.quantize, args.prefix)
     tabs = {}
     for name, model in models.items():
         module, _, function = DEMOS[name].tab.partition(":")
         try:
-            tabs[name] = getattr(importlib.import_module(module), function)(model, args.top_k)
+            tabs[name] = getattr(importlib.import_module(module), function)(model, settings)
         except (ValueError, OSError) as e:  # WeightsError is a ValueError: a bad checkpoint is one line
             print_error(PROG, f"{name}: {e}")
             return 2

@@ -197,3 +197,21 @@ def test_roberta_mask_token_shows_in_the_instructions(page, serve_blocks, tmp_pa
     RobertaForMaskedLM(config).eval().save_pretrained(tmp_path / "roberta")
     open_app(page, serve_blocks(build_app(load_encoder(tmp_path / "roberta"))))
     expect(page.get_by_text("Fill-mask: write <mask> where a word is missing")).to_be_visible(timeout=TIMEOUT_MS)
+
+
+def test_the_api_names_its_parameters_and_returns_the_attention_table(serve_blocks, encoder):
+    """/fill_mask and /attention took parameters named t, l, h (lambdas), and /attention returned a component
+    update ({"__type__": "update", ...}) instead of the table."""
+    from gradio_client import Client
+
+    from demos.bert import build_app
+
+    client = Client(serve_blocks(build_app(encoder)), verbose=False)
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert [p["parameter_name"] for p in endpoints["/fill_mask"]["parameters"]] == ["text"]
+    assert [p["parameter_name"] for p in endpoints["/attention"]["parameters"]] == ["text", "layer", "head"]
+    _, table = client.predict("the cat sees the moon.", 2, 1, api_name="/attention")
+    tokens, maps = attention_view(encoder, "the cat sees the moon.")
+    labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
+    assert "__type__" not in table and table["headers"] == ["query \\ key"] + labels
+    assert table["data"] == [[label] + [round(float(w), 3) for w in row] for label, row in zip(labels, maps[1][0])]

@@ -121,3 +121,19 @@ def test_the_api_endpoint_is_named_transcribe():
     from demos.speech import build_app
 
     assert [f.api_name for f in build_app(lambda path: None).fns.values()] == ["transcribe"]
+
+
+def test_no_speech_is_said_and_gives_no_srt_file(monkeypatch):
+    """A transcript without segments (silence) showed an empty transcript and offered an empty SRT file."""
+    import gradio as gr
+
+    import demos.speech
+    from mmkit.inference.transcript import Transcript
+
+    said = []
+    monkeypatch.setattr(demos.speech.gr, "Info", said.append)
+    app = demos.speech.build_app(lambda path: Transcript(path, text=""))
+    (run,) = [f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == "run"]
+    assert list(run("silence.wav")) == [(demos.speech.NO_SPEECH, [], None)] and said == [demos.speech.NO_SPEECH]
+    notes = " ".join(b.value for b in app.blocks.values() if isinstance(b, gr.Markdown))
+    assert "greedy, as `mmkit transcribe --temperature 0`" in notes, notes

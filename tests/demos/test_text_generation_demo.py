@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from _browser import TIMEOUT_MS, open_app
+from _events import stop_cancels
 from _gpt import write_tiny_gpt2
 from playwright.sync_api import expect
 
@@ -126,3 +127,11 @@ def test_a_slider_given_null_or_text_over_the_http_api_is_the_fields_one_line_er
     demos = Path(__file__).resolve().parents[2] / "demos"
     assert [p.name for p in demos.glob("*.py") if "gr.Slider(" in p.read_text()] == ["inputs.py"]  # the one maker
     assert not list(demos.glob("*.pyi"))  # no stub written into the source tree
+
+
+
+def test_a_stop_button_cancels_the_stream(generator):
+    """A long generation could only be left to run to its end: no Stop button."""
+    from demos.text_generation import build_app
+
+    assert stop_cancels(build_app(generator), "stop", "generate_text")

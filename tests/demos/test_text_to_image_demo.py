@@ -108,12 +108,12 @@ def test_demo_fills_the_gallery(page, serve_blocks, t2i):
 def test_mmkit_demo_knows_the_family(tmp_path):
     from _dalle import write_tiny_export
 
-    from mmkit.cli.demo import DEMOS, _checkpoint_problem, dalle_tab
+    from mmkit.cli.demo import DEMOS, TabSettings, _checkpoint_problem, dalle_tab
 
     export = write_tiny_export(tmp_path / "export")
     assert DEMOS["dalle"].default == "runs/dalle_shapes/export"
-    assert _checkpoint_problem("dalle", export) is None
-    assert callable(dalle_tab(export, 5))
+    assert _checkpoint_problem("dalle", export, "--dalle") is None
+    assert callable(dalle_tab(export, TabSettings()))
 
 
 def _slow_text_to_image() -> TextToImage:
@@ -229,11 +229,11 @@ def test_mmkit_demo_serves_a_min_dalle_download(min_dalle, tmp_path, capsys):
     from _ranks import free_port
     from demos.app import build_app
     from mmkit.cli import main
-    from mmkit.cli.demo import _checkpoint_problem, dalle_tab
+    from mmkit.cli.demo import TabSettings, _checkpoint_problem, dalle_tab
 
-    assert _checkpoint_problem("dalle", min_dalle) is None
-    assert _checkpoint_problem("dalle", min_dalle / "dalle_bart_mini") is None
-    app = build_app({"dalle": dalle_tab(min_dalle, 5)})
+    assert _checkpoint_problem("dalle", min_dalle, "--dalle") is None
+    assert _checkpoint_problem("dalle", min_dalle / "dalle_bart_mini", "--dalle") is None
+    app = build_app({"dalle": dalle_tab(min_dalle, TabSettings())})
     notes = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
     assert any(n.startswith("**Prompt**: dalle-mini reads lower-cased ASCII text") for n in notes), notes
     (tmp_path / "half" / "vqgan").mkdir(parents=True)  # a download cut short: the loader's reason, one line
@@ -262,3 +262,12 @@ def test_out_of_range_sliders_over_http_are_one_line_errors_naming_the_field(t2i
     assert "Traceback" not in capfd.readouterr().err
     gallery, _ = client.predict("a red circle", 2, 0, 1.0, 4, api_name="/generate_images")
     assert len(gallery) == 2
+
+
+def test_a_stop_button_cancels_the_sampling(t2i):
+    """Sampling with previews could only be left to run to its end: no Stop button."""
+    from _events import stop_cancels
+
+    from demos.text_to_image import build_app
+
+    assert stop_cancels(build_app(t2i), "t2i-stop", "generate_images")

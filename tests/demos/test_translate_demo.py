@@ -105,3 +105,18 @@ def test_a_beam_size_out_of_range_over_http_names_the_field(serve_blocks, transl
     with pytest.raises(AppError, match=r"^beam size must be a whole number in \[1, 8\], got 9$"):
         client.predict(SOURCE, 9, api_name="/translate")
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_api_returns_the_weights_table_itself(serve_blocks, translator):
+    """/translate returned a component update ({"__type__": "update", "value": ...}), not the table."""
+    from gradio_client import Client
+
+    from demos.translate import build_app
+
+    expected = translator.translate([SOURCE])[0]
+    source, target, weights = translator.cross_attention(SOURCE, expected.tokens)
+    text, _, table = Client(serve_blocks(build_app(translator)), verbose=False).predict(SOURCE, 1,
+                                                                                      api_name="/translate")
+    assert text == expected.text and "__type__" not in table
+    assert table["headers"] == ["target \\ source"] + [f"{i}:{s}" for i, s in enumerate(source)]
+    assert table["data"] == [[piece] + [round(float(w), 3) for w in row] for piece, row in zip(target, weights)]
