@@ -87,8 +87,8 @@ def translate_text(translator: Translator, text: str, beam_size: float):
 
 def weights_table(columns: list[str], rows: list[str], weights: Tensor, corner: str) -> pd.DataFrame:
     """(R, C) weights as a table: a row per piece of `rows`, a column per piece of `columns` ("i:piece": a piece
-    can occur twice, a column name cannot). A DataFrame, not a `gr.Dataframe` update: the HTTP API then returns the table itself
-    ({"headers", "data"}), not an update naming its value; the headers differ per request."""
+    can occur twice, a column name cannot). A DataFrame, not a `gr.Dataframe` update: the HTTP API then returns
+    the table itself ({"headers", "data"}), not an update naming its value; the headers differ per request."""
     values = [[piece] + [round(float(w), 3) for w in row] for piece, row in zip(rows, weights)]
     return pd.DataFrame(values, columns=[corner] + [f"{i}:{piece}" for i, piece in enumerate(columns)])
 

@@ -191,8 +191,8 @@ class Transcriber:
         """Yield one `Transcript` per path, in input order (a lone path is one file, `as_items`); files that
         cannot be loaded or decoded come back with `error` set instead of stopping the run. Each file is read
         as a stream (`stream_audio`) and cut into windows as it comes, so memory is bounded by the window
-        batch whatever a file's length (`long_form="sequential"`: by the longest file, read whole). A transcript's `path` is the path as text a UTF-8 output
-        can hold (`path_text`: a Linux name that is not UTF-8 has those bytes as \\xNN escapes)."""
+        batch whatever a file's length (`long_form="sequential"`: by the longest file, read whole). A
+        transcript's `path` is the path as text a UTF-8 output can hold (`path_text`: a Linux name that is not UTF-8 has those bytes as \\xNN escapes)."""
         return self._transcribe_arrays((path_text(path), stream_audio(path))
                                        for path in as_items(paths, (str, os.PathLike)))
 
