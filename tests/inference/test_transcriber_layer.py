@@ -72,8 +72,8 @@ import sys
 from pathlib import Path
 from mmkit.cli import main
 assert main(["transcribe", {str(wav)!r}, "--model", {str(export)!r}, "-o", {str(tmp_path)!r}, "--quiet"]) == 0
-from mmkit.cli.demo import speech_tab
-speech_tab(Path({str(export)!r}), 1)  # loads the transcriber the demo serves
+from mmkit.cli.demo import TabSettings, speech_tab
+speech_tab(Path({str(export)!r}), TabSettings(top_k=1))  # loads the transcriber the demo serves
 assert "pytorch_lightning" not in sys.modules and "lightning" not in sys.modules, "Lightning was imported"
 print("ok")
 """
