@@ -297,18 +297,16 @@ def test_each_tab_loads_with_the_device_precision_int8_and_prefix_given(monkeypa
     import mmkit.cli.demo as demo
     import mmkit.inference.classifier as classifier
     import mmkit.inference.encoder as encoder
-    import mmkit.inference.speech_checkpoints as speech
     import mmkit.inference.text_generation as text_generation
     import mmkit.inference.text_to_image as text_to_image
     import mmkit.inference.transcriber as transcriber
     import mmkit.inference.translator as translator
     import mmkit.inference.zero_shot as zero_shot
 
-    calls = {name: [] for name in ("vit", "clip", "speech", "whisper", "gpt", "bert", "translate", "to", "arith")}
+    calls = {name: [] for name in ("vit", "clip", "speech", "gpt", "bert", "translate", "to", "arith")}
     monkeypatch.setattr(classifier.Classifier, "from_pretrained", _recorder(calls["vit"]))
     monkeypatch.setattr(zero_shot.ZeroShotClassifier, "from_pretrained", _recorder(calls["clip"]))
-    monkeypatch.setattr(speech, "load_speech_model", _recorder(calls["speech"], (None, "tok")))
-    monkeypatch.setattr(transcriber, "Transcriber", _recorder(calls["whisper"]))
+    monkeypatch.setattr(transcriber, "load_transcriber", _recorder(calls["speech"]))
     monkeypatch.setattr(text_generation, "load_text_generator", _recorder(calls["gpt"]))
     monkeypatch.setattr(encoder, "load_encoder", _recorder(calls["bert"]))
     monkeypatch.setattr(translator, "load_translator", _recorder(calls["translate"]))
@@ -327,8 +325,7 @@ def test_each_tab_loads_with_the_device_precision_int8_and_prefix_given(monkeypa
     for name in demo.DEMOS:
         assert callable(getattr(demo, f"{name}_tab")(tmp_path, settings))
     assert calls["vit"] == calls["clip"] == [((tmp_path, "cuda:1", "bf16", "int8"), {})]
-    assert calls["speech"] == [((tmp_path, "cuda:1"), {})]
-    assert calls["whisper"][0][1] == {"precision": "bf16", "quantize": "int8"}
+    assert calls["speech"] == [((tmp_path, "cuda:1"), {"precision": "bf16", "quantize": "int8"})]
     assert calls["gpt"] == [((tmp_path, "cuda:1", "int8", "bf16"), {})]
     assert calls["bert"] == [((tmp_path, "cuda:1"), {})]
     assert calls["translate"] == [((tmp_path, "p: ", "cuda:1", "int8", "bf16"), {})]

@@ -86,14 +86,9 @@ def clip_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
 
 def speech_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     from demos.speech import speech_tab as render
-    from mmkit.inference.speech_checkpoints import load_speech_model
-    from mmkit.inference.transcriber import Transcriber
-    from mmkit.inference.transcript import greedy_options
+    from mmkit.inference.transcriber import load_transcriber
 
-    # load_transcriber's own steps, with the precision and int8 it does not take
-    whisper, tokenizer = load_speech_model(model, settings.device)
-    transcriber = Transcriber(whisper, tokenizer, greedy_options(tokenizer), precision=settings.precision,
-                              quantize=settings.quantize)
+    transcriber = load_transcriber(model, settings.device, precision=settings.precision, quantize=settings.quantize)
     return lambda: render(lambda path: next(transcriber.transcribe_files([path])))
 
 

@@ -14,7 +14,7 @@ import torch
 
 from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel_spectrogram, pad_or_trim
 from mmkit.inference.transcript import Decoded, Segment, Transcript, is_silence
-from mmkit.inference.window_decoder import Window
+from mmkit.inference.window_decoder import Window, previous_text_prompt
 
 if TYPE_CHECKING:  # the transcriber imports this module
     from mmkit.inference.transcriber import Transcriber
@@ -70,7 +70,6 @@ def transcribe_sequential(tr: "Transcriber", audio: np.ndarray) -> tuple[list[Se
     # openai prompts with the initial prompt whenever it is not None ("" is the token " ")
     initial = tok.encode(" " + o.initial_prompt.strip()) if o.initial_prompt is not None else []
     all_tokens, segments, reset_since, seek, index = list(initial), [], 0, 0, 0
-    keep = model.n_text_ctx // 2 - 1  # openai's slice [-keep:], everything when keep is 0
     condition = o.condition_on_previous_text is not False  # None: openai's default, True
     # openai lets a window's timestamps run to 30.00 whatever audio it holds (the windows' cap is the audio's end)
     no_cap = torch.tensor([tok.timestamp_end - tok.timestamp_begin])
@@ -78,7 +77,7 @@ def transcribe_sequential(tr: "Transcriber", audio: np.ndarray) -> tuple[list[Se
         size = min(n_frames, content_frames - seek)
         window = Window(0, index, audio[seek * HOP_LENGTH:(seek + size) * HOP_LENGTH], seek * HOP_LENGTH / SAMPLE_RATE)
         prompt = all_tokens[reset_since:]
-        prefix = [tok.sot_prev, *prompt[-keep:]] if prompt else []
+        prefix = previous_text_prompt(tok, prompt, model.n_text_ctx) if prompt else []
         features = pad_or_trim(mel[:, seek:seek + size], n_frames)[None]  # (1, n_mels, n_frames), zeros after
         ((d, no_speech),) = tr.decode_mel(features, [window], languages, prefix, no_cap)
         index += 1

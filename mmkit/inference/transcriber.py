@@ -40,7 +40,7 @@ from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_mode
 from mmkit.inference.transcript import (
     Decoded, DecodingOptions, Segment, Transcript, greedy_options, is_silence, window_segments,
 )
-from mmkit.inference.window_decoder import Window as _Window, WindowDecoder
+from mmkit.inference.window_decoder import Window as _Window, WindowDecoder, previous_text_prompt
 from mmkit.inference.writers import path_text
 from mmkit.models.whisper import Whisper
 
@@ -160,9 +160,7 @@ class Transcriber:
         if getattr(tok, "sot_prev", None) is None:
             raise ValueError("initial prompt: this checkpoint's tokenizer has no <|startofprev|> token, so the "
                              "model was not trained with prompts")
-        keep = max(n_ctx // 2 - 1, 0)  # openai slices [-(n // 2 - 1):], which keeps everything when that is 0
-        text = tok.encode(" " + o.initial_prompt.strip())
-        prefix = [tok.sot_prev, *text[len(text) - min(keep, len(text)):]]
+        prefix = previous_text_prompt(tok, tok.encode(" " + o.initial_prompt.strip()), n_ctx)
         task = tok.sot_sequence("en" if tok.is_multilingual else None, o.task, o.without_timestamps)
         if len(prefix) + len(task) >= n_ctx:
             raise ValueError(f"initial prompt: {len(prefix)} prompt and {len(task)} task tokens fill the decoder's "
@@ -454,8 +452,10 @@ def transcriber_for(model: Whisper, tokenizer: SpeechTokenizer, batch_size: int 
 
 
 def load_transcriber(name: str | Path, device: str | torch.device = "cpu", batch_size: int = 8,
-                     options: DecodingOptions | None = None, tokenizer: str | Path | None = None) -> Transcriber:
+                     options: DecodingOptions | None = None, tokenizer: str | Path | None = None,
+                     precision: str = "fp32", quantize: str = "none") -> Transcriber:
     """A `Transcriber` for a `--model` name (`load_speech_model`), with `options` or, if None,
-    the interactive defaults (`greedy_options`); what `mmkit demo speech` serves."""
+    the interactive defaults (`greedy_options`), at `precision` / `quantize` (`Transcriber`'s); what
+    `mmkit demo speech` serves."""
     model, tok = load_speech_model(name, device, tokenizer)
-    return Transcriber(model, tok, options or greedy_options(tok), batch_size)
+    return Transcriber(model, tok, options or greedy_options(tok), batch_size, precision, quantize)

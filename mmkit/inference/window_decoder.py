@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,13 @@ class Window:
     index: int  # window number within the file
     audio: np.ndarray  # (N,) samples, N <= window length (sampling seeds come from them)
     offset: float  # seconds from the file's start
+
+
+def previous_text_prompt(tokenizer: SpeechTokenizer, tokens: Sequence[int], n_text_ctx: int) -> list[int]:
+    """<|startofprev|> and the last n_text_ctx // 2 - 1 of `tokens` (an initial prompt's, or the text decoded
+    before), as openai/whisper's `_get_initial_tokens` slices them (`[-(n // 2 - 1):]`, so all of them where
+    that is 0): what goes before a window's <|startoftranscript|>."""
+    return [tokenizer.sot_prev, *list(tokens)[-(n_text_ctx // 2 - 1):]]
 
 
 class WindowDecoder:

@@ -119,3 +119,12 @@ def test_old_import_paths_forward_with_a_deprecation_warning():
         warnings.simplefilter("ignore", DeprecationWarning)
         from mmkit.tasks.transcribe import TimestampRules as old_rules, main as old_main
     assert old_rules is TimestampRules and old_main is main
+
+
+def test_load_transcriber_takes_the_precision_and_int8_the_transcriber_takes(char_export):
+    # `mmkit demo speech --quantize int8` goes through it (the demo rebuilt its steps to pass them)
+    export, wav = char_export
+    tr = load_transcriber(export, quantize="int8")
+    assert (tr.precision, tr.quantize) == ("fp32", "int8")
+    assert next(tr.transcribe_files([wav])).error is None
+    assert load_transcriber(export).quantize == "none"
