@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# The images' file names (`_stem` + "-K" or "-grid"): (prompt number, slug, K or "grid"); `_slug` keeps [a-z0-9-]
+_IMAGE_FILE = re.compile(r"(\d{3,})-([a-z0-9-]+)-(grid|\d+)\.png")
+
+
 def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "prompt"
 
@@ -134,7 +138,7 @@ def _generated(name: str) -> bool:
     """Whether a file of this name in --out is one that a run of this tool writes, whatever its prompts and
     --num-images: manifest.json, `NNN-slug-K.png`, `NNN-slug-grid.png` (`_stem`; a slug cut at 60 characters may
     end in "-")."""
-    return name == "manifest.json" or re.fullmatch(r"\d{3,}-[a-z0-9-]+-(grid|\d+)\.png", name) is not None
+    return name == "manifest.json" or _IMAGE_FILE.fullmatch(name) is not None
 
 
 def _remove_earlier(out: Path) -> None:
@@ -152,7 +156,7 @@ def _written_by(args: argparse.Namespace, name: str) -> bool:
     cost follows what is there, not --num-images)."""
     if name == "manifest.json":
         return True
-    found = re.fullmatch(r"(\d{3,})-(.+)-(grid|\d+)\.png", name)
+    found = _IMAGE_FILE.fullmatch(name)
     if found is None:
         return False
     n, slug, which = int(found[1]), found[2], found[3]
