@@ -25,6 +25,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+RESIZE_MODES = ("shortest", "squash")  # short side to size then a centre crop; or both sides to size
 # Resize-then-crop (timm's, bit for bit) while the resized image has at most this many times the
 # crop's pixels: an aspect up to ~50:1 at crop_pct 0.875, 64:1 without crop, i.e. every ordinary
 # photo or panorama. Beyond, only the crop's preimage is resized (`_resize_crop`): a 300,000 x 1 PNG
@@ -60,7 +61,7 @@ class EvalTransform:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        if self.resize_mode not in ("shortest", "squash") or self.interpolation not in RESAMPLE:
+        if self.resize_mode not in RESIZE_MODES or self.interpolation not in RESAMPLE:
             raise ValueError(f"unsupported preprocessing: resize_mode={self.resize_mode!r}, "
                              f"interpolation={self.interpolation!r}")
         if not 0.0 < self.crop_pct <= 1.0:

@@ -20,6 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from mmkit.data.text import uses_clip_bpe
+from mmkit.data.transforms import RESIZE_MODES
 from mmkit.weights.from_timm import INTERPOLATIONS, VIT_KEYS, timm_vit_config
 from mmkit.weights.keymap import Rule, Transform, remap
 from mmkit.weights.native import Converted, WeightsError, check_file, load_state_dict_strict, read_state_dict
@@ -328,7 +329,7 @@ def _preprocess(oc: nn.Module, arch: str | None, pretrained: str | Path | None, 
     for key in ("mean", "std"):
         if key in cfg:
             cfg[key] = [float(v) for v in cfg[key]]
-    if cfg.get("resize_mode", "shortest") not in ("shortest", "squash"):
+    if cfg.get("resize_mode", "shortest") not in RESIZE_MODES:
         raise WeightsError(f"{source}: open_clip preprocessing uses resize_mode={cfg['resize_mode']!r}, outside "
                            "mmkit's eval transform (shortest, squash)")
     if cfg.get("interpolation", "bicubic") not in INTERPOLATIONS:

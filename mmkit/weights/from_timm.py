@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from mmkit.data.transforms import RESAMPLE
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError, load_state_dict_strict, read_state_dict
 
@@ -145,7 +146,7 @@ def timm_vit_config(m: nn.Module) -> dict[str, Any]:
 # timm's eval crop modes -> mmkit's resize_mode (`mmkit.data.transforms.EvalTransform`); timm's third,
 # "border" (long side resized, then padded with the mean colour), has no mmkit counterpart.
 CROP_MODES = {"center": "shortest", "squash": "squash"}
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")  # EvalTransform's resamplers
+INTERPOLATIONS = tuple(RESAMPLE)  # EvalTransform's resamplers
 
 
 def timm_preprocess(m: nn.Module) -> dict[str, Any]:
