@@ -11,7 +11,8 @@ import sys
 from typing import Sequence
 
 from mmkit.cli.options import (
-    MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, at_least, beam_size, finite, seed, utf8_text,
+    MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, at_least, beam_only_options, beam_size, finite,
+    seed, utf8_text,
 )
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
@@ -37,8 +38,6 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"beam search with B beams (deterministic; 1 to {MAX_BEAM_SIZE}), as transformers' "
                         "generate(num_beams=B)")
     add_beam_arguments(p)
-    # None: not given (the defaults are still GenerationOptions' 1.0 and false), so a run without beams can say so
-    p.set_defaults(length_penalty=None, early_stopping=None)
     p.add_argument("--repetition-penalty", type=finite(), default=1.0, metavar="R",
                    help="> 1 discourages tokens already in the text (CTRL's penalty; 1 = off)")
     p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=0, metavar="N",
@@ -118,15 +117,6 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         show("\n")
     return 0
-
-
-def beam_only_options(args: argparse.Namespace) -> str:
-    """The beam-search options given (--length-penalty, --early-stopping; None when not), as a warning names
-    them with its verb: "--length-penalty 2 is", "--length-penalty 2 and --early-stopping true are"; "" if none."""
-    given = [] if args.length_penalty is None else [f"--length-penalty {args.length_penalty:g}"]
-    if args.early_stopping is not None:
-        given.append(f"--early-stopping {str(args.early_stopping).lower()}")
-    return " and ".join(given) + (" is" if len(given) == 1 else " are") if given else ""
 
 
 if __name__ == "__main__":

@@ -58,13 +58,22 @@ def add_beam_arguments(p: argparse.ArgumentParser, model_defaults: bool = False)
     """--length-penalty and --early-stopping, the beam search's ranking and stopping rule, as transformers'
     `generate(length_penalty=..., early_stopping=...)`: "false" (its default) stops a sentence when no running
     beam can beat its worst finished one at the current length, "true" at beam-size finished ones, "never" when
-    none can at the longest length. `model_defaults`: not given, they are None (the model's own settings)."""
+    none can at the longest length. Not given, they are None (1.0 and false, or with `model_defaults` the model's
+    own settings, applied by the tool), so that a run without beams can name those given (`beam_only_options`)."""
     whose = "the model's, else " if model_defaults else ""
-    p.add_argument("--length-penalty", type=finite(-10, 10), default=None if model_defaults else 1.0, metavar="A",
+    p.add_argument("--length-penalty", type=finite(-10, 10), default=None, metavar="A",
                    help=f"beam score = sum log p / length ** A ({whose}1.0; -10 to 10)")
-    p.add_argument("--early-stopping", default=None if model_defaults else False, type=_early_stopping,
-                   metavar="{false,true,never}",
+    p.add_argument("--early-stopping", default=None, type=_early_stopping, metavar="{false,true,never}",
                    help=f"beam search's stopping rule, as transformers' early_stopping ({whose}false)")
+
+
+def beam_only_options(args: argparse.Namespace) -> str:
+    """The beam-search options given (`add_beam_arguments`'), as a warning names them with its verb:
+    "--length-penalty 2 is", "--length-penalty 2 and --early-stopping true are"; "" if none."""
+    given = [] if args.length_penalty is None else [f"--length-penalty {args.length_penalty:g}"]
+    if args.early_stopping is not None:
+        given.append(f"--early-stopping {str(args.early_stopping).lower()}")
+    return " and ".join(given) + (" is" if len(given) == 1 else " are") if given else ""
 
 
 def _early_stopping(text: str) -> bool | str:

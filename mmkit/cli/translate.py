@@ -216,8 +216,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     rank's device); a ValueError or OSError of one line for a usage or input mistake, met before the model
     loads where it can be: an --output that is the input file, an --export folder that holds files. The
     first rank saves the --export."""
-    from mmkit.cli.generate_text import beam_only_options
-    from mmkit.cli.options import MAX_BEAM_SIZE
+    from mmkit.cli.options import MAX_BEAM_SIZE, beam_only_options
     from mmkit.inference.precision import check_device
     from mmkit.inference.text_rows import check_not_input, check_output
     from mmkit.inference.translator import TranslationOptions, TranslatorError, check_export_dir, load_translator
