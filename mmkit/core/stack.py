@@ -1,7 +1,8 @@
 """Encoder and Decoder stacks: N blocks plus an optional final norm.
 
 `Decoder` is `Encoder` with causal self-attention, optionally with cross-attention to an
-encoder output (x-transformers' one-stack design). Both accept an explicit `KVCache`.
+encoder output (x-transformers' one-stack design). Both accept an explicit `KVCache`. LayerDrop
+(Fan et al., 2019) skips whole blocks in training, drawn as transformers' BART family draws it.
 """
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ class TransformerStack(nn.Module):
         final_norm: apply `norm_layer` after the last block (pre-norm stacks need it).
         drop_path_rate: stochastic depth, increasing linearly to this value at the last block.
         init_values: LayerScale init (None = no LayerScale).
+        layerdrop: LayerDrop rate: in training, each block is skipped (its input passed on unchanged) with this
+            probability, drawn per block per call (MarianMT's encoder_layerdrop/decoder_layerdrop). 0: nothing drawn.
     """
 
     causal = False
+    layerdrop = 0.0  # set per instance by the constructor; the class value serves stacks pickled before it existed
     grad_checkpointing = False  # recompute each block in the backward pass (`core.execution`)
     _compiled_run: Callable[..., Tensor] | None = None  # `compile_stack`
 
@@ -49,8 +53,12 @@ class TransformerStack(nn.Module):
         final_norm: bool = True,
         drop_path_rate: float = 0.0,
         init_values: float | None = None,
+        layerdrop: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= layerdrop <= 1.0:
+            raise ValueError(f"layerdrop must be in [0, 1], got {layerdrop}")
+        self.layerdrop = layerdrop
         self.blocks = nn.ModuleList(
             block(
                 dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, cross_attention=cross_attention,
@@ -84,7 +92,7 @@ class TransformerStack(nn.Module):
         Returns:
             (B, T, dim), or (B, keep, dim).
         """
-        if cache is not None or self._compiled_run is None:
+        if cache is not None or self._compiled_run is None or (self.training and self.layerdrop > 0):
             return self._run(x, context, mask, context_mask, cache, keep)
         return self._compiled_run(self, x, context, mask, context_mask, None, keep)
 
@@ -93,7 +101,9 @@ class TransformerStack(nn.Module):
         with a cache stay eager, since the cache grows at every decoding step and each new length would be a new
         graph. The parameters stay where they are (their names unchanged), unlike `torch.compile(model)`'s
         wrapper. The compiled function takes the stack as an argument, not bound to it: a copy of the model
-        (`copy.deepcopy`, as EMA and SWA make) runs its own weights."""
+        (`copy.deepcopy`, as EMA and SWA make) runs its own weights. Training calls with LayerDrop stay eager too:
+        whether a block runs is drawn between the previous block's dropout masks and its own, a branch on a
+        random number that one graph cannot hold."""
         self._compiled_run = torch.compile(type(self)._run, **options)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -104,13 +114,19 @@ class TransformerStack(nn.Module):
 
     def _run(self, x: Tensor, context: Tensor | None, mask: Tensor | None, context_mask: Tensor | None,
              cache: KVCache | None, keep: int | None) -> Tensor:
+        # LayerDrop draws as transformers' Marian/BART/Whisper stacks: `torch.rand([])` (torch's CPU generator, also
+        # for a CUDA model) before each block, after the previous block's dropout masks, so one seed drops the same
+        # blocks and masks. Not with a cache: a block skipped at one step would lack its keys at the next.
+        layerdrop = self.training and self.layerdrop > 0 and cache is None
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
+            if layerdrop and torch.rand([]) < self.layerdrop:
+                continue
             x = run_block(self.grad_checkpointing and cache is None, blk, x, context=context, mask=mask,
                           context_mask=context_mask, is_causal=self.causal,
                           cache=cache.layer(i) if cache is not None else None,
                           **({"keep": keep} if keep is not None and i == last else {}))
-        if keep is not None and not self.blocks:
+        if keep is not None:  # a no-op view after the last block's `keep`; not when it was skipped or absent
             x = x[:, :keep]
         return self.norm(x)
 

@@ -61,6 +61,9 @@ class Seq2Seq(PretrainedMixin, nn.Module):
         scale_embedding: multiply token embeddings by √dim (the paper, §3.4; opus-mt models too).
         tie_output: the output projection is the token embedding (paper §3.4); False adds `head`.
         logits_bias: a fixed per-token logit bias buffer (MarianMT's `final_logits_bias`).
+        encoder_layerdrop, decoder_layerdrop: LayerDrop (Fan et al., 2019) rates: in training, each block of that
+            stack is skipped with this probability, drawn as transformers' MarianMT draws it (MarianConfig's
+            fields; 0, the paper's model and the opus-mt ones: nothing drawn). Cached decoding runs every block.
     """
 
     def __init__(
@@ -81,6 +84,8 @@ class Seq2Seq(PretrainedMixin, nn.Module):
         attn_dropout: float | None = None,
         activation_dropout: float | None = None,
         pad_id: int | None = None,
+        encoder_layerdrop: float = 0.0,
+        decoder_layerdrop: float = 0.0,
     ) -> None:
         super().__init__()
         if positions not in POSITION_LAYOUTS:
@@ -95,8 +100,8 @@ class Seq2Seq(PretrainedMixin, nn.Module):
         stack = dict(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, block=PostNormBlock,
                      norm_layer=layer_norm(NORM_EPS), mlp_layer=partial(Mlp, drop=mlp_drop),
                      act_layer=_activation(activation), final_norm=False)
-        self.encoder = Encoder(depth=encoder_depth, **stack)
-        self.decoder = Decoder(depth=decoder_depth, cross_attention=True, **stack)
+        self.encoder = Encoder(depth=encoder_depth, layerdrop=encoder_layerdrop, **stack)
+        self.decoder = Decoder(depth=decoder_depth, cross_attention=True, layerdrop=decoder_layerdrop, **stack)
         for m in self.modules():  # residual dropout on each sub-layer output (paper §5.4)
             if isinstance(m, Attention):
                 m.attn_drop = dropout if attn_dropout is None else attn_dropout

@@ -86,11 +86,6 @@ def marian_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise WeightsError(f"{where}: MarianMT variant uses features outside mmkit's Seq2Seq: {', '.join(bad)}")
-    layerdrop = [f"{side}_layerdrop={cfg[f'{side}_layerdrop']}" for side in ("encoder", "decoder")
-                 if cfg.get(f"{side}_layerdrop", 0.0) > 0]
-    if layerdrop:  # training only (inference is exact), so imported, not refused
-        log.warning("%s: mmkit's Seq2Seq has no LayerDrop (%s): fine-tuning keeps every layer", where,
-                    ", ".join(layerdrop))
     return dict(
         vocab_size=cfg["vocab_size"], max_len=cfg["max_position_embeddings"], dim=dim,
         encoder_depth=cfg["encoder_layers"], decoder_depth=cfg["decoder_layers"],
@@ -101,6 +96,8 @@ def marian_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         activation_dropout=cfg.get("activation_dropout", 0.0), positions="halves", activation=_ACTIVATIONS[act],
         scale_embedding=bool(cfg.get("scale_embedding", False)), tie_output=bool(cfg.get("tie_word_embeddings", True)),
         logits_bias=True, pad_id=cfg.get("pad_token_id"),
+        encoder_layerdrop=float(cfg.get("encoder_layerdrop", 0.0)),
+        decoder_layerdrop=float(cfg.get("decoder_layerdrop", 0.0)),
     )
 
 

@@ -216,12 +216,13 @@ def test_exports_keep_the_imported_rates_and_old_exports_the_old_layout(tmp_path
         assert old.tok_embed.padding_idx == (0 if cls is BERT else None)  # BERT's pad_id was always a field
 
 
-def test_marian_imports_its_configs_rates_and_names_the_layerdrop_it_lacks(caplog):
+def test_marian_imports_its_configs_rates_and_layerdrop(caplog):
     """MarianConfig's defaults drop neither attention probabilities nor the activation (mmkit dropped both at
-    `dropout` before); LayerDrop, training-only, is imported with a warning naming it (inference is exact)."""
-    model = Seq2Seq.from_hf(tiny_marian())
-    assert (model.config["attn_dropout"], model.config["activation_dropout"], model.config["pad_id"]) == (0, 0, PAD)
-    assert not caplog.records
+    `dropout` before); LayerDrop is imported as the stacks' rates (`tests/models/test_layerdrop.py`), no warning."""
     with caplog.at_level("WARNING", logger="mmkit.weights.from_hf_marian"):
-        Seq2Seq.from_hf(tiny_marian(encoder_layerdrop=0.1))
-    assert "no LayerDrop (encoder_layerdrop=0.1)" in caplog.text
+        model = Seq2Seq.from_hf(tiny_marian())
+        dropping = Seq2Seq.from_hf(tiny_marian(encoder_layerdrop=0.1))
+    assert (model.config["attn_dropout"], model.config["activation_dropout"], model.config["pad_id"]) == (0, 0, PAD)
+    assert (model.config["encoder_layerdrop"], model.config["decoder_layerdrop"]) == (0, 0)
+    assert (dropping.encoder.layerdrop, dropping.decoder.layerdrop) == (0.1, 0)
+    assert not caplog.records
