@@ -327,7 +327,7 @@ def test_each_tab_loads_with_the_device_precision_int8_and_prefix_given(monkeypa
     assert calls["vit"] == calls["clip"] == [((tmp_path, "cuda:1", "bf16", "int8"), {})]
     assert calls["speech"] == [((tmp_path, "cuda:1"), {"precision": "bf16", "quantize": "int8"})]
     assert calls["gpt"] == [((tmp_path, "cuda:1", "int8", "bf16"), {})]
-    assert calls["bert"] == [((tmp_path, "cuda:1"), {})]
+    assert calls["bert"] == [((tmp_path, "cuda:1"), {"precision": "bf16", "quantize": "int8"})]
     assert calls["translate"] == [((tmp_path, "p: ", "cuda:1", "int8", "bf16"), {})]
     assert calls["to"] == ["cuda:1"] and calls["arith"] == [("bf16", "int8")]
 
@@ -422,8 +422,3 @@ def test_the_queue_is_bounded():
     app = build_app({"x": lambda: gr.Markdown("x")})
     assert app._queue.max_size == MAX_QUEUE == 16
 
-
-def test_a_tab_without_reduced_precision_says_it_runs_fp32(tmp_path, caplog):
-    """`load_encoder` takes no precision or int8: the bert tab ran fp32 under `--precision bf16` without a word."""
-    assert main(["demo", "--bert", str(tmp_path / "nowhere"), "--precision", "bf16", "--device", "cpu"]) == 2
-    assert "the bert tab runs in fp32" in caplog.text

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import logging
 import socket
 import sys
 from dataclasses import dataclass
@@ -104,7 +103,7 @@ def bert_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     from demos.bert import bert_tab as render
     from mmkit.inference.encoder import load_encoder
 
-    encoder = load_encoder(model, settings.device)  # fp32 always: see FP32_ONLY
+    encoder = load_encoder(model, settings.device, precision=settings.precision, quantize=settings.quantize)
     return lambda: render(encoder, top_k=settings.top_k)
 
 
@@ -123,10 +122,6 @@ def dalle_tab(model: Path, settings: TabSettings) -> Callable[[], None]:
     t2i = TextToImage.from_pretrained(model).to(settings.device)
     t2i.set_arithmetic(settings.precision, settings.quantize)  # after .to: chosen for the device the models are on
     return lambda: text_to_image_tab(t2i)
-
-
-# Families whose loader takes no precision or int8 (`load_encoder`): they run in fp32 whatever is asked.
-FP32_ONLY = ("bert",)
 
 
 def min_dalle_download(model: Path) -> bool:
@@ -200,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="torch device of every tab (cpu, cuda, cuda:N, mps; default: cuda when available)")
     add_precision_argument(parser)
     parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
-                        help="int8: int8 Linear layers (CPU only); the bert tab runs fp32 whatever is asked")
+                        help="int8: int8 Linear layers (CPU only)")
     parser.add_argument("--prefix", default=None, type=utf8_text, metavar="TEXT",
                         help="the translate tab's source prefix, as T5's task (\"translate English to German: \"); "
                              "default: the checkpoint's own")
@@ -232,10 +227,6 @@ def _settings_problem(args: argparse.Namespace, chosen: dict[str, str]) -> str |
         resolve_precision(args.precision, device, args.quantize)  # fp16 on a CPU; bf16/fp16 with int8
     except ValueError as e:
         return str(e)
-    fp32_only = [name for name in chosen if name in FP32_ONLY]
-    if fp32_only and (args.precision, args.quantize) != ("fp32", "none"):
-        logging.getLogger(__name__).warning("the %s tab runs in fp32: its loader takes no --precision or --quantize",
-                                            " and ".join(fp32_only))
     return None
 
 

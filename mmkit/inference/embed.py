@@ -12,7 +12,6 @@ import torch
 
 from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
 from mmkit.inference.inputs import text_items
-from mmkit.inference.quantize import prepare_arithmetic
 
 # A batch of sorted texts ends before a text more than this fraction longer than its shortest, so
 # padding stays under ~6% of a batch (512 WordNet sentences in batches of 32, the bench's texts,
@@ -35,17 +34,18 @@ class Embedder:
         batch_size: texts per forward pass at most.
         quantize: "none" (fp32, exact) or "int8" (`mmkit.inference.quantize`: int8 Linear weights, CPU
             only; the vectors then differ slightly from fp32's: cosine measured in `bench embed`).
-        precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast around the encoder;
-            `mmkit.inference.precision.resolve_precision`; the vectors are pooled in fp32).
+        precision: None (the default: the encoder's, as `load_encoder` set it up; fp32 unless asked), "fp32",
+            "bf16", "fp16" or "auto" (autocast around the encoder; `mmkit.inference.precision.resolve_precision`;
+            the vectors are pooled in fp32).
     """
 
     def __init__(self, encoder: LoadedEncoder, batch_size: int = 64, quantize: str = "none",
-                 precision: str = "fp32") -> None:
+                 precision: str | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.device = next(encoder.model.parameters()).device
         # in place: with int8 the encoder's model becomes int8
-        self.precision, self._autocast = prepare_arithmetic(encoder.model, precision, quantize, "embedder")
+        self.precision, self._autocast = encoder.arithmetic(precision, quantize, "embedder")
         self.encoder, self.batch_size = encoder, batch_size
 
     @property

@@ -1,10 +1,12 @@
 """What `--model DIR` means for the BERT family, in one place: an mmkit export (config.json with
 architecture BERT + model.safetensors + tokenizer files) or a transformers BERT/RoBERTa checkpoint
 directory (config.json + weights + vocab.txt / tokenizer.json / vocab.json + merges.txt).
-Used by `mmkit embed`, `mmkit fill-mask`, `mmkit classify-text` and the demo.
+Used by `mmkit embed`, `mmkit fill-mask`, `mmkit classify-text` and the demo; `load_encoder` also sets up
+the arithmetic (bf16 autocast, int8 Linear layers) as the other loaders do (`prepare_arithmetic`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from mmkit.data.bert_tokenizer import EncoderTokenizer
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.prompts import repeated_name
+from mmkit.inference.quantize import has_int8_layers, prepare_arithmetic
 from mmkit.inference.text_rows import TextRow
 from mmkit.models.bert import BERT
 from mmkit.weights.from_hf_bert import check_problem_type, head_metadata
@@ -22,15 +25,32 @@ from mmkit.weights.native import WeightsError
 
 log = logging.getLogger(__name__)
 
+# Under int8 the classification head stays fp32: a few small layers, and they decide the label.
+INT8_KEEP_FP32 = ("classifier.*",)
+
 
 @dataclass
 class LoadedEncoder:
     """A BERT in eval mode, its tokenizer and the export's metadata (a classifier's class names and
-    problem_type)."""
+    problem_type), with the arithmetic `load_encoder` chose: `precision` (resolved: "fp32", "bf16" or
+    "fp16") and `autocast`, the factory of its autocast context, which forward passes run under."""
 
     model: BERT
     tokenizer: EncoderTokenizer
     metadata: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    autocast: Callable[[], contextlib.AbstractContextManager] = field(default=contextlib.nullcontext, repr=False)
+
+    def arithmetic(self, precision: str | None, quantize: str, name: str,
+                   keep_fp32: tuple[str, ...] = ()) -> tuple[str, Callable[[], contextlib.AbstractContextManager]]:
+        """The (resolved precision, autocast factory) a predictor over this encoder runs with: `load_encoder`'s
+        when it asks for neither (precision None, quantize "none"), else set up for it here, in place (int8 makes
+        the model int8; a model `load_encoder` made int8 stays int8, and refuses bf16 as `--quantize int8` does)."""
+        if precision is None and quantize == "none":
+            return self.precision, self.autocast
+        quantize = "int8" if has_int8_layers(self.model) else quantize
+        return prepare_arithmetic(self.model, self.precision if precision is None else precision, quantize, name,
+                                  keep_fp32)
 
     def evaluating(self) -> BERT:
         """The model, in eval mode (dropout off) whatever the caller left it in: after `model.train()` (tuning
@@ -106,13 +126,24 @@ def save_encoder(model: BERT, tokenizer: EncoderTokenizer, directory: str | Path
     return directory
 
 
-def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
+def load_encoder(directory: str | Path, device: str | torch.device = "cpu", precision: str = "fp32",
+                 quantize: str = "none") -> LoadedEncoder:
     """The BERT of an mmkit export or a transformers BERT/RoBERTa directory, in eval mode.
+
+    Args:
+        directory: the model directory.
+        device: torch device to load it on.
+        precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (bf16 where the hardware has it
+            natively): an autocast around the forward passes (`LoadedEncoder.autocast`; `resolve_precision`).
+        quantize: "none" or "int8" (int8 weights for the encoder's Linear layers, CPU only; a classification
+            head stays fp32, `INT8_KEEP_FP32`; results close to fp32's, not equal).
 
     Raises:
         FileNotFoundError: no such directory, or no tokenizer files in it.
         NotADirectoryError: a file given where a model directory is expected.
         WeightsError: not a BERT-family checkpoint (a GPT, say), or unreadable weights.
+        ValueError: a precision or quantization the device cannot run (fp16 on a CPU, bf16 with int8, int8 on
+            a GPU).
     """
     directory, doc = read_model_dir(directory)
     metadata: dict[str, Any] = {}
@@ -134,4 +165,6 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> L
     if tokenizer.vocab_size > model.vocab_size:
         raise WeightsError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
                            f"{model.vocab_size}: they do not belong together")
-    return LoadedEncoder(model.eval().to(device), tokenizer, metadata)
+    model = model.eval().to(device)
+    resolved, autocast = prepare_arithmetic(model, precision, quantize, "encoder", INT8_KEEP_FP32)  # logged once
+    return LoadedEncoder(model, tokenizer, metadata, resolved, autocast)

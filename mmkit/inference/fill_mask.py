@@ -75,7 +75,7 @@ def fill_mask(encoder: LoadedEncoder, text: str, top_k: int = 5) -> list[MaskPre
     positions = [i for i, t in enumerate(ids) if t == tok.mask_id]
     model = encoder.evaluating()
     device = next(model.parameters()).device
-    with torch.inference_mode():
+    with torch.inference_mode(), encoder.autocast():  # the arithmetic `load_encoder` chose
         hidden = model.encode(torch.tensor([ids], device=device))[0, positions]  # (M, dim)
         # softmax over the whole vocabulary first, as transformers: hiding special tokens before it would
         # renormalise the rest, and every probability would differ from the pipeline's (4% higher on a tiny BERT)
@@ -113,6 +113,6 @@ def attention_view(encoder: LoadedEncoder, text: str) -> tuple[list[str], torch.
     ids = _encode_checked(encoder, text)
     model = encoder.evaluating()
     x = torch.tensor([ids], device=next(model.parameters()).device)
-    with torch.inference_mode():
+    with torch.inference_mode(), encoder.autocast():
         _, maps = attention_maps(model, lambda: model.encode(x))
     return encoder.tokenizer.tokens(ids), torch.stack([m[0] for m in maps]).float().cpu()

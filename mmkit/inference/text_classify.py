@@ -12,12 +12,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from mmkit.inference.encoder import LoadedEncoder, encode_to_context, report_truncated
+from mmkit.inference.encoder import INT8_KEEP_FP32, LoadedEncoder, encode_to_context, report_truncated
 from mmkit.inference.inputs import text_items
-from mmkit.inference.quantize import prepare_arithmetic
-
-# the classification head stays fp32 under --quantize int8: a few small layers, and they decide the label
-KEEP_FP32 = ("classifier.*",)
 
 
 # What turns a classifier's logits (..., num_labels) into its scores, by `scoring`'s name.
@@ -57,24 +53,24 @@ class TextClassifierPredictor:
         batch_size: texts per forward pass at most.
         quantize: "none" (fp32, exact) or "int8" (int8 weights for the encoder's Linear layers, CPU only; the
             classification head stays fp32; probabilities close to fp32's, not equal).
-        precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast around the model, as
-            `Embedder`; the probabilities are computed in fp32 from its logits).
+        precision: None (the default: the encoder's, as `load_encoder` set it up; fp32 unless asked), "fp32",
+            "bf16", "fp16" or "auto" (autocast around the model, as `Embedder`; the probabilities are computed
+            in fp32 from its logits).
 
     Raises:
         ValueError: at construction, a batch size below 1, a model without a classification head (a plain or
-            MLM BERT), or a precision the device cannot run (bf16 with int8).
+            MLM BERT), or a precision the device cannot run (bf16 with int8, asked here or by `load_encoder`).
     """
 
     def __init__(self, encoder: LoadedEncoder, batch_size: int = 64, quantize: str = "none",
-                 precision: str = "fp32") -> None:
+                 precision: str | None = None) -> None:
         if batch_size < 1:  # as `Embedder`: range() refuses a step of 0, and a negative one gives no batches
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if encoder.model.classifier is None:
             raise ValueError("the model has no classification head: give a fine-tuned classifier "
                              "(mmkit fit --config configs/bert_wordnet_classify.yaml exports one)")
         # in place: with int8 the encoder's model becomes int8
-        self.precision, self._autocast = prepare_arithmetic(encoder.model, precision, quantize, "text classifier",
-                                                            KEEP_FP32)
+        self.precision, self._autocast = encoder.arithmetic(precision, quantize, "text classifier", INT8_KEEP_FP32)
         self.encoder, self.batch_size = encoder, batch_size
         self.names = encoder.class_names
         self.scoring = scoring(encoder.problem_type, len(self.names))
