@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from mmkit.data.transforms import CLIP_DEFAULTS, EVAL_KEYS, EvalTransform, eval_transform
+from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform, eval_transform
 from mmkit.inference.prompts import Tokenizer
 from mmkit.models.clip import CLIP, CLIP_VOCAB_SIZE
 
@@ -110,8 +110,7 @@ def load_clip(model: str, pretrained: str | None = None) -> tuple[CLIP, Tokenize
         meta = doc.get("metadata", {})
         weights = CLIP.check_weights(path, doc["config"])  # before a tensor is read or a layer built
         clip = _build_and_load(doc["config"], read_state_dict(weights), str(weights))
-        # for a caller's own scorer, and kept by a save_pretrained of the model (its own tokenizer too)
-        clip.preprocess = {k: meta[k] for k in (*EVAL_KEYS, "open_clip_tokenizer") if meta.get(k) is not None} or None
+        clip.load_metadata(meta, {})  # its preprocessing, as `CLIP.from_pretrained` keeps it
         context = meta.get("context_length") or clip.context_length
         if meta.get("open_clip_tokenizer"):  # another architecture's tokenizer, e.g. "ViT-B-16-SigLIP"
             from mmkit.data.text import CLIPTokenizer, open_clip_tokenizer

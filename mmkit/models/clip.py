@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -292,6 +292,18 @@ class CLIP(PretrainedMixin, nn.Module):
         """`from_pretrained` overrides: a dict for "visual"/"text" updates that tower's saved arguments,
         e.g. `visual={"image_size": 336}` (positions are resampled)."""
         return {**saved, **overrides, **{t: {**saved[t], **overrides.get(t, {})} for t in ("visual", "text")}}
+
+    def load_metadata(self, metadata: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
+        """`from_pretrained`'s hook (and `load_clip`'s): the export's preprocessing metadata and the open_clip
+        architecture whose tokenizer it uses as `preprocess`, for a caller's own scorer and kept by a
+        `save_pretrained` of the model (at the `visual={"image_size": ...}` override, where one is given)."""
+        from mmkit.data.transforms import EVAL_KEYS
+
+        keys = (*EVAL_KEYS, "open_clip_tokenizer")
+        preprocess = {k: metadata[k] for k in keys if metadata.get(k) is not None}
+        if "image_size" in preprocess and "image_size" in overrides.get("visual", {}):  # the new resolution
+            preprocess["image_size"] = overrides["visual"]["image_size"]
+        self.preprocess = preprocess or None
 
     def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:
         """Let the image tower resample saved positions when built at another image size."""

@@ -9,7 +9,7 @@ timm's model API (`forward_head`, `reset_classifier`, `pretrained_cfg`, ...) is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -186,19 +186,15 @@ class ViT(PretrainedMixin, nn.Module):
         model.preprocess = preprocess  # timm's pretrained_cfg: what `save_pretrained` and `Classifier` use
         return model
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "ViT":
-        """`PretrainedMixin.from_pretrained`, with the export's preprocessing metadata as `preprocess` (at
-        the `image_size` override, where one is given)."""
+    def load_metadata(self, metadata: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
+        """`from_pretrained`'s hook: the export's preprocessing metadata as `preprocess` (at the `image_size`
+        override, where one is given)."""
         from mmkit.data.transforms import EVAL_KEYS
 
-        model = super().from_pretrained(directory, **overrides)
-        meta = cls.read_config(directory).get("metadata", {})
-        preprocess = {k: meta[k] for k in EVAL_KEYS if k in meta}
+        preprocess = {k: metadata[k] for k in EVAL_KEYS if k in metadata}
         if preprocess and "image_size" in overrides:  # the model's new resolution, not the export's
             preprocess["image_size"] = overrides["image_size"]
-        model.preprocess = preprocess or None
-        return model
+        self.preprocess = preprocess or None
 
 
 class AttentionPool(nn.Module):

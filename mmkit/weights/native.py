@@ -441,7 +441,8 @@ class PretrainedMixin:
         (as transformers' and timm's loaders: the saved dropout and drop-path rates act only once `train()` is
         called). The config is validated and checked against the weights' header before anything is built.
         Classes with `init_free_load` are built without their random init (`skip_init`)."""
-        saved = cls.read_config(directory)["config"]
+        doc = cls.read_config(directory)  # config.json's one read: the config, then its metadata (`load_metadata`)
+        saved = doc["config"]
         path = cls.check_weights(directory, saved)
         config = cls.with_overrides(saved, overrides)
         where = f"{directory}: config with overrides"
@@ -451,7 +452,13 @@ class PretrainedMixin:
             model = cls._build_to_load(config, cls.init_free_load)
         state = model.adapt_state_dict(read_state_dict(path), saved)  # type: ignore[attr-defined]
         load_state_dict_strict(model, state, str(path))  # type: ignore[arg-type]
+        model.load_metadata(doc.get("metadata", {}), overrides)  # type: ignore[attr-defined]
         return model.eval()  # type: ignore[attr-defined]
+
+    def load_metadata(self, metadata: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
+        """Hook: keep what this model needs of its checkpoint's metadata (ViT and CLIP: their eval preprocessing,
+        as `preprocess`), given by `from_pretrained` from its one read of config.json, with the constructor
+        `overrides` it was built with (a new image size changes the preprocessing's). Keeps nothing by default."""
 
     def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:
         """Hook for checkpoint-compatible overrides (e.g. a new image size); identity by default."""
