@@ -6,9 +6,10 @@ from mmkit.audio.features import (
     CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, mel_filters, pad_or_trim,
 )
 from mmkit.audio.io import AudioLoadError, load_audio, resample, stream_audio
+from mmkit.audio.long_features import SpilledAudio
 from mmkit.audio.specaugment import SpecAugment
 
 __all__ = [
     "CHUNK_LENGTH", "HOP_LENGTH", "N_FFT", "N_FRAMES", "N_SAMPLES", "SAMPLE_RATE", "AudioLoadError", "SpecAugment",
-    "load_audio", "log_mel_spectrogram", "mel_filters", "pad_or_trim", "resample", "stream_audio",
+    "SpilledAudio", "load_audio", "log_mel_spectrogram", "mel_filters", "pad_or_trim", "resample", "stream_audio",
 ]
