@@ -43,6 +43,14 @@ def _boolean(text: str) -> bool:
     return text.lower() == "true"
 
 
+def _seconds_list(text: str) -> tuple[float, ...]:
+    """An argparse type: openai's --clip_timestamps, comma-separated seconds ("" or "0": the whole audio)."""
+    try:
+        return tuple(float(t) for t in text.split(",")) if text.strip() else ()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seconds (start,end,start,...), got {text!r}")
+
+
 BEAMS = beam_size()  # --beam-size and --best-of
 
 
@@ -85,12 +93,27 @@ def _parser() -> argparse.ArgumentParser:
                    help="how audio longer than 30 s is decoded. windows (default): fixed 30 s windows decoded "
                         "independently and batched across files, fast; a word crossing a window's end may be cut. "
                         "sequential: openai's transcribe(), exactly: one window at a time per file, each starting at "
-                        "the previous one's last timestamp, prompted with the previous text; slower (no batching), "
-                        "and each file is read and featurized whole, as openai's: memory grows with its length "
-                        "(~1.5 GB per hour of audio)")
+                        "the previous one's last timestamp, prompted with the previous text; slower (no batching); "
+                        "each file is held in a temporary file (4 bytes a sample, 230 MB per hour of audio) and its "
+                        "features, openai's, computed window by window: memory bounded whatever its length")
     p.add_argument("--condition-on-previous-text", type=_boolean, default=None, metavar="{true,false}",
                    help="with --long-form sequential: prompt each window with the previous text (default true, as "
                         "openai's; false: less prone to repetition loops). windows never are: true is refused")
+    p.add_argument("--word-timestamps", action="store_true",
+                   help="with --long-form sequential: each segment's words with their start, end and probability in "
+                        "the json output (openai's --word_timestamps True: cross-attention alignment; the words also "
+                        "move segment boundaries and where the next window starts, as openai's). The default "
+                        "windows long form refuses it")
+    p.add_argument("--prepend-punctuations", default=DecodingOptions.prepend_punctuations, metavar="MARKS",
+                   help="with --word-timestamps: marks joined to the next word (default: openai's %(default)s)")
+    p.add_argument("--append-punctuations", default=DecodingOptions.append_punctuations, metavar="MARKS",
+                   help="with --word-timestamps: marks joined to the previous word (default: openai's %(default)s)")
+    p.add_argument("--clip-timestamps", type=_seconds_list, default=(), metavar="START,END,...",
+                   help="with --long-form sequential: transcribe these spans only, in seconds (openai's "
+                        "--clip_timestamps; the last end defaults to the audio's end; default: all of it)")
+    p.add_argument("--hallucination-silence-threshold", type=_optional(finite(0)), default=None, metavar="SECONDS",
+                   help="with --word-timestamps: skip silences longer than this around a likely hallucination and "
+                        "decode again after them (openai's option; default: off)")
     p.add_argument("--no-repetition-guard", action="store_true", help="let repetitive windows run to the limit")
     p.add_argument("--without-timestamps", action="store_true", help="one segment per 30 s window")
     p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="tokens per window (default 224)")
@@ -122,7 +145,9 @@ def _options(args: argparse.Namespace) -> DecodingOptions:
         no_speech_threshold=args.no_speech_threshold, max_new_tokens=args.max_new_tokens,
         repetition_guard=not args.no_repetition_guard, seed=args.seed, audio_context=args.audio_context,
         initial_prompt=args.initial_prompt, long_form=args.long_form,
-        condition_on_previous_text=args.condition_on_previous_text)
+        condition_on_previous_text=args.condition_on_previous_text, word_timestamps=args.word_timestamps,
+        prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
+        clip_timestamps=args.clip_timestamps, hallucination_silence_threshold=args.hallucination_silence_threshold)
 
 
 def _usage_error(args: argparse.Namespace, device: str) -> str | None:

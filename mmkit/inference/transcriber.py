@@ -41,6 +41,7 @@ from mmkit.inference.transcript import (
     Decoded, DecodingOptions, Segment, Transcript, greedy_options, is_silence, window_segments,
 )
 from mmkit.inference.window_decoder import Window as _Window, WindowDecoder, previous_text_prompt
+from mmkit.inference.word_timing import WordTiming, find_alignment
 from mmkit.inference.writers import path_text
 from mmkit.models.whisper import Whisper
 
@@ -189,8 +190,9 @@ class Transcriber:
         """Yield one `Transcript` per path, in input order (a lone path is one file, `as_items`); files that
         cannot be loaded or decoded come back with `error` set instead of stopping the run. Each file is read
         as a stream (`stream_audio`) and cut into windows as it comes, so memory is bounded by the window
-        batch whatever a file's length (`long_form="sequential"`: by the longest file, read whole). A
-        transcript's `path` is the path as text a UTF-8 output can hold (`path_text`: a Linux name that is not UTF-8 has those bytes as \\xNN escapes)."""
+        batch whatever a file's length (`long_form="sequential"` too: each file is spilled to a temporary
+        file). A transcript's `path` is the path as text a UTF-8 output can hold (`path_text`: a Linux name that
+        is not UTF-8 has those bytes as \\xNN escapes)."""
         return self._transcribe_arrays((path_text(path), stream_audio(path))
                                        for path in as_items(paths, (str, os.PathLike)))
 
@@ -402,6 +404,23 @@ class Transcriber:
             decoded = decoder.decode(context, cache, torch.tensor(prompts, device=self.device), max_index,
                                      no_speech, [w.audio for w in windows])
         return list(zip(decoded, no_speech))
+
+    def align_words(self, text_tokens: list[int], mel: Tensor, num_frames: int,
+                    language: str | None) -> list[WordTiming]:
+        """The words of one window's text tokens with times from the window's start (openai's `find_alignment`,
+        `mmkit.inference.word_timing`): the decoder reads the text once more, after the task tokens and
+        <|notimestamps|>, and the model's alignment heads' cross-attention places each token.
+
+        Args:
+            text_tokens: the window's decoded text tokens (no timestamps), in order.
+            mel: (n_mels, 2·n_audio_ctx) the window's features, as decoded.
+            num_frames: Mel frames of audio in the window (the rest is padding).
+            language: the window's language code (None: English-only checkpoints), for the task tokens and
+                the word split (no spaces in "zh", "ja", "th", "lo", "my", "yue").
+        """
+        sot = self.tokenizer.sot_sequence(language if self.tokenizer.is_multilingual else None, self.options.task)
+        return find_alignment(self.model, self.tokenizer, sot, text_tokens, mel, num_frames, language,
+                              self._autocast)
 
     @torch.no_grad()
     def detect_language(self, mel: Tensor) -> str | None:

@@ -67,12 +67,25 @@ class DecodingOptions:
             "sequential": openai/whisper's `transcribe()` exactly (`mmkit.inference.sequential`): one window
             at a time per file, each starting at the last complete segment's end timestamp (a word crossing
             30 s is not cut), optionally prompted with the previous text; slower (no batching), each file
-            read and featurized whole as openai's (memory grows with its length, ~1.5 GB an hour), and the
-            repetition guard, an mmkit addition, still applies unless turned off.
+            read once into a temporary file and its features computed window by window (`SpilledAudio`: equal
+            to openai's whole-file features, memory bounded whatever the length), and the repetition guard,
+            an mmkit addition, still applies unless turned off.
         condition_on_previous_text: sequential only: prompt each window with the text decoded since the
             last reset (openai's option; the prompt resets after a window decoded above temperature 0.5).
             None (the default): the long form's own behaviour, True for "sequential" (openai's default),
             False for "windows", which cannot honour True (a ValueError).
+        word_timestamps: sequential only: give each segment its words with their times and probabilities
+            (openai's `transcribe(word_timestamps=True)`, `mmkit.inference.word_timing`: cross-attention of the
+            model's alignment heads, aligned by dynamic time warping), which also moves segment boundaries and
+            the next window's start to the words' as openai's does. Each window is read once more by the
+            decoder; windows mode refuses it (a ValueError).
+        prepend_punctuations: with word_timestamps, these marks join the next word (openai's default).
+        append_punctuations: with word_timestamps, these marks join the previous word (openai's default).
+        clip_timestamps: sequential only: the spans to transcribe, (start, end, start, end, ...) in seconds
+            (openai's `clip_timestamps`); an odd count runs the last one to the audio's end; () the whole audio.
+        hallucination_silence_threshold: sequential with word_timestamps only: seconds of silence around a
+            likely hallucination (improbable, very short or very long words) beyond which openai skips the
+            silence and decodes again after it (openai's option); None (the default): off.
     """
 
     task: str = "transcribe"
@@ -91,11 +104,17 @@ class DecodingOptions:
     initial_prompt: str | None = None
     long_form: str = "windows"
     condition_on_previous_text: bool | None = None
+    word_timestamps: bool = False
+    prepend_punctuations: str = "\"'“¿([{-"
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
+    clip_timestamps: tuple[float, ...] = ()
+    hallucination_silence_threshold: float | None = None
 
     def __post_init__(self) -> None:
         # checked here, before any model is loaded, so that the API and the CLI refuse the same values
         check_types(self, ints=("beam_size", "best_of", "max_new_tokens", "seed"),
-                    reals=("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold", "audio_context"))
+                    reals=("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold", "audio_context",
+                           "hallucination_silence_threshold"))
         if not isinstance(self.temperatures, (tuple, list)) or not all(
                 isinstance(t, numbers.Real) and not isinstance(t, bool) for t in self.temperatures):
             raise TypeError(f"DecodingOptions: temperatures must be a tuple of numbers, e.g. (0.0,), "
@@ -105,11 +124,33 @@ class DecodingOptions:
         if self.condition_on_previous_text is not None and not isinstance(self.condition_on_previous_text, bool):
             raise TypeError(f"DecodingOptions: condition_on_previous_text must be True, False or None, got "
                             f"{self.condition_on_previous_text!r}")
+        for name in ("prepend_punctuations", "append_punctuations"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"DecodingOptions: {name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.word_timestamps, bool):
+            raise TypeError(f"DecodingOptions: word_timestamps must be True or False, got {self.word_timestamps!r}")
         if self.long_form not in ("windows", "sequential"):
             raise ValueError(f"long_form must be 'windows' or 'sequential', got {self.long_form!r}")
         if self.long_form == "windows" and self.condition_on_previous_text:
             raise ValueError("condition_on_previous_text needs long_form='sequential' (--long-form sequential): "
                              "windows are decoded independently, without the previous text")
+        if not isinstance(self.clip_timestamps, (tuple, list)) or not all(
+                isinstance(t, numbers.Real) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+                for t in self.clip_timestamps):
+            raise ValueError(f"clip_timestamps must be seconds >= 0 (start, end, start, ...), got "
+                             f"{self.clip_timestamps!r}")
+        if self.hallucination_silence_threshold is not None and not (
+                math.isfinite(self.hallucination_silence_threshold) and self.hallucination_silence_threshold >= 0):
+            raise ValueError(f"hallucination_silence_threshold must be seconds >= 0 or None, got "
+                             f"{self.hallucination_silence_threshold}")
+        if self.hallucination_silence_threshold is not None and not self.word_timestamps:
+            raise ValueError("hallucination_silence_threshold needs word_timestamps (--word-timestamps): it reads "
+                             "the words' probabilities and durations")
+        if self.long_form == "windows" and self.clip_timestamps:
+            raise ValueError("clip_timestamps needs long_form='sequential' (--long-form sequential)")
+        if self.long_form == "windows" and self.word_timestamps:
+            raise ValueError("word_timestamps needs long_form='sequential' (--long-form sequential): openai's word "
+                             "timing moves each window's start to the last word's end")
         if self.long_form == "sequential" and self.audio_context is not None:
             raise ValueError("audio_context needs long_form='windows': sequential decoding encodes every window "
                              "over the full 30 s, as openai/whisper")
@@ -174,8 +215,20 @@ def greedy_options(tokenizer: Any) -> DecodingOptions:
 
 
 @dataclass
+class Word:
+    """A word of a segment (`DecodingOptions.word_timestamps`): its text with its leading space and merged
+    punctuation, times in seconds from the start of the file, and its tokens' mean probability."""
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass
 class Segment:
-    """A span of speech: times in seconds from the start of the file; `tokens` are its text tokens."""
+    """A span of speech: times in seconds from the start of the file; `tokens` are its text tokens; `words`
+    its words where word timestamps were computed (None otherwise)."""
 
     start: float
     end: float
@@ -185,6 +238,7 @@ class Segment:
     avg_logprob: float = 0.0
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
+    words: list[Word] | None = None
 
 
 @dataclass
@@ -199,8 +253,15 @@ class Transcript:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; a segment's "words" only where word timestamps were computed."""
+        segments = []
+        for i, s in enumerate(self.segments):
+            row = {"id": i, **asdict(s)}
+            if s.words is None:
+                del row["words"]
+            segments.append(row)
         return {"file": self.path, "text": self.text, "language": self.language, "duration": self.duration,
-                "segments": [{"id": i, **asdict(s)} for i, s in enumerate(self.segments)]}
+                "segments": segments}
 
 
 @dataclass

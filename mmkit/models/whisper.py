@@ -37,6 +37,10 @@ class Whisper(PretrainedMixin, nn.Module):
         encoder_depth, decoder_depth: blocks per stack (tiny: 4 / 4).
         dropout: dropout on the summed input embeddings of both stacks (training only).
         drop_path_rate: stochastic depth in both stacks (not in Whisper; 0 keeps it exact).
+        alignment_heads: [decoder layer, head] pairs whose cross-attention follows the speech, read for word
+            timestamps (`mmkit.inference.word_timing`); published checkpoints name theirs (openai's
+            `_ALIGNMENT_HEADS`, transformers' generation_config.json, CTranslate2's config.json). None:
+            openai's default, every head of the last half of the decoder layers.
 
     Self-attention uses a fused `qkv` with a bias on all three parts, where Whisper has no key
     bias: a key bias adds the same q·b to every score of a query, which softmax cancels, so the
@@ -58,9 +62,21 @@ class Whisper(PretrainedMixin, nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         drop_path_rate: float = 0.0,
+        # pairs checked here, not by annotation: config_check reads a field ending in "heads" as a positive count
+        alignment_heads: list[list] | None = None,
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if alignment_heads is None:  # saved only where set: configs without the field load as before
+            del self.config["alignment_heads"]
+        else:  # lists, not tuples: the config round-trips through JSON unchanged
+            alignment_heads = self.config["alignment_heads"] = [list(p) for p in alignment_heads]
+            bad = [p for p in alignment_heads if len(p) != 2 or not all(type(x) is int for x in p)
+                   or not (0 <= p[0] < decoder_depth and 0 <= p[1] < num_heads)]
+            if bad or not alignment_heads:
+                raise ValueError(f"alignment_heads must be [layer, head] pairs of the {decoder_depth} decoder layers "
+                                 f"and {num_heads} heads (None: the default), got {bad or alignment_heads}")
+        self.alignment_heads = alignment_heads
         self.n_mels, self.n_audio_ctx, self.n_text_ctx, self.vocab_size = n_mels, n_audio_ctx, n_text_ctx, vocab_size
         norm = layer_norm(NORM_EPS)
         self.stem = AudioConvStem(n_mels, dim, n_audio_ctx)

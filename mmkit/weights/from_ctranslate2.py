@@ -3,9 +3,11 @@ CTranslate2 `WhisperSpec`, binary format version 6) into the config and state di
 `mmkit.models.Whisper`. The binary layout is read field by field (no pickle, no ctranslate2
 import): name, shape, dtype and raw bytes per variable, then aliases. CTranslate2 already fuses
 self-attention q/k/v and cross-attention k/v in mmkit's order, so the key map is a pure renaming.
+config.json's "alignment_heads", where present, become `Whisper(alignment_heads=...)` (word timestamps).
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import struct
@@ -15,6 +17,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor
 
+from mmkit.weights.from_hf_whisper import checked_alignment_heads
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError
 
@@ -125,6 +128,18 @@ def _depth(variables: dict[str, Tensor], stack: str) -> int:
     return 1 + max(found, default=-1)  # a gap surfaces as missing keys at the strict load
 
 
+def _config_heads(path: Path) -> Any:
+    """config.json's "alignment_heads" (ct2-transformers-converter copies transformers' generation config's), or
+    None where the file or the field is absent."""
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path}: invalid JSON ({e})") from None
+    return doc.get("alignment_heads") if isinstance(doc, dict) else None
+
+
 def whisper_from_ctranslate2(directory: str | Path) -> Converted:
     """Convert a CTranslate2 Whisper folder (`model.bin` + config.json + tokenizer.json, as written by
     `ct2-transformers-converter`) for `mmkit.models.Whisper`; fp16/bf16 tensors are upcast to fp32.
@@ -155,6 +170,9 @@ def whisper_from_ctranslate2(directory: str | Path) -> Converted:
         vocab_size=state["tok_embed.weight"].shape[0], dim=dim, encoder_depth=_depth(variables, "encoder"),
         decoder_depth=_depth(variables, "decoder"), num_heads=int(variables["encoder/num_heads"]),
         mlp_ratio=state["encoder.blocks.0.mlp.fc1.weight"].shape[0] / dim)
+    heads = _config_heads(path.parent / "config.json")
+    if heads is not None:
+        config["alignment_heads"] = checked_alignment_heads(heads, config, str(path.parent / "config.json"))
     log.info("imported Whisper (%d+%d layers, dim %d, %d Mel bins) from %s", config["encoder_depth"],
              config["decoder_depth"], dim, n_mels, source)
     return Converted(config, state, source, False)

@@ -6,10 +6,12 @@ A declarative key map moves each tensor to its mmkit name; separate q/k/v projec
 staging names (`....qkv.q.weight`) that one named transform, `hf.fuse_projections`, concatenates
 into mmkit's fused `qkv` (self-attention) and `kv` (cross-attention). Whisper's k_proj has no
 bias: its slice of the fused bias is zero, which is exact because softmax cancels a key bias.
-The architecture is read from the HF config; features mmkit's Whisper lacks are refused.
+The architecture is read from the HF config; features mmkit's Whisper lacks are refused. The alignment
+heads of generation_config.json, where present, become `Whisper(alignment_heads=...)` (word timestamps).
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ from mmkit.weights.hf import FUSED, check_tied, config_file, fuse_projections, h
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError
 
-__all__ = ["FUSED", "WHISPER_KEYS", "fuse_projections", "whisper_config", "whisper_from_hf"]
+__all__ = ["FUSED", "WHISPER_KEYS", "checked_alignment_heads", "fuse_projections", "whisper_config",
+           "whisper_from_hf"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,35 @@ def whisper_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     )
 
 
+def checked_alignment_heads(heads: Any, config: dict[str, Any], where: str) -> list[list[int]] | None:
+    """A checkpoint's "alignment_heads" ([decoder layer, head] pairs) for `Whisper(alignment_heads=...)`, or None
+    when it names none; pairs outside the decoder's layers and heads are refused in one line."""
+    if heads is None:
+        return None
+    depth, n_heads = config["decoder_depth"], config["num_heads"]
+    if not (isinstance(heads, (list, tuple)) and heads and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(type(x) is int for x in p)
+            and 0 <= p[0] < depth and 0 <= p[1] < n_heads for p in heads)):
+        raise WeightsError(f"{where}: 'alignment_heads' must be [layer, head] pairs within the {depth} decoder "
+                           f"layers and {n_heads} heads, got {str(heads)[:80]}")
+    return [list(p) for p in heads]
+
+
+def _generation_heads(model_or_dir: nn.Module | str | Path, source: str, config: dict[str, Any]) -> Any:
+    """The alignment heads of generation_config.json beside the weights (or of an instance's generation
+    config); None when there is none or it names none."""
+    if isinstance(model_or_dir, nn.Module):
+        return getattr(getattr(model_or_dir, "generation_config", None), "alignment_heads", None)
+    path = Path(source).parent / "generation_config.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path}: invalid JSON ({e})") from None
+    return doc.get("alignment_heads") if isinstance(doc, dict) else None
+
+
 def whisper_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
     """Convert a transformers Whisper model (an instance, a local checkpoint directory with its
     config.json and weights, or a Hub repo id) for `mmkit.models.Whisper` (see `Whisper.from_hf`).
@@ -108,6 +140,10 @@ def whisper_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:
     cfg, state, source, training = hf_source(
         model_or_dir, ("WhisperForConditionalGeneration", "WhisperModel"), hub=True)
     config = whisper_config(cfg, source)
+    heads = checked_alignment_heads(_generation_heads(model_or_dir, source, config), config,
+                                    f"{Path(source).parent / 'generation_config.json'}")
+    if heads is not None:
+        config["alignment_heads"] = heads
     check_tied(state, "proj_out.weight", ("model.decoder.embed_tokens.weight", "decoder.embed_tokens.weight"),
                source, "Whisper")
     mapped = fuse_projections(remap(state, WHISPER_KEYS, source), source)

@@ -41,7 +41,8 @@ def test_ctranslate2_export_matches_transformers(hf_dir, tmp_path, quantization,
     ref = transformers.WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
     converted = whisper_from_ctranslate2(_convert(hf_dir, tmp_path / "ct2", quantization))
     assert converted.config == dict(n_mels=80, n_audio_ctx=50, n_text_ctx=448, vocab_size=ref.config.vocab_size,
-                                    dim=32, encoder_depth=1, decoder_depth=2, num_heads=2, mlp_ratio=4.0)
+                                    dim=32, encoder_depth=1, decoder_depth=2, num_heads=2, mlp_ratio=4.0,
+                                    alignment_heads=[[1, 0], [1, 1]])  # the converter's default: the last half
     model = Whisper.from_converted(converted)
     torch.manual_seed(0)
     mel, tokens = torch.randn(2, 80, 100), torch.randint(0, ref.config.vocab_size, (2, 7))
