@@ -13,13 +13,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mmkit.core import Decoder, Encoder, KVCache, LearnedPositions, output_logits
+from mmkit.core import Attention, Decoder, Encoder, KVCache, LearnedPositions, Mlp, output_logits
 from mmkit.core.blocks import layer_norm
 from mmkit.core.init import init_normal_
 from mmkit.stems.audio import AudioConvStem
 from mmkit.weights.native import PretrainedMixin
 
 NORM_EPS = 1e-5  # every Whisper LayerNorm (torch's default; openai/whisper and transformers agree)
+# transformers' training rates (WhisperConfig's, 0 in the published checkpoints), saved in `config` only where set
+TRAINING_RATES = ("attn_dropout", "resid_dropout", "activation_dropout", "encoder_layerdrop", "decoder_layerdrop")
 
 
 class Whisper(PretrainedMixin, nn.Module):
@@ -35,12 +37,21 @@ class Whisper(PretrainedMixin, nn.Module):
         dim, num_heads, mlp_ratio: transformer sizes shared by encoder and decoder
             (tiny: 384 / 6 / 4.0).
         encoder_depth, decoder_depth: blocks per stack (tiny: 4 / 4).
-        dropout: dropout on the summed input embeddings of both stacks (training only).
+        dropout: dropout on the summed input embeddings of both stacks (training only; WhisperConfig's
+            `dropout`, which transformers also applies where `resid_dropout` does: `from_hf` sets both).
         drop_path_rate: stochastic depth in both stacks (not in Whisper; 0 keeps it exact).
         alignment_heads: [decoder layer, head] pairs whose cross-attention follows the speech, read for word
             timestamps (`mmkit.inference.word_timing`); published checkpoints name theirs (openai's
             `_ALIGNMENT_HEADS`, transformers' generation_config.json, CTranslate2's config.json). None:
             openai's default, every head of the last half of the decoder layers.
+        attn_dropout: on the attention probabilities, self- and cross-attention (WhisperConfig's attention_dropout).
+        resid_dropout: on each residual branch's output, after the attention's and the MLP's output projections
+            (WhisperConfig's dropout there).
+        activation_dropout: on the feed-forward hidden layer, after the activation (WhisperConfig's).
+        encoder_layerdrop, decoder_layerdrop: LayerDrop (Fan et al., 2019): in training, each block of that stack
+            is skipped with this probability, drawn as transformers' Whisper draws it (`core.stack`); cached
+            decoding runs every block. The five are 0 in every published checkpoint and by default (nothing
+            drawn), and are read by `from_hf`: an imported model fine-tunes as transformers' does.
 
     Self-attention uses a fused `qkv` with a bias on all three parts, where Whisper has no key
     bias: a key bias adds the same q·b to every score of a query, which softmax cancels, so the
@@ -64,12 +75,20 @@ class Whisper(PretrainedMixin, nn.Module):
         drop_path_rate: float = 0.0,
         # pairs checked here, not by annotation: config_check reads a field ending in "heads" as a positive count
         alignment_heads: list[list] | None = None,
+        attn_dropout: float = 0.0,
+        resid_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        encoder_layerdrop: float = 0.0,
+        decoder_layerdrop: float = 0.0,
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        if alignment_heads is None:  # saved only where set: configs without the field load as before
-            del self.config["alignment_heads"]
-        else:  # lists, not tuples: the config round-trips through JSON unchanged
+        # saved only where set: configs without these fields load as before, and the exports of models that do
+        # not set them (every native recipe, every inference checkpoint) stay as they were
+        for name in ("alignment_heads", *TRAINING_RATES):
+            if self.config[name] in (None, 0):
+                del self.config[name]
+        if alignment_heads is not None:  # lists, not tuples: the config round-trips through JSON unchanged
             alignment_heads = self.config["alignment_heads"] = [list(p) for p in alignment_heads]
             bad = [p for p in alignment_heads if len(p) != 2 or not all(type(x) is int for x in p)
                    or not (0 <= p[0] < decoder_depth and 0 <= p[1] < num_heads)]
@@ -78,15 +97,18 @@ class Whisper(PretrainedMixin, nn.Module):
                                  f"and {num_heads} heads (None: the default), got {bad or alignment_heads}")
         self.alignment_heads = alignment_heads
         self.n_mels, self.n_audio_ctx, self.n_text_ctx, self.vocab_size = n_mels, n_audio_ctx, n_text_ctx, vocab_size
-        norm = layer_norm(NORM_EPS)
+        # exact (erf) GELU, as Whisper; at rates 0 the same modules as the core's defaults (no draws either)
+        stack = dict(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, norm_layer=layer_norm(NORM_EPS),
+                     mlp_layer=partial(Mlp, drop=(activation_dropout, resid_dropout)), drop_path_rate=drop_path_rate)
         self.stem = AudioConvStem(n_mels, dim, n_audio_ctx)
-        self.encoder = Encoder(dim, encoder_depth, num_heads, mlp_ratio, norm_layer=norm,
-                               drop_path_rate=drop_path_rate)  # exact (erf) GELU, as Whisper
+        self.encoder = Encoder(depth=encoder_depth, layerdrop=encoder_layerdrop, **stack)
         self.tok_embed = nn.Embedding(vocab_size, dim)
         self.head: nn.Module | None = None  # None: tied to tok_embed (core.heads.output_logits)
         self.pos_embed = LearnedPositions(n_text_ctx, dim)
-        self.decoder = Decoder(dim, decoder_depth, num_heads, mlp_ratio, cross_attention=True, norm_layer=norm,
-                               drop_path_rate=drop_path_rate)
+        self.decoder = Decoder(depth=decoder_depth, cross_attention=True, layerdrop=decoder_layerdrop, **stack)
+        for m in self.modules():  # the blocks build Attention without dropout; transformers' Whisper has both
+            if isinstance(m, Attention):
+                m.attn_drop, m.proj_drop.p = attn_dropout, resid_dropout
         self.drop = nn.Dropout(dropout)
         self.apply(partial(init_normal_, weighted=(nn.Linear, nn.Conv1d, nn.Embedding)))
 

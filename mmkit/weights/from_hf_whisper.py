@@ -6,7 +6,8 @@ A declarative key map moves each tensor to its mmkit name; separate q/k/v projec
 staging names (`....qkv.q.weight`) that one named transform, `hf.fuse_projections`, concatenates
 into mmkit's fused `qkv` (self-attention) and `kv` (cross-attention). Whisper's k_proj has no
 bias: its slice of the fused bias is zero, which is exact because softmax cancels a key bias.
-The architecture is read from the HF config; features mmkit's Whisper lacks are refused. The alignment
+The architecture is read from the HF config; features mmkit's Whisper lacks are refused. The training rates
+(dropout, attention_dropout, activation_dropout, encoder/decoder_layerdrop) are imported. The alignment
 heads of generation_config.json, where present, become `Whisper(alignment_heads=...)` (word timestamps).
 """
 from __future__ import annotations
@@ -65,9 +66,14 @@ WHISPER_KEYS = [(prefix + src, dst) for prefix in ("model.", "") for src, dst in
     ("proj_out.weight", None),  # tied to embed_tokens: checked equal by `check_tied`, then dropped
 ]
 # The transformers fields the conversion reads: integers, sizes positive (config_check's rules).
-_HF_FIELDS = {name: int for name in (
-    "d_model", "num_mel_bins", "max_source_positions", "max_target_positions", "vocab_size", "encoder_layers",
-    "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim")}
+_HF_REQUIRED = ("d_model", "num_mel_bins", "max_source_positions", "max_target_positions", "vocab_size",
+                "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+                "encoder_ffn_dim", "decoder_ffn_dim")
+# WhisperConfig's training rates (in [0, 1), config_check's rule; 0 when absent, its defaults) -> Whisper's
+_HF_RATES = {"dropout": ("dropout", "resid_dropout"), "attention_dropout": ("attn_dropout",),
+             "activation_dropout": ("activation_dropout",), "encoder_layerdrop": ("encoder_layerdrop",),
+             "decoder_layerdrop": ("decoder_layerdrop",)}
+_HF_FIELDS = {**{name: int for name in _HF_REQUIRED}, **{rate: float for rate in _HF_RATES}}
 
 
 def whisper_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
@@ -75,7 +81,7 @@ def whisper_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     where = config_file(source)
     if cfg.get("model_type") != "whisper":
         raise WeightsError(f"{where}: expected a Whisper config, got model_type={cfg.get('model_type')!r}")
-    check_fields(cfg, _HF_FIELDS, where, required=tuple(_HF_FIELDS))
+    check_fields(cfg, _HF_FIELDS, where, required=_HF_REQUIRED)
     check_divisible(cfg, "d_model", "encoder_attention_heads", where)
     unsupported = {
         f"activation_function={cfg.get('activation_function')!r}": cfg.get("activation_function", "gelu") != "gelu",
@@ -94,6 +100,8 @@ def whisper_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         vocab_size=cfg["vocab_size"], dim=dim, encoder_depth=cfg["encoder_layers"],
         decoder_depth=cfg["decoder_layers"], num_heads=cfg["encoder_attention_heads"],
         mlp_ratio=cfg["encoder_ffn_dim"] / dim,
+        # transformers drops where these say in training: an imported model fine-tunes as its reference does
+        **{ours: float(cfg.get(field, 0.0)) for field, names in _HF_RATES.items() for ours in names},
     )
 
 
