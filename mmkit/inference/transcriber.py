@@ -13,15 +13,17 @@ of a window's audio; digitally silent windows (all samples 0) and windows under 
 Mel frame (`HOP_LENGTH` samples: openai/whisper's content frames are 0, so it decodes nothing) are not decoded.
 The decoder runs on the shared loop (`mmkit.core.generate`) with one KV cache per batch whose
 cross-attention keys/values are computed once per window and shared by language detection,
-decoding and every fallback attempt (`KVCache.fork`). `long_form="sequential"` is openai's `transcribe()`
-instead, exactly (`mmkit.inference.sequential`), one file at a time over the same window decoding.
+decoding and every fallback attempt (`KVCache.fork`). Word timestamps align a batch's words in one more decoder
+pass over the same encoder output (`align_windows`), then place them window by window in file order, as openai's
+`add_word_timestamps` does, each window carrying its file's last word end. `long_form="sequential"` is openai's
+`transcribe()` instead, exactly (`mmkit.inference.sequential`), one file at a time over the same window decoding.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -35,13 +37,15 @@ from mmkit.core import KVCache
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
 from mmkit.inference.inputs import as_items
 from mmkit.inference.quantize import prepare_arithmetic
-from mmkit.inference.sequential import sequential_transcripts
+from mmkit.inference.sequential import sequential_transcripts, window_segments as openai_segments
 from mmkit.inference.speech_checkpoints import SpeechTokenizer, load_speech_model
 from mmkit.inference.transcript import (
-    Decoded, DecodingOptions, Segment, Transcript, greedy_options, is_silence, window_segments,
+    Decoded, DecodingOptions, Segment, Transcript, greedy_options, is_silence, span_segments, window_spans,
 )
 from mmkit.inference.window_decoder import Window as _Window, WindowDecoder, previous_text_prompt
-from mmkit.inference.word_timing import WordTiming, find_alignment
+from mmkit.inference.word_timing import (
+    WordTiming, add_word_timestamps, align_windows, find_alignment, last_end, window_text_tokens,
+)
 from mmkit.inference.writers import path_text
 from mmkit.models.whisper import Whisper
 
@@ -93,6 +97,17 @@ def mono_waveform(audio: np.ndarray | Tensor | Sequence[float], name: str = "<au
     return audio.astype(np.float32, copy=False)
 
 
+@dataclass
+class _Aligned:
+    """A window decoded with word timestamps, before its words are placed: its spans ({"start", "end", "tokens"},
+    `window_spans`), its words' alignment, the decoding and its <|nospeech|> probability."""
+
+    spans: list[dict]
+    alignment: list[WordTiming]
+    decoded: Decoded
+    no_speech: float
+
+
 class Transcriber:
     """Transcribe audio with a Whisper model: `transcribe(audio)` for one waveform,
     `transcribe_files(paths)` for many files, their windows batched `batch_size` at a time.
@@ -130,6 +145,9 @@ class Transcriber:
                                                        or tokenizer.timestamp_end <= tokenizer.timestamp_begin):
             raise ValueError("long_form='sequential' needs a Whisper tokenizer (timestamp and <|startofprev|> "
                              "tokens): openai's algorithm seeks on timestamps and prompts with the previous text")
+        if self.options.word_timestamps and tokenizer.timestamp_end <= tokenizer.timestamp_begin:
+            raise ValueError("word_timestamps needs a Whisper tokenizer (timestamp tokens): this checkpoint's "
+                             "tokenizer has none")
         self.prompt_prefix = self._prompt_prefix()  # what precedes <|startoftranscript|> in every window
 
     @classmethod
@@ -210,12 +228,14 @@ class Transcriber:
         transcripts: dict[int, Transcript] = {}
         windows: dict[int, list[list[Segment] | None]] = {}  # file -> segments per window (None: pending)
         languages: dict[int, str | None] = {}
+        speech: dict[int, float] = {}  # file -> the end of its last word so far (word timestamps)
         queue: list[_Window] = []
 
         def finished(i: int) -> bool:
             return i in transcripts and (i not in windows or all(s is not None for s in windows[i]))
 
         def pop(i: int) -> Transcript:
+            speech.pop(i, None)
             return self._finish(transcripts.pop(i), windows.pop(i, None), languages.pop(i, None))
 
         next_out = 0
@@ -235,7 +255,7 @@ class Transcriber:
                     queue.append(w)
                     samples += len(w.audio)
                     while len(queue) >= self.batch_size:
-                        self._flush(queue, transcripts, windows, languages, strict)
+                        self._flush(queue, transcripts, windows, languages, speech, strict)
                     while next_out < i and finished(next_out):  # earlier files, while this one streams
                         yield pop(next_out)
                         next_out += 1
@@ -248,16 +268,17 @@ class Transcriber:
                 yield pop(next_out)
                 next_out += 1
         while queue:
-            self._flush(queue, transcripts, windows, languages, strict)
+            self._flush(queue, transcripts, windows, languages, speech, strict)
         while next_out in transcripts:
             yield pop(next_out)
             next_out += 1
 
     def _flush(self, queue: list[_Window], transcripts: dict[int, Transcript],
                windows: dict[int, list[list[Segment] | None]], languages: dict[int, str | None],
-               strict: bool = False) -> None:
+               speech: dict[int, float], strict: bool = False) -> None:
         """Decode the first `batch_size` queued windows into `windows`; a failing batch fails its files, or
-        (`strict`: one waveform's call) raises."""
+        (`strict`: one waveform's call) raises. Words are placed in queue order, where each window of a file
+        comes after the file's earlier ones (`speech`: each file's last word end so far)."""
         batch = queue[: self.batch_size]
         del queue[: self.batch_size]
         try:
@@ -273,7 +294,8 @@ class Transcriber:
             return
         for w, segments in zip(batch, results):
             if w.file in windows:
-                windows[w.file][w.index] = segments
+                windows[w.file][w.index] = (self._place_words(segments, w, speech) if isinstance(segments, _Aligned)
+                                            else segments)
 
     def _windows(self, file: int, blocks: Iterable[np.ndarray]) -> Iterator[_Window]:
         """Consecutive windows of `window_samples` (the last one shorter; one empty window for
@@ -304,9 +326,11 @@ class Transcriber:
     # no_grad, not inference_mode: autocast keeps its bf16 copies of the weights for the whole batch only
     # outside inference mode (inside it, every decoding step casts every weight again: ~18% slower in bf16)
     @torch.no_grad()
-    def _decode_windows(self, windows: Sequence[_Window], languages: dict[int, str | None]) -> list[list[Segment]]:
-        """Segments of each window. Digitally silent windows (all samples 0) and those shorter than one Mel frame
-        are not decoded: padded to 30 s, a few samples are near-silence, where Whisper hallucinates text."""
+    def _decode_windows(self, windows: Sequence[_Window],
+                        languages: dict[int, str | None]) -> list[list[Segment] | _Aligned]:
+        """Segments of each window (word timestamps: its spans and words, to place). Digitally silent windows (all
+        samples 0) and those shorter than one Mel frame are not decoded: padded to 30 s, a few samples are
+        near-silence, where Whisper hallucinates text."""
         audible = [k for k, w in enumerate(windows) if len(w.audio) >= HOP_LENGTH and np.any(w.audio)]
         if not audible:
             return [[] for _ in windows]
@@ -316,7 +340,7 @@ class Transcriber:
             mel = log_mel_spectrogram(audio, n_mels=self.model.n_mels)  # (B, n_mels, 2·n_audio_ctx), fp32 always
             with self._autocast():
                 return self._decode_mel(mel, windows, audible, languages)
-        out: list[list[Segment]] = [[] for _ in windows]
+        out: list[list[Segment] | _Aligned] = [[] for _ in windows]
         pending = list(range(len(audible)))  # rows of `audio`
         while pending:
             # A file's language comes from its first window. Windows of one file can land in different
@@ -354,44 +378,102 @@ class Transcriber:
         return min(full, seconds * per_second)
 
     def _decode_mel(self, mel: Tensor, windows: Sequence[_Window], audible: list[int],
-                    languages: dict[int, str | None]) -> list[list[Segment]]:
+                    languages: dict[int, str | None]) -> list[list[Segment] | _Aligned]:
         o = self.options
-        out: list[list[Segment]] = [[] for _ in windows]
+        out: list[list[Segment] | _Aligned] = [[] for _ in windows]
         ws = [windows[k] for k in audible]
         max_index = torch.tensor([min(round(len(w.audio) / SAMPLE_RATE / TIME_PRECISION),
                                       self.model.n_audio_ctx) for w in ws])
-        decoded = self.decode_mel(mel, ws, languages, self.prompt_prefix, max_index)
-        for k, w, (d, p) in zip(audible, ws, decoded):
-            if not is_silence(o, d, p):
-                out[k] = window_segments(d, self.tokenizer, len(w.audio) / SAMPLE_RATE, w.offset, p,
-                                         o.without_timestamps)
+        context, cache = self.encode_mel(mel), KVCache()
+        decoded = self.decode_context(context, ws, languages, self.prompt_prefix, max_index, cache)
+        spans = [[] if is_silence(o, d, p) else window_spans(d, self.tokenizer, len(w.audio) / SAMPLE_RATE, w.offset,
+                                                              o.without_timestamps) for w, (d, p) in zip(ws, decoded)]
+        if o.word_timestamps:
+            words = self._align(context, cache, ws, spans, languages)
+            for k, s, a, (d, p) in zip(audible, spans, words, decoded):
+                out[k] = _Aligned(s, a, d, p)
+            return out
+        for k, s, (d, p) in zip(audible, spans, decoded):
+            out[k] = span_segments(s, d, self.tokenizer, p, keep_blank=o.without_timestamps)
         return out
+
+    def _align(self, context: Tensor, cache: KVCache, windows: Sequence[_Window], spans: list[list[dict]],
+               languages: dict[int, str | None]) -> list[list[WordTiming]]:
+        """The words of each window's spans (`window_spans`), all windows in one decoder pass over their
+        (B, positions, dim) encoder output and decoding's `cache` of its cross-attention keys/values
+        (`align_windows`), under the transcriber's precision."""
+        tok = self.tokenizer
+        codes = [tok.language_code(tok.language_id(languages[w.file])) if tok.is_multilingual else None
+                 for w in windows]
+        sots = [tok.sot_sequence(code, self.options.task) for code in codes]
+        texts = [window_text_tokens(s, tok.eot) for s in spans]
+        frames = [len(w.audio) // HOP_LENGTH for w in windows]  # openai's num_frames: Mel frames of audio
+        return align_windows(self.model, tok, sots, texts, context, frames, codes, self._autocast, cache)
+
+    def _place_words(self, aligned: _Aligned, window: _Window, speech: dict[int, float]) -> list[Segment]:
+        """One window's segments with their words, placed by openai's `add_word_timestamps` (punctuation merged,
+        durations clipped, segment start and end moved to the words) after its file's last word end so far
+        (`speech`, updated), then kept as openai keeps them (a segment left blank or instantaneous: no text,
+        tokens or words). As every time in windows mode, words and segments stay within the window's audio
+        (openai's nudges can move a first word before the window or a last one past its end)."""
+        o, spans = self.options, aligned.spans
+        add_word_timestamps(spans, aligned.alignment, self.tokenizer.eot, window.offset,
+                            speech.get(window.file, 0.0), o.prepend_punctuations, o.append_punctuations)
+        end = last_end(spans)
+        if end is not None:
+            speech[window.file] = end
+        low, high = window.offset, window.offset + len(window.audio) / SAMPLE_RATE
+        for item in [*spans, *(w for s in spans for w in s.get("words", ()))]:
+            item["start"], item["end"] = min(max(item["start"], low), high), min(max(item["end"], low), high)
+        return openai_segments(spans, aligned.decoded, aligned.no_speech, self.tokenizer)
+
+    def encode_mel(self, mel: Tensor) -> Tensor:
+        """(B, positions, dim) encoder output of (B, n_mels, 2·positions) features, under the transcriber's
+        precision."""
+        # the mel in the weights' dtype: a model cast by .half()/.to(torch.bfloat16)/.double() takes no fp32 input
+        # (under autocast the weights stay fp32 and autocast casts)
+        mel = mel.to(next(p.dtype for p in self.model.parameters() if p.is_floating_point()))
+        with self._autocast():
+            return self.model.encode(mel, partial=True)  # all n_audio_ctx positions unless audio_context
 
     @torch.no_grad()
     def decode_mel(self, mel: Tensor, windows: Sequence[_Window], languages: dict[int, str | None],
                    prefix: list[int], max_index: Tensor) -> list[tuple[Decoded, float]]:
-        """Decode windows given as features, with the temperature fallback; shared by both long forms.
+        """Decode windows given as features, with the temperature fallback (`encode_mel`, then `decode_context`).
 
         Args:
             mel: (B, n_mels, frames) log-Mel features of the windows (all 2·n_audio_ctx frames unless
                 audio_context).
+            windows, languages, prefix, max_index: as `decode_context`'s.
+
+        Returns:
+            (the decoding, the <|nospeech|> probability) per window.
+        """
+        return self.decode_context(self.encode_mel(mel), windows, languages, prefix, max_index)
+
+    @torch.no_grad()
+    def decode_context(self, context: Tensor, windows: Sequence[_Window], languages: dict[int, str | None],
+                       prefix: list[int], max_index: Tensor,
+                       cache: KVCache | None = None) -> list[tuple[Decoded, float]]:
+        """Decode windows given as their encoder output, with the temperature fallback; shared by both long forms.
+
+        Args:
+            context: (B, positions, dim) the windows' `encode_mel` output.
             windows: the B windows (their files key `languages`; their samples seed the sampling).
             languages: file -> language; a None one is detected here on the window and stored.
             prefix: [<|startofprev|>, *prompt tokens] before every window's task tokens, or [].
             max_index: (B,) the last timestamp index each window may predict.
+            cache: an empty `KVCache` to fill (the caller keeps the cross-attention keys/values: word timing
+                reads them again), or None.
 
         Returns:
             (the decoding, the <|nospeech|> probability) per window.
         """
         tok, model = self.tokenizer, self.model
-        # the mel in the weights' dtype: a model cast by .half()/.to(torch.bfloat16)/.double() takes no fp32 input
-        # (under autocast the weights stay fp32 and autocast casts)
-        mel = mel.to(next(p.dtype for p in model.parameters() if p.is_floating_point()))
         with self._autocast():
-            context = model.encode(mel, partial=True)  # (B, positions, dim): all n_audio_ctx unless audio_context
             # One pass over the prompt (if any) and <|startoftranscript|> fills the cross-attention cache and
             # gives the no-speech probability, read at <|startoftranscript|> (openai/whisper's `sot_index`).
-            cache = KVCache()
+            cache = cache if cache is not None else KVCache()
             head = torch.tensor([[*prefix, tok.sot]] * len(windows), dtype=torch.long, device=self.device)
             at_sot = model(head, context, cache)[:, -1].float()  # (B, V)
             no_speech = at_sot.softmax(dim=-1)[:, tok.no_speech].tolist()

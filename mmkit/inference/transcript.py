@@ -74,18 +74,19 @@ class DecodingOptions:
             last reset (openai's option; the prompt resets after a window decoded above temperature 0.5).
             None (the default): the long form's own behaviour, True for "sequential" (openai's default),
             False for "windows", which cannot honour True (a ValueError).
-        word_timestamps: sequential only: give each segment its words with their times and probabilities
-            (openai's `transcribe(word_timestamps=True)`, `mmkit.inference.word_timing`: cross-attention of the
-            model's alignment heads, aligned by dynamic time warping), which also moves segment boundaries and
-            the next window's start to the words' as openai's does. Each window is read once more by the
-            decoder; windows mode refuses it (a ValueError).
+        word_timestamps: give each segment its words with their times and probabilities (openai's
+            `transcribe(word_timestamps=True)`, `mmkit.inference.word_timing`: cross-attention of the model's
+            alignment heads, aligned by dynamic time warping), which also moves segment boundaries to the words'
+            as openai's does. Each window's text is read once more by the decoder (in "windows", one pass per
+            batch of windows, on the encoder output decoding used). "sequential" also moves the next window's
+            start to the last word's end; "windows" keeps its fixed windows and clips words to a window's audio.
         prepend_punctuations: with word_timestamps, these marks join the next word (openai's default).
         append_punctuations: with word_timestamps, these marks join the previous word (openai's default).
         clip_timestamps: sequential only: the spans to transcribe, (start, end, start, end, ...) in seconds
             (openai's `clip_timestamps`); an odd count runs the last one to the audio's end; () the whole audio.
-        hallucination_silence_threshold: sequential with word_timestamps only: seconds of silence around a
-            likely hallucination (improbable, very short or very long words) beyond which openai skips the
-            silence and decodes again after it (openai's option); None (the default): off.
+        hallucination_silence_threshold: sequential with word_timestamps only (it moves seeks): seconds of
+            silence around a likely hallucination (improbable, very short or very long words) beyond which openai
+            skips the silence and decodes again after it (openai's option); None (the default): off.
     """
 
     task: str = "transcribe"
@@ -148,9 +149,9 @@ class DecodingOptions:
                              "the words' probabilities and durations")
         if self.long_form == "windows" and self.clip_timestamps:
             raise ValueError("clip_timestamps needs long_form='sequential' (--long-form sequential)")
-        if self.long_form == "windows" and self.word_timestamps:
-            raise ValueError("word_timestamps needs long_form='sequential' (--long-form sequential): openai's word "
-                             "timing moves each window's start to the last word's end")
+        if self.long_form == "windows" and self.hallucination_silence_threshold is not None:
+            raise ValueError("hallucination_silence_threshold needs long_form='sequential' (--long-form sequential): "
+                             "it moves where the next window starts")
         if self.long_form == "sequential" and self.audio_context is not None:
             raise ValueError("audio_context needs long_form='windows': sequential decoding encodes every window "
                              "over the full 30 s, as openai/whisper")
@@ -292,25 +293,43 @@ def is_silence(options: DecodingOptions, d: Decoded, no_speech_prob: float) -> b
             and not (o.logprob_threshold is not None and d.avg_logprob > o.logprob_threshold))
 
 
+def window_spans(d: Decoded, tokenizer: Any, duration: float, offset: float, without_timestamps: bool) -> list[dict]:
+    """A window's segments as {"start", "end", "tokens"} (times in seconds from the file's start, `offset` being
+    the window's, unrounded, within the window's `duration`), split at timestamp tokens (`timestamp_spans`);
+    without timestamps the window is one segment. Every text token is in one; blank ones included."""
+    if without_timestamps:
+        spans = [(0.0, duration, d.tokens)] if d.tokens else []
+    else:
+        spans = timestamp_spans(d.tokens, tokenizer.timestamp_begin, duration)
+    out = []
+    for start, end, tokens in spans:
+        start = min(start, duration)
+        out.append(dict(start=offset + start, end=offset + min(max(end, start), duration), tokens=list(tokens)))
+    return out
+
+
+def span_segments(spans: list[dict], d: Decoded, tokenizer: Any, no_speech_prob: float,
+                  keep_blank: bool) -> list[Segment]:
+    """The `Segment`s of a window's spans (`window_spans`), times rounded to the millisecond; spans whose text is
+    blank are dropped unless `keep_blank`."""
+    stats = dict(temperature=d.temperature, avg_logprob=round(d.avg_logprob, 4),
+                 compression_ratio=round(d.compression_ratio, 4), no_speech_prob=round(no_speech_prob, 4))
+    segments = []
+    for span in spans:
+        text = tokenizer.decode(span["tokens"])
+        if not keep_blank and not text.strip():
+            continue
+        segments.append(Segment(round(span["start"], 3), round(span["end"], 3), text, span["tokens"], **stats))
+    return segments
+
+
 def window_segments(d: Decoded, tokenizer: Any, duration: float, offset: float, no_speech_prob: float,
                     without_timestamps: bool) -> list[Segment]:
     """Split a window's tokens at timestamp tokens into segments with times from the file's start
     (`offset` = the window's). Without timestamps the window is one segment (kept even if its text
     is blank, so that its tokens are reported); with them, spans without text are dropped."""
-    stats = dict(temperature=d.temperature, avg_logprob=round(d.avg_logprob, 4),
-                 compression_ratio=round(d.compression_ratio, 4), no_speech_prob=round(no_speech_prob, 4))
-    if without_timestamps:
-        spans = [(0.0, duration, d.tokens)] if d.tokens else []
-    else:
-        spans = [sp for sp in timestamp_spans(d.tokens, tokenizer.timestamp_begin, duration)
-                 if tokenizer.decode(sp[2]).strip()]
-    segments = []
-    for start, end, tokens in spans:
-        start = min(start, duration)
-        end = min(max(end, start), duration)
-        segments.append(Segment(round(offset + start, 3), round(offset + end, 3), tokenizer.decode(tokens),
-                                list(tokens), **stats))
-    return segments
+    return span_segments(window_spans(d, tokenizer, duration, offset, without_timestamps), d, tokenizer,
+                         no_speech_prob, keep_blank=without_timestamps)
 
 
 def compression_ratio(text: str) -> float:

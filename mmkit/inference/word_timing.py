@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmkit.audio import HOP_LENGTH, SAMPLE_RATE
+from mmkit.core import KVCache
 from mmkit.core.attention import attention_maps
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"  # openai's defaults: merged into the next word
@@ -129,7 +130,8 @@ def split_to_words(tok: Any, tokens: Sequence[int], language: str | None) -> tup
 def find_alignment(model: nn.Module, tok: Any, sot_sequence: list[int], text_tokens: list[int], mel: Tensor,
                    num_frames: int, language: str | None,
                    autocast: Callable[[], ContextManager] | None = None) -> list[WordTiming]:
-    """Words of one window's text tokens with times from the window's start (openai's `find_alignment`).
+    """Words of one window's text tokens with times from the window's start (openai's `find_alignment`): its
+    features encoded, then `align_windows`.
 
     Args:
         sot_sequence: <|startoftranscript|> [<|lang|> <|task|>], without <|notimestamps|>.
@@ -138,17 +140,70 @@ def find_alignment(model: nn.Module, tok: Any, sot_sequence: list[int], text_tok
     """
     if not text_tokens:
         return []
-    device = mel.device
-    tokens = torch.tensor([[*sot_sequence, tok.no_timestamps, *text_tokens, tok.eot]], device=device)
-    with autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
+    with _precision(autocast, mel.device):
         context = model.encode(mel[None].to(next(model.parameters()).dtype))
-        logits, maps = attention_maps(model, lambda: model(tokens, context), cross=True)
-    n_sot = len(sot_sequence)
-    probs = logits[0, n_sot:, : tok.eot].float().softmax(dim=-1)
+    return align_windows(model, tok, [sot_sequence], [text_tokens], context, [num_frames], [language], autocast)[0]
+
+
+@torch.no_grad()
+def align_windows(model: nn.Module, tok: Any, sot_sequences: Sequence[list[int]], texts: Sequence[list[int]],
+                  context: Tensor, num_frames: Sequence[int], languages: Sequence[str | None],
+                  autocast: Callable[[], ContextManager] | None = None,
+                  cache: KVCache | None = None) -> list[list[WordTiming]]:
+    """Words of B windows' text tokens, each with times from its window's start: openai's `find_alignment`, its
+    decoder pass batched. The decoder reads every window's [sot sequence, <|notimestamps|>, text, <|endoftext|>]
+    once, right-padded to the longest; the rest (normalisation, median filter, DTW, word split) is per window.
+
+    Args:
+        sot_sequences: per window, <|startoftranscript|> [<|lang|> <|task|>]: one length for all.
+        texts: per window, its decoded text tokens (no timestamps); an empty one gets no words.
+        context: (B, positions, dim) the windows' encoder output, as decoded (positions: n_audio_ctx, or fewer
+            with `audio_context`, at least num_frames // 2).
+        num_frames: per window, Mel frames of audio in it: attention beyond them (the padding) is not read.
+        languages: per window, its language code (None: English-only checkpoints), for the word split.
+        cache: a `KVCache` holding the B windows' cross-attention keys/values (decoding's: its self-attention
+            prefix is left out), so that the forward does not project them again; None: computed here.
+    """
+    out: list[list[WordTiming]] = [[] for _ in texts]
+    rows = [b for b, text in enumerate(texts) if text]
+    if not rows:
+        return out
+    n_sot = len(sot_sequences[rows[0]])
+    sequences = [[*sot_sequences[b], tok.no_timestamps, *texts[b], tok.eot] for b in rows]
+    width = max(len(s) for s in sequences)
+    # Right padding needs no mask: in a causal decoder no real position attends to a later one, so each row's
+    # logits and cross-attention are its own (equal to the one-window pass); the padded rows are cut off below,
+    # before the normalisation over tokens.
+    tokens = torch.tensor([s + [tok.eot] * (width - len(s)) for s in sequences], device=context.device)
+    heads = alignment_heads(model)
+    layers = sorted({layer for layer, _ in heads})
+    # only the alignment layers' maps are recorded: every layer's would hold B·layers·heads·T·positions floats
+    watched = nn.ModuleList(model.decoder.blocks[layer].cross_attn for layer in layers)
+    index = torch.tensor(rows, device=context.device)
+    cache = cache.fork(index, keep_prefix=False) if cache is not None else None
+    with _precision(autocast, context.device):
+        # the hooks project the alignment layers' keys again from the context (`attention_weights`), the forward
+        # reads the cache's
+        logits, maps = attention_maps(watched, lambda: model(tokens, context[index], cache), cross=True)
+    weights = torch.stack([maps[layers.index(layer)][:, h] for layer, h in heads], dim=1)  # (B', A, T, S)
+    for i, b in enumerate(rows):
+        n = len(texts[b])
+        out[b] = _timed_words(tok, texts[b], logits[i, n_sot: n_sot + n],
+                              weights[i, :, : len(sequences[i]), : num_frames[b] // 2].float(), n_sot, languages[b])
+    return out
+
+
+def _precision(autocast: Callable[[], ContextManager] | None, device: torch.device) -> ContextManager:
+    return autocast() if autocast is not None else torch.autocast(device.type, enabled=False)
+
+
+def _timed_words(tok: Any, text_tokens: list[int], logits: Tensor, weights: Tensor, n_sot: int,
+                 language: str | None) -> list[WordTiming]:
+    """One window's words from (n, V) logits at <|notimestamps|> and the text (each predicting the next text
+    token) and (A, T, frames) alignment heads' attention over its T tokens and its audio's frames."""
+    probs = logits[:, : tok.eot].float().softmax(dim=-1)
     token_probs = probs[torch.arange(len(text_tokens)), torch.tensor(text_tokens)].tolist()
-    weights = torch.stack([maps[layer][0, h] for layer, h in alignment_heads(model)]).float()  # (A, T, S)
     # openai's softmax over the first num_frames // 2 keys alone: the full softmax's slice, renormalised
-    weights = weights[:, :, : num_frames // 2]
     weights = weights / weights.sum(dim=-1, keepdim=True)
     std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)  # per frame, over the tokens
     weights = median_filter((weights - mean) / std, MEDFILT_WIDTH)

@@ -243,7 +243,8 @@ def test_cli_word_timestamps_are_the_api(seeking, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--word-timestamps"], "word_timestamps needs long_form='sequential'"),
+    (["--word-timestamps", "--hallucination-silence-threshold", "2"],
+     "hallucination_silence_threshold needs long_form='sequential'"),
     (["--clip-timestamps", "1,2"], "clip_timestamps needs long_form='sequential'"),
     (["--long-form", "sequential", "--hallucination-silence-threshold", "2"],
      "hallucination_silence_threshold needs word_timestamps"),
@@ -257,8 +258,8 @@ def test_options_that_cannot_work_are_one_line(seeking, tmp_path, capsys, extra,
 
 
 def test_option_values_are_checked():
-    with pytest.raises(ValueError, match="word_timestamps needs long_form='sequential'"):
-        DecodingOptions(word_timestamps=True)
+    with pytest.raises(ValueError, match="hallucination_silence_threshold needs long_form='sequential'"):
+        DecodingOptions(word_timestamps=True, hallucination_silence_threshold=2.0)
     with pytest.raises(TypeError, match="prepend_punctuations must be a string"):
         DecodingOptions(long_form="sequential", word_timestamps=True, prepend_punctuations=None)
     with pytest.raises(ValueError, match="clip_timestamps must be seconds >= 0"):
