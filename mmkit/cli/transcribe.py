@@ -22,7 +22,7 @@ from mmkit.inference.precision import check_device
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import Ranks
-from mmkit.inference.subtitles import OUTPUT_FORMATS, output_stems, write_outputs
+from mmkit.inference.subtitles import OUTPUT_FORMATS, SubtitleOptions, output_stems, write_outputs
 from mmkit.inference.text_rows import check_output_dir
 from mmkit.inference.transcriber import Transcriber
 from mmkit.inference.transcript import DecodingOptions
@@ -100,10 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --long-form sequential: prompt each window with the previous text (default true, as "
                         "openai's; false: less prone to repetition loops). windows never are: true is refused")
     p.add_argument("--word-timestamps", action="store_true",
-                   help="with --long-form sequential: each segment's words with their start, end and probability in "
-                        "the json output (openai's --word_timestamps True: cross-attention alignment; the words also "
-                        "move segment boundaries and where the next window starts, as openai's). The default "
-                        "windows long form refuses it")
+                   help="each segment's words with their start, end and probability in the json output (openai's "
+                        "--word_timestamps True: cross-attention alignment; the words also move segment boundaries, "
+                        "as openai's, and with --long-form sequential where the next window starts)")
     p.add_argument("--prepend-punctuations", default=DecodingOptions.prepend_punctuations, metavar="MARKS",
                    help="with --word-timestamps: marks joined to the next word (default: openai's %(default)s)")
     p.add_argument("--append-punctuations", default=DecodingOptions.append_punctuations, metavar="MARKS",
@@ -118,6 +117,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--without-timestamps", action="store_true", help="one segment per 30 s window")
     p.add_argument("--max-new-tokens", type=at_least(1), default=None, help="tokens per window (default 224)")
     p.add_argument("--output-format", "-f", nargs="+", default=["txt"], choices=OUTPUT_FORMATS + ("all",))
+    # openai's subtitle options, with its rules (`SubtitleOptions`); srt and vtt only, as openai's
+    p.add_argument("--highlight-words", action="store_true",
+                   help="with --word-timestamps: in srt and vtt, underline each word while it is spoken (<u>)")
+    p.add_argument("--max-line-width", type=at_least(1), default=None, metavar="N",
+                   help="with --word-timestamps: srt and vtt lines of at most N characters, broken between words")
+    p.add_argument("--max-line-count", type=at_least(1), default=None, metavar="N",
+                   help="with --max-line-width: at most N lines per subtitle, which then no longer follows the "
+                        "segments (a new one also after a pause over 3 s)")
+    p.add_argument("--max-words-per-line", type=at_least(1), default=None, metavar="N",
+                   help="with --word-timestamps: at most N words per subtitle (no effect with --max-line-width "
+                        "and --max-line-count)")
     p.add_argument("--output-dir", "-o", default=".", help="where to write <stem>.<ext> (default: .)")
     p.add_argument("--batch-size", type=at_least(1), default=8,
                    help="30 s windows per encoder/decoder batch (--long-form sequential: one at a time)")
@@ -150,6 +160,27 @@ def _options(args: argparse.Namespace) -> DecodingOptions:
         clip_timestamps=args.clip_timestamps, hallucination_silence_threshold=args.hallucination_silence_threshold)
 
 
+def _layout(args: argparse.Namespace) -> SubtitleOptions:
+    return SubtitleOptions(args.highlight_words, args.max_line_width, args.max_line_count, args.max_words_per_line)
+
+
+def _layout_problems(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """openai's rules for its subtitle options: (the usage error or None, the warnings). Without
+    --word-timestamps they are a usage error (openai's parser error); an option without effect is a warning, as
+    openai's, in one line. openai also warns that --max-words-per-line has none with --max-line-width alone: it
+    has one there (subtitles of at most N words), so that is not warned of."""
+    given = [f"--{name.replace('_', '-')}" for name in ("highlight_words", "max_line_width", "max_line_count",
+                                                         "max_words_per_line") if getattr(args, name)]
+    if given and not args.word_timestamps:
+        return f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --word-timestamps", []
+    warnings = []
+    if args.max_line_count and not args.max_line_width:
+        warnings.append("--max-line-count has no effect without --max-line-width")
+    if args.max_words_per_line and args.max_line_width and args.max_line_count:
+        warnings.append("--max-words-per-line has no effect with --max-line-width and --max-line-count")
+    return None, warnings
+
+
 def _usage_error(args: argparse.Namespace, device: str) -> str | None:
     """What is wrong with the arguments on their own (beyond argparse's types), checked before the model
     is loaded."""
@@ -159,7 +190,7 @@ def _usage_error(args: argparse.Namespace, device: str) -> str | None:
         check_output_dir(args.output_dir)
     except (ValueError, OSError) as e:
         return str(e)
-    return None
+    return _layout_problems(args)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,6 +207,8 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
         if ranks.first:
             print_error("mmkit transcribe", problem)
         return 2
+    for warning in _layout_problems(args)[1] if ranks.first else ():
+        log.warning(warning)
     if args.threads:
         torch.set_num_threads(args.threads)
     transcriber, problem = None, None
@@ -236,7 +269,7 @@ def _run(args: argparse.Namespace, transcriber: Transcriber, written: list[str],
                 if args.language is None and transcriber.tokenizer.is_multilingual:
                     log.info("%s: detected language %s", t.path, t.language)
                 try:
-                    write_outputs(t, stem, out_dir, formats)
+                    write_outputs(t, stem, out_dir, formats, _layout(args))
                     written.append(t.path)
                 except OSError as e:  # this file's outputs are lost, not the batch's
                     unwritten.append(t.path)

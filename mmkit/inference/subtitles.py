@@ -1,18 +1,24 @@
 """Transcript files: plain text, JSON, SubRip (SRT), WebVTT and openai/whisper's TSV
 (openai/whisper `utils.py` writers: times as HH:MM:SS,mmm / HH:MM:SS.mmm, "-->" kept out of cue
 text), one `<stem>.<ext>` per input with repeated stems made unique. Each file is written to a
-temporary file and renamed into place: an output is complete or absent, never half-written.
+temporary file and renamed into place: an output is complete or absent, never half-written. SRT and
+WebVTT of a transcript with word timestamps are cut by its words as openai's `SubtitlesWriter` cuts them
+(`SubtitleOptions`: line width and count, words per subtitle, the spoken word underlined).
 """
 from __future__ import annotations
 
 import io
 import json
 import math
+import re
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from mmkit.inference.inputs import check_types
 from mmkit.inference.text_rows import write_atomically
-from mmkit.inference.transcript import Transcript
+from mmkit.inference.transcript import Segment, Transcript, Word
 
 OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 
@@ -48,16 +54,115 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_srt(t: Transcript, f: TextIO) -> None:
-    for i, s in enumerate(t.segments, start=1):
-        f.write(f"{i}\n{format_timestamp(s.start, ',')} --> {format_timestamp(s.end, ',')}\n"
-                f"{s.text.strip().replace('-->', '->')}\n\n")
+@dataclass(frozen=True)
+class SubtitleOptions:
+    """How SRT and WebVTT cut a transcript with word timestamps: openai-whisper's `--highlight_words`,
+    `--max_line_width`, `--max_line_count` and `--max_words_per_line` (`whisper/utils.py` `SubtitlesWriter`),
+    with its rules. Without them each segment is a subtitle of one line from its first word's start to its last
+    word's end, as openai's (a segment without words, as an empty one, shows none). Words are used only when
+    every segment has them (`Segment.words` not None); otherwise subtitles are the segments, as they are.
+
+    Args:
+        highlight_words: one cue per word while it is spoken, the word in <u></u> (and one of the plain text
+            over each gap between words).
+        max_line_width: characters per line, counted with each word's leading space; a line breaks before a
+            word that would pass it (a longer word gets a line of its own). None: 1000.
+        max_line_count: with max_line_width, lines per subtitle; subtitles then no longer follow segments: a
+            subtitle ends when it is full or before a word starting over 3 s after the previous word's start.
+            Without max_line_width it has no effect (only 1000-character lines would count).
+        max_words_per_line: words per subtitle: each segment's words in runs of this many, each run starting a
+            subtitle (cut into lines by max_line_width); no effect with max_line_count and max_line_width,
+            which no longer follow segments.
+    """
+
+    highlight_words: bool = False
+    max_line_width: int | None = None
+    max_line_count: int | None = None
+    max_words_per_line: int | None = None
+
+    def __post_init__(self) -> None:
+        counts = ("max_line_width", "max_line_count", "max_words_per_line")
+        check_types(self, ints=counts)
+        for name in counts:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"SubtitleOptions: {name} must be >= 1 or None, got {getattr(self, name)}")
 
 
-def write_vtt(t: Transcript, f: TextIO) -> None:
+PAUSE = 3.0  # seconds from a word's start to the next one's that end a subtitle cut by lines (openai's)
+UNCAPPED = 1000  # openai's line width and words per subtitle when none is given
+# openai's underline: leading whitespace (a line break) stays outside the tags; a word holding a line break
+# before its last character is not underlined (`.` stops at it and `$` does not match there)
+_UNDERLINE = re.compile(r"^(\s*)(.*)$")
+
+
+def _word_subtitles(segments: Sequence[Segment], layout: SubtitleOptions) -> Iterator[list[tuple[str, Word]]]:
+    """Each subtitle's words with the text each shows (a line's first word stripped, "\\n" before it when a
+    line ended), by openai's rules (`SubtitleOptions`)."""
+    follow_segments = layout.max_line_count is None or layout.max_line_width is None
+    width, run = layout.max_line_width or UNCAPPED, layout.max_words_per_line or UNCAPPED
+    first = next((w for s in segments for w in s.words or ()), None)
+    last = first.start if first is not None else segments[0].start  # the previous word's start
+    subtitle: list[tuple[str, Word]] = []
+    line_len, lines = 0, 1
+    for s in segments:
+        for k, w in enumerate(s.words or ()):
+            pause = not follow_segments and w.start - last > PAUSE
+            new_run = follow_segments and k % run == 0 and bool(subtitle)
+            text = w.word
+            if line_len > 0 and line_len + len(text) <= width and not pause and not new_run:
+                line_len += len(text)
+            else:
+                text = text.strip()
+                full = layout.max_line_count is not None and (pause or lines >= layout.max_line_count)
+                if new_run or (subtitle and full):
+                    yield subtitle
+                    subtitle, lines = [], 1
+                elif line_len > 0:
+                    lines += 1
+                    text = "\n" + text
+                line_len = len(text.strip())
+            subtitle.append((text, w))
+            last = w.start
+    if subtitle:
+        yield subtitle
+
+
+def _cues(t: Transcript, layout: SubtitleOptions, stamp: Callable[[float], str]) -> Iterator[tuple[str, str, str]]:
+    """(start, end, text) of each cue: the segments', or where every segment has its words (openai's
+    `iterate_result`), subtitles cut by words, one cue per word and gap when highlighting."""
+    if not t.segments or any(s.words is None for s in t.segments):
+        for s in t.segments:
+            yield stamp(s.start), stamp(s.end), s.text.strip()
+        return
+    for subtitle in _word_subtitles(t.segments, layout):
+        texts = [text for text, _ in subtitle]
+        start, end, plain = stamp(subtitle[0][1].start), stamp(subtitle[-1][1].end), "".join(texts)
+        if not layout.highlight_words:
+            yield start, end, plain
+            continue
+        shown = start  # where the cues so far end; compared as written (whole milliseconds), as openai's
+        for i, (text, w) in enumerate(subtitle):
+            word_start, word_end = stamp(w.start), stamp(w.end)
+            if shown != word_start:
+                yield shown, word_start, plain
+            yield word_start, word_end, "".join(texts[:i] + [_UNDERLINE.sub(r"\1<u>\2</u>", text)] + texts[i + 1:])
+            shown = word_end
+
+
+def _cue_text(text: str) -> str:
+    return text.replace("-->", "->")  # a cue's text never holds the arrow that starts a cue
+
+
+def write_srt(t: Transcript, f: TextIO, layout: SubtitleOptions = SubtitleOptions()) -> None:
+    for i, (start, end, text) in enumerate(_cues(t, layout, partial(format_timestamp, decimal_marker=",")), start=1):
+        f.write(f"{i}\n{start} --> {end}\n{_cue_text(text)}\n\n")
+
+
+def write_vtt(t: Transcript, f: TextIO, layout: SubtitleOptions = SubtitleOptions()) -> None:
+    """WebVTT; times always with hours (openai's leave out a zero hour: both are WebVTT)."""
     f.write("WEBVTT\n\n")
-    for s in t.segments:
-        f.write(f"{format_timestamp(s.start)} --> {format_timestamp(s.end)}\n{s.text.strip().replace('-->', '->')}\n\n")
+    for start, end, text in _cues(t, layout, format_timestamp):
+        f.write(f"{start} --> {end}\n{_cue_text(text)}\n\n")
 
 
 def write_tsv(t: Transcript, f: TextIO) -> None:
@@ -69,6 +174,8 @@ def write_tsv(t: Transcript, f: TextIO) -> None:
 
 WRITERS: dict[str, Callable[[Transcript, TextIO], None]] = {
     "txt": write_txt, "json": write_json, "srt": write_srt, "vtt": write_vtt, "tsv": write_tsv}
+# the formats `SubtitleOptions` cut (openai's apply to these only: txt, json and tsv keep the segments)
+CUT_WRITERS: dict[str, Callable[[Transcript, TextIO, SubtitleOptions], None]] = {"srt": write_srt, "vtt": write_vtt}
 
 
 def output_stems(paths: Sequence[str | Path]) -> list[str]:
@@ -95,15 +202,21 @@ class OutputWriteError(OSError):
         self.written = written
 
 
-def write_outputs(t: Transcript, stem: str, directory: Path, formats: Sequence[str]) -> list[Path]:
-    """Write `<directory>/<stem>.<fmt>` for each of `formats`, each atomically (temp file + rename);
-    returns the paths. A format that fails does not stop the others: `OutputWriteError` names
-    the failures afterwards (the other outputs are in place, and no partial file is left)."""
+def write_outputs(t: Transcript, stem: str, directory: Path, formats: Sequence[str],
+                  layout: SubtitleOptions = SubtitleOptions()) -> list[Path]:
+    """Write `<directory>/<stem>.<fmt>` for each of `formats`, each atomically (temp file + rename), SRT and
+    WebVTT cut as `layout` says; returns the paths. A format that fails does not stop the others:
+    `OutputWriteError` names the failures afterwards (the other outputs are in place, and no partial file is
+    left)."""
     written, failed = [], []
     for fmt in formats:
         path = directory / f"{stem}.{fmt}"
         text = io.StringIO()
-        WRITERS[fmt](t, text)
+        cut = CUT_WRITERS.get(fmt)
+        if cut is not None:
+            cut(t, text, layout)
+        else:
+            WRITERS[fmt](t, text)
         data = text.getvalue().encode("utf-8")
         try:
             write_atomically(path, lambda f: f.write(data))
