@@ -3,7 +3,9 @@
 names (q/k/v split, the alignment heads set as openai's sparse mask) and both transcribe the same long espeak-ng
 passages (`long_form_wer.write_passages`), greedy (temperature 0 alone: a fallback's sampled draws could not
 match), English. The report gives the words compared, the files whose word lists are equal, the largest start/end
-and probability differences and each side's decoding time. Nothing is downloaded: `--model` is a Whisper checkpoint the user has (README: real
+and probability differences and each side's decoding time; then the default windows long form's words against
+openai's: the words both give (matched by text, in order), how far apart their starts and ends are, and the windows
+long form's time with and without word timestamps. Nothing is downloaded: `--model` is a Whisper checkpoint the user has (README: real
 tiny.en weights); needs openai-whisper installed.
 
     python scripts/word_timing_openai.py --model WHISPER_DIR --files 8 --seconds 80 --threads 1
@@ -11,11 +13,13 @@ tiny.en weights); needs openai-whisper installed.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 from torch import Tensor
@@ -81,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     ref = to_openai(model)
     ours = Transcriber(model, tokenizer, options=DecodingOptions(long_form="sequential", word_timestamps=True,
                                                                  language="en", temperatures=(0.0,)))
+    windows = Transcriber(model, tokenizer, options=DecodingOptions(word_timestamps=True, language="en",
+                                                                    temperatures=(0.0,)))
+    plain = Transcriber(model, tokenizer, options=DecodingOptions(language="en", temperatures=(0.0,)))
     references = write_passages(Path(args.work), args.files, args.seconds)
+    gaps: list[float] = []  # |start - start'| and |end - end'| of the words windows and openai both give
     report = dict(files=len(references), words=0, equal_word_lists=0, largest_time_difference=0.0,
-                  largest_probability_difference=0.0, mmkit_s=0.0, openai_s=0.0)
+                  largest_probability_difference=0.0, mmkit_s=0.0, openai_s=0.0, windows_s=0.0,
+                  windows_with_words_s=0.0)
     for path in sorted(references):
         audio = sf.read(path, dtype="float32")[0]
         start = time.perf_counter()
@@ -101,7 +110,23 @@ def main(argv: list[str] | None = None) -> int:
                                                     abs(a.end - b["end"]))
             report["largest_probability_difference"] = max(report["largest_probability_difference"],
                                                            abs(a.probability - b["probability"]))
-    report["mmkit_s"], report["openai_s"] = round(report["mmkit_s"], 1), round(report["openai_s"], 1)
+        start = time.perf_counter()
+        plain.transcribe(audio, path)
+        report["windows_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        fixed = [w for s in windows.transcribe(audio, path).segments for w in s.words or []]
+        report["windows_with_words_s"] += time.perf_counter() - start
+        report["windows_words"] = report.get("windows_words", 0) + len(fixed)
+        match = difflib.SequenceMatcher(a=[w.word for w in fixed], b=[w["word"] for w in theirs], autojunk=False)
+        for block in match.get_matching_blocks():
+            for a, b in zip(fixed[block.a:block.a + block.size], theirs[block.b:block.b + block.size]):
+                gaps += [abs(a.start - b["start"]), abs(a.end - b["end"])]
+    for key in ("mmkit_s", "openai_s", "windows_s", "windows_with_words_s"):
+        report[key] = round(report[key], 1)
+    if gaps:
+        report.update(windows_matched_words=len(gaps) // 2, windows_median_gap_s=round(float(np.median(gaps)), 3),
+                      windows_p95_gap_s=round(float(np.percentile(gaps, 95)), 3),
+                      windows_within_0_1_s=round(float(np.mean(np.array(gaps) <= 0.1)), 3))
     print(json.dumps(report))
     return 0
 

@@ -52,3 +52,5 @@ def test_both_sides_give_the_same_words(checkpoint, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["files"] == 1 and report["words"] > 0 and report["equal_word_lists"] == 1
     assert report["largest_time_difference"] < 1e-9 and report["largest_probability_difference"] < 1e-4
+    assert report["windows_words"] > 0 and 0 < report["windows_matched_words"] <= report["windows_words"]
+    assert 0 <= report["windows_median_gap_s"] <= report["windows_p95_gap_s"]
