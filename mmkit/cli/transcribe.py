@@ -94,13 +94,15 @@ def _parser() -> argparse.ArgumentParser:
                         "independently and batched across files, fast; a word crossing a window's end may be cut. "
                         "sequential: openai's transcribe(), exactly: one window at a time per file, each starting at "
                         "the previous one's last timestamp, prompted with the previous text; slower (no batching); "
-                        "each file is held in a temporary file (4 bytes a sample, 230 MB per hour of audio) and its "
-                        "features, openai's, computed window by window: memory bounded whatever its length")
+                        "each file is held in a temporary file in $TMPDIR (4 bytes a sample, 230 MB per hour of "
+                        "audio; on disk unless $TMPDIR is a tmpfs) and its features, openai's, computed window by "
+                        "window: memory bounded whatever its length")
     p.add_argument("--condition-on-previous-text", type=_boolean, default=None, metavar="{true,false}",
                    help="with --long-form sequential: prompt each window with the previous text (default true, as "
                         "openai's; false: less prone to repetition loops). windows never are: true is refused")
     p.add_argument("--word-timestamps", action="store_true",
-                   help="each segment's words with their start, end and probability in the json output (openai's "
+                   help="each segment's words with their start, end and probability in the json output, srt and "
+                        "vtt cut by them (openai's "
                         "--word_timestamps True: cross-attention alignment; the words also move segment boundaries, "
                         "as openai's, and with --long-form sequential where the next window starts)")
     p.add_argument("--prepend-punctuations", default=DecodingOptions.prepend_punctuations, metavar="MARKS",
@@ -109,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --word-timestamps: marks joined to the previous word (default: openai's %(default)s)")
     p.add_argument("--clip-timestamps", type=_seconds_list, default=(), metavar="START,END,...",
                    help="with --long-form sequential: transcribe these spans only, in seconds (openai's "
-                        "--clip_timestamps; the last end defaults to the audio's end; default: all of it)")
+                        "--clip_timestamps; the last end defaults to the audio's end; default, or 0: all of it)")
     p.add_argument("--hallucination-silence-threshold", type=_optional(finite(0)), default=None, metavar="SECONDS",
                    help="with --word-timestamps: skip silences longer than this around a likely hallucination and "
                         "decode again after them (openai's option; default: off)")

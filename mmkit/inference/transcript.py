@@ -140,6 +140,10 @@ class DecodingOptions:
                 for t in self.clip_timestamps):
             raise ValueError(f"clip_timestamps must be seconds >= 0 (start, end, start, ...), got "
                              f"{self.clip_timestamps!r}")
+        clips = list(self.clip_timestamps)
+        empty = [f"{a:g}-{b:g}" for a, b in zip(clips[::2], clips[1::2]) if b <= a]
+        if empty:  # openai transcribes nothing there, silently: a mistake, said here
+            raise ValueError(f"clip_timestamps: the span {empty[0]} s ends before it starts (give start,end,...)")
         if self.hallucination_silence_threshold is not None and not (
                 math.isfinite(self.hallucination_silence_threshold) and self.hallucination_silence_threshold >= 0):
             raise ValueError(f"hallucination_silence_threshold must be seconds >= 0 or None, got "
@@ -147,7 +151,8 @@ class DecodingOptions:
         if self.hallucination_silence_threshold is not None and not self.word_timestamps:
             raise ValueError("hallucination_silence_threshold needs word_timestamps (--word-timestamps): it reads "
                              "the words' probabilities and durations")
-        if self.long_form == "windows" and self.clip_timestamps:
+        # (0,), openai's default, is the whole audio: the windows long form runs it
+        if self.long_form == "windows" and [t for t in self.clip_timestamps] not in ([], [0]):
             raise ValueError("clip_timestamps needs long_form='sequential' (--long-form sequential)")
         if self.long_form == "windows" and self.hallucination_silence_threshold is not None:
             raise ValueError("hallucination_silence_threshold needs long_form='sequential' (--long-form sequential): "

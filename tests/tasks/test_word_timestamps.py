@@ -266,6 +266,12 @@ def test_option_values_are_checked():
         DecodingOptions(long_form="sequential", clip_timestamps=(1.0, -2.0))
     with pytest.raises(ValueError, match="hallucination_silence_threshold must be seconds >= 0"):
         DecodingOptions(long_form="sequential", word_timestamps=True, hallucination_silence_threshold=float("nan"))
+    for spans in ((10.0, 5.0), (5.0, 5.0), (0.0, 20.0, 30.0, 25.0)):  # openai transcribes nothing there, silently
+        with pytest.raises(ValueError, match="ends before it starts"):
+            DecodingOptions(long_form="sequential", clip_timestamps=spans)
+    assert DecodingOptions(clip_timestamps=(0,)).clip_timestamps == (0,)  # openai's default: the whole audio
+    with pytest.raises(ValueError, match="clip_timestamps needs long_form='sequential'"):
+        DecodingOptions(clip_timestamps=(5.0,))
 
 
 def test_importers_read_the_alignment_heads(tmp_path):
