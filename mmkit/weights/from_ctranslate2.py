@@ -7,7 +7,6 @@ config.json's "alignment_heads", where present, become `Whisper(alignment_heads=
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import struct
@@ -17,7 +16,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor
 
-from mmkit.weights.from_hf_whisper import checked_alignment_heads
+from mmkit.weights.from_hf_whisper import checked_alignment_heads, json_heads
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError
 
@@ -128,18 +127,6 @@ def _depth(variables: dict[str, Tensor], stack: str) -> int:
     return 1 + max(found, default=-1)  # a gap surfaces as missing keys at the strict load
 
 
-def _config_heads(path: Path) -> Any:
-    """config.json's "alignment_heads" (ct2-transformers-converter copies transformers' generation config's), or
-    None where the file or the field is absent."""
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: invalid JSON ({e})") from None
-    return doc.get("alignment_heads") if isinstance(doc, dict) else None
-
-
 def whisper_from_ctranslate2(directory: str | Path) -> Converted:
     """Convert a CTranslate2 Whisper folder (`model.bin` + config.json + tokenizer.json, as written by
     `ct2-transformers-converter`) for `mmkit.models.Whisper`; fp16/bf16 tensors are upcast to fp32.
@@ -170,7 +157,7 @@ def whisper_from_ctranslate2(directory: str | Path) -> Converted:
         vocab_size=state["tok_embed.weight"].shape[0], dim=dim, encoder_depth=_depth(variables, "encoder"),
         decoder_depth=_depth(variables, "decoder"), num_heads=int(variables["encoder/num_heads"]),
         mlp_ratio=state["encoder.blocks.0.mlp.fc1.weight"].shape[0] / dim)
-    heads = _config_heads(path.parent / "config.json")
+    heads = json_heads(path.parent / "config.json")  # ct2-transformers-converter copies transformers'
     if heads is not None:
         config["alignment_heads"] = checked_alignment_heads(heads, config, str(path.parent / "config.json"))
     log.info("imported Whisper (%d+%d layers, dim %d, %d Mel bins) from %s", config["encoder_depth"],

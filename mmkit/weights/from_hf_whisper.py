@@ -124,7 +124,12 @@ def _generation_heads(model_or_dir: nn.Module | str | Path, source: str, config:
     config); None when there is none or it names none."""
     if isinstance(model_or_dir, nn.Module):
         return getattr(getattr(model_or_dir, "generation_config", None), "alignment_heads", None)
-    path = Path(source).parent / "generation_config.json"
+    return json_heads(Path(source).parent / "generation_config.json")
+
+
+def json_heads(path: Path) -> Any:
+    """The "alignment_heads" field of a JSON file (transformers' generation_config.json, CTranslate2's
+    config.json), or None where the file or the field is absent; invalid JSON is refused in one line."""
     if not path.is_file():
         return None
     try:

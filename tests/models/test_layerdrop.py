@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
+from _training import block_calls, gradients
+from torch import Tensor
 
 from mmkit.core import Encoder, KVCache
 from mmkit.core.execution import set_grad_checkpointing
@@ -31,18 +32,6 @@ def _inputs() -> tuple[Tensor, Tensor, Tensor]:
     return src, valid, tgt
 
 
-def _calls(layers: nn.ModuleList) -> tuple[list[int], list]:
-    """A list that records the index of each of `layers` as it runs, and the hook handles (to remove)."""
-    ran: list[int] = []
-    handles = [layer.register_forward_pre_hook(lambda *_, i=i: ran.append(i)) for i, layer in enumerate(layers)]
-    return ran, handles
-
-
-def _grads(model: nn.Module) -> dict[str, Tensor]:
-    """Every parameter's gradient by name, zeros where none arrived (a skipped block's)."""
-    return {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("attn_implementation, checkpointing", [("sdpa", False), ("eager", False), ("eager", True)])
 def test_an_imported_marian_drops_the_layers_transformers_drops(attn_implementation, checkpointing):
     """Activation checkpointing too: the draw is outside the checkpointed block, so recomputing never redraws it."""
@@ -57,7 +46,7 @@ def test_an_imported_marian_drops_the_layers_transformers_drops(attn_implementat
     for name, net, stacks in [("theirs", hf, (hf.model.encoder.layers, hf.model.decoder.layers)),
                               ("ours", model, (model.encoder.blocks, model.decoder.blocks))]:
         net.train()
-        (enc_ran, h1), (dec_ran, h2) = _calls(stacks[0]), _calls(stacks[1])
+        (enc_ran, h1), (dec_ran, h2) = block_calls(stacks[0]), block_calls(stacks[1])
         torch.manual_seed(1)
         if net is hf:
             logits = hf(input_ids=src, attention_mask=valid.long(), decoder_input_ids=tgt).logits
@@ -73,8 +62,8 @@ def test_an_imported_marian_drops_the_layers_transformers_drops(attn_implementat
     assert 0 < len(hf_enc) < DEPTH and 0 < len(hf_dec) < DEPTH  # the seed drops some of each stack and keeps some
     assert (got - expected).abs().max() <= 1e-5
     # transformers' gradients under mmkit's names: the key map and q/k/v fusion that import its weights
-    theirs = fuse_projections(remap(_grads(hf), MARIAN_KEYS, "gradients"), "gradients", biasless=())
-    ours = _grads(model)
+    theirs = fuse_projections(remap(gradients(hf), MARIAN_KEYS, "gradients"), "gradients", biasless=())
+    ours = gradients(model)
     assert theirs.keys() == ours.keys()
     assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) <= 1e-5
     skipped = [i for i in range(DEPTH) if i not in enc]

@@ -9,7 +9,8 @@ import json
 
 import pytest
 import torch
-from torch import Tensor, nn
+from _training import block_calls, gradients
+from torch import Tensor
 
 from mmkit.core import Decoder, Encoder
 from mmkit.core.blocks import layer_norm
@@ -56,18 +57,6 @@ def _inputs() -> tuple[Tensor, Tensor]:
     return mel, tokens
 
 
-def _calls(layers: nn.ModuleList) -> tuple[list[int], list]:
-    """A list that records the index of each of `layers` as it runs, and the hook handles (to remove)."""
-    ran: list[int] = []
-    handles = [layer.register_forward_pre_hook(lambda *_, i=i: ran.append(i)) for i, layer in enumerate(layers)]
-    return ran, handles
-
-
-def _grads(model: nn.Module) -> dict[str, Tensor]:
-    """Every parameter's gradient by name, zeros where none arrived (a skipped block's)."""
-    return {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_an_imported_whisper_trains_with_transformers_dropout_and_layerdrop(attn_implementation):
     hf = _hf_whisper(attn_implementation)
@@ -81,7 +70,7 @@ def test_an_imported_whisper_trains_with_transformers_dropout_and_layerdrop(attn
     for name, net, stacks in [("theirs", hf, (hf.model.encoder.layers, hf.model.decoder.layers)),
                               ("ours", model, (model.encoder.blocks, model.decoder.blocks))]:
         net.train()
-        (enc_ran, h1), (dec_ran, h2) = _calls(stacks[0]), _calls(stacks[1])
+        (enc_ran, h1), (dec_ran, h2) = block_calls(stacks[0]), block_calls(stacks[1])
         torch.manual_seed(1)
         if net is hf:
             logits = hf(input_features=mel, decoder_input_ids=tokens, use_cache=False).logits
@@ -98,9 +87,9 @@ def test_an_imported_whisper_trains_with_transformers_dropout_and_layerdrop(attn
     assert (got - expected).abs().max() <= 1e-5  # float32 rounding: ~1e-6 at logits up to ~4
     # transformers' gradients under mmkit's names (the importer's key map and q/k/v fusion); its fixed audio
     # sinusoids are a frozen parameter there, a buffer here
-    theirs = fuse_projections(remap(_grads(hf), WHISPER_KEYS, "gradients"), "gradients")
+    theirs = fuse_projections(remap(gradients(hf), WHISPER_KEYS, "gradients"), "gradients")
     del theirs["stem.pos_embed"]
-    ours = _grads(model)
+    ours = gradients(model)
     assert theirs.keys() == ours.keys()
     assert max((ours[k] - theirs[k]).abs().max() for k in ours) <= 1e-5
     skipped = next(i for i in range(DEPTH) if i not in dec)
