@@ -5,8 +5,8 @@ passages (`long_form_wer.write_passages`), greedy (temperature 0 alone: a fallba
 match), English. The report gives the words compared, the files whose word lists are equal, the largest start/end
 and probability differences and each side's decoding time; then the default windows long form's words against
 openai's: the words both give (matched by text, in order), how far apart their starts and ends are, and the windows
-long form's time with and without word timestamps. Nothing is downloaded: `--model` is a Whisper checkpoint the user has (README: real
-tiny.en weights); needs openai-whisper installed.
+long form's time with and without word timestamps. Nothing is downloaded: `--model` is a Whisper checkpoint the
+user has (README: real tiny.en weights); needs openai-whisper installed.
 
     python scripts/word_timing_openai.py --model WHISPER_DIR --files 8 --seconds 80 --threads 1
 """

@@ -73,8 +73,8 @@ def test_quantized_exports_and_other_files_are_refused(hf_dir, tmp_path):
 def test_transcribe_takes_a_ctranslate2_folder_as_its_model(hf_dir, tmp_path):
     """`--model CT2_DIR` (the one resolver, `load_speech_model`): the weights of the Hugging Face
     original exactly (float32 export), the suppressed tokens listed in CTranslate2's config.json and
-    English-only by vocabulary size (the folder has no generation_config.json), and `mmkit transcribe` writes the same tokens as from the
-    original directory."""
+    English-only by vocabulary size (the folder has no generation_config.json), and `mmkit transcribe` writes the
+    same tokens as from the original directory."""
     import json
 
     import numpy as np
