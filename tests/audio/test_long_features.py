@@ -201,4 +201,5 @@ def test_memory_bounded_for_a_long_stream():
     spilled = _peak_growth_mib(minutes, "spilled")
     whole = _peak_growth_mib(minutes, "whole")  # the same probe sees the whole-file path's memory
     assert spilled < whole_samples_mib / 2, (spilled, whole)  # measured: 0 to 18 MiB
-    assert whole > 3 * whole_samples_mib, (spilled, whole)  # 345 to 690 MiB at 20 minutes
+    # the probe sees the whole-file path's memory (87 to 690 MiB measured at 20 minutes: ru_maxrss varies by machine)
+    assert whole > spilled + whole_samples_mib / 2, (spilled, whole)
