@@ -2,7 +2,7 @@
 one window at a time per file, each starting where the last complete segment of the previous one ended (its
 last timestamp), prompted with the text decoded since the last reset (`condition_on_previous_text`), silent
 windows skipped whole. The windows are decoded by the transcriber's own window decoding
-(`Transcriber.decode_mel`); what is here is openai's seek, prompt and segment bookkeeping around it.
+(`Transcriber.decode_context`); what is here is openai's seek, prompt and segment bookkeeping around it.
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, SpilledAudio, pad_or_trim
+from mmkit.core import KVCache
 from mmkit.inference.transcript import Decoded, Segment, Transcript, Word, is_silence
 from mmkit.inference.window_decoder import Window, previous_text_prompt
 from mmkit.inference.word_timing import (
-    add_word_timestamps, is_segment_anomaly, last_end, next_words_segment, window_text_tokens,
+    add_word_timestamps, is_segment_anomaly, last_end, next_words_segment,
 )
 
 if TYPE_CHECKING:  # the transcriber imports this module
@@ -104,7 +105,9 @@ def transcribe_sequential(tr: "Transcriber", audio: np.ndarray | SpilledAudio) -
             prompt = all_tokens[reset_since:]
             prefix = previous_text_prompt(tok, prompt, model.n_text_ctx) if prompt else []
             features = pad_or_trim(audio.features(seek, size), n_frames)[None]  # (1, n_mels, n_frames), zeros after
-            ((d, no_speech),) = tr.decode_mel(features, [window], languages, prefix, no_cap)
+            # the encoder output and decoding's cross-attention keys/values: word timing reads them again
+            context, cache = tr.encode_mel(features), KVCache()
+            ((d, no_speech),) = tr.decode_context(context, [window], languages, prefix, no_cap, cache)
             index += 1
             if is_silence(o, d, no_speech):
                 seek += size  # the whole window is skipped
@@ -112,8 +115,8 @@ def transcribe_sequential(tr: "Transcriber", audio: np.ndarray | SpilledAudio) -
             previous_seek = seek
             spans, seek, single_ending = split_window(d.tokens, tok, seek, size, stride)
             if o.word_timestamps:
-                seek, last_speech, skip = _time_words(tr, spans, features[0], languages[0], previous_seek, size,
-                                                      (seek, single_ending), last_speech, content_frames)
+                seek, last_speech, skip = _time_words(tr, spans, (context, cache), window, languages, previous_seek,
+                                                      size, (seek, single_ending), last_speech, content_frames)
                 if skip:  # silence, then a likely hallucination: decode again from after the silence
                     continue
             current = window_segments(spans, d, no_speech, tok)
@@ -125,25 +128,26 @@ def transcribe_sequential(tr: "Transcriber", audio: np.ndarray | SpilledAudio) -
     return segments, tok.decode(all_tokens[len(initial):]).strip(), language
 
 
-def _time_words(tr: "Transcriber", spans: list[dict], mel: torch.Tensor, language: str | None, window_seek: int,
-                size: int, seek_after: tuple[int, bool], last_speech: float,
-                content_frames: int) -> tuple[int, float, bool]:
+def _time_words(tr: "Transcriber", spans: list[dict], decoded: tuple[torch.Tensor, KVCache], window: Window,
+                languages: dict[int, str | None], window_seek: int, size: int, seek_after: tuple[int, bool],
+                last_speech: float, content_frames: int) -> tuple[int, float, bool]:
     """Words for a window's spans (in place) and openai's seek after them: to the last word's end unless the
-    window ended with a single timestamp, then the hallucination skips if asked. `seek_after` is the seek the
+    window ended with a single timestamp, then the hallucination skips if asked. `decoded` is the window's
+    encoder output and decoding's cache (`Transcriber.align_words` reads them again); `seek_after` the seek the
     timestamps gave and whether the window ended with a single one. Returns (the next seek, the end of the last
     word so far, whether the window is dropped whole)."""
     o, tok = tr.options, tr.tokenizer
     seek, single_ending = seek_after
     offset = float(window_seek * HOP_LENGTH / SAMPLE_RATE)
-    code = tok.language_code(tok.language_id(language)) if tok.is_multilingual else None
-    alignment = tr.align_words(window_text_tokens(spans, tok.eot), mel, size, code)
+    context, cache = decoded
+    (alignment,) = tr.align_words(context, cache, [window], [spans], languages)
     add_word_timestamps(spans, alignment, tok.eot, offset, last_speech, o.prepend_punctuations, o.append_punctuations)
     end = last_end(spans)
     if not single_ending and end is not None and end > offset:  # on from the last word, not the last timestamp
         seek = round(end * FRAMES_PER_SECOND)
     if o.hallucination_silence_threshold is not None:
         seek, skip = skip_hallucinations(spans, o.hallucination_silence_threshold, window_seek, size,
-                                         mel.shape[-1], seek, single_ending, last_speech, content_frames)
+                                         2 * tr.model.n_audio_ctx, seek, single_ending, last_speech, content_frames)
         if skip:
             return seek, last_speech, True
     end = last_end(spans)

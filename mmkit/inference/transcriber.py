@@ -44,7 +44,7 @@ from mmkit.inference.transcript import (
 )
 from mmkit.inference.window_decoder import Window as _Window, WindowDecoder, previous_text_prompt
 from mmkit.inference.word_timing import (
-    WordTiming, add_word_timestamps, align_windows, find_alignment, last_end, window_text_tokens,
+    WordTiming, add_word_timestamps, align_windows, last_end, window_text_tokens,
 )
 from mmkit.inference.writers import path_text
 from mmkit.models.whisper import Whisper
@@ -389,7 +389,7 @@ class Transcriber:
         spans = [[] if is_silence(o, d, p) else window_spans(d, self.tokenizer, len(w.audio) / SAMPLE_RATE, w.offset,
                                                               o.without_timestamps) for w, (d, p) in zip(ws, decoded)]
         if o.word_timestamps:
-            words = self._align(context, cache, ws, spans, languages)
+            words = self.align_words(context, cache, ws, spans, languages)
             for k, s, a, (d, p) in zip(audible, spans, words, decoded):
                 out[k] = _Aligned(s, a, d, p)
             return out
@@ -397,11 +397,12 @@ class Transcriber:
             out[k] = span_segments(s, d, self.tokenizer, p, keep_blank=o.without_timestamps)
         return out
 
-    def _align(self, context: Tensor, cache: KVCache, windows: Sequence[_Window], spans: list[list[dict]],
-               languages: dict[int, str | None]) -> list[list[WordTiming]]:
-        """The words of each window's spans (`window_spans`), all windows in one decoder pass over their
-        (B, positions, dim) encoder output and decoding's `cache` of its cross-attention keys/values
-        (`align_windows`), under the transcriber's precision."""
+    def align_words(self, context: Tensor, cache: KVCache, windows: Sequence[_Window], spans: list[list[dict]],
+                    languages: dict[int, str | None]) -> list[list[WordTiming]]:
+        """The words of each window's spans (`window_spans`, `split_window`), all windows in one decoder pass over
+        their (B, positions, dim) encoder output and decoding's `cache` of its cross-attention keys/values
+        (`align_windows`: openai's `find_alignment`, without encoding the windows again), under the transcriber's
+        precision; shared by both long forms."""
         tok = self.tokenizer
         codes = [tok.language_code(tok.language_id(languages[w.file])) if tok.is_multilingual else None
                  for w in windows]
@@ -427,6 +428,7 @@ class Transcriber:
             item["start"], item["end"] = min(max(item["start"], low), high), min(max(item["end"], low), high)
         return openai_segments(spans, aligned.decoded, aligned.no_speech, self.tokenizer)
 
+    @torch.no_grad()
     def encode_mel(self, mel: Tensor) -> Tensor:
         """(B, positions, dim) encoder output of (B, n_mels, 2·positions) features, under the transcriber's
         precision."""
@@ -435,21 +437,6 @@ class Transcriber:
         mel = mel.to(next(p.dtype for p in self.model.parameters() if p.is_floating_point()))
         with self._autocast():
             return self.model.encode(mel, partial=True)  # all n_audio_ctx positions unless audio_context
-
-    @torch.no_grad()
-    def decode_mel(self, mel: Tensor, windows: Sequence[_Window], languages: dict[int, str | None],
-                   prefix: list[int], max_index: Tensor) -> list[tuple[Decoded, float]]:
-        """Decode windows given as features, with the temperature fallback (`encode_mel`, then `decode_context`).
-
-        Args:
-            mel: (B, n_mels, frames) log-Mel features of the windows (all 2·n_audio_ctx frames unless
-                audio_context).
-            windows, languages, prefix, max_index: as `decode_context`'s.
-
-        Returns:
-            (the decoding, the <|nospeech|> probability) per window.
-        """
-        return self.decode_context(self.encode_mel(mel), windows, languages, prefix, max_index)
 
     @torch.no_grad()
     def decode_context(self, context: Tensor, windows: Sequence[_Window], languages: dict[int, str | None],
@@ -486,23 +473,6 @@ class Transcriber:
             decoded = decoder.decode(context, cache, torch.tensor(prompts, device=self.device), max_index,
                                      no_speech, [w.audio for w in windows])
         return list(zip(decoded, no_speech))
-
-    def align_words(self, text_tokens: list[int], mel: Tensor, num_frames: int,
-                    language: str | None) -> list[WordTiming]:
-        """The words of one window's text tokens with times from the window's start (openai's `find_alignment`,
-        `mmkit.inference.word_timing`): the decoder reads the text once more, after the task tokens and
-        <|notimestamps|>, and the model's alignment heads' cross-attention places each token.
-
-        Args:
-            text_tokens: the window's decoded text tokens (no timestamps), in order.
-            mel: (n_mels, 2·n_audio_ctx) the window's features, as decoded.
-            num_frames: Mel frames of audio in the window (the rest is padding).
-            language: the window's language code (None: English-only checkpoints), for the task tokens and
-                the word split (no spaces in "zh", "ja", "th", "lo", "my", "yue").
-        """
-        sot = self.tokenizer.sot_sequence(language if self.tokenizer.is_multilingual else None, self.options.task)
-        return find_alignment(self.model, self.tokenizer, sot, text_tokens, mel, num_frames, language,
-                              self._autocast)
 
     @torch.no_grad()
     def detect_language(self, mel: Tensor) -> str | None:

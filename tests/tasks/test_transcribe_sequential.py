@@ -74,16 +74,17 @@ def audio():
 
 @pytest.fixture
 def windows(monkeypatch):
-    """Every window `Transcriber.decode_mel` decodes: (offset in seconds, prompt prefix, decoded tokens, silent)."""
+    """Every window `Transcriber.decode_context` decodes: (offset in seconds, prompt prefix, decoded tokens,
+    silent)."""
     seen: list[tuple[float, list[int], list[int], bool]] = []
-    decode_mel = Transcriber.decode_mel
+    decode_context = Transcriber.decode_context
 
-    def spy(self, mel, ws, languages, prefix, max_index):
-        out = decode_mel(self, mel, ws, languages, prefix, max_index)
+    def spy(self, context, ws, languages, prefix, max_index, cache=None):
+        out = decode_context(self, context, ws, languages, prefix, max_index, cache)
         seen.extend((w.offset, list(prefix), d.tokens, is_silence(self.options, d, p)) for w, (d, p) in zip(ws, out))
         return out
 
-    monkeypatch.setattr(Transcriber, "decode_mel", spy)
+    monkeypatch.setattr(Transcriber, "decode_context", spy)
     return seen
 
 
@@ -175,13 +176,13 @@ def test_a_window_decoded_hot_resets_the_prompt_as_openai(seeking, audio, window
         return replace(result, temperature=0.8) if len(prompts) == 1 else result
 
     monkeypatch.setattr(reference, "decode", hot_first)
-    decode_mel = Transcriber.decode_mel  # the spy
+    decode_context = Transcriber.decode_context  # the spy
 
-    def hot_first_ours(self, mel, ws, languages, prefix, max_index):
-        out = decode_mel(self, mel, ws, languages, prefix, max_index)
+    def hot_first_ours(self, context, ws, languages, prefix, max_index, cache=None):
+        out = decode_context(self, context, ws, languages, prefix, max_index, cache)
         return [(replace(d, temperature=0.8), p) for d, p in out] if len(windows) == 1 else out
 
-    monkeypatch.setattr(Transcriber, "decode_mel", hot_first_ours)
+    monkeypatch.setattr(Transcriber, "decode_context", hot_first_ours)
     expected = whisper.transcribe(reference, audio, temperature=0.0, language="en", fp16=False, **NO_CHECKS)
     ours = Transcriber(model, tok, DecodingOptions(temperatures=(0.0,), repetition_guard=False, language="en",
                                                    long_form="sequential", **NO_CHECKS)).transcribe(audio)
@@ -220,13 +221,13 @@ def test_every_split_and_seek_branch_is_openais(seeking, monkeypatch):
         return DecodingResult(audio_features=mel, language="en", tokens=tokens, text=tok.decode(tokens),
                               avg_logprob=-0.1, no_speech_prob=0.01, temperature=0.0, compression_ratio=1.0)
 
-    def our_decode(self, mel, ws, languages, prefix, max_index):
+    def our_decode(self, context, ws, languages, prefix, max_index, cache=None):
         ours_prompts.append(list(prefix))
         tokens = scripts[(len(ours_prompts) - 1) % len(scripts)]
         return [(Decoded(tokens, -0.1 * (len(tokens) + 1), 0.0, False, tok.decode(tokens), -0.1, 1.0), 0.01)]
 
     monkeypatch.setattr(reference, "decode", openai_decode)
-    monkeypatch.setattr(Transcriber, "decode_mel", our_decode)
+    monkeypatch.setattr(Transcriber, "decode_context", our_decode)
     expected = whisper.transcribe(reference, audio, language="en", fp16=False, initial_prompt="Names.")
     ours = Transcriber(model, tok, DecodingOptions(language="en", long_form="sequential",
                                                    initial_prompt="Names.")).transcribe(audio)

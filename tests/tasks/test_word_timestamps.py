@@ -18,7 +18,7 @@ from mmkit.audio import log_mel_spectrogram
 from mmkit.cli.transcribe import main
 from mmkit.inference import DecodingOptions, Transcriber
 from mmkit.inference.transcript import Decoded
-from mmkit.inference.word_timing import dtw, median_filter, split_to_words
+from mmkit.inference.word_timing import dtw, find_alignment, median_filter, split_to_words
 from mmkit.models import Whisper
 
 whisper = pytest.importorskip("whisper")
@@ -99,7 +99,8 @@ def test_word_timestamps_are_openais(seeking, audio, language, heads):
     else:  # the heads were read: openai's default heads place the same words elsewhere
         mel = log_mel_spectrogram(torch.from_numpy(audio[:30 * 16000]), 80)
         text = tok.encode(" one two three four five six seven eight")
-        times = [[(w.start, w.end) for w in Transcriber(m, tok).align_words(text, mel, 3000, "en")]
+        times = [[(w.start, w.end) for w in find_alignment(m, tok, tok.sot_sequence("en", "transcribe"), text, mel,
+                                                           3000, "en")]
                  for m in (model, seeking[2])]
         assert times[0] != times[1] and len(times[0]) == 8
 
@@ -148,13 +149,13 @@ def _script(reference, tok, scripts, monkeypatch) -> list[float]:
         return DecodingResult(audio_features=mel, language="en", tokens=tokens, text=tok.decode(tokens),
                               avg_logprob=-0.1, no_speech_prob=0.01, temperature=0.0, compression_ratio=1.0)
 
-    def our_decode(self, mel, ws, languages, prefix, max_index):
+    def our_decode(self, context, ws, languages, prefix, max_index, cache=None):
         offsets.append(ws[0].offset)
         tokens = scripts[(len(offsets) - 1) % len(scripts)]
         return [(Decoded(tokens, -0.1 * (len(tokens) + 1), 0.0, False, tok.decode(tokens), -0.1, 1.0), 0.01)]
 
     monkeypatch.setattr(reference, "decode", openai_decode)
-    monkeypatch.setattr(Transcriber, "decode_mel", our_decode)
+    monkeypatch.setattr(Transcriber, "decode_context", our_decode)
     return offsets
 
 
