@@ -4,8 +4,9 @@ from __future__ import annotations
 import errno
 import re
 import sys
-from typing import Callable
+from typing import Any, Callable
 
+MAX_QUOTED_CHARS = 80  # of a value (a prompt, a caption, a manifest row) quoted in a message or log line
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only writing meets: a full disk, a quota, a file size limit
 
 
@@ -14,6 +15,16 @@ def print_error(prog: str, problem: object) -> None:
     2 or 1): "<prog>: error: <problem>" on stderr, as argparse's usage errors. Not for an interruption, a summary
     or a bad row skipped (the run goes on): those lines carry no "error:"."""
     print(f"{prog}: error: {problem}", file=sys.stderr)
+
+
+def quoted(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """`value` as a message or log line quotes it: its repr, cut to `limit` characters with its length told (a
+    prompt of megabytes made a warning of megabytes). Here, below every layer, so that all of them quote alike."""
+    shown = repr(value)
+    if len(shown) <= limit:
+        return shown
+    size = len(value) if isinstance(value, str) else len(shown)
+    return f"{shown[:limit - 3]}... ({size:,} characters{'' if isinstance(value, str) else ' in all'})"
 
 
 def in_context(e: BaseException | None, wanted: Callable[[BaseException], bool]) -> BaseException | None:

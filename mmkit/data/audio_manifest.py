@@ -20,6 +20,7 @@ import soundfile as sf
 from torch.utils.data import DataLoader
 
 from mmkit.audio import SAMPLE_RATE
+from mmkit.errors import quoted
 from mmkit.data.speech_batches import (  # noqa: F401 - IGNORE_INDEX, read_manifest, text_ids re-exported
     IGNORE_INDEX, LengthBucketBatchSampler, ManifestEntry, SpeechCollator, SpeechDataset, read_manifest, text_ids,
 )
@@ -30,9 +31,6 @@ _NO_TOKENIZER = ("no tokenizer encodes {what}: give --data.init_args.tokenizer (
                  "export_dir/tokenizer.json), --data.init_args.train_manifest to build one from its transcripts, or "
                  "--ckpt_path of a run trained on its own tokenizer")
 
-
-def _short(text: str, limit: int = 40) -> str:
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 class AudioManifestDataModule(pl.LightningDataModule):
     """Speech DataModule: manifests in, log-Mel + token batches out (see `SpeechCollator`).
@@ -223,7 +221,7 @@ class AudioManifestDataModule(pl.LightningDataModule):
         except ValueError as err:  # text the tokenizer cannot encode
             return str(err)
         if n == len(self.collator.prompt) + 1:  # no text tokens: every character normalised away
-            return f"no characters the tokenizer keeps in {_short(e.text)}"
+            return f"no characters the tokenizer keeps in {quoted(e.text)}"
         if n > max_tokens:
             return (f"{n} tokens, over the model's {max_tokens}",)
         lost = tok.lost_chars(e.text) if hasattr(tok, "lost_chars") else ""

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mmkit.data.dalle_text import quoted
+from mmkit.errors import quoted
 from mmkit.weights.native import WeightsError
 
 log = logging.getLogger(__name__)

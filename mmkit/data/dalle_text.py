@@ -13,21 +13,12 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from mmkit.errors import quoted
+
 log = logging.getLogger(__name__)
 
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"[a-z]+")
-MAX_QUOTED_CHARS = 80  # of a prompt or caption quoted in a message or log line
-
-
-def quoted(text: str) -> str:
-    """`text` as a message or log line quotes it: its repr, cut to `MAX_QUOTED_CHARS` with its length told (a
-    prompt of megabytes made a warning of megabytes). Here, below both text tokenizers and `mmkit.inference`,
-    so that all of them quote alike."""
-    shown = repr(text)
-    if len(shown) <= MAX_QUOTED_CHARS:
-        return shown
-    return f"{shown[:MAX_QUOTED_CHARS - 3]}... ({len(text):,} characters)"
 
 
 def words(text: str) -> list[str]:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from mmkit.audio import AudioLoadError, load_audio, log_mel_spectrogram, pad_or_trim
+from mmkit.errors import quoted
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def read_manifest(path: str | Path, option: str | None = None) -> list[ManifestE
     entries = []
     for n, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not row.get("path") or row.get("text") is None:
-            raise ValueError(f"{path}: entry {n} needs 'path' and 'text' fields, got {_short(row)}")
+            raise ValueError(f"{path}: entry {n} needs 'path' and 'text' fields, got {quoted(row)}")
         extra = {k: v for k, v in row.items() if k not in ("path", "text", "duration")}
         duration = _duration(row.get("duration"), path, n)
         entries.append(ManifestEntry(str((path.parent / row["path"]).expanduser().resolve()), str(row["text"]),
@@ -106,13 +107,8 @@ def _duration(value: Any, path: Path, n: int) -> float | None:
     except (TypeError, ValueError):
         seconds = float("nan")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{path}: entry {n} has duration {_short(value)}: give seconds >= 0, or leave it out")
+        raise ValueError(f"{path}: entry {n} has duration {quoted(value)}: give seconds >= 0, or leave it out")
     return seconds
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class SpeechDataset(Dataset):

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from mmkit.core import GenerationOptions, generate
 from mmkit.data.bart_tokenizer import BartTokenizer
-from mmkit.data.dalle_text import WordTokenizer, quoted, words
+from mmkit.data.dalle_text import WordTokenizer, words
+from mmkit.errors import quoted
 from mmkit.inference.inputs import as_items, check_count
 from mmkit.inference.seeds import image_seed
 from mmkit.inference.transcript import WindowSampling

@@ -52,6 +52,10 @@ def test_read_manifest_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"path": "a.wav"}\n')
     with pytest.raises(ValueError, match="entry 1 needs 'path' and 'text'"):
         read_manifest(tmp_path / "bad.jsonl")
+    (tmp_path / "long.jsonl").write_text(json.dumps({"path": "a.wav", "note": "x" * 100_000}) + "\n")
+    with pytest.raises(ValueError, match=r"entry 1 needs .*xxx\.\.\. \(100,\d{3} characters in all\)$") as info:
+        read_manifest(tmp_path / "long.jsonl")  # the row quoted as every message quotes a value: cut, its size told
+    assert len(str(info.value)) < 250
     (tmp_path / "broken.jsonl").write_text('{"path": "a.wav", "text": "x"}\n{oops\n')
     with pytest.raises(ValueError, match="broken.jsonl:2: invalid JSON"):
         read_manifest(tmp_path / "broken.jsonl")
