@@ -66,10 +66,26 @@ def check_options(model: DALLE | DalleBart, options: GenerationOptions, guidance
     """One clear error per setting a text-to-image sampler cannot honour."""
     if options.beam_size > 1:
         raise ValueError("beam search is not supported for images: sample (temperature/top_k/top_p) or decode greedily")
-    if options.top_k is not None and options.top_k > model.codebook_size:
-        raise ValueError(f"top_k {options.top_k} is larger than the codebook ({model.codebook_size} codes)")
-    if not (finite32(guidance) and guidance >= 0):
-        raise ValueError(f"guidance must be finite and >= 0, got {guidance}{_beyond_float32(guidance)}")
+    check_sampling(model.codebook_size, guidance, options.top_k)
+
+
+def check_sampling(codebook_size: int, guidance: float, top_k: int | None, temperature: float | None = None,
+                   prefix: str = "") -> None:
+    """The rule every text-to-image sampling setting meets, one ValueError naming it (`prefix` + its name: a
+    recipe's `DalleTask` checks its "test_" ones here before training, not at the export after it): guidance
+    finite and >= 0, temperature (where given: sampling) finite and > 0, top_k in [0, the codebook's size]
+    (0 is off, as in `mmkit generate`), all within float32."""
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and finite32(value)
+
+    if not (number(guidance) and guidance >= 0):
+        raise ValueError(f"{prefix}guidance must be finite and >= 0, got {guidance}{_beyond_float32(guidance)}")
+    if temperature is not None and not (number(temperature) and temperature > 0):
+        raise ValueError(f"{prefix}temperature must be finite and > 0, got {temperature}"
+                         f"{_beyond_float32(temperature)}")
+    if not (top_k is None or (isinstance(top_k, int) and not isinstance(top_k, bool) and 0 <= top_k <= codebook_size)):
+        raise ValueError(f"{prefix}top_k must be in [0, {codebook_size}] (the codebook's size; 0 or none: no top-k), "
+                         f"got {top_k}")
 
 
 def _beyond_float32(value: float) -> str:
@@ -430,13 +446,10 @@ class TextToImage:
         """ValueError for a setting `stream` cannot honour, else the options it samples with."""
         check_count("num_images", num_images)
         check_count("batch_size", batch_size)
-        if not (finite32(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be finite and > 0, got {temperature}{_beyond_float32(temperature)}")
+        check_sampling(self.model.codebook_size, guidance, top_k, temperature)
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**64 - 1], got {seed}")
-        options = GenerationOptions(temperature=temperature, top_k=top_k, top_p=top_p)
-        check_options(self.model, options, guidance)
-        return options
+        return GenerationOptions(temperature=temperature, top_k=top_k, top_p=top_p)
 
     @torch.no_grad()
     def _stream(self, prompt: str, num_images: int, seed: int | None, guidance: float, options: GenerationOptions,

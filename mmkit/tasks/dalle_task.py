@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmkit.core import GenerationOptions
-from mmkit.limits import finite32
 from mmkit.models.dalle import DALLE
 from mmkit.models.vqgan import VQGAN
 from mmkit.tasks.model_task import ModelTask
@@ -48,7 +47,10 @@ class DalleTask(ModelTask, pl.LightningModule):
                  test_top_k: int | None = 8, test_temperature: float = 1.0, judge_steps: int = 400,
                  export_dir: str | None = None) -> None:
         super().__init__()
-        _check_test_sampling(test_guidance, test_top_k, test_temperature, model.codebook_size)
+        from mmkit.inference.text_to_image import check_sampling
+
+        # checked now, not by the export after training (13:52 of training, then an error and no export)
+        check_sampling(model.codebook_size, test_guidance, test_top_k, test_temperature, prefix="test_")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         # Kept out of the module tree on purpose: the tokenizer is frozen (never in train mode, where
@@ -142,14 +144,3 @@ class DalleTask(ModelTask, pl.LightningModule):
             path = TextToImage(self.model, self.vqgan, dm.tokenizer, defaults).save_pretrained(folder)
             self.model.train()
             log.info("exported the text-to-image model to %s", path)
-
-
-def _check_test_sampling(guidance: float, top_k: int | None, temperature: float, codebook_size: int) -> None:
-    """The rule `TextToImage` applies to an export's sampling defaults and `sample_codes` to its settings, one
-    ValueError naming the option (`mmkit fit` prints it as one line); top_k 0 is off, as in `mmkit generate`."""
-    if not (isinstance(guidance, (int, float)) and finite32(guidance) and guidance >= 0):
-        raise ValueError(f"test_guidance must be finite and >= 0, got {guidance}")
-    if not (top_k is None or (isinstance(top_k, int) and not isinstance(top_k, bool) and 0 <= top_k <= codebook_size)):
-        raise ValueError(f"test_top_k must be in [0, {codebook_size}] (the codebook; 0 or null: no top-k), got {top_k}")
-    if not (isinstance(temperature, (int, float)) and finite32(temperature) and temperature > 0):
-        raise ValueError(f"test_temperature must be finite and > 0, got {temperature}")

@@ -163,7 +163,7 @@ def test_bad_settings_are_usage_errors(export, tmp_path, capsys, extra, match):
 
 def test_top_k_beyond_the_codebook(export, tmp_path, capsys):
     _fails(["a red circle", "--model", str(export), "--out", str(tmp_path / "o"), "--quiet", "--top-k", "17"], capsys,
-           "larger than the codebook (16 codes)")
+           "top_k must be in [0, 16] (the codebook's size; 0 or none: no top-k), got 17")
 
 
 def test_bad_prompts(export, tmp_path, capsys):

@@ -119,11 +119,11 @@ def _dalle(codebook_size: int = 32) -> DALLE:
 
 
 @pytest.mark.parametrize("given, refusal", [
-    ({"test_top_k": 1000}, "test_top_k must be in [0, 32] (the codebook; 0 or null: no top-k), got 1000"),
-    ({"test_top_k": -1}, "test_top_k must be in [0, 32] (the codebook; 0 or null: no top-k), got -1"),
+    ({"test_top_k": 1000}, "test_top_k must be in [0, 32] (the codebook's size; 0 or none: no top-k), got 1000"),
+    ({"test_top_k": -1}, "test_top_k must be in [0, 32] (the codebook's size; 0 or none: no top-k), got -1"),
     ({"test_guidance": -1.0}, "test_guidance must be finite and >= 0, got -1.0"),
     ({"test_guidance": float("nan")}, "test_guidance must be finite and >= 0, got nan"),
-    ({"test_guidance": 1e39}, "test_guidance must be finite and >= 0, got 1e+39"),
+    ({"test_guidance": 1e39}, "test_guidance must be finite and >= 0, got 1e+39 (above float32's largest, 3.4e38)"),
     ({"test_temperature": 0.0}, "test_temperature must be finite and > 0, got 0.0"),
 ])
 def test_the_recipes_sampling_settings_are_refused_before_training(given, refusal):
@@ -145,8 +145,8 @@ def test_mmkit_fit_refuses_them_in_one_line_before_anything_runs(tmp_path, monke
     code = main(["fit", "--config", str(REPO / "configs" / "dalle_shapes.yaml"), "--model.init_args.test_top_k",
                  "1000"])
     err = capsys.readouterr().err
-    assert code == 2 and err == "mmkit fit: error: test_top_k must be in [0, 512] (the codebook; 0 or null: no " \
-                                "top-k), got 1000\n", err
+    assert code == 2 and err == "mmkit fit: error: test_top_k must be in [0, 512] (the codebook's size; 0 or " \
+                                "none: no top-k), got 1000\n", err
     assert not (tmp_path / "runs").exists()
 
 
