@@ -2,7 +2,8 @@
 [MASK] with their probabilities, from a BERT-family masked-LM (an mmkit export or a transformers
 BertForMaskedLM / RobertaForMaskedLM directory), then the text with the best one filled in (with several
 masks, each mask's own, the other masks left in). Probabilities are transformers' fill-mask pipeline's:
-over the whole vocabulary, special tokens never listed.
+over the whole vocabulary, special tokens never listed. --precision and --quantize are the other text tools'
+(`mmkit embed`, `classify-text`): fp32, the default, is exact; bf16 or int8 give probabilities close to fp32's.
 """
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import argparse
 import json
 from typing import Sequence
 
-from mmkit.cli.options import Parser, utf8_text
+from mmkit.cli.options import Parser, add_precision_argument, utf8_text
 from mmkit.cli.ranked import on_ranks
 from mmkit.errors import print_error
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mmkit.inference.quantize import QUANTIZATIONS
+
     p = Parser(prog="mmkit fill-mask", epilog=__doc__,
                description="the likeliest tokens for each [MASK] from a BERT masked-LM",
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit BERT export or transformers BERT directory")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates per mask (5)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
+    p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
+                   help="int8: int8 weights for every Linear layer, the projection onto the vocabulary (the "
+                        "tied embeddings) kept fp32 (CPU; faster, probabilities close to but not equal to fp32's)")
+    add_precision_argument(p)
     return p
 
 
@@ -39,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         check_device(args.device)
-        encoder = load_encoder(args.model, args.device)
+        # the arithmetic is set up, logged once and a combination it cannot run (bf16 with int8) refused there
+        encoder = load_encoder(args.model, args.device, precision=args.precision, quantize=args.quantize)
         if encoder.model.mlm_head is None:
             raise ValueError(f"{args.model}: the model has no masked-LM head (a BertModel or a classifier); "
                              "give a masked-LM checkpoint")

@@ -58,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="mmkit transcribe", description="Transcribe or translate audio files with a Whisper checkpoint.",
         epilog="Writes <output-dir>/<stem>.<ext> per input (each complete or absent) and prints the text. Files "
-               "that cannot be read or decoded are reported and skipped. Exit code: 0 every readable file "
-               "transcribed and written; 1 no file transcribed, or some outputs could not be written (reported, "
-               "the other files go on); 2 a usage error; 130 interrupted (the files written so far are named).")
+               "that cannot be read or decoded, or that no --clip-timestamps clip reaches, are reported and "
+               "skipped. Exit code: 0 every readable file transcribed and written; 1 no file transcribed, or some "
+               "outputs could not be written (reported, the other files go on); 2 a usage error; 130 interrupted "
+               "(the files written so far are named).")
     p.add_argument("files", nargs="+", help="audio files (any format libsndfile reads; any rate, any channels)")
     p.add_argument("--model", required=True,
                    help="Hugging Face Whisper directory, mmkit checkpoint or CTranslate2 Whisper folder (model.bin, "
@@ -111,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --word-timestamps: marks joined to the previous word (default: openai's %(default)s)")
     p.add_argument("--clip-timestamps", type=_seconds_list, default=(), metavar="START,END,...",
                    help="with --long-form sequential: transcribe these spans only, in seconds (openai's "
-                        "--clip_timestamps; the last end defaults to the audio's end; default, or 0: all of it)")
+                        "--clip_timestamps; the last end defaults to the audio's end; default, or 0: all of it). "
+                        "Clips starting at or past a file's end are named in a warning; a file none reaches fails")
     p.add_argument("--hallucination-silence-threshold", type=_optional(finite(0)), default=None, metavar="SECONDS",
                    help="with --word-timestamps: skip silences longer than this around a likely hallucination and "
                         "decode again after them (openai's option; default: off)")

@@ -34,7 +34,8 @@ def sequential_transcripts(tr: "Transcriber",
     """One `Transcript` per (name, waveform, a stream of blocks or the error that stopped its loading), in order.
     A file is read once into a temporary file on disk (`SpilledAudio`: openai's features are computed over the
     whole file, its "max - 8" floor is the file's, not the window's, and memory stays bounded whatever the
-    file's length); a failure fails that file only, or (`strict`: one waveform's call) raises."""
+    file's length); a failure fails that file only, or (`strict`: one waveform's call) raises. So does a file
+    that no clip of `clip_timestamps` reaches into (`clips_past_end`: a ValueError)."""
     for name, audio in items:
         t = Transcript(name)
         if isinstance(audio, Exception):
@@ -56,6 +57,12 @@ def sequential_transcripts(tr: "Transcriber",
             continue
         with spilled:  # closed (the file gone) before this generator pauses
             t.duration = round(spilled.num_samples / SAMPLE_RATE, 3)
+            t.error = clips_past_end(name, tr.options.clip_timestamps, spilled.content_frames)
+            if t.error is not None:
+                if strict:  # one waveform's call: nothing to go on to
+                    raise ValueError(t.error)
+                yield t
+                continue
             try:
                 t.segments, t.text, t.language = transcribe_sequential(tr, spilled)
             except Exception as e:  # noqa: BLE001 - a failing file fails alone, the run goes on
@@ -157,11 +164,37 @@ def _time_words(tr: "Transcriber", spans: list[dict], decoded: tuple[torch.Tenso
 def seek_clips(clip_timestamps: Sequence[float], content_frames: int) -> list[tuple[int, int]]:
     """openai's (start, end) Mel frames of the clips to transcribe from `clip_timestamps` (start, end, start, ...
     seconds; the last end defaults to the audio's end, and () is the whole audio). An end past the audio is the
-    audio's end (openai would decode windows of no audio there)."""
+    audio's end (openai would decode windows of no audio there), and a clip starting at or past it is empty
+    (openai decodes its padding there, a text the audio does not hold; `clips_past_end` says so)."""
     points = [round(t * FRAMES_PER_SECOND) for t in clip_timestamps] or [0]
     if len(points) % 2:
         points.append(content_frames)
     return [(start, min(end, content_frames)) for start, end in zip(points[::2], points[1::2])]
+
+
+def clips_past_end(name: str, clip_timestamps: Sequence[float], content_frames: int) -> str | None:
+    """The file's error when every clip of `clip_timestamps` starts at or past the audio's end, else None (after
+    one warning naming the clips that do, where others hold audio). Those clips are empty (`seek_clips`; openai
+    decodes windows of its padding there, segments past the audio's end), so seconds typed wrong (100,120 for a
+    60-s file) gave an empty transcript without a word. In Mel frames, as `seek_clips` counts them."""
+    if list(clip_timestamps) in ([], [0]):  # the whole audio, whatever its length (none included)
+        return None
+    starts = clip_timestamps[::2]
+    names = [f"{a:g}-{b:g} s" for a, b in zip(starts, clip_timestamps[1::2])]
+    if len(clip_timestamps) % 2:  # the last clip runs to the audio's end
+        names.append(f"from {starts[-1]:g} s")
+    past = [names[i] for i, (start, _) in enumerate(seek_clips(clip_timestamps, content_frames))
+            if start >= content_frames]
+    if not past:
+        return None
+    end = f"{content_frames / FRAMES_PER_SECOND:.2f}".rstrip("0").rstrip(".")
+    if len(past) == len(starts):
+        clips = f"the clip {past[0]}" if len(past) == 1 else f"every clip ({', '.join(past)})"
+        return f"clip_timestamps: {clips} starts at or past the audio's end ({end} s): nothing to transcribe"
+    log.warning("%s: clip_timestamps: %d of %d clips (%s) %s at or past the audio's end (%s s): nothing is "
+                "transcribed there", name, len(past), len(starts), ", ".join(past),
+                "starts" if len(past) == 1 else "start", end)
+    return None
 
 
 def skip_hallucinations(spans: list[dict], threshold: float, window_seek: int, size: int, n_frames: int, seek: int,

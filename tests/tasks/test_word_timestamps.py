@@ -7,6 +7,7 @@ parts (DTW, median filter, word split) are compared with openai's own functions,
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from whisper_fixtures import synth_speechlike, write_wav
 from mmkit.audio import log_mel_spectrogram
 from mmkit.cli.transcribe import main
 from mmkit.inference import DecodingOptions, Transcriber
+from mmkit.inference.sequential import clips_past_end, sequential_transcripts
 from mmkit.inference.transcript import Decoded
 from mmkit.inference.word_timing import dtw, find_alignment, median_filter, split_to_words
 from mmkit.models import Whisper
@@ -196,6 +198,91 @@ def test_clip_timestamps_are_openais(seeking, audio, words, clips, language):
         assert _ours(ours) == _rows(expected["segments"]) and ours.text == expected["text"].strip()
     assert ours.segments and ours.segments[0].start >= clips[0]
     assert _ours(ours) != _ours(_transcribe(model, tok, audio, language, word_timestamps=words))
+
+
+SHORT = 12.3  # seconds of audio: 1230 Mel frames
+
+
+@pytest.fixture(scope="module")
+def short_audio():
+    return synth_speechlike(SHORT, seed=3)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_clips_past_the_audios_end_are_named_and_the_others_transcribed_as_before(seeking, short_audio, caplog):
+    """A clip that starts at or past the audio's end (seconds typed wrong) is empty: mmkit names those clips in
+    one warning and transcribes the others exactly as without them."""
+    _, _, model, tok = seeking
+    with caplog.at_level(logging.WARNING, logger="mmkit"):
+        ours = _transcribe(model, tok, short_audio, "en", clip_timestamps=(2.0, 8.0, 20.0, 30.0, 40.0))
+    assert _warnings(caplog) == ["<audio>: clip_timestamps: 2 of 3 clips (20-30 s, from 40 s) start at or past the "
+                                 "audio's end (12.3 s): nothing is transcribed there"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mmkit"):
+        alone = _transcribe(model, tok, short_audio, "en", clip_timestamps=(2.0, 8.0))
+    assert not _warnings(caplog)
+    assert ours.error is None and ours.segments and ours.duration == SHORT
+    assert _ours(ours) == _ours(alone) and _our_words(ours) == _our_words(alone) and ours.text == alone.text
+
+
+def test_clips_past_the_end_are_counted_in_mel_frames(caplog):
+    """A clip holds audio while its first Mel frame (`round(seconds * 100)`, as `seek_clips`) is one of the
+    audio's; the whole audio (no clips, or openai's default 0) is never said to be past it."""
+    frames = round(SHORT * 100)
+    with caplog.at_level(logging.WARNING, logger="mmkit"):
+        for clips in ((), (0,), (12.29,), (0.0, 12.294), (12.0, 50.0)):
+            assert clips_past_end("a.wav", clips, frames) is None, clips
+        assert not _warnings(caplog)
+        assert clips_past_end("a.wav", (12.296,), frames) == (
+            "clip_timestamps: the clip from 12.296 s starts at or past the audio's end (12.3 s): nothing to transcribe")
+        assert clips_past_end("a.wav", (1.0, 2.0, 12.3, 13.0), frames) is None
+    assert _warnings(caplog) == ["a.wav: clip_timestamps: 1 of 2 clips (12.3-13 s) starts at or past the audio's "
+                                 "end (12.3 s): nothing is transcribed there"]
+    assert "(3600 s)" in clips_past_end("a.wav", (4000.0,), 360_000)
+
+
+def test_a_file_that_no_clip_reaches_fails_alone_in_one_line(seeking, short_audio, caplog):
+    """Every clip past the audio's end: the file fails with that error (the run goes on to the next file, which
+    the same clips reach), nothing else said; a single waveform's call raises it."""
+    _, _, model, tok = seeking
+    tr = Transcriber(model, tok, DecodingOptions(temperatures=(0.0,), language="en", long_form="sequential",
+                                                 clip_timestamps=(20.0, 30.0, 40.0), **NO_CHECKS))
+    error = ("clip_timestamps: every clip (20-30 s, from 40 s) starts at or past the audio's end (12.3 s): "
+             "nothing to transcribe")
+    with caplog.at_level(logging.WARNING, logger="mmkit"):
+        late, reached = sequential_transcripts(tr, [("late.wav", short_audio), ("long.wav", synth_speechlike(45))])
+    assert not _warnings(caplog)
+    assert late.error == error and late.segments == [] and late.text == "" and late.duration == SHORT
+    assert reached.error is None and reached.segments and reached.segments[0].start >= 20.0
+    with pytest.raises(ValueError) as raised:
+        tr.transcribe(short_audio)
+    assert str(raised.value) == error
+
+
+def test_cli_reports_clips_past_the_end_and_a_file_no_clip_reaches(seeking, short_audio, tmp_path, caplog):
+    """The CLI: the warning as the API's, and a file no clip reaches is one error line, not written, exit 1
+    (nothing transcribed), as any file that fails."""
+    _, pt, model, tok = seeking
+    wav = write_wav(tmp_path / "short.wav", short_audio, subtype="FLOAT")
+    run = [str(wav), "--model", str(pt), *EXACT, "--long-form", "sequential", "-f", "json", "--clip-timestamps"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*run, "20,30", "-o", str(tmp_path / "none")]) == 1
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == [
+        ("ERROR", f"{wav}: clip_timestamps: the clip 20-30 s starts at or past the audio's end (12.3 s): nothing to "
+                  "transcribe"),
+        ("WARNING", f"transcribed and wrote 0 of 1 files; failed: {wav}")]
+    assert not (tmp_path / "none").exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main([*run, "2,8,20,30", "-o", str(tmp_path / "some")]) == 0
+    assert _warnings(caplog) == [f"{wav}: clip_timestamps: 1 of 2 clips (20-30 s) starts at or past the audio's end "
+                                 "(12.3 s): nothing is transcribed there"]
+    out = json.loads((tmp_path / "some" / "short.json").read_text())
+    api = _transcribe(model, tok, short_audio, "en", word_timestamps=False, clip_timestamps=(2.0, 8.0))
+    assert out == api.to_dict() | {"file": str(wav)} and out["segments"]
 
 
 def test_dtw_and_median_filter_are_openais():
