@@ -9,8 +9,12 @@ import html
 import math
 
 import gradio as gr
+from gradio.context import LocalContext
 
 from mmkit.limits import MAX_SEED
+
+# x-gradio-user values of programs, which read a message as text (`for_caller`)
+PROGRAM_CALLERS = frozenset({"api", "mcp"})
 
 
 def slider(*args: object, **kwargs: object) -> gr.Slider:
@@ -34,15 +38,28 @@ def slider(*args: object, **kwargs: object) -> gr.Slider:
 
 
 def refused(message: str) -> gr.Error:
-    """The error a tab raises for a user's mistake: its message shown as text (Gradio renders an error's
-    message as HTML, so a label such as "<cat>" would vanish from it), and no server traceback (the
-    mistake is the user's, told in the browser; Gradio prints one for every error unless told not to)."""
-    return gr.Error(html.escape(message, quote=False), print_exception=False)
+    """The error a tab raises for a user's mistake: its message as the caller reads it (`for_caller`), and no
+    server traceback (the mistake is the user's, told to them; Gradio prints one for every error unless told
+    not to)."""
+    return gr.Error(for_caller(message), print_exception=False)
 
 
 def warn(message: str) -> None:
-    """A warning in the browser whose message shows as text (Gradio renders it as HTML, as an error's)."""
-    gr.Warning(html.escape(message, quote=False))
+    """A warning whose message reads as `refused`'s does (`for_caller`)."""
+    gr.Warning(for_caller(message))
+
+
+def for_caller(message: str) -> str:
+    """`message` as the caller of the running event reads an error's or a warning's text: HTML-escaped for the
+    browser, which renders it as HTML (a label such as "<cat>" vanished from it), and as it is for a program,
+    which reads it as text (gradio_client got "&lt;cat&gt;"). A program is told by the header x-gradio-user
+    that Gradio's clients send on each request: "api" from gradio_client, "mcp" from Gradio's MCP server; the
+    browser sends "app". A raw HTTP call without it (curl on /gradio_api/call/...) gets the browser's form, as
+    does a call outside a Gradio event (a test calling a tab function). Gradio sets the event's request in a
+    contextvar (`LocalContext.request`) around each call of a tab function and each step of a generator, beside
+    the event id `gr.Warning` itself reads, so no tab passes its request down to the checks that refuse."""
+    headers = dict(getattr(LocalContext.request.get(None), "headers", None) or {})  # none outside an event
+    return message if headers.get("x-gradio-user") in PROGRAM_CALLERS else html.escape(message, quote=False)
 
 
 def text(value: object, name: str) -> str:

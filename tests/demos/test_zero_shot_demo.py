@@ -4,6 +4,7 @@ same scores the Python API (`ZeroShotClassifier.predict_images`) gives for those
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pytest
@@ -215,24 +216,87 @@ def test_one_label_is_refused_as_mmkit_label_refuses_it(clip_export):
         _score(ZeroShotClassifier.from_pretrained(export))([str(files[0])], " , ", "a {}")
 
 
-def test_mmkits_loader_judges_each_upload_over_http(serve_blocks, clip_export, tmp_path, capfd):
+@pytest.fixture(scope="module")
+def served(clip_export):
+    """(url, app): the zero-shot app on a free local port, once for this module's HTTP tests."""
+    from demos.zero_shot import build_app
+    from mmkit.demo_harness import launch
+    from mmkit.inference import ZeroShotClassifier
+
+    app = build_app(ZeroShotClassifier.from_pretrained(clip_export[0]))
+    url, close = launch(app)
+    yield url, app
+    close()
+
+
+def test_mmkits_loader_judges_each_upload_over_http(served, clip_export, tmp_path, capfd):
     """Gradio judged uploads by their names' extensions: a PNG named scan.dat was refused, and one PDF among
     images failed the whole batch ("Invalid file type") with a server traceback."""
     import shutil
 
     from gradio_client import Client, handle_file
 
-    from demos.zero_shot import build_app
-    from mmkit.inference import ZeroShotClassifier
-
     export, files = clip_export
     scan = Path(shutil.copy(files[0], tmp_path / "scan.dat"))
     (tmp_path / "doc.pdf").write_bytes(b"%PDF-1.4\n%")
-    app = build_app(ZeroShotClassifier.from_pretrained(export))
+    url, app = served
     assert [f.api_name for f in app.fns.values()] == ["zero_shot"]
-    client = Client(serve_blocks(app), verbose=False)
+    client = Client(url, verbose=False)
     capfd.readouterr()
     rows, gallery = client.predict([handle_file(str(scan)), handle_file(str(tmp_path / "doc.pdf"))],
                                    "red circle, blue star", "a {}", api_name="/zero_shot")
     assert [row[0] for row in rows["data"]] == ["scan.dat", "scan.dat"] and len(gallery) == 1
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("caller, shown", [
+    ("api", lambda message: message),  # gradio_client's own header
+    ("app", lambda message: html.escape(message, quote=False)),  # the header the browser sends
+], ids=["gradio-client", "browser"])
+def test_an_api_caller_reads_refusals_and_warnings_as_text_the_browser_as_html(served, clip_export, tmp_path,
+                                                                              caller, shown):
+    """The browser renders an error's or a warning's message as HTML, so `demos.inputs` escapes it there; a
+    gradio_client caller was handed the escaped text too ("label '&lt;cat&gt;'"). The browser's form is asked
+    for through the same client sending the browser's x-gradio-user header. ("<" and ">" do not survive an
+    upload's file name; "&" does.)"""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url, _ = served
+    client = Client(url, verbose=False, headers={"x-gradio-user": caller})
+    with pytest.raises(AppError) as refused:
+        client.predict([handle_file(str(clip_export[1][0]))], "<cat>, <cat>", "a {}", api_name="/zero_shot")
+    assert str(refused.value) == shown("label '<cat>' is given twice: give each label once")
+    broken = tmp_path / "R&D.png"
+    broken.write_bytes(b"not a png")
+    job = client.submit([handle_file(str(broken)), handle_file(str(clip_export[1][0]))], "red circle, blue star",
+                        "a {}", api_name="/zero_shot")
+    assert len(job.result()[0]["data"]) == 2
+    assert _logs(job) == [(shown("skipped R&D.png: not an image (cannot identify image file)"), "warning")]
+
+
+def test_a_raw_http_call_without_gradios_header_gets_the_browsers_form(served, clip_export):
+    """curl on /gradio_api/call/... sends no x-gradio-user header, so it cannot be told from the browser: it gets
+    the escaped message, as documented in `demos.inputs.for_caller`."""
+    import httpx
+
+    url, _ = served
+    api = url.rstrip("/") + "/gradio_api"
+    with open(clip_export[1][0], "rb") as f:
+        [path] = httpx.post(f"{api}/upload", files={"files": f}).json()
+    data = [[{"path": path, "meta": {"_type": "gradio.FileData"}}], "<cat>, <cat>", "a {}"]
+    event_id = httpx.post(f"{api}/call/zero_shot", json={"data": data}).json()["event_id"]
+    stream = httpx.get(f"{api}/call/zero_shot/{event_id}", timeout=60).text
+    assert "event: error" in stream and "label '&lt;cat&gt;' is given twice" in stream
+
+
+def _logs(job) -> list[tuple[str, str]]:
+    """The (message, level) pairs of the gr.Warning and gr.Info logs a finished gradio_client job received, from
+    the queue `Job.__aiter__` reads (not run here: after a browser test, Playwright's event loop holds the
+    thread)."""
+    updates, logs = job.communicator.updates, []
+    while not updates.empty():
+        update = updates.get_nowait()
+        if update.type == "status" and update.log:
+            logs.append(update.log)
+    return logs
