@@ -2,7 +2,8 @@
 openai/whisper's sequential algorithm, `--long-form sequential`) on long espeak-ng passages: each file is a run
 of the espeak corpus's sentences spoken by one voice the recipe never hears, with short pauses, so that words
 fall across the 30 s window edges. Each long form runs as a whole `mmkit transcribe` process, greedy, with
-timestamps (sequential seeks on them); the report gives WER and wall time per long form. Nothing is downloaded:
+timestamps (sequential seeks on them); the report gives WER and wall time per long form, and whether
+sequential's transcripts batched across files equal those one file at a time. Nothing is downloaded:
 `--model` is a Whisper folder the user has (README: real tiny.en weights).
 
     python scripts/long_form_wer.py --model WHISPER_DIR --files 6 --seconds 80 --work /tmp/long_form
@@ -27,7 +28,8 @@ from mmkit.data.espeak_sentences import make_sentence
 
 # name -> `mmkit transcribe` options
 LONG_FORMS = {"windows": ["--long-form", "windows"], "sequential": ["--long-form", "sequential"],
-              "sequential, no previous text": ["--long-form", "sequential", "--condition-on-previous-text", "false"]}
+              "sequential, no previous text": ["--long-form", "sequential", "--condition-on-previous-text", "false"],
+              "sequential, one file at a time": ["--long-form", "sequential", "--batch-size", "1"]}
 PAUSE_S = 0.35  # between sentences: a speaker's breath, and room for a window edge to fall inside a word or not
 
 
@@ -77,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     hours = sum(sf.info(f).duration for f in files) / 3600
     print(f"{len(files)} passages, {hours * 60:.1f} min of speech; model {args.model}")
     print("| long form | WER | wall |\n|---|---|---|")
+    texts = {}
     for n, (long_form, options) in enumerate(LONG_FORMS.items()):
-        texts, wall = transcribe(args.model, files, options, work / f"run{n}", args.threads)
-        wer = word_error_rate([texts[f] for f in files], [references[f] for f in files])
+        texts[long_form], wall = transcribe(args.model, files, options, work / f"run{n}", args.threads)
+        wer = word_error_rate([texts[long_form][f] for f in files], [references[f] for f in files])
         print(f"| {long_form} | {100 * wer:.1f}% | {wall:.1f} s |")
+    same = sum(texts["sequential"][f] == texts["sequential, one file at a time"][f] for f in files)
+    print(f"sequential: {same} of {len(files)} transcripts the same batched (--batch-size 8) as one file at a time")
     return 0
 
 

@@ -31,6 +31,7 @@ def test_every_long_form_gets_its_row(tmp_path, capsys):
     out = capsys.readouterr().out
     rows = re.findall(r"^\| (.+?) \| (\d+\.\d)% \| (\d+\.\d) s \|$", out, re.M)
     assert [r[0] for r in rows] == list(script.LONG_FORMS)
+    assert "sequential: 1 of 1 transcripts the same batched (--batch-size 8) as one file at a time" in out
     (audio,) = (tmp_path / "w" / "audio").iterdir()
     assert sf.info(str(audio)).duration >= 31
 

@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="how audio longer than 30 s is decoded. windows (default): fixed 30 s windows decoded "
                         "independently and batched across files, fast; a word crossing a window's end may be cut. "
                         "sequential: openai's transcribe(), exactly: one window at a time per file, each starting at "
-                        "the previous one's last timestamp, prompted with the previous text; slower (no batching); "
+                        "the previous one's last timestamp, prompted with the previous text; the current windows of "
+                        "--batch-size files are decoded together, each as it decodes alone; "
                         "each file is held in a temporary file in $TMPDIR (4 bytes a sample, 230 MB per hour of "
                         "audio; on disk unless $TMPDIR is a tmpfs) and its features, openai's, computed window by "
                         "window: memory bounded whatever its length")
@@ -134,7 +135,8 @@ def _parser() -> argparse.ArgumentParser:
                         "and --max-line-count)")
     p.add_argument("--output-dir", "-o", default=".", help="where to write <stem>.<ext> (default: .)")
     p.add_argument("--batch-size", type=at_least(1), default=8,
-                   help="30 s windows per encoder/decoder batch (--long-form sequential: one at a time)")
+                   help="30 s windows per encoder/decoder batch (--long-form sequential: windows of that many "
+                        "files, one window per file)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (under torchrun, cuda is each rank's own GPU: cuda:LOCAL_RANK)")
     p.add_argument("--threads", type=thread_count(), default=None, help="torch CPU threads (default: torch's)")

@@ -5,9 +5,11 @@ Parameter naming, documented once: attention `qkv` (fused self-attention) or `q`
 `norm1`/`attn`/`ls1`, `norm_cross`/`cross_attn`/`ls_cross`, `norm2`/`mlp`/`ls2`; stacks
 `blocks.{i}` and a final `norm`. These are timm's names, so vision checkpoints map 1:1.
 """
-from mmkit.core.attention import Attention, attention_maps, causal_mask, key_padding_mask
+from mmkit.core.attention import (
+    Attention, attention_maps, causal_mask, key_padding_mask, left_padding_mask,
+)
 from mmkit.core.blocks import DropPath, LayerScale, PostNormBlock, PreNormBlock, layer_norm
-from mmkit.core.cache import AttentionCache, BlockCache, KVCache
+from mmkit.core.cache import AttentionCache, BlockCache, KVCache, left_padded
 from mmkit.core.decoding import BeamSearch, Generation, GenerationOptions, Greedy, Sampling, generate
 from mmkit.core.filters import (
     LogitFilter, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens,
@@ -30,6 +32,6 @@ __all__ = [
     "RelativePositionBias", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "Sampling",
     "SuppressAtBegin", "SuppressTokens", "SwiGLU", "Temperature", "TopK", "TopP", "TransformerStack",
     "attention_maps", "causal_mask", "compile_stacks", "generate", "key_padding_mask", "layer_norm",
-    "output_logits", "resample_positions", "set_grad_checkpointing", "sinusoidal_positions",
-    "sinusoidal_positions_concat", "sinusoidal_positions_halves", "tied_logits",
+    "left_padded", "left_padding_mask", "output_logits", "resample_positions", "set_grad_checkpointing",
+    "sinusoidal_positions", "sinusoidal_positions_concat", "sinusoidal_positions_halves", "tied_logits",
 ]

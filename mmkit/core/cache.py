@@ -8,6 +8,7 @@ from the encoder output and reused at every step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -81,10 +82,18 @@ class KVCache:
 
     `length` is the number of positions already processed, which decoders use as the
     position offset of the next tokens.
+
+    `padding`: None, or (B,) int64, the positions at the start of each row that are padding: a batch of
+    prompts of different lengths left-padded to one length (`left_padded`), each row's own prompt ending
+    where the others' end, so that one decoding step serves them all. A decoder that reads it
+    (`mmkit.models.whisper.Whisper`) numbers a row's positions from its first real token and masks the
+    padding out of self-attention, so each row decodes as it would alone. It follows the rows through
+    `reorder` and `fork` (not a fork without the prefix: a new prompt there is laid out anew).
     """
 
     def __init__(self) -> None:
         self.layers: list[BlockCache] = []
+        self.padding: Tensor | None = None
 
     def layer(self, index: int) -> BlockCache:
         while len(self.layers) <= index:
@@ -100,6 +109,8 @@ class KVCache:
         for block in self.layers:
             block.self_attn.reorder(index)
             block.cross_attn.reorder(index)
+        if self.padding is not None:
+            self.padding = self.padding.index_select(0, index.to(self.padding.device))
 
     @property
     def batch_size(self) -> int:
@@ -133,4 +144,15 @@ class KVCache:
             if keep_prefix and not block.self_attn.is_empty:
                 layer.self_attn.append(block.self_attn.keys.index_select(0, rows),
                                        block.self_attn.values.index_select(0, rows))
+        if keep_prefix and self.padding is not None:
+            out.padding = self.padding.index_select(0, rows.to(self.padding.device))
         return out
+
+
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int,
+                device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Token rows of different lengths as one (B, T) batch, each row right-aligned after `pad_id`s, and the (B,)
+    count of padding positions per row (a `KVCache.padding`)."""
+    width = max(len(r) for r in rows)
+    tokens = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], dtype=torch.long, device=device)
+    return tokens, torch.tensor([width - len(r) for r in rows], dtype=torch.long, device=device)

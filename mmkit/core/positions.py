@@ -58,10 +58,19 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(nn.init.normal_(torch.empty(max_len, dim), std=0.02))
 
-    def forward(self, length: int, offset: int = 0) -> Tensor:
-        if offset + length > self.weight.shape[0]:
-            raise ValueError(f"sequence of {offset + length} positions exceeds max_len {self.weight.shape[0]}")
-        return self.weight[offset : offset + length]
+    def forward(self, length: int, offset: int = 0, padding: Tensor | None = None) -> Tensor:
+        """(length, dim) rows offset..offset + length - 1; with `padding` ((B,) left-padding positions per row,
+        `KVCache.padding`), (B, length, dim): each row's positions counted from its first real token (padding
+        positions get row 0; they are masked out)."""
+        if padding is None:
+            if offset + length > self.weight.shape[0]:
+                raise ValueError(f"sequence of {offset + length} positions exceeds max_len {self.weight.shape[0]}")
+            return self.weight[offset : offset + length]
+        positions = torch.arange(offset, offset + length, device=padding.device)[None, :] - padding[:, None]
+        if offset + length - int(padding.min()) > self.weight.shape[0]:
+            raise ValueError(f"sequence of {offset + length - int(padding.min())} positions exceeds max_len "
+                             f"{self.weight.shape[0]}")
+        return self.weight[positions.clamp_(min=0)]
 
 
 def resample_positions(

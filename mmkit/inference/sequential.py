@@ -3,21 +3,27 @@ one window at a time per file, each starting where the last complete segment of 
 last timestamp), prompted with the text decoded since the last reset (`condition_on_previous_text`), silent
 windows skipped whole. The windows are decoded by the transcriber's own window decoding
 (`Transcriber.decode_context`); what is here is openai's seek, prompt and segment bookkeeping around it.
+
+Files are batched: each file's windows must come one after another, but the current windows of up to
+`batch_size` files are encoded and decoded together, each file's previous text left-padded to one length
+(`KVCache.padding`), so that every window decodes as it would alone.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Generator, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, SpilledAudio, pad_or_trim
 from mmkit.core import KVCache
 from mmkit.inference.transcript import Decoded, Segment, Transcript, Word, is_silence
 from mmkit.inference.window_decoder import Window, previous_text_prompt
 from mmkit.inference.word_timing import (
-    add_word_timestamps, is_segment_anomaly, last_end, next_words_segment,
+    WordTiming, add_word_timestamps, is_segment_anomaly, last_end, next_words_segment,
 )
 
 if TYPE_CHECKING:  # the transcriber imports this module
@@ -28,49 +34,168 @@ log = logging.getLogger(__name__)
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # Mel frames a second (100): openai seeks to a word's end in these
 
 
+@dataclass
+class _Request:
+    """A window a file's `_file_windows` asks to have decoded."""
+
+    window: Window
+    features: Tensor  # (n_mels, 2·n_audio_ctx): the window's slice of the file's features, zeros after the audio
+    prefix: list[int]  # [<|startofprev|>, *previous text] or []
+
+
+@dataclass
+class _Reply:
+    """The window decoded: its decoding, its <|nospeech|> probability, and its words' aligner (`spans` -> the
+    words of `Transcriber.align_words`, over the batch's encoder output and cross-attention cache)."""
+
+    decoded: Decoded
+    no_speech: float
+    align: Callable[[list[dict]], list[WordTiming]]
+
+
+FileWindows = Generator[_Request, _Reply, "tuple[list[Segment], str, str]"]
+
+
+@dataclass
+class _Open:
+    """A file being decoded: its transcript, its spilled audio, its generator and the window it waits for."""
+
+    transcript: Transcript
+    audio: SpilledAudio
+    windows: FileWindows
+    request: _Request
+
+
 def sequential_transcripts(tr: "Transcriber",
                            items: Iterable[tuple[str, np.ndarray | Iterator[np.ndarray] | Exception]],
                            strict: bool = False) -> Iterator[Transcript]:
-    """One `Transcript` per (name, waveform, a stream of blocks or the error that stopped its loading), in order.
-    A file is read once into a temporary file on disk (`SpilledAudio`: openai's features are computed over the
-    whole file, its "max - 8" floor is the file's, not the window's, and memory stays bounded whatever the
-    file's length); a failure fails that file only, or (`strict`: one waveform's call) raises. So does a file
-    that no clip of `clip_timestamps` reaches into (`clips_past_end`: a ValueError)."""
-    for name, audio in items:
-        t = Transcript(name)
-        if isinstance(audio, Exception):
-            t.error = getattr(audio, "reason", str(audio))
-            yield t
-            continue
-        try:
-            spilled = SpilledAudio(audio if isinstance(audio, Iterator) else [audio], tr.model.n_mels,
-                                   padding=tr.window_samples, device=tr.device)
-        except AudioLoadError as e:  # unreadable, or bad samples found partway: the file fails
-            t.error = e.reason
-            yield t
-            continue
-        except OSError as e:  # the temporary file (a full disk): that file fails
+    """One `Transcript` per (name, waveform, a stream of blocks or the error that stopped its loading), in order,
+    up to `tr.batch_size` files decoded at once (their current windows in one batch). A file is read once into
+    a temporary file on disk (`SpilledAudio`: openai's features are computed over the whole file, its "max - 8"
+    floor is the file's, not the window's, and memory stays bounded whatever the file's length); a failure
+    fails that file only, or (`strict`: one waveform's call) raises. So does a file that no clip of
+    `clip_timestamps` reaches into (`clips_past_end`: a ValueError)."""
+    languages: dict[int, str | None] = {}  # file number -> language, as the windows' `file` key them
+    active: list[_Open] = []
+    done: dict[int, Transcript] = {}
+    numbered = enumerate(items)
+    shown, more = 0, True
+    try:
+        while more or active:
+            while more and len(active) < tr.batch_size:
+                try:
+                    n, (name, audio) = next(numbered)
+                except StopIteration:
+                    more = False
+                    break
+                opened = _open(tr, n, name, audio, languages, strict)
+                if isinstance(opened, Transcript):
+                    done[n] = opened
+                else:
+                    active.append(opened)
+            if active:
+                replies = _decode_batch(tr, [f.request for f in active], languages, strict)
+                for f, reply in zip(list(active), replies):
+                    if not _advance(f, reply, strict):
+                        active.remove(f)
+                        done[f.request.window.file] = f.transcript
+                        languages.pop(f.request.window.file, None)
+            while shown in done:  # in input order
+                yield done.pop(shown)
+                shown += 1
+    finally:  # an abandoned run (an error, Ctrl-C, a consumer that stops): every temporary file closed
+        for f in active:
+            f.audio.close()
+
+
+def _open(tr: "Transcriber", n: int, name: str, audio: np.ndarray | Iterator[np.ndarray] | Exception,
+          languages: dict[int, str | None], strict: bool) -> _Open | Transcript:
+    """File `n` spilled and its first window asked for, or its finished transcript (it failed to load, or it has
+    no window to decode)."""
+    t = Transcript(name)
+    if isinstance(audio, Exception):
+        t.error = getattr(audio, "reason", str(audio))
+        return t
+    try:
+        spilled = SpilledAudio(audio if isinstance(audio, Iterator) else [audio], tr.model.n_mels,
+                               padding=tr.window_samples, device=tr.device)
+    except AudioLoadError as e:  # unreadable, or bad samples found partway: the file fails
+        t.error = e.reason
+        return t
+    except OSError as e:  # the temporary file (a full disk): that file fails
+        if strict:
+            raise
+        t.error = f"could not hold the audio in a temporary file ({e.strerror or e})"
+        return t
+    t.duration = round(spilled.num_samples / SAMPLE_RATE, 3)
+    t.error = clips_past_end(name, tr.options.clip_timestamps, spilled.content_frames)
+    if t.error is not None:
+        spilled.close()
+        if strict:  # one waveform's call: nothing to go on to
+            raise ValueError(t.error)
+        return t
+    f = _Open(t, spilled, _file_windows(tr, spilled, n, languages), None)  # type: ignore[arg-type]
+    return f if _advance(f, None, strict) else f.transcript
+
+
+def _advance(f: _Open, reply: _Reply | None, strict: bool) -> bool:
+    """Hand file `f` its window's `reply` (None: start it) and keep the next window it asks for: True, or finish
+    its transcript (done, or failed alone) and close its audio: False."""
+    try:
+        f.request = next(f.windows) if reply is None else f.windows.send(reply)
+        return True
+    except StopIteration as done:
+        f.transcript.segments, f.transcript.text, f.transcript.language = done.value
+    except Exception as e:  # noqa: BLE001 - a failing file fails alone, the run goes on
+        if strict:
+            f.audio.close()
+            raise
+        log.debug("decoding failed", exc_info=True)
+        f.transcript.error = f"decoding failed ({type(e).__name__}: {e})"
+    f.audio.close()
+    return False
+
+
+def _decode_batch(tr: "Transcriber", requests: list[_Request], languages: dict[int, str | None],
+                  strict: bool) -> list[_Reply | Exception]:
+    """Each request's reply, the windows encoded and decoded in one batch. Where the batch fails (out of memory,
+    say), each window is decoded alone, so that only a window that fails alone fails its file."""
+    try:
+        return _decode(tr, requests, languages)
+    except Exception as e:  # noqa: BLE001 - retried alone below, or the one window's failure
+        if strict or len(requests) == 1:
             if strict:
                 raise
-            t.error = f"could not hold the audio in a temporary file ({e.strerror or e})"
-            yield t
-            continue
-        with spilled:  # closed (the file gone) before this generator pauses
-            t.duration = round(spilled.num_samples / SAMPLE_RATE, 3)
-            t.error = clips_past_end(name, tr.options.clip_timestamps, spilled.content_frames)
-            if t.error is not None:
-                if strict:  # one waveform's call: nothing to go on to
-                    raise ValueError(t.error)
-                yield t
-                continue
-            try:
-                t.segments, t.text, t.language = transcribe_sequential(tr, spilled)
-            except Exception as e:  # noqa: BLE001 - a failing file fails alone, the run goes on
-                if strict:
-                    raise
-                log.debug("decoding failed", exc_info=True)
-                t.error = f"decoding failed ({type(e).__name__}: {e})"
-        yield t
+            return [e]
+        log.debug("a batch of %d windows failed; decoding them one at a time", len(requests), exc_info=True)
+    out: list[_Reply | Exception] = []
+    for r in requests:
+        try:
+            out.append(_decode(tr, [r], languages)[0])
+        except Exception as e:  # noqa: BLE001 - that window's file fails (`_advance` raises it in its generator)
+            out.append(e)
+    return out
+
+
+def _decode(tr: "Transcriber", requests: list[_Request], languages: dict[int, str | None]) -> list[_Reply]:
+    """The requests' windows encoded in one batch and decoded in one (`Transcriber.decode_context`; their previous
+    texts left-padded), each with the aligner of its words over the batch's encoder output and cache."""
+    tok = tr.tokenizer
+    context, cache = tr.encode_mel(torch.stack([r.features for r in requests])), KVCache()
+    windows = [r.window for r in requests]
+    # openai lets a window's timestamps run to 30.00 whatever audio it holds (the windows' cap is the audio's end)
+    no_cap = torch.full((len(requests),), tok.timestamp_end - tok.timestamp_begin)
+    decoded = tr.decode_context(context, windows, languages, [r.prefix for r in requests], no_cap, cache)
+
+    def aligner(row: int) -> Callable[[list[dict]], list[WordTiming]]:
+        def align(spans: list[dict]) -> list[WordTiming]:
+            index = torch.tensor([row], device=context.device)
+            (words,) = tr.align_words(context.index_select(0, index), cache.fork(index, keep_prefix=False),
+                                      [windows[row]], [spans], languages)
+            return words
+        return align
+
+    return [_Reply(d, no_speech, aligner(b)) for b, (d, no_speech) in enumerate(decoded)]
 
 
 def transcribe_sequential(tr: "Transcriber", audio: np.ndarray | SpilledAudio) -> tuple[list[Segment], str, str]:
@@ -80,41 +205,55 @@ def transcribe_sequential(tr: "Transcriber", audio: np.ndarray | SpilledAudio) -
     whose text is blank or whose start is their end are kept with no text and no tokens, as openai keeps them.
     With `word_timestamps`, each segment gets its words (`mmkit.inference.word_timing`), which move segment
     boundaries and the next window's start as openai's do."""
+    if isinstance(audio, np.ndarray):
+        with SpilledAudio([audio], tr.model.n_mels, padding=tr.window_samples, device=tr.device) as spilled:
+            return transcribe_sequential(tr, spilled)
+    languages: dict[int, str | None] = {}
+    windows = _file_windows(tr, audio, 0, languages)
+    try:
+        request = next(windows)
+        while True:
+            reply = _decode(tr, [request], languages)[0]
+            request = windows.send(reply)
+    except StopIteration as done:
+        return done.value
+
+
+def _file_windows(tr: "Transcriber", audio: SpilledAudio, file: int, languages: dict[int, str | None]) -> FileWindows:
+    """openai's `transcribe()` on one file as a generator: it yields each window to decode (`_Request`), is sent
+    its decoding (`_Reply`; an exception sent in is raised here) and returns (segments, text, language).
+    `languages[file]` holds the file's language (detected on its first window unless `tr.options` gives one)."""
     o, tok, model = tr.options, tr.tokenizer, tr.model
     n_frames = 2 * model.n_audio_ctx  # openai's N_FRAMES: 3000 Mel frames, 30 s
     stride = n_frames // model.n_audio_ctx  # Mel frames per timestamp step (2: 0.02 s)
-    if isinstance(audio, np.ndarray):
-        with SpilledAudio([audio], model.n_mels, padding=tr.window_samples, device=tr.device) as spilled:
-            return transcribe_sequential(tr, spilled)
     # the features of the whole file and 30 s of zeros after it, as openai slices its windows from them (its
     # "max - 8" floor is the whole file's), computed window by window
     content_frames = audio.content_frames
-    languages: dict[int, str | None] = {0: o.language}
+    languages[file] = o.language
     clips = seek_clips(o.clip_timestamps, content_frames)
     if tok.is_multilingual and o.language is None and (content_frames < n_frames or clips[0][0] != 0):
         # openai detects on the first 3000 frames, trailing zeros' features included; the first window pads
         # its features with 0 instead, so it gives the same language only when it holds 30 s of audio (and
         # starts the file: a clip may start later)
-        languages[0] = tr.detect_language(audio.features(0, n_frames))
+        languages[file] = tr.detect_language(audio.features(0, n_frames))
     # openai prompts with the initial prompt whenever it is not None ("" is the token " ")
     initial = tok.encode(" " + o.initial_prompt.strip()) if o.initial_prompt is not None else []
     all_tokens, segments, reset_since, index = list(initial), [], 0, 0
     condition = o.condition_on_previous_text is not False  # None: openai's default, True
-    # openai lets a window's timestamps run to 30.00 whatever audio it holds (the windows' cap is the audio's end)
-    no_cap = torch.tensor([tok.timestamp_end - tok.timestamp_begin])
     last_speech = 0.0  # the end of the last word so far (word timestamps: a pause before a window's first word)
     for clip_start, clip_end in clips:
         seek = clip_start  # openai's: a clip starts at its start, wherever the previous one's last window ended
         while seek < clip_end:
             size = min(n_frames, content_frames - seek, clip_end - seek)
             offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
-            window = Window(0, index, audio.samples(seek * HOP_LENGTH, (seek + size) * HOP_LENGTH), offset)
+            window = Window(file, index, audio.samples(seek * HOP_LENGTH, (seek + size) * HOP_LENGTH), offset)
             prompt = all_tokens[reset_since:]
             prefix = previous_text_prompt(tok, prompt, model.n_text_ctx) if prompt else []
-            features = pad_or_trim(audio.features(seek, size), n_frames)[None]  # (1, n_mels, n_frames), zeros after
-            # the encoder output and decoding's cross-attention keys/values: word timing reads them again
-            context, cache = tr.encode_mel(features), KVCache()
-            ((d, no_speech),) = tr.decode_context(context, [window], languages, prefix, no_cap, cache)
+            features = pad_or_trim(audio.features(seek, size), n_frames)  # (n_mels, n_frames), zeros after
+            reply = yield _Request(window, features, prefix)
+            if isinstance(reply, Exception):  # the window failed to decode, alone: the file fails
+                raise reply
+            d, no_speech = reply.decoded, reply.no_speech
             index += 1
             if is_silence(o, d, no_speech):
                 seek += size  # the whole window is skipped
@@ -122,8 +261,8 @@ def transcribe_sequential(tr: "Transcriber", audio: np.ndarray | SpilledAudio) -
             previous_seek = seek
             spans, seek, single_ending = split_window(d.tokens, tok, seek, size, stride)
             if o.word_timestamps:
-                seek, last_speech, skip = _time_words(tr, spans, (context, cache), window, languages, previous_seek,
-                                                      size, (seek, single_ending), last_speech, content_frames)
+                seek, last_speech, skip = _time_words(tr, spans, reply.align, previous_seek, size,
+                                                      (seek, single_ending), last_speech, content_frames)
                 if skip:  # silence, then a likely hallucination: decode again from after the silence
                     continue
             current = window_segments(spans, d, no_speech, tok)
@@ -131,24 +270,22 @@ def transcribe_sequential(tr: "Transcriber", audio: np.ndarray | SpilledAudio) -
             all_tokens.extend(t for s in current for t in s.tokens)
             if not condition or d.temperature > 0.5:  # text sampled that hot is not worth conditioning on
                 reset_since = len(all_tokens)
-    language = languages[0] if tok.is_multilingual else "en"
+    language = languages[file] if tok.is_multilingual else "en"
     return segments, tok.decode(all_tokens[len(initial):]).strip(), language
 
 
-def _time_words(tr: "Transcriber", spans: list[dict], decoded: tuple[torch.Tensor, KVCache], window: Window,
-                languages: dict[int, str | None], window_seek: int, size: int, seek_after: tuple[int, bool],
-                last_speech: float, content_frames: int) -> tuple[int, float, bool]:
+def _time_words(tr: "Transcriber", spans: list[dict], align: Callable[[list[dict]], list[WordTiming]],
+                window_seek: int, size: int, seek_after: tuple[int, bool], last_speech: float,
+                content_frames: int) -> tuple[int, float, bool]:
     """Words for a window's spans (in place) and openai's seek after them: to the last word's end unless the
-    window ended with a single timestamp, then the hallucination skips if asked. `decoded` is the window's
-    encoder output and decoding's cache (`Transcriber.align_words` reads them again); `seek_after` the seek the
-    timestamps gave and whether the window ended with a single one. Returns (the next seek, the end of the last
-    word so far, whether the window is dropped whole)."""
+    window ended with a single timestamp, then the hallucination skips if asked. `align` gives the spans'
+    words (`_Reply.align`); `seek_after` the seek the timestamps gave and whether the window ended with a
+    single one. Returns (the next seek, the end of the last word so far, whether the window is dropped whole)."""
     o, tok = tr.options, tr.tokenizer
     seek, single_ending = seek_after
     offset = float(window_seek * HOP_LENGTH / SAMPLE_RATE)
-    context, cache = decoded
-    (alignment,) = tr.align_words(context, cache, [window], [spans], languages)
-    add_word_timestamps(spans, alignment, tok.eot, offset, last_speech, o.prepend_punctuations, o.append_punctuations)
+    add_word_timestamps(spans, align(spans), tok.eot, offset, last_speech, o.prepend_punctuations,
+                        o.append_punctuations)
     end = last_end(spans)
     if not single_ending and end is not None and end > offset:  # on from the last word, not the last timestamp
         seek = round(end * FRAMES_PER_SECOND)

@@ -16,7 +16,8 @@ cross-attention keys/values are computed once per window and shared by language 
 decoding and every fallback attempt (`KVCache.fork`). Word timestamps align a batch's words in one more decoder
 pass over the same encoder output (`align_windows`), then place them window by window in file order, as openai's
 `add_word_timestamps` does, each window carrying its file's last word end. `long_form="sequential"` is openai's
-`transcribe()` instead, exactly (`mmkit.inference.sequential`), one file at a time over the same window decoding.
+`transcribe()` instead, exactly (`mmkit.inference.sequential`), over the same window decoding: each file's
+windows one after another, the current windows of `batch_size` files in one batch.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from mmkit.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel_spectrogram, pad_or_trim, stream_audio
 from mmkit.audio.io import check_samples
-from mmkit.core import KVCache
+from mmkit.core import KVCache, left_padded
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
 from mmkit.inference.inputs import as_items
 from mmkit.inference.quantize import prepare_arithmetic
@@ -116,8 +117,9 @@ class Transcriber:
         model: an eval-mode `Whisper`.
         tokenizer: the checkpoint's `WhisperTokenizer` (or a recipe's `CharTokenizer`).
         options: decoding options.
-        batch_size: windows (of any files) per encoder/decoder batch (`long_form="sequential"`: one window
-            at a time, each one's start and prompt depending on the previous one).
+        batch_size: windows (of any files) per encoder/decoder batch (`long_form="sequential"`: the current
+            windows of that many files, since each window's start and prompt depend on its file's previous one;
+            their previous texts left-padded, each window decodes as it does alone).
         precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast around the encoder
             and the decoder; `resolve_precision`).
         quantize: "none" or "int8": int8 Linear layers (`mmkit.inference.quantize.Int8Linear`, applied to
@@ -196,6 +198,7 @@ class Transcriber:
             TypeError: not an array, or samples of another dtype.
             ValueError: a shape other than (N,) (stereo, a batch).
             AudioLoadError: NaN/inf samples, or ones far beyond full scale (the message names `name`).
+            ValueError: with `clip_timestamps`, every clip starts at or past the audio's end.
             The model's own failure (out of memory, a broken checkpoint) as it is: `transcribe_files` turns it
             into a transcript's `error` so that a run goes on, a single call has nothing to go on to.
         """
@@ -220,8 +223,8 @@ class Transcriber:
                            strict: bool = False) -> Iterator[Transcript]:
         """Windows of consecutive files (a checked waveform, `mono_waveform`, or an iterator of blocks that
         may raise `AudioLoadError`) are queued and decoded `batch_size` at a time; each transcript is
-        yielded, in input order, as soon as all of its windows are done. `long_form="sequential"`: one file
-        at a time instead (`sequential_transcripts`)."""
+        yielded, in input order, as soon as all of its windows are done. `long_form="sequential"`: the files'
+        windows in openai's order instead, `batch_size` files at a time (`sequential_transcripts`)."""
         if self.options.long_form == "sequential":
             yield from sequential_transcripts(self, items, strict)
             return
@@ -385,7 +388,7 @@ class Transcriber:
         max_index = torch.tensor([min(round(len(w.audio) / SAMPLE_RATE / TIME_PRECISION),
                                       self.model.n_audio_ctx) for w in ws])
         context, cache = self.encode_mel(mel), KVCache()
-        decoded = self.decode_context(context, ws, languages, self.prompt_prefix, max_index, cache)
+        decoded = self.decode_context(context, ws, languages, [self.prompt_prefix] * len(ws), max_index, cache)
         spans = [[] if is_silence(o, d, p) else window_spans(d, self.tokenizer, len(w.audio) / SAMPLE_RATE, w.offset,
                                                               o.without_timestamps) for w, (d, p) in zip(ws, decoded)]
         if o.word_timestamps:
@@ -440,7 +443,7 @@ class Transcriber:
 
     @torch.no_grad()
     def decode_context(self, context: Tensor, windows: Sequence[_Window], languages: dict[int, str | None],
-                       prefix: list[int], max_index: Tensor,
+                       prefixes: Sequence[list[int]], max_index: Tensor,
                        cache: KVCache | None = None) -> list[tuple[Decoded, float]]:
         """Decode windows given as their encoder output, with the temperature fallback; shared by both long forms.
 
@@ -448,7 +451,9 @@ class Transcriber:
             context: (B, positions, dim) the windows' `encode_mel` output.
             windows: the B windows (their files key `languages`; their samples seed the sampling).
             languages: file -> language; a None one is detected here on the window and stored.
-            prefix: [<|startofprev|>, *prompt tokens] before every window's task tokens, or [].
+            prefixes: per window, [<|startofprev|>, *prompt tokens] before its task tokens, or [] (sequential
+                decoding's previous texts are of different lengths: left-padded, each window decoded as alone,
+                `KVCache.padding`).
             max_index: (B,) the last timestamp index each window may predict.
             cache: an empty `KVCache` to fill (the caller keeps the cross-attention keys/values: word timing
                 reads them again), or None.
@@ -461,17 +466,19 @@ class Transcriber:
             # One pass over the prompt (if any) and <|startoftranscript|> fills the cross-attention cache and
             # gives the no-speech probability, read at <|startoftranscript|> (openai/whisper's `sot_index`).
             cache = cache if cache is not None else KVCache()
-            head = torch.tensor([[*prefix, tok.sot]] * len(windows), dtype=torch.long, device=self.device)
+            head, padding = left_padded([[*p, tok.sot] for p in prefixes], tok.eot, self.device)
+            cache.padding = padding if bool(padding.any()) else None  # equal prefixes: no padding, no mask
             at_sot = model(head, context, cache)[:, -1].float()  # (B, V)
             no_speech = at_sot.softmax(dim=-1)[:, tok.no_speech].tolist()
-            first = at_sot if not prefix else self._language_logits(context, cache, at_sot, windows, languages)
+            first = at_sot if not any(prefixes) else self._language_logits(context, cache, at_sot, windows, languages)
             self._detect_languages(windows, first, languages)
-            prompts = [prefix + tok.sot_sequence(languages[w.file] if tok.is_multilingual else None,
-                                                 self.options.task, self.options.without_timestamps)
-                       for w in windows]
+            # every task sequence is as long (<|startoftranscript|>, language, task, timestamps), so the prompts
+            # are padded as the heads were
+            prompts, _ = left_padded([p + tok.sot_sequence(languages[w.file] if tok.is_multilingual else None,
+                                                           self.options.task, self.options.without_timestamps)
+                                      for p, w in zip(prefixes, windows)], tok.eot, self.device)
             decoder = WindowDecoder(model, tok, self.options)  # built per batch: it holds no state of its own
-            decoded = decoder.decode(context, cache, torch.tensor(prompts, device=self.device), max_index,
-                                     no_speech, [w.audio for w in windows])
+            decoded = decoder.decode(context, cache, prompts, max_index, no_speech, [w.audio for w in windows])
         return list(zip(decoded, no_speech))
 
     @torch.no_grad()

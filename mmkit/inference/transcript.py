@@ -66,7 +66,8 @@ class DecodingOptions:
             windows decoded independently, so that the windows of many files are batched together (fast).
             "sequential": openai/whisper's `transcribe()` exactly (`mmkit.inference.sequential`): one window
             at a time per file, each starting at the last complete segment's end timestamp (a word crossing
-            30 s is not cut), optionally prompted with the previous text; slower (no batching), each file
+            30 s is not cut), optionally prompted with the previous text; slower (the files' current windows
+            batched, `batch_size` files at a time, each file's windows one after another), each file
             read once into a temporary file and its features computed window by window (`SpilledAudio`: equal
             to openai's whole-file features, memory bounded whatever the length), and the repetition guard,
             an mmkit addition, still applies unless turned off.

@@ -61,8 +61,10 @@ class WindowDecoder:
             # the cache holds the prompt up to <|startoftranscript|>; a prompt that ends there must be fed again,
             # so that the loop has a last position to read the first token's logits from
             fork = cache.fork(index, keep_prefix=prompts.shape[1] > cache.length)
-            decoded = self.decode_once(context[index], fork, prompts[index], max_index[index], attempt,
-                                       [audios[r] for r in rows])
+            if cache.padding is not None:  # left-padded prompts: fed again without the prefix, laid out as before
+                fork.padding = cache.padding.index_select(0, index.to(cache.padding.device))
+            decoded = self.decode_once(context[index], fork, prompts[index], max_index[index.to(max_index.device)],
+                                       attempt, [audios[r] for r in rows])
             retry = []
             for row, d in zip(rows, decoded):
                 results[row] = d
@@ -101,9 +103,15 @@ class WindowDecoder:
         o, tok = self.options, self.tokenizer
         B, T = prompts.shape
         # + 1: the last token is chosen but never fed, so openai's loop (ending once the tokens exceed the context)
-        # gives a long prompt (sequential decoding's previous text) one more token than the context holds
-        max_new = min(o.max_new_tokens or self.model.n_text_ctx // 2, self.model.n_text_ctx + 1 - T)
-        generation = o.generation(attempt, max(1, max_new))
+        # gives a long prompt (sequential decoding's previous text) one more token than the context holds. Each
+        # row's own prompt length counts (left-padded prompts of different lengths: `KVCache.padding`).
+        lengths = [T] * B if cache.padding is None else (T - cache.padding.cpu()).tolist()
+        limits = [max(1, min(o.max_new_tokens or self.model.n_text_ctx // 2, self.model.n_text_ctx + 1 - n))
+                  for n in lengths]
+        generation = o.generation(attempt, max(limits))
+        if len(set(limits)) > 1 and generation.beam_size > 1:  # openai's beam search runs all rows to one limit
+            return self._by_limit(context, cache, prompts, max_index, attempt, audios, limits)
+        max_new: int | Tensor = limits[0] if len(set(limits)) == 1 else torch.tensor(limits, device=prompts.device)
         strategy, temperature, n = generation.strategy(context.device), generation.temperature, 1
         if generation.sampling:  # a generator per row, seeded from its window: batching changes no draw
             n = o.best_of
@@ -111,7 +119,8 @@ class WindowDecoder:
             strategy = WindowSampling(temperature, seeds, context.device)
         if n > 1:  # best-of-N: N rows per window
             rep = torch.arange(B, device=context.device).repeat_interleave(n)
-            context, prompts, max_index = context[rep], prompts[rep], max_index[rep.cpu()]
+            context, prompts, max_index = context[rep], prompts[rep], max_index[rep.to(max_index.device)]
+            max_new = max_new if isinstance(max_new, int) else max_new[rep]
             cache.reorder(rep)
         g = generate(self.model, prompts, max_new, strategy, context=context, eos_id=tok.eot, pad_id=tok.eot,
                      logit_filters=[*self.filters(T, max_index), *generation.filters()], cache=cache)
@@ -128,6 +137,19 @@ class WindowDecoder:
         if n > 1:  # keep the likeliest candidate of each window
             out = [max(out[b * n:(b + 1) * n], key=likelihood_rank) for b in range(B)]
         return out
+
+    def _by_limit(self, context: Tensor, cache: KVCache, prompts: Tensor, max_index: Tensor, attempt: int,
+                  audios: list[np.ndarray], limits: list[int]) -> list[Decoded]:
+        """`decode_once` of the rows of each token limit apart (beam search, whose rows share one limit)."""
+        out: list[Decoded | None] = [None] * len(limits)
+        for limit in sorted(set(limits)):
+            rows = [b for b, n in enumerate(limits) if n == limit]
+            index = torch.tensor(rows, device=context.device)
+            decoded = self.decode_once(context[index], cache.fork(index), prompts[index],
+                                       max_index[index.to(max_index.device)], attempt, [audios[b] for b in rows])
+            for b, d in zip(rows, decoded):
+                out[b] = d
+        return out  # type: ignore[return-value]
 
 
 def likelihood_rank(d: Decoded) -> float:

@@ -13,7 +13,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mmkit.core import Attention, Decoder, Encoder, KVCache, LearnedPositions, Mlp, output_logits
+from mmkit.core import (
+    Attention, Decoder, Encoder, KVCache, LearnedPositions, Mlp, left_padding_mask, output_logits,
+)
 from mmkit.core.blocks import layer_norm
 from mmkit.core.init import init_normal_
 from mmkit.stems.audio import AudioConvStem
@@ -140,8 +142,11 @@ class Whisper(PretrainedMixin, nn.Module):
         offset = cache.length if cache is not None else 0
         if context is None and offset == 0:
             raise ValueError("Whisper's decoder needs context=model.encode(mel) (or a filled cache)")
-        x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset)  # (B, T, dim)
-        x = self.decoder(self.drop(x), context=context, cache=cache)
+        # left-padded prompts of different lengths (`KVCache.padding`): each row positioned and attending as alone
+        padding = cache.padding if cache is not None else None
+        x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset, padding)  # (B, T, dim)
+        mask = None if padding is None else left_padding_mask(padding, offset, tokens.shape[1])
+        x = self.decoder(self.drop(x), context=context, mask=mask, cache=cache)
         return output_logits(x, self.tok_embed, self.head)  # (B, T, vocab_size)
 
     def adapt_state_dict(self, state: dict[str, Tensor], saved_config: dict[str, Any]) -> dict[str, Tensor]:

@@ -79,9 +79,10 @@ def windows(monkeypatch):
     seen: list[tuple[float, list[int], list[int], bool]] = []
     decode_context = Transcriber.decode_context
 
-    def spy(self, context, ws, languages, prefix, max_index, cache=None):
-        out = decode_context(self, context, ws, languages, prefix, max_index, cache)
-        seen.extend((w.offset, list(prefix), d.tokens, is_silence(self.options, d, p)) for w, (d, p) in zip(ws, out))
+    def spy(self, context, ws, languages, prefixes, max_index, cache=None):
+        out = decode_context(self, context, ws, languages, prefixes, max_index, cache)
+        seen.extend((w.offset, list(f), d.tokens, is_silence(self.options, d, p))
+                    for w, f, (d, p) in zip(ws, prefixes, out))
         return out
 
     monkeypatch.setattr(Transcriber, "decode_context", spy)
@@ -221,7 +222,8 @@ def test_every_split_and_seek_branch_is_openais(seeking, monkeypatch):
         return DecodingResult(audio_features=mel, language="en", tokens=tokens, text=tok.decode(tokens),
                               avg_logprob=-0.1, no_speech_prob=0.01, temperature=0.0, compression_ratio=1.0)
 
-    def our_decode(self, context, ws, languages, prefix, max_index, cache=None):
+    def our_decode(self, context, ws, languages, prefixes, max_index, cache=None):
+        (prefix,) = prefixes  # one window at a time: one file
         ours_prompts.append(list(prefix))
         tokens = scripts[(len(ours_prompts) - 1) % len(scripts)]
         return [(Decoded(tokens, -0.1 * (len(tokens) + 1), 0.0, False, tok.decode(tokens), -0.1, 1.0), 0.01)]
