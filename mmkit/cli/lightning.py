@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence, Union
 
 import pytorch_lightning as pl
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins import TorchCheckpointIO
@@ -538,6 +539,9 @@ class MMKitCLI(LightningCLI):
         a run that Ctrl-C stopped with sys.exit(1) and one that SIGTERM stopped (fit, validate, test: at the end of
         a batch) with SIGTERMException, an exit code 0; and an error of the run while a signal was received (a
         worker gone, a broken pipe) is that interruption too, not a traceback."""
+        # the step a resume starts from, read before the run can rewrite its checkpoint (`_remove_empty_log_dir`)
+        path = _checkpoint_file(self.config[subcommand]) if subcommand == "fit" else None
+        self._start_step = _checkpoint_step(path) if path is not None else 0
         try:
             super()._run_subcommand(subcommand)
         except BaseException as e:  # noqa: BLE001 - only an interruption is replaced; anything else re-raised
@@ -551,11 +555,14 @@ class MMKitCLI(LightningCLI):
     def _remove_empty_log_dir(self) -> None:
         """The logger's folder this run created, where the run failed before it logged anything (a refusal once
         the trainer is set up: an export_dir that is a file, a missing --ckpt_path file, a manifest with no
-        usable clip): it holds the config (SaveConfigCallback), maybe hparams.yaml and a metrics.csv header, and
-        each retry left one more lightning_logs/version_N. (A TensorBoard folder's event file holds no metric
-        before the first step either.)"""
+        usable clip; in a resumed run also one after the checkpoint restored the step, such as optimizer states
+        that do not fit or a refusal in the sanity check): it holds the config (SaveConfigCallback), maybe
+        hparams.yaml and a metrics.csv header, and each retry left one more lightning_logs/version_N. A run that
+        trained a step is kept: a TensorBoard folder's event file cannot be told apart by its files, and holds no
+        metric before the first step of the run (the step it starts from: a resume's is the checkpoint's)."""
         folder = getattr(self, "_new_log_dir", None)
-        if folder is None or self.trainer.global_rank != 0 or self.trainer.global_step > 0 or not folder.is_dir():
+        start = getattr(self, "_start_step", 0)
+        if folder is None or self.trainer.global_rank != 0 or self.trainer.global_step > start or not folder.is_dir():
             return
         files = list(folder.iterdir())
         if all(f.is_file() and (f.name in ("config.yaml", "hparams.yaml", "metrics.csv")
@@ -622,18 +629,81 @@ class MMKitCLI(LightningCLI):
                         self.subcommand)
 
 
-def _given_keys(argv: Sequence[str]) -> set[str]:
-    """The options `argv` gives, as config keys ("model.init_args.export_dir"; jsonargparse's short form of a
-    subclass's argument, "--model.export_dir", counted as its long form)."""
-    keys = set()
-    for arg in argv:
-        if arg.startswith("--") and "." in arg:
-            key = arg[2:].split("=", 1)[0].rstrip("+")
-            section, _, rest = key.partition(".")
-            if section in ("model", "data") and not rest.startswith(("init_args.", "class_path")):
-                key = f"{section}.init_args.{rest}"
-            keys.add(key)
+def _given_keys(argv: Sequence[str], config: Any = None) -> set[str]:
+    """The options `argv` gives, as config keys ("model.init_args.export_dir"), resolved against `config` (the parsed
+    subcommand section; None: model and data taken as classes): jsonargparse's short form of a class's argument
+    ("--model.export_dir", "--model.model.dim") counted as its long form, and an option given a mapping (`--model
+    '{"init_args": {"lr": 0.1}}'`, `--model.init_args '{...}'`, `--trainer '{...}'`, `--model FILE.yaml`) as each
+    value the mapping gives. The --config files are not the command line's: they are the recipe, which a checkpoint's
+    record of the run it resumes overrides."""
+    keys: set[str] = set()
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        option, equals, value = arg[2:].partition("=")
+        option = option.rstrip("+")
+        if not equals:
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+        mapping = _mapping_value(option, value)
+        if mapping is not None:
+            keys.update(_leaf_keys(option.split("."), mapping, config))
+        elif "." in option:
+            keys.add(_resolved(option.split("."), config)[0])
     return keys
+
+
+# The sections whose value may be a config file (`--model model.yaml`), as jsonargparse reads it.
+_FILE_SECTIONS = ("model", "data", "trainer", "prediction_writer", "optimizer", "lr_scheduler")
+
+
+def _mapping_value(option: str, value: str) -> dict[str, Any] | None:
+    """The mapping an option's value gives: inline YAML/JSON, or a config file given to a whole section."""
+    import yaml
+
+    text = value.strip()
+    try:
+        if text.startswith("{"):
+            loaded = yaml.safe_load(text)
+        elif option in _FILE_SECTIONS and text.endswith((".yaml", ".yml", ".json")) and Path(text).is_file():
+            loaded = yaml.safe_load(Path(text).read_text(encoding="utf-8"))
+        else:
+            return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _leaf_keys(parts: list[str], value: Any, config: Any) -> set[str]:
+    """The config keys of the values a mapping given to option `parts` sets (a dict-typed option's mapping is one
+    value: the option's own)."""
+    key, node = _resolved(parts, config)
+    if not isinstance(value, dict) or not value or (config is not None and node is not None
+                                                      and not isinstance(node, Namespace)):
+        return {key}
+    return set().union(*(_leaf_keys([*parts, str(k)], v, config) for k, v in value.items()))
+
+
+def _resolved(parts: Sequence[str], config: Any) -> tuple[str, Any]:
+    """Option `parts` as its config key, with "init_args" after each class it names an argument of (a class:
+    what `config` holds there has a class_path; without a config, the model and data sections), and the value
+    `config` holds there (None where unknown)."""
+    key: list[str] = []
+    node = config
+    for part in parts:
+        is_class = isinstance(_child(node, "class_path"), str) if config is not None else \
+            key in (["model"], ["data"])
+        if is_class and part not in ("class_path", "init_args", "dict_kwargs"):
+            key.append("init_args")
+            node = _child(node, "init_args")
+        key.append(part)
+        node = _child(node, part)
+    return ".".join(key), node
+
+
+def _child(node: Any, name: str) -> Any:
+    if isinstance(node, (Namespace, dict)):
+        return node.get(name)
+    return None
 
 
 def _follow_root(section: Any, argv: Sequence[str]) -> None:
@@ -641,7 +711,7 @@ def _follow_root(section: Any, argv: Sequence[str]) -> None:
     predict's output) follow a --trainer.default_root_dir given on the command line, unless given themselves:
     a run on one's own data into its own folder wrote its export over the recipe's (which the predict recipe then
     served) and trained its GPT with the recipe's tokenizer."""
-    given = _given_keys(argv)
+    given = _given_keys(argv, section)
     root = section.get("trainer", {}).get("default_root_dir") if "trainer.default_root_dir" in given else None
     recipe_root = _recipe_root(section.get("config") or [])
     if not root or not recipe_root or Path(root) == Path(recipe_root):
@@ -678,12 +748,16 @@ def _under(path: str, folder: str) -> bool:
 
 
 def _keep_given_model_options(given: Any, merged: Any, argv: Sequence[str]) -> None:
-    """Put back into `merged` (the model section after the checkpoint's hyper-parameters) each option that
-    `argv` gives as `--model.KEY VALUE` or `--model.KEY=VALUE` and the checkpoint changed."""
-    for key in sorted(k[len("model."):] for k in _given_keys(argv) if k.startswith("model.")):
+    """Put back into `merged` (the model section after the checkpoint's hyper-parameters) each model option that
+    `argv` gives (`--model.KEY VALUE`, `--model.KEY=VALUE`, or within a mapping: `_given_keys`) and the checkpoint
+    changed."""
+    keys = _given_keys(argv, Namespace(model=given))
+    for key in sorted(k[len("model."):] for k in keys if k.startswith("model.")):
         try:
             mine, theirs = given[key], merged.get(key)
         except (KeyError, TypeError):
+            continue
+        if isinstance(mine, Namespace):  # a group (`--model.init_args '{}'`): its given values are keys of their own
             continue
         if mine != theirs:
             log.info("--model.%s: %r as given (the checkpoint's: %r)", key, mine, theirs)
@@ -726,6 +800,14 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint records (Lightning's `global_step`), 0 where it cannot be read."""
+    try:
+        return int(_read_checkpoint(path).get("global_step") or 0)
+    except Exception:  # noqa: BLE001 - unreadable or foreign: Lightning's load of it says so
+        return 0
 
 
 def _checkpoint_file(section: Any) -> Path | None:

@@ -121,9 +121,7 @@ class CLIPTask(ModelTask, pl.LightningModule):
 
     def export(self, directory: str | Path, data_meta: dict[str, Any] | None = None) -> Path:
         """Write the native checkpoint; metadata = preprocessing, context length, zero-shot defaults."""
-        meta = {**default_image_metadata(self.model), "context_length": self.model.context_length,
-                **(data_meta or {})}
-        return self.model.save_pretrained(directory, metadata=meta)
+        return self.model.save_pretrained(directory, metadata=_export_metadata(self.model, data_meta))
 
     def on_fit_end(self) -> None:
         if (folder := self.export_folder()) is not None:
@@ -131,6 +129,14 @@ class CLIPTask(ModelTask, pl.LightningModule):
             meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else {}
             path = self.export(folder, meta)
             log.info("exported model to %s", path)
+
+
+def _export_metadata(model: CLIP, data_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata an export of `model` records: its own preprocessing (an import's: SigLIP's squash resize),
+    its context length, then what the data module gives (`inference_metadata`: its eval transform, zero-shot
+    defaults). `ZeroShotEvaluation` preprocesses an `image_dir` by it too, so that the accuracy it logs is the one
+    `mmkit label` and `ZeroShotClassifier` measure with the export on the same images."""
+    return {**default_image_metadata(model), "context_length": model.context_length, **(data_meta or {})}
 
 
 class ZeroShotEvaluation(pl.Callback):
@@ -159,7 +165,16 @@ class ZeroShotEvaluation(pl.Callback):
         """Where there is nothing to score (no labels given, no `image_dir`, data without
         `zeroshot_labels`, e.g. a caption table), `*/zeroshot_acc` is never logged: checkpoints and
         early stopping that monitor it follow `val/loss` (lower is better) instead, with one
-        warning, rather than stopping the run at the first epoch's end."""
+        warning, rather than stopping the run at the first epoch's end. An `image_dir` that is not a
+        class folder is refused here, in one line, not at the first validation's end (after an epoch
+        where the sanity check is off)."""
+        if self.image_dir and stage != "predict":
+            from mmkit.data.image_folder import list_classes, require_path
+
+            root = require_path(f"ZeroShotEvaluation image_dir {self.image_dir}", self.image_dir)
+            if not list_classes(root):
+                raise ValueError(f"ZeroShotEvaluation image_dir {self.image_dir}: no class folders in it "
+                                 "(root/<class>/<images>)")
         if stage != "fit" or self.labels or self.image_dir or getattr(trainer.datamodule, "zeroshot_labels", None):
             return
         for cb in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]:
@@ -213,7 +228,8 @@ class ZeroShotEvaluation(pl.Callback):
         samples = find_samples(root, {c: i for i, c in enumerate(classes)})
         samples = samples[trainer.global_rank::trainer.world_size]  # each rank scores its share
         dm = trainer.datamodule
-        meta = dm.inference_metadata() if hasattr(dm, "inference_metadata") else default_image_metadata(pl_module.model)
+        # the export's preprocessing: the data's eval transform lacks the model's own resize mode (SigLIP's squash)
+        meta = _export_metadata(pl_module.model, dm.inference_metadata() if hasattr(dm, "inference_metadata") else None)
         loader = DataLoader(ImageFileDataset(samples, eval_transform(meta, CLIP_DEFAULTS)), batch_size=self.batch_size,
                             collate_fn=collate_skipping)
         for batch in loader:

@@ -254,3 +254,66 @@ def test_recipe_refuses_a_context_length_past_the_text_towers_max_len_at_setup(t
     assert err == ("mmkit fit: error: --data.init_args.context_length 77 exceeds the text tower's max_len 16 "
                    "(--model.init_args.model.init_args.text.init_args.max_len): give a context_length of at most 16, "
                    "or a text tower with max_len 77 or more\n"), err
+
+
+def test_zero_shot_evaluation_on_a_class_folder_scores_as_mmkit_label_does_with_the_export(tmp_path):
+    """An `image_dir` is preprocessed as the export is by `mmkit label`: the data's eval transform with the model's
+    own resize mode (an import's: SigLIP squashes both sides), not open_clip's short side and centre crop, which
+    cut the shape off these wide images. The accuracy logged is then the one `mmkit label` measures."""
+    import csv
+
+    from PIL import Image
+
+    from mmkit.cli.label import main as label_main
+    from mmkit.data.image_folder import find_samples
+    from mmkit.data.images import load_image
+    from mmkit.inference.clip_loader import clip_eval_transform
+
+    pairs = ["red circle", "blue square", "yellow star"]
+    root = tmp_path / "classes"
+    for pair in pairs:
+        colour, shape = pair.split()
+        (root / pair.replace(" ", "_")).mkdir(parents=True)
+        for i in range(3):
+            wide = Image.new("RGB", (48, 16), "white")  # the shape in the left third, outside a centre crop
+            wide.paste(render(Shape(shape, colour, "centre", "large"), 16, random.Random(i)), (0, 0))
+            wide.save(root / pair.replace(" ", "_") / f"{i}.png")
+    model = tiny_clip(seed=3)
+    model.preprocess = {"resize_mode": "squash"}  # as `CLIP.from_open_clip` records SigLIP's preprocessing
+    dm = shapes()
+    callback = ZeroShotEvaluation(templates=["a {}"], image_dir=str(root))
+    scored, update = [], callback._update
+    callback._update = lambda module, images, targets: (scored.append(images.clone()), update(module, images, targets))
+    task = CLIPTask(model)
+    fit = trainer(tmp_path, callbacks=[callback])
+    fit.validate(task, dm, verbose=False)
+    logged = fit.callback_metrics["val/zeroshot_acc"].item()
+
+    export = tmp_path / "export"
+    task.export(export, dm.inference_metadata())  # what `on_fit_end` writes
+    transform = clip_eval_transform(str(export))  # `mmkit label`'s preprocessing of the export
+    assert transform.resize_mode == "squash"
+    samples = find_samples(root, {c: i for i, c in enumerate(sorted(p.name for p in root.iterdir()))})
+    torch.testing.assert_close(torch.cat(scored), torch.stack([transform(load_image(p)) for p, _ in samples]),
+                               rtol=0, atol=0)
+    out = tmp_path / "labels.csv"
+    assert label_main([str(root), "--labels", ",".join(pairs), "--template", "a {}", "--model", str(export),
+                       "--out", str(out), "--precision", "fp32", "--num-workers", "0", "--quiet"]) == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9
+    labelled = sum(row["label"] == row["path"].split("/")[0].replace("_", " ") for row in rows) / len(rows)
+    assert logged == pytest.approx(labelled, abs=1e-6)
+
+
+def test_zero_shot_evaluation_refuses_an_image_dir_that_is_no_class_folder_before_training(tmp_path):
+    """Found at the first validation's end it cost an epoch of training (the sanity check off) and said
+    "[Errno 2] No such file or directory" without naming the option; or it scored nothing, silently."""
+    import re
+
+    (tmp_path / "empty").mkdir()
+    for folder, message in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no class folders")):
+        fit = trainer(tmp_path, limit_train_batches=2, callbacks=[ZeroShotEvaluation(image_dir=str(folder))])
+        with pytest.raises(ValueError, match=re.escape(f"ZeroShotEvaluation image_dir {folder}: {message}")):
+            fit.fit(CLIPTask(tiny_clip()), shapes())
+        assert fit.global_step == 0
