@@ -1,6 +1,8 @@
 """`mmkit generate-text PROMPT --model DIR`: continue a prompt with a GPT model (an mmkit export or
 a transformers GPT-2 checkpoint directory), streaming the tokens to the terminal as they come.
 Greedy unless a sampling option (--temperature, --top-k, --top-p) is given; --beam-size B searches.
+Several prompts are decoded --batch-size at a time (left-padded: each continuation is the one its prompt gets
+alone) and printed when done, each after its prompt, a blank line between.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ DEFAULT_NEW_TOKENS = 64  # without --max-new-tokens; at most half the model's co
 
 def _parser() -> argparse.ArgumentParser:
     p = Parser(prog="mmkit generate-text", description=__doc__.split("\n\n")[0])
-    p.add_argument("prompt", type=utf8_text, help="text to continue")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT", type=utf8_text, help="text to continue (one or more)")
     p.add_argument("--model", required=True, metavar="DIR",
                    help="mmkit export (mmkit fit ... export_dir) or transformers GPT-2 checkpoint directory")
     p.add_argument("--max-new-tokens", type=int, metavar="N",
@@ -50,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", type=utf8_text,
                    help="end the continuation before TEXT (repeatable)")
     p.add_argument("--seed", type=seed, metavar="S", help="seed of the sampler, 0 to 2**64 - 1 (reproducible samples)")
+    p.add_argument("--batch-size", type=at_least(1), default=8, metavar="B",
+                   help="prompts decoded together, with several prompts (8)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps)")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for every Linear and the output projection (CPU; faster, tokens may "
@@ -81,6 +85,9 @@ def _run(args: argparse.Namespace) -> int:
                                     repetition_penalty=args.repetition_penalty, seed=args.seed,
                                     no_repeat_ngram_size=args.no_repeat_ngram_size,
                                     min_new_tokens=args.min_new_tokens)
+        if args.num_return_sequences > 1 and len(args.prompts) > 1:
+            raise ValueError(f"--num-return-sequences {args.num_return_sequences} takes one prompt, got "
+                             f"{len(args.prompts)}")
         if args.num_return_sequences > 1 and not options.sampling:
             raise ValueError(f"--num-return-sequences {args.num_return_sequences} needs sampling (--temperature, "
                              "--top-k or --top-p): greedy and beam decoding give the same continuation each time")
@@ -95,7 +102,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.max_new_tokens is None:
             options = dataclasses.replace(options, max_new_tokens=min(DEFAULT_NEW_TOKENS,
                                                                       max(1, generator.model.max_len // 2)))
-        prompt = generator.prepare_prompt(args.prompt, options.max_new_tokens)  # bad prompts fail before output
+        prompts = []  # bad prompts fail before output
+        for n, text in enumerate(args.prompts, 1):
+            try:
+                prompts.append(generator.prepare_prompt(text, options.max_new_tokens))
+            except ValueError as e:
+                raise ValueError(f"prompt {n}: {e}" if len(args.prompts) > 1 else e) from None
     except (ValueError, OSError) as e:  # bad options, prompts, directories (WeightsError is a ValueError)
         print_error("mmkit generate-text", e)
         return 2
@@ -104,9 +116,16 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    if prompt.note:  # the model reads the prompt's end only: echo that, not text it never saw
-        log.warning(prompt.note)
-    echo = "…" + generator.tokenizer.decode(prompt.ids) if prompt.note else args.prompt
+    echoes = []
+    for n, (text, prompt) in enumerate(zip(args.prompts, prompts), 1):
+        if prompt.note:  # the model reads the prompt's end only: echo that, not text it never saw
+            log.warning("%s%s", f"prompt {n}: " if len(prompts) > 1 else "", prompt.note)
+        echoes.append("…" + generator.tokenizer.decode(prompt.ids) if prompt.note else text)
+    if len(prompts) > 1:  # decoded together: printed when done, each after its prompt's echo
+        texts = generator.generate_many(prompts, options, args.stop, args.batch_size)
+        show("\n".join(f"{echo}{text}\n" for echo, text in zip(echoes, texts)))
+        return 0
+    prompt, echo = prompts[0], echoes[0]
     show(echo)
     if args.num_return_sequences > 1:  # decoded together: printed when done, each after the prompt's echo
         texts = generator.samples(prompt, options, args.num_return_sequences, args.stop)

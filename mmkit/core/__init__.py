@@ -5,11 +5,9 @@ Parameter naming, documented once: attention `qkv` (fused self-attention) or `q`
 `norm1`/`attn`/`ls1`, `norm_cross`/`cross_attn`/`ls_cross`, `norm2`/`mlp`/`ls2`; stacks
 `blocks.{i}` and a final `norm`. These are timm's names, so vision checkpoints map 1:1.
 """
-from mmkit.core.attention import (
-    Attention, attention_maps, causal_mask, key_padding_mask, left_padding_mask,
-)
+from mmkit.core.attention import Attention, attention_maps, causal_mask, key_padding_mask
 from mmkit.core.blocks import DropPath, LayerScale, PostNormBlock, PreNormBlock, layer_norm
-from mmkit.core.cache import AttentionCache, BlockCache, KVCache, left_padded
+from mmkit.core.cache import AttentionCache, BlockCache, KVCache, left_padded, left_padding_mask
 from mmkit.core.decoding import BeamSearch, Generation, GenerationOptions, Greedy, Sampling, generate
 from mmkit.core.filters import (
     LogitFilter, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens,

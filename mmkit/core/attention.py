@@ -25,19 +25,6 @@ def key_padding_mask(valid: Tensor) -> Tensor:
     return valid[:, None, None, :].bool()
 
 
-def left_padding_mask(padding: Tensor, offset: int, t_query: int) -> Tensor:
-    """(B, 1, T_query, offset + T_query) bool self-attention mask for left-padded rows (`KVCache.padding`: (B,)
-    padding positions at each row's start; the queries are positions offset..offset + T_query - 1): a real
-    token attends to real tokens alone; a padding one to the padding (its own output is never read, but a row
-    with nothing to attend to would fill the cache with NaN, which a zero weight does not cancel). Causality is
-    the caller's (`Attention`'s is_causal combines with it)."""
-    keys = torch.arange(offset + t_query, device=padding.device)
-    queries = keys[offset:]
-    real_key = keys[None, :] >= padding[:, None]  # (B, T_key)
-    padding_query = queries[None, :] < padding[:, None]  # (B, T_query)
-    return (real_key[:, None, :] | padding_query[:, :, None])[:, None]
-
-
 def causal_mask(t_query: int, t_key: int, device: torch.device | None = None) -> Tensor:
     """(T_query, T_key) bool mask where query i (at absolute position t_key - t_query + i)
     attends to keys 0..its own position; bottom-right aligned so it is right with a cache."""

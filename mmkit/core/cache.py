@@ -148,6 +148,24 @@ class KVCache:
             out.padding = self.padding.index_select(0, rows.to(self.padding.device))
         return out
 
+    def padding_mask(self, t_query: int) -> Tensor | None:
+        """The self-attention mask of the next `t_query` positions of left-padded rows (`left_padding_mask`),
+        None without padding: what a decoder that reads `padding` passes its stack."""
+        return None if self.padding is None else left_padding_mask(self.padding, self.length, t_query)
+
+
+def left_padding_mask(padding: Tensor, offset: int, t_query: int) -> Tensor:
+    """(B, 1, T_query, offset + T_query) bool self-attention mask for left-padded rows (`KVCache.padding`: (B,)
+    padding positions at each row's start; the queries are positions offset..offset + T_query - 1): a real
+    token attends to real tokens alone; a padding one to the padding (its own output is never read, but a row
+    with nothing to attend to would fill the cache with NaN, which a zero weight does not cancel). Causality is
+    the caller's (`Attention`'s is_causal combines with it)."""
+    keys = torch.arange(offset + t_query, device=padding.device)
+    queries = keys[offset:]
+    real_key = keys[None, :] >= padding[:, None]  # (B, T_key)
+    padding_query = queries[None, :] < padding[:, None]  # (B, T_query)
+    return (real_key[:, None, :] | padding_query[:, :, None])[:, None]
+
 
 def left_padded(rows: Sequence[Sequence[int]], pad_id: int,
                 device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:

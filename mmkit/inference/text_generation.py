@@ -14,12 +14,13 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from mmkit.core import GenerationOptions, generate
+from mmkit.core import GenerationOptions, KVCache, generate, left_padded
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
-from mmkit.inference.inputs import as_items, text_items
+from mmkit.inference.inputs import as_items, check_count, text_items
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.inference.thread_stream import ThreadStream
+from mmkit.inference.transcript import WindowSampling
 from mmkit.limits import MAX_SAMPLES
 from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
@@ -155,12 +156,57 @@ class TextGenerator:
             raise ValueError(f"the number of continuations must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
         return self._continuations(prompt, options, stop, n)
 
+    def generate_many(self, prompts: Sequence[str | PromptTokens], options: GenerationOptions | None = None,
+                      stop: str | Sequence[str] = (), batch_size: int = 8) -> list[str]:
+        """The continuation of each prompt, in order, each as `generate` gives it alone (transformers'
+        `pipeline(prompts, batch_size=...)`): `batch_size` prompts decoded together, shortest first, each batch
+        left-padded to its longest prompt (`KVCache.padding`: every row positioned from its first token, the
+        padding masked out). Sampling with `options.seed` draws each prompt's tokens from its own generator so
+        seeded, as alone. With `repetition_penalty` or `no_repeat_ngram_size`, which read the prompt's tokens,
+        only prompts of one length share a batch (padding would count as text)."""
+        options = options or GenerationOptions()
+        check_count("batch_size", batch_size)
+        if isinstance(prompts, (str, PromptTokens)):
+            raise TypeError("prompts must be a list of prompts: give one prompt to generate()")
+        ids = []
+        for n, prompt in enumerate(prompts, 1):
+            try:
+                ids.append(self._ids(prompt, options.max_new_tokens))
+            except ValueError as e:  # which of many prompts
+                raise ValueError(f"prompt {n}: {e}") from None
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        reads_prompt = options.repetition_penalty != 1.0 or options.no_repeat_ngram_size > 0
+        batches: list[list[int]] = []
+        for i in order:
+            if (not batches or len(batches[-1]) == batch_size
+                    or reads_prompt and len(ids[i]) != len(ids[batches[-1][0]])):
+                batches.append([])
+            batches[-1].append(i)
+        out = [""] * len(ids)
+        for rows in batches:
+            for i, text in zip(rows, self._decode_rows([ids[i] for i in rows], options, stop, seeded=True)):
+                out[i] = text
+        return out
+
     def _continuations(self, prompt: str | PromptTokens, options: GenerationOptions, stop: str | Sequence[str],
                        n: int, on_text: Callable[[str], None] | None = None) -> list[str]:
         """`n` rows of the same prompt decoded together; `on_text` follows row 0's text as it grows."""
-        ids = self._ids(prompt, options.max_new_tokens)
-        P = len(ids)
+        return self._decode_rows([self._ids(prompt, options.max_new_tokens)] * n, options, stop, on_text)
+
+    def _decode_rows(self, rows: list[list[int]], options: GenerationOptions, stop: str | Sequence[str],
+                     on_text: Callable[[str], None] | None = None, seeded: bool = False) -> list[str]:
+        """The continuations of prompt ids `rows` (of any lengths: left-padded), decoded together; `on_text`
+        follows row 0's text as it grows. `seeded`: a sampling seed seeds each row's own generator (each row
+        draws as alone); else one generator draws for all rows (`samples`: n different continuations)."""
+        tokens, padding = left_padded(rows, self.eos_id or 0, self.device)
+        P = tokens.shape[1]  # every row's prompt ends here
+        cache = KVCache()
+        cache.padding = padding if bool(padding.any()) else None
         stops = [s for s in as_items(stop) if s]
+        strategy = options.strategy(self.device)
+        if seeded and options.sampling and options.seed is not None:
+            strategy = WindowSampling(options.temperature, [options.seed] * len(rows), self.device)
+            strategy.top_k, strategy.top_p = options.top_k, options.top_p
 
         def text_of(row: Tensor) -> str:  # the generated text of a row, up to EOS
             new = row[P:].tolist()
@@ -172,9 +218,9 @@ class TextGenerator:
             return torch.tensor([any(s in text_of(row) for s in stops) for row in tokens], device=tokens.device)
 
         with self._autocast():
-            out = generate(self.model, torch.tensor([ids] * n, device=self.device), options.max_new_tokens,
-                           options.strategy(self.device), eos_id=self.eos_id, pad_id=self.eos_id or 0,
-                           logit_filters=options.filters(self.eos_id, P), stop=stop_rows if stops else None,
+            out = generate(self.model, tokens, options.max_new_tokens, strategy, eos_id=self.eos_id,
+                           pad_id=self.eos_id or 0, logit_filters=options.filters(self.eos_id, P),
+                           stop=stop_rows if stops else None, cache=cache,
                            on_step=(lambda tokens: on_text(text_of(tokens[0]))) if on_text else None)
         return [_cut_at_stop(text_of(row), stops) for row in out.sequences]
 

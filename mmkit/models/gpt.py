@@ -84,8 +84,10 @@ class GPT(PretrainedMixin, nn.Module):
         if context is not None:
             raise ValueError("GPT is decoder-only and takes no context")
         offset = cache.length if cache is not None else 0
-        x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset)  # (B, T, dim)
-        x = self.decoder(self.drop(x) if self.training else x, cache=cache)
+        # left-padded prompts of different lengths (`KVCache.padding`): each row positioned and attending as alone
+        padding, mask = (cache.padding, cache.padding_mask(tokens.shape[1])) if cache is not None else (None, None)
+        x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset, padding)  # (B, T, dim)
+        x = self.decoder(self.drop(x) if self.training else x, mask=mask, cache=cache)
         return output_logits(x, self.tok_embed, self.head)  # (B, T, vocab_size)
 
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from mmkit.core import (
-    Attention, Decoder, Encoder, KVCache, LearnedPositions, Mlp, left_padding_mask, output_logits,
+    Attention, Decoder, Encoder, KVCache, LearnedPositions, Mlp, output_logits,
 )
 from mmkit.core.blocks import layer_norm
 from mmkit.core.init import init_normal_
@@ -143,9 +143,8 @@ class Whisper(PretrainedMixin, nn.Module):
         if context is None and offset == 0:
             raise ValueError("Whisper's decoder needs context=model.encode(mel) (or a filled cache)")
         # left-padded prompts of different lengths (`KVCache.padding`): each row positioned and attending as alone
-        padding = cache.padding if cache is not None else None
+        padding, mask = (cache.padding, cache.padding_mask(tokens.shape[1])) if cache is not None else (None, None)
         x = self.tok_embed(tokens) + self.pos_embed(tokens.shape[1], offset, padding)  # (B, T, dim)
-        mask = None if padding is None else left_padding_mask(padding, offset, tokens.shape[1])
         x = self.decoder(self.drop(x), context=context, mask=mask, cache=cache)
         return output_logits(x, self.tok_embed, self.head)  # (B, T, vocab_size)
 

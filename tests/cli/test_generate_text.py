@@ -178,3 +178,26 @@ def test_bf16_generates_and_bf16_with_int8_is_one_line(checkpoint, capsys):
                  "--quantize", "int8"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "int8 Linear layers run on fp32" in err
+
+
+@pytest.mark.parametrize("extra", [[], ["--temperature", "1.2", "--top-k", "30", "--seed", "5"]])
+def test_several_prompts_print_what_each_prints_alone(checkpoint, capsys, extra):
+    """Decoded together (left-padded batches of 2), each prompt's block is the one a run of it alone prints."""
+    directory, _, _ = checkpoint
+    prompts = ["The old man remembers", "A dog", "my friend finds the long road and"]
+    common = ["--model", str(directory), "--max-new-tokens", "12", *extra]
+    alone = []
+    for prompt in prompts:
+        assert main(["generate-text", prompt, *common]) == 0
+        alone.append(capsys.readouterr().out)
+    assert main(["generate-text", *prompts, *common, "--batch-size", "2"]) == 0
+    assert capsys.readouterr().out == "\n".join(alone)
+
+
+def test_several_prompts_name_a_bad_one_and_take_one_sample_each(checkpoint, capsys):
+    directory, _, _ = checkpoint
+    assert main(["generate-text", "A dog", "   ", "--model", str(directory), "--max-new-tokens", "4"]) == 2
+    assert capsys.readouterr().err == "mmkit generate-text: error: prompt 2: the prompt is empty\n"
+    assert main(["generate-text", "A dog", "A cat", "--model", str(directory), "--temperature", "1",
+                 "--num-return-sequences", "2"]) == 2
+    assert capsys.readouterr().err == "mmkit generate-text: error: --num-return-sequences 2 takes one prompt, got 2\n"
