@@ -61,3 +61,21 @@ def write_tiny_roberta_classifier(directory: Path, seed: int = 0, num_labels: in
     model = RobertaForSequenceClassification(cfg).eval()
     model.save_pretrained(directory)
     return model, RobertaTokenizer(str(Path(directory) / "vocab.json"), str(Path(directory) / "merges.txt"))
+
+
+# A random tiny BERT's top two candidates for a mask are about 0.3% apart (int8 swaps them); its MLM head's LayerNorm
+# gain scaled by this gives each mask a clear best candidate, as a trained model's usually does
+PEAK = 8.0
+
+
+def write_peaked_mlm(directory: Path) -> Path:
+    """A tiny BERT masked-LM export (in `directory`/peaked) whose masks each have a clear best candidate (`PEAK`)."""
+    import torch
+
+    from mmkit.inference.encoder import load_encoder
+
+    write_tiny_bert(directory / "hf", "mlm")
+    encoder = load_encoder(directory / "hf")
+    with torch.no_grad():
+        encoder.model.mlm_head.norm.weight.mul_(PEAK)
+    return encoder.save_pretrained(directory / "peaked")

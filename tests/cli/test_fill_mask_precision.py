@@ -7,26 +7,14 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
-from _bert import write_tiny_bert
+from _bert import write_peaked_mlm
 
 from mmkit.cli import main
-from mmkit.inference.encoder import load_encoder
 
 TEXTS = ["a [MASK] finds an apple", "the teacher [MASK] a book", "the dog [MASK] the moon."]
-# A random tiny BERT's top two candidates are about 0.3% apart (int8 swaps them); its MLM head's LayerNorm gain
-# scaled by 8 gives each mask a clear best candidate, as test_encoder_precision.py's `PEAK`
-PEAK = 8.0
-
-
 @pytest.fixture(scope="module")
 def peaked_mlm(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mlm")
-    write_tiny_bert(d / "hf", "mlm")
-    encoder = load_encoder(d / "hf")
-    with torch.no_grad():
-        encoder.model.mlm_head.norm.weight.mul_(PEAK)
-    return encoder.save_pretrained(d / "peaked")
+    return write_peaked_mlm(tmp_path_factory.mktemp("mlm"))
 
 
 def _fill(model, text, capsys, *extra) -> list[str]:

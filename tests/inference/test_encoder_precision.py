@@ -14,16 +14,12 @@ from mmkit.inference.embed import Embedder
 from mmkit.inference.encoder import load_encoder
 from mmkit.inference.fill_mask import attention_view, fill_mask
 from mmkit.inference.text_classify import TextClassifierPredictor
-from _bert import write_tiny_bert
+from _bert import write_peaked_mlm, write_tiny_bert
 
 MASKED = ["a [MASK] finds an apple", "the teacher [MASK] a book", "[MASK] dog", "the dog [MASK] the moon.",
           "my friend remembers a [MASK] song", "the [MASK] road", "a quiet [MASK]"]
 VIEWED = "the cat sees the moon."
 CLASSIFIED = ["the cat sees the moon.", "a dog finds an apple", "the end", "the teacher reads a book to the cat"]
-# the MLM head's LayerNorm gain: a random tiny BERT's logits are nearly flat (top two candidates 0.3% apart,
-# which int8 swaps); scaled, each mask has one clear best candidate (by 0.28 to 0.76 in probability), as a trained
-# model's usually does. The logits' int8 error grows with them: measured 0.09 in the top probability, bf16's 0.023
-PEAK = 8.0
 # (precision, quantize, largest |probability - fp32's| of the top candidates, of an attention weight): measured
 # bf16 0.023 and 0.005, int8 0.091 and 0.029
 REDUCED = [("bf16", "none", 0.05, 0.02), ("fp32", "int8", 0.15, 0.05)]
@@ -31,13 +27,9 @@ REDUCED = [("bf16", "none", 0.05, 0.02), ("fp32", "int8", 0.15, 0.05)]
 
 @pytest.fixture(scope="module")
 def peaked_mlm(tmp_path_factory):
-    """A tiny BERT masked-LM export whose masks each have a clear best candidate."""
-    d = tmp_path_factory.mktemp("mlm")
-    write_tiny_bert(d / "hf", "mlm")
-    encoder = load_encoder(d / "hf")
-    with torch.no_grad():
-        encoder.model.mlm_head.norm.weight.mul_(PEAK)
-    return encoder.save_pretrained(d / "peaked")
+    """A tiny BERT masked-LM export whose masks each have a clear best candidate (by 0.28 to 0.76 in probability;
+    the logits' int8 error grows with them: measured 0.09 in the top probability, bf16's 0.023)."""
+    return write_peaked_mlm(tmp_path_factory.mktemp("mlm"))
 
 
 @pytest.fixture(scope="module")
