@@ -51,31 +51,20 @@ def test_a_padded_rows_logits_are_its_own(model):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("limits", ["shared", "per-row"])
-def test_a_ragged_batch_generates_what_each_prompt_generates_alone(model, limits):
+@pytest.mark.parametrize("strategy, limits", [(None, "shared"), (None, "per-row"), (BeamSearch(3, early_stopping=True),
+                                                                                     "shared")])
+def test_a_ragged_batch_generates_what_each_prompt_generates_alone(model, strategy, limits):
     m, context = model
     new = [9, 4, 12, 6] if limits == "per-row" else [10] * len(PROMPTS)
     tokens, padding = left_padded(PROMPTS, pad_id=0)
     cache = KVCache()
     cache.padding = padding
-    g = generate(m, tokens, torch.tensor(new) if limits == "per-row" else new[0], context=context, cache=cache)
+    g = generate(m, tokens, torch.tensor(new) if limits == "per-row" else new[0], strategy, context=context,
+                 eos_id=39, cache=cache)
     for b, prompt in enumerate(PROMPTS):
-        alone = generate(m, torch.tensor([prompt]), new[b], context=context[b : b + 1])
+        alone = generate(m, torch.tensor([prompt]), new[b], strategy, context=context[b : b + 1], eos_id=39)
         assert g.sequences[b][tokens.shape[1] :].tolist() == alone.sequences[0][len(prompt) :].tolist()
         torch.testing.assert_close(g.scores[b], alone.scores[0], rtol=0, atol=1e-5)
-
-
-@torch.no_grad()
-def test_beam_search_over_a_ragged_batch_is_each_prompts_alone(model):
-    m, context = model
-    tokens, padding = left_padded(PROMPTS, pad_id=0)
-    cache = KVCache()
-    cache.padding = padding
-    g = generate(m, tokens, 8, BeamSearch(3, early_stopping=True), context=context, eos_id=39, cache=cache)
-    for b, prompt in enumerate(PROMPTS):
-        alone = generate(m, torch.tensor([prompt]), 8, BeamSearch(3, early_stopping=True), context=context[b : b + 1],
-                         eos_id=39)
-        assert g.sequences[b][tokens.shape[1] :].tolist() == alone.sequences[0][len(prompt) :].tolist()
 
 
 def test_the_padding_follows_reorder_and_fork():
