@@ -95,3 +95,13 @@ def test_reduced_rows_line_up_without_a_stray_space():
     assert "  mmkit (shared loop, KV cache)      100.0 tokens/s" in lines
     assert "  mmkit int8 (--quantize int8)       200.0 tokens/s" in lines  # the same column
     assert "  mmkit bf16 (--precision bf16)      150.0 tokens/s" in lines
+
+
+def test_ragged_prompts_generate_transformers_tokens_on_both_sides():
+    """Prompts of 3 to 12 tokens left-padded: mmkit's KVCache.padding against transformers' attention_mask give the
+    same greedy tokens (and int8 agrees, teacher-forced through the same padding)."""
+    result = run_text_bench(dim=32, depth=2, num_heads=4, vocab_size=300, batch_size=4, prompt_tokens=12,
+                            new_tokens=12, rounds=1, warmup=0, threads=1, ragged=True)
+    assert result["same_tokens"] is True and result["ragged"] is True
+    assert result["int8_agreement"]["top1"] > 0.9
+    assert "batch 4, 3 to 12 prompt tokens (left-padded) + 12 new tokens" in format_report(result)

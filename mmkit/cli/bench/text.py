@@ -28,6 +28,7 @@ from mmkit.cli.bench.common import (
     torch_threads, write_json,
 )
 from mmkit.cli.options import Parser, at_least, path_text
+from mmkit.core import KVCache
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _twin(export_dir: str) -> Any:
 def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12, num_heads: int = 12,
                    vocab_size: int = 50257, batch_size: int = 1, prompt_tokens: int = 16, new_tokens: int = 64,
                    rounds: int = 3, warmup: int = 1, threads: int | None = None, int8: bool = True,
-                   bf16: bool = False) -> dict[str, Any]:
+                   bf16: bool = False, ragged: bool = False) -> dict[str, Any]:
     """Greedy generation tokens/s of both implementations (and of mmkit int8, mmkit bf16).
 
     Args:
@@ -97,6 +98,9 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         int8: also time mmkit with int8 weights (`apply_quantization(model, "int8")`).
         bf16: also time mmkit under bf16 autocast (`generate-text --precision bf16`; emulated, slowly,
             where the CPU lacks bf16).
+        ragged: prompts of different lengths (from a quarter of `prompt_tokens` to all of it), left-padded on
+            both sides: mmkit's `KVCache.padding` (`generate-text` with several prompts, `generate_many`)
+            against transformers' attention_mask, which numbers positions from each row's first real token too.
 
     Returns:
         `tokens_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster) and per
@@ -118,9 +122,21 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
             raise ValueError(f"prompt + new tokens exceed the model's context of {ours.max_len}")
         prompt = torch.randint(0, ours.vocab_size, (batch_size, prompt_tokens),
                                generator=torch.Generator().manual_seed(0))
+        padding = torch.zeros(batch_size, dtype=torch.long)
+        if ragged:  # row b keeps its last tokens only, from a quarter of the prompt (row 0) to all of it
+            low = max(1, prompt_tokens // 4)
+            padding = prompt_tokens - torch.linspace(low, prompt_tokens, batch_size).round().long()
+            prompt.masked_fill_(torch.arange(prompt_tokens)[None, :] < padding[:, None], 0)
+        mask = (torch.arange(prompt_tokens)[None, :] >= padding[:, None]).long()
+
+        def cache() -> KVCache:
+            c = KVCache()
+            c.padding = padding if bool(padding.any()) else None
+            return c
+
         runs: dict[str, Callable[[], torch.Tensor]] = {
-            "mmkit": lambda: generate(ours, prompt, new_tokens, Greedy()).tokens,
-            "transformers": lambda: ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+            "mmkit": lambda: generate(ours, prompt, new_tokens, Greedy(), cache=cache()).tokens,
+            "transformers": lambda: ref.generate(prompt, attention_mask=mask, do_sample=False,
                                                  max_new_tokens=new_tokens),
         }
         reduced: dict[str, tuple[torch.nn.Module, Callable[[], Any]]] = {}  # kind -> (model, autocast)
@@ -132,7 +148,7 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         def run_reduced(model: torch.nn.Module, autocast: Callable[[], Any]) -> Callable[[], torch.Tensor]:
             def run() -> torch.Tensor:
                 with autocast():
-                    return generate(model, prompt, new_tokens, Greedy()).tokens
+                    return generate(model, prompt, new_tokens, Greedy(), cache=cache()).tokens
             return run
 
         runs.update({f"mmkit {kind}": run_reduced(*path) for kind, path in reduced.items()})
@@ -142,25 +158,27 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         for kind, (model, autocast) in reduced.items():
             extra[f"{kind}_ratio"] = rate[f"mmkit {kind}"] / rate["transformers"]
             extra[f"{kind}_agreement"] = _agreement(ours, model, autocast, outputs[f"mmkit {kind}"],
-                                                    outputs["transformers"], prompt_tokens)
+                                                    outputs["transformers"], prompt_tokens, cache)
         return dict(**extra, model=model_dir or f"random GPT-2 dim {dim} depth {depth} vocab {vocab_size}",
-                    params=sum(p.numel() for p in ours.parameters()), batch_size=batch_size,
+                    params=sum(p.numel() for p in ours.parameters()), batch_size=batch_size, ragged=ragged,
                     prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(),
                     tokens_per_s=rate, ratio=rate["mmkit"] / rate["transformers"], seconds=seconds,
                     same_tokens=torch.equal(outputs["mmkit"], outputs["transformers"]))
 
 
 def _agreement(ours: torch.nn.Module, reduced: torch.nn.Module, autocast: Callable[[], Any], tokens: torch.Tensor,
-               reference: torch.Tensor, prompt_tokens: int) -> dict[str, float]:
+               reference: torch.Tensor, prompt_tokens: int,
+               cache: Callable[[], KVCache] = KVCache) -> dict[str, float]:
     """`token`: share of a reduced path's generated `tokens` equal to transformers' fp32 `reference`,
     position by position; `top1`: share of the positions of the reference sequence where the reduced
-    path's next-token argmax (`reduced` under `autocast`) equals fp32's."""
+    path's next-token argmax (`reduced` under `autocast`) equals fp32's. `cache`: a new cache holding the
+    prompts' left padding, if any."""
     token = (tokens[:, prompt_tokens:] == reference[:, prompt_tokens:]).float().mean()
     with torch.inference_mode():
         context = reference[:, :-1]  # predictions of the tokens after the prompt, along the fp32 sequence
-        exact = ours(context)[:, prompt_tokens - 1 :].argmax(-1)
+        exact = ours(context, cache=cache())[:, prompt_tokens - 1 :].argmax(-1)
         with autocast():
-            low = reduced(context)[:, prompt_tokens - 1 :].argmax(-1)
+            low = reduced(context, cache=cache())[:, prompt_tokens - 1 :].argmax(-1)
     return dict(token=float(token), top1=float((exact == low).float().mean()))
 
 
@@ -169,9 +187,11 @@ def format_report(result: dict[str, Any]) -> str:
     reduced = reduced_path_lines(
         r, "tokens_per_s", "tokens/s", lambda kind, option: f"{f'mmkit {kind} ({option})':<31}",
         lambda a: f"{100 * a['token']:.1f}% same tokens, {100 * a['top1']:.1f}% same top-1 (teacher-forced)")
+    prompts = (f"{max(1, r['prompt_tokens'] // 4)} to {r['prompt_tokens']} prompt tokens (left-padded)"
+               if r.get("ragged") else f"{r['prompt_tokens']} prompt")
     return "\n".join([
         f"GPT greedy generation: {r['model']} ({r['params'] / 1e6:.1f}M params), batch {r['batch_size']}, "
-        f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens, {r['threads']} threads, median of {r['rounds']}",
+        f"{prompts} + {r['new_tokens']} new tokens, {r['threads']} threads, median of {r['rounds']}",
         f"  mmkit (shared loop, KV cache)   {r['tokens_per_s']['mmkit']:8.1f} tokens/s",
         f"  transformers generate           {r['tokens_per_s']['transformers']:8.1f} tokens/s",
         f"  mmkit / transformers            {r['ratio']:8.2f}x   (goal >= 1.5x)",
@@ -194,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=at_least(1), default=16)
     p.add_argument("--new-tokens", type=at_least(1), default=64)
     p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 row")
+    p.add_argument("--ragged", action="store_true",
+                   help="prompts of different lengths (a quarter of --prompt-tokens to all of them), left-padded on "
+                        "both sides (mmkit's KVCache.padding, transformers' attention_mask)")
     add_precision_option(p)
     add_run_options(p)
     args = p.parse_args(argv)
@@ -205,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dim, depth, heads, vocab = SIZES[size] if size else SIZES["gpt2-small"]
             results.append(run_text_bench(args.model, dim, depth, heads, vocab, args.batch_size, args.prompt_tokens,
                                           args.new_tokens, args.rounds, args.warmup, args.threads, not args.no_int8,
-                                          "bf16" in bench_precisions(args.precision)))
+                                          "bf16" in bench_precisions(args.precision), args.ragged))
             print(format_report(results[-1]), flush=True)
     except (ValueError, OSError) as e:
         print(f"mmkit bench text: error: {e}", file=sys.stderr)
