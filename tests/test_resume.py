@@ -124,20 +124,49 @@ def resume(clip_checkpoint, tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 @pytest.mark.parametrize("refusal", ["tower locked since", "weights-only checkpoint"])
-def test_a_resume_refused_after_the_checkpoint_restored_its_step_leaves_no_log_folder(resume, tmp_path, refusal):
-    """The cleanup of a refused run's lightning_logs/version_N was skipped once the trainer's step was past 0,
-    which a resume's restore sets before its later refusals: each retry left one more folder. (Both refusals
-    are tracebacks of torch's and Lightning's, raised as the optimizer's state is restored, after the step.)"""
+def test_a_resume_without_a_restorable_training_state_is_one_line_and_leaves_no_log_folder(resume, tmp_path, capsys,
+                                                                                          refusal):
+    """Optimizer states that do not fit this run's parameter groups (torch's ValueError) and a checkpoint without
+    them (Lightning's KeyError, "contains only the model") were tracebacks raised as the optimizer's state was
+    restored; each is refused in one line before Lightning restores anything of the training state, and the refused
+    run's lightning_logs/version_N is removed (each retry left one more folder)."""
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     if refusal == "tower locked since":  # the optimizer's groups now lack the image tower
-        extra, error, message = ["--model.init_args.lock_image", "true"], ValueError, "parameter group"
+        extra = ["--model.init_args.lock_image", "true"]
+        message = (f"--ckpt_path {last}: the checkpoint's optimizer state does not fit this run's parameter groups "
+                   "(tensors per group: ")
+        advice = ("an option that changes which parameters train differs from the run's: --model.init_args.lock_image "
+                  "true, the run's false; resume with the run's options, or drop --ckpt_path to start a new run")
     else:  # as ModelCheckpoint(save_weights_only=True) writes it
-        state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+        state = torch.load(last, weights_only=False)
         torch.save({k: v for k, v in state.items() if k not in ("optimizer_states", "lr_schedulers", "callbacks")},
                    tmp_path / "weights.ckpt")
-        extra, error, message = ["--ckpt_path", str(tmp_path / "weights.ckpt")], KeyError, "contains only the model"
-    with pytest.raises(error, match=message) as refused:
-        resume(*extra)
-    assert any(entry.name == "restore_optimizers_and_schedulers" for entry in refused.traceback)  # after the step
+        extra = ["--ckpt_path", str(tmp_path / "weights.ckpt")]
+        message = (f"--ckpt_path {tmp_path / 'weights.ckpt'}: the checkpoint holds the model's weights only (saved "
+                   "with save_weights_only: no optimizer_states or lr_schedulers), so it cannot resume training")
+        advice = "score it with mmkit validate or test --ckpt_path, or drop --ckpt_path to start a new run"
+    assert resume(*extra) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mmkit fit: error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"mmkit fit: error: {message}") and errors[0].endswith(advice), err
+    assert "Traceback" not in err and err.rstrip().endswith(errors[0]), err
+    assert not (tmp_path / "run" / "lightning_logs").exists()
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+def test_a_resume_refused_after_the_checkpoint_restored_its_step_leaves_no_log_folder(resume, tmp_path, monkeypatch):
+    """The cleanup of a refused run's lightning_logs/version_N was skipped once the trainer's step was past 0,
+    which a resume's restore sets before its later refusals: each retry left one more folder. (The refusals that
+    came there, optimizer states that do not fit or are missing, are now refused before: one stands in for them.)"""
+    from pytorch_lightning.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    def refuse(connector: _CheckpointConnector) -> None:
+        assert connector.trainer.global_step > 0  # restored
+        raise KeyError("refused after the step was restored")
+
+    monkeypatch.setattr(_CheckpointConnector, "restore_optimizers_and_schedulers", refuse)
+    with pytest.raises(KeyError, match="refused after the step was restored"):
+        resume()
     assert not (tmp_path / "run" / "lightning_logs").exists()
 
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform, eval_transform
+from mmkit.data.transforms import CLIP_DEFAULTS, EVAL_KEYS, EvalTransform, eval_transform
 from mmkit.inference.prompts import Tokenizer
 from mmkit.models.clip import CLIP, CLIP_VOCAB_SIZE
 
@@ -70,9 +70,13 @@ def clip_eval_transform(model: str, pretrained: str | None = None, exact_decode:
     fields: dict[str, Any] = {}
     if Path(model).expanduser().is_dir():
         doc = CLIP.read_config(model)
-        fields["image_size"] = doc["config"]["visual"]["image_size"]
         meta = doc.get("metadata", {})
-        fields.update({k: meta[k] for k in ("mean", "std", "interpolation", "resize_mode", "crop_pct") if k in meta})
+        # the metadata's keys over the image tower's size, as `ZeroShotClassifier.from_pretrained` reads them: a
+        # run trained at --data.init_args.image_size 48 on a 32-pixel tower (positions resampled) records 48, and
+        # was validated and scored by `ZeroShotEvaluation` at 48; taking the tower's size, `mmkit label` alone
+        # preprocessed at 32
+        fields["image_size"] = doc["config"]["visual"]["image_size"]
+        fields.update({k: meta[k] for k in EVAL_KEYS if k in meta})
     else:
         from mmkit.models.sizes import CLIP_CONFIGS
 

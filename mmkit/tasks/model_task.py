@@ -14,6 +14,7 @@ vocabulary), and `load_from_checkpoint` rebuilds it from them unless the caller 
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -56,6 +57,7 @@ class ModelTask:
                     callback.save_last = False
         # this run's optimizer settings, before a resume restores the checkpoint's over them (`on_train_start`)
         self._configured = _optimizer_settings(self.trainer)  # type: ignore[attr-defined]
+        self._check_resumed_groups()
 
     def on_train_start(self) -> None:
         """A resumed run trains with this run's optimizer settings (learning rate, weight decay, betas, ...: a
@@ -125,16 +127,24 @@ class ModelTask:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before the weights load: a checkpoint whose tensors do not fit this model is one line naming the
         config fields it recorded that differ (`mmkit test --ckpt_path last` without the sizes the fit was given:
-        Lightning's size-mismatch table, or "a checkpoint of another model", said less)."""
+        Lightning's size-mismatch table, or "a checkpoint of another model", said less). A resume also needs the
+        optimizer states, fitting this run's parameter groups (`_check_resumed_groups`)."""
         _check_class_names(checkpoint, self.hparams.get("class_names"))  # type: ignore[attr-defined]
+        trainer = getattr(self, "_trainer", None)
+        resuming = trainer is not None and trainer.state.fn == "fit"
+        if resuming:
+            _check_training_state(checkpoint, trainer)
+            hparams = checkpoint.get("hyper_parameters")
+            self._resumed_groups = (trainer, _group_sizes(checkpoint, trainer), hparams if isinstance(hparams, dict)
+                                    else {})
+            self._check_resumed_groups()  # a strategy that restores after its setup has its optimizers already
         record, saved = checkpoint.get(MODEL_KEY), checkpoint.get("state_dict")
         if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(saved, dict):
             return  # a checkpoint from before the record: Lightning's own load says what does not fit
         mine = self.state_dict()  # type: ignore[attr-defined]
         if {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in mine.items()}:
             _restore_training_buffers(self.model, checkpoint.get(BUFFERS_KEY))  # type: ignore[attr-defined]
-            trainer = getattr(self, "_trainer", None)
-            if trainer is not None and trainer.state.fn == "fit":  # a resume
+            if resuming:
                 self._first_step = (trainer, checkpoint.get("global_step", 0))  # `export_folder`: did it train?
                 # it draws what the run would have drawn (Lightning's sanity check then runs RNG-isolated)
                 set_rng_states(_this_ranks(checkpoint.get(RNG_KEY), trainer))
@@ -147,6 +157,31 @@ class ModelTask:
                          f"{', '.join(diffs) if diffs else 'other tensors'}; give the sizes it was trained with "
                          "(--model.init_args.model.init_args...), or another checkpoint")
 
+    def _check_resumed_groups(self) -> None:
+        """Refuse, before Lightning restores them, optimizer states whose parameter groups do not hold as many
+        tensors as this run's optimizers' (an option that changes which parameters train, such as CLIPTask's
+        lock_image, given on a resume): torch's `load_state_dict` raised a ValueError about parameter groups, a
+        traceback. Nothing to check until both the checkpoint is read and this run's optimizers are set up
+        (`on_load_checkpoint` and `on_fit_start`, in the order of the strategy)."""
+        trainer, saved, saved_hparams = getattr(self, "_resumed_groups", (None, [], {}))
+        if trainer is None or trainer is not getattr(self, "_trainer", None) or not trainer.optimizers:
+            return
+        # pairwise, as Lightning's strategy loads them
+        pairs = [(theirs, [len(group["params"]) for group in optimizer.param_groups])
+                 for optimizer, theirs in zip(trainer.optimizers, saved)]
+        theirs, mine = next(((theirs, mine) for theirs, mine in pairs if theirs != mine), (None, None))
+        if theirs is None:
+            return
+        hparams = dict(self.hparams)  # type: ignore[attr-defined]
+        differ = [f"--model.init_args.{k} {_shown(hparams[k])}, the run's {_shown(saved_hparams[k])}"
+                  for k in sorted(hparams) if k in saved_hparams and k != "export_dir"
+                  and not isinstance(hparams[k], (torch.nn.Module, list, dict)) and hparams[k] != saved_hparams[k]]
+        raise ValueError(f"--ckpt_path {trainer.ckpt_path}: the checkpoint's optimizer state does not fit this run's "
+                         f"parameter groups (tensors per group: {_counts(theirs)}; here {_counts(mine)}): an option "
+                         "that changes which parameters train differs from the run's"
+                         + (f": {'; '.join(differ)}" if differ else "")
+                         + "; resume with the run's options, or drop --ckpt_path to start a new run")
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, *args: Any,
                              **kwargs: Any) -> Any:
@@ -155,6 +190,37 @@ class ModelTask:
         if "model" not in kwargs:
             kwargs = {**kwargs, **cls.rebuilt_hparams, "model": _rebuilt_model(checkpoint_path)}
         return super().load_from_checkpoint(checkpoint_path, map_location, *args, **kwargs)  # type: ignore[misc]
+
+
+def _check_training_state(checkpoint: dict[str, Any], trainer: Any) -> None:
+    """Refuse to resume from a checkpoint without the optimizer and scheduler states Lightning restores (one that
+    `ModelCheckpoint(save_weights_only=True)` wrote): Lightning's KeyError ("checkpoint contains only the model")
+    came after the step was restored, a traceback. (A bare state_dict is no Lightning checkpoint: refused before.)"""
+    lacks = [key for key, needed in (("optimizer_states", trainer.strategy.lightning_restore_optimizer),
+                                     ("lr_schedulers", True)) if needed and key not in checkpoint]
+    if lacks:
+        raise ValueError(f"--ckpt_path {trainer.ckpt_path}: the checkpoint holds the model's weights only (saved with "
+                         f"save_weights_only: no {' or '.join(lacks)}), so it cannot resume training; score it "
+                         "with mmkit validate or test --ckpt_path, or drop --ckpt_path to start a new run")
+
+
+def _group_sizes(checkpoint: dict[str, Any], trainer: Any) -> list[list[int]]:
+    """The number of tensors in each parameter group of each optimizer state the checkpoint holds (none where
+    Lightning does not restore them: DeepSpeed's own)."""
+    states = checkpoint.get("optimizer_states")
+    if not isinstance(states, list) or not trainer.strategy.lightning_restore_optimizer:
+        return []
+    return [[len(group.get("params", ())) for group in state.get("param_groups", ()) if isinstance(group, dict)]
+            for state in states if isinstance(state, dict)]
+
+
+def _shown(value: Any) -> str:
+    """A hyper-parameter's value as a command line gives it (true, 0.001, null)."""
+    return json.dumps(value) if isinstance(value, (bool, int, float, type(None))) else str(value)
+
+
+def _counts(sizes: list[int]) -> str:
+    return ", ".join(map(str, sizes)) or "no groups"
 
 
 def _check_class_names(checkpoint: dict[str, Any], names: Any) -> None:
