@@ -326,3 +326,40 @@ class CLIP(PretrainedMixin, nn.Module):
         model = cls.from_converted(converted)
         model.preprocess = preprocess
         return model
+
+
+class PretrainedCLIP(CLIP):
+    """A CLIP built from a native checkpoint directory, for YAML recipes (`class_path`) to fine-tune it:
+    a run's export, or an imported model saved with `save_pretrained` (`CLIP.from_open_clip(...)`: OpenAI-BPE
+    CLIP models, whose tokenizer the CLIP recipes' data modules use). Every tensor is loaded strictly and the
+    export's preprocessing kept as `preprocess` (a run's export records its data module's eval transform, what
+    the run trained with). Saved and rebuilt as a plain CLIP (`architecture`): the folder is read once, here.
+
+    Args:
+        checkpoint: directory written by `save_pretrained`.
+        image_size: new training resolution of the image tower (its positions are resampled).
+    """
+
+    architecture = "CLIP"
+
+    def __init__(self, checkpoint: str, image_size: int | None = None) -> None:
+        from mmkit.weights.native import load_state_dict_strict, read_state_dict
+
+        doc = CLIP.read_config(checkpoint)  # validated, and checked against the weights' header below
+        saved = doc["config"]
+        path = CLIP.check_weights(checkpoint, saved)
+        overrides = {"visual": {"image_size": image_size}} if image_size else {}
+        config = CLIP.with_overrides(saved, overrides)
+        if overrides:
+            CLIP.check_config(config, f"{checkpoint}: config with image_size {image_size}")
+        super().__init__(CLIPVisionTower(**config["visual"]), CLIPTextTower(**config["text"]),
+                         config["init_logit_scale"], config["init_logit_bias"])
+        load_state_dict_strict(self, self.adapt_state_dict(read_state_dict(path), saved), str(path))
+        self.load_metadata(doc.get("metadata", {}), overrides)
+
+    @classmethod
+    def check_config(cls, config: Any, where: str) -> None:
+        """A recipe's arguments against this constructor (a folder and a size; the towers are the folder's)."""
+        from mmkit.weights.config_check import check_arguments
+
+        check_arguments(cls.__init__, config, where)
