@@ -19,13 +19,11 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
-import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from mmkit.cli.bert_text_files import written
+from mmkit.cli.line_files import INPUT_SUFFIXES, checked_line, input_file, iter_lines, write_rows
 from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
 from mmkit.errors import print_error
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mmkit")
 PROG = "mmkit translate"
-INPUT_SUFFIXES = (".txt", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,83 +69,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def iter_lines(path: Path) -> Iterator[tuple[str, str | None]]:
-    """(source, problem) per line of a .txt (one a line) or .jsonl ("text" field) file, its lines as
-    `text_rows.iter_lines` reads them (memory: one line, at most 1 MiB); problem names a line that is not
-    UTF-8, not a JSON object with a "text" string, JSON nested too deeply or holding too long a number
-    (`text_rows.json_record`) or no text (`_checked`; its source is ""), else None. A UTF-8 byte order mark
-    before the first line is dropped."""
-    from mmkit.inference.text_rows import MAX_LINE_BYTES, decode_line, json_record, strip_bom
-    from mmkit.inference.text_rows import iter_lines as file_lines
-
-    for line in file_lines(path):
-        n = line.number
-        try:
-            text = decode_line(line)
-        except UnicodeDecodeError as e:
-            yield "", f"line {n}: not UTF-8 (byte 0x{line.data[e.start]:02x} at column {e.start + 1})"
-            continue
-        if n == 1:
-            text = strip_bom(text)
-        if path.suffix == ".jsonl" and line.cut:
-            yield "", f"line {n}: a JSON record longer than {MAX_LINE_BYTES >> 20} MiB"
-            continue
-        if path.suffix == ".jsonl" and text.strip():
-            obj, problem = json_record(text)
-            if problem:
-                yield "", f"line {n}: {problem}"
-                continue
-            if not (isinstance(obj, dict) and isinstance(obj.get("text"), str)):
-                yield "", f'line {n}: not a JSON object with a "text" string'
-                continue
-            text = obj["text"]
-        yield _checked(text, n)
-
-
-def _checked(text: str, line: int) -> tuple[str, str | None]:
-    """(source, problem) of a text: a blank one stays an empty line (no error: lines stay aligned); one
-    that is no text by `text_rows.text_problem` (NUL bytes, only control or invisible characters) is
-    reported, its source ""."""
-    from mmkit.inference.text_rows import text_problem
-
-    problem = text_problem(text) if text.strip() else None
-    return ("", f"line {line}: {problem}") if problem else (text, None)
-
-
-def _input_file(inputs: Sequence[str]) -> Path | None:
-    """The .txt/.jsonl file to translate when `inputs` is one, None when they are sentences; a
-    ValueError for a path of another kind (a folder, another suffix, "-"), several paths, or a missing
-    .txt/.jsonl file. Probing an argument as a path never fails: an OSError (a sentence longer than a
-    file name may be, say) means it is text."""
-    def kind(arg: str) -> int | None:
-        try:
-            return os.stat(arg).st_mode
-        except (OSError, ValueError):  # ValueError: a NUL in the argument
-            return None
-
-    if "-" in inputs:
-        raise ValueError("-: standard input is not read; give sentences or a .txt/.jsonl file")
-    paths = [arg for arg in inputs if kind(arg) is not None]
-    if len(inputs) > 1 and paths:
-        raise ValueError(f"{paths[0]}: a file or folder among {len(inputs)} arguments; translate reads one "
-                         ".txt/.jsonl file at a time (or give only sentences)")
-    if len(inputs) != 1:
-        return None
-    path, mode = Path(inputs[0]), kind(inputs[0])
-    if mode is None:
-        if path.suffix in INPUT_SUFFIXES:
-            raise ValueError(f"{path}: no such file")
-        return None
-    if stat.S_ISDIR(mode):
-        raise ValueError(f"{path}: a folder; give a .txt or .jsonl file (or sentences)")
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"{path}: not a regular file; give a .txt or .jsonl file (or sentences)")
-    if path.suffix not in INPUT_SUFFIXES:
-        raise ValueError(f"{path}: use a .txt or .jsonl file (one sentence a line, or JSON objects with a "
-                         '"text" field)')
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns the exit code: 0 done (bad rows are reported, not fatal), 2 a usage or input error, 1 the
     output could not be written (nothing was), or no row was translated (every one reported)."""
@@ -169,7 +89,7 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
         if ranks.first:
             print_error(PROG, problem)
         return 2
-    rows = iter_lines(source) if source else (_checked(text, n) for n, text in enumerate(args.inputs, 1))
+    rows = iter_lines(source) if source else (checked_line(text, n) for n, text in enumerate(args.inputs, 1))
     counts = [0, 0]  # translations, errors
     out = Path(args.output) if args.output else None
     with progress("translating", total, "sent", enabled=ranks.first and total > 1) as advance:
@@ -199,16 +119,8 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
                     counts[1] += bool(r.error)
                     yield r
 
-        def write(rounds: Iterator[tuple[tuple[list, TranslationPlan], list[Share]]]) -> int:
-            if out is None:
-                code = written(PROG, lambda: _print(translated(rounds)), atomic=False)
-            else:
-                code = written(PROG, lambda: _write(out, translated(rounds)))
-                if not code:
-                    log.info("wrote %d translations (%d with errors) to %s", counts[0], counts[1], out)
-            return code or (1 if counts[0] and counts[1] == counts[0] else 0)  # no row translated: as transcribe
-
-        return ranks.to_first(parts(), write)
+        return ranks.to_first(parts(), lambda rounds: write_rows(PROG, out, translated(rounds), _print, _write, counts,
+                                                                 "translations"))
 
 
 def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, TranslationOptions, int, Translator]:
@@ -223,7 +135,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
 
     if not args.inputs and not args.export:
         raise ValueError("give sentences or a .txt/.jsonl file to translate (or --export OUT)")
-    source = _input_file(args.inputs)
+    source = input_file(args.inputs, PROG, "sentence")
     given = dict(beam_size=args.beam_size, max_new_tokens=args.max_length, length_penalty=args.length_penalty,
                  early_stopping=args.early_stopping, batch_size=args.batch_size)
     TranslationOptions(**{k: v for k, v in given.items() if v is not None})  # refused before the model loads
