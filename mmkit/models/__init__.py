@@ -10,5 +10,5 @@ from mmkit.models.vit import PretrainedViT, ViT
 from mmkit.models.vqgan import VQGAN
 from mmkit.models.whisper import Whisper
 
-__all__ = ["BERT", "CLIP", "CLIPTextTower", "CLIPVisionTower", "DALLE", "DalleBart", "GPT", "PretrainedCLIP", "PretrainedViT",
-           "Seq2Seq", "T5", "ViT", "VQGAN", "Whisper"]
+__all__ = ["BERT", "CLIP", "CLIPTextTower", "CLIPVisionTower", "DALLE", "DalleBart", "GPT", "PretrainedCLIP",
+           "PretrainedViT", "Seq2Seq", "T5", "ViT", "VQGAN", "Whisper"]
