@@ -18,10 +18,12 @@ AS_AVX2 = ["bash", str(REPO / "scripts" / "as_avx2.sh")]
 # every folder with a precision, int8 or per-machine choice in it
 KIND_DEPENDENT = ["tests/core", "tests/inference", "tests/tasks", "tests/cli", "tests/bench"]
 # ...less the slow ones whose outcome no instruction set changes: signals, errors crossing ranks, callbacks' wiring,
-# recipe argument checks, the tasks' export and checkpoint rules, mixup's batches
+# recipe argument checks, the tasks' export and checkpoint rules, mixup's batches, fp32 batching equal to one at a
+# time (sequential transcription's, generate-text files')
 KIND_FREE = ["tests/cli/test_signals.py", "tests/cli/test_ranks_errors.py", "tests/tasks/test_model_callbacks.py",
              "tests/cli/test_recipe_argument_checks.py", "tests/tasks/test_model_task.py",
-             "tests/tasks/test_mixup_batches.py"]
+             "tests/tasks/test_mixup_batches.py", "tests/tasks/test_sequential_batches.py",
+             "tests/cli/test_generate_text_files.py"]
 
 PROBE = """
 import json, torch

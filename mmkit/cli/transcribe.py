@@ -94,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how audio longer than 30 s is decoded. windows (default): fixed 30 s windows decoded "
                         "independently and batched across files, fast; a word crossing a window's end may be cut. "
                         "sequential: openai's transcribe(), exactly: one window at a time per file, each starting at "
-                        "the previous one's last timestamp, prompted with the previous text; the current windows of "
-                        "--batch-size files are decoded together, each as it decodes alone; "
+                        "the previous one's last timestamp, prompted with the previous text; slower (a file's "
+                        "windows one after another; the current windows of --batch-size files are decoded together, "
+                        "each as it decodes alone); "
                         "each file is held in a temporary file in $TMPDIR (4 bytes a sample, 230 MB per hour of "
                         "audio; on disk unless $TMPDIR is a tmpfs) and its features, openai's, computed window by "
                         "window: memory bounded whatever its length")

@@ -35,7 +35,8 @@ def seeking(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def files():
-    """Five files of 70, 12, 45, 95 and 3 s: the short ones finish early and others take their places."""
+    """Five files of 70, 12, 45, 95 and 3 s: the short ones finish early and others take their places (and, with
+    beam search, rows of different token limits meet in one batch)."""
     return [(f"f{n}.wav", synth_speechlike(seconds, seed=n)) for n, seconds in enumerate((70, 12, 45, 95, 3))]
 
 
