@@ -17,13 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 AS_AVX2 = ["bash", str(REPO / "scripts" / "as_avx2.sh")]
 # every folder with a precision, int8 or per-machine choice in it
 KIND_DEPENDENT = ["tests/core", "tests/inference", "tests/tasks", "tests/cli", "tests/bench"]
-# ...less the slow ones whose outcome no instruction set changes: signals, errors crossing ranks, callbacks' wiring,
-# recipe argument checks, the tasks' export and checkpoint rules, mixup's batches, fp32 batching equal to one at a
-# time (sequential transcription's, generate-text files')
+# ...less the slow ones whose outcome no instruction set changes: signals, the ranks' sharing of a run (fp32; ranks
+# and one process on the same machine) and its errors, full disks, the text tools' files, callbacks' wiring, recipe
+# argument checks, the tasks' export and checkpoint rules, mixup's batches, fp32 batching equal to one at a time
+# (sequential transcription's, generate-text files')
 KIND_FREE = ["tests/cli/test_signals.py", "tests/cli/test_ranks_errors.py", "tests/tasks/test_model_callbacks.py",
              "tests/cli/test_recipe_argument_checks.py", "tests/tasks/test_model_task.py",
              "tests/tasks/test_mixup_batches.py", "tests/tasks/test_sequential_batches.py",
-             "tests/cli/test_generate_text_files.py"]
+             "tests/cli/test_generate_text_files.py", "tests/cli/test_ranks.py", "tests/cli/test_ranks_text.py",
+             "tests/cli/test_ranks_label.py", "tests/cli/test_full_disk.py", "tests/cli/test_text_tools_outputs.py",
+             "tests/cli/test_text_tools_input.py"]
 
 PROBE = """
 import json, torch
