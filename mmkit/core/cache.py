@@ -85,9 +85,9 @@ class KVCache:
 
     `padding`: None, or (B,) int64, the positions at the start of each row that are padding: a batch of
     prompts of different lengths left-padded to one length (`left_padded`), each row's own prompt ending
-    where the others' end, so that one decoding step serves them all. A decoder that reads it
-    (`mmkit.models.whisper.Whisper`) numbers a row's positions from its first real token and masks the
-    padding out of self-attention, so each row decodes as it would alone. It follows the rows through
+    where the others' end, so that one decoding step serves them all. A decoder that reads it (Whisper, GPT:
+    `padding_mask`) numbers a row's positions from its first real token and masks the padding out of
+    self-attention, so each row decodes as it would alone. It follows the rows through
     `reorder` and `fork` (not a fork without the prefix: a new prompt there is laid out anew).
     """
 
