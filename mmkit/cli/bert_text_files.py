@@ -70,7 +70,9 @@ def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Se
     from mmkit.inference.precision import check_device
     from mmkit.inference.text_rows import check_not_input, check_output, count_text_rows
 
-    try:
+    from mmkit.cli.ranked import set_up_on_ranks
+
+    def set_up() -> tuple[int, T]:
         if Path(args.out).suffix not in out_suffixes:
             raise ValueError(f"--out must end in {' or '.join(out_suffixes)}: {args.out}")
         check_not_input(args.out, args.texts)
@@ -78,15 +80,9 @@ def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Se
         check_device(device)
         check_output(args.out)
         total = count_text_rows(args.texts, args.text_key)
-        tool, problem = build(load_encoder(args.model, device)), None
-    except (ValueError, OSError) as e:  # WeightsError is a ValueError
-        problem = str(e)
-    problem = ranks.first_problem(problem)
-    if problem is not None:
-        if ranks.first:
-            print_error(prog, problem)
-        return None
-    return total, tool
+        return total, build(load_encoder(args.model, device))
+
+    return set_up_on_ranks(prog, ranks, set_up)
 
 
 @dataclass

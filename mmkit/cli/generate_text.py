@@ -29,7 +29,7 @@ from mmkit.cli.options import (
     MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, at_least, beam_only_options, beam_size, finite,
     seed, utf8_text,
 )
-from mmkit.cli.ranked import nothing_written, on_ranks
+from mmkit.cli.ranked import nothing_written, on_ranks, set_up_on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
 from mmkit.errors import print_error
@@ -238,16 +238,10 @@ def _run_rows(args: argparse.Namespace, ranks: Ranks) -> int:
     from mmkit.cli.line_files import iter_lines, write_rows
     from mmkit.inference.text_rows import chunks
 
-    try:
-        source, options, total, generator = _setup(args, ranks)
-        problem = None
-    except (ValueError, OSError) as e:  # bad options, files, directories (WeightsError is a ValueError)
-        problem = str(e)
-    problem = ranks.first_problem(problem)  # met alike by every rank but a device or a model of its own
-    if problem is not None:
-        if ranks.first:
-            print_error(PROG, problem)
+    set_up = set_up_on_ranks(PROG, ranks, lambda: _setup(args, ranks))  # bad options, files, directories
+    if set_up is None:
         return 2
+    source, options, total, generator = set_up
     rows = iter_lines(source) if source else ((text, None) for text in args.prompts)
     label = "line" if source else "prompt"
     counts = [0, 0]  # rows, errors

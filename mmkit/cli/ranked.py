@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from mmkit.errors import in_context, print_error
 from mmkit.inference.ranks import Ranks
 
 INTERRUPTED = 130  # the shell's code for a process that SIGINT ended (128 + 2)
+T = TypeVar("T")
 
 
 def nothing_written(args: argparse.Namespace | None, ranks: Ranks) -> str:
@@ -18,6 +19,22 @@ def nothing_written(args: argparse.Namespace | None, ranks: Ranks) -> str:
     removed when the run stops) has left: nothing, naming the output when it has one (`--out`, `--output`)."""
     out = getattr(args, "out", None) or getattr(args, "output", None)
     return f"nothing was written to {out}" if out else "nothing was written"
+
+
+def set_up_on_ranks(prog: str, ranks: Ranks, setup: Callable[[], T]) -> T | None:
+    """`setup()`'s result on every rank, or None on every rank where it failed on any: its ValueError or OSError (a
+    user's mistake, met alike by every rank but a device or a model of its own; `WeightsError` is a ValueError)
+    printed once, by the first rank, as the tool's one error line."""
+    try:
+        result, problem = setup(), None
+    except (ValueError, OSError) as e:
+        result, problem = None, str(e)
+    problem = ranks.first_problem(problem)
+    if problem is not None:
+        if ranks.first:
+            print_error(prog, problem)
+        return None
+    return result
 
 
 def on_ranks(prog: str, parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None,

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from mmkit.cli.line_files import INPUT_SUFFIXES, checked_line, input_file, iter_lines, write_rows
-from mmkit.cli.ranked import on_ranks
+from mmkit.cli.ranked import on_ranks, set_up_on_ranks
 from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
-from mmkit.errors import print_error
 
 if TYPE_CHECKING:
     from mmkit.inference.translator import Translation, TranslationOptions, TranslationPlan, Translator
@@ -79,16 +78,10 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     from mmkit.cli.progress import progress
     from mmkit.inference.text_rows import chunks
 
-    try:
-        source, options, total, translator = _setup(args, ranks)
-        problem = None
-    except (ValueError, OSError) as e:  # bad options, files, directories (WeightsError is a ValueError)
-        problem = str(e)
-    problem = ranks.first_problem(problem)  # met alike by every rank but a device or a model of its own
-    if problem is not None:
-        if ranks.first:
-            print_error(PROG, problem)
+    set_up = set_up_on_ranks(PROG, ranks, lambda: _setup(args, ranks))  # bad options, files, directories
+    if set_up is None:
         return 2
+    source, options, total, translator = set_up
     rows = iter_lines(source) if source else (checked_line(text, n) for n, text in enumerate(args.inputs, 1))
     counts = [0, 0]  # translations, errors
     out = Path(args.output) if args.output else None
