@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from PIL import Image
 
 from mmkit.cli.options import Parser, add_precision_argument, at_least, finite, seed, utf8_text
-from mmkit.cli.ranked import on_ranks
+from mmkit.cli.ranked import agreed, on_ranks
 from mmkit.errors import WriteFailed, print_error
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import Ranks
@@ -272,24 +272,9 @@ def _generate_share(t2i: TextToImage, reranker: ClipReranker | None, args: argpa
     return _ranking(args.num_images, None if scores is None else array("d", b"".join(s.tobytes() for _, s in shared)))
 
 
-def _agreed(ranks: Ranks, setup: Callable[[], Any]) -> Any:
-    """`setup()`, whose ValueError or OSError (a bad model, a prompt it cannot read) stops every rank of a
-    launcher alike: the first rank's problem is raised on all (one process: as it is)."""
-    if not ranks.multi:
-        return setup()
-    try:
-        result, problem = setup(), None
-    except (ValueError, OSError) as e:
-        result, problem = None, str(e)
-    problem = ranks.first_problem(problem)
-    if problem is not None:
-        raise ValueError(problem)
-    return result
-
-
 def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[TextToImage, ClipReranker | None, dict[str, Any]]:
     """The pipeline on this rank's device, the reranker and the sampling settings, each checked before any work;
-    then, with --overwrite, the earlier runs' files removed (by the first rank, before `_agreed` lets any rank
+    then, with --overwrite, the earlier runs' files removed (by the first rank, before `agreed` lets any rank
     write)."""
     from mmkit.inference.precision import check_device
     from mmkit.inference.text_to_image import ClipReranker, TextToImage
@@ -314,7 +299,7 @@ def run(args: argparse.Namespace, ranks: Ranks = Ranks(), written: Written | Non
     from mmkit.cli.progress import progress
     from mmkit.inference.text_to_image import grid
 
-    t2i, reranker, sampling = _agreed(ranks, lambda: _setup(args, ranks))
+    t2i, reranker, sampling = agreed(ranks, lambda: _setup(args, ranks))
     settings = {"num_images": args.num_images, "seed": args.seed, **sampling, "rerank": args.rerank,
                 "precision": t2i.precision, "quantize": t2i.quantize}
     out = Path(args.out).expanduser()

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mmkit")
 PROG = "mmkit generate-text"
-OUTPUT_SUFFIXES = (".txt", ".jsonl")
 DEFAULT_NEW_TOKENS = 64  # without --max-new-tokens; at most half the model's context (a prompt needs room)
 
 
@@ -287,10 +286,9 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Generat
     """(the file of prompts or None for the arguments, the options, how many rows, the generator loaded on this
     rank's device); a ValueError or OSError of one line for a usage or input mistake, met before the model loads
     where it can be: an --output that is the input file or cannot be written, --num-return-sequences."""
-    from mmkit.cli.line_files import iter_lines
+    from mmkit.cli.line_files import check_output_file, iter_lines
     from mmkit.inference.precision import check_device
     from mmkit.inference.text_generation import load_text_generator
-    from mmkit.inference.text_rows import check_not_input, check_output
 
     source = _prompt_file(args.prompts)
     if args.num_return_sequences > 1:  # several continuations of one prompt are printed one after another
@@ -300,11 +298,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Generat
     device = ranks.device(args.device)
     check_device(device)
     if args.output:
-        if Path(args.output).suffix not in OUTPUT_SUFFIXES:
-            raise ValueError(f"--output {args.output}: use a .txt or .jsonl file")
-        if source:
-            check_not_input(args.output, source, "--output")
-        check_output(args.output)
+        check_output_file(args.output, source)
     total = sum(1 for _ in iter_lines(source)) if source else len(args.prompts)
     generator = load_text_generator(args.model, device, args.quantize, args.precision)
     options = _fit_context(args, options, generator)

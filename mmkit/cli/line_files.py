@@ -92,6 +92,18 @@ def input_file(inputs: Sequence[str], prog: str, item: str) -> Path | None:
     return path
 
 
+def check_output_file(output: str, source: Path | None) -> None:
+    """A ValueError of one line unless `output` (--output) is a .txt/.jsonl file that is not the input file
+    `source` and can be written (`text_rows.check_not_input`, `check_output`), met before the model loads."""
+    from mmkit.inference.text_rows import check_not_input, check_output
+
+    if Path(output).suffix not in INPUT_SUFFIXES:
+        raise ValueError(f"--output {output}: use a .txt or .jsonl file")
+    if source:
+        check_not_input(output, source, "--output")
+    check_output(output)
+
+
 def write_rows(prog: str, out: Path | None, rows: Iterator[T], show: Callable[[Iterator[T]], None],
                save: Callable[[Path, Iterator[T]], None], counts: list[int], noun: str) -> int:
     """The first rank's end of a run over rows: `rows` (each row's result, in order; consuming them counts

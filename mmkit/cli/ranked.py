@@ -21,20 +21,31 @@ def nothing_written(args: argparse.Namespace | None, ranks: Ranks) -> str:
     return f"nothing was written to {out}" if out else "nothing was written"
 
 
-def set_up_on_ranks(prog: str, ranks: Ranks, setup: Callable[[], T]) -> T | None:
-    """`setup()`'s result on every rank, or None on every rank where it failed on any: its ValueError or OSError (a
-    user's mistake, met alike by every rank but a device or a model of its own; `WeightsError` is a ValueError)
-    printed once, by the first rank, as the tool's one error line."""
+def agreed(ranks: Ranks, setup: Callable[[], T]) -> T:
+    """`setup()`, whose ValueError or OSError (a user's mistake, met alike by every rank but a device or a model of
+    its own; `WeightsError` is a ValueError) stops every rank of a launcher alike: the first rank's problem is
+    raised on all as a ValueError (one process: as it is)."""
+    if not ranks.multi:
+        return setup()
     try:
         result, problem = setup(), None
     except (ValueError, OSError) as e:
         result, problem = None, str(e)
     problem = ranks.first_problem(problem)
     if problem is not None:
+        raise ValueError(problem)
+    return result  # type: ignore[return-value]
+
+
+def set_up_on_ranks(prog: str, ranks: Ranks, setup: Callable[[], T]) -> T | None:
+    """`setup()`'s result on every rank, or None on every rank where it failed on any (`agreed`): the problem
+    printed once, by the first rank, as the tool's one error line."""
+    try:
+        return agreed(ranks, setup)
+    except (ValueError, OSError) as e:
         if ranks.first:
-            print_error(prog, problem)
+            print_error(prog, e)
         return None
-    return result
 
 
 def on_ranks(prog: str, parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None,

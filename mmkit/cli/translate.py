@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from mmkit.cli.line_files import INPUT_SUFFIXES, checked_line, input_file, iter_lines, write_rows
+from mmkit.cli.line_files import check_output_file, checked_line, input_file, iter_lines, write_rows
 from mmkit.cli.ranked import on_ranks, set_up_on_ranks
 from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
 
@@ -123,8 +123,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     first rank saves the --export."""
     from mmkit.cli.options import MAX_BEAM_SIZE, beam_only_options
     from mmkit.inference.precision import check_device
-    from mmkit.inference.text_rows import check_not_input, check_output
-    from mmkit.inference.translator import TranslationOptions, TranslatorError, check_export_dir, load_translator
+    from mmkit.inference.translator import TranslationOptions, check_export_dir, load_translator
 
     if not args.inputs and not args.export:
         raise ValueError("give sentences or a .txt/.jsonl file to translate (or --export OUT)")
@@ -135,11 +134,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     device = ranks.device(args.device)
     check_device(device)
     if args.output:
-        if Path(args.output).suffix not in INPUT_SUFFIXES:
-            raise TranslatorError(f"--output {args.output}: use a .txt or .jsonl file")
-        if source:
-            check_not_input(args.output, source, "--output")
-        check_output(args.output)
+        check_output_file(args.output, source)
     if args.export:
         check_export_dir(args.export)
     total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
