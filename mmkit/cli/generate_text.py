@@ -10,9 +10,10 @@ left empty. --output writes .txt (one continuation a line: its backslashes and l
 string escapes, \\\\, \\n, \\r, ...) or .jsonl ({"prompt", "text"}, and "error" where a line failed), whole or
 not at all; without it the continuations are printed as several prompts' are.
 
-Under torchrun the ranks share a file (or prompts with --output) as in `mmkit translate`: each reads every line,
+Under torchrun the ranks share a file (or several prompts) as in `mmkit translate`: each reads every line,
 plans one process's length-sorted batches, decodes every world_size-th batch and hands its continuations to rank
-0, which writes the output (or prints them): byte for byte one process's.
+0, which writes the output (or prints them): byte for byte one process's. A single prompt is continued by rank 0
+alone.
 """
 from __future__ import annotations
 
@@ -101,11 +102,17 @@ def _left(args: argparse.Namespace | None, ranks: Ranks) -> str:
 
 def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     """Prompts given as arguments are printed as they are decoded (`_run`); a file of prompts, or prompts to write
-    to --output, go through the ranks' batch run (`_run_rows`), as `mmkit translate`'s."""
+    to --output, go through the ranks' batch run (`_run_rows`), as `mmkit translate`'s. Under torchrun several
+    printed prompts are shared as a file's are and printed once, by the first rank, which alone continues (and
+    streams) a single prompt."""
     try:
         printed = not args.output and _prompt_file(args.prompts) is None
     except ValueError:
         printed = False  # the batch run's setup reports it, once, on every rank alike
+    if printed and ranks.multi:
+        if len(args.prompts) > 1:
+            return _run_rows(args, ranks)
+        return _run(args) if ranks.first else 0  # one prompt, one process: the others wait for it at the end
     return _run(args) if printed else _run_rows(args, ranks)
 
 
@@ -293,7 +300,8 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Generat
     source = _prompt_file(args.prompts)
     if args.num_return_sequences > 1:  # several continuations of one prompt are printed one after another
         raise ValueError(f"--num-return-sequences {args.num_return_sequences} takes one prompt, "
-                         + (f"not a file of them ({source})" if source else "printed: not with --output"))
+                         + (f"not a file of them ({source})" if source else "printed: not with --output"
+                            if args.output else f"got {len(args.prompts)}"))
     options = _options(args)
     device = ranks.device(args.device)
     check_device(device)

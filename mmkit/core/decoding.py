@@ -188,14 +188,16 @@ class GenerationOptions:
             generator = torch.Generator(device=device).manual_seed(self.seed)
         return Sampling(self.temperature or 1.0, self.top_k, self.top_p, generator)
 
-    def filters(self, eos_id: int | None = None, prompt_length: int = 0) -> list[LogitFilter]:
+    def filters(self, eos_id: int | None = None, prompt_length: int = 0,
+                padding: Tensor | None = None) -> list[LogitFilter]:
         """Filters these options add before the strategy's own (sampling filters come from it); `min_new_tokens`
-        needs the end-of-sequence id and the prompt's length (none without an id)."""
+        needs the end-of-sequence id and the prompt's length (none without an id). `padding`: (B,) left-padding
+        tokens per row of prompts of different lengths (`KVCache.padding`), which the repetition rules skip."""
         out: list[LogitFilter] = []
         if self.repetition_penalty != 1.0:
-            out.append(RepetitionPenalty(self.repetition_penalty))
+            out.append(RepetitionPenalty(self.repetition_penalty, padding))
         if self.no_repeat_ngram_size:
-            out.append(NoRepeatNGram(self.no_repeat_ngram_size))
+            out.append(NoRepeatNGram(self.no_repeat_ngram_size, padding))
         if self.min_new_tokens and eos_id is not None:
             out.append(MinNewTokens(eos_id, prompt_length, self.min_new_tokens))
         return out

@@ -143,14 +143,16 @@ class TopP:
 class RepetitionPenalty:
     """CTRL's repetition penalty (Keskar et al., 2019), as transformers applies it: the logit of
     every token already in the row (prompt included) is divided by `penalty` when positive and
-    multiplied by it when negative, so > 1 discourages repeats."""
+    multiplied by it when negative, so > 1 discourages repeats. `padding`: (B,) left-padding tokens per row
+    (`KVCache.padding`), which are not the row's text and count for nothing."""
 
-    def __init__(self, penalty: float) -> None:
+    def __init__(self, penalty: float, padding: Tensor | None = None) -> None:
         if not penalty > 0:
             raise ValueError(f"repetition penalty must be > 0, got {penalty}")
-        self.penalty = penalty
+        self.penalty, self.padding = penalty, padding
 
     def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        tokens = _padding_as_first_token(tokens, self.padding)
         seen = logits.gather(1, tokens)
         seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
         return logits.scatter(1, tokens, seen)
@@ -159,21 +161,43 @@ class RepetitionPenalty:
 class NoRepeatNGram:
     """Never complete an n-gram the row already holds (prompt included), as transformers'
     `no_repeat_ngram_size`: the tokens that followed the row's last n - 1 tokens wherever those occurred
-    before are banned (n = 1: every token seen)."""
+    before are banned (n = 1: every token seen). `padding`: (B,) left-padding tokens per row
+    (`KVCache.padding`): no n-gram starts in them."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, padding: Tensor | None = None) -> None:
         if not n >= 1:
             raise ValueError(f"no_repeat_ngram_size must be >= 1, got {n}")
-        self.n = n
+        self.n, self.padding = n, padding
 
     def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
         if tokens.shape[1] < self.n:
             return logits
         grams = tokens.unfold(1, self.n, 1)  # (B, windows, n)
         last = tokens[:, tokens.shape[1] - self.n + 1:]  # (B, n - 1)
-        rows, at = (grams[:, :, :-1] == last[:, None, :]).all(dim=-1).nonzero(as_tuple=True)
+        found = (grams[:, :, :-1] == last[:, None, :]).all(dim=-1)  # (B, windows)
+        if self.padding is not None:  # a window starting in a row's padding is not its text
+            starts = torch.arange(grams.shape[1], device=tokens.device)
+            found &= starts >= _per_row(self.padding, tokens)[:, None]
+        rows, at = found.nonzero(as_tuple=True)
         logits[rows, grams[rows, at, -1]] = float("-inf")
         return logits
+
+
+def _per_row(padding: Tensor, tokens: Tensor) -> Tensor:
+    """(B,) padding of the prompts' rows for `tokens`' rows: beam search's B·K rows share their row's."""
+    padding = padding.to(tokens.device)
+    return padding.repeat_interleave(tokens.shape[0] // padding.shape[0])
+
+
+def _padding_as_first_token(tokens: Tensor, padding: Tensor | None) -> Tensor:
+    """`tokens` with each row's left padding replaced by its first real token: a token the row holds anyway,
+    so whatever reads the tokens as a set of seen ids sees only the row's own."""
+    if padding is None:
+        return tokens
+    pad = _per_row(padding, tokens)
+    first = tokens.gather(1, pad.clamp(max=tokens.shape[1] - 1)[:, None])
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
+    return torch.where(positions < pad[:, None], first, tokens)
 
 
 class MinNewTokens:

@@ -162,8 +162,8 @@ class TextGenerator:
         `pipeline(prompts, batch_size=...)`): `batch_size` prompts decoded together, shortest first, each batch
         left-padded to its longest prompt (`KVCache.padding`: every row positioned from its first token, the
         padding masked out). Sampling with `options.seed` draws each prompt's tokens from its own generator so
-        seeded, as alone. With `repetition_penalty` or `no_repeat_ngram_size`, which read the prompt's tokens,
-        only prompts of one length share a batch (padding would count as text)."""
+        seeded, as alone; `repetition_penalty` and `no_repeat_ngram_size` read each row's own tokens, not its
+        padding."""
         options = options or GenerationOptions()
         check_count("batch_size", batch_size)
         if isinstance(prompts, (str, PromptTokens)):
@@ -175,13 +175,7 @@ class TextGenerator:
             except ValueError as e:  # which of many prompts
                 raise ValueError(f"prompt {n}: {e}") from None
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        reads_prompt = options.repetition_penalty != 1.0 or options.no_repeat_ngram_size > 0
-        batches: list[list[int]] = []
-        for i in order:
-            if (not batches or len(batches[-1]) == batch_size
-                    or reads_prompt and len(ids[i]) != len(ids[batches[-1][0]])):
-                batches.append([])
-            batches[-1].append(i)
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         out = [""] * len(ids)
         for rows in batches:
             for i, text in zip(rows, self._decode_rows([ids[i] for i in rows], options, stop, seeded=True)):
@@ -219,7 +213,7 @@ class TextGenerator:
 
         with self._autocast():
             out = generate(self.model, tokens, options.max_new_tokens, strategy, eos_id=self.eos_id,
-                           pad_id=self.eos_id or 0, logit_filters=options.filters(self.eos_id, P),
+                           pad_id=self.eos_id or 0, logit_filters=options.filters(self.eos_id, P, cache.padding),
                            stop=stop_rows if stops else None, cache=cache,
                            on_step=(lambda tokens: on_text(text_of(tokens[0]))) if on_text else None)
         return [_cut_at_stop(text_of(row), stops) for row in out.sequences]

@@ -164,3 +164,17 @@ def test_a_file_under_torchrun_writes_one_process_output_byte_for_byte(model, tm
         f"{PROG}: line 7: empty text (only control or invisible characters)",
         "INFO mmkit: wrote 9 continuations (2 with errors) to shared.jsonl"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.jsonl", "in.txt", "shared.jsonl"]
+
+
+def test_prompts_under_torchrun_are_printed_once(model, tmp_path):
+    """Several prompts without --output are shared by the ranks as a file's lines and printed once, as one process
+    prints them; a single prompt is continued and printed by rank 0 alone."""
+    common = ["--model", str(model), "--batch-size", "1", "--max-new-tokens", "6"]
+    several = ["generate-text", "the cat sees", "A dog", "my friend finds the long road", *common]
+    one, shared = alone(*several, cwd=tmp_path), torchrun(*several, cwd=tmp_path)
+    assert one.returncode == 0 and shared.returncode == 0, shared.stderr
+    assert shared.stdout == one.stdout and one.stdout.count("the cat sees") == 1
+    single = ["generate-text", "the moon", *common]
+    one, shared = alone(*single, cwd=tmp_path), torchrun(*single, cwd=tmp_path)
+    assert one.returncode == 0 and shared.returncode == 0, shared.stderr
+    assert shared.stdout == one.stdout and one.stdout.startswith("the moon") and one.stdout.count("the moon") == 1

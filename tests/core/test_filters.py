@@ -1,11 +1,12 @@
-"""Generic decoding options and filters: repetition penalty equals transformers' processor;
+"""Generic decoding options and filters: repetition penalty equals transformers' processor; the repetition rules
+read a left-padded row as the row alone;
 `stop` and `on_step` hooks of the shared loop; options validate their ranges."""
 import math
 
 import pytest
 import torch
 
-from mmkit.core import GenerationOptions, Greedy, RepetitionPenalty, Sampling, generate
+from mmkit.core import GenerationOptions, Greedy, NoRepeatNGram, RepetitionPenalty, Sampling, generate
 from mmkit.core.decoding import BeamSearch
 
 
@@ -17,6 +18,25 @@ def test_repetition_penalty_equals_transformers():
     logits = torch.randn(3, 50, generator=g)
     want = RepetitionPenaltyLogitsProcessor(1.3)(tokens, logits.clone())
     assert torch.equal(RepetitionPenalty(1.3)(tokens, logits.clone()), want)
+
+
+@pytest.mark.parametrize("make", [lambda p: RepetitionPenalty(1.7, p), lambda p: NoRepeatNGram(1, p),
+                                  lambda p: NoRepeatNGram(2, p), lambda p: NoRepeatNGram(3, p)])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_repetition_rules_skip_left_padding(make, beams):
+    """Rows of different lengths left-padded with a token some rows hold elsewhere (0) and others never: each
+    row's filtered logits equal the row's alone, beam rows (B·K) sharing their row's padding."""
+    rows = [[5, 0, 3, 5, 0], [7, 0], [3, 7, 1, 3], [0]]
+    width = max(map(len, rows))
+    padding = torch.tensor([width - len(r) for r in rows])
+    tokens = torch.tensor([[0] * (width - len(r)) + r for r in rows]).repeat_interleave(beams, 0)
+    logits = torch.randn(len(rows) * beams, 9, generator=torch.Generator().manual_seed(1))
+    out = make(padding)(tokens, logits.clone())
+    for b, row in enumerate(rows):
+        for k in range(beams):
+            i = b * beams + k
+            assert torch.equal(out[i], make(None)(torch.tensor([row]), logits[i:i + 1].clone())[0]), (b, k)
+    assert not torch.equal(make(None)(tokens, logits.clone()), out)  # the padding would have counted
 
 
 def _counting_model(vocab: int = 10):

@@ -1,6 +1,6 @@
 """`TextGenerator.generate_many`: prompts of different lengths decoded in left-padded batches give each prompt the
 continuation `generate` gives it alone (greedy, beam search, seeded sampling with top-k, stop strings, min_new_tokens,
-and the prompt-reading repetition penalty and n-gram ban, which batch only prompts of one length), in input order."""
+and the prompt-reading repetition penalty and n-gram ban, which skip each row's padding), in input order."""
 from __future__ import annotations
 
 import pytest
@@ -17,6 +17,7 @@ OPTIONS = {
     "sampled": GenerationOptions(max_new_tokens=16, temperature=1.3, top_k=40, seed=7),
     "min-new": GenerationOptions(max_new_tokens=12, min_new_tokens=6),
     "penalty": GenerationOptions(max_new_tokens=12, repetition_penalty=1.5, no_repeat_ngram_size=2),
+    "penalty-beam": GenerationOptions(max_new_tokens=10, beam_size=3, repetition_penalty=1.3, no_repeat_ngram_size=3),
 }
 
 
