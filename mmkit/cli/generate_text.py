@@ -320,8 +320,7 @@ def _plan(generator: TextGenerator, chunk: list[tuple[str, str | None]], options
           batch_size: int, first_row: int, label: str) -> _Plan:
     """Each row's prompt as the model reads it (an error where it cannot: "{label} N: ..."; a prompt cut to the
     context is a warning) and the batches: length-sorted, `batch_size` each. Every rank makes the same plan.
-    `generate_many` decodes each batch as it would among all the prompts (it splits one further only where
-    --repetition-penalty or --no-repeat-ngram-size keep prompts of different lengths apart)."""
+    `generate_many` decodes each batch as it would among all the prompts."""
     prompts: list[PromptTokens | None] = []
     errors: list[str | None] = []
     for i, (text, problem) in enumerate(chunk):
