@@ -1,7 +1,8 @@
 """`mmkit fit ... --ckpt_path last` after a crash continues from the last saved epoch: a real
 `mmkit fit` subprocess is killed with SIGKILL mid-run and resumed; asking to resume where there is
 nothing to resume from is an error (exit 2, one line), not a silent fresh start. A resume refused after the
-checkpoint restored its step leaves no new log folder, and model options given within a mapping keep their values."""
+checkpoint restored its step, or of a run that had finished, leaves no new log folder, and model options given within
+a mapping keep their values."""
 from __future__ import annotations
 
 import json
@@ -202,3 +203,14 @@ def test_model_options_given_in_a_mapping_keep_their_values_on_a_resume(resume, 
     assert (mine / "config.json").is_file()
     assert f"--model.init_args.export_dir: {str(mine)!r} as given" in caplog.text
     assert "--model.init_args.lr: 0.002 as given (the checkpoint's: 0.001)" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+def test_a_resume_of_a_finished_run_says_so_and_leaves_no_log_folder(resume, tmp_path, caplog):
+    """The checkpoint's run reached its max_epochs: the resume trains nothing, says so in one line and leaves no
+    lightning_logs/version_N holding only its config (each such resume left one more)."""
+    step = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    with caplog.at_level("WARNING", logger="mmkit"):
+        assert resume("--trainer.max_epochs", "1") == 0
+    assert f"nothing left to train: the checkpoint's run had finished at step {step}" in caplog.text
+    assert not (tmp_path / "run" / "lightning_logs").exists()

@@ -544,6 +544,13 @@ class MMKitCLI(LightningCLI):
         self._start_step = _checkpoint_step(path) if path is not None else 0
         try:
             super()._run_subcommand(subcommand)
+            if subcommand == "fit" and 0 < self._start_step == self.trainer.global_step:
+                # A resume of a run that had finished (its max_epochs/max_steps reached): nothing trained, and
+                # the version folder made for it holds only the config.
+                self._remove_empty_log_dir()
+                if self.trainer.global_rank == 0:
+                    log.warning("nothing left to train: the checkpoint's run had finished at step %d (raise "
+                                "--trainer.max_epochs or --trainer.max_steps to train on)", self._start_step)
         except BaseException as e:  # noqa: BLE001 - only an interruption is replaced; anything else re-raised
             received = self.signals is not None and self.signals.received is not None
             if not (received or isinstance(e, (KeyboardInterrupt, SIGTERMException))
