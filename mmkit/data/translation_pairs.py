@@ -128,6 +128,9 @@ def read_pairs_file(path: str | Path, option: str = "train_file", source_key: st
     return pairs
 
 
+DEFAULT_MAX_LEN = 64  # tokens a side outside a run, where no model gives its max_len
+
+
 class TranslationPairsDataModule(TranslationDataModule):
     """One's own (source, target) pairs for `mmkit.tasks.translation.TranslationTask`, with a shared
     SentencePiece vocabulary (`tokenizer`, ids: pad 0, unk 1, bos 2, eos 3). Memory holds the pairs' text.
@@ -140,13 +143,15 @@ class TranslationPairsDataModule(TranslationDataModule):
         source_key, target_key: fields of .jsonl rows holding the two sides.
         vocab_size: SentencePiece pieces, shared by both languages, trained on the training pairs.
         tokenizer: an exported `spm.model` (or its directory) to use instead of training one.
-        max_len: tokens per side at most (EOS included), the model's max_len: longer pairs are left out, said.
+        max_len: tokens per side at most (EOS included): longer pairs are left out, said. None: the model's
+            max_len (the run's model, read at setup: linked, not repeated; 64 outside a run); more than the
+            model's is refused (its positions end there).
         batch_size, num_workers: DataLoader settings.
     """
 
     def __init__(self, train_file: str, val_file: str | None = None, test_file: str | None = None,
                  val_split: float = 0.05, source_key: str = "source", target_key: str = "target",
-                 vocab_size: int = 8000, tokenizer: str | None = None, max_len: int = 64, batch_size: int = 64,
+                 vocab_size: int = 8000, tokenizer: str | None = None, max_len: int | None = None, batch_size: int = 64,
                  num_workers: int = 0) -> None:
         super().__init__()
         for option, path in (("train_file", train_file), ("val_file", val_file), ("test_file", test_file)):
@@ -155,10 +160,11 @@ class TranslationPairsDataModule(TranslationDataModule):
         if val_file is None and not 0 < val_split < 1:
             raise ValueError(f"val_split {val_split} holds out no pairs (there is no val_file): give a val_split "
                              "between 0 and 1, or a val_file")
-        if max_len < 2:
+        if max_len is not None and max_len < 2:
             raise ValueError(f"max_len {max_len} leaves no room for a token and EOS: give at least 2 (the model's)")
         self.save_hyperparameters()
         self.origin: dict[str, str] = {}  # split -> where its pairs come from, for messages
+        self.max_len: int | None = max_len  # at setup: the tokens a side may hold (`_max_len`)
 
     def read_pairs(self) -> dict[str, list[Pair]]:
         h = self.hparams
@@ -183,6 +189,7 @@ class TranslationPairsDataModule(TranslationDataModule):
 
     def fitted(self, pairs: dict[str, list[Pair]]) -> dict[str, list[Pair]]:
         """The pairs whose sides both fit in `max_len` tokens; the others left out with a warning a split."""
+        self.max_len = self._max_len()
         out: dict[str, list[Pair]] = {}
         for split, items in pairs.items():
             if split == "test" and items is pairs["val"]:
@@ -190,14 +197,27 @@ class TranslationPairsDataModule(TranslationDataModule):
                 continue
             kept = [pair for pair in items if self._fits(pair)]
             if not kept:
-                raise ValueError(f"no pair of {self.origin[split]} fits in max_len {self.hparams.max_len} tokens a "
-                                 "side: raise max_len (and the model's, --model.init_args.model.init_args.max_len)")
+                raise ValueError(f"no pair of {self.origin[split]} fits in max_len {self.max_len} tokens a "
+                                 "side: raise the model's max_len, --model.init_args.model.init_args.max_len (the data's follows)")
             if len(kept) < len(items):
                 log.warning("%s: left out %d of %d pairs with a side longer than max_len %d tokens (raise it with "
                             "the model's max_len to keep them)", self.origin[split], len(items) - len(kept),
-                            len(items), self.hparams.max_len)
+                            len(items), self.max_len)
             out[split] = kept
         return out
 
+    def _max_len(self) -> int:
+        """The tokens a side may hold: the given max_len, else the run's model's (64 outside a run)."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        model_len = getattr(getattr(module, "model", None), "max_len", None)
+        given = self.hparams.max_len
+        if given is None:
+            return model_len if isinstance(model_len, int) else DEFAULT_MAX_LEN
+        if isinstance(model_len, int) and given > model_len:
+            raise ValueError(f"max_len {given} is more than the model's {model_len} positions: drop "
+                             "--data.init_args.max_len (the model's is taken) or raise the model's, "
+                             "--model.init_args.model.init_args.max_len")
+        return given
+
     def _fits(self, pair: Pair) -> bool:
-        return all(len(self.tokenizer.encode(side)) <= self.hparams.max_len for side in pair)
+        return all(len(self.tokenizer.encode(side)) <= self.max_len for side in pair)

@@ -10,6 +10,7 @@ import logging
 import sys
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -215,6 +216,27 @@ def test_pairs_data_module_files_and_max_len(tmp_path, caplog):
     assert len(caplog.records) == 1 and "left out 1 of 201 pairs with a side longer than max_len 8" in caplog.text
     with pytest.raises(ValueError, match="^no pair of train_file .* fits in max_len 2 tokens a side: raise"):
         TranslationPairsDataModule(str(train), val_file=str(val), vocab_size=40, max_len=2).setup()
+
+
+def test_pairs_max_len_is_the_models_unless_given(tmp_path, caplog):
+    """Without max_len the run's model's is taken (linked, not repeated: 64 outside a run); one above it, whose
+    longer pairs the model's positions cannot hold, is refused in one line."""
+    train = _tsv(tmp_path / "train.tsv", _pairs(200) + [("red " * 30, "long target"), ("red " * 12, "a")])
+    val = str(_tsv(tmp_path / "val.tsv", _pairs(10, 500)))
+    in_run = SimpleNamespace(lightning_module=SimpleNamespace(model=SimpleNamespace(max_len=8)))
+    linked = TranslationPairsDataModule(str(train), val_file=val, vocab_size=40)
+    linked.trainer = in_run
+    with caplog.at_level(logging.WARNING):
+        linked.setup()
+    assert linked.max_len == 8 and "left out 2 of 202 pairs" in caplog.text
+    alone = TranslationPairsDataModule(str(train), val_file=val, vocab_size=40)
+    alone.setup()
+    assert alone.max_len == 64 and sum(map(len, alone.pairs.values())) == sum(map(len, linked.pairs.values())) + 2
+    over = TranslationPairsDataModule(str(train), val_file=val, vocab_size=40, max_len=16)
+    over.trainer = in_run
+    with pytest.raises(ValueError, match=r"^max_len 16 is more than the model's 8 positions: drop "
+                                         r"--data.init_args.max_len \(the model's is taken\) or raise"):
+        over.setup()
 
 
 def test_pairs_data_module_holds_the_pairs_not_their_ids(tmp_path):
