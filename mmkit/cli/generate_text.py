@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from mmkit.cli.options import (
-    MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, at_least, beam_only_options, beam_size, finite,
-    seed, utf8_text,
+    MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, add_repetition_arguments, at_least,
+    beam_only_options, beam_size, finite, seed, utf8_text,
 )
 from mmkit.cli.ranked import nothing_written, on_ranks, set_up_on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
@@ -65,12 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"beam search with B beams (deterministic; 1 to {MAX_BEAM_SIZE}), as transformers' "
                         "generate(num_beams=B)")
     add_beam_arguments(p)
-    p.add_argument("--repetition-penalty", type=finite(), default=1.0, metavar="R",
-                   help="> 1 discourages tokens already in the text (CTRL's penalty; 1 = off)")
-    p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=0, metavar="N",
-                   help="never repeat an n-gram of N tokens, prompt included (0 = off)")
-    p.add_argument("--min-new-tokens", type=at_least(0), default=0, metavar="N",
-                   help="no end of text before N new tokens (0)")
+    add_repetition_arguments(p)
     p.add_argument("--num-return-sequences", type=at_least(1, MAX_SAMPLES), default=1, metavar="N",
                    help="N sampled continuations, drawn in one batch and printed one after another, a blank line "
                         f"between (sampling only; 1 to {MAX_SAMPLES})")

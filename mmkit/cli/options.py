@@ -67,6 +67,21 @@ def add_beam_arguments(p: argparse.ArgumentParser, model_defaults: bool = False)
                    help=f"beam search's stopping rule, as transformers' early_stopping ({whose}false)")
 
 
+def add_repetition_arguments(p: argparse.ArgumentParser, model_defaults: bool = False) -> None:
+    """--repetition-penalty, --no-repeat-ngram-size and --min-new-tokens, as transformers' `generate` settings of
+    the same names. Not given, they are off (1, 0 and 0), or with `model_defaults` None: the model's own settings
+    apply (the tool's), else off. The n-gram rule reads the prompt too, which is only said of the tools without
+    model defaults (generate-text): a translation's decoder prompt is its start token alone."""
+    whose = "the model's, else " if model_defaults else ""
+    prompt = "" if model_defaults else ", prompt included"
+    p.add_argument("--repetition-penalty", type=finite(), default=None if model_defaults else 1.0, metavar="R",
+                   help=f"> 1 discourages tokens already in the text (CTRL's penalty; {whose}1 = off)")
+    p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=None if model_defaults else 0, metavar="N",
+                   help=f"never repeat an n-gram of N tokens{prompt} ({whose}0 = off)")
+    p.add_argument("--min-new-tokens", type=at_least(0), default=None if model_defaults else 0, metavar="N",
+                   help=f"no end of text before N new tokens ({whose}0)")
+
+
 def beam_only_options(args: argparse.Namespace) -> str:
     """The beam-search options given (`add_beam_arguments`'), as a warning names them with its verb:
     "--length-penalty 2 is", "--length-penalty 2 and --early-stopping true are"; "" if none."""

@@ -36,7 +36,8 @@ PROG = "mmkit translate"
 
 def _parser() -> argparse.ArgumentParser:
     from mmkit.cli.options import (
-        MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, at_least, beam_size, utf8_text,
+        MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, add_repetition_arguments, at_least,
+        beam_size, utf8_text,
     )
     from mmkit.inference.quantize import QUANTIZATIONS
 
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     # The score divides by length ** A: |A| <= 10 spans every useful setting (transformers' and Marian's
     # are 0 to 2) and keeps length ** A finite; a huge A overflows, nan/inf rank beams arbitrarily.
     add_beam_arguments(p, model_defaults=True)
+    add_repetition_arguments(p, model_defaults=True)  # as transformers' generate(repetition_penalty=...), ...
     p.add_argument("--batch-size", type=at_least(1), default=16, metavar="B", help="sentences per batch (16)")
     p.add_argument("--prefix", metavar="TEXT", type=utf8_text,
                    help='text put before every source (T5: "translate English to German: ")')
@@ -123,13 +125,15 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     first rank saves the --export."""
     from mmkit.cli.options import MAX_BEAM_SIZE, beam_only_options
     from mmkit.inference.precision import check_device
-    from mmkit.inference.translator import TranslationOptions, check_export_dir, load_translator
+    from mmkit.inference.translator import BEAM_ONLY, TranslationOptions, check_export_dir, load_translator
 
     if not args.inputs and not args.export:
         raise ValueError("give sentences or a .txt/.jsonl file to translate (or --export OUT)")
     source = input_file(args.inputs, PROG, "sentence")
     given = dict(beam_size=args.beam_size, max_new_tokens=args.max_length, length_penalty=args.length_penalty,
-                 early_stopping=args.early_stopping, batch_size=args.batch_size)
+                 early_stopping=args.early_stopping, batch_size=args.batch_size,
+                 repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                 min_new_tokens=args.min_new_tokens)
     TranslationOptions(**{k: v for k, v in given.items() if v is not None})  # refused before the model loads
     device = ranks.device(args.device)
     check_device(device)
@@ -146,7 +150,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
                         "to choose)", options.beam_size, MAX_BEAM_SIZE)
         options = dataclasses.replace(options, beam_size=MAX_BEAM_SIZE)
     taken = {k: getattr(options, k) for k in translator.defaults if given.get(k) is None
-             and (k == "beam_size" or options.beam_size > 1)}  # a greedy run uses no beam setting
+             and (k not in BEAM_ONLY or options.beam_size > 1)}  # a greedy run uses no beam setting
     if taken and ranks.first:
         log.info("decoding with the model's own settings: %s (%s)", ", ".join(f"{k} {v}" for k, v in taken.items()),
                  " ".join(f"--{k.replace('_', '-')} ..." for k in taken) + " to choose others")

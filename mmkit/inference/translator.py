@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmkit.core import BeamSearch, Greedy, SuppressTokens, generate
+from mmkit.core import BeamSearch, Greedy, MinNewTokens, NoRepeatNGram, RepetitionPenalty, SuppressTokens, generate
 from mmkit.core.attention import attention_maps
 from mmkit.inference.inputs import check_types, text_items
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
@@ -25,6 +25,11 @@ from mmkit.weights.config_check import check_fields, check_format_version, check
 log = logging.getLogger(__name__)
 UNKNOWN_SHARE = 0.5  # a source whose tokens are mostly <unk> is in a language the vocabulary lacks
 TRANSFORMERS_TOKENIZER = "transformers"  # export metadata: tokenizer files written by transformers
+# The `TranslationOptions` fields a model's own settings may give (`Translator.defaults`), and those of them that
+# only a beam search uses.
+DECODING_DEFAULTS = ("beam_size", "length_penalty", "early_stopping", "repetition_penalty", "no_repeat_ngram_size",
+                     "min_new_tokens")
+BEAM_ONLY = ("length_penalty", "early_stopping")
 
 
 class TranslatorError(ValueError):
@@ -38,6 +43,11 @@ class TranslationOptions:
     length_penalty as in `mmkit.core.BeamSearch`; early_stopping True, False (the default) or "never", the
     rules of transformers' beam search there. `BeamSearch`'s None (openai-whisper's rule) is refused: it has
     no per-row length limit, and each row stops at its own (its source's).
+    repetition_penalty (> 1 discourages tokens already in the translation, 1 = off), no_repeat_ngram_size (never
+    complete an n-gram the translation holds, 0 = off) and min_new_tokens (no EOS before that many tokens) are
+    transformers' settings of the same names, applied as `generate` applies them to an encoder-decoder: to the
+    decoder's tokens, its start token included (`filters`). A length limit of the default rule is raised to
+    min_new_tokens; a max_new_tokens below it wins (the row ends there without EOS), as transformers' max_length.
 
     Raises:
         TypeError: a count that is not an integer (a str, a float, a bool), or a ratio or penalty that is
@@ -52,10 +62,13 @@ class TranslationOptions:
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     batch_size: int = 16
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
-        check_types(self, ints=("beam_size", "max_new_tokens", "length_offset", "batch_size"),
-                    reals=("length_ratio", "length_penalty"))
+        check_types(self, ints=("beam_size", "max_new_tokens", "length_offset", "batch_size", "no_repeat_ngram_size",
+                                "min_new_tokens"), reals=("length_ratio", "length_penalty", "repetition_penalty"))
         if self.beam_size < 1 or self.batch_size < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):
             raise TranslatorError("beam size, batch size and max length must be >= 1")
         if not (math.isfinite(self.length_ratio) and self.length_ratio >= 0 and math.isfinite(self.length_penalty)):
@@ -64,10 +77,29 @@ class TranslationOptions:
         # a bool, not any value equal to one: the beam search tests `early_stopping is True`, which 1 is not
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise TranslatorError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise TranslatorError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0 or self.min_new_tokens < 0:
+            raise TranslatorError(f"no_repeat_ngram_size and min_new_tokens must be >= 0, got "
+                                  f"{self.no_repeat_ngram_size} and {self.min_new_tokens}")
 
     def limit(self, n_source: int, cap: int) -> int:
-        n = self.max_new_tokens or int(self.length_ratio * n_source) + self.length_offset
+        n = self.max_new_tokens or max(int(self.length_ratio * n_source) + self.length_offset, self.min_new_tokens)
         return max(1, min(n, cap))
+
+    def filters(self, eos_id: int) -> list[Callable[[Tensor, Tensor], Tensor]]:
+        """The repetition rules and the minimum length as logit filters of a decoder prompted by its start token
+        alone: the n-gram ban and the penalty read the start token too, and min_new_tokens counts after it, as
+        transformers' `generate` runs an encoder-decoder (its decoder `input_ids` begin with the start token; its
+        `min_length` counts that token, `min_new_tokens` does not)."""
+        filters: list[Callable[[Tensor, Tensor], Tensor]] = []
+        if self.repetition_penalty != 1.0:
+            filters.append(RepetitionPenalty(self.repetition_penalty))
+        if self.no_repeat_ngram_size:
+            filters.append(NoRepeatNGram(self.no_repeat_ngram_size))
+        if self.min_new_tokens:
+            filters.append(MinNewTokens(eos_id, 1, self.min_new_tokens))
+        return filters
 
 
 @dataclass
@@ -135,8 +167,9 @@ class Translator:
         forced_eos_id: make this token (EOS) at each row's length limit (`ForcedEos`), as
             transformers does for configs with `forced_eos_token_id`.
         defaults: the model's own decoding settings (`TranslationOptions` fields: beam_size, length_penalty,
-            early_stopping), as a transformers directory's generation_config.json gives them (opus-mt: 4 or 6
-            beams): `translate` without options and `default_options` use them, as `generate` does.
+            early_stopping, repetition_penalty, no_repeat_ngram_size, min_new_tokens), as a transformers
+            directory's generation_config.json gives them (opus-mt: 4 or 6 beams): `translate` without options and
+            `default_options` use them, as `generate` does.
     """
 
     def __init__(self, model: nn.Module, codec: TextCodec, prefix: str = "", max_source_tokens: int = 512,
@@ -249,7 +282,9 @@ class Translator:
                               device=self.device)
         strategy = (BeamSearch(options.beam_size, options.length_penalty, early_stopping=options.early_stopping)
                     if options.beam_size > 1 else Greedy())
-        filters: list[Callable[[Tensor, Tensor], Tensor]] = [SuppressTokens(c.suppress)] if c.suppress else []
+        # repetition rules and minimum length, suppressed tokens, then the forced EOS, which overrides them all, as
+        # in transformers' processors (the others ban tokens, in any order)
+        filters = options.filters(c.eos_id) + ([SuppressTokens(c.suppress)] if c.suppress else [])
         if self.forced_eos_id is not None:
             filters.append(ForcedEos(self.forced_eos_id, limits))
         with self._autocast():
@@ -430,20 +465,42 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
                       int(cfg["pad_token_id"]), [w[0] for w in bad_words or [] if len(w) == 1])
     # Marian's sinusoid table bounds both sides; T5's relative positions do not (512 as its tokenizers).
     max_len = cfg.get("max_position_embeddings", 512)
+    where = f"{generation if generation.is_file() else directory / 'config.json'}"
     defaults = _decoding_defaults({"beam_size": decoding.get("num_beams"), "length_penalty":
-                                   decoding.get("length_penalty"), "early_stopping": decoding.get("early_stopping")},
-                                  f"{generation if generation.is_file() else directory / 'config.json'}")
+                                   decoding.get("length_penalty"), "early_stopping": decoding.get("early_stopping"),
+                                   "repetition_penalty": decoding.get("repetition_penalty"),
+                                   "no_repeat_ngram_size": decoding.get("no_repeat_ngram_size"),
+                                   "min_new_tokens": _min_new_tokens(decoding, where)}, where)
     return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
                       defaults)
 
 
+def _min_new_tokens(decoding: dict[str, Any], where: str) -> Any:
+    """min_new_tokens of a transformers generation config: its own, or else its min_length less the decoder's start
+    token, which transformers' `MinLengthLogitsProcessor` counts in an encoder-decoder's length (decoder input_ids
+    of 1 + new tokens): min_length L bans EOS before L - 1 new tokens. A min_new_tokens set wins, 0 included, as
+    transformers' `_prepare_generated_length` makes min_length = min_new_tokens + 1 then. None: neither is set."""
+    if decoding.get("min_new_tokens") is not None:
+        return decoding["min_new_tokens"]
+    min_length = decoding.get("min_length")
+    if min_length is None:
+        return None
+    if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < 0:
+        raise TranslatorError(f"{where}: a decoding setting mmkit cannot use (min_length must be an integer >= 0, "
+                              f"got {min_length!r})")
+    return max(min_length - 1, 0)
+
+
 def _decoding_defaults(settings: dict[str, Any], where: str) -> dict[str, Any]:
     """The `TranslationOptions` fields among `settings` (None: not set), each checked as the options check it:
-    a value they refuse is a one-line TranslatorError naming `where`, not a failure at the first sentence."""
-    given = {k: v for k, v in settings.items() if k in ("beam_size", "length_penalty", "early_stopping")
-             and v is not None}
-    if given.get("beam_size") == 1:
-        given.pop("beam_size")  # transformers' default, written out by save_pretrained
+    a value they refuse is a one-line TranslatorError naming `where`, not a failure at the first sentence.
+    transformers' defaults (1 beam, repetition_penalty 1.0, no_repeat_ngram_size and min_new_tokens 0) are
+    settings not made: save_pretrained writes some out."""
+    given = {k: v for k, v in settings.items() if k in DECODING_DEFAULTS and v is not None}
+    for name, unset in (("beam_size", 1), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
+                        ("min_new_tokens", 0)):
+        if name in given and given[name] == unset and not isinstance(given[name], bool):
+            given.pop(name)
     try:
         TranslationOptions(**given)
     except (TypeError, TranslatorError) as e:

@@ -34,10 +34,10 @@ def write_native_export(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def write_marian_dir(directory: Path, seed: int = 0, forced_eos: bool = False) -> Path:
+def write_marian_dir(directory: Path, seed: int = 0, forced_eos: bool = False, eos_bias: float | None = None) -> Path:
     """opus-mt layout: vocabulary = the SentencePiece pieces, then <pad> last (decoder start).
     `forced_eos`: the config says forced_eos_token_id 0 (as opus-mt's) and EOS is unlikely, so
-    rows run to their length limit."""
+    rows run to their length limit. `eos_bias`: EOS's output bias instead (higher: EOS sooner)."""
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -60,16 +60,18 @@ def write_marian_dir(directory: Path, seed: int = 0, forced_eos: bool = False) -
     model = MarianMTModel(cfg).eval()
     with torch.no_grad():
         model.final_logits_bias.normal_()
-        model.final_logits_bias[0, 0] = -5.0 if forced_eos else 1.5  # EOS after a few tokens (or hardly ever)
+        # EOS after a few tokens (or hardly ever)
+        model.final_logits_bias[0, 0] = eos_bias if eos_bias is not None else -5.0 if forced_eos else 1.5
     model.save_pretrained(directory)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, "bad_words_ids": [[pad]]}))  # as opus-mt's
     return directory
 
 
-def write_t5_dir(directory: Path, seed: int = 0) -> Path:
+def write_t5_dir(directory: Path, seed: int = 0, eos_scale: float = 3.0) -> Path:
     """A Flan-T5-style directory: gated-GELU T5 + a T5 tokenizer.json over a trained unigram
-    vocabulary (pad 0, eos 1, unk 2, as T5's)."""
+    vocabulary (pad 0, eos 1, unk 2, as T5's). `eos_scale`: EOS's output weights scaled by it (higher: EOS
+    sooner)."""
     import io
 
     import sentencepiece as spm
@@ -88,6 +90,16 @@ def write_t5_dir(directory: Path, seed: int = 0) -> Path:
                    decoder_start_token_id=0, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
     model = T5ForConditionalGeneration(cfg).eval()
     with torch.no_grad():
-        model.lm_head.weight[1] *= 3  # EOS within a few tokens
+        model.lm_head.weight[1] *= eos_scale  # EOS within a few tokens
     model.save_pretrained(directory)
     return directory
+
+
+def write_rule_dir(directory: Path, kind: str, ending: str) -> Path:
+    """A MarianMT (`kind` "marian") or T5 ("t5") directory on which the repetition rules and the minimum length
+    change the translations: `ending` "late" (its rows run to their limit repeating tokens: the n-gram ban and the
+    repetition penalty change them) or "early" (EOS comes within a token or two: a minimum length changes them).
+    The seeds and EOS strengths were picked for that, greedy and with 3 beams."""
+    if kind == "marian":
+        return write_marian_dir(directory, seed=1, eos_bias=4.0 if ending == "early" else None)
+    return write_t5_dir(directory, seed=4 if ending == "early" else 2, eos_scale=8.0 if ending == "early" else 5.0)

@@ -487,3 +487,142 @@ def test_a_transformers_directorys_decoding_settings_are_the_defaults(tmp_path, 
     (directory / "generation_config.json").write_text(json.dumps({"num_beams": 0}))
     with pytest.raises(TranslatorError, match="generation_config.json: a decoding setting mmkit cannot use"):
         load_translator(directory)
+
+
+RULES = [{"no_repeat_ngram_size": 2}, {"no_repeat_ngram_size": 3}, {"repetition_penalty": 1.3}, {"min_new_tokens": 4}]
+RULE_TEXTS = ["seven", "one hundred and twenty-three", "third", "Friday, March 5, 2021",
+              "two thousand, four hundred and seventy-three"]
+T5_PREFIX = "translate English to German: "
+
+
+@pytest.fixture(scope="module")
+def rule_dirs(tmp_path_factory):
+    """(kind, ending) -> a directory where the rules change the translations (`write_rule_dir`)."""
+    from tests.inference._translation_fixtures import write_rule_dir
+
+    return {(kind, ending): write_rule_dir(tmp_path_factory.mktemp(f"{kind}_{ending}"), kind, ending)
+            for kind in ("marian", "t5") for ending in ("late", "early")}
+
+
+def _reference(directory, kind: str, texts: list[str], **settings) -> list[list[int]]:
+    """transformers' `generate` of each text alone, its EOS and what follows cut (mmkit's `Translation.tokens`).
+    The Marian fixture's <pad> ban is in its config.json, which transformers does not read beside a
+    generation_config.json: it is given here unless `settings` say (None: the generation config's)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    ref, tok = AutoModelForSeq2SeqLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+    eos, prefix = ref.config.eos_token_id, T5_PREFIX if kind == "t5" else ""
+    if kind == "marian" and "bad_words_ids" not in settings:
+        settings["bad_words_ids"] = [[ref.config.pad_token_id]]
+    out = []
+    for text in texts:
+        ids = ref.generate(**tok([prefix + text], return_tensors="pt"), **settings)[0, 1:].tolist()
+        out.append(ids[: ids.index(eos)] if eos in ids else ids)
+    return out
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: "-".join(f"{k}={v}" for k, v in r.items()))
+@pytest.mark.parametrize("kind", ["marian", "t5"])
+def test_repetition_rules_and_min_new_tokens_equal_transformers_generate(rule_dirs, kind, rule, beam_size):
+    """no_repeat_ngram_size, repetition_penalty and min_new_tokens read the decoder's tokens, its start token
+    included, as transformers' `generate` does for an encoder-decoder: the same tokens, batched, greedy and beam
+    (fp32); and the rule changes the translations of these models (the comparison would not see it otherwise)."""
+    directory = rule_dirs[kind, "early" if "min_new_tokens" in rule else "late"]
+    translator = load_translator(directory, prefix=T5_PREFIX if kind == "t5" else None)
+    options = TranslationOptions(beam_size=beam_size, max_new_tokens=12, batch_size=3, **rule)
+    got = [r.tokens for r in translator.translate(RULE_TEXTS, options)]
+    assert got == _reference(directory, kind, RULE_TEXTS, num_beams=beam_size, do_sample=False, max_new_tokens=12,
+                             early_stopping=False, **rule)
+    plain = translator.translate(RULE_TEXTS, TranslationOptions(beam_size=beam_size, max_new_tokens=12, batch_size=3))
+    assert got != [r.tokens for r in plain]
+    if "min_new_tokens" in rule and beam_size == 1:  # EOS as soon as it may come: the count is exact
+        assert min(map(len, got)) == rule["min_new_tokens"] > min(len(r.tokens) for r in plain)
+
+
+@pytest.mark.parametrize("settings, defaults", [
+    ({"no_repeat_ngram_size": 2, "num_beams": 3}, {"no_repeat_ngram_size": 2, "beam_size": 3}),
+    ({"repetition_penalty": 1.3, "min_length": 0}, {"repetition_penalty": 1.3}),
+    ({"min_length": 5}, {"min_new_tokens": 4}),  # transformers counts the decoder's start token in min_length
+    ({"min_new_tokens": 3, "min_length": 9, "num_beams": 3}, {"min_new_tokens": 3, "beam_size": 3}),  # it wins
+], ids=["ngram-beams", "penalty", "min_length", "min_new_tokens"])
+@pytest.mark.parametrize("kind", ["marian", "t5"])
+def test_a_generation_config_setting_the_rules_is_honoured_without_options(rule_dirs, tmp_path, kind, settings,
+                                                                            defaults):
+    """A generation_config.json's repetition rules and minimum length are the translator's defaults: `translate()`
+    without options gives transformers' `generate` on the same directory with no setting given (the length limit
+    aside, mmkit's rule given as max_new_tokens), and an export keeps them."""
+    import shutil
+
+    minimum = bool(settings.get("min_length") or settings.get("min_new_tokens"))
+    directory = shutil.copytree(rule_dirs[kind, "early" if minimum else "late"], tmp_path / "model")
+    config = json.loads((directory / "generation_config.json").read_text())
+    if kind == "marian":
+        config["bad_words_ids"] = [[config["pad_token_id"]]]  # as opus-mt's generation_config.json
+    (directory / "generation_config.json").write_text(json.dumps({**config, **settings}))
+    prefix = T5_PREFIX if kind == "t5" else None
+    translator = load_translator(directory, prefix=prefix)
+    assert translator.defaults == defaults
+    texts = RULE_TEXTS[:3]  # mmkit's length rule (2 x source + 10) decodes long: three keep the test short
+    got = [r.tokens for r in translator.translate(texts)]
+    limits = [TranslationOptions().limit(len(translator.encode_source(t)), translator.max_target_tokens)
+              for t in texts]
+    assert len(set(limits)) > 1
+    expected = [_reference(directory, kind, [text], max_new_tokens=limit, bad_words_ids=None)[0]
+                for text, limit in zip(texts, limits)]
+    assert got == expected
+    plain = [r.tokens for r in translator.translate(texts, TranslationOptions(beam_size=defaults.get(
+        "beam_size", 1)))]
+    assert got != plain
+    if minimum and "beam_size" not in defaults:  # greedy, EOS as soon as it may come: the count is exact
+        assert min(map(len, got)) == defaults["min_new_tokens"]
+    export = load_translator(translator.export(tmp_path / "export"), prefix=prefix)
+    assert export.defaults == defaults and [r.tokens for r in export.translate(texts)] == got
+
+
+@pytest.mark.parametrize("given, error, message", [
+    ({"repetition_penalty": 0}, TranslatorError, "repetition_penalty must be a finite number > 0, got 0"),
+    ({"repetition_penalty": -1.3}, TranslatorError, "repetition_penalty must be a finite number > 0"),
+    ({"repetition_penalty": float("inf")}, TranslatorError, "repetition_penalty must be a finite number > 0"),
+    ({"repetition_penalty": float("nan")}, TranslatorError, "repetition_penalty must be a finite number > 0"),
+    ({"repetition_penalty": "1.3"}, TypeError, "repetition_penalty must be a number, got '1.3'"),
+    ({"no_repeat_ngram_size": -1}, TranslatorError, "no_repeat_ngram_size and min_new_tokens must be >= 0"),
+    ({"no_repeat_ngram_size": 2.0}, TypeError, "no_repeat_ngram_size must be an integer, got 2.0"),
+    ({"min_new_tokens": -3}, TranslatorError, "no_repeat_ngram_size and min_new_tokens must be >= 0"),
+    ({"min_new_tokens": True}, TypeError, "min_new_tokens must be an integer, got True"),
+])
+def test_bad_rule_options_are_refused_in_one_line(given, error, message):
+    with pytest.raises(error, match=message) as e:
+        TranslationOptions(**given)
+    assert type(e.value) is error and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0, got 0.0"),
+    ({"repetition_penalty": "strong"}, "repetition_penalty must be a number, got 'strong'"),
+    ({"no_repeat_ngram_size": -2}, "no_repeat_ngram_size and min_new_tokens must be >= 0, got -2 and 0"),
+    ({"no_repeat_ngram_size": True}, "no_repeat_ngram_size must be an integer, got True"),
+    ({"min_new_tokens": 2.5}, "min_new_tokens must be an integer, got 2.5"),
+    ({"min_length": -1}, "min_length must be an integer >= 0, got -1"),
+    ({"min_length": "5"}, "min_length must be an integer >= 0, got '5'"),
+    ({"min_length": 5.0}, "min_length must be an integer >= 0, got 5.0"),
+])
+def test_bad_rules_in_a_generation_config_are_one_line_naming_the_file(marian, tmp_path, settings, message):
+    import shutil
+
+    directory = shutil.copytree(marian, tmp_path / "m")
+    config = json.loads((directory / "generation_config.json").read_text())
+    (directory / "generation_config.json").write_text(json.dumps({**config, **settings}))
+    with pytest.raises(TranslatorError) as e:
+        load_translator(directory)
+    assert str(e.value).startswith(f"{directory / 'generation_config.json'}: a decoding setting mmkit cannot use (")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_min_new_tokens_raises_the_default_length_limit_and_max_new_tokens_caps_it():
+    """The default length rule (2 x source + 10) makes room for min_new_tokens; a max_new_tokens given wins over it,
+    as transformers' max_length wins over min_length (the row then ends there without EOS)."""
+    assert TranslationOptions(min_new_tokens=30).limit(5, 100) == 30
+    assert TranslationOptions(min_new_tokens=30).limit(15, 100) == 40
+    assert TranslationOptions(min_new_tokens=30).limit(5, 25) == 25  # the model's positions cap both
+    assert TranslationOptions(min_new_tokens=30, max_new_tokens=8).limit(5, 100) == 8
