@@ -20,13 +20,17 @@ KIND_DEPENDENT = ["tests/core", "tests/inference", "tests/tasks", "tests/cli", "
 # ...less the slow ones whose outcome no instruction set changes: signals, the ranks' sharing of a run (fp32; ranks
 # and one process on the same machine) and its errors, full disks, the text tools' files, callbacks' wiring, recipe
 # argument checks, the tasks' export and checkpoint rules, mixup's batches, fp32 batching equal to one at a time
-# (sequential transcription's, generate-text files')
+# (sequential transcription's, generate-text files'), and the fp32 long-form and word-timing parity with
+# openai-whisper (a Transcriber built on an fp32 model, no precision choice; the reference runs in the same process
+# on the same kernels)
 KIND_FREE = ["tests/cli/test_signals.py", "tests/cli/test_ranks_errors.py", "tests/tasks/test_model_callbacks.py",
              "tests/cli/test_recipe_argument_checks.py", "tests/tasks/test_model_task.py",
              "tests/tasks/test_mixup_batches.py", "tests/tasks/test_sequential_batches.py",
              "tests/cli/test_generate_text_files.py", "tests/cli/test_ranks.py", "tests/cli/test_ranks_text.py",
              "tests/cli/test_ranks_label.py", "tests/cli/test_full_disk.py", "tests/cli/test_text_tools_outputs.py",
-             "tests/cli/test_text_tools_input.py"]
+             "tests/cli/test_text_tools_input.py", "tests/tasks/test_word_timestamps.py",
+             "tests/tasks/test_transcribe_sequential.py", "tests/inference/test_window_words.py",
+             "tests/tasks/test_transcribe_openai.py"]
 
 PROBE = """
 import json, torch
