@@ -86,19 +86,6 @@ def test_a_penalty_that_is_not_positive_is_one_line_before_the_model_loads(late,
     assert err == f"mmkit translate: error: repetition_penalty must be a finite number > 0, got {float(value)}\n"
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--repetition-penalty", "nan", "must be finite"),
-    ("--repetition-penalty", "x", "not a number: 'x'"),
-    ("--no-repeat-ngram-size", "-1", "must be >= 0, got -1"),
-    ("--no-repeat-ngram-size", "2.5", "not an integer: '2.5'"),
-    ("--min-new-tokens", "-2", "must be >= 0, got -2"),
-])
-def test_flag_ranges_are_usage_errors(late, capsys, no_model_load, option, value, message):
-    with pytest.raises(SystemExit) as e:
-        mmkit_main(["translate", "seven", "--model", str(late), option, value])
-    assert e.value.code == 2 and f"argument {option}: {message}" in capsys.readouterr().err
-
-
 def test_the_flags_are_generate_texts_with_the_models_defaults_instead_of_off():
     from mmkit.cli.generate_text import _parser as generate_text_parser
     from mmkit.cli.translate import _parser as translate_parser

@@ -408,6 +408,11 @@ def test_cli_refuses_unwritable_outputs_before_loading(native, tmp_path, capsys,
     ("--max-length", "0", "must be >= 1"),
     ("--prefix", "\udcff", "not UTF-8 text"),
     ("--early-stopping", "yes", "choose from false, true, never, got 'yes'"),
+    ("--repetition-penalty", "nan", "must be finite"),
+    ("--repetition-penalty", "x", "not a number: 'x'"),
+    ("--no-repeat-ngram-size", "-1", "must be >= 0, got -1"),
+    ("--no-repeat-ngram-size", "2.5", "not an integer: '2.5'"),
+    ("--min-new-tokens", "-2", "must be >= 0, got -2"),
 ])
 def test_cli_option_ranges_are_usage_errors(native, capsys, no_model_load, option, value, message):
     with pytest.raises(SystemExit) as e:
