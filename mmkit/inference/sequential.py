@@ -6,13 +6,14 @@ windows skipped whole. The windows are decoded by the transcriber's own window d
 
 Files are batched: each file's windows must come one after another, but the current windows of up to
 `batch_size` files are encoded and decoded together, each file's previous text left-padded to one length
-(`KVCache.padding`), so that every window decodes as it would alone.
+(`KVCache.padding`), so that every window decodes as it would alone; with word timestamps their words are then
+aligned together too, in one decoder pass over the batch's encoder output.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Generator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Generator, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,16 +45,44 @@ class _Request:
 
 
 @dataclass
+class _Aligner:
+    """The words of windows decoded in one batch (`Transcriber.align_words`), over that batch's encoder output and
+    cross-attention cache: any of its rows, in one decoder pass."""
+
+    tr: "Transcriber"
+    context: Tensor
+    cache: KVCache
+    windows: list[Window]
+    languages: dict[int, str | None]
+
+    def __call__(self, rows: list[int], spans: list[list[dict]]) -> list[list[WordTiming]]:
+        index = torch.tensor(rows, device=self.context.device)
+        return self.tr.align_words(self.context.index_select(0, index), self.cache.fork(index, keep_prefix=False),
+                                   [self.windows[r] for r in rows], spans, self.languages)
+
+
+@dataclass
 class _Reply:
-    """The window decoded: its decoding, its <|nospeech|> probability, and its words' aligner (`spans` -> the
-    words of `Transcriber.align_words`, over the batch's encoder output and cross-attention cache)."""
+    """The window decoded: its decoding, its <|nospeech|> probability, and the aligner of its batch with its row
+    there (for its words)."""
 
     decoded: Decoded
     no_speech: float
-    align: Callable[[list[dict]], list[WordTiming]]
+    aligner: _Aligner
+    row: int
 
 
-FileWindows = Generator[_Request, _Reply, "tuple[list[Segment], str, str]"]
+@dataclass
+class _Words:
+    """A file's request for the words of its window's spans (word timestamps), sent back as a list of
+    `WordTiming` (or the exception that failed them)."""
+
+    spans: list[dict]
+    reply: _Reply  # the window's decoding: its aligner and row
+
+
+FileWindows = Generator["_Request | _Words", "_Reply | list[WordTiming] | Exception | None",
+                        "tuple[list[Segment], str, str]"]
 
 
 @dataclass
@@ -63,7 +92,8 @@ class _Open:
     transcript: Transcript
     audio: SpilledAudio
     windows: FileWindows
-    request: _Request
+    request: _Request | _Words
+    number: int  # the file's place in the input (its windows' `file`)
 
 
 def sequential_transcripts(tr: "Transcriber",
@@ -94,12 +124,13 @@ def sequential_transcripts(tr: "Transcriber",
                 else:
                     active.append(opened)
             if active:
-                replies = _decode_batch(tr, [f.request for f in active], languages, strict)
-                for f, reply in zip(list(active), replies):
-                    if not _advance(f, reply, strict):
-                        active.remove(f)
-                        done[f.request.window.file] = f.transcript
-                        languages.pop(f.request.window.file, None)
+                replies = _decode_batch(tr, [f.request for f in active], languages, strict)  # type: ignore[misc]
+                for answer in (lambda: replies, lambda: _words_batch([f.request for f in active], strict)):
+                    for f, reply in zip(list(active), answer()):  # the decodings, then the words they ask for
+                        if not _advance(f, reply, strict):
+                            active.remove(f)
+                            done[f.number] = f.transcript
+                            languages.pop(f.number, None)
             while shown in done:  # in input order
                 yield done.pop(shown)
                 shown += 1
@@ -134,14 +165,17 @@ def _open(tr: "Transcriber", n: int, name: str, audio: np.ndarray | Iterator[np.
         if strict:  # one waveform's call: nothing to go on to
             raise ValueError(t.error)
         return t
-    f = _Open(t, spilled, _file_windows(tr, spilled, n, languages), None)  # type: ignore[arg-type]
+    f = _Open(t, spilled, _file_windows(tr, spilled, n, languages), None, n)  # type: ignore[arg-type]
     return f if _advance(f, None, strict) else f.transcript
 
 
-def _advance(f: _Open, reply: _Reply | None, strict: bool) -> bool:
-    """Hand file `f` its window's `reply` (None: start it) and keep the next window it asks for: True, or finish
-    its transcript (done, or failed alone) and close its audio: False."""
+def _advance(f: _Open, reply: _Reply | list[WordTiming] | Exception | None, strict: bool) -> bool:
+    """Hand file `f` the answer to its request (None: start it; a file with no request waiting keeps it) and keep
+    the next request it makes: True, or finish its transcript (done, or failed alone) and close its audio:
+    False."""
     try:
+        if reply is _NOTHING:
+            return True
         f.request = next(f.windows) if reply is None else f.windows.send(reply)
         return True
     except StopIteration as done:
@@ -177,25 +211,52 @@ def _decode_batch(tr: "Transcriber", requests: list[_Request], languages: dict[i
     return out
 
 
+def _words_batch(requests: list[_Request | _Words], strict: bool) -> list[list[WordTiming] | Exception | object]:
+    """The words each `_Words` request asks for (`_NOTHING` for the other requests): the windows of one decoding
+    batch aligned in one pass (`_Aligner`); where that fails, each alone, so that only a window whose alignment
+    fails alone fails its file."""
+    out: list[list[WordTiming] | Exception | object] = [_NOTHING] * len(requests)
+    batches: dict[int, list[int]] = {}  # aligner -> the requests of its batch
+    for i, r in enumerate(requests):
+        if isinstance(r, _Words):
+            batches.setdefault(id(r.reply.aligner), []).append(i)
+    for members in batches.values():
+        words = [requests[i] for i in members]
+        aligner = words[0].reply.aligner  # type: ignore[union-attr]
+        try:
+            for i, found in zip(members, aligner([w.reply.row for w in words], [w.spans for w in words])):
+                out[i] = found
+            continue
+        except Exception as e:  # noqa: BLE001 - retried alone below, or the one window's failure
+            if strict or len(members) == 1:
+                if strict:
+                    raise
+                out[members[0]] = e
+                continue
+            log.debug("aligning a batch of %d windows failed; aligning them one at a time", len(members),
+                      exc_info=True)
+        for i, w in zip(members, words):
+            try:
+                out[i] = aligner([w.reply.row], [w.spans])[0]
+            except Exception as e:  # noqa: BLE001 - that window's file fails (its generator raises it)
+                out[i] = e
+    return out
+
+
+_NOTHING = object()  # `_words_batch`'s answer to a request that is not for words: the file keeps waiting
+
+
 def _decode(tr: "Transcriber", requests: list[_Request], languages: dict[int, str | None]) -> list[_Reply]:
     """The requests' windows encoded in one batch and decoded in one (`Transcriber.decode_context`; their previous
-    texts left-padded), each with the aligner of its words over the batch's encoder output and cache."""
+    texts left-padded), each with the aligner of the batch (`_Aligner`) and its row there."""
     tok = tr.tokenizer
     context, cache = tr.encode_mel(torch.stack([r.features for r in requests])), KVCache()
     windows = [r.window for r in requests]
     # openai lets a window's timestamps run to 30.00 whatever audio it holds (the windows' cap is the audio's end)
     no_cap = torch.full((len(requests),), tok.timestamp_end - tok.timestamp_begin)
     decoded = tr.decode_context(context, windows, languages, [r.prefix for r in requests], no_cap, cache)
-
-    def aligner(row: int) -> Callable[[list[dict]], list[WordTiming]]:
-        def align(spans: list[dict]) -> list[WordTiming]:
-            index = torch.tensor([row], device=context.device)
-            (words,) = tr.align_words(context.index_select(0, index), cache.fork(index, keep_prefix=False),
-                                      [windows[row]], [spans], languages)
-            return words
-        return align
-
-    return [_Reply(d, no_speech, aligner(b)) for b, (d, no_speech) in enumerate(decoded)]
+    aligner = _Aligner(tr, context, cache, windows, languages)
+    return [_Reply(d, no_speech, aligner, b) for b, (d, no_speech) in enumerate(decoded)]
 
 
 def transcribe_sequential(tr: "Transcriber", audio: np.ndarray | SpilledAudio) -> tuple[list[Segment], str, str]:
@@ -213,15 +274,18 @@ def transcribe_sequential(tr: "Transcriber", audio: np.ndarray | SpilledAudio) -
     try:
         request = next(windows)
         while True:
-            reply = _decode(tr, [request], languages)[0]
-            request = windows.send(reply)
+            if isinstance(request, _Words):
+                request = windows.send(request.reply.aligner([request.reply.row], [request.spans])[0])
+            else:
+                request = windows.send(_decode(tr, [request], languages)[0])
     except StopIteration as done:
         return done.value
 
 
 def _file_windows(tr: "Transcriber", audio: SpilledAudio, file: int, languages: dict[int, str | None]) -> FileWindows:
     """openai's `transcribe()` on one file as a generator: it yields each window to decode (`_Request`), is sent
-    its decoding (`_Reply`; an exception sent in is raised here) and returns (segments, text, language).
+    its decoding (`_Reply`; an exception sent in is raised here), with word timestamps then yields its spans
+    (`_Words`) and is sent their words, and returns (segments, text, language).
     `languages[file]` holds the file's language (detected on its first window unless `tr.options` gives one)."""
     o, tok, model = tr.options, tr.tokenizer, tr.model
     n_frames = 2 * model.n_audio_ctx  # openai's N_FRAMES: 3000 Mel frames, 30 s
@@ -261,7 +325,10 @@ def _file_windows(tr: "Transcriber", audio: SpilledAudio, file: int, languages: 
             previous_seek = seek
             spans, seek, single_ending = split_window(d.tokens, tok, seek, size, stride)
             if o.word_timestamps:
-                seek, last_speech, skip = _time_words(tr, spans, reply.align, previous_seek, size,
+                alignment = yield _Words(spans, reply)
+                if isinstance(alignment, Exception):  # the words failed, alone: the file fails
+                    raise alignment
+                seek, last_speech, skip = _time_words(tr, spans, alignment, previous_seek, size,
                                                       (seek, single_ending), last_speech, content_frames)
                 if skip:  # silence, then a likely hallucination: decode again from after the silence
                     continue
@@ -274,17 +341,17 @@ def _file_windows(tr: "Transcriber", audio: SpilledAudio, file: int, languages: 
     return segments, tok.decode(all_tokens[len(initial):]).strip(), language
 
 
-def _time_words(tr: "Transcriber", spans: list[dict], align: Callable[[list[dict]], list[WordTiming]],
+def _time_words(tr: "Transcriber", spans: list[dict], alignment: list[WordTiming],
                 window_seek: int, size: int, seek_after: tuple[int, bool], last_speech: float,
                 content_frames: int) -> tuple[int, float, bool]:
     """Words for a window's spans (in place) and openai's seek after them: to the last word's end unless the
-    window ended with a single timestamp, then the hallucination skips if asked. `align` gives the spans'
-    words (`_Reply.align`); `seek_after` the seek the timestamps gave and whether the window ended with a
-    single one. Returns (the next seek, the end of the last word so far, whether the window is dropped whole)."""
+    window ended with a single timestamp, then the hallucination skips if asked. `alignment`: the spans' words
+    (`_Aligner`); `seek_after` the seek the timestamps gave and whether the window ended with a single one.
+    Returns (the next seek, the end of the last word so far, whether the window is dropped whole)."""
     o, tok = tr.options, tr.tokenizer
     seek, single_ending = seek_after
     offset = float(window_seek * HOP_LENGTH / SAMPLE_RATE)
-    add_word_timestamps(spans, align(spans), tok.eot, offset, last_speech, o.prepend_punctuations,
+    add_word_timestamps(spans, alignment, tok.eot, offset, last_speech, o.prepend_punctuations,
                         o.append_punctuations)
     end = last_end(spans)
     if not single_ending and end is not None and end > offset:  # on from the last word, not the last timestamp

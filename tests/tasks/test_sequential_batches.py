@@ -2,8 +2,8 @@
 together, each file's previous text left-padded to one length. Every file's transcript equals the one it gets
 alone (`batch_size=1`, which is openai's `transcribe()`: tests/tasks/test_transcribe_sequential.py), for greedy
 and beam search (whose rows of different token limits decode apart), the temperature fallback with best-of
-sampling, word timestamps and language detection, with files of different lengths that finish at different
-times and a file that fails in the middle."""
+sampling, word timestamps (the batch's words aligned together) and language detection, with files of different
+lengths that finish at different times and a file whose decoding or alignment fails in the middle."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,15 +50,20 @@ def _rows(t) -> tuple:
 def test_files_batched_get_the_transcripts_they_get_alone(seeking, files, case, monkeypatch):
     model, tok = seeking
     options = DecodingOptions(long_form="sequential", repetition_guard=False, **CASES[case])
-    batches = []
-    decode_context = Transcriber.decode_context
+    batches, aligned = [], []
+    decode_context, align_words = Transcriber.decode_context, Transcriber.align_words
 
     def spy(self, context, windows, languages, prefixes, max_index, cache=None):
         batches.append([len(p) for p in prefixes])
         return decode_context(self, context, windows, languages, prefixes, max_index, cache)
 
+    def align_spy(self, context, cache, windows, spans, languages):
+        aligned.append(len(windows))
+        return align_words(self, context, cache, windows, spans, languages)
+
     alone = [_rows(t) for t in sequential_transcripts(Transcriber(model, tok, options, batch_size=1), files)]
     monkeypatch.setattr(Transcriber, "decode_context", spy)
+    monkeypatch.setattr(Transcriber, "align_words", align_spy)
     batched = [_rows(t) for t in sequential_transcripts(Transcriber(model, tok, options, batch_size=3), files)]
     assert batched == alone
     assert all(text for _, _, text, _, _ in alone)
@@ -66,6 +71,26 @@ def test_files_batched_get_the_transcripts_they_get_alone(seeking, files, case, 
     assert any(len(set(b)) > 1 for b in batches) or case == "long-prompt"  # prefixes of different lengths batched
     if case == "words":
         assert sum(len(s[5]) for t in alone for s in t[4]) > 20  # words timed, in every file's batch
+        assert max(aligned) == 3  # the batch's windows aligned in one pass
+
+
+def test_a_file_whose_words_fail_fails_alone(seeking, files, monkeypatch):
+    """Where aligning a batch's words fails because of one window (file f2's second), each window is aligned
+    alone: that file fails, the others come out as without the failure."""
+    model, tok = seeking
+    options = DecodingOptions(long_form="sequential", **CASES["words"])
+    expected = [_rows(t) for t in sequential_transcripts(Transcriber(model, tok, options, batch_size=3), files)]
+    align_words = Transcriber.align_words
+
+    def failing(self, context, cache, windows, spans, languages):
+        if any(w.file == 2 and w.index == 1 for w in windows):
+            raise RuntimeError("out of memory (simulated)")
+        return align_words(self, context, cache, windows, spans, languages)
+
+    monkeypatch.setattr(Transcriber, "align_words", failing)
+    got = [_rows(t) for t in sequential_transcripts(Transcriber(model, tok, options, batch_size=3), files)]
+    assert got[2][1] == "decoding failed (RuntimeError: out of memory (simulated))" and got[2][2] == ""
+    assert got[:2] + got[3:] == expected[:2] + expected[3:]
 
 
 def test_a_file_failing_midway_fails_alone(seeking, files, monkeypatch):
