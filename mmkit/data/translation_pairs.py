@@ -198,7 +198,8 @@ class TranslationPairsDataModule(TranslationDataModule):
             kept = [pair for pair in items if self._fits(pair)]
             if not kept:
                 raise ValueError(f"no pair of {self.origin[split]} fits in max_len {self.max_len} tokens a "
-                                 "side: raise the model's max_len, --model.init_args.model.init_args.max_len (the data's follows)")
+                                 "side: raise the model's max_len, --model.init_args.model.init_args.max_len "
+                                 "(the data's follows)")
             if len(kept) < len(items):
                 log.warning("%s: left out %d of %d pairs with a side longer than max_len %d tokens (raise it with "
                             "the model's max_len to keep them)", self.origin[split], len(items) - len(kept),
