@@ -110,6 +110,15 @@ def sequential_transcripts(tr: "Transcriber",
     done: dict[int, Transcript] = {}
     numbered = enumerate(items)
     shown, more = 0, True
+
+    def hand(answers: Sequence[object]) -> None:
+        """Each active file its answer (`_advance`); the finished ones leave."""
+        for f, answer in zip(list(active), answers):
+            if not _advance(f, answer, strict):  # type: ignore[arg-type]
+                active.remove(f)
+                done[f.number] = f.transcript
+                languages.pop(f.number, None)
+
     try:
         while more or active:
             while more and len(active) < tr.batch_size:
@@ -123,14 +132,9 @@ def sequential_transcripts(tr: "Transcriber",
                     done[n] = opened
                 else:
                     active.append(opened)
-            if active:
-                replies = _decode_batch(tr, [f.request for f in active], languages, strict)  # type: ignore[misc]
-                for answer in (lambda: replies, lambda: _words_batch([f.request for f in active], strict)):
-                    for f, reply in zip(list(active), answer()):  # the decodings, then the words they ask for
-                        if not _advance(f, reply, strict):
-                            active.remove(f)
-                            done[f.number] = f.transcript
-                            languages.pop(f.number, None)
+            if active:  # the current windows decoded together, then (word timestamps) their words aligned
+                hand(_decode_batch(tr, [f.request for f in active], languages, strict))  # type: ignore[misc]
+                hand(_words_batch([f.request for f in active], strict))
             while shown in done:  # in input order
                 yield done.pop(shown)
                 shown += 1
