@@ -153,7 +153,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
              and (k not in BEAM_ONLY or options.beam_size > 1)}  # a greedy run uses no beam setting
     if taken and ranks.first:
         log.info("decoding with the model's own settings: %s (%s)", ", ".join(f"{k} {v}" for k, v in taken.items()),
-                 " ".join(f"--{k.replace('_', '-')} ..." for k in taken) + " to choose others")
+                 " ".join(f"--{k.replace('_', '-')} ..." for k in taken if k in given) + " to choose others")
     # the beam count is known only now: --beam-size, else the model's generation_config.json num_beams
     unused = beam_only_options(args) if options.beam_size == 1 else ""
     if unused and ranks.first:

@@ -10,8 +10,8 @@ from mmkit.core.blocks import DropPath, LayerScale, PostNormBlock, PreNormBlock,
 from mmkit.core.cache import AttentionCache, BlockCache, KVCache, left_padded, left_padding_mask
 from mmkit.core.decoding import BeamSearch, Generation, GenerationOptions, Greedy, Sampling, generate
 from mmkit.core.filters import (
-    LogitFilter, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens,
-    Temperature, TopK, TopP,
+    LogitFilter, LogitNormalization, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin,
+    SuppressTokens, Temperature, TopK, TopP,
 )
 from mmkit.core.execution import compile_stacks, set_grad_checkpointing
 from mmkit.core.heads import output_logits, tied_logits
@@ -26,8 +26,8 @@ from mmkit.core.stack import Decoder, Encoder, TransformerStack
 __all__ = [
     "Attention", "AttentionCache", "BeamSearch", "BlockCache", "Decoder", "DropPath", "Encoder", "Generation",
     "GenerationOptions", "Greedy", "KVCache", "LayerNorm", "LayerScale", "LearnedPositions", "LogitFilter",
-    "MinNewTokens", "Mlp", "NoRepeatNGram", "PostNormBlock", "PreNormBlock", "QuickGELU", "RMSNorm",
-    "RelativePositionBias", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "Sampling",
+    "LogitNormalization", "MinNewTokens", "Mlp", "NoRepeatNGram", "PostNormBlock", "PreNormBlock", "QuickGELU",
+    "RMSNorm", "RelativePositionBias", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "Sampling",
     "SuppressAtBegin", "SuppressTokens", "SwiGLU", "Temperature", "TopK", "TopP", "TransformerStack",
     "attention_maps", "causal_mask", "compile_stacks", "generate", "key_padding_mask", "layer_norm",
     "left_padded", "left_padding_mask", "output_logits", "resample_positions", "set_grad_checkpointing",

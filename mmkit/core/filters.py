@@ -213,6 +213,17 @@ class MinNewTokens:
         return logits
 
 
+class LogitNormalization:
+    """transformers' `renormalize_logits` (`LogitNormalization`, which `generate` puts after every other processor):
+    each row log-softmaxed again, so that the scores a beam search adds up are log-probabilities over the tokens the
+    filters before it left (a banned <pad>'s mass shared out among them), not the model's unrenormalised ones. Last
+    in a filter list: a filter after it would unnormalise the rows again. In float32, as transformers' processors
+    see the logits (its `generate` casts them first), whatever the model's precision."""
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        return logits.float().log_softmax(dim=-1)
+
+
 class TimestampVocabulary(Protocol):
     """What `TimestampRules` needs of a tokenizer (a `WhisperTokenizer`, say)."""
 

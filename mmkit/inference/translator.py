@@ -17,7 +17,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmkit.core import BeamSearch, Greedy, MinNewTokens, NoRepeatNGram, RepetitionPenalty, SuppressTokens, generate
+from mmkit.core import (
+    BeamSearch, Greedy, LogitNormalization, MinNewTokens, NoRepeatNGram, RepetitionPenalty, SuppressTokens, generate,
+)
 from mmkit.core.attention import attention_maps
 from mmkit.inference.inputs import check_types, text_items
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
@@ -28,8 +30,8 @@ TRANSFORMERS_TOKENIZER = "transformers"  # export metadata: tokenizer files writ
 # The `TranslationOptions` fields a model's own settings may give (`Translator.defaults`), and those of them that
 # only a beam search uses.
 DECODING_DEFAULTS = ("beam_size", "length_penalty", "early_stopping", "repetition_penalty", "no_repeat_ngram_size",
-                     "min_new_tokens")
-BEAM_ONLY = ("length_penalty", "early_stopping")
+                     "min_new_tokens", "renormalize_logits")
+BEAM_ONLY = ("length_penalty", "early_stopping", "renormalize_logits")  # greedy's argmax is the same renormalised
 
 
 class TranslatorError(ValueError):
@@ -48,10 +50,13 @@ class TranslationOptions:
     transformers' settings of the same names, applied as `generate` applies them to an encoder-decoder: to the
     decoder's tokens, its start token included (`filters`). A length limit of the default rule is raised to
     min_new_tokens; a max_new_tokens below it wins (the row ends there without EOS), as transformers' max_length.
+    renormalize_logits: transformers' setting (opus-mt's generation configs set it): each step's scores are
+    log-softmaxed again after every other rule (the banned <pad>, the forced EOS), so a beam search ranks beams by
+    log-probabilities over the tokens left (`LogitNormalization`). Greedy decoding is the same either way.
 
     Raises:
-        TypeError: a count that is not an integer (a str, a float, a bool), or a ratio or penalty that is
-            not a number.
+        TypeError: a count that is not an integer (a str, a float, a bool), a ratio or penalty that is
+            not a number, or a renormalize_logits that is not a bool.
         TranslatorError: a value out of range, or an early_stopping other than True, False or "never".
     """
 
@@ -65,10 +70,14 @@ class TranslationOptions:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     min_new_tokens: int = 0
+    renormalize_logits: bool = False
 
     def __post_init__(self) -> None:
         check_types(self, ints=("beam_size", "max_new_tokens", "length_offset", "batch_size", "no_repeat_ngram_size",
                                 "min_new_tokens"), reals=("length_ratio", "length_penalty", "repetition_penalty"))
+        if not isinstance(self.renormalize_logits, bool):  # "yes" or 1 would read as set; transformers tests `is True`
+            raise TypeError(f"TranslationOptions: renormalize_logits must be True or False, got "
+                            f"{self.renormalize_logits!r}")
         if self.beam_size < 1 or self.batch_size < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):
             raise TranslatorError("beam size, batch size and max length must be >= 1")
         if not (math.isfinite(self.length_ratio) and self.length_ratio >= 0 and math.isfinite(self.length_penalty)):
@@ -167,9 +176,9 @@ class Translator:
         forced_eos_id: make this token (EOS) at each row's length limit (`ForcedEos`), as
             transformers does for configs with `forced_eos_token_id`.
         defaults: the model's own decoding settings (`TranslationOptions` fields: beam_size, length_penalty,
-            early_stopping, repetition_penalty, no_repeat_ngram_size, min_new_tokens), as a transformers
-            directory's generation_config.json gives them (opus-mt: 4 or 6 beams): `translate` without options and
-            `default_options` use them, as `generate` does.
+            early_stopping, repetition_penalty, no_repeat_ngram_size, min_new_tokens, renormalize_logits), as a
+            transformers directory's generation_config.json gives them (opus-mt: 4 or 6 beams, renormalize_logits):
+            `translate` without options and `default_options` use them, as `generate` does.
     """
 
     def __init__(self, model: nn.Module, codec: TextCodec, prefix: str = "", max_source_tokens: int = 512,
@@ -283,10 +292,12 @@ class Translator:
         strategy = (BeamSearch(options.beam_size, options.length_penalty, early_stopping=options.early_stopping)
                     if options.beam_size > 1 else Greedy())
         # repetition rules and minimum length, suppressed tokens, then the forced EOS, which overrides them all, as
-        # in transformers' processors (the others ban tokens, in any order)
+        # in transformers' processors (the others ban tokens, in any order), and the renormalisation after them all
         filters = options.filters(c.eos_id) + ([SuppressTokens(c.suppress)] if c.suppress else [])
         if self.forced_eos_id is not None:
             filters.append(ForcedEos(self.forced_eos_id, limits))
+        if options.renormalize_logits:
+            filters.append(LogitNormalization())
         with self._autocast():
             out = generate(self.model, torch.full((len(sources), 1), c.start_id, device=self.device), limits,
                            strategy, context=self.model.encode(src, mask), context_mask=mask, eos_id=c.eos_id,
@@ -470,7 +481,8 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
                                    decoding.get("length_penalty"), "early_stopping": decoding.get("early_stopping"),
                                    "repetition_penalty": decoding.get("repetition_penalty"),
                                    "no_repeat_ngram_size": decoding.get("no_repeat_ngram_size"),
-                                   "min_new_tokens": _min_new_tokens(decoding, where)}, where)
+                                   "min_new_tokens": _min_new_tokens(decoding, where),
+                                   "renormalize_logits": decoding.get("renormalize_logits")}, where)
     return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
                       defaults)
 
@@ -494,13 +506,15 @@ def _min_new_tokens(decoding: dict[str, Any], where: str) -> Any:
 def _decoding_defaults(settings: dict[str, Any], where: str) -> dict[str, Any]:
     """The `TranslationOptions` fields among `settings` (None: not set), each checked as the options check it:
     a value they refuse is a one-line TranslatorError naming `where`, not a failure at the first sentence.
-    transformers' defaults (1 beam, repetition_penalty 1.0, no_repeat_ngram_size and min_new_tokens 0) are
-    settings not made: save_pretrained writes some out."""
+    transformers' defaults (1 beam, repetition_penalty 1.0, no_repeat_ngram_size and min_new_tokens 0,
+    renormalize_logits false) are settings not made: save_pretrained writes some out."""
     given = {k: v for k, v in settings.items() if k in DECODING_DEFAULTS and v is not None}
     for name, unset in (("beam_size", 1), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
                         ("min_new_tokens", 0)):
         if name in given and given[name] == unset and not isinstance(given[name], bool):
             given.pop(name)
+    if given.get("renormalize_logits") is False:
+        given.pop("renormalize_logits")
     try:
         TranslationOptions(**given)
     except (TypeError, TranslatorError) as e:

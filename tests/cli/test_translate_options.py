@@ -97,3 +97,16 @@ def test_the_flags_are_generate_texts_with_the_models_defaults_instead_of_off():
     flags = ["--repetition-penalty", "1.5", "--no-repeat-ngram-size", "3", "--min-new-tokens", "2"]
     for parser in (generate_text_parser(), translate_parser()):
         assert tuple(getattr(parser.parse_args(["hi", "--model", "m", *flags]), n) for n in names) == (1.5, 3, 2)
+
+
+def test_a_setting_without_a_flag_is_named_but_not_offered_as_one(tmp_path, capsys, caplog):
+    """opus-mt's renormalize_logits (a generation-config setting, no flag) is named on the settings line; only the
+    settings that have a flag are offered as flags, and the output is the translator's own."""
+    from tests.inference._translation_fixtures import write_renormalize_dir
+
+    directory = write_renormalize_dir(tmp_path / "m")
+    with caplog.at_level(logging.INFO):
+        assert mmkit_main(["translate", *TEXTS, "--model", str(directory)]) == 0
+    assert "decoding with the model's own settings: beam_size 3, renormalize_logits True (--beam-size ... to " \
+           "choose others)" in caplog.text
+    assert capsys.readouterr().out.splitlines() == [r.text for r in load_translator(directory).translate(TEXTS)]

@@ -1,12 +1,14 @@
-"""Generic decoding options and filters: repetition penalty equals transformers' processor; the repetition rules
-read a left-padded row as the row alone;
+"""Generic decoding options and filters: repetition penalty and logit normalisation equal transformers' processors;
+the repetition rules read a left-padded row as the row alone;
 `stop` and `on_step` hooks of the shared loop; options validate their ranges."""
 import math
 
 import pytest
 import torch
 
-from mmkit.core import GenerationOptions, Greedy, NoRepeatNGram, RepetitionPenalty, Sampling, generate
+from mmkit.core import (
+    GenerationOptions, Greedy, LogitNormalization, NoRepeatNGram, RepetitionPenalty, Sampling, generate,
+)
 from mmkit.core.decoding import BeamSearch
 
 
@@ -18,6 +20,23 @@ def test_repetition_penalty_equals_transformers():
     logits = torch.randn(3, 50, generator=g)
     want = RepetitionPenaltyLogitsProcessor(1.3)(tokens, logits.clone())
     assert torch.equal(RepetitionPenalty(1.3)(tokens, logits.clone()), want)
+
+
+def test_logit_normalization_equals_transformers():
+    """transformers' `renormalize_logits` processor: rows log-softmaxed, banned (-inf) tokens staying -inf; logits of
+    a lower precision come back float32, as transformers' `generate` hands its processors float32 logits."""
+    from transformers.generation.logits_process import LogitNormalization as HFLogitNormalization
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50, (3, 7), generator=g)
+    logits = torch.randn(3, 50, generator=g) * 4
+    logits[:, [2, 7]] = float("-inf")  # banned before it, as bad_words_ids bans <pad>
+    out = LogitNormalization()(tokens, logits.clone())
+    assert torch.equal(out, HFLogitNormalization()(tokens, logits.clone()))
+    assert torch.allclose(out.exp().sum(dim=-1), torch.ones(3)) and bool(out[:, [2, 7]].isneginf().all())
+    half = LogitNormalization()(tokens, logits.bfloat16())
+    assert half.dtype == torch.float32
+    assert torch.equal(half, HFLogitNormalization()(tokens, logits.bfloat16().float()))
 
 
 @pytest.mark.parametrize("make", [lambda p: RepetitionPenalty(1.7, p), lambda p: NoRepeatNGram(1, p),

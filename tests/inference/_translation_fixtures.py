@@ -34,10 +34,12 @@ def write_native_export(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def write_marian_dir(directory: Path, seed: int = 0, forced_eos: bool = False, eos_bias: float | None = None) -> Path:
+def write_marian_dir(directory: Path, seed: int = 0, forced_eos: bool = False, eos_bias: float | None = None,
+                     pad_bias: float | None = None) -> Path:
     """opus-mt layout: vocabulary = the SentencePiece pieces, then <pad> last (decoder start).
     `forced_eos`: the config says forced_eos_token_id 0 (as opus-mt's) and EOS is unlikely, so
-    rows run to their length limit. `eos_bias`: EOS's output bias instead (higher: EOS sooner)."""
+    rows run to their length limit. `eos_bias`: EOS's output bias instead (higher: EOS sooner). `pad_bias`: <pad>'s
+    output bias (higher: the banned <pad> holds much of each step's mass, which renormalising shares out)."""
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -62,6 +64,8 @@ def write_marian_dir(directory: Path, seed: int = 0, forced_eos: bool = False, e
         model.final_logits_bias.normal_()
         # EOS after a few tokens (or hardly ever)
         model.final_logits_bias[0, 0] = eos_bias if eos_bias is not None else -5.0 if forced_eos else 1.5
+        if pad_bias is not None:
+            model.final_logits_bias[0, pad] = pad_bias
     model.save_pretrained(directory)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, "bad_words_ids": [[pad]]}))  # as opus-mt's
@@ -103,3 +107,14 @@ def write_rule_dir(directory: Path, kind: str, ending: str) -> Path:
     if kind == "marian":
         return write_marian_dir(directory, seed=1, eos_bias=4.0 if ending == "early" else None)
     return write_t5_dir(directory, seed=4 if ending == "early" else 2, eos_scale=8.0 if ending == "early" else 5.0)
+
+
+def write_renormalize_dir(directory: Path, renormalize: bool = True) -> Path:
+    """A MarianMT directory whose generation_config.json is opus-mt's kind (3 beams, <pad> banned by bad_words_ids,
+    `renormalize` its renormalize_logits) and whose <pad> is likely, EOS fairly so: banning <pad> and renormalising
+    changes which beams win (the seed and biases were picked for that, with the default length rule)."""
+    directory = write_marian_dir(directory, seed=0, eos_bias=3.0, pad_bias=7.0)
+    config = json.loads((directory / "generation_config.json").read_text())
+    (directory / "generation_config.json").write_text(json.dumps(
+        {**config, "num_beams": 3, "bad_words_ids": [[config["pad_token_id"]]], "renormalize_logits": renormalize}))
+    return directory

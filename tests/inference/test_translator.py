@@ -512,13 +512,15 @@ def rule_dirs(tmp_path_factory):
 def _reference(directory, kind: str, texts: list[str], **settings) -> list[list[int]]:
     """transformers' `generate` of each text alone, its EOS and what follows cut (mmkit's `Translation.tokens`).
     The Marian fixture's <pad> ban is in its config.json, which transformers does not read beside a
-    generation_config.json: it is given here unless `settings` say (None: the generation config's)."""
+    generation_config.json: it is given here unless `settings` say (None: the generation config's, which a None
+    passed to `generate` would override: transformers 5 takes it as no ban)."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     ref, tok = AutoModelForSeq2SeqLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
     eos, prefix = ref.config.eos_token_id, T5_PREFIX if kind == "t5" else ""
     if kind == "marian" and "bad_words_ids" not in settings:
         settings["bad_words_ids"] = [[ref.config.pad_token_id]]
+    settings = {k: v for k, v in settings.items() if v is not None}
     out = []
     for text in texts:
         ids = ref.generate(**tok([prefix + text], return_tensors="pt"), **settings)[0, 1:].tolist()
@@ -595,6 +597,8 @@ def test_a_generation_config_setting_the_rules_is_honoured_without_options(rule_
     ({"no_repeat_ngram_size": 2.0}, TypeError, "no_repeat_ngram_size must be an integer, got 2.0"),
     ({"min_new_tokens": -3}, TranslatorError, "no_repeat_ngram_size and min_new_tokens must be >= 0"),
     ({"min_new_tokens": True}, TypeError, "min_new_tokens must be an integer, got True"),
+    ({"renormalize_logits": 1}, TypeError, "renormalize_logits must be True or False, got 1"),
+    ({"renormalize_logits": "false"}, TypeError, "renormalize_logits must be True or False, got 'false'"),
 ])
 def test_bad_rule_options_are_refused_in_one_line(given, error, message):
     with pytest.raises(error, match=message) as e:
@@ -611,6 +615,8 @@ def test_bad_rule_options_are_refused_in_one_line(given, error, message):
     ({"min_length": -1}, "min_length must be an integer >= 0, got -1"),
     ({"min_length": "5"}, "min_length must be an integer >= 0, got '5'"),
     ({"min_length": 5.0}, "min_length must be an integer >= 0, got 5.0"),
+    ({"renormalize_logits": "yes"}, "renormalize_logits must be True or False, got 'yes'"),
+    ({"renormalize_logits": 0}, "renormalize_logits must be True or False, got 0"),
 ])
 def test_bad_rules_in_a_generation_config_are_one_line_naming_the_file(marian, tmp_path, settings, message):
     import shutil
@@ -631,3 +637,34 @@ def test_min_new_tokens_raises_the_default_length_limit_and_max_new_tokens_caps_
     assert TranslationOptions(min_new_tokens=30).limit(15, 100) == 40
     assert TranslationOptions(min_new_tokens=30).limit(5, 25) == 25  # the model's positions cap both
     assert TranslationOptions(min_new_tokens=30, max_new_tokens=8).limit(5, 100) == 8
+
+
+def test_renormalize_logits_from_a_generation_config_is_transformers_beam_search(tmp_path):
+    """opus-mt's generation_config.json sets renormalize_logits beside num_beams and the <pad> ban: transformers
+    log-softmaxes each step's scores again after its other processors, so the beams are ranked by log-probabilities
+    over the tokens left. `translate()` without options gives `generate`'s tokens on the same directory (mmkit's
+    length rule given as max_new_tokens), where <pad> is likely enough that the setting changes the translations;
+    false is a setting not made, and an export keeps the setting."""
+    from tests.inference._translation_fixtures import write_renormalize_dir
+
+    directory = write_renormalize_dir(tmp_path / "model")
+    translator = load_translator(directory)
+    assert translator.defaults == {"beam_size": 3, "renormalize_logits": True}
+    texts = RULE_TEXTS[:3]
+    got = [r.tokens for r in translator.translate(texts)]
+    limits = [TranslationOptions().limit(len(translator.encode_source(t)), translator.max_target_tokens)
+              for t in texts]
+    references = {renormalize: [_reference(directory, "marian", [text], max_new_tokens=limit, bad_words_ids=None,
+                                           renormalize_logits=renormalize)[0] for text, limit in zip(texts, limits)]
+                  for renormalize in (True, False)}
+    assert got == references[True]
+    plain = [r.tokens for r in translator.translate(texts, translator.default_options(renormalize_logits=False))]
+    assert plain == references[False] and plain != got  # the setting decides which beams win here
+    assert [r.tokens for r in translator.translate(texts, translator.default_options(beam_size=1))] == \
+        [r.tokens for r in translator.translate(texts, TranslationOptions())]  # greedy: argmax either way
+    export = load_translator(translator.export(tmp_path / "export"))
+    assert export.defaults == translator.defaults and [r.tokens for r in export.translate(texts)] == got
+    config = json.loads((directory / "generation_config.json").read_text())
+    (directory / "generation_config.json").write_text(json.dumps({**config, "renormalize_logits": False}))
+    unset = load_translator(directory)
+    assert unset.defaults == {"beam_size": 3} and [r.tokens for r in unset.translate(texts)] == plain
