@@ -20,7 +20,7 @@ from mmkit.core.beam import openai_beam_search, ranked_beam_search
 from mmkit.core.cache import KVCache
 from mmkit.core.filters import (  # noqa: F401 - re-exported: the loop's filters
     LogitFilter, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens,
-    Temperature, TopK, TopP, is_loop, loop_mask,
+    Temperature, TopK, TopP, is_loop, loop_mask, repetition_filters,
 )
 from mmkit.limits import MAX_SEED, finite32
 
@@ -193,14 +193,8 @@ class GenerationOptions:
         """Filters these options add before the strategy's own (sampling filters come from it); `min_new_tokens`
         needs the end-of-sequence id and the prompt's length (none without an id). `padding`: (B,) left-padding
         tokens per row of prompts of different lengths (`KVCache.padding`), which the repetition rules skip."""
-        out: list[LogitFilter] = []
-        if self.repetition_penalty != 1.0:
-            out.append(RepetitionPenalty(self.repetition_penalty, padding))
-        if self.no_repeat_ngram_size:
-            out.append(NoRepeatNGram(self.no_repeat_ngram_size, padding))
-        if self.min_new_tokens and eos_id is not None:
-            out.append(MinNewTokens(eos_id, prompt_length, self.min_new_tokens))
-        return out
+        return repetition_filters(self.repetition_penalty, self.no_repeat_ngram_size, self.min_new_tokens, eos_id,
+                                  prompt_length, padding)
 
 
 @dataclass

@@ -183,10 +183,11 @@ class NoRepeatNGram:
         return logits
 
 
-def _per_row(padding: Tensor, tokens: Tensor) -> Tensor:
-    """(B,) padding of the prompts' rows for `tokens`' rows: beam search's B·K rows share their row's."""
-    padding = padding.to(tokens.device)
-    return padding.repeat_interleave(tokens.shape[0] // padding.shape[0])
+def _per_row(values: Tensor, rows: Tensor) -> Tensor:
+    """(B,) per-row values of the prompts' rows (padding, a timestamp cap) for the rows of `rows` (tokens or
+    logits): beam search's B·K rows share their row's."""
+    values = values.to(rows.device)
+    return values.repeat_interleave(rows.shape[0] // values.shape[0])
 
 
 def _padding_as_first_token(tokens: Tensor, padding: Tensor | None) -> Tensor:
@@ -198,6 +199,23 @@ def _padding_as_first_token(tokens: Tensor, padding: Tensor | None) -> Tensor:
     first = tokens.gather(1, pad.clamp(max=tokens.shape[1] - 1)[:, None])
     positions = torch.arange(tokens.shape[1], device=tokens.device)
     return torch.where(positions < pad[:, None], first, tokens)
+
+
+def repetition_filters(repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_new_tokens: int = 0,
+                       eos_id: int | None = None, prompt_length: int = 0,
+                       padding: Tensor | None = None) -> list[LogitFilter]:
+    """transformers' `repetition_penalty`, `no_repeat_ngram_size` and `min_new_tokens` as logit filters, in that
+    order, each only where set (1.0, 0, 0 are off): the rules every decoder's options share. `min_new_tokens`
+    counts after the `prompt_length` prompt tokens and needs `eos_id` (none without one); `padding`: (B,) left
+    padding per row (`KVCache.padding`), which the repetition rules skip."""
+    out: list[LogitFilter] = []
+    if repetition_penalty != 1.0:
+        out.append(RepetitionPenalty(repetition_penalty, padding))
+    if no_repeat_ngram_size:
+        out.append(NoRepeatNGram(no_repeat_ngram_size, padding))
+    if min_new_tokens and eos_id is not None:
+        out.append(MinNewTokens(eos_id, prompt_length, min_new_tokens))
+    return out
 
 
 class MinNewTokens:
@@ -275,7 +293,7 @@ class TimestampRules:
             banned = (last_ts >= 0)[:, None] & (vocab >= ts) & (vocab < floor[:, None])
             logits.masked_fill_(banned, inf)
         if self.max_index is not None:
-            cap = self.max_index.to(logits.device).repeat_interleave(B // self.max_index.shape[0])
+            cap = _per_row(self.max_index, logits)
             logits.masked_fill_(vocab > (ts + cap)[:, None], inf)
         logprobs = logits.float().log_softmax(dim=-1)
         timestamp_wins = logprobs[:, ts:].logsumexp(dim=-1) > logprobs[:, :ts].amax(dim=-1)

@@ -17,10 +17,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmkit.core import (
-    BeamSearch, Greedy, LogitNormalization, MinNewTokens, NoRepeatNGram, RepetitionPenalty, SuppressTokens, generate,
-)
+from mmkit.core import BeamSearch, Greedy, LogitNormalization, SuppressTokens, generate
 from mmkit.core.attention import attention_maps
+from mmkit.core.filters import repetition_filters
 from mmkit.inference.inputs import check_types, text_items
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
 
@@ -101,14 +100,7 @@ class TranslationOptions:
         alone: the n-gram ban and the penalty read the start token too, and min_new_tokens counts after it, as
         transformers' `generate` runs an encoder-decoder (its decoder `input_ids` begin with the start token; its
         `min_length` counts that token, `min_new_tokens` does not)."""
-        filters: list[Callable[[Tensor, Tensor], Tensor]] = []
-        if self.repetition_penalty != 1.0:
-            filters.append(RepetitionPenalty(self.repetition_penalty))
-        if self.no_repeat_ngram_size:
-            filters.append(NoRepeatNGram(self.no_repeat_ngram_size))
-        if self.min_new_tokens:
-            filters.append(MinNewTokens(eos_id, 1, self.min_new_tokens))
-        return filters
+        return repetition_filters(self.repetition_penalty, self.no_repeat_ngram_size, self.min_new_tokens, eos_id, 1)
 
 
 @dataclass
