@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the transcriber imports this module
 
 log = logging.getLogger(__name__)
 
+X, Y = TypeVar("X"), TypeVar("Y")
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # Mel frames a second (100): openai seeks to a word's end in these
 
 
@@ -196,54 +197,45 @@ def _advance(f: _Open, reply: _Reply | list[WordTiming] | Exception | None, stri
 
 def _decode_batch(tr: "Transcriber", requests: list[_Request], languages: dict[int, str | None],
                   strict: bool) -> list[_Reply | Exception]:
-    """Each request's reply, the windows encoded and decoded in one batch. Where the batch fails (out of memory,
-    say), each window is decoded alone, so that only a window that fails alone fails its file."""
-    try:
-        return _decode(tr, requests, languages)
-    except Exception as e:  # noqa: BLE001 - retried alone below, or the one window's failure
-        if strict or len(requests) == 1:
-            if strict:
-                raise
-            return [e]
-        log.debug("a batch of %d windows failed; decoding them one at a time", len(requests), exc_info=True)
-    out: list[_Reply | Exception] = []
-    for r in requests:
-        try:
-            out.append(_decode(tr, [r], languages)[0])
-        except Exception as e:  # noqa: BLE001 - that window's file fails (`_advance` raises it in its generator)
-            out.append(e)
-    return out
+    """Each request's reply, the windows encoded and decoded in one batch (`_batch_or_alone`)."""
+    return _batch_or_alone(requests, lambda some: _decode(tr, some, languages), strict, "decoding")
 
 
 def _words_batch(requests: list[_Request | _Words], strict: bool) -> list[list[WordTiming] | Exception | object]:
     """The words each `_Words` request asks for (`_NOTHING` for the other requests): the windows of one decoding
-    batch aligned in one pass (`_Aligner`); where that fails, each alone, so that only a window whose alignment
-    fails alone fails its file."""
+    batch aligned in one pass (`_Aligner`, `_batch_or_alone`)."""
     out: list[list[WordTiming] | Exception | object] = [_NOTHING] * len(requests)
     batches: dict[int, list[int]] = {}  # aligner -> the requests of its batch
     for i, r in enumerate(requests):
         if isinstance(r, _Words):
             batches.setdefault(id(r.reply.aligner), []).append(i)
     for members in batches.values():
-        words = [requests[i] for i in members]
-        aligner = words[0].reply.aligner  # type: ignore[union-attr]
+        words: list[_Words] = [requests[i] for i in members]  # type: ignore[misc]
+        aligner = words[0].reply.aligner
+        found = _batch_or_alone(words, lambda some: aligner([w.reply.row for w in some], [w.spans for w in some]),
+                                strict, "aligning")
+        for i, one in zip(members, found):
+            out[i] = one
+    return out
+
+
+def _batch_or_alone(items: list[X], run: Callable[[list[X]], list[Y]], strict: bool, what: str) -> list[Y | Exception]:
+    """`run(items)`, one result per item, in one batch; where the batch fails (out of memory, say), each item run
+    alone, so that only an item that fails alone fails its file (its exception in its place; `strict`: raised)."""
+    try:
+        return run(items)  # type: ignore[return-value]
+    except Exception as e:  # noqa: BLE001 - retried alone below, or the one window's failure
+        if strict:
+            raise
+        if len(items) == 1:
+            return [e]
+        log.debug("%s a batch of %d windows failed; %s them one at a time", what, len(items), what, exc_info=True)
+    out: list[Y | Exception] = []
+    for item in items:
         try:
-            for i, found in zip(members, aligner([w.reply.row for w in words], [w.spans for w in words])):
-                out[i] = found
-            continue
-        except Exception as e:  # noqa: BLE001 - retried alone below, or the one window's failure
-            if strict or len(members) == 1:
-                if strict:
-                    raise
-                out[members[0]] = e
-                continue
-            log.debug("aligning a batch of %d windows failed; aligning them one at a time", len(members),
-                      exc_info=True)
-        for i, w in zip(members, words):
-            try:
-                out[i] = aligner([w.reply.row], [w.spans])[0]
-            except Exception as e:  # noqa: BLE001 - that window's file fails (its generator raises it)
-                out[i] = e
+            out.append(run([item])[0])
+        except Exception as e:  # noqa: BLE001 - that window's file fails (`_advance` raises it in its generator)
+            out.append(e)
     return out
 
 
