@@ -12,6 +12,13 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs the suite in two worker processes (pytest-xdist), one per core of the 2-core machines it is sized
+# for: each worker, and every process a test starts, keeps to one intra-op thread, or the two workers' OpenMP
+# threads would spin against each other (measured: two-thread workers ran slower than one serial process).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 # No test may touch the network: hubs resolve from local caches/files only.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -39,11 +46,40 @@ BROWSER_TIMEOUT_MS = 60_000
 _LOCAL_URL = re.compile(r"^(https?|wss?)://(127\.0\.0\.1|localhost)(:\d+)?/")
 
 
+# The files that run longest start first, so that the two workers (which take whole files, `--dist loadfile`) end
+# together rather than one of them running the AVX2 rerun alone at the end.
+LONGEST_FIRST = ("tests/test_machine_kinds.py", "tests/test_gpu_check.py")
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report):
+    """A worker sends its reports to the main process as UTF-8 (execnet): output that holds a non-UTF-8 file name
+    (a surrogate escape, tests/test_odd_file_names.py) would crash the worker, so it goes as a backslash escape."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def utf8(text: str) -> str:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    report.sections = [(utf8(title), utf8(content)) for title, content in report.sections]
+    if report.longrepr is not None and str(report.longrepr) != utf8(str(report.longrepr)):
+        report.longrepr = utf8(str(report.longrepr))
+
+
 def pytest_collection_modifyitems(items):
     # Any test that drives a browser gets the `browser` marker, declared or not.
     for item in items:
         if {"browser", "page"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.browser)
+    rank = {path: position for position, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

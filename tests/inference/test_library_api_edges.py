@@ -135,7 +135,13 @@ def test_closing_a_stream_stops_its_decoding(tmp_path):
     write_tiny_gpt2(tmp_path, seed=1)
     generator = load_text_generator(tmp_path)
     steps, forward = [], generator.model.forward
-    generator.model.forward = lambda *a, **k: (steps.append(1), forward(*a, **k))[1]
+
+    def slow_forward(*args, **kwargs):  # 50 steps take over a second: the wait below would see ~25 if not stopped
+        steps.append(1)
+        time.sleep(0.02)
+        return forward(*args, **kwargs)
+
+    generator.model.forward = slow_forward
     options = GenerationOptions(max_new_tokens=50)
     stream = generator.stream("A dog", options)
     next(stream)
