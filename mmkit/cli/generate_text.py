@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from mmkit.cli.options import (
-    MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, add_repetition_arguments, at_least,
-    beam_only_options, beam_size, finite, seed, utf8_text,
+    MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, add_repetition_arguments,
+    add_sampling_arguments, at_least, beam_only_options, beam_size, utf8_text,
 )
 from mmkit.cli.ranked import nothing_written, on_ranks, set_up_on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
@@ -57,10 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="mmkit export (mmkit fit ... export_dir) or transformers GPT-2 checkpoint directory")
     p.add_argument("--max-new-tokens", type=int, metavar="N",
                    help=f"tokens to generate at most ({DEFAULT_NEW_TOKENS}, at most half the model's context)")
-    p.add_argument("--temperature", type=finite(), default=0.0, metavar="T",
-                   help="sample at temperature T > 0 (default 0: greedy)")
-    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens")
-    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest token set with mass >= P")
+    add_sampling_arguments(p)
     p.add_argument("--beam-size", type=beam_size(), default=1, metavar="B",
                    help=f"beam search with B beams (deterministic; 1 to {MAX_BEAM_SIZE}), as transformers' "
                         "generate(num_beams=B)")
@@ -71,7 +68,6 @@ def _parser() -> argparse.ArgumentParser:
                         f"between (sampling only; 1 to {MAX_SAMPLES})")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", type=utf8_text,
                    help="end the continuation before TEXT (repeatable)")
-    p.add_argument("--seed", type=seed, metavar="S", help="seed of the sampler, 0 to 2**64 - 1 (reproducible samples)")
     p.add_argument("--batch-size", type=at_least(1), default=8, metavar="B",
                    help="prompts decoded together, with several prompts or a file (8)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N, mps; under torchrun, cuda is "

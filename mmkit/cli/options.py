@@ -82,6 +82,20 @@ def add_repetition_arguments(p: argparse.ArgumentParser, model_defaults: bool = 
                    help=f"no end of text before N new tokens ({whose}0)")
 
 
+def add_sampling_arguments(p: argparse.ArgumentParser, model_defaults: bool = False) -> None:
+    """--temperature, --top-k, --top-p and --seed, as transformers' `generate(do_sample=True, temperature=...,
+    top_k=..., top_p=...)`: top-k or top-p alone samples at temperature 1. Not given, the temperature is 0 (greedy),
+    or with `model_defaults` None: the model's own settings apply (the tool's, from its generation config's
+    do_sample), else greedy."""
+    whose = "the model's, else " if model_defaults else "default "
+    p.add_argument("--temperature", type=finite(), default=None if model_defaults else 0.0, metavar="T",
+                   help=f"sample at temperature T > 0 ({whose}0: greedy)")
+    p.add_argument("--top-k", type=int, metavar="K",
+                   help="sample among the K likeliest tokens (default: all; transformers' generate takes 50)")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest token set with mass >= P")
+    p.add_argument("--seed", type=seed, metavar="S", help="seed of the sampler, 0 to 2**64 - 1 (reproducible samples)")
+
+
 def beam_only_options(args: argparse.Namespace) -> str:
     """The beam-search options given (`add_beam_arguments`'), as a warning names them with its verb:
     "--length-penalty 2 is", "--length-penalty 2 and --early-stopping true are"; "" if none."""

@@ -7,6 +7,8 @@ control or invisible characters) are reported and left empty. An argument that n
 file or folder is read as a path: one .txt/.jsonl file at a time, never several files or another kind.
 `--export OUT` saves the loaded model (an imported MarianMT or T5, say) as an mmkit export in OUT, a new
 or empty folder: one that holds files (another model, say) is refused, not overwritten.
+`--temperature T` (or --top-k / --top-p) samples translations instead (back-translation, varied paraphrases):
+with `--seed S`, line N is drawn from its own seed, so the output does not depend on --batch-size or the ranks.
 
 Under torchrun (or any launcher setting torch.distributed's environment) the ranks share the work as in
 `mmkit embed`: each reads every line (or sentence argument) and plans one process's length-sorted batches,
@@ -36,8 +38,8 @@ PROG = "mmkit translate"
 
 def _parser() -> argparse.ArgumentParser:
     from mmkit.cli.options import (
-        MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, add_repetition_arguments, at_least,
-        beam_size, utf8_text,
+        MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, add_repetition_arguments,
+        add_sampling_arguments, at_least, beam_size, utf8_text,
     )
     from mmkit.inference.quantize import QUANTIZATIONS
 
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     # are 0 to 2) and keeps length ** A finite; a huge A overflows, nan/inf rank beams arbitrarily.
     add_beam_arguments(p, model_defaults=True)
     add_repetition_arguments(p, model_defaults=True)  # as transformers' generate(repetition_penalty=...), ...
+    add_sampling_arguments(p, model_defaults=True)  # each line from its own seed (TranslationOptions)
     p.add_argument("--batch-size", type=at_least(1), default=16, metavar="B", help="sentences per batch (16)")
     p.add_argument("--prefix", metavar="TEXT", type=utf8_text,
                    help='text put before every source (T5: "translate English to German: ")')
@@ -133,7 +136,8 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     given = dict(beam_size=args.beam_size, max_new_tokens=args.max_length, length_penalty=args.length_penalty,
                  early_stopping=args.early_stopping, batch_size=args.batch_size,
                  repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                 min_new_tokens=args.min_new_tokens)
+                 min_new_tokens=args.min_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                 top_p=args.top_p, seed=args.seed)
     TranslationOptions(**{k: v for k, v in given.items() if v is not None})  # refused before the model loads
     device = ranks.device(args.device)
     check_device(device)
@@ -149,7 +153,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
             log.warning("the model's num_beams %d is above --beam-size's cap: decoding with %d beams (--beam-size K "
                         "to choose)", options.beam_size, MAX_BEAM_SIZE)
         options = dataclasses.replace(options, beam_size=MAX_BEAM_SIZE)
-    taken = {k: getattr(options, k) for k in translator.defaults if given.get(k) is None
+    taken = {k: getattr(options, k) for k in translator.defaults_for(given) if given.get(k) is None
              and (k not in BEAM_ONLY or options.beam_size > 1)}  # a greedy run uses no beam setting
     if taken and ranks.first:
         log.info("decoding with the model's own settings: %s (%s)", ", ".join(f"{k} {v}" for k, v in taken.items()),
@@ -157,8 +161,11 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     # the beam count is known only now: --beam-size, else the model's generation_config.json num_beams
     unused = beam_only_options(args) if options.beam_size == 1 else ""
     if unused and ranks.first:
-        log.warning("%s unused: greedy decoding has no beams to rank or stop (search with --beam-size K > 1)",
-                    unused)
+        log.warning("%s unused: %s has no beams to rank or stop (search with --beam-size K > 1)",
+                    unused, "sampling" if options.sampling else "greedy decoding")
+    if args.seed is not None and not options.sampling and ranks.first:
+        log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
+                    "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")
     if args.export and ranks.first:
         log.info("saved an mmkit export in %s", translator.export(args.export))
     return source, options, total, translator

@@ -8,7 +8,9 @@ Parameter naming, documented once: attention `qkv` (fused self-attention) or `q`
 from mmkit.core.attention import Attention, attention_maps, causal_mask, key_padding_mask
 from mmkit.core.blocks import DropPath, LayerScale, PostNormBlock, PreNormBlock, layer_norm
 from mmkit.core.cache import AttentionCache, BlockCache, KVCache, left_padded, left_padding_mask
-from mmkit.core.decoding import BeamSearch, Generation, GenerationOptions, Greedy, Sampling, generate
+from mmkit.core.decoding import (
+    BeamSearch, Generation, GenerationOptions, Greedy, RowSampling, Sampling, check_sampling, generate,
+)
 from mmkit.core.filters import (
     LogitFilter, LogitNormalization, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin,
     SuppressTokens, Temperature, TopK, TopP,
@@ -27,9 +29,10 @@ __all__ = [
     "Attention", "AttentionCache", "BeamSearch", "BlockCache", "Decoder", "DropPath", "Encoder", "Generation",
     "GenerationOptions", "Greedy", "KVCache", "LayerNorm", "LayerScale", "LearnedPositions", "LogitFilter",
     "LogitNormalization", "MinNewTokens", "Mlp", "NoRepeatNGram", "PostNormBlock", "PreNormBlock", "QuickGELU",
-    "RMSNorm", "RelativePositionBias", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "Sampling",
+    "RMSNorm", "RelativePositionBias", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "RowSampling",
+    "Sampling",
     "SuppressAtBegin", "SuppressTokens", "SwiGLU", "Temperature", "TopK", "TopP", "TransformerStack",
-    "attention_maps", "causal_mask", "compile_stacks", "generate", "key_padding_mask", "layer_norm",
+    "attention_maps", "causal_mask", "check_sampling", "compile_stacks", "generate", "key_padding_mask", "layer_norm",
     "left_padded", "left_padding_mask", "output_logits", "resample_positions", "set_grad_checkpointing",
     "sinusoidal_positions", "sinusoidal_positions_concat", "sinusoidal_positions_halves", "tied_logits",
 ]

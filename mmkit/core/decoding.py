@@ -52,6 +52,22 @@ def _check_early_stopping(value: object) -> None:
         raise ValueError(f"early_stopping must be None, True, False or 'never', got {value!r}")
 
 
+def check_sampling(temperature: object, top_k: object, top_p: object, seed: object, beam_size: int) -> bool:
+    """The sampling settings' rules, shared by the decoders' options (`GenerationOptions`, the translator's):
+    temperature >= 0 and finite in float32, top_k None or >= 1, top_p None or in (0, 1], seed None or in
+    [0, 2**64 - 1], and no sampling with beams. Returns whether they sample (a temperature > 0, or top_k / top_p
+    given); TypeError or ValueError of one line naming the setting otherwise."""
+    _check_number("temperature", temperature, lambda t: t >= 0 and finite32(t),
+                  "temperature must be >= 0 and finite in float32 (at most 3.4e38)")
+    _check_top(top_k, top_p)
+    if seed is not None:
+        _check_int("seed", seed, 0, MAX_SEED, "seed must be in [0, 2**64 - 1]")
+    sampling = temperature > 0 or top_k is not None or top_p is not None
+    if beam_size > 1 and sampling:
+        raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beam_size 1")
+    return sampling
+
+
 def _check_top(top_k: object, top_p: object) -> None:
     """top_k None or >= 1 (0 used to switch top-k off silently); top_p None or in (0, 1]."""
     if top_k is not None:
@@ -90,6 +106,22 @@ class Sampling:
     def select(self, logits: Tensor) -> Tensor:
         probs = logits.softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+
+class RowSampling(Sampling):
+    """Sampling with one generator per row, seeded from `seeds` (one per row): a row's draws depend on its own seed
+    only, never on the other rows of the batch (one shared generator hands each row different numbers depending on
+    its companions and position). A temperature of 0 samples at 1 (top_k / top_p alone ask for sampling)."""
+
+    def __init__(self, temperature: float, seeds: Sequence[int], device: torch.device | str = "cpu",
+                 top_k: int | None = None, top_p: float | None = None) -> None:
+        super().__init__(temperature or 1.0, top_k, top_p)
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def select(self, logits: Tensor) -> Tensor:  # (B, V) -> (B,)
+        probs = logits.softmax(dim=-1)
+        return torch.cat([torch.multinomial(probs[i: i + 1], 1, generator=g)[:, 0]
+                          for i, g in enumerate(self.generators)])
 
 
 @dataclass
@@ -158,16 +190,10 @@ class GenerationOptions:
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
-        _check_number("temperature", self.temperature, lambda t: t >= 0 and finite32(t),
-                      "temperature must be >= 0 and finite in float32 (at most 3.4e38)")
-        _check_top(self.top_k, self.top_p)
         _check_int("beam_size", self.beam_size, 1)
+        check_sampling(self.temperature, self.top_k, self.top_p, self.seed, self.beam_size)
         _check_number("length_penalty", self.length_penalty, math.isfinite, "length_penalty must be finite")
         _check_number("repetition_penalty", self.repetition_penalty, lambda r: r > 0, "repetition_penalty must be > 0")
-        if self.seed is not None:
-            _check_int("seed", self.seed, 0, MAX_SEED, "seed must be in [0, 2**64 - 1]")
-        if self.beam_size > 1 and self.sampling:
-            raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beam_size 1")
         _check_early_stopping(self.early_stopping)
         _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         _check_int("min_new_tokens", self.min_new_tokens, 0)
@@ -178,11 +204,17 @@ class GenerationOptions:
     def sampling(self) -> bool:
         return self.temperature > 0 or self.top_k is not None or self.top_p is not None
 
-    def strategy(self, device: str | torch.device = "cpu") -> "Greedy | Sampling | BeamSearch":
+    def strategy(self, device: str | torch.device = "cpu",
+                 row_seeds: Sequence[int] | None = None) -> "Greedy | Sampling | BeamSearch":
+        """The decoding strategy of these options; sampling with `row_seeds` (one seed per row) draws each row
+        from its own generator (`RowSampling`: a row's tokens do not depend on its batch), else from one
+        generator seeded by `seed` (or torch's global one)."""
         if self.beam_size > 1:
             return BeamSearch(self.beam_size, self.length_penalty, self.early_stopping)
         if not self.sampling:
             return Greedy()
+        if row_seeds is not None:
+            return RowSampling(self.temperature, row_seeds, device, self.top_k, self.top_p)
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=device).manual_seed(self.seed)

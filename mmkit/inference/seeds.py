@@ -1,11 +1,13 @@
-"""Sampling seeds of the text-to-image tools (the seeds a user may give: `mmkit.limits.MAX_SEED`)."""
+"""Sampling seeds of the tools whose every output is drawn from its own seed (the seeds a user may give:
+`mmkit.limits.MAX_SEED`): an image of `mmkit generate`, a line of `mmkit translate --seed`."""
 from __future__ import annotations
 
 import hashlib
 
 
-def image_seed(seed: int, index: int) -> int:
-    """The 63-bit sampling seed of image `index` of a prompt: an image depends on the user's seed and
-    its index only, never on the batch it is sampled in (`mmkit generate --batch-size`)."""
+def indexed_seed(seed: int, index: int) -> int:
+    """The 63-bit sampling seed of output `index` (image `index` of a prompt, line `index` of a file to translate):
+    it depends on the user's seed and the index only, never on the batch the output is sampled in
+    (`mmkit generate --batch-size`, `mmkit translate --batch-size`, the ranks of a torchrun)."""
     digest = hashlib.blake2b(str(index).encode(), digest_size=8, key=str(seed).encode()).digest()
     return int.from_bytes(digest, "little") >> 1

@@ -20,7 +20,6 @@ from mmkit.inference.inputs import as_items, check_count, text_items
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
 from mmkit.inference.thread_stream import ThreadStream
-from mmkit.inference.transcript import WindowSampling
 from mmkit.limits import MAX_SAMPLES
 from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
@@ -197,10 +196,8 @@ class TextGenerator:
         cache = KVCache()
         cache.padding = padding if bool(padding.any()) else None
         stops = [s for s in as_items(stop) if s]
-        strategy = options.strategy(self.device)
-        if seeded and options.sampling and options.seed is not None:
-            strategy = WindowSampling(options.temperature, [options.seed] * len(rows), self.device)
-            strategy.top_k, strategy.top_p = options.top_k, options.top_p
+        strategy = options.strategy(self.device, [options.seed] * len(rows) if seeded and options.seed is not None
+                                    else None)
 
         def text_of(row: Tensor) -> str:  # the generated text of a row, up to EOS
             new = row[P:].tolist()

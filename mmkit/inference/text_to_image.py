@@ -26,8 +26,7 @@ from mmkit.data.bart_tokenizer import BartTokenizer
 from mmkit.data.dalle_text import WordTokenizer, words
 from mmkit.errors import quoted
 from mmkit.inference.inputs import as_items, check_count
-from mmkit.inference.seeds import image_seed
-from mmkit.inference.transcript import WindowSampling
+from mmkit.inference.seeds import indexed_seed
 from mmkit.limits import FLOAT32_MAX, MAX_SEED, finite32
 from mmkit.models.dalle import DALLE, ClassifierFreeGuidance
 from mmkit.models.dalle_bart import DalleBart
@@ -49,17 +48,13 @@ MAX_NAMED_WORDS = 20  # unknown words a prompt's note names; more are counted
 
 @dataclass
 class RowSeeded(GenerationOptions):
-    """Sampling options whose sampler draws each row from its own seed (`WindowSampling`, one
+    """Sampling options whose sampler draws each row from its own seed (`RowSampling`, one
     generator per row); `row_seeds` has one seed per row of the batch."""
 
     row_seeds: tuple[int, ...] = ()
 
-    def strategy(self, device: str | torch.device = "cpu") -> Any:
-        if not self.sampling:
-            return super().strategy(device)
-        sampler = WindowSampling(self.temperature, self.row_seeds, device)
-        sampler.top_k, sampler.top_p = self.top_k, self.top_p
-        return sampler
+    def strategy(self, device: str | torch.device = "cpu", row_seeds: Sequence[int] | None = None) -> Any:
+        return super().strategy(device, self.row_seeds if row_seeds is None else row_seeds)
 
 
 def check_options(model: DALLE | DalleBart, options: GenerationOptions, guidance: float) -> None:
@@ -388,7 +383,7 @@ class TextToImage:
         one batch). `guidance` and `top_k` None: the pipeline's own, `self.defaults` (min-dalle's guidance 16
         and top-k 256 for dalle-mini, which wants both; an export's saved ones; else 1 and none), as `mmkit
         generate` and the demo use; top_k 0: no top-k. With a seed, image i of a prompt is drawn from
-        `image_seed(seed, i)` alone: the same images whatever the batch size.
+        `indexed_seed(seed, i)` alone: the same images whatever the batch size.
 
         Returns:
             One `Generated` per prompt; with a reranker, its images sorted by CLIP score.
@@ -466,7 +461,7 @@ class TextToImage:
             n = min(batch_size, first + num_images - start)
             if seed is not None:
                 options = RowSeeded(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
-                                    row_seeds=tuple(image_seed(seed, i) for i in range(start, start + n)))
+                                    row_seeds=tuple(indexed_seed(seed, i) for i in range(start, start + n)))
             text = ids.expand(n, -1)
             with self._autocast():  # previews decode inside it, in fp32 (`preview`)
                 if bart:

@@ -12,10 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from mmkit.core.decoding import GenerationOptions, Sampling
+from mmkit.core.decoding import GenerationOptions
 from mmkit.limits import finite32
 from mmkit.data.char_tokenizer import CharTokenizer
 from mmkit.data.whisper_tokenizer import TIME_PRECISION
@@ -48,7 +46,7 @@ class DecodingOptions:
             retry it at the next temperature.
         seed: seed of the sampling generators (reproducible fallbacks): each window is sampled
             from its own generator, seeded from this, the attempt and the window's samples, so a
-            file's text does not depend on which files share its batch (`WindowSampling`).
+            file's text does not depend on which files share its batch (`RowSampling`).
         audio_context: seconds; None (default) encodes every window over the full 30 s, as
             openai/whisper, exactly. A number trades that exactness for speed on short audio
             (whisper.cpp's `audio_ctx`): a window holding d seconds is encoded over max(audio_context,
@@ -185,21 +183,6 @@ class DecodingOptions:
         return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
                                  beam_size=self.beam_size if temperature == 0 else 1,
                                  seed=(self.seed + attempt) % 2**64, early_stopping=None)  # openai-whisper's rule
-
-
-class WindowSampling(Sampling):
-    """Sampling with one generator per row: a row's draws depend on its own seed only, never on the
-    other rows of the batch (one shared generator hands each row different numbers depending on
-    its companions and position)."""
-
-    def __init__(self, temperature: float, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
-        super().__init__(temperature or 1.0)
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-
-    def select(self, logits: Tensor) -> Tensor:  # (B, V) -> (B,)
-        probs = logits.softmax(dim=-1)
-        return torch.cat([torch.multinomial(probs[i: i + 1], 1, generator=g)[:, 0]
-                          for i, g in enumerate(self.generators)])
 
 
 def window_seed(audio: np.ndarray, seed: int, attempt: int) -> int:

@@ -17,20 +17,24 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmkit.core import BeamSearch, Greedy, LogitNormalization, SuppressTokens, generate
+from mmkit.core import BeamSearch, Greedy, LogitNormalization, RowSampling, Sampling, SuppressTokens, generate
+from mmkit.core.decoding import check_sampling
 from mmkit.core.attention import attention_maps
 from mmkit.core.filters import repetition_filters
 from mmkit.inference.inputs import check_types, text_items
+from mmkit.inference.seeds import indexed_seed
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
 
 log = logging.getLogger(__name__)
 UNKNOWN_SHARE = 0.5  # a source whose tokens are mostly <unk> is in a language the vocabulary lacks
 TRANSFORMERS_TOKENIZER = "transformers"  # export metadata: tokenizer files written by transformers
-# The `TranslationOptions` fields a model's own settings may give (`Translator.defaults`), and those of them that
-# only a beam search uses.
+# The `TranslationOptions` fields a model's own settings may give (`Translator.defaults`), those of them that only a
+# beam search uses, and those that ask for sampling.
 DECODING_DEFAULTS = ("beam_size", "length_penalty", "early_stopping", "repetition_penalty", "no_repeat_ngram_size",
-                     "min_new_tokens", "renormalize_logits")
+                     "min_new_tokens", "renormalize_logits", "temperature", "top_k", "top_p")
 BEAM_ONLY = ("length_penalty", "early_stopping", "renormalize_logits")  # greedy's argmax is the same renormalised
+SAMPLING = ("temperature", "top_k", "top_p")
+TRANSFORMERS_TOP_K = 50  # transformers' GenerationConfig default: a do_sample config without top_k samples among 50
 
 
 class TranslatorError(ValueError):
@@ -52,6 +56,11 @@ class TranslationOptions:
     renormalize_logits: transformers' setting (opus-mt's generation configs set it): each step's scores are
     log-softmaxed again after every other rule (the banned <pad>, the forced EOS), so a beam search ranks beams by
     log-probabilities over the tokens left (`LogitNormalization`). Greedy decoding is the same either way.
+    temperature (> 0), top_k and top_p sample instead (transformers' `do_sample`; top_k or top_p alone sample at
+    temperature 1), after every rule above, as transformers' warpers follow its processors. With a `seed`, the
+    source at row i (`Translator.plan`'s first_row + i) draws from its own generator, seeded from the seed and i
+    alone (`indexed_seed`): the same translations whatever the batch size, the batches' order or the ranks
+    sharing them; without one, torch's global generator draws. Sampling with beams is refused.
 
     Raises:
         TypeError: a count that is not an integer (a str, a float, a bool), a ratio or penalty that is
@@ -70,6 +79,10 @@ class TranslationOptions:
     no_repeat_ngram_size: int = 0
     min_new_tokens: int = 0
     renormalize_logits: bool = False
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         check_types(self, ints=("beam_size", "max_new_tokens", "length_offset", "batch_size", "no_repeat_ngram_size",
@@ -90,6 +103,26 @@ class TranslationOptions:
         if self.no_repeat_ngram_size < 0 or self.min_new_tokens < 0:
             raise TranslatorError(f"no_repeat_ngram_size and min_new_tokens must be >= 0, got "
                                   f"{self.no_repeat_ngram_size} and {self.min_new_tokens}")
+        try:
+            check_sampling(self.temperature, self.top_k, self.top_p, self.seed, self.beam_size)
+        except ValueError as e:  # TypeError stays one: a value of the wrong type, as check_types'
+            raise TranslatorError(str(e)) from None
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0 or self.top_k is not None or self.top_p is not None
+
+    def strategy(self, device: torch.device, rows: Sequence[int]) -> BeamSearch | Greedy | Sampling:
+        """How the sources at rows `rows` (their indices in the input) are decoded: beam search, greedy, or
+        sampling, each row from its own seed (`indexed_seed`) when a seed is given."""
+        if self.beam_size > 1:
+            return BeamSearch(self.beam_size, self.length_penalty, early_stopping=self.early_stopping)
+        if not self.sampling:
+            return Greedy()
+        if self.seed is None:
+            return Sampling(self.temperature or 1.0, self.top_k, self.top_p)
+        return RowSampling(self.temperature, [indexed_seed(self.seed, row) for row in rows], device, self.top_k,
+                           self.top_p)
 
     def limit(self, n_source: int, cap: int) -> int:
         n = self.max_new_tokens or max(int(self.length_ratio * n_source) + self.length_offset, self.min_new_tokens)
@@ -114,11 +147,13 @@ class Translation:
 @dataclass
 class TranslationPlan:
     """`Translator.plan` of a list of texts: one Translation per text (its error set where the source cannot be
-    encoded), the source ids of those to translate, and their indices in length-sorted batches."""
+    encoded), the source ids of those to translate, their indices in length-sorted batches, and the input row of
+    text 0 (a chunk of a file: its offset; a seeded sampling draws row `first_row + i` from its own seed)."""
 
     results: list[Translation]
     sources: dict[int, list[int]]
     batches: list[list[int]]
+    first_row: int = 0
 
     @property
     def skipped(self) -> int:
@@ -241,22 +276,37 @@ class Translator:
         todo.sort(key=lambda item: len(item[1]))  # similar lengths share a batch: little padding
         batches = [[i for i, _ in todo[start : start + options.batch_size]]
                    for start in range(0, len(todo), options.batch_size)]
-        return TranslationPlan(results, dict(todo), batches)
+        return TranslationPlan(results, dict(todo), batches, first_row)
 
     def translate_batches(self, plan: TranslationPlan, batches: Sequence[list[int]], options: TranslationOptions,
                           on_batch: Callable[[int], None] | None = None) -> list[Translation]:
         """`plan.results` with the rows of `batches` (some of `plan.batches`) translated."""
         for rows in batches:
-            for i, ids in zip(rows, self._decode([plan.sources[i] for i in rows], options)):
+            for i, ids in zip(rows, self._decode([plan.sources[i] for i in rows], options,
+                                                 [plan.first_row + i for i in rows])):
                 plan.results[i].tokens, plan.results[i].text = ids, self.codec.decode(ids)
             if on_batch is not None:
                 on_batch(len(rows))
         return plan.results
 
     def default_options(self, **given: Any) -> TranslationOptions:
-        """`TranslationOptions` of the model's own decoding settings (`defaults`) with `given`'s over them (a
-        None is not given)."""
-        return TranslationOptions(**{**self.defaults, **{k: v for k, v in given.items() if v is not None}})
+        """`TranslationOptions` of the model's own decoding settings (`defaults_for(given)`) with `given`'s over
+        them (a None is not given)."""
+        given = {k: v for k, v in given.items() if v is not None}
+        return TranslationOptions(**{**self.defaults_for(given), **given})
+
+    def defaults_for(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The model's own settings that options `given` leave in force: all of them, less those of the other way of
+        decoding where `given` chooses one, as a `generate(...)` argument overrides a generation config: a sampling
+        setting given (temperature > 0, top_k, top_p) drops the model's beams and their settings, a beam count
+        given drops the model's sampling, and a temperature of 0 given alone (greedy) drops its top_k / top_p."""
+        given = {k: v for k, v in given.items() if v is not None}
+        drop: set[str] = set()
+        if "beam_size" not in given and ((given.get("temperature") or 0) > 0 or "top_k" in given or "top_p" in given):
+            drop |= {"beam_size", *BEAM_ONLY}
+        if given.get("beam_size", 1) > 1 or given.get("temperature") == 0 and not {"top_k", "top_p"} & set(given):
+            drop |= set(SAMPLING)
+        return {k: v for k, v in self.defaults.items() if k not in drop}
 
     def translate(self, texts: str | Sequence[str], options: TranslationOptions | None = None,
                   on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
@@ -271,7 +321,7 @@ class Translator:
         return self.translate_batches(plan, plan.batches, options, on_batch)
 
     @torch.no_grad()
-    def _decode(self, sources: list[list[int]], options: TranslationOptions) -> list[list[int]]:
+    def _decode(self, sources: list[list[int]], options: TranslationOptions, rows: Sequence[int]) -> list[list[int]]:
         c = self.codec
         src = torch.full((len(sources), max(map(len, sources))), c.pad_id, device=self.device)
         for r, ids in enumerate(sources):
@@ -281,8 +331,7 @@ class Translator:
         # Each row stops at its own limit (relative to its own source), as it would alone.
         limits = torch.tensor([options.limit(len(ids), self.max_target_tokens) for ids in sources],
                               device=self.device)
-        strategy = (BeamSearch(options.beam_size, options.length_penalty, early_stopping=options.early_stopping)
-                    if options.beam_size > 1 else Greedy())
+        strategy = options.strategy(self.device, rows)
         # repetition rules and minimum length, suppressed tokens, then the forced EOS, which overrides them all, as
         # in transformers' processors (the others ban tokens, in any order), and the renormalisation after them all
         filters = options.filters(c.eos_id) + ([SuppressTokens(c.suppress)] if c.suppress else [])
@@ -474,9 +523,26 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
                                    "repetition_penalty": decoding.get("repetition_penalty"),
                                    "no_repeat_ngram_size": decoding.get("no_repeat_ngram_size"),
                                    "min_new_tokens": _min_new_tokens(decoding, where),
-                                   "renormalize_logits": decoding.get("renormalize_logits")}, where)
+                                   "renormalize_logits": decoding.get("renormalize_logits"),
+                                   **_sampling(decoding, where)}, where)
     return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
                       defaults)
+
+
+def _sampling(decoding: dict[str, Any], where: str) -> dict[str, Any]:
+    """The sampling settings of a transformers generation config: none unless it sets do_sample, else its
+    temperature, top_k and top_p with transformers' defaults for those not set (1.0, 50, 1.0; a top_k of 0 and a
+    top_p of 1 are off). A do_sample with beams (transformers' beam sampling) is not run: beam search, said once."""
+    if decoding.get("do_sample") is not True:
+        return {}
+    if isinstance(decoding.get("num_beams"), int) and decoding["num_beams"] > 1:
+        log.warning("%s: do_sample with num_beams %d (beam sampling) is not run: decoding with beam search "
+                    "(--temperature T to sample)", where, decoding["num_beams"])
+        return {}
+    temperature, top_k, top_p = (decoding.get(k) for k in SAMPLING)
+    return {"temperature": 1.0 if temperature is None else temperature,
+            "top_k": TRANSFORMERS_TOP_K if "top_k" not in decoding else top_k or None,
+            "top_p": None if top_p is None or top_p == 1.0 else top_p}
 
 
 def _min_new_tokens(decoding: dict[str, Any], where: str) -> Any:

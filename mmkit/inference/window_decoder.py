@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmkit.core import BeamSearch, KVCache, SuppressAtBegin, SuppressTokens, generate
+from mmkit.core import BeamSearch, KVCache, RowSampling, SuppressAtBegin, SuppressTokens, generate
 from mmkit.core.filters import LogitFilter, RepetitionGuard, TimestampRules, is_loop
 from mmkit.inference.speech_checkpoints import SpeechTokenizer
-from mmkit.inference.transcript import Decoded, DecodingOptions, WindowSampling, window_seed
+from mmkit.inference.transcript import Decoded, DecodingOptions, window_seed
 from mmkit.models.whisper import Whisper
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class WindowDecoder:
         if generation.sampling:  # a generator per row, seeded from its window: batching changes no draw
             n = o.best_of
             seeds = [(window_seed(a, o.seed, attempt) + k) % 2**63 for a in audios for k in range(n)]
-            strategy = WindowSampling(temperature, seeds, context.device)
+            strategy = RowSampling(temperature, seeds, context.device)
         if n > 1:  # best-of-N: N rows per window
             rep = torch.arange(B, device=context.device).repeat_interleave(n)
             context, prompts, max_index = context[rep], prompts[rep], max_index[rep.to(max_index.device)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmkit.data.dalle_text import WordTokenizer
-from mmkit.inference.seeds import image_seed
+from mmkit.inference.seeds import indexed_seed
 from mmkit.limits import MAX_SEED
 
 from _dalle import tiny_text_to_image
@@ -34,9 +34,9 @@ def test_batch_size_does_not_change_the_images(t2i):
 
 
 def test_image_seeds_stay_in_torchs_range_and_differ():
-    seeds = [image_seed(s, i) for s in (0, 1, MAX_SEED) for i in range(4)]
+    seeds = [indexed_seed(s, i) for s in (0, 1, MAX_SEED) for i in range(4)]
     assert len(set(seeds)) == 12 and all(0 <= s < 2**63 for s in seeds)
-    torch.Generator().manual_seed(image_seed(MAX_SEED, 0))
+    torch.Generator().manual_seed(indexed_seed(MAX_SEED, 0))
 
 
 @pytest.mark.parametrize("change, match", [
