@@ -35,6 +35,16 @@ DECODING_DEFAULTS = ("beam_size", "length_penalty", "early_stopping", "repetitio
 BEAM_ONLY = ("length_penalty", "early_stopping", "renormalize_logits")  # greedy's argmax is the same renormalised
 SAMPLING = ("temperature", "top_k", "top_p")
 TRANSFORMERS_TOP_K = 50  # transformers' GenerationConfig default: a do_sample config without top_k samples among 50
+# Generation-config settings that change transformers' decoding and that the translator does not apply, with the
+# values that leave them off (None: unset), those of sampling apart: a config that sets one is said at load, not
+# decoded otherwise in silence. The encoder's repetition rules serve summarisation (input-grounded text), not
+# translation, whose source and target vocabularies rarely share tokens.
+UNAPPLIED = {"encoder_repetition_penalty": (1.0, None), "encoder_no_repeat_ngram_size": (0, None),
+             "num_beam_groups": (1, None), "penalty_alpha": (None,), "exponential_decay_length_penalty": (None,),
+             "sequence_bias": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+             "forced_bos_token_id": (None,)}
+UNAPPLIED_SAMPLING = {"typical_p": (1.0, None), "epsilon_cutoff": (0.0, None), "eta_cutoff": (0.0, None),
+                      "min_p": (None,)}
 
 
 class TranslatorError(ValueError):
@@ -304,15 +314,15 @@ class Translator:
         drop: set[str] = set()
         if "beam_size" not in given and ((given.get("temperature") or 0) > 0 or "top_k" in given or "top_p" in given):
             drop |= {"beam_size", *BEAM_ONLY}
-        if given.get("beam_size", 1) > 1 or given.get("temperature") == 0 and not {"top_k", "top_p"} & set(given):
+        if given.get("beam_size", 1) > 1 or (given.get("temperature") == 0 and not {"top_k", "top_p"} & set(given)):
             drop |= set(SAMPLING)
         return {k: v for k, v in self.defaults.items() if k not in drop}
 
     def translate(self, texts: str | Sequence[str], options: TranslationOptions | None = None,
                   on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
         """One `Translation` per text, in order (a lone str is one text: a list of one); `on_batch(n)` after
-        every n sources done. Messages name text i as line `first_row + i + 1` (a file read in chunks passes
-        each chunk's offset). Without `options`, the model's own settings; options given are used as they are
+        every n sources done. Messages name text i as line `first_row + i + 1`, and a seeded sampling draws it
+        from row `first_row + i`'s seed (a file read in chunks passes each chunk's offset). Without `options`, the model's own settings; options given are used as they are
         (`default_options(batch_size=8)` starts from the model's)."""
         options = options or self.default_options()
         plan = self.plan(texts, options, first_row)
@@ -513,11 +523,12 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
     decoding = _read_json(generation) if generation.is_file() else cfg  # transformers reads one or the other
     settings = {**cfg, **decoding}
     bad_words, forced_eos = settings.get("bad_words_ids"), settings.get("forced_eos_token_id")
+    where = f"{generation if generation.is_file() else directory / 'config.json'}"
+    _say_unapplied(decoding, bad_words, where)
     codec = _hf_codec(directory, int(cfg["decoder_start_token_id"]), int(cfg["eos_token_id"]),
                       int(cfg["pad_token_id"]), [w[0] for w in bad_words or [] if len(w) == 1])
     # Marian's sinusoid table bounds both sides; T5's relative positions do not (512 as its tokenizers).
     max_len = cfg.get("max_position_embeddings", 512)
-    where = f"{generation if generation.is_file() else directory / 'config.json'}"
     defaults = _decoding_defaults({"beam_size": decoding.get("num_beams"), "length_penalty":
                                    decoding.get("length_penalty"), "early_stopping": decoding.get("early_stopping"),
                                    "repetition_penalty": decoding.get("repetition_penalty"),
@@ -527,6 +538,17 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
                                    **_sampling(decoding, where)}, where)
     return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
                       defaults)
+
+
+def _say_unapplied(decoding: dict[str, Any], bad_words: Any, where: str) -> None:
+    """One warning naming the settings of a transformers generation config that the translator does not apply
+    (`UNAPPLIED`; those of sampling where it samples; bad words of several tokens: only single tokens are banned)."""
+    rules = {**UNAPPLIED, **(UNAPPLIED_SAMPLING if decoding.get("do_sample") is True else {})}
+    unapplied = [f"{k} {decoding[k]!r}" for k, off in rules.items() if k in decoding and decoding[k] not in off]
+    if isinstance(bad_words, list) and any(isinstance(w, list) and len(w) > 1 for w in bad_words):
+        unapplied.append("bad_words_ids of several tokens")
+    if unapplied:
+        log.warning("%s: not applied by mmkit (transformers' generate would): %s", where, ", ".join(unapplied))
 
 
 def _sampling(decoding: dict[str, Any], where: str) -> dict[str, Any]:

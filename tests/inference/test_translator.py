@@ -668,3 +668,29 @@ def test_renormalize_logits_from_a_generation_config_is_transformers_beam_search
     (directory / "generation_config.json").write_text(json.dumps({**config, "renormalize_logits": False}))
     unset = load_translator(directory)
     assert unset.defaults == {"beam_size": 3} and [r.tokens for r in unset.translate(texts)] == plain
+
+
+def test_generation_config_settings_the_translator_does_not_apply_are_named_once(marian, tmp_path, caplog):
+    """A generation config's settings that would change transformers' decoding and that mmkit does not apply (the
+    encoder's repetition rules, diverse beams, bad words of several tokens, sampling cut-offs where it samples) are
+    named in one warning at load; the neutral values written out by save_pretrained are not."""
+    import shutil
+
+    directory = shutil.copytree(marian, tmp_path / "m")
+    pad = json.loads((directory / "config.json").read_text())["pad_token_id"]
+    neutral = {"encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0, "num_beam_groups": 1,
+               "typical_p": 1.0, "forced_bos_token_id": None, "bad_words_ids": [[pad]], "do_sample": True}
+    (directory / "generation_config.json").write_text(json.dumps(neutral))
+    with caplog.at_level(logging.WARNING):
+        load_translator(directory)
+    assert "not applied" not in caplog.text
+    caplog.clear()
+    (directory / "generation_config.json").write_text(json.dumps(
+        {**neutral, "encoder_repetition_penalty": 1.2, "num_beam_groups": 2, "typical_p": 0.9,
+         "bad_words_ids": [[pad], [5, 6]]}))
+    with caplog.at_level(logging.WARNING):
+        load_translator(directory)
+    lines = [r.getMessage() for r in caplog.records if "not applied" in r.getMessage()]
+    assert lines == [f"{directory / 'generation_config.json'}: not applied by mmkit (transformers' generate would): "
+                     "encoder_repetition_penalty 1.2, num_beam_groups 2, typical_p 0.9, bad_words_ids of several "
+                     "tokens"]
