@@ -19,6 +19,7 @@ from mmkit.audio import SAMPLE_RATE
 from mmkit.cli.bench.transcribe import synth_speechlike, write_toy_checkpoint
 from mmkit.cli.transcribe import main
 from mmkit.inference import DecodingOptions, Transcriber, load_speech_model
+from tests._memory import PEAK_KIB
 
 TINY = dict(d_model=64, encoder_layers=1, decoder_layers=2, heads=4, n_text_tokens=400, eot_scale=3.0)
 
@@ -184,11 +185,11 @@ def test_sampling_fallback_does_not_depend_on_batch_companions(model_dir):
 
 # --- #4: long audio in bounded memory -----------------------------------------------------------
 
-_PEAK_RSS = """
-import resource, sys
+_PEAK_RSS = PEAK_KIB + """
+import sys
 from mmkit.cli.transcribe import main
 def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_kib() / 1024
 args = sys.argv[3:]
 assert main([sys.argv[1], *args]) == 0
 before = peak_mb()

@@ -16,6 +16,7 @@ import torch
 
 from mmkit.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioLoadError, log_mel_spectrogram
 from mmkit.audio.long_features import SpilledAudio
+from tests._memory import PEAK_KIB
 
 TOL = 1e-5  # observed: 0.0 (bit-identical) on CPU for every case here
 
@@ -179,9 +180,6 @@ _MEMORY_PROBE = textwrap.dedent("""
         with SpilledAudio(stream(seconds), 80, padding=N_SAMPLES) as a:
             for seek in range(0, a.content_frames, N_FRAMES):
                 a.features(seek, N_FRAMES).sum(), a.samples(seek * 160, (seek + N_FRAMES) * 160)
-    def peak_kib():  # this process's own peak: ru_maxrss starts at the parent's (Linux keeps it across exec)
-        with open("/proc/self/status") as f:
-            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
     run(60)  # warm-up: libraries, allocator pools and one window's buffers are in the baseline
     base = peak_kib()
     run(minutes * 60)
@@ -190,7 +188,7 @@ _MEMORY_PROBE = textwrap.dedent("""
 
 
 def _peak_growth_mib(minutes: float, mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(minutes), mode], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", PEAK_KIB + _MEMORY_PROBE, str(minutes), mode], capture_output=True, text=True,
                          check=True, timeout=120)
     return float(out.stdout.split()[-1])
 

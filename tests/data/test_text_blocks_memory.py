@@ -12,11 +12,12 @@ import textwrap
 
 import pytest
 from _gpt import OBJECTS, SUBJECTS, VERBS, tiny_tokenizer
+from tests._memory import PEAK_KIB
 
 CORPUS_MB = 16  # tokenising dominates the run time: ~1 s a MB on two busy cores
 
 SETUP = textwrap.dedent("""
-    import functools, json, resource, sys, time
+    import functools, json, sys, time
     from mmkit.data.gpt_tokenizer import ByteBPETokenizer
     from mmkit.data.text_blocks import TextBlocksDataModule
 
@@ -29,11 +30,11 @@ SETUP = textwrap.dedent("""
 
     data(sys.argv[1]).setup("fit")  # what any corpus costs: libraries, the tokenizer, its threads and cache
     dm = data(sys.argv[2])
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_kib() * 1024
     start = time.perf_counter()
     dm.setup("fit")
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_kib() * 1024
     batch = next(iter(dm.train_dataloader()))  # read back through the memmap, in worker processes
     print(json.dumps({"growth": peak - before, "seconds": seconds, "train_blocks": len(dm.train_set),
                       "val_blocks": len(dm.val_set), "tokens": dm.train_set.num_tokens + dm.val_set.num_tokens,
@@ -63,7 +64,7 @@ def test_setup_memory_grows_by_a_small_fraction_of_the_corpus(tmp_path):
     size = write_corpus(big, CORPUS_MB)
     tiny_tokenizer(1000).save(tmp_path / "tok")  # trained on the grammar: few tokens a word, quick to run
     env = {**os.environ, "MMKIT_CACHE": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", SETUP, str(small), str(big), str(tmp_path / "tok")],
+    out = subprocess.run([sys.executable, "-c", PEAK_KIB + SETUP, str(small), str(big), str(tmp_path / "tok")],
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
