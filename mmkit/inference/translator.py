@@ -322,8 +322,9 @@ class Translator:
                   on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
         """One `Translation` per text, in order (a lone str is one text: a list of one); `on_batch(n)` after
         every n sources done. Messages name text i as line `first_row + i + 1`, and a seeded sampling draws it
-        from row `first_row + i`'s seed (a file read in chunks passes each chunk's offset). Without `options`, the model's own settings; options given are used as they are
-        (`default_options(batch_size=8)` starts from the model's)."""
+        from row `first_row + i`'s seed (a file read in chunks passes each chunk's offset). Without `options`, the
+        model's own settings; options given are used as they are (`default_options(batch_size=8)` starts from the
+        model's)."""
         options = options or self.default_options()
         plan = self.plan(texts, options, first_row)
         if plan.skipped and on_batch is not None:
