@@ -148,3 +148,20 @@ def test_the_vit_recipe_fits_on_the_gpu_in_bf16_mixed(tmp_path, monkeypatch):
     model = ViT.from_pretrained(export)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert Path(export, "model.safetensors").is_file()
+
+
+def test_seeded_translation_samples_on_the_gpu_do_not_depend_on_batches(tmp_path):
+    """`RowSampling` draws each row from its own CUDA generator: the same samples at batch size 1 and 8, and top-k 1
+    samples the greedy translations."""
+    from mmkit.inference.translator import TranslationOptions, load_translator
+    from tests.inference._translation_fixtures import write_marian_dir
+
+    directory = write_marian_dir(tmp_path / "marian")
+    texts = ["seven", "one hundred and twenty-three", "third", "forty-two", "nine hundred"]
+    gpu = load_translator(directory, device="cuda")
+
+    def sampled(batch_size: int) -> list:
+        return gpu.translate(texts, TranslationOptions(temperature=1.2, seed=3, batch_size=batch_size))
+
+    assert sampled(1) == sampled(8)
+    assert gpu.translate(texts, TranslationOptions(top_k=1, seed=3)) == gpu.translate(texts)
