@@ -215,12 +215,8 @@ class _CaptionDataModule(pl.LightningDataModule):
         check_image_size(image_size)  # a typo's size would be met only in the first batch, as a MemoryError
         self.batch_size, self.num_workers, self.val_split, self.seed = batch_size, num_workers, val_split, seed
         self.tokenizer = CLIPTokenizer(context_length=context_length)
-        self.image_size, self.interpolation = image_size, interpolation
-        # No flips: captions say "left" and "right". CLIP's mild random-resized crop, OpenAI statistics.
-        self.train_transform = create_transform(image_size, is_training=True, hflip=0.0, scale=scale,
-                                                ratio=(3 / 4, 4 / 3), interpolation=interpolation,
-                                                mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
-        self.eval_transform = EvalTransform(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, interpolation)
+        self.image_size, self.interpolation, self.scale = image_size, interpolation, scale
+        self._transforms(EvalTransform(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, interpolation))
         self.samples: dict[str, list[CaptionSample]] = {}
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of every file left out
 
@@ -233,10 +229,28 @@ class _CaptionDataModule(pl.LightningDataModule):
         appended to `dropped` as (item, reason)."""
         raise NotImplementedError
 
+    def _transforms(self, eval_transform: EvalTransform) -> None:
+        """Validation's transform and training's with the same statistics. No flips: captions say "left" and
+        "right". CLIP's mild random-resized crop."""
+        self.eval_transform = eval_transform
+        self.train_transform = create_transform(self.image_size, is_training=True, hflip=0.0, scale=self.scale,
+                                                ratio=(3 / 4, 4 / 3), interpolation=self.interpolation,
+                                                mean=eval_transform.mean, std=eval_transform.std)
+
+    def normalize_as(self, preprocess: dict) -> dict:
+        """Normalise, and resize for evaluation, as a fine-tuned model was pretrained (`CLIPTask.setup`): the mean,
+        std and resize_mode its import recorded (SigLIP: 0.5 and squash), over OpenAI's statistics and the short
+        side, as open_clip's training takes the pretrained model's own preprocess config. Returns those changed."""
+        transform, changed = self.eval_transform.normalized_as(preprocess)
+        if changed:
+            self._transforms(transform)
+        return changed
+
     def inference_metadata(self) -> dict:
         """What an exported checkpoint needs to preprocess like validation did."""
+        t = self.eval_transform
         return {"image_size": self.image_size, "crop_pct": 1.0, "interpolation": self.interpolation,
-                "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD),
+                "mean": list(t.mean), "std": list(t.std), "resize_mode": t.resize_mode,
                 "context_length": self.tokenizer.context_length}
 
     def setup(self, stage: str | None = None) -> None:

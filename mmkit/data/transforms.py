@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,16 @@ class EvalTransform:
                     or (name == "std" and min(values) <= 0)):
                 raise ValueError(f"{name} must be 3 finite numbers{', each > 0' if name == 'std' else ''}, "
                                  f"got {list(values)}")
+
+    def normalized_as(self, preprocess: dict[str, Any]) -> tuple["EvalTransform", dict[str, Any]]:
+        """This transform with the mean, std and resize_mode of a model's recorded preprocessing (`CLIP.preprocess`:
+        SigLIP's 0.5 and squash) where they are given, and those that changed ({} and this transform if none)."""
+        changed = {k: preprocess[k] for k in ("mean", "std", "resize_mode") if preprocess.get(k) is not None
+                   and (list(preprocess[k]) if k != "resize_mode" else preprocess[k]) != (
+                       list(getattr(self, k)) if k != "resize_mode" else self.resize_mode)}
+        if not changed:
+            return self, {}
+        return replace(self, **{k: v if k == "resize_mode" else tuple(v) for k, v in changed.items()}), changed
 
     @property
     def resize_to(self) -> int:

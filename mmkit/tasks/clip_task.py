@@ -62,13 +62,22 @@ class CLIPTask(ModelTask, pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Refuse captions tokenized longer than the text tower's learned positions, before the run starts: the
-        first batch failed mid-run with "sequence of 77 positions exceeds max_len 16", naming neither option."""
-        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        first batch failed mid-run with "sequence of 77 positions exceeds max_len 16", naming neither option.
+        A model that records its own preprocessing (an import, a run's export: `CLIP.preprocess`) has the data
+        normalised as it was pretrained (the data module's `normalize_as`), as open_clip's training does: a
+        SigLIP fine-tuned on OpenAI's statistics saw shifted inputs from its first step."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tokenizer = getattr(datamodule, "tokenizer", None)
         length, max_len = getattr(tokenizer, "context_length", None), self.model.context_length
         if isinstance(length, int) and length > max_len:
             raise ValueError(f"--data.init_args.context_length {length} exceeds the text tower's max_len {max_len} "
                              "(--model.init_args.model.init_args.text.init_args.max_len): give a context_length of "
                              f"at most {max_len}, or a text tower with max_len {length} or more")
+        if self.model.preprocess and hasattr(datamodule, "normalize_as"):
+            changed = datamodule.normalize_as(self.model.preprocess)
+            if changed and self.trainer.is_global_zero:
+                log.info("the data is preprocessed as the model was pretrained: %s (its recorded preprocessing)",
+                         ", ".join(f"{k} {v}" for k, v in changed.items()))
 
     def train(self, mode: bool = True) -> "CLIPTask":
         super().train(mode)

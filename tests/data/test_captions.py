@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor
 
 from mmkit.data import (
     CaptionCollate,
@@ -186,3 +187,29 @@ def test_a_sidecar_val_split_names_images_and_val_dir(tmp_path):
     with pytest.raises(ValueError, match=r"^val_split 0.1 leaves no validation images \(4 in all\); raise it to 0.25 "
                                          r"or more, or give val_dir$"):
         dm.setup("fit")
+
+
+def test_normalize_as_takes_a_models_recorded_statistics_for_training_and_evaluation(tmp_path):
+    """`normalize_as` (what `CLIPTask.setup` calls for a model that records its preprocessing): both transforms
+    normalise with the model's mean and std, evaluation resizes as it does, and the export metadata says so; the
+    values it already has change nothing."""
+    dm = CaptionTableDataModule(train_file=str(_table(tmp_path, 8)), image_size=8, batch_size=4, num_workers=0,
+                                context_length=12)
+    flat = Image.new("RGB", (12, 10), (255, 0, 0))
+
+    def statistics() -> tuple[list[float], list[float], Tensor]:
+        """(training's Normalize mean and std (its colour jitter makes its pixels random), an evaluated pixel)"""
+        normalize = dm.train_transform.transforms[-1]
+        return normalize.mean.tolist(), normalize.std.tolist(), dm.eval_transform(flat)[:, 0, 0]
+
+    openai = statistics()
+    assert dm.normalize_as({"mean": list(dm.eval_transform.mean), "std": dm.eval_transform.std}) == {}
+    assert statistics()[:2] == openai[:2] and statistics()[2].tolist() == openai[2].tolist()
+    siglip = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize_mode": "squash", "interpolation": "bilinear"}
+    assert dm.normalize_as(siglip) == {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"}
+    mean, std, pixel = statistics()
+    assert mean == std == [0.5] * 3 and mean != openai[0]
+    torch.testing.assert_close(pixel, torch.tensor([1.0, -1.0, -1.0]))  # (pixel - 0.5) / 0.5 of pure red
+    meta = dm.inference_metadata()
+    assert (meta["mean"], meta["std"], meta["resize_mode"], meta["interpolation"]) == (
+        [0.5] * 3, [0.5] * 3, "squash", "bicubic")  # the resize filter stays the data module's own argument

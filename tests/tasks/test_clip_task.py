@@ -317,3 +317,31 @@ def test_zero_shot_evaluation_refuses_an_image_dir_that_is_no_class_folder_befor
         with pytest.raises(ValueError, match=re.escape(f"ZeroShotEvaluation image_dir {folder}: {message}")):
             fit.fit(CLIPTask(tiny_clip()), shapes())
         assert fit.global_step == 0
+
+
+def test_a_model_with_its_own_preprocessing_has_the_data_normalised_as_it_was_pretrained(tmp_path, caplog):
+    """open_clip trains a pretrained model on its own preprocess config: so does a fit of a model that records one
+    (an import: SigLIP's mean/std 0.5 and squash), said once; the export records what the run used. A model without
+    one (trained from scratch) keeps the data module's OpenAI statistics."""
+    import logging
+
+    from mmkit.inference.clip_loader import clip_eval_transform
+
+    model = tiny_clip(seed=4)
+    model.preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize_mode": "squash"}
+    dm, plain = shapes(), shapes()
+    task = CLIPTask(model)
+    with caplog.at_level(logging.INFO, logger="mmkit.tasks.clip_task"):
+        trainer(tmp_path).validate(task, dm, verbose=False)
+    assert "the data is preprocessed as the model was pretrained: mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5], " \
+           "resize_mode squash" in caplog.text
+    image = dm.datasets["val"][0][0]
+    torch.testing.assert_close(image, (plain.datasets["val"][0][0] * torch.tensor(plain.transform.std)[:, None, None]
+                                       + torch.tensor(plain.transform.mean)[:, None, None] - 0.5) / 0.5,
+                               rtol=0, atol=1e-5)  # the same pixels, normalised with the model's statistics
+    task.export(tmp_path / "export", dm.inference_metadata())
+    exported = clip_eval_transform(str(tmp_path / "export"))
+    assert (exported.mean, exported.std, exported.resize_mode) == ((0.5,) * 3, (0.5,) * 3, "squash")
+    scratch = shapes()
+    trainer(tmp_path).validate(CLIPTask(tiny_clip()), scratch, verbose=False)
+    assert scratch.transform == plain.transform
