@@ -188,8 +188,8 @@ _MEMORY_PROBE = textwrap.dedent("""
 
 
 def _peak_growth_mib(minutes: float, mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", PEAK_KIB + _MEMORY_PROBE, str(minutes), mode], capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", PEAK_KIB + _MEMORY_PROBE, str(minutes), mode], capture_output=True,
+                         text=True, check=True, timeout=120)
     return float(out.stdout.split()[-1])
 
 
