@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help="mmkit export, MarianMT or T5 directory")
     p.add_argument("--output", metavar="FILE", help="write here (.txt: one line each; .jsonl: with errors)")
     p.add_argument("--beam-size", type=beam_size(), metavar="K",
-                   help=f"beam search with K beams (1: greedy; at most {MAX_BEAM_SIZE}; default: the model's "
-                        "generation_config.json num_beams, else 1)")
+                   help=f"beam search with K beams (1: greedy, or sampling where --temperature or the model "
+                        f"samples; at most {MAX_BEAM_SIZE}; default: the model's generation_config.json num_beams, "
+                        "else 1)")
     p.add_argument("--max-length", type=at_least(1), metavar="N",
                    help="tokens to generate at most (default: 2 x source tokens + 10)")
     # The score divides by length ** A: |A| <= 10 spans every useful setting (transformers' and Marian's
