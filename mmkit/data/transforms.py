@@ -77,12 +77,14 @@ class EvalTransform:
     def normalized_as(self, preprocess: dict[str, Any]) -> tuple["EvalTransform", dict[str, Any]]:
         """This transform with the mean, std and resize_mode of a model's recorded preprocessing (`CLIP.preprocess`:
         SigLIP's 0.5 and squash) where they are given, and those that changed ({} and this transform if none)."""
-        changed = {k: preprocess[k] for k in ("mean", "std", "resize_mode") if preprocess.get(k) is not None
-                   and (list(preprocess[k]) if k != "resize_mode" else preprocess[k]) != (
-                       list(getattr(self, k)) if k != "resize_mode" else self.resize_mode)}
+        def value(key: str, given: Any) -> Any:  # statistics as the tuples this transform holds
+            return given if key == "resize_mode" else tuple(given)
+
+        changed = {k: preprocess[k] for k in ("mean", "std", "resize_mode")
+                   if preprocess.get(k) is not None and value(k, preprocess[k]) != getattr(self, k)}
         if not changed:
             return self, {}
-        return replace(self, **{k: v if k == "resize_mode" else tuple(v) for k, v in changed.items()}), changed
+        return replace(self, **{k: value(k, v) for k, v in changed.items()}), changed
 
     @property
     def resize_to(self) -> int:

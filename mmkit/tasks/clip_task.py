@@ -64,8 +64,8 @@ class CLIPTask(ModelTask, pl.LightningModule):
         """Refuse captions tokenized longer than the text tower's learned positions, before the run starts: the
         first batch failed mid-run with "sequence of 77 positions exceeds max_len 16", naming neither option.
         A model that records its own preprocessing (an import, a run's export: `CLIP.preprocess`) has the data
-        normalised as it was pretrained (the data module's `normalize_as`), as open_clip's training does: a
-        SigLIP fine-tuned on OpenAI's statistics saw shifted inputs from its first step."""
+        normalised as it was pretrained (the data module's `normalize_as`), as open_clip's training does: a model
+        pretrained on other statistics and fine-tuned on OpenAI's saw shifted inputs from its first step."""
         datamodule = getattr(self.trainer, "datamodule", None)
         tokenizer = getattr(datamodule, "tokenizer", None)
         length, max_len = getattr(tokenizer, "context_length", None), self.model.context_length
