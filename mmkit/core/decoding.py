@@ -62,10 +62,33 @@ def check_sampling(temperature: object, top_k: object, top_p: object, seed: obje
     _check_top(top_k, top_p)
     if seed is not None:
         _check_int("seed", seed, 0, MAX_SEED, "seed must be in [0, 2**64 - 1]")
-    sampling = temperature > 0 or top_k is not None or top_p is not None
+    sampling = is_sampling(temperature, top_k, top_p)  # type: ignore[arg-type]
     if beam_size > 1 and sampling:
         raise ValueError("beam search is deterministic: drop temperature/top_k/top_p or use beam_size 1")
     return sampling
+
+
+def is_sampling(temperature: float, top_k: int | None, top_p: float | None) -> bool:
+    """Whether checked settings (`check_sampling`) sample: a temperature > 0, or top_k / top_p given (which sample
+    at temperature 1)."""
+    return temperature > 0 or top_k is not None or top_p is not None
+
+
+def decoding_strategy(beam_size: int, length_penalty: float, early_stopping: bool | str | None, temperature: float,
+                      top_k: int | None, top_p: float | None, device: str | torch.device = "cpu",
+                      seed: int | None = None, row_seeds: Sequence[int] | None = None,
+                      ) -> "Greedy | Sampling | BeamSearch":
+    """The strategy of checked decoding settings (the decoders' options'): beam search, greedy, or sampling, each
+    row from its own generator with `row_seeds` (one seed per row, `RowSampling`: a row's tokens do not depend on
+    its batch), else from one generator seeded by `seed` (None: torch's global one)."""
+    if beam_size > 1:
+        return BeamSearch(beam_size, length_penalty, early_stopping)
+    if not is_sampling(temperature, top_k, top_p):
+        return Greedy()
+    if row_seeds is not None:
+        return RowSampling(temperature, row_seeds, device, top_k, top_p)
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    return Sampling(temperature or 1.0, top_k, top_p, generator)
 
 
 def _check_top(top_k: object, top_p: object) -> None:
@@ -202,23 +225,14 @@ class GenerationOptions:
 
     @property
     def sampling(self) -> bool:
-        return self.temperature > 0 or self.top_k is not None or self.top_p is not None
+        return is_sampling(self.temperature, self.top_k, self.top_p)
 
     def strategy(self, device: str | torch.device = "cpu",
                  row_seeds: Sequence[int] | None = None) -> "Greedy | Sampling | BeamSearch":
-        """The decoding strategy of these options; sampling with `row_seeds` (one seed per row) draws each row
-        from its own generator (`RowSampling`: a row's tokens do not depend on its batch), else from one
-        generator seeded by `seed` (or torch's global one)."""
-        if self.beam_size > 1:
-            return BeamSearch(self.beam_size, self.length_penalty, self.early_stopping)
-        if not self.sampling:
-            return Greedy()
-        if row_seeds is not None:
-            return RowSampling(self.temperature, row_seeds, device, self.top_k, self.top_p)
-        generator = None
-        if self.seed is not None:
-            generator = torch.Generator(device=device).manual_seed(self.seed)
-        return Sampling(self.temperature or 1.0, self.top_k, self.top_p, generator)
+        """The decoding strategy of these options (`decoding_strategy`); sampling with `row_seeds` draws each row
+        from its own seed, else from one generator seeded by `seed`."""
+        return decoding_strategy(self.beam_size, self.length_penalty, self.early_stopping, self.temperature,
+                                 self.top_k, self.top_p, device, self.seed, row_seeds)
 
     def filters(self, eos_id: int | None = None, prompt_length: int = 0,
                 padding: Tensor | None = None) -> list[LogitFilter]:

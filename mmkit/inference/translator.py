@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmkit.core import BeamSearch, Greedy, LogitNormalization, RowSampling, Sampling, SuppressTokens, generate
-from mmkit.core.decoding import check_sampling
+from mmkit.core import BeamSearch, Greedy, LogitNormalization, Sampling, SuppressTokens, generate
+from mmkit.core.decoding import check_sampling, decoding_strategy, is_sampling
 from mmkit.core.attention import attention_maps
 from mmkit.core.filters import repetition_filters
 from mmkit.inference.inputs import check_types, text_items
@@ -120,19 +120,15 @@ class TranslationOptions:
 
     @property
     def sampling(self) -> bool:
-        return self.temperature > 0 or self.top_k is not None or self.top_p is not None
+        return is_sampling(self.temperature, self.top_k, self.top_p)
 
     def strategy(self, device: torch.device, rows: Sequence[int]) -> BeamSearch | Greedy | Sampling:
-        """How the sources at rows `rows` (their indices in the input) are decoded: beam search, greedy, or
-        sampling, each row from its own seed (`indexed_seed`) when a seed is given."""
-        if self.beam_size > 1:
-            return BeamSearch(self.beam_size, self.length_penalty, early_stopping=self.early_stopping)
-        if not self.sampling:
-            return Greedy()
-        if self.seed is None:
-            return Sampling(self.temperature or 1.0, self.top_k, self.top_p)
-        return RowSampling(self.temperature, [indexed_seed(self.seed, row) for row in rows], device, self.top_k,
-                           self.top_p)
+        """How the sources at rows `rows` (their indices in the input) are decoded (`decoding_strategy`): beam
+        search, greedy, or sampling, each row from its own seed (`indexed_seed`) when a seed is given, else from
+        torch's global generator."""
+        row_seeds = None if self.seed is None else [indexed_seed(self.seed, row) for row in rows]
+        return decoding_strategy(self.beam_size, self.length_penalty, self.early_stopping, self.temperature,
+                                 self.top_k, self.top_p, device, row_seeds=row_seeds)
 
     def limit(self, n_source: int, cap: int) -> int:
         n = self.max_new_tokens or max(int(self.length_ratio * n_source) + self.length_offset, self.min_new_tokens)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmkit.core import BeamSearch, KVCache, RowSampling, SuppressAtBegin, SuppressTokens, generate
+from mmkit.core import BeamSearch, KVCache, SuppressAtBegin, SuppressTokens, generate
 from mmkit.core.filters import LogitFilter, RepetitionGuard, TimestampRules, is_loop
 from mmkit.inference.speech_checkpoints import SpeechTokenizer
 from mmkit.inference.transcript import Decoded, DecodingOptions, window_seed
@@ -112,11 +112,11 @@ class WindowDecoder:
         if len(set(limits)) > 1 and generation.beam_size > 1:  # openai's beam search runs all rows to one limit
             return self._by_limit(context, cache, prompts, max_index, attempt, audios, limits)
         max_new: int | Tensor = limits[0] if len(set(limits)) == 1 else torch.tensor(limits, device=prompts.device)
-        strategy, temperature, n = generation.strategy(context.device), generation.temperature, 1
+        temperature, n, seeds = generation.temperature, 1, None
         if generation.sampling:  # a generator per row, seeded from its window: batching changes no draw
             n = o.best_of
             seeds = [(window_seed(a, o.seed, attempt) + k) % 2**63 for a in audios for k in range(n)]
-            strategy = RowSampling(temperature, seeds, context.device)
+        strategy = generation.strategy(context.device, seeds)
         if n > 1:  # best-of-N: N rows per window
             rep = torch.arange(B, device=context.device).repeat_interleave(n)
             context, prompts, max_index = context[rep], prompts[rep], max_index[rep.to(max_index.device)]
