@@ -64,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     add_beam_arguments(p)
     add_repetition_arguments(p)
     p.add_argument("--num-return-sequences", type=at_least(1, MAX_SAMPLES), default=1, metavar="N",
-                   help="N sampled continuations, drawn in one batch and printed one after another, a blank line "
-                        f"between (sampling only; 1 to {MAX_SAMPLES})")
+                   help="N continuations of one prompt, printed one after another, a blank line between: N samples "
+                        f"drawn in one batch, or a beam search's N best, best first (N <= B); 1 to {MAX_SAMPLES}")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", type=utf8_text,
                    help="end the continuation before TEXT (repeatable)")
     p.add_argument("--batch-size", type=at_least(1), default=8, metavar="B",
@@ -121,9 +121,11 @@ def _options(args: argparse.Namespace) -> GenerationOptions:
                                 repetition_penalty=args.repetition_penalty, seed=args.seed,
                                 no_repeat_ngram_size=args.no_repeat_ngram_size,
                                 min_new_tokens=args.min_new_tokens)
-    if args.num_return_sequences > 1 and not options.sampling:
+    if args.num_return_sequences > 1 and not options.sampling and args.num_return_sequences > options.beam_size:
         raise ValueError(f"--num-return-sequences {args.num_return_sequences} needs sampling (--temperature, "
-                         "--top-k or --top-p): greedy and beam decoding give the same continuation each time")
+                         "--top-k or --top-p) or a beam search with as many beams (--beam-size): "
+                         + ("greedy decoding gives the same continuation each time" if options.beam_size == 1 else
+                            f"{options.beam_size} beams keep {options.beam_size} hypotheses"))
     if args.seed is not None and not options.sampling:
         log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
                     "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")

@@ -9,6 +9,9 @@ file or folder is read as a path: one .txt/.jsonl file at a time, never several 
 or empty folder: one that holds files (another model, say) is refused, not overwritten.
 `--temperature T` (or --top-k / --top-p) samples translations instead (back-translation, varied paraphrases):
 with `--seed S`, line N is drawn from its own seed, so the output does not depend on --batch-size or the ranks.
+`--num-return-sequences N` gives N translations of each source (a beam search's N best, or N samples): printed
+as Moses n-best lines, "I ||| TEXT ||| SCORE" with I the source's 0-based index, or written to a .jsonl output
+as "translations" and "scores" lists beside the first ("translation"); a .txt output holds one a line: refused.
 
 Under torchrun (or any launcher setting torch.distributed's environment) the ranks share the work as in
 `mmkit embed`: each reads every line (or sentence argument) and plans one process's length-sorted batches,
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -42,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         add_sampling_arguments, at_least, beam_size, utf8_text,
     )
     from mmkit.inference.quantize import QUANTIZATIONS
+    from mmkit.limits import MAX_SAMPLES
 
     p = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="*", metavar="TEXT|FILE", type=utf8_text,
@@ -60,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     add_beam_arguments(p, model_defaults=True)
     add_repetition_arguments(p, model_defaults=True)  # as transformers' generate(repetition_penalty=...), ...
     add_sampling_arguments(p, model_defaults=True)  # each line from its own seed (TranslationOptions)
+    p.add_argument("--num-return-sequences", type=at_least(1, MAX_SAMPLES), metavar="N",
+                   help="N translations of each source: a beam search's N best (N <= the beams) or N samples; printed "
+                        "as 'I ||| TEXT ||| SCORE' lines (Moses n-best), in a .jsonl output as lists (default 1)")
     p.add_argument("--batch-size", type=at_least(1), default=16, metavar="B", help="sentences per batch (16)")
     p.add_argument("--prefix", metavar="TEXT", type=utf8_text,
                    help='text put before every source (T5: "translate English to German: ")')
@@ -118,7 +127,9 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
                     counts[1] += bool(r.error)
                     yield r
 
-        return ranks.to_first(parts(), lambda rounds: write_rows(PROG, out, translated(rounds), _print, _write, counts,
+        n_best = options.num_return_sequences > 1
+        show, save = (_print_n_best, functools.partial(_write, n_best=True)) if n_best else (_print, _write)
+        return ranks.to_first(parts(), lambda rounds: write_rows(PROG, out, translated(rounds), show, save, counts,
                                                                  "translations"))
 
 
@@ -138,8 +149,12 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
                  early_stopping=args.early_stopping, batch_size=args.batch_size,
                  repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
                  min_new_tokens=args.min_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                 top_p=args.top_p, seed=args.seed)
-    TranslationOptions(**{k: v for k, v in given.items() if v is not None})  # refused before the model loads
+                 top_p=args.top_p, seed=args.seed, num_return_sequences=args.num_return_sequences)
+    # refused before the model loads; the translations' count is checked once the beams are known (the model's own)
+    TranslationOptions(**{k: v for k, v in given.items() if v is not None and k != "num_return_sequences"})
+    if (args.num_return_sequences or 1) > 1 and args.output and Path(args.output).suffix == ".txt":
+        raise ValueError(f"--num-return-sequences {args.num_return_sequences}: a .txt output holds one translation "
+                         "a line; write a .jsonl (\"translations\" lists) or print the n-best lines")
     device = ranks.device(args.device)
     check_device(device)
     if args.output:
@@ -177,15 +192,29 @@ def _print(translations: Iterator[Translation]) -> None:
         print(r.text)
 
 
-def _write(out: Path, translations: Iterator[Translation]) -> None:
-    """The translations into `out`, whole or not at all: .txt one a line, .jsonl with source and error."""
+def _print_n_best(translations: Iterator[Translation]) -> None:
+    """Moses' n-best list: "I ||| TEXT ||| SCORE" for each translation of source I (0-based), best first; a source
+    not translated (empty, or an error) has one line with its empty text and score nan."""
+    from mmkit.inference.translator import Candidate
+
+    for i, r in enumerate(translations):
+        for c in r.candidates or [Candidate(r.text, [])]:
+            print(f"{i} ||| {c.text} ||| {c.score:.6g}")
+
+
+def _write(out: Path, translations: Iterator[Translation], n_best: bool = False) -> None:
+    """The translations into `out`, whole or not at all: .txt one a line, .jsonl with source and error, and with
+    `n_best` every translation of a source and its score ("translations", "scores": empty for one not translated;
+    a score that is not finite, null)."""
     from mmkit.inference.text_rows import atomic_path
 
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in translations:
+            lists = {"translations": [c.text for c in r.candidates],
+                      "scores": [c.score if math.isfinite(c.score) else None for c in r.candidates]}
             f.write((r.text if out.suffix == ".txt" else json.dumps(
-                {"source": r.source, "translation": r.text, **({"error": r.error} if r.error else {})},
-                ensure_ascii=False)) + "\n")
+                {"source": r.source, "translation": r.text, **(lists if n_best else {}),
+                 **({"error": r.error} if r.error else {})}, ensure_ascii=False)) + "\n")
 
 
 if __name__ == "__main__":

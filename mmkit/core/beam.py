@@ -41,6 +41,7 @@ def ranked_beam_search(
     penalty_form: str,
     eos_id: int | None,
     pad_id: int,
+    n_best: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """
     Args:
@@ -49,9 +50,13 @@ def ranked_beam_search(
         reorder: called with the (B·K,) source row of every new beam (cache and context follow).
         prompt: (B, T) start tokens.
         max_new_tokens: tokens to generate at most, one for all rows or (B,) per row.
+        n_best: finished hypotheses returned per row (<= beam_size), best first: transformers'
+            `num_return_sequences` with beams.
 
     Returns:
-        tokens (B, T_max) right-padded with pad_id, lengths (B,), scores (B,) (normalised).
+        tokens (B·n_best, T_max) right-padded with pad_id (row b's hypotheses at b·n_best ...), lengths
+        (B·n_best,), scores (B·n_best,) (normalised). A row that finished fewer than n_best possible hypotheses
+        (fewer allowed continuations than beams, say) fills the others with its prompt at score -inf.
     """
     B, P = prompt.shape
     K, device = beam_size, prompt.device
@@ -105,9 +110,15 @@ def ranked_beam_search(
                                               early_stopping, penalty_form)
         if not bool(open_rows.any()) or bool(ends.all()) or (early_stopping is True and bool(done_any.all())):
             break
-    lengths = done_len[:, 0]
-    width = int(lengths.max())
-    return done_seq[:, 0, :width], lengths, done_score[:, 0]
+    done_seq, done_len = done_seq[:, :n_best], done_len[:, :n_best]  # sorted: the merge's top-K is
+    # a hypothesis descends from a possible beam by possible tokens (an impossible one scores about _NEG or -inf)
+    found = done_any[:, :n_best] & (done_score[:, :n_best] > _NEG / 2)
+    done_seq = torch.where(found[..., None], done_seq, pad_id)
+    done_seq[:, :, :P] = torch.where(found[..., None], done_seq[:, :, :P], prompt[:, None])
+    done_len = torch.where(found, done_len, P)
+    done_score = torch.where(found, done_score[:, :n_best], float("-inf"))
+    width = int(done_len.max())
+    return done_seq[:, :, :width].reshape(B * n_best, width), done_len.reshape(-1), done_score.reshape(-1)
 
 
 def _may_improve(run_lp: Tensor, done_score: Tensor, done_any: Tensor, n_new: int, max_new: Tensor, alpha: float,
@@ -128,6 +139,7 @@ def openai_beam_search(
     beam_size: int,
     length_penalty: float,
     eos_id: int | None,
+    n_best: int = 1,
 ) -> tuple[list[Tensor], Tensor]:
     """Beam search as openai/whisper's `BeamSearchDecoder`: per step each row keeps the K best
     continuations that do not end and collects those that end in EOS, until it holds K finished
@@ -142,7 +154,8 @@ def openai_beam_search(
         prompt: (B, T) start tokens.
 
     Returns:
-        the best sequence of each row (prompt included, EOS too if it ended), and their (B,) scores.
+        the `n_best` best sequences of each row, best first (prompt included, EOS too if it ended; row b's
+        at b·n_best ...), and their (B·n_best,) scores.
     """
     B, T = prompt.shape
     K, device = beam_size, prompt.device
@@ -184,5 +197,6 @@ def openai_beam_search(
         for k in range(K):
             if len(hyps[b]) < K or eos_id is None:
                 hyps[b].append((score(float(sum_lp[b, k]), n_new), tokens[b * K + k]))
-    best = [max(h, key=lambda s: s[0]) for h in hyps]
+    # sorted() is stable: among equal scores the first found ranks first, as max() picks it
+    best = [hyp for h in hyps for hyp in sorted(h, key=lambda s: -s[0])[:n_best]]
     return [seq for _, seq in best], torch.tensor([sc for sc, _ in best], device=device)

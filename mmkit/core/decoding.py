@@ -76,13 +76,14 @@ def is_sampling(temperature: float, top_k: int | None, top_p: float | None) -> b
 
 def decoding_strategy(beam_size: int, length_penalty: float, early_stopping: bool | str | None, temperature: float,
                       top_k: int | None, top_p: float | None, device: str | torch.device = "cpu",
-                      seed: int | None = None, row_seeds: Sequence[int] | None = None,
+                      seed: int | None = None, row_seeds: Sequence[int] | None = None, n_best: int = 1,
                       ) -> "Greedy | Sampling | BeamSearch":
-    """The strategy of checked decoding settings (the decoders' options'): beam search, greedy, or sampling, each
-    row from its own generator with `row_seeds` (one seed per row, `RowSampling`: a row's tokens do not depend on
-    its batch), else from one generator seeded by `seed` (None: torch's global one)."""
+    """The strategy of checked decoding settings (the decoders' options'): beam search (returning its `n_best`
+    best hypotheses), greedy, or sampling, each row from its own generator with `row_seeds` (one seed per row,
+    `RowSampling`: a row's tokens do not depend on its batch), else from one generator seeded by `seed` (None:
+    torch's global one)."""
     if beam_size > 1:
-        return BeamSearch(beam_size, length_penalty, early_stopping)
+        return BeamSearch(beam_size, length_penalty, early_stopping, n_best=n_best)
     if not is_sampling(temperature, top_k, top_p):
         return Greedy()
     if row_seeds is not None:
@@ -162,15 +163,20 @@ class BeamSearch:
             or GNMT's ((5 + n) / 6) ** alpha when `penalty_form` is "gnmt".
         early_stopping: None, True, False or "never" (above).
         penalty_form: "length" or "gnmt" (ranked search only).
+        n_best: hypotheses returned per row, best first (1 to beam_size; transformers' `num_return_sequences`
+            with beams): `generate` then returns B·n_best rows, row b's hypotheses at b·n_best, ...
     """
 
     beam_size: int = 4
     length_penalty: float = 1.0
     early_stopping: bool | str | None = None
     penalty_form: str = "length"
+    n_best: int = 1
 
     def __post_init__(self) -> None:
         _check_int("beam_size", self.beam_size, 1)
+        _check_int("n_best", self.n_best, 1, self.beam_size,
+                   f"n_best must be in [1, beam_size {self.beam_size}] (a search keeps beam_size hypotheses)")
         _check_number("length_penalty", self.length_penalty, math.isfinite, "length_penalty must be finite")
         _check_early_stopping(self.early_stopping)
         if self.penalty_form not in ("length", "gnmt"):
@@ -227,12 +233,12 @@ class GenerationOptions:
     def sampling(self) -> bool:
         return is_sampling(self.temperature, self.top_k, self.top_p)
 
-    def strategy(self, device: str | torch.device = "cpu",
-                 row_seeds: Sequence[int] | None = None) -> "Greedy | Sampling | BeamSearch":
+    def strategy(self, device: str | torch.device = "cpu", row_seeds: Sequence[int] | None = None,
+                 n_best: int = 1) -> "Greedy | Sampling | BeamSearch":
         """The decoding strategy of these options (`decoding_strategy`); sampling with `row_seeds` draws each row
-        from its own seed, else from one generator seeded by `seed`."""
+        from its own seed, else from one generator seeded by `seed`; a beam search returns its `n_best` best."""
         return decoding_strategy(self.beam_size, self.length_penalty, self.early_stopping, self.temperature,
-                                 self.top_k, self.top_p, device, self.seed, row_seeds)
+                                 self.top_k, self.top_p, device, self.seed, row_seeds, n_best)
 
     def filters(self, eos_id: int | None = None, prompt_length: int = 0,
                 padding: Tensor | None = None) -> list[LogitFilter]:
@@ -247,7 +253,8 @@ class GenerationOptions:
 class Generation:
     """tokens: (B, T_max) prompt + generated ids, right-padded with pad_id;
     lengths: (B,) valid lengths; scores: (B,) sum of log-probs of the generated tokens
-    (beam search: the length-normalised score used to rank hypotheses)."""
+    (beam search: the length-normalised score used to rank hypotheses; with `BeamSearch(n_best=n)`, B·n rows:
+    row b's n best hypotheses at b·n, ..., best first)."""
 
     tokens: Tensor
     lengths: Tensor
@@ -413,8 +420,8 @@ def _beam_search(
         return logits
 
     seqs, scores = openai_beam_search(next_logits, cache.reorder if cache is not None else (lambda index: None),
-                                      prompt, int(max_new_tokens), K, beam.length_penalty, eos_id)
-    out = torch.full((B, max(len(s) for s in seqs)), pad_id, dtype=prompt.dtype, device=device)
+                                      prompt, int(max_new_tokens), K, beam.length_penalty, eos_id, beam.n_best)
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=prompt.dtype, device=device)
     for b, seq in enumerate(seqs):
         out[b, : len(seq)] = seq
     lengths = torch.tensor([len(seq) for seq in seqs], device=device)
@@ -442,5 +449,5 @@ def _ranked_beam_search(
 
     tokens, lengths, scores = ranked_beam_search(
         next_logprobs, reorder, prompt, max_new_tokens, beam.beam_size, beam.length_penalty, beam.early_stopping,
-        beam.penalty_form, eos_id, pad_id)
-    return Generation(tokens, lengths, scores, [tokens[b, : lengths[b]] for b in range(prompt.shape[0])])
+        beam.penalty_form, eos_id, pad_id, beam.n_best)
+    return Generation(tokens, lengths, scores, [tokens[b, : lengths[b]] for b in range(tokens.shape[0])])

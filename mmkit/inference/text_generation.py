@@ -145,14 +145,19 @@ class TextGenerator:
 
     def samples(self, prompt: str | PromptTokens, options: GenerationOptions, n: int,
                 stop: str | Sequence[str] = ()) -> list[str]:
-        """`n` sampled continuations of `prompt`, drawn in one batch (transformers' `num_return_sequences`):
-        `options` must sample (temperature, top_k or top_p), as n greedy or beam continuations would be one
-        repeated; each is cut before its first stop string, as `generate`'s."""
-        if not options.sampling:
-            raise ValueError("several continuations need sampling (a temperature, top_k or top_p): greedy and beam "
-                             "decoding give the same one each time")
+        """`n` continuations of `prompt` (transformers' `num_return_sequences`): `n` samples drawn in one batch
+        where `options` sample (temperature, top_k or top_p), or a beam search's `n` best, best first (n <=
+        beam_size); greedy decoding has one to give. Each is cut before its first stop string, as `generate`'s."""
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
             raise ValueError(f"the number of continuations must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
+        if options.beam_size > 1:
+            if n > options.beam_size:
+                raise ValueError(f"{n} continuations exceed the beam size {options.beam_size}: a beam search keeps "
+                                 "beam_size hypotheses")
+            return self._decode_rows([self._ids(prompt, options.max_new_tokens)], options, stop, n_best=n)
+        if not options.sampling and n > 1:
+            raise ValueError("several continuations need sampling (a temperature, top_k or top_p) or a beam search "
+                             "(beam_size >= n): greedy decoding gives the same one each time")
         return self._continuations(prompt, options, stop, n)
 
     def generate_many(self, prompts: Sequence[str | PromptTokens], options: GenerationOptions | None = None,
@@ -187,17 +192,19 @@ class TextGenerator:
         return self._decode_rows([self._ids(prompt, options.max_new_tokens)] * n, options, stop, on_text)
 
     def _decode_rows(self, rows: list[list[int]], options: GenerationOptions, stop: str | Sequence[str],
-                     on_text: Callable[[str], None] | None = None, seeded: bool = False) -> list[str]:
+                     on_text: Callable[[str], None] | None = None, seeded: bool = False,
+                     n_best: int = 1) -> list[str]:
         """The continuations of prompt ids `rows` (of any lengths: left-padded), decoded together; `on_text`
         follows row 0's text as it grows. `seeded`: a sampling seed seeds each row's own generator (each row
-        draws as alone); else one generator draws for all rows (`samples`: n different continuations)."""
+        draws as alone); else one generator draws for all rows (`samples`: n different continuations). A beam
+        search gives each row's `n_best` best, row after row."""
         tokens, padding = left_padded(rows, self.eos_id or 0, self.device)
         P = tokens.shape[1]  # every row's prompt ends here
         cache = KVCache()
         cache.padding = padding if bool(padding.any()) else None
         stops = [s for s in as_items(stop) if s]
         strategy = options.strategy(self.device, [options.seed] * len(rows) if seeded and options.seed is not None
-                                    else None)
+                                    else None, n_best)
 
         def text_of(row: Tensor) -> str:  # the generated text of a row, up to EOS
             new = row[P:].tolist()

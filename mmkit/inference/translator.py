@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -23,6 +23,7 @@ from mmkit.core.attention import attention_maps
 from mmkit.core.filters import repetition_filters
 from mmkit.inference.inputs import check_types, text_items
 from mmkit.inference.seeds import indexed_seed
+from mmkit.limits import MAX_SAMPLES
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class TranslationOptions:
     source at row i (`Translator.plan`'s first_row + i) draws from its own generator, seeded from the seed and i
     alone (`indexed_seed`): the same translations whatever the batch size, the batches' order or the ranks
     sharing them; without one, torch's global generator draws. Sampling with beams is refused.
+    num_return_sequences: translations per source (transformers' setting of that name): a beam search's n best
+    (n <= beam_size), or n samples, sample j of row i from its own seed (sample 0's is the seed of a single
+    sample, so a run with n samples begins with the one-sample run's); greedy decoding has one to give.
 
     Raises:
         TypeError: a count that is not an integer (a str, a float, a bool), a ratio or penalty that is
@@ -93,10 +97,11 @@ class TranslationOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    num_return_sequences: int = 1
 
     def __post_init__(self) -> None:
         check_types(self, ints=("beam_size", "max_new_tokens", "length_offset", "batch_size", "no_repeat_ngram_size",
-                                "min_new_tokens"), reals=("length_ratio", "length_penalty", "repetition_penalty"))
+                                "min_new_tokens", "num_return_sequences"), reals=("length_ratio", "length_penalty", "repetition_penalty"))
         if not isinstance(self.renormalize_logits, bool):  # "yes" or 1 would read as set; transformers tests `is True`
             raise TypeError(f"TranslationOptions: renormalize_logits must be True or False, got "
                             f"{self.renormalize_logits!r}")
@@ -117,18 +122,34 @@ class TranslationOptions:
             check_sampling(self.temperature, self.top_k, self.top_p, self.seed, self.beam_size)
         except ValueError as e:  # TypeError stays one: a value of the wrong type, as check_types'
             raise TranslatorError(str(e)) from None
+        n = self.num_return_sequences
+        if not 1 <= n <= MAX_SAMPLES:
+            raise TranslatorError(f"num_return_sequences must be in [1, {MAX_SAMPLES}], got {n}")
+        if n > 1 and self.beam_size == 1 and not self.sampling:
+            raise TranslatorError(f"num_return_sequences {n} needs a beam search (beam_size >= {n}) or sampling: "
+                                  "greedy decoding has one translation to give")
+        if n > self.beam_size > 1:
+            raise TranslatorError(f"num_return_sequences {n} exceeds beam_size {self.beam_size}: a beam search keeps "
+                                  "beam_size hypotheses")
 
     @property
     def sampling(self) -> bool:
         return is_sampling(self.temperature, self.top_k, self.top_p)
 
+    @property
+    def repeats(self) -> int:
+        """Decoder rows per source: num_return_sequences where it samples (n rows, one a sample), else 1 (a beam
+        search returns its n best itself)."""
+        return self.num_return_sequences if self.sampling else 1
+
     def strategy(self, device: torch.device, rows: Sequence[int]) -> BeamSearch | Greedy | Sampling:
         """How the sources at rows `rows` (their indices in the input) are decoded (`decoding_strategy`): beam
-        search, greedy, or sampling, each row from its own seed (`indexed_seed`) when a seed is given, else from
-        torch's global generator."""
-        row_seeds = None if self.seed is None else [indexed_seed(self.seed, row) for row in rows]
+        search (its `num_return_sequences` best), greedy, or sampling, `repeats` decoder rows a source, each from
+        its own seed (`sample_seed`) when a seed is given, else from torch's global generator."""
+        row_seeds = None if self.seed is None else [sample_seed(self.seed, row, j) for row in rows
+                                                    for j in range(self.repeats)]
         return decoding_strategy(self.beam_size, self.length_penalty, self.early_stopping, self.temperature,
-                                 self.top_k, self.top_p, device, row_seeds=row_seeds)
+                                 self.top_k, self.top_p, device, row_seeds=row_seeds, n_best=self.num_return_sequences)
 
     def limit(self, n_source: int, cap: int) -> int:
         n = self.max_new_tokens or max(int(self.length_ratio * n_source) + self.length_offset, self.min_new_tokens)
@@ -142,12 +163,35 @@ class TranslationOptions:
         return repetition_filters(self.repetition_penalty, self.no_repeat_ngram_size, self.min_new_tokens, eos_id, 1)
 
 
+def sample_seed(seed: int, row: int, sample: int) -> int:
+    """The seed of sample `sample` of input row `row`: the row's own (`indexed_seed`) for sample 0, so that the
+    first of n samples is the single sample's, and one of (the row's seed, sample) for the others."""
+    row_seed = indexed_seed(seed, row)
+    return row_seed if sample == 0 else indexed_seed(row_seed, sample)
+
+
+@dataclass
+class Candidate:
+    """One of a source's translations: its text, token ids and score (beam search: the length-normalised score
+    that ranks the hypotheses, transformers' `sequences_scores`; greedy and sampling: the sum of the chosen
+    tokens' log-probabilities after the decoding rules, temperature and top-k/top-p included)."""
+
+    text: str
+    tokens: list[int]
+    score: float = field(default=float("nan"), compare=False)  # float noise across batch sizes is not a change
+
+
 @dataclass
 class Translation:
+    """A source's translation (`text`, `tokens`: the first of `candidates`), or the `error` that stopped it.
+    `candidates`: the options' num_return_sequences translations: a beam search's best first, samples in the
+    order drawn (empty for a source not translated: empty, or an error)."""
+
     source: str
     text: str = ""
     error: str | None = None
     tokens: list[int] | None = None
+    candidates: list[Candidate] = field(default_factory=list)
 
 
 @dataclass
@@ -288,9 +332,11 @@ class Translator:
                           on_batch: Callable[[int], None] | None = None) -> list[Translation]:
         """`plan.results` with the rows of `batches` (some of `plan.batches`) translated."""
         for rows in batches:
-            for i, ids in zip(rows, self._decode([plan.sources[i] for i in rows], options,
-                                                 [plan.first_row + i for i in rows])):
-                plan.results[i].tokens, plan.results[i].text = ids, self.codec.decode(ids)
+            for i, found in zip(rows, self._decode([plan.sources[i] for i in rows], options,
+                                                   [plan.first_row + i for i in rows])):
+                result = plan.results[i]
+                result.candidates = [Candidate(self.codec.decode(ids), ids, score) for ids, score in found]
+                result.tokens, result.text = result.candidates[0].tokens, result.candidates[0].text
             if on_batch is not None:
                 on_batch(len(rows))
         return plan.results
@@ -328,7 +374,9 @@ class Translator:
         return self.translate_batches(plan, plan.batches, options, on_batch)
 
     @torch.no_grad()
-    def _decode(self, sources: list[list[int]], options: TranslationOptions, rows: Sequence[int]) -> list[list[int]]:
+    def _decode(self, sources: list[list[int]], options: TranslationOptions,
+                rows: Sequence[int]) -> list[list[tuple[list[int], float]]]:
+        """Per source, its `options.num_return_sequences` translations: (token ids without start and EOS, score)."""
         c = self.codec
         src = torch.full((len(sources), max(map(len, sources))), c.pad_id, device=self.device)
         for r, ids in enumerate(sources):
@@ -338,19 +386,25 @@ class Translator:
         # Each row stops at its own limit (relative to its own source), as it would alone.
         limits = torch.tensor([options.limit(len(ids), self.max_target_tokens) for ids in sources],
                               device=self.device)
+        n, repeats = options.num_return_sequences, options.repeats
         strategy = options.strategy(self.device, rows)
         # repetition rules and minimum length, suppressed tokens, then the forced EOS, which overrides them all, as
         # in transformers' processors (the others ban tokens, in any order), and the renormalisation after them all
         filters = options.filters(c.eos_id) + ([SuppressTokens(c.suppress)] if c.suppress else [])
-        if self.forced_eos_id is not None:
-            filters.append(ForcedEos(self.forced_eos_id, limits))
-        if options.renormalize_logits:
-            filters.append(LogitNormalization())
         with self._autocast():
-            out = generate(self.model, torch.full((len(sources), 1), c.start_id, device=self.device), limits,
-                           strategy, context=self.model.encode(src, mask), context_mask=mask, eos_id=c.eos_id,
-                           pad_id=c.pad_id, logit_filters=filters)
-        return [[t for t in seq[1:].tolist() if t != c.eos_id] for seq in out.sequences]
+            memory = self.model.encode(src, mask)
+            if repeats > 1:  # n samples a source: its encoding once, its rows repeated (transformers' layout)
+                memory, mask, limits = (t.repeat_interleave(repeats, dim=0) for t in (memory, mask, limits))
+            if self.forced_eos_id is not None:  # the limits of the rows decoded
+                filters.append(ForcedEos(self.forced_eos_id, limits))
+            if options.renormalize_logits:
+                filters.append(LogitNormalization())
+            out = generate(self.model, torch.full((len(sources) * repeats, 1), c.start_id, device=self.device),
+                           limits, strategy, context=memory, context_mask=mask, eos_id=c.eos_id, pad_id=c.pad_id,
+                           logit_filters=filters)
+        found = [([t for t in seq[1:].tolist() if t != c.eos_id], score)
+                 for seq, score in zip(out.sequences, out.scores.tolist())]
+        return [found[i * n: (i + 1) * n] for i in range(len(sources))]
 
     @torch.no_grad()
     def cross_attention(self, text: str, target: list[int]) -> tuple[list[str], list[str], Tensor]:

@@ -117,6 +117,14 @@ def test_num_return_sequences_prints_each_continuation_after_the_prompt(checkpoi
     assert capsys.readouterr().out == "\n".join(f"A dog{t}\n" for t in texts)
     assert main(["generate-text", "A dog", "--model", str(directory), "--num-return-sequences", "2"]) == 2
     assert "--num-return-sequences 2 needs sampling" in capsys.readouterr().err
+    # a beam search's n best, best first
+    best = load_text_generator(directory).samples("A dog", GenerationOptions(max_new_tokens=8, beam_size=4), 3)
+    assert main(["generate-text", "A dog", "--model", str(directory), "--max-new-tokens", "8", "--beam-size", "4",
+                 "--num-return-sequences", "3"]) == 0
+    assert capsys.readouterr().out == "\n".join(f"A dog{t}\n" for t in best) and len(best) == 3
+    assert main(["generate-text", "A dog", "--model", str(directory), "--beam-size", "2",
+                 "--num-return-sequences", "3"]) == 2
+    assert "2 beams keep 2 hypotheses" in capsys.readouterr().err
 
 
 def test_a_prompt_cut_to_the_context_is_echoed_as_the_model_reads_it(checkpoint, capsys, caplog):

@@ -195,6 +195,45 @@ def test_beam_search_does_not_count_eos_in_the_length():
     assert beam.scores[0].item() == pytest.approx(-0.8, abs=1e-4)  # float32 log-softmax
 
 
+@pytest.mark.parametrize("early_stopping", [None, False, True], ids=["openai", "ranked-false", "ranked-true"])
+def test_beam_n_best_rows_are_ranked_hypotheses_headed_by_the_single_best(tiny_lm, early_stopping):
+    """`BeamSearch(n_best=n)`: B·n rows, row b's hypotheses at b·n.., best first, the first the n_best=1 result,
+    all distinct; cached == uncached."""
+    eos_id = int(generate(tiny_lm, PROMPT, 3, use_cache=False).tokens[1, 4])
+    kw = dict(eos_id=eos_id, pad_id=0)
+    one = generate(tiny_lm, PROMPT, 8, BeamSearch(4, early_stopping=early_stopping), **kw)
+    three = generate(tiny_lm, PROMPT, 8, BeamSearch(4, early_stopping=early_stopping, n_best=3), **kw)
+    uncached = generate(tiny_lm, PROMPT, 8, BeamSearch(4, early_stopping=early_stopping, n_best=3), use_cache=False,
+                        **kw)
+    B = PROMPT.shape[0]
+    assert three.tokens.shape[0] == len(three.sequences) == three.lengths.shape[0] == three.scores.shape[0] == 3 * B
+    assert torch.equal(three.tokens, uncached.tokens)
+    for b in range(B):
+        rows = three.sequences[3 * b: 3 * b + 3]
+        assert torch.equal(rows[0], one.sequences[b]) and float(three.scores[3 * b]) == float(one.scores[b])
+        assert len({tuple(r.tolist()) for r in rows}) == 3
+        assert all(torch.equal(r[: PROMPT.shape[1]], PROMPT[b]) for r in rows)
+        scores = three.scores[3 * b: 3 * b + 3].tolist()
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_beam_n_best_is_at_most_the_beam_size():
+    with pytest.raises(ValueError, match=r"n_best must be in \[1, beam_size 4\]"):
+        BeamSearch(4, n_best=5)
+    with pytest.raises(TypeError, match="n_best must be an integer"):
+        BeamSearch(4, n_best=2.0)
+
+
+def test_a_row_short_of_n_best_hypotheses_fills_them_with_its_prompt_at_minus_infinity():
+    """Two tokens, one of them banned: a 2-beam search finds one hypothesis; the second row is the prompt, -inf."""
+    model = PrefixTable({}, vocab=2, prompt_len=1)
+    ban = lambda tokens, logits: logits.index_fill(1, torch.tensor([1]), float("-inf"))  # noqa: E731
+    out = generate(model, torch.tensor([[1]]), 2, BeamSearch(2, early_stopping=False, n_best=2), eos_id=None,
+                   pad_id=1, logit_filters=[ban], use_cache=False)
+    assert out.sequences[0].tolist() == [1, 0, 0] and out.scores[0].item() == pytest.approx(math.log(0.5))  # 2 lp / 2
+    assert out.sequences[1].tolist() == [1] and out.scores[1].item() == -math.inf
+
+
 # --- logit filters ---------------------------------------------------------------------------
 
 def _kept(logits: torch.Tensor) -> list[list[int]]:

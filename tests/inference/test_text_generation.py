@@ -190,6 +190,52 @@ def test_the_cli_and_the_api_refuse_impossible_lengths():
             GenerationOptions(early_stopping=rule)
 
 
+@pytest.mark.parametrize("length_penalty, early_stopping", [(1.0, False), (0.5, True), (2.0, "never")])
+def test_beam_n_best_equals_transformers_num_return_sequences(hf_dir, length_penalty, early_stopping):
+    """`BeamSearch(n_best=n)` returns transformers' `generate(num_beams=K, num_return_sequences=n)`: the same n
+    hypotheses in the same order, with its `sequences_scores`, where beams end early and where they run out."""
+    from mmkit.core import BeamSearch, generate
+
+    directory, hf, _ = hf_dir
+    model = GPT.from_hf(directory)
+    torch.manual_seed(1)
+    compared = 0
+    for prompt in [torch.randint(0, model.vocab_size, (1, n)) for n in (1, 5)]:
+        P = prompt.shape[1]
+        greedy = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0]
+        for eos in (None, int(greedy[P + 2])):
+            ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=4, num_return_sequences=3,
+                              max_new_tokens=10, do_sample=False, length_penalty=length_penalty,
+                              early_stopping=early_stopping, eos_token_id=eos, pad_token_id=0 if eos is None else eos,
+                              output_scores=True, return_dict_in_generate=True)
+            got = generate(model, prompt, 10, BeamSearch(4, length_penalty, early_stopping, n_best=3), eos_id=eos,
+                           pad_id=0 if eos is None else eos)
+            assert len(got.sequences) == 3
+            for j in range(3):
+                expected = ref.sequences[j, P:].tolist()
+                expected = expected[: expected.index(eos) + 1] if eos in expected else expected
+                assert got.sequences[j][P:].tolist() == expected
+                assert float(got.scores[j]) == pytest.approx(float(ref.sequences_scores[j]), abs=1e-4)
+                compared += 1
+    assert compared == 12
+
+
+def test_samples_with_beams_are_the_n_best_continuations(hf_dir):
+    directory, hf, tok = hf_dir
+    generator = load_text_generator(directory)
+    options = GenerationOptions(max_new_tokens=8, beam_size=4)
+    texts = generator.samples("The cat sees", options, 3)
+    ids = torch.tensor([tok.encode("The cat sees")])
+    ref = hf.generate(ids, attention_mask=torch.ones_like(ids), num_beams=4, num_return_sequences=3,
+                      max_new_tokens=8, do_sample=False, early_stopping=False, pad_token_id=tok.eos_id)
+    rows = [row[ids.shape[1]:].tolist() for row in ref]
+    assert texts == [tok.decode(row[: row.index(tok.eos_id)] if tok.eos_id in row else row) for row in rows]
+    assert len(set(texts)) == 3 and texts[0] == generator.generate("The cat sees", options)
+    with pytest.raises(ValueError, match="5 continuations exceed the beam size 4"):
+        generator.samples("The cat sees", options, 5)
+
+
 def test_samples_are_several_continuations_drawn_together(hf_dir):
     directory, _, _ = hf_dir
     generator = load_text_generator(directory)
