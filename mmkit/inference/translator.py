@@ -43,7 +43,7 @@ TRANSFORMERS_TOP_K = 50  # transformers' GenerationConfig default: a do_sample c
 UNAPPLIED = {"encoder_repetition_penalty": (1.0, None), "encoder_no_repeat_ngram_size": (0, None),
              "num_beam_groups": (1, None), "penalty_alpha": (None,), "exponential_decay_length_penalty": (None,),
              "sequence_bias": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
-             "forced_bos_token_id": (None,)}
+             "forced_bos_token_id": (None,), "num_return_sequences": (1, None)}  # n a source: --num-return-...
 UNAPPLIED_SAMPLING = {"typical_p": (1.0, None), "epsilon_cutoff": (0.0, None), "eta_cutoff": (0.0, None),
                       "min_p": (None,)}
 
@@ -101,7 +101,8 @@ class TranslationOptions:
 
     def __post_init__(self) -> None:
         check_types(self, ints=("beam_size", "max_new_tokens", "length_offset", "batch_size", "no_repeat_ngram_size",
-                                "min_new_tokens", "num_return_sequences"), reals=("length_ratio", "length_penalty", "repetition_penalty"))
+                                "min_new_tokens", "num_return_sequences"),
+                    reals=("length_ratio", "length_penalty", "repetition_penalty"))
         if not isinstance(self.renormalize_logits, bool):  # "yes" or 1 would read as set; transformers tests `is True`
             raise TypeError(f"TranslationOptions: renormalize_logits must be True or False, got "
                             f"{self.renormalize_logits!r}")

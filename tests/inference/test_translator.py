@@ -679,7 +679,8 @@ def test_generation_config_settings_the_translator_does_not_apply_are_named_once
     directory = shutil.copytree(marian, tmp_path / "m")
     pad = json.loads((directory / "config.json").read_text())["pad_token_id"]
     neutral = {"encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0, "num_beam_groups": 1,
-               "typical_p": 1.0, "forced_bos_token_id": None, "bad_words_ids": [[pad]], "do_sample": True}
+               "typical_p": 1.0, "forced_bos_token_id": None, "bad_words_ids": [[pad]], "do_sample": True,
+               "num_return_sequences": 1}
     (directory / "generation_config.json").write_text(json.dumps(neutral))
     with caplog.at_level(logging.WARNING):
         load_translator(directory)
@@ -687,10 +688,11 @@ def test_generation_config_settings_the_translator_does_not_apply_are_named_once
     caplog.clear()
     (directory / "generation_config.json").write_text(json.dumps(
         {**neutral, "encoder_repetition_penalty": 1.2, "num_beam_groups": 2, "typical_p": 0.9,
+         "num_return_sequences": 3,
          "bad_words_ids": [[pad], [5, 6]]}))
     with caplog.at_level(logging.WARNING):
         load_translator(directory)
     lines = [r.getMessage() for r in caplog.records if "not applied" in r.getMessage()]
     assert lines == [f"{directory / 'generation_config.json'}: not applied by mmkit (transformers' generate would): "
-                     "encoder_repetition_penalty 1.2, num_beam_groups 2, typical_p 0.9, bad_words_ids of several "
-                     "tokens"]
+                     "encoder_repetition_penalty 1.2, num_beam_groups 2, num_return_sequences 3, typical_p 0.9, "
+                     "bad_words_ids of several tokens"]
