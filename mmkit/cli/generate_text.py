@@ -8,7 +8,9 @@ its files (an argument naming an existing file is a path; one file at a time): l
 N of the input, empty lines stay empty, unreadable lines (not UTF-8, NUL bytes, nothing visible) are reported and
 left empty. --output writes .txt (one continuation a line: its backslashes and line breaks written as Python
 string escapes, \\\\, \\n, \\r, ...) or .jsonl ({"prompt", "text"}, and "error" where a line failed), whole or
-not at all; without it the continuations are printed as several prompts' are.
+not at all; without it the continuations are printed as several prompts' are. --num-return-sequences N gives N
+continuations of each prompt (N samples, or a beam search's N best): printed one after another, in a .jsonl
+output as a "texts" list beside the first ("text"); a .txt output holds one a line: refused.
 
 Under torchrun the ranks share a file (or several prompts) as in `mmkit translate`: each reads every line,
 plans one process's length-sorted batches, decodes every world_size-th batch and hands its continuations to rank
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -64,8 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     add_beam_arguments(p)
     add_repetition_arguments(p)
     p.add_argument("--num-return-sequences", type=at_least(1, MAX_SAMPLES), default=1, metavar="N",
-                   help="N continuations of one prompt, printed one after another, a blank line between: N samples "
-                        f"drawn in one batch, or a beam search's N best, best first (N <= B); 1 to {MAX_SAMPLES}")
+                   help="N continuations of each prompt, printed one after another, a blank line between (a .jsonl "
+                        "output: \"texts\" lists): N samples, sample j from its own seed, or a beam search's N best, "
+                        f"best first (N <= B); 1 to {MAX_SAMPLES}")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", type=utf8_text,
                    help="end the continuation before TEXT (repeatable)")
     p.add_argument("--batch-size", type=at_least(1), default=8, metavar="B",
@@ -149,9 +153,6 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         check_device(args.device)  # an unknown or absent device is one line, not a CUDA traceback
-        if args.num_return_sequences > 1 and len(args.prompts) > 1:
-            raise ValueError(f"--num-return-sequences {args.num_return_sequences} takes one prompt, got "
-                             f"{len(args.prompts)}")
         options = _options(args)
         generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
         options = _fit_context(args, options, generator)
@@ -171,8 +172,8 @@ def _run(args: argparse.Namespace) -> int:
             log.warning("%s%s", f"prompt {n}: " if len(prompts) > 1 else "", prompt.note)
         echoes.append(_echo(generator, text, prompt))
     if len(prompts) > 1:  # decoded together: printed when done, each after its prompt's echo
-        texts = generator.generate_many(prompts, options, args.stop, args.batch_size)
-        _show("\n".join(f"{echo}{text}\n" for echo, text in zip(echoes, texts)))
+        groups = generator.continuations(prompts, options, args.num_return_sequences, args.stop, args.batch_size)
+        _show("\n".join(f"{echo}{text}\n" for echo, texts in zip(echoes, groups) for text in texts))
         return 0
     prompt, echo = prompts[0], echoes[0]
     _show(echo)
@@ -225,8 +226,12 @@ class _Row:
 
     prompt: str  # the row's text ("" for an unreadable row)
     echo: str  # printed before the continuation ("" for a bad row)
-    text: str = ""
+    texts: list[str]  # its continuations (--num-return-sequences; none for an empty or bad row)
     error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
 
 
 def _run_rows(args: argparse.Namespace, ranks: Ranks) -> int:
@@ -258,18 +263,19 @@ def _run_rows(args: argparse.Namespace, ranks: Ranks) -> int:
                 first_row += len(chunk)
                 advance(plan.skipped)
                 mine = shares.mine(plan.batches)
-                texts = [""] * len(chunk)
-                for batch in mine:  # each batch one `generate_many` batch: the very batches of one process
-                    for i, text in zip(batch, generator.generate_many([plan.prompts[i] for i in batch], options,
-                                                                      args.stop, len(batch))):
-                        texts[i] = text
+                texts: list[list[str]] = [[] for _ in chunk]
+                for batch in mine:  # each batch one `continuations` batch: the very batches of one process
+                    for i, found in zip(batch, generator.continuations([plan.prompts[i] for i in batch], options,
+                                                                       args.num_return_sequences, args.stop,
+                                                                       len(batch))):
+                        texts[i] = found
                     advance(len(batch))
                 yield (chunk, plan), Share.of(len(chunk), mine, texts)
 
         def continued(rounds: Iterator[tuple[tuple[list, _Plan], list[Share]]]) -> Iterator[_Row]:
             """(the first rank) Every row's continuation in order, errors reported."""
             for (chunk, plan), got in rounds:
-                texts = merged(got, [""] * len(chunk), advance)
+                texts = merged(got, [[] for _ in chunk], advance)
                 for (text, _), prompt, error, continuation in zip(chunk, plan.prompts, plan.errors, texts):
                     if error:
                         print(f"{PROG}: {error}", file=sys.stderr)
@@ -278,23 +284,23 @@ def _run_rows(args: argparse.Namespace, ranks: Ranks) -> int:
                     echo = _echo(generator, text, prompt) if prompt is not None else ""
                     yield _Row(text, "" if error else echo, continuation, error)
 
-        return ranks.to_first(parts(), lambda rounds: write_rows(PROG, out, continued(rounds), _print, _write, counts,
+        save = functools.partial(_write, n_best=args.num_return_sequences > 1)
+        return ranks.to_first(parts(), lambda rounds: write_rows(PROG, out, continued(rounds), _print, save, counts,
                                                                  "continuations"))
 
 
 def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, GenerationOptions, int, TextGenerator]:
     """(the file of prompts or None for the arguments, the options, how many rows, the generator loaded on this
     rank's device); a ValueError or OSError of one line for a usage or input mistake, met before the model loads
-    where it can be: an --output that is the input file or cannot be written, --num-return-sequences."""
+    where it can be: an --output that is the input file or cannot be written, several continuations a .txt line."""
     from mmkit.cli.line_files import check_output_file, iter_lines
     from mmkit.inference.precision import check_device
     from mmkit.inference.text_generation import load_text_generator
 
     source = _prompt_file(args.prompts)
-    if args.num_return_sequences > 1:  # several continuations of one prompt are printed one after another
-        raise ValueError(f"--num-return-sequences {args.num_return_sequences} takes one prompt, "
-                         + (f"not a file of them ({source})" if source else "printed: not with --output"
-                            if args.output else f"got {len(args.prompts)}"))
+    if args.num_return_sequences > 1 and args.output and Path(args.output).suffix == ".txt":
+        raise ValueError(f"--num-return-sequences {args.num_return_sequences}: a .txt output holds one continuation "
+                         "a line; write a .jsonl (\"texts\" lists) or print them")
     options = _options(args)
     device = ranks.device(args.device)
     check_device(device)
@@ -333,21 +339,25 @@ def _plan(generator: TextGenerator, chunk: list[tuple[str, str | None]], options
 
 
 def _print(rows: Iterator[_Row]) -> None:
-    """As several prompts print: each continuation after its prompt, a blank line between."""
-    for k, r in enumerate(rows):
-        _show(("\n" if k else "") + f"{r.echo}{r.text}\n")
+    """As several prompts print: each continuation after its prompt, a blank line between (an empty or bad row:
+    one empty continuation)."""
+    k = 0
+    for r in rows:
+        for text in r.texts or [""]:
+            _show(("\n" if k else "") + f"{r.echo}{text}\n")
+            k += 1
 
 
-def _write(out: Path, rows: Iterator[_Row]) -> None:
+def _write(out: Path, rows: Iterator[_Row], n_best: bool = False) -> None:
     """The continuations into `out`, whole or not at all: .txt one a line (`escaped`), .jsonl with the prompt and
-    the error."""
+    the error, and with `n_best` all of a row's continuations as "texts" (empty for an empty or bad row)."""
     from mmkit.inference.text_rows import atomic_path
 
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
             f.write((escaped(r.text) if out.suffix == ".txt" else json.dumps(
-                {"prompt": r.prompt, "text": r.text, **({"error": r.error} if r.error else {})},
-                ensure_ascii=False)) + "\n")
+                {"prompt": r.prompt, "text": r.text, **({"texts": r.texts} if n_best else {}),
+                 **({"error": r.error} if r.error else {})}, ensure_ascii=False)) + "\n")
 
 
 # Where Python's str.splitlines breaks a line (the input's reader, bytes.splitlines, and editors: at \n and \r)

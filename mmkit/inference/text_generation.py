@@ -19,6 +19,7 @@ from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
 from mmkit.inference.inputs import as_items, check_count, text_items
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
+from mmkit.inference.seeds import sample_seed
 from mmkit.inference.thread_stream import ThreadStream
 from mmkit.limits import MAX_SAMPLES
 from mmkit.models.gpt import GPT
@@ -139,26 +140,17 @@ class TextGenerator:
         result for the same max_new_tokens (tokenized once, its note not logged)."""
         options = options or GenerationOptions()
         stream = _TextStream([s for s in as_items(stop) if s], on_text)
-        text = self._continuations(prompt, options, stop, 1, stream.update if on_text else None)[0]
+        text = self._continuations(prompt, options, stop, stream.update if on_text else None)[0]
         stream.finish(text)
         return text
 
     def samples(self, prompt: str | PromptTokens, options: GenerationOptions, n: int,
                 stop: str | Sequence[str] = ()) -> list[str]:
-        """`n` continuations of `prompt` (transformers' `num_return_sequences`): `n` samples drawn in one batch
-        where `options` sample (temperature, top_k or top_p), or a beam search's `n` best, best first (n <=
+        """`n` continuations of `prompt` (transformers' `num_return_sequences`), decoded in one batch: `n` samples
+        where `options` sample (temperature, top_k or top_p), sample j drawn from its own seed with
+        `options.seed` (`sample_seed`: sample 0 is `generate`'s), or a beam search's `n` best, best first (n <=
         beam_size); greedy decoding has one to give. Each is cut before its first stop string, as `generate`'s."""
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
-            raise ValueError(f"the number of continuations must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
-        if options.beam_size > 1:
-            if n > options.beam_size:
-                raise ValueError(f"{n} continuations exceed the beam size {options.beam_size}: a beam search keeps "
-                                 "beam_size hypotheses")
-            return self._decode_rows([self._ids(prompt, options.max_new_tokens)], options, stop, n_best=n)
-        if not options.sampling and n > 1:
-            raise ValueError("several continuations need sampling (a temperature, top_k or top_p) or a beam search "
-                             "(beam_size >= n): greedy decoding gives the same one each time")
-        return self._continuations(prompt, options, stop, n)
+        return self.continuations([prompt], options, n, stop)[0]
 
     def generate_many(self, prompts: Sequence[str | PromptTokens], options: GenerationOptions | None = None,
                       stop: str | Sequence[str] = (), batch_size: int = 8) -> list[str]:
@@ -168,43 +160,62 @@ class TextGenerator:
         padding masked out). Sampling with `options.seed` draws each prompt's tokens from its own generator so
         seeded, as alone; `repetition_penalty` and `no_repeat_ngram_size` read each row's own tokens, not its
         padding."""
-        options = options or GenerationOptions()
+        return [texts[0] for texts in self.continuations(prompts, options or GenerationOptions(), 1, stop,
+                                                         batch_size)]
+
+    def continuations(self, prompts: Sequence[str | PromptTokens], options: GenerationOptions, n: int = 1,
+                      stop: str | Sequence[str] = (), batch_size: int = 8) -> list[list[str]]:
+        """`n` continuations of each prompt, in order, each prompt's as `samples` gives them alone, `batch_size`
+        prompts decoded together as in `generate_many` (n rows each where it samples)."""
         check_count("batch_size", batch_size)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+            raise ValueError(f"the number of continuations must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
+        if n > options.beam_size > 1:
+            raise ValueError(f"{n} continuations exceed the beam size {options.beam_size}: a beam search keeps "
+                             "beam_size hypotheses")
+        if n > 1 and options.beam_size == 1 and not options.sampling:
+            raise ValueError("several continuations need sampling (a temperature, top_k or top_p) or a beam search "
+                             "(beam_size >= n): greedy decoding gives the same one each time")
         if isinstance(prompts, (str, PromptTokens)):
             raise TypeError("prompts must be a list of prompts: give one prompt to generate()")
         ids = []
-        for n, prompt in enumerate(prompts, 1):
+        for k, prompt in enumerate(prompts, 1):
             try:
                 ids.append(self._ids(prompt, options.max_new_tokens))
             except ValueError as e:  # which of many prompts
-                raise ValueError(f"prompt {n}: {e}") from None
+                raise ValueError(f"prompt {k}: {e}" if len(prompts) > 1 else str(e)) from None
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        out = [""] * len(ids)
+        out: list[list[str]] = [[] for _ in ids]
         for rows in batches:
-            for i, text in zip(rows, self._decode_rows([ids[i] for i in rows], options, stop, seeded=True)):
-                out[i] = text
+            texts = self._decode_rows([ids[i] for i in rows], options, stop, seeded=True, n=n)
+            for k, i in enumerate(rows):
+                out[i] = texts[k * n: (k + 1) * n]
         return out
 
     def _continuations(self, prompt: str | PromptTokens, options: GenerationOptions, stop: str | Sequence[str],
-                       n: int, on_text: Callable[[str], None] | None = None) -> list[str]:
-        """`n` rows of the same prompt decoded together; `on_text` follows row 0's text as it grows."""
-        return self._decode_rows([self._ids(prompt, options.max_new_tokens)] * n, options, stop, on_text)
+                       on_text: Callable[[str], None] | None = None) -> list[str]:
+        """`prompt`'s continuation, one generator seeded by `options.seed` (`generate`); `on_text` follows its
+        text as it grows."""
+        return self._decode_rows([self._ids(prompt, options.max_new_tokens)], options, stop, on_text)
 
     def _decode_rows(self, rows: list[list[int]], options: GenerationOptions, stop: str | Sequence[str],
                      on_text: Callable[[str], None] | None = None, seeded: bool = False,
-                     n_best: int = 1) -> list[str]:
-        """The continuations of prompt ids `rows` (of any lengths: left-padded), decoded together; `on_text`
-        follows row 0's text as it grows. `seeded`: a sampling seed seeds each row's own generator (each row
-        draws as alone); else one generator draws for all rows (`samples`: n different continuations). A beam
-        search gives each row's `n_best` best, row after row."""
+                     n: int = 1) -> list[str]:
+        """`n` continuations of each of prompt ids `rows` (of any lengths: left-padded), decoded together, a row's
+        after another's; `on_text` follows row 0's text as it grows. Sampling decodes n rows a prompt; `seeded`:
+        a sampling seed seeds each row's own generator (`sample_seed(seed, j)` for sample j: each prompt draws as
+        alone), else one generator draws for all rows. A beam search returns each prompt's `n` best."""
+        repeats = n if options.sampling else 1
+        rows = [row for row in rows for _ in range(repeats)]
         tokens, padding = left_padded(rows, self.eos_id or 0, self.device)
         P = tokens.shape[1]  # every row's prompt ends here
         cache = KVCache()
         cache.padding = padding if bool(padding.any()) else None
         stops = [s for s in as_items(stop) if s]
-        strategy = options.strategy(self.device, [options.seed] * len(rows) if seeded and options.seed is not None
-                                    else None, n_best)
+        seeds = ([sample_seed(options.seed, j) for _ in range(len(rows) // repeats) for j in range(repeats)]
+                 if seeded and options.seed is not None else None)
+        strategy = options.strategy(self.device, seeds, n)
 
         def text_of(row: Tensor) -> str:  # the generated text of a row, up to EOS
             new = row[P:].tolist()

@@ -22,7 +22,7 @@ from mmkit.core.decoding import check_sampling, decoding_strategy, is_sampling
 from mmkit.core.attention import attention_maps
 from mmkit.core.filters import repetition_filters
 from mmkit.inference.inputs import check_types, text_items
-from mmkit.inference.seeds import indexed_seed
+from mmkit.inference.seeds import indexed_seed, sample_seed
 from mmkit.limits import MAX_SAMPLES
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
 
@@ -147,7 +147,7 @@ class TranslationOptions:
         """How the sources at rows `rows` (their indices in the input) are decoded (`decoding_strategy`): beam
         search (its `num_return_sequences` best), greedy, or sampling, `repeats` decoder rows a source, each from
         its own seed (`sample_seed`) when a seed is given, else from torch's global generator."""
-        row_seeds = None if self.seed is None else [sample_seed(self.seed, row, j) for row in rows
+        row_seeds = None if self.seed is None else [sample_seed(indexed_seed(self.seed, row), j) for row in rows
                                                     for j in range(self.repeats)]
         return decoding_strategy(self.beam_size, self.length_penalty, self.early_stopping, self.temperature,
                                  self.top_k, self.top_p, device, row_seeds=row_seeds, n_best=self.num_return_sequences)
@@ -162,13 +162,6 @@ class TranslationOptions:
         transformers' `generate` runs an encoder-decoder (its decoder `input_ids` begin with the start token; its
         `min_length` counts that token, `min_new_tokens` does not)."""
         return repetition_filters(self.repetition_penalty, self.no_repeat_ngram_size, self.min_new_tokens, eos_id, 1)
-
-
-def sample_seed(seed: int, row: int, sample: int) -> int:
-    """The seed of sample `sample` of input row `row`: the row's own (`indexed_seed`) for sample 0, so that the
-    first of n samples is the single sample's, and one of (the row's seed, sample) for the others."""
-    row_seed = indexed_seed(seed, row)
-    return row_seed if sample == 0 else indexed_seed(row_seed, sample)
 
 
 @dataclass

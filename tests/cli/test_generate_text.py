@@ -202,10 +202,19 @@ def test_several_prompts_print_what_each_prints_alone(checkpoint, capsys, extra)
     assert capsys.readouterr().out == "\n".join(alone)
 
 
-def test_several_prompts_name_a_bad_one_and_take_one_sample_each(checkpoint, capsys):
+def test_several_prompts_name_a_bad_one_and_take_n_continuations_each(checkpoint, capsys):
+    """Several prompts with --num-return-sequences N: each prompt's N continuations, as the prompt alone gets
+    them (seeded samples: sample j from its own seed; beams: the N best), each printed after its prompt."""
+    from mmkit.core import GenerationOptions
+    from mmkit.inference.text_generation import load_text_generator
+
     directory, _, _ = checkpoint
     assert main(["generate-text", "A dog", "   ", "--model", str(directory), "--max-new-tokens", "4"]) == 2
     assert capsys.readouterr().err == "mmkit generate-text: error: prompt 2: the prompt is empty\n"
-    assert main(["generate-text", "A dog", "A cat", "--model", str(directory), "--temperature", "1",
-                 "--num-return-sequences", "2"]) == 2
-    assert capsys.readouterr().err == "mmkit generate-text: error: --num-return-sequences 2 takes one prompt, got 2\n"
+    generator = load_text_generator(directory)
+    for flags, options in ((["--temperature", "1", "--seed", "4"], GenerationOptions(6, temperature=1.0, seed=4)),
+                           (["--beam-size", "3"], GenerationOptions(6, beam_size=3))):
+        alone = {p: generator.samples(p, options, 2) for p in ("A dog", "The small cat sees")}
+        assert main(["generate-text", "A dog", "The small cat sees", "--model", str(directory), "--max-new-tokens",
+                     "6", "--num-return-sequences", "2", "--batch-size", "2", *flags]) == 0
+        assert capsys.readouterr().out == "\n".join(f"{p}{t}\n" for p, texts in alone.items() for t in texts)

@@ -54,6 +54,25 @@ def test_a_file_continues_each_line_as_a_run_of_it_alone(model, tmp_path, capsys
     assert [r["text"] for r in rows] == [b[len(p):-1] for p, b in zip(PROMPTS, blocks)]
 
 
+@pytest.mark.parametrize("extra", [["--temperature", "1.2", "--seed", "5"], ["--beam-size", "3"]],
+                         ids=["samples", "beams"])
+def test_a_file_with_n_continuations_a_line_gives_each_line_what_it_gets_alone(model, tmp_path, capsys, extra):
+    """--num-return-sequences 3 over a file: printed, each line's 3 continuations after it as the prompt alone
+    prints them; a .jsonl output's "texts" lists hold them ("text" the first), an empty line's list empty."""
+    common = ["--model", str(model), "--max-new-tokens", "8", "--num-return-sequences", "3", *extra]
+    blocks = [_alone(p, common, capsys) for p in PROMPTS]
+    source = tmp_path / "prompts.txt"
+    source.write_text("\n".join(PROMPTS) + "\n")
+    assert main(["generate-text", str(source), *common, "--batch-size", "2"]) == 0
+    assert capsys.readouterr().out == "\n".join(blocks)
+    out = tmp_path / "out.jsonl"
+    assert main(["generate-text", str(source), *common, "--batch-size", "2", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    texts = [[] if not p else [t[len(p):] for t in b.rstrip("\n").split("\n\n")] for p, b in zip(PROMPTS, blocks)]
+    assert [r["texts"] for r in rows] == texts and all(len(t) == 3 for p, t in zip(PROMPTS, texts) if p)
+    assert [r["text"] for r in rows] == [t[0] if t else "" for t in texts]
+
+
 def test_txt_and_jsonl_outputs_keep_the_lines_and_name_the_bad_ones(model, tmp_path, capsys, caplog):
     """A .jsonl file's "text" field, its bad lines (not JSON, no "text", not UTF-8, NUL bytes, nothing visible)
     reported once each and left empty, a blank one empty; the .txt output line N (escaped) is line N's text."""
@@ -127,10 +146,8 @@ def test_mistakes_are_one_line_and_exit_2(model, tmp_path, monkeypatch, capsys):
             (["p.txt", *m, "--output", "o.csv"], "--output o.csv: use a .txt or .jsonl file"),
             (["p.txt", *m, "--output", "p.txt"], "--output p.txt is the input file p.txt"),
             (["p.txt", *m, "--output", "out.txt"], "cannot write out.txt: it is a folder"),
-            (["p.txt", *m, "--temperature", "1", "--num-return-sequences", "2"],
-             "--num-return-sequences 2 takes one prompt, not a file of them (p.txt)"),
-            (["A dog", *m, "--output", "o.txt", "--temperature", "1", "--num-return-sequences", "2"],
-             "--num-return-sequences 2 takes one prompt, printed: not with --output"),
+            (["p.txt", *m, "--output", "o.txt", "--temperature", "1", "--num-return-sequences", "2"],
+             "--num-return-sequences 2: a .txt output holds one continuation a line; write a .jsonl"),
             (["p.txt", *m, "--max-new-tokens", "64"],
              "--max-new-tokens 64 leaves no room for a prompt in the model's context of 64 tokens"),
             (["p.txt", *m, "--top-p", "1.5"], "top_p must be in (0, 1]")):

@@ -236,6 +236,20 @@ def test_samples_with_beams_are_the_n_best_continuations(hf_dir):
         generator.samples("The cat sees", options, 5)
 
 
+@pytest.mark.parametrize("options", [GenerationOptions(max_new_tokens=10, temperature=1.4, seed=9),
+                                     GenerationOptions(max_new_tokens=10, beam_size=3)], ids=["samples", "beams"])
+def test_n_continuations_of_prompts_batched_are_what_each_gets_alone(hf_dir, options):
+    """`continuations(prompts, n)`: left-padded batches give each prompt the n continuations `samples` gives it
+    alone; a seeded prompt's first sample is `generate`'s (sample j draws from its own seed)."""
+    directory, _, _ = hf_dir
+    generator = load_text_generator(directory)
+    prompts = ["The cat sees", "A small bird follows the moon. Our", "Why"]
+    alone = [generator.samples(p, options, 3) for p in prompts]
+    assert generator.continuations(prompts, options, 3, batch_size=2) == alone
+    assert [texts[0] for texts in alone] == [generator.generate(p, options) for p in prompts]
+    assert generator.generate_many(prompts, options, batch_size=3) == [texts[0] for texts in alone]
+
+
 def test_samples_are_several_continuations_drawn_together(hf_dir):
     directory, _, _ = hf_dir
     generator = load_text_generator(directory)
