@@ -165,3 +165,18 @@ def test_seeded_translation_samples_on_the_gpu_do_not_depend_on_batches(tmp_path
 
     assert sampled(1) == sampled(8)
     assert gpu.translate(texts, TranslationOptions(top_k=1, seed=3)) == gpu.translate(texts)
+
+
+def test_beam_n_best_translations_on_the_gpu_are_the_cpus(tmp_path):
+    """A beam search's 3 best on the GPU: the CPU's hypotheses, scores within float noise."""
+    from mmkit.inference.translator import TranslationOptions, load_translator
+    from tests.inference._translation_fixtures import write_marian_dir
+
+    directory = write_marian_dir(tmp_path / "marian")
+    texts = ["seven", "one hundred and twenty-three", "third", "forty-two", "nine hundred"]
+    options = TranslationOptions(beam_size=4, num_return_sequences=3, batch_size=2, max_new_tokens=10)
+    cpu = load_translator(directory).translate(texts, options)
+    gpu = load_translator(directory, device="cuda").translate(texts, options)
+    assert [[c.tokens for c in r.candidates] for r in gpu] == [[c.tokens for c in r.candidates] for r in cpu]
+    for g, c in zip(gpu, cpu):
+        assert [x.score for x in g.candidates] == pytest.approx([x.score for x in c.candidates], abs=1e-3)

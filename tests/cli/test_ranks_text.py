@@ -112,11 +112,14 @@ def test_translate_a_file_under_torchrun_writes_one_process_output_byte_for_byte
 
 
 def test_translate_sentences_under_torchrun_print_what_one_process_does(translator, tmp_path):
+    """Two seeded samples a sentence (Moses n-best lines): each sample drawn from its own seed on either rank."""
     args = ["translate", "ten", "October 15, 1963", "four hundred and sixty-six", "жжж жжж", "ten thousand",
-            "--model", str(translator), "--batch-size", "2", "--max-length", "6"]
+            "--model", str(translator), "--batch-size", "2", "--max-length", "6", "--num-return-sequences", "2",
+            "--temperature", "1.5", "--seed", "4"]
     one, shared = alone(*args, cwd=tmp_path), torchrun(*args, cwd=tmp_path)
     assert one.returncode == 0 and shared.returncode == 0, shared.stderr
-    assert shared.stdout == one.stdout and shared.stdout.count("\n") == 5
+    assert shared.stdout == one.stdout and shared.stdout.count("\n") == 9  # the unencodable line: one line
+    assert [line.split(" ||| ")[0] for line in shared.stdout.splitlines()] == list("001122344")
     assert _messages(shared, "mmkit translate") == _messages(one, "mmkit translate") and "line 4" in shared.stderr
 
 
