@@ -26,7 +26,7 @@ from mmkit.data.image_folder import (SkippedSample, check_image_size, drop_skipp
 from mmkit.data.images import ImageLoadError, load_image, scan_images
 from mmkit.data.sampling import order
 from mmkit.data.text import CLIPTokenizer
-from mmkit.data.transforms import EvalTransform
+from mmkit.data.transforms import CLIP_DEFAULTS, EvalTransform
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +208,17 @@ class _CaptionDataModule(pl.LightningDataModule):
     zeroshot_templates: list[str] | None = None
 
     def __init__(self, image_size: int, batch_size: int, num_workers: int, context_length: int,
-                 val_split: float, scale: tuple[float, float], interpolation: str, seed: int) -> None:
+                 val_split: float, scale: tuple[float, float], interpolation: str | None, seed: int) -> None:
         super().__init__()
         if not 0.0 <= val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1), got {val_split}")
         check_image_size(image_size)  # a typo's size would be met only in the first batch, as a MemoryError
         self.batch_size, self.num_workers, self.val_split, self.seed = batch_size, num_workers, val_split, seed
         self.tokenizer = CLIPTokenizer(context_length=context_length)
-        self.image_size, self.interpolation, self.scale = image_size, interpolation, scale
-        self._transforms(EvalTransform(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, interpolation))
+        self.image_size, self.scale = image_size, scale
+        self.interpolation_chosen = interpolation is not None  # else the model's own (`normalize_as`)
+        self.interpolation = interpolation or CLIP_DEFAULTS["interpolation"]
+        self._transforms(EvalTransform(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, self.interpolation))
         self.samples: dict[str, list[CaptionSample]] = {}
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of every file left out
 
@@ -240,9 +242,11 @@ class _CaptionDataModule(pl.LightningDataModule):
     def normalize_as(self, preprocess: dict) -> dict:
         """Normalise, and resize for evaluation, as a fine-tuned model was pretrained (`CLIPTask.setup`): the mean,
         std and resize_mode its import recorded (SigLIP: 0.5 and squash), over OpenAI's statistics and the short
-        side, as open_clip's training takes the pretrained model's own preprocess config. Returns those changed."""
-        transform, changed = self.eval_transform.normalized_as(preprocess)
+        side, and its resize filter (AIMv2's, PE's bilinear) unless `interpolation` was given, as open_clip's
+        training takes the pretrained model's own preprocess config. Returns those changed."""
+        transform, changed = self.eval_transform.normalized_as(preprocess, interpolation=not self.interpolation_chosen)
         if changed:
+            self.interpolation = transform.interpolation  # training's random crops resize with it too
             self._transforms(transform)
         return changed
 
@@ -336,7 +340,8 @@ class CaptionTableDataModule(_CaptionDataModule):
         val_split: fraction of the train rows held out for validation when there is no val_file; one that
             rounds to no validation or no training rows is refused.
         scale: RandomResizedCrop area range for training (CLIP's mild (0.9, 1.0); no flips).
-        interpolation: resize filter name ("bicubic", "bilinear").
+        interpolation: resize filter name ("bicubic", "bilinear"); None (default): the fine-tuned model's own, as
+            its import recorded it (`CLIP.preprocess`), else bicubic (OpenAI's and most open_clip models').
         seed: seed of the val_split draw.
     """
 
@@ -355,7 +360,7 @@ class CaptionTableDataModule(_CaptionDataModule):
         context_length: int = 77,
         val_split: float = 0.0,
         scale: tuple[float, float] = (0.9, 1.0),
-        interpolation: str = "bicubic",
+        interpolation: str | None = None,
         seed: int = 0,
     ) -> None:
         # 13 arguments: the flat, CLI-visible knobs (grouping them would hide them from --print_config).
@@ -390,7 +395,7 @@ class SidecarCaptionDataModule(_CaptionDataModule):
         context_length: int = 77,
         val_split: float = 0.0,
         scale: tuple[float, float] = (0.9, 1.0),
-        interpolation: str = "bicubic",
+        interpolation: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(image_size, batch_size, num_workers, context_length, val_split, scale, interpolation, seed)

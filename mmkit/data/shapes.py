@@ -236,8 +236,8 @@ class ShapesDataModule(pl.LightningDataModule):
 
     def normalize_as(self, preprocess: dict) -> dict:
         """Normalise, and resize other inputs, as a fine-tuned model was pretrained (`CLIPTask.setup`; the caption
-        data modules' rule): its recorded mean, std and resize_mode. Returns those changed."""
-        self.transform, changed = self.transform.normalized_as(preprocess)
+        data modules' rule): its recorded mean, std, resize_mode and resize filter. Returns those changed."""
+        self.transform, changed = self.transform.normalized_as(preprocess, interpolation=True)
         for dataset in self.datasets.values():
             dataset.transform = self.transform
         return changed
@@ -245,7 +245,7 @@ class ShapesDataModule(pl.LightningDataModule):
     def inference_metadata(self) -> dict:
         """Preprocessing and zero-shot defaults for an exported checkpoint (and the demo)."""
         t = self.transform
-        return {"image_size": self.image_size, "crop_pct": 1.0, "interpolation": "bicubic",
+        return {"image_size": self.image_size, "crop_pct": 1.0, "interpolation": t.interpolation,
                 "mean": list(t.mean), "std": list(t.std), "resize_mode": t.resize_mode,
                 "context_length": self.tokenizer.context_length, "zeroshot_labels": self.zeroshot_labels,
                 "zeroshot_templates": self.zeroshot_templates, "held_out_pairs": self.held_out}

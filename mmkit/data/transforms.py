@@ -74,13 +74,16 @@ class EvalTransform:
                 raise ValueError(f"{name} must be 3 finite numbers{', each > 0' if name == 'std' else ''}, "
                                  f"got {list(values)}")
 
-    def normalized_as(self, preprocess: dict[str, Any]) -> tuple["EvalTransform", dict[str, Any]]:
+    def normalized_as(self, preprocess: dict[str, Any], interpolation: bool = False,
+                      ) -> tuple["EvalTransform", dict[str, Any]]:
         """This transform with the mean, std and resize_mode of a model's recorded preprocessing (`CLIP.preprocess`:
-        SigLIP's 0.5 and squash) where they are given, and those that changed ({} and this transform if none)."""
+        SigLIP's 0.5 and squash) where they are given, its resize filter too with `interpolation` (where the user
+        chose none), and those that changed ({} and this transform if none)."""
         def value(key: str, given: Any) -> Any:  # statistics as the tuples this transform holds
-            return given if key == "resize_mode" else tuple(given)
+            return given if key in ("resize_mode", "interpolation") else tuple(given)
 
-        changed = {k: preprocess[k] for k in ("mean", "std", "resize_mode")
+        keys = ("mean", "std", "resize_mode") + (("interpolation",) if interpolation else ())
+        changed = {k: preprocess[k] for k in keys
                    if preprocess.get(k) is not None and value(k, preprocess[k]) != getattr(self, k)}
         if not changed:
             return self, {}

@@ -191,8 +191,8 @@ def test_a_sidecar_val_split_names_images_and_val_dir(tmp_path):
 
 def test_normalize_as_takes_a_models_recorded_statistics_for_training_and_evaluation(tmp_path):
     """`normalize_as` (what `CLIPTask.setup` calls for a model that records its preprocessing): both transforms
-    normalise with the model's mean and std, evaluation resizes as it does, and the export metadata says so; the
-    values it already has change nothing."""
+    normalise with the model's mean and std and resize with its filter unless one was given, evaluation resizes as
+    it does, and the export metadata says so; the values it already has change nothing."""
     dm = CaptionTableDataModule(train_file=str(_table(tmp_path, 8)), image_size=8, batch_size=4, num_workers=0,
                                 context_length=12)
     flat = Image.new("RGB", (12, 10), (255, 0, 0))
@@ -205,11 +205,18 @@ def test_normalize_as_takes_a_models_recorded_statistics_for_training_and_evalua
     openai = statistics()
     assert dm.normalize_as({"mean": list(dm.eval_transform.mean), "std": dm.eval_transform.std}) == {}
     assert statistics()[:2] == openai[:2] and statistics()[2].tolist() == openai[2].tolist()
-    siglip = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize_mode": "squash", "interpolation": "bilinear"}
-    assert dm.normalize_as(siglip) == {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"}
+    pe = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resize_mode": "squash", "interpolation": "bilinear"}
+    assert dm.normalize_as(pe) == {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash",
+                                   "interpolation": "bilinear"}
     mean, std, pixel = statistics()
     assert mean == std == [0.5] * 3 and mean != openai[0]
     torch.testing.assert_close(pixel, torch.tensor([1.0, -1.0, -1.0]))  # (pixel - 0.5) / 0.5 of pure red
+    crop = dm.train_transform.transforms[0]  # training's random crops resize with the model's filter too
+    assert "bilinear" in str(crop.interpolation).lower() and dm.eval_transform.interpolation == "bilinear"
     meta = dm.inference_metadata()
     assert (meta["mean"], meta["std"], meta["resize_mode"], meta["interpolation"]) == (
-        [0.5] * 3, [0.5] * 3, "squash", "bicubic")  # the resize filter stays the data module's own argument
+        [0.5] * 3, [0.5] * 3, "squash", "bilinear")
+    chosen = CaptionTableDataModule(train_file=str(_table(tmp_path, 8)), image_size=8, batch_size=4, num_workers=0,
+                                    context_length=12, interpolation="bicubic")
+    assert "interpolation" not in chosen.normalize_as(pe)  # a filter given is the user's choice
+    assert chosen.inference_metadata()["interpolation"] == "bicubic"
