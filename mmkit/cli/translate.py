@@ -44,7 +44,7 @@ PROG = "mmkit translate"
 def _parser() -> argparse.ArgumentParser:
     from mmkit.cli.options import (
         MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, add_repetition_arguments,
-        add_sampling_arguments, at_least, beam_size, utf8_text,
+        add_sampling_arguments, at_least, beam_size, finite, utf8_text,
     )
     from mmkit.inference.quantize import QUANTIZATIONS
     from mmkit.limits import MAX_SAMPLES
@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     add_beam_arguments(p, model_defaults=True)
     add_repetition_arguments(p, model_defaults=True)  # as transformers' generate(repetition_penalty=...), ...
     add_sampling_arguments(p, model_defaults=True)  # each line from its own seed (TranslationOptions)
+    p.add_argument("--encoder-repetition-penalty", type=finite(above=0), metavar="R",
+                   help="> 1 favours the source's tokens, < 1 avoids them (transformers' hallucination penalty for "
+                        "input-grounded text, T5's summaries; the model's, else 1 = off)")
+    p.add_argument("--encoder-no-repeat-ngram-size", type=at_least(0), metavar="N",
+                   help="never copy an n-gram of N source tokens (the model's, else 0 = off)")
     p.add_argument("--num-return-sequences", type=at_least(1, MAX_SAMPLES), metavar="N",
                    help="N translations of each source: a beam search's N best (N <= the beams) or N samples; printed "
                         "as 'I ||| TEXT ||| SCORE' lines (Moses n-best), in a .jsonl output as lists (default 1)")
@@ -149,7 +154,9 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
                  early_stopping=args.early_stopping, batch_size=args.batch_size,
                  repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
                  min_new_tokens=args.min_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                 top_p=args.top_p, seed=args.seed, num_return_sequences=args.num_return_sequences)
+                 top_p=args.top_p, seed=args.seed, num_return_sequences=args.num_return_sequences,
+                 encoder_repetition_penalty=args.encoder_repetition_penalty,
+                 encoder_no_repeat_ngram_size=args.encoder_no_repeat_ngram_size)
     # refused before the model loads; the translations' count is checked once the beams are known (the model's own)
     TranslationOptions(**{k: v for k, v in given.items() if v is not None and k != "num_return_sequences"})
     if (args.num_return_sequences or 1) > 1 and args.output and Path(args.output).suffix == ".txt":

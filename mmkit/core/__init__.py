@@ -12,8 +12,9 @@ from mmkit.core.decoding import (
     BeamSearch, Generation, GenerationOptions, Greedy, RowSampling, Sampling, check_sampling, generate,
 )
 from mmkit.core.filters import (
-    LogitFilter, LogitNormalization, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin,
-    SuppressTokens, Temperature, TopK, TopP,
+    LogitFilter, LogitNormalization, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty,
+    SourceNoRepeatNGram, SourceRepetitionPenalty, SourceTokens, SuppressAtBegin, SuppressTokens, Temperature, TopK,
+    TopP,
 )
 from mmkit.core.execution import compile_stacks, set_grad_checkpointing
 from mmkit.core.heads import output_logits, tied_logits
@@ -30,8 +31,9 @@ __all__ = [
     "GenerationOptions", "Greedy", "KVCache", "LayerNorm", "LayerScale", "LearnedPositions", "LogitFilter",
     "LogitNormalization", "MinNewTokens", "Mlp", "NoRepeatNGram", "PostNormBlock", "PreNormBlock", "QuickGELU",
     "RMSNorm", "RelativePositionBias", "RepetitionGuard", "RepetitionPenalty", "RotaryEmbedding", "RowSampling",
-    "Sampling", "SuppressAtBegin", "SuppressTokens", "SwiGLU", "Temperature", "TopK", "TopP", "TransformerStack",
-    "attention_maps", "causal_mask", "check_sampling", "compile_stacks", "generate", "key_padding_mask", "layer_norm",
-    "left_padded", "left_padding_mask", "output_logits", "resample_positions", "set_grad_checkpointing",
-    "sinusoidal_positions", "sinusoidal_positions_concat", "sinusoidal_positions_halves", "tied_logits",
+    "Sampling", "SourceNoRepeatNGram", "SourceRepetitionPenalty", "SourceTokens", "SuppressAtBegin", "SuppressTokens",
+    "SwiGLU", "Temperature", "TopK", "TopP", "TransformerStack", "attention_maps", "causal_mask", "check_sampling",
+    "compile_stacks", "generate", "key_padding_mask", "layer_norm", "left_padded", "left_padding_mask", "output_logits",
+    "resample_positions", "set_grad_checkpointing", "sinusoidal_positions", "sinusoidal_positions_concat",
+    "sinusoidal_positions_halves", "tied_logits",
 ]

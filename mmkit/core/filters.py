@@ -218,6 +218,64 @@ def repetition_filters(repetition_penalty: float = 1.0, no_repeat_ngram_size: in
     return out
 
 
+class SourceTokens:
+    """The source ids of a batch of encoder-decoder rows, for the rules that read them (`SourceRepetitionPenalty`,
+    `SourceNoRepeatNGram`): `sources` (B, S) right-padded, `lengths` (B,) real tokens per row (>= 1). A rule sees
+    each row's own tokens only, never its padding, so a row decodes as it would alone. Beams or samples of a row
+    (B·K rows of `tokens`) share its source."""
+
+    def __init__(self, sources: Tensor, lengths: Tensor) -> None:
+        self.lengths = lengths.to(sources.device)
+        positions = torch.arange(sources.shape[1], device=sources.device)
+        # the padding as each row's first token: a token the row holds anyway (gather and scatter see its own only)
+        self.sources = torch.where(positions < self.lengths[:, None], sources, sources[:, :1])
+
+    def rows(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(sources, lengths) repeated for the B·K rows of `tokens`."""
+        k = tokens.shape[0] // self.sources.shape[0]
+        return self.sources.repeat_interleave(k, dim=0), self.lengths.repeat_interleave(k)
+
+
+class SourceRepetitionPenalty:
+    """transformers' `encoder_repetition_penalty` (its `EncoderRepetitionPenaltyLogitsProcessor`, a "hallucination
+    penalty" for input-grounded text, summaries): the logit of every token of the row's source is multiplied by
+    `penalty` when positive and divided by it when negative, so > 1 favours the source's tokens, < 1 avoids them."""
+
+    def __init__(self, penalty: float, source: SourceTokens) -> None:
+        if not penalty > 0:
+            raise ValueError(f"encoder repetition penalty must be > 0, got {penalty}")
+        self.penalty, self.source = penalty, source
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        ids = self.source.rows(tokens)[0]
+        seen = logits.gather(1, ids)
+        seen = torch.where(seen < 0, seen / self.penalty, seen * self.penalty)
+        return logits.scatter(1, ids, seen)
+
+
+class SourceNoRepeatNGram:
+    """transformers' `encoder_no_repeat_ngram_size` (`EncoderNoRepeatNGramLogitsProcessor`): never complete an
+    n-gram of the row's source, i.e. ban the tokens that followed the row's last n - 1 tokens wherever those occur
+    in its source (n = 1: every source token), from the step the row holds n - 1 tokens (its start token counts)."""
+
+    def __init__(self, n: int, source: SourceTokens) -> None:
+        if not n >= 1:
+            raise ValueError(f"encoder_no_repeat_ngram_size must be >= 1, got {n}")
+        self.n, self.source = n, source
+
+    def __call__(self, tokens: Tensor, logits: Tensor) -> Tensor:
+        sources, lengths = self.source.rows(tokens)
+        if tokens.shape[1] < self.n - 1 or sources.shape[1] < self.n:
+            return logits
+        grams = sources.unfold(1, self.n, 1)  # (R, windows, n)
+        last = tokens[:, tokens.shape[1] - self.n + 1:]  # (R, n - 1)
+        found = (grams[:, :, :-1] == last[:, None, :]).all(dim=-1)  # (R, windows)
+        found &= torch.arange(grams.shape[1], device=tokens.device)[None] + self.n <= lengths[:, None]
+        rows, at = found.nonzero(as_tuple=True)
+        logits[rows, grams[rows, at, -1]] = float("-inf")
+        return logits
+
+
 class MinNewTokens:
     """No `eos_id` before `min_new_tokens` tokens follow the prompt (`begin_index` tokens), as transformers'
     `min_new_tokens`."""

@@ -17,7 +17,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmkit.core import BeamSearch, Greedy, LogitNormalization, Sampling, SuppressTokens, generate
+from mmkit.core import (
+    BeamSearch, Greedy, LogitNormalization, Sampling, SourceNoRepeatNGram, SourceRepetitionPenalty, SourceTokens,
+    SuppressTokens, generate,
+)
 from mmkit.core.decoding import check_sampling, decoding_strategy, is_sampling
 from mmkit.core.attention import attention_maps
 from mmkit.core.filters import repetition_filters
@@ -32,16 +35,15 @@ TRANSFORMERS_TOKENIZER = "transformers"  # export metadata: tokenizer files writ
 # The `TranslationOptions` fields a model's own settings may give (`Translator.defaults`), those of them that only a
 # beam search uses, and those that ask for sampling.
 DECODING_DEFAULTS = ("beam_size", "length_penalty", "early_stopping", "repetition_penalty", "no_repeat_ngram_size",
-                     "min_new_tokens", "renormalize_logits", "temperature", "top_k", "top_p")
+                     "min_new_tokens", "renormalize_logits", "temperature", "top_k", "top_p",
+                     "encoder_repetition_penalty", "encoder_no_repeat_ngram_size")
 BEAM_ONLY = ("length_penalty", "early_stopping", "renormalize_logits")  # greedy's argmax is the same renormalised
 SAMPLING = ("temperature", "top_k", "top_p")
 TRANSFORMERS_TOP_K = 50  # transformers' GenerationConfig default: a do_sample config without top_k samples among 50
 # Generation-config settings that change transformers' decoding and that the translator does not apply, with the
 # values that leave them off (None: unset), those of sampling apart: a config that sets one is said at load, not
-# decoded otherwise in silence. The encoder's repetition rules serve summarisation (input-grounded text), not
-# translation, whose source and target vocabularies rarely share tokens.
-UNAPPLIED = {"encoder_repetition_penalty": (1.0, None), "encoder_no_repeat_ngram_size": (0, None),
-             "num_beam_groups": (1, None), "penalty_alpha": (None,), "exponential_decay_length_penalty": (None,),
+# decoded otherwise in silence.
+UNAPPLIED = {"num_beam_groups": (1, None), "penalty_alpha": (None,), "exponential_decay_length_penalty": (None,),
              "sequence_bias": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
              "forced_bos_token_id": (None,), "num_return_sequences": (1, None)}  # n a source: --num-return-...
 UNAPPLIED_SAMPLING = {"typical_p": (1.0, None), "epsilon_cutoff": (0.0, None), "eta_cutoff": (0.0, None),
@@ -64,6 +66,10 @@ class TranslationOptions:
     transformers' settings of the same names, applied as `generate` applies them to an encoder-decoder: to the
     decoder's tokens, its start token included (`filters`). A length limit of the default rule is raised to
     min_new_tokens; a max_new_tokens below it wins (the row ends there without EOS), as transformers' max_length.
+    encoder_repetition_penalty (> 1 favours the source's tokens, < 1 avoids them, 1 = off) and
+    encoder_no_repeat_ngram_size (never copy an n-gram of the source, 0 = off) are transformers' rules for
+    input-grounded text (T5's "summarize: "), applied to each row's own source tokens, EOS included, as `generate`
+    reads the encoder's input ids of one source (`SourceRepetitionPenalty`, `SourceNoRepeatNGram`).
     renormalize_logits: transformers' setting (opus-mt's generation configs set it): each step's scores are
     log-softmaxed again after every other rule (the banned <pad>, the forced EOS), so a beam search ranks beams by
     log-probabilities over the tokens left (`LogitNormalization`). Greedy decoding is the same either way.
@@ -98,11 +104,13 @@ class TranslationOptions:
     top_p: float | None = None
     seed: int | None = None
     num_return_sequences: int = 1
+    encoder_repetition_penalty: float = 1.0
+    encoder_no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
         check_types(self, ints=("beam_size", "max_new_tokens", "length_offset", "batch_size", "no_repeat_ngram_size",
-                                "min_new_tokens", "num_return_sequences"),
-                    reals=("length_ratio", "length_penalty", "repetition_penalty"))
+                                "min_new_tokens", "num_return_sequences", "encoder_no_repeat_ngram_size"),
+                    reals=("length_ratio", "length_penalty", "repetition_penalty", "encoder_repetition_penalty"))
         if not isinstance(self.renormalize_logits, bool):  # "yes" or 1 would read as set; transformers tests `is True`
             raise TypeError(f"TranslationOptions: renormalize_logits must be True or False, got "
                             f"{self.renormalize_logits!r}")
@@ -114,11 +122,12 @@ class TranslationOptions:
         # a bool, not any value equal to one: the beam search tests `early_stopping is True`, which 1 is not
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise TranslatorError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise TranslatorError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
-        if self.no_repeat_ngram_size < 0 or self.min_new_tokens < 0:
-            raise TranslatorError(f"no_repeat_ngram_size and min_new_tokens must be >= 0, got "
-                                  f"{self.no_repeat_ngram_size} and {self.min_new_tokens}")
+        for name in ("repetition_penalty", "encoder_repetition_penalty"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise TranslatorError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "min_new_tokens"):
+            if getattr(self, name) < 0:
+                raise TranslatorError(f"{name} must be >= 0, got {getattr(self, name)}")
         try:
             check_sampling(self.temperature, self.top_k, self.top_p, self.seed, self.beam_size)
         except ValueError as e:  # TypeError stays one: a value of the wrong type, as check_types'
@@ -156,12 +165,18 @@ class TranslationOptions:
         n = self.max_new_tokens or max(int(self.length_ratio * n_source) + self.length_offset, self.min_new_tokens)
         return max(1, min(n, cap))
 
-    def filters(self, eos_id: int) -> list[Callable[[Tensor, Tensor], Tensor]]:
+    def filters(self, eos_id: int, source: SourceTokens) -> list[Callable[[Tensor, Tensor], Tensor]]:
         """The repetition rules and the minimum length as logit filters of a decoder prompted by its start token
         alone: the n-gram ban and the penalty read the start token too, and min_new_tokens counts after it, as
         transformers' `generate` runs an encoder-decoder (its decoder `input_ids` begin with the start token; its
-        `min_length` counts that token, `min_new_tokens` does not)."""
-        return repetition_filters(self.repetition_penalty, self.no_repeat_ngram_size, self.min_new_tokens, eos_id, 1)
+        `min_length` counts that token, `min_new_tokens` does not). The source's rules read `source`, the batch's
+        source ids; in transformers' order: the source's penalty first, its n-gram ban after the others."""
+        out = repetition_filters(self.repetition_penalty, self.no_repeat_ngram_size, self.min_new_tokens, eos_id, 1)
+        if self.encoder_repetition_penalty != 1.0:
+            out.insert(0, SourceRepetitionPenalty(self.encoder_repetition_penalty, source))
+        if self.encoder_no_repeat_ngram_size:
+            out.append(SourceNoRepeatNGram(self.encoder_no_repeat_ngram_size, source))
+        return out
 
 
 @dataclass
@@ -384,7 +399,8 @@ class Translator:
         strategy = options.strategy(self.device, rows)
         # repetition rules and minimum length, suppressed tokens, then the forced EOS, which overrides them all, as
         # in transformers' processors (the others ban tokens, in any order), and the renormalisation after them all
-        filters = options.filters(c.eos_id) + ([SuppressTokens(c.suppress)] if c.suppress else [])
+        source = SourceTokens(src, torch.tensor([len(ids) for ids in sources], device=self.device))
+        filters = options.filters(c.eos_id, source) + ([SuppressTokens(c.suppress)] if c.suppress else [])
         with self._autocast():
             memory = self.model.encode(src, mask)
             if repeats > 1:  # n samples a source: its encoding once, its rows repeated (transformers' layout)
@@ -580,6 +596,8 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
                                    "no_repeat_ngram_size": decoding.get("no_repeat_ngram_size"),
                                    "min_new_tokens": _min_new_tokens(decoding, where),
                                    "renormalize_logits": decoding.get("renormalize_logits"),
+                                   "encoder_repetition_penalty": decoding.get("encoder_repetition_penalty"),
+                                   "encoder_no_repeat_ngram_size": decoding.get("encoder_no_repeat_ngram_size"),
                                    **_sampling(decoding, where)}, where)
     return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
                       defaults)
@@ -635,7 +653,8 @@ def _decoding_defaults(settings: dict[str, Any], where: str) -> dict[str, Any]:
     renormalize_logits false) are settings not made: save_pretrained writes some out."""
     given = {k: v for k, v in settings.items() if k in DECODING_DEFAULTS and v is not None}
     for name, unset in (("beam_size", 1), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
-                        ("min_new_tokens", 0)):
+                        ("min_new_tokens", 0), ("encoder_repetition_penalty", 1.0),
+                        ("encoder_no_repeat_ngram_size", 0)):
         if name in given and given[name] == unset and not isinstance(given[name], bool):
             given.pop(name)
     if given.get("renormalize_logits") is False:

@@ -593,9 +593,9 @@ def test_a_generation_config_setting_the_rules_is_honoured_without_options(rule_
     ({"repetition_penalty": float("inf")}, TranslatorError, "repetition_penalty must be a finite number > 0"),
     ({"repetition_penalty": float("nan")}, TranslatorError, "repetition_penalty must be a finite number > 0"),
     ({"repetition_penalty": "1.3"}, TypeError, "repetition_penalty must be a number, got '1.3'"),
-    ({"no_repeat_ngram_size": -1}, TranslatorError, "no_repeat_ngram_size and min_new_tokens must be >= 0"),
+    ({"no_repeat_ngram_size": -1}, TranslatorError, "no_repeat_ngram_size must be >= 0, got -1"),
     ({"no_repeat_ngram_size": 2.0}, TypeError, "no_repeat_ngram_size must be an integer, got 2.0"),
-    ({"min_new_tokens": -3}, TranslatorError, "no_repeat_ngram_size and min_new_tokens must be >= 0"),
+    ({"min_new_tokens": -3}, TranslatorError, "min_new_tokens must be >= 0, got -3"),
     ({"min_new_tokens": True}, TypeError, "min_new_tokens must be an integer, got True"),
     ({"renormalize_logits": 1}, TypeError, "renormalize_logits must be True or False, got 1"),
     ({"renormalize_logits": "false"}, TypeError, "renormalize_logits must be True or False, got 'false'"),
@@ -609,7 +609,7 @@ def test_bad_rule_options_are_refused_in_one_line(given, error, message):
 @pytest.mark.parametrize("settings, message", [
     ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0, got 0.0"),
     ({"repetition_penalty": "strong"}, "repetition_penalty must be a number, got 'strong'"),
-    ({"no_repeat_ngram_size": -2}, "no_repeat_ngram_size and min_new_tokens must be >= 0, got -2 and 0"),
+    ({"no_repeat_ngram_size": -2}, "no_repeat_ngram_size must be >= 0, got -2"),
     ({"no_repeat_ngram_size": True}, "no_repeat_ngram_size must be an integer, got True"),
     ({"min_new_tokens": 2.5}, "min_new_tokens must be an integer, got 2.5"),
     ({"min_length": -1}, "min_length must be an integer >= 0, got -1"),
@@ -671,8 +671,8 @@ def test_renormalize_logits_from_a_generation_config_is_transformers_beam_search
 
 
 def test_generation_config_settings_the_translator_does_not_apply_are_named_once(marian, tmp_path, caplog):
-    """A generation config's settings that would change transformers' decoding and that mmkit does not apply (the
-    encoder's repetition rules, diverse beams, bad words of several tokens, sampling cut-offs where it samples) are
+    """A generation config's settings that would change transformers' decoding and that mmkit does not apply (diverse
+    beams, several sequences a source, bad words of several tokens, sampling cut-offs where it samples) are
     named in one warning at load; the neutral values written out by save_pretrained are not."""
     import shutil
 
@@ -687,12 +687,11 @@ def test_generation_config_settings_the_translator_does_not_apply_are_named_once
     assert "not applied" not in caplog.text
     caplog.clear()
     (directory / "generation_config.json").write_text(json.dumps(
-        {**neutral, "encoder_repetition_penalty": 1.2, "num_beam_groups": 2, "typical_p": 0.9,
+        {**neutral, "num_beam_groups": 2, "typical_p": 0.9,
          "num_return_sequences": 3,
          "bad_words_ids": [[pad], [5, 6]]}))
     with caplog.at_level(logging.WARNING):
         load_translator(directory)
     lines = [r.getMessage() for r in caplog.records if "not applied" in r.getMessage()]
     assert lines == [f"{directory / 'generation_config.json'}: not applied by mmkit (transformers' generate would): "
-                     "encoder_repetition_penalty 1.2, num_beam_groups 2, num_return_sequences 3, typical_p 0.9, "
-                     "bad_words_ids of several tokens"]
+                     "num_beam_groups 2, num_return_sequences 3, typical_p 0.9, bad_words_ids of several tokens"]
