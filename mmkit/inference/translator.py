@@ -261,8 +261,8 @@ class Translator:
         max_target_tokens: cap on generated tokens (the model's positions).
         forced_eos_id: make this token (EOS) at each row's length limit (`ForcedEos`), as
             transformers does for configs with `forced_eos_token_id`.
-        defaults: the model's own decoding settings (`TranslationOptions` fields: beam_size, length_penalty,
-            early_stopping, repetition_penalty, no_repeat_ngram_size, min_new_tokens, renormalize_logits), as a
+        defaults: the model's own decoding settings (`TranslationOptions` fields, `DECODING_DEFAULTS`: beam_size,
+            length_penalty, early_stopping, the repetition rules, min_new_tokens, renormalize_logits, sampling), as a
             transformers directory's generation_config.json gives them (opus-mt: 4 or 6 beams, renormalize_logits):
             `translate` without options and `default_options` use them, as `generate` does.
     """
