@@ -12,7 +12,7 @@ import torch
 from mmkit.cli import main as mmkit_main
 from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
 from mmkit.models import Whisper
-from tests.inference._translation_fixtures import write_marian_dir, write_native_export, write_t5_dir
+from tests.inference._translation_fixtures import write_marian_dir, write_native_export
 
 TEXTS = ["one hundred and twenty-three", "", "Friday, March 5, 2021", "seven", "Привет мир",
          "two thousand, four hundred and seventy-three", "third"]
@@ -21,11 +21,6 @@ TEXTS = ["one hundred and twenty-three", "", "Friday, March 5, 2021", "seven", "
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
     return write_native_export(tmp_path_factory.mktemp("native"))
-
-
-@pytest.fixture(scope="module")
-def marian(tmp_path_factory):
-    return write_marian_dir(tmp_path_factory.mktemp("marian"))
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -44,11 +39,6 @@ def test_marian_directory_translates_to_transformers_tokens(marian, beam_size):
         expected = [t for t in expected if t not in (0, pad)]
         assert result.tokens == expected and result.error is None
         assert result.text == tok.decode(expected, skip_special_tokens=True)
-
-
-@pytest.fixture(scope="module")
-def t5(tmp_path_factory):
-    return write_t5_dir(tmp_path_factory.mktemp("t5"))
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])

@@ -13,15 +13,9 @@ import torch
 
 from mmkit.cli import main as mmkit_main
 from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
-from tests.inference._translation_fixtures import write_marian_dir
 
 TEXTS = ["seven", "one hundred and twenty-three", "third", "Friday, March 5, 2021", "forty-two",
          "two thousand, four hundred and seventy-three", "the fifth", "nine hundred"]
-
-
-@pytest.fixture(scope="module")
-def marian(tmp_path_factory):
-    return write_marian_dir(tmp_path_factory.mktemp("marian"))
 
 
 def _texts(results) -> list[str]:

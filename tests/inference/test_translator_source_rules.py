@@ -11,22 +11,11 @@ import pytest
 
 from mmkit.cli import main as mmkit_main
 from mmkit.inference.translator import TranslationOptions, TranslatorError, load_translator
-from tests.inference._translation_fixtures import write_marian_dir, write_t5_dir
 
 TEXTS = ["seven", "one hundred and twenty-three", "third", "Friday, March 5, 2021", "forty-two", "the fifth"]
 RULES = [{"encoder_repetition_penalty": 1.8}, {"encoder_repetition_penalty": 0.6},
          {"encoder_no_repeat_ngram_size": 1}, {"encoder_no_repeat_ngram_size": 2},
          {"encoder_repetition_penalty": 1.5, "encoder_no_repeat_ngram_size": 3, "repetition_penalty": 1.3}]
-
-
-@pytest.fixture(scope="module")
-def marian(tmp_path_factory):
-    return write_marian_dir(tmp_path_factory.mktemp("marian"))
-
-
-@pytest.fixture(scope="module")
-def t5(tmp_path_factory):
-    return write_t5_dir(tmp_path_factory.mktemp("t5"))
 
 
 def _reference(directory, kind: str, texts, prefix: str = "", **settings) -> list[list[int]]:
