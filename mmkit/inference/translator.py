@@ -24,6 +24,7 @@ from mmkit.core import (
 from mmkit.core.decoding import check_sampling, decoding_strategy, is_sampling
 from mmkit.core.attention import attention_maps
 from mmkit.core.filters import repetition_filters
+from mmkit.inference.generation_config import defaults_for, say_unapplied, settings_made, shared_settings
 from mmkit.inference.inputs import check_types, text_items
 from mmkit.inference.seeds import indexed_seed, sample_seed
 from mmkit.limits import MAX_SAMPLES
@@ -38,16 +39,6 @@ DECODING_DEFAULTS = ("beam_size", "length_penalty", "early_stopping", "repetitio
                      "min_new_tokens", "renormalize_logits", "temperature", "top_k", "top_p",
                      "encoder_repetition_penalty", "encoder_no_repeat_ngram_size")
 BEAM_ONLY = ("length_penalty", "early_stopping", "renormalize_logits")  # greedy's argmax is the same renormalised
-SAMPLING = ("temperature", "top_k", "top_p")
-TRANSFORMERS_TOP_K = 50  # transformers' GenerationConfig default: a do_sample config without top_k samples among 50
-# Generation-config settings that change transformers' decoding and that the translator does not apply, with the
-# values that leave them off (None: unset), those of sampling apart: a config that sets one is said at load, not
-# decoded otherwise in silence.
-UNAPPLIED = {"num_beam_groups": (1, None), "penalty_alpha": (None,), "exponential_decay_length_penalty": (None,),
-             "sequence_bias": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
-             "forced_bos_token_id": (None,), "num_return_sequences": (1, None)}  # n a source: --num-return-...
-UNAPPLIED_SAMPLING = {"typical_p": (1.0, None), "epsilon_cutoff": (0.0, None), "eta_cutoff": (0.0, None),
-                      "min_p": (None,)}
 
 
 class TranslatorError(ValueError):
@@ -357,17 +348,9 @@ class Translator:
         return TranslationOptions(**{**self.defaults_for(given), **given})
 
     def defaults_for(self, given: dict[str, Any]) -> dict[str, Any]:
-        """The model's own settings that options `given` leave in force: all of them, less those of the other way of
-        decoding where `given` chooses one, as a `generate(...)` argument overrides a generation config: a sampling
-        setting given (temperature > 0, top_k, top_p) drops the model's beams and their settings, a beam count
-        given drops the model's sampling, and a temperature of 0 given alone (greedy) drops its top_k / top_p."""
-        given = {k: v for k, v in given.items() if v is not None}
-        drop: set[str] = set()
-        if "beam_size" not in given and ((given.get("temperature") or 0) > 0 or "top_k" in given or "top_p" in given):
-            drop |= {"beam_size", *BEAM_ONLY}
-        if given.get("beam_size", 1) > 1 or (given.get("temperature") == 0 and not {"top_k", "top_p"} & set(given)):
-            drop |= set(SAMPLING)
-        return {k: v for k, v in self.defaults.items() if k not in drop}
+        """The model's own settings that options `given` leave in force (`generation_config.defaults_for`): a
+        sampling setting given drops the model's beams, a beam count given its sampling."""
+        return defaults_for(self.defaults, given, BEAM_ONLY)
 
     def translate(self, texts: str | Sequence[str], options: TranslationOptions | None = None,
                   on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
@@ -585,49 +568,19 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
     settings = {**cfg, **decoding}
     bad_words, forced_eos = settings.get("bad_words_ids"), settings.get("forced_eos_token_id")
     where = f"{generation if generation.is_file() else directory / 'config.json'}"
-    _say_unapplied(decoding, bad_words, where)
+    say_unapplied(decoding, bad_words, where)
     codec = _hf_codec(directory, int(cfg["decoder_start_token_id"]), int(cfg["eos_token_id"]),
                       int(cfg["pad_token_id"]), [w[0] for w in bad_words or [] if len(w) == 1])
     # Marian's sinusoid table bounds both sides; T5's relative positions do not (512 as its tokenizers).
     max_len = cfg.get("max_position_embeddings", 512)
-    defaults = _decoding_defaults({"beam_size": decoding.get("num_beams"), "length_penalty":
-                                   decoding.get("length_penalty"), "early_stopping": decoding.get("early_stopping"),
-                                   "repetition_penalty": decoding.get("repetition_penalty"),
-                                   "no_repeat_ngram_size": decoding.get("no_repeat_ngram_size"),
+    defaults = _decoding_defaults({**shared_settings(decoding, where),
                                    "min_new_tokens": _min_new_tokens(decoding, where),
                                    "renormalize_logits": decoding.get("renormalize_logits"),
                                    "encoder_repetition_penalty": decoding.get("encoder_repetition_penalty"),
-                                   "encoder_no_repeat_ngram_size": decoding.get("encoder_no_repeat_ngram_size"),
-                                   **_sampling(decoding, where)}, where)
+                                   "encoder_no_repeat_ngram_size": decoding.get("encoder_no_repeat_ngram_size")},
+                                  where)
     return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
                       defaults)
-
-
-def _say_unapplied(decoding: dict[str, Any], bad_words: Any, where: str) -> None:
-    """One warning naming the settings of a transformers generation config that the translator does not apply
-    (`UNAPPLIED`; those of sampling where it samples; bad words of several tokens: only single tokens are banned)."""
-    rules = {**UNAPPLIED, **(UNAPPLIED_SAMPLING if decoding.get("do_sample") is True else {})}
-    unapplied = [f"{k} {decoding[k]!r}" for k, off in rules.items() if k in decoding and decoding[k] not in off]
-    if isinstance(bad_words, list) and any(isinstance(w, list) and len(w) > 1 for w in bad_words):
-        unapplied.append("bad_words_ids of several tokens")
-    if unapplied:
-        log.warning("%s: not applied by mmkit (transformers' generate would): %s", where, ", ".join(unapplied))
-
-
-def _sampling(decoding: dict[str, Any], where: str) -> dict[str, Any]:
-    """The sampling settings of a transformers generation config: none unless it sets do_sample, else its
-    temperature, top_k and top_p with transformers' defaults for those not set (1.0, 50, 1.0; a top_k of 0 and a
-    top_p of 1 are off). A do_sample with beams (transformers' beam sampling) is not run: beam search, said once."""
-    if decoding.get("do_sample") is not True:
-        return {}
-    if isinstance(decoding.get("num_beams"), int) and decoding["num_beams"] > 1:
-        log.warning("%s: do_sample with num_beams %d (beam sampling) is not run: decoding with beam search "
-                    "(--temperature T to sample)", where, decoding["num_beams"])
-        return {}
-    temperature, top_k, top_p = (decoding.get(k) for k in SAMPLING)
-    return {"temperature": 1.0 if temperature is None else temperature,
-            "top_k": TRANSFORMERS_TOP_K if "top_k" not in decoding else top_k or None,
-            "top_p": None if top_p is None or top_p == 1.0 else top_p}
 
 
 def _min_new_tokens(decoding: dict[str, Any], where: str) -> Any:
@@ -651,14 +604,7 @@ def _decoding_defaults(settings: dict[str, Any], where: str) -> dict[str, Any]:
     a value they refuse is a one-line TranslatorError naming `where`, not a failure at the first sentence.
     transformers' defaults (1 beam, repetition_penalty 1.0, no_repeat_ngram_size and min_new_tokens 0,
     renormalize_logits false) are settings not made: save_pretrained writes some out."""
-    given = {k: v for k, v in settings.items() if k in DECODING_DEFAULTS and v is not None}
-    for name, unset in (("beam_size", 1), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
-                        ("min_new_tokens", 0), ("encoder_repetition_penalty", 1.0),
-                        ("encoder_no_repeat_ngram_size", 0)):
-        if name in given and given[name] == unset and not isinstance(given[name], bool):
-            given.pop(name)
-    if given.get("renormalize_logits") is False:
-        given.pop("renormalize_logits")
+    given = settings_made(settings, DECODING_DEFAULTS)
     try:
         TranslationOptions(**given)
     except (TypeError, TranslatorError) as e:

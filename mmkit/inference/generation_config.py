@@ -1,0 +1,87 @@
+"""A transformers generation config (`generation_config.json`) read as a model's own decoding settings, the rules
+`Translator` and `TextGenerator` share: transformers' names mapped to the options' (num_beams -> beam_size, do_sample
+-> temperature / top_k / top_p with transformers' defaults), the settings mmkit does not apply named in one warning
+at load, and how options given override the model's (`defaults_for`), as `generate(...)` arguments override a
+generation config."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+SAMPLING = ("temperature", "top_k", "top_p")
+TRANSFORMERS_TOP_K = 50  # transformers' GenerationConfig default: a do_sample config without top_k samples among 50
+# Generation-config settings that change transformers' decoding and that mmkit does not apply, with the values that
+# leave them off (None: unset), those of sampling apart: a config that sets one is said at load, not decoded
+# otherwise in silence.
+UNAPPLIED = {"num_beam_groups": (1, None), "penalty_alpha": (None,), "exponential_decay_length_penalty": (None,),
+             "sequence_bias": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+             "forced_bos_token_id": (None,), "num_return_sequences": (1, None)}  # n a source: --num-return-...
+UNAPPLIED_SAMPLING = {"typical_p": (1.0, None), "epsilon_cutoff": (0.0, None), "eta_cutoff": (0.0, None),
+                      "min_p": (None,)}
+# transformers' values that leave a setting off: a setting of that value is not made (save_pretrained writes some)
+UNSET = {"beam_size": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0,
+         "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0}
+
+
+def say_unapplied(decoding: dict[str, Any], bad_words: Any, where: str, also: dict[str, tuple] | None = None) -> None:
+    """One warning naming the settings of a transformers generation config that the tool does not apply
+    (`UNAPPLIED` and `also`; those of sampling where it samples; bad words of several tokens: only single tokens are
+    banned)."""
+    rules = {**UNAPPLIED, **(also or {}), **(UNAPPLIED_SAMPLING if decoding.get("do_sample") is True else {})}
+    unapplied = [f"{k} {decoding[k]!r}" for k, off in rules.items() if k in decoding and decoding[k] not in off]
+    if isinstance(bad_words, list) and any(isinstance(w, list) and len(w) > 1 for w in bad_words):
+        unapplied.append("bad_words_ids of several tokens")
+    if unapplied:
+        log.warning("%s: not applied by mmkit (transformers' generate would): %s", where, ", ".join(unapplied))
+
+
+def sampling_settings(decoding: dict[str, Any], where: str) -> dict[str, Any]:
+    """The sampling settings of a transformers generation config: none unless it sets do_sample, else its
+    temperature, top_k and top_p with transformers' defaults for those not set (1.0, 50, 1.0; a top_k of 0 and a
+    top_p of 1 are off). A do_sample with beams (transformers' beam sampling) is not run: beam search, said once."""
+    if decoding.get("do_sample") is not True:
+        return {}
+    if isinstance(decoding.get("num_beams"), int) and decoding["num_beams"] > 1:
+        log.warning("%s: do_sample with num_beams %d (beam sampling) is not run: decoding with beam search "
+                    "(--temperature T to sample)", where, decoding["num_beams"])
+        return {}
+    temperature, top_k, top_p = (decoding.get(k) for k in SAMPLING)
+    return {"temperature": 1.0 if temperature is None else temperature,
+            "top_k": TRANSFORMERS_TOP_K if "top_k" not in decoding else top_k or None,
+            "top_p": None if top_p is None or top_p == 1.0 else top_p}
+
+
+def shared_settings(decoding: dict[str, Any], where: str) -> dict[str, Any]:
+    """The settings every decoder's options take from a transformers generation config, under the options' names
+    (None: not set): the beams and their ranking, the repetition rules, and sampling (`sampling_settings`)."""
+    return {"beam_size": decoding.get("num_beams"), "length_penalty": decoding.get("length_penalty"),
+            "early_stopping": decoding.get("early_stopping"), "repetition_penalty": decoding.get("repetition_penalty"),
+            "no_repeat_ngram_size": decoding.get("no_repeat_ngram_size"), **sampling_settings(decoding, where)}
+
+
+def settings_made(settings: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The options' `fields` among `settings` that are set: not None, not transformers' value for off (`UNSET`; a
+    bool is never taken for 1 or 0), not a renormalize_logits of False."""
+    given = {k: v for k, v in settings.items() if k in fields and v is not None}
+    for name, unset in UNSET.items():
+        if name in given and given[name] == unset and not isinstance(given[name], bool):
+            given.pop(name)
+    if given.get("renormalize_logits") is False:
+        given.pop("renormalize_logits")
+    return given
+
+
+def defaults_for(defaults: dict[str, Any], given: dict[str, Any], beam_only: tuple[str, ...]) -> dict[str, Any]:
+    """The model's own settings `defaults` that options `given` leave in force: all of them, less those of the other
+    way of decoding where `given` chooses one, as a `generate(...)` argument overrides a generation config: a
+    sampling setting given (temperature > 0, top_k, top_p) drops the model's beams and their settings (`beam_only`),
+    a beam count given drops the model's sampling, and a temperature of 0 given alone (greedy) drops its top_k /
+    top_p."""
+    given = {k: v for k, v in given.items() if v is not None}
+    drop: set[str] = set()
+    if "beam_size" not in given and ((given.get("temperature") or 0) > 0 or "top_k" in given or "top_p" in given):
+        drop |= {"beam_size", *beam_only}
+    if given.get("beam_size", 1) > 1 or (given.get("temperature") == 0 and not {"top_k", "top_p"} & set(given)):
+        drop |= set(SAMPLING)
+    return {k: v for k, v in defaults.items() if k not in drop}
