@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from mmkit.cli.options import (
     MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, add_repetition_arguments,
-    add_sampling_arguments, at_least, beam_only_options, beam_size, utf8_text,
+    add_sampling_arguments, at_least, beam_only_options, beam_size, utf8_text, with_model_settings,
 )
 from mmkit.cli.ranked import nothing_written, on_ranks, set_up_on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
@@ -60,12 +60,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="mmkit export (mmkit fit ... export_dir) or transformers GPT-2 checkpoint directory")
     p.add_argument("--max-new-tokens", type=int, metavar="N",
                    help=f"tokens to generate at most ({DEFAULT_NEW_TOKENS}, at most half the model's context)")
-    add_sampling_arguments(p)
-    p.add_argument("--beam-size", type=beam_size(), default=1, metavar="B",
+    add_sampling_arguments(p, model_defaults=True)
+    p.add_argument("--beam-size", type=beam_size(), metavar="B",
                    help=f"beam search with B beams (deterministic; 1 to {MAX_BEAM_SIZE}), as transformers' "
-                        "generate(num_beams=B)")
-    add_beam_arguments(p)
-    add_repetition_arguments(p)
+                        "generate(num_beams=B) (the model's generation_config.json num_beams, else 1)")
+    add_beam_arguments(p, model_defaults=True)
+    add_repetition_arguments(p, model_defaults=True)
     p.add_argument("--num-return-sequences", type=at_least(1, MAX_SAMPLES), default=1, metavar="N",
                    help="N continuations of each prompt, printed one after another, a blank line between (a .jsonl "
                         "output: \"texts\" lists): N samples, sample j from its own seed, or a beam search's N best, "
@@ -111,33 +111,47 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     return _run(args) if printed else _run_rows(args, ranks)
 
 
-def _options(args: argparse.Namespace) -> GenerationOptions:
-    """The decoding options of the arguments (max_new_tokens the default where not given: `_fit_context` cuts it
-    to the model's context); a ValueError for a bad combination; warnings for options the decoding leaves unused."""
+def _given(args: argparse.Namespace) -> dict:
+    """The decoding options given on the command line (None: not given)."""
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                beam_size=args.beam_size, length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+                repetition_penalty=args.repetition_penalty, seed=args.seed,
+                no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """A ValueError of one line for options given that cannot go together whatever the model's own (beams with a
+    temperature, say), before the model loads."""
     from mmkit.core import GenerationOptions
 
-    options = GenerationOptions(max_new_tokens=DEFAULT_NEW_TOKENS if args.max_new_tokens is None
-                                else args.max_new_tokens,
-                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                beam_size=args.beam_size,
-                                length_penalty=1.0 if args.length_penalty is None else args.length_penalty,
-                                early_stopping=False if args.early_stopping is None else args.early_stopping,
-                                repetition_penalty=args.repetition_penalty, seed=args.seed,
-                                no_repeat_ngram_size=args.no_repeat_ngram_size,
-                                min_new_tokens=args.min_new_tokens)
+    GenerationOptions(**{"max_new_tokens": DEFAULT_NEW_TOKENS, **{k: v for k, v in _given(args).items()
+                                                                   if v is not None}})
+
+
+def _options(args: argparse.Namespace, generator: TextGenerator, say: bool = True) -> GenerationOptions:
+    """The decoding options: those given over the model's own (`TextGenerator.default_options`: a transformers
+    directory's generation config), max_new_tokens the default where not given, at most half the model's context;
+    a ValueError for a bad combination; the model's settings taken said once, warnings for options the decoding
+    leaves unused (`say`: on the first rank only)."""
+    from mmkit.inference.generation_config import defaults_for
+    from mmkit.inference.text_generation import GPT_BEAM_ONLY
+
+    given = _given(args)
+    options = with_model_settings(generator.default_options(**given),
+                                  defaults_for(generator.defaults, given, GPT_BEAM_ONLY), given, GPT_BEAM_ONLY, say)
     if args.num_return_sequences > 1 and not options.sampling and args.num_return_sequences > options.beam_size:
         raise ValueError(f"--num-return-sequences {args.num_return_sequences} needs sampling (--temperature, "
                          "--top-k or --top-p) or a beam search with as many beams (--beam-size): "
                          + ("greedy decoding gives the same continuation each time" if options.beam_size == 1 else
                             f"{options.beam_size} beams keep {options.beam_size} hypotheses"))
-    if args.seed is not None and not options.sampling:
+    if args.seed is not None and not options.sampling and say:
         log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
                     "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")
     unused = beam_only_options(args) if options.beam_size == 1 else ""
-    if unused:  # transformers' GenerationConfig.validate also flags them outside beam search
+    if unused and say:  # transformers' GenerationConfig.validate also flags them outside beam search
         log.warning("%s unused: %s has no beams to rank or stop (search with --beam-size B > 1)",
                     unused, "sampling" if options.sampling else "greedy decoding")
-    return options
+    return _fit_context(args, options, generator)
 
 
 def _fit_context(args: argparse.Namespace, options: GenerationOptions, generator: TextGenerator) -> GenerationOptions:
@@ -153,9 +167,9 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         check_device(args.device)  # an unknown or absent device is one line, not a CUDA traceback
-        options = _options(args)
+        _check_options(args)
         generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
-        options = _fit_context(args, options, generator)
+        options = _options(args, generator)
         prompts = []  # bad prompts fail before output
         for n, text in enumerate(args.prompts, 1):
             try:
@@ -301,14 +315,14 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Generat
     if args.num_return_sequences > 1 and args.output and Path(args.output).suffix == ".txt":
         raise ValueError(f"--num-return-sequences {args.num_return_sequences}: a .txt output holds one continuation "
                          "a line; write a .jsonl (\"texts\" lists) or print them")
-    options = _options(args)
+    _check_options(args)
     device = ranks.device(args.device)
     check_device(device)
     if args.output:
         check_output_file(args.output, source)
     total = sum(1 for _ in iter_lines(source)) if source else len(args.prompts)
     generator = load_text_generator(args.model, device, args.quantize, args.precision)
-    options = _fit_context(args, options, generator)
+    options = _options(args, generator, ranks.first)
     if options.max_new_tokens >= generator.model.max_len:  # every prompt would be refused: one line, not N
         raise ValueError(f"--max-new-tokens {options.max_new_tokens} leaves no room for a prompt in the model's "
                          f"context of {generator.model.max_len} tokens")

@@ -3,10 +3,12 @@ Imports no torch: `mmkit bench label`'s parent process stays light."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import math
 import os
 import re
-from typing import Callable
+from typing import Any, Callable, Iterable, Sequence
 
 from mmkit.limits import FLOAT32_MAX, MAX_SEED
 
@@ -94,6 +96,26 @@ def add_sampling_arguments(p: argparse.ArgumentParser, model_defaults: bool = Fa
                    help="sample among the K likeliest tokens (default: all; transformers' generate takes 50)")
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest token set with mass >= P")
     p.add_argument("--seed", type=seed, metavar="S", help="seed of the sampler, 0 to 2**64 - 1 (reproducible samples)")
+
+
+def with_model_settings(options: Any, in_force: Iterable[str], given: dict, beam_only: Sequence[str],
+                        say: bool = True) -> Any:
+    """`options` (a dataclass with a beam_size: `TranslationOptions`, `GenerationOptions`) made of the model's own
+    settings `in_force` (a generation config's, `generation_config.defaults_for`) and those `given` (None: not
+    given): the model's beam count capped at --beam-size's (said), and the model's settings taken said in one line
+    with the flags that choose others (`say`: on the first rank only). A greedy run takes no beam setting."""
+    log = logging.getLogger("mmkit")
+    if options.beam_size > MAX_BEAM_SIZE:  # the model's own count; --beam-size is checked against the same cap
+        if say:
+            log.warning("the model's num_beams %d is above --beam-size's cap: decoding with %d beams (--beam-size K "
+                        "to choose)", options.beam_size, MAX_BEAM_SIZE)
+        options = dataclasses.replace(options, beam_size=MAX_BEAM_SIZE)
+    taken = {k: getattr(options, k) for k in in_force if given.get(k) is None
+             and (k not in beam_only or options.beam_size > 1)}
+    if taken and say:
+        log.info("decoding with the model's own settings: %s (%s)", ", ".join(f"{k} {v}" for k, v in taken.items()),
+                 " ".join(f"--{k.replace('_', '-')} ..." for k in taken if k in given) + " to choose others")
+    return options
 
 
 def beam_only_options(args: argparse.Namespace) -> str:

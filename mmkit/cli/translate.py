@@ -21,7 +21,6 @@ the translations): byte for byte one process's.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import logging
@@ -143,7 +142,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     rank's device); a ValueError or OSError of one line for a usage or input mistake, met before the model
     loads where it can be: an --output that is the input file, an --export folder that holds files. The
     first rank saves the --export."""
-    from mmkit.cli.options import MAX_BEAM_SIZE, beam_only_options
+    from mmkit.cli.options import beam_only_options, with_model_settings
     from mmkit.inference.precision import check_device
     from mmkit.inference.translator import BEAM_ONLY, TranslationOptions, check_export_dir, load_translator
 
@@ -170,17 +169,8 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
         check_export_dir(args.export)
     total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
     translator = load_translator(args.model, args.prefix, device, args.quantize, args.precision)
-    options = translator.default_options(**given)
-    if options.beam_size > MAX_BEAM_SIZE:  # the model's own count; --beam-size is checked against the same cap
-        if ranks.first:
-            log.warning("the model's num_beams %d is above --beam-size's cap: decoding with %d beams (--beam-size K "
-                        "to choose)", options.beam_size, MAX_BEAM_SIZE)
-        options = dataclasses.replace(options, beam_size=MAX_BEAM_SIZE)
-    taken = {k: getattr(options, k) for k in translator.defaults_for(given) if given.get(k) is None
-             and (k not in BEAM_ONLY or options.beam_size > 1)}  # a greedy run uses no beam setting
-    if taken and ranks.first:
-        log.info("decoding with the model's own settings: %s (%s)", ", ".join(f"{k} {v}" for k, v in taken.items()),
-                 " ".join(f"--{k.replace('_', '-')} ..." for k in taken if k in given) + " to choose others")
+    options = with_model_settings(translator.default_options(**given), translator.defaults_for(given), given,
+                                  BEAM_ONLY, ranks.first)
     # the beam count is known only now: --beam-size, else the model's generation_config.json num_beams
     unused = beam_only_options(args) if options.beam_size == 1 else ""
     if unused and ranks.first:

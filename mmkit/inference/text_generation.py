@@ -9,7 +9,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -26,6 +26,15 @@ from mmkit.models.gpt import GPT
 from mmkit.weights.native import WeightsError
 
 log = logging.getLogger(__name__)
+# The `GenerationOptions` fields a transformers generation config may give (`hf_decoding_defaults`), those of them
+# that only a beam search uses, and the config's settings mmkit does not apply to a decoder-only model (with their
+# values that leave them off), besides `generation_config.UNAPPLIED`.
+GPT_DEFAULTS = ("beam_size", "length_penalty", "early_stopping", "repetition_penalty", "no_repeat_ngram_size",
+                "min_new_tokens", "temperature", "top_k", "top_p")
+GPT_BEAM_ONLY = ("length_penalty", "early_stopping")
+GPT_UNAPPLIED = {"min_length": (0, None), "bad_words_ids": (None,), "renormalize_logits": (False, None),
+                 "encoder_repetition_penalty": (1.0, None), "encoder_no_repeat_ngram_size": (0, None),
+                 "forced_eos_token_id": (None,)}
 
 
 def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str | Path) -> Path:
@@ -53,18 +62,45 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
         eos_token = doc.get("metadata", {}).get("eos_token", EOS_TOKEN)
         tokenizer = ByteBPETokenizer.from_dir(directory, eos_token)
         eos_id = tokenizer.eos_id
+        defaults: dict = {}  # an mmkit export decodes as its options say
     elif doc.get("model_type") == "gpt2":
         model = GPT.from_hf(directory)
         tokenizer = ByteBPETokenizer.from_dir(directory)
         eos_id = doc.get("eos_token_id", tokenizer.eos_id)
         eos_id = eos_id[0] if isinstance(eos_id, list) and eos_id else eos_id  # some configs list several
+        defaults = hf_decoding_defaults(directory, doc)
     else:
         kind = doc.get("architecture") or doc.get("model_type") or "unknown"
         raise WeightsError(f"{directory}: holds a {kind!r} model, not a GPT (mmkit export or transformers GPT-2)")
     if tokenizer.vocab_size > model.vocab_size:
         raise WeightsError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
                            f"{model.vocab_size}: they do not belong together")
-    return TextGenerator(model, tokenizer, eos_id, device, quantize, precision)
+    generator = TextGenerator(model, tokenizer, eos_id, device, quantize, precision)
+    generator.defaults = defaults
+    return generator
+
+
+def hf_decoding_defaults(directory: Path, config: dict) -> dict:
+    """The decoding settings of a transformers GPT-2 directory (its generation_config.json, else config.json, as
+    transformers reads them) as `GenerationOptions` fields: num_beams, length_penalty, early_stopping,
+    repetition_penalty, no_repeat_ngram_size, min_new_tokens and do_sample's temperature / top_k / top_p
+    (`generation_config.shared_settings`). Those mmkit does not apply are named at load (min_length counts the
+    prompt in a decoder-only model: one limit a prompt; bad words, renormalize_logits, the encoder's rules). A
+    value the options refuse is a WeightsError of one line naming the file."""
+    from mmkit.inference.generation_config import say_unapplied, settings_made, shared_settings
+    from mmkit.weights.config_check import read_json_object
+
+    path = directory / "generation_config.json"
+    where = str(path if path.is_file() else directory / "config.json")
+    decoding = read_json_object(path) if path.is_file() else config
+    say_unapplied(decoding, None, where, also=GPT_UNAPPLIED)
+    given = settings_made({**shared_settings(decoding, where), "min_new_tokens": decoding.get("min_new_tokens")},
+                          GPT_DEFAULTS)
+    try:
+        GenerationOptions(**given)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{where}: a decoding setting mmkit cannot use ({e})") from None
+    return given
 
 
 class TextGenerator:
@@ -85,12 +121,23 @@ class TextGenerator:
 
     def __init__(self, model: GPT, tokenizer: ByteBPETokenizer, eos_id: int | None = None,
                  device: str | torch.device = "cpu", quantize: str = "none", precision: str = "fp32") -> None:
+        self.defaults: dict = {}  # the model's own decoding settings (`load_text_generator`: a generation config's)
         self.model = model.to(device).eval()
         self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text generator")
         self.tokenizer, self.eos_id, self.device = tokenizer, eos_id, torch.device(device)
         # Characters of the longest token (a byte-level token's string has one character per byte; added
         # tokens such as <|endoftext|> included): the prompt tail that surely holds a context of tokens.
         self._longest_token = max(map(len, tokenizer.hf.get_vocab(with_added_tokens=True)), default=1)
+
+    def default_options(self, **given: Any) -> GenerationOptions:
+        """`GenerationOptions` of the model's own decoding settings (`defaults`: a transformers directory's generation
+        config) with `given`'s over them (a None is not given), as `generate(...)` arguments override a generation
+        config: a sampling setting given drops the model's beams, a beam count given its sampling
+        (`generation_config.defaults_for`). `generate`, `stream` and `generate_many` without options use them."""
+        from mmkit.inference.generation_config import defaults_for
+
+        given = {k: v for k, v in given.items() if v is not None}
+        return GenerationOptions(**{**defaults_for(self.defaults, given, GPT_BEAM_ONLY), **given})
 
     def prepare_prompt(self, prompt: str, max_new_tokens: int) -> PromptTokens:
         """The prompt as the model reads it: its last `max_len - max_new_tokens` tokens at most, and a note
@@ -138,7 +185,7 @@ class TextGenerator:
         """The continuation of `prompt` (without the prompt), cut before the first stop string (`stop`: one
         string, or several; "END" is one stop string, not E, N or D). `prompt` is a text, or `prepare_prompt`'s
         result for the same max_new_tokens (tokenized once, its note not logged)."""
-        options = options or GenerationOptions()
+        options = options or self.default_options()
         stream = _TextStream([s for s in as_items(stop) if s], on_text)
         text = self._continuations(prompt, options, stop, stream.update if on_text else None)[0]
         stream.finish(text)
@@ -160,7 +207,7 @@ class TextGenerator:
         padding masked out). Sampling with `options.seed` draws each prompt's tokens from its own generator so
         seeded, as alone; `repetition_penalty` and `no_repeat_ngram_size` read each row's own tokens, not its
         padding."""
-        return [texts[0] for texts in self.continuations(prompts, options or GenerationOptions(), 1, stop,
+        return [texts[0] for texts in self.continuations(prompts, options or self.default_options(), 1, stop,
                                                          batch_size)]
 
     def continuations(self, prompts: Sequence[str | PromptTokens], options: GenerationOptions, n: int = 1,
@@ -239,7 +286,7 @@ class TextGenerator:
         tokenized (and a bad one refused) here, in the caller's thread, before the iterator is returned.
         Closing the iterator early (`close()`, a `break`, a client gone) stops the decoding at its next piece:
         it ran on to `max_new_tokens` for nobody."""
-        options = options or GenerationOptions()
+        options = options or self.default_options()
         prepared = PromptTokens(self._ids(prompt, options.max_new_tokens))  # the worker neither re-encodes nor warns
         return self._pieces(prepared, options, stop)
 

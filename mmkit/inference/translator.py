@@ -7,7 +7,6 @@ output always answers line N of the input. `load_translator` says what `--model 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from mmkit.inference.generation_config import defaults_for, say_unapplied, setti
 from mmkit.inference.inputs import check_types, text_items
 from mmkit.inference.seeds import indexed_seed, sample_seed
 from mmkit.limits import MAX_SAMPLES
-from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, json_type
+from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, read_json_object
 
 log = logging.getLogger(__name__)
 UNKNOWN_SHARE = 0.5  # a source whose tokens are mostly <unk> is in a language the vocabulary lacks
@@ -432,13 +431,7 @@ def check_export_dir(directory: str | Path) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TranslatorError(f"{path}: unreadable config ({e})") from None
-    if not isinstance(doc, dict):
-        raise TranslatorError(f"{path}: expected a JSON object, found {json_type(doc)}")
-    return doc
+    return read_json_object(path, TranslatorError)
 
 
 # What `Translator.export` writes in config.json's metadata (types and ranges as config_check's rules).

@@ -6,10 +6,12 @@ of truth), plus the range rules of the shared hyper-parameter vocabulary (STYLE.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import re
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from mmkit.weights.native import FORMAT_VERSION, WeightsError
@@ -151,6 +153,18 @@ def check_format_version(doc: Mapping[str, Any], where: str) -> None:
     if version > FORMAT_VERSION:
         raise WeightsError(f"{where}: written by a newer mmkit (format {version}; this one reads "
                            f"≤ {FORMAT_VERSION}): upgrade mmkit")
+
+
+def read_json_object(path: Path, error: type[Exception] = WeightsError) -> dict[str, Any]:
+    """The JSON object in `path` (a config.json, a generation_config.json), or `error` of one line naming the file:
+    unreadable, not UTF-8, not JSON, or JSON that is not an object."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: unreadable config ({e})") from None
+    if not isinstance(doc, dict):
+        raise error(f"{path}: expected a JSON object, found {json_type(doc)}")
+    return doc
 
 
 def json_type(value: Any) -> str:

@@ -2,6 +2,8 @@
 `generate` on a tiny GPT-2 checkpoint directory; user mistakes are one line on stderr, exit 2."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from _gpt import write_tiny_gpt2
@@ -218,3 +220,28 @@ def test_several_prompts_name_a_bad_one_and_take_n_continuations_each(checkpoint
         assert main(["generate-text", "A dog", "The small cat sees", "--model", str(directory), "--max-new-tokens",
                      "6", "--num-return-sequences", "2", "--batch-size", "2", *flags]) == 0
         assert capsys.readouterr().out == "\n".join(f"{p}{t}\n" for p, texts in alone.items() for t in texts)
+
+
+def test_a_generation_config_decodes_unless_options_choose_otherwise(checkpoint, tmp_path, capsys, caplog):
+    """A GPT-2 directory whose generation_config.json asks for 3 beams: generate-text searches with them (said
+    once), as transformers' generate does; --temperature given samples instead."""
+    import json
+    import shutil
+
+    from mmkit.inference.text_generation import load_text_generator
+
+    directory, _, tok = checkpoint
+    copy = shutil.copytree(directory, tmp_path / "gpt2")
+    (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": tok.eos_id, "num_beams": 3,
+                                                             "repetition_penalty": 1.4}))
+    generator = load_text_generator(copy)
+    expected = generator.generate("A dog", generator.default_options(max_new_tokens=8))
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["generate-text", "A dog", "--model", str(copy), "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out == f"A dog{expected}\n"
+    assert "decoding with the model's own settings: beam_size 3, repetition_penalty 1.4 (--beam-size ... " \
+           "--repetition-penalty ... to choose others)" in caplog.text
+    sampled = generator.generate("A dog", generator.default_options(max_new_tokens=8, temperature=1.2, seed=3))
+    assert main(["generate-text", "A dog", "--model", str(copy), "--max-new-tokens", "8", "--temperature", "1.2",
+                 "--seed", "3"]) == 0
+    assert capsys.readouterr().out == f"A dog{sampled}\n"

@@ -86,14 +86,15 @@ def test_a_penalty_that_is_not_positive_is_one_line_before_the_model_loads(late,
     assert err == f"mmkit translate: error: repetition_penalty must be a finite number > 0, got {float(value)}\n"
 
 
-def test_the_flags_are_generate_texts_with_the_models_defaults_instead_of_off():
+def test_the_flags_are_generate_texts_and_not_given_leave_the_models_defaults():
+    """Both tools read a generation config's settings (a GPT-2 directory's too): a flag not given is None."""
     from mmkit.cli.generate_text import _parser as generate_text_parser
     from mmkit.cli.translate import _parser as translate_parser
 
-    names = ("repetition_penalty", "no_repeat_ngram_size", "min_new_tokens")
-    text = generate_text_parser().parse_args(["hi", "--model", "m"])
-    assert tuple(getattr(text, n) for n in names) == (1.0, 0, 0)
-    assert tuple(getattr(translate_parser().parse_args(["hi", "--model", "m"]), n) for n in names) == (None,) * 3
+    names = ("repetition_penalty", "no_repeat_ngram_size", "min_new_tokens", "temperature", "beam_size")
+    for parser in (generate_text_parser(), translate_parser()):
+        assert tuple(getattr(parser.parse_args(["hi", "--model", "m"]), n) for n in names) == (None,) * 5
+    names = names[:3]
     flags = ["--repetition-penalty", "1.5", "--no-repeat-ngram-size", "3", "--min-new-tokens", "2"]
     for parser in (generate_text_parser(), translate_parser()):
         assert tuple(getattr(parser.parse_args(["hi", "--model", "m", *flags]), n) for n in names) == (1.5, 3, 2)

@@ -264,3 +264,57 @@ def test_samples_are_several_continuations_drawn_together(hf_dir):
         generator.samples("The cat sees", GenerationOptions(max_new_tokens=4), 2)
     with pytest.raises(ValueError, match=r"must be an integer in \[1, 64\]"):
         generator.samples("The cat sees", options, 0)
+
+
+def _with_generation_config(hf_dir, tmp_path, settings: dict):
+    import json
+    import shutil
+
+    directory, _, tok = hf_dir
+    copy = shutil.copytree(directory, tmp_path / "gpt2")
+    (copy / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, **settings}))
+    return copy
+
+
+@pytest.mark.parametrize("settings, defaults", [
+    ({"do_sample": True, "temperature": 1.3, "top_k": 7}, {"temperature": 1.3, "top_k": 7}),
+    ({"do_sample": True}, {"temperature": 1.0, "top_k": 50}),  # transformers' GenerationConfig defaults
+    ({"num_beams": 3, "length_penalty": 0.5, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+     {"beam_size": 3, "length_penalty": 0.5, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2}),
+], ids=["sampling", "sampling-defaults", "beams"])
+def test_a_gpt2_generation_config_is_the_models_own_decoding(hf_dir, tmp_path, settings, defaults):
+    """transformers' `generate` decodes a GPT-2 directory as its generation_config.json says: so does
+    `generate()` without options (`TextGenerator.default_options`), with the same tokens (sampled ones under the
+    same torch seed)."""
+    from transformers import GPT2LMHeadModel
+
+    directory = _with_generation_config(hf_dir, tmp_path, settings)
+    _, _, tok = hf_dir
+    generator = load_text_generator(directory)
+    assert generator.defaults == defaults
+    ref = GPT2LMHeadModel.from_pretrained(directory).eval()
+    for n, prompt in enumerate(["The cat sees", "A small bird follows the moon. Our"]):
+        ids = torch.tensor([tok.encode(prompt)])
+        torch.manual_seed(n)
+        got = generator.generate(prompt, generator.default_options(max_new_tokens=10))
+        torch.manual_seed(n)
+        expected = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10,
+                                pad_token_id=tok.eos_id)[0, ids.shape[1]:].tolist()
+        assert got == tok.decode(expected[: expected.index(tok.eos_id)] if tok.eos_id in expected else expected)
+
+
+def test_options_given_override_the_models_other_way_and_bad_settings_are_one_line(hf_dir, tmp_path, caplog):
+    """A sampling option given drops the model's beams (and their length penalty), a beam count keeps its beam
+    settings; a setting mmkit does not apply is named at load, one it cannot use is one line naming the file."""
+    beams = load_text_generator(_with_generation_config(hf_dir, tmp_path / "b", {"num_beams": 3,
+                                                                                   "length_penalty": 0.5}))
+    options = beams.default_options(temperature=0.9)
+    assert (options.beam_size, options.length_penalty, options.temperature) == (1, 1.0, 0.9)
+    assert beams.default_options(beam_size=2).length_penalty == 0.5
+    with caplog.at_level(logging.WARNING):
+        load_text_generator(_with_generation_config(hf_dir, tmp_path / "m", {"min_length": 30, "num_beams": 1}))
+    assert "not applied by mmkit (transformers' generate would): min_length 30" in caplog.text
+    with pytest.raises(WeightsError, match=r"generation_config.json: a decoding setting mmkit cannot use "
+                                           r"\(beam_size must be >= 1, got 0\)"):
+        load_text_generator(_with_generation_config(hf_dir, tmp_path / "bad", {"num_beams": 0}))
