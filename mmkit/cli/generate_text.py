@@ -123,9 +123,10 @@ def _check_options(args: argparse.Namespace) -> None:
     """A ValueError of one line for options given that cannot go together whatever the model's own (beams with a
     temperature, say), before the model loads."""
     from mmkit.core import GenerationOptions
+    from mmkit.inference.generation_config import with_top_k_off
 
-    GenerationOptions(**{"max_new_tokens": DEFAULT_NEW_TOKENS, **{k: v for k, v in _given(args).items()
-                                                                   if v is not None}})
+    GenerationOptions(**with_top_k_off({"max_new_tokens": DEFAULT_NEW_TOKENS,
+                                        **{k: v for k, v in _given(args).items() if v is not None}}))
 
 
 def _options(args: argparse.Namespace, generator: TextGenerator, say: bool = True) -> GenerationOptions:

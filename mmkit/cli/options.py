@@ -92,8 +92,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser, model_defaults: bool = Fa
     whose = "the model's, else " if model_defaults else "default "
     p.add_argument("--temperature", type=finite(), default=None if model_defaults else 0.0, metavar="T",
                    help=f"sample at temperature T > 0 ({whose}0: greedy)")
-    p.add_argument("--top-k", type=int, metavar="K",
-                   help="sample among the K likeliest tokens (default: all; transformers' generate takes 50)")
+    p.add_argument("--top-k", type=at_least(0) if model_defaults else int, metavar="K",
+                   help="sample among the K likeliest tokens (" + (
+                       "0: all; not given: the model's generation config's top_k, transformers' 50 for a "
+                       "transformers directory, else all)" if model_defaults else
+                       "default: all; transformers' generate takes 50)"))
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest token set with mass >= P")
     p.add_argument("--seed", type=seed, metavar="S", help="seed of the sampler, 0 to 2**64 - 1 (reproducible samples)")
 

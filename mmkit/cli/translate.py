@@ -144,6 +144,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     first rank saves the --export."""
     from mmkit.cli.options import beam_only_options, with_model_settings
     from mmkit.inference.precision import check_device
+    from mmkit.inference.generation_config import with_top_k_off
     from mmkit.inference.translator import BEAM_ONLY, TranslationOptions, check_export_dir, load_translator
 
     if not args.inputs and not args.export:
@@ -157,7 +158,8 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
                  encoder_repetition_penalty=args.encoder_repetition_penalty,
                  encoder_no_repeat_ngram_size=args.encoder_no_repeat_ngram_size)
     # refused before the model loads; the translations' count is checked once the beams are known (the model's own)
-    TranslationOptions(**{k: v for k, v in given.items() if v is not None and k != "num_return_sequences"})
+    TranslationOptions(**with_top_k_off({k: v for k, v in given.items()
+                                         if v is not None and k != "num_return_sequences"}))
     if (args.num_return_sequences or 1) > 1 and args.output and Path(args.output).suffix == ".txt":
         raise ValueError(f"--num-return-sequences {args.num_return_sequences}: a .txt output holds one translation "
                          "a line; write a .jsonl (\"translations\" lists) or print the n-best lines")

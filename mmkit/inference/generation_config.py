@@ -36,20 +36,28 @@ def say_unapplied(decoding: dict[str, Any], bad_words: Any, where: str, also: di
         log.warning("%s: not applied by mmkit (transformers' generate would): %s", where, ", ".join(unapplied))
 
 
+def sampling_fallbacks(decoding: dict[str, Any]) -> dict[str, Any]:
+    """What transformers samples with where sampling is asked for and a setting is not given: a generation config's
+    temperature, top_k and top_p, else GenerationConfig's defaults (1.0, 50, 1.0), whether the config samples or
+    not: `generate(do_sample=True, temperature=0.7)` keeps the config's top_k, 50 by default. The settings that
+    leave a rule off (temperature 1.0, top_k 0, top_p 1.0) are left out."""
+    temperature, top_k, top_p = (decoding.get(k) for k in SAMPLING)
+    top_k = TRANSFORMERS_TOP_K if "top_k" not in decoding else top_k
+    return {k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p))
+            if v is not None and v != {"temperature": 1.0, "top_k": 0, "top_p": 1.0}[k]}
+
+
 def sampling_settings(decoding: dict[str, Any], where: str) -> dict[str, Any]:
     """The sampling settings of a transformers generation config: none unless it sets do_sample, else its
-    temperature, top_k and top_p with transformers' defaults for those not set (1.0, 50, 1.0; a top_k of 0 and a
-    top_p of 1 are off). A do_sample with beams (transformers' beam sampling) is not run: beam search, said once."""
+    temperature, top_k and top_p with transformers' defaults for those not set (`sampling_fallbacks`). A do_sample
+    with beams (transformers' beam sampling) is not run: beam search, said once."""
     if decoding.get("do_sample") is not True:
         return {}
     if isinstance(decoding.get("num_beams"), int) and decoding["num_beams"] > 1:
         log.warning("%s: do_sample with num_beams %d (beam sampling) is not run: decoding with beam search "
                     "(--temperature T to sample)", where, decoding["num_beams"])
         return {}
-    temperature, top_k, top_p = (decoding.get(k) for k in SAMPLING)
-    return {"temperature": 1.0 if temperature is None else temperature,
-            "top_k": TRANSFORMERS_TOP_K if "top_k" not in decoding else top_k or None,
-            "top_p": None if top_p is None or top_p == 1.0 else top_p}
+    return {"temperature": 1.0, "top_k": None, "top_p": None, **sampling_fallbacks(decoding)}
 
 
 def shared_settings(decoding: dict[str, Any], where: str) -> dict[str, Any]:
@@ -72,16 +80,31 @@ def settings_made(settings: dict[str, Any], fields: tuple[str, ...]) -> dict[str
     return given
 
 
-def defaults_for(defaults: dict[str, Any], given: dict[str, Any], beam_only: tuple[str, ...]) -> dict[str, Any]:
+def defaults_for(defaults: dict[str, Any], given: dict[str, Any], beam_only: tuple[str, ...],
+                 fallbacks: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model's own settings `defaults` that options `given` leave in force: all of them, less those of the other
     way of decoding where `given` chooses one, as a `generate(...)` argument overrides a generation config: a
     sampling setting given (temperature > 0, top_k, top_p) drops the model's beams and their settings (`beam_only`),
     a beam count given drops the model's sampling, and a temperature of 0 given alone (greedy) drops its top_k /
-    top_p."""
+    top_p. Where the result samples, the model's `fallbacks` (`sampling_fallbacks`) fill the sampling settings
+    neither gives."""
     given = {k: v for k, v in given.items() if v is not None}
     drop: set[str] = set()
     if "beam_size" not in given and ((given.get("temperature") or 0) > 0 or "top_k" in given or "top_p" in given):
         drop |= {"beam_size", *beam_only}
     if given.get("beam_size", 1) > 1 or (given.get("temperature") == 0 and not {"top_k", "top_p"} & set(given)):
         drop |= set(SAMPLING)
-    return {k: v for k, v in defaults.items() if k not in drop}
+    in_force = {k: v for k, v in defaults.items() if k not in drop}
+    merged = {**in_force, **given}
+    samples = (merged.get("temperature") or 0) > 0 or merged.get("top_k") is not None or merged.get("top_p") is not None
+    if fallbacks and samples and merged.get("beam_size", 1) <= 1:
+        in_force.update({k: v for k, v in fallbacks.items() if k not in merged})
+    return in_force
+
+
+def with_top_k_off(fields: dict[str, Any]) -> dict[str, Any]:
+    """Options' fields with a top_k of 0 (transformers' "off", which a model's top_k fallback would otherwise fill)
+    as no top-k: sampling among all tokens, at temperature 1 unless one is given."""
+    if fields.get("top_k") != 0:
+        return fields
+    return {**fields, "top_k": None, "temperature": fields.get("temperature") or 1.0}

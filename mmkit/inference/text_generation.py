@@ -63,12 +63,13 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
         tokenizer = ByteBPETokenizer.from_dir(directory, eos_token)
         eos_id = tokenizer.eos_id
         defaults: dict = {}  # an mmkit export decodes as its options say
+        fallbacks: dict = {}
     elif doc.get("model_type") == "gpt2":
         model = GPT.from_hf(directory)
         tokenizer = ByteBPETokenizer.from_dir(directory)
         eos_id = doc.get("eos_token_id", tokenizer.eos_id)
         eos_id = eos_id[0] if isinstance(eos_id, list) and eos_id else eos_id  # some configs list several
-        defaults = hf_decoding_defaults(directory, doc)
+        defaults, fallbacks = hf_decoding_defaults(directory, doc)
     else:
         kind = doc.get("architecture") or doc.get("model_type") or "unknown"
         raise WeightsError(f"{directory}: holds a {kind!r} model, not a GPT (mmkit export or transformers GPT-2)")
@@ -76,18 +77,19 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
         raise WeightsError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
                            f"{model.vocab_size}: they do not belong together")
     generator = TextGenerator(model, tokenizer, eos_id, device, quantize, precision)
-    generator.defaults = defaults
+    generator.defaults, generator.sampling_fallbacks = defaults, fallbacks
     return generator
 
 
-def hf_decoding_defaults(directory: Path, config: dict) -> dict:
+def hf_decoding_defaults(directory: Path, config: dict) -> tuple[dict, dict]:
     """The decoding settings of a transformers GPT-2 directory (its generation_config.json, else config.json, as
     transformers reads them) as `GenerationOptions` fields: num_beams, length_penalty, early_stopping,
     repetition_penalty, no_repeat_ngram_size, min_new_tokens and do_sample's temperature / top_k / top_p
     (`generation_config.shared_settings`). Those mmkit does not apply are named at load (min_length counts the
     prompt in a decoder-only model: one limit a prompt; bad words, renormalize_logits, the encoder's rules). A
-    value the options refuse is a WeightsError of one line naming the file."""
-    from mmkit.inference.generation_config import say_unapplied, settings_made, shared_settings
+    value the options refuse is a WeightsError of one line naming the file. Returns (the settings, what a sampling
+    run takes where not given: `generation_config.sampling_fallbacks`)."""
+    from mmkit.inference.generation_config import sampling_fallbacks, say_unapplied, settings_made, shared_settings
     from mmkit.weights.config_check import read_json_object
 
     path = directory / "generation_config.json"
@@ -96,11 +98,13 @@ def hf_decoding_defaults(directory: Path, config: dict) -> dict:
     say_unapplied(decoding, None, where, also=GPT_UNAPPLIED)
     given = settings_made({**shared_settings(decoding, where), "min_new_tokens": decoding.get("min_new_tokens")},
                           GPT_DEFAULTS)
+    fallbacks = sampling_fallbacks(decoding)
     try:
         GenerationOptions(**given)
+        GenerationOptions(**fallbacks)
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{where}: a decoding setting mmkit cannot use ({e})") from None
-    return given
+    return given, fallbacks
 
 
 class TextGenerator:
@@ -122,6 +126,7 @@ class TextGenerator:
     def __init__(self, model: GPT, tokenizer: ByteBPETokenizer, eos_id: int | None = None,
                  device: str | torch.device = "cpu", quantize: str = "none", precision: str = "fp32") -> None:
         self.defaults: dict = {}  # the model's own decoding settings (`load_text_generator`: a generation config's)
+        self.sampling_fallbacks: dict = {}  # what a sampling run takes where not given (`sampling_fallbacks`)
         self.model = model.to(device).eval()
         self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text generator")
         self.tokenizer, self.eos_id, self.device = tokenizer, eos_id, torch.device(device)
@@ -133,11 +138,19 @@ class TextGenerator:
         """`GenerationOptions` of the model's own decoding settings (`defaults`: a transformers directory's generation
         config) with `given`'s over them (a None is not given), as `generate(...)` arguments override a generation
         config: a sampling setting given drops the model's beams, a beam count given its sampling
-        (`generation_config.defaults_for`). `generate`, `stream` and `generate_many` without options use them."""
-        from mmkit.inference.generation_config import defaults_for
+        (`defaults_for`). `generate`, `stream` and `generate_many` without options use them."""
+        from mmkit.inference.generation_config import with_top_k_off
 
         given = {k: v for k, v in given.items() if v is not None}
-        return GenerationOptions(**{**defaults_for(self.defaults, given, GPT_BEAM_ONLY), **given})
+        return GenerationOptions(**with_top_k_off({**self.defaults_for(given), **given}))
+
+    def defaults_for(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The model's own settings that options `given` leave in force (`generation_config.defaults_for`), a
+        sampling run's fallbacks included (transformers' top_k 50 for a transformers directory; a top_k of 0 given
+        switches top-k off)."""
+        from mmkit.inference.generation_config import defaults_for
+
+        return defaults_for(self.defaults, given, GPT_BEAM_ONLY, self.sampling_fallbacks)
 
     def prepare_prompt(self, prompt: str, max_new_tokens: int) -> PromptTokens:
         """The prompt as the model reads it: its last `max_len - max_new_tokens` tokens at most, and a note

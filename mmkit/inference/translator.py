@@ -23,7 +23,9 @@ from mmkit.core import (
 from mmkit.core.decoding import check_sampling, decoding_strategy, is_sampling
 from mmkit.core.attention import attention_maps
 from mmkit.core.filters import repetition_filters
-from mmkit.inference.generation_config import defaults_for, say_unapplied, settings_made, shared_settings
+from mmkit.inference.generation_config import (
+    defaults_for, sampling_fallbacks, say_unapplied, settings_made, shared_settings, with_top_k_off,
+)
 from mmkit.inference.inputs import check_types, text_items
 from mmkit.inference.seeds import indexed_seed, sample_seed
 from mmkit.limits import MAX_SAMPLES
@@ -264,6 +266,8 @@ class Translator:
         self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
         self.forced_eos_id = forced_eos_id
         self.defaults = dict(defaults or {})
+        # what a sampling run takes where not given (`generation_config.sampling_fallbacks`; an import's config)
+        self.sampling_fallbacks: dict[str, Any] = {}
         # fp32 unless `load_translator` sets another precision (`prepare_arithmetic`)
         self.precision, self._autocast = "fp32", contextlib.nullcontext
 
@@ -286,7 +290,8 @@ class Translator:
         c = self.codec
         meta = dict(task="translation", start_id=c.start_id, eos_id=c.eos_id, pad_id=c.pad_id, prefix=self.prefix,
                     suppress=c.suppress, forced_eos_id=self.forced_eos_id, max_source_tokens=self.max_source_tokens,
-                    max_target_tokens=self.max_target_tokens, decoding=self.defaults)
+                    max_target_tokens=self.max_target_tokens, decoding=self.defaults,
+                    sampling_fallbacks=self.sampling_fallbacks)
         self.model.save_pretrained(directory, metadata={**meta, "tokenizer": c.save(directory)})
         return directory
 
@@ -344,12 +349,14 @@ class Translator:
         """`TranslationOptions` of the model's own decoding settings (`defaults_for(given)`) with `given`'s over
         them (a None is not given)."""
         given = {k: v for k, v in given.items() if v is not None}
-        return TranslationOptions(**{**self.defaults_for(given), **given})
+        return TranslationOptions(**with_top_k_off({**self.defaults_for(given), **given}))
 
     def defaults_for(self, given: dict[str, Any]) -> dict[str, Any]:
         """The model's own settings that options `given` leave in force (`generation_config.defaults_for`): a
-        sampling setting given drops the model's beams, a beam count given its sampling."""
-        return defaults_for(self.defaults, given, BEAM_ONLY)
+        sampling setting given drops the model's beams, a beam count given its sampling, and a run that samples
+        takes the sampling settings it is not given from `sampling_fallbacks` (transformers' top_k 50 for an
+        imported model: a top_k of 0 given switches top-k off, `with_top_k_off`)."""
+        return defaults_for(self.defaults, given, BEAM_ONLY, self.sampling_fallbacks)
 
     def translate(self, texts: str | Sequence[str], options: TranslationOptions | None = None,
                   on_batch: Callable[[int], None] | None = None, first_row: int = 0) -> list[Translation]:
@@ -437,7 +444,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 # What `Translator.export` writes in config.json's metadata (types and ranges as config_check's rules).
 EXPORT_METADATA = {"task": str, "tokenizer": str, "start_id": int, "eos_id": int, "pad_id": int, "prefix": str,
                    "suppress": list[int], "forced_eos_id": Optional[int], "max_source_tokens": int,
-                   "max_target_tokens": int, "decoding": dict}
+                   "max_target_tokens": int, "decoding": dict, "sampling_fallbacks": dict}
 _METADATA_IDS = ("start_id", "eos_id", "pad_id", "forced_eos_id", "suppress")
 
 
@@ -498,9 +505,11 @@ def _load_native(directory: Path, doc: dict[str, Any]) -> Translator:
         codec = _spm_codec(directory, meta, vocab_size)
     model = classes[arch].from_pretrained(directory)
     max_len = getattr(model, "max_len", 512)
-    return Translator(model, codec, meta.get("prefix", ""), meta.get("max_source_tokens", max_len),
-                      meta.get("max_target_tokens", max_len - 1), meta.get("forced_eos_id"),
-                      _decoding_defaults(meta.get("decoding", {}), where))
+    translator = Translator(model, codec, meta.get("prefix", ""), meta.get("max_source_tokens", max_len),
+                            meta.get("max_target_tokens", max_len - 1), meta.get("forced_eos_id"),
+                            _decoding_defaults(meta.get("decoding", {}), where))
+    translator.sampling_fallbacks = _decoding_defaults(meta.get("sampling_fallbacks", {}), where)
+    return translator
 
 
 def _tokenizer_file(directory: Path, name: str, where: str) -> Path:
@@ -572,8 +581,10 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
                                    "encoder_repetition_penalty": decoding.get("encoder_repetition_penalty"),
                                    "encoder_no_repeat_ngram_size": decoding.get("encoder_no_repeat_ngram_size")},
                                   where)
-    return Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
-                      defaults)
+    translator = Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
+                            defaults)
+    translator.sampling_fallbacks = _decoding_defaults(sampling_fallbacks(decoding), where)
+    return translator
 
 
 def _min_new_tokens(decoding: dict[str, Any], where: str) -> Any:

@@ -114,8 +114,8 @@ def test_num_return_sequences_prints_each_continuation_after_the_prompt(checkpoi
     directory, _, _ = checkpoint
     assert main(["generate-text", "A dog", "--model", str(directory), "--max-new-tokens", "8", "--temperature",
                  "1.3", "--seed", "5", "--num-return-sequences", "3"]) == 0
-    options = GenerationOptions(max_new_tokens=8, temperature=1.3, seed=5)
-    texts = load_text_generator(directory).samples("A dog", options, 3)
+    generator = load_text_generator(directory)  # a transformers directory: top_k 50 where none is given
+    texts = generator.samples("A dog", generator.default_options(max_new_tokens=8, temperature=1.3, seed=5), 3)
     assert capsys.readouterr().out == "\n".join(f"A dog{t}\n" for t in texts)
     assert main(["generate-text", "A dog", "--model", str(directory), "--num-return-sequences", "2"]) == 2
     assert "--num-return-sequences 2 needs sampling" in capsys.readouterr().err
@@ -214,7 +214,8 @@ def test_several_prompts_name_a_bad_one_and_take_n_continuations_each(checkpoint
     assert main(["generate-text", "A dog", "   ", "--model", str(directory), "--max-new-tokens", "4"]) == 2
     assert capsys.readouterr().err == "mmkit generate-text: error: prompt 2: the prompt is empty\n"
     generator = load_text_generator(directory)
-    for flags, options in ((["--temperature", "1", "--seed", "4"], GenerationOptions(6, temperature=1.0, seed=4)),
+    for flags, options in ((["--temperature", "1", "--seed", "4"],
+                            generator.default_options(max_new_tokens=6, temperature=1.0, seed=4)),
                            (["--beam-size", "3"], GenerationOptions(6, beam_size=3))):
         alone = {p: generator.samples(p, options, 2) for p in ("A dog", "The small cat sees")}
         assert main(["generate-text", "A dog", "The small cat sees", "--model", str(directory), "--max-new-tokens",

@@ -318,3 +318,29 @@ def test_options_given_override_the_models_other_way_and_bad_settings_are_one_li
     with pytest.raises(WeightsError, match=r"generation_config.json: a decoding setting mmkit cannot use "
                                            r"\(beam_size must be >= 1, got 0\)"):
         load_text_generator(_with_generation_config(hf_dir, tmp_path / "bad", {"num_beams": 0}))
+
+
+def test_a_transformers_directorys_sampling_takes_top_k_50_unless_given(hf_dir, tmp_path):
+    """`generate(do_sample=True, temperature=T)` on a GPT-2 directory samples among the 50 likeliest tokens: so
+    does a sampling run built by `default_options`; top_k 0 switches it off; an mmkit export has no fallback."""
+    directory, hf, tok = hf_dir
+    generator = load_text_generator(directory)
+    assert generator.sampling_fallbacks == {"top_k": 50}
+    differ = 0
+    for n, prompt in enumerate(["The cat sees", "A small bird follows the moon. Our", "Why"]):
+        ids = torch.tensor([tok.encode(prompt)])
+        got = []
+        for top_k in (None, 0):
+            torch.manual_seed(n)
+            got.append(generator.generate(prompt, generator.default_options(max_new_tokens=10, temperature=1.8,
+                                                                            top_k=top_k)))
+            torch.manual_seed(n)
+            expected = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.8,
+                                   max_new_tokens=10, pad_token_id=tok.eos_id,
+                                   **({} if top_k is None else {"top_k": 0}))[0, ids.shape[1]:].tolist()
+            expected = expected[: expected.index(tok.eos_id)] if tok.eos_id in expected else expected
+            assert got[-1] == tok.decode(expected), (prompt, top_k)
+        differ += got[0] != got[1]
+    assert differ
+    export = save_text_generator(GPT.from_hf(directory), tok, tmp_path / "export")
+    assert load_text_generator(export).sampling_fallbacks == {}

@@ -146,7 +146,7 @@ def test_cli_samples_each_line_from_its_seed(marian, tmp_path, capsys, caplog):
     """`mmkit translate --temperature T --seed S` prints the translator's seeded samples, the same whatever
     --batch-size; --seed without sampling is said to be unused; sampling with --beam-size is a usage error."""
     translator = load_translator(marian)
-    expected = _texts(translator.translate(TEXTS, TranslationOptions(temperature=1.2, top_p=0.95, seed=3)))
+    expected = _texts(translator.translate(TEXTS, translator.default_options(temperature=1.2, top_p=0.95, seed=3)))
     for batch in ("1", "16"):
         assert mmkit_main(["translate", *TEXTS, "--model", str(marian), "--temperature", "1.2", "--top-p", "0.95",
                            "--seed", "3", "--batch-size", batch]) == 0
@@ -158,3 +158,38 @@ def test_cli_samples_each_line_from_its_seed(marian, tmp_path, capsys, caplog):
     assert mmkit_main(["translate", "seven", "--model", str(marian), "--temperature", "1", "--beam-size", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "beam search is deterministic" in err[0]
+
+
+def test_an_imported_models_sampling_takes_transformers_top_k_unless_given(marian, tmp_path, caplog):
+    """transformers' `generate(do_sample=True, temperature=T)` samples among the 50 likeliest tokens (GenerationConfig's
+    top_k) where the config sets none: so does a sampling run of an imported MarianMT built by `default_options`
+    (the CLI's way), said on the settings line; a top_k of 0 switches top-k off as transformers' does; beams take no
+    fallback; an export keeps it."""
+    from transformers import AutoTokenizer, MarianMTModel
+
+    translator = load_translator(marian)
+    assert translator.sampling_fallbacks == {"top_k": 50}
+    assert translator.default_options(temperature=1.4).top_k == 50
+    assert translator.default_options(temperature=1.4, top_k=0).top_k is None
+    assert translator.default_options(top_k=0).temperature == 1.0  # top_k 0 alone: all tokens, temperature 1
+    assert translator.default_options(beam_size=2).top_k is None
+    ref, tok = MarianMTModel.from_pretrained(marian).eval(), AutoTokenizer.from_pretrained(marian)
+    pad = ref.config.pad_token_id
+    differ = 0
+    for n, text in enumerate(TEXTS[:4]):
+        got = []
+        for top_k in (None, 0):
+            torch.manual_seed(n)
+            got.append(translator.translate([text], translator.default_options(
+                temperature=1.6, top_k=top_k, max_new_tokens=12))[0].tokens)
+            torch.manual_seed(n)
+            expected = ref.generate(**tok([text], return_tensors="pt"), do_sample=True, temperature=1.6,
+                                    max_new_tokens=12, bad_words_ids=[[pad]],
+                                    **({} if top_k is None else {"top_k": 0}))[0, 1:].tolist()
+            assert got[-1] == [t for t in expected if t not in (0, pad)], (text, top_k)
+        differ += got[0] != got[1]
+    assert differ  # the top-50 cut changed some draws: the comparison tells the two apart
+    assert load_translator(translator.export(tmp_path / "export")).sampling_fallbacks == {"top_k": 50}
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert mmkit_main(["translate", "seven", "--model", str(marian), "--temperature", "1.2"]) == 0
+    assert "decoding with the model's own settings: top_k 50 (--top-k ... to choose others)" in caplog.text
