@@ -134,12 +134,11 @@ def _options(args: argparse.Namespace, generator: TextGenerator, say: bool = Tru
     directory's generation config), max_new_tokens the default where not given, at most half the model's context;
     a ValueError for a bad combination; the model's settings taken said once, warnings for options the decoding
     leaves unused (`say`: on the first rank only)."""
-    from mmkit.inference.generation_config import defaults_for
     from mmkit.inference.text_generation import GPT_BEAM_ONLY
 
     given = _given(args)
-    options = with_model_settings(generator.default_options(**given),
-                                  defaults_for(generator.defaults, given, GPT_BEAM_ONLY), given, GPT_BEAM_ONLY, say)
+    options = with_model_settings(generator.default_options(**given), generator.defaults_for(given), given,
+                                  GPT_BEAM_ONLY, say)
     if args.num_return_sequences > 1 and not options.sampling and args.num_return_sequences > options.beam_size:
         raise ValueError(f"--num-return-sequences {args.num_return_sequences} needs sampling (--temperature, "
                          "--top-k or --top-p) or a beam search with as many beams (--beam-size): "

@@ -243,6 +243,10 @@ def test_a_generation_config_decodes_unless_options_choose_otherwise(checkpoint,
     assert "decoding with the model's own settings: beam_size 3, repetition_penalty 1.4 (--beam-size ... " \
            "--repetition-penalty ... to choose others)" in caplog.text
     sampled = generator.generate("A dog", generator.default_options(max_new_tokens=8, temperature=1.2, seed=3))
-    assert main(["generate-text", "A dog", "--model", str(copy), "--max-new-tokens", "8", "--temperature", "1.2",
-                 "--seed", "3"]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["generate-text", "A dog", "--model", str(copy), "--max-new-tokens", "8", "--temperature", "1.2",
+                     "--seed", "3"]) == 0
     assert capsys.readouterr().out == f"A dog{sampled}\n"
+    assert "decoding with the model's own settings: repetition_penalty 1.4, top_k 50 (--repetition-penalty ... " \
+           "--top-k ... to choose others)" in caplog.text  # transformers' top_k where none is given
