@@ -177,6 +177,7 @@ def test_a_file_under_torchrun_writes_one_process_output_byte_for_byte(model, tm
                 if line.startswith((PROG, "INFO mmkit:"))]
 
     assert messages(shared) == messages(one) == [
+        "INFO mmkit: decoding with the model's own settings: top_k 50 (--top-k ... to choose others)",  # once
         f"{PROG}: line 4: not UTF-8 (byte 0xe9 at column 4)",
         f"{PROG}: line 7: empty text (only control or invisible characters)",
         "INFO mmkit: wrote 9 continuations (2 with errors) to shared.jsonl"]
