@@ -60,12 +60,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="mmkit export (mmkit fit ... export_dir) or transformers GPT-2 checkpoint directory")
     p.add_argument("--max-new-tokens", type=int, metavar="N",
                    help=f"tokens to generate at most ({DEFAULT_NEW_TOKENS}, at most half the model's context)")
-    add_sampling_arguments(p, model_defaults=True)
+    add_sampling_arguments(p)
     p.add_argument("--beam-size", type=beam_size(), metavar="B",
                    help=f"beam search with B beams (deterministic; 1 to {MAX_BEAM_SIZE}), as transformers' "
                         "generate(num_beams=B) (the model's generation_config.json num_beams, else 1)")
-    add_beam_arguments(p, model_defaults=True)
-    add_repetition_arguments(p, model_defaults=True)
+    add_beam_arguments(p)
+    add_repetition_arguments(p, prompt_included=True)
     p.add_argument("--num-return-sequences", type=at_least(1, MAX_SAMPLES), default=1, metavar="N",
                    help="N continuations of each prompt, printed one after another, a blank line between (a .jsonl "
                         "output: \"texts\" lists): N samples, sample j from its own seed, or a beam search's N best, "

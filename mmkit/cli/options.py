@@ -56,47 +56,44 @@ def beam_size() -> Callable[[str], int]:
     return at_least(1, MAX_BEAM_SIZE)
 
 
-def add_beam_arguments(p: argparse.ArgumentParser, model_defaults: bool = False) -> None:
+# The decoding flags of the tools that read a model's own settings (a transformers generation config: translate,
+# generate-text): not given, each is None and the model's setting applies (`generation_config.defaults_for`), else
+# the tool's default, said in each help text.
+def add_beam_arguments(p: argparse.ArgumentParser) -> None:
     """--length-penalty and --early-stopping, the beam search's ranking and stopping rule, as transformers'
     `generate(length_penalty=..., early_stopping=...)`: "false" (its default) stops a sentence when no running
     beam can beat its worst finished one at the current length, "true" at beam-size finished ones, "never" when
-    none can at the longest length. Not given, they are None (1.0 and false, or with `model_defaults` the model's
-    own settings, applied by the tool), so that a run without beams can name those given (`beam_only_options`)."""
-    whose = "the model's, else " if model_defaults else ""
+    none can at the longest length. Not given, they are None (the model's own settings, else 1.0 and false), so
+    that a run without beams can name those given (`beam_only_options`)."""
     p.add_argument("--length-penalty", type=finite(-10, 10), default=None, metavar="A",
-                   help=f"beam score = sum log p / length ** A ({whose}1.0; -10 to 10)")
+                   help="beam score = sum log p / length ** A (the model's, else 1.0; -10 to 10)")
     p.add_argument("--early-stopping", default=None, type=_early_stopping, metavar="{false,true,never}",
-                   help=f"beam search's stopping rule, as transformers' early_stopping ({whose}false)")
+                   help="beam search's stopping rule, as transformers' early_stopping (the model's, else false)")
 
 
-def add_repetition_arguments(p: argparse.ArgumentParser, model_defaults: bool = False) -> None:
+def add_repetition_arguments(p: argparse.ArgumentParser, prompt_included: bool = False) -> None:
     """--repetition-penalty, --no-repeat-ngram-size and --min-new-tokens, as transformers' `generate` settings of
-    the same names. Not given, they are off (1, 0 and 0), or with `model_defaults` None: the model's own settings
-    apply (the tool's), else off. The n-gram rule reads the prompt too, which is only said of the tools without
-    model defaults (generate-text): a translation's decoder prompt is its start token alone."""
-    whose = "the model's, else " if model_defaults else ""
-    prompt = "" if model_defaults else ", prompt included"
-    p.add_argument("--repetition-penalty", type=finite(), default=None if model_defaults else 1.0, metavar="R",
-                   help=f"> 1 discourages tokens already in the text (CTRL's penalty; {whose}1 = off)")
-    p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=None if model_defaults else 0, metavar="N",
-                   help=f"never repeat an n-gram of N tokens{prompt} ({whose}0 = off)")
-    p.add_argument("--min-new-tokens", type=at_least(0), default=None if model_defaults else 0, metavar="N",
-                   help=f"no end of text before N new tokens ({whose}0)")
+    the same names (not given: the model's own, else off: 1, 0 and 0). `prompt_included`: the n-gram rule reads the
+    prompt too, said for generate-text (a translation's decoder prompt is its start token alone)."""
+    p.add_argument("--repetition-penalty", type=finite(), metavar="R",
+                   help="> 1 discourages tokens already in the text (CTRL's penalty; the model's, else 1 = off)")
+    p.add_argument("--no-repeat-ngram-size", type=at_least(0), metavar="N",
+                   help=f"never repeat an n-gram of N tokens{', prompt included' if prompt_included else ''} (the "
+                        "model's, else 0 = off)")
+    p.add_argument("--min-new-tokens", type=at_least(0), metavar="N",
+                   help="no end of text before N new tokens (the model's, else 0)")
 
 
-def add_sampling_arguments(p: argparse.ArgumentParser, model_defaults: bool = False) -> None:
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """--temperature, --top-k, --top-p and --seed, as transformers' `generate(do_sample=True, temperature=...,
-    top_k=..., top_p=...)`: top-k or top-p alone samples at temperature 1. Not given, the temperature is 0 (greedy),
-    or with `model_defaults` None: the model's own settings apply (the tool's, from its generation config's
-    do_sample), else greedy."""
-    whose = "the model's, else " if model_defaults else "default "
-    p.add_argument("--temperature", type=finite(), default=None if model_defaults else 0.0, metavar="T",
-                   help=f"sample at temperature T > 0 ({whose}0: greedy)")
-    p.add_argument("--top-k", type=at_least(0) if model_defaults else int, metavar="K",
-                   help="sample among the K likeliest tokens (" + (
-                       "0: all; not given: the model's generation config's top_k, transformers' 50 for a "
-                       "transformers directory, else all)" if model_defaults else
-                       "default: all; transformers' generate takes 50)"))
+    top_k=..., top_p=...)`: top-k or top-p alone samples at temperature 1. Not given, the model's own settings apply
+    (its generation config's do_sample, and what a sampling run takes: `generation_config.sampling_fallbacks`),
+    else greedy."""
+    p.add_argument("--temperature", type=finite(), metavar="T",
+                   help="sample at temperature T > 0 (the model's, else 0: greedy)")
+    p.add_argument("--top-k", type=at_least(0), metavar="K",
+                   help="sample among the K likeliest tokens (0: all; not given: the model's generation config's "
+                        "top_k, transformers' 50 for a transformers directory, else all)")
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest token set with mass >= P")
     p.add_argument("--seed", type=seed, metavar="S", help="seed of the sampler, 0 to 2**64 - 1 (reproducible samples)")
 

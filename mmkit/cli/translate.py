@@ -62,9 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="tokens to generate at most (default: 2 x source tokens + 10)")
     # The score divides by length ** A: |A| <= 10 spans every useful setting (transformers' and Marian's
     # are 0 to 2) and keeps length ** A finite; a huge A overflows, nan/inf rank beams arbitrarily.
-    add_beam_arguments(p, model_defaults=True)
-    add_repetition_arguments(p, model_defaults=True)  # as transformers' generate(repetition_penalty=...), ...
-    add_sampling_arguments(p, model_defaults=True)  # each line from its own seed (TranslationOptions)
+    add_beam_arguments(p)
+    add_repetition_arguments(p)  # as transformers' generate(repetition_penalty=...), ...
+    add_sampling_arguments(p)  # each line from its own seed (TranslationOptions)
     p.add_argument("--encoder-repetition-penalty", type=finite(above=0), metavar="R",
                    help="> 1 favours the source's tokens, < 1 avoids them (transformers' hallucination penalty for "
                         "input-grounded text, T5's summaries; the model's, else 1 = off)")
