@@ -1,6 +1,7 @@
 """`mmkit generate-text PROMPT... --model DIR` or `mmkit generate-text FILE --model DIR --output OUT`: continue
 prompts with a GPT model (an mmkit export or a transformers GPT-2 checkpoint directory). Greedy unless a sampling
-option (--temperature, --top-k, --top-p) is given; --beam-size B searches. One prompt streams its tokens to the
+option (--temperature, --top-k, --top-p) is given or a GPT-2 directory's generation_config.json says otherwise (as
+transformers' generate reads it); --beam-size B searches. One prompt streams its tokens to the
 terminal as they come; several are decoded --batch-size at a time (left-padded: each continuation is the one its
 prompt gets alone, seeded samples included) and printed when done, each after its prompt, a blank line between.
 FILE holds one prompt a line (.txt) or JSON objects with a "text" field (.jsonl), read as `mmkit translate` reads
