@@ -217,8 +217,8 @@ class _CaptionDataModule(pl.LightningDataModule):
         self.tokenizer = CLIPTokenizer(context_length=context_length)
         self.image_size, self.scale = image_size, scale
         self.interpolation_chosen = interpolation is not None  # else the model's own (`normalize_as`)
-        self.interpolation = interpolation or CLIP_DEFAULTS["interpolation"]
-        self._transforms(EvalTransform(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, self.interpolation))
+        self._transforms(EvalTransform(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                                       interpolation or CLIP_DEFAULTS["interpolation"]))
         self.samples: dict[str, list[CaptionSample]] = {}
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of every file left out
 
@@ -231,12 +231,17 @@ class _CaptionDataModule(pl.LightningDataModule):
         appended to `dropped` as (item, reason)."""
         raise NotImplementedError
 
+    @property
+    def interpolation(self) -> str:
+        """The resize filter of both transforms."""
+        return self.eval_transform.interpolation
+
     def _transforms(self, eval_transform: EvalTransform) -> None:
-        """Validation's transform and training's with the same statistics. No flips: captions say "left" and
-        "right". CLIP's mild random-resized crop."""
+        """Validation's transform and training's with the same statistics and resize filter. No flips: captions
+        say "left" and "right". CLIP's mild random-resized crop."""
         self.eval_transform = eval_transform
         self.train_transform = create_transform(self.image_size, is_training=True, hflip=0.0, scale=self.scale,
-                                                ratio=(3 / 4, 4 / 3), interpolation=self.interpolation,
+                                                ratio=(3 / 4, 4 / 3), interpolation=eval_transform.interpolation,
                                                 mean=eval_transform.mean, std=eval_transform.std)
 
     def normalize_as(self, preprocess: dict) -> dict:
@@ -245,8 +250,7 @@ class _CaptionDataModule(pl.LightningDataModule):
         side, and its resize filter (AIMv2's, PE's bilinear) unless `interpolation` was given, as open_clip's
         training takes the pretrained model's own preprocess config. Returns those changed."""
         transform, changed = self.eval_transform.normalized_as(preprocess, interpolation=not self.interpolation_chosen)
-        if changed:
-            self.interpolation = transform.interpolation  # training's random crops resize with it too
+        if changed:  # training's random crops resize with the model's filter too
             self._transforms(transform)
         return changed
 

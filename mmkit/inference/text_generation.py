@@ -16,6 +16,9 @@ from torch import Tensor
 
 from mmkit.core import GenerationOptions, KVCache, generate, left_padded
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
+from mmkit.inference.generation_config import (
+    defaults_for, sampling_fallbacks, say_unapplied, settings_made, shared_settings, with_top_k_off,
+)
 from mmkit.inference.inputs import as_items, check_count, text_items
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.inference.quantize import prepare_arithmetic
@@ -23,6 +26,7 @@ from mmkit.inference.seeds import sample_seed
 from mmkit.inference.thread_stream import ThreadStream
 from mmkit.limits import MAX_SAMPLES
 from mmkit.models.gpt import GPT
+from mmkit.weights.config_check import read_json_object
 from mmkit.weights.native import WeightsError
 
 log = logging.getLogger(__name__)
@@ -89,9 +93,6 @@ def hf_decoding_defaults(directory: Path, config: dict) -> tuple[dict, dict]:
     prompt in a decoder-only model: one limit a prompt; bad words, renormalize_logits, the encoder's rules). A
     value the options refuse is a WeightsError of one line naming the file. Returns (the settings, what a sampling
     run takes where not given: `generation_config.sampling_fallbacks`)."""
-    from mmkit.inference.generation_config import sampling_fallbacks, say_unapplied, settings_made, shared_settings
-    from mmkit.weights.config_check import read_json_object
-
     path = directory / "generation_config.json"
     where = str(path if path.is_file() else directory / "config.json")
     decoding = read_json_object(path) if path.is_file() else config
@@ -139,8 +140,6 @@ class TextGenerator:
         config) with `given`'s over them (a None is not given), as `generate(...)` arguments override a generation
         config: a sampling setting given drops the model's beams, a beam count given its sampling
         (`defaults_for`). `generate`, `stream` and `generate_many` without options use them."""
-        from mmkit.inference.generation_config import with_top_k_off
-
         given = {k: v for k, v in given.items() if v is not None}
         return GenerationOptions(**with_top_k_off({**self.defaults_for(given), **given}))
 
@@ -148,8 +147,6 @@ class TextGenerator:
         """The model's own settings that options `given` leave in force (`generation_config.defaults_for`), a
         sampling run's fallbacks included (transformers' top_k 50 for a transformers directory; a top_k of 0 given
         switches top-k off)."""
-        from mmkit.inference.generation_config import defaults_for
-
         return defaults_for(self.defaults, given, GPT_BEAM_ONLY, self.sampling_fallbacks)
 
     def prepare_prompt(self, prompt: str, max_new_tokens: int) -> PromptTokens:

@@ -53,8 +53,9 @@ class RowSeeded(GenerationOptions):
 
     row_seeds: tuple[int, ...] = ()
 
-    def strategy(self, device: str | torch.device = "cpu", row_seeds: Sequence[int] | None = None) -> Any:
-        return super().strategy(device, self.row_seeds if row_seeds is None else row_seeds)
+    def strategy(self, device: str | torch.device = "cpu", row_seeds: Sequence[int] | None = None,
+                 n_best: int = 1) -> Any:
+        return super().strategy(device, self.row_seeds if row_seeds is None else row_seeds, n_best)
 
 
 def check_options(model: DALLE | DalleBart, options: GenerationOptions, guidance: float) -> None:
