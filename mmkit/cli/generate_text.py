@@ -51,9 +51,9 @@ DEFAULT_NEW_TOKENS = 64  # without --max-new-tokens; at most half the model's co
 
 def _parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("prompts", nargs="+", metavar="PROMPT|FILE", type=utf8_text,
+    p.add_argument("prompts", nargs="*", metavar="PROMPT|FILE", type=utf8_text,
                    help="text to continue (one or more), or one .txt/.jsonl file of prompts (an argument naming an "
-                        "existing file or folder is read as a path)")
+                        "existing file or folder is read as a path); none with --export alone")
     p.add_argument("--output", metavar="FILE",
                    help="write the continuations here (.txt: one a line, newlines escaped; .jsonl: with the "
                         "prompts and errors)")
@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="int8: int8 weights for every Linear and the output projection (CPU; faster, tokens may "
                         "differ from fp32: see mmkit bench text)")
     add_precision_argument(p)
+    p.add_argument("--export", metavar="OUT",
+                   help="save the model, tokenizer and its own decoding settings (a GPT-2 directory's generation "
+                        "config) as an mmkit export in OUT, a new or empty folder (one that holds files is refused: "
+                        "they would be overwritten)")
     return p
 
 
@@ -101,6 +105,9 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     to --output, go through the ranks' batch run (`_run_rows`), as `mmkit translate`'s. Under torchrun several
     printed prompts are shared as a file's are and printed once, by the first rank, which alone continues (and
     streams) a single prompt."""
+    if not args.prompts and not args.export:
+        print_error(PROG, "give prompts or a .txt/.jsonl file of prompts (or --export OUT)")
+        return 2
     try:
         printed = not args.output and _prompt_file(args.prompts) is None
     except ValueError:
@@ -121,13 +128,26 @@ def _given(args: argparse.Namespace) -> dict:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """A ValueError of one line for options given that cannot go together whatever the model's own (beams with a
-    temperature, say), before the model loads."""
+    """A ValueError (or OSError) of one line for options given that cannot go together whatever the model's own
+    (beams with a temperature, say), or an --export that cannot be written (a folder holding files, int8 weights),
+    before the model loads."""
     from mmkit.core import GenerationOptions
     from mmkit.inference.generation_config import with_top_k_off
+    from mmkit.inference.model_dir import check_export_dir
 
     GenerationOptions(**with_top_k_off({"max_new_tokens": DEFAULT_NEW_TOKENS,
                                         **{k: v for k, v in _given(args).items() if v is not None}}))
+    if args.export:
+        if args.quantize != "none":
+            raise ValueError(f"--export saves the fp32 model: drop --quantize {args.quantize} (it is applied at load)")
+        check_export_dir(args.export)
+
+
+def _export(args: argparse.Namespace, generator: TextGenerator) -> bool:
+    """Save the --export (`TextGenerator.export`), said in one line; True (saved, or none asked for)."""
+    if args.export:
+        log.info("saved an mmkit export in %s", generator.export(args.export))
+    return True
 
 
 def _options(args: argparse.Namespace, generator: TextGenerator, say: bool = True) -> GenerationOptions:
@@ -171,6 +191,7 @@ def _run(args: argparse.Namespace) -> int:
         _check_options(args)
         generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
         options = _options(args, generator)
+        _export(args, generator)
         prompts = []  # bad prompts fail before output
         for n, text in enumerate(args.prompts, 1):
             try:
@@ -181,6 +202,8 @@ def _run(args: argparse.Namespace) -> int:
         print_error(PROG, e)
         return 2
 
+    if not prompts:  # --export alone
+        return 0
     echoes = []
     for n, (text, prompt) in enumerate(zip(args.prompts, prompts), 1):
         if prompt.note:  # the model reads the prompt's end only: echo that, not text it never saw
@@ -261,6 +284,9 @@ def _run_rows(args: argparse.Namespace, ranks: Ranks) -> int:
     if set_up is None:
         return 2
     source, options, total, generator = set_up
+    # the first rank saves the --export once every rank's set-up agreed (each checked the folder empty first)
+    if args.export and set_up_on_ranks(PROG, ranks, lambda: ranks.first and _export(args, generator)) is None:
+        return 2
     rows = iter_lines(source) if source else ((text, None) for text in args.prompts)
     label = "line" if source else "prompt"
     counts = [0, 0]  # rows, errors

@@ -101,6 +101,9 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     if set_up is None:
         return 2
     source, options, total, translator = set_up
+    # the first rank saves the --export once every rank's set-up agreed (each checked the folder empty first)
+    if args.export and set_up_on_ranks(PROG, ranks, lambda: ranks.first and _export(args, translator)) is None:
+        return 2
     rows = iter_lines(source) if source else (checked_line(text, n) for n, text in enumerate(args.inputs, 1))
     counts = [0, 0]  # translations, errors
     out = Path(args.output) if args.output else None
@@ -140,12 +143,12 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
 def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, TranslationOptions, int, Translator]:
     """(the file to translate or None for sentences, the options, how many rows, the translator loaded on this
     rank's device); a ValueError or OSError of one line for a usage or input mistake, met before the model
-    loads where it can be: an --output that is the input file, an --export folder that holds files. The
-    first rank saves the --export."""
+    loads where it can be: an --output that is the input file, an --export folder that holds files."""
     from mmkit.cli.options import beam_only_options, with_model_settings
     from mmkit.inference.precision import check_device
     from mmkit.inference.generation_config import with_top_k_off
-    from mmkit.inference.translator import BEAM_ONLY, TranslationOptions, check_export_dir, load_translator
+    from mmkit.inference.model_dir import check_export_dir
+    from mmkit.inference.translator import BEAM_ONLY, TranslationOptions, TranslatorError, load_translator
 
     if not args.inputs and not args.export:
         raise ValueError("give sentences or a .txt/.jsonl file to translate (or --export OUT)")
@@ -168,7 +171,9 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     if args.output:
         check_output_file(args.output, source)
     if args.export:
-        check_export_dir(args.export)
+        if args.quantize != "none":
+            raise ValueError(f"--export saves the fp32 model: drop --quantize {args.quantize} (it is applied at load)")
+        check_export_dir(args.export, TranslatorError)
     total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
     translator = load_translator(args.model, args.prefix, device, args.quantize, args.precision)
     options = with_model_settings(translator.default_options(**given), translator.defaults_for(given), given,
@@ -181,9 +186,14 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     if args.seed is not None and not options.sampling and ranks.first:
         log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
                     "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")
-    if args.export and ranks.first:
-        log.info("saved an mmkit export in %s", translator.export(args.export))
     return source, options, total, translator
+
+
+def _export(args: argparse.Namespace, translator: Translator) -> bool:
+    """Save the --export (`Translator.export`), said in one line; True (saved, or none asked for)."""
+    if args.export:
+        log.info("saved an mmkit export in %s", translator.export(args.export))
+    return True
 
 
 def _print(translations: Iterator[Translation]) -> None:

@@ -36,7 +36,8 @@ class TransformerStack(nn.Module):
     causal = False
     layerdrop = 0.0  # set per instance by the constructor; the class value serves stacks pickled before it existed
     grad_checkpointing = False  # recompute each block in the backward pass (`core.execution`)
-    _compiled_run: Callable[..., Tensor] | None = None  # `compile_stack`
+    _compiled_run: Callable[..., Tensor] | None = None  # `compile_stack`: the whole stack
+    _compiled_block: Callable[..., Tensor] | None = None  # `compile_stack`: one block (LayerDrop training)
 
     def __init__(
         self,
@@ -92,8 +93,10 @@ class TransformerStack(nn.Module):
         Returns:
             (B, T, dim), or (B, keep, dim).
         """
-        if cache is not None or self._compiled_run is None or (self.training and self.layerdrop > 0):
+        if cache is not None or self._compiled_run is None:
             return self._run(x, context, mask, context_mask, cache, keep)
+        if self.training and self.layerdrop > 0:  # blocks compiled one at a time, the draws between them eager
+            return self._run(x, context, mask, context_mask, None, keep, self._compiled_block or run_block)
         return self._compiled_run(self, x, context, mask, context_mask, None, keep)
 
     def compile_stack(self, **options: Any) -> None:
@@ -101,19 +104,23 @@ class TransformerStack(nn.Module):
         with a cache stay eager, since the cache grows at every decoding step and each new length would be a new
         graph. The parameters stay where they are (their names unchanged), unlike `torch.compile(model)`'s
         wrapper. The compiled function takes the stack as an argument, not bound to it: a copy of the model
-        (`copy.deepcopy`, as EMA and SWA make) runs its own weights. Training calls with LayerDrop stay eager too:
-        whether a block runs is drawn between the previous block's dropout masks and its own, a branch on a
-        random number that one graph cannot hold."""
+        (`copy.deepcopy`, as EMA and SWA make) runs its own weights. Training calls with LayerDrop run the blocks
+        compiled one at a time (one graph serves every block of the same shape: their parameters are the graph's
+        inputs), the draws between them eager: whether a block runs is drawn between the previous block's dropout
+        masks and its own, a branch on a random number that one graph of the whole stack cannot hold."""
         self._compiled_run = torch.compile(type(self)._run, **options)
+        self._compiled_block = torch.compile(run_block, **options)
 
     def __getstate__(self) -> dict[str, Any]:
         # as nn.Module.compile's: a pickled or copied stack comes back uncompiled (a compiled function pickles not)
         state = super().__getstate__()
         state.pop("_compiled_run", None)
+        state.pop("_compiled_block", None)
         return state
 
     def _run(self, x: Tensor, context: Tensor | None, mask: Tensor | None, context_mask: Tensor | None,
-             cache: KVCache | None, keep: int | None) -> Tensor:
+             cache: KVCache | None, keep: int | None, call: Callable[..., Tensor] = run_block) -> Tensor:
+        # `call` runs one block (`run_block`, or its compiled twin for LayerDrop training)
         # LayerDrop draws as transformers' Marian/BART/Whisper stacks: `torch.rand([])` (torch's CPU generator, also
         # for a CUDA model) before each block, after the previous block's dropout masks, so one seed drops the same
         # blocks and masks. Not with a cache: a block skipped at one step would lack its keys at the next.
@@ -122,10 +129,10 @@ class TransformerStack(nn.Module):
         for i, blk in enumerate(self.blocks):
             if layerdrop and torch.rand([]) < self.layerdrop:
                 continue
-            x = run_block(self.grad_checkpointing and cache is None, blk, x, context=context, mask=mask,
-                          context_mask=context_mask, is_causal=self.causal,
-                          cache=cache.layer(i) if cache is not None else None,
-                          **({"keep": keep} if keep is not None and i == last else {}))
+            x = call(self.grad_checkpointing and cache is None, blk, x, context=context, mask=mask,
+                     context_mask=context_mask, is_causal=self.causal,
+                     cache=cache.layer(i) if cache is not None else None,
+                     **({"keep": keep} if keep is not None and i == last else {}))
         if keep is not None:  # a no-op view after the last block's `keep`; not when it was skipped or absent
             x = x[:, :keep]
         return self.norm(x)

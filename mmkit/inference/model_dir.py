@@ -4,11 +4,10 @@ that tell an mmkit export (`architecture`) from a transformers checkpoint (`mode
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from mmkit.weights.config_check import json_type, check_format_version
+from mmkit.weights.config_check import check_format_version, read_json_object
 from mmkit.weights.native import CONFIG_NAME, WeightsError
 
 
@@ -28,15 +27,26 @@ def read_model_dir(directory: str | Path) -> tuple[Path, dict[str, Any]]:
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
     path = directory / CONFIG_NAME
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WeightsError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})") from None
-    except UnicodeDecodeError:
-        raise WeightsError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise WeightsError(f"{path}: expected a JSON object, found {json_type(doc)}")
+    if not path.is_file():
+        raise WeightsError(f"{directory}: not a checkpoint directory (no {CONFIG_NAME})")
+    doc = read_json_object(path)
     check_format_version(doc, str(path))
     return directory, doc
+
+
+def check_export_dir(directory: str | Path, error: type[Exception] = WeightsError) -> Path:
+    """`directory` (expanded) if an export may be written there: a folder that does not exist yet (it is made) or
+    an empty one, where files can be created (`text_rows.check_output_dir`). A folder holding files (another
+    model's config.json and model.safetensors, say) is an `error` of one line: the export would overwrite them with
+    a different model. An OSError of one line for a file in the way or a folder that cannot be written."""
+    from mmkit.inference.text_rows import check_output_dir
+
+    directory = check_output_dir(directory)
+    try:
+        held = directory.is_dir() and next(directory.iterdir(), None) is not None
+    except OSError as e:  # a folder that cannot be listed
+        raise OSError(f"{directory}: cannot read the folder ({e.strerror or e})") from None
+    if held:
+        raise error(f"{directory}: the folder holds files already (another model?) that an export would overwrite; "
+                    "give a new or empty folder")
+    return directory

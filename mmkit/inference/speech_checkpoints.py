@@ -17,6 +17,7 @@ from mmkit.data.tiktoken_files import OPENAI_MULTILINGUAL_VOCAB
 from mmkit.data.whisper_tokenizer import GENERATION_CONFIG, WhisperTokenizer, check_generation_config
 from mmkit.inference.model_dir import read_model_dir
 from mmkit.models.whisper import Whisper
+from mmkit.weights.config_check import read_json_object
 
 SpeechTokenizer = Union[WhisperTokenizer, CharTokenizer]
 OPENAI_SUFFIXES = (".pt", ".pth")  # openai-whisper's checkpoint files
@@ -75,7 +76,7 @@ def data_tokenizer_kind(directory: Path) -> str | None:
     """"char" or "bpe" for a checkpoint trained with a tokenizer built from its transcripts
     (`save_speech_checkpoint` records it in the config.json metadata); None otherwise."""
     try:
-        meta = json.loads((directory / "config.json").read_text()).get("metadata", {})
+        meta = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("metadata", {})
     except (OSError, ValueError, AttributeError):
         return None
     kind = meta.get("tokenizer") if isinstance(meta, dict) else None
@@ -106,19 +107,11 @@ def _directory_tokenizer(directory: Path, vocab_size: int) -> WhisperTokenizer:
     its config.json lists the suppressed tokens (`suppress_ids`, `suppress_ids_begin`) that
     faster-whisper applies, and the model is multilingual by openai's and CTranslate2's rule
     (vocab_size >= 51865; an English-only tokenizer.json lists the language tokens too)."""
-    from mmkit.weights import WeightsError
-
     tok = WhisperTokenizer.from_dir(directory)
     if not (directory / CT2_WEIGHTS).is_file() or (directory / GENERATION_CONFIG).is_file():
         return tok
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except FileNotFoundError:
-        config = {}  # older exports: openai's default suppressed tokens, as faster-whisper's
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{directory / 'config.json'}: unreadable ({e})") from None
-    if not isinstance(config, dict):
-        raise WeightsError(f"{directory / 'config.json'}: not a JSON object")
+    # older exports have no config.json: openai's default suppressed tokens, as faster-whisper's
+    config = read_json_object(directory / "config.json") if (directory / "config.json").is_file() else {}
     keys = {"suppress_tokens": "suppress_ids", "begin_suppress_tokens": "suppress_ids_begin"}
     generation = {ours: config[theirs] for ours, theirs in keys.items() if isinstance(config.get(theirs), list)}
     check_generation_config(generation, f"{directory / 'config.json'}: suppress_ids(_begin)", tok.id_count)

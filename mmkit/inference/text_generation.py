@@ -17,11 +17,11 @@ from torch import Tensor
 from mmkit.core import GenerationOptions, KVCache, generate, left_padded
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
 from mmkit.inference.generation_config import (
-    defaults_for, sampling_fallbacks, say_unapplied, settings_made, shared_settings, with_top_k_off,
+    SAMPLING, defaults_for, sampling_fallbacks, say_unapplied, settings_made, shared_settings, with_top_k_off,
 )
 from mmkit.inference.inputs import as_items, check_count, text_items
-from mmkit.inference.model_dir import read_model_dir
-from mmkit.inference.quantize import prepare_arithmetic
+from mmkit.inference.model_dir import check_export_dir, read_model_dir
+from mmkit.inference.quantize import has_int8_layers, prepare_arithmetic
 from mmkit.inference.seeds import sample_seed
 from mmkit.inference.thread_stream import ThreadStream
 from mmkit.limits import MAX_SAMPLES
@@ -41,11 +41,42 @@ GPT_UNAPPLIED = {"min_length": (0, None), "bad_words_ids": (None,), "renormalize
                  "forced_eos_token_id": (None,)}
 
 
-def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str | Path) -> Path:
-    """Native checkpoint (config.json + model.safetensors) with the tokenizer files beside it."""
-    directory = model.save_pretrained(directory, metadata={"tokenizer": "byte_bpe", "eos_token": tokenizer.eos_token})
+def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str | Path,
+                        decoding: dict[str, Any] | None = None,
+                        sampling_fallbacks: dict[str, Any] | None = None) -> Path:
+    """Native checkpoint (config.json + model.safetensors) with the tokenizer files beside it. `decoding`: the
+    model's own decoding settings (`GenerationOptions` fields among `GPT_DEFAULTS`: beam_size, temperature, top_k,
+    top_p, the repetition rules, ...), which `mmkit generate-text` and `TextGenerator.default_options` use where no
+    option is given, as a transformers generation config; `sampling_fallbacks`: what a sampling run takes where
+    not given (an imported GPT-2's top_k 50). Both are checked first (a ValueError of one line naming the setting:
+    nothing written). Generation ends at the tokenizer's end-of-text token (`eos_token`; None: at none)."""
+    decoding, fallbacks = checked_decoding(decoding or {}, sampling_fallbacks or {}, "decoding")
+    directory = model.save_pretrained(directory, metadata={"tokenizer": "byte_bpe", "eos_token": tokenizer.eos_token,
+                                                           "decoding": decoding, "sampling_fallbacks": fallbacks})
     tokenizer.save(directory)
     return directory
+
+
+def checked_decoding(decoding: dict[str, Any], fallbacks: dict[str, Any], where: str,
+                     error: type[Exception] = ValueError) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A model's own decoding settings and sampling fallbacks as `GenerationOptions` fields (`GPT_DEFAULTS`;
+    transformers' values for off are settings not made: `settings_made`), each checked as the options check it:
+    a value they refuse, or a name that is not one of the fields (`SAMPLING` for the fallbacks), is an `error` of
+    one line naming `where`, not a failure at the first prompt."""
+    for name, settings, fields in (("decoding", decoding, GPT_DEFAULTS), ("sampling_fallbacks", fallbacks, SAMPLING)):
+        if not isinstance(settings, dict):
+            raise error(f"{where}: {name} must be an object of decoding settings, got {type(settings).__name__}")
+        unknown = sorted(set(settings) - set(fields))
+        if unknown:
+            raise error(f"{where}: {name} holds {', '.join(map(repr, unknown))}, not one of its settings "
+                        f"({', '.join(fields)})")
+    decoding, fallbacks = settings_made(decoding, GPT_DEFAULTS), settings_made(fallbacks, SAMPLING)
+    try:
+        GenerationOptions(**decoding)
+        GenerationOptions(**fallbacks)
+    except (TypeError, ValueError) as e:
+        raise error(f"{where}: a decoding setting mmkit cannot use ({e})") from None
+    return decoding, fallbacks
 
 
 def load_text_generator(directory: str | Path, device: str | torch.device = "cpu",
@@ -66,8 +97,9 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
         eos_token = doc.get("metadata", {}).get("eos_token", EOS_TOKEN)
         tokenizer = ByteBPETokenizer.from_dir(directory, eos_token)
         eos_id = tokenizer.eos_id
-        defaults: dict = {}  # an mmkit export decodes as its options say
-        fallbacks: dict = {}
+        meta = doc.get("metadata", {})  # the export's decoding settings (none before they were saved)
+        defaults, fallbacks = checked_decoding(meta.get("decoding", {}), meta.get("sampling_fallbacks", {}),
+                                               f"{directory / 'config.json'}: metadata", WeightsError)
     elif doc.get("model_type") == "gpt2":
         model = GPT.from_hf(directory)
         tokenizer = ByteBPETokenizer.from_dir(directory)
@@ -97,15 +129,9 @@ def hf_decoding_defaults(directory: Path, config: dict) -> tuple[dict, dict]:
     where = str(path if path.is_file() else directory / "config.json")
     decoding = read_json_object(path) if path.is_file() else config
     say_unapplied(decoding, None, where, also=GPT_UNAPPLIED)
-    given = settings_made({**shared_settings(decoding, where), "min_new_tokens": decoding.get("min_new_tokens")},
-                          GPT_DEFAULTS)
-    fallbacks = sampling_fallbacks(decoding)
-    try:
-        GenerationOptions(**given)
-        GenerationOptions(**fallbacks)
-    except (TypeError, ValueError) as e:
-        raise WeightsError(f"{where}: a decoding setting mmkit cannot use ({e})") from None
-    return given, fallbacks
+    given = {k: v for k, v in {**shared_settings(decoding, where), "min_new_tokens": decoding.get("min_new_tokens")}
+             .items() if v is not None}
+    return checked_decoding(given, sampling_fallbacks(decoding), where, WeightsError)
 
 
 class TextGenerator:
@@ -148,6 +174,26 @@ class TextGenerator:
         sampling run's fallbacks included (transformers' top_k 50 for a transformers directory; a top_k of 0 given
         switches top-k off)."""
         return defaults_for(self.defaults, given, GPT_BEAM_ONLY, self.sampling_fallbacks)
+
+    def export(self, directory: str | Path) -> Path:
+        """Save as an mmkit export (config.json + model.safetensors + the tokenizer files, the end-of-text token
+        and the model's own decoding settings in the metadata: `defaults`, `sampling_fallbacks`) that
+        `load_text_generator` reads back with the same outputs: how an imported GPT-2 becomes a native model
+        directory. `directory` must be new or empty (`check_export_dir`): the export never overwrites another
+        model's files.
+
+        Raises:
+            WeightsError: a folder that holds files, or an int8 model (export the fp32 one: int8 is applied at
+                load).
+            OSError: a folder that cannot be written (one line).
+        """
+        if has_int8_layers(self.model):
+            raise WeightsError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
+        directory = check_export_dir(directory)
+        # the end-of-text token generation stops at (a GPT-2 config's eos_token_id), named in the export
+        eos = self.tokenizer.hf.id_to_token(self.eos_id) if self.eos_id is not None else None
+        tokenizer = ByteBPETokenizer(self.tokenizer.hf, eos)
+        return save_text_generator(self.model, tokenizer, directory, self.defaults, self.sampling_fallbacks)
 
     def prepare_prompt(self, prompt: str, max_new_tokens: int) -> PromptTokens:
         """The prompt as the model reads it: its last `max_len - max_new_tokens` tokens at most, and a note

@@ -243,7 +243,7 @@ class TextToImage:
         if min_dalle_layout(directory):
             return cls.from_min_dalle(directory)
         try:
-            doc = json.loads((directory / CONFIG_NAME).read_text())
+            doc = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
             arch = doc.get("architecture")
         except (OSError, ValueError, AttributeError):
             doc, arch = {}, None

@@ -27,6 +27,7 @@ from mmkit.inference.generation_config import (
     defaults_for, sampling_fallbacks, say_unapplied, settings_made, shared_settings, with_top_k_off,
 )
 from mmkit.inference.inputs import check_types, text_items
+from mmkit.inference.model_dir import check_export_dir
 from mmkit.inference.seeds import indexed_seed, sample_seed
 from mmkit.limits import MAX_SAMPLES
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, read_json_object
@@ -286,7 +287,7 @@ class Translator:
             raise TranslatorError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
         if self.codec.save is None:
             raise TranslatorError("this translator's tokenizer cannot be saved")
-        directory = check_export_dir(directory)
+        directory = check_export_dir(directory, TranslatorError)
         c = self.codec
         meta = dict(task="translation", start_id=c.start_id, eos_id=c.eos_id, pad_id=c.pad_id, prefix=self.prefix,
                     suppress=c.suppress, forced_eos_id=self.forced_eos_id, max_source_tokens=self.max_source_tokens,
@@ -418,25 +419,6 @@ class Translator:
         return self.codec.pieces(src[0].tolist()), self.codec.pieces(target + [self.codec.eos_id]), weights
 
 
-def check_export_dir(directory: str | Path) -> Path:
-    """`directory` (expanded) if a translation export may be written there: a folder that does not exist
-    yet (it is made) or an empty one, where files can be created (`text_rows.check_output_dir`). A folder
-    holding files (another model's config.json and model.safetensors, say) is a TranslatorError of one
-    line: the export would overwrite them with a different model. An OSError of one line for a file in
-    the way or a folder that cannot be written."""
-    from mmkit.inference.text_rows import check_output_dir
-
-    directory = check_output_dir(directory)
-    try:
-        held = directory.is_dir() and next(directory.iterdir(), None) is not None
-    except OSError as e:  # a folder that cannot be listed
-        raise OSError(f"{directory}: cannot read the folder ({e.strerror or e})") from None
-    if held:
-        raise TranslatorError(f"{directory}: the folder holds files already (another model?) that an export would "
-                              "overwrite; give a new or empty folder")
-    return directory
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, TranslatorError)
 
@@ -507,8 +489,8 @@ def _load_native(directory: Path, doc: dict[str, Any]) -> Translator:
     max_len = getattr(model, "max_len", 512)
     translator = Translator(model, codec, meta.get("prefix", ""), meta.get("max_source_tokens", max_len),
                             meta.get("max_target_tokens", max_len - 1), meta.get("forced_eos_id"),
-                            _decoding_defaults(meta.get("decoding", {}), where))
-    translator.sampling_fallbacks = _decoding_defaults(meta.get("sampling_fallbacks", {}), where)
+                            checked_decoding(meta.get("decoding", {}), where))
+    translator.sampling_fallbacks = checked_decoding(meta.get("sampling_fallbacks", {}), where)
     return translator
 
 
@@ -575,15 +557,15 @@ def _load_hf(directory: Path, cfg: dict[str, Any]) -> Translator:
                       int(cfg["pad_token_id"]), [w[0] for w in bad_words or [] if len(w) == 1])
     # Marian's sinusoid table bounds both sides; T5's relative positions do not (512 as its tokenizers).
     max_len = cfg.get("max_position_embeddings", 512)
-    defaults = _decoding_defaults({**shared_settings(decoding, where),
-                                   "min_new_tokens": _min_new_tokens(decoding, where),
-                                   "renormalize_logits": decoding.get("renormalize_logits"),
-                                   "encoder_repetition_penalty": decoding.get("encoder_repetition_penalty"),
-                                   "encoder_no_repeat_ngram_size": decoding.get("encoder_no_repeat_ngram_size")},
-                                  where)
+    defaults = checked_decoding({**shared_settings(decoding, where),
+                                 "min_new_tokens": _min_new_tokens(decoding, where),
+                                 "renormalize_logits": decoding.get("renormalize_logits"),
+                                 "encoder_repetition_penalty": decoding.get("encoder_repetition_penalty"),
+                                 "encoder_no_repeat_ngram_size": decoding.get("encoder_no_repeat_ngram_size")},
+                                where)
     translator = Translator(model, codec, "", max_len, max_len - 1, None if forced_eos is None else int(forced_eos),
                             defaults)
-    translator.sampling_fallbacks = _decoding_defaults(sampling_fallbacks(decoding), where)
+    translator.sampling_fallbacks = checked_decoding(sampling_fallbacks(decoding), where)
     return translator
 
 
@@ -603,11 +585,18 @@ def _min_new_tokens(decoding: dict[str, Any], where: str) -> Any:
     return max(min_length - 1, 0)
 
 
-def _decoding_defaults(settings: dict[str, Any], where: str) -> dict[str, Any]:
+def checked_decoding(settings: dict[str, Any], where: str) -> dict[str, Any]:
     """The `TranslationOptions` fields among `settings` (None: not set), each checked as the options check it:
     a value they refuse is a one-line TranslatorError naming `where`, not a failure at the first sentence.
     transformers' defaults (1 beam, repetition_penalty 1.0, no_repeat_ngram_size and min_new_tokens 0,
-    renormalize_logits false) are settings not made: save_pretrained writes some out."""
+    renormalize_logits false) are settings not made: save_pretrained writes some out. A name that is not a
+    `DECODING_DEFAULTS` field (a typo, transformers' num_beams) is refused, not ignored."""
+    if not isinstance(settings, dict):
+        raise TranslatorError(f"{where}: expected an object of decoding settings, got {type(settings).__name__}")
+    unknown = sorted(set(settings) - set(DECODING_DEFAULTS))
+    if unknown:
+        raise TranslatorError(f"{where}: {', '.join(map(repr, unknown))} not among the model's own decoding "
+                              f"settings ({', '.join(DECODING_DEFAULTS)})")
     given = settings_made(settings, DECODING_DEFAULTS)
     try:
         TranslationOptions(**given)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.text import Perplexity
 
-from mmkit.inference.text_generation import save_text_generator
+from mmkit.inference.text_generation import checked_decoding, save_text_generator
 from mmkit.models.gpt import GPT
 from mmkit.tasks.model_task import ModelTask
 from mmkit.tasks.optim import adamw_warmup_cosine
@@ -30,6 +30,10 @@ class LanguageModel(ModelTask, pl.LightningModule):
         lr, weight_decay, betas: AdamW settings (no decay on biases, norms and embeddings).
         warmup_ratio: fraction of all optimiser steps spent in linear warmup before cosine decay.
         export_dir: where `on_fit_end` writes the model and its tokenizer for `mmkit generate-text`.
+        generation: the export's own decoding settings, as a transformers generation config gives a model's
+            (`GenerationOptions` fields: temperature, top_k, top_p, beam_size, repetition_penalty, ...):
+            `mmkit generate-text` and `TextGenerator.default_options` decode with them where no option is given.
+            Checked here: a setting the options refuse fails before training, not at the export.
     """
 
     def __init__(
@@ -40,8 +44,10 @@ class LanguageModel(ModelTask, pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_ratio: float = 0.05,
         export_dir: str | None = None,
+        generation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        checked_decoding(generation or {}, {}, "model.generation")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.tokenizer: Any = None
@@ -93,8 +99,9 @@ class LanguageModel(ModelTask, pl.LightningModule):
                                    no_decay=lambda name, p: p.ndim <= 1 or "embed" in name)
 
     def export(self, directory: str | Path) -> Path:
-        """Write the model and its tokenizer (`mmkit generate-text --model DIR` reads it)."""
-        return save_text_generator(self.model, self.tokenizer, directory)
+        """Write the model, its tokenizer and its decoding settings (`generation`; `mmkit generate-text --model DIR`
+        reads it)."""
+        return save_text_generator(self.model, self.tokenizer, directory, self.hparams.get("generation"))
 
     def on_fit_end(self) -> None:
         if (folder := self.export_folder()) is not None:

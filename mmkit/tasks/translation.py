@@ -20,6 +20,7 @@ from torchmetrics.text import CHRFScore, SacreBLEUScore
 from mmkit.core import BeamSearch, Greedy, generate
 from mmkit.data.number_phrases import IGNORE_INDEX
 from mmkit.data.spm_tokenizer import SentencePieceTokenizer
+from mmkit.inference.translator import checked_decoding
 from mmkit.models.seq2seq import Seq2Seq
 from mmkit.tasks.model_task import ModelTask
 
@@ -46,12 +47,17 @@ class TranslationTask(ModelTask, pl.LightningModule):
         max_new_tokens: decoding limit for validation/test (target tokens).
         test_beam_size: beam width of the test split's second scoring (the first is greedy).
         export_dir: where `on_fit_end` writes the model + tokenizer for `mmkit translate`.
+        generation: the export's own decoding settings, as a transformers generation config gives a model's
+            (`TranslationOptions` fields: beam_size, length_penalty, repetition_penalty, temperature, ...):
+            `mmkit translate` decodes with them where no option is given. Checked here: a setting the options
+            refuse fails before training, not at the export.
     """
 
     def __init__(self, model: Seq2Seq, lr_factor: float = 1.0, warmup_steps: int = 4000,
                  label_smoothing: float = 0.1, max_new_tokens: int = 32, test_beam_size: int = 4,
-                 export_dir: str | None = None) -> None:
+                 export_dir: str | None = None, generation: dict[str, Any] | None = None) -> None:
         super().__init__()
+        checked_decoding(generation or {}, "model.generation")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.tokenizer: SentencePieceTokenizer | None = None
@@ -131,7 +137,7 @@ class TranslationTask(ModelTask, pl.LightningModule):
         tok = self.tokenizer
         self.model.save_pretrained(directory, metadata={
             "task": "translation", "tokenizer": "spm.model", "start_id": tok.start_id, "eos_id": tok.eos_id,
-            "pad_id": tok.pad_id})
+            "pad_id": tok.pad_id, "decoding": checked_decoding(self.hparams.get("generation") or {}, "generation")})
         tok.save(directory)
         return directory
 

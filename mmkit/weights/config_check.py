@@ -156,12 +156,17 @@ def check_format_version(doc: Mapping[str, Any], where: str) -> None:
 
 
 def read_json_object(path: Path, error: type[Exception] = WeightsError) -> dict[str, Any]:
-    """The JSON object in `path` (a config.json, a generation_config.json), or `error` of one line naming the file:
-    unreadable, not UTF-8, not JSON, or JSON that is not an object."""
+    """The JSON object in `path` (a config.json, a generation_config.json, a weights index), read as UTF-8 whatever
+    the locale, or `error` of one line naming the file: unreadable, not UTF-8, not JSON, or JSON that is not an
+    object. Every loader reads its JSON files here, with the same messages."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{path}: unreadable config ({e})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON ({e})") from None
+    except OSError as e:  # FileNotFoundError included: callers that expect one check the file first
+        raise error(f"{path}: cannot read it ({e.strerror or e})") from None
     if not isinstance(doc, dict):
         raise error(f"{path}: expected a JSON object, found {json_type(doc)}")
     return doc

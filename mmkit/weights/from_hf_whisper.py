@@ -12,14 +12,13 @@ heads of generation_config.json, where present, become `Whisper(alignment_heads=
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from mmkit.weights.config_check import check_divisible, check_fields
+from mmkit.weights.config_check import check_divisible, check_fields, read_json_object
 from mmkit.weights.hf import FUSED, check_tied, config_file, fuse_projections, hf_source
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import Converted, WeightsError
@@ -129,14 +128,11 @@ def _generation_heads(model_or_dir: nn.Module | str | Path, source: str, config:
 
 def json_heads(path: Path) -> Any:
     """The "alignment_heads" field of a JSON file (transformers' generation_config.json, CTranslate2's
-    config.json), or None where the file or the field is absent; invalid JSON is refused in one line."""
+    config.json), or None where the file or the field is absent; a file that is not a JSON object is refused in one
+    line."""
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: invalid JSON ({e})") from None
-    return doc.get("alignment_heads") if isinstance(doc, dict) else None
+    return read_json_object(path).get("alignment_heads")
 
 
 def whisper_from_hf(model_or_dir: nn.Module | str | Path) -> Converted:

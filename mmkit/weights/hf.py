@@ -5,7 +5,6 @@ them apart; mmkit's core `Attention` holds one matrix). Pure functions over dict
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -13,6 +12,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from mmkit.weights.config_check import read_json_object
 from mmkit.weights.native import WeightsError, read_state_dict, summarise_keys
 
 # Staged names the key maps produce: `<base>.<qkv|kv>.<q|k|v>.<weight|bias>`.
@@ -30,19 +30,14 @@ def read_hf_dir(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor], str
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise WeightsError(f"{directory}: not a Hugging Face checkpoint directory (no config.json)")
-    try:
-        cfg = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{config_path}: invalid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise WeightsError(f"{config_path}: expected a JSON object, found {type(cfg).__name__}")
+    cfg = read_json_object(config_path)
     if "architecture" in cfg and "model_type" not in cfg:  # mmkit's own layout (`native.save_pretrained`)
         arch = cfg["architecture"] if str(cfg["architecture"]).isidentifier() else "<model class>"
         raise WeightsError(f"{config_path}: an mmkit {arch} checkpoint, not a Hugging Face transformers one: "
                            f"load it with {arch}.from_pretrained")
     index = directory / "model.safetensors.index.json"
     if index.is_file():  # sharded checkpoint: every shard named in the index
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = _index_shards(index)
         state: dict[str, Tensor] = {}
         for shard in shards:
             state.update(read_state_dict(directory / shard))
@@ -51,6 +46,19 @@ def read_hf_dir(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor], str
         if (directory / name).is_file():
             return cfg, read_state_dict(directory / name), str(directory / name)
     raise WeightsError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def _index_shards(index: Path) -> list[str]:
+    """The shard files a sharded checkpoint's index names (its "weight_map" values), each a plain file name beside
+    the index: a WeightsError of one line for an index without them, or one naming a file elsewhere."""
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise WeightsError(f"{index}: no \"weight_map\" object naming the shard files")
+    shards = sorted(set(weight_map.values()), key=str)
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
+            raise WeightsError(f"{index}: weight_map names {shard!r}, not a file beside the index")
+    return shards
 
 
 def config_file(source: str) -> str:

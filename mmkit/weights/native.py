@@ -348,15 +348,9 @@ class PretrainedMixin:
         path = directory / CONFIG_NAME
         if not path.is_file():
             raise WeightsError(f"{directory}: not an mmkit checkpoint directory (no {CONFIG_NAME})")
-        try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise WeightsError(f"{path}: invalid JSON ({e})") from None
-        except UnicodeDecodeError:
-            raise WeightsError(f"{path}: not UTF-8 text") from None
-        if not isinstance(doc, dict):
-            raise WeightsError(f"{path}: expected a JSON object, found {type(doc).__name__}")
-        from mmkit.weights.config_check import check_format_version
+        from mmkit.weights.config_check import check_format_version, read_json_object
+
+        doc = read_json_object(path)
 
         check_format_version(doc, str(path))
         if "architecture" not in doc:

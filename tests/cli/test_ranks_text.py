@@ -100,14 +100,20 @@ def test_translate_a_file_under_torchrun_writes_one_process_output_byte_for_byte
     suffix = ".jsonl"  # with the errors (a .txt output has empty lines for them)
     source = _translation_inputs(tmp_path / "in.jsonl")
     args = ["translate", source.name, "--model", str(translator), "--batch-size", "2", "--max-length", "6"]
-    one = alone(*args, "--output", f"alone{suffix}", cwd=tmp_path, program=HOOKED_CLI, **CHUNKED)
-    shared = torchrun(*args, "--output", f"shared{suffix}", cwd=tmp_path, program=HOOKED_CLI, **CHUNKED)
+    one = alone(*args, "--output", f"alone{suffix}", "--export", "alone_export", cwd=tmp_path, program=HOOKED_CLI,
+                **CHUNKED)
+    shared = torchrun(*args, "--output", f"shared{suffix}", "--export", "shared_export", cwd=tmp_path,
+                      program=HOOKED_CLI, **CHUNKED)
     assert one.returncode == 0 and shared.returncode == 0, shared.stderr
     out = (tmp_path / f"shared{suffix}").read_bytes()
     assert (tmp_path / f"alone{suffix}").read_bytes() == out and out.count(b"\n") == 11
     messages = _messages(shared, "mmkit translate")
     assert messages == [line.replace("alone", "shared") for line in _messages(one, "mmkit translate")]
-    assert [m.split(":")[1] for m in messages[:-1]] == [" line 2", " line 6", " line 8", " line 10"]
+    # the export saved once, by the first rank, after every rank found its folder empty
+    assert messages[0] == "INFO mmkit: saved an mmkit export in shared_export"
+    assert sorted(p.name for p in (tmp_path / "shared_export").iterdir()) == sorted(
+        p.name for p in (tmp_path / "alone_export").iterdir())
+    assert [m.split(":")[1] for m in messages[1:-1]] == [" line 2", " line 6", " line 8", " line 10"]
     assert messages[-1].endswith(f"wrote 11 translations (4 with errors) to shared{suffix}")
 
 

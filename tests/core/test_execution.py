@@ -142,3 +142,41 @@ def test_a_copy_of_a_compiled_model_runs_its_own_weights():
         again = pickle.loads(pickle.dumps(model))
         assert again.encoder._compiled_run is None and model.encoder._compiled_run is not None
         torch.testing.assert_close(again(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_layerdrop_training_runs_the_blocks_compiled_one_at_a_time():
+    """A compiled stack trained with LayerDrop ran eager: the draws between blocks break one graph of the whole
+    stack. Now each block runs compiled (the four blocks of the same shape share graphs, their parameters the
+    graphs' inputs), the draws eager between them: the same blocks dropped and the same outputs and gradients as the plain
+    stack under the same seed; evaluation still runs the whole stack's graph."""
+    from mmkit.core.stack import Encoder
+
+    graphs: list[int] = []
+
+    def counting(gm, example_inputs):  # a backend that counts the graphs it is given and runs them as they are
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    torch.manual_seed(0)
+    plain = Encoder(dim=16, depth=4, num_heads=2, layerdrop=0.5).train()
+    compiled = Encoder(dim=16, depth=4, num_heads=2, layerdrop=0.5).train()
+    compiled.load_state_dict(plain.state_dict())
+    torch._dynamo.reset()
+    compile_stacks(compiled, backend=counting)
+    x = torch.randn(2, 5, 16)
+    for seed in range(4):  # different blocks dropped each call
+        outs = []
+        for model in (plain, compiled):
+            model.zero_grad()
+            torch.manual_seed(seed)
+            out = model(x)
+            out.square().sum().backward()
+            outs.append((out, [p.grad.clone() if p.grad is not None else None for p in model.parameters()]))
+        torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-6, atol=1e-6)
+        for a, b in zip(outs[0][1], outs[1][1]):
+            assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
+    # two block graphs served every block of the four calls: the first block's input needs no gradient, the others' do
+    assert len(graphs) == 2, graphs
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(x), plain.eval()(x), rtol=1e-6, atol=1e-6)
+    assert len(graphs) == 3  # the whole stack's graph for evaluation

@@ -10,7 +10,7 @@ from _gpt import write_tiny_gpt2
 from playwright.sync_api import expect
 
 from mmkit.core import GenerationOptions
-from mmkit.inference.text_generation import load_text_generator
+from mmkit.inference.text_generation import load_text_generator, save_text_generator
 
 PROMPT = "The teacher draws"
 
@@ -137,3 +137,44 @@ def test_a_stop_button_cancels_the_stream(generator):
     from demos.text_generation import build_app
 
     assert stop_cancels(build_app(generator), "stop", "generate_text")
+
+
+def _with_config(tmp_path, settings: dict):
+    import json
+
+    directory = tmp_path / "gpt2"
+    _, tok = write_tiny_gpt2(directory, seed=2, n_positions=128)
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": tok.eos_id, **settings}))
+    return load_text_generator(directory)
+
+
+@pytest.mark.parametrize("settings, start", [
+    ({}, {"temperature": 0.0, "top_k": 50, "top_p": 1.0}),  # a GPT-2's own: no sampling, top-k 50 when it does
+    ({"do_sample": True, "temperature": 0.7, "top_p": 0.9}, {"temperature": 0.7, "top_k": 50, "top_p": 0.9}),
+    ({"do_sample": True, "top_k": 0, "temperature": 5.0}, {"temperature": 2.0, "top_k": 0, "top_p": 1.0}),
+    ({"num_beams": 3, "top_k": 400, "top_p": 0.01}, {"temperature": 0.0, "top_k": 200, "top_p": 0.05}),
+], ids=["gpt2", "sampling", "all-tokens-hot", "beams-out-of-range"])
+def test_the_sliders_start_at_the_models_own_settings(tmp_path, settings, start):
+    from demos.text_generation import starting_values
+
+    assert starting_values(_with_config(tmp_path, settings)) == start
+
+
+def test_the_tab_decodes_with_the_models_own_rules(tmp_path, generator):
+    """The sliders are given over the model's own settings, as `mmkit generate-text`'s flags: temperature 0 is the
+    model's beam search where it has one, its repetition penalty holds when sampling, top-k 0 is off. An mmkit
+    export without settings starts where the tab always did (greedy, top-k 40)."""
+    from demos.text_generation import continue_prompt, starting_values
+
+    beams = _with_config(tmp_path, {"num_beams": 3, "repetition_penalty": 1.5, "top_k": 7})
+    expected = beams.generate(PROMPT, beams.default_options(max_new_tokens=20, temperature=0))
+    assert expected != beams.generate(PROMPT, GenerationOptions(max_new_tokens=20))  # the beams and penalty tell
+    assert list(continue_prompt(beams, PROMPT, 20, 0.0, 40, 1.0, 0))[-1] == PROMPT + expected
+    for top_k in (7, 0):
+        options = beams.default_options(max_new_tokens=20, temperature=1.2, top_k=top_k, top_p=1.0, seed=5)
+        assert options.repetition_penalty == 1.5 and options.top_k == (top_k or None)
+        got = list(continue_prompt(beams, PROMPT, 20, 1.2, top_k, 1.0, 5))[-1]
+        assert got == PROMPT + beams.generate(PROMPT, options)
+    assert starting_values(load_text_generator(generator.export(tmp_path / "export")))["top_k"] == 50  # kept
+    plain = load_text_generator(save_text_generator(generator.model, generator.tokenizer, tmp_path / "plain"))
+    assert starting_values(plain) == {"temperature": 0.0, "top_k": 40, "top_p": 1.0}

@@ -89,3 +89,20 @@ def test_corpus_splits_by_value_and_reorders_german():
     assert all(split_of(f"n{n}") == "test" for n in range(100) if num2words(n, lang="en") in test_numbers)
     assert any("März" in de or "Januar" in de for _, de in train)
     assert math.isclose(sum(split_of(f"n{i}") == "test" for i in range(5000)) / 5000, 0.06, abs_tol=0.015)
+
+
+def test_the_exports_own_decoding_settings_are_the_tasks_generation(tmp_path):
+    """`generation` reaches the export (`mmkit translate` decodes with it where no option is given); a setting the
+    options refuse, or a name they lack, fails at construction, before any training."""
+    data = NumberPhrasesDataModule(n_train=64, n_val=8, n_test=8, vocab_size=60, batch_size=8)
+    data.setup()
+    model = Seq2Seq(vocab_size=len(data.tokenizer), max_len=40, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2)
+    task = TranslationTask(model, generation={"beam_size": 3, "length_penalty": 0.6, "no_repeat_ngram_size": 3})
+    task.tokenizer = data.tokenizer
+    translator = load_translator(task.export(tmp_path / "export"))
+    assert translator.defaults == {"beam_size": 3, "length_penalty": 0.6, "no_repeat_ngram_size": 3}
+    assert translator.default_options().beam_size == 3
+    for bad, message in (({"beam_size": 0}, r"model.generation: a decoding setting mmkit cannot use \(beam size"),
+                         ({"num_beams": 4}, r"model.generation: 'num_beams' not among the model's own decoding")):
+        with pytest.raises(ValueError, match=message):
+            TranslationTask(model, generation=bad)

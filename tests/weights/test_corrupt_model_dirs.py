@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -176,3 +177,55 @@ def test_the_untampered_whisper_directories_load(whisper_export, hf_whisper_dir)
     for directory in (whisper_export, hf_whisper_dir):
         model, tok = load_speech_model(directory)
         assert model.vocab_size == tok.id_count
+
+
+@pytest.fixture(scope="module")
+def sharded_whisper_dir(hf_whisper_dir, tmp_path_factory):
+    """`hf_whisper_dir` saved in shards (model.safetensors.index.json and the files its weight_map names)."""
+    import transformers
+
+    directory = Path(shutil.copytree(hf_whisper_dir, tmp_path_factory.mktemp("sharded") / "dir"))
+    (directory / "model.safetensors").unlink()
+    transformers.WhisperForConditionalGeneration.from_pretrained(hf_whisper_dir).save_pretrained(
+        directory, max_shard_size="40KB")
+    assert len(set(json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"].values())) > 1
+    return directory
+
+
+def test_a_sharded_transformers_checkpoint_loads_as_the_whole_one(hf_whisper_dir, sharded_whisper_dir):
+    whole, sharded = load_speech_model(hf_whisper_dir)[0], load_speech_model(sharded_whisper_dir)[0]
+    for (name, a), (_, b) in zip(whole.state_dict().items(), sharded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda doc: [1], "expected a JSON object, found a list"),
+    (lambda doc: doc.pop("weight_map") and None, "no \"weight_map\" object"),  # was a KeyError traceback
+    (lambda doc: doc.update(weight_map={"a": "../model.safetensors"}), "names '../model.safetensors', not a file "
+                                                                       "beside the index"),
+    (lambda doc: doc.update(weight_map={"a": 3}), "names 3, not a file"),
+])
+def test_a_broken_weights_index_is_one_line(sharded_whisper_dir, tmp_path, edit, named):
+    directory = _copy(sharded_whisper_dir, tmp_path)
+    _edit_json(directory / "model.safetensors.index.json", edit)
+    with pytest.raises(ValueError) as err:
+        load_speech_model(directory)
+    _one_line(err, str(directory / "model.safetensors.index.json"), named)
+
+
+def test_json_files_are_read_as_utf8_whatever_the_locale(hf_whisper_dir, tmp_path):
+    """A config.json with non-ASCII text loads in a process whose locale's encoding is ASCII (LC_ALL=C, UTF-8 mode
+    off: it was read with that encoding, a UnicodeDecodeError); one that is not UTF-8 is named with the byte."""
+    import subprocess
+
+    directory = _copy(hf_whisper_dir, tmp_path)
+    _edit_json(directory / "config.json", lambda doc: doc.update(_name_or_path="Modèle – größer"))
+    code = "import sys; from mmkit.inference.speech_checkpoints import load_speech_model; load_speech_model(sys.argv[1])"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"}
+    run = subprocess.run([sys.executable, "-X", "utf8=0", "-c", code, str(directory)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (directory / "config.json").write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(ValueError) as err:
+        load_speech_model(directory)
+    _one_line(err, str(directory / "config.json"), "not UTF-8 text (byte 7)")
