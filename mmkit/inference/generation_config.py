@@ -6,7 +6,7 @@ generation config."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 SAMPLING = ("temperature", "top_k", "top_p")
@@ -77,6 +77,26 @@ def settings_made(settings: dict[str, Any], fields: tuple[str, ...]) -> dict[str
             given.pop(name)
     if given.get("renormalize_logits") is False:
         given.pop("renormalize_logits")
+    return given
+
+
+def checked_settings(settings: Any, fields: tuple[str, ...], options: Callable[..., Any], where: str,
+                     error: type[Exception]) -> dict[str, Any]:
+    """A model's own decoding settings (an export's metadata, a task's `generation`, a generation config's mapped
+    ones) as the `options` class's `fields` that are set (`settings_made`), checked as `options` checks them: not
+    an object, a name that is not one of `fields` (a typo, transformers' num_beams: refused, not ignored), or a
+    value the options refuse is an `error` of one line naming `where`, not a failure at the first input."""
+    if not isinstance(settings, dict):
+        raise error(f"{where}: expected an object of decoding settings, got {type(settings).__name__}")
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise error(f"{where}: {', '.join(map(repr, unknown))} not among the model's own decoding settings "
+                    f"({', '.join(fields)})")
+    given = settings_made(settings, fields)
+    try:
+        options(**given)
+    except (TypeError, ValueError) as e:
+        raise error(f"{where}: a decoding setting mmkit cannot use ({e})") from None
     return given
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from mmkit.core import GenerationOptions, KVCache, generate, left_padded
 from mmkit.data.gpt_tokenizer import EOS_TOKEN, ByteBPETokenizer
 from mmkit.inference.generation_config import (
-    SAMPLING, defaults_for, sampling_fallbacks, say_unapplied, settings_made, shared_settings, with_top_k_off,
+    SAMPLING, checked_settings, defaults_for, sampling_fallbacks, say_unapplied, shared_settings, with_top_k_off,
 )
 from mmkit.inference.inputs import as_items, check_count, text_items
 from mmkit.inference.model_dir import check_export_dir, read_model_dir
@@ -50,33 +50,20 @@ def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str 
     option is given, as a transformers generation config; `sampling_fallbacks`: what a sampling run takes where
     not given (an imported GPT-2's top_k 50). Both are checked first (a ValueError of one line naming the setting:
     nothing written). Generation ends at the tokenizer's end-of-text token (`eos_token`; None: at none)."""
-    decoding, fallbacks = checked_decoding(decoding or {}, sampling_fallbacks or {}, "decoding")
+    decoding = checked_decoding(decoding or {}, "decoding")
+    fallbacks = checked_decoding(sampling_fallbacks or {}, "sampling_fallbacks", SAMPLING)
     directory = model.save_pretrained(directory, metadata={"tokenizer": "byte_bpe", "eos_token": tokenizer.eos_token,
                                                            "decoding": decoding, "sampling_fallbacks": fallbacks})
     tokenizer.save(directory)
     return directory
 
 
-def checked_decoding(decoding: dict[str, Any], fallbacks: dict[str, Any], where: str,
-                     error: type[Exception] = ValueError) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A model's own decoding settings and sampling fallbacks as `GenerationOptions` fields (`GPT_DEFAULTS`;
-    transformers' values for off are settings not made: `settings_made`), each checked as the options check it:
-    a value they refuse, or a name that is not one of the fields (`SAMPLING` for the fallbacks), is an `error` of
+def checked_decoding(settings: dict[str, Any], where: str, fields: tuple[str, ...] = GPT_DEFAULTS,
+                     error: type[Exception] = ValueError) -> dict[str, Any]:
+    """A model's own decoding settings (or, `fields` `SAMPLING`, its sampling fallbacks) as the `GenerationOptions`
+    fields that are set, checked as the options check them (`generation_config.checked_settings`): an `error` of
     one line naming `where`, not a failure at the first prompt."""
-    for name, settings, fields in (("decoding", decoding, GPT_DEFAULTS), ("sampling_fallbacks", fallbacks, SAMPLING)):
-        if not isinstance(settings, dict):
-            raise error(f"{where}: {name} must be an object of decoding settings, got {type(settings).__name__}")
-        unknown = sorted(set(settings) - set(fields))
-        if unknown:
-            raise error(f"{where}: {name} holds {', '.join(map(repr, unknown))}, not one of its settings "
-                        f"({', '.join(fields)})")
-    decoding, fallbacks = settings_made(decoding, GPT_DEFAULTS), settings_made(fallbacks, SAMPLING)
-    try:
-        GenerationOptions(**decoding)
-        GenerationOptions(**fallbacks)
-    except (TypeError, ValueError) as e:
-        raise error(f"{where}: a decoding setting mmkit cannot use ({e})") from None
-    return decoding, fallbacks
+    return checked_settings(settings, fields, GenerationOptions, where, error)
 
 
 def load_text_generator(directory: str | Path, device: str | torch.device = "cpu",
@@ -98,8 +85,10 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
         tokenizer = ByteBPETokenizer.from_dir(directory, eos_token)
         eos_id = tokenizer.eos_id
         meta = doc.get("metadata", {})  # the export's decoding settings (none before they were saved)
-        defaults, fallbacks = checked_decoding(meta.get("decoding", {}), meta.get("sampling_fallbacks", {}),
-                                               f"{directory / 'config.json'}: metadata", WeightsError)
+        where = f"{directory / 'config.json'}: metadata"
+        defaults = checked_decoding(meta.get("decoding", {}), f"{where} decoding", GPT_DEFAULTS, WeightsError)
+        fallbacks = checked_decoding(meta.get("sampling_fallbacks", {}), f"{where} sampling_fallbacks", SAMPLING,
+                                     WeightsError)
     elif doc.get("model_type") == "gpt2":
         model = GPT.from_hf(directory)
         tokenizer = ByteBPETokenizer.from_dir(directory)
@@ -129,9 +118,9 @@ def hf_decoding_defaults(directory: Path, config: dict) -> tuple[dict, dict]:
     where = str(path if path.is_file() else directory / "config.json")
     decoding = read_json_object(path) if path.is_file() else config
     say_unapplied(decoding, None, where, also=GPT_UNAPPLIED)
-    given = {k: v for k, v in {**shared_settings(decoding, where), "min_new_tokens": decoding.get("min_new_tokens")}
-             .items() if v is not None}
-    return checked_decoding(given, sampling_fallbacks(decoding), where, WeightsError)
+    given = {**shared_settings(decoding, where), "min_new_tokens": decoding.get("min_new_tokens")}
+    return (checked_decoding(given, where, GPT_DEFAULTS, WeightsError),
+            checked_decoding(sampling_fallbacks(decoding), where, SAMPLING, WeightsError))
 
 
 class TextGenerator:

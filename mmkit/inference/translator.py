@@ -24,7 +24,7 @@ from mmkit.core.decoding import check_sampling, decoding_strategy, is_sampling
 from mmkit.core.attention import attention_maps
 from mmkit.core.filters import repetition_filters
 from mmkit.inference.generation_config import (
-    defaults_for, sampling_fallbacks, say_unapplied, settings_made, shared_settings, with_top_k_off,
+    checked_settings, defaults_for, sampling_fallbacks, say_unapplied, shared_settings, with_top_k_off,
 )
 from mmkit.inference.inputs import check_types, text_items
 from mmkit.inference.model_dir import check_export_dir
@@ -586,20 +586,8 @@ def _min_new_tokens(decoding: dict[str, Any], where: str) -> Any:
 
 
 def checked_decoding(settings: dict[str, Any], where: str) -> dict[str, Any]:
-    """The `TranslationOptions` fields among `settings` (None: not set), each checked as the options check it:
-    a value they refuse is a one-line TranslatorError naming `where`, not a failure at the first sentence.
-    transformers' defaults (1 beam, repetition_penalty 1.0, no_repeat_ngram_size and min_new_tokens 0,
-    renormalize_logits false) are settings not made: save_pretrained writes some out. A name that is not a
-    `DECODING_DEFAULTS` field (a typo, transformers' num_beams) is refused, not ignored."""
-    if not isinstance(settings, dict):
-        raise TranslatorError(f"{where}: expected an object of decoding settings, got {type(settings).__name__}")
-    unknown = sorted(set(settings) - set(DECODING_DEFAULTS))
-    if unknown:
-        raise TranslatorError(f"{where}: {', '.join(map(repr, unknown))} not among the model's own decoding "
-                              f"settings ({', '.join(DECODING_DEFAULTS)})")
-    given = settings_made(settings, DECODING_DEFAULTS)
-    try:
-        TranslationOptions(**given)
-    except (TypeError, TranslatorError) as e:
-        raise TranslatorError(f"{where}: a decoding setting mmkit cannot use ({e})") from None
-    return given
+    """The `TranslationOptions` fields among `settings` (`DECODING_DEFAULTS`; None: not set), checked as the options
+    check them (`generation_config.checked_settings`): a TranslatorError of one line naming `where`, not a failure
+    at the first sentence. transformers' defaults (1 beam, repetition_penalty 1.0, no_repeat_ngram_size and
+    min_new_tokens 0, renormalize_logits false) are settings not made: save_pretrained writes some out."""
+    return checked_settings(settings, DECODING_DEFAULTS, TranslationOptions, where, TranslatorError)

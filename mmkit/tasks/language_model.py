@@ -47,7 +47,7 @@ class LanguageModel(ModelTask, pl.LightningModule):
         generation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        checked_decoding(generation or {}, {}, "model.generation")
+        checked_decoding(generation or {}, "model.generation")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.tokenizer: Any = None
