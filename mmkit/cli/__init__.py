@@ -17,6 +17,7 @@ log = logging.getLogger("mmkit")
 TOOLS = {
     "bench": ("benchmarks against the reference implementation (mmkit bench vit --help)", "mmkit.cli.bench:main"),
     "classify-text": ("label texts with a fine-tuned BERT classifier (mmkit classify-text --help)", "mmkit.cli.classify_text:main"),
+    "convert": ("save an mmkit export for timm or transformers (mmkit convert --help)", "mmkit.cli.convert:main"),
     "demo": ("Gradio demos in the browser (mmkit demo vit --help)", "mmkit.cli.demo:main"),
     "embed": ("sentence embeddings with a BERT encoder (mmkit embed --help)", "mmkit.cli.embed:main"),
     "fill-mask": ("predict [MASK] tokens with a BERT masked-LM (mmkit fill-mask --help)", "mmkit.cli.fill_mask:main"),

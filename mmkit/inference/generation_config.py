@@ -38,11 +38,11 @@ def say_unapplied(decoding: dict[str, Any], bad_words: Any, where: str, also: di
 
 def sampling_fallbacks(decoding: dict[str, Any]) -> dict[str, Any]:
     """What transformers samples with where sampling is asked for and a setting is not given: a generation config's
-    temperature, top_k and top_p, else GenerationConfig's defaults (1.0, 50, 1.0), whether the config samples or
-    not: `generate(do_sample=True, temperature=0.7)` keeps the config's top_k, 50 by default. The settings that
-    leave a rule off (temperature 1.0, top_k 0, top_p 1.0) are left out."""
+    temperature, top_k and top_p, else (unset or null) GenerationConfig's defaults (1.0, 50, 1.0), whether the config
+    samples or not: `generate(do_sample=True, temperature=0.7)` keeps the config's top_k, 50 by default. The
+    settings that leave a rule off (temperature 1.0, top_k 0, top_p 1.0) are left out."""
     temperature, top_k, top_p = (decoding.get(k) for k in SAMPLING)
-    top_k = TRANSFORMERS_TOP_K if "top_k" not in decoding else top_k
+    top_k = TRANSFORMERS_TOP_K if top_k is None else top_k  # unset or null: transformers 5 takes its default
     return {k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p))
             if v is not None and v != {"temperature": 1.0, "top_k": 0, "top_p": 1.0}[k]}
 

@@ -4,10 +4,15 @@ that tell an mmkit export (`architecture`) from a transformers checkpoint (`mode
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mmkit.weights.config_check import check_format_version, read_json_object
+from mmkit.inference.text_rows import interruptions_held
 from mmkit.weights.native import CONFIG_NAME, WeightsError
 
 
@@ -50,3 +55,43 @@ def check_export_dir(directory: str | Path, error: type[Exception] = WeightsErro
         raise error(f"{directory}: the folder holds files already (another model?) that an export would overwrite; "
                     "give a new or empty folder")
     return directory
+
+
+@contextlib.contextmanager
+def export_folder(directory: str | Path, error: type[Exception] = WeightsError) -> Iterator[Path]:
+    """A hidden folder inside `directory` (new or empty: `check_export_dir`, else an `error`; made if new) for the
+    body to fill, whose files are moved into `directory` when the body ends, config.json last (a folder is a model
+    once that is there); if the body raises (a full disk, a model the target format cannot express, Ctrl-C),
+    everything written is removed, and `directory` too if it was made here: an export is there whole or not at all.
+    Staged inside rather than beside it, so an empty folder whose parent cannot be written (a mount point) still
+    takes the export. A write failing for room is a `WriteFailed` of one line naming `directory`."""
+    from mmkit.errors import WriteFailed
+
+    directory = check_export_dir(directory, error)
+    made = not directory.exists()
+    try:
+        with interruptions_held():  # nothing made and not yet in the `try` below
+            directory.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(dir=directory, prefix=".export-"))
+    except OSError as e:
+        raise OSError(f"{directory}: cannot write there ({e.strerror or e})") from None
+    moved: list[Path] = []
+    try:
+        yield stage
+        for path in sorted(stage.iterdir(), key=lambda p: p.name == CONFIG_NAME):
+            moved.append(directory / path.name)
+            os.replace(path, directory / path.name)
+        stage.rmdir()
+    except BaseException as e:
+        for path in moved:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        if made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        if isinstance(e, OSError) and not isinstance(e, WriteFailed) and e.errno is not None:
+            raise WriteFailed.of(f"write the export {directory}", e, "; nothing was written") from None
+        raise

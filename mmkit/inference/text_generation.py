@@ -20,7 +20,7 @@ from mmkit.inference.generation_config import (
     SAMPLING, checked_settings, defaults_for, sampling_fallbacks, say_unapplied, shared_settings, with_top_k_off,
 )
 from mmkit.inference.inputs import as_items, check_count, text_items
-from mmkit.inference.model_dir import check_export_dir, read_model_dir
+from mmkit.inference.model_dir import export_folder, read_model_dir
 from mmkit.inference.quantize import has_int8_layers, prepare_arithmetic
 from mmkit.inference.seeds import sample_seed
 from mmkit.inference.thread_stream import ThreadStream
@@ -178,11 +178,12 @@ class TextGenerator:
         """
         if has_int8_layers(self.model):
             raise WeightsError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
-        directory = check_export_dir(directory)
         # the end-of-text token generation stops at (a GPT-2 config's eos_token_id), named in the export
         eos = self.tokenizer.hf.id_to_token(self.eos_id) if self.eos_id is not None else None
         tokenizer = ByteBPETokenizer(self.tokenizer.hf, eos)
-        return save_text_generator(self.model, tokenizer, directory, self.defaults, self.sampling_fallbacks)
+        with export_folder(directory) as stage:  # whole or not at all
+            save_text_generator(self.model, tokenizer, stage, self.defaults, self.sampling_fallbacks)
+        return Path(directory).expanduser()
 
     def prepare_prompt(self, prompt: str, max_new_tokens: int) -> PromptTokens:
         """The prompt as the model reads it: its last `max_len - max_new_tokens` tokens at most, and a note

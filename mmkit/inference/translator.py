@@ -27,7 +27,7 @@ from mmkit.inference.generation_config import (
     checked_settings, defaults_for, sampling_fallbacks, say_unapplied, shared_settings, with_top_k_off,
 )
 from mmkit.inference.inputs import check_types, text_items
-from mmkit.inference.model_dir import check_export_dir
+from mmkit.inference.model_dir import export_folder
 from mmkit.inference.seeds import indexed_seed, sample_seed
 from mmkit.limits import MAX_SAMPLES
 from mmkit.weights.config_check import check_fields, check_format_version, check_token_ids, read_json_object
@@ -280,21 +280,22 @@ class Translator:
         """Save as an mmkit export (config.json + model.safetensors + the tokenizer files, decoding
         settings in the metadata) that `load_translator` reads back with the same outputs: how an
         imported MarianMT or T5 becomes a native model directory. `directory` must be new or empty
-        (`check_export_dir`): the export never overwrites another model's files."""
+        (`check_export_dir`): the export never overwrites another model's files, and is there whole or not at
+        all (`export_folder`)."""
         from mmkit.inference.quantize import has_int8_layers
 
         if has_int8_layers(self.model):
             raise TranslatorError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
         if self.codec.save is None:
             raise TranslatorError("this translator's tokenizer cannot be saved")
-        directory = check_export_dir(directory, TranslatorError)
         c = self.codec
         meta = dict(task="translation", start_id=c.start_id, eos_id=c.eos_id, pad_id=c.pad_id, prefix=self.prefix,
                     suppress=c.suppress, forced_eos_id=self.forced_eos_id, max_source_tokens=self.max_source_tokens,
                     max_target_tokens=self.max_target_tokens, decoding=self.defaults,
                     sampling_fallbacks=self.sampling_fallbacks)
-        self.model.save_pretrained(directory, metadata={**meta, "tokenizer": c.save(directory)})
-        return directory
+        with export_folder(directory, TranslatorError) as stage:  # whole or not at all
+            self.model.save_pretrained(stage, metadata={**meta, "tokenizer": c.save(stage)})
+        return Path(directory).expanduser()
 
     def encode_source(self, text: str, row: int | None = None) -> list[int]:
         """Source ids (truncated to max_source_tokens, EOS kept); TranslatorError when the

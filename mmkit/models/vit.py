@@ -9,7 +9,7 @@ timm's model API (`forward_head`, `reset_classifier`, `pretrained_cfg`, ...) is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -185,6 +185,20 @@ class ViT(PretrainedMixin, nn.Module):
         model = cls.from_converted(converted)
         model.preprocess = preprocess  # timm's pretrained_cfg: what `save_pretrained` and `Classifier` use
         return model
+
+    def save_timm(self, directory: str | Path, class_names: Sequence[str] | None = None) -> Path:
+        """Write `directory` as a timm checkpoint folder (config.json + model.safetensors, `weights.to_timm`):
+        `timm.create_model("local-dir:DIR")` builds this model, with the same logits, and its pretrained_cfg holds
+        the preprocessing (`preprocess`) and `class_names` (timm's label_names). The inverse of `from_timm`.
+
+        Raises:
+            WeightsError: a setting timm's ViT cannot express (named), nothing written.
+        """
+        from mmkit.weights.native import write_model_files
+        from mmkit.weights.to_timm import timm_vit_export
+
+        doc, state = timm_vit_export(self.config, self.state_dict(), self.preprocess, class_names)
+        return write_model_files(directory, doc, state)
 
     def load_metadata(self, metadata: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
         """`from_pretrained`'s hook: the export's preprocessing metadata as `preprocess` (at the `image_size`

@@ -25,6 +25,7 @@ VIT_KEYS = [
     ("cls_token", "cls_token"),
     ("pos_embed", "pos_embed"),
     ("patch_embed.proj.{p}", "patch_embed.proj.{p}"),
+    ("norm_pre.{p}", "norm_pre.{p}"),  # pre_norm (CLIP-style image towers)
     ("blocks.{i}.{rest}", "encoder.blocks.{i}.{rest}"),
     ("norm.{p}", "norm.{p}"),
     ("fc_norm.{p}", "fc_norm.{p}"),
@@ -65,7 +66,9 @@ def _gelu(act: nn.Module) -> str | None:
     imported as the exact GELU differed by 5e-4."""
     if type(act) is nn.GELU:
         return {"none": "gelu", "tanh": "gelu_tanh"}.get(act.approximate)
-    return "gelu_tanh" if type(act).__name__ == "GELUTanh" else None
+    if type(act).__module__.startswith("timm."):  # timm's own, built from act_layer="gelu" / "gelu_tanh"
+        return {"GELU": "gelu", "GELUTanh": "gelu_tanh"}.get(type(act).__name__)
+    return None
 
 
 def _attention_pool_unsupported(m: nn.Module) -> bool:
@@ -106,7 +109,12 @@ def timm_vit_config(m: nn.Module) -> dict[str, Any]:
     unsupported = {
         "register tokens": getattr(m, "reg_token", None) is not None,
         "no_embed_class": getattr(m, "no_embed_class", False),
-        "pre-norm (norm_pre)": not isinstance(m.norm_pre, nn.Identity),
+        "a pre-norm other than LayerNorm(eps=1e-6)": not (isinstance(m.norm_pre, nn.Identity) or (
+            isinstance(m.norm_pre, nn.LayerNorm) and m.norm_pre.eps == 1e-6)),
+        "a patch embedding bias beside a pre-norm": not isinstance(m.norm_pre, nn.Identity) and (
+            m.patch_embed.proj.bias is not None),
+        "no patch embedding bias without a pre-norm": isinstance(m.norm_pre, nn.Identity) and (
+            m.patch_embed.proj.bias is None),
         "attention pooling other than timm's default AttentionPoolLatent": _attention_pool_unsupported(m),
         "qk-norm": not isinstance(blk.attn.q_norm, nn.Identity),
         "layer scale": not isinstance(blk.ls1, nn.Identity),
@@ -137,7 +145,7 @@ def timm_vit_config(m: nn.Module) -> dict[str, Any]:
         num_classes=m.num_classes, dim=m.embed_dim, depth=len(m.blocks), num_heads=blk.attn.num_heads,
         mlp_ratio=blk.mlp.fc1.out_features / m.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
         act_layer=_gelu(blk.mlp.act), class_token=m.cls_token is not None, global_pool=m.global_pool,
-        fc_norm=not isinstance(m.fc_norm, nn.Identity),
+        fc_norm=not isinstance(m.fc_norm, nn.Identity), pre_norm=not isinstance(m.norm_pre, nn.Identity),
         # timm and mmkit share the linear stochastic-depth rule; the last block holds the rate.
         drop_path_rate=round(float(getattr(m.blocks[-1].drop_path1, "drop_prob", 0.0)), 6),
     )

@@ -286,6 +286,26 @@ def _saved(save: Callable[[], object], path: Path) -> None:
         raise WriteFailed.of(f"write {path}", os.strerror(code), "; the file there is as it was") from None
 
 
+def write_model_files(directory: str | Path, doc: Mapping[str, Any], state: Mapping[str, Tensor]) -> Path:
+    """`state` as model.safetensors and `doc` as config.json in `directory` (made if absent): the layout mmkit's,
+    transformers', timm's and open_clip's folders share. Each file whole or not at all: the config is serialised
+    first (a value JSON cannot hold fails before anything changes), safetensors writes a temp file and renames it,
+    and so does the config here; a full disk is a `WriteFailed` naming the file."""
+    directory = Path(directory).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=2) + "\n"
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    _saved(lambda: save_file(tensors, str(directory / WEIGHTS_NAME)), directory / WEIGHTS_NAME)
+    _plain_permissions(directory / WEIGHTS_NAME)
+    tmp = directory / f".{CONFIG_NAME}.{os.getpid()}.tmp"
+    try:
+        _saved(lambda: tmp.write_text(text, encoding="utf-8"), directory / CONFIG_NAME)
+        os.replace(tmp, directory / CONFIG_NAME)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return directory
+
+
 class PretrainedMixin:
     """`save_pretrained(dir)` / `from_pretrained(dir)` for models that keep their constructor
     arguments in `self.config` (a JSON-serialisable dict)."""
@@ -320,23 +340,9 @@ class PretrainedMixin:
             # replace a good one in `directory` with a checkpoint that cannot be loaded
             raise ValueError(f"{type(self).__name__} holds int8 layers (made with quantize='int8', for inference "
                              "only): save the fp32 model they were made from")
-        directory = Path(directory).expanduser()
-        directory.mkdir(parents=True, exist_ok=True)
-        # each file whole or not at all: the config is serialised first (metadata that JSON cannot hold fails
-        # before anything changes), safetensors writes a temp file and renames it, and so does the config here
         doc = {"format_version": FORMAT_VERSION, "architecture": self.architecture_name(),
                "config": self.config, "metadata": {**(self.preprocess or {}), **(metadata or {})}}
-        text = json.dumps(doc, indent=2) + "\n"
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _saved(lambda: save_file(state, str(directory / WEIGHTS_NAME)), directory / WEIGHTS_NAME)
-        _plain_permissions(directory / WEIGHTS_NAME)
-        tmp = directory / f".{CONFIG_NAME}.{os.getpid()}.tmp"
-        try:
-            _saved(lambda: tmp.write_text(text), directory / CONFIG_NAME)
-            os.replace(tmp, directory / CONFIG_NAME)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return directory
+        return write_model_files(directory, doc, self.state_dict())
 
     @classmethod
     def read_config(cls, directory: str | Path) -> dict[str, Any]:

@@ -280,9 +280,10 @@ def _with_generation_config(hf_dir, tmp_path, settings: dict):
 @pytest.mark.parametrize("settings, defaults", [
     ({"do_sample": True, "temperature": 1.3, "top_k": 7}, {"temperature": 1.3, "top_k": 7}),
     ({"do_sample": True}, {"temperature": 1.0, "top_k": 50}),  # transformers' GenerationConfig defaults
+    ({"do_sample": True, "top_k": None, "temperature": None}, {"temperature": 1.0, "top_k": 50}),  # null: unset
     ({"num_beams": 3, "length_penalty": 0.5, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
      {"beam_size": 3, "length_penalty": 0.5, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2}),
-], ids=["sampling", "sampling-defaults", "beams"])
+], ids=["sampling", "sampling-defaults", "sampling-nulls", "beams"])
 def test_a_gpt2_generation_config_is_the_models_own_decoding(hf_dir, tmp_path, settings, defaults):
     """transformers' `generate` decodes a GPT-2 directory as its generation_config.json says: so does
     `generate()` without options (`TextGenerator.default_options`), with the same tokens (sampled ones under the

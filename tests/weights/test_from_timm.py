@@ -38,6 +38,10 @@ PARITY_CASES = {
     "siglip-b16-d2": ("vit_base_patch16_siglip_224", dict(depth=2)),
     "siglip-b16-d2-features": ("vit_base_patch16_siglip_224", dict(depth=2, num_classes=0)),
     "map-cls-classes10": ("vit_tiny_patch16_224", dict(depth=2, global_pool="map", num_classes=10)),
+    # a norm before the blocks, no patch-embedding bias (CLIP-style towers); timm's act_layer names build its own
+    # GELU classes, which import as nn.GELU's
+    "pre-norm-act-names": ("vit_tiny_patch16_224", dict(depth=2, pre_norm=True, act_layer="gelu")),
+    "gelu-tanh-name": ("vit_tiny_patch16_224", dict(depth=2, act_layer="gelu_tanh")),
 }
 
 
@@ -140,7 +144,7 @@ def test_tagged_timm_name_is_accepted():
         (dict(qk_norm=True), "qk-norm"),
         (dict(init_values=1e-5), "layer scale"),
         (dict(no_embed_class=True), "no_embed_class"),
-        (dict(pre_norm=True), "pre-norm"),
+        (dict(pre_norm=True, norm_layer="rmsnorm"), "a pre-norm other than LayerNorm(eps=1e-6)"),
         (dict(global_pool="prr"), "attention pooling other than timm's default AttentionPoolLatent"),
         (dict(global_pool="max"), "global_pool='max'"),
         (dict(global_pool=""), "global_pool=''"),

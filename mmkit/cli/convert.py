@@ -1,0 +1,84 @@
+"""`mmkit convert MODEL OUT --to FORMAT`: save an mmkit export in the layout of the library its family matches, for
+the people who use that library: a ViT as a timm checkpoint folder (`timm.create_model("local-dir:OUT",
+pretrained=True)`: the same logits, its pretrained_cfg holding the preprocessing and the class names), a GPT as a
+transformers GPT-2 folder (`GPT2LMHeadModel.from_pretrained(OUT)`, `AutoTokenizer`, `pipeline("text-generation")`:
+the same logits and tokens, the export's decoding settings as its generation_config.json). OUT is a new or empty
+folder, written whole or not at all (a folder that holds files is refused: they would be overwritten). The
+imports go the other way: `ViT.from_timm`, and any tool's `--model` reads a transformers GPT-2 folder.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mmkit.cli.options import Parser
+from mmkit.cli.ranked import on_ranks
+from mmkit.errors import print_error
+
+log = logging.getLogger("mmkit")
+PROG = "mmkit convert"
+# --to FORMAT: the mmkit architecture it converts, and how a user loads the result
+TARGETS = {"timm": ("ViT", 'timm.create_model("local-dir:{out}", pretrained=True)'),
+           "transformers": ("GPT", 'transformers.AutoModelForCausalLM.from_pretrained("{out}")')}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="an mmkit export (mmkit fit's runs/<recipe>/export)")
+    p.add_argument("out", metavar="OUT", help="the folder to write, new or empty")
+    p.add_argument("--to", required=True, choices=tuple(TARGETS),
+                   help="timm (a ViT export) or transformers (a GPT export: a GPT-2 folder)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Returns 0 written, 2 a usage or input error (one line on stderr: nothing written), 130 interrupted."""
+    return on_ranks(PROG, _parser, argv, lambda args, ranks: _run(args) if ranks.first else 0)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mmkit.inference.model_dir import check_export_dir, read_model_dir
+
+    architecture, how = TARGETS[args.to]
+    try:
+        check_export_dir(args.out)  # before the model loads
+        directory, doc = read_model_dir(args.model)
+        held = doc.get("architecture") or doc.get("model_type") or "unknown"
+        if held != architecture:
+            fits = [f"--to {name} converts a {arch} export" for name, (arch, _) in TARGETS.items()]
+            raise ValueError(f"{directory}: holds a {held!r} model, not an mmkit {architecture} export "
+                             f"({'; '.join(fits)})")
+        write = _writer(args.to, directory, doc)  # the model loaded, checked against the format: nothing written
+        write(args.out)  # whole or not at all (`model_dir.export_folder`)
+    except (ValueError, OSError) as e:  # WeightsError is a ValueError
+        print_error(PROG, e)
+        return 2
+    log.info("wrote %s; load it with %s", args.out, how.format(out=Path(args.out).expanduser()))
+    return 0
+
+
+def _writer(target: str, directory: Path, doc: dict) -> Callable[[str], object]:
+    """What writes `directory`'s model in the `target` layout into OUT, once the model is loaded and checked
+    against the layout (a setting it cannot express is refused here, before any folder is made)."""
+    if target == "timm":
+        from mmkit.inference.model_dir import export_folder
+        from mmkit.models import ViT
+        from mmkit.weights.to_timm import timm_vit_export
+
+        model = ViT.from_pretrained(directory)
+        names = doc.get("metadata", {}).get("class_names")
+        timm_vit_export(model.config, model.state_dict(), model.preprocess, names)
+
+        def write(out: str) -> None:
+            with export_folder(out) as stage:
+                model.save_timm(stage, names)
+
+        return write
+    from mmkit.inference.gpt2_dir import save_gpt2_dir
+    from mmkit.inference.text_generation import load_text_generator
+
+    generator = load_text_generator(directory)
+    return lambda out: save_gpt2_dir(generator, out)

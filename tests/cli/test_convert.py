@@ -1,0 +1,102 @@
+"""`mmkit convert MODEL OUT --to FORMAT`: an mmkit ViT export becomes a timm folder that timm loads with the same
+logits, preprocessing and class names; mistakes (a folder that holds files, a model of another family, a model the
+format cannot express, a failure midway) are one line with nothing written."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from mmkit.cli import main
+from mmkit.models import ViT
+
+timm = pytest.importorskip("timm")
+
+
+@pytest.fixture(scope="module")
+def vit_export(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ViT(image_size=32, patch_size=8, num_classes=3, dim=32, depth=2, num_heads=4).eval()
+    return model.save_pretrained(tmp_path_factory.mktemp("vit") / "export", metadata={
+        "class_names": ["circle", "square", "star"], "mean": [0.2, 0.3, 0.4], "std": [0.5, 0.5, 0.5],
+        "crop_pct": 1.0}), model
+
+
+def test_a_vit_export_becomes_a_timm_folder(vit_export, tmp_path, caplog):
+    export, model = vit_export
+    (tmp_path / "timm").mkdir()  # an empty folder is filled
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["convert", str(export), str(tmp_path / "timm"), "--to", "timm"]) == 0
+    assert f'load it with timm.create_model("local-dir:{tmp_path / "timm"}", pretrained=True)' in caplog.text
+    theirs = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), model(x), rtol=0, atol=1e-4)
+    assert theirs.pretrained_cfg["label_names"] == ["circle", "square", "star"]
+    assert (theirs.pretrained_cfg["mean"], theirs.pretrained_cfg["crop_pct"]) == ([0.2, 0.3, 0.4], 1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timm"]  # no temp folder left beside it
+
+
+def test_mistakes_are_one_line_and_nothing_is_written(vit_export, tmp_path, capsys):
+    export, _ = vit_export
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / "mine.txt").write_text("keep")
+    wide = ViT(image_size=32, patch_size=8, num_classes=2, dim=32, depth=1, num_heads=4, norm_eps=1e-5)
+    odd = wide.save_pretrained(tmp_path / "odd")
+    for args, message in (
+            ([str(export), str(tmp_path / "held"), "--to", "timm"], "holds files already"),
+            ([str(export), str(tmp_path / "o1"), "--to", "transformers"],
+             "holds a 'ViT' model, not an mmkit GPT export (--to timm converts a ViT export; --to transformers "
+             "converts a GPT export)"),
+            ([str(odd), str(tmp_path / "o2"), "--to", "timm"], "timm's ViT normalises with eps 1e-06"),
+            ([str(tmp_path / "missing"), str(tmp_path / "o3"), "--to", "timm"], "model directory not found"),
+    ):
+        assert main(["convert", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mmkit convert: error: ") and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held", "odd"]
+    assert [p.name for p in (tmp_path / "held").iterdir()] == ["mine.txt"]
+
+
+def test_a_failure_midway_leaves_no_folder(vit_export, tmp_path, capsys, monkeypatch):
+    """The weights written, then the disk full at the config: neither OUT nor a temp folder stays."""
+    from mmkit.errors import WriteFailed
+
+    export, _ = vit_export
+
+    def half(self, directory, class_names=None):
+        (directory / "model.safetensors").write_bytes(b"x")
+        raise WriteFailed.of(f"write {directory / 'config.json'}", "No space left on device", "")
+
+    monkeypatch.setattr(ViT, "save_timm", half)
+    assert main(["convert", str(export), str(tmp_path / "out"), "--to", "timm"]) != 0
+    assert "No space left on device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gpt_export_becomes_a_transformers_gpt2_folder(tmp_path, capsys, caplog):
+    """The GPT row: the export's weights, tokenizer and decoding settings as a GPT-2 folder (`save_gpt2_dir`, whose
+    own tests hold the parity in full); a GPT export asked for timm is one line."""
+    from _gpt import tiny_tokenizer
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from mmkit.inference.text_generation import save_text_generator
+    from mmkit.models import GPT
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    model = GPT(vocab_size=tok.vocab_size, max_len=32, dim=32, depth=2, num_heads=4).eval()
+    export = save_text_generator(model, tok, tmp_path / "export", {"temperature": 0.8, "top_k": 40})
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["convert", str(export), str(tmp_path / "hf"), "--to", "transformers"]) == 0
+    assert 'AutoModelForCausalLM.from_pretrained("' in caplog.text
+    theirs = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.tensor([AutoTokenizer.from_pretrained(tmp_path / "hf").encode("the cat sees the moon")])
+    assert ids.tolist() == [tok.encode("the cat sees the moon")]
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, model(ids), rtol=0, atol=1e-4)
+    assert (theirs.generation_config.do_sample, theirs.generation_config.top_k) == (True, 40)
+    assert main(["convert", str(export), str(tmp_path / "t"), "--to", "timm"]) == 2
+    assert "holds a 'GPT' model, not an mmkit ViT export" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "hf"]
