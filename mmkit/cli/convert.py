@@ -1,10 +1,13 @@
 """`mmkit convert MODEL OUT --to FORMAT`: save an mmkit export in the layout of the library its family matches, for
 the people who use that library: a ViT as a timm checkpoint folder (`timm.create_model("local-dir:OUT",
-pretrained=True)`: the same logits, its pretrained_cfg holding the preprocessing and the class names), a GPT as a
-transformers GPT-2 folder (`GPT2LMHeadModel.from_pretrained(OUT)`, `AutoTokenizer`, `pipeline("text-generation")`:
-the same logits and tokens, the export's decoding settings as its generation_config.json). OUT is a new or empty
+pretrained=True)`: the same logits, its pretrained_cfg holding the preprocessing and the class names), a CLIP as an
+open_clip folder (`open_clip.create_model_and_transforms("local-dir:OUT")`, `get_tokenizer`: the same embeddings,
+its eval transform the preprocessing), a GPT as a transformers GPT-2 folder (`GPT2LMHeadModel.from_pretrained(OUT)`,
+`AutoTokenizer`, `pipeline("text-generation")`: the same logits and tokens, the export's decoding settings as its
+generation_config.json). OUT is a new or empty
 folder, written whole or not at all (a folder that holds files is refused: they would be overwritten). The
-imports go the other way: `ViT.from_timm`, and any tool's `--model` reads a transformers GPT-2 folder.
+imports go the other way: `ViT.from_timm`, `CLIP.from_open_clip`, and any tool's `--model` reads a transformers
+GPT-2 folder.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ log = logging.getLogger("mmkit")
 PROG = "mmkit convert"
 # --to FORMAT: the mmkit architecture it converts, and how a user loads the result
 TARGETS = {"timm": ("ViT", 'timm.create_model("local-dir:{out}", pretrained=True)'),
+           "open_clip": ("CLIP", 'open_clip.create_model_and_transforms("local-dir:{out}")'),
            "transformers": ("GPT", 'transformers.AutoModelForCausalLM.from_pretrained("{out}")')}
 
 
@@ -30,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="an mmkit export (mmkit fit's runs/<recipe>/export)")
     p.add_argument("out", metavar="OUT", help="the folder to write, new or empty")
     p.add_argument("--to", required=True, choices=tuple(TARGETS),
-                   help="timm (a ViT export) or transformers (a GPT export: a GPT-2 folder)")
+                   help="timm (a ViT export), open_clip (a CLIP export) or transformers (a GPT export: a GPT-2 "
+                        "folder)")
     return p
 
 
@@ -63,18 +68,25 @@ def _run(args: argparse.Namespace) -> int:
 def _writer(target: str, directory: Path, doc: dict) -> Callable[[str], object]:
     """What writes `directory`'s model in the `target` layout into OUT, once the model is loaded and checked
     against the layout (a setting it cannot express is refused here, before any folder is made)."""
-    if target == "timm":
+    if target in ("timm", "open_clip"):
         from mmkit.inference.model_dir import export_folder
-        from mmkit.models import ViT
+        from mmkit.models import CLIP, ViT
+        from mmkit.weights.to_open_clip import open_clip_export
         from mmkit.weights.to_timm import timm_vit_export
 
-        model = ViT.from_pretrained(directory)
-        names = doc.get("metadata", {}).get("class_names")
-        timm_vit_export(model.config, model.state_dict(), model.preprocess, names)
+        if target == "timm":
+            model = ViT.from_pretrained(directory)
+            names = doc.get("metadata", {}).get("class_names")
+            timm_vit_export(model.config, model.state_dict(), model.preprocess, names)
+            save: Callable[[Path], object] = lambda stage: model.save_timm(stage, names)
+        else:
+            model = CLIP.from_pretrained(directory)
+            open_clip_export(model.config, model.state_dict(), model.preprocess)
+            save = model.save_open_clip
 
         def write(out: str) -> None:
             with export_folder(out) as stage:
-                model.save_timm(stage, names)
+                save(stage)
 
         return write
     from mmkit.inference.gpt2_dir import save_gpt2_dir

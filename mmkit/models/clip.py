@@ -327,6 +327,22 @@ class CLIP(PretrainedMixin, nn.Module):
         model.preprocess = preprocess
         return model
 
+    def save_open_clip(self, directory: str | Path) -> Path:
+        """Write `directory` as an open_clip model folder (open_clip_config.json + open_clip_model.safetensors,
+        `weights.to_open_clip`): `open_clip.create_model_and_transforms("local-dir:DIR")` builds this model, with
+        the same embeddings, its eval transform the preprocessing (`preprocess`), and
+        `open_clip.get_tokenizer("local-dir:DIR")` CLIP's BPE at this context length. The inverse of
+        `from_open_clip` for the CLIP layout.
+
+        Raises:
+            WeightsError: a layout open_clip's CLIP does not build (named), nothing written.
+        """
+        from mmkit.weights.native import write_model_files
+        from mmkit.weights.to_open_clip import OPEN_CLIP_CONFIG_NAME, OPEN_CLIP_WEIGHTS_NAME, open_clip_export
+
+        doc, state = open_clip_export(self.config, self.state_dict(), self.preprocess)
+        return write_model_files(directory, doc, state, OPEN_CLIP_CONFIG_NAME, OPEN_CLIP_WEIGHTS_NAME)
+
 
 class PretrainedCLIP(CLIP):
     """A CLIP built from a native checkpoint directory, for YAML recipes (`class_path`) to fine-tune it:

@@ -286,21 +286,22 @@ def _saved(save: Callable[[], object], path: Path) -> None:
         raise WriteFailed.of(f"write {path}", os.strerror(code), "; the file there is as it was") from None
 
 
-def write_model_files(directory: str | Path, doc: Mapping[str, Any], state: Mapping[str, Tensor]) -> Path:
+def write_model_files(directory: str | Path, doc: Mapping[str, Any], state: Mapping[str, Tensor],
+                      config_name: str = CONFIG_NAME, weights_name: str = WEIGHTS_NAME) -> Path:
     """`state` as model.safetensors and `doc` as config.json in `directory` (made if absent): the layout mmkit's,
-    transformers', timm's and open_clip's folders share. Each file whole or not at all: the config is serialised
-    first (a value JSON cannot hold fails before anything changes), safetensors writes a temp file and renames it,
-    and so does the config here; a full disk is a `WriteFailed` naming the file."""
+    transformers' and timm's folders share (open_clip's: other names). Each file whole or not at all: the config is
+    serialised first (a value JSON cannot hold fails before anything changes), safetensors writes a temp file and
+    renames it, and so does the config here; a full disk is a `WriteFailed` naming the file."""
     directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=2) + "\n"
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _saved(lambda: save_file(tensors, str(directory / WEIGHTS_NAME)), directory / WEIGHTS_NAME)
-    _plain_permissions(directory / WEIGHTS_NAME)
-    tmp = directory / f".{CONFIG_NAME}.{os.getpid()}.tmp"
+    _saved(lambda: save_file(tensors, str(directory / weights_name)), directory / weights_name)
+    _plain_permissions(directory / weights_name)
+    tmp = directory / f".{config_name}.{os.getpid()}.tmp"
     try:
-        _saved(lambda: tmp.write_text(text, encoding="utf-8"), directory / CONFIG_NAME)
-        os.replace(tmp, directory / CONFIG_NAME)
+        _saved(lambda: tmp.write_text(text, encoding="utf-8"), directory / config_name)
+        os.replace(tmp, directory / config_name)
     finally:
         tmp.unlink(missing_ok=True)
     return directory

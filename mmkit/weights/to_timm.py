@@ -81,8 +81,8 @@ def timm_vit_export(config: dict[str, Any], state: dict[str, Tensor], preprocess
     pretrained_cfg = dict(
         input_size=[model_args["in_chans"], size, size], fixed_input_size=True,
         interpolation=fields.interpolation, crop_pct=float(fields.crop_pct), crop_mode=crop_modes[fields.resize_mode],
-        mean=[float(v) for v in fields.mean], std=[float(v) for v in fields.std], num_classes=config["num_classes"], pool_size=None,
-        first_conv="patch_embed.proj", classifier="head", custom_load=False,
+        mean=[float(v) for v in fields.mean], std=[float(v) for v in fields.std], num_classes=config["num_classes"],
+        pool_size=None, first_conv="patch_embed.proj", classifier="head", custom_load=False,
         **({"label_names": list(class_names)} if class_names is not None else {}))
     doc = {"architecture": architecture_name(config), "num_classes": config["num_classes"],
            "num_features": config["dim"], "global_pool": global_pool, "model_args": model_args,

@@ -47,8 +47,8 @@ def test_mistakes_are_one_line_and_nothing_is_written(vit_export, tmp_path, caps
     for args, message in (
             ([str(export), str(tmp_path / "held"), "--to", "timm"], "holds files already"),
             ([str(export), str(tmp_path / "o1"), "--to", "transformers"],
-             "holds a 'ViT' model, not an mmkit GPT export (--to timm converts a ViT export; --to transformers "
-             "converts a GPT export)"),
+             "holds a 'ViT' model, not an mmkit GPT export (--to timm converts a ViT export; --to open_clip "
+             "converts a CLIP export; --to transformers converts a GPT export)"),
             ([str(odd), str(tmp_path / "o2"), "--to", "timm"], "timm's ViT normalises with eps 1e-06"),
             ([str(tmp_path / "missing"), str(tmp_path / "o3"), "--to", "timm"], "model directory not found"),
     ):
@@ -100,3 +100,25 @@ def test_a_gpt_export_becomes_a_transformers_gpt2_folder(tmp_path, capsys, caplo
     assert main(["convert", str(export), str(tmp_path / "t"), "--to", "timm"]) == 2
     assert "holds a 'GPT' model, not an mmkit ViT export" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "hf"]
+
+
+def test_a_clip_export_becomes_an_open_clip_folder(tmp_path, caplog):
+    """The CLIP row: a recipe-shaped export (CLIP's BPE, the recipe's preprocessing) loads in open_clip with the same
+    embeddings (`CLIP.save_open_clip`, whose own tests hold the parity in full)."""
+    open_clip = pytest.importorskip("open_clip")
+    from mmkit.models import CLIP
+    from mmkit.models.clip import CLIPTextTower, CLIPVisionTower
+
+    torch.manual_seed(0)
+    model = CLIP(CLIPVisionTower(embed_dim=24, image_size=32, patch_size=8, dim=32, depth=2, num_heads=4),
+                 CLIPTextTower(embed_dim=24, max_len=16, dim=32, depth=2, num_heads=4)).eval()
+    export = model.save_pretrained(tmp_path / "export")
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["convert", str(export), str(tmp_path / "oc"), "--to", "open_clip"]) == 0
+    assert 'open_clip.create_model_and_transforms("local-dir:' in caplog.text
+    theirs, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    ids = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'oc'}")(["a red circle"])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.eval().encode_text(ids), model.encode_text(ids), rtol=0, atol=1e-4)
+    assert sorted(p.name for p in (tmp_path / "oc").iterdir()) == ["open_clip_config.json",
+                                                                   "open_clip_model.safetensors"]
