@@ -34,7 +34,7 @@ from mmkit.cli.options import (
     MAX_BEAM_SIZE, Parser, add_beam_arguments, add_precision_argument, add_repetition_arguments,
     add_sampling_arguments, at_least, beam_only_options, beam_size, utf8_text, with_model_settings,
 )
-from mmkit.cli.ranked import nothing_written, on_ranks, set_up_on_ranks
+from mmkit.cli.ranked import check_export_option, exported, nothing_written, on_ranks, set_up_on_ranks
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
 from mmkit.errors import print_error
@@ -133,21 +133,10 @@ def _check_options(args: argparse.Namespace) -> None:
     before the model loads."""
     from mmkit.core import GenerationOptions
     from mmkit.inference.generation_config import with_top_k_off
-    from mmkit.inference.model_dir import check_export_dir
 
     GenerationOptions(**with_top_k_off({"max_new_tokens": DEFAULT_NEW_TOKENS,
                                         **{k: v for k, v in _given(args).items() if v is not None}}))
-    if args.export:
-        if args.quantize != "none":
-            raise ValueError(f"--export saves the fp32 model: drop --quantize {args.quantize} (it is applied at load)")
-        check_export_dir(args.export)
-
-
-def _export(args: argparse.Namespace, generator: TextGenerator) -> bool:
-    """Save the --export (`TextGenerator.export`), said in one line; True (saved, or none asked for)."""
-    if args.export:
-        log.info("saved an mmkit export in %s", generator.export(args.export))
-    return True
+    check_export_option(args)
 
 
 def _options(args: argparse.Namespace, generator: TextGenerator, say: bool = True) -> GenerationOptions:
@@ -191,7 +180,8 @@ def _run(args: argparse.Namespace) -> int:
         _check_options(args)
         generator = load_text_generator(args.model, args.device, args.quantize, args.precision)
         options = _options(args, generator)
-        _export(args, generator)
+        if args.export:
+            log.info("saved an mmkit export in %s", generator.export(args.export))
         prompts = []  # bad prompts fail before output
         for n, text in enumerate(args.prompts, 1):
             try:
@@ -285,7 +275,7 @@ def _run_rows(args: argparse.Namespace, ranks: Ranks) -> int:
         return 2
     source, options, total, generator = set_up
     # the first rank saves the --export once every rank's set-up agreed (each checked the folder empty first)
-    if args.export and set_up_on_ranks(PROG, ranks, lambda: ranks.first and _export(args, generator)) is None:
+    if args.export and not exported(PROG, ranks, lambda: generator.export(args.export)):
         return 2
     rows = iter_lines(source) if source else ((text, None) for text in args.prompts)
     label = "line" if source else "prompt"

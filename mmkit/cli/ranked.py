@@ -4,7 +4,9 @@ interruption (Ctrl-C, or SIGTERM: `Ranks.group` raises both as KeyboardInterrupt
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from mmkit.errors import in_context, print_error
@@ -46,6 +48,29 @@ def set_up_on_ranks(prog: str, ranks: Ranks, setup: Callable[[], T]) -> T | None
         if ranks.first:
             print_error(prog, e)
         return None
+
+
+def check_export_option(args: argparse.Namespace, error: type[Exception] = ValueError) -> None:
+    """An `--export OUT` (where given) that can be written, before the model loads: a new or empty folder
+    (`model_dir.check_export_dir`, a folder holding files is an `error`), and the fp32 model (int8 is applied at
+    load, never saved). A ValueError or OSError of one line otherwise."""
+    from mmkit.inference.model_dir import check_export_dir
+
+    if args.export:
+        if args.quantize != "none":
+            raise ValueError(f"--export saves the fp32 model: drop --quantize {args.quantize} (it is applied at load)")
+        check_export_dir(args.export, error)
+
+
+def exported(prog: str, ranks: Ranks, save: Callable[[], Path]) -> bool:
+    """`save()` (an export, whose folder each rank checked before its model loaded) on the first rank once every
+    rank's set-up agreed, its folder said in one line; False, the problem printed once, where it failed."""
+    def run() -> bool:
+        if ranks.first:
+            logging.getLogger("mmkit").info("saved an mmkit export in %s", save())
+        return True
+
+    return set_up_on_ranks(prog, ranks, run) is not None
 
 
 def on_ranks(prog: str, parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from mmkit.cli.line_files import check_output_file, checked_line, input_file, iter_lines, write_rows
-from mmkit.cli.ranked import on_ranks, set_up_on_ranks
+from mmkit.cli.ranked import check_export_option, exported, on_ranks, set_up_on_ranks
 from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
         return 2
     source, options, total, translator = set_up
     # the first rank saves the --export once every rank's set-up agreed (each checked the folder empty first)
-    if args.export and set_up_on_ranks(PROG, ranks, lambda: ranks.first and _export(args, translator)) is None:
+    if args.export and not exported(PROG, ranks, lambda: translator.export(args.export)):
         return 2
     rows = iter_lines(source) if source else (checked_line(text, n) for n, text in enumerate(args.inputs, 1))
     counts = [0, 0]  # translations, errors
@@ -147,7 +147,6 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     from mmkit.cli.options import beam_only_options, with_model_settings
     from mmkit.inference.precision import check_device
     from mmkit.inference.generation_config import with_top_k_off
-    from mmkit.inference.model_dir import check_export_dir
     from mmkit.inference.translator import BEAM_ONLY, TranslationOptions, TranslatorError, load_translator
 
     if not args.inputs and not args.export:
@@ -170,10 +169,7 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
     check_device(device)
     if args.output:
         check_output_file(args.output, source)
-    if args.export:
-        if args.quantize != "none":
-            raise ValueError(f"--export saves the fp32 model: drop --quantize {args.quantize} (it is applied at load)")
-        check_export_dir(args.export, TranslatorError)
+    check_export_option(args, TranslatorError)
     total = sum(1 for _ in iter_lines(source)) if source else len(args.inputs)
     translator = load_translator(args.model, args.prefix, device, args.quantize, args.precision)
     options = with_model_settings(translator.default_options(**given), translator.defaults_for(given), given,
@@ -187,13 +183,6 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Transla
         log.warning("--seed %d is unused: %s decoding is deterministic (sample with --temperature, --top-k or "
                     "--top-p)", args.seed, "beam-search" if options.beam_size > 1 else "greedy")
     return source, options, total, translator
-
-
-def _export(args: argparse.Namespace, translator: Translator) -> bool:
-    """Save the --export (`Translator.export`), said in one line; True (saved, or none asked for)."""
-    if args.export:
-        log.info("saved an mmkit export in %s", translator.export(args.export))
-    return True
 
 
 def _print(translations: Iterator[Translation]) -> None:

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from mmkit.weights.config_check import check_format_version, read_json_object
 from mmkit.inference.text_rows import interruptions_held
+from mmkit.weights.config_check import check_format_version, read_json_object
 from mmkit.weights.native import CONFIG_NAME, WeightsError
 
 

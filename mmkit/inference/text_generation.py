@@ -168,8 +168,8 @@ class TextGenerator:
         """Save as an mmkit export (config.json + model.safetensors + the tokenizer files, the end-of-text token
         and the model's own decoding settings in the metadata: `defaults`, `sampling_fallbacks`) that
         `load_text_generator` reads back with the same outputs: how an imported GPT-2 becomes a native model
-        directory. `directory` must be new or empty (`check_export_dir`): the export never overwrites another
-        model's files.
+        directory. `directory` must be new or empty: the export never overwrites another model's files, and is
+        there whole or not at all (`model_dir.export_folder`).
 
         Raises:
             WeightsError: a folder that holds files, or an int8 model (export the fp32 one: int8 is applied at
