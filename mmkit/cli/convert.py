@@ -22,10 +22,11 @@ from mmkit.errors import print_error
 
 log = logging.getLogger("mmkit")
 PROG = "mmkit convert"
-# --to FORMAT: the mmkit architecture it converts, and how a user loads the result
-TARGETS = {"timm": ("ViT", 'timm.create_model("local-dir:{out}", pretrained=True)'),
-           "open_clip": ("CLIP", 'open_clip.create_model_and_transforms("local-dir:{out}")'),
-           "transformers": ("GPT", 'transformers.AutoModelForCausalLM.from_pretrained("{out}")')}
+# --to FORMAT: the mmkit architectures it converts, each with how a user loads the result
+TARGETS = {"timm": {"ViT": 'timm.create_model("local-dir:{out}", pretrained=True)'},
+           "open_clip": {"CLIP": 'open_clip.create_model_and_transforms("local-dir:{out}")'},
+           "transformers": {"GPT": 'transformers.AutoModelForCausalLM.from_pretrained("{out}")',
+                            "BERT": 'the transformers class its config.json names ("architectures"), or AutoModel'}}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,34 +48,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from mmkit.inference.model_dir import check_export_dir, read_model_dir
 
-    architecture, how = TARGETS[args.to]
     try:
         check_export_dir(args.out)  # before the model loads
         directory, doc = read_model_dir(args.model)
         held = doc.get("architecture") or doc.get("model_type") or "unknown"
-        if held != architecture:
-            fits = [f"--to {name} converts a {arch} export" for name, (arch, _) in TARGETS.items()]
-            raise ValueError(f"{directory}: holds a {held!r} model, not an mmkit {architecture} export "
-                             f"({'; '.join(fits)})")
-        write = _writer(args.to, directory, doc)  # the model loaded, checked against the format: nothing written
+        if held not in TARGETS[args.to]:
+            fits = [f"--to {name} converts {' or '.join(archs)} exports" for name, archs in TARGETS.items()]
+            raise ValueError(f"{directory}: holds a {held!r} model, not an mmkit {' or '.join(TARGETS[args.to])} "
+                             f"export ({'; '.join(fits)})")
+        write = _writer(held, directory, doc)  # the model loaded, checked against the format: nothing written
         write(args.out)  # whole or not at all (`model_dir.export_folder`)
     except (ValueError, OSError) as e:  # WeightsError is a ValueError
         print_error(PROG, e)
         return 2
-    log.info("wrote %s; load it with %s", args.out, how.format(out=Path(args.out).expanduser()))
+    log.info("wrote %s; load it with %s", args.out, TARGETS[args.to][held].format(out=Path(args.out).expanduser()))
     return 0
 
 
-def _writer(target: str, directory: Path, doc: dict) -> Callable[[str], object]:
-    """What writes `directory`'s model in the `target` layout into OUT, once the model is loaded and checked
-    against the layout (a setting it cannot express is refused here, before any folder is made)."""
-    if target in ("timm", "open_clip"):
+def _writer(architecture: str, directory: Path, doc: dict) -> Callable[[str], object]:
+    """What writes `directory`'s model (of mmkit's `architecture`) in its library's layout into OUT, once the model
+    is loaded and checked against the layout (a setting it cannot express is refused here, before any folder is
+    made)."""
+    if architecture == "BERT":
+        from mmkit.inference.bert_dir import save_bert_dir
+        from mmkit.inference.encoder import load_encoder
+
+        encoder = load_encoder(directory)
+        return lambda out: save_bert_dir(encoder, out)
+    if architecture in ("ViT", "CLIP"):
         from mmkit.inference.model_dir import export_folder
         from mmkit.models import CLIP, ViT
         from mmkit.weights.to_open_clip import open_clip_export
         from mmkit.weights.to_timm import timm_vit_export
 
-        if target == "timm":
+        if architecture == "ViT":
             model = ViT.from_pretrained(directory)
             names = doc.get("metadata", {}).get("class_names")
             timm_vit_export(model.config, model.state_dict(), model.preprocess, names)

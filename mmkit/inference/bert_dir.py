@@ -95,7 +95,8 @@ def tokenizer_class(tokenizer: EncoderTokenizer) -> tuple[str, dict[str, Any]]:
     if (framed and model.get("type") == "WordPiece" and all(model.get(k) == v for k, v in _WORDPIECE.items())
             and norm.get("type") == "BertNormalizer" and norm.get("clean_text") is True
             and pre.get("type") == "BertPreTokenizer" and tokenizer.unk_id is not None):
-        return "BertTokenizer", {"do_lower_case": bool(norm.get("lowercase")), "strip_accents": norm.get("strip_accents"),
+        return "BertTokenizer", {"do_lower_case": bool(norm.get("lowercase")),
+                                 "strip_accents": norm.get("strip_accents"),
                                  "tokenize_chinese_chars": bool(norm.get("handle_chinese_chars"))}
     if (framed and model.get("type") == "BPE" and not norm and pre.get("type") == "ByteLevel"
             and pre.get("use_regex", True) is True

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from mmkit.inference.text_rows import interruptions_held
 from mmkit.weights.config_check import check_format_version, read_json_object
-from mmkit.weights.native import CONFIG_NAME, WeightsError
+from mmkit.weights.native import CONFIG_NAME, WeightsError, full_disk_errno
 
 
 def read_model_dir(directory: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -92,6 +92,11 @@ def export_folder(directory: str | Path, error: type[Exception] = WeightsError) 
         if made:
             with contextlib.suppress(OSError):
                 directory.rmdir()
-        if isinstance(e, OSError) and not isinstance(e, WriteFailed) and e.errno is not None:
+        if isinstance(e, WriteFailed):
+            raise
+        if isinstance(e, OSError) and e.errno is not None:
             raise WriteFailed.of(f"write the export {directory}", e, "; nothing was written") from None
+        code = full_disk_errno(e)  # safetensors' own error for a full disk
+        if code is not None:
+            raise WriteFailed.of(f"write the export {directory}", os.strerror(code), "; nothing was written") from None
         raise

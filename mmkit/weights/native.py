@@ -279,11 +279,18 @@ def _saved(save: Callable[[], object], path: Path) -> None:
     try:
         save()
     except Exception as e:  # noqa: BLE001 - a full disk is named; anything else re-raised as it is
-        code = e.errno if isinstance(e, OSError) else next(
-            (int(m) for m in re.findall(r"\(os error (\d+)\)", str(e))), None)
-        if code not in FULL:
+        code = full_disk_errno(e)
+        if code is None:
             raise
         raise WriteFailed.of(f"write {path}", os.strerror(code), "; the file there is as it was") from None
+
+
+def full_disk_errno(e: BaseException) -> int | None:
+    """The errno of a write that failed for room (`errors.FULL`: a full disk, a quota), whether an OSError or
+    safetensors' SafetensorError ("I/O error: No space left on device (os error 28)"); None for anything else."""
+    code = e.errno if isinstance(e, OSError) else next(
+        (int(m) for m in re.findall(r"\(os error (\d+)\)", str(e))), None)
+    return code if code in FULL else None
 
 
 def write_model_files(directory: str | Path, doc: Mapping[str, Any], state: Mapping[str, Tensor],

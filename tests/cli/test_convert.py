@@ -47,8 +47,7 @@ def test_mistakes_are_one_line_and_nothing_is_written(vit_export, tmp_path, caps
     for args, message in (
             ([str(export), str(tmp_path / "held"), "--to", "timm"], "holds files already"),
             ([str(export), str(tmp_path / "o1"), "--to", "transformers"],
-             "holds a 'ViT' model, not an mmkit GPT export (--to timm converts a ViT export; --to open_clip "
-             "converts a CLIP export; --to transformers converts a GPT export)"),
+             "holds a 'ViT' model, not an mmkit GPT or BERT"),
             ([str(odd), str(tmp_path / "o2"), "--to", "timm"], "timm's ViT normalises with eps 1e-06"),
             ([str(tmp_path / "missing"), str(tmp_path / "o3"), "--to", "timm"], "model directory not found"),
     ):
@@ -98,7 +97,7 @@ def test_a_gpt_export_becomes_a_transformers_gpt2_folder(tmp_path, capsys, caplo
         torch.testing.assert_close(theirs(ids).logits, model(ids), rtol=0, atol=1e-4)
     assert (theirs.generation_config.do_sample, theirs.generation_config.top_k) == (True, 40)
     assert main(["convert", str(export), str(tmp_path / "t"), "--to", "timm"]) == 2
-    assert "holds a 'GPT' model, not an mmkit ViT export" in capsys.readouterr().err
+    assert "holds a 'GPT' model, not an mmkit ViT export (--to timm converts ViT exports;" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "hf"]
 
 
@@ -122,3 +121,35 @@ def test_a_clip_export_becomes_an_open_clip_folder(tmp_path, caplog):
         torch.testing.assert_close(theirs.eval().encode_text(ids), model.encode_text(ids), rtol=0, atol=1e-4)
     assert sorted(p.name for p in (tmp_path / "oc").iterdir()) == ["open_clip_config.json",
                                                                    "open_clip_model.safetensors"]
+
+
+def test_a_bert_export_becomes_a_transformers_folder_and_a_mean_head_is_refused(tmp_path, capsys, caplog):
+    """The BERT row: a masked-LM export loads in BertForMaskedLM with the same logits (`save_bert_dir`, whose own
+    tests hold the parity in full); the classify recipe's mean-pooled head, which no transformers class builds, is
+    one line with nothing written."""
+    from _bert import tiny_wordpiece
+    from transformers import BertForMaskedLM
+
+    from mmkit.inference.encoder import save_encoder
+    from mmkit.models import BERT
+
+    tok = tiny_wordpiece()
+    torch.manual_seed(0)
+    mlm = BERT(vocab_size=len(tok), pad_id=tok.pad_id, max_len=32, dim=32, depth=2, num_heads=4, pooler=False,
+               mlm_head=True).eval()
+    export = save_encoder(mlm, tok, tmp_path / "mlm")
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["convert", str(export), str(tmp_path / "hf"), "--to", "transformers"]) == 0
+    assert "load it with the transformers class its config.json names" in caplog.text
+    ids = torch.tensor([tok.encode("the cat sees the moon")])
+    with torch.no_grad():
+        theirs = BertForMaskedLM.from_pretrained(tmp_path / "hf").eval()(ids).logits
+        torch.testing.assert_close(theirs, mlm.mlm_logits(mlm(ids)), rtol=0, atol=1e-4)
+    mean = BERT(vocab_size=len(tok), pad_id=tok.pad_id, max_len=32, dim=32, depth=1, num_heads=4, mlm_head=False,
+                num_classes=2, classifier_head="mean")
+    export = save_encoder(mean, tok, tmp_path / "mean", ["a", "b"])
+    capsys.readouterr()
+    assert main(["convert", str(export), str(tmp_path / "hf2"), "--to", "transformers"]) == 2
+    err = capsys.readouterr().err
+    assert "mean" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "hf2").exists()
