@@ -4,10 +4,11 @@ pretrained=True)`: the same logits, its pretrained_cfg holding the preprocessing
 open_clip folder (`open_clip.create_model_and_transforms("local-dir:OUT")`, `get_tokenizer`: the same embeddings,
 its eval transform the preprocessing), a GPT as a transformers GPT-2 folder (`GPT2LMHeadModel.from_pretrained(OUT)`,
 `AutoTokenizer`, `pipeline("text-generation")`: the same logits and tokens, the export's decoding settings as its
-generation_config.json). OUT is a new or empty
-folder, written whole or not at all (a folder that holds files is refused: they would be overwritten). The
-imports go the other way: `ViT.from_timm`, `CLIP.from_open_clip`, and any tool's `--model` reads a transformers
-GPT-2 folder.
+generation_config.json), a BERT as a BERT/RoBERTa folder (its masked-LM or classifier class, AutoTokenizer), a
+translation Seq2Seq as a MarianMT folder (MarianMTModel, MarianTokenizer, generate() as `mmkit translate`). OUT is
+a new or empty folder, written whole or not at all (a folder that holds files is refused: they would be
+overwritten). The imports go the other way: `ViT.from_timm`, `CLIP.from_open_clip`, and the tools' `--model` read
+transformers GPT-2, BERT/RoBERTa and MarianMT folders.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ PROG = "mmkit convert"
 TARGETS = {"timm": {"ViT": 'timm.create_model("local-dir:{out}", pretrained=True)'},
            "open_clip": {"CLIP": 'open_clip.create_model_and_transforms("local-dir:{out}")'},
            "transformers": {"GPT": 'transformers.AutoModelForCausalLM.from_pretrained("{out}")',
-                            "BERT": 'the transformers class its config.json names ("architectures"), or AutoModel'}}
+                            "BERT": 'the transformers class its config.json names ("architectures"), or AutoModel',
+                            "Seq2Seq": 'transformers.MarianMTModel.from_pretrained("{out}") and MarianTokenizer'}}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="an mmkit export (mmkit fit's runs/<recipe>/export)")
     p.add_argument("out", metavar="OUT", help="the folder to write, new or empty")
     p.add_argument("--to", required=True, choices=tuple(TARGETS),
-                   help="timm (a ViT export), open_clip (a CLIP export) or transformers (a GPT export: a GPT-2 "
-                        "folder)")
+                   help="timm (a ViT export), open_clip (a CLIP export) or transformers (a GPT, BERT or Seq2Seq "
+                        "export: a GPT-2, BERT/RoBERTa or MarianMT folder)")
     return p
 
 
@@ -75,6 +77,12 @@ def _writer(architecture: str, directory: Path, doc: dict) -> Callable[[str], ob
 
         encoder = load_encoder(directory)
         return lambda out: save_bert_dir(encoder, out)
+    if architecture == "Seq2Seq":
+        from mmkit.inference.marian_dir import save_marian_dir
+        from mmkit.inference.translator import load_translator
+
+        translator = load_translator(directory)
+        return lambda out: save_marian_dir(translator, out)
     if architecture in ("ViT", "CLIP"):
         from mmkit.inference.model_dir import export_folder
         from mmkit.models import CLIP, ViT

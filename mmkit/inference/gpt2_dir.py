@@ -11,13 +11,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmkit.inference.generation_config import transformers_generation_config
 from mmkit.inference.model_dir import check_export_dir, export_folder
 from mmkit.inference.quantize import has_int8_layers
 from mmkit.weights.from_hf import gpt2_from_mmkit
 from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, plain_file_mode
 
 if TYPE_CHECKING:
-    from mmkit.core import GenerationOptions
     from mmkit.inference.text_generation import TextGenerator
 
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -33,7 +33,7 @@ def save_gpt2_dir(generator: TextGenerator, directory: str | Path) -> Path:
     """Save `generator` as a transformers GPT-2 directory, for Hugging Face users: `GPT2LMHeadModel.from_pretrained`
     loads it with the same logits, `AutoTokenizer.from_pretrained` encodes and decodes as `generator.tokenizer`
     does, and `generate()` / `pipeline("text-generation")` without decoding arguments decode as `generator.generate`
-    does without options (`gpt2_generation_config`). `load_text_generator` reads it back with the same eos_id,
+    does without options (`generation_config.transformers_generation_config`). `load_text_generator` reads it back with the same eos_id,
     the same default decoding and the same outputs. `directory` must be new or empty; it is written whole or not
     at all (`model_dir.export_folder`).
 
@@ -67,7 +67,7 @@ def save_gpt2_dir(generator: TextGenerator, directory: str | Path) -> Path:
     # so would become one, matched in raw text and split out, and AutoTokenizer would encode otherwise than mmkit
     added = generator.tokenizer.hf.get_added_tokens_decoder().get(eos_id) if eos_id is not None else None
     eos = added.content if added is not None and added.special else None
-    docs = {CONFIG_NAME: config, GENERATION_CONFIG_NAME: gpt2_generation_config(generator.default_options(), eos_id),
+    docs = {CONFIG_NAME: config, GENERATION_CONFIG_NAME: transformers_generation_config(generator.default_options(), eos_id),
             **gpt2_tokenizer_config(eos, model.max_len)}
     # GPT-2 ties lm_head to wte: transformers saves no lm_head (safetensors refuses the shared storage anyway)
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items() if k != "lm_head.weight"}
@@ -80,36 +80,6 @@ def save_gpt2_dir(generator: TextGenerator, directory: str | Path) -> Path:
         for name, doc in docs.items():
             (stage / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return directory
-
-
-def gpt2_generation_config(options: GenerationOptions, eos_id: int | None) -> dict[str, Any]:
-    """A transformers generation config (generation_config.json) that makes `generate()` without decoding arguments
-    decode as `options` (a `TextGenerator.default_options()`: the model's defaults with its sampling fallbacks
-    filled where they sample) do, under transformers' names and only the settings that are on, so that
-    `GenerationConfig.validate` has nothing to warn of: num_beams (with length_penalty and early_stopping),
-    repetition_penalty, no_repeat_ngram_size, min_new_tokens, and do_sample (false too) with temperature, top_k (0:
-    among all tokens, transformers' "off", where its default is 50) and top_p, which `load_text_generator` maps
-    back (`generation_config.shared_settings`). No length is written: transformers' own apply (`generate()`: 20
-    tokens in all, the pipeline: 256 new ones) where the caller gives none."""
-    gen: dict[str, Any] = {"bos_token_id": eos_id, "eos_token_id": eos_id}
-    if options.beam_size > 1:
-        gen["num_beams"] = options.beam_size
-        if options.length_penalty != 1.0:
-            gen["length_penalty"] = options.length_penalty
-        if options.early_stopping in (True, "never"):
-            gen["early_stopping"] = options.early_stopping
-    if options.repetition_penalty != 1.0:
-        gen["repetition_penalty"] = options.repetition_penalty
-    if options.no_repeat_ngram_size:
-        gen["no_repeat_ngram_size"] = options.no_repeat_ngram_size
-    if options.min_new_tokens:
-        gen["min_new_tokens"] = options.min_new_tokens
-    # do_sample false said, not left out: pipeline("text-generation") samples at temperature 0.7 unless the model's
-    # generation config sets do_sample
-    gen["do_sample"] = options.sampling
-    if options.sampling:  # top_k / top_p alone sample at temperature 1 in mmkit, as transformers' default is
-        gen.update(temperature=options.temperature or 1.0, top_k=options.top_k or 0, top_p=options.top_p or 1.0)
-    return gen
 
 
 def gpt2_tokenizer_config(eos: str | None, max_len: int) -> dict[str, dict[str, Any]]:

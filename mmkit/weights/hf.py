@@ -156,3 +156,21 @@ def fuse_projections(state: dict[str, Tensor], source: str, biasless: Iterable[s
     if missing:
         raise WeightsError(f"{source}: missing projections for fused q/k/v: {summarise_keys(sorted(missing))}")
     return out
+
+
+_FUSED_KEY = re.compile(r"(?P<base>.+\.(?P<fused>qkv|kv))\.(?P<p>weight|bias)\Z")
+
+
+def split_projections(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of `fuse_projections` (the exporters back to transformers): each fused `<base>.<qkv|kv>.{weight,bias}` as staged
+    `<base>.<qkv|kv>.<q|k|v>.{weight,bias}` parts, equal rows each (q, k, v order); other keys as they are."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        m = _FUSED_KEY.match(key)
+        if m is None:
+            out[key] = value
+            continue
+        parts = FUSED[m["fused"]]
+        for part, chunk in zip(parts, value.chunk(len(parts), dim=0)):
+            out[f"{m['base']}.{part}.{m['p']}"] = chunk
+    return out

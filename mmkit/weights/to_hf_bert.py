@@ -9,39 +9,22 @@ build are refused by name before anything is written.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Optional, Sequence
 
 from torch import Tensor
 
 from mmkit.weights.from_hf_bert import BERT_KEYS, check_problem_type
-from mmkit.weights.hf import FUSED
+from mmkit.weights.hf import split_projections
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import WeightsError
 
 # A fused projection of mmkit's core `Attention`: `<base>.<qkv|kv>.<weight|bias>`
-_FUSED_KEY = re.compile(r"(?P<base>.+\.(?P<fused>qkv|kv))\.(?P<p>weight|bias)\Z")
 # mmkit's position scheme -> (transformers model_type, class-name stem, state-dict prefix of the task models)
 LAYOUTS = {"absolute": ("bert", "Bert", "bert."), "roberta": ("roberta", "Roberta", "roberta.")}
 # The classification head each layout's *ForSequenceClassification builds (`models.bert.CLASSIFIER_HEADS`)
 CLASSIFIER_HEADS = {"absolute": "pooled", "roberta": "dense_tanh"}
 # The MLM head's first key component in each layout (BertOnlyMLMHead: `cls.predictions`, RobertaLMHead: `lm_head`)
 _MLM_HEADS = {"absolute": "cls", "roberta": "lm_head"}
-
-
-def split_projections(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The inverse of `hf.fuse_projections`: each fused `<base>.<qkv|kv>.{weight,bias}` as staged
-    `<base>.<qkv|kv>.<q|k|v>.{weight,bias}` parts, equal rows each (q, k, v order); other keys as they are."""
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        m = _FUSED_KEY.match(key)
-        if m is None:
-            out[key] = value
-            continue
-        parts = FUSED[m["fused"]]
-        for part, chunk in zip(parts, value.chunk(len(parts), dim=0)):
-            out[f"{m['base']}.{part}.{m['p']}"] = chunk
-    return out
 
 
 def architecture(config: dict[str, Any]) -> str:

@@ -153,3 +153,26 @@ def test_a_bert_export_becomes_a_transformers_folder_and_a_mean_head_is_refused(
     err = capsys.readouterr().err
     assert "mean" in err and err.count("\n") == 1, err
     assert not (tmp_path / "hf2").exists()
+
+
+def test_a_translation_export_becomes_a_marian_folder(tmp_path, caplog):
+    """The Seq2Seq row: the recipe-shaped export (`write_native_export`) loads in MarianMTModel and MarianTokenizer
+    and translates as `mmkit translate` does (`save_marian_dir`, whose own tests hold the parity in full)."""
+    from transformers import MarianMTModel, MarianTokenizer
+
+    from mmkit.inference.translator import load_translator
+    from tests.inference._translation_fixtures import write_native_export
+
+    export = write_native_export(tmp_path / "export")
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["convert", str(export), str(tmp_path / "marian"), "--to", "transformers"]) == 0
+    assert "MarianMTModel.from_pretrained(" in caplog.text
+    translator = load_translator(export)
+    tok = MarianTokenizer.from_pretrained(tmp_path / "marian")
+    theirs = MarianMTModel.from_pretrained(tmp_path / "marian").eval()
+    for text in ("ten", "four hundred and sixty-six"):
+        ids = tok([text], return_tensors="pt").input_ids
+        assert ids[0].tolist() == translator.encode_source(text)
+        out = theirs.generate(ids, max_new_tokens=8)[0].tolist()
+        assert tok.decode(out, skip_special_tokens=True) == translator.translate(
+            [text], translator.default_options(max_new_tokens=8))[0].text.strip()
