@@ -134,8 +134,8 @@ def transformers_generation_config(options: Any, eos_id: int | None) -> dict[str
     """A transformers generation config (generation_config.json) that makes `generate()` without decoding arguments
     decode as `options` (a `GenerationOptions` or `TranslationOptions` of a model's `default_options()`: its
     defaults with its sampling fallbacks filled where they sample) do, under transformers' names and only the
-    settings that are on, so that `GenerationConfig.validate` has nothing to warn of: num_beams (with length_penalty and early_stopping),
-    repetition_penalty, no_repeat_ngram_size, min_new_tokens, and do_sample (false too) with temperature, top_k (0:
+    settings that are on, so that `GenerationConfig.validate` has nothing to warn of: num_beams (with
+    length_penalty and early_stopping), repetition_penalty, no_repeat_ngram_size, min_new_tokens, and do_sample (false too) with temperature, top_k (0:
     among all tokens, transformers' "off", where its default is 50) and top_p, which `load_text_generator` maps
     back (`generation_config.shared_settings`). No length is written: transformers' own apply (`generate()`: 20
     tokens in all, the pipeline: 256 new ones) where the caller gives none."""

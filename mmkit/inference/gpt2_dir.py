@@ -33,8 +33,8 @@ def save_gpt2_dir(generator: TextGenerator, directory: str | Path) -> Path:
     """Save `generator` as a transformers GPT-2 directory, for Hugging Face users: `GPT2LMHeadModel.from_pretrained`
     loads it with the same logits, `AutoTokenizer.from_pretrained` encodes and decodes as `generator.tokenizer`
     does, and `generate()` / `pipeline("text-generation")` without decoding arguments decode as `generator.generate`
-    does without options (`generation_config.transformers_generation_config`). `load_text_generator` reads it back with the same eos_id,
-    the same default decoding and the same outputs. `directory` must be new or empty; it is written whole or not
+    does without options (`generation_config.transformers_generation_config`). `load_text_generator` reads it
+    back with the same eos_id, the same default decoding and the same outputs. `directory` must be new or empty; it is written whole or not
     at all (`model_dir.export_folder`).
 
     What transformers' one generation config cannot carry (mmkit's own export, `TextGenerator.export`, keeps it):
@@ -67,7 +67,8 @@ def save_gpt2_dir(generator: TextGenerator, directory: str | Path) -> Path:
     # so would become one, matched in raw text and split out, and AutoTokenizer would encode otherwise than mmkit
     added = generator.tokenizer.hf.get_added_tokens_decoder().get(eos_id) if eos_id is not None else None
     eos = added.content if added is not None and added.special else None
-    docs = {CONFIG_NAME: config, GENERATION_CONFIG_NAME: transformers_generation_config(generator.default_options(), eos_id),
+    generation = transformers_generation_config(generator.default_options(), eos_id)
+    docs = {CONFIG_NAME: config, GENERATION_CONFIG_NAME: generation,
             **gpt2_tokenizer_config(eos, model.max_len)}
     # GPT-2 ties lm_head to wte: transformers saves no lm_head (safetensors refuses the shared storage anyway)
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items() if k != "lm_head.weight"}

@@ -88,8 +88,8 @@ def marian_generation_config(translator: Translator) -> dict[str, Any]:
     decode as `translator.translate` without options does: the decoder's start, end and padding ids, the forced
     EOS, the codec's suppressed ids as single-token bad_words_ids (opus-mt's <pad> ban), max_length (the
     translator's max_target_tokens after the start token), and the model's own settings (`default_options`) under
-    transformers' names, only those that are on (`generation_config.transformers_generation_config`: beams, repetition rules,
-    min_new_tokens, sampling, do_sample false too), with the translator's own: renormalize_logits and the source's
+    transformers' names, only those that are on (`generation_config.transformers_generation_config`: beams,
+    repetition rules, min_new_tokens, sampling, do_sample false too), with the translator's own: renormalize_logits and the source's
     repetition rules, which `load_translator` reads back."""
     codec, options = translator.codec, translator.default_options()
     gen = transformers_generation_config(options, codec.eos_id)  # bos = eos, as opus-mt's configs have it

@@ -162,8 +162,8 @@ _FUSED_KEY = re.compile(r"(?P<base>.+\.(?P<fused>qkv|kv))\.(?P<p>weight|bias)\Z"
 
 
 def split_projections(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The inverse of `fuse_projections` (the exporters back to transformers): each fused `<base>.<qkv|kv>.{weight,bias}` as staged
-    `<base>.<qkv|kv>.<q|k|v>.{weight,bias}` parts, equal rows each (q, k, v order); other keys as they are."""
+    """The inverse of `fuse_projections` (the exporters back to transformers): each fused
+    `<base>.<qkv|kv>.{weight,bias}` as staged `<base>.<qkv|kv>.<q|k|v>.{weight,bias}` parts, equal rows each (q, k, v order); other keys as they are."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         m = _FUSED_KEY.match(key)

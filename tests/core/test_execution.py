@@ -147,8 +147,8 @@ def test_a_copy_of_a_compiled_model_runs_its_own_weights():
 def test_layerdrop_training_runs_the_blocks_compiled_one_at_a_time():
     """A compiled stack trained with LayerDrop ran eager: the draws between blocks break one graph of the whole
     stack. Now each block runs compiled (the four blocks of the same shape share graphs, their parameters the
-    graphs' inputs), the draws eager between them: the same blocks dropped and the same outputs and gradients as the plain
-    stack under the same seed; evaluation still runs the whole stack's graph."""
+    graphs' inputs), the draws eager between them: the same blocks dropped and the same outputs and gradients as
+    the plain stack under the same seed; evaluation still runs the whole stack's graph."""
     from mmkit.core.stack import Encoder
 
     graphs: list[int] = []

@@ -220,7 +220,8 @@ def test_json_files_are_read_as_utf8_whatever_the_locale(hf_whisper_dir, tmp_pat
 
     directory = _copy(hf_whisper_dir, tmp_path)
     _edit_json(directory / "config.json", lambda doc: doc.update(_name_or_path="Modèle – größer"))
-    code = "import sys; from mmkit.inference.speech_checkpoints import load_speech_model; load_speech_model(sys.argv[1])"
+    code = ("import sys; from mmkit.inference.speech_checkpoints import load_speech_model; "
+            "load_speech_model(sys.argv[1])")
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"}
     run = subprocess.run([sys.executable, "-X", "utf8=0", "-c", code, str(directory)], env=env, capture_output=True,
                          text=True, timeout=300)
