@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from mmkit.cli.options import Parser
 from mmkit.cli.ranked import on_ranks
-from mmkit.errors import print_error
+from mmkit.errors import WriteFailed, print_error
 
 log = logging.getLogger("mmkit")
 PROG = "mmkit convert"
@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Returns 0 written, 2 a usage or input error (one line on stderr: nothing written), 130 interrupted."""
+    """Returns 0 written, 2 a usage or input error (one line on stderr: nothing written), 1 a write that failed
+    midway (a full disk: one line, nothing left in OUT), 130 interrupted."""
     return on_ranks(PROG, _parser, argv, lambda args, ranks: _run(args) if ranks.first else 0)
 
 
@@ -60,6 +61,9 @@ def _run(args: argparse.Namespace) -> int:
                              f"export ({'; '.join(fits)})")
         write = _writer(held, directory, doc)  # the model loaded, checked against the format: nothing written
         write(args.out)  # whole or not at all (`model_dir.export_folder`)
+    except WriteFailed as e:  # a full disk midway: nothing left in OUT
+        print_error(PROG, e)
+        return 1
     except (ValueError, OSError) as e:  # WeightsError is a ValueError
         print_error(PROG, e)
         return 2
