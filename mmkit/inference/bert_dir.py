@@ -7,13 +7,12 @@ weights go through `weights.to_hf_bert.hf_bert_export`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmkit.inference.model_dir import check_export_dir, export_folder
 from mmkit.inference.quantize import has_int8_layers
-from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, plain_file_mode
+from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, save_weights, write_json
 from mmkit.weights.to_hf_bert import hf_bert_export
 
 if TYPE_CHECKING:
@@ -70,15 +69,12 @@ def save_bert_dir(encoder: LoadedEncoder, directory: str | Path) -> Path:
     docs = {CONFIG_NAME: config, **bert_tokenizer_config(tokenizer, model.max_len)}
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with export_folder(directory) as stage:
-        from safetensors.torch import save_file
-
-        save_file(weights, str(stage / WEIGHTS_NAME), metadata={"format": "pt"})  # transformers reads "format"
-        os.chmod(stage / WEIGHTS_NAME, plain_file_mode())  # safetensors' owner-only temp file, readable as the rest
+        save_weights(stage / WEIGHTS_NAME, weights, {"format": "pt"})  # transformers reads "format"
         tokenizer.save(stage)  # tokenizer.json, and vocab.txt for WordPiece
         if type(tokenizer.hf.model).__name__ == "BPE":  # what RobertaTokenizer reads without tokenizer.json
             tokenizer.hf.model.save(str(stage))  # vocab.json + merges.txt
         for name, doc in docs.items():
-            (stage / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_json(stage / name, doc)
     return directory
 
 

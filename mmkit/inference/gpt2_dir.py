@@ -6,8 +6,6 @@ model.safetensors, generation_config.json and the tokenizer files, the layout `G
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +13,7 @@ from mmkit.inference.generation_config import transformers_generation_config
 from mmkit.inference.model_dir import check_export_dir, export_folder
 from mmkit.inference.quantize import has_int8_layers
 from mmkit.weights.from_hf import gpt2_from_mmkit
-from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, plain_file_mode
+from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, save_weights, write_json
 
 if TYPE_CHECKING:
     from mmkit.inference.text_generation import TextGenerator
@@ -73,13 +71,10 @@ def save_gpt2_dir(generator: TextGenerator, directory: str | Path) -> Path:
     # GPT-2 ties lm_head to wte: transformers saves no lm_head (safetensors refuses the shared storage anyway)
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items() if k != "lm_head.weight"}
     with export_folder(directory) as stage:
-        from safetensors.torch import save_file
-
-        save_file(weights, str(stage / WEIGHTS_NAME), metadata={"format": "pt"})  # transformers reads "format"
-        os.chmod(stage / WEIGHTS_NAME, plain_file_mode())  # safetensors' owner-only temp file, readable as the rest
+        save_weights(stage / WEIGHTS_NAME, weights, {"format": "pt"})  # transformers reads "format"
         generator.tokenizer.save(stage)
         for name, doc in docs.items():
-            (stage / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_json(stage / name, doc)
     return directory
 
 

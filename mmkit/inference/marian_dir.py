@@ -7,7 +7,6 @@ decoding. The inverse of `translator._load_hf`; the weights go through `weights.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,7 @@ from mmkit.inference.generation_config import transformers_generation_config
 from mmkit.inference.gpt2_dir import GENERATION_CONFIG_NAME, SPECIAL_TOKENS_NAME, TOKENIZER_CONFIG_NAME
 from mmkit.inference.model_dir import check_export_dir, export_folder
 from mmkit.inference.quantize import has_int8_layers
-from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, plain_file_mode
+from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, save_weights, write_json
 from mmkit.weights.to_hf_marian import marian_from_mmkit
 
 if TYPE_CHECKING:
@@ -73,13 +72,10 @@ def save_marian_dir(translator: Translator, directory: str | Path) -> Path:
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     docs = {GENERATION_CONFIG_NAME: marian_generation_config(translator), CONFIG_NAME: config}
     with export_folder(directory) as stage:
-        from safetensors.torch import save_file
-
-        save_file(weights, str(stage / WEIGHTS_NAME), metadata={"format": "pt"})  # transformers reads "format"
-        os.chmod(stage / WEIGHTS_NAME, plain_file_mode())  # safetensors' owner-only temp file, readable as the rest
+        save_weights(stage / WEIGHTS_NAME, weights, {"format": "pt"})  # transformers reads "format"
         docs.update(_save_tokenizer(translator, stage))
         for name, doc in docs.items():
-            (stage / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_json(stage / name, doc)
     return directory
 
 
@@ -149,6 +145,6 @@ def _save_tokenizer(translator: Translator, stage: Path) -> dict[str, dict[str, 
     for spm_name in (SOURCE_SPM, TARGET_SPM):
         (stage / spm_name).write_bytes(tok.proto)
     vocab = {tok.sp.id_to_piece(i): i for i in range(len(tok))}
-    (stage / VOCAB_NAME).write_text(json.dumps(vocab, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(stage / VOCAB_NAME, vocab)
     ids = {"eos_token": codec.eos_id, "unk_token": tok.unk_id, "pad_token": codec.pad_id}
     return marian_tokenizer_config({k: tok.sp.id_to_piece(i) for k, i in ids.items()}, translator.max_source_tokens)

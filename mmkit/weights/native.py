@@ -293,6 +293,21 @@ def full_disk_errno(e: BaseException) -> int | None:
     return code if code in FULL else None
 
 
+def save_weights(path: Path, state: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """`state` as a safetensors file at `path` (safetensors writes a temp file and renames it), readable as any
+    plainly made file (`_plain_permissions`); a full disk is a `WriteFailed` naming `path`. `metadata`: the file's
+    header metadata (transformers reads {"format": "pt"})."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    _saved(lambda: save_file(tensors, str(path), metadata=metadata), path)
+    _plain_permissions(path)
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """`doc` as indented UTF-8 JSON at `path` (a staged export's config files: `model_dir.export_folder` makes the
+    folder whole or not at all)."""
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def write_model_files(directory: str | Path, doc: Mapping[str, Any], state: Mapping[str, Tensor],
                       config_name: str = CONFIG_NAME, weights_name: str = WEIGHTS_NAME) -> Path:
     """`state` as model.safetensors and `doc` as config.json in `directory` (made if absent): the layout mmkit's,
@@ -302,9 +317,7 @@ def write_model_files(directory: str | Path, doc: Mapping[str, Any], state: Mapp
     directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=2) + "\n"
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _saved(lambda: save_file(tensors, str(directory / weights_name)), directory / weights_name)
-    _plain_permissions(directory / weights_name)
+    save_weights(directory / weights_name, state)
     tmp = directory / f".{config_name}.{os.getpid()}.tmp"
     try:
         _saved(lambda: tmp.write_text(text, encoding="utf-8"), directory / config_name)
