@@ -5,7 +5,9 @@ open_clip folder (`open_clip.create_model_and_transforms("local-dir:OUT")`, `get
 its eval transform the preprocessing), a GPT as a transformers GPT-2 folder (`GPT2LMHeadModel.from_pretrained(OUT)`,
 `AutoTokenizer`, `pipeline("text-generation")`: the same logits and tokens, the export's decoding settings as its
 generation_config.json), a BERT as a BERT/RoBERTa folder (its masked-LM or classifier class, AutoTokenizer), a
-translation Seq2Seq as a MarianMT folder (MarianMTModel, MarianTokenizer, generate() as `mmkit translate`). OUT is
+translation Seq2Seq as a MarianMT folder (MarianMTModel, MarianTokenizer, generate() as `mmkit translate`), and a
+GPT or Seq2Seq as a CTranslate2 folder (`ctranslate2.Generator` / `ctranslate2.Translator`: greedy decoding gives
+mmkit's tokens; CTranslate2 quantizes at load, compute_type="int8"; needs `pip install ctranslate2`). OUT is
 a new or empty folder, written whole or not at all (a folder that holds files is refused: they would be
 overwritten). The imports go the other way: `ViT.from_timm`, `CLIP.from_open_clip`, and the tools' `--model` read
 transformers GPT-2, BERT/RoBERTa and MarianMT folders.
@@ -28,7 +30,9 @@ TARGETS = {"timm": {"ViT": 'timm.create_model("local-dir:{out}", pretrained=True
            "open_clip": {"CLIP": 'open_clip.create_model_and_transforms("local-dir:{out}")'},
            "transformers": {"GPT": 'transformers.AutoModelForCausalLM.from_pretrained("{out}")',
                             "BERT": 'the transformers class its config.json names ("architectures"), or AutoModel',
-                            "Seq2Seq": 'transformers.MarianMTModel.from_pretrained("{out}") and MarianTokenizer'}}
+                            "Seq2Seq": 'transformers.MarianMTModel.from_pretrained("{out}") and MarianTokenizer'},
+           "ctranslate2": {"GPT": 'ctranslate2.Generator("{out}") and transformers.AutoTokenizer',
+                           "Seq2Seq": 'ctranslate2.Translator("{out}") and transformers.AutoTokenizer'}}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="an mmkit export (mmkit fit's runs/<recipe>/export)")
     p.add_argument("out", metavar="OUT", help="the folder to write, new or empty")
     p.add_argument("--to", required=True, choices=tuple(TARGETS),
-                   help="timm (a ViT export), open_clip (a CLIP export) or transformers (a GPT, BERT or Seq2Seq "
-                        "export: a GPT-2, BERT/RoBERTa or MarianMT folder)")
+                   help="timm (a ViT export), open_clip (a CLIP export), transformers (a GPT, BERT or Seq2Seq "
+                        "export: a GPT-2, BERT/RoBERTa or MarianMT folder) or ctranslate2 (a GPT or Seq2Seq export: "
+                        "a CTranslate2 Generator or Translator folder, needs ctranslate2)")
     return p
 
 
@@ -53,13 +58,17 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         check_export_dir(args.out)  # before the model loads
+        if args.to == "ctranslate2":
+            from mmkit.inference.ct2_dir import check_ctranslate2
+
+            check_ctranslate2()
         directory, doc = read_model_dir(args.model)
         held = doc.get("architecture") or doc.get("model_type") or "unknown"
         if held not in TARGETS[args.to]:
             fits = [f"--to {name} converts {' or '.join(archs)} exports" for name, archs in TARGETS.items()]
             raise ValueError(f"{directory}: holds a {held!r} model, not an mmkit {' or '.join(TARGETS[args.to])} "
                              f"export ({'; '.join(fits)})")
-        write = _writer(held, directory, doc)  # the model loaded, checked against the format: nothing written
+        write = _writer(held, directory, doc, args.to)  # the model loaded, checked against the format: nothing written
         write(args.out)  # whole or not at all (`model_dir.export_folder`)
     except WriteFailed as e:  # a full disk midway: nothing left in OUT
         print_error(PROG, e)
@@ -71,10 +80,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _writer(architecture: str, directory: Path, doc: dict) -> Callable[[str], object]:
-    """What writes `directory`'s model (of mmkit's `architecture`) in its library's layout into OUT, once the model
-    is loaded and checked against the layout (a setting it cannot express is refused here, before any folder is
-    made)."""
+def _writer(architecture: str, directory: Path, doc: dict, target: str) -> Callable[[str], object]:
+    """What writes `directory`'s model (of mmkit's `architecture`) in the `target` library's layout into OUT, once
+    the model is loaded and checked against the layout (a setting it cannot express is refused here, before any
+    folder is made)."""
+    if target == "ctranslate2":
+        from mmkit.inference import ct2_dir
+
+        if architecture == "Seq2Seq":
+            from mmkit.inference.translator import load_translator
+
+            translator = load_translator(directory)
+            return lambda out: ct2_dir.save_ct2_translator(translator, out)
+        from mmkit.inference.text_generation import load_text_generator
+
+        generator = load_text_generator(directory)
+        return lambda out: ct2_dir.save_ct2_generator(generator, out)
     if architecture == "BERT":
         from mmkit.inference.bert_dir import save_bert_dir
         from mmkit.inference.encoder import load_encoder

@@ -3,6 +3,7 @@ logits, preprocessing and class names; mistakes (a folder that holds files, a mo
 format cannot express, a failure midway) are one line with nothing written."""
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -176,3 +177,53 @@ def test_a_translation_export_becomes_a_marian_folder(tmp_path, caplog):
         out = theirs.generate(ids, max_new_tokens=8)[0].tolist()
         assert tok.decode(out, skip_special_tokens=True) == translator.translate(
             [text], translator.default_options(max_new_tokens=8))[0].text.strip()
+
+
+def test_gpt_and_translation_exports_become_ctranslate2_folders(tmp_path, capsys, caplog, monkeypatch):
+    """The ctranslate2 rows (`ct2_dir`, whose own tests hold the parity in full): a GPT export decodes in
+    ctranslate2.Generator and a Seq2Seq export in ctranslate2.Translator as mmkit decodes them; a ViT asked for
+    ctranslate2 is one line, and without ctranslate2 installed so is the command, before the model loads."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    import importlib.util
+
+    from _gpt import tiny_tokenizer
+
+    from mmkit.inference.text_generation import load_text_generator, save_text_generator
+    from mmkit.inference.translator import load_translator
+    from mmkit.models import GPT
+    from tests.inference._translation_fixtures import write_native_export
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    model = GPT(vocab_size=tok.vocab_size, max_len=32, dim=32, depth=2, num_heads=4).eval()
+    gpt = save_text_generator(model, tok, tmp_path / "gpt")
+    seq2seq = write_native_export(tmp_path / "seq2seq")
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["convert", str(gpt), str(tmp_path / "gpt-ct2"), "--to", "ctranslate2"]) == 0
+        assert main(["convert", str(seq2seq), str(tmp_path / "seq2seq-ct2"), "--to", "ctranslate2"]) == 0
+    assert 'ctranslate2.Generator("' in caplog.text and 'ctranslate2.Translator("' in caplog.text
+    generator = load_text_generator(gpt)
+    ids = tok.encode("the cat sees")
+    out = ctranslate2.Generator(str(tmp_path / "gpt-ct2")).generate_batch(
+        [[tok.hf.id_to_token(i) for i in ids]], max_length=8, sampling_topk=1, include_prompt_in_result=False)
+    assert tok.decode(out[0].sequences_ids[0]) == generator.generate("the cat sees",
+                                                                      generator.default_options(max_new_tokens=8))
+    translator = load_translator(seq2seq)
+    source = translator.encode_source("four hundred and sixty-six")
+    vocabulary = json.loads((tmp_path / "seq2seq-ct2" / "shared_vocabulary.json").read_text())
+    result = ctranslate2.Translator(str(tmp_path / "seq2seq-ct2")).translate_batch(
+        [[vocabulary[i] for i in source]], beam_size=1, max_decoding_length=8,
+        suppress_sequences=[[vocabulary[i]] for i in translator.codec.suppress] or None)
+    expected = translator.translate(["four hundred and sixty-six"], translator.default_options(max_new_tokens=8))
+    assert [vocabulary.index(piece) for piece in result[0].hypotheses[0]] == expected[0].tokens
+    vit = ViT(image_size=32, patch_size=8, num_classes=2, dim=32, depth=1, num_heads=4).save_pretrained(tmp_path / "v")
+    assert main(["convert", str(vit), str(tmp_path / "v-ct2"), "--to", "ctranslate2"]) == 2
+    assert "holds a 'ViT' model, not an mmkit GPT or Seq2Seq export" in capsys.readouterr().err
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2"
+                        else find_spec(name, *a))
+    assert main(["convert", str(gpt), str(tmp_path / "none"), "--to", "ctranslate2"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("mmkit convert: error: a CTranslate2 folder needs ctranslate2, which is not installed "
+                   "(pip install ctranslate2)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt", "gpt-ct2", "seq2seq", "seq2seq-ct2", "v"]

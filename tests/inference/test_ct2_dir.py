@@ -1,0 +1,147 @@
+"""`save_ct2_generator` / `save_ct2_translator`: an mmkit GPT or Seq2Seq saved as a CTranslate2 folder decodes in
+`ctranslate2.Generator` / `ctranslate2.Translator` to the tokens mmkit decodes greedily, holds the tokenizer files
+that give the same ids, and is written whole or not at all; without ctranslate2 the export is one line."""
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from mmkit.errors import WriteFailed
+from mmkit.inference import ct2_dir
+from mmkit.inference.ct2_dir import save_ct2_generator, save_ct2_translator
+from mmkit.inference.translator import load_translator
+from mmkit.weights.native import WeightsError
+from tests.inference._translation_fixtures import write_marian_dir, write_native_export
+from tests.inference.test_gpt2_dir import PROMPTS, _native_generator
+from tests.inference.test_marian_dir import SOURCES, _widen
+
+ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 converts and reads CTranslate2 folders")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: the models are tiny (test_marian_dir.py says why)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    generator = _native_generator()
+    return generator, save_ct2_generator(generator, tmp_path_factory.mktemp("gpt") / "ct2")
+
+
+def test_the_generator_continues_as_mmkit_greedily(gpt):
+    """ctranslate2.Generator on the folder: greedy continuations of prompts' tokens are mmkit's, varied ones; the
+    folder's tokenizer files (AutoTokenizer) give the prompts' ids."""
+    from transformers import AutoTokenizer
+
+    generator, directory = gpt
+    assert {"model.bin", "config.json", "vocabulary.json", "tokenizer.json", "generation_config.json"} <= \
+        {p.name for p in directory.iterdir()}
+    tok = AutoTokenizer.from_pretrained(directory)
+    ct2 = ctranslate2.Generator(str(directory), device="cpu")
+    for prompt in PROMPTS:
+        ids = generator.tokenizer.encode(prompt)
+        assert tok(prompt)["input_ids"] == ids
+        out = ct2.generate_batch([tok.convert_ids_to_tokens(ids)], max_length=16, sampling_topk=1,
+                                 include_prompt_in_result=False)[0].sequences_ids[0]
+        assert len(set(out)) > 3, out
+        expected = generator.generate(prompt, generator.default_options(max_new_tokens=16))
+        assert generator.tokenizer.decode(out) == expected
+
+
+def _ct2_tokens(translator, directory, text: str) -> list[int]:
+    """ctranslate2.Translator's greedy translation of `text`'s source pieces as ids, given the translator's length
+    limit for it and its suppressed tokens that the folder's vocabulary holds (an opus-mt conversion drops <pad>)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(directory)
+    vocabulary = set(json.loads((directory / "shared_vocabulary.json").read_text()))
+    ids = translator.encode_source(text)
+    limit = translator.default_options().limit(len(ids), translator.max_target_tokens)
+    banned = [[piece] for piece in tok.convert_ids_to_tokens(translator.codec.suppress) if piece in vocabulary]
+    ct2 = ctranslate2.Translator(str(directory), device="cpu")
+    result = ct2.translate_batch([tok.convert_ids_to_tokens(ids)], beam_size=1, max_decoding_length=limit,
+                                 suppress_sequences=banned or None)
+    return tok.convert_tokens_to_ids(result[0].hypotheses[0])
+
+
+@pytest.mark.parametrize("layout", ["native", "opus-mt", "opus-mt-pad-row"])
+def test_the_translator_translates_as_mmkit_greedily(tmp_path, layout):
+    """ctranslate2.Translator: greedy translations are `translate`'s tokens, some ending at EOS. The recipe's
+    Seq2Seq starts its decoder from <s> (kept, every id kept); an opus-mt model whose <pad> row is zero is
+    converted as CTranslate2 converts opus-mt (zero start vector, <pad> dropped); one whose <pad> row is not zero
+    keeps <pad> as its start token."""
+    if layout == "native":
+        translator = _widen(load_translator(write_native_export(tmp_path / "src")), 2, 3.0)
+    else:
+        translator = _widen(load_translator(write_marian_dir(tmp_path / "hub")), 0, 4.0)
+        if layout == "opus-mt":
+            with torch.no_grad():
+                translator.model.tok_embed.weight[translator.codec.pad_id] = 0.0
+    directory = save_ct2_translator(translator, tmp_path / "ct2")
+    config = json.loads((directory / "config.json").read_text())
+    vocabulary = json.loads((directory / "shared_vocabulary.json").read_text())
+    assert len(vocabulary) == translator.model.config["vocab_size"] - (layout == "opus-mt")
+    assert config["decoder_start_token"] == ("<s>" if layout == "native" else "</s>" if layout == "opus-mt"
+                                             else "<pad>")
+    results = translator.translate(SOURCES)
+    for text, result in zip(SOURCES, results):
+        assert _ct2_tokens(translator, directory, text) == result.tokens, text
+    assert max(len(set(r.tokens)) for r in results) >= 4, [r.tokens for r in results]
+
+
+def test_without_ctranslate2_nothing_is_written(tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2"
+                        else find_spec(name, *a))
+    with pytest.raises(WeightsError, match=r"needs ctranslate2, which is not installed \(pip install ctranslate2\)"):
+        save_ct2_generator(_native_generator(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_what_ctranslate2_cannot_convert_is_one_line(tmp_path, monkeypatch):
+    def refused(*args):
+        raise NotImplementedError("This model is not supported by CTranslate2 or this converter")
+
+    monkeypatch.setattr(ct2_dir, "_convert", refused)
+    with pytest.raises(WeightsError, match="^CTranslate2 cannot convert this model: This model is not supported"):
+        save_ct2_generator(_native_generator(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "empty-folder"])
+def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, existing):
+    """A full disk met while CTranslate2 writes (the transformers folder written) is one line naming the folder;
+    a new folder is gone, an empty one is empty again (the hidden transformers folder too)."""
+    target = tmp_path / "ct2"
+    if existing:
+        target.mkdir()
+
+    def full_disk(source, out, files, loader):
+        assert (source / "model.safetensors").is_file()
+        out.mkdir()
+        (out / "model.bin").write_bytes(b"part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ct2_dir, "_convert", full_disk)
+    with pytest.raises(WriteFailed) as err:
+        save_ct2_generator(_native_generator(), target)
+    assert f"cannot write the export {target}: No space left on device" in str(err.value).splitlines()[0]
+    assert (list(target.iterdir()) == []) if existing else not target.exists()
+
+
+def test_a_folder_holding_files_is_refused(tmp_path):
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "model.bin").write_text("mine")
+    with pytest.raises(WeightsError, match="holds files already"):
+        save_ct2_generator(_native_generator(), held)
+    assert (held / "model.bin").read_text() == "mine"
