@@ -46,24 +46,25 @@ def continue_prompt(generator: TextGenerator, prompt: str, max_new_tokens: float
         yield text
 
 
-def starting_values(generator: TextGenerator) -> dict[str, float]:
-    """The sampling sliders' first values, within their ranges: the model's own settings (a sampling generation
-    config's temperature, top-k and top-p; else, for the top-k and top-p, what its sampling takes where not given:
-    a GPT-2's top-k 50). Temperature 0 where the model does not sample; top-k 40 where it says nothing (0, off,
-    where it samples among all tokens)."""
+def starting_values(generator: TextGenerator, max_new_tokens: int = 64) -> dict[str, float]:
+    """The sliders' first values, within their ranges: the model's own settings (a sampling generation config's
+    temperature, top-k and top-p; else, for the top-k and top-p, what its sampling takes where not given: a GPT-2's
+    top-k 50; its max_new_tokens, else `max_new_tokens`, at most the context less one). Temperature 0 where the
+    model does not sample; top-k 40 where it says nothing (0, off, where it samples among all tokens)."""
     own, fallbacks = generator.defaults, generator.sampling_fallbacks
+    length = min(own.get("max_new_tokens", max_new_tokens), max(1, generator.model.max_len - 1))
     samples = (own.get("temperature") or 0) > 0 or "top_k" in own or "top_p" in own
     temperature = own.get("temperature", 1.0) if samples else 0.0
     top_k = own.get("top_k", fallbacks.get("top_k", 0 if samples else 40))
     top_p = own.get("top_p", fallbacks.get("top_p", 1.0))
     return {"temperature": min(temperature, TEMPERATURE_MAX), "top_k": min(top_k, TOP_K_MAX),
-            "top_p": max(top_p, TOP_P_MIN)}
+            "top_p": max(top_p, TOP_P_MIN), "max_new_tokens": length}
 
 
 def text_generation_tab(generator: TextGenerator, max_new_tokens: int = 64) -> None:
     """Render the text-generation tab into the enclosing `gr.Blocks`."""
     limit = max(1, generator.model.max_len - 1)
-    start = starting_values(generator)
+    start = starting_values(generator, max_new_tokens)
 
     def run(prompt: str, new_tokens: float, temperature: float, top_k: float, top_p: float,
             seed: float | None) -> Iterator[str]:
@@ -76,8 +77,8 @@ def text_generation_tab(generator: TextGenerator, max_new_tokens: int = 64) -> N
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
-                new_tokens = inputs.slider(1, limit, value=min(max_new_tokens, limit), step=1, label="Max new tokens",
-                                       elem_id="max-new-tokens")
+                new_tokens = inputs.slider(1, limit, value=start["max_new_tokens"], step=1, label="Max new tokens",
+                                           elem_id="max-new-tokens")
                 temperature = inputs.slider(0.0, TEMPERATURE_MAX, value=start["temperature"], step=0.05,
                                             label="Temperature", elem_id="temperature")
                 top_k = inputs.slider(0, TOP_K_MAX, value=start["top_k"], step=1, label="Top-k (0: off)",

@@ -165,10 +165,17 @@ def _options(args: argparse.Namespace, generator: TextGenerator, say: bool = Tru
 
 
 def _fit_context(args: argparse.Namespace, options: GenerationOptions, generator: TextGenerator) -> GenerationOptions:
-    """Without --max-new-tokens, the default at most half the model's context (a prompt needs room)."""
-    if args.max_new_tokens is not None:
+    """Without --max-new-tokens, the model's own max_new_tokens (its generation config's), else the default at most
+    half the model's context (a prompt needs room)."""
+    if args.max_new_tokens is not None or "max_new_tokens" in generator.defaults:
         return options
     return dataclasses.replace(options, max_new_tokens=min(DEFAULT_NEW_TOKENS, max(1, generator.model.max_len // 2)))
+
+
+def _length_named(args: argparse.Namespace) -> str:
+    """How an error names the length in force: the option given, or the model's own (give the option instead)."""
+    return ("--max-new-tokens" if args.max_new_tokens is not None
+            else "the model's own max_new_tokens (--max-new-tokens N to choose another)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -341,8 +348,8 @@ def _setup(args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, Generat
     generator = load_text_generator(args.model, device, args.quantize, args.precision)
     options = _options(args, generator, ranks.first)
     if options.max_new_tokens >= generator.model.max_len:  # every prompt would be refused: one line, not N
-        raise ValueError(f"--max-new-tokens {options.max_new_tokens} leaves no room for a prompt in the model's "
-                         f"context of {generator.model.max_len} tokens")
+        raise ValueError(f"{_length_named(args)} {options.max_new_tokens} leaves no room for a prompt in the "
+                         f"model's context of {generator.model.max_len} tokens")
     return source, options, total, generator
 
 

@@ -130,15 +130,16 @@ def with_top_k_off(fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, "top_k": None, "temperature": fields.get("temperature") or 1.0}
 
 
-def transformers_generation_config(options: Any, eos_id: int | None) -> dict[str, Any]:
+def transformers_generation_config(options: Any, eos_id: int | None, length: bool = False) -> dict[str, Any]:
     """A transformers generation config (generation_config.json) that makes `generate()` without decoding arguments
     decode as `options` (a `GenerationOptions` or `TranslationOptions` of a model's `default_options()`: its
     defaults with its sampling fallbacks filled where they sample) do, under transformers' names and only the
     settings that are on, so that `GenerationConfig.validate` has nothing to warn of: num_beams (with
     length_penalty and early_stopping), repetition_penalty, no_repeat_ngram_size, min_new_tokens, and do_sample (false too) with temperature, top_k (0:
     among all tokens, transformers' "off", where its default is 50) and top_p, which `load_text_generator` maps
-    back (`generation_config.shared_settings`). No length is written: transformers' own apply (`generate()`: 20
-    tokens in all, the pipeline: 256 new ones) where the caller gives none."""
+    back (`generation_config.shared_settings`). The options' max_new_tokens is written where `length` says it is
+    the model's own; else no length is, and transformers' own apply (`generate()`: 20 tokens in all, the pipeline:
+    256 new ones) where the caller gives none."""
     gen: dict[str, Any] = {"bos_token_id": eos_id, "eos_token_id": eos_id}
     if options.beam_size > 1:
         gen["num_beams"] = options.beam_size
@@ -152,6 +153,8 @@ def transformers_generation_config(options: Any, eos_id: int | None) -> dict[str
         gen["no_repeat_ngram_size"] = options.no_repeat_ngram_size
     if options.min_new_tokens:
         gen["min_new_tokens"] = options.min_new_tokens
+    if length:
+        gen["max_new_tokens"] = options.max_new_tokens
     # do_sample false said, not left out: pipeline("text-generation") samples at temperature 0.7 unless the model's
     # generation config sets do_sample
     gen["do_sample"] = options.sampling

@@ -65,7 +65,8 @@ def save_gpt2_dir(generator: TextGenerator, directory: str | Path) -> Path:
     # so would become one, matched in raw text and split out, and AutoTokenizer would encode otherwise than mmkit
     added = generator.tokenizer.hf.get_added_tokens_decoder().get(eos_id) if eos_id is not None else None
     eos = added.content if added is not None and added.special else None
-    generation = transformers_generation_config(generator.default_options(), eos_id)
+    generation = transformers_generation_config(generator.default_options(), eos_id,
+                                                length="max_new_tokens" in generator.defaults)
     docs = {CONFIG_NAME: config, GENERATION_CONFIG_NAME: generation,
             **gpt2_tokenizer_config(eos, model.max_len)}
     # GPT-2 ties lm_head to wte: transformers saves no lm_head (safetensors refuses the shared storage anyway)

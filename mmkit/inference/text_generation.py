@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 # that only a beam search uses, and the config's settings mmkit does not apply to a decoder-only model (with their
 # values that leave them off), besides `generation_config.UNAPPLIED`.
 GPT_DEFAULTS = ("beam_size", "length_penalty", "early_stopping", "repetition_penalty", "no_repeat_ngram_size",
-                "min_new_tokens", "temperature", "top_k", "top_p")
+                "min_new_tokens", "max_new_tokens", "temperature", "top_k", "top_p")
 GPT_BEAM_ONLY = ("length_penalty", "early_stopping")
-GPT_UNAPPLIED = {"min_length": (0, None), "bad_words_ids": (None,), "renormalize_logits": (False, None),
+GPT_UNAPPLIED = {"min_length": (0, None), "max_length": (20, None), "bad_words_ids": (None,), "renormalize_logits": (False, None),
                  "encoder_repetition_penalty": (1.0, None), "encoder_no_repeat_ngram_size": (0, None),
                  "forced_eos_token_id": (None,)}
 
@@ -46,7 +46,7 @@ def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str 
                         sampling_fallbacks: dict[str, Any] | None = None) -> Path:
     """Native checkpoint (config.json + model.safetensors) with the tokenizer files beside it. `decoding`: the
     model's own decoding settings (`GenerationOptions` fields among `GPT_DEFAULTS`: beam_size, temperature, top_k,
-    top_p, the repetition rules, ...), which `mmkit generate-text` and `TextGenerator.default_options` use where no
+    top_p, the repetition rules, max_new_tokens, ...), which `mmkit generate-text` and `TextGenerator.default_options` use where no
     option is given, as a transformers generation config; `sampling_fallbacks`: what a sampling run takes where
     not given (an imported GPT-2's top_k 50). Both are checked first (a ValueError of one line naming the setting:
     nothing written). Generation ends at the tokenizer's end-of-text token (`eos_token`; None: at none)."""
@@ -109,16 +109,22 @@ def load_text_generator(directory: str | Path, device: str | torch.device = "cpu
 def hf_decoding_defaults(directory: Path, config: dict) -> tuple[dict, dict]:
     """The decoding settings of a transformers GPT-2 directory (its generation_config.json, else config.json, as
     transformers reads them) as `GenerationOptions` fields: num_beams, length_penalty, early_stopping,
-    repetition_penalty, no_repeat_ngram_size, min_new_tokens and do_sample's temperature / top_k / top_p
-    (`generation_config.shared_settings`). Those mmkit does not apply are named at load (min_length counts the
-    prompt in a decoder-only model: one limit a prompt; bad words, renormalize_logits, the encoder's rules). A
+    repetition_penalty, no_repeat_ngram_size, min_new_tokens, max_new_tokens and do_sample's temperature / top_k /
+    top_p (`generation_config.shared_settings`). Those mmkit does not apply are named at load (min_length and
+    max_length count the prompt in a decoder-only model: one limit a prompt, where mmkit's are new tokens; bad
+    words, renormalize_logits, the encoder's rules; a max_length beside a max_new_tokens, which transformers
+    overrides too, or of transformers' own 20 is not named). A
     value the options refuse is a WeightsError of one line naming the file. Returns (the settings, what a sampling
     run takes where not given: `generation_config.sampling_fallbacks`)."""
     path = directory / "generation_config.json"
     where = str(path if path.is_file() else directory / "config.json")
     decoding = read_json_object(path) if path.is_file() else config
-    say_unapplied(decoding, None, where, also=GPT_UNAPPLIED)
-    given = {**shared_settings(decoding, where), "min_new_tokens": decoding.get("min_new_tokens")}
+    # a max_new_tokens set wins over max_length in transformers too: only a max_length alone goes unapplied
+    length_given = decoding.get("max_new_tokens") is not None
+    say_unapplied({k: v for k, v in decoding.items() if not (k == "max_length" and length_given)}, None, where,
+                  also=GPT_UNAPPLIED)
+    given = {**shared_settings(decoding, where), "min_new_tokens": decoding.get("min_new_tokens"),
+             "max_new_tokens": decoding.get("max_new_tokens")}
     return (checked_decoding(given, where, GPT_DEFAULTS, WeightsError),
             checked_decoding(sampling_fallbacks(decoding), where, SAMPLING, WeightsError))
 

@@ -153,11 +153,13 @@ def _with_config(tmp_path, settings: dict):
     ({"do_sample": True, "temperature": 0.7, "top_p": 0.9}, {"temperature": 0.7, "top_k": 50, "top_p": 0.9}),
     ({"do_sample": True, "top_k": 0, "temperature": 5.0}, {"temperature": 2.0, "top_k": 0, "top_p": 1.0}),
     ({"num_beams": 3, "top_k": 400, "top_p": 0.01}, {"temperature": 0.0, "top_k": 200, "top_p": 0.05}),
-], ids=["gpt2", "sampling", "all-tokens-hot", "beams-out-of-range"])
+    ({"max_new_tokens": 30}, {"temperature": 0.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": 30}),
+    ({"max_new_tokens": 500}, {"temperature": 0.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": 127}),
+], ids=["gpt2", "sampling", "all-tokens-hot", "beams-out-of-range", "own-length", "length-out-of-range"])
 def test_the_sliders_start_at_the_models_own_settings(tmp_path, settings, start):
     from demos.text_generation import starting_values
 
-    assert starting_values(_with_config(tmp_path, settings)) == start
+    assert starting_values(_with_config(tmp_path, settings)) == {"max_new_tokens": 64, **start}
 
 
 def test_the_tab_decodes_with_the_models_own_rules(tmp_path, generator):
@@ -177,4 +179,4 @@ def test_the_tab_decodes_with_the_models_own_rules(tmp_path, generator):
         assert got == PROMPT + beams.generate(PROMPT, options)
     assert starting_values(load_text_generator(generator.export(tmp_path / "export")))["top_k"] == 50  # kept
     plain = load_text_generator(save_text_generator(generator.model, generator.tokenizer, tmp_path / "plain"))
-    assert starting_values(plain) == {"temperature": 0.0, "top_k": 40, "top_p": 1.0}
+    assert starting_values(plain) == {"temperature": 0.0, "top_k": 40, "top_p": 1.0, "max_new_tokens": 64}

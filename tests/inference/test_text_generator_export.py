@@ -117,10 +117,57 @@ def test_a_trained_models_generation_settings_reach_its_export(tmp_path):
     from mmkit.tasks.language_model import LanguageModel
 
     task = LanguageModel(GPT(max_len=32, dim=16, depth=1, num_heads=2, vocab_size=300),
-                         generation={"temperature": 0.8, "top_k": 40})
+                         generation={"temperature": 0.8, "top_k": 40, "max_new_tokens": 12})
     task.tokenizer = tiny_tokenizer()
     generator = load_text_generator(task.export(tmp_path / "export"))
-    assert generator.defaults == {"temperature": 0.8, "top_k": 40}
-    assert generator.default_options() == GenerationOptions(temperature=0.8, top_k=40)
+    assert generator.defaults == {"temperature": 0.8, "top_k": 40, "max_new_tokens": 12}
+    assert generator.default_options() == GenerationOptions(temperature=0.8, top_k=40, max_new_tokens=12)
     with pytest.raises(ValueError, match=r"model.generation: a decoding setting mmkit cannot use \(top_p"):
         LanguageModel(GPT(max_len=32, dim=16, depth=1, num_heads=2), generation={"top_p": 2.0})
+
+
+def test_a_models_own_max_new_tokens_is_its_length(tmp_path, capsys, caplog):
+    """A GPT-2 generation config's max_new_tokens is the model's own length, as transformers' `generate()` takes it:
+    generate-text without --max-new-tokens decodes that many (said), the flag chooses another, the demo's slider
+    starts there, and it survives the mmkit export and the GPT-2 folder (`generate()` without arguments gives the
+    same tokens). max_length counts the prompt (one limit a prompt): named as not applied. A model's own length
+    that leaves no room for a prompt is one line naming it."""
+    from transformers import GPT2LMHeadModel
+
+    from mmkit.inference.gpt2_dir import save_gpt2_dir
+
+    directory = tmp_path / "gpt2"
+    _, tok = write_tiny_gpt2(directory)
+    (directory / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, "max_new_tokens": 7, "max_length": 50}))
+    with caplog.at_level(logging.WARNING, logger="mmkit"):
+        generator = load_text_generator(directory)
+    assert "not applied" not in caplog.text  # max_new_tokens wins over max_length in transformers too
+    assert generator.defaults == {"max_new_tokens": 7} and generator.default_options().max_new_tokens == 7
+    ids = torch.tensor([tok.encode("The cat sees")])
+    hub = GPT2LMHeadModel.from_pretrained(directory)
+    theirs = hub.generate(ids, attention_mask=torch.ones_like(ids))[0, ids.shape[1]:].tolist()
+    assert len(theirs) == 7 and generator.generate("The cat sees") == tok.decode(theirs)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert mmkit_main(["generate-text", "The cat sees", "--model", str(directory)]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == "The cat sees" + tok.decode(theirs)
+    assert "decoding with the model's own settings: max_new_tokens 7" in caplog.text
+    assert mmkit_main(["generate-text", "The cat sees", "--model", str(directory), "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == "The cat sees" + tok.decode(theirs[:3])
+    again = load_text_generator(generator.export(tmp_path / "export"))
+    assert again.defaults == {"max_new_tokens": 7}
+    hf = save_gpt2_dir(again, tmp_path / "hf")
+    assert json.loads((hf / "generation_config.json").read_text())["max_new_tokens"] == 7
+    out = GPT2LMHeadModel.from_pretrained(hf).generate(ids, attention_mask=torch.ones_like(ids))
+    assert out[0, ids.shape[1]:].tolist() == theirs
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": tok.eos_id, "max_length": 50}))
+    with caplog.at_level(logging.WARNING, logger="mmkit"):
+        assert load_text_generator(directory).defaults == {}
+    assert "not applied by mmkit (transformers' generate would): max_length 50" in caplog.text
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": tok.eos_id, "max_new_tokens": 64}))
+    capsys.readouterr()  # transformers' loading bars above
+    assert mmkit_main(["generate-text", "The cat sees", "--model", str(directory)]) == 2
+    assert capsys.readouterr().err == (
+        "mmkit generate-text: error: max_new_tokens 64 leaves no room for a prompt in the model's context of 64 "
+        "tokens\n")
