@@ -32,8 +32,8 @@ def save_gpt2_dir(generator: TextGenerator, directory: str | Path) -> Path:
     loads it with the same logits, `AutoTokenizer.from_pretrained` encodes and decodes as `generator.tokenizer`
     does, and `generate()` / `pipeline("text-generation")` without decoding arguments decode as `generator.generate`
     does without options (`generation_config.transformers_generation_config`). `load_text_generator` reads it
-    back with the same eos_id, the same default decoding and the same outputs. `directory` must be new or empty; it is written whole or not
-    at all (`model_dir.export_folder`).
+    back with the same eos_id, the same default decoding and the same outputs. `directory` must be new or empty; it
+    is written whole or not at all (`model_dir.export_folder`).
 
     What transformers' one generation config cannot carry (mmkit's own export, `TextGenerator.export`, keeps it):
     - the sampling fallbacks of a model whose defaults do not sample: a sampling run asked of transformers takes
