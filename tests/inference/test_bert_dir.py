@@ -5,7 +5,6 @@ through `load_encoder` as it was, and what transformers cannot hold is refused i
 written."""
 from __future__ import annotations
 
-import errno
 import json
 
 import pytest
@@ -13,11 +12,11 @@ import torch
 from _bert import MAX_POSITIONS, tiny_wordpiece, write_tiny_bert, write_tiny_roberta_classifier
 from _gpt import tiny_corpus
 
-from mmkit.errors import WriteFailed
 from mmkit.inference.bert_dir import VERBATIM_TOKENIZER, save_bert_dir
 from mmkit.inference.encoder import LoadedEncoder, load_encoder, save_encoder
 from mmkit.models import BERT
 from mmkit.weights.native import WeightsError
+from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full, one_line
 
 TEXTS = ["The cat sees the moon.", "Hello, WORLD! (a test?) 'quotes' \"too\"",
          "café naïve façade Ærø Crème BRÛLÉE", "CJK 漢字かな한글 mixed in",
@@ -301,54 +300,42 @@ def test_autotokenizer_gives_the_encoders_ids(tmp_path, tok, native_mlm):
     assert (cased["do_lower_case"], cased["strip_accents"]) == (False, None)
 
 
-def _one_line(error: BaseException) -> str:
-    message = str(error)
-    assert message and "\n" not in message, message
-    return message
-
-
 def test_what_transformers_cannot_hold_is_refused_before_anything_is_written(tmp_path, tok, native_mlm):
     """An int8 model, the classifier recipe's mean-pooling head, a head of the other layout, repeated class names
     and a folder holding files are each one line, with nothing written (the held folder's files untouched)."""
     int8 = load_encoder(native_mlm[1], quantize="int8")
     with pytest.raises(WeightsError) as err:
         save_bert_dir(int8, tmp_path / "int8")
-    assert "an int8 model is not exported" in _one_line(err.value) and not (tmp_path / "int8").exists()
+    assert "an int8 model is not exported" in one_line(err.value) and not (tmp_path / "int8").exists()
     layouts = [(dict(pooler=False, classifier_head="mean"), "classifier_head='mean'"),
                (dict(pooler=False, classifier_head="dense_tanh"), "classifier_head='dense_tanh' with positions")]
     for n, (config, words) in enumerate(layouts):
         encoder = LoadedEncoder(_native(tok, mlm_head=False, num_classes=2, **config), tok)
         with pytest.raises(WeightsError) as err:
             save_bert_dir(encoder, tmp_path / f"layout{n}")
-        assert words in _one_line(err.value) and not (tmp_path / f"layout{n}").exists()
+        assert words in one_line(err.value) and not (tmp_path / f"layout{n}").exists()
     repeated = LoadedEncoder(_native(tok, mlm_head=False, num_classes=2), tok, {"class_names": ["same", "same"]})
     with pytest.raises(WeightsError) as err:
         save_bert_dir(repeated, tmp_path / "repeated")
-    assert "class names repeat ('same')" in _one_line(err.value) and not (tmp_path / "repeated").exists()
+    assert "class names repeat ('same')" in one_line(err.value) and not (tmp_path / "repeated").exists()
     held = tmp_path / "held"
     held.mkdir()
     (held / "config.json").write_text("mine")
     with pytest.raises(WeightsError) as err:
         save_bert_dir(native_mlm[0], held)
-    assert "holds files already" in _one_line(err.value)
+    assert "holds files already" in one_line(err.value)
     assert [p.name for p in held.iterdir()] == ["config.json"] and (held / "config.json").read_text() == "mine"
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "empty-folder"])
+@EXISTING
 def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, tok, existing):
     """A full disk met midway (the weights written, the tokenizer not) is one line naming the folder and takes
     back what was written: a new folder is gone, an empty one is empty again."""
     encoder = LoadedEncoder(_native(tok), tok)
-    target = tmp_path / "hf"
-    if existing:
-        target.mkdir()
 
     def full_disk(directory):
         assert (directory / "model.safetensors").is_file()
-        raise OSError(errno.ENOSPC, "No space left on device")
+        disk_full()
 
     monkeypatch.setattr(tok, "save", full_disk)
-    with pytest.raises(WriteFailed) as err:
-        save_bert_dir(encoder, target)
-    assert f"cannot write the export {target}: No space left on device" in _one_line(err.value)
-    assert (list(target.iterdir()) == []) if existing else not target.exists()
+    check_nothing_left(lambda out: save_bert_dir(encoder, out), tmp_path / "hf", existing)

@@ -3,18 +3,17 @@
 that give the same ids, and is written whole or not at all; without ctranslate2 the export is one line."""
 from __future__ import annotations
 
-import errno
 import importlib.util
 import json
 
 import pytest
 import torch
 
-from mmkit.errors import WriteFailed
 from mmkit.inference import ct2_dir
 from mmkit.inference.ct2_dir import save_ct2_generator, save_ct2_translator
 from mmkit.inference.translator import load_translator
 from mmkit.weights.native import WeightsError
+from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full
 from tests.inference._translation_fixtures import write_marian_dir, write_native_export
 from tests.inference.test_gpt2_dir import PROMPTS, _native_generator
 from tests.inference.test_marian_dir import SOURCES, _widen
@@ -107,7 +106,7 @@ def test_without_ctranslate2_nothing_is_written(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_what_ctranslate2_cannot_convert_is_one_line(tmp_path, monkeypatch):
+def test_what_ctranslate2_cannot_convert_isone_line(tmp_path, monkeypatch):
     def refused(*args):
         raise NotImplementedError("This model is not supported by CTranslate2 or this converter")
 
@@ -117,25 +116,18 @@ def test_what_ctranslate2_cannot_convert_is_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "empty-folder"])
+@EXISTING
 def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, existing):
     """A full disk met while CTranslate2 writes (the transformers folder written) is one line naming the folder;
     a new folder is gone, an empty one is empty again (the hidden transformers folder too)."""
-    target = tmp_path / "ct2"
-    if existing:
-        target.mkdir()
-
     def full_disk(source, out, files, loader):
         assert (source / "model.safetensors").is_file()
         out.mkdir()
         (out / "model.bin").write_bytes(b"part")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        disk_full()
 
     monkeypatch.setattr(ct2_dir, "_convert", full_disk)
-    with pytest.raises(WriteFailed) as err:
-        save_ct2_generator(_native_generator(), target)
-    assert f"cannot write the export {target}: No space left on device" in str(err.value).splitlines()[0]
-    assert (list(target.iterdir()) == []) if existing else not target.exists()
+    check_nothing_left(lambda out: save_ct2_generator(_native_generator(), out), tmp_path / "ct2", existing)
 
 
 def test_a_folder_holding_files_is_refused(tmp_path):

@@ -4,18 +4,17 @@ through `load_text_generator` as it was, and what GPT-2 cannot hold is refused i
 written."""
 from __future__ import annotations
 
-import errno
 import json
 
 import pytest
 import torch
 from _gpt import tiny_tokenizer, write_tiny_gpt2
 
-from mmkit.errors import WriteFailed
 from mmkit.inference.gpt2_dir import save_gpt2_dir
 from mmkit.inference.text_generation import TextGenerator, load_text_generator
 from mmkit.models import GPT
 from mmkit.weights.native import WeightsError
+from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full, fail_moving_config, one_line
 
 PROMPTS = ["The cat sees", "A small bird follows the moon. Our", "Why"]
 TEXTS = ["The cat sees the moon.", "  two  spaces\n\nand new lines\ttab ", "Hello, world! (a test?) 'quotes' \"too\"",
@@ -254,12 +253,6 @@ def test_generation_stops_at_the_generators_eos_id_or_none(tmp_path):
             assert len(_hf_tokens(hf, tok, PROMPTS[0], 30, stop=None)) < 30  # it did stop there
 
 
-def _one_line(error: BaseException) -> str:
-    message = str(error)
-    assert message and "\n" not in message, message
-    return message
-
-
 def test_what_gpt2_cannot_hold_is_refused_before_anything_is_written(tmp_path):
     """An int8 model, a model without q/k/v biases and a folder holding files are each one line, with nothing
     written (the held folder's files untouched)."""
@@ -268,49 +261,29 @@ def test_what_gpt2_cannot_hold_is_refused_before_anything_is_written(tmp_path):
     int8 = TextGenerator(int8.model, tok, tok.eos_id, quantize="int8")
     with pytest.raises(WeightsError) as err:
         save_gpt2_dir(int8, tmp_path / "int8")
-    assert "an int8 model is not exported" in _one_line(err.value) and not (tmp_path / "int8").exists()
+    assert "an int8 model is not exported" in one_line(err.value) and not (tmp_path / "int8").exists()
     with pytest.raises(WeightsError) as err:
         save_gpt2_dir(_native_generator(tok, qkv_bias=False), tmp_path / "no-bias")
-    assert "qkv_bias=False" in _one_line(err.value) and not (tmp_path / "no-bias").exists()
+    assert "qkv_bias=False" in one_line(err.value) and not (tmp_path / "no-bias").exists()
     held = tmp_path / "held"
     held.mkdir()
     (held / "config.json").write_text("mine")
     with pytest.raises(WeightsError) as err:
         save_gpt2_dir(_native_generator(tok), held)
-    assert "holds files already" in _one_line(err.value)
+    assert "holds files already" in one_line(err.value)
     assert [p.name for p in held.iterdir()] == ["config.json"] and (held / "config.json").read_text() == "mine"
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "empty-folder"])
+@EXISTING
 @pytest.mark.parametrize("stage", ["writing", "moving"])
 def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, existing, stage):
     """A full disk met midway (the weights written, the tokenizer not), or a failure moving the last file into
     place (config.json: the other files moved already), is one line naming the folder and takes back what was
     written: a new folder is gone, an empty one is empty again."""
-    import os
-
     generator = _native_generator()
     target = tmp_path / "gpt2"
-    if existing:
-        target.mkdir()
-    full = OSError(errno.ENOSPC, "No space left on device")
-
-    def full_disk(directory):
-        raise full
-
     if stage == "writing":
-        monkeypatch.setattr(generator.tokenizer, "save", full_disk)
+        monkeypatch.setattr(generator.tokenizer, "save", disk_full)
     else:
-        replace = os.replace
-
-        def failing(src, dst):
-            if os.path.basename(dst) == "config.json":
-                assert {p.name for p in target.iterdir()} >= {"model.safetensors", "tokenizer.json"}
-                raise full
-            replace(src, dst)
-
-        monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(WriteFailed) as err:
-        save_gpt2_dir(generator, target)
-    assert f"cannot write the export {target}: No space left on device" in _one_line(err.value)
-    assert (list(target.iterdir()) == []) if existing else not target.exists()
+        fail_moving_config(monkeypatch, target, {"model.safetensors", "tokenizer.json"})
+    check_nothing_left(lambda out: save_gpt2_dir(generator, out), target, existing)

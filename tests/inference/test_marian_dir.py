@@ -4,19 +4,18 @@ and default `generate()` decoding, reads back through `load_translator` as it wa
 refused in one line before anything is written."""
 from __future__ import annotations
 
-import errno
 import json
 import random
 
 import pytest
 import torch
 
-from mmkit.errors import WriteFailed
 from mmkit.inference.marian_dir import save_marian_dir
 from mmkit.inference.translator import Translator, load_translator
 from mmkit.models import Seq2Seq
 from mmkit.weights.native import WeightsError
 from mmkit.weights.to_hf_marian import marian_from_mmkit
+from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full, fail_moving_config, one_line
 from tests.inference._translation_fixtures import phrases, write_marian_dir, write_native_export
 
 SOURCES = phrases(6)[:8]  # English and German numbers and dates, in the fixtures' vocabulary
@@ -266,12 +265,6 @@ def test_other_seq2seq_layouts_keep_their_logits(native, tmp_path, config):
         assert translator.translate([text])[0].tokens == _hf_tokens(hf, translator, text), text
 
 
-def _one_line(error: BaseException) -> str:
-    message = str(error)
-    assert message and "\n" not in message, message
-    return message
-
-
 def test_what_marian_cannot_hold_is_refused_before_anything_is_written(native, t5, tmp_path):
     """An int8 model, a T5 model, a source prefix, an activation MarianMT lacks, a config field the converter does
     not know and a folder holding files are each one line naming the cause, with nothing written (the held
@@ -285,56 +278,40 @@ def test_what_marian_cannot_hold_is_refused_before_anything_is_written(native, t
     for name, (refused, message) in cases.items():
         with pytest.raises(WeightsError) as err:
             save_marian_dir(refused, tmp_path / name)
-        assert message in _one_line(err.value) and not (tmp_path / name).exists(), name
+        assert message in one_line(err.value) and not (tmp_path / name).exists(), name
     quick = Translator(Seq2Seq(vocab_size=120, max_len=16, dim=8, encoder_depth=1, decoder_depth=1, num_heads=2,
                                activation="quick_gelu"), translator.codec)
     with pytest.raises(WeightsError) as err:
         save_marian_dir(quick, tmp_path / "quick")
-    assert "activation='quick_gelu'" in _one_line(err.value) and not (tmp_path / "quick").exists()
+    assert "activation='quick_gelu'" in one_line(err.value) and not (tmp_path / "quick").exists()
     model = quick.model
     with pytest.raises(WeightsError) as err:
         marian_from_mmkit({**model.config, "activation": "relu", "norm": "pre"}, model.state_dict(), 2, 3, 0)
-    assert "config fields MarianMT has no counterpart for (norm)" in _one_line(err.value)
+    assert "config fields MarianMT has no counterpart for (norm)" in one_line(err.value)
     held = tmp_path / "held"
     held.mkdir()
     (held / "config.json").write_text("mine")
     with pytest.raises(WeightsError) as err:
         save_marian_dir(translator, held)
-    assert "holds files already" in _one_line(err.value)
+    assert "holds files already" in one_line(err.value)
     assert [p.name for p in held.iterdir()] == ["config.json"] and (held / "config.json").read_text() == "mine"
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "empty-folder"])
+@EXISTING
 @pytest.mark.parametrize("stage", ["writing", "moving"])
 def test_a_failed_write_leaves_nothing_behind(native, tmp_path, monkeypatch, existing, stage):
     """A full disk met midway (the weights written, the tokenizer not), or a failure moving the last file into
     place (config.json: the other files moved already), is one line naming the folder and takes back what was
     written: a new folder is gone, an empty one is empty again."""
-    import os
-
     translator, _ = native
     target = tmp_path / "marian"
-    if existing:
-        target.mkdir()
-    full = OSError(errno.ENOSPC, "No space left on device")
 
     def full_disk(directory):
         assert (directory / "model.safetensors").is_file()
-        raise full
+        disk_full()
 
     if stage == "writing":
         monkeypatch.setattr(translator.codec, "save", full_disk)
     else:
-        replace = os.replace
-
-        def failing(src, dst):
-            if os.path.basename(dst) == "config.json":
-                assert {p.name for p in target.iterdir()} >= {"model.safetensors", "source.spm", "vocab.json"}
-                raise full
-            replace(src, dst)
-
-        monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(WriteFailed) as err:
-        save_marian_dir(translator, target)
-    assert f"cannot write the export {target}: No space left on device" in _one_line(err.value)
-    assert (list(target.iterdir()) == []) if existing else not target.exists()
+        fail_moving_config(monkeypatch, target, {"model.safetensors", "source.spm", "vocab.json"})
+    check_nothing_left(lambda out: save_marian_dir(translator, out), target, existing)

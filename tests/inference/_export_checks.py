@@ -1,0 +1,53 @@
+"""What the tests of the folder exporters (`gpt2_dir`, `bert_dir`, `marian_dir`, `ct2_dir`, `whisper_dir`) check
+alike: an error is one line, and an export failing midway (a full disk while writing, or while moving the last file,
+config.json, into place) is a `WriteFailed` naming the folder with nothing left: a new folder gone, an empty one
+empty again."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pytest
+
+from mmkit.errors import WriteFailed
+
+# parametrize a failure test over the folder the export goes to: made by it, or there and empty
+EXISTING = pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "empty-folder"])
+
+
+def one_line(error: BaseException) -> str:
+    message = str(error)
+    assert message and "\n" not in message, message
+    return message
+
+
+def disk_full(*_args: object) -> None:
+    """A stand-in for a write that meets a full disk."""
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def fail_moving_config(monkeypatch: pytest.MonkeyPatch, target: Path, moved: Iterable[str]) -> None:
+    """Make moving config.json into `target` meet a full disk, once the files `moved` are there already (the
+    export moves config.json last)."""
+    replace = os.replace
+
+    def failing(src, dst):
+        if os.path.basename(dst) == "config.json":
+            assert {p.name for p in target.iterdir()} >= set(moved)
+            disk_full()
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+
+
+def check_nothing_left(export: Callable[[Path], object], target: Path, existing: bool) -> None:
+    """`export(target)` (a folder made here unless `existing`) fails with one line naming `target`, and takes back
+    what it wrote."""
+    if existing:
+        target.mkdir()
+    with pytest.raises(WriteFailed) as err:
+        export(target)
+    assert f"cannot write the export {target}: No space left on device" in one_line(err.value)
+    assert (list(target.iterdir()) == []) if existing else not target.exists()
