@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="timm (a ViT export), open_clip (a CLIP export), transformers (a GPT, BERT or Seq2Seq "
                         "export: a GPT-2, BERT/RoBERTa or MarianMT folder) or ctranslate2 (a GPT or Seq2Seq export: "
                         "a CTranslate2 Generator or Translator folder, needs ctranslate2)")
+    p.add_argument("--quantization", metavar="TYPE", default=None,
+                   help="--to ctranslate2: the weights' type in model.bin (int8: a quarter of the size; int8_float16, "
+                        "float16, bfloat16, ...: CTranslate2's); default float32, which CTranslate2 can still "
+                        "quantize at load (compute_type)")
     return p
 
 
@@ -61,14 +65,18 @@ def _run(args: argparse.Namespace) -> int:
         if args.to == "ctranslate2":
             from mmkit.inference.ct2_dir import check_ctranslate2
 
-            check_ctranslate2()
+            check_ctranslate2(args.quantization)
+        elif args.quantization is not None:
+            raise ValueError(f"--quantization is for --to ctranslate2 (a {args.to} folder holds the model's own "
+                             "weights)")
         directory, doc = read_model_dir(args.model)
         held = doc.get("architecture") or doc.get("model_type") or "unknown"
         if held not in TARGETS[args.to]:
             fits = [f"--to {name} converts {' or '.join(archs)} exports" for name, archs in TARGETS.items()]
             raise ValueError(f"{directory}: holds a {held!r} model, not an mmkit {' or '.join(TARGETS[args.to])} "
                              f"export ({'; '.join(fits)})")
-        write = _writer(held, directory, doc, args.to)  # the model loaded, checked against the format: nothing written
+        # the model loaded, checked against the format: nothing written
+        write = _writer(held, directory, doc, args.to, args.quantization)
         write(args.out)  # whole or not at all (`model_dir.export_folder`)
     except WriteFailed as e:  # a full disk midway: nothing left in OUT
         print_error(PROG, e)
@@ -80,7 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _writer(architecture: str, directory: Path, doc: dict, target: str) -> Callable[[str], object]:
+def _writer(architecture: str, directory: Path, doc: dict, target: str,
+            quantization: str | None = None) -> Callable[[str], object]:
     """What writes `directory`'s model (of mmkit's `architecture`) in the `target` library's layout into OUT, once
     the model is loaded and checked against the layout (a setting it cannot express is refused here, before any
     folder is made)."""
@@ -91,11 +100,11 @@ def _writer(architecture: str, directory: Path, doc: dict, target: str) -> Calla
             from mmkit.inference.translator import load_translator
 
             translator = load_translator(directory)
-            return lambda out: ct2_dir.save_ct2_translator(translator, out)
+            return lambda out: ct2_dir.save_ct2_translator(translator, out, quantization)
         from mmkit.inference.text_generation import load_text_generator
 
         generator = load_text_generator(directory)
-        return lambda out: ct2_dir.save_ct2_generator(generator, out)
+        return lambda out: ct2_dir.save_ct2_generator(generator, out, quantization)
     if architecture == "BERT":
         from mmkit.inference.bert_dir import save_bert_dir
         from mmkit.inference.encoder import load_encoder

@@ -2,9 +2,10 @@
 them), the layout `ctranslate2.Generator`, `ctranslate2.Translator` and faster-whisper read. The model is first
 written as its transformers folder (`gpt2_dir`, `marian_dir`, `whisper_dir`), whose logits are proven equal to
 mmkit's, then converted with CTranslate2's own converter (`ctranslate2.converters.TransformersConverter`, as
-`ct2-transformers-converter` runs it): the same tensors under CTranslate2's names, in float32 (CTranslate2 quantizes
-at load: `compute_type="int8"`). ctranslate2 is optional (`pip install ctranslate2`): asked for without it, the
-export is one line.
+`ct2-transformers-converter` runs it): the same tensors under CTranslate2's names, in float32 unless a `quantization`
+stores them smaller (int8: a quarter of the file, as the int8 Whisper folders faster-whisper users fetch; CTranslate2
+also quantizes at load: `compute_type="int8"`). ctranslate2 is optional (`pip install ctranslate2`): asked for
+without it, the export is one line.
 """
 from __future__ import annotations
 
@@ -25,29 +26,35 @@ if TYPE_CHECKING:
 CT2_WEIGHTS = "model.bin"
 # The transformers folder's files CTranslate2 writes its own of (config.json) or holds in model.bin (the weights)
 _NOT_COPIED = (CONFIG_NAME, WEIGHTS_NAME)
+# CTranslate2's weight types (`--quantization` of its converters); None: as the model's (float32)
+QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 
 
-def check_ctranslate2() -> None:
-    """A WeightsError of one line where ctranslate2 is not installed (before any model loads)."""
+def check_ctranslate2(quantization: str | None = None) -> None:
+    """A WeightsError of one line where ctranslate2 is not installed or `quantization` is none of its weight types
+    (before any model loads)."""
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise WeightsError(f"quantization {quantization!r} is none of CTranslate2's ({', '.join(QUANTIZATIONS)})")
     if importlib.util.find_spec("ctranslate2") is None:
         raise WeightsError("a CTranslate2 folder needs ctranslate2, which is not installed (pip install ctranslate2)")
 
 
-def save_ct2_dir(write_transformers: Callable[[Path], object], directory: str | Path,
-                 loader: Any = None) -> Path:
+def save_ct2_dir(write_transformers: Callable[[Path], object], directory: str | Path, loader: Any = None,
+                 quantization: str | None = None) -> Path:
     """Write a model as a CTranslate2 folder into `directory` (new or empty), whole or not at all
     (`model_dir.export_folder`): `write_transformers(folder)` writes its transformers folder (a hidden one inside
     the stage, removed after), which CTranslate2's converter reads with its loader for the config's class
     (`loader`, a `ctranslate2.converters.transformers.ModelLoader`, instead where given); the transformers folder's
     tokenizer, preprocessor and generation files are copied beside model.bin, as `ct2-transformers-converter
-    --copy_files` does, so that `AutoTokenizer` / faster-whisper read them from the one folder.
+    --copy_files` does, so that `AutoTokenizer` / faster-whisper read them from the one folder. `quantization`:
+    the weights' type in model.bin (`QUANTIZATIONS`; None: float32).
 
     Raises:
-        WeightsError: ctranslate2 not installed, a model CTranslate2 cannot convert (its converter's reason), a
-            folder that holds files; nothing written.
+        WeightsError: ctranslate2 not installed, a quantization it has not, a model CTranslate2 cannot convert (its
+            converter's reason), a folder that holds files; nothing written.
         OSError: a folder that cannot be written, or a write failing midway (`WriteFailed`); nothing left.
     """
-    check_ctranslate2()
+    check_ctranslate2(quantization)
     directory = check_export_dir(directory)
     with export_folder(directory) as stage:
         source = Path(tempfile.mkdtemp(dir=stage, prefix=".transformers-")) / "model"
@@ -56,7 +63,7 @@ def save_ct2_dir(write_transformers: Callable[[Path], object], directory: str | 
         files = sorted(p.name for p in source.iterdir() if p.is_file() and p.name not in _NOT_COPIED)
         with _quiet():
             try:
-                _convert(source, converted, files, loader)
+                _convert(source, converted, files, loader, quantization)
             except (ValueError, NotImplementedError) as e:  # a model CTranslate2 has no spec for
                 raise WeightsError(f"CTranslate2 cannot convert this model: {e}") from None
         for path in converted.iterdir():
@@ -66,14 +73,14 @@ def save_ct2_dir(write_transformers: Callable[[Path], object], directory: str | 
     return directory
 
 
-def _convert(source: Path, out: Path, files: list[str], loader: Any) -> None:
+def _convert(source: Path, out: Path, files: list[str], loader: Any, quantization: str | None) -> None:
     """CTranslate2's conversion of the transformers folder `source` into `out` (made): its own
     `TransformersConverter`, or, for a `loader` of ours, the same steps with it (the converter picks its loader by
     the config's class and takes none from its caller)."""
     from ctranslate2.converters import TransformersConverter
 
     if loader is None:
-        TransformersConverter(str(source), copy_files=files).convert(str(out))
+        TransformersConverter(str(source), copy_files=files).convert(str(out), quantization=quantization)
         return
     import transformers
 
@@ -82,7 +89,7 @@ def _convert(source: Path, out: Path, files: list[str], loader: Any) -> None:
     for name in files:
         spec.register_file(str(source / name))
     spec.validate()
-    spec.optimize()
+    spec.optimize(quantization=quantization)
     out.mkdir()
     spec.save(str(out))
 
@@ -102,17 +109,17 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def save_ct2_generator(generator: TextGenerator, directory: str | Path) -> Path:
+def save_ct2_generator(generator: TextGenerator, directory: str | Path, quantization: str | None = None) -> Path:
     """Save a GPT text generator as a CTranslate2 folder (`ctranslate2.Generator`), through its GPT-2 folder
     (`gpt2_dir.save_gpt2_dir`, whose tokenizer and generation files it holds too): `generate_batch` of a prompt's
     tokens with `sampling_topk=1` continues it as `generator.generate` does greedily. CTranslate2 reads no
     generation config: its decoding is what the caller passes (`beam_size`, `sampling_temperature`, ...)."""
     from mmkit.inference.gpt2_dir import save_gpt2_dir
 
-    return save_ct2_dir(lambda folder: save_gpt2_dir(generator, folder), directory)
+    return save_ct2_dir(lambda folder: save_gpt2_dir(generator, folder), directory, quantization=quantization)
 
 
-def save_ct2_translator(translator: Translator, directory: str | Path) -> Path:
+def save_ct2_translator(translator: Translator, directory: str | Path, quantization: str | None = None) -> Path:
     """Save a Seq2Seq translator as a CTranslate2 folder (`ctranslate2.Translator`), through its MarianMT folder
     (`marian_dir.save_marian_dir`, whose SentencePiece and tokenizer files it holds too): `translate_batch` of a
     source's pieces (EOS included, as MarianTokenizer gives them) decodes greedily as `translator.translate` does,
@@ -127,11 +134,11 @@ def save_ct2_translator(translator: Translator, directory: str | Path) -> Path:
     from mmkit.inference.marian_dir import save_marian_dir
 
     codec, model = translator.codec, translator.model
-    check_ctranslate2()
+    check_ctranslate2(quantization)
     opus_mt = (codec.start_id == codec.pad_id == model.config["vocab_size"] - 1
                and not model.tok_embed.weight[codec.pad_id].any())
     return save_ct2_dir(lambda folder: save_marian_dir(translator, folder), directory,
-                        None if opus_mt else _start_token_loader())
+                        None if opus_mt else _start_token_loader(), quantization)
 
 
 def _start_token_loader() -> Any:

@@ -216,6 +216,15 @@ def test_gpt_and_translation_exports_become_ctranslate2_folders(tmp_path, capsys
         suppress_sequences=[[vocabulary[i]] for i in translator.codec.suppress] or None)
     expected = translator.translate(["four hundred and sixty-six"], translator.default_options(max_new_tokens=8))
     assert [vocabulary.index(piece) for piece in result[0].hypotheses[0]] == expected[0].tokens
+    assert main(["convert", str(gpt), str(tmp_path / "gpt-int8"), "--to", "ctranslate2",
+                 "--quantization", "int8"]) == 0
+    sizes = [(tmp_path / name / "model.bin").stat().st_size for name in ("gpt-int8", "gpt-ct2")]
+    assert sizes[0] < 0.4 * sizes[1]
+    for args, message in ((["--to", "transformers", "--quantization", "int8"], "--quantization is for --to ctranslate2"),
+                          (["--to", "ctranslate2", "--quantization", "int4"], "quantization 'int4' is none of")):
+        assert main(["convert", str(gpt), str(tmp_path / "q"), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
     vit = ViT(image_size=32, patch_size=8, num_classes=2, dim=32, depth=1, num_heads=4).save_pretrained(tmp_path / "v")
     assert main(["convert", str(vit), str(tmp_path / "v-ct2"), "--to", "ctranslate2"]) == 2
     assert "holds a 'ViT' model, not an mmkit GPT or Seq2Seq export" in capsys.readouterr().err
@@ -226,4 +235,4 @@ def test_gpt_and_translation_exports_become_ctranslate2_folders(tmp_path, capsys
     err = capsys.readouterr().err
     assert err == ("mmkit convert: error: a CTranslate2 folder needs ctranslate2, which is not installed "
                    "(pip install ctranslate2)\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt", "gpt-ct2", "seq2seq", "seq2seq-ct2", "v"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt", "gpt-ct2", "gpt-int8", "seq2seq", "seq2seq-ct2", "v"]

@@ -56,6 +56,36 @@ def test_the_generator_continues_as_mmkit_greedily(gpt):
         assert generator.tokenizer.decode(out) == expected
 
 
+def _ct2_logits(generator, directory) -> tuple:
+    """(CTranslate2's logits, mmkit's) for the same random token rows."""
+    import numpy as np
+
+    ids = torch.randint(0, generator.tokenizer.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = generator.model(ids).numpy()
+    return np.asarray(ctranslate2.Generator(str(directory), device="cpu").forward_batch(ids.tolist())), ours
+
+
+def test_the_generator_computes_mmkits_logits(gpt):
+    generator, directory = gpt
+    theirs, ours = _ct2_logits(generator, directory)
+    assert abs(theirs - ours).max() <= 1e-4
+
+
+def test_int8_weights_are_a_quarter_and_agree(gpt, tmp_path):
+    """--quantization int8 stores int8 weights (the file a quarter of float32's, as the int8 folders faster-whisper
+    users fetch); on these wide random weights teacher-forced top-1 agrees with fp32 on ≥95% of positions (97.5%
+    measured). An unknown type is one line, nothing written."""
+    generator, directory = gpt
+    int8 = save_ct2_generator(generator, tmp_path / "int8", quantization="int8")
+    assert (int8 / "model.bin").stat().st_size < 0.4 * (directory / "model.bin").stat().st_size
+    theirs, ours = _ct2_logits(generator, int8)
+    assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.95
+    with pytest.raises(WeightsError, match=r"^quantization 'int4' is none of CTranslate2's \(int8, "):
+        save_ct2_generator(generator, tmp_path / "int4", quantization="int4")
+    assert not (tmp_path / "int4").exists()
+
+
 def _ct2_tokens(translator, directory, text: str) -> list[int]:
     """ctranslate2.Translator's greedy translation of `text`'s source pieces as ids, given the translator's length
     limit for it and its suppressed tokens that the folder's vocabulary holds (an opus-mt conversion drops <pad>)."""
@@ -107,7 +137,7 @@ def test_without_ctranslate2_nothing_is_written(tmp_path, monkeypatch):
 
 
 def test_what_ctranslate2_cannot_convert_isone_line(tmp_path, monkeypatch):
-    def refused(*args):
+    def refused(*_args):
         raise NotImplementedError("This model is not supported by CTranslate2 or this converter")
 
     monkeypatch.setattr(ct2_dir, "_convert", refused)
@@ -120,7 +150,7 @@ def test_what_ctranslate2_cannot_convert_isone_line(tmp_path, monkeypatch):
 def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, existing):
     """A full disk met while CTranslate2 writes (the transformers folder written) is one line naming the folder;
     a new folder is gone, an empty one is empty again (the hidden transformers folder too)."""
-    def full_disk(source, out, files, loader):
+    def full_disk(source, out, files, loader, quantization):
         assert (source / "model.safetensors").is_file()
         out.mkdir()
         (out / "model.bin").write_bytes(b"part")
