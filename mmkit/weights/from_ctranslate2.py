@@ -1,7 +1,9 @@
 """Import CTranslate2 Whisper exports (the `model.bin` folders faster-whisper reads; OpenNMT
 CTranslate2 `WhisperSpec`, binary format version 6) into the config and state dict of
 `mmkit.models.Whisper`. The binary layout is read field by field (no pickle, no ctranslate2
-import): name, shape, dtype and raw bytes per variable, then aliases. CTranslate2 already fuses
+import): name, shape, dtype and raw bytes per variable, then aliases. Quantized exports (`--quantization int8`,
+int8_float16, ..., int16: the int8 folders many faster-whisper users fetch) are read as float32 weights of the
+very values CTranslate2 multiplies with (`dequantized`); mmkit quantizes itself at load (`--quantize int8`). CTranslate2 already fuses
 self-attention q/k/v and cross-attention k/v in mmkit's order, so the key map is a pure renaming.
 config.json's "alignment_heads", where present, become `Whisper(alignment_heads=...)` (word timestamps).
 """
@@ -22,9 +24,8 @@ from mmkit.weights.native import Converted, WeightsError
 
 log = logging.getLogger(__name__)
 
-# CTranslate2's DataType enum -> torch; int8/int16 exports carry separate scales and are refused
+# CTranslate2's DataType enum -> torch; int8/int16 weights carry their scales beside them (`dequantized`)
 _DTYPES = {0: torch.float32, 4: torch.float16, 5: torch.bfloat16, 3: torch.int32, 1: torch.int8, 2: torch.int16}
-_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
 _SUPPORTED_VERSIONS = (5, 6)
 
 _LN = [("{a}/gamma", "{b}.weight"), ("{a}/beta", "{b}.bias")]
@@ -107,12 +108,31 @@ def read_ctranslate2_model(path: str | Path) -> tuple[str, dict[str, Tensor], di
     return spec, variables, aliases
 
 
+def dequantized(variables: dict[str, Tensor], source: str) -> tuple[dict[str, Tensor], list[str]]:
+    """`variables` with each quantized weight (`<name>` int8 or int16, its `<name>_scale` beside it) as the float32
+    values CTranslate2 computes with: int8 / its scale, one scale an output row (127 / the row's largest magnitude;
+    a convolution's rows are its output channels), int16 / its one scale; the scales dropped. Returns (the
+    variables, the quantized types found, sorted). A scale without its weight, of another shape, or not a finite
+    positive number is a WeightsError: a model.bin CTranslate2 did not write."""
+    out, kinds = dict(variables), set()
+    for name in sorted(k for k in variables if k.endswith("_scale")):
+        base, scale = name[: -len("_scale")], variables[name].float()
+        weight = variables.get(base)
+        if weight is None or weight.dtype not in (torch.int8, torch.int16):
+            raise WeightsError(f"{source}: {name} scales no int8 or int16 variable {base}")
+        rows = weight.shape[0] if weight.dtype == torch.int8 else 1
+        if scale.numel() != rows or not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+            raise WeightsError(f"{source}: {name} is not {rows} finite positive scale(s) of {base}")
+        out[base] = weight.float() / scale.reshape(-1, *[1] * (weight.ndim - 1))
+        kinds.add(str(weight.dtype).removeprefix("torch."))
+        del out[name]
+    unscaled = sorted(k for k, v in out.items() if v.ndim > 0 and v.dtype in (torch.int8, torch.int16))
+    if unscaled:
+        raise WeightsError(f"{source}: {unscaled[0]} is {out[unscaled[0]].dtype} without its scale")
+    return out, sorted(kinds)
+
+
 def _check_settings(variables: dict[str, Tensor], source: str) -> None:
-    quantized = sorted(k for k, v in variables.items() if v.ndim == 2 and v.dtype not in _FLOAT)
-    scales = sorted(k for k in variables if k.endswith("/weight_scale"))
-    if quantized or scales:
-        raise WeightsError(f"{source}: a quantized CTranslate2 export ({(quantized or scales)[0]}, ...); convert "
-                           "with --quantization float16 or float32 (mmkit quantizes itself: --quantize int8)")
     wrong = [f"{k}={int(variables[k])} (mmkit implements {v})" for k, v in _EXPECTED.items()
              if k in variables and int(variables[k]) != v]
     heads = {int(variables[k]) for k in ("encoder/num_heads", "decoder/num_heads") if k in variables}
@@ -129,11 +149,12 @@ def _depth(variables: dict[str, Tensor], stack: str) -> int:
 
 def whisper_from_ctranslate2(directory: str | Path) -> Converted:
     """Convert a CTranslate2 Whisper folder (`model.bin` + config.json + tokenizer.json, as written by
-    `ct2-transformers-converter`) for `mmkit.models.Whisper`; fp16/bf16 tensors are upcast to fp32.
+    `ct2-transformers-converter`) for `mmkit.models.Whisper`; fp16/bf16 tensors are upcast to fp32, int8 / int16
+    ones dequantized (`dequantized`: each weight within half a quantization step of the original).
 
     Raises:
-        WeightsError: no model.bin, another spec than WhisperSpec, a quantized export, or settings
-            (activation, normalisation, head counts) mmkit's Whisper does not implement.
+        WeightsError: no model.bin, another spec than WhisperSpec, scales that do not fit their weights, or
+            settings (activation, normalisation, head counts) mmkit's Whisper does not implement.
     """
     directory = Path(directory).expanduser()
     path = directory / "model.bin" if directory.is_dir() else directory
@@ -147,6 +168,10 @@ def whisper_from_ctranslate2(directory: str | Path) -> Converted:
                                                                     "decoder/embeddings/weight")}
     if "decoder/projection/weight" in variables or unknown_alias:
         raise WeightsError(f"{source}: an untied output projection; mmkit's Whisper ties it to the embedding")
+    variables, quantized = dequantized(variables, source)
+    if quantized:
+        log.info("%s: %s weights read as float32 (mmkit quantizes at load: --quantize int8)", source,
+                 " and ".join(quantized))
     _check_settings(variables, source)
     # scalars are settings (checked above), not weights
     tensors = {k: v for k, v in variables.items() if v.ndim > 0}

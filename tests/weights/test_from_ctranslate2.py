@@ -1,8 +1,8 @@
 """CTranslate2 Whisper import (issue 13): a tiny random transformers Whisper is converted with
 CTranslate2's own `TransformersConverter` (offline, from a local folder); `whisper_from_ctranslate2`
 reads its model.bin without ctranslate2 and the mmkit model gives transformers' encoder output
-and logits (float32 export: <= 1e-4; float16 export: the fp16 rounding of the weights only).
-Quantized exports and other specs are refused by name.
+and logits (float32 export: <= 1e-4; float16 export: the fp16 rounding of the weights only; int8 / int16 exports
+read as the values CTranslate2 computes with). Other specs and scales that do not fit are refused by name.
 """
 from __future__ import annotations
 
@@ -57,9 +57,47 @@ def test_ctranslate2_export_matches_transformers(hf_dir, tmp_path, quantization,
         assert torch.equal(model.tok_embed.weight, ref.model.decoder.embed_tokens.weight)
 
 
-def test_quantized_exports_and_other_files_are_refused(hf_dir, tmp_path):
-    with pytest.raises(WeightsError, match="quantized CTranslate2 export"):
-        whisper_from_ctranslate2(_convert(hf_dir, tmp_path / "int8", "int8"))
+@pytest.mark.parametrize("quantization,step", [("int8", 127), ("int8_float32", 127), ("int16", 2 ** 10)])
+def test_quantized_exports_are_read_as_the_values_ctranslate2_computes_with(hf_dir, tmp_path, quantization, step):
+    """An int8 export (the folders faster-whisper users fetch) or int16 one: every weight within half a
+    quantization step of the float32 export's (int8: a row's largest magnitude / 127; int16: the tensor's / 2^10),
+    the unquantized tensors equal, and the model's logits within that rounding of transformers'."""
+    import transformers
+
+    exact = whisper_from_ctranslate2(_convert(hf_dir, tmp_path / "fp32")).state
+    converted = whisper_from_ctranslate2(_convert(hf_dir, tmp_path / "q", quantization))
+    assert converted.state.keys() == exact.keys()
+    changed = 0
+    for key, want in exact.items():
+        got = converted.state[key]
+        assert got.dtype == torch.float32 and got.shape == want.shape, key
+        if torch.equal(got, want):
+            continue
+        changed += 1
+        rows = want.reshape(want.shape[0], -1) if step == 127 else want.reshape(1, -1)
+        bound = rows.abs().amax(1) / step / 2 * (1 + 1e-5) + 1e-7
+        assert ((got - want).reshape(rows.shape).abs() <= bound[:, None]).all(), key
+    assert changed >= 10  # the projections and convolutions, not the norms and embeddings
+    ref = transformers.WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
+    model = Whisper.from_converted(converted)
+    torch.manual_seed(0)
+    mel, tokens = torch.randn(2, 80, 100), torch.randint(0, ref.config.vocab_size, (2, 7))
+    with torch.inference_mode():
+        want, got = ref(input_features=mel, decoder_input_ids=tokens).logits, model(tokens, model.encode(mel))
+    assert 0 < (got - want).abs().max() <= 0.05 * want.abs().max()
+
+
+def test_scales_that_do_not_fit_and_other_files_are_refused(hf_dir, tmp_path):
+    from mmkit.weights.from_ctranslate2 import dequantized
+
+    weight = torch.ones(3, 4, dtype=torch.int8)
+    for variables, message in (({"a/weight_scale": torch.ones(3)}, "scales no int8 or int16 variable a/weight"),
+                               ({"a/weight": weight, "a/weight_scale": torch.ones(2)}, "is not 3 finite positive"),
+                               ({"a/weight": weight, "a/weight_scale": torch.tensor([1.0, 0.0, 1.0])},
+                                "is not 3 finite positive"),
+                               ({"a/weight": weight}, "a/weight is torch.int8 without its scale")):
+        with pytest.raises(WeightsError, match=message):
+            dequantized(variables, "model.bin")
     with pytest.raises(WeightsError, match="no CTranslate2 model.bin"):
         whisper_from_ctranslate2(tmp_path)
     (tmp_path / "model.bin").write_bytes(b"\x06\x00\x00\x00\x05\x00Whis")
