@@ -6,8 +6,9 @@ its eval transform the preprocessing), a GPT as a transformers GPT-2 folder (`GP
 `AutoTokenizer`, `pipeline("text-generation")`: the same logits and tokens, the export's decoding settings as its
 generation_config.json), a BERT as a BERT/RoBERTa folder (its masked-LM or classifier class, AutoTokenizer), a
 translation Seq2Seq as a MarianMT folder (MarianMTModel, MarianTokenizer, generate() as `mmkit translate`), and a
-GPT or Seq2Seq as a CTranslate2 folder (`ctranslate2.Generator` / `ctranslate2.Translator`: greedy decoding gives
-mmkit's tokens; CTranslate2 quantizes at load, compute_type="int8"; needs `pip install ctranslate2`). OUT is
+GPT, BERT or Seq2Seq as a CTranslate2 folder (`ctranslate2.Generator` / `Encoder` / `Translator`: greedy decoding
+gives mmkit's tokens, the encoder its hidden states; `--quantization int8` stores int8 weights; needs `pip install
+ctranslate2`). OUT is
 a new or empty folder, written whole or not at all (a folder that holds files is refused: they would be
 overwritten). The imports go the other way: `ViT.from_timm`, `CLIP.from_open_clip`, and the tools' `--model` read
 transformers GPT-2, BERT/RoBERTa and MarianMT folders.
@@ -32,6 +33,7 @@ TARGETS = {"timm": {"ViT": 'timm.create_model("local-dir:{out}", pretrained=True
                             "BERT": 'the transformers class its config.json names ("architectures"), or AutoModel',
                             "Seq2Seq": 'transformers.MarianMTModel.from_pretrained("{out}") and MarianTokenizer'},
            "ctranslate2": {"GPT": 'ctranslate2.Generator("{out}") and transformers.AutoTokenizer',
+                           "BERT": 'ctranslate2.Encoder("{out}") and transformers.AutoTokenizer',
                            "Seq2Seq": 'ctranslate2.Translator("{out}") and transformers.AutoTokenizer'}}
 
 
@@ -42,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="the folder to write, new or empty")
     p.add_argument("--to", required=True, choices=tuple(TARGETS),
                    help="timm (a ViT export), open_clip (a CLIP export), transformers (a GPT, BERT or Seq2Seq "
-                        "export: a GPT-2, BERT/RoBERTa or MarianMT folder) or ctranslate2 (a GPT or Seq2Seq export: "
-                        "a CTranslate2 Generator or Translator folder, needs ctranslate2)")
+                        "export: a GPT-2, BERT/RoBERTa or MarianMT folder) or ctranslate2 (a GPT, BERT or Seq2Seq "
+                        "export: a CTranslate2 Generator, Encoder or Translator folder, needs ctranslate2)")
     p.add_argument("--quantization", metavar="TYPE", default=None,
                    help="--to ctranslate2: the weights' type in model.bin (int8: a quarter of the size; int8_float16, "
                         "float16, bfloat16, ...: CTranslate2's); default float32, which CTranslate2 can still "
@@ -72,8 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         directory, doc = read_model_dir(args.model)
         held = doc.get("architecture") or doc.get("model_type") or "unknown"
         if held not in TARGETS[args.to]:
-            fits = [f"--to {name} converts {' or '.join(archs)} exports" for name, archs in TARGETS.items()]
-            raise ValueError(f"{directory}: holds a {held!r} model, not an mmkit {' or '.join(TARGETS[args.to])} "
+            fits = [f"--to {name} converts {_either(archs)} exports" for name, archs in TARGETS.items()]
+            raise ValueError(f"{directory}: holds a {held!r} model, not an mmkit {_either(TARGETS[args.to])} "
                              f"export ({'; '.join(fits)})")
         # the model loaded, checked against the format: nothing written
         write = _writer(held, directory, doc, args.to, args.quantization)
@@ -86,6 +88,12 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     log.info("wrote %s; load it with %s", args.out, TARGETS[args.to][held].format(out=Path(args.out).expanduser()))
     return 0
+
+
+def _either(names: Sequence[str]) -> str:
+    """"A", "A or B", "A, B or C"."""
+    names = list(names)
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
 def _writer(architecture: str, directory: Path, doc: dict, target: str,
@@ -101,6 +109,11 @@ def _writer(architecture: str, directory: Path, doc: dict, target: str,
 
             translator = load_translator(directory)
             return lambda out: ct2_dir.save_ct2_translator(translator, out, quantization)
+        if architecture == "BERT":
+            from mmkit.inference.encoder import load_encoder
+
+            encoder = load_encoder(directory)
+            return lambda out: ct2_dir.save_ct2_encoder(encoder, out, quantization)
         from mmkit.inference.text_generation import load_text_generator
 
         generator = load_text_generator(directory)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,9 +21,11 @@ from mmkit.inference.model_dir import check_export_dir, export_folder
 from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError
 
 if TYPE_CHECKING:
+    from mmkit.inference.encoder import LoadedEncoder
     from mmkit.inference.text_generation import TextGenerator
     from mmkit.inference.translator import Translator
 
+log = logging.getLogger(__name__)
 CT2_WEIGHTS = "model.bin"
 # The transformers folder's files CTranslate2 writes its own of (config.json) or holds in model.bin (the weights)
 _NOT_COPIED = (CONFIG_NAME, WEIGHTS_NAME)
@@ -96,15 +99,17 @@ def _convert(source: Path, out: Path, files: list[str], loader: Any, quantizatio
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """transformers' weight-loading progress bar off while the converter loads the folder it was just given (a
-    converter's own output, not the tool's)."""
+    """transformers' weight-loading progress bar and load report off while the converter loads the folder it was
+    just given (a class without the folder's heads reports them unused: the converter's business, not the tool's)."""
     from transformers.utils import logging as hf_logging
 
-    shown = hf_logging.is_progress_bar_enabled()
+    shown, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if shown:
             hf_logging.enable_progress_bar()
 
@@ -139,6 +144,44 @@ def save_ct2_translator(translator: Translator, directory: str | Path, quantizat
                and not model.tok_embed.weight[codec.pad_id].any())
     return save_ct2_dir(lambda folder: save_marian_dir(translator, folder), directory,
                         None if opus_mt else _start_token_loader(), quantization)
+
+
+def save_ct2_encoder(encoder: LoadedEncoder, directory: str | Path, quantization: str | None = None) -> Path:
+    """Save a BERT / RoBERTa encoder as a CTranslate2 folder (`ctranslate2.Encoder`), through its transformers folder
+    (`bert_dir.save_bert_dir`, whose tokenizer files it holds too): `forward_batch` of texts' ids (and token types)
+    gives the encoder's hidden states as `last_hidden_state` (what `mmkit embed` pools), and `pooler_output` the
+    pooled [CLS] where the model has a pooler, zeros where it has none (the masked-LM recipe's; CTranslate2's
+    Encoder always has one). CTranslate2's Encoder holds no head: a masked-LM head or classifier is not carried,
+    said in a warning."""
+    from mmkit.inference.bert_dir import save_bert_dir
+    from mmkit.weights.to_hf_bert import LAYOUTS
+
+    check_ctranslate2(quantization)
+    model = encoder.model
+    heads = [name for name, head in (("masked-LM head", model.mlm_head), ("classifier", model.classifier))
+             if head is not None]
+    if heads:
+        log.warning("CTranslate2's Encoder holds the encoder and its pooler only: the %s is not carried",
+                    " and ".join(heads))
+    stem = LAYOUTS[model.config.get("positions", "absolute")][1]  # Bert or Roberta
+    loader = None if model.pooler is not None else _zero_pooler_loader(stem)
+    return save_ct2_dir(lambda folder: save_bert_dir(encoder, folder), directory, loader, quantization)
+
+
+def _zero_pooler_loader(stem: str) -> Any:
+    """CTranslate2's BERT or RoBERTa loader for a model without a pooler: transformers' *Model makes one at random
+    (and CTranslate2's spec needs one), so it is zeroed: pooler_output is 0, never a random vector."""
+    import torch
+    from ctranslate2.converters import transformers as loaders
+
+    class ZeroPoolerLoader(getattr(loaders, f"{stem}Loader")):
+        def get_model_spec(self, model: Any) -> Any:
+            with torch.no_grad():
+                model.pooler.dense.weight.zero_()
+                model.pooler.dense.bias.zero_()
+            return super().get_model_spec(model)
+
+    return ZeroPoolerLoader()
 
 
 def _start_token_loader() -> Any:

@@ -48,7 +48,7 @@ def test_mistakes_are_one_line_and_nothing_is_written(vit_export, tmp_path, caps
     for args, message in (
             ([str(export), str(tmp_path / "held"), "--to", "timm"], "holds files already"),
             ([str(export), str(tmp_path / "o1"), "--to", "transformers"],
-             "holds a 'ViT' model, not an mmkit GPT or BERT"),
+             "holds a 'ViT' model, not an mmkit GPT, BERT or Seq2Seq export"),
             ([str(odd), str(tmp_path / "o2"), "--to", "timm"], "timm's ViT normalises with eps 1e-06"),
             ([str(tmp_path / "missing"), str(tmp_path / "o3"), "--to", "timm"], "model directory not found"),
     ):
@@ -124,6 +124,20 @@ def test_a_clip_export_becomes_an_open_clip_folder(tmp_path, caplog):
                                                                    "open_clip_model.safetensors"]
 
 
+def _bert_export(directory):
+    """A masked-LM BERT export as the recipe makes it (no pooler)."""
+    from _bert import tiny_wordpiece
+
+    from mmkit.inference.encoder import save_encoder
+    from mmkit.models import BERT
+
+    tok = tiny_wordpiece()
+    torch.manual_seed(0)
+    mlm = BERT(vocab_size=len(tok), pad_id=tok.pad_id, max_len=32, dim=32, depth=2, num_heads=4, pooler=False,
+               mlm_head=True).eval()
+    return save_encoder(mlm, tok, directory)
+
+
 def test_a_bert_export_becomes_a_transformers_folder_and_a_mean_head_is_refused(tmp_path, capsys, caplog):
     """The BERT row: a masked-LM export loads in BertForMaskedLM with the same logits (`save_bert_dir`, whose own
     tests hold the parity in full); the classify recipe's mean-pooled head, which no transformers class builds, is
@@ -179,15 +193,19 @@ def test_a_translation_export_becomes_a_marian_folder(tmp_path, caplog):
             [text], translator.default_options(max_new_tokens=8))[0].text.strip()
 
 
-def test_gpt_and_translation_exports_become_ctranslate2_folders(tmp_path, capsys, caplog, monkeypatch):
+def test_gpt_bert_and_translation_exports_become_ctranslate2_folders(tmp_path, capsys, caplog, monkeypatch):
     """The ctranslate2 rows (`ct2_dir`, whose own tests hold the parity in full): a GPT export decodes in
-    ctranslate2.Generator and a Seq2Seq export in ctranslate2.Translator as mmkit decodes them; a ViT asked for
+    ctranslate2.Generator and a Seq2Seq export in ctranslate2.Translator as mmkit decodes them, a BERT export's
+    hidden states in ctranslate2.Encoder are mmkit's (its MLM head said not carried); a ViT asked for
     ctranslate2 is one line, and without ctranslate2 installed so is the command, before the model loads."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     import importlib.util
 
     from _gpt import tiny_tokenizer
 
+    import numpy as np
+
+    from mmkit.inference.encoder import load_encoder
     from mmkit.inference.text_generation import load_text_generator, save_text_generator
     from mmkit.inference.translator import load_translator
     from mmkit.models import GPT
@@ -220,14 +238,25 @@ def test_gpt_and_translation_exports_become_ctranslate2_folders(tmp_path, capsys
                  "--quantization", "int8"]) == 0
     sizes = [(tmp_path / name / "model.bin").stat().st_size for name in ("gpt-int8", "gpt-ct2")]
     assert sizes[0] < 0.4 * sizes[1]
-    for args, message in ((["--to", "transformers", "--quantization", "int8"], "--quantization is for --to ctranslate2"),
-                          (["--to", "ctranslate2", "--quantization", "int4"], "quantization 'int4' is none of")):
+    for args, message in (
+            (["--to", "transformers", "--quantization", "int8"], "--quantization is for --to ctranslate2"),
+            (["--to", "ctranslate2", "--quantization", "int4"], "quantization 'int4' is none of")):
         assert main(["convert", str(gpt), str(tmp_path / "q"), *args]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    bert = _bert_export(tmp_path / "bert")
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["convert", str(bert), str(tmp_path / "bert-ct2"), "--to", "ctranslate2"]) == 0
+    assert 'ctranslate2.Encoder("' in caplog.text and "the masked-LM head is not carried" in caplog.text
+    encoder = load_encoder(bert)
+    ids = encoder.tokenizer.encode("the cat sees the moon")
+    hidden = ctranslate2.Encoder(str(tmp_path / "bert-ct2")).forward_batch([ids]).last_hidden_state
+    with torch.no_grad():
+        torch.testing.assert_close(torch.as_tensor(np.asarray(hidden)), encoder.model.encode(torch.tensor([ids])),
+                                   rtol=0, atol=1e-4)
     vit = ViT(image_size=32, patch_size=8, num_classes=2, dim=32, depth=1, num_heads=4).save_pretrained(tmp_path / "v")
     assert main(["convert", str(vit), str(tmp_path / "v-ct2"), "--to", "ctranslate2"]) == 2
-    assert "holds a 'ViT' model, not an mmkit GPT or Seq2Seq export" in capsys.readouterr().err
+    assert "holds a 'ViT' model, not an mmkit GPT, BERT or Seq2Seq export" in capsys.readouterr().err
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2"
                         else find_spec(name, *a))
@@ -235,4 +264,5 @@ def test_gpt_and_translation_exports_become_ctranslate2_folders(tmp_path, capsys
     err = capsys.readouterr().err
     assert err == ("mmkit convert: error: a CTranslate2 folder needs ctranslate2, which is not installed "
                    "(pip install ctranslate2)\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt", "gpt-ct2", "gpt-int8", "seq2seq", "seq2seq-ct2", "v"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "bert-ct2", "gpt", "gpt-ct2", "gpt-int8", "seq2seq",
+                                                          "seq2seq-ct2", "v"]

@@ -167,3 +167,55 @@ def test_a_folder_holding_files_is_refused(tmp_path):
     with pytest.raises(WeightsError, match="holds files already"):
         save_ct2_generator(_native_generator(), held)
     assert (held / "model.bin").read_text() == "mine"
+
+
+def _encoder_cases(tmp_path):
+    """(name, LoadedEncoder): the masked-LM recipe's layout (no pooler), a pooled-[CLS] classifier with token types,
+    and an imported RoBERTa classifier (offset positions, byte-level BPE)."""
+    from _bert import tiny_wordpiece, write_tiny_roberta_classifier
+
+    from mmkit.inference.encoder import LoadedEncoder, load_encoder
+    from tests.inference.test_bert_dir import _native
+
+    tok = tiny_wordpiece()
+    write_tiny_roberta_classifier(tmp_path / "roberta-hub")
+    return [("mlm", LoadedEncoder(_native(tok, pooler=False, mlm_head=True), tok)),
+            ("classifier", LoadedEncoder(_native(tok, seed=1, mlm_head=False, num_classes=3, type_vocab_size=2), tok,
+                                         {"class_names": ["neg", "neutral", "pos"]})),
+            ("roberta", load_encoder(tmp_path / "roberta-hub"))]
+
+
+def test_the_encoder_gives_mmkits_hidden_states(tmp_path, caplog):
+    """ctranslate2.Encoder on the folder: hidden states of varied texts (padding apart) equal the mmkit encoder's
+    (≤1e-4), pooler_output the pooled [CLS] where the model has a pooler and zeros where it has none; a head
+    CTranslate2 cannot hold is said, not dropped in silence."""
+    import logging
+
+    import numpy as np
+
+    from mmkit.inference.ct2_dir import save_ct2_encoder
+    from tests.inference.test_bert_dir import _batch
+
+    for name, encoder in _encoder_cases(tmp_path):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mmkit"):
+            directory = save_ct2_encoder(encoder, tmp_path / name)
+        said = {"mlm": "the masked-LM head is not carried", "classifier": "the classifier is not carried",
+                "roberta": "the classifier is not carried"}[name]
+        assert said in caplog.text, name
+        model = encoder.model
+        batch = _batch(encoder.tokenizer, types=model.type_embed.num_embeddings > 1)
+        mask = batch["attention_mask"].bool()
+        rows = [ids[m].tolist() for ids, m in zip(batch["input_ids"], mask)]
+        types = [t[m].tolist() for t, m in zip(batch["token_type_ids"], mask)] if "token_type_ids" in batch else None
+        out = ctranslate2.Encoder(str(directory), device="cpu").forward_batch(rows, token_type_ids=types)
+        hidden, pooled = np.asarray(out.last_hidden_state), np.asarray(out.pooler_output)
+        with torch.no_grad():
+            ours = model.encode(**batch)
+            assert ours[mask].std() > 0.5, name  # varied states, so the comparison can fail
+            for i, row in enumerate(rows):
+                assert abs(hidden[i, :len(row)] - ours[i, :len(row)].numpy()).max() <= 1e-4, name
+            if model.pooler is not None:
+                assert abs(pooled - model.pool(ours).numpy()).max() <= 1e-4, name
+            else:
+                assert not pooled.any(), name
