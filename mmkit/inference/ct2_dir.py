@@ -133,7 +133,7 @@ def save_ct2_translator(translator: Translator, directory: str | Path, quantizat
     CTranslate2's MarianMT conversion assumes opus-mt's layout: the decoder starts from a zero vector where
     transformers reads the <pad> embedding, and <pad>, the last id, is dropped from the vocabulary. That holds for
     an opus-mt model (its <pad> row zero), converted so; a model that starts from its own start token (the
-    translate_numbers recipe's <s>) keeps its start token and every id (`_StartTokenMarianLoader`), and a caller
+    translate_numbers recipe's <s>) keeps its start token and every id (`start_token_loader`), and a caller
     bans <pad> with `suppress_sequences=[["<pad>"]]` where the translator suppresses it. The source-relative
     length rule and the forced EOS at the limit are the caller's (CTranslate2 has neither in its config)."""
     from mmkit.inference.marian_dir import save_marian_dir
@@ -143,7 +143,7 @@ def save_ct2_translator(translator: Translator, directory: str | Path, quantizat
     opus_mt = (codec.start_id == codec.pad_id == model.config["vocab_size"] - 1
                and not model.tok_embed.weight[codec.pad_id].any())
     return save_ct2_dir(lambda folder: save_marian_dir(translator, folder), directory,
-                        None if opus_mt else _start_token_loader(), quantization)
+                        None if opus_mt else start_token_loader(), quantization)
 
 
 def save_ct2_encoder(encoder: LoadedEncoder, directory: str | Path, quantization: str | None = None) -> Path:
@@ -184,7 +184,7 @@ def _zero_pooler_loader(stem: str) -> Any:
     return ZeroPoolerLoader()
 
 
-def _start_token_loader() -> Any:
+def start_token_loader() -> Any:
     """CTranslate2's MarianMT loader for a Seq2Seq whose decoder starts from its own start token: BART's rules
     (post-norm as Marian, the decoder start token the config's, every token kept) with Marian's embeddings."""
     from ctranslate2.converters.transformers import BartLoader, MarianMTLoader

@@ -35,6 +35,36 @@ def test_bench_adds_a_bf16_column_with_its_agreement():
     assert "mmkit bf16 tok/s" in format_report(result) and "bf16 same tokens" in format_report(result)
 
 
+def test_bench_adds_ctranslate2_columns_with_the_same_tokens():
+    """CTranslate2 per compute type on the same weights: float32 decodes transformers' tokens in every cell
+    (greedy and beam; the conversion keeps the decoder's start token), int8 reports its agreement, and the report
+    compares mmkit's fastest path with CTranslate2's."""
+    pytest.importorskip("ctranslate2")
+    result = run_translate_bench(dim=32, layers=1, heads=4, ffn=64, vocab_size=300, batch_sizes=(1, 3), beams=(1, 2),
+                                 source_tokens=6, new_tokens=8, rounds=1, warmup=0, threads=1, int8=False,
+                                 ctranslate2=("int8", "float32"))
+    for c in result["cells"]:
+        assert set(c["ratio"]) == {"mmkit", "ctranslate2 int8", "ctranslate2 float32"}
+        assert c["agreement"]["ctranslate2 float32"] == 1.0 and 0.0 <= c["agreement"]["ctranslate2 int8"] <= 1.0
+    report = format_report(result)
+    assert "ctranslate2 float32 same tokens" in report and report.count("(mmkit vs ctranslate2") == 4
+
+
+def test_ctranslate2_columns_without_ctranslate2_or_of_an_unknown_type_are_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--ctranslate2", "int4"])
+    assert exit_.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2"
+                        else find_spec(name, *a))
+    assert main(["--ctranslate2", "int8", "--layers", "1", "--dim", "8", "--heads", "2", "--ffn", "8",
+                 "--vocab-size", "20"]) == 2
+    assert capsys.readouterr().err == ("mmkit bench translate: error: --ctranslate2 needs ctranslate2, which is not "
+                                       "installed (pip install ctranslate2)\n")
+
+
 def test_held_out_scores_fp32_and_int8_of_an_export(tmp_path, capsys):
     export = str(write_native_export(tmp_path / "export"))
     result = run_held_out(export, n=12, beams=(1, 2), max_new_tokens=6, threads=1)

@@ -2,13 +2,16 @@
 with its KV cache against transformers' `MarianMTModel.generate` on the same random weights
 (opus-mt-en-de's shape by default), the same source batch and the same tokens (checked), greedy
 and beam 4, batch 1 and 16; mmkit's int8 path (`--quantize int8`) beside them, with its share
-of tokens equal to transformers' fp32 ones. All run in one process in interleaved rounds whose
-order alternates; figures are medians. Never asserted on: a script that prints ratios.
+of tokens equal to transformers' fp32 ones, and CTranslate2 (`--ctranslate2 int8 float32`: the same weights
+converted as `mmkit convert --to ctranslate2` converts them, the peer people pick for translation speed). All run
+in one process in interleaved rounds whose order alternates; figures are medians. Never asserted on: a script
+that prints ratios.
 `--held-out EXPORT` instead scores a trained export (the translate_numbers recipe's) on the
 recipe's held-out test phrases in fp32 and int8: BLEU, exact match and time, greedy and beam.
 
     mmkit bench translate                   # opus-mt-en-de's shape, 4 cells, fp32 and int8
     mmkit bench translate --layers 2 --source-tokens 16 --new-tokens 16 --rounds 2
+    mmkit bench translate --ctranslate2 int8 float32   # CTranslate2's compute types beside them
     mmkit bench translate --held-out runs/translate_numbers/export
 """
 from __future__ import annotations
@@ -16,9 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.util
 import statistics
 import sys
+import tempfile
 import time
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -44,6 +50,38 @@ def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
     return ref
 
 
+CT2_COMPUTE_TYPES = ("int8", "int8_float32", "float32")  # CTranslate2's CPU compute types
+
+
+def _ct2_translators(ref: Any, compute_types: Sequence[str]) -> dict[str, Any]:
+    """`ctranslate2.Translator`s of `ref`'s weights, one a compute type, on torch's thread count: converted with
+    the loader `mmkit convert --to ctranslate2` uses for a decoder that starts from its own token's embedding (this
+    random model's <pad> row is not zero, so CTranslate2's opus-mt rules would compute another function), over a
+    vocabulary of placeholder pieces ("</s>" 0, "<unk>" 1, "<pad>" last, as the reference's ids)."""
+    import ctranslate2
+
+    from mmkit.inference.ct2_dir import start_token_loader
+
+    size = ref.config.vocab_size
+    pieces = [_piece(i, size) for i in range(size)]
+    tokenizer = SimpleNamespace(get_vocab=lambda: {t: i for i, t in enumerate(pieces)}, eos_token="</s>",
+                                unk_token="<unk>", convert_ids_to_tokens=lambda i: pieces[i])
+    spec = start_token_loader()(copy.deepcopy(ref), tokenizer)
+    spec.validate()
+    spec.optimize()
+    with tempfile.TemporaryDirectory() as folder:  # read whole at construction
+        spec.save(folder)
+        return {f"ctranslate2 {c}": ctranslate2.Translator(folder, device="cpu", compute_type=c,
+                                                           intra_threads=torch.get_num_threads())
+                for c in compute_types}
+
+
+def check_ct2_compute_types(compute_types: Sequence[str]) -> None:
+    """A ValueError of one line for CTranslate2 rows asked for without ctranslate2 installed."""
+    if compute_types and importlib.util.find_spec("ctranslate2") is None:
+        raise ValueError("--ctranslate2 needs ctranslate2, which is not installed (pip install ctranslate2)")
+
+
 def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
     """Share of token positions equal in two sets of equal-length sequences."""
     pairs = [(x, y) for sa, sb in zip(a, b) for x, y in zip(sa, sb)]
@@ -51,7 +89,7 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
 
 
 def _cell(ref: Any, models: dict[str, tuple[Any, Callable[[], Any]]], src: torch.Tensor, beams: int, new_tokens: int,
-          rounds: int, warmup: int) -> dict[str, Any]:
+          rounds: int, warmup: int, ct2: dict[str, Any] | None = None) -> dict[str, Any]:
     from mmkit.core import BeamSearch, Greedy, generate
 
     start_id = ref.config.decoder_start_token_id
@@ -73,26 +111,51 @@ def _cell(ref: Any, models: dict[str, tuple[Any, Callable[[], Any]]], src: torch
                            max_new_tokens=new_tokens, early_stopping=False)
         return [s[1:] for s in out.tolist()]
 
+    def ct2_run(translator: Any) -> Callable[[], list[list[int]]]:
+        # exactly new_tokens a row, as the others (EOS held off: min_decoding_length), pieces back to the ids
+        size = ref.config.vocab_size
+        sources = [[_piece(i, size) for i in row] for row in src.tolist()]
+
+        def run() -> list[list[int]]:
+            out = translator.translate_batch(sources, beam_size=beams, max_decoding_length=new_tokens,
+                                             min_decoding_length=new_tokens, max_batch_size=len(sources))
+            return [[_piece_id(p, size) for p in r.hypotheses[0]] for r in out]
+        return run
+
     runs = {name: mmkit_run(model, autocast) for name, (model, autocast) in models.items()}
+    runs.update({name: ct2_run(translator) for name, translator in (ct2 or {}).items()})
     runs["transformers"] = reference_run
     seconds, outputs = interleaved(runs, rounds, warmup)
     rate = {k: len(src) * new_tokens / statistics.median(v) for k, v in seconds.items()}
+    paths = [k for k in runs if k != "transformers"]
     return dict(batch_size=len(src), beams=beams, tokens_per_s=rate, seconds=seconds,
-                ratio={k: rate[k] / rate["transformers"] for k in models},
-                agreement={k: _agreement(outputs[k], outputs["transformers"]) for k in models},
+                ratio={k: rate[k] / rate["transformers"] for k in paths},
+                agreement={k: _agreement(outputs[k], outputs["transformers"]) for k in paths},
                 same_tokens=outputs["mmkit"] == outputs["transformers"])
+
+
+def _piece(i: int, vocab_size: int) -> str:
+    """The placeholder piece of id `i` in `_ct2_translators`' vocabulary."""
+    return "</s>" if i == 0 else "<unk>" if i == 1 else "<pad>" if i == vocab_size - 1 else f"t{i}"
+
+
+def _piece_id(piece: str, vocab_size: int) -> int:
+    """The id of a placeholder piece of `_ct2_translators`' vocabulary."""
+    return {"</s>": 0, "<unk>": 1, "<pad>": vocab_size - 1}[piece] if piece.startswith("<") else int(piece[1:])
 
 
 def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: int = 2048, vocab_size: int = 58101,
                         batch_sizes: Sequence[int] = (1, 16), beams: Sequence[int] = (1, 4), source_tokens: int = 24,
                         new_tokens: int = 32, rounds: int = 3, warmup: int = 1, threads: int | None = None,
-                        int8: bool = True, bf16: bool = False) -> dict[str, Any]:
-    """Generated tokens/s of both implementations (and mmkit int8, mmkit bf16) in every (beams, batch size) cell.
+                        int8: bool = True, bf16: bool = False, ctranslate2: Sequence[str] = ()) -> dict[str, Any]:
+    """Generated tokens/s of both implementations (and mmkit int8, mmkit bf16, CTranslate2 per compute type in
+    `ctranslate2`) in every (beams, batch size) cell.
 
     Returns:
         `cells`: one dict per cell with `tokens_per_s` per implementation, `ratio` and `agreement`
-        (share of tokens equal to transformers') per mmkit path ("mmkit", "mmkit int8", "mmkit bf16";
-        ratio > 1: faster than transformers fp32), `same_tokens` (fp32) and the raw `seconds`; and the settings.
+        (share of tokens equal to transformers') per path ("mmkit", "mmkit int8", "mmkit bf16", "ctranslate2
+        int8", ...; ratio > 1: faster than transformers fp32), `same_tokens` (fp32) and the raw `seconds`; and the
+        settings.
     """
     from mmkit.inference.precision import autocast_for
     from mmkit.inference.quantize import apply_quantization
@@ -100,6 +163,10 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
 
     if min(rounds, source_tokens, new_tokens, *batch_sizes, *beams) < 1 or warmup < 0:
         raise ValueError("rounds, batch sizes, beams, source and new tokens must be >= 1 and warmup >= 0")
+    unknown = sorted(set(ctranslate2) - set(CT2_COMPUTE_TYPES))
+    if unknown:
+        raise ValueError(f"CTranslate2 compute type {unknown[0]!r} is none of {', '.join(CT2_COMPUTE_TYPES)}")
+    check_ct2_compute_types(ctranslate2)
     with torch_threads(threads):
         ref = _reference(dim, layers, heads, ffn, vocab_size)
         ours = Seq2Seq.from_hf(ref).eval()
@@ -108,13 +175,14 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
             models["mmkit int8"] = (apply_quantization(copy.deepcopy(ours), "int8"), contextlib.nullcontext)
         if bf16:  # the same weights under bf16 autocast, as `mmkit translate --precision bf16`
             models["mmkit bf16"] = (ours, autocast_for("bf16", "cpu"))
+        ct2 = _ct2_translators(ref, ctranslate2) if ctranslate2 else {}
         g = torch.Generator().manual_seed(0)
         cells = []
         for beam in beams:
             for batch in batch_sizes:
                 src = torch.randint(1, vocab_size - 1, (batch, source_tokens), generator=g)
                 src[:, -1] = 0  # sources end in EOS, as the tokenizer writes them
-                cells.append(_cell(ref, models, src, beam, new_tokens, rounds, warmup))
+                cells.append(_cell(ref, models, src, beam, new_tokens, rounds, warmup, ct2))
         return dict(model=f"random MarianMT dim {dim}, {layers}+{layers} layers, vocab {vocab_size}",
                     params=sum(p.numel() for p in ours.parameters()), source_tokens=source_tokens,
                     new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(), cells=cells)
@@ -176,7 +244,7 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [f"Translation: {r['model']} ({r['params'] / 1e6:.1f}M params), {r['source_tokens']} source + "
              f"{r['new_tokens']} new tokens, {r['threads']} threads, median of {r['rounds']}",
              "  strategy  batch   transformers tok/s" + "".join(f"   {k + ' tok/s':>16s}   vs transf." for k in paths)
-             + "   fp32 same tokens" + "".join(f"   {k[6:]} same tokens" for k in paths if k != "mmkit")]
+             + "   fp32 same tokens" + "".join(f"   {k.removeprefix('mmkit ')} same tokens" for k in paths[1:])]
     for c in r["cells"]:
         name = "greedy" if c["beams"] == 1 else f"beam {c['beams']}"
         line = f"  {name:8s} {c['batch_size']:6d} {c['tokens_per_s']['transformers']:20.1f}"
@@ -187,6 +255,15 @@ def format_report(result: dict[str, Any]) -> str:
             line += f"   {100 * c['agreement'][k]:17.1f}%"
         lines.append(line)
     lines.append("  (goal >= 1.5x in every cell; int8/bf16 tokens vs transformers fp32, position by position)")
+    ct2 = [k for k in paths if k.startswith("ctranslate2")]
+    if ct2:
+        ours = [k for k in paths if k.startswith("mmkit")]
+        cells = []
+        for c in r["cells"]:
+            best, peer = (max(keys, key=c["tokens_per_s"].get) for keys in (ours, ct2))
+            cells.append(f"{'greedy' if c['beams'] == 1 else 'beam ' + str(c['beams'])} b{c['batch_size']} "
+                         f"{c['tokens_per_s'][best] / c['tokens_per_s'][peer]:.2f}x ({best} vs {peer})")
+        lines.append("  mmkit's fastest path vs CTranslate2's fastest: " + "; ".join(cells))
     return "\n".join(lines)
 
 
@@ -220,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source-tokens", type=at_least(1), default=24)
     p.add_argument("--new-tokens", type=at_least(1), default=32)
     p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 column")
+    p.add_argument("--ctranslate2", nargs="+", default=[], choices=CT2_COMPUTE_TYPES, metavar="TYPE",
+                   help="CTranslate2 columns, one a compute type (int8, int8_float32, float32; needs ctranslate2): "
+                        "the same weights, converted as mmkit convert --to ctranslate2 does")
     add_precision_option(p)
     p.add_argument("--held-out", type=path_text, metavar="EXPORT",
                    help="instead: BLEU/exact match of this translate_numbers export, fp32 vs int8, greedy and beam")
@@ -239,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_translate_bench(args.dim, args.layers, args.heads, args.ffn, args.vocab_size,
                                          args.batch_sizes, args.beams, args.source_tokens, args.new_tokens,
                                          args.rounds, args.warmup, args.threads, not args.no_int8,
-                                         "bf16" in bench_precisions(args.precision))
+                                         "bf16" in bench_precisions(args.precision), args.ctranslate2)
             report = format_report(result)
     except (ValueError, OSError) as e:  # TranslatorError and WeightsError are ValueErrors
         print(f"mmkit bench translate: error: {e}", file=sys.stderr)
