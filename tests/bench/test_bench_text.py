@@ -105,3 +105,19 @@ def test_ragged_prompts_generate_transformers_tokens_on_both_sides():
     assert result["same_tokens"] is True and result["ragged"] is True
     assert result["int8_agreement"]["top1"] > 0.9
     assert "batch 4, 3 to 12 prompt tokens (left-padded) + 12 new tokens" in format_report(result)
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal-prompts", "ragged-prompts"])
+def test_bench_adds_ctranslate2_rows_with_the_same_tokens(ragged):
+    """CTranslate2's Generator per compute type on the same weights: float32 continues every prompt (without its
+    left padding) to transformers' greedy tokens, int8 reports its agreement, and the report compares mmkit's
+    fastest path with CTranslate2's."""
+    pytest.importorskip("ctranslate2")
+    result = run_text_bench(dim=32, depth=2, num_heads=4, vocab_size=300, batch_size=3, prompt_tokens=8,
+                            new_tokens=10, rounds=1, warmup=0, threads=1, int8=False, ragged=ragged,
+                            ctranslate2=("int8", "float32"))
+    assert set(result["ct2_ratio"]) == {"ctranslate2 int8", "ctranslate2 float32"}
+    assert result["ct2_agreement"]["ctranslate2 float32"] == 1.0
+    assert 0.0 <= result["ct2_agreement"]["ctranslate2 int8"] <= 1.0
+    report = format_report(result)
+    assert "ctranslate2 float32" in report and "mmkit's fastest vs CTranslate2's fastest: " in report

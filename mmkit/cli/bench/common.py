@@ -132,6 +132,47 @@ def reduced_path_lines(result: Mapping[str, Any], rates: str, unit: str, label: 
     return lines
 
 
+CT2_COMPUTE_TYPES = ("int8", "int8_float32", "float32")  # CTranslate2's CPU compute types, for its columns
+
+
+def add_ct2_option(p: argparse.ArgumentParser) -> None:
+    """--ctranslate2 TYPE ...: CTranslate2 columns on the same weights, one a compute type."""
+    p.add_argument("--ctranslate2", nargs="+", default=[], choices=CT2_COMPUTE_TYPES, metavar="TYPE",
+                   help="CTranslate2 columns, one a compute type (int8, int8_float32, float32; needs ctranslate2): "
+                        "the same weights, converted as mmkit convert --to ctranslate2 does")
+
+
+def check_ct2_compute_types(compute_types: Sequence[str]) -> None:
+    """A ValueError of one line for an unknown CTranslate2 compute type, or CTranslate2 columns asked for without
+    ctranslate2 installed."""
+    import importlib.util
+
+    unknown = sorted(set(compute_types) - set(CT2_COMPUTE_TYPES))
+    if unknown:
+        raise ValueError(f"CTranslate2 compute type {unknown[0]!r} is none of {', '.join(CT2_COMPUTE_TYPES)}")
+    if compute_types and importlib.util.find_spec("ctranslate2") is None:
+        raise ValueError("--ctranslate2 needs ctranslate2, which is not installed (pip install ctranslate2)")
+
+
+def placeholder_pieces(vocab_size: int, specials: Mapping[int, str]) -> list[str]:
+    """A vocabulary of `vocab_size` pieces for converting a random model to CTranslate2, which works on pieces:
+    `specials` (id -> piece) where given, else "t<id>"; `placeholder_id` reads one back."""
+    return [specials.get(i, f"t{i}") for i in range(vocab_size)]
+
+
+def placeholder_id(piece: str, specials: Mapping[int, str]) -> int:
+    """The id of a piece of `placeholder_pieces`."""
+    return next(i for i, p in specials.items() if p == piece) if piece in specials.values() else int(piece[1:])
+
+
+def fastest_against_ct2(rates: Mapping[str, float]) -> str:
+    """"1.12x (mmkit int8 vs ctranslate2 int8)": mmkit's fastest path against CTranslate2's fastest, from the
+    tokens/s of paths named "mmkit..." and "ctranslate2 ..."."""
+    best, peer = (max((k for k in rates if k.startswith(prefix)), key=rates.__getitem__)
+                  for prefix in ("mmkit", "ctranslate2"))
+    return f"{rates[best] / rates[peer]:.2f}x ({best} vs {peer})"
+
+
 def write_json(path: str | None, results: Any) -> None:
     """Write `results` to `path` as indented JSON (nothing when `path` is None), atomically: an earlier
     file is replaced only by a complete one."""

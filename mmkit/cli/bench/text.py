@@ -3,12 +3,15 @@ transformers' `GPT2LMHeadModel.generate` (KV cache, SDPA attention) on the same 
 prompts and the same greedy tokens (checked); mmkit's int8 path (`generate-text --quantize int8`) beside
 them, timed against the same fp32 reference, with its agreement: greedy tokens equal to transformers' (position
 by position) and the top-1 agreement of its next-token predictions with fp32 along the reference's own tokens
-(teacher-forced, so one early difference does not count for every later position). All run in one process in
-interleaved rounds whose order alternates; figures are medians. Never asserted on: a script that prints ratios.
+(teacher-forced, so one early difference does not count for every later position); CTranslate2's Generator
+(`--ctranslate2 int8 float32`: the same weights converted as `mmkit convert --to ctranslate2` converts them) with
+its tokens' agreement. All run in one process in interleaved rounds whose order alternates; figures are medians.
+Never asserted on: a script that prints ratios.
 
     mmkit bench text                       # the recipe's and GPT-2 small's shapes, random weights
     mmkit bench text --model DIR --batch-size 4 --new-tokens 128
     mmkit bench text --model runs/gpt_fortunes/export   # a trained export against its transformers twin
+    mmkit bench text --sizes gpt2-small --ctranslate2 int8 float32   # CTranslate2's compute types beside them
 """
 from __future__ import annotations
 
@@ -18,13 +21,16 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
 
 from mmkit.cli.bench.common import (
-    add_precision_option, add_run_options, add_sizes_option, bench_precisions, interleaved, reduced_path_lines,
+    add_ct2_option, add_precision_option, add_run_options, add_sizes_option, bench_precisions,
+    check_ct2_compute_types, fastest_against_ct2, interleaved, placeholder_id, placeholder_pieces, reduced_path_lines,
     torch_threads, write_json,
 )
 from mmkit.cli.options import Parser, at_least, path_text
@@ -81,10 +87,42 @@ def _twin(export_dir: str) -> Any:
     return _no_stop(ref)
 
 
+def _ct2_runs(ref: Any, compute_types: Sequence[str], prompt: torch.Tensor, padding: torch.Tensor,
+              new_tokens: int) -> dict[str, Callable[[], torch.Tensor]]:
+    """Greedy runs of `ctranslate2.Generator`s of `ref`'s weights, one a compute type, on torch's thread count
+    (CTranslate2's own GPT-2 conversion, over placeholder pieces): each row's prompt without its left padding,
+    exactly `new_tokens` more (no end token), returned as the reference returns them (prompt and new tokens)."""
+    import ctranslate2
+    from ctranslate2.converters.transformers import GPT2Loader
+
+    specials = {0: "<|endoftext|>"}
+    pieces = placeholder_pieces(ref.config.vocab_size, specials)
+    tokenizer = SimpleNamespace(get_vocab=lambda: {t: i for i, t in enumerate(pieces)}, bos_token=pieces[0],
+                                eos_token=pieces[0], unk_token=pieces[0])
+    spec = GPT2Loader()(copy.deepcopy(ref), tokenizer)
+    spec.validate()
+    spec.optimize()
+    with tempfile.TemporaryDirectory() as folder:  # read whole at construction
+        spec.save(folder)
+        generators = {c: ctranslate2.Generator(folder, device="cpu", compute_type=c,
+                                               intra_threads=torch.get_num_threads()) for c in compute_types}
+    starts = [[pieces[i] for i in row[int(pad):]] for row, pad in zip(prompt.tolist(), padding.tolist())]
+
+    def run(generator: Any) -> Callable[[], torch.Tensor]:
+        def go() -> torch.Tensor:
+            out = generator.generate_batch(starts, max_length=new_tokens, sampling_topk=1, end_token=[],
+                                           include_prompt_in_result=False, max_batch_size=len(starts))
+            new = torch.tensor([[placeholder_id(p, specials) for p in r.sequences[0]] for r in out])
+            return torch.cat([prompt, new], dim=1)
+        return go
+
+    return {f"ctranslate2 {c}": run(g) for c, g in generators.items()}
+
+
 def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12, num_heads: int = 12,
                    vocab_size: int = 50257, batch_size: int = 1, prompt_tokens: int = 16, new_tokens: int = 64,
                    rounds: int = 3, warmup: int = 1, threads: int | None = None, int8: bool = True,
-                   bf16: bool = False, ragged: bool = False) -> dict[str, Any]:
+                   bf16: bool = False, ragged: bool = False, ctranslate2: Sequence[str] = ()) -> dict[str, Any]:
     """Greedy generation tokens/s of both implementations (and of mmkit int8, mmkit bf16).
 
     Args:
@@ -101,12 +139,14 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         ragged: prompts of different lengths (from a quarter of `prompt_tokens` to all of it), left-padded on
             both sides: mmkit's `KVCache.padding` (`generate-text` with several prompts, `generate_many`)
             against transformers' attention_mask, which numbers positions from each row's first real token too.
+        ctranslate2: CTranslate2 compute types to time ("int8", "float32", ...), the same weights.
 
     Returns:
         `tokens_per_s` per implementation, `ratio` (mmkit / transformers, > 1: mmkit faster) and per
         reduced path `int8_ratio` / `bf16_ratio` and `int8_agreement` / `bf16_agreement` (`token`: share
         of generated tokens equal to transformers', `top1`: teacher-forced top-1 agreement with fp32),
-        `same_tokens`, the raw `seconds`, the settings.
+        `same_tokens`, the raw `seconds`, the settings; with `ctranslate2`, `ct2_ratio` and `ct2_agreement`
+        (share of generated tokens equal to transformers') per "ctranslate2 <type>".
     """
     from mmkit.core import Greedy, generate
     from mmkit.inference.precision import autocast_for
@@ -115,6 +155,7 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
 
     if min(rounds, batch_size, prompt_tokens, new_tokens) < 1 or warmup < 0:
         raise ValueError("rounds, batch size, prompt and new tokens must be >= 1 and warmup >= 0")
+    check_ct2_compute_types(ctranslate2)
     with torch_threads(threads):
         ref = _reference(model_dir, dim, depth, num_heads, vocab_size, prompt_tokens + new_tokens)
         ours = GPT.from_hf(ref).eval()
@@ -152,6 +193,8 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
             return run
 
         runs.update({f"mmkit {kind}": run_reduced(*path) for kind, path in reduced.items()})
+        ct2 = _ct2_runs(ref, ctranslate2, prompt, padding, new_tokens) if ctranslate2 else {}
+        runs.update(ct2)
         seconds, outputs = interleaved(runs, rounds, warmup)
         rate = {k: batch_size * new_tokens / statistics.median(v) for k, v in seconds.items()}
         extra: dict[str, Any] = {}
@@ -159,6 +202,10 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
             extra[f"{kind}_ratio"] = rate[f"mmkit {kind}"] / rate["transformers"]
             extra[f"{kind}_agreement"] = _agreement(ours, model, autocast, outputs[f"mmkit {kind}"],
                                                     outputs["transformers"], prompt_tokens, cache)
+        if ct2:
+            extra["ct2_ratio"] = {k: rate[k] / rate["transformers"] for k in ct2}
+            new = outputs["transformers"][:, prompt_tokens:]
+            extra["ct2_agreement"] = {k: float((outputs[k][:, prompt_tokens:] == new).float().mean()) for k in ct2}
         return dict(**extra, model=model_dir or f"random GPT-2 dim {dim} depth {depth} vocab {vocab_size}",
                     params=sum(p.numel() for p in ours.parameters()), batch_size=batch_size, ragged=ragged,
                     prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(),
@@ -196,7 +243,11 @@ def format_report(result: dict[str, Any]) -> str:
         f"  transformers generate           {r['tokens_per_s']['transformers']:8.1f} tokens/s",
         f"  mmkit / transformers            {r['ratio']:8.2f}x   (goal >= 1.5x)",
         f"  same tokens                     {'yes' if r['same_tokens'] else 'NO'}",
-    ] + reduced)
+    ] + reduced + [
+        f"  {k:<31} {r['tokens_per_s'][k]:8.1f} tokens/s   {ratio:5.2f}x transformers fp32, "
+        f"{100 * r['ct2_agreement'][k]:.1f}% same tokens" for k, ratio in r.get("ct2_ratio", {}).items()
+    ] + ([f"  mmkit's fastest vs CTranslate2's fastest: {fastest_against_ct2(r['tokens_per_s'])}"]
+         if r.get("ct2_ratio") else []))
 
 
 # Named shapes (dim, depth, num_heads, vocab_size): the recipe's model and GPT-2 small.
@@ -218,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="prompts of different lengths (a quarter of --prompt-tokens to all of them), left-padded on "
                         "both sides (mmkit's KVCache.padding, transformers' attention_mask)")
     add_precision_option(p)
+    add_ct2_option(p)
     add_run_options(p)
     args = p.parse_args(argv)
     if args.model and args.sizes is not None:  # was silently ignored
@@ -228,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dim, depth, heads, vocab = SIZES[size] if size else SIZES["gpt2-small"]
             results.append(run_text_bench(args.model, dim, depth, heads, vocab, args.batch_size, args.prompt_tokens,
                                           args.new_tokens, args.rounds, args.warmup, args.threads, not args.no_int8,
-                                          "bf16" in bench_precisions(args.precision), args.ragged))
+                                          "bf16" in bench_precisions(args.precision), args.ragged, args.ctranslate2))
             print(format_report(results[-1]), flush=True)
     except (ValueError, OSError) as e:
         print(f"mmkit bench text: error: {e}", file=sys.stderr)

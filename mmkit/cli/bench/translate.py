@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mmkit.cli.bench.common import (
-    add_precision_option, add_run_options, bench_precisions, interleaved, torch_threads, write_json,
+    add_ct2_option, add_precision_option, add_run_options, bench_precisions, check_ct2_compute_types,
+    fastest_against_ct2, interleaved, placeholder_id, placeholder_pieces, torch_threads, write_json,
 )
 from mmkit.cli.options import Parser, at_least, beam_size, path_text
 
@@ -50,7 +50,9 @@ def _reference(dim: int, layers: int, heads: int, ffn: int, vocab_size: int):
     return ref
 
 
-CT2_COMPUTE_TYPES = ("int8", "int8_float32", "float32")  # CTranslate2's CPU compute types
+def _specials(vocab_size: int) -> dict[int, str]:
+    """The reference's special ids as CTranslate2 pieces: EOS 0, <unk> 1, <pad> (the decoder start) last."""
+    return {0: "</s>", 1: "<unk>", vocab_size - 1: "<pad>"}
 
 
 def _ct2_translators(ref: Any, compute_types: Sequence[str]) -> dict[str, Any]:
@@ -62,8 +64,7 @@ def _ct2_translators(ref: Any, compute_types: Sequence[str]) -> dict[str, Any]:
 
     from mmkit.inference.ct2_dir import start_token_loader
 
-    size = ref.config.vocab_size
-    pieces = [_piece(i, size) for i in range(size)]
+    pieces = placeholder_pieces(ref.config.vocab_size, _specials(ref.config.vocab_size))
     tokenizer = SimpleNamespace(get_vocab=lambda: {t: i for i, t in enumerate(pieces)}, eos_token="</s>",
                                 unk_token="<unk>", convert_ids_to_tokens=lambda i: pieces[i])
     spec = start_token_loader()(copy.deepcopy(ref), tokenizer)
@@ -74,12 +75,6 @@ def _ct2_translators(ref: Any, compute_types: Sequence[str]) -> dict[str, Any]:
         return {f"ctranslate2 {c}": ctranslate2.Translator(folder, device="cpu", compute_type=c,
                                                            intra_threads=torch.get_num_threads())
                 for c in compute_types}
-
-
-def check_ct2_compute_types(compute_types: Sequence[str]) -> None:
-    """A ValueError of one line for CTranslate2 rows asked for without ctranslate2 installed."""
-    if compute_types and importlib.util.find_spec("ctranslate2") is None:
-        raise ValueError("--ctranslate2 needs ctranslate2, which is not installed (pip install ctranslate2)")
 
 
 def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
@@ -113,13 +108,14 @@ def _cell(ref: Any, models: dict[str, tuple[Any, Callable[[], Any]]], src: torch
 
     def ct2_run(translator: Any) -> Callable[[], list[list[int]]]:
         # exactly new_tokens a row, as the others (EOS held off: min_decoding_length), pieces back to the ids
-        size = ref.config.vocab_size
-        sources = [[_piece(i, size) for i in row] for row in src.tolist()]
+        specials = _specials(ref.config.vocab_size)
+        pieces = placeholder_pieces(ref.config.vocab_size, specials)
+        sources = [[pieces[i] for i in row] for row in src.tolist()]
 
         def run() -> list[list[int]]:
             out = translator.translate_batch(sources, beam_size=beams, max_decoding_length=new_tokens,
                                              min_decoding_length=new_tokens, max_batch_size=len(sources))
-            return [[_piece_id(p, size) for p in r.hypotheses[0]] for r in out]
+            return [[placeholder_id(p, specials) for p in r.hypotheses[0]] for r in out]
         return run
 
     runs = {name: mmkit_run(model, autocast) for name, (model, autocast) in models.items()}
@@ -132,16 +128,6 @@ def _cell(ref: Any, models: dict[str, tuple[Any, Callable[[], Any]]], src: torch
                 ratio={k: rate[k] / rate["transformers"] for k in paths},
                 agreement={k: _agreement(outputs[k], outputs["transformers"]) for k in paths},
                 same_tokens=outputs["mmkit"] == outputs["transformers"])
-
-
-def _piece(i: int, vocab_size: int) -> str:
-    """The placeholder piece of id `i` in `_ct2_translators`' vocabulary."""
-    return "</s>" if i == 0 else "<unk>" if i == 1 else "<pad>" if i == vocab_size - 1 else f"t{i}"
-
-
-def _piece_id(piece: str, vocab_size: int) -> int:
-    """The id of a placeholder piece of `_ct2_translators`' vocabulary."""
-    return {"</s>": 0, "<unk>": 1, "<pad>": vocab_size - 1}[piece] if piece.startswith("<") else int(piece[1:])
 
 
 def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: int = 2048, vocab_size: int = 58101,
@@ -163,9 +149,6 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
 
     if min(rounds, source_tokens, new_tokens, *batch_sizes, *beams) < 1 or warmup < 0:
         raise ValueError("rounds, batch sizes, beams, source and new tokens must be >= 1 and warmup >= 0")
-    unknown = sorted(set(ctranslate2) - set(CT2_COMPUTE_TYPES))
-    if unknown:
-        raise ValueError(f"CTranslate2 compute type {unknown[0]!r} is none of {', '.join(CT2_COMPUTE_TYPES)}")
     check_ct2_compute_types(ctranslate2)
     with torch_threads(threads):
         ref = _reference(dim, layers, heads, ffn, vocab_size)
@@ -255,15 +238,10 @@ def format_report(result: dict[str, Any]) -> str:
             line += f"   {100 * c['agreement'][k]:17.1f}%"
         lines.append(line)
     lines.append("  (goal >= 1.5x in every cell; int8/bf16 tokens vs transformers fp32, position by position)")
-    ct2 = [k for k in paths if k.startswith("ctranslate2")]
-    if ct2:
-        ours = [k for k in paths if k.startswith("mmkit")]
-        cells = []
-        for c in r["cells"]:
-            best, peer = (max(keys, key=c["tokens_per_s"].get) for keys in (ours, ct2))
-            cells.append(f"{'greedy' if c['beams'] == 1 else 'beam ' + str(c['beams'])} b{c['batch_size']} "
-                         f"{c['tokens_per_s'][best] / c['tokens_per_s'][peer]:.2f}x ({best} vs {peer})")
-        lines.append("  mmkit's fastest path vs CTranslate2's fastest: " + "; ".join(cells))
+    if any(k.startswith("ctranslate2") for k in paths):
+        lines.append("  mmkit's fastest path vs CTranslate2's fastest: " + "; ".join(
+            f"{'greedy' if c['beams'] == 1 else 'beam ' + str(c['beams'])} b{c['batch_size']} "
+            + fastest_against_ct2(c["tokens_per_s"]) for c in r["cells"]))
     return "\n".join(lines)
 
 
@@ -297,9 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source-tokens", type=at_least(1), default=24)
     p.add_argument("--new-tokens", type=at_least(1), default=32)
     p.add_argument("--no-int8", action="store_true", help="no mmkit --quantize int8 column")
-    p.add_argument("--ctranslate2", nargs="+", default=[], choices=CT2_COMPUTE_TYPES, metavar="TYPE",
-                   help="CTranslate2 columns, one a compute type (int8, int8_float32, float32; needs ctranslate2): "
-                        "the same weights, converted as mmkit convert --to ctranslate2 does")
+    add_ct2_option(p)
     add_precision_option(p)
     p.add_argument("--held-out", type=path_text, metavar="EXPORT",
                    help="instead: BLEU/exact match of this translate_numbers export, fp32 vs int8, greedy and beam")
