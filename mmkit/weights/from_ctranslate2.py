@@ -1,11 +1,11 @@
-"""Import CTranslate2 Whisper exports (the `model.bin` folders faster-whisper reads; OpenNMT
-CTranslate2 `WhisperSpec`, binary format version 6) into the config and state dict of
-`mmkit.models.Whisper`. The binary layout is read field by field (no pickle, no ctranslate2
-import): name, shape, dtype and raw bytes per variable, then aliases. Quantized exports (`--quantization int8`,
-int8_float16, ..., int16: the int8 folders many faster-whisper users fetch) are read as float32 weights of the
-very values CTranslate2 multiplies with (`dequantized`); mmkit quantizes itself at load (`--quantize int8`). CTranslate2 already fuses
-self-attention q/k/v and cross-attention k/v in mmkit's order, so the key map is a pure renaming.
-config.json's "alignment_heads", where present, become `Whisper(alignment_heads=...)` (word timestamps).
+"""Import CTranslate2 Whisper exports (the `model.bin` folders faster-whisper reads; OpenNMT CTranslate2
+`WhisperSpec`, binary format version 6) into the config and state dict of `mmkit.models.Whisper`. The binary layout
+is read field by field (no pickle, no ctranslate2 import): name, shape, dtype and raw bytes per variable, then
+aliases (a tensor stored once under several names). Quantized exports (`--quantization int8`, int8_float16, ...,
+int16: the int8 folders many faster-whisper users fetch) are read as float32 weights of the very values CTranslate2
+multiplies with (`dequantized`); mmkit quantizes itself at load (`--quantize int8`). CTranslate2 already fuses
+self-attention q/k/v and cross-attention k/v in mmkit's order, so the key map is a pure renaming. config.json's
+"alignment_heads", where present, become `Whisper(alignment_heads=...)` (word timestamps).
 """
 from __future__ import annotations
 
@@ -142,6 +142,19 @@ def _check_settings(variables: dict[str, Tensor], source: str) -> None:
         raise WeightsError(f"{source}: settings mmkit's Whisper does not implement: {'; '.join(wrong)}")
 
 
+def _with_aliases(variables: dict[str, Tensor], aliases: dict[str, str], source: str) -> dict[str, Tensor]:
+    """`variables` with each alias as the variable it names: CTranslate2's converter stores a tensor once and names
+    every identical one an alias of it (the tied projection, but also equal zero biases, unit gains, equal scales:
+    any model whose tensors repeat). The tied projection stays out: mmkit's Whisper ties it itself."""
+    out = dict(variables)
+    for alias, target in aliases.items():
+        if target not in variables:
+            raise WeightsError(f"{source}: alias {alias} names no variable ({target})")
+        if alias != "decoder/projection/weight":
+            out[alias] = variables[target]
+    return out
+
+
 def _depth(variables: dict[str, Tensor], stack: str) -> int:
     found = {int(m[1]) for m in (re.match(rf"{stack}/layer_(\d+)/", k) for k in variables) if m}
     return 1 + max(found, default=-1)  # a gap surfaces as missing keys at the strict load
@@ -164,10 +177,10 @@ def whisper_from_ctranslate2(directory: str | Path) -> Converted:
     source = str(path)
     if spec != "WhisperSpec":
         raise WeightsError(f"{source}: a CTranslate2 {spec}, not a WhisperSpec")
-    unknown_alias = {a: t for a, t in aliases.items() if (a, t) != ("decoder/projection/weight",
-                                                                    "decoder/embeddings/weight")}
-    if "decoder/projection/weight" in variables or unknown_alias:
+    tied = aliases.get("decoder/projection/weight", "decoder/embeddings/weight") == "decoder/embeddings/weight"
+    if "decoder/projection/weight" in variables or not tied:
         raise WeightsError(f"{source}: an untied output projection; mmkit's Whisper ties it to the embedding")
+    variables = _with_aliases(variables, aliases, source)
     variables, quantized = dequantized(variables, source)
     if quantized:
         log.info("%s: %s weights read as float32 (mmkit quantizes at load: --quantize int8)", source,

@@ -140,3 +140,28 @@ def test_transcribe_takes_a_ctranslate2_folder_as_its_model(hf_dir, tmp_path):
         doc = json.loads((tmp_path / name / "clip.json").read_text())
         tokens[name] = [t for s in doc["segments"] for t in s["tokens"]]
     assert tokens["ct2"] == tokens["hf"] and tokens["hf"]
+
+
+def test_tensors_ctranslate2_stores_once_read_as_each_of_their_names(hf_dir, tmp_path):
+    """CTranslate2's converter stores identical tensors once and names the others aliases of it (zero biases, unit
+    gains: a freshly initialised or fine-tuned model has many): each is read under its own name, the tied
+    projection apart, and the model is transformers' exactly."""
+    import transformers
+
+    ref = transformers.WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+    ref.save_pretrained(tmp_path / "hf")
+    for name in ("tokenizer.json", "generation_config.json"):
+        if (hf_dir / name).is_file():
+            (tmp_path / "hf" / name).write_bytes((hf_dir / name).read_bytes())
+    out = _convert(tmp_path / "hf", tmp_path / "ct2")
+    _, _, aliases = read_ctranslate2_model(Path(out) / "model.bin")
+    assert len(aliases) > 10 and aliases["decoder/projection/weight"] == "decoder/embeddings/weight"
+    model = Whisper.from_converted(whisper_from_ctranslate2(out))
+    mel, tokens = torch.randn(1, 80, 100), torch.randint(0, ref.config.vocab_size, (1, 5))
+    with torch.inference_mode():
+        want = ref(input_features=mel, decoder_input_ids=tokens).logits
+        assert (model(tokens, model.encode(mel)) - want).abs().max() <= 1e-4
