@@ -5,13 +5,15 @@ open_clip folder (`open_clip.create_model_and_transforms("local-dir:OUT")`, `get
 its eval transform the preprocessing), a GPT as a transformers GPT-2 folder (`GPT2LMHeadModel.from_pretrained(OUT)`,
 `AutoTokenizer`, `pipeline("text-generation")`: the same logits and tokens, the export's decoding settings as its
 generation_config.json), a BERT as a BERT/RoBERTa folder (its masked-LM or classifier class, AutoTokenizer), a
-translation Seq2Seq as a MarianMT folder (MarianMTModel, MarianTokenizer, generate() as `mmkit translate`), and a
-GPT, BERT or Seq2Seq as a CTranslate2 folder (`ctranslate2.Generator` / `Encoder` / `Translator`: greedy decoding
-gives mmkit's tokens, the encoder its hidden states; `--quantization int8` stores int8 weights; needs `pip install
-ctranslate2`). OUT is
+translation Seq2Seq as a MarianMT folder (MarianMTModel, MarianTokenizer, generate() as `mmkit translate`), a
+Whisper (a fine-tuned checkpoint, a recipe's model) as a transformers Whisper folder (WhisperForConditionalGeneration,
+AutoProcessor: the same logits, features and ids, generate() as mmkit's greedy decoding), and a GPT, BERT, Seq2Seq
+or Whisper as a CTranslate2 folder (`ctranslate2.Generator` / `Encoder` / `Translator`, faster-whisper's
+`WhisperModel`: greedy decoding gives mmkit's tokens, the encoder its hidden states; `--quantization int8` stores
+int8 weights; needs `pip install ctranslate2`). OUT is
 a new or empty folder, written whole or not at all (a folder that holds files is refused: they would be
 overwritten). The imports go the other way: `ViT.from_timm`, `CLIP.from_open_clip`, and the tools' `--model` read
-transformers GPT-2, BERT/RoBERTa and MarianMT folders.
+transformers GPT-2, BERT/RoBERTa, MarianMT and Whisper folders and CTranslate2 Whisper folders.
 """
 from __future__ import annotations
 
@@ -31,10 +33,13 @@ TARGETS = {"timm": {"ViT": 'timm.create_model("local-dir:{out}", pretrained=True
            "open_clip": {"CLIP": 'open_clip.create_model_and_transforms("local-dir:{out}")'},
            "transformers": {"GPT": 'transformers.AutoModelForCausalLM.from_pretrained("{out}")',
                             "BERT": 'the transformers class its config.json names ("architectures"), or AutoModel',
-                            "Seq2Seq": 'transformers.MarianMTModel.from_pretrained("{out}") and MarianTokenizer'},
+                            "Seq2Seq": 'transformers.MarianMTModel.from_pretrained("{out}") and MarianTokenizer',
+                            "Whisper": 'transformers.WhisperForConditionalGeneration.from_pretrained("{out}") and '
+                                       'AutoProcessor'},
            "ctranslate2": {"GPT": 'ctranslate2.Generator("{out}") and transformers.AutoTokenizer',
                            "BERT": 'ctranslate2.Encoder("{out}") and transformers.AutoTokenizer',
-                           "Seq2Seq": 'ctranslate2.Translator("{out}") and transformers.AutoTokenizer'}}
+                           "Seq2Seq": 'ctranslate2.Translator("{out}") and transformers.AutoTokenizer',
+                           "Whisper": 'faster_whisper.WhisperModel("{out}") or ctranslate2.models.Whisper'}}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,9 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="an mmkit export (mmkit fit's runs/<recipe>/export)")
     p.add_argument("out", metavar="OUT", help="the folder to write, new or empty")
     p.add_argument("--to", required=True, choices=tuple(TARGETS),
-                   help="timm (a ViT export), open_clip (a CLIP export), transformers (a GPT, BERT or Seq2Seq "
-                        "export: a GPT-2, BERT/RoBERTa or MarianMT folder) or ctranslate2 (a GPT, BERT or Seq2Seq "
-                        "export: a CTranslate2 Generator, Encoder or Translator folder, needs ctranslate2)")
+                   help="timm (a ViT export), open_clip (a CLIP export), transformers (a GPT, BERT, Seq2Seq or "
+                        "Whisper export: a GPT-2, BERT/RoBERTa, MarianMT or Whisper folder) or ctranslate2 (a GPT, "
+                        "BERT, Seq2Seq or Whisper export: a CTranslate2 Generator, Encoder, Translator or "
+                        "faster-whisper folder, needs ctranslate2)")
     p.add_argument("--quantization", metavar="TYPE", default=None,
                    help="--to ctranslate2: the weights' type in model.bin (int8: a quarter of the size; int8_float16, "
                         "float16, bfloat16, ...: CTranslate2's); default float32, which CTranslate2 can still "
@@ -101,6 +107,14 @@ def _writer(architecture: str, directory: Path, doc: dict, target: str,
     """What writes `directory`'s model (of mmkit's `architecture`) in the `target` library's layout into OUT, once
     the model is loaded and checked against the layout (a setting it cannot express is refused here, before any
     folder is made)."""
+    if architecture == "Whisper":
+        from mmkit.inference.speech_checkpoints import load_speech_model
+        from mmkit.inference.whisper_dir import save_ct2_whisper_dir, save_whisper_dir
+
+        model, tokenizer = load_speech_model(directory)
+        if target == "ctranslate2":
+            return lambda out: save_ct2_whisper_dir(model, tokenizer, out, quantization)
+        return lambda out: save_whisper_dir(model, tokenizer, out)
     if target == "ctranslate2":
         from mmkit.inference import ct2_dir
 

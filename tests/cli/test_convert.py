@@ -48,7 +48,7 @@ def test_mistakes_are_one_line_and_nothing_is_written(vit_export, tmp_path, caps
     for args, message in (
             ([str(export), str(tmp_path / "held"), "--to", "timm"], "holds files already"),
             ([str(export), str(tmp_path / "o1"), "--to", "transformers"],
-             "holds a 'ViT' model, not an mmkit GPT, BERT or Seq2Seq export"),
+             "holds a 'ViT' model, not an mmkit GPT, BERT, Seq2Seq or Whisper export"),
             ([str(odd), str(tmp_path / "o2"), "--to", "timm"], "timm's ViT normalises with eps 1e-06"),
             ([str(tmp_path / "missing"), str(tmp_path / "o3"), "--to", "timm"], "model directory not found"),
     ):
@@ -256,7 +256,7 @@ def test_gpt_bert_and_translation_exports_become_ctranslate2_folders(tmp_path, c
                                    rtol=0, atol=1e-4)
     vit = ViT(image_size=32, patch_size=8, num_classes=2, dim=32, depth=1, num_heads=4).save_pretrained(tmp_path / "v")
     assert main(["convert", str(vit), str(tmp_path / "v-ct2"), "--to", "ctranslate2"]) == 2
-    assert "holds a 'ViT' model, not an mmkit GPT, BERT or Seq2Seq export" in capsys.readouterr().err
+    assert "holds a 'ViT' model, not an mmkit GPT, BERT, Seq2Seq or Whisper export" in capsys.readouterr().err
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2"
                         else find_spec(name, *a))
@@ -266,3 +266,37 @@ def test_gpt_bert_and_translation_exports_become_ctranslate2_folders(tmp_path, c
                    "(pip install ctranslate2)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "bert-ct2", "gpt", "gpt-ct2", "gpt-int8", "seq2seq",
                                                           "seq2seq-ct2", "v"]
+
+
+def test_a_whisper_export_becomes_transformers_and_ctranslate2_folders(tmp_path, caplog):
+    """The Whisper rows (`whisper_dir`, whose own tests hold the parity in full): a native export with openai's
+    English-only tokenizer loads in WhisperForConditionalGeneration with the same logits, and its CTranslate2
+    folder (model.bin, tokenizer.json, preprocessor_config.json, as faster-whisper reads them) reads back through
+    mmkit's CTranslate2 reader with the same logits."""
+    pytest.importorskip("ctranslate2")
+    from transformers import WhisperForConditionalGeneration
+
+    from mmkit.data.whisper_tokenizer import WhisperTokenizer
+    from mmkit.inference import load_speech_model
+    from mmkit.inference.speech_checkpoints import save_speech_checkpoint
+    from mmkit.models import Whisper
+
+    tok = WhisperTokenizer.from_openai(51864)
+    torch.manual_seed(0)
+    model = Whisper(n_mels=80, n_audio_ctx=100, n_text_ctx=64, vocab_size=tok.vocab_size, dim=64, encoder_depth=1,
+                    decoder_depth=2, num_heads=4).eval()
+    export = save_speech_checkpoint(model, tok, tmp_path / "export")
+    with caplog.at_level(logging.INFO, logger="mmkit"):
+        assert main(["convert", str(export), str(tmp_path / "hf"), "--to", "transformers"]) == 0
+        assert main(["convert", str(export), str(tmp_path / "ct2"), "--to", "ctranslate2"]) == 0
+    assert "WhisperForConditionalGeneration.from_pretrained(" in caplog.text
+    assert 'faster_whisper.WhisperModel("' in caplog.text
+    assert {"model.bin", "tokenizer.json", "preprocessor_config.json"} <= {p.name for p in (tmp_path / "ct2").iterdir()}
+    mel, tokens = torch.randn(1, 80, 200), torch.tensor([tok.sot_sequence(without_timestamps=True)])
+    with torch.no_grad():
+        ours = model(tokens, model.encode(mel))
+        theirs = WhisperForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()(
+            input_features=mel, decoder_input_ids=tokens).logits
+        torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
+        again, _ = load_speech_model(tmp_path / "ct2")
+        torch.testing.assert_close(again(tokens, again.encode(mel)), ours, rtol=0, atol=1e-4)
