@@ -18,16 +18,9 @@ from tests.inference._translation_fixtures import write_marian_dir, write_native
 from tests.inference.test_gpt2_dir import PROMPTS, _native_generator
 from tests.inference.test_marian_dir import SOURCES, _widen
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/inference/conftest.py)
+
 ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 converts and reads CTranslate2 folders")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the models are tiny (test_marian_dir.py says why)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

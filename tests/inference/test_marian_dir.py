@@ -18,21 +18,12 @@ from mmkit.weights.to_hf_marian import marian_from_mmkit
 from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full, fail_moving_config, one_line
 from tests.inference._translation_fixtures import phrases, write_marian_dir, write_native_export
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/inference/conftest.py)
+
 SOURCES = phrases(6)[:8]  # English and German numbers and dates, in the fixtures' vocabulary
 TEXTS = SOURCES + ["  two  spaces\n\nand new lines\ttab ", "Hello, world! (a test?) 'quotes' \"too\"",
                    "café naïve façade Ærø", "emoji 😀👍🏽 and CJK 漢字かな한글", "end</s>start <unk> <pad> <s>",
                    "spaced out : a . b , c ! d ? don 't", " lead", ""]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread while this file runs: its models are tiny, and two OpenMP threads spinning against other
-    processes on a 2-core machine made it ten times slower (transformers' beam search runs hundreds of small ops a
-    token); `make test`'s workers keep to one thread already (tests/conftest.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _widen(translator: Translator, seed: int, eos_scale: float) -> Translator:

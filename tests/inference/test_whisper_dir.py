@@ -22,6 +22,8 @@ from mmkit.models import Whisper
 from mmkit.weights.native import WeightsError
 from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full, fail_moving_config, one_line
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/inference/conftest.py)
+
 transformers = pytest.importorskip("transformers")
 
 N_AUDIO_CTX = 100  # 2 s windows: WhisperFeatureExtractor's chunk_length 2
@@ -32,15 +34,6 @@ TEXTS = ["hello world", " the speech test!", "  two  spaces\n\nand new lines\tta
          "café naïve façade Ærø", "emoji 😀👍🏽 and CJK 漢字かな한글", "<|endoftext|> x <|en|><|transcribe|><|0.00|>",
          "<|startoftranscript|>text<|notimestamps|>", " lead", ""]
 AUDIO = [synth_speechlike(s, seed=i) for i, s in enumerate((1.9, 1.2, 0.7, 2.0))]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread while this file runs: its models are tiny (test_marian_dir.py's reason)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _widen(model: Whisper, eot: int, seed: int, eot_scale: float) -> Whisper:

@@ -31,14 +31,7 @@ from mmkit.models import Whisper  # noqa: E402
 whisper = pytest.importorskip("whisper")
 from whisper.decoding import DecodingResult  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared machine: intra-op threads only fight for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/inference/conftest.py)
 
 
 @pytest.fixture(scope="module")
