@@ -1,7 +1,8 @@
 """What the tests of the folder exporters (`gpt2_dir`, `bert_dir`, `marian_dir`, `ct2_dir`, `whisper_dir`) check
-alike: an error is one line, and an export failing midway (a full disk while writing, or while moving the last file,
-config.json, into place) is a `WriteFailed` naming the folder with nothing left: a new folder gone, an empty one
-empty again."""
+alike: an error is one line, a folder that holds files is refused untouched, and an export failing midway (a full
+disk while writing, or while moving the last file, config.json, into place) is a `WriteFailed` naming the folder
+with nothing left: a new folder gone, an empty one empty again.
+"""
 from __future__ import annotations
 
 import errno
@@ -12,6 +13,7 @@ from typing import Callable, Iterable
 import pytest
 
 from mmkit.errors import WriteFailed
+from mmkit.weights.native import WeightsError
 
 # parametrize a failure test over the folder the export goes to: made by it, or there and empty
 EXISTING = pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "empty-folder"])
@@ -51,3 +53,14 @@ def check_nothing_left(export: Callable[[Path], object], target: Path, existing:
         export(target)
     assert f"cannot write the export {target}: No space left on device" in one_line(err.value)
     assert (list(target.iterdir()) == []) if existing else not target.exists()
+
+
+def check_held_folder_refused(export: Callable[[Path], object], tmp_path: Path, name: str = "config.json") -> None:
+    """`export(folder)` into a folder that holds a file (`name`) is one line, the file left as it was."""
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / name).write_text("mine")
+    with pytest.raises(WeightsError) as err:
+        export(held)
+    assert "holds files already" in one_line(err.value)
+    assert [p.name for p in held.iterdir()] == [name] and (held / name).read_text() == "mine"

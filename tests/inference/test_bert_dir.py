@@ -16,7 +16,7 @@ from mmkit.inference.bert_dir import VERBATIM_TOKENIZER, save_bert_dir
 from mmkit.inference.encoder import LoadedEncoder, load_encoder, save_encoder
 from mmkit.models import BERT
 from mmkit.weights.native import WeightsError
-from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full, one_line
+from tests.inference._export_checks import EXISTING, check_held_folder_refused, check_nothing_left, disk_full, one_line
 
 TEXTS = ["The cat sees the moon.", "Hello, WORLD! (a test?) 'quotes' \"too\"",
          "café naïve façade Ærø Crème BRÛLÉE", "CJK 漢字かな한글 mixed in",
@@ -318,13 +318,7 @@ def test_what_transformers_cannot_hold_is_refused_before_anything_is_written(tmp
     with pytest.raises(WeightsError) as err:
         save_bert_dir(repeated, tmp_path / "repeated")
     assert "class names repeat ('same')" in one_line(err.value) and not (tmp_path / "repeated").exists()
-    held = tmp_path / "held"
-    held.mkdir()
-    (held / "config.json").write_text("mine")
-    with pytest.raises(WeightsError) as err:
-        save_bert_dir(native_mlm[0], held)
-    assert "holds files already" in one_line(err.value)
-    assert [p.name for p in held.iterdir()] == ["config.json"] and (held / "config.json").read_text() == "mine"
+    check_held_folder_refused(lambda out: save_bert_dir(native_mlm[0], out), tmp_path)
 
 
 @EXISTING

@@ -13,7 +13,7 @@ from mmkit.inference import ct2_dir
 from mmkit.inference.ct2_dir import save_ct2_generator, save_ct2_translator
 from mmkit.inference.translator import load_translator
 from mmkit.weights.native import WeightsError
-from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full
+from tests.inference._export_checks import EXISTING, check_held_folder_refused, check_nothing_left, disk_full
 from tests.inference._translation_fixtures import write_marian_dir, write_native_export
 from tests.inference.test_gpt2_dir import PROMPTS, _native_generator
 from tests.inference.test_marian_dir import SOURCES, _widen
@@ -154,12 +154,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, existing):
 
 
 def test_a_folder_holding_files_is_refused(tmp_path):
-    held = tmp_path / "held"
-    held.mkdir()
-    (held / "model.bin").write_text("mine")
-    with pytest.raises(WeightsError, match="holds files already"):
-        save_ct2_generator(_native_generator(), held)
-    assert (held / "model.bin").read_text() == "mine"
+    check_held_folder_refused(lambda out: save_ct2_generator(_native_generator(), out), tmp_path, "model.bin")
 
 
 def _encoder_cases(tmp_path):

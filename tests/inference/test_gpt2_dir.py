@@ -14,7 +14,9 @@ from mmkit.inference.gpt2_dir import save_gpt2_dir
 from mmkit.inference.text_generation import TextGenerator, load_text_generator
 from mmkit.models import GPT
 from mmkit.weights.native import WeightsError
-from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full, fail_moving_config, one_line
+from tests.inference._export_checks import (
+    EXISTING, check_held_folder_refused, check_nothing_left, disk_full, fail_moving_config, one_line,
+)
 
 PROMPTS = ["The cat sees", "A small bird follows the moon. Our", "Why"]
 TEXTS = ["The cat sees the moon.", "  two  spaces\n\nand new lines\ttab ", "Hello, world! (a test?) 'quotes' \"too\"",
@@ -265,13 +267,7 @@ def test_what_gpt2_cannot_hold_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(WeightsError) as err:
         save_gpt2_dir(_native_generator(tok, qkv_bias=False), tmp_path / "no-bias")
     assert "qkv_bias=False" in one_line(err.value) and not (tmp_path / "no-bias").exists()
-    held = tmp_path / "held"
-    held.mkdir()
-    (held / "config.json").write_text("mine")
-    with pytest.raises(WeightsError) as err:
-        save_gpt2_dir(_native_generator(tok), held)
-    assert "holds files already" in one_line(err.value)
-    assert [p.name for p in held.iterdir()] == ["config.json"] and (held / "config.json").read_text() == "mine"
+    check_held_folder_refused(lambda out: save_gpt2_dir(_native_generator(tok), out), tmp_path)
 
 
 @EXISTING

@@ -15,7 +15,9 @@ from mmkit.inference.translator import Translator, load_translator
 from mmkit.models import Seq2Seq
 from mmkit.weights.native import WeightsError
 from mmkit.weights.to_hf_marian import marian_from_mmkit
-from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full, fail_moving_config, one_line
+from tests.inference._export_checks import (
+    EXISTING, check_held_folder_refused, check_nothing_left, disk_full, fail_moving_config, one_line,
+)
 from tests.inference._translation_fixtures import phrases, write_marian_dir, write_native_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/inference/conftest.py)
@@ -279,13 +281,7 @@ def test_what_marian_cannot_hold_is_refused_before_anything_is_written(native, t
     with pytest.raises(WeightsError) as err:
         marian_from_mmkit({**model.config, "activation": "relu", "norm": "pre"}, model.state_dict(), 2, 3, 0)
     assert "config fields MarianMT has no counterpart for (norm)" in one_line(err.value)
-    held = tmp_path / "held"
-    held.mkdir()
-    (held / "config.json").write_text("mine")
-    with pytest.raises(WeightsError) as err:
-        save_marian_dir(translator, held)
-    assert "holds files already" in one_line(err.value)
-    assert [p.name for p in held.iterdir()] == ["config.json"] and (held / "config.json").read_text() == "mine"
+    check_held_folder_refused(lambda out: save_marian_dir(translator, out), tmp_path)
 
 
 @EXISTING

@@ -20,7 +20,9 @@ from mmkit.inference import DecodingOptions, Transcriber, load_speech_model
 from mmkit.inference.whisper_dir import save_ct2_whisper_dir, save_whisper_dir
 from mmkit.models import Whisper
 from mmkit.weights.native import WeightsError
-from tests.inference._export_checks import EXISTING, check_nothing_left, disk_full, fail_moving_config, one_line
+from tests.inference._export_checks import (
+    EXISTING, check_held_folder_refused, check_nothing_left, disk_full, fail_moving_config, one_line,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/inference/conftest.py)
 
@@ -286,13 +288,7 @@ def test_what_transformers_cannot_hold_is_refused_before_anything_is_written(eng
 
 def test_a_folder_holding_files_is_refused(english, tmp_path):
     model, tok, _ = english
-    held = tmp_path / "held"
-    held.mkdir()
-    (held / "config.json").write_text("mine")
-    with pytest.raises(WeightsError) as err:
-        save_whisper_dir(model, tok, held)
-    assert "holds files already" in one_line(err.value)
-    assert [p.name for p in held.iterdir()] == ["config.json"] and (held / "config.json").read_text() == "mine"
+    check_held_folder_refused(lambda out: save_whisper_dir(model, tok, out), tmp_path)
 
 
 @EXISTING
