@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from mmkit.inference.translator import Translator
 
 log = logging.getLogger(__name__)
-CT2_WEIGHTS = "model.bin"
 # The transformers folder's files CTranslate2 writes its own of (config.json) or holds in model.bin (the weights)
 _NOT_COPIED = (CONFIG_NAME, WEIGHTS_NAME)
 # CTranslate2's weight types (`--quantization` of its converters); None: as the model's (float32)
