@@ -49,14 +49,15 @@ def test_the_generator_continues_as_mmkit_greedily(gpt):
         assert generator.tokenizer.decode(out) == expected
 
 
-def _ct2_logits(generator, directory) -> tuple:
+def _ct2_logits(generator, directory, compute_type: str = "default") -> tuple:
     """(CTranslate2's logits, mmkit's) for the same random token rows."""
     import numpy as np
 
     ids = torch.randint(0, generator.tokenizer.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = generator.model(ids).numpy()
-    return np.asarray(ctranslate2.Generator(str(directory), device="cpu").forward_batch(ids.tolist())), ours
+    ct2 = ctranslate2.Generator(str(directory), device="cpu", compute_type=compute_type)
+    return np.asarray(ct2.forward_batch(ids.tolist())), ours
 
 
 def test_the_generator_computes_mmkits_logits(gpt):
@@ -67,13 +68,24 @@ def test_the_generator_computes_mmkits_logits(gpt):
 
 def test_int8_weights_are_a_quarter_and_agree(gpt, tmp_path):
     """--quantization int8 stores int8 weights (the file a quarter of float32's, as the int8 folders faster-whisper
-    users fetch); on these wide random weights teacher-forced top-1 agrees with fp32 on ≥95% of positions (97.5%
-    measured). An unknown type is one line, nothing written."""
+    users fetch), each within half an int8 step of the float32 folder's (read back with mmkit's reader), which
+    CTranslate2 runs: in float32 arithmetic its logits are the float32 folder's within that rounding. (Its int8
+    kernels differ from CPU to CPU, with VNNI or without, so their outputs are not pinned here.) An unknown type is
+    one line, nothing written."""
+    from mmkit.weights.from_ctranslate2 import dequantized, read_ctranslate2_model
+
     generator, directory = gpt
     int8 = save_ct2_generator(generator, tmp_path / "int8", quantization="int8")
     assert (int8 / "model.bin").stat().st_size < 0.4 * (directory / "model.bin").stat().st_size
-    theirs, ours = _ct2_logits(generator, int8)
-    assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.95
+    exact, stored = (read_ctranslate2_model(d / "model.bin")[1] for d in (directory, int8))
+    assert any(v.dtype == torch.int8 for v in stored.values())
+    for key, got in dequantized(stored, "int8")[0].items():
+        want = exact[key].float()
+        if got.dim() > 1 and not torch.equal(got, want):
+            step = want.abs().amax(1) / 127
+            assert ((got - want).abs() <= step[:, None] / 2 * (1 + 1e-5) + 1e-7).all(), key
+    theirs, ours = _ct2_logits(generator, int8, compute_type="float32")
+    assert abs(theirs - ours).max() <= 0.05 * abs(ours).max()
     with pytest.raises(WeightsError, match=r"^quantization 'int4' is none of CTranslate2's \(int8, "):
         save_ct2_generator(generator, tmp_path / "int4", quantization="int4")
     assert not (tmp_path / "int4").exists()
