@@ -136,10 +136,10 @@ def transformers_generation_config(options: Any, eos_id: int | None, length: boo
     defaults with its sampling fallbacks filled where they sample) do, under transformers' names and only the
     settings that are on, so that `GenerationConfig.validate` has nothing to warn of: num_beams (with
     length_penalty and early_stopping), repetition_penalty, no_repeat_ngram_size, min_new_tokens, and do_sample
-    (false too) with temperature, top_k (0: among all tokens, transformers' "off", where its default is 50) and top_p, which `load_text_generator` maps
-    back (`generation_config.shared_settings`). The options' max_new_tokens is written where `length` says it is
-    the model's own; else no length is, and transformers' own apply (`generate()`: 20 tokens in all, the pipeline:
-    256 new ones) where the caller gives none."""
+    (false too) with temperature, top_k (0: among all tokens, transformers' "off", where its default is 50) and
+    top_p, which `load_text_generator` maps back (`generation_config.shared_settings`). The options'
+    max_new_tokens is written where `length` says it is the model's own; else no length is, and transformers' own
+    apply (`generate()`: 20 tokens in all, the pipeline: 256 new ones) where the caller gives none."""
     gen: dict[str, Any] = {"bos_token_id": eos_id, "eos_token_id": eos_id}
     if options.beam_size > 1:
         gen["num_beams"] = options.beam_size

@@ -37,8 +37,8 @@ GPT_DEFAULTS = ("beam_size", "length_penalty", "early_stopping", "repetition_pen
                 "min_new_tokens", "max_new_tokens", "temperature", "top_k", "top_p")
 GPT_BEAM_ONLY = ("length_penalty", "early_stopping")
 GPT_UNAPPLIED = {"min_length": (0, None), "max_length": (20, None), "bad_words_ids": (None,),
-                 "renormalize_logits": (False, None), "encoder_repetition_penalty": (1.0, None), "encoder_no_repeat_ngram_size": (0, None),
-                 "forced_eos_token_id": (None,)}
+                 "renormalize_logits": (False, None), "encoder_repetition_penalty": (1.0, None),
+                 "encoder_no_repeat_ngram_size": (0, None), "forced_eos_token_id": (None,)}
 
 
 def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str | Path,
@@ -47,8 +47,8 @@ def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str 
     """Native checkpoint (config.json + model.safetensors) with the tokenizer files beside it. `decoding`: the
     model's own decoding settings (`GenerationOptions` fields among `GPT_DEFAULTS`: beam_size, temperature, top_k,
     top_p, the repetition rules, max_new_tokens, ...), which `mmkit generate-text` and
-    `TextGenerator.default_options` use where no option is given, as a transformers generation config; `sampling_fallbacks`: what a sampling run takes where
-    not given (an imported GPT-2's top_k 50). Both are checked first (a ValueError of one line naming the setting:
+    `TextGenerator.default_options` use where no option is given, as a transformers generation config;
+    `sampling_fallbacks`: what a sampling run takes where not given (an imported GPT-2's top_k 50). Both are checked first (a ValueError of one line naming the setting:
     nothing written). Generation ends at the tokenizer's end-of-text token (`eos_token`; None: at none)."""
     decoding = checked_decoding(decoding or {}, "decoding")
     fallbacks = checked_decoding(sampling_fallbacks or {}, "sampling_fallbacks", SAMPLING)
