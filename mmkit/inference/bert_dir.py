@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmkit.inference.model_dir import check_export_dir, export_folder
-from mmkit.inference.quantize import has_int8_layers
+from mmkit.inference.quantize import check_exportable
 from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, save_weights, write_json
 from mmkit.weights.to_hf_bert import hf_bert_export
 
@@ -59,8 +59,7 @@ def save_bert_dir(encoder: LoadedEncoder, directory: str | Path) -> Path:
             line; nothing left in the folder.
     """
     model, tokenizer = encoder.model, encoder.tokenizer
-    if has_int8_layers(model):
-        raise WeightsError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
+    check_exportable(model, WeightsError)
     directory = check_export_dir(directory)
     config, state = hf_bert_export(model.config, model.state_dict(), encoder.class_names or None,
                                    encoder.problem_type)

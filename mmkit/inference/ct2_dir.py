@@ -87,12 +87,21 @@ def _convert(source: Path, out: Path, files: list[str], loader: Any, quantizatio
     import transformers
 
     model = getattr(transformers, loader.architecture_name).from_pretrained(source)
-    spec = loader(model, transformers.AutoTokenizer.from_pretrained(source))
-    for name in files:
-        spec.register_file(str(source / name))
+    out.mkdir()
+    save_spec(loader, model, transformers.AutoTokenizer.from_pretrained(source), out,
+              [source / name for name in files], quantization)
+
+
+def save_spec(loader: Any, model: Any, tokenizer: Any, out: str | Path, files: list[Path] | tuple = (),
+              quantization: str | None = None) -> None:
+    """What CTranslate2's converter does once it has its loader, model and tokenizer: the model's spec, with `files`
+    beside it, checked, its weights of `quantization`'s type, saved into the existing folder `out`. For a loader of
+    our own (`start_token_loader`, `_zero_pooler_loader`) and the benches' placeholder vocabularies."""
+    spec = loader(model, tokenizer)
+    for path in files:
+        spec.register_file(str(path))
     spec.validate()
     spec.optimize(quantization=quantization)
-    out.mkdir()
     spec.save(str(out))
 
 

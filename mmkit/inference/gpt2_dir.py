@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmkit.inference.generation_config import transformers_generation_config
 from mmkit.inference.model_dir import check_export_dir, export_folder
-from mmkit.inference.quantize import has_int8_layers
+from mmkit.inference.quantize import check_exportable
 from mmkit.weights.from_hf import gpt2_from_mmkit
 from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, save_weights, write_json
 
@@ -53,8 +53,7 @@ def save_gpt2_dir(generator: TextGenerator, directory: str | Path) -> Path:
         OSError: a folder that cannot be written, or a write failing midway (a full disk: `WriteFailed`), one
             line; nothing left in the folder.
     """
-    if has_int8_layers(generator.model):
-        raise WeightsError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
+    check_exportable(generator.model, WeightsError)
     directory = check_export_dir(directory)
     model, eos_id = generator.model, generator.eos_id
     config, state = gpt2_from_mmkit(model.config, model.state_dict(), eos_id)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mmkit.inference.generation_config import transformers_generation_config
 from mmkit.inference.gpt2_dir import GENERATION_CONFIG_NAME, SPECIAL_TOKENS_NAME, TOKENIZER_CONFIG_NAME
 from mmkit.inference.model_dir import check_export_dir, export_folder
-from mmkit.inference.quantize import has_int8_layers
+from mmkit.inference.quantize import check_exportable
 from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, save_weights, write_json
 from mmkit.weights.to_hf_marian import marian_from_mmkit
 
@@ -62,8 +62,7 @@ def save_marian_dir(translator: Translator, directory: str | Path) -> Path:
     if translator.prefix:
         raise WeightsError(f"a translator with the source prefix {translator.prefix!r} is not saved as MarianMT: "
                            "MarianTokenizer puts nothing before a source")
-    if has_int8_layers(model):
-        raise WeightsError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
+    check_exportable(model, WeightsError)
     if codec.save is None:
         raise WeightsError("this translator's tokenizer cannot be saved")
     directory = check_export_dir(directory)

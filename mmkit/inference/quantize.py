@@ -165,6 +165,13 @@ def has_int8_layers(module: nn.Module) -> bool:
     return any(isinstance(m, Int8Linear) for m in module.modules())
 
 
+def check_exportable(module: nn.Module, error: type[Exception] = ValueError) -> None:
+    """An `error` of one line for a model with int8 layers, which the exporters refuse: int8 is applied at load, so
+    the fp32 model is the one to export."""
+    if has_int8_layers(module):
+        raise error("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
+
+
 def int8_linear(linear: nn.Linear) -> nn.Module:
     """The `Int8Linear` copy of one `nn.Linear` (in_features >= 2; narrower layers stay as they are)."""
     return Int8Linear(linear) if linear.in_features >= 2 else linear

@@ -21,7 +21,7 @@ from mmkit.inference.generation_config import (
 )
 from mmkit.inference.inputs import as_items, check_count, text_items
 from mmkit.inference.model_dir import export_folder, read_model_dir
-from mmkit.inference.quantize import has_int8_layers, prepare_arithmetic
+from mmkit.inference.quantize import check_exportable, prepare_arithmetic
 from mmkit.inference.seeds import sample_seed
 from mmkit.inference.thread_stream import ThreadStream
 from mmkit.limits import MAX_SAMPLES
@@ -182,8 +182,7 @@ class TextGenerator:
                 load).
             OSError: a folder that cannot be written (one line).
         """
-        if has_int8_layers(self.model):
-            raise WeightsError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
+        check_exportable(self.model, WeightsError)
         # the end-of-text token generation stops at (a GPT-2 config's eos_token_id), named in the export
         eos = self.tokenizer.hf.id_to_token(self.eos_id) if self.eos_id is not None else None
         tokenizer = ByteBPETokenizer(self.tokenizer.hf, eos)

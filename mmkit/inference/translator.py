@@ -282,10 +282,9 @@ class Translator:
         imported MarianMT or T5 becomes a native model directory. `directory` must be new or empty
         (`check_export_dir`): the export never overwrites another model's files, and is there whole or not at
         all (`export_folder`)."""
-        from mmkit.inference.quantize import has_int8_layers
+        from mmkit.inference.quantize import check_exportable
 
-        if has_int8_layers(self.model):
-            raise TranslatorError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
+        check_exportable(self.model, TranslatorError)
         if self.codec.save is None:
             raise TranslatorError("this translator's tokenizer cannot be saved")
         c = self.codec

@@ -17,7 +17,7 @@ from mmkit.data.tiktoken_files import OPENAI_MULTILINGUAL_VOCAB
 from mmkit.inference.ct2_dir import check_ctranslate2, save_ct2_dir
 from mmkit.inference.gpt2_dir import GENERATION_CONFIG_NAME, SPECIAL_TOKENS_NAME, TOKENIZER_CONFIG_NAME
 from mmkit.inference.model_dir import check_export_dir, export_folder
-from mmkit.inference.quantize import has_int8_layers
+from mmkit.inference.quantize import check_exportable
 from mmkit.weights.native import CONFIG_NAME, WEIGHTS_NAME, WeightsError, save_weights, write_json
 from mmkit.weights.to_hf_whisper import whisper_to_hf
 
@@ -116,8 +116,7 @@ def _transformers_writer(model: Whisper, tokenizer: SpeechTokenizer) -> Callable
     Raises:
         WeightsError: an int8 model, one transformers' Whisper cannot express, or a window of part seconds.
     """
-    if has_int8_layers(model):
-        raise WeightsError("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
+    check_exportable(model, WeightsError)
     config, state = whisper_to_hf(model.config, model.state_dict(), tokenizer.sot, tokenizer.eot, tokenizer.eot)
     if isinstance(tokenizer, CharTokenizer):  # `speech_checkpoints.data_tokenizer_kind` reads it
         config["metadata"] = {"tokenizer": tokenizer.kind}

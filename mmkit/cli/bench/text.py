@@ -95,15 +95,14 @@ def _ct2_runs(ref: Any, compute_types: Sequence[str], prompt: torch.Tensor, padd
     import ctranslate2
     from ctranslate2.converters.transformers import GPT2Loader
 
+    from mmkit.inference.ct2_dir import save_spec
+
     specials = {0: "<|endoftext|>"}
     pieces = placeholder_pieces(ref.config.vocab_size, specials)
     tokenizer = SimpleNamespace(get_vocab=lambda: {t: i for i, t in enumerate(pieces)}, bos_token=pieces[0],
                                 eos_token=pieces[0], unk_token=pieces[0])
-    spec = GPT2Loader()(copy.deepcopy(ref), tokenizer)
-    spec.validate()
-    spec.optimize()
     with tempfile.TemporaryDirectory() as folder:  # read whole at construction
-        spec.save(folder)
+        save_spec(GPT2Loader(), copy.deepcopy(ref), tokenizer, folder)
         generators = {c: ctranslate2.Generator(folder, device="cpu", compute_type=c,
                                                intra_threads=torch.get_num_threads()) for c in compute_types}
     starts = [[pieces[i] for i in row[int(pad):]] for row, pad in zip(prompt.tolist(), padding.tolist())]
@@ -204,8 +203,8 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
                                                     outputs["transformers"], prompt_tokens, cache)
         if ct2:
             extra["ct2_ratio"] = {k: rate[k] / rate["transformers"] for k in ct2}
-            new = outputs["transformers"][:, prompt_tokens:]
-            extra["ct2_agreement"] = {k: float((outputs[k][:, prompt_tokens:] == new).float().mean()) for k in ct2}
+            extra["ct2_agreement"] = {k: _token_agreement(outputs[k], outputs["transformers"], prompt_tokens)
+                                      for k in ct2}
         return dict(**extra, model=model_dir or f"random GPT-2 dim {dim} depth {depth} vocab {vocab_size}",
                     params=sum(p.numel() for p in ours.parameters()), batch_size=batch_size, ragged=ragged,
                     prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=rounds, threads=torch.get_num_threads(),
@@ -220,13 +219,18 @@ def _agreement(ours: torch.nn.Module, reduced: torch.nn.Module, autocast: Callab
     position by position; `top1`: share of the positions of the reference sequence where the reduced
     path's next-token argmax (`reduced` under `autocast`) equals fp32's. `cache`: a new cache holding the
     prompts' left padding, if any."""
-    token = (tokens[:, prompt_tokens:] == reference[:, prompt_tokens:]).float().mean()
+    token = _token_agreement(tokens, reference, prompt_tokens)
     with torch.inference_mode():
         context = reference[:, :-1]  # predictions of the tokens after the prompt, along the fp32 sequence
         exact = ours(context, cache=cache())[:, prompt_tokens - 1 :].argmax(-1)
         with autocast():
             low = reduced(context, cache=cache())[:, prompt_tokens - 1 :].argmax(-1)
-    return dict(token=float(token), top1=float((exact == low).float().mean()))
+    return dict(token=token, top1=float((exact == low).float().mean()))
+
+
+def _token_agreement(tokens: torch.Tensor, reference: torch.Tensor, prompt_tokens: int) -> float:
+    """Share of the generated tokens (after the prompt) equal to the reference's, position by position."""
+    return float((tokens[:, prompt_tokens:] == reference[:, prompt_tokens:]).float().mean())
 
 
 def format_report(result: dict[str, Any]) -> str:

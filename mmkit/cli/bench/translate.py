@@ -62,16 +62,13 @@ def _ct2_translators(ref: Any, compute_types: Sequence[str]) -> dict[str, Any]:
     vocabulary of placeholder pieces ("</s>" 0, "<unk>" 1, "<pad>" last, as the reference's ids)."""
     import ctranslate2
 
-    from mmkit.inference.ct2_dir import start_token_loader
+    from mmkit.inference.ct2_dir import save_spec, start_token_loader
 
     pieces = placeholder_pieces(ref.config.vocab_size, _specials(ref.config.vocab_size))
     tokenizer = SimpleNamespace(get_vocab=lambda: {t: i for i, t in enumerate(pieces)}, eos_token="</s>",
                                 unk_token="<unk>", convert_ids_to_tokens=lambda i: pieces[i])
-    spec = start_token_loader()(copy.deepcopy(ref), tokenizer)
-    spec.validate()
-    spec.optimize()
     with tempfile.TemporaryDirectory() as folder:  # read whole at construction
-        spec.save(folder)
+        save_spec(start_token_loader(), copy.deepcopy(ref), tokenizer, folder)
         return {f"ctranslate2 {c}": ctranslate2.Translator(folder, device="cpu", compute_type=c,
                                                            intra_threads=torch.get_num_threads())
                 for c in compute_types}
