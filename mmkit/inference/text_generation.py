@@ -150,7 +150,8 @@ class TextGenerator:
         self.defaults: dict = {}  # the model's own decoding settings (`load_text_generator`: a generation config's)
         self.sampling_fallbacks: dict = {}  # what a sampling run takes where not given (`sampling_fallbacks`)
         self.model = model.to(device).eval()
-        self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text generator")
+        self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text generator",
+                                                            pack=True)
         self.tokenizer, self.eos_id, self.device = tokenizer, eos_id, torch.device(device)
         # Characters of the longest token (a byte-level token's string has one character per byte; added
         # tokens such as <|endoftext|> included): the prompt tail that surely holds a context of tokens.

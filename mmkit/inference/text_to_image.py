@@ -291,7 +291,8 @@ class TextToImage:
 
         if quantize != "none" and self.quantize != "none":
             raise ValueError("the generator is int8 already")
-        self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text-to-image generator")
+        self.precision, self._autocast = prepare_arithmetic(self.model, precision, quantize, "text-to-image generator",
+                                                            pack=True)
         self.quantize = quantize
         return self.precision
 

@@ -130,7 +130,8 @@ class Transcriber:
     def __init__(self, model: Whisper, tokenizer: SpeechTokenizer, options: DecodingOptions | None = None,
                  batch_size: int = 8, precision: str = "fp32", quantize: str = "none") -> None:
         # int8 Linear layers take fp32 activations: "auto" is then fp32, bf16/fp16 a ValueError (before quantizing)
-        self.precision, self._autocast = prepare_arithmetic(model, precision, quantize, "transcriber", INT8_KEEP_FP32)
+        self.precision, self._autocast = prepare_arithmetic(model, precision, quantize, "transcriber", INT8_KEEP_FP32,
+                                                            pack=True)
         self.model, self.tokenizer, self.quantize = model, tokenizer, quantize
         self.options = options or DecodingOptions()
         if tokenizer.timestamp_end <= tokenizer.timestamp_begin:  # no timestamp tokens (char/BPE tokenizers):

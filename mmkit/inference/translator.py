@@ -460,7 +460,7 @@ def load_translator(path: str | Path, prefix: str | None = None, device: str = "
     translator.model.to(device)
     try:
         translator.precision, translator._autocast = prepare_arithmetic(translator.model, precision, quantize,
-                                                                        str(directory))
+                                                                        str(directory), pack=True)
     except ValueError as e:  # bf16 with int8, fp16 on a CPU
         raise TranslatorError(str(e)) from None
     return translator

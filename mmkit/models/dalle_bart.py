@@ -77,7 +77,10 @@ class DalleBart(PretrainedMixin, nn.Module):
         # under a bf16 autocast, as every decoder's vocabulary projection; an int8 head (--quantize) is called.
         h = self.decoder(x, context=context, context_mask=mask, cache=cache)
         head = self.head
-        logits = projection_logits(h, head.weight) if type(head) is nn.Linear else head(h)  # int8: fp32 only
+        if isinstance(head, nn.Linear):  # a subclass (fp32 decoding on packed weights) computes it itself
+            logits = projection_logits(h, head.weight, None if type(head) is nn.Linear else head)
+        else:
+            logits = head(h)  # int8: fp32 only
         logits[..., self.codebook_size :] = float("-inf")  # BOS and Mega's spare rows are never sampled
         return logits
 

@@ -129,6 +129,7 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
     import copy
 
     from mmkit.core import GenerationOptions
+    from mmkit.inference.packed import pack_linear_fp32
     from mmkit.inference.quantize import prepare_arithmetic
     from mmkit.models.dalle_bart import DalleBart
     from mmkit.weights.from_min_dalle import dalle_bart_from_min_dalle
@@ -153,7 +154,9 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
                                         null_text=null_text.expand(num_images, -1))
         return run
 
-    runs = {"mmkit": sampler(model, contextlib.nullcontext),
+    packed = copy.deepcopy(model)  # fp32 as `mmkit generate` runs it: on oneDNN's packed weights
+    pack_linear_fp32(packed)
+    runs = {"mmkit": sampler(packed, contextlib.nullcontext),
             "min-dalle": lambda: min_dalle_codes(encoder, decoder, text, null_text, num_images, guidance)}
     reduced_paths = {}
     for kind, on, (precision, quantize) in (("int8", int8, ("fp32", "int8")), ("bf16", bf16, ("bf16", "none"))):

@@ -148,6 +148,7 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         (share of generated tokens equal to transformers') per "ctranslate2 <type>".
     """
     from mmkit.core import Greedy, generate
+    from mmkit.inference.packed import pack_linear_fp32
     from mmkit.inference.precision import autocast_for
     from mmkit.inference.quantize import apply_quantization
     from mmkit.models import GPT
@@ -160,6 +161,8 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         ours = GPT.from_hf(ref).eval()
         if prompt_tokens + new_tokens > ours.max_len:
             raise ValueError(f"prompt + new tokens exceed the model's context of {ours.max_len}")
+        packed = copy.deepcopy(ours)  # fp32 as `mmkit generate-text` runs it: on oneDNN's packed weights
+        pack_linear_fp32(packed)
         prompt = torch.randint(0, ours.vocab_size, (batch_size, prompt_tokens),
                                generator=torch.Generator().manual_seed(0))
         padding = torch.zeros(batch_size, dtype=torch.long)
@@ -175,7 +178,7 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
             return c
 
         runs: dict[str, Callable[[], torch.Tensor]] = {
-            "mmkit": lambda: generate(ours, prompt, new_tokens, Greedy(), cache=cache()).tokens,
+            "mmkit": lambda: generate(packed, prompt, new_tokens, Greedy(), cache=cache()).tokens,
             "transformers": lambda: ref.generate(prompt, attention_mask=mask, do_sample=False,
                                                  max_new_tokens=new_tokens),
         }
