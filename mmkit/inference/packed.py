@@ -34,14 +34,15 @@ MAX_ROWS = 512  # packed at up to this many rows (1.2-1.5x at 256-512 on both ki
 
 
 @functools.cache
-def packing_available() -> bool:
-    """Whether this PyTorch build packs and multiplies oneDNN fp32 weights (x86 builds with mkldnn do)."""
+def packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch build packs and multiplies oneDNN weights of `dtype` on this CPU (fp32: x86 builds with
+    mkldnn; bf16: CPUs with AVX-512 or AVX-NE-CONVERT, which the native-bf16 ones have)."""
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2))
-        y = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), packed, None, "none", [], "")
+        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2, dtype=dtype))
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2, dtype=dtype), packed, None, "none", [], "")
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
-    return bool(torch.equal(y, torch.full((1, 2), 2.0)))
+    return bool(torch.equal(y.float(), torch.full((1, 2), 2.0)))
 
 
 def _source(weight: Tensor) -> tuple[int, int]:
@@ -54,26 +55,27 @@ def _source(weight: Tensor) -> tuple[int, int]:
 
 
 class _PackedCopy:
-    """The packed copy of one weight, made when first usable and remade when the weight has changed."""
+    """The packed copies of one fp32 weight (one per dtype used), each made when first usable and remade when the
+    weight has changed."""
 
     def __init__(self) -> None:
-        self.packed: Tensor | None = None
-        self.source: tuple[int, int] | None = None
+        self.copies: dict[torch.dtype, tuple[Tensor, tuple[int, int]]] = {}  # dtype -> (packed, the weight's source)
 
-    def current(self, x: Tensor, weight: Tensor) -> Tensor | None:
-        """The packed weight for multiplying `x` (fp32, on the CPU, 1..MAX_ROWS rows, no gradient wanted), else None."""
-        if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
+    def current(self, x: Tensor, weight: Tensor, dtype: torch.dtype = torch.float32) -> Tensor | None:
+        """The weight packed in `dtype` for multiplying `x` (fp32 or `dtype`, on the CPU, 1..MAX_ROWS rows, no
+        gradient wanted), else None."""
+        if (x.dtype not in (torch.float32, dtype) or weight.dtype != torch.float32 or x.device.type != "cpu"
                 or weight.device.type != "cpu" or not 0 < x.numel() <= MAX_ROWS * x.shape[-1]
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             return None
-        source = _source(weight)
-        if source != self.source:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
-            self.source = source
-        return self.packed
+        source, held = _source(weight), self.copies.get(dtype)
+        if held is None or held[1] != source:
+            held = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous()), source
+            self.copies[dtype] = held
+        return held[0]
 
     def __getstate__(self) -> dict:  # an opaque oneDNN tensor has no storage to copy: a copy repacks when used
-        return {"packed": None, "source": None}
+        return {"copies": {}}
 
 
 def _multiply(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
@@ -92,12 +94,17 @@ class PackedLinear(nn.Linear):
         self.train(linear.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        cpu = x.device.type == "cpu"
-        packed = self.packed_copy.current(x, self.weight) if cpu and not torch.is_autocast_enabled("cpu") else None
+        dtype = None  # the arithmetic: fp32, or bf16 where a bf16 autocast computes this layer (as F.linear would)
+        if x.device.type == "cpu":
+            if not torch.is_autocast_enabled("cpu"):
+                dtype = torch.float32
+            elif torch.get_autocast_dtype("cpu") == torch.bfloat16 and packing_available(torch.bfloat16):
+                dtype = torch.bfloat16
+        packed = None if dtype is None else self.packed_copy.current(x, self.weight, dtype)
         bias = self.bias
         if packed is None or (bias is not None and (bias.dtype != torch.float32 or bias.device.type != "cpu")):
             return F.linear(x, self.weight, bias)
-        return _multiply(x, packed, None if bias is None else bias.detach())
+        return _multiply(x.to(dtype), packed, None if bias is None else bias.detach().to(dtype))
 
 
 class PackedProjection(_PackedCopy):
@@ -117,7 +124,7 @@ def has_packed_layers(module: nn.Module) -> bool:
     return any(isinstance(m, PackedLinear) for m in module.modules())
 
 
-def pack_linear_fp32(module: nn.Module) -> int:
+def pack_linear(module: nn.Module) -> int:
     """Make, in place, every fp32 `nn.Linear` of `module` (exact type, as the int8 quantizer) a `PackedLinear` on
     the same parameters, and give every token decoder's tied vocabulary projection (`head is None`) a
     `PackedProjection`. Nothing is done where this PyTorch build cannot pack. Returns how many layers were made

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmkit.inference.packed import PackedLinear, pack_linear_fp32
+from mmkit.inference.packed import PackedLinear, pack_linear
 from mmkit.inference.precision import autocast_for, cpu_has_bf16, resolve_precision
 from mmkit.weights.native import skip_init
 
@@ -221,13 +221,13 @@ def prepare_arithmetic(model: nn.Module, precision: str, quantize: str, what: st
     changes), make `model`'s Linear layers int8 in place if asked, log the arithmetic once (`what`
     names the tool; the exact default stays quiet) and return the resolved precision and the
     factory of its autocast context. A tool that decodes passes `pack=True`: where the arithmetic is fp32
-    on the CPU, its decoding steps then run on oneDNN's packed weights (`packed.pack_linear_fp32`: the
+    on the CPU, its decoding steps then run on oneDNN's packed weights (`packed.pack_linear`: the
     same fp32 arithmetic, 1.3-2.6x faster Linear layers at a step's few rows)."""
     device = next(model.parameters()).device
     resolved = resolve_precision(precision, device, quantize)
     apply_quantization(model, quantize, keep_fp32)
-    if pack and (resolved, quantize, device.type) == ("fp32", "none", "cpu"):
-        pack_linear_fp32(model)
+    if pack and quantize == "none" and device.type == "cpu" and resolved in ("fp32", "bf16"):
+        pack_linear(model)
     if (precision, quantize) != ("fp32", "none"):
         log.info("%s: %s", what, describe(resolved, quantize, device, keep_fp32))
     return resolved, autocast_for(resolved, device)

@@ -129,7 +129,7 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
     import copy
 
     from mmkit.core import GenerationOptions
-    from mmkit.inference.packed import pack_linear_fp32
+    from mmkit.inference.packed import pack_linear
     from mmkit.inference.quantize import prepare_arithmetic
     from mmkit.models.dalle_bart import DalleBart
     from mmkit.weights.from_min_dalle import dalle_bart_from_min_dalle
@@ -154,14 +154,14 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
                                         null_text=null_text.expand(num_images, -1))
         return run
 
-    packed = copy.deepcopy(model)  # fp32 as `mmkit generate` runs it: on oneDNN's packed weights
-    pack_linear_fp32(packed)
+    packed = copy.deepcopy(model)  # fp32 and bf16 as `mmkit generate` runs them: on oneDNN's packed weights
+    pack_linear(packed)
     runs = {"mmkit": sampler(packed, contextlib.nullcontext),
             "min-dalle": lambda: min_dalle_codes(encoder, decoder, text, null_text, num_images, guidance)}
     reduced_paths = {}
     for kind, on, (precision, quantize) in (("int8", int8, ("fp32", "int8")), ("bf16", bf16, ("bf16", "none"))):
         if on:  # the same weights, as `mmkit generate --quantize int8` / `--precision bf16` runs them
-            reduced = copy.deepcopy(model) if quantize == "int8" else model
+            reduced = copy.deepcopy(model) if quantize == "int8" else packed
             reduced_paths[kind] = (reduced, prepare_arithmetic(reduced, precision, quantize, "bench")[1])
             runs[f"mmkit {kind}"] = sampler(*reduced_paths[kind])
     with torch_threads(threads):

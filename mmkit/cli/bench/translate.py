@@ -140,7 +140,7 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
         int8", ...; ratio > 1: faster than transformers fp32), `same_tokens` (fp32) and the raw `seconds`; and the
         settings.
     """
-    from mmkit.inference.packed import pack_linear_fp32
+    from mmkit.inference.packed import pack_linear
     from mmkit.inference.precision import autocast_for
     from mmkit.inference.quantize import apply_quantization
     from mmkit.models import Seq2Seq
@@ -151,13 +151,13 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
     with torch_threads(threads):
         ref = _reference(dim, layers, heads, ffn, vocab_size)
         ours = Seq2Seq.from_hf(ref).eval()
-        packed = copy.deepcopy(ours)  # fp32 as `mmkit translate` runs it: on oneDNN's packed weights
-        pack_linear_fp32(packed)
+        packed = copy.deepcopy(ours)  # fp32 and bf16 as `mmkit translate` runs them: on oneDNN's packed weights
+        pack_linear(packed)
         models = {"mmkit": (packed, contextlib.nullcontext)}
         if int8:
             models["mmkit int8"] = (apply_quantization(copy.deepcopy(ours), "int8"), contextlib.nullcontext)
         if bf16:  # the same weights under bf16 autocast, as `mmkit translate --precision bf16`
-            models["mmkit bf16"] = (ours, autocast_for("bf16", "cpu"))
+            models["mmkit bf16"] = (packed, autocast_for("bf16", "cpu"))
         ct2 = _ct2_translators(ref, ctranslate2) if ctranslate2 else {}
         g = torch.Generator().manual_seed(0)
         cells = []
