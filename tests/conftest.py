@@ -25,6 +25,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# The decoding tools' packed weights (`mmkit.inference.packed`) for every layer, however small: the tests' tiny
+# models then decode through them, as real-sized ones do (in this process and every one a test starts).
+os.environ["MMKIT_PACKED_MIN_ELEMENTS"] = "0"
 # Gradio and the browser talk to 127.0.0.1; a configured HTTP proxy must not intercept that.
 for _var in ("NO_PROXY", "no_proxy"):
     os.environ[_var] = ",".join(filter(None, [os.environ.get(_var), "127.0.0.1", "localhost"]))

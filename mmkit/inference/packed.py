@@ -8,7 +8,8 @@ copy of the weight reordered once into its blocked layout (`torch.ops.mkldnn._re
 inductor's freezing pass packs weights with; `_linear_pointwise` multiplies) streams them 1.3-2.6x faster: GPT-2
 small's 48 block matrices 29 -> 18 ms at one row, 51 -> 23 ms at 16 rows, its 50,257 x 768 vocabulary projection
 14 -> 6 ms; 1.3-1.5x at 64-512 rows, 1.1-1.3x with the CPU capped to AVX2. Over the ~1,500 rows of an encoder's
-window the two are within ~15% either way, so calls of more than `MAX_ROWS` rows stay on `F.linear`.
+window the two are within ~15% either way, so calls of more than `MAX_ROWS` rows stay on `F.linear`, and so do
+weights of fewer than `min_elements()` values, where oneDNN's fixed cost per call outweighs the faster read.
 
 The layer stays an `nn.Linear` (parameters, state dict, copies, `.to`, gradients all as before): the packed copy
 is made at the first call that uses it and remade when the weight changes (its storage or version counter: an
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,16 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 512  # packed at up to this many rows (1.2-1.5x at 256-512 on both kinds of CPU), F.linear beyond
+# A oneDNN call costs ~35 us where F.linear's costs ~15: smaller weights (GPT-2 small's 768 x 768, Whisper tiny's
+# layers, the recipes' shapes) stay plain; at one row 768 x 768 took 64 us packed against 54, 2048 x 512 79 against
+# 106. MMKIT_PACKED_MIN_ELEMENTS sets another bound (the test suite's 0 packs its tiny models' layers too).
+_DEFAULT_MIN_ELEMENTS = 1 << 20
+
+
+def min_elements() -> int:
+    """The fewest weight values a packed layer has (`MMKIT_PACKED_MIN_ELEMENTS`, else 2**20)."""
+    value = os.environ.get("MMKIT_PACKED_MIN_ELEMENTS", "")
+    return int(value) if value.isdigit() else _DEFAULT_MIN_ELEMENTS
 
 
 @functools.cache
@@ -125,17 +137,22 @@ def has_packed_layers(module: nn.Module) -> bool:
 
 
 def pack_linear(module: nn.Module) -> int:
-    """Make, in place, every fp32 `nn.Linear` of `module` (exact type, as the int8 quantizer) a `PackedLinear` on
-    the same parameters, and give every token decoder's tied vocabulary projection (`head is None`) a
-    `PackedProjection`. Nothing is done where this PyTorch build cannot pack. Returns how many layers were made
+    """Make, in place, every fp32 `nn.Linear` of `module` (exact type, as the int8 quantizer) of at least
+    `min_elements()` weights a `PackedLinear` on the same parameters, and give every token decoder's tied vocabulary
+    projection (`head is None`) of that size a `PackedProjection`. Nothing is done where this PyTorch build cannot pack. Returns how many layers were made
     packable, projections included; the copies are made when first used."""
     if not packing_available():
         return 0
+    bound = min_elements()
+
+    def packable(weight: Tensor) -> bool:
+        return weight.dtype == torch.float32 and weight.numel() >= bound
+
     tied = [m.tok_embed for m in module.modules() if "head" in vars(m) and m.head is None
-            and isinstance(getattr(m, "tok_embed", None), nn.Embedding) and m.tok_embed.weight.dtype == torch.float32]
+            and isinstance(getattr(m, "tok_embed", None), nn.Embedding) and packable(m.tok_embed.weight)]
     for embed in tied:
         embed.packed_projection = PackedProjection()
-    names = [name for name, m in module.named_modules() if type(m) is nn.Linear and m.weight.dtype == torch.float32]
+    names = [name for name, m in module.named_modules() if type(m) is nn.Linear and packable(m.weight)]
     for name in names:
         parent, _, leaf = name.rpartition(".")
         setattr(module.get_submodule(parent) if parent else module, leaf, PackedLinear(module.get_submodule(name)))
