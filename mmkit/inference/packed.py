@@ -107,7 +107,7 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = None  # the arithmetic: fp32, or bf16 where a bf16 autocast computes this layer (as F.linear would)
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():  # a compiled graph: F.linear, traceable
             if not torch.is_autocast_enabled("cpu"):
                 dtype = torch.float32
             elif torch.get_autocast_dtype("cpu") == torch.bfloat16 and packing_available(torch.bfloat16):
@@ -126,6 +126,8 @@ class PackedProjection(_PackedCopy):
     computes as before); under autocast too, since that projection runs in fp32 without gradients there."""
 
     def __call__(self, x: Tensor, weight: Tensor) -> Tensor | None:
+        if torch.compiler.is_compiling():
+            return None
         if x.dtype != torch.float32:  # a bf16 autocast's hidden states: the projection runs in fp32
             x = x.float()
         packed = self.current(x, weight)

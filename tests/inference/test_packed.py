@@ -209,3 +209,13 @@ def test_small_weights_stay_plain_where_a_oneDNN_call_costs_more(monkeypatch):
     packed = {name for name, m in model.named_modules() if isinstance(m, PackedLinear)}
     assert packed == {"decoder.blocks.0.mlp.fc1", "decoder.blocks.0.mlp.fc2"} and hasattr(model.tok_embed, "packed_projection")
     assert pack_linear(_gpt()) == 0
+
+
+@pytest.mark.slow
+def test_a_compiled_packed_model_traces_the_plain_product():
+    model = _gpt()
+    pack_linear(model)
+    prompt = torch.randint(0, 300, (1, 6), generator=torch.Generator().manual_seed(3))
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(prompt), _gpt()(prompt), atol=1e-4, rtol=0)
