@@ -33,14 +33,16 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 512  # packed at up to this many rows (1.2-1.5x at 256-512 on both kinds of CPU), F.linear beyond
-# A oneDNN call costs ~35 us where F.linear's costs ~15: smaller weights (GPT-2 small's 768 x 768, Whisper tiny's
-# layers, the recipes' shapes) stay plain; at one row 768 x 768 took 64 us packed against 54, 2048 x 512 79 against
-# 106. MMKIT_PACKED_MIN_ELEMENTS sets another bound (the test suite's 0 packs its tiny models' layers too).
-_DEFAULT_MIN_ELEMENTS = 1 << 20
+# A oneDNN call costs ~35 us where F.linear's costs ~15, so the recipes' small layers stay plain (576 x 192 at one
+# row, alone: 59-87 us packed against 24-28). From 512 x 512 up packing gains within a model: opus-mt's shape with
+# every layer packed decoded at 1.80 / 1.94 / 2.54 / 1.68x transformers (greedy b1, b16, beam 4 b1, b16), with only
+# those of 2**20 weights or more 1.60 / 1.80 / 2.11 / 1.61x (two runs each). MMKIT_PACKED_MIN_ELEMENTS sets another
+# bound (the test suite's 0 packs its tiny models' layers too).
+_DEFAULT_MIN_ELEMENTS = 1 << 18
 
 
 def min_elements() -> int:
-    """The fewest weight values a packed layer has (`MMKIT_PACKED_MIN_ELEMENTS`, else 2**20)."""
+    """The fewest weight values a packed layer has (`MMKIT_PACKED_MIN_ELEMENTS`, else 2**18)."""
     value = os.environ.get("MMKIT_PACKED_MIN_ELEMENTS", "")
     return int(value) if value.isdigit() else _DEFAULT_MIN_ELEMENTS
 
