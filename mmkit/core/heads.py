@@ -32,8 +32,8 @@ def output_logits(x: Tensor, embedding: nn.Embedding, head: nn.Module | None) ->
     fp32: rounded to bf16's 8 bits, near-tied logits swap and greedy choices flip (Whisper tiny.en
     on the README's 40 espeak clips: WER 50.6% with bf16 logits, 48.1% with fp32 logits, the same
     as the all-fp32 path). It is one matrix product per step. With gradients, autocast decides.
-    An fp32 inference tool on the CPU may give `embedding` a `packed_projection` (`mmkit.inference.packed`):
-    the same product on oneDNN's packed copy of the weight, used while that copy is current."""
+    A decoding tool on the CPU may give `embedding` a `packed_projection` (`mmkit.inference.packed`): the same
+    fp32 product on oneDNN's packed copy of the weight, used while that copy is current."""
     packed = getattr(embedding, "packed_projection", None) if head is None else None
     if packed is not None:
         logits = packed(x, embedding.weight)

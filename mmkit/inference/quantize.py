@@ -55,7 +55,8 @@ def quantize_linear_int8(module: nn.Module, keep_fp32: Sequence[str] = ()) -> nn
     # dynamic quantization (nn.MultiheadAttention's NonDynamicallyQuantizableLinear) stay as they are;
     # fp32 layers packed for decoding (`packed.PackedLinear`: fp32 chosen first) are made int8 too
     names = [name for name, m in module.named_modules()
-             if (type(m) is nn.Linear or isinstance(m, PackedLinear)) and not any(fnmatchcase(name, p) for p in keep_fp32)]
+             if (type(m) is nn.Linear or isinstance(m, PackedLinear))
+             and not any(fnmatchcase(name, p) for p in keep_fp32)]
     # Layers are independent and their ops release the GIL: quantize them on torch's threads (ViT-B/32's
     # 98 Linear layers: quantize_dynamic took 1.75 s idle, before the first image; this 0.66 s)
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
@@ -221,8 +222,8 @@ def prepare_arithmetic(model: nn.Module, precision: str, quantize: str, what: st
     changes), make `model`'s Linear layers int8 in place if asked, log the arithmetic once (`what`
     names the tool; the exact default stays quiet) and return the resolved precision and the
     factory of its autocast context. A tool that decodes passes `pack=True`: where the arithmetic is fp32
-    on the CPU, its decoding steps then run on oneDNN's packed weights (`packed.pack_linear`: the
-    same fp32 arithmetic, 1.3-2.6x faster Linear layers at a step's few rows)."""
+    or bf16 on the CPU, its decoding steps then run on oneDNN's packed weights (`packed.pack_linear`: the
+    same arithmetic, 1.3-2.6x faster Linear layers at a step's few rows in fp32)."""
     device = next(model.parameters()).device
     resolved = resolve_precision(precision, device, quantize)
     apply_quantization(model, quantize, keep_fp32)

@@ -207,7 +207,8 @@ def test_small_weights_stay_plain_where_a_oneDNN_call_costs_more(monkeypatch):
     model = GPT(vocab_size=1024, max_len=64, dim=256, depth=1, num_heads=4).eval()
     assert pack_linear(model) == 3  # fc1 and fc2 (1024 x 256), the projection (1024 x 256); not qkv, proj
     packed = {name for name, m in model.named_modules() if isinstance(m, PackedLinear)}
-    assert packed == {"decoder.blocks.0.mlp.fc1", "decoder.blocks.0.mlp.fc2"} and hasattr(model.tok_embed, "packed_projection")
+    assert packed == {"decoder.blocks.0.mlp.fc1", "decoder.blocks.0.mlp.fc2"}
+    assert hasattr(model.tok_embed, "packed_projection")
     assert pack_linear(_gpt()) == 0
 
 
