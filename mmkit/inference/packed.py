@@ -140,6 +140,13 @@ class PackedProjection(_PackedCopy):
         return None if packed is None else _multiply(x, packed, None)
 
 
+def tied_decoders(module: nn.Module) -> list[nn.Module]:
+    """The token decoders in `module` whose vocabulary projection is tied to their `tok_embed` (`head is None`,
+    `core.heads.output_logits`)."""
+    return [m for m in module.modules() if "head" in vars(m) and m.head is None
+            and isinstance(getattr(m, "tok_embed", None), nn.Embedding)]
+
+
 def has_packed_layers(module: nn.Module) -> bool:
     return any(isinstance(m, PackedLinear) for m in module.modules())
 
@@ -156,8 +163,7 @@ def pack_linear(module: nn.Module) -> int:
     def packable(weight: Tensor) -> bool:
         return weight.dtype == torch.float32 and weight.numel() >= bound
 
-    tied = [m.tok_embed for m in module.modules() if "head" in vars(m) and m.head is None
-            and isinstance(getattr(m, "tok_embed", None), nn.Embedding) and packable(m.tok_embed.weight)]
+    tied = [m.tok_embed for m in tied_decoders(module) if packable(m.tok_embed.weight)]
     for embed in tied:
         embed.packed_projection = PackedProjection()
     names = [name for name, m in module.named_modules() if type(m) is nn.Linear and packable(m.weight)]

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmkit.inference.packed import PackedLinear, pack_linear
+from mmkit.inference.packed import PackedLinear, pack_linear, tied_decoders
 from mmkit.inference.precision import autocast_for, cpu_has_bf16, resolve_precision
 from mmkit.weights.native import skip_init
 
@@ -175,7 +175,7 @@ def check_exportable(module: nn.Module, error: type[Exception] = ValueError) -> 
         raise error("an int8 model is not exported: export the fp32 model (int8 is applied at load)")
 
 
-def int8_linear(linear: nn.Linear | PackedLinear) -> nn.Module:
+def int8_linear(linear: nn.Linear) -> nn.Module:
     """The `Int8Linear` copy of one `nn.Linear` (in_features >= 2; narrower layers stay as they are)."""
     return Int8Linear(linear) if linear.in_features >= 2 else linear
 
@@ -185,15 +185,14 @@ def untie_head(module: nn.Module) -> int:
     (`head is None`, `core.heads.output_logits`) an inference-time `nn.Linear` head holding a copy
     of the embedding's weight, so the quantizer can make it int8; the embedding keeps its fp32 rows.
     Returns how many heads were untied."""
-    untied = 0
-    for m in list(module.modules()):
-        embed = getattr(m, "tok_embed", None)
-        if "head" in vars(m) and m.head is None and isinstance(embed, nn.Embedding):
-            with skip_init():  # no random fill of a (vocab, dim) weight replaced at once (0.14 s, Whisper's)
-                head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False)
-            head.weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=False)
-            m.head, untied = head, untied + 1
-    return untied
+    tied = tied_decoders(module)
+    for m in tied:
+        embed = m.tok_embed
+        with skip_init():  # no random fill of a (vocab, dim) weight replaced at once (0.14 s, Whisper's)
+            head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False)
+        head.weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=False)
+        m.head = head
+    return len(tied)
 
 
 def apply_quantization(module: nn.Module, quantize: str, keep_fp32: Sequence[str] = ()) -> nn.Module:

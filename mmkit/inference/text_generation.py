@@ -49,7 +49,8 @@ def save_text_generator(model: GPT, tokenizer: ByteBPETokenizer, directory: str 
     top_p, the repetition rules, max_new_tokens, ...), which `mmkit generate-text` and
     `TextGenerator.default_options` use where no option is given, as a transformers generation config;
     `sampling_fallbacks`: what a sampling run takes where not given (an imported GPT-2's top_k 50). Both are
-    checked first (a ValueError of one line naming the setting: nothing written). Generation ends at the tokenizer's end-of-text token (`eos_token`; None: at none)."""
+    checked first (a ValueError of one line naming the setting: nothing written). Generation ends at the
+    tokenizer's end-of-text token (`eos_token`; None: at none)."""
     decoding = checked_decoding(decoding or {}, "decoding")
     fallbacks = checked_decoding(sampling_fallbacks or {}, "sampling_fallbacks", SAMPLING)
     directory = model.save_pretrained(directory, metadata={"tokenizer": "byte_bpe", "eos_token": tokenizer.eos_token,

@@ -1,7 +1,8 @@
 """What the tests of the folder exporters (`gpt2_dir`, `bert_dir`, `marian_dir`, `ct2_dir`, `whisper_dir`) check
 alike: an error is one line, a folder that holds files is refused untouched, and an export failing midway (a full
 disk while writing, or while moving the last file, config.json, into place) is a `WriteFailed` naming the folder
-with nothing left: a new folder gone, an empty one empty again.
+with nothing left: a new folder gone, an empty one empty again; an int8 export's weights within half an int8 step
+of float32's.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pytest
+import torch
 
 from mmkit.errors import WriteFailed
 from mmkit.weights.native import WeightsError
@@ -64,3 +66,12 @@ def check_held_folder_refused(export: Callable[[Path], object], tmp_path: Path, 
         export(held)
     assert "holds files already" in one_line(err.value)
     assert [p.name for p in held.iterdir()] == [name] and (held / name).read_text() == "mine"
+
+
+def check_within_half_int8_step(got: torch.Tensor, want: torch.Tensor, name: str = "") -> None:
+    """Each value of an int8 export read back (`got`) within half its output row's int8 step of the float32 weight
+    (`want`): symmetric int8, one scale per output row (max |w| / 127), as CTranslate2 quantizes."""
+    if got.dim() > 1 and not torch.equal(got, want):
+        got, want = got.reshape(got.shape[0], -1), want.reshape(want.shape[0], -1).float()
+        step = want.abs().amax(1) / 127
+        assert ((got - want).abs() <= step[:, None] / 2 * (1 + 1e-5) + 1e-7).all(), name
