@@ -141,17 +141,28 @@ class Attention(nn.Module):
             if mask is not None and mask.shape[-2] > 1:
                 mask = mask[..., :keep, :]
         mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
-        # a cached bf16 decoding step on the CPU (not ViT's one-query last block: its bf16 result stays SDPA's)
-        if (cache is not None and q.shape[2] == 1 and q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        T = q.shape[2]
+        group = _context_group(q, k) if self.cross else 1
+        if group > 1 and not _per_context(mask, k.shape[0]):  # a mask per query: keys and values for every row
+            if mask.ndim == 4 and mask.shape[0] == k.shape[0]:
+                mask = mask.repeat_interleave(group, dim=0)
+            k, v, group = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0), 1
+        if group > 1:  # the queries of `group` rows as one context row's: (B·g, nh, T, hs) -> (B, nh, g·T, hs)
+            q = q.unflatten(0, (k.shape[0], group)).transpose(1, 2).flatten(2, 3)
+        # a cached bf16 decoding step on the CPU (not ViT's one-query last block: its bf16 result stays SDPA's), or
+        # grouped rows' step (SDPA's CPU kernel is 2.5x slower for a beam's 4 queries on 24 keys than 4x the rows)
+        if (cache is not None and T == 1 and (q.dtype == torch.bfloat16 or group > 1) and q.device.type == "cpu"
                 and not self.training):
             out = _one_query_attention(q, k, v, mask, self.scale)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal,
                 dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
-            )  # (B, nh, T, hs)
+            )  # (B, nh, T, hs), or (B, nh, g·T, hs) for grouped rows
+        # (B, T, nh, hs); grouped: (B, nh, g·T, hs) -> (B, g, T, nh, hs), row b·g + j's queries
+        out = out.unflatten(2, (group, T)).permute(0, 2, 3, 1, 4) if group > 1 else out.transpose(1, 2)
         # the explicit inner width, not -1: with B = 0 a -1 is ambiguous, and an empty batch gives an empty result
-        out = out.transpose(1, 2).reshape(x.shape[0], q.shape[2], self.num_heads * self.head_dim)  # (B, T, nh·hs)
+        out = out.reshape(x.shape[0], T, self.num_heads * self.head_dim)  # (B, T, nh·hs)
         out = self.proj(out)  # (B, T, dim)
         return self.proj_drop(out) if self.training else out  # Dropout is the identity in eval: no call
 
@@ -160,11 +171,38 @@ class Attention(nn.Module):
     ) -> Tensor:
         """Explicit softmax(q kᵀ · scale) (B, nh, T, T_key), for visualisation only (no cache)."""
         q, k, _ = self.project_qkv(x, context, None)
+        if self.cross and k.shape[0] and q.shape[0] != k.shape[0]:  # a context row for each group of rows
+            k = k.repeat_interleave(_context_group(q, k), dim=0)
         scores = (q @ k.transpose(-2, -1)) * self.scale
         mask, is_causal = _combine_masks(mask, is_causal, q.shape[2], k.shape[2], q.device)
         if is_causal:
             mask = causal_mask(q.shape[2], k.shape[2], q.device)
         return _masked(scores, mask).softmax(dim=-1)
+
+
+def _context_group(q: Tensor, k: Tensor) -> int:
+    """How many query rows share each context row: 1, or g where a context of B rows serves B·g query rows (row
+    b·g + j attends to context row b): the beams of a beam search, whose rows share their source. Each context
+    row's keys and values are then read once for its g rows instead of once a row (a 4-beam translation step's
+    cross-attention reads a quarter of the memory).
+
+    Raises:
+        ValueError: query rows that are not a multiple of the context's."""
+    rows, contexts = q.shape[0], k.shape[0]
+    if rows == contexts or contexts == 1:  # equal, or one context broadcast (SDPA's rule)
+        return 1
+    if contexts == 0 or rows % contexts:
+        raise ValueError(f"cross-attention of {rows} rows to a context of {contexts}: the rows must be a "
+                         f"multiple of the context's")
+    return rows // contexts
+
+
+def _per_context(mask: Tensor | None, contexts: int) -> bool:
+    """Whether `mask` applies to grouped queries as it is: none, or one mask row per context row (or for all)
+    that is the same for every query (a key-padding mask, (B, 1, 1, S))."""
+    if mask is None:
+        return True
+    return mask.shape[-2] == 1 and (mask.ndim < 4 or mask.shape[0] in (1, contexts))
 
 
 def _one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:

@@ -104,11 +104,13 @@ class KVCache:
     def length(self) -> int:
         return self.layers[0].self_attn.length if self.layers else 0
 
-    def reorder(self, index: Tensor) -> None:
-        """Select batch rows (beam search): row i of the new cache is row index[i] of the old."""
+    def reorder(self, index: Tensor, cross: bool = True) -> None:
+        """Select batch rows (beam search): row i of the new cache is row index[i] of the old; `cross` False leaves
+        the cross-attention keys/values as they are (beams moving within their row, whose context they share)."""
         for block in self.layers:
             block.self_attn.reorder(index)
-            block.cross_attn.reorder(index)
+            if cross:
+                block.cross_attn.reorder(index)
         if self.padding is not None:
             self.padding = self.padding.index_select(0, index.to(self.padding.device))
 

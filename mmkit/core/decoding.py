@@ -403,12 +403,16 @@ def _beam_search(
     B, T = prompt.shape
     K = beam.beam_size
     device = prompt.device
-    if context is not None:
+    # The beams of a row share its context. A model whose cross-attention groups rows (`beams_share_context`: the
+    # core `Attention`'s, row b·K + j attending to context row b) takes it once a row, the keys and values too;
+    # any other gets it repeated to B·K rows.
+    share = bool(getattr(model, "beams_share_context", False))
+    if context is not None and not share:
         context = context.repeat_interleave(K, dim=0)  # (B*K, S, D)
-    if context_mask is not None:
-        context_mask = context_mask.repeat_interleave(K, dim=0)  # beams of a row share its source
-    if cache is not None:  # a given cache holds B rows: one per beam
-        cache.reorder(torch.arange(B, device=device).repeat_interleave(K))
+    if context_mask is not None and not share:
+        context_mask = context_mask.repeat_interleave(K, dim=0)
+    if cache is not None:  # a given cache holds B rows: one per beam (its cross-attention's once a row if shared)
+        cache.reorder(torch.arange(B, device=device).repeat_interleave(K), cross=not share)
     if beam.early_stopping is not None:
         return _ranked_beam_search(model, prompt, max_new_tokens, beam, context, context_mask, eos_id, pad_id,
                                    filters, cache)
@@ -419,8 +423,8 @@ def _beam_search(
             logits = f(tokens, logits)
         return logits
 
-    seqs, scores = openai_beam_search(next_logits, cache.reorder if cache is not None else (lambda index: None),
-                                      prompt, int(max_new_tokens), K, beam.length_penalty, eos_id, beam.n_best)
+    seqs, scores = openai_beam_search(next_logits, _beam_reorder(cache), prompt, int(max_new_tokens), K,
+                                      beam.length_penalty, eos_id, beam.n_best)
     out = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=prompt.dtype, device=device)
     for b, seq in enumerate(seqs):
         out[b, : len(seq)] = seq
@@ -440,14 +444,17 @@ def _ranked_beam_search(
             logp = f(tokens, logp)
         return logp
 
-    def reorder(index: Tensor) -> None:
-        # Beams move within their row, whose beams share one context: the context and the
-        # cross-attention keys/values are the same for all of them and stay where they are.
-        if cache is not None:
-            for block in cache.layers:
-                block.self_attn.reorder(index)
-
     tokens, lengths, scores = ranked_beam_search(
-        next_logprobs, reorder, prompt, max_new_tokens, beam.beam_size, beam.length_penalty, beam.early_stopping,
+        next_logprobs, _beam_reorder(cache), prompt, max_new_tokens, beam.beam_size, beam.length_penalty, beam.early_stopping,
         beam.penalty_form, eos_id, pad_id, beam.n_best)
     return Generation(tokens, lengths, scores, [tokens[b, : lengths[b]] for b in range(tokens.shape[0])])
+
+
+def _beam_reorder(cache: KVCache | None) -> Callable[[Tensor], None]:
+    """The cache's reordering as beams move (`reorder(index)`, index (B·K,) the source row of every beam). Beams
+    move within their row, whose beams share one context: the cross-attention keys/values are the same for all
+    of them (or held once a row) and stay where they are."""
+    if cache is None:
+        return lambda index: None
+    return lambda index: cache.reorder(index, cross=False)
+

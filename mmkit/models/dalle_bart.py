@@ -40,6 +40,8 @@ class DalleBart(PretrainedMixin, nn.Module):
         bos_id: the decoder's start token (min-dalle: 2**14 - 1).
     """
 
+    beams_share_context = True  # cross-attention groups beam rows on one context row (`core.decoding._beam_search`)
+
     def __init__(self, text_vocab_size: int = 50264, text_len: int = 64, codebook_size: int = 16384,
                  image_vocab_size: int = 16385, image_len: int = 256, dim: int = 1024, depth: int = 12,
                  num_heads: int = 16, glu_dim: int = 2730, norm_eps: float = 1e-5, bos_id: int = 2**14 - 1) -> None:

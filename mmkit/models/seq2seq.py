@@ -66,6 +66,8 @@ class Seq2Seq(PretrainedMixin, nn.Module):
             fields; 0, the paper's model and the opus-mt ones: nothing drawn). Cached decoding runs every block.
     """
 
+    beams_share_context = True  # cross-attention groups beam rows on one context row (`core.decoding._beam_search`)
+
     def __init__(
         self,
         vocab_size: int = 32000,

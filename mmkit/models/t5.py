@@ -54,6 +54,8 @@ class T5(PretrainedMixin, nn.Module):
         norm_eps: the RMSNorms' epsilon (layer_norm_epsilon; 1e-6 in every released checkpoint).
     """
 
+    beams_share_context = True  # cross-attention groups beam rows on one context row (`core.decoding._beam_search`)
+
     def __init__(
         self,
         vocab_size: int = 32128,

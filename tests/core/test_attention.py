@@ -204,3 +204,55 @@ def test_a_bf16_cached_step_takes_the_two_product_path_and_agrees(monkeypatch):
     assert calls == [1, 1] and cache.keys.is_contiguous() and cache.values.is_contiguous()
     assert torch.equal(first, again)
     assert (first.float() - exact).abs().max() <= 0.05 * exact.abs().max()
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "per-row"])
+@pytest.mark.parametrize("step", [False, True])
+def test_grouped_cross_attention_equals_the_context_repeated(naive, mask_kind, step):
+    """A context of B rows for B·g query rows (a beam search's beams, `_context_group`): row b·g + j attends to
+    context row b, as with the context repeated g times; a key-padding mask of the B rows applies to each group,
+    a mask of the B·g rows (one per query row) makes the keys repeated instead. A cached decoding step (one query
+    a row) takes the two-product path; a prompt (3 queries a row) SDPA."""
+    import mmkit.core.attention as attention
+
+    torch.manual_seed(0)
+    g, S, T = 4, 6, 1 if step else 3
+    attn = Attention(DIM, HEADS, cross=True).eval()
+    x, context = torch.randn(B * g, T, DIM), torch.randn(B, S, DIM)
+    valid = torch.tensor([[True] * S, [True, True, True, False, False, False]])
+    mask = {"none": None, "padding": key_padding_mask(valid),
+            "per-row": key_padding_mask(valid.repeat_interleave(g, 0) & (torch.rand(B * g, S) > 0.3) |
+                                        torch.arange(S).eq(0))}[mask_kind]
+    repeated_mask = mask.repeat_interleave(g, 0) if mask_kind == "padding" else mask
+    repeated = context.repeat_interleave(g, 0)
+    expected = naive(attn, x, repeated, mask=repeated_mask)
+    with torch.no_grad():
+        cache = AttentionCache()
+        got = attn(x, context=context, mask=mask, cache=cache if step else None)
+        assert cache.keys.shape[0] == B if step else cache.is_empty  # the keys and values of B rows, not B·g
+        again = attn(x, mask=mask, cache=cache) if step else got
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(again, got)
+    assert attention._context_group(torch.zeros(8, 1, 1, 1), torch.zeros(2, 1, 1, 1)) == 4
+    with pytest.raises(ValueError, match="cross-attention of 5 rows to a context of 2"):
+        attn(torch.randn(5, T, DIM), context=context)
+
+
+def test_grouped_cross_attention_maps_repeat_the_context():
+    torch.manual_seed(0)
+    attn = Attention(DIM, HEADS, cross=True).eval()
+    x, context = torch.randn(4, 2, DIM), torch.randn(2, 5, DIM)
+    torch.testing.assert_close(attn.attention_weights(x, context),
+                               attn.attention_weights(x, context.repeat_interleave(2, 0)))
+
+
+def test_a_grouped_bf16_step_agrees_with_fp32():
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=4, cross=True).eval()
+    x, context = torch.randn(6, 1, 32), torch.randn(2, 30, 32)
+    with torch.no_grad():
+        exact = attn(x, context.repeat_interleave(3, 0))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = attn(x, context, cache=AttentionCache())
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - exact).abs().max() <= 0.05 * exact.abs().max()

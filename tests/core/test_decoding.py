@@ -106,6 +106,47 @@ def test_cross_attention_cached_equals_uncached_and_projects_context_once(tiny_s
     assert len(calls) == 7 * len(model.decoder.blocks)  # recomputed every step without a cache
 
 
+@pytest.mark.parametrize("early_stopping", [None, False], ids=["openai", "ranked"])
+@pytest.mark.parametrize("cache", ["new", "given", "none"])
+def test_beams_sharing_their_context_decode_as_with_it_repeated(tiny_seq2seq, early_stopping, cache):
+    """A model whose cross-attention groups rows (`beams_share_context`) gets each row's context once, not once
+    a beam: the same tokens and scores, its keys and values projected and cached for B rows, not B·K; a given
+    cache keeps its B rows of them, while the self-attention entries follow the beams."""
+    model, K = tiny_seq2seq, 3
+    torch.manual_seed(0)
+    with torch.no_grad():
+        context = model.encoder(torch.randn(2, 9, 32))
+    prompt = torch.tensor([[1, 5], [2, 7]])
+    calls = []
+    hooks = [blk.cross_attn.kv.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+             for blk in model.decoder.blocks]
+
+    def run(share: bool):
+        model.beams_share_context = share
+        given = None
+        if cache == "given":  # the prompt's first token and the context's keys/values cached, as Whisper's
+            given = KVCache()
+            with torch.no_grad():
+                model(prompt[:, :1], context=context, cache=given)
+        out = generate(model, prompt, 6, BeamSearch(K, early_stopping=early_stopping), context=context,
+                       use_cache=cache != "none", cache=given)
+        return out, given
+
+    try:
+        (shared, given), shared_calls, calls[:] = run(True), list(calls), []
+        repeated, _ = run(False)
+    finally:
+        for h in hooks:
+            h.remove()
+        del model.beams_share_context
+    assert torch.equal(shared.tokens, repeated.tokens) and torch.equal(shared.lengths, repeated.lengths)
+    torch.testing.assert_close(shared.scores, repeated.scores, atol=1e-5, rtol=1e-5)
+    assert set(shared_calls) == {2}  # B rows, never B·K
+    assert set(calls) == ({2} if cache == "given" else {2 * K})
+    if cache == "given":
+        assert all(b.cross_attn.keys.shape[0] == 2 and b.self_attn.keys.shape[0] == 2 * K for b in given.layers)
+
+
 # --- beam search on a hand-made model --------------------------------------------------------
 
 class PrefixTable:
