@@ -4,7 +4,9 @@ Strategies are small objects (openai/whisper keeps decoding apart from the model
 way): `Greedy`, `Sampling` (temperature, top-k, top-p) and `BeamSearch`. Logit filters are
 callables `(tokens (B, T), logits (B, V)) -> logits` applied before selection. The model is
 any callable `model(tokens, context=None, cache=None) -> logits (B, T, V)`; with a `KVCache`
-only the new tokens are fed at each step.
+only the new tokens are fed at each step. A model whose cross-attention takes a context of B rows for B·g token
+rows (row b·g + j attending to context row b, as the core `Attention` does) says so with a true
+`beams_share_context` attribute: beam search then hands it each row's context once instead of once a beam.
 """
 from __future__ import annotations
 
@@ -304,7 +306,8 @@ def generate(
         cache: a KVCache to extend in place instead of a new one (ignored without `use_cache`):
             it may already hold a prefix of `prompt` and/or the cross-attention keys/values of
             `context`, e.g. one encoder output's, computed once and shared by several calls.
-            Beam search expands its rows to B·beam_size.
+            Beam search expands its rows to B·beam_size (the cross-attention entries stay at B rows for a
+            model whose beams share their context, `beams_share_context`).
         stop: `stop(tokens (B, T)) -> (B,) bool`, rows to end after the token just added (stop
             strings, say); greedy and sampling only.
         on_step: called with the tokens (B, T) after every step, e.g. to stream text as it comes;
@@ -438,15 +441,22 @@ def _ranked_beam_search(
 ) -> Generation:
     """`mmkit.core.beam.ranked_beam_search` on this loop's model call, filters and cache."""
 
+    buffer: list[Tensor] = []  # one (B·K, V) tensor for every step's log-probabilities (the search adds into it)
+
     def next_logprobs(tokens: Tensor) -> Tensor:
-        logp = _next_logits(model, tokens, context, cache, context_mask).log_softmax(dim=-1)
+        logits = _next_logits(model, tokens, context, cache, context_mask)
+        if not buffer or buffer[0].shape != logits.shape:
+            buffer[:] = [torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)]
+        # written into the step's buffer, not a new tensor of B·K x vocabulary floats (60 MB a step for a
+        # 58k-word vocabulary at 64 rows, whose fresh pages cost more than the arithmetic)
+        logp = torch.log_softmax(logits, dim=-1, out=buffer[0])
         for f in filters:  # on log-probabilities, unrenormalised, as transformers' processors
             logp = f(tokens, logp)
         return logp
 
     tokens, lengths, scores = ranked_beam_search(
-        next_logprobs, _beam_reorder(cache), prompt, max_new_tokens, beam.beam_size, beam.length_penalty, beam.early_stopping,
-        beam.penalty_form, eos_id, pad_id, beam.n_best)
+        next_logprobs, _beam_reorder(cache), prompt, max_new_tokens, beam.beam_size, beam.length_penalty,
+        beam.early_stopping, beam.penalty_form, eos_id, pad_id, beam.n_best)
     return Generation(tokens, lengths, scores, [tokens[b, : lengths[b]] for b in range(tokens.shape[0])])
 
 

@@ -45,6 +45,19 @@ def test_bench_runs_both_processes_on_the_same_tokens(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_the_reference_scripts_decode_with_beams(tmp_path):
+    """`--beam-size`: transformers' `generate(num_beams=...)` runs in the reference script (the tokens are compared
+    and reported, not asserted: its beam ranking is not openai's)."""
+    model = write_toy_checkpoint(tmp_path / "model", d_model=64, encoder_layers=1, decoder_layers=1, heads=2,
+                                 n_text_tokens=300)
+    files = write_audio_files(tmp_path / "audio", 2, min_seconds=1.0, max_seconds=3.0)
+    result = run_transcribe_bench(model, files, max_new_tokens=5, batch_size=2, hf_batch_sizes=(2,), threads=1,
+                                  beam_size=2)
+    assert set(result["seconds"]) == {"mmkit", "transformers_b2"} and 0 < result["tokens_generated"] <= 2 * 5
+    assert 0 <= result["files_identical"]["transformers_b2"] <= 2 and result["beam_size"] == 2
+
+
+@pytest.mark.slow
 def test_bench_adds_mmkit_int8_and_faster_whisper_rows(tmp_path):
     pytest.importorskip("faster_whisper", reason="faster-whisper is an optional reference")
     # English-only: faster-whisper decides "multilingual" from the vocabulary size (>= 51865), so a
@@ -232,6 +245,13 @@ def test_every_process_gets_the_device(tmp_path, monkeypatch):
     assert "2 files on cuda:1," in format_report(result, "tiny")
     with pytest.raises(ValueError, match="fp16"):  # fp16 autocast is a GPU path
         run_transcribe_bench(model, files, precisions=("fp16",))
+    commands.clear()
+    result = run_transcribe_bench(model, files, hf_batch_sizes=(2,), faster_whisper=("float16",), device="cuda",
+                                  beam_size=3)  # beams on every side
+    mmkit = [c for c in commands if "--output-dir" in c]
+    references = [json.loads(c[3]) for c in commands if len(c) == 4]
+    assert [c[c.index("--beam-size") + 1] for c in mmkit] == ["3"] and [r["beam_size"] for r in references] == [3, 3]
+    assert result["beam_size"] == 3 and "beam 3 at temperature 0" in format_report(result, "tiny")
 
 
 def _stub_processes(monkeypatch, files, seconds, tokens):

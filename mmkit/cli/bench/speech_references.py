@@ -34,12 +34,13 @@ with torch.inference_mode():
         x = features(audio, sampling_rate=16000, return_tensors="pt").input_features.to(device)
         # English-only checkpoints (tiny.en, ...) take no language or task: transformers refuses them
         prompt = dict(language=args["language"], task="transcribe") if multilingual else {}
-        seqs = model.generate(x, return_timestamps=False, max_new_tokens=args["max_new_tokens"], **prompt)
+        seqs = model.generate(x, return_timestamps=False, max_new_tokens=args["max_new_tokens"],
+                              num_beams=args["beam_size"], **prompt)
         out.update(zip(chunk, seqs.tolist()))
 with open(args["out"], "w") as f:
     json.dump(out, f)
 """
-# faster-whisper (CTranslate2) on a CTranslate2 conversion of the same checkpoint: beam 1, no VAD, no
+# faster-whisper (CTranslate2) on a CTranslate2 conversion of the same checkpoint: the bench's beam size, no VAD, no
 # previous-text prompt, the same token limit, and with decoding "greedy" no fallback or thresholds (with
 # "default": its own temperature fallback and thresholds); its tokens per file as JSON.
 FW_SCRIPT = r"""
@@ -53,7 +54,7 @@ out = {}
 greedy = dict(temperature=0.0, compression_ratio_threshold=None, log_prob_threshold=None, no_speech_threshold=None)
 decoding = greedy if args["decoding"] == "greedy" else {}
 for f in args["files"]:
-    segments, _ = model.transcribe(f, language=args["language"], beam_size=1, vad_filter=False,
+    segments, _ = model.transcribe(f, language=args["language"], beam_size=args["beam_size"], vad_filter=False,
                                    without_timestamps=True, condition_on_previous_text=False,
                                    max_new_tokens=args["max_new_tokens"], **decoding)
     out[f] = [t for s in segments for t in s.tokens]

@@ -1,8 +1,8 @@
 """`mmkit transcribe` (fp32, `--precision bf16` and `--quantize int8`) against transformers' Whisper `generate` and
-faster-whisper (CTranslate2, int8 and float32 compute types, beam 1, no VAD): whole processes (start-up, model
+faster-whisper (CTranslate2, int8 and float32 compute types, no VAD): whole processes (start-up, model
 loading, feature extraction, encoder, decoder) on the same checkpoint and the same audio files,
-greedy, without timestamps, with the same token limit and no fallback, so that both decode the
-same tokens. `--repetition-guard` keeps mmkit's guard on in that greedy mode (cuts only windows that
+greedy (or `--beam-size N` on every side), without timestamps, with the same token limit and no fallback, so
+that both decode the same tokens. `--repetition-guard` keeps mmkit's guard on in that greedy mode (cuts only windows that
 loop, which `--audio-context` needs); `--decoding default` instead leaves each tool's fallback and
 thresholds on. Both compare by WER: with `--transcripts`, the report also names, per reference, the
 fastest mmkit path whose WER is no higher, and the ratio at that equal-or-lower WER. The reference
@@ -108,7 +108,7 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
                          faster_whisper: Sequence[str] = (), transcripts: dict[str, str] | None = None,
                          audio_contexts: Sequence[float] = (), decoding: str = "greedy",
                          repetition_guard: bool = False, precisions: Sequence[str] = ("fp32",),
-                         device: str = "cpu") -> dict[str, Any]:
+                         device: str = "cpu", beam_size: int = 1) -> dict[str, Any]:
     """Time `mmkit transcribe` (once per `mmkit_quantize` kind and `precisions` entry: "mmkit", "mmkit_int8",
     "mmkit_bf16" (int8 with bf16 is no path: int8 layers take fp32), and again per `audio_contexts` seconds
     with `--audio-context S`: "mmkit_ctx10s", "mmkit_int8_ctx10s"), the transformers
@@ -121,7 +121,8 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
     mmkit's repetition guard on in greedy mode (a window that starts repeating itself is cut; other windows
     decode the same tokens): what `--audio-context` needs, since short contexts make some windows loop.
     Every process runs on `device` ("cpu", "cuda", "cuda:N"; checked by the caller, `check_device`), the
-    transformers reference in fp32 there.
+    transformers reference in fp32 there. `beam_size` > 1: every process decodes with that many beams (mmkit
+    `--beam-size`, transformers `num_beams`, faster-whisper `beam_size`) instead of greedily.
 
     Returns:
         `seconds` per process over the rounds, `import_seconds` (a process that only imports each
@@ -153,12 +154,14 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
         def mmkit_cmd(entry: list[str], out: str) -> list[str]:
             return [*entry, *map(str, files), "--model", str(model_dir), "--language", language, "--without-timestamps",
                     *greedy_args, "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size),
+                    "--beam-size", str(beam_size),
                     "--output-format", "json", "--output-dir", str(work / out), "--quiet", "--device", device,
                     *threads_args]
 
         def hf_cmd(b: int) -> list[str]:
             args = dict(model=str(model_dir), files=list(map(str, files)), batch_size=b, language=language,
-                        max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"hf_b{b}.json"), device=device)
+                        max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"hf_b{b}.json"), device=device,
+                        beam_size=beam_size)
             return [sys.executable, "-c", HF_SCRIPT, json.dumps(args)]
 
         # a CTranslate2 folder (model.bin) is faster-whisper's own format: read as is, nothing converted
@@ -167,7 +170,8 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
         def fw_cmd(compute_type: str) -> list[str]:
             args = dict(model=str(ct2_dir), files=list(map(str, files)), compute_type=compute_type, language=language,
                         max_new_tokens=max_new_tokens, threads=threads, out=str(work / f"fw_{compute_type}.json"),
-                        decoding=decoding, device=device.split(":")[0], device_index=int(device.partition(":")[2] or 0))
+                        decoding=decoding, device=device.split(":")[0], device_index=int(device.partition(":")[2] or 0),
+                        beam_size=beam_size)
             return [sys.executable, "-c", FW_SCRIPT, json.dumps(args)]
 
         if faster_whisper and ct2_dir != model_dir:  # float32; faster-whisper quantizes it on load per compute type
@@ -195,6 +199,7 @@ def run_transcribe_bench(model_dir: str | Path, files: Sequence[str | Path], max
         result: dict[str, Any] = dict(
             model=str(model_dir), device=device, files=len(files), audio_seconds=None, max_new_tokens=max_new_tokens,
             batch_size=batch_size, threads=threads, rounds=rounds, decoding=decoding, precisions=list(precisions),
+            beam_size=beam_size,
             repetition_guard=repetition_guard or decoding == "default", seconds=seconds,
             import_seconds=import_seconds,
             tokens_generated=sum(len(t) for t in ours.values()), ratio={}, tokens_identical={}, files_identical={})
@@ -239,8 +244,10 @@ def format_report(result: dict[str, Any], label: str) -> str:
     over mmkit fp32's (> 1: mmkit is faster); "same tokens" is against mmkit fp32. Then every mmkit path
     against every reference, and the fastest path named only where its output is as good: at no higher
     WER (with transcripts), else with fp32's very tokens."""
+    beams = result.get("beam_size", 1)
     how = "greedy" if result.get("decoding", "greedy") == "greedy" else "each tool's default fallback/thresholds"
     how += " (mmkit with its repetition guard)" if result.get("repetition_guard") and how == "greedy" else ""
+    how = how.replace("greedy", f"beam {beams} at temperature 0", 1) if beams > 1 else how
     lines = [label, f"{result['files']} files on {result.get('device', 'cpu')}, {how}, no timestamps, "
                     f"max {result['max_new_tokens']} new tokens, mmkit batch {result['batch_size']}, "
                     f"threads {result['threads'] or 'torch default'}, "
@@ -343,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--decoding", choices=("greedy", "default"), default="greedy",
                    help="greedy: no fallback, thresholds or repetition guard anywhere (same tokens, the default); "
                         "default: mmkit's and faster-whisper's own fallback and thresholds on (compare by WER)")
+    p.add_argument("--beam-size", type=at_least(1), default=1,
+                   help="beams on every side (mmkit --beam-size, transformers num_beams, faster-whisper beam_size; "
+                        "1: greedy)")
     p.add_argument("--repetition-guard", action="store_true",
                    help="with --decoding greedy, keep mmkit's repetition guard on (cuts windows that loop)")
     p.add_argument("--transcripts", metavar="JSON", type=path_text,
@@ -389,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_transcribe_bench(model_dir, files, args.max_new_tokens, args.batch_size,
                                       hf_batch_sizes, args.threads, args.rounds, args.language,
                                       quantize, fw, transcripts, args.audio_context, args.decoding,
-                                      args.repetition_guard, precisions, args.device)
+                                      args.repetition_guard, precisions, args.device, args.beam_size)
         sys.stdout.write(format_report(result, label))
         write_json(args.json, result)
         if not all(v for k, v in result["tokens_identical"].items() if k.startswith("transformers")):
