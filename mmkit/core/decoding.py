@@ -441,15 +441,8 @@ def _ranked_beam_search(
 ) -> Generation:
     """`mmkit.core.beam.ranked_beam_search` on this loop's model call, filters and cache."""
 
-    buffer: list[Tensor] = []  # one (B·K, V) tensor for every step's log-probabilities (the search adds into it)
-
     def next_logprobs(tokens: Tensor) -> Tensor:
-        logits = _next_logits(model, tokens, context, cache, context_mask)
-        if not buffer or buffer[0].shape != logits.shape:
-            buffer[:] = [torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)]
-        # written into the step's buffer, not a new tensor of B·K x vocabulary floats (60 MB a step for a
-        # 58k-word vocabulary at 64 rows, whose fresh pages cost more than the arithmetic)
-        logp = torch.log_softmax(logits, dim=-1, out=buffer[0])
+        logp = _next_logits(model, tokens, context, cache, context_mask).log_softmax(dim=-1)
         for f in filters:  # on log-probabilities, unrenormalised, as transformers' processors
             logp = f(tokens, logp)
         return logp
