@@ -107,10 +107,11 @@ class KVCache:
     def reorder(self, index: Tensor, cross: bool = True) -> None:
         """Select batch rows (beam search): row i of the new cache is row index[i] of the old; `cross` False leaves
         the cross-attention keys/values as they are (beams moving within their row, whose context they share)."""
+        rows = self.batch_size
         for block in self.layers:
             block.self_attn.reorder(index)
-            if cross:
-                block.cross_attn.reorder(index)
+            if cross and not block.cross_attn.is_empty:
+                block.cross_attn.reorder(_context_rows(index, rows, block.cross_attn.keys.shape[0]))
         if self.padding is not None:
             self.padding = self.padding.index_select(0, index.to(self.padding.device))
 
@@ -142,7 +143,10 @@ class KVCache:
             layer = out.layer(i)
             if not block.cross_attn.is_empty:
                 k, v = block.cross_attn.keys, block.cross_attn.values
-                layer.cross_attn.set(k if every else k.index_select(0, rows), v if every else v.index_select(0, rows))
+                if not every or k.shape[0] != len(rows):  # grouped entries (a beam search's) are taken per row
+                    index = _context_rows(rows, self.batch_size, k.shape[0])
+                    k, v = k.index_select(0, index), v.index_select(0, index)
+                layer.cross_attn.set(k, v)
             if keep_prefix and not block.self_attn.is_empty:
                 layer.self_attn.append(block.self_attn.keys.index_select(0, rows),
                                        block.self_attn.values.index_select(0, rows))
@@ -154,6 +158,15 @@ class KVCache:
         """The self-attention mask of the next `t_query` positions of left-padded rows (`left_padding_mask`),
         None without padding: what a decoder that reads `padding` passes its stack."""
         return None if self.padding is None else left_padding_mask(self.padding, self.length, t_query)
+
+
+def _context_rows(index: Tensor, rows: int, contexts: int) -> Tensor:
+    """`index` (over a cache's `rows` rows) as rows of its cross-attention entries: the same, or, where `contexts`
+    rows serve groups of rows (a beam search's, `beams_share_context`: row b·g + j reads context row b), each
+    row's context row."""
+    if contexts == rows or not rows or rows % contexts:
+        return index
+    return torch.div(index, rows // contexts, rounding_mode="floor")
 
 
 def left_padding_mask(padding: Tensor, offset: int, t_query: int) -> Tensor:

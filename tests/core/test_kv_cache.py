@@ -101,3 +101,29 @@ def test_fork_of_some_or_permuted_rows_selects_them_and_can_drop_the_prefix():
     bare = cache.fork(torch.tensor([1]), keep_prefix=False)
     assert bare.length == 0 and bare.batch_size == 1
     torch.testing.assert_close(bare.layers[1].cross_attn.keys, cache.layers[1].cross_attn.keys[1:2], rtol=0, atol=0)
+
+
+def test_a_grouped_cache_forks_and_reorders_as_with_its_context_repeated():
+    """After a beam search whose beams share their context (`beams_share_context`), a cache holds B·K rows of
+    self-attention and B of cross-attention; forking or reordering its rows gives each row its own context row, as
+    the same cache with the cross-attention entries repeated K times would."""
+    g = torch.Generator().manual_seed(0)
+    B, K = 2, 3
+    grouped, repeated = KVCache(), KVCache()
+    self_k, self_v = (torch.randn(B * K, 2, 4, 5, generator=g) for _ in range(2))
+    cross_k, cross_v = (torch.randn(B, 2, 7, 5, generator=g) for _ in range(2))
+    for cache, n in ((grouped, 1), (repeated, K)):
+        layer = cache.layer(0)
+        layer.self_attn.append(self_k, self_v)
+        layer.cross_attn.set(cross_k.repeat_interleave(n, 0), cross_v.repeat_interleave(n, 0))
+    for rows in (torch.arange(B * K), torch.tensor([5, 0, 3]), torch.tensor([4, 4, 1, 2, 0, 5])):
+        for keep_prefix in (True, False):
+            a, b = grouped.fork(rows, keep_prefix), repeated.fork(rows, keep_prefix)
+            assert torch.equal(a.layers[0].cross_attn.keys, b.layers[0].cross_attn.keys)
+            assert torch.equal(a.layers[0].cross_attn.values, b.layers[0].cross_attn.values)
+            assert a.batch_size == b.batch_size == len(rows)
+    index = torch.tensor([1, 1, 0, 5, 3, 3])
+    grouped.reorder(index)
+    repeated.reorder(index)
+    assert torch.equal(grouped.layers[0].cross_attn.keys, repeated.layers[0].cross_attn.keys)
+    assert torch.equal(grouped.layers[0].self_attn.keys, repeated.layers[0].self_attn.keys)
