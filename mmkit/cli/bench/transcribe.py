@@ -2,8 +2,8 @@
 faster-whisper (CTranslate2, int8 and float32 compute types, no VAD): whole processes (start-up, model
 loading, feature extraction, encoder, decoder) on the same checkpoint and the same audio files,
 greedy (or `--beam-size N` on every side), without timestamps, with the same token limit and no fallback, so
-that both decode the same tokens. `--repetition-guard` keeps mmkit's guard on in that greedy mode (cuts only windows that
-loop, which `--audio-context` needs); `--decoding default` instead leaves each tool's fallback and
+that both decode the same tokens. `--repetition-guard` keeps mmkit's guard on in that greedy mode (cuts only
+windows that loop, which `--audio-context` needs); `--decoding default` instead leaves each tool's fallback and
 thresholds on. Both compare by WER: with `--transcripts`, the report also names, per reference, the
 fastest mmkit path whose WER is no higher, and the ratio at that equal-or-lower WER. The reference
 script batches its `generate` calls with the same batch size as mmkit (and, with
