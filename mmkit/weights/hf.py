@@ -123,6 +123,19 @@ def check_tied(state: dict[str, Tensor], head: str, embeddings: Iterable[str], s
         raise WeightsError(f"{source}: {head} differs from {emb_key}; mmkit's {model} ties them")
 
 
+def refuse_inexpressible(config: dict[str, Any], known: Iterable[str], problems: dict[str, bool], where: str,
+                         target: str, config_class: str) -> None:
+    """The exporters' check (`to_hf_marian`, `to_hf_whisper`): a WeightsError of one line naming everything about
+    an mmkit model that the transformers class `target` cannot build: constructor arguments outside `known`
+    (`config_class` has no counterpart for them) and each description in `problems` whose value is true."""
+    unknown = sorted(set(config) - set(known))
+    problems = {f"config fields {config_class} has no counterpart for ({', '.join(unknown)})": bool(unknown),
+                **problems}
+    bad = [k for k, v in problems.items() if v]
+    if bad:
+        raise WeightsError(f"{where}: {target} cannot express {'; '.join(bad)}")
+
+
 def fuse_projections(state: dict[str, Tensor], source: str, biasless: Iterable[str] = ("k",)) -> dict[str, Tensor]:
     """Concatenate staged `<base>.<qkv|kv>.<part>.{weight,bias}` tensors into `<base>.<qkv|kv>.*`
     in q, k, v order. Parts named in `biasless` (Whisper's key projection) may lack a bias and

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mmkit.weights.from_hf_marian import MARIAN_KEYS
-from mmkit.weights.hf import split_projections
+from mmkit.weights.hf import refuse_inexpressible, split_projections
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import WeightsError
 
@@ -62,18 +62,14 @@ def check_expressible(config: dict[str, Any], state: dict[str, Tensor], where: s
         WeightsError: a constructor argument this converter does not know (a later layout, a pre-norm block), an
             activation or position layout MarianMT lacks, or an output head the config and the weights disagree on.
     """
-    unknown = sorted(set(config) - set(KNOWN_CONFIG))
     act, positions = config.get("activation", "relu"), config.get("positions", "interleaved")
     unsupported = {
-        f"config fields MarianMT has no counterpart for ({', '.join(unknown)})": bool(unknown),
         f"activation={act!r} (MarianMT's: {', '.join(sorted(set(ACTIVATIONS) - {'swish'}))})": act not in ACTIVATIONS,
         f"positions={positions!r} (sinusoids {' or '.join(POSITIONS)})": positions not in POSITIONS,
         "an untied output head with tie_output=True, or none with tie_output=False":
             ("head.weight" in state) == bool(config.get("tie_output", True)),
     }
-    bad = [k for k, v in unsupported.items() if v]
-    if bad:
-        raise WeightsError(f"{where}: MarianMTModel cannot express {'; '.join(bad)}")
+    refuse_inexpressible(config, KNOWN_CONFIG, unsupported, where, "MarianMTModel", "MarianMT")
 
 
 def marian_from_mmkit(config: dict[str, Any], state: dict[str, Tensor], start_id: int, eos_id: int, pad_id: int,

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from mmkit.weights.from_hf_whisper import WHISPER_KEYS
-from mmkit.weights.hf import split_projections
+from mmkit.weights.hf import refuse_inexpressible, split_projections
 from mmkit.weights.keymap import remap
 from mmkit.weights.native import WeightsError
 
@@ -39,20 +39,16 @@ def check_expressible(config: dict[str, Any], state: dict[str, Tensor], where: s
             has none), an embedding dropout apart from the residual one (WhisperConfig's one `dropout` is both), or
             an untied output head (transformers ties proj_out to the token embedding).
     """
-    unknown = sorted(set(config) - set(KNOWN_CONFIG))
     drop_path, dropout = config.get("drop_path_rate", 0.0), config.get("dropout", 0.0)
     resid = config.get("resid_dropout", 0.0)
     unsupported = {
-        f"config fields WhisperConfig has no counterpart for ({', '.join(unknown)})": bool(unknown),
         f"drop_path_rate={drop_path} (stochastic depth; inference is the same without it: load the model with "
         "drop_path_rate=0 to export it)": bool(drop_path),
         f"dropout={dropout} beside resid_dropout={resid} (WhisperConfig's one dropout is both)": dropout != resid,
         "an untied output head (transformers ties proj_out to the token embedding)":
             any(k.startswith("head.") for k in state),
     }
-    bad = [k for k, v in unsupported.items() if v]
-    if bad:
-        raise WeightsError(f"{where}: transformers' Whisper cannot express {'; '.join(bad)}")
+    refuse_inexpressible(config, KNOWN_CONFIG, unsupported, where, "transformers' Whisper", "WhisperConfig")
 
 
 def whisper_to_hf(config: dict[str, Any], state: dict[str, Tensor], start_id: int, eos_id: int,
