@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from copy import deepcopy
 
 import torch
 import torch.nn.functional as F
@@ -173,3 +174,11 @@ def pack_linear(module: nn.Module) -> int:
     log.debug("oneDNN-packed fp32 decoding for %d Linear layers and %d projections of %s", len(names), len(tied),
               type(module).__name__)
     return len(names) + len(tied)
+
+
+def packed_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of `module` with `pack_linear` applied: mmkit's fp32/bf16 decoding as the tools run it, beside
+    the original left as it was (the benches' int8 path quantizes another copy of that)."""
+    copy = deepcopy(module)
+    pack_linear(copy)
+    return copy

@@ -129,7 +129,7 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
     import copy
 
     from mmkit.core import GenerationOptions
-    from mmkit.inference.packed import pack_linear
+    from mmkit.inference.packed import packed_copy
     from mmkit.inference.quantize import prepare_arithmetic
     from mmkit.models.dalle_bart import DalleBart
     from mmkit.weights.from_min_dalle import dalle_bart_from_min_dalle
@@ -154,8 +154,7 @@ def run_encoder_decoder_bench(dim: int = 256, depth: int = 4, num_heads: int = 4
                                         null_text=null_text.expand(num_images, -1))
         return run
 
-    packed = copy.deepcopy(model)  # fp32 and bf16 as `mmkit generate` runs them: on oneDNN's packed weights
-    pack_linear(packed)
+    packed = packed_copy(model)  # fp32 and bf16 as `mmkit generate` runs them: on oneDNN's packed weights
     runs = {"mmkit": sampler(packed, contextlib.nullcontext),
             "min-dalle": lambda: min_dalle_codes(encoder, decoder, text, null_text, num_images, guidance)}
     reduced_paths = {}

@@ -148,7 +148,7 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         (share of generated tokens equal to transformers') per "ctranslate2 <type>".
     """
     from mmkit.core import Greedy, generate
-    from mmkit.inference.packed import pack_linear
+    from mmkit.inference.packed import packed_copy
     from mmkit.inference.precision import autocast_for
     from mmkit.inference.quantize import apply_quantization
     from mmkit.models import GPT
@@ -161,8 +161,7 @@ def run_text_bench(model_dir: str | None = None, dim: int = 768, depth: int = 12
         ours = GPT.from_hf(ref).eval()
         if prompt_tokens + new_tokens > ours.max_len:
             raise ValueError(f"prompt + new tokens exceed the model's context of {ours.max_len}")
-        packed = copy.deepcopy(ours)  # fp32 and bf16 as `mmkit generate-text` runs them: on oneDNN's packed weights
-        pack_linear(packed)
+        packed = packed_copy(ours)  # fp32 and bf16 as `mmkit generate-text` runs them: on oneDNN's packed weights
         prompt = torch.randint(0, ours.vocab_size, (batch_size, prompt_tokens),
                                generator=torch.Generator().manual_seed(0))
         padding = torch.zeros(batch_size, dtype=torch.long)

@@ -140,7 +140,7 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
         int8", ...; ratio > 1: faster than transformers fp32), `same_tokens` (fp32) and the raw `seconds`; and the
         settings.
     """
-    from mmkit.inference.packed import pack_linear
+    from mmkit.inference.packed import packed_copy
     from mmkit.inference.precision import autocast_for
     from mmkit.inference.quantize import apply_quantization
     from mmkit.models import Seq2Seq
@@ -151,8 +151,7 @@ def run_translate_bench(dim: int = 512, layers: int = 6, heads: int = 8, ffn: in
     with torch_threads(threads):
         ref = _reference(dim, layers, heads, ffn, vocab_size)
         ours = Seq2Seq.from_hf(ref).eval()
-        packed = copy.deepcopy(ours)  # fp32 and bf16 as `mmkit translate` runs them: on oneDNN's packed weights
-        pack_linear(packed)
+        packed = packed_copy(ours)  # fp32 and bf16 as `mmkit translate` runs them: on oneDNN's packed weights
         models = {"mmkit": (packed, contextlib.nullcontext)}
         if int8:
             models["mmkit int8"] = (apply_quantization(copy.deepcopy(ours), "int8"), contextlib.nullcontext)
