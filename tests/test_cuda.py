@@ -86,6 +86,27 @@ def test_whisper_decoding_on_the_gpu():
     assert torch.equal(cached.tokens.cpu(), on_cpu.tokens)
 
 
+@pytest.mark.parametrize("early_stopping", [None, False], ids=["openai", "ranked"])
+def test_beams_sharing_their_context_on_the_gpu(early_stopping):
+    """Grouped cross-attention on the GPU (SDPA with K queries a context row): a beam search with each row's
+    context once gives the tokens of the same search with it repeated K times, and the CPU's."""
+    torch.manual_seed(0)
+    model = _wide(Whisper(n_mels=80, n_audio_ctx=24, n_text_ctx=32, vocab_size=50, dim=32, encoder_depth=2,
+                          decoder_depth=2, num_heads=4).eval())
+    mel = torch.randn(2, 80, 48, generator=torch.Generator().manual_seed(0))
+    prompt = torch.tensor([[1, 2, 3], [1, 4, 3]])
+    gpu = copy.deepcopy(model).cuda()
+    with torch.no_grad():
+        context = gpu.encode(mel.cuda())
+    strategy = BeamSearch(4, early_stopping=early_stopping)
+    shared = generate(gpu, prompt.cuda(), 10, strategy, context=context, eos_id=7)
+    gpu.beams_share_context = False  # this instance only: the context repeated to every beam
+    repeated = generate(gpu, prompt.cuda(), 10, strategy, context=context, eos_id=7)
+    on_cpu = generate(model, prompt, 10, strategy, context=model.encode(mel), eos_id=7)
+    assert torch.equal(shared.tokens, repeated.tokens) and torch.equal(shared.tokens.cpu(), on_cpu.tokens)
+    torch.testing.assert_close(shared.scores, repeated.scores, atol=1e-4, rtol=1e-5)
+
+
 def test_label_on_the_gpu_matches_the_cpu(tmp_path):
     from PIL import Image
 
