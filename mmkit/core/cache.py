@@ -111,7 +111,7 @@ class KVCache:
         for block in self.layers:
             block.self_attn.reorder(index)
             if cross and not block.cross_attn.is_empty:
-                block.cross_attn.reorder(_context_rows(index, rows, block.cross_attn.keys.shape[0]))
+                block.cross_attn.reorder(context_rows(index, rows, block.cross_attn.keys.shape[0]))
         if self.padding is not None:
             self.padding = self.padding.index_select(0, index.to(self.padding.device))
 
@@ -144,7 +144,7 @@ class KVCache:
             if not block.cross_attn.is_empty:
                 k, v = block.cross_attn.keys, block.cross_attn.values
                 if not every or k.shape[0] != len(rows):  # grouped entries (a beam search's) are taken per row
-                    index = _context_rows(rows, self.batch_size, k.shape[0])
+                    index = context_rows(rows, self.batch_size, k.shape[0])
                     k, v = k.index_select(0, index), v.index_select(0, index)
                 layer.cross_attn.set(k, v)
             if keep_prefix and not block.self_attn.is_empty:
@@ -160,10 +160,10 @@ class KVCache:
         return None if self.padding is None else left_padding_mask(self.padding, self.length, t_query)
 
 
-def _context_rows(index: Tensor, rows: int, contexts: int) -> Tensor:
-    """`index` (over a cache's `rows` rows) as rows of its cross-attention entries: the same, or, where `contexts`
-    rows serve groups of rows (a beam search's, `beams_share_context`: row b·g + j reads context row b), each
-    row's context row."""
+def context_rows(index: Tensor, rows: int, contexts: int) -> Tensor:
+    """`index` (over `rows` rows) as rows of a context or of cross-attention entries of `contexts` rows: the same,
+    or, where they serve groups of rows (a beam search's or best-of-N's, `beams_share_context`: row b·g + j reads
+    context row b), each row's context row."""
     if contexts == rows or not rows or rows % contexts:
         return index
     return torch.div(index, rows // contexts, rounding_mode="floor")

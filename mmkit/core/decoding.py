@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from mmkit.core.beam import openai_beam_search, ranked_beam_search
-from mmkit.core.cache import KVCache
+from mmkit.core.cache import KVCache, context_rows
 from mmkit.core.filters import (  # noqa: F401 - re-exported: the loop's filters
     LogitFilter, MinNewTokens, NoRepeatNGram, RepetitionGuard, RepetitionPenalty, SuppressAtBegin, SuppressTokens,
     Temperature, TopK, TopP, is_loop, loop_mask, repetition_filters,
@@ -300,7 +300,8 @@ def generate(
         max_new_tokens: tokens to generate at most, >= 0 (0: the prompt, score 0): one number, or (B,)
             per row (a row then ends at its own limit as it would alone; beam search: the ranked search only).
         strategy: Greedy() (default), Sampling(...) or BeamSearch(...).
-        context: (B, S, D) encoder output for cross-attention models.
+        context: (B, S, D) encoder output for cross-attention models (a model whose cross-attention groups rows,
+            `beams_share_context`, may take fewer: one for each group of rows, row b·g + j reading row b).
         logit_filters: applied in order before the strategy's own filters.
         use_cache: incremental decoding with a KVCache (same result as recomputation).
         cache: a KVCache to extend in place instead of a new one (ignored without `use_cache`):
@@ -394,7 +395,8 @@ def _drop_finished(
         return rows, context
     keep = running.nonzero().squeeze(1)
     cache.reorder(keep)
-    context = tuple(c.index_select(0, keep) if c is not None else None for c in context)
+    # a context of fewer rows serves groups of rows (`beams_share_context`): each kept row takes its group's
+    context = tuple(c.index_select(0, context_rows(keep, n, c.shape[0])) if c is not None else None for c in context)
     return (keep if rows is None else rows.index_select(0, keep)), context
 
 

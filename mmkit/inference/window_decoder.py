@@ -117,11 +117,13 @@ class WindowDecoder:
             n = o.best_of
             seeds = [(window_seed(a, o.seed, attempt) + k) % 2**63 for a in audios for k in range(n)]
         strategy = generation.strategy(context.device, seeds)
-        if n > 1:  # best-of-N: N rows per window
+        if n > 1:  # best-of-N: N rows per window, reading its context once where the model groups rows
+            share = bool(getattr(self.model, "beams_share_context", False))
             rep = torch.arange(B, device=context.device).repeat_interleave(n)
-            context, prompts, max_index = context[rep], prompts[rep], max_index[rep.to(max_index.device)]
+            prompts, max_index = prompts[rep], max_index[rep.to(max_index.device)]
+            context = context if share else context[rep]
             max_new = max_new if isinstance(max_new, int) else max_new[rep]
-            cache.reorder(rep)
+            cache.reorder(rep, cross=not share)
         g = generate(self.model, prompts, max_new, strategy, context=context, eos_id=tok.eot, pad_id=tok.eot,
                      logit_filters=[*self.filters(T, max_index), *generation.filters()], cache=cache)
         out = []

@@ -147,6 +147,37 @@ def test_beams_sharing_their_context_decode_as_with_it_repeated(tiny_seq2seq, ea
         assert all(b.cross_attn.keys.shape[0] == 2 and b.self_attn.keys.shape[0] == 2 * K for b in given.layers)
 
 
+def test_sampled_rows_sharing_their_context_decode_as_with_it_repeated(tiny_seq2seq):
+    """Best-of-N (Whisper's fallback): N sampled rows of each context row, the context given once a row to a model
+    that groups rows, its cross-attention entries cached once a row: the tokens of the same run with the context
+    repeated, also after finished rows are dropped from the cache and the context (`_drop_finished`)."""
+    model, n = tiny_seq2seq, 3
+    torch.manual_seed(0)
+    with torch.no_grad():
+        context = model.encoder(torch.randn(2, 9, 32))
+    prompt = torch.tensor([[1, 5], [1, 5], [1, 5], [2, 7], [2, 7], [2, 7]])
+    eos = int(generate(model, prompt, 4, Greedy(), context=context.repeat_interleave(n, 0)).tokens[0, 3])
+
+    def run(share: bool):
+        model.beams_share_context = share
+        strategy = Sampling(temperature=1.5, generator=torch.Generator().manual_seed(3))
+        cache = KVCache()
+        with torch.no_grad():  # the cross-attention entries cached first, as the transcriber's prompt pass does
+            model(prompt[::n, :1], context=context, cache=cache)
+        rep = torch.arange(2).repeat_interleave(n)
+        cache.reorder(rep, cross=not share)
+        return generate(model, prompt, 10, strategy, context=context if share else context[rep], eos_id=eos,
+                        cache=cache)
+
+    try:
+        shared, repeated = run(True), run(False)
+    finally:
+        del model.beams_share_context
+    assert torch.equal(shared.tokens, repeated.tokens) and torch.equal(shared.lengths, repeated.lengths)
+    torch.testing.assert_close(shared.scores, repeated.scores, atol=1e-5, rtol=1e-5)
+    assert len(set(shared.lengths.tolist())) > 1  # rows finished at different steps: some were dropped early
+
+
 # --- beam search on a hand-made model --------------------------------------------------------
 
 class PrefixTable:
