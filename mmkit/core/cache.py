@@ -164,7 +164,7 @@ def context_rows(index: Tensor, rows: int, contexts: int) -> Tensor:
     """`index` (over `rows` rows) as rows of a context or of cross-attention entries of `contexts` rows: the same,
     or, where they serve groups of rows (a beam search's or best-of-N's, `beams_share_context`: row b·g + j reads
     context row b), each row's context row."""
-    if contexts == rows or not rows or rows % contexts:
+    if contexts == rows or not rows or not contexts or rows % contexts:
         return index
     return torch.div(index, rows // contexts, rounding_mode="floor")
 
