@@ -183,6 +183,26 @@ def test_cached_decoding_equals_recomputation(decoder, strategy):
 
 
 @pytest.mark.parametrize("decoder", DECODERS, ids=lambda f: f.name)
+def test_beams_share_the_context_of_every_encoder_decoder(decoder):
+    """Every family with cross-attention says its rows may share a context (`beams_share_context`, which the
+    beam search reads), and a beam search with each row's context once gives the tokens of the same search with
+    it repeated to every beam; decoder-only families say nothing."""
+    torch.manual_seed(0)
+    model = decoder.build().eval()
+    crosses = any(getattr(m, "cross", False) for m in model.modules())
+    assert bool(getattr(model, "beams_share_context", False)) == crosses
+    if not crosses:
+        return
+    with torch.no_grad():
+        prompt, context = decoder.prompt(model, torch.Generator().manual_seed(1))
+    shared = generate(model, prompt, 6, BeamSearch(3), context=context)
+    model.beams_share_context = False  # this instance only
+    repeated = generate(model, prompt, 6, BeamSearch(3), context=context)
+    assert torch.equal(shared.tokens, repeated.tokens)
+    torch.testing.assert_close(shared.scores, repeated.scores, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", DECODERS, ids=lambda f: f.name)
 def test_incremental_logits_equal_the_full_pass(decoder):
     # The cache contract itself: one token at a time with a KVCache gives the full pass's logits.
     from mmkit.core import KVCache
