@@ -69,15 +69,22 @@ def test_gpt_decoding_on_the_gpu(strategy):
     assert torch.equal(cached.tokens, one_by_one)
 
 
-def test_whisper_decoding_on_the_gpu():
+def _tiny_whisper() -> tuple[Whisper, Whisper, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A small wide-weight Whisper, its copy on the GPU, two windows' features (on the CPU), their encoder
+    output on the GPU, and a prompt (on the CPU)."""
     torch.manual_seed(0)
     model = _wide(Whisper(n_mels=80, n_audio_ctx=24, n_text_ctx=32, vocab_size=50, dim=32, encoder_depth=2,
                           decoder_depth=2, num_heads=4).eval())
     mel = torch.randn(2, 80, 48, generator=torch.Generator().manual_seed(0))
-    prompt = torch.tensor([[1, 2, 3], [1, 4, 3]])
     gpu = copy.deepcopy(model).cuda()
     with torch.no_grad():
         context = gpu.encode(mel.cuda())
+    return model, gpu, mel, context, torch.tensor([[1, 2, 3], [1, 4, 3]])
+
+
+def test_whisper_decoding_on_the_gpu():
+    model, gpu, mel, context, prompt = _tiny_whisper()
+    with torch.no_grad():
         assert (context.cpu() - model.encode(mel)).abs().max() <= 1e-4
     cached = generate(gpu, prompt.cuda(), 12, Greedy(), context=context, eos_id=7, use_cache=True)
     uncached = generate(gpu, prompt.cuda(), 12, Greedy(), context=context, eos_id=7, use_cache=False)
@@ -90,14 +97,7 @@ def test_whisper_decoding_on_the_gpu():
 def test_beams_sharing_their_context_on_the_gpu(early_stopping):
     """Grouped cross-attention on the GPU (SDPA with K queries a context row): a beam search with each row's
     context once gives the tokens of the same search with it repeated K times, and the CPU's."""
-    torch.manual_seed(0)
-    model = _wide(Whisper(n_mels=80, n_audio_ctx=24, n_text_ctx=32, vocab_size=50, dim=32, encoder_depth=2,
-                          decoder_depth=2, num_heads=4).eval())
-    mel = torch.randn(2, 80, 48, generator=torch.Generator().manual_seed(0))
-    prompt = torch.tensor([[1, 2, 3], [1, 4, 3]])
-    gpu = copy.deepcopy(model).cuda()
-    with torch.no_grad():
-        context = gpu.encode(mel.cuda())
+    model, gpu, mel, context, prompt = _tiny_whisper()
     strategy = BeamSearch(4, early_stopping=early_stopping)
     shared = generate(gpu, prompt.cuda(), 10, strategy, context=context, eos_id=7)
     gpu.beams_share_context = False  # this instance only: the context repeated to every beam
