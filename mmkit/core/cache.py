@@ -138,13 +138,14 @@ class KVCache:
             keep_prefix: copy the self-attention keys/values cached so far.
         """
         out = KVCache()
-        every = len(rows) == self.batch_size and bool((rows.cpu() == torch.arange(len(rows))).all())
+        batch = self.batch_size
+        every = len(rows) == batch and bool((rows.cpu() == torch.arange(len(rows))).all())
         for i, block in enumerate(self.layers):
             layer = out.layer(i)
             if not block.cross_attn.is_empty:
                 k, v = block.cross_attn.keys, block.cross_attn.values
                 if not every or k.shape[0] != len(rows):  # grouped entries (a beam search's) are taken per row
-                    index = context_rows(rows, self.batch_size, k.shape[0])
+                    index = context_rows(rows, batch, k.shape[0])
                     k, v = k.index_select(0, index), v.index_select(0, index)
                 layer.cross_attn.set(k, v)
             if keep_prefix and not block.self_attn.is_empty:

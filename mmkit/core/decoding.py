@@ -411,7 +411,7 @@ def _beam_search(
     # The beams of a row share its context. A model whose cross-attention groups rows (`beams_share_context`: the
     # core `Attention`'s, row b·K + j attending to context row b) takes it once a row, the keys and values too;
     # any other gets it repeated to B·K rows.
-    share = bool(getattr(model, "beams_share_context", False))
+    share = shares_context(model)
     if context is not None and not share:
         context = context.repeat_interleave(K, dim=0)  # (B*K, S, D)
     if context_mask is not None and not share:
@@ -453,6 +453,12 @@ def _ranked_beam_search(
         next_logprobs, _beam_reorder(cache), prompt, max_new_tokens, beam.beam_size, beam.length_penalty,
         beam.early_stopping, beam.penalty_form, eos_id, pad_id, beam.n_best)
     return Generation(tokens, lengths, scores, [tokens[b, : lengths[b]] for b in range(tokens.shape[0])])
+
+
+def shares_context(model: object) -> bool:
+    """Whether `model`'s cross-attention takes a context of B rows for B·g token rows (its true
+    `beams_share_context`): the beam search and best-of-N sampling then give it each context row once."""
+    return bool(getattr(model, "beams_share_context", False))
 
 
 def _beam_reorder(cache: KVCache | None) -> Callable[[Tensor], None]:

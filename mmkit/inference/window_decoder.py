@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mmkit.core import BeamSearch, KVCache, SuppressAtBegin, SuppressTokens, generate
+from mmkit.core.decoding import shares_context
 from mmkit.core.filters import LogitFilter, RepetitionGuard, TimestampRules, is_loop
 from mmkit.inference.speech_checkpoints import SpeechTokenizer
 from mmkit.inference.transcript import Decoded, DecodingOptions, window_seed
@@ -118,7 +119,7 @@ class WindowDecoder:
             seeds = [(window_seed(a, o.seed, attempt) + k) % 2**63 for a in audios for k in range(n)]
         strategy = generation.strategy(context.device, seeds)
         if n > 1:  # best-of-N: N rows per window, reading its context once where the model groups rows
-            share = bool(getattr(self.model, "beams_share_context", False))
+            share = shares_context(self.model)
             rep = torch.arange(B, device=context.device).repeat_interleave(n)
             prompts, max_index = prompts[rep], max_index[rep.to(max_index.device)]
             context = context if share else context[rep]

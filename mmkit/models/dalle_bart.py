@@ -40,7 +40,7 @@ class DalleBart(PretrainedMixin, nn.Module):
         bos_id: the decoder's start token (min-dalle: 2**14 - 1).
     """
 
-    beams_share_context = True  # cross-attention groups beam rows on one context row (`core.decoding._beam_search`)
+    beams_share_context = True  # beams and best-of-N rows read one context row (`core.decoding.shares_context`)
 
     def __init__(self, text_vocab_size: int = 50264, text_len: int = 64, codebook_size: int = 16384,
                  image_vocab_size: int = 16385, image_len: int = 256, dim: int = 1024, depth: int = 12,

@@ -66,7 +66,7 @@ class Seq2Seq(PretrainedMixin, nn.Module):
             fields; 0, the paper's model and the opus-mt ones: nothing drawn). Cached decoding runs every block.
     """
 
-    beams_share_context = True  # cross-attention groups beam rows on one context row (`core.decoding._beam_search`)
+    beams_share_context = True  # beams and best-of-N rows read one context row (`core.decoding.shares_context`)
 
     def __init__(
         self,

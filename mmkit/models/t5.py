@@ -54,7 +54,7 @@ class T5(PretrainedMixin, nn.Module):
         norm_eps: the RMSNorms' epsilon (layer_norm_epsilon; 1e-6 in every released checkpoint).
     """
 
-    beams_share_context = True  # cross-attention groups beam rows on one context row (`core.decoding._beam_search`)
+    beams_share_context = True  # beams and best-of-N rows read one context row (`core.decoding.shares_context`)
 
     def __init__(
         self,

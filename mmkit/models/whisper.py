@@ -61,7 +61,7 @@ class Whisper(PretrainedMixin, nn.Module):
     """
 
     init_free_load = True  # every tensor is in its checkpoints: from_pretrained/from_converted skip the random init
-    beams_share_context = True  # cross-attention groups beam rows on one context row (`core.decoding._beam_search`)
+    beams_share_context = True  # beams and best-of-N rows read one context row (`core.decoding.shares_context`)
 
     def __init__(
         self,

@@ -244,10 +244,10 @@ def format_report(result: dict[str, Any], label: str) -> str:
     over mmkit fp32's (> 1: mmkit is faster); "same tokens" is against mmkit fp32. Then every mmkit path
     against every reference, and the fastest path named only where its output is as good: at no higher
     WER (with transcripts), else with fp32's very tokens."""
-    beams = result.get("beam_size", 1)
-    how = "greedy" if result.get("decoding", "greedy") == "greedy" else "each tool's default fallback/thresholds"
-    how += " (mmkit with its repetition guard)" if result.get("repetition_guard") and how == "greedy" else ""
-    how = how.replace("greedy", f"beam {beams} at temperature 0", 1) if beams > 1 else how
+    greedy, beams = result.get("decoding", "greedy") == "greedy", result.get("beam_size", 1)
+    how = (("greedy" if beams == 1 else f"beam {beams} at temperature 0") if greedy
+           else "each tool's default fallback/thresholds")
+    how += " (mmkit with its repetition guard)" if greedy and result.get("repetition_guard") else ""
     lines = [label, f"{result['files']} files on {result.get('device', 'cpu')}, {how}, no timestamps, "
                     f"max {result['max_new_tokens']} new tokens, mmkit batch {result['batch_size']}, "
                     f"threads {result['threads'] or 'torch default'}, "
