@@ -104,9 +104,12 @@ def open_clip_tokenizer(arch: str, context_length: int | None = None) -> Callabl
     if uses_clip_bpe(arch):
         return CLIPTokenizer(context_length=context_length, arch=arch)
     name = open_clip.get_model_config(arch)["text_cfg"].get("hf_tokenizer_name")
-    try:
-        tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
-    except Exception as e:  # noqa: BLE001 - hub and network failures come as many exception types
-        raise OSError(f"{arch} needs its tokenizer {name or ''} from the Hugging Face hub, which could not be "
-                      f"loaded ({type(e).__name__}); connect once to fill the hub cache") from None
+    from mmkit.weights.hub import failure, hub_access
+
+    with hub_access() as offline:
+        try:
+            tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
+        except Exception as e:  # noqa: BLE001 - hub and network failures come as many exception types
+            raise OSError(f"{arch} needs its tokenizer {name or ''} from the Hugging Face hub, which could not be "
+                          f"loaded ({failure(e, offline)}); connect once to fill the hub cache") from None
     return lambda texts: tokenizer([texts] if isinstance(texts, str) else list(texts)).long()

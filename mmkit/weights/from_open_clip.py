@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from mmkit.data.text import uses_clip_bpe
 from mmkit.data.transforms import RESIZE_MODES
 from mmkit.weights.from_timm import INTERPOLATIONS, VIT_KEYS, timm_vit_config
+from mmkit.weights.hub import failure, hub_access
 from mmkit.weights.keymap import Rule, Transform, remap
 from mmkit.weights.native import Converted, WeightsError, check_file, load_state_dict_strict, read_state_dict
 from mmkit.weights.torchscript import is_torchscript_archive, read_torchscript_state_dict
@@ -253,7 +254,15 @@ def _create(arch: str, pretrained: str | Path | None) -> tuple[nn.Module, str, b
     if arch.startswith(("hf-hub:", "local-dir:")):  # open_clip reads config and weights from there
         if pretrained is not None:
             raise ValueError(f"{arch} names its own weights; pass pretrained=None")
-        return open_clip.create_model(arch), f"open_clip:{arch}", True
+        if arch.startswith("local-dir:"):
+            return open_clip.create_model(arch), f"open_clip:{arch}", True
+        with hub_access() as offline:
+            try:
+                return open_clip.create_model(arch), f"open_clip:{arch}", True
+            except Exception as e:  # noqa: BLE001 - with the hub out of reach, any failure is the missing download
+                if offline is None:
+                    raise
+                raise WeightsError(f"open_clip could not load {arch}: {failure(e, offline)}") from None
     if open_clip.get_model_config(arch) is None:
         close = difflib.get_close_matches(arch, open_clip.list_models(), n=5, cutoff=0.6)
         similar = f"; similar: {', '.join(close)}" if close else ""
@@ -274,10 +283,12 @@ def _create(arch: str, pretrained: str | Path | None) -> tuple[nn.Module, str, b
         known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise WeightsError(f"{tag!r} is neither a checkpoint file nor an open_clip pretrained tag of {arch} "
                            f"(tags: {known})")
-    try:  # the hub: needs the network (or open_clip's cache)
-        model = open_clip.create_model(arch, pretrained=tag)
-    except RuntimeError as e:
-        raise WeightsError(f"open_clip could not load {arch} / {tag} ({e}); offline, pass a local file") from e
+    with hub_access() as offline:  # the hub: needs the network (or the hub cache)
+        try:
+            model = open_clip.create_model(arch, pretrained=tag)
+        except RuntimeError as e:
+            raise WeightsError(f"open_clip could not load {arch} / {tag} ({failure(e, offline)}); offline, pass a "
+                               "local file") from None
     return model, f"open_clip:{arch}/{tag}", True
 
 

@@ -46,7 +46,18 @@ def _timm_create(name: str, checkpoint_path: str | None, pretrained: bool, timm_
     if not timm.is_model(name):  # accepts pretrained tags ("vit_tiny_patch16_224.augreg_in21k")
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5, cutoff=0.8)
         raise ValueError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
-    model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
+    if pretrained:  # weights from the hub (or its cache)
+        from mmkit.weights.hub import failure, hub_access
+
+        with hub_access() as offline:
+            try:
+                model = timm.create_model(name, pretrained=True, **timm_kwargs)
+            except Exception as e:  # noqa: BLE001 - with the hub out of reach, any failure is the missing download
+                if offline is None:
+                    raise
+                raise WeightsError(f"timm could not load {name}'s pretrained weights: {failure(e, offline)}") from None
+    else:
+        model = timm.create_model(name, pretrained=False, **timm_kwargs)
     if checkpoint_path is not None:
         state = read_state_dict(checkpoint_path)
         for wrapper in ("state_dict", "model"):  # timm training checkpoints wrap the weights

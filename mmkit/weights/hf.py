@@ -75,17 +75,21 @@ def is_local(name: str | Path) -> bool:
 
 
 def hub_snapshot(repo_id: str) -> Path:
-    """Download config + weights of a Hub repo (safetensors preferred, else pytorch_model.bin)."""
-    try:
-        from huggingface_hub import snapshot_download
+    """Download config + weights of a Hub repo (safetensors preferred, else pytorch_model.bin); from the hub
+    cache alone, at once, when the hub cannot be reached (`hub.hub_access`)."""
+    from mmkit.weights.hub import failure, hub_access
 
-        patterns = ["config.json", "*.safetensors", "*.safetensors.index.json"]
-        path = Path(snapshot_download(repo_id, allow_patterns=patterns))
-        if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(repo_id, allow_patterns=["config.json", "pytorch_model.bin"]))
-    except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: one clear message
-        raise WeightsError(f"{repo_id}: not a local directory, and the Hugging Face Hub download failed "
-                           f"({type(e).__name__}: {e})") from None
+    with hub_access() as offline:
+        try:
+            from huggingface_hub import snapshot_download
+
+            patterns = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+            path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+            if not any(path.glob("*.safetensors")):
+                path = Path(snapshot_download(repo_id, allow_patterns=["config.json", "pytorch_model.bin"]))
+        except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: one clear message
+            raise WeightsError(f"{repo_id}: not a local directory, and the Hugging Face Hub download failed "
+                               f"({failure(e, offline)})") from None
     return path
 
 
