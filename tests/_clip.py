@@ -3,6 +3,7 @@ keeps CLIP's real BPE layout (49,408 ids, 77 positions) so the real tokenizer ap
 `word_tokens` are a smaller one for in-process scorer tests: a 100-id text tower and a tokenizer of word hashes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -35,3 +36,25 @@ def word_tokens(texts) -> torch.Tensor:
         words = [1 + sum(map(ord, w)) % 97 for w in text.split()][:11]
         ids[row, : len(words) + 1] = torch.tensor([*words, 99])
     return ids
+
+
+OC_TINY = "mmkit-label-tiny"  # an open_clip architecture registered for the tests (`save_open_clip_tiny`)
+_OC_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
+}
+
+
+def save_open_clip_tiny(folder: Path) -> Path:
+    """Register `OC_TINY` with open_clip (its config in `folder`) and save a random-init (seed 0) model of it as a
+    state dict there; returns the weights file (`--model OC_TINY --pretrained FILE`)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    (folder / f"{OC_TINY}.json").write_text(json.dumps(_OC_CFG))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(0)
+    model = open_clip.create_model(OC_TINY, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "tiny.safetensors"))
+    return folder / "tiny.safetensors"

@@ -102,6 +102,7 @@ def _hooked_main() -> int:
         Translator.translate_batches = boom  # type: ignore[method-assign]
         Embedder.embed_batches = boom  # type: ignore[method-assign]
         ZeroShotClassifier.predict = scores  # type: ignore[method-assign]
+        ZeroShotClassifier.encode_images = boom  # type: ignore[method-assign]  (mmkit embed with a CLIP)
     return main(sys.argv[1:])
 
 

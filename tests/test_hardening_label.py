@@ -420,11 +420,11 @@ def test_a_non_utf8_labels_or_templates_file_is_one_line_naming_the_file_line_an
 
 
 def test_default_decoding_workers_are_shared_among_the_ranks_of_one_machine(monkeypatch):
-    from mmkit.cli import label
+    from mmkit.inference import image_batches
 
-    monkeypatch.setattr(label.os, "cpu_count", lambda: 17)
+    monkeypatch.setattr(image_batches.os, "cpu_count", lambda: 17)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert label._default_workers() == 8
+    assert image_batches.default_workers() == 8
     for local, expected in (("1", 8), ("4", 4), ("16", 1), ("64", 1), ("x", 8), ("0", 8)):
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
-        assert label._default_workers() == expected, local
+        assert image_batches.default_workers() == expected, local

@@ -43,12 +43,13 @@ def written(prog: str, write: Callable[[], Any], atomic: bool = True) -> int:
     return 0
 
 
-def texts_file_parser(prog: str, doc: str, description: str, model_help: str,
-                      out_help: str) -> argparse.ArgumentParser:
+def texts_file_parser(prog: str, doc: str, description: str, model_help: str, out_help: str,
+                      input_name: str = "TEXTS_FILE", input_help: str = ".txt (one text per line), .jsonl or .csv file",
+                      model_name: str = "DIR") -> argparse.ArgumentParser:
     """The options every texts-file BERT tool takes; the caller adds its own after these."""
     p = Parser(prog=prog, epilog=doc, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("texts", metavar="TEXTS_FILE", help=".txt (one text per line), .jsonl or .csv file")
-    p.add_argument("--model", required=True, metavar="DIR", help=model_help)
+    p.add_argument("texts", metavar=input_name, help=input_help)
+    p.add_argument("--model", required=True, metavar=model_name, help=model_help)
     p.add_argument("--out", required=True, metavar="FILE", help=out_help)
     p.add_argument("--text-key", default="text", help="field/column of .jsonl/.csv rows holding the text")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="texts per forward pass (64)")
@@ -114,8 +115,9 @@ class RowCounts:
 def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any, counts: RowCounts,
                advance: Callable[[int], None], report: bool = True) -> Iterator[tuple[list, list, list]]:
     """The texts file's rows, `ROWS_PER_CHUNK` at a time, each chunk with its good rows and their token ids
-    (the tool's `plan` reuses them: each text is tokenized once); each bad row
-    (empty, not UTF-8, nothing but unknown tokens) is reported on stderr as it is met, counted in
+    (the tool's `plan` reuses them: each text is tokenized once; None without a `tokenizer`, which a CLIP's
+    text tower reads with its own); each bad row (empty, not UTF-8, with a `tokenizer` nothing but unknown
+    tokens) is reported on stderr as it is met, counted in
     `counts` and passed to `advance` (the good ones advance as the tool finishes them). Memory holds one
     chunk, whatever the file's size. `report` False: bad rows are counted, not printed (ranks other than the
     first: every rank reads every row)."""
@@ -123,7 +125,9 @@ def row_chunks(args: argparse.Namespace, prog: str, tokenizer: Any, counts: RowC
     from mmkit.inference.text_rows import chunks, iter_text_rows
 
     for rows in chunks(iter_text_rows(args.texts, args.text_key), chars=lambda r: len(r.text or "")):
-        rows, ids = mark_unknown_rows(rows, tokenizer)
+        ids = None
+        if tokenizer is not None:
+            rows, ids = mark_unknown_rows(rows, tokenizer)
         for r in rows:
             if r.error and report:
                 print(f"{prog}: {args.texts} line {r.line}: {r.error}; skipped", file=sys.stderr)

@@ -18,8 +18,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from mmkit.cli import clip_embed
 from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser, written
-from mmkit.cli.options import add_precision_argument
+from mmkit.cli.options import add_precision_argument, at_least
+from mmkit.errors import print_error
 from mmkit.inference.embed import Embedder
 from mmkit.inference.quantize import QUANTIZATIONS
 from mmkit.cli.ranked import on_ranks
@@ -31,14 +33,27 @@ OUT_SUFFIXES = (".npy", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = texts_file_parser(PROG, __doc__,
-                          "sentence embeddings (masked mean pooling + L2 norm) with a BERT encoder",
-                          "mmkit BERT export or transformers BERT directory",
-                          "vectors.npy (N x dim float32) or vectors.jsonl")
+    p = texts_file_parser(PROG, __doc__ + "\n" + clip_embed.__doc__,
+                          "sentence embeddings (masked mean pooling + L2 norm) with a BERT encoder; image and text "
+                          "embeddings with a CLIP",
+                          "mmkit BERT export or transformers BERT directory; or an mmkit CLIP export, or an "
+                          "open_clip architecture with --pretrained",
+                          "vectors.npy (N x dim float32) or vectors.jsonl", input_name="INPUT",
+                          input_help=".txt (one text per line), .jsonl or .csv file; with a CLIP also a folder of "
+                                     "images", model_name="MODEL")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for every Linear layer (CPU; faster, vectors close to but not equal "
-                        "to fp32's: see mmkit bench embed)")
+                        "to fp32's: see mmkit bench embed); a CLIP's: those of the tower that runs")
     add_precision_argument(p)
+    clip = p.add_argument_group("with a CLIP")
+    clip.add_argument("--pretrained", help="with an open_clip architecture as --model: its checkpoint file or "
+                                           "open_clip pretrained tag")
+    clip.add_argument("--num-workers", type=at_least(0), default=None,
+                      help="image decoding processes (default: cores - 1, 1..8)")
+    clip.add_argument("--follow-links", action="store_true",
+                      help="also follow symlinks that lead outside the folder (by default they are left out)")
+    clip.add_argument("--exact-decode", action="store_true",
+                      help="full-size JPEG decoding (open_clip's exact pixels) instead of DCT-domain downscaling")
     return p
 
 
@@ -52,6 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     from mmkit.cli.progress import progress
 
+    if clip_embed.is_clip_model(args.model, args.pretrained):
+        return clip_embed.run(args, ranks, PROG, OUT_SUFFIXES)
+    clip_only = [flag for flag, given in (("--pretrained", args.pretrained is not None),
+                                          ("--num-workers", args.num_workers is not None),
+                                          ("--follow-links", args.follow_links),
+                                          ("--exact-decode", args.exact_decode)) if given]
+    if clip_only:
+        if ranks.first:
+            print_error(PROG, f"{', '.join(clip_only)}: for a CLIP --model; {args.model} is not an mmkit CLIP "
+                              "export")
+        return 2
     opened = open_texts_and_encoder(args, PROG, OUT_SUFFIXES,
                                     lambda encoder: Embedder(encoder, args.batch_size, args.quantize, args.precision),
                                     ranks)
@@ -78,19 +104,21 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
                 yield rows, good, merged(got, np.empty((len(good), embedder.dim), dtype=np.float32), advance)
 
         code = ranks.to_first(parts(), lambda rounds: written(
-            PROG, lambda: _write(args, total, embedder.dim, embedded(rounds))))
+            PROG, lambda: write_vectors(args.out, args.texts, total, embedder.dim, embedded(rounds))))
     if code or not ranks.first:
         return code
     counts.report(PROG, embedder.encoder.model.max_len, f"embeddings of dim {embedder.dim} written to {args.out}")
     return counts.exit_code()
 
 
-def _write(args: argparse.Namespace, total: int, dim: int, chunks: Iterator[tuple[list, list, np.ndarray]]) -> None:
-    """The output from `chunks`, whole or not at all."""
-    if args.out.endswith(".npy"):
-        _write_npy(args.out, args.texts, total, dim, chunks)
+def write_vectors(out: str, source: str, total: int, dim: int, chunks: Iterator[tuple[list, list, np.ndarray]]
+                  ) -> None:
+    """The output from `chunks` of the `total` rows of `source` (each chunk: its rows, those of them without an
+    `error`, and their vectors), whole or not at all: a .npy (a bad row NaN) or a .jsonl of the good rows."""
+    if out.endswith(".npy"):
+        _write_npy(out, source, total, dim, chunks)
     else:
-        write_atomically(args.out, lambda f: _write_jsonl(f, chunks))
+        write_atomically(out, lambda f: _write_jsonl(f, chunks))
 
 
 class InputChanged(InputsDiverged):

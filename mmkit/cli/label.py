@@ -31,7 +31,7 @@ from mmkit.cli.progress import progress
 from mmkit.data.images import scan_images
 from mmkit.errors import WriteFailed, print_error
 from mmkit.inference.clip_loader import clip_eval_transform, load_clip
-from mmkit.inference.image_batches import image_batches
+from mmkit.inference.image_batches import default_workers, image_batches
 from mmkit.inference.label_names import check_label_names
 from mmkit.inference.label_outputs import OTHER, Decision, folder_names, place_file
 from mmkit.inference.precision import PRECISIONS
@@ -289,13 +289,6 @@ def _place_earlier(args: argparse.Namespace, root: Path, target: Path, folders: 
                 place_file(root / path, target, folders[label], path, mode)
 
 
-def _default_workers() -> int:
-    """Decoding workers: the cores but one, shared among the ranks a launcher runs on this machine, at most 8."""
-    local_ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    share = int(local_ranks) if local_ranks.isdigit() and int(local_ranks) > 0 else 1
-    return max(1, min(8, ((os.cpu_count() or 2) - 1) // share))
-
-
 def _check_names(args: argparse.Namespace, names: list[str]) -> None:
     """Refuse label names (with --other-label and --top-k) that would make ambiguous or empty columns."""
     if any("|" in n for n in names):
@@ -387,7 +380,7 @@ def _scored(args: argparse.Namespace, root: Path, todo: list[str], prompts: dict
     the ranks end together (`Lockstep` reads an uneven end as a changed input)."""
     starts = range(0, len(todo), args.batch_size)
     mine = [path for k, s in enumerate(starts) if ranks.owns(k) for path in todo[s:s + args.batch_size]]
-    chosen = _default_workers() if args.num_workers is None else args.num_workers
+    chosen = default_workers() if args.num_workers is None else args.num_workers
     workers = min(chosen, math.ceil(len(mine) / args.batch_size))  # a worker decodes whole batches: more would idle
     note = f", not {chosen}: one per batch" if args.num_workers is not None and workers < chosen else ""
     device = ranks.device(args.device)

@@ -54,6 +54,13 @@ def collate(items: list[tuple[int, Tensor | str]]) -> ImageBatch:
     return ImageBatch([i for i, _ in ok], images, failed)
 
 
+def default_workers() -> int:
+    """Decoding workers: the cores but one, shared among the ranks a launcher runs on this machine, at most 8."""
+    local_ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    share = int(local_ranks) if local_ranks.isdigit() and int(local_ranks) > 0 else 1
+    return max(1, min(8, ((os.cpu_count() or 2) - 1) // share))
+
+
 def image_batches(root: str | os.PathLike, paths: Sequence[str], transform: EvalTransform, batch_size: int = 64,
                   num_workers: int = 2, pin_memory: bool = False) -> Iterator[ImageBatch]:
     """Decoded batches in file order. The workers start (and decode ahead, `prefetch_factor`

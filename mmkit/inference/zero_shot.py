@@ -127,10 +127,12 @@ class ZeroShotClassifier:
         device: where to run ("cpu", "cuda", "cuda:1").
         precision: "fp32" (exact, the default), "bf16", "fp16" or "auto" (autocast; `resolve_precision`).
         multi_gpu: split image batches over all visible GPUs (nn.DataParallel on the image tower).
-        quantize: "none", or "int8": int8 weights for every Linear layer of the image tower, the one
-            that runs over many inputs (CPU only; the patch embedding stays an fp32 convolution; with it
-            "auto" precision is fp32). The text tower stays fp32: it encodes the label prompts once, and
-            its int8 copy would cost more to make (~0.2 s for ViT-B/32) than it saves there.
+        quantize: "none", or "int8": int8 weights for every Linear layer of `quantize_tower` (CPU only; with
+            it "auto" precision is fp32).
+        quantize_tower: the tower that runs over many inputs: "visual" (the default: labeling images; the patch
+            embedding stays an fp32 convolution, and the text tower fp32: it encodes the label prompts once, and
+            its int8 copy would cost more to make, ~0.2 s for ViT-B/32, than it saves there) or "text"
+            (embedding a file of texts, `mmkit embed`).
         meta: checkpoint metadata: eval transform keys, default `zeroshot_labels` / `zeroshot_templates`.
 
     Example:
@@ -141,11 +143,13 @@ class ZeroShotClassifier:
 
     def __init__(self, model: CLIP, tokenizer: Tokenizer, transform: EvalTransform | None = None, device: str = "cpu",
                  precision: str = "fp32", multi_gpu: bool = False, meta: dict[str, Any] | None = None,
-                 quantize: str = "none") -> None:
+                 quantize: str = "none", quantize_tower: str = "visual") -> None:
+        if quantize_tower not in ("visual", "text"):
+            raise ValueError(f"quantize_tower must be 'visual' or 'text', got {quantize_tower!r}")
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device, quantize)
         self.model = model.eval().to(self.device)
-        apply_quantization(self.model.visual, quantize)  # in place
+        apply_quantization(getattr(self.model, quantize_tower), quantize)  # in place
         self.quantize = quantize
         self.tokenizer = tokenizer
         self.meta = {**default_image_metadata(model), **(meta or {})}

@@ -34,14 +34,8 @@ from mmkit.inference.zero_shot import ZeroShotClassifier
 from mmkit.models.clip import CLIP, CLIP_MEAN, CLIP_STD
 from mmkit.weights import WeightsError
 
-from _clip import save_tiny_clip
+from _clip import OC_TINY, save_open_clip_tiny, save_tiny_clip
 
-OC_TINY = "mmkit-label-tiny"  # an open_clip architecture registered for the tests
-_OC_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
-}
 
 
 @pytest.fixture(scope="module")
@@ -394,16 +388,7 @@ def test_threshold_multi_label_and_bf16_end_to_end(tmp_path, ckpt):
 @pytest.fixture(scope="module")
 def oc_file(tmp_path_factory) -> Path:
     """A random-init open_clip model of a registered tiny architecture, saved as a state dict."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("oc")
-    (folder / f"{OC_TINY}.json").write_text(json.dumps(_OC_CFG))
-    open_clip.add_model_config(folder)
-    torch.manual_seed(0)
-    model = open_clip.create_model(OC_TINY, pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "tiny.safetensors"))
-    return folder / "tiny.safetensors"
+    return save_open_clip_tiny(tmp_path_factory.mktemp("oc"))
 
 
 def test_arch_and_pretrained_file_match_open_clip(tmp_path, oc_file, monkeypatch, bf16_cpu):
