@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +39,7 @@ from mmkit.inference.text_rows import atomic_path
 from mmkit.inference.writers import path_text
 from mmkit.inference.zero_shot import NonFiniteScores, ZeroShotClassifier
 
+log = logging.getLogger(__name__)
 PAIRED_SUFFIX = ".paths.jsonl"  # vectors.npy's list of files: vectors.paths.jsonl
 
 
@@ -61,14 +64,17 @@ def paths_file(out: str | Path) -> Path:
 
 def run(args: argparse.Namespace, ranks: Ranks, prog: str, out_suffixes: tuple[str, ...]) -> int:
     """`mmkit embed` with a CLIP model: images for a folder, texts for a file; the tool's exit code."""
+    start = time.perf_counter()
     if args.pretrained is not None and Path(args.model).expanduser().is_dir():
         if ranks.first:
             print_error(prog, f"--pretrained is for an open_clip architecture as --model; {args.model} is an mmkit "
                               "CLIP export, which holds its weights")
         return 2
-    if Path(args.texts).expanduser().is_dir():
-        return _images(args, ranks, prog, out_suffixes)
-    return _texts(args, ranks, prog, out_suffixes)
+    embed = _images if Path(args.texts).expanduser().is_dir() else _texts
+    code = embed(args, ranks, prog, out_suffixes)
+    if code in (0, 1) and ranks.first:
+        log.info("%s finished in %.3f s", prog, time.perf_counter() - start)  # `mmkit bench label --embed` reads it
+    return code
 
 
 def _load(args: argparse.Namespace, device: str, tower: str, transform: Any = None) -> ZeroShotClassifier:

@@ -53,6 +53,47 @@ def test_agreements_compare_every_mmkit_path_with_open_clip_and_fp32(tmp_path):
     assert got["mmkit int8"]["open_clip"]["max_abs_prob_diff"] == pytest.approx(0.25)
 
 
+@pytest.mark.slow
+def test_bench_label_embed_times_mmkit_embed_and_compares_the_vectors(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--embed", "--images", "4", "--rounds", "1", "--quantize", "none", "--precision", "fp32",
+                 "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["embed"] and set(result["runs"]) == {"open_clip", "mmkit"}
+    vs = result["agreement"]["mmkit"]["open_clip"]
+    assert vs["images"] == 4 and vs["min_cosine"] > 0.999 and vs["same_nearest"] == 1.0
+    assert result["median_s"]["mmkit"]["inner"] > 0  # "mmkit embed finished in" read from its log
+    printed = capsys.readouterr().out
+    assert printed.startswith("mmkit embed: 4 images") and "mmkit vs open_clip: cosine min 0.99" in printed
+    assert main(["--embed", "--ensemble"]) == 2
+    assert "--ensemble is for labelling" in capsys.readouterr().err
+
+
+def test_embedding_agreement_aligns_files_and_skips_unreadable_ones(tmp_path):
+    import numpy as np
+
+    from mmkit.cli.bench.label_report import embedding_agreement
+
+    def vectors(name, rows, files):
+        np.save(tmp_path / f"{name}.npy", np.array(rows, dtype=np.float32))
+        (tmp_path / f"{name}.paths.jsonl").write_text("".join(json.dumps(f) + "\n" for f in files))
+        return tmp_path / f"{name}.npy"
+
+    ref = vectors("ref", [[1, 0], [0.6, 0.8], [0, 1]], [{"path": p} for p in "abc"])
+    nan = [float("nan")] * 2  # an unreadable file's row
+    ours = vectors("ours", [[1, 0], nan, [0, 1], [0.8, 0.6]],
+                   [{"path": "a"}, {"path": "x", "error": "not an image"}, {"path": "c"}, {"path": "b"}])
+    got = embedding_agreement(ref, ours)
+    assert got["images"] == 3 and got["min_cosine"] == pytest.approx(0.96)
+    assert got["same_nearest"] == pytest.approx(2 / 3)  # b's nearest was c, is a now; a's and c's stay b
+    args = _parser().parse_args(["--embed", "--quantize", "none"])
+    commands = _commands(args, tmp_path / "imgs", tmp_path / "ckpt.safetensors", tmp_path)
+    assert commands["open_clip"][-2] == str(tmp_path / "open_clip.npy")
+    cmd = commands["mmkit bf16" if "mmkit bf16" in commands else "mmkit"]
+    assert cmd[3:5] == ["embed", str(tmp_path / "imgs")] and "--labels" not in cmd and "--template" not in cmd
+    assert cmd[cmd.index("--out") + 1].endswith(".npy")
+
+
 def test_model_export_mode_has_no_open_clip_side_and_reads_its_labels(tmp_path):
     from mmkit.models.clip import CLIP
 

@@ -15,10 +15,14 @@ runs a trained mmkit CLIP export instead (its labels and templates from its meta
 side), on `--image-dir DIR` or the generated images: agreement of int8 with fp32 where near-ties of
 random weights do not blur it. `--device cuda` runs both sides on the GPU (the reference still in fp32;
 mmkit's `--precision auto` is bf16 there, fp16 on older GPUs; int8 is a CPU path, so only fp32 weights).
+`--embed` times `mmkit embed` on the folder (image vectors, .npy) against the same loop ending at the normalised
+`encode_image` (the vectors saved, no labels): their agreement is the cosine of each image's two vectors and
+whether each image's nearest other image is the same one.
 
     mmkit bench label --images 128 --rounds 3
     mmkit bench label --device cuda --images 256 --rounds 2
     mmkit bench label --model runs/clip_shapes/export --image-dir shapes/ --rounds 1
+    mmkit bench label --embed --images 128 --rounds 2
 """
 from __future__ import annotations
 
@@ -39,7 +43,9 @@ from typing import Any
 import numpy as np
 
 from mmkit.cli.bench import StepFailed
-from mmkit.cli.bench.label_report import FP32, OPEN_CLIP, agreements, print_report, report
+from mmkit.cli.bench.label_report import (
+    FP32, OPEN_CLIP, agreement, agreements, embedding_agreement, print_report, report,
+)
 from mmkit.cli.options import Parser, at_least, path_text
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,7 @@ import torch, open_clip
 from pathlib import Path
 from PIL import Image
 root, ckpt, labels, out, device = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split(","), sys.argv[4], sys.argv[5]
+embed = out.endswith(".npy")  # image vectors (normalised encode_image) instead of labels
 t1 = time.perf_counter()
 model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=ckpt)
 model.to(device).eval()
@@ -76,14 +83,23 @@ with torch.no_grad():
         images = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in batch]).to(device)
         features = model.encode_image(images)
         features = features / features.norm(dim=-1, keepdim=True)
+        if embed:
+            rows.append(features.cpu())
+            continue
         probs = (model.logit_scale.exp() * features @ text.T).softmax(dim=-1)
         for p, row in zip(batch, probs.tolist()):
             best = max(range(len(labels)), key=row.__getitem__)
             rows.append([p.relative_to(root).as_posix(), labels[best], row[best]] + row)
-with open(out, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["path", "label", "score"] + [f"score:{label}" for label in labels])
-    writer.writerows(rows)
+if embed:
+    import numpy
+    numpy.save(out, torch.cat(rows).numpy())
+    with open(out[:-4] + ".paths.jsonl", "w") as f:
+        f.writelines(json.dumps({"path": p.relative_to(root).as_posix()}) + "\n" for p in paths)
+else:
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "score"] + [f"score:{label}" for label in labels])
+        writer.writerows(rows)
 t3 = time.perf_counter()
 print(json.dumps({"imports_s": t1 - t0, "load_s": t2 - t1, "label_s": t3 - t2}), file=sys.stderr)
 '''
@@ -168,6 +184,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-dir", metavar="DIR", type=path_text,
                    help="label the images of DIR instead of generated ones")
     p.add_argument("--ensemble", action="store_true", help="mmkit with its default template ensemble")
+    p.add_argument("--embed", action="store_true",
+                   help="time `mmkit embed` (image vectors) instead of `mmkit label`, against the open_clip loop "
+                        "that embeds (normalised encode_image); agreement: the cosine of each image's two vectors "
+                        "and whether its nearest other image is the same")
     p.add_argument("--exact-decode", action="store_true", help="mmkit without JPEG DCT-domain downscaling")
     p.add_argument("--workdir", type=path_text,
                    help="where images and the checkpoint are made (reused); default a temp folder")
@@ -200,24 +220,33 @@ def _commands(args: argparse.Namespace, images: Path, ckpt: Path, work: Path) ->
         script = work / "reference_open_clip.py"
         script.write_text(REFERENCE)
         commands[OPEN_CLIP] = [sys.executable, str(script), str(images), str(ckpt), ",".join(LABELS),
-                               str(work / f"{OPEN_CLIP}.csv"), args.device]
+                               str(output_of(work, OPEN_CLIP, args.embed)), args.device]
     labels, templates = _labels(args)
     for side, (precision, quantize) in mmkit_sides(args.quantize, args.resolved_precision).items():
-        cmd = [sys.executable, "-m", "mmkit.cli", "label", str(images), "--labels", ",".join(labels),
-               "--model", args.model or ARCH, "--out", str(work / f"{side.replace(' ', '_')}.csv"), "--all-scores",
-               "--overwrite", "--quiet", "--device", args.device, "--precision", precision,
-               "--quantize", quantize, "--batch-size", str(args.batch_size)]
+        out = str(output_of(work, side, args.embed))
+        task = ["embed", str(images), "--out", out] if args.embed else \
+            ["label", str(images), "--labels", ",".join(labels), "--out", out, "--all-scores", "--overwrite"]
+        cmd = [sys.executable, "-m", "mmkit.cli", *task, "--model", args.model or ARCH, "--quiet",
+               "--device", args.device, "--precision", precision, "--quantize", quantize,
+               "--batch-size", str(args.batch_size)]
         cmd += [] if args.model else ["--pretrained", str(ckpt)]
-        cmd += [] if args.ensemble and not args.model else [a for t in templates for a in ("--template", t)]
+        if not args.embed:
+            cmd += [] if args.ensemble and not args.model else [a for t in templates for a in ("--template", t)]
         cmd += ["--num-workers", str(args.num_workers)] if args.num_workers is not None else []
         cmd += ["--exact-decode"] if args.exact_decode else []
         commands[side] = cmd
     return commands
 
 
+def output_of(work: Path, side: str, embed: bool) -> Path:
+    """Where a side writes: its labels (.csv), or with --embed its vectors (.npy, the files beside it)."""
+    return work / f"{side.replace(' ', '_')}.{'npy' if embed else 'csv'}"
+
+
 def _labels(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """The labels and templates: the checkpoint's own with --model DIR, else LABELS and TEMPLATE."""
-    if not args.model:
+    """The labels and templates: the checkpoint's own with --model DIR, else LABELS and TEMPLATE (with --embed,
+    unused)."""
+    if not args.model or args.embed:
         return list(LABELS), [TEMPLATE]
     from mmkit.models.clip import CLIP
 
@@ -261,8 +290,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 times[side][key].append(value)
             log.info("round %d %s: %.1f s wall, %.1f s CPU", r + 1, side, wall, cpu)
         load.append(os.getloadavg()[0])
-    outputs = {side: work / f"{side.replace(' ', '_')}.csv" for side in commands}
-    return report(args, times, load, agreements(outputs))
+    outputs = {side: output_of(work, side, args.embed) for side in commands}
+    return report(args, times, load, agreements(outputs, embedding_agreement if args.embed else agreement))
 
 
 def _in_process_seconds(side: str, stderr: str) -> float:
@@ -270,7 +299,7 @@ def _in_process_seconds(side: str, stderr: str) -> float:
     if side == OPEN_CLIP:
         phases = json.loads(stderr.strip().splitlines()[-1])
         return phases["load_s"] + phases["label_s"]
-    found = re.search(r"mmkit label finished in (\d+\.\d+) s", stderr)  # logged to the ms (mmkit.cli.label)
+    found = re.search(r"mmkit (?:label|embed) finished in (\d+\.\d+) s", stderr)  # logged to the ms
     return float(found[1]) if found else float("nan")
 
 
@@ -304,6 +333,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
 
     if args.model and not Path(args.model).expanduser().is_dir():
         return f"--model {args.model}: not an mmkit CLIP export directory"
+    if args.embed and args.ensemble:
+        return "--ensemble is for labelling (prompt templates): --embed times image vectors only"
     if args.image_dir:
         problem = _image_dir_problem(Path(args.image_dir).expanduser(), reference=not args.model)
         if problem:
