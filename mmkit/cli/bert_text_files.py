@@ -68,22 +68,32 @@ def open_texts_and_encoder(args: argparse.Namespace, prog: str, out_suffixes: Se
     file, wrong suffix, no --text-key column or field). Ranks of one launcher (`ranks`) all stop if one
     meets a problem, printed once, by the first; each loads the model on its own device (`Ranks.device`)."""
     from mmkit.inference.encoder import load_encoder
-    from mmkit.inference.precision import check_device
-    from mmkit.inference.text_rows import check_not_input, check_output, count_text_rows
+    from mmkit.inference.text_rows import count_text_rows
 
     from mmkit.cli.ranked import set_up_on_ranks
 
     def set_up() -> tuple[int, T]:
-        if Path(args.out).suffix not in out_suffixes:
-            raise ValueError(f"--out must end in {' or '.join(out_suffixes)}: {args.out}")
-        check_not_input(args.out, args.texts)
-        device = ranks.device(args.device)
-        check_device(device)
-        check_output(args.out)
+        device = checked_output(args, out_suffixes, ranks)
         total = count_text_rows(args.texts, args.text_key)
         return total, build(load_encoder(args.model, device))
 
     return set_up_on_ranks(prog, ranks, set_up)
+
+
+def checked_output(args: argparse.Namespace, out_suffixes: Sequence[str], ranks: Ranks) -> str:
+    """This rank's device (`Ranks.device`) once `--out` and `--device` are checked, before a model loads: an
+    output of another suffix, the input itself (`check_not_input`) or one that cannot be written
+    (`check_output`), a device this machine lacks, are a ValueError or OSError of one line."""
+    from mmkit.inference.precision import check_device
+    from mmkit.inference.text_rows import check_not_input, check_output
+
+    if Path(args.out).suffix not in out_suffixes:
+        raise ValueError(f"--out must end in {' or '.join(out_suffixes)}: {args.out}")
+    check_not_input(args.out, args.texts)
+    device = ranks.device(args.device)
+    check_device(device)
+    check_output(args.out)
+    return device
 
 
 @dataclass

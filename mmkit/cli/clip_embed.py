@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mmkit.cli.bert_text_files import RowCounts, row_chunks, written
+from mmkit.cli.bert_text_files import RowCounts, checked_output, row_chunks, written
 from mmkit.cli.progress import progress
 from mmkit.cli.ranked import set_up_on_ranks
 from mmkit.errors import print_error
@@ -85,20 +85,6 @@ def _load(args: argparse.Namespace, device: str, tower: str, transform: Any = No
                               quantize_tower=tower)
 
 
-def _checked_output(args: argparse.Namespace, prog: str, out_suffixes: tuple[str, ...], ranks: Ranks) -> str:
-    """This rank's device, once the output and the device are checked (a ValueError or OSError of one line)."""
-    from mmkit.inference.precision import check_device
-    from mmkit.inference.text_rows import check_not_input, check_output
-
-    if Path(args.out).suffix not in out_suffixes:
-        raise ValueError(f"--out must end in {' or '.join(out_suffixes)}: {args.out}")
-    check_not_input(args.out, args.texts)
-    device = ranks.device(args.device)
-    check_device(device)
-    check_output(args.out)
-    return device
-
-
 def _finite(vectors: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(vectors).all():
         raise NonFiniteScores(f"non-finite embeddings (NaN or infinity) for {what}: the model's weights or "
@@ -113,7 +99,7 @@ def _texts(args: argparse.Namespace, ranks: Ranks, prog: str, out_suffixes: tupl
     from mmkit.inference.text_rows import count_text_rows
 
     def set_up() -> tuple[int, ZeroShotClassifier]:
-        device = _checked_output(args, prog, out_suffixes, ranks)
+        device = checked_output(args, out_suffixes, ranks)
         total = count_text_rows(args.texts, args.text_key)
         return total, _load(args, device, "text")
 
@@ -171,7 +157,7 @@ def _images(args: argparse.Namespace, ranks: Ranks, prog: str, out_suffixes: tup
     root = Path(args.texts).expanduser()
 
     def check() -> tuple[list[str] | None]:
-        _checked_output(args, prog, out_suffixes, ranks)
+        checked_output(args, out_suffixes, ranks)
         if args.out.endswith(".npy"):
             check_output(paths_file(args.out))
         # the first rank lists the folder and hands the list out: every rank embeds the same files
