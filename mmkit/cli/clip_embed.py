@@ -32,7 +32,7 @@ import numpy as np
 from mmkit.cli.bert_text_files import RowCounts, checked_output, row_chunks, written
 from mmkit.cli.progress import progress
 from mmkit.cli.ranked import set_up_on_ranks
-from mmkit.errors import print_error
+from mmkit.errors import print_error, quoted
 from mmkit.inference.image_batches import ImageBatch
 from mmkit.inference.ranks import BatchShares, Ranks, Share, merged
 from mmkit.inference.text_rows import atomic_path
@@ -210,8 +210,9 @@ def _images(args: argparse.Namespace, ranks: Ranks, prog: str, out_suffixes: tup
                 results = merged(shares, [None] * len(span), advance)
                 rows = [ImageRow(path_text(paths[i]), error) for i, (_, error) in zip(span, results)]
                 for row in rows:  # (on the first rank, which writes)
-                    if row.error is not None:
-                        print(f"{prog}: {row.path}: {row.error}; skipped", file=sys.stderr)
+                    if row.error is not None:  # a name with a line break quoted: one line a file
+                        shown = row.path if row.path.isprintable() else quoted(row.path)
+                        print(f"{prog}: {shown}: {row.error}; skipped", file=sys.stderr)
                 good = [row for row in rows if row.error is None]
                 counts.good += len(good)
                 counts.bad += len(rows) - len(good)

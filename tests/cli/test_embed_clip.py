@@ -157,8 +157,12 @@ def test_mistakes_are_one_line_and_write_nothing(tmp_path, export, capsys):
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
     (only_bad / "a.png").write_bytes(b"nope")
+    (only_bad / "line\nbreak.png").write_bytes(b"nope")
     assert embed_main([str(only_bad), "--model", str(export), "--out", str(tmp_path / "bad.npy"), "--quiet"]) == 1
-    assert np.isnan(np.load(tmp_path / "bad.npy")).all()  # written, every row reported
+    assert np.isnan(np.load(tmp_path / "bad.npy")).all()  # written, every row reported, a line each
+    err = capsys.readouterr().err.splitlines()
+    assert err[1].startswith("mmkit embed: 'line\\nbreak.png': not an image") and len(err) == 3
+    assert json.loads((tmp_path / "bad.paths.jsonl").read_text().splitlines()[1])["path"] == "line\nbreak.png"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert embed_main([str(empty), "--model", str(export), "--out", str(tmp_path / "none.npy"), "--quiet"]) == 0
