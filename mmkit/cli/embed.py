@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
+import time
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from mmkit.cli import clip_embed
+from mmkit.cli import clip_embed, embed_images
 from mmkit.cli.bert_text_files import RowCounts, open_texts_and_encoder, row_chunks, texts_file_parser, written
 from mmkit.cli.options import add_precision_argument, at_least
 from mmkit.errors import print_error
@@ -28,24 +31,25 @@ from mmkit.cli.ranked import on_ranks
 from mmkit.inference.ranks import BatchShares, InputsDiverged, Ranks, Share, merged
 from mmkit.inference.text_rows import atomic_path, reserve, write_atomically
 
+log = logging.getLogger(__name__)
 PROG = "mmkit embed"
 OUT_SUFFIXES = (".npy", ".jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = texts_file_parser(PROG, __doc__ + "\n" + clip_embed.__doc__,
+    p = texts_file_parser(PROG, "\n".join([__doc__, clip_embed.__doc__, embed_images.__doc__]),
                           "sentence embeddings (masked mean pooling + L2 norm) with a BERT encoder; image and text "
-                          "embeddings with a CLIP",
-                          "mmkit BERT export or transformers BERT directory; or an mmkit CLIP export, or an "
-                          "open_clip architecture with --pretrained",
+                          "embeddings with a CLIP; image features with a ViT",
+                          "mmkit BERT export or transformers BERT directory; an mmkit CLIP export, or an "
+                          "open_clip architecture with --pretrained; an mmkit ViT export",
                           "vectors.npy (N x dim float32) or vectors.jsonl", input_name="INPUT",
-                          input_help=".txt (one text per line), .jsonl or .csv file; with a CLIP also a folder of "
-                                     "images", model_name="MODEL")
+                          input_help=".txt (one text per line), .jsonl or .csv file; with a CLIP or ViT a folder "
+                                     "of images", model_name="MODEL")
     p.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                    help="int8: int8 weights for every Linear layer (CPU; faster, vectors close to but not equal "
                         "to fp32's: see mmkit bench embed); a CLIP's: those of the tower that runs")
     add_precision_argument(p)
-    clip = p.add_argument_group("with a CLIP")
+    clip = p.add_argument_group("with a CLIP or ViT")
     clip.add_argument("--pretrained", help="with an open_clip architecture as --model: its checkpoint file or "
                                            "open_clip pretrained tag")
     clip.add_argument("--num-workers", type=at_least(0), default=None,
@@ -53,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     clip.add_argument("--follow-links", action="store_true",
                       help="also follow symlinks that lead outside the folder (by default they are left out)")
     clip.add_argument("--exact-decode", action="store_true",
-                      help="full-size JPEG decoding (open_clip's exact pixels) instead of DCT-domain downscaling")
+                      help="full-size JPEG decoding (open_clip's exact pixels) instead of DCT-domain downscaling "
+                           "(a ViT decodes exactly always, as mmkit predict)")
     return p
 
 
@@ -67,16 +72,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace, ranks: Ranks) -> int:
     from mmkit.cli.progress import progress
 
-    if clip_embed.is_clip_model(args.model, args.pretrained):
-        return clip_embed.run(args, ranks, PROG, OUT_SUFFIXES)
-    clip_only = [flag for flag, given in (("--pretrained", args.pretrained is not None),
-                                          ("--num-workers", args.num_workers is not None),
-                                          ("--follow-links", args.follow_links),
-                                          ("--exact-decode", args.exact_decode)) if given]
-    if clip_only:
+    kind = _image_model(args.model, args.pretrained)
+    if kind is not None:
+        start = time.perf_counter()
+        code = (clip_embed.run if kind == "CLIP" else embed_images.run_vit)(args, ranks, PROG, OUT_SUFFIXES)
+        if code in (0, 1) and ranks.first:  # `mmkit bench label --embed` reads it
+            log.info("%s finished in %.3f s", PROG, time.perf_counter() - start)
+        return code
+    image_only = [flag for flag, given in (("--pretrained", args.pretrained is not None),
+                                           ("--num-workers", args.num_workers is not None),
+                                           ("--follow-links", args.follow_links),
+                                           ("--exact-decode", args.exact_decode)) if given]
+    if image_only:
         if ranks.first:
-            print_error(PROG, f"{', '.join(clip_only)}: for a CLIP --model; {args.model} is not an mmkit CLIP "
-                              "export")
+            print_error(PROG, f"{', '.join(image_only)}: for a CLIP or ViT --model; {args.model} is neither an "
+                              "mmkit CLIP nor a ViT export")
         return 2
     opened = open_texts_and_encoder(args, PROG, OUT_SUFFIXES,
                                     lambda encoder: Embedder(encoder, args.batch_size, args.quantize, args.precision),
@@ -109,6 +119,20 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
         return code
     counts.report(PROG, embedder.encoder.model.max_len, f"embeddings of dim {embedder.dim} written to {args.out}")
     return counts.exit_code()
+
+
+def _image_model(model: str, pretrained: str | None) -> str | None:
+    """"CLIP" or "ViT" where `--model` names one (an mmkit export of either, its config.json says so; an open_clip
+    architecture given `--pretrained`), else None: a BERT, whose loader reports anything else."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return "CLIP" if pretrained is not None else None
+    try:
+        doc = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = doc.get("architecture") if isinstance(doc, dict) else None
+    return kind if kind in ("CLIP", "ViT") else None
 
 
 def write_vectors(out: str, source: str, total: int, dim: int, chunks: Iterator[tuple[list, list, np.ndarray]]

@@ -127,6 +127,15 @@ class Classifier:
             logits = self.model(batch)
         return top_k_predictions(logits, self.class_names, k)
 
+    @torch.inference_mode()
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """(B, 3, S, S) uint8 crops -> (B, dim) float32 pooled features before the head (`ViT.pre_logits`: a
+        timm model's with num_classes=0), at the classifier's precision."""
+        dtype = next(self.model.parameters()).dtype
+        batch = self.transform.normalize(pixels.to(self.device)).to(dtype)
+        with self._autocast():
+            return self.model.pre_logits(batch).float()
+
     def predict_paths(self, paths: str | os.PathLike | Iterable[str | os.PathLike], top_k: int = 5,
                       batch_size: int = 32) -> Iterator[Prediction]:
         """Files and/or folders (scanned recursively; a lone str or path is one) -> one Prediction per

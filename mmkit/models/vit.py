@@ -122,9 +122,14 @@ class ViT(PretrainedMixin, nn.Module):
         x = self.pool(x)
         return x if pre_logits else self.head(x)
 
+    def pre_logits(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) images -> (B, dim) the pooled features the head reads: what a timm model made with
+        `num_classes=0` returns (image features for retrieval, `mmkit embed`)."""
+        return self.forward_head(self.forward_features(images, keep=self._pooled_prefix()), pre_logits=True)
+
     def forward(self, images: Tensor) -> Tensor:
         """(B, C, H, W) images -> (B, num_classes) logits."""
-        return self.forward_head(self.forward_features(images, keep=self._pooled_prefix()))
+        return self.head(self.pre_logits(images))
 
     def get_classifier(self) -> nn.Module:
         """The classifier head (timm's method): nn.Linear, or nn.Identity with no classes."""

@@ -40,8 +40,8 @@ def agreement(ref: Path, ours: Path) -> dict[str, Any]:
 
 def read_vectors(path: Path) -> dict[str, np.ndarray]:
     """path -> unit vector of an image-vectors output: `path` (.npy) with its list of files beside it
-    (`clip_embed.paths_file`); unreadable files (an "error") left out."""
-    from mmkit.cli.clip_embed import paths_file
+    (`embed_images.paths_file`); unreadable files (an "error") left out."""
+    from mmkit.cli.embed_images import paths_file
 
     vectors = np.load(path)
     files = [json.loads(line) for line in paths_file(path).read_text().splitlines()]

@@ -1,7 +1,8 @@
-"""`mmkit embed` with a CLIP (`mmkit.cli.clip_embed`): image and text vectors equal to open_clip's normalised
-`encode_image` / `encode_text` for an open_clip architecture with a weights file; the .npy rows with their list of
-files (an unreadable file a NaN row and an "error"), the .jsonl records; int8 on the tower that runs, bf16 close to
-fp32; the mistakes in one line; under `torchrun --nproc_per_node 2` byte for byte one process's outputs."""
+"""`mmkit embed` with a CLIP (`mmkit.cli.clip_embed`) or a ViT (`mmkit.cli.embed_images`): image and text vectors
+equal to open_clip's normalised `encode_image` / `encode_text` for an open_clip architecture with a weights file,
+and a ViT export's features equal to timm's pre-logits on timm's own preprocessing; the .npy rows with their list
+of files (an unreadable file a NaN row and an "error"), the .jsonl records; int8 on the tower that runs, bf16 close
+to fp32; the mistakes in one line; under `torchrun --nproc_per_node 2` byte for byte one process's outputs."""
 from __future__ import annotations
 
 import json
@@ -101,6 +102,45 @@ def test_jsonl_outputs_of_an_export(tmp_path, export, capsys):
     assert "line 2: empty text; skipped" in capsys.readouterr().err
 
 
+def test_a_vit_exports_features_equal_timms_pre_logits_on_timms_inputs(tmp_path, capsys):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from mmkit.models.vit import ViT
+
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224.augreg_in21k", pretrained=False, depth=1, embed_dim=48,
+                                  num_heads=2, num_classes=5).eval()
+    ViT.from_timm(reference).save_pretrained(tmp_path / "vit")
+    photos = _photos(tmp_path / "photos")
+    argv = [str(photos), "--model", str(tmp_path / "vit"), "--out", str(tmp_path / "f.npy"), "--num-workers", "0",
+            "--batch-size", "4", "--quiet"]
+    assert embed_main(argv) == 0
+    assert capsys.readouterr().err.splitlines()[1].startswith("mmkit embed: 6 image embeddings of dim 48 written")
+    listed = [json.loads(line)["path"] for line in (tmp_path / "f.paths.jsonl").read_text().splitlines()]
+    features = np.load(tmp_path / "f.npy")
+    transform = create_transform(**resolve_data_config(model=reference))  # timm's own eval transform
+    with torch.no_grad():
+        for path, row in zip(listed, features):
+            if path == "broken.png":
+                assert np.isnan(row).all()
+                continue
+            pixels = transform(Image.open(photos / path).convert("RGB"))[None]
+            expected = reference.forward_head(reference.forward_features(pixels), pre_logits=True)[0]
+            np.testing.assert_allclose(row, expected.numpy(), atol=1e-5, rtol=0)
+    assert embed_main([*argv[:-1], "--quantize", "int8", "--out", str(tmp_path / "q.npy"), "--quiet"]) == 0
+    int8 = np.load(tmp_path / "q.npy")
+    good = ~np.isnan(features).any(axis=1)
+    cosine = (int8[good] * features[good]).sum(1) / np.linalg.norm(int8[good], axis=1) / np.linalg.norm(
+        features[good], axis=1)
+    assert cosine.min() > 0.99
+    for extra, message in ((["--pretrained", "x.pt"], "--pretrained is for an open_clip architecture"),
+                           (["--out", str(tmp_path / "t.npy")], "a ViT embeds images: give a folder of images")):
+        source = str(_texts(tmp_path / "t.txt")) if "t.npy" in extra[-1] else str(photos)
+        assert embed_main([source, *argv[1:], *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_int8_makes_the_tower_that_runs_int8_and_bf16_stays_close(tmp_path, export):
     from mmkit.inference.clip_loader import load_clip
     from mmkit.inference.zero_shot import ZeroShotClassifier
@@ -138,7 +178,8 @@ def test_mistakes_are_one_line_and_write_nothing(tmp_path, export, capsys):
     capsys.readouterr()  # transformers' saving bar
     cases = [
         ([str(texts), "--model", str(bert), "--pretrained", "x.pt", "--exact-decode"],
-         f"mmkit embed: error: --pretrained, --exact-decode: for a CLIP --model; {bert} is not an mmkit CLIP export"),
+         f"mmkit embed: error: --pretrained, --exact-decode: for a CLIP or ViT --model; {bert} is neither an mmkit "
+         "CLIP nor a ViT export"),
         ([str(photos), "--model", str(export), "--out", str(tmp_path / "v.csv")],
          f"mmkit embed: error: --out must end in .npy or .jsonl: {tmp_path / 'v.csv'}"),
         ([str(photos), "--model", str(export), "--device", "cuda:7"], "mmkit embed: error: "),
