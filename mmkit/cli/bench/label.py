@@ -76,8 +76,9 @@ paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg
 t2 = time.perf_counter()
 rows = []
 with torch.no_grad():
-    text = model.encode_text(tokenizer([f"a photo of a {label}." for label in labels]).to(device))
-    text = text / text.norm(dim=-1, keepdim=True)
+    if not embed:
+        text = model.encode_text(tokenizer([f"a photo of a {label}." for label in labels]).to(device))
+        text = text / text.norm(dim=-1, keepdim=True)
     for i in range(0, len(paths), 32):
         batch = paths[i:i + 32]
         images = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in batch]).to(device)
