@@ -3,8 +3,8 @@ timm's pretrained weights and repo ids (`hf.hub_snapshot`).
 
 Offline, huggingface_hub retries each file with growing pauses: a tag or tokenizer that is not in the hub cache
 failed after ~50 s of retry warnings. `hub_access` first checks that the hub's endpoint answers (one TCP connect,
-3 s at most); when it does not, the download runs in the hub's offline mode, so what the hub
-cache holds still loads at once and what it lacks fails at once, with the reason the hub is out of reach.
+3 s at most); when it does not, the download runs in the hub's offline mode, so what the hub cache holds still
+loads at once and what it lacks fails at once, with the reason the hub is out of reach.
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def hub_unreachable(timeout: float = PROBE_SECONDS) -> str | None:
         return "HF_HUB_OFFLINE is set"
     url = urllib.parse.urlsplit(constants.ENDPOINT)
     host = url.hostname or ""
-    if url.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+    proxies = urllib.request.getproxies()
+    if (url.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host):
         return None
     return _probe(host, url.port or (443 if url.scheme == "https" else 80), timeout)
 

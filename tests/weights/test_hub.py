@@ -52,6 +52,9 @@ def test_behind_a_proxy_the_hub_is_not_probed(online, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "https://hub.example.invalid")
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
     assert hub_unreachable() is None  # the proxy may reach it: the download finds out
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+    assert hub_unreachable() is None
 
 
 def test_hub_access_turns_offline_mode_on_only_inside(online, caplog):
