@@ -2,11 +2,12 @@
 # Run HERE (a machine with PyPI), once before `scripts/gpu_check.sh` goes to a lent GPU machine: that
 # machine reaches no package registry, and its image (Python 3.12, PyTorch, timm, transformers,
 # Lightning, pytest) lacks what mmkit's CLI, `mmkit label` and the open_clip reference need. This puts
-# those wheels, at the versions of constraints.txt, in .whl/ (git-ignored), which the device call
+# those wheels (babel and num2words: the translation tests' number corpus; num2words needs docopt only
+# for its command line), at the versions of constraints.txt, in .whl/ (git-ignored), which the device call
 # carries; gpu_check.sh installs them there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES=(open_clip_torch ftfy wcwidth soundfile cffi pycparser jsonargparse docstring_parser typeshed_client)
+PACKAGES=(open_clip_torch ftfy babel num2words wcwidth soundfile cffi pycparser jsonargparse docstring_parser typeshed_client)
 mkdir -p .whl
 pins=()
 for name in "${PACKAGES[@]}"; do

@@ -97,6 +97,15 @@ def test_flops_and_mfu_columns():
     assert unpeaked["infer_mmkit_mfu"] is None and format_rows([unpeaked])[1][8:10] == ["-", "-"]
 
 
+def test_the_title_names_each_precisions_peak():
+    """A GPU's bf16 and fp32 peaks differ ~15x (tensor cores or not): the title names the one each row divides by."""
+    from mmkit.cli.bench.vit import _peaks
+
+    rows = [{"precision": "bf16", "peak_tflops": 989.4}, {"precision": "fp32", "peak_tflops": 66.9}]
+    assert _peaks(rows) == "; MFU against the dense peak: bf16 989.4, fp32 66.9 TFLOP/s"
+    assert _peaks([{"precision": "fp32", "peak_tflops": None}]) == ""
+
+
 @pytest.mark.parametrize("device", ["cuda", "banana"])
 def test_a_device_this_machine_lacks_is_one_line(device, capsys):
     import torch

@@ -277,6 +277,14 @@ def _percent(share: float | None) -> str:
     return "-" if share is None else f"{share:.1%}"
 
 
+def _peaks(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The title's note of the peak each precision's MFU divides by (a GPU's differ: bf16 tensor cores, fp32 not)."""
+    peaks = {r["precision"]: r["peak_tflops"] for r in rows if r.get("peak_tflops")}
+    if not peaks:
+        return ""
+    return "; MFU against the dense peak: " + ", ".join(f"{p} {t:g}" for p, t in peaks.items()) + " TFLOP/s"
+
+
 def _render(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = format_rows(rows)
     first = rows[0] if rows else {}
@@ -284,7 +292,7 @@ def _render(rows: Sequence[Mapping[str, Any]]) -> str:
     title = (f"ViT throughput on {where}, batch {first.get('batch_size')}, {first.get('image_size')}px, "
              + (f"{first.get('threads')} threads, " if where == "cpu" else "")
              + f"median of {first.get('steps')} rounds"
-             + (f"; MFU against {first['peak_tflops']:g} TFLOP/s" if first.get("peak_tflops") else ""))
+             + _peaks(rows))
     try:
         from rich.console import Console
         from rich.table import Table
