@@ -24,12 +24,19 @@ from mmkit.core.positions import RotaryEmbedding
 _NO_CONTEXT = contextlib.nullcontext()
 
 
-def _decoding_backends() -> contextlib.AbstractContextManager:
-    """SDPA's GPU kernels for a cached decoding step: flash, memory-efficient or the plain math one, not
-    cuDNN's (it plans each new shape anew; fixed-shape encoders keep whichever SDPA picks)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+class _WithoutCudnnAttention:
+    """SDPA's GPU kernels for a cached decoding step without cuDNN's, which plans each new shape anew (a step's
+    key length); the other backends stay as set. Fixed-shape encoders keep whichever SDPA picks. A flag flip,
+    ~1 us, where `torch.nn.attention.sdpa_kernel` takes ~18 us a call on this project's CPUs."""
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    def __enter__(self) -> None:
+        self.was_enabled = torch.backends.cuda.cudnn_sdp_enabled()
+        if self.was_enabled:
+            torch.backends.cuda.enable_cudnn_sdp(False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_enabled:
+            torch.backends.cuda.enable_cudnn_sdp(True)
 
 
 def key_padding_mask(valid: Tensor) -> Tensor:
@@ -169,7 +176,7 @@ class Attention(nn.Module):
         else:
             # a cached step on a GPU: not cuDNN's kernel, which builds a plan for every new key length (a decoding
             # step's), measured on an H200 as a bf16 whisper-tiny transcription 2.3x slower than fp32's
-            with _decoding_backends() if cache is not None and q.device.type == "cuda" else _NO_CONTEXT:
+            with _WithoutCudnnAttention() if cache is not None and q.device.type == "cuda" else _NO_CONTEXT:
                 out = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask, is_causal=is_causal,
                     dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,

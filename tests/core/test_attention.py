@@ -260,12 +260,20 @@ def test_a_grouped_bf16_step_agrees_with_fp32():
 
 def test_a_cached_gpu_step_leaves_out_cudnn_attention():
     """cuDNN's SDPA plans every new key length anew (each decoding step's): on an H200 a bf16 whisper-tiny
-    transcription ran 2.3x slower than fp32 with it, level without. Flash, memory-efficient and math stay."""
-    from mmkit.core.attention import _decoding_backends
+    transcription ran 2.3x slower than fp32 with it, level without. The other backends stay as they were set."""
+    from mmkit.core.attention import _WithoutCudnnAttention
 
-    before = torch.backends.cuda.cudnn_sdp_enabled()
-    with _decoding_backends():
+    flags = (torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.mem_efficient_sdp_enabled,
+             torch.backends.cuda.math_sdp_enabled)
+    before = [flag() for flag in flags]
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with _WithoutCudnnAttention():
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and [flag() for flag in flags] == before
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)  # a user's choice stays
+    try:
+        with _WithoutCudnnAttention():
+            pass
         assert not torch.backends.cuda.cudnn_sdp_enabled()
-        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
-        assert torch.backends.cuda.math_sdp_enabled()
-    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
