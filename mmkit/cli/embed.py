@@ -124,14 +124,16 @@ def _main(args: argparse.Namespace, ranks: Ranks) -> int:
 def _image_model(model: str, pretrained: str | None) -> str | None:
     """"CLIP" or "ViT" where `--model` names one (an mmkit export of either, its config.json says so; an open_clip
     architecture given `--pretrained`), else None: a BERT, whose loader reports anything else."""
+    from mmkit.weights.config_check import read_json_object
+    from mmkit.weights.native import WeightsError
+
     path = Path(model).expanduser()
     if not path.is_dir():
         return "CLIP" if pretrained is not None else None
     try:
-        doc = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        kind = read_json_object(path / "config.json").get("architecture")
+    except WeightsError:  # no config.json, or not a JSON object: the BERT loader says what is wrong
         return None
-    kind = doc.get("architecture") if isinstance(doc, dict) else None
     return kind if kind in ("CLIP", "ViT") else None
 
 

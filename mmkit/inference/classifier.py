@@ -12,7 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -118,23 +118,24 @@ class Classifier:
             return []
         return self._predict_pixels(torch.stack([self.transform.pixels(to_rgb(im)) for im in images]), int(top_k))
 
+    def _run(self, pixels: Tensor, forward: Callable[[Tensor], Tensor]) -> Tensor:
+        """`forward` (the model, or its `pre_logits`) of (B, 3, S, S) uint8 crops, normalised on the device, cast
+        to the model's dtype (fp32, or what the caller cast the model to), under the classifier's autocast."""
+        dtype = next(self.model.parameters()).dtype
+        batch = self.transform.normalize(pixels.to(self.device)).to(dtype)
+        with self._autocast():
+            return forward(batch)
+
     @torch.inference_mode()
     def _predict_pixels(self, pixels: Tensor, k: int) -> list[tuple[list[str], list[float]]]:
         """(B, 3, S, S) uint8 crops -> top-k (labels, probabilities) per crop."""
-        dtype = next(self.model.parameters()).dtype  # fp32, or what the caller cast the model to
-        batch = self.transform.normalize(pixels.to(self.device)).to(dtype)
-        with self._autocast():
-            logits = self.model(batch)
-        return top_k_predictions(logits, self.class_names, k)
+        return top_k_predictions(self._run(pixels, self.model), self.class_names, k)
 
     @torch.inference_mode()
     def encode_images(self, pixels: Tensor) -> Tensor:
         """(B, 3, S, S) uint8 crops -> (B, dim) float32 pooled features before the head (`ViT.pre_logits`: a
         timm model's with num_classes=0), at the classifier's precision."""
-        dtype = next(self.model.parameters()).dtype
-        batch = self.transform.normalize(pixels.to(self.device)).to(dtype)
-        with self._autocast():
-            return self.model.pre_logits(batch).float()
+        return self._run(pixels, self.model.pre_logits).float()
 
     def predict_paths(self, paths: str | os.PathLike | Iterable[str | os.PathLike], top_k: int = 5,
                       batch_size: int = 32) -> Iterator[Prediction]:
